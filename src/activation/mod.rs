@@ -1,0 +1,1 @@
+//! Activation on a host: the seven remote steps and their typed outcomes.

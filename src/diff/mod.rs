@@ -1,0 +1,1 @@
+//! Gate 2: closure diff and root-cause analysis (package versions and derivation structure).

@@ -1,0 +1,12 @@
+//! nixgate: deploy NixOS and nix-darwin systems to a fleet over SSH, with no
+//! agent on the hosts, through a sequence of gates of which only the last
+//! earns the "known-good" label.
+//!
+//! Data flows one way: CLI -> plan -> runner -> per-host pipeline -> typed
+//! events -> reporters.
+
+pub mod activation;
+pub mod diff;
+pub mod nix;
+pub mod remote;
+pub mod ssh;

@@ -1,0 +1,135 @@
+//! Nix store paths as a validated type, with the name/version split that the
+//! diff and the reports use.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The store directory nixgate supports (the default everywhere in practice).
+pub const STORE_DIR: &str = "/nix/store";
+
+/// An absolute store path `/nix/store/<32-char hash>-<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StorePath(String);
+
+/// Why a string is not a store path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a Nix store path ({why})")]
+pub struct InvalidStorePath {
+    pub input: String,
+    pub why: &'static str,
+}
+
+const HASH_LEN: usize = 32;
+
+fn is_nix_base32(b: u8) -> bool {
+    // Nix's base32 alphabet: digits and lowercase letters minus e, o, u, t.
+    matches!(b, b'0'..=b'9' | b'a'..=b'd' | b'f'..=b'n' | b'p'..=b's' | b'v'..=b'z')
+}
+
+fn is_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
+}
+
+impl StorePath {
+    pub fn parse(s: &str) -> Result<Self, InvalidStorePath> {
+        let err = |why| InvalidStorePath {
+            input: s.to_owned(),
+            why,
+        };
+        let rest = s
+            .strip_prefix(STORE_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(|| err("does not start with /nix/store/"))?;
+        let bytes = rest.as_bytes();
+        if bytes.len() < HASH_LEN + 2 || bytes[HASH_LEN] != b'-' {
+            return Err(err("no 32-character hash followed by a dash"));
+        }
+        if !bytes[..HASH_LEN].iter().all(|b| is_nix_base32(*b)) {
+            return Err(err("hash is not Nix base32"));
+        }
+        if !bytes[HASH_LEN + 1..].iter().all(|b| is_name_char(*b)) || bytes[HASH_LEN + 1] == b'.' {
+            return Err(err("name has characters Nix does not allow"));
+        }
+        Ok(StorePath(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part after `/nix/store/`: `<hash>-<name>`.
+    pub fn base_name(&self) -> &str {
+        &self.0[STORE_DIR.len() + 1..]
+    }
+
+    /// The 32-character hash.
+    pub fn hash(&self) -> &str {
+        &self.base_name()[..HASH_LEN]
+    }
+
+    /// The name after the hash, e.g. `nginx-1.25.3` or `nixos-system-web1-24.05`.
+    pub fn name(&self) -> &str {
+        &self.base_name()[HASH_LEN + 1..]
+    }
+
+    /// Is this a derivation (`.drv`)?
+    pub fn is_derivation(&self) -> bool {
+        self.0.ends_with(".drv")
+    }
+}
+
+impl fmt::Display for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for StorePath {
+    type Error = InvalidStorePath;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        StorePath::parse(&s)
+    }
+}
+
+impl From<StorePath> for String {
+    fn from(p: StorePath) -> String {
+        p.0
+    }
+}
+
+impl std::str::FromStr for StorePath {
+    type Err = InvalidStorePath;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StorePath::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_splits() {
+        let p = StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nginx-1.25.3").unwrap();
+        assert_eq!(p.hash(), "0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2");
+        assert_eq!(p.name(), "nginx-1.25.3");
+        assert!(!p.is_derivation());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in [
+            "",
+            "/nix/store/",
+            "/tmp/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-x",
+            "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2",
+            "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9au-x",
+            "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-a b",
+            "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-x/bin/sh",
+        ] {
+            assert!(StorePath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The narrow seam between nixgate's logic and a machine it drives.
+//!
+//! Everything nixgate does on a host or on the builder is a free function over
+//! a [`Remote`]: it builds a typed [`Command`], hands it to `exec` (or
+//! `exec_stream` for bulk byte streams) and interprets the typed [`Output`].
+//! The SSH transport implements [`Remote`]; tests implement it with
+//! [`scripted::ScriptedRemote`] to assert the exact argv that would be sent.
+//! Shell quoting happens in exactly one place, [`Command::render`].
+
+pub mod command;
+pub mod quote;
+pub mod scripted;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use command::Command;
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Exit {
+    /// The command exited with this status.
+    Code { code: u32 },
+    /// The command was killed by this signal (name as the SSH server reports it, e.g. `KILL`).
+    Signal { signal: String },
+    /// The connection (or channel) went away before an exit status arrived:
+    /// the command may still be running, or may have finished, on the far side.
+    ConnectionLost,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        matches!(self, Exit::Code { code: 0 })
+    }
+
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            Exit::Code { code } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code { code } => write!(f, "exit code {code}"),
+            Exit::Signal { signal } => write!(f, "killed by signal {signal}"),
+            Exit::ConnectionLost => f.write_str("connection lost before the command finished"),
+        }
+    }
+}
+
+/// Everything a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: Exit,
+}
+
+impl Output {
+    pub fn new(exit: Exit, stdout: impl Into<Vec<u8>>, stderr: impl Into<Vec<u8>>) -> Self {
+        Output {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            exit,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.exit.success()
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The last `n` non-empty lines of stderr (or stdout when stderr is empty),
+    /// for error messages that must stay short.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let text = if self.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+            self.stderr_str()
+        } else {
+            self.stdout_str()
+        };
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        let start = lines.len().saturating_sub(n);
+        lines[start..].to_vec()
+    }
+
+    /// Turn a non-zero exit into an error that names what was being done, the
+    /// exit, and the last lines of output.
+    pub fn check(self, what: &str) -> anyhow::Result<Output> {
+        if self.success() {
+            return Ok(self);
+        }
+        let tail = self.tail(15);
+        if tail.is_empty() {
+            anyhow::bail!("{what} failed ({})", self.exit)
+        }
+        anyhow::bail!("{what} failed ({}):\n  {}", self.exit, tail.join("\n  "))
+    }
+}
+
+/// A byte sink feeding a remote command's stdin. Shutting it down sends EOF.
+pub type RemoteStdin = Pin<Box<dyn AsyncWrite + Send>>;
+/// A remote command's stdout as a byte stream.
+pub type RemoteStdout = Pin<Box<dyn AsyncRead + Send>>;
+/// Resolves when the remote command ends; its `stdout` is empty (it was
+/// streamed), `stderr` holds what the command wrote there.
+pub type RemoteFinish = Pin<Box<dyn Future<Output = anyhow::Result<Output>> + Send>>;
+
+/// A running command whose stdin and stdout are streams.
+pub struct Streaming {
+    pub stdin: RemoteStdin,
+    pub stdout: RemoteStdout,
+    pub finish: RemoteFinish,
+}
+
+/// A machine nixgate can run commands on.
+///
+/// `exec` returns `Err` only when the command could not be started at all
+/// (no connection, channel refused); a command that ran and failed, or whose
+/// connection dropped mid-way, is an `Ok(Output)` with the matching [`Exit`].
+pub trait Remote: Send + Sync {
+    /// A short name for messages: the inventory name of the host, or `builder`.
+    fn name(&self) -> &str;
+
+    /// Run a command to completion, collecting stdout and stderr.
+    fn exec(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Output>> + Send;
+
+    /// Start a command with streaming stdin and stdout.
+    fn exec_stream(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Streaming>> + Send;
+}

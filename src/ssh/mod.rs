@@ -1,0 +1,1 @@
+//! SSH transport (russh): connections, authentication, host-key verification, ssh config.
