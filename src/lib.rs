@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod diff;
+pub mod gates;
 pub mod nix;
 pub mod remote;
 pub mod ssh;

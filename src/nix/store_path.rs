@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn parses_and_splits() {
-        let p = StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nginx-1.25.3").unwrap();
+        let p =
+            StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nginx-1.25.3").unwrap();
         assert_eq!(p.hash(), "0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2");
         assert_eq!(p.name(), "nginx-1.25.3");
         assert!(!p.is_derivation());

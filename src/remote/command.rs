@@ -114,7 +114,10 @@ mod tests {
         let c = Command::new("nix-env")
             .args(["-p", "/nix/var/nix/profiles/system", "--set"])
             .arg("/nix/store/x y");
-        assert_eq!(c.render(), "nix-env -p /nix/var/nix/profiles/system --set '/nix/store/x y'");
+        assert_eq!(
+            c.render(),
+            "nix-env -p /nix/var/nix/profiles/system --set '/nix/store/x y'"
+        );
     }
 
     #[test]
@@ -124,7 +127,10 @@ mod tests {
             .env("NIXOS_NO_CHECK", "1")
             .env("X", "a b")
             .sudo(true);
-        assert_eq!(c.render(), "sudo -n -- env NIXOS_NO_CHECK=1 X='a b' switch-to-configuration test");
+        assert_eq!(
+            c.render(),
+            "sudo -n -- env NIXOS_NO_CHECK=1 X='a b' switch-to-configuration test"
+        );
     }
 
     #[test]
@@ -132,7 +138,13 @@ mod tests {
         let c = Command::script("readlink \"$1\"").arg("/run/current-system; reboot");
         assert_eq!(
             c.argv(),
-            &["sh", "-c", "readlink \"$1\"", "nixgate", "/run/current-system; reboot"]
+            &[
+                "sh",
+                "-c",
+                "readlink \"$1\"",
+                "nixgate",
+                "/run/current-system; reboot"
+            ]
         );
         let out = std::process::Command::new("sh")
             .arg("-c")

@@ -8,6 +8,7 @@
 //! Shell quoting happens in exactly one place, [`Command::render`].
 
 pub mod command;
+pub mod local;
 pub mod quote;
 pub mod scripted;
 

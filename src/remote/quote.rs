@@ -2,7 +2,11 @@
 
 /// Characters that never need quoting in a POSIX shell word.
 fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b':' | b'@' | b'%' | b'+' | b',' | b'=')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'_' | b'-' | b'.' | b'/' | b':' | b'@' | b'%' | b'+' | b',' | b'='
+        )
 }
 
 /// Quote one word so that a POSIX shell reads it back byte for byte.
@@ -76,7 +80,8 @@ mod tests {
     #[test]
     fn hostile_words_round_trip() {
         let words: Vec<String> = [
-            "", " ", "'", "\"", "\\", "$HOME", "`id`", "a\nb", "*", "?", "[a]", "~", "#x", ";", "&&", "|", "!", "{a,b}", "--",
+            "", " ", "'", "\"", "\\", "$HOME", "`id`", "a\nb", "*", "?", "[a]", "~", "#x", ";",
+            "&&", "|", "!", "{a,b}", "--",
         ]
         .iter()
         .map(|s| s.to_string())
