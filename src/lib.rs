@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod diff;
 pub mod gates;
+pub mod inventory;
 pub mod nix;
 pub mod remote;
 pub mod ssh;
