@@ -6,9 +6,11 @@
 //! events -> reporters.
 
 pub mod activation;
+pub mod cli;
 pub mod diff;
 pub mod gates;
 pub mod inventory;
 pub mod nix;
 pub mod remote;
+pub mod report;
 pub mod ssh;

@@ -25,6 +25,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{text:?} is not a duration: number too large"))?;
         rest = &rest[digits..];
+        if rest.starts_with('.') {
+            return Err(format!(
+                "{text:?} is not a duration: fractions are not supported; use a smaller unit, e.g. \"1500ms\" or \"90s\""
+            ));
+        }
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
@@ -56,7 +61,7 @@ pub fn format(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();
@@ -91,7 +96,11 @@ mod tests {
         assert!(parse("10").unwrap_err().contains("no unit"));
         assert!(parse("10x").unwrap_err().contains("unknown unit \"x\""));
         assert!(parse("s").unwrap_err().contains("expected a number"));
-        assert!(parse("1.5s").unwrap_err().contains("expected a number"));
+        assert!(
+            parse("1.5s")
+                .unwrap_err()
+                .contains("fractions are not supported")
+        );
         assert!(parse("-1s").unwrap_err().contains("expected a number"));
     }
 
