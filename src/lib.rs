@@ -14,3 +14,4 @@ pub mod nix;
 pub mod remote;
 pub mod report;
 pub mod ssh;
+pub mod state;
