@@ -13,5 +13,6 @@ pub mod inventory;
 pub mod nix;
 pub mod remote;
 pub mod report;
+pub mod runner;
 pub mod ssh;
 pub mod state;

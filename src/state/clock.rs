@@ -17,7 +17,9 @@ pub struct Utc {
 
 impl Utc {
     pub fn now() -> Utc {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Utc::from_unix(secs as i64)
     }
 
@@ -64,7 +66,9 @@ impl Utc {
 /// A run id: the UTC start time plus four random hex digits, safe in unit
 /// names, file names and git refs (`20261122T203000Z-3f9a`).
 pub fn new_run_id() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
     format!("{}-{salt:04x}", Utc::now().compact())
 }
@@ -77,7 +81,10 @@ mod tests {
     fn civil_dates() {
         assert_eq!(Utc::from_unix(0).rfc3339(), "1970-01-01T00:00:00Z");
         assert_eq!(Utc::from_unix(1_795_379_400).compact(), "20261122T203000Z");
-        assert_eq!(Utc::from_unix(951_782_400).rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            Utc::from_unix(951_782_400).rfc3339(),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

@@ -97,7 +97,10 @@ mod tests {
         let held = err.downcast_ref::<LockHeld>().expect("LockHeld");
         assert_eq!(held.holder.as_ref().unwrap().pid, std::process::id());
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("(nixgate push)"), "{msg}");
         drop(first);
         // Released with its holder: a dead run never leaves a stale lock.
