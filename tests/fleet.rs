@@ -58,10 +58,19 @@ fn unit_scenarios(fleet: &Fleet, host: &str) -> Vec<String> {
         show(fleet, host, "probe-collect").contains("LoadState=not-found")
     });
     seen.push(show(fleet, host, "probe-collect"));
-    let log = ssh_ok(fleet, host, "journalctl -u probe-collect -n 20 --no-pager -o cat");
-    assert!(log.contains("probe-out"), "{host}: journal lacks output: {log}");
+    let log = ssh_ok(
+        fleet,
+        host,
+        "journalctl -u probe-collect -n 20 --no-pager -o cat",
+    );
     assert!(
-        log.contains("probe-collect.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED"),
+        log.contains("probe-out"),
+        "{host}: journal lacks output: {log}"
+    );
+    assert!(
+        log.contains(
+            "probe-collect.service: Main process exited, code=exited, status=3/NOTIMPLEMENTED"
+        ),
         "{host}: journal lacks the exit line: {log}"
     );
     // Not collected: the failure stays visible.
@@ -74,17 +83,40 @@ fn unit_scenarios(fleet: &Fleet, host: &str) -> Vec<String> {
         show(fleet, host, "probe-keep").contains("ActiveState=failed")
     });
     seen.push(show(fleet, host, "probe-keep"));
-    let log = ssh_ok(fleet, host, "journalctl -u probe-keep -n 20 --no-pager -o cat");
-    assert!(log.contains("env=42"), "{host}: --setenv not applied: {log}");
+    let log = ssh_ok(
+        fleet,
+        host,
+        "journalctl -u probe-keep -n 20 --no-pager -o cat",
+    );
+    assert!(
+        log.contains("env=42"),
+        "{host}: --setenv not applied: {log}"
+    );
     let again = fleet.ssh(host, "systemd-run --unit=probe-keep -- /bin/true");
-    assert_eq!(again.status.code(), Some(1), "{host}: reusing a failed unit name must fail");
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "{host}: reusing a failed unit name must fail"
+    );
     let active = fleet.ssh(host, "systemctl is-active probe-keep");
-    seen.push(format!("is-active={} rc={:?}", stdout(&active), active.status.code()));
+    seen.push(format!(
+        "is-active={} rc={:?}",
+        stdout(&active),
+        active.status.code()
+    ));
     // Running, then stopped.
-    ssh_ok(fleet, host, "systemd-run --unit=probe-run --collect -- /bin/sleep 600");
+    ssh_ok(
+        fleet,
+        host,
+        "systemd-run --unit=probe-run --collect -- /bin/sleep 600",
+    );
     seen.push(show(fleet, host, "probe-run"));
     let active = fleet.ssh(host, "systemctl is-active probe-run");
-    seen.push(format!("is-active={} rc={:?}", stdout(&active), active.status.code()));
+    seen.push(format!(
+        "is-active={} rc={:?}",
+        stdout(&active),
+        active.status.code()
+    ));
     ssh_ok(fleet, host, "systemctl stop probe-run");
     seen.push(show(fleet, host, "probe-run"));
     // Never existed.
@@ -130,7 +162,11 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
         );
         assert_eq!(fleet.in_host_ok(h, "readlink /run/current-system"), current);
         assert_eq!(
-            ssh_ok(&fleet, h, "readlink /nix/var/nix/profiles/system; readlink -f /boot/nixgate-test/default"),
+            ssh_ok(
+                &fleet,
+                h,
+                "readlink /nix/var/nix/profiles/system; readlink -f /boot/nixgate-test/default"
+            ),
             format!("system-1-link\n{current}")
         );
         ssh_ok(&fleet, h, "nix-store --verify-path /run/current-system");
@@ -140,20 +176,41 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
     assert_eq!(systems.len(), hosts.len());
 
     // Own stores: a path added on light1 exists nowhere else.
-    let added = ssh_ok(&fleet, "light1", "echo only-on-light1 > /root/marker && nix-store --add /root/marker");
-    ssh_ok(&fleet, "light1", &format!("nix-store --check-validity {added}"));
+    let added = ssh_ok(
+        &fleet,
+        "light1",
+        "echo only-on-light1 > /root/marker && nix-store --add /root/marker",
+    );
+    ssh_ok(
+        &fleet,
+        "light1",
+        &format!("nix-store --check-validity {added}"),
+    );
     for h in ["light2", "light3", "sys1", "builder"] {
-        let out = fleet.ssh(h, &format!("test -e {added} || nix-store --check-validity {added}"));
+        let out = fleet.ssh(
+            h,
+            &format!("test -e {added} || nix-store --check-validity {added}"),
+        );
         assert!(!out.status.success(), "{h} sees light1's path {added}");
     }
 
     // Real systemd on sys1, running the configuration's unit.
     assert_eq!(ssh_ok(&fleet, "sys1", "cat /proc/1/comm"), "systemd");
-    assert_eq!(ssh_ok(&fleet, "sys1", "systemctl is-active nixgate-test-hello.service"), "active");
+    assert_eq!(
+        ssh_ok(
+            &fleet,
+            "sys1",
+            "systemctl is-active nixgate-test-hello.service"
+        ),
+        "active"
+    );
     // The stand-ins on a light host answer exactly like systemd 252 does.
     let real = unit_scenarios(&fleet, "sys1");
     let fake = unit_scenarios(&fleet, "light1");
-    assert_eq!(fake, real, "light-host systemd stand-ins differ from real systemd");
+    assert_eq!(
+        fake, real,
+        "light-host systemd stand-ins differ from real systemd"
+    );
     assert!(real[0].contains("LoadState=not-found"));
     assert!(real[1].contains("Result=exit-code") && real[1].contains("ExecMainStatus=4"));
 
@@ -167,7 +224,8 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
             v["hosts"]["light3"]["misbehaviour"] = "inhibit".into();
             v["hosts"]["sys1"]["misbehaviour"] = "hang".into();
             // A new hello changes sys1's unit, so dry-activate has a restart to report.
-            v["hosts"]["sys1"]["packages"] = serde_json::json!({ "hello": { "version": "2.12.2" } });
+            v["hosts"]["sys1"]["packages"] =
+                serde_json::json!({ "hello": { "version": "2.12.2" } });
             for h in ["light1", "light2", "light3", "sys1"] {
                 v["hosts"][h]["generation"] = 1.into();
             }
@@ -182,10 +240,21 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
 
     // exit4: switches, then exits 4 like NixOS when units fail.
     let out = switch_on(&fleet, "light1", &new["light1"], "switch");
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("the following units failed"));
-    assert_eq!(ssh_ok(&fleet, "light1", "readlink /run/current-system"), new["light1"]);
-    assert_eq!(ssh_ok(&fleet, "light1", "readlink /boot/nixgate-test/default"), "entries/nixos-generation-2");
+    assert_eq!(
+        ssh_ok(&fleet, "light1", "readlink /run/current-system"),
+        new["light1"]
+    );
+    assert_eq!(
+        ssh_ok(&fleet, "light1", "readlink /boot/nixgate-test/default"),
+        "entries/nixos-generation-2"
+    );
 
     // flip: /run/current-system ends up at neither the old nor the new system.
     let out = switch_on(&fleet, "light2", &new["light2"], "test");
@@ -197,16 +266,31 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
     // inhibit: refused unless NIXOS_NO_CHECK=1.
     let out = switch_on(&fleet, "light3", &new["light3"], "test");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Pre-switch check 'switchInhibitors' failed"));
-    let out = fleet.ssh("light3", &format!("NIXOS_NO_CHECK=1 {}/bin/switch-to-configuration test", new["light3"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Pre-switch check 'switchInhibitors' failed")
+    );
+    let out = fleet.ssh(
+        "light3",
+        &format!(
+            "NIXOS_NO_CHECK=1 {}/bin/switch-to-configuration test",
+            new["light3"]
+        ),
+    );
     assert!(out.status.success());
-    assert_eq!(ssh_ok(&fleet, "light3", "readlink /run/current-system"), new["light3"]);
+    assert_eq!(
+        ssh_ok(&fleet, "light3", "readlink /run/current-system"),
+        new["light3"]
+    );
 
     // dry-activate reports the unit it would restart.
-    let out = fleet.ssh("sys1", &format!("{}/bin/switch-to-configuration dry-activate", new["sys1"]));
+    let out = fleet.ssh(
+        "sys1",
+        &format!("{}/bin/switch-to-configuration dry-activate", new["sys1"]),
+    );
     assert!(out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("would restart the following units: nixgate-test-hello.service"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("would restart the following units: nixgate-test-hello.service"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -222,12 +306,21 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
     );
     sleep(Duration::from_secs(1));
     assert!(show(&fleet, "sys1", "nixgate-switch").contains("ActiveState=active"));
-    wait_until("the hanging switch to time out", Duration::from_secs(15), || {
-        show(&fleet, "sys1", "nixgate-switch").contains("Result=timeout")
-    });
-    assert_eq!(ssh_ok(&fleet, "sys1", "readlink /run/current-system"), gen0_sys1);
+    wait_until(
+        "the hanging switch to time out",
+        Duration::from_secs(15),
+        || show(&fleet, "sys1", "nixgate-switch").contains("Result=timeout"),
+    );
+    assert_eq!(
+        ssh_ok(&fleet, "sys1", "readlink /run/current-system"),
+        gen0_sys1
+    );
     // The unit's whole cgroup died, so the switch lock is free again.
-    ssh_ok(&fleet, "sys1", "flock -n /run/nixos/switch-to-configuration.lock true");
+    ssh_ok(
+        &fleet,
+        "sys1",
+        "flock -n /run/nixos/switch-to-configuration.lock true",
+    );
 
     // Teardown: nothing of the fleet survives, and down is idempotent.
     assert!(!fleet.processes().unwrap().is_empty());
@@ -236,4 +329,96 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
     fleet.stop().unwrap();
     let out = fleet.ssh("light1", "true");
     assert!(!out.status.success(), "light1 still answers after stop");
+}
+
+#[test]
+fn testconfig_is_nixos_shaped_and_flake_matches_nix_build() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 1,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let attr = "nixosConfigurations.light1.config.system.build.toplevel";
+    let classic = fleet.build_on_builder("light1").unwrap();
+    assert!(classic.contains("-nixos-system-light1-"), "{classic}");
+    // Same derivation through the flake (Nix 2.8: --json, no --print-out-paths).
+    let json = ssh_ok(
+        &fleet,
+        "builder",
+        &format!(
+            "nix build --json --no-link 'path:{}#{attr}'",
+            fleet.config_repo().display()
+        ),
+    );
+    let built: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(built[0]["outputs"]["out"], classic.as_str());
+
+    // NixOS shape, checked in the builder's store.
+    let shape = ssh_ok(
+        &fleet,
+        "builder",
+        &format!(
+            "t={classic}; for f in systemd sw kernel initrd etc; do printf '%s -> %s\\n' $f \"$(readlink $t/$f)\"; done; \
+             test -x $t/systemd/lib/systemd/systemd && test -x $t/sw/lib/systemd/systemd && test -x $t/init && \
+             test -x $t/bin/switch-to-configuration && test -x $t/sw/bin/hello && test -x $t/sw/bin/nginx && \
+             readlink $t/etc/systemd/system/dbus.service && cat $t/nixos-version && $t/sw/bin/hello && \
+             nix-store -qR $t | wc -l"
+        ),
+    );
+    let lines: Vec<&str> = shape.lines().collect();
+    assert!(
+        lines[0].starts_with("systemd -> /nix/store/") && lines[0].ends_with("-systemd-255.4"),
+        "{shape}"
+    );
+    assert!(
+        lines[1].starts_with("sw -> /nix/store/") && lines[1].ends_with("-system-path"),
+        "{shape}"
+    );
+    assert!(lines[2].ends_with("-linux-6.6.21/bzImage"), "{shape}");
+    assert!(lines[4].ends_with("-etc/etc"), "{shape}");
+    assert!(
+        lines[5].contains("-dbus-1.14.10/lib/systemd/system/dbus.service"),
+        "{shape}"
+    );
+    assert_eq!(lines[6], "24.05.20240315.1e4b7a5");
+    assert_eq!(lines[7], "Hello, world!");
+    let closure_size: usize = lines[8].parse().unwrap();
+    assert!(
+        (15..=60).contains(&closure_size),
+        "closure has {closure_size} paths"
+    );
+
+    // Changing openssl's flags rebuilds openssl and nginx at the same versions.
+    let pkgs = |top: &str| {
+        ssh_ok(
+            &fleet,
+            "builder",
+            &format!("nix-store -qR {top} | grep -E -- '-(openssl|nginx|zlib|hello)-'"),
+        )
+    };
+    let before = pkgs(&classic);
+    fleet
+        .commit_config(|v| {
+            v["hosts"]["light1"]["packages"] =
+                serde_json::json!({ "openssl": { "flags": "shared no-ssl3 enable-ktls" } });
+        })
+        .unwrap();
+    let rebuilt = fleet.build_on_builder("light1").unwrap();
+    assert_ne!(rebuilt, classic);
+    let after = pkgs(&rebuilt);
+    let changed = |name: &str| {
+        let pick = |s: &str| s.lines().find(|l| l.contains(name)).unwrap().to_string();
+        let (b, a) = (pick(&before), pick(&after));
+        assert_eq!(
+            b.split_once('-').unwrap().1,
+            a.split_once('-').unwrap().1,
+            "{name} changed name"
+        );
+        b != a
+    };
+    assert!(changed("-openssl-3.0.13"));
+    assert!(changed("-nginx-1.24.0"));
+    assert!(!changed("-zlib-1.3.1"));
+    assert!(!changed("-hello-2.12.1"));
 }

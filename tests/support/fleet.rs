@@ -161,7 +161,10 @@ impl Fleet {
             .arg("-i")
             .arg(self.identity())
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts().display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.known_hosts().display()
+            ))
             .args([
                 "-o",
                 "StrictHostKeyChecking=yes",
@@ -214,7 +217,10 @@ impl Fleet {
     }
 
     /// Edits `hosts.json` of the configuration repository and commits; returns the commit id.
-    pub fn commit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) -> anyhow::Result<String> {
+    pub fn commit_config(
+        &self,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> anyhow::Result<String> {
         let file = self.config_repo().join("hosts.json");
         let mut value: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file)?).context("parsing hosts.json")?;
@@ -224,13 +230,24 @@ impl Fleet {
             let mut cmd = Command::new("git");
             cmd.arg("-C")
                 .arg(self.config_repo())
-                .args(["-c", "user.name=fleet", "-c", "user.email=fleet@nixgate.test"])
+                .args([
+                    "-c",
+                    "user.name=fleet",
+                    "-c",
+                    "user.email=fleet@nixgate.test",
+                ])
                 .args(args);
             cmd
         };
         run_checked(&mut git(&["add", "-A"]), "git add")?;
         run_checked(
-            &mut git(&["commit", "-q", "--allow-empty", "-m", "test edit of hosts.json"]),
+            &mut git(&[
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "test edit of hosts.json",
+            ]),
             "git commit",
         )?;
         let out = run_checked(&mut git(&["rev-parse", "HEAD"]), "git rev-parse")?;
@@ -317,7 +334,10 @@ impl Drop for Fleet {
         if !self.stopped
             && let Err(e) = self.stop()
         {
-            eprintln!("stopping the fleet in {} failed: {e:#}", self.path.display());
+            eprintln!(
+                "stopping the fleet in {} failed: {e:#}",
+                self.path.display()
+            );
         }
         if std::env::var_os("NIXGATE_KEEP_FLEET").is_some()
             && let Some(dir) = self.dir.take()
