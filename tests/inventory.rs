@@ -31,7 +31,7 @@ fn example_inventory_loads() {
     let inv = Inventory::load(Path::new("inventory.example.toml")).expect("example is valid");
     assert_eq!(inv.hosts.len(), 5);
     let web1 = inv.host("web1").unwrap();
-    assert_eq!(web1.connection.port, 22);
+    assert_eq!(web1.connection.port(), 22);
     assert_eq!(web1.connection.connect_timeout, Duration::from_secs(10));
     assert_eq!(web1.activation_timeout, Duration::from_secs(300));
     assert_eq!(web1.copy, CopyMode::Relay);
@@ -43,7 +43,7 @@ fn example_inventory_loads() {
     let mac = inv.host("mac1").unwrap();
     assert_eq!(mac.os, Os::Darwin);
     assert!(mac.sudo);
-    assert_eq!(mac.connection.user, "admin");
+    assert_eq!(mac.connection.user(), "admin");
     assert_eq!(mac.attribute, "darwinConfigurations.mac1.system");
     assert_eq!(
         inv.host("db1").unwrap().activation_timeout,
@@ -78,16 +78,16 @@ fn defaults_apply_and_hosts_override() {
     let a = inv.host("a").unwrap();
     let b = inv.host("b").unwrap();
     assert_eq!(
-        (a.connection.user.as_str(), a.connection.port),
+        (a.connection.user(), a.connection.port()),
         ("deploy", 2222)
     );
     assert_eq!(
-        (b.connection.user.as_str(), b.connection.port),
+        (b.connection.user(), b.connection.port()),
         ("deploy", 22)
     );
     assert_eq!(a.connection.connect_timeout, Duration::from_secs(3));
     // The builder shares [defaults] connection settings.
-    assert_eq!(inv.builder.connection.port, 2222);
+    assert_eq!(inv.builder.connection.port(), 2222);
     assert!(inv.builder.flake);
 }
 

@@ -14,10 +14,10 @@ pub fn print(g: &Global, inv: &Inventory, sel: &Selection) {
             let wave = inv
                 .wave_of(name)
                 .map_or(group.name.as_str(), |w| w.name.as_str());
-            let address = if h.connection.port == 22 {
+            let address = if h.connection.port() == 22 {
                 h.connection.address.clone()
             } else {
-                format!("{}:{}", h.connection.address, h.connection.port)
+                format!("{}:{}", h.connection.address, h.connection.port())
             };
             if g.json {
                 json_line(&serde_json::json!({
@@ -25,8 +25,8 @@ pub fn print(g: &Global, inv: &Inventory, sel: &Selection) {
                     "wave": wave,
                     "host": h.name,
                     "address": h.connection.address,
-                    "port": h.connection.port,
-                    "user": h.connection.user,
+                    "port": h.connection.port(),
+                    "user": h.connection.user(),
                     "tags": h.tags,
                 }));
             } else {

@@ -311,11 +311,8 @@ impl Loader {
     fn connection(&self, address: String, s: &Settings) -> Connection {
         Connection {
             address,
-            user: s
-                .user
-                .as_ref()
-                .map_or_else(|| "root".into(), |u| u.value.clone()),
-            port: s.port.as_ref().map_or(22, |p| p.value as u16),
+            user: s.user.as_ref().map(|u| u.value.clone()),
+            port: s.port.as_ref().map(|p| p.value as u16),
             identity_file: s
                 .identity_file
                 .as_ref()

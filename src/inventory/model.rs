@@ -55,13 +55,27 @@ impl Os {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Connection {
     pub address: String,
-    pub user: String,
-    pub port: u16,
+    /// `None`: not set in the inventory; `~/.ssh/config` may say, else root.
+    pub user: Option<String>,
+    /// `None`: not set in the inventory; `~/.ssh/config` may say, else 22.
+    pub port: Option<u16>,
     /// `None`: ssh-agent (and `~/.ssh/config`'s IdentityFile) only.
     pub identity_file: Option<PathBuf>,
     pub known_hosts: PathBuf,
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
+}
+
+impl Connection {
+    /// The user as the inventory resolves it (ssh config aside): root by default.
+    pub fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or("root")
+    }
+
+    /// The port as the inventory resolves it (ssh config aside): 22 by default.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(22)
+    }
 }
 
 /// A check run on a host after live activation (and after a wave's soak).

@@ -171,12 +171,12 @@ pub fn fleet(
 ) -> Vec<Wave> {
     let mut seen_addr: HashMap<(String, u16), &str> = HashMap::new();
     for (addr, h) in hosts {
-        let key = (addr.value.to_ascii_lowercase(), h.connection.port);
+        let key = (addr.value.to_ascii_lowercase(), h.connection.port());
         if let Some(first) = seen_addr.get(&key) {
             w.error(
                 format!(
                     "duplicate address {}:{}: host `{}` has it too",
-                    addr.value, h.connection.port, first
+                    addr.value, h.connection.port(), first
                 ),
                 addr.span.clone(),
             );
