@@ -1,1 +1,22 @@
-//! Activation on a host: the seven remote steps and their typed outcomes.
+//! Activation on a host, over SSH with no agent: the seven steps as free
+//! functions over `R: Remote`, each with a typed outcome, and the per-host
+//! pipeline that runs them gate by gate.
+//!
+//!   1. [`realise`] — `nix-store --realise`, signature failures kept apart.
+//!   2. [`profile::set`] — `nix-env -p <profile> --set <closure>`.
+//!   3. [`links::current_system`] — `readlink -f /run/current-system` before the switch.
+//!   4. [`switch`] — the detached switch (`systemd-run` / `setsid`), after a lock check.
+//!   5. [`verify_poll`] — poll until `/run/current-system` and the job's exit prove it.
+//!   6. [`profile::self_correct_profile`] — put a re-pointed profile back.
+//!   7. [`inhibitors`] — critical-component changes defer to `boot` + reboot.
+
+pub mod links;
+pub mod privilege;
+pub mod profile;
+pub mod realise;
+pub mod settings;
+pub mod switch;
+pub mod verify_poll;
+
+pub use settings::{HostPaths, HostSettings, Os, RunId};
+pub mod health;
