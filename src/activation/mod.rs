@@ -9,7 +9,14 @@
 //!   5. [`verify_poll`] — poll until `/run/current-system` and the job's exit prove it.
 //!   6. [`profile::self_correct_profile`] — put a re-pointed profile back.
 //!   7. [`inhibitors`] — critical-component changes defer to `boot` + reboot.
+//!
+//! Around them: [`dry_activate`], [`health`] checks, the on-host
+//! [`known_good`] record, [`privilege`] (sudo preflight).
 
+pub mod dry_activate;
+pub mod health;
+pub mod inhibitors;
+pub mod known_good;
 pub mod links;
 pub mod privilege;
 pub mod profile;
@@ -19,4 +26,3 @@ pub mod switch;
 pub mod verify_poll;
 
 pub use settings::{HostPaths, HostSettings, Os, RunId};
-pub mod health;

@@ -144,17 +144,17 @@ mod tests {
                 restored: sp(A)
             }
         );
-        assert_eq!(
-            r.argvs()[1],
-            vec!["nix-env", "-p", PROFILE, "--set", A]
-        );
+        assert_eq!(r.argvs()[1], vec!["nix-env", "-p", PROFILE, "--set", A]);
 
         // Re-pointed and the set fails: a warning carrying the reason.
         let r = ScriptedRemote::new("web1", |c| {
             if c.program() == "sh" {
                 ok(&format!("{B}\n"))
             } else {
-                fail(1, "error: opening lock file '/nix/var/nix/profiles/system.lock': Permission denied")
+                fail(
+                    1,
+                    "error: opening lock file '/nix/var/nix/profiles/system.lock': Permission denied",
+                )
             }
         });
         match self_correct_profile(&r, PROFILE, &sp(A), false).await {
@@ -191,7 +191,10 @@ mod tests {
         set(&r, &profile, &a, false).await.unwrap();
         assert_eq!(read(&r, &profile).await.unwrap(), Some(a.clone()));
         assert!(d.join("system-1-link").exists());
-        assert!(!d.join("system-2-link").exists(), "same closure: no new generation");
+        assert!(
+            !d.join("system-2-link").exists(),
+            "same closure: no new generation"
+        );
         set(&r, &profile, &b, false).await.unwrap();
         assert_eq!(
             self_correct_profile(&r, &profile, &a, false).await,

@@ -173,8 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn import_refused_lacks_valid_signature() {
-        let stderr =
-            format!("error: cannot add path '{DEP}' because it lacks a valid signature\n");
+        let stderr = format!("error: cannot add path '{DEP}' because it lacks a valid signature\n");
         let r = ScriptedRemote::new("web1", move |_| fail(1, &stderr));
         assert!(matches!(
             realise(&r, &sys(), false).await.unwrap(),

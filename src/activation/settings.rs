@@ -29,7 +29,9 @@ pub struct RunId(String);
 
 /// Why a string cannot be a run id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a valid run id (1-64 characters of A-Z a-z 0-9 _ . -, not starting with . or -)")]
+#[error(
+    "{0:?} is not a valid run id (1-64 characters of A-Z a-z 0-9 _ . -, not starting with . or -)"
+)]
 pub struct InvalidRunId(pub String);
 
 impl RunId {

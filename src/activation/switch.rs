@@ -149,9 +149,14 @@ pub enum FireOutcome {
     /// A unit of that name already exists: an earlier attempt of ours fired.
     AlreadyRunning,
     /// The connection dropped: it may or may not have started.
-    Unconfirmed { error: String },
+    Unconfirmed {
+        error: String,
+    },
     /// The host refused to start it.
-    Refused { exit: Exit, tail: Vec<String> },
+    Refused {
+        exit: Exit,
+        tail: Vec<String>,
+    },
 }
 
 /// Fire `job` once. Never retries by itself: see `detached::run_detached`.
@@ -186,7 +191,9 @@ pub async fn fire<R: Remote>(
 pub enum LockState {
     Free,
     /// Held; `holders` lists switch units still loaded (`unit state sub`).
-    Held { holders: Vec<String> },
+    Held {
+        holders: Vec<String>,
+    },
     /// `flock` is not available: the check could not be made.
     Unchecked,
 }
@@ -241,7 +248,8 @@ pub async fn check_switch_lock<R: Remote>(
     parse_lock_check(&out.stdout_str())
 }
 
-const STOP_DARWIN: &str = "pid=$(cat \"$1\" 2>/dev/null) && [ -n \"$pid\" ] && kill -TERM -- \"-$pid\"; exit 0";
+const STOP_DARWIN: &str =
+    "pid=$(cat \"$1\" 2>/dev/null) && [ -n \"$pid\" ] && kill -TERM -- \"-$pid\"; exit 0";
 
 /// The command stopping a hung job.
 pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {

@@ -144,7 +144,9 @@ async fn lock_check_parses_holders() {
     });
     let paths = HostPaths::for_os(Os::Linux);
     assert_eq!(
-        check_switch_lock(&r, Os::Linux, &paths, true).await.unwrap(),
+        check_switch_lock(&r, Os::Linux, &paths, true)
+            .await
+            .unwrap(),
         LockState::Held {
             holders: vec!["nixgate-switch-old.service active running".into()]
         }
@@ -160,7 +162,10 @@ async fn lock_check_parses_holders() {
         ]
     );
     assert!(parse_lock_check("garbage").is_err());
-    assert_eq!(parse_lock_check("NixgateLock=free\n").unwrap(), LockState::Free);
+    assert_eq!(
+        parse_lock_check("NixgateLock=free\n").unwrap(),
+        LockState::Free
+    );
     // Darwin has no lock: nothing is run.
     let r = ScriptedRemote::new("mac", |_| fail(1, "must not run"));
     assert_eq!(
@@ -182,7 +187,9 @@ async fn lock_check_real_flock() {
     let r = LocalRemote::new("local");
     // Absent lock file: free.
     assert_eq!(
-        check_switch_lock(&r, Os::Linux, &paths, false).await.unwrap(),
+        check_switch_lock(&r, Os::Linux, &paths, false)
+            .await
+            .unwrap(),
         LockState::Free
     );
     // An exclusive holder (as switch-to-configuration takes it).
@@ -194,7 +201,9 @@ async fn lock_check_real_flock() {
         .unwrap();
     let mut state = LockState::Free;
     for _ in 0..50 {
-        state = check_switch_lock(&r, Os::Linux, &paths, false).await.unwrap();
+        state = check_switch_lock(&r, Os::Linux, &paths, false)
+            .await
+            .unwrap();
         if state != LockState::Free {
             break;
         }
@@ -204,7 +213,9 @@ async fn lock_check_real_flock() {
     holder.wait().unwrap();
     assert!(matches!(state, LockState::Held { .. }), "{state:?}");
     assert_eq!(
-        check_switch_lock(&r, Os::Linux, &paths, false).await.unwrap(),
+        check_switch_lock(&r, Os::Linux, &paths, false)
+            .await
+            .unwrap(),
         LockState::Free
     );
 }
@@ -236,7 +247,11 @@ async fn wrapper_records_status_and_log() {
         .args(["-c", JOB_WRAPPER, "nixgate-job"])
         .arg(status.display().to_string())
         .arg(log.display().to_string())
-        .args(["sh", "-c", "echo switching; echo 'warning: the following units failed: x.service' >&2; exit 4"]);
+        .args([
+            "sh",
+            "-c",
+            "echo switching; echo 'warning: the following units failed: x.service' >&2; exit 4",
+        ]);
     let out = r.exec(&cmd).await.unwrap();
     assert_eq!(out.exit, Exit::Code { code: 4 });
     assert_eq!(std::fs::read_to_string(&status).unwrap(), "exited 4\n");

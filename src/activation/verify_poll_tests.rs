@@ -198,7 +198,10 @@ async fn connection_lost_is_retried_with_backoff() {
         ok(&answer(COLLECTED, "exited 0", NEW)),
     ]);
     let (out, events) = run(&r, 300).await;
-    assert!(matches!(out, VerifyOutcome::Settled { polls: 2, .. }), "{out:?}");
+    assert!(
+        matches!(out, VerifyOutcome::Settled { polls: 2, .. }),
+        "{out:?}"
+    );
     let lost: Vec<(u32, Duration)> = events
         .iter()
         .filter_map(|e| match e {
@@ -221,7 +224,12 @@ async fn vanished_without_status() {
         run(&r, 300).await.0,
         VerifyOutcome::Vanished {
             started: true,
-            unit: Some(parse_poll(&answer(COLLECTED, "x", OLD)).unwrap().unit.unwrap())
+            unit: Some(
+                parse_poll(&answer(COLLECTED, "x", OLD))
+                    .unwrap()
+                    .unit
+                    .unwrap()
+            )
         }
     );
 }

@@ -237,7 +237,10 @@ mod tests {
     #[test]
     fn gates_per_goal() {
         assert_eq!(Goal::Copy.gates(), vec![Build, Diff, Copy]);
-        assert_eq!(Goal::DryActivate.gates(), vec![Build, Diff, Copy, DryActivate]);
+        assert_eq!(
+            Goal::DryActivate.gates(),
+            vec![Build, Diff, Copy, DryActivate]
+        );
         assert_eq!(
             Goal::Test.gates(),
             vec![Build, Diff, Copy, LiveActivate, HealthChecks]
@@ -262,7 +265,13 @@ mod tests {
         );
         assert_eq!(
             Goal::Gated.host_gates(),
-            vec![DryActivate, LiveActivate, HealthChecks, Persist, MarkKnownGood]
+            vec![
+                DryActivate,
+                LiveActivate,
+                HealthChecks,
+                Persist,
+                MarkKnownGood
+            ]
         );
         assert_eq!(Goal::default(), Goal::Gated);
     }
