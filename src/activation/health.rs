@@ -157,7 +157,7 @@ mod tests {
             }
         });
         let c = check("curl -fsS http://localhost/ | grep -q 'It works'", 10, 3);
-        let reports = run_health_checks(&r, &[c.clone()], Os::Linux).await;
+        let reports = run_health_checks(&r, std::slice::from_ref(&c), Os::Linux).await;
         assert_eq!(reports.len(), 1);
         assert!(reports[0].passed());
         assert_eq!(reports[0].attempts.len(), 3);

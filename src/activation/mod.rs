@@ -13,16 +13,26 @@
 //! Around them: [`dry_activate`], [`health`] checks, the on-host
 //! [`known_good`] record, [`privilege`] (sudo preflight).
 
+pub mod detached;
 pub mod dry_activate;
+pub mod events;
 pub mod health;
 pub mod inhibitors;
 pub mod known_good;
 pub mod links;
+pub mod outcome;
+pub mod pipeline;
 pub mod privilege;
 pub mod profile;
 pub mod realise;
+pub mod reboot;
+pub mod rollback;
 pub mod settings;
 pub mod switch;
 pub mod verify_poll;
 
+pub use events::{ActivationEvent, GateEvidence, Step, Warning};
+pub use outcome::{FailureReason, HostOutcome};
+pub use pipeline::{ActivationRequest, activate_host};
+pub use rollback::{RollbackMode, RollbackOutcome, rollback};
 pub use settings::{HostPaths, HostSettings, Os, RunId};
