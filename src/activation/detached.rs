@@ -192,14 +192,14 @@ async fn fire_confirmed<R: Remote>(
     let start = tokio::time::Instant::now();
     let mut lost = 0u32;
     'fire: loop {
-        let error = match switch::fire(remote, job, settings.sudo, settings.install_bootloader).await
-        {
-            FireOutcome::Started | FireOutcome::AlreadyRunning => return Ok(()),
-            FireOutcome::Refused { exit, tail } => {
-                return Err(SwitchFailure::FireRefused { exit, tail });
-            }
-            FireOutcome::Unconfirmed { error } => error,
-        };
+        let error =
+            match switch::fire(remote, job, settings.sudo, settings.install_bootloader).await {
+                FireOutcome::Started | FireOutcome::AlreadyRunning => return Ok(()),
+                FireOutcome::Refused { exit, tail } => {
+                    return Err(SwitchFailure::FireRefused { exit, tail });
+                }
+                FireOutcome::Unconfirmed { error } => error,
+            };
         let mut error = error;
         loop {
             if start.elapsed() >= settings.activation_timeout {
@@ -255,8 +255,14 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
                 }
             } else if code == 100 && job.action.changes_running_system() {
                 return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
-            } else if code == 11 && log_tail.iter().any(|l| l.contains("Could not acquire lock")) {
-                SwitchFailure::LockHeld { holders: Vec::new() }
+            } else if code == 11
+                && log_tail
+                    .iter()
+                    .any(|l| l.contains("Could not acquire lock"))
+            {
+                SwitchFailure::LockHeld {
+                    holders: Vec::new(),
+                }
             } else {
                 SwitchFailure::Exited {
                     code,

@@ -22,7 +22,9 @@ use crate::nix::StorePath;
 pub enum GateEvidence {
     DryActivate(DryActivateReport),
     LiveActivate(SwitchEvidence),
-    HealthChecks { reports: Vec<HealthReport> },
+    HealthChecks {
+        reports: Vec<HealthReport>,
+    },
     Persist {
         profile: String,
         closure: StorePath,
@@ -30,7 +32,9 @@ pub enum GateEvidence {
         boot: Option<SwitchEvidence>,
     },
     /// The host rebooted into the candidate.
-    Rebooted { booted: StorePath },
+    Rebooted {
+        booted: StorePath,
+    },
     MarkKnownGood(KnownGoodMark),
 }
 
@@ -39,9 +43,14 @@ pub enum GateEvidence {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
     SudoPreflight,
-    Realise { closure: StorePath },
+    Realise {
+        closure: StorePath,
+    },
     ReadCurrentSystem,
-    SetProfile { profile: String, closure: StorePath },
+    SetProfile {
+        profile: String,
+        closure: StorePath,
+    },
     CheckInhibitors,
     CheckSwitchLock,
     FireSwitch {
@@ -49,9 +58,15 @@ pub enum Step {
         action: SwitchAction,
         closure: StorePath,
     },
-    VerifyPoll { unit: String },
-    SelfCorrectProfile { profile: String },
-    StopHungSwitch { unit: String },
+    VerifyPoll {
+        unit: String,
+    },
+    SelfCorrectProfile {
+        profile: String,
+    },
+    StopHungSwitch {
+        unit: String,
+    },
     Reboot,
     WaitForReboot,
     MarkKnownGood,
@@ -71,7 +86,10 @@ pub enum Phase {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Warning {
     /// Step 6 found the profile re-pointed (and what it did about it).
-    Profile { profile: String, check: ProfileCheck },
+    Profile {
+        profile: String,
+        check: ProfileCheck,
+    },
     /// `flock` is missing on the host: the orphaned-switch check was skipped.
     SwitchLockUnchecked,
 }
@@ -80,10 +98,20 @@ pub enum Warning {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ActivationEvent {
-    GateStarted { gate: Gate },
-    GatePassed { gate: Gate, evidence: GateEvidence },
-    GateFailed { gate: Gate, reason: FailureReason },
-    Step { step: Step },
+    GateStarted {
+        gate: Gate,
+    },
+    GatePassed {
+        gate: Gate,
+        evidence: GateEvidence,
+    },
+    GateFailed {
+        gate: Gate,
+        reason: FailureReason,
+    },
+    Step {
+        step: Step,
+    },
     Polling {
         unit: String,
         elapsed: Duration,
@@ -96,9 +124,18 @@ pub enum ActivationEvent {
         retry_in: Duration,
         error: String,
     },
-    Warning { warning: Warning },
+    Warning {
+        warning: Warning,
+    },
     /// The change needs a reboot; it was made the boot default instead.
-    Deferred { reason: RebootReason },
-    RollbackStarted { to: StorePath, mode: RollbackMode },
-    RollbackFinished { outcome: RollbackOutcome },
+    Deferred {
+        reason: RebootReason,
+    },
+    RollbackStarted {
+        to: StorePath,
+        mode: RollbackMode,
+    },
+    RollbackFinished {
+        outcome: RollbackOutcome,
+    },
 }

@@ -65,7 +65,7 @@ pub struct ComponentChange {
 }
 
 /// Prints `<rel>\t<current target>\t<candidate target>` per component.
-const COMPARE: &str = "cur=$1; cand=$2
+pub(crate) const COMPARE: &str = "cur=$1; cand=$2
 for p in systemd sw/lib/systemd/systemd etc/systemd/system/dbus.service kernel; do
   printf '%s\\t%s\\t%s\\n' \"$p\" \"$(readlink -e \"$cur/$p\" 2>/dev/null)\" \"$(readlink -e \"$cand/$p\" 2>/dev/null)\"
 done";

@@ -57,10 +57,10 @@ pub struct MarkRequest {
     pub at: SystemTime,
 }
 
-const WRITE_RECORD: &str = "dir=$1; gen=$2; json=$3
+pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; json=$3
 mkdir -p \"$dir\" && printf '%s\\n' \"$json\" > \"$dir/.$gen.json.tmp\" && mv -f \"$dir/.$gen.json.tmp\" \"$dir/$gen.json\"";
 
-const LIST: &str = "prof=$1; dir=$2
+pub(crate) const LIST: &str = "prof=$1; dir=$2
 echo \"NixgateCurrent=$(readlink \"$prof\" 2>/dev/null)\"
 for l in \"$prof\"-*-link; do
   [ -L \"$l\" ] || continue

@@ -15,7 +15,7 @@ use crate::remote::{Command, Remote};
 
 /// Prints the canonical target of `$1` if it exists (as a link or a file),
 /// nothing if it does not.
-const READ_LINK: &str = "if [ -L \"$1\" ] || [ -e \"$1\" ]; then readlink -f \"$1\"; fi";
+pub(crate) const READ_LINK: &str = "if [ -L \"$1\" ] || [ -e \"$1\" ]; then readlink -f \"$1\"; fi";
 
 /// The command reading the canonical target of `path`.
 pub fn read_link_command(path: &str) -> Command {

@@ -16,6 +16,8 @@
 pub mod detached;
 pub mod dry_activate;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod fake_host;
 pub mod health;
 pub mod inhibitors;
 pub mod known_good;

@@ -23,15 +23,24 @@ pub enum FailureReason {
     /// `nix-store --realise` failed (not a signature problem).
     Realise(RealiseOutcome),
     /// A step's command could not run or answered nonsense.
-    Remote { step: &'static str, error: String },
+    Remote {
+        step: &'static str,
+        error: String,
+    },
     DryActivate(DryActivateOutcome),
-    ProfileSet { error: String },
+    ProfileSet {
+        error: String,
+    },
     Switch(SwitchFailure),
     /// The change needs a reboot but the goal does not persist it (`test`).
     NeedsReboot(RebootReason),
-    HealthChecks { reports: Vec<HealthReport> },
+    HealthChecks {
+        reports: Vec<HealthReport>,
+    },
     Reboot(RebootOutcome),
-    MarkKnownGood { error: String },
+    MarkKnownGood {
+        error: String,
+    },
 }
 
 /// Where a host ended up.

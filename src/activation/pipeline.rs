@@ -369,7 +369,10 @@ impl<R: Remote> Run<'_, R> {
         };
         match known_good::mark(self.remote, &self.s.paths, self.s.sudo, req).await {
             Ok(mark) => {
-                self.pass(Gate::MarkKnownGood, GateEvidence::MarkKnownGood(mark.clone()));
+                self.pass(
+                    Gate::MarkKnownGood,
+                    GateEvidence::MarkKnownGood(mark.clone()),
+                );
                 Ok(mark)
             }
             Err(e) => Err(FailureReason::MarkKnownGood {
@@ -452,7 +455,8 @@ impl<R: Remote> Run<'_, R> {
             let reports =
                 health::run_health_checks(self.remote, &self.s.health_checks, self.s.os).await;
             if !reports.iter().all(health::HealthReport::passed) {
-                return self.fail_clean(Gate::HealthChecks, FailureReason::HealthChecks { reports });
+                return self
+                    .fail_clean(Gate::HealthChecks, FailureReason::HealthChecks { reports });
             }
             self.pass(Gate::HealthChecks, GateEvidence::HealthChecks { reports });
         }

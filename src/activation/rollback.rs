@@ -41,10 +41,17 @@ impl RollbackMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RollbackError {
-    ReadCurrentSystem { error: String },
+    ReadCurrentSystem {
+        error: String,
+    },
     /// A hung switch could not be stopped, so nothing could be re-activated.
-    StopHungSwitch { unit: String, error: String },
-    ProfileSet { error: String },
+    StopHungSwitch {
+        unit: String,
+        error: String,
+    },
+    ProfileSet {
+        error: String,
+    },
     Switch(SwitchFailure),
     /// The target itself cannot be activated live.
     NeedsReboot(RebootReason),

@@ -102,7 +102,7 @@ echo \"exited $code\" > \"$status\"
 exit \"$code\"";
 
 /// Over SSH, before `systemd-run`: fresh job files, then exec the rest.
-const FIRE_LINUX: &str = "dir=$1; status=$2; log=$3; shift 3
+pub(crate) const FIRE_LINUX: &str = "dir=$1; status=$2; log=$3; shift 3
 mkdir -p \"$dir\" && rm -f \"$status\" \"$log\" || exit 125
 exec \"$@\"";
 
@@ -198,7 +198,7 @@ pub enum LockState {
     Unchecked,
 }
 
-const LOCK_CHECK: &str = "lock=$1
+pub(crate) const LOCK_CHECK: &str = "lock=$1
 command -v flock >/dev/null 2>&1 || { echo NixgateLock=unchecked; exit 0; }
 if [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free; else echo NixgateLock=held; fi
 systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
@@ -273,7 +273,7 @@ pub async fn stop_job<R: Remote>(remote: &R, job: &SwitchJob, sudo: bool) -> any
     Ok(())
 }
 
-const LOG_TAIL: &str = "if [ -e \"$1\" ]; then tail -n 50 \"$1\"
+pub(crate) const LOG_TAIL: &str = "if [ -e \"$1\" ]; then tail -n 50 \"$1\"
 elif command -v journalctl >/dev/null 2>&1; then journalctl -u \"$2\" -n 50 --no-pager -o cat
 fi 2>/dev/null; exit 0";
 

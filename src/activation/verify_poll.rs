@@ -53,7 +53,7 @@ pub struct PollSnapshot {
     pub current: Option<StorePath>,
 }
 
-const POLL_LINUX: &str = "unit=$1; status=$2; current=$3
+pub(crate) const POLL_LINUX: &str = "unit=$1; status=$2; current=$3
 systemctl show \"$unit\" --property=LoadState,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus 2>/dev/null || echo NixgateSystemctl=failed
 if [ -e \"$status\" ]; then echo \"NixgateStatus=$(cat \"$status\")\"; else echo NixgateStatus=absent; fi
 echo \"NixgateCurrent=$(readlink -f \"$current\")\"";
