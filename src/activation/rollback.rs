@@ -9,7 +9,7 @@ use super::detached::{RebootReason, SwitchEvidence, SwitchFailure, SwitchResult,
 use super::events::{ActivationEvent, Step};
 use super::links::current_system;
 use super::profile;
-use super::settings::{HostSettings, RunId};
+use super::settings::{HostSettings, Os, RunId};
 use super::switch::{JobPurpose, SwitchJob};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
@@ -64,7 +64,9 @@ pub enum RollbackOutcome {
     RolledBack {
         to: StorePath,
         mode: RollbackMode,
-        evidence: SwitchEvidence,
+        /// The verified re-activation; `None` for a Darwin boot-only
+        /// rollback, which is the profile alone.
+        evidence: Option<SwitchEvidence>,
     },
     Failed {
         to: StorePath,
@@ -111,6 +113,13 @@ pub async fn rollback<R: Remote>(
             });
         }
     }
+    if mode == RollbackMode::BootOnly && settings.os == Os::Darwin {
+        return RollbackOutcome::RolledBack {
+            to: to.clone(),
+            mode,
+            evidence: None,
+        };
+    }
     let action = mode.action();
     let job = SwitchJob::new(
         run_id,
@@ -130,7 +139,7 @@ pub async fn rollback<R: Remote>(
         SwitchResult::Settled(evidence) => RollbackOutcome::RolledBack {
             to: to.clone(),
             mode,
-            evidence,
+            evidence: Some(evidence),
         },
         SwitchResult::Failed(f) => failed(RollbackError::Switch(f)),
         SwitchResult::NeedsReboot(r) => failed(RollbackError::NeedsReboot(r)),
