@@ -1,1 +1,40 @@
-//! Activation on a host: the seven remote steps and their typed outcomes.
+//! Activation on a host, over SSH with no agent: the seven steps as free
+//! functions over `R: Remote`, each with a typed outcome, and the per-host
+//! pipeline that runs them gate by gate.
+//!
+//!   1. [`realise`] — `nix-store --realise`, signature failures kept apart.
+//!   2. [`profile::set`] — `nix-env -p <profile> --set <closure>`.
+//!   3. [`links::current_system`] — `readlink -f /run/current-system` before the switch.
+//!   4. [`switch`] — the detached switch (`systemd-run` / `setsid`), after a lock check.
+//!   5. [`verify_poll`] — poll until `/run/current-system` and the job's exit prove it.
+//!   6. [`profile::self_correct_profile`] — put a re-pointed profile back.
+//!   7. [`inhibitors`] — critical-component changes defer to `boot` + reboot.
+//!
+//! Around them: [`dry_activate`], [`health`] checks, the on-host
+//! [`known_good`] record, [`privilege`] (sudo preflight).
+
+pub mod detached;
+pub mod dry_activate;
+pub mod events;
+#[cfg(test)]
+pub(crate) mod fake_host;
+pub mod health;
+pub mod inhibitors;
+pub mod known_good;
+pub mod links;
+pub mod outcome;
+pub mod pipeline;
+pub mod privilege;
+pub mod profile;
+pub mod realise;
+pub mod reboot;
+pub mod rollback;
+pub mod settings;
+pub mod switch;
+pub mod verify_poll;
+
+pub use events::{ActivationEvent, GateEvidence, Step, Warning};
+pub use outcome::{FailureReason, HostOutcome};
+pub use pipeline::{ActivationRequest, activate_host};
+pub use rollback::{RollbackMode, RollbackOutcome, rollback};
+pub use settings::{HostPaths, HostSettings, Os, RunId};

@@ -1,0 +1,289 @@
+//! Steps 4 + 5 together: check the lock, fire the detached job (retrying a
+//! fire whose answer was lost, without ever starting a second run), poll it
+//! to the end, and classify the result: settled, needs a reboot (NixOS switch
+//! inhibitors, an incompatible `init`), or a typed failure. Once fired, this
+//! does not return before the job finished or the activation timeout passed.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::events::{ActivationEvent, Phase, Step};
+use super::inhibitors::{ComponentChange, pre_switch_failure};
+use super::settings::HostSettings;
+use super::switch::{self, FireOutcome, LockState, SwitchJob};
+use super::verify_poll::{self, JobState, PollEvent, VerifyOutcome};
+use crate::gates::SwitchAction;
+use crate::nix::StorePath;
+use crate::remote::{Exit, Remote};
+
+/// Why a change can only land by rebooting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RebootReason {
+    /// nixgate's own check: these critical components change.
+    Components { changes: Vec<ComponentChange> },
+    /// NixOS 25.11+ `switchInhibitors` pre-switch check refused.
+    SwitchInhibitors { log_tail: Vec<String> },
+    /// `switch-to-configuration` exited 100: the new `init` is incompatible.
+    InitInterfaceChanged { log_tail: Vec<String> },
+}
+
+/// Proof that a detached run settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchEvidence {
+    pub unit: String,
+    pub action: SwitchAction,
+    pub closure: StorePath,
+    pub elapsed: Duration,
+    pub polls: u32,
+}
+
+/// Why a detached run failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SwitchFailure {
+    /// Another switch holds `switch-to-configuration`'s lock (nothing fired).
+    LockHeld { holders: Vec<String> },
+    /// The lock check could not be run (nothing fired).
+    LockCheck { error: String },
+    /// The host refused to start the job (nothing fired).
+    FireRefused { exit: Exit, tail: Vec<String> },
+    /// No answer from the host until the deadline: it may or may not have fired.
+    FireUnconfirmed { error: String },
+    /// A NixOS pre-switch check other than the inhibitors failed (nothing changed).
+    PreSwitchCheckFailed {
+        check: Option<String>,
+        log_tail: Vec<String>,
+    },
+    /// Non-zero exit (4: units failed after switching).
+    Exited {
+        code: u32,
+        seen: Option<StorePath>,
+        log_tail: Vec<String>,
+    },
+    FlippedToUnexpected {
+        seen: StorePath,
+        code: Option<u32>,
+        log_tail: Vec<String>,
+    },
+    NotFlipped {
+        seen: Option<StorePath>,
+        log_tail: Vec<String>,
+    },
+    Vanished {
+        started: bool,
+        log_tail: Vec<String>,
+    },
+    /// Still running at the deadline; the job is left to the caller to stop.
+    Timeout {
+        elapsed: Duration,
+        seen: Option<StorePath>,
+        last: Option<JobState>,
+    },
+}
+
+impl SwitchFailure {
+    /// True when the failure happened before the host changed at all.
+    pub fn changed_nothing(&self) -> bool {
+        matches!(
+            self,
+            SwitchFailure::LockHeld { .. }
+                | SwitchFailure::LockCheck { .. }
+                | SwitchFailure::FireRefused { .. }
+                | SwitchFailure::PreSwitchCheckFailed { .. }
+        )
+    }
+}
+
+/// The result of a detached run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SwitchResult {
+    Settled(SwitchEvidence),
+    NeedsReboot(RebootReason),
+    Failed(SwitchFailure),
+}
+
+/// Run `job` detached and verified. `expected` is what `/run/current-system`
+/// must be afterwards, `previous` what it was before.
+pub async fn run_detached<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    job: &SwitchJob,
+    expected: &StorePath,
+    previous: &StorePath,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> SwitchResult {
+    emit(ActivationEvent::Step {
+        step: Step::CheckSwitchLock,
+    });
+    match switch::check_switch_lock(remote, settings.os, &settings.paths, settings.sudo).await {
+        Ok(LockState::Free) => {}
+        Ok(LockState::Unchecked) => emit(ActivationEvent::Warning {
+            warning: super::events::Warning::SwitchLockUnchecked,
+        }),
+        Ok(LockState::Held { holders }) => {
+            return SwitchResult::Failed(SwitchFailure::LockHeld { holders });
+        }
+        Err(e) => {
+            return SwitchResult::Failed(SwitchFailure::LockCheck {
+                error: format!("{e:#}"),
+            });
+        }
+    }
+    emit(ActivationEvent::Step {
+        step: Step::FireSwitch {
+            unit: job.unit.clone(),
+            action: job.action,
+            closure: job.closure.clone(),
+        },
+    });
+    if let Err(failure) = fire_confirmed(remote, settings, job, emit).await {
+        return SwitchResult::Failed(failure);
+    }
+    emit(ActivationEvent::Step {
+        step: Step::VerifyPoll {
+            unit: job.unit.clone(),
+        },
+    });
+    let unit = job.unit.clone();
+    let on_poll = |e: PollEvent| match e {
+        PollEvent::Polled { elapsed, snapshot } => emit(ActivationEvent::Polling {
+            unit: unit.clone(),
+            elapsed,
+            job: snapshot.job,
+            current: snapshot.current,
+        }),
+        PollEvent::ConnectionLost {
+            attempt,
+            retry_in,
+            error,
+            ..
+        } => emit(ActivationEvent::ConnectionLost {
+            phase: Phase::Poll,
+            attempt,
+            retry_in,
+            error,
+        }),
+    };
+    let outcome = verify_poll::verify_poll(
+        remote,
+        job,
+        &settings.paths.current_system,
+        expected,
+        previous,
+        settings.poll_interval,
+        settings.activation_timeout,
+        &on_poll,
+    )
+    .await;
+    classify(remote, job, outcome).await
+}
+
+/// Fire, and if the answer was lost, find out whether it started before
+/// firing again (the unit name makes a second concurrent run impossible).
+async fn fire_confirmed<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    job: &SwitchJob,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<(), SwitchFailure> {
+    let start = tokio::time::Instant::now();
+    let mut lost = 0u32;
+    'fire: loop {
+        let error =
+            match switch::fire(remote, job, settings.sudo, settings.install_bootloader).await {
+                FireOutcome::Started | FireOutcome::AlreadyRunning => return Ok(()),
+                FireOutcome::Refused { exit, tail } => {
+                    return Err(SwitchFailure::FireRefused { exit, tail });
+                }
+                FireOutcome::Unconfirmed { error } => error,
+            };
+        let mut error = error;
+        loop {
+            if start.elapsed() >= settings.activation_timeout {
+                return Err(SwitchFailure::FireUnconfirmed { error });
+            }
+            let retry_in = verify_poll::backoff(lost);
+            lost += 1;
+            emit(ActivationEvent::ConnectionLost {
+                phase: Phase::Fire,
+                attempt: lost,
+                retry_in,
+                error: error.clone(),
+            });
+            tokio::time::sleep(retry_in).await;
+            match verify_poll::poll_once(remote, job, &settings.paths.current_system).await {
+                Ok(s) if s.job == (JobState::Gone { started: false }) => continue 'fire,
+                Ok(_) => return Ok(()),
+                Err(e) => error = e,
+            }
+        }
+    }
+}
+
+async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome) -> SwitchResult {
+    let failure = match outcome {
+        VerifyOutcome::Settled { elapsed, polls } => {
+            return SwitchResult::Settled(SwitchEvidence {
+                unit: job.unit.clone(),
+                action: job.action,
+                closure: job.closure.clone(),
+                elapsed,
+                polls,
+            });
+        }
+        VerifyOutcome::Timeout {
+            elapsed,
+            seen,
+            last,
+        } => SwitchFailure::Timeout {
+            elapsed,
+            seen,
+            last,
+        },
+        VerifyOutcome::Exited { code, seen, .. } => {
+            let log_tail = switch::log_tail(remote, job).await;
+            if let Some(f) = pre_switch_failure(&log_tail) {
+                if f.is_inhibitor() {
+                    return SwitchResult::NeedsReboot(RebootReason::SwitchInhibitors { log_tail });
+                }
+                SwitchFailure::PreSwitchCheckFailed {
+                    check: f.check,
+                    log_tail,
+                }
+            } else if code == 100 && job.action.changes_running_system() {
+                return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
+            } else if code == 11
+                && log_tail
+                    .iter()
+                    .any(|l| l.contains("Could not acquire lock"))
+            {
+                SwitchFailure::LockHeld {
+                    holders: Vec::new(),
+                }
+            } else {
+                SwitchFailure::Exited {
+                    code,
+                    seen,
+                    log_tail,
+                }
+            }
+        }
+        VerifyOutcome::FlippedToUnexpected { seen, code } => SwitchFailure::FlippedToUnexpected {
+            seen,
+            code,
+            log_tail: switch::log_tail(remote, job).await,
+        },
+        VerifyOutcome::NotFlipped { seen } => SwitchFailure::NotFlipped {
+            seen,
+            log_tail: switch::log_tail(remote, job).await,
+        },
+        VerifyOutcome::Vanished { started, .. } => SwitchFailure::Vanished {
+            started,
+            log_tail: switch::log_tail(remote, job).await,
+        },
+    };
+    SwitchResult::Failed(failure)
+}

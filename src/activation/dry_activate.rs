@@ -1,0 +1,216 @@
+//! The dry-activate gate: `<closure>/bin/switch-to-configuration dry-activate`
+//! (nix-darwin: `checkActivation=1 <closure>/activate`). It changes nothing,
+//! so it runs in the SSH session. A non-zero exit fails the gate; the unit
+//! lines it prints on stderr (`would stop the following units: a, b`, ...)
+//! become typed lists. A 25.11 switch-inhibitor refusal is reported apart.
+
+use anyhow::Context;
+
+use super::inhibitors::{PreSwitchFailure, pre_switch_failure};
+use super::settings::Os;
+use crate::nix::StorePath;
+use crate::remote::{Command, Exit, Remote};
+
+/// What a dry activation says the switch would do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DryActivateReport {
+    pub would_stop: Vec<String>,
+    /// Changed units with `stopIfChanged = false` / `restartIfChanged = false`.
+    pub would_not_stop: Vec<String>,
+    pub would_reload: Vec<String>,
+    pub would_restart: Vec<String>,
+    pub would_start: Vec<String>,
+    pub would_restart_systemd: bool,
+    pub would_stop_swap: Vec<String>,
+}
+
+/// How the dry activation ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DryActivateOutcome {
+    Passed(DryActivateReport),
+    /// NixOS's switch inhibitors refuse a live switch: only `boot` can land it.
+    Inhibited {
+        tail: Vec<String>,
+    },
+    /// Another pre-switch check failed.
+    PreSwitchCheckFailed {
+        check: Option<String>,
+        tail: Vec<String>,
+    },
+    Failed {
+        exit: Exit,
+        tail: Vec<String>,
+    },
+}
+
+/// The dry-activate command for `os`.
+pub fn dry_activate_command(closure: &StorePath, os: Os, sudo: bool) -> Command {
+    match os {
+        Os::Linux => Command::new(format!("{closure}/bin/switch-to-configuration"))
+            .arg("dry-activate")
+            .sudo(sudo),
+        Os::Darwin => Command::new(format!("{closure}/activate"))
+            .env("checkActivation", "1")
+            .sudo(sudo),
+    }
+}
+
+fn units(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parse the `would ...` lines of a dry activation.
+pub fn parse_report(text: &str) -> DryActivateReport {
+    let mut r = DryActivateReport::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(l) = line.strip_prefix("would stop the following units:") {
+            r.would_stop.extend(units(l));
+        } else if let Some(l) = line.strip_prefix("would NOT stop the following changed units:") {
+            r.would_not_stop.extend(units(l));
+        } else if let Some(l) = line.strip_prefix("would reload the following units:") {
+            r.would_reload.extend(units(l));
+        } else if let Some(l) = line.strip_prefix("would restart the following units:") {
+            r.would_restart.extend(units(l));
+        } else if let Some(l) = line.strip_prefix("would start the following units:") {
+            r.would_start.extend(units(l));
+        } else if let Some(l) = line.strip_prefix("would stop swap device:") {
+            r.would_stop_swap.extend(units(l));
+        } else if line == "would restart systemd" {
+            r.would_restart_systemd = true;
+        }
+    }
+    r
+}
+
+/// Classify a finished dry activation.
+pub fn classify(exit: &Exit, stdout: &str, stderr: &str) -> DryActivateOutcome {
+    let all = format!("{stdout}\n{stderr}");
+    let lines: Vec<&str> = all.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail: Vec<String> = lines[lines.len().saturating_sub(20)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    if exit.success() {
+        return DryActivateOutcome::Passed(parse_report(&all));
+    }
+    match pre_switch_failure(&lines) {
+        Some(f @ PreSwitchFailure { .. }) if f.is_inhibitor() => {
+            DryActivateOutcome::Inhibited { tail }
+        }
+        Some(PreSwitchFailure { check }) => {
+            DryActivateOutcome::PreSwitchCheckFailed { check, tail }
+        }
+        None => DryActivateOutcome::Failed {
+            exit: exit.clone(),
+            tail,
+        },
+    }
+}
+
+/// Run the dry activation of `closure` on the host.
+pub async fn dry_activate<R: Remote>(
+    remote: &R,
+    closure: &StorePath,
+    os: Os,
+    sudo: bool,
+) -> anyhow::Result<DryActivateOutcome> {
+    let out = remote
+        .exec(&dry_activate_command(closure, os, sudo))
+        .await
+        .with_context(|| format!("dry-activating {closure} on {}", remote.name()))?;
+    Ok(classify(&out.exit, &out.stdout_str(), &out.stderr_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Output;
+    use crate::remote::scripted::{ScriptedRemote, fail};
+
+    const SYS: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+
+    #[tokio::test]
+    async fn parses_real_dry_activate_output() {
+        // Shape of switch-to-configuration-ng's dry-activate stderr.
+        let stderr = "would stop the following units: accounts-daemon.service\n\
+            would NOT stop the following changed units: systemd-journald.service\n\
+            would activate the configuration...\n\
+            setting up /etc...\n\
+            would restart systemd\n\
+            would reload the following units: dbus.service\n\
+            would restart the following units: nginx.service, polkit.service\n\
+            would start the following units: accounts-daemon.service, nixgate-health.timer\n";
+        let r = ScriptedRemote::new("web1", move |_| {
+            Output::new(Exit::Code { code: 0 }, "", stderr)
+        });
+        let sys = StorePath::parse(SYS).unwrap();
+        let out = dry_activate(&r, &sys, Os::Linux, true).await.unwrap();
+        assert_eq!(
+            out,
+            DryActivateOutcome::Passed(DryActivateReport {
+                would_stop: vec!["accounts-daemon.service".into()],
+                would_not_stop: vec!["systemd-journald.service".into()],
+                would_reload: vec!["dbus.service".into()],
+                would_restart: vec!["nginx.service".into(), "polkit.service".into()],
+                would_start: vec![
+                    "accounts-daemon.service".into(),
+                    "nixgate-health.timer".into()
+                ],
+                would_restart_systemd: true,
+                would_stop_swap: vec![],
+            })
+        );
+        assert_eq!(
+            r.commands()[0].render(),
+            format!("sudo -n -- {SYS}/bin/switch-to-configuration dry-activate")
+        );
+    }
+
+    #[test]
+    fn failures() {
+        match classify(
+            &Exit::Code { code: 1 },
+            "",
+            "Checking switch inhibitors...\nPre-switch check 'switchInhibitors' failed\nPre-switch checks failed\n",
+        ) {
+            DryActivateOutcome::Inhibited { tail } => assert_eq!(tail.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(
+                &Exit::Code { code: 2 },
+                "",
+                "This is not a NixOS installation!\n"
+            ),
+            DryActivateOutcome::Failed { .. }
+        ));
+        let f = fail(
+            1,
+            "Pre-switch check 'diskSpace' failed\nPre-switch checks failed\n",
+        );
+        assert_eq!(
+            classify(&f.exit, "", &f.stderr_str()),
+            DryActivateOutcome::PreSwitchCheckFailed {
+                check: Some("diskSpace".into()),
+                tail: vec![
+                    "Pre-switch check 'diskSpace' failed".into(),
+                    "Pre-switch checks failed".into()
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn darwin_command() {
+        let sys = StorePath::parse(SYS).unwrap();
+        assert_eq!(
+            dry_activate_command(&sys, Os::Darwin, true).render(),
+            format!("sudo -n -- env checkActivation=1 {SYS}/activate")
+        );
+    }
+}

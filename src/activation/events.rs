@@ -1,0 +1,141 @@
+//! Typed events of a host's activation, for reporters. Data only: reporters
+//! decide how to show them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::detached::{RebootReason, SwitchEvidence};
+use super::dry_activate::DryActivateReport;
+use super::health::HealthReport;
+use super::known_good::KnownGoodMark;
+use super::outcome::FailureReason;
+use super::profile::ProfileCheck;
+use super::rollback::{RollbackMode, RollbackOutcome};
+use super::verify_poll::JobState;
+use crate::gates::{Gate, SwitchAction};
+use crate::nix::StorePath;
+
+/// Evidence that a gate passed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GateEvidence {
+    DryActivate(DryActivateReport),
+    LiveActivate(SwitchEvidence),
+    HealthChecks {
+        reports: Vec<HealthReport>,
+    },
+    Persist {
+        profile: String,
+        closure: StorePath,
+        /// The separate `boot` run, if there was one (not for `switch`).
+        boot: Option<SwitchEvidence>,
+    },
+    /// The host rebooted into the candidate.
+    Rebooted {
+        booted: StorePath,
+    },
+    MarkKnownGood(KnownGoodMark),
+}
+
+/// What the pipeline is doing on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    SudoPreflight,
+    Realise {
+        closure: StorePath,
+    },
+    ReadCurrentSystem,
+    SetProfile {
+        profile: String,
+        closure: StorePath,
+    },
+    CheckInhibitors,
+    CheckSwitchLock,
+    FireSwitch {
+        unit: String,
+        action: SwitchAction,
+        closure: StorePath,
+    },
+    VerifyPoll {
+        unit: String,
+    },
+    SelfCorrectProfile {
+        profile: String,
+    },
+    StopHungSwitch {
+        unit: String,
+    },
+    Reboot,
+    WaitForReboot,
+    MarkKnownGood,
+}
+
+/// Where a lost connection was noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Fire,
+    Poll,
+    Reboot,
+}
+
+/// Something worth telling that does not fail the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Warning {
+    /// Step 6 found the profile re-pointed (and what it did about it).
+    Profile {
+        profile: String,
+        check: ProfileCheck,
+    },
+    /// `flock` is missing on the host: the orphaned-switch check was skipped.
+    SwitchLockUnchecked,
+}
+
+/// One event of a host's activation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ActivationEvent {
+    GateStarted {
+        gate: Gate,
+    },
+    GatePassed {
+        gate: Gate,
+        evidence: GateEvidence,
+    },
+    GateFailed {
+        gate: Gate,
+        reason: FailureReason,
+    },
+    Step {
+        step: Step,
+    },
+    Polling {
+        unit: String,
+        elapsed: Duration,
+        job: JobState,
+        current: Option<StorePath>,
+    },
+    ConnectionLost {
+        phase: Phase,
+        attempt: u32,
+        retry_in: Duration,
+        error: String,
+    },
+    Warning {
+        warning: Warning,
+    },
+    /// The change needs a reboot; it was made the boot default instead.
+    Deferred {
+        reason: RebootReason,
+    },
+    RollbackStarted {
+        to: StorePath,
+        mode: RollbackMode,
+    },
+    RollbackFinished {
+        outcome: RollbackOutcome,
+    },
+}

@@ -1,0 +1,373 @@
+//! A small stateful fake NixOS host for pipeline tests: it holds the running
+//! system, the boot default, profiles, transient switch units and their
+//! status files, and reacts to the exact commands nixgate sends, answering as
+//! the real tools do (`systemctl show` formats, collected units, exit codes).
+//! Unknown commands panic, so a test notices any command it did not expect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{inhibitors, known_good, links, switch, verify_poll};
+use crate::nix::StorePath;
+use crate::remote::scripted::{ScriptedRemote, fail, ok};
+use crate::remote::{Command, Exit, Output};
+
+pub const SYSTEM: &str = "/nix/var/nix/profiles/system";
+pub const KNOWN_GOOD: &str = "/nix/var/nix/profiles/nixgate-known-good";
+
+/// How a closure behaves when activated on the fake host.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// Exit code of `switch`/`test`.
+    pub exit: u32,
+    pub boot_exit: u32,
+    pub hang: bool,
+    pub flip_to: Option<StorePath>,
+    pub repoint_profile_to: Option<StorePath>,
+    /// NixOS 25.11 `switchInhibitors` refuses `switch`/`test`/`dry-activate`.
+    pub inhibitor_message: bool,
+    pub polls_to_finish: u32,
+    pub systemd: &'static str,
+    pub healthy: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            exit: 0,
+            boot_exit: 0,
+            hang: false,
+            flip_to: None,
+            repoint_profile_to: None,
+            inhibitor_message: false,
+            polls_to_finish: 2,
+            systemd: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-256.8",
+            healthy: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub closure: StorePath,
+    pub action: String,
+    pub status: String,
+    pub running: bool,
+    pub polls_left: u32,
+    pub log: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub current: StorePath,
+    pub booted: StorePath,
+    /// What the boot loader's default entry boots.
+    pub boot_default: StorePath,
+    pub profiles: BTreeMap<String, Vec<StorePath>>,
+    pub behaviours: HashMap<StorePath, Behaviour>,
+    pub jobs: BTreeMap<String, Job>,
+    pub lock_held: bool,
+    pub polls: usize,
+    /// Poll numbers (1-based) answered with a lost connection.
+    pub drop_polls: Vec<usize>,
+    pub records: BTreeMap<String, String>,
+    pub boot_id: u32,
+    pub sudo_password_required: bool,
+}
+
+impl State {
+    fn behaviour(&self, c: &StorePath) -> Behaviour {
+        self.behaviours.get(c).cloned().unwrap_or_default()
+    }
+
+    pub fn profile(&self, p: &str) -> Option<&StorePath> {
+        self.profiles.get(p).and_then(|g| g.last())
+    }
+
+    fn set_profile(&mut self, p: &str, c: &StorePath) {
+        let gens = self.profiles.entry(p.to_owned()).or_default();
+        if gens.last() != Some(c) {
+            gens.push(c.clone());
+        }
+    }
+
+    fn finish(&mut self, unit: &str) {
+        let Some(job) = self.jobs.get(unit).cloned() else {
+            return;
+        };
+        let b = self.behaviour(&job.closure);
+        let live = job.action == "switch" || job.action == "test";
+        let (code, log) = if live && b.inhibitor_message {
+            (
+                1,
+                vec![
+                    "Checking switch inhibitors... The following inhibitors changed: systemd"
+                        .into(),
+                    "Pre-switch check 'switchInhibitors' failed".into(),
+                    "Pre-switch checks failed".into(),
+                ],
+            )
+        } else {
+            if job.action == "switch" || job.action == "boot" {
+                self.boot_default = self.profile(SYSTEM).cloned().unwrap_or(job.closure.clone());
+            }
+            if live {
+                self.current = b.flip_to.clone().unwrap_or(job.closure.clone());
+            }
+            if let Some(p) = &b.repoint_profile_to {
+                self.set_profile(SYSTEM, p);
+            }
+            let code = if live { b.exit } else { b.boot_exit };
+            let mut log = vec!["activating the configuration...".to_string()];
+            if code == 4 {
+                log.push("warning: the following units failed: nginx.service".into());
+            }
+            (code, log)
+        };
+        let job = self.jobs.get_mut(unit).expect("job exists");
+        job.status = format!("exited {code}");
+        job.running = false;
+        job.log = log;
+        self.lock_held = false;
+    }
+
+    fn respond(&mut self, cmd: &Command) -> Output {
+        let a: Vec<&str> = cmd.argv().iter().map(String::as_str).collect();
+        match a[0] {
+            "true" if self.sudo_password_required => fail(1, "sudo: a password is required\n"),
+            "true" => ok(""),
+            "nix-store" => ok(a[2]),
+            "nix-env" => {
+                let c = StorePath::parse(a[4]).expect("store path");
+                self.set_profile(a[2], &c);
+                ok("")
+            }
+            "readlink" => {
+                let n = self.profiles.get(a[1]).map_or(0, Vec::len);
+                let base = a[1].rsplit('/').next().unwrap_or_default();
+                ok(&format!("{base}-{n}-link\n"))
+            }
+            "systemctl" if a[1] == "stop" => {
+                let unit = a[2].trim_end_matches(".service");
+                if let Some(j) = self.jobs.get_mut(unit) {
+                    j.running = false;
+                }
+                self.lock_held = false;
+                ok("")
+            }
+            "systemd-run" => {
+                // The reboot: the host comes back on its boot default.
+                self.booted = self.boot_default.clone();
+                self.current = self.boot_default.clone();
+                self.boot_id += 1;
+                ok("")
+            }
+            "cat" => ok(&format!("boot-{}\n", self.boot_id)),
+            "timeout" => {
+                if self.behaviour(&self.current.clone()).healthy {
+                    ok("active\n")
+                } else {
+                    Output::new(Exit::Code { code: 3 }, "failed\n", "")
+                }
+            }
+            p if p.ends_with("/bin/switch-to-configuration") && a[1] == "dry-activate" => {
+                let c =
+                    StorePath::parse(p.trim_end_matches("/bin/switch-to-configuration")).unwrap();
+                if self.behaviour(&c).inhibitor_message {
+                    fail(
+                        1,
+                        "Pre-switch check 'switchInhibitors' failed\nPre-switch checks failed\n",
+                    )
+                } else {
+                    Output::new(
+                        Exit::Code { code: 0 },
+                        "",
+                        "would activate the configuration...\nwould restart the following units: nginx.service\n",
+                    )
+                }
+            }
+            "sh" => self.script(&a),
+            _ => panic!("fake host: unexpected command {a:?}"),
+        }
+    }
+
+    fn script(&mut self, a: &[&str]) -> Output {
+        let script = a[2];
+        if script == links::READ_LINK {
+            let target = match a[4] {
+                "/run/current-system" => Some(self.current.clone()),
+                "/run/booted-system" => Some(self.booted.clone()),
+                p => self.profile(p).cloned(),
+            };
+            ok(&target.map(|t| format!("{t}\n")).unwrap_or_default())
+        } else if script == switch::LOCK_CHECK {
+            if self.lock_held {
+                let holders: String = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.running)
+                    .map(|(u, _)| format!("NixgateHolder={u}.service active running\n"))
+                    .collect();
+                ok(&format!("NixgateLock=held\n{holders}"))
+            } else {
+                ok("NixgateLock=free\n")
+            }
+        } else if script == switch::FIRE_LINUX {
+            let unit = a[8].trim_start_matches("--unit=").to_owned();
+            let (program, action) = (a[a.len() - 2], a[a.len() - 1]);
+            if self.jobs.get(&unit).is_some_and(|j| j.running) {
+                return fail(
+                    1,
+                    &format!(
+                        "Failed to start transient service unit: Unit {unit}.service already exists.\n"
+                    ),
+                );
+            }
+            let closure =
+                StorePath::parse(program.trim_end_matches("/bin/switch-to-configuration")).unwrap();
+            let b = self.behaviour(&closure);
+            let polls_left = if b.hang { u32::MAX } else { b.polls_to_finish };
+            self.jobs.insert(
+                unit.clone(),
+                Job {
+                    closure,
+                    action: action.to_owned(),
+                    status: "started".into(),
+                    running: true,
+                    polls_left,
+                    log: vec!["activating the configuration...".into()],
+                },
+            );
+            self.lock_held = true;
+            Output::new(
+                Exit::Code { code: 0 },
+                "",
+                format!("Running as unit: {unit}.service; invocation ID: 0c1b2a\n"),
+            )
+        } else if script == verify_poll::POLL_LINUX {
+            self.polls += 1;
+            if self.drop_polls.contains(&self.polls) {
+                return Output::new(Exit::ConnectionLost, "", "");
+            }
+            let unit = a[4].trim_end_matches(".service").to_owned();
+            if let Some(j) = self.jobs.get_mut(&unit)
+                && j.running
+            {
+                j.polls_left = j.polls_left.saturating_sub(1);
+                if j.polls_left == 0 {
+                    self.finish(&unit);
+                }
+            }
+            let (show, status) = match self.jobs.get(&unit) {
+                Some(j) if j.running => (
+                    "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=loaded\nActiveState=active\nSubState=running\n",
+                    j.status.clone(),
+                ),
+                Some(j) => (
+                    "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n",
+                    j.status.clone(),
+                ),
+                None => (
+                    "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n",
+                    "absent".into(),
+                ),
+            };
+            ok(&format!(
+                "{show}NixgateStatus={status}\nNixgateCurrent={}\n",
+                self.current
+            ))
+        } else if script == switch::LOG_TAIL {
+            let log = self
+                .jobs
+                .get(a[5])
+                .map(|j| j.log.join("\n"))
+                .unwrap_or_default();
+            ok(&format!("{log}\n"))
+        } else if script == inhibitors::COMPARE {
+            let cur = self.behaviour(&self.current.clone()).systemd;
+            let cand = self.behaviour(&StorePath::parse(a[5]).unwrap()).systemd;
+            ok(&format!(
+                "systemd\t/nix/store/{cur}\t/nix/store/{cand}\n\
+                 sw/lib/systemd/systemd\t/nix/store/{cur}/lib/systemd/systemd\t/nix/store/{cand}/lib/systemd/systemd\n\
+                 etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
+                 kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n"
+            ))
+        } else if script == known_good::WRITE_RECORD {
+            self.records.insert(a[5].to_owned(), a[6].to_owned());
+            ok("")
+        } else {
+            panic!("fake host: unexpected script {a:?}")
+        }
+    }
+}
+
+/// The fake host; clones share state.
+#[derive(Clone)]
+pub struct FakeHost(Arc<Mutex<State>>);
+
+impl FakeHost {
+    /// A host running `current`, whose system profile and known-good
+    /// profile both point at it.
+    pub fn new(current: &StorePath) -> Self {
+        let mut profiles = BTreeMap::new();
+        profiles.insert(SYSTEM.to_owned(), vec![current.clone()]);
+        profiles.insert(KNOWN_GOOD.to_owned(), vec![current.clone()]);
+        FakeHost(Arc::new(Mutex::new(State {
+            current: current.clone(),
+            booted: current.clone(),
+            boot_default: current.clone(),
+            profiles,
+            behaviours: HashMap::new(),
+            jobs: BTreeMap::new(),
+            lock_held: false,
+            polls: 0,
+            drop_polls: Vec::new(),
+            records: BTreeMap::new(),
+            boot_id: 1,
+            sudo_password_required: false,
+        })))
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().expect("fake host state")
+    }
+
+    pub fn behave(&self, c: &StorePath, b: Behaviour) {
+        self.state().behaviours.insert(c.clone(), b);
+    }
+
+    pub fn remote(&self) -> ScriptedRemote {
+        let st = self.0.clone();
+        ScriptedRemote::new("web1", move |cmd| st.lock().expect("state").respond(cmd))
+    }
+}
+
+/// A readable one-line description of a command for sequence assertions:
+/// nixgate's fixed scripts by name, with their arguments; anything else as
+/// rendered (so `sudo -n --` shows).
+pub fn describe(cmd: &Command) -> String {
+    let a = cmd.argv();
+    let sudo = if cmd.is_sudo() { "sudo " } else { "" };
+    if a[0] != "sh" || a.len() < 4 {
+        return cmd.render();
+    }
+    let name = match a[2].as_str() {
+        s if s == links::READ_LINK => "readlink-f",
+        s if s == switch::LOCK_CHECK => "lock-check",
+        s if s == verify_poll::POLL_LINUX => "poll",
+        s if s == switch::LOG_TAIL => "log-tail",
+        s if s == inhibitors::COMPARE => "compare-components",
+        s if s == known_good::WRITE_RECORD => "write-record",
+        s if s == switch::FIRE_LINUX => {
+            return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);
+        }
+        _ => "unknown-script",
+    };
+    let args: Vec<&str> = a[4..].iter().map(String::as_str).collect();
+    let args = if name == "write-record" {
+        &args[..2]
+    } else {
+        &args[..]
+    };
+    format!("{sudo}{name} {}", args.join(" "))
+}

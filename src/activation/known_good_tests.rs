@@ -1,0 +1,138 @@
+//! Tests of the known-good record: exact commands, and the real thing on a
+//! temporary profile in this machine's Nix store.
+
+use std::time::Duration;
+
+use super::*;
+use crate::remote::local::LocalRemote;
+use crate::remote::scripted::{ScriptedRemote, ok};
+
+const SYS: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+
+#[test]
+fn utc_format() {
+    let at = |s| utc_rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+    assert_eq!(at(0), "1970-01-01T00:00:00Z");
+    assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(at(1_709_294_400), "2024-03-01T12:00:00Z");
+    assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+}
+
+#[test]
+fn generation_links() {
+    assert_eq!(generation_of("nixgate-known-good-12-link"), Some(12));
+    assert_eq!(
+        generation_of("/nix/var/nix/profiles/nixgate-known-good-3-link"),
+        Some(3)
+    );
+    assert_eq!(generation_of("/nix/store/abc-x"), None);
+}
+
+fn request(closure: &str, at: u64) -> MarkRequest {
+    MarkRequest {
+        closure: StorePath::parse(closure).unwrap(),
+        commit: Some("3f2a9c1".into()),
+        run_id: RunId::parse("r1").unwrap(),
+        gates: vec![GateRecord {
+            gate: Gate::HealthChecks,
+            evidence: serde_json::json!([{"command": "true", "attempts": [{"kind": "passed"}]}]),
+        }],
+        at: UNIX_EPOCH + Duration::from_secs(at),
+    }
+}
+
+#[tokio::test]
+async fn mark_commands() {
+    let r = ScriptedRemote::new("web1", |c| {
+        if c.program() == "readlink" {
+            ok("nixgate-known-good-7-link\n")
+        } else {
+            ok("")
+        }
+    });
+    let paths = HostPaths::for_os(crate::activation::Os::Linux);
+    let m = mark(&r, &paths, true, request(SYS, 1_709_294_400))
+        .await
+        .unwrap();
+    assert_eq!(m.generation, 7);
+    assert_eq!(m.record_path, "/var/lib/nixgate/known-good/7.json");
+    let cmds = r.commands();
+    assert_eq!(
+        cmds[0].render(),
+        format!("sudo -n -- nix-env -p /nix/var/nix/profiles/nixgate-known-good --set {SYS}")
+    );
+    assert_eq!(
+        cmds[1].argv(),
+        &["readlink", "/nix/var/nix/profiles/nixgate-known-good"].map(String::from)
+    );
+    let argv = cmds[2].argv();
+    assert_eq!(
+        &argv[..5],
+        &[
+            "sh",
+            "-c",
+            WRITE_RECORD,
+            "nixgate",
+            "/var/lib/nixgate/known-good"
+        ]
+        .map(String::from)
+    );
+    assert_eq!(argv[5], "7");
+    let rec: KnownGoodRecord = serde_json::from_str(&argv[6]).unwrap();
+    assert_eq!(rec.marked_at, "2024-03-01T12:00:00Z");
+    assert_eq!(rec.host, "web1");
+    assert_eq!(rec.commit.as_deref(), Some("3f2a9c1"));
+    assert!(cmds[2].is_sudo());
+}
+
+/// Real: two marks on a temporary profile; the history lists both
+/// generations with their records and knows which is current; re-marking the
+/// current closure adds no generation.
+#[tokio::test]
+async fn real_profile_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let add = |name: &str| {
+        std::fs::write(d.join(name), name).unwrap();
+        let out = std::process::Command::new("nix-store")
+            .arg("--add")
+            .arg(d.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (add("sys-a"), add("sys-b"));
+    let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
+    paths.known_good_profile = d.join("profiles/nixgate-known-good").display().to_string();
+    paths.known_good_records = d.join("records").display().to_string();
+    std::fs::create_dir(d.join("profiles")).unwrap();
+    let r = LocalRemote::new("local");
+    assert!(history(&r, &paths).await.unwrap().is_empty());
+    assert_eq!(current(&r, &paths).await.unwrap(), None);
+
+    let m1 = mark(&r, &paths, false, request(&a, 100)).await.unwrap();
+    let m2 = mark(&r, &paths, false, request(&b, 200)).await.unwrap();
+    assert_eq!((m1.generation, m2.generation), (1, 2));
+    let again = mark(&r, &paths, false, request(&b, 300)).await.unwrap();
+    assert_eq!(again.generation, 2, "same closure: same generation");
+
+    let h = history(&r, &paths).await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].closure.as_ref().unwrap().as_str(), a);
+    assert!(!h[0].current && h[1].current);
+    let rec = h[1].record.as_ref().unwrap();
+    assert_eq!(rec.closure.as_str(), b);
+    assert_eq!(
+        rec.marked_at, "1970-01-01T00:05:00Z",
+        "re-mark rewrote the record"
+    );
+    assert_eq!(rec.gates[0].gate, Gate::HealthChecks);
+    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), b);
+    // No temporary file left behind.
+    let names: Vec<_> = std::fs::read_dir(d.join("records"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

@@ -1,0 +1,129 @@
+//! Step 3 and friends: reading the store path a host's symlinks point at
+//! (`/run/current-system`, `/run/booted-system`, profiles) and its boot id.
+//!
+//! Decision: links are read with `readlink -f`, i.e. fully canonicalised, so a
+//! link to a profile (`-> system-42-link -> /nix/store/...`) and a direct link
+//! to the store both yield the toplevel store path, which is what the
+//! candidate is compared with. NixOS points `/run/current-system` straight at
+//! the toplevel, so for it `readlink` and `readlink -f` agree; `-f` also copes
+//! with the indirect forms. The result must parse as a [`StorePath`].
+
+use anyhow::Context;
+
+use crate::nix::StorePath;
+use crate::remote::{Command, Remote};
+
+/// Prints the canonical target of `$1` if it exists (as a link or a file),
+/// nothing if it does not.
+pub(crate) const READ_LINK: &str = "if [ -L \"$1\" ] || [ -e \"$1\" ]; then readlink -f \"$1\"; fi";
+
+/// The command reading the canonical target of `path`.
+pub fn read_link_command(path: &str) -> Command {
+    Command::script(READ_LINK).arg(path)
+}
+
+/// Parse the output of [`read_link_command`]: empty means the link is absent.
+pub fn parse_link_target(stdout: &str, path: &str) -> anyhow::Result<Option<StorePath>> {
+    let target = stdout.trim();
+    if target.is_empty() {
+        return Ok(None);
+    }
+    StorePath::parse(target)
+        .map(Some)
+        .with_context(|| format!("{path} does not point into the Nix store"))
+}
+
+/// The store path `path` resolves to on the host, or `None` if it is absent.
+pub async fn read_store_link<R: Remote>(
+    remote: &R,
+    path: &str,
+) -> anyhow::Result<Option<StorePath>> {
+    let out = remote
+        .exec(&read_link_command(path))
+        .await
+        .with_context(|| format!("reading {path} on {}", remote.name()))?
+        .check(&format!("readlink -f {path}"))?;
+    parse_link_target(&out.stdout_str(), path)
+}
+
+/// Step 3: the system running now (`/run/current-system`), read before the
+/// switch fires and kept for the flip-to-unexpected check.
+pub async fn current_system<R: Remote>(remote: &R, link: &str) -> anyhow::Result<StorePath> {
+    read_store_link(remote, link).await?.with_context(|| {
+        format!(
+            "{link} does not exist on {}: is it a NixOS / nix-darwin host?",
+            remote.name()
+        )
+    })
+}
+
+/// The kernel's boot id: changes on every boot, so a reboot can be proven.
+pub async fn boot_id<R: Remote>(remote: &R, path: &str) -> anyhow::Result<String> {
+    let out = remote
+        .exec(&Command::new("cat").arg(path))
+        .await
+        .with_context(|| format!("reading the boot id of {}", remote.name()))?
+        .check("reading the boot id")?;
+    let id = out.stdout_str().trim().to_owned();
+    anyhow::ensure!(!id.is_empty(), "{path} is empty on {}", remote.name());
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::local::LocalRemote;
+    use crate::remote::scripted::{ScriptedRemote, fail, ok};
+
+    const SYS: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+
+    #[tokio::test]
+    async fn reads_current_system() {
+        let r = ScriptedRemote::new("web1", |_| ok(&format!("{SYS}\n")));
+        let got = current_system(&r, "/run/current-system").await.unwrap();
+        assert_eq!(got.as_str(), SYS);
+        assert_eq!(
+            r.argvs(),
+            vec![vec![
+                "sh".to_string(),
+                "-c".into(),
+                READ_LINK.into(),
+                "nixgate".into(),
+                "/run/current-system".into()
+            ]]
+        );
+    }
+
+    #[tokio::test]
+    async fn absent_and_garbage() {
+        let r = ScriptedRemote::new("h", |_| ok(""));
+        assert_eq!(read_store_link(&r, "/x").await.unwrap(), None);
+        assert!(current_system(&r, "/x").await.is_err());
+        let r = ScriptedRemote::new("h", |_| ok("/etc/static\n"));
+        assert!(read_store_link(&r, "/x").await.is_err());
+        let r = ScriptedRemote::new("h", |_| fail(1, "readlink: Permission denied"));
+        let err = read_store_link(&r, "/x").await.unwrap_err();
+        assert!(format!("{err:#}").contains("Permission denied"));
+    }
+
+    /// The script against real links: a profile-style chain resolves to the
+    /// store path, a missing link prints nothing.
+    #[tokio::test]
+    async fn real_readlink_semantics() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen1 = dir.path().join("system-1-link");
+        let prof = dir.path().join("system");
+        std::os::unix::fs::symlink(SYS, &gen1).unwrap();
+        std::os::unix::fs::symlink("system-1-link", &prof).unwrap();
+        let r = LocalRemote::new("local");
+        let got = read_store_link(&r, prof.to_str().unwrap()).await.unwrap();
+        assert_eq!(got.unwrap().as_str(), SYS);
+        let missing = dir.path().join("nope");
+        assert_eq!(
+            read_store_link(&r, missing.to_str().unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! The final, typed outcome of a host's activation, and the reasons a gate
+//! can fail.
+
+use serde::Serialize;
+
+use super::detached::{RebootReason, SwitchFailure};
+use super::dry_activate::DryActivateOutcome;
+use super::health::HealthReport;
+use super::known_good::KnownGoodMark;
+use super::privilege::SudoCheck;
+use super::realise::RealiseOutcome;
+use super::reboot::RebootOutcome;
+use super::rollback::RollbackError;
+use crate::gates::{Gate, Goal};
+use crate::nix::StorePath;
+
+/// Why a gate failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureReason {
+    /// `sudo -n true` did not work.
+    Sudo(SudoCheck),
+    /// `nix-store --realise` failed (not a signature problem).
+    Realise(RealiseOutcome),
+    /// A step's command could not run or answered nonsense.
+    Remote {
+        step: &'static str,
+        error: String,
+    },
+    DryActivate(DryActivateOutcome),
+    ProfileSet {
+        error: String,
+    },
+    Switch(SwitchFailure),
+    /// The change needs a reboot but the goal does not persist it (`test`).
+    NeedsReboot(RebootReason),
+    HealthChecks {
+        reports: Vec<HealthReport>,
+    },
+    Reboot(RebootOutcome),
+    MarkKnownGood {
+        error: String,
+    },
+}
+
+/// Where a host ended up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HostOutcome {
+    /// Every gate passed; marked known-good.
+    KnownGood { mark: KnownGoodMark },
+    /// The goal was reached; the goal does not mark known-good.
+    Activated { goal: Goal },
+    /// The host already ran the candidate: verified (and marked, if the goal
+    /// marks), not re-switched.
+    AlreadyCurrent { mark: Option<KnownGoodMark> },
+    /// The change needs a reboot: it is the boot default now, not running.
+    DeferredPendingReboot { reason: RebootReason },
+    /// A gate failed after the host changed; the rollback verified.
+    RolledBack {
+        gate: Gate,
+        reason: FailureReason,
+        to: StorePath,
+    },
+    /// A gate failed after the host changed and the rollback did NOT verify:
+    /// the host needs a human.
+    RollbackFailed {
+        gate: Gate,
+        reason: FailureReason,
+        to: StorePath,
+        rollback_error: RollbackError,
+    },
+    /// A gate failed before anything on the host changed.
+    Failed { gate: Gate, reason: FailureReason },
+    /// The closure is not signed by a key the host trusts.
+    SignatureMismatch {
+        untrusted: Vec<String>,
+        tail: Vec<String>,
+    },
+    /// Cancelled before this gate; nothing was changed by it.
+    Cancelled { before: Gate },
+}
+
+impl HostOutcome {
+    /// Did the host reach its goal?
+    pub fn is_success(&self) -> bool {
+        matches!(
+            self,
+            HostOutcome::KnownGood { .. }
+                | HostOutcome::Activated { .. }
+                | HostOutcome::AlreadyCurrent { .. }
+                | HostOutcome::DeferredPendingReboot { .. }
+        )
+    }
+
+    /// Does the host need a human?
+    pub fn needs_attention(&self) -> bool {
+        matches!(self, HostOutcome::RollbackFailed { .. })
+    }
+}

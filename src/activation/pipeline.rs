@@ -1,0 +1,390 @@
+//! The per-host activation pipeline: steps 1-7 run gate by gate for a goal.
+//!
+//! Rules made structural here:
+//! - cancellation is only looked at between gates BEFORE anything on the host
+//!   changes; once a switch fired, [`activate_host`] runs to a verified end
+//!   (or a timeout, a rollback, and the rollback's verified end);
+//! - any failure after the host changed rolls back to the host's last
+//!   known-good (else the system it ran before) by the same detached,
+//!   verified path; the boot default is only touched by the rollback if the
+//!   deploy had touched it;
+//! - a rollback that does not verify is `RollbackFailed`, never success.
+
+use tokio_util::sync::CancellationToken;
+
+use super::detached::{RebootReason, SwitchFailure, SwitchResult, run_detached};
+use super::events::{ActivationEvent, GateEvidence, Step, Warning};
+use super::known_good::{self, GateRecord, MarkRequest};
+use super::outcome::{FailureReason, HostOutcome};
+use super::profile::{self, ProfileCheck};
+use super::realise::RealiseOutcome;
+use super::reboot::{RebootOutcome, reboot_and_verify};
+use super::rollback::{RollbackMode, RollbackOutcome, rollback};
+use super::settings::{HostSettings, Os, RunId};
+use super::switch::{JobPurpose, SwitchJob, stop_job};
+use super::{dry_activate, health, inhibitors, links, privilege, realise};
+use crate::gates::{Gate, Goal, SwitchAction};
+use crate::nix::StorePath;
+use crate::remote::Remote;
+
+/// What to activate where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationRequest {
+    pub settings: HostSettings,
+    pub candidate: StorePath,
+    pub goal: Goal,
+    pub run_id: RunId,
+    /// The git commit the candidate was built from, for the known-good record.
+    pub commit: Option<String>,
+    /// Evidence of the gates the controller ran (build, diff, copy), copied
+    /// into the known-good record.
+    pub earlier_gates: Vec<GateRecord>,
+}
+
+/// Activate `req.candidate` on the host for `req.goal`.
+pub async fn activate_host<R, F>(
+    remote: &R,
+    req: &ActivationRequest,
+    cancel: &CancellationToken,
+    emit: &F,
+) -> HostOutcome
+where
+    R: Remote,
+    F: Fn(ActivationEvent) + Send + Sync,
+{
+    let mut run = Run {
+        remote,
+        req,
+        s: &req.settings,
+        emit,
+        records: req.earlier_gates.clone(),
+        pre_current: req.candidate.clone(),
+        pre_profile: None,
+        known_good: None,
+        live_changed: false,
+        boot_changed: false,
+        profile_set: false,
+    };
+    run.go(cancel).await
+}
+
+struct Run<'a, R> {
+    remote: &'a R,
+    req: &'a ActivationRequest,
+    s: &'a HostSettings,
+    emit: &'a (dyn Fn(ActivationEvent) + Send + Sync),
+    records: Vec<GateRecord>,
+    pre_current: StorePath,
+    pre_profile: Option<StorePath>,
+    known_good: Option<StorePath>,
+    live_changed: bool,
+    boot_changed: bool,
+    profile_set: bool,
+}
+
+fn remote_err(step: &'static str, e: anyhow::Error) -> FailureReason {
+    FailureReason::Remote {
+        step,
+        error: format!("{e:#}"),
+    }
+}
+
+impl<R: Remote> Run<'_, R> {
+    fn step(&self, step: Step) {
+        (self.emit)(ActivationEvent::Step { step });
+    }
+
+    fn start(&self, gate: Gate) {
+        (self.emit)(ActivationEvent::GateStarted { gate });
+    }
+
+    fn pass(&mut self, gate: Gate, evidence: GateEvidence) {
+        let value = serde_json::to_value(&evidence).unwrap_or(serde_json::Value::Null);
+        self.records.push(GateRecord {
+            gate,
+            evidence: value,
+        });
+        (self.emit)(ActivationEvent::GatePassed { gate, evidence });
+    }
+
+    /// A failure before the host changed: no rollback.
+    fn fail_clean(&self, gate: Gate, reason: FailureReason) -> HostOutcome {
+        (self.emit)(ActivationEvent::GateFailed {
+            gate,
+            reason: reason.clone(),
+        });
+        HostOutcome::Failed { gate, reason }
+    }
+
+    fn job(&self, purpose: JobPurpose, action: SwitchAction) -> SwitchJob {
+        SwitchJob::new(
+            &self.req.run_id,
+            purpose,
+            action,
+            &self.req.candidate,
+            self.s.os,
+            &self.s.paths,
+        )
+    }
+
+    async fn go(&mut self, cancel: &CancellationToken) -> HostOutcome {
+        let goal = self.req.goal;
+        let cand = self.req.candidate.clone();
+        let first = goal.host_gates().first().copied().unwrap_or(Gate::Copy);
+        if cancel.is_cancelled() {
+            return HostOutcome::Cancelled { before: first };
+        }
+        if self.s.sudo {
+            self.step(Step::SudoPreflight);
+            match privilege::sudo_preflight(self.remote).await {
+                Ok(privilege::SudoCheck::Ready) => {}
+                Ok(check) => return self.fail_clean(first, FailureReason::Sudo(check)),
+                Err(e) => return self.fail_clean(first, remote_err("sudo preflight", e)),
+            }
+        }
+        self.step(Step::Realise {
+            closure: cand.clone(),
+        });
+        match realise::realise(self.remote, &cand, self.s.require_signatures).await {
+            Ok(RealiseOutcome::Realised) => {}
+            Ok(RealiseOutcome::SignatureMismatch { untrusted, tail }) => {
+                return HostOutcome::SignatureMismatch { untrusted, tail };
+            }
+            Ok(failed) => return self.fail_clean(Gate::Copy, FailureReason::Realise(failed)),
+            Err(e) => return self.fail_clean(Gate::Copy, remote_err("realise", e)),
+        }
+        if goal == Goal::Copy {
+            return HostOutcome::Activated { goal };
+        }
+        self.step(Step::ReadCurrentSystem);
+        let paths = &self.s.paths;
+        let read = async {
+            let current = links::current_system(self.remote, &paths.current_system).await?;
+            let profile = profile::read(self.remote, &self.s.system_profile).await?;
+            let known_good = known_good::current(self.remote, paths).await?;
+            anyhow::Ok((current, profile, known_good))
+        };
+        match read.await {
+            Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
+            Err(e) => return self.fail_clean(first, remote_err("read current system", e)),
+        }
+        if cancel.is_cancelled() {
+            return HostOutcome::Cancelled { before: first };
+        }
+        let mut deferred = None;
+        if goal.runs_dry_activate() {
+            self.start(Gate::DryActivate);
+            match dry_activate::dry_activate(self.remote, &cand, self.s.os, self.s.sudo).await {
+                Ok(dry_activate::DryActivateOutcome::Passed(report)) => {
+                    self.pass(Gate::DryActivate, GateEvidence::DryActivate(report))
+                }
+                Ok(dry_activate::DryActivateOutcome::Inhibited { tail }) => {
+                    deferred = Some(RebootReason::SwitchInhibitors { log_tail: tail })
+                }
+                Ok(other) => {
+                    return self.fail_clean(Gate::DryActivate, FailureReason::DryActivate(other));
+                }
+                Err(e) => return self.fail_clean(Gate::DryActivate, remote_err("dry-activate", e)),
+            }
+        }
+        if goal == Goal::DryActivate {
+            return HostOutcome::Activated { goal };
+        }
+        if self.pre_current == cand {
+            return self.already_current().await;
+        }
+        let next = if goal == Goal::Boot {
+            Gate::Persist
+        } else {
+            Gate::LiveActivate
+        };
+        if cancel.is_cancelled() {
+            return HostOutcome::Cancelled { before: next };
+        }
+        // From here on the host changes: no more cancellation.
+        if goal == Goal::Boot {
+            self.start(Gate::Persist);
+            return match self.persist(Gate::Persist).await {
+                Ok(()) => HostOutcome::Activated { goal },
+                Err(outcome) => outcome,
+            };
+        }
+        self.start(Gate::LiveActivate);
+        if self.s.os == Os::Linux && deferred.is_none() {
+            self.step(Step::CheckInhibitors);
+            match inhibitors::detect_switch_inhibitors(
+                self.remote,
+                &self.s.paths.current_system,
+                &cand,
+            )
+            .await
+            {
+                Ok(changes) if !changes.is_empty() => {
+                    deferred = Some(RebootReason::Components { changes })
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail_clean(Gate::LiveActivate, remote_err("inhibitors", e)),
+            }
+        }
+        if let Some(reason) = deferred {
+            return self.defer(reason).await;
+        }
+        self.live_activate().await
+    }
+
+    async fn set_profile(&mut self, gate: Gate) -> Result<(), HostOutcome> {
+        let cand = self.req.candidate.clone();
+        self.step(Step::SetProfile {
+            profile: self.s.system_profile.clone(),
+            closure: cand.clone(),
+        });
+        match profile::set(self.remote, &self.s.system_profile, &cand, self.s.sudo).await {
+            Ok(()) => {
+                self.profile_set = true;
+                self.boot_changed = true;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = FailureReason::ProfileSet {
+                    error: format!("{e:#}"),
+                };
+                Err(if self.live_changed {
+                    self.fail_and_rollback(gate, reason, None).await
+                } else {
+                    self.fail_clean(gate, reason)
+                })
+            }
+        }
+    }
+
+    /// Step 6 after a run: the profile must be where this deploy left it.
+    async fn self_correct(&mut self) {
+        let expected = if self.profile_set {
+            Some(self.req.candidate.clone())
+        } else {
+            self.pre_profile.clone()
+        };
+        let Some(expected) = expected else { return };
+        let profile = self.s.system_profile.clone();
+        self.step(Step::SelfCorrectProfile {
+            profile: profile.clone(),
+        });
+        let check =
+            profile::self_correct_profile(self.remote, &profile, &expected, self.s.sudo).await;
+        if check != ProfileCheck::Intact {
+            (self.emit)(ActivationEvent::Warning {
+                warning: Warning::Profile { profile, check },
+            });
+        }
+    }
+
+    async fn live_activate(&mut self) -> HostOutcome {
+        let goal = self.req.goal;
+        let cand = self.req.candidate.clone();
+        if goal == Goal::Switch
+            && let Err(outcome) = self.set_profile(Gate::LiveActivate).await
+        {
+            return outcome;
+        }
+        let action = goal.switch_action().unwrap_or(SwitchAction::Test);
+        let job = self.job(JobPurpose::Candidate, action);
+        let previous = self.pre_current.clone();
+        match run_detached(self.remote, self.s, &job, &cand, &previous, self.emit).await {
+            SwitchResult::Settled(ev) => {
+                self.live_changed = true;
+                self.self_correct().await;
+                self.pass(Gate::LiveActivate, GateEvidence::LiveActivate(ev));
+            }
+            SwitchResult::NeedsReboot(reason) => return self.defer(reason).await,
+            SwitchResult::Failed(f) if f.changed_nothing() => {
+                if self.profile_set {
+                    self.self_correct_to_previous().await;
+                }
+                return self.fail_clean(Gate::LiveActivate, FailureReason::Switch(f));
+            }
+            SwitchResult::Failed(f) => {
+                self.live_changed = true;
+                return self
+                    .fail_and_rollback(Gate::LiveActivate, FailureReason::Switch(f), Some(&job))
+                    .await;
+            }
+        }
+        self.after_live(false).await
+    }
+
+    /// Undo this deploy's `nix-env --set` when the switch never ran.
+    async fn self_correct_to_previous(&mut self) {
+        if self.pre_profile.is_some() {
+            self.profile_set = false;
+            self.boot_changed = false;
+            self.self_correct().await;
+        }
+    }
+
+    /// Health checks, persist (gated), mark (gated).
+    async fn after_live(&mut self, persisted: bool) -> HostOutcome {
+        let goal = self.req.goal;
+        if goal.runs_health_checks() {
+            self.start(Gate::HealthChecks);
+            let reports =
+                health::run_health_checks(self.remote, &self.s.health_checks, self.s.os).await;
+            if !reports.iter().all(health::HealthReport::passed) {
+                return self
+                    .fail_and_rollback(
+                        Gate::HealthChecks,
+                        FailureReason::HealthChecks { reports },
+                        None,
+                    )
+                    .await;
+            }
+            self.pass(Gate::HealthChecks, GateEvidence::HealthChecks { reports });
+        }
+        if goal.persist_action().is_some() && !persisted {
+            self.start(Gate::Persist);
+            if let Err(outcome) = self.persist(Gate::Persist).await {
+                return outcome;
+            }
+        }
+        if !goal.marks_known_good() {
+            return HostOutcome::Activated { goal };
+        }
+        match self.mark().await {
+            Ok(mark) => HostOutcome::KnownGood { mark },
+            Err(reason) => {
+                self.fail_and_rollback(Gate::MarkKnownGood, reason, None)
+                    .await
+            }
+        }
+    }
+
+    async fn mark(&mut self) -> Result<known_good::KnownGoodMark, FailureReason> {
+        self.start(Gate::MarkKnownGood);
+        self.step(Step::MarkKnownGood);
+        let req = MarkRequest {
+            closure: self.req.candidate.clone(),
+            commit: self.req.commit.clone(),
+            run_id: self.req.run_id.clone(),
+            gates: self.records.clone(),
+            at: std::time::SystemTime::now(),
+        };
+        match known_good::mark(self.remote, &self.s.paths, self.s.sudo, req).await {
+            Ok(mark) => {
+                self.pass(
+                    Gate::MarkKnownGood,
+                    GateEvidence::MarkKnownGood(mark.clone()),
+                );
+                Ok(mark)
+            }
+            Err(e) => Err(FailureReason::MarkKnownGood {
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+}
+
+#[path = "pipeline_paths.rs"]
+mod paths;
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! The pipeline's paths off the straight line: persisting the boot default,
+//! deferring a change to a reboot, a host already on the candidate, and
+//! rolling back after a failure.
+
+use super::*;
+
+impl<R: Remote> Run<'_, R> {
+    /// Make the candidate the boot default: profile set + detached `boot`.
+    pub(super) async fn persist(&mut self, gate: Gate) -> Result<(), HostOutcome> {
+        if !self.profile_set {
+            self.set_profile(gate).await?;
+        }
+        if self.s.os == Os::Darwin {
+            // nix-darwin has no boot entries: the profile is the persistence.
+            self.pass(
+                gate,
+                GateEvidence::Persist {
+                    profile: self.s.system_profile.clone(),
+                    closure: self.req.candidate.clone(),
+                    boot: None,
+                },
+            );
+            return Ok(());
+        }
+        let job = self.job(JobPurpose::Persist, SwitchAction::Boot);
+        // `boot` leaves /run/current-system where it is.
+        let now = if self.live_changed {
+            self.req.candidate.clone()
+        } else {
+            self.pre_current.clone()
+        };
+        match run_detached(self.remote, self.s, &job, &now, &now, self.emit).await {
+            SwitchResult::Settled(ev) => {
+                self.self_correct().await;
+                self.pass(
+                    gate,
+                    GateEvidence::Persist {
+                        profile: self.s.system_profile.clone(),
+                        closure: self.req.candidate.clone(),
+                        boot: Some(ev),
+                    },
+                );
+                Ok(())
+            }
+            SwitchResult::Failed(f) => Err(self
+                .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
+                .await),
+            SwitchResult::NeedsReboot(r) => Err(self
+                .fail_and_rollback(gate, FailureReason::NeedsReboot(r), None)
+                .await),
+        }
+    }
+
+    /// The change can only land by rebooting: persist it, reboot if allowed.
+    pub(super) async fn defer(&mut self, reason: RebootReason) -> HostOutcome {
+        (self.emit)(ActivationEvent::Deferred {
+            reason: reason.clone(),
+        });
+        if !self.req.goal.persists_boot() {
+            return self.fail_clean(Gate::LiveActivate, FailureReason::NeedsReboot(reason));
+        }
+        self.start(Gate::Persist);
+        if let Err(outcome) = self.persist(Gate::Persist).await {
+            return outcome;
+        }
+        if !(self.s.allow_reboot && self.s.os == Os::Linux) {
+            return HostOutcome::DeferredPendingReboot { reason };
+        }
+        let cand = self.req.candidate.clone();
+        let outcome =
+            reboot_and_verify(self.remote, self.s, &self.req.run_id, &cand, self.emit).await;
+        self.live_changed = true;
+        match outcome {
+            RebootOutcome::Verified { booted } => {
+                self.pass(Gate::LiveActivate, GateEvidence::Rebooted { booted });
+                self.after_live(true).await
+            }
+            other => {
+                self.fail_and_rollback(Gate::LiveActivate, FailureReason::Reboot(other), None)
+                    .await
+            }
+        }
+    }
+
+    /// The host already runs the candidate: verify, persist and mark as the
+    /// goal asks, never re-switch.
+    pub(super) async fn already_current(&mut self) -> HostOutcome {
+        let goal = self.req.goal;
+        if goal.runs_health_checks() {
+            self.start(Gate::HealthChecks);
+            let reports =
+                health::run_health_checks(self.remote, &self.s.health_checks, self.s.os).await;
+            if !reports.iter().all(health::HealthReport::passed) {
+                return self
+                    .fail_clean(Gate::HealthChecks, FailureReason::HealthChecks { reports });
+            }
+            self.pass(Gate::HealthChecks, GateEvidence::HealthChecks { reports });
+        }
+        if goal.persists_boot() && self.pre_profile.as_ref() != Some(&self.req.candidate) {
+            self.start(Gate::Persist);
+            self.live_changed = false;
+            if let Err(outcome) = self.persist(Gate::Persist).await {
+                return outcome;
+            }
+        }
+        if !goal.marks_known_good() {
+            return HostOutcome::AlreadyCurrent { mark: None };
+        }
+        match self.mark().await {
+            Ok(mark) => HostOutcome::AlreadyCurrent { mark: Some(mark) },
+            Err(reason) => self.fail_clean(Gate::MarkKnownGood, reason),
+        }
+    }
+
+    /// A gate failed after the host changed: roll back and say how it went.
+    pub(super) async fn fail_and_rollback(
+        &mut self,
+        gate: Gate,
+        reason: FailureReason,
+        hung: Option<&SwitchJob>,
+    ) -> HostOutcome {
+        (self.emit)(ActivationEvent::GateFailed {
+            gate,
+            reason: reason.clone(),
+        });
+        let (to, mode) = if self.live_changed {
+            let to = self.known_good.clone().unwrap_or(self.pre_current.clone());
+            let mode = if self.boot_changed {
+                RollbackMode::Persistent
+            } else {
+                RollbackMode::Live
+            };
+            (to, mode)
+        } else {
+            let to = (self.pre_profile.clone())
+                .or(self.known_good.clone())
+                .unwrap_or(self.pre_current.clone());
+            (to, RollbackMode::BootOnly)
+        };
+        if let (FailureReason::Switch(SwitchFailure::Timeout { .. }), Some(job)) = (&reason, hung) {
+            self.step(Step::StopHungSwitch {
+                unit: job.unit.clone(),
+            });
+            if let Err(e) = stop_job(self.remote, job, self.s.sudo).await {
+                let rollback_error = crate::activation::rollback::RollbackError::StopHungSwitch {
+                    unit: job.unit.clone(),
+                    error: format!("{e:#}"),
+                };
+                return HostOutcome::RollbackFailed {
+                    gate,
+                    reason,
+                    to,
+                    rollback_error,
+                };
+            }
+        }
+        (self.emit)(ActivationEvent::RollbackStarted {
+            to: to.clone(),
+            mode,
+        });
+        let outcome = rollback(self.remote, self.s, &self.req.run_id, &to, mode, self.emit).await;
+        (self.emit)(ActivationEvent::RollbackFinished {
+            outcome: outcome.clone(),
+        });
+        match outcome {
+            RollbackOutcome::RolledBack { to, .. } => HostOutcome::RolledBack { gate, reason, to },
+            RollbackOutcome::Failed { to, error, .. } => HostOutcome::RollbackFailed {
+                gate,
+                reason,
+                to,
+                rollback_error: error,
+            },
+        }
+    }
+}

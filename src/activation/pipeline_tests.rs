@@ -1,0 +1,586 @@
+//! Pipeline tests against the stateful fake host, under paused time.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::activation::detached::SwitchFailure;
+use crate::activation::events::Phase;
+use crate::activation::fake_host::{Behaviour, FakeHost, KNOWN_GOOD, SYSTEM, describe};
+use crate::activation::health::HealthCheck;
+use crate::activation::inhibitors::Component;
+use crate::activation::privilege::SudoCheck;
+use crate::activation::rollback::RollbackError;
+
+const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+const ODD: &str = "/nix/store/wsapfasykqjyaw5h4glxcsgprzxp7bjd-nixos-system-web1-other";
+
+fn sp(s: &str) -> StorePath {
+    StorePath::parse(s).unwrap()
+}
+
+fn request(goal: Goal) -> ActivationRequest {
+    let mut settings = HostSettings::new(Os::Linux);
+    settings.sudo = true;
+    settings.activation_timeout = Duration::from_secs(60);
+    settings.health_checks = vec![HealthCheck {
+        command: "systemctl is-active nginx".into(),
+        timeout: Duration::from_secs(10),
+        retries: 0,
+    }];
+    ActivationRequest {
+        settings,
+        candidate: sp(NEW),
+        goal,
+        run_id: RunId::parse("r1").unwrap(),
+        commit: Some("3f2a9c1".into()),
+        earlier_gates: Vec::new(),
+    }
+}
+
+struct Ran {
+    outcome: HostOutcome,
+    events: Vec<ActivationEvent>,
+    cmds: Vec<String>,
+}
+
+async fn run(host: &FakeHost, req: &ActivationRequest) -> Ran {
+    run_with(host, req, &CancellationToken::new()).await
+}
+
+async fn run_with(host: &FakeHost, req: &ActivationRequest, cancel: &CancellationToken) -> Ran {
+    let remote = host.remote();
+    let events = Mutex::new(Vec::new());
+    let outcome = activate_host(&remote, req, cancel, &|e| events.lock().unwrap().push(e)).await;
+    Ran {
+        outcome,
+        events: events.into_inner().unwrap(),
+        cmds: remote.commands().iter().map(describe).collect(),
+    }
+}
+
+fn count(cmds: &[String], prefix: &str) -> usize {
+    cmds.iter().filter(|c| c.starts_with(prefix)).count()
+}
+
+#[test]
+fn the_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let host = FakeHost::new(&sp(OLD));
+    let remote = host.remote();
+    let req = request(Goal::Gated);
+    let cancel = CancellationToken::new();
+    let emit = |_e: ActivationEvent| {};
+    let fut = activate_host(&remote, &req, &cancel, &emit);
+    assert_send(&fut);
+}
+
+#[tokio::test(start_paused = true)]
+async fn good_candidate_is_known_good_with_the_exact_sequence() {
+    let host = FakeHost::new(&sp(OLD));
+    let ran = run(&host, &request(Goal::Gated)).await;
+    let HostOutcome::KnownGood { mark } = &ran.outcome else {
+        panic!("{:?}", ran.outcome)
+    };
+    assert_eq!(mark.generation, 2);
+    let want = [
+        "sudo -n -- true".to_string(),
+        format!("nix-store --realise {NEW}"),
+        "readlink-f /run/current-system".into(),
+        format!("readlink-f {SYSTEM}"),
+        format!("readlink-f {KNOWN_GOOD}"),
+        format!("sudo -n -- {NEW}/bin/switch-to-configuration dry-activate"),
+        format!("compare-components /run/current-system {NEW}"),
+        "sudo lock-check /run/nixos/switch-to-configuration.lock".into(),
+        format!("sudo fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration test"),
+        "poll nixgate-switch-r1.service /run/nixgate/nixgate-switch-r1.status /run/current-system".to_string(),
+        "poll nixgate-switch-r1.service /run/nixgate/nixgate-switch-r1.status /run/current-system".to_string(),
+        format!("readlink-f {SYSTEM}"),
+        "timeout --kill-after=5 10 sh -c 'systemctl is-active nginx'".into(),
+        format!("sudo -n -- nix-env -p {SYSTEM} --set {NEW}"),
+        "sudo lock-check /run/nixos/switch-to-configuration.lock".into(),
+        format!(
+            "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot"
+        ),
+        "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
+        "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
+        format!("readlink-f {SYSTEM}"),
+        format!("sudo -n -- nix-env -p {KNOWN_GOOD} --set {NEW}"),
+        format!("readlink {KNOWN_GOOD}"),
+        "sudo write-record /var/lib/nixgate/known-good 2".into(),
+    ];
+    assert_eq!(ran.cmds, want);
+    let st = host.state();
+    assert_eq!(st.current, sp(NEW));
+    assert_eq!(st.boot_default, sp(NEW));
+    assert_eq!(st.profiles[KNOWN_GOOD], vec![sp(OLD), sp(NEW)]);
+    let record: known_good::KnownGoodRecord = serde_json::from_str(&st.records["2"]).unwrap();
+    assert_eq!(record.closure, sp(NEW));
+    assert_eq!(record.commit.as_deref(), Some("3f2a9c1"));
+    assert_eq!(
+        record.gates.iter().map(|g| g.gate).collect::<Vec<_>>(),
+        vec![
+            Gate::DryActivate,
+            Gate::LiveActivate,
+            Gate::HealthChecks,
+            Gate::Persist
+        ]
+    );
+    let passed: Vec<Gate> = ran
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ActivationEvent::GatePassed { gate, .. } => Some(*gate),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(passed, Goal::Gated.host_gates());
+}
+
+#[tokio::test(start_paused = true)]
+async fn exit_4_rolls_back_live_and_leaves_the_boot_default() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack { gate, reason, to } => {
+            assert_eq!(*gate, Gate::LiveActivate);
+            assert_eq!(to, &sp(OLD));
+            let FailureReason::Switch(SwitchFailure::Exited {
+                code,
+                seen,
+                log_tail,
+            }) = reason
+            else {
+                panic!("{reason:?}")
+            };
+            assert_eq!((*code, seen.clone()), (4, Some(sp(NEW))));
+            assert!(
+                log_tail.iter().any(|l| l.contains("units failed")),
+                "{log_tail:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!ran.outcome.is_success());
+    assert_eq!(
+        count(&ran.cmds, &format!("sudo -n -- nix-env -p {SYSTEM}")),
+        0
+    );
+    assert_eq!(
+        count(
+            &ran.cmds,
+            &format!(
+                "sudo fire --unit=nixgate-switch-r1-rollback {OLD}/bin/switch-to-configuration test"
+            )
+        ),
+        1
+    );
+    assert!(
+        !ran.cmds
+            .iter()
+            .any(|c| c.ends_with(" boot") || c.ends_with(" switch"))
+    );
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profiles[SYSTEM], vec![sp(OLD)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hang_times_out_is_stopped_and_rolled_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            reason: FailureReason::Switch(SwitchFailure::Timeout { elapsed, .. }),
+            to,
+            ..
+        } => {
+            assert_eq!(*elapsed, Duration::from_secs(60));
+            assert_eq!(to, &sp(OLD));
+        }
+        other => panic!("{other:?}"),
+    }
+    let stop = ran
+        .cmds
+        .iter()
+        .position(|c| c == "sudo -n -- systemctl stop nixgate-switch-r1.service");
+    let fire = ran
+        .cmds
+        .iter()
+        .position(|c| c.contains("nixgate-switch-r1-rollback"));
+    assert!(stop.unwrap() < fire.unwrap(), "{:#?}", ran.cmds);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flip_to_unexpected_rolls_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            flip_to: Some(sp(ODD)),
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Switch)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            reason: FailureReason::Switch(SwitchFailure::FlippedToUnexpected { seen, .. }),
+            to,
+            ..
+        } => {
+            assert_eq!(seen, &sp(ODD));
+            assert_eq!(to, &sp(OLD));
+        }
+        other => panic!("{other:?}"),
+    }
+    // `switch` had changed the boot default: the rollback restores it.
+    assert!(ran.cmds.contains(&format!(
+        "sudo fire --unit=nixgate-switch-r1-rollback {OLD}/bin/switch-to-configuration switch"
+    )));
+    let st = host.state();
+    assert_eq!(
+        (st.current.clone(), st.boot_default.clone()),
+        (sp(OLD), sp(OLD))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn re_pointed_profile_is_corrected() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            repoint_profile_to: Some(sp(ODD)),
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let warnings: Vec<&Warning> = ran
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ActivationEvent::Warning { warning } => Some(warning),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        warnings[0],
+        &Warning::Profile {
+            profile: SYSTEM.into(),
+            check: profile::ProfileCheck::Corrected {
+                found: Some(sp(ODD)),
+                restored: sp(OLD)
+            }
+        }
+    );
+    assert_eq!(host.state().profile(SYSTEM), Some(&sp(NEW)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn systemd_change_defers_to_boot() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::DeferredPendingReboot {
+            reason: RebootReason::Components { changes },
+        } => {
+            assert_eq!(
+                changes.iter().map(|c| c.component).collect::<Vec<_>>(),
+                vec![Component::Systemd, Component::SystemdBinary]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ran.outcome.is_success());
+    assert!(!ran.cmds.iter().any(|c| c.ends_with(" test")), "never live");
+    assert!(ran.cmds.contains(&format!(
+        "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot"
+    )));
+    let st = host.state();
+    assert_eq!(
+        (st.current.clone(), st.boot_default.clone()),
+        (sp(OLD), sp(NEW))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn systemd_change_with_reboot_allowed_reboots_and_marks() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
+            ..Default::default()
+        },
+    );
+    let mut req = request(Goal::Gated);
+    req.settings.allow_reboot = true;
+    let ran = run(&host, &req).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(ran.cmds.contains(&"sudo -n -- systemd-run --unit=nixgate-reboot-r1 --on-active=3 --collect --no-ask-password systemctl reboot".to_string()));
+    assert!(
+        ran.cmds
+            .contains(&"readlink-f /run/booted-system".to_string())
+    );
+    assert_eq!(host.state().booted, sp(NEW));
+}
+
+#[tokio::test(start_paused = true)]
+async fn native_inhibitor_message_defers_to_boot() {
+    // Switch goal: the 25.11 refusal comes from the fired switch itself.
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            inhibitor_message: true,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Switch)).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            HostOutcome::DeferredPendingReboot {
+                reason: RebootReason::SwitchInhibitors { .. }
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(ran.cmds.contains(&format!(
+        "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot"
+    )));
+    assert_eq!(
+        count(&ran.cmds, "sudo fire --unit=nixgate-switch-r1-rollback"),
+        0,
+        "no rollback"
+    );
+    assert_eq!(host.state().boot_default, sp(NEW));
+    assert_eq!(host.state().current, sp(OLD));
+
+    // Gated goal: dry-activate already reports it; nothing is fired live.
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            inhibitor_message: true,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::DeferredPendingReboot { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(!ran.cmds.iter().any(|c| c.ends_with(" test")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_lost_mid_poll_still_known_good() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().drop_polls = vec![1, 2];
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let lost = ran
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ActivationEvent::ConnectionLost {
+                    phase: Phase::Poll,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(lost, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn already_current_is_verified_and_marked_not_switched() {
+    let host = FakeHost::new(&sp(NEW));
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::AlreadyCurrent { mark: Some(m) } => assert_eq!(m.record.closure, sp(NEW)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&ran.cmds, "sudo fire"), 0);
+    assert_eq!(count(&ran.cmds, "timeout "), 1, "health checked");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_rollback_is_rollback_failed() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    host.behave(
+        &sp(OLD),
+        Behaviour {
+            exit: 1,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RollbackFailed {
+            to,
+            rollback_error: RollbackError::Switch(SwitchFailure::Exited { code, .. }),
+            ..
+        } => {
+            assert_eq!((to, *code), (&sp(OLD), 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!ran.outcome.is_success());
+    assert!(ran.outcome.needs_attention());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_targets_the_last_known_good() {
+    // Running ODD (changed by hand); the last known-good is OLD.
+    let host = FakeHost::new(&sp(OLD));
+    host.state().current = sp(ODD);
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if to == &sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_health_check_rolls_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            healthy: false,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            HostOutcome::RolledBack {
+                gate: Gate::HealthChecks,
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(host.state().current, sp(OLD));
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphaned_lock_is_reported_not_fired_into() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().lock_held = true;
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            HostOutcome::Failed {
+                gate: Gate::LiveActivate,
+                reason: FailureReason::Switch(SwitchFailure::LockHeld { .. })
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(count(&ran.cmds, "sudo fire"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sudo_password_required_fails_before_anything() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().sudo_password_required = true;
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert_eq!(
+        ran.outcome,
+        HostOutcome::Failed {
+            gate: Gate::DryActivate,
+            reason: FailureReason::Sudo(SudoCheck::PasswordRequired)
+        }
+    );
+    assert_eq!(ran.cmds, vec!["sudo -n -- true"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_before_start_touches_nothing() {
+    let host = FakeHost::new(&sp(OLD));
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let ran = run_with(&host, &request(Goal::Gated), &cancel).await;
+    assert_eq!(
+        ran.outcome,
+        HostOutcome::Cancelled {
+            before: Gate::DryActivate
+        }
+    );
+    assert!(ran.cmds.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn test_goal_activates_without_persisting() {
+    let host = FakeHost::new(&sp(OLD));
+    let ran = run(&host, &request(Goal::Test)).await;
+    assert_eq!(ran.outcome, HostOutcome::Activated { goal: Goal::Test });
+    let st = host.state();
+    assert_eq!(
+        (st.current.clone(), st.boot_default.clone()),
+        (sp(NEW), sp(OLD))
+    );
+    assert_eq!(st.profiles[KNOWN_GOOD], vec![sp(OLD)]);
+}

@@ -1,0 +1,147 @@
+//! Rollback: re-activate a given closure (the host's last known-good, or the
+//! system it ran before) with its own activation, by the same detached,
+//! verified path as any switch. A rollback that did not verify is a
+//! [`RollbackOutcome::Failed`], never reported as success (deploy-rs#214).
+
+use serde::Serialize;
+
+use super::detached::{RebootReason, SwitchEvidence, SwitchFailure, SwitchResult, run_detached};
+use super::events::{ActivationEvent, Step};
+use super::links::current_system;
+use super::profile;
+use super::settings::{HostSettings, Os, RunId};
+use super::switch::{JobPurpose, SwitchJob};
+use crate::gates::SwitchAction;
+use crate::nix::StorePath;
+use crate::remote::Remote;
+
+/// How far back to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackMode {
+    /// The boot default was never touched: `test` the target, profile untouched.
+    Live,
+    /// The boot default changed too: profile set + `switch` to the target.
+    Persistent,
+    /// Only the boot default changed: profile set + `boot` the target.
+    BootOnly,
+}
+
+impl RollbackMode {
+    pub fn action(self) -> SwitchAction {
+        match self {
+            RollbackMode::Live => SwitchAction::Test,
+            RollbackMode::Persistent => SwitchAction::Switch,
+            RollbackMode::BootOnly => SwitchAction::Boot,
+        }
+    }
+}
+
+/// Why a rollback failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RollbackError {
+    ReadCurrentSystem {
+        error: String,
+    },
+    /// A hung switch could not be stopped, so nothing could be re-activated.
+    StopHungSwitch {
+        unit: String,
+        error: String,
+    },
+    ProfileSet {
+        error: String,
+    },
+    Switch(SwitchFailure),
+    /// The target itself cannot be activated live.
+    NeedsReboot(RebootReason),
+}
+
+/// How a rollback ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RollbackOutcome {
+    RolledBack {
+        to: StorePath,
+        mode: RollbackMode,
+        /// The verified re-activation; `None` for a Darwin boot-only
+        /// rollback, which is the profile alone.
+        evidence: Option<SwitchEvidence>,
+    },
+    Failed {
+        to: StorePath,
+        mode: RollbackMode,
+        error: RollbackError,
+    },
+}
+
+/// Re-activate `to` on the host.
+pub async fn rollback<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    run_id: &RunId,
+    to: &StorePath,
+    mode: RollbackMode,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> RollbackOutcome {
+    let failed = |error| RollbackOutcome::Failed {
+        to: to.clone(),
+        mode,
+        error,
+    };
+    emit(ActivationEvent::Step {
+        step: Step::ReadCurrentSystem,
+    });
+    let now = match current_system(remote, &settings.paths.current_system).await {
+        Ok(now) => now,
+        Err(e) => {
+            return failed(RollbackError::ReadCurrentSystem {
+                error: format!("{e:#}"),
+            });
+        }
+    };
+    if mode != RollbackMode::Live {
+        emit(ActivationEvent::Step {
+            step: Step::SetProfile {
+                profile: settings.system_profile.clone(),
+                closure: to.clone(),
+            },
+        });
+        if let Err(e) = profile::set(remote, &settings.system_profile, to, settings.sudo).await {
+            return failed(RollbackError::ProfileSet {
+                error: format!("{e:#}"),
+            });
+        }
+    }
+    if mode == RollbackMode::BootOnly && settings.os == Os::Darwin {
+        return RollbackOutcome::RolledBack {
+            to: to.clone(),
+            mode,
+            evidence: None,
+        };
+    }
+    let action = mode.action();
+    let job = SwitchJob::new(
+        run_id,
+        JobPurpose::Rollback,
+        action,
+        to,
+        settings.os,
+        &settings.paths,
+    );
+    // `boot` leaves the running system as it is.
+    let expected = if action.changes_running_system() {
+        to
+    } else {
+        &now
+    };
+    match run_detached(remote, settings, &job, expected, &now, emit).await {
+        SwitchResult::Settled(evidence) => RollbackOutcome::RolledBack {
+            to: to.clone(),
+            mode,
+            evidence: Some(evidence),
+        },
+        SwitchResult::Failed(f) => failed(RollbackError::Switch(f)),
+        SwitchResult::NeedsReboot(r) => failed(RollbackError::NeedsReboot(r)),
+    }
+}

@@ -1,0 +1,307 @@
+//! Tests of step 5: parsing real `systemctl show` output, the poll loop's
+//! outcomes under paused time, and a real detached job on this machine.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::activation::settings::{HostPaths, Os, RunId};
+use crate::activation::switch::{self, JobPurpose};
+use crate::gates::SwitchAction;
+use crate::remote::Output;
+use crate::remote::local::LocalRemote;
+use crate::remote::scripted::{ScriptedRemote, ok};
+
+const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+const ODD: &str = "/nix/store/wsapfasykqjyaw5h4glxcsgprzxp7bjd-nixos-system-web1-other";
+
+/// `systemctl show` of a running transient unit, as systemd prints it (the
+/// Service properties come before the Unit ones, whatever order was asked).
+const RUNNING: &str = "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=loaded\nActiveState=active\nSubState=running\n";
+/// ... of a unit collected after it finished: indistinguishable from success.
+const COLLECTED: &str = "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n";
+
+fn sp(s: &str) -> StorePath {
+    StorePath::parse(s).unwrap()
+}
+
+fn job() -> SwitchJob {
+    SwitchJob::new(
+        &RunId::parse("r1").unwrap(),
+        JobPurpose::Candidate,
+        SwitchAction::Test,
+        &sp(NEW),
+        Os::Linux,
+        &HostPaths::for_os(Os::Linux),
+    )
+}
+
+fn answer(unit: &str, status: &str, current: &str) -> String {
+    format!("{unit}NixgateStatus={status}\nNixgateCurrent={current}\n")
+}
+
+#[test]
+fn parses_running_finished_and_gone() {
+    let s = parse_poll(&answer(RUNNING, "started", OLD)).unwrap();
+    assert_eq!(s.job, JobState::Running);
+    assert_eq!(s.current, Some(sp(OLD)));
+    assert_eq!(s.unit.as_ref().unwrap().sub_state, "running");
+    // Status file written before the unit shows up as started: still running.
+    assert_eq!(
+        parse_poll(&answer(RUNNING, "absent", OLD)).unwrap().job,
+        JobState::Running
+    );
+    let s = parse_poll(&answer(COLLECTED, "exited 4", NEW)).unwrap();
+    assert_eq!(s.job, JobState::Exited { code: 4 });
+    assert_eq!(s.unit.unwrap().load_state, "not-found");
+    assert_eq!(
+        parse_poll(&answer(COLLECTED, "started", OLD)).unwrap().job,
+        JobState::Gone { started: true }
+    );
+    assert_eq!(
+        parse_poll(&answer(COLLECTED, "absent", OLD)).unwrap().job,
+        JobState::Gone { started: false }
+    );
+    // A failed (not collected) unit killed by SIGTERM.
+    let failed = "Result=signal\nExecMainCode=2\nExecMainStatus=15\nLoadState=loaded\nActiveState=failed\nSubState=failed\n";
+    assert_eq!(
+        parse_poll(&answer(failed, "started", OLD)).unwrap().job,
+        JobState::Gone { started: true }
+    );
+    // Darwin form.
+    let s = parse_poll("NixgateAlive=yes\nNixgateStatus=started\nNixgateCurrent=\n").unwrap();
+    assert_eq!(s.job, JobState::Running);
+    assert_eq!(s.current, None);
+    assert!(parse_poll("NixgateSystemctl=failed\nNixgateStatus=absent\n").is_err());
+    assert!(parse_poll("").is_err());
+}
+
+#[test]
+fn poll_argv() {
+    let cmd = poll_command(&job(), "/run/current-system");
+    assert_eq!(
+        cmd.argv(),
+        &[
+            "sh",
+            "-c",
+            POLL_LINUX,
+            "nixgate",
+            "nixgate-switch-r1.service",
+            "/run/nixgate/nixgate-switch-r1.status",
+            "/run/current-system"
+        ]
+        .map(String::from)
+    );
+}
+
+/// A scripted host answering polls from a list; the last answer repeats.
+fn sequenced(answers: Vec<Output>) -> ScriptedRemote {
+    let n = AtomicUsize::new(0);
+    ScriptedRemote::new("web1", move |_| {
+        let i = n.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1);
+        answers[i].clone()
+    })
+}
+
+async fn run(r: &ScriptedRemote, timeout_s: u64) -> (VerifyOutcome, Vec<PollEvent>) {
+    let events = Mutex::new(Vec::new());
+    let out = verify_poll(
+        r,
+        &job(),
+        "/run/current-system",
+        &sp(NEW),
+        &sp(OLD),
+        Duration::from_secs(2),
+        Duration::from_secs(timeout_s),
+        &|e| events.lock().unwrap().push(e),
+    )
+    .await;
+    (out, events.into_inner().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn settles_after_running_polls() {
+    let r = sequenced(vec![
+        ok(&answer(RUNNING, "started", OLD)),
+        ok(&answer(RUNNING, "started", NEW)),
+        ok(&answer(COLLECTED, "exited 0", NEW)),
+    ]);
+    let (out, events) = run(&r, 300).await;
+    assert_eq!(
+        out,
+        VerifyOutcome::Settled {
+            elapsed: Duration::from_secs(6),
+            polls: 3
+        }
+    );
+    assert_eq!(events.len(), 3);
+    // One command per poll.
+    assert_eq!(r.argvs().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exit_4_after_flip_is_a_failure() {
+    let r = sequenced(vec![ok(&answer(COLLECTED, "exited 4", NEW))]);
+    match run(&r, 300).await.0 {
+        VerifyOutcome::Exited { code, seen, .. } => {
+            assert_eq!(code, 4);
+            assert_eq!(seen, Some(sp(NEW)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn flipped_to_unexpected() {
+    let r = sequenced(vec![ok(&answer(COLLECTED, "exited 0", ODD))]);
+    assert_eq!(
+        run(&r, 300).await.0,
+        VerifyOutcome::FlippedToUnexpected {
+            seen: sp(ODD),
+            code: Some(0)
+        }
+    );
+    let r = sequenced(vec![ok(&answer(COLLECTED, "exited 0", OLD))]);
+    assert_eq!(
+        run(&r, 300).await.0,
+        VerifyOutcome::NotFlipped {
+            seen: Some(sp(OLD))
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hang_times_out() {
+    let r = sequenced(vec![ok(&answer(RUNNING, "started", NEW))]);
+    match run(&r, 30).await.0 {
+        VerifyOutcome::Timeout {
+            elapsed,
+            seen,
+            last,
+        } => {
+            assert_eq!(elapsed, Duration::from_secs(30));
+            assert_eq!(seen, Some(sp(NEW)));
+            assert_eq!(last, Some(JobState::Running));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.argvs().len(), 15);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_lost_is_retried_with_backoff() {
+    let r = sequenced(vec![
+        ok(&answer(RUNNING, "started", OLD)),
+        Output::new(Exit::ConnectionLost, "", ""),
+        Output::new(Exit::ConnectionLost, "", ""),
+        ok(&answer(COLLECTED, "exited 0", NEW)),
+    ]);
+    let (out, events) = run(&r, 300).await;
+    assert!(
+        matches!(out, VerifyOutcome::Settled { polls: 2, .. }),
+        "{out:?}"
+    );
+    let lost: Vec<(u32, Duration)> = events
+        .iter()
+        .filter_map(|e| match e {
+            PollEvent::ConnectionLost {
+                attempt, retry_in, ..
+            } => Some((*attempt, *retry_in)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lost,
+        vec![(1, Duration::from_secs(1)), (2, Duration::from_secs(2))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn vanished_without_status() {
+    let r = sequenced(vec![ok(&answer(COLLECTED, "started", OLD))]);
+    assert_eq!(
+        run(&r, 300).await.0,
+        VerifyOutcome::Vanished {
+            started: true,
+            unit: Some(
+                parse_poll(&answer(COLLECTED, "x", OLD))
+                    .unwrap()
+                    .unit
+                    .unwrap()
+            )
+        }
+    );
+}
+
+/// End to end on this machine with the Darwin detach path (`setsid` +
+/// `nohup`, which works on Linux too): a real store path whose `activate`
+/// flips a `current-system` link after a moment, then exits with a code.
+#[tokio::test]
+async fn real_detached_job_is_polled_to_the_end() {
+    for code in [0u32, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let current = d.join("current-system");
+        std::os::unix::fs::symlink(d, &current).unwrap();
+        let sys = d.join(format!("sys{code}"));
+        std::fs::create_dir(&sys).unwrap();
+        let script = format!(
+            "#!/bin/sh\necho activating\nsleep 1\nln -sfn \"$(dirname \"$0\")\" {}\necho done\nexit {code}\n",
+            current.display()
+        );
+        std::fs::write(sys.join("activate"), script).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x"])
+            .arg(sys.join("activate"))
+            .status()
+            .unwrap();
+        let out = std::process::Command::new("nix-store")
+            .arg("--add")
+            .arg(&sys)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let closure = sp(String::from_utf8(out.stdout).unwrap().trim());
+        let mut paths = HostPaths::for_os(Os::Darwin);
+        paths.job_dir = d.join("jobs").display().to_string();
+        let job = SwitchJob::new(
+            &RunId::parse(&format!("real{code}")).unwrap(),
+            JobPurpose::Candidate,
+            SwitchAction::Switch,
+            &closure,
+            Os::Darwin,
+            &paths,
+        );
+        let r = LocalRemote::new("local");
+        assert_eq!(
+            switch::fire(&r, &job, false, false).await,
+            switch::FireOutcome::Started
+        );
+        let previous = sp(OLD);
+        let out = verify_poll(
+            &r,
+            &job,
+            current.to_str().unwrap(),
+            &closure,
+            &previous,
+            Duration::from_millis(200),
+            Duration::from_secs(20),
+            &|_| {},
+        )
+        .await;
+        // The "previous" link here pointed outside the store, so a flip is
+        // judged against expected only.
+        match (code, out) {
+            (0, VerifyOutcome::Settled { polls, .. }) => assert!(polls >= 2),
+            (4, VerifyOutcome::Exited { code: 4, seen, .. }) => {
+                assert_eq!(seen, Some(closure.clone()))
+            }
+            (_, other) => panic!("exit {code}: {other:?}"),
+        }
+        assert_eq!(
+            switch::log_tail(&r, &job).await,
+            vec!["activating".to_string(), "done".to_string()]
+        );
+    }
+}
