@@ -77,14 +77,8 @@ fn defaults_apply_and_hosts_override() {
     .unwrap();
     let a = inv.host("a").unwrap();
     let b = inv.host("b").unwrap();
-    assert_eq!(
-        (a.connection.user(), a.connection.port()),
-        ("deploy", 2222)
-    );
-    assert_eq!(
-        (b.connection.user(), b.connection.port()),
-        ("deploy", 22)
-    );
+    assert_eq!((a.connection.user(), a.connection.port()), ("deploy", 2222));
+    assert_eq!((b.connection.user(), b.connection.port()), ("deploy", 22));
     assert_eq!(a.connection.connect_timeout, Duration::from_secs(3));
     // The builder shares [defaults] connection settings.
     assert_eq!(inv.builder.connection.port(), 2222);

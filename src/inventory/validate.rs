@@ -176,7 +176,9 @@ pub fn fleet(
             w.error(
                 format!(
                     "duplicate address {}:{}: host `{}` has it too",
-                    addr.value, h.connection.port(), first
+                    addr.value,
+                    h.connection.port(),
+                    first
                 ),
                 addr.span.clone(),
             );
