@@ -259,7 +259,7 @@ impl Loader {
                 "max_parallel" => s.max_parallel = w.integer(key, v, 1, 10_000),
                 "copy" => s.copy = w.choice(key, v, CopyMode::NAMES, CopyMode::parse),
                 "profile" => s.profile = w.string(key, v).filter(|p| validate::absolute(w, key, p)),
-                "os" => s.os = w.choice(key, v, Os::NAMES, Os::parse),
+                "os" => s.os = w.choice(key, v, OS_NAMES, parse_os),
                 "sudo" => s.sudo = w.boolean(key, v),
                 "require_signatures" => s.require_signatures = w.boolean(key, v),
                 _ => {}

@@ -32,22 +32,16 @@ impl CopyMode {
 }
 
 /// The host's operating system family, which decides how activation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Os {
-    Linux,
-    Darwin,
-}
+pub use crate::activation::Os;
 
-impl Os {
-    pub const NAMES: &'static [&'static str] = &["linux", "darwin"];
+/// Names `os` accepts in the inventory.
+pub const OS_NAMES: &[&str] = &["linux", "darwin"];
 
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "linux" => Some(Os::Linux),
-            "darwin" => Some(Os::Darwin),
-            _ => None,
-        }
+pub fn parse_os(s: &str) -> Option<Os> {
+    match s {
+        "linux" => Some(Os::Linux),
+        "darwin" => Some(Os::Darwin),
+        _ => None,
     }
 }
 
