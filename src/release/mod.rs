@@ -80,11 +80,15 @@ pub enum ReleaseOutcome {
 pub enum BranchUpdate {
     /// The branch did not exist before.
     Created,
-    FastForward { from: String },
+    FastForward {
+        from: String,
+    },
     /// The branch already pointed at the commit (a new validation of it).
     Unchanged,
     /// Not a fast-forward; moved only because `force` was given.
-    Forced { from: String },
+    Forced {
+        from: String,
+    },
 }
 
 /// Why a release was refused (nothing was written).

@@ -67,7 +67,14 @@ pub fn push(
     let out = Command::new("git")
         .arg("-C")
         .arg(repo)
-        .args(["push", "--atomic", "--quiet", remote, &tag_spec, &branch_spec])
+        .args([
+            "push",
+            "--atomic",
+            "--quiet",
+            remote,
+            &tag_spec,
+            &branch_spec,
+        ])
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
         .output()

@@ -152,7 +152,9 @@ fn read_tag(repo: &Repository, short: &str) -> anyhow::Result<Option<ReleaseDeta
     let tag = match repo.find_tag(oid) {
         Ok(t) => t,
         Err(e) if e.code() == ErrorCode::NotFound => {
-            return Err(not_release("a lightweight tag, not an annotated one".into()));
+            return Err(not_release(
+                "a lightweight tag, not an annotated one".into(),
+            ));
         }
         Err(e) => return Err(e).with_context(|| format!("reading tag {short}")),
     };

@@ -73,7 +73,12 @@ impl Record {
     /// The full tag message: header, blank line, fenced JSON.
     pub fn to_message(&self) -> anyhow::Result<String> {
         let short = &self.commit[..super::name::SHORTREV_LEN.min(self.commit.len())];
-        let gates: Vec<&str> = self.evidence.gates.iter().map(|g| g.gate.as_str()).collect();
+        let gates: Vec<&str> = self
+            .evidence
+            .gates
+            .iter()
+            .map(|g| g.gate.as_str())
+            .collect();
         let forced = match &self.forced_from {
             None => "no".to_owned(),
             Some(from) => format!("yes (the branch was at {from})"),
@@ -99,7 +104,11 @@ impl Record {
             builder = one_line(&self.builder),
             run = one_line(&self.run_id),
             time = one_line(&self.time),
-            gates = if gates.is_empty() { "(none recorded)".to_owned() } else { gates.join(", ") },
+            gates = if gates.is_empty() {
+                "(none recorded)".to_owned()
+            } else {
+                gates.join(", ")
+            },
             version = self.nixgate_version,
         ))
     }
@@ -176,7 +185,9 @@ mod tests {
         let r = record();
         let msg = r.to_message().unwrap();
         assert!(msg.starts_with("nixgate release of web1 at 0123456789ab\n"));
-        assert!(msg.contains("Closure:   /nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1-24.05\n"));
+        assert!(msg.contains(
+            "Closure:   /nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1-24.05\n"
+        ));
         assert!(msg.contains("Gates:     diff, health-checks\n"));
         assert_eq!(Record::from_message(&msg).unwrap(), r);
     }
@@ -192,10 +203,16 @@ mod tests {
 
     #[test]
     fn missing_or_broken_blocks_are_errors() {
-        assert_eq!(Record::from_message("just a tag"), Err(RecordError::NoBlock));
+        assert_eq!(
+            Record::from_message("just a tag"),
+            Err(RecordError::NoBlock)
+        );
         let open = format!("x\n{BEGIN}\n{{}}\n");
         assert_eq!(Record::from_message(&open), Err(RecordError::NoBlock));
         let bad = format!("x\n{BEGIN}\n{{\"target\": 1}}\n{END}\n");
-        assert!(matches!(Record::from_message(&bad), Err(RecordError::Invalid(_))));
+        assert!(matches!(
+            Record::from_message(&bad),
+            Err(RecordError::Invalid(_))
+        ));
     }
 }
