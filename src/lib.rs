@@ -11,6 +11,7 @@ pub mod diff;
 pub mod gates;
 pub mod inventory;
 pub mod nix;
+pub mod release;
 pub mod remote;
 pub mod report;
 pub mod runner;

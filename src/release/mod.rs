@@ -1,0 +1,180 @@
+//! Release pointers in the configuration repository: an annotated tag
+//! `release/<target>/<UTC>-<shortrev>` on the exact commit a host was proven
+//! known-good with, and a branch `release/<target>` that only ever moves
+//! forward (fast-forward) to the newest such commit.
+//!
+//! The tag message is the record: a human-readable header followed by a
+//! fenced JSON block ([`record`]) that [`show`], [`list`] and [`resolve`] parse
+//! back, so `nixgate push --release TAG` can redeploy the exact closure.
+//!
+//! Refs and tags go through libgit2 (`git2`): no scraping of `git` output, and
+//! ref updates under libgit2's ref locks with the old value re-checked under
+//! the lock (compare-and-swap). Only [`push`] shells out to `git push`, so the
+//! user's own remote configuration and credentials apply.
+//!
+//! Everything here is synchronous and local (milliseconds), except [`push`],
+//! which talks to a remote: call it from `tokio::task::spawn_blocking`.
+
+mod create;
+pub mod name;
+mod push;
+mod query;
+pub mod record;
+mod worktree;
+
+use serde::Serialize;
+
+use crate::nix::StorePath;
+
+pub use create::create;
+pub use push::{PushOutcome, push};
+pub use query::{list, resolve, show};
+pub use record::{Evidence, GateEvidence};
+pub use worktree::{WorktreeState, worktree_state};
+
+/// What to release: a target that reached known-good from `commit`.
+#[derive(Debug, Clone)]
+pub struct ReleaseRequest {
+    /// The host name (inventory-validated; re-checked against git's ref rules).
+    pub target: String,
+    /// The commit the closure was built from: full hex id (a unique prefix of
+    /// at least 7 hex digits is accepted); it must exist in the repository.
+    pub commit: String,
+    /// The working tree had uncommitted changes when the closure was built
+    /// (`--allow-dirty`): such a closure is not what `commit` describes, so
+    /// it is refused.
+    pub dirty: bool,
+    pub closure: StorePath,
+    /// The builder host that built the closure.
+    pub builder: String,
+    pub run_id: String,
+    pub evidence: Evidence,
+    /// Move `release/<target>` even when that is not a fast-forward. Recorded
+    /// in the tag and the outcome.
+    pub force: bool,
+    /// Release time; `None` means now. Its whole seconds name the tag.
+    pub at: Option<std::time::SystemTime>,
+}
+
+/// What [`create`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum ReleaseOutcome {
+    /// The tag was created and the branch points at the commit.
+    Released {
+        /// Short tag name, e.g. `release/web1/20261122T203000Z-0123456789ab`.
+        tag: String,
+        /// Branch name, e.g. `release/web1`.
+        branch: String,
+        /// Full hex id of the released commit.
+        commit: String,
+        update: BranchUpdate,
+    },
+    /// Nothing was written: the host is known-good but not released.
+    Refused { reason: Refusal },
+}
+
+/// How `release/<target>` moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BranchUpdate {
+    /// The branch did not exist before.
+    Created,
+    FastForward {
+        from: String,
+    },
+    /// The branch already pointed at the commit (a new validation of it).
+    Unchanged,
+    /// Not a fast-forward; moved only because `force` was given.
+    Forced {
+        from: String,
+    },
+}
+
+/// Why a release was refused (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Refusal {
+    /// The closure was built from a dirty working tree.
+    DirtyTree,
+    /// `release/<target>` is at `branch_at`, which is not an ancestor of `new`.
+    NotFastForward { branch_at: String, new: String },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::DirtyTree => f.write_str(
+                "the closure was built from a dirty working tree: commit the changes and deploy again to release",
+            ),
+            Refusal::NotFastForward { branch_at, new } => write!(
+                f,
+                "the release branch is at {branch_at}, which is not an ancestor of {new}: \
+                 releasing would rewind or fork it; pass --force to move it anyway"
+            ),
+        }
+    }
+}
+
+/// A release parsed back from its tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseInfo {
+    /// Short tag name (`release/<target>/<stamp>`).
+    pub tag: String,
+    pub target: String,
+    /// RFC 3339 UTC, whole seconds (`2026-11-22T20:30:00Z`).
+    pub time: String,
+    /// Nanoseconds since the Unix epoch (orders releases within one second).
+    pub time_unix_ns: u64,
+    /// Full hex id of the tagged commit.
+    pub commit: String,
+    pub closure: StorePath,
+    pub builder: String,
+    pub run_id: String,
+    pub nixgate_version: String,
+    /// `Some(old branch tip)` when the release moved the branch by force.
+    pub forced_from: Option<String>,
+    /// The tagger, `Name <email>`.
+    pub tagger: String,
+}
+
+/// A release with its full evidence and tag message ([`show`], [`resolve`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReleaseDetail {
+    pub info: ReleaseInfo,
+    pub evidence: Evidence,
+    /// The whole tag message as stored.
+    pub message: String,
+}
+
+/// Errors callers branch on (inside the `anyhow::Error`: use `downcast_ref`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("target name {target:?} cannot be used in a release ref: {problem}")]
+    InvalidTarget { target: String, problem: String },
+    #[error("commit {commit:?} is not in the repository at {repo}: fetch it or check the id")]
+    CommitNotFound { commit: String, repo: String },
+    #[error("no release tag or branch named {spec:?}: see `nixgate release list`")]
+    NotFound { spec: String },
+    #[error(
+        "release branch {branch} is at {commit}, but no release tag of {target} points there: \
+         name a tag explicitly"
+    )]
+    NoTagOnBranchTip {
+        branch: String,
+        target: String,
+        commit: String,
+    },
+    #[error("{tag} is not a nixgate release tag: {problem}")]
+    NotARelease { tag: String, problem: String },
+    #[error("{refname} changed while the release was being written: run the release again")]
+    ConcurrentUpdate { refname: String },
+}
+
+/// Open the git repository containing `path` (searching upwards, like Nix
+/// does for a flake in a git checkout).
+fn open(path: &std::path::Path) -> anyhow::Result<git2::Repository> {
+    use anyhow::Context;
+    git2::Repository::discover(path)
+        .with_context(|| format!("opening the git repository at {}", path.display()))
+}

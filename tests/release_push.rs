@@ -1,0 +1,107 @@
+//! Publishing releases with `git push --atomic` to local bare remotes.
+
+mod release_common;
+
+use nixgate::release::{self, PushOutcome};
+use release_common::*;
+
+#[test]
+fn push_lands_tag_and_branch_on_a_bare_remote() {
+    let repo = Repo::new(true);
+    let remote = repo.tmp.path().join("remote.git");
+    git(
+        repo.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    git(
+        &repo.dir,
+        &["remote", "add", "origin", remote.to_str().unwrap()],
+    );
+    let c = repo.head();
+    let (tag, _) = released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
+
+    let out = release::push(&repo.dir, "origin", &tag, "release/web1", false).unwrap();
+    assert_eq!(
+        out,
+        PushOutcome::Pushed {
+            remote: "origin".into(),
+            tag: tag.clone(),
+            branch: "release/web1".into()
+        }
+    );
+    assert_eq!(
+        git(&remote, &["cat-file", "-t", &format!("refs/tags/{tag}")]),
+        "tag"
+    );
+    assert_eq!(
+        git(&remote, &["rev-parse", &format!("{tag}^{{commit}}")]),
+        c
+    );
+    assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), c);
+    // The remote's copy parses as the same release.
+    assert_eq!(
+        release::show(&remote, &tag).unwrap(),
+        release::show(&repo.dir, &tag).unwrap()
+    );
+
+    // After a forced (rewinding) release the remote refuses a plain push,
+    // atomically: the new tag does not land either.
+    let d = repo.commit("second");
+    let (tag_d, _) = released(release::create(&repo.dir, &request("web1", &d, T0 + 60)).unwrap());
+    release::push(&repo.dir, "origin", &tag_d, "release/web1", false).unwrap();
+    let mut back = request("web1", &c, T0 + 120);
+    back.force = true;
+    let (tag_back, _) = released(release::create(&repo.dir, &back).unwrap());
+    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", false).unwrap();
+    match out {
+        PushOutcome::Failed {
+            exit, stderr_tail, ..
+        } => {
+            assert_eq!(exit, Some(1));
+            assert!(stderr_tail.contains("release/web1"), "{stderr_tail}");
+        }
+        other => panic!("expected a rejected push, got {other:?}"),
+    }
+    let remote_tags = git(&remote, &["tag", "-l"]);
+    assert!(!remote_tags.contains(&tag_back), "{remote_tags}");
+    assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
+    // An explicit forced push moves it.
+    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", true).unwrap();
+    assert!(matches!(out, PushOutcome::Pushed { .. }), "{out:?}");
+    assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), c);
+}
+
+#[test]
+fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
+    let repo = Repo::new(true);
+    let c = repo.head();
+    let (tag, _) = released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
+    let missing = repo.tmp.path().join("no-such-remote.git");
+    let out = release::push(
+        &repo.dir,
+        missing.to_str().unwrap(),
+        &tag,
+        "release/web1",
+        false,
+    )
+    .unwrap();
+    match out {
+        PushOutcome::Failed {
+            exit,
+            stderr_tail,
+            remote,
+        } => {
+            assert_eq!(remote, missing.to_str().unwrap());
+            assert_eq!(exit, Some(128));
+            assert!(
+                stderr_tail.contains("does not appear to be a git repository"),
+                "{stderr_tail}"
+            );
+        }
+        other => panic!("expected a failed push, got {other:?}"),
+    }
+    // Arguments that would be options or non-release refs are refused up front.
+    assert!(release::push(&repo.dir, "--upload-pack=x", &tag, "release/web1", false).is_err());
+    assert!(release::push(&repo.dir, "origin", "v1.0", "release/web1", false).is_err());
+    assert!(release::push(&repo.dir, "origin", &tag, "main", false).is_err());
+}
