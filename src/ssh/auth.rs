@@ -81,16 +81,11 @@ where
     let mut agent_keys: Vec<PublicKey> = Vec::new();
     let mut rsa_hash: Option<HashAlg> = None;
 
-    if target.use_agent
-        && let Some(sock) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty())
-    {
+    if let Some(sock) = target.agent_socket() {
         match AgentClient::connect_uds(&sock).await {
-            Err(e) => tried.push(format!(
-                "agent at {}: unreachable ({e})",
-                sock.to_string_lossy()
-            )),
+            Err(e) => tried.push(format!("agent at {}: unreachable ({e})", sock.display())),
             Ok(mut agent) => match agent.request_identities().await {
-                Err(e) => tried.push(format!("agent at {}: {e}", sock.to_string_lossy())),
+                Err(e) => tried.push(format!("agent at {}: {e}", sock.display())),
                 Ok(ids) => {
                     for id in ids {
                         let (key, comment, is_cert) = match &id {

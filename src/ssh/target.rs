@@ -42,8 +42,10 @@ pub struct SshTarget {
     pub host_key_policy: HostKeyPolicy,
     /// Reach this target through a `direct-tcpip` channel on that one.
     pub proxy_jump: Option<Box<SshTarget>>,
-    /// Try the keys of the agent at `SSH_AUTH_SOCK` first.
+    /// Try the agent's keys first.
     pub use_agent: bool,
+    /// The agent's socket; `None`: `$SSH_AUTH_SOCK`.
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// How deep `ProxyJump` chains from ssh config may go.
@@ -63,6 +65,7 @@ impl SshTarget {
             host_key_policy: HostKeyPolicy::Strict,
             proxy_jump: None,
             use_agent: true,
+            agent_socket: None,
         }
     }
 
@@ -76,6 +79,18 @@ impl SshTarget {
                 .ok()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| "root".to_owned())
+        })
+    }
+
+    /// The agent socket to use, if any.
+    pub fn agent_socket(&self) -> Option<PathBuf> {
+        if !self.use_agent {
+            return None;
+        }
+        self.agent_socket.clone().or_else(|| {
+            std::env::var_os("SSH_AUTH_SOCK")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
         })
     }
 
@@ -173,6 +188,7 @@ impl SshTarget {
             host_key_policy: self.host_key_policy,
             proxy_jump: None,
             use_agent: self.use_agent,
+            agent_socket: self.agent_socket.clone(),
         }
     }
 }
