@@ -6,8 +6,13 @@
 //! events -> reporters.
 
 pub mod activation;
+pub mod cli;
 pub mod diff;
 pub mod gates;
+pub mod inventory;
 pub mod nix;
 pub mod remote;
+pub mod report;
+pub mod runner;
 pub mod ssh;
+pub mod state;

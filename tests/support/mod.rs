@@ -1,1 +1,5 @@
+//! Shared support for integration tests; each test crate uses only part of it.
+#![allow(dead_code)]
+
+pub mod fleet;
 pub mod sshd;

@@ -1,0 +1,114 @@
+//! The command-line contract: global options, selectors, commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::inventory::Selector;
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  everything selected ended well
+  1  at least one host failed or was rolled back
+  2  usage or inventory error
+  3  another nixgate run holds the lock";
+
+/// Deploy NixOS systems to a fleet over SSH, gate by gate.
+///
+/// nixgate builds every selected host's system on a builder, explains what
+/// changed, copies closures over SSH and activates them host by host in
+/// waves. Only a closure proven live on its host is marked known-good.
+#[derive(Debug, Parser)]
+#[command(name = "nixgate", version, after_long_help = EXIT_CODES_HELP, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// The inventory file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "NIXGATE_INVENTORY",
+        default_value = "inventory.toml"
+    )]
+    pub inventory: PathBuf,
+    /// Newline-delimited JSON events on stdout instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Never prompt: assume yes (for cron and CI).
+    #[arg(short, long, global = true)]
+    pub yes: bool,
+    /// More detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less output: only problems and the summary.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Where runs, reports, locks and known-good records are kept
+    /// [default: $XDG_STATE_HOME/nixgate, or ~/.local/state/nixgate].
+    #[arg(long, global = true, value_name = "DIR", env = "NIXGATE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Which hosts a fleet command works on. None: the whole fleet, wave by wave.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SelectorArgs {
+    /// Hosts by name (same as --host).
+    #[arg(value_name = "HOST")]
+    pub names: Vec<String>,
+    /// A host by name (repeatable); ignores waves.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Every host with this tag (repeatable); ignores waves.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// The hosts of this wave (repeatable).
+    #[arg(long = "wave", value_name = "NAME")]
+    pub waves: Vec<String>,
+}
+
+impl SelectorArgs {
+    pub fn selector(&self) -> Selector {
+        let mut hosts = self.names.clone();
+        hosts.extend(self.hosts.iter().cloned());
+        Selector {
+            hosts,
+            tags: self.tags.clone(),
+            waves: self.waves.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the inventory, then connect to the builder and every selected
+    /// host and report reachability, authentication, host key, Nix version,
+    /// current system and free space.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check {
+        /// Validate the inventory only; touch no network.
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Print the resolved selection: wave, host, address, tags.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Hosts {
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}

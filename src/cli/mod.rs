@@ -1,0 +1,113 @@
+//! The command line: parses arguments, loads the inventory, resolves the
+//! selection and hands off to the command; maps every ending to the exit-code
+//! contract (0 ok, 1 hosts failed, 2 usage/inventory, 3 locked).
+
+pub mod args;
+mod check;
+pub mod exit;
+mod hosts;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::inventory::{Inventory, InventoryError, Selection};
+use crate::report::json_line;
+pub use args::{Cli, Command, Global, SelectorArgs};
+pub use exit::{Fatal, Outcome};
+
+/// Run nixgate with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 on usage errors and 0 for --help/--version.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_tracing(&cli.global);
+    match run(cli) {
+        Ok(outcome) => outcome.into(),
+        Err(e) => {
+            let outcome = e
+                .downcast_ref::<Fatal>()
+                .map_or(Outcome::HostsFailed, |f| f.outcome);
+            eprintln!("nixgate: {e:#}");
+            outcome.into()
+        }
+    }
+}
+
+fn init_tracing(g: &Global) {
+    let level = match (g.quiet, g.verbose) {
+        (q, _) if q > 0 => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nixgate={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let g = cli.global;
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "nixgate",
+                &mut std::io::stdout(),
+            );
+            Ok(Outcome::Success)
+        }
+        Command::Hosts { select } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            hosts::print(&g, &inv, &sel);
+            Ok(Outcome::Success)
+        }
+        Command::Check { offline, select } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            check::run(&g, &inv, &sel, offline)
+        }
+    }
+}
+
+/// Load and validate the inventory; problems end the run with exit code 2,
+/// printed for humans (stderr) and, with `--json`, as events on stdout.
+pub fn load_inventory(g: &Global) -> anyhow::Result<Inventory> {
+    match Inventory::load(&g.inventory) {
+        Ok(inv) => Ok(inv),
+        Err(InventoryError::Invalid(d)) => {
+            if g.json {
+                for (item, pos) in d.items.iter().zip(d.positions()) {
+                    json_line(&serde_json::json!({
+                        "event": "inventory_error",
+                        "file": d.path,
+                        "line": pos.map(|p| p.0),
+                        "column": pos.map(|p| p.1),
+                        "message": item.message,
+                        "help": item.help,
+                    }));
+                }
+            }
+            Err(Fatal::usage(format!("the inventory is invalid:\n\n{d}")))
+        }
+        Err(e @ InventoryError::Read { .. }) => Err(Fatal::usage(e.to_string())),
+    }
+}
+
+/// Resolve the selector; an unknown name is a usage error (exit 2).
+pub fn select_hosts(inv: &Inventory, select: &SelectorArgs) -> anyhow::Result<Selection> {
+    inv.select(&select.selector())
+        .map_err(|e| Fatal::usage(e.to_string()))
+}

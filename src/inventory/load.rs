@@ -1,0 +1,527 @@
+//! Reading an inventory file: sections, defaults merged into hosts, waves
+//! resolved. Every problem is collected with its position; semantic checks
+//! that span several sections live in `validate`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use super::diag::{Diagnostic, Diagnostics};
+use super::model::*;
+use super::validate;
+use super::walk::{At, Val, Walker, get, key_span};
+
+const TOP_KEYS: &[&str] = &["defaults", "builder", "hosts", "waves", "release"];
+const SETTING_KEYS: &[&str] = &[
+    "user",
+    "port",
+    "identity_file",
+    "known_hosts",
+    "connect_timeout",
+    "activation_timeout",
+    "max_parallel",
+    "copy",
+    "profile",
+    "os",
+    "sudo",
+    "require_signatures",
+    "health_checks",
+];
+const HOST_ONLY_KEYS: &[&str] = &["address", "tags", "attribute"];
+const BUILDER_KEYS: &[&str] = &[
+    "address",
+    "user",
+    "port",
+    "identity_file",
+    "known_hosts",
+    "connect_timeout",
+    "source",
+    "flake",
+    "attribute",
+    "signing_key",
+];
+const WAVE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "tags",
+    "max_parallel",
+    "max_failures",
+    "soak",
+];
+const CHECK_KEYS: &[&str] = &["command", "timeout", "retries"];
+
+pub const DEFAULT_ATTRIBUTE: &str = "nixosConfigurations.{host}.config.system.build.toplevel";
+
+/// Settings that `[defaults]` provides and a host may override.
+#[derive(Default, Clone)]
+struct Settings {
+    user: Option<At<String>>,
+    port: Option<At<i64>>,
+    identity_file: Option<At<String>>,
+    known_hosts: Option<At<String>>,
+    connect_timeout: Option<At<Duration>>,
+    activation_timeout: Option<At<Duration>>,
+    max_parallel: Option<At<i64>>,
+    copy: Option<At<CopyMode>>,
+    profile: Option<At<String>>,
+    os: Option<At<Os>>,
+    sudo: Option<At<bool>>,
+    require_signatures: Option<At<bool>>,
+    health_checks: Option<Vec<HealthCheck>>,
+}
+
+impl Settings {
+    fn overlay(&self, over: &Settings) -> Settings {
+        fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+            b.clone().or_else(|| a.clone())
+        }
+        Settings {
+            user: pick(&self.user, &over.user),
+            port: pick(&self.port, &over.port),
+            identity_file: pick(&self.identity_file, &over.identity_file),
+            known_hosts: pick(&self.known_hosts, &over.known_hosts),
+            connect_timeout: pick(&self.connect_timeout, &over.connect_timeout),
+            activation_timeout: pick(&self.activation_timeout, &over.activation_timeout),
+            max_parallel: pick(&self.max_parallel, &over.max_parallel),
+            copy: pick(&self.copy, &over.copy),
+            profile: pick(&self.profile, &over.profile),
+            os: pick(&self.os, &over.os),
+            sudo: pick(&self.sudo, &over.sudo),
+            require_signatures: pick(&self.require_signatures, &over.require_signatures),
+            health_checks: pick(&self.health_checks, &over.health_checks),
+        }
+    }
+}
+
+/// Resolves `~` and paths relative to the inventory's directory.
+struct Paths {
+    base: PathBuf,
+    home: Option<PathBuf>,
+}
+
+impl Paths {
+    fn resolve(&self, p: &str) -> PathBuf {
+        if let Some(rest) = p.strip_prefix("~/")
+            && let Some(home) = &self.home
+        {
+            return home.join(rest);
+        }
+        if p == "~"
+            && let Some(home) = &self.home
+        {
+            return home.clone();
+        }
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+}
+
+struct Loader {
+    w: Walker,
+    paths: Paths,
+}
+
+/// Parse and validate an inventory held in memory; `path` is used for
+/// messages and to resolve relative paths.
+pub fn parse(path: &Path, source: &str) -> Result<Inventory, Diagnostics> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let mut loader = Loader {
+        w: Walker::default(),
+        paths: Paths {
+            base,
+            home: std::env::var_os("HOME").map(PathBuf::from),
+        },
+    };
+    let (doc, errors) = DeTable::parse_recoverable(source);
+    let fail = |items: Vec<Diagnostic>| Diagnostics {
+        path: path.to_path_buf(),
+        source: source.to_owned(),
+        items,
+    };
+    if !errors.is_empty() {
+        let items = errors
+            .iter()
+            .map(|e| Diagnostic {
+                message: format!("TOML syntax: {}", e.message().trim_end()),
+                span: e.span(),
+                help: None,
+            })
+            .collect();
+        return Err(fail(items));
+    }
+    let inventory = loader.document(path, doc.get_ref());
+    match inventory {
+        Some(inv) if loader.w.diags.is_empty() => Ok(inv),
+        _ => {
+            let mut items = loader.w.diags;
+            items.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+            Err(fail(items))
+        }
+    }
+}
+
+impl Loader {
+    fn document(&mut self, path: &Path, doc: &DeTable<'_>) -> Option<Inventory> {
+        self.w.check_keys(doc, TOP_KEYS, "the inventory");
+        let defaults = match get(doc, "defaults") {
+            Some(v) => self
+                .w
+                .table("defaults", v)
+                .map(|t| self.settings(t, "[defaults]", &[]))
+                .unwrap_or_default(),
+            None => Settings::default(),
+        };
+        let builder = match get(doc, "builder") {
+            Some(v) => self
+                .w
+                .table("builder", v)
+                .and_then(|t| self.builder(t, &defaults)),
+            None => {
+                self.w.diags.push(Diagnostic {
+                    message: "missing [builder] table: nixgate builds every closure on a builder"
+                        .into(),
+                    span: Some(0..0),
+                    help: Some("add [builder] with at least `address = \"...\"`".into()),
+                });
+                None
+            }
+        };
+        let hosts = match get(doc, "hosts") {
+            Some(v) => self
+                .w
+                .table("hosts", v)
+                .map(|t| self.hosts(t, &defaults, builder.as_ref()))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let max_parallel = defaults
+            .max_parallel
+            .as_ref()
+            .map_or(10, |m| m.value as usize);
+        let wave_specs = match get(doc, "waves") {
+            Some(v) => self.waves(v, max_parallel),
+            None => Vec::new(),
+        };
+        let release = match get(doc, "release") {
+            Some(v) => self
+                .w
+                .table("release", v)
+                .map(|t| self.release(t))
+                .unwrap_or_default(),
+            None => Release::default(),
+        };
+        let host_list: Vec<(At<String>, Host)> = hosts;
+        let waves = validate::fleet(&mut self.w, &host_list, wave_specs, max_parallel);
+        let builder = builder?;
+        Some(Inventory {
+            path: path.to_path_buf(),
+            builder,
+            hosts: host_list.into_iter().map(|(_, h)| h).collect(),
+            waves,
+            max_parallel,
+            release,
+        })
+    }
+
+    fn settings(&mut self, t: &DeTable<'_>, section: &str, extra: &[&str]) -> Settings {
+        let allowed: Vec<&str> = SETTING_KEYS.iter().chain(extra).copied().collect();
+        self.w.check_keys(t, &allowed, section);
+        let w = &mut self.w;
+        let mut s = Settings::default();
+        for (k, v) in t.iter() {
+            let key: &str = k.get_ref();
+            match key {
+                "user" => s.user = w.string(key, v).filter(|u| validate::nonempty(w, key, u)),
+                "port" => s.port = w.integer(key, v, 1, 65535),
+                "identity_file" => {
+                    s.identity_file = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
+                }
+                "known_hosts" => {
+                    s.known_hosts = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
+                }
+                "connect_timeout" => {
+                    s.connect_timeout = w.duration(key, v).filter(|d| validate::positive(w, key, d))
+                }
+                "activation_timeout" => {
+                    s.activation_timeout =
+                        w.duration(key, v).filter(|d| validate::positive(w, key, d))
+                }
+                "max_parallel" => s.max_parallel = w.integer(key, v, 1, 10_000),
+                "copy" => s.copy = w.choice(key, v, CopyMode::NAMES, CopyMode::parse),
+                "profile" => s.profile = w.string(key, v).filter(|p| validate::absolute(w, key, p)),
+                "os" => s.os = w.choice(key, v, Os::NAMES, Os::parse),
+                "sudo" => s.sudo = w.boolean(key, v),
+                "require_signatures" => s.require_signatures = w.boolean(key, v),
+                _ => {}
+            }
+        }
+        if let Some(v) = get(t, "health_checks") {
+            s.health_checks = Some(self.health_checks(v));
+        }
+        s
+    }
+
+    fn health_checks(&mut self, v: &Val<'_>) -> Vec<HealthCheck> {
+        let Some(items) = self.w.array("health_checks", v) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(t) = self.w.table("health_checks", item) else {
+                continue;
+            };
+            self.w.check_keys(t, CHECK_KEYS, "a health check");
+            let command = match get(t, "command") {
+                Some(c) => self
+                    .w
+                    .string("command", c)
+                    .filter(|c| validate::nonempty(&mut self.w, "command", c)),
+                None => {
+                    self.w.error("health check has no `command`", item.span());
+                    None
+                }
+            };
+            let timeout = get(t, "timeout").and_then(|d| {
+                self.w
+                    .duration("timeout", d)
+                    .filter(|d| validate::positive(&mut self.w, "timeout", d))
+            });
+            let retries = get(t, "retries").and_then(|r| self.w.integer("retries", r, 0, 100));
+            if let Some(command) = command {
+                out.push(HealthCheck {
+                    command: command.value,
+                    timeout: timeout.map_or(Duration::from_secs(30), |t| t.value),
+                    retries: retries.map_or(0, |r| r.value as u32),
+                });
+            }
+        }
+        out
+    }
+
+    fn connection(&self, address: String, s: &Settings) -> Connection {
+        Connection {
+            address,
+            user: s
+                .user
+                .as_ref()
+                .map_or_else(|| "root".into(), |u| u.value.clone()),
+            port: s.port.as_ref().map_or(22, |p| p.value as u16),
+            identity_file: s
+                .identity_file
+                .as_ref()
+                .map(|p| self.paths.resolve(&p.value)),
+            known_hosts: self.paths.resolve(
+                s.known_hosts
+                    .as_ref()
+                    .map_or("~/.ssh/known_hosts", |k| k.value.as_str()),
+            ),
+            connect_timeout: s
+                .connect_timeout
+                .as_ref()
+                .map_or(Duration::from_secs(10), |d| d.value),
+        }
+    }
+
+    fn address(
+        &mut self,
+        t: &DeTable<'_>,
+        section: &str,
+        span: std::ops::Range<usize>,
+    ) -> Option<At<String>> {
+        match get(t, "address") {
+            Some(v) => self
+                .w
+                .string("address", v)
+                .filter(|a| validate::address(&mut self.w, a)),
+            None => {
+                self.w.error_help(
+                    format!("{section} has no `address`"),
+                    span,
+                    "add `address = \"host.example.org\"` (a name or IP)",
+                );
+                None
+            }
+        }
+    }
+
+    fn builder(&mut self, t: &DeTable<'_>, defaults: &Settings) -> Option<Builder> {
+        self.w.check_keys(t, BUILDER_KEYS, "[builder]");
+        let span = key_span(t, "address").unwrap_or(0..0);
+        let address = self.address(t, "[builder]", span);
+        // The builder shares connection settings with [defaults], overridable.
+        let mut own = Settings::default();
+        for (k, v) in t.iter() {
+            let key: &str = k.get_ref();
+            let w = &mut self.w;
+            match key {
+                "user" => own.user = w.string(key, v).filter(|u| validate::nonempty(w, key, u)),
+                "port" => own.port = w.integer(key, v, 1, 65535),
+                "identity_file" => {
+                    own.identity_file = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
+                }
+                "known_hosts" => {
+                    own.known_hosts = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
+                }
+                "connect_timeout" => {
+                    own.connect_timeout =
+                        w.duration(key, v).filter(|d| validate::positive(w, key, d))
+                }
+                _ => {}
+            }
+        }
+        let settings = defaults.overlay(&own);
+        let source = get(t, "source").and_then(|v| {
+            self.w
+                .string("source", v)
+                .filter(|s| validate::nonempty(&mut self.w, "source", s))
+        });
+        let flake = get(t, "flake").and_then(|v| self.w.boolean("flake", v));
+        let attribute = get(t, "attribute").and_then(|v| {
+            self.w
+                .string("attribute", v)
+                .filter(|a| validate::attribute(&mut self.w, a))
+        });
+        let signing_key = get(t, "signing_key").and_then(|v| {
+            self.w
+                .string("signing_key", v)
+                .filter(|s| validate::absolute(&mut self.w, "signing_key", s))
+        });
+        let address = address?;
+        Some(Builder {
+            connection: self.connection(address.value, &settings),
+            source: self
+                .paths
+                .resolve(source.as_ref().map_or(".", |s| s.value.as_str())),
+            flake: flake.is_none_or(|f| f.value),
+            attribute: attribute.map_or_else(|| DEFAULT_ATTRIBUTE.to_owned(), |a| a.value),
+            signing_key: signing_key.map(|s| s.value),
+        })
+    }
+
+    fn hosts(
+        &mut self,
+        t: &DeTable<'_>,
+        defaults: &Settings,
+        builder: Option<&Builder>,
+    ) -> Vec<(At<String>, Host)> {
+        let mut out = Vec::new();
+        for (k, v) in t.iter() {
+            let name = At::new(k.get_ref().to_string(), k.span());
+            validate::name(&mut self.w, "host", &name);
+            let Some(ht) = self.w.table(&name.value, v) else {
+                continue;
+            };
+            let section = format!("[hosts.{}]", name.value);
+            let own = self.settings(ht, &section, HOST_ONLY_KEYS);
+            let address = self.address(ht, &section, name.span.clone());
+            let tags = get(ht, "tags")
+                .and_then(|v| self.w.strings("tags", v))
+                .unwrap_or_default();
+            for tag in &tags {
+                validate::name(&mut self.w, "tag", tag);
+            }
+            let attribute = get(ht, "attribute").and_then(|v| {
+                self.w
+                    .string("attribute", v)
+                    .filter(|a| validate::nonempty(&mut self.w, "attribute", a))
+            });
+            let s = defaults.overlay(&own);
+            let Some(address) = address else { continue };
+            let template = attribute
+                .map(|a| a.value)
+                .or_else(|| builder.map(|b| b.attribute.clone()))
+                .unwrap_or_else(|| DEFAULT_ATTRIBUTE.to_owned());
+            let host = Host {
+                name: name.value.clone(),
+                connection: self.connection(address.value.clone(), &s),
+                tags: tags.into_iter().map(|t| t.value).collect(),
+                activation_timeout: s
+                    .activation_timeout
+                    .as_ref()
+                    .map_or(Duration::from_secs(300), |d| d.value),
+                max_parallel: s.max_parallel.as_ref().map_or(10, |m| m.value as usize),
+                copy: s.copy.as_ref().map_or(CopyMode::Relay, |c| c.value),
+                profile: s.profile.as_ref().map_or_else(
+                    || "/nix/var/nix/profiles/system".into(),
+                    |p| p.value.clone(),
+                ),
+                os: s.os.as_ref().map_or(Os::Linux, |o| o.value),
+                sudo: s.sudo.as_ref().is_some_and(|b| b.value),
+                require_signatures: s.require_signatures.as_ref().is_some_and(|b| b.value),
+                health_checks: s.health_checks.clone().unwrap_or_default(),
+                attribute: template.replace("{host}", &name.value),
+            };
+            out.push((At::new(address.value, address.span), host));
+        }
+        out
+    }
+
+    fn waves(&mut self, v: &Val<'_>, max_parallel: usize) -> Vec<validate::WaveSpec> {
+        let Some(items) = self.w.array("waves", v) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(t) = self.w.table("waves", item) else {
+                continue;
+            };
+            self.w.check_keys(t, WAVE_KEYS, "a [[waves]] entry");
+            let name = match get(t, "name") {
+                Some(n) => self.w.string("name", n),
+                None => {
+                    self.w
+                        .error_help("wave has no `name`", item.span(), "add `name = \"canary\"`");
+                    None
+                }
+            };
+            if let Some(n) = &name {
+                validate::name(&mut self.w, "wave", n);
+            }
+            let hosts = get(t, "hosts")
+                .and_then(|v| self.w.strings("hosts", v))
+                .unwrap_or_default();
+            let tags = get(t, "tags")
+                .and_then(|v| self.w.strings("tags", v))
+                .unwrap_or_default();
+            let wave_parallel =
+                get(t, "max_parallel").and_then(|v| self.w.integer("max_parallel", v, 1, 10_000));
+            let max_failures =
+                get(t, "max_failures").and_then(|v| validate::max_failures(&mut self.w, v));
+            let soak = get(t, "soak").and_then(|v| self.w.duration("soak", v));
+            let Some(name) = name else { continue };
+            out.push(validate::WaveSpec {
+                name,
+                span: item.span(),
+                hosts,
+                tags,
+                max_parallel: wave_parallel.map_or(max_parallel, |m| m.value as usize),
+                max_failures: max_failures.unwrap_or(MaxFailures::Count(0)),
+                soak: soak.map_or(Duration::ZERO, |s| s.value),
+            });
+        }
+        out
+    }
+
+    fn release(&mut self, t: &DeTable<'_>) -> Release {
+        self.w.check_keys(t, &["remote"], "[release]");
+        Release {
+            remote: get(t, "remote")
+                .and_then(|v| {
+                    self.w
+                        .string("remote", v)
+                        .filter(|r| validate::nonempty(&mut self.w, "remote", r))
+                })
+                .map(|r| r.value),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The validated inventory: what nixgate knows about the fleet after the file
+//! has been read, merged with `[defaults]` and checked.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How a host receives its closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMode {
+    /// builder -> controller -> host, only the missing paths.
+    Relay,
+    /// The builder copies straight to the host.
+    Builder,
+    /// The host fetches from its own substituters.
+    Substitute,
+}
+
+impl CopyMode {
+    pub const NAMES: &'static [&'static str] = &["relay", "builder", "substitute"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "relay" => Some(CopyMode::Relay),
+            "builder" => Some(CopyMode::Builder),
+            "substitute" => Some(CopyMode::Substitute),
+            _ => None,
+        }
+    }
+}
+
+/// The host's operating system family, which decides how activation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Os {
+    Linux,
+    Darwin,
+}
+
+impl Os {
+    pub const NAMES: &'static [&'static str] = &["linux", "darwin"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "linux" => Some(Os::Linux),
+            "darwin" => Some(Os::Darwin),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach a machine over SSH (a host or the builder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    pub address: String,
+    pub user: String,
+    pub port: u16,
+    /// `None`: ssh-agent (and `~/.ssh/config`'s IdentityFile) only.
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+}
+
+/// A check run on a host after live activation (and after a wave's soak).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// A shell snippet, run as `sh -c <command>` on the host.
+    pub command: String,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    /// Extra attempts after the first failure.
+    pub retries: u32,
+}
+
+/// Everything nixgate knows about one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub connection: Connection,
+    pub tags: Vec<String>,
+    #[serde(with = "secs")]
+    pub activation_timeout: Duration,
+    pub max_parallel: usize,
+    pub copy: CopyMode,
+    pub profile: String,
+    pub os: Os,
+    /// Run privileged steps through `sudo -n`.
+    pub sudo: bool,
+    /// Accept only closures signed by a trusted key.
+    pub require_signatures: bool,
+    pub health_checks: Vec<HealthCheck>,
+    /// The attribute that builds this host's system (template resolved).
+    pub attribute: String,
+}
+
+/// The machine that evaluates and builds every closure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Builder {
+    pub connection: Connection,
+    /// The configuration's git repository (local path on the controller).
+    pub source: PathBuf,
+    pub flake: bool,
+    /// Attribute template; `{host}` is replaced by the host's name.
+    pub attribute: String,
+    /// A secret key file on the builder used to sign built closures.
+    pub signing_key: Option<String>,
+}
+
+/// A wave's failure budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxFailures {
+    Count(usize),
+    Percent(u8),
+}
+
+impl MaxFailures {
+    /// How many failed hosts a wave of `size` hosts tolerates.
+    pub fn allowed(&self, size: usize) -> usize {
+        match *self {
+            MaxFailures::Count(n) => n,
+            MaxFailures::Percent(p) => size * usize::from(p) / 100,
+        }
+    }
+}
+
+/// A group of hosts deployed together; waves run in inventory order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Wave {
+    pub name: String,
+    /// Member hosts in inventory order (names and tags resolved).
+    pub hosts: Vec<String>,
+    pub max_parallel: usize,
+    pub max_failures: MaxFailures,
+    #[serde(with = "secs")]
+    pub soak: Duration,
+    /// True for the implicit `rest` wave of hosts named by no wave.
+    pub implicit: bool,
+}
+
+/// Where releases are pushed, if anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Release {
+    pub remote: Option<String>,
+}
+
+/// A loaded, validated inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inventory {
+    pub path: PathBuf,
+    pub builder: Builder,
+    /// Hosts in file order.
+    pub hosts: Vec<Host>,
+    /// Waves in order, the implicit `rest` last when it has members.
+    pub waves: Vec<Wave>,
+    pub max_parallel: usize,
+    pub release: Release,
+}
+
+impl Inventory {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn wave(&self, name: &str) -> Option<&Wave> {
+        self.waves.iter().find(|w| w.name == name)
+    }
+
+    /// The wave a host belongs to.
+    pub fn wave_of(&self, host: &str) -> Option<&Wave> {
+        self.waves
+            .iter()
+            .find(|w| w.hosts.iter().any(|h| h == host))
+    }
+
+    /// Every tag used by some host, sorted.
+    pub fn tags(&self) -> Vec<&str> {
+        let mut tags: Vec<&str> = self
+            .hosts
+            .iter()
+            .flat_map(|h| h.tags.iter().map(String::as_str))
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        tags
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::super::duration::format(*d))
+    }
+}

@@ -1,0 +1,172 @@
+//! Selectors (`--host`, `--tag`, `--wave`, positional names) resolved against
+//! the inventory into the ordered groups of hosts a command works on.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::diag::suggest;
+use super::model::{Inventory, MaxFailures};
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub hosts: Vec<String>,
+    pub tags: Vec<String>,
+    pub waves: Vec<String>,
+}
+
+impl Selector {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.tags.is_empty() && self.waves.is_empty()
+    }
+}
+
+/// A group of hosts run together: a wave, or the ad-hoc group of hosts
+/// picked by `--host`/`--tag` (which ignores waves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub max_parallel: usize,
+    pub max_failures: MaxFailures,
+    #[serde(skip)]
+    pub soak: Duration,
+    /// True when the group is not a wave of the inventory.
+    pub adhoc: bool,
+}
+
+/// The resolved selection, groups in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Selection {
+    pub groups: Vec<Group>,
+}
+
+impl Selection {
+    /// Every selected host, in run order.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.hosts.iter().map(String::as_str))
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(|g| g.hosts.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A selector naming something the inventory does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error("no host named `{name}` in the inventory{}", hint(.suggestion))]
+    UnknownHost {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("no host has the tag `{name}`{}", hint(.suggestion))]
+    UnknownTag {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("no wave named `{name}` in the inventory{}", hint(.suggestion))]
+    UnknownWave {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "the selection is empty: no host is both in wave(s) {waves} and matched by --host/--tag"
+    )]
+    Empty { waves: String },
+}
+
+fn hint(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(" (did you mean `{s}`?)"),
+        None => " (run `nixgate hosts` to list what there is)".into(),
+    }
+}
+
+/// Name the group of `--host`/`--tag` selections.
+pub const ADHOC_GROUP: &str = "selected";
+
+impl Inventory {
+    /// Resolve a selector. No selector: the whole fleet, wave by wave.
+    pub fn select(&self, sel: &Selector) -> Result<Selection, SelectError> {
+        let host_names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+        for h in &sel.hosts {
+            if self.host(h).is_none() {
+                return Err(SelectError::UnknownHost {
+                    name: h.clone(),
+                    suggestion: suggest(h, host_names.iter().copied()).map(str::to_owned),
+                });
+            }
+        }
+        let tags = self.tags();
+        for t in &sel.tags {
+            if !tags.contains(&t.as_str()) {
+                return Err(SelectError::UnknownTag {
+                    name: t.clone(),
+                    suggestion: suggest(t, tags.iter().copied()).map(str::to_owned),
+                });
+            }
+        }
+        for w in &sel.waves {
+            if self.wave(w).is_none() {
+                return Err(SelectError::UnknownWave {
+                    name: w.clone(),
+                    suggestion: suggest(w, self.waves.iter().map(|w| w.name.as_str()))
+                        .map(str::to_owned),
+                });
+            }
+        }
+        let by_host_or_tag = !sel.hosts.is_empty() || !sel.tags.is_empty();
+        let picked = |name: &str| {
+            !by_host_or_tag
+                || sel.hosts.iter().any(|h| h == name)
+                || self
+                    .host(name)
+                    .is_some_and(|h| h.tags.iter().any(|t| sel.tags.contains(t)))
+        };
+        if sel.waves.is_empty() && by_host_or_tag {
+            let hosts: Vec<String> = host_names
+                .iter()
+                .filter(|h| picked(h))
+                .map(|h| h.to_string())
+                .collect();
+            return Ok(Selection {
+                groups: vec![Group {
+                    name: ADHOC_GROUP.into(),
+                    max_failures: MaxFailures::Count(hosts.len()),
+                    hosts,
+                    max_parallel: self.max_parallel,
+                    soak: Duration::ZERO,
+                    adhoc: true,
+                }],
+            });
+        }
+        let groups: Vec<Group> = self
+            .waves
+            .iter()
+            .filter(|w| sel.waves.is_empty() || sel.waves.contains(&w.name))
+            .map(|w| Group {
+                name: w.name.clone(),
+                hosts: w.hosts.iter().filter(|h| picked(h)).cloned().collect(),
+                max_parallel: w.max_parallel.min(self.max_parallel),
+                max_failures: w.max_failures,
+                soak: w.soak,
+                adhoc: false,
+            })
+            .filter(|g| !g.hosts.is_empty())
+            .collect();
+        if groups.is_empty() && by_host_or_tag {
+            return Err(SelectError::Empty {
+                waves: sel.waves.join(", "),
+            });
+        }
+        Ok(Selection { groups })
+    }
+}

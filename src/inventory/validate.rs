@@ -1,0 +1,326 @@
+//! Checks on inventory values and across sections: names safe for store
+//! paths, unit names and git refs; addresses; waves that name real hosts and
+//! tags, with each host in one wave at most.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::de::DeValue;
+
+use super::diag::suggest;
+use super::model::{Host, MaxFailures, Wave};
+use super::walk::{At, Val, Walker};
+
+/// The name of the implicit wave of hosts no wave names.
+pub const REST_WAVE: &str = "rest";
+
+/// Why `name` is not a valid host, tag or wave name, if it is not.
+///
+/// Names go into store paths, systemd unit names and git refs, so they are
+/// restricted to `[A-Za-z0-9][A-Za-z0-9._-]*`, and refused (never quoted
+/// around) when they break a git ref rule (`..`, a trailing `.` or `.lock`).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    let b = name.as_bytes();
+    if b.is_empty() {
+        return Some("is empty");
+    }
+    if !b[0].is_ascii_alphanumeric() {
+        return Some("must start with a letter or digit");
+    }
+    if !b
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    {
+        return Some("may contain only letters, digits, '.', '_' and '-'");
+    }
+    if name.contains("..") || name.ends_with('.') || name.ends_with(".lock") {
+        return Some(
+            "may not contain '..' or end in '.' or '.lock' (it becomes part of a git ref)",
+        );
+    }
+    if name.len() > 63 {
+        return Some("is longer than 63 characters");
+    }
+    None
+}
+
+pub fn name(w: &mut Walker, what: &str, name: &At<String>) -> bool {
+    match name_problem(&name.value) {
+        None => true,
+        Some(why) => {
+            w.error_help(
+                format!("invalid {what} name {:?}: it {why}", name.value),
+                name.span.clone(),
+                "names match [A-Za-z0-9][A-Za-z0-9._-]*: they go into store paths, unit names and git refs",
+            );
+            false
+        }
+    }
+}
+
+pub fn nonempty(w: &mut Walker, key: &str, v: &At<String>) -> bool {
+    if v.value.trim().is_empty() {
+        w.error(format!("`{key}` may not be empty"), v.span.clone());
+        return false;
+    }
+    true
+}
+
+pub fn positive(w: &mut Walker, key: &str, d: &At<Duration>) -> bool {
+    if d.value.is_zero() {
+        w.error(format!("`{key}` must be longer than zero"), d.span.clone());
+        return false;
+    }
+    true
+}
+
+pub fn absolute(w: &mut Walker, key: &str, p: &At<String>) -> bool {
+    if !p.value.starts_with('/') || p.value.contains(char::is_whitespace) {
+        w.error(
+            format!(
+                "`{key}` must be an absolute path without spaces, not {:?}",
+                p.value
+            ),
+            p.span.clone(),
+        );
+        return false;
+    }
+    true
+}
+
+pub fn address(w: &mut Walker, a: &At<String>) -> bool {
+    let v = &a.value;
+    let ok = !v.is_empty()
+        && !v.starts_with('-')
+        && v.bytes().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'_' | b'[' | b']' | b'%')
+        });
+    if !ok {
+        w.error_help(
+            format!("invalid address {v:?}"),
+            a.span.clone(),
+            "an address is a host name, an IPv4 or an IPv6 address; put the user in `user` and the port in `port`",
+        );
+    }
+    ok
+}
+
+pub fn attribute(w: &mut Walker, a: &At<String>) -> bool {
+    if !a.value.contains("{host}") {
+        w.error_help(
+            format!("`attribute` {:?} does not contain {{host}}: every host would build the same system", a.value),
+            a.span.clone(),
+            "write e.g. \"nixosConfigurations.{host}.config.system.build.toplevel\", or set `attribute` per host",
+        );
+        return false;
+    }
+    nonempty(w, "attribute", a)
+}
+
+pub fn max_failures(w: &mut Walker, v: &Val<'_>) -> Option<MaxFailures> {
+    match v.get_ref() {
+        DeValue::Integer(_) => w
+            .integer("max_failures", v, 0, 1_000_000)
+            .map(|n| MaxFailures::Count(n.value as usize)),
+        DeValue::String(s) => {
+            let pct = s
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<u8>().ok())
+                .filter(|p| *p <= 100);
+            if pct.is_none() {
+                w.error_help(
+                    format!(
+                        "`max_failures` must be a count or a percentage like \"10%\", not {s:?}"
+                    ),
+                    v.span(),
+                    "write e.g. max_failures = 1 or max_failures = \"10%\"",
+                );
+            }
+            pct.map(MaxFailures::Percent)
+        }
+        _ => {
+            w.error(
+                "`max_failures` must be a count or a percentage like \"10%\"",
+                v.span(),
+            );
+            None
+        }
+    }
+}
+
+/// A `[[waves]]` entry as written, before hosts and tags are resolved.
+pub struct WaveSpec {
+    pub name: At<String>,
+    pub span: Range<usize>,
+    pub hosts: Vec<At<String>>,
+    pub tags: Vec<At<String>>,
+    pub max_parallel: usize,
+    pub max_failures: MaxFailures,
+    pub soak: Duration,
+}
+
+/// Cross-section checks: duplicate addresses, waves naming real hosts/tags,
+/// a host in one wave at most. Returns the resolved waves, the implicit
+/// `rest` last.
+pub fn fleet(
+    w: &mut Walker,
+    hosts: &[(At<String>, Host)],
+    specs: Vec<WaveSpec>,
+    max_parallel: usize,
+) -> Vec<Wave> {
+    let mut seen_addr: HashMap<(String, u16), &str> = HashMap::new();
+    for (addr, h) in hosts {
+        let key = (addr.value.to_ascii_lowercase(), h.connection.port);
+        if let Some(first) = seen_addr.get(&key) {
+            w.error(
+                format!(
+                    "duplicate address {}:{}: host `{}` has it too",
+                    addr.value, h.connection.port, first
+                ),
+                addr.span.clone(),
+            );
+        } else {
+            seen_addr.insert(key, &h.name);
+        }
+    }
+    let host_names: Vec<&str> = hosts.iter().map(|(_, h)| h.name.as_str()).collect();
+    let mut all_tags: Vec<&str> = hosts
+        .iter()
+        .flat_map(|(_, h)| h.tags.iter().map(String::as_str))
+        .collect();
+    all_tags.sort_unstable();
+    all_tags.dedup();
+
+    // A host named in a wave belongs to it; naming it in two waves is an
+    // error. A tag pulls in the hosts that no earlier wave (and no wave by
+    // name) has claimed, so `canary = [web1]` then `tags = ["web"]` works.
+    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut tag_claims: Vec<(String, String)> = Vec::new();
+    let mut wave_names: HashMap<String, Range<usize>> = HashMap::new();
+    let mut waves = Vec::new();
+    for spec in specs {
+        if spec.name.value == REST_WAVE {
+            w.error_help(
+                format!("`{REST_WAVE}` is the name of the implicit wave of hosts in no wave"),
+                spec.name.span.clone(),
+                "give this wave another name",
+            );
+        }
+        if wave_names
+            .insert(spec.name.value.clone(), spec.name.span.clone())
+            .is_some()
+        {
+            w.error(
+                format!("wave `{}` is defined twice", spec.name.value),
+                spec.name.span.clone(),
+            );
+        }
+        if spec.hosts.is_empty() && spec.tags.is_empty() {
+            w.error_help(
+                format!("wave `{}` selects no hosts", spec.name.value),
+                spec.span.clone(),
+                "add `hosts = [...]` and/or `tags = [...]`",
+            );
+        }
+        let mut members: Vec<String> = Vec::new();
+        for h in &spec.hosts {
+            if !host_names.contains(&h.value.as_str()) {
+                let msg = format!(
+                    "wave `{}` names unknown host `{}`",
+                    spec.name.value, h.value
+                );
+                match suggest(&h.value, host_names.iter().copied()) {
+                    Some(s) => w.error_help(msg, h.span.clone(), format!("did you mean `{s}`?")),
+                    None => w.error(msg, h.span.clone()),
+                }
+                continue;
+            }
+            match owner.get(&h.value) {
+                Some(other) if *other != spec.name.value => w.error_help(
+                    format!(
+                        "host `{}` is in two waves: `{other}` and `{}`",
+                        h.value, spec.name.value
+                    ),
+                    h.span.clone(),
+                    "a host may be in one wave only",
+                ),
+                Some(_) => {}
+                None => {
+                    owner.insert(h.value.clone(), spec.name.value.clone());
+                    members.push(h.value.clone());
+                }
+            }
+        }
+        for t in &spec.tags {
+            if !all_tags.contains(&t.value.as_str()) {
+                let msg = format!(
+                    "wave `{}` names tag `{}`, which no host has",
+                    spec.name.value, t.value
+                );
+                match suggest(&t.value, all_tags.iter().copied()) {
+                    Some(s) => w.error_help(msg, t.span.clone(), format!("did you mean `{s}`?")),
+                    None => w.error(msg, t.span.clone()),
+                }
+                continue;
+            }
+            tag_claims.push((spec.name.value.clone(), t.value.clone()));
+        }
+        waves.push(Wave {
+            name: spec.name.value,
+            hosts: members,
+            max_parallel: spec.max_parallel,
+            max_failures: spec.max_failures,
+            soak: spec.soak,
+            implicit: false,
+        });
+    }
+    for (wave, tag) in tag_claims {
+        for (_, h) in hosts.iter().filter(|(_, h)| h.tags.contains(&tag)) {
+            if !owner.contains_key(&h.name) {
+                owner.insert(h.name.clone(), wave.clone());
+                if let Some(wv) = waves.iter_mut().find(|wv| wv.name == wave) {
+                    wv.hosts.push(h.name.clone());
+                }
+            }
+        }
+    }
+    // Members in inventory order, whatever order the wave listed them in.
+    for wv in &mut waves {
+        wv.hosts
+            .sort_by_key(|m| host_names.iter().position(|n| n == m));
+    }
+    let rest: Vec<String> = host_names
+        .iter()
+        .filter(|h| !owner.contains_key(**h))
+        .map(|h| h.to_string())
+        .collect();
+    if !rest.is_empty() {
+        waves.push(Wave {
+            name: REST_WAVE.to_owned(),
+            hosts: rest,
+            max_parallel,
+            max_failures: MaxFailures::Count(0),
+            soak: Duration::ZERO,
+            implicit: true,
+        });
+    }
+    waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["web1", "db-2.eu", "A_b", "1"] {
+            assert_eq!(name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "", "-x", ".x", "a b", "a/b", "a..b", "x.", "x.lock", "héllo", "a;b", "$(x)",
+        ] {
+            assert!(name_problem(bad).is_some(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The typed events a run produces. They carry data, never pre-formatted
+//! text, so the JSON reporter is `serde_json` and the human reporters decide
+//! only how things look.
+
+use serde::Serialize;
+
+use crate::gates::{Gate, Goal};
+use crate::nix::StorePath;
+use crate::runner::RunnerEvent;
+
+/// How a host's part in a run ended, flattened for summaries and exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Every gate passed; the closure is the host's new known-good.
+    KnownGood,
+    /// The goal was reached (copy, dry-activate, test, boot, switch).
+    Reached,
+    /// The host already ran the candidate: verified and marked, not switched.
+    AlreadyCurrent,
+    /// The candidate needs a reboot (systemd, dbus or kernel changed): it is
+    /// the boot default, the old system still runs.
+    DeferredPendingReboot,
+    /// A gate failed after the switch; the host is back on its known-good.
+    RolledBack,
+    /// A gate failed and so did the rollback: the host needs a person.
+    RollbackFailed,
+    /// A gate failed before anything changed on the host.
+    Failed,
+    /// Never started (cancelled, or its wave or an earlier one failed).
+    NotStarted,
+    /// The controller aborted mid-host; a detached switch may still finish.
+    Aborted,
+}
+
+impl OutcomeKind {
+    /// Does this outcome make the run exit 1?
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::RolledBack
+                | OutcomeKind::RollbackFailed
+                | OutcomeKind::Failed
+                | OutcomeKind::Aborted
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::KnownGood => "known-good",
+            OutcomeKind::Reached => "reached",
+            OutcomeKind::AlreadyCurrent => "already-current",
+            OutcomeKind::DeferredPendingReboot => "pending-reboot",
+            OutcomeKind::RolledBack => "rolled-back",
+            OutcomeKind::RollbackFailed => "ROLLBACK-FAILED",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::NotStarted => "not-started",
+            OutcomeKind::Aborted => "aborted",
+        }
+    }
+}
+
+/// One host's line in the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostSummary {
+    pub host: String,
+    pub wave: String,
+    pub outcome: OutcomeKind,
+    pub closure: Option<StorePath>,
+    /// Why it ended that way, when it did not end well.
+    pub reason: Option<String>,
+    pub seconds: f64,
+}
+
+/// Everything a run reports, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        command: String,
+        goal: Goal,
+        commit: Option<String>,
+        dirty: bool,
+        hosts: Vec<String>,
+        at: String,
+    },
+    SourceShipped {
+        commit: String,
+        reused: bool,
+    },
+    BuildStarted {
+        hosts: Vec<String>,
+    },
+    BuildProgress {
+        built: u64,
+        to_build: u64,
+    },
+    HostBuilt {
+        host: String,
+        toplevel: StorePath,
+    },
+    GateStarted {
+        host: String,
+        gate: Gate,
+    },
+    GatePassed {
+        host: String,
+        gate: Gate,
+        detail: Option<serde_json::Value>,
+    },
+    GateFailed {
+        host: String,
+        gate: Gate,
+        reason: String,
+    },
+    CopyProgress {
+        host: String,
+        bytes: u64,
+        paths: u64,
+        total_paths: u64,
+    },
+    HostFinished(HostSummary),
+    Warning {
+        host: Option<String>,
+        message: String,
+    },
+    Summary {
+        run_id: String,
+        exit_code: u8,
+        hosts: Vec<HostSummary>,
+    },
+    #[serde(untagged)]
+    Runner(RunnerEvent),
+}
+
+impl Event {
+    /// The host an event is about, if any.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Event::HostBuilt { host, .. }
+            | Event::GateStarted { host, .. }
+            | Event::GatePassed { host, .. }
+            | Event::GateFailed { host, .. }
+            | Event::CopyProgress { host, .. } => Some(host),
+            Event::HostFinished(s) => Some(&s.host),
+            Event::Warning { host, .. } => host.as_deref(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Scheduling tests with a job whose hosts sleep and succeed or fail on cue:
+//! what is tested is the runner's ordering, parallelism, budgets, soak and
+//! cancellation, in paused tokio time.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+use crate::inventory::MaxFailures;
+use crate::inventory::select::Group;
+
+#[derive(Default)]
+struct Job {
+    fail: HashSet<String>,
+    unhealthy_after_soak: HashSet<String>,
+    log: Mutex<Vec<String>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl Job {
+    fn log(&self, s: String) {
+        self.log.lock().unwrap().push(s);
+    }
+    fn entries(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl HostJob for Job {
+    type Staged = ();
+    type Done = Result<(), String>;
+
+    async fn stage(self: Arc<Self>, host: Arc<str>) {
+        self.log(format!("stage {host}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    async fn run(self: Arc<Self>, host: Arc<str>, _: ()) -> Result<(), String> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        self.log(format!("run {host}"));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.log(format!("done {host}"));
+        if self.fail.contains(&*host) {
+            Err("failed".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn interrupted(&self, _: &str, why: Interrupted) -> Result<(), String> {
+        Err(format!("{why:?}"))
+    }
+
+    fn is_failure(&self, d: &Result<(), String>) -> bool {
+        d.is_err()
+    }
+
+    async fn recheck(self: Arc<Self>, host: Arc<str>) -> bool {
+        !self.unhealthy_after_soak.contains(&*host)
+    }
+}
+
+fn group(name: &str, hosts: &[&str], max_parallel: usize, max_failures: usize, soak: u64) -> Group {
+    Group {
+        name: name.into(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        max_parallel,
+        max_failures: MaxFailures::Count(max_failures),
+        soak: Duration::from_secs(soak),
+        adhoc: false,
+    }
+}
+
+fn selection() -> Selection {
+    Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 0, 60),
+            group("main", &["m1", "m2", "m3", "m4", "m5"], 2, 1, 0),
+        ],
+    }
+}
+
+fn ends(results: &[HostResult<Result<(), String>>]) -> Vec<(String, String)> {
+    results
+        .iter()
+        .map(|r| {
+            let e = match &r.end {
+                HostEnd::Done(Ok(())) => "ok".to_string(),
+                HostEnd::Done(Err(e)) => format!("err:{e}"),
+                HostEnd::NotStarted(n) => format!("{n:?}"),
+            };
+            (r.host.clone(), e)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn waves_in_order_with_parallelism_and_prestaging() {
+    let job = Arc::new(Job::default());
+    let (_c, rx) = cancel::channel();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let results = run(job.clone(), &selection(), rx, move |e| {
+        ev.lock().unwrap().push(e)
+    })
+    .await;
+    assert!(
+        ends(&results).iter().all(|(_, e)| e == "ok"),
+        "{:?}",
+        ends(&results)
+    );
+    assert_eq!(results.len(), 6);
+    assert_eq!(job.max_running.load(Ordering::SeqCst), 2);
+    let log = job.entries();
+    let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+    // main's closures are staged while the canary activates.
+    assert!(pos("stage m1") < pos("done c1"), "{log:?}");
+    assert!(pos("done c1") < pos("run m1"), "{log:?}");
+    let events = events.lock().unwrap();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, RunnerEvent::SoakStarted { wave, seconds: 60 } if wave == "canary")
+        )
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, RunnerEvent::SoakChecked { host, healthy: true, .. } if host == "c1")
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_canary_stops_the_run() {
+    let job = Arc::new(Job {
+        fail: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let results = run(job.clone(), &selection(), rx, |_| {}).await;
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".into(), "err:failed".into()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    assert!(!job.entries().iter().any(|l| l.starts_with("run m")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wave_over_budget_starts_nothing_more() {
+    let job = Arc::new(Job {
+        fail: ["m1".to_string(), "m2".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("main", &["m1", "m2", "m3", "m4"], 2, 1, 0),
+            group("later", &["l1"], 1, 0, 0),
+        ],
+    };
+    let results = run(job, &sel, rx, |_| {}).await;
+    let e = ends(&results);
+    assert_eq!(e[0].1, "err:failed");
+    assert_eq!(e[1].1, "err:failed");
+    // m3 took the slot of the first failure, before the budget was exceeded;
+    // after the second failure nothing more starts.
+    assert_eq!(e[2].1, "ok", "{e:?}");
+    assert!(
+        e[3].1.contains("WaveFailed") && !e[3].1.contains("Earlier"),
+        "{e:?}"
+    );
+    assert!(e[4].1.contains("EarlierWaveFailed"), "{e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_after_soak_stops_the_run() {
+    let job = Arc::new(Job {
+        unhealthy_after_soak: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let results = run(job, &selection(), rx, |_| {}).await;
+    assert_eq!(results[0].soak_healthy, Some(false));
+    assert!(ends(&results)[1].1.contains("EarlierWaveFailed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_cancel_finishes_in_flight_and_starts_nothing_new() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("main", &["m1", "m2", "m3", "m4"], 2, 0, 0),
+            group("later", &["l1"], 1, 0, 0),
+        ],
+    };
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+    tokio::time::sleep(Duration::from_secs(5)).await; // m1, m2 in flight
+    c.escalate();
+    let results = handle.await.unwrap();
+    let e = ends(&results);
+    assert_eq!(
+        e[0],
+        ("m1".into(), "ok".into()),
+        "in-flight host finished: {e:?}"
+    );
+    assert_eq!(e[1], ("m2".into(), "ok".into()));
+    assert!(
+        e[2].1.contains("Cancelled")
+            && e[3].1.contains("Cancelled")
+            && e[4].1.contains("Cancelled"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_cancel_aborts_in_flight() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![group("main", &["m1", "m2"], 2, 0, 0)],
+    };
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.escalate();
+    c.escalate();
+    let results = handle.await.unwrap();
+    assert_eq!(
+        ends(&results),
+        vec![
+            ("m1".into(), "err:Aborted".into()),
+            ("m2".into(), "err:Aborted".into())
+        ]
+    );
+}

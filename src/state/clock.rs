@@ -1,0 +1,96 @@
+//! UTC timestamps in the two forms nixgate writes: compact
+//! (`20261122T203000Z`, for tags, run ids and file names) and RFC 3339
+//! (`2026-11-22T20:30:00Z`, for reports).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the epoch, as a civil UTC date and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Utc {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+impl Utc {
+    pub fn now() -> Utc {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Utc::from_unix(secs as i64)
+    }
+
+    /// Howard Hinnant's days-to-civil algorithm.
+    pub fn from_unix(secs: i64) -> Utc {
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Utc {
+            year,
+            month,
+            day,
+            hour: (rem / 3600) as u32,
+            minute: (rem % 3600 / 60) as u32,
+            second: (rem % 60) as u32,
+        }
+    }
+
+    /// `20261122T203000Z`
+    pub fn compact(&self) -> String {
+        format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+
+    /// `2026-11-22T20:30:00Z`
+    pub fn rfc3339(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+/// A run id: the UTC start time plus four random hex digits, safe in unit
+/// names, file names and git refs (`20261122T203000Z-3f9a`).
+pub fn new_run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!("{}-{salt:04x}", Utc::now().compact())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(Utc::from_unix(0).rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Utc::from_unix(1_795_379_400).compact(), "20261122T203000Z");
+        assert_eq!(
+            Utc::from_unix(951_782_400).rfc3339(),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn run_ids_are_name_safe() {
+        let id = new_run_id();
+        assert_eq!(id.len(), "20261122T203000Z-3f9a".len());
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+}

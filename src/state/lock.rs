@@ -1,0 +1,109 @@
+//! The controller lock: one nixgate run per state directory at a time.
+//!
+//! An OS file lock (`flock`) on `<state>/lock`, so a dead holder can never
+//! leave a stale lock behind: the kernel drops it with the process. The file
+//! also records who holds it (pid, start time, command) for the message a
+//! second run prints before exiting 3.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::clock::Utc;
+
+/// Who holds the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub started: String,
+    pub command: String,
+}
+
+/// Another run holds the lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another nixgate run holds the lock {path}: pid {pid}, started {started} ({command}); wait for it to finish, or stop it with Ctrl-C",
+    pid = holder.as_ref().map_or_else(|| "unknown".to_string(), |h| h.pid.to_string()),
+    started = holder.as_ref().map_or("at an unknown time", |h| h.started.as_str()),
+    command = holder.as_ref().map_or("unknown command", |h| h.command.as_str())
+)]
+pub struct LockHeld {
+    pub path: PathBuf,
+    pub holder: Option<Holder>,
+}
+
+/// Held for as long as this value lives.
+#[derive(Debug)]
+pub struct ControllerLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl ControllerLock {
+    /// Take the lock without waiting. `Err` is either [`LockHeld`] (exit 3)
+    /// or an I/O problem with the state directory.
+    pub fn acquire(state_dir: &Path, command: &str) -> anyhow::Result<ControllerLock> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+        let path = state_dir.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = serde_json::from_str(&text).ok();
+                return Err(LockHeld { path, holder }.into());
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        let holder = Holder {
+            pid: std::process::id(),
+            started: Utc::now().rfc3339(),
+            command: command.to_owned(),
+        };
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(serde_json::to_string(&holder)?.as_bytes())?;
+        file.flush()?;
+        Ok(ControllerLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_acquire_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ControllerLock::acquire(dir.path(), "nixgate push").unwrap();
+        let err = ControllerLock::acquire(dir.path(), "nixgate push --wave x").unwrap_err();
+        let held = err.downcast_ref::<LockHeld>().expect("LockHeld");
+        assert_eq!(held.holder.as_ref().unwrap().pid, std::process::id());
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(msg.contains("(nixgate push)"), "{msg}");
+        drop(first);
+        // Released with its holder: a dead run never leaves a stale lock.
+        ControllerLock::acquire(dir.path(), "again").unwrap();
+    }
+}

@@ -1,0 +1,171 @@
+//! The CLI contract, run as a user would: the real binary, real files, exit
+//! codes and messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nixgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nixgate"))
+        .args(args)
+        .env_remove("NIXGATE_INVENTORY")
+        .env_remove("NIXGATE_STATE_DIR")
+        .output()
+        .expect("nixgate runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_inventory(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn help_lists_commands_and_exit_codes() {
+    let out = nixgate(&["--help"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    for cmd in ["check", "hosts", "completions"] {
+        assert!(s.contains(&format!("  {cmd} ")), "{cmd} missing from:\n{s}");
+    }
+    assert!(s.contains("3  another nixgate run holds the lock"), "{s}");
+    for cmd in ["check", "hosts", "completions"] {
+        assert!(nixgate(&[cmd, "--help"]).status.success(), "{cmd} --help");
+    }
+}
+
+#[test]
+fn check_offline_accepts_the_example() {
+    let out = nixgate(&["check", "--offline", "-i", "inventory.example.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("valid: 5 hosts in 3 waves"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn broken_inventories_exit_2_naming_line_column_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[builder]\naddress = \"b\"\n[hosts.web1]\nadress = \"1.2.3.4\"\n",
+            ":4:1",
+            "unknown key `adress`",
+        ),
+        (
+            "[builder]\naddress = \"b\"\n[hosts.\"web 1\"]\naddress = \"1.2.3.4\"\n",
+            ":3:8",
+            "invalid host name \"web 1\"",
+        ),
+        (
+            "[builder]\naddress = \"b\"\n[defaults]\nactivation_timeout = \"5 min\"\n",
+            ":4:22",
+            "invalid duration for `activation_timeout`",
+        ),
+        (
+            "[builder]\naddress = \"b\"\n[hosts.a]\naddress = \"x\"\n[[waves]]\nname = \"w\"\nhosts = [\"b\"]\n",
+            ":7:10",
+            "wave `w` names unknown host `b`",
+        ),
+        (
+            "[builder]\naddress = \"b\"\n[hosts.a]\naddress = \"x\"\n[hosts.c]\naddress = \"x\"\n",
+            ":6:11",
+            "duplicate address x:22",
+        ),
+    ];
+    for (i, (body, pos, msg)) in cases.iter().enumerate() {
+        let p = write_inventory(dir.path(), &format!("bad{i}.toml"), body);
+        let out = nixgate(&["check", "--offline", "-i", p.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.toml{pos}")),
+            "case {i}: want {pos} in:\n{err}"
+        );
+        assert!(err.contains(msg), "case {i}: want {msg:?} in:\n{err}");
+        assert!(err.contains('^'), "case {i}: no caret in:\n{err}");
+    }
+}
+
+#[test]
+fn json_errors_are_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_inventory(
+        dir.path(),
+        "bad.toml",
+        "[builder]\naddress = \"b\"\nflake = \"yes\"\n",
+    );
+    let out = nixgate(&["--json", "check", "--offline", "-i", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = text(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(v["event"], "inventory_error");
+    assert_eq!(v["line"], 3);
+    assert_eq!(v["column"], 9);
+}
+
+#[test]
+fn missing_inventory_is_a_usage_error() {
+    let out = nixgate(&["hosts", "-i", "/nonexistent/inventory.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read inventory /nonexistent/inventory.toml"));
+}
+
+#[test]
+fn hosts_by_wave_tag_and_name() {
+    let out = nixgate(&["hosts", "--wave", "canary", "-i", "inventory.example.toml"]);
+    assert!(out.status.success());
+    let rows: Vec<String> = text(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].starts_with("canary  web1  10.0.0.11"), "{rows:?}");
+
+    let out = nixgate(&[
+        "hosts",
+        "--tag",
+        "us",
+        "db1",
+        "-i",
+        "inventory.example.toml",
+    ]);
+    let hosts: Vec<String> = text(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(hosts, ["web3", "db1"]);
+
+    let out = nixgate(&["--json", "hosts", "-i", "inventory.example.toml"]);
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[4]["wave"], "rest");
+    assert_eq!(lines[4]["host"], "mac1");
+
+    let out = nixgate(&["hosts", "--wave", "canry", "-i", "inventory.example.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("did you mean `canary`?"));
+}
+
+#[test]
+fn completions_for_bash() {
+    let out = nixgate(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("_nixgate()"));
+}
+
+#[test]
+fn output_through_a_pipe_has_no_control_characters() {
+    let out = nixgate(&["hosts", "-i", "inventory.example.toml"]);
+    assert!(!out.stdout.contains(&0x1b), "escape codes in piped output");
+}
