@@ -209,6 +209,7 @@ impl Sshd {
             for pid in &pids {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
                     .status();
             }
             let _ = child.wait();
