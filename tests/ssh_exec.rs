@@ -151,3 +151,34 @@ async fn timings() {
     );
     assert!(connects[2] < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_host_is_noticed_by_keepalive() {
+    // SIGSTOP every sshd process: TCP stays open but nothing answers, as
+    // with a host that hung or vanished from the network.
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let mut t = sshd.target(&key);
+    t.keepalive_interval = Duration::from_millis(500);
+    let s = SshSession::connect(t).await.unwrap();
+    let running = {
+        let s = s.clone();
+        tokio::spawn(async move { s.exec(&Command::new("sleep").arg("60")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sshd.freeze();
+    let start = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("keepalive must notice the frozen host")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.exit, Exit::ConnectionLost);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    sshd.thaw();
+}

@@ -20,8 +20,7 @@ use super::error::{ConnectError, ConnectStage};
 use super::known_hosts::{self, KnownHosts, Offered, Verdict, fingerprint, line_for};
 use super::target::{HostKeyPolicy, SshTarget};
 
-/// Keepalive: a dead peer is noticed after about 45 s of silence.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Unanswered keepalives after which the connection counts as dead.
 const KEEPALIVE_MAX: usize = 3;
 
 /// Host keys seen earlier in this run, by `[host]:port`: a reconnect must
@@ -105,7 +104,7 @@ pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, Con
         target: target.name.clone(),
         source,
     })?;
-    let config = Arc::new(client_config(&db, &host, port));
+    let config = Arc::new(client_config(&db, &host, port, target.keepalive_interval));
     let verdict = Arc::new(Mutex::new(None));
     let client = Client {
         check: Arc::new(HostCheck {
@@ -218,7 +217,7 @@ where
     client::connect_stream(config, stream, client).await
 }
 
-fn client_config(db: &KnownHosts, host: &str, port: u16) -> client::Config {
+fn client_config(db: &KnownHosts, host: &str, port: u16, keepalive: Duration) -> client::Config {
     // Known key types first (as OpenSSH orders HostKeyAlgorithms), then
     // the defaults; never ssh-rsa with SHA-1.
     let mut keys = db.known_algorithms(host, port);
@@ -250,7 +249,7 @@ fn client_config(db: &KnownHosts, host: &str, port: u16) -> client::Config {
         Vec::new()
     };
     client::Config {
-        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        keepalive_interval: Some(keepalive),
         keepalive_max: KEEPALIVE_MAX,
         inactivity_timeout: None,
         nodelay: true,

@@ -40,6 +40,10 @@ pub struct SshTarget {
     /// Bound on TCP connect + SSH handshake + authentication, per hop.
     pub connect_timeout: Duration,
     pub host_key_policy: HostKeyPolicy,
+    /// Keepalive probe interval once connected; after 3 unanswered probes
+    /// the connection counts as lost (a dead host is noticed in ~45 s by
+    /// default, even while a long command is quiet).
+    pub keepalive_interval: Duration,
     /// Reach this target through a `direct-tcpip` channel on that one.
     pub proxy_jump: Option<Box<SshTarget>>,
     /// Try the agent's keys first.
@@ -63,6 +67,7 @@ impl SshTarget {
             known_hosts: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             host_key_policy: HostKeyPolicy::Strict,
+            keepalive_interval: Duration::from_secs(15),
             proxy_jump: None,
             use_agent: true,
             agent_socket: None,
@@ -186,6 +191,7 @@ impl SshTarget {
             known_hosts: self.known_hosts.clone(),
             connect_timeout: self.connect_timeout,
             host_key_policy: self.host_key_policy,
+            keepalive_interval: self.keepalive_interval,
             proxy_jump: None,
             use_agent: self.use_agent,
             agent_socket: self.agent_socket.clone(),

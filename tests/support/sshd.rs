@@ -203,6 +203,7 @@ impl Sshd {
     /// Kill sshd and every process it forked (connections, sessions): as
     /// if the host died.
     pub fn kill(&mut self) {
+        self.thaw();
         if let Some(mut child) = self.child.take() {
             let mut pids = descendants(child.id());
             pids.push(child.id());
@@ -213,6 +214,29 @@ impl Sshd {
                     .status();
             }
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP sshd and everything it forked: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// SIGCONT after [`Sshd::freeze`].
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let mut pids = descendants(child.id());
+            pids.push(child.id());
+            for pid in pids {
+                let _ = Command::new("kill")
+                    .args([sig, &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 
