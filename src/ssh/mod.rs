@@ -1,1 +1,30 @@
-//! SSH transport (russh): connections, authentication, host-key verification, ssh config.
+//! SSH transport (russh): connections, authentication, host-key
+//! verification, ssh config — the [`crate::remote::Remote`] that reaches real
+//! machines.
+//!
+//! - [`SshTarget`]: where to go (inventory values, then `~/.ssh/config` via
+//!   [`SshTarget::apply_ssh_config`]).
+//! - [`SshSession::connect`]: one authenticated connection per host, host
+//!   key verified against known_hosts ([`known_hosts`]), agent then identity
+//!   files ([`auth`]), optional `ProxyJump`, all under `connect_timeout`.
+//! - Commands are channels on that connection (at most [`MAX_CHANNELS`] at
+//!   once); a dead connection is replaced once, transparently, by the next
+//!   command. Streams (`exec_stream`) get a connection of their own.
+//! - [`ConnectError`] says what went wrong and what to do about it.
+
+pub mod auth;
+pub mod config;
+mod connect;
+pub mod error;
+mod exec;
+pub mod known_hosts;
+pub mod pattern;
+mod session;
+pub mod target;
+
+pub use auth::AuthMethod;
+pub use config::{HostConfig, SshConfig};
+pub use connect::{ConnectInfo, HostKeyStatus};
+pub use error::{ConnectError, ConnectStage};
+pub use session::{MAX_CHANNELS, SshSession};
+pub use target::{HostKeyPolicy, SshTarget};

@@ -3,3 +3,4 @@
 
 pub mod fleet;
 pub mod openssh;
+pub mod sshd;

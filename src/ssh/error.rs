@@ -1,0 +1,165 @@
+//! Why a connection could not be made, in words that say what to do next.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The step a connection attempt was at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStage {
+    /// Resolving the name and opening the TCP connection.
+    Tcp,
+    /// SSH banner, key exchange and host-key verification.
+    Handshake,
+    /// User authentication.
+    Auth,
+}
+
+impl std::fmt::Display for ConnectStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectStage::Tcp => "opening the TCP connection",
+            ConnectStage::Handshake => "waiting for the SSH handshake",
+            ConnectStage::Auth => "authenticating",
+        })
+    }
+}
+
+/// A connection that could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "{target}: cannot reach {addr}: {source}; check the address and port, and that sshd runs there"
+    )]
+    Unreachable {
+        target: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "{target}: no progress within {timeout:?} while {stage} ({addr}); the host may be down, \
+         overloaded, or not speaking SSH on that port"
+    )]
+    Timeout {
+        target: String,
+        addr: String,
+        stage: ConnectStage,
+        timeout: Duration,
+    },
+
+    #[error(
+        "{target}: host key of {host} ({addr}) is not known, refusing to connect.\n  offered key: {fingerprint}\n  \
+         after checking that fingerprint out of band (e.g. `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the host), \
+         add this line to {}:\n{line_to_add}\n  or set the host key policy to accept-new",
+        known_hosts.display()
+    )]
+    HostKeyUnknown {
+        target: String,
+        host: String,
+        addr: String,
+        fingerprint: String,
+        line_to_add: String,
+        known_hosts: PathBuf,
+    },
+
+    #[error(
+        "{target}: HOST KEY CHANGED for {host} ({addr}), refusing to connect: this may be a \
+         man-in-the-middle attack, or the host was reinstalled.\n  offered:  {offered}\n  expected: {}\n  \
+         if the change is legitimate, remove the old entries (`ssh-keygen -R {host}` or edit the lines above) \
+         and add the new key",
+        expected.join("\n            ")
+    )]
+    HostKeyChanged {
+        target: String,
+        host: String,
+        addr: String,
+        /// Recorded fingerprints, each followed by `(file:line)`.
+        expected: Vec<String>,
+        offered: String,
+    },
+
+    #[error(
+        "{target}: host key of {host} ({addr}) is REVOKED ({recorded}), refusing to connect; \
+         the host needs a new key\n  offered: {fingerprint}"
+    )]
+    HostKeyRevoked {
+        target: String,
+        host: String,
+        addr: String,
+        fingerprint: String,
+        recorded: String,
+    },
+
+    #[error(
+        "{target}: host certificate of {host} ({addr}) is signed by a trusted CA but invalid: {reason}; \
+         re-issue it with `ssh-keygen -s CA -h -n {host} ...`"
+    )]
+    HostCertificateInvalid {
+        target: String,
+        host: String,
+        addr: String,
+        reason: String,
+    },
+
+    #[error("{target}: cannot read known_hosts: {source:#}")]
+    KnownHosts {
+        target: String,
+        #[source]
+        source: anyhow::Error,
+    },
+
+    #[error("{target}: SSH handshake with {addr} failed: {source}")]
+    Handshake {
+        target: String,
+        addr: String,
+        #[source]
+        source: russh::Error,
+    },
+
+    #[error(
+        "{target}: identity file {} is passphrase-protected and no agent key was accepted; \
+         nixgate never prompts: load it into your agent with `ssh-add {}` (and make sure SSH_AUTH_SOCK is set){}",
+        path.display(),
+        path.display(),
+        tried_suffix(tried)
+    )]
+    EncryptedKey {
+        target: String,
+        path: PathBuf,
+        tried: Vec<String>,
+    },
+
+    #[error(
+        "{target}: authentication as {user} failed{}; check that one of these keys is in ~{user}/.ssh/authorized_keys \
+         on the host, or set identity files in the inventory or ~/.ssh/config",
+        tried_suffix(tried)
+    )]
+    AuthFailed {
+        target: String,
+        user: String,
+        tried: Vec<String>,
+    },
+
+    #[error("{target}: connection lost during authentication: {source}")]
+    AuthTransport {
+        target: String,
+        #[source]
+        source: russh::Error,
+    },
+
+    #[error("{target}: cannot connect through jump host: {source}")]
+    Jump {
+        target: String,
+        #[source]
+        source: Box<ConnectError>,
+    },
+}
+
+fn tried_suffix(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "; no identity was available (no agent keys, no identity files found)".to_owned()
+    } else {
+        format!("; tried:\n  - {}\n ", tried.join("\n  - "))
+    }
+}

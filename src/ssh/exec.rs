@@ -1,0 +1,201 @@
+//! Running one command on one session channel: collected to the end
+//! ([`collect`]) or streamed ([`stream`]). Every channel is drained to its
+//! close — an unread russh channel stalls its whole connection.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use tokio::io::{AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::oneshot;
+
+use super::connect::Conn;
+use crate::remote::{Exit, Output, Streaming};
+
+/// Bytes of stdout buffered between the channel and the reader of a stream.
+const STREAM_BUFFER: usize = 256 * 1024;
+/// Stderr kept for a streamed command (the tail, if it says more).
+const STREAM_STDERR_MAX: usize = 1024 * 1024;
+
+/// Run `command` on `channel` and collect everything it prints. Stdin is
+/// closed at once. `Err` only when the server refused to start it.
+pub(crate) async fn collect(channel: Channel<Msg>, command: &str) -> anyhow::Result<Output> {
+    channel
+        .exec(true, command.as_bytes())
+        .await
+        .context("sending the exec request")?;
+    let (mut read, write) = channel.split();
+    // Like `ssh host cmd </dev/null`: a command reading stdin sees EOF.
+    let _ = write.eof().await;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut state = State::default();
+    while let Some(msg) = read.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+            ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+            other => {
+                if state.observe(other)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Output::new(state.exit(), stdout, stderr))
+}
+
+/// Exit bookkeeping shared by both modes.
+#[derive(Default)]
+struct State {
+    started: bool,
+    exit: Option<Exit>,
+}
+
+impl State {
+    /// Returns `Ok(true)` when the channel is closed.
+    fn observe(&mut self, msg: ChannelMsg) -> anyhow::Result<bool> {
+        match msg {
+            ChannelMsg::Success => self.started = true,
+            ChannelMsg::Failure if !self.started => {
+                anyhow::bail!("the server refused to run the command (exec request denied)")
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                self.exit = Some(Exit::Code { code: exit_status })
+            }
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                self.exit = Some(Exit::Signal {
+                    signal: signal_name_of(&signal_name),
+                })
+            }
+            ChannelMsg::Close => return Ok(true),
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// No exit status before the channel went away: the connection was lost.
+    fn exit(&mut self) -> Exit {
+        self.exit.take().unwrap_or(Exit::ConnectionLost)
+    }
+}
+
+fn signal_name_of(sig: &Sig) -> String {
+    match sig {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Start `command` with streaming stdin/stdout on a connection of its own;
+/// the connection is closed when the command ends.
+pub(crate) async fn stream(conn: Conn, command: &str) -> anyhow::Result<Streaming> {
+    let channel = conn
+        .handle
+        .channel_open_session()
+        .await
+        .context("opening a channel for the stream")?;
+    channel
+        .exec(true, command.as_bytes())
+        .await
+        .context("sending the exec request")?;
+    let (read, write) = channel.split();
+    let stdin = Stdin {
+        inner: Box::pin(write.make_writer()),
+        half: Some(write),
+        shut_down: false,
+    };
+    let (mut tx, rx) = tokio::io::duplex(STREAM_BUFFER);
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let result = pump(read, &mut tx).await;
+        drop(tx); // EOF for the stdout reader
+        conn.disconnect().await;
+        let _ = done_tx.send(result);
+    });
+    Ok(Streaming {
+        stdin: Box::pin(stdin),
+        stdout: Box::pin(rx),
+        finish: Box::pin(async move {
+            done_rx
+                .await
+                .context("the stream's reader task ended without a result")?
+        }),
+    })
+}
+
+/// Move stdout into the bounded pipe (blocking while the reader is behind:
+/// backpressure), keep the stderr tail, wait for the exit.
+async fn pump(mut read: ChannelReadHalf, tx: &mut DuplexStream) -> anyhow::Result<Output> {
+    let mut stderr: Vec<u8> = Vec::new();
+    let mut state = State::default();
+    let mut reader_gone = false;
+    while let Some(msg) = read.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                if !reader_gone && tx.write_all(&data).await.is_err() {
+                    // Nobody reads stdout any more: keep draining, discard.
+                    reader_gone = true;
+                }
+            }
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                stderr.extend_from_slice(&data);
+                if stderr.len() > STREAM_STDERR_MAX {
+                    let cut = stderr.len() - STREAM_STDERR_MAX;
+                    stderr.drain(..cut);
+                }
+            }
+            other => {
+                if state.observe(other)? {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = tx.shutdown().await;
+    Ok(Output::new(state.exit(), Vec::new(), stderr))
+}
+
+/// The remote command's stdin; `shutdown()` sends EOF, and so does dropping
+/// it without shutting it down.
+struct Stdin {
+    inner: Pin<Box<dyn AsyncWrite + Send>>,
+    half: Option<ChannelWriteHalf<Msg>>,
+    shut_down: bool,
+}
+
+impl AsyncWrite for Stdin {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = self.inner.as_mut().poll_shutdown(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.shut_down = true;
+        }
+        r
+    }
+}
+
+impl Drop for Stdin {
+    fn drop(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        if let (Some(half), Ok(rt)) = (self.half.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = half.eof().await;
+            });
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! [`SshSession`]: one authenticated connection per host, shared by every
+//! command of a run (each command is a channel, at most [`MAX_CHANNELS`] at
+//! once), reconnected on demand, and the [`Remote`] implementation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use russh::Channel;
+use russh::client::Msg;
+use tokio::sync::{Mutex, Semaphore};
+
+use super::connect::{Conn, ConnectInfo, Pins, connect};
+use super::error::ConnectError;
+use super::exec;
+use super::target::SshTarget;
+use crate::remote::{Command, Output, Remote, Streaming};
+
+/// Channels open at once on one connection: below OpenSSH's default
+/// `MaxSessions 10`.
+pub const MAX_CHANNELS: usize = 8;
+
+/// A live SSH session to one host. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct SshSession {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: SshTarget,
+    conn: Mutex<Arc<Conn>>,
+    channels: Semaphore,
+    pins: Pins,
+    info: std::sync::Mutex<ConnectInfo>,
+    closed: AtomicBool,
+}
+
+impl SshSession {
+    /// Connect and authenticate (through jump hosts), verifying host keys.
+    pub async fn connect(target: SshTarget) -> Result<SshSession, ConnectError> {
+        let pins = Pins::default();
+        let conn = connect(&target, &pins).await?;
+        Ok(SshSession {
+            inner: Arc::new(Inner {
+                info: std::sync::Mutex::new(conn.info.clone()),
+                conn: Mutex::new(Arc::new(conn)),
+                channels: Semaphore::new(MAX_CHANNELS),
+                pins,
+                target,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// How the current connection was made.
+    pub fn info(&self) -> ConnectInfo {
+        match self.inner.info.lock() {
+            Ok(i) => i.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.inner.target
+    }
+
+    /// Disconnect; later commands fail.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let conn = self.inner.conn.lock().await.clone();
+        conn.disconnect().await;
+    }
+
+    /// The live connection, replacing it once if it has died.
+    async fn live(&self) -> anyhow::Result<Arc<Conn>> {
+        self.ensure_open()?;
+        let current = self.inner.conn.lock().await.clone();
+        if current.is_closed() {
+            return self.reconnect(&current).await;
+        }
+        Ok(current)
+    }
+
+    fn ensure_open(&self) -> anyhow::Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            anyhow::bail!("{}: the SSH session was closed", self.inner.target.name);
+        }
+        Ok(())
+    }
+
+    /// Replace `dead` with a fresh connection (unless another task already did).
+    async fn reconnect(&self, dead: &Arc<Conn>) -> anyhow::Result<Arc<Conn>> {
+        let mut slot = self.inner.conn.lock().await;
+        if !Arc::ptr_eq(&slot, dead) && !slot.is_closed() {
+            return Ok(slot.clone());
+        }
+        tracing::info!(host = %self.inner.target.name, "SSH connection lost, reconnecting");
+        let fresh = Arc::new(
+            connect(&self.inner.target, &self.inner.pins)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{}: reconnecting after the connection was lost",
+                        self.inner.target.name
+                    )
+                })?,
+        );
+        if let Ok(mut info) = self.inner.info.lock() {
+            *info = fresh.info.clone();
+        }
+        *slot = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// A new session channel, reconnecting once if the connection is dead.
+    async fn open_channel(&self) -> anyhow::Result<Channel<Msg>> {
+        let conn = self.live().await?;
+        match conn.handle.channel_open_session().await {
+            Ok(ch) => Ok(ch),
+            Err(first) => {
+                if !conn.is_closed()
+                    && !matches!(first, russh::Error::SendError | russh::Error::Disconnect)
+                {
+                    return Err(first).with_context(|| {
+                        format!(
+                            "{}: the server refused a new channel",
+                            self.inner.target.name
+                        )
+                    });
+                }
+                let conn = self.reconnect(&conn).await?;
+                conn.handle.channel_open_session().await.with_context(|| {
+                    format!(
+                        "{}: opening a channel after reconnecting",
+                        self.inner.target.name
+                    )
+                })
+            }
+        }
+    }
+}
+
+impl Remote for SshSession {
+    fn name(&self) -> &str {
+        &self.inner.target.name
+    }
+
+    async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
+        let _permit = self
+            .inner
+            .channels
+            .acquire()
+            .await
+            .context("the session's channel limiter was closed")?;
+        let channel = self.open_channel().await?;
+        exec::collect(channel, &cmd.render())
+            .await
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+    }
+
+    async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        self.ensure_open()?;
+        // A dedicated connection: a slow stream reader must not stall the
+        // channels of the shared one.
+        let conn = connect(&self.inner.target, &self.inner.pins)
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: opening a connection for a stream",
+                    self.inner.target.name
+                )
+            })?;
+        exec::stream(conn, &cmd.render())
+            .await
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+    }
+}

@@ -1,0 +1,444 @@
+//! SSH connection setup against real OpenSSH servers: authentication
+//! methods, host-key verification outcomes, ProxyJump, timeouts.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nixgate::remote::{Command, Remote};
+use nixgate::ssh::{
+    AuthMethod, ConnectError, ConnectStage, HostKeyPolicy, HostKeyStatus, SshSession,
+};
+use support::sshd::{Agent, SilentListener, Sshd, closed_addr, keygen, pub_path};
+
+async fn whoami(s: &SshSession) -> String {
+    let out = s.exec(&Command::new("whoami")).await.unwrap();
+    assert!(out.success(), "{out:?}");
+    out.stdout_str().trim().to_owned()
+}
+
+#[tokio::test]
+async fn ed25519_identity_file() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id_ed25519", "ed25519", "");
+    sshd.authorize(&key);
+    let s = SshSession::connect(sshd.target(&key)).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+    let info = s.info();
+    assert_eq!(info.auth, AuthMethod::IdentityFile { path: key.clone() });
+    assert!(
+        matches!(info.host_key, HostKeyStatus::Known { line: 1, .. }),
+        "{info:?}"
+    );
+    assert!(info.fingerprint.starts_with("SHA256:"));
+    s.close().await;
+    assert!(
+        s.exec(&Command::new("true")).await.is_err(),
+        "closed session must refuse"
+    );
+}
+
+#[tokio::test]
+async fn rsa_identity_file_uses_sha2() {
+    let sshd = Sshd::start_with("PubkeyAcceptedAlgorithms rsa-sha2-512,rsa-sha2-256");
+    let key = keygen(sshd.dir.path(), "id_rsa", "rsa", "");
+    sshd.authorize(&key);
+    let s = SshSession::connect(sshd.target(&key)).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+    let log = sshd.log();
+    assert!(log.contains("Accepted publickey for root"), "{log}");
+    assert!(log.contains("RSA SHA256:"), "{log}");
+}
+
+#[tokio::test]
+async fn agent_first_and_reported() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "agent_key", "ed25519", "");
+    sshd.authorize(&key);
+    let agent = Agent::start();
+    agent.add(&key, "");
+    let mut t = sshd.target(&sshd.dir.path().join("no-such-key"));
+    t.identity_files.clear();
+    t.use_agent = true;
+    t.agent_socket = Some(agent.sock.clone());
+    let s = SshSession::connect(t).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+    let auth = s.info().auth;
+    assert!(auth.is_agent(), "{auth:?}");
+    assert!(auth.to_string().starts_with("agent key SHA256:"), "{auth}");
+}
+
+#[tokio::test]
+async fn encrypted_key_in_agent_works_and_without_agent_names_the_path() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id_locked", "ed25519", "sesame");
+    sshd.authorize(&key);
+    let err = SshSession::connect(sshd.target(&key))
+        .await
+        .err()
+        .expect("must fail");
+    match &err {
+        ConnectError::EncryptedKey { path, .. } => assert_eq!(path, &key),
+        e => panic!("expected EncryptedKey, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("ssh-add {}", key.display())), "{msg}");
+
+    let agent = Agent::start();
+    agent.add(&key, "sesame");
+    let mut t = sshd.target(&key);
+    t.use_agent = true;
+    t.agent_socket = Some(agent.sock.clone());
+    let s = SshSession::connect(t).await.unwrap();
+    assert!(s.info().auth.is_agent());
+}
+
+#[tokio::test]
+async fn wrong_key_lists_what_was_tried() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id_stranger", "ed25519", "");
+    let err = SshSession::connect(sshd.target(&key))
+        .await
+        .err()
+        .expect("must fail");
+    match &err {
+        ConnectError::AuthFailed { user, tried, .. } => {
+            assert_eq!(user, "root");
+            assert_eq!(tried.len(), 1, "{tried:?}");
+            assert!(tried[0].contains("id_stranger"), "{tried:?}");
+        }
+        e => panic!("expected AuthFailed, got {e}"),
+    }
+}
+
+#[tokio::test]
+async fn user_certificate() {
+    let sshd = Sshd::start_with("TrustedUserCAKeys %DIR%/user_ca.pub");
+    keygen(sshd.dir.path(), "user_ca", "ed25519", "");
+    let key = keygen(sshd.dir.path(), "id_cert", "ecdsa", "");
+    // Not in authorized_keys: only the certificate can get in.
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(sshd.dir.path().join("user_ca"))
+        .args(["-I", "test-id", "-n", "root"])
+        .arg(pub_path(&key))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = SshSession::connect(sshd.target(&key)).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+    assert!(
+        matches!(s.info().auth, AuthMethod::Certificate { .. }),
+        "{:?}",
+        s.info().auth
+    );
+}
+
+#[tokio::test]
+async fn rsa_user_certificate_uses_sha2() {
+    let sshd = Sshd::start_with(
+        "TrustedUserCAKeys %DIR%/user_ca.pub\nPubkeyAcceptedAlgorithms rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com",
+    );
+    keygen(sshd.dir.path(), "user_ca", "ed25519", "");
+    let key = keygen(sshd.dir.path(), "id_rsacert", "rsa", "");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(sshd.dir.path().join("user_ca"))
+        .args(["-I", "test-id", "-n", "root"])
+        .arg(pub_path(&key))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = SshSession::connect(sshd.target(&key)).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+    assert!(matches!(s.info().auth, AuthMethod::Certificate { .. }));
+}
+
+#[tokio::test]
+async fn changed_host_key_names_both_fingerprints() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let impostor = keygen(sshd.dir.path(), "impostor", "ed25519", "");
+    let impostor_pub = std::fs::read_to_string(pub_path(&impostor)).unwrap();
+    let mut t = sshd.target(&key);
+    let kh = sshd.dir.path().join("kh_wrong");
+    std::fs::write(&kh, format!("[{}]:{} {}", sshd.ip, sshd.port, impostor_pub)).unwrap();
+    t.known_hosts = vec![kh];
+    t.host_key_policy = HostKeyPolicy::AcceptNew; // never learns over a changed key
+    let err = SshSession::connect(t).await.err().expect("must refuse");
+    let real_fp = fingerprint_of(&sshd.dir.path().join("host_ed25519.pub"));
+    let impostor_fp = fingerprint_of(&pub_path(&impostor));
+    match &err {
+        ConnectError::HostKeyChanged {
+            host,
+            expected,
+            offered,
+            ..
+        } => {
+            assert_eq!(host, &sshd.ip.to_string());
+            assert_eq!(offered, &real_fp);
+            assert_eq!(expected.len(), 1);
+            assert!(expected[0].starts_with(&impostor_fp), "{expected:?}");
+        }
+        e => panic!("expected HostKeyChanged, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HOST KEY CHANGED") && msg.contains(&real_fp) && msg.contains(&impostor_fp),
+        "{msg}"
+    );
+}
+
+fn fingerprint_of(pub_file: &std::path::Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(pub_file)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn unknown_host_gives_the_line_that_fixes_it() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let mut t = sshd.target(&key);
+    let kh = sshd.dir.path().join("kh_empty");
+    t.known_hosts = vec![kh.clone()];
+    let err = SshSession::connect(t.clone())
+        .await
+        .err()
+        .expect("must refuse");
+    let line = match &err {
+        ConnectError::HostKeyUnknown {
+            line_to_add,
+            fingerprint,
+            known_hosts,
+            ..
+        } => {
+            assert_eq!(known_hosts, &kh);
+            assert_eq!(
+                fingerprint,
+                &fingerprint_of(&sshd.dir.path().join("host_ed25519.pub"))
+            );
+            line_to_add.clone()
+        }
+        e => panic!("expected HostKeyUnknown, got {e}"),
+    };
+    assert!(err.to_string().contains(&line));
+    assert!(!kh.exists(), "strict policy must not write known_hosts");
+    // What ssh-keyscan says about the same server is the same key.
+    let scan = std::process::Command::new("ssh-keyscan")
+        .args([
+            "-t",
+            "ed25519",
+            "-p",
+            &sshd.port.to_string(),
+            &sshd.ip.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let scanned = String::from_utf8_lossy(&scan.stdout);
+    assert_eq!(scanned.trim(), line, "our line should equal ssh-keyscan's");
+    std::fs::write(&kh, format!("{line}\n")).unwrap();
+    let s = SshSession::connect(t).await.unwrap();
+    assert!(matches!(s.info().host_key, HostKeyStatus::Known { .. }));
+}
+
+#[tokio::test]
+async fn hashed_known_hosts_from_ssh_keygen() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let t = sshd.target(&key);
+    let kh = t.known_hosts[0].clone();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&kh)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&kh).unwrap().starts_with("|1|"));
+    let s = SshSession::connect(t).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+}
+
+#[tokio::test]
+async fn accept_new_learns_then_knows() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let mut t = sshd.target(&key);
+    let kh = sshd.dir.path().join("learned/known_hosts");
+    t.known_hosts = vec![kh.clone()];
+    t.host_key_policy = HostKeyPolicy::AcceptNew;
+    let s = SshSession::connect(t.clone()).await.unwrap();
+    assert_eq!(
+        s.info().host_key,
+        HostKeyStatus::LearnedNew { file: kh.clone() }
+    );
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    t.host_key_policy = HostKeyPolicy::Strict;
+    let s2 = SshSession::connect(t).await.unwrap();
+    assert!(matches!(
+        s2.info().host_key,
+        HostKeyStatus::Known { line: 1, .. }
+    ));
+}
+
+#[tokio::test]
+async fn revoked_host_key_is_refused() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let t = sshd.target(&key);
+    let kh = t.known_hosts[0].clone();
+    let mut text = std::fs::read_to_string(&kh).unwrap();
+    text.push_str(&format!("@revoked * {}\n", sshd.host_key()));
+    std::fs::write(&kh, text).unwrap();
+    let err = SshSession::connect(t).await.err().expect("must refuse");
+    assert!(matches!(err, ConnectError::HostKeyRevoked { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn host_certificate_from_cert_authority() {
+    // The host key is certified by a CA; known_hosts lists only the CA.
+    let sshd = Sshd::start_with("HostCertificate %DIR%/host_ed25519-cert.pub");
+    keygen(sshd.dir.path(), "host_ca", "ed25519", "");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(sshd.dir.path().join("host_ca"))
+        .args(["-I", "host", "-h", "-n", &sshd.ip.to_string()])
+        .arg(sshd.dir.path().join("host_ed25519.pub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut sshd = sshd;
+    sshd.restart(); // pick up the certificate written after start
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let mut t = sshd.target(&key);
+    let kh = sshd.dir.path().join("kh_ca");
+    let ca = std::fs::read_to_string(sshd.dir.path().join("host_ca.pub")).unwrap();
+    std::fs::write(&kh, format!("@cert-authority [127.*]:* {ca}")).unwrap();
+    t.known_hosts = vec![kh];
+    let s = SshSession::connect(t).await.unwrap();
+    assert!(
+        matches!(
+            s.info().host_key,
+            HostKeyStatus::CertAuthority { line: 1, .. }
+        ),
+        "{:?}",
+        s.info()
+    );
+}
+
+#[tokio::test]
+async fn proxy_jump_verifies_both_hosts() {
+    let jump = Sshd::start();
+    let inner = Sshd::start();
+    let key = keygen(jump.dir.path(), "id", "ed25519", "");
+    jump.authorize(&key);
+    inner.authorize(&key);
+    let mut t = inner.target(&key);
+    // One known_hosts file trusting both.
+    let kh = jump.dir.path().join("kh_both");
+    std::fs::write(
+        &kh,
+        format!(
+            "{}\n{}\n",
+            jump.known_hosts_line(),
+            inner.known_hosts_line()
+        ),
+    )
+    .unwrap();
+    t.known_hosts = vec![kh.clone()];
+    let mut j = jump.target(&key);
+    j.known_hosts = vec![kh.clone()];
+    t.proxy_jump = Some(Box::new(j.clone()));
+    let s = SshSession::connect(t.clone()).await.unwrap();
+    let out = s
+        .exec(&Command::new("sh").arg("-c").arg("echo $SSH_CONNECTION"))
+        .await
+        .unwrap();
+    // The inner sshd sees the connection coming from the jump host's side.
+    assert!(out.success());
+    let via = s.info().via.expect("jump info");
+    assert_eq!(via.host, jump.ip.to_string());
+    assert!(
+        jump.log().contains("direct-tcpip") || jump.log().contains("Accepted publickey"),
+        "{}",
+        jump.log()
+    );
+    assert!(inner.log().contains("Accepted publickey"));
+
+    // The jump host's key is verified too.
+    let kh_inner_only = jump.dir.path().join("kh_inner_only");
+    std::fs::write(&kh_inner_only, format!("{}\n", inner.known_hosts_line())).unwrap();
+    j.known_hosts = vec![kh_inner_only];
+    t.proxy_jump = Some(Box::new(j));
+    let err = SshSession::connect(t)
+        .await
+        .err()
+        .expect("jump host unknown");
+    match err {
+        ConnectError::Jump { source, .. } => {
+            assert!(
+                matches!(*source, ConnectError::HostKeyUnknown { .. }),
+                "{source}"
+            )
+        }
+        e => panic!("expected Jump(HostKeyUnknown), got {e}"),
+    }
+}
+
+#[tokio::test]
+async fn closed_port_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "id", "ed25519", "");
+    let addr = closed_addr();
+    let mut t = nixgate::ssh::SshTarget::new("closed", addr.ip().to_string());
+    t.port = Some(addr.port());
+    t.identity_files = vec![key];
+    t.use_agent = false;
+    let start = Instant::now();
+    let err = SshSession::connect(t).await.err().expect("must fail");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn silent_listener_times_out_within_connect_timeout() {
+    let silent = SilentListener::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "id", "ed25519", "");
+    let mut t = nixgate::ssh::SshTarget::new("silent", silent.addr.ip().to_string());
+    t.port = Some(silent.addr.port());
+    t.identity_files = vec![key];
+    t.use_agent = false;
+    t.connect_timeout = Duration::from_millis(1500);
+    let start = Instant::now();
+    let err = SshSession::connect(t).await.err().expect("must time out");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    match err {
+        ConnectError::Timeout { stage, .. } => assert_eq!(stage, ConnectStage::Handshake),
+        e => panic!("expected Timeout, got {e}"),
+    }
+}

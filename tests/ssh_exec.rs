@@ -1,0 +1,184 @@
+//! Commands on an open SSH session: outputs and exits, concurrency under
+//! the channel cap, lost connections and transparent reconnects; prints
+//! connect and round-trip timings.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nixgate::remote::{Command, Exit, Remote};
+use nixgate::ssh::SshSession;
+use support::sshd::{Sshd, keygen};
+
+async fn session(sshd: &Sshd) -> SshSession {
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    SshSession::connect(sshd.target(&key)).await.unwrap()
+}
+
+#[tokio::test]
+async fn stdout_stderr_and_exit_code() {
+    let sshd = Sshd::start();
+    let s = session(&sshd).await;
+    let cmd = Command::script("printf '%s\\n' \"$1\"; echo oops >&2; exit 3")
+        .arg("it's a \"quoted\" $arg");
+    let out = s.exec(&cmd).await.unwrap();
+    assert_eq!(out.stdout_str(), "it's a \"quoted\" $arg\n");
+    assert_eq!(out.stderr_str(), "oops\n");
+    assert_eq!(out.exit, Exit::Code { code: 3 });
+    // stdin is closed: a command reading it ends.
+    let out = s.exec(&Command::new("cat")).await.unwrap();
+    assert_eq!(out.exit, Exit::Code { code: 0 });
+    assert!(out.stdout.is_empty());
+    let out = s.exec(&Command::new("true").env("A", "b")).await.unwrap();
+    assert!(out.success());
+}
+
+#[tokio::test]
+async fn killed_by_signal() {
+    let sshd = Sshd::start();
+    let s = session(&sshd).await;
+    let out = s.exec(&Command::script("kill -KILL $$")).await.unwrap();
+    assert_eq!(
+        out.exit,
+        Exit::Signal {
+            signal: "KILL".into()
+        }
+    );
+    let out = s.exec(&Command::script("kill -TERM $$")).await.unwrap();
+    assert_eq!(
+        out.exit,
+        Exit::Signal {
+            signal: "TERM".into()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_execs_on_one_session() {
+    // MaxSessions 10 on the server: without the cap, 20 at once would fail.
+    let sshd = Sshd::start_with("MaxSessions 10");
+    let s = session(&sshd).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20u32 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let out = s
+                .exec(&Command::script("sleep 0.3; echo \"$1\"").arg(i.to_string()))
+                .await
+                .unwrap();
+            assert!(out.success(), "{out:?}");
+            assert_eq!(out.stdout_str().trim(), i.to_string());
+        });
+    }
+    let start = Instant::now();
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // 20 x 0.3 s under a cap of 8: at least 3 waves.
+    assert!(
+        start.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        start.elapsed()
+    );
+    let log = sshd.log();
+    assert_eq!(
+        log.matches("Accepted publickey").count(),
+        1,
+        "one connection for all: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connection_then_transparent_reconnect() {
+    let mut sshd = Sshd::start();
+    let s = session(&sshd).await;
+    let running = {
+        let s = s.clone();
+        tokio::spawn(async move { s.exec(&Command::new("sleep").arg("30")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sshd.kill();
+    let out = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the lost connection must be noticed")
+        .unwrap();
+    match out {
+        Ok(o) => assert_eq!(o.exit, Exit::ConnectionLost),
+        Err(e) => panic!("the command had started, expected ConnectionLost: {e:#}"),
+    }
+    // While the host is down: an error, not a hang.
+    let err = s.exec(&Command::new("true")).await.unwrap_err();
+    assert!(format!("{err:#}").contains("reconnecting"), "{err:#}");
+    sshd.restart();
+    let out = s.exec(&Command::new("echo").arg("back")).await.unwrap();
+    assert_eq!(out.stdout_str(), "back\n");
+    // One login before the kill, exactly one more after the restart.
+    assert_eq!(sshd.log().matches("Accepted publickey").count(), 2);
+}
+
+#[tokio::test]
+async fn timings() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let mut connects = Vec::new();
+    let mut s = None;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sess = SshSession::connect(sshd.target(&key)).await.unwrap();
+        connects.push(start.elapsed());
+        if let Some(old) = s.replace(sess) {
+            SshSession::close(&old).await;
+        }
+    }
+    let s = s.unwrap();
+    let mut rtts = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let out = s.exec(&Command::new("true")).await.unwrap();
+        rtts.push(start.elapsed());
+        assert!(out.success());
+    }
+    connects.sort();
+    rtts.sort();
+    println!(
+        "TIMING connect+auth median {:.1} ms (min {:.1}); exec round trip median {:.2} ms (min {:.2})",
+        connects[2].as_secs_f64() * 1e3,
+        connects[0].as_secs_f64() * 1e3,
+        rtts[10].as_secs_f64() * 1e3,
+        rtts[0].as_secs_f64() * 1e3
+    );
+    assert!(connects[2] < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_host_is_noticed_by_keepalive() {
+    // SIGSTOP every sshd process: TCP stays open but nothing answers, as
+    // with a host that hung or vanished from the network.
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id", "ed25519", "");
+    sshd.authorize(&key);
+    let mut t = sshd.target(&key);
+    t.keepalive_interval = Duration::from_millis(500);
+    let s = SshSession::connect(t).await.unwrap();
+    let running = {
+        let s = s.clone();
+        tokio::spawn(async move { s.exec(&Command::new("sleep").arg("60")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sshd.freeze();
+    let start = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("keepalive must notice the frozen host")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.exit, Exit::ConnectionLost);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    sshd.thaw();
+}
