@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod cli;
 pub mod diff;
+pub mod fleet;
 pub mod gates;
 pub mod inventory;
 pub mod nix;

@@ -52,6 +52,10 @@ pub struct Global {
     /// Less output: only problems and the summary.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
+    /// Learn the host keys of hosts not in known_hosts (like OpenSSH's
+    /// StrictHostKeyChecking=accept-new); a changed key is still refused.
+    #[arg(long, global = true)]
+    pub accept_new: bool,
     /// Where runs, reports, locks and known-good records are kept
     /// [default: $XDG_STATE_HOME/nixgate, or ~/.local/state/nixgate].
     #[arg(long, global = true, value_name = "DIR", env = "NIXGATE_STATE_DIR")]

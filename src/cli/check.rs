@@ -1,12 +1,20 @@
-//! `nixgate check`: the inventory is valid; with the network, every selected
-//! host and the builder answer (the online part comes with the SSH layer).
+//! `nixgate check`: the inventory is valid; then (unless `--offline`) the
+//! builder and every selected host answer over SSH: reachability, auth
+//! method, host key, Nix version, current system, free space on /nix.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::fleet::{BUILDER, Sessions};
 use crate::inventory::{Inventory, Selection};
-use crate::report::json_line;
+use crate::remote::{Command, Remote};
+use crate::report::{Table, json_line};
+use crate::ssh::{HostKeyPolicy, HostKeyStatus};
 
-use super::{Fatal, Global, Outcome};
+use super::{Global, Outcome};
 
 /// Things worth saying about an inventory that is valid but may not work.
 fn warnings(inv: &Inventory) -> Vec<String> {
@@ -31,13 +39,85 @@ fn warnings(inv: &Inventory) -> Vec<String> {
     files.dedup_by(|a, b| a.1 == b.1);
     for (what, path) in files {
         if !path.exists() {
-            out.push(format!(
-                "{what} {} does not exist (ssh-agent will be tried)",
-                path.display()
-            ));
+            out.push(format!("{what} {} does not exist (ssh-agent will be tried)", path.display()));
         }
     }
     out
+}
+
+/// What one machine answered.
+#[derive(Debug, Clone, Serialize)]
+struct Probe {
+    event: &'static str,
+    host: String,
+    address: String,
+    ok: bool,
+    auth: Option<String>,
+    host_key: Option<String>,
+    nix_version: Option<String>,
+    current_system: Option<String>,
+    free_nix_bytes: Option<u64>,
+    error: Option<String>,
+}
+
+const PROBE: &str = "nix-store --version 2>/dev/null | head -n 1; echo '--'; \
+readlink -e /run/current-system 2>/dev/null; echo '--'; df -Pk /nix 2>/dev/null | tail -n 1";
+
+async fn probe(sessions: Arc<Sessions>, name: String) -> Probe {
+    let address = sessions
+        .target(&name)
+        .map(|t| format!("{}:{}", t.host, t.port()))
+        .unwrap_or_default();
+    let mut p = Probe {
+        event: "check",
+        host: name.clone(),
+        address,
+        ok: false,
+        auth: None,
+        host_key: None,
+        nix_version: None,
+        current_system: None,
+        free_nix_bytes: None,
+        error: None,
+    };
+    let session = match sessions.get(&name).await {
+        Ok(s) => s,
+        Err(e) => {
+            p.error = Some(e.to_string());
+            return p;
+        }
+    };
+    let info = session.info();
+    p.auth = Some(info.auth.to_string());
+    p.host_key = Some(match info.host_key {
+        HostKeyStatus::Known { .. } => "known".into(),
+        HostKeyStatus::CertAuthority { .. } => "cert-authority".into(),
+        HostKeyStatus::LearnedNew { file } => format!("learned into {}", file.display()),
+    });
+    match session.exec(&Command::script(PROBE)).await {
+        Ok(out) if out.success() => {
+            let text = out.stdout_str();
+            let mut parts = text.split("--\n");
+            let nix = parts.next().unwrap_or("").trim();
+            let current = parts.next().unwrap_or("").trim();
+            let df = parts.next().unwrap_or("").trim();
+            p.nix_version = (!nix.is_empty()).then(|| nix.trim_start_matches("nix-store (Nix) ").to_owned());
+            p.current_system = (!current.is_empty()).then(|| current.to_owned());
+            p.free_nix_bytes = df.split_whitespace().nth(3).and_then(|k| k.parse::<u64>().ok()).map(|k| k * 1024);
+            if p.nix_version.is_none() {
+                p.error = Some("no nix-store on the PATH of the SSH user".into());
+            } else {
+                p.ok = true;
+            }
+        }
+        Ok(out) => p.error = Some(format!("probe failed ({}): {}", out.exit, out.tail(3).join(" / "))),
+        Err(e) => p.error = Some(format!("{e:#}")),
+    }
+    p
+}
+
+fn human_free(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".into(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
 }
 
 pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyhow::Result<Outcome> {
@@ -52,11 +132,7 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
             "warnings": warns,
         }));
     } else if g.quiet == 0 {
-        let waves: Vec<String> = inv
-            .waves
-            .iter()
-            .map(|w| format!("{} {}", w.name, w.hosts.len()))
-            .collect();
+        let waves: Vec<String> = inv.waves.iter().map(|w| format!("{} {}", w.name, w.hosts.len())).collect();
         println!(
             "{}: valid: {} hosts in {} waves ({}), builder {}",
             inv.path.display(),
@@ -72,7 +148,48 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
     if offline {
         return Ok(Outcome::Success);
     }
-    Err(Fatal::usage(
-        "online checks need the SSH transport, which this build does not have yet; run `nixgate check --offline`",
-    ))
+    let policy = if g.accept_new { HostKeyPolicy::AcceptNew } else { HostKeyPolicy::Strict };
+    let sessions = Sessions::new(inv, policy);
+    let mut names = vec![BUILDER.to_owned()];
+    names.extend(sel.hosts().map(str::to_owned));
+    let rt = tokio::runtime::Runtime::new()?;
+    let probes = rt.block_on(async {
+        let mut set = JoinSet::new();
+        for (i, n) in names.iter().enumerate() {
+            let (sessions, n) = (sessions.clone(), n.clone());
+            set.spawn(async move { (i, probe(sessions, n).await) });
+        }
+        let mut probes: Vec<(usize, Probe)> = Vec::new();
+        while let Some(Ok(p)) = set.join_next().await {
+            probes.push(p);
+        }
+        sessions.close_all().await;
+        probes.sort_by_key(|(i, _)| *i);
+        probes.into_iter().map(|(_, p)| p).collect::<Vec<_>>()
+    });
+    let failed = probes.iter().filter(|p| !p.ok).count();
+    if g.json {
+        for p in &probes {
+            json_line(p);
+        }
+    } else {
+        let mut t = Table::new(&["HOST", "ADDRESS", "OK", "AUTH", "HOST KEY", "NIX", "FREE /nix", "CURRENT SYSTEM"]);
+        for p in &probes {
+            t.row(vec![
+                p.host.clone(),
+                p.address.clone(),
+                if p.ok { "yes".into() } else { "NO".into() },
+                p.auth.clone().unwrap_or_else(|| "-".into()),
+                p.host_key.clone().unwrap_or_else(|| "-".into()),
+                p.nix_version.clone().unwrap_or_else(|| "-".into()),
+                human_free(p.free_nix_bytes),
+                p.current_system.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        print!("{t}");
+        for p in probes.iter().filter(|p| !p.ok) {
+            eprintln!("\n{}: {}", p.host, p.error.as_deref().unwrap_or("failed"));
+        }
+    }
+    Ok(if failed > 0 { Outcome::HostsFailed } else { Outcome::Success })
 }
