@@ -17,6 +17,7 @@ pub mod config;
 mod connect;
 pub mod error;
 mod exec;
+mod hostkey;
 pub mod known_hosts;
 pub mod pattern;
 mod session;
@@ -24,7 +25,8 @@ pub mod target;
 
 pub use auth::AuthMethod;
 pub use config::{HostConfig, SshConfig};
-pub use connect::{ConnectInfo, HostKeyStatus};
+pub use connect::ConnectInfo;
 pub use error::{ConnectError, ConnectStage};
+pub use hostkey::HostKeyStatus;
 pub use session::{MAX_CHANNELS, SshSession};
 pub use target::{HostKeyPolicy, SshTarget};

@@ -10,9 +10,10 @@ use russh::Channel;
 use russh::client::Msg;
 use tokio::sync::{Mutex, Semaphore};
 
-use super::connect::{Conn, ConnectInfo, Pins, connect};
+use super::connect::{Conn, ConnectInfo, connect};
 use super::error::ConnectError;
 use super::exec;
+use super::hostkey::Pins;
 use super::target::SshTarget;
 use crate::remote::{Command, Output, Remote, Streaming};
 
