@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod cli;
+pub mod deploy;
 pub mod diff;
 pub mod fleet;
 pub mod gates;

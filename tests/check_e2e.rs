@@ -33,12 +33,19 @@ fn probes(out: &Output) -> Vec<serde_json::Value> {
 }
 
 fn probe<'a>(all: &'a [serde_json::Value], host: &str) -> &'a serde_json::Value {
-    all.iter().find(|p| p["host"] == host).unwrap_or_else(|| panic!("no probe for {host}"))
+    all.iter()
+        .find(|p| p["host"] == host)
+        .unwrap_or_else(|| panic!("no probe for {host}"))
 }
 
 #[test]
 fn check_reports_every_host_and_refuses_bad_keys_alone() {
-    let fleet = Fleet::start(FleetSpec { light: 3, systemd: 0, builder: true }).unwrap();
+    let fleet = Fleet::start(FleetSpec {
+        light: 3,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
 
     let out = nixgate(&fleet, &["--json", "check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -49,7 +56,10 @@ fn check_reports_every_host_and_refuses_bad_keys_alone() {
         assert_eq!(p["ok"], true, "{p}");
         assert_eq!(p["nix_version"], "2.8.0");
         assert_eq!(p["host_key"], "known");
-        assert_eq!(p["current_system"], fleet.in_host_ok(h, "readlink -e /run/current-system"));
+        assert_eq!(
+            p["current_system"],
+            fleet.in_host_ok(h, "readlink -e /run/current-system")
+        );
         assert!(p["free_nix_bytes"].as_u64().unwrap() > 0);
     }
 
@@ -59,7 +69,14 @@ fn check_reports_every_host_and_refuses_bad_keys_alone() {
     let l1 = fleet.host("light1").address;
     let l2 = fleet.host("light2").address;
     let other = fleet.dir().join("other_key");
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap().success());
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other)
+            .status()
+            .unwrap()
+            .success()
+    );
     let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     let other_key: Vec<&str> = other_pub.split_whitespace().take(2).collect();
     let mut lines = Vec::new();
@@ -73,30 +90,66 @@ fn check_reports_every_host_and_refuses_bad_keys_alone() {
     }
     std::fs::write(&kh, lines.join("\n") + "\n").unwrap();
     let pid = std::fs::read_to_string(fleet.dir().join("hosts/light3/pid")).unwrap();
-    assert!(Command::new("kill").arg(pid.trim()).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .arg(pid.trim())
+            .status()
+            .unwrap()
+            .success()
+    );
 
     let started = Instant::now();
     let out = nixgate(&fleet, &["check"]);
     let took = started.elapsed();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(took < Duration::from_secs(5 + 3), "took {took:?} with connect_timeout 5s");
-    let offered = Command::new("ssh-keygen").arg("-lf").arg(other.with_extension("pub")).output().unwrap();
-    let offered_fp = text(&offered.stdout).split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        took < Duration::from_secs(5 + 3),
+        "took {took:?} with connect_timeout 5s"
+    );
+    let offered = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(other.with_extension("pub"))
+        .output()
+        .unwrap();
+    let offered_fp = text(&offered.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
     assert!(err.contains("light1: HOST KEY CHANGED"), "{err}");
-    assert!(err.contains(&offered_fp), "expected fingerprint {offered_fp} in:\n{err}");
+    assert!(
+        err.contains(&offered_fp),
+        "expected fingerprint {offered_fp} in:\n{err}"
+    );
     assert!(err.contains("light2: host key of"), "{err}");
     assert!(err.contains("is not known"), "{err}");
-    assert!(err.contains(&format!("{l2} ssh-ed25519 ")), "the line to add: {err}");
+    assert!(
+        err.contains(&format!("{l2} ssh-ed25519 ")),
+        "the line to add: {err}"
+    );
     assert!(err.contains("light3: cannot reach"), "{err}");
     let stdout = text(&out.stdout);
-    assert!(stdout.lines().any(|l| l.starts_with("builder ") && l.contains(" yes ")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("builder ") && l.contains(" yes ")),
+        "{stdout}"
+    );
 
     // --accept-new learns light2 (not light1: a changed key is never learned).
-    let out = nixgate(&fleet, &["--json", "--accept-new", "check", "light2", "light1"]);
+    let out = nixgate(
+        &fleet,
+        &["--json", "--accept-new", "check", "light2", "light1"],
+    );
     let all = probes(&out);
     assert_eq!(probe(&all, "light2")["ok"], true);
-    assert!(probe(&all, "light2")["host_key"].as_str().unwrap().starts_with("learned into"));
+    assert!(
+        probe(&all, "light2")["host_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("learned into")
+    );
     assert_eq!(probe(&all, "light1")["ok"], false);
     let out = nixgate(&fleet, &["--json", "check", "light2"]);
     assert_eq!(probe(&probes(&out), "light2")["host_key"], "known");

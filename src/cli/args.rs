@@ -110,6 +110,27 @@ pub enum Command {
         #[command(flatten)]
         select: SelectorArgs,
     },
+    /// Redeploy, through every gate, the known-good closure before the one a
+    /// host runs now (or its last known-good, when it runs an unvalidated
+    /// closure), or a named known-good generation.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Rollback {
+        /// The known-good generation to go back to (see `nixgate status`).
+        #[arg(long, value_name = "GENERATION")]
+        to: Option<u64>,
+        /// Reboot hosts whose rollback target needs it (systemd, dbus or kernel changed).
+        #[arg(long)]
+        reboot: bool,
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Per host: the running system, the boot default, the known-good, a
+    /// pending reboot, the last run's outcome.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status {
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

@@ -39,7 +39,10 @@ fn warnings(inv: &Inventory) -> Vec<String> {
     files.dedup_by(|a, b| a.1 == b.1);
     for (what, path) in files {
         if !path.exists() {
-            out.push(format!("{what} {} does not exist (ssh-agent will be tried)", path.display()));
+            out.push(format!(
+                "{what} {} does not exist (ssh-agent will be tried)",
+                path.display()
+            ));
         }
     }
     out
@@ -101,23 +104,37 @@ async fn probe(sessions: Arc<Sessions>, name: String) -> Probe {
             let nix = parts.next().unwrap_or("").trim();
             let current = parts.next().unwrap_or("").trim();
             let df = parts.next().unwrap_or("").trim();
-            p.nix_version = (!nix.is_empty()).then(|| nix.trim_start_matches("nix-store (Nix) ").to_owned());
+            p.nix_version =
+                (!nix.is_empty()).then(|| nix.trim_start_matches("nix-store (Nix) ").to_owned());
             p.current_system = (!current.is_empty()).then(|| current.to_owned());
-            p.free_nix_bytes = df.split_whitespace().nth(3).and_then(|k| k.parse::<u64>().ok()).map(|k| k * 1024);
+            p.free_nix_bytes = df
+                .split_whitespace()
+                .nth(3)
+                .and_then(|k| k.parse::<u64>().ok())
+                .map(|k| k * 1024);
             if p.nix_version.is_none() {
                 p.error = Some("no nix-store on the PATH of the SSH user".into());
             } else {
                 p.ok = true;
             }
         }
-        Ok(out) => p.error = Some(format!("probe failed ({}): {}", out.exit, out.tail(3).join(" / "))),
+        Ok(out) => {
+            p.error = Some(format!(
+                "probe failed ({}): {}",
+                out.exit,
+                out.tail(3).join(" / ")
+            ))
+        }
         Err(e) => p.error = Some(format!("{e:#}")),
     }
     p
 }
 
 fn human_free(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "-".into(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
+    bytes.map_or_else(
+        || "-".into(),
+        |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+    )
 }
 
 pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyhow::Result<Outcome> {
@@ -132,7 +149,11 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
             "warnings": warns,
         }));
     } else if g.quiet == 0 {
-        let waves: Vec<String> = inv.waves.iter().map(|w| format!("{} {}", w.name, w.hosts.len())).collect();
+        let waves: Vec<String> = inv
+            .waves
+            .iter()
+            .map(|w| format!("{} {}", w.name, w.hosts.len()))
+            .collect();
         println!(
             "{}: valid: {} hosts in {} waves ({}), builder {}",
             inv.path.display(),
@@ -148,7 +169,11 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
     if offline {
         return Ok(Outcome::Success);
     }
-    let policy = if g.accept_new { HostKeyPolicy::AcceptNew } else { HostKeyPolicy::Strict };
+    let policy = if g.accept_new {
+        HostKeyPolicy::AcceptNew
+    } else {
+        HostKeyPolicy::Strict
+    };
     let sessions = Sessions::new(inv, policy);
     let mut names = vec![BUILDER.to_owned()];
     names.extend(sel.hosts().map(str::to_owned));
@@ -173,7 +198,16 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
             json_line(p);
         }
     } else {
-        let mut t = Table::new(&["HOST", "ADDRESS", "OK", "AUTH", "HOST KEY", "NIX", "FREE /nix", "CURRENT SYSTEM"]);
+        let mut t = Table::new(&[
+            "HOST",
+            "ADDRESS",
+            "OK",
+            "AUTH",
+            "HOST KEY",
+            "NIX",
+            "FREE /nix",
+            "CURRENT SYSTEM",
+        ]);
         for p in &probes {
             t.row(vec![
                 p.host.clone(),
@@ -191,5 +225,9 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
             eprintln!("\n{}: {}", p.host, p.error.as_deref().unwrap_or("failed"));
         }
     }
-    Ok(if failed > 0 { Outcome::HostsFailed } else { Outcome::Success })
+    Ok(if failed > 0 {
+        Outcome::HostsFailed
+    } else {
+        Outcome::Success
+    })
 }

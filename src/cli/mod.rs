@@ -6,6 +6,9 @@ pub mod args;
 mod check;
 pub mod exit;
 mod hosts;
+mod rollback;
+mod session;
+mod status;
 
 use std::process::ExitCode;
 
@@ -73,6 +76,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let sel = select_hosts(&inv, &select)?;
             hosts::print(&g, &inv, &sel);
             Ok(Outcome::Success)
+        }
+        Command::Status { select } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            status::run(&g, &inv, &sel)
+        }
+        Command::Rollback { to, reboot, select } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            tokio::runtime::Runtime::new()?.block_on(rollback::run(&g, inv, sel, to, reboot))
         }
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;

@@ -44,11 +44,20 @@ impl Sessions {
             SshConfig::empty()
         });
         let mut targets = HashMap::new();
-        targets.insert(BUILDER.to_owned(), target_for(BUILDER, &inv.builder.connection, policy, &cfg));
+        targets.insert(
+            BUILDER.to_owned(),
+            target_for(BUILDER, &inv.builder.connection, policy, &cfg),
+        );
         for h in &inv.hosts {
-            targets.insert(h.name.clone(), target_for(&h.name, &h.connection, policy, &cfg));
+            targets.insert(
+                h.name.clone(),
+                target_for(&h.name, &h.connection, policy, &cfg),
+            );
         }
-        let open = targets.keys().map(|k| (k.clone(), OnceCell::new())).collect();
+        let open = targets
+            .keys()
+            .map(|k| (k.clone(), OnceCell::new()))
+            .collect();
         Arc::new(Sessions { targets, open })
     }
 

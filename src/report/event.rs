@@ -67,8 +67,11 @@ pub struct HostSummary {
     pub wave: String,
     pub outcome: OutcomeKind,
     pub closure: Option<StorePath>,
-    /// Why it ended that way, when it did not end well.
+    /// Why it ended that way, in a few words, when it did not end well.
     pub reason: Option<String>,
+    /// The full typed outcome (the activation's `HostOutcome`, or why the
+    /// host never got there).
+    pub detail: serde_json::Value,
     pub seconds: f64,
 }
 
@@ -120,6 +123,11 @@ pub enum Event {
         paths: u64,
         total_paths: u64,
     },
+    /// Something the activation pipeline on a host reported.
+    Activation {
+        host: String,
+        activation: crate::activation::ActivationEvent,
+    },
     HostFinished(HostSummary),
     Warning {
         host: Option<String>,
@@ -142,7 +150,8 @@ impl Event {
             | Event::GateStarted { host, .. }
             | Event::GatePassed { host, .. }
             | Event::GateFailed { host, .. }
-            | Event::CopyProgress { host, .. } => Some(host),
+            | Event::CopyProgress { host, .. }
+            | Event::Activation { host, .. } => Some(host),
             Event::HostFinished(s) => Some(&s.host),
             Event::Warning { host, .. } => host.as_deref(),
             _ => None,

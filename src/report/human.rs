@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::event::{Event, HostSummary};
 use super::{Reporter, Table};
+use crate::activation::{ActivationEvent, FailureReason, RollbackOutcome};
 use crate::runner::RunnerEvent;
 use crate::state::clock::Utc;
 
@@ -44,6 +45,7 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::GateStarted { host, gate } => format!("{host}: {gate} ..."),
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => format!("{host}: {gate} FAILED: {reason}"),
+        Event::Activation { host, activation } => return describe_activation(host, activation),
         Event::HostFinished(s) => format!(
             "{}: {}{}",
             s.host,
@@ -113,6 +115,98 @@ pub fn describe(ev: &Event) -> Option<String> {
             ),
         },
     })
+}
+
+fn describe_activation(host: &str, ev: &ActivationEvent) -> Option<String> {
+    Some(match ev {
+        ActivationEvent::GateStarted { gate } => format!("{host}: {gate} ..."),
+        ActivationEvent::GatePassed { gate, .. } => format!("{host}: {gate} passed"),
+        ActivationEvent::GateFailed { gate, reason } => {
+            format!("{host}: {gate} FAILED: {}", describe_failure(reason))
+        }
+        ActivationEvent::ConnectionLost {
+            attempt, retry_in, ..
+        } => {
+            format!(
+                "{host}: connection lost (attempt {attempt}), retrying in {}s; the detached switch goes on",
+                retry_in.as_secs()
+            )
+        }
+        ActivationEvent::Warning { warning } => format!(
+            "{host}: warning: {}",
+            serde_json::to_string(warning).unwrap_or_default()
+        ),
+        ActivationEvent::Deferred { .. } => {
+            format!("{host}: critical components change: made the boot default, reboot to run it")
+        }
+        ActivationEvent::RollbackStarted { to, mode } => {
+            format!("{host}: rolling back to {} ({mode:?})", to.name())
+        }
+        ActivationEvent::RollbackFinished { outcome } => match outcome {
+            RollbackOutcome::RolledBack { to, .. } => {
+                format!("{host}: rolled back to {}, verified", to.name())
+            }
+            RollbackOutcome::Failed { to, error, .. } => {
+                format!(
+                    "{host}: ROLLBACK to {} FAILED: {}",
+                    to.name(),
+                    serde_json::to_string(error).unwrap_or_default()
+                )
+            }
+        },
+        ActivationEvent::Step { .. } | ActivationEvent::Polling { .. } => return None,
+    })
+}
+
+/// A few words on why a gate failed.
+pub fn describe_failure(r: &FailureReason) -> String {
+    use crate::activation::detached::SwitchFailure as S;
+    match r {
+        FailureReason::Switch(S::Exited { code, log_tail, .. }) => {
+            format!(
+                "switch exited {code}{}",
+                log_tail
+                    .last()
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default()
+            )
+        }
+        FailureReason::Switch(S::Timeout { elapsed, .. }) => {
+            format!("switch still running after {}s", elapsed.as_secs())
+        }
+        FailureReason::Switch(S::FlippedToUnexpected { seen, .. }) => {
+            format!(
+                "/run/current-system flipped to an unexpected {}",
+                seen.name()
+            )
+        }
+        FailureReason::Switch(S::LockHeld { holders }) => {
+            format!("another switch holds the lock ({})", holders.join(", "))
+        }
+        FailureReason::Switch(other) => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| {
+                v["kind"]
+                    .as_str()
+                    .map(|k| format!("switch: {}", k.replace('_', " ")))
+            })
+            .unwrap_or_else(|| "switch failed".into()),
+        FailureReason::HealthChecks { reports } => format!(
+            "{} health check(s) failed",
+            reports.iter().filter(|r| !r.passed()).count()
+        ),
+        FailureReason::NeedsReboot(_) => "the change needs a reboot".into(),
+        FailureReason::Remote { step, error } => {
+            format!("{step}: {}", error.lines().next().unwrap_or(""))
+        }
+        FailureReason::ProfileSet { error } | FailureReason::MarkKnownGood { error } => {
+            error.lines().next().unwrap_or("").to_owned()
+        }
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
+            .unwrap_or_else(|| "failed".into()),
+    }
 }
 
 /// The final table: host, outcome, closure, duration, notes.

@@ -59,7 +59,16 @@ pub fn spawn(mut reporter: Box<dyn Reporter>) -> (EventSink, JoinHandle<Vec<Even
         while let Some(ev) = rx.recv().await {
             reporter.event(&ev);
             // Progress ticks are for the live view; the run record keeps the rest.
-            if !matches!(ev, Event::BuildProgress { .. } | Event::CopyProgress { .. }) {
+            let tick = matches!(
+                ev,
+                Event::BuildProgress { .. }
+                    | Event::CopyProgress { .. }
+                    | Event::Activation {
+                        activation: crate::activation::ActivationEvent::Polling { .. },
+                        ..
+                    }
+            );
+            if !tick {
                 all.push(ev);
             }
         }
@@ -152,6 +161,7 @@ mod tests {
                 outcome: OutcomeKind::RolledBack,
                 closure: None,
                 reason: Some("switch exited 4".into()),
+                detail: serde_json::Value::Null,
                 seconds: 1.5,
             }),
         ]
@@ -184,6 +194,7 @@ mod tests {
             outcome: OutcomeKind::KnownGood,
             closure: None,
             reason: None,
+            detail: serde_json::Value::Null,
             seconds: 2.0,
         }]);
         assert!(t.to_string().contains("web1  canary  known-good"));

@@ -1,0 +1,149 @@
+//! `nixgate rollback` and `nixgate status` against a real-systemd host with a
+//! known-good history, and the controller lock's exit code 3.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use nixgate::activation::{ActivationRequest, HostOutcome, HostSettings, Os, RunId, activate_host};
+use nixgate::gates::Goal;
+use nixgate::nix::StorePath;
+use serde_json::json;
+use support::fleet::{Fleet, FleetSpec};
+use support::openssh::OpenSsh;
+use tokio_util::sync::CancellationToken;
+
+fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nixgate"))
+        .arg("-i")
+        .arg(fleet.inventory_path())
+        .arg("--state-dir")
+        .arg(fleet.dir().join("state"))
+        .args(args)
+        .env("HOME", fleet.dir())
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .expect("nixgate runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
+    let mut settings = HostSettings::new(Os::Linux);
+    settings.poll_interval = std::time::Duration::from_millis(300);
+    let req = ActivationRequest {
+        settings,
+        candidate: StorePath::parse(closure).unwrap(),
+        goal: Goal::Gated,
+        run_id: RunId::parse(run).unwrap(),
+        commit: None,
+        earlier_gates: Vec::new(),
+    };
+    let out = activate_host(
+        &OpenSsh::new(fleet, "sys1"),
+        &req,
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await;
+    assert!(matches!(out, HostOutcome::KnownGood { .. }), "{out:?}");
+}
+
+fn status(fleet: &Fleet) -> serde_json::Value {
+    let out = nixgate(fleet, &["--json", "status", "sys1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 0,
+        systemd: 1,
+        builder: true,
+    })
+    .unwrap();
+    let mut closures = Vec::new();
+    for (i, version) in ["1.25.3", "1.26.0"].iter().enumerate() {
+        fleet
+            .commit_config(|v| v["defaults"]["packages"]["nginx"]["version"] = json!(version))
+            .unwrap();
+        let c = fleet.build_on_builder("sys1").unwrap();
+        fleet.copy_closure("builder", "sys1", &c).unwrap();
+        mark_known_good(&fleet, &c, &format!("seed-{i}")).await;
+        closures.push(c);
+    }
+    let (a, b) = (&closures[0], &closures[1]);
+
+    let st = status(&fleet);
+    assert_eq!(st["current"], b.as_str());
+    assert_eq!(st["known_good"], b.as_str());
+    assert_eq!(st["known_good_generation"], 2);
+    assert_eq!(st["pending_reboot"], false);
+    assert_eq!(st["unvalidated"], false);
+
+    // Back to the known-good before the current one, through every gate.
+    let out = nixgate(&fleet, &["--json", "rollback", "sys1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["hosts"][0]["outcome"], "known_good");
+    assert_eq!(
+        fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
+        *a
+    );
+    assert_eq!(
+        fleet.in_host_ok("sys1", "readlink -e /nix/var/nix/profiles/system"),
+        *a
+    );
+    let st = status(&fleet);
+    assert_eq!(st["known_good"], a.as_str());
+    assert_eq!(
+        st["known_good_generation"], 3,
+        "a rollback is a new known-good generation, history is kept"
+    );
+    assert_eq!(st["last_outcome"], "known_good");
+
+    // A named generation.
+    let out = nixgate(&fleet, &["rollback", "sys1", "--to", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
+        *b
+    );
+    let out = nixgate(&fleet, &["rollback", "sys1", "--to", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no known-good generation 9"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // While another run holds the controller lock: exit 3, naming the holder.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(fleet.dir().join("state/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = nixgate(&fleet, &["rollback", "sys1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("another nixgate run holds the lock"),
+        "{}",
+        text(&out.stderr)
+    );
+}
