@@ -110,6 +110,41 @@ pub enum Command {
         #[command(flatten)]
         select: SelectorArgs,
     },
+    /// Build every selected host's system on the builder; print `HOST STOREPATH`.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Build {
+        /// Build from a work tree with uncommitted changes (recorded; never released).
+        #[arg(long)]
+        allow_dirty: bool,
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Build, copy and take every selected host through the goal's gates,
+    /// wave by wave. The default goal is gated: dry-activate, live test,
+    /// health checks, persist, mark known-good; then a release tag.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Push {
+        /// copy | dry-activate | test | boot | switch | gated
+        #[arg(long, default_value = "gated")]
+        goal: crate::gates::Goal,
+        /// Build from a work tree with uncommitted changes (recorded; never released).
+        #[arg(long)]
+        allow_dirty: bool,
+        /// Reboot hosts whose change needs it (systemd, dbus or kernel) and verify them.
+        #[arg(long)]
+        reboot: bool,
+        /// Redeploy the exact closure a release tag recorded (a tag, or `release/<host>`), through every gate.
+        #[arg(long, value_name = "TAG")]
+        release: Option<String>,
+        /// Move release/<host> even when that is not a fast-forward (logged in the tag).
+        #[arg(long)]
+        force_release: bool,
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Release tags recorded in the configuration repository.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Redeploy, through every gate, the known-good closure before the one a
     /// host runs now (or its last known-good, when it runs an unvalidated
     /// closure), or a named known-good generation.
@@ -136,4 +171,15 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// List releases, newest first per host.
+    List {
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Show one release: a tag name, or `release/<host>` for its newest.
+    Show { tag: String },
 }

@@ -6,6 +6,8 @@ pub mod args;
 mod check;
 pub mod exit;
 mod hosts;
+mod push;
+mod release;
 mod rollback;
 mod session;
 mod status;
@@ -76,6 +78,43 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let sel = select_hosts(&inv, &select)?;
             hosts::print(&g, &inv, &sel);
             Ok(Outcome::Success)
+        }
+        Command::Build {
+            allow_dirty,
+            select,
+        } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            tokio::runtime::Runtime::new()?.block_on(push::build_only(&g, inv, sel, allow_dirty))
+        }
+        Command::Push {
+            goal,
+            allow_dirty,
+            reboot,
+            release,
+            force_release,
+            select,
+        } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            let opts = push::PushOptions {
+                goal,
+                allow_dirty,
+                reboot,
+                release,
+                force_release,
+            };
+            tokio::runtime::Runtime::new()?.block_on(push::push(&g, inv, sel, opts))
+        }
+        Command::Release(args::ReleaseCommand::List { select }) => {
+            let inv = load_inventory(&g)?;
+            let selected = !select.selector().is_empty();
+            let sel = select_hosts(&inv, &select)?;
+            release::list(&g, &inv, &sel, selected)
+        }
+        Command::Release(args::ReleaseCommand::Show { tag }) => {
+            let inv = load_inventory(&g)?;
+            release::show(&g, &inv, &tag)
         }
         Command::Status { select } => {
             let inv = load_inventory(&g)?;

@@ -83,6 +83,8 @@ pub fn settings_for(h: &Host, allow_reboot: bool) -> HostSettings {
         })
         .collect();
     s.allow_reboot = allow_reboot;
+    // Polls are one command on an open connection: poll often.
+    s.poll_interval = std::time::Duration::from_millis(500);
     s
 }
 

@@ -2,9 +2,11 @@
 //! the runner (waves, staging, activation) -> a summary, a run report in the
 //! state directory, and the exit code. Used by `push` and `rollback`.
 
+pub mod build;
 pub mod hostlock;
 pub mod job;
 pub mod outcome;
+pub mod stage;
 
 use std::collections::HashMap;
 use std::sync::Arc;

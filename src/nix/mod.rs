@@ -1,7 +1,13 @@
 //! Nix on the far side: store paths, and the Nix commands nixgate runs on the
-//! builder and on hosts (evaluation, build, GC roots, closure queries, copy).
-//! The controller itself never runs Nix.
+//! builder and on hosts (source shipping, evaluation and build, GC roots,
+//! closure queries, copy, signing). The controller itself never runs Nix.
 
+pub mod build;
+pub mod closure;
+pub mod copy;
+pub mod gcroots;
+pub mod sign;
+pub mod source;
 pub mod store_path;
 
 pub use store_path::StorePath;

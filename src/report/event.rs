@@ -133,6 +133,17 @@ pub enum Event {
         host: Option<String>,
         message: String,
     },
+    /// A known-good host's release tag and branch.
+    Released {
+        host: String,
+        tag: String,
+        branch: String,
+    },
+    /// A known-good host that did not get a release, and why.
+    NotReleased {
+        host: String,
+        reason: String,
+    },
     Summary {
         run_id: String,
         exit_code: u8,
@@ -154,6 +165,7 @@ impl Event {
             | Event::Activation { host, .. } => Some(host),
             Event::HostFinished(s) => Some(&s.host),
             Event::Warning { host, .. } => host.as_deref(),
+            Event::Released { host, .. } | Event::NotReleased { host, .. } => Some(host),
             _ => None,
         }
     }

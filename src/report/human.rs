@@ -46,6 +46,12 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => format!("{host}: {gate} FAILED: {reason}"),
         Event::Activation { host, activation } => return describe_activation(host, activation),
+        Event::Released { host, tag, branch } => {
+            format!("{host}: released as {tag} ({branch} moved)")
+        }
+        Event::NotReleased { host, reason } => {
+            format!("{host}: known-good but not released: {reason}")
+        }
         Event::HostFinished(s) => format!(
             "{}: {}{}",
             s.host,

@@ -1,0 +1,298 @@
+//! `nixgate push` and `nixgate build`: build on the builder, then (push)
+//! copy and take every selected host through the goal's gates, wave by wave;
+//! known-good hosts from a clean commit get a release tag.
+
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use crate::deploy::build::{self, Source};
+use crate::deploy::stage::CopyStager;
+use crate::deploy::{self, Candidate, RunContext};
+use crate::fleet::{BUILDER, Sessions};
+use crate::gates::Goal;
+use crate::inventory::{Inventory, Selection};
+use crate::release::{self, Evidence, GateEvidence, ReleaseOutcome, ReleaseRequest};
+use crate::report::{Event, EventSink, HostSummary, OutcomeKind, json_line};
+use crate::ssh::HostKeyPolicy;
+
+use super::session::RunSession;
+use super::{Fatal, Global, Outcome};
+
+/// Options of `push`.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub goal: Goal,
+    pub allow_dirty: bool,
+    pub reboot: bool,
+    pub release: Option<String>,
+    pub force_release: bool,
+}
+
+fn confirm(g: &Global, hosts: usize, goal: Goal) -> anyhow::Result<()> {
+    if g.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Fatal::usage(
+            "not a terminal, so nothing can be confirmed: pass --yes to deploy without a prompt",
+        ));
+    }
+    eprint!("Deploy (goal {goal}) to {hosts} host(s)? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Fatal::usage("not confirmed; nothing was changed"))
+    }
+}
+
+/// Release every known-good host of a clean build; refusals are warnings.
+fn releases(
+    inv: &Inventory,
+    src: &Source,
+    run_id: &str,
+    hosts: &[HostSummary],
+    force: bool,
+    sink: &EventSink,
+) {
+    for h in hosts.iter().filter(|h| h.outcome == OutcomeKind::KnownGood) {
+        let Some(closure) = h.closure.clone() else {
+            continue;
+        };
+        let gates = h.detail["mark"]["record"]["gates"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let evidence = Evidence {
+            gates: gates
+                .into_iter()
+                .filter_map(|g| {
+                    let gate = serde_json::from_value(g["gate"].clone()).ok()?;
+                    Some(GateEvidence {
+                        gate,
+                        detail: g["evidence"].clone(),
+                    })
+                })
+                .collect(),
+        };
+        let req = ReleaseRequest {
+            target: h.host.clone(),
+            commit: src.commit.clone(),
+            dirty: src.dirty,
+            closure,
+            builder: inv.builder.connection.address.clone(),
+            run_id: run_id.to_owned(),
+            evidence,
+            force,
+            at: None,
+        };
+        match release::create(&inv.builder.source, &req) {
+            Ok(ReleaseOutcome::Released { tag, branch, .. }) => {
+                sink.emit(Event::Released {
+                    host: h.host.clone(),
+                    tag: tag.clone(),
+                    branch: branch.clone(),
+                });
+                if let Some(remote) = &inv.release.remote {
+                    match release::push(&inv.builder.source, remote, &tag, &branch, force) {
+                        Ok(release::PushOutcome::Pushed { .. }) => {}
+                        Ok(other) => sink.emit(Event::Warning {
+                            host: Some(h.host.clone()),
+                            message: format!(
+                                "pushing {tag} to {remote} failed: {}",
+                                serde_json::to_string(&other).unwrap_or_default()
+                            ),
+                        }),
+                        Err(e) => sink.emit(Event::Warning {
+                            host: Some(h.host.clone()),
+                            message: format!("pushing {tag} to {remote}: {e:#}"),
+                        }),
+                    }
+                }
+            }
+            Ok(ReleaseOutcome::Refused { reason }) => sink.emit(Event::NotReleased {
+                host: h.host.clone(),
+                reason: reason.to_string(),
+            }),
+            Err(e) => sink.emit(Event::NotReleased {
+                host: h.host.clone(),
+                reason: format!("{e:#}"),
+            }),
+        }
+    }
+}
+
+pub async fn push(
+    g: &Global,
+    inv: Inventory,
+    mut sel: Selection,
+    opts: PushOptions,
+) -> anyhow::Result<Outcome> {
+    let inv = Arc::new(inv);
+    // A release redeploys exactly what its tag records: no build.
+    let (src, from_release) = match &opts.release {
+        Some(spec) => {
+            let detail = release::resolve(&inv.builder.source, spec)
+                .map_err(|e| Fatal::usage(format!("{e:#}")))?;
+            let info = detail.info;
+            if !sel.hosts().any(|h| h == info.target) {
+                for g in &mut sel.groups {
+                    g.hosts.retain(|h| *h == info.target);
+                }
+                sel.groups.retain(|g| !g.hosts.is_empty());
+                if sel.is_empty() {
+                    sel = inv.select(&crate::inventory::Selector {
+                        hosts: vec![info.target.clone()],
+                        ..Default::default()
+                    })?;
+                }
+            }
+            (
+                Source {
+                    commit: info.commit.clone(),
+                    dirty: false,
+                },
+                Some((info.target, info.closure)),
+            )
+        }
+        None => (
+            build::source_state(&inv, opts.allow_dirty)
+                .map_err(|e| Fatal::usage(format!("{e:#}")))?,
+            None,
+        ),
+    };
+    let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
+    confirm(g, hosts.len(), opts.goal)?;
+    let run = RunSession::start(g, &inv, "push")?;
+    run.sink.emit(Event::RunStarted {
+        run_id: run.run_id.to_string(),
+        command: "push".into(),
+        goal: opts.goal,
+        commit: Some(src.commit.clone()),
+        dirty: src.dirty,
+        hosts: hosts.clone(),
+        at: deploy::now(),
+    });
+    let (candidates, failed) = match from_release {
+        Some((target, closure)) => {
+            let mut c = HashMap::new();
+            c.insert(
+                target,
+                Candidate {
+                    closure,
+                    earlier_gates: Vec::new(),
+                },
+            );
+            (c, Vec::new())
+        }
+        None => match build::build(&inv, &run.sessions, &src, &hosts, &run.sink).await {
+            Ok(b) => (b.candidates, b.failed),
+            Err(e) => {
+                run.sink.emit(Event::Warning {
+                    host: None,
+                    message: format!("build failed: {e:#}"),
+                });
+                let failed = hosts
+                    .iter()
+                    .map(|h| HostSummary {
+                        host: h.clone(),
+                        wave: inv.wave_of(h).map_or_else(|| "-".into(), |w| w.name.clone()),
+                        outcome: OutcomeKind::Failed,
+                        closure: None,
+                        reason: Some(format!("build: {}", format!("{e:#}").lines().next().unwrap_or(""))),
+                        detail: serde_json::json!({"kind": "build_failed", "error": format!("{e:#}")}),
+                        seconds: 0.0,
+                    })
+                    .collect();
+                (HashMap::new(), failed)
+            }
+        },
+    };
+    for g in &mut sel.groups {
+        g.hosts.retain(|h| candidates.contains_key(h));
+    }
+    let ctx = RunContext {
+        inventory: inv.clone(),
+        sessions: run.sessions.clone(),
+        goal: opts.goal,
+        run_id: run.run_id.clone(),
+        commit: Some(src.commit.clone()),
+        allow_reboot: opts.reboot,
+        sink: run.sink.clone(),
+    };
+    let stager = CopyStager {
+        inventory: inv.clone(),
+        sessions: run.sessions.clone(),
+        sink: run.sink.clone(),
+    };
+    let mut summaries = deploy::run(ctx, &sel, candidates, stager, run.cancel.clone()).await;
+    if opts.goal.marks_known_good() {
+        releases(
+            &inv,
+            &src,
+            run.run_id.as_str(),
+            &summaries,
+            opts.force_release,
+            &run.sink,
+        );
+    }
+    summaries.extend(failed);
+    run.finish(opts.goal, Some(src.commit), src.dirty, summaries)
+        .await
+}
+
+/// `nixgate build`: build every selected host on the builder; print `HOST STOREPATH`.
+pub async fn build_only(
+    g: &Global,
+    inv: Inventory,
+    sel: Selection,
+    allow_dirty: bool,
+) -> anyhow::Result<Outcome> {
+    let src = build::source_state(&inv, allow_dirty).map_err(|e| Fatal::usage(format!("{e:#}")))?;
+    let policy = if g.accept_new {
+        HostKeyPolicy::AcceptNew
+    } else {
+        HostKeyPolicy::Strict
+    };
+    let sessions = Sessions::new(&inv, policy);
+    let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
+    let (sink, reporter) = crate::report::spawn(crate::report::choose(g.json, true));
+    let result = build::build(&inv, &sessions, &src, &hosts, &sink).await;
+    sessions.close_all().await;
+    drop(sink);
+    let _ = reporter.await;
+    let built = result.map_err(|e| {
+        e.context(format!(
+            "building on {BUILDER} {}",
+            inv.builder.connection.address
+        ))
+    })?;
+    for h in &hosts {
+        if let Some(c) = built.candidates.get(h) {
+            if g.json {
+                json_line(
+                    &serde_json::json!({"event": "built", "host": h, "toplevel": c.closure, "drv": built.drvs.get(h)}),
+                );
+            } else {
+                println!("{h} {}", c.closure);
+            }
+        }
+    }
+    for f in &built.failed {
+        if !g.json {
+            eprintln!(
+                "{}: {}",
+                f.host,
+                f.reason.as_deref().unwrap_or("build failed")
+            );
+        }
+    }
+    Ok(if built.failed.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::HostsFailed
+    })
+}

@@ -1,0 +1,265 @@
+//! Evaluation and build on the builder: every selected host in one
+//! invocation (shared evaluation, parallel builds); when that fails, each
+//! host alone, so one host's failure fails that host only, with its log.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::StorePath;
+use crate::remote::{Command, Output, Remote};
+
+/// What to build: `(host, attribute)` pairs from the shipped source `dir`.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub dir: String,
+    pub flake: bool,
+    pub hosts: Vec<(String, String)>,
+}
+
+/// Build progress (coarse: the builder's counts when known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BuildProgress {
+    Planned { to_build: u64 },
+    Built { built: u64, to_build: u64 },
+}
+
+/// Why a host did not build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BuildFailure {
+    #[error("evaluation failed:\n  {}", log_tail.join("\n  "))]
+    Eval { log_tail: Vec<String> },
+    #[error("build failed:\n  {}", log_tail.join("\n  "))]
+    Build { log_tail: Vec<String> },
+}
+
+/// One host's build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HostBuild {
+    Built { toplevel: StorePath, drv: StorePath },
+    Failed { error: BuildFailure },
+}
+
+#[derive(Deserialize)]
+struct JsonBuild {
+    #[serde(rename = "drvPath")]
+    drv_path: String,
+    outputs: std::collections::BTreeMap<String, String>,
+}
+
+/// The command building `hosts` (one or all).
+pub fn build_command(dir: &str, flake: bool, attrs: &[&str]) -> Command {
+    if flake {
+        let mut c = Command::new("nix").args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "build",
+            "--json",
+            "--no-link",
+            "--keep-going",
+        ]);
+        for a in attrs {
+            c = c.arg(format!("path:{dir}#{a}"));
+        }
+        c
+    } else {
+        let mut c = Command::new("nix-build").arg(dir);
+        for a in attrs {
+            c = c.arg("-A").arg(*a);
+        }
+        c.args(["--no-out-link", "--keep-going"])
+    }
+}
+
+/// Parse a successful build's stdout into `(toplevel, drv?)` per attribute.
+fn parse_success(
+    flake: bool,
+    stdout: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(StorePath, Option<StorePath>)>> {
+    if flake {
+        let builds: Vec<JsonBuild> =
+            serde_json::from_str(stdout.trim()).context("parsing `nix build --json` output")?;
+        anyhow::ensure!(
+            builds.len() == n,
+            "nix build reported {} results for {n} hosts",
+            builds.len()
+        );
+        builds
+            .into_iter()
+            .map(|b| {
+                let out = b.outputs.get("out").context("no `out` output")?;
+                Ok((StorePath::parse(out)?, Some(StorePath::parse(&b.drv_path)?)))
+            })
+            .collect()
+    } else {
+        let paths: Vec<&str> = stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        anyhow::ensure!(
+            paths.len() == n,
+            "nix-build printed {} paths for {n} hosts",
+            paths.len()
+        );
+        paths
+            .into_iter()
+            .map(|p| Ok((StorePath::parse(p)?, None)))
+            .collect()
+    }
+}
+
+fn failure_of(out: &Output) -> BuildFailure {
+    let text = out.stderr_str();
+    let log_tail = out.tail(20);
+    let built = text.contains("error: builder for")
+        || text.contains("build of '")
+        || text.contains("failed with exit code");
+    if built {
+        BuildFailure::Build { log_tail }
+    } else {
+        BuildFailure::Eval { log_tail }
+    }
+}
+
+/// Derivers of `paths`, one command (classic builds print only out paths).
+async fn derivers<R: Remote>(builder: &R, paths: &[StorePath]) -> anyhow::Result<Vec<StorePath>> {
+    let out = builder
+        .exec(
+            &Command::new("nix-store")
+                .args(["--query", "--deriver"])
+                .args(paths.iter().map(|p| p.as_str())),
+        )
+        .await?
+        .check("nix-store --query --deriver")?;
+    out.stdout_str()
+        .lines()
+        .map(|l| StorePath::parse(l.trim()).map_err(Into::into))
+        .collect()
+}
+
+async fn finish<R: Remote>(
+    builder: &R,
+    built: Vec<(StorePath, Option<StorePath>)>,
+) -> anyhow::Result<Vec<HostBuild>> {
+    let missing: Vec<StorePath> = built
+        .iter()
+        .filter(|(_, d)| d.is_none())
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut found = derivers(builder, &missing).await?.into_iter();
+    built
+        .into_iter()
+        .map(|(toplevel, drv)| {
+            let drv = match drv {
+                Some(d) => d,
+                None => found.next().context("missing deriver")?,
+            };
+            Ok(HostBuild::Built { toplevel, drv })
+        })
+        .collect()
+}
+
+/// Build every host of `req`; results in request order. `Err` only when the
+/// builder cannot be used at all.
+pub async fn build_hosts<R: Remote>(
+    builder: &R,
+    req: &BuildRequest,
+    progress: &(dyn Fn(BuildProgress) + Send + Sync),
+) -> anyhow::Result<Vec<(String, HostBuild)>> {
+    if req.hosts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
+    progress(BuildProgress::Planned {
+        to_build: req.hosts.len() as u64,
+    });
+    let out = builder
+        .exec(&build_command(&req.dir, req.flake, &attrs))
+        .await
+        .context("running the build on the builder")?;
+    if out.success() {
+        let built = parse_success(req.flake, &out.stdout_str(), attrs.len())?;
+        let results = finish(builder, built).await?;
+        progress(BuildProgress::Built {
+            built: results.len() as u64,
+            to_build: results.len() as u64,
+        });
+        return Ok(req
+            .hosts
+            .iter()
+            .map(|(h, _)| h.clone())
+            .zip(results)
+            .collect());
+    }
+    // Something failed: each host alone, concurrently, to attribute it.
+    let singles = req.hosts.iter().map(|(host, attr)| async move {
+        let r = builder
+            .exec(&build_command(&req.dir, req.flake, &[attr.as_str()]))
+            .await;
+        let hb = match r {
+            Ok(out) if out.success() => match parse_success(req.flake, &out.stdout_str(), 1) {
+                Ok(built) => finish(builder, built).await.map(|mut v| v.remove(0)),
+                Err(e) => Err(e),
+            },
+            Ok(out) => Ok(HostBuild::Failed {
+                error: failure_of(&out),
+            }),
+            Err(e) => Err(e),
+        };
+        (host.clone(), hb)
+    });
+    let mut results = Vec::new();
+    let mut built = 0;
+    for (host, hb) in futures_util::future::join_all(singles).await {
+        let hb = hb.with_context(|| format!("building {host}"))?;
+        if matches!(hb, HostBuild::Built { .. }) {
+            built += 1;
+        }
+        results.push((host, hb));
+    }
+    progress(BuildProgress::Built {
+        built,
+        to_build: req.hosts.len() as u64,
+    });
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        let c = build_command("/var/tmp/nixgate/src/abc", false, &["a.b", "c.d"]);
+        assert_eq!(
+            c.argv(),
+            [
+                "nix-build",
+                "/var/tmp/nixgate/src/abc",
+                "-A",
+                "a.b",
+                "-A",
+                "c.d",
+                "--no-out-link",
+                "--keep-going"
+            ]
+        );
+        let c = build_command("/d", true, &["x"]);
+        assert_eq!(c.argv().last().unwrap(), "path:/d#x");
+        assert!(c.argv().contains(&"--json".to_string()));
+    }
+
+    #[test]
+    fn parses_json_and_lines() {
+        let t = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a";
+        let d = "/nix/store/1c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a.drv";
+        let json = format!(r#"[{{"drvPath":"{d}","outputs":{{"out":"{t}"}}}}]"#);
+        let v = parse_success(true, &json, 1).unwrap();
+        assert_eq!(v[0].0.as_str(), t);
+        assert_eq!(v[0].1.as_ref().unwrap().as_str(), d);
+        assert!(parse_success(false, &format!("{t}\n"), 2).is_err());
+    }
+}

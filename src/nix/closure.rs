@@ -1,0 +1,200 @@
+//! Closure queries without copying: every path of a closure with its size,
+//! references and deriver (one command), in dependency order; and which paths
+//! a machine lacks (one command).
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::StorePath;
+use crate::remote::{Command, Remote};
+
+/// One store path's registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathInfo {
+    pub path: StorePath,
+    pub nar_size: u64,
+    pub references: Vec<StorePath>,
+    pub deriver: Option<StorePath>,
+}
+
+/// `nix-store --dump-db` over the requisites, through `xargs` (no ARG_MAX limit).
+const DUMP: &str = r#"nix-store --query --requisites "$1" | xargs nix-store --dump-db"#;
+
+/// Parse `nix-store --dump-db` output: per path, the path, its NAR hash, NAR
+/// size, deriver (empty when unknown), reference count, then the references.
+pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
+    let mut lines = text.lines();
+    let mut out = Vec::new();
+    while let Some(first) = lines.next() {
+        if first.is_empty() {
+            continue;
+        }
+        let path =
+            StorePath::parse(first).with_context(|| format!("dump-db: bad path line {first:?}"))?;
+        let _hash = lines.next().context("dump-db: missing NAR hash")?;
+        let size = lines.next().context("dump-db: missing NAR size")?;
+        let nar_size = size
+            .trim()
+            .parse()
+            .with_context(|| format!("dump-db: bad NAR size {size:?}"))?;
+        let deriver = lines.next().context("dump-db: missing deriver line")?;
+        let deriver = if deriver.is_empty() {
+            None
+        } else {
+            StorePath::parse(deriver).ok()
+        };
+        let n = lines.next().context("dump-db: missing reference count")?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .with_context(|| format!("dump-db: bad reference count {n:?}"))?;
+        let mut references = Vec::with_capacity(n.min(10_000));
+        for _ in 0..n {
+            let r = lines.next().context("dump-db: missing reference")?;
+            references.push(
+                StorePath::parse(r).with_context(|| format!("dump-db: bad reference {r:?}"))?,
+            );
+        }
+        out.push(PathInfo {
+            path,
+            nar_size,
+            references,
+            deriver,
+        });
+    }
+    Ok(out)
+}
+
+/// Sort so every path comes after all of its references (self-references allowed).
+pub fn topo_sort(infos: Vec<PathInfo>) -> anyhow::Result<Vec<PathInfo>> {
+    let index: HashMap<StorePath, usize> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.path.clone(), i))
+        .collect();
+    let mut state = vec![0u8; infos.len()]; // 0 new, 1 in progress, 2 done
+    let mut order = Vec::with_capacity(infos.len());
+    for start in 0..infos.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = 1;
+        while let Some((node, next)) = stack.pop() {
+            let refs = &infos[node].references;
+            let mut pushed = false;
+            for (k, r) in refs.iter().enumerate().skip(next) {
+                let Some(&j) = index.get(r) else { continue };
+                if j == node || state[j] == 2 {
+                    continue;
+                }
+                anyhow::ensure!(state[j] != 1, "reference cycle through {}", infos[j].path);
+                stack.push((node, k + 1));
+                stack.push((j, 0));
+                state[j] = 1;
+                pushed = true;
+                break;
+            }
+            if !pushed {
+                state[node] = 2;
+                order.push(node);
+            }
+        }
+    }
+    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// The closure of `root` on `remote`, dependencies first.
+pub async fn closure<R: Remote>(remote: &R, root: &StorePath) -> anyhow::Result<Vec<PathInfo>> {
+    let out = remote
+        .exec(&Command::script(DUMP).arg(root.as_str()))
+        .await
+        .with_context(|| format!("querying the closure of {root} on {}", remote.name()))?
+        .check(&format!(
+            "querying the closure of {} on {}",
+            root.name(),
+            remote.name()
+        ))?;
+    let infos = parse_dump_db(&out.stdout_str())?;
+    anyhow::ensure!(
+        infos.iter().any(|p| p.path == *root),
+        "{root} is not valid on {}",
+        remote.name()
+    );
+    topo_sort(infos)
+}
+
+/// Closure sizes by path, for reports.
+pub fn total_size(infos: &[PathInfo]) -> u64 {
+    infos.iter().map(|p| p.nar_size).sum()
+}
+
+/// Which of `paths` are not valid on `remote` (one command, paths on stdin).
+pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Result<Vec<StorePath>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cmd = Command::script("xargs nix-store --check-validity --print-invalid");
+    let mut s = remote
+        .exec_stream(&cmd)
+        .await
+        .with_context(|| format!("asking {} which paths it lacks", remote.name()))?;
+    let mut input = String::with_capacity(paths.len() * 80);
+    for p in paths {
+        input.push_str(p.as_str());
+        input.push('\n');
+    }
+    let writer = async {
+        s.stdin.write_all(input.as_bytes()).await?;
+        s.stdin.shutdown().await
+    };
+    let mut text = String::new();
+    let reader = s.stdout.read_to_string(&mut text);
+    let (w, r) = tokio::join!(writer, reader);
+    w.context("sending paths")?;
+    r.context("reading invalid paths")?;
+    s.finish
+        .await?
+        .check(&format!("nix-store --check-validity on {}", remote.name()))?;
+    let wanted: BTreeMap<&str, &StorePath> = paths.iter().map(|p| (p.as_str(), p)).collect();
+    Ok(text
+        .lines()
+        .filter_map(|l| wanted.get(l.trim()).map(|p| (*p).clone()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp(n: &str) -> String {
+        format!("/nix/store/{}-{n}", "a".repeat(31) + &n[..1])
+    }
+
+    #[test]
+    fn parses_and_sorts() {
+        let (a, b, c) = (sp("a"), sp("b"), sp("c"));
+        let text = format!(
+            "{c}\nh\n30\n\n2\n{a}\n{b}\n{a}\nh\n10\n\n0\n{b}\nh\n20\n{}\n2\n{a}\n{b}\n",
+            sp("d.drv")
+        );
+        let infos = parse_dump_db(&text).unwrap();
+        assert_eq!(infos.len(), 3);
+        assert_eq!(infos[2].deriver.as_ref().unwrap().name(), "d.drv");
+        let sorted = topo_sort(infos).unwrap();
+        let names: Vec<&str> = sorted.iter().map(|p| p.path.name()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(total_size(&sorted), 60);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse_dump_db("not a path\n").is_err());
+        assert!(parse_dump_db(&format!("{}\nh\nx\n", sp("a"))).is_err());
+        assert!(parse_dump_db(&format!("{}\nh\n1\n\n5\n", sp("a"))).is_err());
+    }
+}

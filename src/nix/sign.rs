@@ -1,0 +1,34 @@
+//! Signing built closures on the builder, so hosts that require signatures
+//! accept only what the builder signed.
+
+use anyhow::Context;
+
+use super::StorePath;
+use crate::remote::{Command, Remote};
+
+pub fn sign_command(key_file: &str, toplevel: &StorePath) -> Command {
+    Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "sign",
+            "--key-file",
+            key_file,
+            "--recursive",
+        ])
+        .arg(toplevel.as_str())
+}
+
+pub async fn sign<R: Remote>(
+    builder: &R,
+    key_file: &str,
+    toplevel: &StorePath,
+) -> anyhow::Result<()> {
+    builder
+        .exec(&sign_command(key_file, toplevel))
+        .await
+        .context("signing on the builder")?
+        .check(&format!("signing {} with {key_file}", toplevel.name()))?;
+    Ok(())
+}
