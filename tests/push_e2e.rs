@@ -1,0 +1,343 @@
+//! `nixgate build` and `nixgate push` against a real fleet (sshd hosts with
+//! their own Nix stores, a builder): gate 1, relay copy, waves, JSON output,
+//! releases, cancellation.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+use support::fleet::{Fleet, FleetSpec};
+
+fn nixgate_cmd(fleet: &Fleet, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nixgate"));
+    c.arg("-i")
+        .arg(fleet.inventory_path())
+        .arg("--state-dir")
+        .arg(fleet.dir().join("state"))
+        .args(args)
+        .env("HOME", fleet.dir())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null());
+    c
+}
+
+fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
+    nixgate_cmd(fleet, args).output().expect("nixgate runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn summary(out: &Output) -> Value {
+    let lines = json_lines(out);
+    let last = lines.last().expect("some output").clone();
+    assert_eq!(last["event"], "summary", "the last line is the summary");
+    last
+}
+
+fn outcome_of(summary: &Value, host: &str) -> String {
+    summary["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == host)
+        .unwrap_or_else(|| panic!("{host} not in {summary}"))["outcome"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn current(fleet: &Fleet, host: &str) -> String {
+    fleet.in_host_ok(host, "readlink -e /run/current-system")
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn build_matches_nix_build_fails_alone_survives_gc_and_needs_no_local_nix() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 2,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    // A controller without Nix: PATH holds only git, sh and tar.
+    let bin = fleet.dir().join("controller-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["git", "sh", "tar"] {
+        let real = text(
+            &Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+        std::os::unix::fs::symlink(real.trim(), bin.join(tool)).unwrap();
+    }
+    assert!(
+        !Command::new("sh")
+            .arg("-c")
+            .arg("command -v nix-store")
+            .env("PATH", &bin)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let out = nixgate_cmd(&fleet, &["build", "--host", "light1", "--host", "light2"])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    for h in ["light1", "light2"] {
+        let expected = fleet.build_on_builder(h).unwrap();
+        assert!(
+            printed.lines().any(|l| l == format!("{h} {expected}")),
+            "{h} {expected} not in:\n{printed}"
+        );
+    }
+
+    // A GC on the builder keeps what nixgate built.
+    let gc = fleet.ssh("builder", "nix-store --gc >/dev/null 2>&1; echo done");
+    assert!(gc.status.success());
+    for line in printed.lines() {
+        let path = line.split_whitespace().nth(1).unwrap();
+        let valid = fleet.ssh(
+            "builder",
+            &format!("nix-store --check-validity {path} && echo valid"),
+        );
+        assert_eq!(text(&valid.stdout).trim(), "valid", "{path} lost to the GC");
+    }
+
+    // light2's expression throws: it fails alone, with its error.
+    fleet
+        .commit_config(|v| v["hosts"]["light2"] = json!({ "kernelVersion": { "broken": true } }))
+        .unwrap();
+    let out = nixgate_cmd(&fleet, &["build"])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("light1 /nix/store/")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!text(&out.stdout).contains("light2"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("light2") && err.contains("cannot coerce"),
+        "{err}"
+    );
+}
+
+#[test]
+fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 3,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let before: Vec<String> = ["light1", "light2", "light3"]
+        .iter()
+        .map(|h| current(&fleet, h))
+        .collect();
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["hello"]["version"] = json!("2.12.2"))
+        .unwrap();
+
+    // Goal copy: only what each host lacks is sent, nothing is activated.
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "--goal", "copy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    let copies: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "gate_passed" && l["gate"] == "copy")
+        .collect();
+    assert_eq!(copies.len(), 3);
+    for c in &copies {
+        let host = c["host"].as_str().unwrap();
+        assert_eq!(c["detail"]["kind"], "copied", "{c}");
+        let sent = c["detail"]["paths"].as_u64().unwrap();
+        let toplevel = fleet.build_on_builder(host).unwrap();
+        let total = text(
+            &fleet
+                .ssh("builder", &format!("nix-store -qR {toplevel} | wc -l"))
+                .stdout,
+        )
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+        assert!(
+            sent > 0 && sent < total / 2,
+            "{host}: sent {sent} of {total} paths"
+        );
+        let verify = fleet.ssh(
+            host,
+            &format!("nix-store --verify-path $(nix-store -qR {toplevel}) && echo verified"),
+        );
+        assert_eq!(
+            text(&verify.stdout).trim(),
+            "verified",
+            "{}",
+            text(&verify.stderr)
+        );
+    }
+    for (h, b) in ["light1", "light2", "light3"].iter().zip(&before) {
+        assert_eq!(&current(&fleet, h), b, "goal copy activated {h}");
+    }
+    let out = nixgate(
+        &fleet,
+        &["--json", "push", "--yes", "--goal", "copy", "light1"],
+    );
+    let again = json_lines(&out);
+    assert!(
+        again
+            .iter()
+            .any(|l| l["event"] == "gate_passed" && l["detail"]["kind"] == "already_present")
+    );
+
+    // --wave canary touches only the canary.
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "--wave", "canary"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(s["hosts"].as_array().unwrap().len(), 1);
+    assert_eq!(outcome_of(&s, "light1"), "known_good");
+    assert_ne!(current(&fleet, "light1"), before[0]);
+    assert_eq!(current(&fleet, "light2"), before[1]);
+
+    // A canary that fails stops the run before the next wave: exit 1.
+    fleet
+        .commit_config(|v| {
+            v["defaults"]["generation"] = json!(3);
+            v["hosts"]["light1"] = json!({ "misbehaviour": "fail" });
+        })
+        .unwrap();
+    let out = nixgate(&fleet, &["--json", "push", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&out);
+    assert!(
+        ["failed", "rolled_back"].contains(&outcome_of(&s, "light1").as_str()),
+        "{s}"
+    );
+    assert_eq!(outcome_of(&s, "light2"), "not_started");
+    assert_eq!(outcome_of(&s, "light3"), "not_started");
+    assert_eq!(current(&fleet, "light2"), before[1]);
+    // Piped human output has no terminal control characters.
+    let out = nixgate(&fleet, &["push", "--yes", "--wave", "main"]);
+    assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b));
+    // Without --yes and no terminal, nothing is deployed.
+    let out = nixgate(&fleet, &["push", "light2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("pass --yes"));
+}
+
+#[test]
+fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 2,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let repo = fleet.config_repo();
+    let c1 = fleet
+        .commit_config(|v| v["defaults"]["packages"]["curl"]["version"] = json!("8.6.0"))
+        .unwrap();
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "light1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    let rel = lines
+        .iter()
+        .find(|l| l["event"] == "released")
+        .expect("a release event");
+    let tag1 = rel["tag"].as_str().unwrap().to_owned();
+    assert!(
+        tag1.starts_with("release/light1/") && tag1.ends_with(&c1[..12]),
+        "{tag1}"
+    );
+    assert_eq!(git(&repo, &["cat-file", "-t", &tag1]), "tag", "annotated");
+    assert_eq!(
+        git(&repo, &["rev-parse", &format!("{tag1}^{{commit}}")]),
+        c1
+    );
+    assert_eq!(git(&repo, &["rev-parse", "release/light1"]), c1);
+    let closure1 = current(&fleet, "light1");
+    assert!(
+        git(&repo, &["cat-file", "-p", &tag1]).contains(&closure1),
+        "the tag names the running closure"
+    );
+
+    // A newer commit releases again and fast-forwards the branch.
+    let c2 = fleet
+        .commit_config(|v| v["defaults"]["packages"]["curl"]["version"] = json!("8.7.1"))
+        .unwrap();
+    let out = nixgate(&fleet, &["push", "--yes", "light1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(git(&repo, &["rev-parse", "release/light1"]), c2);
+
+    // Deploying an older commit is not released: branch unchanged, no tag; the deploy is still reported.
+    git(
+        &repo,
+        &["-c", "advice.detachedHead=false", "checkout", "-q", &c1],
+    );
+    let tags_before = git(&repo, &["tag", "-l", "release/light1/*"]);
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "light1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    assert!(
+        lines.iter().any(|l| l["event"] == "not_released"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(outcome_of(&summary(&out), "light1"), "known_good");
+    assert_eq!(git(&repo, &["rev-parse", "release/light1"]), c2);
+    assert_eq!(git(&repo, &["tag", "-l", "release/light1/*"]), tags_before);
+
+    // A failed host gets no tag.
+    git(&repo, &["checkout", "-q", "-"]);
+    let c3 = fleet
+        .commit_config(|v| v["hosts"]["light2"] = json!({ "misbehaviour": "fail" }))
+        .unwrap();
+    let out = nixgate(&fleet, &["push", "--yes", "light2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(git(&repo, &["tag", "-l", "release/light2/*"]), "");
+    let _ = c3;
+
+    // push --release of the first tag returns light1 to that exact closure.
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "--release", &tag1]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(current(&fleet, "light1"), closure1);
+
+    let out = nixgate(&fleet, &["--json", "release", "list", "light1"]);
+    let listed = json_lines(&out);
+    assert!(listed.len() >= 2);
+    assert_eq!(
+        listed.last().unwrap()["release"]["tag"],
+        tag1.as_str(),
+        "newest first"
+    );
+}
