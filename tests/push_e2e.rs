@@ -341,3 +341,70 @@ fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
         "newest first"
     );
 }
+
+#[test]
+fn first_ctrl_c_finishes_and_verifies_hosts_in_flight() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 3,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let before2 = current(&fleet, "light2");
+    fleet
+        .commit_config(|v| {
+            v["defaults"]["misbehaviour"] = json!("slow");
+            v["defaults"]["slowSeconds"] = json!(4);
+        })
+        .unwrap();
+    let child = nixgate_cmd(&fleet, &["--json", "push", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the canary's (slow) switch is running, then Ctrl-C once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let units = fleet.in_host(
+            "light1",
+            "ls /run/fake-systemd 2>/dev/null | grep -c nixgate-switch || true",
+        );
+        if text(&units.stdout).trim() != "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the canary never started switching"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled run did not end well: {}",
+        text(&out.stderr)
+    );
+    let s = summary(&out);
+    let canary = outcome_of(&s, "light1");
+    // The in-flight host (its switch had fired) was finished and verified.
+    assert_eq!(canary, "known_good", "{s}");
+    assert_eq!(
+        current(&fleet, "light1"),
+        s["hosts"][0]["closure"].as_str().unwrap()
+    );
+    assert_eq!(outcome_of(&s, "light2"), "not_started");
+    assert_eq!(current(&fleet, "light2"), before2);
+    assert!(
+        json_lines(&out)
+            .iter()
+            .any(|l| l["event"] == "cancel_requested")
+    );
+}

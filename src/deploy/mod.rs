@@ -53,7 +53,7 @@ pub struct RunReport {
 
 /// The exit code for a set of host summaries: 1 if any failed.
 pub fn exit_code(hosts: &[HostSummary]) -> u8 {
-    u8::from(hosts.iter().any(|h| h.outcome.is_failure()))
+    u8::from(hosts.iter().any(|h| h.outcome.fails_run()))
 }
 
 fn not_started(host: &str, wave: &str, why: &NotStarted) -> HostSummary {

@@ -34,7 +34,7 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
-    /// Does this outcome make the run exit 1?
+    /// Does this outcome count against a wave's failure budget?
     pub fn is_failure(self) -> bool {
         matches!(
             self,
@@ -43,6 +43,12 @@ impl OutcomeKind {
                 | OutcomeKind::Failed
                 | OutcomeKind::Aborted
         )
+    }
+
+    /// Does this outcome make the run exit 1? Failures, and hosts that never
+    /// started (a failed wave or a cancel): the run did not end well for them.
+    pub fn fails_run(self) -> bool {
+        self.is_failure() || self == OutcomeKind::NotStarted
     }
 
     pub fn as_str(self) -> &'static str {
