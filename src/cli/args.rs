@@ -139,6 +139,24 @@ pub enum Command {
         /// Move release/<host> even when that is not a fast-forward (logged in the tag).
         #[arg(long)]
         force_release: bool,
+        /// The packages this change is meant to touch (comma-separated); any
+        /// other package that changes version or is rebuilt fails the diff gate.
+        #[arg(long, value_delimiter = ',', value_name = "PKG,...")]
+        expect: Option<Vec<String>>,
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Build every selected host and show what would change on it (package
+    /// versions, rebuilds and their causes, drift); change nothing on any host.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Plan {
+        /// Build from a work tree with uncommitted changes.
+        #[arg(long)]
+        allow_dirty: bool,
+        /// The packages this change is meant to touch (comma-separated); any
+        /// other package that changes version or is rebuilt is drift (exit 1).
+        #[arg(long, value_delimiter = ',', value_name = "PKG,...")]
+        expect: Option<Vec<String>>,
         #[command(flatten)]
         select: SelectorArgs,
     },

@@ -87,12 +87,22 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let sel = select_hosts(&inv, &select)?;
             tokio::runtime::Runtime::new()?.block_on(push::build_only(&g, inv, sel, allow_dirty))
         }
+        Command::Plan {
+            allow_dirty,
+            expect,
+            select,
+        } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            tokio::runtime::Runtime::new()?.block_on(push::plan(&g, inv, sel, allow_dirty, expect))
+        }
         Command::Push {
             goal,
             allow_dirty,
             reboot,
             release,
             force_release,
+            expect,
             select,
         } => {
             let inv = load_inventory(&g)?;
@@ -103,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 reboot,
                 release,
                 force_release,
+                expect,
             };
             tokio::runtime::Runtime::new()?.block_on(push::push(&g, inv, sel, opts))
         }

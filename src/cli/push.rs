@@ -7,6 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 use crate::deploy::build::{self, Source};
+use crate::deploy::diffgate;
 use crate::deploy::stage::CopyStager;
 use crate::deploy::{self, Candidate, RunContext};
 use crate::fleet::{BUILDER, Sessions};
@@ -27,17 +28,25 @@ pub struct PushOptions {
     pub reboot: bool,
     pub release: Option<String>,
     pub force_release: bool,
+    /// Packages the change is meant to touch; any other change is drift.
+    pub expect: Option<Vec<String>>,
+}
+
+/// Refuse early when a prompt would be needed but nobody can answer it.
+fn can_confirm(g: &Global) -> anyhow::Result<()> {
+    if !g.yes && !std::io::stdin().is_terminal() {
+        return Err(Fatal::usage(
+            "not a terminal, so nothing can be confirmed: pass --yes to deploy without a prompt",
+        ));
+    }
+    Ok(())
 }
 
 fn confirm(g: &Global, hosts: usize, goal: Goal) -> anyhow::Result<()> {
     if g.yes {
         return Ok(());
     }
-    if !std::io::stdin().is_terminal() {
-        return Err(Fatal::usage(
-            "not a terminal, so nothing can be confirmed: pass --yes to deploy without a prompt",
-        ));
-    }
+    can_confirm(g)?;
     eprint!("Deploy (goal {goal}) to {hosts} host(s)? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
@@ -165,7 +174,7 @@ pub async fn push(
         ),
     };
     let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
-    confirm(g, hosts.len(), opts.goal)?;
+    can_confirm(g)?;
     let run = RunSession::start(g, &inv, "push")?;
     run.sink.emit(Event::RunStarted {
         run_id: run.run_id.to_string(),
@@ -176,7 +185,7 @@ pub async fn push(
         hosts: hosts.clone(),
         at: deploy::now(),
     });
-    let (candidates, failed) = match from_release {
+    let (mut candidates, mut failed, drvs) = match from_release {
         Some((target, closure)) => {
             let mut c = HashMap::new();
             c.insert(
@@ -186,10 +195,10 @@ pub async fn push(
                     earlier_gates: Vec::new(),
                 },
             );
-            (c, Vec::new())
+            (c, Vec::new(), HashMap::new())
         }
         None => match build::build(&inv, &run.sessions, &src, &hosts, &run.sink).await {
-            Ok(b) => (b.candidates, b.failed),
+            Ok(b) => (b.candidates, b.failed, b.drvs),
             Err(e) => {
                 run.sink.emit(Event::Warning {
                     host: None,
@@ -207,10 +216,62 @@ pub async fn push(
                         seconds: 0.0,
                     })
                     .collect();
-                (HashMap::new(), failed)
+                (HashMap::new(), failed, HashMap::new())
             }
         },
     };
+    // Gate 2: every change explained before anything switches.
+    if !drvs.is_empty() {
+        let diffs = diffgate::diff_all(
+            &inv,
+            &run.sessions,
+            &candidates,
+            &drvs,
+            opts.expect.as_deref(),
+            &run.sink,
+        )
+        .await;
+        for (host, d) in diffs {
+            let refusal = match &d {
+                Ok(d) if d.drift.is_empty() => None,
+                Ok(d) => Some(format!(
+                    "drift: {}",
+                    d.drift
+                        .iter()
+                        .map(|x| x.package.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Err(e) => Some(e.lines().next().unwrap_or("diff failed").to_owned()),
+            };
+            match refusal {
+                None => {
+                    if let (Ok(d), Some(c)) = (&d, candidates.get_mut(&host)) {
+                        c.earlier_gates.push(diffgate::record(d));
+                    }
+                }
+                Some(reason) => {
+                    let closure = candidates.remove(&host).map(|c| c.closure);
+                    let s = HostSummary {
+                        host: host.clone(),
+                        wave: inv
+                            .wave_of(&host)
+                            .map_or_else(|| "-".into(), |w| w.name.clone()),
+                        outcome: OutcomeKind::Failed,
+                        closure,
+                        reason: Some(format!("diff: {reason} (nothing changed)")),
+                        detail: serde_json::json!({"kind": "diff_gate", "diff": d.as_ref().ok(), "error": d.as_ref().err()}),
+                        seconds: 0.0,
+                    };
+                    run.sink.emit(Event::HostFinished(s.clone()));
+                    failed.push(s);
+                }
+            }
+        }
+    }
+    if !candidates.is_empty() {
+        confirm(g, candidates.len(), opts.goal)?;
+    }
     for g in &mut sel.groups {
         g.hosts.retain(|h| candidates.contains_key(h));
     }
@@ -291,6 +352,92 @@ pub async fn build_only(
         }
     }
     Ok(if built.failed.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::HostsFailed
+    })
+}
+
+/// `nixgate plan`: build and diff every selected host; change nothing on any host.
+pub async fn plan(
+    g: &Global,
+    inv: Inventory,
+    sel: Selection,
+    allow_dirty: bool,
+    expect: Option<Vec<String>>,
+) -> anyhow::Result<Outcome> {
+    let src = build::source_state(&inv, allow_dirty).map_err(|e| Fatal::usage(format!("{e:#}")))?;
+    let policy = if g.accept_new {
+        HostKeyPolicy::AcceptNew
+    } else {
+        HostKeyPolicy::Strict
+    };
+    let sessions = Sessions::new(&inv, policy);
+    let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
+    let (sink, reporter) = if g.json {
+        crate::report::spawn(crate::report::choose(true, false))
+    } else {
+        crate::report::spawn(Box::new(crate::report::human::Plain { quiet: true }))
+    };
+    let built = build::build(&inv, &sessions, &src, &hosts, &sink).await;
+    let result = match built {
+        Ok(b) => {
+            let diffs = diffgate::diff_all(
+                &inv,
+                &sessions,
+                &b.candidates,
+                &b.drvs,
+                expect.as_deref(),
+                &sink,
+            )
+            .await;
+            Ok((b, diffs))
+        }
+        Err(e) => Err(e),
+    };
+    sessions.close_all().await;
+    drop(sink);
+    let _ = reporter.await;
+    let (built, diffs) = result?;
+    let mut bad = built.failed.len();
+    // Hosts with identical diffs are shown together.
+    let mut groups: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for h in &hosts {
+        let lines = match diffs.get(h) {
+            Some(Ok(d)) => {
+                if !d.drift.is_empty() {
+                    bad += 1;
+                }
+                d.render()
+            }
+            Some(Err(e)) => {
+                bad += 1;
+                vec![format!("diff failed: {e}")]
+            }
+            None => continue,
+        };
+        match groups.iter_mut().find(|(_, l)| *l == lines) {
+            Some((names, _)) => names.push(h.clone()),
+            None => groups.push((vec![h.clone()], lines)),
+        }
+    }
+    if !g.json {
+        for (names, lines) in &groups {
+            println!("{}:", names.join(", "));
+            for l in lines {
+                println!("  {l}");
+            }
+        }
+        for f in &built.failed {
+            println!(
+                "{}: {}",
+                f.host,
+                f.reason.as_deref().unwrap_or("build failed")
+            );
+        }
+        println!("plan changed nothing on any host");
+    }
+    Ok(if bad == 0 {
         Outcome::Success
     } else {
         Outcome::HostsFailed

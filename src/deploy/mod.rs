@@ -3,6 +3,7 @@
 //! state directory, and the exit code. Used by `push` and `rollback`.
 
 pub mod build;
+pub mod diffgate;
 pub mod hostlock;
 pub mod job;
 pub mod outcome;

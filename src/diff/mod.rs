@@ -1,1 +1,95 @@
-//! Gate 2: closure diff and root-cause analysis (package versions and derivation structure).
+//! Gate 2: closure diff and root-cause analysis. Before anything switches,
+//! each host's candidate is diffed against what runs on it, from metadata
+//! only (nothing is copied): package versions ([`packages`]), derivation
+//! structure ([`structural`]), accidental drift ([`drift`]), flake inputs
+//! ([`flake_lock`]), and text for people ([`render`]).
+
+pub mod aterm;
+pub mod drift;
+pub mod flake_lock;
+pub mod names;
+pub mod packages;
+pub mod render;
+pub mod structural;
+
+use serde::Serialize;
+
+use crate::nix::StorePath;
+use crate::nix::closure::{self, PathInfo};
+use crate::remote::Remote;
+pub use drift::Drift;
+pub use packages::PackageDiff;
+pub use structural::Structural;
+
+/// One host's diff: what runs vs the candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostDiff {
+    pub current: Option<StorePath>,
+    pub candidate: StorePath,
+    pub packages: Option<PackageDiff>,
+    pub structural: Structural,
+    pub drift: Vec<Drift>,
+}
+
+impl HostDiff {
+    /// Text lines for people.
+    pub fn render(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.packages {
+            Some(p) if p.is_empty() && self.current.as_ref() == Some(&self.candidate) => {
+                out.push("no change: the host already runs the candidate".into())
+            }
+            Some(p) => out.extend(render::render_packages(p)),
+            None => out.push("the host runs no known system: everything is new".into()),
+        }
+        let causes = render::render_causes(&self.structural);
+        if !causes.is_empty() && !matches!(self.structural, Structural::Identical) {
+            out.push("why:".into());
+            out.extend(causes.into_iter().map(|l| format!("  {l}")));
+        }
+        out.extend(render::render_drift(&self.drift));
+        out
+    }
+}
+
+/// Diff a host's running system against a candidate built on the builder.
+pub async fn diff_host<H: Remote, B: Remote>(
+    host: &H,
+    builder: &B,
+    current: Option<&StorePath>,
+    candidate: &StorePath,
+    candidate_drv: &StorePath,
+    expect: Option<&[String]>,
+) -> anyhow::Result<HostDiff> {
+    let new: Vec<PathInfo> = closure::closure(builder, candidate).await?;
+    let (packages, old_drv) = match current {
+        Some(cur) => {
+            let old = closure::closure(host, cur).await?;
+            let deriver = old
+                .iter()
+                .find(|p| p.path == *cur)
+                .and_then(|p| p.deriver.clone());
+            (
+                Some(packages::package_diff(&old, cur, &new, candidate)),
+                deriver,
+            )
+        }
+        None => (None, None),
+    };
+    let structural = if current == Some(candidate) {
+        Structural::Identical
+    } else {
+        structural::structural_diff(builder, old_drv.as_ref(), candidate_drv).await?
+    };
+    let drift = match (&packages, expect) {
+        (Some(p), Some(e)) => drift::drift(p, &structural, e),
+        _ => Vec::new(),
+    };
+    Ok(HostDiff {
+        current: current.cloned(),
+        candidate: candidate.clone(),
+        packages,
+        structural,
+        drift,
+    })
+}

@@ -113,6 +113,11 @@ pub enum Event {
         host: String,
         gate: Gate,
     },
+    /// Gate 2's finding for a host: what changes, why, and any drift.
+    Diff {
+        host: String,
+        diff: crate::diff::HostDiff,
+    },
     GatePassed {
         host: String,
         gate: Gate,
@@ -168,6 +173,7 @@ impl Event {
             | Event::GatePassed { host, .. }
             | Event::GateFailed { host, .. }
             | Event::CopyProgress { host, .. }
+            | Event::Diff { host, .. }
             | Event::Activation { host, .. } => Some(host),
             Event::HostFinished(s) => Some(&s.host),
             Event::Warning { host, .. } => host.as_deref(),

@@ -46,6 +46,10 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => format!("{host}: {gate} FAILED: {reason}"),
         Event::Activation { host, activation } => return describe_activation(host, activation),
+        Event::Diff { host, diff } => {
+            let lines = diff.render();
+            format!("{host}: changes:\n    {}", lines.join("\n    "))
+        }
         Event::Released { host, tag, branch } => {
             format!("{host}: released as {tag} ({branch} moved)")
         }

@@ -1,0 +1,85 @@
+//! Gate 2 for a run: every host's candidate diffed against what it runs,
+//! concurrently; drift (with `--expect`) fails the host before anything
+//! changes on it. `plan` stops here; `push` goes on with the rest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::activation::known_good::GateRecord;
+use crate::activation::{HostPaths, links};
+use crate::diff::{self, HostDiff};
+use crate::fleet::{BUILDER, Sessions};
+use crate::gates::Gate;
+use crate::inventory::Inventory;
+use crate::nix::StorePath;
+use crate::report::{Event, EventSink};
+
+use super::Candidate;
+
+/// Diff one host.
+async fn one(
+    inv: &Inventory,
+    sessions: &Sessions,
+    host: &str,
+    cand: &StorePath,
+    drv: &StorePath,
+    expect: Option<&[String]>,
+) -> anyhow::Result<HostDiff> {
+    let h = inv
+        .host(host)
+        .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
+    let session = sessions.get(host).await?;
+    let builder = sessions.get(BUILDER).await?;
+    let current = links::read_store_link(&session, &HostPaths::for_os(h.os).current_system).await?;
+    diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect).await
+}
+
+/// Diff every candidate; returns each host's diff or why it could not be
+/// made. Emits `diff` events; drift is reported as a failed diff gate.
+pub async fn diff_all(
+    inv: &Inventory,
+    sessions: &Arc<Sessions>,
+    candidates: &HashMap<String, Candidate>,
+    drvs: &HashMap<String, StorePath>,
+    expect: Option<&[String]>,
+    sink: &EventSink,
+) -> HashMap<String, Result<HostDiff, String>> {
+    let mut hosts: Vec<&String> = candidates.keys().collect();
+    hosts.sort();
+    let jobs = hosts.iter().map(|h| async move {
+        let c = &candidates[*h];
+        let r = match drvs.get(*h) {
+            Some(drv) => one(inv, sessions, h, &c.closure, drv, expect)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            None => Err("no derivation known for the candidate".into()),
+        };
+        ((*h).clone(), r)
+    });
+    let results: HashMap<String, Result<HostDiff, String>> = futures_util::future::join_all(jobs)
+        .await
+        .into_iter()
+        .collect();
+    for h in hosts {
+        match &results[h] {
+            Ok(d) => sink.emit(Event::Diff {
+                host: h.clone(),
+                diff: d.clone(),
+            }),
+            Err(e) => sink.emit(Event::GateFailed {
+                host: h.clone(),
+                gate: Gate::Diff,
+                reason: e.clone(),
+            }),
+        }
+    }
+    results
+}
+
+/// The diff gate's evidence for the known-good record.
+pub fn record(d: &HostDiff) -> GateRecord {
+    GateRecord {
+        gate: Gate::Diff,
+        evidence: serde_json::to_value(d).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,174 @@
+//! Diffs as text for human reporters (pure functions; reporters call them).
+
+use super::drift::Drift;
+use super::packages::{Change, PackageDiff};
+use super::structural::{Cause, Structural};
+
+fn bytes(b: u64) -> String {
+    let mib = b as f64 / (1024.0 * 1024.0);
+    if mib >= 0.1 {
+        format!("{mib:.1} MiB")
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+pub fn render_change(name: &str, c: &Change) -> String {
+    match c {
+        Change::Upgraded { from, to } | Change::Downgraded { from, to } => {
+            format!("{name} {from} -> {to}")
+        }
+        Change::Changed { from, to } => format!("{name} {} -> {}", from.join(", "), to.join(", ")),
+        Change::Added { versions } => format!("+ {name} {}", versions.join(", "))
+            .trim_end()
+            .to_owned(),
+        Change::Removed { versions } => format!("- {name} {}", versions.join(", "))
+            .trim_end()
+            .to_owned(),
+        Change::Rebuilt { version, .. } => {
+            format!("~ {name} {} rebuilt", version.as_deref().unwrap_or("")).replace("  ", " ")
+        }
+    }
+}
+
+pub fn render_packages(d: &PackageDiff) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}{}",
+                if c.selected { "" } else { "  (dep) " },
+                render_change(&c.name, &c.change)
+            )
+        })
+        .collect();
+    let s = &d.size;
+    out.push(format!(
+        "size: +{} path(s) -{} path(s), +{} -{} ({} -> {})",
+        s.paths_added,
+        s.paths_removed,
+        bytes(s.bytes_added),
+        bytes(s.bytes_removed),
+        bytes(s.old_total),
+        bytes(s.new_total)
+    ));
+    out
+}
+
+fn short_path(p: &str) -> String {
+    p.rsplit('/')
+        .next()
+        .map(|b| b.get(33..).unwrap_or(b).to_owned())
+        .unwrap_or_default()
+}
+
+/// A long value as the words it lost and gained, store paths by name.
+fn value_diff(old: &str, new: &str) -> String {
+    let word = |w: &str| {
+        if w.starts_with("/nix/store/") {
+            short_path(w)
+        } else {
+            w.to_owned()
+        }
+    };
+    let a: Vec<String> = old.split_whitespace().map(word).collect();
+    let b: Vec<String> = new.split_whitespace().map(word).collect();
+    let gone: Vec<&String> = a.iter().filter(|w| !b.contains(w)).collect();
+    let came: Vec<&String> = b.iter().filter(|w| !a.contains(w)).collect();
+    let list = |v: &[&String], sign: char| {
+        v.iter()
+            .map(|w| format!("{sign}{w}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!("{} {}", list(&gone, '-'), list(&came, '+'))
+        .trim()
+        .to_owned()
+}
+
+fn cause_lines(c: &Cause, depth: usize, out: &mut Vec<String>) {
+    cause_lines_seen(c, depth, out, &mut std::collections::HashSet::new());
+}
+
+fn cause_lines_seen(
+    c: &Cause,
+    depth: usize,
+    out: &mut Vec<String>,
+    seen: &mut std::collections::HashSet<String>,
+) {
+    let pad = "  ".repeat(depth);
+    let short = |p: &str| short_path(p);
+    match c {
+        Cause::Env {
+            key,
+            old: Some(o),
+            new: Some(n),
+        } if o.len() + n.len() > 120 => out.push(format!("{pad}env {key}: {}", value_diff(o, n))),
+        Cause::Env { key, old, new } => out.push(format!(
+            "{pad}env {key}: {} -> {}",
+            old.as_deref()
+                .map_or("(unset)".into(), |v| format!("{v:?}")),
+            new.as_deref()
+                .map_or("(unset)".into(), |v| format!("{v:?}"))
+        )),
+        Cause::Builder { old, new } => out.push(format!("{pad}builder: {old} -> {new}")),
+        Cause::Args { .. } => out.push(format!("{pad}builder arguments changed")),
+        Cause::System { old, new } => out.push(format!("{pad}system: {old} -> {new}")),
+        Cause::Source { name, .. } => out.push(format!("{pad}source {name} changed")),
+        Cause::SourceAdded { path } => out.push(format!("{pad}source added: {}", short(path))),
+        Cause::SourceRemoved { path } => out.push(format!("{pad}source removed: {}", short(path))),
+        Cause::Outputs { old, new } => out.push(format!(
+            "{pad}outputs: {} -> {}",
+            old.join(","),
+            new.join(",")
+        )),
+        Cause::InputAdded { drv } => out.push(format!("{pad}new dependency {}", short(drv))),
+        Cause::InputRemoved { drv } => out.push(format!("{pad}dropped dependency {}", short(drv))),
+        Cause::Input { name, causes, .. } => {
+            if !seen.insert(name.clone()) {
+                out.push(format!("{pad}{name}: (as above)"));
+                return;
+            }
+            out.push(format!("{pad}{name}:"));
+            for c in causes {
+                cause_lines_seen(c, depth + 1, out, seen);
+            }
+        }
+    }
+}
+
+pub fn render_causes(s: &Structural) -> Vec<String> {
+    match s {
+        Structural::Identical => vec!["derivations identical".into()],
+        Structural::OldDerivationMissing { old_drv } => vec![match old_drv {
+            Some(d) => format!("old derivation {d} is gone from the builder: no structural diff"),
+            None => "the running system's derivation is unknown: no structural diff".into(),
+        }],
+        Structural::Explained { causes, .. } => {
+            let mut out = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for c in causes {
+                cause_lines_seen(c, 0, &mut out, &mut seen);
+            }
+            out
+        }
+    }
+}
+
+pub fn render_drift(d: &[Drift]) -> Vec<String> {
+    d.iter()
+        .map(|x| {
+            let mut lines = Vec::new();
+            for c in &x.causes {
+                cause_lines(c, 0, &mut lines);
+            }
+            let why = if lines.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", lines.join("; ").trim())
+            };
+            format!("unexpected: {}{why}", render_change(&x.package, &x.change))
+        })
+        .collect()
+}

@@ -1,0 +1,459 @@
+//! The structural diff (nix-diff's idea): walk the old and new derivations
+//! from the top down, descending only into inputs that differ, and report
+//! the first real causes. Derivations are read from the builder one BFS level
+//! per command, so a whole diff costs about (depth) round trips.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::aterm::{Derivation, parse_derivation};
+use crate::nix::StorePath;
+use crate::remote::{Command, Remote};
+
+/// Why a derivation differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    Env {
+        key: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    Builder {
+        old: String,
+        new: String,
+    },
+    Args {
+        old: Vec<String>,
+        new: Vec<String>,
+    },
+    System {
+        old: String,
+        new: String,
+    },
+    /// A source file of the same name with different contents.
+    Source {
+        name: String,
+        old: String,
+        new: String,
+    },
+    SourceAdded {
+        path: String,
+    },
+    SourceRemoved {
+        path: String,
+    },
+    Outputs {
+        old: Vec<String>,
+        new: Vec<String>,
+    },
+    /// A dependency changed, for these reasons.
+    Input {
+        name: String,
+        old: String,
+        new: String,
+        causes: Vec<Cause>,
+    },
+    InputAdded {
+        drv: String,
+    },
+    InputRemoved {
+        drv: String,
+    },
+}
+
+impl Cause {
+    /// A cause of the derivation itself, not inherited from a dependency.
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Cause::Input { .. })
+    }
+}
+
+/// The structural diff's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Structural {
+    Identical,
+    Explained {
+        old_drv: StorePath,
+        new_drv: StorePath,
+        causes: Vec<Cause>,
+    },
+    /// The old system's derivation is unknown or gone from the builder.
+    OldDerivationMissing {
+        old_drv: Option<StorePath>,
+    },
+}
+
+/// `/nix/store/<hash>-name` -> `name` (derivation names pair inputs).
+fn drv_name(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.get(33..).unwrap_or(base)
+}
+
+/// Replace every store path hash in `s` by a placeholder, so values that
+/// differ only because an input's hash changed compare equal.
+fn mask_hashes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("/nix/store/") {
+        out.push_str(&rest[..i + 11]);
+        let after = &rest[i + 11..];
+        if after.len() >= 33
+            && after.as_bytes()[32] == b'-'
+            && after[..32].bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            out.push_str("<hash>");
+            rest = &after[32..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The local causes of `old` vs `new`, and the input pairs to descend into.
+fn compare(old: &Derivation, new: &Derivation) -> (Vec<Cause>, Vec<(String, String, String)>) {
+    let mut causes = Vec::new();
+    if old.system != new.system {
+        causes.push(Cause::System {
+            old: old.system.clone(),
+            new: new.system.clone(),
+        });
+    }
+    if mask_hashes(&old.builder) != mask_hashes(&new.builder) {
+        causes.push(Cause::Builder {
+            old: old.builder.clone(),
+            new: new.builder.clone(),
+        });
+    }
+    let margs = |a: &[String]| a.iter().map(|x| mask_hashes(x)).collect::<Vec<_>>();
+    if margs(&old.args) != margs(&new.args) {
+        causes.push(Cause::Args {
+            old: old.args.clone(),
+            new: new.args.clone(),
+        });
+    }
+    let (oo, no): (Vec<String>, Vec<String>) = (
+        old.outputs.keys().cloned().collect(),
+        new.outputs.keys().cloned().collect(),
+    );
+    if oo != no {
+        causes.push(Cause::Outputs { old: oo, new: no });
+    }
+    let keys: BTreeSet<&String> = old.env.keys().chain(new.env.keys()).collect();
+    for k in keys {
+        let (a, b) = (old.env.get(k), new.env.get(k));
+        if a.map(|v| mask_hashes(v)) != b.map(|v| mask_hashes(v)) {
+            causes.push(Cause::Env {
+                key: k.clone(),
+                old: a.cloned(),
+                new: b.cloned(),
+            });
+        }
+    }
+    let by_name = |set: &BTreeSet<String>| -> BTreeMap<String, String> {
+        set.iter()
+            .map(|p| (drv_name(p).to_owned(), p.clone()))
+            .collect()
+    };
+    let (os, ns) = (by_name(&old.input_srcs), by_name(&new.input_srcs));
+    for (name, p) in &ns {
+        match os.get(name) {
+            None => causes.push(Cause::SourceAdded { path: p.clone() }),
+            Some(q) if q != p => causes.push(Cause::Source {
+                name: name.clone(),
+                old: q.clone(),
+                new: p.clone(),
+            }),
+            _ => {}
+        }
+    }
+    for (name, p) in &os {
+        if !ns.contains_key(name) {
+            causes.push(Cause::SourceRemoved { path: p.clone() });
+        }
+    }
+    let names = |m: &BTreeMap<String, BTreeSet<String>>| -> BTreeMap<String, String> {
+        m.keys()
+            .map(|p| (drv_name(p).to_owned(), p.clone()))
+            .collect()
+    };
+    let (oi, ni) = (names(&old.input_drvs), names(&new.input_drvs));
+    let mut descend = Vec::new();
+    for (name, p) in &ni {
+        match oi.get(name) {
+            None => causes.push(Cause::InputAdded { drv: p.clone() }),
+            Some(q) if q != p => descend.push((name.clone(), q.clone(), p.clone())),
+            _ => {}
+        }
+    }
+    for (name, p) in &oi {
+        if !ni.contains_key(name) {
+            causes.push(Cause::InputRemoved { drv: p.clone() });
+        }
+    }
+    (causes, descend)
+}
+
+/// Where derivation texts come from.
+trait Drvs {
+    async fn fetch(&mut self, paths: &[String]) -> anyhow::Result<()>;
+    fn get(&self, path: &str) -> Option<&Derivation>;
+}
+
+struct Local<'a>(&'a BTreeMap<String, Derivation>);
+
+impl Drvs for Local<'_> {
+    async fn fetch(&mut self, _: &[String]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn get(&self, path: &str) -> Option<&Derivation> {
+        self.0.get(path)
+    }
+}
+
+/// Reads `.drv` files, length-prefixed, one command per batch.
+const READ: &str = r#"for f; do if [ -r "$f" ]; then printf '%s %s\n' "$(wc -c < "$f")" "$f"; cat "$f"; else printf 'missing %s\n' "$f"; fi; done"#;
+
+struct RemoteDrvs<'r, R: Remote> {
+    remote: &'r R,
+    cache: HashMap<String, Derivation>,
+}
+
+impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
+    async fn fetch(&mut self, paths: &[String]) -> anyhow::Result<()> {
+        let want: Vec<&String> = paths
+            .iter()
+            .filter(|p| !self.cache.contains_key(*p))
+            .collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .remote
+            .exec(&Command::script(READ).args(want.iter().map(|s| s.as_str())))
+            .await
+            .context("reading derivations on the builder")?
+            .check("reading derivations on the builder")?;
+        let bytes = out.stdout;
+        let mut i = 0;
+        while i < bytes.len() {
+            let nl = bytes[i..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|n| i + n)
+                .context("truncated derivation batch")?;
+            let header = String::from_utf8_lossy(&bytes[i..nl]).into_owned();
+            i = nl + 1;
+            if header.starts_with("missing ") {
+                continue;
+            }
+            let (len, path) = header.split_once(' ').context("bad derivation header")?;
+            let len: usize = len.trim().parse().context("bad derivation length")?;
+            let end = (i + len).min(bytes.len());
+            let text = String::from_utf8_lossy(&bytes[i..end]);
+            i = end;
+            if let Ok(d) = parse_derivation(&text) {
+                self.cache.insert(path.to_owned(), d);
+            }
+        }
+        Ok(())
+    }
+    fn get(&self, path: &str) -> Option<&Derivation> {
+        self.cache.get(path)
+    }
+}
+
+/// A differing pair of derivations -> its local causes and the input pairs
+/// `(name, old, new)` to descend into.
+type Walked = HashMap<(String, String), (Vec<Cause>, Vec<(String, String, String)>)>;
+
+/// How deep the walk goes before it stops explaining.
+const MAX_DEPTH: usize = 64;
+
+async fn walk<D: Drvs>(drvs: &mut D, old: &str, new: &str) -> anyhow::Result<Option<Vec<Cause>>> {
+    // BFS over differing pairs; then assemble the cause tree.
+    let mut local: Walked = HashMap::new();
+    let mut level = vec![(old.to_owned(), new.to_owned())];
+    drvs.fetch(&[old.to_owned(), new.to_owned()]).await?;
+    if drvs.get(old).is_none() {
+        return Ok(None);
+    }
+    for _ in 0..MAX_DEPTH {
+        if level.is_empty() {
+            break;
+        }
+        let mut next = Vec::new();
+        for (o, n) in &level {
+            if local.contains_key(&(o.clone(), n.clone())) {
+                continue;
+            }
+            let (Some(od), Some(nd)) = (drvs.get(o), drvs.get(n)) else {
+                continue;
+            };
+            let (causes, descend) = compare(od, nd);
+            for (_, a, b) in &descend {
+                next.push((a.clone(), b.clone()));
+            }
+            local.insert((o.clone(), n.clone()), (causes, descend));
+        }
+        let want: Vec<String> = next
+            .iter()
+            .flat_map(|(a, b)| [a.clone(), b.clone()])
+            .collect();
+        drvs.fetch(&want).await?;
+        level = next;
+    }
+    fn assemble(k: &(String, String), local: &Walked, depth: usize) -> Vec<Cause> {
+        let Some((causes, descend)) = local.get(k) else {
+            return Vec::new();
+        };
+        let mut out = causes.clone();
+        if depth < MAX_DEPTH {
+            for (name, a, b) in descend {
+                out.push(Cause::Input {
+                    name: name.trim_end_matches(".drv").to_owned(),
+                    old: a.clone(),
+                    new: b.clone(),
+                    causes: assemble(&(a.clone(), b.clone()), local, depth + 1),
+                });
+            }
+        }
+        out
+    }
+    Ok(Some(assemble(&(old.to_owned(), new.to_owned()), &local, 0)))
+}
+
+/// The structural diff of the old and new system derivations, read on the builder.
+pub async fn structural_diff<R: Remote>(
+    builder: &R,
+    old_drv: Option<&StorePath>,
+    new_drv: &StorePath,
+) -> anyhow::Result<Structural> {
+    let Some(old) = old_drv else {
+        return Ok(Structural::OldDerivationMissing { old_drv: None });
+    };
+    if old == new_drv {
+        return Ok(Structural::Identical);
+    }
+    let mut drvs = RemoteDrvs {
+        remote: builder,
+        cache: HashMap::new(),
+    };
+    Ok(
+        match walk(&mut drvs, old.as_str(), new_drv.as_str()).await? {
+            None => Structural::OldDerivationMissing {
+                old_drv: Some(old.clone()),
+            },
+            Some(causes) => Structural::Explained {
+                old_drv: old.clone(),
+                new_drv: new_drv.clone(),
+                causes,
+            },
+        },
+    )
+}
+
+/// The same over derivations in memory (tests, benchmarks).
+pub async fn structural_diff_local(
+    drvs: &BTreeMap<String, Derivation>,
+    old: &str,
+    new: &str,
+) -> Option<Vec<Cause>> {
+    walk(&mut Local(drvs), old, new).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drv(env: &[(&str, &str)], inputs: &[&str]) -> Derivation {
+        Derivation {
+            outputs: [(
+                "out".to_string(),
+                super::super::aterm::DrvOutput {
+                    path: String::new(),
+                    hash_algo: String::new(),
+                    hash: String::new(),
+                },
+            )]
+            .into(),
+            input_drvs: inputs
+                .iter()
+                .map(|i| (i.to_string(), ["out".to_string()].into()))
+                .collect(),
+            input_srcs: BTreeSet::new(),
+            system: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn p(h: char, name: &str) -> String {
+        format!("/nix/store/{}-{name}", h.to_string().repeat(32))
+    }
+
+    #[tokio::test]
+    async fn explains_a_flag_change_through_a_dependency() {
+        let (ssl_a, ssl_b) = (p('a', "openssl-3.0.13.drv"), p('b', "openssl-3.0.13.drv"));
+        let (ngx_a, ngx_b) = (p('c', "nginx-1.24.0.drv"), p('d', "nginx-1.24.0.drv"));
+        let zlib = p('e', "zlib-1.3.1.drv");
+        let mut m = BTreeMap::new();
+        m.insert(
+            ssl_a.clone(),
+            drv(&[("configureFlags", "shared no-ssl3")], &[&zlib]),
+        );
+        m.insert(
+            ssl_b.clone(),
+            drv(&[("configureFlags", "shared")], &[&zlib]),
+        );
+        m.insert(
+            ngx_a.clone(),
+            drv(
+                &[("deps", &format!("{} x", p('f', "openssl-3.0.13")))],
+                &[&ssl_a, &zlib],
+            ),
+        );
+        m.insert(
+            ngx_b.clone(),
+            drv(
+                &[("deps", &format!("{} x", p('g', "openssl-3.0.13")))],
+                &[&ssl_b, &zlib],
+            ),
+        );
+        let causes = structural_diff_local(&m, &ngx_a, &ngx_b).await.unwrap();
+        // nginx's env differs only by the input's hash: not a cause of its own.
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        let Cause::Input {
+            name,
+            causes: inner,
+            ..
+        } = &causes[0]
+        else {
+            panic!("{causes:?}")
+        };
+        assert_eq!(name, "openssl-3.0.13");
+        assert_eq!(
+            inner,
+            &vec![Cause::Env {
+                key: "configureFlags".into(),
+                old: Some("shared no-ssl3".into()),
+                new: Some("shared".into())
+            }]
+        );
+        assert!(
+            structural_diff_local(&m, &p('z', "x.drv"), &ngx_b)
+                .await
+                .is_none(),
+            "missing old derivation"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Gate 2 on a real fleet: `nixgate plan` explains every change (versions,
+//! additions, removals, same-version rebuilds with their cause), enforces
+//! `--expect`, and changes nothing on any host; `push` refuses drift.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+use support::fleet::{Fleet, FleetSpec};
+
+fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nixgate"))
+        .arg("-i")
+        .arg(fleet.inventory_path())
+        .arg("--state-dir")
+        .arg(fleet.dir().join("state"))
+        .args(args)
+        .env("HOME", fleet.dir())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .expect("nixgate runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn links(fleet: &Fleet, host: &str) -> String {
+    fleet.in_host_ok(
+        host,
+        "readlink -e /run/current-system; readlink /nix/var/nix/profiles/system; readlink /nix/var/nix/profiles/nixgate-known-good || true",
+    )
+}
+
+#[test]
+fn plan_explains_changes_and_enforces_expect() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 2,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let before: Vec<String> = ["light1", "light2"]
+        .iter()
+        .map(|h| links(&fleet, h))
+        .collect();
+
+    // Only nginx moves: --expect nginx passes.
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["nginx"]["version"] = json!("1.25.3"))
+        .unwrap();
+    let out = nixgate(&fleet, &["plan", "--expect", "nginx"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}\n{}", text(&out.stderr));
+    assert!(
+        s.contains("light1, light2:"),
+        "identical diffs are grouped: {s}"
+    );
+    assert!(s.contains("nginx 1.24.0 -> 1.25.3"), "{s}");
+    assert!(!s.contains("unexpected"), "{s}");
+
+    // openssl's flags change too, a package is added and one removed.
+    fleet
+        .commit_config(|v| {
+            v["defaults"]["packages"]["openssl"]["flags"] = json!("shared");
+            v["defaults"]["extraPackages"] = json!(["jq"]);
+            let sys = v["defaults"]["systemPackages"].as_array_mut().unwrap();
+            sys.retain(|p| p != "curl");
+        })
+        .unwrap();
+    let out = nixgate(&fleet, &["plan", "--expect", "nginx,jq"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "drift fails the plan: {s}");
+    assert!(s.contains("nginx 1.24.0 -> 1.25.3"), "{s}");
+    assert!(s.contains("+ jq 1.0"), "{s}");
+    assert!(s.contains("- curl 8.5.0"), "{s}");
+    assert!(s.contains("~ openssl 3.0.13 rebuilt"), "{s}");
+    assert!(
+        s.contains(r#"env configureFlags: "shared no-ssl3" -> "shared""#),
+        "the cause is named: {s}"
+    );
+    assert!(s.contains("unexpected: ~ openssl 3.0.13 rebuilt"), "{s}");
+    assert!(
+        !s.contains("unexpected: ~ systemd"),
+        "rebuilt only because openssl changed: not drift itself: {s}"
+    );
+
+    // JSON: one diff event per host, with the structured diff.
+    let out = nixgate(
+        &fleet,
+        &["--json", "plan", "--expect", "nginx,jq", "light1"],
+    );
+    let events: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let diff = events
+        .iter()
+        .find(|e| e["event"] == "diff")
+        .expect("a diff event");
+    assert_eq!(diff["host"], "light1");
+    let changes = diff["diff"]["packages"]["changes"].as_array().unwrap();
+    assert!(changes.iter().any(|c| c["name"] == "nginx"
+        && c["change"]["kind"] == "upgraded"
+        && c["change"]["to"] == "1.25.3"));
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["name"] == "openssl" && c["change"]["kind"] == "rebuilt")
+    );
+    let drift: Vec<&str> = diff["diff"]["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["package"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        drift,
+        ["curl", "openssl"],
+        "curl's removal was not expected either"
+    );
+
+    // Nothing changed on any host.
+    for (h, b) in ["light1", "light2"].iter().zip(&before) {
+        assert_eq!(&links(&fleet, h), b, "plan touched {h}");
+    }
+
+    // push with the same expectation refuses the drifting hosts before anything changes.
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "--expect", "nginx,jq"]);
+    assert_eq!(out.status.code(), Some(1));
+    let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    for h in last["hosts"].as_array().unwrap() {
+        assert_eq!(h["outcome"], "failed", "{h}");
+        assert!(
+            h["reason"]
+                .as_str()
+                .unwrap()
+                .contains("drift: curl, openssl"),
+            "{h}"
+        );
+    }
+    for (h, b) in ["light1", "light2"].iter().zip(&before) {
+        assert_eq!(&links(&fleet, h), b, "a refused push touched {h}");
+    }
+    // With the whole change expected, it goes through and is known-good.
+    let out = nixgate(
+        &fleet,
+        &[
+            "--json",
+            "push",
+            "--yes",
+            "--expect",
+            "nginx,jq,openssl,curl",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
