@@ -87,10 +87,9 @@ async fn probe(sessions: &Sessions, inv: &Inventory, host: &str) -> HostStatus {
 
 fn short(p: &Option<String>) -> String {
     p.as_deref()
-        .map(|p| {
-            p.strip_prefix("/nix/store/")
-                .map_or(p, |r| r.get(33..).unwrap_or(r))
-                .to_owned()
+        .map(|p| match crate::nix::StorePath::parse(p) {
+            Ok(sp) => crate::report::human::short_closure(&sp),
+            Err(_) => p.to_owned(),
         })
         .unwrap_or_else(|| "-".into())
 }

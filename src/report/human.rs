@@ -48,7 +48,7 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::Activation { host, activation } => return describe_activation(host, activation),
         Event::Diff { host, diff } => {
             let lines = diff.render();
-            format!("{host}: changes:\n    {}", lines.join("\n    "))
+            format!("{host}: changes:\n  {}", lines.join("\n  "))
         }
         Event::Released { host, tag, branch } => {
             format!("{host}: released as {tag} ({branch} moved)")
@@ -219,6 +219,11 @@ pub fn describe_failure(r: &FailureReason) -> String {
     }
 }
 
+/// A closure as people tell them apart: the first hash characters and the name.
+pub fn short_closure(p: &crate::nix::StorePath) -> String {
+    format!("{}-{}", &p.hash()[..8], p.name())
+}
+
 /// The final table: host, outcome, closure, duration, notes.
 pub fn summary_table(hosts: &[HostSummary]) -> Table {
     let mut t = Table::new(&["HOST", "WAVE", "OUTCOME", "CLOSURE", "TIME", "NOTES"]);
@@ -261,8 +266,11 @@ impl Reporter for Plain {
         {
             return;
         }
-        if let Some(line) = describe(ev) {
-            eprintln!("{} {}", Utc::now().rfc3339(), strip_controls(&line));
+        if let Some(text) = describe(ev) {
+            let now = Utc::now().rfc3339();
+            for line in text.lines() {
+                eprintln!("{now} {}", strip_controls(line));
+            }
         }
         if let Event::Summary { hosts, .. } = ev {
             eprint!("{}", summary_table(hosts));
