@@ -107,12 +107,12 @@ fn check_reports_every_host_and_refuses_bad_keys_alone() {
         took < Duration::from_secs(5 + 3),
         "took {took:?} with connect_timeout 5s"
     );
-    let offered = Command::new("ssh-keygen")
+    let recorded = Command::new("ssh-keygen")
         .arg("-lf")
         .arg(other.with_extension("pub"))
         .output()
         .unwrap();
-    let offered_fp = text(&offered.stdout)
+    let recorded_fp = text(&recorded.stdout)
         .split_whitespace()
         .nth(1)
         .unwrap()

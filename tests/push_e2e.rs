@@ -408,3 +408,35 @@ fn first_ctrl_c_finishes_and_verifies_hosts_in_flight() {
             .any(|l| l["event"] == "cancel_requested")
     );
 }
+
+#[test]
+fn a_host_locked_by_another_controller_is_not_touched() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 1,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let before = current(&fleet, "light1");
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["hello"]["version"] = json!("2.12.2"))
+        .unwrap();
+    // Another controller holds light1's lock.
+    let holder = fleet.ssh(
+        "light1",
+        "mkdir -p /run/nixgate && echo 'run other pid 1 on elsewhere' > /run/nixgate/host.lock.holder && (setsid flock /run/nixgate/host.lock sleep 30 >/dev/null 2>&1 &) ; echo held",
+    );
+    assert_eq!(text(&holder.stdout).trim(), "held");
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "light1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&out);
+    assert_eq!(outcome_of(&s, "light1"), "failed");
+    let reason = s["hosts"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(
+            "another nixgate run holds the lock on this host (run other pid 1 on elsewhere)"
+        ),
+        "{reason}"
+    );
+    assert_eq!(current(&fleet, "light1"), before);
+}
