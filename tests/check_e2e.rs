@@ -119,8 +119,22 @@ fn check_reports_every_host_and_refuses_bad_keys_alone() {
         .to_owned();
     assert!(err.contains("light1: HOST KEY CHANGED"), "{err}");
     assert!(
-        err.contains(&offered_fp),
-        "expected fingerprint {offered_fp} in:\n{err}"
+        err.contains(&recorded_fp),
+        "the recorded (expected) fingerprint {recorded_fp} in:\n{err}"
+    );
+    let real = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(fleet.dir().join("hosts/light1/ssh_host_ed25519_key.pub"))
+        .output()
+        .unwrap();
+    let real_fp = text(&real.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains(&real_fp),
+        "the offered (real) fingerprint {real_fp} in:\n{err}"
     );
     assert!(err.contains("light2: host key of"), "{err}");
     assert!(err.contains("is not known"), "{err}");
