@@ -144,7 +144,7 @@ fn plan_explains_changes_and_enforces_expect() {
     for (h, b) in ["light1", "light2"].iter().zip(&before) {
         assert_eq!(&links(&fleet, h), b, "a refused push touched {h}");
     }
-    // With the whole change expected, it goes through and is known-good.
+    // With the whole change expected, it goes through.
     let out = nixgate(
         &fleet,
         &[
@@ -156,4 +156,51 @@ fn plan_explains_changes_and_enforces_expect() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    for h in last["hosts"].as_array().unwrap() {
+        // openssl is under systemd: the new system waits for the next boot.
+        assert_eq!(h["outcome"], "deferred_pending_reboot", "{h}");
+    }
+}
+
+#[test]
+fn plan_names_flake_input_changes_since_the_known_good() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 1,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["nginx"]["version"] = json!("1.25.3"))
+        .unwrap();
+    let out = nixgate(&fleet, &["--json", "push", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["hosts"][0]["outcome"], "known_good", "{last}");
+
+    // The pushed commit is the host's known-good; a flake.lock appearing
+    // next to a version bump shows up as an input change in the plan.
+    std::fs::write(
+        fleet.config_repo().join("flake.lock"),
+        r#"{"nodes":{"root":{"inputs":{"nixpkgs":"nixpkgs"}},"nixpkgs":{"locked":{"rev":"0123456789abcdef0123456789abcdef01234567","narHash":"sha256-x","lastModified":1}}},"root":"root","version":7}"#,
+    )
+    .unwrap();
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["hello"]["version"] = json!("2.12.2"))
+        .unwrap();
+    let out = nixgate(&fleet, &["plan", "light1"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}\n{}", text(&out.stderr));
+    assert!(s.contains("flake input + nixpkgs 0123456789ab"), "{s}");
+    assert!(s.contains("hello 2.12.1 -> 2.12.2"), "{s}");
+    // The JSON diff carries the same change as data.
+    let out = nixgate(&fleet, &["--json", "plan", "light1"]);
+    let diff: Value = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "diff")
+        .expect("a diff event");
+    assert_eq!(diff["diff"]["flake_inputs"][0]["kind"], "added", "{diff}");
+    assert_eq!(diff["diff"]["flake_inputs"][0]["name"], "nixpkgs", "{diff}");
 }

@@ -228,6 +228,7 @@ pub async fn push(
             &candidates,
             &drvs,
             opts.expect.as_deref(),
+            Some(src.commit.as_str()),
             &run.sink,
         )
         .await;
@@ -388,6 +389,7 @@ pub async fn plan(
                 &b.candidates,
                 &b.drvs,
                 expect.as_deref(),
+                Some(src.commit.as_str()),
                 &sink,
             )
             .await;

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::activation::known_good::GateRecord;
-use crate::activation::{HostPaths, links};
+use crate::activation::{HostPaths, known_good, links};
 use crate::diff::{self, HostDiff};
 use crate::fleet::{BUILDER, Sessions};
 use crate::gates::Gate;
 use crate::inventory::Inventory;
 use crate::nix::StorePath;
+use crate::release;
 use crate::report::{Event, EventSink};
 
 use super::Candidate;
@@ -24,14 +25,56 @@ async fn one(
     cand: &StorePath,
     drv: &StorePath,
     expect: Option<&[String]>,
+    commit: Option<&str>,
 ) -> anyhow::Result<HostDiff> {
     let h = inv
         .host(host)
         .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
     let session = sessions.get(host).await?;
     let builder = sessions.get(BUILDER).await?;
-    let current = links::read_store_link(&session, &HostPaths::for_os(h.os).current_system).await?;
-    diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect).await
+    let paths = HostPaths::for_os(h.os);
+    let current = links::read_store_link(&session, &paths.current_system).await?;
+    let mut d = diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect).await?;
+    // The commit the running system was validated from, if it is the known-good.
+    if let (Some(cur), Some(new_commit)) = (&current, commit) {
+        let deployed = known_good::history(&session, &paths)
+            .await
+            .ok()
+            .and_then(|hist| {
+                hist.into_iter()
+                    .rev()
+                    .find(|g| g.closure.as_ref() == Some(cur))
+                    .and_then(|g| g.record.and_then(|r| r.commit))
+            });
+        if let Some(old_commit) = deployed {
+            d.flake_inputs = flake_inputs(&inv.builder.source, &old_commit, new_commit);
+        }
+    }
+    Ok(d)
+}
+
+/// Flake inputs changed between two commits of the configuration repository.
+fn flake_inputs(
+    repo: &std::path::Path,
+    old: &str,
+    new: &str,
+) -> Option<Vec<diff::flake_lock::InputChange>> {
+    let read = |c: &str| {
+        release::file_at(repo, c, "flake.lock")
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    // A lock on one side only means every input was added (or removed).
+    const EMPTY: &str = r#"{"nodes":{"root":{}}}"#;
+    let (a, b) = match (read(old), read(new)) {
+        (None, None) => return None,
+        (a, b) => (
+            a.unwrap_or_else(|| EMPTY.into()),
+            b.unwrap_or_else(|| EMPTY.into()),
+        ),
+    };
+    diff::flake_lock::flake_inputs_diff(&a, &b).ok()
 }
 
 /// Diff every candidate; returns each host's diff or why it could not be
@@ -42,6 +85,7 @@ pub async fn diff_all(
     candidates: &HashMap<String, Candidate>,
     drvs: &HashMap<String, StorePath>,
     expect: Option<&[String]>,
+    commit: Option<&str>,
     sink: &EventSink,
 ) -> HashMap<String, Result<HostDiff, String>> {
     let mut hosts: Vec<&String> = candidates.keys().collect();
@@ -49,7 +93,7 @@ pub async fn diff_all(
     let jobs = hosts.iter().map(|h| async move {
         let c = &candidates[*h];
         let r = match drvs.get(*h) {
-            Some(drv) => one(inv, sessions, h, &c.closure, drv, expect)
+            Some(drv) => one(inv, sessions, h, &c.closure, drv, expect, commit)
                 .await
                 .map_err(|e| format!("{e:#}")),
             None => Err("no derivation known for the candidate".into()),

@@ -29,6 +29,9 @@ pub struct HostDiff {
     pub packages: Option<PackageDiff>,
     pub structural: Structural,
     pub drift: Vec<Drift>,
+    /// Flake inputs changed between the commit the host's known-good was
+    /// built from and the candidate's (when both are known and have a flake.lock).
+    pub flake_inputs: Option<Vec<flake_lock::InputChange>>,
 }
 
 impl HostDiff {
@@ -46,6 +49,9 @@ impl HostDiff {
         if !causes.is_empty() && !matches!(self.structural, Structural::Identical) {
             out.push("why:".into());
             out.extend(causes.into_iter().map(|l| format!("  {l}")));
+        }
+        if let Some(inputs) = &self.flake_inputs {
+            out.extend(render::render_inputs(inputs));
         }
         out.extend(render::render_drift(&self.drift));
         out
@@ -91,5 +97,6 @@ pub async fn diff_host<H: Remote, B: Remote>(
         packages,
         structural,
         drift,
+        flake_inputs: None,
     })
 }

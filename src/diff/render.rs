@@ -172,3 +172,30 @@ pub fn render_drift(d: &[Drift]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Flake input changes, one line each.
+pub fn render_inputs(inputs: &[super::flake_lock::InputChange]) -> Vec<String> {
+    use super::flake_lock::InputChange as I;
+    let short = |r: &Option<String>| {
+        r.as_deref()
+            .map(|r| r.get(..12).unwrap_or(r).to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    inputs
+        .iter()
+        .map(|i| match i {
+            I::Added { name, rev } => format!("flake input + {name} {}", short(rev)),
+            I::Removed { name, rev } => format!("flake input - {name} {}", short(rev)),
+            I::Updated {
+                name,
+                old_rev,
+                new_rev,
+                ..
+            } => format!(
+                "flake input {name} {} -> {}",
+                short(old_rev),
+                short(new_rev)
+            ),
+        })
+        .collect()
+}

@@ -171,6 +171,28 @@ pub enum ReleaseError {
     ConcurrentUpdate { refname: String },
 }
 
+/// A file's contents at `commit`, `file` being relative to `dir` (a
+/// directory inside the repository, such as the builder's `source`); `None`
+/// when that commit does not have it.
+pub fn file_at(dir: &std::path::Path, commit: &str, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let repo = open(dir)?;
+    let workdir = repo
+        .workdir()
+        .ok_or_else(|| anyhow::anyhow!("{} is a bare repository", dir.display()))?;
+    let rel = match (dir.canonicalize(), workdir.canonicalize()) {
+        (Ok(d), Ok(w)) => d
+            .strip_prefix(&w)
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default(),
+        _ => std::path::PathBuf::new(),
+    };
+    let path = rel.join(file);
+    let Ok(obj) = repo.revparse_single(&format!("{commit}:{}", path.display())) else {
+        return Ok(None);
+    };
+    Ok(obj.as_blob().map(|b| b.content().to_vec()))
+}
+
 /// Open the git repository containing `path` (searching upwards, like Nix
 /// does for a flake in a git checkout).
 fn open(path: &std::path::Path) -> anyhow::Result<git2::Repository> {
