@@ -129,6 +129,45 @@ fn build_matches_nix_build_fails_alone_survives_gc_and_needs_no_local_nix() {
         assert_eq!(text(&valid.stdout).trim(), "valid", "{path} lost to the GC");
     }
 
+    // Progress comes from the builder's own derivation counts, live.
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["hello"]["version"] = json!("2.12.2"))
+        .unwrap();
+    let out = nixgate_cmd(&fleet, &["--json", "build"])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ticks: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "build_progress")
+        .map(|e| {
+            (
+                e["built"].as_u64().unwrap(),
+                e["to_build"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (built, to_build) = *ticks.last().expect("build progress events");
+    // hello, its unit, system-path, etc and both toplevels at least.
+    assert!(to_build >= 5 && built == to_build, "{ticks:?}");
+    assert!(
+        ticks.len() >= 3,
+        "progress is live, not only a final count: {ticks:?}"
+    );
+    let fin = events
+        .iter()
+        .find(|e| e["event"] == "build_finished")
+        .expect("build_finished");
+    assert_eq!(
+        (fin["built"].as_u64(), fin["failed"].as_u64()),
+        (Some(2), Some(0))
+    );
+
     // light2's expression throws: it fails alone, with its error.
     fleet
         .commit_config(|v| v["hosts"]["light2"] = json!({ "kernelVersion": { "broken": true } }))
@@ -268,7 +307,13 @@ fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
         .commit_config(|v| v["defaults"]["packages"]["curl"]["version"] = json!("8.6.0"))
         .unwrap();
     let out = nixgate(&fleet, &["--json", "push", "--yes", "light1"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let lines = json_lines(&out);
     let rel = lines
         .iter()

@@ -266,7 +266,7 @@ mod local_nix {
             .as_nanos();
         let built = sh(&format!(
             "cd {d} && printf '%s' 'derivation {{ name = \"ng-realise\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo {unique} > $out\" ]; }}' > d.nix && \
-             nix-build --option sandbox false --option substituters '' --no-out-link d.nix 2>/dev/null"
+             nix-build --option sandbox false --option build-users-group '' --option substituters '' --no-out-link d.nix 2>/dev/null"
         ));
         let built = StorePath::parse(&built).unwrap();
         let r = LocalRemote::new("local");

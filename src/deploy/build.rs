@@ -78,6 +78,7 @@ pub async fn build(
     sink.emit(Event::BuildStarted {
         hosts: hosts.to_vec(),
     });
+    let started = std::time::Instant::now();
     let req = nix::build::BuildRequest {
         dir: shipped.dir.clone(),
         flake: inv.builder.flake,
@@ -88,11 +89,12 @@ pub async fn build(
     };
     let progress_sink = sink.clone();
     let progress = move |p: nix::build::BuildProgress| {
-        let (built, to_build) = match p {
-            nix::build::BuildProgress::Planned { to_build } => (0, to_build),
-            nix::build::BuildProgress::Built { built, to_build } => (built, to_build),
-        };
-        progress_sink.emit(Event::BuildProgress { built, to_build });
+        progress_sink.emit(Event::BuildProgress {
+            built: p.built,
+            to_build: p.to_build,
+            running: p.running,
+            failed: p.failed,
+        });
     };
     let results = nix::build::build_hosts(&builder, &req, &progress).await?;
     let mut out = Built {
@@ -151,5 +153,10 @@ pub async fn build(
             }
         }
     }
+    sink.emit(Event::BuildFinished {
+        built: out.candidates.len(),
+        failed: out.failed.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(out)
 }

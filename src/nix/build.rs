@@ -5,7 +5,10 @@
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
 use super::StorePath;
+use super::buildlog::{BuildLog, Counts};
 use crate::remote::{Command, Output, Remote};
 
 /// What to build: `(host, attribute)` pairs from the shipped source `dir`.
@@ -16,11 +19,25 @@ pub struct BuildRequest {
     pub hosts: Vec<(String, String)>,
 }
 
-/// Build progress (coarse: the builder's counts when known).
+/// Build progress: derivations built, running and failed out of those to
+/// build, as the builder's Nix counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum BuildProgress {
-    Planned { to_build: u64 },
-    Built { built: u64, to_build: u64 },
+pub struct BuildProgress {
+    pub built: u64,
+    pub to_build: u64,
+    pub running: u64,
+    pub failed: u64,
+}
+
+impl From<Counts> for BuildProgress {
+    fn from(c: Counts) -> Self {
+        BuildProgress {
+            built: c.done,
+            to_build: c.expected,
+            running: c.running,
+            failed: c.failed,
+        }
+    }
 }
 
 /// Why a host did not build.
@@ -162,6 +179,50 @@ async fn finish<R: Remote>(
         .collect()
 }
 
+/// Run a build command with Nix's JSON log merged into its output,
+/// reporting progress as it changes. The result's stdout holds the command's
+/// own output lines, its stderr the plain-text tail of the log.
+async fn run_logged<R: Remote>(
+    builder: &R,
+    cmd: &Command,
+    progress: &(dyn Fn(BuildProgress) + Send + Sync),
+) -> anyhow::Result<Output> {
+    let wrapped = Command::new("sh")
+        .args(["-c", "exec \"$@\" 2>&1", "nixgate-build"])
+        .args(cmd.argv().iter().cloned())
+        .args(["--log-format", "internal-json"]);
+    let mut s = builder.exec_stream(&wrapped).await?;
+    // Nothing to send: EOF now so nothing waits on stdin.
+    let _ = s.stdin.shutdown().await;
+    let mut reader = tokio::io::BufReader::new(s.stdout);
+    let mut log = BuildLog::new(40);
+    let mut stdout = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .await
+            .context("reading the build's output")?;
+        if n == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        match log.feed(line.trim_end_matches(['\n', '\r'])) {
+            Ok(Some(c)) => progress(c.into()),
+            Ok(None) => {}
+            Err(plain) => {
+                stdout.extend_from_slice(plain.as_bytes());
+                stdout.push(b'\n');
+            }
+        }
+    }
+    let end = s.finish.await?;
+    let mut stderr = log.text().into_bytes();
+    stderr.extend_from_slice(&end.stderr);
+    Ok(Output::new(end.exit, stdout, stderr))
+}
+
 /// Build every host of `req`; results in request order. `Err` only when the
 /// builder cannot be used at all.
 pub async fn build_hosts<R: Remote>(
@@ -173,20 +234,16 @@ pub async fn build_hosts<R: Remote>(
         return Ok(Vec::new());
     }
     let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
-    progress(BuildProgress::Planned {
-        to_build: req.hosts.len() as u64,
-    });
-    let out = builder
-        .exec(&build_command(&req.dir, req.flake, &attrs))
-        .await
-        .context("running the build on the builder")?;
+    let out = run_logged(
+        builder,
+        &build_command(&req.dir, req.flake, &attrs),
+        progress,
+    )
+    .await
+    .context("running the build on the builder")?;
     if out.success() {
         let built = parse_success(req.flake, &out.stdout_str(), attrs.len())?;
         let results = finish(builder, built).await?;
-        progress(BuildProgress::Built {
-            built: results.len() as u64,
-            to_build: results.len() as u64,
-        });
         return Ok(req
             .hosts
             .iter()
@@ -212,18 +269,10 @@ pub async fn build_hosts<R: Remote>(
         (host.clone(), hb)
     });
     let mut results = Vec::new();
-    let mut built = 0;
     for (host, hb) in futures_util::future::join_all(singles).await {
         let hb = hb.with_context(|| format!("building {host}"))?;
-        if matches!(hb, HostBuild::Built { .. }) {
-            built += 1;
-        }
         results.push((host, hb));
     }
-    progress(BuildProgress::Built {
-        built,
-        to_build: req.hosts.len() as u64,
-    });
     Ok(results)
 }
 

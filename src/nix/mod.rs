@@ -3,6 +3,7 @@
 //! closure queries, copy, signing). The controller itself never runs Nix.
 
 pub mod build;
+pub mod buildlog;
 pub mod closure;
 pub mod copy;
 pub mod gcroots;

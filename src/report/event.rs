@@ -101,9 +101,18 @@ pub enum Event {
     BuildStarted {
         hosts: Vec<String>,
     },
+    /// Derivations built / to build on the builder, as Nix counts them.
     BuildProgress {
         built: u64,
         to_build: u64,
+        running: u64,
+        failed: u64,
+    },
+    /// The builder is done: how many systems built and failed, in how long.
+    BuildFinished {
+        built: usize,
+        failed: usize,
+        seconds: f64,
     },
     HostBuilt {
         host: String,

@@ -42,6 +42,17 @@ pub fn describe(ev: &Event) -> Option<String> {
         }
         Event::BuildProgress { .. } | Event::CopyProgress { .. } => return None,
         Event::HostBuilt { host, toplevel } => format!("{host}: built {toplevel}"),
+        Event::BuildFinished {
+            built,
+            failed,
+            seconds,
+        } => {
+            let mut m = format!("built {built} system(s) in {seconds:.1} s");
+            if *failed > 0 {
+                m.push_str(&format!(", {failed} failed"));
+            }
+            m
+        }
         Event::GateStarted { host, gate } => format!("{host}: {gate} ..."),
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => format!("{host}: {gate} FAILED: {reason}"),
@@ -347,6 +358,36 @@ impl Reporter for Tty {
         match ev {
             Event::RunStarted { hosts, .. } => self.overall.set_length(hosts.len() as u64),
             Event::GateStarted { host, gate } => self.line(host).set_message(format!("{gate}")),
+            Event::BuildProgress {
+                built,
+                to_build,
+                running,
+                failed,
+            } => {
+                let mut m = format!("build {built}/{to_build} derivations");
+                if *running > 0 {
+                    m.push_str(&format!(", {running} running"));
+                }
+                if *failed > 0 {
+                    m.push_str(&format!(", {failed} failed"));
+                }
+                self.line(crate::fleet::BUILDER).set_message(m);
+            }
+            Event::BuildStarted { .. } => {
+                self.line(crate::fleet::BUILDER)
+                    .set_message("evaluating".to_string());
+                if let Some(line) = describe(ev) {
+                    self.multi.suspend(|| eprintln!("{line}"));
+                }
+            }
+            Event::BuildFinished { .. } => {
+                if let Some((pb, _)) = self.lines.remove(crate::fleet::BUILDER) {
+                    pb.finish_and_clear();
+                }
+                if let Some(line) = describe(ev) {
+                    self.multi.suspend(|| eprintln!("{line}"));
+                }
+            }
             Event::CopyProgress {
                 host,
                 bytes,

@@ -1,0 +1,201 @@
+//! Nix's machine-readable log (`--log-format internal-json`, the same on Nix
+//! 2.8 through current and on Lix): progress counts for the live view, and a
+//! plain-text tail of messages and build log lines for error reports.
+//!
+//! Each log line is `@nix ` followed by one JSON object. Activity type 104
+//! (`actBuilds`) reports `resProgress` (105) results `[done, expected,
+//! running, failed]`: the derivations built so far out of those to build.
+
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+
+const ACT_BUILDS: u64 = 104;
+const RES_PROGRESS: u64 = 105;
+const RES_BUILD_LOG_LINE: u64 = 101;
+
+/// Derivation counts of a running build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub done: u64,
+    pub expected: u64,
+    pub running: u64,
+    pub failed: u64,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    action: String,
+    #[serde(default)]
+    id: u64,
+    #[serde(default, rename = "type")]
+    kind: u64,
+    #[serde(default)]
+    fields: Vec<serde_json::Value>,
+    #[serde(default)]
+    msg: Option<String>,
+    #[serde(default)]
+    level: Option<u64>,
+}
+
+/// Accumulates one build's log: progress and the last lines worth showing.
+#[derive(Debug)]
+pub struct BuildLog {
+    builds_activity: Option<u64>,
+    counts: Counts,
+    tail: VecDeque<String>,
+    keep: usize,
+}
+
+impl BuildLog {
+    pub fn new(keep: usize) -> Self {
+        BuildLog {
+            builds_activity: None,
+            counts: Counts::default(),
+            tail: VecDeque::new(),
+            keep,
+        }
+    }
+
+    /// Feed one line of the merged output. Returns `Some(counts)` when the
+    /// progress changed; `Err(line)` hands back a line that is not log (the
+    /// command's own stdout).
+    pub fn feed<'a>(&mut self, line: &'a str) -> Result<Option<Counts>, &'a str> {
+        let Some(json) = line.strip_prefix("@nix ") else {
+            return Err(line);
+        };
+        let Ok(l) = serde_json::from_str::<Line>(json) else {
+            self.push(json.to_owned());
+            return Ok(None);
+        };
+        match l.action.as_str() {
+            "start" if l.kind == ACT_BUILDS => {
+                self.builds_activity = Some(l.id);
+                Ok(None)
+            }
+            "result" if l.kind == RES_PROGRESS && Some(l.id) == self.builds_activity => {
+                let n = |i: usize| l.fields.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
+                let c = Counts {
+                    done: n(0),
+                    expected: n(1),
+                    running: n(2),
+                    failed: n(3),
+                };
+                if c == self.counts {
+                    return Ok(None);
+                }
+                self.counts = c;
+                Ok(Some(c))
+            }
+            "result" if l.kind == RES_BUILD_LOG_LINE => {
+                if let Some(s) = l.fields.first().and_then(|v| v.as_str()) {
+                    self.push(s.to_owned());
+                }
+                Ok(None)
+            }
+            // Errors and warnings (level 0/1) and notices (up to 3, e.g.
+            // "these 2 derivations will be built").
+            "msg" if l.level.unwrap_or(0) <= 3 => {
+                if let Some(m) = l.msg {
+                    for part in strip_ansi(&m).lines() {
+                        self.push(part.to_owned());
+                    }
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn push(&mut self, line: String) {
+        if self.tail.len() == self.keep {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// The retained log as plain text, one line each.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for l in &self.tail {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Remove terminal colour escapes (`ESC [ ... letter`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Lines as Nix 2.8 prints them for `nix-build -A a -A b`.
+    const LOG: &str = r#"@nix {"action":"msg","level":3,"msg":"these 2 derivations will be built:"}
+@nix {"action":"start","id":90181428314115,"level":0,"text":"","type":104}
+@nix {"action":"start","id":90181428314116,"level":0,"text":"","type":103}
+@nix {"action":"result","fields":[0,1,0,0],"id":90181428314115,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":90181428314116,"type":105}
+@nix {"action":"result","fields":[0,2,0,0],"id":90181428314115,"type":105}
+@nix {"action":"result","fields":[0,2,1,0],"id":90181428314115,"type":105}
+@nix {"action":"result","fields":["configure: error: no cc"],"id":7,"type":101}
+@nix {"action":"result","fields":[1,2,0,1],"id":90181428314115,"type":105}
+@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m builder for '/nix/store/x-a.drv' failed with exit code 1"}
+/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-b
+"#;
+
+    #[test]
+    fn progress_tail_and_stdout() {
+        let mut log = BuildLog::new(3);
+        let mut seen = Vec::new();
+        let mut stdout = Vec::new();
+        for l in LOG.lines() {
+            match log.feed(l) {
+                Ok(Some(c)) => seen.push((c.done, c.expected, c.running, c.failed)),
+                Ok(None) => {}
+                Err(s) => stdout.push(s),
+            }
+        }
+        assert_eq!(
+            seen,
+            [(0, 1, 0, 0), (0, 2, 0, 0), (0, 2, 1, 0), (1, 2, 0, 1)],
+            "only the builds activity, only changes"
+        );
+        assert_eq!(stdout, ["/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-b"]);
+        assert_eq!(
+            log.text(),
+            "these 2 derivations will be built:\nconfigure: error: no cc\n\
+             error: builder for '/nix/store/x-a.drv' failed with exit code 1\n"
+        );
+        assert_eq!(log.counts().failed, 1);
+    }
+
+    #[test]
+    fn garbage_is_kept_not_fatal() {
+        let mut log = BuildLog::new(5);
+        assert_eq!(log.feed("@nix {not json"), Ok(None));
+        assert_eq!(log.text(), "{not json\n");
+    }
+}
