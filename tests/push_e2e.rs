@@ -245,6 +245,18 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
             text(&verify.stderr)
         );
     }
+    // Hosts staged together got the paths they all lacked from one export,
+    // teed to each of them.
+    let fanned: Vec<&&Value> = copies
+        .iter()
+        .filter(|c| c["detail"]["fanout"]["hosts"].as_u64() >= Some(2))
+        .collect();
+    assert!(fanned.len() >= 2, "no fan-out: {copies:?}");
+    for c in &fanned {
+        let shared = c["detail"]["fanout"]["paths"].as_u64().unwrap();
+        let sent = c["detail"]["paths"].as_u64().unwrap();
+        assert!(shared > 0 && shared <= sent, "{c}");
+    }
     for (h, b) in ["light1", "light2", "light3"].iter().zip(&before) {
         assert_eq!(&current(&fleet, h), b, "goal copy activated {h}");
     }

@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::deploy::build::{self, Source};
 use crate::deploy::diffgate;
+use crate::deploy::fanout::RelayHub;
 use crate::deploy::stage::CopyStager;
 use crate::deploy::{self, Candidate, RunContext};
 use crate::fleet::{BUILDER, Sessions};
 use crate::gates::Goal;
-use crate::inventory::{Inventory, Selection};
+use crate::inventory::{CopyMode, Inventory, Selection};
 use crate::release::{self, Evidence, GateEvidence, ReleaseOutcome, ReleaseRequest};
 use crate::report::{Event, EventSink, HostSummary, OutcomeKind, json_line};
 use crate::ssh::HostKeyPolicy;
@@ -285,10 +287,21 @@ pub async fn push(
         allow_reboot: opts.reboot,
         sink: run.sink.clone(),
     };
+    let relaying = candidates
+        .keys()
+        .filter(|h| inv.host(h).is_some_and(|x| x.copy == CopyMode::Relay))
+        .count();
     let stager = CopyStager {
         inventory: inv.clone(),
         sessions: run.sessions.clone(),
         sink: run.sink.clone(),
+        hub: (relaying > 1).then(|| {
+            RelayHub::new(
+                run.sessions.clone(),
+                Duration::from_millis(150),
+                Duration::from_secs(3),
+            )
+        }),
     };
     let mut summaries = deploy::run(ctx, &sel, candidates, stager, run.cancel.clone()).await;
     if opts.goal.marks_known_good() {

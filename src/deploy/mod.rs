@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod diffgate;
+pub mod fanout;
 pub mod hostlock;
 pub mod job;
 pub mod outcome;

@@ -2,7 +2,10 @@
 //! from the builder (relay through the controller, or straight from the
 //! builder) or from the host's own substituters.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+
+use super::fanout::RelayHub;
 
 use crate::fleet::{BUILDER, Sessions};
 use crate::inventory::{CopyMode, Inventory};
@@ -14,6 +17,8 @@ pub struct CopyStager {
     pub inventory: Arc<Inventory>,
     pub sessions: Arc<Sessions>,
     pub sink: EventSink,
+    /// Present when several hosts relay: shared paths leave the builder once.
+    pub hub: Option<Arc<RelayHub>>,
 }
 
 impl super::Stager for CopyStager {
@@ -36,18 +41,35 @@ impl super::Stager for CopyStager {
         let outcome = match h.copy {
             CopyMode::Relay => {
                 let builder = self.sessions.get(BUILDER).await?;
-                let paths = nix::closure::closure(&builder, &closure).await?;
+                let paths = Arc::new(nix::closure::closure(&builder, &closure).await?);
                 let sink = self.sink.clone();
                 let name = host.to_string();
-                let progress = move |p: nix::copy::CopyProgress| {
-                    sink.emit(Event::CopyProgress {
-                        host: name.clone(),
-                        bytes: p.bytes,
-                        paths: p.paths,
-                        total_paths: p.total_paths,
-                    })
+                let progress: Arc<dyn Fn(nix::copy::CopyProgress) + Send + Sync> =
+                    Arc::new(move |p: nix::copy::CopyProgress| {
+                        sink.emit(Event::CopyProgress {
+                            host: name.clone(),
+                            bytes: p.bytes,
+                            paths: p.paths,
+                            total_paths: p.total_paths,
+                        })
+                    });
+                let shared = match &self.hub {
+                    Some(hub) => {
+                        let all: Vec<StorePath> = paths.iter().map(|p| p.path.clone()).collect();
+                        let lacking: HashSet<StorePath> = nix::closure::missing(&target, &all)
+                            .await?
+                            .into_iter()
+                            .collect();
+                        Some(
+                            hub.share(target.clone(), paths.clone(), lacking, progress.clone())
+                                .await?,
+                        )
+                    }
+                    None => None,
                 };
-                nix::copy::copy_relay(&builder, &target, &paths, &progress).await?
+                let rest =
+                    nix::copy::copy_relay(&builder, &target, &paths, progress.as_ref()).await?;
+                combine(rest, shared.filter(|s| s.paths > 0))
             }
             CopyMode::Builder => {
                 let builder = self.sessions.get(BUILDER).await?;
@@ -58,5 +80,23 @@ impl super::Stager for CopyStager {
             CopyMode::Substitute => nix::copy::copy_substitute(&target, &closure).await?,
         };
         Ok(serde_json::to_value(&outcome)?)
+    }
+}
+
+/// A relay's outcome counting what came through a shared stream.
+fn combine(
+    rest: nix::copy::CopyOutcome,
+    shared: Option<nix::fanout::Shared>,
+) -> nix::copy::CopyOutcome {
+    use nix::copy::CopyOutcome;
+    let Some(sh) = shared else { return rest };
+    let (paths, bytes) = match rest {
+        CopyOutcome::Copied { paths, bytes, .. } => (paths, bytes),
+        _ => (0, 0),
+    };
+    CopyOutcome::Copied {
+        paths: paths + sh.paths,
+        bytes: bytes + sh.bytes,
+        fanout: Some(sh),
     }
 }

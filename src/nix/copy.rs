@@ -28,8 +28,14 @@ pub struct CopyProgress {
 pub enum CopyOutcome {
     /// The host already had the whole closure: nothing was sent.
     AlreadyPresent,
-    /// These many paths and stream bytes were sent.
-    Copied { paths: u64, bytes: u64 },
+    /// These many paths and stream bytes were sent (totals); `fanout` is
+    /// the part that came through a stream shared with other hosts.
+    Copied {
+        paths: u64,
+        bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fanout: Option<super::fanout::Shared>,
+    },
     /// The host realised the closure itself.
     Substituted,
 }
@@ -86,6 +92,7 @@ pub async fn copy_relay<B: Remote, T: Remote>(
     Ok(CopyOutcome::Copied {
         paths: total_paths,
         bytes,
+        fanout: None,
     })
 }
 
@@ -194,7 +201,11 @@ pub async fn copy_from_builder<B: Remote, T: Remote>(
         "{} still lacks {toplevel} after nix-copy-closure",
         target.name()
     );
-    Ok(CopyOutcome::Copied { paths: 0, bytes: 0 })
+    Ok(CopyOutcome::Copied {
+        paths: 0,
+        bytes: 0,
+        fanout: None,
+    })
 }
 
 /// The host realises the closure from its own substituters.

@@ -6,6 +6,7 @@ pub mod build;
 pub mod buildlog;
 pub mod closure;
 pub mod copy;
+pub mod fanout;
 pub mod gcroots;
 pub mod sign;
 pub mod source;
