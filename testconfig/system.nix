@@ -124,7 +124,9 @@ let
       set -e
       mkdir -p "$out/share"
       head -c "$((sizeKiB * 1024))" /dev/urandom > "$out/share/blob"
-    '' { name = "filler-${toString i}-1.0"; sizeKiB = toString cfg.filler.sizeKiB; })
+    '' ({ name = "filler-${toString i}-1.0"; sizeKiB = toString cfg.filler.sizeKiB; }
+      # A salt gives a fresh set of filler paths (benchmarks copy anew).
+      // (if cfg.filler ? salt then { salt = cfg.filler.salt; } else { })))
     cfg.filler.count;
 
   selected = map (n: pkgs.${n}) (cfg.systemPackages ++ cfg.extraPackages);

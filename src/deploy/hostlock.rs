@@ -49,7 +49,7 @@ pub async fn acquire<R: Remote>(
     };
     let cmd = Command::script(script).arg(path).arg(holder).sudo(sudo);
     let mut stream = remote
-        .exec_stream(&cmd)
+        .exec_piped(&cmd)
         .await
         .map_err(HostLockError::Failed)?;
     let mut first = [0u8; 7];

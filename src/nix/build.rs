@@ -191,7 +191,7 @@ async fn run_logged<R: Remote>(
         .args(["-c", "exec \"$@\" 2>&1", "nixgate-build"])
         .args(cmd.argv().iter().cloned())
         .args(["--log-format", "internal-json"]);
-    let mut s = builder.exec_stream(&wrapped).await?;
+    let mut s = builder.exec_piped(&wrapped).await?;
     // Nothing to send: EOF now so nothing waits on stdin.
     let _ = s.stdin.shutdown().await;
     let mut reader = tokio::io::BufReader::new(s.stdout);

@@ -140,7 +140,7 @@ pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Resu
     }
     let cmd = Command::script("xargs nix-store --check-validity --print-invalid");
     let mut s = remote
-        .exec_stream(&cmd)
+        .exec_piped(&cmd)
         .await
         .with_context(|| format!("asking {} which paths it lacks", remote.name()))?;
     let mut input = String::with_capacity(paths.len() * 80);

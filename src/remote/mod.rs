@@ -143,6 +143,15 @@ pub trait Remote: Send + Sync {
     /// Run a command to completion, collecting stdout and stderr.
     fn exec(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Output>> + Send;
 
-    /// Start a command with streaming stdin and stdout.
+    /// Start a command with streaming stdin and stdout, for bulk data (a
+    /// closure, a source tarball): over SSH it gets a connection of its own,
+    /// so a slow reader cannot stall other commands.
     fn exec_stream(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Streaming>> + Send;
+
+    /// Like [`Remote::exec_stream`], for small or slow-trickling streams
+    /// that are read promptly (a path list, a build log, a held lock): over
+    /// SSH it shares the host's one connection.
+    fn exec_piped(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Streaming>> + Send {
+        self.exec_stream(cmd)
+    }
 }

@@ -96,6 +96,22 @@ pub(crate) async fn stream(conn: Conn, command: &str) -> anyhow::Result<Streamin
         .channel_open_session()
         .await
         .context("opening a channel for the stream")?;
+    stream_channel(channel, Holds::Conn(Box::new(conn)), command).await
+}
+
+/// What a stream keeps alive until it ends: its own connection (closed
+/// then), or a channel slot of the shared one.
+pub(crate) enum Holds {
+    Conn(Box<Conn>),
+    Slot(tokio::sync::OwnedSemaphorePermit),
+}
+
+/// Run `command` on an open channel with streamed stdin and stdout.
+pub(crate) async fn stream_channel(
+    channel: Channel<Msg>,
+    holds: Holds,
+    command: &str,
+) -> anyhow::Result<Streaming> {
     channel
         .exec(true, command.as_bytes())
         .await
@@ -111,7 +127,10 @@ pub(crate) async fn stream(conn: Conn, command: &str) -> anyhow::Result<Streamin
     tokio::spawn(async move {
         let result = pump(read, &mut tx).await;
         drop(tx); // EOF for the stdout reader
-        conn.disconnect().await;
+        match holds {
+            Holds::Conn(conn) => conn.disconnect().await,
+            Holds::Slot(permit) => drop(permit),
+        }
         let _ = done_tx.send(result);
     });
     Ok(Streaming {

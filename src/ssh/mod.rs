@@ -9,7 +9,8 @@
 //!   files ([`auth`]), optional `ProxyJump`, all under `connect_timeout`.
 //! - Commands are channels on that connection (at most [`MAX_CHANNELS`] at
 //!   once); a dead connection is replaced once, transparently, by the next
-//!   command. Streams (`exec_stream`) get a connection of their own.
+//!   command. Bulk streams (`exec_stream`) get a connection of their own; `exec_piped`
+//!   streams share it.
 //! - [`ConnectError`] says what went wrong and what to do about it.
 
 pub mod auth;

@@ -30,7 +30,7 @@ pub struct SshSession {
 struct Inner {
     target: SshTarget,
     conn: Mutex<Arc<Conn>>,
-    channels: Semaphore,
+    channels: Arc<Semaphore>,
     pins: Pins,
     info: std::sync::Mutex<ConnectInfo>,
     closed: AtomicBool,
@@ -45,7 +45,7 @@ impl SshSession {
             inner: Arc::new(Inner {
                 info: std::sync::Mutex::new(conn.info.clone()),
                 conn: Mutex::new(Arc::new(conn)),
-                channels: Semaphore::new(MAX_CHANNELS),
+                channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 pins,
                 target,
                 closed: AtomicBool::new(false),
@@ -172,6 +172,21 @@ impl Remote for SshSession {
                 )
             })?;
         exec::stream(conn, &cmd.render())
+            .await
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+    }
+
+    async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        // A channel of the shared connection, its slot held until it ends.
+        let permit = self
+            .inner
+            .channels
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the session's channel limiter was closed")?;
+        let channel = self.open_channel().await?;
+        exec::stream_channel(channel, exec::Holds::Slot(permit), &cmd.render())
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
     }
