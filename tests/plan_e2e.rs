@@ -203,4 +203,29 @@ fn plan_names_flake_input_changes_since_the_known_good() {
         .expect("a diff event");
     assert_eq!(diff["diff"]["flake_inputs"][0]["kind"], "added", "{diff}");
     assert_eq!(diff["diff"]["flake_inputs"][0]["name"], "nixpkgs", "{diff}");
+
+    // The builder loses every derivation (roots removed, GC): the running
+    // system's is recovered by re-evaluating the commit it was deployed from.
+    let gc = fleet.ssh(
+        "builder",
+        "rm -rf /nix/var/nix/gcroots/nixgate && nix-store --gc >/dev/null 2>&1 && echo collected",
+    );
+    assert_eq!(text(&gc.stdout).trim(), "collected", "{}", text(&gc.stderr));
+    let out = nixgate(&fleet, &["plan", "light1"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}\n{}", text(&out.stderr));
+    assert!(!s.contains("gone from the builder"), "{s}");
+    assert!(s.contains("new dependency hello-2.12.2.drv"), "{s}");
+    // The recovered derivation is rooted for the next diff.
+    let current = fleet.in_host_ok("light1", "readlink -e /run/current-system");
+    let hash = &current.trim()["/nix/store/".len()..][..32];
+    let root = fleet.ssh(
+        "builder",
+        &format!("readlink /nix/var/nix/gcroots/nixgate/light1/by-hash/{hash}.drv"),
+    );
+    assert!(
+        text(&root.stdout).trim().ends_with(".drv"),
+        "{}",
+        text(&root.stderr)
+    );
 }

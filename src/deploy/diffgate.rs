@@ -11,8 +11,9 @@ use crate::diff::{self, HostDiff};
 use crate::fleet::{BUILDER, Sessions};
 use crate::gates::Gate;
 use crate::inventory::Inventory;
-use crate::nix::StorePath;
+use crate::nix::{self, StorePath};
 use crate::release;
+use crate::remote::Remote;
 use crate::report::{Event, EventSink};
 
 use super::Candidate;
@@ -36,8 +37,8 @@ async fn one(
     let current = links::read_store_link(&session, &paths.current_system).await?;
     let mut d = diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect).await?;
     // The commit the running system was validated from, if it is the known-good.
-    if let (Some(cur), Some(new_commit)) = (&current, commit) {
-        let deployed = known_good::history(&session, &paths)
+    let deployed = match &current {
+        Some(cur) => known_good::history(&session, &paths)
             .await
             .ok()
             .and_then(|hist| {
@@ -45,12 +46,64 @@ async fn one(
                     .rev()
                     .find(|g| g.closure.as_ref() == Some(cur))
                     .and_then(|g| g.record.and_then(|r| r.commit))
-            });
-        if let Some(old_commit) = deployed {
-            d.flake_inputs = flake_inputs(&inv.builder.source, &old_commit, new_commit);
+            }),
+        None => None,
+    };
+    let (Some(cur), Some(old_commit)) = (&current, deployed) else {
+        return Ok(d);
+    };
+    if let Some(new_commit) = commit {
+        d.flake_inputs = flake_inputs(&inv.builder.source, &old_commit, new_commit);
+    }
+    if matches!(d.structural, diff::Structural::OldDerivationMissing { .. }) {
+        match recover_old_drv(inv, &builder, host, &h.attribute, &old_commit, cur).await {
+            Ok(old_drv) => {
+                d.structural =
+                    diff::structural::structural_diff(&builder, Some(&old_drv), drv).await?;
+                if let (Some(p), Some(e)) = (&d.packages, expect) {
+                    d.drift = diff::drift::drift(p, &d.structural, e);
+                }
+            }
+            Err(e) => tracing::warn!(
+                "{host}: could not re-evaluate commit {old_commit} for the structural diff: {e:#}"
+            ),
         }
     }
     Ok(d)
+}
+
+/// The builder lost the running system's derivation: re-evaluate the commit
+/// it was deployed from, check that it yields exactly the running system,
+/// and root it for later diffs.
+async fn recover_old_drv(
+    inv: &Inventory,
+    builder: &crate::ssh::SshSession,
+    host: &str,
+    attribute: &str,
+    old_commit: &str,
+    current: &StorePath,
+) -> anyhow::Result<StorePath> {
+    use anyhow::Context;
+    let shipped = nix::source::ship_source(builder, &inv.builder.source, old_commit, false)
+        .await
+        .with_context(|| format!("shipping commit {old_commit} to the builder"))?;
+    let drv = nix::build::instantiate(builder, &shipped.dir, inv.builder.flake, attribute).await?;
+    let outputs = builder
+        .exec(&crate::remote::Command::new("nix-store").args([
+            "--query",
+            "--outputs",
+            drv.as_str(),
+        ]))
+        .await?
+        .check("nix-store --query --outputs")?
+        .stdout_str();
+    anyhow::ensure!(
+        outputs.lines().any(|l| l.trim() == current.as_str()),
+        "commit {old_commit} evaluates to {}, not to the running {current}",
+        outputs.trim()
+    );
+    nix::gcroots::add_old_drv_root(builder, host, current, &drv).await?;
+    Ok(drv)
 }
 
 /// Flake inputs changed between two commits of the configuration repository.

@@ -89,6 +89,45 @@ pub fn build_command(dir: &str, flake: bool, attrs: &[&str]) -> Command {
     }
 }
 
+/// The command printing the derivation of `attr` (writing it to the store,
+/// building nothing): how an old system's derivation is recovered from its
+/// commit when the builder no longer has it.
+pub fn instantiate_command(dir: &str, flake: bool, attr: &str) -> Command {
+    if flake {
+        Command::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command flakes",
+                "eval",
+                "--raw",
+            ])
+            .arg(format!("path:{dir}#{attr}.drvPath"))
+    } else {
+        Command::new("nix-instantiate").arg(dir).arg("-A").arg(attr)
+    }
+}
+
+/// Instantiate `attr` from the shipped source `dir`: its derivation.
+pub async fn instantiate<R: Remote>(
+    builder: &R,
+    dir: &str,
+    flake: bool,
+    attr: &str,
+) -> anyhow::Result<StorePath> {
+    let out = builder
+        .exec(&instantiate_command(dir, flake, attr))
+        .await
+        .context("instantiating on the builder")?
+        .check(&format!("instantiating {attr}"))?;
+    let text = out.stdout_str();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.ends_with(".drv"))
+        .with_context(|| format!("instantiating {attr} printed no derivation: {text:?}"))?;
+    Ok(StorePath::parse(line)?)
+}
+
 /// Parse a successful build's stdout into `(toplevel, drv?)` per attribute.
 fn parse_success(
     flake: bool,
@@ -299,6 +338,17 @@ mod tests {
         let c = build_command("/d", true, &["x"]);
         assert_eq!(c.argv().last().unwrap(), "path:/d#x");
         assert!(c.argv().contains(&"--json".to_string()));
+        assert_eq!(
+            instantiate_command("/d", false, "a.b").argv(),
+            ["nix-instantiate", "/d", "-A", "a.b"]
+        );
+        assert_eq!(
+            instantiate_command("/d", true, "a.b")
+                .argv()
+                .last()
+                .unwrap(),
+            "path:/d#a.b.drvPath"
+        );
     }
 
     #[test]

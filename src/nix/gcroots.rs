@@ -34,6 +34,26 @@ pub async fn add_roots<R: Remote>(
     Ok(())
 }
 
+/// Root a re-instantiated derivation of an earlier system (under
+/// `by-hash/`, leaving the host's current roots alone).
+pub async fn add_old_drv_root<R: Remote>(
+    builder: &R,
+    host: &str,
+    toplevel: &StorePath,
+    drv: &StorePath,
+) -> anyhow::Result<()> {
+    builder
+        .exec(&Command::script(OLD_DRV_ROOT).args([host, drv.as_str(), toplevel.hash()]))
+        .await
+        .context("adding a GC root on the builder")?
+        .check("adding a GC root on the builder")?;
+    Ok(())
+}
+
+const OLD_DRV_ROOT: &str = r#"set -e
+if [ "$(id -u)" = 0 ]; then base=/nix/var/nix/gcroots/nixgate; else base="/nix/var/nix/gcroots/per-user/$(id -un)/nixgate"; fi
+d="$base/$1/by-hash"; mkdir -p "$d"; ln -sfn "$2" "$d/$3.drv""#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
