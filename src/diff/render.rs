@@ -131,10 +131,58 @@ fn cause_lines_seen(
                 return;
             }
             out.push(format!("{pad}{name}:"));
-            for c in causes {
-                cause_lines_seen(c, depth + 1, out, seen);
-            }
+            render_list(causes, depth + 1, out, seen);
         }
+    }
+}
+
+/// Sibling causes: local ones first, then changed dependencies, where
+/// dependencies with the same explanation (300 fillers with one changed
+/// salt) are named together and explained once.
+fn render_list(
+    causes: &[Cause],
+    depth: usize,
+    out: &mut Vec<String>,
+    seen: &mut std::collections::HashSet<String>,
+) {
+    let pad = "  ".repeat(depth);
+    type Group<'a> = (Vec<&'a str>, Vec<String>);
+    let mut groups: Vec<Group> = Vec::new();
+    for c in causes {
+        match c {
+            Cause::Input {
+                name, causes: sub, ..
+            } if !seen.contains(name) => {
+                let mut inner = seen.clone();
+                inner.insert(name.clone());
+                let mut lines = Vec::new();
+                render_list(sub, depth + 1, &mut lines, &mut inner);
+                seen.extend(inner);
+                match groups
+                    .iter_mut()
+                    .find(|g| !lines.is_empty() && g.1 == lines)
+                {
+                    Some(g) => g.0.push(name),
+                    None => groups.push((vec![name], lines)),
+                }
+            }
+            Cause::Input { .. } => cause_lines_seen(c, depth, out, seen),
+            other => cause_lines_seen(other, depth, out, seen),
+        }
+    }
+    for (names, lines) in groups {
+        let head = match names.len() {
+            1..=3 => names.join(", "),
+            n => format!(
+                "{}, {}, {} and {} more ({n} dependencies)",
+                names[0],
+                names[1],
+                names[2],
+                n - 3
+            ),
+        };
+        out.push(format!("{pad}{head}:"));
+        out.extend(lines);
     }
 }
 
@@ -147,10 +195,7 @@ pub fn render_causes(s: &Structural) -> Vec<String> {
         }],
         Structural::Explained { causes, .. } => {
             let mut out = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for c in causes {
-                cause_lines_seen(c, 0, &mut out, &mut seen);
-            }
+            render_list(causes, 0, &mut out, &mut std::collections::HashSet::new());
             out
         }
     }
@@ -198,4 +243,64 @@ pub fn render_inputs(inputs: &[super::flake_lock::InputChange]) -> Vec<String> {
             ),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, causes: Vec<Cause>) -> Cause {
+        Cause::Input {
+            name: name.into(),
+            old: format!("/nix/store/{}-{name}.drv", "0".repeat(32)),
+            new: format!("/nix/store/{}-{name}.drv", "1".repeat(32)),
+            causes,
+        }
+    }
+
+    fn salt() -> Vec<Cause> {
+        vec![Cause::Env {
+            key: "salt".into(),
+            old: Some("a".into()),
+            new: Some("b".into()),
+        }]
+    }
+
+    #[test]
+    fn same_explanations_are_named_together_once() {
+        let mut deps: Vec<Cause> = (0..5)
+            .map(|i| input(&format!("filler-{i}"), salt()))
+            .collect();
+        deps.push(input(
+            "nginx-1.25.3",
+            vec![Cause::InputAdded {
+                drv: format!("/nix/store/{}-pcre2.drv", "2".repeat(32)),
+            }],
+        ));
+        let s = Structural::Explained {
+            old_drv: crate::nix::StorePath::parse(&format!(
+                "/nix/store/{}-sys.drv",
+                "0".repeat(32)
+            ))
+            .unwrap(),
+            new_drv: crate::nix::StorePath::parse(&format!(
+                "/nix/store/{}-sys.drv",
+                "1".repeat(32)
+            ))
+            .unwrap(),
+            causes: vec![input("system-path", deps)],
+        };
+        let lines = render_causes(&s);
+        assert_eq!(
+            lines,
+            [
+                "system-path:",
+                "  filler-0, filler-1, filler-2 and 2 more (5 dependencies):",
+                "    env salt: \"a\" -> \"b\"",
+                "  nginx-1.25.3:",
+                "    new dependency pcre2.drv",
+            ],
+            "{lines:#?}"
+        );
+    }
 }

@@ -216,8 +216,49 @@ impl Drvs for Local<'_> {
     }
 }
 
-/// Reads `.drv` files, length-prefixed, one command per batch.
-const READ: &str = r#"for f; do if [ -r "$f" ]; then printf '%s %s\n' "$(wc -c < "$f")" "$f"; cat "$f"; else printf 'missing %s\n' "$f"; fi; done"#;
+/// Reads `.drv` files in one command per batch and a constant number of
+/// processes (not one per file): `missing PATH` lines for unreadable ones,
+/// `wc -c` of the rest, a marker line, then their contents back to back.
+const READ: &str = r#"n=$#
+for f; do if [ -r "$f" ]; then set -- "$@" "$f"; else printf 'missing %s\n' "$f"; fi; done
+shift "$n"
+if [ "$#" -gt 0 ]; then wc -c -- "$@"; echo "--nixgate-drvs--"; cat -- "$@"; else echo "--nixgate-drvs--"; fi"#;
+
+/// Split a [`READ`] batch into `(path, text)` pairs.
+fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
+    const MARK: &[u8] = b"--nixgate-drvs--\n";
+    let at = bytes
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .context("derivation batch without its marker")?;
+    let head = String::from_utf8_lossy(&bytes[..at]);
+    let mut sizes = Vec::new();
+    for line in head.lines() {
+        if line.starts_with("missing ") {
+            continue;
+        }
+        let (len, path) = line
+            .trim_start()
+            .split_once(' ')
+            .context("bad derivation size line")?;
+        // `wc` ends with a total line when given several files.
+        if path.starts_with('/') {
+            sizes.push((len.parse::<usize>().context("bad derivation size")?, path));
+        }
+    }
+    let mut i = at + MARK.len();
+    let mut out = Vec::with_capacity(sizes.len());
+    for (len, path) in sizes {
+        let end = i + len;
+        anyhow::ensure!(end <= bytes.len(), "truncated derivation batch at {path}");
+        out.push((
+            path.to_owned(),
+            String::from_utf8_lossy(&bytes[i..end]).into_owned(),
+        ));
+        i = end;
+    }
+    Ok(out)
+}
 
 struct RemoteDrvs<'r, R: Remote> {
     remote: &'r R,
@@ -226,39 +267,24 @@ struct RemoteDrvs<'r, R: Remote> {
 
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
     async fn fetch(&mut self, paths: &[String]) -> anyhow::Result<()> {
-        let want: Vec<&String> = paths
+        let mut want: Vec<&String> = paths
             .iter()
             .filter(|p| !self.cache.contains_key(*p))
             .collect();
-        if want.is_empty() {
-            return Ok(());
-        }
-        let out = self
-            .remote
-            .exec(&Command::script(READ).args(want.iter().map(|s| s.as_str())))
-            .await
-            .context("reading derivations on the builder")?
-            .check("reading derivations on the builder")?;
-        let bytes = out.stdout;
-        let mut i = 0;
-        while i < bytes.len() {
-            let nl = bytes[i..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map(|n| i + n)
-                .context("truncated derivation batch")?;
-            let header = String::from_utf8_lossy(&bytes[i..nl]).into_owned();
-            i = nl + 1;
-            if header.starts_with("missing ") {
-                continue;
-            }
-            let (len, path) = header.split_once(' ').context("bad derivation header")?;
-            let len: usize = len.trim().parse().context("bad derivation length")?;
-            let end = (i + len).min(bytes.len());
-            let text = String::from_utf8_lossy(&bytes[i..end]);
-            i = end;
-            if let Ok(d) = parse_derivation(&text) {
-                self.cache.insert(path.to_owned(), d);
+        want.sort();
+        want.dedup();
+        // Batches far below ARG_MAX.
+        for batch in want.chunks(2000) {
+            let out = self
+                .remote
+                .exec(&Command::script(READ).args(batch.iter().map(|s| s.as_str())))
+                .await
+                .context("reading derivations on the builder")?
+                .check("reading derivations on the builder")?;
+            for (path, text) in split_batch(&out.stdout)? {
+                if let Ok(d) = parse_derivation(&text) {
+                    self.cache.insert(path, d);
+                }
             }
         }
         Ok(())
@@ -370,6 +396,42 @@ pub async fn structural_diff_local(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn batch_reader_runs_a_few_processes_and_splits_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.drv");
+        let b = dir.path().join("b.drv");
+        std::fs::write(&a, "Derive(1)\n\n").unwrap();
+        std::fs::write(&b, "Derive(22)").unwrap();
+        let gone = dir.path().join("gone.drv");
+        let paths = [&a, &gone, &b].map(|p| p.display().to_string());
+        let out = crate::remote::local::LocalRemote::new("builder")
+            .exec(&Command::script(READ).args(paths.iter().map(String::as_str)))
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", out.stderr_str());
+        let got = split_batch(&out.stdout).unwrap();
+        assert_eq!(
+            got,
+            [
+                (paths[0].clone(), "Derive(1)\n\n".to_string()),
+                (paths[2].clone(), "Derive(22)".to_string())
+            ]
+        );
+        // One file alone: no total line.
+        let out = crate::remote::local::LocalRemote::new("builder")
+            .exec(&Command::script(READ).arg(paths[2].as_str()))
+            .await
+            .unwrap();
+        assert_eq!(split_batch(&out.stdout).unwrap().len(), 1);
+        // None readable.
+        let out = crate::remote::local::LocalRemote::new("builder")
+            .exec(&Command::script(READ).arg(paths[1].as_str()))
+            .await
+            .unwrap();
+        assert!(split_batch(&out.stdout).unwrap().is_empty());
+    }
 
     fn drv(env: &[(&str, &str)], inputs: &[&str]) -> Derivation {
         Derivation {
