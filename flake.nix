@@ -3,41 +3,183 @@
 
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
 
-  outputs = { self, nixpkgs }:
+  outputs =
+    { self, nixpkgs }:
     let
-      systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
-      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      inherit (nixpkgs) lib;
+
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+        "x86_64-darwin"
+        "aarch64-darwin"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # The NixOS VM tests (Linux only): see vm-tests/README.md.
+      vmTests =
+        pkgs:
+        let
+          nixgate = self.packages.${pkgs.stdenv.hostPlatform.system}.nixgate;
+          fleetArgs = {
+            inherit pkgs nixgate;
+            nixosModule = self.nixosModules.nixgate;
+            # The nixpkgs source as a store path: the builder VM evaluates the
+            # fleet's configurations from it again (vm-tests/lib.nix).
+            nixpkgs = nixpkgs.outPath;
+          };
+        in
+        {
+          vm-check-offline = import ./vm-tests/check-offline.nix { inherit pkgs nixgate; };
+          vm-push = import ./vm-tests/push.nix fleetArgs;
+          vm-failing-unit = import ./vm-tests/failing-unit.nix fleetArgs;
+          vm-kernel-deferred = import ./vm-tests/kernel-deferred.nix fleetArgs;
+          vm-rollback = import ./vm-tests/rollback.nix fleetArgs;
+        };
+
+      # Evaluates a NixOS system with the module and checks the units it makes.
+      moduleEval =
+        pkgs:
+        let
+          inventory = "/etc/nixgate/inventory.toml";
+          sys = lib.nixosSystem {
+            inherit (pkgs.stdenv.hostPlatform) system;
+            modules = [
+              self.nixosModules.default
+              {
+                boot.isContainer = true;
+                system.stateVersion = lib.trivial.release;
+                services.nixgate = {
+                  enable = true;
+                  sshAuthSock = "/run/nixgate-agent.sock";
+                  rollouts.web = {
+                    inherit inventory;
+                    selector = "--tag=web";
+                    schedule = "Mon..Fri *-*-* 03:00:00";
+                    randomizedDelaySec = "15min";
+                    extraArgs = [
+                      "--expect"
+                      "nginx"
+                    ];
+                  };
+                  rollouts.all = { inherit inventory; };
+                };
+              }
+            ];
+          };
+          inherit (sys.config.systemd) services timers units;
+          web = services.nixgate-rollout-web;
+          expectedArgs = lib.escapeShellArgs [
+            "--inventory"
+            inventory
+            "--state-dir"
+            "/var/lib/nixgate/web"
+            "push"
+            "--yes"
+            "--expect"
+            "nginx"
+            "--tag=web"
+          ];
+          checks = [
+            (lib.hasInfix "/bin/nixgate ${expectedArgs}" web.script)
+            (lib.hasInfix "--state-dir /var/lib/nixgate/all push --yes\n" services.nixgate-rollout-all.script)
+            (web.serviceConfig.Type == "oneshot")
+            (web.serviceConfig.User == "nixgate")
+            (web.serviceConfig.ProtectSystem == "strict")
+            (web.environment.SSH_AUTH_SOCK == "/run/nixgate-agent.sock")
+            (timers.nixgate-rollout-web.timerConfig.OnCalendar == "Mon..Fri *-*-* 03:00:00")
+            (timers.nixgate-rollout-web.timerConfig.Persistent)
+            (timers.nixgate-rollout-web.timerConfig.RandomizedDelaySec == "15min")
+            (sys.config.users.users.nixgate.isSystemUser)
+            (sys.config.users.users.nixgate.home == "/var/lib/nixgate")
+            (lib.all (a: a.assertion) (
+              lib.filter (a: lib.hasPrefix "services.nixgate" a.message) sys.config.assertions
+            ))
+          ];
+        in
+        assert lib.all lib.id checks;
+        pkgs.runCommand "nixgate-module-eval"
+          {
+            # The generated units, for reading (not built: context dropped).
+            service = builtins.unsafeDiscardStringContext units."nixgate-rollout-web.service".text;
+            timer = builtins.unsafeDiscardStringContext units."nixgate-rollout-web.timer".text;
+          }
+          ''
+            printf '%s\n\n%s\n' "$service" "$timer" > $out
+          '';
     in
     {
       packages = forAllSystems (pkgs: {
-        nixgate = pkgs.rustPlatform.buildRustPackage {
-          pname = "nixgate";
-          version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).package.version;
-          src = self;
-          cargoLock.lockFile = ./Cargo.lock;
-          # The test suite starts a local fleet (sshd in namespaces, nspawn
-          # containers) and needs root: it runs in CI and the VM tests instead.
-          doCheck = false;
-          meta = {
-            description = "Deploy NixOS systems to a fleet over SSH, gate by gate";
-            mainProgram = "nixgate";
-            license = with pkgs.lib.licenses; [ mit asl20 ];
-          };
-        };
+        nixgate = pkgs.callPackage ./nix/package.nix { };
         default = self.packages.${pkgs.stdenv.hostPlatform.system}.nixgate;
       });
 
       apps = forAllSystems (pkgs: {
         default = {
           type = "app";
-          program = "${self.packages.${pkgs.stdenv.hostPlatform.system}.nixgate}/bin/nixgate";
+          program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.nixgate;
+          meta.description = "Deploy NixOS systems to a fleet over SSH, gate by gate";
         };
+        nixgate = self.apps.${pkgs.stdenv.hostPlatform.system}.default;
       });
+
+      # `final.nixgate`, built with the nixpkgs it is applied to.
+      overlays.default = final: prev: {
+        nixgate = final.callPackage ./nix/package.nix { };
+      };
+
+      # The controller module (nix/module.nix), defaulting to this flake's package.
+      nixosModules.nixgate =
+        { lib, pkgs, ... }:
+        {
+          imports = [ ./nix/module.nix ];
+          services.nixgate.package = lib.mkDefault (
+            self.packages.${pkgs.stdenv.hostPlatform.system}.nixgate
+              or (pkgs.callPackage ./nix/package.nix { })
+          );
+        };
+      nixosModules.default = self.nixosModules.nixgate;
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
-          packages = with pkgs; [ cargo rustc clippy rustfmt cargo-nextest openssh git zstd ];
+          packages = with pkgs; [
+            cargo
+            rustc
+            clippy
+            rustfmt
+            rust-analyzer
+            cargo-nextest
+            # libgit2 (vendored by the git2 crate) links zlib
+            pkg-config
+            zlib
+            # what the tests call: ssh-keygen and sshd, git, zstd
+            openssh
+            git
+            zstd
+          ];
+          RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
         };
       });
+
+      checks = forAllSystems (
+        pkgs:
+        let
+          nixgate = self.packages.${pkgs.stdenv.hostPlatform.system}.nixgate;
+        in
+        {
+          # The package as shipped (no tests).
+          package = nixgate;
+          # The package again, with `cargo test --lib` in its checkPhase
+          # (cargoTestFlags; checkFlags skips the unit tests that need a Nix
+          # store): the unit tests that need neither root nor a fleet.
+          unit-tests = nixgate.overrideAttrs { doCheck = true; };
+        }
+        // lib.optionalAttrs pkgs.stdenv.hostPlatform.isLinux (
+          {
+            module-eval = moduleEval pkgs;
+          }
+          // vmTests pkgs
+        )
+      );
     };
 }

@@ -1,5 +1,5 @@
 # The smallest VM test: the packaged nixgate validates an inventory offline.
-# Run with: nix build .#checks.x86_64-linux.vm-check-offline (once wired).
+# Run with: nix build .#checks.x86_64-linux.vm-check-offline
 { pkgs, nixgate }:
 pkgs.testers.runNixOSTest {
   name = "nixgate-check-offline";

@@ -1,0 +1,317 @@
+# NixOS module for a nixgate controller: scheduled rollouts.
+#
+# Every `services.nixgate.rollouts.<name>` becomes a oneshot service
+# `nixgate-rollout-<name>.service` and a timer of the same name that runs
+#
+#   nixgate --inventory <inventory> --state-dir /var/lib/nixgate/<name> \
+#     push --yes <extraArgs...> <selector...>
+#
+# as the `nixgate` user (or `services.nixgate.user`): no prompt, plain
+# timestamped lines on stdout/stderr (not a terminal), so into the journal;
+# exit 1 (a host failed or was rolled back), 2 (usage or inventory) or 3
+# (another run holds the lock) fail the unit.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    types
+    ;
+
+  cfg = config.services.nixgate;
+
+  stateRoot = "/var/lib/nixgate";
+
+  rolloutModule =
+    { name, ... }:
+    {
+      options = {
+        inventory = mkOption {
+          type = types.path;
+          example = "/etc/nixgate/inventory.toml";
+          description = ''
+            The inventory file (TOML) of this rollout, on the controller. Give an
+            absolute path as a string to use the file in place: the paths the
+            inventory names relative to itself (`builder.source`, `known_hosts`,
+            `identity_file`) then resolve next to it. A Nix path literal
+            (`./inventory.toml`) is copied into the Nix store, so relative paths
+            in it would resolve inside the store: use absolute ones there.
+          '';
+        };
+
+        selector = mkOption {
+          type = types.nullOr (types.either types.str (types.listOf types.str));
+          default = null;
+          example = literalExpression ''[ "--tag" "web" "--wave" "canary" ]'';
+          description = ''
+            Which hosts the rollout deploys, as nixgate's selector arguments. A
+            string is one argument: a host name (`"web1"`), or an option with its
+            value (`"--tag=web"`, `"--wave=canary"`); a list is several
+            (`[ "--tag" "web" "--tag" "db" ]`). `null`: the whole fleet, wave
+            by wave, in inventory order.
+          '';
+        };
+
+        schedule = mkOption {
+          type = types.str;
+          default = "daily";
+          example = "Mon..Fri *-*-* 03:00:00";
+          description = ''
+            When the rollout runs: a systemd calendar event (`OnCalendar=` of the
+            timer, see {manpage}`systemd.time(7)`). The timer is persistent: a
+            run missed while the controller was off happens at the next boot.
+          '';
+        };
+
+        randomizedDelaySec = mkOption {
+          type = types.str;
+          default = "0";
+          example = "15min";
+          description = ''
+            Delay each run by a random time up to this long (`RandomizedDelaySec=`
+            of the timer), e.g. so that several controllers do not start at once.
+          '';
+        };
+
+        extraArgs = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [
+            "--expect"
+            "nginx,openssl"
+            "--reboot"
+          ];
+          description = ''
+            More arguments for `nixgate push`, placed after `push --yes` and
+            before the selector: `--goal`, `--expect`, `--reboot`,
+            `--allow-dirty`, global options such as `--accept-new` or `-v`.
+          '';
+        };
+      };
+    };
+
+  # `nixgate ... push --yes <extraArgs> <selector>`, one argv.
+  rolloutArgs =
+    name: rollout:
+    [
+      "--inventory"
+      "${rollout.inventory}"
+      "--state-dir"
+      "${stateRoot}/${name}"
+      "push"
+      "--yes"
+    ]
+    ++ rollout.extraArgs
+    ++ lib.optionals (rollout.selector != null) (lib.toList rollout.selector);
+
+  mkService =
+    name: rollout:
+    lib.nameValuePair "nixgate-rollout-${name}" {
+      description = "nixgate rollout ${name}";
+      after = [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      # git ships the configuration's HEAD to the builder and writes release
+      # tags; ssh for a `[release] remote` reached over SSH; sh and tar for
+      # `--allow-dirty`.
+      path = [
+        pkgs.git
+        pkgs.openssh
+        pkgs.bash
+        pkgs.gnutar
+      ];
+      environment = lib.optionalAttrs (cfg.sshAuthSock != null) {
+        SSH_AUTH_SOCK = cfg.sshAuthSock;
+      };
+      # A `nixos-rebuild switch` of the controller must not restart (or
+      # stop) a rollout that is running.
+      restartIfChanged = false;
+      script = ''
+        exec ${lib.getExe' cfg.package "nixgate"} ${lib.escapeShellArgs (rolloutArgs name rollout)}
+      '';
+      serviceConfig = {
+        Type = "oneshot";
+        User = cfg.user;
+        Group = cfg.group;
+        StateDirectory = [
+          "nixgate"
+          "nixgate/${name}"
+        ];
+        StateDirectoryMode = "0750";
+        WorkingDirectory = "${stateRoot}/${name}";
+        UMask = "0077";
+        # SIGTERM: nixgate starts nothing new and finishes the hosts in flight
+        # (their activation is bounded by the inventory's activation_timeout).
+        TimeoutStopSec = "15min";
+
+        # Hardening. Writable: the state directory, and readWritePaths.
+        ReadWritePaths = cfg.readWritePaths;
+        ProtectSystem = "strict";
+        # Read-only rather than hidden: the user's SSH keys may live there.
+        ProtectHome = "read-only";
+        PrivateTmp = true;
+        PrivateDevices = true;
+        NoNewPrivileges = true;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        ProtectClock = true;
+        ProtectControlGroups = true;
+        ProtectHostname = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        ProtectKernelTunables = true;
+        ProtectProc = "invisible";
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        SystemCallErrorNumber = "EPERM";
+      };
+    };
+
+  mkTimer =
+    name: rollout:
+    lib.nameValuePair "nixgate-rollout-${name}" {
+      description = "Schedule of the nixgate rollout ${name}";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = rollout.schedule;
+        Persistent = true;
+        RandomizedDelaySec = rollout.randomizedDelaySec;
+        Unit = "nixgate-rollout-${name}.service";
+      };
+    };
+in
+{
+  options.services.nixgate = {
+    enable = mkEnableOption "nixgate on this controller: the nixgate command and scheduled rollouts";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.nixgate;
+      defaultText = literalExpression "pkgs.nixgate";
+      description = ''
+        The nixgate package. The flake's `nixosModules.nixgate` sets it to the
+        flake's own package; with this file alone, use the flake's
+        `overlays.default` (which adds `pkgs.nixgate`) or set it.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "nixgate";
+      description = ''
+        The user the rollouts run as. nixgate authenticates with its SSH agent
+        (`sshAuthSock`) or the identity files the inventory names, and reads
+        `~/.ssh/config`; so a user with a home, not a DynamicUser. When left at
+        `"nixgate"`, the module creates this system user, with the home
+        `/var/lib/nixgate` (keep its key and known_hosts in `~/.ssh` there).
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "nixgate";
+      description = ''
+        The group the rollouts run as. When left at `"nixgate"`, the module
+        creates it.
+      '';
+    };
+
+    sshAuthSock = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/nixgate-agent/ssh-agent.sock";
+      description = ''
+        An ssh-agent socket for the rollouts (`SSH_AUTH_SOCK`), tried before
+        the inventory's identity files. `null`: no agent, identity files only.
+      '';
+    };
+
+    readWritePaths = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "/srv/fleet-config" ];
+      description = ''
+        Paths the rollout services may write besides `/var/lib/nixgate`: the
+        rest of the file system is read-only to them (`ProtectSystem=strict`,
+        `ProtectHome=read-only`). Add the configuration repository when it
+        lives elsewhere (nixgate writes release tags into it), and a
+        `known_hosts` file outside `/var/lib/nixgate` that `--accept-new`
+        should learn into.
+      '';
+    };
+
+    rollouts = mkOption {
+      type = types.attrsOf (types.submodule rolloutModule);
+      default = { };
+      example = literalExpression ''
+        {
+          canary = {
+            inventory = "/etc/nixgate/inventory.toml";
+            selector = "--wave=canary";
+            schedule = "*-*-* 02:00:00";
+          };
+          fleet = {
+            inventory = "/etc/nixgate/inventory.toml";
+            schedule = "Mon..Fri *-*-* 03:00:00";
+            randomizedDelaySec = "10min";
+            extraArgs = [ "--reboot" ];
+          };
+        }
+      '';
+      description = ''
+        Scheduled rollouts. Each `<name>` gets the service
+        `nixgate-rollout-<name>.service` (a oneshot running `nixgate push
+        --yes` with the state directory `/var/lib/nixgate/<name>`; start it by
+        hand to roll out now, read it with `journalctl -u`) and the timer
+        `nixgate-rollout-<name>.timer`. Names are used in unit names and
+        paths: letters, digits, `_`, `.` and `-`.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = lib.mapAttrsToList (name: _: {
+      assertion =
+        builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" name != null && !(lib.hasInfix ".." name);
+      message = "services.nixgate.rollouts.${name}: a rollout name is letters, digits, `_`, `.` and `-`, starting with a letter or digit, without `..`.";
+    }) cfg.rollouts;
+
+    environment.systemPackages = [ cfg.package ];
+
+    users.users = mkIf (cfg.user == "nixgate") {
+      nixgate = {
+        isSystemUser = true;
+        group = cfg.group;
+        home = stateRoot;
+        createHome = true;
+        description = "nixgate controller";
+      };
+    };
+
+    users.groups = mkIf (cfg.group == "nixgate") { nixgate = { }; };
+
+    systemd.services = lib.mapAttrs' mkService cfg.rollouts;
+
+    systemd.timers = lib.mapAttrs' mkTimer cfg.rollouts;
+  };
+}
