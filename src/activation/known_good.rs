@@ -58,7 +58,7 @@ pub struct MarkRequest {
 }
 
 pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; json=$3
-mkdir -p \"$dir\" && printf '%s\\n' \"$json\" > \"$dir/.$gen.json.tmp\" && mv -f \"$dir/.$gen.json.tmp\" \"$dir/$gen.json\"";
+mkdir -p \"$dir\" && printf '%s\\n' \"$json\" > \"$dir/.$gen.json.$$.tmp\" && mv -f \"$dir/.$gen.json.$$.tmp\" \"$dir/$gen.json\"";
 
 pub(crate) const LIST: &str = "prof=$1; dir=$2
 echo \"NixgateCurrent=$(readlink \"$prof\" 2>/dev/null)\"
