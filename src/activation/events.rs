@@ -67,6 +67,15 @@ pub enum Step {
     StopHungSwitch {
         unit: String,
     },
+    /// Units failed before this deploy (kept as they are).
+    RecordFailedUnits {
+        units: Vec<String>,
+    },
+    /// Before a rollback: clear the failed state of units that failed
+    /// during this deploy, so the old system's switch is judged on its own.
+    ResetFailedUnits {
+        units: Vec<String>,
+    },
     Reboot,
     WaitForReboot,
     MarkKnownGood,
@@ -92,6 +101,9 @@ pub enum Warning {
     },
     /// `flock` is missing on the host: the orphaned-switch check was skipped.
     SwitchLockUnchecked,
+    /// The rollback's switch exited 4 only for units that were already
+    /// failed before this deploy: the host is back where it was.
+    UnitsFailedBeforeDeploy { units: Vec<String> },
 }
 
 /// One event of a host's activation.

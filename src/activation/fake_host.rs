@@ -73,6 +73,9 @@ pub struct State {
     pub records: BTreeMap<String, String>,
     pub boot_id: u32,
     pub sudo_password_required: bool,
+    /// systemd units in the `failed` state. Like NixOS's
+    /// `switch-to-configuration`, a live switch exits 4 while any is.
+    pub failed_units: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -117,10 +120,20 @@ impl State {
             if let Some(p) = &b.repoint_profile_to {
                 self.set_profile(SYSTEM, p);
             }
-            let code = if live { b.exit } else { b.boot_exit };
+            let mut code = if live { b.exit } else { b.boot_exit };
             let mut log = vec!["activating the configuration...".to_string()];
+            if live && code == 4 {
+                self.failed_units.insert("nginx.service".into());
+            }
+            if live && code == 0 && !self.failed_units.is_empty() {
+                code = 4;
+            }
             if code == 4 {
-                log.push("warning: the following units failed: nginx.service".into());
+                let units: Vec<&str> = self.failed_units.iter().map(String::as_str).collect();
+                log.push(format!(
+                    "warning: the following units failed: {}",
+                    units.join(", ")
+                ));
             }
             (code, log)
         };
@@ -146,6 +159,20 @@ impl State {
                 let n = self.profiles.get(a[1]).map_or(0, Vec::len);
                 let base = a[1].rsplit('/').next().unwrap_or_default();
                 ok(&format!("{base}-{n}-link\n"))
+            }
+            "systemctl" if a[1] == "list-units" => {
+                let lines: String = self
+                    .failed_units
+                    .iter()
+                    .map(|u| format!("{u} loaded failed failed {u}\n"))
+                    .collect();
+                ok(&lines)
+            }
+            "systemctl" if a[1] == "reset-failed" => {
+                for u in &a[3..] {
+                    self.failed_units.remove(*u);
+                }
+                ok("")
             }
             "systemctl" if a[1] == "stop" => {
                 let unit = a[2].trim_end_matches(".service");
@@ -325,6 +352,7 @@ impl FakeHost {
             records: BTreeMap::new(),
             boot_id: 1,
             sudo_password_required: false,
+            failed_units: Default::default(),
         })))
     }
 

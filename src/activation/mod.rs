@@ -16,6 +16,7 @@
 pub mod detached;
 pub mod dry_activate;
 pub mod events;
+pub mod failed_units;
 #[cfg(test)]
 pub(crate) mod fake_host;
 pub mod health;

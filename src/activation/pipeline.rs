@@ -64,6 +64,7 @@ where
         live_changed: false,
         boot_changed: false,
         profile_set: false,
+        pre_failed: None,
     };
     run.go(cancel).await
 }
@@ -80,6 +81,8 @@ struct Run<'a, R> {
     live_changed: bool,
     boot_changed: bool,
     profile_set: bool,
+    /// Units failed before the live switch (Linux; `None` when unknown).
+    pub(super) pre_failed: Option<std::collections::BTreeSet<String>>,
 }
 
 fn remote_err(step: &'static str, e: anyhow::Error) -> FailureReason {
@@ -289,6 +292,7 @@ impl<R: Remote> Run<'_, R> {
         let action = goal.switch_action().unwrap_or(SwitchAction::Test);
         let job = self.job(JobPurpose::Candidate, action);
         let previous = self.pre_current.clone();
+        self.record_failed_units().await;
         match run_detached(self.remote, self.s, &job, &cand, &previous, self.emit).await {
             SwitchResult::Settled(ev) => {
                 self.live_changed = true;

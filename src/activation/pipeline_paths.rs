@@ -154,11 +154,15 @@ impl<R: Remote> Run<'_, R> {
                 };
             }
         }
+        if mode != RollbackMode::BootOnly {
+            self.reset_new_failures().await;
+        }
         (self.emit)(ActivationEvent::RollbackStarted {
             to: to.clone(),
             mode,
         });
         let outcome = rollback(self.remote, self.s, &self.req.run_id, &to, mode, self.emit).await;
+        let outcome = self.accept_earlier_failures(outcome).await;
         (self.emit)(ActivationEvent::RollbackFinished {
             outcome: outcome.clone(),
         });
@@ -171,5 +175,89 @@ impl<R: Remote> Run<'_, R> {
                 rollback_error: error,
             },
         }
+    }
+}
+
+impl<R: Remote> Run<'_, R> {
+    /// Before the live switch: which units are failed already (Linux).
+    pub(super) async fn record_failed_units(&mut self) {
+        if self.s.os != Os::Linux {
+            return;
+        }
+        // Best effort: without the list, nothing is reset before a rollback.
+        if let Ok(units) =
+            crate::activation::failed_units::failed_units(self.remote, self.s.sudo).await
+        {
+            if !units.is_empty() {
+                self.step(Step::RecordFailedUnits {
+                    units: units.iter().cloned().collect(),
+                });
+            }
+            self.pre_failed = Some(units);
+        }
+    }
+
+    /// A rollback whose switch exited 4 with the host on its target, and
+    /// only units failed that were failed before this deploy, is back where
+    /// it was: rolled back (with a warning naming them), not a failure.
+    async fn accept_earlier_failures(&mut self, outcome: RollbackOutcome) -> RollbackOutcome {
+        use crate::activation::rollback::RollbackError;
+        let RollbackOutcome::Failed {
+            to,
+            mode,
+            error:
+                RollbackError::Switch(SwitchFailure::Exited {
+                    code: 4,
+                    seen: Some(seen),
+                    ..
+                }),
+        } = &outcome
+        else {
+            return outcome;
+        };
+        let Some(before) = &self.pre_failed else {
+            return outcome;
+        };
+        if seen != to {
+            return outcome;
+        }
+        let Ok(now) = crate::activation::failed_units::failed_units(self.remote, self.s.sudo).await
+        else {
+            return outcome;
+        };
+        if now.is_empty() || !now.is_subset(before) {
+            return outcome;
+        }
+        (self.emit)(ActivationEvent::Warning {
+            warning: Warning::UnitsFailedBeforeDeploy {
+                units: now.into_iter().collect(),
+            },
+        });
+        RollbackOutcome::RolledBack {
+            to: to.clone(),
+            mode: *mode,
+            evidence: None,
+        }
+    }
+
+    /// Clear the failed state of units that failed during this deploy.
+    async fn reset_new_failures(&mut self) {
+        let Some(before) = &self.pre_failed else {
+            return;
+        };
+        let Ok(now) = crate::activation::failed_units::failed_units(self.remote, self.s.sudo).await
+        else {
+            return;
+        };
+        let new: std::collections::BTreeSet<String> = now.difference(before).cloned().collect();
+        if new.is_empty() {
+            return;
+        }
+        self.step(Step::ResetFailedUnits {
+            units: new.iter().cloned().collect(),
+        });
+        // If this fails the rollback's switch may report these units again:
+        // that is reported as it is, never hidden.
+        let _ = crate::activation::failed_units::reset_failed(self.remote, self.s.sudo, &new).await;
     }
 }

@@ -92,6 +92,7 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         format!("readlink-f {KNOWN_GOOD}"),
         format!("sudo -n -- {NEW}/bin/switch-to-configuration dry-activate"),
         format!("compare-components /run/current-system {NEW}"),
+        "sudo -n -- systemctl list-units --all --state=failed --plain --no-legend --no-pager".into(),
         "sudo lock-check /run/nixos/switch-to-configuration.lock".into(),
         format!("sudo fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration test"),
         "poll nixgate-switch-r1.service /run/nixgate/nixgate-switch-r1.status /run/current-system".to_string(),
@@ -188,10 +189,58 @@ async fn exit_4_rolls_back_live_and_leaves_the_boot_default() {
             .iter()
             .any(|c| c.ends_with(" boot") || c.ends_with(" switch"))
     );
+    // The unit the candidate broke is reset before the old system's switch,
+    // which would otherwise exit 4 for it too.
+    let reset = "sudo -n -- systemctl reset-failed -- nginx.service";
+    let fire_rollback = format!("sudo fire --unit=nixgate-switch-r1-rollback {OLD}");
+    let pos = |p: &str| ran.cmds.iter().position(|c| c.starts_with(p));
+    assert!(
+        pos(reset) < pos(&fire_rollback) && pos(reset).is_some(),
+        "{:#?}",
+        ran.cmds
+    );
     let st = host.state();
     assert_eq!(st.current, sp(OLD));
     assert_eq!(st.boot_default, sp(OLD));
     assert_eq!(st.profiles[SYSTEM], vec![sp(OLD)]);
+    assert!(st.failed_units.is_empty());
+}
+
+#[tokio::test]
+async fn units_failing_before_the_deploy_are_left_alone_and_do_not_fail_the_rollback() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().failed_units.insert("backup.service".into());
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(
+        count(
+            &ran.cmds,
+            "sudo -n -- systemctl reset-failed -- nginx.service"
+        ),
+        1,
+        "only what this deploy broke is reset: {:#?}",
+        ran.cmds
+    );
+    assert!(ran.events.iter().any(|e| matches!(
+        e,
+        ActivationEvent::Warning {
+            warning: Warning::UnitsFailedBeforeDeploy { units }
+        } if units == &["backup.service".to_string()]
+    )));
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.failed_units.contains("backup.service"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -65,7 +65,8 @@ pub enum RollbackOutcome {
         to: StorePath,
         mode: RollbackMode,
         /// The verified re-activation; `None` for a Darwin boot-only
-        /// rollback, which is the profile alone.
+        /// rollback, which is the profile alone, and when the switch's only
+        /// complaint was units already failed before the deploy.
         evidence: Option<SwitchEvidence>,
     },
     Failed {
