@@ -3,6 +3,8 @@
 //! package rebuilt only because one of its dependencies changed is not drift
 //! itself; the dependency is judged on its own.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::names::{OUTPUTS, split_name};
@@ -46,22 +48,30 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
     if let Structural::Explained { causes, .. } = structural {
         local_causes(causes, "", &mut nodes);
     }
+    // Each node's name split once, and the nodes by version, so finding a
+    // package's node is a lookup rather than a scan of the whole tree.
+    let split: Vec<(String, Option<String>)> = nodes.iter().map(|(n, _)| split_name(n)).collect();
+    let mut by_version: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, (_, v)) in split.iter().enumerate() {
+        if let Some(v) = v {
+            by_version.entry(v.as_str()).or_default().push(i);
+        }
+    }
     let mut out = Vec::new();
     for pc in &diff.changes {
         if expected(&pc.name, expect) {
             continue;
         }
-        // Name of the derivation as the tree names it: `<pname>-<version>`.
+        // Name of the derivation as the tree names it: `<pname>-<version>`;
+        // the first such node in the tree.
         let own = |version: &Option<String>| -> Option<Vec<Cause>> {
             let v = version.as_ref()?;
             let base = split_name(&format!("{}-{v}", pc.name)).0;
-            nodes
+            by_version
+                .get(v.as_str())?
                 .iter()
-                .find(|(n, _)| {
-                    let (np, nv) = split_name(n);
-                    nv.as_deref() == Some(v.as_str()) && (np == pc.name || np == base)
-                })
-                .map(|(_, c)| c.clone())
+                .find(|&&i| split[i].0 == pc.name || split[i].0 == base)
+                .map(|&i| nodes[i].1.clone())
         };
         match &pc.change {
             Change::Rebuilt { version, .. } => {

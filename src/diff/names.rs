@@ -12,19 +12,44 @@ pub const OUTPUTS: &[&str] = &[
 /// at the first dash followed by a digit; a trailing output name moves to the
 /// package name.
 pub fn split_name(name: &str) -> (String, Option<String>) {
+    let (pname, out, version) = split_name_parts(name);
+    let pname = match out {
+        Some(out) => format!("{pname}-{out}"),
+        None => pname.to_owned(),
+    };
+    (pname, version.map(str::to_owned))
+}
+
+/// [`split_name`] without allocating: the name before the version, the
+/// output moved to the package name (if any), and the version. The package
+/// name is `<pname>-<out>` when there is an output, else `<pname>`.
+pub fn split_name_parts(name: &str) -> (&str, Option<&str>, Option<&str>) {
     let bytes = name.as_bytes();
     let at = (0..bytes.len().saturating_sub(1))
         .find(|&i| bytes[i] == b'-' && bytes[i + 1].is_ascii_digit());
     let Some(at) = at else {
-        return (name.to_owned(), None);
+        return (name, None, None);
     };
     let (pname, version) = (&name[..at], &name[at + 1..]);
     if let Some((v, out)) = version.rsplit_once('-')
         && OUTPUTS.contains(&out)
     {
-        return (format!("{pname}-{out}"), Some(v.to_owned()));
+        return (pname, Some(out), Some(v));
     }
-    (pname.to_owned(), Some(version.to_owned()))
+    (pname, None, Some(version))
+}
+
+/// The package name of a store path name, written into `buf` (reused, so a
+/// lookup allocates nothing).
+pub fn package_name<'b>(name: &str, buf: &'b mut String) -> &'b str {
+    let (pname, out, _) = split_name_parts(name);
+    buf.clear();
+    buf.push_str(pname);
+    if let Some(out) = out {
+        buf.push('-');
+        buf.push_str(out);
+    }
+    buf
 }
 
 #[derive(PartialEq, Eq)]

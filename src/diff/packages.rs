@@ -4,11 +4,12 @@
 //! plus the closure size delta.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 use serde::Serialize;
 
-use super::names::{compare_versions, split_name};
+use super::names::{compare_versions, package_name, split_name_parts};
 use crate::nix::StorePath;
 use crate::nix::closure::PathInfo;
 
@@ -75,55 +76,121 @@ impl PackageDiff {
 
 type Versions = BTreeMap<String, (BTreeSet<String>, BTreeSet<StorePath>)>;
 
-/// Packages by name; the root (the system toplevel, which changes with
-/// every change) and derivations are left out.
-fn group(closure: &[PathInfo], root: &StorePath) -> Versions {
+/// A store path as a hash key: hashed by its 32-character hash only (which
+/// already tells paths apart), compared whole.
+#[derive(PartialEq, Eq)]
+struct Key<'a>(&'a StorePath);
+
+impl Hash for Key<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash().hash(state)
+    }
+}
+
+/// Paths of a closure by path.
+type ByPath<'a> = HashMap<Key<'a>, &'a PathInfo>;
+
+/// A package path: not a derivation, not the root (the system toplevel,
+/// which changes with every change).
+fn is_package(p: &PathInfo, root: &StorePath) -> bool {
+    !p.path.is_derivation() && p.path != *root
+}
+
+/// The packages of `names`, by name, with their versions and paths.
+fn group(closure: &[PathInfo], root: &StorePath, names: &HashSet<String>) -> Versions {
     let mut out: Versions = BTreeMap::new();
-    for p in closure
-        .iter()
-        .filter(|p| !p.path.is_derivation() && p.path != *root)
-    {
-        let (name, version) = split_name(p.path.name());
-        let e = out.entry(name).or_default();
-        if let Some(v) = version {
-            e.0.insert(v);
+    let mut buf = String::new();
+    for p in closure.iter().filter(|p| is_package(p, root)) {
+        let name = package_name(p.path.name(), &mut buf);
+        if !names.contains(name) {
+            continue;
+        }
+        let e = out.entry(name.to_owned()).or_default();
+        if let (_, _, Some(v)) = split_name_parts(p.path.name()) {
+            e.0.insert(v.to_owned());
         }
         e.1.insert(p.path.clone());
     }
     out
 }
 
-/// Package names directly in the system's `sw` (the root's `system-path`
-/// reference, or the root itself when there is none).
-fn selected(closure: &[PathInfo], root: &StorePath) -> HashSet<String> {
-    let by_path: BTreeMap<&StorePath, &PathInfo> = closure.iter().map(|p| (&p.path, p)).collect();
-    let Some(root_info) = by_path.get(root) else {
-        return HashSet::new();
+/// Package names among `names` directly in the system's `sw` (the root's
+/// `system-path` reference, or the root itself when there is none).
+fn selected(
+    by_path: &ByPath<'_>,
+    root: &StorePath,
+    names: &HashSet<String>,
+    out: &mut HashSet<String>,
+) {
+    let Some(root_info) = by_path.get(&Key(root)) else {
+        return;
     };
     let sw = root_info
         .references
         .iter()
         .find(|r| r.name().starts_with("system-path"))
-        .and_then(|r| by_path.get(r))
+        .and_then(|r| by_path.get(&Key(r)))
         .unwrap_or(root_info);
-    sw.references
-        .iter()
-        .map(|r| split_name(r.name()).0)
-        .collect()
+    let mut buf = String::new();
+    for r in &sw.references {
+        let name = package_name(r.name(), &mut buf);
+        if names.contains(name) && !out.contains(name) {
+            out.insert(name.to_owned());
+        }
+    }
 }
 
 /// Diff two closures (old running, new candidate), roots given.
+///
+/// Only the packages with a path on one side alone can change: a package
+/// whose paths are all in both closures has the same versions and paths on
+/// both sides. So the closures are compared by path first (hash lookups),
+/// and names are grouped only for the paths that differ.
 pub fn package_diff(
     old: &[PathInfo],
     old_root: &StorePath,
     new: &[PathInfo],
     new_root: &StorePath,
 ) -> PackageDiff {
-    let (go, gn) = (group(old, old_root), group(new, new_root));
-    let sel: HashSet<String> = selected(new, new_root)
-        .union(&selected(old, old_root))
-        .cloned()
-        .collect();
+    let old_paths: ByPath<'_> = old.iter().map(|p| (Key(&p.path), p)).collect();
+    let new_paths: ByPath<'_> = new.iter().map(|p| (Key(&p.path), p)).collect();
+    let mut size = SizeDelta::default();
+    // Names with a package path on one side only.
+    let mut names: HashSet<String> = HashSet::new();
+    let mut buf = String::new();
+    for (side, root, other, other_root, added) in [
+        (old, old_root, &new_paths, new_root, false),
+        (new, new_root, &old_paths, old_root, true),
+    ] {
+        for p in side {
+            let total = if added {
+                &mut size.new_total
+            } else {
+                &mut size.old_total
+            };
+            *total += p.nar_size;
+            let in_other = other.contains_key(&Key(&p.path));
+            if !in_other {
+                if added {
+                    size.paths_added += 1;
+                    size.bytes_added += p.nar_size;
+                } else {
+                    size.paths_removed += 1;
+                    size.bytes_removed += p.nar_size;
+                }
+            }
+            if is_package(p, root) && (!in_other || p.path == *other_root) {
+                let name = package_name(p.path.name(), &mut buf);
+                if !names.contains(name) {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    let (go, gn) = (group(old, old_root, &names), group(new, new_root, &names));
+    let mut sel: HashSet<String> = HashSet::new();
+    selected(&new_paths, new_root, &names, &mut sel);
+    selected(&old_paths, old_root, &names, &mut sel);
     let mut changes = Vec::new();
     for name in go.keys().chain(gn.keys()).collect::<BTreeSet<_>>() {
         let change = match (go.get(name), gn.get(name)) {
@@ -176,23 +243,194 @@ pub fn package_diff(
             .cmp(&a.selected)
             .then_with(|| a.name.cmp(&b.name))
     });
-    let old_paths: HashSet<&StorePath> = old.iter().map(|p| &p.path).collect();
-    let new_paths: HashSet<&StorePath> = new.iter().map(|p| &p.path).collect();
-    let size = SizeDelta {
-        paths_added: new.iter().filter(|p| !old_paths.contains(&p.path)).count(),
-        paths_removed: old.iter().filter(|p| !new_paths.contains(&p.path)).count(),
-        bytes_added: new
-            .iter()
-            .filter(|p| !old_paths.contains(&p.path))
-            .map(|p| p.nar_size)
-            .sum(),
-        bytes_removed: old
-            .iter()
-            .filter(|p| !new_paths.contains(&p.path))
-            .map(|p| p.nar_size)
-            .sum(),
-        old_total: old.iter().map(|p| p.nar_size).sum(),
-        new_total: new.iter().map(|p| p.nar_size).sum(),
-    };
     PackageDiff { changes, size }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::names::split_name;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The straightforward version (group every path by name): the fast one
+    /// must give the same result.
+    fn reference(
+        old: &[PathInfo],
+        old_root: &StorePath,
+        new: &[PathInfo],
+        new_root: &StorePath,
+    ) -> PackageDiff {
+        fn group(closure: &[PathInfo], root: &StorePath) -> Versions {
+            let mut out: Versions = BTreeMap::new();
+            for p in closure.iter().filter(|p| is_package(p, root)) {
+                let (name, version) = split_name(p.path.name());
+                let e = out.entry(name).or_default();
+                if let Some(v) = version {
+                    e.0.insert(v);
+                }
+                e.1.insert(p.path.clone());
+            }
+            out
+        }
+        fn selected(closure: &[PathInfo], root: &StorePath) -> HashSet<String> {
+            let by_path: BTreeMap<&StorePath, &PathInfo> =
+                closure.iter().map(|p| (&p.path, p)).collect();
+            let Some(root_info) = by_path.get(root) else {
+                return HashSet::new();
+            };
+            let sw = root_info
+                .references
+                .iter()
+                .find(|r| r.name().starts_with("system-path"))
+                .and_then(|r| by_path.get(r))
+                .unwrap_or(root_info);
+            sw.references
+                .iter()
+                .map(|r| split_name(r.name()).0)
+                .collect()
+        }
+        let (go, gn) = (group(old, old_root), group(new, new_root));
+        let sel: HashSet<String> = selected(new, new_root)
+            .union(&selected(old, old_root))
+            .cloned()
+            .collect();
+        let mut changes = Vec::new();
+        for name in go.keys().chain(gn.keys()).collect::<BTreeSet<_>>() {
+            let change = match (go.get(name), gn.get(name)) {
+                (None, Some((v, _))) => Change::Added {
+                    versions: v.iter().cloned().collect(),
+                },
+                (Some((v, _)), None) => Change::Removed {
+                    versions: v.iter().cloned().collect(),
+                },
+                (Some((vo, po)), Some((vn, pn))) => {
+                    if vo == vn {
+                        if po == pn {
+                            continue;
+                        }
+                        Change::Rebuilt {
+                            version: vn.iter().next().cloned(),
+                            old: po.difference(pn).cloned().collect(),
+                            new: pn.difference(po).cloned().collect(),
+                        }
+                    } else if vo.len() == 1 && vn.len() == 1 {
+                        let (a, b) = (
+                            vo.iter().next().cloned().unwrap_or_default(),
+                            vn.iter().next().cloned().unwrap_or_default(),
+                        );
+                        match compare_versions(&a, &b) {
+                            Ordering::Less => Change::Upgraded { from: a, to: b },
+                            Ordering::Greater => Change::Downgraded { from: a, to: b },
+                            Ordering::Equal => Change::Changed {
+                                from: vec![a],
+                                to: vec![b],
+                            },
+                        }
+                    } else {
+                        Change::Changed {
+                            from: vo.iter().cloned().collect(),
+                            to: vn.iter().cloned().collect(),
+                        }
+                    }
+                }
+                (None, None) => continue,
+            };
+            changes.push(PackageChange {
+                selected: sel.contains(name.as_str()),
+                name: name.clone(),
+                change,
+            });
+        }
+        changes.sort_by(|a, b| {
+            b.selected
+                .cmp(&a.selected)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let old_paths: HashSet<&StorePath> = old.iter().map(|p| &p.path).collect();
+        let new_paths: HashSet<&StorePath> = new.iter().map(|p| &p.path).collect();
+        let (added, removed): (Vec<&PathInfo>, Vec<&PathInfo>) = (
+            new.iter()
+                .filter(|p| !old_paths.contains(&p.path))
+                .collect(),
+            old.iter()
+                .filter(|p| !new_paths.contains(&p.path))
+                .collect(),
+        );
+        let size = SizeDelta {
+            paths_added: added.len(),
+            paths_removed: removed.len(),
+            bytes_added: added.iter().map(|p| p.nar_size).sum(),
+            bytes_removed: removed.iter().map(|p| p.nar_size).sum(),
+            old_total: old.iter().map(|p| p.nar_size).sum(),
+            new_total: new.iter().map(|p| p.nar_size).sum(),
+        };
+        PackageDiff { changes, size }
+    }
+
+    const NAMES: &[&str] = &[
+        "nginx-1.24.0",
+        "nginx-1.25.0",
+        "openssl-3.0.13",
+        "openssl-3.0.14",
+        "openssl-3.0.13-dev",
+        "openssl-dev-3.0.13",
+        "python3.11-foo-1.0",
+        "glibc-2.39-5",
+        "etc",
+        "system-path",
+        "nixos-system-a-24.05",
+        "nginx-1.24.0.drv",
+    ];
+
+    fn path(hash: usize, name: usize) -> StorePath {
+        let h = ['a', 'b', 'c', 'd'][hash].to_string().repeat(32);
+        StorePath::parse(&format!("/nix/store/{h}-{}", NAMES[name])).unwrap()
+    }
+
+    type Spec = Vec<(usize, usize, u64, Vec<usize>)>;
+
+    fn spec() -> impl Strategy<Value = (Spec, usize)> {
+        (
+            proptest::collection::vec(
+                (
+                    0..4usize,
+                    0..NAMES.len(),
+                    0..100u64,
+                    proptest::collection::vec(0..12usize, 0..5),
+                ),
+                0..12,
+            ),
+            0..13usize,
+        )
+    }
+
+    /// A closure (references to other entries) and its root: an entry, or
+    /// (past the end) a path that is not in it.
+    fn closure((spec, root): &(Spec, usize)) -> (Vec<PathInfo>, StorePath) {
+        let paths: Vec<StorePath> = spec.iter().map(|(h, n, _, _)| path(*h, *n)).collect();
+        let infos = spec
+            .iter()
+            .zip(&paths)
+            .map(|((_, _, size, refs), p)| PathInfo {
+                path: p.clone(),
+                nar_size: *size,
+                references: refs.iter().filter_map(|r| paths.get(*r).cloned()).collect(),
+                deriver: None,
+            })
+            .collect();
+        let root = paths.get(*root).cloned().unwrap_or_else(|| path(3, 10));
+        (infos, root)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn same_as_grouping_every_path(old in spec(), new in spec()) {
+            let ((old, old_root), (new, new_root)) = (closure(&old), closure(&new));
+            prop_assert_eq!(
+                package_diff(&old, &old_root, &new, &new_root),
+                reference(&old, &old_root, &new, &new_root)
+            );
+        }
+    }
 }
