@@ -19,15 +19,29 @@ use crate::report::{Event, EventSink};
 use super::Candidate;
 
 /// Diff one host.
+/// What every host's diff of one run shares.
+struct Ctx<'a> {
+    inv: &'a Inventory,
+    sessions: &'a Sessions,
+    expect: Option<&'a [String]>,
+    /// The candidate's commit.
+    commit: Option<&'a str>,
+    drvs: diff::structural::SharedDrvCache,
+}
+
 async fn one(
-    inv: &Inventory,
-    sessions: &Sessions,
+    ctx: &Ctx<'_>,
     host: &str,
     cand: &StorePath,
     drv: &StorePath,
-    expect: Option<&[String]>,
-    commit: Option<&str>,
 ) -> anyhow::Result<HostDiff> {
+    let Ctx {
+        inv,
+        sessions,
+        expect,
+        commit,
+        ref drvs,
+    } = *ctx;
     let h = inv
         .host(host)
         .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
@@ -35,7 +49,8 @@ async fn one(
     let builder = sessions.get(BUILDER).await?;
     let paths = HostPaths::for_os(h.os);
     let current = links::read_store_link(&session, &paths.current_system).await?;
-    let mut d = diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect).await?;
+    let mut d =
+        diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect, drvs).await?;
     // The commit the running system was validated from, if it is the known-good.
     let deployed = match &current {
         Some(cur) => known_good::history(&session, &paths)
@@ -59,7 +74,7 @@ async fn one(
         match recover_old_drv(inv, &builder, host, &h.attribute, &old_commit, cur).await {
             Ok(old_drv) => {
                 d.structural =
-                    diff::structural::structural_diff(&builder, Some(&old_drv), drv).await?;
+                    diff::structural::structural_diff(&builder, drvs, Some(&old_drv), drv).await?;
                 if let (Some(p), Some(e)) = (&d.packages, expect) {
                     d.drift = diff::drift::drift(p, &d.structural, e);
                 }
@@ -143,10 +158,18 @@ pub async fn diff_all(
 ) -> HashMap<String, Result<HostDiff, String>> {
     let mut hosts: Vec<&String> = candidates.keys().collect();
     hosts.sort();
+    let ctx = Ctx {
+        inv,
+        sessions,
+        expect,
+        commit,
+        drvs: Default::default(),
+    };
+    let ctx = &ctx;
     let jobs = hosts.iter().map(|h| async move {
         let c = &candidates[*h];
         let r = match drvs.get(*h) {
-            Some(drv) => one(inv, sessions, h, &c.closure, drv, expect, commit)
+            Some(drv) => one(ctx, h, &c.closure, drv)
                 .await
                 .map_err(|e| format!("{e:#}")),
             None => Err("no derivation known for the candidate".into()),

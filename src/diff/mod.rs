@@ -66,6 +66,7 @@ pub async fn diff_host<H: Remote, B: Remote>(
     candidate: &StorePath,
     candidate_drv: &StorePath,
     expect: Option<&[String]>,
+    drvs: &structural::SharedDrvCache,
 ) -> anyhow::Result<HostDiff> {
     let new: Vec<PathInfo> = closure::closure(builder, candidate).await?;
     let (packages, old_drv) = match current {
@@ -85,7 +86,7 @@ pub async fn diff_host<H: Remote, B: Remote>(
     let structural = if current == Some(candidate) {
         Structural::Identical
     } else {
-        structural::structural_diff(builder, old_drv.as_ref(), candidate_drv).await?
+        structural::structural_diff(builder, drvs, old_drv.as_ref(), candidate_drv).await?
     };
     let drift = match (&packages, expect) {
         (Some(p), Some(e)) => drift::drift(p, &structural, e),

@@ -260,9 +260,20 @@ fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Derivations read from the builder, shared by the diffs of one run: hosts
+/// built from one configuration share most derivations, so each is read and
+/// parsed once per run, not once per host.
+#[derive(Debug, Default)]
+pub struct DrvCache {
+    drvs: HashMap<String, Derivation>,
+}
+
+/// A [`DrvCache`] the hosts of a run take turns with.
+pub type SharedDrvCache = tokio::sync::Mutex<DrvCache>;
+
 struct RemoteDrvs<'r, R: Remote> {
     remote: &'r R,
-    cache: HashMap<String, Derivation>,
+    cache: &'r mut HashMap<String, Derivation>,
 }
 
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
@@ -357,6 +368,7 @@ async fn walk<D: Drvs>(drvs: &mut D, old: &str, new: &str) -> anyhow::Result<Opt
 /// The structural diff of the old and new system derivations, read on the builder.
 pub async fn structural_diff<R: Remote>(
     builder: &R,
+    cache: &SharedDrvCache,
     old_drv: Option<&StorePath>,
     new_drv: &StorePath,
 ) -> anyhow::Result<Structural> {
@@ -366,9 +378,10 @@ pub async fn structural_diff<R: Remote>(
     if old == new_drv {
         return Ok(Structural::Identical);
     }
+    let mut cache = cache.lock().await;
     let mut drvs = RemoteDrvs {
         remote: builder,
-        cache: HashMap::new(),
+        cache: &mut cache.drvs,
     };
     Ok(
         match walk(&mut drvs, old.as_str(), new_drv.as_str()).await? {
