@@ -690,6 +690,7 @@ fn diff_metadata(
         structural: structural.clone(),
         drift,
         flake_inputs: None,
+        candidate_closure: None,
     }
 }
 

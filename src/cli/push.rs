@@ -12,6 +12,7 @@ use crate::deploy::diffgate;
 use crate::deploy::fanout::RelayHub;
 use crate::deploy::stage::CopyStager;
 use crate::deploy::{self, Candidate, RunContext};
+use crate::diff::HostDiff;
 use crate::fleet::{BUILDER, Sessions};
 use crate::gates::Goal;
 use crate::inventory::{CopyMode, Inventory, Selection};
@@ -223,6 +224,7 @@ pub async fn push(
         },
     };
     // Gate 2: every change explained before anything switches.
+    let mut closures = HashMap::new();
     if !drvs.is_empty() {
         let diffs = diffgate::diff_all(
             &inv,
@@ -235,6 +237,14 @@ pub async fn push(
         )
         .await;
         for (host, d) in diffs {
+            if let Ok(HostDiff {
+                candidate,
+                candidate_closure: Some(c),
+                ..
+            }) = &d
+            {
+                closures.insert(candidate.clone(), c.clone());
+            }
             let refusal = match &d {
                 Ok(d) if d.drift.is_empty() => None,
                 Ok(d) => Some(format!(
@@ -295,6 +305,7 @@ pub async fn push(
         inventory: inv.clone(),
         sessions: run.sessions.clone(),
         sink: run.sink.clone(),
+        closures,
         hub: (relaying > 1).then(|| {
             RelayHub::new(
                 run.sessions.clone(),

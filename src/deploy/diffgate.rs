@@ -49,8 +49,16 @@ async fn one(
     let builder = sessions.get(BUILDER).await?;
     let paths = HostPaths::for_os(h.os);
     let current = links::read_store_link(&session, &paths.current_system).await?;
-    let mut d =
-        diff::diff_host(&session, &builder, current.as_ref(), cand, drv, expect, drvs).await?;
+    let mut d = diff::diff_host(
+        &session,
+        &builder,
+        current.as_ref(),
+        cand,
+        drv,
+        expect,
+        drvs,
+    )
+    .await?;
     // The commit the running system was validated from, if it is the known-good.
     let deployed = match &current {
         Some(cur) => known_good::history(&session, &paths)

@@ -2,7 +2,7 @@
 //! from the builder (relay through the controller, or straight from the
 //! builder) or from the host's own substituters.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::fanout::RelayHub;
@@ -17,6 +17,8 @@ pub struct CopyStager {
     pub inventory: Arc<Inventory>,
     pub sessions: Arc<Sessions>,
     pub sink: EventSink,
+    /// Closures already known (from the diff gate), by toplevel.
+    pub closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
     /// Present when several hosts relay: shared paths leave the builder once.
     pub hub: Option<Arc<RelayHub>>,
 }
@@ -41,7 +43,10 @@ impl super::Stager for CopyStager {
         let outcome = match h.copy {
             CopyMode::Relay => {
                 let builder = self.sessions.get(BUILDER).await?;
-                let paths = Arc::new(nix::closure::closure(&builder, &closure).await?);
+                let paths = match self.closures.get(&closure) {
+                    Some(known) => known.clone(),
+                    None => Arc::new(nix::closure::closure(&builder, &closure).await?),
+                };
                 let sink = self.sink.clone();
                 let name = host.to_string();
                 let progress: Arc<dyn Fn(nix::copy::CopyProgress) + Send + Sync> =

@@ -32,6 +32,10 @@ pub struct HostDiff {
     /// Flake inputs changed between the commit the host's known-good was
     /// built from and the candidate's (when both are known and have a flake.lock).
     pub flake_inputs: Option<Vec<flake_lock::InputChange>>,
+    /// The candidate's closure as the builder reported it (the copy gate
+    /// reuses it instead of asking again).
+    #[serde(skip)]
+    pub candidate_closure: Option<std::sync::Arc<Vec<PathInfo>>>,
 }
 
 impl HostDiff {
@@ -99,5 +103,6 @@ pub async fn diff_host<H: Remote, B: Remote>(
         structural,
         drift,
         flake_inputs: None,
+        candidate_closure: Some(std::sync::Arc::new(new)),
     })
 }

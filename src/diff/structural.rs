@@ -4,6 +4,7 @@
 //! per command, so a whole diff costs about (depth) round trips.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -262,18 +263,20 @@ fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Derivations read from the builder, shared by the diffs of one run: hosts
 /// built from one configuration share most derivations, so each is read and
-/// parsed once per run, not once per host.
+/// parsed about once per run, not once per host. Held only to look up and
+/// to insert, never across a remote read, so host diffs run side by side.
 #[derive(Debug, Default)]
 pub struct DrvCache {
-    drvs: HashMap<String, Derivation>,
+    drvs: HashMap<String, Arc<Derivation>>,
 }
 
-/// A [`DrvCache`] the hosts of a run take turns with.
-pub type SharedDrvCache = tokio::sync::Mutex<DrvCache>;
+/// The [`DrvCache`] of a run.
+pub type SharedDrvCache = std::sync::Mutex<DrvCache>;
 
 struct RemoteDrvs<'r, R: Remote> {
     remote: &'r R,
-    cache: &'r mut HashMap<String, Derivation>,
+    shared: &'r SharedDrvCache,
+    cache: HashMap<String, Arc<Derivation>>,
 }
 
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
@@ -284,6 +287,15 @@ impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
             .collect();
         want.sort();
         want.dedup();
+        if let Ok(shared) = self.shared.lock() {
+            want.retain(|p| match shared.drvs.get(*p) {
+                Some(d) => {
+                    self.cache.insert((*p).clone(), d.clone());
+                    false
+                }
+                None => true,
+            });
+        }
         // Batches far below ARG_MAX.
         for batch in want.chunks(2000) {
             let out = self
@@ -292,16 +304,23 @@ impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
                 .await
                 .context("reading derivations on the builder")?
                 .check("reading derivations on the builder")?;
-            for (path, text) in split_batch(&out.stdout)? {
-                if let Ok(d) = parse_derivation(&text) {
-                    self.cache.insert(path, d);
+            let parsed: Vec<(String, Arc<Derivation>)> = split_batch(&out.stdout)?
+                .into_iter()
+                .filter_map(|(path, text)| {
+                    parse_derivation(&text).ok().map(|d| (path, Arc::new(d)))
+                })
+                .collect();
+            if let Ok(mut shared) = self.shared.lock() {
+                for (p, d) in &parsed {
+                    shared.drvs.insert(p.clone(), d.clone());
                 }
             }
+            self.cache.extend(parsed);
         }
         Ok(())
     }
     fn get(&self, path: &str) -> Option<&Derivation> {
-        self.cache.get(path)
+        self.cache.get(path).map(|d| d.as_ref())
     }
 }
 
@@ -378,10 +397,10 @@ pub async fn structural_diff<R: Remote>(
     if old == new_drv {
         return Ok(Structural::Identical);
     }
-    let mut cache = cache.lock().await;
     let mut drvs = RemoteDrvs {
         remote: builder,
-        cache: &mut cache.drvs,
+        shared: cache,
+        cache: HashMap::new(),
     };
     Ok(
         match walk(&mut drvs, old.as_str(), new_drv.as_str()).await? {
