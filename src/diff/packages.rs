@@ -193,44 +193,8 @@ pub fn package_diff(
     selected(&old_paths, old_root, &names, &mut sel);
     let mut changes = Vec::new();
     for name in go.keys().chain(gn.keys()).collect::<BTreeSet<_>>() {
-        let change = match (go.get(name), gn.get(name)) {
-            (None, Some((v, _))) => Change::Added {
-                versions: v.iter().cloned().collect(),
-            },
-            (Some((v, _)), None) => Change::Removed {
-                versions: v.iter().cloned().collect(),
-            },
-            (Some((vo, po)), Some((vn, pn))) => {
-                if vo == vn {
-                    if po == pn {
-                        continue;
-                    }
-                    Change::Rebuilt {
-                        version: vn.iter().next().cloned(),
-                        old: po.difference(pn).cloned().collect(),
-                        new: pn.difference(po).cloned().collect(),
-                    }
-                } else if vo.len() == 1 && vn.len() == 1 {
-                    let (a, b) = (
-                        vo.iter().next().cloned().unwrap_or_default(),
-                        vn.iter().next().cloned().unwrap_or_default(),
-                    );
-                    match compare_versions(&a, &b) {
-                        Ordering::Less => Change::Upgraded { from: a, to: b },
-                        Ordering::Greater => Change::Downgraded { from: a, to: b },
-                        Ordering::Equal => Change::Changed {
-                            from: vec![a],
-                            to: vec![b],
-                        },
-                    }
-                } else {
-                    Change::Changed {
-                        from: vo.iter().cloned().collect(),
-                        to: vn.iter().cloned().collect(),
-                    }
-                }
-            }
-            (None, None) => continue,
+        let Some(change) = classify(go.get(name), gn.get(name)) else {
+            continue;
         };
         changes.push(PackageChange {
             selected: sel.contains(name.as_str()),
@@ -244,6 +208,53 @@ pub fn package_diff(
             .then_with(|| a.name.cmp(&b.name))
     });
     PackageDiff { changes, size }
+}
+
+/// One package's change from its versions and paths on each side (`None`:
+/// unchanged).
+fn classify(
+    old: Option<&(BTreeSet<String>, BTreeSet<StorePath>)>,
+    new: Option<&(BTreeSet<String>, BTreeSet<StorePath>)>,
+) -> Option<Change> {
+    Some(match (old, new) {
+        (None, Some((v, _))) => Change::Added {
+            versions: v.iter().cloned().collect(),
+        },
+        (Some((v, _)), None) => Change::Removed {
+            versions: v.iter().cloned().collect(),
+        },
+        (Some((vo, po)), Some((vn, pn))) => {
+            if vo == vn {
+                if po == pn {
+                    return None;
+                }
+                Change::Rebuilt {
+                    version: vn.iter().next().cloned(),
+                    old: po.difference(pn).cloned().collect(),
+                    new: pn.difference(po).cloned().collect(),
+                }
+            } else if vo.len() == 1 && vn.len() == 1 {
+                let (a, b) = (
+                    vo.iter().next().cloned().unwrap_or_default(),
+                    vn.iter().next().cloned().unwrap_or_default(),
+                );
+                match compare_versions(&a, &b) {
+                    Ordering::Less => Change::Upgraded { from: a, to: b },
+                    Ordering::Greater => Change::Downgraded { from: a, to: b },
+                    Ordering::Equal => Change::Changed {
+                        from: vec![a],
+                        to: vec![b],
+                    },
+                }
+            } else {
+                Change::Changed {
+                    from: vo.iter().cloned().collect(),
+                    to: vn.iter().cloned().collect(),
+                }
+            }
+        }
+        (None, None) => return None,
+    })
 }
 
 #[cfg(test)]
@@ -296,44 +307,8 @@ mod tests {
             .collect();
         let mut changes = Vec::new();
         for name in go.keys().chain(gn.keys()).collect::<BTreeSet<_>>() {
-            let change = match (go.get(name), gn.get(name)) {
-                (None, Some((v, _))) => Change::Added {
-                    versions: v.iter().cloned().collect(),
-                },
-                (Some((v, _)), None) => Change::Removed {
-                    versions: v.iter().cloned().collect(),
-                },
-                (Some((vo, po)), Some((vn, pn))) => {
-                    if vo == vn {
-                        if po == pn {
-                            continue;
-                        }
-                        Change::Rebuilt {
-                            version: vn.iter().next().cloned(),
-                            old: po.difference(pn).cloned().collect(),
-                            new: pn.difference(po).cloned().collect(),
-                        }
-                    } else if vo.len() == 1 && vn.len() == 1 {
-                        let (a, b) = (
-                            vo.iter().next().cloned().unwrap_or_default(),
-                            vn.iter().next().cloned().unwrap_or_default(),
-                        );
-                        match compare_versions(&a, &b) {
-                            Ordering::Less => Change::Upgraded { from: a, to: b },
-                            Ordering::Greater => Change::Downgraded { from: a, to: b },
-                            Ordering::Equal => Change::Changed {
-                                from: vec![a],
-                                to: vec![b],
-                            },
-                        }
-                    } else {
-                        Change::Changed {
-                            from: vo.iter().cloned().collect(),
-                            to: vn.iter().cloned().collect(),
-                        }
-                    }
-                }
-                (None, None) => continue,
+            let Some(change) = classify(go.get(name), gn.get(name)) else {
+                continue;
             };
             changes.push(PackageChange {
                 selected: sel.contains(name.as_str()),

@@ -21,13 +21,17 @@ pub async fn add_roots<R: Remote>(
     toplevel: &StorePath,
     drv: &StorePath,
 ) -> anyhow::Result<()> {
+    root(
+        builder,
+        ROOTS,
+        &[host, toplevel.as_str(), drv.as_str(), toplevel.hash()],
+    )
+    .await
+}
+
+async fn root<R: Remote>(builder: &R, script: &'static str, args: &[&str]) -> anyhow::Result<()> {
     builder
-        .exec(&Command::script(ROOTS).args([
-            host,
-            toplevel.as_str(),
-            drv.as_str(),
-            toplevel.hash(),
-        ]))
+        .exec(&Command::script(script).args(args.iter().copied()))
         .await
         .context("adding GC roots on the builder")?
         .check("adding GC roots on the builder")?;
@@ -42,12 +46,12 @@ pub async fn add_old_drv_root<R: Remote>(
     toplevel: &StorePath,
     drv: &StorePath,
 ) -> anyhow::Result<()> {
-    builder
-        .exec(&Command::script(OLD_DRV_ROOT).args([host, drv.as_str(), toplevel.hash()]))
-        .await
-        .context("adding a GC root on the builder")?
-        .check("adding a GC root on the builder")?;
-    Ok(())
+    root(
+        builder,
+        OLD_DRV_ROOT,
+        &[host, drv.as_str(), toplevel.hash()],
+    )
+    .await
 }
 
 const OLD_DRV_ROOT: &str = r#"set -e
