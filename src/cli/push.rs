@@ -309,7 +309,7 @@ pub async fn push(
         hub: (relaying > 1).then(|| {
             RelayHub::new(
                 run.sessions.clone(),
-                Duration::from_millis(150),
+                Duration::from_millis(80),
                 Duration::from_secs(3),
             )
         }),

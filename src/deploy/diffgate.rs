@@ -27,6 +27,8 @@ struct Ctx<'a> {
     /// The candidate's commit.
     commit: Option<&'a str>,
     drvs: diff::structural::SharedDrvCache,
+    /// Every candidate's closure, from one query on the builder.
+    closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
 }
 
 async fn one(
@@ -41,6 +43,7 @@ async fn one(
         expect,
         commit,
         ref drvs,
+        ..
     } = *ctx;
     let h = inv
         .host(host)
@@ -49,16 +52,12 @@ async fn one(
     let builder = sessions.get(BUILDER).await?;
     let paths = HostPaths::for_os(h.os);
     let current = links::read_store_link(&session, &paths.current_system).await?;
-    let mut d = diff::diff_host(
-        &session,
-        &builder,
-        current.as_ref(),
-        cand,
+    let built = diff::Built {
+        toplevel: cand,
         drv,
-        expect,
-        drvs,
-    )
-    .await?;
+        closure: ctx.closures.get(cand).cloned(),
+    };
+    let mut d = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs).await?;
     // The commit the running system was validated from, if it is the known-good.
     let deployed = match &current {
         Some(cur) => known_good::history(&session, &paths)
@@ -166,12 +165,22 @@ pub async fn diff_all(
 ) -> HashMap<String, Result<HostDiff, String>> {
     let mut hosts: Vec<&String> = candidates.keys().collect();
     hosts.sort();
+    // One closure query for every candidate (best effort: else per host).
+    let roots: Vec<StorePath> = candidates.values().map(|c| c.closure.clone()).collect();
+    let closures = match sessions.get(BUILDER).await {
+        Ok(b) => nix::closure::closures(&b, &roots)
+            .await
+            .map(|m| m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+            .unwrap_or_default(),
+        Err(_) => HashMap::new(),
+    };
     let ctx = Ctx {
         inv,
         sessions,
         expect,
         commit,
         drvs: Default::default(),
+        closures,
     };
     let ctx = &ctx;
     let jobs = hosts.iter().map(|h| async move {

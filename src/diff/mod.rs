@@ -62,17 +62,28 @@ impl HostDiff {
     }
 }
 
+/// A candidate built on the builder, with what is already known of it.
+pub struct Built<'a> {
+    pub toplevel: &'a StorePath,
+    pub drv: &'a StorePath,
+    /// Its closure, when already fetched (else it is queried).
+    pub closure: Option<std::sync::Arc<Vec<PathInfo>>>,
+}
+
 /// Diff a host's running system against a candidate built on the builder.
 pub async fn diff_host<H: Remote, B: Remote>(
     host: &H,
     builder: &B,
     current: Option<&StorePath>,
-    candidate: &StorePath,
-    candidate_drv: &StorePath,
+    built: Built<'_>,
     expect: Option<&[String]>,
     drvs: &structural::SharedDrvCache,
 ) -> anyhow::Result<HostDiff> {
-    let new: Vec<PathInfo> = closure::closure(builder, candidate).await?;
+    let (candidate, candidate_drv) = (built.toplevel, built.drv);
+    let new = match built.closure {
+        Some(k) => k,
+        None => std::sync::Arc::new(closure::closure(builder, candidate).await?),
+    };
     let (packages, old_drv) = match current {
         Some(cur) => {
             let old = closure::closure(host, cur).await?;
@@ -103,6 +114,6 @@ pub async fn diff_host<H: Remote, B: Remote>(
         structural,
         drift,
         flake_inputs: None,
-        candidate_closure: Some(std::sync::Arc::new(new)),
+        candidate_closure: Some(new),
     })
 }

@@ -21,7 +21,7 @@ pub struct PathInfo {
 }
 
 /// `nix-store --dump-db` over the requisites, through `xargs` (no ARG_MAX limit).
-const DUMP: &str = r#"nix-store --query --requisites "$1" | xargs nix-store --dump-db"#;
+const DUMP: &str = r#"nix-store --query --requisites "$@" | xargs nix-store --dump-db"#;
 
 /// Parse `nix-store --dump-db` output: per path, the path, its NAR hash, NAR
 /// size, deriver (empty when unknown), reference count, then the references.
@@ -128,6 +128,59 @@ pub async fn closure<R: Remote>(remote: &R, root: &StorePath) -> anyhow::Result<
     topo_sort(infos)
 }
 
+/// The closures of several roots with one query (hosts built from one
+/// configuration share most paths: the builder reads each once), each in
+/// dependency order.
+pub async fn closures<R: Remote>(
+    remote: &R,
+    roots: &[StorePath],
+) -> anyhow::Result<HashMap<StorePath, Vec<PathInfo>>> {
+    if roots.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let out = remote
+        .exec(&Command::script(DUMP).args(roots.iter().map(|r| r.as_str())))
+        .await
+        .with_context(|| format!("querying {} closures on {}", roots.len(), remote.name()))?
+        .check(&format!("querying closures on {}", remote.name()))?;
+    let all = topo_sort(parse_dump_db(&out.stdout_str())?)?;
+    Ok(split_closures(&all, roots))
+}
+
+/// Each root's closure out of `all` (their union in dependency order),
+/// keeping that order.
+pub fn split_closures(all: &[PathInfo], roots: &[StorePath]) -> HashMap<StorePath, Vec<PathInfo>> {
+    let index: HashMap<&StorePath, usize> =
+        all.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
+    let mut out = HashMap::new();
+    for root in roots {
+        let Some(&start) = index.get(root) else {
+            continue;
+        };
+        let mut seen = vec![false; all.len()];
+        let mut stack = vec![start];
+        seen[start] = true;
+        while let Some(i) = stack.pop() {
+            for r in &all[i].references {
+                if let Some(&j) = index.get(r)
+                    && !seen[j]
+                {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        let closure: Vec<PathInfo> = all
+            .iter()
+            .zip(&seen)
+            .filter(|(_, s)| **s)
+            .map(|(p, _)| p.clone())
+            .collect();
+        out.insert(root.clone(), closure);
+    }
+    out
+}
+
 /// Closure sizes by path, for reports.
 pub fn total_size(infos: &[PathInfo]) -> u64 {
     infos.iter().map(|p| p.nar_size).sum()
@@ -170,6 +223,56 @@ pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_keeps_each_roots_closure_in_order() {
+        let p = |n: &str, refs: &[&str]| PathInfo {
+            path: StorePath::parse(&format!(
+                "/nix/store/{}-{n}",
+                n.repeat(32).get(..32).unwrap()
+            ))
+            .unwrap(),
+            nar_size: 1,
+            references: refs
+                .iter()
+                .map(|r| {
+                    StorePath::parse(&format!(
+                        "/nix/store/{}-{r}",
+                        r.repeat(32).get(..32).unwrap()
+                    ))
+                    .unwrap()
+                })
+                .collect(),
+            deriver: None,
+        };
+        let all = topo_sort(vec![
+            p("a", &["c"]),
+            p("b", &["c", "d"]),
+            p("c", &["c"]),
+            p("d", &[]),
+        ])
+        .unwrap();
+        let find = |n: &str| {
+            all.iter()
+                .find(|x| x.path.name() == n)
+                .unwrap()
+                .path
+                .clone()
+        };
+        let (a, b) = (find("a"), find("b"));
+        let split = split_closures(&all, &[a.clone(), b.clone()]);
+        let names = |r: &StorePath| -> Vec<String> {
+            split[r].iter().map(|x| x.path.name().to_owned()).collect()
+        };
+        assert_eq!(names(&a), ["c", "a"]);
+        let nb = names(&b);
+        assert_eq!(nb.len(), 3);
+        assert_eq!(
+            nb.last().map(String::as_str),
+            Some("b"),
+            "dependencies first"
+        );
+    }
 
     fn sp(n: &str) -> String {
         format!("/nix/store/{}-{n}", "a".repeat(31) + &n[..1])
