@@ -263,20 +263,34 @@ fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Derivations read from the builder, shared by the diffs of one run: hosts
 /// built from one configuration share most derivations, so each is read and
-/// parsed about once per run, not once per host. Held only to look up and
-/// to insert, never across a remote read, so host diffs run side by side.
+/// parsed once per run, not once per host. Reads take turns (the second
+/// host wanting the same derivations waits for the first read, then finds
+/// them); walking and comparing run side by side.
 #[derive(Debug, Default)]
-pub struct DrvCache {
-    drvs: HashMap<String, Arc<Derivation>>,
+pub struct SharedDrvCache {
+    drvs: std::sync::Mutex<HashMap<String, Arc<Derivation>>>,
+    reading: tokio::sync::Mutex<()>,
 }
-
-/// The [`DrvCache`] of a run.
-pub type SharedDrvCache = std::sync::Mutex<DrvCache>;
 
 struct RemoteDrvs<'r, R: Remote> {
     remote: &'r R,
     shared: &'r SharedDrvCache,
     cache: HashMap<String, Arc<Derivation>>,
+}
+
+impl<R: Remote> RemoteDrvs<'_, R> {
+    /// Take what the run already read; keep the rest in `want`.
+    fn take_shared(&mut self, want: &mut Vec<&String>) {
+        if let Ok(shared) = self.shared.drvs.lock() {
+            want.retain(|p| match shared.get(*p) {
+                Some(d) => {
+                    self.cache.insert((*p).clone(), d.clone());
+                    false
+                }
+                None => true,
+            });
+        }
+    }
 }
 
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
@@ -287,15 +301,13 @@ impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
             .collect();
         want.sort();
         want.dedup();
-        if let Ok(shared) = self.shared.lock() {
-            want.retain(|p| match shared.drvs.get(*p) {
-                Some(d) => {
-                    self.cache.insert((*p).clone(), d.clone());
-                    false
-                }
-                None => true,
-            });
+        self.take_shared(&mut want);
+        if want.is_empty() {
+            return Ok(());
         }
+        let _turn = self.shared.reading.lock().await;
+        // Another host may have read them while this one waited.
+        self.take_shared(&mut want);
         // Batches far below ARG_MAX.
         for batch in want.chunks(2000) {
             let out = self
@@ -310,9 +322,9 @@ impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
                     parse_derivation(&text).ok().map(|d| (path, Arc::new(d)))
                 })
                 .collect();
-            if let Ok(mut shared) = self.shared.lock() {
+            if let Ok(mut shared) = self.shared.drvs.lock() {
                 for (p, d) in &parsed {
-                    shared.drvs.insert(p.clone(), d.clone());
+                    shared.insert(p.clone(), d.clone());
                 }
             }
             self.cache.extend(parsed);
