@@ -218,13 +218,15 @@ async fn broadcast_chunk<B: Remote, T: Remote>(
             }
         }
     }
-    // Close every import, then collect how each ended.
+    // Close every import, then collect how each ended. `nix-store --import`
+    // exits once it has read the stream's end marker, so the channel may be
+    // closed already: the import's exit status (and the caller's check of
+    // the host's store) is the verdict, not the EOF.
     let closes = sinks.iter_mut().map(|s| async move {
         if let Some(mut stdin) = s.stdin.take()
             && let Err(e) = stdin.shutdown().await
-            && s.error.is_none()
         {
-            s.error = Some(anyhow::Error::new(e).context("closing the import stream"));
+            tracing::debug!("{}: closing the import stream: {e}", s.name);
         }
     });
     join_all(closes).await;
