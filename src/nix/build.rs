@@ -135,8 +135,13 @@ fn parse_success(
     n: usize,
 ) -> anyhow::Result<Vec<(StorePath, Option<StorePath>)>> {
     if flake {
+        // The JSON is one line; anything else that reached stdout is not it.
+        let json = stdout
+            .lines()
+            .rfind(|l| l.trim_start().starts_with('['))
+            .unwrap_or(stdout.trim());
         let builds: Vec<JsonBuild> =
-            serde_json::from_str(stdout.trim()).context("parsing `nix build --json` output")?;
+            serde_json::from_str(json.trim()).context("parsing `nix build --json` output")?;
         anyhow::ensure!(
             builds.len() == n,
             "nix build reported {} results for {n} hosts",
@@ -356,7 +361,7 @@ mod tests {
         let t = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a";
         let d = "/nix/store/1c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a.drv";
         let json = format!(r#"[{{"drvPath":"{d}","outputs":{{"out":"{t}"}}}}]"#);
-        let v = parse_success(true, &json, 1).unwrap();
+        let v = parse_success(true, &format!("stray line\n{json}\n"), 1).unwrap();
         assert_eq!(v[0].0.as_str(), t);
         assert_eq!(v[0].1.as_ref().unwrap().as_str(), d);
         assert!(parse_success(false, &format!("{t}\n"), 2).is_err());
