@@ -62,6 +62,17 @@ pub struct Global {
     pub state_dir: Option<PathBuf>,
 }
 
+impl Global {
+    /// How unknown host keys are treated (`--accept-new`).
+    pub fn host_key_policy(&self) -> crate::ssh::HostKeyPolicy {
+        if self.accept_new {
+            crate::ssh::HostKeyPolicy::AcceptNew
+        } else {
+            crate::ssh::HostKeyPolicy::Strict
+        }
+    }
+}
+
 /// Which hosts a fleet command works on. None: the whole fleet, wave by wave.
 #[derive(Debug, Args, Clone, Default)]
 pub struct SelectorArgs {

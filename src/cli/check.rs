@@ -12,7 +12,7 @@ use crate::fleet::{BUILDER, Sessions};
 use crate::inventory::{Inventory, Selection};
 use crate::remote::{Command, Remote};
 use crate::report::{Table, json_line};
-use crate::ssh::{HostKeyPolicy, HostKeyStatus};
+use crate::ssh::HostKeyStatus;
 
 use super::{Global, Outcome};
 
@@ -169,11 +169,7 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
     if offline {
         return Ok(Outcome::Success);
     }
-    let policy = if g.accept_new {
-        HostKeyPolicy::AcceptNew
-    } else {
-        HostKeyPolicy::Strict
-    };
+    let policy = g.host_key_policy();
     let sessions = Sessions::new(inv, policy);
     let mut names = vec![BUILDER.to_owned()];
     names.extend(sel.hosts().map(str::to_owned));

@@ -18,7 +18,6 @@ use crate::gates::Goal;
 use crate::inventory::{CopyMode, Inventory, Selection};
 use crate::release::{self, Evidence, GateEvidence, ReleaseOutcome, ReleaseRequest};
 use crate::report::{Event, EventSink, HostSummary, OutcomeKind, json_line};
-use crate::ssh::HostKeyPolicy;
 
 use super::session::RunSession;
 use super::{Fatal, Global, Outcome};
@@ -338,11 +337,7 @@ pub async fn build_only(
     allow_dirty: bool,
 ) -> anyhow::Result<Outcome> {
     let src = build::source_state(&inv, allow_dirty).map_err(|e| Fatal::usage(format!("{e:#}")))?;
-    let policy = if g.accept_new {
-        HostKeyPolicy::AcceptNew
-    } else {
-        HostKeyPolicy::Strict
-    };
+    let policy = g.host_key_policy();
     let sessions = Sessions::new(&inv, policy);
     let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
     let (sink, reporter) = crate::report::spawn(crate::report::choose(g.json, true));
@@ -392,11 +387,7 @@ pub async fn plan(
     expect: Option<Vec<String>>,
 ) -> anyhow::Result<Outcome> {
     let src = build::source_state(&inv, allow_dirty).map_err(|e| Fatal::usage(format!("{e:#}")))?;
-    let policy = if g.accept_new {
-        HostKeyPolicy::AcceptNew
-    } else {
-        HostKeyPolicy::Strict
-    };
+    let policy = g.host_key_policy();
     let sessions = Sessions::new(&inv, policy);
     let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
     let (sink, reporter) = if g.json {

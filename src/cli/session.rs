@@ -10,7 +10,6 @@ use crate::gates::Goal;
 use crate::inventory::Inventory;
 use crate::report::{self, Event, EventSink, HostSummary};
 use crate::runner::cancel::{self, CancelWatch};
-use crate::ssh::HostKeyPolicy;
 use crate::state::{self, ControllerLock, LockHeld};
 
 use super::{Fatal, Global, Outcome};
@@ -48,11 +47,7 @@ impl RunSession {
         let (sink, reporter) = report::spawn(report::choose(g.json, g.quiet > 0));
         let (canceller, cancel) = cancel::channel();
         tokio::spawn(canceller.on_signals());
-        let policy = if g.accept_new {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        };
+        let policy = g.host_key_policy();
         Ok(RunSession {
             run_id,
             sink,

@@ -8,7 +8,6 @@ use crate::fleet::Sessions;
 use crate::inventory::{Inventory, Selection};
 use crate::remote::{Command, Remote};
 use crate::report::{Table, json_line};
-use crate::ssh::HostKeyPolicy;
 use crate::state;
 
 use super::{Global, Outcome};
@@ -95,11 +94,7 @@ fn short(p: &Option<String>) -> String {
 }
 
 pub fn run(g: &Global, inv: &Inventory, sel: &Selection) -> anyhow::Result<Outcome> {
-    let policy = if g.accept_new {
-        HostKeyPolicy::AcceptNew
-    } else {
-        HostKeyPolicy::Strict
-    };
+    let policy = g.host_key_policy();
     let sessions = Sessions::new(inv, policy);
     let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
     let rt = tokio::runtime::Runtime::new()?;

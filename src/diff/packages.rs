@@ -191,23 +191,31 @@ pub fn package_diff(
     let mut sel: HashSet<String> = HashSet::new();
     selected(&new_paths, new_root, &names, &mut sel);
     selected(&old_paths, old_root, &names, &mut sel);
-    let mut changes = Vec::new();
-    for name in go.keys().chain(gn.keys()).collect::<BTreeSet<_>>() {
-        let Some(change) = classify(go.get(name), gn.get(name)) else {
+    PackageDiff {
+        changes: changes(&go, &gn, &sel),
+        size,
+    }
+}
+
+/// Every package's change, selected packages first, then by name.
+fn changes(old: &Versions, new: &Versions, selected: &HashSet<String>) -> Vec<PackageChange> {
+    let mut out = Vec::new();
+    for name in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+        let Some(change) = classify(old.get(name), new.get(name)) else {
             continue;
         };
-        changes.push(PackageChange {
-            selected: sel.contains(name.as_str()),
+        out.push(PackageChange {
+            selected: selected.contains(name.as_str()),
             name: name.clone(),
             change,
         });
     }
-    changes.sort_by(|a, b| {
+    out.sort_by(|a, b| {
         b.selected
             .cmp(&a.selected)
             .then_with(|| a.name.cmp(&b.name))
     });
-    PackageDiff { changes, size }
+    out
 }
 
 /// One package's change from its versions and paths on each side (`None`:
@@ -305,22 +313,7 @@ mod tests {
             .union(&selected(old, old_root))
             .cloned()
             .collect();
-        let mut changes = Vec::new();
-        for name in go.keys().chain(gn.keys()).collect::<BTreeSet<_>>() {
-            let Some(change) = classify(go.get(name), gn.get(name)) else {
-                continue;
-            };
-            changes.push(PackageChange {
-                selected: sel.contains(name.as_str()),
-                name: name.clone(),
-                change,
-            });
-        }
-        changes.sort_by(|a, b| {
-            b.selected
-                .cmp(&a.selected)
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let changes = changes(&go, &gn, &sel);
         let old_paths: HashSet<&StorePath> = old.iter().map(|p| &p.path).collect();
         let new_paths: HashSet<&StorePath> = new.iter().map(|p| &p.path).collect();
         let (added, removed): (Vec<&PathInfo>, Vec<&PathInfo>) = (
