@@ -208,14 +208,14 @@ pub async fn push(
                 });
                 let failed = hosts
                     .iter()
-                    .map(|h| HostSummary {
-                        host: h.clone(),
-                        wave: inv.wave_of(h).map_or_else(|| "-".into(), |w| w.name.clone()),
-                        outcome: OutcomeKind::Failed,
-                        closure: None,
-                        reason: Some(format!("build: {}", format!("{e:#}").lines().next().unwrap_or(""))),
-                        detail: serde_json::json!({"kind": "build_failed", "error": format!("{e:#}")}),
-                        seconds: 0.0,
+                    .map(|h| {
+                        deploy::failed_before_run(
+                            &inv,
+                            h,
+                            None,
+                            format!("build: {}", format!("{e:#}").lines().next().unwrap_or("")),
+                            serde_json::json!({"kind": "build_failed", "error": format!("{e:#}")}),
+                        )
                     })
                     .collect();
                 (HashMap::new(), failed, HashMap::new())
@@ -264,17 +264,13 @@ pub async fn push(
                 }
                 Some(reason) => {
                     let closure = candidates.remove(&host).map(|c| c.closure);
-                    let s = HostSummary {
-                        host: host.clone(),
-                        wave: inv
-                            .wave_of(&host)
-                            .map_or_else(|| "-".into(), |w| w.name.clone()),
-                        outcome: OutcomeKind::Failed,
+                    let s = deploy::failed_before_run(
+                        &inv,
+                        &host,
                         closure,
-                        reason: Some(format!("diff: {reason} (nothing changed)")),
-                        detail: serde_json::json!({"kind": "diff_gate", "diff": d.as_ref().ok(), "error": d.as_ref().err()}),
-                        seconds: 0.0,
-                    };
+                        format!("diff: {reason} (nothing changed)"),
+                        serde_json::json!({"kind": "diff_gate", "diff": d.as_ref().ok(), "error": d.as_ref().err()}),
+                    );
                     run.sink.emit(Event::HostFinished(s.clone()));
                     failed.push(s);
                 }

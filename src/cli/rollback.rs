@@ -11,7 +11,7 @@ use crate::deploy::{self, AlreadyThere, Candidate, RunContext};
 use crate::gates::Goal;
 use crate::inventory::{Inventory, Selection};
 use crate::nix::StorePath;
-use crate::report::{Event, HostSummary, OutcomeKind};
+use crate::report::{Event, HostSummary};
 
 use super::session::RunSession;
 use super::{Global, Outcome};
@@ -115,17 +115,13 @@ pub async fn run(
                 );
             }
             Err(reason) => {
-                let s = HostSummary {
-                    host: host.clone(),
-                    wave: inv
-                        .wave_of(host)
-                        .map_or_else(|| "-".into(), |w| w.name.clone()),
-                    outcome: OutcomeKind::Failed,
-                    closure: None,
-                    reason: Some(format!("rollback: {reason}")),
-                    detail: serde_json::json!({"kind": "no_rollback_target", "reason": reason}),
-                    seconds: 0.0,
-                };
+                let s = deploy::failed_before_run(
+                    &inv,
+                    host,
+                    None,
+                    format!("rollback: {reason}"),
+                    serde_json::json!({"kind": "no_rollback_target", "reason": reason}),
+                );
                 run.sink.emit(Event::HostFinished(s.clone()));
                 refused.push(s);
             }

@@ -12,7 +12,7 @@ use crate::fleet::{BUILDER, Sessions};
 use crate::gates::Gate;
 use crate::inventory::Inventory;
 use crate::nix::{self, StorePath};
-use crate::report::{Event, EventSink, HostSummary, OutcomeKind};
+use crate::report::{Event, EventSink, HostSummary};
 
 use super::Candidate;
 
@@ -137,17 +137,13 @@ pub async fn build(
                     gate: Gate::Build,
                     reason: reason.clone(),
                 });
-                let s = HostSummary {
-                    host: host.clone(),
-                    wave: inv
-                        .wave_of(&host)
-                        .map_or_else(|| "-".into(), |w| w.name.clone()),
-                    outcome: OutcomeKind::Failed,
-                    closure: None,
-                    reason: Some(format!("build: {}", reason.lines().last().unwrap_or(""))),
-                    detail: serde_json::to_value(&error).unwrap_or_default(),
-                    seconds: 0.0,
-                };
+                let s = super::failed_before_run(
+                    inv,
+                    &host,
+                    None,
+                    format!("build: {}", reason.lines().last().unwrap_or("")),
+                    serde_json::to_value(&error).unwrap_or_default(),
+                );
                 sink.emit(Event::HostFinished(s.clone()));
                 out.failed.push(s);
             }

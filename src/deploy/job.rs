@@ -90,9 +90,7 @@ pub fn settings_for(h: &Host, allow_reboot: bool) -> HostSettings {
 
 impl<S: Stager> DeployJob<S> {
     fn wave_of(&self, host: &str) -> String {
-        self.inventory
-            .wave_of(host)
-            .map_or_else(|| "-".into(), |w| w.name.clone())
+        self.inventory.wave_name(host)
     }
 
     fn done(

@@ -38,6 +38,26 @@ pub struct RunContext {
     pub sink: EventSink,
 }
 
+/// The summary of a host that failed before the runner took it (build,
+/// diff gate, no rollback target): nothing on it changed.
+pub fn failed_before_run(
+    inv: &Inventory,
+    host: &str,
+    closure: Option<crate::nix::StorePath>,
+    reason: String,
+    detail: serde_json::Value,
+) -> HostSummary {
+    HostSummary {
+        host: host.to_owned(),
+        wave: inv.wave_name(host),
+        outcome: OutcomeKind::Failed,
+        closure,
+        reason: Some(reason),
+        detail,
+        seconds: 0.0,
+    }
+}
+
 /// The run record written to the state directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {

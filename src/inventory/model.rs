@@ -184,6 +184,12 @@ impl Inventory {
             .find(|w| w.hosts.iter().any(|h| h == host))
     }
 
+    /// The name of the wave `host` is in, `-` for none (reports).
+    pub fn wave_name(&self, host: &str) -> String {
+        self.wave_of(host)
+            .map_or_else(|| "-".into(), |w| w.name.clone())
+    }
+
     /// Every tag used by some host, sorted.
     pub fn tags(&self) -> Vec<&str> {
         let mut tags: Vec<&str> = self
