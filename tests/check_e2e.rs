@@ -7,22 +7,8 @@ mod support;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::cli::{nixgate, text};
 use support::fleet::{Fleet, FleetSpec};
-
-fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixgate"))
-        .arg("-i")
-        .arg(fleet.inventory_path())
-        .args(args)
-        .env("HOME", fleet.dir()) // no ~/.ssh/config or agent from the machine
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("nixgate runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn probes(out: &Output) -> Vec<serde_json::Value> {
     text(&out.stdout)

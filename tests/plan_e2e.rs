@@ -4,28 +4,9 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
-
 use serde_json::{Value, json};
+use support::cli::{nixgate, text};
 use support::fleet::{Fleet, FleetSpec};
-
-fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixgate"))
-        .arg("-i")
-        .arg(fleet.inventory_path())
-        .arg("--state-dir")
-        .arg(fleet.dir().join("state"))
-        .args(args)
-        .env("HOME", fleet.dir())
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::null())
-        .output()
-        .expect("nixgate runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn links(fleet: &Fleet, host: &str) -> String {
     fleet.in_host_ok(

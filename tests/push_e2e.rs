@@ -8,28 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
+use support::cli::{nixgate, nixgate_cmd, text};
 use support::fleet::{Fleet, FleetSpec};
-
-fn nixgate_cmd(fleet: &Fleet, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nixgate"));
-    c.arg("-i")
-        .arg(fleet.inventory_path())
-        .arg("--state-dir")
-        .arg(fleet.dir().join("state"))
-        .args(args)
-        .env("HOME", fleet.dir())
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::null());
-    c
-}
-
-fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
-    nixgate_cmd(fleet, args).output().expect("nixgate runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn json_lines(out: &Output) -> Vec<Value> {
     text(&out.stdout)

@@ -3,32 +3,14 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use nixgate::activation::{ActivationRequest, HostOutcome, HostSettings, Os, RunId, activate_host};
 use nixgate::gates::Goal;
 use nixgate::nix::StorePath;
 use serde_json::json;
+use support::cli::{nixgate, text};
 use support::fleet::{Fleet, FleetSpec};
 use support::openssh::OpenSsh;
 use tokio_util::sync::CancellationToken;
-
-fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixgate"))
-        .arg("-i")
-        .arg(fleet.inventory_path())
-        .arg("--state-dir")
-        .arg(fleet.dir().join("state"))
-        .args(args)
-        .env("HOME", fleet.dir())
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("nixgate runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
     let mut settings = HostSettings::new(Os::Linux);
