@@ -1,8 +1,8 @@
-//! Groups relay copies that start together so shared paths leave the builder
-//! once: the first host to arrive opens a batch, which stays open while
-//! hosts keep arriving (each arrival extends it by the quiet period, up to a
-//! cap); then the paths all of them lack are broadcast to all (see
-//! [`crate::nix::fanout`]). Each host then relays only its own remainder.
+//! Groups relay copies that start together so every path leaves the builder
+//! once per batch: the first host to arrive opens a batch, which stays open
+//! while hosts keep arriving (each arrival extends it by the quiet period,
+//! up to a cap); then one relay copies to all of them, each path to the hosts
+//! that lack it (see [`crate::nix::fanout`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use crate::fleet::{BUILDER, Sessions};
 use crate::nix::StorePath;
 use crate::nix::closure::PathInfo;
 use crate::nix::copy::CopyProgress;
-use crate::nix::fanout::{self, Shared};
+use crate::nix::fanout::{self, Received, Target};
 use crate::ssh::SshSession;
 
 type Progress = Arc<dyn Fn(CopyProgress) + Send + Sync>;
@@ -24,7 +24,7 @@ struct Member {
     closure: Arc<Vec<PathInfo>>,
     lacking: HashSet<StorePath>,
     progress: Progress,
-    reply: oneshot::Sender<anyhow::Result<Shared>>,
+    reply: oneshot::Sender<anyhow::Result<Received>>,
 }
 
 /// The batches of one run's relay copies.
@@ -46,7 +46,7 @@ impl RelayHub {
         })
     }
 
-    /// Join the current batch (or open one) and wait for its shared stream.
+    /// Join the current batch (or open one) and wait for its relay to end.
     /// `lacking` is what the host lacks of `closure`.
     pub async fn share(
         self: &Arc<Self>,
@@ -54,7 +54,7 @@ impl RelayHub {
         closure: Arc<Vec<PathInfo>>,
         lacking: HashSet<StorePath>,
         progress: Progress,
-    ) -> anyhow::Result<Shared> {
+    ) -> anyhow::Result<Received> {
         let (tx, rx) = oneshot::channel();
         let member = Member {
             target,
@@ -106,63 +106,32 @@ impl RelayHub {
     }
 
     async fn run(&self, members: Vec<Member>) {
-        let none = Shared {
-            hosts: 1,
-            ..Shared::default()
-        };
-        if members.len() < 2 {
+        let fail_all = |members: Vec<Member>, msg: String| {
             for m in members {
-                let _ = m.reply.send(Ok(none));
+                let _ = m.reply.send(Err(anyhow::anyhow!("{msg}")));
             }
-            return;
-        }
+        };
         let closures: Vec<&[PathInfo]> = members.iter().map(|m| m.closure.as_slice()).collect();
         let order = match fanout::union(&closures) {
             Ok(o) => o,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                for m in members {
-                    let _ = m
-                        .reply
-                        .send(Err(anyhow::anyhow!("combining closures: {msg}")));
-                }
-                return;
-            }
+            Err(e) => return fail_all(members, format!("combining closures: {e:#}")),
         };
-        let lacking: Vec<&HashSet<StorePath>> = members.iter().map(|m| &m.lacking).collect();
-        let shared = fanout::shared_paths(&order, &lacking);
-        if shared.is_empty() {
-            for m in members {
-                let _ = m.reply.send(Ok(none));
-            }
-            return;
-        }
-        let paths = shared.len() as u64;
-        let targets: Vec<(&SshSession, &(dyn Fn(CopyProgress) + Send + Sync))> = members
-            .iter()
-            .map(|m| (&m.target, m.progress.as_ref()))
-            .collect();
         let builder = match self.sessions.get(BUILDER).await {
             Ok(b) => b,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                drop(targets);
-                for m in members {
-                    let _ = m
-                        .reply
-                        .send(Err(anyhow::anyhow!("connecting to the builder: {msg}")));
-                }
-                return;
-            }
+            Err(e) => return fail_all(members, format!("connecting to the builder: {e:#}")),
         };
-        let results = fanout::broadcast(&builder, &targets, &shared).await;
-        let hosts = members.len();
+        let targets: Vec<Target<SshSession>> = members
+            .iter()
+            .map(|m| Target {
+                remote: &m.target,
+                lacking: &m.lacking,
+                progress: m.progress.as_ref(),
+            })
+            .collect();
+        let results = fanout::relay(&builder, &targets, &order).await;
+        drop(targets);
         for (m, r) in members.into_iter().zip(results) {
-            let _ = m.reply.send(r.map(|bytes| Shared {
-                hosts,
-                paths,
-                bytes,
-            }));
+            let _ = m.reply.send(r);
         }
     }
 }

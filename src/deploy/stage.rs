@@ -2,7 +2,7 @@
 //! from the builder (relay through the controller, or straight from the
 //! builder) or from the host's own substituters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::fanout::RelayHub;
@@ -30,23 +30,22 @@ impl super::Stager for CopyStager {
             .host(&host)
             .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
         let target = self.sessions.get(&host).await?;
-        // A valid path's whole closure is valid (a Nix store invariant): a
-        // host that has the toplevel needs nothing, whatever the builder has.
-        if nix::closure::missing(&target, std::slice::from_ref(&closure))
-            .await?
-            .is_empty()
-        {
-            return Ok(serde_json::to_value(
-                nix::copy::CopyOutcome::AlreadyPresent,
-            )?);
-        }
         let outcome = match h.copy {
             CopyMode::Relay => {
-                let builder = self.sessions.get(BUILDER).await?;
                 let paths = match self.closures.get(&closure) {
                     Some(known) => known.clone(),
-                    None => Arc::new(nix::closure::closure(&builder, &closure).await?),
+                    None => {
+                        let builder = self.sessions.get(BUILDER).await?;
+                        Arc::new(nix::closure::closure(&builder, &closure).await?)
+                    }
                 };
+                // One query answers both "anything to do?" and "what?".
+                let lacking = nix::copy::lacking(&target, &paths).await?;
+                if lacking.is_empty() {
+                    return Ok(serde_json::to_value(
+                        nix::copy::CopyOutcome::AlreadyPresent,
+                    )?);
+                }
                 let sink = self.sink.clone();
                 let name = host.to_string();
                 let progress: Arc<dyn Fn(nix::copy::CopyProgress) + Send + Sync> =
@@ -58,23 +57,23 @@ impl super::Stager for CopyStager {
                             total_paths: p.total_paths,
                         })
                     });
-                let shared = match &self.hub {
+                let received = match &self.hub {
                     Some(hub) => {
-                        let all: Vec<StorePath> = paths.iter().map(|p| p.path.clone()).collect();
-                        let lacking: HashSet<StorePath> = nix::closure::missing(&target, &all)
+                        hub.share(target.clone(), paths.clone(), lacking, progress)
                             .await?
-                            .into_iter()
-                            .collect();
-                        Some(
-                            hub.share(target.clone(), paths.clone(), lacking, progress.clone())
-                                .await?,
-                        )
                     }
-                    None => None,
+                    None => {
+                        let builder = self.sessions.get(BUILDER).await?;
+                        let one = nix::fanout::Target {
+                            remote: &target,
+                            lacking: &lacking,
+                            progress: progress.as_ref(),
+                        };
+                        nix::fanout::relay_one(&builder, one, &paths).await?
+                    }
                 };
-                let rest =
-                    nix::copy::copy_relay(&builder, &target, &paths, progress.as_ref()).await?;
-                combine(rest, shared.filter(|s| s.paths > 0))
+                nix::copy::verify_complete(&target, &paths).await?;
+                nix::copy::copied(received)
             }
             CopyMode::Builder => {
                 let builder = self.sessions.get(BUILDER).await?;
@@ -85,23 +84,5 @@ impl super::Stager for CopyStager {
             CopyMode::Substitute => nix::copy::copy_substitute(&target, &closure).await?,
         };
         Ok(serde_json::to_value(&outcome)?)
-    }
-}
-
-/// A relay's outcome counting what came through a shared stream.
-fn combine(
-    rest: nix::copy::CopyOutcome,
-    shared: Option<nix::fanout::Shared>,
-) -> nix::copy::CopyOutcome {
-    use nix::copy::CopyOutcome;
-    let Some(sh) = shared else { return rest };
-    let (paths, bytes) = match rest {
-        CopyOutcome::Copied { paths, bytes, .. } => (paths, bytes),
-        _ => (0, 0),
-    };
-    CopyOutcome::Copied {
-        paths: paths + sh.paths,
-        bytes: bytes + sh.bytes,
-        fanout: Some(sh),
     }
 }

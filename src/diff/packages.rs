@@ -382,6 +382,7 @@ mod tests {
             .map(|((_, _, size, refs), p)| PathInfo {
                 path: p.clone(),
                 nar_size: *size,
+                nar_hash: None,
                 references: refs.iter().filter_map(|r| paths.get(*r).cloned()).collect(),
                 deriver: None,
             })

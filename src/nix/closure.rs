@@ -16,8 +16,30 @@ use crate::remote::{Command, Remote};
 pub struct PathInfo {
     pub path: StorePath,
     pub nar_size: u64,
+    /// The SHA-256 of its NAR, as the machine's database records it (a relay
+    /// checks what it forwards against it).
+    #[serde(skip)]
+    pub nar_hash: Option<NarHash>,
     pub references: Vec<StorePath>,
     pub deriver: Option<StorePath>,
+}
+
+/// A NAR's SHA-256.
+pub type NarHash = [u8; 32];
+
+/// A NAR hash as `--dump-db` prints it: 64 hex digits (Nix 2.x and Lix),
+/// tolerating a `sha256:` prefix. Anything else is not understood: `None`.
+pub fn parse_nar_hash(text: &str) -> Option<NarHash> {
+    let hex = text.trim();
+    let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// `nix-store --dump-db` over the requisites, through `xargs` (no ARG_MAX limit).
@@ -34,7 +56,7 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
         }
         let path =
             StorePath::parse(first).with_context(|| format!("dump-db: bad path line {first:?}"))?;
-        let _hash = lines.next().context("dump-db: missing NAR hash")?;
+        let hash = lines.next().context("dump-db: missing NAR hash")?;
         let size = lines.next().context("dump-db: missing NAR size")?;
         let nar_size = size
             .trim()
@@ -61,6 +83,7 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
         out.push(PathInfo {
             path,
             nar_size,
+            nar_hash: parse_nar_hash(hash),
             references,
             deriver,
         });
@@ -233,6 +256,7 @@ mod tests {
             ))
             .unwrap(),
             nar_size: 1,
+            nar_hash: None,
             references: refs
                 .iter()
                 .map(|r| {

@@ -8,6 +8,7 @@ pub mod closure;
 pub mod copy;
 pub mod fanout;
 pub mod gcroots;
+pub mod nar;
 pub mod sign;
 pub mod source;
 pub mod store_path;

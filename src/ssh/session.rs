@@ -153,14 +153,24 @@ impl Remote for SshSession {
             .acquire()
             .await
             .context("the session's channel limiter was closed")?;
+        let started = std::time::Instant::now();
         let channel = self.open_channel().await?;
-        exec::collect(channel, &cmd.render())
+        let out = exec::collect(channel, &cmd.render())
             .await
-            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
+        tracing::debug!(
+            host = %self.inner.target.name,
+            ms = started.elapsed().as_millis() as u64,
+            exit = %out.exit,
+            "exec {}",
+            brief(cmd)
+        );
+        Ok(out)
     }
 
     async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
         self.ensure_open()?;
+        tracing::debug!(host = %self.inner.target.name, "stream {}", brief(cmd));
         // A dedicated connection: a slow stream reader must not stall the
         // channels of the shared one.
         let conn = connect(&self.inner.target, &self.inner.pins)
@@ -177,6 +187,7 @@ impl Remote for SshSession {
     }
 
     async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        tracing::debug!(host = %self.inner.target.name, "piped {}", brief(cmd));
         // A channel of the shared connection, its slot held until it ends.
         let permit = self
             .inner
@@ -190,4 +201,18 @@ impl Remote for SshSession {
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
     }
+}
+
+/// A command line cut short for a debug log.
+fn brief(cmd: &Command) -> String {
+    let mut s = cmd.render();
+    if s.len() > 160 {
+        let mut cut = 160;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
 }
