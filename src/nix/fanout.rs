@@ -304,7 +304,10 @@ async fn serve(
         if tail.is_empty() {
             return Err(e);
         }
-        return Err(e.context(format!("the builder said: {}", tail.join(" / "))));
+        return Err(e.context(format!(
+            "nix-store --serve on the builder: {}",
+            tail.join(" / ")
+        )));
     }
     written.context("sending requests to nix-store --serve on the builder")?;
     exit?.check("nix-store --serve on the builder")?;
