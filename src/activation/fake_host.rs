@@ -218,15 +218,30 @@ impl State {
         }
     }
 
+    fn link(&self, path: &str) -> Option<StorePath> {
+        match path {
+            "/run/current-system" => Some(self.current.clone()),
+            "/run/booted-system" => Some(self.booted.clone()),
+            p => self.profile(p).cloned(),
+        }
+    }
+
     fn script(&mut self, a: &[&str]) -> Output {
         let script = a[2];
         if script == links::READ_LINK {
-            let target = match a[4] {
-                "/run/current-system" => Some(self.current.clone()),
-                "/run/booted-system" => Some(self.booted.clone()),
-                p => self.profile(p).cloned(),
-            };
+            let target = self.link(a[4]);
             ok(&target.map(|t| format!("{t}\n")).unwrap_or_default())
+        } else if script == links::READ_LINKS {
+            let lines: String = a[4..]
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}\n",
+                        self.link(p).map(|t| t.to_string()).unwrap_or_default()
+                    )
+                })
+                .collect();
+            ok(&lines)
         } else if script == switch::LOCK_CHECK {
             if self.lock_held {
                 let holders: String = self
@@ -381,6 +396,7 @@ pub fn describe(cmd: &Command) -> String {
     }
     let name = match a[2].as_str() {
         s if s == links::READ_LINK => "readlink-f",
+        s if s == links::READ_LINKS => "readlink-f",
         s if s == switch::LOCK_CHECK => "lock-check",
         s if s == verify_poll::POLL_LINUX => "poll",
         s if s == switch::LOG_TAIL => "log-tail",

@@ -17,6 +17,11 @@ use crate::remote::{Command, Remote};
 /// nothing if it does not.
 pub(crate) const READ_LINK: &str = "if [ -L \"$1\" ] || [ -e \"$1\" ]; then readlink -f \"$1\"; fi";
 
+/// For each argument, its canonical target, or an empty line when absent.
+pub(crate) const READ_LINKS: &str = "for l; do
+  if [ -L \"$l\" ] || [ -e \"$l\" ]; then t=$(readlink -f \"$l\") || exit 1; printf '%s\\n' \"$t\"; else echo; fi
+done";
+
 /// The command reading the canonical target of `path`.
 pub fn read_link_command(path: &str) -> Command {
     Command::script(READ_LINK).arg(path)
@@ -46,15 +51,43 @@ pub async fn read_store_link<R: Remote>(
     parse_link_target(&out.stdout_str(), path)
 }
 
+/// The store paths several links resolve to (`None`: absent), with one command.
+pub async fn read_store_links<R: Remote>(
+    remote: &R,
+    paths: &[&str],
+) -> anyhow::Result<Vec<Option<StorePath>>> {
+    let out = remote
+        .exec(&Command::script(READ_LINKS).args(paths.iter().copied()))
+        .await
+        .with_context(|| format!("reading {} on {}", paths.join(", "), remote.name()))?
+        .check(&format!("readlink -f {}", paths.join(" ")))?;
+    let text = out.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    anyhow::ensure!(
+        lines.len() == paths.len(),
+        "reading {} links on {} gave {} lines: {text:?}",
+        paths.len(),
+        remote.name(),
+        lines.len()
+    );
+    lines
+        .iter()
+        .zip(paths)
+        .map(|(l, p)| parse_link_target(l, p))
+        .collect()
+}
+
+/// The error for a host without `link` (`/run/current-system`).
+pub fn no_current_system(link: &str, host: &str) -> anyhow::Error {
+    anyhow::anyhow!("{link} does not exist on {host}: is it a NixOS / nix-darwin host?")
+}
+
 /// Step 3: the system running now (`/run/current-system`), read before the
 /// switch fires and kept for the flip-to-unexpected check.
 pub async fn current_system<R: Remote>(remote: &R, link: &str) -> anyhow::Result<StorePath> {
-    read_store_link(remote, link).await?.with_context(|| {
-        format!(
-            "{link} does not exist on {}: is it a NixOS / nix-darwin host?",
-            remote.name()
-        )
-    })
+    read_store_link(remote, link)
+        .await?
+        .ok_or_else(|| no_current_system(link, remote.name()))
 }
 
 /// The kernel's boot id: changes on every boot, so a reboot can be proven.
@@ -125,5 +158,28 @@ mod tests {
                 .unwrap(),
             None
         );
+        // Several at once, one line each, absent ones empty, order kept.
+        let got = read_store_links(
+            &r,
+            &[
+                missing.to_str().unwrap(),
+                prof.to_str().unwrap(),
+                gen1.to_str().unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, vec![None, Some(sp(SYS)), Some(sp(SYS))]);
+        // A link out of the store is an error naming it.
+        let odd = dir.path().join("odd");
+        std::os::unix::fs::symlink("/etc", &odd).unwrap();
+        let err = read_store_links(&r, &[prof.to_str().unwrap(), odd.to_str().unwrap()])
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("odd"), "{err:#}");
+    }
+
+    fn sp(s: &str) -> StorePath {
+        StorePath::parse(s).unwrap()
     }
 }

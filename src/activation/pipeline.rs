@@ -161,10 +161,23 @@ impl<R: Remote> Run<'_, R> {
         }
         self.step(Step::ReadCurrentSystem);
         let paths = &self.s.paths;
+        // One command reads all three links.
         let read = async {
-            let current = links::current_system(self.remote, &paths.current_system).await?;
-            let profile = profile::read(self.remote, &self.s.system_profile).await?;
-            let known_good = known_good::current(self.remote, paths).await?;
+            let links = links::read_store_links(
+                self.remote,
+                &[
+                    &paths.current_system,
+                    &self.s.system_profile,
+                    &paths.known_good_profile,
+                ],
+            )
+            .await?;
+            let [current, profile, known_good]: [Option<StorePath>; 3] = links
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("reading three links gave another count"))?;
+            let current = current.ok_or_else(|| {
+                links::no_current_system(&paths.current_system, self.remote.name())
+            })?;
             anyhow::Ok((current, profile, known_good))
         };
         match read.await {

@@ -217,9 +217,13 @@ fn classify(
     }
 }
 
-/// Step 5: poll `job` every `interval` until it has finished, then judge it
-/// against `expected` (what `/run/current-system` must be now) and `previous`
-/// (what it was before the switch). Gives up with `Timeout` after `timeout`.
+/// The first poll's wait: many switches take well under a second.
+pub const FIRST_POLL: Duration = Duration::from_millis(100);
+
+/// Step 5: poll `job` until it has finished, then judge it against
+/// `expected` (what `/run/current-system` must be now) and `previous` (what
+/// it was before the switch). The first poll comes after [`FIRST_POLL`], each
+/// wait then doubles up to `interval`. Gives up with `Timeout` after `timeout`.
 #[allow(clippy::too_many_arguments)]
 pub async fn verify_poll<R: Remote>(
     remote: &R,
@@ -235,7 +239,7 @@ pub async fn verify_poll<R: Remote>(
     let mut polls = 0u32;
     let mut lost = 0u32;
     let mut last: Option<PollSnapshot> = None;
-    let mut wait = interval;
+    let mut wait = FIRST_POLL.min(interval);
     loop {
         tokio::time::sleep(wait).await;
         let elapsed = start.elapsed();
@@ -254,7 +258,7 @@ pub async fn verify_poll<R: Remote>(
             Ok(snap) => {
                 polls += 1;
                 lost = 0;
-                wait = interval;
+                wait = (wait * 2).min(interval);
                 on_event(PollEvent::Polled {
                     elapsed,
                     snapshot: snap.clone(),

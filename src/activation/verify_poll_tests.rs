@@ -128,10 +128,12 @@ async fn settles_after_running_polls() {
         ok(&answer(COLLECTED, "exited 0", NEW)),
     ]);
     let (out, events) = run(&r, 300).await;
+    // Polls after 0.1 s, then 0.2 s and 0.4 s more (the wait doubles up to
+    // the 2 s interval): a quick switch is seen quickly.
     assert_eq!(
         out,
         VerifyOutcome::Settled {
-            elapsed: Duration::from_secs(6),
+            elapsed: Duration::from_millis(700),
             polls: 3
         }
     );
@@ -180,13 +182,15 @@ async fn hang_times_out() {
             seen,
             last,
         } => {
-            assert_eq!(elapsed, Duration::from_secs(30));
+            // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, then every 2 s: the first poll
+            // at or after the 30 s deadline.
+            assert_eq!(elapsed, Duration::from_millis(31_100));
             assert_eq!(seen, Some(sp(NEW)));
             assert_eq!(last, Some(JobState::Running));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(r.argvs().len(), 15);
+    assert_eq!(r.argvs().len(), 19);
 }
 
 #[tokio::test(start_paused = true)]
