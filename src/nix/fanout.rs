@@ -1,11 +1,12 @@
 //! Relay copies, one builder read for any number of hosts: the builder
 //! serves the NAR of every path some host of the batch lacks, once, in
-//! dependency order, over one `nix-store --serve` (the serve protocol every
-//! Nix and Lix speaks; `nix-store --export` would reorder the paths); the
-//! controller finds where each NAR ends ([`NarScanner`]), checks it against
-//! the builder's database (size and SHA-256), and forwards it, framed the way
-//! `nix-store --import` reads it, to exactly the hosts that lack it. Each
-//! host has one import stream, on its shared connection.
+//! dependency order (`nix-store --serve`, `DumpStorePath`; `nix-store
+//! --export` would reorder the paths); the controller finds where each NAR
+//! ends ([`NarScanner`]) and forwards it to exactly the hosts that lack it,
+//! each with its registration (`nix-store --serve --write`, `AddToStoreNar`:
+//! the host checks the NAR's size and SHA-256 against the builder's database
+//! as it adds it, like `nix-copy-closure`). Each host has one stream, on its
+//! shared connection, and acknowledges every path it added.
 //!
 //! Memory is bounded: one read buffer, plus at most that much queued per
 //! host. The slowest host sets the pace. A host that fails is dropped and
@@ -13,24 +14,21 @@
 
 use std::collections::HashSet;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use anyhow::Context;
 use futures_util::future::join_all;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
 
 use super::StorePath;
 use super::closure::PathInfo;
 use super::copy::CopyProgress;
-use super::nar::{self, NarScanner};
-use crate::remote::{Command, Remote, RemoteFinish, RemoteStdin};
-
-/// The serve protocol's greeting words and the one command used.
-const SERVE_MAGIC_1: u64 = 0x390c_9deb;
-const SERVE_MAGIC_2: u64 = 0x5452_eecb;
-/// Protocol 2.5 (Nix 2.3 and everything since); `DumpStorePath` is older still.
-const SERVE_VERSION: u64 = 0x205;
-const CMD_DUMP_STORE_PATH: u64 = 3;
+use super::nar::NarScanner;
+use super::serve;
+use crate::remote::{Command, Remote, RemoteFinish, RemoteStdin, RemoteStdout};
 
 /// Bytes read from the builder at a time; also the most queued per host.
 const BUF: usize = 256 * 1024;
@@ -94,23 +92,24 @@ fn plan<'a, T>(
         .collect()
 }
 
-/// The serve-protocol requests: greeting, then one `DumpStorePath` a path.
+/// The builder's requests: greeting, then one `DumpStorePath` a path.
 fn requests(paths: &[(&PathInfo, Vec<usize>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + paths.len() * 96);
-    out.extend_from_slice(&SERVE_MAGIC_1.to_le_bytes());
-    out.extend_from_slice(&SERVE_VERSION.to_le_bytes());
+    let mut out = serve::greeting();
+    out.reserve(paths.len() * 96);
     for (p, _) in paths {
-        out.extend_from_slice(&CMD_DUMP_STORE_PATH.to_le_bytes());
-        out.extend_from_slice(&nar::wire_string(p.path.as_str().as_bytes()));
+        serve::dump_store_path(&mut out, p);
     }
     out
 }
 
-/// One host's import stream and what it was sent.
+/// One host's stream and what it was sent.
 struct Sink<'a> {
     name: String,
     stdin: Option<RemoteStdin>,
     finish: Option<RemoteFinish>,
+    /// Reads the host's greeting and one acknowledgement per added path.
+    acks: Option<JoinHandle<anyhow::Result<u64>>>,
+    acked: Arc<AtomicU64>,
     queued: Vec<u8>,
     got: Received,
     total_paths: u64,
@@ -127,33 +126,72 @@ impl Sink<'_> {
         if self.error.is_none() {
             self.error = Some(e);
         }
-        // Dropped without the end marker: the import stops at EOF, keeping
-        // only whole paths.
+        // Dropped mid-path: the host stops at EOF, keeping only whole paths.
         self.stdin = None;
         self.queued = Vec::new();
     }
 
+    /// Progress: bytes sent, paths the host acknowledged.
     fn report(&self) {
         (self.progress)(CopyProgress {
             bytes: self.got.bytes,
-            paths: self.got.paths,
+            paths: self.acked.load(Ordering::Relaxed),
             total_paths: self.total_paths,
         });
     }
 }
 
-/// Write every host's queue (concurrently); a failed write drops the host.
-async fn flush(sinks: &mut [Sink<'_>]) {
+/// Read a host's serve greeting, then count its acknowledgements (one `1`
+/// per path added) until it closes its output.
+async fn count_acks(
+    mut out: RemoteStdout,
+    name: String,
+    acked: Arc<AtomicU64>,
+) -> anyhow::Result<u64> {
+    let mut word = [0u8; 8];
+    let mut read_word = async |out: &mut RemoteStdout| -> std::io::Result<Option<u64>> {
+        match out.read_exact(&mut word).await {
+            Ok(_) => Ok(Some(u64::from_le_bytes(word))),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let magic = read_word(&mut out).await?.unwrap_or(0);
+    let version = read_word(&mut out).await?.unwrap_or(0);
+    serve::check_greeting(magic, version, &name)?;
+    while let Some(w) = read_word(&mut out).await? {
+        anyhow::ensure!(w == 1, "{name} answered {w} to a path it was sent, not 1");
+        acked.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(acked.load(Ordering::Relaxed))
+}
+
+/// Write every host's queue and, to the hosts in `dests` (sorted), `piece`
+/// after it, concurrently; a failed write drops the host.
+async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
     let writes = sinks
         .iter_mut()
-        .filter(|s| s.live() && !s.queued.is_empty())
-        .map(|s| async move {
+        .enumerate()
+        .filter(|(i, s)| {
+            s.live()
+                && (!s.queued.is_empty() || (!piece.is_empty() && dests.binary_search(i).is_ok()))
+        })
+        .map(|(i, s)| async move {
             let Some(stdin) = s.stdin.as_mut() else {
                 return;
             };
-            match stdin.write_all(&s.queued).await {
+            let piece = if dests.binary_search(&i).is_ok() {
+                piece
+            } else {
+                &[]
+            };
+            let written = async {
+                stdin.write_all(&s.queued).await?;
+                stdin.write_all(piece).await
+            };
+            match written.await {
                 Ok(()) => {
-                    s.got.bytes += s.queued.len() as u64;
+                    s.got.bytes += (s.queued.len() + piece.len()) as u64;
                     s.queued.clear();
                 }
                 Err(e) => {
@@ -164,6 +202,15 @@ async fn flush(sinks: &mut [Sink<'_>]) {
         });
     join_all(writes).await;
 }
+
+/// Write every host's queue.
+async fn flush(sinks: &mut [Sink<'_>]) {
+    deliver(sinks, &[], &[]).await
+}
+
+/// Pieces at least this big go straight to the hosts; smaller ones are
+/// queued and coalesced (many small paths, registrations).
+const DIRECT: usize = 32 * 1024;
 
 /// Copy, from `builder`, every path of `order` (dependencies first) that a
 /// target lacks to that target. Returns, per target in order, what it
@@ -185,8 +232,8 @@ pub async fn relay<B: Remote, T: Remote>(
             }
         }
     }
-    let import = Command::script("exec nix-store --import >/dev/null");
-    let opened = join_all(targets.iter().map(|t| t.remote.exec_piped(&import))).await;
+    let add = Command::new("nix-store").args(["--serve", "--write"]);
+    let opened = join_all(targets.iter().map(|t| t.remote.exec_piped(&add))).await;
     let mut sinks: Vec<Sink> = targets
         .iter()
         .zip(opened)
@@ -196,7 +243,9 @@ pub async fn relay<B: Remote, T: Remote>(
                 name: t.remote.name().to_owned(),
                 stdin: None,
                 finish: None,
-                queued: Vec::new(),
+                acks: None,
+                acked: Arc::default(),
+                queued: serve::greeting(),
                 got: Received::default(),
                 total_paths,
                 error: None,
@@ -206,9 +255,14 @@ pub async fn relay<B: Remote, T: Remote>(
                 Ok(s) => {
                     sink.stdin = Some(s.stdin);
                     sink.finish = Some(s.finish);
+                    sink.acks = Some(tokio::spawn(count_acks(
+                        s.stdout,
+                        sink.name.clone(),
+                        sink.acked.clone(),
+                    )));
                 }
                 Err(e) => sink.fail(e.context(format!(
-                    "starting nix-store --import on {}",
+                    "starting nix-store --serve --write on {}",
                     t.remote.name()
                 ))),
             }
@@ -226,32 +280,40 @@ pub async fn relay<B: Remote, T: Remote>(
             s.fail(anyhow::anyhow!("{msg}"));
         }
     }
-    for s in sinks.iter_mut().filter(|s| s.live()) {
-        s.queued.extend_from_slice(&nar::END_OF_RECORDS);
-    }
     flush(&mut sinks).await;
     let hosts = targets.len();
     let ends = sinks
         .into_iter()
         .zip(shared)
         .map(|(mut s, (sp, sb))| async move {
+            // EOF ends the host's serve loop.
             if let Some(mut stdin) = s.stdin.take()
                 && let Err(e) = stdin.shutdown().await
             {
-                // The import may have exited on the end marker already: its
-                // exit status is the verdict.
-                tracing::debug!("{}: closing the import stream: {e}", s.name);
+                tracing::debug!("{}: closing the stream: {e}", s.name);
             }
-            let imported = match s.finish.take() {
+            let added = match s.finish.take() {
                 Some(f) => Some(f.await),
+                None => None,
+            };
+            let acks = match s.acks.take() {
+                Some(a) => Some(a.await),
                 None => None,
             };
             if let Some(e) = s.error {
                 return Err(e);
             }
-            imported
-                .context("no import stream")??
-                .check(&format!("nix-store --import on {}", s.name))?;
+            let what = format!("adding paths on {} (nix-store --serve --write)", s.name);
+            added.context("no stream")??.check(&what)?;
+            let acked = acks
+                .context("no acknowledgements")?
+                .context("the acknowledgement reader failed")??;
+            anyhow::ensure!(
+                acked == s.got.paths,
+                "{} acknowledged {acked} of the {} paths it was sent",
+                s.name,
+                s.got.paths
+            );
             s.report();
             Ok(Received {
                 shared: Shared {
@@ -362,25 +424,17 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
         end: 0,
     };
     let magic = input.read_u64().await?;
-    anyhow::ensure!(
-        magic == SERVE_MAGIC_2,
-        "nix-store --serve on the builder answered {magic:#x}, not the serve protocol"
-    );
     let version = input.read_u64().await?;
-    tracing::debug!(
-        "builder serves protocol {}.{}",
-        version >> 8,
-        version & 0xff
-    );
+    serve::check_greeting(magic, version, "the builder")?;
     let mut last = std::time::Instant::now();
     for (p, dests) in paths {
+        let header = serve::add_to_store_nar(p)?;
         for &d in dests {
             if sinks[d].live() {
-                sinks[d].queued.extend_from_slice(&nar::RECORD_HEADER);
+                sinks[d].queued.extend_from_slice(&header);
             }
         }
         let mut scanner = NarScanner::new();
-        let mut hash = Sha256::new();
         loop {
             if input.pos == input.end {
                 flush(sinks).await;
@@ -402,10 +456,13 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
                 Some(n) => (&avail[..n], true),
                 None => (avail, false),
             };
-            hash.update(piece);
-            for &d in dests {
-                if sinks[d].live() {
-                    sinks[d].queued.extend_from_slice(piece);
+            if piece.len() >= DIRECT {
+                deliver(sinks, dests, piece).await;
+            } else {
+                for &d in dests {
+                    if sinks[d].live() {
+                        sinks[d].queued.extend_from_slice(piece);
+                    }
                 }
             }
             input.pos += piece.len();
@@ -413,28 +470,18 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
                 break;
             }
         }
+        // The host checks size and hash too; this names the builder as the culprit.
         let size = scanner.consumed();
         anyhow::ensure!(
-            p.nar_size == 0 || size == p.nar_size,
-            "the builder sent {size} bytes for {}, its database says {}",
+            size == p.nar_size,
+            "the builder sent {size} bytes for {}, its database says {}: \
+             the builder's store may be corrupt (nix-store --verify --check-contents)",
             p.path,
             p.nar_size
         );
-        if let Some(want) = p.nar_hash {
-            let got: [u8; 32] = hash.finalize().into();
-            anyhow::ensure!(
-                got == want,
-                "the NAR of {} the builder sent does not match its hash in the builder's database: \
-                 the builder's store may be corrupt (nix-store --verify --check-contents)",
-                p.path
-            );
-        }
-        let trailer = nar::record_trailer(p);
         for &d in dests {
-            let s = &mut sinks[d];
-            if s.live() {
-                s.queued.extend_from_slice(&trailer);
-                s.got.paths += 1;
+            if sinks[d].live() {
+                sinks[d].got.paths += 1;
             }
         }
         if last.elapsed() >= std::time::Duration::from_millis(100) {
@@ -522,8 +569,8 @@ mod tests {
         // The requests: greeting, then one DumpStorePath per planned path.
         let plan = plan(&order, &targets);
         let r = requests(&plan);
-        assert_eq!(&r[..8], &SERVE_MAGIC_1.to_le_bytes());
-        assert_eq!(&r[16..24], &CMD_DUMP_STORE_PATH.to_le_bytes());
+        assert_eq!(&r[..8], &serve::MAGIC_CLIENT.to_le_bytes());
+        assert_eq!(&r[16..24], &3u64.to_le_bytes());
         let first = plan[0].0.path.as_str().as_bytes();
         assert_eq!(&r[32..32 + first.len()], first);
     }

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod fanout;
 pub mod gcroots;
 pub mod nar;
+pub mod serve;
 pub mod sign;
 pub mod source;
 pub mod store_path;

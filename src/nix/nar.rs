@@ -1,7 +1,6 @@
 //! The NAR wire format, as far as nixgate needs it: where a NAR ends in a
 //! byte stream ([`NarScanner`], incremental, nothing buffered but its
-//! tokens), and the framing `nix-store --import` reads around each NAR
-//! ([`record_header`], [`record_trailer`], [`END_OF_RECORDS`]).
+//! tokens), and its strings ([`wire_string`]).
 //!
 //! A NAR is a sequence of strings (a little-endian `u64` length, the bytes,
 //! zero padding to 8). Structure tokens (`(`, `)`, `type`, `entry`, ...)
@@ -10,14 +9,10 @@
 //! the strings that follow `contents`, `target`, `name`, `executable` and
 //! `type` are data, so a file named `)` cannot end an archive early.
 
-use super::closure::PathInfo;
-
 /// `nix-archive-1`, the first string of every NAR.
 const NAR_MAGIC: &[u8] = b"nix-archive-1";
 /// The longest structure token (`nix-archive-1`, `executable`, ...) with room to spare.
 const MAX_TOKEN: u64 = 64;
-/// `NIXE`: marks the metadata after each NAR in an export stream.
-const EXPORT_MAGIC: u64 = 0x4558_494e;
 
 /// What is being read: a string's length, or its body and padding.
 #[derive(Debug, Clone, Copy)]
@@ -187,30 +182,6 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
 }
 
-/// What precedes each NAR in an import stream: "one more path follows".
-pub const RECORD_HEADER: [u8; 8] = 1u64.to_le_bytes();
-/// What ends an import stream: "no more paths".
-pub const END_OF_RECORDS: [u8; 8] = 0u64.to_le_bytes();
-
-/// What follows a path's NAR in an import stream (as `nix-store --export`
-/// writes it): the export magic, the path, its references, its deriver,
-/// and no legacy signature.
-pub fn record_trailer(p: &PathInfo) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + 64 * p.references.len());
-    put_u64(&mut out, EXPORT_MAGIC);
-    put_str(&mut out, p.path.as_str().as_bytes());
-    put_u64(&mut out, p.references.len() as u64);
-    for r in &p.references {
-        put_str(&mut out, r.as_str().as_bytes());
-    }
-    put_str(
-        &mut out,
-        p.deriver.as_ref().map_or("", |d| d.as_str()).as_bytes(),
-    );
-    put_u64(&mut out, 0);
-    out
-}
-
 /// Serialise a string the way NARs and the serve protocol do.
 pub fn wire_string(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() + 16);
@@ -356,29 +327,5 @@ mod tests {
                 .to_string()
                 .contains("unexpected token")
         );
-    }
-
-    #[test]
-    fn trailer_matches_what_nix_store_export_writes() {
-        let sp = |s: &str| crate::nix::StorePath::parse(s).unwrap();
-        let p = PathInfo {
-            path: sp("/nix/store/05d8ydqjy1d7zdkb5qrllv22k6m2f9dn-filler-299-1.0"),
-            nar_size: 0,
-            nar_hash: None,
-            references: vec![sp("/nix/store/07yxrasyi0r0k2sy9086b99yj41vw4x1-dep")],
-            deriver: Some(sp(
-                "/nix/store/23ihhd0p2qy9mlax5dw4wkalw2rd3m8v-filler-299-1.0.drv",
-            )),
-        };
-        let t = record_trailer(&p);
-        assert_eq!(&t[..8], b"NIXE\0\0\0\0");
-        let path = p.path.as_str().as_bytes();
-        assert_eq!(
-            u64::from_le_bytes(t[8..16].try_into().unwrap()),
-            path.len() as u64
-        );
-        assert_eq!(&t[16..16 + path.len()], path);
-        assert_eq!(t.len() % 8, 0);
-        assert_eq!(&t[t.len() - 8..], &END_OF_RECORDS);
     }
 }
