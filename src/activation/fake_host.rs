@@ -144,8 +144,14 @@ impl State {
         self.lock_held = false;
     }
 
-    fn respond(&mut self, cmd: &Command) -> Output {
+    fn respond(&mut self, cmd: &Command, stdin: Option<&[u8]>) -> Output {
         let a: Vec<&str> = cmd.argv().iter().map(String::as_str).collect();
+        if a[0] == "sh" && a[2] == known_good::WRITE_RECORD {
+            let json = String::from_utf8_lossy(stdin.expect("the record comes on stdin"));
+            self.records
+                .insert(a[5].to_owned(), json.trim_end().to_owned());
+            return ok("");
+        }
         match a[0] {
             "true" if self.sudo_password_required => fail(1, "sudo: a password is required\n"),
             "true" => ok(""),
@@ -334,9 +340,12 @@ impl State {
                  etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
                  kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n"
             ))
-        } else if script == known_good::WRITE_RECORD {
-            self.records.insert(a[5].to_owned(), a[6].to_owned());
-            ok("")
+        } else if script == known_good::SET_AND_READ {
+            let c = StorePath::parse(a[5]).expect("store path");
+            self.set_profile(a[4], &c);
+            let n = self.profiles.get(a[4]).map_or(0, Vec::len);
+            let base = a[4].rsplit('/').next().unwrap_or_default();
+            ok(&format!("{base}-{n}-link\n"))
         } else {
             panic!("fake host: unexpected script {a:?}")
         }
@@ -381,7 +390,9 @@ impl FakeHost {
 
     pub fn remote(&self) -> ScriptedRemote {
         let st = self.0.clone();
-        ScriptedRemote::new("web1", move |cmd| st.lock().expect("state").respond(cmd))
+        ScriptedRemote::with_stdin("web1", move |cmd, stdin| {
+            st.lock().expect("state").respond(cmd, stdin)
+        })
     }
 }
 
@@ -402,16 +413,13 @@ pub fn describe(cmd: &Command) -> String {
         s if s == switch::LOG_TAIL => "log-tail",
         s if s == inhibitors::COMPARE => "compare-components",
         s if s == known_good::WRITE_RECORD => "write-record",
+        s if s == known_good::SET_AND_READ => "set-known-good",
         s if s == switch::FIRE_LINUX => {
             return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);
         }
         _ => "unknown-script",
     };
     let args: Vec<&str> = a[4..].iter().map(String::as_str).collect();
-    let args = if name == "write-record" {
-        &args[..2]
-    } else {
-        &args[..]
-    };
+    let args = &args[..];
     format!("{sudo}{name} {}", args.join(" "))
 }

@@ -10,9 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::links::read_store_link;
-use super::profile;
 use super::settings::{HostPaths, RunId};
 use crate::gates::Gate;
 use crate::nix::StorePath;
@@ -57,8 +57,13 @@ pub struct MarkRequest {
     pub at: SystemTime,
 }
 
-pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; json=$3
-mkdir -p \"$dir\" && printf '%s\\n' \"$json\" > \"$dir/.$gen.json.$$.tmp\" && mv -f \"$dir/.$gen.json.$$.tmp\" \"$dir/$gen.json\"";
+/// Point the profile at the closure, print the generation link it got.
+pub(crate) const SET_AND_READ: &str = "prof=$1; closure=$2
+nix-env -p \"$prof\" --set \"$closure\" >/dev/null && readlink \"$prof\"";
+
+/// The record on stdin, moved into place whole.
+pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; tmp=$dir/.$gen.json.$$.tmp
+mkdir -p \"$dir\" && cat > \"$tmp\" && mv -f \"$tmp\" \"$dir/$gen.json\" || { rm -f \"$tmp\"; exit 1; }";
 
 pub(crate) const LIST: &str = "prof=$1; dir=$2
 echo \"NixgateCurrent=$(readlink \"$prof\" 2>/dev/null)\"
@@ -121,12 +126,16 @@ pub async fn mark<R: Remote>(
     req: MarkRequest,
 ) -> anyhow::Result<KnownGoodMark> {
     let prof = &paths.known_good_profile;
-    profile::set(remote, prof, &req.closure, sudo).await?;
     let out = remote
-        .exec(&Command::new("readlink").arg(prof))
+        .exec(
+            &Command::script(SET_AND_READ)
+                .arg(prof)
+                .arg(req.closure.as_str())
+                .sudo(sudo),
+        )
         .await
-        .with_context(|| format!("reading {prof} on {}", remote.name()))?
-        .check(&format!("readlink {prof}"))?;
+        .with_context(|| format!("setting {prof} on {}", remote.name()))?
+        .check(&format!("nix-env -p {prof} --set {}", req.closure))?;
     let link = out.stdout_str();
     let generation = generation_of(link.trim())
         .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
@@ -140,19 +149,27 @@ pub async fn mark<R: Remote>(
         run_id: req.run_id,
         gates: req.gates,
     };
-    let json = serde_json::to_string(&record).context("encoding the known-good record")?;
+    let mut json = serde_json::to_vec(&record).context("encoding the known-good record")?;
+    json.push(b'\n');
     let dir = paths.known_good_records.trim_end_matches('/');
-    remote
-        .exec(
-            &Command::script(WRITE_RECORD)
-                .arg(dir)
-                .arg(generation.to_string())
-                .arg(json)
-                .sudo(sudo),
-        )
+    let write = Command::script(WRITE_RECORD)
+        .arg(dir)
+        .arg(generation.to_string())
+        .sudo(sudo);
+    let mut s = remote
+        .exec_piped(&write)
         .await
-        .with_context(|| format!("writing the known-good record on {}", remote.name()))?
-        .check("writing the known-good record")?;
+        .with_context(|| format!("writing the known-good record on {}", remote.name()))?;
+    let sent = async {
+        s.stdin.write_all(&json).await?;
+        s.stdin.shutdown().await
+    }
+    .await;
+    let mut rest = Vec::new();
+    let _ = s.stdout.read_to_end(&mut rest).await;
+    let written = s.finish.await?;
+    written.check("writing the known-good record")?;
+    sent.context("sending the known-good record")?;
     Ok(KnownGoodMark {
         generation,
         record_path: format!("{dir}/{generation}.json"),

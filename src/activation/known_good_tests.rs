@@ -43,8 +43,8 @@ fn request(closure: &str, at: u64) -> MarkRequest {
 
 #[tokio::test]
 async fn mark_commands() {
-    let r = ScriptedRemote::new("web1", |c| {
-        if c.program() == "readlink" {
+    let r = ScriptedRemote::with_stdin("web1", |c, _| {
+        if c.argv()[2] == SET_AND_READ {
             ok("nixgate-known-good-7-link\n")
         } else {
             ok("")
@@ -57,32 +57,40 @@ async fn mark_commands() {
     assert_eq!(m.generation, 7);
     assert_eq!(m.record_path, "/var/lib/nixgate/known-good/7.json");
     let cmds = r.commands();
+    assert_eq!(cmds.len(), 2);
     assert_eq!(
-        cmds[0].render(),
-        format!("sudo -n -- nix-env -p /nix/var/nix/profiles/nixgate-known-good --set {SYS}")
+        cmds[0].argv(),
+        &[
+            "sh",
+            "-c",
+            SET_AND_READ,
+            "nixgate",
+            "/nix/var/nix/profiles/nixgate-known-good",
+            SYS
+        ]
+        .map(String::from)
     );
+    assert!(cmds[0].is_sudo());
     assert_eq!(
         cmds[1].argv(),
-        &["readlink", "/nix/var/nix/profiles/nixgate-known-good"].map(String::from)
-    );
-    let argv = cmds[2].argv();
-    assert_eq!(
-        &argv[..5],
         &[
             "sh",
             "-c",
             WRITE_RECORD,
             "nixgate",
-            "/var/lib/nixgate/known-good"
+            "/var/lib/nixgate/known-good",
+            "7"
         ]
         .map(String::from)
     );
-    assert_eq!(argv[5], "7");
-    let rec: KnownGoodRecord = serde_json::from_str(&argv[6]).unwrap();
+    assert!(cmds[1].is_sudo());
+    // The record travels on stdin, never as an argument.
+    let stdins = r.stdins();
+    assert_eq!(stdins.len(), 1);
+    let rec: KnownGoodRecord = serde_json::from_slice(&stdins[0].1).unwrap();
     assert_eq!(rec.marked_at, "2024-03-01T12:00:00Z");
     assert_eq!(rec.host, "web1");
     assert_eq!(rec.commit.as_deref(), Some("3f2a9c1"));
-    assert!(cmds[2].is_sudo());
 }
 
 /// Real: two marks on a temporary profile; the history lists both
@@ -111,7 +119,13 @@ async fn real_profile_history() {
     assert!(history(&r, &paths).await.unwrap().is_empty());
     assert_eq!(current(&r, &paths).await.unwrap(), None);
 
-    let m1 = mark(&r, &paths, false, request(&a, 100)).await.unwrap();
+    // The evidence of a large change: far above the 128 KiB one argument may be.
+    let mut big = request(&a, 100);
+    big.gates.push(GateRecord {
+        gate: Gate::Diff,
+        evidence: serde_json::json!({ "packages": "x".repeat(512 * 1024) }),
+    });
+    let m1 = mark(&r, &paths, false, big).await.unwrap();
     let m2 = mark(&r, &paths, false, request(&b, 200)).await.unwrap();
     assert_eq!((m1.generation, m2.generation), (1, 2));
     let again = mark(&r, &paths, false, request(&b, 300)).await.unwrap();
@@ -129,6 +143,14 @@ async fn real_profile_history() {
     );
     assert_eq!(rec.gates[0].gate, Gate::HealthChecks);
     assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), b);
+    let first = h[0]
+        .record
+        .as_ref()
+        .expect("the large record was written whole");
+    assert_eq!(
+        first.gates[1].evidence["packages"].as_str().map(str::len),
+        Some(512 * 1024)
+    );
     // No temporary file left behind.
     let names: Vec<_> = std::fs::read_dir(d.join("records"))
         .unwrap()

@@ -105,8 +105,7 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         format!("readlink-f {SYSTEM}"),
-        format!("sudo -n -- nix-env -p {KNOWN_GOOD} --set {NEW}"),
-        format!("readlink {KNOWN_GOOD}"),
+        format!("sudo set-known-good {KNOWN_GOOD} {NEW}"),
         "sudo write-record /var/lib/nixgate/known-good 2".into(),
     ];
     assert_eq!(ran.cmds, want);

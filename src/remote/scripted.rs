@@ -1,19 +1,29 @@
 //! A [`Remote`] for tests: records every command it is asked to run and
 //! answers from a caller-supplied responder, so unit tests can assert the exact
-//! argv nixgate sends and feed back the outputs real machines give.
+//! argv nixgate sends and feed back the outputs real machines give. With
+//! [`ScriptedRemote::with_stdin`], a stream is answered once its stdin is
+//! closed, and the responder sees what was written to it.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
 
 use super::{Command, Exit, Output, Remote, Streaming};
 
-type Responder = dyn Fn(&Command) -> Output + Send + Sync;
+type Responder = dyn Fn(&Command, Option<&[u8]>) -> Output + Send + Sync;
 
 /// Records commands; answers through the responder.
 #[derive(Clone)]
 pub struct ScriptedRemote {
     name: String,
     log: Arc<Mutex<Vec<Command>>>,
+    stdin_log: Arc<Mutex<Vec<(Command, Vec<u8>)>>>,
     respond: Arc<Responder>,
+    /// Streams answer when stdin closes (and the responder sees it).
+    lazy: bool,
 }
 
 impl ScriptedRemote {
@@ -21,8 +31,30 @@ impl ScriptedRemote {
         ScriptedRemote {
             name: name.to_owned(),
             log: Arc::default(),
-            respond: Arc::new(respond),
+            stdin_log: Arc::default(),
+            respond: Arc::new(move |c, _| respond(c)),
+            lazy: false,
         }
+    }
+
+    /// Streams are answered once their stdin is closed; the responder gets
+    /// what was written (`None` for `exec`, which has no stdin).
+    pub fn with_stdin(
+        name: &str,
+        respond: impl Fn(&Command, Option<&[u8]>) -> Output + Send + Sync + 'static,
+    ) -> Self {
+        ScriptedRemote {
+            name: name.to_owned(),
+            log: Arc::default(),
+            stdin_log: Arc::default(),
+            respond: Arc::new(respond),
+            lazy: true,
+        }
+    }
+
+    /// What each stream was sent on stdin (lazy remotes only), in order.
+    pub fn stdins(&self) -> Vec<(Command, Vec<u8>)> {
+        self.stdin_log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Every command run so far, in order.
@@ -55,20 +87,88 @@ impl Remote for ScriptedRemote {
         if let Ok(mut log) = self.log.lock() {
             log.push(cmd.clone());
         }
-        Ok((self.respond)(cmd))
+        Ok((self.respond)(cmd, None))
     }
 
     async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
         if let Ok(mut log) = self.log.lock() {
             log.push(cmd.clone());
         }
-        let out = (self.respond)(cmd);
-        let stdout = std::io::Cursor::new(out.stdout.clone());
-        let finish = Output::new(out.exit, Vec::new(), out.stderr);
+        if !self.lazy {
+            let out = (self.respond)(cmd, None);
+            let stdout = std::io::Cursor::new(out.stdout.clone());
+            let finish = Output::new(out.exit, Vec::new(), out.stderr);
+            return Ok(Streaming {
+                stdin: Box::pin(tokio::io::sink()),
+                stdout: Box::pin(stdout),
+                finish: Box::pin(async move { Ok(finish) }),
+            });
+        }
+        let (closed_tx, closed_rx) = oneshot::channel::<Vec<u8>>();
+        let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
+        let (done_tx, done_rx) = oneshot::channel::<Output>();
+        let (respond, cmd, log) = (self.respond.clone(), cmd.clone(), self.stdin_log.clone());
+        tokio::spawn(async move {
+            let input = closed_rx.await.unwrap_or_default();
+            let out = respond(&cmd, Some(&input));
+            if let Ok(mut l) = log.lock() {
+                l.push((cmd, input));
+            }
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut out_w, &out.stdout).await;
+            drop(out_w);
+            let _ = done_tx.send(Output::new(out.exit, Vec::new(), out.stderr));
+        });
         Ok(Streaming {
-            stdin: Box::pin(tokio::io::sink()),
-            stdout: Box::pin(stdout),
-            finish: Box::pin(async move { Ok(finish) }),
+            stdin: Box::pin(Collect {
+                buf: Vec::new(),
+                closed: Some(closed_tx),
+            }),
+            stdout: Box::pin(out_r),
+            finish: Box::pin(async move {
+                done_rx
+                    .await
+                    .map_err(|_| anyhow::anyhow!("scripted stream dropped"))
+            }),
         })
+    }
+}
+
+/// Stdin of a lazy scripted stream: collects, and hands it over on close.
+struct Collect {
+    buf: Vec<u8>,
+    closed: Option<oneshot::Sender<Vec<u8>>>,
+}
+
+impl Collect {
+    fn close(&mut self) {
+        if let Some(tx) = self.closed.take() {
+            let _ = tx.send(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+impl AsyncWrite for Collect {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.buf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Collect {
+    fn drop(&mut self) {
+        self.close();
     }
 }
