@@ -14,13 +14,15 @@ use tokio::sync::oneshot;
 use super::{Command, Exit, Output, Remote, Streaming};
 
 type Responder = dyn Fn(&Command, Option<&[u8]>) -> Output + Send + Sync;
+/// Each stream's command and what was written to its stdin.
+type StdinLog = Arc<Mutex<Vec<(Command, Vec<u8>)>>>;
 
 /// Records commands; answers through the responder.
 #[derive(Clone)]
 pub struct ScriptedRemote {
     name: String,
     log: Arc<Mutex<Vec<Command>>>,
-    stdin_log: Arc<Mutex<Vec<(Command, Vec<u8>)>>>,
+    stdin_log: StdinLog,
     respond: Arc<Responder>,
     /// Streams answer when stdin closes (and the responder sees it).
     lazy: bool,
