@@ -18,11 +18,44 @@ use crate::gates::Gate;
 use crate::nix::StorePath;
 use crate::remote::{Command, Remote};
 
-/// One gate passed, with its evidence as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One gate passed, with its evidence as recorded: compact JSON text (a
+/// large change's diff is hundreds of kilobytes, several times that as a
+/// parsed tree), shared by every copy of the record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateRecord {
     pub gate: Gate,
-    pub evidence: serde_json::Value,
+    pub evidence: Evidence,
+}
+
+/// A gate's evidence as JSON text.
+pub type Evidence = std::sync::Arc<serde_json::value::RawValue>;
+
+/// Evidence from anything serialisable (`null` if it cannot be).
+pub fn evidence(value: &impl Serialize) -> Evidence {
+    let text = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
+    serde_json::value::RawValue::from_string(text)
+        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
+        .into()
+}
+
+impl GateRecord {
+    pub fn new(gate: Gate, value: &impl Serialize) -> GateRecord {
+        GateRecord {
+            gate,
+            evidence: evidence(value),
+        }
+    }
+
+    /// The evidence parsed (for reading fields of it).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.evidence.get()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for GateRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.gate == other.gate && self.evidence.get() == other.evidence.get()
+    }
 }
 
 /// The tag record of one known-good generation.
@@ -156,18 +189,23 @@ pub async fn mark<R: Remote>(
         .arg(dir)
         .arg(generation.to_string())
         .sudo(sudo);
-    let mut s = remote
+    let crate::remote::Streaming {
+        mut stdin,
+        mut stdout,
+        finish,
+    } = remote
         .exec_piped(&write)
         .await
         .with_context(|| format!("writing the known-good record on {}", remote.name()))?;
     let sent = async {
-        s.stdin.write_all(&json).await?;
-        s.stdin.shutdown().await
+        stdin.write_all(&json).await?;
+        stdin.shutdown().await
     }
     .await;
+    drop(stdin);
     let mut rest = Vec::new();
-    let _ = s.stdout.read_to_end(&mut rest).await;
-    let written = s.finish.await?;
+    let _ = stdout.read_to_end(&mut rest).await;
+    let written = finish.await?;
     written.check("writing the known-good record")?;
     sent.context("sending the known-good record")?;
     Ok(KnownGoodMark {

@@ -33,10 +33,10 @@ fn request(closure: &str, at: u64) -> MarkRequest {
         closure: StorePath::parse(closure).unwrap(),
         commit: Some("3f2a9c1".into()),
         run_id: RunId::parse("r1").unwrap(),
-        gates: vec![GateRecord {
-            gate: Gate::HealthChecks,
-            evidence: serde_json::json!([{"command": "true", "attempts": [{"kind": "passed"}]}]),
-        }],
+        gates: vec![GateRecord::new(
+            Gate::HealthChecks,
+            &serde_json::json!([{"command": "true", "attempts": [{"kind": "passed"}]}]),
+        )],
         at: UNIX_EPOCH + Duration::from_secs(at),
     }
 }
@@ -121,10 +121,10 @@ async fn real_profile_history() {
 
     // The evidence of a large change: far above the 128 KiB one argument may be.
     let mut big = request(&a, 100);
-    big.gates.push(GateRecord {
-        gate: Gate::Diff,
-        evidence: serde_json::json!({ "packages": "x".repeat(512 * 1024) }),
-    });
+    big.gates.push(GateRecord::new(
+        Gate::Diff,
+        &serde_json::json!({ "packages": "x".repeat(512 * 1024) }),
+    ));
     let m1 = mark(&r, &paths, false, big).await.unwrap();
     let m2 = mark(&r, &paths, false, request(&b, 200)).await.unwrap();
     assert_eq!((m1.generation, m2.generation), (1, 2));
@@ -148,7 +148,7 @@ async fn real_profile_history() {
         .as_ref()
         .expect("the large record was written whole");
     assert_eq!(
-        first.gates[1].evidence["packages"].as_str().map(str::len),
+        first.gates[1].value()["packages"].as_str().map(str::len),
         Some(512 * 1024)
     );
     // No temporary file left behind.

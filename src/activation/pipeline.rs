@@ -102,11 +102,10 @@ impl<R: Remote> Run<'_, R> {
     }
 
     fn pass(&mut self, gate: Gate, evidence: GateEvidence) {
-        let value = serde_json::to_value(&evidence).unwrap_or(serde_json::Value::Null);
-        self.records.push(GateRecord {
-            gate,
-            evidence: value,
-        });
+        // The mark's evidence is the record itself: nothing follows it.
+        if gate != Gate::MarkKnownGood {
+            self.records.push(GateRecord::new(gate, &evidence));
+        }
         (self.emit)(ActivationEvent::GatePassed { gate, evidence });
     }
 

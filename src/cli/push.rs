@@ -7,6 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::activation::HostOutcome;
 use crate::deploy::build::{self, Source};
 use crate::deploy::diffgate;
 use crate::deploy::fanout::RelayHub;
@@ -70,22 +71,19 @@ fn releases(
     sink: &EventSink,
 ) {
     for h in hosts.iter().filter(|h| h.outcome == OutcomeKind::KnownGood) {
-        let Some(closure) = h.closure.clone() else {
+        let (Some(closure), Some(HostOutcome::KnownGood { mark })) =
+            (h.closure.clone(), h.detail.outcome())
+        else {
             continue;
         };
-        let gates = h.detail["mark"]["record"]["gates"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
         let evidence = Evidence {
-            gates: gates
-                .into_iter()
-                .filter_map(|g| {
-                    let gate = serde_json::from_value(g["gate"].clone()).ok()?;
-                    Some(GateEvidence {
-                        gate,
-                        detail: g["evidence"].clone(),
-                    })
+            gates: mark
+                .record
+                .gates
+                .iter()
+                .map(|g| GateEvidence {
+                    gate: g.gate,
+                    detail: g.value(),
                 })
                 .collect(),
         };
@@ -225,7 +223,8 @@ pub async fn push(
     // Gate 2: every change explained before anything switches.
     let mut closures = HashMap::new();
     if !drvs.is_empty() {
-        let diffs = diffgate::diff_all(
+        // Of each diff, only its record (or why the host is refused) is kept.
+        let verdicts = diffgate::diff_all(
             &inv,
             &run.sessions,
             &candidates,
@@ -233,43 +232,55 @@ pub async fn push(
             opts.expect.as_deref(),
             Some(src.commit.as_str()),
             &run.sink,
+            |_, d| {
+                let closure = match d {
+                    Ok(HostDiff {
+                        candidate,
+                        candidate_closure: Some(c),
+                        ..
+                    }) => Some((candidate.clone(), c.clone())),
+                    _ => None,
+                };
+                let verdict = match d {
+                    Ok(d) if d.drift.is_empty() => Ok(diffgate::record(d)),
+                    Ok(d) => Err((
+                        format!(
+                            "drift: {}",
+                            d.drift
+                                .iter()
+                                .map(|x| x.package.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        serde_json::json!({"kind": "diff_gate", "diff": d}),
+                    )),
+                    Err(e) => Err((
+                        e.lines().next().unwrap_or("diff failed").to_owned(),
+                        serde_json::json!({"kind": "diff_gate", "error": e}),
+                    )),
+                };
+                (closure, verdict)
+            },
         )
         .await;
-        for (host, d) in diffs {
-            if let Ok(HostDiff {
-                candidate,
-                candidate_closure: Some(c),
-                ..
-            }) = &d
-            {
-                closures.insert(candidate.clone(), c.clone());
+        for (host, (closure, verdict)) in verdicts {
+            if let Some((candidate, c)) = closure {
+                closures.insert(candidate, c);
             }
-            let refusal = match &d {
-                Ok(d) if d.drift.is_empty() => None,
-                Ok(d) => Some(format!(
-                    "drift: {}",
-                    d.drift
-                        .iter()
-                        .map(|x| x.package.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                Err(e) => Some(e.lines().next().unwrap_or("diff failed").to_owned()),
-            };
-            match refusal {
-                None => {
-                    if let (Ok(d), Some(c)) = (&d, candidates.get_mut(&host)) {
-                        c.earlier_gates.push(diffgate::record(d));
+            match verdict {
+                Ok(record) => {
+                    if let Some(c) = candidates.get_mut(&host) {
+                        c.earlier_gates.push(record);
                     }
                 }
-                Some(reason) => {
+                Err((reason, detail)) => {
                     let closure = candidates.remove(&host).map(|c| c.closure);
                     let s = deploy::failed_before_run(
                         &inv,
                         &host,
                         closure,
                         format!("diff: {reason} (nothing changed)"),
-                        serde_json::json!({"kind": "diff_gate", "diff": d.as_ref().ok(), "error": d.as_ref().err()}),
+                        detail,
                     );
                     run.sink.emit(Event::HostFinished(s.clone()));
                     failed.push(s);
@@ -336,7 +347,7 @@ pub async fn build_only(
     let policy = g.host_key_policy();
     let sessions = Sessions::new(&inv, policy);
     let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
-    let (sink, reporter) = crate::report::spawn(crate::report::choose(g.json, true));
+    let (sink, reporter) = crate::report::spawn(crate::report::choose(g.json, true), None);
     let result = build::build(&inv, &sessions, &src, &hosts, &sink).await;
     sessions.close_all().await;
     drop(sink);
@@ -387,9 +398,9 @@ pub async fn plan(
     let sessions = Sessions::new(&inv, policy);
     let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
     let (sink, reporter) = if g.json {
-        crate::report::spawn(crate::report::choose(true, false))
+        crate::report::spawn(crate::report::choose(true, false), None)
     } else {
-        crate::report::spawn(Box::new(crate::report::human::Plain { quiet: true }))
+        crate::report::spawn(Box::new(crate::report::human::Plain { quiet: true }), None)
     };
     let built = build::build(&inv, &sessions, &src, &hosts, &sink).await;
     let result = match built {
@@ -402,6 +413,11 @@ pub async fn plan(
                 expect.as_deref(),
                 Some(src.commit.as_str()),
                 &sink,
+                // Of each diff, its rendering and whether it refuses the host.
+                |_, d| match d {
+                    Ok(d) => (d.render(), !d.drift.is_empty()),
+                    Err(e) => (vec![format!("diff failed: {e}")], true),
+                },
             )
             .await;
             Ok((b, diffs))
@@ -411,24 +427,15 @@ pub async fn plan(
     sessions.close_all().await;
     drop(sink);
     let _ = reporter.await;
-    let (built, diffs) = result?;
+    let (built, mut diffs) = result?;
     let mut bad = built.failed.len();
     // Hosts with identical diffs are shown together.
     let mut groups: Vec<(Vec<String>, Vec<String>)> = Vec::new();
     for h in &hosts {
-        let lines = match diffs.get(h) {
-            Some(Ok(d)) => {
-                if !d.drift.is_empty() {
-                    bad += 1;
-                }
-                d.render()
-            }
-            Some(Err(e)) => {
-                bad += 1;
-                vec![format!("diff failed: {e}")]
-            }
-            None => continue,
+        let Some((lines, refused)) = diffs.remove(h) else {
+            continue;
         };
+        bad += usize::from(refused);
         match groups.iter_mut().find(|(_, l)| *l == lines) {
             Some((names, _)) => names.push(h.clone()),
             None => groups.push((vec![h.clone()], lines)),

@@ -21,7 +21,7 @@ pub struct RunSession {
     pub sessions: Arc<Sessions>,
     pub cancel: CancelWatch,
     pub state_dir: std::path::PathBuf,
-    reporter: tokio::task::JoinHandle<Vec<Event>>,
+    reporter: tokio::task::JoinHandle<Option<report::spool::Spool>>,
     _lock: ControllerLock,
     started: String,
     command: String,
@@ -44,7 +44,8 @@ impl RunSession {
             Err(e) => return Err(e),
         };
         let run_id = RunId::parse(&state::clock::new_run_id())?;
-        let (sink, reporter) = report::spawn(report::choose(g.json, g.quiet > 0));
+        let spool = state_dir.join("runs").join(format!(".{run_id}.events.tmp"));
+        let (sink, reporter) = report::spawn(report::choose(g.json, g.quiet > 0), Some(spool));
         let (canceller, cancel) = cancel::channel();
         tokio::spawn(canceller.on_signals());
         let policy = g.host_key_policy();
@@ -86,7 +87,7 @@ impl RunSession {
             ..
         } = self;
         drop(sink);
-        let events = reporter.await.unwrap_or_default();
+        let spool = reporter.await.ok().flatten();
         let report = RunReport {
             run_id: run_id.to_string(),
             command,
@@ -97,9 +98,13 @@ impl RunSession {
             finished: deploy::now(),
             exit_code: code,
             hosts,
-            events,
         };
-        if let Err(e) = deploy::write_report(&state_dir, &report) {
+        if spool.as_ref().is_some_and(|s| s.is_broken()) {
+            eprintln!(
+                "nixgate: warning: the run report lacks some events (the event spool could not be written)"
+            );
+        }
+        if let Err(e) = deploy::write_report(&state_dir, &report, spool.as_ref()) {
             eprintln!("nixgate: warning: could not write the run report: {e:#}");
         }
         Ok(if code == 0 {

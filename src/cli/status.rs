@@ -105,17 +105,26 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection) -> anyhow::Result<Outco
         all
     });
     // The last run's outcome per host, from the controller's state.
+    // Only the hosts' outcomes are read (a report can be large: streamed,
+    // everything else skipped).
+    #[derive(serde::Deserialize)]
+    struct LastRun {
+        run_id: String,
+        hosts: Vec<LastHost>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LastHost {
+        host: String,
+        outcome: String,
+    }
     if let Ok(dir) = state::resolve_dir(g.state_dir.as_deref())
-        && let Ok(text) = std::fs::read_to_string(dir.join("latest.json"))
-        && let Ok(report) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Ok(file) = std::fs::File::open(dir.join("latest.json"))
+        && let Ok(report) = serde_json::from_reader::<_, LastRun>(std::io::BufReader::new(file))
     {
         for st in &mut statuses {
-            let entry = report["hosts"]
-                .as_array()
-                .and_then(|hs| hs.iter().find(|h| h["host"] == st.host.as_str()));
-            if let Some(e) = entry {
-                st.last_run = report["run_id"].as_str().map(str::to_owned);
-                st.last_outcome = e["outcome"].as_str().map(str::to_owned);
+            if let Some(e) = report.hosts.iter().find(|h| h.host == st.host) {
+                st.last_run = Some(report.run_id.clone());
+                st.last_outcome = Some(e.outcome.clone());
             }
         }
     }

@@ -122,10 +122,7 @@ pub async fn build(
                     host.clone(),
                     Candidate {
                         closure: toplevel,
-                        earlier_gates: vec![GateRecord {
-                            gate: Gate::Build,
-                            evidence,
-                        }],
+                        earlier_gates: vec![GateRecord::new(Gate::Build, &evidence)],
                     },
                 );
                 out.drvs.insert(host, drv);

@@ -152,9 +152,13 @@ fn flake_inputs(
     diff::flake_lock::flake_inputs_diff(&a, &b).ok()
 }
 
-/// Diff every candidate; returns each host's diff or why it could not be
-/// made. Emits `diff` events; drift is reported as a failed diff gate.
-pub async fn diff_all(
+/// Diff every candidate. As each host's diff (or why it could not be made)
+/// is ready, `keep` takes what the caller needs of it, then the diff goes to
+/// the reporter as an event: only what `keep` returns stays in memory (a
+/// large change's diff is hundreds of kilobytes, and there may be hundreds
+/// of hosts).
+#[allow(clippy::too_many_arguments)]
+pub async fn diff_all<T>(
     inv: &Inventory,
     sessions: &Arc<Sessions>,
     candidates: &HashMap<String, Candidate>,
@@ -162,7 +166,8 @@ pub async fn diff_all(
     expect: Option<&[String]>,
     commit: Option<&str>,
     sink: &EventSink,
-) -> HashMap<String, Result<HostDiff, String>> {
+    mut keep: impl FnMut(&str, &Result<HostDiff, String>) -> T,
+) -> HashMap<String, T> {
     let mut hosts: Vec<&String> = candidates.keys().collect();
     hosts.sort();
     // One closure query for every candidate (best effort: else per host).
@@ -193,30 +198,23 @@ pub async fn diff_all(
         };
         ((*h).clone(), r)
     });
-    let results: HashMap<String, Result<HostDiff, String>> = futures_util::future::join_all(jobs)
-        .await
-        .into_iter()
-        .collect();
-    for h in hosts {
-        match &results[h] {
-            Ok(d) => sink.emit(Event::Diff {
-                host: h.clone(),
-                diff: d.clone(),
-            }),
-            Err(e) => sink.emit(Event::GateFailed {
-                host: h.clone(),
+    let mut done: futures_util::stream::FuturesUnordered<_> = jobs.collect();
+    let mut kept = HashMap::new();
+    while let Some((h, r)) = futures_util::StreamExt::next(&mut done).await {
+        kept.insert(h.clone(), keep(&h, &r));
+        match r {
+            Ok(diff) => sink.emit(Event::Diff { host: h, diff }),
+            Err(reason) => sink.emit(Event::GateFailed {
+                host: h,
                 gate: Gate::Diff,
-                reason: e.clone(),
+                reason,
             }),
         }
     }
-    results
+    kept
 }
 
 /// The diff gate's evidence for the known-good record.
 pub fn record(d: &HostDiff) -> GateRecord {
-    GateRecord {
-        gate: Gate::Diff,
-        evidence: serde_json::to_value(d).unwrap_or_default(),
-    }
+    GateRecord::new(Gate::Diff, d)
 }

@@ -9,12 +9,12 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::known_good::GateRecord;
-use crate::activation::{ActivationRequest, HostOutcome, HostSettings, RunId, activate_host};
+use crate::activation::{ActivationRequest, HostSettings, RunId, activate_host};
 use crate::fleet::Sessions;
 use crate::gates::{Gate, Goal};
 use crate::inventory::{Host, Inventory};
 use crate::nix::StorePath;
-use crate::report::{Event, EventSink, HostSummary, OutcomeKind};
+use crate::report::{Detail, Event, EventSink, HostSummary, OutcomeKind};
 use crate::runner::{HostJob, Interrupted};
 
 use super::outcome;
@@ -46,11 +46,11 @@ impl Stager for AlreadyThere {
     }
 }
 
-/// One host's finished part of the run.
+/// One host's finished part of the run (its typed outcome, when it got that
+/// far, is the summary's detail).
 #[derive(Debug, Clone)]
 pub struct HostDone {
     pub summary: HostSummary,
-    pub outcome: Option<HostOutcome>,
 }
 
 pub struct DeployJob<S: Stager> {
@@ -100,7 +100,7 @@ impl<S: Stager> DeployJob<S> {
         kind: OutcomeKind,
         closure: Option<StorePath>,
         reason: Option<String>,
-        detail: serde_json::Value,
+        detail: Detail,
     ) -> HostDone {
         HostDone {
             summary: HostSummary {
@@ -112,7 +112,6 @@ impl<S: Stager> DeployJob<S> {
                 detail,
                 seconds: started.elapsed().as_secs_f64(),
             },
-            outcome: None,
         }
     }
 
@@ -129,7 +128,7 @@ impl<S: Stager> DeployJob<S> {
             OutcomeKind::Failed,
             closure,
             Some(format!("{gate}: {reason} (nothing changed)")),
-            serde_json::json!({"kind": "failed", "gate": gate, "reason": reason}),
+            serde_json::json!({"kind": "failed", "gate": gate, "reason": reason}).into(),
         )
     }
 
@@ -182,10 +181,7 @@ impl<S: Stager> DeployJob<S> {
             }
         };
         let mut earlier = cand.earlier_gates.clone();
-        earlier.push(GateRecord {
-            gate: Gate::Copy,
-            evidence: staged,
-        });
+        earlier.push(GateRecord::new(Gate::Copy, &staged));
         let req = ActivationRequest {
             settings,
             candidate: cand.closure.clone(),
@@ -203,16 +199,14 @@ impl<S: Stager> DeployJob<S> {
             })
         };
         let out = activate_host(&session, &req, &self.cancel, &emit).await;
-        let mut done = self.done(
+        self.done(
             host,
             started,
             outcome::kind(&out),
             Some(cand.closure.clone()),
             outcome::reason(&out),
-            serde_json::to_value(&out).unwrap_or_default(),
-        );
-        done.outcome = Some(out);
-        done
+            Detail::Outcome(Arc::new(out)),
+        )
     }
 }
 
@@ -273,7 +267,7 @@ impl<S: Stager> HostJob for DeployJob<S> {
             kind,
             self.candidates.get(host).map(|c| c.closure.clone()),
             Some(reason.into()),
-            serde_json::json!({"kind": "interrupted", "why": why}),
+            serde_json::json!({"kind": "interrupted", "why": why}).into(),
         );
         self.sink.emit(Event::HostFinished(done.summary.clone()));
         done

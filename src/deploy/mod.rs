@@ -53,7 +53,7 @@ pub fn failed_before_run(
         outcome: OutcomeKind::Failed,
         closure,
         reason: Some(reason),
-        detail,
+        detail: detail.into(),
         seconds: 0.0,
     }
 }
@@ -70,7 +70,6 @@ pub struct RunReport {
     pub finished: String,
     pub exit_code: u8,
     pub hosts: Vec<HostSummary>,
-    pub events: Vec<Event>,
 }
 
 /// The exit code for a set of host summaries: 1 if any failed.
@@ -92,7 +91,7 @@ fn not_started(host: &str, wave: &str, why: &NotStarted) -> HostSummary {
         outcome: OutcomeKind::NotStarted,
         closure: None,
         reason: Some(reason),
-        detail: serde_json::to_value(why).unwrap_or_default(),
+        detail: serde_json::to_value(why).unwrap_or_default().into(),
         seconds: 0.0,
     }
 }
@@ -148,17 +147,38 @@ pub async fn run<S: Stager>(
         .collect()
 }
 
-/// Write the run report as `runs/<run-id>.json` and `latest.json`.
+/// Write the run report, with the events spooled during the run, as
+/// `runs/<run-id>.json` and `latest.json`.
 pub fn write_report(
     state_dir: &std::path::Path,
     report: &RunReport,
+    events: Option<&crate::report::spool::Spool>,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let bytes = serde_json::to_vec_pretty(report)?;
+    #[derive(Serialize)]
+    struct Written<'a> {
+        #[serde(flatten)]
+        report: &'a RunReport,
+        events: crate::report::spool::SpooledEvents<'a>,
+    }
+    let written = Written {
+        report,
+        events: crate::report::spool::SpooledEvents(events),
+    };
     let path = state_dir
         .join("runs")
         .join(format!("{}.json", report.run_id));
-    crate::state::write_atomic(&path, &bytes)?;
-    crate::state::write_atomic(&state_dir.join("latest.json"), &bytes)?;
+    // Streamed to the file: the report of a large change to many hosts
+    // runs to hundreds of megabytes.
+    crate::state::write_atomic_with(&path, |w| {
+        serde_json::to_writer_pretty(&mut *w, &written)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    })?;
+    crate::state::write_atomic_with(&state_dir.join("latest.json"), |w| {
+        let mut f = std::fs::File::open(&path)?;
+        std::io::copy(&mut f, w)?;
+        Ok(())
+    })?;
     Ok(path)
 }
 

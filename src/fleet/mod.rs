@@ -1,6 +1,8 @@
 //! The fleet as one run sees it: inventory machines mapped to SSH targets
 //! (inventory values first, then `~/.ssh/config`), and one session per
-//! machine, opened on first use and shared by every step of the run.
+//! machine, opened on first use and shared by every step of the run. At most
+//! [`MAX_CONNECTING`] sessions are being opened at once, so a run over
+//! hundreds of hosts does not time its own handshakes out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,11 @@ use crate::ssh::{ConnectError, HostKeyPolicy, SshConfig, SshSession, SshTarget};
 
 /// The name the builder goes by in messages and events.
 pub const BUILDER: &str = "builder";
+
+/// Handshakes in flight at once. The connect timeout runs from the start of
+/// a host's own handshake, not while it waits for its turn: 500 hosts at
+/// once on a busy controller timed half of them out (seen here).
+pub const MAX_CONNECTING: usize = 32;
 
 /// Turn an inventory connection into an SSH target.
 pub fn target_for(name: &str, c: &Connection, policy: HostKeyPolicy, cfg: &SshConfig) -> SshTarget {
@@ -34,6 +41,7 @@ pub fn target_for(name: &str, c: &Connection, policy: HostKeyPolicy, cfg: &SshCo
 pub struct Sessions {
     targets: HashMap<String, SshTarget>,
     open: HashMap<String, OnceCell<SshSession>>,
+    connecting: tokio::sync::Semaphore,
 }
 
 impl Sessions {
@@ -58,7 +66,11 @@ impl Sessions {
             .keys()
             .map(|k| (k.clone(), OnceCell::new()))
             .collect();
-        Arc::new(Sessions { targets, open })
+        Arc::new(Sessions {
+            targets,
+            open,
+            connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
+        })
     }
 
     pub fn target(&self, name: &str) -> Option<&SshTarget> {
@@ -71,10 +83,14 @@ impl Sessions {
         let (Some(cell), Some(target)) = (self.open.get(name), self.targets.get(name)) else {
             return Err(SessionError::Unknown(name.to_owned()));
         };
-        cell.get_or_try_init(|| SshSession::connect(target.clone()))
-            .await
-            .cloned()
-            .map_err(|e| SessionError::Connect(Arc::new(e)))
+        cell.get_or_try_init(|| async {
+            // The semaphore is never closed; without a permit, connect anyway.
+            let _turn = self.connecting.acquire().await.ok();
+            SshSession::connect(target.clone()).await
+        })
+        .await
+        .cloned()
+        .map_err(|e| SessionError::Connect(Arc::new(e)))
     }
 
     /// Close every open session (explicit shutdown at the end of a run).
@@ -94,4 +110,62 @@ pub enum SessionError {
     Unknown(String),
     #[error(transparent)]
     Connect(Arc<ConnectError>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hosts that accept TCP but never speak SSH: the first MAX_CONNECTING
+    /// handshakes start at once, the rest only as those time out, and each
+    /// still gets its whole timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handshakes_take_turns() {
+        let hosts = MAX_CONNECTING + 8;
+        let t0 = std::time::Instant::now();
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut src = "[defaults]\nconnect_timeout = \"1s\"\n[builder]\naddress = \"127.0.0.1\"\n"
+            .to_string();
+        for i in 0..hosts {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            src.push_str(&format!(
+                "[hosts.h{i}]\naddress = \"127.0.0.1\"\nport = {port}\n"
+            ));
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                accepted.lock().unwrap().push(t0.elapsed());
+                // Say nothing until the client gives up.
+                let mut buf = [0u8; 64];
+                while let Ok(k) = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await {
+                    if k == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+        let inv = Inventory::parse(std::path::Path::new("inv.toml"), &src).unwrap();
+        let sessions = Sessions::new(&inv, HostKeyPolicy::Strict);
+        let all = futures_util::future::join_all((0..hosts).map(|i| {
+            let s = sessions.clone();
+            async move { s.get(&format!("h{i}")).await.err().map(|e| e.to_string()) }
+        }))
+        .await;
+        let accepted = accepted.lock().unwrap().clone();
+        assert_eq!(accepted.len(), hosts);
+        let first_turn = accepted
+            .iter()
+            .filter(|t| **t < std::time::Duration::from_millis(900))
+            .count();
+        assert_eq!(first_turn, MAX_CONNECTING, "{accepted:?}");
+        for e in &all {
+            let e = e.as_deref().expect("no SSH here: every connect fails");
+            assert!(e.contains("within 1s"), "{e}");
+        }
+        // Two turns of 1 s timeouts.
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(1900));
+    }
 }

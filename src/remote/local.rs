@@ -77,7 +77,7 @@ impl Remote for LocalRemote {
             Ok(Output::new(exit_of(status), Vec::new(), err))
         };
         Ok(Streaming {
-            stdin: Box::pin(ClosingStdin(Some(stdin))),
+            stdin: Box::pin(ClosingStdin::new(stdin)),
             stdout: Box::pin(stdout),
             finish: Box::pin(finish),
         })
@@ -85,8 +85,15 @@ impl Remote for LocalRemote {
 }
 
 /// Child stdin whose `shutdown` really closes the pipe (tokio's own
-/// `ChildStdin::poll_shutdown` does not), so the child sees EOF.
-struct ClosingStdin(Option<tokio::process::ChildStdin>);
+/// `ChildStdin::poll_shutdown` does not), so the child sees EOF, as the
+/// [`super::RemoteStdin`] contract says. For any `Remote` over a child process.
+pub struct ClosingStdin(Option<tokio::process::ChildStdin>);
+
+impl ClosingStdin {
+    pub fn new(stdin: tokio::process::ChildStdin) -> Self {
+        ClosingStdin(Some(stdin))
+    }
+}
 
 impl tokio::io::AsyncWrite for ClosingStdin {
     fn poll_write(

@@ -66,6 +66,32 @@ impl OutcomeKind {
     }
 }
 
+/// A host's full outcome in its summary: the activation's typed outcome,
+/// shared with every copy of the summary (events, the run report) and turned
+/// into JSON only when written; or, for a host that never got there, why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Detail {
+    Outcome(std::sync::Arc<crate::activation::HostOutcome>),
+    Other(serde_json::Value),
+}
+
+impl From<serde_json::Value> for Detail {
+    fn from(v: serde_json::Value) -> Self {
+        Detail::Other(v)
+    }
+}
+
+impl Detail {
+    /// The activation's outcome, if the host got that far.
+    pub fn outcome(&self) -> Option<&crate::activation::HostOutcome> {
+        match self {
+            Detail::Outcome(o) => Some(o),
+            Detail::Other(_) => None,
+        }
+    }
+}
+
 /// One host's line in the summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostSummary {
@@ -77,7 +103,7 @@ pub struct HostSummary {
     pub reason: Option<String>,
     /// The full typed outcome (the activation's `HostOutcome`, or why the
     /// host never got there).
-    pub detail: serde_json::Value,
+    pub detail: Detail,
     pub seconds: f64,
 }
 

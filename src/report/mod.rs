@@ -4,6 +4,7 @@
 pub mod event;
 pub mod human;
 pub mod json;
+pub mod spool;
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -11,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use event::{Event, HostSummary, OutcomeKind};
+pub use event::{Detail, Event, HostSummary, OutcomeKind};
 
 /// Something that renders events. Reporters never decide anything.
 pub trait Reporter: Send {
@@ -51,28 +52,41 @@ impl EventSink {
 }
 
 /// Start the reporter task; drop every sink, then await the handle, to flush.
-/// The handle yields every event but progress ticks, for the run's report.
-pub fn spawn(mut reporter: Box<dyn Reporter>) -> (EventSink, JoinHandle<Vec<Event>>) {
+/// With a spool path, every event but progress ticks and the summary is
+/// written there as a JSON line as it arrives (for the run's report; a large
+/// run's events never sit in memory); the handle yields the spool.
+pub fn spawn(
+    mut reporter: Box<dyn Reporter>,
+    spool: Option<std::path::PathBuf>,
+) -> (EventSink, JoinHandle<Option<spool::Spool>>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let handle = tokio::spawn(async move {
-        let mut all = Vec::new();
+        let mut spool = spool.and_then(|p| match spool::Spool::create(p) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("the run report will have no events: {e:#}");
+                None
+            }
+        });
         while let Some(ev) = rx.recv().await {
             reporter.event(&ev);
-            // Progress ticks are for the live view; the run record keeps the rest.
-            let tick = matches!(
+            // Progress ticks are for the live view, and the summary is the
+            // run record's `hosts`; the record keeps the rest.
+            let skip = matches!(
                 ev,
                 Event::BuildProgress { .. }
                     | Event::CopyProgress { .. }
+                    | Event::Summary { .. }
                     | Event::Activation {
                         activation: crate::activation::ActivationEvent::Polling { .. },
                         ..
                     }
             );
-            if !tick {
-                all.push(ev);
+            if !skip && let Some(s) = spool.as_mut() {
+                s.push(&ev);
             }
         }
-        all
+        spool.and_then(|s| s.finish())
     });
     (EventSink { tx }, handle)
 }
@@ -161,7 +175,7 @@ mod tests {
                 outcome: OutcomeKind::RolledBack,
                 closure: None,
                 reason: Some("switch exited 4".into()),
-                detail: serde_json::Value::Null,
+                detail: serde_json::Value::Null.into(),
                 seconds: 1.5,
             }),
         ]
@@ -194,7 +208,7 @@ mod tests {
             outcome: OutcomeKind::KnownGood,
             closure: None,
             reason: None,
-            detail: serde_json::Value::Null,
+            detail: serde_json::Value::Null.into(),
             seconds: 2.0,
         }]);
         assert!(t.to_string().contains("web1  canary  known-good"));

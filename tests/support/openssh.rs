@@ -69,7 +69,7 @@ impl Remote for OpenSsh {
         let stdout = child.stdout.take().context("stdout")?;
         let mut stderr = child.stderr.take().context("stderr")?;
         Ok(Streaming {
-            stdin: Box::pin(stdin),
+            stdin: Box::pin(nixgate::remote::local::ClosingStdin::new(stdin)),
             stdout: Box::pin(stdout),
             finish: Box::pin(async move {
                 let mut err = Vec::new();

@@ -1,0 +1,136 @@
+//! A run's kept events on disk while it runs: one compact JSON line each,
+//! written as they arrive, read back one at a time into the run report
+//! ([`SpooledEvents`] serialises as the report's `events` array). Memory stays
+//! flat however many hosts and however large their diffs.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::ser::{Error as _, SerializeSeq};
+
+use super::Event;
+
+/// The spool file being written.
+pub struct Spool {
+    path: PathBuf,
+    out: Option<BufWriter<std::fs::File>>,
+    broken: bool,
+}
+
+impl Spool {
+    pub fn create(path: PathBuf) -> anyhow::Result<Spool> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("creating the event spool {}", path.display()))?;
+        Ok(Spool {
+            path,
+            out: Some(BufWriter::new(file)),
+            broken: false,
+        })
+    }
+
+    /// Append one event; after a write error the spool stops (and says so once).
+    pub fn push(&mut self, ev: &Event) {
+        let Some(out) = self.out.as_mut() else { return };
+        let written = serde_json::to_writer(&mut *out, ev)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(e) = written {
+            tracing::warn!(
+                "writing the event spool {}: {e}; the run report will lack later events",
+                self.path.display()
+            );
+            self.out = None;
+            self.broken = true;
+        }
+    }
+
+    /// Flush; what was written stays usable even if a write failed.
+    pub fn finish(mut self) -> Option<Spool> {
+        if let Some(out) = self.out.take()
+            && let Err(e) = out.into_inner()
+        {
+            tracing::warn!("flushing the event spool {}: {e}", self.path.display());
+            self.broken = true;
+        }
+        Some(self)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether events were lost (a write failed).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+/// The spool is scratch: gone once the report is written (or the run ends).
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The spooled events as a JSON array, read line by line while serialising.
+pub struct SpooledEvents<'a>(pub Option<&'a Spool>);
+
+impl serde::Serialize for SpooledEvents<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        if let Some(spool) = self.0 {
+            let file = std::fs::File::open(&spool.path).map_err(S::Error::custom)?;
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line.map_err(S::Error::custom)?;
+                if line.is_empty() {
+                    continue;
+                }
+                // A line cut short by a failed write is left out, not fatal.
+                if let Ok(raw) = serde_json::value::RawValue::from_string(line) {
+                    seq.serialize_element(&raw)?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_the_spool_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::create(dir.path().join("run.events")).unwrap();
+        for i in 0..3 {
+            spool.push(&Event::Warning {
+                host: Some(format!("h{i}")),
+                message: "a\nb \"quoted\"".into(),
+            });
+        }
+        let spool = spool.finish().unwrap();
+        let v = serde_json::to_value(SpooledEvents(Some(&spool))).unwrap();
+        let hosts: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts, ["h0", "h1", "h2"]);
+        assert_eq!(v[0]["message"], "a\nb \"quoted\"");
+        assert_eq!(v[0]["event"], "warning");
+        assert!(!spool.is_broken());
+        let path = spool.path().to_path_buf();
+        drop(spool);
+        assert!(!path.exists(), "the spool is scratch");
+        assert_eq!(
+            serde_json::to_value(SpooledEvents(None)).unwrap(),
+            serde_json::json!([])
+        );
+    }
+}
