@@ -93,7 +93,7 @@ pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, Con
     };
 
     let files = target.known_hosts_files();
-    let db = KnownHosts::load(&files).map_err(|source| ConnectError::KnownHosts {
+    let db = KnownHosts::load_shared(&files).map_err(|source| ConnectError::KnownHosts {
         target: target.name.clone(),
         source,
     })?;

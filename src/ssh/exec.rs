@@ -176,6 +176,11 @@ async fn pump(mut read: ChannelReadHalf, tx: &mut DuplexStream) -> anyhow::Resul
     Ok(Output::new(state.exit(), Vec::new(), stderr))
 }
 
+/// The most one write hands to russh: a write becomes one SSH message, and
+/// russh grows the connection's output buffer to the largest message and
+/// never shrinks it (256 KiB writes left 260 KiB per host, 130 MB at 500).
+const MAX_WRITE: usize = 32 * 1024;
+
 /// The remote command's stdin; `shutdown()` sends EOF, and so does dropping
 /// it without shutting it down.
 struct Stdin {
@@ -190,7 +195,8 @@ impl AsyncWrite for Stdin {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.inner.as_mut().poll_write(cx, buf)
+        let n = buf.len().min(MAX_WRITE);
+        self.inner.as_mut().poll_write(cx, &buf[..n])
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

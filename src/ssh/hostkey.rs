@@ -38,7 +38,7 @@ pub(crate) struct HostCheck {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) addr: String,
-    pub(crate) db: KnownHosts,
+    pub(crate) db: std::sync::Arc<KnownHosts>,
     pub(crate) learn_to: Option<PathBuf>,
     pub(crate) first_file: PathBuf,
     pub(crate) pins: Pins,

@@ -84,7 +84,43 @@ pub enum Offered<'a> {
     Certificate(&'a Certificate),
 }
 
+/// What a set of known_hosts files looked like when parsed: each file's
+/// size and modification time (absent files: `None`).
+type Stamp = Vec<Option<(u64, std::time::SystemTime)>>;
+
+fn stamp(paths: &[PathBuf]) -> Stamp {
+    paths
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.len(), m.modified().ok()?))
+        })
+        .collect()
+}
+
+/// Parsed files, shared by every connection of the process.
+type Cache = std::sync::Mutex<Vec<(Vec<PathBuf>, Stamp, std::sync::Arc<KnownHosts>)>>;
+static SHARED: Cache = std::sync::Mutex::new(Vec::new());
+
 impl KnownHosts {
+    /// [`KnownHosts::load`], parsed once per process while the files stay
+    /// the same (size and modification time): a run over 500 hosts would
+    /// otherwise parse the fleet's known_hosts 500 times and keep 500 copies.
+    pub fn load_shared(paths: &[PathBuf]) -> anyhow::Result<std::sync::Arc<Self>> {
+        let now = stamp(paths);
+        if let Ok(cache) = SHARED.lock()
+            && let Some((_, _, db)) = cache.iter().find(|(p, s, _)| p == paths && *s == now)
+        {
+            return Ok(db.clone());
+        }
+        let db = std::sync::Arc::new(KnownHosts::load(paths)?);
+        if let Ok(mut cache) = SHARED.lock() {
+            cache.retain(|(p, _, _)| p != paths);
+            cache.push((paths.to_vec(), now, db.clone()));
+        }
+        Ok(db)
+    }
+
     /// Read every existing file of `paths`; missing files are empty, an
     /// unreadable one is an error, lines that do not parse are skipped.
     pub fn load(paths: &[PathBuf]) -> anyhow::Result<Self> {

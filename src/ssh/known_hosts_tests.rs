@@ -247,6 +247,30 @@ fn line_to_add_round_trips_and_append_learns() {
     ));
 }
 
+#[test]
+fn shared_parse_is_reused_until_a_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, ed) = keygen(dir.path(), "ed", "ed25519");
+    let kh = dir.path().join("known_hosts");
+    let files = [kh.clone()];
+    std::fs::write(&kh, format!("a.example {}\n", openssh(&ed))).unwrap();
+    let one = KnownHosts::load_shared(&files).unwrap();
+    let two = KnownHosts::load_shared(&files).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&one, &two), "parsed once");
+    assert_eq!(
+        two.check("b.example", 22, &Offered::Key(&ed), NOW),
+        Verdict::Unknown
+    );
+    // --accept-new appends: the next connection sees the new line.
+    append_line(&kh, &line_for("b.example", 22, ed.key_data()).unwrap()).unwrap();
+    let three = KnownHosts::load_shared(&files).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&one, &three));
+    assert!(matches!(
+        three.check("b.example", 22, &Offered::Key(&ed), NOW),
+        Verdict::Known(_)
+    ));
+}
+
 fn host_cert(
     dir: &Path,
     ca: &Path,
