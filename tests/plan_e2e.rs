@@ -41,6 +41,20 @@ fn plan_explains_changes_and_enforces_expect() {
     );
     assert!(s.contains("nginx 1.24.0 -> 1.25.3"), "{s}");
     assert!(!s.contains("unexpected"), "{s}");
+    // The builder has what the hosts run (it built it): their closures come
+    // from the builder's one query, the hosts are not asked for theirs.
+    let out = support::cli::nixgate_cmd(&fleet, &["plan", "--expect", "nginx"])
+        .env("NIXGATE_LOG", "nixgate=debug")
+        .output()
+        .unwrap();
+    let log = text(&out.stderr);
+    assert!(!log.contains('\u{1b}'), "no colour codes in a piped log");
+    let dumps: Vec<&str> = log.lines().filter(|l| l.contains("--dump-db")).collect();
+    assert!(!dumps.is_empty(), "the closure query is logged: {log}");
+    assert!(
+        dumps.iter().all(|l| l.contains("host=builder")),
+        "only the builder dumps closures: {dumps:?}"
+    );
 
     // openssl's flags change too, a package is added and one removed.
     fleet

@@ -56,6 +56,7 @@ fn init_tracing(g: &Global) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nixgate={level},warn")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

@@ -18,7 +18,6 @@ use crate::report::{Event, EventSink};
 
 use super::Candidate;
 
-/// Diff one host.
 /// What every host's diff of one run shares.
 struct Ctx<'a> {
     inv: &'a Inventory,
@@ -27,15 +26,31 @@ struct Ctx<'a> {
     /// The candidate's commit.
     commit: Option<&'a str>,
     drvs: diff::structural::SharedDrvCache,
-    /// Every candidate's closure, from one query on the builder.
+    /// Every candidate's closure, and that of every system a host runs that
+    /// the builder has, from one query on the builder.
     closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
 }
 
+/// What a host runs (`None`: no system), read before the builder is asked.
+async fn running(
+    sessions: &Sessions,
+    inv: &Inventory,
+    host: &str,
+) -> anyhow::Result<Option<StorePath>> {
+    let h = inv
+        .host(host)
+        .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
+    let session = sessions.get(host).await?;
+    links::read_store_link(&session, &HostPaths::for_os(h.os).current_system).await
+}
+
+/// Diff one host.
 async fn one(
     ctx: &Ctx<'_>,
     host: &str,
     cand: &StorePath,
     drv: &StorePath,
+    current: Option<StorePath>,
 ) -> anyhow::Result<HostDiff> {
     let Ctx {
         inv,
@@ -51,11 +66,11 @@ async fn one(
     let session = sessions.get(host).await?;
     let builder = sessions.get(BUILDER).await?;
     let paths = HostPaths::for_os(h.os);
-    let current = links::read_store_link(&session, &paths.current_system).await?;
     let built = diff::Built {
         toplevel: cand,
         drv,
         closure: ctx.closures.get(cand).cloned(),
+        current_closure: current.as_ref().and_then(|c| ctx.closures.get(c).cloned()),
     };
     let mut d = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs).await?;
     // The commit the running system was validated from, if it is the known-good.
@@ -170,13 +185,37 @@ pub async fn diff_all<T>(
 ) -> HashMap<String, T> {
     let mut hosts: Vec<&String> = candidates.keys().collect();
     hosts.sort();
-    // One closure query for every candidate (best effort: else per host).
-    let roots: Vec<StorePath> = candidates.values().map(|c| c.closure.clone()).collect();
+    // What each host runs, then one closure query on the builder for every
+    // candidate and every running system the builder has (the hosts are
+    // not asked for theirs: best effort, a host whose system the builder
+    // lacks, or a failed query, is asked).
+    let running: HashMap<&String, anyhow::Result<Option<StorePath>>> =
+        futures_util::future::join_all(
+            hosts
+                .iter()
+                .map(|h| async move { (*h, running(sessions, inv, h).await) }),
+        )
+        .await
+        .into_iter()
+        .collect();
+    let mut roots: Vec<StorePath> = candidates.values().map(|c| c.closure.clone()).collect();
     let closures = match sessions.get(BUILDER).await {
-        Ok(b) => nix::closure::closures(&b, &roots)
-            .await
-            .map(|m| m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
-            .unwrap_or_default(),
+        Ok(b) => {
+            let mut currents: Vec<StorePath> = running
+                .values()
+                .filter_map(|r| r.as_ref().ok().cloned().flatten())
+                .filter(|c| !roots.contains(c))
+                .collect();
+            currents.sort();
+            currents.dedup();
+            if let Ok(lacking) = nix::closure::missing(&b, &currents).await {
+                roots.extend(currents.into_iter().filter(|c| !lacking.contains(c)));
+            }
+            nix::closure::closures(&b, &roots)
+                .await
+                .map(|m| m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+                .unwrap_or_default()
+        }
         Err(_) => HashMap::new(),
     };
     let ctx = Ctx {
@@ -188,15 +227,22 @@ pub async fn diff_all<T>(
         closures,
     };
     let ctx = &ctx;
-    let jobs = hosts.iter().map(|h| async move {
-        let c = &candidates[*h];
-        let r = match drvs.get(*h) {
-            Some(drv) => one(ctx, h, &c.closure, drv)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            None => Err("no derivation known for the candidate".into()),
-        };
-        ((*h).clone(), r)
+    let mut running = running;
+    let jobs = hosts.iter().map(|h| {
+        let current = running
+            .remove(*h)
+            .unwrap_or_else(|| Err(anyhow::anyhow!("not read")));
+        async move {
+            let c = &candidates[*h];
+            let r = match (drvs.get(*h), current) {
+                (Some(drv), Ok(current)) => one(ctx, h, &c.closure, drv, current)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                (Some(_), Err(e)) => Err(format!("reading what {h} runs: {e:#}")),
+                (None, _) => Err("no derivation known for the candidate".into()),
+            };
+            ((*h).clone(), r)
+        }
     });
     let mut done: futures_util::stream::FuturesUnordered<_> = jobs.collect();
     let mut kept = HashMap::new();

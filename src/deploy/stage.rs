@@ -72,10 +72,11 @@ impl super::Stager for CopyStager {
                         nix::fanout::relay_one(&builder, one, &paths).await?
                     }
                 };
-                // No second query: the import registered every path it was
-                // sent (a path's references must be valid to register it), and
-                // the activation's first step realises the closure before
-                // anything else (a failure there fails this copy gate).
+                // No second query: the host added and acknowledged every path
+                // it lacked (checking each against the builder's hash; a path
+                // is only added once its references are valid), and the
+                // activation's first step realises the closure before anything
+                // else (a failure there fails this copy gate).
                 nix::copy::copied(received)
             }
             CopyMode::Builder => {

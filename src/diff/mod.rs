@@ -68,6 +68,10 @@ pub struct Built<'a> {
     pub drv: &'a StorePath,
     /// Its closure, when already fetched (else it is queried).
     pub closure: Option<std::sync::Arc<Vec<PathInfo>>>,
+    /// The closure of what the host runs, when the builder had it (a store
+    /// path's registration is the same in every store that holds it); else
+    /// the host is asked.
+    pub current_closure: Option<std::sync::Arc<Vec<PathInfo>>>,
 }
 
 /// Diff a host's running system against a candidate built on the builder.
@@ -86,7 +90,10 @@ pub async fn diff_host<H: Remote, B: Remote>(
     };
     let (packages, old_drv) = match current {
         Some(cur) => {
-            let old = closure::closure(host, cur).await?;
+            let old = match built.current_closure {
+                Some(known) => known,
+                None => std::sync::Arc::new(closure::closure(host, cur).await?),
+            };
             let deriver = old
                 .iter()
                 .find(|p| p.path == *cur)

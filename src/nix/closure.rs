@@ -50,12 +50,15 @@ const DUMP: &str = r#"nix-store --query --requisites "$@" | xargs nix-store --du
 pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
     let mut lines = text.lines();
     let mut out = Vec::new();
+    // A path appears once as itself and again as every referrer's reference:
+    // each text is checked and stored once, then shared.
+    let mut seen: HashMap<&str, StorePath> = HashMap::new();
     while let Some(first) = lines.next() {
         if first.is_empty() {
             continue;
         }
-        let path =
-            StorePath::parse(first).with_context(|| format!("dump-db: bad path line {first:?}"))?;
+        let path = intern(&mut seen, first)
+            .with_context(|| format!("dump-db: bad path line {first:?}"))?;
         let hash = lines.next().context("dump-db: missing NAR hash")?;
         let size = lines.next().context("dump-db: missing NAR size")?;
         let nar_size = size
@@ -66,7 +69,7 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
         let deriver = if deriver.is_empty() {
             None
         } else {
-            StorePath::parse(deriver).ok()
+            intern(&mut seen, deriver).ok()
         };
         let n = lines.next().context("dump-db: missing reference count")?;
         let n: usize = n
@@ -77,7 +80,7 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
         for _ in 0..n {
             let r = lines.next().context("dump-db: missing reference")?;
             references.push(
-                StorePath::parse(r).with_context(|| format!("dump-db: bad reference {r:?}"))?,
+                intern(&mut seen, r).with_context(|| format!("dump-db: bad reference {r:?}"))?,
             );
         }
         out.push(PathInfo {
@@ -89,6 +92,19 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
         });
     }
     Ok(out)
+}
+
+/// `s` as a store path, parsed once per text.
+fn intern<'a>(
+    seen: &mut HashMap<&'a str, StorePath>,
+    s: &'a str,
+) -> Result<StorePath, crate::nix::store_path::InvalidStorePath> {
+    if let Some(p) = seen.get(s) {
+        return Ok(p.clone());
+    }
+    let p = StorePath::parse(s)?;
+    seen.insert(s, p.clone());
+    Ok(p)
 }
 
 /// Sort so every path comes after all of its references (self-references allowed).

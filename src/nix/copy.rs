@@ -27,7 +27,7 @@ pub struct CopyProgress {
 pub enum CopyOutcome {
     /// The host already had the whole closure: nothing was sent.
     AlreadyPresent,
-    /// These many paths and import-stream bytes were sent; `fanout` is
+    /// These many paths and stream bytes were sent; `fanout` is
     /// the part other hosts copied with it got from the same builder read.
     Copied {
         paths: u64,

@@ -214,7 +214,8 @@ const DIRECT: usize = 32 * 1024;
 
 /// Copy, from `builder`, every path of `order` (dependencies first) that a
 /// target lacks to that target. Returns, per target in order, what it
-/// received or why it failed. The caller checks each host's store after.
+/// received (every path of it checked and acknowledged by the host) or why
+/// it failed.
 pub async fn relay<B: Remote, T: Remote>(
     builder: &B,
     targets: &[Target<'_, T>],

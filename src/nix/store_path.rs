@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 /// The store directory nixgate supports (the default everywhere in practice).
 pub const STORE_DIR: &str = "/nix/store";
 
-/// An absolute store path `/nix/store/<32-char hash>-<name>`.
+/// An absolute store path `/nix/store/<32-char hash>-<name>`. Cheap to clone
+/// (shared text): closures of many hosts hold the same paths many times.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StorePath(String);
+pub struct StorePath(std::sync::Arc<str>);
 
 /// Why a string is not a store path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +53,7 @@ impl StorePath {
         if !bytes[HASH_LEN + 1..].iter().all(|b| is_name_char(*b)) || bytes[HASH_LEN + 1] == b'.' {
             return Err(err("name has characters Nix does not allow"));
         }
-        Ok(StorePath(s.to_owned()))
+        Ok(StorePath(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -95,7 +96,7 @@ impl TryFrom<String> for StorePath {
 
 impl From<StorePath> for String {
     fn from(p: StorePath) -> String {
-        p.0
+        p.0.to_string()
     }
 }
 
