@@ -4,7 +4,7 @@
 //! plus the closure size delta.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 
 use serde::Serialize;
@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::names::{compare_versions, package_name, split_name_parts};
 use crate::nix::StorePath;
 use crate::nix::closure::PathInfo;
+use crate::nix::store_path::PathMap;
 
 /// How one package changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,7 +89,7 @@ impl Hash for Key<'_> {
 }
 
 /// Paths of a closure by path.
-type ByPath<'a> = HashMap<Key<'a>, &'a PathInfo>;
+type ByPath<'a> = PathMap<Key<'a>, &'a PathInfo>;
 
 /// A package path: not a derivation, not the root (the system toplevel,
 /// which changes with every change).

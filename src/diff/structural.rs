@@ -219,11 +219,15 @@ impl Drvs for Local<'_> {
 
 /// Reads `.drv` files in one command per batch and a constant number of
 /// processes (not one per file): `missing PATH` lines for unreadable ones,
-/// `wc -c` of the rest, a marker line, then their contents back to back.
-const READ: &str = r#"n=$#
-for f; do if [ -r "$f" ]; then set -- "$@" "$f"; else printf 'missing %s\n' "$f"; fi; done
-shift "$n"
-if [ "$#" -gt 0 ]; then wc -c -- "$@"; echo "--nixgate-drvs--"; cat -- "$@"; else echo "--nixgate-drvs--"; fi"#;
+/// `wc -c` of the rest, a marker line, then their contents back to back
+/// (`wc` and `cat` skip the same unreadable files). Linear in the batch: a
+/// loop that rebuilt the argument list (`set -- "$@" "$f"`) took 0.28 s of
+/// builder CPU for 300 derivations and grew with the square.
+const READ: &str = r#"for f; do [ -r "$f" ] || printf 'missing %s\n' "$f"; done
+wc -c -- "$@" 2>/dev/null
+echo "--nixgate-drvs--"
+cat -- "$@" 2>/dev/null
+exit 0"#;
 
 /// Split a [`READ`] batch into `(path, text)` pairs.
 fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::StorePath;
+use super::store_path::PathMap;
 use crate::remote::{Command, Remote};
 
 /// One store path's registration.
@@ -52,7 +53,7 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
     let mut out = Vec::new();
     // A path appears once as itself and again as every referrer's reference:
     // each text is checked and stored once, then shared.
-    let mut seen: HashMap<&str, StorePath> = HashMap::new();
+    let mut seen: PathMap<&str, StorePath> = PathMap::default();
     while let Some(first) = lines.next() {
         if first.is_empty() {
             continue;
@@ -96,7 +97,7 @@ pub fn parse_dump_db(text: &str) -> anyhow::Result<Vec<PathInfo>> {
 
 /// `s` as a store path, parsed once per text.
 fn intern<'a>(
-    seen: &mut HashMap<&'a str, StorePath>,
+    seen: &mut PathMap<&'a str, StorePath>,
     s: &'a str,
 ) -> Result<StorePath, crate::nix::store_path::InvalidStorePath> {
     if let Some(p) = seen.get(s) {
@@ -109,7 +110,7 @@ fn intern<'a>(
 
 /// Sort so every path comes after all of its references (self-references allowed).
 pub fn topo_sort(infos: Vec<PathInfo>) -> anyhow::Result<Vec<PathInfo>> {
-    let index: HashMap<StorePath, usize> = infos
+    let index: PathMap<StorePath, usize> = infos
         .iter()
         .enumerate()
         .map(|(i, p)| (p.path.clone(), i))
