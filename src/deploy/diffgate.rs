@@ -167,6 +167,11 @@ fn flake_inputs(
     diff::flake_lock::flake_inputs_diff(&a, &b).ok()
 }
 
+/// Host diffs in progress at once. The builder's derivation reads are
+/// serialised anyway (one shared cache); what runs side by side is the
+/// hosts' own reads (a round trip each) and the comparison.
+const DIFFS_AT_ONCE: usize = 32;
+
 /// Diff every candidate. As each host's diff (or why it could not be made)
 /// is ready, `keep` takes what the caller needs of it, then the diff goes to
 /// the reporter as an event: only what `keep` returns stays in memory (a
@@ -244,12 +249,16 @@ pub async fn diff_all<T>(
             ((*h).clone(), r)
         }
     });
-    let mut done: futures_util::stream::FuturesUnordered<_> = jobs.collect();
+    // A bounded number at a time: each diff in progress holds both
+    // closures, its derivations and its result, and with all of 500 hosts
+    // in progress at once that was most of the controller's peak.
+    let mut done =
+        futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(jobs), DIFFS_AT_ONCE);
     let mut kept = HashMap::new();
     while let Some((h, r)) = futures_util::StreamExt::next(&mut done).await {
         kept.insert(h.clone(), keep(&h, &r));
         match r {
-            Ok(diff) => sink.emit(Event::Diff { host: h, diff }),
+            Ok(diff) => sink.emit_handled(Event::Diff { host: h, diff }).await,
             Err(reason) => sink.emit(Event::GateFailed {
                 host: h,
                 gate: Gate::Diff,
