@@ -419,7 +419,5 @@ pub fn describe(cmd: &Command) -> String {
         }
         _ => "unknown-script",
     };
-    let args: Vec<&str> = a[4..].iter().map(String::as_str).collect();
-    let args = &args[..];
-    format!("{sudo}{name} {}", args.join(" "))
+    format!("{sudo}{name} {}", a[4..].join(" "))
 }

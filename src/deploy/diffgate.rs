@@ -194,7 +194,7 @@ pub async fn diff_all<T>(
     // candidate and every running system the builder has (the hosts are
     // not asked for theirs: best effort, a host whose system the builder
     // lacks, or a failed query, is asked).
-    let running: HashMap<&String, anyhow::Result<Option<StorePath>>> =
+    let mut running: HashMap<&String, anyhow::Result<Option<StorePath>>> =
         futures_util::future::join_all(
             hosts
                 .iter()
@@ -232,7 +232,6 @@ pub async fn diff_all<T>(
         closures,
     };
     let ctx = &ctx;
-    let mut running = running;
     let jobs = hosts.iter().map(|h| {
         let current = running
             .remove(*h)

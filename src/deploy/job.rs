@@ -46,13 +46,6 @@ impl Stager for AlreadyThere {
     }
 }
 
-/// One host's finished part of the run (its typed outcome, when it got that
-/// far, is the summary's detail).
-#[derive(Debug, Clone)]
-pub struct HostDone {
-    pub summary: HostSummary,
-}
-
 pub struct DeployJob<S: Stager> {
     pub inventory: Arc<Inventory>,
     pub sessions: Arc<Sessions>,
@@ -101,21 +94,25 @@ impl<S: Stager> DeployJob<S> {
         closure: Option<StorePath>,
         reason: Option<String>,
         detail: Detail,
-    ) -> HostDone {
-        HostDone {
-            summary: HostSummary {
-                host: host.to_owned(),
-                wave: self.wave_of(host),
-                outcome: kind,
-                closure,
-                reason,
-                detail,
-                seconds: started.elapsed().as_secs_f64(),
-            },
+    ) -> HostSummary {
+        HostSummary {
+            host: host.to_owned(),
+            wave: self.wave_of(host),
+            outcome: kind,
+            closure,
+            reason,
+            detail,
+            seconds: started.elapsed().as_secs_f64(),
         }
     }
 
-    fn failed_before(&self, host: &str, started: Instant, gate: Gate, reason: String) -> HostDone {
+    fn failed_before(
+        &self,
+        host: &str,
+        started: Instant,
+        gate: Gate,
+        reason: String,
+    ) -> HostSummary {
         self.sink.emit(Event::GateFailed {
             host: host.to_owned(),
             gate,
@@ -132,7 +129,7 @@ impl<S: Stager> DeployJob<S> {
         )
     }
 
-    async fn activate(&self, host: &str, staged: anyhow::Result<serde_json::Value>) -> HostDone {
+    async fn activate(&self, host: &str, staged: anyhow::Result<serde_json::Value>) -> HostSummary {
         let started = Instant::now();
         let Some(cand) = self.candidates.get(host) else {
             return self.failed_before(
@@ -222,7 +219,7 @@ fn controller_name() -> String {
 
 impl<S: Stager> HostJob for DeployJob<S> {
     type Staged = anyhow::Result<serde_json::Value>;
-    type Done = HostDone;
+    type Done = HostSummary;
 
     async fn stage(self: Arc<Self>, host: Arc<str>) -> anyhow::Result<serde_json::Value> {
         let Some(c) = self.candidates.get(&*host) else {
@@ -243,13 +240,13 @@ impl<S: Stager> HostJob for DeployJob<S> {
         r
     }
 
-    async fn run(self: Arc<Self>, host: Arc<str>, staged: Self::Staged) -> HostDone {
+    async fn run(self: Arc<Self>, host: Arc<str>, staged: Self::Staged) -> HostSummary {
         let done = self.activate(&host, staged).await;
-        self.sink.emit(Event::HostFinished(done.summary.clone()));
+        self.sink.emit(Event::HostFinished(done.clone()));
         done
     }
 
-    fn interrupted(&self, host: &str, why: Interrupted) -> HostDone {
+    fn interrupted(&self, host: &str, why: Interrupted) -> HostSummary {
         let kind = match why {
             Interrupted::Aborted => OutcomeKind::Aborted,
             Interrupted::StageLost | Interrupted::Panicked => OutcomeKind::Failed,
@@ -269,12 +266,12 @@ impl<S: Stager> HostJob for DeployJob<S> {
             Some(reason.into()),
             serde_json::json!({"kind": "interrupted", "why": why}).into(),
         );
-        self.sink.emit(Event::HostFinished(done.summary.clone()));
+        self.sink.emit(Event::HostFinished(done.clone()));
         done
     }
 
-    fn is_failure(&self, d: &HostDone) -> bool {
-        d.summary.outcome.is_failure()
+    fn is_failure(&self, d: &HostSummary) -> bool {
+        d.outcome.is_failure()
     }
 
     async fn recheck(self: Arc<Self>, host: Arc<str>) -> bool {

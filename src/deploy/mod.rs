@@ -25,7 +25,7 @@ use crate::runner::cancel::{CancelLevel, CancelWatch};
 use crate::runner::{self, HostEnd, NotStarted};
 use crate::state::clock::Utc;
 
-pub use job::{AlreadyThere, Candidate, DeployJob, HostDone, Stager};
+pub use job::{AlreadyThere, Candidate, DeployJob, Stager};
 
 /// Everything a run needs besides the per-host candidates.
 pub struct RunContext {
@@ -132,8 +132,7 @@ pub async fn run<S: Stager>(
     results
         .into_iter()
         .map(|r| match r.end {
-            HostEnd::Done(d) => {
-                let mut s = d.summary;
+            HostEnd::Done(mut s) => {
                 if r.soak_healthy == Some(false) {
                     s.reason = Some(format!(
                         "{}; unhealthy after the soak",

@@ -129,8 +129,7 @@ struct Sink<'a> {
     ack_signal: Arc<Notify>,
     /// Stream offsets where the sent, not yet acknowledged paths end.
     path_ends: VecDeque<u64>,
-    /// Paths popped off `path_ends` (acknowledged), and where the last ended.
-    seen_acks: u64,
+    /// Where the last acknowledged path ended.
     acked_bytes: u64,
     queued: Vec<u8>,
     got: Received,
@@ -161,13 +160,13 @@ impl Sink<'_> {
             // Registered before checking, so an ack in between is not lost.
             let signal = self.ack_signal.clone();
             let woken = signal.notified();
+            // Paths sent, less those still waiting: the ones already popped.
             let acked = self.acked.load(Ordering::Acquire);
-            while self.seen_acks < acked {
+            while self.got.paths - (self.path_ends.len() as u64) < acked {
                 let Some(end) = self.path_ends.pop_front() else {
                     break;
                 };
                 self.acked_bytes = end;
-                self.seen_acks += 1;
             }
             // Only a path written whole can be acknowledged; the oldest
             // unacknowledged one may still end in the queue.
@@ -318,7 +317,6 @@ pub async fn relay<B: Remote, T: Remote>(
                 acked: Arc::default(),
                 ack_signal: Arc::default(),
                 path_ends: VecDeque::new(),
-                seen_acks: 0,
                 acked_bytes: 0,
                 queued: serve::greeting(),
                 got: Received::default(),
