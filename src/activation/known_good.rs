@@ -10,7 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::links::read_store_link;
 use super::settings::{HostPaths, RunId};
@@ -189,25 +188,10 @@ pub async fn mark<R: Remote>(
         .arg(dir)
         .arg(generation.to_string())
         .sudo(sudo);
-    let crate::remote::Streaming {
-        mut stdin,
-        mut stdout,
-        finish,
-    } = remote
-        .exec_piped(&write)
+    crate::remote::exec_input(remote, &write, &json)
         .await
-        .with_context(|| format!("writing the known-good record on {}", remote.name()))?;
-    let sent = async {
-        stdin.write_all(&json).await?;
-        stdin.shutdown().await
-    }
-    .await;
-    drop(stdin);
-    let mut rest = Vec::new();
-    let _ = stdout.read_to_end(&mut rest).await;
-    let written = finish.await?;
-    written.check("writing the known-good record")?;
-    sent.context("sending the known-good record")?;
+        .with_context(|| format!("writing the known-good record on {}", remote.name()))?
+        .check("writing the known-good record")?;
     Ok(KnownGoodMark {
         generation,
         record_path: format!("{dir}/{generation}.json"),

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::StorePath;
 use super::store_path::PathMap;
@@ -232,27 +231,16 @@ pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Resu
         return Ok(Vec::new());
     }
     let cmd = Command::script("xargs nix-store --check-validity --print-invalid");
-    let mut s = remote
-        .exec_piped(&cmd)
-        .await
-        .with_context(|| format!("asking {} which paths it lacks", remote.name()))?;
     let mut input = String::with_capacity(paths.len() * 80);
     for p in paths {
         input.push_str(p.as_str());
         input.push('\n');
     }
-    let writer = async {
-        s.stdin.write_all(input.as_bytes()).await?;
-        s.stdin.shutdown().await
-    };
-    let mut text = String::new();
-    let reader = s.stdout.read_to_string(&mut text);
-    let (w, r) = tokio::join!(writer, reader);
-    w.context("sending paths")?;
-    r.context("reading invalid paths")?;
-    s.finish
-        .await?
+    let out = crate::remote::exec_input(remote, &cmd, input.as_bytes())
+        .await
+        .with_context(|| format!("asking {} which paths it lacks", remote.name()))?
         .check(&format!("nix-store --check-validity on {}", remote.name()))?;
+    let text = out.stdout_str();
     let wanted: BTreeMap<&str, &StorePath> = paths.iter().map(|p| (p.as_str(), p)).collect();
     Ok(text
         .lines()

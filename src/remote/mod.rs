@@ -131,6 +131,43 @@ pub struct Streaming {
     pub finish: RemoteFinish,
 }
 
+/// Run `cmd` with `input` on its stdin (on the host's shared connection),
+/// collecting stdout: for input too large for an argument (a path list, a
+/// record). Stdin is written while stdout is read, so neither side stalls.
+/// `Err` when the command could not be started, or it succeeded but its
+/// input or output broke; the command's own failure is the `Output`'s
+/// [`Exit`] (checked first: it says more than the broken pipe it left).
+pub async fn exec_input<R: Remote>(
+    remote: &R,
+    cmd: &Command,
+    input: &[u8],
+) -> anyhow::Result<Output> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Streaming {
+        mut stdin,
+        mut stdout,
+        finish,
+    } = remote.exec_piped(cmd).await?;
+    let writer = async {
+        stdin.write_all(input).await?;
+        stdin.shutdown().await
+    };
+    let mut out = Vec::new();
+    let reader = stdout.read_to_end(&mut out);
+    let (w, r) = tokio::join!(writer, reader);
+    drop(stdin);
+    let mut done = finish.await?;
+    done.stdout = out;
+    // A command that failed says why better than the broken pipe it left.
+    if !done.success() {
+        return Ok(done);
+    }
+    w.with_context(|| format!("sending {}'s input on {}", cmd.program(), remote.name()))?;
+    r.with_context(|| format!("reading {}'s output on {}", cmd.program(), remote.name()))?;
+    Ok(done)
+}
+
 /// A machine nixgate can run commands on.
 ///
 /// `exec` returns `Err` only when the command could not be started at all
