@@ -190,7 +190,13 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
 
     // Goal copy: only what each host lacks is sent, nothing is activated.
     let out = nixgate(&fleet, &["--json", "push", "--yes", "--goal", "copy"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
     let lines = json_lines(&out);
     let copies: Vec<&Value> = lines
         .iter()
