@@ -9,6 +9,12 @@
 # unit tests that need a real Nix store or daemon (`nix-store --add`,
 # `nix-build`), which the build sandbox does not have, are skipped by name
 # (checkFlags).
+#
+# The source set is nix/package-files.txt, which `scripts/check-nix package`
+# builds from with cargo on every CI run. The rustc must be at least
+# Cargo.toml's rust-version (1.89: nixos-25.11 or newer); an older one stops
+# the evaluation with a message saying so, rather than a build failing in a
+# dependency's compile errors.
 {
   lib,
   stdenv,
@@ -19,6 +25,7 @@
   git,
   openssh,
   util-linux,
+  rustc,
 }:
 let
   cargoToml = builtins.fromTOML (builtins.readFile ../Cargo.toml);
@@ -34,20 +41,29 @@ let
   # flock(1) is util-linux's: Linux only.
   needFlock = [ "activation::switch::tests::lock_check_real_flock" ];
   skipped = needNixStore ++ lib.optionals (!stdenv.hostPlatform.isLinux) needFlock;
+
+  # nix/package-files.txt: one path per line, `#` comment lines.
+  sourcePaths = builtins.filter (line: line != "" && !lib.hasPrefix "#" line) (
+    lib.splitString "\n" (builtins.readFile ./package-files.txt)
+  );
+
+  minRust = cargoToml.package.rust-version;
 in
+if lib.versionOlder rustc.version minRust then
+  throw ''
+    nixgate ${cargoToml.package.version} needs rustc >= ${minRust} (Cargo.toml's rust-version,
+    edition 2024); this nixpkgs has rustc ${rustc.version}. Use nixos-25.11 or newer
+    (or nixos-unstable), or call nix/package.nix with a newer `rustPlatform` and `rustc`.''
+else
 rustPlatform.buildRustPackage {
   pname = "nixgate";
   inherit (cargoToml.package) version;
 
-  # Only what cargo needs: a change to the README, the tests/ fleet or the
-  # Nix files does not rebuild the package.
+  # Only what cargo needs (nix/package-files.txt): a change to the README,
+  # the tests/ fleet or the Nix files does not rebuild the package.
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../src
-    ];
+    fileset = lib.fileset.unions (map (path: ../. + "/${path}") sourcePaths);
   };
 
   cargoLock.lockFile = ../Cargo.lock;
