@@ -37,36 +37,46 @@
           vm-rollback = import ./vm-tests/rollback.nix fleetArgs;
         };
 
-      # Evaluates a NixOS system with the module and checks the units it makes.
+      # Evaluates a NixOS system with the module and checks the units it
+      # makes, that its system.build.toplevel evaluates (drvPath: instantiated,
+      # not built), and that a rollout name that could escape its state
+      # directory is refused.
       moduleEval =
         pkgs:
         let
           inventory = "/etc/nixgate/inventory.toml";
-          sys = lib.nixosSystem {
-            inherit (pkgs.stdenv.hostPlatform) system;
-            modules = [
-              self.nixosModules.default
-              {
-                boot.isContainer = true;
-                system.stateVersion = lib.trivial.release;
-                services.nixgate = {
-                  enable = true;
-                  sshAuthSock = "/run/nixgate-agent.sock";
-                  rollouts.web = {
-                    inherit inventory;
-                    selector = "--tag=web";
-                    schedule = "Mon..Fri *-*-* 03:00:00";
-                    randomizedDelaySec = "15min";
-                    extraArgs = [
-                      "--expect"
-                      "nginx"
-                    ];
-                  };
-                  rollouts.all = { inherit inventory; };
-                };
-              }
-            ];
+          nixosWith =
+            nixgate:
+            lib.nixosSystem {
+              inherit (pkgs.stdenv.hostPlatform) system;
+              modules = [
+                self.nixosModules.default
+                {
+                  boot.isContainer = true;
+                  system.stateVersion = lib.trivial.release;
+                  services.nixgate = {
+                    enable = true;
+                  }
+                  // nixgate;
+                }
+              ];
+            };
+          sys = nixosWith {
+            sshAuthSock = "/run/nixgate-agent.sock";
+            rollouts.web = {
+              inherit inventory;
+              selector = "--tag=web";
+              schedule = "Mon..Fri *-*-* 03:00:00";
+              randomizedDelaySec = "15min";
+              extraArgs = [
+                "--expect"
+                "nginx"
+              ];
+            };
+            rollouts.all = { inherit inventory; };
           };
+          badName = "../escape";
+          bad = nixosWith { rollouts.${badName} = { inherit inventory; }; };
           inherit (sys.config.systemd) services timers units;
           web = services.nixgate-rollout-web;
           expectedArgs = lib.escapeShellArgs [
@@ -86,6 +96,7 @@
             (web.serviceConfig.Type == "oneshot")
             (web.serviceConfig.User == "nixgate")
             (web.serviceConfig.ProtectSystem == "strict")
+            (web.serviceConfig.PrivateTmp)
             (web.environment.SSH_AUTH_SOCK == "/run/nixgate-agent.sock")
             (timers.nixgate-rollout-web.timerConfig.OnCalendar == "Mon..Fri *-*-* 03:00:00")
             (timers.nixgate-rollout-web.timerConfig.Persistent)
@@ -95,6 +106,13 @@
             (lib.all (a: a.assertion) (
               lib.filter (a: lib.hasPrefix "services.nixgate" a.message) sys.config.assertions
             ))
+            # The whole system evaluates.
+            (lib.hasSuffix ".drv" sys.config.system.build.toplevel.drvPath)
+            # The bad name: its assertion fails, so the system does not evaluate.
+            (lib.any (
+              a: !a.assertion && lib.hasPrefix "services.nixgate.rollouts.${badName}:" a.message
+            ) bad.config.assertions)
+            (!(builtins.tryEval bad.config.system.build.toplevel.drvPath).success)
           ];
         in
         assert lib.all lib.id checks;

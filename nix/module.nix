@@ -29,6 +29,17 @@ let
 
   stateRoot = "/var/lib/nixgate";
 
+  # PrivateTmp=true gives the service its own empty /tmp and /var/tmp: an
+  # agent socket there (where ssh-agent puts its own) would not be found.
+  agentInTmp =
+    cfg.sshAuthSock != null
+    && (lib.hasPrefix "/tmp/" cfg.sshAuthSock || lib.hasPrefix "/var/tmp/" cfg.sshAuthSock);
+
+  # systemd's `-` prefix: a path that does not exist is skipped. Without it
+  # the unit fails before nixgate starts (226/NAMESPACE), saying nothing of
+  # which path; nixgate then says what it could not write, when it has to.
+  readWritePaths = map (p: if lib.hasPrefix "-" p then p else "-${p}") cfg.readWritePaths;
+
   rolloutModule =
     { name, ... }:
     {
@@ -151,11 +162,13 @@ let
         TimeoutStopSec = "15min";
 
         # Hardening. Writable: the state directory, and readWritePaths.
-        ReadWritePaths = cfg.readWritePaths;
+        ReadWritePaths = readWritePaths;
         ProtectSystem = "strict";
-        # Read-only rather than hidden: the user's SSH keys may live there.
+        # Read-only rather than hidden: the user's SSH keys may live there
+        # (and an agent socket in /run/user still connects: a socket on a
+        # read-only mount can be connected to).
         ProtectHome = "read-only";
-        PrivateTmp = true;
+        PrivateTmp = !agentInTmp;
         PrivateDevices = true;
         NoNewPrivileges = true;
         CapabilityBoundingSet = "";
@@ -243,6 +256,9 @@ in
       description = ''
         An ssh-agent socket for the rollouts (`SSH_AUTH_SOCK`), tried before
         the inventory's identity files. `null`: no agent, identity files only.
+        A socket under `/tmp` or `/var/tmp` turns the services' `PrivateTmp`
+        off (a private /tmp would hide it); elsewhere, e.g. under `/run`,
+        keeps it.
       '';
     };
 
@@ -256,7 +272,8 @@ in
         `ProtectHome=read-only`). Add the configuration repository when it
         lives elsewhere (nixgate writes release tags into it), and a
         `known_hosts` file outside `/var/lib/nixgate` that `--accept-new`
-        should learn into.
+        should learn into. A path that does not exist is skipped (systemd's
+        `-` prefix is added) instead of failing the unit with 226/NAMESPACE.
       '';
     };
 

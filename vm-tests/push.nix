@@ -32,7 +32,10 @@ args:
             TARGETS[host].succeed("systemctl is-active nixgate-vm-app.service")
             assert state(host)["booted"] == booted[host], f"{host} rebooted"
         # Plain output (not a terminal) in the journal.
-        controller.succeed("journalctl -u nixgate-rollout-fleet.service | grep -q target2")
+        # Read whole and searched here: `journalctl | grep -q` under the
+        # driver's pipefail fails when grep exits first (SIGPIPE, 141).
+        journal = controller.succeed("journalctl -u nixgate-rollout-fleet.service -o cat --no-pager")
+        assert "target2" in journal, "no line about target2 in the rollout's journal"
         # Release tags: the sandboxed service wrote to the repository.
         for host in TARGETS:
             assert git(f"tag -l 'release/{host}/*'").strip(), f"no release tag for {host}"
