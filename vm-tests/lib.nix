@@ -95,14 +95,15 @@ let
         host: lib.genAttrs variants (v: (configs.configuration host v).config.system.build.toplevel)
       );
 
-      # The configuration repository's files (the scripts add variants.json).
+      # The configuration repository: the whole of ./fleet (what it imports
+      # must be in it: nix/eval/fleet-repo-check evaluates a copy of it alone),
+      # the nixpkgs path in its flake.nix, fleet.json; the scripts add
+      # variants.json.
       repo = pkgs.runCommand "nixgate-vm-fleet-config" { } ''
         mkdir -p $out
-        cp ${./fleet/configs.nix} $out/configs.nix
-        cp ${./fleet/target.nix} $out/target.nix
-        cp ${./fleet/variants.nix} $out/variants.nix
+        cp -r --no-preserve=mode ${./fleet}/. $out/
+        substituteInPlace $out/flake.nix --subst-var-by nixpkgs ${nixpkgs}
         cp ${pkgs.writeText "fleet.json" fleetJson} $out/fleet.json
-        substitute ${./fleet/flake.nix} $out/flake.nix --subst-var-by nixpkgs ${nixpkgs}
       '';
     };
 

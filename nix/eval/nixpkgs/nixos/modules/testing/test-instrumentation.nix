@@ -1,0 +1,6 @@
+# Stub of nixpkgs' nixos/modules/testing/test-instrumentation.nix: here so
+# that the VM tests' fleet repository (vm-tests/fleet/configs.nix) finds the
+# file; its options are not declared (nixos/lib/eval-config.nix does not
+# check them).
+{ ... }:
+{ }
