@@ -2,8 +2,10 @@
 //! agent on the hosts, through a sequence of gates of which only the last
 //! earns the "known-good" label.
 //!
-//! Data flows one way: CLI -> plan -> runner -> per-host pipeline -> typed
-//! events -> reporters.
+//! Data flows one way: CLI -> [`plan`] -> [`runner`] -> per-host pipeline
+//! ([`deploy`], [`activation`]) -> typed events ([`report::Event`]) ->
+//! reporters ([`report`]). The deploy is written against [`fleet::Fleet`],
+//! which hands out a [`remote::Remote`] per machine.
 
 pub mod activation;
 pub mod cli;
@@ -11,8 +13,10 @@ pub mod deploy;
 pub mod diff;
 pub mod fleet;
 pub mod gates;
+pub mod inspect;
 pub mod inventory;
 pub mod nix;
+pub mod plan;
 pub mod release;
 pub mod remote;
 pub mod report;

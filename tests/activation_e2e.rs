@@ -36,6 +36,7 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         run_id: RunId::parse(run).unwrap(),
         commit: None,
         earlier_gates: Vec::new(),
+        known_good_generation: None,
     };
     let started = Instant::now();
     let out = activate_host(&remote, &req, &CancellationToken::new(), &|_| {}).await;

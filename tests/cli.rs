@@ -102,11 +102,18 @@ fn json_errors_are_events() {
     );
     let out = nixgate(&["--json", "check", "--offline", "-i", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    let line = text(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "the error and the summary: {lines:?}");
+    let v = &lines[0];
     assert_eq!(v["event"], "inventory_error");
     assert_eq!(v["line"], 3);
     assert_eq!(v["column"], 9);
+    assert_eq!(lines[1]["event"], "summary");
+    assert_eq!(lines[1]["exit_code"], 2);
+    assert_eq!(lines[1]["ending"], "invalid");
 }
 
 #[test]
@@ -148,9 +155,11 @@ fn hosts_by_wave_tag_and_name() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 6, "five hosts and the summary");
     assert_eq!(lines[4]["wave"], "rest");
     assert_eq!(lines[4]["host"], "mac1");
+    assert_eq!(lines[5]["event"], "summary");
+    assert_eq!(lines[5]["ok"], 5);
 
     let out = nixgate(&["hosts", "--wave", "canry", "-i", "inventory.example.toml"]);
     assert_eq!(out.status.code(), Some(2));

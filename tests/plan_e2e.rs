@@ -127,25 +127,22 @@ fn plan_explains_changes_and_enforces_expect() {
     assert_eq!(out.status.code(), Some(1));
     let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     for h in last["hosts"].as_array().unwrap() {
-        assert_eq!(h["outcome"], "failed", "{h}");
-        assert!(
-            h["reason"]
-                .as_str()
-                .unwrap()
-                .contains("drift: curl, openssl"),
-            "{h}"
-        );
+        assert_eq!(h["outcome"], "refused", "{h}");
+        assert_eq!(h["refusal"]["cause"], "drift", "{h}");
+        assert_eq!(h["refusal"]["packages"], json!(["curl", "openssl"]), "{h}");
     }
     for (h, b) in ["light1", "light2"].iter().zip(&before) {
         assert_eq!(&links(&fleet, h), b, "a refused push touched {h}");
     }
-    // With the whole change expected, it goes through.
+    // With the whole change expected, it goes through (deferred to the next
+    // boot, which the run is told to accept).
     let out = nixgate(
         &fleet,
         &[
             "--json",
             "push",
             "--yes",
+            "--allow-pending-reboot",
             "--expect",
             "nginx,jq,openssl,curl",
         ],
@@ -154,7 +151,7 @@ fn plan_explains_changes_and_enforces_expect() {
     let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     for h in last["hosts"].as_array().unwrap() {
         // openssl is under systemd: the new system waits for the next boot.
-        assert_eq!(h["outcome"], "deferred_pending_reboot", "{h}");
+        assert_eq!(h["outcome"], "pending-reboot", "{h}");
     }
 }
 
@@ -172,7 +169,7 @@ fn plan_names_flake_input_changes_since_the_known_good() {
     let out = nixgate(&fleet, &["--json", "push", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_eq!(last["hosts"][0]["outcome"], "known_good", "{last}");
+    assert_eq!(last["hosts"][0]["outcome"], "known-good", "{last}");
 
     // The pushed commit is the host's known-good; a flake.lock appearing
     // next to a version bump shows up as an input change in the plan.

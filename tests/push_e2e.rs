@@ -205,8 +205,8 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     assert_eq!(copies.len(), 3);
     for c in &copies {
         let host = c["host"].as_str().unwrap();
-        assert_eq!(c["detail"]["kind"], "copied", "{c}");
-        let sent = c["detail"]["paths"].as_u64().unwrap();
+        assert_eq!(c["evidence"]["detail"]["kind"], "copied", "{c}");
+        let sent = c["evidence"]["detail"]["paths"].as_u64().unwrap();
         let toplevel = fleet.build_on_builder(host).unwrap();
         let total = text(
             &fleet
@@ -235,12 +235,12 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     // teed to each of them.
     let fanned: Vec<&&Value> = copies
         .iter()
-        .filter(|c| c["detail"]["fanout"]["hosts"].as_u64() >= Some(2))
+        .filter(|c| c["evidence"]["detail"]["fanout"]["hosts"].as_u64() >= Some(2))
         .collect();
     assert!(fanned.len() >= 2, "no fan-out: {copies:?}");
     for c in &fanned {
-        let shared = c["detail"]["fanout"]["paths"].as_u64().unwrap();
-        let sent = c["detail"]["paths"].as_u64().unwrap();
+        let shared = c["evidence"]["detail"]["fanout"]["paths"].as_u64().unwrap();
+        let sent = c["evidence"]["detail"]["paths"].as_u64().unwrap();
         assert!(shared > 0 && shared <= sent, "{c}");
     }
     for (h, b) in ["light1", "light2", "light3"].iter().zip(&before) {
@@ -251,18 +251,16 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
         &["--json", "push", "--yes", "--goal", "copy", "light1"],
     );
     let again = json_lines(&out);
-    assert!(
-        again
-            .iter()
-            .any(|l| l["event"] == "gate_passed" && l["detail"]["kind"] == "already_present")
-    );
+    assert!(again.iter().any(
+        |l| l["event"] == "gate_passed" && l["evidence"]["detail"]["kind"] == "already_present"
+    ));
 
     // --wave canary touches only the canary.
     let out = nixgate(&fleet, &["--json", "push", "--yes", "--wave", "canary"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = summary(&out);
     assert_eq!(s["hosts"].as_array().unwrap().len(), 1);
-    assert_eq!(outcome_of(&s, "light1"), "known_good");
+    assert_eq!(outcome_of(&s, "light1"), "known-good");
     assert_ne!(current(&fleet, "light1"), before[0]);
     assert_eq!(current(&fleet, "light2"), before[1]);
 
@@ -277,11 +275,11 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     assert_eq!(out.status.code(), Some(1));
     let s = summary(&out);
     assert!(
-        ["failed", "rolled_back"].contains(&outcome_of(&s, "light1").as_str()),
+        ["failed", "rolled-back"].contains(&outcome_of(&s, "light1").as_str()),
         "{s}"
     );
-    assert_eq!(outcome_of(&s, "light2"), "not_started");
-    assert_eq!(outcome_of(&s, "light3"), "not_started");
+    assert_eq!(outcome_of(&s, "light2"), "not-started");
+    assert_eq!(outcome_of(&s, "light3"), "not-started");
     assert_eq!(current(&fleet, "light2"), before[1]);
     // Piped human output has no terminal control characters.
     let out = nixgate(&fleet, &["push", "--yes", "--wave", "main"]);
@@ -356,7 +354,7 @@ fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(outcome_of(&summary(&out), "light1"), "known_good");
+    assert_eq!(outcome_of(&summary(&out), "light1"), "known-good");
     assert_eq!(git(&repo, &["rev-parse", "release/light1"]), c2);
     assert_eq!(git(&repo, &["tag", "-l", "release/light1/*"]), tags_before);
 
@@ -376,7 +374,10 @@ fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
     assert_eq!(current(&fleet, "light1"), closure1);
 
     let out = nixgate(&fleet, &["--json", "release", "list", "light1"]);
-    let listed = json_lines(&out);
+    let listed: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|l| l["event"] == "release")
+        .collect();
     assert!(listed.len() >= 2);
     assert_eq!(
         listed.last().unwrap()["release"]["tag"],
@@ -438,12 +439,12 @@ fn first_ctrl_c_finishes_and_verifies_hosts_in_flight() {
     let s = summary(&out);
     let canary = outcome_of(&s, "light1");
     // The in-flight host (its switch had fired) was finished and verified.
-    assert_eq!(canary, "known_good", "{s}");
+    assert_eq!(canary, "known-good", "{s}");
     assert_eq!(
         current(&fleet, "light1"),
         s["hosts"][0]["closure"].as_str().unwrap()
     );
-    assert_eq!(outcome_of(&s, "light2"), "not_started");
+    assert_eq!(outcome_of(&s, "light2"), "not-started");
     assert_eq!(current(&fleet, "light2"), before2);
     assert!(
         json_lines(&out)
@@ -473,13 +474,9 @@ fn a_host_locked_by_another_controller_is_not_touched() {
     let out = nixgate(&fleet, &["--json", "push", "--yes", "light1"]);
     assert_eq!(out.status.code(), Some(1));
     let s = summary(&out);
-    assert_eq!(outcome_of(&s, "light1"), "failed");
-    let reason = s["hosts"][0]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains(
-            "another nixgate run holds the lock on this host (run other pid 1 on elsewhere)"
-        ),
-        "{reason}"
-    );
+    assert_eq!(outcome_of(&s, "light1"), "refused");
+    let refusal = &s["hosts"][0]["refusal"];
+    assert_eq!(refusal["cause"], "locked", "{s}");
+    assert_eq!(refusal["holder"], "run other pid 1 on elsewhere", "{s}");
     assert_eq!(current(&fleet, "light1"), before);
 }

@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::HashSet;
 
-use nixgate::fleet::{BUILDER, Sessions};
+use nixgate::fleet::{Machine, Sessions};
 use nixgate::inventory::Inventory;
 use nixgate::nix::StorePath;
 use nixgate::nix::closure::{self, PathInfo};
@@ -48,12 +48,12 @@ async fn world(light: usize, filler: usize) -> World {
         .unwrap();
     let inv = Inventory::load(&fleet.inventory_path()).unwrap();
     let sessions = Sessions::new(&inv, HostKeyPolicy::Strict);
-    let builder = sessions.get(BUILDER).await.unwrap();
+    let builder = sessions.get(Machine::Builder).await.unwrap();
     let mut hosts = Vec::new();
     let mut toplevels = Vec::new();
     for i in 1..=light {
         let name = format!("light{i}");
-        hosts.push(sessions.get(&name).await.unwrap());
+        hosts.push(sessions.get(Machine::Host(&name)).await.unwrap());
         toplevels.push(StorePath::parse(&fleet.build_on_builder(&name).unwrap()).unwrap());
     }
     let all = closure::closures(&builder, &toplevels).await.unwrap();

@@ -22,6 +22,7 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
         run_id: RunId::parse(run).unwrap(),
         commit: None,
         earlier_gates: Vec::new(),
+        known_good_generation: None,
     };
     let out = activate_host(
         &OpenSsh::new(fleet, "sys1"),
@@ -67,7 +68,7 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
     assert_eq!(st["unvalidated"], false);
 
     // Back to the known-good before the current one, through every gate.
-    let out = nixgate(&fleet, &["--json", "rollback", "sys1"]);
+    let out = nixgate(&fleet, &["--json", "--yes", "rollback", "sys1"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -81,7 +82,7 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
         .collect();
     let summary = lines.last().unwrap();
     assert_eq!(summary["event"], "summary");
-    assert_eq!(summary["hosts"][0]["outcome"], "known_good");
+    assert_eq!(summary["hosts"][0]["outcome"], "known-good");
     assert_eq!(
         fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
         *a
@@ -93,19 +94,36 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
     let st = status(&fleet);
     assert_eq!(st["known_good"], a.as_str());
     assert_eq!(
-        st["known_good_generation"], 3,
-        "a rollback is a new known-good generation, history is kept"
+        st["known_good_generation"], 1,
+        "a rollback re-selects the generation it went back to; history is kept"
     );
-    assert_eq!(st["last_outcome"], "known_good");
+    assert_eq!(st["last_run"]["outcome"], "known-good");
+    assert_eq!(st["last_run"]["command"], "rollback");
+
+    // A second rollback goes further back, never forward to the closure the
+    // first one left: here there is nothing earlier.
+    let out = nixgate(&fleet, &["--json", "--yes", "rollback", "sys1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["hosts"][0]["outcome"], "refused", "{last}");
+    assert_eq!(
+        last["hosts"][0]["refusal"]["why"]["kind"], "nothing_earlier",
+        "{last}"
+    );
+    assert_eq!(
+        fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
+        *a
+    );
 
     // A named generation.
-    let out = nixgate(&fleet, &["rollback", "sys1", "--to", "2"]);
+    let out = nixgate(&fleet, &["--yes", "rollback", "sys1", "--to", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
         *b
     );
-    let out = nixgate(&fleet, &["rollback", "sys1", "--to", "9"]);
+    let out = nixgate(&fleet, &["--yes", "rollback", "sys1", "--to", "9"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("no known-good generation 9"),
@@ -121,7 +139,7 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
         .open(fleet.dir().join("state/lock"))
         .unwrap();
     lock.lock().unwrap();
-    let out = nixgate(&fleet, &["rollback", "sys1"]);
+    let out = nixgate(&fleet, &["--yes", "rollback", "sys1"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("another nixgate run holds the lock"),

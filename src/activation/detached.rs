@@ -39,6 +39,20 @@ pub struct SwitchEvidence {
     pub polls: u32,
 }
 
+/// One refused start of the job's transient unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFire {
+    pub unit: String,
+    pub exit: Exit,
+    pub tail: Vec<String>,
+}
+
+/// How many times a job whose unit the host refused to start is fired, each
+/// time under a fresh unit name. Real systemd refuses transient units now
+/// and then (a D-Bus timeout under load, a unit name still loaded); one
+/// refusal must not roll back a host that passed every live gate.
+pub const FIRE_ATTEMPTS: u32 = 3;
+
 /// Why a detached run failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -47,8 +61,9 @@ pub enum SwitchFailure {
     LockHeld { holders: Vec<String> },
     /// The lock check could not be run (nothing fired).
     LockCheck { error: String },
-    /// The host refused to start the job (nothing fired).
-    FireRefused { exit: Exit, tail: Vec<String> },
+    /// The host refused to start the job, every time it was asked under a
+    /// fresh unit name (nothing fired).
+    FireRefused { attempts: Vec<RefusedFire> },
     /// No answer from the host until the deadline: it may or may not have fired.
     FireUnconfirmed { error: String },
     /// A NixOS pre-switch check other than the inhibitors failed (nothing changed).
@@ -96,9 +111,10 @@ impl SwitchFailure {
     }
 }
 
-/// The result of a detached run.
+/// The result of a detached run (adjacently tagged: the wrapped values
+/// carry a `kind` of their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum SwitchResult {
     Settled(SwitchEvidence),
     NeedsReboot(RebootReason),
@@ -106,11 +122,13 @@ pub enum SwitchResult {
 }
 
 /// Run `job` detached and verified. `expected` is what `/run/current-system`
-/// must be afterwards, `previous` what it was before.
+/// must be afterwards, `previous` what it was before. A job refused at its
+/// start is fired again under a fresh name: `job` is left as the one that
+/// ran (to stop it, read its log).
 pub async fn run_detached<R: Remote>(
     remote: &R,
     settings: &HostSettings,
-    job: &SwitchJob,
+    job: &mut SwitchJob,
     expected: &StorePath,
     previous: &StorePath,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
@@ -139,9 +157,13 @@ pub async fn run_detached<R: Remote>(
             closure: job.closure.clone(),
         },
     });
-    if let Err(failure) = fire_confirmed(remote, settings, job, emit).await {
+    // One budget, from firing to a settled link: firing (and finding out
+    // whether a lost fire started) and polling share it.
+    let deadline = tokio::time::Instant::now() + settings.activation_timeout;
+    if let Err(failure) = fire_retried(remote, settings, job, deadline, emit).await {
         return SwitchResult::Failed(failure);
     }
+    let job = &*job;
     emit(ActivationEvent::Step {
         step: Step::VerifyPoll {
             unit: job.unit.clone(),
@@ -174,35 +196,89 @@ pub async fn run_detached<R: Remote>(
         expected,
         previous,
         settings.poll_interval,
-        settings.activation_timeout,
+        deadline,
         &on_poll,
     )
     .await;
     classify(remote, job, outcome).await
 }
 
-/// Fire, and if the answer was lost, find out whether it started before
-/// firing again (the unit name makes a second concurrent run impossible).
+/// Fire, and fire again under a fresh unit name while the host refuses to
+/// start it ([`FIRE_ATTEMPTS`] in all, a second apart), keeping every
+/// refusal's reason.
+async fn fire_retried<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    job: &mut SwitchJob,
+    deadline: tokio::time::Instant,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<(), SwitchFailure> {
+    let mut refused = Vec::new();
+    for attempt in 1..=FIRE_ATTEMPTS {
+        if attempt > 1 {
+            *job = job.renamed(attempt);
+            emit(ActivationEvent::Step {
+                step: Step::FireSwitch {
+                    unit: job.unit.clone(),
+                    action: job.action,
+                    closure: job.closure.clone(),
+                },
+            });
+        }
+        match fire_confirmed(remote, settings, job, deadline, emit).await {
+            Err(SwitchFailure::FireRefused { attempts }) => {
+                refused.extend(attempts);
+                if attempt < FIRE_ATTEMPTS && tokio::time::Instant::now() < deadline {
+                    emit(ActivationEvent::Warning {
+                        warning: super::events::Warning::FireRefused {
+                            unit: job.unit.clone(),
+                            attempt,
+                        },
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                return Err(SwitchFailure::FireRefused { attempts: refused });
+            }
+            other => return other,
+        }
+    }
+    Err(SwitchFailure::FireRefused { attempts: refused })
+}
+
+/// Fire once, and if the answer was lost, find out whether it started
+/// before firing again (the unit name makes a second concurrent run
+/// impossible). Every command is bounded by the deadline.
 async fn fire_confirmed<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     job: &SwitchJob,
+    deadline: tokio::time::Instant,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> Result<(), SwitchFailure> {
-    let start = tokio::time::Instant::now();
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut lost = 0u32;
     'fire: loop {
-        let error =
-            match switch::fire(remote, job, settings.sudo, settings.install_bootloader).await {
-                FireOutcome::Started | FireOutcome::AlreadyRunning => return Ok(()),
-                FireOutcome::Refused { exit, tail } => {
-                    return Err(SwitchFailure::FireRefused { exit, tail });
-                }
-                FireOutcome::Unconfirmed { error } => error,
-            };
-        let mut error = error;
+        let fired = tokio::time::timeout(
+            left(),
+            switch::fire(remote, job, settings.sudo, settings.install_bootloader),
+        )
+        .await
+        .unwrap_or_else(|_| FireOutcome::Unconfirmed {
+            error: "no answer from the host before the activation budget ran out".into(),
+        });
+        let mut error = match fired {
+            FireOutcome::Started | FireOutcome::AlreadyRunning => return Ok(()),
+            FireOutcome::Refused { exit, tail } => {
+                let unit = job.unit.clone();
+                return Err(SwitchFailure::FireRefused {
+                    attempts: vec![RefusedFire { unit, exit, tail }],
+                });
+            }
+            FireOutcome::Unconfirmed { error } => error,
+        };
         loop {
-            if start.elapsed() >= settings.activation_timeout {
+            if left().is_zero() {
                 return Err(SwitchFailure::FireUnconfirmed { error });
             }
             let retry_in = verify_poll::backoff(lost);
@@ -213,11 +289,13 @@ async fn fire_confirmed<R: Remote>(
                 retry_in,
                 error: error.clone(),
             });
-            tokio::time::sleep(retry_in).await;
-            match verify_poll::poll_once(remote, job, &settings.paths.current_system).await {
-                Ok(s) if s.job == (JobState::Gone { started: false }) => continue 'fire,
-                Ok(_) => return Ok(()),
-                Err(e) => error = e,
+            tokio::time::sleep(retry_in.min(left())).await;
+            let poll = verify_poll::poll_once(remote, job, &settings.paths.current_system);
+            match tokio::time::timeout(verify_poll::POLL_TIMEOUT.min(left()), poll).await {
+                Ok(Ok(s)) if s.job == (JobState::Gone { started: false }) => continue 'fire,
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => error = e,
+                Err(_) => error = "no answer to a poll".into(),
             }
         }
     }

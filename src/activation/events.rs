@@ -11,15 +11,18 @@ use super::health::HealthReport;
 use super::known_good::KnownGoodMark;
 use super::outcome::FailureReason;
 use super::profile::ProfileCheck;
-use super::rollback::{RollbackMode, RollbackOutcome};
+use super::reactivate::{RollbackMode, RollbackOutcome};
 use super::verify_poll::JobState;
 use crate::gates::{Gate, SwitchAction};
 use crate::nix::StorePath;
 
-/// Evidence that a gate passed.
+/// Evidence that a gate passed. Adjacently tagged: the wrapped values carry
+/// a `kind` of their own.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum GateEvidence {
+    /// The closure is on the host.
+    Copy(crate::nix::copy::CopyOutcome),
     DryActivate(DryActivateReport),
     LiveActivate(SwitchEvidence),
     HealthChecks {
@@ -104,6 +107,11 @@ pub enum Warning {
     /// The rollback's switch exited 4 only for units that were already
     /// failed before this deploy: the host is back where it was.
     UnitsFailedBeforeDeploy { units: Vec<String> },
+    /// The host refused to start the job's unit; it is fired again under a
+    /// fresh name.
+    FireRefused { unit: String, attempt: u32 },
+    /// A known-good mark could not be revoked after a failed soak.
+    RevokeFailed { generation: u64, error: String },
 }
 
 /// One event of a host's activation.

@@ -64,6 +64,8 @@ pub struct State {
     /// What the boot loader's default entry boots.
     pub boot_default: StorePath,
     pub profiles: BTreeMap<String, Vec<StorePath>>,
+    /// Profiles switched to an older generation (1-based), not their newest.
+    pub selected: BTreeMap<String, usize>,
     pub behaviours: HashMap<StorePath, Behaviour>,
     pub jobs: BTreeMap<String, Job>,
     pub lock_held: bool,
@@ -71,6 +73,16 @@ pub struct State {
     /// Poll numbers (1-based) answered with a lost connection.
     pub drop_polls: Vec<usize>,
     pub records: BTreeMap<String, String>,
+    /// Generations deleted (profile, generation).
+    pub deleted: std::collections::BTreeSet<(String, usize)>,
+    /// Health checks run so far; after `unhealthy_after` of them, every
+    /// check fails (a host that turns unhealthy during a soak).
+    pub health_checks: usize,
+    pub unhealthy_after: Option<usize>,
+    /// Fires of these actions (`test`, `boot`, ...) the host refuses to
+    /// start, one each, as systemd does when a transient unit cannot be
+    /// started (`Job for <unit> failed`).
+    pub refuse_fires: Vec<&'static str>,
     pub boot_id: u32,
     pub sudo_password_required: bool,
     /// systemd units in the `failed` state. Like NixOS's
@@ -83,8 +95,21 @@ impl State {
         self.behaviours.get(c).cloned().unwrap_or_default()
     }
 
+    /// What profile `p` points at: its selected generation, else its newest.
     pub fn profile(&self, p: &str) -> Option<&StorePath> {
-        self.profiles.get(p).and_then(|g| g.last())
+        let gens = self.profiles.get(p)?;
+        match self.selected.get(p) {
+            Some(g) => gens.get(g - 1),
+            None => gens.last(),
+        }
+    }
+
+    /// The generation profile `p` points at (0: none).
+    pub fn current_generation(&self, p: &str) -> usize {
+        match self.selected.get(p) {
+            Some(g) => *g,
+            None => self.profiles.get(p).map_or(0, Vec::len),
+        }
     }
 
     fn set_profile(&mut self, p: &str, c: &StorePath) {
@@ -197,7 +222,9 @@ impl State {
             }
             "cat" => ok(&format!("boot-{}\n", self.boot_id)),
             "timeout" => {
-                if self.behaviour(&self.current.clone()).healthy {
+                self.health_checks += 1;
+                let tired = self.unhealthy_after.is_some_and(|n| self.health_checks > n);
+                if self.behaviour(&self.current.clone()).healthy && !tired {
                     ok("active\n")
                 } else {
                     Output::new(Exit::Code { code: 3 }, "failed\n", "")
@@ -222,6 +249,51 @@ impl State {
             "sh" => self.script(&a),
             _ => panic!("fake host: unexpected command {a:?}"),
         }
+    }
+
+    /// The known-good history as `known_good::LIST` prints it.
+    fn list(&self, prof: &str) -> Output {
+        let base = prof.rsplit('/').next().unwrap_or_default();
+        let n = self.current_generation(prof);
+        let mut out = if n == 0 {
+            "NixgateCurrent=\n".to_owned()
+        } else {
+            format!("NixgateCurrent={base}-{n}-link\n")
+        };
+        for (i, c) in self.profiles.get(prof).into_iter().flatten().enumerate() {
+            let g = i + 1;
+            if self.deleted.contains(&(prof.to_owned(), g)) {
+                continue;
+            }
+            out.push_str(&format!("NixgateGen={g}\t{c}\tpresent\n"));
+            if let Some(r) = self.records.get(&g.to_string()) {
+                out.push_str(&format!("NixgateRecord={g}\t{r}\n"));
+            }
+        }
+        ok(&out)
+    }
+
+    /// `known_good::REVOKE`: back to the newest generation before `g`.
+    fn revoke(&mut self, prof: &str, g: usize) -> Output {
+        let prev = (1..g)
+            .rev()
+            .find(|p| !self.deleted.contains(&(prof.to_owned(), *p)));
+        match prev {
+            Some(p) => {
+                self.selected.insert(prof.to_owned(), p);
+            }
+            None => {
+                self.profiles.remove(prof);
+            }
+        }
+        self.deleted.insert((prof.to_owned(), g));
+        if let Some(r) = self.records.remove(&g.to_string()) {
+            self.records.insert(format!("{g}.revoked"), r);
+        }
+        ok(&format!(
+            "NixgatePrevious={}\n",
+            prev.map(|p| p.to_string()).unwrap_or_default()
+        ))
     }
 
     fn link(&self, path: &str) -> Option<StorePath> {
@@ -268,6 +340,15 @@ impl State {
                     1,
                     &format!(
                         "Failed to start transient service unit: Unit {unit}.service already exists.\n"
+                    ),
+                );
+            }
+            if let Some(i) = self.refuse_fires.iter().position(|a| *a == action) {
+                self.refuse_fires.remove(i);
+                return fail(
+                    1,
+                    &format!(
+                        "Job for {unit}.service failed because of unavailable resources or another system error.\n"
                     ),
                 );
             }
@@ -340,12 +421,42 @@ impl State {
                  etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
                  kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n"
             ))
+        } else if script == known_good::LIST {
+            self.list(a[4])
+        } else if script == known_good::REVOKE {
+            self.revoke(a[4], a[6].parse().expect("a generation"))
         } else if script == known_good::SET_AND_READ {
             let c = StorePath::parse(a[5]).expect("store path");
-            self.set_profile(a[4], &c);
-            let n = self.profiles.get(a[4]).map_or(0, Vec::len);
-            let base = a[4].rsplit('/').next().unwrap_or_default();
-            ok(&format!("{base}-{n}-link\n"))
+            let base = a[4].rsplit('/').next().unwrap_or_default().to_owned();
+            let link = |n: usize| {
+                if n == 0 {
+                    String::new()
+                } else {
+                    format!("{base}-{n}-link")
+                }
+            };
+            let old = self.current_generation(a[4]);
+            let new = match a.get(6).filter(|g| !g.is_empty()) {
+                Some(g) => {
+                    let g: usize = g.parse().expect("a generation");
+                    let gens = self.profiles.get(a[4]).cloned().unwrap_or_default();
+                    if gens.get(g - 1) != Some(&c) {
+                        return fail(3, "generation is not the closure\n");
+                    }
+                    self.selected.insert(a[4].to_owned(), g);
+                    g
+                }
+                None => {
+                    self.set_profile(a[4], &c);
+                    self.selected.remove(a[4]);
+                    self.profiles.get(a[4]).map_or(0, Vec::len)
+                }
+            };
+            ok(&format!(
+                "NixgateOld={}\nNixgateNew={}\n",
+                link(old),
+                link(new)
+            ))
         } else {
             panic!("fake host: unexpected script {a:?}")
         }
@@ -368,12 +479,17 @@ impl FakeHost {
             booted: current.clone(),
             boot_default: current.clone(),
             profiles,
+            selected: BTreeMap::new(),
             behaviours: HashMap::new(),
             jobs: BTreeMap::new(),
             lock_held: false,
             polls: 0,
             drop_polls: Vec::new(),
             records: BTreeMap::new(),
+            deleted: Default::default(),
+            health_checks: 0,
+            unhealthy_after: None,
+            refuse_fires: Vec::new(),
             boot_id: 1,
             sudo_password_required: false,
             failed_units: Default::default(),
@@ -389,8 +505,13 @@ impl FakeHost {
     }
 
     pub fn remote(&self) -> ScriptedRemote {
+        self.remote_named("web1")
+    }
+
+    /// The host's remote, under the name `name`.
+    pub fn remote_named(&self, name: &str) -> ScriptedRemote {
         let st = self.0.clone();
-        ScriptedRemote::with_stdin("web1", move |cmd, stdin| {
+        ScriptedRemote::with_stdin(name, move |cmd, stdin| {
             st.lock().expect("state").respond(cmd, stdin)
         })
     }
@@ -414,6 +535,8 @@ pub fn describe(cmd: &Command) -> String {
         s if s == inhibitors::COMPARE => "compare-components",
         s if s == known_good::WRITE_RECORD => "write-record",
         s if s == known_good::SET_AND_READ => "set-known-good",
+        s if s == known_good::LIST => "list-known-good",
+        s if s == known_good::REVOKE => "revoke-known-good",
         s if s == switch::FIRE_LINUX => {
             return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);
         }

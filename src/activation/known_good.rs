@@ -83,26 +83,63 @@ pub struct KnownGoodMark {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MarkRequest {
     pub closure: StorePath,
+    /// Re-select this existing generation (a rollback to it) instead of
+    /// adding one.
+    pub reselect: Option<u64>,
     pub commit: Option<String>,
     pub run_id: RunId,
     pub gates: Vec<GateRecord>,
     pub at: SystemTime,
 }
 
-/// Point the profile at the closure, print the generation link it got.
-pub(crate) const SET_AND_READ: &str = "prof=$1; closure=$2
-nix-env -p \"$prof\" --set \"$closure\" >/dev/null && readlink \"$prof\"";
+/// Point the profile at the closure (`$3` empty), or re-select generation
+/// `$3` (it must be the closure); print the generation links before and after.
+pub(crate) const SET_AND_READ: &str = "prof=$1; closure=$2; gen=$3
+old=$(readlink \"$prof\" 2>/dev/null)
+if [ -n \"$gen\" ]; then
+  [ \"$(readlink -f \"$prof-$gen-link\")\" = \"$closure\" ] || { echo \"generation $gen of $prof is not $closure\" >&2; exit 3; }
+  nix-env -p \"$prof\" --switch-generation \"$gen\" >/dev/null || exit 1
+else
+  nix-env -p \"$prof\" --set \"$closure\" >/dev/null || exit 1
+fi
+echo \"NixgateOld=$old\"
+echo \"NixgateNew=$(readlink \"$prof\")\"";
 
-/// The record on stdin, moved into place whole.
+/// The record on stdin, made durable, then moved into place whole.
 pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; tmp=$dir/.$gen.json.$$.tmp
-mkdir -p \"$dir\" && cat > \"$tmp\" && mv -f \"$tmp\" \"$dir/$gen.json\" || { rm -f \"$tmp\"; exit 1; }";
+mkdir -p \"$dir\" && cat > \"$tmp\" && { sync \"$tmp\" 2>/dev/null || sync; } &&
+mv -f \"$tmp\" \"$dir/$gen.json\" && { sync \"$dir\" 2>/dev/null || true; } || { rm -f \"$tmp\"; exit 1; }";
+
+/// Undo a mark whose record could not be written: back to generation `$2`
+/// (none: no profile), and drop generation `$3` when the mark created it.
+pub(crate) const UNDO_MARK: &str = "prof=$1; old=$2; created=$3
+if [ -n \"$old\" ]; then nix-env -p \"$prof\" --switch-generation \"$old\" >/dev/null || exit 1
+else rm -f \"$prof\" || exit 1; fi
+if [ -n \"$created\" ]; then rm -f \"$prof-$created-link\"; fi";
+
+/// Revoke generation `$3` (marked by a run, then found unhealthy): the
+/// profile goes back to the newest generation before it (none: no
+/// profile), the generation is deleted and its record kept as
+/// `<N>.revoked.json`; prints the generation now current.
+pub(crate) const REVOKE: &str = "prof=$1; dir=$2; gen=$3; prev=
+for l in \"$prof\"-*-link; do
+  [ -L \"$l\" ] || continue
+  n=${l#\"$prof\"-}; n=${n%-link}
+  if [ \"$n\" -lt \"$gen\" ] && { [ -z \"$prev\" ] || [ \"$n\" -gt \"$prev\" ]; }; then prev=$n; fi
+done
+if [ -n \"$prev\" ]; then nix-env -p \"$prof\" --switch-generation \"$prev\" >/dev/null || exit 1
+else rm -f \"$prof\" || exit 1; fi
+rm -f \"$prof-$gen-link\"
+if [ -f \"$dir/$gen.json\" ]; then mv -f \"$dir/$gen.json\" \"$dir/$gen.revoked.json\"; fi
+echo \"NixgatePrevious=$prev\"";
 
 pub(crate) const LIST: &str = "prof=$1; dir=$2
 echo \"NixgateCurrent=$(readlink \"$prof\" 2>/dev/null)\"
 for l in \"$prof\"-*-link; do
   [ -L \"$l\" ] || continue
   n=${l#\"$prof\"-}; n=${n%-link}
-  printf 'NixgateGen=%s\\t%s\\n' \"$n\" \"$(readlink \"$l\")\"
+  if [ -e \"$l\" ]; then p=present; else p=missing; fi
+  printf 'NixgateGen=%s\\t%s\\t%s\\n' \"$n\" \"$(readlink \"$l\")\" \"$p\"
   if [ -f \"$dir/$n.json\" ]; then printf 'NixgateRecord=%s\\t%s\\n' \"$n\" \"$(cat \"$dir/$n.json\")\"; fi
 done";
 
@@ -149,8 +186,10 @@ pub async fn current<R: Remote>(
     read_store_link(remote, &paths.known_good_profile).await
 }
 
-/// Mark `req.closure` known-good on the host: set the profile, learn the
-/// generation, write the tag record.
+/// Mark `req.closure` known-good on the host: set the profile (or
+/// re-select its generation), learn the generation, write the tag record.
+/// A record that cannot be written undoes the profile change: known-good
+/// never points at a closure without its record.
 pub async fn mark<R: Remote>(
     remote: &R,
     paths: &HostPaths,
@@ -158,18 +197,26 @@ pub async fn mark<R: Remote>(
     req: MarkRequest,
 ) -> anyhow::Result<KnownGoodMark> {
     let prof = &paths.known_good_profile;
+    let reselect = req.reselect.map(|g| g.to_string()).unwrap_or_default();
     let out = remote
         .exec(
             &Command::script(SET_AND_READ)
-                .arg(prof)
-                .arg(req.closure.as_str())
+                .args([prof.as_str(), req.closure.as_str(), reselect.as_str()])
                 .sudo(sudo),
         )
         .await
         .with_context(|| format!("setting {prof} on {}", remote.name()))?
         .check(&format!("nix-env -p {prof} --set {}", req.closure))?;
-    let link = out.stdout_str();
-    let generation = generation_of(link.trim())
+    let text = out.stdout_str();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (old, link) = (generation_of(&field("NixgateOld=")), field("NixgateNew="));
+    let generation = generation_of(&link)
         .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
     let record = KnownGoodRecord {
         version: 1,
@@ -181,17 +228,15 @@ pub async fn mark<R: Remote>(
         run_id: req.run_id,
         gates: req.gates,
     };
-    let mut json = serde_json::to_vec(&record).context("encoding the known-good record")?;
-    json.push(b'\n');
     let dir = paths.known_good_records.trim_end_matches('/');
-    let write = Command::script(WRITE_RECORD)
-        .arg(dir)
-        .arg(generation.to_string())
-        .sudo(sudo);
-    crate::remote::exec_input(remote, &write, &json)
-        .await
-        .with_context(|| format!("writing the known-good record on {}", remote.name()))?
-        .check("writing the known-good record")?;
+    if let Err(e) = write_record(remote, dir, sudo, &record).await {
+        let created = (old != Some(generation) && req.reselect.is_none()).then_some(generation);
+        let undo = undo_mark(remote, prof, old, created, sudo).await;
+        return Err(match undo {
+            Ok(()) => e.context(format!("{prof} was put back where it was")),
+            Err(u) => e.context(format!("and putting {prof} back failed too: {u:#}")),
+        });
+    }
     Ok(KnownGoodMark {
         generation,
         record_path: format!("{dir}/{generation}.json"),
@@ -199,11 +244,81 @@ pub async fn mark<R: Remote>(
     })
 }
 
+async fn write_record<R: Remote>(
+    remote: &R,
+    dir: &str,
+    sudo: bool,
+    record: &KnownGoodRecord,
+) -> anyhow::Result<()> {
+    let mut json = serde_json::to_vec(record).context("encoding the known-good record")?;
+    json.push(b'\n');
+    let write = Command::script(WRITE_RECORD)
+        .arg(dir)
+        .arg(record.generation.to_string())
+        .sudo(sudo);
+    crate::remote::exec_input(remote, &write, &json)
+        .await
+        .with_context(|| format!("writing the known-good record on {}", remote.name()))?
+        .check("writing the known-good record")?;
+    Ok(())
+}
+
+async fn undo_mark<R: Remote>(
+    remote: &R,
+    prof: &str,
+    old: Option<u64>,
+    created: Option<u64>,
+    sudo: bool,
+) -> anyhow::Result<()> {
+    let arg = |g: Option<u64>| g.map(|g| g.to_string()).unwrap_or_default();
+    remote
+        .exec(
+            &Command::script(UNDO_MARK)
+                .args([prof.to_owned(), arg(old), arg(created)])
+                .sudo(sudo),
+        )
+        .await?
+        .check(&format!("putting {prof} back"))?;
+    Ok(())
+}
+
+/// Revoke `generation` (this run's mark, found unhealthy after the soak):
+/// the profile goes back to the generation before it. Returns the
+/// generation now current, if any.
+pub async fn revoke<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+    sudo: bool,
+    generation: u64,
+) -> anyhow::Result<Option<u64>> {
+    let out = remote
+        .exec(
+            &Command::script(REVOKE)
+                .args([
+                    paths.known_good_profile.clone(),
+                    paths.known_good_records.trim_end_matches('/').to_owned(),
+                    generation.to_string(),
+                ])
+                .sudo(sudo),
+        )
+        .await
+        .with_context(|| format!("revoking known-good generation {generation}"))?
+        .check(&format!("revoking known-good generation {generation}"))?;
+    let text = out.stdout_str();
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("NixgatePrevious="))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
 /// One generation of the known-good profile.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KnownGoodGeneration {
     pub generation: u64,
     pub closure: Option<StorePath>,
+    /// The closure is in the host's store (a generation link can dangle
+    /// when its path was deleted by hand: it is no rollback target).
+    pub present: bool,
     pub record: Option<KnownGoodRecord>,
     pub current: bool,
 }
@@ -232,10 +347,14 @@ pub fn parse_history(stdout: &str) -> anyhow::Result<Vec<KnownGoodGeneration>> {
         if let Some(v) = line.strip_prefix("NixgateCurrent=") {
             current = generation_of(v.trim());
         } else if let Some(v) = line.strip_prefix("NixgateGen=") {
-            let (n, target) = v.split_once('\t').context("malformed generation line")?;
+            let mut fields = v.split('\t');
+            let (Some(n), Some(target)) = (fields.next(), fields.next()) else {
+                anyhow::bail!("malformed generation line {v:?}");
+            };
             gens.push(KnownGoodGeneration {
                 generation: n.parse().with_context(|| format!("generation {n:?}"))?,
                 closure: StorePath::parse(target.trim()).ok(),
+                present: fields.next().map(str::trim) != Some("missing"),
                 record: None,
                 current: false,
             });

@@ -31,6 +31,7 @@ fn generation_links() {
 fn request(closure: &str, at: u64) -> MarkRequest {
     MarkRequest {
         closure: StorePath::parse(closure).unwrap(),
+        reselect: None,
         commit: Some("3f2a9c1".into()),
         run_id: RunId::parse("r1").unwrap(),
         gates: vec![GateRecord::new(
@@ -45,7 +46,7 @@ fn request(closure: &str, at: u64) -> MarkRequest {
 async fn mark_commands() {
     let r = ScriptedRemote::with_stdin("web1", |c, _| {
         if c.argv()[2] == SET_AND_READ {
-            ok("nixgate-known-good-7-link\n")
+            ok("NixgateOld=nixgate-known-good-6-link\nNixgateNew=nixgate-known-good-7-link\n")
         } else {
             ok("")
         }
@@ -66,7 +67,8 @@ async fn mark_commands() {
             SET_AND_READ,
             "nixgate",
             "/nix/var/nix/profiles/nixgate-known-good",
-            SYS
+            SYS,
+            ""
         ]
         .map(String::from)
     );

@@ -11,7 +11,8 @@
 //!   7. [`inhibitors`] — critical-component changes defer to `boot` + reboot.
 //!
 //! Around them: [`dry_activate`], [`health`] checks, the on-host
-//! [`known_good`] record, [`privilege`] (sudo preflight).
+//! [`known_good`] record, [`privilege`] (sudo preflight), the per-host
+//! [`host_lock`], and [`take_back`] after a failed soak.
 
 pub mod detached;
 pub mod dry_activate;
@@ -20,6 +21,8 @@ pub mod failed_units;
 #[cfg(test)]
 pub(crate) mod fake_host;
 pub mod health;
+pub mod host_lock;
+pub mod host_state;
 pub mod inhibitors;
 pub mod known_good;
 pub mod links;
@@ -27,15 +30,17 @@ pub mod outcome;
 pub mod pipeline;
 pub mod privilege;
 pub mod profile;
+pub mod reactivate;
 pub mod realise;
 pub mod reboot;
-pub mod rollback;
 pub mod settings;
 pub mod switch;
+pub mod take_back;
 pub mod verify_poll;
 
 pub use events::{ActivationEvent, GateEvidence, Step, Warning};
 pub use outcome::{FailureReason, HostOutcome};
 pub use pipeline::{ActivationRequest, activate_host};
-pub use rollback::{RollbackMode, RollbackOutcome, rollback};
+pub use reactivate::{RollbackMode, RollbackOutcome, reactivate};
 pub use settings::{HostPaths, HostSettings, Os, RunId};
+pub use take_back::take_back;

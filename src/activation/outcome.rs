@@ -8,16 +8,21 @@ use super::dry_activate::DryActivateOutcome;
 use super::health::HealthReport;
 use super::known_good::KnownGoodMark;
 use super::privilege::SudoCheck;
+use super::reactivate::RollbackError;
 use super::realise::RealiseOutcome;
 use super::reboot::RebootOutcome;
-use super::rollback::RollbackError;
 use crate::gates::{Gate, Goal};
 use crate::nix::StorePath;
 
-/// Why a gate failed.
+/// Why a gate failed. Adjacently tagged (`{"kind": ..., "detail": ...}`):
+/// several variants wrap enums that carry a `kind` of their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum FailureReason {
+    /// The closure did not reach the host (the copy gate).
+    Copy {
+        error: String,
+    },
     /// `sudo -n true` did not work.
     Sudo(SudoCheck),
     /// `nix-store --realise` failed (not a signature problem).
@@ -56,6 +61,9 @@ pub enum HostOutcome {
     AlreadyCurrent { mark: Option<KnownGoodMark> },
     /// The change needs a reboot: it is the boot default now, not running.
     DeferredPendingReboot { reason: RebootReason },
+    /// Proven live (every live gate passed), but the boot entry could not be
+    /// written: it runs the candidate and boots the system it had before.
+    NotPersisted { reason: SwitchFailure },
     /// A gate failed after the host changed; the rollback verified.
     RolledBack {
         gate: Gate,

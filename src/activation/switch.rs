@@ -80,6 +80,24 @@ impl SwitchJob {
         }
     }
 
+    /// The same job under the fresh unit name of a later `attempt` (a
+    /// retry after the host refused to start the unit).
+    pub fn renamed(&self, attempt: u32) -> SwitchJob {
+        let base = self
+            .unit
+            .rsplit_once("-try")
+            .map_or(self.unit.as_str(), |(b, _)| b);
+        let unit = format!("{base}-try{attempt}");
+        let dir = &self.job_dir;
+        SwitchJob {
+            status_file: format!("{dir}/{unit}.status"),
+            log_file: format!("{dir}/{unit}.log"),
+            pid_file: format!("{dir}/{unit}.pid"),
+            unit,
+            ..self.clone()
+        }
+    }
+
     /// The program the job runs, with its arguments.
     pub fn program(&self) -> Vec<String> {
         match self.os {

@@ -85,7 +85,11 @@ fn unit_alive(active_state: &str) -> bool {
     )
 }
 
-/// Parse one poll's output.
+/// Parse one poll's output. The job's own status file decides first: a
+/// poll whose `systemctl show` failed (D-Bus busy, no `systemctl` on the
+/// path) still ends the wait when the status says `exited N`; without it,
+/// a job whose unit state cannot be read counts as still running (the
+/// activation budget bounds the wait). That is not a lost connection.
 pub fn parse_poll(stdout: &str) -> anyhow::Result<PollSnapshot> {
     let kv: BTreeMap<&str, &str> = stdout
         .lines()
@@ -101,7 +105,7 @@ pub fn parse_poll(stdout: &str) -> anyhow::Result<PollSnapshot> {
     let started = *status != "absent";
     let get = |k: &str| kv.get(k).map(|v| v.to_string()).unwrap_or_default();
     let (alive, unit) = if let Some(alive) = kv.get("NixgateAlive") {
-        (*alive == "yes", None)
+        (Some(*alive == "yes"), None)
     } else {
         let unit = UnitState {
             load_state: get("LoadState"),
@@ -111,16 +115,20 @@ pub fn parse_poll(stdout: &str) -> anyhow::Result<PollSnapshot> {
             exec_main_code: get("ExecMainCode"),
             exec_main_status: get("ExecMainStatus"),
         };
-        anyhow::ensure!(
-            !unit.active_state.is_empty(),
-            "poll answer has no unit state (systemctl failed?): {stdout:?}"
-        );
-        (unit_alive(&unit.active_state), Some(unit))
+        if unit.active_state.is_empty() {
+            (None, None)
+        } else {
+            (Some(unit_alive(&unit.active_state)), Some(unit))
+        }
     };
     let job = match (exited, alive) {
         (Some(code), _) => JobState::Exited { code },
-        (None, true) => JobState::Running,
-        (None, false) => JobState::Gone { started },
+        (None, Some(true)) => JobState::Running,
+        (None, Some(false)) => JobState::Gone { started },
+        // The unit state is unknown and the job has not said it exited:
+        // keep waiting (a job that never started is found by its status).
+        (None, None) if started => JobState::Running,
+        (None, None) => JobState::Gone { started },
     };
     let current = kv
         .get("NixgateCurrent")
@@ -220,10 +228,16 @@ fn classify(
 /// The first poll's wait: many switches take well under a second.
 pub const FIRST_POLL: Duration = Duration::from_millis(100);
 
+/// The longest one poll command may take before it counts as lost (a
+/// connection that hangs without dropping).
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Step 5: poll `job` until it has finished, then judge it against
 /// `expected` (what `/run/current-system` must be now) and `previous` (what
 /// it was before the switch). The first poll comes after [`FIRST_POLL`], each
-/// wait then doubles up to `interval`. Gives up with `Timeout` after `timeout`.
+/// wait then doubles up to `interval`; no wait goes past `deadline` (the
+/// activation budget, counted from firing), and at the deadline the outcome
+/// is `Timeout`: the wait ends within the budget plus one poll.
 #[allow(clippy::too_many_arguments)]
 pub async fn verify_poll<R: Remote>(
     remote: &R,
@@ -232,7 +246,7 @@ pub async fn verify_poll<R: Remote>(
     expected: &StorePath,
     previous: &StorePath,
     interval: Duration,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
     on_event: &(dyn Fn(PollEvent) + Send + Sync),
 ) -> VerifyOutcome {
     let start = tokio::time::Instant::now();
@@ -241,9 +255,14 @@ pub async fn verify_poll<R: Remote>(
     let mut last: Option<PollSnapshot> = None;
     let mut wait = FIRST_POLL.min(interval);
     loop {
-        tokio::time::sleep(wait).await;
+        let now = tokio::time::Instant::now();
+        tokio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
         let elapsed = start.elapsed();
-        match poll_once(remote, job, current_system).await {
+        let limit = POLL_TIMEOUT.min(interval.max(FIRST_POLL) * 4);
+        let polled = tokio::time::timeout(limit, poll_once(remote, job, current_system))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer to a poll within {limit:?}")));
+        match polled {
             Err(error) => {
                 let retry_in = backoff(lost);
                 lost += 1;
@@ -277,10 +296,9 @@ pub async fn verify_poll<R: Remote>(
                 }
             }
         }
-        let elapsed = start.elapsed();
-        if elapsed >= timeout {
+        if tokio::time::Instant::now() >= deadline {
             return VerifyOutcome::Timeout {
-                elapsed,
+                elapsed: start.elapsed(),
                 seen: last.as_ref().and_then(|s| s.current.clone()),
                 last: last.map(|s| s.job),
             };

@@ -9,9 +9,10 @@ use crate::inventory::Selector;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  everything selected ended well
-  1  at least one host failed or was rolled back
+  1  at least one host failed, was refused, rolled back or not started
   2  usage or inventory error
-  3  another nixgate run holds the lock";
+  3  another nixgate run holds the lock
+  4  declined at the prompt (or Ctrl-C there): nothing changed";
 
 /// Deploy NixOS systems to a fleet over SSH, gate by gate.
 ///
@@ -144,6 +145,11 @@ pub enum Command {
         /// Reboot hosts whose change needs it (systemd, dbus or kernel) and verify them.
         #[arg(long)]
         reboot: bool,
+        /// Let a change deferred to the next boot (systemd, dbus or kernel;
+        /// without --reboot) pass its wave. By default it counts as a
+        /// failure: it was never proven live, so it stops later waves.
+        #[arg(long)]
+        allow_pending_reboot: bool,
         /// Redeploy the exact closure a release tag recorded (a tag, or `release/<host>`), through every gate.
         #[arg(long, value_name = "TAG")]
         release: Option<String>,

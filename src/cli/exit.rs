@@ -13,6 +13,8 @@ pub enum Outcome {
     Usage = 2,
     /// Another nixgate run holds the lock.
     Locked = 3,
+    /// Declined at the prompt (or Ctrl-C there): nothing changed.
+    Declined = 4,
 }
 
 impl From<Outcome> for ExitCode {

@@ -4,20 +4,22 @@
 
 pub mod args;
 mod check;
+mod confirm;
 pub mod exit;
 mod hosts;
 mod push;
 mod release;
 mod rollback;
-mod session;
+mod run_session;
 mod status;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
 use crate::inventory::{Inventory, InventoryError, Selection};
-use crate::report::json_line;
+use crate::report::{self, CommandName, Ending, Event, EventSink, json_line};
 pub use args::{Cli, Command, Global, SelectorArgs};
 pub use exit::{Fatal, Outcome};
 
@@ -32,6 +34,8 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.global);
+    let json = cli.global.json;
+    let command = command_name(&cli.command);
     match run(cli) {
         Ok(outcome) => outcome.into(),
         Err(e) => {
@@ -39,9 +43,67 @@ pub fn main() -> ExitCode {
                 .downcast_ref::<Fatal>()
                 .map_or(Outcome::HostsFailed, |f| f.outcome);
             eprintln!("nixgate: {e:#}");
+            if json && let Some(command) = command {
+                // The --json stream ends with a summary, whatever ended it.
+                json_line(&Event::Summary {
+                    command,
+                    run_id: None,
+                    ending: Ending::Invalid,
+                    exit_code: outcome as u8,
+                    ok: 0,
+                    failed: 0,
+                    hosts: Vec::new(),
+                });
+            }
             outcome.into()
         }
     }
+}
+
+fn command_name(c: &Command) -> Option<CommandName> {
+    Some(match c {
+        Command::Check { .. } => CommandName::Check,
+        Command::Hosts { .. } => CommandName::Hosts,
+        Command::Build { .. } => CommandName::Build,
+        Command::Plan { .. } => CommandName::Plan,
+        Command::Push { .. } => CommandName::Push,
+        Command::Rollback { .. } => CommandName::Rollback,
+        Command::Status { .. } => CommandName::Status,
+        Command::Release(_) => CommandName::Release,
+        Command::Completions { .. } => return None,
+    })
+}
+
+/// Run a command that reports events and ends with a summary: `f` gets the
+/// sink and returns how many machines ended well and not.
+fn reporting<F, Fut>(g: &Global, command: CommandName, f: F) -> anyhow::Result<Outcome>
+where
+    F: FnOnce(EventSink) -> Fut,
+    Fut: Future<Output = anyhow::Result<(usize, usize)>>,
+{
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let (sink, reporter) = report::spawn(report::choose(g, command), None);
+        let counted = f(sink.clone()).await;
+        let outcome = match &counted {
+            Ok((_, 0)) => Outcome::Success,
+            Ok(_) => Outcome::HostsFailed,
+            Err(_) => Outcome::Usage,
+        };
+        if let Ok((ok, failed)) = counted {
+            sink.emit(Event::Summary {
+                command,
+                run_id: None,
+                ending: Ending::Completed,
+                exit_code: outcome as u8,
+                ok,
+                failed,
+                hosts: Vec::new(),
+            });
+        }
+        drop(sink);
+        let _ = reporter.await;
+        counted.map(|_| outcome)
+    })
 }
 
 fn init_tracing(g: &Global) {
@@ -77,8 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Hosts { select } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
-            hosts::print(&g, &inv, &sel);
-            Ok(Outcome::Success)
+            hosts::print(&g, &inv, &sel)
         }
         Command::Build {
             allow_dirty,
@@ -86,7 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
-            tokio::runtime::Runtime::new()?.block_on(push::build_only(&g, inv, sel, allow_dirty))
+            tokio::runtime::Runtime::new()?.block_on(push::build(&g, inv, sel, allow_dirty))
         }
         Command::Plan {
             allow_dirty,
@@ -101,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             goal,
             allow_dirty,
             reboot,
+            allow_pending_reboot,
             release,
             force_release,
             expect,
@@ -112,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 goal,
                 allow_dirty,
                 reboot,
+                allow_pending_reboot,
                 release,
                 force_release,
                 expect,
@@ -153,15 +216,8 @@ pub fn load_inventory(g: &Global) -> anyhow::Result<Inventory> {
         Ok(inv) => Ok(inv),
         Err(InventoryError::Invalid(d)) => {
             if g.json {
-                for (item, pos) in d.items.iter().zip(d.positions()) {
-                    json_line(&serde_json::json!({
-                        "event": "inventory_error",
-                        "file": d.path,
-                        "line": pos.map(|p| p.0),
-                        "column": pos.map(|p| p.1),
-                        "message": item.message,
-                        "help": item.help,
-                    }));
+                for p in crate::inspect::inventory_problems(&d) {
+                    json_line(&Event::InventoryError(p));
                 }
             }
             Err(Fatal::usage(format!("the inventory is invalid:\n\n{d}")))

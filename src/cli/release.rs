@@ -3,9 +3,9 @@
 
 use crate::inventory::{Inventory, Selection};
 use crate::release;
-use crate::report::{Table, json_line};
+use crate::report::{CommandName, Event};
 
-use super::{Fatal, Global, Outcome};
+use super::{Fatal, Global, Outcome, reporting};
 
 pub fn list(
     g: &Global,
@@ -15,34 +15,20 @@ pub fn list(
 ) -> anyhow::Result<Outcome> {
     let targets: Vec<String> = sel.hosts().map(str::to_owned).collect();
     let infos = release::list(&inv.builder.source, selected.then_some(targets.as_slice()))?;
-    if g.json {
-        for i in &infos {
-            json_line(&serde_json::json!({"event": "release", "release": i}));
+    reporting(g, CommandName::Release, |sink| async move {
+        let n = infos.len();
+        for release in infos {
+            sink.emit(Event::Release { release });
         }
-        return Ok(Outcome::Success);
-    }
-    let mut t = Table::new(&["TAG", "HOST", "TIME", "COMMIT", "CLOSURE", "RUN"]);
-    for i in &infos {
-        t.row(vec![
-            i.tag.clone(),
-            i.target.clone(),
-            i.time.clone(),
-            i.commit.get(..12).unwrap_or(&i.commit).to_owned(),
-            i.closure.name().to_owned(),
-            i.run_id.clone(),
-        ]);
-    }
-    print!("{t}");
-    Ok(Outcome::Success)
+        Ok((n, 0))
+    })
 }
 
 pub fn show(g: &Global, inv: &Inventory, tag: &str) -> anyhow::Result<Outcome> {
     let detail =
         release::resolve(&inv.builder.source, tag).map_err(|e| Fatal::usage(format!("{e:#}")))?;
-    if g.json {
-        json_line(&serde_json::json!({"event": "release", "release": detail}));
-    } else {
-        println!("{}", detail.message.trim_end());
-    }
-    Ok(Outcome::Success)
+    reporting(g, CommandName::Release, |sink| async move {
+        sink.emit(Event::ReleaseDetail { release: detail });
+        Ok((1, 0))
+    })
 }

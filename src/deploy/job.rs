@@ -1,6 +1,7 @@
 //! The per-host pipeline the runner schedules: stage (make sure the closure
-//! is on the host), then lock the host and take it through the activation
-//! gates, reporting typed events on the way.
+//! is on the host), then take the host through the activation gates,
+//! reporting typed events on the way. The host's lock was taken by the plan
+//! and is held for the whole run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,23 +10,20 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::known_good::GateRecord;
-use crate::activation::{ActivationRequest, HostSettings, RunId, activate_host};
-use crate::fleet::Sessions;
+use crate::activation::{
+    ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
+    activate_host, take_back,
+};
+use crate::fleet::Fleet;
 use crate::gates::{Gate, Goal};
 use crate::inventory::{Host, Inventory};
 use crate::nix::StorePath;
-use crate::report::{Detail, Event, EventSink, HostSummary, OutcomeKind};
+use crate::nix::copy::CopyOutcome;
+use crate::plan::{Candidate, Plan, Verdict};
+use crate::report::{Event, EventSink};
 use crate::runner::{HostJob, Interrupted};
 
-use super::outcome;
-
-/// What one host is deployed to.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub closure: StorePath,
-    /// Evidence of the controller-side gates (build, diff, copy).
-    pub earlier_gates: Vec<GateRecord>,
-}
+use super::{HostEnd, HostSummary, RunContext};
 
 /// Staging: how the closure reaches the host before activation.
 pub trait Stager: Send + Sync + 'static {
@@ -34,29 +32,46 @@ pub trait Stager: Send + Sync + 'static {
         &self,
         host: Arc<str>,
         closure: StorePath,
-    ) -> impl std::future::Future<Output = anyhow::Result<serde_json::Value>> + Send;
+    ) -> impl std::future::Future<Output = anyhow::Result<CopyOutcome>> + Send;
 }
 
 /// Nothing to stage: the closure must already be on the host (rollbacks).
 pub struct AlreadyThere;
 
 impl Stager for AlreadyThere {
-    async fn stage(&self, _: Arc<str>, _: StorePath) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::json!({"copied": false, "why": "already on the host"}))
+    async fn stage(&self, _: Arc<str>, _: StorePath) -> anyhow::Result<CopyOutcome> {
+        Ok(CopyOutcome::AlreadyPresent)
     }
 }
 
-pub struct DeployJob<S: Stager> {
-    pub inventory: Arc<Inventory>,
-    pub sessions: Arc<Sessions>,
-    pub goal: Goal,
-    pub run_id: RunId,
-    pub commit: Option<String>,
-    pub candidates: HashMap<String, Candidate>,
-    pub stager: S,
-    pub sink: EventSink,
-    pub cancel: CancellationToken,
-    pub allow_reboot: bool,
+/// Why a host's staging did not deliver the closure.
+#[derive(Debug)]
+pub enum StageError {
+    /// The first Ctrl-C came before the copy finished.
+    Cancelled,
+    Failed(String),
+}
+
+/// A ready host: its candidate, and what it ran when planned.
+struct Ready {
+    candidate: Candidate,
+    running: Option<StorePath>,
+}
+
+pub struct DeployJob<F: Fleet, S: Stager> {
+    inventory: Arc<Inventory>,
+    fleet: Arc<F>,
+    goal: Goal,
+    run_id: RunId,
+    commit: Option<String>,
+    ready: HashMap<String, Ready>,
+    /// Hosts the plan refused, with their ends.
+    refused: HashMap<String, HostSummary>,
+    stager: S,
+    sink: EventSink,
+    stop: CancellationToken,
+    allow_reboot: bool,
+    allow_pending_reboot: bool,
 }
 
 /// The activation settings of an inventory host.
@@ -81,208 +96,211 @@ pub fn settings_for(h: &Host, allow_reboot: bool) -> HostSettings {
     s
 }
 
-impl<S: Stager> DeployJob<S> {
-    fn wave_of(&self, host: &str) -> String {
-        self.inventory.wave_name(host)
+impl<F: Fleet, S: Stager> DeployJob<F, S> {
+    pub fn new(ctx: &RunContext<F>, plan: &Plan, stager: S) -> Self {
+        let mut job = DeployJob {
+            inventory: ctx.inventory.clone(),
+            fleet: ctx.fleet.clone(),
+            goal: plan.goal,
+            run_id: ctx.run_id.clone(),
+            commit: plan.source.as_ref().map(|s| s.commit.clone()),
+            ready: HashMap::new(),
+            refused: HashMap::new(),
+            stager,
+            sink: ctx.sink.clone(),
+            stop: ctx.stop.clone(),
+            allow_reboot: ctx.allow_reboot,
+            allow_pending_reboot: ctx.allow_pending_reboot,
+        };
+        for h in plan.hosts() {
+            match &h.verdict {
+                Verdict::Ready { candidate, running } => {
+                    let ready = Ready {
+                        candidate: candidate.clone(),
+                        running: running.clone(),
+                    };
+                    job.ready.insert(h.host.clone(), ready);
+                }
+                Verdict::Refused { refusal } => {
+                    let end = HostEnd::Refused {
+                        refusal: refusal.clone(),
+                    };
+                    let s = job.summary(&h.host, end);
+                    job.refused.insert(h.host.clone(), s);
+                }
+                Verdict::Interrupted { .. } => {}
+            }
+        }
+        job
     }
 
-    fn done(
-        &self,
-        host: &str,
-        started: Instant,
-        kind: OutcomeKind,
-        closure: Option<StorePath>,
-        reason: Option<String>,
-        detail: Detail,
-    ) -> HostSummary {
+    /// A host's summary with this end (no time spent).
+    pub fn summary(&self, host: &str, end: HostEnd) -> HostSummary {
         HostSummary {
             host: host.to_owned(),
-            wave: self.wave_of(host),
-            outcome: kind,
-            closure,
-            reason,
-            detail,
-            seconds: started.elapsed().as_secs_f64(),
+            wave: self.inventory.wave_name(host),
+            closure: self.ready.get(host).map(|r| r.candidate.closure.clone()),
+            end,
+            seconds: 0.0,
         }
     }
 
-    fn failed_before(
-        &self,
-        host: &str,
-        started: Instant,
-        gate: Gate,
-        reason: String,
-    ) -> HostSummary {
+    fn fail_at_copy(&self, host: &str, error: String) -> HostOutcome {
+        let reason = FailureReason::Copy { error };
         self.sink.emit(Event::GateFailed {
             host: host.to_owned(),
-            gate,
+            gate: Gate::Copy,
             reason: reason.clone(),
         });
-        let closure = self.candidates.get(host).map(|c| c.closure.clone());
-        self.done(
-            host,
-            started,
-            OutcomeKind::Failed,
-            closure,
-            Some(format!("{gate}: {reason} (nothing changed)")),
-            serde_json::json!({"kind": "failed", "gate": gate, "reason": reason}).into(),
-        )
+        HostOutcome::Failed {
+            gate: Gate::Copy,
+            reason,
+        }
     }
 
-    async fn activate(&self, host: &str, staged: anyhow::Result<serde_json::Value>) -> HostSummary {
-        let started = Instant::now();
-        let Some(cand) = self.candidates.get(host) else {
-            return self.failed_before(
-                host,
-                started,
-                Gate::Build,
-                "no candidate closure for this host".into(),
-            );
+    async fn activate(&self, host: &str, staged: Result<CopyOutcome, StageError>) -> HostOutcome {
+        let Some(ready) = self.ready.get(host) else {
+            return self.fail_at_copy(host, "no candidate closure for this host".into());
         };
-        let staged = match staged {
-            Ok(detail) => detail,
-            Err(e) => return self.failed_before(host, started, Gate::Copy, format!("{e:#}")),
+        let copied = match staged {
+            Ok(c) => c,
+            Err(StageError::Cancelled) => return HostOutcome::Cancelled { before: Gate::Copy },
+            Err(StageError::Failed(e)) => return self.fail_at_copy(host, e),
         };
         let Some(inv_host) = self.inventory.host(host) else {
-            return self.failed_before(host, started, Gate::Copy, "not in the inventory".into());
+            return self.fail_at_copy(host, "not in the inventory".into());
         };
-        let session = match self.sessions.get(host).await {
+        let remote = match self.fleet.host(host).await {
             Ok(s) => s,
-            Err(e) => return self.failed_before(host, started, Gate::Copy, e.to_string()),
+            Err(e) => return self.fail_at_copy(host, e.to_string()),
         };
-        let settings = settings_for(inv_host, self.allow_reboot);
-        let lock_path = format!("{}/host.lock", settings.paths.job_dir);
-        let holder = format!(
-            "run {} pid {} on {}",
-            self.run_id,
-            std::process::id(),
-            controller_name()
-        );
-        let _lock = match super::hostlock::acquire(
-            &session,
-            inv_host.os,
-            &lock_path,
-            &holder,
-            inv_host.sudo,
-        )
-        .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                return self.failed_before(
-                    host,
-                    started,
-                    Gate::DryActivate.min(first_host_gate(self.goal)),
-                    e.to_string(),
-                );
-            }
-        };
-        let mut earlier = cand.earlier_gates.clone();
-        earlier.push(GateRecord::new(Gate::Copy, &staged));
+        let mut earlier = ready.candidate.earlier_gates.clone();
+        earlier.push(GateRecord::new(Gate::Copy, &copied));
         let req = ActivationRequest {
-            settings,
-            candidate: cand.closure.clone(),
+            settings: settings_for(inv_host, self.allow_reboot),
+            candidate: ready.candidate.closure.clone(),
             goal: self.goal,
             run_id: self.run_id.clone(),
             commit: self.commit.clone(),
             earlier_gates: earlier,
+            known_good_generation: ready.candidate.generation,
         };
-        let sink = self.sink.clone();
-        let name = host.to_owned();
-        let emit = move |ev| {
-            sink.emit(Event::Activation {
-                host: name.clone(),
-                activation: ev,
-            })
+        let emit = forward(&self.sink, host);
+        activate_host(&remote, &req, &self.stop, &emit).await
+    }
+
+    /// After its wave's soak: a host whose health checks fail now is taken
+    /// back to the known-good before this run's, and its mark revoked.
+    async fn take_back_unhealthy(&self, host: &str, done: HostSummary) -> HostSummary {
+        let (Some(inv_host), Ok(remote)) = (self.inventory.host(host), self.fleet.host(host).await)
+        else {
+            return done;
         };
-        let out = activate_host(&session, &req, &self.cancel, &emit).await;
-        self.done(
-            host,
-            started,
-            outcome::kind(&out),
-            Some(cand.closure.clone()),
-            outcome::reason(&out),
-            Detail::Outcome(Arc::new(out)),
+        let settings = settings_for(inv_host, false);
+        let reports = crate::activation::health::run_health_checks(
+            &remote,
+            &settings.health_checks,
+            inv_host.os,
         )
+        .await;
+        if reports.iter().all(|r| r.passed()) {
+            return done;
+        }
+        let mark = match done.end.outcome() {
+            Some(HostOutcome::KnownGood { mark }) => Some(mark.generation),
+            Some(HostOutcome::AlreadyCurrent { mark }) => mark.as_ref().map(|m| m.generation),
+            _ => None,
+        };
+        let Some(ready) = self.ready.get(host) else {
+            return done;
+        };
+        let before = ready.running.as_ref().unwrap_or(&ready.candidate.closure);
+        let emit = forward(&self.sink, host);
+        let (revoked, rollback) = if mark.is_none() && *before == ready.candidate.closure {
+            (None, crate::activation::take_back::nowhere(before))
+        } else {
+            take_back(&remote, &settings, &self.run_id, mark, before, &emit).await
+        };
+        HostSummary {
+            end: HostEnd::SoakFailed {
+                checks: reports,
+                revoked,
+                rollback,
+            },
+            ..done
+        }
     }
 }
 
-fn first_host_gate(goal: Goal) -> Gate {
-    goal.host_gates().first().copied().unwrap_or(Gate::Copy)
+/// Where a host's activation events go: gate events as the run's own (one
+/// shape for every gate), the rest as activation events of the host.
+fn forward(sink: &EventSink, host: &str) -> impl Fn(ActivationEvent) + Send + Sync + use<> {
+    let (sink, host) = (sink.clone(), host.to_owned());
+    move |ev| sink.emit(Event::from_activation(&host, ev))
 }
 
-fn controller_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "controller".into())
-}
-
-impl<S: Stager> HostJob for DeployJob<S> {
-    type Staged = anyhow::Result<serde_json::Value>;
+impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
+    type Staged = Result<CopyOutcome, StageError>;
     type Done = HostSummary;
 
-    async fn stage(self: Arc<Self>, host: Arc<str>) -> anyhow::Result<serde_json::Value> {
-        let Some(c) = self.candidates.get(&*host) else {
-            anyhow::bail!("no candidate closure for {host}");
+    async fn stage(self: Arc<Self>, host: Arc<str>) -> Self::Staged {
+        let Some(ready) = self.ready.get(&*host) else {
+            return Err(StageError::Failed(format!(
+                "no candidate closure for {host}"
+            )));
         };
+        if self.stop.is_cancelled() {
+            return Err(StageError::Cancelled);
+        }
         self.sink.emit(Event::GateStarted {
             host: host.to_string(),
             gate: Gate::Copy,
         });
-        let r = self.stager.stage(host.clone(), c.closure.clone()).await;
-        if let Ok(detail) = &r {
+        let copy = self
+            .stager
+            .stage(host.clone(), ready.candidate.closure.clone());
+        let r = tokio::select! {
+            r = copy => r.map_err(|e| StageError::Failed(format!("{e:#}"))),
+            // Dropping the copy closes its streams: the host keeps only the
+            // paths it acknowledged whole.
+            _ = self.stop.cancelled() => Err(StageError::Cancelled),
+        };
+        if let Ok(copied) = &r {
             self.sink.emit(Event::GatePassed {
                 host: host.to_string(),
                 gate: Gate::Copy,
-                detail: Some(detail.clone()),
+                evidence: crate::activation::GateEvidence::Copy(copied.clone()),
             });
         }
         r
     }
 
     async fn run(self: Arc<Self>, host: Arc<str>, staged: Self::Staged) -> HostSummary {
-        let done = self.activate(&host, staged).await;
-        self.sink.emit(Event::HostFinished(done.clone()));
-        done
+        let started = Instant::now();
+        let outcome = self.activate(&host, staged).await;
+        HostSummary {
+            seconds: started.elapsed().as_secs_f64(),
+            ..self.summary(&host, HostEnd::activation(outcome))
+        }
     }
 
     fn interrupted(&self, host: &str, why: Interrupted) -> HostSummary {
-        let kind = match why {
-            Interrupted::Aborted => OutcomeKind::Aborted,
-            Interrupted::StageLost | Interrupted::Panicked => OutcomeKind::Failed,
-        };
-        let reason = match why {
-            Interrupted::Aborted => {
-                "aborted by a second Ctrl-C; a detached switch may still finish: check `nixgate status`"
-            }
-            Interrupted::StageLost => "copy task ended without a result",
-            Interrupted::Panicked => "nixgate bug: the host's task panicked",
-        };
-        let done = self.done(
-            host,
-            Instant::now(),
-            kind,
-            self.candidates.get(host).map(|c| c.closure.clone()),
-            Some(reason.into()),
-            serde_json::json!({"kind": "interrupted", "why": why}).into(),
-        );
-        self.sink.emit(Event::HostFinished(done.clone()));
-        done
+        self.summary(host, HostEnd::Interrupted { why })
     }
 
     fn is_failure(&self, d: &HostSummary) -> bool {
-        d.outcome.is_failure()
+        d.end.counts_against_wave(self.allow_pending_reboot)
     }
 
-    async fn recheck(self: Arc<Self>, host: Arc<str>) -> bool {
-        let (Some(h), Ok(session)) = (self.inventory.host(&host), self.sessions.get(&host).await)
-        else {
-            return false;
-        };
-        let settings = settings_for(h, false);
-        let reports =
-            crate::activation::health::run_health_checks(&session, &settings.health_checks, h.os)
-                .await;
-        reports.iter().all(|r| r.passed())
+    fn planned_end(&self, host: &str) -> Option<HostSummary> {
+        self.refused.get(host).cloned()
+    }
+
+    async fn recheck(self: Arc<Self>, host: Arc<str>, done: HostSummary) -> HostSummary {
+        self.take_back_unhealthy(&host, done).await
+    }
+
+    fn ended(&self, _host: &str, done: &HostSummary) {
+        self.sink.emit(Event::HostFinished(done.clone()));
     }
 }

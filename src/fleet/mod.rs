@@ -3,14 +3,25 @@
 //! machine, opened on first use and shared by every step of the run. At most
 //! [`MAX_CONNECTING`] sessions are being opened at once, so a run over
 //! hundreds of hosts does not time its own handshakes out.
+//!
+//! The deploy is written against the [`Fleet`] trait (a thing that hands out
+//! a [`Remote`] per machine), not against SSH: [`Sessions`] is the real one,
+//! and tests drive the plan, the waves and the per-host pipeline with fake
+//! hosts through the same trait. Machines are named by [`Machine`], so a host
+//! that happens to be called `builder` is still a host.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
 use crate::inventory::{Connection, Inventory};
+use crate::remote::Remote;
 use crate::ssh::{ConnectError, HostKeyPolicy, SshConfig, SshSession, SshTarget};
+
+#[cfg(test)]
+pub(crate) mod fake;
 
 /// The name the builder goes by in messages and events.
 pub const BUILDER: &str = "builder";
@@ -19,6 +30,57 @@ pub const BUILDER: &str = "builder";
 /// a host's own handshake, not while it waits for its turn: 500 hosts at
 /// once on a busy controller timed half of them out (seen here).
 pub const MAX_CONNECTING: usize = 32;
+
+/// A machine of the run: the builder, or an inventory host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Machine<'a> {
+    Builder,
+    Host(&'a str),
+}
+
+impl std::fmt::Display for Machine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Machine::Builder => f.write_str(BUILDER),
+            Machine::Host(h) => f.write_str(h),
+        }
+    }
+}
+
+/// Where a host is reached over SSH, for a copy the builder makes itself
+/// (`nix-copy-closure --to user@host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the deploy needs of the machines it works on: a [`Remote`] for each.
+pub trait Fleet: Send + Sync + 'static {
+    type Remote: Remote + Clone + Send + Sync + 'static;
+
+    /// The session to `machine`, connecting on first use. A failed connect is
+    /// not cached: the next call tries again.
+    fn connect(
+        &self,
+        machine: Machine<'_>,
+    ) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send;
+
+    /// How the builder reaches `host` over SSH (copy mode `builder`).
+    fn destination(&self, host: &str) -> Option<Destination>;
+
+    /// Close every open session (explicit shutdown at the end of a run).
+    fn close_all(&self) -> impl Future<Output = ()> + Send;
+
+    fn host(&self, name: &str) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send {
+        self.connect(Machine::Host(name))
+    }
+
+    fn builder(&self) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send {
+        self.connect(Machine::Builder)
+    }
+}
 
 /// Turn an inventory connection into an SSH target.
 pub fn target_for(name: &str, c: &Connection, policy: HostKeyPolicy, cfg: &SshConfig) -> SshTarget {
@@ -37,10 +99,25 @@ pub fn target_for(name: &str, c: &Connection, policy: HostKeyPolicy, cfg: &SshCo
     t
 }
 
-/// Sessions to the builder and hosts of one run.
+/// One machine's target and its session, once open.
+struct Slot {
+    target: SshTarget,
+    open: OnceCell<SshSession>,
+}
+
+impl Slot {
+    fn new(target: SshTarget) -> Slot {
+        Slot {
+            target,
+            open: OnceCell::new(),
+        }
+    }
+}
+
+/// SSH sessions to the builder and hosts of one run: the real [`Fleet`].
 pub struct Sessions {
-    targets: HashMap<String, SshTarget>,
-    open: HashMap<String, OnceCell<SshSession>>,
+    builder: Slot,
+    hosts: HashMap<String, Slot>,
     connecting: tokio::sync::Semaphore,
 }
 
@@ -51,55 +128,92 @@ impl Sessions {
             tracing::warn!("ignoring ~/.ssh/config: {e:#}");
             SshConfig::empty()
         });
-        let mut targets = HashMap::new();
-        targets.insert(
-            BUILDER.to_owned(),
-            target_for(BUILDER, &inv.builder.connection, policy, &cfg),
-        );
-        for h in &inv.hosts {
-            targets.insert(
-                h.name.clone(),
-                target_for(&h.name, &h.connection, policy, &cfg),
-            );
-        }
-        let open = targets
-            .keys()
-            .map(|k| (k.clone(), OnceCell::new()))
+        let hosts = inv
+            .hosts
+            .iter()
+            .map(|h| {
+                let t = target_for(&h.name, &h.connection, policy, &cfg);
+                (h.name.clone(), Slot::new(t))
+            })
             .collect();
         Arc::new(Sessions {
-            targets,
-            open,
+            builder: Slot::new(target_for(BUILDER, &inv.builder.connection, policy, &cfg)),
+            hosts,
             connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
         })
     }
 
-    pub fn target(&self, name: &str) -> Option<&SshTarget> {
-        self.targets.get(name)
+    fn slot(&self, m: Machine<'_>) -> Option<&Slot> {
+        match m {
+            Machine::Builder => Some(&self.builder),
+            Machine::Host(h) => self.hosts.get(h),
+        }
     }
 
-    /// The session to `name` (a host, or [`BUILDER`]), connecting on first use.
-    /// A failed connect is not cached: the next call tries again.
-    pub async fn get(&self, name: &str) -> Result<SshSession, SessionError> {
-        let (Some(cell), Some(target)) = (self.open.get(name), self.targets.get(name)) else {
-            return Err(SessionError::Unknown(name.to_owned()));
+    pub fn target(&self, m: Machine<'_>) -> Option<&SshTarget> {
+        self.slot(m).map(|s| &s.target)
+    }
+
+    /// The session to `m`, connecting on first use. A failed connect is not
+    /// cached: the next call tries again.
+    pub async fn get(&self, m: Machine<'_>) -> Result<SshSession, SessionError> {
+        let Some(slot) = self.slot(m) else {
+            return Err(SessionError::Unknown(m.to_string()));
         };
-        cell.get_or_try_init(|| async {
-            // The semaphore is never closed; without a permit, connect anyway.
-            let _turn = self.connecting.acquire().await.ok();
-            SshSession::connect(target.clone()).await
-        })
-        .await
-        .cloned()
-        .map_err(|e| SessionError::Connect(Arc::new(e)))
+        slot.open
+            .get_or_try_init(|| async {
+                // The semaphore is never closed; without a permit, connect anyway.
+                let _turn = self.connecting.acquire().await.ok();
+                SshSession::connect(slot.target.clone()).await
+            })
+            .await
+            .cloned()
+            .map_err(|e| SessionError::Connect(Arc::new(e)))
+    }
+}
+
+impl Fleet for Sessions {
+    type Remote = SshSession;
+
+    async fn connect(&self, machine: Machine<'_>) -> Result<SshSession, SessionError> {
+        self.get(machine).await
     }
 
-    /// Close every open session (explicit shutdown at the end of a run).
-    pub async fn close_all(&self) {
-        for cell in self.open.values() {
-            if let Some(s) = cell.get() {
+    fn destination(&self, host: &str) -> Option<Destination> {
+        let t = self.target(Machine::Host(host))?;
+        Some(Destination {
+            user: t.user().to_owned(),
+            host: t.host.clone(),
+            port: t.port(),
+        })
+    }
+
+    async fn close_all(&self) {
+        for slot in std::iter::once(&self.builder).chain(self.hosts.values()) {
+            if let Some(s) = slot.open.get() {
                 s.close().await;
             }
         }
+    }
+}
+
+/// A [`Fleet`] shared by the tasks of a run.
+impl<F: Fleet> Fleet for Arc<F> {
+    type Remote = F::Remote;
+
+    fn connect(
+        &self,
+        machine: Machine<'_>,
+    ) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send {
+        (**self).connect(machine)
+    }
+
+    fn destination(&self, host: &str) -> Option<Destination> {
+        (**self).destination(host)
+    }
+
+    fn close_all(&self) -> impl Future<Output = ()> + Send {
+        (**self).close_all()
     }
 }
 
@@ -151,7 +265,12 @@ mod tests {
         let sessions = Sessions::new(&inv, HostKeyPolicy::Strict);
         let all = futures_util::future::join_all((0..hosts).map(|i| {
             let s = sessions.clone();
-            async move { s.get(&format!("h{i}")).await.err().map(|e| e.to_string()) }
+            async move {
+                s.get(Machine::Host(&format!("h{i}")))
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+            }
         }))
         .await;
         let accepted = accepted.lock().unwrap().clone();

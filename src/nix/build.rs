@@ -1,11 +1,19 @@
 //! Evaluation and build on the builder: every selected host in one
 //! invocation (shared evaluation, parallel builds); when that fails, each
 //! host alone, so one host's failure fails that host only, with its log.
+//!
+//! A build can be cancelled: it runs under [`BUILD_WRAPPER`], which ends
+//! Nix (SIGTERM: Nix stops its builders, and a daemon stops a client's
+//! builds when the client goes) as soon as the command's stdin closes.
+//! The controller closes it on Ctrl-C; a controller that dies drops the SSH
+//! connection, which closes it too. Closing the channel alone is not
+//! enough: sshd does not signal the command, and Nix would build on.
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use super::StorePath;
 use super::buildlog::{BuildLog, Counts};
@@ -223,31 +231,71 @@ async fn finish<R: Remote>(
         .collect()
 }
 
+/// Runs `"$@"` (the build) with its stderr merged into stdout and its stdin
+/// empty; ends it with SIGTERM when the wrapper's own stdin closes. The
+/// watcher reads a copy of stdin kept on fd 3 (a background job's stdin is
+/// /dev/null); when the build ends first, the watcher is killed (its `cat`
+/// goes at the channel's close, holding no output).
+pub(crate) const BUILD_WRAPPER: &str = r#"exec 3<&0 </dev/null
+"$@" 2>&1 3<&- &
+build=$!
+{ cat <&3; kill -TERM "$build"; } >/dev/null 2>&1 &
+watch=$!
+exec 3<&-
+wait "$build"; code=$?
+kill "$watch" 2>/dev/null
+exit "$code""#;
+
+/// The error a cancelled build ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the build was cancelled (Ctrl-C); Nix on the builder was told to stop")]
+pub struct Cancelled;
+
+/// Was this error a cancelled build?
+pub fn was_cancelled(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Cancelled>().is_some())
+}
+
+/// How long a cancelled build may take to end before nixgate stops waiting
+/// (Nix ends promptly on SIGTERM; a builder that does not is left to it).
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The command running `cmd` under [`BUILD_WRAPPER`], with Nix's JSON log.
+pub fn logged_command(cmd: &Command) -> Command {
+    Command::script(BUILD_WRAPPER)
+        .args(cmd.argv().iter().cloned())
+        .args(["--log-format", "internal-json"])
+}
+
 /// Run a build command with Nix's JSON log merged into its output,
-/// reporting progress as it changes. The result's stdout holds the command's
-/// own output lines, its stderr the plain-text tail of the log.
+/// reporting progress as it changes; `stop` ends it. The result's stdout
+/// holds the command's own output lines, its stderr the plain-text tail of
+/// the log.
 async fn run_logged<R: Remote>(
     builder: &R,
     cmd: &Command,
     progress: &(dyn Fn(BuildProgress) + Send + Sync),
+    stop: &CancellationToken,
 ) -> anyhow::Result<Output> {
-    let wrapped = Command::new("sh")
-        .args(["-c", "exec \"$@\" 2>&1", "nixgate-build"])
-        .args(cmd.argv().iter().cloned())
-        .args(["--log-format", "internal-json"]);
-    let mut s = builder.exec_piped(&wrapped).await?;
-    // Nothing to send: EOF now so nothing waits on stdin.
-    let _ = s.stdin.shutdown().await;
+    let s = builder.exec_piped(&logged_command(cmd)).await?;
+    let mut stdin = Some(s.stdin);
     let mut reader = tokio::io::BufReader::new(s.stdout);
     let mut log = BuildLog::new(40);
     let mut stdout = Vec::new();
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .await
-            .context("reading the build's output")?;
+        let n = tokio::select! {
+            n = reader.read_until(b'\n', &mut buf) => n.context("reading the build's output")?,
+            _ = stop.cancelled(), if stdin.is_some() => {
+                // EOF on stdin: the wrapper ends the build.
+                if let Some(mut i) = stdin.take() {
+                    let _ = i.shutdown().await;
+                }
+                let _ = tokio::time::timeout(CANCEL_GRACE, s.finish).await;
+                return Err(Cancelled.into());
+            }
+        };
         if n == 0 {
             break;
         }
@@ -262,29 +310,32 @@ async fn run_logged<R: Remote>(
         }
     }
     let end = s.finish.await?;
+    drop(stdin);
+    if stop.is_cancelled() {
+        return Err(Cancelled.into());
+    }
     let mut stderr = log.text().into_bytes();
     stderr.extend_from_slice(&end.stderr);
     Ok(Output::new(end.exit, stdout, stderr))
 }
 
-/// Build every host of `req`; results in request order. `Err` only when the
-/// builder cannot be used at all.
+/// Build every host of `req`; results in request order. `Err` when the
+/// builder cannot be used at all, or `stop` cancelled the build
+/// ([`was_cancelled`]).
 pub async fn build_hosts<R: Remote>(
     builder: &R,
     req: &BuildRequest,
     progress: &(dyn Fn(BuildProgress) + Send + Sync),
+    stop: &CancellationToken,
 ) -> anyhow::Result<Vec<(String, HostBuild)>> {
     if req.hosts.is_empty() {
         return Ok(Vec::new());
     }
     let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
-    let out = run_logged(
-        builder,
-        &build_command(&req.dir, req.flake, &attrs),
-        progress,
-    )
-    .await
-    .context("running the build on the builder")?;
+    let cmd = build_command(&req.dir, req.flake, &attrs);
+    let out = run_logged(builder, &cmd, progress, stop)
+        .await
+        .context("running the build on the builder")?;
     if out.success() {
         let built = parse_success(req.flake, &out.stdout_str(), attrs.len())?;
         let results = finish(builder, built).await?;
@@ -296,11 +347,10 @@ pub async fn build_hosts<R: Remote>(
             .collect());
     }
     // Something failed: each host alone, concurrently, to attribute it.
+    let quiet = |_: BuildProgress| {};
     let singles = req.hosts.iter().map(|(host, attr)| async move {
-        let r = builder
-            .exec(&build_command(&req.dir, req.flake, &[attr.as_str()]))
-            .await;
-        let hb = match r {
+        let cmd = build_command(&req.dir, req.flake, &[attr.as_str()]);
+        let hb = match run_logged(builder, &cmd, &quiet, stop).await {
             Ok(out) if out.success() => match parse_success(req.flake, &out.stdout_str(), 1) {
                 Ok(built) => finish(builder, built).await.map(|mut v| v.remove(0)),
                 Err(e) => Err(e),

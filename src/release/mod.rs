@@ -17,7 +17,7 @@
 
 mod create;
 pub mod name;
-mod push;
+mod publish;
 mod query;
 pub mod record;
 mod worktree;
@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::nix::StorePath;
 
 pub use create::create;
-pub use push::{PushOutcome, push};
+pub use publish::{PushOutcome, push};
 pub use query::{list, resolve, show};
 pub use record::{Evidence, GateEvidence};
 pub use worktree::{WorktreeState, worktree_state};

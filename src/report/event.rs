@@ -1,124 +1,113 @@
-//! The typed events a run produces. They carry data, never pre-formatted
-//! text, so the JSON reporter is `serde_json` and the human reporters decide
-//! only how things look.
+//! The one event type every command reports: the `--json` stream is these,
+//! one per line, and the human reporters render the same values. Events
+//! carry data, never pre-formatted text: the JSON reporter is `serde_json`,
+//! and the human reporters decide only how things look. Every command's
+//! last event is [`Event::Summary`].
 
 use serde::Serialize;
 
+use crate::activation::{ActivationEvent, FailureReason, GateEvidence};
+use crate::deploy::releases::{NotPublished, NotReleased};
 use crate::gates::{Gate, Goal};
 use crate::nix::StorePath;
+use crate::plan::{PlanStage, PlannedWave};
 use crate::runner::RunnerEvent;
+use crate::runner::cancel::CancelLevel;
 
-/// How a host's part in a run ended, flattened for summaries and exit codes.
+pub use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
+pub use crate::inspect::{HostStatus, InventoryProblem, Probe, WaveCount};
+
+/// Which command a run or a summary belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeKind {
-    /// Every gate passed; the closure is the host's new known-good.
-    KnownGood,
-    /// The goal was reached (copy, dry-activate, test, boot, switch).
-    Reached,
-    /// The host already ran the candidate: verified and marked, not switched.
-    AlreadyCurrent,
-    /// The candidate needs a reboot (systemd, dbus or kernel changed): it is
-    /// the boot default, the old system still runs.
-    DeferredPendingReboot,
-    /// A gate failed after the switch; the host is back on its known-good.
-    RolledBack,
-    /// A gate failed and so did the rollback: the host needs a person.
-    RollbackFailed,
-    /// A gate failed before anything changed on the host.
-    Failed,
-    /// Never started (cancelled, or its wave or an earlier one failed).
-    NotStarted,
-    /// The controller aborted mid-host; a detached switch may still finish.
-    Aborted,
+#[serde(rename_all = "kebab-case")]
+pub enum CommandName {
+    Check,
+    Hosts,
+    Build,
+    Plan,
+    Push,
+    Rollback,
+    Status,
+    Release,
 }
 
-impl OutcomeKind {
-    /// Does this outcome count against a wave's failure budget?
-    pub fn is_failure(self) -> bool {
-        matches!(
-            self,
-            OutcomeKind::RolledBack
-                | OutcomeKind::RollbackFailed
-                | OutcomeKind::Failed
-                | OutcomeKind::Aborted
-        )
-    }
-
-    /// Does this outcome make the run exit 1? Failures, and hosts that never
-    /// started (a failed wave or a cancel): the run did not end well for them.
-    pub fn fails_run(self) -> bool {
-        self.is_failure() || self == OutcomeKind::NotStarted
-    }
-
+impl CommandName {
     pub fn as_str(self) -> &'static str {
         match self {
-            OutcomeKind::KnownGood => "known-good",
-            OutcomeKind::Reached => "reached",
-            OutcomeKind::AlreadyCurrent => "already-current",
-            OutcomeKind::DeferredPendingReboot => "pending-reboot",
-            OutcomeKind::RolledBack => "rolled-back",
-            OutcomeKind::RollbackFailed => "ROLLBACK-FAILED",
-            OutcomeKind::Failed => "failed",
-            OutcomeKind::NotStarted => "not-started",
-            OutcomeKind::Aborted => "aborted",
+            CommandName::Check => "check",
+            CommandName::Hosts => "hosts",
+            CommandName::Build => "build",
+            CommandName::Plan => "plan",
+            CommandName::Push => "push",
+            CommandName::Rollback => "rollback",
+            CommandName::Status => "status",
+            CommandName::Release => "release",
         }
     }
 }
 
-/// A host's full outcome in its summary: the activation's typed outcome,
-/// shared with every copy of the summary (events, the run report) and turned
-/// into JSON only when written; or, for a host that never got there, why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Detail {
-    Outcome(std::sync::Arc<crate::activation::HostOutcome>),
-    Other(serde_json::Value),
+/// How a command ended, as its summary says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ending {
+    /// It ran to its end.
+    Completed,
+    /// Declined at the prompt: nothing changed.
+    Declined,
+    /// Ctrl-C while planning: nothing changed.
+    CancelledBeforeRun,
+    /// The inventory (or the command line) was refused.
+    Invalid,
 }
 
-impl From<serde_json::Value> for Detail {
-    fn from(v: serde_json::Value) -> Self {
-        Detail::Other(v)
-    }
-}
-
-impl Detail {
-    /// The activation's outcome, if the host got that far.
-    pub fn outcome(&self) -> Option<&crate::activation::HostOutcome> {
-        match self {
-            Detail::Outcome(o) => Some(o),
-            Detail::Other(_) => None,
-        }
-    }
-}
-
-/// One host's line in the summary.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HostSummary {
-    pub host: String,
-    pub wave: String,
-    pub outcome: OutcomeKind,
-    pub closure: Option<StorePath>,
-    /// Why it ended that way, in a few words, when it did not end well.
-    pub reason: Option<String>,
-    /// The full typed outcome (the activation's `HostOutcome`, or why the
-    /// host never got there).
-    pub detail: Detail,
-    pub seconds: f64,
-}
-
-/// Everything a run reports, in order.
+/// Everything a command reports, in order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {
         run_id: String,
-        command: String,
+        command: CommandName,
         goal: Goal,
         commit: Option<String>,
         dirty: bool,
         hosts: Vec<String>,
         at: String,
+    },
+    /// Ctrl-C or SIGTERM reached this level.
+    CancelRequested {
+        level: CancelLevel,
+    },
+    /// One problem with the inventory file (the command ends with exit 2).
+    InventoryError(InventoryProblem),
+    /// `check`: the inventory is valid.
+    InventoryOk {
+        file: std::path::PathBuf,
+        hosts: usize,
+        selected: usize,
+        builder: String,
+        waves: Vec<WaveCount>,
+        warnings: Vec<String>,
+    },
+    /// `check`: what one machine answered.
+    Checked(Probe),
+    /// `hosts`: one selected host.
+    Host {
+        wave: String,
+        host: String,
+        address: String,
+        port: u16,
+        user: String,
+        tags: Vec<String>,
+    },
+    /// `status`: one host's state.
+    Status(HostStatus),
+    /// `release list`.
+    Release {
+        release: crate::release::ReleaseInfo,
+    },
+    /// `release show`.
+    ReleaseDetail {
+        release: crate::release::ReleaseDetail,
     },
     SourceShipped {
         commit: String,
@@ -134,6 +123,11 @@ pub enum Event {
         running: u64,
         failed: u64,
     },
+    /// The builder could not be used (connect, ship, run Nix): every host
+    /// of the build is refused.
+    BuilderFailed {
+        error: String,
+    },
     /// The builder is done: how many systems built and failed, in how long.
     BuildFinished {
         built: usize,
@@ -143,25 +137,32 @@ pub enum Event {
     HostBuilt {
         host: String,
         toplevel: StorePath,
-    },
-    GateStarted {
-        host: String,
-        gate: Gate,
+        drv: StorePath,
     },
     /// Gate 2's finding for a host: what changes, why, and any drift.
     Diff {
         host: String,
         diff: crate::diff::HostDiff,
     },
+    /// The plan: every selected host, in its wave, ready or refused.
+    PlanReady {
+        goal: Goal,
+        waves: Vec<PlannedWave>,
+        cancelled: Option<PlanStage>,
+    },
+    GateStarted {
+        host: String,
+        gate: Gate,
+    },
     GatePassed {
         host: String,
         gate: Gate,
-        detail: Option<serde_json::Value>,
+        evidence: GateEvidence,
     },
     GateFailed {
         host: String,
         gate: Gate,
-        reason: String,
+        reason: FailureReason,
     },
     CopyProgress {
         host: String,
@@ -169,16 +170,12 @@ pub enum Event {
         paths: u64,
         total_paths: u64,
     },
-    /// Something the activation pipeline on a host reported.
+    /// Something else the activation pipeline on a host reported.
     Activation {
         host: String,
-        activation: crate::activation::ActivationEvent,
+        activation: ActivationEvent,
     },
     HostFinished(HostSummary),
-    Warning {
-        host: Option<String>,
-        message: String,
-    },
     /// A known-good host's release tag and branch.
     Released {
         host: String,
@@ -188,11 +185,29 @@ pub enum Event {
     /// A known-good host that did not get a release, and why.
     NotReleased {
         host: String,
-        reason: String,
+        why: NotReleased,
     },
+    /// A release that could not be published to `[release] remote`.
+    NotPublished {
+        host: String,
+        remote: String,
+        tag: String,
+        why: NotPublished,
+    },
+    /// The run report was written here.
+    ReportWritten {
+        path: std::path::PathBuf,
+    },
+    /// The last event of every command.
     Summary {
-        run_id: String,
+        command: CommandName,
+        run_id: Option<String>,
+        ending: Ending,
         exit_code: u8,
+        /// Hosts (or machines, for `check`) that ended well, and not.
+        ok: usize,
+        failed: usize,
+        /// Each host's end (deploying commands).
         hosts: Vec<HostSummary>,
     },
     #[serde(untagged)]
@@ -200,6 +215,24 @@ pub enum Event {
 }
 
 impl Event {
+    /// A host's activation event as the run reports it: gate events in the
+    /// same shape as the controller's own gates (copy), the rest as they are.
+    pub fn from_activation(host: &str, ev: ActivationEvent) -> Event {
+        let host = host.to_owned();
+        match ev {
+            ActivationEvent::GateStarted { gate } => Event::GateStarted { host, gate },
+            ActivationEvent::GatePassed { gate, evidence } => Event::GatePassed {
+                host,
+                gate,
+                evidence,
+            },
+            ActivationEvent::GateFailed { gate, reason } => {
+                Event::GateFailed { host, gate, reason }
+            }
+            activation => Event::Activation { host, activation },
+        }
+    }
+
     /// The host an event is about, if any.
     pub fn host(&self) -> Option<&str> {
         match self {
@@ -209,10 +242,14 @@ impl Event {
             | Event::GateFailed { host, .. }
             | Event::CopyProgress { host, .. }
             | Event::Diff { host, .. }
-            | Event::Activation { host, .. } => Some(host),
+            | Event::Activation { host, .. }
+            | Event::Released { host, .. }
+            | Event::NotReleased { host, .. }
+            | Event::NotPublished { host, .. }
+            | Event::Host { host, .. } => Some(host),
             Event::HostFinished(s) => Some(&s.host),
-            Event::Warning { host, .. } => host.as_deref(),
-            Event::Released { host, .. } | Event::NotReleased { host, .. } => Some(host),
+            Event::Status(s) => Some(&s.host),
+            Event::Checked(p) => Some(&p.host),
             _ => None,
         }
     }

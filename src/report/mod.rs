@@ -1,5 +1,6 @@
-//! Rendering: reporters turn typed data into human tables and lines or into
-//! newline-delimited JSON. Nothing here decides anything.
+//! Rendering: reporters turn typed events into human tables and lines or
+//! into newline-delimited JSON. Reporters decide only how things look; what
+//! happened (and so the exit code) is decided before an event is made.
 
 pub mod event;
 pub mod human;
@@ -12,24 +13,26 @@ use std::io::{IsTerminal, Write};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use event::{Detail, Event, HostSummary, OutcomeKind};
+pub use event::{CommandName, Ending, Event, HostEnd, HostSummary, OutcomeKind};
 
 /// Something that renders events. Reporters never decide anything.
 pub trait Reporter: Send {
     fn event(&mut self, ev: &Event);
 }
 
-/// Pick the reporter for this invocation: JSON, live terminal, or plain lines.
-pub fn choose(json: bool, quiet: bool) -> Box<dyn Reporter> {
-    if json {
+/// Pick the reporter for this invocation of `command`: JSON, a live
+/// terminal view, or plain lines.
+pub fn choose(g: &crate::cli::Global, command: CommandName) -> Box<dyn Reporter> {
+    let quiet = g.quiet > 0;
+    if g.json {
         Box::new(json::Json)
     } else if std::io::stderr().is_terminal()
         && !quiet
         && std::env::var_os("TERM").is_some_and(|t| t != "dumb")
     {
-        Box::new(human::Tty::new())
+        Box::new(human::Human::live(Some(command)))
     } else {
-        Box::new(human::Plain { quiet })
+        Box::new(human::Human::plain(Some(command), quiet))
     }
 }
 
@@ -61,10 +64,42 @@ impl EventSink {
         let (tx, _) = mpsc::unbounded_channel();
         EventSink { tx }
     }
+
+    /// A sink whose events are kept for a test to read.
+    #[cfg(test)]
+    pub fn capture() -> (EventSink, Captured) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink { tx }, Captured(std::sync::Mutex::new(rx)))
+    }
 }
 
-/// Start the reporter task; drop every sink, then await the handle, to flush.
-/// With a spool path, every event but progress ticks and the summary is
+/// The events of a [`EventSink::capture`] sink.
+#[cfg(test)]
+pub struct Captured(
+    std::sync::Mutex<mpsc::UnboundedReceiver<(Event, Option<oneshot::Sender<()>>)>>,
+);
+
+#[cfg(test)]
+impl Captured {
+    /// Every event emitted since the last call (an `emit_handled` is
+    /// answered as it is read).
+    pub fn take(&self) -> Vec<Event> {
+        let mut rx = self.0.lock().expect("captured events");
+        let mut out = Vec::new();
+        while let Ok((ev, handled)) = rx.try_recv() {
+            if let Some(h) = handled {
+                let _ = h.send(());
+            }
+            out.push(ev);
+        }
+        out
+    }
+}
+
+/// Start the reporter task. It ends after handling [`Event::Summary`] (the
+/// last event of every command: a sink still held somewhere cannot keep the
+/// command from finishing), or when every sink is dropped; await the handle
+/// to flush. With a spool path, every event but progress ticks and the summary is
 /// written there as a JSON line as it arrives (for the run's report; a large
 /// run's events never sit in memory); the handle yields the spool.
 pub fn spawn(
@@ -100,6 +135,9 @@ pub fn spawn(
             if let Some(h) = handled {
                 let _ = h.send(());
             }
+            if matches!(ev, Event::Summary { .. }) {
+                break;
+            }
         }
         spool.and_then(|s| s.finish())
     });
@@ -116,7 +154,7 @@ pub fn json_line(value: &impl serde::Serialize) {
 }
 
 /// A plain-text table with left-aligned columns, no control characters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -164,68 +202,4 @@ impl fmt::Display for Table {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runner::RunnerEvent;
-
-    fn sample() -> Vec<Event> {
-        vec![
-            Event::Runner(RunnerEvent::WaveStarted {
-                wave: "canary".into(),
-                hosts: vec!["web1".into()],
-                max_parallel: 1,
-            }),
-            Event::GateStarted {
-                host: "web1".into(),
-                gate: crate::gates::Gate::DryActivate,
-            },
-            Event::GateFailed {
-                host: "web1".into(),
-                gate: crate::gates::Gate::LiveActivate,
-                reason: "exit 4\nunit failed".into(),
-            },
-            Event::HostFinished(HostSummary {
-                host: "web1".into(),
-                wave: "canary".into(),
-                outcome: OutcomeKind::RolledBack,
-                closure: None,
-                reason: Some("switch exited 4".into()),
-                detail: serde_json::Value::Null.into(),
-                seconds: 1.5,
-            }),
-        ]
-    }
-
-    #[test]
-    fn json_events_are_tagged_flat_objects() {
-        for ev in sample() {
-            let v = serde_json::to_value(&ev).unwrap();
-            assert!(v["event"].is_string(), "{v}");
-        }
-        let v = serde_json::to_value(&sample()[0]).unwrap();
-        assert_eq!(v["event"], "wave_started");
-        assert_eq!(v["wave"], "canary");
-        let v = serde_json::to_value(&sample()[3]).unwrap();
-        assert_eq!(v["event"], "host_finished");
-        assert_eq!(v["outcome"], "rolled_back");
-    }
-
-    #[test]
-    fn descriptions_have_no_control_characters_after_stripping() {
-        for ev in sample() {
-            if let Some(line) = human::describe(&ev) {
-                assert!(!line.is_empty());
-            }
-        }
-        let t = human::summary_table(&[HostSummary {
-            host: "web1".into(),
-            wave: "canary".into(),
-            outcome: OutcomeKind::KnownGood,
-            closure: None,
-            reason: None,
-            detail: serde_json::Value::Null.into(),
-            seconds: 2.0,
-        }]);
-        assert!(t.to_string().contains("web1  canary  known-good"));
-    }
-}
+mod tests;

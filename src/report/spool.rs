@@ -108,22 +108,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::create(dir.path().join("run.events")).unwrap();
         for i in 0..3 {
-            spool.push(&Event::Warning {
-                host: Some(format!("h{i}")),
-                message: "a\nb \"quoted\"".into(),
+            spool.push(&Event::BuilderFailed {
+                error: format!("h{i}: a\nb \"quoted\""),
             });
         }
         let spool = spool.finish().unwrap();
         let v = serde_json::to_value(SpooledEvents(Some(&spool))).unwrap();
-        let hosts: Vec<&str> = v
+        let errors: Vec<&str> = v
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| e["host"].as_str().unwrap())
+            .map(|e| e["error"].as_str().unwrap())
             .collect();
-        assert_eq!(hosts, ["h0", "h1", "h2"]);
-        assert_eq!(v[0]["message"], "a\nb \"quoted\"");
-        assert_eq!(v[0]["event"], "warning");
+        assert_eq!(errors[0], "h0: a\nb \"quoted\"");
+        assert!(errors[1].starts_with("h1") && errors[2].starts_with("h2"));
+        assert_eq!(v[0]["event"], "builder_failed");
         assert!(!spool.is_broken());
         let path = spool.path().to_path_buf();
         drop(spool);

@@ -56,6 +56,11 @@ impl Canceller {
         *self.tx.borrow()
     }
 
+    /// A new watch of the level.
+    pub fn watch(&self) -> CancelWatch {
+        self.tx.subscribe()
+    }
+
     /// Escalate on every SIGINT or SIGTERM until Abort. Spawn this once.
     pub async fn on_signals(self) {
         use tokio::signal::unix::{SignalKind, signal};

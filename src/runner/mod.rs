@@ -2,9 +2,13 @@
 //!
 //! Waves run in order; inside a wave up to `max_parallel` hosts run at once;
 //! a wave whose failures exceed its budget stops the run; a good wave soaks
-//! (waits, then re-checks every finished host) before the next starts. Copies
-//! (staging) run ahead of activations by one wave. The runner never prints:
-//! it reports [`RunnerEvent`]s to a callback and returns typed results.
+//! (waits, then re-checks every finished host, and the job takes back a host
+//! found unhealthy) before the next starts. A host the plan already ended
+//! (refused before the run) is counted in its wave when the wave starts,
+//! exactly like a host that fails in it: a refused canary stops the run.
+//! Copies (staging) run ahead of activations by one wave. The runner never
+//! prints: it reports [`RunnerEvent`]s to a callback and returns typed
+//! results.
 
 pub mod cancel;
 
@@ -17,6 +21,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::inventory::Selection;
+use crate::inventory::select::Group;
 use cancel::{CancelLevel, CancelWatch};
 
 /// The per-host work the runner schedules.
@@ -24,7 +29,7 @@ pub trait HostJob: Send + Sync + 'static {
     /// What staging (building is done before; staging is the copy) yields.
     type Staged: Send + 'static;
     /// A finished host's result.
-    type Done: Send + 'static;
+    type Done: Send + Clone + 'static;
 
     /// Prepare a host without changing what it runs (copy its closure).
     fn stage(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = Self::Staged> + Send;
@@ -39,12 +44,22 @@ pub trait HostJob: Send + Sync + 'static {
     fn interrupted(&self, host: &str, why: Interrupted) -> Self::Done;
     /// Whether a result counts against the wave's failure budget.
     fn is_failure(&self, done: &Self::Done) -> bool;
-    /// Re-run a finished host's health checks after a soak: true when healthy.
-    fn recheck(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = bool> + Send;
+    /// The end of a host that ended before the run (the plan refused it);
+    /// `None` for a host to run.
+    fn planned_end(&self, host: &str) -> Option<Self::Done>;
+    /// After a soak, re-check a host that ended well; its end afterwards
+    /// (a host found unhealthy is taken back by the job).
+    fn recheck(
+        self: Arc<Self>,
+        host: Arc<str>,
+        done: Self::Done,
+    ) -> impl Future<Output = Self::Done> + Send;
+    /// Told of every end the runner records, as it records it.
+    fn ended(&self, host: &str, done: &Self::Done);
 }
 
 /// Why the runner cut a host's work short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interrupted {
     /// Its staging task ended without a result (it panicked).
@@ -57,7 +72,7 @@ pub enum Interrupted {
 }
 
 /// Why a selected host was never started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum NotStarted {
     /// Ctrl-C / SIGTERM asked to start nothing new.
@@ -68,9 +83,9 @@ pub enum NotStarted {
     EarlierWaveFailed { wave: String },
 }
 
-/// How one host ended.
+/// How one host ended, as the runner sees it.
 #[derive(Debug)]
-pub enum HostEnd<D> {
+pub enum RunnerEnd<D> {
     Done(D),
     NotStarted(NotStarted),
 }
@@ -80,9 +95,7 @@ pub enum HostEnd<D> {
 pub struct HostResult<D> {
     pub host: String,
     pub wave: String,
-    pub end: HostEnd<D>,
-    /// The post-soak health re-check, when the wave soaked.
-    pub soak_healthy: Option<bool>,
+    pub end: RunnerEnd<D>,
 }
 
 /// What the runner reports while it works (data only).
@@ -114,80 +127,193 @@ pub enum RunnerEvent {
         host: String,
         healthy: bool,
     },
-    CancelRequested {
-        level: CancelLevel,
-    },
 }
+
+type Emit = dyn Fn(RunnerEvent) + Send + Sync;
 
 /// Run every group of the selection in order.
 pub async fn run<J: HostJob>(
     job: Arc<J>,
     selection: &Selection,
-    mut cancel: CancelWatch,
+    cancel: CancelWatch,
     emit: impl Fn(RunnerEvent) + Send + Sync + 'static,
 ) -> Vec<HostResult<J::Done>> {
-    let emit = Arc::new(emit);
     let groups = &selection.groups;
-    let mut results: Vec<HostResult<J::Done>> = Vec::new();
     // Staging runs ahead by one wave, bounded like activations.
-    let stage_slots = Arc::new(Semaphore::new(
-        groups
-            .iter()
-            .map(|g| g.max_parallel)
-            .max()
-            .unwrap_or(1)
-            .max(1),
-    ));
-    let mut staged: HashMap<String, (oneshot::Receiver<J::Staged>, JoinHandle<()>)> =
-        HashMap::new();
+    let widest = groups.iter().map(|g| g.max_parallel).max().unwrap_or(1);
+    let mut r = Runner {
+        job,
+        cancel,
+        emit: Arc::new(emit),
+        stage_slots: Arc::new(Semaphore::new(widest.max(1))),
+        staged: HashMap::new(),
+        results: Vec::new(),
+    };
     let mut stop: Option<NotStarted> = None;
-
     for (gi, group) in groups.iter().enumerate() {
-        if stop.is_none() && *cancel.borrow() >= CancelLevel::StopStarting {
+        if stop.is_none() && *r.cancel.borrow() >= CancelLevel::StopStarting {
             stop = Some(NotStarted::Cancelled);
         }
         if let Some(why) = &stop {
-            for h in &group.hosts {
-                emit(RunnerEvent::HostNotStarted {
-                    host: h.clone(),
-                    wave: group.name.clone(),
-                    why: why.clone(),
-                });
-                results.push(HostResult {
-                    host: h.clone(),
-                    wave: group.name.clone(),
-                    end: HostEnd::NotStarted(why.clone()),
-                    soak_healthy: None,
-                });
-            }
+            r.skip_wave(group, why);
             continue;
         }
         for g in groups.iter().skip(gi).take(2) {
-            for h in &g.hosts {
-                if !staged.contains_key(h) {
-                    staged.insert(h.clone(), spawn_stage(job.clone(), h, stage_slots.clone()));
-                }
+            r.stage_ahead(g);
+        }
+        let soaks = !group.soak.is_zero() && gi + 1 < groups.len();
+        stop = r.wave(group, soaks).await;
+    }
+    for (_, (_, handle)) in r.staged {
+        handle.abort();
+    }
+    r.results
+}
+
+struct Runner<J: HostJob> {
+    job: Arc<J>,
+    cancel: CancelWatch,
+    emit: Arc<Emit>,
+    stage_slots: Arc<Semaphore>,
+    staged: HashMap<String, (oneshot::Receiver<J::Staged>, JoinHandle<()>)>,
+    results: Vec<HostResult<J::Done>>,
+}
+
+/// One wave in progress.
+struct WaveRun<'g, D> {
+    group: &'g Group,
+    allowed: usize,
+    failures: usize,
+    results: Vec<HostResult<D>>,
+    /// Why the wave starts no more hosts.
+    stop: Option<NotStarted>,
+}
+
+impl<D> WaveRun<'_, D> {
+    fn record(&mut self, host: String, done: D, failed: bool) {
+        if failed {
+            self.failures += 1;
+            if self.failures > self.allowed && self.stop.is_none() {
+                self.stop = Some(NotStarted::WaveFailed {
+                    wave: self.group.name.clone(),
+                });
             }
         }
-        emit(RunnerEvent::WaveStarted {
+        self.results.push(HostResult {
+            host,
+            wave: self.group.name.clone(),
+            end: RunnerEnd::Done(done),
+        });
+    }
+}
+
+impl<J: HostJob> Runner<J> {
+    fn not_started(&mut self, host: &str, wave: &str, why: &NotStarted) -> HostResult<J::Done> {
+        (self.emit)(RunnerEvent::HostNotStarted {
+            host: host.to_owned(),
+            wave: wave.to_owned(),
+            why: why.clone(),
+        });
+        HostResult {
+            host: host.to_owned(),
+            wave: wave.to_owned(),
+            end: RunnerEnd::NotStarted(why.clone()),
+        }
+    }
+
+    /// A wave after the run stopped: planned ends stay, the rest never start.
+    fn skip_wave(&mut self, group: &Group, why: &NotStarted) {
+        for h in &group.hosts {
+            let r = match self.job.planned_end(h) {
+                Some(done) => {
+                    self.job.ended(h, &done);
+                    HostResult {
+                        host: h.clone(),
+                        wave: group.name.clone(),
+                        end: RunnerEnd::Done(done),
+                    }
+                }
+                None => self.not_started(h, &group.name, why),
+            };
+            self.results.push(r);
+        }
+    }
+
+    fn stage_ahead(&mut self, group: &Group) {
+        for h in &group.hosts {
+            if !self.staged.contains_key(h) && self.job.planned_end(h).is_none() {
+                let s = spawn_stage(self.job.clone(), h, self.stage_slots.clone());
+                self.staged.insert(h.clone(), s);
+            }
+        }
+    }
+
+    /// Run one wave; `Some` when the run must stop after it.
+    async fn wave(&mut self, group: &Group, soaks: bool) -> Option<NotStarted> {
+        (self.emit)(RunnerEvent::WaveStarted {
             wave: group.name.clone(),
             hosts: group.hosts.clone(),
             max_parallel: group.max_parallel,
         });
-        let allowed = group.max_failures.allowed(group.hosts.len());
-        let mut failures = 0usize;
-        let mut wave_results: Vec<HostResult<J::Done>> = Vec::new();
+        let mut w = WaveRun {
+            group,
+            allowed: group.max_failures.allowed(group.hosts.len()),
+            failures: 0,
+            results: Vec::new(),
+            stop: None,
+        };
+        // Hosts the plan already ended count first: a refused canary fails
+        // its wave before any of its hosts starts.
+        let mut pending = Vec::new();
+        for h in &group.hosts {
+            match self.job.planned_end(h) {
+                Some(done) => {
+                    self.job.ended(h, &done);
+                    let failed = self.job.is_failure(&done);
+                    w.record(h.clone(), done, failed);
+                }
+                None => pending.push(h.clone()),
+            }
+        }
+        self.activate(&mut w, pending).await;
+        let stops_run = w.failures > w.allowed;
+        (self.emit)(RunnerEvent::WaveFinished {
+            wave: group.name.clone(),
+            failures: w.failures,
+            allowed: w.allowed,
+            stops_run,
+        });
+        let mut stop = if stops_run {
+            Some(NotStarted::EarlierWaveFailed {
+                wave: group.name.clone(),
+            })
+        } else {
+            w.stop.take()
+        };
+        if stop.is_none() && soaks {
+            stop = self.soak(&mut w).await;
+        }
+        // Keep inventory order within the wave in the results.
+        w.results
+            .sort_by_key(|r| group.hosts.iter().position(|h| *h == r.host));
+        self.results.extend(w.results);
+        stop
+    }
+
+    /// Start the wave's hosts, up to `max_parallel` at once, until they are
+    /// done or the wave stops starting them; the rest never start.
+    async fn activate(&mut self, w: &mut WaveRun<'_, J::Done>, pending: Vec<String>) {
+        let group = w.group;
         let mut set: JoinSet<(String, J::Done)> = JoinSet::new();
         let mut task_host: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut pending = group.hosts.iter();
-        let mut wave_stop: Option<NotStarted> = None;
+        let mut pending = pending.into_iter();
         loop {
-            while wave_stop.is_none() && set.len() < group.max_parallel.max(1) {
+            while w.stop.is_none() && set.len() < group.max_parallel.max(1) {
                 let Some(h) = pending.next() else { break };
-                let Some((rx, _handle)) = staged.remove(h) else {
+                let Some((rx, _handle)) = self.staged.remove(&h) else {
                     continue;
                 };
-                let job = job.clone();
+                let job = self.job.clone();
                 let host: Arc<str> = Arc::from(h.as_str());
                 let handle = set.spawn(async move {
                     let name = host.to_string();
@@ -199,7 +325,7 @@ pub async fn run<J: HostJob>(
                         }
                     }
                 });
-                task_host.insert(handle.id(), h.clone());
+                task_host.insert(handle.id(), h);
             }
             if set.is_empty() {
                 break;
@@ -212,24 +338,19 @@ pub async fn run<J: HostJob>(
                         Err(e) => {
                             let Some(host) = task_host.get(&e.id()).cloned() else { continue };
                             let why = if e.is_cancelled() { Interrupted::Aborted } else { Interrupted::Panicked };
-                            let done = job.interrupted(&host, why);
+                            let done = self.job.interrupted(&host, why);
                             (host, done)
                         }
                     };
-                    if job.is_failure(&done) {
-                        failures += 1;
-                        if failures > allowed && wave_stop.is_none() {
-                            wave_stop = Some(NotStarted::WaveFailed { wave: group.name.clone() });
-                        }
-                    }
-                    wave_results.push(HostResult { host, wave: group.name.clone(), end: HostEnd::Done(done), soak_healthy: None });
+                    self.job.ended(&host, &done);
+                    let failed = self.job.is_failure(&done);
+                    w.record(host, done, failed);
                 }
-                changed = cancel.changed() => {
+                changed = self.cancel.changed() => {
                     if changed.is_ok() {
-                        let level = *cancel.borrow();
-                        emit(RunnerEvent::CancelRequested { level });
-                        if level >= CancelLevel::StopStarting && wave_stop.is_none() {
-                            wave_stop = Some(NotStarted::Cancelled);
+                        let level = *self.cancel.borrow();
+                        if level >= CancelLevel::StopStarting && w.stop.is_none() {
+                            w.stop = Some(NotStarted::Cancelled);
                         }
                         if level >= CancelLevel::Abort {
                             set.abort_all();
@@ -238,61 +359,60 @@ pub async fn run<J: HostJob>(
                 }
             }
         }
+        let why = w.stop.clone().unwrap_or(NotStarted::Cancelled);
         for h in pending {
-            let why = wave_stop.clone().unwrap_or(NotStarted::Cancelled);
-            emit(RunnerEvent::HostNotStarted {
-                host: h.clone(),
-                wave: group.name.clone(),
-                why: why.clone(),
-            });
-            wave_results.push(HostResult {
-                host: h.clone(),
-                wave: group.name.clone(),
-                end: HostEnd::NotStarted(why),
-                soak_healthy: None,
-            });
+            let r = self.not_started(&h, &group.name, &why);
+            w.results.push(r);
         }
-        let stops_run = failures > allowed;
-        emit(RunnerEvent::WaveFinished {
+    }
+
+    /// Wait out the soak, then re-check every host that finished well; the
+    /// job takes back those found unhealthy. `Some` when the run must stop:
+    /// the re-checks pushed the wave over its budget, or a cancel came.
+    async fn soak(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
+        let group = w.group;
+        (self.emit)(RunnerEvent::SoakStarted {
             wave: group.name.clone(),
-            failures,
-            allowed,
-            stops_run,
+            seconds: group.soak.as_secs(),
         });
-        if stops_run {
-            stop = Some(NotStarted::EarlierWaveFailed {
-                wave: group.name.clone(),
-            });
-        } else if let Some(why) = wave_stop {
-            stop = Some(why);
-        } else if !group.soak.is_zero() && gi + 1 < groups.len() {
-            if !soak(
-                &job,
-                group,
-                &mut wave_results,
-                &mut cancel,
-                allowed,
-                failures,
-                emit.as_ref(),
-            )
-            .await
-            {
-                stop = Some(NotStarted::EarlierWaveFailed {
-                    wave: group.name.clone(),
-                });
-            }
-            if stop.is_none() && *cancel.borrow() >= CancelLevel::StopStarting {
-                stop = Some(NotStarted::Cancelled);
+        tokio::select! {
+            _ = tokio::time::sleep(group.soak) => {}
+            _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {
+                return Some(NotStarted::Cancelled);
             }
         }
-        // Keep inventory order within the wave in the results.
-        wave_results.sort_by_key(|r| group.hosts.iter().position(|h| *h == r.host));
-        results.extend(wave_results);
+        let mut checks = JoinSet::new();
+        for (i, r) in w.results.iter().enumerate() {
+            if let RunnerEnd::Done(d) = &r.end
+                && !self.job.is_failure(d)
+            {
+                let (job, done) = (self.job.clone(), d.clone());
+                let host: Arc<str> = Arc::from(r.host.as_str());
+                checks.spawn(async move { (i, job.recheck(host, done).await) });
+            }
+        }
+        while let Some(joined) = checks.join_next().await {
+            let Ok((i, done)) = joined else { continue };
+            let healthy = !self.job.is_failure(&done);
+            let host = w.results[i].host.clone();
+            (self.emit)(RunnerEvent::SoakChecked {
+                wave: group.name.clone(),
+                host: host.clone(),
+                healthy,
+            });
+            if !healthy {
+                w.failures += 1;
+                self.job.ended(&host, &done);
+            }
+            w.results[i].end = RunnerEnd::Done(done);
+        }
+        if w.failures > w.allowed {
+            return Some(NotStarted::EarlierWaveFailed {
+                wave: group.name.clone(),
+            });
+        }
+        (*self.cancel.borrow() >= CancelLevel::StopStarting).then_some(NotStarted::Cancelled)
     }
-    for (_, (_, handle)) in staged {
-        handle.abort();
-    }
-    results
 }
 
 fn spawn_stage<J: HostJob>(
@@ -310,49 +430,6 @@ fn spawn_stage<J: HostJob>(
         let _ = tx.send(s);
     });
     (rx, handle)
-}
-
-/// Wait out the soak, then re-check every host that finished well. Returns
-/// false when the re-checks push the wave over its failure budget.
-async fn soak<J: HostJob>(
-    job: &Arc<J>,
-    group: &crate::inventory::select::Group,
-    results: &mut [HostResult<J::Done>],
-    cancel: &mut CancelWatch,
-    allowed: usize,
-    mut failures: usize,
-    emit: &(dyn Fn(RunnerEvent) + Send + Sync),
-) -> bool {
-    emit(RunnerEvent::SoakStarted {
-        wave: group.name.clone(),
-        seconds: group.soak.as_secs(),
-    });
-    tokio::select! {
-        _ = tokio::time::sleep(group.soak) => {}
-        _ = cancel::reached(cancel, CancelLevel::StopStarting) => return true,
-    }
-    let mut checks = JoinSet::new();
-    for (i, r) in results.iter().enumerate() {
-        if let HostEnd::Done(d) = &r.end
-            && !job.is_failure(d)
-        {
-            let job = job.clone();
-            let host: Arc<str> = Arc::from(r.host.as_str());
-            checks.spawn(async move { (i, job.recheck(host).await) });
-        }
-    }
-    while let Some(Ok((i, healthy))) = checks.join_next().await {
-        results[i].soak_healthy = Some(healthy);
-        emit(RunnerEvent::SoakChecked {
-            wave: group.name.clone(),
-            host: results[i].host.clone(),
-            healthy,
-        });
-        if !healthy {
-            failures += 1;
-        }
-    }
-    failures <= allowed
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::inventory::select::Group;
 #[derive(Default)]
 struct Job {
     fail: HashSet<String>,
+    /// Hosts the plan refused: ended before the run.
+    refused: HashSet<String>,
     unhealthy_after_soak: HashSet<String>,
     log: Mutex<Vec<String>>,
     running: AtomicUsize,
@@ -60,8 +62,27 @@ impl HostJob for Job {
         d.is_err()
     }
 
-    async fn recheck(self: Arc<Self>, host: Arc<str>) -> bool {
-        !self.unhealthy_after_soak.contains(&*host)
+    fn planned_end(&self, host: &str) -> Option<Result<(), String>> {
+        self.refused
+            .contains(host)
+            .then(|| Err("refused".to_string()))
+    }
+
+    async fn recheck(
+        self: Arc<Self>,
+        host: Arc<str>,
+        done: Result<(), String>,
+    ) -> Result<(), String> {
+        if self.unhealthy_after_soak.contains(&*host) {
+            self.log(format!("taken back {host}"));
+            Err("unhealthy after soak".into())
+        } else {
+            done
+        }
+    }
+
+    fn ended(&self, host: &str, done: &Result<(), String>) {
+        self.log(format!("ended {host} {done:?}"));
     }
 }
 
@@ -90,9 +111,9 @@ fn ends(results: &[HostResult<Result<(), String>>]) -> Vec<(String, String)> {
         .iter()
         .map(|r| {
             let e = match &r.end {
-                HostEnd::Done(Ok(())) => "ok".to_string(),
-                HostEnd::Done(Err(e)) => format!("err:{e}"),
-                HostEnd::NotStarted(n) => format!("{n:?}"),
+                RunnerEnd::Done(Ok(())) => "ok".to_string(),
+                RunnerEnd::Done(Err(e)) => format!("err:{e}"),
+                RunnerEnd::NotStarted(n) => format!("{n:?}"),
             };
             (r.host.clone(), e)
         })
@@ -183,9 +204,81 @@ async fn unhealthy_after_soak_stops_the_run() {
         ..Default::default()
     });
     let (_c, rx) = cancel::channel();
-    let results = run(job, &selection(), rx, |_| {}).await;
-    assert_eq!(results[0].soak_healthy, Some(false));
+    let results = run(job.clone(), &selection(), rx, |_| {}).await;
+    assert_eq!(ends(&results)[0].1, "err:unhealthy after soak");
     assert!(ends(&results)[1].1.contains("EarlierWaveFailed"));
+    let log = job.entries();
+    assert!(log.contains(&"taken back c1".to_string()), "{log:?}");
+    assert!(
+        log.contains(&"ended c1 Err(\"unhealthy after soak\")".to_string()),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_refused_by_the_plan_stops_the_run() {
+    let job = Arc::new(Job {
+        refused: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let results = run(job.clone(), &selection(), rx, move |e| {
+        ev.lock().unwrap().push(e)
+    })
+    .await;
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".into(), "err:refused".into()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    let log = job.entries();
+    // Nothing was staged, run or soaked.
+    assert!(log.iter().all(|l| l.starts_with("ended c1")), "{log:?}");
+    let events = events.lock().unwrap();
+    assert!(events.iter().any(|e| matches!(e,
+        RunnerEvent::WaveFinished { wave, failures: 1, stops_run: true, .. } if wave == "canary")));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RunnerEvent::SoakStarted { .. }))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_host_counts_against_its_own_wave_only() {
+    // main allows 1 failure: one refused host uses it, the others run.
+    let job = Arc::new(Job {
+        refused: ["m3".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let results = run(job.clone(), &selection(), rx, |_| {}).await;
+    let e = ends(&results);
+    assert_eq!(e[3], ("m3".into(), "err:refused".into()));
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(e[i].1, "ok", "{e:?}");
+    }
+    // A second failure in main would now exceed its budget.
+    let job = Arc::new(Job {
+        refused: ["m3".to_string()].into(),
+        fail: ["m1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("main", &["m1", "m2", "m3"], 1, 1, 0),
+            group("later", &["l1"], 1, 0, 0),
+        ],
+    };
+    let e = ends(&run(job, &sel, rx, |_| {}).await);
+    assert_eq!(e[0].1, "err:failed");
+    assert!(e[1].1.contains("WaveFailed"), "{e:?}");
+    assert_eq!(e[2].1, "err:refused");
+    assert!(e[3].1.contains("EarlierWaveFailed"), "{e:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod lock;
+pub mod run_report;
 
 use std::path::{Path, PathBuf};
 

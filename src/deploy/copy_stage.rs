@@ -5,46 +5,75 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::fanout::RelayHub;
+use std::time::Duration;
 
-use crate::fleet::{BUILDER, Sessions};
+use super::relay_hub::RelayHub;
+
+use crate::fleet::Fleet;
 use crate::inventory::{CopyMode, Inventory};
+use crate::nix::copy::CopyOutcome;
 use crate::nix::{self, StorePath};
 use crate::report::{Event, EventSink};
 
 /// Copies closures according to each host's `copy` mode.
-pub struct CopyStager {
-    pub inventory: Arc<Inventory>,
-    pub sessions: Arc<Sessions>,
-    pub sink: EventSink,
+pub struct CopyStager<F: Fleet> {
+    inventory: Arc<Inventory>,
+    fleet: Arc<F>,
+    sink: EventSink,
     /// Closures already known (from the diff gate), by toplevel.
-    pub closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
+    closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
     /// Present when several hosts relay: shared paths leave the builder once.
-    pub hub: Option<Arc<RelayHub>>,
+    hub: Option<Arc<RelayHub<F>>>,
 }
 
-impl super::Stager for CopyStager {
-    async fn stage(&self, host: Arc<str>, closure: StorePath) -> anyhow::Result<serde_json::Value> {
+impl<F: Fleet> CopyStager<F> {
+    /// The stager for a run that relays to `relaying` hosts. Relay batches
+    /// close after 80 ms of quiet, 3 s at most (hosts staged together share
+    /// one read of the builder).
+    pub fn new(
+        inventory: Arc<Inventory>,
+        fleet: Arc<F>,
+        sink: EventSink,
+        closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
+        relaying: usize,
+    ) -> Self {
+        let hub = (relaying > 1).then(|| {
+            RelayHub::new(
+                fleet.clone(),
+                Duration::from_millis(80),
+                Duration::from_secs(3),
+            )
+        });
+        CopyStager {
+            inventory,
+            fleet,
+            sink,
+            closures,
+            hub,
+        }
+    }
+}
+
+impl<F: Fleet> super::Stager for CopyStager<F> {
+    async fn stage(&self, host: Arc<str>, closure: StorePath) -> anyhow::Result<CopyOutcome> {
         let h = self
             .inventory
             .host(&host)
             .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
-        let target = self.sessions.get(&host).await?;
+        let target = self.fleet.host(&host).await?;
         let outcome = match h.copy {
             CopyMode::Relay => {
                 let paths = match self.closures.get(&closure) {
                     Some(known) => known.clone(),
                     None => {
-                        let builder = self.sessions.get(BUILDER).await?;
+                        let builder = self.fleet.builder().await?;
                         Arc::new(nix::closure::closure(&builder, &closure).await?)
                     }
                 };
                 // One query answers both "anything to do?" and "what?".
                 let lacking = nix::copy::lacking(&target, &paths).await?;
                 if lacking.is_empty() {
-                    return Ok(serde_json::to_value(
-                        nix::copy::CopyOutcome::AlreadyPresent,
-                    )?);
+                    return Ok(CopyOutcome::AlreadyPresent);
                 }
                 let sink = self.sink.clone();
                 let name = host.to_string();
@@ -63,7 +92,7 @@ impl super::Stager for CopyStager {
                             .await?
                     }
                     None => {
-                        let builder = self.sessions.get(BUILDER).await?;
+                        let builder = self.fleet.builder().await?;
                         let one = nix::fanout::Target {
                             remote: &target,
                             lacking: &lacking,
@@ -80,13 +109,16 @@ impl super::Stager for CopyStager {
                 nix::copy::copied(received)
             }
             CopyMode::Builder => {
-                let builder = self.sessions.get(BUILDER).await?;
-                let t = target.target();
-                let dest = format!("{}@{}", t.user(), t.host);
-                nix::copy::copy_from_builder(&builder, &target, &dest, t.port(), &closure).await?
+                let builder = self.fleet.builder().await?;
+                let d = self
+                    .fleet
+                    .destination(&host)
+                    .ok_or_else(|| anyhow::anyhow!("no SSH destination for {host}"))?;
+                let dest = format!("{}@{}", d.user, d.host);
+                nix::copy::copy_from_builder(&builder, &target, &dest, d.port, &closure).await?
             }
             CopyMode::Substitute => nix::copy::copy_substitute(&target, &closure).await?,
         };
-        Ok(serde_json::to_value(&outcome)?)
+        Ok(outcome)
     }
 }

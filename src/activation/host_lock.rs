@@ -19,6 +19,19 @@ const LINUX: &str = r#"mkdir -p "$(dirname "$1")" && exec flock --nonblock --con
 
 const DARWIN: &str = r#"mkdir -p "$(dirname "$1")" && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; 1 while <STDIN>;' "$1" "$2""#;
 
+/// Where the lock lives on a host.
+pub fn path(paths: &crate::activation::HostPaths) -> String {
+    format!("{}/host.lock", paths.job_dir)
+}
+
+/// Who holds a lock this run takes: the run, this process, this controller.
+pub fn holder(run_id: &crate::activation::RunId) -> String {
+    let controller = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "controller".into());
+    format!("run {run_id} pid {} on {controller}", std::process::id())
+}
+
 /// Held until dropped.
 pub struct HostLock {
     _stream: Streaming,

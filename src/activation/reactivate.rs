@@ -37,9 +37,10 @@ impl RollbackMode {
     }
 }
 
-/// Why a rollback failed.
+/// Why a rollback failed (adjacently tagged: the wrapped values carry a
+/// `kind` of their own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum RollbackError {
     ReadCurrentSystem {
         error: String,
@@ -55,6 +56,8 @@ pub enum RollbackError {
     Switch(SwitchFailure),
     /// The target itself cannot be activated live.
     NeedsReboot(RebootReason),
+    /// There is nothing to go back to.
+    NoTarget,
 }
 
 /// How a rollback ended.
@@ -77,7 +80,7 @@ pub enum RollbackOutcome {
 }
 
 /// Re-activate `to` on the host.
-pub async fn rollback<R: Remote>(
+pub async fn reactivate<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
@@ -122,7 +125,7 @@ pub async fn rollback<R: Remote>(
         };
     }
     let action = mode.action();
-    let job = SwitchJob::new(
+    let mut job = SwitchJob::new(
         run_id,
         JobPurpose::Rollback,
         action,
@@ -136,7 +139,7 @@ pub async fn rollback<R: Remote>(
     } else {
         &now
     };
-    match run_detached(remote, settings, &job, expected, &now, emit).await {
+    match run_detached(remote, settings, &mut job, expected, &now, emit).await {
         SwitchResult::Settled(evidence) => RollbackOutcome::RolledBack {
             to: to.clone(),
             mode,

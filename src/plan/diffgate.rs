@@ -1,6 +1,8 @@
-//! Gate 2 for a run: every host's candidate diffed against what it runs,
-//! concurrently; drift (with `--expect`) fails the host before anything
-//! changes on it. `plan` stops here; `push` goes on with the rest.
+//! Gate 2 for the plan: every ready host's candidate diffed against what it
+//! runs, concurrently; drift (with `--expect`) refuses the host before
+//! anything changes on it, and so does a host that cannot be read. Each
+//! host's diff goes to the reporters as an event; the plan keeps only the
+//! verdict and the diff's record for the known-good.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use crate::activation::known_good::GateRecord;
 use crate::activation::{HostPaths, known_good, links};
 use crate::diff::{self, HostDiff};
-use crate::fleet::{BUILDER, Sessions};
+use crate::fleet::{Fleet, SessionError};
 use crate::gates::Gate;
 use crate::inventory::Inventory;
 use crate::nix::{self, StorePath};
@@ -16,12 +18,12 @@ use crate::release;
 use crate::remote::Remote;
 use crate::report::{Event, EventSink};
 
-use super::Candidate;
+use super::{Planning, Refusal, Source, Verdict};
 
 /// What every host's diff of one run shares.
-struct Ctx<'a> {
+struct Ctx<'a, F: Fleet> {
     inv: &'a Inventory,
-    sessions: &'a Sessions,
+    fleet: &'a F,
     expect: Option<&'a [String]>,
     /// The candidate's commit.
     commit: Option<&'a str>,
@@ -31,22 +33,30 @@ struct Ctx<'a> {
     closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
 }
 
+/// Why what a host runs could not be read.
+enum ReadError {
+    Unreachable(SessionError),
+    Failed(anyhow::Error),
+}
+
 /// What a host runs (`None`: no system), read before the builder is asked.
-async fn running(
-    sessions: &Sessions,
+async fn running<F: Fleet>(
+    fleet: &F,
     inv: &Inventory,
     host: &str,
-) -> anyhow::Result<Option<StorePath>> {
+) -> Result<Option<StorePath>, ReadError> {
     let h = inv
         .host(host)
-        .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
-    let session = sessions.get(host).await?;
-    links::read_store_link(&session, &HostPaths::for_os(h.os).current_system).await
+        .ok_or_else(|| ReadError::Failed(anyhow::anyhow!("{host} is not in the inventory")))?;
+    let session = fleet.host(host).await.map_err(ReadError::Unreachable)?;
+    links::read_store_link(&session, &HostPaths::for_os(h.os).current_system)
+        .await
+        .map_err(ReadError::Failed)
 }
 
 /// Diff one host.
-async fn one(
-    ctx: &Ctx<'_>,
+async fn one<F: Fleet>(
+    ctx: &Ctx<'_, F>,
     host: &str,
     cand: &StorePath,
     drv: &StorePath,
@@ -54,7 +64,7 @@ async fn one(
 ) -> anyhow::Result<HostDiff> {
     let Ctx {
         inv,
-        sessions,
+        fleet,
         expect,
         commit,
         ref drvs,
@@ -63,8 +73,8 @@ async fn one(
     let h = inv
         .host(host)
         .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
-    let session = sessions.get(host).await?;
-    let builder = sessions.get(BUILDER).await?;
+    let session = fleet.host(host).await?;
+    let builder = fleet.builder().await?;
     let paths = HostPaths::for_os(h.os);
     let built = diff::Built {
         toplevel: cand,
@@ -112,9 +122,9 @@ async fn one(
 /// The builder lost the running system's derivation: re-evaluate the commit
 /// it was deployed from, check that it yields exactly the running system,
 /// and root it for later diffs.
-async fn recover_old_drv(
+async fn recover_old_drv<B: Remote>(
     inv: &Inventory,
-    builder: &crate::ssh::SshSession,
+    builder: &B,
     host: &str,
     attribute: &str,
     old_commit: &str,
@@ -172,80 +182,140 @@ fn flake_inputs(
 /// hosts' own reads (a round trip each) and the comparison.
 const DIFFS_AT_ONCE: usize = 32;
 
+/// What the diff gate leaves for the rest of the run.
+pub struct GateResult {
+    /// Every candidate's closure, for the copy gate.
+    pub closures: HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
+    /// Ctrl-C stopped the gate.
+    pub cancelled: bool,
+}
+
+/// Diff every ready host of `verdicts`; refuse those that drift or cannot be
+/// read. Stops at Ctrl-C (the hosts not yet diffed stay as they were: the
+/// plan is cancelled, nothing runs).
+pub async fn run<F: Fleet>(
+    p: &Planning<'_, F>,
+    verdicts: &mut HashMap<String, Verdict>,
+    drvs: &HashMap<String, StorePath>,
+    expect: Option<&[String]>,
+    source: &Source,
+) -> GateResult {
+    let mut cands: Vec<(String, StorePath)> = verdicts
+        .iter()
+        .filter_map(|(h, v)| match v {
+            Verdict::Ready { candidate, .. } => Some((h.clone(), candidate.closure.clone())),
+            _ => None,
+        })
+        .collect();
+    cands.sort();
+    let mut closures = HashMap::new();
+    let gate = diff_all(
+        p.inventory,
+        p.fleet.as_ref(),
+        &cands,
+        drvs,
+        expect,
+        Some(source.commit.as_str()),
+        p.sink,
+        &mut closures,
+        |host, found| apply(verdicts, host, found),
+    );
+    let cancelled = tokio::select! {
+        _ = gate => false,
+        _ = p.stop.cancelled() => true,
+    };
+    GateResult {
+        closures,
+        cancelled,
+    }
+}
+
+/// What the gate found for one host.
+enum Found<'a> {
+    Diff(&'a HostDiff),
+    Unreachable(String),
+    Failed(String),
+}
+
+/// Record a host's diff finding in its verdict.
+fn apply(verdicts: &mut HashMap<String, Verdict>, host: &str, found: Found<'_>) {
+    let Some(v) = verdicts.get_mut(host) else {
+        return;
+    };
+    let refusal = match found {
+        Found::Diff(d) if d.drift.is_empty() => {
+            if let Verdict::Ready { candidate, running } = v {
+                candidate.earlier_gates.push(record(d));
+                *running = d.current.clone();
+            }
+            return;
+        }
+        Found::Diff(d) => Refusal::Drift {
+            packages: d.drift.iter().map(|x| x.package.clone()).collect(),
+        },
+        Found::Unreachable(error) => Refusal::Unreachable { error },
+        Found::Failed(error) => Refusal::DiffFailed { error },
+    };
+    *v = Verdict::Refused { refusal };
+}
+
 /// Diff every candidate. As each host's diff (or why it could not be made)
-/// is ready, `keep` takes what the caller needs of it, then the diff goes to
-/// the reporter as an event: only what `keep` returns stays in memory (a
+/// is ready, `found` takes what the caller needs of it, then the diff goes
+/// to the reporter as an event: only what `found` keeps stays in memory (a
 /// large change's diff is hundreds of kilobytes, and there may be hundreds
 /// of hosts).
 #[allow(clippy::too_many_arguments)]
-pub async fn diff_all<T>(
+async fn diff_all<F: Fleet>(
     inv: &Inventory,
-    sessions: &Arc<Sessions>,
-    candidates: &HashMap<String, Candidate>,
+    fleet: &F,
+    candidates: &[(String, StorePath)],
     drvs: &HashMap<String, StorePath>,
     expect: Option<&[String]>,
     commit: Option<&str>,
     sink: &EventSink,
-    mut keep: impl FnMut(&str, &Result<HostDiff, String>) -> T,
-) -> HashMap<String, T> {
-    let mut hosts: Vec<&String> = candidates.keys().collect();
-    hosts.sort();
+    closures_out: &mut HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
+    mut found: impl FnMut(&str, Found<'_>),
+) {
     // What each host runs, then one closure query on the builder for every
     // candidate and every running system the builder has (the hosts are
     // not asked for theirs: best effort, a host whose system the builder
     // lacks, or a failed query, is asked).
-    let mut running: HashMap<&String, anyhow::Result<Option<StorePath>>> =
+    let mut running: HashMap<&str, Result<Option<StorePath>, ReadError>> =
         futures_util::future::join_all(
-            hosts
+            candidates
                 .iter()
-                .map(|h| async move { (*h, running(sessions, inv, h).await) }),
+                .map(|(h, _)| async move { (h.as_str(), running(fleet, inv, h).await) }),
         )
         .await
         .into_iter()
         .collect();
-    let mut roots: Vec<StorePath> = candidates.values().map(|c| c.closure.clone()).collect();
-    let closures = match sessions.get(BUILDER).await {
-        Ok(b) => {
-            let mut currents: Vec<StorePath> = running
-                .values()
-                .filter_map(|r| r.as_ref().ok().cloned().flatten())
-                .filter(|c| !roots.contains(c))
-                .collect();
-            currents.sort();
-            currents.dedup();
-            if let Ok(lacking) = nix::closure::missing(&b, &currents).await {
-                roots.extend(currents.into_iter().filter(|c| !lacking.contains(c)));
-            }
-            nix::closure::closures(&b, &roots)
-                .await
-                .map(|m| m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
-                .unwrap_or_default()
-        }
-        Err(_) => HashMap::new(),
-    };
-    let ctx = Ctx {
+    let closures = builder_closures(fleet, candidates, &running).await;
+    let owned = Ctx {
         inv,
-        sessions,
+        fleet,
         expect,
         commit,
         drvs: Default::default(),
         closures,
     };
-    let ctx = &ctx;
-    let jobs = hosts.iter().map(|h| {
+    let ctx = &owned;
+    let mut fetched = HashMap::new();
+    let jobs = candidates.iter().map(|(h, cand)| {
         let current = running
-            .remove(*h)
-            .unwrap_or_else(|| Err(anyhow::anyhow!("not read")));
+            .remove(h.as_str())
+            .unwrap_or_else(|| Err(ReadError::Failed(anyhow::anyhow!("not read"))));
         async move {
-            let c = &candidates[*h];
-            let r = match (drvs.get(*h), current) {
-                (Some(drv), Ok(current)) => one(ctx, h, &c.closure, drv, current)
+            let r = match (drvs.get(h), current) {
+                (Some(drv), Ok(current)) => one(ctx, h, cand, drv, current)
                     .await
-                    .map_err(|e| format!("{e:#}")),
-                (Some(_), Err(e)) => Err(format!("reading what {h} runs: {e:#}")),
-                (None, _) => Err("no derivation known for the candidate".into()),
+                    .map_err(|e| (false, format!("{e:#}"))),
+                (Some(_), Err(ReadError::Unreachable(e))) => Err((true, e.to_string())),
+                (Some(_), Err(ReadError::Failed(e))) => {
+                    Err((false, format!("reading what {h} runs: {e:#}")))
+                }
+                (None, _) => Err((false, "no derivation known for the candidate".into())),
             };
-            ((*h).clone(), r)
+            (h.clone(), r)
         }
     });
     // A bounded number at a time: each diff in progress holds both
@@ -253,19 +323,50 @@ pub async fn diff_all<T>(
     // in progress at once that was most of the controller's peak.
     let mut done =
         futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(jobs), DIFFS_AT_ONCE);
-    let mut kept = HashMap::new();
     while let Some((h, r)) = futures_util::StreamExt::next(&mut done).await {
-        kept.insert(h.clone(), keep(&h, &r));
         match r {
-            Ok(diff) => sink.emit_handled(Event::Diff { host: h, diff }).await,
-            Err(reason) => sink.emit(Event::GateFailed {
-                host: h,
-                gate: Gate::Diff,
-                reason,
-            }),
+            Ok(diff) => {
+                if let Some(c) = &diff.candidate_closure {
+                    fetched.insert(diff.candidate.clone(), c.clone());
+                }
+                found(&h, Found::Diff(&diff));
+                sink.emit_handled(Event::Diff { host: h, diff }).await
+            }
+            Err((true, error)) => found(&h, Found::Unreachable(error)),
+            Err((false, error)) => found(&h, Found::Failed(error)),
         }
     }
-    kept
+    drop(done);
+    *closures_out = owned.closures;
+    closures_out.extend(fetched);
+}
+
+/// Every candidate's closure, and that of every running system the builder
+/// has, from one query on the builder (empty when it fails: each host's
+/// diff then asks for what it needs).
+async fn builder_closures<F: Fleet>(
+    fleet: &F,
+    candidates: &[(String, StorePath)],
+    running: &HashMap<&str, Result<Option<StorePath>, ReadError>>,
+) -> HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>> {
+    let Ok(b) = fleet.builder().await else {
+        return HashMap::new();
+    };
+    let mut roots: Vec<StorePath> = candidates.iter().map(|(_, c)| c.clone()).collect();
+    let mut currents: Vec<StorePath> = running
+        .values()
+        .filter_map(|r| r.as_ref().ok().cloned().flatten())
+        .filter(|c| !roots.contains(c))
+        .collect();
+    currents.sort();
+    currents.dedup();
+    if let Ok(lacking) = nix::closure::missing(&b, &currents).await {
+        roots.extend(currents.into_iter().filter(|c| !lacking.contains(c)));
+    }
+    nix::closure::closures(&b, &roots)
+        .await
+        .map(|m| m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+        .unwrap_or_default()
 }
 
 /// The diff gate's evidence for the known-good record.

@@ -22,14 +22,14 @@ impl<R: Remote> Run<'_, R> {
             );
             return Ok(());
         }
-        let job = self.job(JobPurpose::Persist, SwitchAction::Boot);
+        let mut job = self.job(JobPurpose::Persist, SwitchAction::Boot);
         // `boot` leaves /run/current-system where it is.
         let now = if self.live_changed {
             self.req.candidate.clone()
         } else {
             self.pre_current.clone()
         };
-        match run_detached(self.remote, self.s, &job, &now, &now, self.emit).await {
+        match run_detached(self.remote, self.s, &mut job, &now, &now, self.emit).await {
             SwitchResult::Settled(ev) => {
                 self.self_correct().await;
                 self.pass(
@@ -42,6 +42,9 @@ impl<R: Remote> Run<'_, R> {
                 );
                 Ok(())
             }
+            SwitchResult::Failed(f) if f.changed_nothing() => {
+                Err(self.not_persisted(gate, f).await)
+            }
             SwitchResult::Failed(f) => Err(self
                 .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
                 .await),
@@ -49,6 +52,24 @@ impl<R: Remote> Run<'_, R> {
                 .fail_and_rollback(gate, FailureReason::NeedsReboot(r), None)
                 .await),
         }
+    }
+
+    /// The boot entry could not be written, and nothing of it ran (the host
+    /// refused to start the `boot` job every time, or another switch holds
+    /// the lock). The profile goes back to what the boot entries say; a
+    /// host proven live stays live (rolling back a host that passed every
+    /// live gate would undo a good change for a boot-loader hiccup): it is
+    /// reported as not persisted. A host not yet live failed cleanly.
+    async fn not_persisted(&mut self, gate: Gate, f: SwitchFailure) -> HostOutcome {
+        self.self_correct_to_previous().await;
+        if !self.live_changed {
+            return self.fail_clean(gate, FailureReason::Switch(f));
+        }
+        (self.emit)(ActivationEvent::GateFailed {
+            gate,
+            reason: FailureReason::Switch(f.clone()),
+        });
+        HostOutcome::NotPersisted { reason: f }
     }
 
     /// The change can only land by rebooting: persist it, reboot if allowed.
@@ -142,7 +163,7 @@ impl<R: Remote> Run<'_, R> {
                 unit: job.unit.clone(),
             });
             if let Err(e) = stop_job(self.remote, job, self.s.sudo).await {
-                let rollback_error = crate::activation::rollback::RollbackError::StopHungSwitch {
+                let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
                     unit: job.unit.clone(),
                     error: format!("{e:#}"),
                 };
@@ -161,7 +182,7 @@ impl<R: Remote> Run<'_, R> {
             to: to.clone(),
             mode,
         });
-        let outcome = rollback(self.remote, self.s, &self.req.run_id, &to, mode, self.emit).await;
+        let outcome = reactivate(self.remote, self.s, &self.req.run_id, &to, mode, self.emit).await;
         let outcome = self.accept_earlier_failures(outcome).await;
         (self.emit)(ActivationEvent::RollbackFinished {
             outcome: outcome.clone(),
@@ -201,7 +222,7 @@ impl<R: Remote> Run<'_, R> {
     /// only units failed that were failed before this deploy, is back where
     /// it was: rolled back (with a warning naming them), not a failure.
     async fn accept_earlier_failures(&mut self, outcome: RollbackOutcome) -> RollbackOutcome {
-        use crate::activation::rollback::RollbackError;
+        use crate::activation::reactivate::RollbackError;
         let RollbackOutcome::Failed {
             to,
             mode,

@@ -17,9 +17,9 @@ use super::events::{ActivationEvent, GateEvidence, Step, Warning};
 use super::known_good::{self, GateRecord, MarkRequest};
 use super::outcome::{FailureReason, HostOutcome};
 use super::profile::{self, ProfileCheck};
+use super::reactivate::{RollbackMode, RollbackOutcome, reactivate};
 use super::realise::RealiseOutcome;
 use super::reboot::{RebootOutcome, reboot_and_verify};
-use super::rollback::{RollbackMode, RollbackOutcome, rollback};
 use super::settings::{HostSettings, Os, RunId};
 use super::switch::{JobPurpose, SwitchJob, stop_job};
 use super::{dry_activate, health, inhibitors, links, privilege, realise};
@@ -39,6 +39,9 @@ pub struct ActivationRequest {
     /// Evidence of the gates the controller ran (build, diff, copy), copied
     /// into the known-good record.
     pub earlier_gates: Vec<GateRecord>,
+    /// The candidate is this known-good generation (a rollback): marking
+    /// re-selects it instead of adding a generation.
+    pub known_good_generation: Option<u64>,
 }
 
 /// Activate `req.candidate` on the host for `req.goal`.
@@ -302,10 +305,10 @@ impl<R: Remote> Run<'_, R> {
             return outcome;
         }
         let action = goal.switch_action().unwrap_or(SwitchAction::Test);
-        let job = self.job(JobPurpose::Candidate, action);
+        let mut job = self.job(JobPurpose::Candidate, action);
         let previous = self.pre_current.clone();
         self.record_failed_units().await;
-        match run_detached(self.remote, self.s, &job, &cand, &previous, self.emit).await {
+        match run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await {
             SwitchResult::Settled(ev) => {
                 self.live_changed = true;
                 self.self_correct().await;
@@ -378,6 +381,7 @@ impl<R: Remote> Run<'_, R> {
         self.step(Step::MarkKnownGood);
         let req = MarkRequest {
             closure: self.req.candidate.clone(),
+            reselect: self.req.known_good_generation,
             commit: self.req.commit.clone(),
             run_id: self.req.run_id.clone(),
             gates: self.records.clone(),
@@ -398,9 +402,7 @@ impl<R: Remote> Run<'_, R> {
     }
 }
 
-#[path = "pipeline_paths.rs"]
-mod paths;
+mod off_path;
 
 #[cfg(test)]
-#[path = "pipeline_tests.rs"]
 mod tests;

@@ -10,36 +10,37 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::fleet::{BUILDER, Sessions};
+use crate::fleet::Fleet;
 use crate::nix::StorePath;
 use crate::nix::closure::PathInfo;
 use crate::nix::copy::CopyProgress;
 use crate::nix::fanout::{self, Received, Target};
-use crate::ssh::SshSession;
 
 type Progress = Arc<dyn Fn(CopyProgress) + Send + Sync>;
 
-struct Member {
-    target: SshSession,
+struct Member<R> {
+    target: R,
     closure: Arc<Vec<PathInfo>>,
     lacking: HashSet<StorePath>,
     progress: Progress,
     reply: oneshot::Sender<anyhow::Result<Received>>,
 }
 
+type Batch<R> = Arc<Mutex<Vec<Member<R>>>>;
+
 /// The batches of one run's relay copies.
-pub struct RelayHub {
-    sessions: Arc<Sessions>,
+pub struct RelayHub<F: Fleet> {
+    fleet: Arc<F>,
     quiet: Duration,
     cap: Duration,
-    open: Mutex<Option<Arc<Mutex<Vec<Member>>>>>,
+    open: Mutex<Option<Batch<F::Remote>>>,
 }
 
-impl RelayHub {
+impl<F: Fleet> RelayHub<F> {
     /// A batch closes once no host joined for `quiet`, or `cap` after it opened.
-    pub fn new(sessions: Arc<Sessions>, quiet: Duration, cap: Duration) -> Arc<RelayHub> {
+    pub fn new(fleet: Arc<F>, quiet: Duration, cap: Duration) -> Arc<RelayHub<F>> {
         Arc::new(RelayHub {
-            sessions,
+            fleet,
             quiet,
             cap,
             open: Mutex::new(None),
@@ -50,7 +51,7 @@ impl RelayHub {
     /// `lacking` is what the host lacks of `closure`.
     pub async fn share(
         self: &Arc<Self>,
-        target: SshSession,
+        target: F::Remote,
         closure: Arc<Vec<PathInfo>>,
         lacking: HashSet<StorePath>,
         progress: Progress,
@@ -92,7 +93,7 @@ impl RelayHub {
                         if let Ok(mut open) = hub.open.lock() {
                             *open = None;
                         }
-                        let members: Option<Vec<Member>> =
+                        let members: Option<Vec<Member<F::Remote>>> =
                             batch.lock().ok().map(|mut m| std::mem::take(&mut *m));
                         if let Some(members) = members {
                             hub.run(members).await;
@@ -105,8 +106,8 @@ impl RelayHub {
             .map_err(|_| anyhow::anyhow!("the shared copy stopped before it finished"))?
     }
 
-    async fn run(&self, members: Vec<Member>) {
-        let fail_all = |members: Vec<Member>, msg: String| {
+    async fn run(&self, members: Vec<Member<F::Remote>>) {
+        let fail_all = |members: Vec<Member<F::Remote>>, msg: String| {
             for m in members {
                 let _ = m.reply.send(Err(anyhow::anyhow!("{msg}")));
             }
@@ -116,11 +117,11 @@ impl RelayHub {
             Ok(o) => o,
             Err(e) => return fail_all(members, format!("combining closures: {e:#}")),
         };
-        let builder = match self.sessions.get(BUILDER).await {
+        let builder = match self.fleet.builder().await {
             Ok(b) => b,
             Err(e) => return fail_all(members, format!("connecting to the builder: {e:#}")),
         };
-        let targets: Vec<Target<SshSession>> = members
+        let targets: Vec<Target<F::Remote>> = members
             .iter()
             .map(|m| Target {
                 remote: &m.target,

@@ -10,7 +10,7 @@ use crate::activation::fake_host::{Behaviour, FakeHost, KNOWN_GOOD, SYSTEM, desc
 use crate::activation::health::HealthCheck;
 use crate::activation::inhibitors::Component;
 use crate::activation::privilege::SudoCheck;
-use crate::activation::rollback::RollbackError;
+use crate::activation::reactivate::RollbackError;
 
 const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
 const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
@@ -36,6 +36,7 @@ fn request(goal: Goal) -> ActivationRequest {
         run_id: RunId::parse("r1").unwrap(),
         commit: Some("3f2a9c1".into()),
         earlier_gates: Vec::new(),
+        known_good_generation: None,
     }
 }
 
@@ -105,7 +106,7 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         format!("readlink-f {SYSTEM}"),
-        format!("sudo set-known-good {KNOWN_GOOD} {NEW}"),
+        format!("sudo set-known-good {KNOWN_GOOD} {NEW} "),
         "sudo write-record /var/lib/nixgate/known-good 2".into(),
     ];
     assert_eq!(ran.cmds, want);
@@ -250,6 +251,7 @@ async fn hang_times_out_is_stopped_and_rolled_back() {
             ..Default::default()
         },
     );
+    let started = tokio::time::Instant::now();
     let ran = run(&host, &request(Goal::Gated)).await;
     match &ran.outcome {
         HostOutcome::RolledBack {
@@ -257,13 +259,21 @@ async fn hang_times_out_is_stopped_and_rolled_back() {
             to,
             ..
         } => {
-            // The first poll at or after the 60 s budget (polls ramp up to
-            // the 2 s interval from 0.1 s).
-            assert_eq!(*elapsed, Duration::from_millis(61_100));
+            // One budget from firing: the last wait is cut to end at the
+            // 60 s deadline, and the poll there decides.
+            assert_eq!(*elapsed, Duration::from_secs(60));
             assert_eq!(to, &sp(OLD));
         }
         other => panic!("{other:?}"),
     }
+    // The whole activation, the rollback included (its own switch settles
+    // within a few polls), stays within the budget plus a poll interval
+    // and the rollback's own polls.
+    assert!(
+        started.elapsed() < Duration::from_secs(60 + 2 + 2),
+        "{:?}",
+        started.elapsed()
+    );
     let stop = ran
         .cmds
         .iter()
@@ -631,4 +641,113 @@ async fn test_goal_activates_without_persisting() {
         (sp(NEW), sp(OLD))
     );
     assert_eq!(st.profiles[KNOWN_GOOD], vec![sp(OLD)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_switch_unit_is_fired_again_under_a_fresh_name() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().refuse_fires = vec!["test", "boot"];
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let fires: Vec<&String> = ran.cmds.iter().filter(|c| c.contains(" fire ")).collect();
+    assert_eq!(fires.len(), 4, "{fires:#?}");
+    assert!(
+        fires[1].contains("--unit=nixgate-switch-r1-try2 "),
+        "{fires:#?}"
+    );
+    assert!(
+        fires[3].contains("--unit=nixgate-switch-r1-persist-try2 "),
+        "{fires:#?}"
+    );
+    assert!(ran.events.iter().any(|e| matches!(
+        e,
+        ActivationEvent::Warning {
+            warning: crate::activation::events::Warning::FireRefused { attempt: 1, .. }
+        }
+    )));
+    assert_eq!(host.state().boot_default, sp(NEW));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().refuse_fires = vec!["boot"; 3];
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::NotPersisted {
+            reason: SwitchFailure::FireRefused { attempts },
+        } => assert_eq!(attempts.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    let st = host.state();
+    assert_eq!(st.current, sp(NEW), "still live on what it proved");
+    assert_eq!(st.boot_default, sp(OLD), "the boot entries never moved");
+    assert_eq!(
+        st.profile(SYSTEM),
+        Some(&sp(OLD)),
+        "the profile agrees with the boot entries again"
+    );
+    assert!(
+        !ran.cmds.iter().any(|c| c.contains("-rollback")),
+        "not rolled back: {:#?}",
+        ran.cmds
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    // The candidate's own `test` starts; the rollback's first `test` is refused.
+    host.state().refuse_fires = vec![];
+    let h = host.clone();
+    let ran = {
+        let remote = host.remote();
+        let events = Mutex::new(Vec::new());
+        let req = request(Goal::Gated);
+        // Refuse the next `test` fire once the candidate's has started.
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut st = h.state();
+                if st.jobs.contains_key("nixgate-switch-r1") {
+                    st.refuse_fires.push("test");
+                    return;
+                }
+            }
+        });
+        let outcome = activate_host(&remote, &req, &CancellationToken::new(), &|e| {
+            events.lock().unwrap().push(e)
+        })
+        .await;
+        watcher.abort();
+        Ran {
+            outcome,
+            events: events.into_inner().unwrap(),
+            cmds: remote.commands().iter().map(describe).collect(),
+        }
+    };
+    assert!(
+        matches!(ran.outcome, HostOutcome::RolledBack { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(
+        ran.cmds
+            .iter()
+            .any(|c| c.contains("--unit=nixgate-switch-r1-rollback-try2 ")),
+        "{:#?}",
+        ran.cmds
+    );
+    assert_eq!(host.state().current, sp(OLD));
 }

@@ -1,0 +1,108 @@
+//! What a host runs, what it will boot, and the facts `check` reports, each
+//! read with one command. `status`, `check`, the rollback plan and the
+//! pipeline's own first read share these instead of each carrying a script.
+
+use serde::Serialize;
+
+use super::links::read_store_links;
+use super::settings::HostPaths;
+use crate::nix::StorePath;
+use crate::remote::{Command, Remote};
+
+/// The links that say where a host stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Links {
+    /// `/run/current-system`: what runs.
+    pub current: Option<StorePath>,
+    /// `/run/booted-system`: what it booted.
+    pub booted: Option<StorePath>,
+    /// The system profile: what it boots next (the boot default).
+    pub boot_default: Option<StorePath>,
+}
+
+/// Read the three links with one command.
+pub async fn read_links<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+    system_profile: &str,
+) -> anyhow::Result<Links> {
+    let read = read_store_links(
+        remote,
+        &[&paths.current_system, &paths.booted_system, system_profile],
+    )
+    .await?;
+    let [current, booted, boot_default]: [Option<StorePath>; 3] = read
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("reading three links gave another count"))?;
+    Ok(Links {
+        current,
+        booted,
+        boot_default,
+    })
+}
+
+/// What `check` reports of a host besides its connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Facts {
+    /// `nix-store --version` (the version only); `None`: no Nix on the PATH.
+    pub nix_version: Option<String>,
+    pub current_system: Option<StorePath>,
+    /// Free bytes on the file system holding `/nix`.
+    pub free_nix_bytes: Option<u64>,
+}
+
+pub(crate) const FACTS: &str = "nix-store --version 2>/dev/null | head -n 1; echo '--'; \
+readlink -e /run/current-system 2>/dev/null; echo '--'; df -Pk /nix 2>/dev/null | tail -n 1";
+
+/// Parse the output of [`FACTS`].
+pub fn parse_facts(text: &str) -> Facts {
+    let mut parts = text.split("--\n");
+    let nix = parts.next().unwrap_or("").trim();
+    let current = parts.next().unwrap_or("").trim();
+    let df = parts.next().unwrap_or("").trim();
+    Facts {
+        nix_version: (!nix.is_empty()).then(|| {
+            nix.rsplit(' ')
+                .next()
+                .unwrap_or(nix)
+                .trim_start_matches("nix-store (Nix) ")
+                .to_owned()
+        }),
+        current_system: StorePath::parse(current).ok(),
+        free_nix_bytes: df
+            .split_whitespace()
+            .nth(3)
+            .and_then(|k| k.parse::<u64>().ok())
+            .map(|k| k * 1024),
+    }
+}
+
+/// Read the facts with one command.
+pub async fn facts<R: Remote>(remote: &R) -> anyhow::Result<Facts> {
+    let out = remote
+        .exec(&Command::script(FACTS))
+        .await?
+        .check("probing the host")?;
+    Ok(parse_facts(&out.stdout_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_from_nix_2_8_and_lix() {
+        let sys = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+        let f = parse_facts(&format!(
+            "nix-store (Nix) 2.8.0\n--\n{sys}\n--\n/dev/vda 264091588 11000000 83000000 12% /\n"
+        ));
+        assert_eq!(f.nix_version.as_deref(), Some("2.8.0"));
+        assert_eq!(f.current_system.unwrap().as_str(), sys);
+        assert_eq!(f.free_nix_bytes, Some(83_000_000 * 1024));
+        let f = parse_facts("nix-store (Lix, like Nix) 2.91.1\n--\n\n--\n");
+        assert_eq!(f.nix_version.as_deref(), Some("2.91.1"));
+        assert_eq!(f.current_system, None);
+        assert_eq!(f.free_nix_bytes, None);
+        assert_eq!(parse_facts("--\n--\n").nix_version, None);
+    }
+}

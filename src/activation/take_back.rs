@@ -1,0 +1,78 @@
+//! After a wave's soak: a host this run marked known-good whose health
+//! checks now fail is taken back. Its mark is revoked (the known-good
+//! profile returns to the generation before it, the record is kept as
+//! `<N>.revoked.json`), and the known-good before it, or the system it ran
+//! before the run, is re-activated by the same detached, verified path as
+//! any rollback. The boot default goes back too: the gated goal had
+//! persisted the candidate.
+
+use super::events::{ActivationEvent, Warning};
+use super::known_good;
+use super::reactivate::{RollbackError, RollbackMode, RollbackOutcome, reactivate};
+use super::settings::{HostSettings, RunId};
+use crate::nix::StorePath;
+use crate::remote::Remote;
+
+/// Take the host back. `mark` is the generation this run marked (if it
+/// marked one), `before` what the host ran before the run. Returns the
+/// generation revoked and how the rollback went.
+pub async fn take_back<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    run_id: &RunId,
+    mark: Option<u64>,
+    before: &StorePath,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> (Option<u64>, RollbackOutcome) {
+    let mode = RollbackMode::Persistent;
+    let mut revoked = None;
+    let mut to = before.clone();
+    if let Some(generation) = mark {
+        match known_good::revoke(remote, &settings.paths, settings.sudo, generation).await {
+            Ok(previous) => {
+                revoked = Some(generation);
+                if let Some(closure) = closure_of(remote, settings, previous).await {
+                    to = closure;
+                }
+            }
+            Err(e) => emit(ActivationEvent::Warning {
+                warning: Warning::RevokeFailed {
+                    generation,
+                    error: format!("{e:#}"),
+                },
+            }),
+        }
+    }
+    emit(ActivationEvent::RollbackStarted {
+        to: to.clone(),
+        mode,
+    });
+    let outcome = reactivate(remote, settings, run_id, &to, mode, emit).await;
+    emit(ActivationEvent::RollbackFinished {
+        outcome: outcome.clone(),
+    });
+    (revoked, outcome)
+}
+
+/// The closure of known-good generation `g`, if it is still there.
+async fn closure_of<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    g: Option<u64>,
+) -> Option<StorePath> {
+    let g = g?;
+    let history = known_good::history(remote, &settings.paths).await.ok()?;
+    history
+        .into_iter()
+        .find(|h| h.generation == g && h.present)
+        .and_then(|h| h.closure)
+}
+
+/// A take-back with nowhere to go: the host ran nothing else before.
+pub fn nowhere(to: &StorePath) -> RollbackOutcome {
+    RollbackOutcome::Failed {
+        to: to.clone(),
+        mode: RollbackMode::Persistent,
+        error: RollbackError::NoTarget,
+    }
+}

@@ -1,0 +1,95 @@
+//! The prompt before a deploy changes anything. It talks to the terminal
+//! itself (`/dev/tty`), so it is seen and answered even when stdout and
+//! stderr are piped; with no terminal it refuses and says to pass `--yes`.
+//! Ctrl-C at the prompt ends it at once: nothing changed.
+
+use std::io::{BufRead, Write};
+
+use crate::plan::Plan;
+use crate::runner::cancel::{self, CancelLevel, CancelWatch};
+
+use super::{Fatal, Global};
+
+/// The user's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Yes,
+    /// No, or Ctrl-C at the prompt.
+    No,
+}
+
+/// The question: the goal, and the ready hosts wave by wave.
+pub fn question(plan: &Plan) -> String {
+    let mut waves = Vec::new();
+    let mut total = 0;
+    for w in &plan.waves {
+        let ready: Vec<&str> = plan
+            .ready()
+            .filter(|(h, _)| w.planned.iter().any(|p| p.host == *h))
+            .map(|(h, _)| h)
+            .collect();
+        if ready.is_empty() {
+            continue;
+        }
+        total += ready.len();
+        let shown: Vec<&str> = ready.iter().take(8).copied().collect();
+        let more = ready.len() - shown.len();
+        let mut names = shown.join(", ");
+        if more > 0 {
+            names.push_str(&format!(" and {more} more"));
+        }
+        waves.push(format!("{}: {names}", w.group.name));
+    }
+    format!(
+        "Deploy (goal {}) to {total} host(s)? {}\n[y/N] ",
+        plan.goal,
+        waves.join("; ")
+    )
+}
+
+/// Before any work: a run that will need an answer and has no terminal to
+/// ask on is refused now (exit 2), not after the build.
+pub fn can_ask(g: &Global) -> anyhow::Result<()> {
+    if g.yes {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map(drop)
+        .map_err(|_| {
+            Fatal::usage("no terminal to confirm on: pass --yes to deploy without a prompt")
+        })
+}
+
+/// Ask on the terminal. `--yes` answers for the user.
+pub async fn ask(g: &Global, plan: &Plan, mut watch: CancelWatch) -> anyhow::Result<Answer> {
+    if g.yes {
+        return Ok(Answer::Yes);
+    }
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| {
+            Fatal::usage("no terminal to confirm on: pass --yes to deploy without a prompt")
+        })?;
+    let q = question(plan);
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut out = tty.try_clone()?;
+        out.write_all(q.as_bytes())?;
+        out.flush()?;
+        let mut line = String::new();
+        std::io::BufReader::new(tty).read_line(&mut line)?;
+        Ok(line)
+    });
+    tokio::select! {
+        line = read => {
+            let line = line??;
+            Ok(if matches!(line.trim(), "y" | "Y" | "yes") { Answer::Yes } else { Answer::No })
+        }
+        // The blocking read is left behind; the process ends right after.
+        _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => Ok(Answer::No),
+    }
+}

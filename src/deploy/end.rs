@@ -1,0 +1,249 @@
+//! How a host's part in a run ended: one typed value, from the plan's
+//! refusal to the activation's outcome to a failed soak, carried from the
+//! runner to the reporters and the run report. Words for people are the
+//! reporters' business (`report::human`); this only says what happened.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::activation::health::HealthReport;
+use crate::activation::{HostOutcome, RollbackOutcome};
+use crate::nix::StorePath;
+use crate::plan::Refusal;
+use crate::runner::{Interrupted, NotStarted};
+
+/// How one host ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "end", rename_all = "snake_case")]
+pub enum HostEnd {
+    /// The host went through (some of) the activation pipeline.
+    Activation { activation: Arc<HostOutcome> },
+    /// The plan refused it before the run: nothing on it changed.
+    Refused { refusal: Refusal },
+    /// It was never started.
+    NotStarted { why: NotStarted },
+    /// The controller's work on it was cut short.
+    Interrupted { why: Interrupted },
+    /// Proven live and marked known-good, then unhealthy after its wave's
+    /// soak: its known-good mark was revoked and it was taken back to the
+    /// known-good before.
+    SoakFailed {
+        checks: Vec<HealthReport>,
+        /// The known-good generation revoked (the one this run marked).
+        revoked: Option<u64>,
+        rollback: RollbackOutcome,
+    },
+}
+
+impl HostEnd {
+    pub fn activation(outcome: HostOutcome) -> HostEnd {
+        HostEnd::Activation {
+            activation: Arc::new(outcome),
+        }
+    }
+
+    /// The activation outcome, if the host got there.
+    pub fn outcome(&self) -> Option<&HostOutcome> {
+        match self {
+            HostEnd::Activation { activation } => Some(activation),
+            _ => None,
+        }
+    }
+
+    /// The flat kind, for summaries, exit codes and `status`.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            HostEnd::Activation { activation } => kind_of(activation),
+            HostEnd::Refused { .. } => OutcomeKind::Refused,
+            HostEnd::NotStarted { .. } => OutcomeKind::NotStarted,
+            HostEnd::Interrupted {
+                why: Interrupted::Aborted,
+            } => OutcomeKind::Aborted,
+            HostEnd::Interrupted { .. } => OutcomeKind::Failed,
+            HostEnd::SoakFailed {
+                rollback: RollbackOutcome::RolledBack { .. },
+                ..
+            } => OutcomeKind::RolledBack,
+            HostEnd::SoakFailed { .. } => OutcomeKind::RollbackFailed,
+        }
+    }
+
+    /// Does this end count against the wave's failure budget? A change
+    /// deferred to the next boot is not proven live: it counts unless the
+    /// run allows pending reboots (`--allow-pending-reboot`).
+    pub fn counts_against_wave(&self, allow_pending_reboot: bool) -> bool {
+        let k = self.kind();
+        k.is_failure() || (k == OutcomeKind::DeferredPendingReboot && !allow_pending_reboot)
+    }
+}
+
+fn kind_of(o: &HostOutcome) -> OutcomeKind {
+    match o {
+        HostOutcome::KnownGood { .. } => OutcomeKind::KnownGood,
+        HostOutcome::Activated { .. } => OutcomeKind::Reached,
+        HostOutcome::AlreadyCurrent { .. } => OutcomeKind::AlreadyCurrent,
+        HostOutcome::DeferredPendingReboot { .. } => OutcomeKind::DeferredPendingReboot,
+        HostOutcome::NotPersisted { .. } => OutcomeKind::NotPersisted,
+        HostOutcome::RolledBack { .. } => OutcomeKind::RolledBack,
+        HostOutcome::RollbackFailed { .. } => OutcomeKind::RollbackFailed,
+        HostOutcome::Failed { .. } | HostOutcome::SignatureMismatch { .. } => OutcomeKind::Failed,
+        HostOutcome::Cancelled { .. } => OutcomeKind::NotStarted,
+    }
+}
+
+/// How a host's part in a run ended, flattened for summaries, exit codes
+/// and `status`. Spelled the same in JSON, tables and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutcomeKind {
+    /// Every gate passed; the closure is the host's new known-good.
+    KnownGood,
+    /// The goal was reached (copy, dry-activate, test, boot, switch).
+    Reached,
+    /// The host already ran the candidate: verified and marked, not switched.
+    AlreadyCurrent,
+    /// The candidate needs a reboot (systemd, dbus or kernel changed): it is
+    /// the boot default, the old system still runs.
+    #[serde(rename = "pending-reboot")]
+    DeferredPendingReboot,
+    /// Proven live, but the boot entry could not be written: it runs the
+    /// new system and boots the old one. Not known-good.
+    NotPersisted,
+    /// A gate failed after the switch; the host is back on its known-good.
+    RolledBack,
+    /// A gate failed and so did the rollback: the host needs a person.
+    RollbackFailed,
+    /// A gate failed before anything changed on the host.
+    Failed,
+    /// The plan refused the host (build, drift, unreachable, locked, ...):
+    /// nothing changed on it.
+    Refused,
+    /// Never started (cancelled, or its wave or an earlier one failed).
+    NotStarted,
+    /// The controller aborted mid-host; a detached switch may still finish.
+    Aborted,
+}
+
+impl OutcomeKind {
+    /// Does this outcome count against a wave's failure budget?
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::RolledBack
+                | OutcomeKind::NotPersisted
+                | OutcomeKind::RollbackFailed
+                | OutcomeKind::Failed
+                | OutcomeKind::Refused
+                | OutcomeKind::Aborted
+        )
+    }
+
+    /// Does this outcome make the run exit 1? Failures, and hosts that never
+    /// started (a failed wave or a cancel): the run did not end well for them.
+    pub fn fails_run(self) -> bool {
+        self.is_failure() || self == OutcomeKind::NotStarted
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::KnownGood => "known-good",
+            OutcomeKind::Reached => "reached",
+            OutcomeKind::AlreadyCurrent => "already-current",
+            OutcomeKind::DeferredPendingReboot => "pending-reboot",
+            OutcomeKind::NotPersisted => "not-persisted",
+            OutcomeKind::RolledBack => "rolled-back",
+            OutcomeKind::RollbackFailed => "rollback-failed",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Refused => "refused",
+            OutcomeKind::NotStarted => "not-started",
+            OutcomeKind::Aborted => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One host's line in the summary and the run report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSummary {
+    pub host: String,
+    pub wave: String,
+    /// What it was (to be) deployed to.
+    pub closure: Option<StorePath>,
+    pub end: HostEnd,
+    pub seconds: f64,
+}
+
+impl HostSummary {
+    pub fn outcome(&self) -> OutcomeKind {
+        self.end.kind()
+    }
+}
+
+impl Serialize for HostSummary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            host: &'a str,
+            wave: &'a str,
+            outcome: OutcomeKind,
+            closure: &'a Option<StorePath>,
+            #[serde(flatten)]
+            end: &'a HostEnd,
+            seconds: f64,
+        }
+        Shape {
+            host: &self.host,
+            wave: &self.wave,
+            outcome: self.outcome(),
+            closure: &self.closure,
+            end: &self.end,
+            seconds: self.seconds,
+        }
+        .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_spelled_as_in_tables() {
+        for k in [
+            OutcomeKind::KnownGood,
+            OutcomeKind::DeferredPendingReboot,
+            OutcomeKind::RollbackFailed,
+            OutcomeKind::Refused,
+            OutcomeKind::NotStarted,
+        ] {
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json, k.as_str());
+            let back: OutcomeKind = serde_json::from_value(json).unwrap();
+            assert_eq!(back, k);
+        }
+    }
+
+    #[test]
+    fn a_deferred_change_counts_unless_allowed() {
+        let deferred = HostEnd::activation(HostOutcome::DeferredPendingReboot {
+            reason: crate::activation::detached::RebootReason::SwitchInhibitors {
+                log_tail: vec![],
+            },
+        });
+        assert!(deferred.counts_against_wave(false));
+        assert!(!deferred.counts_against_wave(true));
+        let refused = HostEnd::Refused {
+            refusal: Refusal::Locked {
+                holder: "run x".into(),
+            },
+        };
+        assert!(refused.counts_against_wave(true));
+        assert_eq!(refused.kind(), OutcomeKind::Refused);
+    }
+}

@@ -1,0 +1,119 @@
+//! After a run: every host that reached known-good from a clean commit gets
+//! its release tag (`release/<host>/<UTC>-<shortrev>`) and its release
+//! branch fast-forwarded; with `[release] remote`, both are published. A
+//! refused or failed release is reported, never fatal: the host is
+//! known-good either way. A host whose known-good was revoked after its
+//! soak has no known-good end, so it gets no tag.
+
+use serde::Serialize;
+
+use crate::activation::HostOutcome;
+use crate::inventory::Inventory;
+use crate::plan::Source;
+use crate::release::{self, Evidence, GateEvidence, ReleaseOutcome, ReleaseRequest};
+use crate::report::{Event, EventSink};
+
+use super::HostSummary;
+
+/// Why a known-good host got no release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NotReleased {
+    /// The release rules refused it (dirty tree, not a fast-forward).
+    Refused { refusal: release::Refusal },
+    /// The repository could not be written.
+    Failed { error: String },
+}
+
+/// Why a release was not published to the remote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NotPublished {
+    Rejected { outcome: release::PushOutcome },
+    Failed { error: String },
+}
+
+/// Everything releasing needs.
+pub struct Releasing<'a> {
+    pub inventory: &'a Inventory,
+    pub source: &'a Source,
+    pub run_id: &'a str,
+    pub force: bool,
+    pub sink: &'a EventSink,
+}
+
+/// Release every known-good host of `hosts`.
+pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
+    for h in hosts {
+        let (Some(closure), Some(HostOutcome::KnownGood { mark })) =
+            (h.closure.clone(), h.end.outcome())
+        else {
+            continue;
+        };
+        let evidence = Evidence {
+            gates: mark
+                .record
+                .gates
+                .iter()
+                .map(|g| GateEvidence {
+                    gate: g.gate,
+                    detail: g.value(),
+                })
+                .collect(),
+        };
+        let req = ReleaseRequest {
+            target: h.host.clone(),
+            commit: r.source.commit.clone(),
+            dirty: r.source.dirty,
+            closure,
+            builder: r.inventory.builder.connection.address.clone(),
+            run_id: r.run_id.to_owned(),
+            evidence,
+            force: r.force,
+            at: None,
+        };
+        release_one(r, &h.host, &req);
+    }
+}
+
+fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
+    let repo = &r.inventory.builder.source;
+    let why = match release::create(repo, req) {
+        Ok(ReleaseOutcome::Released { tag, branch, .. }) => {
+            r.sink.emit(Event::Released {
+                host: host.to_owned(),
+                tag: tag.clone(),
+                branch: branch.clone(),
+            });
+            if let Some(remote) = &r.inventory.release.remote {
+                publish(r, host, remote, &tag, &branch);
+            }
+            return;
+        }
+        Ok(ReleaseOutcome::Refused { reason }) => NotReleased::Refused { refusal: reason },
+        Err(e) => NotReleased::Failed {
+            error: format!("{e:#}"),
+        },
+    };
+    r.sink.emit(Event::NotReleased {
+        host: host.to_owned(),
+        why,
+    });
+}
+
+fn publish(r: &Releasing<'_>, host: &str, remote: &str, tag: &str, branch: &str) {
+    let repo = &r.inventory.builder.source;
+    let why = match release::push(repo, remote, tag, branch, r.force) {
+        Ok(release::PushOutcome::Pushed { .. }) => return,
+        Ok(outcome) => NotPublished::Rejected { outcome },
+        Err(e) => NotPublished::Failed {
+            error: format!("{e:#}"),
+        },
+    };
+    r.sink.emit(Event::NotPublished {
+        host: host.to_owned(),
+        remote: remote.to_owned(),
+        tag: tag.to_owned(),
+        why,
+    });
+}

@@ -1,0 +1,395 @@
+//! The plan, the waves and the per-host pipeline together, on fake hosts
+//! (no root, no network): what the runner does with a plan's refusals, a
+//! failed soak, Ctrl-C during the build, a host already on its candidate.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::activation::fake_host::{FakeHost, KNOWN_GOOD};
+use crate::activation::{HostOutcome, RollbackOutcome};
+use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
+use crate::nix::StorePath;
+use crate::nix::build::BuildFailure;
+use crate::plan::{self, Candidate, Planning, Refusal, Request, Source};
+use crate::runner::cancel;
+
+const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.05";
+const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web-24.11";
+
+fn sp(p: &str) -> StorePath {
+    StorePath::parse(p).unwrap()
+}
+
+/// Waves canary = [web1] then main = [web2, web3].
+fn inventory(main_failures: usize, canary_soak: &str) -> Arc<Inventory> {
+    let src = format!(
+        r#"
+[defaults]
+activation_timeout = "60s"
+health_checks = [{{ command = "systemctl is-active nginx", timeout = "10s" }}]
+[builder]
+address = "b"
+flake = false
+[hosts.web1]
+address = "10.0.0.1"
+[hosts.web2]
+address = "10.0.0.2"
+[hosts.web3]
+address = "10.0.0.3"
+[[waves]]
+name = "canary"
+hosts = ["web1"]
+max_failures = 0
+soak = "{canary_soak}"
+[[waves]]
+name = "main"
+hosts = ["web2", "web3"]
+max_failures = {main_failures}
+"#
+    );
+    Arc::new(Inventory::parse(Path::new("/inv/inventory.toml"), &src).unwrap())
+}
+
+struct Fixture {
+    inv: Arc<Inventory>,
+    hosts: HashMap<&'static str, FakeHost>,
+    fleet: Arc<FakeFleet>,
+    ctx: RunContext<FakeFleet>,
+    events: crate::report::Captured,
+    canceller: cancel::Canceller,
+}
+
+fn fixture(inv: Arc<Inventory>, on: [&str; 3], build: Build) -> Fixture {
+    let hosts: HashMap<&'static str, FakeHost> = ["web1", "web2", "web3"]
+        .into_iter()
+        .zip(on)
+        .map(|(h, c)| (h, FakeHost::new(&sp(c))))
+        .collect();
+    let list: Vec<(&str, &FakeHost)> = hosts.iter().map(|(n, h)| (*n, h)).collect();
+    let fleet = FakeFleet::new(&list, FakeBuilder::new(build));
+    let (sink, events) = EventSink::capture();
+    let (canceller, watch) = cancel::channel();
+    let ctx = RunContext {
+        inventory: inv.clone(),
+        fleet: fleet.clone(),
+        run_id: RunId::parse("r1").unwrap(),
+        allow_reboot: false,
+        allow_pending_reboot: false,
+        sink,
+        stop: CancellationToken::new(),
+        cancel: watch,
+    };
+    Fixture {
+        inv,
+        hosts,
+        fleet,
+        ctx,
+        events,
+        canceller,
+    }
+}
+
+fn ready(closure: &str) -> Verdict {
+    Verdict::Ready {
+        candidate: Candidate {
+            closure: sp(closure),
+            earlier_gates: Vec::new(),
+            generation: None,
+        },
+        running: Some(sp(OLD)),
+    }
+}
+
+fn plan_of(inv: &Inventory, mut verdict: impl FnMut(&str) -> Verdict) -> Plan {
+    let sel = inv.select(&Default::default()).unwrap();
+    Plan::assemble(crate::gates::Goal::Gated, None, &sel, &mut verdict)
+}
+
+fn kinds(hosts: &[HostSummary]) -> Vec<(String, OutcomeKind)> {
+    hosts
+        .iter()
+        .map(|h| (h.host.clone(), h.outcome()))
+        .collect()
+}
+
+fn untouched(f: &Fixture, host: &str) {
+    let st = f.hosts[host].state();
+    assert_eq!(st.current, sp(OLD), "{host} was switched");
+    assert!(st.jobs.is_empty(), "{host} ran a switch: {:?}", st.jobs);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_refused_before_activation_stops_later_waves() {
+    let refusals = [
+        Refusal::Build {
+            failure: BuildFailure::Eval {
+                log_tail: vec!["error: undefined variable 'x'".into()],
+            },
+        },
+        Refusal::Drift {
+            packages: vec!["openssl".into()],
+        },
+        Refusal::Unreachable {
+            error: "connection refused".into(),
+        },
+        Refusal::Locked {
+            holder: "run r0 pid 1 on elsewhere".into(),
+        },
+    ];
+    for refusal in refusals {
+        let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+        let plan = plan_of(&f.inv, |h| match h {
+            "web1" => Verdict::Refused {
+                refusal: refusal.clone(),
+            },
+            _ => ready(NEW),
+        });
+        let hosts = run(&f.ctx, plan, AlreadyThere).await;
+        assert_eq!(
+            kinds(&hosts),
+            [
+                ("web1".into(), OutcomeKind::Refused),
+                ("web2".into(), OutcomeKind::NotStarted),
+                ("web3".into(), OutcomeKind::NotStarted),
+            ],
+            "{refusal:?}"
+        );
+        assert_eq!(
+            hosts[1].end,
+            HostEnd::NotStarted {
+                why: crate::runner::NotStarted::EarlierWaveFailed {
+                    wave: "canary".into()
+                }
+            }
+        );
+        assert_eq!(exit_code(&hosts), 1);
+        for h in ["web2", "web3"] {
+            untouched(&f, h);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_unreachable_at_activation_stops_later_waves() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    f.fleet.unreachable.lock().unwrap().insert("web1".into());
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert_eq!(hosts[0].outcome(), OutcomeKind::Failed);
+    assert!(matches!(
+        hosts[0].end.outcome(),
+        Some(HostOutcome::Failed {
+            gate: crate::gates::Gate::Copy,
+            ..
+        })
+    ));
+    assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+    untouched(&f, "web2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_host_in_main_counts_against_main_only() {
+    // main allows one failure: a refused web3 uses it, web2 still deploys.
+    let f = fixture(inventory(1, "0s"), [OLD; 3], Build::Hangs);
+    let plan = plan_of(&f.inv, |h| match h {
+        "web3" => Verdict::Refused {
+            refusal: Refusal::Drift {
+                packages: vec!["curl".into()],
+            },
+        },
+        _ => ready(NEW),
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert_eq!(
+        kinds(&hosts),
+        [
+            ("web1".into(), OutcomeKind::KnownGood),
+            ("web2".into(), OutcomeKind::KnownGood),
+            ("web3".into(), OutcomeKind::Refused),
+        ]
+    );
+    assert_eq!(f.hosts["web2"].state().current, sp(NEW));
+    untouched(&f, "web3");
+    assert_eq!(exit_code(&hosts), 1, "a refused host fails the run");
+    // Its end was reported as it happened.
+    let finished: Vec<String> = f
+        .events
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::HostFinished(s) => Some(s.host),
+            _ => None,
+        })
+        .collect();
+    assert!(finished.contains(&"web3".to_string()), "{finished:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    // web1 passes its health check at activation, fails the one after the soak.
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let HostEnd::SoakFailed {
+        revoked, rollback, ..
+    } = &hosts[0].end
+    else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert_eq!(*revoked, Some(2), "this run's known-good mark is revoked");
+    assert!(
+        matches!(rollback, RollbackOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        "{rollback:?}"
+    );
+    assert_eq!(hosts[0].outcome(), OutcomeKind::RolledBack);
+    {
+        let st = f.hosts["web1"].state();
+        assert_eq!(st.current, sp(OLD), "back on what it ran");
+        assert_eq!(st.boot_default, sp(OLD), "and it boots it again");
+        assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(OLD)));
+        assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
+    }
+    // The wave failed: main never started.
+    assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+    untouched(&f, "web2");
+    // No release for a host whose known-good was revoked: the release step
+    // does not even look at it (a repository that does not exist would
+    // otherwise be reported).
+    let source = Source {
+        commit: "0".repeat(40),
+        dirty: false,
+    };
+    let _ = f.events.take();
+    let r = releases::Releasing {
+        inventory: &f.inv,
+        source: &source,
+        run_id: "r1",
+        force: false,
+        sink: &f.ctx.sink,
+    };
+    releases::release_known_good(&r, &hosts);
+    let released: Vec<Event> = f.events.take();
+    assert!(released.is_empty(), "{released:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
+    let f = fixture(inventory(0, "0s"), [NEW, OLD, OLD], Build::Hangs);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let Some(HostOutcome::AlreadyCurrent { mark: Some(mark) }) = hosts[0].end.outcome() else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert_eq!(mark.record.closure, sp(NEW));
+    let st = f.hosts["web1"].state();
+    assert!(
+        st.jobs.keys().all(|u| u.ends_with("-persist")),
+        "{:?}",
+        st.jobs
+    );
+    assert_eq!(hosts[1].outcome(), OutcomeKind::KnownGood);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_build_ends_it_and_activates_nothing() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    let sel = f.inv.select(&Default::default()).unwrap();
+    let req = Request::Push {
+        source: Source {
+            commit: "a".repeat(40),
+            dirty: false,
+        },
+        goal: crate::gates::Goal::Gated,
+        expect: None,
+    };
+    let stop = f.ctx.stop.clone();
+    let canceller = f.canceller.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        canceller.escalate();
+        stop.cancel();
+    });
+    let p = Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: &sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    };
+    let plan = tokio::time::timeout(Duration::from_secs(20), plan::make(&p, &req))
+        .await
+        .expect("the cancelled build ends");
+    assert_eq!(plan.cancelled, Some(crate::plan::PlanStage::Build));
+    let log = f.fleet.builder.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|l| l == "stdin closed: build killed"),
+        "the builder's Nix was told to stop: {log:?}"
+    );
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert!(
+        hosts.iter().all(|h| h.end
+            == HostEnd::NotStarted {
+                why: crate::runner::NotStarted::Cancelled
+            }),
+        "{:?}",
+        kinds(&hosts)
+    );
+    for h in ["web1", "web2", "web3"] {
+        untouched(&f, h);
+    }
+}
+
+#[tokio::test]
+async fn a_host_whose_build_fails_is_refused_alone() {
+    let attr = |h: &str| format!("nixosConfigurations.{h}.config.system.build.toplevel");
+    let builds: HashMap<String, String> = [("web2", NEW), ("web3", NEW)]
+        .into_iter()
+        .map(|(h, p)| (attr(h), p.to_owned()))
+        .collect();
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Builds(builds));
+    let sel = f.inv.select(&Default::default()).unwrap();
+    let req = Request::Build {
+        source: Source {
+            commit: "a".repeat(40),
+            dirty: false,
+        },
+    };
+    let p = Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: &sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    };
+    let plan = plan::make(&p, &req).await;
+    let verdicts: Vec<(String, bool)> = plan
+        .hosts()
+        .map(|h| (h.host.clone(), h.is_ready()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("web1".into(), false),
+            ("web2".into(), true),
+            ("web3".into(), true)
+        ]
+    );
+    let refused: Vec<_> = plan.refused().collect();
+    assert!(
+        matches!(
+            refused[0].1,
+            Refusal::Build {
+                failure: BuildFailure::Eval { log_tail }
+            } if log_tail.iter().any(|l| l.contains("attribute"))
+        ),
+        "{refused:?}"
+    );
+}

@@ -1,0 +1,205 @@
+//! A fleet of fake hosts for tests of the plan, the waves and the per-host
+//! pipeline: each host a stateful [`FakeHost`], the builder a
+//! [`FakeBuilder`] that ships nothing and builds on cue (or hangs until its
+//! command's stdin closes, as a real build under nixgate's wrapper does when
+//! cancelled). A host can be made unreachable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Destination, Fleet, Machine, SessionError};
+use crate::activation::fake_host::FakeHost;
+use crate::remote::scripted::{ScriptedRemote, ok};
+use crate::remote::{Command, Exit, Output, Remote, Streaming};
+
+/// How the fake builder answers a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Build {
+    /// Each attribute builds to its closure (`attribute -> toplevel`).
+    Builds(HashMap<String, String>),
+    /// Runs until its stdin closes (then it was killed: exit 143).
+    Hangs,
+}
+
+/// The builder: answers the source check, builds, and GC roots.
+#[derive(Clone)]
+pub struct FakeBuilder {
+    build: Arc<Mutex<Build>>,
+    /// Every command run, and whether a build's stdin was closed on it.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeBuilder {
+    pub fn new(build: Build) -> Self {
+        FakeBuilder {
+            build: Arc::new(Mutex::new(build)),
+            log: Arc::default(),
+        }
+    }
+
+    fn note(&self, s: String) {
+        self.log.lock().expect("log").push(s);
+    }
+
+    fn respond(&self, cmd: &Command) -> Output {
+        let a = cmd.argv();
+        self.note(a.join(" "));
+        if a.iter().any(|x| x == "nix-store") && a.iter().any(|x| x == "--deriver") {
+            let drvs: String = a[3..].iter().map(|p| format!("{p}.drv\n")).collect();
+            return ok(&drvs);
+        }
+        // The source is there; GC roots and anything else succeed.
+        ok("present\n")
+    }
+
+    /// The build's output for these attributes: one path per line, like
+    /// `nix-build`; an attribute not in the map fails to evaluate.
+    fn built(&self, attrs: &[String]) -> Option<Output> {
+        let build = self.build.lock().expect("build").clone();
+        let Build::Builds(map) = build else {
+            return None;
+        };
+        let mut out = String::new();
+        for a in attrs {
+            match map.get(a) {
+                Some(p) => out.push_str(&format!("{p}\n")),
+                None => {
+                    return Some(Output::new(
+                        Exit::Code { code: 1 },
+                        "",
+                        format!("error: attribute '{a}' missing\n"),
+                    ));
+                }
+            }
+        }
+        Some(ok(&out))
+    }
+}
+
+impl Remote for FakeBuilder {
+    fn name(&self) -> &str {
+        super::BUILDER
+    }
+
+    async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
+        Ok(self.respond(cmd))
+    }
+
+    async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        let argv = cmd.argv().to_vec();
+        self.note(argv.join(" "));
+        let attrs: Vec<String> = argv
+            .windows(2)
+            .filter(|w| w[0] == "-A")
+            .map(|w| w[1].clone())
+            .collect();
+        let (stdin_w, mut stdin_r) = tokio::io::duplex(1024);
+        let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
+        let me = self.clone();
+        let finish = tokio::spawn(async move {
+            let out = match me.built(&attrs) {
+                Some(out) => out,
+                None => {
+                    // Hangs until nixgate closes the wrapper's stdin.
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut stdin_r, &mut sink).await;
+                    me.note("stdin closed: build killed".into());
+                    Output::new(Exit::Code { code: 143 }, "", "")
+                }
+            };
+            let _ = out_w.write_all(&out.stdout).await;
+            let _ = out_w.write_all(&out.stderr).await;
+            drop(out_w);
+            Output::new(out.exit, Vec::new(), Vec::new())
+        });
+        Ok(Streaming {
+            stdin: Box::pin(stdin_w),
+            stdout: Box::pin(out_r),
+            finish: Box::pin(async move { Ok(finish.await?) }),
+        })
+    }
+}
+
+/// A remote of the fake fleet.
+#[derive(Clone)]
+pub enum FakeRemote {
+    Host(ScriptedRemote),
+    Builder(FakeBuilder),
+}
+
+impl Remote for FakeRemote {
+    fn name(&self) -> &str {
+        match self {
+            FakeRemote::Host(r) => r.name(),
+            FakeRemote::Builder(b) => b.name(),
+        }
+    }
+
+    async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
+        match self {
+            FakeRemote::Host(r) => r.exec(cmd).await,
+            FakeRemote::Builder(b) => b.exec(cmd).await,
+        }
+    }
+
+    async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        match self {
+            FakeRemote::Host(r) => r.exec_stream(cmd).await,
+            FakeRemote::Builder(b) => b.exec_stream(cmd).await,
+        }
+    }
+}
+
+/// Fake hosts by name, and a builder.
+pub struct FakeFleet {
+    pub hosts: HashMap<String, FakeHost>,
+    pub builder: FakeBuilder,
+    pub unreachable: Mutex<HashSet<String>>,
+}
+
+impl FakeFleet {
+    pub fn new(hosts: &[(&str, &FakeHost)], builder: FakeBuilder) -> Arc<FakeFleet> {
+        Arc::new(FakeFleet {
+            hosts: hosts
+                .iter()
+                .map(|(n, h)| (n.to_string(), (*h).clone()))
+                .collect(),
+            builder,
+            unreachable: Mutex::default(),
+        })
+    }
+}
+
+impl Fleet for FakeFleet {
+    type Remote = FakeRemote;
+
+    async fn connect(&self, machine: Machine<'_>) -> Result<FakeRemote, SessionError> {
+        match machine {
+            Machine::Builder => Ok(FakeRemote::Builder(self.builder.clone())),
+            Machine::Host(h) => {
+                if self.unreachable.lock().expect("set").contains(h) {
+                    return Err(SessionError::Unknown(format!(
+                        "{h} (unreachable in this test)"
+                    )));
+                }
+                let fake = self
+                    .hosts
+                    .get(h)
+                    .ok_or_else(|| SessionError::Unknown(h.to_owned()))?;
+                Ok(FakeRemote::Host(fake.remote_named(h)))
+            }
+        }
+    }
+
+    fn destination(&self, host: &str) -> Option<Destination> {
+        Some(Destination {
+            user: "root".into(),
+            host: host.into(),
+            port: 22,
+        })
+    }
+
+    async fn close_all(&self) {}
+}

@@ -1,0 +1,37 @@
+//! Looking at the fleet without changing it: `status` (where each host
+//! stands: running, boot default, known-good, its last run) and `check`
+//! (the inventory is valid; every machine answers). Typed results, turned
+//! into events by the commands and into words by the reporters.
+
+pub mod check;
+pub mod status;
+
+use serde::Serialize;
+
+pub use check::{Probe, WaveCount};
+pub use status::{HostStatus, LastRun};
+
+/// One problem with the inventory file, as `--json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InventoryProblem {
+    pub file: std::path::PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// The problems of an invalid inventory, in file order.
+pub fn inventory_problems(d: &crate::inventory::Diagnostics) -> Vec<InventoryProblem> {
+    d.items
+        .iter()
+        .zip(d.positions())
+        .map(|(item, pos)| InventoryProblem {
+            file: d.path.clone(),
+            line: pos.map(|p| p.0),
+            column: pos.map(|p| p.1),
+            message: item.message.clone(),
+            help: item.help.clone(),
+        })
+        .collect()
+}

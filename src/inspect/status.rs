@@ -1,0 +1,206 @@
+//! `status`: per host, what it runs, what it boots next, its known-good
+//! (generation), whether a reboot is pending or what runs is unvalidated,
+//! and its own last run from the controller's run reports (a run that never
+//! finished, killed mid-way, shows as interrupted).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::activation::{HostPaths, host_state, known_good};
+use crate::deploy::OutcomeKind;
+use crate::fleet::Fleet;
+use crate::inventory::Inventory;
+use crate::nix::StorePath;
+
+/// A host's last run, from the controller's reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastRun {
+    pub run_id: String,
+    pub command: String,
+    /// How the host ended; `None` when the run never finished (the
+    /// controller was killed): it is `interrupted`.
+    pub outcome: Option<OutcomeKind>,
+    pub interrupted: bool,
+}
+
+/// One host's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub reachable: bool,
+    pub current: Option<StorePath>,
+    pub booted: Option<StorePath>,
+    /// The system profile: what the host boots next.
+    pub boot_default: Option<StorePath>,
+    pub known_good: Option<StorePath>,
+    pub known_good_generation: Option<u64>,
+    /// The boot default differs from what runs: a reboot would change it.
+    pub pending_reboot: bool,
+    /// What runs is not the known-good closure.
+    pub unvalidated: bool,
+    pub last_run: Option<LastRun>,
+    /// Why something could not be read.
+    pub error: Option<String>,
+}
+
+/// Read one host's state.
+pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStatus {
+    let mut st = HostStatus {
+        host: host.to_owned(),
+        ..Default::default()
+    };
+    let Some(h) = inv.host(host) else { return st };
+    let remote = match fleet.host(host).await {
+        Ok(s) => s,
+        Err(e) => {
+            st.error = Some(e.to_string());
+            return st;
+        }
+    };
+    st.reachable = true;
+    let paths = HostPaths::for_os(h.os);
+    match host_state::read_links(&remote, &paths, &h.profile).await {
+        Ok(l) => (st.current, st.booted, st.boot_default) = (l.current, l.booted, l.boot_default),
+        Err(e) => st.error = Some(format!("{e:#}")),
+    }
+    match known_good::history(&remote, &paths).await {
+        Ok(hist) => {
+            if let Some(cur) = hist.iter().find(|g| g.current) {
+                st.known_good = cur.closure.clone();
+                st.known_good_generation = Some(cur.generation);
+            }
+        }
+        Err(e) => st.error = Some(format!("{e:#}")),
+    }
+    st.pending_reboot = st.boot_default.is_some() && st.boot_default != st.current;
+    st.unvalidated = st.current.is_some() && st.current != st.known_good;
+    st
+}
+
+/// Every selected host's state, with its last run from `state_dir`.
+pub async fn collect<F: Fleet>(
+    fleet: &F,
+    inv: &Inventory,
+    hosts: &[String],
+    state_dir: Option<&Path>,
+) -> Vec<HostStatus> {
+    let mut all = futures_util::future::join_all(hosts.iter().map(|h| probe(fleet, inv, h))).await;
+    if let Some(dir) = state_dir {
+        let mut last = last_runs(dir, hosts);
+        for st in &mut all {
+            st.last_run = last.remove(&st.host);
+        }
+    }
+    all
+}
+
+/// How many run reports are read, newest first, to find each host's last
+/// run (a host absent from all of them shows none).
+const REPORTS_READ: usize = 50;
+
+#[derive(Deserialize)]
+struct ReportHead {
+    run_id: String,
+    command: String,
+    finished: Option<String>,
+    #[serde(default)]
+    selected: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<ReportHost>,
+}
+
+#[derive(Deserialize)]
+struct ReportHost {
+    host: String,
+    outcome: OutcomeKind,
+}
+
+/// Each host's last run, from the newest run reports of `dir`.
+pub fn last_runs(dir: &Path, hosts: &[String]) -> std::collections::HashMap<String, LastRun> {
+    let mut found = std::collections::HashMap::new();
+    let mut reports: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("runs"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Run ids start with their UTC time: by name is by age.
+    reports.sort();
+    for path in reports.iter().rev().take(REPORTS_READ) {
+        if found.len() == hosts.len() {
+            break;
+        }
+        let Some(head) = read_head(path) else {
+            continue;
+        };
+        for h in hosts {
+            if found.contains_key(h) {
+                continue;
+            }
+            let outcome = head.hosts.iter().find(|x| x.host == *h).map(|x| x.outcome);
+            let interrupted = head.finished.is_none() && head.selected.contains(h);
+            if outcome.is_some() || interrupted {
+                found.insert(
+                    h.clone(),
+                    LastRun {
+                        run_id: head.run_id.clone(),
+                        command: head.command.clone(),
+                        outcome,
+                        interrupted,
+                    },
+                );
+            }
+        }
+    }
+    found
+}
+
+/// The head of a run report (its events are skipped, not kept).
+fn read_head(path: &Path) -> Option<ReportHead> {
+    let file = std::fs::File::open(path).ok()?;
+    serde_json::from_reader(std::io::BufReader::new(file)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_host_gets_its_own_last_run_and_an_unfinished_run_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        let write = |id: &str, body: serde_json::Value| {
+            std::fs::write(runs.join(format!("{id}.json")), body.to_string()).unwrap();
+        };
+        write(
+            "20260101T000000Z-a",
+            serde_json::json!({"run_id": "20260101T000000Z-a", "command": "push",
+                "finished": "x", "selected": ["web1", "web2"], "events": [1, 2],
+                "hosts": [{"host": "web1", "outcome": "rolled-back"},
+                          {"host": "web2", "outcome": "known-good"}]}),
+        );
+        write(
+            "20260102T000000Z-b",
+            serde_json::json!({"run_id": "20260102T000000Z-b", "command": "push",
+                "finished": "x", "selected": ["web2"],
+                "hosts": [{"host": "web2", "outcome": "known-good"}]}),
+        );
+        // Killed mid-run: the report written at the start was never finished.
+        write(
+            "20260103T000000Z-c",
+            serde_json::json!({"run_id": "20260103T000000Z-c", "command": "rollback",
+                "finished": null, "selected": ["db1"], "hosts": []}),
+        );
+        let hosts: Vec<String> = ["web1", "web2", "db1", "none"].map(String::from).into();
+        let last = last_runs(dir.path(), &hosts);
+        assert_eq!(last["web1"].outcome, Some(OutcomeKind::RolledBack));
+        assert_eq!(last["web1"].run_id, "20260101T000000Z-a");
+        assert_eq!(last["web2"].run_id, "20260102T000000Z-b");
+        assert!(last["db1"].interrupted && last["db1"].outcome.is_none());
+        assert_eq!(last["db1"].command, "rollback");
+        assert!(!last.contains_key("none"));
+    }
+}

@@ -1,0 +1,206 @@
+//! Gate 1 for the plan: ship the configuration's HEAD to the builder, build
+//! every selected host there in one invocation, root and sign what was
+//! built. A host whose build failed is refused alone; a builder that cannot
+//! be used refuses every host. Ctrl-C ends the builder's Nix process.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+
+use crate::activation::known_good::GateRecord;
+use crate::fleet::Fleet;
+use crate::gates::Gate;
+use crate::inventory::Inventory;
+use crate::nix::{self, StorePath};
+use crate::report::Event;
+
+use super::{Candidate, Planning, Refusal, Verdict};
+
+/// The source the run builds from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Source {
+    pub commit: String,
+    pub dirty: bool,
+}
+
+/// What the build stage decided.
+pub struct Built {
+    pub verdicts: HashMap<String, Verdict>,
+    /// Derivations of the built toplevels, for the structural diff.
+    pub drvs: HashMap<String, StorePath>,
+    /// Ctrl-C ended the build.
+    pub cancelled: bool,
+}
+
+/// Read the source repository's state; a dirty tree is refused unless allowed.
+pub fn source_state(inv: &Inventory, allow_dirty: bool) -> anyhow::Result<Source> {
+    let st = crate::release::worktree_state(&inv.builder.source).with_context(|| {
+        format!(
+            "reading the configuration repository {}",
+            inv.builder.source.display()
+        )
+    })?;
+    let commit = st.commit.with_context(|| {
+        format!(
+            "{} has no commit yet: commit the configuration first",
+            inv.builder.source.display()
+        )
+    })?;
+    if st.dirty && !allow_dirty {
+        anyhow::bail!(
+            "{} has uncommitted changes: commit them, or pass --allow-dirty (recorded in the report; never released)",
+            inv.builder.source.display()
+        );
+    }
+    Ok(Source {
+        commit,
+        dirty: st.dirty,
+    })
+}
+
+/// Build every host of `hosts`; each gets a verdict.
+pub async fn build<F: Fleet>(p: &Planning<'_, F>, src: &Source, hosts: &[String]) -> Built {
+    match build_all(p, src, hosts).await {
+        Ok(b) => b,
+        Err(e) if nix::build::was_cancelled(&e) => Built {
+            verdicts: HashMap::new(),
+            drvs: HashMap::new(),
+            cancelled: true,
+        },
+        Err(e) => {
+            let error = format!("{e:#}");
+            p.sink.emit(Event::BuilderFailed {
+                error: error.clone(),
+            });
+            let verdicts = hosts
+                .iter()
+                .map(|h| {
+                    let refusal = Refusal::Builder {
+                        error: error.clone(),
+                    };
+                    (h.clone(), Verdict::Refused { refusal })
+                })
+                .collect();
+            Built {
+                verdicts,
+                drvs: HashMap::new(),
+                cancelled: false,
+            }
+        }
+    }
+}
+
+async fn build_all<F: Fleet>(
+    p: &Planning<'_, F>,
+    src: &Source,
+    hosts: &[String],
+) -> anyhow::Result<Built> {
+    let (inv, sink) = (p.inventory, p.sink);
+    let builder = p
+        .fleet
+        .builder()
+        .await
+        .context("connecting to the builder")?;
+    let shipped =
+        nix::source::ship_source(&builder, &inv.builder.source, &src.commit, src.dirty).await?;
+    sink.emit(Event::SourceShipped {
+        commit: src.commit.clone(),
+        reused: shipped.reused,
+    });
+    sink.emit(Event::BuildStarted {
+        hosts: hosts.to_vec(),
+    });
+    let started = std::time::Instant::now();
+    let req = nix::build::BuildRequest {
+        dir: shipped.dir.clone(),
+        flake: inv.builder.flake,
+        hosts: hosts
+            .iter()
+            .filter_map(|h| inv.host(h).map(|x| (h.clone(), x.attribute.clone())))
+            .collect(),
+    };
+    let progress_sink = sink.clone();
+    let progress = move |b: nix::build::BuildProgress| {
+        progress_sink.emit(Event::BuildProgress {
+            built: b.built,
+            to_build: b.to_build,
+            running: b.running,
+            failed: b.failed,
+        });
+    };
+    let results = nix::build::build_hosts(&builder, &req, &progress, p.stop).await?;
+    let mut out = Built {
+        verdicts: HashMap::new(),
+        drvs: HashMap::new(),
+        cancelled: false,
+    };
+    let mut failed = 0;
+    for (host, result) in results {
+        let verdict = match result {
+            nix::build::HostBuild::Built { toplevel, drv } => {
+                let candidate = root_and_sign(p, &builder, &host, toplevel, &drv, src).await?;
+                out.drvs.insert(host.clone(), drv);
+                Verdict::Ready {
+                    candidate,
+                    running: None,
+                }
+            }
+            nix::build::HostBuild::Failed { error } => {
+                failed += 1;
+                Verdict::Refused {
+                    refusal: Refusal::Build { failure: error },
+                }
+            }
+        };
+        out.verdicts.insert(host, verdict);
+    }
+    sink.emit(Event::BuildFinished {
+        built: out.drvs.len(),
+        failed,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(out)
+}
+
+async fn root_and_sign<F: Fleet>(
+    p: &Planning<'_, F>,
+    builder: &F::Remote,
+    host: &str,
+    toplevel: StorePath,
+    drv: &StorePath,
+    src: &Source,
+) -> anyhow::Result<Candidate> {
+    nix::gcroots::add_roots(builder, host, &toplevel, drv)
+        .await
+        .with_context(|| format!("adding GC roots for {host} on the builder"))?;
+    if let Some(key) = &p.inventory.builder.signing_key {
+        nix::sign::sign(builder, key, &toplevel)
+            .await
+            .with_context(|| format!("signing {host}'s closure"))?;
+    }
+    p.sink.emit(Event::HostBuilt {
+        host: host.to_owned(),
+        toplevel: toplevel.clone(),
+        drv: drv.clone(),
+    });
+    let evidence = BuildEvidence {
+        toplevel: &toplevel,
+        drv,
+        commit: &src.commit,
+        dirty: src.dirty,
+    };
+    Ok(Candidate {
+        earlier_gates: vec![GateRecord::new(Gate::Build, &evidence)],
+        closure: toplevel,
+        generation: None,
+    })
+}
+
+/// The build gate's evidence in the known-good record.
+#[derive(serde::Serialize)]
+struct BuildEvidence<'a> {
+    toplevel: &'a StorePath,
+    drv: &'a StorePath,
+    commit: &'a str,
+    dirty: bool,
+}

@@ -1,0 +1,405 @@
+//! The plan: before anything changes on any host, every selected host in its
+//! wave is either [`Verdict::Ready`] with the candidate it will get (built,
+//! explained by the diff gate, its host locked for the run) or
+//! [`Verdict::Refused`] with a typed cause (its configuration did not build,
+//! the diff gate found drift, it could not be reached, another run holds it,
+//! there is nothing to roll back to). `plan` prints it; `push`, `push
+//! --release` and `rollback` print it, ask, and hand the same value to the
+//! runner, which counts a refused host against its wave's failure budget
+//! exactly like a host that failed at activation. So a canary refused before
+//! activation stops the later waves; nothing the plan refused can slip into a
+//! wave unnoticed, and nothing is decided twice.
+//!
+//! The plan is made under the run's cancellation: Ctrl-C during the build
+//! ends the builder's Nix process (see [`crate::nix::build`]), during the
+//! diff gate stops it; the plan then says it was cancelled, and nothing runs.
+
+pub mod candidates;
+pub mod diffgate;
+pub mod rollback_target;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::activation::host_lock::{self, HostLock};
+use crate::activation::known_good::GateRecord;
+use crate::activation::{HostPaths, RunId};
+use crate::fleet::Fleet;
+use crate::gates::Goal;
+use crate::inventory::select::Group;
+use crate::inventory::{Inventory, Selection};
+use crate::nix::StorePath;
+use crate::nix::build::BuildFailure;
+use crate::nix::closure::PathInfo;
+use crate::report::{Event, EventSink};
+
+pub use candidates::Source;
+pub use rollback_target::NoTarget;
+
+/// What one host will be deployed to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    pub closure: StorePath,
+    /// Evidence of the controller-side gates (build, diff), for the
+    /// known-good record.
+    #[serde(skip)]
+    pub earlier_gates: Vec<GateRecord>,
+    /// A rollback's target: the known-good generation this closure is.
+    /// Marking it known-good re-selects that generation instead of adding
+    /// one, so history stays a line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// Why a host was refused before the run. Nothing on it changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum Refusal {
+    /// Its configuration did not evaluate or build.
+    Build { failure: BuildFailure },
+    /// The builder could not be used at all (connect, ship the source, run Nix).
+    Builder { error: String },
+    /// The host could not be reached over SSH.
+    Unreachable { error: String },
+    /// The diff gate could not explain the change.
+    DiffFailed { error: String },
+    /// With `--expect`: these packages changed, and were not expected to.
+    Drift { packages: Vec<String> },
+    /// Another nixgate run holds the host's lock.
+    Locked { holder: String },
+    /// The host's lock could not be taken.
+    LockFailed { error: String },
+    /// `rollback`: no known-good closure to go back to.
+    NoRollbackTarget { why: NoTarget },
+}
+
+/// A host's place in the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Ready {
+        candidate: Candidate,
+        /// What the host ran when the plan was made, when read.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        running: Option<StorePath>,
+    },
+    Refused {
+        refusal: Refusal,
+    },
+    /// Ctrl-C stopped planning before this host was decided: it is not
+    /// started.
+    Interrupted {
+        stage: PlanStage,
+    },
+}
+
+/// One host of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedHost {
+    pub host: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+impl PlannedHost {
+    pub fn is_ready(&self) -> bool {
+        matches!(self.verdict, Verdict::Ready { .. })
+    }
+}
+
+/// One wave (or the ad-hoc group of `--host`/`--tag`) of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedWave {
+    #[serde(flatten)]
+    pub group: Group,
+    pub planned: Vec<PlannedHost>,
+}
+
+/// The stage of planning that Ctrl-C interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStage {
+    Build,
+    Diff,
+    Targets,
+    Lock,
+}
+
+/// What the command asks for.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// `build`: build only.
+    Build { source: Source },
+    /// `plan`: build and diff, change nothing.
+    Diff {
+        source: Source,
+        expect: Option<Vec<String>>,
+    },
+    /// `push`: build, diff, lock; then the goal's gates.
+    Push {
+        source: Source,
+        goal: Goal,
+        expect: Option<Vec<String>>,
+    },
+    /// `push --release`: exactly the closure a release tag recorded.
+    Release {
+        host: String,
+        closure: StorePath,
+        source: Source,
+        goal: Goal,
+    },
+    /// `rollback`: a known-good closure of each host.
+    Rollback { to: Option<u64> },
+}
+
+impl Request {
+    pub fn goal(&self) -> Goal {
+        match self {
+            Request::Build { .. } | Request::Diff { .. } => Goal::Copy,
+            Request::Push { goal, .. } | Request::Release { goal, .. } => *goal,
+            Request::Rollback { .. } => Goal::Gated,
+        }
+    }
+
+    pub fn source(&self) -> Option<&Source> {
+        match self {
+            Request::Build { source }
+            | Request::Diff { source, .. }
+            | Request::Push { source, .. }
+            | Request::Release { source, .. } => Some(source),
+            Request::Rollback { .. } => None,
+        }
+    }
+
+    /// Does the run change hosts (so their locks are taken)?
+    fn deploys(&self) -> bool {
+        matches!(
+            self,
+            Request::Push { .. } | Request::Release { .. } | Request::Rollback { .. }
+        )
+    }
+}
+
+/// The plan of a run.
+pub struct Plan {
+    pub goal: Goal,
+    pub source: Option<Source>,
+    pub waves: Vec<PlannedWave>,
+    /// Set when Ctrl-C arrived while planning: the runner starts nothing.
+    pub cancelled: Option<PlanStage>,
+    /// Closures the diff gate fetched from the builder, for the copy gate.
+    pub closures: HashMap<StorePath, Arc<Vec<PathInfo>>>,
+    /// The host locks, held until the run ends.
+    pub locks: HashMap<String, HostLock>,
+}
+
+impl Plan {
+    /// Every planned host, in run order.
+    pub fn hosts(&self) -> impl Iterator<Item = &PlannedHost> {
+        self.waves.iter().flat_map(|w| w.planned.iter())
+    }
+
+    /// The hosts that are ready, with their candidates.
+    pub fn ready(&self) -> impl Iterator<Item = (&str, &Candidate)> {
+        self.hosts().filter_map(|h| match &h.verdict {
+            Verdict::Ready { candidate, .. } => Some((h.host.as_str(), candidate)),
+            _ => None,
+        })
+    }
+
+    pub fn refused(&self) -> impl Iterator<Item = (&str, &Refusal)> {
+        self.hosts().filter_map(|h| match &h.verdict {
+            Verdict::Refused { refusal } => Some((h.host.as_str(), refusal)),
+            _ => None,
+        })
+    }
+
+    /// A plan over `selection` where every host gets the verdict `verdict`
+    /// gives it (for tests and the assembly below).
+    pub fn assemble(
+        goal: Goal,
+        source: Option<Source>,
+        selection: &Selection,
+        mut verdict: impl FnMut(&str) -> Verdict,
+    ) -> Plan {
+        let waves = selection
+            .groups
+            .iter()
+            .map(|g| PlannedWave {
+                group: g.clone(),
+                planned: g
+                    .hosts
+                    .iter()
+                    .map(|h| PlannedHost {
+                        host: h.clone(),
+                        verdict: verdict(h),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Plan {
+            goal,
+            source,
+            waves,
+            cancelled: None,
+            closures: HashMap::new(),
+            locks: HashMap::new(),
+        }
+    }
+
+    /// The event describing the plan, for reporters.
+    pub fn event(&self) -> Event {
+        Event::PlanReady {
+            goal: self.goal,
+            waves: self.waves.clone(),
+            cancelled: self.cancelled,
+        }
+    }
+}
+
+/// Everything making a plan needs.
+pub struct Planning<'a, F: Fleet> {
+    pub fleet: &'a Arc<F>,
+    pub inventory: &'a Inventory,
+    pub selection: &'a Selection,
+    pub run_id: &'a RunId,
+    pub sink: &'a EventSink,
+    /// Cancelled at the first Ctrl-C.
+    pub stop: &'a CancellationToken,
+}
+
+/// Make the plan for `req`.
+pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
+    let hosts: Vec<String> = p.selection.hosts().map(str::to_owned).collect();
+    let mut verdicts: HashMap<String, Verdict> = HashMap::new();
+    let mut plan_cancelled = None;
+    let mut closures = HashMap::new();
+    match req {
+        Request::Build { source } | Request::Diff { source, .. } | Request::Push { source, .. } => {
+            let built = candidates::build(p, source, &hosts).await;
+            if built.cancelled {
+                plan_cancelled = Some(PlanStage::Build);
+            }
+            verdicts.extend(built.verdicts);
+            let expect = match req {
+                Request::Diff { expect, .. } | Request::Push { expect, .. } => Some(expect),
+                _ => None,
+            };
+            if let (Some(expect), None) = (expect, plan_cancelled) {
+                let gate =
+                    diffgate::run(p, &mut verdicts, &built.drvs, expect.as_deref(), source).await;
+                closures = gate.closures;
+                if gate.cancelled {
+                    plan_cancelled = Some(PlanStage::Diff);
+                }
+            }
+        }
+        Request::Release { host, closure, .. } => {
+            // The CLI narrowed the selection to the tag's host.
+            let candidate = Candidate {
+                closure: closure.clone(),
+                earlier_gates: Vec::new(),
+                generation: None,
+            };
+            let running = None;
+            verdicts.insert(host.clone(), Verdict::Ready { candidate, running });
+        }
+        Request::Rollback { to } => {
+            let found = rollback_target::find_all(p, &hosts, *to).await;
+            if found.cancelled {
+                plan_cancelled = Some(PlanStage::Targets);
+            }
+            verdicts.extend(found.verdicts);
+        }
+    }
+    let mut locks = HashMap::new();
+    if req.deploys() && plan_cancelled.is_none() && lock_ready(p, &mut verdicts, &mut locks).await {
+        plan_cancelled = Some(PlanStage::Lock);
+    }
+    let mut plan = Plan::assemble(req.goal(), req.source().cloned(), p.selection, |h| {
+        match (verdicts.remove(h), plan_cancelled) {
+            (Some(v), None) => v,
+            // Not ready after all: nothing of the plan runs.
+            (Some(Verdict::Ready { .. }) | None, Some(stage)) => Verdict::Interrupted { stage },
+            (Some(v), Some(_)) => v,
+            (None, None) => Verdict::Refused {
+                refusal: Refusal::Builder {
+                    error: "the builder reported nothing for this host".into(),
+                },
+            },
+        }
+    });
+    plan.cancelled = plan_cancelled;
+    plan.closures = closures;
+    plan.locks = locks;
+    plan
+}
+
+/// Take the lock of every ready host; a host whose lock is held or cannot
+/// be taken is refused. True when cancelled on the way.
+async fn lock_ready<F: Fleet>(
+    p: &Planning<'_, F>,
+    verdicts: &mut HashMap<String, Verdict>,
+    locks: &mut HashMap<String, HostLock>,
+) -> bool {
+    let ready: Vec<String> = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Ready { .. }))
+        .map(|(h, _)| h.clone())
+        .collect();
+    let holder = host_lock::holder(p.run_id);
+    let take = ready.iter().map(|h| {
+        let holder = holder.clone();
+        async move {
+            let Some(inv_host) = p.inventory.host(h) else {
+                return (
+                    h.clone(),
+                    Err(Refusal::Unreachable {
+                        error: format!("{h} is not in the inventory"),
+                    }),
+                );
+            };
+            let remote = match p.fleet.host(h).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return (
+                        h.clone(),
+                        Err(Refusal::Unreachable {
+                            error: e.to_string(),
+                        }),
+                    );
+                }
+            };
+            let path = host_lock::path(&HostPaths::for_os(inv_host.os));
+            let r = host_lock::acquire(&remote, inv_host.os, &path, &holder, inv_host.sudo).await;
+            (
+                h.clone(),
+                r.map_err(|e| match e {
+                    host_lock::HostLockError::Held { holder } => Refusal::Locked { holder },
+                    host_lock::HostLockError::Failed(e) => Refusal::LockFailed {
+                        error: format!("{e:#}"),
+                    },
+                }),
+            )
+        }
+    });
+    let all = futures_util::future::join_all(take);
+    let results = tokio::select! {
+        r = all => r,
+        _ = p.stop.cancelled() => return true,
+    };
+    for (h, r) in results {
+        match r {
+            Ok(lock) => {
+                locks.insert(h, lock);
+            }
+            Err(refusal) => {
+                verdicts.insert(h, Verdict::Refused { refusal });
+            }
+        }
+    }
+    false
+}

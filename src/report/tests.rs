@@ -1,0 +1,157 @@
+//! Reporter tests: every event is a flat JSON object tagged `event` that a
+//! strict parser accepts (no duplicate keys, whatever is nested), and the
+//! human words for the ends people meet.
+
+use super::*;
+use crate::activation::detached::{RebootReason, RefusedFire, SwitchFailure};
+use crate::activation::health::{Attempt, HealthReport};
+use crate::activation::reactivate::{RollbackError, RollbackMode};
+use crate::activation::{FailureReason, GateEvidence, HostOutcome, RollbackOutcome};
+use crate::gates::Gate;
+use crate::nix::StorePath;
+use crate::plan::Refusal;
+use crate::remote::Exit;
+use crate::runner::{NotStarted, RunnerEvent};
+
+fn sp(c: char) -> StorePath {
+    StorePath::parse(&format!(
+        "/nix/store/{}-nixos-system-x",
+        c.to_string().repeat(32)
+    ))
+    .unwrap()
+}
+
+fn summary(end: HostEnd) -> HostSummary {
+    HostSummary {
+        host: "web1".into(),
+        wave: "canary".into(),
+        closure: Some(sp('b')),
+        end,
+        seconds: 1.5,
+    }
+}
+
+fn ends() -> Vec<HostEnd> {
+    let switch = FailureReason::Switch(SwitchFailure::FireRefused {
+        attempts: vec![RefusedFire {
+            unit: "nixgate-switch-r1-persist".into(),
+            exit: Exit::Code { code: 1 },
+            tail: vec!["Job for nixgate-switch-r1-persist.service failed".into()],
+        }],
+    });
+    vec![
+        HostEnd::activation(HostOutcome::RollbackFailed {
+            gate: Gate::Persist,
+            reason: switch.clone(),
+            to: sp('a'),
+            rollback_error: RollbackError::Switch(SwitchFailure::Exited {
+                code: 4,
+                seen: Some(sp('a')),
+                log_tail: vec![],
+            }),
+        }),
+        HostEnd::activation(HostOutcome::RolledBack {
+            gate: Gate::LiveActivate,
+            reason: FailureReason::NeedsReboot(RebootReason::SwitchInhibitors { log_tail: vec![] }),
+            to: sp('a'),
+        }),
+        HostEnd::Refused {
+            refusal: Refusal::Drift {
+                packages: vec!["openssl".into()],
+            },
+        },
+        HostEnd::NotStarted {
+            why: NotStarted::EarlierWaveFailed {
+                wave: "canary".into(),
+            },
+        },
+        HostEnd::SoakFailed {
+            checks: vec![HealthReport {
+                command: "true".into(),
+                attempts: vec![Attempt::Failed {
+                    exit: Exit::Code { code: 3 },
+                    tail: vec![],
+                }],
+            }],
+            revoked: Some(2),
+            rollback: RollbackOutcome::Failed {
+                to: sp('a'),
+                mode: RollbackMode::Persistent,
+                error: RollbackError::NeedsReboot(RebootReason::SwitchInhibitors {
+                    log_tail: vec![],
+                }),
+            },
+        },
+    ]
+}
+
+fn sample() -> Vec<Event> {
+    let mut v = vec![
+        Event::Runner(RunnerEvent::WaveStarted {
+            wave: "canary".into(),
+            hosts: vec!["web1".into()],
+            max_parallel: 1,
+        }),
+        Event::GatePassed {
+            host: "web1".into(),
+            gate: Gate::Copy,
+            evidence: GateEvidence::Copy(crate::nix::copy::CopyOutcome::AlreadyPresent),
+        },
+        Event::GateFailed {
+            host: "web1".into(),
+            gate: Gate::Persist,
+            reason: FailureReason::Switch(SwitchFailure::FireUnconfirmed {
+                error: "connection lost".into(),
+            }),
+        },
+    ];
+    let hosts: Vec<HostSummary> = ends().into_iter().map(summary).collect();
+    v.extend(hosts.iter().cloned().map(Event::HostFinished));
+    v.push(Event::Summary {
+        command: CommandName::Push,
+        run_id: Some("r1".into()),
+        ending: Ending::Completed,
+        exit_code: 1,
+        ok: 0,
+        failed: hosts.len(),
+        hosts,
+    });
+    v
+}
+
+#[test]
+fn json_events_are_tagged_flat_objects_that_strict_parsers_accept() {
+    for ev in sample() {
+        let text = serde_json::to_string(&ev).unwrap();
+        json::check_strict(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["event"].is_string(), "{v}");
+    }
+    let v = serde_json::to_value(&sample()[0]).unwrap();
+    assert_eq!(v["event"], "wave_started");
+    assert_eq!(v["wave"], "canary");
+    let v = serde_json::to_value(&sample()[3]).unwrap();
+    assert_eq!(v["event"], "host_finished");
+    assert_eq!(v["outcome"], "rollback-failed");
+    assert_eq!(v["end"], "activation");
+    assert_eq!(v["activation"]["reason"]["kind"], "switch");
+    assert_eq!(v["activation"]["reason"]["detail"]["kind"], "fire_refused");
+}
+
+#[test]
+fn every_end_has_words_and_a_kind() {
+    for end in ends() {
+        let words = human::words::end(&end).expect("words for every failing end");
+        assert!(!words.is_empty());
+        assert!(!words.contains("Some("), "no debug output: {words}");
+        assert!(end.kind().fails_run(), "{end:?}");
+    }
+    let table =
+        human::tables::summary_table(&[summary(HostEnd::activation(HostOutcome::Activated {
+            goal: crate::gates::Goal::Switch,
+        }))]);
+    assert!(
+        table.to_string().contains("web1  canary  reached"),
+        "{table}"
+    );
+}

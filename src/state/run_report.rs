@@ -1,0 +1,65 @@
+//! The run report: `runs/<run-id>.json` (and a copy as `latest.json`) in the
+//! state directory, written when a run ends: what was deployed, every host's
+//! typed end, and the events spooled while the run went on.
+
+use serde::Serialize;
+
+use crate::deploy::HostSummary;
+use crate::gates::Goal;
+
+/// The run record written to the state directory: first when the run
+/// starts (`finished` and `exit_code` null, `hosts` empty), then whole when
+/// it ends. A report left unfinished is a run that was killed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub command: String,
+    pub goal: Goal,
+    pub commit: Option<String>,
+    pub dirty: bool,
+    pub started: String,
+    pub finished: Option<String>,
+    pub exit_code: Option<u8>,
+    /// The hosts the run was started on.
+    pub selected: Vec<String>,
+    /// How each host ended.
+    pub hosts: Vec<HostSummary>,
+}
+
+/// Where the report of `run_id` is written.
+pub fn path(state_dir: &std::path::Path, run_id: &str) -> std::path::PathBuf {
+    state_dir.join("runs").join(format!("{run_id}.json"))
+}
+
+/// Write the run report, with the events spooled during the run, as
+/// `runs/<run-id>.json` and `latest.json`.
+pub fn write(
+    state_dir: &std::path::Path,
+    report: &RunReport,
+    events: Option<&crate::report::spool::Spool>,
+) -> anyhow::Result<std::path::PathBuf> {
+    #[derive(Serialize)]
+    struct Written<'a> {
+        #[serde(flatten)]
+        report: &'a RunReport,
+        events: crate::report::spool::SpooledEvents<'a>,
+    }
+    let written = Written {
+        report,
+        events: crate::report::spool::SpooledEvents(events),
+    };
+    let path = path(state_dir, &report.run_id);
+    // Streamed to the file: the report of a large change to many hosts
+    // runs to hundreds of megabytes.
+    super::write_atomic_with(&path, |w| {
+        serde_json::to_writer_pretty(&mut *w, &written)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    })?;
+    super::write_atomic_with(&state_dir.join("latest.json"), |w| {
+        let mut f = std::fs::File::open(&path)?;
+        std::io::copy(&mut f, w)?;
+        Ok(())
+    })?;
+    Ok(path)
+}
