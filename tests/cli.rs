@@ -178,3 +178,132 @@ fn output_through_a_pipe_has_no_control_characters() {
     let out = nixgate(&["hosts", "-i", "inventory.example.toml"]);
     assert!(!out.stdout.contains(&0x1b), "escape codes in piped output");
 }
+
+#[test]
+fn hostile_inventories_exit_2_naming_line_column_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = "[builder]\naddress = \"b\"\n";
+    let cases: &[(String, &str, &str)] = &[
+        (
+            format!("{b}connect_timeout = \"10000000000000000000s\"\n"),
+            ":3:19",
+            "`connect_timeout` = \"10000000000000000000s\" is longer than its maximum, 10m",
+        ),
+        (
+            format!(
+                "{b}[defaults]\nhealth_checks = [{{ command = \"true\", timeout = \"99999d\" }}]\n"
+            ),
+            ":4:48",
+            "`timeout` = \"99999d\" is longer than its maximum, 1h",
+        ),
+        (
+            format!(
+                "{b}[hosts.a]\naddress = \"10.0.0.1\"\nuser = \"-oProxyCommand=touch /tmp/x\"\n"
+            ),
+            ":5:8",
+            "invalid `user` \"-oProxyCommand=touch /tmp/x\": it starts with '-'",
+        ),
+        (
+            format!("{b}[release]\nremote = \"--receive-pack=touch /tmp/x\"\n"),
+            ":4:10",
+            "invalid `remote` \"--receive-pack=touch /tmp/x\": it starts with '-'",
+        ),
+        (
+            format!("{b}[hosts.a]\naddress = \"[127.0.0.2]:22\"\n"),
+            ":4:11",
+            "invalid address \"[127.0.0.2]:22\": it has brackets",
+        ),
+        (
+            format!("{b}[hosts.a]\naddress = \"10.0.0.1\"\nmax_parallel = 4\n"),
+            ":5:1",
+            "`max_parallel` is not a per-host setting",
+        ),
+    ];
+    for (i, (body, pos, msg)) in cases.iter().enumerate() {
+        let p = write_inventory(dir.path(), &format!("hostile{i}.toml"), body);
+        let out = nixgate(&["check", "--offline", "-i", p.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("hostile{i}.toml{pos}")),
+            "case {i}: want {pos} in:\n{err}"
+        );
+        assert!(err.contains(msg), "case {i}: want {msg:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+    }
+}
+
+#[test]
+fn an_endless_or_huge_inventory_is_refused_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sparse file: 17 MiB of zeros that take no disk.
+    let big = dir.path().join("big.toml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(17 * 1024 * 1024)
+        .unwrap();
+    for path in ["/dev/zero", big.to_str().unwrap()] {
+        let out = nixgate(&["check", "--offline", "-i", path]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(
+            err.contains(&format!(
+                "cannot read inventory {path}: it is larger than 16 MiB, the most nixgate reads"
+            )),
+            "{path}: {err}"
+        );
+    }
+}
+
+#[test]
+fn thousands_of_errors_print_the_first_hundred_then_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from("[builder]\naddress = \"b\"\n");
+    for i in 0..8000 {
+        body.push_str(&format!("[hosts.h{i}]\nzz = 1\n"));
+    }
+    let p = write_inventory(dir.path(), "many.toml", &body);
+    let out = nixgate(&["check", "--offline", "-i", p.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.matches("error: ").count(), 100, "{err}");
+    assert!(err.contains("... and 15900 more errors"), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with(&format!("16000 errors in {}", p.display())),
+        "{err}"
+    );
+    // --json still reports every one, each with its position.
+    let out = nixgate(&["--json", "check", "--offline", "-i", p.to_str().unwrap()]);
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 16000);
+    assert_eq!(lines[15998]["line"], 2 + 2 * 7999 + 1);
+    assert_eq!(lines[15999]["line"], 2 + 2 * 7999 + 2);
+}
+
+#[test]
+fn a_state_dir_that_is_a_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_inventory(dir.path(), "not-a-dir", "x");
+    let under = file.join("state");
+    for state in [&file, &under] {
+        let out = nixgate(&[
+            "--yes",
+            "rollback",
+            "-i",
+            "inventory.example.toml",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", state.display());
+        assert!(
+            err.contains(&format!("the state directory {}", state.display())),
+            "{err}"
+        );
+        assert!(err.contains("not a directory"), "{err}");
+    }
+}

@@ -394,3 +394,319 @@ mod never_panics {
         }
     }
 }
+
+/// The one error an inventory gets, rendered, and its position.
+fn one_error(src: &str) -> (String, (usize, usize)) {
+    let (text, pos) = errors(src);
+    assert_eq!(pos.len(), 1, "want one error:\n{text}");
+    (text, pos[0])
+}
+
+#[test]
+fn durations_over_their_maximum_are_refused_with_position() {
+    // (section and key, too long, the longest accepted)
+    let cases = [
+        (
+            "[defaults]\nconnect_timeout",
+            "10000000000000000000s",
+            "10m",
+        ),
+        ("[defaults]\nconnect_timeout", "601s", "10m"),
+        ("[builder]\naddress = \"b\"\nconnect_timeout", "1d", "10m"),
+        ("[defaults]\nactivation_timeout", "24h1s", "1d"),
+        (
+            "[defaults]\nhealth_checks = [{ command = \"true\", timeout",
+            "3601s",
+            "1h",
+        ),
+        ("[[waves]]\nname = \"w\"\ntags = [\"t\"]\nsoak", "8d", "7d"),
+    ];
+    for (head, long, max) in cases {
+        let close = if head.contains('{') { " }]" } else { "" };
+        let builder = if head.starts_with("[builder]") {
+            ""
+        } else {
+            BASE
+        };
+        let host = "\n[hosts.h]\naddress = \"10.0.0.1\"\ntags = [\"t\"]\n";
+        let src = format!("{builder}{host}{head} = \"{long}\"{close}\n");
+        let (text, (line, col)) = one_error(&src);
+        let key = head.rsplit(['\n', ' ']).next().unwrap();
+        assert!(
+            text.contains(&format!(
+                "`{key}` = \"{long}\" is longer than its maximum, {max}"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("write at most \"{max}\"")), "{text}");
+        let want_line = src[..src.find(long).unwrap()].matches('\n').count() + 1;
+        assert_eq!(line, want_line, "{text}");
+        assert!(col > key.len(), "{text}");
+        let ok = src.replace(long, max);
+        parse(&ok).unwrap_or_else(|d| panic!("{max} for {key} is accepted:\n{d}"));
+    }
+}
+
+#[test]
+fn durations_too_large_to_count_are_errors_not_panics() {
+    for d in [
+        "99999999999999999999999s",
+        "18446744073709551615d",
+        "18446744073709551615s18446744073709551615s",
+    ] {
+        let (text, _) = one_error(&format!(
+            "{BASE}\n[defaults]\nactivation_timeout = \"{d}\"\n"
+        ));
+        assert!(text.contains("too large to count"), "{d}: {text}");
+    }
+}
+
+#[test]
+fn users_that_could_become_options_are_refused() {
+    for (section, user) in [
+        ("[defaults]", "-oProxyCommand=touch /tmp/pwned"),
+        ("[hosts.h]\naddress = \"10.0.0.1\"", "-x"),
+        (
+            "[hosts.h]\naddress = \"10.0.0.1\"",
+            "a?remote-program=/bin/sh",
+        ),
+        ("[hosts.h]\naddress = \"10.0.0.1\"", "me@example.org"),
+        ("[hosts.h]\naddress = \"10.0.0.1\"", "a b"),
+        ("[hosts.h]\naddress = \"10.0.0.1\"", ""),
+    ] {
+        let (text, _) = one_error(&format!("{BASE}\n{section}\nuser = {user:?}\n"));
+        assert!(
+            text.contains(&format!("invalid `user` {user:?}")),
+            "{user}: {text}"
+        );
+        assert!(text.contains("USER@HOST"), "{text}");
+    }
+    let (text, pos) = one_error("[builder]\naddress = \"b\"\nuser = \"-oProxyCommand=x\"\n");
+    assert!(text.contains("starts with '-'"), "{text}");
+    assert_eq!(pos, (3, 8));
+    for ok in ["deploy", "john.doe", "svc_1", "_nix-deploy", "1user"] {
+        let inv = parse(&format!(
+            "{BASE}\n[hosts.h]\naddress = \"10.0.0.1\"\nuser = \"{ok}\"\n"
+        ))
+        .unwrap_or_else(|d| panic!("{ok} is a user:\n{d}"));
+        assert_eq!(inv.host("h").unwrap().connection.user(), ok);
+    }
+}
+
+#[test]
+fn release_remote_that_is_an_option_is_refused_at_load() {
+    for remote in ["-x", "--receive-pack=touch /tmp/pwned", "", "orig\nin"] {
+        let (text, _) = one_error(&format!("{BASE}\n[release]\nremote = {remote:?}\n"));
+        assert!(text.contains("invalid `remote`"), "{remote:?}: {text}");
+    }
+    for ok in [
+        "origin",
+        "git@example.org:fleet/config.git",
+        "/srv/git/config",
+    ] {
+        let inv = parse(&format!("{BASE}\n[release]\nremote = \"{ok}\"\n")).unwrap();
+        assert_eq!(inv.release.remote.as_deref(), Some(ok));
+    }
+}
+
+#[test]
+fn addresses_with_a_port_brackets_or_a_user_are_refused() {
+    for (addr, why, help) in [
+        ("[127.0.0.2]:22", "has brackets", "`port = N`"),
+        ("[::1]", "has brackets", "`port = N`"),
+        ("127.0.0.2:22", "has a port in it", "`port = N`"),
+        ("web1.example.org:2222", "has a port in it", "`port = N`"),
+        ("root@10.0.0.1", "has a user in it", "`user ="),
+        ("-oProxyCommand=x", "starts with '-'", "host name"),
+        ("fe80::1%", "has an IPv6 zone", "host name"),
+        ("fe80::1%a/b", "has an IPv6 zone", "host name"),
+        (
+            "1:2:3",
+            "is not a host name or an IPv6 address",
+            "host name",
+        ),
+        ("a b", "may contain only", "host name"),
+    ] {
+        let (text, pos) = one_error(&format!("{BASE}\n[hosts.h]\naddress = {addr:?}\n"));
+        assert!(
+            text.contains(&format!("invalid address {addr:?}: it {why}")),
+            "{addr}: {text}"
+        );
+        assert!(text.contains(help), "{addr}: {text}");
+        assert_eq!(pos, (6, 11), "{addr}: {text}");
+    }
+    // What the SSH layer connects to as written (the port apart).
+    for ok in [
+        "::1",
+        "2001:db8::7",
+        "fe80::1%eth0",
+        "fe80::1%2",
+        "10.0.0.1",
+        "web_1.lan",
+    ] {
+        let inv = parse(&format!(
+            "{BASE}\n[hosts.h]\naddress = \"{ok}\"\nport = 2222\n"
+        ))
+        .unwrap_or_else(|d| panic!("{ok} is an address:\n{d}"));
+        let c = &inv.host("h").unwrap().connection;
+        assert_eq!((c.address.as_str(), c.port()), (ok, 2222));
+    }
+}
+
+#[test]
+fn a_zone_is_refused_where_the_builder_copies() {
+    let (text, _) = one_error(&format!(
+        "{BASE}\n[hosts.h]\naddress = \"fe80::1%eth0\"\ncopy = \"builder\"\n"
+    ));
+    assert!(
+        text.contains("has an IPv6 zone, which the builder cannot use"),
+        "{text}"
+    );
+    parse(&format!(
+        "{BASE}\n[hosts.h]\naddress = \"2001:db8::1\"\ncopy = \"builder\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn max_parallel_on_a_host_is_refused_with_where_it_belongs() {
+    let (text, pos) = one_error(&format!(
+        "{BASE}\n[hosts.h]\naddress = \"10.0.0.1\"\nmax_parallel = 2\n"
+    ));
+    assert!(
+        text.contains("`max_parallel` is not a per-host setting (in [hosts.h])"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[defaults]") && text.contains("[[waves]]"),
+        "{text}"
+    );
+    assert_eq!(pos, (7, 1));
+    // An unknown key on a host no longer lists it as allowed there.
+    let (text, _) = one_error(&format!(
+        "{BASE}\n[hosts.h]\naddress = \"10.0.0.1\"\nzzz = 1\n"
+    ));
+    assert!(!text.contains("max_parallel"), "{text}");
+    let inv = parse(&format!(
+        "{BASE}\n[defaults]\nmax_parallel = 3\n[hosts.h]\naddress = \"10.0.0.1\"\n"
+    ))
+    .unwrap();
+    assert_eq!(inv.max_parallel, 3);
+}
+
+#[test]
+fn many_errors_print_the_first_hundred_then_a_count() {
+    let mut src = BASE.to_string();
+    for i in 0..250 {
+        src.push_str(&format!(
+            "[hosts.h{i}]\naddress = \"10.0.{}.{}\"\nzz = 1\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    let d = parse(&src).unwrap_err();
+    let positions = d.positions();
+    assert_eq!(positions.len(), 250);
+    // Every position is right, not only the shown ones.
+    for (i, p) in positions.iter().enumerate() {
+        assert_eq!(*p, Some((4 + 3 * i + 2, 1)), "error {i}");
+    }
+    let text = d.to_string();
+    assert_eq!(
+        text.matches("error: unknown key `zz`").count(),
+        100,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("inv.toml:{}:1", 4 + 3 * 99 + 2)),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("inv.toml:{}:1", 4 + 3 * 100 + 2)),
+        "{text}"
+    );
+    assert!(
+        text.contains("... and 150 more errors (only the first 100 are shown"),
+        "{text}"
+    );
+    assert!(text.ends_with("250 errors in inv.toml"), "{text}");
+}
+
+#[test]
+fn a_huge_line_is_shown_as_a_window_around_the_error() {
+    let filler = "é".repeat(200_000);
+    let src = format!(
+        "{BASE}\n[defaults]\nhealth_checks = [{{ command = \"{filler}\", timeout = \"1 minute\" }}]\n"
+    );
+    let (text, (line, col)) = one_error(&src);
+    assert_eq!(line, 6);
+    let before = "health_checks = [{ command = \"\", timeout = ".len();
+    assert_eq!(col, before + 200_000 + 1, "columns count characters");
+    let shown = text.lines().find(|l| l.starts_with("6 | ")).unwrap();
+    assert!(shown.chars().count() < 200, "{shown}");
+    assert!(
+        shown.starts_with("6 | …é") && shown.ends_with("timeout = \"1 minute\" }]"),
+        "{shown}"
+    );
+    let caret = text.lines().find(|l| l.contains('^')).unwrap();
+    let at = shown.find("\"1 minute").unwrap();
+    assert_eq!(
+        caret.find('^').map(|b| caret[..b].chars().count()),
+        Some(shown[..at].chars().count()),
+        "{shown}\n{caret}"
+    );
+    assert_eq!(caret.matches('^').count(), "\"1 minute\"".len(), "{caret}");
+}
+
+#[test]
+fn did_you_mean_stops_at_its_budget_and_every_error_is_still_reported() {
+    // 1,000 hosts and 1,500 misspelt names: 1,000 x 1,000 comparisons
+    // spend the budget; the last 500 errors come without a suggestion.
+    let mut src = BASE.to_string();
+    for i in 0..1000 {
+        src.push_str(&format!(
+            "[hosts.h{i}]\naddress = \"10.0.{}.{}\"\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    let names: Vec<String> = (0..1500).map(|i| format!("\"h{}x\"", i % 1000)).collect();
+    src.push_str(&format!(
+        "[[waves]]\nname = \"w\"\nhosts = [{}]\n",
+        names.join(", ")
+    ));
+    let d = parse(&src).unwrap_err();
+    assert_eq!(d.items.len(), 1500);
+    let helped: Vec<bool> = d.items.iter().map(|i| i.help.is_some()).collect();
+    assert!(
+        helped[..1000].iter().all(|h| *h),
+        "the first 1,000 have a suggestion"
+    );
+    assert!(helped[1000..].iter().all(|h| !*h), "the rest have none");
+    assert_eq!(d.items[0].help.as_deref(), Some("did you mean `h0`?"));
+}
+
+#[test]
+fn remote_paths_are_absolute_without_spaces_or_control_characters() {
+    // TOML string literals, escapes as TOML writes them.
+    for bad in [
+        r#""system""#,
+        r#""-p""#,
+        r#""/nix/var/nix/profiles/sys tem""#,
+        r#""/nix/var/nix/profiles/sys\u001b[2Jtem""#,
+        r#""/nix/var/nix/profiles/sys\u0000tem""#,
+    ] {
+        let (text, _) = one_error(&format!(
+            "{BASE}\n[hosts.h]\naddress = \"10.0.0.1\"\nprofile = {bad}\n"
+        ));
+        assert!(
+            text.contains("must be an absolute path without spaces or control characters"),
+            "{bad}: {text}"
+        );
+    }
+    let (text, _) = one_error("[builder]\naddress = \"b\"\nsigning_key = \"--key-file=/x\"\n");
+    assert!(
+        text.contains("`signing_key` must be an absolute path"),
+        "{text}"
+    );
+}

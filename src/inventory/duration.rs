@@ -4,6 +4,9 @@ use std::time::Duration;
 
 /// Parse a duration written as one or more `<number><unit>` parts, units
 /// `ms`, `s`, `m`, `h`, `d`. A bare `0` is accepted; anything else needs a unit.
+/// A number, a product or a sum too large for a `Duration` is an error, never
+/// a panic or a wrapped value; each inventory key then has its own maximum
+/// (`limits`), since even a valid `Duration` can overflow `Instant + d`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
@@ -21,9 +24,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 "{text:?} is not a duration: expected a number at {rest:?}; write e.g. \"10s\", \"5m\" or \"1h30m\""
             ));
         }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration: number too large"))?;
+        let value: u64 = rest[..digits].parse().map_err(|_| too_large(text))?;
         rest = &rest[digits..];
         if rest.starts_with('.') {
             return Err(format!(
@@ -33,12 +34,12 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value.saturating_mul(60)),
-            "h" => Duration::from_secs(value.saturating_mul(3600)),
-            "d" => Duration::from_secs(value.saturating_mul(86400)),
+        let secs_per = match unit {
+            "ms" => None,
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86400),
             "" => {
                 return Err(format!(
                     "{text:?} is not a duration: {value} has no unit (ms, s, m, h, d)"
@@ -50,9 +51,19 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total = total.saturating_add(part);
+        let part = match secs_per {
+            None => Some(Duration::from_millis(value)),
+            Some(n) => value.checked_mul(n).map(Duration::from_secs),
+        };
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(|| too_large(text))?;
     }
     Ok(total)
+}
+
+fn too_large(text: &str) -> String {
+    format!("{text:?} is not a duration: the number is too large to count")
 }
 
 /// Format a duration the way the inventory writes it (`1h30m`, `45s`, `250ms`).
@@ -102,6 +113,32 @@ mod tests {
                 .contains("fractions are not supported")
         );
         assert!(parse("-1s").unwrap_err().contains("expected a number"));
+    }
+
+    /// Numbers past u64, a unit's product past u64 seconds, and a sum past
+    /// `Duration::MAX` are errors, never a panic or a wrapped value.
+    #[test]
+    fn overflow_is_an_error() {
+        for s in [
+            "10000000000000000000000s",
+            "18446744073709551616ms",
+            "18446744073709551615d",
+            "5124095576030432h",
+            "18446744073709551615s1s",
+            "18446744073709551615s999ms1ms",
+        ] {
+            let e = parse(s).expect_err(s);
+            assert!(e.contains("too large"), "{s}: {e}");
+        }
+        // The largest sums that fit still parse, exactly.
+        assert_eq!(
+            parse("18446744073709551615s"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse("18446744073709551614s999ms"),
+            Ok(Duration::new(u64::MAX - 1, 999_000_000))
+        );
     }
 
     #[test]

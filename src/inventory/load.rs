@@ -8,6 +8,7 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use super::diag::{Diagnostic, Diagnostics};
+use super::limits;
 use super::model::*;
 use super::validate;
 use super::walk::{At, Val, Walker, get, key_span};
@@ -20,7 +21,6 @@ const SETTING_KEYS: &[&str] = &[
     "known_hosts",
     "connect_timeout",
     "activation_timeout",
-    "max_parallel",
     "copy",
     "profile",
     "os",
@@ -28,6 +28,7 @@ const SETTING_KEYS: &[&str] = &[
     "require_signatures",
     "health_checks",
 ];
+const DEFAULTS_ONLY_KEYS: &[&str] = &["max_parallel"];
 const HOST_ONLY_KEYS: &[&str] = &["address", "tags", "attribute"];
 const BUILDER_KEYS: &[&str] = &[
     "address",
@@ -177,7 +178,7 @@ impl Loader {
             Some(v) => self
                 .w
                 .table("defaults", v)
-                .map(|t| self.settings(t, "[defaults]", &[]))
+                .map(|t| self.settings(t, "[defaults]", false))
                 .unwrap_or_default(),
             None => Settings::default(),
         };
@@ -233,15 +234,21 @@ impl Loader {
         })
     }
 
-    fn settings(&mut self, t: &DeTable<'_>, section: &str, extra: &[&str]) -> Settings {
+    /// `[defaults]` (`host` false) or a host's own settings.
+    fn settings(&mut self, t: &DeTable<'_>, section: &str, host: bool) -> Settings {
+        let (extra, refused) = if host {
+            (HOST_ONLY_KEYS, DEFAULTS_ONLY_KEYS)
+        } else {
+            (DEFAULTS_ONLY_KEYS, &[][..])
+        };
         let allowed: Vec<&str> = SETTING_KEYS.iter().chain(extra).copied().collect();
-        self.w.check_keys(t, &allowed, section);
+        self.w.check_keys_but(t, &allowed, refused, section);
         let w = &mut self.w;
         let mut s = Settings::default();
         for (k, v) in t.iter() {
             let key: &str = k.get_ref();
             match key {
-                "user" => s.user = w.string(key, v).filter(|u| validate::nonempty(w, key, u)),
+                "user" => s.user = w.string(key, v).filter(|u| validate::user(w, key, u)),
                 "port" => s.port = w.integer(key, v, 1, 65535),
                 "identity_file" => {
                     s.identity_file = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
@@ -250,12 +257,18 @@ impl Loader {
                     s.known_hosts = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
                 }
                 "connect_timeout" => {
-                    s.connect_timeout = w.duration(key, v).filter(|d| validate::positive(w, key, d))
+                    s.connect_timeout = w.duration(key, v, limits::CONNECT_TIMEOUT)
                 }
                 "activation_timeout" => {
-                    s.activation_timeout =
-                        w.duration(key, v).filter(|d| validate::positive(w, key, d))
+                    s.activation_timeout = w.duration(key, v, limits::ACTIVATION_TIMEOUT)
                 }
+                // A host is one unit of work: a cap on hosts at once means
+                // something for the fleet or a wave only.
+                "max_parallel" if host => w.error_help(
+                    format!("`max_parallel` is not a per-host setting (in {section})"),
+                    k.span(),
+                    "it caps how many hosts are worked on at once: set it in [defaults] (the whole run) or in a [[waves]] entry (that wave)",
+                ),
                 "max_parallel" => s.max_parallel = w.integer(key, v, 1, 10_000),
                 "copy" => s.copy = w.choice(key, v, CopyMode::NAMES, CopyMode::parse),
                 "profile" => s.profile = w.string(key, v).filter(|p| validate::absolute(w, key, p)),
@@ -291,11 +304,8 @@ impl Loader {
                     None
                 }
             };
-            let timeout = get(t, "timeout").and_then(|d| {
-                self.w
-                    .duration("timeout", d)
-                    .filter(|d| validate::positive(&mut self.w, "timeout", d))
-            });
+            let timeout = get(t, "timeout")
+                .and_then(|d| self.w.duration("timeout", d, limits::HEALTH_CHECK_TIMEOUT));
             let retries = get(t, "retries").and_then(|r| self.w.integer("retries", r, 0, 100));
             if let Some(command) = command {
                 out.push(HealthCheck {
@@ -361,7 +371,7 @@ impl Loader {
             let key: &str = k.get_ref();
             let w = &mut self.w;
             match key {
-                "user" => own.user = w.string(key, v).filter(|u| validate::nonempty(w, key, u)),
+                "user" => own.user = w.string(key, v).filter(|u| validate::user(w, key, u)),
                 "port" => own.port = w.integer(key, v, 1, 65535),
                 "identity_file" => {
                     own.identity_file = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
@@ -370,8 +380,7 @@ impl Loader {
                     own.known_hosts = w.string(key, v).filter(|u| validate::nonempty(w, key, u))
                 }
                 "connect_timeout" => {
-                    own.connect_timeout =
-                        w.duration(key, v).filter(|d| validate::positive(w, key, d))
+                    own.connect_timeout = w.duration(key, v, limits::CONNECT_TIMEOUT)
                 }
                 _ => {}
             }
@@ -419,7 +428,7 @@ impl Loader {
                 continue;
             };
             let section = format!("[hosts.{}]", name.value);
-            let own = self.settings(ht, &section, HOST_ONLY_KEYS);
+            let own = self.settings(ht, &section, true);
             let address = self.address(ht, &section, name.span.clone());
             let tags = get(ht, "tags")
                 .and_then(|v| self.w.strings("tags", v))
@@ -434,6 +443,7 @@ impl Loader {
             });
             let s = defaults.overlay(&own);
             let Some(address) = address else { continue };
+            validate::zone_reaches(&mut self.w, &address, s.copy.as_ref().map(|c| c.value));
             let template = attribute
                 .map(|a| a.value)
                 .or_else(|| builder.map(|b| b.attribute.clone()))
@@ -446,7 +456,6 @@ impl Loader {
                     .activation_timeout
                     .as_ref()
                     .map_or(Duration::from_secs(300), |d| d.value),
-                max_parallel: s.max_parallel.as_ref().map_or(10, |m| m.value as usize),
                 copy: s.copy.as_ref().map_or(CopyMode::Relay, |c| c.value),
                 profile: s.profile.as_ref().map_or_else(
                     || "/nix/var/nix/profiles/system".into(),
@@ -494,7 +503,7 @@ impl Loader {
                 get(t, "max_parallel").and_then(|v| self.w.integer("max_parallel", v, 1, 10_000));
             let max_failures =
                 get(t, "max_failures").and_then(|v| validate::max_failures(&mut self.w, v));
-            let soak = get(t, "soak").and_then(|v| self.w.duration("soak", v));
+            let soak = get(t, "soak").and_then(|v| self.w.duration("soak", v, limits::SOAK));
             let Some(name) = name else { continue };
             out.push(validate::WaveSpec {
                 name,
@@ -516,7 +525,7 @@ impl Loader {
                 .and_then(|v| {
                     self.w
                         .string("remote", v)
-                        .filter(|r| validate::nonempty(&mut self.w, "remote", r))
+                        .filter(|r| validate::git_remote(&mut self.w, r))
                 })
                 .map(|r| r.value),
         }

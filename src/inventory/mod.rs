@@ -4,6 +4,7 @@
 
 pub mod diag;
 pub mod duration;
+pub mod limits;
 pub mod load;
 pub mod model;
 pub mod select;
@@ -31,12 +32,10 @@ pub enum InventoryError {
 }
 
 impl Inventory {
-    /// Read and validate the inventory at `path`.
+    /// Read and validate the inventory at `path` (at most
+    /// [`limits::MAX_INVENTORY_BYTES`], whatever kind of file it is).
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let source = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let source = read_bounded(path)?;
         load::parse(path, &source).map_err(InventoryError::Invalid)
     }
 
@@ -44,4 +43,36 @@ impl Inventory {
     pub fn parse(path: &Path, source: &str) -> Result<Inventory, Diagnostics> {
         load::parse(path, source)
     }
+}
+
+/// Read `path` as UTF-8 through a reader that stops one byte past the cap:
+/// the file's reported size is not trusted (`/dev/zero`, a FIFO or
+/// `/proc` files report 0 or nothing). Too large is a read error, so the
+/// CLI reports it like a missing file (exit 2).
+fn read_bounded(path: &Path) -> Result<String, InventoryError> {
+    use std::io::Read;
+    let read_err = |source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(limits::MAX_INVENTORY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limits::MAX_INVENTORY_BYTES {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "it is larger than {} MiB, the most nixgate reads",
+                limits::MAX_INVENTORY_BYTES / (1024 * 1024)
+            ),
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e})"),
+        ))
+    })
 }

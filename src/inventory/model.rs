@@ -91,7 +91,6 @@ pub struct Host {
     pub tags: Vec<String>,
     #[serde(with = "secs")]
     pub activation_timeout: Duration,
-    pub max_parallel: usize,
     pub copy: CopyMode,
     pub profile: String,
     pub os: Os,

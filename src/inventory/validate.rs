@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use super::diag::suggest;
-use super::model::{Host, MaxFailures, Wave};
+use super::model::{CopyMode, Host, MaxFailures, Wave};
 use super::walk::{At, Val, Walker};
 
 /// The name of the implicit wave of hosts no wave names.
@@ -67,19 +66,18 @@ pub fn nonempty(w: &mut Walker, key: &str, v: &At<String>) -> bool {
     true
 }
 
-pub fn positive(w: &mut Walker, key: &str, d: &At<Duration>) -> bool {
-    if d.value.is_zero() {
-        w.error(format!("`{key}` must be longer than zero"), d.span.clone());
-        return false;
-    }
-    true
-}
-
+/// A path on a remote machine (`profile` on a host, `signing_key` on the
+/// builder), passed as one argument (`nix-env -p PATH`, `--key-file PATH`):
+/// absolute, so never an option, and no whitespace or control characters
+/// (a NUL or an escape sequence would reach the remote shell and the log).
 pub fn absolute(w: &mut Walker, key: &str, p: &At<String>) -> bool {
-    if !p.value.starts_with('/') || p.value.contains(char::is_whitespace) {
+    if !p.value.starts_with('/')
+        || p.value
+            .contains(|c: char| c.is_whitespace() || c.is_control())
+    {
         w.error(
             format!(
-                "`{key}` must be an absolute path without spaces, not {:?}",
+                "`{key}` must be an absolute path without spaces or control characters, not {:?}",
                 p.value
             ),
             p.span.clone(),
@@ -89,21 +87,183 @@ pub fn absolute(w: &mut Walker, key: &str, p: &At<String>) -> bool {
     true
 }
 
-pub fn address(w: &mut Walker, a: &At<String>) -> bool {
-    let v = &a.value;
-    let ok = !v.is_empty()
-        && !v.starts_with('-')
-        && v.bytes().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'_' | b'[' | b']' | b'%')
-        });
-    if !ok {
-        w.error_help(
-            format!("invalid address {v:?}"),
-            a.span.clone(),
-            "an address is a host name, an IPv4 or an IPv6 address; put the user in `user` and the port in `port`",
-        );
+/// Why `address` is not usable, and what to write instead, if it is not.
+///
+/// The address reaches three readers: the SSH layer (`TcpStream::connect`
+/// with the port apart, so a literal IP, a name, or an IPv6 address with a
+/// `%zone` that getaddrinfo resolves), `~/.ssh/config` lookups (an alias),
+/// and, with `copy = "builder"`, `nix-copy-closure --to USER@ADDRESS` on the
+/// builder, which Nix parses as an `ssh://` URL (bare IPv6 is accepted there
+/// by Nix 2.3 to 2.30 and again since 2.31.1). So: a host name or alias of
+/// `[A-Za-z0-9._-]`, or an IPv6 address; never a port, brackets or a user.
+pub fn address_problem(v: &str) -> Option<(&'static str, &'static str)> {
+    const PORT_HELP: &str = "put the port in `port = N` and write the address bare: `address = \"10.0.0.1\"` or `address = \"fe80::1\"`";
+    if v.is_empty() {
+        return Some(("is empty", "write a host name, an IPv4 or an IPv6 address"));
     }
-    ok
+    if v.starts_with('-') {
+        return Some((
+            "starts with '-' (ssh and nix-copy-closure would read it as an option)",
+            "write a host name, an IPv4 or an IPv6 address",
+        ));
+    }
+    if v.contains(['[', ']']) {
+        return Some(("has brackets", PORT_HELP));
+    }
+    if v.contains('@') {
+        return Some(("has a user in it", "put the user in `user = \"...\"`"));
+    }
+    if v.contains([':', '%']) {
+        return match ipv6_problem(v) {
+            None => None,
+            Some(_)
+                if v.split_once(':').is_some_and(|(_, p)| {
+                    !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit())
+                }) =>
+            {
+                Some(("has a port in it", PORT_HELP))
+            }
+            Some(why) => Some((why, "write a host name, an IPv4 or an IPv6 address")),
+        };
+    }
+    if v.len() > 253 {
+        return Some((
+            "is longer than 253 characters",
+            "a DNS name has at most 253",
+        ));
+    }
+    if !v
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+    {
+        return Some((
+            "may contain only letters, digits, '.', '_' and '-' (or be an IPv6 address)",
+            "write a host name, an IPv4 or an IPv6 address; put the user in `user` and the port in `port`",
+        ));
+    }
+    None
+}
+
+/// Why `v` is not an IPv6 address with an optional `%zone`, if it is not.
+fn ipv6_problem(v: &str) -> Option<&'static str> {
+    let (ip, zone) = match v.split_once('%') {
+        Some((ip, zone)) => (ip, Some(zone)),
+        None => (v, None),
+    };
+    if ip.parse::<std::net::Ipv6Addr>().is_err() {
+        return Some("is not a host name or an IPv6 address");
+    }
+    match zone {
+        Some(z)
+            if z.is_empty()
+                || z.len() > 15
+                || !z
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_')) =>
+        {
+            Some("has an IPv6 zone that is not an interface name or number")
+        }
+        _ => None,
+    }
+}
+
+pub fn address(w: &mut Walker, a: &At<String>) -> bool {
+    match address_problem(&a.value) {
+        None => true,
+        Some((why, help)) => {
+            w.error_help(
+                format!("invalid address {:?}: it {why}", a.value),
+                a.span.clone(),
+                help,
+            );
+            false
+        }
+    }
+}
+
+/// An IPv6 `%zone` names an interface of the machine that connects: with
+/// `copy = "builder"` that is the builder, not the controller whose
+/// interface the inventory names (and Nix 2.34 refuses a zone in the
+/// `ssh://` URL it makes of `--to USER@ADDRESS`).
+pub fn zone_reaches(w: &mut Walker, a: &At<String>, copy: Option<CopyMode>) -> bool {
+    if copy != Some(CopyMode::Builder) || !a.value.contains('%') {
+        return true;
+    }
+    w.error_help(
+        format!(
+            "address {:?} has an IPv6 zone, which the builder cannot use (copy = \"builder\")",
+            a.value
+        ),
+        a.span.clone(),
+        "give this host a global IPv6 address or a name, or use copy = \"relay\"",
+    );
+    false
+}
+
+/// Why `user` is not a usable login name, if it is not.
+///
+/// The user is written into `USER@HOST`: the builder runs
+/// `nix-copy-closure --to USER@HOST`, which Nix turns into an `ssh://` URL
+/// and then into `ssh USER@HOST ...`. A leading `-` makes it an ssh option
+/// (`-oProxyCommand=...` runs a command on the builder); `?`, `#`, `/` or `@`
+/// change how Nix parses the URL (`?remote-program=...`). So the portable
+/// login-name set: letters, digits, `.`, `_`, `-`, not starting with `-`.
+pub fn user_problem(u: &str) -> Option<&'static str> {
+    let b = u.as_bytes();
+    if b.is_empty() {
+        return Some("is empty");
+    }
+    if b[0] == b'-' {
+        return Some("starts with '-' (ssh and nix-copy-closure would read it as an option)");
+    }
+    if !b
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    {
+        return Some("may contain only letters, digits, '.', '_' and '-'");
+    }
+    if b.len() > 255 {
+        return Some("is longer than 255 characters");
+    }
+    None
+}
+
+pub fn user(w: &mut Walker, key: &str, u: &At<String>) -> bool {
+    match user_problem(&u.value) {
+        None => true,
+        Some(why) => {
+            w.error_help(
+                format!("invalid `{key}` {:?}: it {why}", u.value),
+                u.span.clone(),
+                "a login name: letters, digits, '.', '_' and '-', not starting with '-' (it is written into USER@HOST for ssh and nix-copy-closure)",
+            );
+            false
+        }
+    }
+}
+
+/// A git remote name or URL for `git push`: not empty, not an option
+/// (`--receive-pack=...` would run a program), no control characters.
+pub fn git_remote(w: &mut Walker, r: &At<String>) -> bool {
+    let v = &r.value;
+    let why = if v.trim().is_empty() {
+        Some("is empty")
+    } else if v.starts_with('-') {
+        Some("starts with '-' (git push would read it as an option)")
+    } else if v.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        w.error_help(
+            format!("invalid `remote` {v:?}: it {why}"),
+            r.span.clone(),
+            "name a git remote of the configuration repository (e.g. \"origin\") or a URL",
+        );
+        return false;
+    }
+    true
 }
 
 pub fn attribute(w: &mut Walker, a: &At<String>) -> bool {
@@ -187,6 +347,13 @@ pub fn fleet(
         }
     }
     let host_names: Vec<&str> = hosts.iter().map(|(_, h)| h.name.as_str()).collect();
+    // Each host's place in the file: membership and ordering by lookup, not
+    // by a scan per wave member (10,000 hosts in one wave made that 10^8).
+    let place: HashMap<&str, usize> = host_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i))
+        .collect();
     let mut all_tags: Vec<&str> = hosts
         .iter()
         .flat_map(|(_, h)| h.tags.iter().map(String::as_str))
@@ -227,12 +394,12 @@ pub fn fleet(
         }
         let mut members: Vec<String> = Vec::new();
         for h in &spec.hosts {
-            if !host_names.contains(&h.value.as_str()) {
+            if !place.contains_key(h.value.as_str()) {
                 let msg = format!(
                     "wave `{}` names unknown host `{}`",
                     spec.name.value, h.value
                 );
-                match suggest(&h.value, host_names.iter().copied()) {
+                match w.suggest(&h.value, &host_names) {
                     Some(s) => w.error_help(msg, h.span.clone(), format!("did you mean `{s}`?")),
                     None => w.error(msg, h.span.clone()),
                 }
@@ -255,12 +422,12 @@ pub fn fleet(
             }
         }
         for t in &spec.tags {
-            if !all_tags.contains(&t.value.as_str()) {
+            if all_tags.binary_search(&t.value.as_str()).is_err() {
                 let msg = format!(
                     "wave `{}` names tag `{}`, which no host has",
                     spec.name.value, t.value
                 );
-                match suggest(&t.value, all_tags.iter().copied()) {
+                match w.suggest(&t.value, &all_tags) {
                     Some(s) => w.error_help(msg, t.span.clone(), format!("did you mean `{s}`?")),
                     None => w.error(msg, t.span.clone()),
                 }
@@ -289,8 +456,7 @@ pub fn fleet(
     }
     // Members in inventory order, whatever order the wave listed them in.
     for wv in &mut waves {
-        wv.hosts
-            .sort_by_key(|m| host_names.iter().position(|n| n == m));
+        wv.hosts.sort_by_key(|m| place.get(m.as_str()).copied());
     }
     let rest: Vec<String> = host_names
         .iter()

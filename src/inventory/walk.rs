@@ -9,6 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::diag::{Diagnostic, suggest};
 use super::duration;
+use super::limits::{DurationLimit, SUGGESTION_BUDGET};
 
 pub type Val<'i> = Spanned<DeValue<'i>>;
 
@@ -26,9 +27,19 @@ impl<T> At<T> {
 }
 
 /// Collects diagnostics while reading.
-#[derive(Default)]
 pub struct Walker {
     pub diags: Vec<Diagnostic>,
+    /// Comparisons "did you mean" may still make ([`SUGGESTION_BUDGET`]).
+    suggestions_left: usize,
+}
+
+impl Default for Walker {
+    fn default() -> Self {
+        Walker {
+            diags: Vec::new(),
+            suggestions_left: SUGGESTION_BUDGET,
+        }
+    }
 }
 
 pub fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -44,6 +55,16 @@ pub fn type_name(v: &DeValue<'_>) -> &'static str {
 }
 
 impl Walker {
+    /// [`suggest`] within the load's budget: `None` once it is spent.
+    pub fn suggest<'a>(&mut self, word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+        if candidates.len() > self.suggestions_left {
+            self.suggestions_left = 0;
+            return None;
+        }
+        self.suggestions_left -= candidates.len();
+        suggest(word, candidates.iter().copied())
+    }
+
     pub fn error(&mut self, message: impl Into<String>, span: Range<usize>) {
         self.diags.push(Diagnostic::new(message, span));
     }
@@ -66,11 +87,23 @@ impl Walker {
 
     /// Reject keys of `table` not in `allowed`, suggesting the closest one.
     pub fn check_keys(&mut self, table: &DeTable<'_>, allowed: &[&str], section: &str) {
+        self.check_keys_but(table, allowed, &[], section);
+    }
+
+    /// [`Walker::check_keys`], leaving alone the keys in `refused_elsewhere`
+    /// (refused by the caller with a message of their own).
+    pub fn check_keys_but(
+        &mut self,
+        table: &DeTable<'_>,
+        allowed: &[&str],
+        refused_elsewhere: &[&str],
+        section: &str,
+    ) {
         for (k, _) in table.iter() {
             let name: &str = k.get_ref();
-            if !allowed.contains(&name) {
+            if !allowed.contains(&name) && !refused_elsewhere.contains(&name) {
                 let msg = format!("unknown key `{name}` in {section}");
-                match suggest(name, allowed.iter().copied()) {
+                match self.suggest(name, allowed) {
                     Some(s) => self.error_help(msg, k.span(), format!("did you mean `{s}`?")),
                     None => self.error_help(
                         msg,
@@ -133,19 +166,45 @@ impl Walker {
         }
     }
 
-    pub fn duration(&mut self, key: &str, v: &Val<'_>) -> Option<At<Duration>> {
+    /// A duration within `limit`; out of range is an error naming the bound.
+    pub fn duration(
+        &mut self,
+        key: &str,
+        v: &Val<'_>,
+        limit: DurationLimit,
+    ) -> Option<At<Duration>> {
         let s = self.string(key, v)?;
-        match duration::parse(&s.value) {
-            Ok(d) => Some(At::new(d, s.span)),
+        let d = match duration::parse(&s.value) {
+            Ok(d) => d,
             Err(e) => {
                 self.error_help(
                     format!("invalid duration for `{key}`: {e}"),
                     s.span,
                     "write e.g. \"10s\", \"5m\" or \"1h30m\"",
                 );
-                None
+                return None;
             }
+        };
+        if limit.positive && d.is_zero() {
+            self.error(format!("`{key}` must be longer than zero"), s.span);
+            return None;
         }
+        if d > limit.max {
+            self.error_help(
+                format!(
+                    "`{key}` = {:?} is longer than its maximum, {}",
+                    s.value,
+                    duration::format(limit.max)
+                ),
+                s.span,
+                format!(
+                    "write at most \"{}\" (each duration key has a maximum: see the inventory section of README.md)",
+                    duration::format(limit.max)
+                ),
+            );
+            return None;
+        }
+        Some(At::new(d, s.span))
     }
 
     pub fn choice<T>(
@@ -159,6 +218,10 @@ impl Walker {
         match parse(&s.value) {
             Some(t) => Some(At::new(t, s.span)),
             None => {
+                let help = match self.suggest(&s.value, names) {
+                    Some(n) => format!("did you mean \"{n}\"?"),
+                    None => format!("use one of: {}", names.join(", ")),
+                };
                 self.error_help(
                     format!(
                         "`{key}` must be one of {}, not {:?}",
@@ -166,10 +229,7 @@ impl Walker {
                         s.value
                     ),
                     s.span,
-                    match suggest(&s.value, names.iter().copied()) {
-                        Some(n) => format!("did you mean \"{n}\"?"),
-                        None => format!("use one of: {}", names.join(", ")),
-                    },
+                    help,
                 );
                 None
             }

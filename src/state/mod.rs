@@ -15,18 +15,61 @@ use anyhow::Context;
 pub use lock::{ControllerLock, LockHeld};
 
 /// The state directory to use: the flag, else `$XDG_STATE_HOME/nixgate`,
-/// else `~/.local/state/nixgate`.
+/// else `~/.local/state/nixgate`. A path that is a file, or lies under one,
+/// is refused here: every error of this function is a usage error (exit 2)
+/// for the caller, while a state directory that fails later is exit 1.
 pub fn resolve_dir(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag {
-        return Ok(p.to_path_buf());
+    let (dir, from) = if let Some(p) = flag {
+        (p.to_path_buf(), "--state-dir")
+    } else if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        (PathBuf::from(x).join("nixgate"), "$XDG_STATE_HOME/nixgate")
+    } else {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context(
+            "neither --state-dir, $XDG_STATE_HOME nor $HOME is set: pass --state-dir DIR",
+        )?;
+        (
+            PathBuf::from(home).join(".local/state/nixgate"),
+            "~/.local/state/nixgate",
+        )
+    };
+    check_usable(&dir, from)?;
+    Ok(dir)
+}
+
+/// `dir` is a directory, or can be created: its nearest existing ancestor
+/// is a directory. Other problems (permissions) are left to the creation,
+/// which names them.
+fn check_usable(dir: &Path, from: &str) -> anyhow::Result<()> {
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                let what = if p == dir {
+                    "is not a directory".to_owned()
+                } else {
+                    format!("lies under {}, which is not a directory", p.display())
+                };
+                anyhow::bail!(
+                    "the state directory {} ({from}) {what}: pass --state-dir DIR with a directory (created if missing)",
+                    dir.display()
+                );
+            }
+            // ENOTDIR: some ancestor is a file; the walk up finds which.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(parent) => p = parent,
+                    None => return Ok(()),
+                }
+            }
+            Err(_) => return Ok(()),
+        }
     }
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
-        return Ok(PathBuf::from(x).join("nixgate"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("neither --state-dir, $XDG_STATE_HOME nor $HOME is set: pass --state-dir DIR")?;
-    Ok(PathBuf::from(home).join(".local/state/nixgate"))
 }
 
 /// Write `bytes` to `path` atomically (temp file + rename in the same dir).
@@ -61,4 +104,30 @@ pub fn write_atomic_with(
     }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_that_is_or_lies_under_a_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = resolve_dir(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        assert!(e.contains("(--state-dir)"), "{e}");
+        let under = file.join("a/b");
+        let e = resolve_dir(Some(&under)).unwrap_err().to_string();
+        assert!(e.contains(&format!("lies under {}", file.display())), "{e}");
+        // A directory, and one still to be created under it, are fine.
+        assert_eq!(resolve_dir(Some(tmp.path())).unwrap(), tmp.path());
+        let new = tmp.path().join("new/state");
+        assert_eq!(resolve_dir(Some(&new)).unwrap(), new);
+        assert_eq!(
+            resolve_dir(Some(Path::new("relative/state"))).unwrap(),
+            Path::new("relative/state")
+        );
+    }
 }
