@@ -80,7 +80,7 @@ fn timed_out(exit: &Exit, os: Os) -> bool {
 pub async fn run_check<R: Remote>(remote: &R, check: &HealthCheck, os: Os) -> HealthReport {
     let cmd = check_command(check, os);
     // Guard against a transport that hangs: the remote timeout plus slack.
-    let guard = check.timeout + Duration::from_secs(15);
+    let guard = check.timeout.saturating_add(Duration::from_secs(15));
     let mut attempts = Vec::new();
     for attempt in 0..=check.retries {
         if attempt > 0 {

@@ -114,6 +114,18 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                     .fleet
                     .destination(&host)
                     .ok_or_else(|| anyhow::anyhow!("no SSH destination for {host}"))?;
+                // The user and host may come from ~/.ssh/config or $USER, not
+                // the checked inventory: they reach the builder's argv.
+                use crate::inventory::validate::{address_problem, user_problem};
+                if let Some(why) = user_problem(&d.user) {
+                    anyhow::bail!(
+                        "user {:?} (from ~/.ssh/config or $USER) {why}: set `user` in the inventory",
+                        d.user
+                    );
+                }
+                if let Some((why, _)) = address_problem(&d.host) {
+                    anyhow::bail!("address {:?} (from ~/.ssh/config HostName) {why}", d.host);
+                }
                 let dest = format!("{}@{}", d.user, d.host);
                 nix::copy::copy_from_builder(&builder, &target, &dest, d.port, &closure).await?
             }

@@ -81,7 +81,10 @@ pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, Con
         })?)),
         None => None,
     };
-    let deadline = Instant::now() + target.connect_timeout;
+    // Saturating: a timeout no inventory allows must still not panic.
+    let deadline = Instant::now()
+        .checked_add(target.connect_timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
     let host = target.host.clone();
     let port = target.port();
     let mut addr = format!("{host}:{port}");
