@@ -215,7 +215,46 @@ impl Fleet {
         let out = run_checked(&mut cmd, "scripts/fleet up")?;
         eprintln!("{}", String::from_utf8_lossy(&out.stderr).trim_end());
         fleet.hosts = fleet.read_hosts()?;
+        fleet.check_nix_versions()?;
         Ok(fleet)
+    }
+
+    /// Each kind of host runs the Nix its base has (one host of each kind).
+    fn check_nix_versions(&self) -> anyhow::Result<()> {
+        let kinds = [
+            ("builder", self.bases.builder),
+            ("light", self.bases.light),
+            ("sys", self.bases.systemd),
+        ];
+        for (prefix, base) in kinds {
+            let Some(host) = self.hosts.iter().find(|h| h.name.starts_with(prefix)) else {
+                continue;
+            };
+            let version = self.nix_version(&host.name)?;
+            ensure!(
+                version.starts_with(&format!("{}.", base.nix())),
+                "{} runs Nix {version}, but its base {} has Nix {}",
+                host.name,
+                base.as_str(),
+                base.nix()
+            );
+        }
+        Ok(())
+    }
+
+    /// `nix-store --version` of a host, e.g. `2.26.3`.
+    pub fn nix_version(&self, host: &str) -> anyhow::Result<String> {
+        let out = self.in_host(host, "nix-store --version");
+        ensure!(
+            out.status.success(),
+            "nix-store --version on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        text.trim()
+            .strip_prefix("nix-store (Nix) ")
+            .map(str::to_owned)
+            .with_context(|| format!("{host}: unexpected nix-store --version {text:?}"))
     }
 
     fn read_hosts(&self) -> anyhow::Result<Vec<HostInfo>> {
