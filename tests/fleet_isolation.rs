@@ -111,7 +111,10 @@ fn the_same_unit_name_on_every_systemd_host_at_once_never_collides() {
     roots.dedup();
     assert_eq!(roots.len(), HOSTS.len(), "hosts share a cgroup: {roots:?}");
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(left.iter().all(|n| n == "0"), "collected units kept: {left:?}");
+    assert!(
+        left.iter().all(|n| n == "0"),
+        "collected units kept: {left:?}"
+    );
     assert!(
         complaints.iter().all(|n| n == "0"),
         "a host's systemd saw another host's cgroups: {complaints:?}"

@@ -22,7 +22,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
 use futures_util::future::join_all;
@@ -125,6 +125,8 @@ struct Sink<'a> {
     /// Reads the host's greeting and one acknowledgement per added path.
     acks: Option<JoinHandle<anyhow::Result<u64>>>,
     acked: Arc<AtomicU64>,
+    /// Set by the acknowledgement reader as it ends, before its last wake-up.
+    acks_ended: Arc<AtomicBool>,
     /// Woken on every acknowledgement, and when the reader ends.
     ack_signal: Arc<Notify>,
     /// Stream offsets where the sent, not yet acknowledged paths end.
@@ -171,7 +173,15 @@ impl Sink<'_> {
             // Only a path written whole can be acknowledged; the oldest
             // unacknowledged one may still end in the queue.
             let waitable = self.path_ends.front().is_some_and(|&e| e <= self.got.bytes);
-            let reader_gone = self.acks.as_ref().is_none_or(JoinHandle::is_finished);
+            // Not `JoinHandle::is_finished`: the reader wakes us before its
+            // task counts as finished, and no wake-up follows, so a host
+            // that dies while we wait for its acknowledgements hung the
+            // relay. Nix 2.8 fails an AddToStoreNar it cannot lock before
+            // reading the NAR (the host dies before it is owed an
+            // acknowledgement); Nix 2.26 reads the whole NAR first, so a
+            // failing 2.26 host dies while we wait (relay_e2e hung in 3 of
+            // 35 runs with 2.26 hosts, 0 of 20 on 2.8).
+            let reader_gone = self.acks.is_none() || self.acks_ended.load(Ordering::Acquire);
             if !waitable || self.got.bytes - self.acked_bytes < IN_FLIGHT || reader_gone {
                 return;
             }
@@ -202,9 +212,11 @@ async fn count_acks(
     out: RemoteStdout,
     name: String,
     acked: Arc<AtomicU64>,
+    ended: Arc<AtomicBool>,
     signal: Arc<Notify>,
 ) -> anyhow::Result<u64> {
     let result = read_acks(out, name, acked, &signal).await;
+    ended.store(true, Ordering::Release);
     signal.notify_one();
     result
 }
@@ -315,6 +327,7 @@ pub async fn relay<B: Remote, T: Remote>(
                 finish: None,
                 acks: None,
                 acked: Arc::default(),
+                acks_ended: Arc::default(),
                 ack_signal: Arc::default(),
                 path_ends: VecDeque::new(),
                 acked_bytes: 0,
@@ -332,6 +345,7 @@ pub async fn relay<B: Remote, T: Remote>(
                         s.stdout,
                         sink.name.clone(),
                         sink.acked.clone(),
+                        sink.acks_ended.clone(),
                         sink.ack_signal.clone(),
                     )));
                 }

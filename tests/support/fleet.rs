@@ -5,6 +5,19 @@
 //! systemd tools), an optional builder, and systemd hosts (`systemd-nspawn -b`
 //! containers with real systemd). Dropping the [`Fleet`] runs `scripts/fleet down`
 //! and removes the directory (set `NIXGATE_KEEP_FLEET=1` to keep it).
+//!
+//! Which Nix the hosts run is chosen by [`Bases`]: systemd hosts boot Debian
+//! bookworm (Nix 2.8, systemd 252) or trixie (Nix 2.26, systemd 257); light
+//! hosts and the builder run on this machine's own root (Debian 12, Nix 2.8)
+//! or chrooted into one of those images. [`Fleet::start`] reads them from the
+//! environment ([`Bases::from_env`]), so any end-to-end test runs on another
+//! Nix, or with the builder on one Nix and the hosts on the other, unchanged:
+//!
+//! ```text
+//! NIXGATE_TEST_BASE=trixie cargo test --test push_e2e          # everything on Nix 2.26
+//! NIXGATE_TEST_BASE=trixie NIXGATE_TEST_BUILDER_BASE=host ...  # builder 2.8, hosts 2.26
+//! NIXGATE_TEST_BUILDER_BASE=trixie ...                         # builder 2.26, hosts 2.8
+//! ```
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -23,6 +36,95 @@ pub struct FleetSpec {
     pub builder: bool,
 }
 
+/// The root a kind of host runs on (`scripts/fleet up --*-base`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Base {
+    /// This machine's own root (Debian 12, Nix 2.8); light hosts and the builder only.
+    #[default]
+    Host,
+    /// A Debian 12 image: Nix 2.8, systemd 252.
+    Bookworm,
+    /// A Debian 13 image: Nix 2.26, systemd 257.
+    Trixie,
+}
+
+impl Base {
+    pub fn parse(s: &str) -> anyhow::Result<Base> {
+        match s {
+            "host" => Ok(Base::Host),
+            "bookworm" => Ok(Base::Bookworm),
+            "trixie" => Ok(Base::Trixie),
+            other => bail!("unknown fleet base {other:?} (host, bookworm or trixie)"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Base::Host => "host",
+            Base::Bookworm => "bookworm",
+            Base::Trixie => "trixie",
+        }
+    }
+
+    /// The Nix release series it has (`nix-store --version`).
+    pub fn nix(self) -> &'static str {
+        match self {
+            Base::Host | Base::Bookworm => "2.8",
+            Base::Trixie => "2.26",
+        }
+    }
+}
+
+/// What each kind of host runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bases {
+    /// Real-systemd hosts (never [`Base::Host`]: they boot an image).
+    pub systemd: Base,
+    /// Light hosts.
+    pub light: Base,
+    /// The builder.
+    pub builder: Base,
+}
+
+impl Default for Bases {
+    fn default() -> Self {
+        Bases {
+            systemd: Base::Bookworm,
+            light: Base::Host,
+            builder: Base::Host,
+        }
+    }
+}
+
+impl Bases {
+    /// From `NIXGATE_TEST_SYSTEMD_BASE`, `NIXGATE_TEST_LIGHT_BASE`,
+    /// `NIXGATE_TEST_BUILDER_BASE` (`host`, `bookworm`, `trixie`), each
+    /// defaulting to `NIXGATE_TEST_BASE` when set (`host` means bookworm for
+    /// systemd hosts), else to [`Bases::default`]; the builder defaults to the
+    /// light hosts' base.
+    pub fn from_env() -> anyhow::Result<Bases> {
+        let var = |name: &str| -> anyhow::Result<Option<Base>> {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Base::parse(&v).map(Some).context(name.to_owned()),
+                _ => Ok(None),
+            }
+        };
+        let all = var("NIXGATE_TEST_BASE")?;
+        let d = Bases::default();
+        let systemd = match var("NIXGATE_TEST_SYSTEMD_BASE")?.or(all) {
+            None | Some(Base::Host) => d.systemd,
+            Some(b) => b,
+        };
+        let light = var("NIXGATE_TEST_LIGHT_BASE")?.or(all).unwrap_or(d.light);
+        let builder = var("NIXGATE_TEST_BUILDER_BASE")?.unwrap_or(light);
+        Ok(Bases {
+            systemd,
+            light,
+            builder,
+        })
+    }
+}
+
 /// Where a host listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInfo {
@@ -36,6 +138,7 @@ pub struct Fleet {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     hosts: Vec<HostInfo>,
+    bases: Bases,
     stopped: bool,
 }
 
@@ -61,8 +164,18 @@ fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<Output> {
 }
 
 impl Fleet {
-    /// Starts a fleet in a fresh temporary directory (needs root).
+    /// Starts a fleet in a fresh temporary directory (needs root), on the
+    /// bases the environment names ([`Bases::from_env`]).
     pub fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
+        Fleet::start_with(spec, Bases::from_env()?)
+    }
+
+    /// Starts a fleet on the given bases.
+    pub fn start_with(spec: FleetSpec, bases: Bases) -> anyhow::Result<Fleet> {
+        ensure!(
+            bases.systemd != Base::Host,
+            "systemd hosts boot an image: bookworm or trixie, not host"
+        );
         let dir = tempfile::Builder::new()
             .prefix("nixgate-fleet-")
             .tempdir()
@@ -79,17 +192,69 @@ impl Fleet {
         if spec.builder {
             cmd.arg("--builder");
         }
+        cmd.args(["--systemd-base", bases.systemd.as_str()])
+            .args(["--light-base", bases.light.as_str()])
+            .args(["--builder-base", bases.builder.as_str()]);
+        eprintln!(
+            "fleet bases: systemd hosts {} (Nix {}), light hosts {} (Nix {}), builder {} (Nix {})",
+            bases.systemd.as_str(),
+            bases.systemd.nix(),
+            bases.light.as_str(),
+            bases.light.nix(),
+            bases.builder.as_str(),
+            bases.builder.nix()
+        );
         let mut fleet = Fleet {
             dir: Some(dir),
             path,
             hosts: Vec::new(),
+            bases,
             stopped: false,
         };
         // On failure `fleet` is dropped, which runs `down` on whatever did start.
         let out = run_checked(&mut cmd, "scripts/fleet up")?;
         eprintln!("{}", String::from_utf8_lossy(&out.stderr).trim_end());
         fleet.hosts = fleet.read_hosts()?;
+        fleet.check_nix_versions()?;
         Ok(fleet)
+    }
+
+    /// Each kind of host runs the Nix its base has (one host of each kind).
+    fn check_nix_versions(&self) -> anyhow::Result<()> {
+        let kinds = [
+            ("builder", self.bases.builder),
+            ("light", self.bases.light),
+            ("sys", self.bases.systemd),
+        ];
+        for (prefix, base) in kinds {
+            let Some(host) = self.hosts.iter().find(|h| h.name.starts_with(prefix)) else {
+                continue;
+            };
+            let version = self.nix_version(&host.name)?;
+            ensure!(
+                version.starts_with(&format!("{}.", base.nix())),
+                "{} runs Nix {version}, but its base {} has Nix {}",
+                host.name,
+                base.as_str(),
+                base.nix()
+            );
+        }
+        Ok(())
+    }
+
+    /// `nix-store --version` of a host, e.g. `2.26.3`.
+    pub fn nix_version(&self, host: &str) -> anyhow::Result<String> {
+        let out = self.in_host(host, "nix-store --version");
+        ensure!(
+            out.status.success(),
+            "nix-store --version on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        text.trim()
+            .strip_prefix("nix-store (Nix) ")
+            .map(str::to_owned)
+            .with_context(|| format!("{host}: unexpected nix-store --version {text:?}"))
     }
 
     fn read_hosts(&self) -> anyhow::Result<Vec<HostInfo>> {
@@ -115,6 +280,11 @@ impl Fleet {
                 })
             })
             .collect()
+    }
+
+    /// What each kind of host runs on.
+    pub fn bases(&self) -> Bases {
+        self.bases
     }
 
     pub fn dir(&self) -> &Path {
