@@ -177,6 +177,45 @@ if have_systemd; then
   fi
 fi
 
+# The host's SSH server, as a configuration leaves it (real-systemd test
+# hosts: Debian's ssh.service, configured by the fleet's drop-in). Three
+# configurations cut the controller off, the way a bad deploy does; every
+# other one leaves sshd as the fleet set it up.
+ssh_dropin=/etc/ssh/sshd_config.d/nixgate.conf
+ssh_deny=/etc/ssh/sshd_config.d/zz-nixgate-test-deny.conf
+ssh_moved=/run/nixgate-test-sshd-moved.conf
+if have_systemd; then
+  case "$misbehaviour" in
+    stop-sshd)
+      echo "stop-sshd: stopping ssh.service (established sessions stay)" >&2
+      systemctl stop ssh.service
+      ;;
+    deny-ssh)
+      echo "deny-ssh: new SSH logins refused (established sessions stay)" >&2
+      echo "DenyUsers *" >"$ssh_deny"
+      systemctl reload ssh.service
+      ;;
+    move-ssh)
+      echo "move-ssh: sshd now listens on port 2222 only" >&2
+      sed -e 's/^\(ListenAddress .*\):[0-9]*$/\1:2222/' "$ssh_dropin" >"$ssh_moved"
+      echo "PidFile /run/nixgate-test-sshd-moved.pid" >>"$ssh_moved"
+      systemctl stop ssh.service
+      mkdir -p /run/sshd
+      systemd-run --unit=nixgate-test-sshd-moved --collect /usr/sbin/sshd -D -f "$ssh_moved" >/dev/null 2>&1
+      ;;
+    *)
+      if [ -e "$ssh_deny" ]; then
+        rm -f "$ssh_deny"
+        systemctl reload ssh.service
+      fi
+      if systemctl is-active --quiet nixgate-test-sshd-moved.service; then
+        systemctl stop nixgate-test-sshd-moved.service
+      fi
+      systemctl is-active --quiet ssh.service || systemctl start ssh.service
+      ;;
+  esac
+fi
+
 case "$misbehaviour" in
   exit4)
     echo "warning: the following units failed: nixgate-test-broken.service" >&2

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use nixgate::activation::detached::SwitchFailure;
 use nixgate::activation::{
-    ActivationRequest, FailureReason, HostOutcome, HostSettings, Os, RunId, activate_host,
+    ActivationRequest, FailureReason, HostOutcome, HostSettings, NoReconnect, Os, RunId,
+    activate_host,
 };
 use nixgate::gates::{Gate, Goal};
 use nixgate::nix::StorePath;
@@ -39,7 +40,14 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         known_good_generation: None,
     };
     let started = Instant::now();
-    let out = activate_host(&remote, &req, &CancellationToken::new(), &|_| {}).await;
+    let out = activate_host(
+        &remote,
+        &NoReconnect,
+        &req,
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await;
     (out, started.elapsed())
 }
 
@@ -54,6 +62,7 @@ fn link(fleet: &Fleet, host: &str, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn gates_on_real_systemd_hosts() {
     let fleet = Fleet::start(FleetSpec {
         light: 0,

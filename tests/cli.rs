@@ -279,7 +279,8 @@ fn thousands_of_errors_print_the_first_hundred_then_a_count() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 16000);
+    assert_eq!(lines.len(), 16000 + 1, "every error, then the summary");
+    assert_eq!(lines[16000]["event"], "summary");
     assert_eq!(lines[15998]["line"], 2 + 2 * 7999 + 1);
     assert_eq!(lines[15999]["line"], 2 + 2 * 7999 + 2);
 }
@@ -306,4 +307,31 @@ fn a_state_dir_that_is_a_file_is_a_usage_error() {
         );
         assert!(err.contains("not a directory"), "{err}");
     }
+}
+
+/// README's "JSON events" shows one line of every event nixgate writes,
+/// each valid for a strict parser.
+#[test]
+fn the_documented_event_schema_is_every_event_and_strict_json() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### JSON events").expect("the section")..];
+    let block = &section[section.find("```json\n").expect("a json block") + 8..];
+    let block = &block[..block.find("```").unwrap()];
+    let mut names = Vec::new();
+    for line in block.lines() {
+        nixgate::report::json::check_strict(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        names.push(v["event"].as_str().expect("an event name").to_owned());
+    }
+    let mut documented = names.clone();
+    documented.sort();
+    documented.dedup();
+    assert_eq!(documented.len(), names.len(), "one line per event");
+    let mut known: Vec<String> = nixgate::report::event::EVENT_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    known.sort();
+    assert_eq!(documented, known);
 }

@@ -134,6 +134,7 @@ fn switch_on(fleet: &Fleet, host: &str, toplevel: &str, action: &str) -> std::pr
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn fleet_hosts_are_real_separate_and_torn_down() {
     let mut fleet = Fleet::start(FleetSpec {
         light: 3,
@@ -332,6 +333,7 @@ fn fleet_hosts_are_real_separate_and_torn_down() {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn testconfig_is_nixos_shaped_and_flake_matches_nix_build() {
     let fleet = Fleet::start(FleetSpec {
         light: 1,

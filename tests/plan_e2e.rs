@@ -16,6 +16,7 @@ fn links(fleet: &Fleet, host: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn plan_explains_changes_and_enforces_expect() {
     let fleet = Fleet::start(FleetSpec {
         light: 2,
@@ -156,6 +157,7 @@ fn plan_explains_changes_and_enforces_expect() {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn plan_names_flake_input_changes_since_the_known_good() {
     let fleet = Fleet::start(FleetSpec {
         light: 1,

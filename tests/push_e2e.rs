@@ -53,6 +53,7 @@ fn git(repo: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn build_matches_nix_build_fails_alone_survives_gc_and_needs_no_local_nix() {
     let fleet = Fleet::start(FleetSpec {
         light: 2,
@@ -173,6 +174,7 @@ fn build_matches_nix_build_fails_alone_survives_gc_and_needs_no_local_nix() {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     let fleet = Fleet::start(FleetSpec {
         light: 3,
@@ -291,6 +293,7 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
     let fleet = Fleet::start(FleetSpec {
         light: 2,
@@ -387,6 +390,7 @@ fn releases_tag_the_validated_commit_and_push_release_redeploys_it() {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn first_ctrl_c_finishes_and_verifies_hosts_in_flight() {
     let fleet = Fleet::start(FleetSpec {
         light: 3,
@@ -454,6 +458,7 @@ fn first_ctrl_c_finishes_and_verifies_hosts_in_flight() {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn a_host_locked_by_another_controller_is_not_touched() {
     let fleet = Fleet::start(FleetSpec {
         light: 1,

@@ -68,6 +68,7 @@ async fn world(light: usize, filler: usize) -> World {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone() {
     // 100 x 16 KiB: more than the relay sends a host before it waits for
     // the host's acknowledgements (1 MiB), so the waiting is exercised,
@@ -150,6 +151,7 @@ async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing() {
     let w = world(1, 5).await;
     let closure = &w.closures[0];

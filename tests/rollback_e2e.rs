@@ -3,7 +3,9 @@
 
 mod support;
 
-use nixgate::activation::{ActivationRequest, HostOutcome, HostSettings, Os, RunId, activate_host};
+use nixgate::activation::{
+    ActivationRequest, HostOutcome, HostSettings, NoReconnect, Os, RunId, activate_host,
+};
 use nixgate::gates::Goal;
 use nixgate::nix::StorePath;
 use serde_json::json;
@@ -26,6 +28,7 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
     };
     let out = activate_host(
         &OpenSsh::new(fleet, "sys1"),
+        &NoReconnect,
         &req,
         &CancellationToken::new(),
         &|_| {},
@@ -41,6 +44,7 @@ fn status(fleet: &Fleet) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
     let fleet = Fleet::start(FleetSpec {
         light: 0,

@@ -18,6 +18,7 @@ async fn whoami(s: &SshSession) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn ed25519_identity_file() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id_ed25519", "ed25519", "");
@@ -39,6 +40,7 @@ async fn ed25519_identity_file() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn rsa_identity_file_uses_sha2() {
     let sshd = Sshd::start_with("PubkeyAcceptedAlgorithms rsa-sha2-512,rsa-sha2-256");
     let key = keygen(sshd.dir.path(), "id_rsa", "rsa", "");
@@ -51,6 +53,7 @@ async fn rsa_identity_file_uses_sha2() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn agent_first_and_reported() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "agent_key", "ed25519", "");
@@ -69,6 +72,7 @@ async fn agent_first_and_reported() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn encrypted_key_in_agent_works_and_without_agent_names_the_path() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id_locked", "ed25519", "sesame");
@@ -94,6 +98,7 @@ async fn encrypted_key_in_agent_works_and_without_agent_names_the_path() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn wrong_key_lists_what_was_tried() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id_stranger", "ed25519", "");
@@ -112,6 +117,7 @@ async fn wrong_key_lists_what_was_tried() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn user_certificate() {
     let sshd = Sshd::start_with("TrustedUserCAKeys %DIR%/user_ca.pub");
     keygen(sshd.dir.path(), "user_ca", "ed25519", "");
@@ -135,6 +141,7 @@ async fn user_certificate() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn rsa_user_certificate_uses_sha2() {
     let sshd = Sshd::start_with(
         "TrustedUserCAKeys %DIR%/user_ca.pub\nPubkeyAcceptedAlgorithms rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com",
@@ -155,6 +162,7 @@ async fn rsa_user_certificate_uses_sha2() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn changed_host_key_names_both_fingerprints() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -205,6 +213,7 @@ fn fingerprint_of(pub_file: &std::path::Path) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn unknown_host_gives_the_line_that_fixes_it() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -253,6 +262,7 @@ async fn unknown_host_gives_the_line_that_fixes_it() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn hashed_known_hosts_from_ssh_keygen() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -272,6 +282,7 @@ async fn hashed_known_hosts_from_ssh_keygen() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn accept_new_learns_then_knows() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -296,6 +307,7 @@ async fn accept_new_learns_then_knows() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn revoked_host_key_is_refused() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -310,6 +322,7 @@ async fn revoked_host_key_is_refused() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn host_certificate_from_cert_authority() {
     // The host key is certified by a CA; known_hosts lists only the CA.
     let sshd = Sshd::start_with("HostCertificate %DIR%/host_ed25519-cert.pub");
@@ -343,6 +356,7 @@ async fn host_certificate_from_cert_authority() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn proxy_jump_verifies_both_hosts() {
     let jump = Sshd::start();
     let inner = Sshd::start();
@@ -402,6 +416,7 @@ async fn proxy_jump_verifies_both_hosts() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn closed_port_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "id", "ed25519", "");
@@ -421,6 +436,7 @@ async fn closed_port_fails_fast() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn silent_listener_times_out_within_connect_timeout() {
     let silent = SilentListener::start();
     let dir = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@ async fn session(sshd: &Sshd) -> SshSession {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn stdout_stderr_and_exit_code() {
     let sshd = Sshd::start();
     let s = session(&sshd).await;
@@ -35,6 +36,7 @@ async fn stdout_stderr_and_exit_code() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn killed_by_signal() {
     let sshd = Sshd::start();
     let s = session(&sshd).await;
@@ -55,6 +57,7 @@ async fn killed_by_signal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn twenty_concurrent_execs_on_one_session() {
     // MaxSessions 10 on the server: without the cap, 20 at once would fail.
     let sshd = Sshd::start_with("MaxSessions 10");
@@ -90,6 +93,7 @@ async fn twenty_concurrent_execs_on_one_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn lost_connection_then_transparent_reconnect() {
     let mut sshd = Sshd::start();
     let s = session(&sshd).await;
@@ -118,6 +122,7 @@ async fn lost_connection_then_transparent_reconnect() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn timings() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -153,6 +158,7 @@ async fn timings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn frozen_host_is_noticed_by_keepalive() {
     // SIGSTOP every sshd process: TCP stays open but nothing answers, as
     // with a host that hung or vanished from the network.

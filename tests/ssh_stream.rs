@@ -30,6 +30,7 @@ fn byte_at(i: usize) -> u8 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn fifty_megabytes_through_cat() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");
@@ -101,6 +102,7 @@ async fn fifty_megabytes_through_cat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn dropped_stdin_still_sends_eof_and_exit_is_reported() {
     let sshd = Sshd::start();
     let key = keygen(sshd.dir.path(), "id", "ed25519", "");

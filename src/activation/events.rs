@@ -82,6 +82,16 @@ pub enum Step {
     Reboot,
     WaitForReboot,
     MarkKnownGood,
+    /// Magic rollback: the host reverts by itself after this long unless
+    /// the controller confirms.
+    ArmRevert {
+        unit: String,
+        after: std::time::Duration,
+    },
+    /// Confirming the switch over a new connection, within this window.
+    ConfirmNewConnection {
+        within: std::time::Duration,
+    },
 }
 
 /// Where a lost connection was noticed.
@@ -157,5 +167,15 @@ pub enum ActivationEvent {
     },
     RollbackFinished {
         outcome: RollbackOutcome,
+    },
+    /// A new connection reached the host on the candidate: the dead-man
+    /// revert is disarmed.
+    Confirmed {
+        unit: String,
+    },
+    /// Cut off after the switch: waiting for the host's own revert.
+    AwaitingRevert {
+        unit: String,
+        cause: super::outcome::CutOff,
     },
 }

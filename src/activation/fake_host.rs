@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{inhibitors, known_good, links, switch, verify_poll};
+use super::{deadman, inhibitors, known_good, links, switch, verify_poll};
 use crate::nix::StorePath;
 use crate::remote::scripted::{ScriptedRemote, fail, ok};
 use crate::remote::{Command, Exit, Output};
@@ -26,6 +26,12 @@ pub struct Behaviour {
     pub repoint_profile_to: Option<StorePath>,
     /// NixOS 25.11 `switchInhibitors` refuses `switch`/`test`/`dry-activate`.
     pub inhibitor_message: bool,
+    /// Once live, the system refuses new SSH connections (an sshd stopped
+    /// or reconfigured; established sessions go on).
+    pub cuts_ssh: bool,
+    /// Once live, the system is off the network: established sessions
+    /// are lost too.
+    pub cuts_network: bool,
     pub polls_to_finish: u32,
     pub systemd: &'static str,
     pub healthy: bool,
@@ -40,6 +46,8 @@ impl Default for Behaviour {
             flip_to: None,
             repoint_profile_to: None,
             inhibitor_message: false,
+            cuts_ssh: false,
+            cuts_network: false,
             polls_to_finish: 2,
             systemd: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-256.8",
             healthy: true,
@@ -83,6 +91,15 @@ pub struct State {
     /// start, one each, as systemd does when a transient unit cannot be
     /// started (`Job for <unit> failed`).
     pub refuse_fires: Vec<&'static str>,
+    /// New SSH connections are accepted.
+    pub sshd_up: bool,
+    /// Off the network: every command on every connection is lost.
+    pub offline: bool,
+    /// Armed dead-man timers: unit -> (arming number, the revert's args).
+    pub timers: BTreeMap<String, (u64, Vec<String>)>,
+    pub armings: u64,
+    /// Revert records written by fired timers, by path.
+    pub revert_records: BTreeMap<String, String>,
     pub boot_id: u32,
     pub sudo_password_required: bool,
     /// systemd units in the `failed` state. Like NixOS's
@@ -141,6 +158,9 @@ impl State {
             }
             if live {
                 self.current = b.flip_to.clone().unwrap_or(job.closure.clone());
+                // The system's own sshd: a candidate may cut new connections.
+                self.sshd_up = !b.cuts_ssh && !b.cuts_network;
+                self.offline = b.cuts_network;
             }
             if let Some(p) = &b.repoint_profile_to {
                 self.set_profile(SYSTEM, p);
@@ -170,6 +190,9 @@ impl State {
     }
 
     fn respond(&mut self, cmd: &Command, stdin: Option<&[u8]>) -> Output {
+        if self.offline {
+            return Output::new(Exit::ConnectionLost, "", "");
+        }
         let a: Vec<&str> = cmd.argv().iter().map(String::as_str).collect();
         if a[0] == "sh" && a[2] == known_good::WRITE_RECORD {
             let json = String::from_utf8_lossy(stdin.expect("the record comes on stdin"));
@@ -421,6 +444,18 @@ impl State {
                  etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
                  kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n"
             ))
+        } else if script == switch::STOP_LINUX {
+            let unit = a[4].trim_end_matches(".service");
+            if let Some(j) = self.jobs.get_mut(unit) {
+                j.running = false;
+            }
+            self.lock_held = false;
+            ok("")
+        } else if script == deadman::DISARM_LINUX {
+            self.timers.remove(a[4]);
+            ok("")
+        } else if script == deadman::READ_RECORD {
+            ok(self.revert_records.get(a[4]).map_or("", String::as_str))
         } else if script == known_good::LIST {
             self.list(a[4])
         } else if script == known_good::REVOKE {
@@ -463,11 +498,89 @@ impl State {
     }
 }
 
+impl State {
+    /// A dead-man timer fired: what the revert script does (`args`: record
+    /// dir, run, previous, candidate, profile, boot default before, unit).
+    fn revert(&mut self, args: &[String]) {
+        let (dir, run, previous, candidate, profile, before, unit, _timer) = (
+            &args[0], &args[1], &args[2], &args[3], &args[4], &args[5], &args[6], &args[7],
+        );
+        if let Some(j) = self.jobs.get_mut(unit) {
+            j.running = false;
+        }
+        self.lock_held = false;
+        if !before.is_empty() {
+            let b = StorePath::parse(before).expect("store path");
+            self.set_profile(profile, &b);
+            self.boot_default = b;
+        }
+        let prev = StorePath::parse(previous).expect("store path");
+        let b = self.behaviour(&prev);
+        self.sshd_up = !b.cuts_ssh && !b.cuts_network;
+        self.offline = b.cuts_network;
+        self.current = prev;
+        let record = format!(
+            r#"{{"run_id":"{run}","reverted_at":"2026-12-02T00:00:00Z","from":"{candidate}","to":"{previous}","result":"ok","current":"{previous}"}}"#
+        );
+        self.revert_records
+            .insert(format!("{dir}/{run}.json"), record);
+    }
+}
+
 /// The fake host; clones share state.
 #[derive(Clone)]
 pub struct FakeHost(Arc<Mutex<State>>);
 
+impl crate::activation::Reconnect<ScriptedRemote> for FakeHost {
+    fn fresh(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<ScriptedRemote>> + Send + '_>,
+    > {
+        Box::pin(async {
+            anyhow::ensure!(self.state().sshd_up, "connection refused (fake sshd down)");
+            Ok(self.remote())
+        })
+    }
+}
+
 impl FakeHost {
+    /// Arm a dead-man timer: it fires after its seconds (tokio time) unless
+    /// disarmed or re-armed first.
+    fn arm(&self, a: &[&str], script: &[u8]) -> Output {
+        let unit = a[4].to_owned();
+        let secs: u64 = a[5].parse().expect("seconds");
+        // The revert's arguments: its `set -- ...` line (none has spaces).
+        let script = String::from_utf8_lossy(script);
+        let set = script
+            .lines()
+            .find_map(|l| l.strip_prefix("set -- "))
+            .expect("the revert script sets its arguments");
+        let args: Vec<String> = set
+            .split(' ')
+            .map(|w| w.trim_matches('\'').to_owned())
+            .collect();
+        let n = {
+            let mut st = self.state();
+            st.armings += 1;
+            let n = st.armings;
+            st.timers.insert(unit.clone(), (n, args));
+            n
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+            let mut st = me.state();
+            if let Some((armed, args)) = st.timers.get(&unit).cloned()
+                && armed == n
+            {
+                st.timers.remove(&unit);
+                st.revert(&args);
+            }
+        });
+        ok("")
+    }
+
     /// A host running `current`, whose system profile and known-good
     /// profile both point at it.
     pub fn new(current: &StorePath) -> Self {
@@ -490,6 +603,11 @@ impl FakeHost {
             health_checks: 0,
             unhealthy_after: None,
             refuse_fires: Vec::new(),
+            sshd_up: true,
+            offline: false,
+            timers: BTreeMap::new(),
+            armings: 0,
+            revert_records: BTreeMap::new(),
             boot_id: 1,
             sudo_password_required: false,
             failed_units: Default::default(),
@@ -512,6 +630,11 @@ impl FakeHost {
     pub fn remote_named(&self, name: &str) -> ScriptedRemote {
         let st = self.0.clone();
         ScriptedRemote::with_stdin(name, move |cmd, stdin| {
+            let a = cmd.argv();
+            if a[0] == "sh" && a.len() > 2 && a[2] == deadman::ARM_LINUX {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                return FakeHost(st.clone()).arm(&a, stdin.expect("the script on stdin"));
+            }
             st.lock().expect("state").respond(cmd, stdin)
         })
     }
@@ -536,6 +659,10 @@ pub fn describe(cmd: &Command) -> String {
         s if s == known_good::WRITE_RECORD => "write-record",
         s if s == known_good::SET_AND_READ => "set-known-good",
         s if s == known_good::LIST => "list-known-good",
+        s if s == deadman::ARM_LINUX => "arm-revert",
+        s if s == switch::STOP_LINUX => "stop-unit",
+        s if s == deadman::DISARM_LINUX => "disarm-revert",
+        s if s == deadman::READ_RECORD => "read-revert-record",
         s if s == known_good::REVOKE => "revoke-known-good",
         s if s == switch::FIRE_LINUX => {
             return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);

@@ -41,6 +41,44 @@ pub async fn read_links<R: Remote>(
     })
 }
 
+/// What nixgate has going on a host right now: its transient units (a
+/// switch still running, an armed dead-man timer) and who holds the host
+/// lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// `unit active sub`, for every loaded `nixgate-*` unit.
+    pub units: Vec<String>,
+    /// The holder the lock file names, when the lock is held now.
+    pub lock_holder: Option<String>,
+}
+
+pub(crate) const ACTIVITY: &str = r#"lock=$1
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl list-units --all --plain --no-legend --no-pager 'nixgate-*' 2>/dev/null |
+  while read -r unit load active sub rest; do echo "NixgateUnit=$unit $active $sub"; done
+fi
+if [ -e "$lock" ] && command -v flock >/dev/null 2>&1 && ! flock --nonblock "$lock" true 2>/dev/null; then
+  echo "NixgateHolder=$(cat "$lock.holder" 2>/dev/null)"
+fi
+exit 0"#;
+
+/// Read the host's nixgate activity with one command.
+pub async fn activity<R: Remote>(remote: &R, lock: &str) -> anyhow::Result<Activity> {
+    let out = remote
+        .exec(&Command::script(ACTIVITY).arg(lock))
+        .await?
+        .check("listing nixgate units")?;
+    let mut a = Activity::default();
+    for line in out.stdout_str().lines() {
+        if let Some(u) = line.strip_prefix("NixgateUnit=") {
+            a.units.push(u.trim().to_owned());
+        } else if let Some(h) = line.strip_prefix("NixgateHolder=") {
+            a.lock_holder = Some(h.trim().to_owned()).filter(|h| !h.is_empty());
+        }
+    }
+    Ok(a)
+}
+
 /// What `check` reports of a host besides its connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Facts {

@@ -14,6 +14,7 @@
 //! [`known_good`] record, [`privilege`] (sudo preflight), the per-host
 //! [`host_lock`], and [`take_back`] after a failed soak.
 
+pub mod deadman;
 pub mod detached;
 pub mod dry_activate;
 pub mod events;
@@ -39,8 +40,8 @@ pub mod take_back;
 pub mod verify_poll;
 
 pub use events::{ActivationEvent, GateEvidence, Step, Warning};
-pub use outcome::{FailureReason, HostOutcome};
-pub use pipeline::{ActivationRequest, activate_host};
+pub use outcome::{CutOff, FailureReason, HostOutcome};
+pub use pipeline::{ActivationRequest, NoReconnect, Reconnect, activate_host};
 pub use reactivate::{RollbackMode, RollbackOutcome, reactivate};
 pub use settings::{HostPaths, HostSettings, Os, RunId};
 pub use take_back::take_back;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::deadman::RevertRecord;
 use super::detached::{RebootReason, SwitchFailure};
 use super::dry_activate::DryActivateOutcome;
 use super::health::HealthReport;
@@ -87,6 +88,37 @@ pub enum HostOutcome {
     },
     /// Cancelled before this gate; nothing was changed by it.
     Cancelled { before: Gate },
+    /// The controller lost the host after the live switch; the host's
+    /// dead-man timer put it back on the system it ran before, and the
+    /// controller saw it there again.
+    RevertedByHost {
+        cause: CutOff,
+        to: StorePath,
+        /// What the host wrote when it reverted.
+        record: Option<RevertRecord>,
+    },
+    /// The controller lost the host after the live switch and could not
+    /// reach it again, even after its dead-man timer should have fired:
+    /// what it runs is unknown.
+    Unreachable {
+        cause: CutOff,
+        /// What it ran when last seen.
+        last_seen: StorePath,
+        /// When the host's revert was due (it may have happened).
+        revert_due: bool,
+    },
+}
+
+/// How the controller lost a host after its live switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CutOff {
+    /// The switch settled, but no new connection could be made to confirm it.
+    NoNewConnection { error: String },
+    /// The connection was lost while the switch ran.
+    LostDuringSwitch { failure: SwitchFailure },
+    /// A new connection reached a host that does not run the candidate.
+    NotOnCandidate { seen: Option<StorePath> },
 }
 
 impl HostOutcome {

@@ -114,8 +114,14 @@ pub struct HostSettings {
     pub sudo: bool,
     /// The system profile (`/nix/var/nix/profiles/system`).
     pub system_profile: String,
-    /// How long a fired switch may take before it counts as hung.
+    /// The budget from firing a switch to a settled `/run/current-system`:
+    /// firing, confirming a fire whose answer was lost, and every poll
+    /// share it; a switch still running at its end counts as hung.
     pub activation_timeout: Duration,
+    /// Magic rollback: arm a dead-man revert before a live switch, to be
+    /// confirmed over a new connection within this long after the switch
+    /// settles (`None`: off).
+    pub confirm_timeout: Option<Duration>,
     /// Time between two polls of a running switch.
     pub poll_interval: Duration,
     /// Check the closure's signatures on the host before activating.
@@ -139,6 +145,7 @@ impl HostSettings {
             sudo: false,
             system_profile: "/nix/var/nix/profiles/system".into(),
             activation_timeout: Duration::from_secs(300),
+            confirm_timeout: None,
             poll_interval: Duration::from_secs(2),
             require_signatures: false,
             health_checks: Vec::new(),

@@ -138,10 +138,18 @@ echo $! > \"$pidfile\"";
 pub fn fire_command(job: &SwitchJob, sudo: bool, install_bootloader: bool) -> Command {
     match job.os {
         Os::Linux => {
+            // A one-line description: systemd-run's default is the command
+            // line, and the wrapper's newlines would corrupt the transient
+            // unit's file, read back at the switch's own daemon-reload.
             let mut cmd = Command::script(FIRE_LINUX)
                 .args([&job.job_dir, &job.status_file, &job.log_file])
                 .arg("systemd-run")
                 .arg(format!("--unit={}", job.unit))
+                .arg(format!(
+                    "--description=nixgate {} of {}",
+                    job.action,
+                    job.closure.name()
+                ))
                 .args(["--collect", "--no-ask-password", "--service-type=exec"]);
             if install_bootloader && job.action.writes_boot_default() {
                 cmd = cmd.arg("--setenv=NIXOS_INSTALL_BOOTLOADER=1");
@@ -266,14 +274,19 @@ pub async fn check_switch_lock<R: Remote>(
     parse_lock_check(&out.stdout_str())
 }
 
+/// Stop the unit; one that is already gone (finished, collected, never
+/// started) is stopped: only a unit still active after the stop fails.
+pub(crate) const STOP_LINUX: &str = "systemctl stop \"$1\" 2>/dev/null
+if systemctl is-active --quiet \"$1\"; then echo \"$1 is still active\" >&2; exit 1; fi
+exit 0";
+
 const STOP_DARWIN: &str =
     "pid=$(cat \"$1\" 2>/dev/null) && [ -n \"$pid\" ] && kill -TERM -- \"-$pid\"; exit 0";
 
 /// The command stopping a hung job.
 pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {
     match job.os {
-        Os::Linux => Command::new("systemctl")
-            .arg("stop")
+        Os::Linux => Command::script(STOP_LINUX)
             .arg(format!("{}.service", job.unit))
             .sudo(sudo),
         Os::Darwin => Command::script(STOP_DARWIN).arg(&job.pid_file).sudo(sudo),

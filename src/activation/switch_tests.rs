@@ -34,6 +34,7 @@ fn linux_fire_argv() {
         "/run/nixgate/nixgate-switch-r1.log",
         "systemd-run",
         "--unit=nixgate-switch-r1",
+        "--description=nixgate switch of nixos-system-web1-24.11",
         "--collect",
         "--no-ask-password",
         "--service-type=exec",
@@ -51,6 +52,12 @@ fn linux_fire_argv() {
     .map(String::from)
     .to_vec();
     assert_eq!(cmd.argv(), want.as_slice());
+    // No argument to systemd-run spans lines (the description defaults to
+    // the command line, and a multi-line one corrupts the unit's file).
+    let argv = cmd.argv();
+    let from = argv.iter().position(|a| a == "systemd-run").unwrap();
+    let options = &argv[from..argv.iter().position(|a| a == "--").unwrap()];
+    assert!(options.iter().all(|a| !a.contains('\n')), "{options:?}");
     // `test` never installs the boot loader.
     let t = fire_command(&job(Os::Linux, SwitchAction::Test), false, true);
     assert!(!t.argv().iter().any(|a| a.contains("INSTALL_BOOTLOADER")));
@@ -223,10 +230,10 @@ async fn lock_check_real_flock() {
 #[test]
 fn stop_and_log_commands() {
     let j = job(Os::Linux, SwitchAction::Test);
-    assert_eq!(
-        stop_command(&j, true).render(),
-        "sudo -n -- systemctl stop nixgate-switch-r1.service"
-    );
+    let stop = stop_command(&j, true);
+    assert!(stop.is_sudo());
+    assert_eq!(stop.argv()[2], STOP_LINUX);
+    assert_eq!(stop.argv()[4], "nixgate-switch-r1.service");
     assert_eq!(
         log_tail_command(&j).argv()[4..],
         [

@@ -150,6 +150,10 @@ pub enum Command {
         /// failure: it was never proven live, so it stops later waves.
         #[arg(long)]
         allow_pending_reboot: bool,
+        /// Do not arm the hosts' dead-man revert before live switches for
+        /// this run (magic rollback: see README).
+        #[arg(long)]
+        no_magic_rollback: bool,
         /// Redeploy the exact closure a release tag recorded (a tag, or `release/<host>`), through every gate.
         #[arg(long, value_name = "TAG")]
         release: Option<String>,
@@ -191,6 +195,9 @@ pub enum Command {
         /// Reboot hosts whose rollback target needs it (systemd, dbus or kernel changed).
         #[arg(long)]
         reboot: bool,
+        /// Do not arm the hosts' dead-man revert before live switches.
+        #[arg(long)]
+        no_magic_rollback: bool,
         #[command(flatten)]
         select: SelectorArgs,
     },

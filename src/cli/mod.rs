@@ -163,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             allow_dirty,
             reboot,
             allow_pending_reboot,
+            no_magic_rollback,
             release,
             force_release,
             expect,
@@ -173,8 +174,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let opts = push::PushOptions {
                 goal,
                 allow_dirty,
-                reboot,
-                allow_pending_reboot,
+                flags: run_session::RunFlags {
+                    reboot,
+                    allow_pending_reboot,
+                    no_magic_rollback,
+                },
                 release,
                 force_release,
                 expect,
@@ -196,10 +200,20 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let sel = select_hosts(&inv, &select)?;
             status::run(&g, &inv, &sel)
         }
-        Command::Rollback { to, reboot, select } => {
+        Command::Rollback {
+            to,
+            reboot,
+            no_magic_rollback,
+            select,
+        } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
-            tokio::runtime::Runtime::new()?.block_on(rollback::run(&g, inv, sel, to, reboot))
+            let flags = run_session::RunFlags {
+                reboot,
+                allow_pending_reboot: false,
+                no_magic_rollback,
+            };
+            tokio::runtime::Runtime::new()?.block_on(rollback::run(&g, inv, sel, to, flags))
         }
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;

@@ -13,7 +13,7 @@ use crate::report::{self, CommandName, Ending, Event};
 use crate::runner::cancel;
 
 use super::confirm::{self, Answer};
-use super::run_session::RunSession;
+use super::run_session::{RunFlags, RunSession};
 use super::{Fatal, Global, Outcome};
 
 /// Options of `push`.
@@ -21,8 +21,7 @@ use super::{Fatal, Global, Outcome};
 pub struct PushOptions {
     pub goal: Goal,
     pub allow_dirty: bool,
-    pub reboot: bool,
-    pub allow_pending_reboot: bool,
+    pub flags: RunFlags,
     pub release: Option<String>,
     pub force_release: bool,
     /// Packages the change is meant to touch; any other change is drift.
@@ -84,7 +83,7 @@ pub async fn push(
         .ready()
         .filter(|(h, _)| inv.host(h).is_some_and(|x| x.copy == CopyMode::Relay))
         .count();
-    let ctx = run.context(&inv, opts.reboot, opts.allow_pending_reboot);
+    let ctx = run.context(&inv, opts.flags);
     let closures = plan.closures.clone();
     let stager = CopyStager::new(
         inv.clone(),

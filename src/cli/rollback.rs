@@ -9,7 +9,7 @@ use crate::plan::Request;
 use crate::report::CommandName;
 
 use super::confirm::{self, Answer};
-use super::run_session::RunSession;
+use super::run_session::{RunFlags, RunSession};
 use super::{Global, Outcome};
 
 pub async fn run(
@@ -17,7 +17,7 @@ pub async fn run(
     inv: Inventory,
     sel: Selection,
     to: Option<u64>,
-    allow_reboot: bool,
+    flags: RunFlags,
 ) -> anyhow::Result<Outcome> {
     let inv = Arc::new(inv);
     let req = Request::Rollback { to };
@@ -27,7 +27,7 @@ pub async fn run(
     if run.confirm(g, &plan).await? == Answer::No {
         return run.declined(plan).await;
     }
-    let ctx = run.context(&inv, allow_reboot, false);
+    let ctx = run.context(&inv, flags);
     let hosts = crate::deploy::run(&ctx, plan, AlreadyThere).await;
     run.finish(hosts).await
 }

@@ -21,6 +21,14 @@ use crate::state::{self, ControllerLock, LockHeld};
 use super::confirm::{self, Answer};
 use super::{Fatal, Global, Outcome};
 
+/// What a deploying command's flags ask of the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFlags {
+    pub reboot: bool,
+    pub allow_pending_reboot: bool,
+    pub no_magic_rollback: bool,
+}
+
 /// A deploying command in progress.
 pub struct RunSession {
     pub run_id: RunId,
@@ -135,18 +143,14 @@ impl RunSession {
     }
 
     /// Everything the runner needs.
-    pub fn context(
-        &self,
-        inv: &Arc<Inventory>,
-        allow_reboot: bool,
-        allow_pending_reboot: bool,
-    ) -> RunContext<Sessions> {
+    pub fn context(&self, inv: &Arc<Inventory>, flags: RunFlags) -> RunContext<Sessions> {
         RunContext {
             inventory: inv.clone(),
             fleet: self.fleet.clone(),
             run_id: self.run_id.clone(),
-            allow_reboot,
-            allow_pending_reboot,
+            allow_reboot: flags.reboot,
+            allow_pending_reboot: flags.allow_pending_reboot,
+            magic_rollback: !flags.no_magic_rollback,
             sink: self.sink.clone(),
             stop: self.stop.clone(),
             cancel: self.cancel.clone(),

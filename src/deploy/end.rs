@@ -89,6 +89,8 @@ fn kind_of(o: &HostOutcome) -> OutcomeKind {
         HostOutcome::RollbackFailed { .. } => OutcomeKind::RollbackFailed,
         HostOutcome::Failed { .. } | HostOutcome::SignatureMismatch { .. } => OutcomeKind::Failed,
         HostOutcome::Cancelled { .. } => OutcomeKind::NotStarted,
+        HostOutcome::RevertedByHost { .. } => OutcomeKind::RevertedByHost,
+        HostOutcome::Unreachable { .. } => OutcomeKind::Unreachable,
     }
 }
 
@@ -114,6 +116,12 @@ pub enum OutcomeKind {
     RolledBack,
     /// A gate failed and so did the rollback: the host needs a person.
     RollbackFailed,
+    /// Cut off after the live switch: the host's dead-man timer took it
+    /// back to what it ran, and the controller saw it there.
+    RevertedByHost,
+    /// Cut off after the live switch and never reached again: what it runs
+    /// is unknown. It needs a person.
+    Unreachable,
     /// A gate failed before anything changed on the host.
     Failed,
     /// The plan refused the host (build, drift, unreachable, locked, ...):
@@ -133,6 +141,8 @@ impl OutcomeKind {
             OutcomeKind::RolledBack
                 | OutcomeKind::NotPersisted
                 | OutcomeKind::RollbackFailed
+                | OutcomeKind::RevertedByHost
+                | OutcomeKind::Unreachable
                 | OutcomeKind::Failed
                 | OutcomeKind::Refused
                 | OutcomeKind::Aborted
@@ -154,6 +164,8 @@ impl OutcomeKind {
             OutcomeKind::NotPersisted => "not-persisted",
             OutcomeKind::RolledBack => "rolled-back",
             OutcomeKind::RollbackFailed => "rollback-failed",
+            OutcomeKind::RevertedByHost => "reverted-by-host",
+            OutcomeKind::Unreachable => "unreachable",
             OutcomeKind::Failed => "failed",
             OutcomeKind::Refused => "refused",
             OutcomeKind::NotStarted => "not-started",

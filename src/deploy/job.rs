@@ -72,10 +72,12 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     stop: CancellationToken,
     allow_reboot: bool,
     allow_pending_reboot: bool,
+    magic_rollback: bool,
 }
 
-/// The activation settings of an inventory host.
-pub fn settings_for(h: &Host, allow_reboot: bool) -> HostSettings {
+/// The activation settings of an inventory host (magic rollback as the
+/// inventory says, unless the run turned it off).
+pub fn settings_for(h: &Host, allow_reboot: bool, magic_rollback: bool) -> HostSettings {
     let mut s = HostSettings::new(h.os);
     s.sudo = h.sudo;
     s.system_profile = h.profile.clone();
@@ -91,6 +93,7 @@ pub fn settings_for(h: &Host, allow_reboot: bool) -> HostSettings {
         })
         .collect();
     s.allow_reboot = allow_reboot;
+    s.confirm_timeout = (h.magic_rollback && magic_rollback).then_some(h.confirm_timeout);
     // Polls are one command on an open connection: poll often.
     s.poll_interval = std::time::Duration::from_millis(500);
     s
@@ -111,6 +114,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             stop: ctx.stop.clone(),
             allow_reboot: ctx.allow_reboot,
             allow_pending_reboot: ctx.allow_pending_reboot,
+            magic_rollback: ctx.magic_rollback,
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -177,7 +181,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let mut earlier = ready.candidate.earlier_gates.clone();
         earlier.push(GateRecord::new(Gate::Copy, &copied));
         let req = ActivationRequest {
-            settings: settings_for(inv_host, self.allow_reboot),
+            settings: settings_for(inv_host, self.allow_reboot, self.magic_rollback),
             candidate: ready.candidate.closure.clone(),
             goal: self.goal,
             run_id: self.run_id.clone(),
@@ -186,7 +190,12 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             known_good_generation: ready.candidate.generation,
         };
         let emit = forward(&self.sink, host);
-        activate_host(&remote, &req, &self.stop, &emit).await
+        let fresh = FreshConnection {
+            fleet: self.fleet.clone(),
+            host: host.to_owned(),
+            at: inv_host.confirm.clone(),
+        };
+        activate_host(&remote, &fresh, &req, &self.stop, &emit).await
     }
 
     /// After its wave's soak: a host whose health checks fail now is taken
@@ -196,7 +205,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         else {
             return done;
         };
-        let settings = settings_for(inv_host, false);
+        let settings = settings_for(inv_host, false, false);
         let reports = crate::activation::health::run_health_checks(
             &remote,
             &settings.health_checks,
@@ -229,6 +238,26 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             },
             ..done
         }
+    }
+}
+
+/// New connections to a host (magic rollback's confirmation), through the
+/// fleet, at the host's `confirm_address`/`confirm_port` when set.
+struct FreshConnection<F: Fleet> {
+    fleet: Arc<F>,
+    host: String,
+    at: Option<crate::inventory::ConfirmEndpoint>,
+}
+
+impl<F: Fleet> crate::activation::Reconnect<F::Remote> for FreshConnection<F> {
+    fn fresh(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<F::Remote>> + Send + '_>>
+    {
+        Box::pin(async {
+            let r = self.fleet.fresh(&self.host, self.at.as_ref()).await?;
+            Ok(r)
+        })
     }
 }
 

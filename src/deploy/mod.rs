@@ -38,6 +38,9 @@ pub struct RunContext<F: Fleet> {
     /// (`--allow-pending-reboot`)? Otherwise it counts as a failure: it was
     /// never proven live.
     pub allow_pending_reboot: bool,
+    /// Arm the hosts' dead-man revert before live switches, where the
+    /// inventory asks for it (`--no-magic-rollback` turns it off).
+    pub magic_rollback: bool,
     pub sink: EventSink,
     /// Cancelled at the first Ctrl-C: hosts that have not changed yet stop.
     pub stop: CancellationToken,

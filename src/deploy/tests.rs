@@ -80,6 +80,7 @@ fn fixture(inv: Arc<Inventory>, on: [&str; 3], build: Build) -> Fixture {
         run_id: RunId::parse("r1").unwrap(),
         allow_reboot: false,
         allow_pending_reboot: false,
+        magic_rollback: true,
         sink,
         stop: CancellationToken::new(),
         cancel: watch,

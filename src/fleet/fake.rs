@@ -201,5 +201,22 @@ impl Fleet for FakeFleet {
         })
     }
 
+    async fn fresh(
+        &self,
+        host: &str,
+        _at: Option<&crate::inventory::ConfirmEndpoint>,
+    ) -> Result<FakeRemote, SessionError> {
+        let fake = self
+            .hosts
+            .get(host)
+            .ok_or_else(|| SessionError::Unknown(host.to_owned()))?;
+        if !fake.state().sshd_up {
+            return Err(SessionError::Unknown(format!(
+                "{host} (no new connections)"
+            )));
+        }
+        Ok(FakeRemote::Host(fake.remote_named(host)))
+    }
+
     async fn close_all(&self) {}
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
-use crate::inventory::{Connection, Inventory};
+use crate::inventory::{ConfirmEndpoint, Connection, Inventory};
 use crate::remote::Remote;
 use crate::ssh::{ConnectError, HostKeyPolicy, SshConfig, SshSession, SshTarget};
 
@@ -69,6 +69,15 @@ pub trait Fleet: Send + Sync + 'static {
 
     /// How the builder reaches `host` over SSH (copy mode `builder`).
     fn destination(&self, host: &str) -> Option<Destination>;
+
+    /// A NEW connection to `host` (fresh TCP, handshake, authentication),
+    /// apart from the run's session, at `at`'s address and port when given:
+    /// the proof magic rollback asks for after a live switch.
+    fn fresh(
+        &self,
+        host: &str,
+        at: Option<&ConfirmEndpoint>,
+    ) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send;
 
     /// Close every open session (explicit shutdown at the end of a run).
     fn close_all(&self) -> impl Future<Output = ()> + Send;
@@ -188,6 +197,28 @@ impl Fleet for Sessions {
         })
     }
 
+    async fn fresh(
+        &self,
+        host: &str,
+        at: Option<&ConfirmEndpoint>,
+    ) -> Result<SshSession, SessionError> {
+        let Some(slot) = self.slot(Machine::Host(host)) else {
+            return Err(SessionError::Unknown(host.to_owned()));
+        };
+        let mut target = slot.target.clone();
+        if let Some(at) = at {
+            if let Some(a) = &at.address {
+                target.host = a.clone();
+            }
+            if let Some(p) = at.port {
+                target.port = Some(p);
+            }
+        }
+        SshSession::connect(target)
+            .await
+            .map_err(|e| SessionError::Connect(Arc::new(e)))
+    }
+
     async fn close_all(&self) {
         for slot in std::iter::once(&self.builder).chain(self.hosts.values()) {
             if let Some(s) = slot.open.get() {
@@ -210,6 +241,14 @@ impl<F: Fleet> Fleet for Arc<F> {
 
     fn destination(&self, host: &str) -> Option<Destination> {
         (**self).destination(host)
+    }
+
+    fn fresh(
+        &self,
+        host: &str,
+        at: Option<&ConfirmEndpoint>,
+    ) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send {
+        (**self).fresh(host, at)
     }
 
     fn close_all(&self) -> impl Future<Output = ()> + Send {

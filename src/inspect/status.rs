@@ -7,7 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::activation::{HostPaths, host_state, known_good};
+use crate::activation::deadman::{self, RevertRecord};
+use crate::activation::host_state::{self, Activity};
+use crate::activation::{HostPaths, host_lock, known_good};
 use crate::deploy::OutcomeKind;
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
@@ -40,6 +42,12 @@ pub struct HostStatus {
     /// What runs is not the known-good closure.
     pub unvalidated: bool,
     pub last_run: Option<LastRun>,
+    /// The host took itself back after a switch nobody confirmed (magic
+    /// rollback), more recently than its last known-good mark.
+    pub reverted: Option<RevertRecord>,
+    /// nixgate units on the host now (a switch still running, an armed
+    /// dead-man timer) and the holder of the host lock, if held.
+    pub activity: Activity,
     /// Why something could not be read.
     pub error: Option<String>,
 }
@@ -64,13 +72,25 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
         Ok(l) => (st.current, st.booted, st.boot_default) = (l.current, l.booted, l.boot_default),
         Err(e) => st.error = Some(format!("{e:#}")),
     }
+    let mut marked_at = None;
     match known_good::history(&remote, &paths).await {
         Ok(hist) => {
             if let Some(cur) = hist.iter().find(|g| g.current) {
                 st.known_good = cur.closure.clone();
                 st.known_good_generation = Some(cur.generation);
+                marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
             }
         }
+        Err(e) => st.error = Some(format!("{e:#}")),
+    }
+    if let Ok(records) = deadman::records(&remote, &paths).await {
+        st.reverted = records
+            .into_iter()
+            .next_back()
+            .filter(|r| marked_at.as_ref().is_none_or(|m| r.reverted_at > *m));
+    }
+    match host_state::activity(&remote, &host_lock::path(&paths)).await {
+        Ok(a) => st.activity = a,
         Err(e) => st.error = Some(format!("{e:#}")),
     }
     st.pending_reboot = st.boot_default.is_some() && st.boot_default != st.current;

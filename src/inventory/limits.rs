@@ -54,6 +54,14 @@ const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 
+/// `confirm_timeout` <= 1 h: the host reverts itself this long after a live
+/// switch nobody confirmed; a host cut off for longer than that waits for a
+/// person anyway, and a window that long keeps a bad system live.
+pub const CONFIRM_TIMEOUT: DurationLimit = DurationLimit {
+    positive: true,
+    max: Duration::from_secs(HOUR),
+};
+
 pub const CONNECT_TIMEOUT: DurationLimit = DurationLimit {
     positive: true,
     max: Duration::from_secs(10 * MINUTE),

@@ -27,9 +27,17 @@ const SETTING_KEYS: &[&str] = &[
     "sudo",
     "require_signatures",
     "health_checks",
+    "magic_rollback",
+    "confirm_timeout",
 ];
 const DEFAULTS_ONLY_KEYS: &[&str] = &["max_parallel"];
-const HOST_ONLY_KEYS: &[&str] = &["address", "tags", "attribute"];
+const HOST_ONLY_KEYS: &[&str] = &[
+    "address",
+    "tags",
+    "attribute",
+    "confirm_address",
+    "confirm_port",
+];
 const BUILDER_KEYS: &[&str] = &[
     "address",
     "user",
@@ -52,6 +60,13 @@ const WAVE_KEYS: &[&str] = &[
 ];
 const CHECK_KEYS: &[&str] = &["command", "timeout", "retries"];
 
+/// How long a host waits for the controller to confirm a live switch over
+/// a new connection before it reverts (`confirm_timeout`). A minute covers
+/// an sshd restart and a fresh handshake over a slow link (measured on the
+/// test fleet: confirm in 0.1-0.6 s after the switch settles), and keeps a
+/// system that locked SSH out live for at most a minute and a half.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub const DEFAULT_ATTRIBUTE: &str = "nixosConfigurations.{host}.config.system.build.toplevel";
 
 /// Settings that `[defaults]` provides and a host may override.
@@ -70,6 +85,8 @@ struct Settings {
     sudo: Option<At<bool>>,
     require_signatures: Option<At<bool>>,
     health_checks: Option<Vec<HealthCheck>>,
+    magic_rollback: Option<At<bool>>,
+    confirm_timeout: Option<At<Duration>>,
 }
 
 impl Settings {
@@ -91,6 +108,8 @@ impl Settings {
             sudo: pick(&self.sudo, &over.sudo),
             require_signatures: pick(&self.require_signatures, &over.require_signatures),
             health_checks: pick(&self.health_checks, &over.health_checks),
+            magic_rollback: pick(&self.magic_rollback, &over.magic_rollback),
+            confirm_timeout: pick(&self.confirm_timeout, &over.confirm_timeout),
         }
     }
 }
@@ -275,6 +294,10 @@ impl Loader {
                 "os" => s.os = w.choice(key, v, OS_NAMES, parse_os),
                 "sudo" => s.sudo = w.boolean(key, v),
                 "require_signatures" => s.require_signatures = w.boolean(key, v),
+                "magic_rollback" => s.magic_rollback = w.boolean(key, v),
+                "confirm_timeout" => {
+                    s.confirm_timeout = w.duration(key, v, limits::CONFIRM_TIMEOUT)
+                }
                 _ => {}
             }
         }
@@ -337,6 +360,21 @@ impl Loader {
                 .as_ref()
                 .map_or(Duration::from_secs(10), |d| d.value),
         }
+    }
+
+    /// `confirm_address` / `confirm_port`: where the host answers SSH after
+    /// a deploy that moves it.
+    fn confirm_endpoint(&mut self, t: &DeTable<'_>) -> Option<ConfirmEndpoint> {
+        let address = get(t, "confirm_address").and_then(|v| {
+            self.w
+                .string("confirm_address", v)
+                .filter(|a| validate::address(&mut self.w, a))
+                .map(|a| a.value)
+        });
+        let port = get(t, "confirm_port")
+            .and_then(|v| self.w.integer("confirm_port", v, 1, 65535))
+            .and_then(|p| u16::try_from(p.value).ok());
+        (address.is_some() || port.is_some()).then_some(ConfirmEndpoint { address, port })
     }
 
     fn address(
@@ -441,6 +479,7 @@ impl Loader {
                     .string("attribute", v)
                     .filter(|a| validate::nonempty(&mut self.w, "attribute", a))
             });
+            let confirm = self.confirm_endpoint(ht);
             let s = defaults.overlay(&own);
             let Some(address) = address else { continue };
             validate::zone_reaches(&mut self.w, &address, s.copy.as_ref().map(|c| c.value));
@@ -466,6 +505,12 @@ impl Loader {
                 require_signatures: s.require_signatures.as_ref().is_some_and(|b| b.value),
                 health_checks: s.health_checks.clone().unwrap_or_default(),
                 attribute: template.replace("{host}", &name.value),
+                magic_rollback: s.magic_rollback.as_ref().is_none_or(|b| b.value),
+                confirm_timeout: s
+                    .confirm_timeout
+                    .as_ref()
+                    .map_or(DEFAULT_CONFIRM_TIMEOUT, |d| d.value),
+                confirm,
             };
             out.push((At::new(address.value, address.span), host));
         }

@@ -101,6 +101,22 @@ pub struct Host {
     pub health_checks: Vec<HealthCheck>,
     /// The attribute that builds this host's system (template resolved).
     pub attribute: String,
+    /// Arm a dead-man revert on the host before every live switch
+    /// (`magic_rollback`, default true).
+    pub magic_rollback: bool,
+    /// How long the host waits for the controller's confirmation over a new
+    /// connection before it reverts by itself.
+    #[serde(with = "secs")]
+    pub confirm_timeout: Duration,
+    /// Where to confirm, when a deploy moves the host's SSH address or port.
+    pub confirm: Option<ConfirmEndpoint>,
+}
+
+/// `confirm_address` / `confirm_port` of a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfirmEndpoint {
+    pub address: Option<String>,
+    pub port: Option<u16>,
 }
 
 /// The machine that evaluates and builds every closure.

@@ -214,7 +214,86 @@ pub enum Event {
     Runner(RunnerEvent),
 }
 
+/// Every `event` tag nixgate writes (README's "JSON events" shows a line of
+/// each; a test holds the two together).
+pub const EVENT_NAMES: &[&str] = &[
+    "run_started",
+    "cancel_requested",
+    "inventory_error",
+    "inventory_ok",
+    "checked",
+    "host",
+    "status",
+    "release",
+    "release_detail",
+    "source_shipped",
+    "build_started",
+    "build_progress",
+    "builder_failed",
+    "build_finished",
+    "host_built",
+    "diff",
+    "plan_ready",
+    "gate_started",
+    "gate_passed",
+    "gate_failed",
+    "copy_progress",
+    "activation",
+    "host_finished",
+    "released",
+    "not_released",
+    "not_published",
+    "report_written",
+    "summary",
+    "wave_started",
+    "host_not_started",
+    "wave_finished",
+    "soak_started",
+    "soak_checked",
+];
+
 impl Event {
+    /// The `event` tag this event is written with.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::RunStarted { .. } => "run_started",
+            Event::CancelRequested { .. } => "cancel_requested",
+            Event::InventoryError(_) => "inventory_error",
+            Event::InventoryOk { .. } => "inventory_ok",
+            Event::Checked(_) => "checked",
+            Event::Host { .. } => "host",
+            Event::Status(_) => "status",
+            Event::Release { .. } => "release",
+            Event::ReleaseDetail { .. } => "release_detail",
+            Event::SourceShipped { .. } => "source_shipped",
+            Event::BuildStarted { .. } => "build_started",
+            Event::BuildProgress { .. } => "build_progress",
+            Event::BuilderFailed { .. } => "builder_failed",
+            Event::BuildFinished { .. } => "build_finished",
+            Event::HostBuilt { .. } => "host_built",
+            Event::Diff { .. } => "diff",
+            Event::PlanReady { .. } => "plan_ready",
+            Event::GateStarted { .. } => "gate_started",
+            Event::GatePassed { .. } => "gate_passed",
+            Event::GateFailed { .. } => "gate_failed",
+            Event::CopyProgress { .. } => "copy_progress",
+            Event::Activation { .. } => "activation",
+            Event::HostFinished(_) => "host_finished",
+            Event::Released { .. } => "released",
+            Event::NotReleased { .. } => "not_released",
+            Event::NotPublished { .. } => "not_published",
+            Event::ReportWritten { .. } => "report_written",
+            Event::Summary { .. } => "summary",
+            Event::Runner(r) => match r {
+                RunnerEvent::WaveStarted { .. } => "wave_started",
+                RunnerEvent::HostNotStarted { .. } => "host_not_started",
+                RunnerEvent::WaveFinished { .. } => "wave_finished",
+                RunnerEvent::SoakStarted { .. } => "soak_started",
+                RunnerEvent::SoakChecked { .. } => "soak_checked",
+            },
+        }
+    }
+
     /// A host's activation event as the run reports it: gate events in the
     /// same shape as the controller's own gates (copy), the rest as they are.
     pub fn from_activation(host: &str, ev: ActivationEvent) -> Event {

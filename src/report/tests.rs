@@ -125,7 +125,8 @@ fn json_events_are_tagged_flat_objects_that_strict_parsers_accept() {
         let text = serde_json::to_string(&ev).unwrap();
         json::check_strict(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert!(v["event"].is_string(), "{v}");
+        assert_eq!(v["event"], ev.name(), "{v}");
+        assert!(event::EVENT_NAMES.contains(&ev.name()));
     }
     let v = serde_json::to_value(&sample()[0]).unwrap();
     assert_eq!(v["event"], "wave_started");

@@ -10,12 +10,15 @@
 //!   deploy had touched it;
 //! - a rollback that does not verify is `RollbackFailed`, never success.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio_util::sync::CancellationToken;
 
 use super::detached::{RebootReason, SwitchFailure, SwitchResult, run_detached};
 use super::events::{ActivationEvent, GateEvidence, Step, Warning};
 use super::known_good::{self, GateRecord, MarkRequest};
-use super::outcome::{FailureReason, HostOutcome};
+use super::outcome::{CutOff, FailureReason, HostOutcome};
 use super::profile::{self, ProfileCheck};
 use super::reactivate::{RollbackMode, RollbackOutcome, reactivate};
 use super::realise::RealiseOutcome;
@@ -44,9 +47,28 @@ pub struct ActivationRequest {
     pub known_good_generation: Option<u64>,
 }
 
-/// Activate `req.candidate` on the host for `req.goal`.
+/// Opens a NEW connection to the host being activated: fresh TCP,
+/// handshake and authentication, apart from the run's session (the proof
+/// magic rollback asks for; see [`super::deadman`]).
+pub trait Reconnect<R>: Send + Sync {
+    fn fresh(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>>;
+}
+
+/// For activations without magic rollback: never connects.
+pub struct NoReconnect;
+
+impl<R> Reconnect<R> for NoReconnect {
+    fn fresh(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>> {
+        Box::pin(async { anyhow::bail!("no new connections in this activation") })
+    }
+}
+
+/// Activate `req.candidate` on the host for `req.goal`. `fresh` opens new
+/// connections to confirm a live switch when `req.settings` arms magic
+/// rollback.
 pub async fn activate_host<R, F>(
     remote: &R,
+    fresh: &dyn Reconnect<R>,
     req: &ActivationRequest,
     cancel: &CancellationToken,
     emit: &F,
@@ -57,6 +79,8 @@ where
 {
     let mut run = Run {
         remote,
+        fresh,
+        armed: None,
         req,
         s: &req.settings,
         emit,
@@ -74,6 +98,9 @@ where
 
 struct Run<'a, R> {
     remote: &'a R,
+    fresh: &'a dyn Reconnect<R>,
+    /// The dead-man revert armed for this live switch, and when it fires.
+    armed: Option<(super::deadman::Armed, tokio::time::Instant)>,
     req: &'a ActivationRequest,
     s: &'a HostSettings,
     emit: &'a (dyn Fn(ActivationEvent) + Send + Sync),
@@ -307,15 +334,25 @@ impl<R: Remote> Run<'_, R> {
         let action = goal.switch_action().unwrap_or(SwitchAction::Test);
         let mut job = self.job(JobPurpose::Candidate, action);
         let previous = self.pre_current.clone();
+        if let Err(outcome) = self.arm(&job).await {
+            return outcome;
+        }
         self.record_failed_units().await;
         match run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await {
             SwitchResult::Settled(ev) => {
                 self.live_changed = true;
+                if let Err(outcome) = self.confirm(&job).await {
+                    return outcome;
+                }
                 self.self_correct().await;
                 self.pass(Gate::LiveActivate, GateEvidence::LiveActivate(ev));
             }
-            SwitchResult::NeedsReboot(reason) => return self.defer(reason).await,
+            SwitchResult::NeedsReboot(reason) => {
+                self.disarm_here().await;
+                return self.defer(reason).await;
+            }
             SwitchResult::Failed(f) if f.changed_nothing() => {
+                self.disarm_here().await;
                 if self.profile_set {
                     self.self_correct_to_previous().await;
                 }
@@ -323,6 +360,13 @@ impl<R: Remote> Run<'_, R> {
             }
             SwitchResult::Failed(f) => {
                 self.live_changed = true;
+                // Still reachable: disarm, and roll back as always, verified.
+                // Not: the host takes itself back; wait for it and look.
+                if self.armed.is_some() && !self.disarm_here().await {
+                    return self
+                        .await_revert(CutOff::LostDuringSwitch { failure: f })
+                        .await;
+                }
                 return self
                     .fail_and_rollback(Gate::LiveActivate, FailureReason::Switch(f), Some(&job))
                     .await;
@@ -402,6 +446,7 @@ impl<R: Remote> Run<'_, R> {
     }
 }
 
+mod confirm;
 mod off_path;
 
 #[cfg(test)]

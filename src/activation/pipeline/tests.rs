@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
+use crate::activation::CutOff;
 use crate::activation::detached::SwitchFailure;
 use crate::activation::events::Phase;
 use crate::activation::fake_host::{Behaviour, FakeHost, KNOWN_GOOD, SYSTEM, describe};
@@ -53,7 +54,10 @@ async fn run(host: &FakeHost, req: &ActivationRequest) -> Ran {
 async fn run_with(host: &FakeHost, req: &ActivationRequest, cancel: &CancellationToken) -> Ran {
     let remote = host.remote();
     let events = Mutex::new(Vec::new());
-    let outcome = activate_host(&remote, req, cancel, &|e| events.lock().unwrap().push(e)).await;
+    let outcome = activate_host(&remote, host, req, cancel, &|e| {
+        events.lock().unwrap().push(e)
+    })
+    .await;
     Ran {
         outcome,
         events: events.into_inner().unwrap(),
@@ -73,7 +77,7 @@ fn the_future_is_send() {
     let req = request(Goal::Gated);
     let cancel = CancellationToken::new();
     let emit = |_e: ActivationEvent| {};
-    let fut = activate_host(&remote, &req, &cancel, &emit);
+    let fut = activate_host(&remote, &host, &req, &cancel, &emit);
     assert_send(&fut);
 }
 
@@ -277,7 +281,7 @@ async fn hang_times_out_is_stopped_and_rolled_back() {
     let stop = ran
         .cmds
         .iter()
-        .position(|c| c == "sudo -n -- systemctl stop nixgate-switch-r1.service");
+        .position(|c| c == "sudo stop-unit nixgate-switch-r1.service");
     let fire = ran
         .cmds
         .iter()
@@ -726,7 +730,7 @@ async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
                 }
             }
         });
-        let outcome = activate_host(&remote, &req, &CancellationToken::new(), &|e| {
+        let outcome = activate_host(&remote, &host, &req, &CancellationToken::new(), &|e| {
             events.lock().unwrap().push(e)
         })
         .await;
@@ -750,4 +754,187 @@ async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
         ran.cmds
     );
     assert_eq!(host.state().current, sp(OLD));
+}
+
+/// Magic rollback on: the host reverts 30 s after an unconfirmed switch.
+fn armed(goal: Goal) -> ActivationRequest {
+    let mut req = request(goal);
+    req.settings.confirm_timeout = Some(Duration::from_secs(30));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_switch_disarms_and_leaves_no_timer() {
+    let host = FakeHost::new(&sp(OLD));
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let arms: Vec<&String> = ran
+        .cmds
+        .iter()
+        .filter(|c| c.contains("arm-revert"))
+        .collect();
+    // Armed before the switch for the budget plus the window, shortened to
+    // the window once it settled, disarmed over a new connection.
+    assert!(
+        arms[0].starts_with("sudo arm-revert nixgate-confirm-r1 90 "),
+        "{arms:#?}"
+    );
+    assert!(
+        arms[1].starts_with("sudo arm-revert nixgate-confirm-r1 30 "),
+        "{arms:#?}"
+    );
+    // Disarmed over the new connection, never over the run's own session.
+    assert_eq!(arms.len(), 2, "{arms:#?}");
+    let pos = |p: &str| ran.cmds.iter().position(|c| c.contains(p)).unwrap();
+    assert!(pos("arm-revert nixgate-confirm-r1 90") < pos("fire --unit=nixgate-switch-r1 "));
+    assert!(
+        ran.events
+            .iter()
+            .any(|e| matches!(e, ActivationEvent::Confirmed { .. }))
+    );
+    let st = host.state();
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
+    assert!(st.revert_records.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            cuts_ssh: true,
+            ..Default::default()
+        },
+    );
+    let started = tokio::time::Instant::now();
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RevertedByHost {
+            cause: CutOff::NoNewConnection { .. },
+            to,
+            record: Some(record),
+        } => {
+            assert_eq!(to, &sp(OLD));
+            assert_eq!(record.to, OLD);
+            assert_eq!(record.from, NEW);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Reverted within the confirm window (30 s) plus a poll.
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(30 + 4), "{took:?}");
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.sshd_up, "the old system's sshd answers again");
+    assert_eq!(st.boot_default, sp(OLD), "the boot default was never moved");
+    assert!(st.timers.is_empty());
+    // Nothing of the candidate was persisted or marked.
+    assert!(!ran.cmds.iter().any(|c| c.contains("set-known-good")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_with_the_boot_default_moved_reverts_both() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            cuts_ssh: true,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::RevertedByHost { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)), "the profile is back");
+    assert_eq!(st.boot_default, sp(OLD), "and so is the boot default");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_never_reached_again_is_unknown_not_success() {
+    let host = FakeHost::new(&sp(OLD));
+    for c in [OLD, NEW] {
+        host.behave(
+            &sp(c),
+            Behaviour {
+                cuts_network: true,
+                ..Default::default()
+            },
+        );
+    }
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::Unreachable {
+            last_seen,
+            revert_due: true,
+            ..
+        } => assert_eq!(last_seen, &sp(NEW)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_switch_on_a_reachable_host_is_disarmed_and_rolled_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::RolledBack { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let st = host.state();
+    assert!(st.timers.is_empty(), "disarmed before rolling back");
+    assert!(
+        st.revert_records.is_empty(),
+        "the controller rolled back, not the timer"
+    );
+    assert_eq!(st.current, sp(OLD));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_off_the_network_during_its_switch_takes_itself_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            cuts_network: true,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    match &ran.outcome {
+        // The switch's last poll is lost with the network: the controller
+        // waits out the host's revert, then finds it back.
+        HostOutcome::RevertedByHost { cause, to, .. } => {
+            assert_eq!(to, &sp(OLD));
+            assert!(
+                matches!(
+                    cause,
+                    CutOff::LostDuringSwitch { .. } | CutOff::NoNewConnection { .. }
+                ),
+                "{cause:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !host.state().offline,
+        "back on a system that is on the network"
+    );
 }

@@ -160,6 +160,19 @@ impl Collected {
                     if let Some(e) = &s.error {
                         let _ = writeln!(out, "{}: {e}", s.host);
                     }
+                    if let Some(r) = &s.reverted {
+                        let _ = writeln!(
+                            out,
+                            "{}: took itself back at {} (run {}: the switch was not confirmed over a new connection in time; result {})",
+                            s.host, r.reverted_at, r.run_id, r.result
+                        );
+                    }
+                    if let Some(h) = &s.activity.lock_holder {
+                        let _ = writeln!(out, "{}: locked by {h}", s.host);
+                    }
+                    for u in &s.activity.units {
+                        let _ = writeln!(out, "{}: {u}", s.host);
+                    }
                 }
             }
             CommandName::Check => {
@@ -215,6 +228,26 @@ pub fn status_table(statuses: &[HostStatus]) -> Table {
             }
             if s.unvalidated {
                 v.push("unvalidated");
+            }
+            if s.reverted.is_some() {
+                v.push("reverted-by-host");
+            }
+            if s.activity
+                .units
+                .iter()
+                .any(|u| u.starts_with("nixgate-confirm-"))
+            {
+                v.push("revert-armed");
+            }
+            if s.activity
+                .units
+                .iter()
+                .any(|u| u.starts_with("nixgate-switch-"))
+            {
+                v.push("switching");
+            }
+            if s.activity.lock_holder.is_some() {
+                v.push("locked");
             }
             if v.is_empty() {
                 "ok".into()

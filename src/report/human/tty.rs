@@ -45,6 +45,13 @@ pub fn describe_activation(host: &str, ev: &ActivationEvent) -> Option<String> {
         ActivationEvent::RollbackFinished { outcome } => {
             format!("{host}: {}", words::rollback(outcome))
         }
+        ActivationEvent::Confirmed { .. } => {
+            format!("{host}: confirmed over a new connection; the dead-man revert is disarmed")
+        }
+        ActivationEvent::AwaitingRevert { cause, .. } => format!(
+            "{host}: {}; waiting for the host to take itself back",
+            words::cut_off(cause)
+        ),
         ActivationEvent::Step { .. } | ActivationEvent::Polling { .. } => return None,
     })
 }

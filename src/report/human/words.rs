@@ -239,6 +239,25 @@ fn rollback_error(e: &RollbackError) -> String {
     }
 }
 
+/// How the controller lost a host after its live switch.
+pub fn cut_off(c: &crate::activation::CutOff) -> String {
+    use crate::activation::CutOff;
+    match c {
+        CutOff::NoNewConnection { error } => format!(
+            "unreachable over a new connection after the switch ({})",
+            first_line(error)
+        ),
+        CutOff::LostDuringSwitch { failure } => {
+            format!("lost during the switch ({})", switch_failure(failure))
+        }
+        CutOff::NotOnCandidate { seen } => format!(
+            "a new connection found it on {}, not the candidate",
+            seen.as_ref()
+                .map_or_else(|| "nothing".into(), short_closure)
+        ),
+    }
+}
+
 /// How a rollback ended.
 pub fn rollback(o: &RollbackOutcome) -> String {
     match o {
@@ -293,6 +312,25 @@ fn outcome(o: &HostOutcome) -> Option<String> {
             untrusted.len()
         ),
         HostOutcome::Cancelled { before } => format!("cancelled before {before} (nothing changed)"),
+        HostOutcome::RevertedByHost { cause, to, .. } => format!(
+            "{}; the host took itself back to {} (magic rollback), verified over a new connection",
+            cut_off(cause),
+            short_closure(to)
+        ),
+        HostOutcome::Unreachable {
+            cause,
+            last_seen,
+            revert_due,
+        } => format!(
+            "{}; not reached again{}: last seen on {}; what it runs now is unknown: look at it (console), then `nixgate status`",
+            cut_off(cause),
+            if *revert_due {
+                " after its revert was due"
+            } else {
+                ""
+            },
+            short_closure(last_seen)
+        ),
     })
 }
 

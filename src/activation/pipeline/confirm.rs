@@ -1,0 +1,235 @@
+//! The pipeline's side of magic rollback (see [`crate::activation::deadman`]):
+//! arm before the live switch, confirm over a new connection after it,
+//! disarm; or, cut off, wait for the host's own revert and look.
+
+use std::time::Duration;
+
+use super::*;
+use crate::activation::deadman::{self, Armed, Revert};
+
+/// Between two attempts at a new connection.
+const RETRY: Duration = Duration::from_secs(2);
+
+impl<R: Remote> Run<'_, R> {
+    /// Before a live switch, with magic rollback on: arm the host's revert
+    /// for the whole activation budget plus the confirm window. A host that
+    /// cannot be armed is not switched.
+    pub(super) async fn arm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
+        let Some(confirm) = self.s.confirm_timeout else {
+            return Ok(());
+        };
+        let fires_after = self.s.activation_timeout.saturating_add(confirm);
+        let armed = Armed::for_run(&self.req.run_id, self.s.os, &self.s.paths, fires_after);
+        self.step(Step::ArmRevert {
+            unit: armed.unit.clone(),
+            after: fires_after,
+        });
+        let revert = self.revert_plan(job);
+        let at = tokio::time::Instant::now();
+        match deadman::arm(
+            self.remote,
+            &armed,
+            &self.req.run_id,
+            &self.s.paths,
+            &revert,
+            self.s.sudo,
+        )
+        .await
+        {
+            Ok(()) => {
+                self.armed = Some((armed, at + fires_after));
+                Ok(())
+            }
+            Err(e) => {
+                if self.profile_set {
+                    self.self_correct_to_previous().await;
+                }
+                Err(self.fail_clean(Gate::LiveActivate, remote_err("arm the dead-man revert", e)))
+            }
+        }
+    }
+
+    /// What the host puts back: the system it ran, and the boot default it
+    /// had when this deploy already moved it (goal `switch`).
+    fn revert_plan(&self, job: &SwitchJob) -> Revert {
+        Revert {
+            previous: self.pre_current.clone(),
+            candidate: self.req.candidate.clone(),
+            profile: self.s.system_profile.clone(),
+            boot_before: if self.profile_set {
+                self.pre_profile.clone()
+            } else {
+                None
+            },
+            switch_unit: job.unit.clone(),
+        }
+    }
+
+    /// After the switch settled: shorten the window to `confirm_timeout`,
+    /// then prove a NEW connection reaches the host on the candidate, and
+    /// disarm over it. `Err`: the host is taken back (or lost). `job` is the
+    /// switch that ran (its unit is stopped by a revert).
+    pub(super) async fn confirm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
+        let Some((armed, mut due)) = self.armed.clone() else {
+            return Ok(());
+        };
+        let window = self.s.confirm_timeout.unwrap_or_default();
+        let shorter = Armed {
+            fires_after: window,
+            ..armed.clone()
+        };
+        let revert = self.revert_plan(job);
+        // Over the existing session: if that fails too, the first (longer)
+        // timer still stands.
+        if deadman::arm(
+            self.remote,
+            &shorter,
+            &self.req.run_id,
+            &self.s.paths,
+            &revert,
+            self.s.sudo,
+        )
+        .await
+        .is_ok()
+        {
+            due = tokio::time::Instant::now() + window;
+            self.armed = Some((armed.clone(), due));
+        }
+        self.step(Step::ConfirmNewConnection { within: window });
+        // Give up a moment before the host reverts, so a disarm in flight
+        // cannot race its revert.
+        let stop_at = due.checked_sub(RETRY).unwrap_or(due);
+        let error = loop {
+            let error = match self.confirm_once(&armed).await {
+                Ok(()) => {
+                    self.armed = None;
+                    return Ok(());
+                }
+                Err(Confirm::NotOnCandidate(seen)) => {
+                    return Err(self.await_revert(CutOff::NotOnCandidate { seen }).await);
+                }
+                Err(Confirm::Failed(e)) => e,
+            };
+            if tokio::time::Instant::now() + RETRY >= stop_at {
+                break error;
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        Err(self.await_revert(CutOff::NoNewConnection { error }).await)
+    }
+
+    async fn confirm_once(&self, armed: &Armed) -> Result<(), Confirm> {
+        let fresh = self
+            .fresh
+            .fresh()
+            .await
+            .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+        let now = links::read_store_link(&fresh, &self.s.paths.current_system)
+            .await
+            .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+        if now.as_ref() != Some(&self.req.candidate) {
+            return Err(Confirm::NotOnCandidate(now));
+        }
+        deadman::disarm(&fresh, armed, self.s.sudo)
+            .await
+            .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+        (self.emit)(ActivationEvent::Confirmed {
+            unit: armed.unit.clone(),
+        });
+        Ok(())
+    }
+
+    /// Disarm over the existing session (the switch failed or needs a
+    /// reboot: nixgate rolls back itself). True when disarmed (or nothing
+    /// was armed).
+    pub(super) async fn disarm_here(&mut self) -> bool {
+        let Some((armed, _)) = self.armed.clone() else {
+            return true;
+        };
+        if deadman::disarm(self.remote, &armed, self.s.sudo)
+            .await
+            .is_ok()
+        {
+            self.armed = None;
+            return true;
+        }
+        false
+    }
+
+    /// Cut off after the switch: wait until the host's revert is due, then
+    /// look again over new connections for as long as a switch may take.
+    /// Reachable and back on what it ran: reverted by the host. Reachable
+    /// but not reverted: the controller rolls it back itself. Never reached:
+    /// unknown, and said so.
+    pub(super) async fn await_revert(&mut self, cause: CutOff) -> HostOutcome {
+        let Some((armed, due)) = self.armed.take() else {
+            return self.unreachable(cause, false);
+        };
+        (self.emit)(ActivationEvent::AwaitingRevert {
+            unit: armed.unit.clone(),
+            cause: cause.clone(),
+        });
+        tokio::time::sleep_until(due).await;
+        let give_up = tokio::time::Instant::now() + self.s.activation_timeout;
+        loop {
+            if let Ok(fresh) = self.fresh.fresh().await
+                && let Ok(now) = links::read_store_link(&fresh, &self.s.paths.current_system).await
+            {
+                let record = deadman::record(&fresh, &armed).await.ok().flatten();
+                if now.as_ref() == Some(&self.pre_current) {
+                    return HostOutcome::RevertedByHost {
+                        cause,
+                        to: self.pre_current.clone(),
+                        record,
+                    };
+                }
+            }
+            if tokio::time::Instant::now() + RETRY >= give_up {
+                break;
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        // No new connection, but the run's own session may still answer
+        // (sshd keeps established sessions): what it says is what runs.
+        match links::read_store_link(self.remote, &self.s.paths.current_system).await {
+            Ok(Some(now)) if now == self.pre_current => {
+                let record = deadman::record(self.remote, &armed).await.ok().flatten();
+                HostOutcome::RevertedByHost {
+                    cause,
+                    to: now,
+                    record,
+                }
+            }
+            // Still on the candidate: the timer did not do it. Roll back.
+            Ok(_) => {
+                let reason = FailureReason::Remote {
+                    step: "confirm over a new connection",
+                    error: words_free(&cause),
+                };
+                self.fail_and_rollback(Gate::LiveActivate, reason, None)
+                    .await
+            }
+            Err(_) => self.unreachable(cause, true),
+        }
+    }
+
+    fn unreachable(&self, cause: CutOff, revert_due: bool) -> HostOutcome {
+        HostOutcome::Unreachable {
+            cause,
+            last_seen: self.req.candidate.clone(),
+            revert_due,
+        }
+    }
+}
+
+/// The cause as an error string for a failure reason (data, not prose:
+/// the reporters say it in words).
+fn words_free(cause: &CutOff) -> String {
+    serde_json::to_string(cause).unwrap_or_default()
+}
+
+/// Why one confirmation attempt did not confirm.
+enum Confirm {
+    Failed(String),
+    NotOnCandidate(Option<StorePath>),
+}
