@@ -19,6 +19,12 @@
 //!   pushes back (the link's buffer; without a rate it bounds a
 //!   connection to `limit` per RTT/2, as a TCP window would).
 //!
+//! Timing: tokio's timer wakes up to 2 ms late (it rounds each deadline up
+//! to its millisecond tick, then the tick up again for epoll): 53 ms echoes
+//! for 50. So the waits go to one thread of our own that sleeps to the
+//! deadline with the kernel's high-resolution timer and wakes the task; the
+//! proxy still never delivers before a chunk is due.
+//!
 //! Turns (sequential round trips), counted per connection where the proxy
 //! reads bytes, before it delays them: the TCP handshake is turn 1; after
 //! it, a turn is counted when bytes from the server are read, bytes from
@@ -30,17 +36,19 @@
 //! (the other side's window updates are followed within milliseconds by
 //! more data), nor does a client that keeps sending while it reads.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Bytes read from a socket at a time.
 const CHUNK: usize = 64 * 1024;
@@ -239,7 +247,7 @@ impl Link {
         let (tx, rx) = mpsc::unbounded_channel();
         let up = self.read_side(cr, tx, Dir::ToServer, &turns, id, established);
         let rest = async {
-            tokio::time::sleep_until(established.into()).await;
+            sleep_until(established).await;
             let server = match TcpStream::connect(self.upstream).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -340,7 +348,7 @@ impl Link {
 /// Writes each chunk when it is due; ends the write side after the last.
 async fn write_side(mut to: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Chunk>) {
     while let Some(chunk) = rx.recv().await {
-        tokio::time::sleep_until(chunk.due.into()).await;
+        sleep_until(chunk.due).await;
         match chunk.data {
             Some((data, _permit)) => {
                 if to.write_all(&data).await.is_err() {
@@ -424,4 +432,72 @@ impl Turns {
 
 fn lock(t: &Mutex<Turns>) -> std::sync::MutexGuard<'_, Turns> {
     t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resolves at `due` (not before; about 0.1 ms after on an idle machine).
+pub async fn sleep_until(due: Instant) {
+    if due <= Instant::now() {
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    let timer = TIMER.get_or_init(Timer::start);
+    if timer.0.send(Wake { due, tx }).is_ok() {
+        let _ = rx.await;
+    } else {
+        tokio::time::sleep_until(due.into()).await; // no timer thread: coarser
+    }
+}
+
+static TIMER: OnceLock<Timer> = OnceLock::new();
+
+/// The timer thread: a heap of deadlines, slept to one after another.
+struct Timer(std::sync::mpsc::Sender<Wake>);
+
+struct Wake {
+    due: Instant,
+    tx: oneshot::Sender<()>,
+}
+
+impl Timer {
+    fn start() -> Timer {
+        let (tx, rx) = std::sync::mpsc::channel::<Wake>();
+        let spawned = std::thread::Builder::new()
+            .name("delay-timer".into())
+            .spawn(move || {
+                let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+                let mut waiting = std::collections::HashMap::new();
+                let mut seq = 0u64;
+                loop {
+                    let now = Instant::now();
+                    while let Some(&Reverse((due, id))) = heap.peek() {
+                        if due > now {
+                            break;
+                        }
+                        heap.pop();
+                        if let Some(tx) = waiting.remove(&id) {
+                            let _ = oneshot::Sender::send(tx, ());
+                        }
+                    }
+                    let next = match heap.peek() {
+                        Some(&Reverse((due, _))) => rx.recv_timeout(due - now),
+                        None => rx
+                            .recv()
+                            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match next {
+                        Ok(w) => {
+                            seq += 1;
+                            heap.push(Reverse((w.due, seq)));
+                            waiting.insert(seq, w.tx);
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("delay_proxy: no timer thread ({e}); using tokio's timer");
+        }
+        Timer(tx)
+    }
 }
