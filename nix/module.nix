@@ -81,6 +81,20 @@ let
           '';
         };
 
+        timeout = mkOption {
+          type = types.str;
+          default = "6h";
+          example = "90min";
+          description = ''
+            The longest one run may take (`RuntimeMaxSec=` of the service): a
+            run still going then is stopped like a Ctrl-C (SIGTERM: nothing new
+            starts, hosts in flight finish and are verified; see
+            `TimeoutStopSec`), so a rollout stuck on a host does not block the
+            next scheduled one forever. Every remote step of nixgate has its
+            own bound; this is the last one.
+          '';
+        };
+
         randomizedDelaySec = mkOption {
           type = types.str;
           default = "0";
@@ -160,6 +174,7 @@ let
         # SIGTERM: nixgate starts nothing new and finishes the hosts in flight
         # (their activation is bounded by the inventory's activation_timeout).
         TimeoutStopSec = "15min";
+        RuntimeMaxSec = rollout.timeout;
 
         # Hardening. Writable: the state directory, and readWritePaths.
         ReadWritePaths = readWritePaths;

@@ -253,6 +253,10 @@ let
       type = "str";
       default = "daily";
     };
+    "rollouts.<name>.timeout" = {
+      type = "str";
+      default = "6h";
+    };
     "rollouts.<name>.randomizedDelaySec" = {
       type = "str";
       default = "0";
@@ -359,6 +363,9 @@ let
       && canary.serviceConfig.ProtectSystem == "strict"
       && canary.serviceConfig.ProtectHome == "read-only"
     ) (show (b.removeAttrs canary [ "path" ])))
+    (check "module: a rollout's run is bounded (RuntimeMaxSec), 6h by default" (
+      canary.serviceConfig.RuntimeMaxSec or null == "6h"
+    ) (canary.serviceConfig.RuntimeMaxSec or null))
     (check "module: readWritePaths get systemd's `-` (a missing path is skipped, not 226/NAMESPACE)" (
       canary.serviceConfig.ReadWritePaths == [
         "-/srv/fleet-config"

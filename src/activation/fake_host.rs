@@ -98,6 +98,8 @@ pub struct State {
     /// Armed dead-man timers: unit -> (arming number, the revert's args).
     pub timers: BTreeMap<String, (u64, Vec<String>)>,
     pub armings: u64,
+    /// The baseline recorded at the first known-good mark.
+    pub baseline: Option<String>,
     /// Revert records written by fired timers, by path.
     pub revert_records: BTreeMap<String, String>,
     pub boot_id: u32,
@@ -456,6 +458,13 @@ impl State {
             ok("")
         } else if script == deadman::READ_RECORD {
             ok(self.revert_records.get(a[4]).map_or("", String::as_str))
+        } else if script == known_good::RECORD_BASELINE {
+            self.baseline.get_or_insert_with(|| a[6].to_owned());
+            ok("")
+        } else if script == known_good::READ_BASELINE {
+            ok(&self.baseline.as_ref().map_or(String::new(), |c| {
+                format!(r#"{{"closure":"{c}","recorded_at":"2026-12-01T00:00:00Z","run_id":"r0"}}"#)
+            }))
         } else if script == known_good::LIST {
             self.list(a[4])
         } else if script == known_good::REVOKE {
@@ -608,6 +617,7 @@ impl FakeHost {
             timers: BTreeMap::new(),
             armings: 0,
             revert_records: BTreeMap::new(),
+            baseline: None,
             boot_id: 1,
             sudo_password_required: false,
             failed_units: Default::default(),
@@ -647,7 +657,10 @@ pub fn describe(cmd: &Command) -> String {
     let a = cmd.argv();
     let sudo = if cmd.is_sudo() { "sudo " } else { "" };
     if a[0] != "sh" || a.len() < 4 {
-        return cmd.render();
+        return match cmd.limit() {
+            Some(l) => format!("{} (within {}s)", cmd.unlimited().render(), l.as_secs()),
+            None => cmd.render(),
+        };
     }
     let name = match a[2].as_str() {
         s if s == links::READ_LINK => "readlink-f",

@@ -1,13 +1,25 @@
 //! The per-host lock: two controllers never work on the same host at once.
 //!
-//! The lock is an `flock` held by a command on the host for as long as its
-//! stdin stays open: when the controller finishes, drops the lock, or dies
-//! (and its SSH connection with it), the command sees EOF and the kernel
-//! releases the lock. A dead holder can never leave it stale.
+//! The lock is an `flock` held by a command on the host for as long as the
+//! controller keeps it alive: the controller writes a heartbeat byte to the
+//! command's stdin every [`HEARTBEAT`], and the command lets go when none
+//! came for [`LEASE`], or at EOF (the controller finished, dropped the lock,
+//! or died and its TCP connection closed). So a controller that vanishes
+//! without closing TCP (a power cut, a network partition) holds a host for a
+//! minute, not until TCP keepalive gives up hours later; the kernel releases
+//! the lock with the command, so a dead holder never leaves it stale.
+//!
+//! The lock rides the host's shared SSH connection. When that connection is
+//! lost the command ends and the lock is gone; the session reconnects for
+//! later commands, but the lock does not come back by itself:
+//! [`HostLock::is_lost`] says so, and the run takes it again before it
+//! changes the host (or leaves the host alone if another run has it now).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::activation::Os;
 use crate::remote::{Command, Exit, Remote, Streaming};
@@ -15,9 +27,21 @@ use crate::remote::{Command, Exit, Remote, Streaming};
 /// Exit code of the lock command when another holder has the lock.
 const HELD: u32 = 75;
 
-const LINUX: &str = r#"mkdir -p "$(dirname "$1")" && exec flock --nonblock --conflict-exit-code 75 "$1" sh -c 'printf "%s\n" "$2" > "$1.holder"; echo locked; exec cat >/dev/null' nixgate-lock "$1" "$2""#;
+/// How often the controller says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
-const DARWIN: &str = r#"mkdir -p "$(dirname "$1")" && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; 1 while <STDIN>;' "$1" "$2""#;
+/// How long the host keeps the lock without a heartbeat: a few heartbeats
+/// (a busy controller, a slow link), short enough that a vanished
+/// controller frees its hosts within a minute.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// `$1` lock file, `$2` holder, `$3` lease seconds. Each heartbeat is one
+/// byte read by `dd` under `timeout`: no byte within the lease, or EOF,
+/// ends the loop and the lock.
+pub(crate) const LINUX: &str = r#"mkdir -p "$(dirname "$1")" && exec flock --nonblock --conflict-exit-code 75 "$1" sh -c 'printf "%s\n" "$2" > "$1.holder"; echo locked
+while [ "$(timeout "$3" dd bs=1 count=1 2>/dev/null | wc -c)" -eq 1 ]; do :; done' nixgate-lock "$1" "$2" "$3""#;
+
+const DARWIN: &str = r#"mkdir -p "$(dirname "$1")" && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; $SIG{ALRM} = sub { exit 0 }; alarm($ARGV[2]); while (sysread(STDIN, my $b, 1)) { alarm($ARGV[2]) }' "$1" "$2" "$3""#;
 
 /// Where the lock lives on a host.
 pub fn path(paths: &crate::activation::HostPaths) -> String {
@@ -32,9 +56,25 @@ pub fn holder(run_id: &crate::activation::RunId) -> String {
     format!("run {run_id} pid {} on {controller}", std::process::id())
 }
 
-/// Held until dropped.
+/// Held until dropped (the heartbeat stops, the host lets go).
 pub struct HostLock {
-    _stream: Streaming,
+    lost: Arc<AtomicBool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl HostLock {
+    /// The lock command ended (its connection was lost): the host may be
+    /// locked by another run now.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostLock {
+    fn drop(&mut self) {
+        // Dropping the stream closes its stdin: EOF, the host lets go.
+        self.keeper.abort();
+    }
 }
 
 /// Why the lock was not taken.
@@ -48,6 +88,32 @@ pub enum HostLockError {
     Failed(anyhow::Error),
 }
 
+/// Keep the lock alive: a heartbeat every `every`; note when the command
+/// ends or the heartbeat cannot be written.
+fn keep(stream: Streaming, every: Duration) -> HostLock {
+    let lost = Arc::new(AtomicBool::new(false));
+    let flag = lost.clone();
+    let keeper = tokio::spawn(async move {
+        let Streaming {
+            mut stdin, finish, ..
+        } = stream;
+        let beat = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if stdin.write_all(b"\n").await.is_err() || stdin.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = beat => {}
+            _ = finish => {}
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    HostLock { lost, keeper }
+}
+
 /// Take the lock at `path` on the host, naming this run as the holder.
 pub async fn acquire<R: Remote>(
     remote: &R,
@@ -56,11 +122,28 @@ pub async fn acquire<R: Remote>(
     holder: &str,
     sudo: bool,
 ) -> Result<HostLock, HostLockError> {
+    acquire_with(remote, os, path, holder, sudo, HEARTBEAT, LEASE).await
+}
+
+/// [`acquire`] with its timings (tests).
+pub async fn acquire_with<R: Remote>(
+    remote: &R,
+    os: Os,
+    path: &str,
+    holder: &str,
+    sudo: bool,
+    heartbeat: Duration,
+    lease: Duration,
+) -> Result<HostLock, HostLockError> {
     let script = match os {
         Os::Linux => LINUX,
         Os::Darwin => DARWIN,
     };
-    let cmd = Command::script(script).arg(path).arg(holder).sudo(sudo);
+    let cmd = Command::script(script)
+        .arg(path)
+        .arg(holder)
+        .arg(lease.as_secs().max(1).to_string())
+        .sudo(sudo);
     let mut stream = remote
         .exec_piped(&cmd)
         .await
@@ -72,7 +155,7 @@ pub async fn acquire<R: Remote>(
     )
     .await;
     match read {
-        Ok(Ok(_)) if &first == b"locked\n" => Ok(HostLock { _stream: stream }),
+        Ok(Ok(_)) if &first == b"locked\n" => Ok(keep(stream, heartbeat)),
         _ => {
             drop(stream.stdin);
             let out = stream.finish.await.map_err(HostLockError::Failed)?;
@@ -92,5 +175,58 @@ pub async fn acquire<R: Remote>(
             };
             Err(HostLockError::Failed(err))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::local::LocalRemote;
+
+    /// Real flock on this machine: a live holder keeps the lock past the
+    /// lease with its heartbeat; a holder that goes silent loses it after
+    /// the lease; a dropped lock is free at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lease_ends_without_a_heartbeat() {
+        if std::process::Command::new("flock")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no flock(1) here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.lock").display().to_string();
+        let r = LocalRemote::new("local");
+        let lease = Duration::from_secs(1);
+        let beat = Duration::from_millis(200);
+        let a = acquire_with(&r, Os::Linux, &path, "a", false, beat, lease)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!a.is_lost(), "the heartbeat kept it");
+        match acquire_with(&r, Os::Linux, &path, "b", false, beat, lease).await {
+            Err(HostLockError::Held { holder }) => assert_eq!(holder, "a"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = acquire_with(&r, Os::Linux, &path, "b", false, beat, lease)
+            .await
+            .expect("free once dropped");
+        // A holder whose heartbeats stop (a vanished controller) loses the
+        // lock after the lease.
+        let silent = Duration::from_secs(3600);
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = acquire_with(&r, Os::Linux, &path, "c", false, silent, lease)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(c.is_lost(), "the host let go after the lease");
+        let _d = acquire_with(&r, Os::Linux, &path, "d", false, beat, lease)
+            .await
+            .expect("free after the lease");
     }
 }

@@ -90,6 +90,70 @@ pub struct MarkRequest {
     pub run_id: RunId,
     pub gates: Vec<GateRecord>,
     pub at: SystemTime,
+    /// What the host ran before this deploy: on the first mark ever, kept
+    /// as the host's baseline (see [`baseline`]).
+    pub previous: Option<StorePath>,
+}
+
+/// The system a host ran before nixgate's first known-good mark on it: kept
+/// (GC-rooted) so a rollback after that first deploy has somewhere to go,
+/// and offered as never validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub closure: StorePath,
+    pub recorded_at: String,
+    pub run_id: String,
+}
+
+/// `$1` GC root, `$2` record, `$3` closure, `$4` time, `$5` run: written
+/// once (an existing baseline is kept).
+pub(crate) const RECORD_BASELINE: &str = "root=$1; file=$2; closure=$3; at=$4; run=$5
+[ -e \"$file\" ] && exit 0
+mkdir -p \"$(dirname \"$file\")\" && ln -sfn \"$closure\" \"$root\" &&
+printf '{\"closure\":\"%s\",\"recorded_at\":\"%s\",\"run_id\":\"%s\"}\\n' \"$closure\" \"$at\" \"$run\" > \"$file.tmp\" &&
+mv -f \"$file.tmp\" \"$file\"";
+
+pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";
+
+/// The host's baseline, if one was recorded and its closure is still there.
+pub async fn baseline<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+) -> anyhow::Result<Option<Baseline>> {
+    let out = remote
+        .exec(&Command::script(READ_BASELINE).args([&paths.baseline, &paths.baseline_root]))
+        .await?
+        .check("reading the baseline")?;
+    let text = out.stdout_str();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(serde_json::from_str(text.trim()).ok())
+}
+
+async fn record_baseline<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+    sudo: bool,
+    closure: &StorePath,
+    req: &MarkRequest,
+) -> anyhow::Result<()> {
+    remote
+        .exec(
+            &Command::script(RECORD_BASELINE)
+                .args([
+                    paths.baseline_root.clone(),
+                    paths.baseline.clone(),
+                    closure.to_string(),
+                    utc_rfc3339(req.at),
+                    req.run_id.to_string(),
+                ])
+                .within(super::settings::STEP_LIMIT)
+                .sudo(sudo),
+        )
+        .await?
+        .check("recording the baseline")?;
+    Ok(())
 }
 
 /// Point the profile at the closure (`$3` empty), or re-select generation
@@ -201,6 +265,7 @@ pub async fn mark<R: Remote>(
     let out = remote
         .exec(
             &Command::script(SET_AND_READ)
+                .within(super::settings::STEP_LIMIT)
                 .args([prof.as_str(), req.closure.as_str(), reselect.as_str()])
                 .sudo(sudo),
         )
@@ -218,6 +283,13 @@ pub async fn mark<R: Remote>(
     let (old, link) = (generation_of(&field("NixgateOld=")), field("NixgateNew="));
     let generation = generation_of(&link)
         .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
+    // The first mark ever on this host: what it ran before is its baseline.
+    if old.is_none()
+        && let Some(previous) = req.previous.as_ref().filter(|p| **p != req.closure)
+        && let Err(e) = record_baseline(remote, paths, sudo, previous, &req).await
+    {
+        tracing::warn!("{}: the baseline was not recorded: {e:#}", remote.name());
+    }
     let record = KnownGoodRecord {
         version: 1,
         host: remote.name().to_owned(),
@@ -253,6 +325,7 @@ async fn write_record<R: Remote>(
     let mut json = serde_json::to_vec(record).context("encoding the known-good record")?;
     json.push(b'\n');
     let write = Command::script(WRITE_RECORD)
+        .within(super::settings::STEP_LIMIT)
         .arg(dir)
         .arg(record.generation.to_string())
         .sudo(sudo);
@@ -274,6 +347,7 @@ async fn undo_mark<R: Remote>(
     remote
         .exec(
             &Command::script(UNDO_MARK)
+                .within(super::settings::STEP_LIMIT)
                 .args([prof.to_owned(), arg(old), arg(created)])
                 .sudo(sudo),
         )
@@ -294,6 +368,7 @@ pub async fn revoke<R: Remote>(
     let out = remote
         .exec(
             &Command::script(REVOKE)
+                .within(super::settings::STEP_LIMIT)
                 .args([
                     paths.known_good_profile.clone(),
                     paths.known_good_records.trim_end_matches('/').to_owned(),

@@ -39,6 +39,7 @@ fn request(closure: &str, at: u64) -> MarkRequest {
             &serde_json::json!([{"command": "true", "attempts": [{"kind": "passed"}]}]),
         )],
         at: UNIX_EPOCH + Duration::from_secs(at),
+        previous: None,
     }
 }
 

@@ -24,6 +24,12 @@ pub enum FailureReason {
     Copy {
         error: String,
     },
+    /// The host lock was lost with its connection and could not be taken
+    /// again (another run holds it now, or the command failed).
+    LockLost {
+        holder: Option<String>,
+        error: Option<String>,
+    },
     /// `sudo -n true` did not work.
     Sudo(SudoCheck),
     /// `nix-store --realise` failed (not a signature problem).

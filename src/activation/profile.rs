@@ -18,6 +18,7 @@ use crate::remote::{Command, Remote};
 pub fn set_command(profile: &str, closure: &StorePath, sudo: bool) -> Command {
     Command::new("nix-env")
         .args(["-p", profile, "--set", closure.as_str()])
+        .within(super::settings::STEP_LIMIT)
         .sudo(sudo)
 }
 
@@ -113,10 +114,13 @@ mod tests {
     async fn set_argv_with_sudo() {
         let r = ScriptedRemote::new("web1", |_| ok(""));
         set(&r, PROFILE, &sp(A), true).await.unwrap();
+        let cmd = &r.commands()[0];
         assert_eq!(
-            r.commands()[0].render(),
+            cmd.unlimited().render(),
             format!("sudo -n -- nix-env -p {PROFILE} --set {A}")
         );
+        // Ended on the host if it waits too long (behind Nix's GC lock).
+        assert_eq!(cmd.limit(), Some(crate::activation::settings::STEP_LIMIT));
     }
 
     #[tokio::test]

@@ -72,6 +72,15 @@ impl From<RunId> for String {
     }
 }
 
+/// The longest a small step on a host may take (reading links, setting a
+/// profile, writing a record). They take milliseconds, but Nix waits behind
+/// its garbage collector's lock, and a connection can hang while its
+/// keepalives still succeed: after this the step fails, saying so, instead
+/// of the run hanging. State-changing steps are also ended on the host
+/// itself after this long ([`crate::remote::Command::within`]), so one the
+/// controller gave up on cannot finish later.
+pub const STEP_LIMIT: Duration = Duration::from_secs(120);
+
 /// Well-known paths on a host. Defaults are the real ones; tests that drive a
 /// real local machine point them into a temporary directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +95,10 @@ pub struct HostPaths {
     pub known_good_profile: String,
     /// Where the tag record of each known-good generation is written.
     pub known_good_records: String,
+    /// The record of the system the host ran before its first known-good
+    /// mark, and its GC root.
+    pub baseline: String,
+    pub baseline_root: String,
     pub boot_id: String,
 }
 
@@ -101,6 +114,8 @@ impl HostPaths {
             switch_lock: "/run/nixos/switch-to-configuration.lock".into(),
             known_good_profile: "/nix/var/nix/profiles/nixgate-known-good".into(),
             known_good_records: "/var/lib/nixgate/known-good".into(),
+            baseline: "/var/lib/nixgate/baseline.json".into(),
+            baseline_root: "/nix/var/nix/gcroots/nixgate-baseline".into(),
             boot_id: "/proc/sys/kernel/random/boot_id".into(),
         }
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::host_lock::{self, HostLock};
 use crate::activation::known_good::GateRecord;
 use crate::activation::{
     ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
@@ -73,6 +74,9 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     allow_reboot: bool,
     allow_pending_reboot: bool,
     magic_rollback: bool,
+    /// The host locks the plan took, held for the run.
+    locks: tokio::sync::Mutex<HashMap<String, HostLock>>,
+    lock_holder: String,
 }
 
 /// The activation settings of an inventory host (magic rollback as the
@@ -100,7 +104,12 @@ pub fn settings_for(h: &Host, allow_reboot: bool, magic_rollback: bool) -> HostS
 }
 
 impl<F: Fleet, S: Stager> DeployJob<F, S> {
-    pub fn new(ctx: &RunContext<F>, plan: &Plan, stager: S) -> Self {
+    pub fn new(
+        ctx: &RunContext<F>,
+        plan: &Plan,
+        stager: S,
+        locks: HashMap<String, HostLock>,
+    ) -> Self {
         let mut job = DeployJob {
             inventory: ctx.inventory.clone(),
             fleet: ctx.fleet.clone(),
@@ -115,6 +124,8 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             allow_reboot: ctx.allow_reboot,
             allow_pending_reboot: ctx.allow_pending_reboot,
             magic_rollback: ctx.magic_rollback,
+            locks: tokio::sync::Mutex::new(locks),
+            lock_holder: host_lock::holder(&ctx.run_id),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -178,6 +189,20 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             Ok(s) => s,
             Err(e) => return self.fail_at_copy(host, e.to_string()),
         };
+        if let Err(reason) = self.keep_lock(host, &remote, inv_host).await {
+            let gate = self
+                .goal
+                .host_gates()
+                .first()
+                .copied()
+                .unwrap_or(Gate::Copy);
+            self.sink.emit(Event::GateFailed {
+                host: host.to_owned(),
+                gate,
+                reason: reason.clone(),
+            });
+            return HostOutcome::Failed { gate, reason };
+        }
         let mut earlier = ready.candidate.earlier_gates.clone();
         earlier.push(GateRecord::new(Gate::Copy, &copied));
         let req = ActivationRequest {
@@ -196,6 +221,41 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             at: inv_host.confirm.clone(),
         };
         activate_host(&remote, &fresh, &req, &self.stop, &emit).await
+    }
+
+    /// Before changing a host: its lock must still be held. One lost with
+    /// its connection (the session reconnected since) is taken again; if
+    /// another run has it now, this host is left alone.
+    async fn keep_lock(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        inv_host: &Host,
+    ) -> Result<(), FailureReason> {
+        let mut locks = self.locks.lock().await;
+        match locks.get(host) {
+            // A plan made without locks (library use, tests): nothing to keep.
+            None => return Ok(()),
+            Some(l) if !l.is_lost() => return Ok(()),
+            Some(_) => {}
+        }
+        let paths = crate::activation::HostPaths::for_os(inv_host.os);
+        let path = host_lock::path(&paths);
+        match host_lock::acquire(remote, inv_host.os, &path, &self.lock_holder, inv_host.sudo).await
+        {
+            Ok(lock) => {
+                locks.insert(host.to_owned(), lock);
+                Ok(())
+            }
+            Err(host_lock::HostLockError::Held { holder }) => Err(FailureReason::LockLost {
+                holder: Some(holder),
+                error: None,
+            }),
+            Err(host_lock::HostLockError::Failed(e)) => Err(FailureReason::LockLost {
+                holder: None,
+                error: Some(format!("{e:#}")),
+            }),
+        }
     }
 
     /// After its wave's soak: a host whose health checks fail now is taken

@@ -54,7 +54,9 @@ pub async fn run<F: Fleet, S: Stager>(
     plan: Plan,
     stager: S,
 ) -> Vec<HostSummary> {
-    let job = Arc::new(DeployJob::new(ctx, &plan, stager));
+    let mut plan = plan;
+    let locks = std::mem::take(&mut plan.locks);
+    let job = Arc::new(DeployJob::new(ctx, &plan, stager, locks));
     let selection = crate::inventory::Selection {
         groups: plan.waves.iter().map(|w| w.group.clone()).collect(),
     };
@@ -66,7 +68,6 @@ pub async fn run<F: Fleet, S: Stager>(
         sink.emit(Event::Runner(e))
     })
     .await;
-    drop(plan.locks);
     results
         .into_iter()
         .map(|r| match r.end {

@@ -52,6 +52,10 @@ pub struct Candidate {
     /// one, so history stays a line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// A rollback to the system the host ran before nixgate's first deploy:
+    /// it never passed nixgate's gates.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub never_validated: bool,
 }
 
 /// Why a host was refused before the run. Nothing on it changed.
@@ -303,6 +307,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
                 closure: closure.clone(),
                 earlier_gates: Vec::new(),
                 generation: None,
+                never_validated: false,
             };
             let running = None;
             verdicts.insert(host.clone(), Verdict::Ready { candidate, running });

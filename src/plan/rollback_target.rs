@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::activation::known_good::{self, KnownGoodGeneration};
+use crate::activation::known_good::{self, Baseline, KnownGoodGeneration};
 use crate::activation::{HostPaths, links};
 use crate::fleet::Fleet;
 use crate::nix::StorePath;
@@ -36,23 +36,61 @@ pub enum NoTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub closure: StorePath,
-    /// The known-good generation it is.
-    pub generation: u64,
+    /// The known-good generation it is; `None` for the baseline.
+    pub generation: Option<u64>,
+    /// The system the host ran before nixgate's first deploy: it never
+    /// passed nixgate's gates (the rollback now takes it through them).
+    pub never_validated: bool,
 }
 
 fn usable(g: &KnownGoodGeneration) -> Option<Target> {
     match (&g.closure, g.present) {
         (Some(c), true) => Some(Target {
             closure: c.clone(),
-            generation: g.generation,
+            generation: Some(g.generation),
+            never_validated: false,
         }),
         _ => None,
     }
 }
 
 /// Which known-good generation to go back to, given the host's history
-/// (oldest first) and what it runs now.
+/// (oldest first) and what it runs now; with nothing earlier, the system
+/// it ran before nixgate's first deploy (`baseline`), never validated.
 pub fn choose_target(
+    history: &[KnownGoodGeneration],
+    running: Option<&StorePath>,
+    to: Option<u64>,
+    baseline: Option<&Baseline>,
+) -> Result<Target, NoTarget> {
+    // Standing on the baseline (a rollback went there and marked it):
+    // there is nothing further back, whatever generation number it got.
+    if to.is_none()
+        && let Some(b) = baseline
+        && let Some(here) = history.iter().find(|g| g.current)
+        && here.closure.as_ref() == Some(&b.closure)
+        && running == Some(&b.closure)
+    {
+        return Err(NoTarget::NothingEarlier {
+            generation: here.generation,
+        });
+    }
+    match choose_known_good(history, running, to) {
+        Err(NoTarget::NoKnownGood | NoTarget::NothingEarlier { .. })
+            if to.is_none()
+                && let Some(b) = baseline.filter(|b| Some(&b.closure) != running) =>
+        {
+            Ok(Target {
+                closure: b.closure.clone(),
+                generation: None,
+                never_validated: true,
+            })
+        }
+        other => other,
+    }
+}
+
+fn choose_known_good(
     history: &[KnownGoodGeneration],
     running: Option<&StorePath>,
     to: Option<u64>,
@@ -112,7 +150,8 @@ pub async fn find_all<F: Fleet>(p: &Planning<'_, F>, hosts: &[String], to: Optio
                 candidate: Candidate {
                     closure: t.closure,
                     earlier_gates: Vec::new(),
-                    generation: Some(t.generation),
+                    generation: t.generation,
+                    never_validated: t.never_validated,
                 },
                 running,
             },
@@ -149,7 +188,10 @@ async fn target_for<F: Fleet>(
     let running = links::read_store_link(&remote, &paths.current_system)
         .await
         .map_err(unreadable)?;
-    let target = choose_target(&history, running.as_ref(), to)
+    let baseline = known_good::baseline(&remote, &paths)
+        .await
+        .map_err(unreadable)?;
+    let target = choose_target(&history, running.as_ref(), to, baseline.as_ref())
         .map_err(|why| Refusal::NoRollbackTarget { why })?;
     Ok((target, running))
 }
@@ -184,7 +226,8 @@ mod tests {
     fn to(closure: char, generation: u64) -> Result<Target, NoTarget> {
         Ok(Target {
             closure: sp(closure),
-            generation,
+            generation: Some(generation),
+            never_validated: false,
         })
     }
 
@@ -192,13 +235,13 @@ mod tests {
     fn back_from_where_the_host_stands() {
         let h = hist(&['a', 'b', 'c'], 3);
         // on the current known-good: the one before it
-        assert_eq!(choose_target(&h, Some(&sp('c')), None), to('b', 2));
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
         // on something unvalidated: the current known-good
-        assert_eq!(choose_target(&h, Some(&sp('d')), None), to('c', 3));
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('c', 3));
         // a named generation
-        assert_eq!(choose_target(&h, Some(&sp('c')), Some(1)), to('a', 1));
+        assert_eq!(choose_target(&h, Some(&sp('c')), Some(1), None), to('a', 1));
         assert_eq!(
-            choose_target(&h, None, Some(9)),
+            choose_target(&h, None, Some(9), None),
             Err(NoTarget::NoSuchGeneration {
                 generation: 9,
                 have: vec![1, 2, 3]
@@ -206,33 +249,73 @@ mod tests {
         );
         // the same closure marked twice in a row: skip to a different one
         let h = hist(&['a', 'b', 'b'], 3);
-        assert_eq!(choose_target(&h, Some(&sp('b')), None), to('a', 1));
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
         assert_eq!(
-            choose_target(&hist(&['a'], 1), Some(&sp('a')), None),
+            choose_target(&hist(&['a'], 1), Some(&sp('a')), None, None),
             Err(NoTarget::NothingEarlier { generation: 1 })
         );
-        assert_eq!(choose_target(&[], None, None), Err(NoTarget::NoKnownGood));
+        assert_eq!(
+            choose_target(&[], None, None, None),
+            Err(NoTarget::NoKnownGood)
+        );
+    }
+
+    #[test]
+    fn after_the_first_deploy_the_system_before_it_is_offered_never_validated() {
+        let base = Baseline {
+            closure: sp('z'),
+            recorded_at: "2026-12-01T00:00:00Z".into(),
+            run_id: "r0".into(),
+        };
+        let h = hist(&['a'], 1);
+        assert_eq!(
+            choose_target(&h, Some(&sp('a')), None, Some(&base)),
+            Ok(Target {
+                closure: sp('z'),
+                generation: None,
+                never_validated: true,
+            })
+        );
+        // Never instead of a known-good, never for a named generation, and
+        // not when the host runs it already.
+        assert_eq!(
+            choose_target(&hist(&['a', 'b'], 2), Some(&sp('b')), None, Some(&base)),
+            to('a', 1)
+        );
+        assert!(choose_target(&h, Some(&sp('a')), Some(7), Some(&base)).is_err());
+        assert_eq!(
+            choose_target(&h, Some(&sp('z')), None, Some(&base)),
+            to('a', 1),
+            "running the baseline (unvalidated): back to the known-good"
+        );
+        // Gone back to the baseline and marked it (generation 2): nothing
+        // further back, not forward to `a`.
+        let h = hist(&['a', 'z'], 2);
+        assert_eq!(
+            choose_target(&h, Some(&sp('z')), None, Some(&base)),
+            Err(NoTarget::NothingEarlier { generation: 2 })
+        );
     }
 
     #[test]
     fn a_second_rollback_goes_further_back() {
         // The first rollback re-selected generation 2: the host stands there.
         let h = hist(&['a', 'b', 'c'], 2);
-        assert_eq!(choose_target(&h, Some(&sp('b')), None), to('a', 1));
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
     }
 
     #[test]
     fn a_closure_gone_from_the_store_is_skipped_and_named() {
         let mut h = hist(&['a', 'b', 'c'], 3);
         h[1].present = false;
-        assert_eq!(choose_target(&h, Some(&sp('c')), None), to('a', 1));
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('a', 1));
         h[0].present = false;
         assert_eq!(
-            choose_target(&h, Some(&sp('c')), None),
+            choose_target(&h, Some(&sp('c')), None, None),
             Err(NoTarget::Missing { generation: 2 })
         );
         assert_eq!(
-            choose_target(&h, Some(&sp('c')), Some(2)),
+            choose_target(&h, Some(&sp('c')), Some(2), None),
             Err(NoTarget::Missing { generation: 2 })
         );
     }

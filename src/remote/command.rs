@@ -14,7 +14,14 @@ pub struct Command {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     sudo: bool,
+    /// Killed on the host after this long (`timeout(1)`, where the host has it).
+    limit: Option<std::time::Duration>,
 }
+
+/// Runs `"$@"` under `timeout` for `$0` seconds (SIGTERM, then SIGKILL 5 s
+/// later) where the host has coreutils' `timeout`; as it is elsewhere.
+const WITHIN: &str =
+    "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 \"$0\" \"$@\"; fi; exec \"$@\"";
 
 impl Command {
     /// A command running `program`.
@@ -23,6 +30,7 @@ impl Command {
             argv: vec![program.into()],
             env: Vec::new(),
             sudo: false,
+            limit: None,
         }
     }
 
@@ -61,6 +69,26 @@ impl Command {
         self
     }
 
+    /// End the command on the host itself after `limit`: for commands that
+    /// change state (a profile, a record) and may wait behind a lock (Nix's
+    /// GC lock), so one the controller gave up on cannot finish later.
+    pub fn within(mut self, limit: std::time::Duration) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub fn limit(&self) -> Option<std::time::Duration> {
+        self.limit
+    }
+
+    /// The same command without its limit (for descriptions).
+    pub fn unlimited(&self) -> Command {
+        Command {
+            limit: None,
+            ..self.clone()
+        }
+    }
+
     pub fn program(&self) -> &str {
         &self.argv[0]
     }
@@ -89,6 +117,10 @@ impl Command {
             out.push("env".into());
             out.extend(self.env.iter().map(|(k, v)| format!("{k}={}", quote(v))));
         }
+        if let Some(limit) = self.limit {
+            out.extend(["sh".into(), "-c".into(), quote(WITHIN)]);
+            out.push(limit.as_secs().max(1).to_string());
+        }
         out.extend(self.argv.iter().map(|w| quote(w)));
         out.join(" ")
     }
@@ -108,6 +140,35 @@ pub fn render_words(words: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limited_command_runs_under_timeout_on_the_host() {
+        let c = Command::new("nix-env")
+            .args(["-p", "/p", "--set", "/nix/store/x"])
+            .within(std::time::Duration::from_secs(120))
+            .sudo(true);
+        let r = c.render();
+        assert!(r.starts_with("sudo -n -- sh -c "), "{r}");
+        assert!(r.ends_with(" 120 nix-env -p /p --set /nix/store/x"), "{r}");
+        // The argv (what fakes and tests look at) is the command itself.
+        assert_eq!(c.argv()[0], "nix-env");
+        // Really run: a limited command that outlives its limit is ended.
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &Command::new("sleep")
+                    .arg("30")
+                    .within(std::time::Duration::from_secs(1))
+                    .render(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(124),
+            "timeout(1)'s exit for a command it ended"
+        );
+    }
 
     #[test]
     fn renders_quoted_argv() {

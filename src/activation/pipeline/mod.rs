@@ -13,6 +13,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 use super::detached::{RebootReason, SwitchFailure, SwitchResult, run_detached};
@@ -23,7 +25,7 @@ use super::profile::{self, ProfileCheck};
 use super::reactivate::{RollbackMode, RollbackOutcome, reactivate};
 use super::realise::RealiseOutcome;
 use super::reboot::{RebootOutcome, reboot_and_verify};
-use super::settings::{HostSettings, Os, RunId};
+use super::settings::{HostSettings, Os, RunId, STEP_LIMIT};
 use super::switch::{JobPurpose, SwitchJob, stop_job};
 use super::{dry_activate, health, inhibitors, links, privilege, realise};
 use crate::gates::{Gate, Goal, SwitchAction};
@@ -115,6 +117,25 @@ struct Run<'a, R> {
     pub(super) pre_failed: Option<std::collections::BTreeSet<String>>,
 }
 
+/// Past a step's host-side limit: time for the host's `timeout` to end it
+/// and the answer to come back.
+const SLACK: Duration = Duration::from_secs(15);
+
+/// A step bounded on the controller's side too: a connection can hang while
+/// its keepalives still succeed, and a host may lack `timeout(1)`.
+async fn bounded<T>(
+    step: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "{step}: no answer within {}s (a garbage collection holding Nix's lock, or a hung connection?)",
+            limit.as_secs()
+        ))
+    })
+}
+
 fn remote_err(step: &'static str, e: anyhow::Error) -> FailureReason {
     FailureReason::Remote {
         step,
@@ -177,7 +198,8 @@ impl<R: Remote> Run<'_, R> {
         self.step(Step::Realise {
             closure: cand.clone(),
         });
-        match realise::realise(self.remote, &cand, self.s.require_signatures).await {
+        let realise = realise::realise(self.remote, &cand, self.s.require_signatures);
+        match bounded("realise", self.s.activation_timeout, realise).await {
             Ok(RealiseOutcome::Realised) => {}
             Ok(RealiseOutcome::SignatureMismatch { untrusted, tail }) => {
                 return HostOutcome::SignatureMismatch { untrusted, tail };
@@ -209,7 +231,7 @@ impl<R: Remote> Run<'_, R> {
             })?;
             anyhow::Ok((current, profile, known_good))
         };
-        match read.await {
+        match bounded("read the current system", STEP_LIMIT, read).await {
             Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
             Err(e) => return self.fail_clean(first, remote_err("read current system", e)),
         }
@@ -219,7 +241,8 @@ impl<R: Remote> Run<'_, R> {
         let mut deferred = None;
         if goal.runs_dry_activate() {
             self.start(Gate::DryActivate);
-            match dry_activate::dry_activate(self.remote, &cand, self.s.os, self.s.sudo).await {
+            let dry = dry_activate::dry_activate(self.remote, &cand, self.s.os, self.s.sudo);
+            match bounded("dry-activate", self.s.activation_timeout, dry).await {
                 Ok(dry_activate::DryActivateOutcome::Passed(report)) => {
                     self.pass(Gate::DryActivate, GateEvidence::DryActivate(report))
                 }
@@ -257,13 +280,12 @@ impl<R: Remote> Run<'_, R> {
         self.start(Gate::LiveActivate);
         if self.s.os == Os::Linux && deferred.is_none() {
             self.step(Step::CheckInhibitors);
-            match inhibitors::detect_switch_inhibitors(
+            let compare = inhibitors::detect_switch_inhibitors(
                 self.remote,
                 &self.s.paths.current_system,
                 &cand,
-            )
-            .await
-            {
+            );
+            match bounded("compare critical components", STEP_LIMIT, compare).await {
                 Ok(changes) if !changes.is_empty() => {
                     deferred = Some(RebootReason::Components { changes })
                 }
@@ -283,7 +305,8 @@ impl<R: Remote> Run<'_, R> {
             profile: self.s.system_profile.clone(),
             closure: cand.clone(),
         });
-        match profile::set(self.remote, &self.s.system_profile, &cand, self.s.sudo).await {
+        let set = profile::set(self.remote, &self.s.system_profile, &cand, self.s.sudo);
+        match bounded("nix-env --set", STEP_LIMIT + SLACK, set).await {
             Ok(()) => {
                 self.profile_set = true;
                 self.boot_changed = true;
@@ -426,12 +449,14 @@ impl<R: Remote> Run<'_, R> {
         let req = MarkRequest {
             closure: self.req.candidate.clone(),
             reselect: self.req.known_good_generation,
+            previous: Some(self.pre_current.clone()),
             commit: self.req.commit.clone(),
             run_id: self.req.run_id.clone(),
             gates: self.records.clone(),
             at: std::time::SystemTime::now(),
         };
-        match known_good::mark(self.remote, &self.s.paths, self.s.sudo, req).await {
+        let mark = known_good::mark(self.remote, &self.s.paths, self.s.sudo, req);
+        match bounded("mark known-good", 2 * STEP_LIMIT + SLACK, mark).await {
             Ok(mark) => {
                 self.pass(
                     Gate::MarkKnownGood,

@@ -12,6 +12,7 @@ use crate::activation::health::HealthCheck;
 use crate::activation::inhibitors::Component;
 use crate::activation::privilege::SudoCheck;
 use crate::activation::reactivate::RollbackError;
+use crate::activation::settings::STEP_LIMIT;
 
 const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
 const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
@@ -102,7 +103,7 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         "poll nixgate-switch-r1.service /run/nixgate/nixgate-switch-r1.status /run/current-system".to_string(),
         format!("readlink-f {SYSTEM}"),
         "timeout --kill-after=5 10 sh -c 'systemctl is-active nginx'".into(),
-        format!("sudo -n -- nix-env -p {SYSTEM} --set {NEW}"),
+        format!("sudo -n -- nix-env -p {SYSTEM} --set {NEW} (within 120s)"),
         "sudo lock-check /run/nixos/switch-to-configuration.lock".into(),
         format!(
             "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot"
@@ -936,5 +937,21 @@ async fn a_host_off_the_network_during_its_switch_takes_itself_back() {
     assert!(
         !host.state().offline,
         "back on a system that is on the network"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_never_answers_fails_at_its_limit_saying_why() {
+    let started = tokio::time::Instant::now();
+    let hung = super::bounded(
+        "nix-env --set",
+        STEP_LIMIT,
+        std::future::pending::<anyhow::Result<()>>(),
+    );
+    let err = hung.await.unwrap_err().to_string();
+    assert_eq!(started.elapsed(), STEP_LIMIT);
+    assert!(
+        err.contains("nix-env --set: no answer within 120s"),
+        "{err}"
     );
 }

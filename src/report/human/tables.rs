@@ -191,13 +191,25 @@ impl Collected {
     }
 }
 
-/// The plan's refused hosts, one line each.
+/// The plan's refused hosts, one line each, and the targets to say
+/// something about (a rollback to a system never validated).
 pub fn refusals(waves: &[PlannedWave]) -> String {
     let mut out = String::new();
     for w in waves {
         for h in &w.planned {
-            if let Verdict::Refused { refusal } = &h.verdict {
-                let _ = writeln!(out, "{}: refused: {}", h.host, words::refusal(refusal));
+            match &h.verdict {
+                Verdict::Refused { refusal } => {
+                    let _ = writeln!(out, "{}: refused: {}", h.host, words::refusal(refusal));
+                }
+                Verdict::Ready { candidate, .. } if candidate.never_validated => {
+                    let _ = writeln!(
+                        out,
+                        "{}: goes back to {}, the system it ran before nixgate's first deploy: it was never validated (it is taken through every gate now)",
+                        h.host,
+                        words::short_closure(&candidate.closure)
+                    );
+                }
+                _ => {}
             }
         }
     }

@@ -121,6 +121,16 @@ pub fn not_started(n: &NotStarted) -> String {
 pub fn failure(r: &FailureReason) -> String {
     match r {
         FailureReason::Copy { error } => format!("copy: {}", first_line(error)),
+        FailureReason::LockLost { holder, error } => match (holder, error) {
+            (Some(h), _) => format!(
+                "its lock was lost with its connection and another run holds it now ({h}): left alone"
+            ),
+            (None, Some(e)) => format!(
+                "its lock was lost with its connection and could not be taken again: {}",
+                first_line(e)
+            ),
+            (None, None) => "its lock was lost with its connection".into(),
+        },
         FailureReason::Switch(f) => switch_failure(f),
         FailureReason::HealthChecks { reports } => format!(
             "{} health check(s) failed",
