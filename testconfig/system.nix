@@ -180,7 +180,17 @@ let
     inherit units;
   };
 
-  toplevel = sh ''
+  # `brokenBuild`: the toplevel's builder fails (a configuration that does
+  # not build). Only set when true, so every other toplevel keeps its hash.
+  # `buildSeconds`: the toplevel's builder sleeps first (a build to cancel).
+  broken = (if cfg.brokenBuild or false then ''
+    echo "testconfig: this host's configuration is broken on purpose (brokenBuild)" >&2
+    exit 1
+  '' else "") + (if (cfg.buildSeconds or 0) > 0 then ''
+    sleep ${toString cfg.buildSeconds} # testconfig-slow-build
+  '' else "");
+
+  toplevel = sh (broken + ''
     set -e
     mkdir -p "$out/bin"
     ln -s "$systemd" "$out/systemd"
@@ -201,7 +211,7 @@ let
       -e "s|@swPath@|$systemPath|g" \
       > "$out/bin/switch-to-configuration"
     chmod 555 "$out/bin/switch-to-configuration"
-  '' {
+  '') {
     name = "nixos-system-${name}-${cfg.nixosVersion}";
     systemd = pkgs.systemd;
     inherit systemPath linux initrd etc;

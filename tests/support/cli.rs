@@ -28,8 +28,50 @@ pub fn nixgate_cmd(fleet: &Fleet, args: &[&str]) -> Command {
     c
 }
 
+/// Run nixgate to its end. Everything it wrote as JSON is held to the
+/// contract on the way: with `--json`, every stdout line is one event a
+/// strict parser accepts (no duplicate keys) and names a documented event;
+/// every run report in the state directory is strict JSON too.
 pub fn nixgate(fleet: &Fleet, args: &[&str]) -> Output {
-    nixgate_cmd(fleet, args).output().expect("nixgate runs")
+    let out = nixgate_cmd(fleet, args).output().expect("nixgate runs");
+    if args.contains(&"--json") {
+        check_json_lines(&text(&out.stdout));
+    }
+    check_run_reports(&fleet.dir().join("state").join("runs"));
+    out
+}
+
+/// Every line of a `--json` stdout: strict JSON, one documented event.
+pub fn check_json_lines(stdout: &str) {
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        if let Err(e) = nixgate::report::json::check_strict(line) {
+            panic!("not strict JSON ({e}): {line}");
+        }
+        let v: serde_json::Value = serde_json::from_str(line).expect("checked above");
+        let name = v["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event name: {line}"));
+        assert!(
+            nixgate::report::event::EVENT_NAMES.contains(&name),
+            "undocumented event {name:?}: {line}"
+        );
+    }
+}
+
+/// Every run report written so far parses strictly.
+fn check_run_reports(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let body = std::fs::read_to_string(&p).unwrap_or_default();
+            if let Err(err) = nixgate::report::json::check_strict(&body) {
+                panic!("run report {} is not strict JSON: {err}", p.display());
+            }
+        }
+    }
 }
 
 pub fn text(b: &[u8]) -> String {
