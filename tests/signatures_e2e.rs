@@ -78,8 +78,8 @@ fn new_closure(fleet: &Fleet, generation: u32, package: &str) {
 }
 
 /// The signatures of `paths` on `h`, from `nix path-info --sigs` (`path
-/// [ultimate] sig...` lines; `ultimate` marks a path built there, not a
-/// signature).
+/// [ultimate] [ca:...] sig...` lines: `ultimate` marks a path built there;
+/// Nix 2.26 also prints a content-addressed path's `ca:`, 2.8 does not).
 fn sigs(fleet: &Fleet, h: &str, paths: &str) -> Vec<(String, Vec<String>)> {
     fleet
         .in_host_ok(h, &format!("nix path-info --sigs {paths}"))

@@ -6,6 +6,9 @@ use anyhow::Context;
 use super::StorePath;
 use crate::remote::{Command, Remote};
 
+/// `nix store sign --recursive` of the toplevel: an output path, which Nix
+/// 2.8 and 2.26 both sign as given (a `.drv` installable differs: 2.8
+/// builds it, 2.26 signs the derivation file itself).
 pub fn sign_command(key_file: &str, toplevel: &StorePath) -> Command {
     Command::new("nix")
         .args([
