@@ -15,8 +15,17 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::process::Output;
 
+use nixgate::fleet::{Machine, Sessions};
+use nixgate::inventory::Inventory;
+use nixgate::nix::StorePath;
+use nixgate::nix::closure::{self, PathInfo};
+use nixgate::nix::copy::{CopyProgress, lacking};
+use nixgate::nix::fanout::{self, Target};
+use nixgate::nix::sign::{self, Restored};
+use nixgate::ssh::HostKeyPolicy;
 use serde_json::{Value, json};
 use support::cli::{nixgate, text};
 use support::fleet::{Fleet, FleetSpec};
@@ -244,5 +253,114 @@ fn relay_carries_signatures_and_unsigned_or_foreign_closures_are_refused() {
     eprintln!(
         "signatures_e2e: 3 pushes and checks in {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// `nix store verify --sigs-needed 1` of `closure` on `h`: the paths it
+/// names untrusted (none: the closure is trusted).
+fn untrusted_on(fleet: &Fleet, h: &str, closure: &str) -> Vec<String> {
+    let out = fleet.in_host(
+        h,
+        &format!("nix store verify --recursive --no-contents --sigs-needed 1 {closure}"),
+    );
+    let err = text(&out.stderr);
+    let named: Vec<String> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("path '")?.strip_suffix("' is untrusted"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(out.status.success(), named.is_empty(), "{err}");
+    named
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_gives_a_host_the_builders_signatures_for_paths_it_had() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 1,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    let public = fleet.in_host_ok(
+        "builder",
+        "nix-store --generate-binary-cache-key builder-1 /root/builder.sec /root/builder.pub \
+         && cat /root/builder.pub",
+    );
+    let conf = fleet.dir().join("hosts/light1/etc-nix/nix.conf");
+    let mut text_conf = std::fs::read_to_string(&conf).unwrap();
+    text_conf.push_str(&format!(
+        "trusted-public-keys = {public}\nrequire-sigs = true\n"
+    ));
+    std::fs::write(&conf, text_conf).unwrap();
+    new_closure(&fleet, 1, "sig-restore");
+    let top = fleet.build_on_builder("light1").unwrap();
+    fleet.in_host_ok(
+        "builder",
+        &format!("nix store sign --key-file /root/builder.sec --recursive {top}"),
+    );
+    let inv = Inventory::load(&fleet.inventory_path()).unwrap();
+    let sessions = Sessions::new(&inv, HostKeyPolicy::Strict);
+    let builder = sessions.get(Machine::Builder).await.unwrap();
+    let host = sessions.get(Machine::Host("light1")).await.unwrap();
+    let top_path = StorePath::parse(&top).unwrap();
+    let closure = closure::closure(&builder, &top_path).await.unwrap();
+    let lacks: HashSet<StorePath> = lacking(&host, &closure).await.unwrap();
+    let noop = |_: CopyProgress| {};
+    let target = Target {
+        remote: &host,
+        lacking: &lacks,
+        progress: &noop,
+    };
+    fanout::relay_one(&builder, target, &closure).await.unwrap();
+    // What the relay sent is signed; generation 0's paths, copied unsigned
+    // when the fleet started, are not: the closure is refused.
+    let before = untrusted_on(&fleet, "light1", &top);
+    assert!(!before.is_empty());
+    assert!(
+        before
+            .iter()
+            .all(|p| !lacks.iter().any(|l| l.as_str() == p)),
+        "a relayed path is untrusted: {before:?}"
+    );
+    let present: Vec<&PathInfo> = closure
+        .iter()
+        .filter(|p| !lacks.contains(&p.path))
+        .collect();
+
+    // A record unlike the host's path (another NAR hash): copy-sigs takes
+    // no signature from it.
+    let forged: Vec<PathInfo> = present
+        .iter()
+        .map(|p| PathInfo {
+            nar_hash: Some([7u8; 32]),
+            ..(*p).clone()
+        })
+        .collect();
+    let forged_refs: Vec<&PathInfo> = forged.iter().collect();
+    let r = sign::restore(&builder, &host, &forged_refs).await.unwrap();
+    assert_eq!(r.untrusted, before.len());
+    assert_eq!(untrusted_on(&fleet, "light1", &top), before);
+
+    // The builder's record: every untrusted path gets the builder's
+    // signatures, and Nix on the host now trusts the whole closure.
+    let r = sign::restore(&builder, &host, &present).await.unwrap();
+    assert_eq!(
+        r,
+        Restored {
+            untrusted: before.len(),
+            offered: before.len()
+        }
+    );
+    assert_eq!(untrusted_on(&fleet, "light1", &top), Vec::<String>::new());
+    let paths = before.join(" ");
+    assert_eq!(
+        sigs(&fleet, "light1", &paths),
+        sigs(&fleet, "builder", &paths),
+        "the host holds the builder's signatures"
+    );
+    // Nothing left to do: one command, nothing sent.
+    assert_eq!(
+        sign::restore(&builder, &host, &present).await.unwrap(),
+        Restored::default()
     );
 }

@@ -30,6 +30,7 @@
 //! Words are little-endian `u64`s; strings are a length, the bytes and zero
 //! padding to 8 ([`super::nar::wire_string`]).
 
+use super::StorePath;
 use super::closure::PathInfo;
 use super::nar::wire_string;
 
@@ -138,6 +139,46 @@ pub(crate) async fn read_path_info<R: WireRead>(
         "the builder answered {first:?} when asked for {}",
         path.path
     );
+    let trust = read_entry(r, &first, version).await?;
+    let end = read_string(r, "path").await?;
+    anyhow::ensure!(
+        end.is_empty(),
+        "the builder answered for {end:?} too when asked for {} alone",
+        path.path
+    );
+    Ok(trust)
+}
+
+/// Ask for the registrations of `paths` (a set: answered in the server's
+/// order, paths it lacks left out).
+pub fn query_path_infos(out: &mut Vec<u8>, paths: &[&StorePath]) {
+    word(out, CMD_QUERY_PATH_INFOS);
+    word(out, paths.len() as u64);
+    for p in paths {
+        out.extend_from_slice(&wire_string(p.as_str().as_bytes()));
+    }
+}
+
+/// Read the answer to [`query_path_infos`]: each path the server has, with
+/// its signatures and content address.
+pub(crate) async fn read_path_infos<R: WireRead>(
+    r: &mut R,
+    version: u64,
+) -> anyhow::Result<Vec<(String, Trust)>> {
+    let mut out = Vec::new();
+    loop {
+        let path = read_string(r, "path").await?;
+        if path.is_empty() {
+            return Ok(out);
+        }
+        let trust = read_entry(r, &path, version).await?;
+        out.push((path, trust));
+    }
+}
+
+/// One answer after its path: deriver, references, sizes and, from 2.4,
+/// NAR hash, content address and signatures.
+async fn read_entry<R: WireRead>(r: &mut R, path: &str, version: u64) -> anyhow::Result<Trust> {
     read_string(r, "deriver").await?;
     let refs = r.word().await?;
     for _ in 0..refs {
@@ -154,20 +195,33 @@ pub(crate) async fn read_path_info<R: WireRead>(
         let n = r.word().await?;
         anyhow::ensure!(
             n <= MAX_SIGS,
-            "the builder's answer gives {} {n} signatures: not the serve protocol",
-            path.path
+            "the builder's answer gives {path} {n} signatures: not the serve protocol"
         );
         for _ in 0..n {
             trust.sigs.push(read_string(r, "signature").await?);
         }
     }
-    let end = read_string(r, "path").await?;
-    anyhow::ensure!(
-        end.is_empty(),
-        "the builder answered for {end:?} too when asked for {} alone",
-        path.path
-    );
     Ok(trust)
+}
+
+/// A whole answer already read into memory, read as the stream.
+pub(crate) struct Bytes<'a>(pub &'a [u8]);
+
+impl WireRead for Bytes<'_> {
+    async fn word(&mut self) -> anyhow::Result<u64> {
+        let b = self.bytes(8).await?;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b);
+        Ok(u64::from_le_bytes(w))
+    }
+
+    async fn bytes(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        let padded = n.div_ceil(8) * 8;
+        anyhow::ensure!(self.0.len() >= padded, "the builder's answer ended early");
+        let out = self.0[..n].to_vec();
+        self.0 = &self.0[padded..];
+        Ok(out)
+    }
 }
 
 /// What precedes a path's NAR when adding it to a host's store: its
@@ -283,23 +337,6 @@ mod tests {
         assert_eq!(&b[head..], &tail[..]);
     }
 
-    /// A byte slice read as the builder's stream.
-    struct Bytes<'a>(&'a [u8]);
-
-    impl WireRead for Bytes<'_> {
-        async fn word(&mut self) -> anyhow::Result<u64> {
-            let b = self.bytes(8).await?;
-            Ok(u64::from_le_bytes(b.try_into().unwrap()))
-        }
-        async fn bytes(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
-            let padded = n.div_ceil(8) * 8;
-            anyhow::ensure!(self.0.len() >= padded, "the builder's stream ended early");
-            let out = self.0[..n].to_vec();
-            self.0 = &self.0[padded..];
-            Ok(out)
-        }
-    }
-
     /// An answer to QueryPathInfos as Nix 2.8 and 2.26 write it for a
     /// client at 2.4 or later.
     fn answer(p: &PathInfo, ca: &str, sigs: &[&str]) -> Vec<u8> {
@@ -346,6 +383,45 @@ mod tests {
             &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(&req[16..], &wire_string(p.path.as_str().as_bytes())[..]);
+    }
+
+    #[tokio::test]
+    async fn reads_several_answers_in_the_servers_order() {
+        let a = filler();
+        let b = PathInfo {
+            path: sp("/nix/store/07yxrasyi0r0k2sy9086b99yj41vw4x1-dep"),
+            references: Vec::new(),
+            ..filler()
+        };
+        let mut req = Vec::new();
+        query_path_infos(&mut req, &[&a.path, &b.path]);
+        assert_eq!(
+            &req[..16],
+            &[2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // The server's order, each answer as for one path, one terminator.
+        let mut stream = answer(&b, "", &[]);
+        stream.truncate(stream.len() - 8);
+        stream.extend_from_slice(&answer(&a, "", &[SIG, "other-1:c2ln"]));
+        let got = read_path_infos(&mut Bytes(&stream), 0x207).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, b.path.as_str());
+        assert!(got[0].1.sigs.is_empty());
+        assert_eq!(got[1].0, a.path.as_str());
+        assert_eq!(got[1].1.sigs, [SIG, "other-1:c2ln"]);
+        // Nothing the server has: the terminator alone.
+        let none = wire_string(b"");
+        assert!(
+            read_path_infos(&mut Bytes(&none), 0x207)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            read_path_infos(&mut Bytes(&stream[..40]), 0x207)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
