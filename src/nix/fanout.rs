@@ -486,10 +486,15 @@ impl<R: tokio::io::AsyncRead + Unpin> Input<'_, R> {
         Ok(n > 0)
     }
 
-    /// Exactly `out.len()` bytes.
-    async fn read_exact(&mut self, out: &mut [u8]) -> anyhow::Result<()> {
+    /// Exactly `out.len()` bytes. Before waiting for the builder, the
+    /// hosts' queues are written (as inside a NAR): what was read is never
+    /// held back while nixgate waits, and no queue outgrows a read.
+    async fn read_exact(&mut self, out: &mut [u8], sinks: &mut [Sink<'_>]) -> anyhow::Result<()> {
         let mut got = 0;
         while got < out.len() {
+            if self.pos == self.end {
+                flush(sinks).await;
+            }
             anyhow::ensure!(self.fill().await?, "the builder's stream ended early");
             let take = (out.len() - got).min(self.end - self.pos);
             out[got..got + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
@@ -498,21 +503,28 @@ impl<R: tokio::io::AsyncRead + Unpin> Input<'_, R> {
         Ok(())
     }
 
-    async fn read_u64(&mut self) -> anyhow::Result<u64> {
+    async fn read_u64(&mut self, sinks: &mut [Sink<'_>]) -> anyhow::Result<u64> {
         let mut b = [0u8; 8];
-        self.read_exact(&mut b).await?;
+        self.read_exact(&mut b, sinks).await?;
         Ok(u64::from_le_bytes(b))
     }
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> serve::WireRead for Input<'_, R> {
+/// The builder's stream between NARs (greeting, path-info answers), read
+/// as [`Input`] does, the hosts' queues written before any wait.
+struct Between<'a, 'r, 's, R> {
+    input: &'a mut Input<'r, R>,
+    sinks: &'a mut [Sink<'s>],
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> serve::WireRead for Between<'_, '_, '_, R> {
     async fn word(&mut self) -> anyhow::Result<u64> {
-        self.read_u64().await
+        self.input.read_u64(self.sinks).await
     }
 
     async fn bytes(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
         let mut out = vec![0u8; n.div_ceil(8) * 8];
-        self.read_exact(&mut out).await?;
+        self.input.read_exact(&mut out, self.sinks).await?;
         out.truncate(n);
         Ok(out)
     }
@@ -529,12 +541,16 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
         pos: 0,
         end: 0,
     };
-    let magic = input.read_u64().await?;
-    let version = input.read_u64().await?;
+    let magic = input.read_u64(sinks).await?;
+    let version = input.read_u64(sinks).await?;
     serve::check_greeting(magic, version, "the builder")?;
     let mut last = std::time::Instant::now();
     for (p, dests) in paths {
-        let trust = serve::read_path_info(&mut input, p, version).await?;
+        let mut between = Between {
+            input: &mut input,
+            sinks,
+        };
+        let trust = serve::read_path_info(&mut between, p, version).await?;
         let header = serve::add_to_store_nar(p, &trust)?;
         for &d in dests {
             if sinks[d].live() {
