@@ -16,7 +16,8 @@
 //! light host, copy gate, medians, old relay / this one, same loaded
 //! 2-core machine): 502 paths of 4 KiB, 0.634 / 0.632 s over 9 rounds
 //! (+104 bytes a path, 2% more stream); 42 paths, 200 MiB, 2.18 / 2.17 s
-//! over 3 rounds. No difference beyond the rounds' spread (0.46-2.8 s).
+//! over 3 rounds; the final code, 5 rounds of the 502 paths at twice the
+//! load: 1.19 / 1.08 s. No difference beyond the rounds' spread (0.46-2.8 s).
 //!
 //! Memory is bounded: one read buffer, plus at most that much queued per
 //! host. The slowest host sets the pace. A host that fails is dropped and
