@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::activation::host_state;
 use crate::fleet::{Machine, Sessions};
-use crate::inventory::{Inventory, Selection};
+use crate::inventory::{CopyMode, Host, Inventory, Selection};
 use crate::nix::StorePath;
 use crate::ssh::HostKeyStatus;
 
@@ -67,7 +67,71 @@ pub fn warnings(inv: &Inventory) -> Vec<String> {
             ));
         }
     }
+    out.extend(signature_warnings(inv));
     out
+}
+
+/// Combinations of signing and copying that cannot work, or only with
+/// settings on the machines nixgate cannot see.
+fn signature_warnings(inv: &Inventory) -> Vec<String> {
+    let mut out = Vec::new();
+    // Relay and builder copies carry the builder's signatures (the relay
+    // since it reads them with each path); substitute copies carry the
+    // substituter's.
+    let from_builder = |h: &&Host| matches!(h.copy, CopyMode::Relay | CopyMode::Builder);
+    let non_root = |user: &Option<String>| user.as_deref().is_some_and(|u| u != "root");
+    if inv.builder.signing_key.is_none() {
+        let requiring = names(
+            inv.hosts
+                .iter()
+                .filter(from_builder)
+                .filter(|h| h.require_signatures),
+        );
+        if let Some((requiring, one)) = requiring {
+            let verb = if one { "requires" } else { "require" };
+            out.push(format!(
+                "{requiring} {verb} signatures, but [builder] has no signing_key: the closures \
+                 the builder builds reach them unsigned and are refused before activation; set \
+                 [builder] signing_key (and its public key in the hosts' trusted-public-keys), \
+                 unless the builder's nix.conf signs what it builds (secret-key-files)"
+            ));
+        }
+        let daemon = names(
+            inv.hosts
+                .iter()
+                .filter(from_builder)
+                .filter(|h| non_root(&h.connection.user)),
+        );
+        if let Some((daemon, one)) = daemon {
+            let verb = if one { "logs" } else { "log" };
+            out.push(format!(
+                "{daemon} {verb} in as a user other than root and nothing signs their closures: \
+                 their nix-daemon refuses unsigned paths (require-sigs is on by default) unless \
+                 that user is in its trusted-users; set [builder] signing_key"
+            ));
+        }
+    } else if non_root(&inv.builder.connection.user) {
+        out.push(format!(
+            "[builder] signing_key: signing as {} goes through the builder's nix-daemon, which \
+             refuses it (\"you are not privileged to add signatures\") unless that user is in \
+             its trusted-users",
+            inv.builder.connection.user()
+        ));
+    }
+    out
+}
+
+/// Host names for a warning (all of them up to five, then a count) and
+/// whether there is only one; `None` for no host.
+fn names<'a>(hosts: impl Iterator<Item = &'a Host>) -> Option<(String, bool)> {
+    let all: Vec<&str> = hosts.map(|h| h.name.as_str()).collect();
+    let text = match all.len() {
+        0 => return None,
+        1 => format!("host {}", all[0]),
+        n if n <= 5 => format!("hosts {}", all.join(", ")),
+        n => format!("hosts {} and {} more", all[..5].join(", "), n - 5),
+    };
+    Some((text, all.len() == 1))
 }
 
 /// The waves of the inventory with their sizes.

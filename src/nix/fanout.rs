@@ -8,6 +8,17 @@
 //! as it adds it, like `nix-copy-closure`). Each host has one stream, on its
 //! shared connection, and acknowledges every path it added.
 //!
+//! The registration carries the builder's signatures and content address,
+//! so a host that requires signatures accepts what the builder signed: the
+//! builder is asked for each path's (`QueryPathInfos` of that path alone)
+//! just before its NAR, in the same pipelined request stream, so they
+//! arrive in order with nothing held. Measured (`push --goal copy` to one
+//! light host, copy gate, medians, old relay / this one, same loaded
+//! 2-core machine): 502 paths of 4 KiB, 0.634 / 0.632 s over 9 rounds
+//! (+104 bytes a path, 2% more stream); 42 paths, 200 MiB, 2.18 / 2.17 s
+//! over 3 rounds; the final code, 5 rounds of the 502 paths at twice the
+//! load: 1.19 / 1.08 s. No difference beyond the rounds' spread (0.46-2.8 s).
+//!
 //! Memory is bounded: one read buffer, plus at most that much queued per
 //! host. The slowest host sets the pace. A host that fails is dropped and
 //! the others go on; a builder that fails fails every host still receiving.
@@ -107,11 +118,14 @@ fn plan<'a, T>(
         .collect()
 }
 
-/// The builder's requests: greeting, then one `DumpStorePath` a path.
+/// The builder's requests: greeting, then per path a `QueryPathInfos` of
+/// it alone (its signatures) and its `DumpStorePath`. Each answer comes
+/// just before its NAR, so nothing is held for later paths.
 fn requests(paths: &[(&PathInfo, Vec<usize>)]) -> Vec<u8> {
     let mut out = serve::greeting();
-    out.reserve(paths.len() * 96);
+    out.reserve(paths.len() * 208);
     for (p, _) in paths {
+        serve::query_path_info(&mut out, p);
         serve::dump_store_path(&mut out, p);
     }
     out
@@ -487,16 +501,47 @@ impl<R: tokio::io::AsyncRead + Unpin> Input<'_, R> {
         Ok(n > 0)
     }
 
-    async fn read_u64(&mut self) -> anyhow::Result<u64> {
-        let mut b = [0u8; 8];
+    /// Exactly `out.len()` bytes. Before waiting for the builder, the
+    /// hosts' queues are written (as inside a NAR): what was read is never
+    /// held back while nixgate waits, and no queue outgrows a read.
+    async fn read_exact(&mut self, out: &mut [u8], sinks: &mut [Sink<'_>]) -> anyhow::Result<()> {
         let mut got = 0;
-        while got < 8 {
+        while got < out.len() {
+            if self.pos == self.end {
+                flush(sinks).await;
+            }
             anyhow::ensure!(self.fill().await?, "the builder's stream ended early");
-            let take = (8 - got).min(self.end - self.pos);
-            b[got..got + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
+            let take = (out.len() - got).min(self.end - self.pos);
+            out[got..got + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
             (got, self.pos) = (got + take, self.pos + take);
         }
+        Ok(())
+    }
+
+    async fn read_u64(&mut self, sinks: &mut [Sink<'_>]) -> anyhow::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_exact(&mut b, sinks).await?;
         Ok(u64::from_le_bytes(b))
+    }
+}
+
+/// The builder's stream between NARs (greeting, path-info answers), read
+/// as [`Input`] does, the hosts' queues written before any wait.
+struct Between<'a, 'r, 's, R> {
+    input: &'a mut Input<'r, R>,
+    sinks: &'a mut [Sink<'s>],
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> serve::WireRead for Between<'_, '_, '_, R> {
+    async fn word(&mut self) -> anyhow::Result<u64> {
+        self.input.read_u64(self.sinks).await
+    }
+
+    async fn bytes(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        let mut out = vec![0u8; n.div_ceil(8) * 8];
+        self.input.read_exact(&mut out, self.sinks).await?;
+        out.truncate(n);
+        Ok(out)
     }
 }
 
@@ -511,12 +556,17 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
         pos: 0,
         end: 0,
     };
-    let magic = input.read_u64().await?;
-    let version = input.read_u64().await?;
+    let magic = input.read_u64(sinks).await?;
+    let version = input.read_u64(sinks).await?;
     serve::check_greeting(magic, version, "the builder")?;
     let mut last = std::time::Instant::now();
     for (p, dests) in paths {
-        let header = serve::add_to_store_nar(p)?;
+        let mut between = Between {
+            input: &mut input,
+            sinks,
+        };
+        let trust = serve::read_path_info(&mut between, p, version).await?;
+        let header = serve::add_to_store_nar(p, &trust)?;
         for &d in dests {
             if sinks[d].live() {
                 sinks[d].queued.extend_from_slice(&header);
@@ -654,12 +704,20 @@ mod tests {
         assert_eq!(p[pos("top-a")].1, [0]);
         assert_eq!(p[pos("top-b")].1, [1]);
         assert!(pos("glibc") < pos("openssl") && pos("openssl") < pos("top-a"));
-        // The requests: greeting, then one DumpStorePath per planned path.
+        // The requests: greeting, then per planned path QueryPathInfos of
+        // it alone and DumpStorePath.
         let plan = plan(&order, &targets);
         let r = requests(&plan);
         assert_eq!(&r[..8], &serve::MAGIC_CLIENT.to_le_bytes());
-        assert_eq!(&r[16..24], &3u64.to_le_bytes());
+        let mut expected = serve::greeting();
+        for (p, _) in &plan {
+            serve::query_path_info(&mut expected, p);
+            serve::dump_store_path(&mut expected, p);
+        }
+        assert_eq!(r, expected);
+        assert_eq!(&r[16..24], &2u64.to_le_bytes());
+        assert_eq!(&r[24..32], &1u64.to_le_bytes(), "a set of one path");
         let first = plan[0].0.path.as_str().as_bytes();
-        assert_eq!(&r[32..32 + first.len()], first);
+        assert_eq!(&r[40..40 + first.len()], first);
     }
 }
