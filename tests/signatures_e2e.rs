@@ -250,8 +250,40 @@ fn relay_carries_signatures_and_unsigned_or_foreign_closures_are_refused() {
         "light1",
         &format!("nix store verify --recursive --no-contents --sigs-needed 1 {closure}"),
     );
+
+    // 4. light2 starts requiring signatures too. Its generation 0 was never
+    // signed on it (unlike light1's): the paths it already had get the
+    // builder's signatures at the copy gate, or the push would be refused.
+    let conf = fleet.dir().join("hosts/light2/etc-nix/nix.conf");
+    let mut text_conf = std::fs::read_to_string(&conf).unwrap();
+    text_conf.push_str(&format!(
+        "trusted-public-keys = {public}\nrequire-sigs = true\n"
+    ));
+    std::fs::write(&conf, text_conf).unwrap();
+    let path = fleet.inventory_path();
+    let mut inv: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    inv["hosts"]["light2"]
+        .as_table_mut()
+        .unwrap()
+        .insert("require_signatures".into(), true.into());
+    std::fs::write(&path, toml::to_string(&inv).unwrap()).unwrap();
+    let gen0_2 = fleet.in_host_ok("light2", "readlink -e /nix/var/nix/profiles/system-1-link");
+    assert!(
+        !untrusted_on(&fleet, "light2", &gen0_2).is_empty(),
+        "light2's first system is unsigned"
+    );
+    new_closure(&fleet, 4, "sig-restored");
+    let out = nixgate(&fleet, &["--json", "push", "--yes", "light2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(host(&s, "light2")["outcome"], "known-good", "{s}");
+    let closure2 = host(&s, "light2")["closure"].as_str().unwrap();
+    assert_eq!(
+        untrusted_on(&fleet, "light2", closure2),
+        Vec::<String>::new()
+    );
     eprintln!(
-        "signatures_e2e: 3 pushes and checks in {:.1} s",
+        "signatures_e2e: 4 pushes and checks in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -54,6 +54,34 @@ impl<F: Fleet> CopyStager<F> {
     }
 }
 
+impl<F: Fleet> CopyStager<F> {
+    /// A host that requires signatures refuses paths it already had but
+    /// holds unsigned (relayed before, or built locally): the copy skips
+    /// them, so they get the builder's signatures here. One command when
+    /// every present path is already trusted.
+    async fn restore_signatures(
+        &self,
+        host: &str,
+        target: &F::Remote,
+        paths: &[nix::closure::PathInfo],
+        lacking: &std::collections::HashSet<StorePath>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let present: Vec<&nix::closure::PathInfo> = paths
+            .iter()
+            .filter(|p| !lacking.contains(&p.path))
+            .collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        let builder = self.fleet.builder().await?;
+        nix::sign::restore(&builder, target, &present)
+            .await
+            .with_context(|| format!("giving {host} the builder's signatures for paths it had"))?;
+        Ok(())
+    }
+}
+
 impl<F: Fleet> super::Stager for CopyStager<F> {
     async fn stage(&self, host: Arc<str>, closure: StorePath) -> anyhow::Result<CopyOutcome> {
         let h = self
@@ -72,6 +100,10 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                 };
                 // One query answers both "anything to do?" and "what?".
                 let lacking = nix::copy::lacking(&target, &paths).await?;
+                if h.require_signatures {
+                    self.restore_signatures(&host, &target, &paths, &lacking)
+                        .await?;
+                }
                 if lacking.is_empty() {
                     return Ok(CopyOutcome::AlreadyPresent);
                 }
@@ -125,6 +157,15 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                 }
                 if let Some((why, _)) = address_problem(&d.host) {
                     anyhow::bail!("address {:?} (from ~/.ssh/config HostName) {why}", d.host);
+                }
+                if h.require_signatures {
+                    let paths = match self.closures.get(&closure) {
+                        Some(known) => known.clone(),
+                        None => Arc::new(nix::closure::closure(&builder, &closure).await?),
+                    };
+                    let lacking = nix::copy::lacking(&target, &paths).await?;
+                    self.restore_signatures(&host, &target, &paths, &lacking)
+                        .await?;
                 }
                 let dest = format!("{}@{}", d.user, d.host);
                 nix::copy::copy_from_builder(&builder, &target, &dest, d.port, &closure).await?
