@@ -329,7 +329,23 @@ pub async fn relay<B: Remote, T: Remote>(
         }
     }
     let add = Command::new("nix-store").args(["--serve", "--write"]);
-    let opened = join_all(targets.iter().map(|t| t.remote.exec_piped(&add))).await;
+    // The builder's stream (a connection of its own: a handshake, 3 round
+    // trips and more) is opened while the hosts open theirs, not after.
+    let serving = async {
+        if paths.is_empty() {
+            return None;
+        }
+        Some(
+            builder
+                .exec_stream(&Command::new("nix-store").arg("--serve"))
+                .await
+                .context("starting nix-store --serve on the builder"),
+        )
+    };
+    let (opened, src) = tokio::join!(
+        join_all(targets.iter().map(|t| t.remote.exec_piped(&add))),
+        serving
+    );
     let mut sinks: Vec<Sink> = targets
         .iter()
         .zip(opened)
@@ -371,10 +387,9 @@ pub async fn relay<B: Remote, T: Remote>(
             sink
         })
         .collect();
-    let served = if paths.is_empty() || sinks.iter().all(|s| !s.live()) {
-        Ok(())
-    } else {
-        serve(builder, &paths, &mut sinks).await
+    let served = match src {
+        Some(src) if sinks.iter().any(|s| s.live()) => serve(src, &paths, &mut sinks).await,
+        _ => Ok(()),
     };
     if let Err(e) = &served {
         let msg = format!("{e:#}");
@@ -443,14 +458,11 @@ pub async fn relay_one<B: Remote, T: Remote>(
 
 /// Read every planned path from the builder once and route it.
 async fn serve(
-    builder: &impl Remote,
+    src: anyhow::Result<crate::remote::Streaming>,
     paths: &[(&PathInfo, Vec<usize>)],
     sinks: &mut [Sink<'_>],
 ) -> anyhow::Result<()> {
-    let src = builder
-        .exec_stream(&Command::new("nix-store").arg("--serve"))
-        .await
-        .context("starting nix-store --serve on the builder")?;
+    let src = src?;
     let reqs = requests(paths);
     let mut stdin = src.stdin;
     let writer = async move {

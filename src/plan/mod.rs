@@ -15,6 +15,7 @@
 //! diff gate stops it; the plan then says it was cancelled, and nothing runs.
 
 pub mod candidates;
+pub mod connect;
 pub mod diffgate;
 pub mod rollback_target;
 
@@ -283,15 +284,25 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     let mut closures = HashMap::new();
     match req {
         Request::Build { source } | Request::Diff { source, .. } | Request::Push { source, .. } => {
+            let expect = match req {
+                Request::Diff { expect, .. } | Request::Push { expect, .. } => Some(expect),
+                _ => None,
+            };
+            // The hosts' handshakes overlap the build when the diff gate
+            // will need them.
+            let connecting = expect.map(|_| connect::start(p.fleet, &hosts));
             let built = candidates::build(p, source, &hosts).await;
             if built.cancelled {
                 plan_cancelled = Some(PlanStage::Build);
             }
             verdicts.extend(built.verdicts);
-            let expect = match req {
-                Request::Diff { expect, .. } | Request::Push { expect, .. } => Some(expect),
-                _ => None,
-            };
+            if let Some(connecting) = connecting {
+                if plan_cancelled.is_some() {
+                    connecting.abandon();
+                } else if connecting.settle(&mut verdicts, p.stop).await {
+                    plan_cancelled = Some(PlanStage::Diff);
+                }
+            }
             if let (Some(expect), None) = (expect, plan_cancelled) {
                 let gate =
                     diffgate::run(p, &mut verdicts, &built.drvs, expect.as_deref(), source).await;

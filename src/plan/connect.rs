@@ -1,0 +1,81 @@
+//! Connecting to the hosts while the builder builds.
+//!
+//! A host's SSH handshake is about 6 round trips (TCP, key exchange,
+//! authentication, the first channel): 0.3 s at 50 ms, 0.9 s at 150 ms.
+//! Made after the build, by the diff gate's first read, it was pure waiting
+//! (BENCHMARKS.md, "The round trips of one gated push": the host's
+//! connection opened at 1.0 s, after the build). [`start`] opens every
+//! selected host's session as soon as the builder's is up, so the
+//! handshakes overlap the source shipping and the build; [`settle`] then
+//! refuses a host that could not be reached once, with the error of that
+//! one attempt: a host is never made to time out twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Refusal, Verdict};
+use crate::fleet::{Fleet, SessionError};
+
+/// The connections being made: each host's failure, if it had one.
+pub struct Connecting(JoinHandle<HashMap<String, SessionError>>);
+
+/// Start connecting to `hosts`, after the builder (whose handshake the
+/// build waits for, so it does not queue behind the hosts').
+pub fn start<F: Fleet>(fleet: &Arc<F>, hosts: &[String]) -> Connecting {
+    let fleet = fleet.clone();
+    let hosts = hosts.to_vec();
+    Connecting(tokio::spawn(async move {
+        // The build reports a builder that cannot be reached; the hosts are
+        // connected either way.
+        let _ = fleet.builder().await;
+        let tried = join_all(hosts.iter().map(|h| {
+            let fleet = &fleet;
+            async move { (h.clone(), fleet.host(h).await.err()) }
+        }))
+        .await;
+        tried
+            .into_iter()
+            .filter_map(|(h, e)| e.map(|e| (h, e)))
+            .collect()
+    }))
+}
+
+impl Connecting {
+    /// Wait for the connections and refuse every still-ready host that
+    /// could not be reached. True when Ctrl-C came first (the connects
+    /// are abandoned; nothing is refused).
+    pub async fn settle(
+        self,
+        verdicts: &mut HashMap<String, Verdict>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut handle = self.0;
+        let failed = tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                handle.abort();
+                return true;
+            }
+            joined = &mut handle => joined.unwrap_or_default(),
+        };
+        for (host, error) in failed {
+            if let Some(v @ Verdict::Ready { .. }) = verdicts.get_mut(&host) {
+                *v = Verdict::Refused {
+                    refusal: Refusal::Unreachable {
+                        error: error.to_string(),
+                    },
+                };
+            }
+        }
+        false
+    }
+
+    /// Stop connecting (the plan ended before it needed the hosts).
+    pub fn abandon(self) {
+        self.0.abort();
+    }
+}
