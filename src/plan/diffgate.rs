@@ -82,20 +82,19 @@ async fn one<F: Fleet>(
         closure: ctx.closures.get(cand).cloned(),
         current_closure: current.as_ref().and_then(|c| ctx.closures.get(c).cloned()),
     };
-    let mut d = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs).await?;
-    // The commit the running system was validated from, if it is the known-good.
-    let deployed = match &current {
-        Some(cur) => known_good::history(&session, &paths)
-            .await
-            .ok()
-            .and_then(|hist| {
-                hist.into_iter()
-                    .rev()
-                    .find(|g| g.closure.as_ref() == Some(cur))
-                    .and_then(|g| g.record.and_then(|r| r.commit))
-            }),
-        None => None,
+    // The commit the running system was validated from, if it is the
+    // known-good: read from the host while the builder answers the diff.
+    let deployed = async {
+        let cur = current.as_ref()?;
+        let hist = known_good::history(&session, &paths).await.ok()?;
+        hist.into_iter()
+            .rev()
+            .find(|g| g.closure.as_ref() == Some(cur))
+            .and_then(|g| g.record.and_then(|r| r.commit))
     };
+    let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);
+    let (d, deployed) = tokio::join!(diffed, deployed);
+    let mut d = d?;
     let (Some(cur), Some(old_commit)) = (&current, deployed) else {
         return Ok(d);
     };
