@@ -1,7 +1,7 @@
 //! The final, typed outcome of a host's activation, and the reasons a gate
 //! can fail.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::detached::{RebootReason, SwitchFailure};
 use super::dry_activate::DryActivateOutcome;
@@ -16,7 +16,7 @@ use crate::nix::StorePath;
 
 /// Why a gate failed. Adjacently tagged (`{"kind": ..., "detail": ...}`):
 /// several variants wrap enums that carry a `kind` of their own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum FailureReason {
     /// The closure did not reach the host (the copy gate).
@@ -29,7 +29,8 @@ pub enum FailureReason {
     Realise(RealiseOutcome),
     /// A step's command could not run or answered nonsense.
     Remote {
-        step: &'static str,
+        #[serde(deserialize_with = "crate::report::stored::static_str")]
+        step: crate::report::stored::StaticStr,
         error: String,
     },
     DryActivate(DryActivateOutcome),
@@ -49,7 +50,7 @@ pub enum FailureReason {
 }
 
 /// Where a host ended up.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HostOutcome {
     /// Every gate passed; marked known-good.

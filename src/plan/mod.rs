@@ -21,7 +21,7 @@ pub mod rollback_target;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
@@ -40,7 +40,7 @@ pub use candidates::Source;
 pub use rollback_target::NoTarget;
 
 /// What one host will be deployed to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub closure: StorePath,
     /// Evidence of the controller-side gates (build, diff), for the
@@ -55,7 +55,7 @@ pub struct Candidate {
 }
 
 /// Why a host was refused before the run. Nothing on it changed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum Refusal {
     /// Its configuration did not evaluate or build.
@@ -77,7 +77,7 @@ pub enum Refusal {
 }
 
 /// A host's place in the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     Ready {
@@ -97,7 +97,7 @@ pub enum Verdict {
 }
 
 /// One host of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedHost {
     pub host: String,
     #[serde(flatten)]
@@ -111,7 +111,7 @@ impl PlannedHost {
 }
 
 /// One wave (or the ad-hoc group of `--host`/`--tag`) of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedWave {
     #[serde(flatten)]
     pub group: Group,
@@ -119,7 +119,7 @@ pub struct PlannedWave {
 }
 
 /// The stage of planning that Ctrl-C interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanStage {
     Build,
