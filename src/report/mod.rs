@@ -7,6 +7,7 @@ pub mod human;
 pub mod json;
 pub mod spool;
 pub mod stored;
+pub mod timeline;
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
