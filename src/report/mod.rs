@@ -3,8 +3,10 @@
 //! happened (and so the exit code) is decided before an event is made.
 
 pub mod event;
+pub mod html;
 pub mod human;
 pub mod json;
+pub mod metrics;
 pub mod spool;
 pub mod stored;
 pub mod timeline;

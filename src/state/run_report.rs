@@ -17,6 +17,9 @@ pub struct RunReport {
     pub goal: Goal,
     pub commit: Option<String>,
     pub dirty: bool,
+    /// Who ran it: `user@host` of the controller, when known.
+    #[serde(default)]
+    pub user: Option<String>,
     pub started: String,
     pub finished: Option<String>,
     pub exit_code: Option<u8>,

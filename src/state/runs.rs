@@ -156,6 +156,23 @@ fn running_since(state_dir: &Path) -> Option<String> {
     alive.then_some(holder.started)
 }
 
+/// Who runs nixgate, for the run report: `$USER@hostname` (either part
+/// when the other is unknown).
+pub fn operator() -> Option<String> {
+    let user = ["USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    match (user, host) {
+        (Some(u), Some(h)) => Some(format!("{u}@{h}")),
+        (u, h) => u.or(h),
+    }
+}
+
 /// A run named on the command line that is not there.
 #[derive(Debug, thiserror::Error)]
 pub enum NotFound {
@@ -223,11 +240,10 @@ pub fn read(
             }
         };
         let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
-        let head = ReportSeed { take: &mut take }
+        ReportSeed { take: &mut take }
             .deserialize(&mut de)
             .and_then(|h| de.end().map(|()| h))
-            .with_context(|| format!("reading the run report {}", path.display()))?;
-        head
+            .with_context(|| format!("reading the run report {}", path.display()))?
     };
     let report: RunReport =
         serde_json::from_value(serde_json::Value::Object(head)).with_context(|| {
@@ -357,4 +373,4 @@ pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

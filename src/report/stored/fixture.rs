@@ -360,6 +360,7 @@ pub fn run(extra: usize) -> Run {
             goal: Goal::Gated,
             commit: Some("3f2a9c1e0b7d44".into()),
             dirty: false,
+            user: Some("ops@controller".into()),
             started: "2026-11-22T20:30:00Z".into(),
             finished: Some("2026-11-22T20:30:25Z".into()),
             exit_code: Some(1),

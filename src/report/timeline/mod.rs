@@ -183,7 +183,6 @@ pub struct Collector {
     last_ms: u64,
     build_started: Option<u64>,
     build_finished: Option<u64>,
-    plan_ready: Option<u64>,
     unstamped: usize,
 }
 
@@ -312,7 +311,6 @@ impl Collector {
     }
 
     fn plan(&mut self, at: u64, waves: Vec<crate::plan::PlannedWave>) {
-        self.plan_ready = Some(at);
         let build_finished = self.build_finished;
         for w in waves {
             let wave = self.wave(&w.group.name);
