@@ -38,7 +38,10 @@ impl Spool {
     /// metrics); after a write error the spool stops (and says so once).
     pub fn push(&mut self, ev: &Event, at_ms: u64) {
         let Some(out) = self.out.as_mut() else { return };
-        let stamped = super::stored::Stamp { at_ms, event: ev };
+        let stamped = super::stored::Stamp {
+            at_ms: Some(at_ms),
+            event: ev,
+        };
         let written = serde_json::to_writer(&mut *out, &stamped)
             .map_err(std::io::Error::other)
             .and_then(|()| out.write_all(b"\n"));

@@ -27,7 +27,8 @@ pub fn now_ms() -> u64 {
 /// An event as the spool writes it: `{"at_ms": ..., "event": ..., ...}`.
 #[derive(Serialize)]
 pub struct Stamp<'a> {
-    pub at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
     #[serde(flatten)]
     pub event: &'a Event,
 }

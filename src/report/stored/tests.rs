@@ -5,9 +5,8 @@ use crate::activation::known_good::{GateRecord, KnownGoodRecord};
 fn every_event_of_a_run_reads_back_as_it_was_written() {
     let run = fixture::run(2);
     for s in &run.events {
-        let at_ms = s.at_ms.unwrap();
         let text = serde_json::to_string(&Stamp {
-            at_ms,
+            at_ms: s.at_ms,
             event: &s.event,
         })
         .unwrap();

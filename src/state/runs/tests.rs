@@ -38,7 +38,7 @@ fn state_dir() -> tempfile::TempDir {
     let mut lines = String::new();
     for s in stub.events.iter().take(6) {
         let stamp = crate::report::stored::Stamp {
-            at_ms: s.at_ms.unwrap(),
+            at_ms: s.at_ms,
             event: &s.event,
         };
         lines.push_str(&serde_json::to_string(&stamp).unwrap());
@@ -152,4 +152,13 @@ fn pruning_keeps_the_newest_and_the_current_run() {
         ]
     );
     assert!(prune(dir.path(), 100, "x").unwrap().is_empty());
+}
+
+#[test]
+#[ignore]
+fn dump_state_dir() {
+    let dir = state_dir();
+    let keep = dir.keep();
+    std::fs::remove_dir_all("/tmp/ngstate").ok();
+    std::fs::rename(keep, "/tmp/ngstate").unwrap();
 }
