@@ -173,16 +173,20 @@ fn notes(read: &runs::Read) -> Vec<String> {
             }
         ));
     }
-    if !read.unreadable.is_empty() {
-        let mut kinds: Vec<&str> = read
-            .unreadable
-            .iter()
-            .map(|u| u.kind.as_deref().unwrap_or("cut short"))
-            .collect();
+    let (cut, other): (Vec<_>, Vec<_>) = read.unreadable.iter().partition(|u| u.kind.is_none());
+    if !cut.is_empty() {
+        v.push(format!(
+            "{} stored event(s) are not whole JSON (a killed run's last one is cut short)",
+            cut.len()
+        ));
+    }
+    if !other.is_empty() {
+        let mut kinds: Vec<&str> = other.iter().filter_map(|u| u.kind.as_deref()).collect();
+        kinds.sort_unstable();
         kinds.dedup();
         v.push(format!(
             "{} stored event(s) could not be read (written by another version of nixgate?): {}",
-            read.unreadable.len(),
+            other.len(),
             kinds.join(", ")
         ));
     }

@@ -42,9 +42,12 @@ impl Spool {
             at_ms: Some(at_ms),
             event: ev,
         };
+        // Flushed line by line: a run killed mid-way leaves every event
+        // before the kill (`show` reads them from here).
         let written = serde_json::to_writer(&mut *out, &stamped)
             .map_err(std::io::Error::other)
-            .and_then(|()| out.write_all(b"\n"));
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
         if let Err(e) = written {
             tracing::warn!(
                 "writing the event spool {}: {e}; the run report will lack later events",

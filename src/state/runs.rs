@@ -161,7 +161,8 @@ fn running_since(state_dir: &Path) -> Option<String> {
 pub fn operator() -> Option<String> {
     let user = ["USER", "LOGNAME"]
         .into_iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(user_of_uid);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -171,6 +172,25 @@ pub fn operator() -> Option<String> {
         (Some(u), Some(h)) => Some(format!("{u}@{h}")),
         (u, h) => u.or(h),
     }
+}
+
+/// This process's user name from its uid (`/proc/self/status`,
+/// `/etc/passwd`), or `uid N`: a service started without `$USER`.
+fn user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or(format!("uid {uid}")))
 }
 
 /// A run named on the command line that is not there.

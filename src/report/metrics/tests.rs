@@ -226,7 +226,14 @@ fn hosts_of_earlier_runs_keep_their_series_and_state() {
     };
     assert_eq!(
         gates("web3"),
-        ["build", "diff", "copy", "dry-activate", "persist"]
+        [
+            "build",
+            "diff",
+            "copy",
+            "dry-activate",
+            "live-activate",
+            "persist"
+        ]
     );
     assert_eq!(
         gates("web4"),

@@ -549,6 +549,13 @@ fn deferred(b: &mut Builder, hosts: &mut Vec<HostSummary>) {
     };
     b.at(
         16.6,
+        Event::GateStarted {
+            host: h.into(),
+            gate: Gate::LiveActivate,
+        },
+    );
+    b.at(
+        16.8,
         Event::Activation {
             host: h.into(),
             activation: ActivationEvent::Deferred {
@@ -559,7 +566,7 @@ fn deferred(b: &mut Builder, hosts: &mut Vec<HostSummary>) {
     b.gate(
         h,
         Gate::Persist,
-        16.6,
+        16.8,
         18.0,
         GateEvidence::Persist {
             profile: "/nix/var/nix/profiles/system".into(),

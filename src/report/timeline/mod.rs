@@ -304,7 +304,7 @@ impl Collector {
                 self.close(&host, SpanKind::Gate(gate), at, SpanResult::Failed, detail);
             }
             Event::Activation { host, activation } => self.activation(&host, at, activation),
-            Event::HostFinished(summary) => self.finished(summary),
+            Event::HostFinished(summary) => self.finished(at, summary),
             Event::Runner(r) => self.runner(at, r),
             _ => {}
         }
@@ -353,7 +353,19 @@ impl Collector {
 
     fn activation(&mut self, host: &str, at: u64, a: ActivationEvent) {
         match a {
-            ActivationEvent::Deferred { .. } => self.host(host).deferred = true,
+            ActivationEvent::Deferred { reason } => {
+                // The gate that found it (live activation) ends here: its
+                // change waits for the next boot.
+                let open: Vec<SpanKind> = self.host(host).open.keys().copied().collect();
+                for kind in open {
+                    let detail = Detail::lines(vec![format!(
+                        "{}: made the boot default instead",
+                        crate::report::human::words::reboot_reason(&reason)
+                    )]);
+                    self.close(host, kind, at, SpanResult::Deferred, detail);
+                }
+                self.host(host).deferred = true;
+            }
             ActivationEvent::RollbackStarted { .. } => {
                 self.open(host, SpanKind::Rollback, at, false)
             }
@@ -369,8 +381,21 @@ impl Collector {
         }
     }
 
-    fn finished(&mut self, summary: HostSummary) {
+    fn finished(&mut self, at: u64, summary: HostSummary) {
         let h = self.host(&summary.host);
+        // A gate that reported no end ends with its host.
+        let mut open: Vec<(SpanKind, Open)> = h.open.drain().collect();
+        open.sort_by_key(|(_, o)| o.start_ms);
+        for (kind, o) in open {
+            h.spans.push(Span {
+                kind,
+                start_ms: o.start_ms.min(at),
+                end_ms: at,
+                result: SpanResult::Unfinished,
+                start_inferred: o.inferred,
+                detail: Detail::lines(vec!["started; no end was reported".into()]),
+            });
+        }
         h.wave.get_or_insert_with(|| summary.wave.clone());
         h.end = Some(summary);
     }

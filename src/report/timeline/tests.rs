@@ -78,11 +78,21 @@ fn every_end_gets_its_colour() {
         span(web3, SpanKind::Gate(Gate::Persist)).result,
         SpanResult::Deferred
     );
+    // The live activation that found the change needs a reboot ends there.
+    let live = span(web3, SpanKind::Gate(Gate::LiveActivate));
+    assert_eq!(
+        (live.result, live.end_ms),
+        (SpanResult::Deferred, T0 + 16_800)
+    );
     assert!(
-        !web3
-            .spans
+        live.detail.lines[0].contains("systemd changes"),
+        "{:?}",
+        live.detail
+    );
+    assert!(
+        web3.spans
             .iter()
-            .any(|s| s.kind == SpanKind::Gate(Gate::LiveActivate))
+            .all(|s| s.result != SpanResult::Unfinished)
     );
     let db1 = row(&t, "db1");
     let refused = span(db1, SpanKind::Refused);
