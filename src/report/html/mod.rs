@@ -168,6 +168,17 @@ pub fn render(
         notes,
     };
     let mut env = minijinja::Environment::new();
+    // HTML-escaped as the SVG is (`& < > " '`), not also `/` as minijinja
+    // does by default: store paths fill the page, and `&#x2f;` is six
+    // times a slash.
+    env.set_formatter(|out, state, value| {
+        if value.is_safe() || *state.auto_escape() != minijinja::AutoEscape::Html {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        out.write_str(&svg::esc(&value.to_string())).map_err(|_| {
+            minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "writing the page")
+        })
+    });
     env.add_template("report.html", TEMPLATE)?;
     let svg = minijinja::Value::from_safe_string(svg::timeline(timeline, span_id));
     let ctx = minijinja::context! { svg, ..minijinja::Value::from(minijinja::value::Serde(&page)) };

@@ -244,7 +244,7 @@ fn row(
         x = x.min(LABEL + PLOT - w);
         let _ = write!(
             out,
-            r##"<a class="span" href="#{id}" data-span="{id}"><rect class="bar {class}" x="{x:.1}" y="{:.1}" width="{w:.1}" height="{BAR}" fill="{fill}" stroke="#fff" stroke-width="0.5" data-gate="{gate}" data-result="{class}"><title>{host}: {gate} {words}, {secs:.1} s{inferred}</title></rect></a>"##,
+            r##"<a class="span" href="#{id}"><rect class="bar {class}" x="{x:.1}" y="{:.1}" width="{w:.1}" height="{BAR}" fill="{fill}" data-gate="{gate}" data-result="{class}"><title>{host}: {gate} {words}, {secs:.1} s{inferred}</title></rect></a>"##,
             y + (ROW - BAR) / 2.0,
             id = span_id(index, j),
             class = s.result.class(),

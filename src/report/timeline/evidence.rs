@@ -24,7 +24,7 @@ impl Detail {
     }
 
     fn with_raw(lines: Vec<String>, value: &impl serde::Serialize) -> Detail {
-        let mut raw = serde_json::to_string_pretty(value).unwrap_or_default();
+        let mut raw = serde_json::to_string(value).unwrap_or_default();
         if raw.len() > RAW_CAP {
             let mut cut = RAW_CAP;
             while !raw.is_char_boundary(cut) {
@@ -175,14 +175,17 @@ pub fn refusal(r: &Refusal) -> Detail {
     Detail::with_raw(vec![format!("refused: {}", words::refusal(r))], r)
 }
 
-/// The diff gate: what changes, in a few lines (the report's diff section
-/// has all of it).
+/// How many lines of a host's diff its diff gate shows (the report's
+/// diffs section has all of it, once per group of hosts).
+const DIFF_LINES: usize = 4;
+
+/// The diff gate: what changes, in a few lines.
 pub fn diff(d: &HostDiff) -> Detail {
     let mut lines: Vec<String> = d.render();
-    if lines.len() > 12 {
-        let more = lines.len() - 12;
-        lines.truncate(12);
-        lines.push(format!("... and {more} more line(s): see the diffs"));
+    if lines.len() > DIFF_LINES {
+        let more = lines.len() - DIFF_LINES;
+        lines.truncate(DIFF_LINES);
+        lines.push(format!("... {more} more line(s) in the diffs"));
     }
     Detail::lines(lines)
 }

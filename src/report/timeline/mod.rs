@@ -261,7 +261,10 @@ impl Collector {
                 }
             }
             Event::HostBuilt { host, toplevel, .. } => {
-                let detail = Detail::lines(vec![format!("built {toplevel}")]);
+                let detail = Detail::lines(vec![format!(
+                    "built {}",
+                    crate::report::human::words::short_closure(&toplevel)
+                )]);
                 self.close(
                     &host,
                     SpanKind::Gate(Gate::Build),

@@ -52,7 +52,7 @@ fn rows_follow_the_plan_and_gates_span_their_events() {
     let mark = span(web1, SpanKind::Gate(Gate::MarkKnownGood));
     let raw = mark.detail.raw.as_deref().unwrap();
     assert!(
-        raw.contains("\"generation\": 7") && !raw.contains("attempts"),
+        raw.contains("\"generation\":7") && !raw.contains("attempts"),
         "{raw}"
     );
 }
