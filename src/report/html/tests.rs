@@ -129,7 +129,7 @@ fn header_says_who_when_and_how_it_ended() {
 }
 
 /// 500 hosts: a row each, and the page's size per host stays what README
-/// says (Chromium's time to render it is measured by hand: BENCHMARKS.md).
+/// says (Chromium's time to render it is measured by hand: scripts/bench-report).
 #[test]
 fn a_page_of_500_hosts_has_a_row_each_and_stays_small() {
     let html = page(494);
