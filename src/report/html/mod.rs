@@ -8,8 +8,14 @@
 //!
 //! The page is rendered by minijinja from `report.html` (compiled into the
 //! binary; HTML auto-escaping on, so everything from the inventory, the
-//! configuration or a host is escaped); the SVG is written in Rust, with
-//! its own escaping.
+//! configuration or a host is escaped); the SVG is written in Rust. Both
+//! escape with [`svg::esc`] (`&<>"'`): minijinja's own escaping also turns
+//! every `/` of a store path into the six bytes of `&#x2f;`.
+//!
+//! Measured (README, `scripts/bench-report`): a real 500-host run's page is
+//! 3.7 MB (7.4 KB a host: 70% gates with their evidence, 27% timeline);
+//! headless Chromium fires its load event after 1.3-2.3 s on a loaded
+//! 2-core machine; `nixgate report` writes it in under 1.5 s.
 
 pub mod svg;
 
