@@ -4,7 +4,8 @@
 # `nixgate-rollout-<name>.service` and a timer of the same name that runs
 #
 #   nixgate --inventory <inventory> --state-dir /var/lib/nixgate/<name> \
-#     push --yes <extraArgs...> <selector...>
+#     push --yes [--html-report <htmlReport>] [--metrics-file <metricsFile>] \
+#     <extraArgs...> <selector...>
 #
 # as the `nixgate` user (or `services.nixgate.user`): no prompt, plain
 # timestamped lines on stdout/stderr (not a terminal), so into the journal;
@@ -105,6 +106,36 @@ let
           '';
         };
 
+        htmlReport = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          example = "/var/lib/nixgate/fleet/report.html";
+          description = ''
+            Write each run's report as one self-contained HTML file here when
+            the run ends (`--html-report`): a timeline of every host's gates,
+            the summary, the diffs, every gate's evidence. An absolute path, as
+            a string; its directory is made writable for the service (it is
+            under the state directory `/var/lib/nixgate/<name>` if you like).
+            `null`: none (`nixgate report --html` writes one for any past run).
+          '';
+        };
+
+        metricsFile = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          example = "/var/lib/prometheus-node-exporter-text-files/nixgate-fleet.prom";
+          description = ''
+            Replace this file, atomically, with Prometheus metrics when each run
+            ends (`--metrics-file`), for node_exporter's textfile collector: each
+            host's last outcome, whether it runs its known-good, a pending
+            reboot, its known-good's generation and time, gate durations; the
+            run's duration and exit code. An absolute path ending in `.prom`, as
+            a string, in the collector's directory (which the rollout's user must
+            be able to write; it is made writable for the service). The file is
+            made readable by all. `null`: none.
+          '';
+        };
+
         extraArgs = mkOption {
           type = types.listOf types.str;
           default = [ ];
@@ -122,7 +153,17 @@ let
       };
     };
 
-  # `nixgate ... push --yes <extraArgs> <selector>`, one argv.
+  # The directories the rollout's HTML report and metrics file go to.
+  outputDirs =
+    rollout:
+    map (p: "-${dirOf (toString p)}") (
+      lib.filter (p: p != null) [
+        rollout.htmlReport
+        rollout.metricsFile
+      ]
+    );
+
+  # `nixgate ... push --yes [--html-report F] [--metrics-file F] <extraArgs> <selector>`, one argv.
   rolloutArgs =
     name: rollout:
     [
@@ -132,6 +173,14 @@ let
       "${stateRoot}/${name}"
       "push"
       "--yes"
+    ]
+    ++ lib.optionals (rollout.htmlReport != null) [
+      "--html-report"
+      "${toString rollout.htmlReport}"
+    ]
+    ++ lib.optionals (rollout.metricsFile != null) [
+      "--metrics-file"
+      "${toString rollout.metricsFile}"
     ]
     ++ rollout.extraArgs
     ++ lib.optionals (rollout.selector != null) (lib.toList rollout.selector);
@@ -177,7 +226,7 @@ let
         RuntimeMaxSec = rollout.timeout;
 
         # Hardening. Writable: the state directory, and readWritePaths.
-        ReadWritePaths = readWritePaths;
+        ReadWritePaths = readWritePaths ++ outputDirs rollout;
         ProtectSystem = "strict";
         # Read-only rather than hidden: the user's SSH keys may live there
         # (and an agent socket in /run/user still connects: a socket on a

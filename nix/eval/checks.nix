@@ -265,6 +265,14 @@ let
       type = "listOf str";
       default = [ ];
     };
+    "rollouts.<name>.htmlReport" = {
+      type = "nullOr path";
+      default = null;
+    };
+    "rollouts.<name>.metricsFile" = {
+      type = "nullOr path";
+      default = null;
+    };
   };
   declared = b.listToAttrs (optionList [ ] options);
 
@@ -292,6 +300,21 @@ let
     };
   };
   canary = sample.config.systemd.services.nixgate-rollout-canary;
+
+  withOutputs = nixosWith {
+    enable = true;
+    readWritePaths = [ "/srv/fleet-config" ];
+    rollouts.fleet = {
+      inventory = "/etc/nixgate/fleet.toml";
+      htmlReport = "/var/lib/nixgate/fleet/report.html";
+      metricsFile = "/var/lib/node-exporter/nixgate.prom";
+      extraArgs = [
+        "--keep"
+        "30"
+      ];
+    };
+  };
+  fleetService = withOutputs.config.systemd.services.nixgate-rollout-fleet;
 
   withUser = nixosWith {
     enable = true;
@@ -382,6 +405,25 @@ let
       && noAgent.config.systemd.services.nixgate-rollout-all.serviceConfig.PrivateTmp
       && tmpLookalike.config.systemd.services.nixgate-rollout-all.serviceConfig.PrivateTmp
     ) "PrivateTmp off")
+    (check "module: the HTML report and metrics file are passed to push, their directories writable" (
+      fleetService.script == "exec ${exe} --inventory /etc/nixgate/fleet.toml --state-dir /var/lib/nixgate/fleet push --yes --html-report /var/lib/nixgate/fleet/report.html --metrics-file /var/lib/node-exporter/nixgate.prom --keep 30\n"
+      && fleetService.serviceConfig.ReadWritePaths == [
+        "-/srv/fleet-config"
+        "-/var/lib/nixgate/fleet"
+        "-/var/lib/node-exporter"
+      ]
+    ) (show fleetService))
+    (check "module: a relative metrics file is refused (types.path)" (
+      !(b.tryEval
+        (nixosWith {
+          enable = true;
+          rollouts.all = {
+            inventory = "/etc/fleet.toml";
+            metricsFile = "nixgate.prom";
+          };
+        }).config.systemd.services.nixgate-rollout-all.script
+      ).success
+    ) "accepted")
     (check "module: the timer" (
       sample.config.systemd.timers.nixgate-rollout-canary == {
         description = "Schedule of the nixgate rollout canary";

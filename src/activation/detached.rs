@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::events::{ActivationEvent, Phase, Step};
 use super::inhibitors::{ComponentChange, pre_switch_failure};
@@ -18,7 +18,7 @@ use crate::nix::StorePath;
 use crate::remote::{Exit, Remote};
 
 /// Why a change can only land by rebooting.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RebootReason {
     /// nixgate's own check: these critical components change.
@@ -30,7 +30,7 @@ pub enum RebootReason {
 }
 
 /// Proof that a detached run settled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchEvidence {
     pub unit: String,
     pub action: SwitchAction,
@@ -40,7 +40,7 @@ pub struct SwitchEvidence {
 }
 
 /// One refused start of the job's transient unit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusedFire {
     pub unit: String,
     pub exit: Exit,
@@ -54,7 +54,7 @@ pub struct RefusedFire {
 pub const FIRE_ATTEMPTS: u32 = 3;
 
 /// Why a detached run failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SwitchFailure {
     /// Another switch holds `switch-to-configuration`'s lock (nothing fired).

@@ -25,7 +25,7 @@ pub struct DryActivateReport {
 }
 
 /// How the dry activation ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DryActivateOutcome {
     Passed(DryActivateReport),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::detached::{RebootReason, SwitchEvidence};
 use super::dry_activate::DryActivateReport;
@@ -18,7 +18,7 @@ use crate::nix::StorePath;
 
 /// Evidence that a gate passed. Adjacently tagged: the wrapped values carry
 /// a `kind` of their own.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum GateEvidence {
     /// The closure is on the host.
@@ -42,7 +42,7 @@ pub enum GateEvidence {
 }
 
 /// What the pipeline is doing on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
     SudoPreflight,
@@ -95,7 +95,7 @@ pub enum Step {
 }
 
 /// Where a lost connection was noticed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Fire,
@@ -104,7 +104,7 @@ pub enum Phase {
 }
 
 /// Something worth telling that does not fail the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Warning {
     /// Step 6 found the profile re-pointed (and what it did about it).
@@ -125,7 +125,7 @@ pub enum Warning {
 }
 
 /// One event of a host's activation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ActivationEvent {
     GateStarted {

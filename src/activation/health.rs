@@ -22,7 +22,7 @@ pub struct HealthCheck {
 pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// How one attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Attempt {
     Passed,
@@ -40,7 +40,7 @@ pub enum Attempt {
 }
 
 /// All attempts of one check.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthReport {
     pub command: String,
     pub attempts: Vec<Attempt>,

@@ -2,7 +2,7 @@
 //! read with one command. `status`, `check`, the rollback plan and the
 //! pipeline's own first read share these instead of each carrying a script.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::links::read_store_links;
 use super::settings::HostPaths;
@@ -44,7 +44,7 @@ pub async fn read_links<R: Remote>(
 /// What nixgate has going on a host right now: its transient units (a
 /// switch still running, an armed dead-man timer) and who holds the host
 /// lock.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activity {
     /// `unit active sub`, for every loaded `nixgate-*` unit.
     pub units: Vec<String>,

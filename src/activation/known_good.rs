@@ -23,6 +23,7 @@ use crate::remote::{Command, Remote};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateRecord {
     pub gate: Gate,
+    #[serde(deserialize_with = "crate::report::stored::evidence")]
     pub evidence: Evidence,
 }
 
@@ -72,7 +73,7 @@ pub struct KnownGoodRecord {
 }
 
 /// What marking produced.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KnownGoodMark {
     pub generation: u64,
     pub record_path: String,

@@ -1,7 +1,7 @@
 //! The final, typed outcome of a host's activation, and the reasons a gate
 //! can fail.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::deadman::RevertRecord;
 use super::detached::{RebootReason, SwitchFailure};
@@ -17,7 +17,7 @@ use crate::nix::StorePath;
 
 /// Why a gate failed. Adjacently tagged (`{"kind": ..., "detail": ...}`):
 /// several variants wrap enums that carry a `kind` of their own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum FailureReason {
     /// The closure did not reach the host (the copy gate).
@@ -36,7 +36,8 @@ pub enum FailureReason {
     Realise(RealiseOutcome),
     /// A step's command could not run or answered nonsense.
     Remote {
-        step: &'static str,
+        #[serde(deserialize_with = "crate::report::stored::static_str")]
+        step: crate::report::stored::StaticStr,
         error: String,
     },
     DryActivate(DryActivateOutcome),
@@ -56,7 +57,7 @@ pub enum FailureReason {
 }
 
 /// Where a host ended up.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HostOutcome {
     /// Every gate passed; marked known-good.
@@ -116,7 +117,7 @@ pub enum HostOutcome {
 }
 
 /// How the controller lost a host after its live switch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CutOff {
     /// The switch settled, but no new connection could be made to confirm it.

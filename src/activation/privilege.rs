@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::remote::{Command, Exit, Remote};
 
 /// The result of `sudo -n true` on a host.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SudoCheck {
     /// Passwordless sudo works.

@@ -43,7 +43,7 @@ pub async fn read<R: Remote>(remote: &R, profile: &str) -> anyhow::Result<Option
 }
 
 /// What step 6 found and did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProfileCheck {
     /// The profile points where it should.

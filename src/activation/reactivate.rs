@@ -3,7 +3,7 @@
 //! verified path as any switch. A rollback that did not verify is a
 //! [`RollbackOutcome::Failed`], never reported as success (deploy-rs#214).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::detached::{RebootReason, SwitchEvidence, SwitchFailure, SwitchResult, run_detached};
 use super::events::{ActivationEvent, Step};
@@ -16,7 +16,7 @@ use crate::nix::StorePath;
 use crate::remote::Remote;
 
 /// How far back to go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RollbackMode {
     /// The boot default was never touched: `test` the target, profile untouched.
@@ -39,7 +39,7 @@ impl RollbackMode {
 
 /// Why a rollback failed (adjacently tagged: the wrapped values carry a
 /// `kind` of their own).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum RollbackError {
     ReadCurrentSystem {
@@ -61,7 +61,7 @@ pub enum RollbackError {
 }
 
 /// How a rollback ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RollbackOutcome {
     RolledBack {

@@ -14,7 +14,7 @@ use crate::nix::StorePath;
 use crate::remote::{Command, Exit, Remote};
 
 /// How realising the closure on the host ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RealiseOutcome {
     /// Every path is valid (and, if required, signed by a trusted key).

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::events::{ActivationEvent, Phase, Step};
 use super::links::{boot_id, read_store_link};
@@ -15,7 +15,7 @@ use crate::nix::StorePath;
 use crate::remote::{Command, Exit, Remote};
 
 /// How a reboot ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RebootOutcome {
     /// Back, booted into and running the expected closure.

@@ -22,7 +22,7 @@ use crate::nix::StorePath;
 use crate::remote::{Command, Exit, Remote};
 
 /// The state of the detached job as one poll saw it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobState {
     /// Still running (unit active, or pid alive).

@@ -165,6 +165,8 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_name = "PKG,...")]
         expect: Option<Vec<String>>,
         #[command(flatten)]
+        outputs: RunOutputs,
+        #[command(flatten)]
         select: SelectorArgs,
     },
     /// Build every selected host and show what would change on it (package
@@ -199,6 +201,8 @@ pub enum Command {
         #[arg(long)]
         no_magic_rollback: bool,
         #[command(flatten)]
+        outputs: RunOutputs,
+        #[command(flatten)]
         select: SelectorArgs,
     },
     /// Per host: the running system, the boot default, the known-good, a
@@ -208,11 +212,69 @@ pub enum Command {
         #[command(flatten)]
         select: SelectorArgs,
     },
+    /// Past runs recorded in the state directory, newest first: id, start,
+    /// command, goal, selection, hosts by outcome, exit code. A run whose
+    /// report was never finished (killed) is listed as interrupted.
+    Runs {
+        /// How many runs to list.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+    },
+    /// A past run as `push` printed it, from the events its report stored;
+    /// with --json, the stored events (each with `at_ms`, when it happened).
+    Show {
+        /// A run id, a unique prefix of one, or `latest`.
+        #[arg(value_name = "RUN", default_value = "latest")]
+        run: String,
+    },
+    /// Write a past run's report as one self-contained HTML file (timeline,
+    /// summary, diffs, every gate's evidence), and/or the metrics file.
+    #[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["html", "metrics_file"])))]
+    Report {
+        /// A run id, a unique prefix of one, or `latest`.
+        #[arg(value_name = "RUN", default_value = "latest")]
+        run: String,
+        /// The HTML file to write.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// The Prometheus text-format file to write (as --metrics-file of push).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// What a deploying run writes when it ends, besides its run report.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct RunOutputs {
+    /// When the run ends, write its report as one self-contained HTML file
+    /// here (see `nixgate report`).
+    #[arg(long, value_name = "FILE")]
+    pub html_report: Option<PathBuf>,
+    /// When the run ends, replace this file (atomically) with Prometheus
+    /// metrics for node_exporter's textfile collector: each host's last
+    /// outcome, known-good, pending reboot, gate durations; the run's
+    /// duration and exit code. Name it `*.prom` in the collector's directory.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// Keep the newest N run reports in the state directory; older ones
+    /// are removed when the run ends.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+}
+
+impl Default for RunOutputs {
+    fn default() -> Self {
+        RunOutputs {
+            html_report: None,
+            metrics_file: None,
+            keep: 100,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ mod push;
 mod release;
 mod rollback;
 mod run_session;
+mod runs;
 mod status;
 
 use std::future::Future;
@@ -20,7 +21,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::inventory::{Inventory, InventoryError, Selection};
 use crate::report::{self, CommandName, Ending, Event, EventSink, json_line};
-pub use args::{Cli, Command, Global, SelectorArgs};
+pub use args::{Cli, Command, Global, RunOutputs, SelectorArgs};
 pub use exit::{Fatal, Outcome};
 
 /// Run nixgate with the process's arguments.
@@ -70,7 +71,10 @@ fn command_name(c: &Command) -> Option<CommandName> {
         Command::Rollback { .. } => CommandName::Rollback,
         Command::Status { .. } => CommandName::Status,
         Command::Release(_) => CommandName::Release,
-        Command::Completions { .. } => return None,
+        Command::Completions { .. }
+        | Command::Runs { .. }
+        | Command::Show { .. }
+        | Command::Report { .. } => return None,
     })
 }
 
@@ -167,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             release,
             force_release,
             expect,
+            outputs,
             select,
         } => {
             let inv = load_inventory(&g)?;
@@ -182,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 release,
                 force_release,
                 expect,
+                outputs,
             };
             tokio::runtime::Runtime::new()?.block_on(push::push(&g, inv, sel, opts))
         }
@@ -204,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             to,
             reboot,
             no_magic_rollback,
+            outputs,
             select,
         } => {
             let inv = load_inventory(&g)?;
@@ -213,8 +220,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 allow_pending_reboot: false,
                 no_magic_rollback,
             };
-            tokio::runtime::Runtime::new()?.block_on(rollback::run(&g, inv, sel, to, flags))
+            tokio::runtime::Runtime::new()?
+                .block_on(rollback::run(&g, inv, sel, to, flags, outputs))
         }
+        Command::Runs { limit } => runs::list(&g, limit),
+        Command::Show { run } => runs::show(&g, &run),
+        Command::Report {
+            run,
+            html,
+            metrics_file,
+        } => runs::report(&g, &run, html.as_deref(), metrics_file.as_deref()),
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;

@@ -26,6 +26,8 @@ pub struct PushOptions {
     pub force_release: bool,
     /// Packages the change is meant to touch; any other change is drift.
     pub expect: Option<Vec<String>>,
+    /// The HTML report, metrics file and pruning at the end.
+    pub outputs: super::RunOutputs,
 }
 
 fn source(inv: &Inventory, allow_dirty: bool) -> anyhow::Result<Source> {
@@ -74,7 +76,8 @@ pub async fn push(
     let inv = Arc::new(inv);
     let req = push_request(&inv, &mut sel, &opts)?;
     confirm::can_ask(g)?;
-    let run = RunSession::start(g, &inv, CommandName::Push, &sel, &req)?;
+    let run = RunSession::start(g, &inv, CommandName::Push, &sel, &req)?
+        .with_outputs(opts.outputs.clone());
     let plan = run.plan(&inv, &sel, &req).await;
     if run.confirm(g, &plan).await? == Answer::No {
         return run.declined(plan).await;

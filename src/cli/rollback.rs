@@ -18,11 +18,12 @@ pub async fn run(
     sel: Selection,
     to: Option<u64>,
     flags: RunFlags,
+    outputs: super::RunOutputs,
 ) -> anyhow::Result<Outcome> {
     let inv = Arc::new(inv);
     let req = Request::Rollback { to };
     confirm::can_ask(g)?;
-    let run = RunSession::start(g, &inv, CommandName::Rollback, &sel, &req)?;
+    let run = RunSession::start(g, &inv, CommandName::Rollback, &sel, &req)?.with_outputs(outputs);
     let plan = run.plan(&inv, &sel, &req).await;
     if run.confirm(g, &plan).await? == Answer::No {
         return run.declined(plan).await;

@@ -44,6 +44,8 @@ pub struct RunSession {
     _lock: ControllerLock,
     command: CommandName,
     report: RunReport,
+    /// Written when the run ends, after the report.
+    outputs: super::RunOutputs,
 }
 
 impl RunSession {
@@ -83,6 +85,7 @@ impl RunSession {
             goal: req.goal(),
             commit: source.map(|s| s.commit.clone()),
             dirty: source.is_some_and(|s| s.dirty),
+            user: state::runs::operator(),
             started: deploy::now(),
             finished: None,
             exit_code: None,
@@ -115,7 +118,14 @@ impl RunSession {
             _lock: lock,
             command,
             report,
+            outputs: Default::default(),
         })
+    }
+
+    /// The HTML report, metrics file and pruning to do when the run ends.
+    pub fn with_outputs(mut self, outputs: super::RunOutputs) -> RunSession {
+        self.outputs = outputs;
+        self
     }
 
     /// Make the plan, under this run's cancellation, and report it.
@@ -201,6 +211,7 @@ impl RunSession {
             signals,
             state_dir,
             mut report,
+            outputs,
             ..
         } = self;
         signals.abort();
@@ -217,6 +228,8 @@ impl RunSession {
         if let Err(e) = run_report::write(&state_dir, &report, spool.as_ref()) {
             eprintln!("nixgate: warning: could not write the run report: {e:#}");
         }
+        drop(spool);
+        super::runs::after_run(&state_dir, &report.run_id, &outputs);
         Ok(outcome)
     }
 }

@@ -14,7 +14,7 @@ use crate::plan::Refusal;
 use crate::runner::{Interrupted, NotStarted};
 
 /// How one host ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "end", rename_all = "snake_case")]
 pub enum HostEnd {
     /// The host went through (some of) the activation pipeline.
@@ -218,6 +218,30 @@ impl Serialize for HostSummary {
             seconds: self.seconds,
         }
         .serialize(s)
+    }
+}
+
+/// The shape [`HostSummary`] is written in, read back (`outcome` is derived
+/// from `end`, so it is not read).
+impl<'de> Deserialize<'de> for HostSummary {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shape {
+            host: String,
+            wave: String,
+            closure: Option<StorePath>,
+            #[serde(flatten)]
+            end: HostEnd,
+            seconds: f64,
+        }
+        let s = Shape::deserialize(d)?;
+        Ok(HostSummary {
+            host: s.host,
+            wave: s.wave,
+            closure: s.closure,
+            end: s.end,
+            seconds: s.seconds,
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! known-good either way. A host whose known-good was revoked after its
 //! soak has no known-good end, so it gets no tag.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::activation::HostOutcome;
 use crate::inventory::Inventory;
@@ -16,7 +16,7 @@ use crate::report::{Event, EventSink};
 use super::HostSummary;
 
 /// Why a known-good host got no release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NotReleased {
     /// The release rules refused it (dirty tree, not a fast-forward).
@@ -26,7 +26,7 @@ pub enum NotReleased {
 }
 
 /// Why a release was not published to the remote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NotPublished {
     Rejected { outcome: release::PushOutcome },

@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::names::{OUTPUTS, split_name};
 use super::packages::{Change, PackageDiff};
 use super::structural::{Cause, Structural};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drift {
     pub package: String,
     pub change: Change,

@@ -12,7 +12,7 @@ pub mod packages;
 pub mod render;
 pub mod structural;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::nix::StorePath;
 use crate::nix::closure::{self, PathInfo};
@@ -22,7 +22,7 @@ pub use packages::PackageDiff;
 pub use structural::Structural;
 
 /// One host's diff: what runs vs the candidate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostDiff {
     pub current: Option<StorePath>,
     pub candidate: StorePath,

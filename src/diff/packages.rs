@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::names::{compare_versions, package_name, split_name_parts};
 use crate::nix::StorePath;
@@ -15,7 +15,7 @@ use crate::nix::closure::PathInfo;
 use crate::nix::store_path::PathMap;
 
 /// How one package changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     Upgraded {
@@ -45,7 +45,7 @@ pub enum Change {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageChange {
     pub name: String,
     pub change: Change,
@@ -53,7 +53,7 @@ pub struct PackageChange {
     pub selected: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SizeDelta {
     pub paths_added: usize,
     pub paths_removed: usize,
@@ -63,7 +63,7 @@ pub struct SizeDelta {
     pub new_total: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageDiff {
     pub changes: Vec<PackageChange>,
     pub size: SizeDelta,

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::activation::host_state;
@@ -16,14 +16,14 @@ use crate::nix::StorePath;
 use crate::ssh::HostKeyStatus;
 
 /// A wave and its size, for `check`'s inventory line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaveCount {
     pub name: String,
     pub hosts: usize,
 }
 
 /// What one machine answered.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     /// The host's name, or `builder`.
     pub host: String,

@@ -6,13 +6,13 @@
 pub mod check;
 pub mod status;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use check::{Probe, WaveCount};
 pub use status::{HostStatus, LastRun};
 
 /// One problem with the inventory file, as `--json` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryProblem {
     pub file: std::path::PathBuf,
     pub line: Option<usize>,

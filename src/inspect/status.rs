@@ -16,7 +16,7 @@ use crate::inventory::Inventory;
 use crate::nix::StorePath;
 
 /// A host's last run, from the controller's reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
     pub run_id: String,
     pub command: String,
@@ -27,7 +27,7 @@ pub struct LastRun {
 }
 
 /// One host's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostStatus {
     pub host: String,
     pub reachable: bool,

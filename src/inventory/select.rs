@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::diag::suggest;
 use super::model::{Inventory, MaxFailures};
@@ -24,7 +24,7 @@ impl Selector {
 
 /// A group of hosts run together: a wave, or the ad-hoc group of hosts
 /// picked by `--host`/`--tag` (which ignores waves).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     pub name: String,
     pub hosts: Vec<String>,

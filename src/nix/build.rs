@@ -49,7 +49,7 @@ impl From<Counts> for BuildProgress {
 }
 
 /// Why a host did not build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BuildFailure {
     #[error("evaluation failed:\n  {}", log_tail.join("\n  "))]

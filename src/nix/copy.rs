@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::StorePath;
 use super::closure::{PathInfo, missing};
@@ -22,7 +22,7 @@ pub struct CopyProgress {
 }
 
 /// How a copy ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CopyOutcome {
     /// The host already had the whole closure: nothing was sent.

@@ -22,7 +22,7 @@ pub mod rollback_target;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
@@ -41,7 +41,7 @@ pub use candidates::Source;
 pub use rollback_target::NoTarget;
 
 /// What one host will be deployed to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub closure: StorePath,
     /// Evidence of the controller-side gates (build, diff), for the
@@ -55,12 +55,12 @@ pub struct Candidate {
     pub generation: Option<u64>,
     /// A rollback to the system the host ran before nixgate's first deploy:
     /// it never passed nixgate's gates.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub never_validated: bool,
 }
 
 /// Why a host was refused before the run. Nothing on it changed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum Refusal {
     /// Its configuration did not evaluate or build.
@@ -82,7 +82,7 @@ pub enum Refusal {
 }
 
 /// A host's place in the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     Ready {
@@ -102,7 +102,7 @@ pub enum Verdict {
 }
 
 /// One host of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedHost {
     pub host: String,
     #[serde(flatten)]
@@ -116,7 +116,7 @@ impl PlannedHost {
 }
 
 /// One wave (or the ad-hoc group of `--host`/`--tag`) of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedWave {
     #[serde(flatten)]
     pub group: Group,
@@ -124,7 +124,7 @@ pub struct PlannedWave {
 }
 
 /// The stage of planning that Ctrl-C interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanStage {
     Build,

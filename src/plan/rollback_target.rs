@@ -7,7 +7,7 @@
 //! second rollback goes on to the generation before K instead of flipping
 //! back to the one the first rollback left.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::activation::known_good::{self, Baseline, KnownGoodGeneration};
 use crate::activation::{HostPaths, links};
@@ -17,7 +17,7 @@ use crate::nix::StorePath;
 use super::{Candidate, Planning, Refusal, Verdict};
 
 /// Why a host has nothing to roll back to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NoTarget {
     /// No known-good generation on the host yet.

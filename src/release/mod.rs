@@ -22,7 +22,7 @@ mod query;
 pub mod record;
 mod worktree;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::nix::StorePath;
 
@@ -92,7 +92,7 @@ pub enum BranchUpdate {
 }
 
 /// Why a release was refused (nothing was written).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Refusal {
     /// The closure was built from a dirty working tree.
@@ -117,7 +117,7 @@ impl std::fmt::Display for Refusal {
 }
 
 /// A release parsed back from its tag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseInfo {
     /// Short tag name (`release/<target>/<stamp>`).
     pub tag: String,
@@ -139,7 +139,7 @@ pub struct ReleaseInfo {
 }
 
 /// A release with its full evidence and tag message ([`show`], [`resolve`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseDetail {
     pub info: ReleaseInfo,
     pub evidence: Evidence,

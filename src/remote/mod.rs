@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use command::Command;
 
 /// How a remote command ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Exit {
     /// The command exited with this status.

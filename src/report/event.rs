@@ -4,7 +4,7 @@
 //! and the human reporters decide only how things look. Every command's
 //! last event is [`Event::Summary`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::activation::{ActivationEvent, FailureReason, GateEvidence};
 use crate::deploy::releases::{NotPublished, NotReleased};
@@ -18,7 +18,7 @@ pub use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
 pub use crate::inspect::{HostStatus, InventoryProblem, Probe, WaveCount};
 
 /// Which command a run or a summary belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommandName {
     Check,
@@ -47,7 +47,7 @@ impl CommandName {
 }
 
 /// How a command ended, as its summary says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Ending {
     /// It ran to its end.
@@ -61,7 +61,7 @@ pub enum Ending {
 }
 
 /// Everything a command reports, in order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {

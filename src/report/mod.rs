@@ -3,9 +3,13 @@
 //! happened (and so the exit code) is decided before an event is made.
 
 pub mod event;
+pub mod html;
 pub mod human;
 pub mod json;
+pub mod metrics;
 pub mod spool;
+pub mod stored;
+pub mod timeline;
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -39,12 +43,16 @@ pub fn choose(g: &crate::cli::Global, command: CommandName) -> Box<dyn Reporter>
 /// Where the runner sends events: cheap to clone; `emit` never blocks.
 #[derive(Clone)]
 pub struct EventSink {
-    tx: mpsc::UnboundedSender<(Event, Option<oneshot::Sender<()>>)>,
+    tx: mpsc::UnboundedSender<Sent>,
 }
+
+/// An event on its way to the reporter: when it was emitted (Unix ms, kept
+/// in the run report), and who waits for it to be handled.
+type Sent = (Event, u64, Option<oneshot::Sender<()>>);
 
 impl EventSink {
     pub fn emit(&self, ev: Event) {
-        let _ = self.tx.send((ev, None));
+        let _ = self.tx.send((ev, stored::now_ms(), None));
     }
 
     /// Emit and wait until the reporter has handled the event: for large
@@ -54,7 +62,7 @@ impl EventSink {
     /// reader were a third of the controller's peak).
     pub async fn emit_handled(&self, ev: Event) {
         let (done, handled) = oneshot::channel();
-        if self.tx.send((ev, Some(done))).is_ok() {
+        if self.tx.send((ev, stored::now_ms(), Some(done))).is_ok() {
             let _ = handled.await;
         }
     }
@@ -75,9 +83,7 @@ impl EventSink {
 
 /// The events of a [`EventSink::capture`] sink.
 #[cfg(test)]
-pub struct Captured(
-    std::sync::Mutex<mpsc::UnboundedReceiver<(Event, Option<oneshot::Sender<()>>)>>,
-);
+pub struct Captured(std::sync::Mutex<mpsc::UnboundedReceiver<Sent>>);
 
 #[cfg(test)]
 impl Captured {
@@ -86,7 +92,7 @@ impl Captured {
     pub fn take(&self) -> Vec<Event> {
         let mut rx = self.0.lock().expect("captured events");
         let mut out = Vec::new();
-        while let Ok((ev, handled)) = rx.try_recv() {
+        while let Ok((ev, _, handled)) = rx.try_recv() {
             if let Some(h) = handled {
                 let _ = h.send(());
             }
@@ -106,7 +112,7 @@ pub fn spawn(
     mut reporter: Box<dyn Reporter>,
     spool: Option<std::path::PathBuf>,
 ) -> (EventSink, JoinHandle<Option<spool::Spool>>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Event, Option<oneshot::Sender<()>>)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Sent>();
     let handle = tokio::spawn(async move {
         let mut spool = spool.and_then(|p| match spool::Spool::create(p) {
             Ok(s) => Some(s),
@@ -115,7 +121,7 @@ pub fn spawn(
                 None
             }
         });
-        while let Some((ev, handled)) = rx.recv().await {
+        while let Some((ev, at_ms, handled)) = rx.recv().await {
             reporter.event(&ev);
             // Progress ticks are for the live view, and the summary is the
             // run record's `hosts`; the record keeps the rest.
@@ -130,7 +136,7 @@ pub fn spawn(
                     }
             );
             if !skip && let Some(s) = spool.as_mut() {
-                s.push(&ev);
+                s.push(&ev, at_ms);
             }
             if let Some(h) = handled {
                 let _ = h.send(());

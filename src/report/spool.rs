@@ -1,5 +1,6 @@
 //! A run's kept events on disk while it runs: one compact JSON line each,
-//! written as they arrive, read back one at a time into the run report
+//! with the time it was emitted (`at_ms`), written as they arrive, read
+//! back one at a time into the run report
 //! ([`SpooledEvents`] serialises as the report's `events` array). Memory stays
 //! flat however many hosts and however large their diffs.
 
@@ -32,12 +33,21 @@ impl Spool {
         })
     }
 
-    /// Append one event; after a write error the spool stops (and says so once).
-    pub fn push(&mut self, ev: &Event) {
+    /// Append one event, stamped with the time it was emitted (`at_ms`,
+    /// Unix milliseconds: a gate's start and end for the timeline and the
+    /// metrics); after a write error the spool stops (and says so once).
+    pub fn push(&mut self, ev: &Event, at_ms: u64) {
         let Some(out) = self.out.as_mut() else { return };
-        let written = serde_json::to_writer(&mut *out, ev)
+        let stamped = super::stored::Stamp {
+            at_ms: Some(at_ms),
+            event: ev,
+        };
+        // Flushed line by line: a run killed mid-way leaves every event
+        // before the kill (`show` reads them from here).
+        let written = serde_json::to_writer(&mut *out, &stamped)
             .map_err(std::io::Error::other)
-            .and_then(|()| out.write_all(b"\n"));
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
         if let Err(e) = written {
             tracing::warn!(
                 "writing the event spool {}: {e}; the run report will lack later events",
@@ -108,9 +118,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::create(dir.path().join("run.events")).unwrap();
         for i in 0..3 {
-            spool.push(&Event::BuilderFailed {
-                error: format!("h{i}: a\nb \"quoted\""),
-            });
+            spool.push(
+                &Event::BuilderFailed {
+                    error: format!("h{i}: a\nb \"quoted\""),
+                },
+                1_795_379_400_000 + i,
+            );
         }
         let spool = spool.finish().unwrap();
         let v = serde_json::to_value(SpooledEvents(Some(&spool))).unwrap();
@@ -123,6 +136,7 @@ mod tests {
         assert_eq!(errors[0], "h0: a\nb \"quoted\"");
         assert!(errors[1].starts_with("h1") && errors[2].starts_with("h2"));
         assert_eq!(v[0]["event"], "builder_failed");
+        assert_eq!(v[2]["at_ms"], 1_795_379_400_002u64, "{v}");
         assert!(!spool.is_broken());
         let path = spool.path().to_path_buf();
         drop(spool);

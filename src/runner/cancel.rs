@@ -4,11 +4,11 @@
 //! Second: drop sessions and exit; detached switches finish on the hosts on
 //! their own (they never depended on the controller).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// How far cancellation has gone. Ordered: each level includes the ones before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelLevel {
     Running,

@@ -19,7 +19,7 @@ use super::known_hosts::{self, KnownHosts, Offered, Verdict, fingerprint, line_f
 pub(crate) type Pins = Arc<Mutex<HashMap<String, KeyData>>>;
 
 /// How the server's host key was accepted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HostKeyStatus {
     /// Listed in a known_hosts file.

@@ -63,6 +63,31 @@ impl Utc {
     }
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time as nixgate writes it
+/// (`2026-11-22T20:30:00Z`, fractions of a second allowed); `None` for
+/// anything else.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Hinnant's days-from-civil, the inverse of `Utc::from_unix`.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
+}
+
 /// A run id: the UTC start time plus four random hex digits, safe in unit
 /// names, file names and git refs (`20261122T203000Z-3f9a`).
 pub fn new_run_id() -> String {
@@ -85,6 +110,25 @@ mod tests {
             Utc::from_unix(951_782_400).rfc3339(),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn rfc3339_reads_back() {
+        for secs in [0, 951_782_400, 1_795_379_400, 4_102_444_799] {
+            assert_eq!(parse_rfc3339(&Utc::from_unix(secs).rfc3339()), Some(secs));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-22T20:30:00.250Z"),
+            Some(1_795_379_400)
+        );
+        for bad in [
+            "",
+            "2026-11-22 20:30:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T20:30:00+01:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod lock;
 pub mod run_report;
+pub mod runs;
 
 use std::path::{Path, PathBuf};
 

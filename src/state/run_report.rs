@@ -2,7 +2,7 @@
 //! state directory, written when a run ends: what was deployed, every host's
 //! typed end, and the events spooled while the run went on.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::deploy::HostSummary;
 use crate::gates::Goal;
@@ -10,13 +10,16 @@ use crate::gates::Goal;
 /// The run record written to the state directory: first when the run
 /// starts (`finished` and `exit_code` null, `hosts` empty), then whole when
 /// it ends. A report left unfinished is a run that was killed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub run_id: String,
     pub command: String,
     pub goal: Goal,
     pub commit: Option<String>,
     pub dirty: bool,
+    /// Who ran it: `user@host` of the controller, when known.
+    #[serde(default)]
+    pub user: Option<String>,
     pub started: String,
     pub finished: Option<String>,
     pub exit_code: Option<u8>,

@@ -1,0 +1,385 @@
+//! Past runs: `nixgate runs` (the state directory's run reports, newest
+//! first), `nixgate show` (a run as push printed it, from its stored
+//! events; `--json` gives the events), `nixgate report --html` (the HTML
+//! report, and the metrics file, of a past run); and what every deploying
+//! run writes when it ends besides its run report ([`after_run`]: the HTML
+//! report, the metrics file, pruning to `--keep` reports).
+//!
+//! These read the state directory only: no inventory, no network, no lock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::report::html::{self, Diffs};
+use crate::report::human::{describe, tables};
+use crate::report::stored::{Stamp, Stamped};
+use crate::report::timeline::{Collector, Timeline};
+use crate::report::{CommandName, Ending, Event, Table, json_line, metrics};
+use crate::state::clock::Utc;
+use crate::state::run_report::RunReport;
+use crate::state::runs::{self, NotFound, RunState};
+use crate::state::{self};
+
+use super::args::RunOutputs;
+use super::{Fatal, Global, Outcome};
+
+fn state_dir(g: &Global) -> anyhow::Result<std::path::PathBuf> {
+    state::resolve_dir(g.state_dir.as_deref()).map_err(|e| Fatal::usage(format!("{e:#}")))
+}
+
+fn resolve(dir: &Path, spec: &str) -> anyhow::Result<String> {
+    runs::resolve(dir, spec).map_err(|e: NotFound| Fatal::usage(e.to_string()))
+}
+
+/// `nixgate runs`.
+pub fn list(g: &Global, limit: usize) -> anyhow::Result<Outcome> {
+    let dir = state_dir(g)?;
+    let entries = runs::list(&dir, limit)?;
+    if g.json {
+        for e in &entries {
+            json_line(&listing_json(e));
+        }
+        return Ok(Outcome::Success);
+    }
+    if entries.is_empty() {
+        eprintln!("no runs recorded in {}", dir.join("runs").display());
+        return Ok(Outcome::Success);
+    }
+    let mut t = Table::new(&[
+        "RUN",
+        "STARTED",
+        "COMMAND",
+        "GOAL",
+        "SELECTION",
+        "HOSTS",
+        "EXIT",
+    ]);
+    for e in &entries {
+        t.row(listing_row(e));
+    }
+    print!("{t}");
+    Ok(Outcome::Success)
+}
+
+fn selection(hosts: &[String]) -> String {
+    match hosts.len() {
+        0 => "-".into(),
+        1..=3 => hosts.join(","),
+        n => format!("{} +{}", hosts[..3].join(","), n - 3),
+    }
+}
+
+fn outcomes(e: &runs::RunEntry, head: &runs::RunHead) -> String {
+    match e.state {
+        RunState::Interrupted => "interrupted (its report was never finished)".into(),
+        RunState::Running => "running".into(),
+        RunState::Finished => {
+            let parts: Vec<String> = head
+                .outcomes()
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            if parts.is_empty() {
+                "none".into()
+            } else {
+                parts.join(", ")
+            }
+        }
+    }
+}
+
+fn listing_row(e: &runs::RunEntry) -> Vec<String> {
+    match &e.head {
+        Ok(h) => vec![
+            e.run_id.clone(),
+            h.started.clone(),
+            h.command.clone(),
+            h.goal.clone(),
+            selection(&h.selected),
+            outcomes(e, h),
+            h.exit_code.map_or("-".into(), |c| c.to_string()),
+        ],
+        Err(err) => vec![
+            e.run_id.clone(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            format!("unreadable: {err}"),
+            "-".into(),
+        ],
+    }
+}
+
+fn listing_json(e: &runs::RunEntry) -> serde_json::Value {
+    match &e.head {
+        Ok(h) => {
+            let counts: BTreeMap<&str, usize> =
+                h.outcomes().iter().map(|(k, n)| (k.as_str(), *n)).collect();
+            serde_json::json!({
+                "run_id": e.run_id, "state": e.state.as_str(), "started": h.started,
+                "finished": h.finished, "command": h.command, "goal": h.goal,
+                "selected": h.selected, "outcomes": counts, "exit_code": h.exit_code,
+            })
+        }
+        Err(err) => serde_json::json!({
+            "run_id": e.run_id, "state": "unreadable", "error": err,
+        }),
+    }
+}
+
+/// Control characters from a host's text never reach the terminal.
+fn strip_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
+/// `nixgate show`.
+pub fn show(g: &Global, spec: &str) -> anyhow::Result<Outcome> {
+    let dir = state_dir(g)?;
+    let id = resolve(&dir, spec)?;
+    let read = if g.json {
+        runs::read(&dir, &id, &mut |s| {
+            json_line(&Stamp {
+                at_ms: s.at_ms,
+                event: &s.event,
+            })
+        })?
+    } else {
+        let mut replay = Replay::new(std::io::BufWriter::new(std::io::stdout().lock()));
+        let read = runs::read(&dir, &id, &mut |s| replay.event(s))?;
+        replay.end(&read.report);
+        read
+    };
+    if g.json && read.report.finished.is_some() {
+        json_line(&summary(&read.report));
+    }
+    notes(&read).iter().for_each(|n| eprintln!("nixgate: {n}"));
+    Ok(Outcome::Success)
+}
+
+/// What a reader of a past run should know about how it was read.
+fn notes(read: &runs::Read) -> Vec<String> {
+    let mut v = Vec::new();
+    if read.report.finished.is_none() {
+        v.push(format!(
+            "run {} never finished (killed, or still running){}",
+            read.report.run_id,
+            if read.from_spool {
+                ": its events are those it spooled before"
+            } else {
+                ""
+            }
+        ));
+    }
+    let (cut, other): (Vec<_>, Vec<_>) = read.unreadable.iter().partition(|u| u.kind.is_none());
+    if !cut.is_empty() {
+        v.push(format!(
+            "{} stored event(s) are not whole JSON (a killed run's last one is cut short)",
+            cut.len()
+        ));
+    }
+    if !other.is_empty() {
+        let mut kinds: Vec<&str> = other.iter().filter_map(|u| u.kind.as_deref()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        v.push(format!(
+            "{} stored event(s) could not be read (written by another version of nixgate?): {}",
+            other.len(),
+            kinds.join(", ")
+        ));
+    }
+    v
+}
+
+/// The summary the run ended with (not stored: the report's hosts are it).
+fn summary(r: &RunReport) -> Event {
+    let failed = r.hosts.iter().filter(|h| h.outcome().fails_run()).count();
+    Event::Summary {
+        command: command(r),
+        run_id: Some(r.run_id.clone()),
+        ending: Ending::Completed,
+        exit_code: r.exit_code.unwrap_or(1),
+        ok: r.hosts.len() - failed,
+        failed,
+        hosts: r.hosts.clone(),
+    }
+}
+
+fn command(r: &RunReport) -> CommandName {
+    serde_json::from_value(serde_json::Value::String(r.command.clone()))
+        .unwrap_or(CommandName::Push)
+}
+
+/// The human reporter's words over stored events, each line with the time
+/// its event was stored, all on stdout (`show | head` ends quietly: output
+/// stops at the first failed write).
+struct Replay<W: std::io::Write> {
+    collected: tables::Collected,
+    out: W,
+    closed: bool,
+}
+
+impl<W: std::io::Write> Replay<W> {
+    fn new(out: W) -> Self {
+        Replay {
+            collected: Default::default(),
+            out,
+            closed: false,
+        }
+    }
+
+    fn print(&mut self, text: &str) {
+        if !self.closed && self.out.write_all(text.as_bytes()).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn event(&mut self, s: Stamped) {
+        if self.collected.take(&s.event) {
+            return;
+        }
+        let text = match &s.event {
+            Event::PlanReady {
+                waves, cancelled, ..
+            } => {
+                let plan = strip_controls_lines(&self.collected.plan(waves, *cancelled));
+                self.print(&plan);
+                return;
+            }
+            ev => describe(ev),
+        };
+        let Some(text) = text else { return };
+        let at = s.at_ms.map_or_else(
+            || "-".into(),
+            |ms| Utc::from_unix((ms / 1000) as i64).rfc3339(),
+        );
+        for line in text.lines() {
+            self.print(&format!("{at} {}\n", strip_controls(line)));
+        }
+    }
+
+    fn end(mut self, r: &RunReport) {
+        if r.finished.is_some() {
+            if !r.hosts.is_empty() {
+                let table = strip_controls_lines(&tables::summary_table(&r.hosts).to_string());
+                self.print(&table);
+            }
+            let failed = r.hosts.iter().filter(|h| h.outcome().fails_run()).count();
+            let line = tables::summary_line(
+                &r.hosts,
+                (r.hosts.len() - failed, failed),
+                Ending::Completed,
+                r.exit_code.unwrap_or(1),
+            );
+            self.print(&format!("{line}\n"));
+        }
+        let _ = self.out.flush();
+    }
+}
+
+fn strip_controls_lines(text: &str) -> String {
+    text.lines().map(|l| strip_controls(l) + "\n").collect()
+}
+
+/// A stored run, read once for everything written from it.
+struct Built {
+    report: RunReport,
+    timeline: Timeline,
+    diffs: Diffs,
+    notes: Vec<String>,
+}
+
+fn build(dir: &Path, id: &str, with_diffs: bool) -> anyhow::Result<Built> {
+    let mut collector = Collector::new();
+    let mut diffs = Diffs::default();
+    let read = runs::read(dir, id, &mut |s| {
+        if with_diffs && let Event::Diff { host, diff } = &s.event {
+            diffs.add(host.clone(), diff.clone());
+        }
+        collector.event(s)
+    })?;
+    let mut notes = notes(&read);
+    let timeline = collector.finish(&read.report);
+    if timeline.unstamped > 0 {
+        notes.push(format!(
+            "{} event(s) have no time (written before nixgate stamped them): left out of the timeline",
+            timeline.unstamped
+        ));
+    }
+    notes.push(format!(
+        "written by nixgate {} from {}",
+        env!("CARGO_PKG_VERSION"),
+        state::run_report::path(dir, id).display()
+    ));
+    Ok(Built {
+        report: read.report,
+        timeline,
+        diffs,
+        notes,
+    })
+}
+
+fn write_html(b: Built, path: &Path) -> anyhow::Result<()> {
+    let text = html::render(&b.report, &b.timeline, b.diffs, b.notes)?;
+    html::write(path, &text)
+}
+
+fn write_metrics(dir: &Path, b: &Built, path: &Path) -> anyhow::Result<()> {
+    let (run, hosts) = metrics::history::collect(dir, &b.report, &b.timeline);
+    metrics::write(path, &metrics::render(&run, &hosts))
+}
+
+/// `nixgate report`.
+pub fn report(
+    g: &Global,
+    spec: &str,
+    html_path: Option<&Path>,
+    metrics_path: Option<&Path>,
+) -> anyhow::Result<Outcome> {
+    let dir = state_dir(g)?;
+    let id = resolve(&dir, spec)?;
+    let built = build(&dir, &id, html_path.is_some())?;
+    if let Some(p) = metrics_path {
+        write_metrics(&dir, &built, p)?;
+        eprintln!("metrics of run {id}: {}", p.display());
+    }
+    if let Some(p) = html_path {
+        write_html(built, p)?;
+        eprintln!("report of run {id}: {}", p.display());
+    }
+    Ok(Outcome::Success)
+}
+
+/// At the end of a deploying run, after its report is written: the HTML
+/// report and the metrics file if asked for, then the oldest reports
+/// pruned. A failure here is a warning: the run itself is over.
+pub fn after_run(dir: &Path, run_id: &str, out: &RunOutputs) {
+    if out.html_report.is_some() || out.metrics_file.is_some() {
+        match build(dir, run_id, out.html_report.is_some()) {
+            Ok(built) => {
+                if let Some(p) = &out.metrics_file
+                    && let Err(e) = write_metrics(dir, &built, p)
+                {
+                    eprintln!("nixgate: warning: {e:#}");
+                }
+                if let Some(p) = &out.html_report
+                    && let Err(e) = write_html(built, p)
+                {
+                    eprintln!(
+                        "nixgate: warning: could not write the HTML report {}: {e:#}",
+                        p.display()
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("nixgate: warning: the HTML report and metrics were not written: {e:#}")
+            }
+        }
+    }
+    let keep = usize::try_from(out.keep).unwrap_or(usize::MAX);
+    if let Err(e) = runs::prune(dir, keep, run_id) {
+        eprintln!("nixgate: warning: pruning old run reports (--keep {keep}): {e:#}");
+    }
+}

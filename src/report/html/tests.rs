@@ -1,0 +1,150 @@
+use super::*;
+use crate::report::stored::fixture::{self, HOSTILE};
+use crate::report::timeline;
+
+pub fn page(extra: usize) -> String {
+    let run = fixture::run(extra);
+    let mut diffs = Diffs::default();
+    for s in &run.events {
+        if let crate::report::Event::Diff { host, diff } = &s.event {
+            diffs.add(host.clone(), diff.clone());
+        }
+    }
+    let t = timeline::of_run(&run.report, run.events);
+    render(&run.report, &t, diffs, vec!["a note".into()]).unwrap()
+}
+
+#[test]
+fn one_row_per_host_and_every_bar_in_its_colour() {
+    let html = page(0);
+    assert_eq!(html.matches(r#"<g class="row""#).count(), 6);
+    // web2 failed its health checks: that bar is red, its rollback amber.
+    let row = html
+        .split(r#"<g class="row" data-host="web2""#)
+        .nth(1)
+        .unwrap()
+        .split("</g>")
+        .next()
+        .unwrap();
+    assert!(
+        row.contains(r##"class="bar failed""##)
+            && row.contains(r##"fill="#cf222e" data-gate="health-checks""##),
+        "{row}"
+    );
+    assert!(
+        row.contains(r##"fill="#bf8700" data-gate="rollback""##),
+        "{row}"
+    );
+    let web3 = html.split(r#"data-host="web3""#).nth(1).unwrap();
+    assert!(web3.contains(r##"fill="#0969da" data-gate="persist""##));
+    let web4 = html.split(r#"data-host="web4""#).nth(1).unwrap();
+    assert!(web4.contains(r#"data-gate="not started" data-result="not-started""#));
+    // Soak and wave starts are marked; the axis has ticks.
+    assert!(html.contains(r#"<rect class="soak""#) && html.contains("soak of wave canary: 5 s"));
+    assert_eq!(html.matches(r#"<line class="wave-start""#).count(), 2);
+    assert!(html.contains(">+20s</text>"));
+}
+
+#[test]
+fn hostile_text_is_escaped_everywhere() {
+    let html = page(0);
+    assert_eq!(
+        html.matches("<script>").count(),
+        1,
+        "only the page's own script"
+    );
+    assert!(!html.contains(HOSTILE));
+    // The host name (SVG, table, hosts), the flake input of web2's diff and
+    // the health check's output all appear, escaped.
+    let escaped = "&lt;script&gt;alert(1)&lt;";
+    assert!(
+        html.matches(escaped).count() >= 8,
+        "{}",
+        html.matches(escaped).count()
+    );
+    assert!(html.contains(&format!("flake input + {escaped}")));
+    assert!(html.contains(&format!("curl: (7) {escaped}")));
+    assert!(html.contains(&format!(
+        r#"<g class="row" data-host="{escaped}/script&gt;""#
+    )));
+}
+
+#[test]
+fn the_page_loads_nothing_from_anywhere() {
+    let html = page(0);
+    for needle in [
+        "src=",
+        "url(",
+        "@import",
+        "<link",
+        "href=\"http",
+        "href='http",
+    ] {
+        assert!(!html.contains(needle), "{needle}");
+    }
+    assert!(html.contains("default-src 'none'"));
+    // The only absolute URL is the SVG namespace.
+    assert_eq!(
+        html.matches("://").count(),
+        html.matches("http://www.w3.org/2000/svg").count()
+    );
+}
+
+#[test]
+fn diffs_are_grouped_as_plan_groups_them() {
+    let html = page(3);
+    // web2's diff names a different flake input: two groups.
+    assert_eq!(html.matches(r#"<details class="group""#).count(), 2);
+    assert!(html.contains(
+        "web1, web3, &lt;script&gt;alert(1)&lt;/script&gt;, db1, node0, node1, node2, web4"
+    ));
+    for section in [
+        "package versions",
+        "added",
+        "removed",
+        "rebuilt at the same version",
+        "flake inputs",
+        "closure size",
+    ] {
+        assert!(html.contains(&format!("<h3>{section}</h3>")), "{section}");
+    }
+    assert!(html.contains("nginx 1.24.0 -&gt; 1.25.3"));
+    assert!(html.contains("~ openssl 3.0.13 rebuilt (dependency)"));
+}
+
+#[test]
+fn header_says_who_when_and_how_it_ended() {
+    let html = page(0);
+    for s in [
+        "ops@controller",
+        "3f2a9c1e0b7d44",
+        "push (goal gated)",
+        "2026-11-22T20:30:00Z",
+        r#"<dd class="bad">1</dd>"#,
+        "1 rolled-back",
+        "1 pending-reboot",
+    ] {
+        assert!(html.contains(s), "{s}");
+    }
+}
+
+/// 500 hosts: a row each, and the page's size per host stays what README
+/// says (Chromium's time to render it is measured by hand: scripts/bench-report).
+#[test]
+fn a_page_of_500_hosts_has_a_row_each_and_stays_small() {
+    let html = page(494);
+    assert_eq!(html.matches(r#"<g class="row""#).count(), 500);
+    eprintln!("500 hosts: {} bytes", html.len());
+    // 3,413,183 bytes when written (6.8 KB a host).
+    assert!(html.len() < 4_000_000, "{} bytes", html.len());
+}
+
+/// Write the fixture's page to look at or measure:
+/// `NIXGATE_DUMP=FILE NIXGATE_DUMP_HOSTS=500 cargo test --lib dump -- --ignored`.
+#[test]
+#[ignore]
+fn dump() {
+    let path = std::env::var("NIXGATE_DUMP").unwrap_or_else(|_| "/tmp/fixture-report.html".into());
+    let hosts: usize = std::env::var("NIXGATE_DUMP_HOSTS").map_or(9, |n| n.parse().unwrap());
+    std::fs::write(path, page(hosts.saturating_sub(6))).unwrap();
+}

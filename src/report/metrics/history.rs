@@ -1,0 +1,285 @@
+//! Each host's state from the run reports: its last run, and what it runs
+//! carried forward from the reports oldest first (a known-good marked, a
+//! change deferred to the next boot, a rollback...). Older reports are read
+//! for their `hosts` only, each host's end reduced to what matters here as
+//! it is parsed (a known-good mark's record, with every gate's evidence,
+//! is skipped, not kept).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{Host, KnownGood, Run};
+use crate::activation::HostOutcome;
+use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
+use crate::gates::Goal;
+use crate::report::timeline::{self, SpanKind, Timeline};
+use crate::state::clock::parse_rfc3339;
+use crate::state::run_report::RunReport;
+use crate::state::runs;
+
+/// How many of the newest run reports are read.
+pub const REPORTS_READ: usize = 50;
+
+/// A host's end, reduced.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Light {
+    host: String,
+    wave: String,
+    outcome: OutcomeKind,
+    seconds: f64,
+    #[serde(default)]
+    activation: Option<LightActivation>,
+    /// A known-good generation revoked after a failed soak.
+    #[serde(default)]
+    revoked: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct LightActivation {
+    #[serde(default)]
+    mark: Option<LightMark>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct LightMark {
+    generation: u64,
+    record: LightRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct LightRecord {
+    marked_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Head {
+    run_id: String,
+    goal: Goal,
+    finished: Option<String>,
+    #[serde(default)]
+    hosts: Vec<Light>,
+}
+
+fn light(s: &HostSummary) -> Light {
+    let mark = match &s.end {
+        HostEnd::Activation { activation } => match activation.as_ref() {
+            HostOutcome::KnownGood { mark } | HostOutcome::AlreadyCurrent { mark: Some(mark) } => {
+                Some(LightMark {
+                    generation: mark.generation,
+                    record: LightRecord {
+                        marked_at: mark.record.marked_at.clone(),
+                    },
+                })
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    Light {
+        host: s.host.clone(),
+        wave: s.wave.clone(),
+        outcome: s.outcome(),
+        seconds: s.seconds,
+        activation: Some(LightActivation { mark }),
+        revoked: match &s.end {
+            HostEnd::SoakFailed { revoked, .. } => *revoked,
+            _ => None,
+        },
+    }
+}
+
+/// What a host runs, as far as the reports say.
+#[derive(Debug, Clone, Default)]
+struct State {
+    runs_known_good: Option<bool>,
+    pending_reboot: Option<bool>,
+    /// Known-goods marked, newest last (a revoked one is popped).
+    known_good: Vec<KnownGood>,
+}
+
+impl State {
+    fn apply(&mut self, goal: Goal, h: &Light) {
+        let mark = h
+            .activation
+            .as_ref()
+            .and_then(|a| a.mark.as_ref())
+            .map(|m| KnownGood {
+                generation: m.generation,
+                marked_at: parse_rfc3339(&m.record.marked_at),
+            });
+        if let Some(m) = mark {
+            self.known_good.retain(|k| k.generation != m.generation);
+            self.known_good.push(m);
+        }
+        if let Some(g) = h.revoked
+            && self.known_good.last().is_some_and(|k| k.generation == g)
+        {
+            self.known_good.pop();
+        }
+        match h.outcome {
+            OutcomeKind::KnownGood => {
+                self.runs_known_good = Some(true);
+                self.pending_reboot = Some(false);
+            }
+            OutcomeKind::AlreadyCurrent if mark.is_some() => self.runs_known_good = Some(true),
+            OutcomeKind::Reached => match goal {
+                Goal::Test => self.runs_known_good = Some(false),
+                Goal::Switch => {
+                    (self.runs_known_good, self.pending_reboot) = (Some(false), Some(false))
+                }
+                Goal::Boot => self.pending_reboot = Some(true),
+                _ => {}
+            },
+            OutcomeKind::DeferredPendingReboot => self.pending_reboot = Some(true),
+            OutcomeKind::NotPersisted => {
+                (self.runs_known_good, self.pending_reboot) = (Some(false), Some(true))
+            }
+            // Back on its known-good, verified.
+            OutcomeKind::RolledBack => self.runs_known_good = Some(true),
+            OutcomeKind::RollbackFailed => self.runs_known_good = Some(false),
+            // A detached switch may still finish: unknown.
+            OutcomeKind::Aborted => (self.runs_known_good, self.pending_reboot) = (None, None),
+            _ => {}
+        }
+    }
+}
+
+/// The last run of a host.
+struct Last {
+    light: Light,
+    run_id: String,
+    finished: Option<i64>,
+}
+
+fn read_head(state_dir: &Path, run_id: &str) -> Option<Head> {
+    let path = crate::state::run_report::path(state_dir, run_id);
+    let file = std::fs::File::open(path).ok()?;
+    serde_json::from_reader(std::io::BufReader::new(file)).ok()
+}
+
+/// Gate durations of every host of a timeline.
+fn gates_of(t: &Timeline) -> HashMap<String, Vec<(&'static str, f64)>> {
+    t.rows
+        .iter()
+        .map(|r| {
+            let gates = r
+                .spans
+                .iter()
+                .filter_map(|s| match s.kind {
+                    SpanKind::Gate(g) => Some((g.as_str(), s.seconds())),
+                    SpanKind::Rollback => Some(("rollback", s.seconds())),
+                    _ => None,
+                })
+                .collect();
+            (r.host.clone(), gates)
+        })
+        .collect()
+}
+
+/// The metrics at the end of `current` (its report and timeline), with
+/// every host of the newest reports of `state_dir`.
+pub fn collect(state_dir: &Path, current: &RunReport, t: &Timeline) -> (Run, Vec<Host>) {
+    let mut ids = runs::ids(state_dir).unwrap_or_default();
+    if ids.len() > REPORTS_READ {
+        ids.drain(..ids.len() - REPORTS_READ);
+    }
+    if !ids.contains(&current.run_id) {
+        ids.push(current.run_id.clone());
+    }
+    let mut states: BTreeMap<String, State> = BTreeMap::new();
+    let mut last: HashMap<String, Last> = HashMap::new();
+    // Oldest first: later runs overwrite.
+    for id in &ids {
+        let (goal, finished, hosts) = if *id == current.run_id {
+            let hosts: Vec<Light> = current.hosts.iter().map(light).collect();
+            (current.goal, current.finished.clone(), hosts)
+        } else {
+            match read_head(state_dir, id) {
+                Some(h) if h.run_id == *id && h.finished.is_some() => (h.goal, h.finished, h.hosts),
+                _ => continue,
+            }
+        };
+        for h in hosts {
+            states.entry(h.host.clone()).or_default().apply(goal, &h);
+            last.insert(
+                h.host.clone(),
+                Last {
+                    finished: finished.as_deref().and_then(parse_rfc3339),
+                    run_id: id.clone(),
+                    light: h,
+                },
+            );
+        }
+    }
+    let mut gates = gate_durations(state_dir, current, t, &last);
+    let hosts = states
+        .into_iter()
+        .filter_map(|(name, st)| {
+            let l = last.remove(&name)?;
+            Some(Host {
+                gates: gates.remove(&name).unwrap_or_default(),
+                host: name,
+                wave: l.light.wave,
+                outcome: l.light.outcome,
+                last_run_at: l.finished,
+                seconds: l.light.seconds,
+                runs_known_good: st.runs_known_good,
+                pending_reboot: st.pending_reboot,
+                known_good: st.known_good.last().copied(),
+            })
+        })
+        .collect();
+    (run_facts(current, t), hosts)
+}
+
+/// Gate durations from each host's last run: this run's timeline, or the
+/// events of the report it last ran in.
+fn gate_durations(
+    state_dir: &Path,
+    current: &RunReport,
+    t: &Timeline,
+    last: &HashMap<String, Last>,
+) -> HashMap<String, Vec<(&'static str, f64)>> {
+    let mut out = gates_of(t);
+    out.retain(|h, _| last.get(h).is_some_and(|l| l.run_id == current.run_id));
+    let mut older: Vec<&str> = last
+        .values()
+        .map(|l| l.run_id.as_str())
+        .filter(|id| *id != current.run_id)
+        .collect();
+    older.sort_unstable();
+    older.dedup();
+    for id in older {
+        let mut c = timeline::Collector::new();
+        let Ok(read) = runs::read(state_dir, id, &mut |s| c.event(s)) else {
+            continue;
+        };
+        for (h, g) in gates_of(&c.finish(&read.report)) {
+            if last.get(&h).is_some_and(|l| l.run_id == id) {
+                out.insert(h, g);
+            }
+        }
+    }
+    out
+}
+
+fn run_facts(r: &RunReport, t: &Timeline) -> Run {
+    let mut outcomes = BTreeMap::new();
+    for h in &r.hosts {
+        *outcomes.entry(h.outcome()).or_default() += 1;
+    }
+    let started = parse_rfc3339(&r.started);
+    let finished = r.finished.as_deref().and_then(parse_rfc3339);
+    Run {
+        run_id: r.run_id.clone(),
+        command: r.command.clone(),
+        goal: r.goal.as_str().to_owned(),
+        started,
+        finished,
+        seconds: t.end_ms.saturating_sub(t.start_ms) as f64 / 1000.0,
+        exit_code: r.exit_code,
+        outcomes,
+    }
+}

@@ -1,0 +1,299 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::report::stored::fixture::{self, HOSTILE};
+use crate::report::timeline;
+
+/// One sample line: name, labels, value.
+fn parse(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    let mut families: HashMap<String, (bool, bool)> = HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            families
+                .entry(rest.split(' ').next().unwrap().into())
+                .or_default()
+                .0 = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(kind, "gauge");
+            families.entry(name.into()).or_default().1 = true;
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').unwrap()),
+            None => (series, ""),
+        };
+        assert!(name.starts_with("nixgate_"), "{line}");
+        assert!(
+            name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{line}"
+        );
+        assert_eq!(
+            families.get(name),
+            Some(&(true, true)),
+            "HELP and TYPE first: {line}"
+        );
+        let mut map = BTreeMap::new();
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (k, v) = rest.split_once("=\"").unwrap();
+            // The value ends at the first unescaped quote.
+            let mut end = 0;
+            let b = v.as_bytes();
+            while b[end] != b'"' {
+                end += if b[end] == b'\\' { 2 } else { 1 };
+            }
+            map.insert(k.to_owned(), v[..end].to_owned());
+            rest = v[end + 1..].strip_prefix(',').unwrap_or(&v[end + 1..]);
+        }
+        out.push((name.to_owned(), map, value));
+    }
+    out
+}
+
+fn metrics_of(dir: &std::path::Path, run: &fixture::Run) -> String {
+    let t = timeline::of_run(&run.report, run.events.clone());
+    let (r, hosts) = history::collect(dir, &run.report, &t);
+    render(&r, &hosts)
+}
+
+#[test]
+fn one_series_per_host_per_metric_in_base_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = fixture::run(0);
+    let text = metrics_of(dir.path(), &run);
+    let samples = parse(&text);
+    let hosts: Vec<&str> = run.report.hosts.iter().map(|h| h.host.as_str()).collect();
+    for name in [
+        "nixgate_host_last_outcome",
+        "nixgate_host_last_run_failed",
+        "nixgate_host_runs_known_good",
+        "nixgate_host_pending_reboot",
+        "nixgate_host_known_good_generation",
+        "nixgate_host_known_good_timestamp_seconds",
+        "nixgate_host_last_run_timestamp_seconds",
+        "nixgate_host_last_run_duration_seconds",
+    ] {
+        let mut seen: Vec<&str> = samples
+            .iter()
+            .filter(|(n, ..)| n == name)
+            .map(|(_, l, _)| l["host"].as_str())
+            .collect();
+        seen.sort_unstable();
+        let mut want = hosts.clone();
+        want.sort_unstable();
+        // The hostile name is in the file, escaped only as the format asks.
+        assert_eq!(seen, want, "{name}");
+    }
+    let get = |name: &str, host: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.get("host").map(String::as_str) == Some(host))
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("{name} {host}"))
+    };
+    assert_eq!(get("nixgate_host_runs_known_good", "web1"), 1.0);
+    assert_eq!(get("nixgate_host_known_good_generation", "web1"), 7.0);
+    assert_eq!(
+        get("nixgate_host_known_good_timestamp_seconds", "web1"),
+        1_795_379_411.0
+    );
+    assert_eq!(get("nixgate_host_pending_reboot", "web3"), 1.0);
+    assert!(
+        get("nixgate_host_runs_known_good", "web3").is_nan(),
+        "unknown"
+    );
+    assert_eq!(get("nixgate_host_last_run_failed", "web2"), 1.0);
+    assert_eq!(
+        get("nixgate_host_runs_known_good", "web2"),
+        1.0,
+        "rolled back"
+    );
+    let gate = |host: &str, gate: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == "nixgate_gate_duration_seconds" && l["host"] == host && l["gate"] == gate
+            })
+            .map(|s| s.2)
+    };
+    assert_eq!(gate("web1", "copy"), Some(1.0));
+    assert_eq!(gate("web1", "mark-known-good"), Some(0.5));
+    assert_eq!(gate("web1", "build"), Some(0.9));
+    let web2_gates: Vec<&str> = samples
+        .iter()
+        .filter(|(n, l, _)| n == "nixgate_gate_duration_seconds" && l["host"] == "web2")
+        .map(|(_, l, _)| l["gate"].as_str())
+        .collect();
+    assert!(web2_gates.contains(&"health-checks") && web2_gates.contains(&"rollback"));
+    let outcome = samples
+        .iter()
+        .find(|(n, l, _)| n == "nixgate_host_last_outcome" && l["host"] == "web3")
+        .unwrap();
+    assert_eq!(outcome.1["outcome"], "pending-reboot");
+    assert!(text.contains("nixgate_run_exit_code 1\n"));
+    assert!(text.contains("nixgate_run_duration_seconds 25.1\n"));
+    assert!(text.contains(&format!("host=\"{HOSTILE}\"")));
+}
+
+/// `$NIXGATE_PROMTOOL` (scripts/test sets it: then it must be there), else
+/// one on the system.
+fn promtool() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("NIXGATE_PROMTOOL") {
+        let p = std::path::PathBuf::from(p);
+        assert!(
+            p.exists(),
+            "NIXGATE_PROMTOOL={} does not exist",
+            p.display()
+        );
+        return Some(p);
+    }
+    ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+#[test]
+fn promtool_accepts_the_file() {
+    let Some(promtool) = promtool() else {
+        eprintln!("skipped: no promtool (scripts/test unpacks Debian's prometheus package)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = metrics_of(dir.path(), &fixture::run(2));
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn hosts_of_earlier_runs_keep_their_series_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = fixture::run(0);
+    crate::state::runs::tests::write_run(dir.path(), &first);
+    // A later run of web2 alone, which now goes through.
+    let mut second = fixture::run(0);
+    second.report.run_id = "20261123T080000Z-0001".into();
+    second.report.finished = Some("2026-11-23T08:00:30Z".into());
+    second.report.exit_code = Some(0);
+    let web1 = second.report.hosts[0].clone();
+    second.report.hosts = vec![crate::report::HostSummary {
+        host: "web2".into(),
+        ..web1
+    }];
+    second.report.selected = vec!["web2".into()];
+    second
+        .events
+        .retain(|s| s.event.host().is_none_or(|h| h == "web2"));
+    crate::state::runs::tests::write_run(dir.path(), &second);
+    let samples = parse(&metrics_of(dir.path(), &second));
+    let get = |name: &str, host: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.get("host").map(String::as_str) == Some(host))
+            .map(|s| (s.1.clone(), s.2))
+            .unwrap_or_else(|| panic!("{name} {host}"))
+    };
+    let (l, _) = get("nixgate_host_last_outcome", "web2");
+    assert_eq!(l["outcome"], "known-good");
+    assert_eq!(get("nixgate_host_runs_known_good", "web2").1, 1.0);
+    assert_eq!(
+        get("nixgate_host_last_run_timestamp_seconds", "web2").1,
+        1_795_420_830.0
+    );
+    // web3 was not in the second run: its series stay, from the first.
+    assert_eq!(get("nixgate_host_pending_reboot", "web3").1, 1.0);
+    assert_eq!(
+        get("nixgate_host_last_outcome", "web3").0["outcome"],
+        "pending-reboot"
+    );
+    // And its gate durations come from the first run's events.
+    let gates = |host: &str| -> Vec<String> {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == "nixgate_gate_duration_seconds" && l["host"] == host)
+            .map(|(_, l, _)| l["gate"].clone())
+            .collect()
+    };
+    assert_eq!(
+        gates("web3"),
+        [
+            "build",
+            "diff",
+            "copy",
+            "dry-activate",
+            "live-activate",
+            "persist"
+        ]
+    );
+    assert_eq!(
+        gates("web4"),
+        ["build", "diff"],
+        "not started: planned only"
+    );
+}
+
+#[test]
+fn the_file_is_replaced_whole_and_readable_by_all() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nixgate.prom");
+    let small = "nixgate_run_exit_code 0\n".to_owned();
+    let big = "# HELP nixgate_x x\n".repeat(20_000);
+    write(&path, &small).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop, small, big) = (path.clone(), stop.clone(), small.clone(), big.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    text == small || text == big,
+                    "a torn read of {} bytes",
+                    text.len()
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..200 {
+        write(&path, if i % 2 == 0 { &big } else { &small }).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // Only the file itself is left (no temporary files for the collector).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let e = write(&dir.path().join("no/such/dir/x.prom"), "x").unwrap_err();
+    assert!(
+        format!("{e:#}").contains("writing the metrics file"),
+        "{e:#}"
+    );
+}

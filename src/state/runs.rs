@@ -1,0 +1,396 @@
+//! The run reports of a state directory (`runs/<run-id>.json`): listed
+//! newest first, found by id, unique prefix or `latest`, read back with
+//! their events streamed one at a time, and pruned to the newest N.
+//!
+//! Run ids start with their UTC start time, so by name is by age. A report
+//! whose `finished` is null is a run that never ended: it is running when
+//! the controller lock's holder is alive (Linux: `/proc/<pid>`), else it was
+//! killed (interrupted). A killed run leaves its event spool behind
+//! (`.<run-id>.events.tmp`): its events are read from there.
+//!
+//! Listing reads each report's head and skips its events without keeping
+//! them (serde's `IgnoredAny`); reading streams the `events` array element
+//! by element, so a report of hundreds of megabytes is never held whole.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+use crate::deploy::OutcomeKind;
+use crate::report::stored::{self, Stamped, Unreadable};
+use crate::state::run_report::RunReport;
+
+/// How a listed run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Finished,
+    /// Its report was never finished and no run holds the lock: killed.
+    Interrupted,
+    /// Its report is not finished and the run holding the lock is alive.
+    Running,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Finished => "finished",
+            RunState::Interrupted => "interrupted",
+            RunState::Running => "running",
+        }
+    }
+}
+
+/// One run of the listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEntry {
+    pub run_id: String,
+    pub path: PathBuf,
+    pub head: Result<RunHead, String>,
+    pub state: RunState,
+}
+
+/// What the listing reads of a report.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RunHead {
+    pub run_id: String,
+    pub command: String,
+    pub goal: String,
+    pub started: String,
+    pub finished: Option<String>,
+    pub exit_code: Option<u8>,
+    #[serde(default)]
+    pub selected: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<HostHead>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct HostHead {
+    outcome: OutcomeKind,
+}
+
+impl RunHead {
+    /// How many hosts ended how.
+    pub fn outcomes(&self) -> BTreeMap<OutcomeKind, usize> {
+        let mut m = BTreeMap::new();
+        for h in &self.hosts {
+            *m.entry(h.outcome).or_default() += 1;
+        }
+        m
+    }
+}
+
+fn runs_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("runs")
+}
+
+/// The run ids with a report, oldest first.
+pub fn ids(state_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = runs_dir(state_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = name.strip_suffix(".json")?;
+            (!id.starts_with('.') && !id.is_empty()).then(|| id.to_owned())
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The newest `limit` runs, newest first.
+pub fn list(state_dir: &Path, limit: usize) -> anyhow::Result<Vec<RunEntry>> {
+    let running = running_since(state_dir);
+    let mut ids = ids(state_dir)?;
+    ids.reverse();
+    ids.truncate(limit);
+    let mut newest_unfinished = true;
+    Ok(ids
+        .into_iter()
+        .map(|run_id| {
+            let path = crate::state::run_report::path(state_dir, &run_id);
+            let head = read_head(&path);
+            let state = match &head {
+                Ok(h) if h.finished.is_some() => RunState::Finished,
+                // Only the newest unfinished run can be the one running.
+                Ok(h)
+                    if std::mem::take(&mut newest_unfinished)
+                        && running
+                            .as_deref()
+                            .is_some_and(|since| since <= h.started.as_str()) =>
+                {
+                    RunState::Running
+                }
+                _ => RunState::Interrupted,
+            };
+            RunEntry {
+                run_id,
+                path,
+                head,
+                state,
+            }
+        })
+        .collect())
+}
+
+fn read_head(path: &Path) -> Result<RunHead, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| e.to_string())
+}
+
+/// When the live holder of the controller lock took it, if one is alive.
+fn running_since(state_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_dir.join("lock")).ok()?;
+    let holder: crate::state::lock::Holder = serde_json::from_str(&text).ok()?;
+    let alive = cfg!(target_os = "linux") && Path::new(&format!("/proc/{}", holder.pid)).exists();
+    alive.then_some(holder.started)
+}
+
+/// Who runs nixgate, for the run report: `$USER@hostname` (either part
+/// when the other is unknown).
+pub fn operator() -> Option<String> {
+    let user = ["USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(user_of_uid);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    match (user, host) {
+        (Some(u), Some(h)) => Some(format!("{u}@{h}")),
+        (u, h) => u.or(h),
+    }
+}
+
+/// This process's user name from its uid (`/proc/self/status`,
+/// `/etc/passwd`), or `uid N`: a service started without `$USER`.
+fn user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or(format!("uid {uid}")))
+}
+
+/// A run named on the command line that is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum NotFound {
+    #[error("no run reports in {0}: runs are recorded by push and rollback")]
+    Empty(PathBuf),
+    #[error("no run {0:?} in {1}: `nixgate runs` lists them")]
+    Unknown(String, PathBuf),
+    #[error("{0:?} names {1} runs ({2}): give more of the run id")]
+    Ambiguous(String, usize, String),
+}
+
+/// The run id `spec` names: `latest`, an id, or a unique prefix of one.
+pub fn resolve(state_dir: &Path, spec: &str) -> Result<String, NotFound> {
+    let dir = runs_dir(state_dir);
+    let ids = ids(state_dir).unwrap_or_default();
+    if spec == "latest" {
+        return ids.last().cloned().ok_or(NotFound::Empty(dir));
+    }
+    if ids.iter().any(|i| i == spec) {
+        return Ok(spec.to_owned());
+    }
+    let matching: Vec<&String> = ids.iter().filter(|i| i.starts_with(spec)).collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(NotFound::Unknown(spec.to_owned(), dir)),
+        many => {
+            let shown: Vec<&str> = many.iter().rev().take(3).map(|s| s.as_str()).collect();
+            let more = if many.len() > 3 { ", ..." } else { "" };
+            Err(NotFound::Ambiguous(
+                spec.to_owned(),
+                many.len(),
+                format!("{}{more}", shown.join(", ")),
+            ))
+        }
+    }
+}
+
+/// A report read back.
+#[derive(Debug)]
+pub struct Read {
+    pub report: RunReport,
+    /// Events this build could not read (another version wrote them).
+    pub unreadable: Vec<Unreadable>,
+    /// The events came from the spool a killed run left behind.
+    pub from_spool: bool,
+}
+
+/// Read the report of `run_id`, handing each event to `on_event` in order
+/// as it is read.
+pub fn read(
+    state_dir: &Path,
+    run_id: &str,
+    on_event: &mut dyn FnMut(Stamped),
+) -> anyhow::Result<Read> {
+    let path = crate::state::run_report::path(state_dir, run_id);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut unreadable = Vec::new();
+    let mut events = 0usize;
+    let head = {
+        let mut take = |r: Result<Stamped, Unreadable>| {
+            events += 1;
+            match r {
+                Ok(s) => on_event(s),
+                Err(u) => unreadable.push(u),
+            }
+        };
+        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+        ReportSeed { take: &mut take }
+            .deserialize(&mut de)
+            .and_then(|h| de.end().map(|()| h))
+            .with_context(|| format!("reading the run report {}", path.display()))?
+    };
+    let report: RunReport =
+        serde_json::from_value(serde_json::Value::Object(head)).with_context(|| {
+            format!(
+                "reading the run report {}: written by another version of nixgate?",
+                path.display()
+            )
+        })?;
+    let spool = runs_dir(state_dir).join(format!(".{run_id}.events.tmp"));
+    let from_spool = report.finished.is_none() && events == 0 && spool.exists();
+    if from_spool {
+        read_spool(&spool, on_event, &mut unreadable)?;
+    }
+    Ok(Read {
+        report,
+        unreadable,
+        from_spool,
+    })
+}
+
+fn read_spool(
+    path: &Path,
+    on_event: &mut dyn FnMut(Stamped),
+    unreadable: &mut Vec<Unreadable>,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.is_empty() {
+            continue;
+        }
+        // The last line of a killed run may be cut short: unreadable.
+        match stored::parse_event(&line) {
+            Ok(s) => on_event(s),
+            Err(u) => unreadable.push(u),
+        }
+    }
+    Ok(())
+}
+
+type Take<'a> = dyn FnMut(Result<Stamped, Unreadable>) + 'a;
+
+/// The report object: `events` streamed to `take`, the rest kept.
+struct ReportSeed<'a, 'b> {
+    take: &'a mut Take<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for ReportSeed<'_, '_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReportSeed<'_, '_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a run report (a JSON object)")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut head = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "events" {
+                map.next_value_seed(EventsSeed {
+                    take: &mut *self.take,
+                })?;
+            } else {
+                let value = map.next_value()?;
+                head.insert(key, value);
+            }
+        }
+        Ok(head)
+    }
+}
+
+struct EventsSeed<'a, 'b> {
+    take: &'a mut Take<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the run's events (a JSON array)")
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while let Some(raw) = seq.next_element::<Box<serde_json::value::RawValue>>()? {
+            (self.take)(stored::parse_event(raw.get()));
+        }
+        Ok(())
+    }
+}
+
+/// Remove the oldest reports (and a killed run's spool) so that `keep`
+/// remain; never the report of `current` or of a run still going. Returns
+/// the run ids removed.
+pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec<String>> {
+    let ids = ids(state_dir)?;
+    let excess = ids.len().saturating_sub(keep);
+    let running = running_since(state_dir);
+    let mut removed = Vec::new();
+    for id in ids.iter().take(excess) {
+        if id == current {
+            continue;
+        }
+        let path = crate::state::run_report::path(state_dir, id);
+        // A run started after the lock's live holder took it is that run.
+        if running.is_some()
+            && read_head(&path).is_ok_and(|h| {
+                h.finished.is_none() && running.as_deref().is_some_and(|s| s <= h.started.as_str())
+            })
+        {
+            continue;
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        let _ = std::fs::remove_file(runs_dir(state_dir).join(format!(".{id}.events.tmp")));
+        removed.push(id.clone());
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
