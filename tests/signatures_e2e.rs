@@ -140,6 +140,7 @@ fn refused(fleet: &Fleet, why: &str) -> (String, Vec<String>) {
 }
 
 #[test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn relay_carries_signatures_and_unsigned_or_foreign_closures_are_refused() {
     let fleet = Fleet::start(FleetSpec {
         light: 2,
@@ -308,6 +309,7 @@ fn untrusted_on(fleet: &Fleet, h: &str, closure: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn restore_gives_a_host_the_builders_signatures_for_paths_it_had() {
     let fleet = Fleet::start(FleetSpec {
         light: 1,
