@@ -7,7 +7,7 @@ use crate::deploy::copy_stage::CopyStager;
 use crate::deploy::releases::{Releasing, release_known_good};
 use crate::fleet::Sessions;
 use crate::gates::Goal;
-use crate::inventory::{CopyMode, Inventory, Selection, Selector};
+use crate::inventory::{Inventory, Selection, Selector};
 use crate::plan::{self, Planning, Request, Source};
 use crate::report::{self, CommandName, Ending, Event};
 use crate::runner::cancel;
@@ -82,19 +82,8 @@ pub async fn push(
     if run.confirm(g, &plan).await? == Answer::No {
         return run.declined(plan).await;
     }
-    let relaying = plan
-        .ready()
-        .filter(|(h, _)| inv.host(h).is_some_and(|x| x.copy == CopyMode::Relay))
-        .count();
     let ctx = run.context(&inv, opts.flags);
-    let closures = plan.closures.clone();
-    let stager = CopyStager::new(
-        inv.clone(),
-        run.fleet.clone(),
-        run.sink.clone(),
-        closures,
-        relaying,
-    );
+    let stager = CopyStager::for_plan(inv.clone(), run.fleet.clone(), run.sink.clone(), &plan);
     let source = plan.source.clone();
     let hosts = crate::deploy::run(&ctx, plan, stager).await;
     if let (true, Some(source)) = (req.goal().marks_known_good(), source) {

@@ -13,6 +13,7 @@ use crate::fleet::Fleet;
 use crate::inventory::{CopyMode, Inventory};
 use crate::nix::copy::CopyOutcome;
 use crate::nix::{self, StorePath};
+use crate::plan::Plan;
 use crate::report::{Event, EventSink};
 
 /// Copies closures according to each host's `copy` mode.
@@ -55,6 +56,22 @@ impl<F: Fleet> CopyStager<F> {
 }
 
 impl<F: Fleet> CopyStager<F> {
+    /// The stager for `plan`: the closures the diff gate already read, and a
+    /// relay hub when more than one of its ready hosts relays.
+    pub fn for_plan(
+        inventory: Arc<Inventory>,
+        fleet: Arc<F>,
+        sink: EventSink,
+        plan: &Plan,
+    ) -> Self {
+        let relaying = plan
+            .ready()
+            .filter(|(h, _)| inventory.host(h).is_some_and(|x| x.copy == CopyMode::Relay))
+            .count();
+        let closures = plan.closures.clone();
+        CopyStager::new(inventory, fleet, sink, closures, relaying)
+    }
+
     /// A host that requires signatures refuses paths it already had but
     /// holds unsigned (relayed before, or built locally): the copy skips
     /// them, so they get the builder's signatures here. One command when
