@@ -201,10 +201,15 @@ pub enum Command {
         #[command(flatten)]
         select: SelectorArgs,
     },
-    /// Per host: the running system, the boot default, the known-good, a
-    /// pending reboot, the last run's outcome.
+    /// Per host: the known-good (generation, commit), the running system,
+    /// the boot default, a pending reboot, whether it is behind the
+    /// configuration's HEAD, its last run.
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
+        /// List each selected host's known-good generations (commit, date)
+        /// instead: the targets of `rollback --to`.
+        #[arg(long)]
+        history: bool,
         #[command(flatten)]
         select: SelectorArgs,
     },

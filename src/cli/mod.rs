@@ -195,10 +195,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let inv = load_inventory(&g)?;
             release::show(&g, &inv, &tag)
         }
-        Command::Status { select } => {
+        Command::Status { history, select } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
-            status::run(&g, &inv, &sel)
+            status::run(&g, &inv, &sel, history)
         }
         Command::Rollback {
             to,
