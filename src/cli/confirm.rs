@@ -6,6 +6,7 @@
 use std::io::{BufRead, Write};
 
 use crate::plan::Plan;
+use crate::report::CommandName;
 use crate::runner::cancel::{self, CancelLevel, CancelWatch};
 
 use super::{Fatal, Global};
@@ -18,8 +19,9 @@ pub enum Answer {
     No,
 }
 
-/// The question: the goal, and the ready hosts wave by wave.
-pub fn question(plan: &Plan) -> String {
+/// The question: what is done (the goal, or a rollback), and the ready
+/// hosts wave by wave.
+pub fn question(command: CommandName, plan: &Plan) -> String {
     let mut waves = Vec::new();
     let mut total = 0;
     for w in &plan.waves {
@@ -40,11 +42,11 @@ pub fn question(plan: &Plan) -> String {
         }
         waves.push(format!("{}: {names}", w.group.name));
     }
-    format!(
-        "Deploy (goal {}) to {total} host(s)? {}\n[y/N] ",
-        plan.goal,
-        waves.join("; ")
-    )
+    let what = match command {
+        CommandName::Rollback => format!("Roll back {total} host(s)"),
+        _ => format!("Deploy (goal {}) to {total} host(s)", plan.goal),
+    };
+    format!("{what}? {}\n[y/N] ", waves.join("; "))
 }
 
 /// Before any work: a run that will need an answer and has no terminal to
@@ -64,7 +66,12 @@ pub fn can_ask(g: &Global) -> anyhow::Result<()> {
 }
 
 /// Ask on the terminal. `--yes` answers for the user.
-pub async fn ask(g: &Global, plan: &Plan, mut watch: CancelWatch) -> anyhow::Result<Answer> {
+pub async fn ask(
+    g: &Global,
+    command: CommandName,
+    plan: &Plan,
+    mut watch: CancelWatch,
+) -> anyhow::Result<Answer> {
     if g.yes {
         return Ok(Answer::Yes);
     }
@@ -75,7 +82,7 @@ pub async fn ask(g: &Global, plan: &Plan, mut watch: CancelWatch) -> anyhow::Res
         .map_err(|_| {
             Fatal::usage("no terminal to confirm on: pass --yes to deploy without a prompt")
         })?;
-    let q = question(plan);
+    let q = question(command, plan);
     let read = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut out = tty.try_clone()?;
         out.write_all(q.as_bytes())?;

@@ -101,6 +101,7 @@ fn ready(closure: &str) -> Verdict {
             closure: sp(closure),
             earlier_gates: Vec::new(),
             generation: None,
+            commit: None,
         },
         running: Some(sp(OLD)),
     }

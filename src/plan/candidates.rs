@@ -193,6 +193,7 @@ async fn root_and_sign<F: Fleet>(
         earlier_gates: vec![GateRecord::new(Gate::Build, &evidence)],
         closure: toplevel,
         generation: None,
+        commit: None,
     })
 }
 

@@ -52,6 +52,11 @@ pub struct Candidate {
     /// one, so history stays a line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// A rollback's target: the commit its known-good record names, kept
+    /// in the record when the generation is re-selected (`None`: the run's
+    /// own commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// Why a host was refused before the run. Nothing on it changed.
@@ -303,6 +308,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
                 closure: closure.clone(),
                 earlier_gates: Vec::new(),
                 generation: None,
+                commit: None,
             };
             let running = None;
             verdicts.insert(host.clone(), Verdict::Ready { candidate, running });

@@ -38,6 +38,8 @@ pub struct Target {
     pub closure: StorePath,
     /// The known-good generation it is.
     pub generation: u64,
+    /// The commit its record names.
+    pub commit: Option<String>,
 }
 
 fn usable(g: &KnownGoodGeneration) -> Option<Target> {
@@ -45,6 +47,7 @@ fn usable(g: &KnownGoodGeneration) -> Option<Target> {
         (Some(c), true) => Some(Target {
             closure: c.clone(),
             generation: g.generation,
+            commit: g.record.as_ref().and_then(|r| r.commit.clone()),
         }),
         _ => None,
     }
@@ -113,6 +116,7 @@ pub async fn find_all<F: Fleet>(p: &Planning<'_, F>, hosts: &[String], to: Optio
                     closure: t.closure,
                     earlier_gates: Vec::new(),
                     generation: Some(t.generation),
+                    commit: t.commit,
                 },
                 running,
             },
@@ -185,6 +189,7 @@ mod tests {
         Ok(Target {
             closure: sp(closure),
             generation,
+            commit: None,
         })
     }
 

@@ -169,10 +169,16 @@ pub struct Table {
     width: Option<usize>,
 }
 
-/// The narrowest a shrinkable column gets: a store path's hash.
-const SHRUNK: usize = 8;
 /// The narrowest the last column is wrapped to.
-const LAST_MIN: usize = 24;
+const LAST_MIN: usize = 20;
+
+/// How short a shrinkable cell may get: up to the end of the store path's
+/// hash (`#3 8d257f5 b9473480` of `#3 8d257f5 b9473480-nixos-system-...`).
+fn shortest(cell: &str) -> usize {
+    let start = cell.rfind(' ').map_or(0, |i| i + 1);
+    let hash = cell[start..].find('-').unwrap_or(cell.len() - start);
+    cell[..start + hash].chars().count().max(1)
+}
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
@@ -216,13 +222,23 @@ impl Table {
         };
         let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
         let last = cols.saturating_sub(1);
-        // Shrink the store paths, widest first, one character at a time.
+        let floor: Vec<usize> = (0..cols)
+            .map(|i| {
+                let cells = std::iter::once(&self.header).chain(&self.rows);
+                cells
+                    .filter_map(|r| r.get(i))
+                    .map(|c| shortest(c))
+                    .max()
+                    .unwrap_or(1)
+            })
+            .collect();
+        // Shrink the store paths' names, widest first, one character at a time.
         while total(&widths) > limit {
             let widest = self
                 .shrinkable
                 .iter()
                 .copied()
-                .filter(|&i| i < cols && widths[i] > SHRUNK)
+                .filter(|&i| i < cols && widths[i] > floor[i])
                 .max_by_key(|&i| widths[i]);
             let Some(i) = widest else { break };
             widths[i] -= 1;
@@ -235,12 +251,17 @@ impl Table {
     }
 }
 
-/// `s` in at most `w` characters: cut, with `…` for what is missing.
+/// `s` in at most `w` characters: cut, with `…` for what is missing, but
+/// never shorter than its [`shortest`].
 fn cut(s: &str, w: usize) -> String {
     if s.chars().count() <= w {
         return s.to_owned();
     }
-    let mut out: String = s.chars().take(w.saturating_sub(1)).collect();
+    let keep = shortest(s);
+    if w <= keep {
+        return s.chars().take(keep).collect();
+    }
+    let mut out: String = s.chars().take(w - 1).collect();
     out.push('…');
     out
 }

@@ -55,7 +55,7 @@ impl Labels {
             Event::PlanReady { waves, .. } => {
                 for h in waves.iter().flat_map(|w| &w.planned) {
                     if let Verdict::Ready { candidate, .. } = &h.verdict {
-                        let commit = self.run_commit.clone();
+                        let commit = candidate.commit.clone().or(self.run_commit.clone());
                         self.learn(&candidate.closure, candidate.generation, commit.as_deref());
                     }
                 }

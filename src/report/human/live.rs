@@ -316,19 +316,6 @@ impl Live {
         self.hosts.get(host).unwrap_or(&Doing::Waiting)
     }
 
-    /// How many hosts of a wave ended how.
-    pub fn wave_counts(&self, wave: &str) -> BTreeMap<OutcomeKind, usize> {
-        let mut counts = BTreeMap::new();
-        if let Some(w) = self.waves.iter().find(|w| w.name == wave) {
-            for h in &w.hosts {
-                if let Doing::Done { outcome, .. } = self.doing(h) {
-                    *counts.entry(*outcome).or_default() += 1;
-                }
-            }
-        }
-        counts
-    }
-
     /// The view at `now`, in at most `width` columns, aiming for at most
     /// `height` lines.
     pub fn render(&self, now: Instant, width: usize, height: usize) -> Vec<String> {
@@ -365,7 +352,8 @@ impl Live {
                 .iter()
                 .any(|h| !matches!(self.doing(h), Doing::Waiting));
             match w.state {
-                WaveState::Finished => lines.push(self.finished_line(w, now)),
+                // Its line is in the scrollback; only a soak goes on here.
+                WaveState::Finished => lines.extend(self.soak_line(w, now)),
                 WaveState::Waiting if !active => lines.push(format!(
                     "wave {}: {} host(s) {}",
                     w.name,
@@ -377,12 +365,16 @@ impl Live {
                     }
                 )),
                 _ => {
-                    lines.push(format!("wave {}: {} host(s)", w.name, w.hosts.len()));
+                    let mut head = format!("wave {}: {} host(s)", w.name, w.hosts.len());
+                    if w.state == WaveState::Waiting {
+                        head.push_str(", not started yet");
+                    }
+                    lines.push(head);
                     if grouped {
                         lines.extend(self.grouped(w, now));
                     } else {
                         for h in &w.hosts {
-                            let (s, what) = self.host_words(h, now);
+                            let (s, what) = self.host_words(h, w.state, now);
                             lines.push(format!("  {s} {h:<name_w$}  {what}"));
                         }
                     }
@@ -392,25 +384,28 @@ impl Live {
         lines
     }
 
-    fn finished_line(&self, w: &WaveLive, now: Instant) -> String {
-        let counts: Vec<String> = self
-            .wave_counts(&w.name)
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect();
-        let mut line = format!("wave {}: {}", w.name, counts.join(", "));
-        if let Some((since, total)) = w.soak {
-            let left = total.saturating_sub(secs(since, now));
-            if left > 0 {
-                line.push_str(&format!("; soaking, {left}s left"));
-            }
-        }
-        line
+    fn soak_line(&self, w: &WaveLive, now: Instant) -> Option<String> {
+        let (since, total) = w.soak?;
+        let left = total.saturating_sub(secs(since, now));
+        (left > 0).then(|| {
+            format!(
+                "{} wave {}: soaking, health re-check in {left}s",
+                spin(since, now),
+                w.name
+            )
+        })
     }
 
     /// A spinner glyph (active hosts) and what the host is doing.
-    fn host_words(&self, host: &str, now: Instant) -> (char, String) {
+    fn host_words(&self, host: &str, wave: WaveState, now: Instant) -> (char, String) {
         let d = self.doing(host);
+        if wave == WaveState::Waiting
+            && let Doing::After {
+                gate: Gate::Copy, ..
+            } = d
+        {
+            return (' ', "copied, waiting for its wave".into());
+        }
         let s = d.since().map_or(' ', |since| spin(since, now));
         let what = match d {
             Doing::Waiting if self.cancelling => "not starting".into(),
@@ -431,7 +426,7 @@ impl Live {
                 m
             }
             Doing::After { gate, since } => {
-                format!("{gate} passed, next step {}s", secs(*since, now))
+                format!("{gate} passed {}s ago", secs(*since, now))
             }
             Doing::Failed { gate, since } => {
                 format!("{gate} FAILED {}s ago", secs(*since, now))

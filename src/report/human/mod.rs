@@ -61,13 +61,16 @@ pub fn describe(ev: &Event) -> Option<String> {
             dirty,
             hosts,
             ..
-        } => format!(
-            "run {run_id}: {} (goal {goal}) of {} host(s) at {}{}",
-            command.as_str(),
-            hosts.len(),
-            commit.as_deref().map_or("no commit", |c| &c[..c.len().min(12)]),
-            if *dirty { " +dirty" } else { "" }
-        ),
+        } => match commit {
+            Some(c) => format!(
+                "run {run_id}: {} (goal {goal}) of {} host(s) at {}{}",
+                command.as_str(),
+                hosts.len(),
+                &c[..c.len().min(12)],
+                if *dirty { " +dirty" } else { "" }
+            ),
+            None => format!("run {run_id}: {} of {} host(s)", command.as_str(), hosts.len()),
+        },
         Event::CancelRequested { level } => match level {
             CancelLevel::Abort => "second Ctrl-C: aborting now; detached switches finish on the hosts (see `nixgate status`)".into(),
             _ => "Ctrl-C: starting nothing new; finishing and verifying the hosts in flight (Ctrl-C again to abort)".into(),
@@ -238,8 +241,10 @@ pub struct Human {
     level: Level,
     style: Style,
     collected: tables::Collected,
-    /// How many hosts of each wave ended how (each wave's line).
-    waves: BTreeMap<String, BTreeMap<OutcomeKind, usize>>,
+    /// The hosts of each wave as run (`selected` for `--host`/`--tag`).
+    waves: BTreeMap<String, Vec<String>>,
+    /// How each host ended.
+    ends: std::collections::HashMap<String, OutcomeKind>,
     report: Option<std::path::PathBuf>,
 }
 
@@ -259,6 +264,7 @@ impl Human {
             style,
             collected: Default::default(),
             waves: BTreeMap::new(),
+            ends: Default::default(),
             report: None,
         }
     }
@@ -280,7 +286,12 @@ impl Human {
                 allowed,
                 stops_run,
             }) => {
-                let counts = self.waves.get(wave).cloned().unwrap_or_default();
+                let mut counts = BTreeMap::new();
+                for h in self.waves.get(wave).into_iter().flatten() {
+                    if let Some(k) = self.ends.get(h) {
+                        *counts.entry(*k).or_default() += 1;
+                    }
+                }
                 Some(tables::wave_line(wave, &counts, *failures, *allowed, *stops_run))
             }
             Event::HostFinished(s) => Some(format!(
@@ -311,7 +322,19 @@ impl Human {
                     }
                 }
             }
-            Style::Live(t) => t.print(&format!("{text}\n")),
+            Style::Live(t) => {
+                // Wrapped at spaces, so no word is cut at the edge.
+                let width = tty::size().0.saturating_sub(1).max(40);
+                let mut out = String::new();
+                for line in text.lines() {
+                    for (i, l) in crate::report::wrap(line, width - 2).into_iter().enumerate() {
+                        out.push_str(if i == 0 { "" } else { "  " });
+                        out.push_str(&l);
+                        out.push('\n');
+                    }
+                }
+                t.print(&out)
+            }
         }
     }
 
@@ -365,12 +388,11 @@ impl Reporter for Human {
         }
         match ev {
             Event::HostFinished(s) => {
-                *self
-                    .waves
-                    .entry(s.wave.clone())
-                    .or_default()
-                    .entry(s.outcome())
-                    .or_default() += 1;
+                self.ends.insert(s.host.clone(), s.outcome());
+                self.line(ev);
+            }
+            Event::Runner(RunnerEvent::WaveStarted { wave, hosts, .. }) => {
+                self.waves.insert(wave.clone(), hosts.clone());
                 self.line(ev);
             }
             Event::ReportWritten { path } => self.report = Some(path.clone()),

@@ -67,10 +67,11 @@ impl Collected {
                 host: host.clone(),
                 from: from.clone(),
                 to: to.clone(),
-                packages: match packages {
-                    Some(p) if p.is_empty() => vec!["no package changes".into()],
-                    Some(p) => crate::diff::render::render_packages(p),
-                    None => vec!["the host runs no known system".into()],
+                packages: match (packages, from) {
+                    (Some(p), _) if p.is_empty() => vec!["no package changes".into()],
+                    (Some(p), _) => crate::diff::render::render_packages(p),
+                    (None, Some(_)) => vec!["the package changes could not be read".into()],
+                    (None, None) => vec!["the host runs no known system".into()],
                 },
             }),
             Event::Diff { host, diff } => self.diffs.push((host.clone(), diff.render())),
@@ -458,7 +459,11 @@ pub fn summary_table(hosts: &[HostSummary], labels: &Labels) -> Table {
             h.outcome().as_str().to_owned(),
             h.closure.as_ref().map_or_else(|| "-".into(), |c| labels.cell(c)),
             format!("{:.1}s", h.seconds),
-            words::end(&h.end, labels).unwrap_or_default(),
+            match h.outcome() {
+                // The closure's cell says which generation it became.
+                OutcomeKind::KnownGood => String::new(),
+                _ => words::end(&h.end, labels).unwrap_or_default(),
+            },
         ]);
     }
     t
@@ -521,6 +526,7 @@ pub fn summary_line(
         .collect();
     let what = match ending {
         Ending::Declined => "declined: nothing changed".to_owned(),
+        Ending::Invalid => "nothing changed".to_owned(),
         Ending::CancelledBeforeRun => {
             format!("cancelled before anything changed: {}", parts.join(", "))
         }
