@@ -169,12 +169,13 @@ fn a_fleet_taller_than_the_terminal_is_counted_per_gate_with_the_slowest_named()
     let screen = l.render(t0 + Duration::from_secs(10), 80, 24);
     assert!(screen.len() <= 24, "{screen:#?}");
     let text = screen.join("\n");
-    assert!(text.contains("copy               20  slowest web00 10s"), "{text}");
+    assert!(text.contains("  copy             20  slowest web00 10s"), "{text}");
+    // web07 started its gate first (i % 7 == 0).
     assert!(
-        text.contains("live-activate      20  slowest web01 9s"),
+        text.contains("  live-activate    20  slowest web07 10s"),
         "{text}"
     );
-    assert!(text.contains("not-started        20"), "{text}");
+    assert!(text.contains("  not-started      20\n") || text.ends_with("  not-started      20"), "{text}");
     assert!(screen.iter().all(|l| l.chars().count() < 80));
 }
 
