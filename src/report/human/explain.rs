@@ -234,7 +234,7 @@ pub fn failures(hosts: &[HostSummary], command: &str, labels: &Labels, width: Op
             continue;
         };
         let _ = writeln!(out, "{}: {}", h.host, h.outcome());
-        para(&mut out, 2, &what);
+        para(&mut out, 2, &words::about(&h.host, &what));
         if !log.is_empty() {
             let _ = writeln!(out, "  its log ends:");
             for l in &log {
@@ -242,7 +242,7 @@ pub fn failures(hosts: &[HostSummary], command: &str, labels: &Labels, width: Op
             }
         }
         if let Some(did) = did {
-            para(&mut out, 2, &did);
+            para(&mut out, 2, &words::about(&h.host, &did));
         }
         para(&mut out, 2, &format!("next: {next}"));
     }

@@ -99,7 +99,7 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::GateStarted { host, gate } => format!("{host}: {gate} ..."),
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => {
-            format!("{host}: {gate} FAILED: {}", words::failure(reason))
+            format!("{host}: {gate} FAILED: {}", words::about(host, &words::failure(reason)))
         }
         Event::Activation { host, activation } => return words::activation(host, activation),
         Event::Released { host, tag, branch } => {
@@ -299,7 +299,7 @@ impl Human {
                 s.host,
                 s.outcome(),
                 words::end(&s.end, &self.collected.labels)
-                    .map(|r| format!(" ({r})"))
+                    .map(|r| format!(" ({})", words::about(&s.host, &r)))
                     .unwrap_or_default()
             )),
             _ => describe(ev),
@@ -389,6 +389,10 @@ impl Reporter for Human {
         match ev {
             Event::HostFinished(s) => {
                 self.ends.insert(s.host.clone(), s.outcome());
+                self.line(ev);
+            }
+            Event::Runner(RunnerEvent::HostNotStarted { host, .. }) => {
+                self.ends.insert(host.clone(), OutcomeKind::NotStarted);
                 self.line(ev);
             }
             Event::Runner(RunnerEvent::WaveStarted { wave, hosts, .. }) => {

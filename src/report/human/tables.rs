@@ -283,7 +283,8 @@ pub fn refusals(waves: &[PlannedWave]) -> String {
     for w in waves {
         for h in &w.planned {
             if let Verdict::Refused { refusal } = &h.verdict {
-                let _ = writeln!(out, "{}: refused: {}", h.host, words::refusal(refusal));
+                let why = words::about(&h.host, &words::refusal(refusal));
+                let _ = writeln!(out, "{}: refused: {why}", h.host);
             }
         }
     }
@@ -462,7 +463,9 @@ pub fn summary_table(hosts: &[HostSummary], labels: &Labels) -> Table {
             match h.outcome() {
                 // The closure's cell says which generation it became.
                 OutcomeKind::KnownGood => String::new(),
-                _ => words::end(&h.end, labels).unwrap_or_default(),
+                _ => words::end(&h.end, labels)
+                    .map(|w| words::about(&h.host, &w))
+                    .unwrap_or_default(),
             },
         ]);
     }
@@ -484,7 +487,7 @@ pub fn wave_line(
         line.push_str(&format!("; {failures} failure(s), {allowed} allowed"));
     }
     if stops_run {
-        line.push_str("; later waves do not start");
+        line.push_str("; the run stops here");
     }
     line
 }

@@ -94,6 +94,12 @@ fn error_line(lines: &[String]) -> &str {
         .unwrap_or_else(|| last_line(lines))
 }
 
+/// Words about `host`, said after its name: errors that start with the
+/// host's name (an SSH error names its host) do not say it twice.
+pub fn about(host: &str, text: &str) -> String {
+    text.replace(&format!("{host}: "), "")
+}
+
 /// Why the plan refused a host (nothing on it changed).
 pub fn refusal(r: &Refusal) -> String {
     match r {
@@ -558,7 +564,7 @@ fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
 pub fn end(e: &HostEnd, labels: &Labels) -> Option<String> {
     match e {
         HostEnd::Activation { activation } => outcome(activation, labels),
-        HostEnd::Refused { refusal: r } => Some(format!("refused: {} (nothing changed)", refusal(r))),
+        HostEnd::Refused { refusal: r } => Some(format!("{} (nothing changed)", refusal(r))),
         HostEnd::NotStarted { why } => Some(not_started(why)),
         HostEnd::Interrupted { why } => Some(
             match why {
