@@ -404,7 +404,12 @@ impl Live {
                 gate: Gate::Copy, ..
             } = d
         {
-            return (' ', "copied, waiting for its wave".into());
+            let what = if self.cancelling {
+                "copied; not starting"
+            } else {
+                "copied, waiting for its wave"
+            };
+            return (' ', what.into());
         }
         let s = d.since().map_or(' ', |since| spin(since, now));
         let what = match d {

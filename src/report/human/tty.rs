@@ -4,6 +4,13 @@
 //! Lines for the scrollback are printed above it. The bar exists only while
 //! there is something to show: it is taken off the screen (not left frozen)
 //! when the plan is shown and the prompt waits, and at the summary.
+//!
+//! indicatif pads each line to the terminal's width and leaves the cursor
+//! at the right margin; the terminal's echo of Ctrl-C (`^C`) there wraps to
+//! a new line, the view's next redraw starts one line low and its first
+//! line stays behind in the scrollback. So while the view is drawn, the
+//! terminal does not echo control characters (`ECHOCTL` off, restored when
+//! the view goes).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +27,28 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct Tty {
     model: Arc<Mutex<Live>>,
     bar: Option<ProgressBar>,
+    /// The terminal's settings before `ECHOCTL` was turned off.
+    saved: Option<rustix::termios::Termios>,
+}
+
+/// Turn the echo of control characters off; the settings to restore.
+fn quiet_echo() -> Option<rustix::termios::Termios> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stderr = std::io::stderr();
+    let saved = tcgetattr(&stderr).ok()?;
+    if !saved.local_modes.contains(LocalModes::ECHOCTL) {
+        return None;
+    }
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHOCTL);
+    tcsetattr(&stderr, OptionalActions::Now, &quiet).ok()?;
+    Some(saved)
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 impl Default for Tty {
@@ -43,6 +72,7 @@ impl Tty {
         Tty {
             model: Arc::new(Mutex::new(Live::new())),
             bar: None,
+            saved: None,
         }
     }
 
@@ -64,12 +94,18 @@ impl Tty {
         bar.set_style(style);
         bar.enable_steady_tick(TICK);
         self.bar = Some(bar);
+        self.saved = quiet_echo();
     }
 
     /// Take the live view off the screen.
     pub fn clear(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
+        }
+        if let Some(saved) = self.saved.take() {
+            let stderr = std::io::stderr();
+            let now = rustix::termios::OptionalActions::Now;
+            let _ = rustix::termios::tcsetattr(&stderr, now, &saved);
         }
     }
 
