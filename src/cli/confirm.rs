@@ -83,20 +83,27 @@ pub async fn ask(
             Fatal::usage("no terminal to confirm on: pass --yes to deploy without a prompt")
         })?;
     let q = question(command, plan);
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut out = tty.try_clone()?;
-        out.write_all(q.as_bytes())?;
-        out.flush()?;
-        let mut line = String::new();
-        std::io::BufReader::new(tty).read_line(&mut line)?;
-        Ok(line)
+    // A thread of its own, not tokio's blocking pool: after a Ctrl-C its
+    // read is left behind, and the runtime's end waits for every task of
+    // that pool (a Ctrl-C at the prompt then waited for Enter); a plain
+    // thread ends with the process.
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let read = || -> std::io::Result<String> {
+            let mut out = tty.try_clone()?;
+            out.write_all(q.as_bytes())?;
+            out.flush()?;
+            let mut line = String::new();
+            std::io::BufReader::new(tty).read_line(&mut line)?;
+            Ok(line)
+        };
+        let _ = answered.send(read());
     });
     tokio::select! {
-        line = read => {
-            let line = line??;
+        line = answer => {
+            let line = line.map_err(|_| anyhow::anyhow!("the prompt's reader ended without an answer"))??;
             Ok(if matches!(line.trim(), "y" | "Y" | "yes") { Answer::Yes } else { Answer::No })
         }
-        // The blocking read is left behind; the process ends right after.
         _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => Ok(Answer::No),
     }
 }

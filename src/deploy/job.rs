@@ -186,7 +186,11 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             goal: self.goal,
             run_id: self.run_id.clone(),
             // A rollback's target keeps the commit of its record.
-            commit: ready.candidate.commit.clone().or_else(|| self.commit.clone()),
+            commit: ready
+                .candidate
+                .commit
+                .clone()
+                .or_else(|| self.commit.clone()),
             earlier_gates: earlier,
             known_good_generation: ready.candidate.generation,
         };

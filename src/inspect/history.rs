@@ -47,7 +47,11 @@ pub fn generations(hist: &[KnownGoodGeneration]) -> Vec<Generation> {
 }
 
 /// Read a host's history over its session.
-pub async fn read<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> anyhow::Result<Vec<Generation>> {
+pub async fn read<F: Fleet>(
+    fleet: &F,
+    inv: &Inventory,
+    host: &str,
+) -> anyhow::Result<Vec<Generation>> {
     let h = inv
         .host(host)
         .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;

@@ -172,6 +172,10 @@ pub struct Table {
 /// The narrowest the last column is wrapped to.
 const LAST_MIN: usize = 20;
 
+/// The fewest characters of a store name shown after its hash (`-` and
+/// `…` included); fewer, and the cell stops at the hash.
+const NAME_MIN: usize = 10;
+
 /// How short a shrinkable cell may get: up to the end of the store path's
 /// hash (`#3 8d257f5 b9473480` of `#3 8d257f5 b9473480-nixos-system-...`).
 fn shortest(cell: &str) -> usize {
@@ -258,7 +262,8 @@ fn cut(s: &str, w: usize) -> String {
         return s.to_owned();
     }
     let keep = shortest(s);
-    if w <= keep {
+    // A name cut to a few letters says nothing the hash does not.
+    if w < keep + NAME_MIN {
         return s.chars().take(keep).collect();
     }
     let mut out: String = s.chars().take(w - 1).collect();
@@ -291,7 +296,11 @@ impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cols = self.header.len();
         let widths = self.widths();
-        let indent: usize = widths.iter().take(cols.saturating_sub(1)).map(|w| w + 2).sum();
+        let indent: usize = widths
+            .iter()
+            .take(cols.saturating_sub(1))
+            .map(|w| w + 2)
+            .sum();
         for r in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
             let mut rest = Vec::new();

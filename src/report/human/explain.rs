@@ -62,7 +62,11 @@ fn log_of(r: &FailureReason) -> Vec<String> {
         FailureReason::Realise(RealiseOutcome::Failed { tail: t, .. }) => tail(t),
         FailureReason::Copy { error } | FailureReason::Remote { error, .. } => {
             let lines: Vec<String> = error.lines().map(str::to_owned).collect();
-            if lines.len() > 1 { tail(&lines) } else { Vec::new() }
+            if lines.len() > 1 {
+                tail(&lines)
+            } else {
+                Vec::new()
+            }
         }
         _ => Vec::new(),
     }
@@ -116,7 +120,10 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
         HostOutcome::RolledBack { gate, reason, to } => (
             format!("{gate} failed: {}", words::failure(reason)),
             log_of(reason),
-            Some(format!("nixgate rolled it back to {}, verified", labels.words(to))),
+            Some(format!(
+                "nixgate rolled it back to {}, verified",
+                labels.words(to)
+            )),
             next_for(host, command, reason),
         ),
         HostOutcome::RollbackFailed {
@@ -141,7 +148,10 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             next_for(host, command, reason),
         ),
         HostOutcome::SignatureMismatch { untrusted, tail: t } => (
-            format!("{} path(s) not signed by a key the host trusts", untrusted.len()),
+            format!(
+                "{} path(s) not signed by a key the host trusts",
+                untrusted.len()
+            ),
             tail(t),
             Some("nothing on it changed".into()),
             "sign the closures on the builder (`signing_key`) with a key the host trusts".into(),
@@ -155,7 +165,9 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             )),
             format!("look for what cut SSH off in the change, then `nixgate {command} {host}`"),
         ),
-        HostOutcome::Unreachable { cause, last_seen, .. } => (
+        HostOutcome::Unreachable {
+            cause, last_seen, ..
+        } => (
             words::cut_off(cause),
             Vec::new(),
             Some(format!(
@@ -216,9 +228,31 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
     }
 }
 
+/// What went wrong on a host that is explained after the summary: the
+/// cause alone (what nixgate did about it is told there).
+pub fn cause(h: &HostSummary, labels: &Labels) -> Option<String> {
+    if !h.outcome().fails_run() {
+        return None;
+    }
+    story(h, "", labels).map(|(what, ..)| words::about(&h.host, &what))
+}
+
+/// For the summary table of a host explained below it: the cause's first
+/// clause, and where the rest is.
+pub fn brief(h: &HostSummary, labels: &Labels) -> Option<String> {
+    let what = cause(h, labels)?;
+    let head = what.split(": ").next().unwrap_or(&what);
+    Some(format!("{head}; see below"))
+}
+
 /// Every failed host explained, then one line for the hosts never started;
 /// lines of prose wrap at spaces to `width`.
-pub fn failures(hosts: &[HostSummary], command: &str, labels: &Labels, width: Option<usize>) -> String {
+pub fn failures(
+    hosts: &[HostSummary],
+    command: &str,
+    labels: &Labels,
+    width: Option<usize>,
+) -> String {
     let width = width.unwrap_or(usize::MAX).max(40);
     let mut out = String::new();
     let para = |out: &mut String, indent: usize, text: &str| {

@@ -33,13 +33,26 @@ enum Doing {
         copied: Option<(u64, u64, u64)>,
     },
     /// A gate passed; the next has not started yet.
-    After { gate: Gate, since: Instant },
+    After {
+        gate: Gate,
+        since: Instant,
+    },
     /// A gate failed; what follows (a rollback) has not started yet.
-    Failed { gate: Gate, since: Instant },
-    RollingBack { since: Instant },
+    Failed {
+        gate: Gate,
+        since: Instant,
+    },
+    RollingBack {
+        since: Instant,
+    },
     /// Cut off after the switch: waiting for the host's own revert.
-    AwaitingRevert { since: Instant },
-    Done { outcome: OutcomeKind, seconds: f64 },
+    AwaitingRevert {
+        since: Instant,
+    },
+    Done {
+        outcome: OutcomeKind,
+        seconds: f64,
+    },
 }
 
 impl Doing {
@@ -216,12 +229,20 @@ impl Live {
                     copied: None,
                 },
             ),
-            Event::GatePassed { host, gate, .. } => {
-                self.set(host, Doing::After { gate: *gate, since: now })
-            }
-            Event::GateFailed { host, gate, .. } => {
-                self.set(host, Doing::Failed { gate: *gate, since: now })
-            }
+            Event::GatePassed { host, gate, .. } => self.set(
+                host,
+                Doing::After {
+                    gate: *gate,
+                    since: now,
+                },
+            ),
+            Event::GateFailed { host, gate, .. } => self.set(
+                host,
+                Doing::Failed {
+                    gate: *gate,
+                    since: now,
+                },
+            ),
             Event::CopyProgress {
                 host,
                 bytes,
@@ -437,10 +458,9 @@ impl Live {
                 format!("{gate} FAILED {}s ago", secs(*since, now))
             }
             Doing::RollingBack { since } => format!("rolling back {}s", secs(*since, now)),
-            Doing::AwaitingRevert { since } => format!(
-                "cut off; waiting for its own revert {}s",
-                secs(*since, now)
-            ),
+            Doing::AwaitingRevert { since } => {
+                format!("cut off; waiting for its own revert {}s", secs(*since, now))
+            }
             Doing::Done {
                 outcome: OutcomeKind::NotStarted,
                 ..

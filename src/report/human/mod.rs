@@ -231,7 +231,9 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
 enum Style {
     /// Lines on stderr, no control characters; timestamped when nobody
     /// watches (stderr is not a terminal).
-    Plain { stamped: bool },
+    Plain {
+        stamped: bool,
+    },
     Live(Tty),
 }
 
@@ -292,13 +294,18 @@ impl Human {
                         *counts.entry(*k).or_default() += 1;
                     }
                 }
-                Some(tables::wave_line(wave, &counts, *failures, *allowed, *stops_run))
+                Some(tables::wave_line(
+                    wave, &counts, *failures, *allowed, *stops_run,
+                ))
             }
+            // A failed host: its cause now; what nixgate did about it, with
+            // the rest of its story, after the summary.
             Event::HostFinished(s) => Some(format!(
                 "{}: {}{}",
                 s.host,
                 s.outcome(),
-                words::end(&s.end, &self.collected.labels)
+                explain::cause(s, &self.collected.labels)
+                    .or_else(|| words::end(&s.end, &self.collected.labels))
                     .map(|r| format!(" ({})", words::about(&s.host, &r)))
                     .unwrap_or_default()
             )),

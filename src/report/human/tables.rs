@@ -185,16 +185,29 @@ impl Collected {
                 None => groups.push((vec![p], &p.packages)),
             }
         }
+        let width = width_of(&std::io::stderr());
         let mut out = String::new();
         for (members, lines) in groups {
-            let names: Vec<&str> = members.iter().map(|p| p.host.as_str()).collect();
-            let _ = writeln!(out, "{}:", names.join(", "));
+            // One host: its name once, on its from -> to line.
+            let one = members.len() == 1;
+            if !one {
+                let names: Vec<&str> = members.iter().map(|p| p.host.as_str()).collect();
+                let _ = writeln!(out, "{}:", names.join(", "));
+            }
             for p in &members {
                 let from = p
                     .from
                     .as_ref()
                     .map_or_else(|| "no known system".into(), |f| self.labels.words(f));
-                let _ = writeln!(out, "  {}: {from} -> {}", p.host, self.labels.words(&p.to));
+                let to = self.labels.words(&p.to);
+                let indent = if one { 0 } else { 2 };
+                let head = format!("{:indent$}{}: {from}", "", p.host);
+                let line = format!("{head} -> {to}");
+                if width.is_none_or(|w| line.chars().count() <= w) {
+                    let _ = writeln!(out, "{line}");
+                } else {
+                    let _ = writeln!(out, "{head}\n{:w$}-> {to}", "", w = indent + 2);
+                }
             }
             for l in lines {
                 let _ = writeln!(out, "  {l}");
@@ -217,7 +230,11 @@ impl Collected {
             }
             CommandName::Status => {
                 let width = width_of(&std::io::stdout());
-                Some(status_table(&self.statuses, &self.labels).fit(width).to_string())
+                Some(
+                    status_table(&self.statuses, &self.labels)
+                        .fit(width)
+                        .to_string(),
+                )
             }
             CommandName::Check => {
                 let mut s = self.inventory.clone().unwrap_or_default();
@@ -369,7 +386,9 @@ pub fn status_table(statuses: &[HostStatus], labels: &Labels) -> Table {
         };
         t.row(vec![
             s.host.clone(),
-            s.known_good.as_ref().map_or_else(|| "-".into(), |k| labels.cell(k)),
+            s.known_good
+                .as_ref()
+                .map_or_else(|| "-".into(), |k| labels.cell(k)),
             same_or(&s.current, &s.known_good, labels),
             same_or(&s.boot_default, &s.current, labels),
             state_words(s),
@@ -381,8 +400,8 @@ pub fn status_table(statuses: &[HostStatus], labels: &Labels) -> Table {
 
 /// `status --history`: a host's known-good generations, newest first.
 pub fn history_table(host: &str, generations: &[Generation]) -> Table {
-    let mut t = Table::new(&["HOST", "GENERATION", "COMMIT", "MARKED", "CLOSURE", "RUN"])
-        .shrinkable(&[4]);
+    let mut t =
+        Table::new(&["HOST", "GENERATION", "COMMIT", "MARKED", "CLOSURE", "RUN"]).shrinkable(&[4]);
     for g in generations.iter().rev() {
         let mut gen_ = g.generation.to_string();
         if g.current {
@@ -452,19 +471,23 @@ pub fn check_table(probes: &[Probe]) -> Table {
 /// The final table: host, outcome, closure (generation, commit, hash),
 /// duration, notes.
 pub fn summary_table(hosts: &[HostSummary], labels: &Labels) -> Table {
-    let mut t = Table::new(&["HOST", "WAVE", "OUTCOME", "CLOSURE", "TIME", "NOTES"]).shrinkable(&[3]);
+    let mut t =
+        Table::new(&["HOST", "WAVE", "OUTCOME", "CLOSURE", "TIME", "NOTES"]).shrinkable(&[3]);
     for h in hosts {
         t.row(vec![
             h.host.clone(),
             h.wave.clone(),
             h.outcome().as_str().to_owned(),
-            h.closure.as_ref().map_or_else(|| "-".into(), |c| labels.cell(c)),
+            h.closure
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| labels.cell(c)),
             format!("{:.1}s", h.seconds),
             match h.outcome() {
                 // The closure's cell says which generation it became.
                 OutcomeKind::KnownGood => String::new(),
-                _ => words::end(&h.end, labels)
-                    .map(|w| words::about(&h.host, &w))
+                // Its story follows the table: said once, there.
+                _ => super::explain::brief(h, labels)
+                    .or_else(|| words::end(&h.end, labels).map(|w| words::about(&h.host, &w)))
                     .unwrap_or_default(),
             },
         ]);

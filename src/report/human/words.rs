@@ -268,8 +268,12 @@ fn reboot(r: &RebootOutcome) -> String {
         }
         RebootOutcome::WrongSystem { booted, current } => format!(
             "back from its reboot, but booted {} and running {}",
-            booted.as_ref().map_or_else(|| "nothing known".into(), short_closure),
-            current.as_ref().map_or_else(|| "nothing known".into(), short_closure)
+            booted
+                .as_ref()
+                .map_or_else(|| "nothing known".into(), short_closure),
+            current
+                .as_ref()
+                .map_or_else(|| "nothing known".into(), short_closure)
         ),
     }
 }
@@ -280,7 +284,9 @@ pub fn profile_check(profile: &str, c: &ProfileCheck) -> String {
         ProfileCheck::Intact => format!("{profile} is where it should be"),
         ProfileCheck::Corrected { found, restored } => format!(
             "the activation moved {profile} (to {}); nixgate put it back to {}",
-            found.as_ref().map_or_else(|| "nothing".into(), short_closure),
+            found
+                .as_ref()
+                .map_or_else(|| "nothing".into(), short_closure),
             short_closure(restored)
         ),
         ProfileCheck::CorrectionFailed {
@@ -289,7 +295,9 @@ pub fn profile_check(profile: &str, c: &ProfileCheck) -> String {
             error,
         } => format!(
             "the activation moved {profile} (to {}) and it could not be put back to {}: {}",
-            found.as_ref().map_or_else(|| "nothing".into(), short_closure),
+            found
+                .as_ref()
+                .map_or_else(|| "nothing".into(), short_closure),
             short_closure(expected),
             first_line(error)
         ),

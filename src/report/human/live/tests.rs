@@ -72,7 +72,10 @@ fn each_host_shows_its_gate_and_how_long_ticking_and_collapses_when_done() {
     let t0 = Instant::now();
     let at = |s: u64| t0 + Duration::from_secs(s);
     let mut l = Live::new();
-    l.apply(&plan(&[("canary", &["light1"]), ("main", &["light2", "sys2"])]), at(0));
+    l.apply(
+        &plan(&[("canary", &["light1"]), ("main", &["light2", "sys2"])]),
+        at(0),
+    );
     assert!(l.render(at(0), 80, 24).is_empty(), "hidden at the prompt");
     l.apply(&started("canary", &["light1"]), at(1));
     l.apply(&gate("light1", Gate::Copy), at(1));
@@ -109,7 +112,10 @@ fn each_host_shows_its_gate_and_how_long_ticking_and_collapses_when_done() {
         );
     }
     let screen = l.render(at(8), 80, 24).join("\n");
-    assert!(screen.contains("light1  live-activate 4s, poll 2"), "{screen}");
+    assert!(
+        screen.contains("light1  live-activate 4s, poll 2"),
+        "{screen}"
+    );
     assert!(!screen.contains("copy"), "nothing stale: {screen}");
     let later = l.render(at(9), 80, 24).join("\n");
     assert!(later.contains("live-activate 5s"), "{later}");
@@ -169,13 +175,19 @@ fn a_fleet_taller_than_the_terminal_is_counted_per_gate_with_the_slowest_named()
     let screen = l.render(t0 + Duration::from_secs(10), 80, 24);
     assert!(screen.len() <= 24, "{screen:#?}");
     let text = screen.join("\n");
-    assert!(text.contains("  copy             20  slowest web00 10s"), "{text}");
+    assert!(
+        text.contains("  copy             20  slowest web00 10s"),
+        "{text}"
+    );
     // web07 started its gate first (i % 7 == 0).
     assert!(
         text.contains("  live-activate    20  slowest web07 10s"),
         "{text}"
     );
-    assert!(text.contains("  not-started      20\n") || text.ends_with("  not-started      20"), "{text}");
+    assert!(
+        text.contains("  not-started      20\n") || text.ends_with("  not-started      20"),
+        "{text}"
+    );
     assert!(screen.iter().all(|l| l.chars().count() < 80));
 }
 
