@@ -114,7 +114,10 @@ async fn wrong_key_lists_what_was_tried() {
         }
         e => panic!("expected AuthFailed, got {e}"),
     }
-    assert!(err.to_string().contains("is in ~root/.ssh/authorized_keys"), "{err}");
+    assert!(
+        err.to_string().contains("is in ~root/.ssh/authorized_keys"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

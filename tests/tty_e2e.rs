@@ -295,6 +295,10 @@ fn a_push_with_a_failing_host_and_a_ctrl_c_as_a_person_sees_it() {
     let (code, s) = t.finish();
     assert_eq!(code, 4, "{s}");
     assert!(s.contains("done: declined: nothing changed, exit 4"), "{s}");
+    assert!(
+        s.lines().any(|l| l.trim_end() == "[y/N] ^C"),
+        "what follows the prompt on a line of its own: {s}"
+    );
 
     // A generation no selected host has: a usage error, no host marked failed.
     let out = nixgate(&fleet, &["rollback", "--yes", "--to", "9", "light1"]);

@@ -87,6 +87,7 @@ pub async fn ask(
     // read is left behind, and the runtime's end waits for every task of
     // that pool (a Ctrl-C at the prompt then waited for Enter); a plain
     // thread ends with the process.
+    let mut after_ctrl_c = tty.try_clone()?;
     let (answered, answer) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let read = || -> std::io::Result<String> {
@@ -104,6 +105,10 @@ pub async fn ask(
             let line = line.map_err(|_| anyhow::anyhow!("the prompt's reader ended without an answer"))??;
             Ok(if matches!(line.trim(), "y" | "Y" | "yes") { Answer::Yes } else { Answer::No })
         }
-        _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => Ok(Answer::No),
+        _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => {
+            // What follows starts on a line of its own, not after `^C`.
+            let _ = after_ctrl_c.write_all(b"\n");
+            Ok(Answer::No)
+        }
     }
 }

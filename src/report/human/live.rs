@@ -207,6 +207,16 @@ impl Live {
             Event::PlanReady { waves, .. } => {
                 self.planning = None;
                 self.shown = false;
+                // A host refused by the plan never starts: it says so now.
+                for h in waves.iter().flat_map(|w| &w.planned) {
+                    if let crate::plan::Verdict::Refused { .. } = h.verdict {
+                        let refused = Doing::Done {
+                            outcome: OutcomeKind::Refused,
+                            seconds: 0.0,
+                        };
+                        self.set(&h.host, refused);
+                    }
+                }
                 self.waves = waves
                     .iter()
                     .map(|w| WaveLive {
@@ -368,23 +378,39 @@ impl Live {
             .unwrap_or(0);
         let mut lines = Vec::new();
         for w in &self.waves {
+            let refused = |h: &String| {
+                matches!(
+                    self.doing(h),
+                    Doing::Done {
+                        outcome: OutcomeKind::Refused,
+                        ..
+                    }
+                )
+            };
             let active = w
                 .hosts
                 .iter()
-                .any(|h| !matches!(self.doing(h), Doing::Waiting));
+                .any(|h| !matches!(self.doing(h), Doing::Waiting) && !refused(h));
             match w.state {
                 // Its line is in the scrollback; only a soak goes on here.
                 WaveState::Finished => lines.extend(self.soak_line(w, now)),
-                WaveState::Waiting if !active => lines.push(format!(
-                    "wave {}: {} host(s) {}",
-                    w.name,
-                    w.hosts.len(),
-                    if self.cancelling {
-                        "not starting"
-                    } else {
-                        "waiting"
+                WaveState::Waiting if !active => {
+                    let mut line = format!(
+                        "wave {}: {} host(s) {}",
+                        w.name,
+                        w.hosts.len(),
+                        if self.cancelling {
+                            "not starting"
+                        } else {
+                            "waiting"
+                        }
+                    );
+                    let n = w.hosts.iter().filter(|h| refused(h)).count();
+                    if n > 0 {
+                        line.push_str(&format!(" ({n} refused by the plan)"));
                     }
-                )),
+                    lines.push(line);
+                }
                 _ => {
                     let mut head = format!("wave {}: {} host(s)", w.name, w.hosts.len());
                     if w.state == WaveState::Waiting {
@@ -465,6 +491,10 @@ impl Live {
                 outcome: OutcomeKind::NotStarted,
                 ..
             } => "not started".into(),
+            Doing::Done {
+                outcome: OutcomeKind::Refused,
+                ..
+            } => "refused by the plan".into(),
             Doing::Done { outcome, seconds } => format!("{outcome} in {seconds:.1}s"),
         };
         (s, what)

@@ -19,12 +19,15 @@ use std::collections::BTreeMap;
 use super::Reporter;
 use super::event::{CommandName, Event};
 use crate::activation::ActivationEvent;
-use crate::deploy::OutcomeKind;
+use crate::deploy::{HostSummary, OutcomeKind};
 use crate::runner::RunnerEvent;
 use crate::runner::cancel::CancelLevel;
 use crate::state::clock::Utc;
 
 pub use tty::Tty;
+
+#[cfg(test)]
+mod snapshots;
 pub use words::short_closure;
 
 /// How much a person asked to see.
@@ -329,19 +332,7 @@ impl Human {
                     }
                 }
             }
-            Style::Live(t) => {
-                // Wrapped at spaces, so no word is cut at the edge.
-                let width = tty::size().0.saturating_sub(1).max(40);
-                let mut out = String::new();
-                for line in text.lines() {
-                    for (i, l) in crate::report::wrap(line, width - 2).into_iter().enumerate() {
-                        out.push_str(if i == 0 { "" } else { "  " });
-                        out.push_str(&l);
-                        out.push('\n');
-                    }
-                }
-                t.print(&out)
-            }
+            Style::Live(t) => t.print(&wrapped(&text, tty::size().0)),
         }
     }
 
@@ -358,31 +349,76 @@ impl Human {
             print!("{table}");
         }
         let width = tables::width_of(&std::io::stderr());
-        if !hosts.is_empty() {
-            let table = tables::summary_table(hosts, &self.collected.labels);
-            eprint!("{}", table.fit(width));
-        }
-        let command = self.command.map_or("push", |c| c.as_str());
-        let explained = explain::failures(hosts, command, &self.collected.labels, width);
-        if !explained.is_empty() {
-            eprint!("\n{explained}");
-        }
-        if let Some(failures) = self.collected.failures(self.command) {
-            eprint!("{failures}");
-        }
-        if let Some(path) = &self.report {
-            eprintln!("run report: {}", path.display());
-        }
+        eprint!("{}", self.summary_block(hosts, width));
         if self.command.is_some_and(|c| c.runs()) || !hosts.is_empty() {
             self.line(ev);
         }
     }
+
+    /// What the end of a command says on stderr before its last line, in
+    /// `width` columns: the hosts' table, the failures explained, the run
+    /// report's path.
+    fn summary_block(&mut self, hosts: &[HostSummary], width: Option<usize>) -> String {
+        let mut out = String::new();
+        if !hosts.is_empty() {
+            let table = tables::summary_table(hosts, &self.collected.labels);
+            out.push_str(&table.fit(width).to_string());
+        }
+        let command = self.command.map_or("push", |c| c.as_str());
+        let explained = explain::failures(hosts, command, &self.collected.labels, width);
+        if !explained.is_empty() {
+            out.push('\n');
+            out.push_str(&explained);
+        }
+        if let Some(failures) = self.collected.failures(self.command) {
+            out.push_str(&failures);
+        }
+        if let Some(path) = &self.report {
+            out.push_str(&format!("run report: {}\n", path.display()));
+        }
+        out
+    }
+}
+
+/// Lines for a terminal `columns` wide: wrapped at spaces, so no word is
+/// cut at the edge, their further lines indented.
+fn wrapped(text: &str, columns: usize) -> String {
+    let width = columns.saturating_sub(1).max(40);
+    let mut out = String::new();
+    for line in text.lines() {
+        for (i, l) in crate::report::wrap(line, width - 2).into_iter().enumerate() {
+            out.push_str(if i == 0 { "" } else { "  " });
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn strip_controls(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
         .collect()
+}
+
+impl Human {
+    /// Keep what later lines count: each wave's hosts, each host's end, the
+    /// run report's path.
+    fn count(&mut self, ev: &Event) {
+        match ev {
+            Event::HostFinished(s) => {
+                self.ends.insert(s.host.clone(), s.outcome());
+            }
+            Event::Runner(RunnerEvent::HostNotStarted { host, .. }) => {
+                self.ends.insert(host.clone(), OutcomeKind::NotStarted);
+            }
+            Event::Runner(RunnerEvent::WaveStarted { wave, hosts, .. }) => {
+                self.waves.insert(wave.clone(), hosts.clone());
+            }
+            Event::ReportWritten { path } => self.report = Some(path.clone()),
+            _ => {}
+        }
+    }
 }
 
 impl Reporter for Human {
@@ -393,20 +429,9 @@ impl Reporter for Human {
         if self.collected.take(ev) {
             return;
         }
+        self.count(ev);
         match ev {
-            Event::HostFinished(s) => {
-                self.ends.insert(s.host.clone(), s.outcome());
-                self.line(ev);
-            }
-            Event::Runner(RunnerEvent::HostNotStarted { host, .. }) => {
-                self.ends.insert(host.clone(), OutcomeKind::NotStarted);
-                self.line(ev);
-            }
-            Event::Runner(RunnerEvent::WaveStarted { wave, hosts, .. }) => {
-                self.waves.insert(wave.clone(), hosts.clone());
-                self.line(ev);
-            }
-            Event::ReportWritten { path } => self.report = Some(path.clone()),
+            Event::ReportWritten { .. } => {}
             Event::HostBuilt { host, toplevel, .. } if self.command == Some(CommandName::Build) => {
                 println!("{host} {toplevel}");
             }

@@ -189,6 +189,7 @@ fn a_fleet_taller_than_the_terminal_is_counted_per_gate_with_the_slowest_named()
         "{text}"
     );
     assert!(screen.iter().all(|l| l.chars().count() < 80));
+    insta::assert_snapshot!(text);
 }
 
 #[test]
