@@ -106,8 +106,11 @@ pub async fn ask(
             Ok(if matches!(line.trim(), "y" | "Y" | "yes") { Answer::Yes } else { Answer::No })
         }
         _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => {
-            // What follows starts on a line of its own, not after `^C`.
-            let _ = after_ctrl_c.write_all(b"\n");
+            // The reporter's next line starts on a line of its own when it
+            // writes to this terminal; elsewhere, end the prompt's line here.
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let _ = after_ctrl_c.write_all(b"\n");
+            }
             Ok(Answer::No)
         }
     }

@@ -504,7 +504,7 @@ impl Live {
     /// (the slowest named), have ended each way, or wait.
     fn grouped(&self, w: &WaveLive, now: Instant) -> Vec<String> {
         // key: (order, label) -> (count, slowest host and since)
-        let mut groups: BTreeMap<(u8, String), (usize, Option<(Instant, &str)>)> = BTreeMap::new();
+        let mut groups: BTreeMap<(u8, String), Group<'_>> = BTreeMap::new();
         for h in &w.hosts {
             let d = self.doing(h);
             let key = match d {
@@ -538,6 +538,10 @@ impl Live {
             .collect()
     }
 }
+
+/// Hosts in one gate (or end) of a wave: how many, and the one there
+/// longest with since when.
+type Group<'a> = (usize, Option<(Instant, &'a str)>);
 
 fn spin(since: Instant, now: Instant) -> char {
     let tick = now.saturating_duration_since(since).as_millis() / 100;

@@ -251,6 +251,9 @@ pub struct Human {
     /// How each host ended.
     ends: std::collections::HashMap<String, OutcomeKind>,
     report: Option<std::path::PathBuf>,
+    /// The plan is shown and no wave has started: the prompt may be on the
+    /// terminal, its `^C` where the cursor is.
+    before_waves: bool,
 }
 
 impl Human {
@@ -271,6 +274,7 @@ impl Human {
             waves: BTreeMap::new(),
             ends: Default::default(),
             report: None,
+            before_waves: false,
         }
     }
 
@@ -285,6 +289,17 @@ impl Human {
     /// The event's text, with what this reporter has counted.
     fn text(&self, ev: &Event) -> Option<String> {
         match ev {
+            // Nothing runs yet: nothing to finish. A line of its own, not
+            // after the prompt's `^C` (a timestamped log has no prompt).
+            Event::CancelRequested {
+                level: CancelLevel::StopStarting,
+            } if self.before_waves => Some(
+                match self.style {
+                    Style::Plain { stamped: true } => "Ctrl-C: starting nothing",
+                    _ => "\nCtrl-C: starting nothing",
+                }
+                .into(),
+            ),
             Event::Runner(RunnerEvent::WaveFinished {
                 wave,
                 failures,
@@ -414,7 +429,9 @@ impl Human {
             }
             Event::Runner(RunnerEvent::WaveStarted { wave, hosts, .. }) => {
                 self.waves.insert(wave.clone(), hosts.clone());
+                self.before_waves = false;
             }
+            Event::PlanReady { .. } => self.before_waves = true,
             Event::ReportWritten { path } => self.report = Some(path.clone()),
             _ => {}
         }
