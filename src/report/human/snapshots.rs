@@ -349,3 +349,32 @@ fn the_end_of_a_push_with_a_failing_host_and_a_ctrl_c() {
     }
     insta::assert_snapshot!(screen);
 }
+
+/// `check` at 160 and 120 columns: the current system as `hash8-name`,
+/// cut towards its hash, never wrapped. (Under ~100 the other columns alone are
+/// wider: not fitted yet.)
+#[test]
+fn the_check_table_fits_the_terminal() {
+    let probe = |host: &str, n: u8| crate::inspect::Probe {
+        host: host.into(),
+        builder: false,
+        address: format!("127.220.0.{n}:22"),
+        ok: true,
+        auth: Some("public key ~/.ssh/id_ed25519".into()),
+        host_key: None,
+        nix_version: Some("2.8.0".into()),
+        current_system: Some(system('a', host)),
+        free_nix_bytes: Some(81_604_378_624),
+        error: None,
+    };
+    let probes = [probe("light1", 2), probe("sys2", 5)];
+    let mut screens = String::new();
+    for width in [160, 120] {
+        let table = tables::check_table(&probes).fit(Some(width)).to_string();
+        for l in table.lines() {
+            assert!(l.chars().count() <= width, "wider than {width}: {l}");
+        }
+        let _ = writeln!(screens, "--- {width} columns\n{table}");
+    }
+    insta::assert_snapshot!(screens);
+}
