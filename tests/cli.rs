@@ -166,11 +166,55 @@ fn hosts_by_wave_tag_and_name() {
     assert!(text(&out.stderr).contains("did you mean `canary`?"));
 }
 
+/// What bash offers for the words typed so far, through the script
+/// `nixgate completions bash` prints (a real bash, its completion function
+/// called as bash calls it on Tab).
+fn bash_offers(words: &[&str]) -> Vec<String> {
+    let bin = Path::new(env!("CARGO_BIN_EXE_nixgate")).parent().unwrap();
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!(
+        "source <(nixgate completions bash) || exit 9
+COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; COMP_TYPE=9
+_clap_complete_nixgate nixgate \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"
+printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        words = quoted.join(" ")
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &script])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env_remove("NIXGATE_INVENTORY")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
-fn completions_for_bash() {
-    let out = nixgate(&["completions", "bash"]);
-    assert!(out.status.success());
-    assert!(text(&out.stdout).contains("_nixgate()"));
+fn completions_in_bash_know_the_inventory() {
+    let inv = "inventory.example.toml";
+    assert_eq!(
+        bash_offers(&["nixgate", "-i", inv, "push", "--host", "web"]),
+        ["web1", "web2", "web3"]
+    );
+    assert_eq!(bash_offers(&["nixgate", "-i", inv, "status", "d"]), ["db1"]);
+    assert_eq!(
+        bash_offers(&["nixgate", "-i", inv, "push", "--wave", ""]),
+        ["canary", "web", "rest"]
+    );
+    assert!(bash_offers(&["nixgate", "-i", inv, "plan", "--tag", ""]).contains(&"us".to_owned()));
+    assert_eq!(
+        bash_offers(&["nixgate", "push", "--goal", ""]),
+        ["copy", "dry-activate", "test", "boot", "switch", "gated"]
+    );
+    // Without -i: $NIXGATE_INVENTORY, else ./inventory.toml (none here).
+    assert!(bash_offers(&["nixgate", "push", "--host", "web"]).is_empty());
+    assert_eq!(bash_offers(&["nixgate", "pu"]), ["push"]);
 }
 
 #[test]

@@ -110,10 +110,32 @@ async fn wrong_key_lists_what_was_tried() {
         ConnectError::AuthFailed { user, tried, .. } => {
             assert_eq!(user, "root");
             assert_eq!(tried.len(), 1, "{tried:?}");
-            assert!(tried[0].contains("id_stranger"), "{tried:?}");
+            assert!(tried[0].contains("id_stranger") && tried[0].ends_with("rejected"));
         }
         e => panic!("expected AuthFailed, got {e}"),
     }
+    assert!(
+        err.to_string().contains("is in ~root/.ssh/authorized_keys"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn no_agent_and_no_key_lists_the_paths_it_looked_for() {
+    let sshd = Sshd::start();
+    let missing = sshd.dir.path().join("id_missing");
+    let err = SshSession::connect(sshd.target(&missing))
+        .await
+        .err()
+        .expect("must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{}: no such file", missing.display())),
+        "{text}"
+    );
+    assert!(text.contains("no key was offered"), "{text}");
+    assert!(!text.contains("one of these keys"), "{text}");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::complete;
 use crate::inventory::Selector;
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -78,16 +79,16 @@ impl Global {
 #[derive(Debug, Args, Clone, Default)]
 pub struct SelectorArgs {
     /// Hosts by name (same as --host).
-    #[arg(value_name = "HOST")]
+    #[arg(value_name = "HOST", add = complete::host_names())]
     pub names: Vec<String>,
     /// A host by name (repeatable); ignores waves.
-    #[arg(long = "host", value_name = "NAME")]
+    #[arg(long = "host", value_name = "NAME", add = complete::host_names())]
     pub hosts: Vec<String>,
     /// Every host with this tag (repeatable); ignores waves.
-    #[arg(long = "tag", value_name = "TAG")]
+    #[arg(long = "tag", value_name = "TAG", add = complete::tag_names())]
     pub tags: Vec<String>,
     /// The hosts of this wave (repeatable).
-    #[arg(long = "wave", value_name = "NAME")]
+    #[arg(long = "wave", value_name = "NAME", add = complete::wave_names())]
     pub waves: Vec<String>,
 }
 
@@ -137,7 +138,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Push {
         /// copy | dry-activate | test | boot | switch | gated
-        #[arg(long, default_value = "gated")]
+        #[arg(long, default_value = "gated", add = complete::goals())]
         goal: crate::gates::Goal,
         /// Build from a work tree with uncommitted changes (recorded; never released).
         #[arg(long)]
@@ -205,10 +206,15 @@ pub enum Command {
         #[command(flatten)]
         select: SelectorArgs,
     },
-    /// Per host: the running system, the boot default, the known-good, a
-    /// pending reboot, the last run's outcome.
+    /// Per host: the known-good (generation, commit), the running system,
+    /// the boot default, a pending reboot, whether it is behind the
+    /// configuration's HEAD, its last run.
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
+        /// List each selected host's known-good generations (commit, date)
+        /// instead: the targets of `rollback --to`.
+        #[arg(long)]
+        history: bool,
         #[command(flatten)]
         select: SelectorArgs,
     },
@@ -241,7 +247,8 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
     },
-    /// Print a shell completion script.
+    /// Print a shell completion script that completes host, tag and wave
+    /// names from the inventory (e.g. `source <(nixgate completions bash)`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,

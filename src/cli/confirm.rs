@@ -6,6 +6,7 @@
 use std::io::{BufRead, Write};
 
 use crate::plan::Plan;
+use crate::report::CommandName;
 use crate::runner::cancel::{self, CancelLevel, CancelWatch};
 
 use super::{Fatal, Global};
@@ -18,8 +19,9 @@ pub enum Answer {
     No,
 }
 
-/// The question: the goal, and the ready hosts wave by wave.
-pub fn question(plan: &Plan) -> String {
+/// The question: what is done (the goal, or a rollback), and the ready
+/// hosts wave by wave.
+pub fn question(command: CommandName, plan: &Plan) -> String {
     let mut waves = Vec::new();
     let mut total = 0;
     for w in &plan.waves {
@@ -40,11 +42,11 @@ pub fn question(plan: &Plan) -> String {
         }
         waves.push(format!("{}: {names}", w.group.name));
     }
-    format!(
-        "Deploy (goal {}) to {total} host(s)? {}\n[y/N] ",
-        plan.goal,
-        waves.join("; ")
-    )
+    let what = match command {
+        CommandName::Rollback => format!("Roll back {total} host(s)"),
+        _ => format!("Deploy (goal {}) to {total} host(s)", plan.goal),
+    };
+    format!("{what}? {}\n[y/N] ", waves.join("; "))
 }
 
 /// Before any work: a run that will need an answer and has no terminal to
@@ -64,7 +66,12 @@ pub fn can_ask(g: &Global) -> anyhow::Result<()> {
 }
 
 /// Ask on the terminal. `--yes` answers for the user.
-pub async fn ask(g: &Global, plan: &Plan, mut watch: CancelWatch) -> anyhow::Result<Answer> {
+pub async fn ask(
+    g: &Global,
+    command: CommandName,
+    plan: &Plan,
+    mut watch: CancelWatch,
+) -> anyhow::Result<Answer> {
     if g.yes {
         return Ok(Answer::Yes);
     }
@@ -75,21 +82,36 @@ pub async fn ask(g: &Global, plan: &Plan, mut watch: CancelWatch) -> anyhow::Res
         .map_err(|_| {
             Fatal::usage("no terminal to confirm on: pass --yes to deploy without a prompt")
         })?;
-    let q = question(plan);
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut out = tty.try_clone()?;
-        out.write_all(q.as_bytes())?;
-        out.flush()?;
-        let mut line = String::new();
-        std::io::BufReader::new(tty).read_line(&mut line)?;
-        Ok(line)
+    let q = question(command, plan);
+    // A thread of its own, not tokio's blocking pool: after a Ctrl-C its
+    // read is left behind, and the runtime's end waits for every task of
+    // that pool (a Ctrl-C at the prompt then waited for Enter); a plain
+    // thread ends with the process.
+    let mut after_ctrl_c = tty.try_clone()?;
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let read = || -> std::io::Result<String> {
+            let mut out = tty.try_clone()?;
+            out.write_all(q.as_bytes())?;
+            out.flush()?;
+            let mut line = String::new();
+            std::io::BufReader::new(tty).read_line(&mut line)?;
+            Ok(line)
+        };
+        let _ = answered.send(read());
     });
     tokio::select! {
-        line = read => {
-            let line = line??;
+        line = answer => {
+            let line = line.map_err(|_| anyhow::anyhow!("the prompt's reader ended without an answer"))??;
             Ok(if matches!(line.trim(), "y" | "Y" | "yes") { Answer::Yes } else { Answer::No })
         }
-        // The blocking read is left behind; the process ends right after.
-        _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => Ok(Answer::No),
+        _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => {
+            // The reporter's next line starts on a line of its own when it
+            // writes to this terminal; elsewhere, end the prompt's line here.
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let _ = after_ctrl_c.write_all(b"\n");
+            }
+            Ok(Answer::No)
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod args;
 mod check;
+pub mod complete;
 mod confirm;
 pub mod exit;
 mod hosts;
@@ -17,7 +18,7 @@ mod status;
 use std::future::Future;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 use crate::inventory::{Inventory, InventoryError, Selection};
 use crate::report::{self, CommandName, Ending, Event, EventSink, json_line};
@@ -26,6 +27,7 @@ pub use exit::{Fatal, Outcome};
 
 /// Run nixgate with the process's arguments.
 pub fn main() -> ExitCode {
+    complete::answer_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -132,12 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let g = cli.global;
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "nixgate",
-                &mut std::io::stdout(),
-            );
+            complete::script(shell, &mut std::io::stdout())?;
             Ok(Outcome::Success)
         }
         Command::Hosts { select } => {
@@ -201,10 +198,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let inv = load_inventory(&g)?;
             release::show(&g, &inv, &tag)
         }
-        Command::Status { select } => {
+        Command::Status { history, select } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
-            status::run(&g, &inv, &sel)
+            status::run(&g, &inv, &sel, history)
         }
         Command::Rollback {
             to,

@@ -96,6 +96,7 @@ pub async fn push(
         };
         release_known_good(&r, &hosts);
     }
+    run.report_rollback_targets(&inv, &hosts).await;
     run.finish(hosts).await
 }
 

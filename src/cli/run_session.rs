@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::RunId;
+use crate::activation::{HostOutcome, RunId};
+
+/// How long the summary waits for a rolled-back host's history.
+const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::deploy::{self, HostSummary, RunContext};
 use crate::fleet::{Fleet, Sessions};
 use crate::inventory::{Inventory, Selection};
@@ -130,6 +133,19 @@ impl RunSession {
 
     /// Make the plan, under this run's cancellation, and report it.
     pub async fn plan(&self, inv: &Inventory, sel: &Selection, req: &Request) -> Plan {
+        let plan = self.make_plan(inv, sel, req).await;
+        self.show_plan(&plan).await;
+        plan
+    }
+
+    /// Report the plan. Handled before any prompt: the plan is on screen
+    /// when asked.
+    pub async fn show_plan(&self, plan: &Plan) {
+        self.sink.emit_handled(plan.event()).await;
+    }
+
+    /// Make the plan, under this run's cancellation.
+    pub async fn make_plan(&self, inv: &Inventory, sel: &Selection, req: &Request) -> Plan {
         let p = Planning {
             fleet: &self.fleet,
             inventory: inv,
@@ -138,10 +154,7 @@ impl RunSession {
             sink: &self.sink,
             stop: &self.stop,
         };
-        let plan = plan::make(&p, req).await;
-        // Handled before any prompt: the plan is on screen when asked.
-        self.sink.emit_handled(plan.event()).await;
-        plan
+        plan::make(&p, req).await
     }
 
     /// Ask before changing anything (unless `--yes`, or nothing is ready).
@@ -149,7 +162,7 @@ impl RunSession {
         if plan.cancelled.is_some() || plan.ready().next().is_none() {
             return Ok(Answer::Yes);
         }
-        confirm::ask(g, plan, self.cancel.clone()).await
+        confirm::ask(g, self.command, plan, self.cancel.clone()).await
     }
 
     /// Everything the runner needs.
@@ -165,6 +178,34 @@ impl RunSession {
             stop: self.stop.clone(),
             cancel: self.cancel.clone(),
         }
+    }
+
+    /// The known-good histories of the hosts this run took back to an
+    /// earlier system (read only for them, after the run), so the summary
+    /// can say which generation and commit each went back to.
+    pub async fn report_rollback_targets(&self, inv: &Inventory, hosts: &[HostSummary]) {
+        let took_back = hosts.iter().filter(|h| match &h.end {
+            deploy::HostEnd::Activation { activation } => matches!(
+                activation.as_ref(),
+                HostOutcome::RolledBack { .. }
+                    | HostOutcome::RollbackFailed { .. }
+                    | HostOutcome::RevertedByHost { .. }
+            ),
+            deploy::HostEnd::SoakFailed { .. } => true,
+            _ => false,
+        });
+        let reads = took_back.map(|h| async move {
+            let read = crate::inspect::history::read(&*self.fleet, inv, &h.host);
+            match tokio::time::timeout(HISTORY_WAIT, read).await {
+                Ok(Ok(generations)) => self.sink.emit(Event::History {
+                    host: h.host.clone(),
+                    generations,
+                }),
+                Ok(Err(e)) => tracing::info!("{}: its known-good history: {e:#}", h.host),
+                Err(_) => tracing::info!("{}: its known-good history: no answer", h.host),
+            }
+        });
+        futures_util::future::join_all(reads).await;
     }
 
     /// The user declined (or pressed Ctrl-C) at the prompt: nothing changed.
@@ -186,9 +227,18 @@ impl RunSession {
         self.end(ending, hosts).await
     }
 
+    /// The command line asked for something no selected host can do (a
+    /// `rollback --to` generation none of them has): nothing changed, exit 2.
+    pub async fn invalid(self, plan: Plan) -> anyhow::Result<Outcome> {
+        self.show_plan(&plan).await;
+        drop(plan);
+        self.end(Ending::Invalid, Vec::new()).await
+    }
+
     async fn end(self, ending: Ending, hosts: Vec<HostSummary>) -> anyhow::Result<Outcome> {
         let outcome = match ending {
             Ending::Declined => Outcome::Declined,
+            Ending::Invalid => Outcome::Usage,
             _ if deploy::exit_code(&hosts) == 0 => Outcome::Success,
             _ => Outcome::HostsFailed,
         };

@@ -263,7 +263,13 @@ impl<W: std::io::Write> Replay<W> {
     fn end(mut self, r: &RunReport) {
         if r.finished.is_some() {
             if !r.hosts.is_empty() {
-                let table = strip_controls_lines(&tables::summary_table(&r.hosts).to_string());
+                let table = strip_controls_lines(
+                    &tables::summary_table(
+                        &r.hosts,
+                        &crate::report::human::labels::Labels::default(),
+                    )
+                    .to_string(),
+                );
                 self.print(&table);
             }
             let failed = r.hosts.iter().filter(|h| h.outcome().fails_run()).count();

@@ -210,7 +210,12 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             candidate: ready.candidate.closure.clone(),
             goal: self.goal,
             run_id: self.run_id.clone(),
-            commit: self.commit.clone(),
+            // A rollback's target keeps the commit of its record.
+            commit: ready
+                .candidate
+                .commit
+                .clone()
+                .or_else(|| self.commit.clone()),
             earlier_gates: earlier,
             known_good_generation: ready.candidate.generation,
         };

@@ -102,6 +102,7 @@ fn ready(closure: &str) -> Verdict {
             earlier_gates: Vec::new(),
             generation: None,
             never_validated: false,
+            commit: None,
         },
         running: Some(sp(OLD)),
     }

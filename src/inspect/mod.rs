@@ -4,6 +4,7 @@
 //! into events by the commands and into words by the reporters.
 
 pub mod check;
+pub mod history;
 pub mod status;
 
 use serde::{Deserialize, Serialize};

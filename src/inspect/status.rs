@@ -37,6 +37,11 @@ pub struct HostStatus {
     pub boot_default: Option<StorePath>,
     pub known_good: Option<StorePath>,
     pub known_good_generation: Option<u64>,
+    /// The commit the known-good was built from, when recorded.
+    pub known_good_commit: Option<String>,
+    /// It runs its known-good, built from another commit than the
+    /// configuration's HEAD (`None`: not known).
+    pub behind_head: Option<bool>,
     /// The boot default differs from what runs: a reboot would change it.
     pub pending_reboot: bool,
     /// What runs is not the known-good closure.
@@ -78,6 +83,7 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
             if let Some(cur) = hist.iter().find(|g| g.current) {
                 st.known_good = cur.closure.clone();
                 st.known_good_generation = Some(cur.generation);
+                st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
                 marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
             }
         }

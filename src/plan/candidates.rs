@@ -194,6 +194,7 @@ async fn root_and_sign<F: Fleet>(
         closure: toplevel,
         generation: None,
         never_validated: false,
+        commit: None,
     })
 }
 

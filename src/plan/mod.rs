@@ -57,6 +57,11 @@ pub struct Candidate {
     /// it never passed nixgate's gates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub never_validated: bool,
+    /// A rollback's target: the commit its known-good record names, kept
+    /// in the record when the generation is re-selected (`None`: the run's
+    /// own commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// Why a host was refused before the run. Nothing on it changed.
@@ -319,6 +324,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
                 earlier_gates: Vec::new(),
                 generation: None,
                 never_validated: false,
+                commit: None,
             };
             let running = None;
             verdicts.insert(host.clone(), Verdict::Ready { candidate, running });

@@ -41,6 +41,8 @@ pub struct Target {
     /// The system the host ran before nixgate's first deploy: it never
     /// passed nixgate's gates (the rollback now takes it through them).
     pub never_validated: bool,
+    /// The commit its record names.
+    pub commit: Option<String>,
 }
 
 fn usable(g: &KnownGoodGeneration) -> Option<Target> {
@@ -49,6 +51,7 @@ fn usable(g: &KnownGoodGeneration) -> Option<Target> {
             closure: c.clone(),
             generation: Some(g.generation),
             never_validated: false,
+            commit: g.record.as_ref().and_then(|r| r.commit.clone()),
         }),
         _ => None,
     }
@@ -84,6 +87,7 @@ pub fn choose_target(
                 closure: b.closure.clone(),
                 generation: None,
                 never_validated: true,
+                commit: None,
             })
         }
         other => other,
@@ -152,6 +156,7 @@ pub async fn find_all<F: Fleet>(p: &Planning<'_, F>, hosts: &[String], to: Optio
                     earlier_gates: Vec::new(),
                     generation: t.generation,
                     never_validated: t.never_validated,
+                    commit: t.commit,
                 },
                 running,
             },
@@ -228,6 +233,7 @@ mod tests {
             closure: sp(closure),
             generation: Some(generation),
             never_validated: false,
+            commit: None,
         })
     }
 
@@ -274,6 +280,7 @@ mod tests {
                 closure: sp('z'),
                 generation: None,
                 never_validated: true,
+                commit: None,
             })
         );
         // Never instead of a known-good, never for a named generation, and

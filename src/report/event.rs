@@ -139,6 +139,21 @@ pub enum Event {
         toplevel: StorePath,
         drv: StorePath,
     },
+    /// A host's known-good generations, oldest first (`status --history`;
+    /// before a rollback; for a host rolled back, to name where it went).
+    History {
+        host: String,
+        generations: Vec<crate::inspect::history::Generation>,
+    },
+    /// `rollback`, before the prompt: what the host runs, the known-good
+    /// generation it would go back to, and the package diff between them.
+    RollbackPreview {
+        host: String,
+        from: Option<StorePath>,
+        to: StorePath,
+        generation: u64,
+        packages: Option<crate::diff::PackageDiff>,
+    },
     /// Gate 2's finding for a host: what changes, why, and any drift.
     Diff {
         host: String,
@@ -232,6 +247,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "builder_failed",
     "build_finished",
     "host_built",
+    "history",
+    "rollback_preview",
     "diff",
     "plan_ready",
     "gate_started",
@@ -271,6 +288,8 @@ impl Event {
             Event::BuilderFailed { .. } => "builder_failed",
             Event::BuildFinished { .. } => "build_finished",
             Event::HostBuilt { .. } => "host_built",
+            Event::History { .. } => "history",
+            Event::RollbackPreview { .. } => "rollback_preview",
             Event::Diff { .. } => "diff",
             Event::PlanReady { .. } => "plan_ready",
             Event::GateStarted { .. } => "gate_started",
@@ -321,6 +340,8 @@ impl Event {
             | Event::GateFailed { host, .. }
             | Event::CopyProgress { host, .. }
             | Event::Diff { host, .. }
+            | Event::History { host, .. }
+            | Event::RollbackPreview { host, .. }
             | Event::Activation { host, .. }
             | Event::Released { host, .. }
             | Event::NotReleased { host, .. }

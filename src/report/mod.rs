@@ -26,17 +26,20 @@ pub trait Reporter: Send {
 
 /// Pick the reporter for this invocation of `command`: JSON, a live
 /// terminal view, or plain lines.
+/// `-q` is plain lines without timestamps on a terminal (problems and the
+/// summary); off a terminal every line is timestamped.
 pub fn choose(g: &crate::cli::Global, command: CommandName) -> Box<dyn Reporter> {
-    let quiet = g.quiet > 0;
+    let level = human::Level::of(g.quiet, g.verbose);
+    let terminal = std::io::stderr().is_terminal();
     if g.json {
         Box::new(json::Json)
-    } else if std::io::stderr().is_terminal()
-        && !quiet
+    } else if terminal
+        && level != human::Level::Quiet
         && std::env::var_os("TERM").is_some_and(|t| t != "dumb")
     {
-        Box::new(human::Human::live(Some(command)))
+        Box::new(human::Human::live(Some(command), level))
     } else {
-        Box::new(human::Human::plain(Some(command), quiet))
+        Box::new(human::Human::plain(Some(command), level, !terminal))
     }
 }
 
@@ -160,17 +163,38 @@ pub fn json_line(value: &impl serde::Serialize) {
 }
 
 /// A plain-text table with left-aligned columns, no control characters.
+/// Fitted to a width ([`Table::fit`]): the columns marked shrinkable (store
+/// paths as `hash8-name`) give up the end of their names first, down to the
+/// hash; then the last column (notes) wraps at spaces, its further lines
+/// starting under it.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
+    shrinkable: Vec<usize>,
+    width: Option<usize>,
+}
+
+/// The narrowest the last column is wrapped to.
+const LAST_MIN: usize = 20;
+
+/// The fewest characters of a store name shown after its hash (`-` and
+/// `…` included); fewer, and the cell stops at the hash.
+const NAME_MIN: usize = 10;
+
+/// How short a shrinkable cell may get: up to the end of the store path's
+/// hash (`#3 8d257f5 b9473480` of `#3 8d257f5 b9473480-nixos-system-...`).
+fn shortest(cell: &str) -> usize {
+    let start = cell.rfind(' ').map_or(0, |i| i + 1);
+    let hash = cell[start..].find('-').unwrap_or(cell.len() - start);
+    cell[..start + hash].chars().count().max(1)
 }
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
         Table {
             header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -181,10 +205,21 @@ impl Table {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
-}
 
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// These columns may be cut short to fit.
+    pub fn shrinkable(mut self, columns: &[usize]) -> Self {
+        self.shrinkable = columns.to_vec();
+        self
+    }
+
+    /// Fit the table to `width` columns (`None`: as wide as it is).
+    pub fn fit(mut self, width: Option<usize>) -> Self {
+        self.width = width;
+        self
+    }
+
+    /// Each column's width, after fitting.
+    fn widths(&self) -> Vec<usize> {
         let cols = self.header.len();
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for r in &self.rows {
@@ -192,16 +227,104 @@ impl fmt::Display for Table {
                 widths[i] = widths[i].max(c.chars().count());
             }
         }
+        let Some(limit) = self.width else {
+            return widths;
+        };
+        let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+        let last = cols.saturating_sub(1);
+        let floor: Vec<usize> = (0..cols)
+            .map(|i| {
+                let cells = std::iter::once(&self.header).chain(&self.rows);
+                cells
+                    .filter_map(|r| r.get(i))
+                    .map(|c| shortest(c))
+                    .max()
+                    .unwrap_or(1)
+            })
+            .collect();
+        // Shrink the store paths' names, widest first, one character at a time.
+        while total(&widths) > limit {
+            let widest = self
+                .shrinkable
+                .iter()
+                .copied()
+                .filter(|&i| i < cols && widths[i] > floor[i])
+                .max_by_key(|&i| widths[i]);
+            let Some(i) = widest else { break };
+            widths[i] -= 1;
+        }
+        if total(&widths) > limit && !self.shrinkable.contains(&last) {
+            let others = total(&widths) - widths[last];
+            widths[last] = limit.saturating_sub(others).max(LAST_MIN.min(widths[last]));
+        }
+        widths
+    }
+}
+
+/// `s` in at most `w` characters: cut, with `…` for what is missing, but
+/// never shorter than its [`shortest`].
+fn cut(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        return s.to_owned();
+    }
+    let keep = shortest(s);
+    // A name cut to a few letters says nothing the hash does not.
+    if w < keep + NAME_MIN {
+        return s.chars().take(keep).collect();
+    }
+    let mut out: String = s.chars().take(w - 1).collect();
+    out.push('…');
+    out
+}
+
+/// `s` wrapped at spaces into lines of at most `w` characters (a word
+/// longer than that stays whole on its own line).
+pub fn wrap(s: &str, w: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in s.split(' ').filter(|w| !w.is_empty()) {
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > w {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cols = self.header.len();
+        let widths = self.widths();
+        let indent: usize = widths
+            .iter()
+            .take(cols.saturating_sub(1))
+            .map(|w| w + 2)
+            .sum();
         for r in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
+            let mut rest = Vec::new();
             for (i, c) in r.iter().enumerate().take(cols) {
-                if i + 1 == cols {
-                    line.push_str(c);
+                if i + 1 == cols && self.shrinkable.contains(&i) {
+                    line.push_str(&cut(c, widths[i]));
+                } else if i + 1 == cols {
+                    let mut wrapped = wrap(c, widths[i]).into_iter();
+                    line.push_str(&wrapped.next().unwrap_or_default());
+                    rest.extend(wrapped);
                 } else {
-                    line.push_str(&format!("{:w$}  ", c, w = widths[i]));
+                    line.push_str(&format!("{:w$}  ", cut(c, widths[i]), w = widths[i]));
                 }
             }
             writeln!(f, "{}", line.trim_end())?;
+            for more in rest {
+                writeln!(f, "{:indent$}{more}", "")?;
+            }
         }
         Ok(())
     }

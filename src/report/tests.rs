@@ -142,15 +142,18 @@ fn json_events_are_tagged_flat_objects_that_strict_parsers_accept() {
 #[test]
 fn every_end_has_words_and_a_kind() {
     for end in ends() {
-        let words = human::words::end(&end).expect("words for every failing end");
+        let words = human::words::end(&end, &human::labels::Labels::default())
+            .expect("words for every failing end");
         assert!(!words.is_empty());
         assert!(!words.contains("Some("), "no debug output: {words}");
         assert!(end.kind().fails_run(), "{end:?}");
     }
-    let table =
-        human::tables::summary_table(&[summary(HostEnd::activation(HostOutcome::Activated {
+    let table = human::tables::summary_table(
+        &[summary(HostEnd::activation(HostOutcome::Activated {
             goal: crate::gates::Goal::Switch,
-        }))]);
+        }))],
+        &human::labels::Labels::default(),
+    );
     assert!(
         table.to_string().contains("web1  canary  reached"),
         "{table}"

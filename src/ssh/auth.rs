@@ -81,7 +81,11 @@ where
     let mut agent_keys: Vec<PublicKey> = Vec::new();
     let mut rsa_hash: Option<HashAlg> = None;
 
-    if let Some(sock) = target.agent_socket() {
+    let sock = target.agent_socket();
+    if sock.is_none() && target.use_agent {
+        tried.push("ssh-agent: none (SSH_AUTH_SOCK is not set)".into());
+    }
+    if let Some(sock) = sock {
         match AgentClient::connect_uds(&sock).await {
             Err(e) => tried.push(format!("agent at {}: unreachable ({e})", sock.display())),
             Ok(mut agent) => match agent.request_identities().await {
@@ -163,12 +167,9 @@ where
     }
 
     let mut encrypted: Option<PathBuf> = None;
-    let explicit = !target.identity_files.is_empty();
     for path in target.identity_files() {
         if !path.exists() {
-            if explicit {
-                tried.push(format!("{}: no such file", path.display()));
-            }
+            tried.push(format!("{}: no such file", path.display()));
             continue;
         }
         let key = match load_secret_key(&path, None) {

@@ -51,7 +51,7 @@ pub enum ConnectError {
     #[error(
         "{target}: host key of {host} ({addr}) is not known, refusing to connect.\n  offered key: {fingerprint}\n  \
          after checking that fingerprint out of band (e.g. `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the host), \
-         add this line to {}:\n{line_to_add}\n  or set the host key policy to accept-new",
+         add this line to {}:\n{line_to_add}\n  or pass --accept-new to learn it (a changed key is still refused)",
         known_hosts.display()
     )]
     HostKeyUnknown {
@@ -131,9 +131,9 @@ pub enum ConnectError {
     },
 
     #[error(
-        "{target}: authentication as {user} failed{}; check that one of these keys is in ~{user}/.ssh/authorized_keys \
-         on the host, or set identity files in the inventory or ~/.ssh/config",
-        tried_suffix(tried)
+        "{target}: authentication as {user} failed{}{}",
+        tried_suffix(tried),
+        auth_hint(user, tried)
     )]
     AuthFailed {
         target: String,
@@ -154,6 +154,22 @@ pub enum ConnectError {
         #[source]
         source: Box<ConnectError>,
     },
+}
+
+/// What to do: a key was offered and refused, or there was none to offer.
+fn auth_hint(user: &str, tried: &[String]) -> String {
+    if tried.iter().any(|t| t.ends_with(": rejected")) {
+        format!(
+            "; check that one of these keys is in ~{user}/.ssh/authorized_keys on the host, \
+             or set identity files in the inventory or ~/.ssh/config"
+        )
+    } else {
+        format!(
+            "; no key was offered: set `identity_file` in the inventory (or IdentityFile in \
+             ~/.ssh/config), or load a key into ssh-agent, and put its public half in \
+             ~{user}/.ssh/authorized_keys on the host"
+        )
+    }
 }
 
 fn tried_suffix(tried: &[String]) -> String {

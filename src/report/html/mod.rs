@@ -263,7 +263,11 @@ fn summary(t: &Timeline) -> Vec<SummaryRow> {
                     .and_then(|e| e.closure.as_ref())
                     .map_or("-".into(), words::short_closure),
                 time: end.map_or("-".into(), |e| format!("{:.1} s", e.seconds)),
-                reason: end.and_then(|e| words::end(&e.end)).unwrap_or_default(),
+                reason: end
+                    .and_then(|e| {
+                        words::end(&e.end, &crate::report::human::labels::Labels::default())
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()

@@ -1,20 +1,56 @@
-//! Human reporters: plain timestamped lines (cron, CI, pipes) or a live
-//! terminal view on stderr, and each command's own output (tables, the
-//! plan, built paths) on stdout. Words come from [`words`]; nothing here
-//! decides anything about the run.
+//! Human reporters: a live terminal view on stderr with a few lines of
+//! scrollback above it, or plain lines (timestamped when nobody watches: cron,
+//! CI, pipes); each command's own output (tables, the plan, built paths) on
+//! stdout. How much is said follows `-q`/`-v` ([`Level`]): by default a wave
+//! is one line when it ends and a host that ends badly is one line when it
+//! does, with the whole story after the summary table; gate-by-gate lines
+//! only with `-v`. Words come from [`words`]; nothing here decides anything
+//! about the run.
 
+pub mod explain;
+pub mod labels;
+mod live;
 pub mod tables;
 mod tty;
 pub mod words;
 
+use std::collections::BTreeMap;
+
 use super::Reporter;
 use super::event::{CommandName, Event};
+use crate::activation::ActivationEvent;
+use crate::deploy::{HostSummary, OutcomeKind};
 use crate::runner::RunnerEvent;
 use crate::runner::cancel::CancelLevel;
 use crate::state::clock::Utc;
 
 pub use tty::Tty;
+
+#[cfg(test)]
+mod snapshots;
 pub use words::short_closure;
+
+/// How much a person asked to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// `-q`: only problems and the summary.
+    Quiet,
+    Normal,
+    /// `-v`: every gate of every host, and each step's news.
+    Verbose,
+}
+
+impl Level {
+    pub fn of(quiet: u8, verbose: u8) -> Level {
+        if quiet > 0 {
+            Level::Quiet
+        } else if verbose > 0 {
+            Level::Verbose
+        } else {
+            Level::Normal
+        }
+    }
+}
 
 /// One line of human text for an event, or `None` for events shown
 /// otherwise (progress ticks, tables, the plan).
@@ -28,13 +64,16 @@ pub fn describe(ev: &Event) -> Option<String> {
             dirty,
             hosts,
             ..
-        } => format!(
-            "run {run_id}: {} (goal {goal}) of {} host(s) at {}{}",
-            command.as_str(),
-            hosts.len(),
-            commit.as_deref().map_or("no commit", |c| &c[..c.len().min(12)]),
-            if *dirty { " +dirty" } else { "" }
-        ),
+        } => match commit {
+            Some(c) => format!(
+                "run {run_id}: {} (goal {goal}) of {} host(s) at {}{}",
+                command.as_str(),
+                hosts.len(),
+                &c[..c.len().min(12)],
+                if *dirty { " +dirty" } else { "" }
+            ),
+            None => format!("run {run_id}: {} of {} host(s)", command.as_str(), hosts.len()),
+        },
         Event::CancelRequested { level } => match level {
             CancelLevel::Abort => "second Ctrl-C: aborting now; detached switches finish on the hosts (see `nixgate status`)".into(),
             _ => "Ctrl-C: starting nothing new; finishing and verifying the hosts in flight (Ctrl-C again to abort)".into(),
@@ -63,9 +102,9 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::GateStarted { host, gate } => format!("{host}: {gate} ..."),
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => {
-            format!("{host}: {gate} FAILED: {}", words::failure(reason))
+            format!("{host}: {gate} FAILED: {}", words::about(host, &words::failure(reason)))
         }
-        Event::Activation { host, activation } => return tty::describe_activation(host, activation),
+        Event::Activation { host, activation } => return words::activation(host, activation),
         Event::Released { host, tag, branch } => {
             format!("{host}: released as {tag} ({branch} moved)")
         }
@@ -82,7 +121,9 @@ pub fn describe(ev: &Event) -> Option<String> {
             "{}: {}{}",
             s.host,
             s.outcome(),
-            words::end(&s.end).map(|r| format!(" ({r})")).unwrap_or_default()
+            words::end(&s.end, &labels::Labels::default())
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         ),
         Event::ReportWritten { path } => format!("run report: {}", path.display()),
         Event::Summary {
@@ -97,6 +138,8 @@ pub fn describe(ev: &Event) -> Option<String> {
         Event::BuildProgress { .. }
         | Event::CopyProgress { .. }
         | Event::Diff { .. }
+        | Event::History { .. }
+        | Event::RollbackPreview { .. }
         | Event::PlanReady { .. }
         | Event::InventoryError(_)
         | Event::InventoryOk { .. }
@@ -144,11 +187,55 @@ fn describe_runner(r: &RunnerEvent) -> Option<String> {
     })
 }
 
+/// From which level an event's line is shown (`None`: never as a line).
+/// `live`: the live view already shows where each host is.
+fn shown_at(ev: &Event, live: bool) -> Option<Level> {
+    use Level::*;
+    let when_plain = |l: Level| if live { None } else { Some(l) };
+    match ev {
+        Event::CancelRequested { .. }
+        | Event::BuilderFailed { .. }
+        | Event::NotReleased { .. }
+        | Event::NotPublished { .. }
+        | Event::Summary { .. } => Some(Quiet),
+        Event::HostFinished(s) => match s.outcome() {
+            OutcomeKind::NotStarted => Some(Verbose),
+            k if k.fails_run() => Some(Quiet),
+            _ if live => Some(Verbose),
+            _ => Some(Normal),
+        },
+        Event::RunStarted { .. } | Event::BuildFinished { .. } => Some(Normal),
+        Event::BuildStarted { .. } => when_plain(Normal),
+        Event::Runner(r) => match r {
+            RunnerEvent::WaveStarted { .. } => when_plain(Normal).or(Some(Verbose)),
+            RunnerEvent::WaveFinished { .. } | RunnerEvent::SoakStarted { .. } => Some(Normal),
+            RunnerEvent::SoakChecked { healthy: false, .. } => Some(Quiet),
+            RunnerEvent::SoakChecked { .. } | RunnerEvent::HostNotStarted { .. } => Some(Verbose),
+        },
+        Event::Activation { activation, .. } => match activation {
+            ActivationEvent::Warning { .. }
+            | ActivationEvent::ConnectionLost { .. }
+            | ActivationEvent::Deferred { .. }
+            | ActivationEvent::AwaitingRevert { .. } => Some(Normal),
+            _ => Some(Verbose),
+        },
+        Event::GateStarted { .. } if live => None,
+        Event::SourceShipped { .. }
+        | Event::HostBuilt { .. }
+        | Event::GateStarted { .. }
+        | Event::GatePassed { .. }
+        | Event::GateFailed { .. }
+        | Event::Released { .. } => Some(Verbose),
+        _ => None,
+    }
+}
+
 /// How lines reach the terminal.
 enum Style {
-    /// Timestamped lines on stderr, no control characters.
+    /// Lines on stderr, no control characters; timestamped when nobody
+    /// watches (stderr is not a terminal).
     Plain {
-        quiet: bool,
+        stamped: bool,
     },
     Live(Tty),
 }
@@ -156,24 +243,38 @@ enum Style {
 /// The human reporter of one command.
 pub struct Human {
     command: Option<CommandName>,
+    level: Level,
     style: Style,
     collected: tables::Collected,
+    /// The hosts of each wave as run (`selected` for `--host`/`--tag`).
+    waves: BTreeMap<String, Vec<String>>,
+    /// How each host ended.
+    ends: std::collections::HashMap<String, OutcomeKind>,
+    report: Option<std::path::PathBuf>,
+    /// The plan is shown and no wave has started: the prompt may be on the
+    /// terminal, its `^C` where the cursor is.
+    before_waves: bool,
 }
 
 impl Human {
-    pub fn plain(command: Option<CommandName>, quiet: bool) -> Human {
-        Human {
-            command,
-            style: Style::Plain { quiet },
-            collected: Default::default(),
-        }
+    pub fn plain(command: Option<CommandName>, level: Level, stamped: bool) -> Human {
+        Human::with(command, level, Style::Plain { stamped })
     }
 
-    pub fn live(command: Option<CommandName>) -> Human {
+    pub fn live(command: Option<CommandName>, level: Level) -> Human {
+        Human::with(command, level, Style::Live(Tty::new()))
+    }
+
+    fn with(command: Option<CommandName>, level: Level, style: Style) -> Human {
         Human {
             command,
-            style: Style::Live(Tty::new()),
+            level,
+            style,
             collected: Default::default(),
+            waves: BTreeMap::new(),
+            ends: Default::default(),
+            report: None,
+            before_waves: false,
         }
     }
 
@@ -185,35 +286,128 @@ impl Human {
         }
     }
 
-    fn line(&mut self, ev: &Event) {
-        match &mut self.style {
-            Style::Plain { quiet } => {
-                if *quiet && !important(ev) {
-                    return;
+    /// The event's text, with what this reporter has counted.
+    fn text(&self, ev: &Event) -> Option<String> {
+        match ev {
+            // Nothing runs yet: nothing to finish. A line of its own, not
+            // after the prompt's `^C` (a timestamped log has no prompt).
+            Event::CancelRequested {
+                level: CancelLevel::StopStarting,
+            } if self.before_waves => Some(
+                match self.style {
+                    Style::Plain { stamped: true } => "Ctrl-C: starting nothing",
+                    _ => "\nCtrl-C: starting nothing",
                 }
-                if let Some(text) = describe(ev) {
-                    let now = Utc::now().rfc3339();
-                    for line in text.lines() {
-                        eprintln!("{now} {}", strip_controls(line));
+                .into(),
+            ),
+            Event::Runner(RunnerEvent::WaveFinished {
+                wave,
+                failures,
+                allowed,
+                stops_run,
+            }) => {
+                let mut counts = BTreeMap::new();
+                for h in self.waves.get(wave).into_iter().flatten() {
+                    if let Some(k) = self.ends.get(h) {
+                        *counts.entry(*k).or_default() += 1;
+                    }
+                }
+                Some(tables::wave_line(
+                    wave, &counts, *failures, *allowed, *stops_run,
+                ))
+            }
+            // A failed host: its cause now; what nixgate did about it, with
+            // the rest of its story, after the summary.
+            Event::HostFinished(s) => Some(format!(
+                "{}: {}{}",
+                s.host,
+                s.outcome(),
+                explain::cause(s, &self.collected.labels)
+                    .or_else(|| words::end(&s.end, &self.collected.labels))
+                    .map(|r| format!(" ({})", words::about(&s.host, &r)))
+                    .unwrap_or_default()
+            )),
+            _ => describe(ev),
+        }
+    }
+
+    fn line(&mut self, ev: &Event) {
+        let live = matches!(self.style, Style::Live(_));
+        if shown_at(ev, live).is_none_or(|l| self.level < l) {
+            return;
+        }
+        let Some(text) = self.text(ev) else { return };
+        match &mut self.style {
+            Style::Plain { stamped } => {
+                let now = stamped.then(|| Utc::now().rfc3339());
+                for line in text.lines() {
+                    match &now {
+                        Some(now) => eprintln!("{now} {}", strip_controls(line)),
+                        None => eprintln!("{}", strip_controls(line)),
                     }
                 }
             }
-            Style::Live(t) => t.event(ev),
+            Style::Live(t) => t.print(&wrapped(&text, tty::size().0)),
         }
+    }
+
+    /// The end of every command: its table, the hosts' ends, the failures
+    /// explained, the run report, the last line.
+    fn summary(&mut self, ev: &Event) {
+        let Event::Summary { hosts, .. } = ev else {
+            return;
+        };
+        if let Style::Live(t) = &mut self.style {
+            t.clear();
+        }
+        if let Some(table) = self.collected.table(self.command) {
+            print!("{table}");
+        }
+        let width = tables::width_of(&std::io::stderr());
+        eprint!("{}", self.summary_block(hosts, width));
+        if self.command.is_some_and(|c| c.runs()) || !hosts.is_empty() {
+            self.line(ev);
+        }
+    }
+
+    /// What the end of a command says on stderr before its last line, in
+    /// `width` columns: the hosts' table, the failures explained, the run
+    /// report's path.
+    fn summary_block(&mut self, hosts: &[HostSummary], width: Option<usize>) -> String {
+        let mut out = String::new();
+        if !hosts.is_empty() {
+            let table = tables::summary_table(hosts, &self.collected.labels);
+            out.push_str(&table.fit(width).to_string());
+        }
+        let command = self.command.map_or("push", |c| c.as_str());
+        let explained = explain::failures(hosts, command, &self.collected.labels, width);
+        if !explained.is_empty() {
+            out.push('\n');
+            out.push_str(&explained);
+        }
+        if let Some(failures) = self.collected.failures(self.command) {
+            out.push_str(&failures);
+        }
+        if let Some(path) = &self.report {
+            out.push_str(&format!("run report: {}\n", path.display()));
+        }
+        out
     }
 }
 
-/// What `-q` still shows: problems, host ends and the summary.
-fn important(ev: &Event) -> bool {
-    matches!(
-        ev,
-        Event::GateFailed { .. }
-            | Event::HostFinished(_)
-            | Event::BuilderFailed { .. }
-            | Event::NotReleased { .. }
-            | Event::NotPublished { .. }
-            | Event::Summary { .. }
-    )
+/// Lines for a terminal `columns` wide: wrapped at spaces, so no word is
+/// cut at the edge, their further lines indented.
+fn wrapped(text: &str, columns: usize) -> String {
+    let width = columns.saturating_sub(1).max(40);
+    let mut out = String::new();
+    for line in text.lines() {
+        for (i, l) in crate::report::wrap(line, width - 2).into_iter().enumerate() {
+            out.push_str(if i == 0 { "" } else { "  " });
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn strip_controls(s: &str) -> String {
@@ -222,12 +416,39 @@ fn strip_controls(s: &str) -> String {
         .collect()
 }
 
+impl Human {
+    /// Keep what later lines count: each wave's hosts, each host's end, the
+    /// run report's path.
+    fn count(&mut self, ev: &Event) {
+        match ev {
+            Event::HostFinished(s) => {
+                self.ends.insert(s.host.clone(), s.outcome());
+            }
+            Event::Runner(RunnerEvent::HostNotStarted { host, .. }) => {
+                self.ends.insert(host.clone(), OutcomeKind::NotStarted);
+            }
+            Event::Runner(RunnerEvent::WaveStarted { wave, hosts, .. }) => {
+                self.waves.insert(wave.clone(), hosts.clone());
+                self.before_waves = false;
+            }
+            Event::PlanReady { .. } => self.before_waves = true,
+            Event::ReportWritten { path } => self.report = Some(path.clone()),
+            _ => {}
+        }
+    }
+}
+
 impl Reporter for Human {
     fn event(&mut self, ev: &Event) {
+        if let Style::Live(t) = &mut self.style {
+            t.event(ev);
+        }
         if self.collected.take(ev) {
             return;
         }
+        self.count(ev);
         match ev {
+            Event::ReportWritten { .. } => {}
             Event::HostBuilt { host, toplevel, .. } if self.command == Some(CommandName::Build) => {
                 println!("{host} {toplevel}");
             }
@@ -244,23 +465,7 @@ impl Reporter for Human {
                 }
             }
             Event::ReleaseDetail { release } => println!("{}", release.message.trim_end()),
-            Event::Summary { hosts, .. } => {
-                if let Style::Live(t) = &mut self.style {
-                    t.clear();
-                }
-                if let Some(table) = self.collected.table(self.command) {
-                    print!("{table}");
-                }
-                if !hosts.is_empty() {
-                    eprint!("{}", tables::summary_table(hosts));
-                }
-                if let Some(failures) = self.collected.failures(self.command) {
-                    eprint!("{failures}");
-                }
-                if self.command.is_some_and(|c| c.runs()) || !hosts.is_empty() {
-                    self.line(ev);
-                }
-            }
+            Event::Summary { .. } => self.summary(ev),
             _ => self.line(ev),
         }
     }

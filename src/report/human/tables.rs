@@ -4,9 +4,12 @@
 
 use std::fmt::Write as _;
 
+use super::labels::{self, Labels};
 use super::words;
-use crate::deploy::HostSummary;
+use crate::deploy::{HostSummary, OutcomeKind};
+use crate::inspect::history::Generation;
 use crate::inspect::{HostStatus, Probe};
+use crate::nix::StorePath;
 use crate::plan::{PlanStage, PlannedWave, Verdict};
 use crate::report::Table;
 use crate::report::event::{CommandName, Ending, Event};
@@ -21,6 +24,19 @@ pub struct Collected {
     inventory: Option<String>,
     hosts: Table,
     releases: Table,
+    /// `status --history` and hosts rolled back: their known-good generations.
+    histories: Vec<(String, Vec<Generation>)>,
+    /// `rollback`: each host's preview, in arrival order.
+    previews: Vec<Preview>,
+    pub labels: Labels,
+}
+
+/// A rollback's preview of one host.
+struct Preview {
+    host: String,
+    from: Option<StorePath>,
+    to: StorePath,
+    packages: Vec<String>,
 }
 
 impl CommandName {
@@ -36,7 +52,28 @@ impl CommandName {
 impl Collected {
     /// Keep what is printed later; true when the event is only that.
     pub fn take(&mut self, ev: &Event) -> bool {
+        self.labels.take(ev);
         match ev {
+            Event::History { host, generations } => {
+                self.histories.push((host.clone(), generations.clone()))
+            }
+            Event::RollbackPreview {
+                host,
+                from,
+                to,
+                packages,
+                ..
+            } => self.previews.push(Preview {
+                host: host.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                packages: match (packages, from) {
+                    (Some(p), _) if p.is_empty() => vec!["no package changes".into()],
+                    (Some(p), _) => crate::diff::render::render_packages(p),
+                    (None, Some(_)) => vec!["the package changes could not be read".into()],
+                    (None, None) => vec!["the host runs no known system".into()],
+                },
+            }),
             Event::Diff { host, diff } => self.diffs.push((host.clone(), diff.render())),
             Event::Status(s) => self.statuses.push(s.clone()),
             Event::Checked(p) => self.probes.push(p.clone()),
@@ -92,7 +129,7 @@ impl Collected {
                     i.target.clone(),
                     i.time.clone(),
                     i.commit.get(..12).unwrap_or(&i.commit).to_owned(),
-                    words::short_closure(&i.closure),
+                    self.labels.cell(&i.closure),
                     i.run_id.clone(),
                 ]);
             }
@@ -124,12 +161,57 @@ impl Collected {
                 let _ = writeln!(out, "  {l}");
             }
         }
+        out.push_str(&self.previews(&order));
         out.push_str(&refusals(waves));
         if let Some(stage) = cancelled {
             let _ = writeln!(
                 out,
-                "plan cancelled (Ctrl-C during {stage:?}): nothing changed"
+                "plan cancelled (Ctrl-C while {}): nothing changed",
+                words::plan_stage(&stage)
             );
+        }
+        out
+    }
+
+    /// Rollback previews: per host `generation 3 (...) -> generation 2
+    /// (...)`, hosts with the same package changes together.
+    fn previews(&mut self, order: &[&str]) -> String {
+        let mut previews = std::mem::take(&mut self.previews);
+        previews.sort_by_key(|p| order.iter().position(|o| *o == p.host));
+        let mut groups: Vec<(Vec<&Preview>, &[String])> = Vec::new();
+        for p in &previews {
+            match groups.iter_mut().find(|(_, l)| *l == p.packages.as_slice()) {
+                Some((members, _)) => members.push(p),
+                None => groups.push((vec![p], &p.packages)),
+            }
+        }
+        let width = width_of(&std::io::stderr());
+        let mut out = String::new();
+        for (members, lines) in groups {
+            // One host: its name once, on its from -> to line.
+            let one = members.len() == 1;
+            if !one {
+                let names: Vec<&str> = members.iter().map(|p| p.host.as_str()).collect();
+                let _ = writeln!(out, "{}:", names.join(", "));
+            }
+            for p in &members {
+                let from = p
+                    .from
+                    .as_ref()
+                    .map_or_else(|| "no known system".into(), |f| self.labels.words(f));
+                let to = self.labels.words(&p.to);
+                let indent = if one { 0 } else { 2 };
+                let head = format!("{:indent$}{}: {from}", "", p.host);
+                let line = format!("{head} -> {to}");
+                if width.is_none_or(|w| line.chars().count() <= w) {
+                    let _ = writeln!(out, "{line}");
+                } else {
+                    let _ = writeln!(out, "{head}\n{:w$}-> {to}", "", w = indent + 2);
+                }
+            }
+            for l in lines {
+                let _ = writeln!(out, "  {l}");
+            }
         }
         out
     }
@@ -137,16 +219,37 @@ impl Collected {
     /// The command's table, printed on stdout at the end.
     pub fn table(&self, command: Option<CommandName>) -> Option<String> {
         match command? {
-            CommandName::Status => Some(status_table(&self.statuses).to_string()),
+            CommandName::Status if !self.histories.is_empty() => {
+                let width = width_of(&std::io::stdout());
+                let mut s = String::new();
+                for (host, generations) in &self.histories {
+                    let t = history_table(host, generations).fit(width);
+                    s.push_str(&t.to_string());
+                }
+                Some(s)
+            }
+            CommandName::Status => {
+                let width = width_of(&std::io::stdout());
+                Some(
+                    status_table(&self.statuses, &self.labels)
+                        .fit(width)
+                        .to_string(),
+                )
+            }
             CommandName::Check => {
                 let mut s = self.inventory.clone().unwrap_or_default();
                 if !self.probes.is_empty() {
-                    s.push_str(&check_table(&self.probes).to_string());
+                    let width = width_of(&std::io::stdout());
+                    s.push_str(&check_table(&self.probes).fit(width).to_string());
                 }
                 Some(s)
             }
             CommandName::Hosts => Some(self.hosts.to_string()),
-            CommandName::Release => Some(self.releases.to_string()),
+            CommandName::Release => {
+                let width = width_of(&std::io::stdout());
+                let t = self.releases.clone().shrinkable(&[4]);
+                Some(t.fit(width).to_string())
+            }
             _ => None,
         }
     }
@@ -199,7 +302,8 @@ pub fn refusals(waves: &[PlannedWave]) -> String {
         for h in &w.planned {
             match &h.verdict {
                 Verdict::Refused { refusal } => {
-                    let _ = writeln!(out, "{}: refused: {}", h.host, words::refusal(refusal));
+                    let why = words::about(&h.host, &words::refusal(refusal));
+                    let _ = writeln!(out, "{}: refused: {why}", h.host);
                 }
                 Verdict::Ready { candidate, .. } if candidate.never_validated => {
                     let _ = writeln!(
@@ -220,55 +324,70 @@ fn short(p: &Option<crate::nix::StorePath>) -> String {
     p.as_ref().map_or_else(|| "-".into(), words::short_closure)
 }
 
-/// `status`: one row per host.
-pub fn status_table(statuses: &[HostStatus]) -> Table {
+/// A column's width: the terminal's, when `stream` is one.
+pub fn width_of(stream: &impl std::os::fd::AsFd) -> Option<usize> {
+    terminal_size::terminal_size_of(stream).map(|(w, _)| w.0 as usize)
+}
+
+/// `=` where a closure equals the one it is compared with, else its cell.
+fn same_or(p: &Option<StorePath>, as_: &Option<StorePath>, labels: &Labels) -> String {
+    match p {
+        Some(x) if as_.as_ref() == Some(x) => "=".into(),
+        Some(x) => labels.cell(x),
+        None => "-".into(),
+    }
+}
+
+/// What `status` says of a host's state, in a few words.
+fn state_words(s: &HostStatus) -> String {
+    if !s.reachable {
+        return "UNREACHABLE".to_owned();
+    }
+    let mut v = Vec::new();
+    if s.pending_reboot {
+        v.push("pending-reboot");
+    }
+    if s.unvalidated {
+        v.push("unvalidated");
+    }
+    if s.reverted.is_some() {
+        v.push("reverted-by-host");
+    }
+    let unit = |p: &str| s.activity.units.iter().any(|u| u.starts_with(p));
+    if unit("nixgate-confirm-") {
+        v.push("revert-armed");
+    }
+    if unit("nixgate-switch-") {
+        v.push("switching");
+    }
+    if s.activity.lock_holder.is_some() {
+        v.push("locked");
+    }
+    if s.behind_head == Some(true) {
+        v.push("behind-head");
+    }
+    if v.is_empty() {
+        "ok".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// `status`: one row per host; CURRENT is `=` when it is the known-good,
+/// BOOT DEFAULT when it is what runs.
+pub fn status_table(statuses: &[HostStatus], labels: &Labels) -> Table {
     let mut t = Table::new(&[
         "HOST",
+        "KNOWN-GOOD",
         "CURRENT",
         "BOOT DEFAULT",
-        "KNOWN-GOOD",
         "STATE",
         "LAST RUN",
-    ]);
+    ])
+    .shrinkable(&[1, 2, 3]);
     for s in statuses {
-        let state = if !s.reachable {
-            "UNREACHABLE".to_owned()
-        } else {
-            let mut v = Vec::new();
-            if s.pending_reboot {
-                v.push("pending-reboot");
-            }
-            if s.unvalidated {
-                v.push("unvalidated");
-            }
-            if s.reverted.is_some() {
-                v.push("reverted-by-host");
-            }
-            if s.activity
-                .units
-                .iter()
-                .any(|u| u.starts_with("nixgate-confirm-"))
-            {
-                v.push("revert-armed");
-            }
-            if s.activity
-                .units
-                .iter()
-                .any(|u| u.starts_with("nixgate-switch-"))
-            {
-                v.push("switching");
-            }
-            if s.activity.lock_holder.is_some() {
-                v.push("locked");
-            }
-            if v.is_empty() {
-                "ok".into()
-            } else {
-                v.join(",")
-            }
-        };
         let last = match &s.last_run {
-            Some(l) if l.interrupted => format!("interrupted {} ({})", l.command, l.run_id),
+            Some(l) if l.interrupted => format!("{} interrupted ({})", l.command, l.run_id),
             Some(l) => format!(
                 "{} {} ({})",
                 l.command,
@@ -279,14 +398,39 @@ pub fn status_table(statuses: &[HostStatus]) -> Table {
         };
         t.row(vec![
             s.host.clone(),
-            short(&s.current),
-            short(&s.boot_default),
-            match (&s.known_good, s.known_good_generation) {
-                (Some(_), Some(n)) => format!("#{n} {}", short(&s.known_good)),
-                _ => "-".into(),
-            },
-            state,
+            s.known_good
+                .as_ref()
+                .map_or_else(|| "-".into(), |k| labels.cell(k)),
+            same_or(&s.current, &s.known_good, labels),
+            same_or(&s.boot_default, &s.current, labels),
+            state_words(s),
             last,
+        ]);
+    }
+    t
+}
+
+/// `status --history`: a host's known-good generations, newest first.
+pub fn history_table(host: &str, generations: &[Generation]) -> Table {
+    let mut t =
+        Table::new(&["HOST", "GENERATION", "COMMIT", "MARKED", "CLOSURE", "RUN"]).shrinkable(&[4]);
+    for g in generations.iter().rev() {
+        let mut gen_ = g.generation.to_string();
+        if g.current {
+            gen_.push_str(" (current)");
+        }
+        if !g.present {
+            gen_.push_str(" (gone)");
+        }
+        t.row(vec![
+            host.to_owned(),
+            gen_,
+            g.commit
+                .as_deref()
+                .map_or_else(|| "-".into(), |c| labels::short_commit(c).to_owned()),
+            g.marked_at.clone().unwrap_or_else(|| "-".into()),
+            short(&g.closure),
+            g.run_id.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     t
@@ -333,23 +477,54 @@ pub fn check_table(probes: &[Probe]) -> Table {
             short(&p.current_system),
         ]);
     }
-    t
+    t.shrinkable(&[7])
 }
 
-/// The final table: host, outcome, closure, duration, notes.
-pub fn summary_table(hosts: &[HostSummary]) -> Table {
-    let mut t = Table::new(&["HOST", "WAVE", "OUTCOME", "CLOSURE", "TIME", "NOTES"]);
+/// The final table: host, outcome, closure (generation, commit, hash),
+/// duration, notes.
+pub fn summary_table(hosts: &[HostSummary], labels: &Labels) -> Table {
+    let mut t =
+        Table::new(&["HOST", "WAVE", "OUTCOME", "CLOSURE", "TIME", "NOTES"]).shrinkable(&[3]);
     for h in hosts {
         t.row(vec![
             h.host.clone(),
             h.wave.clone(),
             h.outcome().as_str().to_owned(),
-            short(&h.closure),
+            h.closure
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| labels.cell(c)),
             format!("{:.1}s", h.seconds),
-            words::end(&h.end).unwrap_or_default(),
+            match h.outcome() {
+                // The closure's cell says which generation it became.
+                OutcomeKind::KnownGood => String::new(),
+                // Its story follows the table: said once, there.
+                _ => super::explain::brief(h, labels)
+                    .or_else(|| words::end(&h.end, labels).map(|w| words::about(&h.host, &w)))
+                    .unwrap_or_default(),
+            },
         ]);
     }
     t
+}
+
+/// A wave's line when it ends: how its hosts ended (the same counts as the
+/// summary), and whether it stops the run.
+pub fn wave_line(
+    wave: &str,
+    counts: &std::collections::BTreeMap<OutcomeKind, usize>,
+    failures: usize,
+    allowed: usize,
+    stops_run: bool,
+) -> String {
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let mut line = format!("wave {wave}: {}", parts.join(", "));
+    if failures > 0 {
+        line.push_str(&format!("; {failures} failure(s), {allowed} allowed"));
+    }
+    if stops_run {
+        line.push_str("; the run stops here");
+    }
+    line
 }
 
 /// The last line: how many hosts ended how, and the exit code. Commands
@@ -361,17 +536,35 @@ pub fn summary_line(
     exit_code: u8,
 ) -> String {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut why: std::collections::BTreeMap<String, usize> = Default::default();
     for h in hosts {
         *counts.entry(h.outcome().as_str()).or_default() += 1;
+        if let Some(w) = words::not_started_briefly(&h.end) {
+            *why.entry(w).or_default() += 1;
+        }
     }
     if hosts.is_empty() {
         counts.insert("ready", ok);
         counts.insert("refused", failed);
         counts.retain(|_, n| *n > 0);
     }
-    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(k, n)| {
+            if *k != OutcomeKind::NotStarted.as_str() || why.is_empty() {
+                return format!("{n} {k}");
+            }
+            let reasons: Vec<String> = if why.len() == 1 {
+                why.keys().cloned().collect()
+            } else {
+                why.iter().map(|(w, n)| format!("{n} {w}")).collect()
+            };
+            format!("{n} {k} ({})", reasons.join(", "))
+        })
+        .collect();
     let what = match ending {
         Ending::Declined => "declined: nothing changed".to_owned(),
+        Ending::Invalid => "nothing changed".to_owned(),
         Ending::CancelledBeforeRun => {
             format!("cancelled before anything changed: {}", parts.join(", "))
         }

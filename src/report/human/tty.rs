@@ -1,87 +1,54 @@
-//! The live terminal view (stderr): one line per host in flight showing its
-//! gate, an overall bar, finished hosts collapsed to their outcome line.
+//! The live view on stderr: one indicatif bar whose text is the whole view,
+//! drawn from the [`Live`] model at every tick (4 a second), so each host's
+//! clock moves on its own and nothing shown is older than a quarter second.
+//! Lines for the scrollback are printed above it. The bar exists only while
+//! there is something to show: it is taken off the screen (not left frozen)
+//! when the plan is shown and the prompt waits, and at the summary.
+//!
+//! indicatif pads each line to the terminal's width and leaves the cursor
+//! at the right margin; the terminal's echo of Ctrl-C (`^C`) there wraps to
+//! a new line, the view's next redraw starts one line low and its first
+//! line stays behind in the scrollback. So while the view is drawn, the
+//! terminal does not echo control characters (`ECHOCTL` off, restored when
+//! the view goes).
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-use super::{describe, words};
-use crate::activation::events::Warning;
-use crate::activation::{ActivationEvent, RollbackMode};
+use super::live::Live;
 use crate::report::event::Event;
-use crate::runner::RunnerEvent;
 
-/// A host's activation event in words (`None`: shown only live).
-pub fn describe_activation(host: &str, ev: &ActivationEvent) -> Option<String> {
-    Some(match ev {
-        ActivationEvent::GateStarted { gate } => format!("{host}: {gate} ..."),
-        ActivationEvent::GatePassed { gate, .. } => format!("{host}: {gate} passed"),
-        ActivationEvent::GateFailed { gate, reason } => {
-            format!("{host}: {gate} FAILED: {}", words::failure(reason))
-        }
-        ActivationEvent::ConnectionLost {
-            attempt, retry_in, ..
-        } => format!(
-            "{host}: connection lost (attempt {attempt}), retrying in {}s; the detached switch goes on",
-            retry_in.as_secs()
-        ),
-        ActivationEvent::Warning { warning } => {
-            format!("{host}: warning: {}", warning_words(warning))
-        }
-        ActivationEvent::Deferred { reason } => format!(
-            "{host}: {}: made the boot default, it runs after a reboot",
-            words::reboot_reason(reason)
-        ),
-        ActivationEvent::RollbackStarted { to, mode } => format!(
-            "{host}: rolling back to {} ({})",
-            words::short_closure(to),
-            match mode {
-                RollbackMode::Live => "live, boot default untouched",
-                RollbackMode::Persistent => "live and as the boot default",
-                RollbackMode::BootOnly => "as the boot default only",
-            }
-        ),
-        ActivationEvent::RollbackFinished { outcome } => {
-            format!("{host}: {}", words::rollback(outcome))
-        }
-        ActivationEvent::Confirmed { .. } => {
-            format!("{host}: confirmed over a new connection; the dead-man revert is disarmed")
-        }
-        ActivationEvent::AwaitingRevert { cause, .. } => format!(
-            "{host}: {}; waiting for the host to take itself back",
-            words::cut_off(cause)
-        ),
-        ActivationEvent::Step { .. } | ActivationEvent::Polling { .. } => return None,
-    })
-}
-
-fn warning_words(w: &Warning) -> String {
-    match w {
-        Warning::Profile { profile, check } => {
-            format!("the activation moved {profile}; nixgate put it back ({check:?})")
-        }
-        Warning::SwitchLockUnchecked => {
-            "flock is missing: an orphaned switch could not be looked for".into()
-        }
-        Warning::UnitsFailedBeforeDeploy { units } => format!(
-            "{} were failing before this deploy and still are: left alone",
-            units.join(", ")
-        ),
-        Warning::FireRefused { unit, attempt } => format!(
-            "the host refused to start {unit} (attempt {attempt}); firing it again under a fresh name"
-        ),
-        Warning::RevokeFailed { generation, error } => {
-            format!("known-good generation {generation} could not be revoked: {error}")
-        }
-    }
-}
+/// How often the view is redrawn: its clocks are in whole seconds.
+const TICK: Duration = Duration::from_millis(250);
 
 /// The live view.
 pub struct Tty {
-    multi: MultiProgress,
-    overall: ProgressBar,
-    lines: HashMap<String, ProgressBar>,
+    model: Arc<Mutex<Live>>,
+    bar: Option<ProgressBar>,
+    /// The terminal's settings before `ECHOCTL` was turned off.
+    saved: Option<rustix::termios::Termios>,
+}
+
+/// Turn the echo of control characters off; the settings to restore.
+fn quiet_echo() -> Option<rustix::termios::Termios> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stderr = std::io::stderr();
+    let saved = tcgetattr(&stderr).ok()?;
+    if !saved.local_modes.contains(LocalModes::ECHOCTL) {
+        return None;
+    }
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHOCTL);
+    tcsetattr(&stderr, OptionalActions::Now, &quiet).ok()?;
+    Some(saved)
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 impl Default for Tty {
@@ -90,131 +57,80 @@ impl Default for Tty {
     }
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+fn lock(m: &Mutex<Live>) -> MutexGuard<'_, Live> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The terminal's columns and rows (stderr), 80x24 when unknown.
+pub fn size() -> (usize, usize) {
+    terminal_size::terminal_size_of(std::io::stderr())
+        .map_or((80, 24), |(w, h)| (w.0 as usize, h.0 as usize))
 }
 
 impl Tty {
     pub fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::new(0));
-        overall.set_style(
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} hosts {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        overall.set_prefix("fleet");
-        overall.enable_steady_tick(Duration::from_millis(500));
         Tty {
-            multi,
-            overall,
-            lines: HashMap::new(),
+            model: Arc::new(Mutex::new(Live::new())),
+            bar: None,
+            saved: None,
         }
     }
 
-    fn line(&mut self, host: &str) -> &ProgressBar {
-        let multi = &self.multi;
-        self.lines.entry(host.to_owned()).or_insert_with(|| {
-            let pb = multi.add(ProgressBar::new_spinner());
-            pb.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:>12} {elapsed:>4} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            pb.set_prefix(host.to_owned());
-            pb.enable_steady_tick(Duration::from_millis(120));
-            pb
-        })
-    }
-
-    fn done(&mut self, host: &str) {
-        if let Some(pb) = self.lines.remove(host) {
-            pb.finish_and_clear();
+    fn show(&mut self) {
+        if self.bar.is_some() {
+            return;
         }
-    }
-
-    /// Print text above the live lines.
-    pub fn print(&self, text: &str) {
-        self.multi.suspend(|| eprint!("{text}"));
-    }
-
-    fn say(&self, ev: &Event) {
-        if let Some(line) = describe(ev) {
-            self.multi.suspend(|| eprintln!("{line}"));
-        }
+        let model = self.model.clone();
+        let view = move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let (cols, rows) = size();
+            // Room for the line the cursor rests on and one of scrollback.
+            let lines = lock(&model).render(Instant::now(), cols, rows.saturating_sub(2));
+            let _ = w.write_str(&lines.join("\n"));
+        };
+        let style = ProgressStyle::with_template("{view}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+            .with_key("view", view);
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(style);
+        bar.enable_steady_tick(TICK);
+        self.bar = Some(bar);
+        self.saved = quiet_echo();
     }
 
     /// Take the live view off the screen.
     pub fn clear(&mut self) {
-        for (_, pb) in self.lines.drain() {
-            pb.finish_and_clear();
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
-        self.overall.finish_and_clear();
-        let _ = self.multi.clear();
+        if let Some(saved) = self.saved.take() {
+            let stderr = std::io::stderr();
+            let now = rustix::termios::OptionalActions::Now;
+            let _ = rustix::termios::tcsetattr(&stderr, now, &saved);
+        }
     }
 
+    /// Print text above the live view.
+    pub fn print(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprint!("{text}")),
+            None => eprint!("{text}"),
+        }
+    }
+
+    /// Update the view with an event (its lines are printed by the caller).
     pub fn event(&mut self, ev: &Event) {
-        match ev {
-            Event::RunStarted { hosts, .. } => self.overall.set_length(hosts.len() as u64),
-            Event::GateStarted { host, gate } => self.line(host).set_message(gate.to_string()),
-            Event::BuildProgress {
-                built,
-                to_build,
-                running,
-                failed,
-            } => {
-                let mut m = format!("build {built}/{to_build} derivations");
-                if *running > 0 {
-                    m.push_str(&format!(", {running} running"));
-                }
-                if *failed > 0 {
-                    m.push_str(&format!(", {failed} failed"));
-                }
-                self.line(crate::fleet::BUILDER).set_message(m);
+        let empty = {
+            let mut m = lock(&self.model);
+            m.apply(ev, Instant::now());
+            m.is_empty()
+        };
+        if empty {
+            self.clear();
+        } else {
+            self.show();
+            if let Some(bar) = &self.bar {
+                bar.tick();
             }
-            Event::BuildStarted { .. } => {
-                self.line(crate::fleet::BUILDER)
-                    .set_message("evaluating".to_string());
-                self.say(ev);
-            }
-            Event::BuildFinished { .. } => {
-                self.done(crate::fleet::BUILDER);
-                self.say(ev);
-            }
-            Event::CopyProgress {
-                host,
-                bytes,
-                paths,
-                total_paths,
-            } => self.line(host).set_message(format!(
-                "copy {paths}/{total_paths} paths, {}",
-                human_bytes(*bytes)
-            )),
-            Event::HostFinished(s) => {
-                self.done(&s.host);
-                self.overall.inc(1);
-                self.say(ev);
-            }
-            Event::Runner(RunnerEvent::HostNotStarted { host, .. }) => {
-                self.done(host);
-                self.overall.inc(1);
-                self.say(ev);
-            }
-            Event::Summary { .. } => {
-                self.clear();
-                self.say(ev);
-            }
-            _ => self.say(ev),
         }
     }
 }

@@ -3,13 +3,21 @@
 //! The only place that turns these values into sentences.
 
 use crate::activation::detached::{RebootReason, SwitchFailure};
-use crate::activation::reactivate::RollbackError;
-use crate::activation::{FailureReason, HostOutcome, RollbackOutcome};
+use crate::activation::dry_activate::DryActivateOutcome;
+use crate::activation::events::Warning;
+use crate::activation::privilege::SudoCheck;
+use crate::activation::profile::ProfileCheck;
+use crate::activation::reactivate::{RollbackError, RollbackMode};
+use crate::activation::realise::RealiseOutcome;
+use crate::activation::reboot::RebootOutcome;
+use crate::activation::{ActivationEvent, FailureReason, HostOutcome, RollbackOutcome};
 use crate::deploy::HostEnd;
 use crate::deploy::releases::{NotPublished, NotReleased};
 use crate::nix::StorePath;
 use crate::nix::build::BuildFailure;
-use crate::plan::{NoTarget, Refusal};
+use crate::plan::{NoTarget, PlanStage, Refusal};
+
+use super::labels::Labels;
 use crate::runner::{Interrupted, NotStarted};
 
 /// A closure as people tell them apart: the first hash characters and the name.
@@ -25,7 +33,55 @@ fn first_line(s: &str) -> &str {
 }
 
 fn last_line(lines: &[String]) -> &str {
-    lines.last().map(String::as_str).unwrap_or("")
+    lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+/// The units a switch's log names as failed (`switch-to-configuration`
+/// says `the following units failed: a.service, b.service`).
+pub fn failed_units(log_tail: &[String]) -> Vec<String> {
+    let mut units: Vec<String> = Vec::new();
+    for l in log_tail {
+        let Some((_, list)) = l.split_once("the following units failed:") else {
+            continue;
+        };
+        for u in list.split([',', ' ']).map(str::trim) {
+            if u.contains('.') && !units.iter().any(|x| x == u) {
+                units.push(u.to_owned());
+            }
+        }
+    }
+    units
+}
+
+/// The stage of planning Ctrl-C stopped.
+pub fn plan_stage(s: &PlanStage) -> &'static str {
+    match s {
+        PlanStage::Build => "building",
+        PlanStage::Diff => "explaining the change",
+        PlanStage::Targets => "reading the rollback targets",
+        PlanStage::Lock => "taking the host locks",
+    }
+}
+
+/// Why a host did not start, in a word or two (for the last line).
+pub fn not_started_briefly(e: &HostEnd) -> Option<String> {
+    match e {
+        HostEnd::NotStarted { why } => Some(match why {
+            NotStarted::Cancelled => "cancelled".into(),
+            NotStarted::WaveFailed { wave } => format!("wave {wave} over its budget"),
+            NotStarted::EarlierWaveFailed { wave } => format!("wave {wave} failed"),
+        }),
+        HostEnd::Activation { activation } => match activation.as_ref() {
+            HostOutcome::Cancelled { .. } => Some("cancelled".into()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The line of a Nix log that says what went wrong: the last `error:` line
@@ -36,6 +92,12 @@ fn error_line(lines: &[String]) -> &str {
         .rev()
         .find_map(|l| l.trim().strip_prefix("error:").map(str::trim))
         .unwrap_or_else(|| last_line(lines))
+}
+
+/// Words about `host`, said after its name: errors that start with the
+/// host's name (an SSH error names its host) do not say it twice.
+pub fn about(host: &str, text: &str) -> String {
+    text.replace(&format!("{host}: "), "")
 }
 
 /// Why the plan refused a host (nothing on it changed).
@@ -146,18 +208,190 @@ pub fn failure(r: &FailureReason) -> String {
         FailureReason::MarkKnownGood { error } => {
             format!("marking known-good: {}", first_line(error))
         }
-        FailureReason::Sudo(check) => format!("sudo does not work without a password: {check:?}"),
-        FailureReason::Realise(r) => format!("the closure is not complete on the host: {r:?}"),
-        FailureReason::DryActivate(d) => format!("dry-activate failed: {d:?}"),
-        FailureReason::Reboot(r) => format!("the reboot did not verify: {r:?}"),
+        FailureReason::Sudo(check) => sudo(check),
+        FailureReason::Realise(r) => realise(r),
+        FailureReason::DryActivate(d) => dry_activate(d),
+        FailureReason::Reboot(r) => reboot(r),
     }
+}
+
+fn sudo(c: &SudoCheck) -> String {
+    match c {
+        SudoCheck::Ready => "sudo works".into(),
+        SudoCheck::PasswordRequired => {
+            "sudo wants a password: grant the deploy user NOPASSWD, or connect as root".into()
+        }
+        SudoCheck::NotInSudoers => "the deploy user may not use sudo".into(),
+        SudoCheck::SudoMissing => "there is no sudo on the host".into(),
+        SudoCheck::Refused { exit, tail } => {
+            format!("sudo refused ({exit}): {}", last_line(tail))
+        }
+    }
+}
+
+fn realise(r: &RealiseOutcome) -> String {
+    match r {
+        RealiseOutcome::Realised => "the closure is complete on the host".into(),
+        RealiseOutcome::SignatureMismatch { untrusted, .. } => format!(
+            "{} path(s) not signed by a key the host trusts",
+            untrusted.len()
+        ),
+        RealiseOutcome::Failed { exit, tail } => format!(
+            "the closure is not complete on the host ({exit}): {}",
+            last_line(tail)
+        ),
+    }
+}
+
+fn dry_activate(d: &DryActivateOutcome) -> String {
+    match d {
+        DryActivateOutcome::Passed(_) => "dry-activate passed".into(),
+        DryActivateOutcome::Inhibited { .. } => {
+            "NixOS switch inhibitors refuse a live switch (needs a reboot)".into()
+        }
+        DryActivateOutcome::PreSwitchCheckFailed { check, tail } => format!(
+            "NixOS pre-switch check {} failed: {}",
+            check.as_deref().unwrap_or("(unnamed)"),
+            last_line(tail)
+        ),
+        DryActivateOutcome::Failed { exit, tail } => {
+            format!("dry-activate failed ({exit}): {}", last_line(tail))
+        }
+    }
+}
+
+fn reboot(r: &RebootOutcome) -> String {
+    match r {
+        RebootOutcome::Verified { booted } => {
+            format!("rebooted into {}", short_closure(booted))
+        }
+        RebootOutcome::Unreachable { error } => format!(
+            "its boot id could not be read before rebooting: {}",
+            first_line(error)
+        ),
+        RebootOutcome::Refused { exit, tail } => format!(
+            "the host refused to schedule the reboot ({exit}): {}",
+            last_line(tail)
+        ),
+        RebootOutcome::NotBack { after } => {
+            format!("not back from its reboot after {}s", after.as_secs())
+        }
+        RebootOutcome::WrongSystem { booted, current } => format!(
+            "back from its reboot, but booted {} and running {}",
+            booted
+                .as_ref()
+                .map_or_else(|| "nothing known".into(), short_closure),
+            current
+                .as_ref()
+                .map_or_else(|| "nothing known".into(), short_closure)
+        ),
+    }
+}
+
+/// What the profile check after an activation found and did.
+pub fn profile_check(profile: &str, c: &ProfileCheck) -> String {
+    match c {
+        ProfileCheck::Intact => format!("{profile} is where it should be"),
+        ProfileCheck::Corrected { found, restored } => format!(
+            "the activation moved {profile} (to {}); nixgate put it back to {}",
+            found
+                .as_ref()
+                .map_or_else(|| "nothing".into(), short_closure),
+            short_closure(restored)
+        ),
+        ProfileCheck::CorrectionFailed {
+            found,
+            expected,
+            error,
+        } => format!(
+            "the activation moved {profile} (to {}) and it could not be put back to {}: {}",
+            found
+                .as_ref()
+                .map_or_else(|| "nothing".into(), short_closure),
+            short_closure(expected),
+            first_line(error)
+        ),
+    }
+}
+
+/// A warning from a host's activation.
+pub fn warning(w: &Warning) -> String {
+    match w {
+        Warning::Profile { profile, check } => profile_check(profile, check),
+        Warning::SwitchLockUnchecked => {
+            "flock is missing: an orphaned switch could not be looked for".into()
+        }
+        Warning::UnitsFailedBeforeDeploy { units } => format!(
+            "{} were failing before this deploy and still are: left alone",
+            units.join(", ")
+        ),
+        Warning::FireRefused { unit, attempt } => format!(
+            "the host refused to start {unit} (attempt {attempt}); firing it again under a fresh name"
+        ),
+        Warning::RevokeFailed { generation, error } => format!(
+            "known-good generation {generation} could not be revoked: {}",
+            first_line(error)
+        ),
+    }
+}
+
+/// How a rollback goes back.
+pub fn rollback_mode(m: &RollbackMode) -> &'static str {
+    match m {
+        RollbackMode::Live => "live, boot default untouched",
+        RollbackMode::Persistent => "live and as the boot default",
+        RollbackMode::BootOnly => "as the boot default only",
+    }
+}
+
+/// A host's activation event in words (`None`: shown only live).
+pub fn activation(host: &str, ev: &ActivationEvent) -> Option<String> {
+    Some(match ev {
+        ActivationEvent::GateStarted { gate } => format!("{host}: {gate} ..."),
+        ActivationEvent::GatePassed { gate, .. } => format!("{host}: {gate} passed"),
+        ActivationEvent::GateFailed { gate, reason } => {
+            format!("{host}: {gate} FAILED: {}", failure(reason))
+        }
+        ActivationEvent::ConnectionLost {
+            attempt, retry_in, ..
+        } => format!(
+            "{host}: connection lost (attempt {attempt}), retrying in {}s; the detached switch goes on",
+            retry_in.as_secs()
+        ),
+        ActivationEvent::Warning { warning: w } => format!("{host}: warning: {}", warning(w)),
+        ActivationEvent::Deferred { reason } => format!(
+            "{host}: {}: made the boot default, it runs after a reboot",
+            reboot_reason(reason)
+        ),
+        ActivationEvent::RollbackStarted { to, mode } => format!(
+            "{host}: rolling back to {} ({})",
+            short_closure(to),
+            rollback_mode(mode)
+        ),
+        ActivationEvent::RollbackFinished { outcome } => {
+            format!("{host}: {}", rollback(outcome, &Labels::default()))
+        }
+        ActivationEvent::Confirmed { .. } => {
+            format!("{host}: confirmed over a new connection; the dead-man revert is disarmed")
+        }
+        ActivationEvent::AwaitingRevert { cause, .. } => format!(
+            "{host}: {}; waiting for the host to take itself back",
+            cut_off(cause)
+        ),
+        ActivationEvent::Step { .. } | ActivationEvent::Polling { .. } => return None,
+    })
 }
 
 /// Why a detached switch failed.
 pub fn switch_failure(f: &SwitchFailure) -> String {
     match f {
         SwitchFailure::Exited { code, log_tail, .. } => {
-            format!("the switch exited {code}: {}", last_line(log_tail))
+            let units = failed_units(log_tail);
+            if units.is_empty() {
+                format!("the switch exited {code}: {}", last_line(log_tail))
+            } else {
+                format!("the switch exited {code}: {} failed", units.join(", "))
+            }
         }
         SwitchFailure::Timeout { elapsed, .. } => format!(
             "the switch was still running after {}s (activation_timeout)",
@@ -232,7 +466,7 @@ pub fn reboot_reason(r: &RebootReason) -> String {
     }
 }
 
-fn rollback_error(e: &RollbackError) -> String {
+pub fn rollback_error(e: &RollbackError) -> String {
     match e {
         RollbackError::ReadCurrentSystem { error } | RollbackError::ProfileSet { error } => {
             first_line(error).to_owned()
@@ -269,22 +503,22 @@ pub fn cut_off(c: &crate::activation::CutOff) -> String {
 }
 
 /// How a rollback ended.
-pub fn rollback(o: &RollbackOutcome) -> String {
+pub fn rollback(o: &RollbackOutcome, labels: &Labels) -> String {
     match o {
         RollbackOutcome::RolledBack { to, .. } => {
-            format!("rolled back to {}, verified", short_closure(to))
+            format!("rolled back to {}, verified", labels.words(to))
         }
         RollbackOutcome::Failed { to, error, .. } => format!(
             "ROLLBACK to {} FAILED: {}; the host needs a person: see `nixgate status`",
-            short_closure(to),
+            labels.words(to),
             rollback_error(error)
         ),
     }
 }
 
-fn outcome(o: &HostOutcome) -> Option<String> {
+fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
     Some(match o {
-        HostOutcome::KnownGood { mark } => format!("known-good generation {}", mark.generation),
+        HostOutcome::KnownGood { mark } => format!("generation {}", mark.generation),
         HostOutcome::AlreadyCurrent { mark: Some(m) } => {
             format!("already running it; known-good generation {}", m.generation)
         }
@@ -301,7 +535,7 @@ fn outcome(o: &HostOutcome) -> Option<String> {
         HostOutcome::RolledBack { gate, reason, to } => format!(
             "{gate} failed: {}; rolled back to {}",
             failure(reason),
-            short_closure(to)
+            labels.words(to)
         ),
         HostOutcome::RollbackFailed {
             gate,
@@ -311,7 +545,7 @@ fn outcome(o: &HostOutcome) -> Option<String> {
         } => format!(
             "{gate} failed: {}; ROLLBACK to {} FAILED too ({}): fix the host by hand, see `nixgate status`",
             failure(reason),
-            short_closure(to),
+            labels.words(to),
             rollback_error(e)
         ),
         HostOutcome::Failed { gate, reason } => {
@@ -325,7 +559,7 @@ fn outcome(o: &HostOutcome) -> Option<String> {
         HostOutcome::RevertedByHost { cause, to, .. } => format!(
             "{}; the host took itself back to {} (magic rollback), verified over a new connection",
             cut_off(cause),
-            short_closure(to)
+            labels.words(to)
         ),
         HostOutcome::Unreachable {
             cause,
@@ -339,16 +573,16 @@ fn outcome(o: &HostOutcome) -> Option<String> {
             } else {
                 ""
             },
-            short_closure(last_seen)
+            labels.words(last_seen)
         ),
     })
 }
 
 /// How a host ended, in a few words (`None`: nothing to add to its outcome).
-pub fn end(e: &HostEnd) -> Option<String> {
+pub fn end(e: &HostEnd, labels: &Labels) -> Option<String> {
     match e {
-        HostEnd::Activation { activation } => outcome(activation),
-        HostEnd::Refused { refusal: r } => Some(format!("refused: {} (nothing changed)", refusal(r))),
+        HostEnd::Activation { activation } => outcome(activation, labels),
+        HostEnd::Refused { refusal: r } => Some(format!("{} (nothing changed)", refusal(r))),
         HostEnd::NotStarted { why } => Some(not_started(why)),
         HostEnd::Interrupted { why } => Some(
             match why {
@@ -368,7 +602,7 @@ pub fn end(e: &HostEnd) -> Option<String> {
             revoked
                 .map(|g| format!("; known-good generation {g} revoked"))
                 .unwrap_or_default(),
-            rollback(r)
+            rollback(r, labels)
         )),
     }
 }

@@ -197,6 +197,7 @@ fn planned(hosts: &[String], refused: &str) -> Vec<PlannedHost> {
                         earlier_gates: vec![],
                         generation: None,
                         never_validated: false,
+                        commit: None,
                     },
                     running: Some(sp('a', "nixos-system-web")),
                 }

@@ -168,7 +168,13 @@ pub fn failure(r: &FailureReason) -> Detail {
 }
 
 pub fn rollback(o: &RollbackOutcome) -> Detail {
-    Detail::with_raw(vec![words::rollback(o)], o)
+    Detail::with_raw(
+        vec![words::rollback(
+            o,
+            &crate::report::human::labels::Labels::default(),
+        )],
+        o,
+    )
 }
 
 pub fn refusal(r: &Refusal) -> Detail {

@@ -1,0 +1,110 @@
+//! A host's known-good history as people read it (`status --history`, the
+//! rollback preview): each generation's closure, the commit it was built
+//! from and when it was marked, from the host's own records. And what a
+//! rollback would change: the package diff between what a host runs and the
+//! generation it would go back to, both closures read from the host in one
+//! query.
+
+use serde::{Deserialize, Serialize};
+
+use crate::activation::known_good::{self, KnownGoodGeneration};
+use crate::activation::{HostPaths, links};
+use crate::diff::PackageDiff;
+use crate::fleet::Fleet;
+use crate::inventory::Inventory;
+use crate::nix::StorePath;
+
+/// One known-good generation of a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    pub generation: u64,
+    pub closure: Option<StorePath>,
+    /// The configuration's commit it was built from, when recorded.
+    pub commit: Option<String>,
+    /// When it was marked known-good (RFC 3339, UTC).
+    pub marked_at: Option<String>,
+    pub run_id: Option<String>,
+    /// Its closure is still in the host's store (a rollback target).
+    pub present: bool,
+    /// The known-good profile's current generation: where the host stands.
+    pub current: bool,
+}
+
+/// The history as shown, oldest first (the gate evidence of each record is
+/// left out: it is the run report's business).
+pub fn generations(hist: &[KnownGoodGeneration]) -> Vec<Generation> {
+    hist.iter()
+        .map(|g| Generation {
+            generation: g.generation,
+            closure: g.closure.clone(),
+            commit: g.record.as_ref().and_then(|r| r.commit.clone()),
+            marked_at: g.record.as_ref().map(|r| r.marked_at.clone()),
+            run_id: g.record.as_ref().map(|r| r.run_id.to_string()),
+            present: g.present,
+            current: g.current,
+        })
+        .collect()
+}
+
+/// Read a host's history over its session.
+pub async fn read<F: Fleet>(
+    fleet: &F,
+    inv: &Inventory,
+    host: &str,
+) -> anyhow::Result<Vec<Generation>> {
+    let h = inv
+        .host(host)
+        .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
+    let remote = fleet.host(host).await?;
+    let hist = known_good::history(&remote, &HostPaths::for_os(h.os)).await?;
+    Ok(generations(&hist))
+}
+
+/// What a rollback of `host` from what it runs to `target` changes: its
+/// history (to name both ends) and the package diff (`None` when the host
+/// runs no known system).
+pub struct RollbackView {
+    pub history: Vec<Generation>,
+    pub running: Option<StorePath>,
+    pub packages: Option<PackageDiff>,
+}
+
+/// Read what a rollback preview shows, from the host itself.
+pub async fn rollback_view<F: Fleet>(
+    fleet: &F,
+    inv: &Inventory,
+    host: &str,
+    running: Option<&StorePath>,
+    target: &StorePath,
+) -> anyhow::Result<RollbackView> {
+    let h = inv
+        .host(host)
+        .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
+    let remote = fleet.host(host).await?;
+    let paths = HostPaths::for_os(h.os);
+    let history = generations(&known_good::history(&remote, &paths).await?);
+    let running = match running {
+        Some(r) => Some(r.clone()),
+        None => links::read_store_link(&remote, &paths.current_system).await?,
+    };
+    let packages = match &running {
+        Some(cur) => {
+            let roots = [cur.clone(), target.clone()];
+            let mut all = crate::nix::closure::closures(&remote, &roots).await?;
+            let old = all.remove(cur).unwrap_or_default();
+            let new = match all.remove(target) {
+                Some(n) => n,
+                // The same closure twice: one entry.
+                None if cur == target => old.clone(),
+                None => Vec::new(),
+            };
+            Some(crate::diff::packages::package_diff(&old, cur, &new, target))
+        }
+        None => None,
+    };
+    Ok(RollbackView {
+        history,
+        running,
+        packages,
+    })
+}

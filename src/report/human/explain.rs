@@ -1,0 +1,304 @@
+//! Failures explained, after the summary table: for each host that ended
+//! badly, what failed (the failed units by name), the last lines of the log
+//! that says why (indented), what nixgate did about it (rolled back to which
+//! generation, or nothing changed), and the next command to run. Hosts that
+//! never started get one line between them. Sentences come from [`words`].
+
+use std::fmt::Write as _;
+
+use super::labels::Labels;
+use super::words::{self, failed_units};
+use crate::activation::detached::SwitchFailure;
+use crate::activation::dry_activate::DryActivateOutcome;
+use crate::activation::health::{Attempt, HealthReport};
+use crate::activation::realise::RealiseOutcome;
+use crate::activation::{FailureReason, HostOutcome};
+use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
+use crate::plan::Refusal;
+use crate::report::wrap;
+
+/// How many lines of a log are shown.
+const LOG_LINES: usize = 6;
+
+/// The last non-empty lines of a log.
+fn tail(lines: &[String]) -> Vec<String> {
+    let kept: Vec<&String> = lines.iter().filter(|l| !l.trim().is_empty()).collect();
+    kept[kept.len().saturating_sub(LOG_LINES)..]
+        .iter()
+        .map(|l| l.trim_end().to_owned())
+        .collect()
+}
+
+fn health_tail(reports: &[HealthReport]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in reports.iter().filter(|r| !r.passed()) {
+        out.push(format!("$ {}", r.command));
+        if let Some(Attempt::Failed { tail: t, .. }) = r.attempts.last() {
+            out.extend(tail(t));
+        }
+    }
+    out
+}
+
+/// The log lines that say why a gate failed.
+fn log_of(r: &FailureReason) -> Vec<String> {
+    match r {
+        FailureReason::Switch(f) => match f {
+            SwitchFailure::Exited { log_tail, .. }
+            | SwitchFailure::FlippedToUnexpected { log_tail, .. }
+            | SwitchFailure::NotFlipped { log_tail, .. }
+            | SwitchFailure::PreSwitchCheckFailed { log_tail, .. } => tail(log_tail),
+            SwitchFailure::FireRefused { attempts } => {
+                attempts.last().map(|a| tail(&a.tail)).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        },
+        FailureReason::HealthChecks { reports } => health_tail(reports),
+        FailureReason::DryActivate(
+            DryActivateOutcome::Failed { tail: t, .. }
+            | DryActivateOutcome::PreSwitchCheckFailed { tail: t, .. }
+            | DryActivateOutcome::Inhibited { tail: t },
+        ) => tail(t),
+        FailureReason::Realise(RealiseOutcome::Failed { tail: t, .. }) => tail(t),
+        FailureReason::Copy { error } | FailureReason::Remote { error, .. } => {
+            let lines: Vec<String> = error.lines().map(str::to_owned).collect();
+            if lines.len() > 1 {
+                tail(&lines)
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What to run next after a gate failed for this reason.
+fn next_for(host: &str, command: &str, r: &FailureReason) -> String {
+    let units = match r {
+        FailureReason::Switch(SwitchFailure::Exited { log_tail, .. }) => failed_units(log_tail),
+        _ => Vec::new(),
+    };
+    match r {
+        _ if !units.is_empty() => format!(
+            "`journalctl -u {}` on {host} says why; fix the configuration, then `nixgate {command} {host}`",
+            units.join(" -u ")
+        ),
+        FailureReason::HealthChecks { .. } => format!(
+            "run the failed check on {host} to see why; fix it, then `nixgate {command} {host}`"
+        ),
+        FailureReason::Sudo(_) => format!(
+            "let the deploy user run sudo without a password on {host}, then `nixgate {command} {host}`"
+        ),
+        _ => format!("fix the cause, then `nixgate {command} {host}`"),
+    }
+}
+
+fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
+    match r {
+        Refusal::Build { .. } => format!("`nixgate build {host}` shows the whole log"),
+        Refusal::Builder { .. } => "`nixgate check` shows whether the builder answers".into(),
+        Refusal::Unreachable { .. } => format!("`nixgate check {host}` tells what fails"),
+        Refusal::DiffFailed { .. } => format!("`nixgate plan {host}` tries the diff again"),
+        Refusal::Drift { .. } => format!(
+            "`nixgate plan {host}` shows the change; if it is meant, add the packages to --expect"
+        ),
+        Refusal::Locked { .. } | Refusal::LockFailed { .. } => {
+            format!("`nixgate status {host}` shows who holds it; then `nixgate {command} {host}`")
+        }
+        Refusal::NoRollbackTarget { .. } => {
+            format!("`nixgate status --history {host}` lists its known-good generations")
+        }
+    }
+}
+
+/// One host's story: (what failed, its log, what nixgate did, what next).
+type Story = (String, Vec<String>, Option<String>, String);
+
+fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels) -> Option<Story> {
+    let status = format!("`nixgate status {host}`");
+    Some(match o {
+        HostOutcome::RolledBack { gate, reason, to } => (
+            format!("{gate} failed: {}", words::failure(reason)),
+            log_of(reason),
+            Some(format!(
+                "nixgate rolled it back to {}, verified",
+                labels.words(to)
+            )),
+            next_for(host, command, reason),
+        ),
+        HostOutcome::RollbackFailed {
+            gate,
+            reason,
+            to,
+            rollback_error,
+        } => (
+            format!("{gate} failed: {}", words::failure(reason)),
+            log_of(reason),
+            Some(format!(
+                "nixgate tried to roll it back to {}, and that failed too: {}",
+                labels.words(to),
+                words::rollback_error(rollback_error)
+            )),
+            format!("{status}, then repair it by hand (console)"),
+        ),
+        HostOutcome::Failed { gate, reason } => (
+            format!("{gate} failed: {}", words::failure(reason)),
+            log_of(reason),
+            Some("nothing on it changed".into()),
+            next_for(host, command, reason),
+        ),
+        HostOutcome::SignatureMismatch { untrusted, tail: t } => (
+            format!(
+                "{} path(s) not signed by a key the host trusts",
+                untrusted.len()
+            ),
+            tail(t),
+            Some("nothing on it changed".into()),
+            "sign the closures on the builder (`signing_key`) with a key the host trusts".into(),
+        ),
+        HostOutcome::RevertedByHost { cause, to, .. } => (
+            words::cut_off(cause),
+            Vec::new(),
+            Some(format!(
+                "the host took itself back to {} (magic rollback), verified over a new connection",
+                labels.words(to)
+            )),
+            format!("look for what cut SSH off in the change, then `nixgate {command} {host}`"),
+        ),
+        HostOutcome::Unreachable {
+            cause, last_seen, ..
+        } => (
+            words::cut_off(cause),
+            Vec::new(),
+            Some(format!(
+                "not reached again; last seen on {}",
+                labels.words(last_seen)
+            )),
+            format!("look at it on its console, then {status}"),
+        ),
+        HostOutcome::NotPersisted { reason } => (
+            format!(
+                "proven live but not made the boot default: {}",
+                words::switch_failure(reason)
+            ),
+            Vec::new(),
+            None,
+            format!("`nixgate {command} {host}` again to persist it, or `nixgate rollback {host}`"),
+        ),
+        _ => return None,
+    })
+}
+
+fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
+    let host = h.host.as_str();
+    match &h.end {
+        HostEnd::Activation { activation } => activation_story(host, command, activation, labels),
+        HostEnd::Refused { refusal } => Some((
+            words::refusal(refusal),
+            Vec::new(),
+            Some("refused before anything changed".into()),
+            refusal_next(host, command, refusal),
+        )),
+        HostEnd::Interrupted { .. } => Some((
+            words::end(&h.end, labels).unwrap_or_default(),
+            Vec::new(),
+            None,
+            format!("`nixgate status {host}`"),
+        )),
+        HostEnd::SoakFailed {
+            checks,
+            revoked,
+            rollback,
+        } => Some((
+            format!(
+                "unhealthy after its wave's soak: {} check(s) failed",
+                checks.iter().filter(|c| !c.passed()).count()
+            ),
+            health_tail(checks),
+            Some(format!(
+                "{}{}",
+                revoked.map_or_else(String::new, |g| format!(
+                    "known-good generation {g} revoked; "
+                )),
+                words::rollback(rollback, labels)
+            )),
+            format!("fix the cause, then `nixgate {command} {host}`"),
+        )),
+        HostEnd::NotStarted { .. } => None,
+    }
+}
+
+/// What went wrong on a host that is explained after the summary: the
+/// cause alone (what nixgate did about it is told there).
+pub fn cause(h: &HostSummary, labels: &Labels) -> Option<String> {
+    if !h.outcome().fails_run() {
+        return None;
+    }
+    story(h, "", labels).map(|(what, ..)| words::about(&h.host, &what))
+}
+
+/// For the summary table of a host explained below it: the cause's first
+/// clause, and where the rest is.
+pub fn brief(h: &HostSummary, labels: &Labels) -> Option<String> {
+    let what = cause(h, labels)?;
+    let head = what.split(": ").next().unwrap_or(&what);
+    Some(format!("{head}; see below"))
+}
+
+/// Every failed host explained, then one line for the hosts never started;
+/// lines of prose wrap at spaces to `width`.
+pub fn failures(
+    hosts: &[HostSummary],
+    command: &str,
+    labels: &Labels,
+    width: Option<usize>,
+) -> String {
+    let width = width.unwrap_or(usize::MAX).max(40);
+    let mut out = String::new();
+    let para = |out: &mut String, indent: usize, text: &str| {
+        for l in wrap(text, width.saturating_sub(indent)) {
+            let _ = writeln!(out, "{:indent$}{l}", "");
+        }
+    };
+    for h in hosts {
+        if !h.outcome().fails_run() {
+            continue;
+        }
+        let Some((what, log, did, next)) = story(h, command, labels) else {
+            continue;
+        };
+        let _ = writeln!(out, "{}: {}", h.host, h.outcome());
+        para(&mut out, 2, &words::about(&h.host, &what));
+        if !log.is_empty() {
+            let _ = writeln!(out, "  its log ends:");
+            for l in &log {
+                let _ = writeln!(out, "      {l}");
+            }
+        }
+        if let Some(did) = did {
+            para(&mut out, 2, &words::about(&h.host, &did));
+        }
+        para(&mut out, 2, &format!("next: {next}"));
+    }
+    let idle: Vec<&str> = hosts
+        .iter()
+        .filter(|h| h.outcome() == OutcomeKind::NotStarted)
+        .map(|h| h.host.as_str())
+        .collect();
+    if !idle.is_empty() {
+        let again = if idle.len() <= 5 {
+            format!("`nixgate {command} {}`", idle.join(" "))
+        } else {
+            format!("`nixgate {command}` again")
+        };
+        para(
+            &mut out,
+            0,
+            &format!(
+                "{} host(s) not started, nothing changed on them: {again} when ready",
+                idle.len()
+            ),
+        );
+    }
+    out
+}
