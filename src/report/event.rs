@@ -123,6 +123,12 @@ pub enum Event {
         running: u64,
         failed: u64,
     },
+    /// A derivation started building: on the builder (`machine` null) or on
+    /// a remote builder (its store URI, as Nix's log names it).
+    BuildStep {
+        drv: StorePath,
+        machine: Option<String>,
+    },
     /// The builder could not be used (connect, ship, run Nix): every host
     /// of the build is refused.
     BuilderFailed {
@@ -229,6 +235,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "source_shipped",
     "build_started",
     "build_progress",
+    "build_step",
     "builder_failed",
     "build_finished",
     "host_built",
@@ -268,6 +275,7 @@ impl Event {
             Event::SourceShipped { .. } => "source_shipped",
             Event::BuildStarted { .. } => "build_started",
             Event::BuildProgress { .. } => "build_progress",
+            Event::BuildStep { .. } => "build_step",
             Event::BuilderFailed { .. } => "builder_failed",
             Event::BuildFinished { .. } => "build_finished",
             Event::HostBuilt { .. } => "host_built",

@@ -46,6 +46,10 @@ pub fn describe(ev: &Event) -> Option<String> {
         ),
         Event::BuildStarted { hosts } => format!("building {} system(s) on the builder", hosts.len()),
         Event::BuilderFailed { error } => format!("the builder failed: {error}"),
+        Event::BuildStep { drv, machine } => match machine {
+            Some(m) => format!("building {} on {m}", drv.name()),
+            None => return None,
+        },
         Event::BuildFinished {
             built,
             failed,

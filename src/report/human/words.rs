@@ -51,6 +51,16 @@ pub fn refusal(r: &Refusal) -> String {
             BuildFailure::Build { log_tail } => {
                 format!("its configuration does not build: {}", error_line(log_tail))
             }
+            BuildFailure::NoMachine {
+                unreachable,
+                log_tail,
+            } => match unreachable.first() {
+                Some(m) => format!(
+                    "no machine could build it: remote builder {} failed: {} (the builder builds nothing itself with max_jobs = 0)",
+                    m.machine, m.error
+                ),
+                None => format!("no machine could build it: {}", error_line(log_tail)),
+            },
         },
         Refusal::Builder { error } => {
             format!("the builder could not be used: {}", first_line(error))
