@@ -509,6 +509,7 @@ mod tests {
         );
         let c = build_command("/d", true, &["x"], &none);
         assert_eq!(c.argv().last().unwrap(), "path:/d#x");
+        assert!(c.argv().contains(&"--json".to_string()));
         let remote = BuildOptions {
             builders: vec!["ssh://b2 x86_64-linux".into(), "ssh://b3".into()],
             use_substitutes: true,
@@ -529,7 +530,6 @@ mod tests {
                 "0"
             ]
         );
-        assert!(c.argv().contains(&"--json".to_string()));
         assert_eq!(
             instantiate_command("/d", false, "a.b").argv(),
             ["nix-instantiate", "/d", "-A", "a.b"]
