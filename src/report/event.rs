@@ -145,6 +145,33 @@ pub enum Event {
         toplevel: StorePath,
         drv: StorePath,
     },
+    /// `[cache] push_to`: the builder copies these hosts' closures there.
+    CachePushStarted {
+        store: String,
+        hosts: Vec<String>,
+        closures: usize,
+    },
+    /// Paths copied to the cache so far, of those it lacked, and their NAR
+    /// bytes.
+    CachePushProgress {
+        store: String,
+        paths: u64,
+        total_paths: u64,
+        bytes: u64,
+    },
+    /// The cache has every closure: paths and NAR bytes copied (0 when it
+    /// had them all already).
+    CachePushFinished {
+        store: String,
+        paths: u64,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// The push failed: every ready host is refused (`cache_push`).
+    CachePushFailed {
+        store: String,
+        error: String,
+    },
     /// Gate 2's finding for a host: what changes, why, and any drift.
     Diff {
         host: String,
@@ -239,6 +266,10 @@ pub const EVENT_NAMES: &[&str] = &[
     "builder_failed",
     "build_finished",
     "host_built",
+    "cache_push_started",
+    "cache_push_progress",
+    "cache_push_finished",
+    "cache_push_failed",
     "diff",
     "plan_ready",
     "gate_started",
@@ -279,6 +310,10 @@ impl Event {
             Event::BuilderFailed { .. } => "builder_failed",
             Event::BuildFinished { .. } => "build_finished",
             Event::HostBuilt { .. } => "host_built",
+            Event::CachePushStarted { .. } => "cache_push_started",
+            Event::CachePushProgress { .. } => "cache_push_progress",
+            Event::CachePushFinished { .. } => "cache_push_finished",
+            Event::CachePushFailed { .. } => "cache_push_failed",
             Event::Diff { .. } => "diff",
             Event::PlanReady { .. } => "plan_ready",
             Event::GateStarted { .. } => "gate_started",

@@ -177,7 +177,8 @@ impl<R: Remote> Run<'_, R> {
         self.step(Step::Realise {
             closure: cand.clone(),
         });
-        match realise::realise(self.remote, &cand, self.s.require_signatures).await {
+        let keys = &self.s.trusted_public_keys;
+        match realise::realise_trusting(self.remote, &cand, self.s.require_signatures, keys).await {
             Ok(RealiseOutcome::Realised) => {}
             Ok(RealiseOutcome::SignatureMismatch { untrusted, tail }) => {
                 return HostOutcome::SignatureMismatch { untrusted, tail };

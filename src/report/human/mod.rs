@@ -61,6 +61,21 @@ pub fn describe(ev: &Event) -> Option<String> {
             }
             m
         }
+        Event::CachePushStarted { store, closures, .. } => {
+            format!("pushing {closures} closure(s) to the cache {store}")
+        }
+        Event::CachePushFinished {
+            store,
+            paths,
+            bytes,
+            seconds,
+        } => format!(
+            "the cache {store} has every closure: {paths} path(s), {:.1} MiB copied in {seconds:.1} s",
+            *bytes as f64 / 1048576.0
+        ),
+        Event::CachePushFailed { store, error } => {
+            format!("the push to the cache {store} FAILED: {error}")
+        }
         Event::HostBuilt { host, toplevel, .. } => {
             format!("{host}: built {}", short_closure(toplevel))
         }
@@ -99,6 +114,7 @@ pub fn describe(ev: &Event) -> Option<String> {
         } => tables::summary_line(hosts, (*ok, *failed), *ending, *exit_code),
         Event::Runner(r) => return describe_runner(r),
         Event::BuildProgress { .. }
+        | Event::CachePushProgress { .. }
         | Event::CopyProgress { .. }
         | Event::Diff { .. }
         | Event::PlanReady { .. }
@@ -214,6 +230,7 @@ fn important(ev: &Event) -> bool {
         Event::GateFailed { .. }
             | Event::HostFinished(_)
             | Event::BuilderFailed { .. }
+            | Event::CachePushFailed { .. }
             | Event::NotReleased { .. }
             | Event::NotPublished { .. }
             | Event::Summary { .. }

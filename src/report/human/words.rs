@@ -73,6 +73,10 @@ pub fn refusal(r: &Refusal) -> String {
             "drift: {} changed, not expected (--expect)",
             packages.join(", ")
         ),
+        Refusal::CachePush { store, error } => format!(
+            "the closures could not be pushed to the cache {store}: {}; nothing changed on any host (fix the cache or [cache] push_to, and push again)",
+            first_line(error)
+        ),
         Refusal::Locked { holder } => {
             format!(
                 "another nixgate run holds the host ({holder}); wait for it, or see `nixgate status`"
