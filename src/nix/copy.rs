@@ -135,6 +135,8 @@ pub fn substitute_command(toplevel: &StorePath, from: PullFrom<'_>) -> Command {
     if !from.trusted_public_keys.is_empty() {
         c = c.args(["--option", "trusted-public-keys"]);
         c = c.arg(from.trusted_public_keys.join(" "));
+        // Keys given: they are checked, whatever the host's nix.conf says.
+        c = c.args(["--option", "require-sigs", "true"]);
     }
     c.args(["--option", "narinfo-cache-negative-ttl", "0"])
 }
@@ -234,6 +236,9 @@ mod tests {
                 "--option",
                 "trusted-public-keys",
                 "k1:AAAA k2:BBBB",
+                "--option",
+                "require-sigs",
+                "true",
                 "--option",
                 "narinfo-cache-negative-ttl",
                 "0"
