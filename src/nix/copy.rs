@@ -164,10 +164,14 @@ pub enum SubstituteFailed {
 /// same): "not signed by any of the keys" is a trust failure, "don't know
 /// how to build these paths" (the closure or a path of it is in no cache)
 /// is a missing path.
-pub fn substitute_failure(stderr: &str, tail: Vec<String>, from: PullFrom<'_>) -> SubstituteFailed {
+pub fn substitute_failure(
+    exit: &crate::remote::Exit,
+    stderr: &str,
+    tail: Vec<String>,
+    from: PullFrom<'_>,
+) -> SubstituteFailed {
     use crate::activation::realise::{RealiseOutcome, classify_realise};
-    let exit = crate::remote::Exit::Code { code: 1 };
-    match classify_realise(&exit, stderr, tail.clone()) {
+    match classify_realise(exit, stderr, tail.clone()) {
         RealiseOutcome::SignatureMismatch { untrusted, tail } => {
             SubstituteFailed::Untrusted { untrusted, tail }
         }
@@ -204,7 +208,8 @@ pub async fn copy_substitute<T: Remote>(
         .await
         .with_context(|| format!("realising on {}", target.name()))?;
     if !out.success() {
-        return Err(substitute_failure(&out.stderr_str(), out.tail(10), from).into());
+        let why = substitute_failure(&out.exit, &out.stderr_str(), out.tail(10), from);
+        return Err(why.into());
     }
     Ok(CopyOutcome::Substituted)
 }
@@ -255,6 +260,7 @@ mod tests {
             substituters: &subs,
             trusted_public_keys: &[],
         };
+        let exit = crate::remote::Exit::Code { code: 1 };
         // Nix 2.8 (2.26 says "ignoring substitute for '...' from '...', as
         // it's not signed by any of the keys in 'trusted-public-keys'").
         let untrusted = format!(
@@ -262,7 +268,7 @@ mod tests {
              error: build of '{TOP}' failed\n"
         );
         assert_eq!(
-            substitute_failure(&untrusted, vec![], from),
+            substitute_failure(&exit, &untrusted, vec![], from),
             SubstituteFailed::Untrusted {
                 untrusted: vec![TOP.into()],
                 tail: vec![]
@@ -274,11 +280,11 @@ mod tests {
              don't know how to build these paths:\n  {TOP}\nerror: build of '{TOP}' failed\n"
         );
         assert!(matches!(
-            substitute_failure(&lacking, vec![], from),
+            substitute_failure(&exit, &lacking, vec![], from),
             SubstituteFailed::Missing { substituters, .. } if substituters == "http://127.0.0.9:8080"
         ));
         assert!(matches!(
-            substitute_failure("error: disk full", vec![], from),
+            substitute_failure(&exit, "error: disk full", vec![], from),
             SubstituteFailed::Failed { .. }
         ));
     }
