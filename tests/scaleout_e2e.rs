@@ -6,7 +6,8 @@
 //! fills with `nix copy --to file://...`) the hosts pull their closures
 //! from with `copy = "substitute"`, signatures required; a host given a
 //! wrong trusted key, and a cache that lacks the closure, are refused
-//! before anything on the host changes.
+//! before anything on the host changes; a push to the cache that fails
+//! refuses every host before any is touched.
 
 mod support;
 
@@ -281,5 +282,39 @@ fn remote_builder_builds_and_hosts_pull_from_an_http_cache() {
         said.contains("remote builder ssh://root@127.0.0.254 failed"),
         "{said}"
     );
+
+    // 5. The push to the cache fails (its directory is a file): every
+    // ready host is refused before anything on it changes.
+    std::fs::write(dir.join("not-a-cache"), "a file, not a directory\n").unwrap();
+    let bad = std::fs::read_to_string(&inv).unwrap().replace(
+        &format!("file://{}/cache?", dir.display()),
+        &format!("file://{}/not-a-cache?", dir.display()),
+    );
+    let inv4 = dir.join("badcache.toml");
+    std::fs::write(&inv4, bad).unwrap();
+    let inv4 = inv4.display().to_string();
+    let before: Vec<String> = ["light1", "light2"]
+        .iter()
+        .map(|h| current(&fleet, h))
+        .collect();
+    let (out, lines) = run(&fleet, &inv4, &["push", "--yes", "light1", "light2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let failed = events(&lines, "cache_push_failed");
+    assert_eq!(failed.len(), 1, "{}", text(&out.stdout));
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("nix copy"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        events(&lines, "gate_started").is_empty(),
+        "no host gate ran"
+    );
+    for (h, b) in ["light1", "light2"].iter().zip(&before) {
+        let end = host_end(&lines, h);
+        assert_eq!(end["outcome"], "refused", "{end}");
+        assert_eq!(end["refusal"]["cause"], "cache_push", "{end}");
+        assert_eq!(&current(&fleet, h), b, "{h} did not change");
+    }
     eprintln!("all cases: {:.1} s", t0.elapsed().as_secs_f64());
 }
