@@ -12,6 +12,13 @@
 //! before the push keep failing after it. Why it failed is typed
 //! ([`SubstituteFailed`]): a signature no trusted key made (its own outcome,
 //! like `require_signatures`), paths no substituter has, anything else.
+//!
+//! Measured (`scripts/bench-fleet substitute 20`, BENCHMARKS.md): 20 hosts
+//! taking a 19 MiB, 321-path change put 3.1 MiB on the controller's links
+//! with substitute (no closure bytes) against 421.8 MiB with the relay; on
+//! one 2-core machine it took 40 s against 24 s (each host fetches a
+//! narinfo and a NAR per path from one Python file server): its gain is
+//! where the bytes travel, not speed on loopback.
 
 use std::collections::HashSet;
 
