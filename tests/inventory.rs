@@ -710,3 +710,85 @@ fn remote_paths_are_absolute_without_spaces_or_control_characters() {
         "{text}"
     );
 }
+
+#[test]
+fn remote_builders_cache_and_pull_settings_load() {
+    let src = r#"
+[defaults]
+substituters = ["http://cache.site:8080"]
+trusted_public_keys = ["site-1:qRA8yl7b2P0mI+N68IpB+u8rmYevb2ysTpQ+1xK34yI="]
+
+[builder]
+address = "b.example"
+remote_builders = ["ssh://root@10.0.0.5 x86_64-linux /etc/nix/builder-key 8 1 big-parallel", "b3"]
+builders_use_substitutes = true
+max_jobs = 0
+
+[cache]
+push_to = "file:///srv/nix-cache?compression=zstd"
+signing_key = "/etc/nix/cache.sec"
+
+[hosts.a]
+address = "10.0.0.1"
+copy = "substitute"
+
+[hosts.b]
+address = "10.0.0.2"
+substituters = []
+"#;
+    let inv = parse(src).unwrap_or_else(|d| panic!("{d}"));
+    let r = &inv.builder.remote;
+    assert_eq!(r.machines.len(), 2);
+    assert_eq!(r.machines[1], "b3");
+    assert!(r.use_substitutes);
+    assert_eq!(r.max_jobs, Some(0));
+    let cache = inv.cache.as_ref().unwrap();
+    assert_eq!(cache.push_to, "file:///srv/nix-cache?compression=zstd");
+    assert_eq!(cache.signing_key.as_deref(), Some("/etc/nix/cache.sec"));
+    let a = inv.host("a").unwrap();
+    assert_eq!(a.copy, CopyMode::Substitute);
+    assert_eq!(a.pull.substituters, ["http://cache.site:8080"]);
+    assert_eq!(a.pull.trusted_public_keys.len(), 1);
+    let b = inv.host("b").unwrap();
+    assert!(
+        b.pull.substituters.is_empty(),
+        "a host's list replaces [defaults]'s"
+    );
+    assert_eq!(b.pull.trusted_public_keys.len(), 1);
+}
+
+#[test]
+fn a_bad_machine_line_points_at_its_field() {
+    let src = format!(
+        "{BASE}remote_builders = [\"ssh://b2 x86_64-linux - eight\"]\n\n[hosts.h]\naddress = \"10.0.0.1\"\n"
+    );
+    let (text, (line, col)) = one_error(&src);
+    assert!(
+        text.contains("remote builder 1: max jobs \"eight\""),
+        "{text}"
+    );
+    assert_eq!(line, 4, "{text}");
+    let at = src.lines().nth(3).unwrap().find("eight").unwrap() + 1;
+    assert_eq!(col, at, "{text}");
+    let (text, _) = one_error(&format!("{BASE}remote_builders = [\"ssh://a; ssh://b\"]\n"));
+    assert!(text.contains("one machine per entry"), "{text}");
+}
+
+#[test]
+fn cache_and_pull_values_are_checked_where_they_are() {
+    let (text, (line, _)) = one_error(&format!("{BASE}\n[cache]\npush_to = \"/srv/cache\"\n"));
+    assert!(text.contains("is not a store URI"), "{text}");
+    assert_eq!(line, 6);
+    let (text, _) = one_error(&format!("{BASE}\n[cache]\nsigning_key = \"/k\"\n"));
+    assert!(text.contains("[cache] has no `push_to`"), "{text}");
+    let (text, _) = one_error(&format!(
+        "{BASE}\n[defaults]\nsubstituters = [\"http://a b\"]\n"
+    ));
+    assert!(text.contains("blanks"), "{text}");
+    let (text, _) = one_error(&format!(
+        "{BASE}\n[hosts.h]\naddress = \"10.0.0.1\"\ntrusted_public_keys = [\"nokey\"]\n"
+    ));
+    assert!(text.contains("name:base64"), "{text}");
+    let (text, _) = one_error(&format!("{BASE}max_jobs = 0\n"));
+    assert!(text.contains("no remote builder"), "{text}");
+}

@@ -39,9 +39,19 @@ pub fn realise_command(closure: &StorePath) -> Command {
 /// `nix --extra-experimental-features nix-command store verify --recursive
 /// --no-contents --sigs-needed 1 <closure>`.
 pub fn verify_command(closure: &StorePath) -> Command {
-    Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command"])
-        .args(["store", "verify", "--recursive", "--no-contents"])
+    verify_command_trusting(closure, &[])
+}
+
+/// [`verify_command`] trusting `keys` (when any) for this call only:
+/// `--option trusted-public-keys "k1 k2"`.
+pub fn verify_command_trusting(closure: &StorePath, keys: &[String]) -> Command {
+    let mut c = Command::new("nix").args(["--extra-experimental-features", "nix-command"]);
+    if !keys.is_empty() {
+        c = c
+            .args(["--option", "trusted-public-keys"])
+            .arg(keys.join(" "));
+    }
+    c.args(["store", "verify", "--recursive", "--no-contents"])
         .args(["--sigs-needed", "1"])
         .arg(closure.as_str())
 }
@@ -117,6 +127,16 @@ pub async fn realise<R: Remote>(
     closure: &StorePath,
     require_signatures: bool,
 ) -> anyhow::Result<RealiseOutcome> {
+    realise_trusting(remote, closure, require_signatures, &[]).await
+}
+
+/// [`realise`], the signature check trusting `keys` (when any).
+pub async fn realise_trusting<R: Remote>(
+    remote: &R,
+    closure: &StorePath,
+    require_signatures: bool,
+    keys: &[String],
+) -> anyhow::Result<RealiseOutcome> {
     let out = remote
         .exec(&realise_command(closure))
         .await
@@ -126,7 +146,7 @@ pub async fn realise<R: Remote>(
         return Ok(outcome);
     }
     let out = remote
-        .exec(&verify_command(closure))
+        .exec(&verify_command_trusting(closure, keys))
         .await
         .with_context(|| format!("verifying signatures of {closure} on {}", remote.name()))?;
     Ok(classify_verify(&out.exit, &out.stderr_str(), out.tail(10)))

@@ -141,6 +141,9 @@ pub struct HostSettings {
     pub poll_interval: Duration,
     /// Check the closure's signatures on the host before activating.
     pub require_signatures: bool,
+    /// Keys the signature check trusts, as an option of that call (the
+    /// inventory's `trusted_public_keys`); empty: the host's own.
+    pub trusted_public_keys: Vec<String>,
     pub health_checks: Vec<HealthCheck>,
     /// May nixgate reboot the host when a change can only land by rebooting?
     pub allow_reboot: bool,
@@ -163,6 +166,7 @@ impl HostSettings {
             confirm_timeout: None,
             poll_interval: Duration::from_secs(2),
             require_signatures: false,
+            trusted_public_keys: Vec::new(),
             health_checks: Vec::new(),
             allow_reboot: false,
             reboot_timeout: Duration::from_secs(600),

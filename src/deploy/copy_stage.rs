@@ -1,6 +1,6 @@
 //! Staging by copy mode: the closure reaches each host before its gates run,
 //! from the builder (relay through the controller, or straight from the
-//! builder) or from the host's own substituters.
+//! builder) or from the host's substituters (the inventory's, for that call).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -187,7 +187,13 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                 let dest = format!("{}@{}", d.user, d.host);
                 nix::copy::copy_from_builder(&builder, &target, &dest, d.port, &closure).await?
             }
-            CopyMode::Substitute => nix::copy::copy_substitute(&target, &closure).await?,
+            CopyMode::Substitute => {
+                let from = nix::copy::PullFrom {
+                    substituters: &h.pull.substituters,
+                    trusted_public_keys: &h.pull.trusted_public_keys,
+                };
+                nix::copy::copy_substitute(&target, &closure, from).await?
+            }
         };
         Ok(outcome)
     }

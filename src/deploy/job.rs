@@ -50,7 +50,26 @@ impl Stager for AlreadyThere {
 pub enum StageError {
     /// The first Ctrl-C came before the copy finished.
     Cancelled,
+    /// `copy = "substitute"`: a path is signed by no key the host trusts.
+    Untrusted {
+        untrusted: Vec<String>,
+        tail: Vec<String>,
+    },
     Failed(String),
+}
+
+impl StageError {
+    fn of(e: anyhow::Error) -> StageError {
+        match e.downcast_ref::<crate::nix::copy::SubstituteFailed>() {
+            Some(crate::nix::copy::SubstituteFailed::Untrusted { untrusted, tail }) => {
+                StageError::Untrusted {
+                    untrusted: untrusted.clone(),
+                    tail: tail.clone(),
+                }
+            }
+            _ => StageError::Failed(format!("{e:#}")),
+        }
+    }
 }
 
 /// A ready host: its candidate, and what it ran when planned.
@@ -87,6 +106,7 @@ pub fn settings_for(h: &Host, allow_reboot: bool, magic_rollback: bool) -> HostS
     s.system_profile = h.profile.clone();
     s.activation_timeout = h.activation_timeout;
     s.require_signatures = h.require_signatures;
+    s.trusted_public_keys = h.pull.trusted_public_keys.clone();
     s.health_checks = h
         .health_checks
         .iter()
@@ -180,6 +200,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let copied = match staged {
             Ok(c) => c,
             Err(StageError::Cancelled) => return HostOutcome::Cancelled { before: Gate::Copy },
+            Err(StageError::Untrusted { untrusted, tail }) => {
+                return HostOutcome::SignatureMismatch { untrusted, tail };
+            }
             Err(StageError::Failed(e)) => return self.fail_at_copy(host, e),
         };
         let Some(inv_host) = self.inventory.host(host) else {
@@ -354,7 +377,7 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
             .stager
             .stage(host.clone(), ready.candidate.closure.clone());
         let r = tokio::select! {
-            r = copy => r.map_err(|e| StageError::Failed(format!("{e:#}"))),
+            r = copy => r.map_err(StageError::of),
             // Dropping the copy closes its streams: the host keeps only the
             // paths it acknowledged whole.
             _ = self.stop.cancelled() => Err(StageError::Cancelled),

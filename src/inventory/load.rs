@@ -10,10 +10,11 @@ use toml::de::DeTable;
 use super::diag::{Diagnostic, Diagnostics};
 use super::limits;
 use super::model::*;
+use super::scaleout;
 use super::validate;
 use super::walk::{At, Val, Walker, get, key_span};
 
-const TOP_KEYS: &[&str] = &["defaults", "builder", "hosts", "waves", "release"];
+const TOP_KEYS: &[&str] = &["defaults", "builder", "hosts", "waves", "release", "cache"];
 const SETTING_KEYS: &[&str] = &[
     "user",
     "port",
@@ -29,6 +30,8 @@ const SETTING_KEYS: &[&str] = &[
     "health_checks",
     "magic_rollback",
     "confirm_timeout",
+    "substituters",
+    "trusted_public_keys",
 ];
 const DEFAULTS_ONLY_KEYS: &[&str] = &["max_parallel"];
 const HOST_ONLY_KEYS: &[&str] = &[
@@ -49,6 +52,9 @@ const BUILDER_KEYS: &[&str] = &[
     "flake",
     "attribute",
     "signing_key",
+    "remote_builders",
+    "builders_use_substitutes",
+    "max_jobs",
 ];
 const WAVE_KEYS: &[&str] = &[
     "name",
@@ -87,6 +93,8 @@ struct Settings {
     health_checks: Option<Vec<HealthCheck>>,
     magic_rollback: Option<At<bool>>,
     confirm_timeout: Option<At<Duration>>,
+    substituters: Option<Vec<String>>,
+    trusted_public_keys: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -110,6 +118,8 @@ impl Settings {
             health_checks: pick(&self.health_checks, &over.health_checks),
             magic_rollback: pick(&self.magic_rollback, &over.magic_rollback),
             confirm_timeout: pick(&self.confirm_timeout, &over.confirm_timeout),
+            substituters: pick(&self.substituters, &over.substituters),
+            trusted_public_keys: pick(&self.trusted_public_keys, &over.trusted_public_keys),
         }
     }
 }
@@ -240,6 +250,9 @@ impl Loader {
                 .unwrap_or_default(),
             None => Release::default(),
         };
+        let cache = get(doc, "cache")
+            .and_then(|v| self.w.table("cache", v))
+            .and_then(|t| scaleout::cache(&mut self.w, t));
         let host_list: Vec<(At<String>, Host)> = hosts;
         let waves = validate::fleet(&mut self.w, &host_list, wave_specs, max_parallel);
         let builder = builder?;
@@ -250,6 +263,7 @@ impl Loader {
             waves,
             max_parallel,
             release,
+            cache,
         })
     }
 
@@ -298,6 +312,8 @@ impl Loader {
                 "confirm_timeout" => {
                     s.confirm_timeout = w.duration(key, v, limits::CONFIRM_TIMEOUT)
                 }
+                "substituters" => s.substituters = scaleout::store_uris(w, key, v),
+                "trusted_public_keys" => s.trusted_public_keys = scaleout::public_keys(w, v),
                 _ => {}
             }
         }
@@ -440,6 +456,7 @@ impl Loader {
                 .string("signing_key", v)
                 .filter(|s| validate::absolute(&mut self.w, "signing_key", s))
         });
+        let remote = scaleout::remote_builds(&mut self.w, t);
         let address = address?;
         Some(Builder {
             connection: self.connection(address.value, &settings),
@@ -449,6 +466,7 @@ impl Loader {
             flake: flake.is_none_or(|f| f.value),
             attribute: attribute.map_or_else(|| DEFAULT_ATTRIBUTE.to_owned(), |a| a.value),
             signing_key: signing_key.map(|s| s.value),
+            remote,
         })
     }
 
@@ -511,6 +529,10 @@ impl Loader {
                     .as_ref()
                     .map_or(DEFAULT_CONFIRM_TIMEOUT, |d| d.value),
                 confirm,
+                pull: Pull {
+                    substituters: s.substituters.clone().unwrap_or_default(),
+                    trusted_public_keys: s.trusted_public_keys.clone().unwrap_or_default(),
+                },
             };
             out.push((At::new(address.value, address.span), host));
         }

@@ -110,6 +110,21 @@ pub struct Host {
     pub confirm_timeout: Duration,
     /// Where to confirm, when a deploy moves the host's SSH address or port.
     pub confirm: Option<ConfirmEndpoint>,
+    /// With `copy = "substitute"`: the caches the host fetches its closure
+    /// from and the keys it trusts, for that one `nix-store --realise`
+    /// (see [`Pull`]).
+    pub pull: Pull,
+}
+
+/// `substituters` / `trusted_public_keys` of a host: passed to the host's
+/// Nix as options of the one call that fetches the closure, never written to
+/// its `nix.conf`. Empty: the host's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pull {
+    /// Store URIs (`http://cache.site:5000`, `s3://...`), exactly these.
+    pub substituters: Vec<String>,
+    /// `name:base64` Ed25519 public keys, exactly these.
+    pub trusted_public_keys: Vec<String>,
 }
 
 /// `confirm_address` / `confirm_port` of a host.
@@ -129,6 +144,34 @@ pub struct Builder {
     /// Attribute template; `{host}` is replaced by the host's name.
     pub attribute: String,
     /// A secret key file on the builder used to sign built closures.
+    pub signing_key: Option<String>,
+    /// Nix's distributed builds, as the builder's Nix is told to use them.
+    pub remote: RemoteBuilds,
+}
+
+/// `remote_builders`, `builders_use_substitutes`, `max_jobs` of `[builder]`:
+/// passed to the builder's Nix as options of the build (`--option builders
+/// ...`); Nix's build hook sends derivations to those machines and brings
+/// the results back to the builder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteBuilds {
+    /// Nix machine specifications, one machine each
+    /// (`ssh://root@10.0.0.5 x86_64-linux /etc/nix/builder-key 8 1 big-parallel`).
+    pub machines: Vec<String>,
+    /// Remote builders fetch inputs from their own substituters.
+    pub use_substitutes: bool,
+    /// Builds the builder runs itself at once (0: every build remote);
+    /// `None`: its own `max-jobs`.
+    pub max_jobs: Option<u32>,
+}
+
+/// `[cache]`: the binary cache the builder pushes every candidate's closure
+/// to after the build, before any host is touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cache {
+    /// Any store URI the builder's Nix accepts (`nix copy --to`).
+    pub push_to: String,
+    /// A secret key file on the builder; closures are signed with it first.
     pub signing_key: Option<String>,
 }
 
@@ -181,6 +224,8 @@ pub struct Inventory {
     pub waves: Vec<Wave>,
     pub max_parallel: usize,
     pub release: Release,
+    /// `[cache]`, when set.
+    pub cache: Option<Cache>,
 }
 
 impl Inventory {

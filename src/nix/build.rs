@@ -2,6 +2,15 @@
 //! invocation (shared evaluation, parallel builds); when that fails, each
 //! host alone, so one host's failure fails that host only, with its log.
 //!
+//! Past one builder: the builder's Nix can hand derivations to remote
+//! builders ([`BuildOptions`], Nix's own distributed builds: `--option
+//! builders`, its build hook, the results copied back to the builder).
+//! Evaluation stays on the builder; the JSON log says which machine builds
+//! each derivation ([`BuildUpdate::Building`]). A remote builder that is
+//! down is Nix's business: with local build slots left Nix builds there
+//! instead; with `max-jobs 0` the build fails with "cannot build on ...",
+//! which becomes [`BuildFailure::NoMachine`] per host.
+//!
 //! A build can be cancelled: it runs under [`BUILD_WRAPPER`], which ends
 //! Nix (SIGTERM: Nix stops its builders, and a daemon stops a client's
 //! builds when the client goes) as soon as the command's stdin closes.
@@ -16,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::StorePath;
-use super::buildlog::{BuildLog, Counts};
+use super::buildlog::{BuildLog, Counts, Logged};
 use crate::remote::{Command, Output, Remote};
 
 /// What to build: `(host, attribute)` pairs from the shipped source `dir`.
@@ -25,6 +34,51 @@ pub struct BuildRequest {
     pub dir: String,
     pub flake: bool,
     pub hosts: Vec<(String, String)>,
+    pub options: BuildOptions,
+}
+
+/// Nix's distributed builds for one build, as options of that command
+/// (never the builder's `nix.conf`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Machine lines (`--option builders "a ; b"`); empty: the builder's own.
+    pub builders: Vec<String>,
+    /// `--option builders-use-substitutes true`.
+    pub use_substitutes: bool,
+    /// `--option max-jobs N` (0: every derivation remote).
+    pub max_jobs: Option<u32>,
+}
+
+impl BuildOptions {
+    /// The `--option NAME VALUE` arguments.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut opt = |name: &str, value: String| {
+            a.extend(["--option".to_owned(), name.to_owned(), value]);
+        };
+        if !self.builders.is_empty() {
+            opt("builders", self.builders.join(" ; "));
+        }
+        if self.use_substitutes {
+            opt("builders-use-substitutes", "true".into());
+        }
+        if let Some(n) = self.max_jobs {
+            opt("max-jobs", n.to_string());
+        }
+        a
+    }
+}
+
+/// What a running build tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildUpdate {
+    Progress(BuildProgress),
+    /// A derivation started building: on the builder (`machine` `None`) or
+    /// on this remote builder.
+    Building {
+        drv: StorePath,
+        machine: Option<String>,
+    },
 }
 
 /// Build progress: derivations built, running and failed out of those to
@@ -56,6 +110,46 @@ pub enum BuildFailure {
     Eval { log_tail: Vec<String> },
     #[error("build failed:\n  {}", log_tail.join("\n  "))]
     Build { log_tail: Vec<String> },
+    /// No machine could take a derivation: the builder builds nothing
+    /// itself (`max_jobs = 0`) and the remote builders were down or lacked
+    /// the system or features. `unreachable`: each remote builder Nix could
+    /// not use, with Nix's words.
+    #[error("no machine could build it{}:\n  {}", unreachable_words(unreachable), log_tail.join("\n  "))]
+    NoMachine {
+        unreachable: Vec<MachineError>,
+        log_tail: Vec<String>,
+    },
+}
+
+/// A remote builder Nix could not use, and why (Nix's message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineError {
+    pub machine: String,
+    pub error: String,
+}
+
+fn unreachable_words(m: &[MachineError]) -> String {
+    m.iter()
+        .map(|e| format!("; {} failed: {}", e.machine, e.error))
+        .collect()
+}
+
+/// Nix's "cannot build on 'MACHINE': error: ..." lines (2.8 and 2.26).
+fn machine_errors(text: &str) -> Vec<MachineError> {
+    let mut out: Vec<MachineError> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("cannot build on '")?.1;
+            let (machine, error) = rest.split_once("': ")?;
+            let error = error.trim().trim_start_matches("error:").trim();
+            Some(MachineError {
+                machine: machine.to_owned(),
+                error: error.to_owned(),
+            })
+        })
+        .collect();
+    out.dedup();
+    out
 }
 
 /// One host's build.
@@ -73,8 +167,12 @@ struct JsonBuild {
     outputs: std::collections::BTreeMap<String, String>,
 }
 
-/// The command building `hosts` (one or all).
-pub fn build_command(dir: &str, flake: bool, attrs: &[&str]) -> Command {
+/// The command building `hosts` (one or all), with `options`.
+pub fn build_command(dir: &str, flake: bool, attrs: &[&str], options: &BuildOptions) -> Command {
+    plain_build_command(dir, flake, attrs).args(options.args())
+}
+
+fn plain_build_command(dir: &str, flake: bool, attrs: &[&str]) -> Command {
     if flake {
         let mut c = Command::new("nix").args([
             "--extra-experimental-features",
@@ -183,6 +281,15 @@ fn parse_success(
 fn failure_of(out: &Output) -> BuildFailure {
     let text = out.stderr_str();
     let log_tail = out.tail(20);
+    let lower = text.to_lowercase();
+    if lower.contains("unable to start any build")
+        || lower.contains("failed to find a machine for remote build")
+    {
+        return BuildFailure::NoMachine {
+            unreachable: machine_errors(&text),
+            log_tail,
+        };
+    }
     let built = text.contains("error: builder for")
         || text.contains("build of '")
         || text.contains("failed with exit code");
@@ -267,14 +374,14 @@ pub fn logged_command(cmd: &Command) -> Command {
         .args(["--log-format", "internal-json"])
 }
 
-/// Run a build command with Nix's JSON log merged into its output,
-/// reporting progress as it changes; `stop` ends it. The result's stdout
-/// holds the command's own output lines, its stderr the plain-text tail of
-/// the log.
-async fn run_logged<R: Remote>(
+/// Run a Nix command (a build, a copy) with its JSON log merged into its
+/// output, handing what the log tells to `told` as it comes; `stop` ends it.
+/// The result's stdout holds the command's own output lines, its stderr the
+/// plain-text tail of the log.
+pub(crate) async fn run_logged<R: Remote>(
     builder: &R,
     cmd: &Command,
-    progress: &(dyn Fn(BuildProgress) + Send + Sync),
+    told: &(dyn Fn(Logged) + Send + Sync),
     stop: &CancellationToken,
 ) -> anyhow::Result<Output> {
     let s = builder.exec_piped(&logged_command(cmd)).await?;
@@ -301,7 +408,7 @@ async fn run_logged<R: Remote>(
         }
         let line = String::from_utf8_lossy(&buf);
         match log.feed(line.trim_end_matches(['\n', '\r'])) {
-            Ok(Some(c)) => progress(c.into()),
+            Ok(Some(t)) => told(t),
             Ok(None) => {}
             Err(plain) => {
                 stdout.extend_from_slice(plain.as_bytes());
@@ -325,15 +432,24 @@ async fn run_logged<R: Remote>(
 pub async fn build_hosts<R: Remote>(
     builder: &R,
     req: &BuildRequest,
-    progress: &(dyn Fn(BuildProgress) + Send + Sync),
+    progress: &(dyn Fn(BuildUpdate) + Send + Sync),
     stop: &CancellationToken,
 ) -> anyhow::Result<Vec<(String, HostBuild)>> {
     if req.hosts.is_empty() {
         return Ok(Vec::new());
     }
     let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
-    let cmd = build_command(&req.dir, req.flake, &attrs);
-    let out = run_logged(builder, &cmd, progress, stop)
+    let cmd = build_command(&req.dir, req.flake, &attrs, &req.options);
+    let told = |t: Logged| match t {
+        Logged::Progress(c) => progress(BuildUpdate::Progress(c.into())),
+        Logged::Building { drv, machine } => {
+            if let Ok(drv) = StorePath::parse(&drv) {
+                progress(BuildUpdate::Building { drv, machine })
+            }
+        }
+        Logged::CopyPlanned { .. } | Logged::Copied { .. } => {}
+    };
+    let out = run_logged(builder, &cmd, &told, stop)
         .await
         .context("running the build on the builder")?;
     if out.success() {
@@ -347,9 +463,9 @@ pub async fn build_hosts<R: Remote>(
             .collect());
     }
     // Something failed: each host alone, concurrently, to attribute it.
-    let quiet = |_: BuildProgress| {};
+    let quiet = |_: Logged| {};
     let singles = req.hosts.iter().map(|(host, attr)| async move {
-        let cmd = build_command(&req.dir, req.flake, &[attr.as_str()]);
+        let cmd = build_command(&req.dir, req.flake, &[attr.as_str()], &req.options);
         let hb = match run_logged(builder, &cmd, &quiet, stop).await {
             Ok(out) if out.success() => match parse_success(req.flake, &out.stdout_str(), 1) {
                 Ok(built) => finish(builder, built).await.map(|mut v| v.remove(0)),
@@ -376,7 +492,8 @@ mod tests {
 
     #[test]
     fn commands() {
-        let c = build_command("/var/tmp/nixgate/src/abc", false, &["a.b", "c.d"]);
+        let none = BuildOptions::default();
+        let c = build_command("/var/tmp/nixgate/src/abc", false, &["a.b", "c.d"], &none);
         assert_eq!(
             c.argv(),
             [
@@ -390,9 +507,29 @@ mod tests {
                 "--keep-going"
             ]
         );
-        let c = build_command("/d", true, &["x"]);
+        let c = build_command("/d", true, &["x"], &none);
         assert_eq!(c.argv().last().unwrap(), "path:/d#x");
         assert!(c.argv().contains(&"--json".to_string()));
+        let remote = BuildOptions {
+            builders: vec!["ssh://b2 x86_64-linux".into(), "ssh://b3".into()],
+            use_substitutes: true,
+            max_jobs: Some(0),
+        };
+        let c = build_command("/d", false, &["x"], &remote);
+        assert_eq!(
+            c.argv()[6..],
+            [
+                "--option",
+                "builders",
+                "ssh://b2 x86_64-linux ; ssh://b3",
+                "--option",
+                "builders-use-substitutes",
+                "true",
+                "--option",
+                "max-jobs",
+                "0"
+            ]
+        );
         assert_eq!(
             instantiate_command("/d", false, "a.b").argv(),
             ["nix-instantiate", "/d", "-A", "a.b"]
@@ -415,5 +552,44 @@ mod tests {
         assert_eq!(v[0].0.as_str(), t);
         assert_eq!(v[0].1.as_ref().unwrap().as_str(), d);
         assert!(parse_success(false, &format!("{t}\n"), 2).is_err());
+    }
+}
+
+#[cfg(test)]
+mod no_machine {
+    use super::*;
+    use crate::remote::Exit;
+
+    #[test]
+    fn a_down_remote_builder_is_named_with_nix_words() {
+        // Nix 2.8's log tail (colours stripped) for `--option max-jobs 0`
+        // and a remote builder nothing listens for; 2.26 says "failed to
+        // start SSH connection to" and "Unable to start any build".
+        for (said, unable) in [
+            ("cannot connect to 'root@127.238.0.200'", "unable"),
+            (
+                "failed to start SSH connection to 'root@127.240.0.200'",
+                "Unable",
+            ),
+        ] {
+            let tail = format!(
+                "cannot build on 'ssh://root@127.0.0.200': error: {said}: ssh: connect to host 127.0.0.200 port 22: Connection refused\n\
+                 Failed to find a machine for remote build!\n\
+                 error: {unable} to start any build; remote machines may not have all required system features.\n"
+            );
+            let out = Output::new(Exit::Code { code: 1 }, Vec::new(), tail.into_bytes());
+            match failure_of(&out) {
+                BuildFailure::NoMachine {
+                    unreachable,
+                    log_tail,
+                } => {
+                    assert_eq!(unreachable.len(), 1);
+                    assert_eq!(unreachable[0].machine, "ssh://root@127.0.0.200");
+                    assert!(unreachable[0].error.starts_with(said), "{unreachable:?}");
+                    assert_eq!(log_tail.len(), 3);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -5,12 +5,27 @@
 //! Each log line is `@nix ` followed by one JSON object. Activity type 104
 //! (`actBuilds`) reports `resProgress` (105) results `[done, expected,
 //! running, failed]`: the derivations built so far out of those to build.
+//!
+//! Which machine builds what: an `actBuild` (105) activity starts with the
+//! fields `[drv, machine, round, rounds]`, `machine` being `""` on the
+//! builder itself and the remote builder's store URI when Nix's build hook
+//! sent the derivation there (`"ssh://root@10.0.0.5"`). Nix 2.8 and 2.26
+//! print the same fields (2.26 adds `"parent"`).
+//!
+//! Copies (`nix copy --to`, the cache push): an `actCopyPaths` (103)
+//! activity whose text is `copying N paths`, then one `actCopyPath` (100)
+//! activity per path, fields `[path, from, to]`, stopped when the path is
+//! there. Nix 2.8 reports no byte counts for a copy to a binary cache (2.26
+//! does), so bytes are counted by the caller from the paths' NAR sizes.
 
 use std::collections::VecDeque;
 
 use serde::Deserialize;
 
 const ACT_BUILDS: u64 = 104;
+const ACT_BUILD: u64 = 105;
+const ACT_COPY_PATH: u64 = 100;
+const ACT_COPY_PATHS: u64 = 103;
 const RES_PROGRESS: u64 = 105;
 const RES_BUILD_LOG_LINE: u64 = 101;
 
@@ -21,6 +36,23 @@ pub struct Counts {
     pub expected: u64,
     pub running: u64,
     pub failed: u64,
+}
+
+/// What a log line told, when it told something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Logged {
+    /// The derivation counts changed.
+    Progress(Counts),
+    /// A derivation started building: on the builder itself (`machine`
+    /// `None`) or on this remote builder.
+    Building {
+        drv: String,
+        machine: Option<String>,
+    },
+    /// A copy of this many paths started.
+    CopyPlanned { paths: u64 },
+    /// One path was copied.
+    Copied { path: String },
 }
 
 #[derive(Deserialize)]
@@ -36,12 +68,16 @@ struct Line {
     msg: Option<String>,
     #[serde(default)]
     level: Option<u64>,
+    #[serde(default)]
+    text: Option<String>,
 }
 
 /// Accumulates one build's log: progress and the last lines worth showing.
 #[derive(Debug)]
 pub struct BuildLog {
     builds_activity: Option<u64>,
+    /// Running `actCopyPath` activities: id -> path.
+    copying: std::collections::HashMap<u64, String>,
     counts: Counts,
     tail: VecDeque<String>,
     keep: usize,
@@ -51,16 +87,17 @@ impl BuildLog {
     pub fn new(keep: usize) -> Self {
         BuildLog {
             builds_activity: None,
+            copying: std::collections::HashMap::new(),
             counts: Counts::default(),
             tail: VecDeque::new(),
             keep,
         }
     }
 
-    /// Feed one line of the merged output. Returns `Some(counts)` when the
-    /// progress changed; `Err(line)` hands back a line that is not log (the
-    /// command's own stdout).
-    pub fn feed<'a>(&mut self, line: &'a str) -> Result<Option<Counts>, &'a str> {
+    /// Feed one line of the merged output. Returns what it told (progress
+    /// that changed, a build starting, a path copied); `Err(line)` hands
+    /// back a line that is not log (the command's own stdout).
+    pub fn feed<'a>(&mut self, line: &'a str) -> Result<Option<Logged>, &'a str> {
         let Some(json) = line.strip_prefix("@nix ") else {
             return Err(line);
         };
@@ -73,6 +110,30 @@ impl BuildLog {
                 self.builds_activity = Some(l.id);
                 Ok(None)
             }
+            "start" if l.kind == ACT_BUILD => {
+                let field = |i: usize| l.fields.get(i).and_then(|v| v.as_str());
+                Ok(field(0).map(|drv| Logged::Building {
+                    drv: drv.to_owned(),
+                    machine: field(1).filter(|m| !m.is_empty()).map(str::to_owned),
+                }))
+            }
+            "start" if l.kind == ACT_COPY_PATHS => Ok(l
+                .text
+                .as_deref()
+                .and_then(|t| t.strip_prefix("copying "))
+                .and_then(|t| t.strip_suffix(" paths"))
+                .and_then(|n| n.parse().ok())
+                .map(|paths| Logged::CopyPlanned { paths })),
+            "start" if l.kind == ACT_COPY_PATH => {
+                if let Some(p) = l.fields.first().and_then(|v| v.as_str()) {
+                    self.copying.insert(l.id, p.to_owned());
+                }
+                Ok(None)
+            }
+            "stop" => Ok(self
+                .copying
+                .remove(&l.id)
+                .map(|path| Logged::Copied { path })),
             "result" if l.kind == RES_PROGRESS && Some(l.id) == self.builds_activity => {
                 let n = |i: usize| l.fields.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
                 let c = Counts {
@@ -85,7 +146,7 @@ impl BuildLog {
                     return Ok(None);
                 }
                 self.counts = c;
-                Ok(Some(c))
+                Ok(Some(Logged::Progress(c)))
             }
             "result" if l.kind == RES_BUILD_LOG_LINE => {
                 if let Some(s) = l.fields.first().and_then(|v| v.as_str()) {
@@ -173,8 +234,10 @@ mod tests {
         let mut stdout = Vec::new();
         for l in LOG.lines() {
             match log.feed(l) {
-                Ok(Some(c)) => seen.push((c.done, c.expected, c.running, c.failed)),
-                Ok(None) => {}
+                Ok(Some(Logged::Progress(c))) => {
+                    seen.push((c.done, c.expected, c.running, c.failed))
+                }
+                Ok(other) => assert_eq!(other, None),
                 Err(s) => stdout.push(s),
             }
         }
@@ -197,5 +260,45 @@ mod tests {
         let mut log = BuildLog::new(5);
         assert_eq!(log.feed("@nix {not json"), Ok(None));
         assert_eq!(log.text(), "{not json\n");
+    }
+}
+
+#[cfg(test)]
+mod remote_and_copy {
+    use super::*;
+
+    // Nix 2.26, `nix-build --option builders 'ssh://root@127.240.0.4 ...'
+    // --option max-jobs 0` (2.8 prints the same without "parent").
+    const REMOTE: &str = r#"@nix {"action":"start","id":34239479283714,"level":0,"parent":0,"text":"","type":104}
+@nix {"action":"start","fields":["/nix/store/h7052bldbmp5zfx8fk5xr3mj72jm1y3q-hello-2.12.9.drv","ssh://root@127.240.0.4",1,1],"id":34239479283718,"level":3,"parent":0,"text":"building '/nix/store/h7052bldbmp5zfx8fk5xr3mj72jm1y3q-hello-2.12.9.drv' on 'ssh://root@127.240.0.4'","type":105}
+@nix {"action":"start","id":34239479283723,"level":3,"parent":34239479283713,"text":"copying 1 paths","type":103}
+@nix {"action":"start","fields":["/nix/store/ldmwih4fjqnl21l8qg5615kkx9w9mj75-hello-2.12.9","ssh://root@127.240.0.4","local"],"id":34239479283724,"level":3,"parent":34239479283713,"text":"copying path '/nix/store/ldmwih4fjqnl21l8qg5615kkx9w9mj75-hello-2.12.9' from 'ssh://root@127.240.0.4'","type":100}
+@nix {"action":"stop","id":34239479283724}
+@nix {"action":"start","fields":["/nix/store/x-local.drv","",1,1],"id":9,"level":3,"text":"building '/nix/store/x-local.drv'","type":105}"#;
+
+    #[test]
+    fn machines_and_copies() {
+        let mut log = BuildLog::new(5);
+        let told: Vec<Logged> = REMOTE
+            .lines()
+            .filter_map(|l| log.feed(l).expect("all log"))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                Logged::Building {
+                    drv: "/nix/store/h7052bldbmp5zfx8fk5xr3mj72jm1y3q-hello-2.12.9.drv".into(),
+                    machine: Some("ssh://root@127.240.0.4".into()),
+                },
+                Logged::CopyPlanned { paths: 1 },
+                Logged::Copied {
+                    path: "/nix/store/ldmwih4fjqnl21l8qg5615kkx9w9mj75-hello-2.12.9".into()
+                },
+                Logged::Building {
+                    drv: "/nix/store/x-local.drv".into(),
+                    machine: None,
+                },
+            ]
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod buildlog;
+pub mod cache;
 pub mod closure;
 pub mod copy;
 pub mod fanout;

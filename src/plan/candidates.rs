@@ -118,14 +118,22 @@ async fn build_all<F: Fleet>(
             .iter()
             .filter_map(|h| inv.host(h).map(|x| (h.clone(), x.attribute.clone())))
             .collect(),
+        options: nix::build::BuildOptions {
+            builders: inv.builder.remote.machines.clone(),
+            use_substitutes: inv.builder.remote.use_substitutes,
+            max_jobs: inv.builder.remote.max_jobs,
+        },
     };
     let progress_sink = sink.clone();
-    let progress = move |b: nix::build::BuildProgress| {
-        progress_sink.emit(Event::BuildProgress {
-            built: b.built,
-            to_build: b.to_build,
-            running: b.running,
-            failed: b.failed,
+    let progress = move |u: nix::build::BuildUpdate| {
+        progress_sink.emit(match u {
+            nix::build::BuildUpdate::Progress(b) => Event::BuildProgress {
+                built: b.built,
+                to_build: b.to_build,
+                running: b.running,
+                failed: b.failed,
+            },
+            nix::build::BuildUpdate::Building { drv, machine } => Event::BuildStep { drv, machine },
         });
     };
     let results = nix::build::build_hosts(&builder, &req, &progress, p.stop).await?;

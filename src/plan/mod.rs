@@ -14,6 +14,7 @@
 //! ends the builder's Nix process (see [`crate::nix::build`]), during the
 //! diff gate stops it; the plan then says it was cancelled, and nothing runs.
 
+pub mod cache_push;
 pub mod candidates;
 pub mod connect;
 pub mod diffgate;
@@ -78,6 +79,9 @@ pub enum Refusal {
     DiffFailed { error: String },
     /// With `--expect`: these packages changed, and were not expected to.
     Drift { packages: Vec<String> },
+    /// The closures could not be pushed to `[cache] push_to` (every ready
+    /// host is refused: hosts that pull would not find them).
+    CachePush { store: String, error: String },
     /// Another nixgate run holds the host's lock.
     Locked { holder: String },
     /// The host's lock could not be taken.
@@ -134,6 +138,7 @@ pub struct PlannedWave {
 pub enum PlanStage {
     Build,
     Diff,
+    CachePush,
     Targets,
     Lock,
 }
@@ -182,6 +187,16 @@ impl Request {
             | Request::Release { source, .. } => Some(source),
             Request::Rollback { .. } => None,
         }
+    }
+
+    /// Are the candidates pushed to `[cache]` (when there is one)? Every
+    /// request that builds or names a closure to deploy; not `plan` (it
+    /// changes nothing) nor `rollback` (the closures are on the hosts).
+    fn pushes(&self) -> bool {
+        matches!(
+            self,
+            Request::Build { .. } | Request::Push { .. } | Request::Release { .. }
+        )
     }
 
     /// Does the run change hosts (so their locks are taken)?
@@ -336,6 +351,15 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
             }
             verdicts.extend(found.verdicts);
         }
+    }
+    if req.pushes()
+        && plan_cancelled.is_none()
+        && matches!(
+            cache_push::run(p, &mut verdicts).await,
+            cache_push::Pushed::Cancelled
+        )
+    {
+        plan_cancelled = Some(PlanStage::CachePush);
     }
     let mut locks = HashMap::new();
     if req.deploys() && plan_cancelled.is_none() && lock_ready(p, &mut verdicts, &mut locks).await {

@@ -123,6 +123,12 @@ pub enum Event {
         running: u64,
         failed: u64,
     },
+    /// A derivation started building: on the builder (`machine` null) or on
+    /// a remote builder (its store URI, as Nix's log names it).
+    BuildStep {
+        drv: StorePath,
+        machine: Option<String>,
+    },
     /// The builder could not be used (connect, ship, run Nix): every host
     /// of the build is refused.
     BuilderFailed {
@@ -153,6 +159,33 @@ pub enum Event {
         to: StorePath,
         generation: u64,
         packages: Option<crate::diff::PackageDiff>,
+    },
+    /// `[cache] push_to`: the builder copies these hosts' closures there.
+    CachePushStarted {
+        store: String,
+        hosts: Vec<String>,
+        closures: usize,
+    },
+    /// Paths copied to the cache so far, of those it lacked, and their NAR
+    /// bytes.
+    CachePushProgress {
+        store: String,
+        paths: u64,
+        total_paths: u64,
+        bytes: u64,
+    },
+    /// The cache has every closure: paths and NAR bytes copied (0 when it
+    /// had them all already).
+    CachePushFinished {
+        store: String,
+        paths: u64,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// The push failed: every ready host is refused (`cache_push`).
+    CachePushFailed {
+        store: String,
+        error: String,
     },
     /// Gate 2's finding for a host: what changes, why, and any drift.
     Diff {
@@ -244,11 +277,16 @@ pub const EVENT_NAMES: &[&str] = &[
     "source_shipped",
     "build_started",
     "build_progress",
+    "build_step",
     "builder_failed",
     "build_finished",
     "host_built",
     "history",
     "rollback_preview",
+    "cache_push_started",
+    "cache_push_progress",
+    "cache_push_finished",
+    "cache_push_failed",
     "diff",
     "plan_ready",
     "gate_started",
@@ -285,11 +323,16 @@ impl Event {
             Event::SourceShipped { .. } => "source_shipped",
             Event::BuildStarted { .. } => "build_started",
             Event::BuildProgress { .. } => "build_progress",
+            Event::BuildStep { .. } => "build_step",
             Event::BuilderFailed { .. } => "builder_failed",
             Event::BuildFinished { .. } => "build_finished",
             Event::HostBuilt { .. } => "host_built",
             Event::History { .. } => "history",
             Event::RollbackPreview { .. } => "rollback_preview",
+            Event::CachePushStarted { .. } => "cache_push_started",
+            Event::CachePushProgress { .. } => "cache_push_progress",
+            Event::CachePushFinished { .. } => "cache_push_finished",
+            Event::CachePushFailed { .. } => "cache_push_failed",
             Event::Diff { .. } => "diff",
             Event::PlanReady { .. } => "plan_ready",
             Event::GateStarted { .. } => "gate_started",

@@ -8,6 +8,11 @@ use std::process::{Command, Output, Stdio};
 use super::fleet::Fleet;
 
 pub fn nixgate_cmd(fleet: &Fleet, args: &[&str]) -> Command {
+    nixgate_cmd_with(fleet, &fleet.inventory_path(), args)
+}
+
+/// [`nixgate_cmd`] with another inventory than the fleet's own.
+pub fn nixgate_cmd_with(fleet: &Fleet, inventory: &std::path::Path, args: &[&str]) -> Command {
     // setsid(1) execs nixgate in the same process (the child is no group
     // leader), so the child's pid is nixgate's.
     // By its path: some tests run nixgate with a PATH of a few tools only.
@@ -18,7 +23,7 @@ pub fn nixgate_cmd(fleet: &Fleet, args: &[&str]) -> Command {
     let mut c = Command::new(setsid);
     c.arg(env!("CARGO_BIN_EXE_nixgate"))
         .arg("-i")
-        .arg(fleet.inventory_path())
+        .arg(inventory)
         .arg("--state-dir")
         .arg(fleet.dir().join("state"))
         .args(args)

@@ -172,6 +172,12 @@ impl Fleet {
 
     /// Starts a fleet on the given bases.
     pub fn start_with(spec: FleetSpec, bases: Bases) -> anyhow::Result<Fleet> {
+        Fleet::start_extra(spec, bases, &[])
+    }
+
+    /// Starts a fleet with more `scripts/fleet up` options
+    /// (`--remote-builder`, `--cache`).
+    pub fn start_extra(spec: FleetSpec, bases: Bases, extra: &[&str]) -> anyhow::Result<Fleet> {
         ensure!(
             bases.systemd != Base::Host,
             "systemd hosts boot an image: bookworm or trixie, not host"
@@ -194,7 +200,8 @@ impl Fleet {
         }
         cmd.args(["--systemd-base", bases.systemd.as_str()])
             .args(["--light-base", bases.light.as_str()])
-            .args(["--builder-base", bases.builder.as_str()]);
+            .args(["--builder-base", bases.builder.as_str()])
+            .args(extra);
         eprintln!(
             "fleet bases: systemd hosts {} (Nix {}), light hosts {} (Nix {}), builder {} (Nix {})",
             bases.systemd.as_str(),

@@ -198,7 +198,9 @@ impl<R: Remote> Run<'_, R> {
         self.step(Step::Realise {
             closure: cand.clone(),
         });
-        let realise = realise::realise(self.remote, &cand, self.s.require_signatures);
+        let keys = &self.s.trusted_public_keys;
+        let realise =
+            realise::realise_trusting(self.remote, &cand, self.s.require_signatures, keys);
         match bounded("realise", self.s.activation_timeout, realise).await {
             Ok(RealiseOutcome::Realised) => {}
             Ok(RealiseOutcome::SignatureMismatch { untrusted, tail }) => {

@@ -108,6 +108,9 @@ fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
         Refusal::NoRollbackTarget { .. } => {
             format!("`nixgate status --history {host}` lists its known-good generations")
         }
+        Refusal::CachePush { store, .. } => {
+            format!("make {store} writable from the builder, then `nixgate {command} {host}`")
+        }
     }
 }
 

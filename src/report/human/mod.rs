@@ -85,6 +85,10 @@ pub fn describe(ev: &Event) -> Option<String> {
         ),
         Event::BuildStarted { hosts } => format!("building {} system(s) on the builder", hosts.len()),
         Event::BuilderFailed { error } => format!("the builder failed: {error}"),
+        Event::BuildStep { drv, machine } => match machine {
+            Some(m) => format!("building {} on {m}", drv.name()),
+            None => return None,
+        },
         Event::BuildFinished {
             built,
             failed,
@@ -95,6 +99,21 @@ pub fn describe(ev: &Event) -> Option<String> {
                 m.push_str(&format!(", {failed} failed"));
             }
             m
+        }
+        Event::CachePushStarted { store, closures, .. } => {
+            format!("pushing {closures} closure(s) to the cache {store}")
+        }
+        Event::CachePushFinished {
+            store,
+            paths,
+            bytes,
+            seconds,
+        } => format!(
+            "the cache {store} has every closure: {paths} path(s), {:.1} MiB copied in {seconds:.1} s",
+            *bytes as f64 / 1048576.0
+        ),
+        Event::CachePushFailed { store, error } => {
+            format!("the push to the cache {store} FAILED: {error}")
         }
         Event::HostBuilt { host, toplevel, .. } => {
             format!("{host}: built {}", short_closure(toplevel))
@@ -136,6 +155,7 @@ pub fn describe(ev: &Event) -> Option<String> {
         } => tables::summary_line(hosts, (*ok, *failed), *ending, *exit_code),
         Event::Runner(r) => return describe_runner(r),
         Event::BuildProgress { .. }
+        | Event::CachePushProgress { .. }
         | Event::CopyProgress { .. }
         | Event::Diff { .. }
         | Event::History { .. }
@@ -195,6 +215,7 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
     match ev {
         Event::CancelRequested { .. }
         | Event::BuilderFailed { .. }
+        | Event::CachePushFailed { .. }
         | Event::NotReleased { .. }
         | Event::NotPublished { .. }
         | Event::Summary { .. } => Some(Quiet),

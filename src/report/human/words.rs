@@ -65,6 +65,7 @@ pub fn plan_stage(s: &PlanStage) -> &'static str {
         PlanStage::Diff => "explaining the change",
         PlanStage::Targets => "reading the rollback targets",
         PlanStage::Lock => "taking the host locks",
+        PlanStage::CachePush => "pushing to the binary cache",
     }
 }
 
@@ -113,6 +114,16 @@ pub fn refusal(r: &Refusal) -> String {
             BuildFailure::Build { log_tail } => {
                 format!("its configuration does not build: {}", error_line(log_tail))
             }
+            BuildFailure::NoMachine {
+                unreachable,
+                log_tail,
+            } => match unreachable.first() {
+                Some(m) => format!(
+                    "no machine could build it: remote builder {} failed: {} (the builder builds nothing itself with max_jobs = 0)",
+                    m.machine, m.error
+                ),
+                None => format!("no machine could build it: {}", error_line(log_tail)),
+            },
         },
         Refusal::Builder { error } => {
             format!("the builder could not be used: {}", first_line(error))
@@ -124,6 +135,10 @@ pub fn refusal(r: &Refusal) -> String {
         Refusal::Drift { packages } => format!(
             "drift: {} changed, not expected (--expect)",
             packages.join(", ")
+        ),
+        Refusal::CachePush { store, error } => format!(
+            "the closures could not be pushed to the cache {store}: {}; nothing changed on any host (fix the cache or [cache] push_to, and push again)",
+            first_line(error)
         ),
         Refusal::Locked { holder } => {
             format!(
