@@ -710,3 +710,55 @@ fn remote_paths_are_absolute_without_spaces_or_control_characters() {
         "{text}"
     );
 }
+
+#[test]
+fn globs_and_colmena_lists_select_hosts() {
+    let inv = fleet();
+    let globbed = inv
+        .select(&Selector {
+            hosts: vec!["db[12]".into(), "web*".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        names(&globbed),
+        vec![(
+            "selected".into(),
+            vec!["web1".into(), "web2".into(), "db1".into(), "db2".into()]
+        )]
+    );
+    let args = nixgate::cli::SelectorArgs {
+        on: vec!["web2, @eu".into()],
+        ..Default::default()
+    };
+    let on = inv.select(&args.selector()).unwrap();
+    assert_eq!(
+        names(&on),
+        vec![("selected".into(), vec!["web2".into(), "db1".into()])]
+    );
+    let e = inv
+        .select(&Selector {
+            hosts: vec!["wbe*".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no host matches `wbe*` (closest: web1, web2, db1;"),
+        "{e}"
+    );
+    let e = inv.select(&args_on("web1,@e")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no host has the tag `e` (closest: eu"),
+        "{e}"
+    );
+}
+
+fn args_on(list: &str) -> Selector {
+    nixgate::cli::SelectorArgs {
+        on: vec![list.into()],
+        ..Default::default()
+    }
+    .selector()
+}

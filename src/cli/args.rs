@@ -77,12 +77,17 @@ impl Global {
 /// Which hosts a fleet command works on. None: the whole fleet, wave by wave.
 #[derive(Debug, Args, Clone, Default)]
 pub struct SelectorArgs {
-    /// Hosts by name (same as --host).
+    /// Hosts by name or glob (same as --host).
     #[arg(value_name = "HOST")]
     pub names: Vec<String>,
-    /// A host by name (repeatable); ignores waves.
-    #[arg(long = "host", value_name = "NAME")]
+    /// A host by name or shell-style glob (`web*`, `db[12]`; repeatable);
+    /// ignores waves.
+    #[arg(long = "host", value_name = "NAME|GLOB")]
     pub hosts: Vec<String>,
+    /// A comma list of names, globs and `@tag`s, as colmena takes it
+    /// (`--on 'web*,@db'`; repeatable); ignores waves.
+    #[arg(long = "on", value_name = "LIST")]
+    pub on: Vec<String>,
     /// Every host with this tag (repeatable); ignores waves.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
@@ -93,11 +98,19 @@ pub struct SelectorArgs {
 
 impl SelectorArgs {
     pub fn selector(&self) -> Selector {
+        use crate::inventory::pattern::{Item, parse_list};
         let mut hosts = self.names.clone();
         hosts.extend(self.hosts.iter().cloned());
+        let mut tags = self.tags.clone();
+        for item in self.on.iter().flat_map(|l| parse_list(l)) {
+            match item {
+                Item::Host(h) => hosts.push(h),
+                Item::Tag(t) => tags.push(t),
+            }
+        }
         Selector {
             hosts,
-            tags: self.tags.clone(),
+            tags,
             waves: self.waves.clone(),
         }
     }
