@@ -11,6 +11,7 @@ pub mod activation;
 pub mod cli;
 pub mod deploy;
 pub mod diff;
+pub mod exec;
 pub mod fleet;
 pub mod gates;
 pub mod inspect;

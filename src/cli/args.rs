@@ -221,11 +221,37 @@ pub enum Command {
         #[command(flatten)]
         select: SelectorArgs,
     },
+    /// Run a command on every selected host, in parallel, over each host's
+    /// one SSH connection: its output prefixed with the host name as it
+    /// arrives, then a table of exits. Exit 0 only if every host exited 0.
+    /// The command is not run through a shell on its own: write
+    /// `-- sh -c '...'` for pipes and globs on the host.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Exec {
+        /// Hosts at once [default: the inventory's max_parallel].
+        #[arg(long, value_name = "N")]
+        parallel: Option<usize>,
+        /// Hang up a host's command after this long (e.g. `30s`, `5m`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print each host's output whole when it ends instead of line by line.
+        #[arg(long)]
+        group: bool,
+        #[command(flatten)]
+        select: SelectorArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        argv: Vec<String>,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::inventory::duration::parse(s)
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 pub mod args;
 mod check;
 mod confirm;
+mod exec;
 pub mod exit;
 mod hosts;
 mod push;
@@ -70,6 +71,7 @@ fn command_name(c: &Command) -> Option<CommandName> {
         Command::Rollback { .. } => CommandName::Rollback,
         Command::Status { .. } => CommandName::Status,
         Command::Release(_) => CommandName::Release,
+        Command::Exec { .. } => CommandName::Exec,
         Command::Completions { .. } => return None,
     })
 }
@@ -214,6 +216,22 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 no_magic_rollback,
             };
             tokio::runtime::Runtime::new()?.block_on(rollback::run(&g, inv, sel, to, flags))
+        }
+        Command::Exec {
+            parallel,
+            timeout,
+            group,
+            select,
+            argv,
+        } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            let req = crate::exec::ExecRequest {
+                argv,
+                parallel: parallel.unwrap_or(inv.max_parallel),
+                timeout,
+            };
+            exec::run(&g, &inv, &sel, &req, group)
         }
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;

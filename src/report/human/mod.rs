@@ -3,6 +3,7 @@
 //! plan, built paths) on stdout. Words come from [`words`]; nothing here
 //! decides anything about the run.
 
+pub mod exec;
 pub mod tables;
 mod tty;
 pub mod words;
@@ -104,7 +105,10 @@ pub fn describe(ev: &Event) -> Option<String> {
         | Event::Host { .. }
         | Event::Status(_)
         | Event::Release { .. }
-        | Event::ReleaseDetail { .. } => return None,
+        | Event::ReleaseDetail { .. }
+        | Event::ExecStarted { .. }
+        | Event::ExecOutput { .. }
+        | Event::ExecFinished { .. } => return None,
     })
 }
 
