@@ -17,6 +17,7 @@ pub mod gates;
 pub mod inspect;
 pub mod inventory;
 pub mod nix;
+pub mod notify;
 pub mod plan;
 pub mod release;
 pub mod remote;

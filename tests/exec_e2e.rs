@@ -20,13 +20,28 @@ fn events(stdout: &[u8], name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Add `[notify] command = argv` to the inventory.
+fn set_notify(fleet: &Fleet, argv: &[&str]) {
+    let path = fleet.inventory_path();
+    let mut inv = std::fs::read_to_string(&path).unwrap();
+    if let Some(at) = inv.find("\n[notify]") {
+        inv.truncate(at);
+    }
+    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    inv.push_str(&format!("\n[notify]\ncommand = [{}]\n", argv.join(", ")));
+    std::fs::write(&path, inv).unwrap();
+}
+
 /// Give `hosts` the tag `tag` instead of their own (`light`); the fleet has
 /// no builder (exec needs none), so the inventory names one nobody listens
 /// on.
 fn retag(fleet: &Fleet, hosts: &[&str], tag: &str) {
     let path = fleet.inventory_path();
     let mut inv = std::fs::read_to_string(&path).unwrap();
-    inv.push_str("\n[builder]\naddress = \"127.0.0.1\"\nport = 9\n");
+    inv.push_str(&format!(
+        "\n[builder]\naddress = \"127.0.0.1\"\nport = 9\nsource = \"{}\"\nflake = false\n",
+        fleet.config_repo().display()
+    ));
     for h in hosts {
         let at = inv.find(&format!("[hosts.{h}]\n")).expect("host section");
         let tags = at + inv[at..].find("tags = [\"light\"]").expect("tags");
@@ -251,4 +266,36 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
     wait_for("the hung-up sleeps to end", Duration::from_secs(5), || {
         running("sleep 32.5").is_empty()
     });
+
+    // [notify] gets the run's summary on stdin after a push (here one whose
+    // builder is down: light1 refused, exit 1); a failing notify command is
+    // a warning, the exit code stays the run's.
+    let got = fleet.dir().join("notified.json");
+    set_notify(&fleet, &["sh", "-c", &format!("cat > '{}'", got.display())]);
+    let out = nixgate(&fleet, &["--yes", "push", "light1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let body = std::fs::read_to_string(&got).expect("the notify command ran");
+    nixgate::report::json::check_strict(body.trim()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["command"], "push");
+    assert_eq!(summary["exit_code"], 1);
+    assert_eq!(summary["hosts"][0]["host"], "light1");
+    assert_eq!(summary["hosts"][0]["refusal"]["cause"], "builder");
+    let report = fleet
+        .dir()
+        .join("state/runs")
+        .join(format!("{}.json", summary["run_id"].as_str().unwrap()));
+    assert!(report.exists(), "the run report is written before notify");
+    set_notify(
+        &fleet,
+        &["sh", "-c", "cat >/dev/null; echo chat is down >&2; exit 7"],
+    );
+    let out = nixgate(&fleet, &["--yes", "push", "light1"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("warning: the [notify] command failed: `sh` exit status: 7: chat is down"),
+        "{err}"
+    );
 }

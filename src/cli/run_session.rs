@@ -44,6 +44,8 @@ pub struct RunSession {
     _lock: ControllerLock,
     command: CommandName,
     report: RunReport,
+    /// `[notify]`: told the summary once the run report is written.
+    notify: Option<crate::inventory::Notify>,
 }
 
 impl RunSession {
@@ -115,6 +117,7 @@ impl RunSession {
             _lock: lock,
             command,
             report,
+            notify: inv.notify.clone(),
         })
     }
 
@@ -185,7 +188,7 @@ impl RunSession {
         let path = run_report::path(&self.state_dir, &self.run_id.to_string());
         self.sink.emit(Event::ReportWritten { path });
         let failed = hosts.iter().filter(|h| h.outcome().fails_run()).count();
-        self.sink.emit(Event::Summary {
+        let summary = Event::Summary {
             command: self.command,
             run_id: Some(self.run_id.to_string()),
             ending,
@@ -193,7 +196,9 @@ impl RunSession {
             ok: hosts.len() - failed,
             failed,
             hosts: hosts.clone(),
-        });
+        };
+        let summary_json = serde_json::to_vec(&summary);
+        self.sink.emit(summary);
         self.fleet.close_all().await;
         let RunSession {
             sink,
@@ -201,6 +206,7 @@ impl RunSession {
             signals,
             state_dir,
             mut report,
+            notify,
             ..
         } = self;
         signals.abort();
@@ -216,6 +222,17 @@ impl RunSession {
         }
         if let Err(e) = run_report::write(&state_dir, &report, spool.as_ref()) {
             eprintln!("nixgate: warning: could not write the run report: {e:#}");
+        }
+        if let Some(n) = notify {
+            let sent = match summary_json {
+                Ok(json) => crate::notify::send(&n, &json).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = sent {
+                eprintln!(
+                    "nixgate: warning: the [notify] command failed: {e:#} (the run's exit code is unchanged)"
+                );
+            }
         }
         Ok(outcome)
     }

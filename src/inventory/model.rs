@@ -170,6 +170,17 @@ pub struct Release {
     pub remote: Option<String>,
 }
 
+/// `[notify]`: a controller-side command run after every push and
+/// rollback with the run's summary (JSON) on stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notify {
+    /// The argv, run as it is (no shell).
+    pub command: Vec<String>,
+    /// Killed after this long (a warning, like any failure of it).
+    #[serde(skip)]
+    pub timeout: std::time::Duration,
+}
+
 /// A loaded, validated inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inventory {
@@ -181,6 +192,7 @@ pub struct Inventory {
     pub waves: Vec<Wave>,
     pub max_parallel: usize,
     pub release: Release,
+    pub notify: Option<Notify>,
 }
 
 impl Inventory {
