@@ -2,7 +2,9 @@
 //! output per host with stdout and stderr kept apart, an unreachable host
 //! reported without holding up the others (exit 1), globs, `--on` lists
 //! with `@tag`, a pattern matching nothing (exit 2, closest names), and
-//! commands hung up on the host by `--timeout` and by Ctrl-C.
+//! commands hung up on the host by `--timeout` and by Ctrl-C; and the
+//! `[notify]` hook of a push getting its summary. One fleet for all (its
+//! start is most of the time).
 
 mod support;
 
@@ -79,7 +81,7 @@ const SCRIPT: &str = "set -- $SSH_CONNECTION; echo \"at $3\"; echo \"warn $3\" >
 
 #[test]
 #[ignore = "needs root (sshd, namespaces): run scripts/test"]
-fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
+fn exec_selection_patterns_hang_ups_and_notify() {
     let fleet = Fleet::start(FleetSpec {
         light: 10,
         systemd: 0,
@@ -94,9 +96,18 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
         .unwrap();
     assert!(killed.success());
 
+    every_host_one_unreachable(&fleet);
+    every_host_as_json(&fleet);
+    selection_patterns(&fleet);
+    timeout_hangs_up(&fleet);
+    ctrl_c_hangs_up(&fleet);
+    notify_gets_the_summary(&fleet);
+}
+
+fn every_host_one_unreachable(fleet: &Fleet) {
     // Every host: light10 is unreachable, the nine others answer.
     let started = Instant::now();
-    let out = nixgate(&fleet, &["exec", "--", "sh", "-c", SCRIPT]);
+    let out = nixgate(fleet, &["exec", "--", "sh", "-c", SCRIPT]);
     let took = started.elapsed();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
@@ -138,9 +149,11 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
         .find(|l| l.starts_with("light10  ") && l.contains(" s"))
         .unwrap_or_else(|| panic!("light10's row:\n{stderr}"));
     assert!(row.contains("unreachable: "), "{row}");
+}
 
+fn every_host_as_json(fleet: &Fleet) {
     // The same as JSON: chunks per stream, one end per host.
-    let out = nixgate(&fleet, &["--json", "exec", "--", "sh", "-c", SCRIPT]);
+    let out = nixgate(fleet, &["--json", "exec", "--", "sh", "-c", SCRIPT]);
     assert_eq!(out.status.code(), Some(1));
     let ends = events(&out.stdout, "exec_finished");
     assert_eq!(ends.len(), 10);
@@ -169,10 +182,12 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
     let summary = events(&out.stdout, "summary");
     assert_eq!(summary[0]["ok"], 9);
     assert_eq!(summary[0]["failed"], 1);
+}
 
+fn selection_patterns(fleet: &Fleet) {
     // Globs, --on with @tag, and `hosts` showing the resolution.
     let on = ["--host", "light[12]", "--on", "light[5-6],@db"];
-    let out = nixgate(&fleet, &[&["--json", "hosts"], &on[..]].concat());
+    let out = nixgate(fleet, &[&["--json", "hosts"], &on[..]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let listed: Vec<String> = events(&out.stdout, "host")
         .iter()
@@ -183,7 +198,7 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
         ["light1", "light2", "light3", "light4", "light5", "light6"]
     );
     let out = nixgate(
-        &fleet,
+        fleet,
         &[&["--json", "exec"], &on[..], &["--", "true"]].concat(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -193,20 +208,22 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
         .collect();
     ran.sort();
     assert_eq!(ran, listed);
-    let out = nixgate(&fleet, &["exec", "--on", "lihgt1*,@db", "--", "true"]);
+    let out = nixgate(fleet, &["exec", "--on", "lihgt1*,@db", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("no host matches `lihgt1*` (closest: light1"),
         "{err}"
     );
-    let out = nixgate(&fleet, &["hosts", "--on", "@web"]);
+    let out = nixgate(fleet, &["hosts", "--on", "@web"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no host has the tag `web`"));
+}
 
+fn timeout_hangs_up(fleet: &Fleet) {
     // --timeout hangs the command up on the host.
     let out = nixgate(
-        &fleet,
+        fleet,
         &[
             "--json",
             "exec",
@@ -224,10 +241,12 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
     wait_for("the timed-out sleep to end", Duration::from_secs(5), || {
         running("sleep 31.5").is_empty()
     });
+}
 
+fn ctrl_c_hangs_up(fleet: &Fleet) {
     // Ctrl-C: the commands in flight are hung up, no new host starts.
     let child = nixgate_cmd(
-        &fleet,
+        fleet,
         &[
             "--json",
             "exec",
@@ -266,13 +285,15 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
     wait_for("the hung-up sleeps to end", Duration::from_secs(5), || {
         running("sleep 32.5").is_empty()
     });
+}
 
+fn notify_gets_the_summary(fleet: &Fleet) {
     // [notify] gets the run's summary on stdin after a push (here one whose
     // builder is down: light1 refused, exit 1); a failing notify command is
     // a warning, the exit code stays the run's.
     let got = fleet.dir().join("notified.json");
-    set_notify(&fleet, &["sh", "-c", &format!("cat > '{}'", got.display())]);
-    let out = nixgate(&fleet, &["--yes", "push", "light1"]);
+    set_notify(fleet, &["sh", "-c", &format!("cat > '{}'", got.display())]);
+    let out = nixgate(fleet, &["--yes", "push", "light1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let body = std::fs::read_to_string(&got).expect("the notify command ran");
     nixgate::report::json::check_strict(body.trim()).unwrap();
@@ -288,10 +309,10 @@ fn exec_on_ten_hosts_selection_patterns_and_hang_ups() {
         .join(format!("{}.json", summary["run_id"].as_str().unwrap()));
     assert!(report.exists(), "the run report is written before notify");
     set_notify(
-        &fleet,
+        fleet,
         &["sh", "-c", "cat >/dev/null; echo chat is down >&2; exit 7"],
     );
-    let out = nixgate(&fleet, &["--yes", "push", "light1"]);
+    let out = nixgate(fleet, &["--yes", "push", "light1"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

@@ -762,3 +762,21 @@ fn args_on(list: &str) -> Selector {
     }
     .selector()
 }
+
+#[test]
+fn notify_takes_an_argv_and_a_timeout() {
+    let host = "\n[hosts.web1]\naddress = \"10.0.0.1\"\n";
+    let inv = parse(&format!(
+        "{BASE}{host}\n[notify]\ncommand = [\"post-to-chat\", \"#ops\"]\ntimeout = \"10s\"\n"
+    ))
+    .unwrap();
+    let n = inv.notify.unwrap();
+    assert_eq!(n.command, ["post-to-chat", "#ops"]);
+    assert_eq!(n.timeout, Duration::from_secs(10));
+    assert!(parse(&format!("{BASE}{host}")).unwrap().notify.is_none());
+    let (text, _) = errors(&format!("{BASE}{host}\n[notify]\ncommand = []\n"));
+    assert!(text.contains("`command` must name a program"), "{text}");
+    let (text, _) = errors(&format!("{BASE}{host}\n[notify]\ncomand = [\"x\"]\n"));
+    assert!(text.contains("unknown key `comand` in [notify]"), "{text}");
+    assert!(text.contains("[notify] has no `command`"), "{text}");
+}

@@ -2,7 +2,7 @@
 //! id, the reporter task, signal handling (Ctrl-C escalates; the first also
 //! cancels the plan's work), the plan, the prompt, the summary, the run
 //! report (written as a stub when the run starts, so a run killed mid-way
-//! is seen as interrupted, and in full when it ends).
+//! is seen as interrupted, and in full when it ends), then `[notify]`.
 
 use std::sync::Arc;
 
