@@ -98,6 +98,7 @@ fn exec_selection_patterns_hang_ups_and_notify() {
 
     every_host_one_unreachable(&fleet);
     every_host_as_json(&fleet);
+    grouped(&fleet);
     selection_patterns(&fleet);
     timeout_hangs_up(&fleet);
     ctrl_c_hangs_up(&fleet);
@@ -182,6 +183,38 @@ fn every_host_as_json(fleet: &Fleet) {
     let summary = events(&out.stdout, "summary");
     assert_eq!(summary[0]["ok"], 9);
     assert_eq!(summary[0]["failed"], 1);
+}
+
+/// `--group`: each host's output whole, under a header, when it ends.
+fn grouped(fleet: &Fleet) {
+    let out = nixgate(
+        fleet,
+        &[
+            "exec",
+            "--group",
+            "--on",
+            "light[12]",
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for h in ["light1", "light2"] {
+        let address = fleet.host(h).address;
+        assert!(stdout.contains(&format!("at {address}\n")), "{stdout}");
+        assert!(!stdout.contains(" | "), "no prefixes: {stdout}");
+        let header = format!("=== {h}: exit 0 (");
+        let at = stderr
+            .find(&header)
+            .unwrap_or_else(|| panic!("{header} in {stderr}"));
+        assert!(
+            stderr[at..].contains(&format!("warn {address}\n")),
+            "{stderr}"
+        );
+    }
 }
 
 fn selection_patterns(fleet: &Fleet) {
