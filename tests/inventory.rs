@@ -792,3 +792,73 @@ fn cache_and_pull_values_are_checked_where_they_are() {
     let (text, _) = one_error(&format!("{BASE}max_jobs = 0\n"));
     assert!(text.contains("no remote builder"), "{text}");
 }
+
+#[test]
+fn globs_and_colmena_lists_select_hosts() {
+    let inv = fleet();
+    let globbed = inv
+        .select(&Selector {
+            hosts: vec!["db[12]".into(), "web*".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        names(&globbed),
+        vec![(
+            "selected".into(),
+            vec!["web1".into(), "web2".into(), "db1".into(), "db2".into()]
+        )]
+    );
+    let args = nixgate::cli::SelectorArgs {
+        on: vec!["web2, @eu".into()],
+        ..Default::default()
+    };
+    let on = inv.select(&args.selector()).unwrap();
+    assert_eq!(
+        names(&on),
+        vec![("selected".into(), vec!["web2".into(), "db1".into()])]
+    );
+    let e = inv
+        .select(&Selector {
+            hosts: vec!["wbe*".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no host matches `wbe*` (closest: web1, web2, db1;"),
+        "{e}"
+    );
+    let e = inv.select(&args_on("web1,@e")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no host has the tag `e` (closest: eu"),
+        "{e}"
+    );
+}
+
+fn args_on(list: &str) -> Selector {
+    nixgate::cli::SelectorArgs {
+        on: vec![list.into()],
+        ..Default::default()
+    }
+    .selector()
+}
+
+#[test]
+fn notify_takes_an_argv_and_a_timeout() {
+    let host = "\n[hosts.web1]\naddress = \"10.0.0.1\"\n";
+    let inv = parse(&format!(
+        "{BASE}{host}\n[notify]\ncommand = [\"post-to-chat\", \"#ops\"]\ntimeout = \"10s\"\n"
+    ))
+    .unwrap();
+    let n = inv.notify.unwrap();
+    assert_eq!(n.command, ["post-to-chat", "#ops"]);
+    assert_eq!(n.timeout, Duration::from_secs(10));
+    assert!(parse(&format!("{BASE}{host}")).unwrap().notify.is_none());
+    let (text, _) = errors(&format!("{BASE}{host}\n[notify]\ncommand = []\n"));
+    assert!(text.contains("`command` must name a program"), "{text}");
+    let (text, _) = errors(&format!("{BASE}{host}\n[notify]\ncomand = [\"x\"]\n"));
+    assert!(text.contains("unknown key `comand` in [notify]"), "{text}");
+    assert!(text.contains("[notify] has no `command`"), "{text}");
+}

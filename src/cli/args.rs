@@ -78,12 +78,17 @@ impl Global {
 /// Which hosts a fleet command works on. None: the whole fleet, wave by wave.
 #[derive(Debug, Args, Clone, Default)]
 pub struct SelectorArgs {
-    /// Hosts by name (same as --host).
+    /// Hosts by name or glob (same as --host).
     #[arg(value_name = "HOST", add = complete::host_names())]
     pub names: Vec<String>,
-    /// A host by name (repeatable); ignores waves.
-    #[arg(long = "host", value_name = "NAME", add = complete::host_names())]
+    /// A host by name or shell-style glob (`web*`, `db[12]`; repeatable);
+    /// ignores waves.
+    #[arg(long = "host", value_name = "NAME|GLOB", add = complete::host_names())]
     pub hosts: Vec<String>,
+    /// A comma list of names, globs and `@tag`s, as colmena takes it
+    /// (`--on 'web*,@db'`; repeatable); ignores waves.
+    #[arg(long = "on", value_name = "LIST")]
+    pub on: Vec<String>,
     /// Every host with this tag (repeatable); ignores waves.
     #[arg(long = "tag", value_name = "TAG", add = complete::tag_names())]
     pub tags: Vec<String>,
@@ -94,11 +99,19 @@ pub struct SelectorArgs {
 
 impl SelectorArgs {
     pub fn selector(&self) -> Selector {
+        use crate::inventory::pattern::{Item, parse_list};
         let mut hosts = self.names.clone();
         hosts.extend(self.hosts.iter().cloned());
+        let mut tags = self.tags.clone();
+        for item in self.on.iter().flat_map(|l| parse_list(l)) {
+            match item {
+                Item::Host(h) => hosts.push(h),
+                Item::Tag(t) => tags.push(t),
+            }
+        }
         Selector {
             hosts,
-            tags: self.tags.clone(),
+            tags,
             waves: self.waves.clone(),
         }
     }
@@ -247,6 +260,28 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
     },
+    /// Run a command on every selected host, in parallel, over each host's
+    /// one SSH connection: its output prefixed with the host name as it
+    /// arrives, then a table of exits. Exit 0 only if every host exited 0.
+    /// The command is not run through a shell on its own: write
+    /// `-- sh -c '...'` for pipes and globs on the host.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Exec {
+        /// Hosts at once [default: the inventory's max_parallel].
+        #[arg(long, value_name = "N")]
+        parallel: Option<usize>,
+        /// Hang up a host's command after this long (e.g. `30s`, `5m`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print each host's output whole when it ends instead of line by line.
+        #[arg(long)]
+        group: bool,
+        #[command(flatten)]
+        select: SelectorArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        argv: Vec<String>,
+    },
     /// Print a shell completion script that completes host, tag and wave
     /// names from the inventory (e.g. `source <(nixgate completions bash)`).
     Completions {
@@ -282,6 +317,10 @@ impl Default for RunOutputs {
             keep: 100,
         }
     }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::inventory::duration::parse(s)
 }
 
 #[derive(Debug, Subcommand)]

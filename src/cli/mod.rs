@@ -6,6 +6,7 @@ pub mod args;
 mod check;
 pub mod complete;
 mod confirm;
+mod exec;
 pub mod exit;
 mod hosts;
 mod push;
@@ -73,6 +74,7 @@ fn command_name(c: &Command) -> Option<CommandName> {
         Command::Rollback { .. } => CommandName::Rollback,
         Command::Status { .. } => CommandName::Status,
         Command::Release(_) => CommandName::Release,
+        Command::Exec { .. } => CommandName::Exec,
         Command::Completions { .. }
         | Command::Runs { .. }
         | Command::Show { .. }
@@ -227,6 +229,22 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             html,
             metrics_file,
         } => runs::report(&g, &run, html.as_deref(), metrics_file.as_deref()),
+        Command::Exec {
+            parallel,
+            timeout,
+            group,
+            select,
+            argv,
+        } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            let req = crate::exec::ExecRequest {
+                argv,
+                parallel: parallel.unwrap_or(inv.max_parallel),
+                timeout,
+            };
+            exec::run(&g, &inv, &sel, &req, group)
+        }
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;

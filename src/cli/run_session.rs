@@ -2,7 +2,7 @@
 //! id, the reporter task, signal handling (Ctrl-C escalates; the first also
 //! cancels the plan's work), the plan, the prompt, the summary, the run
 //! report (written as a stub when the run starts, so a run killed mid-way
-//! is seen as interrupted, and in full when it ends).
+//! is seen as interrupted, and in full when it ends), then `[notify]`.
 
 use std::sync::Arc;
 
@@ -49,6 +49,8 @@ pub struct RunSession {
     report: RunReport,
     /// Written when the run ends, after the report.
     outputs: super::RunOutputs,
+    /// `[notify]`: told the summary once the run report is written.
+    notify: Option<crate::inventory::Notify>,
 }
 
 impl RunSession {
@@ -122,6 +124,7 @@ impl RunSession {
             command,
             report,
             outputs: Default::default(),
+            notify: inv.notify.clone(),
         })
     }
 
@@ -245,7 +248,7 @@ impl RunSession {
         let path = run_report::path(&self.state_dir, &self.run_id.to_string());
         self.sink.emit(Event::ReportWritten { path });
         let failed = hosts.iter().filter(|h| h.outcome().fails_run()).count();
-        self.sink.emit(Event::Summary {
+        let summary = Event::Summary {
             command: self.command,
             run_id: Some(self.run_id.to_string()),
             ending,
@@ -253,7 +256,9 @@ impl RunSession {
             ok: hosts.len() - failed,
             failed,
             hosts: hosts.clone(),
-        });
+        };
+        let summary_json = serde_json::to_vec(&summary);
+        self.sink.emit(summary);
         self.fleet.close_all().await;
         let RunSession {
             sink,
@@ -262,6 +267,7 @@ impl RunSession {
             state_dir,
             mut report,
             outputs,
+            notify,
             ..
         } = self;
         signals.abort();
@@ -280,6 +286,17 @@ impl RunSession {
         }
         drop(spool);
         super::runs::after_run(&state_dir, &report.run_id, &outputs);
+        if let Some(n) = notify {
+            let sent = match summary_json {
+                Ok(json) => crate::notify::send(&n, &json).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = sent {
+                eprintln!(
+                    "nixgate: warning: the [notify] command failed: {e:#} (the run's exit code is unchanged)"
+                );
+            }
+        }
         Ok(outcome)
     }
 }

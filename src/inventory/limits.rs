@@ -77,6 +77,11 @@ pub const HEALTH_CHECK_TIMEOUT: DurationLimit = DurationLimit {
     max: Duration::from_secs(HOUR),
 };
 
+pub const NOTIFY_TIMEOUT: DurationLimit = DurationLimit {
+    positive: true,
+    max: Duration::from_secs(HOUR),
+};
+
 pub const SOAK: DurationLimit = DurationLimit {
     positive: false,
     max: Duration::from_secs(7 * DAY),

@@ -14,7 +14,9 @@ use super::scaleout;
 use super::validate;
 use super::walk::{At, Val, Walker, get, key_span};
 
-const TOP_KEYS: &[&str] = &["defaults", "builder", "hosts", "waves", "release", "cache"];
+const TOP_KEYS: &[&str] = &[
+    "defaults", "builder", "hosts", "waves", "release", "cache", "notify",
+];
 const SETTING_KEYS: &[&str] = &[
     "user",
     "port",
@@ -253,6 +255,10 @@ impl Loader {
         let cache = get(doc, "cache")
             .and_then(|v| self.w.table("cache", v))
             .and_then(|t| scaleout::cache(&mut self.w, t));
+        let notify = get(doc, "notify").and_then(|v| {
+            let t = self.w.table("notify", v)?;
+            self.notify(t, v.span())
+        });
         let host_list: Vec<(At<String>, Host)> = hosts;
         let waves = validate::fleet(&mut self.w, &host_list, wave_specs, max_parallel);
         let builder = builder?;
@@ -264,6 +270,7 @@ impl Loader {
             max_parallel,
             release,
             cache,
+            notify,
         })
     }
 
@@ -596,5 +603,35 @@ impl Loader {
                 })
                 .map(|r| r.value),
         }
+    }
+
+    fn notify(&mut self, t: &DeTable<'_>, span: std::ops::Range<usize>) -> Option<Notify> {
+        self.w.check_keys(t, &["command", "timeout"], "[notify]");
+        let Some(v) = get(t, "command") else {
+            self.w.error(
+                "[notify] has no `command` (an argv: [\"program\", \"arg\", ...])",
+                span,
+            );
+            return None;
+        };
+        let command: Vec<String> = self
+            .w
+            .strings("command", v)?
+            .into_iter()
+            .map(|a| a.value)
+            .collect();
+        if command.first().is_none_or(|p| p.is_empty()) {
+            self.w.error(
+                "[notify] `command` must name a program: [\"program\", \"arg\", ...]",
+                v.span(),
+            );
+            return None;
+        }
+        let timeout =
+            get(t, "timeout").and_then(|d| self.w.duration("timeout", d, limits::NOTIFY_TIMEOUT));
+        Some(Notify {
+            command,
+            timeout: timeout.map_or(Duration::from_secs(60), |t| t.value),
+        })
     }
 }

@@ -7,6 +7,7 @@ pub mod duration;
 pub mod limits;
 pub mod load;
 pub mod model;
+pub mod pattern;
 pub mod scaleout;
 pub mod select;
 pub mod validate;

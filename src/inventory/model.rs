@@ -213,6 +213,17 @@ pub struct Release {
     pub remote: Option<String>,
 }
 
+/// `[notify]`: a controller-side command run after every push and
+/// rollback with the run's summary (JSON) on stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notify {
+    /// The argv, run as it is (no shell).
+    pub command: Vec<String>,
+    /// Killed after this long (a warning, like any failure of it).
+    #[serde(skip)]
+    pub timeout: std::time::Duration,
+}
+
 /// A loaded, validated inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inventory {
@@ -226,6 +237,7 @@ pub struct Inventory {
     pub release: Release,
     /// `[cache]`, when set.
     pub cache: Option<Cache>,
+    pub notify: Option<Notify>,
 }
 
 impl Inventory {

@@ -1,5 +1,7 @@
-//! Selectors (`--host`, `--tag`, `--wave`, positional names) resolved against
-//! the inventory into the ordered groups of hosts a command works on.
+//! Selectors (`--host` names and globs, `--tag`, `--on` lists, `--wave`,
+//! positional names) resolved against the inventory into the ordered groups
+//! of hosts a command works on. Every pattern must match a host (see
+//! [`super::pattern`]).
 
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::diag::suggest;
 use super::model::{Inventory, MaxFailures};
+use super::pattern::{closest, glob_match, is_glob};
 
 /// What the user asked for on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,16 +65,15 @@ impl Selection {
 /// A selector naming something the inventory does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
-    #[error("no host named `{name}` in the inventory{}", hint(.suggestion))]
-    UnknownHost {
-        name: String,
-        suggestion: Option<String>,
+    #[error("no host named `{name}` in the inventory{}", closest_hint(.closest))]
+    UnknownHost { name: String, closest: Vec<String> },
+    #[error("no host matches `{pattern}`{}", closest_hint(.closest))]
+    NoMatch {
+        pattern: String,
+        closest: Vec<String>,
     },
-    #[error("no host has the tag `{name}`{}", hint(.suggestion))]
-    UnknownTag {
-        name: String,
-        suggestion: Option<String>,
-    },
+    #[error("no host has the tag `{name}`{}", closest_hint(.closest))]
+    UnknownTag { name: String, closest: Vec<String> },
     #[error("no wave named `{name}` in the inventory{}", hint(.suggestion))]
     UnknownWave {
         name: String,
@@ -90,6 +92,19 @@ fn hint(s: &Option<String>) -> String {
     }
 }
 
+fn closest_hint(c: &[String]) -> String {
+    if c.is_empty() {
+        return " (run `nixgate hosts` to list what there is)".into();
+    }
+    format!(
+        " (closest: {}; `nixgate hosts` lists them all)",
+        c.join(", ")
+    )
+}
+
+/// How many names a "matches nothing" error offers.
+const CLOSEST: usize = 3;
+
 /// Name the group of `--host`/`--tag` selections.
 pub const ADHOC_GROUP: &str = "selected";
 
@@ -97,36 +112,11 @@ impl Inventory {
     /// Resolve a selector. No selector: the whole fleet, wave by wave.
     pub fn select(&self, sel: &Selector) -> Result<Selection, SelectError> {
         let host_names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
-        for h in &sel.hosts {
-            if self.host(h).is_none() {
-                return Err(SelectError::UnknownHost {
-                    name: h.clone(),
-                    suggestion: suggest(h, host_names.iter().copied()).map(str::to_owned),
-                });
-            }
-        }
-        let tags = self.tags();
-        for t in &sel.tags {
-            if !tags.contains(&t.as_str()) {
-                return Err(SelectError::UnknownTag {
-                    name: t.clone(),
-                    suggestion: suggest(t, tags.iter().copied()).map(str::to_owned),
-                });
-            }
-        }
-        for w in &sel.waves {
-            if self.wave(w).is_none() {
-                return Err(SelectError::UnknownWave {
-                    name: w.clone(),
-                    suggestion: suggest(w, self.waves.iter().map(|w| w.name.as_str()))
-                        .map(str::to_owned),
-                });
-            }
-        }
+        self.check_patterns(sel, &host_names)?;
         let by_host_or_tag = !sel.hosts.is_empty() || !sel.tags.is_empty();
         let picked = |name: &str| {
             !by_host_or_tag
-                || sel.hosts.iter().any(|h| h == name)
+                || sel.hosts.iter().any(|p| host_matches(p, name))
                 || self
                     .host(name)
                     .is_some_and(|h| h.tags.iter().any(|t| sel.tags.contains(t)))
@@ -168,5 +158,54 @@ impl Inventory {
             });
         }
         Ok(Selection { groups })
+    }
+
+    /// Every host pattern, tag and wave must match something.
+    fn check_patterns(&self, sel: &Selector, host_names: &[&str]) -> Result<(), SelectError> {
+        for p in &sel.hosts {
+            if host_names.iter().any(|h| host_matches(p, h)) {
+                continue;
+            }
+            let closest = closest(p, host_names.iter().copied(), CLOSEST);
+            return Err(if is_glob(p) {
+                SelectError::NoMatch {
+                    pattern: p.clone(),
+                    closest,
+                }
+            } else {
+                SelectError::UnknownHost {
+                    name: p.clone(),
+                    closest,
+                }
+            });
+        }
+        let tags = self.tags();
+        for t in &sel.tags {
+            if !tags.contains(&t.as_str()) {
+                return Err(SelectError::UnknownTag {
+                    name: t.clone(),
+                    closest: closest(t, tags.iter().copied(), CLOSEST),
+                });
+            }
+        }
+        for w in &sel.waves {
+            if self.wave(w).is_none() {
+                return Err(SelectError::UnknownWave {
+                    name: w.clone(),
+                    suggestion: suggest(w, self.waves.iter().map(|w| w.name.as_str()))
+                        .map(str::to_owned),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `--host` word: a glob when it has glob syntax, else an exact name.
+fn host_matches(pattern: &str, name: &str) -> bool {
+    if is_glob(pattern) {
+        glob_match(pattern, name)
+    } else {
+        pattern == name
     }
 }

@@ -116,6 +116,13 @@ impl Output {
     }
 }
 
+/// A piece of a watched command's output, as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
 /// A byte sink feeding a remote command's stdin. Shutting it down sends EOF.
 pub type RemoteStdin = Pin<Box<dyn AsyncWrite + Send>>;
 /// A remote command's stdout as a byte stream.
@@ -190,5 +197,30 @@ pub trait Remote: Send + Sync {
     /// SSH it shares the host's one connection.
     fn exec_piped(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Streaming>> + Send {
         self.exec_stream(cmd)
+    }
+
+    /// Run a command, handing its stdout and stderr to `out` as they
+    /// arrive, until it ends or `hang_up` resolves. Its stdin is held open
+    /// while it runs and closed (EOF) at the hang-up, which the command must
+    /// take as its cue to end (see `crate::exec`'s wrapper). `Err` only
+    /// when it could not be started. This default (for test remotes)
+    /// delivers the output when the command ends.
+    fn exec_watched(
+        &self,
+        cmd: &Command,
+        out: tokio::sync::mpsc::Sender<Chunk>,
+        hang_up: impl Future<Output = ()> + Send,
+    ) -> impl Future<Output = anyhow::Result<Exit>> + Send {
+        async move {
+            tokio::select! {
+                done = self.exec(cmd) => {
+                    let done = done?;
+                    let _ = out.send(Chunk::Stdout(done.stdout)).await;
+                    let _ = out.send(Chunk::Stderr(done.stderr)).await;
+                    Ok(done.exit)
+                }
+                () = hang_up => Ok(Exit::Signal { signal: "HUP".into() }),
+            }
+        }
     }
 }

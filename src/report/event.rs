@@ -29,6 +29,7 @@ pub enum CommandName {
     Rollback,
     Status,
     Release,
+    Exec,
 }
 
 impl CommandName {
@@ -42,6 +43,7 @@ impl CommandName {
             CommandName::Rollback => "rollback",
             CommandName::Status => "status",
             CommandName::Release => "release",
+            CommandName::Exec => "exec",
         }
     }
 }
@@ -246,6 +248,24 @@ pub enum Event {
     ReportWritten {
         path: std::path::PathBuf,
     },
+    /// `exec`: the hosts it runs on, in order, and how many at once.
+    ExecStarted {
+        hosts: Vec<String>,
+        parallel: usize,
+    },
+    /// `exec`: output of a host's command, as it arrived (whole UTF-8
+    /// characters, not whole lines).
+    ExecOutput {
+        host: String,
+        stream: crate::exec::Stream,
+        text: String,
+    },
+    /// `exec`: a host's command ended, or never ran.
+    ExecFinished {
+        host: String,
+        end: crate::exec::ExecEnd,
+        seconds: f64,
+    },
     /// The last event of every command.
     Summary {
         command: CommandName,
@@ -299,6 +319,9 @@ pub const EVENT_NAMES: &[&str] = &[
     "not_released",
     "not_published",
     "report_written",
+    "exec_started",
+    "exec_output",
+    "exec_finished",
     "summary",
     "wave_started",
     "host_not_started",
@@ -345,6 +368,9 @@ impl Event {
             Event::NotReleased { .. } => "not_released",
             Event::NotPublished { .. } => "not_published",
             Event::ReportWritten { .. } => "report_written",
+            Event::ExecStarted { .. } => "exec_started",
+            Event::ExecOutput { .. } => "exec_output",
+            Event::ExecFinished { .. } => "exec_finished",
             Event::Summary { .. } => "summary",
             Event::Runner(r) => match r {
                 RunnerEvent::WaveStarted { .. } => "wave_started",
@@ -389,6 +415,8 @@ impl Event {
             | Event::Released { host, .. }
             | Event::NotReleased { host, .. }
             | Event::NotPublished { host, .. }
+            | Event::ExecOutput { host, .. }
+            | Event::ExecFinished { host, .. }
             | Event::Host { host, .. } => Some(host),
             Event::HostFinished(s) => Some(&s.host),
             Event::Status(s) => Some(&s.host),

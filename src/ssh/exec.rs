@@ -46,6 +46,64 @@ pub(crate) async fn collect(channel: Channel<Msg>, command: &str) -> anyhow::Res
     Ok(Output::new(state.exit(), stdout, stderr))
 }
 
+/// How long a hung-up command has to end before the channel is closed.
+const HANG_UP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run `command` on `channel`, sending its output to `out` as it arrives,
+/// until it ends or `hang_up` resolves. Stdin is held open until the
+/// hang-up and closed (EOF) then: the command is expected to end on that
+/// (`crate::exec` wraps it so). A signal request is no use here: OpenSSH
+/// refuses them for root sessions ("session signalling requires privilege
+/// separation", seen on the test fleet). The channel is closed
+/// [`HANG_UP_GRACE`] after a hang-up if the command is still running.
+pub(crate) async fn watch(
+    channel: Channel<Msg>,
+    command: &str,
+    out: tokio::sync::mpsc::Sender<crate::remote::Chunk>,
+    hang_up: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Exit> {
+    use crate::remote::Chunk;
+    channel
+        .exec(true, command.as_bytes())
+        .await
+        .context("sending the exec request")?;
+    let (mut read, write) = channel.split();
+    let mut state = State::default();
+    let mut hang_up = std::pin::pin!(hang_up);
+    // Armed at the hang-up.
+    let grace = tokio::time::sleep(std::time::Duration::from_secs(365 * 86400));
+    tokio::pin!(grace);
+    let mut hung_up = false;
+    loop {
+        tokio::select! {
+            msg = read.wait() => match msg {
+                None => break,
+                Some(ChannelMsg::Data { data }) => {
+                    let _ = out.send(Chunk::Stdout(data.to_vec())).await;
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    let _ = out.send(Chunk::Stderr(data.to_vec())).await;
+                }
+                Some(other) => {
+                    if state.observe(other)? {
+                        break;
+                    }
+                }
+            },
+            () = &mut hang_up, if !hung_up => {
+                hung_up = true;
+                let _ = write.eof().await;
+                grace.as_mut().reset(tokio::time::Instant::now() + HANG_UP_GRACE);
+            }
+            () = &mut grace, if hung_up => {
+                let _ = write.close().await;
+                break;
+            }
+        }
+    }
+    Ok(state.exit())
+}
+
 /// Exit bookkeeping shared by both modes.
 #[derive(Default)]
 struct State {

@@ -256,6 +256,24 @@ impl Remote for SshSession {
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
     }
 
+    async fn exec_watched(
+        &self,
+        cmd: &Command,
+        out: tokio::sync::mpsc::Sender<crate::remote::Chunk>,
+        hang_up: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<crate::remote::Exit> {
+        let _permit = self
+            .inner
+            .channels
+            .acquire()
+            .await
+            .context("the session's channel limiter was closed")?;
+        let channel = self.open_channel().await?;
+        exec::watch(channel, &cmd.render(), out, hang_up)
+            .await
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+    }
+
     async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
         tracing::debug!(host = %self.inner.target.name, "piped {}", brief(cmd));
         // A channel of the shared connection, its slot held until it ends.

@@ -7,6 +7,7 @@
 //! only with `-v`. Words come from [`words`]; nothing here decides anything
 //! about the run.
 
+pub mod exec;
 pub mod explain;
 pub mod labels;
 mod live;
@@ -167,7 +168,10 @@ pub fn describe(ev: &Event) -> Option<String> {
         | Event::Host { .. }
         | Event::Status(_)
         | Event::Release { .. }
-        | Event::ReleaseDetail { .. } => return None,
+        | Event::ReleaseDetail { .. }
+        | Event::ExecStarted { .. }
+        | Event::ExecOutput { .. }
+        | Event::ExecFinished { .. } => return None,
     })
 }
 

@@ -1,0 +1,283 @@
+//! `nixgate exec`: one command on every selected host, in parallel, over
+//! each host's one SSH connection (host key verified like every other
+//! connection nixgate makes). The command runs under [`HANG_UP`], so that
+//! closing its stdin (a hang-up, or a lost controller) ends it and its
+//! children on the host. It is a runner job ([`ExecJob`]) like a
+//! deploy, so parallelism and Ctrl-C behave the same way: the first Ctrl-C
+//! starts no new host and hangs up the commands in flight (SIGHUP to their
+//! process group on the host), the second abandons them. Output travels as
+//! typed events ([`Event::ExecOutput`], one per chunk as SSH delivers it,
+//! stdout and stderr apart; [`Event::ExecFinished`] per host); reporters
+//! decide how it looks. The argv is quoted once, by [`Command::render`].
+
+pub mod text;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::fleet::Fleet;
+use crate::inventory::select::Group;
+use crate::inventory::{MaxFailures, Selection};
+use crate::remote::{Chunk, Command, Exit, Remote};
+use crate::report::{Event, EventSink};
+use crate::runner::cancel::{self, CancelLevel, CancelWatch};
+use crate::runner::{self, HostJob, Interrupted, RunnerEnd};
+use text::Utf8Carry;
+
+/// Output chunks buffered between a host's channel and the reporter: a slow
+/// reader of nixgate's output slows the hosts' output down (SSH flow
+/// control), it never piles up in memory.
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// Runs `"$@"` (stdin from /dev/null) and ends it when nixgate closes the
+/// script's stdin: a watcher reads stdin (through fd 3: an asynchronous
+/// list's own stdin is /dev/null) and at EOF sends SIGHUP to the process
+/// group, which sshd made for the session: the command and its children.
+/// The script and the watcher ignore HUP (set after the command started,
+/// so the command keeps the default). Why not a signal request: OpenSSH
+/// refuses those for root sessions; why not a pty: it would merge stdout
+/// and stderr.
+pub const HANG_UP: &str = r#"exec 3<&0
+"$@" </dev/null 3<&- &
+cmd=$!
+trap '' HUP
+{ while read -r _ <&3; do :; done; kill -HUP 0; } >/dev/null 2>&1 &
+watch=$!
+exec 3<&-
+wait "$cmd"
+status=$?
+kill "$watch" 2>/dev/null
+exit "$status""#;
+
+/// Which of the command's streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How one host's command ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecEnd {
+    /// The command exited with this status.
+    Exited { code: u32 },
+    /// It was killed by this signal on the host.
+    Signalled { signal: String },
+    /// `--timeout` passed: it was hung up.
+    TimedOut { after_seconds: f64 },
+    /// Ctrl-C: it was hung up.
+    HungUp,
+    /// The connection went away before an exit status came.
+    ConnectionLost,
+    /// No connection to the host (address, host key, authentication).
+    Unreachable { error: String },
+    /// Connected, but the command could not be started.
+    NotStarted { error: String },
+    /// nixgate cut the host short (a panic, or the second Ctrl-C).
+    Interrupted { why: Interrupted },
+}
+
+impl ExecEnd {
+    pub fn ok(&self) -> bool {
+        matches!(self, ExecEnd::Exited { code: 0 })
+    }
+}
+
+/// A host's end and how long it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecDone {
+    pub end: ExecEnd,
+    pub seconds: f64,
+}
+
+/// What `nixgate exec` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub parallel: usize,
+    pub timeout: Option<Duration>,
+}
+
+/// The runner job: connect, run, stream, end.
+pub struct ExecJob<F: Fleet> {
+    fleet: Arc<F>,
+    command: Command,
+    timeout: Option<Duration>,
+    sink: EventSink,
+    cancel: CancelWatch,
+}
+
+/// Why a command was hung up.
+#[derive(Debug, Clone, Copy)]
+enum HangUp {
+    Timeout,
+    Cancel,
+}
+
+impl<F: Fleet> ExecJob<F> {
+    async fn exec(&self, host: &str) -> ExecEnd {
+        let remote = match self.fleet.host(host).await {
+            Ok(r) => r,
+            Err(e) => {
+                return ExecEnd::Unreachable {
+                    error: format!("{e:#}"),
+                };
+            }
+        };
+        let reason = std::sync::OnceLock::new();
+        let hang_up = async {
+            let mut cancel = self.cancel.clone();
+            let limit = self.timeout.unwrap_or(Duration::from_secs(365 * 86400));
+            tokio::select! {
+                () = tokio::time::sleep(limit) => { let _ = reason.set(HangUp::Timeout); }
+                () = cancel::reached(&mut cancel, CancelLevel::StopStarting) => {
+                    let _ = reason.set(HangUp::Cancel);
+                }
+            }
+        };
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let watched = remote.exec_watched(&self.command, tx, hang_up);
+        let (exit, ()) = tokio::join!(watched, self.forward(host, rx));
+        match (exit, reason.get()) {
+            (Err(e), _) => ExecEnd::NotStarted {
+                error: format!("{e:#}"),
+            },
+            (Ok(Exit::Code { code }), None) => ExecEnd::Exited { code },
+            (Ok(_), Some(HangUp::Timeout)) => ExecEnd::TimedOut {
+                after_seconds: self.timeout.map_or(0.0, |t| t.as_secs_f64()),
+            },
+            (Ok(_), Some(HangUp::Cancel)) => ExecEnd::HungUp,
+            (Ok(Exit::Signal { signal }), None) => ExecEnd::Signalled { signal },
+            (Ok(Exit::ConnectionLost), None) => ExecEnd::ConnectionLost,
+        }
+    }
+
+    /// Turn a host's chunks into events, as the reporter takes them.
+    async fn forward(&self, host: &str, mut rx: mpsc::Receiver<Chunk>) {
+        let mut out = Utf8Carry::default();
+        let mut err = Utf8Carry::default();
+        while let Some(chunk) = rx.recv().await {
+            let (stream, text) = match chunk {
+                Chunk::Stdout(b) => (Stream::Stdout, out.push(&b)),
+                Chunk::Stderr(b) => (Stream::Stderr, err.push(&b)),
+            };
+            self.emit_text(host, stream, text).await;
+        }
+        let rest = out.finish();
+        self.emit_text(host, Stream::Stdout, rest).await;
+        let rest = err.finish();
+        self.emit_text(host, Stream::Stderr, rest).await;
+    }
+
+    async fn emit_text(&self, host: &str, stream: Stream, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        let ev = Event::ExecOutput {
+            host: host.to_owned(),
+            stream,
+            text,
+        };
+        self.sink.emit_handled(ev).await;
+    }
+}
+
+impl<F: Fleet> HostJob for ExecJob<F> {
+    type Staged = ();
+    type Done = ExecDone;
+
+    async fn stage(self: Arc<Self>, _host: Arc<str>) {}
+
+    async fn run(self: Arc<Self>, host: Arc<str>, _staged: ()) -> ExecDone {
+        let started = Instant::now();
+        let end = self.exec(&host).await;
+        ExecDone {
+            end,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn interrupted(&self, _host: &str, why: Interrupted) -> ExecDone {
+        ExecDone {
+            end: ExecEnd::Interrupted { why },
+            seconds: 0.0,
+        }
+    }
+
+    fn is_failure(&self, done: &ExecDone) -> bool {
+        !done.end.ok()
+    }
+
+    fn planned_end(&self, _host: &str) -> Option<ExecDone> {
+        None
+    }
+
+    async fn recheck(self: Arc<Self>, _host: Arc<str>, done: ExecDone) -> ExecDone {
+        done
+    }
+
+    fn ended(&self, host: &str, done: &ExecDone) {
+        self.sink.emit(Event::ExecFinished {
+            host: host.to_owned(),
+            end: done.end.clone(),
+            seconds: done.seconds,
+        });
+    }
+}
+
+/// One group of every selected host: exec ignores waves (a failure on one
+/// host never stops the others), `parallel` at a time.
+pub fn flatten(sel: &Selection, parallel: usize) -> Selection {
+    let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
+    Selection {
+        groups: vec![Group {
+            name: crate::inventory::select::ADHOC_GROUP.into(),
+            max_failures: MaxFailures::Count(hosts.len()),
+            hosts,
+            max_parallel: parallel.max(1),
+            soak: Duration::ZERO,
+            adhoc: true,
+        }],
+    }
+}
+
+/// Run `req` on every host of `sel`; how many hosts exited 0, and not.
+pub async fn run<F: Fleet>(
+    fleet: Arc<F>,
+    sel: &Selection,
+    req: &ExecRequest,
+    sink: EventSink,
+    cancel: CancelWatch,
+) -> (usize, usize) {
+    let group = flatten(sel, req.parallel);
+    let hosts = group.groups[0].hosts.clone();
+    if req.argv.is_empty() {
+        return (0, hosts.len());
+    }
+    sink.emit(Event::ExecStarted {
+        hosts,
+        parallel: req.parallel.max(1),
+    });
+    let job = Arc::new(ExecJob {
+        fleet,
+        command: Command::script(HANG_UP).args(req.argv.iter().cloned()),
+        timeout: req.timeout,
+        sink: sink.clone(),
+        cancel: cancel.clone(),
+    });
+    let emit_sink = sink.clone();
+    let results = runner::run(job, &group, cancel, move |ev| {
+        emit_sink.emit(Event::Runner(ev))
+    })
+    .await;
+    let ok = results
+        .iter()
+        .filter(|r| matches!(&r.end, RunnerEnd::Done(d) if d.end.ok()))
+        .count();
+    (ok, results.len() - ok)
+}
