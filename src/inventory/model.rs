@@ -110,6 +110,14 @@ pub struct Host {
     pub confirm_timeout: Duration,
     /// Where to confirm, when a deploy moves the host's SSH address or port.
     pub confirm: Option<ConfirmEndpoint>,
+    /// Commands run on the host before anything changes on it; one that
+    /// fails refuses the host.
+    pub pre_checks: Vec<HealthCheck>,
+    /// Secrets written on the host, outside the Nix store.
+    pub keys: Vec<crate::keys::KeySpec>,
+    /// Its stdout is the sudo password (for `sudo = true` hosts whose sudo
+    /// asks for one).
+    pub sudo_password_command: Option<Vec<String>>,
 }
 
 /// `confirm_address` / `confirm_port` of a host.

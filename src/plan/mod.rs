@@ -16,6 +16,7 @@
 
 pub mod candidates;
 pub mod diffgate;
+pub mod preflight;
 pub mod rollback_target;
 
 use std::collections::HashMap;
@@ -78,6 +79,16 @@ pub enum Refusal {
     LockFailed { error: String },
     /// `rollback`: no known-good closure to go back to.
     NoRollbackTarget { why: NoTarget },
+    /// A key's content could not be read on the controller.
+    KeySource { error: crate::keys::KeySourceError },
+    /// A `pre_checks` command failed on the host.
+    PreChecks {
+        reports: Vec<crate::activation::health::HealthReport>,
+    },
+    /// sudo refused the run's password (or needs one the run does not have).
+    Sudo {
+        check: crate::activation::privilege::SudoCheck,
+    },
 }
 
 /// A host's place in the plan.
@@ -130,6 +141,8 @@ pub enum PlanStage {
     Diff,
     Targets,
     Lock,
+    /// Reading keys and running pre-checks.
+    Preflight,
 }
 
 /// What the command asks for.
@@ -198,6 +211,8 @@ pub struct Plan {
     pub closures: HashMap<StorePath, Arc<Vec<PathInfo>>>,
     /// The host locks, held until the run ends.
     pub locks: HashMap<String, HostLock>,
+    /// The keys read for each ready host, written by its pipeline.
+    pub keys: preflight::HostKeys,
 }
 
 impl Plan {
@@ -251,6 +266,7 @@ impl Plan {
             cancelled: None,
             closures: HashMap::new(),
             locks: HashMap::new(),
+            keys: HashMap::new(),
         }
     }
 
@@ -324,6 +340,13 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     if req.deploys() && plan_cancelled.is_none() && lock_ready(p, &mut verdicts, &mut locks).await {
         plan_cancelled = Some(PlanStage::Lock);
     }
+    let mut keys = HashMap::new();
+    if req.deploys() && plan_cancelled.is_none() {
+        match preflight::run(p, &mut verdicts, req.goal()).await {
+            Some(k) => keys = k,
+            None => plan_cancelled = Some(PlanStage::Preflight),
+        }
+    }
     let mut plan = Plan::assemble(req.goal(), req.source().cloned(), p.selection, |h| {
         match (verdicts.remove(h), plan_cancelled) {
             (Some(v), None) => v,
@@ -340,6 +363,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     plan.cancelled = plan_cancelled;
     plan.closures = closures;
     plan.locks = locks;
+    plan.keys = keys;
     plan
 }
 

@@ -39,6 +39,7 @@ fn request(goal: Goal) -> ActivationRequest {
         commit: Some("3f2a9c1".into()),
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        keys: Default::default(),
     }
 }
 

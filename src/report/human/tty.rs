@@ -52,6 +52,15 @@ pub fn describe_activation(host: &str, ev: &ActivationEvent) -> Option<String> {
             "{host}: {}; waiting for the host to take itself back",
             words::cut_off(cause)
         ),
+        ActivationEvent::KeysUploaded { stage, keys } => format!(
+            "{host}: {} key(s) written ({}): {}",
+            keys.len(),
+            stage.as_str(),
+            keys.iter()
+                .map(|k| format!("{} sha256:{}", k.dest, &k.sha256[..12.min(k.sha256.len())]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         ActivationEvent::Step { .. } | ActivationEvent::Polling { .. } => return None,
     })
 }

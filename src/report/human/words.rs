@@ -72,6 +72,38 @@ pub fn refusal(r: &Refusal) -> String {
             format!("the host lock could not be taken: {}", first_line(error))
         }
         Refusal::NoRollbackTarget { why } => no_target(why),
+        Refusal::KeySource { error } => format!("{error}; nothing on the host was changed"),
+        Refusal::PreChecks { reports } => pre_checks(reports),
+        Refusal::Sudo { check } => sudo_check(check),
+    }
+}
+
+/// The pre-check that refused a host, with the end of its output.
+fn pre_checks(reports: &[crate::activation::health::HealthReport]) -> String {
+    use crate::activation::health::Attempt;
+    let Some(failed) = reports.iter().find(|r| !r.passed()) else {
+        return "a pre-check failed".into();
+    };
+    let how = match failed.attempts.last() {
+        Some(Attempt::Failed { exit, tail }) if tail.is_empty() => format!("{exit}"),
+        Some(Attempt::Failed { exit, tail }) => format!("{exit}: {}", tail.join(" / ")),
+        Some(Attempt::TimedOut { after }) => format!("timed out after {}s", after.as_secs()),
+        Some(Attempt::Unreachable { error }) => format!("could not run: {}", first_line(error)),
+        Some(Attempt::Passed) | None => "failed".into(),
+    };
+    format!("pre-check `{}` failed ({how})", failed.command)
+}
+
+/// Why sudo did not work on a host, and what to do.
+pub fn sudo_check(check: &crate::activation::privilege::SudoCheck) -> String {
+    use crate::activation::privilege::SudoCheck;
+    match check {
+        SudoCheck::Ready => "sudo works".into(),
+        SudoCheck::PasswordRequired => "sudo asks for a password: pass --ask-sudo-password, set sudo_password_command, or grant NOPASSWD".into(),
+        SudoCheck::WrongPassword => "sudo refused the password (wrong password?); nothing on the host was changed".into(),
+        SudoCheck::NotInSudoers => "the user may not use sudo".into(),
+        SudoCheck::SudoMissing => "there is no sudo on the host".into(),
+        SudoCheck::Refused { exit, tail } => format!("sudo refused ({exit}): {}", last_line(tail)),
     }
 }
 
@@ -146,7 +178,10 @@ pub fn failure(r: &FailureReason) -> String {
         FailureReason::MarkKnownGood { error } => {
             format!("marking known-good: {}", first_line(error))
         }
-        FailureReason::Sudo(check) => format!("sudo does not work without a password: {check:?}"),
+        FailureReason::Sudo(check) => sudo_check(check),
+        FailureReason::Keys { stage, error } => {
+            format!("writing {} keys: {}", stage.as_str(), first_line(&error.to_string()))
+        }
         FailureReason::Realise(r) => format!("the closure is not complete on the host: {r:?}"),
         FailureReason::DryActivate(d) => format!("dry-activate failed: {d:?}"),
         FailureReason::Reboot(r) => format!("the reboot did not verify: {r:?}"),
