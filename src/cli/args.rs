@@ -61,6 +61,10 @@ pub struct Global {
     /// [default: $XDG_STATE_HOME/nixgate, or ~/.local/state/nixgate].
     #[arg(long, global = true, value_name = "DIR", env = "NIXGATE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Ask once, before any host is touched, for the sudo password of hosts
+    /// with `sudo = true` (fed to `sudo -S` on stdin, never an argument).
+    #[arg(long, global = true)]
+    pub ask_sudo_password: bool,
 }
 
 impl Global {
@@ -205,6 +209,14 @@ pub enum Command {
     /// pending reboot, the last run's outcome.
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
+        #[command(flatten)]
+        select: SelectorArgs,
+    },
+    /// Write the selected hosts' keys ([[hosts.X.keys]]) without deploying:
+    /// after a reboot emptied /run/keys, or to rotate a secret. Reports each
+    /// key's destination and SHA-256, never its content.
+    #[command(after_help = EXIT_CODES_HELP)]
+    UploadKeys {
         #[command(flatten)]
         select: SelectorArgs,
     },

@@ -12,6 +12,8 @@ mod release;
 mod rollback;
 mod run_session;
 mod status;
+mod sudo_password;
+mod upload_keys;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -70,6 +72,7 @@ fn command_name(c: &Command) -> Option<CommandName> {
         Command::Rollback { .. } => CommandName::Rollback,
         Command::Status { .. } => CommandName::Status,
         Command::Release(_) => CommandName::Release,
+        Command::UploadKeys { .. } => CommandName::UploadKeys,
         Command::Completions { .. } => return None,
     })
 }
@@ -214,6 +217,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 no_magic_rollback,
             };
             tokio::runtime::Runtime::new()?.block_on(rollback::run(&g, inv, sel, to, flags))
+        }
+        Command::UploadKeys { select } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            upload_keys::run(&g, &inv, &sel)
         }
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;

@@ -10,6 +10,7 @@
 //! changed. In memory the content is a [`Secret`], wiped when dropped.
 
 pub mod source;
+pub mod standalone;
 pub mod upload;
 
 use std::fmt;

@@ -91,6 +91,19 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// A host whose session could not be had: unreachable, or its sudo
+    /// refused the run's password.
+    pub fn no_session(e: &crate::fleet::SessionError) -> Refusal {
+        match e.sudo_check() {
+            Some(check) => Refusal::Sudo { check },
+            None => Refusal::Unreachable {
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
 /// A host's place in the plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
@@ -393,14 +406,7 @@ async fn lock_ready<F: Fleet>(
             };
             let remote = match p.fleet.host(h).await {
                 Ok(r) => r,
-                Err(e) => {
-                    return (
-                        h.clone(),
-                        Err(Refusal::Unreachable {
-                            error: e.to_string(),
-                        }),
-                    );
-                }
+                Err(e) => return (h.clone(), Err(Refusal::no_session(&e))),
             };
             let path = host_lock::path(&HostPaths::for_os(inv_host.os));
             let r = host_lock::acquire(&remote, inv_host.os, &path, &holder, inv_host.sudo).await;

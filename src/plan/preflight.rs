@@ -73,9 +73,7 @@ async fn host<F: Fleet>(
         .fleet
         .host(name)
         .await
-        .map_err(|e| Refusal::Unreachable {
-            error: e.to_string(),
-        })?;
+        .map_err(|e| Refusal::no_session(&e))?;
     let checks: Vec<HealthCheck> = h
         .pre_checks
         .iter()

@@ -29,6 +29,7 @@ pub enum CommandName {
     Rollback,
     Status,
     Release,
+    UploadKeys,
 }
 
 impl CommandName {
@@ -42,6 +43,7 @@ impl CommandName {
             CommandName::Rollback => "rollback",
             CommandName::Status => "status",
             CommandName::Release => "release",
+            CommandName::UploadKeys => "upload-keys",
         }
     }
 }
@@ -198,6 +200,17 @@ pub enum Event {
     ReportWritten {
         path: std::path::PathBuf,
     },
+    /// `upload-keys`: a host's keys were written (names, destinations,
+    /// SHA-256; never content).
+    KeysUploaded {
+        host: String,
+        keys: Vec<crate::keys::KeyReceipt>,
+    },
+    /// `upload-keys`: a host's keys were not written.
+    KeysFailed {
+        host: String,
+        reason: crate::keys::standalone::KeysFailure,
+    },
     /// The last event of every command.
     Summary {
         command: CommandName,
@@ -244,6 +257,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "not_released",
     "not_published",
     "report_written",
+    "keys_uploaded",
+    "keys_failed",
     "summary",
     "wave_started",
     "host_not_started",
@@ -283,6 +298,8 @@ impl Event {
             Event::NotReleased { .. } => "not_released",
             Event::NotPublished { .. } => "not_published",
             Event::ReportWritten { .. } => "report_written",
+            Event::KeysUploaded { .. } => "keys_uploaded",
+            Event::KeysFailed { .. } => "keys_failed",
             Event::Summary { .. } => "summary",
             Event::Runner(r) => match r {
                 RunnerEvent::WaveStarted { .. } => "wave_started",

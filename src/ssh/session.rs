@@ -15,7 +15,9 @@ use super::error::ConnectError;
 use super::exec;
 use super::hostkey::Pins;
 use super::target::SshTarget;
-use crate::remote::{Command, Output, Remote, Streaming};
+use crate::keys::Secret;
+use crate::remote::{Command, Output, Remote, Streaming, SudoAuth};
+use zeroize::Zeroizing;
 
 /// Channels open at once on one connection: below OpenSSH's default
 /// `MaxSessions 10`.
@@ -34,6 +36,8 @@ struct Inner {
     pins: Pins,
     info: std::sync::Mutex<ConnectInfo>,
     closed: AtomicBool,
+    /// The user's sudo password, once sudo on this host proved to ask for it.
+    sudo_password: std::sync::OnceLock<Arc<Secret>>,
 }
 
 impl SshSession {
@@ -49,6 +53,7 @@ impl SshSession {
                 pins,
                 target,
                 closed: AtomicBool::new(false),
+                sudo_password: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -59,6 +64,43 @@ impl SshSession {
             Ok(i) => i.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// From now on, privileged commands get `password` on stdin
+    /// (`sudo -S`); set once, for hosts whose sudo asks for a password.
+    pub fn use_sudo_password(&self, password: Arc<Secret>) {
+        let _ = self.inner.sudo_password.set(password);
+    }
+
+    /// The password privileged commands get, if sudo on this host asks.
+    pub fn sudo_password(&self) -> Option<Arc<Secret>> {
+        self.inner.sudo_password.get().cloned()
+    }
+
+    /// How `cmd` is rendered here, and the line its stdin starts with (the
+    /// password, for a privileged command on a host whose sudo asks).
+    fn prepare(&self, cmd: &Command) -> (String, Zeroizing<Vec<u8>>) {
+        match self.inner.sudo_password.get() {
+            Some(pw) if cmd.is_sudo() => {
+                let mut line = Zeroizing::new(Vec::with_capacity(pw.len() + 1));
+                line.extend_from_slice(pw.expose());
+                line.push(b'\n');
+                (cmd.render_as(SudoAuth::PasswordOnStdin), line)
+            }
+            _ => (cmd.render(), Zeroizing::new(Vec::new())),
+        }
+    }
+
+    /// Start a stream, its stdin beginning with `first` (if any).
+    async fn feed(mut s: Streaming, first: &[u8]) -> anyhow::Result<Streaming> {
+        if !first.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            s.stdin
+                .write_all(first)
+                .await
+                .context("giving sudo its password")?;
+        }
+        Ok(s)
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -155,7 +197,8 @@ impl Remote for SshSession {
             .context("the session's channel limiter was closed")?;
         let started = std::time::Instant::now();
         let channel = self.open_channel().await?;
-        let out = exec::collect(channel, &cmd.render())
+        let (text, input) = self.prepare(cmd);
+        let out = exec::collect(channel, &text, &input)
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
         tracing::debug!(
@@ -181,9 +224,11 @@ impl Remote for SshSession {
                     self.inner.target.name
                 )
             })?;
-        exec::stream(conn, &cmd.render())
+        let (text, input) = self.prepare(cmd);
+        let s = exec::stream(conn, &text)
             .await
-            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
+        Self::feed(s, &input).await
     }
 
     async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
@@ -197,9 +242,11 @@ impl Remote for SshSession {
             .await
             .context("the session's channel limiter was closed")?;
         let channel = self.open_channel().await?;
-        exec::stream_channel(channel, exec::Holds::Slot(permit), &cmd.render())
+        let (text, input) = self.prepare(cmd);
+        let s = exec::stream_channel(channel, exec::Holds::Slot(permit), &text)
             .await
-            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
+        Self::feed(s, &input).await
     }
 }
 

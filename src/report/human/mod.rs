@@ -85,6 +85,15 @@ pub fn describe(ev: &Event) -> Option<String> {
             words::end(&s.end).map(|r| format!(" ({r})")).unwrap_or_default()
         ),
         Event::ReportWritten { path } => format!("run report: {}", path.display()),
+        Event::KeysUploaded { host, keys } if keys.is_empty() => format!("{host}: no keys"),
+        Event::KeysUploaded { host, keys } => keys
+            .iter()
+            .map(|k| format!("{host}: {} written (sha256 {})", k.dest, k.sha256))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Event::KeysFailed { host, reason } => {
+            format!("{host}: keys NOT written: {}", words::keys_failure(reason))
+        }
         Event::Summary {
             hosts,
             exit_code,
@@ -208,6 +217,7 @@ fn important(ev: &Event) -> bool {
     matches!(
         ev,
         Event::GateFailed { .. }
+            | Event::KeysFailed { .. }
             | Event::HostFinished(_)
             | Event::BuilderFailed { .. }
             | Event::NotReleased { .. }

@@ -78,6 +78,17 @@ pub fn refusal(r: &Refusal) -> String {
     }
 }
 
+/// Why `upload-keys` wrote nothing (or not everything) on a host.
+pub fn keys_failure(f: &crate::keys::standalone::KeysFailure) -> String {
+    use crate::keys::standalone::KeysFailure;
+    match f {
+        KeysFailure::Source(e) => format!("{e}; nothing was written"),
+        KeysFailure::Unreachable { error } => format!("unreachable: {}", first_line(error)),
+        KeysFailure::Sudo(check) => sudo_check(check),
+        KeysFailure::Upload(e) => first_line(&e.to_string()).to_owned(),
+    }
+}
+
 /// The pre-check that refused a host, with the end of its output.
 fn pre_checks(reports: &[crate::activation::health::HealthReport]) -> String {
     use crate::activation::health::Attempt;
