@@ -110,7 +110,10 @@ fn run_watching_ps(fleet: &Fleet, args: &[&str], secrets: &[&str]) -> (Output, V
     let out = child.wait_with_output().unwrap();
     tx.send(()).unwrap();
     let (seen, samples) = watcher.join().unwrap();
-    assert!(samples > 5, "ps was sampled only {samples} times");
+    // At least one sample taken while it ran (the loop samples before it
+    // looks for the end); a push gives dozens, upload-keys a few.
+    assert!(samples >= 1, "ps was never sampled");
+    eprintln!("ps sampled {samples} times while nixgate ran");
     check_json_lines(&text(&out.stdout));
     (out, seen)
 }
