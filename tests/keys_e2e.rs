@@ -196,7 +196,11 @@ upload_at = "post-activation"
     let (out, in_ps) = run_watching_ps(&fleet, &["--json", "push", "--yes"], &secrets);
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "light2, light3 refused: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "light2, light3 refused: {stderr}"
+    );
     assert!(in_ps.is_empty(), "secrets in ps: {in_ps:#?}");
     let lines = json_lines(&out);
 
@@ -213,7 +217,10 @@ upload_at = "post-activation"
         assert_eq!(fleet.in_host_ok("light1", &format!("cat {path}")), content);
     }
     assert_eq!(
-        fleet.in_host_ok("light1", "ls -A /run/keys /run/keys/app | grep -c nixgate-key || true"),
+        fleet.in_host_ok(
+            "light1",
+            "ls -A /run/keys /run/keys/app | grep -c nixgate-key || true"
+        ),
         "0",
         "no temporary file left"
     );
@@ -235,7 +242,10 @@ upload_at = "post-activation"
     let dry = pos(&|l| l["event"] == "gate_started" && l["gate"] == "dry-activate");
     let live_passed = pos(&|l| l["event"] == "gate_passed" && l["gate"] == "live-activate");
     let fired = pos(&|l| l["activation"]["step"]["kind"] == "fire_switch");
-    assert!(pre < dry && dry < fired && fired < post && post < live_passed, "{stdout}");
+    assert!(
+        pre < dry && dry < fired && fired < post && post < live_passed,
+        "{stdout}"
+    );
     let receipts = &lines[pre]["activation"]["keys"];
     assert_eq!(
         receipts[0],
@@ -269,17 +279,26 @@ upload_at = "post-activation"
     assert_eq!(l3["refusal"]["cause"], "pre_checks", "{l3}");
     let reports = l3["refusal"]["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 2);
-    assert_eq!(reports[1]["attempts"][0]["tail"], json!(["disk almost full"]));
+    assert_eq!(
+        reports[1]["attempts"][0]["tail"],
+        json!(["disk almost full"])
+    );
     assert_eq!(
         fleet.in_host_ok("light3", "readlink -e /run/current-system"),
         before[2]
     );
 
     // Human output names the refusals and their reasons.
-    let human = nixgate(&fleet, &["push", "--yes", "--host", "light2", "--host", "light3"]);
+    let human = nixgate(
+        &fleet,
+        &["push", "--yes", "--host", "light2", "--host", "light3"],
+    );
     let err = text(&human.stderr);
     assert_eq!(human.status.code(), Some(1), "{err}");
-    assert!(err.contains("`sh` failed (exit code 3): vault sealed"), "{err}");
+    assert!(
+        err.contains("`sh` failed (exit code 3): vault sealed"),
+        "{err}"
+    );
     assert!(err.contains("disk almost full"), "{err}");
 
     // After a "reboot" emptied /run/keys, and a rotated file key:
@@ -291,9 +310,18 @@ upload_at = "post-activation"
     let (out, in_ps) = run_watching_ps(&fleet, &["--json", "upload-keys", "light1"], &all_secrets);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(in_ps.is_empty(), "secrets in ps: {in_ps:#?}");
-    assert_eq!(fleet.in_host_ok("light1", "cat /run/keys/file.key"), ROTATED);
-    assert_eq!(stat(&fleet, "light1", "/run/keys/file.key"), "nobody nogroup 440");
-    assert_eq!(fleet.in_host_ok("light1", "cat /run/keys/post.key"), POST_SECRET);
+    assert_eq!(
+        fleet.in_host_ok("light1", "cat /run/keys/file.key"),
+        ROTATED
+    );
+    assert_eq!(
+        stat(&fleet, "light1", "/run/keys/file.key"),
+        "nobody nogroup 440"
+    );
+    assert_eq!(
+        fleet.in_host_ok("light1", "cat /run/keys/post.key"),
+        POST_SECRET
+    );
     assert_eq!(
         fleet.in_host_ok("light1", "readlink -e /run/current-system"),
         now,
@@ -337,7 +365,10 @@ upload_at = "post-activation"
         "run reports were written (and searched)"
     );
     for h in ["light1", "light2", "light3"] {
-        let leaks = files_containing(&fleet.dir().join("hosts").join(h).join("sshd.log"), &all_secrets);
+        let leaks = files_containing(
+            &fleet.dir().join("hosts").join(h).join("sshd.log"),
+            &all_secrets,
+        );
         assert!(leaks.is_empty(), "{leaks:#?}");
     }
 }

@@ -98,16 +98,16 @@ fn prepare(fleet: &Fleet) {
         ),
     );
     // As deploy: sudo asks for a password, Nix works through the daemon.
-    let no_pw = fleet.in_host(
-        "sys1",
-        "su deploy -c 'sudo -n true' 2>&1; echo exit=$?",
-    );
+    let no_pw = fleet.in_host("sys1", "su deploy -c 'sudo -n true' 2>&1; echo exit=$?");
     assert!(
         text(&no_pw.stdout).contains("password is required"),
         "{}",
         text(&no_pw.stdout)
     );
-    fleet.in_host_ok("sys1", "su deploy -c 'nix-store --verify-path $(readlink -e /run/current-system)'");
+    fleet.in_host_ok(
+        "sys1",
+        "su deploy -c 'nix-store --verify-path $(readlink -e /run/current-system)'",
+    );
 }
 
 /// The inventory with sys1 reached as `deploy` through sudo, plus `extra`.
@@ -173,7 +173,10 @@ fn run_in_pty(fleet: &Fleet, args: &[&str], answer: &str) -> (i32, String, Vec<S
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        let ps = Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
+        let ps = Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()
+            .unwrap();
         in_ps.extend(
             text(&ps.stdout)
                 .lines()
@@ -255,7 +258,10 @@ fn a_sudo_password_asked_once_deploys_and_a_wrong_one_is_refused() {
         PASSWORD,
     );
     assert!(in_ps.is_empty(), "the password in ps: {in_ps:#?}");
-    assert!(!output.contains(PASSWORD), "the password was shown: {output}");
+    assert!(
+        !output.contains(PASSWORD),
+        "the password was shown: {output}"
+    );
     let json_part: String = output
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
@@ -271,7 +277,11 @@ fn a_sudo_password_asked_once_deploys_and_a_wrong_one_is_refused() {
     // Nowhere in nixgate's files, nor in the host's journal.
     for entry in walk(&fleet.dir().join("state")) {
         let body = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).into_owned();
-        assert!(!body.contains(PASSWORD) && !body.contains(WRONG), "{}", entry.display());
+        assert!(
+            !body.contains(PASSWORD) && !body.contains(WRONG),
+            "{}",
+            entry.display()
+        );
     }
     let journal = fleet.in_host_ok("sys1", "journalctl --no-pager -o cat | tail -n 20000");
     assert!(journal.contains("sudo"), "the journal has sudo's lines");

@@ -125,11 +125,16 @@ fn prompt() -> anyhow::Result<Secret> {
         .map_err(|e| no_tty(&e))?;
     let saved = tcgetattr(&tty).map_err(|e| no_tty(&e))?;
     let mut quiet = saved.clone();
-    quiet.local_modes.remove(LocalModes::ECHO | LocalModes::ISIG);
+    quiet
+        .local_modes
+        .remove(LocalModes::ECHO | LocalModes::ISIG);
     quiet.local_modes.insert(LocalModes::ECHONL);
     tcsetattr(&tty, OptionalActions::Flush, &quiet).map_err(|e| no_tty(&e))?;
     let reader = tty.try_clone()?;
-    let _restore = Restore { tty: &reader, saved };
+    let _restore = Restore {
+        tty: &reader,
+        saved,
+    };
     tty.write_all(b"sudo password for the selected hosts: ")?;
     tty.flush()?;
     // Wiped on every way out; large enough that a password never makes it
@@ -168,9 +173,13 @@ mod tests {
         assert_eq!(first_line(&Secret::new(b"pw\r\n".to_vec())).expose(), b"pw");
         let out = run_command(&["printf".into(), "s3cr3t\\nmore".into()]).unwrap();
         assert_eq!(out.expose(), b"s3cr3t");
-        let e = run_command(&["sh".into(), "-c".into(), "echo leaked; echo locked >&2; exit 2".into()])
-            .unwrap_err()
-            .to_string();
+        let e = run_command(&[
+            "sh".into(),
+            "-c".into(),
+            "echo leaked; echo locked >&2; exit 2".into(),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("locked") && !e.contains("leaked"), "{e}");
     }
 }

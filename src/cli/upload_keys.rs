@@ -42,15 +42,12 @@ async fn one(fleet: &Sessions, inv: &Inventory, name: &str, sink: &EventSink) ->
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let remote = fleet
-            .host(name)
-            .await
-            .map_err(|e| match e.sudo_check() {
-                Some(check) => KeysFailure::Sudo(check),
-                None => KeysFailure::Unreachable {
-                    error: e.to_string(),
-                },
-            })?;
+        let remote = fleet.host(name).await.map_err(|e| match e.sudo_check() {
+            Some(check) => KeysFailure::Sudo(check),
+            None => KeysFailure::Unreachable {
+                error: e.to_string(),
+            },
+        })?;
         standalone::write(&remote, host, &keys).await
     }
     .await;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
-use crate::inventory::{ConfirmEndpoint, Connection, Inventory};
 use crate::activation::privilege::{self, SudoCheck};
+use crate::inventory::{ConfirmEndpoint, Connection, Inventory};
 use crate::keys::Secret;
 use crate::remote::Remote;
 use crate::ssh::{ConnectError, HostKeyPolicy, SshConfig, SshSession, SshTarget};
@@ -328,7 +328,10 @@ async fn sudo_probe(s: &SshSession, password: &Arc<Secret>) -> Result<(), Sessio
         _ => return Ok(()),
     }
     s.use_sudo_password(password.clone());
-    let out = s.exec(&privilege::preflight_command()).await.map_err(lost)?;
+    let out = s
+        .exec(&privilege::preflight_command())
+        .await
+        .map_err(lost)?;
     if out.success() {
         return Ok(());
     }

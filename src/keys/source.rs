@@ -96,13 +96,14 @@ pub async fn resolve(spec: &KeySpec) -> Result<ResolvedKey, KeySourceError> {
     let content = match &spec.source {
         KeySource::Text { text } => text.clone(),
         KeySource::File { path } => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|e| KeySourceError::FileUnreadable {
-                    key: spec.name.clone(),
-                    path: path.display().to_string(),
-                    error: e.to_string(),
-                })?;
+            let bytes =
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|e| KeySourceError::FileUnreadable {
+                        key: spec.name.clone(),
+                        path: path.display().to_string(),
+                        error: e.to_string(),
+                    })?;
             Secret::new(bytes)
         }
         KeySource::Command { argv } => run(&spec.name, argv).await?,
@@ -207,12 +208,22 @@ mod tests {
         };
         let k = resolve(&cmd(&["printf", "abc"])).await.unwrap();
         assert_eq!(k.content.expose(), b"abc");
-        let e = resolve(&cmd(&["sh", "-c", "echo secret-out; echo no vault >&2; exit 3"]))
-            .await
-            .unwrap_err();
+        let e = resolve(&cmd(&[
+            "sh",
+            "-c",
+            "echo secret-out; echo no vault >&2; exit 3",
+        ]))
+        .await
+        .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("exit code 3") && text.contains("no vault"), "{text}");
-        assert!(!text.contains("secret-out"), "stdout is never shown: {text}");
+        assert!(
+            text.contains("exit code 3") && text.contains("no vault"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret-out"),
+            "stdout is never shown: {text}"
+        );
         let e = resolve(&cmd(&["/nonexistent/pass"])).await.unwrap_err();
         assert!(matches!(e, KeySourceError::CommandNotStarted { .. }), "{e}");
         let e = resolve(&spec(KeySource::File {

@@ -116,7 +116,10 @@ mod tests {
     }
 
     fn whoami() -> String {
-        let out = std::process::Command::new("id").arg("-un").output().unwrap();
+        let out = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -135,7 +138,9 @@ mod tests {
         let dir_s = dir.display().to_string();
         let remote = LocalRemote::new("local");
         let content = b"line one\n\x00binary\xff".to_vec();
-        let r = upload(&remote, &key(&dir_s, &content), false).await.unwrap();
+        let r = upload(&remote, &key(&dir_s, &content), false)
+            .await
+            .unwrap();
         assert_eq!(r.dest, format!("{dir_s}/db-password"));
         let path = dir.join("db-password");
         assert_eq!(std::fs::read(&path).unwrap(), content);

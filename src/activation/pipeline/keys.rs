@@ -13,7 +13,11 @@ use crate::remote::Remote;
 impl<R: Remote> Run<'_, R> {
     /// Write this stage's keys; `Err` is the host's outcome (failed before
     /// any change, or rolled back after the live switch).
-    pub(super) async fn upload_keys(&mut self, stage: UploadAt, gate: Gate) -> Result<(), HostOutcome> {
+    pub(super) async fn upload_keys(
+        &mut self,
+        stage: UploadAt,
+        gate: Gate,
+    ) -> Result<(), HostOutcome> {
         let all = self.req.keys.clone();
         let keys: Vec<&ResolvedKey> = all.iter().filter(|k| k.spec.upload_at == stage).collect();
         if keys.is_empty() {

@@ -9,8 +9,7 @@ use super::super::validate;
 use super::super::walk::{At, Val, get};
 use super::{KEY_KEYS, Loader};
 use crate::keys::{
-    DEFAULT_DEST_DIR, DEFAULT_PERMISSIONS, KeySource, KeySpec, Secret, UploadAt,
-    valid_permissions,
+    DEFAULT_DEST_DIR, DEFAULT_PERMISSIONS, KeySource, KeySpec, Secret, UploadAt, valid_permissions,
 };
 
 impl Loader {
@@ -27,10 +26,8 @@ impl Loader {
                 continue;
             };
             if out.iter().any(|k| k.name == key.name) {
-                self.w.error(
-                    format!("key {:?} is listed twice", key.name),
-                    item.span(),
-                );
+                self.w
+                    .error(format!("key {:?} is listed twice", key.name), item.span());
                 continue;
             }
             out.push(key);
@@ -46,8 +43,11 @@ impl Loader {
                 .string("name", n)
                 .filter(|n| validate::name(&mut self.w, "key", n)),
             None => {
-                self.w
-                    .error_help("key has no `name`", span.clone(), "add `name = \"tls.key\"`");
+                self.w.error_help(
+                    "key has no `name`",
+                    span.clone(),
+                    "add `name = \"tls.key\"`",
+                );
                 None
             }
         };

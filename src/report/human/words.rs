@@ -191,7 +191,11 @@ pub fn failure(r: &FailureReason) -> String {
         }
         FailureReason::Sudo(check) => sudo_check(check),
         FailureReason::Keys { stage, error } => {
-            format!("writing {} keys: {}", stage.as_str(), first_line(&error.to_string()))
+            format!(
+                "writing {} keys: {}",
+                stage.as_str(),
+                first_line(&error.to_string())
+            )
         }
         FailureReason::Realise(r) => format!("the closure is not complete on the host: {r:?}"),
         FailureReason::DryActivate(d) => format!("dry-activate failed: {d:?}"),
