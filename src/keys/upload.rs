@@ -13,7 +13,7 @@ use super::{KeyReceipt, ResolvedKey};
 
 /// `$1` dir, `$2` name, `$3` owner (`user` or `user:group`), `$4` mode;
 /// the content on stdin; prints the byte count written.
-const WRITE: &str = r#"set -eu
+pub(crate) const WRITE: &str = r#"set -eu
 dir=$1 dest=$1/$2 owner=$3 mode=$4
 umask 077
 if [ ! -d "$dir" ]; then mkdir -p "$dir"; chmod 0755 "$dir"; fi
