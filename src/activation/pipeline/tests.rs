@@ -1010,9 +1010,11 @@ async fn keys_are_written_in_the_order_of_the_gates() {
         "{c:#?}"
     );
     assert!(c.iter().all(|x| !x.contains("SECRET")), "{c:#?}");
-    let st = host.state();
-    assert_eq!(st.keys["/run/keys/pre.key"], b"PRE-SECRET");
-    assert_eq!(st.keys["/run/keys/post.key"], b"POST-SECRET");
+    {
+        let st = host.state();
+        assert_eq!(st.keys["/run/keys/pre.key"], b"PRE-SECRET");
+        assert_eq!(st.keys["/run/keys/post.key"], b"POST-SECRET");
+    }
     let uploaded: Vec<_> = ran
         .events
         .iter()
@@ -1023,7 +1025,6 @@ async fn keys_are_written_in_the_order_of_the_gates() {
         .collect();
     assert_eq!(uploaded.len(), 2);
     assert_eq!(uploaded[0].1[0].dest, "/run/keys/pre.key");
-    drop(st);
     // dry-activate and copy change nothing: no keys.
     for goal in [Goal::DryActivate, Goal::Copy] {
         let host = FakeHost::new(&sp(OLD));
