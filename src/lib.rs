@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod gates;
 pub mod inspect;
 pub mod inventory;
+pub mod keys;
 pub mod nix;
 pub mod notify;
 pub mod plan;

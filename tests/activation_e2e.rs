@@ -38,6 +38,7 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         commit: None,
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        keys: Default::default(),
     };
     let started = Instant::now();
     let out = activate_host(

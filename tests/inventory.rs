@@ -862,3 +862,112 @@ fn notify_takes_an_argv_and_a_timeout() {
     assert!(text.contains("unknown key `comand` in [notify]"), "{text}");
     assert!(text.contains("[notify] has no `command`"), "{text}");
 }
+
+#[test]
+fn keys_pre_checks_and_sudo_password_command() {
+    use nixgate::keys::{KeySource, UploadAt};
+    let inv = parse(&format!(
+        r#"{BASE}
+[defaults]
+pre_checks = ["test -d /nix"]
+sudo_password_command = ["pass", "show", "fleet/sudo"]
+keys = [
+  {{ name = "ca.pem", file = "secrets/ca.pem" }},
+  {{ name = "shared", text = "default" }},
+]
+
+[hosts.web1]
+address = "10.0.0.1"
+pre_checks = ["true", {{ command = "pg_isready", timeout = "5s", retries = 2 }}]
+
+[[hosts.web1.keys]]
+name = "shared"
+command = ["pass", "show", "web1/shared"]
+user = "nginx"
+group = "www"
+permissions = "0440"
+dest_dir = "/var/keys"
+upload_at = "post-activation"
+
+[hosts.web2]
+address = "10.0.0.2"
+"#
+    ))
+    .unwrap();
+    let web1 = inv.host("web1").unwrap();
+    assert_eq!(
+        web1.pre_checks.len(),
+        2,
+        "a host's list replaces the default"
+    );
+    assert_eq!(web1.pre_checks[1].timeout, Duration::from_secs(5));
+    assert_eq!(web1.pre_checks[1].retries, 2);
+    assert_eq!(
+        web1.sudo_password_command.as_deref(),
+        Some(&["pass".to_string(), "show".into(), "fleet/sudo".into()][..])
+    );
+    let names: Vec<&str> = web1.keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ca.pem", "shared"],
+        "the host's key replaces the default's"
+    );
+    let shared = &web1.keys[1];
+    assert!(matches!(&shared.source, KeySource::Command { argv } if argv[0] == "pass"));
+    assert_eq!(shared.owner(), "nginx:www");
+    assert_eq!(shared.dest(), "/var/keys/shared");
+    assert_eq!(shared.upload_at, UploadAt::PostActivation);
+    let ca = &web1.keys[0];
+    assert_eq!(ca.dest(), "/run/keys/ca.pem");
+    assert_eq!(
+        (ca.permissions.as_str(), ca.owner().as_str()),
+        ("0600", "root")
+    );
+    assert!(
+        matches!(&ca.source, KeySource::File { path } if path == Path::new("./secrets/ca.pem")),
+        "relative to the inventory"
+    );
+    let web2 = inv.host("web2").unwrap();
+    assert_eq!(web2.keys.len(), 2);
+    assert_eq!(web2.pre_checks[0].command, "test -d /nix");
+    // The inventory serialized (as `hosts --json` and reports may) never
+    // shows a key's text.
+    let json = serde_json::to_string(&inv).unwrap();
+    assert!(!json.contains("\"default\""), "{json}");
+}
+
+#[test]
+fn bad_keys_are_refused_with_positions() {
+    let (msg, pos) = errors(&format!(
+        r#"{BASE}
+[hosts.web1]
+address = "10.0.0.1"
+keys = [
+  {{ name = "a", text = "x", file = "y" }},
+  {{ name = "b" }},
+  {{ name = "../etc/shadow", text = "x" }},
+  {{ name = "c", text = "x", permissions = "0900" }},
+  {{ name = "d", text = "x", upload_at = "later" }},
+  {{ name = "e", text = "x", user = "-r" }},
+  {{ name = "f", text = "x", dest_dir = "relative" }},
+  {{ name = "g", command = [] }},
+  {{ name = "h", text = "x" }},
+  {{ name = "h", text = "y" }},
+]
+sudo_password_command = []
+"#
+    ));
+    for want in [
+        "key has 2 sources (text, file)",
+        "key has no source",
+        "invalid key name",
+        "`permissions` \"0900\" is not an octal mode",
+        "upload_at",
+        "`command` needs a program",
+        "key \"h\" is listed twice",
+        "`sudo_password_command` needs a program",
+    ] {
+        assert!(msg.contains(want), "{want:?} in:\n{msg}");
+    }
+    assert!(pos.len() >= 10, "{pos:?}\n{msg}");
+}

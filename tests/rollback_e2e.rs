@@ -25,6 +25,7 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
         commit: None,
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        keys: Default::default(),
     };
     let out = activate_host(
         &OpenSsh::new(fleet, "sys1"),

@@ -46,6 +46,11 @@ pub enum GateEvidence {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
     SudoPreflight,
+    /// Writing these keys (names only) on the host.
+    UploadKeys {
+        stage: crate::keys::UploadAt,
+        keys: Vec<String>,
+    },
     Realise {
         closure: StorePath,
     },
@@ -172,6 +177,11 @@ pub enum ActivationEvent {
     /// revert is disarmed.
     Confirmed {
         unit: String,
+    },
+    /// Keys written on the host: names, destinations, SHA-256 (never content).
+    KeysUploaded {
+        stage: crate::keys::UploadAt,
+        keys: Vec<crate::keys::KeyReceipt>,
     },
     /// Cut off after the switch: waiting for the host's own revert.
     AwaitingRevert {

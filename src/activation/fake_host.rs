@@ -107,6 +107,10 @@ pub struct State {
     /// systemd units in the `failed` state. Like NixOS's
     /// `switch-to-configuration`, a live switch exits 4 while any is.
     pub failed_units: std::collections::BTreeSet<String>,
+    /// Keys written, by destination.
+    pub keys: BTreeMap<String, Vec<u8>>,
+    /// A key (by name) that cannot be written.
+    pub failing_key: Option<String>,
 }
 
 impl State {
@@ -201,6 +205,15 @@ impl State {
             self.records
                 .insert(a[5].to_owned(), json.trim_end().to_owned());
             return ok("");
+        }
+        if a[0] == "sh" && a[2] == crate::keys::upload::WRITE {
+            if self.failing_key.as_deref() == Some(a[5]) {
+                return fail(1, "chown: invalid user: 'nginx'\n");
+            }
+            let content = stdin.expect("the key comes on stdin").to_vec();
+            let n = content.len();
+            self.keys.insert(format!("{}/{}", a[4], a[5]), content);
+            return ok(&format!("{n}\n"));
         }
         match a[0] {
             "true" if self.sudo_password_required => fail(1, "sudo: a password is required\n"),
@@ -621,6 +634,8 @@ impl FakeHost {
             boot_id: 1,
             sudo_password_required: false,
             failed_units: Default::default(),
+            keys: BTreeMap::new(),
+            failing_key: None,
         })))
     }
 
@@ -677,6 +692,7 @@ pub fn describe(cmd: &Command) -> String {
         s if s == deadman::DISARM_LINUX => "disarm-revert",
         s if s == deadman::READ_RECORD => "read-revert-record",
         s if s == known_good::REVOKE => "revoke-known-good",
+        s if s == crate::keys::upload::WRITE => "write-key",
         s if s == switch::FIRE_LINUX => {
             return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);
         }

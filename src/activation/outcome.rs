@@ -54,6 +54,11 @@ pub enum FailureReason {
     MarkKnownGood {
         error: String,
     },
+    /// A key could not be written on the host.
+    Keys {
+        stage: crate::keys::UploadAt,
+        error: crate::keys::KeyUploadError,
+    },
 }
 
 /// Where a host ended up.

@@ -14,6 +14,8 @@ pub enum SudoCheck {
     Ready,
     /// sudo wants a password: grant NOPASSWD for the deploy user, or connect as root.
     PasswordRequired,
+    /// sudo asked for a password and refused the one the run has.
+    WrongPassword,
     /// The user may not use sudo at all.
     NotInSudoers,
     /// There is no `sudo` on the host.

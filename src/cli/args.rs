@@ -62,6 +62,10 @@ pub struct Global {
     /// [default: $XDG_STATE_HOME/nixgate, or ~/.local/state/nixgate].
     #[arg(long, global = true, value_name = "DIR", env = "NIXGATE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Ask once, before any host is touched, for the sudo password of hosts
+    /// with `sudo = true` (fed to `sudo -S` on stdin, never an argument).
+    #[arg(long, global = true)]
+    pub ask_sudo_password: bool,
 }
 
 impl Global {
@@ -281,6 +285,14 @@ pub enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         argv: Vec<String>,
+    },
+    /// Write the selected hosts' keys ([[hosts.X.keys]]) without deploying:
+    /// after a reboot emptied /run/keys, or to rotate a secret. Reports each
+    /// key's destination and SHA-256, never its content.
+    #[command(after_help = EXIT_CODES_HELP)]
+    UploadKeys {
+        #[command(flatten)]
+        select: SelectorArgs,
     },
     /// Print a shell completion script that completes host, tag and wave
     /// names from the inventory (e.g. `source <(nixgate completions bash)`).

@@ -39,4 +39,13 @@ impl Fatal {
         }
         .into()
     }
+
+    /// Ended at a prompt: nothing changed (exit 4).
+    pub fn declined(message: impl Into<String>) -> anyhow::Error {
+        Fatal {
+            outcome: Outcome::Declined,
+            message: message.into(),
+        }
+        .into()
+    }
 }

@@ -15,6 +15,8 @@ mod rollback;
 mod run_session;
 mod runs;
 mod status;
+mod sudo_password;
+mod upload_keys;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -74,6 +76,7 @@ fn command_name(c: &Command) -> Option<CommandName> {
         Command::Rollback { .. } => CommandName::Rollback,
         Command::Status { .. } => CommandName::Status,
         Command::Release(_) => CommandName::Release,
+        Command::UploadKeys { .. } => CommandName::UploadKeys,
         Command::Exec { .. } => CommandName::Exec,
         Command::Completions { .. }
         | Command::Runs { .. }
@@ -244,6 +247,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 timeout,
             };
             exec::run(&g, &inv, &sel, &req, group)
+        }
+        Command::UploadKeys { select } => {
+            let inv = load_inventory(&g)?;
+            let sel = select_hosts(&inv, &select)?;
+            upload_keys::run(&g, &inv, &sel)
         }
         Command::Check { offline, select } => {
             let inv = load_inventory(&g)?;

@@ -65,6 +65,10 @@ impl RunSession {
     ) -> anyhow::Result<RunSession> {
         let state_dir = state::resolve_dir(g.state_dir.as_deref())
             .map_err(|e| Fatal::usage(format!("{e:#}")))?;
+        let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
+        // Before the lock and before any host is touched: a prompt the
+        // user abandons leaves nothing behind.
+        let passwords = super::sudo_password::obtain(g, inv, &hosts)?;
         let lock = match ControllerLock::acquire(&state_dir, command.as_str()) {
             Ok(l) => l,
             Err(e) if e.downcast_ref::<LockHeld>().is_some() => {
@@ -82,7 +86,6 @@ impl RunSession {
         let (canceller, cancel) = cancel::channel();
         let stop = CancellationToken::new();
         let signals = tokio::spawn(watch_signals(canceller, stop.clone(), sink.clone()));
-        let hosts: Vec<String> = sel.hosts().map(str::to_owned).collect();
         let source = req.source();
         let report = RunReport {
             run_id: run_id.to_string(),
@@ -114,7 +117,7 @@ impl RunSession {
         Ok(RunSession {
             run_id,
             sink,
-            fleet: Sessions::new(inv, g.host_key_policy()),
+            fleet: Sessions::with_passwords(inv, g.host_key_policy(), passwords),
             cancel,
             stop,
             state_dir,

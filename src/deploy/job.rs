@@ -96,6 +96,8 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     /// The host locks the plan took, held for the run.
     locks: tokio::sync::Mutex<HashMap<String, HostLock>>,
     lock_holder: String,
+    /// Each ready host's keys, read by the plan.
+    keys: crate::plan::preflight::HostKeys,
 }
 
 /// The activation settings of an inventory host (magic rollback as the
@@ -146,6 +148,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             magic_rollback: ctx.magic_rollback,
             locks: tokio::sync::Mutex::new(locks),
             lock_holder: host_lock::holder(&ctx.run_id),
+            keys: plan.keys.clone(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -241,6 +244,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 .or_else(|| self.commit.clone()),
             earlier_gates: earlier,
             known_good_generation: ready.candidate.generation,
+            keys: self.keys.get(host).cloned().unwrap_or_default(),
         };
         let emit = forward(&self.sink, host);
         let fresh = FreshConnection {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
+use crate::activation::privilege::{self, SudoCheck};
 use crate::inventory::{ConfirmEndpoint, Connection, Inventory};
+use crate::keys::Secret;
 use crate::remote::Remote;
 use crate::ssh::{ConnectError, HostKeyPolicy, SshConfig, SshSession, SshTarget};
 
@@ -123,16 +125,34 @@ impl Slot {
     }
 }
 
+/// The run's sudo password of each host that has one (`--ask-sudo-password`
+/// or `sudo_password_command`).
+pub type SudoPasswords = HashMap<String, Arc<Secret>>;
+
 /// SSH sessions to the builder and hosts of one run: the real [`Fleet`].
 pub struct Sessions {
     builder: Slot,
     hosts: HashMap<String, Slot>,
     connecting: tokio::sync::Semaphore,
+    passwords: SudoPasswords,
 }
 
 impl Sessions {
     /// Prepare (not open) sessions to the builder and every host.
     pub fn new(inv: &Inventory, policy: HostKeyPolicy) -> Arc<Sessions> {
+        Sessions::with_passwords(inv, policy, SudoPasswords::new())
+    }
+
+    /// Like [`Sessions::new`]; a host in `passwords` has its sudo probed
+    /// when its session opens: if sudo asks for a password, the session
+    /// feeds it to every privileged command (`sudo -S`), once it proved
+    /// right; a wrong one fails the session ([`SessionError::Sudo`]) before
+    /// anything on the host changed.
+    pub fn with_passwords(
+        inv: &Inventory,
+        policy: HostKeyPolicy,
+        passwords: SudoPasswords,
+    ) -> Arc<Sessions> {
         let cfg = SshConfig::load_default().unwrap_or_else(|e| {
             tracing::warn!("ignoring ~/.ssh/config: {e:#}");
             SshConfig::empty()
@@ -149,6 +169,7 @@ impl Sessions {
             builder: Slot::new(target_for(BUILDER, &inv.builder.connection, policy, &cfg)),
             hosts,
             connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
+            passwords,
         })
     }
 
@@ -169,15 +190,24 @@ impl Sessions {
         let Some(slot) = self.slot(m) else {
             return Err(SessionError::Unknown(m.to_string()));
         };
+        let password = match m {
+            Machine::Host(h) => self.passwords.get(h),
+            Machine::Builder => None,
+        };
         slot.open
             .get_or_try_init(|| async {
                 // The semaphore is never closed; without a permit, connect anyway.
                 let _turn = self.connecting.acquire().await.ok();
-                SshSession::connect(slot.target.clone()).await
+                let s = SshSession::connect(slot.target.clone())
+                    .await
+                    .map_err(|e| SessionError::Connect(Arc::new(e)))?;
+                if let Some(pw) = password {
+                    sudo_probe(&s, pw).await?;
+                }
+                Ok(s)
             })
             .await
             .cloned()
-            .map_err(|e| SessionError::Connect(Arc::new(e)))
     }
 }
 
@@ -214,9 +244,14 @@ impl Fleet for Sessions {
                 target.port = Some(p);
             }
         }
-        SshSession::connect(target)
+        let s = SshSession::connect(target)
             .await
-            .map_err(|e| SessionError::Connect(Arc::new(e)))
+            .map_err(|e| SessionError::Connect(Arc::new(e)))?;
+        // The same sudo as the run's session (probed when it opened).
+        if let Some(pw) = slot.open.get().and_then(SshSession::sudo_password) {
+            s.use_sudo_password(pw);
+        }
+        Ok(s)
     }
 
     async fn close_all(&self) {
@@ -263,6 +298,51 @@ pub enum SessionError {
     Unknown(String),
     #[error(transparent)]
     Connect(Arc<ConnectError>),
+    /// sudo on the host did not take the run's password.
+    #[error("sudo: {0:?}")]
+    Sudo(SudoCheck),
+    /// The connection broke while sudo was being checked.
+    #[error("checking sudo: {0}")]
+    Probe(String),
+}
+
+impl SessionError {
+    /// The sudo problem, when that is why.
+    pub fn sudo_check(&self) -> Option<SudoCheck> {
+        match self {
+            SessionError::Sudo(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A new session to a host with a sudo password: does its sudo ask for
+/// one (`sudo -n true`)? Then the password must make `sudo -S true` work,
+/// and the session uses it from then on; a host whose sudo needs none
+/// never gets it.
+async fn sudo_probe(s: &SshSession, password: &Arc<Secret>) -> Result<(), SessionError> {
+    let lost = |e: anyhow::Error| SessionError::Probe(format!("{e:#}"));
+    match privilege::sudo_preflight(s).await.map_err(lost)? {
+        SudoCheck::PasswordRequired => {}
+        // Ready (NOPASSWD) or a problem the pipeline reports as it is.
+        _ => return Ok(()),
+    }
+    s.use_sudo_password(password.clone());
+    let out = s
+        .exec(&privilege::preflight_command())
+        .await
+        .map_err(lost)?;
+    if out.success() {
+        return Ok(());
+    }
+    let stderr = out.stderr_str().to_ascii_lowercase();
+    Err(SessionError::Sudo(
+        if stderr.contains("incorrect password") || stderr.contains("try again") {
+            SudoCheck::WrongPassword
+        } else {
+            privilege::classify(&out.exit, &out.stderr_str(), out.tail(5))
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -111,6 +111,12 @@ impl Goal {
         matches!(self, Goal::Boot | Goal::Switch | Goal::Gated)
     }
 
+    /// Does a run with this goal write the hosts' keys? Only one that
+    /// changes the host (`copy` and `dry-activate` change nothing).
+    pub fn writes_keys(self) -> bool {
+        self.activates_live() || self == Goal::Boot
+    }
+
     /// Does the goal change the running system?
     pub fn activates_live(self) -> bool {
         matches!(self, Goal::Test | Goal::Switch | Goal::Gated)

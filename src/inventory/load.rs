@@ -13,6 +13,9 @@ use super::model::*;
 use super::scaleout;
 use super::validate;
 use super::walk::{At, Val, Walker, get, key_span};
+use crate::keys::KeySpec;
+
+mod keys;
 
 const TOP_KEYS: &[&str] = &[
     "defaults", "builder", "hosts", "waves", "release", "cache", "notify",
@@ -34,6 +37,9 @@ const SETTING_KEYS: &[&str] = &[
     "confirm_timeout",
     "substituters",
     "trusted_public_keys",
+    "pre_checks",
+    "keys",
+    "sudo_password_command",
 ];
 const DEFAULTS_ONLY_KEYS: &[&str] = &["max_parallel"];
 const HOST_ONLY_KEYS: &[&str] = &[
@@ -67,6 +73,17 @@ const WAVE_KEYS: &[&str] = &[
     "soak",
 ];
 const CHECK_KEYS: &[&str] = &["command", "timeout", "retries"];
+const KEY_KEYS: &[&str] = &[
+    "name",
+    "text",
+    "file",
+    "command",
+    "dest_dir",
+    "user",
+    "group",
+    "permissions",
+    "upload_at",
+];
 
 /// How long a host waits for the controller to confirm a live switch over
 /// a new connection before it reverts (`confirm_timeout`). A minute covers
@@ -97,6 +114,9 @@ struct Settings {
     confirm_timeout: Option<At<Duration>>,
     substituters: Option<Vec<String>>,
     trusted_public_keys: Option<Vec<String>>,
+    pre_checks: Option<Vec<HealthCheck>>,
+    keys: Option<Vec<KeySpec>>,
+    sudo_password_command: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -122,6 +142,28 @@ impl Settings {
             confirm_timeout: pick(&self.confirm_timeout, &over.confirm_timeout),
             substituters: pick(&self.substituters, &over.substituters),
             trusted_public_keys: pick(&self.trusted_public_keys, &over.trusted_public_keys),
+            pre_checks: pick(&self.pre_checks, &over.pre_checks),
+            keys: merge_keys(&self.keys, &over.keys),
+            sudo_password_command: pick(&self.sudo_password_command, &over.sudo_password_command),
+        }
+    }
+}
+
+/// `[defaults]` keys, then the host's own; a host key replaces the
+/// default key of the same name.
+fn merge_keys(base: &Option<Vec<KeySpec>>, over: &Option<Vec<KeySpec>>) -> Option<Vec<KeySpec>> {
+    match (base, over) {
+        (None, None) => None,
+        (Some(b), None) => Some(b.clone()),
+        (None, Some(o)) => Some(o.clone()),
+        (Some(b), Some(o)) => {
+            let mut out: Vec<KeySpec> = b
+                .iter()
+                .filter(|k| !o.iter().any(|x| x.name == k.name))
+                .cloned()
+                .collect();
+            out.extend(o.iter().cloned());
+            Some(out)
         }
     }
 }
@@ -325,28 +367,64 @@ impl Loader {
             }
         }
         if let Some(v) = get(t, "health_checks") {
-            s.health_checks = Some(self.health_checks(v));
+            s.health_checks = Some(self.health_checks("health_checks", v));
+        }
+        if let Some(v) = get(t, "pre_checks") {
+            s.pre_checks = Some(self.health_checks("pre_checks", v));
+        }
+        if let Some(v) = get(t, "keys") {
+            s.keys = Some(self.keys(v));
+        }
+        if let Some(v) = get(t, "sudo_password_command") {
+            s.sudo_password_command = self.argv("sudo_password_command", v);
         }
         s
     }
 
-    fn health_checks(&mut self, v: &Val<'_>) -> Vec<HealthCheck> {
-        let Some(items) = self.w.array("health_checks", v) else {
+    /// A command as argv (no shell): a non-empty array of strings.
+    fn argv(&mut self, key: &str, v: &Val<'_>) -> Option<Vec<String>> {
+        let words = self.w.strings(key, v)?;
+        if words.first().is_none_or(|w| w.value.is_empty()) {
+            self.w.error_help(
+                format!("`{key}` needs a program"),
+                v.span(),
+                "an argv, e.g. [\"pass\", \"show\", \"fleet/key\"]",
+            );
+            return None;
+        }
+        Some(words.into_iter().map(|w| w.value).collect())
+    }
+
+    /// `health_checks` or `pre_checks`: an array of commands, each a
+    /// string or a table `{ command, timeout, retries }`.
+    fn health_checks(&mut self, key: &str, v: &Val<'_>) -> Vec<HealthCheck> {
+        let Some(items) = self.w.array(key, v) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for item in items {
-            let Some(t) = self.w.table("health_checks", item) else {
+            if let toml::de::DeValue::String(c) = item.get_ref() {
+                let c = At::new(c.to_string(), item.span());
+                if validate::nonempty(&mut self.w, key, &c) {
+                    out.push(HealthCheck {
+                        command: c.value,
+                        timeout: Duration::from_secs(30),
+                        retries: 0,
+                    });
+                }
+                continue;
+            }
+            let Some(t) = self.w.table(key, item) else {
                 continue;
             };
-            self.w.check_keys(t, CHECK_KEYS, "a health check");
+            self.w.check_keys(t, CHECK_KEYS, "a check");
             let command = match get(t, "command") {
                 Some(c) => self
                     .w
                     .string("command", c)
                     .filter(|c| validate::nonempty(&mut self.w, "command", c)),
                 None => {
-                    self.w.error("health check has no `command`", item.span());
+                    self.w.error("check has no `command`", item.span());
                     None
                 }
             };
@@ -540,6 +618,9 @@ impl Loader {
                     substituters: s.substituters.clone().unwrap_or_default(),
                     trusted_public_keys: s.trusted_public_keys.clone().unwrap_or_default(),
                 },
+                pre_checks: s.pre_checks.clone().unwrap_or_default(),
+                keys: s.keys.clone().unwrap_or_default(),
+                sudo_password_command: s.sudo_password_command.clone(),
             };
             out.push((At::new(address.value, address.span), host));
         }

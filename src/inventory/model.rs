@@ -114,6 +114,14 @@ pub struct Host {
     /// from and the keys it trusts, for that one `nix-store --realise`
     /// (see [`Pull`]).
     pub pull: Pull,
+    /// Commands run on the host before anything changes on it; one that
+    /// fails refuses the host.
+    pub pre_checks: Vec<HealthCheck>,
+    /// Secrets written on the host, outside the Nix store.
+    pub keys: Vec<crate::keys::KeySpec>,
+    /// Its stdout is the sudo password (for `sudo = true` hosts whose sudo
+    /// asks for one).
+    pub sudo_password_command: Option<Vec<String>>,
 }
 
 /// `substituters` / `trusted_public_keys` of a host: passed to the host's

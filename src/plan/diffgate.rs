@@ -232,7 +232,14 @@ pub async fn run<F: Fleet>(
 /// What the gate found for one host.
 enum Found<'a> {
     Diff(&'a HostDiff),
-    Unreachable(String),
+    /// No session (unreachable, or sudo refused the run's password).
+    NoSession(Refusal),
+    Failed(String),
+}
+
+/// Why a host has no diff.
+enum Miss {
+    NoSession(Refusal),
     Failed(String),
 }
 
@@ -252,7 +259,7 @@ fn apply(verdicts: &mut HashMap<String, Verdict>, host: &str, found: Found<'_>) 
         Found::Diff(d) => Refusal::Drift {
             packages: d.drift.iter().map(|x| x.package.clone()).collect(),
         },
-        Found::Unreachable(error) => Refusal::Unreachable { error },
+        Found::NoSession(refusal) => refusal,
         Found::Failed(error) => Refusal::DiffFailed { error },
     };
     *v = Verdict::Refused { refusal };
@@ -307,12 +314,14 @@ async fn diff_all<F: Fleet>(
             let r = match (drvs.get(h), current) {
                 (Some(drv), Ok(current)) => one(ctx, h, cand, drv, current)
                     .await
-                    .map_err(|e| (false, format!("{e:#}"))),
-                (Some(_), Err(ReadError::Unreachable(e))) => Err((true, e.to_string())),
-                (Some(_), Err(ReadError::Failed(e))) => {
-                    Err((false, format!("reading what {h} runs: {e:#}")))
+                    .map_err(|e| Miss::Failed(format!("{e:#}"))),
+                (Some(_), Err(ReadError::Unreachable(e))) => {
+                    Err(Miss::NoSession(Refusal::no_session(&e)))
                 }
-                (None, _) => Err((false, "no derivation known for the candidate".into())),
+                (Some(_), Err(ReadError::Failed(e))) => {
+                    Err(Miss::Failed(format!("reading what {h} runs: {e:#}")))
+                }
+                (None, _) => Err(Miss::Failed("no derivation known for the candidate".into())),
             };
             (h.clone(), r)
         }
@@ -331,8 +340,8 @@ async fn diff_all<F: Fleet>(
                 found(&h, Found::Diff(&diff));
                 sink.emit_handled(Event::Diff { host: h, diff }).await
             }
-            Err((true, error)) => found(&h, Found::Unreachable(error)),
-            Err((false, error)) => found(&h, Found::Failed(error)),
+            Err(Miss::NoSession(refusal)) => found(&h, Found::NoSession(refusal)),
+            Err(Miss::Failed(error)) => found(&h, Found::Failed(error)),
         }
     }
     drop(done);

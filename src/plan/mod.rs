@@ -18,6 +18,7 @@ pub mod cache_push;
 pub mod candidates;
 pub mod connect;
 pub mod diffgate;
+pub mod preflight;
 pub mod rollback_target;
 
 use std::collections::HashMap;
@@ -88,6 +89,29 @@ pub enum Refusal {
     LockFailed { error: String },
     /// `rollback`: no known-good closure to go back to.
     NoRollbackTarget { why: NoTarget },
+    /// A key's content could not be read on the controller.
+    KeySource { error: crate::keys::KeySourceError },
+    /// A `pre_checks` command failed on the host.
+    PreChecks {
+        reports: Vec<crate::activation::health::HealthReport>,
+    },
+    /// sudo refused the run's password (or needs one the run does not have).
+    Sudo {
+        check: crate::activation::privilege::SudoCheck,
+    },
+}
+
+impl Refusal {
+    /// A host whose session could not be had: unreachable, or its sudo
+    /// refused the run's password.
+    pub fn no_session(e: &crate::fleet::SessionError) -> Refusal {
+        match e.sudo_check() {
+            Some(check) => Refusal::Sudo { check },
+            None => Refusal::Unreachable {
+                error: e.to_string(),
+            },
+        }
+    }
 }
 
 /// A host's place in the plan.
@@ -141,6 +165,8 @@ pub enum PlanStage {
     CachePush,
     Targets,
     Lock,
+    /// Reading keys and running pre-checks.
+    Preflight,
 }
 
 /// What the command asks for.
@@ -219,6 +245,8 @@ pub struct Plan {
     pub closures: HashMap<StorePath, Arc<Vec<PathInfo>>>,
     /// The host locks, held until the run ends.
     pub locks: HashMap<String, HostLock>,
+    /// The keys read for each ready host, written by its pipeline.
+    pub keys: preflight::HostKeys,
 }
 
 impl Plan {
@@ -272,6 +300,7 @@ impl Plan {
             cancelled: None,
             closures: HashMap::new(),
             locks: HashMap::new(),
+            keys: HashMap::new(),
         }
     }
 
@@ -365,6 +394,13 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     if req.deploys() && plan_cancelled.is_none() && lock_ready(p, &mut verdicts, &mut locks).await {
         plan_cancelled = Some(PlanStage::Lock);
     }
+    let mut keys = HashMap::new();
+    if req.deploys() && plan_cancelled.is_none() {
+        match preflight::run(p, &mut verdicts, req.goal()).await {
+            Some(k) => keys = k,
+            None => plan_cancelled = Some(PlanStage::Preflight),
+        }
+    }
     let mut plan = Plan::assemble(req.goal(), req.source().cloned(), p.selection, |h| {
         match (verdicts.remove(h), plan_cancelled) {
             (Some(v), None) => v,
@@ -381,6 +417,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     plan.cancelled = plan_cancelled;
     plan.closures = closures;
     plan.locks = locks;
+    plan.keys = keys;
     plan
 }
 
@@ -410,14 +447,7 @@ async fn lock_ready<F: Fleet>(
             };
             let remote = match p.fleet.host(h).await {
                 Ok(r) => r,
-                Err(e) => {
-                    return (
-                        h.clone(),
-                        Err(Refusal::Unreachable {
-                            error: e.to_string(),
-                        }),
-                    );
-                }
+                Err(e) => return (h.clone(), Err(Refusal::no_session(&e))),
             };
             let path = host_lock::path(&HostPaths::for_os(inv_host.os));
             let r = host_lock::acquire(&remote, inv_host.os, &path, &holder, inv_host.sudo).await;

@@ -178,9 +178,11 @@ async fn target_for<F: Fleet>(
     let h = p.inventory.host(host).ok_or_else(|| Refusal::Unreachable {
         error: format!("{host} is not in the inventory"),
     })?;
-    let remote = p.fleet.host(host).await.map_err(|e| Refusal::Unreachable {
-        error: e.to_string(),
-    })?;
+    let remote = p
+        .fleet
+        .host(host)
+        .await
+        .map_err(|e| Refusal::no_session(&e))?;
     let unreadable = |e: anyhow::Error| Refusal::NoRollbackTarget {
         why: NoTarget::Unreadable {
             error: format!("{e:#}"),

@@ -109,9 +109,21 @@ impl Command {
     /// The shell text sent over SSH: every word quoted. Environment values
     /// are quoted after their `KEY=`; keys come from nixgate's own source.
     pub fn render(&self) -> String {
-        let mut out: Vec<String> = Vec::with_capacity(self.argv.len() + self.env.len() + 4);
-        if self.sudo {
-            out.extend(["sudo", "-n", "--"].map(String::from));
+        self.render_as(SudoAuth::NoPassword)
+    }
+
+    /// The shell text for a host whose sudo takes a password on stdin:
+    /// `sudo -S -k -p '' --`, so sudo always asks (`-k`: a cached
+    /// credential would leave the password line to the command), prompts
+    /// nothing, and reads exactly one line before the command's own stdin.
+    pub fn render_as(&self, auth: SudoAuth) -> String {
+        let mut out: Vec<String> = Vec::with_capacity(self.argv.len() + self.env.len() + 6);
+        match (self.sudo, auth) {
+            (false, _) => {}
+            (true, SudoAuth::NoPassword) => out.extend(["sudo", "-n", "--"].map(String::from)),
+            (true, SudoAuth::PasswordOnStdin) => {
+                out.extend(["sudo", "-S", "-k", "-p", "''", "--"].map(String::from))
+            }
         }
         if !self.env.is_empty() {
             out.push("env".into());
@@ -124,6 +136,15 @@ impl Command {
         out.extend(self.argv.iter().map(|w| quote(w)));
         out.join(" ")
     }
+}
+
+/// How `sudo` is told the user's password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SudoAuth {
+    /// `sudo -n`: never asks (NOPASSWD, or root).
+    NoPassword,
+    /// `sudo -S`: the password is the first line of stdin.
+    PasswordOnStdin,
 }
 
 impl fmt::Display for Command {
@@ -191,6 +212,19 @@ mod tests {
         assert_eq!(
             c.render(),
             "sudo -n -- env NIXOS_NO_CHECK=1 X='a b' switch-to-configuration test"
+        );
+    }
+
+    #[test]
+    fn sudo_with_a_password_reads_it_from_stdin() {
+        let c = Command::new("true").sudo(true);
+        assert_eq!(
+            c.render_as(SudoAuth::PasswordOnStdin),
+            "sudo -S -k -p '' -- true"
+        );
+        assert_eq!(
+            Command::new("true").render_as(SudoAuth::PasswordOnStdin),
+            "true"
         );
     }
 

@@ -18,7 +18,7 @@ use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use command::Command;
+pub use command::{Command, SudoAuth};
 
 /// How a remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

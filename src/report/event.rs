@@ -30,6 +30,7 @@ pub enum CommandName {
     Status,
     Release,
     Exec,
+    UploadKeys,
 }
 
 impl CommandName {
@@ -44,6 +45,7 @@ impl CommandName {
             CommandName::Status => "status",
             CommandName::Release => "release",
             CommandName::Exec => "exec",
+            CommandName::UploadKeys => "upload-keys",
         }
     }
 }
@@ -266,6 +268,17 @@ pub enum Event {
         end: crate::exec::ExecEnd,
         seconds: f64,
     },
+    /// `upload-keys`: a host's keys were written (names, destinations,
+    /// SHA-256; never content).
+    KeysUploaded {
+        host: String,
+        keys: Vec<crate::keys::KeyReceipt>,
+    },
+    /// `upload-keys`: a host's keys were not written.
+    KeysFailed {
+        host: String,
+        reason: crate::keys::standalone::KeysFailure,
+    },
     /// The last event of every command.
     Summary {
         command: CommandName,
@@ -322,6 +335,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "exec_started",
     "exec_output",
     "exec_finished",
+    "keys_uploaded",
+    "keys_failed",
     "summary",
     "wave_started",
     "host_not_started",
@@ -371,6 +386,8 @@ impl Event {
             Event::ExecStarted { .. } => "exec_started",
             Event::ExecOutput { .. } => "exec_output",
             Event::ExecFinished { .. } => "exec_finished",
+            Event::KeysUploaded { .. } => "keys_uploaded",
+            Event::KeysFailed { .. } => "keys_failed",
             Event::Summary { .. } => "summary",
             Event::Runner(r) => match r {
                 RunnerEvent::WaveStarted { .. } => "wave_started",

@@ -20,13 +20,21 @@ const STREAM_BUFFER: usize = 256 * 1024;
 const STREAM_STDERR_MAX: usize = 1024 * 1024;
 
 /// Run `command` on `channel` and collect everything it prints. Stdin is
-/// closed at once. `Err` only when the server refused to start it.
-pub(crate) async fn collect(channel: Channel<Msg>, command: &str) -> anyhow::Result<Output> {
+/// `input` (a sudo password line), then closed. `Err` only when the server
+/// refused to start it.
+pub(crate) async fn collect(
+    channel: Channel<Msg>,
+    command: &str,
+    input: &[u8],
+) -> anyhow::Result<Output> {
     channel
         .exec(true, command.as_bytes())
         .await
         .context("sending the exec request")?;
     let (mut read, write) = channel.split();
+    if !input.is_empty() {
+        let _ = write.data(input).await;
+    }
     // Like `ssh host cmd </dev/null`: a command reading stdin sees EOF.
     let _ = write.eof().await;
     let mut stdout = Vec::new();

@@ -24,7 +24,9 @@ use super::error::ConnectError;
 use super::exec;
 use super::hostkey::Pins;
 use super::target::SshTarget;
-use crate::remote::{Command, Output, Remote, Streaming};
+use crate::keys::Secret;
+use crate::remote::{Command, Output, Remote, Streaming, SudoAuth};
+use zeroize::Zeroizing;
 
 /// Channels open at once on one connection: below OpenSSH's default
 /// `MaxSessions 10`.
@@ -45,6 +47,8 @@ struct Inner {
     closed: AtomicBool,
     /// A channel being opened (or open) ahead of the next command.
     spare: std::sync::Mutex<Option<Spare>>,
+    /// The user's sudo password, once sudo on this host proved to ask for it.
+    sudo_password: std::sync::OnceLock<Arc<Secret>>,
 }
 
 /// A channel opened ahead of need, on the connection it belongs to.
@@ -67,6 +71,7 @@ impl SshSession {
                 target,
                 closed: AtomicBool::new(false),
                 spare: std::sync::Mutex::new(None),
+                sudo_password: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -77,6 +82,43 @@ impl SshSession {
             Ok(i) => i.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// From now on, privileged commands get `password` on stdin
+    /// (`sudo -S`); set once, for hosts whose sudo asks for a password.
+    pub fn use_sudo_password(&self, password: Arc<Secret>) {
+        let _ = self.inner.sudo_password.set(password);
+    }
+
+    /// The password privileged commands get, if sudo on this host asks.
+    pub fn sudo_password(&self) -> Option<Arc<Secret>> {
+        self.inner.sudo_password.get().cloned()
+    }
+
+    /// How `cmd` is rendered here, and the line its stdin starts with (the
+    /// password, for a privileged command on a host whose sudo asks).
+    fn prepare(&self, cmd: &Command) -> (String, Zeroizing<Vec<u8>>) {
+        match self.inner.sudo_password.get() {
+            Some(pw) if cmd.is_sudo() => {
+                let mut line = Zeroizing::new(Vec::with_capacity(pw.len() + 1));
+                line.extend_from_slice(pw.expose());
+                line.push(b'\n');
+                (cmd.render_as(SudoAuth::PasswordOnStdin), line)
+            }
+            _ => (cmd.render(), Zeroizing::new(Vec::new())),
+        }
+    }
+
+    /// Start a stream, its stdin beginning with `first` (if any).
+    async fn feed(mut s: Streaming, first: &[u8]) -> anyhow::Result<Streaming> {
+        if !first.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            s.stdin
+                .write_all(first)
+                .await
+                .context("giving sudo its password")?;
+        }
+        Ok(s)
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -225,7 +267,8 @@ impl Remote for SshSession {
             .context("the session's channel limiter was closed")?;
         let started = std::time::Instant::now();
         let channel = self.open_channel().await?;
-        let out = exec::collect(channel, &cmd.render())
+        let (text, input) = self.prepare(cmd);
+        let out = exec::collect(channel, &text, &input)
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
         tracing::debug!(
@@ -251,9 +294,11 @@ impl Remote for SshSession {
                     self.inner.target.name
                 )
             })?;
-        exec::stream(conn, &cmd.render())
+        let (text, input) = self.prepare(cmd);
+        let s = exec::stream(conn, &text)
             .await
-            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
+        Self::feed(s, &input).await
     }
 
     async fn exec_watched(
@@ -285,9 +330,11 @@ impl Remote for SshSession {
             .await
             .context("the session's channel limiter was closed")?;
         let channel = self.open_channel().await?;
-        exec::stream_channel(channel, exec::Holds::Slot(permit), &cmd.render())
+        let (text, input) = self.prepare(cmd);
+        let s = exec::stream_channel(channel, exec::Holds::Slot(permit), &text)
             .await
-            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
+        Self::feed(s, &input).await
     }
 }
 

@@ -29,6 +29,7 @@ use super::settings::{HostSettings, Os, RunId, STEP_LIMIT};
 use super::switch::{JobPurpose, SwitchJob, stop_job};
 use super::{dry_activate, health, inhibitors, links, privilege, realise};
 use crate::gates::{Gate, Goal, SwitchAction};
+use crate::keys::UploadAt;
 use crate::nix::StorePath;
 use crate::remote::Remote;
 
@@ -47,6 +48,8 @@ pub struct ActivationRequest {
     /// The candidate is this known-good generation (a rollback): marking
     /// re-selects it instead of adding a generation.
     pub known_good_generation: Option<u64>,
+    /// The host's keys, read on the controller by the plan.
+    pub keys: std::sync::Arc<Vec<crate::keys::ResolvedKey>>,
 }
 
 /// Opens a NEW connection to the host being activated: fresh TCP,
@@ -240,6 +243,11 @@ impl<R: Remote> Run<'_, R> {
         if cancel.is_cancelled() {
             return HostOutcome::Cancelled { before: first };
         }
+        if goal.writes_keys()
+            && let Err(outcome) = self.upload_keys(UploadAt::PreActivation, first).await
+        {
+            return outcome;
+        }
         let mut deferred = None;
         if goal.runs_dry_activate() {
             self.start(Gate::DryActivate);
@@ -370,6 +378,12 @@ impl<R: Remote> Run<'_, R> {
                     return outcome;
                 }
                 self.self_correct().await;
+                if let Err(outcome) = self
+                    .upload_keys(UploadAt::PostActivation, Gate::LiveActivate)
+                    .await
+                {
+                    return outcome;
+                }
                 self.pass(Gate::LiveActivate, GateEvidence::LiveActivate(ev));
             }
             SwitchResult::NeedsReboot(reason) => {
@@ -474,6 +488,7 @@ impl<R: Remote> Run<'_, R> {
 }
 
 mod confirm;
+mod keys;
 mod off_path;
 
 #[cfg(test)]

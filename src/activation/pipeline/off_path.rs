@@ -107,6 +107,14 @@ impl<R: Remote> Run<'_, R> {
     /// goal asks, never re-switch.
     pub(super) async fn already_current(&mut self) -> HostOutcome {
         let goal = self.req.goal;
+        // Running already, so proven live: its post-activation keys now.
+        if goal.activates_live()
+            && let Err(outcome) = self
+                .upload_keys(crate::keys::UploadAt::PostActivation, Gate::LiveActivate)
+                .await
+        {
+            return outcome;
+        }
         if goal.runs_health_checks() {
             self.start(Gate::HealthChecks);
             let reports =

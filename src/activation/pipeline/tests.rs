@@ -39,6 +39,7 @@ fn request(goal: Goal) -> ActivationRequest {
         commit: Some("3f2a9c1".into()),
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        keys: Default::default(),
     }
 }
 
@@ -954,4 +955,110 @@ async fn a_step_that_never_answers_fails_at_its_limit_saying_why() {
         err.contains("nix-env --set: no answer within 120s"),
         "{err}"
     );
+}
+
+fn keyed(goal: Goal) -> ActivationRequest {
+    use crate::keys::{KeySource, KeySpec, ResolvedKey, Secret, UploadAt};
+    let key = |name: &str, at: UploadAt, content: &[u8]| {
+        let spec = KeySpec {
+            name: name.into(),
+            source: KeySource::Text {
+                text: Secret::new(content.to_vec()),
+            },
+            dest_dir: "/run/keys".into(),
+            user: "root".into(),
+            group: None,
+            permissions: "0600".into(),
+            upload_at: at,
+        };
+        ResolvedKey::new(spec, Secret::new(content.to_vec()))
+    };
+    let mut req = request(goal);
+    req.keys = std::sync::Arc::new(vec![
+        key("pre.key", UploadAt::PreActivation, b"PRE-SECRET"),
+        key("post.key", UploadAt::PostActivation, b"POST-SECRET"),
+    ]);
+    req
+}
+
+fn at(cmds: &[String], prefix: &str) -> usize {
+    cmds.iter()
+        .position(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {cmds:#?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_are_written_in_the_order_of_the_gates() {
+    let host = FakeHost::new(&sp(OLD));
+    let ran = run(&host, &keyed(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let c = &ran.cmds;
+    let pre = at(c, "sudo write-key /run/keys pre.key root 0600");
+    let dry = at(
+        c,
+        &format!("sudo -n -- {NEW}/bin/switch-to-configuration dry-activate"),
+    );
+    let fire = at(c, "sudo fire --unit=nixgate-switch-r1 ");
+    let post = at(c, "sudo write-key /run/keys post.key");
+    let health = at(c, "timeout --kill-after=5");
+    assert!(
+        pre < dry && dry < fire && fire < post && post < health,
+        "{c:#?}"
+    );
+    assert!(c.iter().all(|x| !x.contains("SECRET")), "{c:#?}");
+    {
+        let st = host.state();
+        assert_eq!(st.keys["/run/keys/pre.key"], b"PRE-SECRET");
+        assert_eq!(st.keys["/run/keys/post.key"], b"POST-SECRET");
+    }
+    let uploaded: Vec<_> = ran
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ActivationEvent::KeysUploaded { stage, keys } => Some((*stage, keys.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uploaded.len(), 2);
+    assert_eq!(uploaded[0].1[0].dest, "/run/keys/pre.key");
+    // dry-activate and copy change nothing: no keys.
+    for goal in [Goal::DryActivate, Goal::Copy] {
+        let host = FakeHost::new(&sp(OLD));
+        let ran = run(&host, &keyed(goal)).await;
+        assert_eq!(count(&ran.cmds, "sudo write-key"), 0, "{goal:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_cannot_be_written_fails_clean_before_and_rolls_back_after() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().failing_key = Some("pre.key".into());
+    let ran = run(&host, &keyed(Goal::Gated)).await;
+    let HostOutcome::Failed { gate, reason } = &ran.outcome else {
+        panic!("{:?}", ran.outcome)
+    };
+    assert_eq!(*gate, Gate::DryActivate);
+    assert!(matches!(reason, FailureReason::Keys { error, .. } if error.key == "pre.key"));
+    assert_eq!(
+        count(
+            &ran.cmds,
+            &format!("sudo -n -- {NEW}/bin/switch-to-configuration")
+        ),
+        0
+    );
+    assert_eq!(host.state().current, sp(OLD));
+
+    let host = FakeHost::new(&sp(OLD));
+    host.state().failing_key = Some("post.key".into());
+    let ran = run(&host, &keyed(Goal::Gated)).await;
+    let HostOutcome::RolledBack { gate, reason, to } = &ran.outcome else {
+        panic!("{:?}", ran.outcome)
+    };
+    assert_eq!((*gate, to), (Gate::LiveActivate, &sp(OLD)));
+    assert!(matches!(reason, FailureReason::Keys { error, .. } if error.key == "post.key"));
+    assert_eq!(host.state().current, sp(OLD));
 }

@@ -108,6 +108,15 @@ fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
         Refusal::NoRollbackTarget { .. } => {
             format!("`nixgate status --history {host}` lists its known-good generations")
         }
+        Refusal::KeySource { .. } => {
+            format!("fix the key's text, file or command, then `nixgate {command} {host}`")
+        }
+        Refusal::PreChecks { .. } => {
+            format!("make the failing pre_check pass on {host}, then `nixgate {command} {host}`")
+        }
+        Refusal::Sudo { .. } => format!(
+            "check the sudo password (--ask-sudo-password or sudo_password_command), then `nixgate {command} {host}`"
+        ),
         Refusal::CachePush { store, .. } => {
             format!("make {store} writable from the builder, then `nixgate {command} {host}`")
         }

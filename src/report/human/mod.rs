@@ -146,6 +146,15 @@ pub fn describe(ev: &Event) -> Option<String> {
                 .unwrap_or_default()
         ),
         Event::ReportWritten { path } => format!("run report: {}", path.display()),
+        Event::KeysUploaded { host, keys } if keys.is_empty() => format!("{host}: no keys"),
+        Event::KeysUploaded { host, keys } => keys
+            .iter()
+            .map(|k| format!("{host}: {} written (sha256 {})", k.dest, k.sha256))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Event::KeysFailed { host, reason } => {
+            format!("{host}: keys NOT written: {}", words::keys_failure(reason))
+        }
         Event::Summary {
             hosts,
             exit_code,
@@ -220,6 +229,7 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
         Event::CancelRequested { .. }
         | Event::BuilderFailed { .. }
         | Event::CachePushFailed { .. }
+        | Event::KeysFailed { .. }
         | Event::NotReleased { .. }
         | Event::NotPublished { .. }
         | Event::Summary { .. } => Some(Quiet),

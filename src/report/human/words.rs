@@ -66,6 +66,7 @@ pub fn plan_stage(s: &PlanStage) -> &'static str {
         PlanStage::Targets => "reading the rollback targets",
         PlanStage::Lock => "taking the host locks",
         PlanStage::CachePush => "pushing to the binary cache",
+        PlanStage::Preflight => "checking keys, pre_checks and sudo",
     }
 }
 
@@ -149,6 +150,49 @@ pub fn refusal(r: &Refusal) -> String {
             format!("the host lock could not be taken: {}", first_line(error))
         }
         Refusal::NoRollbackTarget { why } => no_target(why),
+        Refusal::KeySource { error } => format!("{error}; nothing on the host was changed"),
+        Refusal::PreChecks { reports } => pre_checks(reports),
+        Refusal::Sudo { check } => sudo_check(check),
+    }
+}
+
+/// Why `upload-keys` wrote nothing (or not everything) on a host.
+pub fn keys_failure(f: &crate::keys::standalone::KeysFailure) -> String {
+    use crate::keys::standalone::KeysFailure;
+    match f {
+        KeysFailure::Source(e) => format!("{e}; nothing was written"),
+        KeysFailure::Unreachable { error } => format!("unreachable: {}", first_line(error)),
+        KeysFailure::Sudo(check) => sudo_check(check),
+        KeysFailure::Upload(e) => first_line(&e.to_string()).to_owned(),
+    }
+}
+
+/// The pre-check that refused a host, with the end of its output.
+fn pre_checks(reports: &[crate::activation::health::HealthReport]) -> String {
+    use crate::activation::health::Attempt;
+    let Some(failed) = reports.iter().find(|r| !r.passed()) else {
+        return "a pre-check failed".into();
+    };
+    let how = match failed.attempts.last() {
+        Some(Attempt::Failed { exit, tail }) if tail.is_empty() => format!("{exit}"),
+        Some(Attempt::Failed { exit, tail }) => format!("{exit}: {}", tail.join(" / ")),
+        Some(Attempt::TimedOut { after }) => format!("timed out after {}s", after.as_secs()),
+        Some(Attempt::Unreachable { error }) => format!("could not run: {}", first_line(error)),
+        Some(Attempt::Passed) | None => "failed".into(),
+    };
+    format!("pre-check `{}` failed ({how})", failed.command)
+}
+
+/// Why sudo did not work on a host, and what to do.
+pub fn sudo_check(check: &crate::activation::privilege::SudoCheck) -> String {
+    use crate::activation::privilege::SudoCheck;
+    match check {
+        SudoCheck::Ready => "sudo works".into(),
+        SudoCheck::PasswordRequired => "sudo asks for a password: pass --ask-sudo-password, set sudo_password_command, or grant NOPASSWD".into(),
+        SudoCheck::WrongPassword => "sudo refused the password (wrong password?); nothing on the host was changed".into(),
+        SudoCheck::NotInSudoers => "the user may not use sudo".into(),
+        SudoCheck::SudoMissing => "there is no sudo on the host".into(),
+        SudoCheck::Refused { exit, tail } => format!("sudo refused ({exit}): {}", last_line(tail)),
     }
 }
 
@@ -227,21 +271,18 @@ pub fn failure(r: &FailureReason) -> String {
         FailureReason::Realise(r) => realise(r),
         FailureReason::DryActivate(d) => dry_activate(d),
         FailureReason::Reboot(r) => reboot(r),
+        FailureReason::Keys { stage, error } => {
+            format!(
+                "writing {} keys: {}",
+                stage.as_str(),
+                first_line(&error.to_string())
+            )
+        }
     }
 }
 
 fn sudo(c: &SudoCheck) -> String {
-    match c {
-        SudoCheck::Ready => "sudo works".into(),
-        SudoCheck::PasswordRequired => {
-            "sudo wants a password: grant the deploy user NOPASSWD, or connect as root".into()
-        }
-        SudoCheck::NotInSudoers => "the deploy user may not use sudo".into(),
-        SudoCheck::SudoMissing => "there is no sudo on the host".into(),
-        SudoCheck::Refused { exit, tail } => {
-            format!("sudo refused ({exit}): {}", last_line(tail))
-        }
-    }
+    sudo_check(c)
 }
 
 fn realise(r: &RealiseOutcome) -> String {
@@ -392,6 +433,15 @@ pub fn activation(host: &str, ev: &ActivationEvent) -> Option<String> {
         ActivationEvent::AwaitingRevert { cause, .. } => format!(
             "{host}: {}; waiting for the host to take itself back",
             cut_off(cause)
+        ),
+        ActivationEvent::KeysUploaded { stage, keys } => format!(
+            "{host}: {} key(s) written ({}): {}",
+            keys.len(),
+            stage.as_str(),
+            keys.iter()
+                .map(|k| format!("{} sha256:{}", k.dest, &k.sha256[..12.min(k.sha256.len())]))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         ActivationEvent::Step { .. } | ActivationEvent::Polling { .. } => return None,
     })

@@ -1,0 +1,162 @@
+//! Writing a key on a host: one remote command per key, the content on its
+//! stdin. The script makes a temporary file next to the destination (umask
+//! 077, so it starts private), gives it the final owner and mode while it
+//! is still empty, fills it, checks the byte count, and renames it over the
+//! destination: a reader sees the old key or the new one, never a partial
+//! one, and never one more open than asked. A missing `dest_dir` is created
+//! `0755` (NixOS creates `/run/keys` itself, `root:keys 0750`).
+
+use crate::activation::settings::STEP_LIMIT;
+use crate::remote::{Command, Remote, exec_input};
+
+use super::{KeyReceipt, ResolvedKey};
+
+/// `$1` dir, `$2` name, `$3` owner (`user` or `user:group`), `$4` mode;
+/// the content on stdin; prints the byte count written.
+pub(crate) const WRITE: &str = r#"set -eu
+dir=$1 dest=$1/$2 owner=$3 mode=$4
+umask 077
+if [ ! -d "$dir" ]; then mkdir -p "$dir"; chmod 0755 "$dir"; fi
+tmp=$(mktemp "$dir/.nixgate-key.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+chown "$owner" "$tmp"
+chmod "$mode" "$tmp"
+cat >"$tmp"
+wc -c <"$tmp" | tr -d ' '
+mv -f "$tmp" "$dest"
+trap - EXIT"#;
+
+/// Why a key could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("key {key} ({dest}): {error}")]
+pub struct KeyUploadError {
+    pub key: String,
+    pub dest: String,
+    pub error: String,
+}
+
+/// The remote command writing `key` (its content goes on stdin).
+pub fn write_command(key: &ResolvedKey, sudo: bool) -> Command {
+    let s = &key.spec;
+    Command::script(WRITE)
+        .arg(s.dest_dir.trim_end_matches('/'))
+        .arg(&s.name)
+        .arg(s.owner())
+        .arg(&s.permissions)
+        .sudo(sudo)
+        .within(STEP_LIMIT)
+}
+
+/// Write one key on the host.
+pub async fn upload<R: Remote>(
+    remote: &R,
+    key: &ResolvedKey,
+    sudo: bool,
+) -> Result<KeyReceipt, KeyUploadError> {
+    let fail = |error: String| KeyUploadError {
+        key: key.spec.name.clone(),
+        dest: key.spec.dest(),
+        error,
+    };
+    let cmd = write_command(key, sudo);
+    let run = exec_input(remote, &cmd, key.content.expose());
+    let limit = STEP_LIMIT + std::time::Duration::from_secs(15);
+    let out = match tokio::time::timeout(limit, run).await {
+        Err(_) => return Err(fail(format!("no answer within {}s", limit.as_secs()))),
+        Ok(Err(e)) => return Err(fail(format!("{e:#}"))),
+        Ok(Ok(out)) => out,
+    };
+    let out = out
+        .check("writing the key")
+        .map_err(|e| fail(format!("{e:#}")))?;
+    let written = out.stdout_str().trim().to_owned();
+    if written != key.content.len().to_string() {
+        return Err(fail(format!(
+            "{written:?} bytes arrived of {}",
+            key.content.len()
+        )));
+    }
+    Ok(key.receipt())
+}
+
+/// Write `keys` in order; the first failure stops it.
+pub async fn upload_all<R: Remote>(
+    remote: &R,
+    keys: &[&ResolvedKey],
+    sudo: bool,
+) -> Result<Vec<KeyReceipt>, KeyUploadError> {
+    let mut done = Vec::with_capacity(keys.len());
+    for key in keys {
+        done.push(upload(remote, key, sudo).await?);
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::keys::{KeySource, KeySpec, Secret, UploadAt};
+    use crate::remote::local::LocalRemote;
+
+    fn key(dir: &str, content: &[u8]) -> ResolvedKey {
+        let spec = KeySpec {
+            name: "db-password".into(),
+            source: KeySource::Text {
+                text: Secret::new(content.to_vec()),
+            },
+            dest_dir: dir.into(),
+            user: whoami(),
+            group: None,
+            permissions: "0640".into(),
+            upload_at: UploadAt::PreActivation,
+        };
+        ResolvedKey::new(spec, Secret::new(content.to_vec()))
+    }
+
+    fn whoami() -> String {
+        let out = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn content_is_never_an_argument() {
+        let k = key("/run/keys", b"s3cret-value");
+        let cmd = write_command(&k, true);
+        assert!(!cmd.render().contains("s3cret-value"), "{}", cmd.render());
+        assert!(cmd.render().starts_with("sudo -n -- "));
+    }
+
+    #[tokio::test]
+    async fn writes_atomically_with_owner_and_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let dir_s = dir.display().to_string();
+        let remote = LocalRemote::new("local");
+        let content = b"line one\n\x00binary\xff".to_vec();
+        let r = upload(&remote, &key(&dir_s, &content), false)
+            .await
+            .unwrap();
+        assert_eq!(r.dest, format!("{dir_s}/db-password"));
+        let path = dir.join("db-password");
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        // Replaced whole; no temporary file left behind.
+        upload(&remote, &key(&dir_s, b"new"), false).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        // An owner that does not exist: refused, nothing left behind.
+        let mut bad = key(&dir_s, b"x");
+        bad.spec.user = "no-such-user-nixgate".into();
+        let e = upload(&remote, &bad, false).await.unwrap_err();
+        assert!(e.error.contains("writing the key failed"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+}
