@@ -14,6 +14,7 @@ use super::switch::{JobPurpose, SwitchJob};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
 use crate::remote::Remote;
+use crate::remote::patient::Patient;
 
 /// How far back to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,7 +80,10 @@ pub enum RollbackOutcome {
     },
 }
 
-/// Re-activate `to` on the host.
+/// Re-activate `to` on the host. Its reads and its profile change survive
+/// a lost connection for the activation budget (a rollback is most often
+/// needed when the host is in trouble: rebooting, its sshd restarting); its
+/// switch is fired and polled as every switch is.
 pub async fn reactivate<R: Remote>(
     remote: &R,
     settings: &HostSettings,
@@ -93,10 +97,11 @@ pub async fn reactivate<R: Remote>(
         mode,
         error,
     };
+    let patient = Patient::new(remote, settings.activation_timeout);
     emit(ActivationEvent::Step {
         step: Step::ReadCurrentSystem,
     });
-    let now = match current_system(remote, &settings.paths.current_system).await {
+    let now = match current_system(&patient, &settings.paths.current_system).await {
         Ok(now) => now,
         Err(e) => {
             return failed(RollbackError::ReadCurrentSystem {
@@ -111,7 +116,7 @@ pub async fn reactivate<R: Remote>(
                 closure: to.clone(),
             },
         });
-        if let Err(e) = profile::set(remote, &settings.system_profile, to, settings.sudo).await {
+        if let Err(e) = profile::set(&patient, &settings.system_profile, to, settings.sudo).await {
             return failed(RollbackError::ProfileSet {
                 error: format!("{e:#}"),
             });

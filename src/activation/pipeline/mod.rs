@@ -25,7 +25,7 @@ use super::realise::RealiseOutcome;
 use super::reboot::{RebootOutcome, reboot_and_verify};
 use super::settings::{HostSettings, Os, RunId};
 use super::switch::{JobPurpose, SwitchJob, stop_job};
-use super::{dry_activate, health, inhibitors, links, privilege, realise};
+use super::{dry_activate, health, inhibitors, leftovers, links, privilege, realise};
 use crate::gates::{Gate, Goal, SwitchAction};
 use crate::nix::StorePath;
 use crate::remote::Remote;
@@ -187,6 +187,12 @@ impl<R: Remote> Run<'_, R> {
         }
         if goal == Goal::Copy {
             return HostOutcome::Activated { goal };
+        }
+        if goal != Goal::DryActivate
+            && let Err(e) =
+                leftovers::settle(self.remote, self.s, &self.req.run_id, self.emit).await
+        {
+            return self.fail_clean(first, remote_err("an earlier run's units", e));
         }
         self.step(Step::ReadCurrentSystem);
         let paths = &self.s.paths;
@@ -430,6 +436,7 @@ impl<R: Remote> Run<'_, R> {
             run_id: self.req.run_id.clone(),
             gates: self.records.clone(),
             at: std::time::SystemTime::now(),
+            patience: self.s.activation_timeout,
         };
         match known_good::mark(self.remote, &self.s.paths, self.s.sudo, req).await {
             Ok(mark) => {
