@@ -108,6 +108,9 @@ pub struct State {
     /// Commands (as [`describe`]d, exactly) whose answer is lost, once per
     /// entry: `true` after the command ran on the host, `false` before.
     pub lose: Vec<(String, bool)>,
+    /// Commands (as [`describe`]d) answered with exit 1 instead, once per
+    /// entry (a host going down: its `/nix` unmounted under the session).
+    pub break_once: Vec<String>,
 }
 
 impl State {
@@ -682,6 +685,7 @@ impl FakeHost {
             sudo_password_required: false,
             failed_units: Default::default(),
             lose: Vec::new(),
+            break_once: Vec::new(),
         })))
     }
 
@@ -704,6 +708,10 @@ impl FakeHost {
             let said = describe(cmd);
             let lost = {
                 let mut st = st.lock().expect("state");
+                if let Some(i) = st.break_once.iter().position(|c| *c == said) {
+                    st.break_once.remove(i);
+                    return fail(1, "readlink: /nix/store: No such file or directory");
+                }
                 let i = st.lose.iter().position(|(c, _)| *c == said);
                 i.map(|i| st.lose.remove(i).1)
             };

@@ -111,7 +111,13 @@ async fn a_rollback_waits_for_a_host_that_is_down_for_a_while() {
         },
     );
     let read = "readlink-f /run/current-system".to_string();
-    host.state().lose = vec![(read.clone(), false), (read.clone(), false), (read, false)];
+    host.state().lose = vec![
+        (read.clone(), false),
+        (read.clone(), false),
+        (read.clone(), false),
+    ];
+    // Going down, then up: its /nix gone under the session for a moment.
+    host.state().break_once = vec![read.clone(), read];
     let outcome = run(&host).await;
     let HostOutcome::RolledBack { to, .. } = &outcome else {
         panic!("{outcome:?}")

@@ -80,6 +80,34 @@ pub enum RollbackOutcome {
     },
 }
 
+/// `/run/current-system` for a rollback: read again while it cannot be
+/// read, within the activation budget (backoff 1, 2, 4, 8, then 15 s).
+/// Seen on the fault matrix (host rebooted while its switch was polled):
+/// the host answered while going down, `readlink -f` exited 1 (its `/nix`
+/// already unmounted), and one failed read ended the rollback
+/// `rollback-failed`, for a host that was up on its boot default seconds
+/// later. A read is safe to repeat; the budget bounds the wait.
+async fn read_current<R: Remote>(
+    remote: &Patient<'_, R>,
+    settings: &HostSettings,
+) -> anyhow::Result<StorePath> {
+    let deadline = tokio::time::Instant::now() + settings.activation_timeout;
+    let mut attempt = 0;
+    loop {
+        let err = match current_system(remote, &settings.paths.current_system).await {
+            Ok(now) => return Ok(now),
+            Err(e) => e,
+        };
+        let wait = crate::remote::patient::backoff(attempt);
+        attempt += 1;
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Err(err.context(format!("tried {attempt} times")));
+        }
+        tracing::info!(host = %remote.name(), attempt, "reading the current system failed: {err:#}; again in {wait:?}");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Re-activate `to` on the host. Its reads and its profile change survive
 /// a lost connection for the activation budget (a rollback is most often
 /// needed when the host is in trouble: rebooting, its sshd restarting); its
@@ -101,7 +129,7 @@ pub async fn reactivate<R: Remote>(
     emit(ActivationEvent::Step {
         step: Step::ReadCurrentSystem,
     });
-    let now = match current_system(&patient, &settings.paths.current_system).await {
+    let now = match read_current(&patient, settings).await {
         Ok(now) => now,
         Err(e) => {
             return failed(RollbackError::ReadCurrentSystem {

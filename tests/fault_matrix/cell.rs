@@ -13,7 +13,7 @@ use crate::support::fleet::fleet_script;
 /// How long a held step sleeps: long enough to inject any fault in it.
 const HOLD_SECS: u64 = 4;
 /// The longest a push may take here (a rollback after a reboot included).
-const PUSH_LIMIT: Duration = Duration::from_secs(300);
+pub(super) const PUSH_LIMIT: Duration = Duration::from_secs(300);
 
 /// What a cell found.
 #[derive(Debug, Clone)]
@@ -120,11 +120,12 @@ fn inject(lane: &Lane, run: &mut Running, fault: Fault, st: &mut LaneState) -> R
             fleet_cmd(lane, "restart", &lane.host)
         }
         Fault::BuilderDown => fleet_cmd(lane, "stop", "builder"),
+        Fault::DiskFull => Err("a full disk is not injected: see disk.rs".into()),
     }
 }
 
 /// `status`, with the host read before and after it.
-fn observe(lane: &Lane) -> (Value, Truth, Truth) {
+pub(super) fn observe(lane: &Lane) -> (Value, Truth, Truth) {
     let a = Truth::read(lane.fleet, &lane.host);
     let st = lane.status();
     let b = Truth::read(lane.fleet, &lane.host);
@@ -132,13 +133,13 @@ fn observe(lane: &Lane) -> (Value, Truth, Truth) {
 }
 
 /// Names for store paths: what ran before the cell, and the candidate.
-struct Names {
-    old: String,
-    new: String,
+pub(super) struct Names {
+    pub(super) old: String,
+    pub(super) new: String,
 }
 
 impl Names {
-    fn of(&self, p: &Value) -> String {
+    pub(super) fn of(&self, p: &Value) -> String {
         match p.as_str() {
             None | Some("") => "none".into(),
             Some(p) if p == self.old => "old".into(),
@@ -148,7 +149,7 @@ impl Names {
     }
 
     /// What `status` names, in a few words.
-    fn describe(&self, st: &Value) -> String {
+    pub(super) fn describe(&self, st: &Value) -> String {
         let mut s = format!(
             "runs {}, boots {}, known-good {}",
             self.of(&st["current"]),
@@ -240,7 +241,7 @@ fn outcome_problems(outcome: Option<&str>, before: &Truth, now: &Truth, new: &st
 }
 
 /// Where the host must be after a re-run that converged.
-fn converged_problems(t: &Truth, new: &str) -> Vec<String> {
+pub(super) fn converged_problems(t: &Truth, new: &str) -> Vec<String> {
     let mut p = Vec::new();
     for (what, is) in [
         ("running system", &t.current),
@@ -266,7 +267,7 @@ fn converged_problems(t: &Truth, new: &str) -> Vec<String> {
     p
 }
 
-fn ended(f: &Finished, killed: bool) -> String {
+pub(super) fn ended(f: &Finished, killed: bool) -> String {
     if killed {
         return "killed".into();
     }
@@ -404,7 +405,7 @@ pub fn run_cell(lane: &mut Lane, step: Step, fault: Fault, st: &mut LaneState) -
 }
 
 /// Both runs' events and stderr, for reading after a failed cell.
-fn save_log(step: Step, fault: Fault, run: &str, f: &Finished) {
+pub(super) fn save_log(step: Step, fault: Fault, run: &str, f: &Finished) {
     let dir = super::table_path().with_file_name("fault-matrix-logs");
     let _ = std::fs::create_dir_all(&dir);
     let stem = dir.join(format!("{}-{}.{run}", step.key(), fault.key()));
@@ -419,7 +420,7 @@ fn tail(s: &str) -> String {
 }
 
 /// Why a run failed, from its events.
-fn failure_of(f: &Finished) -> String {
+pub(super) fn failure_of(f: &Finished) -> String {
     f.events
         .iter()
         .filter(|e| e["event"] == "gate_failed" || e["event"] == "host_finished")

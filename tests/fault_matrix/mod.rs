@@ -5,6 +5,7 @@
 //! `cell` for one cell, `lane` for how lanes share one fleet.
 
 pub mod cell;
+pub mod disk;
 pub mod knobs;
 pub mod lane;
 pub mod plan;
@@ -50,6 +51,9 @@ fn schedule() -> (Vec<Vec<(Step, Fault)>>, Vec<(Step, Fault)>) {
             if fault.applies(step).is_err() || !selected(step, fault) {
                 continue;
             }
+            if fault == Fault::DiskFull {
+                continue; // its own lane: see `run`
+            }
             if fault == Fault::BuilderDown {
                 alone.push((step, fault));
             } else {
@@ -71,20 +75,35 @@ fn expected_failure(step: Step, fault: Fault) -> Option<&'static str> {
 /// Run the whole matrix; returns every cell's result and the wall time.
 pub fn run() -> (Vec<CellResult>, f64) {
     let t0 = Instant::now();
-    let fleet = Fleet::start(FleetSpec {
-        light: 0,
-        systemd: LANES,
-        builder: true,
-    })
+    // One more host, with a small /nix, for the disk-full cell.
+    let up = disk::up_args();
+    let fleet = Fleet::start_up_args(
+        FleetSpec {
+            light: 0,
+            systemd: LANES + 1,
+            builder: true,
+        },
+        &[&up[0], &up[1]],
+    )
     .unwrap();
+    let disk_cell = selected(Step::Copy, Fault::DiskFull);
     let (shares, alone) = schedule();
+    let mut results = Vec::new();
     let hosts: Vec<String> = (1..=LANES).map(|i| format!("sys{i}")).collect();
+    let mut disk_result = None;
     let done: Vec<(Lane, LaneState, Vec<CellResult>)> = std::thread::scope(|s| {
+        let fleet = &fleet;
+        let disk = disk_cell.then(|| {
+            s.spawn(move || {
+                let r = disk::run_disk_cell(&mut Lane::new(fleet, disk::HOST));
+                eprintln!("{}", one_line(&r));
+                r
+            })
+        });
         let handles: Vec<_> = hosts
             .iter()
             .zip(shares)
             .map(|(host, cells)| {
-                let fleet = &fleet;
                 s.spawn(move || {
                     let mut lane = Lane::new(fleet, host);
                     let mut st = LaneState {
@@ -102,12 +121,14 @@ pub fn run() -> (Vec<CellResult>, f64) {
                 })
             })
             .collect();
-        handles
+        let lanes = handles
             .into_iter()
             .map(|h| h.join().expect("a lane panicked"))
-            .collect()
+            .collect();
+        disk_result = disk.map(|h| h.join().expect("the disk-full lane panicked"));
+        lanes
     });
-    let mut results = Vec::new();
+    results.extend(disk_result);
     let mut lanes = Vec::new();
     for (lane, st, r) in done {
         results.extend(r);

@@ -97,14 +97,17 @@ pub enum Fault {
     Kill,
     Reboot,
     BuilderDown,
+    /// The host's `/nix` fills up (a small tmpfs, `fleet up --small-nix`).
+    DiskFull,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::SshDrop,
         Fault::Kill,
         Fault::Reboot,
         Fault::BuilderDown,
+        Fault::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +116,7 @@ impl Fault {
             Fault::Kill => "controller SIGKILL",
             Fault::Reboot => "host rebooted",
             Fault::BuilderDown => "builder unreachable",
+            Fault::DiskFull => "host's /nix full",
         }
     }
 
@@ -123,12 +127,18 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Reboot => "reboot",
             Fault::BuilderDown => "builder",
+            Fault::DiskFull => "disk",
         }
     }
 
     /// Does the fault apply to the step? `Err` says why not.
     pub fn applies(self, step: Step) -> Result<(), &'static str> {
         match (self, step) {
+            (Fault::DiskFull, Step::Copy) => Ok(()),
+            (Fault::DiskFull, _) => Err(
+                "only the copy writes closures to the host's store (the later steps write \
+                 a few links and records)",
+            ),
             (Fault::BuilderDown, Step::Copy) => Ok(()),
             (Fault::BuilderDown, Step::Release) => Err(
                 "the release is written in the controller's repository and pushed to its remote; \

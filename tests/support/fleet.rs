@@ -172,6 +172,16 @@ impl Fleet {
 
     /// Starts a fleet on the given bases.
     pub fn start_with(spec: FleetSpec, bases: Bases) -> anyhow::Result<Fleet> {
+        Fleet::start_with_args(spec, bases, &[])
+    }
+
+    /// Starts a fleet on the bases the environment names, with more
+    /// arguments to `scripts/fleet up` (e.g. `--small-nix sys5=16`).
+    pub fn start_up_args(spec: FleetSpec, extra: &[&str]) -> anyhow::Result<Fleet> {
+        Fleet::start_with_args(spec, Bases::from_env()?, extra)
+    }
+
+    fn start_with_args(spec: FleetSpec, bases: Bases, extra: &[&str]) -> anyhow::Result<Fleet> {
         ensure!(
             bases.systemd != Base::Host,
             "systemd hosts boot an image: bookworm or trixie, not host"
@@ -194,7 +204,8 @@ impl Fleet {
         }
         cmd.args(["--systemd-base", bases.systemd.as_str()])
             .args(["--light-base", bases.light.as_str()])
-            .args(["--builder-base", bases.builder.as_str()]);
+            .args(["--builder-base", bases.builder.as_str()])
+            .args(extra);
         eprintln!(
             "fleet bases: systemd hosts {} (Nix {}), light hosts {} (Nix {}), builder {} (Nix {})",
             bases.systemd.as_str(),
