@@ -42,7 +42,10 @@ fn selected(step: Step, fault: Fault) -> bool {
 
 /// The cells that apply, each lane's share in order. Builder faults come
 /// last, alone (stopping the builder would fault every lane at once).
-fn schedule() -> (Vec<Vec<(Step, Fault)>>, Vec<(Step, Fault)>) {
+/// Cells, in the order they run.
+type Cells = Vec<(Step, Fault)>;
+
+fn schedule() -> (Vec<Cells>, Cells) {
     let mut lanes = vec![Vec::new(); LANES];
     let mut alone = Vec::new();
     let mut i = 0;
