@@ -3,7 +3,9 @@
 //! dry-activate, fire, poll, health checks, persist, mark known-good,
 //! release) and each fault (the host's SSH connection dropped, the
 //! controller killed with SIGKILL, the host rebooted, the builder
-//! unreachable), the fault is injected while that step runs. Afterwards:
+//! unreachable), the fault is injected while that step runs; and a host
+//! whose `/nix` fills during the copy (see `fault_matrix/disk.rs`).
+//! Afterwards:
 //!
 //! - `nixgate status` names the host's state truthfully: its running
 //!   system, boot default, known-good (generation), a revert by the host,
@@ -20,9 +22,10 @@
 //!   generation added with its record; no GC root left outside the
 //!   profiles on the host, none dangling on the builder.
 //!
-//! Cells run in lanes, one host each, side by side on one fleet; the
-//! builder's fault runs alone at the end. The table goes to
-//! `target/fault-matrix.md` (a copy is kept in docs/fault-matrix.md).
+//! Cells run in lanes, one host each, side by side on one fleet (booted
+//! once); the builder's fault runs alone at the end. The table goes to
+//! `target/fault-matrix.md` (a copy is kept in docs/fault-matrix.md,
+//! linked from the README).
 
 mod fault_matrix;
 mod support;
