@@ -27,6 +27,18 @@ if [ "$misbehaviour" = inhibit ] && [ "${NIXOS_NO_CHECK:-}" != 1 ]; then
   exit 1
 fi
 
+# The fault matrix's knob (tests/fault_matrix_e2e.rs): while
+# /nix/var/nixgate-test/slow/switch-<action> holds a number of seconds, this
+# action sleeps that long (after the lock, where it takes one), and says so
+# in <that file>.hit, so a fault can land while it runs.
+slow_knob() {
+  knob="/nix/var/nixgate-test/slow/switch-$action"
+  [ -f "$knob" ] || return 0
+  : >"$knob.hit"
+  echo "slow knob: sleeping $(cat "$knob") s in $action" >&2
+  sleep "$(cat "$knob")"
+}
+
 # sd_booted(3): the host runs systemd iff /run/systemd/system exists.
 have_systemd() { [ -d /run/systemd/system ]; }
 
@@ -77,6 +89,7 @@ print_plan() {
 }
 
 if [ "$action" = dry-activate ]; then
+  slow_knob
   classify_units
   print_plan would
   exit 0
@@ -85,6 +98,7 @@ fi
 mkdir -p /run/nixos
 exec 9>>/run/nixos/switch-to-configuration.lock
 flock 9
+slow_knob
 
 case "$misbehaviour" in
   fail)

@@ -97,6 +97,16 @@ pub enum Step {
     ConfirmNewConnection {
         within: std::time::Duration,
     },
+    /// Units of an earlier run (a switch, a revert) still run on the host;
+    /// its controller is gone (this run holds the host lock): waited for.
+    AwaitEarlierRun {
+        units: Vec<String>,
+    },
+    /// An earlier run armed a dead-man revert here and never confirmed it:
+    /// it is run now, before this deploy, so it cannot take this one back.
+    RunEarlierRevert {
+        unit: String,
+    },
 }
 
 /// Where a lost connection was noticed.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{deadman, inhibitors, known_good, links, switch, verify_poll};
+use super::{deadman, inhibitors, known_good, leftovers, links, switch, verify_poll};
 use crate::nix::StorePath;
 use crate::remote::scripted::{ScriptedRemote, fail, ok};
 use crate::remote::{Command, Exit, Output};
@@ -111,6 +111,12 @@ pub struct State {
     pub keys: BTreeMap<String, Vec<u8>>,
     /// A key (by name) that cannot be written.
     pub failing_key: Option<String>,
+    /// Commands (as [`describe`]d, exactly) whose answer is lost, once per
+    /// entry: `true` after the command ran on the host, `false` before.
+    pub lose: Vec<(String, bool)>,
+    /// Commands (as [`describe`]d) answered with exit 1 instead, once per
+    /// entry (a host going down: its `/nix` unmounted under the session).
+    pub break_once: Vec<String>,
 }
 
 impl State {
@@ -480,6 +486,21 @@ impl State {
             }))
         } else if script == known_good::LIST {
             self.list(a[4])
+        } else if script == known_good::READ_GENERATION {
+            let base = a[4].rsplit('/').next().unwrap_or_default();
+            match self.current_generation(a[4]) {
+                0 => ok(""),
+                n => ok(&format!("{base}-{n}-link\n")),
+            }
+        } else if script == known_good::UNDO_MARK {
+            self.undo_mark(&a[4..])
+        } else if script == leftovers::LIST {
+            self.list_units()
+        } else if script == leftovers::RUN_REVERT {
+            if let Some((_, args)) = self.timers.remove(a[4]) {
+                self.revert(&args);
+            }
+            ok("")
         } else if script == known_good::REVOKE {
             self.revoke(a[4], a[6].parse().expect("a generation"))
         } else if script == known_good::SET_AND_READ {
@@ -521,6 +542,58 @@ impl State {
 }
 
 impl State {
+    /// `known_good::UNDO_MARK` (`a`: profile, old, created, closure).
+    fn undo_mark(&mut self, a: &[&str]) -> Output {
+        let (prof, old, mut created) = (a[0], a[1], a[2].to_owned());
+        let now = self.current_generation(prof);
+        if created.is_empty()
+            && self.profile(prof).map(|c| c.as_str()) == Some(a[3])
+            && old.parse::<usize>().map_or(true, |o| now > o)
+        {
+            created = now.to_string();
+        }
+        match old.parse::<usize>() {
+            Ok(o) => {
+                self.selected.insert(prof.to_owned(), o);
+            }
+            Err(_) => {
+                self.profiles.remove(prof);
+            }
+        }
+        if let Ok(c) = created.parse::<usize>() {
+            self.deleted.insert((prof.to_owned(), c));
+        }
+        ok("")
+    }
+
+    /// `leftovers::LIST`: switch jobs and armed timers; a running job
+    /// gets on (one poll's worth) each time it is looked at.
+    fn list_units(&mut self) -> Output {
+        let running: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.running)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in &running {
+            let j = self.jobs.get_mut(u).expect("job");
+            j.polls_left = j.polls_left.saturating_sub(1);
+            if j.polls_left == 0 {
+                self.finish(u);
+            }
+        }
+        let mut out = String::new();
+        for (u, j) in &self.jobs {
+            if j.running {
+                out.push_str(&format!("NixgateUnit={u}.service active running\n"));
+            }
+        }
+        for u in self.timers.keys() {
+            out.push_str(&format!("NixgateUnit={u}.timer active waiting\n"));
+        }
+        ok(&out)
+    }
+
     /// A dead-man timer fired: what the revert script does (`args`: record
     /// dir, run, previous, candidate, profile, boot default before, unit).
     fn revert(&mut self, args: &[String]) {
@@ -636,6 +709,8 @@ impl FakeHost {
             failed_units: Default::default(),
             keys: BTreeMap::new(),
             failing_key: None,
+            lose: Vec::new(),
+            break_once: Vec::new(),
         })))
     }
 
@@ -655,13 +730,38 @@ impl FakeHost {
     pub fn remote_named(&self, name: &str) -> ScriptedRemote {
         let st = self.0.clone();
         ScriptedRemote::with_stdin(name, move |cmd, stdin| {
+            let said = describe(cmd);
+            let lost = {
+                let mut st = st.lock().expect("state");
+                if let Some(i) = st.break_once.iter().position(|c| *c == said) {
+                    st.break_once.remove(i);
+                    return fail(1, "readlink: /nix/store: No such file or directory");
+                }
+                let i = st.lose.iter().position(|(c, _)| *c == said);
+                i.map(|i| st.lose.remove(i).1)
+            };
+            match lost {
+                Some(false) => return Output::new(Exit::ConnectionLost, "", ""),
+                Some(true) => {
+                    let _ = FakeHost(st.clone()).answer(cmd, stdin);
+                    return Output::new(Exit::ConnectionLost, "", "");
+                }
+                None => {}
+            }
+            FakeHost(st.clone()).answer(cmd, stdin)
+        })
+    }
+
+    fn answer(&self, cmd: &Command, stdin: Option<&[u8]>) -> Output {
+        let st = &self.0;
+        {
             let a = cmd.argv();
             if a[0] == "sh" && a.len() > 2 && a[2] == deadman::ARM_LINUX {
                 let a: Vec<&str> = a.iter().map(String::as_str).collect();
                 return FakeHost(st.clone()).arm(&a, stdin.expect("the script on stdin"));
             }
             st.lock().expect("state").respond(cmd, stdin)
-        })
+        }
     }
 }
 
@@ -693,6 +793,10 @@ pub fn describe(cmd: &Command) -> String {
         s if s == deadman::READ_RECORD => "read-revert-record",
         s if s == known_good::REVOKE => "revoke-known-good",
         s if s == crate::keys::upload::WRITE => "write-key",
+        s if s == known_good::READ_GENERATION => "read-generation",
+        s if s == known_good::UNDO_MARK => "undo-known-good",
+        s if s == leftovers::LIST => "list-nixgate-units",
+        s if s == leftovers::RUN_REVERT => "run-revert",
         s if s == switch::FIRE_LINUX => {
             return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);
         }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::settings::Os;
+use crate::remote::patient::Patient;
 use crate::remote::{Command, Exit, Remote};
 
 /// One health check from the inventory.
@@ -76,17 +77,28 @@ fn timed_out(exit: &Exit, os: Os) -> bool {
     }
 }
 
-/// Run one check with its retries.
+/// Run one check with its retries. An attempt whose connection was lost
+/// (no exit status came back: the SSH session dropped, sshd restarted) is
+/// run again once a new connection answers, for up to the check's timeout
+/// ([`Patient`]); it does not use up a retry. Before, the fault matrix's
+/// dropped SSH session during the health checks rolled back a host whose
+/// check passed on the next connection. A host that stays unreachable
+/// still fails the check.
 pub async fn run_check<R: Remote>(remote: &R, check: &HealthCheck, os: Os) -> HealthReport {
     let cmd = check_command(check, os);
-    // Guard against a transport that hangs: the remote timeout plus slack.
-    let guard = check.timeout.saturating_add(Duration::from_secs(15));
+    // Guard against a transport that hangs: the time lost connections may
+    // take (the timeout), the last try's own timeout, and slack.
+    let guard = check
+        .timeout
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(15));
     let mut attempts = Vec::new();
     for attempt in 0..=check.retries {
         if attempt > 0 {
             tokio::time::sleep(RETRY_DELAY).await;
         }
-        let result = match tokio::time::timeout(guard, remote.exec(&cmd)).await {
+        let patient = Patient::new(remote, check.timeout);
+        let result = match tokio::time::timeout(guard, patient.exec(&cmd)).await {
             Err(_) => Attempt::TimedOut { after: guard },
             Ok(Err(e)) => Attempt::Unreachable {
                 error: format!("{e:#}"),
@@ -173,6 +185,34 @@ mod tests {
                 "curl -fsS http://localhost/ | grep -q 'It works'"
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_is_not_a_failed_check() {
+        let n = AtomicU32::new(0);
+        let r = ScriptedRemote::new("web1", move |_| {
+            if n.fetch_add(1, Ordering::SeqCst) < 2 {
+                crate::remote::Output::new(Exit::ConnectionLost, "", "")
+            } else {
+                ok("")
+            }
+        });
+        let reports = run_health_checks(&r, &[check("true", 30, 0)], Os::Linux).await;
+        assert!(reports[0].passed(), "{reports:?}");
+        assert_eq!(reports[0].attempts, [Attempt::Passed]);
+        assert_eq!(r.argvs().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_that_stays_unreachable_fails_the_check() {
+        let r = ScriptedRemote::new("web1", |_| {
+            crate::remote::Output::new(Exit::ConnectionLost, "", "")
+        });
+        let started = tokio::time::Instant::now();
+        let reports = run_health_checks(&r, &[check("true", 10, 0)], Os::Linux).await;
+        assert!(!reports[0].passed());
+        // 1 + 2 + 4 s waited; the next wait (8 s) would pass 10 s.
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,7 +46,10 @@ pub async fn read_links<R: Remote>(
 /// lock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activity {
-    /// `unit active sub`, for every loaded `nixgate-*` unit.
+    /// `unit active sub`, for every loaded unit of nixgate's own: a switch
+    /// (`nixgate-switch-*`), a dead-man revert (`nixgate-confirm-*`), a
+    /// reboot (`nixgate-reboot-*`). Not any unit whose name starts with
+    /// `nixgate-` (a host may run its own `nixgate-exporter.service`).
     pub units: Vec<String>,
     /// The holder the lock file names, when the lock is held now.
     pub lock_holder: Option<String>,
@@ -54,7 +57,8 @@ pub struct Activity {
 
 pub(crate) const ACTIVITY: &str = r#"lock=$1
 if command -v systemctl >/dev/null 2>&1; then
-  systemctl list-units --all --plain --no-legend --no-pager 'nixgate-*' 2>/dev/null |
+  systemctl list-units --all --plain --no-legend --no-pager \
+    'nixgate-switch-*' 'nixgate-confirm-*' 'nixgate-reboot-*' 2>/dev/null |
   while read -r unit load active sub rest; do echo "NixgateUnit=$unit $active $sub"; done
 fi
 if [ -e "$lock" ] && command -v flock >/dev/null 2>&1 && ! flock --nonblock "$lock" true 2>/dev/null; then
@@ -142,5 +146,46 @@ mod tests {
         assert_eq!(f.current_system, None);
         assert_eq!(f.free_nix_bytes, None);
         assert_eq!(parse_facts("--\n--\n").nix_version, None);
+    }
+
+    /// Seen on the test fleet: `status` listed the host's own
+    /// `nixgate-test-hello.service` as nixgate activity. Only nixgate's
+    /// switch, revert and reboot units are.
+    #[tokio::test]
+    async fn activity_is_nixgates_own_units_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // A systemctl that lists these units, filtered by its glob patterns.
+        let fake = dir.path().join("systemctl");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nfor u in nixgate-test-hello.service nixgate-exporter.service \\
+             nixgate-switch-r1.service nixgate-confirm-r1.timer nixgate-reboot-r1.timer ssh.service; do\n\
+               for pat; do case \"$pat\" in -*) continue ;; esac\n\
+                 case \"$u\" in $pat) echo \"$u loaded active running x\" ;; esac\n\
+               done\n\
+             done\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", ACTIVITY, "activity", "/nonexistent/host.lock"])
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .output()
+            .unwrap();
+        let units: Vec<&str> = std::str::from_utf8(&out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("NixgateUnit="))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            units,
+            [
+                "nixgate-switch-r1.service",
+                "nixgate-confirm-r1.timer",
+                "nixgate-reboot-r1.timer"
+            ]
+        );
     }
 }

@@ -15,6 +15,7 @@ use super::links::read_store_link;
 use super::settings::{HostPaths, RunId};
 use crate::gates::Gate;
 use crate::nix::StorePath;
+use crate::remote::patient::Patient;
 use crate::remote::{Command, Remote};
 
 /// One gate passed, with its evidence as recorded: compact JSON text (a
@@ -94,6 +95,9 @@ pub struct MarkRequest {
     /// What the host ran before this deploy: on the first mark ever, kept
     /// as the host's baseline (see [`baseline`]).
     pub previous: Option<StorePath>,
+    /// How long each of its commands may wait for a lost connection to
+    /// come back (the activation budget).
+    pub patience: std::time::Duration,
 }
 
 /// The system a host ran before nixgate's first known-good mark on it: kept
@@ -175,12 +179,22 @@ pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; tmp=$dir/.$gen.json.$$.tm
 mkdir -p \"$dir\" && cat > \"$tmp\" && { sync \"$tmp\" 2>/dev/null || sync; } &&
 mv -f \"$tmp\" \"$dir/$gen.json\" && { sync \"$dir\" 2>/dev/null || true; } || { rm -f \"$tmp\"; exit 1; }";
 
-/// Undo a mark whose record could not be written: back to generation `$2`
-/// (none: no profile), and drop generation `$3` when the mark created it.
-pub(crate) const UNDO_MARK: &str = "prof=$1; old=$2; created=$3
+/// Undo a mark that failed: back to generation `$2` (none: no profile), and
+/// drop generation `$3` when the mark created it. `$3` empty: the mark's
+/// `nix-env --set` lost its answer, so it may have made a generation: the
+/// one the profile is on, if newer than `$2` and pointing at the closure
+/// `$4`, is dropped.
+pub(crate) const UNDO_MARK: &str = "prof=$1; old=$2; created=$3; closure=$4
+if [ -z \"$created\" ] && [ -n \"$closure\" ] && [ \"$(readlink -f \"$prof\")\" = \"$closure\" ]; then
+  n=$(readlink \"$prof\"); n=${n%-link}; n=${n##*-}
+  if [ -z \"$old\" ] || [ \"$n\" -gt \"$old\" ]; then created=$n; fi
+fi
 if [ -n \"$old\" ]; then nix-env -p \"$prof\" --switch-generation \"$old\" >/dev/null || exit 1
 else rm -f \"$prof\" || exit 1; fi
 if [ -n \"$created\" ]; then rm -f \"$prof-$created-link\"; fi";
+
+/// The generation link a profile points at (nothing: no profile).
+pub(crate) const READ_GENERATION: &str = "readlink \"$1\" 2>/dev/null; exit 0";
 
 /// Revoke generation `$3` (marked by a run, then found unhealthy): the
 /// profile goes back to the newest generation before it (none: no
@@ -254,7 +268,10 @@ pub async fn current<R: Remote>(
 /// Mark `req.closure` known-good on the host: set the profile (or
 /// re-select its generation), learn the generation, write the tag record.
 /// A record that cannot be written undoes the profile change: known-good
-/// never points at a closure without its record.
+/// never points at a closure without its record. Each command survives a
+/// lost connection for `req.patience` (see [`Patient`]): the generation the
+/// profile was on is read first, so a `nix-env --set` whose answer was lost
+/// after it ran is neither done twice nor left in place when the mark fails.
 pub async fn mark<R: Remote>(
     remote: &R,
     paths: &HostPaths,
@@ -262,28 +279,18 @@ pub async fn mark<R: Remote>(
     req: MarkRequest,
 ) -> anyhow::Result<KnownGoodMark> {
     let prof = &paths.known_good_profile;
-    let reselect = req.reselect.map(|g| g.to_string()).unwrap_or_default();
-    let out = remote
-        .exec(
-            &Command::script(SET_AND_READ)
-                .within(super::settings::STEP_LIMIT)
-                .args([prof.as_str(), req.closure.as_str(), reselect.as_str()])
-                .sudo(sudo),
-        )
-        .await
-        .with_context(|| format!("setting {prof} on {}", remote.name()))?
-        .check(&format!("nix-env -p {prof} --set {}", req.closure))?;
-    let text = out.stdout_str();
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned()
+    let patient = Patient::new(remote, req.patience);
+    let old = generation_before(&patient, prof).await?;
+    let set = set_and_read(&patient, prof, &req, sudo).await;
+    let generation = match set {
+        Ok(g) => g,
+        Err(e) => {
+            // It may have run before its answer was lost.
+            let undo = undo_mark(remote, prof, (old, None), &req.closure, req.patience, sudo).await;
+            return Err(undone(e, undo, prof));
+        }
     };
-    let (old, link) = (generation_of(&field("NixgateOld=")), field("NixgateNew="));
-    let generation = generation_of(&link)
-        .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
+    let patience = req.patience;
     // The first mark ever on this host: what it ran before is its baseline.
     if old.is_none()
         && let Some(previous) = req.previous.as_ref().filter(|p| **p != req.closure)
@@ -302,13 +309,18 @@ pub async fn mark<R: Remote>(
         gates: req.gates,
     };
     let dir = paths.known_good_records.trim_end_matches('/');
-    if let Err(e) = write_record(remote, dir, sudo, &record).await {
+    if let Err(e) = write_record(&patient, dir, sudo, &record).await {
         let created = (old != Some(generation) && req.reselect.is_none()).then_some(generation);
-        let undo = undo_mark(remote, prof, old, created, sudo).await;
-        return Err(match undo {
-            Ok(()) => e.context(format!("{prof} was put back where it was")),
-            Err(u) => e.context(format!("and putting {prof} back failed too: {u:#}")),
-        });
+        let undo = undo_mark(
+            remote,
+            prof,
+            (old, created),
+            &record.closure,
+            patience,
+            sudo,
+        )
+        .await;
+        return Err(undone(e, undo, prof));
     }
     Ok(KnownGoodMark {
         generation,
@@ -317,8 +329,59 @@ pub async fn mark<R: Remote>(
     })
 }
 
-async fn write_record<R: Remote>(
+fn undone(e: anyhow::Error, undo: anyhow::Result<()>, prof: &str) -> anyhow::Error {
+    match undo {
+        Ok(()) => e.context(format!("{prof} was put back where it was")),
+        Err(u) => e.context(format!("and putting {prof} back failed too: {u:#}")),
+    }
+}
+
+/// The generation `prof` is on before marking (`None`: no profile yet).
+async fn generation_before<R: Remote>(remote: &R, prof: &str) -> anyhow::Result<Option<u64>> {
+    let out = remote
+        .exec(&Command::script(READ_GENERATION).arg(prof))
+        .await
+        .with_context(|| format!("reading {prof} on {}", remote.name()))?
+        .check(&format!("readlink {prof}"))?;
+    let link = out.stdout_str();
+    let link = link.trim();
+    if link.is_empty() {
+        return Ok(None);
+    }
+    generation_of(link)
+        .map(Some)
+        .with_context(|| format!("{prof} points at {link:?}, not a generation link"))
+}
+
+/// Point the profile at the closure (or re-select its generation); the
+/// generation it is on now.
+async fn set_and_read<R: Remote>(
     remote: &R,
+    prof: &str,
+    req: &MarkRequest,
+    sudo: bool,
+) -> anyhow::Result<u64> {
+    let reselect = req.reselect.map(|g| g.to_string()).unwrap_or_default();
+    let out = remote
+        .exec(
+            &Command::script(SET_AND_READ)
+                .args([prof, req.closure.as_str(), reselect.as_str()])
+                .sudo(sudo),
+        )
+        .await
+        .with_context(|| format!("setting {prof} on {}", remote.name()))?
+        .check(&format!("nix-env -p {prof} --set {}", req.closure))?;
+    let text = out.stdout_str();
+    let link = text
+        .lines()
+        .find_map(|l| l.strip_prefix("NixgateNew="))
+        .map(str::trim)
+        .unwrap_or_default();
+    generation_of(link).with_context(|| format!("{prof} points at {link:?}, not a generation link"))
+}
+
+async fn write_record<R: Remote>(
+    remote: &Patient<'_, R>,
     dir: &str,
     sudo: bool,
     record: &KnownGoodRecord,
@@ -330,26 +393,31 @@ async fn write_record<R: Remote>(
         .arg(dir)
         .arg(record.generation.to_string())
         .sudo(sudo);
-    crate::remote::exec_input(remote, &write, &json)
+    remote
+        .exec_input(&write, &json)
         .await
         .with_context(|| format!("writing the known-good record on {}", remote.name()))?
         .check("writing the known-good record")?;
     Ok(())
 }
 
+/// Put the profile back on generation `old` (none: no profile), and drop
+/// generation `created` when this mark made it (`None` after a `nix-env
+/// --set` whose answer was lost: [`UNDO_MARK`] finds out).
 async fn undo_mark<R: Remote>(
     remote: &R,
     prof: &str,
-    old: Option<u64>,
-    created: Option<u64>,
+    (old, created): (Option<u64>, Option<u64>),
+    closure: &StorePath,
+    patience: std::time::Duration,
     sudo: bool,
 ) -> anyhow::Result<()> {
     let arg = |g: Option<u64>| g.map(|g| g.to_string()).unwrap_or_default();
-    remote
+    Patient::new(remote, patience)
         .exec(
             &Command::script(UNDO_MARK)
                 .within(super::settings::STEP_LIMIT)
-                .args([prof.to_owned(), arg(old), arg(created)])
+                .args([prof.to_owned(), arg(old), arg(created), closure.to_string()])
                 .sudo(sudo),
         )
         .await?

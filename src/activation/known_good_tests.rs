@@ -40,6 +40,7 @@ fn request(closure: &str, at: u64) -> MarkRequest {
         )],
         at: UNIX_EPOCH + Duration::from_secs(at),
         previous: None,
+        patience: Duration::from_secs(60),
     }
 }
 
@@ -48,6 +49,8 @@ async fn mark_commands() {
     let r = ScriptedRemote::with_stdin("web1", |c, _| {
         if c.argv()[2] == SET_AND_READ {
             ok("NixgateOld=nixgate-known-good-6-link\nNixgateNew=nixgate-known-good-7-link\n")
+        } else if c.argv()[2] == READ_GENERATION {
+            ok("nixgate-known-good-6-link\n")
         } else {
             ok("")
         }
@@ -58,8 +61,20 @@ async fn mark_commands() {
         .unwrap();
     assert_eq!(m.generation, 7);
     assert_eq!(m.record_path, "/var/lib/nixgate/known-good/7.json");
-    let cmds = r.commands();
-    assert_eq!(cmds.len(), 2);
+    let mut cmds = r.commands();
+    assert_eq!(cmds.len(), 3);
+    // First, the generation it is on (no root needed to read a link).
+    assert_eq!(
+        cmds.remove(0).argv(),
+        &[
+            "sh",
+            "-c",
+            READ_GENERATION,
+            "nixgate",
+            "/nix/var/nix/profiles/nixgate-known-good"
+        ]
+        .map(String::from)
+    );
     assert_eq!(
         cmds[0].argv(),
         &[

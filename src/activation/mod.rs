@@ -21,11 +21,14 @@ pub mod events;
 pub mod failed_units;
 #[cfg(test)]
 pub(crate) mod fake_host;
+#[cfg(test)]
+mod fault_tests;
 pub mod health;
 pub mod host_lock;
 pub mod host_state;
 pub mod inhibitors;
 pub mod known_good;
+pub mod leftovers;
 pub mod links;
 pub mod outcome;
 pub mod pipeline;

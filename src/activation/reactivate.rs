@@ -14,6 +14,7 @@ use super::switch::{JobPurpose, SwitchJob};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
 use crate::remote::Remote;
+use crate::remote::patient::Patient;
 
 /// How far back to go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +80,38 @@ pub enum RollbackOutcome {
     },
 }
 
-/// Re-activate `to` on the host.
+/// `/run/current-system` for a rollback: read again while it cannot be
+/// read, within the activation budget (backoff 1, 2, 4, 8, then 15 s).
+/// Seen on the fault matrix (host rebooted while its switch was polled):
+/// the host answered while going down, `readlink -f` exited 1 (its `/nix`
+/// already unmounted), and one failed read ended the rollback
+/// `rollback-failed`, for a host that was up on its boot default seconds
+/// later. A read is safe to repeat; the budget bounds the wait.
+async fn read_current<R: Remote>(
+    remote: &Patient<'_, R>,
+    settings: &HostSettings,
+) -> anyhow::Result<StorePath> {
+    let deadline = tokio::time::Instant::now() + settings.activation_timeout;
+    let mut attempt = 0;
+    loop {
+        let err = match current_system(remote, &settings.paths.current_system).await {
+            Ok(now) => return Ok(now),
+            Err(e) => e,
+        };
+        let wait = crate::remote::patient::backoff(attempt);
+        attempt += 1;
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Err(err.context(format!("tried {attempt} times")));
+        }
+        tracing::info!(host = %remote.name(), attempt, "reading the current system failed: {err:#}; again in {wait:?}");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Re-activate `to` on the host. Its reads and its profile change survive
+/// a lost connection for the activation budget (a rollback is most often
+/// needed when the host is in trouble: rebooting, its sshd restarting); its
+/// switch is fired and polled as every switch is.
 pub async fn reactivate<R: Remote>(
     remote: &R,
     settings: &HostSettings,
@@ -93,10 +125,11 @@ pub async fn reactivate<R: Remote>(
         mode,
         error,
     };
+    let patient = Patient::new(remote, settings.activation_timeout);
     emit(ActivationEvent::Step {
         step: Step::ReadCurrentSystem,
     });
-    let now = match current_system(remote, &settings.paths.current_system).await {
+    let now = match read_current(&patient, settings).await {
         Ok(now) => now,
         Err(e) => {
             return failed(RollbackError::ReadCurrentSystem {
@@ -111,7 +144,7 @@ pub async fn reactivate<R: Remote>(
                 closure: to.clone(),
             },
         });
-        if let Err(e) = profile::set(remote, &settings.system_profile, to, settings.sudo).await {
+        if let Err(e) = profile::set(&patient, &settings.system_profile, to, settings.sudo).await {
             return failed(RollbackError::ProfileSet {
                 error: format!("{e:#}"),
             });

@@ -284,7 +284,19 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
                 stdin.write_all(&s.queued).await?;
                 stdin.write_all(piece).await
             };
-            match written.await {
+            // A host whose nix-store exited (its output closed) reads no
+            // more: a write waiting for SSH window space would wait forever
+            // (the fault matrix's disk-full host: nix-store died of ENOSPC
+            // and the push hung until killed at 300 s).
+            let gone = host_gone(s.acks_ended.clone(), s.ack_signal.clone());
+            let written = tokio::select! {
+                r = written => r,
+                () = gone => Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the host's nix-store --serve --write stopped reading",
+                )),
+            };
+            match written {
                 Ok(()) => {
                     s.got.bytes += (s.queued.len() + piece.len()) as u64;
                     s.queued.clear();
@@ -296,6 +308,20 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
             }
         });
     join_all(writes).await;
+}
+
+/// Resolves once the host's acknowledgement reader has ended (its
+/// nix-store closed its output: it exited).
+async fn host_gone(ended: Arc<AtomicBool>, signal: Arc<Notify>) {
+    loop {
+        let woken = signal.notified();
+        if ended.load(Ordering::Acquire) {
+            // Pass the wake-up on: `window` may wait on it next.
+            signal.notify_one();
+            return;
+        }
+        woken.await;
+    }
 }
 
 /// Write every host's queue.
@@ -417,10 +443,26 @@ pub async fn relay<B: Remote, T: Remote>(
                 Some(a) => Some(a.await),
                 None => None,
             };
-            if let Some(e) = s.error {
-                return Err(e);
-            }
             let what = format!("adding paths on {} (nix-store --serve --write)", s.name);
+            if let Some(e) = s.error {
+                // The host's own word on why first (No space left on device).
+                let e = match added {
+                    Some(Ok(out)) => match out.check(&what) {
+                        Err(host) => host.context(format!("{e:#}")),
+                        Ok(_) => e,
+                    },
+                    _ => e,
+                };
+                return Err(if format!("{e:#}").contains("No space left on device") {
+                    e.context(format!(
+                        "the Nix store (/nix) on {} is full: free space there \
+                         (nix-collect-garbage) and push again; the paths it took are whole",
+                        s.name
+                    ))
+                } else {
+                    e
+                });
+            }
             added.context("no stream")??.check(&what)?;
             let acked = acks
                 .context("no acknowledgements")?

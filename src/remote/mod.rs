@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod local;
+pub mod patient;
 pub mod quote;
 pub mod scripted;
 

@@ -175,8 +175,14 @@ impl Fleet {
         Fleet::start_extra(spec, bases, &[])
     }
 
+    /// Starts a fleet on the bases the environment names, with more
+    /// arguments to `scripts/fleet up` (e.g. `--small-nix sys5=16`).
+    pub fn start_up_args(spec: FleetSpec, extra: &[&str]) -> anyhow::Result<Fleet> {
+        Fleet::start_extra(spec, Bases::from_env()?, extra)
+    }
+
     /// Starts a fleet with more `scripts/fleet up` options
-    /// (`--remote-builder`, `--cache`).
+    /// (`--remote-builder`, `--cache`, `--small-nix HOST=MIB`).
     pub fn start_extra(spec: FleetSpec, bases: Bases, extra: &[&str]) -> anyhow::Result<Fleet> {
         ensure!(
             bases.systemd != Base::Host,

@@ -10,6 +10,10 @@ use crate::activation::deadman::{self, Armed, Revert};
 /// Between two attempts at a new connection.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// How long before its revert is due a disarm stops trying: the revert
+/// must not start while the controller rolls back itself.
+const DISARM_MARGIN: Duration = Duration::from_secs(15);
+
 impl<R: Remote> Run<'_, R> {
     /// Before a live switch, with magic rollback on: arm the host's revert
     /// for the whole activation budget plus the confirm window. A host that
@@ -141,15 +145,21 @@ impl<R: Remote> Run<'_, R> {
 
     /// Disarm over the existing session (the switch failed or needs a
     /// reboot: nixgate rolls back itself). True when disarmed (or nothing
-    /// was armed).
+    /// was armed). A lost connection is tried again until
+    /// [`DISARM_MARGIN`] before the revert is due (disarming is idempotent:
+    /// a timer a reboot took away is disarmed). Seen on the fault matrix (a
+    /// host rebooted during the poll): one failed disarm made the
+    /// controller wait out the 120 s revert window, 155 s in all, for a
+    /// host that was back on its boot default 5 s after the reboot.
     pub(super) async fn disarm_here(&mut self) -> bool {
-        let Some((armed, _)) = self.armed.clone() else {
+        let Some((armed, due)) = self.armed.clone() else {
             return true;
         };
-        if deadman::disarm(self.remote, &armed, self.s.sudo)
-            .await
-            .is_ok()
-        {
+        let patience = due
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(DISARM_MARGIN);
+        let patient = crate::remote::patient::Patient::new(self.remote, patience);
+        if deadman::disarm(&patient, &armed, self.s.sudo).await.is_ok() {
             self.armed = None;
             return true;
         }

@@ -27,7 +27,7 @@ use super::realise::RealiseOutcome;
 use super::reboot::{RebootOutcome, reboot_and_verify};
 use super::settings::{HostSettings, Os, RunId, STEP_LIMIT};
 use super::switch::{JobPurpose, SwitchJob, stop_job};
-use super::{dry_activate, health, inhibitors, links, privilege, realise};
+use super::{dry_activate, health, inhibitors, leftovers, links, privilege, realise};
 use crate::gates::{Gate, Goal, SwitchAction};
 use crate::keys::UploadAt;
 use crate::nix::StorePath;
@@ -214,6 +214,12 @@ impl<R: Remote> Run<'_, R> {
         }
         if goal == Goal::Copy {
             return HostOutcome::Activated { goal };
+        }
+        if goal != Goal::DryActivate
+            && let Err(e) =
+                leftovers::settle(self.remote, self.s, &self.req.run_id, self.emit).await
+        {
+            return self.fail_clean(first, remote_err("an earlier run's units", e));
         }
         self.step(Step::ReadCurrentSystem);
         let paths = &self.s.paths;
@@ -470,6 +476,7 @@ impl<R: Remote> Run<'_, R> {
             run_id: self.req.run_id.clone(),
             gates: self.records.clone(),
             at: std::time::SystemTime::now(),
+            patience: self.s.activation_timeout,
         };
         let mark = known_good::mark(self.remote, &self.s.paths, self.s.sudo, req);
         match bounded("mark known-good", 2 * STEP_LIMIT + SLACK, mark).await {

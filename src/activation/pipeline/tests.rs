@@ -94,6 +94,8 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
     let want = [
         "sudo -n -- true".to_string(),
         format!("nix-store --realise {NEW}"),
+        // An earlier run's units (none here): one round trip.
+        "list-nixgate-units ".into(),
         format!("readlink-f /run/current-system {SYSTEM} {KNOWN_GOOD}"),
         format!("sudo -n -- {NEW}/bin/switch-to-configuration dry-activate"),
         format!("compare-components /run/current-system {NEW}"),
@@ -112,6 +114,7 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         format!("readlink-f {SYSTEM}"),
+        format!("read-generation {KNOWN_GOOD}"),
         format!("sudo set-known-good {KNOWN_GOOD} {NEW} "),
         "sudo write-record /var/lib/nixgate/known-good 2".into(),
     ];

@@ -1,0 +1,166 @@
+//! What an earlier run left on a host, settled before this run changes it.
+//!
+//! A controller killed mid-switch (SIGKILL, a crash, a laptop closed)
+//! leaves its detached switch running and its dead-man revert armed (see
+//! [`super::deadman`]): the revert is due when the activation budget plus
+//! the confirm window (2 minutes by default) ran out. The next run takes
+//! the host lock at once (the dead controller's lock went with its
+//! connection). Before this module, that run found the earlier switch
+//! holding `switch-to-configuration`'s lock and failed (`lock_held`), or,
+//! once the earlier switch had finished, deployed and marked its candidate
+//! known-good, after which the earlier run's timer fired and switched the
+//! host back live to what it ran before: a host reported known-good that
+//! ran something else two minutes later (found by the fault matrix,
+//! tests/fault_matrix_e2e.rs: controller SIGKILL at fire and at poll).
+//!
+//! So a run that is about to change a host first waits for the earlier
+//! runs' units still running (within the activation budget), then runs each
+//! earlier revert still armed, now, as its timer would have: nobody
+//! confirmed that switch, and the revert is what its run promised. The host
+//! is then where the earlier run's contract said it would be, and this run
+//! starts from there. Linux only: on nix-darwin the revert is a `setsid`
+//! sleeper with no unit to list (left as it is).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::events::{ActivationEvent, Step};
+use super::settings::{HostSettings, Os, RunId};
+use crate::remote::{Command, Remote};
+
+/// nixgate's switch and revert units on the host, with their state.
+pub(crate) const LIST: &str = r#"systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixgate-confirm-*' 2>/dev/null |
+while read -r unit load active sub rest; do echo "NixgateUnit=$unit $active $sub"; done
+exit 0"#;
+
+/// Run an armed revert now: start the service its timer would start.
+pub(crate) const RUN_REVERT: &str = r#"systemctl start "$1.service""#;
+
+/// Earlier runs' units on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Services still running: switches, a revert in progress.
+    pub running: Vec<String>,
+    /// Armed reverts (`nixgate-confirm-<run>`, the timer's name without
+    /// `.timer`).
+    pub armed: Vec<String>,
+}
+
+fn is_active(state: &str) -> bool {
+    matches!(
+        state,
+        "active" | "activating" | "deactivating" | "reloading" | "refreshing"
+    )
+}
+
+/// Parse [`LIST`]'s output, leaving out this run's own units.
+pub fn parse(stdout: &str, run_id: &RunId) -> Found {
+    let own = [
+        format!("nixgate-switch-{run_id}"),
+        format!("nixgate-confirm-{run_id}"),
+    ];
+    let mut found = Found::default();
+    for line in stdout.lines() {
+        let Some(rest) = line.strip_prefix("NixgateUnit=") else {
+            continue;
+        };
+        let mut w = rest.split_whitespace();
+        let (Some(unit), Some(active)) = (w.next(), w.next()) else {
+            continue;
+        };
+        let ours = own.iter().any(|o| {
+            unit.strip_prefix(o.as_str())
+                .is_some_and(|r| r.starts_with(['.', '-']))
+        });
+        if ours || !is_active(active) {
+            continue;
+        }
+        match unit.strip_suffix(".timer") {
+            Some(base) if base.starts_with("nixgate-confirm-") => found.armed.push(base.into()),
+            Some(_) => {}
+            None => found.running.push(unit.into()),
+        }
+    }
+    found
+}
+
+async fn list<R: Remote>(remote: &R, run_id: &RunId) -> anyhow::Result<Found> {
+    let out = remote
+        .exec(&Command::script(LIST))
+        .await
+        .with_context(|| format!("listing nixgate units on {}", remote.name()))?
+        .check("listing nixgate units")?;
+    Ok(parse(&out.stdout_str(), run_id))
+}
+
+/// Between two looks at the earlier run's units.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// Wait for earlier runs' units, run their armed reverts; `Err` when an
+/// earlier unit still runs after the activation budget, or a revert
+/// cannot be started.
+pub async fn settle<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    run_id: &RunId,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> anyhow::Result<()> {
+    if settings.os == Os::Darwin {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + settings.activation_timeout;
+    let mut waited: BTreeSet<String> = BTreeSet::new();
+    let mut started: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let found = list(remote, run_id).await?;
+        if !found.running.is_empty() {
+            let new: Vec<String> = found
+                .running
+                .iter()
+                .filter(|u| waited.insert((*u).clone()))
+                .cloned()
+                .collect();
+            if !new.is_empty() {
+                emit(ActivationEvent::Step {
+                    step: Step::AwaitEarlierRun { units: new },
+                });
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "units of an earlier nixgate run still run on {} after {:?}: {}; \
+                 see `nixgate status`, or stop them with `systemctl stop`",
+                remote.name(),
+                settings.activation_timeout,
+                found.running.join(", ")
+            );
+            tokio::time::sleep(LOOK_EVERY).await;
+            continue;
+        }
+        let Some(unit) = found.armed.iter().find(|u| !started.contains(*u)) else {
+            anyhow::ensure!(
+                found.armed.is_empty(),
+                "the dead-man revert {} of an earlier run ran, yet its timer is still armed on {}; \
+                 see `journalctl -u {}.service`",
+                found.armed.join(", "),
+                remote.name(),
+                found.armed[0]
+            );
+            return Ok(());
+        };
+        emit(ActivationEvent::Step {
+            step: Step::RunEarlierRevert { unit: unit.clone() },
+        });
+        remote
+            .exec(&Command::script(RUN_REVERT).arg(unit).sudo(settings.sudo))
+            .await
+            .with_context(|| format!("starting {unit}.service on {}", remote.name()))?
+            .check(&format!("starting the earlier run's revert {unit}.service"))?;
+        started.insert(unit.clone());
+    }
+}
+
+#[cfg(test)]
+#[path = "leftovers_tests.rs"]
+mod tests;

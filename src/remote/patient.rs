@@ -1,0 +1,152 @@
+//! A command that must survive a lost connection: the host rebooted, its
+//! sshd restarted, the network blinked. [`Patient`] runs it again once the
+//! connection is back (the session reconnects on demand), with backoff,
+//! until a deadline. Only for commands that are safe to run twice: reads,
+//! `nix-env --set` of a closure the profile may already point at, a record
+//! written whole. A command whose exit status came back is never run again:
+//! it ran, and its answer stands.
+//!
+//! Why: the fault matrix (tests/fault_matrix_e2e.rs) rebooted a host while
+//! its candidate was being marked known-good. The mark's `nix-env --set`
+//! lost its connection, the deploy rolled back, and the rollback's first
+//! read of `/run/current-system` failed at once (the host was still down):
+//! `rollback-failed`, "needs a person", for a host that came back 5 s later
+//! on a system it could have been told about.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Command, Exit, Output, Remote, Streaming};
+
+/// Waits between attempts: 1 s, 2 s, 4 s, 8 s, then 15 s.
+pub fn backoff(attempt: u32) -> Duration {
+    const SECS: [u64; 5] = [1, 2, 4, 8, 15];
+    Duration::from_secs(SECS[(attempt as usize).min(SECS.len() - 1)])
+}
+
+/// `inner`, with `exec` run again while the connection is lost, until
+/// `deadline`. Streams pass through (they cannot be replayed).
+pub struct Patient<'a, R> {
+    inner: &'a R,
+    deadline: Instant,
+}
+
+impl<'a, R: Remote> Patient<'a, R> {
+    /// Patient for `patience` from now.
+    pub fn new(inner: &'a R, patience: Duration) -> Self {
+        Patient {
+            inner,
+            deadline: Instant::now() + patience,
+        }
+    }
+}
+
+/// Did the command lose its connection (no exit status came back)?
+fn lost(r: &anyhow::Result<Output>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(out) => out.exit == Exit::ConnectionLost,
+    }
+}
+
+/// Run `attempt` until it did not lose its connection, or until `deadline`
+/// (then its last result).
+async fn retried<F, Fut>(name: &str, deadline: Instant, mut attempt: F) -> anyhow::Result<Output>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Output>>,
+{
+    let mut n = 0;
+    loop {
+        let r = attempt().await;
+        if !lost(&r) {
+            return r;
+        }
+        let wait = backoff(n);
+        n += 1;
+        if Instant::now() + wait >= deadline {
+            return r;
+        }
+        tracing::info!(host = %name, attempt = n, "connection lost; trying again in {wait:?}");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl<R: Remote> Remote for Patient<'_, R> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
+        retried(self.inner.name(), self.deadline, || self.inner.exec(cmd)).await
+    }
+
+    async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        self.inner.exec_stream(cmd).await
+    }
+
+    async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+        self.inner.exec_piped(cmd).await
+    }
+}
+
+impl<R: Remote> Patient<'_, R> {
+    /// [`super::exec_input`], sending the input again after a lost
+    /// connection.
+    pub async fn exec_input(&self, cmd: &Command, input: &[u8]) -> anyhow::Result<Output> {
+        retried(self.inner.name(), self.deadline, || {
+            super::exec_input(self.inner, cmd, input)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::remote::scripted::{ScriptedRemote, fail, ok};
+
+    fn lost_then(n: u32, then: Output) -> ScriptedRemote {
+        let calls = AtomicU32::new(0);
+        ScriptedRemote::new("web1", move |_| {
+            if calls.fetch_add(1, Ordering::SeqCst) < n {
+                Output::new(Exit::ConnectionLost, "", "")
+            } else {
+                then.clone()
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_is_tried_again_until_it_answers() {
+        let r = lost_then(3, ok("/nix/store/x\n"));
+        let p = Patient::new(&r, Duration::from_secs(60));
+        let out = p.exec(&Command::new("readlink")).await.unwrap();
+        assert!(out.success());
+        assert_eq!(r.argvs().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_answered_is_not_run_again() {
+        let r = lost_then(0, fail(1, "no such profile"));
+        let p = Patient::new(&r, Duration::from_secs(60));
+        let out = p.exec(&Command::new("nix-env")).await.unwrap();
+        assert_eq!(out.exit, Exit::Code { code: 1 });
+        assert_eq!(r.argvs().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_gives_up_at_the_deadline_with_the_last_answer() {
+        let r = lost_then(u32::MAX, ok(""));
+        let started = Instant::now();
+        let p = Patient::new(&r, Duration::from_secs(20));
+        let out = p.exec(&Command::new("readlink")).await.unwrap();
+        assert_eq!(out.exit, Exit::ConnectionLost);
+        // 1 + 2 + 4 + 8 s waited; the next wait (15 s) would pass 20 s.
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+        assert_eq!(r.argvs().len(), 5);
+    }
+}
