@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use nixgate::inspect::check::warnings;
+use nixgate::inspect::probe::warnings;
 use nixgate::inventory::Inventory;
 
 /// The warnings for an inventory of `hosts` (TOML host tables) and

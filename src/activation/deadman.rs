@@ -139,9 +139,11 @@ pub(crate) const DISARM_LINUX: &str = r#"unit=$1
 systemctl stop "$unit.timer" 2>/dev/null
 systemctl reset-failed "$unit.timer" "$unit.service" 2>/dev/null
 if systemctl is-active --quiet "$unit.timer"; then exit 1; fi
+# The revert script goes too, unless the revert is running it right now.
+systemctl is-active --quiet "$unit.service" || rm -f "$2"
 exit 0"#;
 
-const DISARM_DARWIN: &str = r#"pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null; rm -f "$1"; exit 0"#;
+const DISARM_DARWIN: &str = r#"pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null; rm -f "$1" "$2"; exit 0"#;
 
 /// Read a run's revert record, if the host wrote one.
 pub(crate) const READ_RECORD: &str = r#"[ -f "$1" ] && cat "$1"; exit 0"#;

@@ -103,7 +103,7 @@ pub struct SelectorArgs {
 
 impl SelectorArgs {
     pub fn selector(&self) -> Selector {
-        use crate::inventory::pattern::{Item, parse_list};
+        use crate::inventory::glob::{Item, parse_list};
         let mut hosts = self.names.clone();
         hosts.extend(self.hosts.iter().cloned());
         let mut tags = self.tags.clone();

@@ -1,8 +1,8 @@
 //! `nixgate check`: the inventory is valid (it was loaded); then, unless
-//! `--offline`, every machine answers (see `inspect::check`).
+//! `--offline`, every machine answers (see `inspect::probe`).
 
 use crate::fleet::{Fleet, Sessions};
-use crate::inspect::check;
+use crate::inspect::probe as check;
 use crate::inventory::{Inventory, Selection};
 use crate::report::{CommandName, Event};
 

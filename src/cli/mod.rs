@@ -5,10 +5,10 @@
 pub mod args;
 mod check;
 pub mod complete;
-mod confirm;
 mod exec;
 pub mod exit;
 mod hosts;
+mod prompt;
 mod push;
 mod release;
 mod rollback;

@@ -12,7 +12,7 @@ use crate::plan::{self, Planning, Request, Source};
 use crate::report::{self, CommandName, Ending, Event};
 use crate::runner::cancel;
 
-use super::confirm::{self, Answer};
+use super::prompt::{self, Answer};
 use super::run_session::{RunFlags, RunSession};
 use super::{Fatal, Global, Outcome};
 
@@ -75,7 +75,7 @@ pub async fn push(
 ) -> anyhow::Result<Outcome> {
     let inv = Arc::new(inv);
     let req = push_request(&inv, &mut sel, &opts)?;
-    confirm::can_ask(g)?;
+    prompt::can_ask(g)?;
     let run = RunSession::start(g, &inv, CommandName::Push, &sel, &req)?
         .with_outputs(opts.outputs.clone());
     let plan = run.plan(&inv, &sel, &req).await;

@@ -18,7 +18,7 @@ use crate::inventory::{Inventory, Selection};
 use crate::plan::{NoTarget, Plan, Refusal, Request, Verdict};
 use crate::report::{CommandName, Event};
 
-use super::confirm::{self, Answer};
+use super::prompt::{self, Answer};
 use super::run_session::{RunFlags, RunSession};
 use super::{Global, Outcome};
 
@@ -32,7 +32,7 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let inv = Arc::new(inv);
     let req = Request::Rollback { to };
-    confirm::can_ask(g)?;
+    prompt::can_ask(g)?;
     let run = RunSession::start(g, &inv, CommandName::Rollback, &sel, &req)?.with_outputs(outputs);
     let plan = run.make_plan(&inv, &sel, &req).await;
     if to.is_some() && names_no_generation(&plan) {

@@ -21,7 +21,7 @@ use crate::runner::cancel::{self, CancelLevel, CancelWatch};
 use crate::state::run_report::{self, RunReport};
 use crate::state::{self, ControllerLock, LockHeld};
 
-use super::confirm::{self, Answer};
+use super::prompt::{self, Answer};
 use super::{Fatal, Global, Outcome};
 
 /// What a deploying command's flags ask of the run.
@@ -150,7 +150,10 @@ impl RunSession {
         self.sink.emit_handled(plan.event()).await;
     }
 
-    /// Make the plan, under this run's cancellation.
+    /// Make the plan, under this run's cancellation. The first Ctrl-C lets
+    /// planning wind down (a build is given up to 30 s to end on the
+    /// builder); the second ends it at once, every host interrupted (the
+    /// builder's Nix ends with its channel).
     pub async fn make_plan(&self, inv: &Inventory, sel: &Selection, req: &Request) -> Plan {
         let p = Planning {
             fleet: &self.fleet,
@@ -160,7 +163,11 @@ impl RunSession {
             sink: &self.sink,
             stop: &self.stop,
         };
-        plan::make(&p, req).await
+        let mut watch = self.cancel.clone();
+        tokio::select! {
+            plan = plan::make(&p, req) => plan,
+            _ = cancel::reached(&mut watch, CancelLevel::Abort) => Plan::aborted(req, sel),
+        }
     }
 
     /// Ask before changing anything (unless `--yes`, or nothing is ready).
@@ -168,7 +175,7 @@ impl RunSession {
         if plan.cancelled.is_some() || plan.ready().next().is_none() {
             return Ok(Answer::Yes);
         }
-        confirm::ask(g, self.command, plan, self.cancel.clone()).await
+        prompt::ask(g, self.command, plan, self.cancel.clone()).await
     }
 
     /// Everything the runner needs.

@@ -333,7 +333,7 @@ fn write_html(b: Built, path: &Path) -> anyhow::Result<()> {
 }
 
 fn write_metrics(dir: &Path, b: &Built, path: &Path) -> anyhow::Result<()> {
-    let (run, hosts) = metrics::history::collect(dir, &b.report, &b.timeline);
+    let (run, hosts) = metrics::carried::collect(dir, &b.report, &b.timeline);
     metrics::write(path, &metrics::render(&run, &hosts))
 }
 

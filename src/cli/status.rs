@@ -1,4 +1,4 @@
-//! `nixgate status`: parse, look (see `inspect::status`), report. With
+//! `nixgate status`: parse, look (see `inspect::host_status`), report. With
 //! `--history`, each selected host's known-good generations instead.
 
 use crate::fleet::{Fleet, Sessions};
@@ -44,7 +44,7 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, history: bool) -> anyho
             }
             return Ok((hosts.len() - failed, failed));
         }
-        let all = inspect::status::collect(&*fleet, inv, &hosts, Some(&state_dir)).await;
+        let all = inspect::host_status::collect(&*fleet, inv, &hosts, Some(&state_dir)).await;
         fleet.close_all().await;
         let failed = all.iter().filter(|s| !s.reachable).count();
         for mut s in all {

@@ -3,14 +3,14 @@
 //! (the inventory is valid; every machine answers). Typed results, turned
 //! into events by the commands and into words by the reporters.
 
-pub mod check;
 pub mod history;
-pub mod status;
+pub mod host_status;
+pub mod probe;
 
 use serde::{Deserialize, Serialize};
 
-pub use check::{Probe, WaveCount};
-pub use status::{HostStatus, LastRun};
+pub use host_status::{HostStatus, LastRun};
+pub use probe::{Probe, WaveCount};
 
 /// One problem with the inventory file, as `--json` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,10 +4,10 @@
 
 pub mod diag;
 pub mod duration;
+pub mod glob;
 pub mod limits;
 pub mod load;
 pub mod model;
-pub mod pattern;
 pub mod scaleout;
 pub mod select;
 pub mod validate;

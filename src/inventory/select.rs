@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::diag::suggest;
+use super::glob::{closest, glob_match, is_glob};
 use super::model::{Inventory, MaxFailures};
-use super::pattern::{closest, glob_match, is_glob};
 
 /// What the user asked for on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

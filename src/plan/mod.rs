@@ -16,8 +16,8 @@
 
 pub mod cache_push;
 pub mod candidates;
-pub mod connect;
 pub mod diffgate;
+pub mod early_connect;
 pub mod preflight;
 pub mod rollback_target;
 
@@ -304,6 +304,21 @@ impl Plan {
         }
     }
 
+    /// The plan a second Ctrl-C ended before it was made: every host
+    /// interrupted at the stage the request starts with.
+    pub fn aborted(req: &Request, selection: &Selection) -> Plan {
+        let stage = match req {
+            Request::Rollback { .. } => PlanStage::Targets,
+            Request::Release { .. } => PlanStage::Lock,
+            _ => PlanStage::Build,
+        };
+        let mut plan = Plan::assemble(req.goal(), req.source().cloned(), selection, |_| {
+            Verdict::Interrupted { stage }
+        });
+        plan.cancelled = Some(stage);
+        plan
+    }
+
     /// The event describing the plan, for reporters.
     pub fn event(&self) -> Event {
         Event::PlanReady {
@@ -339,7 +354,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
             };
             // The hosts' handshakes overlap the build when the diff gate
             // will need them.
-            let connecting = expect.map(|_| connect::start(p.fleet, &hosts));
+            let connecting = expect.map(|_| early_connect::start(p.fleet, &hosts));
             let built = candidates::build(p, source, &hosts).await;
             if built.cancelled {
                 plan_cancelled = Some(PlanStage::Build);

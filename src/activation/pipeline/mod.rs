@@ -495,7 +495,7 @@ impl<R: Remote> Run<'_, R> {
 }
 
 mod confirm;
-mod keys;
+mod key_gates;
 mod off_path;
 
 #[cfg(test)]

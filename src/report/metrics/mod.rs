@@ -4,7 +4,7 @@
 //! it: a reader sees the old file or the new one, never half of one; the
 //! collector skips the temporary file, whose name does not end in `.prom`).
 //!
-//! Every host the newest [`history::REPORTS_READ`] run reports name has its
+//! Every host the newest [`carried::REPORTS_READ`] run reports name has its
 //! series, not only this run's hosts: a run of one host must not make the
 //! rest of the fleet's series vanish (and an `absent()` alert fire). Each
 //! host's values are from its last finished run; what it runs (its
@@ -16,7 +16,7 @@
 //! (`_seconds`, `_timestamp_seconds`), gauges, one series per host per
 //! host metric.
 
-pub mod history;
+pub mod carried;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -58,7 +58,7 @@ fn parse(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
 
 fn metrics_of(dir: &std::path::Path, run: &fixture::Run) -> String {
     let t = timeline::of_run(&run.report, run.events.clone());
-    let (r, hosts) = history::collect(dir, &run.report, &t);
+    let (r, hosts) = carried::collect(dir, &run.report, &t);
     render(&r, &hosts)
 }
 
