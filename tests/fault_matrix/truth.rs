@@ -217,7 +217,9 @@ pub fn history_problems(before: &Truth, after: &Truth) -> Vec<String> {
         }
     }
     let profile_link = |path: &str| {
-        if path == "/nix/var/nix/gcroots/auto" {
+        // The system the host ran before nixgate's first mark, rooted on
+        // purpose so a rollback can reach it (known_good::RECORD_BASELINE).
+        if path == "/nix/var/nix/gcroots/auto" || path == "/nix/var/nix/gcroots/nixgate-baseline" {
             return true;
         }
         let Some(name) = path.strip_prefix("/nix/var/nix/profiles/") else {
