@@ -27,7 +27,15 @@ pub const LANES: usize = 4;
 
 /// Cells known to fail for a reason owned elsewhere: (step, fault, why).
 /// A cell listed here that passes is reported, so the list stays true.
-pub const EXPECTED_TO_FAIL: &[(Step, Fault, &str)] = &[];
+/// Every entry is an open product bug (issue 18), not a test to be fixed.
+pub const EXPECTED_TO_FAIL: &[(Step, Fault, &str)] = &[(
+    Step::Persist,
+    Fault::Reboot,
+    "OPEN BUG (issue 18): in 1 of 3 runs a host rebooted during the persist gate ends \
+     rolled-back and reverted by the host, yet its known-good profile points at the \
+     candidate (seen once, 2026-12-02 11:28; cause not found yet); the other runs end \
+     rolled-back with the known-good unchanged, as they must",
+)];
 
 /// `NIXGATE_MATRIX_CELLS=poll/kill,copy/ssh` runs only those cells (by
 /// hand, while working on one); the table then has only them.
