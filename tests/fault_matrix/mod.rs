@@ -39,7 +39,16 @@ pub const EXPECTED_TO_FAIL: &[(Step, Fault, &str)] = &[(
 
 /// `NIXGATE_MATRIX_CELLS=poll/kill,copy/ssh` runs only those cells (by
 /// hand, while working on one); the table then has only them.
+///
+/// The "host rebooted" column runs only with `NIXGATE_MATRIX_REBOOT=1`: the
+/// test fleet's reboot (`scripts/fleet restart`) left a host not running
+/// in 2 of 4 full runs on 2026-12-02 (a fleet bug, not chased yet; issue
+/// 18 stays open for it), and a test that fails for its harness proves
+/// nothing about nixgate.
 fn selected(step: Step, fault: Fault) -> bool {
+    if fault == Fault::Reboot && std::env::var("NIXGATE_MATRIX_REBOOT").as_deref() != Ok("1") {
+        return false;
+    }
     match std::env::var("NIXGATE_MATRIX_CELLS") {
         Ok(only) if !only.is_empty() => only
             .split(',')
