@@ -7,7 +7,6 @@
 //!
 //! These read the state directory only: no inventory, no network, no lock.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::report::html::{self, Diffs};
@@ -111,20 +110,36 @@ fn listing_row(e: &runs::RunEntry) -> Vec<String> {
     }
 }
 
-fn listing_json(e: &runs::RunEntry) -> serde_json::Value {
+fn listing_json(e: &runs::RunEntry) -> Event {
     match &e.head {
-        Ok(h) => {
-            let counts: BTreeMap<&str, usize> =
-                h.outcomes().iter().map(|(k, n)| (k.as_str(), *n)).collect();
-            serde_json::json!({
-                "run_id": e.run_id, "state": e.state.as_str(), "started": h.started,
-                "finished": h.finished, "command": h.command, "goal": h.goal,
-                "selected": h.selected, "outcomes": counts, "exit_code": h.exit_code,
-            })
-        }
-        Err(err) => serde_json::json!({
-            "run_id": e.run_id, "state": "unreadable", "error": err,
-        }),
+        Ok(h) => Event::RunListed {
+            run_id: e.run_id.clone(),
+            state: e.state.as_str().to_owned(),
+            command: Some(h.command.clone()),
+            goal: Some(h.goal.clone()),
+            started: Some(h.started.clone()),
+            finished: h.finished.clone(),
+            selected: h.selected.clone(),
+            outcomes: h
+                .outcomes()
+                .iter()
+                .map(|(k, n)| (k.as_str().to_owned(), *n))
+                .collect(),
+            exit_code: h.exit_code,
+            error: None,
+        },
+        Err(err) => Event::RunListed {
+            run_id: e.run_id.clone(),
+            state: "unreadable".into(),
+            command: None,
+            goal: None,
+            started: None,
+            finished: None,
+            selected: Vec::new(),
+            outcomes: Default::default(),
+            exit_code: None,
+            error: Some(err.clone()),
+        },
     }
 }
 

@@ -155,6 +155,21 @@ pub enum Event {
         host: String,
         generations: Vec<crate::inspect::history::Generation>,
     },
+    /// `runs --json`: one past run of the state directory, newest first
+    /// (`state`: finished, interrupted, running or unreadable, with `error`).
+    RunListed {
+        run_id: String,
+        state: String,
+        command: Option<String>,
+        goal: Option<String>,
+        started: Option<String>,
+        finished: Option<String>,
+        selected: Vec<String>,
+        outcomes: std::collections::BTreeMap<String, usize>,
+        exit_code: Option<u8>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// `rollback`, before the prompt: what the host runs, the known-good
     /// generation it would go back to, and the package diff between them.
     RollbackPreview {
@@ -315,6 +330,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "build_finished",
     "host_built",
     "history",
+    "run_listed",
     "rollback_preview",
     "cache_push_started",
     "cache_push_progress",
@@ -366,6 +382,7 @@ impl Event {
             Event::BuildFinished { .. } => "build_finished",
             Event::HostBuilt { .. } => "host_built",
             Event::History { .. } => "history",
+            Event::RunListed { .. } => "run_listed",
             Event::RollbackPreview { .. } => "rollback_preview",
             Event::CachePushStarted { .. } => "cache_push_started",
             Event::CachePushProgress { .. } => "cache_push_progress",

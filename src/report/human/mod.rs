@@ -169,6 +169,7 @@ pub fn describe(ev: &Event) -> Option<String> {
         | Event::CopyProgress { .. }
         | Event::Diff { .. }
         | Event::History { .. }
+        | Event::RunListed { .. }
         | Event::RollbackPreview { .. }
         | Event::PlanReady { .. }
         | Event::InventoryError(_)
