@@ -142,8 +142,9 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
         fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
         *b
     );
+    // A generation no selected host has is a usage error (issue 23).
     let out = nixgate(&fleet, &["--yes", "rollback", "sys1", "--to", "9"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("no known-good generation 9"),
         "{}",
