@@ -8,7 +8,7 @@
 //! selected host's session as soon as the builder's is up, so the
 //! handshakes overlap the source shipping and the build; [`settle`] then
 //! refuses a host that could not be reached once, with the error of that
-//! one attempt: a host is never made to time out twice.
+//! one attempt (or its sudo's refusal of the run's password): a host is never made to time out twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,9 +65,7 @@ impl Connecting {
         for (host, error) in failed {
             if let Some(v @ Verdict::Ready { .. }) = verdicts.get_mut(&host) {
                 *v = Verdict::Refused {
-                    refusal: Refusal::Unreachable {
-                        error: error.to_string(),
-                    },
+                    refusal: Refusal::no_session(&error),
                 };
             }
         }
