@@ -5,7 +5,7 @@
 use crate::exec::{self, ExecRequest};
 use crate::fleet::{Fleet, Sessions};
 use crate::inventory::{Inventory, Selection};
-use crate::report::{self, CommandName, Ending, Event, Reporter};
+use crate::report::{self, CommandName, Event, Reporter};
 use crate::runner::cancel::{self, CancelLevel};
 
 use super::{Global, Outcome};
@@ -22,8 +22,7 @@ pub fn run(
     } else {
         Box::new(report::human::exec::ExecView::new(group))
     };
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let (sink, reporter) = report::spawn(reporter, None);
+    super::reporting_to(reporter, CommandName::Exec, |sink| async move {
         let (canceller, watch) = cancel::channel();
         let signals = tokio::spawn(canceller.clone().on_signals());
         let mut levels = canceller.watch();
@@ -38,26 +37,10 @@ pub fn run(
             }
         });
         let fleet = Sessions::new(inv, g.host_key_policy());
-        let (ok, failed) = exec::run(fleet.clone(), sel, req, sink.clone(), watch).await;
+        let counted = exec::run(fleet.clone(), sel, req, sink, watch).await;
         fleet.close_all().await;
         signals.abort();
         tell.abort();
-        let outcome = if failed == 0 {
-            Outcome::Success
-        } else {
-            Outcome::HostsFailed
-        };
-        sink.emit(Event::Summary {
-            command: CommandName::Exec,
-            run_id: None,
-            ending: Ending::Completed,
-            exit_code: outcome as u8,
-            ok,
-            failed,
-            hosts: Vec::new(),
-        });
-        drop(sink);
-        let _ = reporter.await;
-        Ok(outcome)
+        Ok(counted)
     })
 }

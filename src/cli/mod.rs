@@ -92,8 +92,21 @@ where
     F: FnOnce(EventSink) -> Fut,
     Fut: Future<Output = anyhow::Result<(usize, usize)>>,
 {
+    reporting_to(report::choose(g, command), command, f)
+}
+
+/// [`reporting`], to the given reporter.
+fn reporting_to<F, Fut>(
+    reporter: Box<dyn report::Reporter>,
+    command: CommandName,
+    f: F,
+) -> anyhow::Result<Outcome>
+where
+    F: FnOnce(EventSink) -> Fut,
+    Fut: Future<Output = anyhow::Result<(usize, usize)>>,
+{
     tokio::runtime::Runtime::new()?.block_on(async {
-        let (sink, reporter) = report::spawn(report::choose(g, command), None);
+        let (sink, reporter) = report::spawn(reporter, None);
         let counted = f(sink.clone()).await;
         let outcome = match &counted {
             Ok((_, 0)) => Outcome::Success,
