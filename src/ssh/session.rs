@@ -194,6 +194,15 @@ impl SshSession {
         Ok(channel)
     }
 
+    /// One of the [`MAX_CHANNELS`] command slots, held while a command runs.
+    async fn slot(&self) -> anyhow::Result<tokio::sync::SemaphorePermit<'_>> {
+        self.inner
+            .channels
+            .acquire()
+            .await
+            .context("the session's channel limiter was closed")
+    }
+
     fn take_spare(&self) -> Option<Spare> {
         match self.inner.spare.lock() {
             Ok(mut s) => s.take(),
@@ -259,12 +268,7 @@ impl Remote for SshSession {
     }
 
     async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
-        let _permit = self
-            .inner
-            .channels
-            .acquire()
-            .await
-            .context("the session's channel limiter was closed")?;
+        let _permit = self.slot().await?;
         let started = std::time::Instant::now();
         let channel = self.open_channel().await?;
         let (text, input) = self.prepare(cmd);
@@ -307,12 +311,7 @@ impl Remote for SshSession {
         out: tokio::sync::mpsc::Sender<crate::remote::Chunk>,
         hang_up: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<crate::remote::Exit> {
-        let _permit = self
-            .inner
-            .channels
-            .acquire()
-            .await
-            .context("the session's channel limiter was closed")?;
+        let _permit = self.slot().await?;
         let channel = self.open_channel().await?;
         exec::watch(channel, &cmd.render(), out, hang_up)
             .await
