@@ -206,11 +206,8 @@ impl State {
             return Output::new(Exit::ConnectionLost, "", "");
         }
         let a: Vec<&str> = cmd.argv().iter().map(String::as_str).collect();
-        if a[0] == "sh" && a[2] == known_good::WRITE_RECORD {
-            let json = String::from_utf8_lossy(stdin.expect("the record comes on stdin"));
-            self.records
-                .insert(a[5].to_owned(), json.trim_end().to_owned());
-            return ok("");
+        if a[0] == "sh" && a[2] == known_good::MARK {
+            return self.mark(&a[4..], stdin.expect("the record comes on stdin"));
         }
         if a[0] == "sh" && a[2] == crate::keys::upload::WRITE {
             if self.failing_key.as_deref() == Some(a[5]) {
@@ -477,21 +474,12 @@ impl State {
             ok("")
         } else if script == deadman::READ_RECORD {
             ok(self.revert_records.get(a[4]).map_or("", String::as_str))
-        } else if script == known_good::RECORD_BASELINE {
-            self.baseline.get_or_insert_with(|| a[6].to_owned());
-            ok("")
         } else if script == known_good::READ_BASELINE {
             ok(&self.baseline.as_ref().map_or(String::new(), |c| {
                 format!(r#"{{"closure":"{c}","recorded_at":"2026-12-01T00:00:00Z","run_id":"r0"}}"#)
             }))
         } else if script == known_good::LIST {
             self.list(a[4])
-        } else if script == known_good::READ_GENERATION {
-            let base = a[4].rsplit('/').next().unwrap_or_default();
-            match self.current_generation(a[4]) {
-                0 => ok(""),
-                n => ok(&format!("{base}-{n}-link\n")),
-            }
         } else if script == known_good::UNDO_MARK {
             self.undo_mark(&a[4..])
         } else if script == leftovers::LIST {
@@ -503,38 +491,6 @@ impl State {
             ok("")
         } else if script == known_good::REVOKE {
             self.revoke(a[4], a[6].parse().expect("a generation"))
-        } else if script == known_good::SET_AND_READ {
-            let c = StorePath::parse(a[5]).expect("store path");
-            let base = a[4].rsplit('/').next().unwrap_or_default().to_owned();
-            let link = |n: usize| {
-                if n == 0 {
-                    String::new()
-                } else {
-                    format!("{base}-{n}-link")
-                }
-            };
-            let old = self.current_generation(a[4]);
-            let new = match a.get(6).filter(|g| !g.is_empty()) {
-                Some(g) => {
-                    let g: usize = g.parse().expect("a generation");
-                    let gens = self.profiles.get(a[4]).cloned().unwrap_or_default();
-                    if gens.get(g - 1) != Some(&c) {
-                        return fail(3, "generation is not the closure\n");
-                    }
-                    self.selected.insert(a[4].to_owned(), g);
-                    g
-                }
-                None => {
-                    self.set_profile(a[4], &c);
-                    self.selected.remove(a[4]);
-                    self.profiles.get(a[4]).map_or(0, Vec::len)
-                }
-            };
-            ok(&format!(
-                "NixgateOld={}\nNixgateNew={}\n",
-                link(old),
-                link(new)
-            ))
         } else {
             panic!("fake host: unexpected script {a:?}")
         }
@@ -542,28 +498,89 @@ impl State {
 }
 
 impl State {
-    /// `known_good::UNDO_MARK` (`a`: profile, old, created, closure).
-    fn undo_mark(&mut self, a: &[&str]) -> Output {
-        let (prof, old, mut created) = (a[0], a[1], a[2].to_owned());
-        let now = self.current_generation(prof);
-        if created.is_empty()
-            && self.profile(prof).map(|c| c.as_str()) == Some(a[3])
-            && old.parse::<usize>().map_or(true, |o| now > o)
+    /// `known_good::MARK` (`a`: profile, dir, closure, generation to
+    /// re-select, run, record length, baseline root, file, closure, time).
+    fn mark(&mut self, a: &[&str], body: &[u8]) -> Output {
+        let (prof, closure, reselect, run) = (a[0], a[2], a[3], a[4]);
+        assert_eq!(body.len().to_string(), a[5], "the record's length");
+        let c = StorePath::parse(closure).expect("store path");
+        let base = prof.rsplit('/').next().unwrap_or_default().to_owned();
+        let old = self.current_generation(prof);
+        let ours = format!("\"run_id\":\"{run}\"");
+        if old > 0
+            && self.profile(prof) == Some(&c)
+            && let Some(r) = self.records.get(&old.to_string())
+            && r.contains(&ours)
         {
-            created = now.to_string();
+            let replaced = replaced_of(r).map(|g| g.to_string()).unwrap_or_default();
+            return ok(&format!(
+                "NixgateNew={base}-{old}-link\nNixgateReplaced={replaced}\n"
+            ));
         }
-        match old.parse::<usize>() {
-            Ok(o) => {
-                self.selected.insert(prof.to_owned(), o);
+        if old == 0 && !a[8].is_empty() {
+            self.baseline.get_or_insert_with(|| a[8].to_owned());
+        }
+        let new = if reselect.is_empty() {
+            self.set_profile(prof, &c);
+            self.selected.remove(prof);
+            self.profiles.get(prof).map_or(0, Vec::len)
+        } else {
+            let g: usize = reselect.parse().expect("a generation");
+            let gens = self.profiles.get(prof).cloned().unwrap_or_default();
+            if gens.get(g - 1) != Some(&c) {
+                return fail(3, "generation is not the closure\n");
             }
-            Err(_) => {
+            self.selected.insert(prof.to_owned(), g);
+            g
+        };
+        let text = String::from_utf8_lossy(body);
+        let rest = text.trim_end().strip_prefix('{').expect("a JSON object");
+        let replaced = if old == 0 {
+            "null".to_owned()
+        } else {
+            old.to_string()
+        };
+        self.records.insert(
+            new.to_string(),
+            format!("{{\"generation\":{new},\"replaced\":{replaced},{rest}"),
+        );
+        let replaced = if old == 0 { String::new() } else { replaced };
+        ok(&format!(
+            "NixgateNew={base}-{new}-link\nNixgateReplaced={replaced}\n"
+        ))
+    }
+
+    /// `known_good::UNDO_MARK` (`a`: profile, dir, run, re-selected).
+    fn undo_mark(&mut self, a: &[&str]) -> Output {
+        let (prof, run, reselected) = (a[0], a[2], a[3]);
+        let n = self.current_generation(prof);
+        let ours = format!("\"run_id\":\"{run}\"");
+        let Some(rec) = self
+            .records
+            .get(&n.to_string())
+            .filter(|r| r.contains(&ours))
+        else {
+            return ok("NixgateUndo=none\n");
+        };
+        let prev = replaced_of(rec);
+        if prev == Some(n) {
+            return ok("NixgateUndo=kept\n");
+        }
+        match prev {
+            Some(p) => {
+                self.selected.insert(prof.to_owned(), p);
+            }
+            None => {
                 self.profiles.remove(prof);
             }
         }
-        if let Ok(c) = created.parse::<usize>() {
-            self.deleted.insert((prof.to_owned(), c));
+        if reselected.is_empty() {
+            self.deleted.insert((prof.to_owned(), n));
         }
-        ok("")
+        if let Some(r) = self.records.remove(&n.to_string()) {
+            self.records.insert(format!("{n}.undone"), r);
+        }
+        ok(&format!("NixgateUndo={n}\n"))
     }
 
     /// `leftovers::LIST`: switch jobs and armed timers; a running job
@@ -784,8 +801,9 @@ pub fn describe(cmd: &Command) -> String {
         s if s == verify_poll::POLL_LINUX => "poll",
         s if s == switch::LOG_TAIL => "log-tail",
         s if s == inhibitors::COMPARE => "compare-components",
-        s if s == known_good::WRITE_RECORD => "write-record",
-        s if s == known_good::SET_AND_READ => "set-known-good",
+        s if s == known_good::MARK => {
+            return format!("{sudo}mark-known-good {} {} {}", a[4], a[6], a[7]);
+        }
         s if s == known_good::LIST => "list-known-good",
         s if s == deadman::ARM_LINUX => "arm-revert",
         s if s == switch::STOP_LINUX => "stop-unit",
@@ -793,8 +811,9 @@ pub fn describe(cmd: &Command) -> String {
         s if s == deadman::READ_RECORD => "read-revert-record",
         s if s == known_good::REVOKE => "revoke-known-good",
         s if s == crate::keys::upload::WRITE => "write-key",
-        s if s == known_good::READ_GENERATION => "read-generation",
-        s if s == known_good::UNDO_MARK => "undo-known-good",
+        s if s == known_good::UNDO_MARK => {
+            return format!("{sudo}undo-known-good {} {}", a[4], a[6]);
+        }
         s if s == leftovers::LIST => "list-nixgate-units",
         s if s == leftovers::RUN_REVERT => "run-revert",
         s if s == switch::FIRE_LINUX => {
@@ -803,4 +822,10 @@ pub fn describe(cmd: &Command) -> String {
         _ => "unknown-script",
     };
     format!("{sudo}{name} {}", a[4..].join(" "))
+}
+
+/// The generation a known-good record says its mark replaced.
+fn replaced_of(record: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(record).expect("a record");
+    v["replaced"].as_u64().map(|g| g as usize)
 }

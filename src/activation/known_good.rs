@@ -16,7 +16,7 @@ use super::settings::{HostPaths, RunId};
 use crate::gates::Gate;
 use crate::nix::StorePath;
 use crate::remote::patient::Patient;
-use crate::remote::{Command, Remote};
+use crate::remote::{Command, Exit, Remote};
 
 /// One gate passed, with its evidence as recorded: compact JSON text (a
 /// large change's diff is hundreds of kilobytes, several times that as a
@@ -71,6 +71,10 @@ pub struct KnownGoodRecord {
     pub commit: Option<String>,
     pub run_id: RunId,
     pub gates: Vec<GateRecord>,
+    /// The generation the profile was on before this mark (`None`: there
+    /// was no profile), written by the host: what undoing it goes back to.
+    #[serde(default)]
+    pub replaced: Option<u64>,
 }
 
 /// What marking produced.
@@ -110,13 +114,94 @@ pub struct Baseline {
     pub run_id: String,
 }
 
-/// `$1` GC root, `$2` record, `$3` closure, `$4` time, `$5` run: written
-/// once (an existing baseline is kept).
-pub(crate) const RECORD_BASELINE: &str = "root=$1; file=$2; closure=$3; at=$4; run=$5
-[ -e \"$file\" ] && exit 0
-mkdir -p \"$(dirname \"$file\")\" && ln -sfn \"$closure\" \"$root\" &&
-printf '{\"closure\":\"%s\",\"recorded_at\":\"%s\",\"run_id\":\"%s\"}\\n' \"$closure\" \"$at\" \"$run\" > \"$file.tmp\" &&
-mv -f \"$file.tmp\" \"$file\"";
+/// Mark known-good in one host command: `$1` profile, `$2` records
+/// directory, `$3` closure, `$4` generation to re-select (empty: `nix-env
+/// --set`), `$5` run, `$6` the record's length in bytes, then the baseline's
+/// GC root, file, closure (empty: none to record) and time. The record
+/// comes on stdin without its `generation`, which is spliced in once known.
+///
+/// One command, not three, for two reasons. The controller may vanish
+/// between them (the fault matrix SIGKILLed it while marking: the profile
+/// pointed at the candidate with no record, and `status` called it
+/// known-good): this script ignores SIGHUP and SIGPIPE, so once the record
+/// has arrived whole (its length is checked) it sets the profile and writes
+/// the record, or puts the profile back, whatever happens to the session.
+/// And each command is a round trip (issue 21: 2 of them saved).
+///
+/// Run twice (its answer was lost), it converges: `nix-env --set` of the
+/// closure the profile is on adds no generation, and the record is written
+/// again. A host that went down between the set and the record is left
+/// with a generation without a record, which `status` flags and the next
+/// mark adopts.
+///
+/// The record says which generation it replaced (`replaced`), so a mark
+/// whose answer never came back can be undone ([`UNDO_MARK`]).
+///
+/// Exits: 3 the generation to re-select is not the closure; 4 the record
+/// could not be written and the profile was put back; 5 neither; 6 the
+/// record arrived cut short (nothing changed).
+pub(crate) const MARK: &str = r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
+trap '' HUP PIPE
+mkdir -p "$dir" || exit 1
+tmp=$dir/.pending-$run.json
+cat > "$tmp" || { rm -f "$tmp"; exit 1; }
+if [ "$(wc -c < "$tmp")" != "$len" ]; then rm -f "$tmp"; echo "the record arrived cut short" >&2; exit 6; fi
+old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
+# Run again after a lost answer: this run's mark stands, as it was made.
+if [ -n "$old" ] && [ "$(readlink -f "$prof")" = "$closure" ] && grep -qF "\"run_id\":\"$run\"" "$dir/$oldn.json" 2>/dev/null; then
+  rm -f "$tmp"; echo "NixgateNew=$old"
+  echo "NixgateReplaced=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$dir/$oldn.json")"
+  exit 0
+fi
+# The first mark ever: what the host ran before is its baseline (kept once).
+if [ -z "$old" ] && [ -n "$bclosure" ] && [ ! -e "$bfile" ]; then
+  { mkdir -p "$(dirname "$bfile")" && ln -sfn "$bclosure" "$broot" &&
+    printf '{"closure":"%s","recorded_at":"%s","run_id":"%s"}\n' "$bclosure" "$bat" "$run" > "$bfile.tmp" &&
+    mv -f "$bfile.tmp" "$bfile"; } || echo "NixgateBaseline=failed"
+fi
+if [ -n "$gen" ]; then
+  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
+  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp"; exit 1; }
+else
+  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp"; exit 1; }
+fi
+new=$(readlink "$prof"); n=${new%-link}; n=${n##*-}
+rec=$dir/.$n.json.$$.tmp
+if { printf '{"generation":%s,"replaced":%s,' "$n" "${oldn:-null}"; tail -c +2 "$tmp"; } > "$rec" &&
+  { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
+  rm -f "$tmp"
+  echo "NixgateNew=$new"
+  echo "NixgateReplaced=$oldn"
+  exit 0
+fi
+rm -f "$rec" "$tmp"
+echo "writing $dir/$n.json failed" >&2
+if [ -n "$old" ]; then nix-env -p "$prof" --switch-generation "$oldn" >/dev/null || exit 5
+else rm -f "$prof" || exit 5; fi
+if [ -z "$gen" ] && [ "$n" != "$oldn" ]; then rm -f "$prof-$n-link"; fi
+exit 4"#;
+
+/// Undo this run's mark (`$3`), made by [`MARK`] although its answer never
+/// came back: when the generation the profile is on has this run's record,
+/// the profile goes back to the generation the record says it replaced
+/// (none: no profile), a generation the mark created is deleted (`$4`
+/// empty: it was not a re-selection), and the record is kept as
+/// `<N>.undone.json`. A mark that re-used the generation it replaced (the
+/// same closure) is left: that generation was known-good before. Prints
+/// what it did.
+pub(crate) const UNDO_MARK: &str = r#"prof=$1; dir=$2; run=$3; reselected=$4
+trap '' HUP PIPE
+cur=$(readlink "$prof" 2>/dev/null) || { echo "NixgateUndo=none"; exit 0; }
+n=${cur%-link}; n=${n##*-}
+rec=$dir/$n.json
+grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null || { echo "NixgateUndo=none"; exit 0; }
+prev=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$rec")
+[ "$prev" != "$n" ] || { echo "NixgateUndo=kept"; exit 0; }
+if [ -n "$prev" ]; then nix-env -p "$prof" --switch-generation "$prev" >/dev/null || exit 1
+else rm -f "$prof" || exit 1; fi
+[ -n "$reselected" ] || rm -f "$prof-$n-link"
+mv -f "$rec" "$dir/$n.undone.json"
+echo "NixgateUndo=$n""#;
 
 pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";
 
@@ -135,66 +220,6 @@ pub async fn baseline<R: Remote>(
     }
     Ok(serde_json::from_str(text.trim()).ok())
 }
-
-async fn record_baseline<R: Remote>(
-    remote: &R,
-    paths: &HostPaths,
-    sudo: bool,
-    closure: &StorePath,
-    req: &MarkRequest,
-) -> anyhow::Result<()> {
-    remote
-        .exec(
-            &Command::script(RECORD_BASELINE)
-                .args([
-                    paths.baseline_root.clone(),
-                    paths.baseline.clone(),
-                    closure.to_string(),
-                    utc_rfc3339(req.at),
-                    req.run_id.to_string(),
-                ])
-                .within(super::settings::STEP_LIMIT)
-                .sudo(sudo),
-        )
-        .await?
-        .check("recording the baseline")?;
-    Ok(())
-}
-
-/// Point the profile at the closure (`$3` empty), or re-select generation
-/// `$3` (it must be the closure); print the generation links before and after.
-pub(crate) const SET_AND_READ: &str = "prof=$1; closure=$2; gen=$3
-old=$(readlink \"$prof\" 2>/dev/null)
-if [ -n \"$gen\" ]; then
-  [ \"$(readlink -f \"$prof-$gen-link\")\" = \"$closure\" ] || { echo \"generation $gen of $prof is not $closure\" >&2; exit 3; }
-  nix-env -p \"$prof\" --switch-generation \"$gen\" >/dev/null || exit 1
-else
-  nix-env -p \"$prof\" --set \"$closure\" >/dev/null || exit 1
-fi
-echo \"NixgateOld=$old\"
-echo \"NixgateNew=$(readlink \"$prof\")\"";
-
-/// The record on stdin, made durable, then moved into place whole.
-pub(crate) const WRITE_RECORD: &str = "dir=$1; gen=$2; tmp=$dir/.$gen.json.$$.tmp
-mkdir -p \"$dir\" && cat > \"$tmp\" && { sync \"$tmp\" 2>/dev/null || sync; } &&
-mv -f \"$tmp\" \"$dir/$gen.json\" && { sync \"$dir\" 2>/dev/null || true; } || { rm -f \"$tmp\"; exit 1; }";
-
-/// Undo a mark that failed: back to generation `$2` (none: no profile), and
-/// drop generation `$3` when the mark created it. `$3` empty: the mark's
-/// `nix-env --set` lost its answer, so it may have made a generation: the
-/// one the profile is on, if newer than `$2` and pointing at the closure
-/// `$4`, is dropped.
-pub(crate) const UNDO_MARK: &str = "prof=$1; old=$2; created=$3; closure=$4
-if [ -z \"$created\" ] && [ -n \"$closure\" ] && [ \"$(readlink -f \"$prof\")\" = \"$closure\" ]; then
-  n=$(readlink \"$prof\"); n=${n%-link}; n=${n##*-}
-  if [ -z \"$old\" ] || [ \"$n\" -gt \"$old\" ]; then created=$n; fi
-fi
-if [ -n \"$old\" ]; then nix-env -p \"$prof\" --switch-generation \"$old\" >/dev/null || exit 1
-else rm -f \"$prof\" || exit 1; fi
-if [ -n \"$created\" ]; then rm -f \"$prof-$created-link\"; fi";
-
-/// The generation link a profile points at (nothing: no profile).
-pub(crate) const READ_GENERATION: &str = "readlink \"$1\" 2>/dev/null; exit 0";
 
 /// Revoke generation `$3` (marked by a run, then found unhealthy): the
 /// profile goes back to the newest generation before it (none: no
@@ -266,12 +291,11 @@ pub async fn current<R: Remote>(
 }
 
 /// Mark `req.closure` known-good on the host: set the profile (or
-/// re-select its generation), learn the generation, write the tag record.
-/// A record that cannot be written undoes the profile change: known-good
-/// never points at a closure without its record. Each command survives a
-/// lost connection for `req.patience` (see [`Patient`]): the generation the
-/// profile was on is read first, so a `nix-env --set` whose answer was lost
-/// after it ran is neither done twice nor left in place when the mark fails.
+/// re-select its generation) and write the tag record, in one command
+/// ([`MARK`]): known-good never points at a closure without its record,
+/// even when the controller dies mid-mark. The command survives a lost
+/// connection for `req.patience` (see [`Patient`]); run again, it adds no
+/// generation.
 pub async fn mark<R: Remote>(
     remote: &R,
     paths: &HostPaths,
@@ -279,52 +303,90 @@ pub async fn mark<R: Remote>(
     req: MarkRequest,
 ) -> anyhow::Result<KnownGoodMark> {
     let prof = &paths.known_good_profile;
-    let patient = Patient::new(remote, req.patience);
-    let old = generation_before(&patient, prof).await?;
-    let set = set_and_read(&patient, prof, &req, sudo).await;
-    let generation = match set {
-        Ok(g) => g,
-        Err(e) => {
-            // It may have run before its answer was lost.
-            let undo = undo_mark(remote, prof, (old, None), &req.closure, req.patience, sudo).await;
-            return Err(undone(e, undo, prof));
-        }
-    };
-    let patience = req.patience;
-    // The first mark ever on this host: what it ran before is its baseline.
-    if old.is_none()
-        && let Some(previous) = req.previous.as_ref().filter(|p| **p != req.closure)
-        && let Err(e) = record_baseline(remote, paths, sudo, previous, &req).await
-    {
-        tracing::warn!("{}: the baseline was not recorded: {e:#}", remote.name());
-    }
-    let record = KnownGoodRecord {
+    let dir = paths.known_good_records.trim_end_matches('/').to_owned();
+    let mut record = KnownGoodRecord {
         version: 1,
         host: remote.name().to_owned(),
-        generation,
-        closure: req.closure,
+        generation: 0,
+        replaced: None,
+        closure: req.closure.clone(),
         marked_at: utc_rfc3339(req.at),
-        commit: req.commit,
-        run_id: req.run_id,
-        gates: req.gates,
+        commit: req.commit.clone(),
+        run_id: req.run_id.clone(),
+        gates: req.gates.clone(),
     };
-    let dir = paths.known_good_records.trim_end_matches('/');
-    if let Err(e) = write_record(&patient, dir, sudo, &record).await {
-        let created = (old != Some(generation) && req.reselect.is_none()).then_some(generation);
-        let undo = undo_mark(
-            remote,
-            prof,
-            (old, created),
-            &record.closure,
-            patience,
-            sudo,
-        )
+    let body = record_body(&record)?;
+    let reselect = req.reselect.map(|g| g.to_string()).unwrap_or_default();
+    let baseline = req
+        .previous
+        .as_ref()
+        .filter(|p| **p != req.closure)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let cmd = Command::script(MARK)
+        .within(super::settings::STEP_LIMIT)
+        .args([
+            prof.clone(),
+            dir.clone(),
+            req.closure.to_string(),
+            reselect,
+            req.run_id.to_string(),
+            body.len().to_string(),
+            paths.baseline_root.clone(),
+            paths.baseline.clone(),
+            baseline,
+            utc_rfc3339(req.at),
+        ])
+        .sudo(sudo);
+    let out = Patient::new(remote, req.patience)
+        .exec_input(&cmd, &body)
         .await;
+    let lost = match &out {
+        Err(_) => true,
+        Ok(o) => o.exit == Exit::ConnectionLost,
+    };
+    if lost {
+        // It may have run (the script finishes without the session): undo
+        // it, so known-good never points at a mark the deploy gave up on.
+        let undo = undo_mark(remote, paths, &req, sudo).await;
+        let e = match out {
+            Err(e) => e,
+            Ok(_) => anyhow::anyhow!("the connection was lost while marking"),
+        };
         return Err(undone(e, undo, prof));
     }
+    let out = out?;
+    let out = match out.exit {
+        Exit::Code { code: 4 } => anyhow::bail!(
+            "the known-good record could not be written ({}); {prof} was put back where it was",
+            out.stderr_str().trim()
+        ),
+        Exit::Code { code: 5 } => anyhow::bail!(
+            "the known-good record could not be written, and putting {prof} back failed too ({}): \
+             it points at {} without a record (status flags it; the next mark adopts it)",
+            out.stderr_str().trim(),
+            req.closure
+        ),
+        _ => out.check(&format!("marking {} known-good", req.closure))?,
+    };
+    let text = out.stdout_str();
+    if text.lines().any(|l| l == "NixgateBaseline=failed") {
+        tracing::warn!("{}: the baseline was not recorded", remote.name());
+    }
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let link = field("NixgateNew=");
+    record.generation = generation_of(&link)
+        .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
+    record.replaced = field("NixgateReplaced=").parse().ok();
     Ok(KnownGoodMark {
-        generation,
-        record_path: format!("{dir}/{generation}.json"),
+        generation: record.generation,
+        record_path: format!("{dir}/{}.json", record.generation),
         record,
     })
 }
@@ -336,93 +398,57 @@ fn undone(e: anyhow::Error, undo: anyhow::Result<()>, prof: &str) -> anyhow::Err
     }
 }
 
-/// The generation `prof` is on before marking (`None`: no profile yet).
-async fn generation_before<R: Remote>(remote: &R, prof: &str) -> anyhow::Result<Option<u64>> {
-    let out = remote
-        .exec(&Command::script(READ_GENERATION).arg(prof))
-        .await
-        .with_context(|| format!("reading {prof} on {}", remote.name()))?
-        .check(&format!("readlink {prof}"))?;
-    let link = out.stdout_str();
-    let link = link.trim();
-    if link.is_empty() {
-        return Ok(None);
-    }
-    generation_of(link)
-        .map(Some)
-        .with_context(|| format!("{prof} points at {link:?}, not a generation link"))
-}
-
-/// Point the profile at the closure (or re-select its generation); the
-/// generation it is on now.
-async fn set_and_read<R: Remote>(
-    remote: &R,
-    prof: &str,
-    req: &MarkRequest,
-    sudo: bool,
-) -> anyhow::Result<u64> {
-    let reselect = req.reselect.map(|g| g.to_string()).unwrap_or_default();
-    let out = remote
-        .exec(
-            &Command::script(SET_AND_READ)
-                .args([prof, req.closure.as_str(), reselect.as_str()])
-                .sudo(sudo),
-        )
-        .await
-        .with_context(|| format!("setting {prof} on {}", remote.name()))?
-        .check(&format!("nix-env -p {prof} --set {}", req.closure))?;
-    let text = out.stdout_str();
-    let link = text
-        .lines()
-        .find_map(|l| l.strip_prefix("NixgateNew="))
-        .map(str::trim)
-        .unwrap_or_default();
-    generation_of(link).with_context(|| format!("{prof} points at {link:?}, not a generation link"))
-}
-
-async fn write_record<R: Remote>(
-    remote: &Patient<'_, R>,
-    dir: &str,
-    sudo: bool,
-    record: &KnownGoodRecord,
-) -> anyhow::Result<()> {
-    let mut json = serde_json::to_vec(record).context("encoding the known-good record")?;
-    json.push(b'\n');
-    let write = Command::script(WRITE_RECORD)
-        .within(super::settings::STEP_LIMIT)
-        .arg(dir)
-        .arg(record.generation.to_string())
-        .sudo(sudo);
-    remote
-        .exec_input(&write, &json)
-        .await
-        .with_context(|| format!("writing the known-good record on {}", remote.name()))?
-        .check("writing the known-good record")?;
-    Ok(())
-}
-
-/// Put the profile back on generation `old` (none: no profile), and drop
-/// generation `created` when this mark made it (`None` after a `nix-env
-/// --set` whose answer was lost: [`UNDO_MARK`] finds out).
+/// Undo this run's mark if it was made ([`UNDO_MARK`]), trying for as long
+/// as the mark itself could.
 async fn undo_mark<R: Remote>(
     remote: &R,
-    prof: &str,
-    (old, created): (Option<u64>, Option<u64>),
-    closure: &StorePath,
-    patience: std::time::Duration,
+    paths: &HostPaths,
+    req: &MarkRequest,
     sudo: bool,
 ) -> anyhow::Result<()> {
-    let arg = |g: Option<u64>| g.map(|g| g.to_string()).unwrap_or_default();
-    Patient::new(remote, patience)
+    let reselected = if req.reselect.is_some() { "yes" } else { "" };
+    Patient::new(remote, req.patience)
         .exec(
             &Command::script(UNDO_MARK)
                 .within(super::settings::STEP_LIMIT)
-                .args([prof.to_owned(), arg(old), arg(created), closure.to_string()])
+                .args([
+                    paths.known_good_profile.as_str(),
+                    paths.known_good_records.trim_end_matches('/'),
+                    req.run_id.as_str(),
+                    reselected,
+                ])
                 .sudo(sudo),
         )
         .await?
-        .check(&format!("putting {prof} back"))?;
+        .check(&format!("putting {} back", paths.known_good_profile))?;
     Ok(())
+}
+
+/// The record as the host gets it: JSON without its `generation` (the
+/// host splices it in once `nix-env` has made it), ending in a newline.
+fn record_body(r: &KnownGoodRecord) -> anyhow::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        version: u32,
+        host: &'a str,
+        closure: &'a StorePath,
+        marked_at: &'a str,
+        commit: &'a Option<String>,
+        run_id: &'a RunId,
+        gates: &'a [GateRecord],
+    }
+    let body = Body {
+        version: r.version,
+        host: &r.host,
+        closure: &r.closure,
+        marked_at: &r.marked_at,
+        commit: &r.commit,
+        run_id: &r.run_id,
+        gates: &r.gates,
+    };
+    let mut json = serde_json::to_vec(&body).context("encoding the known-good record")?;
+    json.push(b'\n');
+    Ok(json)
 }
 
 /// Revoke `generation` (this run's mark, found unhealthy after the soak):

@@ -8,6 +8,7 @@ use crate::remote::local::LocalRemote;
 use crate::remote::scripted::{ScriptedRemote, ok};
 
 const SYS: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+const OTHER: &str = "/nix/store/1d1x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.08";
 
 #[test]
 fn utc_format() {
@@ -47,68 +48,48 @@ fn request(closure: &str, at: u64) -> MarkRequest {
 #[tokio::test]
 async fn mark_commands() {
     let r = ScriptedRemote::with_stdin("web1", |c, _| {
-        if c.argv()[2] == SET_AND_READ {
-            ok("NixgateOld=nixgate-known-good-6-link\nNixgateNew=nixgate-known-good-7-link\n")
-        } else if c.argv()[2] == READ_GENERATION {
-            ok("nixgate-known-good-6-link\n")
-        } else {
-            ok("")
-        }
+        assert_eq!(c.argv()[2], MARK);
+        ok("NixgateNew=nixgate-known-good-7-link\nNixgateReplaced=6\n")
     });
     let paths = HostPaths::for_os(crate::activation::Os::Linux);
-    let m = mark(&r, &paths, true, request(SYS, 1_709_294_400))
-        .await
-        .unwrap();
-    assert_eq!(m.generation, 7);
+    let mut req = request(SYS, 1_709_294_400);
+    req.previous = Some(StorePath::parse(OTHER).unwrap());
+    let m = mark(&r, &paths, true, req).await.unwrap();
+    assert_eq!((m.generation, m.record.replaced), (7, Some(6)));
     assert_eq!(m.record_path, "/var/lib/nixgate/known-good/7.json");
-    let mut cmds = r.commands();
-    assert_eq!(cmds.len(), 3);
-    // First, the generation it is on (no root needed to read a link).
-    assert_eq!(
-        cmds.remove(0).argv(),
-        &[
-            "sh",
-            "-c",
-            READ_GENERATION,
-            "nixgate",
-            "/nix/var/nix/profiles/nixgate-known-good"
-        ]
-        .map(String::from)
-    );
+    // One command: the profile, the record and the baseline together.
+    let cmds = r.commands();
+    assert_eq!(cmds.len(), 1);
+    let stdins = r.stdins();
+    let body = &stdins[0].1;
     assert_eq!(
         cmds[0].argv(),
         &[
             "sh",
             "-c",
-            SET_AND_READ,
+            MARK,
             "nixgate",
             "/nix/var/nix/profiles/nixgate-known-good",
+            "/var/lib/nixgate/known-good",
             SYS,
-            ""
+            "",
+            "r1",
+            &body.len().to_string(),
+            "/nix/var/nix/gcroots/nixgate-baseline",
+            "/var/lib/nixgate/baseline.json",
+            OTHER,
+            "2024-03-01T12:00:00Z",
         ]
         .map(String::from)
     );
     assert!(cmds[0].is_sudo());
-    assert_eq!(
-        cmds[1].argv(),
-        &[
-            "sh",
-            "-c",
-            WRITE_RECORD,
-            "nixgate",
-            "/var/lib/nixgate/known-good",
-            "7"
-        ]
-        .map(String::from)
-    );
-    assert!(cmds[1].is_sudo());
-    // The record travels on stdin, never as an argument.
-    let stdins = r.stdins();
-    assert_eq!(stdins.len(), 1);
-    let rec: KnownGoodRecord = serde_json::from_slice(&stdins[0].1).unwrap();
-    assert_eq!(rec.marked_at, "2024-03-01T12:00:00Z");
-    assert_eq!(rec.host, "web1");
-    assert_eq!(rec.commit.as_deref(), Some("3f2a9c1"));
+    // The record travels on stdin, never as an argument, without the
+    // fields the host fills in.
+    let rec: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert!(rec.get("generation").is_none() && rec.get("replaced").is_none());
+    assert_eq!(rec["marked_at"], "2024-03-01T12:00:00Z");
+    assert_eq!(rec["host"], "web1");
+    assert_eq!(rec["commit"], "3f2a9c1");
 }
 
 /// Real: two marks on a temporary profile; the history lists both
@@ -147,7 +128,10 @@ async fn real_profile_history() {
     let m1 = mark(&r, &paths, false, big).await.unwrap();
     let m2 = mark(&r, &paths, false, request(&b, 200)).await.unwrap();
     assert_eq!((m1.generation, m2.generation), (1, 2));
-    let again = mark(&r, &paths, false, request(&b, 300)).await.unwrap();
+    // Another run re-marks the same closure.
+    let mut later = request(&b, 300);
+    later.run_id = RunId::parse("r2").unwrap();
+    let again = mark(&r, &paths, false, later).await.unwrap();
     assert_eq!(again.generation, 2, "same closure: same generation");
 
     let h = history(&r, &paths).await.unwrap();
@@ -170,10 +154,89 @@ async fn real_profile_history() {
         first.gates[1].value()["packages"].as_str().map(str::len),
         Some(512 * 1024)
     );
+    assert_eq!((m1.record.replaced, m2.record.replaced), (None, Some(1)));
     // No temporary file left behind.
     let names: Vec<_> = std::fs::read_dir(d.join("records"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// Real: a mark run twice by one run (its answer was lost) stands as first
+/// made; a record cut short changes nothing; a mark the deploy gave up on
+/// is undone, and an undo by another run touches nothing.
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_mark_again_cut_short_and_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let add = |name: &str| {
+        std::fs::write(d.join(name), name).unwrap();
+        let out = std::process::Command::new("nix-store")
+            .arg("--add")
+            .arg(d.join(name))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (add("sys-a"), add("sys-b"));
+    let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
+    paths.known_good_profile = d.join("profiles/nixgate-known-good").display().to_string();
+    paths.known_good_records = d.join("records").display().to_string();
+    paths.baseline = d.join("baseline.json").display().to_string();
+    paths.baseline_root = d.join("baseline-root").display().to_string();
+    std::fs::create_dir(d.join("profiles")).unwrap();
+    let r = LocalRemote::new("local");
+    let mut first = request(&a, 100);
+    first.previous = Some(StorePath::parse(&b).unwrap());
+    assert_eq!(mark(&r, &paths, false, first).await.unwrap().generation, 1);
+    let base = baseline(&r, &paths).await.unwrap().expect("a baseline");
+    assert_eq!(
+        base.closure.as_str(),
+        b,
+        "the first mark keeps what ran before"
+    );
+
+    let mut second = request(&b, 200);
+    second.run_id = RunId::parse("r2").unwrap();
+    let m = mark(&r, &paths, false, second.clone()).await.unwrap();
+    let again = mark(&r, &paths, false, second.clone()).await.unwrap();
+    assert_eq!((m.generation, again.generation), (2, 2));
+    assert_eq!(again.record.replaced, Some(1), "as first made");
+    assert_eq!(history(&r, &paths).await.unwrap().len(), 2);
+
+    // A record shorter than announced: nothing changes.
+    let prof = &paths.known_good_profile;
+    let records = paths.known_good_records.as_str();
+    let run = |script: &'static str, args: &[&str], stdin: &[u8]| {
+        let cmd = Command::script(script).args(args.iter().copied());
+        let local = LocalRemote::new("local");
+        let stdin = stdin.to_vec();
+        async move {
+            crate::remote::exec_input(&local, &cmd, &stdin)
+                .await
+                .unwrap()
+        }
+    };
+    let cut = run(
+        MARK,
+        &[prof, records, &a, "", "r3", "100", "", "", "", ""],
+        b"{\"host\":",
+    )
+    .await;
+    assert_eq!(cut.exit, Exit::Code { code: 6 }, "{}", cut.stderr_str());
+    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), b);
+
+    // Another run's undo leaves this run's mark alone; this run's undo
+    // takes it back and keeps its record aside.
+    let other = run(UNDO_MARK, &[prof, records, "r9", ""], b"").await;
+    assert_eq!(other.stdout_str().trim(), "NixgateUndo=none");
+    let undo = run(UNDO_MARK, &[prof, records, "r2", ""], b"").await;
+    assert_eq!(undo.stdout_str().trim(), "NixgateUndo=2");
+    let h = history(&r, &paths).await.unwrap();
+    assert_eq!(h.len(), 1);
+    assert!(h[0].current && h[0].closure.as_ref().unwrap().as_str() == a);
+    assert!(d.join("records/2.undone.json").exists());
+    assert!(!d.join("records/2.json").exists());
 }

@@ -44,8 +44,15 @@ pub struct HostStatus {
     pub behind_head: Option<bool>,
     /// The boot default differs from what runs: a reboot would change it.
     pub pending_reboot: bool,
-    /// What runs is not the known-good closure.
+    /// What runs is not the known-good closure (or the known-good has no
+    /// record: nixgate cannot vouch for it).
     pub unvalidated: bool,
+    /// The known-good profile is on a generation without its tag record: a
+    /// mark cut off between `nix-env --set` and the record (the host went
+    /// down mid-mark), or a profile set by hand. Not proven known-good; the
+    /// next push that marks it writes the record.
+    #[serde(default)]
+    pub known_good_unrecorded: bool,
     pub last_run: Option<LastRun>,
     /// The host took itself back after a switch nobody confirmed (magic
     /// rollback), more recently than its last known-good mark.
@@ -84,6 +91,7 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
                 st.known_good = cur.closure.clone();
                 st.known_good_generation = Some(cur.generation);
                 st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
+                st.known_good_unrecorded = cur.record.is_none();
                 marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
             }
         }
@@ -100,7 +108,8 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
         Err(e) => st.error = Some(format!("{e:#}")),
     }
     st.pending_reboot = st.boot_default.is_some() && st.boot_default != st.current;
-    st.unvalidated = st.current.is_some() && st.current != st.known_good;
+    st.unvalidated =
+        st.current.is_some() && (st.current != st.known_good || st.known_good_unrecorded);
     st
 }
 

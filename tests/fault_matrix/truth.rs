@@ -15,7 +15,10 @@ echo "entry=$(readlink -e /boot/nixgate-test/default)"
 echo "kg=$(readlink -e $p/nixgate-known-good)"
 echo "kg_link=$(readlink $p/nixgate-known-good 2>/dev/null)"
 for l in $p/system-*-link $p/nixgate-known-good-*-link; do [ -L "$l" ] && echo "gen=${l##*/} $(readlink "$l")"; done
-for f in /var/lib/nixgate/known-good/*.json; do [ -f "$f" ] && echo "record=$(tr -d '\n' < "$f")"; done
+for f in /var/lib/nixgate/known-good/*.json; do
+  n=${f##*/}; case ${n%.json} in *[!0-9]*) continue ;; esac # not N.revoked.json, N.undone.json
+  [ -f "$f" ] && echo "record=$(tr -d '\n' < "$f")"
+done
 for f in /var/lib/nixgate/deadman/*.json; do [ -f "$f" ] && echo "revert=$(tr -d '\n' < "$f")"; done
 systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixgate-confirm-*' 'nixgate-reboot-*' |
   while read -r u l a s rest; do echo "unit=$u"; done
@@ -166,6 +169,14 @@ pub fn status_lies(st: &Value, a: &Truth, b: &Truth) -> Vec<String> {
         lies.push(format!(
             "lock: status says {:?}, the host {:?}",
             st["activity"]["lock_holder"], a.lock
+        ));
+    }
+    let unrecorded = st["known_good_unrecorded"] == true;
+    let no_record = |t: &Truth| t.kg_gen.is_some_and(|g| !t.records.contains_key(&g));
+    if unrecorded != no_record(a) && unrecorded != no_record(b) {
+        lies.push(format!(
+            "known-good record: status says unrecorded={unrecorded}, the host's records {:?}",
+            a.records.keys().collect::<Vec<_>>()
         ));
     }
     let reverted = !st["reverted"].is_null();

@@ -114,9 +114,8 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system".to_string(),
         format!("readlink-f {SYSTEM}"),
-        format!("read-generation {KNOWN_GOOD}"),
-        format!("sudo set-known-good {KNOWN_GOOD} {NEW} "),
-        "sudo write-record /var/lib/nixgate/known-good 2".into(),
+        // Profile, record (and a first mark's baseline): one command.
+        format!("sudo mark-known-good {KNOWN_GOOD} {NEW} "),
     ];
     assert_eq!(ran.cmds, want);
     let st = host.state();
@@ -839,7 +838,7 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
     assert_eq!(st.boot_default, sp(OLD), "the boot default was never moved");
     assert!(st.timers.is_empty());
     // Nothing of the candidate was persisted or marked.
-    assert!(!ran.cmds.iter().any(|c| c.contains("set-known-good")));
+    assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
 }
 
 #[tokio::test(start_paused = true)]

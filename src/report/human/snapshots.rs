@@ -104,6 +104,7 @@ fn known_good(host: &str) -> HostEnd {
                 version: 1,
                 host: host.into(),
                 generation: 3,
+                replaced: Some(2),
                 closure: system('c', host),
                 marked_at: "2026-12-02T09:31:20Z".into(),
                 commit: Some(COMMIT.into()),

@@ -350,6 +350,9 @@ fn state_words(s: &HostStatus) -> String {
     if s.unvalidated {
         v.push("unvalidated");
     }
+    if s.known_good_unrecorded {
+        v.push("known-good-unrecorded");
+    }
     if s.reverted.is_some() {
         v.push("reverted-by-host");
     }
