@@ -147,6 +147,7 @@ tmp=$dir/.pending-$run.json
 cat > "$tmp" || { rm -f "$tmp"; exit 1; }
 if [ "$(wc -c < "$tmp")" != "$len" ]; then rm -f "$tmp"; echo "the record arrived cut short" >&2; exit 6; fi
 old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
+[ -n "$old" ] || oldn=
 # Run again after a lost answer: this run's mark stands, as it was made.
 if [ -n "$old" ] && [ "$(readlink -f "$prof")" = "$closure" ] && grep -qF "\"run_id\":\"$run\"" "$dir/$oldn.json" 2>/dev/null; then
   rm -f "$tmp"; echo "NixgateNew=$old"
@@ -159,22 +160,24 @@ if [ -z "$old" ] && [ -n "$bclosure" ] && [ ! -e "$bfile" ]; then
     printf '{"closure":"%s","recorded_at":"%s","run_id":"%s"}\n' "$bclosure" "$bat" "$run" > "$bfile.tmp" &&
     mv -f "$bfile.tmp" "$bfile"; } || echo "NixgateBaseline=failed"
 fi
+# What the profile was on, for an undo after a host that went down here.
+echo "$oldn" > "$dir/.pending-$run.replaced" || { rm -f "$tmp"; exit 1; }
 if [ -n "$gen" ]; then
-  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
-  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp"; exit 1; }
+  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$dir/.pending-$run.replaced"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
+  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$dir/.pending-$run.replaced"; exit 1; }
 else
-  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp"; exit 1; }
+  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$dir/.pending-$run.replaced"; exit 1; }
 fi
 new=$(readlink "$prof"); n=${new%-link}; n=${n##*-}
 rec=$dir/.$n.json.$$.tmp
 if { printf '{"generation":%s,"replaced":%s,' "$n" "${oldn:-null}"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
-  rm -f "$tmp"
+  rm -f "$tmp" "$dir/.pending-$run.replaced"
   echo "NixgateNew=$new"
   echo "NixgateReplaced=$oldn"
   exit 0
 fi
-rm -f "$rec" "$tmp"
+rm -f "$rec" "$tmp" "$dir/.pending-$run.replaced"
 echo "writing $dir/$n.json failed" >&2
 if [ -n "$old" ]; then nix-env -p "$prof" --switch-generation "$oldn" >/dev/null || exit 5
 else rm -f "$prof" || exit 5; fi
@@ -187,20 +190,30 @@ exit 4"#;
 /// (none: no profile), a generation the mark created is deleted (`$4`
 /// empty: it was not a re-selection), and the record is kept as
 /// `<N>.undone.json`. A mark that re-used the generation it replaced (the
-/// same closure) is left: that generation was known-good before. Prints
+/// same closure) is left: that generation was known-good before. A mark
+/// cut off between `nix-env` and the record (the host went down) left
+/// `.pending-<run>.replaced`, naming the generation to go back to. Prints
 /// what it did.
 pub(crate) const UNDO_MARK: &str = r#"prof=$1; dir=$2; run=$3; reselected=$4
 trap '' HUP PIPE
-cur=$(readlink "$prof" 2>/dev/null) || { echo "NixgateUndo=none"; exit 0; }
+pending=$dir/.pending-$run.replaced
+cur=$(readlink "$prof" 2>/dev/null) || { rm -f "$pending"; echo "NixgateUndo=none"; exit 0; }
 n=${cur%-link}; n=${n##*-}
 rec=$dir/$n.json
-grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null || { echo "NixgateUndo=none"; exit 0; }
-prev=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$rec")
-[ "$prev" != "$n" ] || { echo "NixgateUndo=kept"; exit 0; }
+if grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null; then
+  prev=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$rec")
+elif [ -f "$pending" ] && [ ! -f "$rec" ]; then
+  # Cut off between the profile and the record (the host went down).
+  prev=$(cat "$pending")
+else
+  rm -f "$pending"; echo "NixgateUndo=none"; exit 0
+fi
+[ "$prev" != "$n" ] || { rm -f "$pending"; echo "NixgateUndo=kept"; exit 0; }
 if [ -n "$prev" ]; then nix-env -p "$prof" --switch-generation "$prev" >/dev/null || exit 1
 else rm -f "$prof" || exit 1; fi
 [ -n "$reselected" ] || rm -f "$prof-$n-link"
-mv -f "$rec" "$dir/$n.undone.json"
+[ ! -f "$rec" ] || mv -f "$rec" "$dir/$n.undone.json"
+rm -f "$pending" "$dir/.pending-$run.json"
 echo "NixgateUndo=$n""#;
 
 pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";

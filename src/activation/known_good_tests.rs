@@ -239,4 +239,21 @@ async fn real_mark_again_cut_short_and_undone() {
     assert!(h[0].current && h[0].closure.as_ref().unwrap().as_str() == a);
     assert!(d.join("records/2.undone.json").exists());
     assert!(!d.join("records/2.json").exists());
+
+    // Cut off between the profile and the record (the host went down):
+    // what `MARK` left behind is enough to undo it.
+    std::fs::write(d.join("records/.pending-r4.replaced"), "1\n").unwrap();
+    let set = std::process::Command::new("nix-env")
+        .args(["-p", prof, "--set", &b])
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    let h = history(&r, &paths).await.unwrap();
+    assert!(h.last().unwrap().current && h.last().unwrap().record.is_none());
+    let undo = run(UNDO_MARK, &[prof, records, "r4", ""], b"").await;
+    assert!(undo.stdout_str().starts_with("NixgateUndo="), "{undo:?}");
+    assert_ne!(undo.stdout_str().trim(), "NixgateUndo=none");
+    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
+    assert_eq!(history(&r, &paths).await.unwrap().len(), 1);
+    assert!(!d.join("records/.pending-r4.replaced").exists());
 }
