@@ -15,6 +15,7 @@ use crate::deploy::HostEnd;
 use crate::deploy::releases::{NotPublished, NotReleased};
 use crate::nix::StorePath;
 use crate::nix::build::BuildFailure;
+use crate::nix::space::StoreSpace;
 use crate::plan::{NoTarget, PlanStage, Refusal};
 
 use super::labels::Labels;
@@ -125,6 +126,7 @@ pub fn refusal(r: &Refusal) -> String {
                 ),
                 None => format!("no machine could build it: {}", error_line(log_tail)),
             },
+            BuildFailure::NoSpace { said, store, .. } => no_space(said, store.as_ref()),
         },
         Refusal::Builder { error } => {
             format!("the builder could not be used: {}", first_line(error))
@@ -153,6 +155,50 @@ pub fn refusal(r: &Refusal) -> String {
         Refusal::KeySource { error } => format!("{error}; nothing on the host was changed"),
         Refusal::PreChecks { reports } => pre_checks(reports),
         Refusal::Sudo { check } => sudo_check(check),
+    }
+}
+
+/// A build that ran out of disk space on the builder: which store, how
+/// full, in whose words, and what frees it.
+fn no_space(said: &str, store: Option<&StoreSpace>) -> String {
+    let advice = "free space with `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent generations), or give its store a bigger disk, then push again";
+    match store {
+        Some(s) if s.nearly_full() => format!(
+            "the builder's store is full ({} on {}: {} free of {}; Nix said: {said}): {advice}",
+            s.dir,
+            s.mounted_on,
+            bytes(s.free_bytes),
+            bytes(s.size_bytes)
+        ),
+        // Nix also fails a build whose temporary directory (TMPDIR, /tmp)
+        // filled, and frees a failed build's output: the store may have
+        // room by the time it is measured.
+        Some(s) => format!(
+            "the builder ran out of disk space (Nix said: {said}); its store ({} on {}) has {} free of {} now, so the build's temporary directory (TMPDIR) may be what filled: free space there or in the store (`nix-collect-garbage` on the builder), then push again",
+            s.dir,
+            s.mounted_on,
+            bytes(s.free_bytes),
+            bytes(s.size_bytes)
+        ),
+        None => format!(
+            "the builder ran out of disk space (Nix said: {said}; how full its store is could not be read): {advice}"
+        ),
+    }
+}
+
+/// A size in the binary unit that keeps it short (`48.0 MiB`).
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -688,5 +734,60 @@ pub fn not_published(n: &NotPublished) -> String {
             crate::release::PushOutcome::Pushed { .. } => "pushed".into(),
         },
         NotPublished::Failed { error } => first_line(error).to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod no_space_words {
+    use super::*;
+
+    fn refused(store: Option<StoreSpace>) -> String {
+        refusal(&Refusal::Build {
+            failure: BuildFailure::NoSpace {
+                said: "writing to file: No space left on device".into(),
+                store,
+                log_tail: Vec::new(),
+            },
+        })
+    }
+
+    fn store(free_bytes: u64) -> Option<StoreSpace> {
+        Some(StoreSpace {
+            dir: "/nix/store".into(),
+            mounted_on: "/nix".into(),
+            size_bytes: 48 << 20,
+            free_bytes,
+        })
+    }
+
+    #[test]
+    fn which_store_how_full_and_what_frees_it() {
+        assert_eq!(
+            refused(store(100 << 10)),
+            "the builder's store is full (/nix/store on /nix: 100.0 KiB free of 48.0 MiB; \
+             Nix said: writing to file: No space left on device): free space with \
+             `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent \
+             generations), or give its store a bigger disk, then push again"
+        );
+        // Room in the store by the time it was measured: not called full.
+        let roomy = refused(store(30 << 20));
+        assert!(
+            roomy.starts_with("the builder ran out of disk space (Nix said: writing to file: No space left on device); its store (/nix/store on /nix) has 30.0 MiB free of 48.0 MiB now"),
+            "{roomy}"
+        );
+        assert!(roomy.contains("TMPDIR"), "{roomy}");
+        let unknown = refused(None);
+        assert!(
+            unknown.contains("could not be read") && unknown.contains("nix-collect-garbage"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(48 << 20), "48.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 }
