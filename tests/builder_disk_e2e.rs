@@ -274,10 +274,14 @@ fn a_build_that_fills_the_builders_store_names_the_space_and_converges_after_a_g
     let human = nixgate(&fleet, &["push", "--yes"]);
     let words = text(&human.stdout) + &text(&human.stderr);
     for want in [
-        "the builder's store is full (/nix/store on /nix: ",
-        &format!("free of {BUILDER_MIB}.0 MiB; Nix said: "),
-        "No space left on device",
-        "`nix-collect-garbage` on the builder",
+        "the builder's store is full (/nix/store on /nix, ",
+        &format!(
+            "free of {BUILDER_MIB}.0 MiB): free space with `nix-collect-garbage` on the builder"
+        ),
+        "(Nix said: ",
+        "No space left on device)",
+        // The summary table: the store and how full, the rest below it.
+        &format!("free of {BUILDER_MIB}.0 MiB); see below"),
         &format!("once the builder has room, `nixgate push {HOST}`"),
     ] {
         if !words.contains(want) {

@@ -159,31 +159,40 @@ pub fn refusal(r: &Refusal) -> String {
 }
 
 /// A build that ran out of disk space on the builder: which store, how
-/// full, in whose words, and what frees it.
+/// full, what frees it, and Nix's words last (they hold colons of their
+/// own, and the summary table shows the words up to the first).
 fn no_space(said: &str, store: Option<&StoreSpace>) -> String {
-    let advice = "free space with `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent generations), or give its store a bigger disk, then push again";
-    match store {
-        Some(s) if s.nearly_full() => format!(
-            "the builder's store is full ({} on {}: {} free of {}; Nix said: {said}): {advice}",
-            s.dir,
-            s.mounted_on,
-            bytes(s.free_bytes),
-            bytes(s.size_bytes)
+    let gc = "free space with `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent generations), or give its store a bigger disk, then push again";
+    let (what, advice) = match store {
+        Some(s) if s.nearly_full() => (
+            format!(
+                "the builder's store is full ({} on {}, {} free of {})",
+                s.dir,
+                s.mounted_on,
+                bytes(s.free_bytes),
+                bytes(s.size_bytes)
+            ),
+            gc,
         ),
         // Nix also fails a build whose temporary directory (TMPDIR, /tmp)
-        // filled, and frees a failed build's output: the store may have
-        // room by the time it is measured.
-        Some(s) => format!(
-            "the builder ran out of disk space (Nix said: {said}); its store ({} on {}) has {} free of {} now, so the build's temporary directory (TMPDIR) may be what filled: free space there or in the store (`nix-collect-garbage` on the builder), then push again",
-            s.dir,
-            s.mounted_on,
-            bytes(s.free_bytes),
-            bytes(s.size_bytes)
+        // filled, and a store can have room again by the time it is
+        // measured (another build finished, a GC ran).
+        Some(s) => (
+            format!(
+                "the builder ran out of disk space ({} on {} has {} free of {} now, so the build's temporary directory, TMPDIR, may be what filled)",
+                s.dir,
+                s.mounted_on,
+                bytes(s.free_bytes),
+                bytes(s.size_bytes)
+            ),
+            "free space there or in the store (`nix-collect-garbage` on the builder), then push again",
         ),
-        None => format!(
-            "the builder ran out of disk space (Nix said: {said}; how full its store is could not be read): {advice}"
+        None => (
+            "the builder ran out of disk space (how full its store is could not be read)".into(),
+            gc,
         ),
-    }
+    };
+    format!("{what}: {advice} (Nix said: {said})")
 }
 
 /// A size in the binary unit that keeps it short (`48.0 MiB`).
@@ -764,23 +773,28 @@ mod no_space_words {
     fn which_store_how_full_and_what_frees_it() {
         assert_eq!(
             refused(store(100 << 10)),
-            "the builder's store is full (/nix/store on /nix: 100.0 KiB free of 48.0 MiB; \
-             Nix said: writing to file: No space left on device): free space with \
-             `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent \
-             generations), or give its store a bigger disk, then push again"
+            "the builder's store is full (/nix/store on /nix, 100.0 KiB free of 48.0 MiB): \
+             free space with `nix-collect-garbage` on the builder (or `--delete-older-than` \
+             to keep recent generations), or give its store a bigger disk, then push again \
+             (Nix said: writing to file: No space left on device)"
         );
         // Room in the store by the time it was measured: not called full.
         let roomy = refused(store(30 << 20));
         assert!(
-            roomy.starts_with("the builder ran out of disk space (Nix said: writing to file: No space left on device); its store (/nix/store on /nix) has 30.0 MiB free of 48.0 MiB now"),
+            roomy.starts_with("the builder ran out of disk space (/nix/store on /nix has 30.0 MiB free of 48.0 MiB now, so the build's temporary directory, TMPDIR, may be what filled): "),
             "{roomy}"
         );
-        assert!(roomy.contains("TMPDIR"), "{roomy}");
         let unknown = refused(None);
         assert!(
             unknown.contains("could not be read") && unknown.contains("nix-collect-garbage"),
             "{unknown}"
         );
+        // The summary table shows the words up to the first colon: the
+        // store and how full, not half of Nix's words.
+        for words in [refused(store(0)), roomy, unknown] {
+            let head = words.split(": ").next().unwrap();
+            assert!(head.ends_with(')') && !head.contains("Nix said"), "{head}");
+        }
     }
 
     #[test]
