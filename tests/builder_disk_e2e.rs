@@ -87,13 +87,16 @@ fn built(events: &[Value]) -> String {
         .to_owned()
 }
 
-/// What the host runs and will boot, and its known-good, read inside it.
+/// What the host runs and will boot, its known-good, what its store
+/// holds and what nixgate keeps there, read inside it.
 fn host_truth(fleet: &Fleet) -> String {
     fleet.in_host_ok(
         HOST,
         "readlink -e /run/current-system; readlink /nix/var/nix/profiles/system; \
          readlink -e /nix/var/nix/profiles/system; \
-         readlink -e /nix/var/nix/profiles/nixgate-known-good; ls /nix/var/nix/profiles",
+         readlink -e /nix/var/nix/profiles/nixgate-known-good; ls /nix/var/nix/profiles; \
+         echo \"store: $(ls /nix/store | sort | md5sum)\"; \
+         find /var/lib/nixgate -type f -exec md5sum {} + | sort",
     )
 }
 
@@ -237,6 +240,10 @@ fn a_build_that_fills_the_builders_store_names_the_space_and_converges_after_a_g
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let first = built(&ev);
     let host_before = host_truth(&fleet);
+    assert!(
+        host_before.contains("/var/lib/nixgate/"),
+        "nixgate keeps nothing on {HOST} after a known-good push?\n{host_before}"
+    );
     let roots_before = builder_roots(&fleet);
     assert!(
         roots_before.contains(&format!("nixgate/{HOST}/system -> {first}")),
