@@ -11,6 +11,16 @@
 //! instead; with `max-jobs 0` the build fails with "cannot build on ...",
 //! which becomes [`BuildFailure::NoMachine`] per host.
 //!
+//! A disk that fills on the builder (its store, or the build's TMPDIR)
+//! fails evaluation and builds alike, and Nix 2.8 and 2.26 then often stop
+//! on their own write error ("writing to file: No space left on device"),
+//! which names neither: it becomes [`BuildFailure::NoSpace`] for each host
+//! it failed, with the log's words ([`buildlog::out_of_space`]) and one
+//! `df` of the builder's store ([`space::store_space`]). Any line of the
+//! log counts, a builder's own included: a builder that prints the words
+//! and fails for another reason is called out of space too (its store
+//! measured roomy, the words then say so).
+//!
 //! A build can be cancelled: it runs under [`BUILD_WRAPPER`], which ends
 //! Nix (SIGTERM: Nix stops its builders, and a daemon stops a client's
 //! builds when the client goes) as soon as the command's stdin closes.
