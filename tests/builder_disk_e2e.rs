@@ -15,6 +15,11 @@
 //! dangling. Then `nix-collect-garbage` on the builder, the advice
 //! followed, and the same push converges to known-good.
 //!
+//! Then the builder's disk filled to the last byte by a file beside the
+//! store: Nix 2.8 cannot even open its database ("disk I/O error", its GC
+//! neither), which nixgate tells from a failing disk by measuring the
+//! store; refused the same way, and with the file gone the push converges.
+//!
 //! One small fleet (a builder and one light host: activation is not what
 //! is tested), booted once.
 
@@ -174,8 +179,10 @@ done",
 const PAST_THE_BUILD: [&str; 4] = ["host_built", "diff", "gate_started", "activation"];
 
 /// The full push's failure, as data: refused at the build, no space, the
-/// store named and measured. Its problems.
-fn refusal_problems(out: &Output, events: &[Value]) -> Vec<String> {
+/// store named and measured; Nix's words ENOSPC's, or, with
+/// `database_may_fail`, its database's I/O error on a disk too full to
+/// open it. Its problems.
+fn refusal_problems(out: &Output, events: &[Value], database_may_fail: bool) -> Vec<String> {
     let mut p = Vec::new();
     if out.status.code() != Some(1) {
         p.push(format!(
@@ -192,7 +199,10 @@ fn refusal_problems(out: &Output, events: &[Value]) -> Vec<String> {
         p.push(format!("the failure is not no_space: {failure}"));
     }
     let said = failure["said"].as_str().unwrap_or_default();
-    if !said.contains("No space left on device") {
+    let database = database_may_fail
+        && failure["database_unusable"] == true
+        && said.contains("disk I/O error");
+    if !said.contains("No space left on device") && !database {
         p.push(format!("Nix's words are not ENOSPC's: {said:?}"));
     }
     let store = &failure["store"];
@@ -276,7 +286,7 @@ fn a_build_that_fills_the_builders_store_names_the_space_and_converges_after_a_g
     let t_full = Instant::now();
     let (full, ev) = push_json(&fleet);
     let full_secs = t_full.elapsed().as_secs_f64();
-    let mut problems = refusal_problems(&full, &ev);
+    let mut problems = refusal_problems(&full, &ev, false);
     // The same, in words: which store, how full, what to do.
     let human = nixgate(&fleet, &["push", "--yes"]);
     let words = text(&human.stdout) + &text(&human.stderr);
@@ -374,9 +384,62 @@ fn a_build_that_fills_the_builders_store_names_the_space_and_converges_after_a_g
         "builder /nix {BUILDER_MIB} MiB, ballast {ballast} ({BALLAST_MIB} MiB), candidate +{FILLER_MIB} MiB: \
          {free_before} KiB free before the full push, {} KiB after the GC; \
          fillers left {valid} valid, {partial} cut short (invalid); \
-         fleet up {:.1} s, full push {full_secs:.1} s, push after the GC {again_secs:.1} s, all {:.1} s",
+         fleet up {:.1} s, full push {full_secs:.1} s, push after the GC {again_secs:.1} s",
         free_gc,
         booted.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
+    );
+    full_to_the_last_byte(&fleet);
+    eprintln!("all {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The builder's disk filled to the last byte by something else than Nix
+/// (a file beside the store) before a push: Nix 2.8 cannot even open its
+/// database then (or, with its database files already grown, fails at its
+/// first write). Refused the same way, nothing touched; with the file
+/// gone the same push converges.
+fn full_to_the_last_byte(fleet: &Fleet) {
+    let host_before = host_truth(fleet);
+    let roots_before = builder_roots(fleet);
+    fleet
+        .commit_config(|v| v["defaults"]["generation"] = json!(3))
+        .unwrap();
+    fleet.in_host_ok(
+        "builder",
+        &format!("head -c {BUILDER_MIB}M /dev/zero >/nix/var/fill 2>/dev/null; true"),
+    );
+    assert_eq!(free_kib(fleet), 0, "the builder's /nix is not full");
+    let t = Instant::now();
+    let (full, ev) = push_json(fleet);
+    let secs = t.elapsed().as_secs_f64();
+    let mut problems = refusal_problems(&full, &ev, true);
+    let failure = host_end(&ev)["refusal"]["failure"].clone();
+    let human = nixgate(fleet, &["push", "--yes"]);
+    let words = text(&human.stdout) + &text(&human.stderr);
+    if !words.contains("the builder's store is full (/nix/store on /nix, 0 B free of ") {
+        problems.push("the words do not name the full store".into());
+    }
+    if host_truth(fleet) != host_before {
+        problems.push(format!("{HOST} changed"));
+    }
+    if builder_roots(fleet) != roots_before {
+        problems.push("the builder's roots changed".into());
+    }
+    assert!(
+        problems.is_empty(),
+        "a builder full to the last byte: {} problem(s):\n{}\n--- the JSON push\n{}\n--- the human push\n{words}",
+        problems.len(),
+        problems.join("\n"),
+        describe(&full)
+    );
+    fleet.in_host_ok("builder", "rm /nix/var/fill");
+    let (again, ev) = push_json(fleet);
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    assert_eq!(host_end(&ev)["outcome"], "known-good");
+    assert_eq!(dangling_roots(fleet), "");
+    assert_eq!(builder_store_problems(fleet), Vec::<String>::new());
+    eprintln!(
+        "full to the last byte: refused in {secs:.1} s, Nix said {:?} (database unusable: {})",
+        failure["said"],
+        failure["database_unusable"].as_bool().unwrap_or(false)
     );
 }

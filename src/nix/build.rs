@@ -134,11 +134,16 @@ pub enum BuildFailure {
     /// is the line of the log that says so, in Nix's or the builder's
     /// words ([`buildlog::out_of_space`]); `store`, how full the builder's
     /// store was when the build ended (`None`: `df` could not tell).
+    /// `database_unusable`: Nix could not even open its database (SQLite's
+    /// "disk I/O error" on a store measured nearly full): its own garbage
+    /// collector cannot run either until something else frees room.
     #[error("the builder ran out of disk space ({said}):\n  {}", log_tail.join("\n  "))]
     NoSpace {
         said: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         store: Option<StoreSpace>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        database_unusable: bool,
         log_tail: Vec<String>,
     },
 }
@@ -310,6 +315,7 @@ fn failure_of(out: &Output) -> BuildFailure {
         return BuildFailure::NoSpace {
             said,
             store: None,
+            database_unusable: false,
             log_tail,
         };
     }
@@ -521,26 +527,42 @@ pub async fn build_hosts<R: Remote>(
 
 /// When a host's build ran out of space, how full the builder's store is
 /// now (one `df` for all such hosts), so the words can say which store
-/// and how full.
+/// and how full. A failure whose log says only that Nix's database had an
+/// I/O error ([`buildlog::database_io_error`]) is out of space when the
+/// store is measured nearly full: on a full disk Nix 2.8 cannot open its
+/// database at all, and says nothing else.
 async fn measure_full_store<R: Remote>(builder: &R, results: &mut [(String, HostBuild)]) {
-    let no_space = |hb: &HostBuild| {
-        matches!(
-            hb,
-            HostBuild::Failed {
-                error: BuildFailure::NoSpace { .. }
-            }
-        )
+    let about_space = |hb: &HostBuild| match hb {
+        HostBuild::Failed {
+            error: BuildFailure::NoSpace { .. },
+        } => true,
+        HostBuild::Failed {
+            error: BuildFailure::Eval { log_tail } | BuildFailure::Build { log_tail },
+        } => buildlog::database_io_error(&log_tail.join("\n")).is_some(),
+        _ => false,
     };
-    if !results.iter().any(|(_, hb)| no_space(hb)) {
+    if !results.iter().any(|(_, hb)| about_space(hb)) {
         return;
     }
     let measured = space::store_space(builder).await;
+    let full = measured.as_ref().is_some_and(StoreSpace::nearly_full);
     for (_, hb) in results.iter_mut() {
-        if let HostBuild::Failed {
-            error: BuildFailure::NoSpace { store, .. },
-        } = hb
-        {
-            store.clone_from(&measured);
+        let HostBuild::Failed { error } = hb else {
+            continue;
+        };
+        match error {
+            BuildFailure::NoSpace { store, .. } => store.clone_from(&measured),
+            BuildFailure::Eval { log_tail } | BuildFailure::Build { log_tail } if full => {
+                if let Some(said) = buildlog::database_io_error(&log_tail.join("\n")) {
+                    *error = BuildFailure::NoSpace {
+                        said,
+                        store: measured.clone(),
+                        database_unusable: true,
+                        log_tail: std::mem::take(log_tail),
+                    };
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -679,8 +701,10 @@ mod no_space {
             BuildFailure::NoSpace {
                 said,
                 store,
+                database_unusable,
                 log_tail,
             } => {
+                assert!(!database_unusable);
                 assert_eq!(said, "writing to file: No space left on device");
                 assert_eq!(store, None, "measured by build_hosts, not here");
                 assert_eq!(log_tail.len(), 4);
@@ -699,6 +723,7 @@ mod no_space {
                 size_bytes: 48 << 20,
                 free_bytes: 0,
             }),
+            database_unusable: false,
             log_tail: vec!["error: writing to file: No space left on device".into()],
         };
         let v = serde_json::to_value(&f).unwrap();
@@ -768,5 +793,81 @@ mod no_space {
         }
         let dfs = builder.argvs().iter().filter(|a| a[0] == "df").count();
         assert_eq!(dfs, 1, "{:?}", builder.argvs());
+    }
+}
+
+#[cfg(test)]
+mod database_unusable {
+    use super::*;
+    use crate::remote::Exit;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    /// Nix 2.8 on the test fleet's builder, its 48 MiB /nix filled to the
+    /// last byte before the build: it cannot open its database.
+    const IO: &str = r#"@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m executing SQLite statement 'pragma synchronous = normal': disk I/O error (in '/nix/var/nix/db/db.sqlite')"}"#;
+
+    fn builder(free_kib: u64) -> ScriptedRemote {
+        ScriptedRemote::new("builder", move |c| match c.argv()[0].as_str() {
+            "df" => ok(&format!(
+                "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                 fleet-small-nix 49152 {} {free_kib} 99% /nix\n",
+                49152 - free_kib
+            )),
+            _ => Output::new(Exit::Code { code: 1 }, IO, ""),
+        })
+    }
+
+    async fn build(b: &ScriptedRemote) -> BuildFailure {
+        let req = BuildRequest {
+            dir: "/d".into(),
+            flake: false,
+            hosts: vec![("web1".into(), "a.web1".into())],
+            options: BuildOptions::default(),
+        };
+        let mut got = build_hosts(b, &req, &|_| {}, &CancellationToken::new())
+            .await
+            .unwrap();
+        match got.remove(0).1 {
+            HostBuild::Failed { error } => error,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_a_full_store_it_is_no_space() {
+        match build(&builder(0)).await {
+            BuildFailure::NoSpace {
+                said,
+                store,
+                database_unusable,
+                ..
+            } => {
+                assert!(said.contains("disk I/O error"), "{said}");
+                assert_eq!(store.map(|s| s.free_bytes), Some(0));
+                assert!(database_unusable);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_a_store_with_room_it_stays_what_it_was() {
+        // A failing disk, not a full one: the words stay Nix's.
+        let b = builder(40 * 1024);
+        assert!(matches!(build(&b).await, BuildFailure::Eval { .. }));
+        assert_eq!(b.argvs().iter().filter(|a| a[0] == "df").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn other_failures_cost_no_df() {
+        let b = ScriptedRemote::new("builder", |_| {
+            Output::new(
+                Exit::Code { code: 1 },
+                r#"@nix {"action":"msg","level":0,"msg":"error: attribute 'web1' missing"}"#,
+                "",
+            )
+        });
+        assert!(matches!(build(&b).await, BuildFailure::Eval { .. }));
+        assert!(b.argvs().iter().all(|a| a[0] != "df"), "{:?}", b.argvs());
     }
 }

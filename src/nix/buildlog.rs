@@ -227,6 +227,23 @@ pub fn out_of_space(log: &str) -> Option<String> {
     })
 }
 
+/// The line of a Nix log saying its database had an I/O error (SQLite's
+/// "disk I/O error", any SQLITE_IOERR): on a disk full to the last byte
+/// Nix cannot open its database (SQLite cannot grow its shared-memory
+/// file; Nix's 8 MiB `gc-reserved-space` is taken again before the
+/// database is opened, so removing it frees nothing) and says only this.
+/// A failing disk says the same: only a measure of the store tells them
+/// apart.
+pub fn database_io_error(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("disk I/O error"))
+        .map(|l| {
+            let l = l.trim();
+            l.strip_prefix("error:").unwrap_or(l).trim().to_owned()
+        })
+}
+
 /// Remove terminal colour escapes (`ESC [ ... letter`).
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -417,6 +434,28 @@ mod out_of_space_words {
         assert_eq!(
             said(quota).as_deref(),
             Some("writing to file: Disk quota exceeded")
+        );
+    }
+
+    #[test]
+    fn a_database_io_error_is_told_apart() {
+        let log = "error: executing SQLite statement 'pragma synchronous = normal': \
+                   disk I/O error (in '/nix/var/nix/db/db.sqlite')\n";
+        assert_eq!(
+            said(log),
+            None,
+            "not by itself: a failing disk says the same"
+        );
+        assert_eq!(
+            database_io_error(log).as_deref(),
+            Some(
+                "executing SQLite statement 'pragma synchronous = normal': \
+                 disk I/O error (in '/nix/var/nix/db/db.sqlite')"
+            )
+        );
+        assert_eq!(
+            database_io_error("error: writing to file: No space left on device\n"),
+            None
         );
     }
 

@@ -126,7 +126,12 @@ pub fn refusal(r: &Refusal) -> String {
                 ),
                 None => format!("no machine could build it: {}", error_line(log_tail)),
             },
-            BuildFailure::NoSpace { said, store, .. } => no_space(said, store.as_ref()),
+            BuildFailure::NoSpace {
+                said,
+                store,
+                database_unusable,
+                ..
+            } => no_space(said, store.as_ref(), *database_unusable),
         },
         Refusal::Builder { error } => {
             format!("the builder could not be used: {}", first_line(error))
@@ -161,8 +166,12 @@ pub fn refusal(r: &Refusal) -> String {
 /// A build that ran out of disk space on the builder: which store, how
 /// full, what frees it, and Nix's words last (they hold colons of their
 /// own, and the summary table shows the words up to the first).
-fn no_space(said: &str, store: Option<&StoreSpace>) -> String {
-    let gc = "free space with `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent generations), or give its store a bigger disk, then push again";
+fn no_space(said: &str, store: Option<&StoreSpace>, database_unusable: bool) -> String {
+    let gc = if database_unusable {
+        "Nix cannot open its database on a disk this full, `nix-collect-garbage` included: free some space on that disk outside the store first (or give it a bigger disk), then `nix-collect-garbage` on the builder, then push again"
+    } else {
+        "free space with `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent generations), or give its store a bigger disk, then push again"
+    };
     let (what, advice) = match store {
         Some(s) if s.nearly_full() => (
             format!(
@@ -755,9 +764,30 @@ mod no_space_words {
             failure: BuildFailure::NoSpace {
                 said: "writing to file: No space left on device".into(),
                 store,
+                database_unusable: false,
                 log_tail: Vec::new(),
             },
         })
+    }
+
+    #[test]
+    fn a_store_too_full_for_nix_to_open_its_database() {
+        let words = refusal(&Refusal::Build {
+            failure: BuildFailure::NoSpace {
+                said: "executing SQLite statement 'pragma synchronous = normal': disk I/O error (in '/nix/var/nix/db/db.sqlite')".into(),
+                store: store(0),
+                database_unusable: true,
+                log_tail: Vec::new(),
+            },
+        });
+        assert!(
+            words.starts_with(
+                "the builder's store is full (/nix/store on /nix, 0 B free of 48.0 MiB): \
+                 Nix cannot open its database on a disk this full, `nix-collect-garbage` \
+                 included: free some space on that disk outside the store first"
+            ),
+            "{words}"
+        );
     }
 
     fn store(free_bytes: u64) -> Option<StoreSpace> {
