@@ -521,7 +521,7 @@ pub async fn build_hosts<R: Remote>(
         let hb = hb.with_context(|| format!("building {host}"))?;
         results.push((host, hb));
     }
-    measure_full_store(builder, &mut results).await;
+    measure_store_for_space_failures(builder, &mut results).await;
     Ok(results)
 }
 
@@ -531,7 +531,10 @@ pub async fn build_hosts<R: Remote>(
 /// I/O error ([`buildlog::database_io_error`]) is out of space when the
 /// store is measured nearly full: on a full disk Nix 2.8 cannot open its
 /// database at all, and says nothing else.
-async fn measure_full_store<R: Remote>(builder: &R, results: &mut [(String, HostBuild)]) {
+async fn measure_store_for_space_failures<R: Remote>(
+    builder: &R,
+    results: &mut [(String, HostBuild)],
+) {
     let about_space = |hb: &HostBuild| match hb {
         HostBuild::Failed {
             error: BuildFailure::NoSpace { .. },
