@@ -225,6 +225,166 @@ fn refusal_problems(out: &Output, events: &[Value], database_may_fail: bool) -> 
     p
 }
 
+/// The state before the push that fills the store.
+struct Before {
+    /// The host's generation 0 and its first known-good system.
+    gen0: String,
+    first: String,
+    host: String,
+    roots: String,
+}
+
+/// A known-good first, so "nothing changed" means something.
+fn known_good_first(fleet: &Fleet) -> Before {
+    let gen0 = fleet.in_host_ok(HOST, "readlink -e /run/current-system");
+    fleet
+        .commit_config(|v| v["defaults"]["generation"] = json!(1))
+        .unwrap();
+    let (out, ev) = push_json(fleet);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let first = built(&ev);
+    let host = host_truth(fleet);
+    assert!(
+        host.contains("/var/lib/nixgate/"),
+        "nixgate keeps nothing on {HOST} after a known-good push?\n{host}"
+    );
+    let roots = builder_roots(fleet);
+    assert!(
+        roots.contains(&format!("nixgate/{HOST}/system -> {first}")),
+        "{roots}"
+    );
+    Before {
+        gen0,
+        first,
+        host,
+        roots,
+    }
+}
+
+/// Garbage in the builder's store that leaves less room than the next
+/// candidate needs, and that candidate committed. The garbage's path and
+/// the KiB left free.
+fn ballast_and_a_bigger_candidate(fleet: &Fleet) -> (String, u64) {
+    let ballast = fleet.in_host_ok(
+        "builder",
+        &format!(
+            "f={}/ballast && head -c {BALLAST_MIB}M /dev/urandom >\"$f\" && nix-store --add \"$f\" && rm \"$f\"",
+            fleet.dir().display()
+        ),
+    );
+    let free = free_kib(fleet);
+    assert!(
+        free < u64::from(FILLER_MIB) * 1024,
+        "{free} KiB free: the candidate would fit"
+    );
+    fleet
+        .commit_config(|v| {
+            v["defaults"]["generation"] = json!(2);
+            v["hosts"][HOST] = json!({
+                "filler": { "count": FILLER_MIB / 2, "sizeKiB": 2048, "salt": "builder-disk" }
+            });
+        })
+        .unwrap();
+    (ballast, free)
+}
+
+/// The human push's words: which store, how full, what to do, what next.
+fn words_problems(human: &Output) -> Vec<String> {
+    let words = text(&human.stdout) + &text(&human.stderr);
+    let mut p = Vec::new();
+    for want in [
+        "the builder's store is full (/nix/store on /nix, ",
+        &format!(
+            "free of {BUILDER_MIB}.0 MiB): free space with `nix-collect-garbage` on the builder"
+        ),
+        "(Nix said: ",
+        "No space left on device)",
+        // The summary table: the store and how full, the rest below it.
+        &format!("free of {BUILDER_MIB}.0 MiB); see below"),
+        &format!("once the builder has room, `nixgate push {HOST}`"),
+    ] {
+        if !words.contains(want) {
+            p.push(format!("the words do not say {want:?}"));
+        }
+    }
+    if human.status.code() != Some(1) {
+        p.push(format!("the human run ended {}", human.status));
+    }
+    if let Some(line) = words.lines().find(|l| l.contains("store is full")) {
+        eprintln!("nixgate said: {}", line.trim());
+    }
+    p
+}
+
+/// After the push that filled the store: the host as it was; nothing
+/// partial valid on the builder (the candidate is not, the filler cut
+/// short is there and invalid, every valid path whole); nixgate's roots
+/// there as they were, none dangling. The problems, and how many fillers
+/// were left valid and cut short.
+fn after_the_full_push(fleet: &Fleet, before: &Before) -> (Vec<String>, usize, usize) {
+    let mut p = Vec::new();
+    let host = host_truth(fleet);
+    if host != before.host {
+        p.push(format!("{HOST} changed:\n{}\n->\n{host}", before.host));
+    }
+    let (systems, fillers) = builder_outputs(fleet, &[&before.gen0, &before.first]);
+    if systems.is_empty() || systems.iter().any(|s| !s.starts_with("invalid ")) {
+        p.push(format!("the candidate on the builder: {systems:?}"));
+    }
+    let partial = fillers.iter().filter(|f| f.starts_with("partial ")).count();
+    if partial == 0 {
+        p.push(format!(
+            "no filler was cut short (did the store fill?): {fillers:?}"
+        ));
+    }
+    p.extend(builder_store_problems(fleet));
+    let roots = builder_roots(fleet);
+    if roots != before.roots {
+        p.push(format!(
+            "the builder's roots changed:\n{}\n->\n{roots}",
+            before.roots
+        ));
+    }
+    let dangling = dangling_roots(fleet);
+    if !dangling.is_empty() {
+        p.push(dangling);
+    }
+    (p, fillers.len() - partial, partial)
+}
+
+/// The same push again converges to known-good: the host runs, boots and
+/// marked its new candidate, the builder roots it, every valid path
+/// whole. Its seconds.
+fn converges(fleet: &Fleet, first: &str) -> f64 {
+    let t = Instant::now();
+    let (again, ev) = push_json(fleet);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    let end = host_end(&ev);
+    assert_eq!(end["outcome"], "known-good", "{end}");
+    for e in PAST_THE_BUILD {
+        assert!(
+            !named(&ev, e).is_empty(),
+            "no {e} event in a push that converged"
+        );
+    }
+    let candidate = built(&ev);
+    assert_ne!(candidate, first);
+    let now = host_truth(fleet);
+    assert!(
+        now.lines().filter(|l| *l == candidate).count() == 3,
+        "{HOST} runs, boots and marked {candidate}:\n{now}"
+    );
+    let roots = builder_roots(fleet);
+    assert!(
+        roots.contains(&format!("nixgate/{HOST}/system -> {candidate}")),
+        "{roots}"
+    );
+    assert_eq!(dangling_roots(fleet), "");
+    assert_eq!(builder_store_problems(fleet), Vec::<String>::new());
+    secs
+}
+
 #[test]
 #[ignore = "needs root (sshd, namespaces): run scripts/test"]
 fn a_build_that_fills_the_builders_store_names_the_space_and_converges_after_a_gc() {
@@ -239,154 +399,38 @@ fn a_build_that_fills_the_builders_store_names_the_space_and_converges_after_a_g
         &["--small-nix", &small],
     )
     .unwrap();
-    let booted = t0.elapsed();
-    let gen0 = fleet.in_host_ok(HOST, "readlink -e /run/current-system");
+    let booted = t0.elapsed().as_secs_f64();
+    let before = known_good_first(&fleet);
+    let (ballast, free_before) = ballast_and_a_bigger_candidate(&fleet);
 
-    // A known-good first, so "nothing changed" means something.
-    fleet
-        .commit_config(|v| v["defaults"]["generation"] = json!(1))
-        .unwrap();
-    let (out, ev) = push_json(&fleet);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let first = built(&ev);
-    let host_before = host_truth(&fleet);
-    assert!(
-        host_before.contains("/var/lib/nixgate/"),
-        "nixgate keeps nothing on {HOST} after a known-good push?\n{host_before}"
-    );
-    let roots_before = builder_roots(&fleet);
-    assert!(
-        roots_before.contains(&format!("nixgate/{HOST}/system -> {first}")),
-        "{roots_before}"
-    );
-
-    // Garbage that leaves less room than the candidate needs.
-    let ballast = fleet.in_host_ok(
-        "builder",
-        &format!(
-            "f={}/ballast && head -c {BALLAST_MIB}M /dev/urandom >\"$f\" && nix-store --add \"$f\" && rm \"$f\"",
-            fleet.dir().display()
-        ),
-    );
-    let free_before = free_kib(&fleet);
-    assert!(
-        free_before < u64::from(FILLER_MIB) * 1024,
-        "{free_before} KiB free: the candidate would fit"
-    );
-    fleet
-        .commit_config(|v| {
-            v["defaults"]["generation"] = json!(2);
-            v["hosts"][HOST] = json!({
-                "filler": { "count": FILLER_MIB / 2, "sizeKiB": 2048, "salt": "builder-disk" }
-            });
-        })
-        .unwrap();
-
-    // The push that fills the store.
-    let t_full = Instant::now();
+    // The push that fills the store, then the same in words.
+    let t = Instant::now();
     let (full, ev) = push_json(&fleet);
-    let full_secs = t_full.elapsed().as_secs_f64();
+    let full_secs = t.elapsed().as_secs_f64();
     let mut problems = refusal_problems(&full, &ev, false);
-    // The same, in words: which store, how full, what to do.
     let human = nixgate(&fleet, &["push", "--yes"]);
-    let words = text(&human.stdout) + &text(&human.stderr);
-    for want in [
-        "the builder's store is full (/nix/store on /nix, ",
-        &format!(
-            "free of {BUILDER_MIB}.0 MiB): free space with `nix-collect-garbage` on the builder"
-        ),
-        "(Nix said: ",
-        "No space left on device)",
-        // The summary table: the store and how full, the rest below it.
-        &format!("free of {BUILDER_MIB}.0 MiB); see below"),
-        &format!("once the builder has room, `nixgate push {HOST}`"),
-    ] {
-        if !words.contains(want) {
-            problems.push(format!("the words do not say {want:?}"));
-        }
-    }
-    if human.status.code() != Some(1) {
-        problems.push(format!("the human run: {}", describe(&human)));
-    }
-    let host_after = host_truth(&fleet);
-    if host_after != host_before {
-        problems.push(format!("{HOST} changed:\n{host_before}\n->\n{host_after}"));
-    }
-    // Nothing partial valid on the builder: the candidate is not, the
-    // filler cut short by the full disk is there and invalid, and every
-    // valid path is whole.
-    let (systems, fillers) = builder_outputs(&fleet, &[&gen0, &first]);
-    if systems.is_empty() || systems.iter().any(|s| !s.starts_with("invalid ")) {
-        problems.push(format!("the candidate on the builder: {systems:?}"));
-    }
-    let partial = fillers.iter().filter(|f| f.starts_with("partial ")).count();
-    let valid = fillers.len() - partial;
-    if partial == 0 {
-        problems.push(format!(
-            "no filler was cut short (did the store fill?): {fillers:?}"
-        ));
-    }
-    problems.extend(builder_store_problems(&fleet));
-    // nixgate's roots on the builder: the same as before, none dangling.
-    let roots_after = builder_roots(&fleet);
-    if roots_after != roots_before {
-        problems.push(format!(
-            "the builder's roots changed:\n{roots_before}\n->\n{roots_after}"
-        ));
-    }
-    let dangling = dangling_roots(&fleet);
-    if !dangling.is_empty() {
-        problems.push(dangling);
-    }
-    if let Some(line) = words.lines().find(|l| l.contains("store is full")) {
-        eprintln!("nixgate said: {}", line.trim());
-    }
+    problems.extend(words_problems(&human));
+    let (on_builder, valid, partial) = after_the_full_push(&fleet, &before);
+    problems.extend(on_builder);
     assert!(
         problems.is_empty(),
         "{} problem(s):\n{}\n--- the JSON push\n{}\n--- the human push\n{}",
         problems.len(),
         problems.join("\n"),
         describe(&full),
-        words
+        describe(&human)
     );
 
     // What nixgate said to do: collect garbage on the builder. Then the
     // same push converges.
     fleet.in_host_ok("builder", "nix-collect-garbage >/dev/null 2>&1");
     let free_gc = free_kib(&fleet);
-    let t_again = Instant::now();
-    let (again, ev) = push_json(&fleet);
-    let again_secs = t_again.elapsed().as_secs_f64();
-    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
-    let end = host_end(&ev);
-    assert_eq!(end["outcome"], "known-good", "{end}");
-    for e in PAST_THE_BUILD {
-        assert!(
-            !named(&ev, e).is_empty(),
-            "no {e} event in a push that converged"
-        );
-    }
-    let candidate = built(&ev);
-    assert_ne!(candidate, first);
-    let now = host_truth(&fleet);
-    assert!(
-        now.lines().filter(|l| *l == candidate).count() == 3,
-        "{HOST} runs, boots and marked {candidate}:\n{now}"
-    );
-    let roots = builder_roots(&fleet);
-    assert!(
-        roots.contains(&format!("nixgate/{HOST}/system -> {candidate}")),
-        "{roots}"
-    );
-    assert_eq!(dangling_roots(&fleet), "");
-    assert_eq!(builder_store_problems(&fleet), Vec::<String>::new());
+    let again_secs = converges(&fleet, &before.first);
     eprintln!(
         "builder /nix {BUILDER_MIB} MiB, ballast {ballast} ({BALLAST_MIB} MiB), candidate +{FILLER_MIB} MiB: \
-         {free_before} KiB free before the full push, {} KiB after the GC; \
+         {free_before} KiB free before the full push, {free_gc} KiB after the GC; \
          fillers left {valid} valid, {partial} cut short (invalid); \
-         fleet up {:.1} s, full push {full_secs:.1} s, push after the GC {again_secs:.1} s",
-        free_gc,
-        booted.as_secs_f64(),
+         fleet up {booted:.1} s, full push {full_secs:.1} s, push after the GC {again_secs:.1} s"
     );
     full_to_the_last_byte(&fleet);
     eprintln!("all {:.1} s", t0.elapsed().as_secs_f64());
