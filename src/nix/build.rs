@@ -11,6 +11,16 @@
 //! instead; with `max-jobs 0` the build fails with "cannot build on ...",
 //! which becomes [`BuildFailure::NoMachine`] per host.
 //!
+//! A disk that fills on the builder (its store, or the build's TMPDIR)
+//! fails evaluation and builds alike, and Nix 2.8 and 2.26 then often stop
+//! on their own write error ("writing to file: No space left on device"),
+//! which names neither: it becomes [`BuildFailure::NoSpace`] for each host
+//! it failed, with the log's words ([`buildlog::out_of_space`]) and one
+//! `df` of the builder's store ([`space::store_space`]). Any line of the
+//! log counts, a builder's own included: a builder that prints the words
+//! and fails for another reason is called out of space too (its store
+//! measured roomy, the words then say so).
+//!
 //! A build can be cancelled: it runs under [`BUILD_WRAPPER`], which ends
 //! Nix (SIGTERM: Nix stops its builders, and a daemon stops a client's
 //! builds when the client goes) as soon as the command's stdin closes.
@@ -25,7 +35,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::StorePath;
-use super::buildlog::{BuildLog, Counts, Logged};
+use super::buildlog::{self, BuildLog, Counts, Logged};
+use super::space::{self, StoreSpace};
 use crate::remote::{Command, Output, Remote};
 
 /// What to build: `(host, attribute)` pairs from the shipped source `dir`.
@@ -117,6 +128,22 @@ pub enum BuildFailure {
     #[error("no machine could build it{}:\n  {}", unreachable_words(unreachable), log_tail.join("\n  "))]
     NoMachine {
         unreachable: Vec<MachineError>,
+        log_tail: Vec<String>,
+    },
+    /// A disk on the builder filled while it evaluated or built: `said`
+    /// is the line of the log that says so, in Nix's or the builder's
+    /// words ([`buildlog::out_of_space`]); `store`, how full the builder's
+    /// store was when the build ended (`None`: `df` could not tell).
+    /// `database_unusable`: Nix could not even open its database (SQLite's
+    /// "disk I/O error" on a store measured nearly full): its own garbage
+    /// collector cannot run either until something else frees room.
+    #[error("the builder ran out of disk space ({said}):\n  {}", log_tail.join("\n  "))]
+    NoSpace {
+        said: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<StoreSpace>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        database_unusable: bool,
         log_tail: Vec<String>,
     },
 }
@@ -281,6 +308,17 @@ fn parse_success(
 fn failure_of(out: &Output) -> BuildFailure {
     let text = out.stderr_str();
     let log_tail = out.tail(20);
+    // Before anything else: a full disk fails evaluation (writing a
+    // derivation) and builds alike, and Nix 2.8 stops with its own write
+    // error, which reads like neither.
+    if let Some(said) = buildlog::out_of_space(&text) {
+        return BuildFailure::NoSpace {
+            said,
+            store: None,
+            database_unusable: false,
+            log_tail,
+        };
+    }
     let lower = text.to_lowercase();
     if lower.contains("unable to start any build")
         || lower.contains("failed to find a machine for remote build")
@@ -483,7 +521,53 @@ pub async fn build_hosts<R: Remote>(
         let hb = hb.with_context(|| format!("building {host}"))?;
         results.push((host, hb));
     }
+    measure_store_for_space_failures(builder, &mut results).await;
     Ok(results)
+}
+
+/// When a host's build ran out of space, how full the builder's store is
+/// now (one `df` for all such hosts), so the words can say which store
+/// and how full. A failure whose log says only that Nix's database had an
+/// I/O error ([`buildlog::database_io_error`]) is out of space when the
+/// store is measured nearly full: on a full disk Nix 2.8 cannot open its
+/// database at all, and says nothing else.
+async fn measure_store_for_space_failures<R: Remote>(
+    builder: &R,
+    results: &mut [(String, HostBuild)],
+) {
+    let about_space = |hb: &HostBuild| match hb {
+        HostBuild::Failed {
+            error: BuildFailure::NoSpace { .. },
+        } => true,
+        HostBuild::Failed {
+            error: BuildFailure::Eval { log_tail } | BuildFailure::Build { log_tail },
+        } => buildlog::database_io_error(&log_tail.join("\n")).is_some(),
+        _ => false,
+    };
+    if !results.iter().any(|(_, hb)| about_space(hb)) {
+        return;
+    }
+    let measured = space::store_space(builder).await;
+    let full = measured.as_ref().is_some_and(StoreSpace::nearly_full);
+    for (_, hb) in results.iter_mut() {
+        let HostBuild::Failed { error } = hb else {
+            continue;
+        };
+        match error {
+            BuildFailure::NoSpace { store, .. } => store.clone_from(&measured),
+            BuildFailure::Eval { log_tail } | BuildFailure::Build { log_tail } if full => {
+                if let Some(said) = buildlog::database_io_error(&log_tail.join("\n")) {
+                    *error = BuildFailure::NoSpace {
+                        said,
+                        store: measured.clone(),
+                        database_unusable: true,
+                        log_tail: std::mem::take(log_tail),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -591,5 +675,202 @@ mod no_machine {
                 other => panic!("{other:?}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod no_space {
+    use super::*;
+    use crate::remote::Exit;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    /// What the test fleet's builder (Nix 2.8, a 48 MiB /nix) printed when
+    /// a host's filler derivations filled its store, as `--log-format
+    /// internal-json` lines.
+    const FULL: &str = r#"@nix {"action":"msg","level":3,"msg":"these 14 derivations will be built:"}
+@nix {"action":"start","fields":["/nix/store/9kiy0n90wrxw95armwj43vlbdcr340wp-filler-0-1.0.drv","",1,1],"id":7,"level":3,"text":"building","type":105}
+@nix {"action":"result","fields":["head: error writing 'standard output': No space left on device"],"id":7,"type":101}
+@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m writing to file: No space left on device"}
+@nix {"action":"msg","level":0,"msg":"(use '--show-trace' to show detailed location information)"}"#;
+
+    #[test]
+    fn a_full_store_is_not_an_evaluation_error() {
+        let mut log = BuildLog::new(40);
+        for l in FULL.lines() {
+            log.feed(l).unwrap();
+        }
+        let out = Output::new(Exit::Code { code: 1 }, Vec::new(), log.text().into_bytes());
+        match failure_of(&out) {
+            BuildFailure::NoSpace {
+                said,
+                store,
+                database_unusable,
+                log_tail,
+            } => {
+                assert!(!database_unusable);
+                assert_eq!(said, "writing to file: No space left on device");
+                assert_eq!(store, None, "measured by build_hosts, not here");
+                assert_eq!(log_tail.len(), 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_json_carries_it_as_data() {
+        let f = BuildFailure::NoSpace {
+            said: "writing to file: No space left on device".into(),
+            store: Some(StoreSpace {
+                dir: "/nix/store".into(),
+                mounted_on: "/nix".into(),
+                size_bytes: 48 << 20,
+                free_bytes: 0,
+            }),
+            database_unusable: false,
+            log_tail: vec!["error: writing to file: No space left on device".into()],
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "kind": "no_space",
+                "said": "writing to file: No space left on device",
+                "store": {
+                    "dir": "/nix/store",
+                    "mounted_on": "/nix",
+                    "size_bytes": 50331648,
+                    "free_bytes": 0
+                },
+                "log_tail": ["error: writing to file: No space left on device"]
+            })
+        );
+        // Stored run reports read it back; one without a measure too.
+        assert_eq!(serde_json::from_value::<BuildFailure>(v).unwrap(), f);
+        let unmeasured: BuildFailure = serde_json::from_str(
+            r#"{"kind":"no_space","said":"database or disk is full","log_tail":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            unmeasured,
+            BuildFailure::NoSpace { store: None, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_store_is_measured_once_for_every_host_that_ran_out() {
+        let builder = ScriptedRemote::new("builder", |c| match c.argv()[0].as_str() {
+            "df" => ok(
+                "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                        fleet-small-nix 49152 49152 0 100% /nix\n",
+            ),
+            // The wrapper merges the log into stdout.
+            _ => Output::new(Exit::Code { code: 1 }, FULL, ""),
+        });
+        let req = BuildRequest {
+            dir: "/var/tmp/nixgate/src/abc".into(),
+            flake: false,
+            hosts: vec![
+                ("web1".into(), "a.web1".into()),
+                ("web2".into(), "a.web2".into()),
+            ],
+            options: BuildOptions::default(),
+        };
+        let got = build_hosts(&builder, &req, &|_| {}, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        for (host, hb) in &got {
+            let HostBuild::Failed {
+                error: BuildFailure::NoSpace { said, store, .. },
+            } = hb
+            else {
+                panic!("{host}: {hb:?}");
+            };
+            assert!(said.contains("No space left on device"), "{said}");
+            let store = store.as_ref().expect("measured");
+            assert_eq!(
+                (store.dir.as_str(), store.mounted_on.as_str()),
+                ("/nix/store", "/nix")
+            );
+            assert_eq!((store.size_bytes, store.free_bytes), (48 << 20, 0));
+        }
+        let dfs = builder.argvs().iter().filter(|a| a[0] == "df").count();
+        assert_eq!(dfs, 1, "{:?}", builder.argvs());
+    }
+}
+
+#[cfg(test)]
+mod database_unusable {
+    use super::*;
+    use crate::remote::Exit;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    /// Nix 2.8 on the test fleet's builder, its 48 MiB /nix filled to the
+    /// last byte before the build: it cannot open its database.
+    const IO: &str = r#"@nix {"action":"msg","level":0,"msg":"\u001b[31;1merror:\u001b[0m executing SQLite statement 'pragma synchronous = normal': disk I/O error (in '/nix/var/nix/db/db.sqlite')"}"#;
+
+    fn builder(free_kib: u64) -> ScriptedRemote {
+        ScriptedRemote::new("builder", move |c| match c.argv()[0].as_str() {
+            "df" => ok(&format!(
+                "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                 fleet-small-nix 49152 {} {free_kib} 99% /nix\n",
+                49152 - free_kib
+            )),
+            _ => Output::new(Exit::Code { code: 1 }, IO, ""),
+        })
+    }
+
+    async fn build(b: &ScriptedRemote) -> BuildFailure {
+        let req = BuildRequest {
+            dir: "/d".into(),
+            flake: false,
+            hosts: vec![("web1".into(), "a.web1".into())],
+            options: BuildOptions::default(),
+        };
+        let mut got = build_hosts(b, &req, &|_| {}, &CancellationToken::new())
+            .await
+            .unwrap();
+        match got.remove(0).1 {
+            HostBuild::Failed { error } => error,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_a_full_store_it_is_no_space() {
+        match build(&builder(0)).await {
+            BuildFailure::NoSpace {
+                said,
+                store,
+                database_unusable,
+                ..
+            } => {
+                assert!(said.contains("disk I/O error"), "{said}");
+                assert_eq!(store.map(|s| s.free_bytes), Some(0));
+                assert!(database_unusable);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_a_store_with_room_it_stays_what_it_was() {
+        // A failing disk, not a full one: the words stay Nix's.
+        let b = builder(40 * 1024);
+        assert!(matches!(build(&b).await, BuildFailure::Eval { .. }));
+        assert_eq!(b.argvs().iter().filter(|a| a[0] == "df").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn other_failures_cost_no_df() {
+        let b = ScriptedRemote::new("builder", |_| {
+            Output::new(
+                Exit::Code { code: 1 },
+                r#"@nix {"action":"msg","level":0,"msg":"error: attribute 'web1' missing"}"#,
+                "",
+            )
+        });
+        assert!(matches!(build(&b).await, BuildFailure::Eval { .. }));
+        assert!(b.argvs().iter().all(|a| a[0] != "df"), "{:?}", b.argvs());
     }
 }

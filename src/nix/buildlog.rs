@@ -190,6 +190,60 @@ impl BuildLog {
     }
 }
 
+/// Words in a Nix log that say a disk filled, most telling first:
+///
+/// - `No space left on device`: ENOSPC in glibc's words, from Nix itself
+///   (`error: writing to file: No space left on device`, Nix 2.8 and 2.26,
+///   when a path, a build log or its database cannot be written) or from a
+///   builder (`head: error writing 'standard output': No space left on
+///   device`, quoted by Nix as `> ...` in a failed build's last lines);
+/// - `database or disk is full`: SQLite's SQLITE_FULL (Nix's database,
+///   `executing SQLite statement '...': database or disk is full`);
+/// - `Disk quota exceeded`: EDQUOT, a quota on the store's file system;
+/// - Nix's own guess after a builder failed with under 8 MiB free in the
+///   store or the build directory: `note: build failure may have been
+///   caused by lack of free disk space` (the same words in 2.8 and 2.26).
+const OUT_OF_SPACE: [&str; 4] = [
+    "no space left on device",
+    "database or disk is full",
+    "disk quota exceeded",
+    "may have been caused by lack of free disk space",
+];
+
+/// The line of a Nix log (plain text, one message a line) that says the
+/// disk filled, in Nix's or the builder's words; `None` when none does.
+/// The last such line of the most telling kind, without Nix's `error:`,
+/// `note:` or `> ` (a quoted build log line) in front.
+pub fn out_of_space(log: &str) -> Option<String> {
+    OUT_OF_SPACE.iter().find_map(|words| {
+        log.lines()
+            .rev()
+            .find(|l| l.to_lowercase().contains(words))
+            .map(|l| {
+                let l = l.trim().trim_start_matches('>').trim_start();
+                let l = l.strip_prefix("error:").unwrap_or(l);
+                l.strip_prefix("note:").unwrap_or(l).trim().to_owned()
+            })
+    })
+}
+
+/// The line of a Nix log saying its database had an I/O error (SQLite's
+/// "disk I/O error", any SQLITE_IOERR): on a disk full to the last byte
+/// Nix cannot open its database (SQLite cannot grow its shared-memory
+/// file; Nix's 8 MiB `gc-reserved-space` is taken again before the
+/// database is opened, so removing it frees nothing) and says only this.
+/// A failing disk says the same: only a measure of the store tells them
+/// apart.
+pub fn database_io_error(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("disk I/O error"))
+        .map(|l| {
+            let l = l.trim();
+            l.strip_prefix("error:").unwrap_or(l).trim().to_owned()
+        })
+}
+
 /// Remove terminal colour escapes (`ESC [ ... letter`).
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -300,5 +354,120 @@ mod remote_and_copy {
                 },
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod out_of_space_words {
+    use super::*;
+
+    /// The text of a plain log (what [`BuildLog::text`] keeps).
+    fn said(log: &str) -> Option<String> {
+        out_of_space(log)
+    }
+
+    #[test]
+    fn nix_2_8_dies_writing_a_build_log() {
+        // The test fleet's builder (Nix 2.8, a full 48 MiB /nix): a filler
+        // derivation's `head` hit ENOSPC, then Nix itself could not write
+        // and stopped, --keep-going or not.
+        let log = "these 3 derivations will be built:\n\
+                   head: error writing 'standard output': No space left on device\n\
+                   error: writing to file: No space left on device\n\
+                   (use '--show-trace' to show detailed location information)\n";
+        assert_eq!(
+            said(log).as_deref(),
+            Some("writing to file: No space left on device")
+        );
+    }
+
+    #[test]
+    fn nix_2_26_colours_the_words() {
+        // The test fleet's builder on Debian 13 (Nix 2.26.3, a full 48 MiB
+        // /nix), as `--log-format internal-json` lines: the same words as
+        // 2.8, the errno's in colour.
+        let lines = [
+            r#"@nix {"action":"result","fields":["head: error writing 'standard output': No space left on device"],"id":30648886624280,"type":101}"#,
+            r#"@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m writing to file: \u001b[35;1mNo space left on device\u001b[0m","raw_msg":"writing to file: \u001b[35;1mNo space left on device\u001b[0m"}"#,
+        ];
+        let mut log = BuildLog::new(40);
+        for l in lines {
+            assert_eq!(log.feed(l), Ok(None));
+        }
+        assert_eq!(
+            said(&log.text()).as_deref(),
+            Some("writing to file: No space left on device")
+        );
+    }
+
+    #[test]
+    fn nix_2_26_quotes_the_builder_and_adds_its_note() {
+        // A builder that failed on a nearly full store, Nix's words when
+        // its logger is not verbose (derivation-goal.cc, 2.26.3): its last
+        // lines quoted (`> `), then the note (2.8.1 says "For full logs,
+        // run 'nix log ...'." on one line; the rest is the same).
+        let log = "error: builder for '/nix/store/x-filler-3-1.0.drv' failed with exit code 1;\n\
+                   last 1 log lines:\n\
+                   > head: error writing 'standard output': No space left on device\n\
+                   For full logs, run:\n\
+                   \x20 nix log /nix/store/x-filler-3-1.0.drv\n\
+                   note: build failure may have been caused by lack of free disk space\n";
+        assert_eq!(
+            said(log).as_deref(),
+            Some("head: error writing 'standard output': No space left on device")
+        );
+        // Without the builder's own words, Nix's note says it.
+        let note_only = "error: builder for '/nix/store/x.drv' failed with exit code 1\n\
+                         note: build failure may have been caused by lack of free disk space\n";
+        assert_eq!(
+            said(note_only).as_deref(),
+            Some("build failure may have been caused by lack of free disk space")
+        );
+    }
+
+    #[test]
+    fn the_database_and_quotas() {
+        let sqlite = "error: executing SQLite statement 'insert into ValidPaths ...': \
+                      database or disk is full (in '/nix/var/nix/db/db.sqlite')\n";
+        assert!(said(sqlite).unwrap().contains("database or disk is full"));
+        let quota = "error: writing to file: Disk quota exceeded\n";
+        assert_eq!(
+            said(quota).as_deref(),
+            Some("writing to file: Disk quota exceeded")
+        );
+    }
+
+    #[test]
+    fn a_database_io_error_is_told_apart() {
+        let log = "error: executing SQLite statement 'pragma synchronous = normal': \
+                   disk I/O error (in '/nix/var/nix/db/db.sqlite')\n";
+        assert_eq!(
+            said(log),
+            None,
+            "not by itself: a failing disk says the same"
+        );
+        assert_eq!(
+            database_io_error(log).as_deref(),
+            Some(
+                "executing SQLite statement 'pragma synchronous = normal': \
+                 disk I/O error (in '/nix/var/nix/db/db.sqlite')"
+            )
+        );
+        assert_eq!(
+            database_io_error("error: writing to file: No space left on device\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn other_failures_are_not_a_full_disk() {
+        for log in [
+            "error: builder for '/nix/store/x.drv' failed with exit code 1\n",
+            "error: attribute 'nixosConfigurations' missing\n",
+            "configure: error: no space in the struct for this field\n",
+            "",
+        ] {
+            assert_eq!(said(log), None, "{log}");
+        }
     }
 }

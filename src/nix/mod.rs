@@ -13,6 +13,7 @@ pub mod nar;
 pub mod serve;
 pub mod sign;
 pub mod source;
+pub mod space;
 pub mod store_path;
 
 pub use store_path::StorePath;

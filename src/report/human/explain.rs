@@ -14,6 +14,7 @@ use crate::activation::health::{Attempt, HealthReport};
 use crate::activation::realise::RealiseOutcome;
 use crate::activation::{FailureReason, HostOutcome};
 use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
+use crate::nix::build::BuildFailure;
 use crate::plan::Refusal;
 use crate::report::wrap;
 
@@ -95,6 +96,9 @@ fn next_for(host: &str, command: &str, r: &FailureReason) -> String {
 
 fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
     match r {
+        Refusal::Build {
+            failure: BuildFailure::NoSpace { .. },
+        } => format!("once the builder has room, `nixgate {command} {host}`"),
         Refusal::Build { .. } => format!("`nixgate build {host}` shows the whole log"),
         Refusal::Builder { .. } => "`nixgate check` shows whether the builder answers".into(),
         Refusal::Unreachable { .. } => format!("`nixgate check {host}` tells what fails"),

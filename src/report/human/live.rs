@@ -120,21 +120,6 @@ fn secs(since: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(since).as_secs()
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// `s` cut to `width` characters.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -473,7 +458,7 @@ impl Live {
                     m.push_str(&format!(", poll {polls}"));
                 }
                 if let Some((p, t, b)) = copied {
-                    m.push_str(&format!(", {p}/{t} paths, {}", human_bytes(*b)));
+                    m.push_str(&format!(", {p}/{t} paths, {}", super::words::bytes(*b)));
                 }
                 m
             }

@@ -15,6 +15,7 @@ use crate::deploy::HostEnd;
 use crate::deploy::releases::{NotPublished, NotReleased};
 use crate::nix::StorePath;
 use crate::nix::build::BuildFailure;
+use crate::nix::space::StoreSpace;
 use crate::plan::{NoTarget, PlanStage, Refusal};
 
 use super::labels::Labels;
@@ -125,6 +126,12 @@ pub fn refusal(r: &Refusal) -> String {
                 ),
                 None => format!("no machine could build it: {}", error_line(log_tail)),
             },
+            BuildFailure::NoSpace {
+                said,
+                store,
+                database_unusable,
+                ..
+            } => no_space(said, store.as_ref(), *database_unusable),
         },
         Refusal::Builder { error } => {
             format!("the builder could not be used: {}", first_line(error))
@@ -153,6 +160,63 @@ pub fn refusal(r: &Refusal) -> String {
         Refusal::KeySource { error } => format!("{error}; nothing on the host was changed"),
         Refusal::PreChecks { reports } => pre_checks(reports),
         Refusal::Sudo { check } => sudo_check(check),
+    }
+}
+
+/// A build that ran out of disk space on the builder: which store, how
+/// full, what frees it, and Nix's words last (they hold colons of their
+/// own, and the summary table shows the words up to the first).
+fn no_space(said: &str, store: Option<&StoreSpace>, database_unusable: bool) -> String {
+    let gc = if database_unusable {
+        "Nix cannot open its database on a disk this full, `nix-collect-garbage` included: free some space on that disk outside the store first (or give it a bigger disk), then `nix-collect-garbage` on the builder, then push again"
+    } else {
+        "free space with `nix-collect-garbage` on the builder (or `--delete-older-than` to keep recent generations), or give its store a bigger disk, then push again"
+    };
+    let (what, advice) = match store {
+        Some(s) if s.nearly_full() => (
+            format!(
+                "the builder's store is full ({} on {}, {} free of {})",
+                s.dir,
+                s.mounted_on,
+                bytes(s.free_bytes),
+                bytes(s.size_bytes)
+            ),
+            gc,
+        ),
+        // Nix also fails a build whose temporary directory (TMPDIR, /tmp)
+        // filled, and a store can have room again by the time it is
+        // measured (another build finished, a GC ran).
+        Some(s) => (
+            format!(
+                "the builder ran out of disk space ({} on {} has {} free of {} now, so the build's temporary directory, TMPDIR, may be what filled)",
+                s.dir,
+                s.mounted_on,
+                bytes(s.free_bytes),
+                bytes(s.size_bytes)
+            ),
+            "free space there or in the store (`nix-collect-garbage` on the builder), then push again",
+        ),
+        None => (
+            "the builder ran out of disk space (how full its store is could not be read)".into(),
+            gc,
+        ),
+    };
+    format!("{what}: {advice} (Nix said: {said})")
+}
+
+/// A size in the binary unit that keeps it short (`48.0 MiB`).
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -688,5 +752,86 @@ pub fn not_published(n: &NotPublished) -> String {
             crate::release::PushOutcome::Pushed { .. } => "pushed".into(),
         },
         NotPublished::Failed { error } => first_line(error).to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod no_space_words {
+    use super::*;
+
+    fn refused(store: Option<StoreSpace>) -> String {
+        refusal(&Refusal::Build {
+            failure: BuildFailure::NoSpace {
+                said: "writing to file: No space left on device".into(),
+                store,
+                database_unusable: false,
+                log_tail: Vec::new(),
+            },
+        })
+    }
+
+    #[test]
+    fn a_store_too_full_for_nix_to_open_its_database() {
+        let words = refusal(&Refusal::Build {
+            failure: BuildFailure::NoSpace {
+                said: "executing SQLite statement 'pragma synchronous = normal': disk I/O error (in '/nix/var/nix/db/db.sqlite')".into(),
+                store: store(0),
+                database_unusable: true,
+                log_tail: Vec::new(),
+            },
+        });
+        assert!(
+            words.starts_with(
+                "the builder's store is full (/nix/store on /nix, 0 B free of 48.0 MiB): \
+                 Nix cannot open its database on a disk this full, `nix-collect-garbage` \
+                 included: free some space on that disk outside the store first"
+            ),
+            "{words}"
+        );
+    }
+
+    fn store(free_bytes: u64) -> Option<StoreSpace> {
+        Some(StoreSpace {
+            dir: "/nix/store".into(),
+            mounted_on: "/nix".into(),
+            size_bytes: 48 << 20,
+            free_bytes,
+        })
+    }
+
+    #[test]
+    fn which_store_how_full_and_what_frees_it() {
+        assert_eq!(
+            refused(store(100 << 10)),
+            "the builder's store is full (/nix/store on /nix, 100.0 KiB free of 48.0 MiB): \
+             free space with `nix-collect-garbage` on the builder (or `--delete-older-than` \
+             to keep recent generations), or give its store a bigger disk, then push again \
+             (Nix said: writing to file: No space left on device)"
+        );
+        // Room in the store by the time it was measured: not called full.
+        let roomy = refused(store(30 << 20));
+        assert!(
+            roomy.starts_with("the builder ran out of disk space (/nix/store on /nix has 30.0 MiB free of 48.0 MiB now, so the build's temporary directory, TMPDIR, may be what filled): "),
+            "{roomy}"
+        );
+        let unknown = refused(None);
+        assert!(
+            unknown.contains("could not be read") && unknown.contains("nix-collect-garbage"),
+            "{unknown}"
+        );
+        // The summary table shows the words up to the first colon: the
+        // store and how full, not half of Nix's words.
+        for words in [refused(store(0)), roomy, unknown] {
+            let head = words.split(": ").next().unwrap();
+            assert!(head.ends_with(')') && !head.contains("Nix said"), "{head}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(48 << 20), "48.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 }
