@@ -160,28 +160,31 @@ if [ -z "$old" ] && [ -n "$bclosure" ] && [ ! -e "$bfile" ]; then
     printf '{"closure":"%s","recorded_at":"%s","run_id":"%s"}\n' "$bclosure" "$bat" "$run" > "$bfile.tmp" &&
     mv -f "$bfile.tmp" "$bfile"; } || echo "NixgateBaseline=failed"
 fi
-# What the profile was on, for an undo after a host that went down here.
-echo "$oldn" > "$dir/.pending-$run.replaced" || { rm -f "$tmp"; exit 1; }
+# What the profile was on, for an undo after a host that went down here
+# (kept from a first attempt that went down after its nix-env).
+pending=$dir/.pending-$run.replaced
+[ -f "$pending" ] || echo "$oldn" > "$pending" || { rm -f "$tmp"; exit 1; }
+replaced=$(cat "$pending")
 if [ -n "$gen" ]; then
-  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$dir/.pending-$run.replaced"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
-  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$dir/.pending-$run.replaced"; exit 1; }
+  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$pending"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
+  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending"; exit 1; }
 else
-  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$dir/.pending-$run.replaced"; exit 1; }
+  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$pending"; exit 1; }
 fi
 new=$(readlink "$prof"); n=${new%-link}; n=${n##*-}
 rec=$dir/.$n.json.$$.tmp
-if { printf '{"generation":%s,"replaced":%s,' "$n" "${oldn:-null}"; tail -c +2 "$tmp"; } > "$rec" &&
+if { printf '{"generation":%s,"replaced":%s,' "$n" "${replaced:-null}"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
-  rm -f "$tmp" "$dir/.pending-$run.replaced"
+  rm -f "$tmp" "$pending"
   echo "NixgateNew=$new"
-  echo "NixgateReplaced=$oldn"
+  echo "NixgateReplaced=$replaced"
   exit 0
 fi
-rm -f "$rec" "$tmp" "$dir/.pending-$run.replaced"
+rm -f "$rec" "$tmp" "$pending"
 echo "writing $dir/$n.json failed" >&2
-if [ -n "$old" ]; then nix-env -p "$prof" --switch-generation "$oldn" >/dev/null || exit 5
+if [ -n "$replaced" ]; then nix-env -p "$prof" --switch-generation "$replaced" >/dev/null || exit 5
 else rm -f "$prof" || exit 5; fi
-if [ -z "$gen" ] && [ "$n" != "$oldn" ]; then rm -f "$prof-$n-link"; fi
+if [ -z "$gen" ] && [ "$n" != "$replaced" ]; then rm -f "$prof-$n-link"; fi
 exit 4"#;
 
 /// Undo this run's mark (`$3`), made by [`MARK`] although its answer never

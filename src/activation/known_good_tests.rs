@@ -256,4 +256,20 @@ async fn real_mark_again_cut_short_and_undone() {
     assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
     assert_eq!(history(&r, &paths).await.unwrap().len(), 1);
     assert!(!d.join("records/.pending-r4.replaced").exists());
+
+    // Cut off there again, and this time the mark is run again when the
+    // host is back: it adopts the generation and says what it replaced.
+    std::fs::write(d.join("records/.pending-r5.replaced"), "1\n").unwrap();
+    let set = std::process::Command::new("nix-env")
+        .args(["-p", prof, "--set", &b])
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    let before = history(&r, &paths).await.unwrap().len();
+    let mut again = request(&b, 500);
+    again.run_id = RunId::parse("r5").unwrap();
+    let m = mark(&r, &paths, false, again).await.unwrap();
+    assert_eq!(m.record.replaced, Some(1));
+    assert_eq!(history(&r, &paths).await.unwrap().len(), before, "adopted");
+    assert!(!d.join("records/.pending-r5.replaced").exists());
 }
