@@ -193,10 +193,20 @@ fn cell(s: &str) -> String {
 /// The table, as Markdown.
 pub fn table(results: &[CellResult], seconds: f64) -> String {
     let mut md = String::new();
+    let hosts = match std::env::var("NIXGATE_TEST_SYSTEMD_BASE").as_deref() {
+        Ok("trixie") => {
+            "`NIXGATE_TEST_SYSTEMD_BASE=trixie NIXGATE_TEST_LIGHT_BASE=trixie \
+                         cargo test --test fault_matrix_e2e -- --ignored`, as root: the hosts on \
+                         Debian 13, Nix 2.26"
+        }
+        _ => {
+            "`cargo test --test fault_matrix_e2e -- --ignored`, as root: the hosts on Debian 12, \
+              Nix 2.8"
+        }
+    };
     let _ = writeln!(
         md,
-        "# Fault matrix\n\nWritten by `tests/fault_matrix_e2e.rs` (`cargo test --test fault_matrix_e2e -- --ignored`, \
-         as root): every fault at every remote step of a gated push, on real-systemd hosts \
+        "# Fault matrix\n\nWritten by `tests/fault_matrix_e2e.rs` ({hosts}): every fault at every remote step of a gated push, on real-systemd hosts \
          (nspawn, Debian's systemd). Each cell deploys a new candidate to a host that runs `old` \
          (its known-good), holds the step with a knob so the fault lands in it, injects the fault, \
          reads `nixgate status` (held against the host itself: running system, system profile, \
@@ -245,10 +255,15 @@ pub fn table(results: &[CellResult], seconds: f64) -> String {
 }
 
 /// Where the table goes: `target/fault-matrix.md` (or under
-/// `CARGO_TARGET_DIR`).
+/// `CARGO_TARGET_DIR`); `fault-matrix-trixie.md` when the hosts run
+/// Debian 13's Nix 2.26 (`NIXGATE_TEST_SYSTEMD_BASE=trixie`), so the two
+/// runs of `scripts/test` keep both tables.
 pub fn table_path() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("fault-matrix.md")
+    match std::env::var("NIXGATE_TEST_SYSTEMD_BASE").as_deref() {
+        Ok("trixie") => target.join("fault-matrix-trixie.md"),
+        _ => target.join("fault-matrix.md"),
+    }
 }
