@@ -130,7 +130,12 @@ pub struct Baseline {
 ///
 /// Run twice (its answer was lost), it converges: `nix-env --set` of the
 /// closure the profile is on adds no generation, and the record is written
-/// again. A host that went down between the set and the record is left
+/// again. The two may run at once (the first still runs, without its
+/// session, when the second starts): each has its own copy of the record,
+/// and where `flock` exists they take turns. Seen on the fault matrix (SSH
+/// dropped while marking): the second removed the record file the first
+/// still needed, whose failure then "put back" the known-good profile, after
+/// the next run had marked it. A host that went down between the set and the record is left
 /// with a generation without a record, which `status` flags and the next
 /// mark adopts.
 ///
@@ -143,8 +148,11 @@ pub struct Baseline {
 pub(crate) const MARK: &str = r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
 trap '' HUP PIPE
 mkdir -p "$dir" || exit 1
-tmp=$dir/.pending-$run.json
+tmp=$dir/.pending-$run.$$.json
 cat > "$tmp" || { rm -f "$tmp"; exit 1; }
+# One mark at a time: a mark tried again after a dropped session runs while
+# the first still does (it ignores the hang-up).
+if command -v flock >/dev/null 2>&1; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 if [ "$(wc -c < "$tmp")" != "$len" ]; then rm -f "$tmp"; echo "the record arrived cut short" >&2; exit 6; fi
 old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
 [ -n "$old" ] || oldn=
@@ -199,6 +207,7 @@ exit 4"#;
 /// what it did.
 pub(crate) const UNDO_MARK: &str = r#"prof=$1; dir=$2; run=$3; reselected=$4
 trap '' HUP PIPE
+if command -v flock >/dev/null 2>&1 && mkdir -p "$dir"; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 pending=$dir/.pending-$run.replaced
 cur=$(readlink "$prof" 2>/dev/null) || { rm -f "$pending"; echo "NixgateUndo=none"; exit 0; }
 n=${cur%-link}; n=${n##*-}
@@ -216,7 +225,7 @@ if [ -n "$prev" ]; then nix-env -p "$prof" --switch-generation "$prev" >/dev/nul
 else rm -f "$prof" || exit 1; fi
 [ -n "$reselected" ] || rm -f "$prof-$n-link"
 [ ! -f "$rec" ] || mv -f "$rec" "$dir/$n.undone.json"
-rm -f "$pending" "$dir/.pending-$run.json"
+rm -f "$pending" "$dir/.pending-$run".*.json
 echo "NixgateUndo=$n""#;
 
 pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";
