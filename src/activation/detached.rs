@@ -12,7 +12,9 @@ use super::events::{ActivationEvent, Phase, Step};
 use super::inhibitors::{ComponentChange, pre_switch_failure};
 use super::settings::HostSettings;
 use super::switch::{self, Around, FireOutcome, Launch, SwitchJob};
-use super::verify_poll::{self, FirstPoll, JobState, PollEvent, VerifyOutcome, Watched};
+use super::verify_poll::{
+    self, FirstPoll, JobState, PollEvent, PollSnapshot, VerifyOutcome, Watched,
+};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
 use crate::remote::{Exit, Remote};
@@ -278,35 +280,14 @@ async fn fire_confirmed<R: Remote>(
                 },
                 first: None,
             });
-        let mut error = match fired {
-            Launch::LockHeld { holders } => return Err(SwitchFailure::LockHeld { holders }),
-            Launch::LockCheckFailed { error } => return Err(SwitchFailure::LockCheck { error }),
-            Launch::Tried {
-                unchecked,
-                outcome,
-                first,
-            } => {
-                if unchecked {
-                    emit(ActivationEvent::Warning {
-                        warning: super::events::Warning::SwitchLockUnchecked,
-                    });
-                }
-                match outcome {
-                    FireOutcome::Started | FireOutcome::AlreadyRunning => {
-                        return Ok(FirstPoll {
-                            fired_at,
-                            snapshot: first.map(|s| *s),
-                        });
-                    }
-                    FireOutcome::Refused { exit, tail } => {
-                        let unit = job.unit.clone();
-                        return Err(SwitchFailure::FireRefused {
-                            attempts: vec![RefusedFire { unit, exit, tail }],
-                        });
-                    }
-                    FireOutcome::Unconfirmed { error } => error,
-                }
+        let mut error = match read_launch(fired, job, emit)? {
+            Fired::Running(first) => {
+                return Ok(FirstPoll {
+                    fired_at,
+                    snapshot: first,
+                });
             }
+            Fired::Unconfirmed(error) => error,
         };
         loop {
             if left().is_zero() {
@@ -334,6 +315,46 @@ async fn fire_confirmed<R: Remote>(
                 Err(_) => error = "no answer to a poll".into(),
             }
         }
+    }
+}
+
+/// A fire that did not fail: the job runs (with the fire's own poll of
+/// it, when it made one), or whether it started is not known yet.
+enum Fired {
+    Running(Option<PollSnapshot>),
+    Unconfirmed(String),
+}
+
+/// What one fire's answer means for the switch.
+fn read_launch(
+    launch: Launch,
+    job: &SwitchJob,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<Fired, SwitchFailure> {
+    let (unchecked, outcome, first) = match launch {
+        Launch::LockHeld { holders } => return Err(SwitchFailure::LockHeld { holders }),
+        Launch::LockCheckFailed { error } => return Err(SwitchFailure::LockCheck { error }),
+        Launch::Tried {
+            unchecked,
+            outcome,
+            first,
+        } => (unchecked, outcome, first),
+    };
+    if unchecked {
+        emit(ActivationEvent::Warning {
+            warning: super::events::Warning::SwitchLockUnchecked,
+        });
+    }
+    match outcome {
+        FireOutcome::Started | FireOutcome::AlreadyRunning => Ok(Fired::Running(first.map(|s| *s))),
+        FireOutcome::Refused { exit, tail } => Err(SwitchFailure::FireRefused {
+            attempts: vec![RefusedFire {
+                unit: job.unit.clone(),
+                exit,
+                tail,
+            }],
+        }),
+        FireOutcome::Unconfirmed { error } => Ok(Fired::Unconfirmed(error)),
     }
 }
 
