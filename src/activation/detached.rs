@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::events::{ActivationEvent, Phase, Step};
 use super::inhibitors::{ComponentChange, pre_switch_failure};
 use super::settings::HostSettings;
-use super::switch::{self, FireOutcome, LockState, SwitchJob};
-use super::verify_poll::{self, JobState, PollEvent, VerifyOutcome};
+use super::switch::{self, Around, FireOutcome, Launch, SwitchJob};
+use super::verify_poll::{
+    self, FirstPoll, JobState, PollEvent, PollSnapshot, VerifyOutcome, Watched,
+};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
 use crate::remote::{Exit, Remote};
@@ -116,7 +118,13 @@ impl SwitchFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum SwitchResult {
-    Settled(SwitchEvidence),
+    /// `profile` is the system profile as the last poll read it (step 6
+    /// starts from there; `None`: not read, read it again).
+    Settled {
+        evidence: SwitchEvidence,
+        #[serde(skip)]
+        profile: Option<Option<StorePath>>,
+    },
     NeedsReboot(RebootReason),
     Failed(SwitchFailure),
 }
@@ -133,23 +141,11 @@ pub async fn run_detached<R: Remote>(
     previous: &StorePath,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> SwitchResult {
+    // The lock check and the fire are one command (Linux; see
+    // `switch::FIRE_LINUX`): both steps are announced before it.
     emit(ActivationEvent::Step {
         step: Step::CheckSwitchLock,
     });
-    match switch::check_switch_lock(remote, settings.os, &settings.paths, settings.sudo).await {
-        Ok(LockState::Free) => {}
-        Ok(LockState::Unchecked) => emit(ActivationEvent::Warning {
-            warning: super::events::Warning::SwitchLockUnchecked,
-        }),
-        Ok(LockState::Held { holders }) => {
-            return SwitchResult::Failed(SwitchFailure::LockHeld { holders });
-        }
-        Err(e) => {
-            return SwitchResult::Failed(SwitchFailure::LockCheck {
-                error: format!("{e:#}"),
-            });
-        }
-    }
     emit(ActivationEvent::Step {
         step: Step::FireSwitch {
             unit: job.unit.clone(),
@@ -157,12 +153,17 @@ pub async fn run_detached<R: Remote>(
             closure: job.closure.clone(),
         },
     });
+    let watched = Watched {
+        current_system: &settings.paths.current_system,
+        profile: Some(&settings.system_profile),
+    };
     // One budget, from firing to a settled link: firing (and finding out
     // whether a lost fire started) and polling share it.
     let deadline = tokio::time::Instant::now() + settings.activation_timeout;
-    if let Err(failure) = fire_retried(remote, settings, job, deadline, emit).await {
-        return SwitchResult::Failed(failure);
-    }
+    let first = match fire_retried(remote, settings, job, watched, deadline, emit).await {
+        Ok(first) => first,
+        Err(failure) => return SwitchResult::Failed(failure),
+    };
     let job = &*job;
     emit(ActivationEvent::Step {
         step: Step::VerifyPoll {
@@ -192,11 +193,12 @@ pub async fn run_detached<R: Remote>(
     let outcome = verify_poll::verify_poll(
         remote,
         job,
-        &settings.paths.current_system,
+        watched,
         expected,
         previous,
         settings.poll_interval,
         deadline,
+        first,
         &on_poll,
     )
     .await;
@@ -210,9 +212,10 @@ async fn fire_retried<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     job: &mut SwitchJob,
+    watched: Watched<'_>,
     deadline: tokio::time::Instant,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
-) -> Result<(), SwitchFailure> {
+) -> Result<FirstPoll, SwitchFailure> {
     let mut refused = Vec::new();
     for attempt in 1..=FIRE_ATTEMPTS {
         if attempt > 1 {
@@ -225,7 +228,7 @@ async fn fire_retried<R: Remote>(
                 },
             });
         }
-        match fire_confirmed(remote, settings, job, deadline, emit).await {
+        match fire_confirmed(remote, settings, job, watched, deadline, emit).await {
             Err(SwitchFailure::FireRefused { attempts }) => {
                 refused.extend(attempts);
                 if attempt < FIRE_ATTEMPTS && tokio::time::Instant::now() < deadline {
@@ -246,36 +249,45 @@ async fn fire_retried<R: Remote>(
     Err(SwitchFailure::FireRefused { attempts: refused })
 }
 
-/// Fire once, and if the answer was lost, find out whether it started
-/// before firing again (the unit name makes a second concurrent run
-/// impossible). Every command is bounded by the deadline.
+/// Fire once (with the lock check before and the first poll after, one
+/// command on Linux), and if the answer was lost, find out whether it
+/// started before firing again (the unit name makes a second concurrent
+/// run impossible). Every command is bounded by the deadline.
 async fn fire_confirmed<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     job: &SwitchJob,
+    watched: Watched<'_>,
     deadline: tokio::time::Instant,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
-) -> Result<(), SwitchFailure> {
+) -> Result<FirstPoll, SwitchFailure> {
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut lost = 0u32;
     'fire: loop {
-        let fired = tokio::time::timeout(
-            left(),
-            switch::fire(remote, job, settings.sudo, settings.install_bootloader),
-        )
-        .await
-        .unwrap_or_else(|_| FireOutcome::Unconfirmed {
-            error: "no answer from the host before the activation budget ran out".into(),
-        });
-        let mut error = match fired {
-            FireOutcome::Started | FireOutcome::AlreadyRunning => return Ok(()),
-            FireOutcome::Refused { exit, tail } => {
-                let unit = job.unit.clone();
-                return Err(SwitchFailure::FireRefused {
-                    attempts: vec![RefusedFire { unit, exit, tail }],
+        let fired_at = tokio::time::Instant::now();
+        let around = Around {
+            lock: &settings.paths.switch_lock,
+            watched,
+            wait: settings.poll_interval.min(left()),
+        };
+        let how = (settings.sudo, settings.install_bootloader);
+        let fired = tokio::time::timeout(left(), switch::fire(remote, job, how, around, lost > 0))
+            .await
+            .unwrap_or_else(|_| Launch::Tried {
+                unchecked: false,
+                outcome: FireOutcome::Unconfirmed {
+                    error: "no answer from the host before the activation budget ran out".into(),
+                },
+                first: None,
+            });
+        let mut error = match read_launch(fired, job, emit)? {
+            Fired::Running(first) => {
+                return Ok(FirstPoll {
+                    fired_at,
+                    snapshot: first,
                 });
             }
-            FireOutcome::Unconfirmed { error } => error,
+            Fired::Unconfirmed(error) => error,
         };
         loop {
             if left().is_zero() {
@@ -290,10 +302,15 @@ async fn fire_confirmed<R: Remote>(
                 error: error.clone(),
             });
             tokio::time::sleep(retry_in.min(left())).await;
-            let poll = verify_poll::poll_once(remote, job, &settings.paths.current_system);
+            let poll = verify_poll::poll_once(remote, job, watched, Duration::ZERO);
             match tokio::time::timeout(verify_poll::POLL_TIMEOUT.min(left()), poll).await {
                 Ok(Ok(s)) if s.job == (JobState::Gone { started: false }) => continue 'fire,
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(_)) => {
+                    return Ok(FirstPoll {
+                        fired_at,
+                        snapshot: None,
+                    });
+                }
                 Ok(Err(e)) => error = e,
                 Err(_) => error = "no answer to a poll".into(),
             }
@@ -301,16 +318,61 @@ async fn fire_confirmed<R: Remote>(
     }
 }
 
+/// A fire that did not fail: the job runs (with the fire's own poll of
+/// it, when it made one), or whether it started is not known yet.
+enum Fired {
+    Running(Option<PollSnapshot>),
+    Unconfirmed(String),
+}
+
+/// What one fire's answer means for the switch.
+fn read_launch(
+    launch: Launch,
+    job: &SwitchJob,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<Fired, SwitchFailure> {
+    let (unchecked, outcome, first) = match launch {
+        Launch::LockHeld { holders } => return Err(SwitchFailure::LockHeld { holders }),
+        Launch::LockCheckFailed { error } => return Err(SwitchFailure::LockCheck { error }),
+        Launch::Tried {
+            unchecked,
+            outcome,
+            first,
+        } => (unchecked, outcome, first),
+    };
+    if unchecked {
+        emit(ActivationEvent::Warning {
+            warning: super::events::Warning::SwitchLockUnchecked,
+        });
+    }
+    match outcome {
+        FireOutcome::Started | FireOutcome::AlreadyRunning => Ok(Fired::Running(first.map(|s| *s))),
+        FireOutcome::Refused { exit, tail } => Err(SwitchFailure::FireRefused {
+            attempts: vec![RefusedFire {
+                unit: job.unit.clone(),
+                exit,
+                tail,
+            }],
+        }),
+        FireOutcome::Unconfirmed { error } => Ok(Fired::Unconfirmed(error)),
+    }
+}
+
 async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome) -> SwitchResult {
     let failure = match outcome {
-        VerifyOutcome::Settled { elapsed, polls } => {
-            return SwitchResult::Settled(SwitchEvidence {
+        VerifyOutcome::Settled {
+            elapsed,
+            polls,
+            profile,
+        } => {
+            let evidence = SwitchEvidence {
                 unit: job.unit.clone(),
                 action: job.action,
                 closure: job.closure.clone(),
                 elapsed,
                 polls,
-            });
+            };
+            return SwitchResult::Settled { evidence, profile };
         }
         VerifyOutcome::Timeout {
             elapsed,

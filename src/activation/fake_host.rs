@@ -361,91 +361,15 @@ impl State {
                 })
                 .collect();
             ok(&lines)
-        } else if script == switch::LOCK_CHECK {
-            if self.lock_held {
-                let holders: String = self
-                    .jobs
-                    .iter()
-                    .filter(|(_, j)| j.running)
-                    .map(|(u, _)| format!("NixgateHolder={u}.service active running\n"))
-                    .collect();
-                ok(&format!("NixgateLock=held\n{holders}"))
-            } else {
-                ok("NixgateLock=free\n")
-            }
         } else if script == switch::FIRE_LINUX {
-            let unit = a[8].trim_start_matches("--unit=").to_owned();
-            let (program, action) = (a[a.len() - 2], a[a.len() - 1]);
-            if self.jobs.get(&unit).is_some_and(|j| j.running) {
-                return fail(
-                    1,
-                    &format!(
-                        "Failed to start transient service unit: Unit {unit}.service already exists.\n"
-                    ),
-                );
-            }
-            if let Some(i) = self.refuse_fires.iter().position(|a| *a == action) {
-                self.refuse_fires.remove(i);
-                return fail(
-                    1,
-                    &format!(
-                        "Job for {unit}.service failed because of unavailable resources or another system error.\n"
-                    ),
-                );
-            }
-            let closure =
-                StorePath::parse(program.trim_end_matches("/bin/switch-to-configuration")).unwrap();
-            let b = self.behaviour(&closure);
-            let polls_left = if b.hang { u32::MAX } else { b.polls_to_finish };
-            self.jobs.insert(
-                unit.clone(),
-                Job {
-                    closure,
-                    action: action.to_owned(),
-                    status: "started".into(),
-                    running: true,
-                    polls_left,
-                    log: vec!["activating the configuration...".into()],
-                },
-            );
-            self.lock_held = true;
-            Output::new(
-                Exit::Code { code: 0 },
-                "",
-                format!("Running as unit: {unit}.service; invocation ID: 0c1b2a\n"),
-            )
+            self.fire_linux(a)
         } else if script == verify_poll::POLL_LINUX {
             self.polls += 1;
             if self.drop_polls.contains(&self.polls) {
                 return Output::new(Exit::ConnectionLost, "", "");
             }
             let unit = a[4].trim_end_matches(".service").to_owned();
-            if let Some(j) = self.jobs.get_mut(&unit)
-                && j.running
-            {
-                j.polls_left = j.polls_left.saturating_sub(1);
-                if j.polls_left == 0 {
-                    self.finish(&unit);
-                }
-            }
-            let (show, status) = match self.jobs.get(&unit) {
-                Some(j) if j.running => (
-                    "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=loaded\nActiveState=active\nSubState=running\n",
-                    j.status.clone(),
-                ),
-                Some(j) => (
-                    "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n",
-                    j.status.clone(),
-                ),
-                None => (
-                    "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n",
-                    "absent".into(),
-                ),
-            };
-            ok(&format!(
-                "{show}NixgateStatus={status}\nNixgateCurrent={}\n",
-                self.current
-            ))
+            ok(&self.poll(&unit, a[8]))
         } else if script == switch::LOG_TAIL {
             let log = self
                 .jobs
@@ -460,7 +384,11 @@ impl State {
                 "systemd\t/nix/store/{cur}\t/nix/store/{cand}\n\
                  sw/lib/systemd/systemd\t/nix/store/{cur}/lib/systemd/systemd\t/nix/store/{cand}/lib/systemd/systemd\n\
                  etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
-                 kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n"
+                 kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n{}NixgateFailedUnits=listed\n",
+                self.failed_units
+                    .iter()
+                    .map(|u| format!("NixgateFailed={u} loaded failed failed {u}\n"))
+                    .collect::<String>()
             ))
         } else if script == switch::STOP_LINUX {
             let unit = a[4].trim_end_matches(".service");
@@ -498,6 +426,104 @@ impl State {
 }
 
 impl State {
+    /// `switch::FIRE_LINUX` (`a`: lock, unit, status, current, ticks,
+    /// profile, dir, log, then `systemd-run` and its arguments): the lock
+    /// check, the fire, and a first poll that does not count in `polls`
+    /// (`drop_polls` numbers the polls of their own).
+    fn fire_linux(&mut self, a: &[&str]) -> Output {
+        if self.lock_held {
+            let holders: String = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.running)
+                .map(|(u, _)| format!("NixgateHolder={u}.service active running\n"))
+                .collect();
+            return ok(&format!("NixgateLock=held\n{holders}"));
+        }
+        let unit = a[13].trim_start_matches("--unit=").to_owned();
+        let (program, action) = (a[a.len() - 2], a[a.len() - 1]);
+        let refuse = |why: String| {
+            Output::new(
+                Exit::Code { code: 0 },
+                "NixgateLock=free\nNixgateFire=1\n",
+                why,
+            )
+        };
+        if self.jobs.get(&unit).is_some_and(|j| j.running) {
+            return refuse(format!(
+                "Failed to start transient service unit: Unit {unit}.service already exists.\n"
+            ));
+        }
+        if let Some(i) = self.refuse_fires.iter().position(|a| *a == action) {
+            self.refuse_fires.remove(i);
+            return refuse(format!(
+                "Job for {unit}.service failed because of unavailable resources or another system error.\n"
+            ));
+        }
+        let closure =
+            StorePath::parse(program.trim_end_matches("/bin/switch-to-configuration")).unwrap();
+        let b = self.behaviour(&closure);
+        let polls_left = if b.hang { u32::MAX } else { b.polls_to_finish };
+        self.jobs.insert(
+            unit.clone(),
+            Job {
+                closure,
+                action: action.to_owned(),
+                status: "started".into(),
+                running: true,
+                polls_left,
+                log: vec!["activating the configuration...".into()],
+            },
+        );
+        self.lock_held = true;
+        let poll = self.poll(&unit, a[9]);
+        Output::new(
+            Exit::Code { code: 0 },
+            format!("NixgateLock=free\nNixgateFire=0\n{poll}"),
+            format!("Running as unit: {unit}.service; invocation ID: 0c1b2a\n"),
+        )
+    }
+
+    /// One poll of `unit` as `verify_poll::POLL_LINUX` answers it; a
+    /// running job gets on one poll's worth. `profile` (when not empty)
+    /// is read once the job has exited.
+    fn poll(&mut self, unit: &str, profile: &str) -> String {
+        if let Some(j) = self.jobs.get_mut(unit)
+            && j.running
+        {
+            j.polls_left = j.polls_left.saturating_sub(1);
+            if j.polls_left == 0 {
+                self.finish(unit);
+            }
+        }
+        let (show, status) = match self.jobs.get(unit) {
+            Some(j) if j.running => (
+                "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=loaded\nActiveState=active\nSubState=running\n",
+                j.status.clone(),
+            ),
+            Some(j) => (
+                "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n",
+                j.status.clone(),
+            ),
+            None => (
+                "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n",
+                "absent".into(),
+            ),
+        };
+        let mut out = format!(
+            "{show}NixgateStatus={status}\nNixgateCurrent={}\n",
+            self.current
+        );
+        if status.starts_with("exited") && !profile.is_empty() {
+            let seen = self
+                .profile(profile)
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            out.push_str(&format!("NixgateProfile={seen}\n"));
+        }
+        out
+    }
+
     /// `known_good::MARK` (`a`: profile, dir, closure, generation to
     /// re-select, run, record length, baseline root, file, closure, time).
     fn mark(&mut self, a: &[&str], body: &[u8]) -> Output {
@@ -797,7 +823,6 @@ pub fn describe(cmd: &Command) -> String {
     let name = match a[2].as_str() {
         s if s == links::READ_LINK => "readlink-f",
         s if s == links::READ_LINKS => "readlink-f",
-        s if s == switch::LOCK_CHECK => "lock-check",
         s if s == verify_poll::POLL_LINUX => "poll",
         s if s == switch::LOG_TAIL => "log-tail",
         s if s == inhibitors::COMPARE => "compare-components",
@@ -817,7 +842,7 @@ pub fn describe(cmd: &Command) -> String {
         s if s == leftovers::LIST => "list-nixgate-units",
         s if s == leftovers::RUN_REVERT => "run-revert",
         s if s == switch::FIRE_LINUX => {
-            return format!("{sudo}fire {} {} {}", a[8], a[a.len() - 2], a[a.len() - 1]);
+            return format!("{sudo}fire {} {} {}", a[13], a[a.len() - 2], a[a.len() - 1]);
         }
         _ => "unknown-script",
     };

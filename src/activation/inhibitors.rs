@@ -14,6 +14,8 @@
 //! deferral too, recognised by [`pre_switch_failure`]; nixgate never sets
 //! `NIXOS_NO_CHECK`.
 
+use std::collections::BTreeSet;
+
 use anyhow::Context;
 
 use crate::nix::StorePath;
@@ -64,24 +66,38 @@ pub struct ComponentChange {
     pub candidate: String,
 }
 
-/// Prints `<rel>\t<current target>\t<candidate target>` per component.
+/// Prints `<rel>\t<current target>\t<candidate target>` per component,
+/// then the units in the `failed` state (`NixgateFailed=<line>`, then
+/// `NixgateFailedUnits=listed`, or `=unknown` when `systemctl` failed):
+/// the live switch records them before it fires (see
+/// [`super::failed_units`]), and nothing is decided between the two reads,
+/// so they are one command (one round trip fewer per live switch).
 pub(crate) const COMPARE: &str = "cur=$1; cand=$2
 for p in systemd sw/lib/systemd/systemd etc/systemd/system/dbus.service kernel; do
   printf '%s\\t%s\\t%s\\n' \"$p\" \"$(readlink -e \"$cur/$p\" 2>/dev/null)\" \"$(readlink -e \"$cand/$p\" 2>/dev/null)\"
-done";
+done
+if failed=$(systemctl list-units --all --state=failed --plain --no-legend --no-pager 2>/dev/null); then
+  printf '%s\\n' \"$failed\" | while IFS= read -r l; do [ -z \"$l\" ] || echo \"NixgateFailed=$l\"; done
+  echo NixgateFailedUnits=listed
+else echo NixgateFailedUnits=unknown; fi";
 
-/// The comparison command.
-pub fn compare_command(current_system: &str, candidate: &StorePath) -> Command {
+/// The comparison command (with the failed units' listing, which runs
+/// as root like every listing of them).
+pub fn compare_command(current_system: &str, candidate: &StorePath, sudo: bool) -> Command {
     Command::script(COMPARE)
         .arg(current_system)
         .arg(candidate.as_str())
+        .sudo(sudo)
 }
 
 /// Parse the comparison's output into the changed components.
 pub fn parse_compare(stdout: &str) -> anyhow::Result<Vec<ComponentChange>> {
     let mut seen = 0;
     let mut changes = Vec::new();
-    for line in stdout.lines().filter(|l| !l.is_empty()) {
+    for line in stdout
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("Nixgate"))
+    {
         let mut parts = line.split('\t');
         let (Some(rel), Some(cur), Some(cand)) = (parts.next(), parts.next(), parts.next()) else {
             anyhow::bail!("unexpected line from the component comparison: {line:?}");
@@ -105,18 +121,59 @@ pub fn parse_compare(stdout: &str) -> anyhow::Result<Vec<ComponentChange>> {
     Ok(changes)
 }
 
-/// Step 7: which critical components the candidate changes.
+/// The units the comparison's answer lists as failed; `None` when the
+/// listing failed (best effort, as [`super::failed_units::failed_units`]).
+pub fn parse_failed(stdout: &str) -> Option<BTreeSet<String>> {
+    stdout
+        .lines()
+        .any(|l| l == "NixgateFailedUnits=listed")
+        .then(|| {
+            let lines: Vec<&str> = stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("NixgateFailed="))
+                .collect();
+            super::failed_units::parse(&lines.join("\n"))
+        })
+}
+
+/// What is read on the host before a live switch, in one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeforeLive {
+    /// Critical components the candidate changes (step 7).
+    pub changes: Vec<ComponentChange>,
+    /// Units failed now (`None`: unknown).
+    pub failed: Option<BTreeSet<String>>,
+}
+
+/// Step 7: which critical components the candidate changes, and which
+/// units are failed before the switch.
+pub async fn before_live_switch<R: Remote>(
+    remote: &R,
+    current_system: &str,
+    candidate: &StorePath,
+    sudo: bool,
+) -> anyhow::Result<BeforeLive> {
+    let out = remote
+        .exec(&compare_command(current_system, candidate, sudo))
+        .await
+        .with_context(|| format!("comparing critical components on {}", remote.name()))?
+        .check("comparing critical components")?;
+    let text = out.stdout_str();
+    Ok(BeforeLive {
+        changes: parse_compare(&text)?,
+        failed: parse_failed(&text),
+    })
+}
+
+/// Step 7 alone: which critical components the candidate changes.
 pub async fn detect_switch_inhibitors<R: Remote>(
     remote: &R,
     current_system: &str,
     candidate: &StorePath,
 ) -> anyhow::Result<Vec<ComponentChange>> {
-    let out = remote
-        .exec(&compare_command(current_system, candidate))
-        .await
-        .with_context(|| format!("comparing critical components on {}", remote.name()))?
-        .check("comparing critical components")?;
-    parse_compare(&out.stdout_str())
+    Ok(before_live_switch(remote, current_system, candidate, false)
+        .await?
+        .changes)
 }
 
 /// A failed NixOS pre-switch check found in a switch's output.
@@ -159,13 +216,21 @@ mod tests {
 
     const CAND: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
 
+    fn sp(s: &str) -> StorePath {
+        StorePath::parse(s).unwrap()
+    }
+
     #[tokio::test]
     async fn detects_systemd_change_only() {
         let answer = "systemd\t/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-256.8\t/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2\n\
             sw/lib/systemd/systemd\t/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-256.8/lib/systemd/systemd\t/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2/lib/systemd/systemd\n\
             etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
             kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n";
-        let r = ScriptedRemote::new("web1", move |_| ok(answer));
+        let r = ScriptedRemote::new("web1", move |_| {
+            ok(&format!(
+                "{answer}NixgateFailed=x.service loaded failed failed x\nNixgateFailedUnits=listed\n"
+            ))
+        });
         let changes =
             detect_switch_inhibitors(&r, "/run/current-system", &StorePath::parse(CAND).unwrap())
                 .await
@@ -181,6 +246,21 @@ mod tests {
         assert!(
             parse_compare("systemd\ta\ta\n").is_err(),
             "truncated answer"
+        );
+        // The failed units come in the same answer.
+        let before = before_live_switch(&r, "/run/current-system", &sp(CAND), true)
+            .await
+            .unwrap();
+        assert_eq!(before.changes, changes);
+        assert_eq!(
+            before.failed.unwrap().into_iter().collect::<Vec<_>>(),
+            ["x.service"]
+        );
+        assert!(r.commands()[1].is_sudo());
+        assert_eq!(parse_failed("NixgateFailedUnits=unknown\n"), None);
+        assert_eq!(
+            parse_failed("NixgateFailedUnits=listed\n"),
+            Some(BTreeSet::new())
         );
     }
 

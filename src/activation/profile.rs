@@ -69,7 +69,24 @@ pub async fn self_correct_profile<R: Remote>(
     expected: &StorePath,
     sudo: bool,
 ) -> ProfileCheck {
-    let found = match read(remote, profile).await {
+    self_correct_from(remote, profile, expected, sudo, None).await
+}
+
+/// Step 6 from where the switch's last poll found `profile` (`seen`;
+/// `None`: not read there, so read it now). Saves the read's round trip
+/// after every switch: the poll that saw the job exit read the profile too.
+pub async fn self_correct_from<R: Remote>(
+    remote: &R,
+    profile: &str,
+    expected: &StorePath,
+    sudo: bool,
+    seen: Option<Option<StorePath>>,
+) -> ProfileCheck {
+    let read = match seen {
+        Some(found) => Ok(found),
+        None => read(remote, profile).await,
+    };
+    let found = match read {
         Ok(found) => found,
         Err(e) => {
             return ProfileCheck::CorrectionFailed {

@@ -173,7 +173,7 @@ pub async fn reactivate<R: Remote>(
         &now
     };
     match run_detached(remote, settings, &mut job, expected, &now, emit).await {
-        SwitchResult::Settled(evidence) => RollbackOutcome::RolledBack {
+        SwitchResult::Settled { evidence, .. } => RollbackOutcome::RolledBack {
             to: to.clone(),
             mode,
             evidence: Some(evidence),

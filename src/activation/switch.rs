@@ -15,16 +15,28 @@
 //! the unit state first and the status file second, so "unit gone and no
 //! `exited` line" really means the job died without finishing.
 //!
-//! Before firing, [`check_switch_lock`] looks for a switch still holding
+//! Before firing, the fire looks for a switch still holding
 //! `/run/nixos/switch-to-configuration.lock` (an orphan from an earlier
 //! interrupted deploy, deploy-rs#390) and reports it instead of firing blind.
+//!
+//! Round trips (issue 21): on Linux the lock check, the fire and the first
+//! poll are ONE command, [`FIRE_LINUX`]; none of them needs the controller
+//! in between (a held lock stops the script before it fires, a refused
+//! start is its exit code, the first poll waits on the host for the job to
+//! exit). They were three commands and a 100 ms wait on the controller: at
+//! 50 ms RTT, 3 round trips and ~250 ms per switch more, and a gated push
+//! runs two switches per host (`test`, `boot`). nix-darwin has no lock and
+//! its fire stays one command of its own.
+
+use std::time::Duration;
 
 use anyhow::Context;
 
 use super::settings::{HostPaths, Os, RunId};
+use super::verify_poll::{self, PollSnapshot, Watched};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
-use crate::remote::{Command, Exit, Remote};
+use crate::remote::{Command, Exit, Output, Remote};
 
 /// Why a detached job is run; decides the unit name suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -119,10 +131,32 @@ code=$?
 echo \"exited $code\" > \"$status\"
 exit \"$code\"";
 
-/// Over SSH, before `systemd-run`: fresh job files, then exec the rest.
-pub(crate) const FIRE_LINUX: &str = "dir=$1; status=$2; log=$3; shift 3
-mkdir -p \"$dir\" && rm -f \"$status\" \"$log\" || exit 125
-exec \"$@\"";
+/// Over SSH on Linux, one command from the lock check to the first poll:
+/// is `switch-to-configuration`'s lock free (else list the switch units
+/// that may hold it, and stop: nothing fired), fresh job files,
+/// `systemd-run` (the rest of the arguments; its exit code is
+/// `NixgateFire`, its stderr the command's), then, once it started, wait on
+/// the host up to `$ticks` tenths of a second for the job to exit and poll
+/// it as [`super::verify_poll::POLL_LINUX`] does. Nothing in between needs
+/// the controller: a held lock, a refused start and a finished job are all
+/// read from this one answer.
+pub(crate) const FIRE_LINUX: &str = concat!(
+    "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; shift 8
+if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
+elif [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free
+else
+  echo NixgateLock=held
+  systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
+  while read -r u load active sub rest; do echo \"NixgateHolder=$u $active $sub\"; done
+  exit 0
+fi
+if mkdir -p \"$dir\" && rm -f \"$status\" \"$log\"; then \"$@\"; rc=$?; else rc=125; fi
+echo \"NixgateFire=$rc\"
+[ \"$rc\" = 0 ] || exit 0
+",
+    super::verify_poll::wait_for_exit!(),
+    super::verify_poll::poll_linux_body!()
+);
 
 /// Over SSH on Darwin: start the wrapper in its own session, record its pid.
 const FIRE_DARWIN: &str = "dir=$1; status=$2; log=$3; pidfile=$4; wrapper=$5; shift 5
@@ -134,15 +168,37 @@ else
 fi
 echo $! > \"$pidfile\"";
 
-/// The command that fires `job`.
-pub fn fire_command(job: &SwitchJob, sudo: bool, install_bootloader: bool) -> Command {
+/// What the Linux fire checks and reads around the job (see [`FIRE_LINUX`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Around<'a> {
+    /// `switch-to-configuration`'s lock, checked before firing.
+    pub lock: &'a str,
+    /// What the first poll reads.
+    pub watched: Watched<'a>,
+    /// How long the first poll waits on the host for the job to exit.
+    pub wait: Duration,
+}
+
+/// The command that fires `job` (Linux: with the lock check before and
+/// the first poll after, see [`FIRE_LINUX`]).
+pub fn fire_command(
+    job: &SwitchJob,
+    sudo: bool,
+    install_bootloader: bool,
+    around: Around<'_>,
+) -> Command {
     match job.os {
         Os::Linux => {
             // A one-line description: systemd-run's default is the command
             // line, and the wrapper's newlines would corrupt the transient
             // unit's file, read back at the switch's own daemon-reload.
             let mut cmd = Command::script(FIRE_LINUX)
-                .args([&job.job_dir, &job.status_file, &job.log_file])
+                .arg(around.lock)
+                .arg(format!("{}.service", job.unit))
+                .args([&job.status_file, around.watched.current_system])
+                .arg(verify_poll::ticks(around.wait))
+                .arg(around.watched.profile.unwrap_or_default())
+                .args([&job.job_dir, &job.log_file])
                 .arg("systemd-run")
                 .arg(format!("--unit={}", job.unit))
                 .arg(format!(
@@ -185,93 +241,124 @@ pub enum FireOutcome {
     },
 }
 
+/// One fire as the host answered it, lock check and first poll included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// Another switch holds `switch-to-configuration`'s lock: nothing
+    /// fired. `holders` lists the switch units loaded (`unit state sub`).
+    LockHeld { holders: Vec<String> },
+    /// The lock check could not run (nothing fired).
+    LockCheckFailed { error: String },
+    /// The lock was free (or, `unchecked`, the host has no `flock`) and
+    /// firing went as `outcome` says; `first` is the poll that followed a
+    /// start (Linux).
+    Tried {
+        unchecked: bool,
+        outcome: FireOutcome,
+        first: Option<Box<PollSnapshot>>,
+    },
+}
+
 /// Fire `job` once. Never retries by itself: see `detached::run_detached`.
+/// `again`: an earlier fire's answer was lost, so a command that cannot be
+/// started leaves the fire unconfirmed (the first time, nothing can have
+/// run: the lock check failed).
 pub async fn fire<R: Remote>(
     remote: &R,
     job: &SwitchJob,
-    sudo: bool,
-    install_bootloader: bool,
-) -> FireOutcome {
+    (sudo, install_bootloader): (bool, bool),
+    around: Around<'_>,
+    again: bool,
+) -> Launch {
+    let unconfirmed = |error: String| Launch::Tried {
+        unchecked: false,
+        outcome: FireOutcome::Unconfirmed { error },
+        first: None,
+    };
     match remote
-        .exec(&fire_command(job, sudo, install_bootloader))
+        .exec(&fire_command(job, sudo, install_bootloader, around))
         .await
     {
-        Err(e) => FireOutcome::Unconfirmed {
-            error: format!("{e:#}"),
+        Err(e) if again || job.os == Os::Darwin => unconfirmed(format!("{e:#}")),
+        Err(e) => Launch::LockCheckFailed {
+            error: format!("checking the switch lock on {}: {e:#}", remote.name()),
         },
-        Ok(out) if out.exit == Exit::ConnectionLost => FireOutcome::Unconfirmed {
-            error: out.exit.to_string(),
+        Ok(out) if out.exit == Exit::ConnectionLost => unconfirmed(out.exit.to_string()),
+        Ok(out) if job.os == Os::Darwin => Launch::Tried {
+            unchecked: false,
+            outcome: fire_outcome(&out, out.exit.code()),
+            first: None,
         },
-        Ok(out) if out.success() => FireOutcome::Started,
-        Ok(out) if out.stderr_str().contains("already exists") => FireOutcome::AlreadyRunning,
-        Ok(out) => FireOutcome::Refused {
+        Ok(out) => parse_fire_linux(&out, job),
+    }
+}
+
+/// How the fire itself went: `code` is `systemd-run`'s exit (Darwin: the
+/// command's), `None` when the command ended before it answered.
+fn fire_outcome(out: &Output, code: Option<u32>) -> FireOutcome {
+    match code {
+        Some(0) => FireOutcome::Started,
+        _ if out.stderr_str().contains("already exists") => FireOutcome::AlreadyRunning,
+        Some(code) => FireOutcome::Refused {
+            exit: Exit::Code { code },
+            tail: out.tail(10),
+        },
+        None => FireOutcome::Refused {
             exit: out.exit.clone(),
             tail: out.tail(10),
         },
     }
 }
 
-/// Is `switch-to-configuration`'s lock held right now?
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum LockState {
-    Free,
-    /// Held; `holders` lists switch units still loaded (`unit state sub`).
-    Held {
-        holders: Vec<String>,
-    },
-    /// `flock` is not available: the check could not be made.
-    Unchecked,
-}
-
-pub(crate) const LOCK_CHECK: &str = "lock=$1
-command -v flock >/dev/null 2>&1 || { echo NixgateLock=unchecked; exit 0; }
-if [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free; else echo NixgateLock=held; fi
-systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
-while read -r unit load active sub rest; do echo \"NixgateHolder=$unit $active $sub\"; done
-exit 0";
-
-/// The lock check command (Linux).
-pub fn lock_check_command(paths: &HostPaths, sudo: bool) -> Command {
-    Command::script(LOCK_CHECK)
-        .arg(&paths.switch_lock)
-        .sudo(sudo)
-}
-
-pub fn parse_lock_check(stdout: &str) -> anyhow::Result<LockState> {
-    let mut state = None;
-    let mut holders = Vec::new();
-    for line in stdout.lines() {
-        if let Some(v) = line.strip_prefix("NixgateLock=") {
-            state = Some(v.trim().to_owned());
-        } else if let Some(v) = line.strip_prefix("NixgateHolder=") {
-            holders.push(v.trim().to_owned());
+/// Read [`FIRE_LINUX`]'s answer. A lock held by this very unit is an
+/// earlier fire of ours whose answer was lost: it runs.
+pub fn parse_fire_linux(out: &Output, job: &SwitchJob) -> Launch {
+    let text = out.stdout_str();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).map(str::trim))
+    };
+    let holders: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("NixgateHolder="))
+        .map(|h| h.trim().to_owned())
+        .collect();
+    let ours = format!("{}.service", job.unit);
+    let unchecked = match value("NixgateLock=") {
+        Some("free") => false,
+        Some("unchecked") => true,
+        Some("held") if holders.iter().any(|h| h.split(' ').next() == Some(&ours)) => {
+            return Launch::Tried {
+                unchecked: false,
+                outcome: FireOutcome::AlreadyRunning,
+                first: None,
+            };
         }
+        Some("held") => return Launch::LockHeld { holders },
+        _ => {
+            let error = match out.clone().check("checking the switch lock") {
+                Err(e) => format!("{e:#}"),
+                Ok(_) => format!("unexpected answer from the switch lock check: {text:?}"),
+            };
+            return Launch::LockCheckFailed { error };
+        }
+    };
+    let outcome = match value("NixgateFire=").and_then(|c| c.parse::<u32>().ok()) {
+        // Ended (killed) between the lock check and `systemd-run`'s answer.
+        None => FireOutcome::Unconfirmed {
+            error: format!("the fire ended before systemd-run answered ({})", out.exit),
+        },
+        code => fire_outcome(out, code),
+    };
+    let first = match outcome {
+        FireOutcome::Started => verify_poll::parse_poll(&text).ok().map(Box::new),
+        _ => None,
+    };
+    Launch::Tried {
+        unchecked,
+        outcome,
+        first,
     }
-    match state.as_deref() {
-        Some("free") => Ok(LockState::Free),
-        Some("held") => Ok(LockState::Held { holders }),
-        Some("unchecked") => Ok(LockState::Unchecked),
-        _ => anyhow::bail!("unexpected answer from the switch lock check: {stdout:?}"),
-    }
-}
-
-/// Look for a switch holding the lock before firing (Linux; Darwin has no lock).
-pub async fn check_switch_lock<R: Remote>(
-    remote: &R,
-    os: Os,
-    paths: &HostPaths,
-    sudo: bool,
-) -> anyhow::Result<LockState> {
-    if os == Os::Darwin {
-        return Ok(LockState::Free);
-    }
-    let out = remote
-        .exec(&lock_check_command(paths, sudo))
-        .await
-        .with_context(|| format!("checking the switch lock on {}", remote.name()))?
-        .check("checking the switch lock")?;
-    parse_lock_check(&out.stdout_str())
 }
 
 /// Stop the unit; one that is already gone (finished, collected, never

@@ -2,6 +2,7 @@
 //! the fixed scripts run for real on this machine.
 
 use super::*;
+use crate::remote::Output;
 use crate::remote::local::LocalRemote;
 use crate::remote::scripted::{ScriptedRemote, fail, ok};
 
@@ -18,19 +19,34 @@ fn job(os: Os, action: SwitchAction) -> SwitchJob {
     )
 }
 
+const AROUND: Around<'static> = Around {
+    lock: "/run/nixos/switch-to-configuration.lock",
+    watched: Watched {
+        current_system: "/run/current-system",
+        profile: Some("/nix/var/nix/profiles/system"),
+    },
+    wait: Duration::from_millis(500),
+};
+
 #[test]
 fn linux_fire_argv() {
     let j = job(Os::Linux, SwitchAction::Switch);
     assert_eq!(j.unit, "nixgate-switch-r1");
-    let cmd = fire_command(&j, true, true);
+    let cmd = fire_command(&j, true, true, AROUND);
     assert!(cmd.is_sudo());
     let want: Vec<String> = [
         "sh",
         "-c",
         FIRE_LINUX,
         "nixgate",
-        "/run/nixgate",
+        // The lock check, the first poll's arguments, the job files.
+        "/run/nixos/switch-to-configuration.lock",
+        "nixgate-switch-r1.service",
         "/run/nixgate/nixgate-switch-r1.status",
+        "/run/current-system",
+        "5",
+        "/nix/var/nix/profiles/system",
+        "/run/nixgate",
         "/run/nixgate/nixgate-switch-r1.log",
         "systemd-run",
         "--unit=nixgate-switch-r1",
@@ -59,7 +75,7 @@ fn linux_fire_argv() {
     let options = &argv[from..argv.iter().position(|a| a == "--").unwrap()];
     assert!(options.iter().all(|a| !a.contains('\n')), "{options:?}");
     // `test` never installs the boot loader.
-    let t = fire_command(&job(Os::Linux, SwitchAction::Test), false, true);
+    let t = fire_command(&job(Os::Linux, SwitchAction::Test), false, true, AROUND);
     assert!(!t.argv().iter().any(|a| a.contains("INSTALL_BOOTLOADER")));
     assert_eq!(t.argv().last().unwrap(), "test");
 }
@@ -90,7 +106,7 @@ fn unit_names_per_purpose() {
 #[test]
 fn darwin_fire_argv() {
     let j = job(Os::Darwin, SwitchAction::Switch);
-    let cmd = fire_command(&j, true, false);
+    let cmd = fire_command(&j, true, false, AROUND);
     let argv = cmd.argv();
     assert_eq!(&argv[..3], &["sh", "-c", FIRE_DARWIN].map(String::from));
     assert_eq!(
@@ -107,124 +123,208 @@ fn darwin_fire_argv() {
     );
 }
 
-#[tokio::test]
-async fn fire_outcomes() {
-    let j = job(Os::Linux, SwitchAction::Test);
-    let r = ScriptedRemote::new("web1", |_| {
-        crate::remote::Output::new(
-            Exit::Code { code: 0 },
-            "",
-            "Running as unit: nixgate-switch-r1.service; invocation ID: 5d1c2e4f\n",
-        )
-    });
-    assert_eq!(fire(&r, &j, true, false).await, FireOutcome::Started);
-    let r = ScriptedRemote::new("web1", |_| {
-        fail(
-            1,
-            "Failed to start transient service unit: Unit nixgate-switch-r1.service was already loaded or has a fragment file.\n",
-        )
-    });
-    assert!(matches!(
-        fire(&r, &j, true, false).await,
-        FireOutcome::Refused { .. }
-    ));
-    let r = ScriptedRemote::new("web1", |_| {
-        fail(
-            1,
-            "Failed to start transient service unit: Unit nixgate-switch-r1.service already exists.\n",
-        )
-    });
-    assert_eq!(fire(&r, &j, true, false).await, FireOutcome::AlreadyRunning);
-    let r = ScriptedRemote::new("web1", |_| {
-        crate::remote::Output::new(Exit::ConnectionLost, "", "")
-    });
-    assert!(matches!(
-        fire(&r, &j, true, false).await,
-        FireOutcome::Unconfirmed { .. }
-    ));
+async fn fire_once(j: &SwitchJob, answer: Output, again: bool) -> Launch {
+    let r = ScriptedRemote::new("web1", move |_| answer.clone());
+    fire(&r, j, (true, false), AROUND, again).await
 }
 
+fn tried(outcome: FireOutcome) -> Launch {
+    Launch::Tried {
+        unchecked: false,
+        outcome,
+        first: None,
+    }
+}
+
+/// Every answer of the Linux fire: lock held (by another switch, or by an
+/// earlier fire of this very unit), lock check failed, refused, already
+/// running, lost, and a start with its first poll.
 #[tokio::test]
-async fn lock_check_parses_holders() {
-    let r = ScriptedRemote::new("web1", |_| {
-        ok("NixgateLock=held\nNixgateHolder=nixgate-switch-old.service active running\n")
-    });
-    let paths = HostPaths::for_os(Os::Linux);
+async fn linux_fire_outcomes() {
+    let j = job(Os::Linux, SwitchAction::Test);
+    let answer = |out: &str, err: &str| Output::new(Exit::Code { code: 0 }, out, err);
+    let held = "NixgateLock=held\nNixgateHolder=nixgate-switch-old.service active running\n";
     assert_eq!(
-        check_switch_lock(&r, Os::Linux, &paths, true)
-            .await
-            .unwrap(),
-        LockState::Held {
+        fire_once(&j, answer(held, ""), false).await,
+        Launch::LockHeld {
             holders: vec!["nixgate-switch-old.service active running".into()]
         }
     );
+    let ours = "NixgateLock=held\nNixgateHolder=nixgate-switch-r1.service active running\n";
     assert_eq!(
-        r.argvs()[0],
-        vec![
-            "sh",
-            "-c",
-            LOCK_CHECK,
-            "nixgate",
-            "/run/nixos/switch-to-configuration.lock"
-        ]
+        fire_once(&j, answer(ours, ""), true).await,
+        tried(FireOutcome::AlreadyRunning)
     );
-    assert!(parse_lock_check("garbage").is_err());
+    match fire_once(&j, fail(1, "sudo: a password is required\n"), false).await {
+        Launch::LockCheckFailed { error } => {
+            assert!(error.contains("checking the switch lock failed"), "{error}");
+            assert!(error.contains("a password is required"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        fire_once(&j, answer("garbage\n", ""), false).await,
+        Launch::LockCheckFailed { .. }
+    ));
+    let refused = "Failed to start transient service unit: Unit nixgate-switch-r1.service was already loaded or has a fragment file.\n";
+    match fire_once(
+        &j,
+        answer("NixgateLock=free\nNixgateFire=1\n", refused),
+        false,
+    )
+    .await
+    {
+        Launch::Tried {
+            outcome: FireOutcome::Refused { exit, tail },
+            first: None,
+            ..
+        } => {
+            assert_eq!(exit, Exit::Code { code: 1 });
+            assert_eq!(tail, vec![refused.trim_end().to_string()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let exists =
+        "Failed to start transient service unit: Unit nixgate-switch-r1.service already exists.\n";
     assert_eq!(
-        parse_lock_check("NixgateLock=free\n").unwrap(),
-        LockState::Free
+        fire_once(
+            &j,
+            answer("NixgateLock=free\nNixgateFire=1\n", exists),
+            true
+        )
+        .await,
+        tried(FireOutcome::AlreadyRunning)
     );
-    // Darwin has no lock: nothing is run.
-    let r = ScriptedRemote::new("mac", |_| fail(1, "must not run"));
-    assert_eq!(
-        check_switch_lock(&r, Os::Darwin, &HostPaths::for_os(Os::Darwin), true)
-            .await
-            .unwrap(),
-        LockState::Free
+    let lost = Output::new(Exit::ConnectionLost, "", "");
+    assert!(matches!(
+        fire_once(&j, lost, false).await,
+        Launch::Tried {
+            outcome: FireOutcome::Unconfirmed { .. },
+            ..
+        }
+    ));
+    // Killed between the lock check and systemd-run's answer: unknown.
+    let killed = Output::new(
+        Exit::Signal {
+            signal: "KILL".into(),
+        },
+        "NixgateLock=free\n",
+        "",
     );
-    assert!(r.argvs().is_empty());
+    assert!(matches!(
+        fire_once(&j, killed, false).await,
+        Launch::Tried {
+            outcome: FireOutcome::Unconfirmed { .. },
+            ..
+        }
+    ));
+    let started = format!(
+        "NixgateLock=unchecked\nNixgateFire=0\nResult=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nNixgateStatus=exited 0\nNixgateCurrent={SYS}\nNixgateProfile={SYS}\n"
+    );
+    match fire_once(&j, answer(&started, "Running as unit: x"), false).await {
+        Launch::Tried {
+            unchecked: true,
+            outcome: FireOutcome::Started,
+            first: Some(first),
+        } => {
+            assert_eq!(first.job, verify_poll::JobState::Exited { code: 0 });
+            let sys = StorePath::parse(SYS).unwrap();
+            assert_eq!(first.profile, Some(Some(sys)));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
-/// The lock check against a real `flock` holder on this machine.
+/// The Darwin fire's outcomes come from its exit alone.
 #[tokio::test]
-async fn lock_check_real_flock() {
-    let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("switch-to-configuration.lock");
-    let mut paths = HostPaths::for_os(Os::Linux);
-    paths.switch_lock = lock.display().to_string();
-    let r = LocalRemote::new("local");
-    // Absent lock file: free.
+async fn darwin_fire_outcomes() {
+    let j = job(Os::Darwin, SwitchAction::Switch);
     assert_eq!(
-        check_switch_lock(&r, Os::Linux, &paths, false)
-            .await
-            .unwrap(),
-        LockState::Free
+        fire_once(&j, ok(""), false).await,
+        tried(FireOutcome::Started)
     );
-    // An exclusive holder (as switch-to-configuration takes it).
+    assert!(matches!(
+        fire_once(&j, fail(125, "mkdir: Permission denied"), false).await,
+        Launch::Tried {
+            outcome: FireOutcome::Refused { .. },
+            ..
+        }
+    ));
+}
+
+/// [`FIRE_LINUX`] for real on this machine, with a stand-in for
+/// `systemd-run` that starts the wrapper in the background (as the unit
+/// would): a held lock stops it before the job starts; a free one starts
+/// the job, waits on the host until it exits (not the whole wait), and
+/// reports it with the profile.
+#[tokio::test]
+async fn linux_fire_script_for_real() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let (lock, status, log) = (d("switch.lock"), d("jobs/j.status"), d("jobs/j.log"));
+    std::os::unix::fs::symlink(SYS, d("current")).unwrap();
+    std::os::unix::fs::symlink(SYS, d("profile")).unwrap();
+    let cmd = Command::script(FIRE_LINUX)
+        .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
+        .args(["100", &d("profile"), &d("jobs"), &log])
+        // The stand-in for systemd-run: the wrapper, detached.
+        .args([
+            "/bin/sh",
+            "-c",
+            "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
+            "run",
+        ])
+        .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+        .args(["/bin/sh", "-c", "sleep 0.5; echo switched"]);
+    let r = LocalRemote::new("local");
+    let j = SwitchJob::new(
+        &RunId::parse("real").unwrap(),
+        JobPurpose::Candidate,
+        SwitchAction::Test,
+        &StorePath::parse(SYS).unwrap(),
+        Os::Linux,
+        &HostPaths::for_os(Os::Linux),
+    );
+    // Held (as switch-to-configuration holds it): nothing starts.
+    std::fs::write(&lock, "").unwrap();
     let mut holder = std::process::Command::new("flock")
-        .args(["--exclusive", "--no-fork"])
-        .arg(&lock)
-        .args(["sleep", "30"])
+        .args(["--exclusive", "--no-fork", &lock, "sleep", "30"])
         .spawn()
         .unwrap();
-    let mut state = LockState::Free;
+    let mut launch = tried(FireOutcome::Started);
     for _ in 0..50 {
-        state = check_switch_lock(&r, Os::Linux, &paths, false)
-            .await
-            .unwrap();
-        if state != LockState::Free {
+        launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j);
+        if matches!(launch, Launch::LockHeld { .. }) {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert!(matches!(state, LockState::Held { .. }), "{state:?}");
-    assert_eq!(
-        check_switch_lock(&r, Os::Linux, &paths, false)
-            .await
-            .unwrap(),
-        LockState::Free
+    assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
+    assert!(!std::path::Path::new(&status).exists(), "nothing started");
+    // Free: started, and the answer comes when the job exits.
+    let t0 = std::time::Instant::now();
+    let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j);
+    let took = t0.elapsed();
+    let Launch::Tried {
+        outcome: FireOutcome::Started,
+        first: Some(first),
+        ..
+    } = launch
+    else {
+        panic!("{launch:?}")
+    };
+    assert_eq!(first.job, verify_poll::JobState::Exited { code: 0 });
+    let sys = StorePath::parse(SYS).unwrap();
+    assert_eq!(first.current, Some(sys.clone()));
+    assert_eq!(first.profile, Some(Some(sys)));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "not the whole 10 s: {took:?}"
     );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "switched\n");
 }
 
 #[test]

@@ -3,9 +3,20 @@
 //! Each poll is ONE command that returns the job's state (Linux: `systemctl
 //! show` of the unit; Darwin: whether the pid lives), the job's status file
 //! and `readlink -f /run/current-system`, read in that order (see
-//! [`super::switch`] for why the order matters). A poll that loses the
+//! [`super::switch`] for why the order matters), and, once the job has
+//! exited, the system profile (step 6 starts from it instead of reading it
+//! with a command of its own). A poll that loses the
 //! connection, or cannot start, is retried with backoff until the deadline:
 //! the `Remote` reconnects on demand and the detached job does not care.
+//!
+//! The wait between polls happens on the host: a poll waits there up to the
+//! poll interval for the job's status to say `exited` (looking every 0.1 s)
+//! and answers then. Before (issue 21), the controller slept 0.1, 0.2, 0.4 s
+//! ... between polls, so a switch was seen up to a wait plus a round trip
+//! after it ended, and a switch of 0.5 s took three or four polls at 50 ms
+//! RTT; now it is seen within 0.1 s plus half a round trip, with one poll per
+//! interval while it runs. On Linux the first poll is part of the fire
+//! ([`super::switch::FIRE_LINUX`]).
 //!
 //! The outcome is decided when the job has finished (or at the deadline), so a
 //! host is never left mid-switch unverified: exit 0 and the link at the
@@ -51,31 +62,99 @@ pub struct PollSnapshot {
     pub unit: Option<UnitState>,
     /// Where `/run/current-system` pointed; `None` if unreadable.
     pub current: Option<StorePath>,
+    /// The profile the poll was asked to read, once the job had exited:
+    /// `Some` is what reading it would have returned (`Some(None)`: no
+    /// such profile); `None` when not read (or not readable there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Option<StorePath>>,
 }
 
-pub(crate) const POLL_LINUX: &str = "unit=$1; status=$2; current=$3
-systemctl show \"$unit\" --property=LoadState,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus 2>/dev/null || echo NixgateSystemctl=failed
-if [ -e \"$status\" ]; then echo \"NixgateStatus=$(cat \"$status\")\"; else echo NixgateStatus=absent; fi
-echo \"NixgateCurrent=$(readlink -f \"$current\")\"";
+/// Waits up to `$ticks` tenths of a second for the job's status file to
+/// say `exited` (builtins and `sleep` only), so a poll answers the moment
+/// the job ends instead of after a fixed wait. Shared by the polls and the
+/// Linux fire ([`super::switch::FIRE_LINUX`]), which set `$status` and
+/// `$ticks` first.
+macro_rules! wait_for_exit {
+    () => {
+        "i=0
+while [ \"$i\" -lt \"$ticks\" ]; do
+  s=; if [ -f \"$status\" ]; then read -r s < \"$status\"; fi
+  case $s in exited*) break ;; esac
+  if sleep 0.1 2>/dev/null; then i=$((i + 1)); else sleep 1; i=$((i + 10)); fi
+done
+"
+    };
+}
+pub(crate) use wait_for_exit;
 
-const POLL_DARWIN: &str = "pidfile=$1; status=$2; current=$3
-pid=$(cat \"$pidfile\" 2>/dev/null)
+/// The job's status, `/run/current-system` and, once the job has exited and
+/// `$profile` is set, the profile (step 6 reads it from here: one command
+/// fewer after every switch). `$status`, `$current`, `$profile` set first.
+macro_rules! report_links {
+    () => {
+        "if [ -e \"$status\" ]; then st=$(cat \"$status\"); echo \"NixgateStatus=$st\"; else st=; echo NixgateStatus=absent; fi
+echo \"NixgateCurrent=$(readlink -f \"$current\")\"
+case $st in exited*) if [ -n \"$profile\" ]; then
+  if [ -L \"$profile\" ] || [ -e \"$profile\" ]; then t=$(readlink -f \"$profile\") || t=unreadable; else t=; fi
+  echo \"NixgateProfile=$t\"
+fi ;; esac
+exit 0"
+    };
+}
+
+/// The unit's state (Linux), then [`report_links`]. `$unit` set first.
+macro_rules! poll_linux_body {
+    () => {
+        concat!(
+            "systemctl show \"$unit\" --property=LoadState,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus 2>/dev/null || echo NixgateSystemctl=failed\n",
+            $crate::activation::verify_poll::report_links!()
+        )
+    };
+}
+pub(crate) use {poll_linux_body, report_links};
+
+pub(crate) const POLL_LINUX: &str = concat!(
+    "unit=$1; status=$2; current=$3; ticks=$4; profile=$5\n",
+    wait_for_exit!(),
+    poll_linux_body!()
+);
+
+const POLL_DARWIN: &str = concat!(
+    "pidfile=$1; status=$2; current=$3; ticks=$4; profile=$5\n",
+    wait_for_exit!(),
+    "pid=$(cat \"$pidfile\" 2>/dev/null)
 if [ -n \"$pid\" ] && ps -p \"$pid\" >/dev/null 2>&1; then echo NixgateAlive=yes; else echo NixgateAlive=no; fi
-if [ -e \"$status\" ]; then echo \"NixgateStatus=$(cat \"$status\")\"; else echo NixgateStatus=absent; fi
-echo \"NixgateCurrent=$(readlink -f \"$current\")\"";
+",
+    report_links!()
+);
 
-/// The single command of one poll.
-pub fn poll_command(job: &SwitchJob, current_system: &str) -> Command {
-    match job.os {
-        super::settings::Os::Linux => Command::script(POLL_LINUX)
-            .arg(format!("{}.service", job.unit))
-            .arg(&job.status_file)
-            .arg(current_system),
-        super::settings::Os::Darwin => Command::script(POLL_DARWIN)
-            .arg(&job.pid_file)
-            .arg(&job.status_file)
-            .arg(current_system),
-    }
+/// What one poll reads besides the job: the running system's link, and
+/// the profile to read once the job has exited (`None`: not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched<'a> {
+    pub current_system: &'a str,
+    pub profile: Option<&'a str>,
+}
+
+/// A poll's host-side wait in the `$ticks` the scripts take (tenths of a
+/// second, rounded up).
+pub fn ticks(wait: Duration) -> String {
+    wait.as_millis().div_ceil(100).to_string()
+}
+
+/// The single command of one poll: it waits on the host up to `wait` for
+/// the job to exit, then reports.
+pub fn poll_command(job: &SwitchJob, watched: Watched<'_>, wait: Duration) -> Command {
+    let (script, first) = match job.os {
+        super::settings::Os::Linux => (POLL_LINUX, format!("{}.service", job.unit)),
+        super::settings::Os::Darwin => (POLL_DARWIN, job.pid_file.clone()),
+    };
+    Command::script(script)
+        .arg(first)
+        .arg(&job.status_file)
+        .arg(watched.current_system)
+        .arg(ticks(wait))
+        .arg(watched.profile.unwrap_or_default())
 }
 
 fn unit_alive(active_state: &str) -> bool {
@@ -134,15 +213,30 @@ pub fn parse_poll(stdout: &str) -> anyhow::Result<PollSnapshot> {
         .get("NixgateCurrent")
         .filter(|v| !v.is_empty())
         .and_then(|v| StorePath::parse(v).ok());
-    Ok(PollSnapshot { job, unit, current })
+    let profile = kv.get("NixgateProfile").and_then(|v| match *v {
+        "" => Some(None),
+        v => StorePath::parse(v).ok().map(Some),
+    });
+    Ok(PollSnapshot {
+        job,
+        unit,
+        current,
+        profile,
+    })
 }
 
 /// How a fired switch ended, as far as polling can tell.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VerifyOutcome {
-    /// Exit 0 and `/run/current-system` is the expected closure.
-    Settled { elapsed: Duration, polls: u32 },
+    /// Exit 0 and `/run/current-system` is the expected closure;
+    /// `profile` is the watched profile as the last poll read it.
+    Settled {
+        elapsed: Duration,
+        polls: u32,
+        #[serde(skip)]
+        profile: Option<Option<StorePath>>,
+    },
     /// The job exited non-zero; `seen` is where the link pointed then.
     Exited {
         code: u32,
@@ -187,13 +281,15 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(4)).min(Duration::from_secs(15))
 }
 
-/// Run one poll; `Err` carries why it did not produce a snapshot.
+/// Run one poll, waiting on the host up to `wait` for the job to exit;
+/// `Err` carries why it did not produce a snapshot.
 pub async fn poll_once<R: Remote>(
     remote: &R,
     job: &SwitchJob,
-    current_system: &str,
+    watched: Watched<'_>,
+    wait: Duration,
 ) -> Result<PollSnapshot, String> {
-    match remote.exec(&poll_command(job, current_system)).await {
+    match remote.exec(&poll_command(job, watched, wait)).await {
         Err(e) => Err(format!("{e:#}")),
         Ok(out) if out.exit == Exit::ConnectionLost => Err(out.exit.to_string()),
         Ok(out) if !out.success() => Err(format!("poll failed ({}): {:?}", out.exit, out.tail(3))),
@@ -220,49 +316,80 @@ fn classify(
             seen,
             unit: snap.unit.clone(),
         },
-        Some(s) if s == expected => VerifyOutcome::Settled { elapsed, polls },
+        Some(s) if s == expected => VerifyOutcome::Settled {
+            elapsed,
+            polls,
+            profile: snap.profile.clone(),
+        },
         _ => VerifyOutcome::NotFlipped { seen },
     }
 }
 
-/// The first poll's wait: many switches take well under a second.
-pub const FIRST_POLL: Duration = Duration::from_millis(100);
-
-/// The longest one poll command may take before it counts as lost (a
-/// connection that hangs without dropping). Not tied to the poll interval:
-/// a poll over a new SSH connection on a busy host takes seconds.
+/// The longest one poll command may take beyond its host-side wait before
+/// it counts as lost (a connection that hangs without dropping). Not tied
+/// to the poll interval: a poll over a new SSH connection on a busy host
+/// takes seconds.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The fire's answer, when it carried the first poll (Linux: see
+/// [`super::switch::FIRE_LINUX`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstPoll {
+    /// When the fire that ran the job was sent: elapsed times count from here.
+    pub fired_at: tokio::time::Instant,
+    pub snapshot: Option<PollSnapshot>,
+}
 
 /// Step 5: poll `job` until it has finished, then judge it against
 /// `expected` (what `/run/current-system` must be now) and `previous` (what
-/// it was before the switch). The first poll comes after [`FIRST_POLL`], each
-/// wait then doubles up to `interval`; no wait goes past `deadline` (the
-/// activation budget, counted from firing), and at the deadline the outcome
-/// is `Timeout`: the wait ends within the budget plus one poll (at most
-/// [`POLL_TIMEOUT`]).
+/// it was before the switch). Every poll waits on the host up to
+/// `interval` and answers as soon as the job exits (the host looks every
+/// 0.1 s), so a switch that takes 0.2 s is seen at 0.2 s plus half a round
+/// trip, with one command per `interval` while it runs. A poll that
+/// answers "running" sooner than its wait (a host whose `sleep` cannot
+/// wait) is waited out here. `first` is the fire's own poll, when it made
+/// one. No wait goes past `deadline` (the activation budget, counted from
+/// firing), and at the deadline the outcome is `Timeout`: the wait ends
+/// within the budget plus one poll (at most [`POLL_TIMEOUT`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn verify_poll<R: Remote>(
     remote: &R,
     job: &SwitchJob,
-    current_system: &str,
+    watched: Watched<'_>,
     expected: &StorePath,
     previous: &StorePath,
     interval: Duration,
     deadline: tokio::time::Instant,
+    first: FirstPoll,
     on_event: &(dyn Fn(PollEvent) + Send + Sync),
 ) -> VerifyOutcome {
-    let start = tokio::time::Instant::now();
+    let start = first.fired_at;
     let mut polls = 0u32;
     let mut lost = 0u32;
     let mut last: Option<PollSnapshot> = None;
-    let mut wait = FIRST_POLL.min(interval);
+    let mut next = first.snapshot.map(Ok);
+    let mut pause = Duration::ZERO;
     loop {
-        let now = tokio::time::Instant::now();
-        tokio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
+        tokio::time::sleep(
+            pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+        let sent = tokio::time::Instant::now();
+        let wait = interval.min(deadline.saturating_duration_since(sent));
+        // The fire's own poll has waited on the host already.
+        let (polled, waited) = match next.take() {
+            Some(snap) => (snap, Duration::ZERO),
+            None => {
+                let poll = poll_once(remote, job, watched, wait);
+                let polled = tokio::time::timeout(wait + POLL_TIMEOUT, poll)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer to a poll within {POLL_TIMEOUT:?}"))
+                    });
+                (polled, wait)
+            }
+        };
         let elapsed = start.elapsed();
-        let polled = tokio::time::timeout(POLL_TIMEOUT, poll_once(remote, job, current_system))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer to a poll within {POLL_TIMEOUT:?}")));
         match polled {
             Err(error) => {
                 let retry_in = backoff(lost);
@@ -273,12 +400,11 @@ pub async fn verify_poll<R: Remote>(
                     retry_in,
                     error,
                 });
-                wait = retry_in;
+                pause = retry_in;
             }
             Ok(snap) => {
                 polls += 1;
                 lost = 0;
-                wait = (wait * 2).min(interval);
                 on_event(PollEvent::Polled {
                     elapsed,
                     snapshot: snap.clone(),
@@ -295,6 +421,7 @@ pub async fn verify_poll<R: Remote>(
                     }
                     JobState::Running => last = Some(snap),
                 }
+                pause = waited.saturating_sub(sent.elapsed());
             }
         }
         if tokio::time::Instant::now() >= deadline {

@@ -93,9 +93,14 @@ fn parses_running_finished_and_gone() {
     assert_eq!(s.job, JobState::Gone { started: false });
 }
 
+const WATCHED: Watched<'static> = Watched {
+    current_system: "/run/current-system",
+    profile: Some("/nix/var/nix/profiles/system"),
+};
+
 #[test]
 fn poll_argv() {
-    let cmd = poll_command(&job(), "/run/current-system");
+    let cmd = poll_command(&job(), WATCHED, Duration::from_millis(450));
     assert_eq!(
         cmd.argv(),
         &[
@@ -105,10 +110,74 @@ fn poll_argv() {
             "nixgate",
             "nixgate-switch-r1.service",
             "/run/nixgate/nixgate-switch-r1.status",
-            "/run/current-system"
+            "/run/current-system",
+            // Tenths of a second to wait on the host, rounded up.
+            "5",
+            "/nix/var/nix/profiles/system"
         ]
         .map(String::from)
     );
+    let unwatched = Watched {
+        profile: None,
+        ..WATCHED
+    };
+    let cmd = poll_command(&job(), unwatched, Duration::ZERO);
+    assert_eq!(cmd.argv()[7..], ["0".to_string(), String::new()]);
+}
+
+/// The poll script for real: it waits on the host until the job's status
+/// says `exited` (not the whole wait), then reports the links; a job that
+/// is still running is reported after the wait.
+#[tokio::test]
+async fn the_poll_waits_on_the_host_for_the_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    std::os::unix::fs::symlink(NEW, d("current")).unwrap();
+    std::os::unix::fs::symlink(NEW, d("profile")).unwrap();
+    std::fs::write(d("status"), "started\n").unwrap();
+    let mut j = job();
+    j.status_file = d("status");
+    let watched = Watched {
+        current_system: &d("current"),
+        profile: Some(&d("profile")),
+    };
+    let r = LocalRemote::new("local");
+    // Still running: answered after the wait (0.3 s), no profile read.
+    let t0 = std::time::Instant::now();
+    let snap = poll_once(&r, &j, watched, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(snap.job, JobState::Running);
+    assert_eq!(snap.profile, None);
+    // The job exits 0.4 s into a 10 s wait: the answer comes then.
+    let status = d("status");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        std::fs::write(status, "exited 0\n").unwrap();
+    });
+    let t0 = std::time::Instant::now();
+    let snap = poll_once(&r, &j, watched, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    writer.join().unwrap();
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "not the whole 10 s: {took:?}"
+    );
+    assert_eq!(snap.job, JobState::Exited { code: 0 });
+    assert_eq!(snap.current, Some(sp(NEW)));
+    assert_eq!(snap.profile, Some(Some(sp(NEW))));
+    // An absent profile reads as absent.
+    std::fs::remove_file(d("profile")).unwrap();
+    let snap = poll_once(&r, &j, watched, Duration::ZERO).await.unwrap();
+    assert_eq!(snap.profile, Some(None));
 }
 
 /// A scripted host answering polls from a list; the last answer repeats.
@@ -121,15 +190,29 @@ fn sequenced(answers: Vec<Output>) -> ScriptedRemote {
 }
 
 async fn run(r: &ScriptedRemote, timeout_s: u64) -> (VerifyOutcome, Vec<PollEvent>) {
+    run_from(r, timeout_s, None).await
+}
+
+/// `first`: the fire's own poll.
+async fn run_from(
+    r: &ScriptedRemote,
+    timeout_s: u64,
+    first: Option<PollSnapshot>,
+) -> (VerifyOutcome, Vec<PollEvent>) {
     let events = Mutex::new(Vec::new());
+    let now = tokio::time::Instant::now();
     let out = verify_poll(
         r,
         &job(),
-        "/run/current-system",
+        WATCHED,
         &sp(NEW),
         &sp(OLD),
         Duration::from_secs(2),
-        tokio::time::Instant::now() + Duration::from_secs(timeout_s),
+        now + Duration::from_secs(timeout_s),
+        FirstPoll {
+            fired_at: now,
+            snapshot: first,
+        },
         &|e| events.lock().unwrap().push(e),
     )
     .await;
@@ -144,18 +227,56 @@ async fn settles_after_running_polls() {
         ok(&answer(COLLECTED, "exited 0", NEW)),
     ]);
     let (out, events) = run(&r, 300).await;
-    // Polls after 0.1 s, then 0.2 s and 0.4 s more (the wait doubles up to
-    // the 2 s interval): a quick switch is seen quickly.
+    // Each poll waits on the host up to the 2 s interval; this host answers
+    // at once (as one whose `sleep` cannot wait would), so the controller
+    // waits out the rest: one poll per interval while the job runs.
     assert_eq!(
         out,
         VerifyOutcome::Settled {
-            elapsed: Duration::from_millis(700),
-            polls: 3
+            elapsed: Duration::from_secs(4),
+            polls: 3,
+            profile: None,
         }
     );
     assert_eq!(events.len(), 3);
-    // One command per poll.
+    // One command per poll, each asking the host to wait 2 s.
     assert_eq!(r.argvs().len(), 3);
+    assert!(r.argvs().iter().all(|a| a[7] == "20"), "{:?}", r.argvs());
+}
+
+/// The fire's own poll counts as the first: a job it saw finish needs no
+/// command more, and its profile reading comes out with the outcome.
+#[tokio::test(start_paused = true)]
+async fn the_fires_poll_is_the_first() {
+    let r = sequenced(vec![ok(&answer(COLLECTED, "exited 0", NEW))]);
+    let mut first = parse_poll(&answer(COLLECTED, "exited 0", NEW)).unwrap();
+    first.profile = Some(Some(sp(NEW)));
+    let (out, events) = run_from(&r, 300, Some(first)).await;
+    assert_eq!(
+        out,
+        VerifyOutcome::Settled {
+            elapsed: Duration::ZERO,
+            polls: 1,
+            profile: Some(Some(sp(NEW))),
+        }
+    );
+    assert_eq!(events.len(), 1);
+    assert!(r.argvs().is_empty(), "no poll command");
+    // Still running there: the next poll goes out at once (the host waited).
+    let r = sequenced(vec![ok(&format!(
+        "{}NixgateProfile={OLD}\n",
+        answer(COLLECTED, "exited 0", NEW)
+    ))]);
+    let first = parse_poll(&answer(RUNNING, "started", OLD)).unwrap();
+    let (out, _) = run_from(&r, 300, Some(first)).await;
+    assert_eq!(
+        out,
+        VerifyOutcome::Settled {
+            elapsed: Duration::ZERO,
+            polls: 2,
+            profile: Some(Some(sp(OLD))),
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,15 +319,16 @@ async fn hang_times_out() {
             seen,
             last,
         } => {
-            // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, then every 2 s; the last wait
-            // is cut to end at the 30 s deadline, where the poll decides.
+            // A poll every 2 s (0 .. 28 s), and one at the 30 s deadline
+            // (its wait cut to nothing), where the poll decides.
             assert_eq!(elapsed, Duration::from_secs(30));
             assert_eq!(seen, Some(sp(NEW)));
             assert_eq!(last, Some(JobState::Running));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(r.argvs().len(), 19);
+    assert_eq!(r.argvs().len(), 16);
+    assert_eq!(r.argvs().last().unwrap()[7], "0");
 }
 
 #[tokio::test(start_paused = true)]
@@ -319,19 +441,37 @@ async fn real_detached_job_is_polled_to_the_end() {
             &paths,
         );
         let r = LocalRemote::new("local");
+        let watched = Watched {
+            current_system: current.to_str().unwrap(),
+            profile: None,
+        };
+        let around = switch::Around {
+            lock: "/nonexistent",
+            watched,
+            wait: Duration::ZERO,
+        };
+        let fired_at = tokio::time::Instant::now();
         assert_eq!(
-            switch::fire(&r, &job, false, false).await,
-            switch::FireOutcome::Started
+            switch::fire(&r, &job, (false, false), around, false).await,
+            switch::Launch::Tried {
+                unchecked: false,
+                outcome: switch::FireOutcome::Started,
+                first: None
+            }
         );
         let previous = sp(OLD);
         let out = verify_poll(
             &r,
             &job,
-            current.to_str().unwrap(),
+            watched,
             &closure,
             &previous,
             Duration::from_millis(200),
-            tokio::time::Instant::now() + Duration::from_secs(20),
+            fired_at + Duration::from_secs(20),
+            FirstPoll {
+                fired_at,
+                snapshot: None,
+            },
             &|_| {},
         )
         .await;

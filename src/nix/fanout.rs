@@ -29,6 +29,17 @@
 //! buffer by copying it whole for every 32 KiB message, and on a 19 MiB
 //! closure of 64 KiB paths the host's sshd spent 0.32 s of CPU (0.10 s
 //! with `nix-copy-closure`, whose sender is slower).
+//!
+//! 1 MiB, not 2 MiB (OpenSSH's session window), at a distance too (issue
+//! 21): one host, the 19 MiB change, RTT 50 ms, medians of 3 rounds, two
+//! runs back to back (`RTT=50ms ROUNDS=3 SKIP_SEQ=1 scripts/bench-fleet
+//! push 1`, 2026-12-02): with 2 MiB the builder's link counted the same
+//! turns (42 gated / 43 switch; that stream is paced by russh's channel
+//! window, not by this one), the host's link 48 / 45 against 56 / 41 (the
+//! copy's turns move with the load, 7 against 13), host CPU 0.78 / 0.73 s
+//! against 0.87 / 0.80 s at that lower load; against the export loop of
+//! its own run, gated was 2.55x (2 MiB) and 2.28x (1 MiB). Nothing gained
+//! that the rounds' spread does not cover, so the smaller buffer stays.
 
 use std::collections::{HashSet, VecDeque};
 

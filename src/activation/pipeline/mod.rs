@@ -296,16 +296,20 @@ impl<R: Remote> Run<'_, R> {
         self.start(Gate::LiveActivate);
         if self.s.os == Os::Linux && deferred.is_none() {
             self.step(Step::CheckInhibitors);
-            let compare = inhibitors::detect_switch_inhibitors(
+            let compare = inhibitors::before_live_switch(
                 self.remote,
                 &self.s.paths.current_system,
                 &cand,
+                self.s.sudo,
             );
             match bounded("compare critical components", STEP_LIMIT, compare).await {
-                Ok(changes) if !changes.is_empty() => {
-                    deferred = Some(RebootReason::Components { changes })
+                Ok(before) => {
+                    self.record_failed_units(before.failed);
+                    if !before.changes.is_empty() {
+                        let changes = before.changes;
+                        deferred = Some(RebootReason::Components { changes })
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => return self.fail_clean(Gate::LiveActivate, remote_err("inhibitors", e)),
             }
         }
@@ -342,7 +346,8 @@ impl<R: Remote> Run<'_, R> {
     }
 
     /// Step 6 after a run: the profile must be where this deploy left it.
-    async fn self_correct(&mut self) {
+    /// `seen`: where the run's last poll found it (`None`: read it now).
+    async fn self_correct(&mut self, seen: Option<Option<StorePath>>) {
         let expected = if self.profile_set {
             Some(self.req.candidate.clone())
         } else {
@@ -354,7 +359,7 @@ impl<R: Remote> Run<'_, R> {
             profile: profile.clone(),
         });
         let check =
-            profile::self_correct_profile(self.remote, &profile, &expected, self.s.sudo).await;
+            profile::self_correct_from(self.remote, &profile, &expected, self.s.sudo, seen).await;
         if check != ProfileCheck::Intact {
             (self.emit)(ActivationEvent::Warning {
                 warning: Warning::Profile { profile, check },
@@ -376,14 +381,18 @@ impl<R: Remote> Run<'_, R> {
         if let Err(outcome) = self.arm(&job).await {
             return outcome;
         }
-        self.record_failed_units().await;
         match run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await {
-            SwitchResult::Settled(ev) => {
+            SwitchResult::Settled {
+                evidence: ev,
+                profile,
+            } => {
                 self.live_changed = true;
                 if let Err(outcome) = self.confirm(&job).await {
                     return outcome;
                 }
-                self.self_correct().await;
+                // The dead-man revert, if any, is disarmed: the profile is
+                // where the switch's last poll saw it.
+                self.self_correct(profile).await;
                 if let Err(outcome) = self
                     .upload_keys(UploadAt::PostActivation, Gate::LiveActivate)
                     .await
@@ -425,7 +434,7 @@ impl<R: Remote> Run<'_, R> {
         if self.pre_profile.is_some() {
             self.profile_set = false;
             self.boot_changed = false;
-            self.self_correct().await;
+            self.self_correct(None).await;
         }
     }
 

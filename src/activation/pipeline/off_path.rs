@@ -2,6 +2,8 @@
 //! deferring a change to a reboot, a host already on the candidate, and
 //! rolling back after a failure.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 impl<R: Remote> Run<'_, R> {
@@ -30,8 +32,11 @@ impl<R: Remote> Run<'_, R> {
             self.pre_current.clone()
         };
         match run_detached(self.remote, self.s, &mut job, &now, &now, self.emit).await {
-            SwitchResult::Settled(ev) => {
-                self.self_correct().await;
+            SwitchResult::Settled {
+                evidence: ev,
+                profile,
+            } => {
+                self.self_correct(profile).await;
                 self.pass(
                     gate,
                     GateEvidence::Persist {
@@ -208,22 +213,18 @@ impl<R: Remote> Run<'_, R> {
 }
 
 impl<R: Remote> Run<'_, R> {
-    /// Before the live switch: which units are failed already (Linux).
-    pub(super) async fn record_failed_units(&mut self) {
-        if self.s.os != Os::Linux {
-            return;
-        }
-        // Best effort: without the list, nothing is reset before a rollback.
-        if let Ok(units) =
-            crate::activation::failed_units::failed_units(self.remote, self.s.sudo).await
+    /// Before the live switch: which units are failed already (Linux;
+    /// read with the critical components, one command). Best effort:
+    /// without the list, nothing is reset before a rollback.
+    pub(super) fn record_failed_units(&mut self, units: Option<BTreeSet<String>>) {
+        if let Some(units) = &units
+            && !units.is_empty()
         {
-            if !units.is_empty() {
-                self.step(Step::RecordFailedUnits {
-                    units: units.iter().cloned().collect(),
-                });
-            }
-            self.pre_failed = Some(units);
+            self.step(Step::RecordFailedUnits {
+                units: units.iter().cloned().collect(),
+            });
         }
+        self.pre_failed = units;
     }
 
     /// A rollback whose switch exited 4 with the host on its target, and
