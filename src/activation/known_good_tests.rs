@@ -92,6 +92,18 @@ async fn mark_commands() {
     assert_eq!(rec["commit"], "3f2a9c1");
 }
 
+/// A store path made from a file named `name` holding its name.
+fn add_to_store(d: &std::path::Path, name: &str) -> String {
+    std::fs::write(d.join(name), name).unwrap();
+    let out = std::process::Command::new("nix-store")
+        .arg("--add")
+        .arg(d.join(name))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Real: two marks on a temporary profile; the history lists both
 /// generations with their records and knows which is current; re-marking the
 /// current closure adds no generation.
@@ -100,16 +112,7 @@ async fn mark_commands() {
 async fn real_profile_history() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let add = |name: &str| {
-        std::fs::write(d.join(name), name).unwrap();
-        let out = std::process::Command::new("nix-store")
-            .arg("--add")
-            .arg(d.join(name))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let add = |name: &str| add_to_store(d, name);
     let (a, b) = (add("sys-a"), add("sys-b"));
     let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
     paths.known_good_profile = d.join("profiles/nixgate-known-good").display().to_string();
@@ -173,13 +176,7 @@ async fn real_profile_history() {
 async fn real_mark_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("sys-a"), "sys-a").unwrap();
-    let out = std::process::Command::new("nix-store")
-        .arg("--add")
-        .arg(d.join("sys-a"))
-        .output()
-        .unwrap();
-    let a = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let a = add_to_store(d, "sys-a");
     let real = String::from_utf8(
         std::process::Command::new("sh")
             .args(["-c", "command -v nix-env"])
@@ -243,15 +240,7 @@ async fn real_mark_twice_at_once() {
 async fn real_mark_again_cut_short_and_undone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let add = |name: &str| {
-        std::fs::write(d.join(name), name).unwrap();
-        let out = std::process::Command::new("nix-store")
-            .arg("--add")
-            .arg(d.join(name))
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let add = |name: &str| add_to_store(d, name);
     let (a, b) = (add("sys-a"), add("sys-b"));
     let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
     paths.known_good_profile = d.join("profiles/nixgate-known-good").display().to_string();
