@@ -165,17 +165,6 @@ pub async fn before_live_switch<R: Remote>(
     })
 }
 
-/// Step 7 alone: which critical components the candidate changes.
-pub async fn detect_switch_inhibitors<R: Remote>(
-    remote: &R,
-    current_system: &str,
-    candidate: &StorePath,
-) -> anyhow::Result<Vec<ComponentChange>> {
-    Ok(before_live_switch(remote, current_system, candidate, false)
-        .await?
-        .changes)
-}
-
 /// A failed NixOS pre-switch check found in a switch's output.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PreSwitchFailure {
@@ -231,10 +220,10 @@ mod tests {
                 "{answer}NixgateFailed=x.service loaded failed failed x\nNixgateFailedUnits=listed\n"
             ))
         });
-        let changes =
-            detect_switch_inhibitors(&r, "/run/current-system", &StorePath::parse(CAND).unwrap())
-                .await
-                .unwrap();
+        let changes = before_live_switch(&r, "/run/current-system", &sp(CAND), false)
+            .await
+            .unwrap()
+            .changes;
         assert_eq!(
             changes.iter().map(|c| c.component).collect::<Vec<_>>(),
             vec![Component::Systemd, Component::SystemdBinary]

@@ -62,20 +62,11 @@ pub enum ProfileCheck {
     },
 }
 
-/// Step 6: make sure `profile` points at `expected` after an activation.
+/// Step 6: make sure `profile` points at `expected` after an activation,
+/// starting from where the switch's last poll found it (`seen`; `None`:
+/// not read there, so read it now). The poll that saw the job exit reads
+/// the profile too: one round trip fewer after every switch.
 pub async fn self_correct_profile<R: Remote>(
-    remote: &R,
-    profile: &str,
-    expected: &StorePath,
-    sudo: bool,
-) -> ProfileCheck {
-    self_correct_from(remote, profile, expected, sudo, None).await
-}
-
-/// Step 6 from where the switch's last poll found `profile` (`seen`;
-/// `None`: not read there, so read it now). Saves the read's round trip
-/// after every switch: the poll that saw the job exit read the profile too.
-pub async fn self_correct_from<R: Remote>(
     remote: &R,
     profile: &str,
     expected: &StorePath,
@@ -145,7 +136,7 @@ mod tests {
         // Intact: one read, no set.
         let r = ScriptedRemote::new("web1", |_| ok(&format!("{A}\n")));
         assert_eq!(
-            self_correct_profile(&r, PROFILE, &sp(A), false).await,
+            self_correct_profile(&r, PROFILE, &sp(A), false, None).await,
             ProfileCheck::Intact
         );
         assert_eq!(r.argvs(), vec![read_link_command(PROFILE).argv().to_vec()]);
@@ -159,7 +150,7 @@ mod tests {
             }
         });
         assert_eq!(
-            self_correct_profile(&r, PROFILE, &sp(A), false).await,
+            self_correct_profile(&r, PROFILE, &sp(A), false, None).await,
             ProfileCheck::Corrected {
                 found: Some(sp(B)),
                 restored: sp(A)
@@ -178,7 +169,7 @@ mod tests {
                 )
             }
         });
-        match self_correct_profile(&r, PROFILE, &sp(A), false).await {
+        match self_correct_profile(&r, PROFILE, &sp(A), false, None).await {
             ProfileCheck::CorrectionFailed { found, error, .. } => {
                 assert_eq!(found, Some(sp(B)));
                 assert!(error.contains("Permission denied"), "{error}");
@@ -219,7 +210,7 @@ mod tests {
         );
         set(&r, &profile, &b, false).await.unwrap();
         assert_eq!(
-            self_correct_profile(&r, &profile, &a, false).await,
+            self_correct_profile(&r, &profile, &a, false, None).await,
             ProfileCheck::Corrected {
                 found: Some(b),
                 restored: a.clone()

@@ -359,7 +359,8 @@ impl<R: Remote> Run<'_, R> {
             profile: profile.clone(),
         });
         let check =
-            profile::self_correct_from(self.remote, &profile, &expected, self.s.sudo, seen).await;
+            profile::self_correct_profile(self.remote, &profile, &expected, self.s.sudo, seen)
+                .await;
         if check != ProfileCheck::Intact {
             (self.emit)(ActivationEvent::Warning {
                 warning: Warning::Profile { profile, check },
