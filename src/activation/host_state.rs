@@ -111,11 +111,7 @@ pub fn parse_facts(text: &str) -> Facts {
                 .to_owned()
         }),
         current_system: StorePath::parse(current).ok(),
-        free_nix_bytes: df
-            .split_whitespace()
-            .nth(3)
-            .and_then(|k| k.parse::<u64>().ok())
-            .map(|k| k * 1024),
+        free_nix_bytes: crate::nix::space::parse_df("/nix", df).map(|s| s.free_bytes),
     }
 }
 
