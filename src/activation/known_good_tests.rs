@@ -104,6 +104,19 @@ fn add_to_store(d: &std::path::Path, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Host paths for the known-good profile, its records and the baseline
+/// under `d` (its `profiles/` made).
+fn temp_paths(d: &std::path::Path) -> HostPaths {
+    let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
+    let at = |p: &str| d.join(p).display().to_string();
+    paths.known_good_profile = at("profiles/nixgate-known-good");
+    paths.known_good_records = at("records");
+    paths.baseline = at("baseline.json");
+    paths.baseline_root = at("baseline-root");
+    std::fs::create_dir(d.join("profiles")).unwrap();
+    paths
+}
+
 /// Real: two marks on a temporary profile; the history lists both
 /// generations with their records and knows which is current; re-marking the
 /// current closure adds no generation.
@@ -114,10 +127,7 @@ async fn real_profile_history() {
     let d = dir.path();
     let add = |name: &str| add_to_store(d, name);
     let (a, b) = (add("sys-a"), add("sys-b"));
-    let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
-    paths.known_good_profile = d.join("profiles/nixgate-known-good").display().to_string();
-    paths.known_good_records = d.join("records").display().to_string();
-    std::fs::create_dir(d.join("profiles")).unwrap();
+    let paths = temp_paths(d);
     let r = LocalRemote::new("local");
     assert!(history(&r, &paths).await.unwrap().is_empty());
     assert_eq!(current(&r, &paths).await.unwrap(), None);
@@ -242,12 +252,7 @@ async fn real_mark_again_cut_short_and_undone() {
     let d = dir.path();
     let add = |name: &str| add_to_store(d, name);
     let (a, b) = (add("sys-a"), add("sys-b"));
-    let mut paths = HostPaths::for_os(crate::activation::Os::Linux);
-    paths.known_good_profile = d.join("profiles/nixgate-known-good").display().to_string();
-    paths.known_good_records = d.join("records").display().to_string();
-    paths.baseline = d.join("baseline.json").display().to_string();
-    paths.baseline_root = d.join("baseline-root").display().to_string();
-    std::fs::create_dir(d.join("profiles")).unwrap();
+    let paths = temp_paths(d);
     let r = LocalRemote::new("local");
     let mut first = request(&a, 100);
     first.previous = Some(StorePath::parse(&b).unwrap());
