@@ -242,6 +242,18 @@ async fn real_mark_twice_at_once() {
     assert_eq!(record["generation"], 1);
 }
 
+/// What a mark by `run` leaves when its host goes down between its
+/// `nix-env --set` of `closure` and its record (the profile was on
+/// generation 1).
+fn cut_off_after_nix_env(d: &std::path::Path, prof: &str, run: &str, closure: &str) {
+    std::fs::write(d.join(format!("records/.pending-{run}.replaced")), "1\n").unwrap();
+    let set = std::process::Command::new("nix-env")
+        .args(["-p", prof, "--set", closure])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+}
+
 /// Real: a mark run twice by one run (its answer was lost) stands as first
 /// made; a record cut short changes nothing; a mark the deploy gave up on
 /// is undone, and an undo by another run touches nothing.
@@ -308,12 +320,7 @@ async fn real_mark_again_cut_short_and_undone() {
 
     // Cut off between the profile and the record (the host went down):
     // what `MARK` left behind is enough to undo it.
-    std::fs::write(d.join("records/.pending-r4.replaced"), "1\n").unwrap();
-    let set = std::process::Command::new("nix-env")
-        .args(["-p", prof, "--set", &b])
-        .output()
-        .unwrap();
-    assert!(set.status.success());
+    cut_off_after_nix_env(d, prof, "r4", &b);
     let h = history(&r, &paths).await.unwrap();
     assert!(h.last().unwrap().current && h.last().unwrap().record.is_none());
     let undo = run(UNDO_MARK, &[prof, records, "r4", ""], b"").await;
@@ -325,12 +332,7 @@ async fn real_mark_again_cut_short_and_undone() {
 
     // Cut off there again, and this time the mark is run again when the
     // host is back: it adopts the generation and says what it replaced.
-    std::fs::write(d.join("records/.pending-r5.replaced"), "1\n").unwrap();
-    let set = std::process::Command::new("nix-env")
-        .args(["-p", prof, "--set", &b])
-        .output()
-        .unwrap();
-    assert!(set.status.success());
+    cut_off_after_nix_env(d, prof, "r5", &b);
     let before = history(&r, &paths).await.unwrap().len();
     let mut again = request(&b, 500);
     again.run_id = RunId::parse("r5").unwrap();
