@@ -216,7 +216,8 @@ pub async fn arm<R: Remote>(
     sudo: bool,
 ) -> anyhow::Result<()> {
     let script = revert_script(a, run_id, paths, revert);
-    crate::remote::exec_input(remote, &arm_command(a, sudo), script.as_bytes())
+    remote
+        .exec_small_input(&arm_command(a, sudo), script.as_bytes())
         .await
         .with_context(|| format!("arming {} on {}", a.unit, remote.name()))?
         .check(&format!("arming the dead-man timer {}", a.unit))?;

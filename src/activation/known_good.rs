@@ -364,7 +364,7 @@ pub async fn mark<R: Remote>(
         ])
         .sudo(sudo);
     let out = Patient::new(remote, req.patience)
-        .exec_input(&cmd, &body)
+        .exec_small_input(&cmd, &body)
         .await;
     let lost = match &out {
         Err(_) => true,

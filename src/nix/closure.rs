@@ -236,7 +236,8 @@ pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Resu
         input.push_str(p.as_str());
         input.push('\n');
     }
-    let out = crate::remote::exec_input(remote, &cmd, input.as_bytes())
+    let out = remote
+        .exec_small_input(&cmd, input.as_bytes())
         .await
         .with_context(|| format!("asking {} which paths it lacks", remote.name()))?
         .check(&format!("nix-store --check-validity on {}", remote.name()))?;

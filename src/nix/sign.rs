@@ -118,7 +118,8 @@ pub async fn restore<B: Remote, T: Remote>(
         return Ok(done);
     }
     input.push_str(&list);
-    crate::remote::exec_input(target, &Command::script(COPY_SIGS), input.as_bytes())
+    target
+        .exec_small_input(&Command::script(COPY_SIGS), input.as_bytes())
         .await
         .with_context(|| format!("copying signatures to {}", target.name()))?
         .check(&format!(
@@ -141,7 +142,8 @@ async fn untrusted<'a, T: Remote>(
         input.push_str(p.path.as_str());
         input.push('\n');
     }
-    let out = crate::remote::exec_input(target, &Command::script(VERIFY), input.as_bytes())
+    let out = target
+        .exec_small_input(&Command::script(VERIFY), input.as_bytes())
         .await
         .with_context(|| format!("checking signatures on {}", target.name()))?;
     let err = out.stderr_str();

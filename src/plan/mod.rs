@@ -367,6 +367,9 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
                     plan_cancelled = Some(PlanStage::Diff);
                 }
             }
+            if matches!(req, Request::Push { .. }) && plan_cancelled.is_none() {
+                early_connect::relay_stream(p, &verdicts).await;
+            }
             if let (Some(expect), None) = (expect, plan_cancelled) {
                 let gate =
                     diffgate::run(p, &mut verdicts, &built.drvs, expect.as_deref(), source).await;

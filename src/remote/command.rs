@@ -138,6 +138,27 @@ impl Command {
     }
 }
 
+/// The longest command line that carries its input ([`Command::render_with_input`]):
+/// sshd hands the line to the login shell as one argument, and Linux takes
+/// at most 128 KiB in one.
+const INLINE_MAX: usize = 64 * 1024;
+
+impl Command {
+    /// The shell text running this command with `input` as its stdin,
+    /// carried in the line itself (`printf '%s' INPUT | COMMAND`), or `None`
+    /// when the input is not text without NUL bytes or the line would be
+    /// over 64 KiB. Only for input that may be seen in the host's process
+    /// list: never a secret.
+    pub fn render_with_input(&self, input: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(input).ok()?;
+        if text.contains('\0') {
+            return None;
+        }
+        let line = format!("printf '%s' {} | {}", quote(text), self.render());
+        (line.len() <= INLINE_MAX).then_some(line)
+    }
+}
+
 /// How `sudo` is told the user's password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SudoAuth {
@@ -189,6 +210,43 @@ mod tests {
             Some(124),
             "timeout(1)'s exit for a command it ended"
         );
+    }
+
+    #[test]
+    fn input_in_the_line_reaches_stdin_byte_for_byte() {
+        let input = "a 'quoted' line\n%s \\n $HOME `x` \"y\"\n-n\ttab\n\n";
+        let line = Command::script("cat; echo \"|$1\"")
+            .arg("arg")
+            .render_with_input(input.as_bytes())
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{input}|arg\n")
+        );
+        assert_eq!(out.status.code(), Some(0));
+        // The command's exit is the line's.
+        let line = Command::script("cat >/dev/null; exit 7")
+            .render_with_input(b"x")
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7));
+    }
+
+    #[test]
+    fn input_that_cannot_ride_in_the_line_is_refused() {
+        let c = Command::new("cat");
+        assert!(c.render_with_input(b"a\0b").is_none());
+        assert!(c.render_with_input(&[0xff, 0xfe]).is_none());
+        assert!(c.render_with_input(&vec![b'x'; 70 * 1024]).is_none());
+        assert!(c.render_with_input(&vec![b'x'; 60 * 1024]).is_some());
+        assert!(c.render_with_input(b"").is_some());
     }
 
     #[test]

@@ -89,14 +89,18 @@ impl<R: Remote> Remote for Patient<'_, R> {
     async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
         self.inner.exec_piped(cmd).await
     }
+
+    fn prepare_stream(&self) {
+        self.inner.prepare_stream()
+    }
 }
 
 impl<R: Remote> Patient<'_, R> {
-    /// [`super::exec_input`], sending the input again after a lost
-    /// connection.
-    pub async fn exec_input(&self, cmd: &Command, input: &[u8]) -> anyhow::Result<Output> {
+    /// [`Remote::exec_small_input`] (so never a secret), sending the input
+    /// again after a lost connection.
+    pub async fn exec_small_input(&self, cmd: &Command, input: &[u8]) -> anyhow::Result<Output> {
         retried(self.inner.name(), self.deadline, || {
-            super::exec_input(self.inner, cmd, input)
+            self.inner.exec_small_input(cmd, input)
         })
         .await
     }

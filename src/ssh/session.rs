@@ -10,6 +10,13 @@
 //! trips each to 1 (BENCHMARKS.md, "The round trips of one gated push").
 //! The spare is one more session on the connection: [`MAX_CHANNELS`] + 1
 //! stays under OpenSSH's `MaxSessions 10`.
+//!
+//! A bulk stream gets a connection of its own, and a new connection is a
+//! TCP and SSH handshake: 6 round trips, 0.3 s at 50 ms. Told that a stream
+//! will follow ([`Remote::prepare_stream`]), the session opens that
+//! connection ahead of need, and the stream takes it. The relay's builder
+//! stream opened only when the copy began, and waited out its handshake
+//! while the host's side was ready (issue 21; numbers in BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +25,7 @@ use anyhow::Context as _;
 use russh::Channel;
 use russh::client::Msg;
 use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
 
 use super::connect::{Conn, ConnectInfo, connect};
 use super::error::ConnectError;
@@ -47,6 +55,8 @@ struct Inner {
     closed: AtomicBool,
     /// A channel being opened (or open) ahead of the next command.
     spare: std::sync::Mutex<Option<Spare>>,
+    /// A connection being made (or made) ahead of the next stream.
+    stream_spare: std::sync::Mutex<Option<JoinHandle<Result<Conn, ConnectError>>>>,
     /// The user's sudo password, once sudo on this host proved to ask for it.
     sudo_password: std::sync::OnceLock<Arc<Secret>>,
 }
@@ -61,19 +71,25 @@ impl SshSession {
     /// Connect and authenticate (through jump hosts), verifying host keys.
     pub async fn connect(target: SshTarget) -> Result<SshSession, ConnectError> {
         let pins = Pins::default();
-        let conn = connect(&target, &pins).await?;
-        Ok(SshSession {
+        let conn = Arc::new(connect(&target, &pins).await?);
+        let session = SshSession {
             inner: Arc::new(Inner {
                 info: std::sync::Mutex::new(conn.info.clone()),
-                conn: Mutex::new(Arc::new(conn)),
+                conn: Mutex::new(conn.clone()),
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 pins,
                 target,
                 closed: AtomicBool::new(false),
                 spare: std::sync::Mutex::new(None),
+                stream_spare: std::sync::Mutex::new(None),
                 sudo_password: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        // The first command's channel opens now: a session connected ahead
+        // of need (the hosts during the build, the confirm's fresh one)
+        // answers its first command in one round trip, not two.
+        session.refill(&conn);
+        Ok(session)
     }
 
     /// How the current connection was made.
@@ -130,6 +146,9 @@ impl SshSession {
         self.inner.closed.store(true, Ordering::SeqCst);
         if let Some(spare) = self.take_spare() {
             spare.opening.abort();
+        }
+        if let Some(spare) = self.take_stream_spare() {
+            spare.abort();
         }
         let conn = self.inner.conn.lock().await.clone();
         conn.disconnect().await;
@@ -235,6 +254,59 @@ impl SshSession {
         });
     }
 
+    fn take_stream_spare(&self) -> Option<JoinHandle<Result<Conn, ConnectError>>> {
+        match self.inner.stream_spare.lock() {
+            Ok(mut s) => s.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    /// A connection for a stream: the one made ahead of need when it is
+    /// up, else a new one (a spare that failed is logged and replaced: the
+    /// stream's own attempt says what is wrong, with its own error).
+    async fn stream_conn(&self) -> anyhow::Result<Conn> {
+        if let Some(spare) = self.take_stream_spare() {
+            match spare.await {
+                Ok(Ok(conn)) if !conn.is_closed() => return Ok(conn),
+                Ok(Ok(_)) => tracing::debug!(
+                    host = %self.inner.target.name,
+                    "the connection made ahead for a stream had closed"
+                ),
+                Ok(Err(e)) => tracing::debug!(
+                    host = %self.inner.target.name,
+                    "the connection made ahead for a stream failed: {e}"
+                ),
+                Err(e) => tracing::debug!(host = %self.inner.target.name, "{e}"),
+            }
+        }
+        connect(&self.inner.target, &self.inner.pins)
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: opening a connection for a stream",
+                    self.inner.target.name
+                )
+            })
+    }
+
+    /// Run `text` (`cmd` rendered), stdin `input` then EOF, collected.
+    async fn exec_text(&self, cmd: &Command, text: &str, input: &[u8]) -> anyhow::Result<Output> {
+        let _permit = self.slot().await?;
+        let started = std::time::Instant::now();
+        let channel = self.open_channel().await?;
+        let out = exec::collect(channel, text, input)
+            .await
+            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
+        tracing::debug!(
+            host = %self.inner.target.name,
+            ms = started.elapsed().as_millis() as u64,
+            exit = %out.exit,
+            "exec {}",
+            brief(cmd)
+        );
+        Ok(out)
+    }
+
     /// A new session channel, reconnecting once if the connection is dead.
     async fn open_new_channel(&self, conn: Arc<Conn>) -> anyhow::Result<Channel<Msg>> {
         match conn.handle.channel_open_session().await {
@@ -268,21 +340,20 @@ impl Remote for SshSession {
     }
 
     async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
-        let _permit = self.slot().await?;
-        let started = std::time::Instant::now();
-        let channel = self.open_channel().await?;
         let (text, input) = self.prepare(cmd);
-        let out = exec::collect(channel, &text, &input)
-            .await
-            .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
-        tracing::debug!(
-            host = %self.inner.target.name,
-            ms = started.elapsed().as_millis() as u64,
-            exit = %out.exit,
-            "exec {}",
-            brief(cmd)
-        );
-        Ok(out)
+        self.exec_text(cmd, &text, &input).await
+    }
+
+    async fn exec_small_input(&self, cmd: &Command, input: &[u8]) -> anyhow::Result<Output> {
+        // A sudo that reads its password from stdin keeps stdin.
+        let inline = match self.inner.sudo_password.get() {
+            Some(_) if cmd.is_sudo() => None,
+            _ => cmd.render_with_input(input),
+        };
+        match inline {
+            Some(text) => self.exec_text(cmd, &text, &[]).await,
+            None => crate::remote::exec_input(self, cmd, input).await,
+        }
     }
 
     async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
@@ -290,19 +361,28 @@ impl Remote for SshSession {
         tracing::debug!(host = %self.inner.target.name, "stream {}", brief(cmd));
         // A dedicated connection: a slow stream reader must not stall the
         // channels of the shared one.
-        let conn = connect(&self.inner.target, &self.inner.pins)
-            .await
-            .with_context(|| {
-                format!(
-                    "{}: opening a connection for a stream",
-                    self.inner.target.name
-                )
-            })?;
+        let conn = self.stream_conn().await?;
         let (text, input) = self.prepare(cmd);
         let s = exec::stream(conn, &text)
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
         Self::feed(s, &input).await
+    }
+
+    fn prepare_stream(&self) {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut slot = match self.inner.stream_spare.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if slot.is_some() {
+            return;
+        }
+        let target = self.inner.target.clone();
+        let pins = self.inner.pins.clone();
+        *slot = Some(tokio::spawn(async move { connect(&target, &pins).await }));
     }
 
     async fn exec_watched(

@@ -83,28 +83,34 @@ impl<R: Remote> Run<'_, R> {
             ..armed.clone()
         };
         let revert = self.revert_plan(job);
+        self.step(Step::ConfirmNewConnection { within: window });
         // Over the existing session: if that fails too, the first (longer)
-        // timer still stands.
-        if deadman::arm(
+        // timer still stands. The new connection's handshake (6 round
+        // trips) runs meanwhile: the switch has settled, and nothing is
+        // disarmed before the re-arm has answered.
+        let rearm = deadman::arm(
             self.remote,
             &shorter,
             &self.req.run_id,
             &self.s.paths,
             &revert,
             self.s.sudo,
-        )
-        .await
-        .is_ok()
-        {
+        );
+        let (rearmed, first) = tokio::join!(rearm, self.fresh.fresh());
+        if rearmed.is_ok() {
             due = tokio::time::Instant::now() + window;
             self.armed = Some((armed.clone(), due));
         }
-        self.step(Step::ConfirmNewConnection { within: window });
         // Give up a moment before the host reverts, so a disarm in flight
         // cannot race its revert.
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
+        let mut first = Some(first);
         let error = loop {
-            let error = match self.confirm_once(&armed).await {
+            let fresh = match first.take() {
+                Some(made) => made,
+                None => self.fresh.fresh().await,
+            };
+            let error = match self.confirm_once(fresh, &armed).await {
                 Ok(()) => {
                     self.armed = None;
                     return Ok(());
@@ -122,12 +128,9 @@ impl<R: Remote> Run<'_, R> {
         Err(self.await_revert(CutOff::NoNewConnection { error }).await)
     }
 
-    async fn confirm_once(&self, armed: &Armed) -> Result<(), Confirm> {
-        let fresh = self
-            .fresh
-            .fresh()
-            .await
-            .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+    /// Confirm over `fresh`, a new connection (or why it could not be made).
+    async fn confirm_once(&self, fresh: anyhow::Result<R>, armed: &Armed) -> Result<(), Confirm> {
+        let fresh = fresh.map_err(|e| Confirm::Failed(format!("{e:#}")))?;
         let now = links::read_store_link(&fresh, &self.s.paths.current_system)
             .await
             .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
