@@ -86,9 +86,14 @@ pub fn parse(stdout: &str, run_id: &RunId) -> Found {
     found
 }
 
+/// The command listing nixgate's units ([`LIST`]).
+pub(crate) fn list_command() -> Command {
+    Command::script(LIST)
+}
+
 async fn list<R: Remote>(remote: &R, run_id: &RunId) -> anyhow::Result<Found> {
     let out = remote
-        .exec(&Command::script(LIST))
+        .exec(&list_command())
         .await
         .with_context(|| format!("listing nixgate units on {}", remote.name()))?
         .check("listing nixgate units")?;

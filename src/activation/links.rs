@@ -52,12 +52,17 @@ pub async fn read_store_link<R: Remote>(
 }
 
 /// The store paths several links resolve to (`None`: absent), with one command.
+/// The command [`read_store_links`] runs.
+pub(crate) fn read_links_command(paths: &[&str]) -> Command {
+    Command::script(READ_LINKS).args(paths.iter().copied())
+}
+
 pub async fn read_store_links<R: Remote>(
     remote: &R,
     paths: &[&str],
 ) -> anyhow::Result<Vec<Option<StorePath>>> {
     let out = remote
-        .exec(&Command::script(READ_LINKS).args(paths.iter().copied()))
+        .exec(&read_links_command(paths))
         .await
         .with_context(|| format!("reading {} on {}", paths.join(", "), remote.name()))?
         .check(&format!("readlink -f {}", paths.join(" ")))?;

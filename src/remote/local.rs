@@ -62,6 +62,10 @@ impl Remote for LocalRemote {
         Ok(Output::new(exit_of(out.status), out.stdout, out.stderr))
     }
 
+    async fn exec_batch(&self, cmds: &[Command]) -> Vec<super::Output> {
+        super::batch::run_framed(self, cmds).await
+    }
+
     async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
         let mut child = self.spawn(cmd)?;
         let stdin = child.stdin.take().context("local child has no stdin")?;

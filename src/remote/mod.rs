@@ -7,6 +7,7 @@
 //! [`scripted::ScriptedRemote`] to assert the exact argv that would be sent.
 //! Shell quoting happens in exactly one place, [`Command::render`].
 
+pub mod batch;
 pub mod command;
 pub mod local;
 pub mod patient;
@@ -209,6 +210,16 @@ pub trait Remote: Send + Sync {
         Self: Sized,
     {
         exec_input(self, cmd, input)
+    }
+
+    /// Run `cmds` one after another in one exec, stdin empty, and return
+    /// their outputs in order ([`batch`]); fewer than `cmds` when the batch
+    /// was cut short or cannot run here, and then the rest run on their
+    /// own. This default runs nothing ahead: a test remote sees every
+    /// command when the code asks for it.
+    fn exec_batch(&self, cmds: &[Command]) -> impl Future<Output = Vec<Output>> + Send {
+        let _ = cmds;
+        std::future::ready(Vec::new())
     }
 
     /// A hint that an [`Remote::exec_stream`] will follow: over SSH its

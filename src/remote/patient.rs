@@ -93,6 +93,10 @@ impl<R: Remote> Remote for Patient<'_, R> {
     fn prepare_stream(&self) {
         self.inner.prepare_stream()
     }
+
+    async fn exec_batch(&self, cmds: &[Command]) -> Vec<Output> {
+        self.inner.exec_batch(cmds).await
+    }
 }
 
 impl<R: Remote> Patient<'_, R> {

@@ -369,6 +369,14 @@ impl Remote for SshSession {
         Self::feed(s, &input).await
     }
 
+    async fn exec_batch(&self, cmds: &[Command]) -> Vec<Output> {
+        // A sudo that reads its password from stdin cannot run in a batch.
+        if self.inner.sudo_password.get().is_some() && cmds.iter().any(Command::is_sudo) {
+            return Vec::new();
+        }
+        crate::remote::batch::run_framed(self, cmds).await
+    }
+
     fn prepare_stream(&self) {
         if self.inner.closed.load(Ordering::SeqCst) {
             return;

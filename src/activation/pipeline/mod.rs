@@ -31,7 +31,9 @@ use super::{dry_activate, health, inhibitors, leftovers, links, privilege, reali
 use crate::gates::{Gate, Goal, SwitchAction};
 use crate::keys::UploadAt;
 use crate::nix::StorePath;
+use crate::remote::Command;
 use crate::remote::Remote;
+use crate::remote::batch::prefetch;
 
 /// What to activate where.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,6 +185,84 @@ impl<R: Remote> Run<'_, R> {
         )
     }
 
+    /// The three links the run starts from: the running system, the
+    /// system profile, the known-good.
+    fn start_links(&self) -> [&str; 3] {
+        let paths = &self.s.paths;
+        [
+            &paths.current_system,
+            &self.s.system_profile,
+            &paths.known_good_profile,
+        ]
+    }
+
+    /// The quick commands after the copy: realise, earlier runs' units,
+    /// the links; one round trip for all (see [`crate::remote::batch`]).
+    fn after_copy_reads(&self) -> Vec<Command> {
+        let goal = self.req.goal;
+        let mut cmds = vec![realise::realise_command(&self.req.candidate)];
+        if goal == Goal::Copy {
+            return cmds;
+        }
+        if goal != Goal::DryActivate && self.s.os != Os::Darwin {
+            cmds.push(leftovers::list_command());
+        }
+        cmds.push(links::read_links_command(&self.start_links()));
+        cmds
+    }
+
+    /// Realise the candidate, settle what earlier runs left, and read the
+    /// links the run starts from (not for goal `copy`).
+    async fn realise_and_read(&mut self, first: Gate) -> Result<(), HostOutcome> {
+        let goal = self.req.goal;
+        let cand = self.req.candidate.clone();
+        self.step(Step::Realise {
+            closure: cand.clone(),
+        });
+        let remote = self.remote;
+        let ahead = async { Ok(prefetch(remote, self.after_copy_reads()).await) };
+        let ahead = match bounded("realise", self.s.activation_timeout, ahead).await {
+            Ok(a) => a,
+            Err(e) => return Err(self.fail_clean(Gate::Copy, remote_err("realise", e))),
+        };
+        let keys = &self.s.trusted_public_keys;
+        let realise = realise::realise_trusting(&ahead, &cand, self.s.require_signatures, keys);
+        match bounded("realise", self.s.activation_timeout, realise).await {
+            Ok(RealiseOutcome::Realised) => {}
+            Ok(RealiseOutcome::SignatureMismatch { untrusted, tail }) => {
+                return Err(HostOutcome::SignatureMismatch { untrusted, tail });
+            }
+            Ok(failed) => return Err(self.fail_clean(Gate::Copy, FailureReason::Realise(failed))),
+            Err(e) => return Err(self.fail_clean(Gate::Copy, remote_err("realise", e))),
+        }
+        if goal == Goal::Copy {
+            return Ok(());
+        }
+        if goal != Goal::DryActivate
+            && let Err(e) = leftovers::settle(&ahead, self.s, &self.req.run_id, self.emit).await
+        {
+            return Err(self.fail_clean(first, remote_err("an earlier run's units", e)));
+        }
+        self.step(Step::ReadCurrentSystem);
+        let links = self.start_links();
+        let current_system = self.s.paths.current_system.clone();
+        // One command reads all three links.
+        let read = async {
+            let links = links::read_store_links(&ahead, &links).await?;
+            let [current, profile, known_good]: [Option<StorePath>; 3] = links
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("reading three links gave another count"))?;
+            let current =
+                current.ok_or_else(|| links::no_current_system(&current_system, remote.name()))?;
+            anyhow::Ok((current, profile, known_good))
+        };
+        match bounded("read the current system", STEP_LIMIT, read).await {
+            Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
+            Err(e) => return Err(self.fail_clean(first, remote_err("read current system", e))),
+        }
+        Ok(())
+    }
+
     async fn go(&mut self, cancel: &CancellationToken) -> HostOutcome {
         let goal = self.req.goal;
         let cand = self.req.candidate.clone();
@@ -198,53 +278,11 @@ impl<R: Remote> Run<'_, R> {
                 Err(e) => return self.fail_clean(first, remote_err("sudo preflight", e)),
             }
         }
-        self.step(Step::Realise {
-            closure: cand.clone(),
-        });
-        let keys = &self.s.trusted_public_keys;
-        let realise =
-            realise::realise_trusting(self.remote, &cand, self.s.require_signatures, keys);
-        match bounded("realise", self.s.activation_timeout, realise).await {
-            Ok(RealiseOutcome::Realised) => {}
-            Ok(RealiseOutcome::SignatureMismatch { untrusted, tail }) => {
-                return HostOutcome::SignatureMismatch { untrusted, tail };
-            }
-            Ok(failed) => return self.fail_clean(Gate::Copy, FailureReason::Realise(failed)),
-            Err(e) => return self.fail_clean(Gate::Copy, remote_err("realise", e)),
+        if let Err(outcome) = self.realise_and_read(first).await {
+            return outcome;
         }
         if goal == Goal::Copy {
             return HostOutcome::Activated { goal };
-        }
-        if goal != Goal::DryActivate
-            && let Err(e) =
-                leftovers::settle(self.remote, self.s, &self.req.run_id, self.emit).await
-        {
-            return self.fail_clean(first, remote_err("an earlier run's units", e));
-        }
-        self.step(Step::ReadCurrentSystem);
-        let paths = &self.s.paths;
-        // One command reads all three links.
-        let read = async {
-            let links = links::read_store_links(
-                self.remote,
-                &[
-                    &paths.current_system,
-                    &self.s.system_profile,
-                    &paths.known_good_profile,
-                ],
-            )
-            .await?;
-            let [current, profile, known_good]: [Option<StorePath>; 3] = links
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("reading three links gave another count"))?;
-            let current = current.ok_or_else(|| {
-                links::no_current_system(&paths.current_system, self.remote.name())
-            })?;
-            anyhow::Ok((current, profile, known_good))
-        };
-        match bounded("read the current system", STEP_LIMIT, read).await {
-            Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
-            Err(e) => return self.fail_clean(first, remote_err("read current system", e)),
         }
         if cancel.is_cancelled() {
             return HostOutcome::Cancelled { before: first };
