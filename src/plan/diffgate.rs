@@ -396,3 +396,48 @@ pub fn record(d: &HostDiff, pieces: &mut PieceStore) -> GateRecord {
         evidence: pieces.share(d),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::stored::fixture::sp;
+
+    /// A host's diff of a change shared by every host but for its own paths.
+    fn diff(host: &str) -> HostDiff {
+        let changes = (0..200)
+            .map(|i| diff::packages::PackageChange {
+                name: format!("filler-{i}"),
+                change: diff::packages::Change::Added {
+                    versions: vec![format!("1.{i}")],
+                },
+                selected: false,
+            })
+            .collect();
+        HostDiff {
+            current: Some(sp('a', &format!("nixos-system-{host}"))),
+            candidate: sp('b', &format!("nixos-system-{host}")),
+            packages: Some(diff::PackageDiff {
+                changes,
+                size: Default::default(),
+            }),
+            structural: diff::Structural::Identical,
+            drift: Vec::new(),
+            flake_inputs: None,
+            candidate_closure: None,
+        }
+    }
+
+    #[test]
+    fn a_shared_record_is_the_record_a_host_would_have_alone() {
+        let mut pieces = PieceStore::default();
+        for host in ["web1", "web2", "db10"] {
+            let shared = record(&diff(host), &mut pieces);
+            let alone = GateRecord::new(Gate::Diff, &diff(host));
+            assert_eq!(shared, alone);
+            assert_eq!(
+                serde_json::to_string(&shared).unwrap(),
+                serde_json::to_string(&alone).unwrap()
+            );
+        }
+    }
+}
