@@ -28,15 +28,13 @@ pub struct GateRecord {
     pub evidence: Evidence,
 }
 
-/// A gate's evidence as JSON text.
-pub type Evidence = std::sync::Arc<serde_json::value::RawValue>;
+/// A gate's evidence as JSON text (the diff gate's in pieces shared
+/// between hosts).
+pub type Evidence = crate::report::shared_json::SharedJson;
 
 /// Evidence from anything serialisable (`null` if it cannot be).
 pub fn evidence(value: &impl Serialize) -> Evidence {
-    let text = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
-    serde_json::value::RawValue::from_string(text)
-        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
-        .into()
+    Evidence::of(value)
 }
 
 impl GateRecord {
@@ -49,7 +47,7 @@ impl GateRecord {
 
     /// The evidence parsed (for reading fields of it).
     pub fn value(&self) -> serde_json::Value {
-        serde_json::from_str(self.evidence.get()).unwrap_or_default()
+        serde_json::from_str(&self.evidence.get()).unwrap_or_default()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod html;
 pub mod human;
 pub mod json;
 pub mod metrics;
+pub mod shared_json;
 pub mod spool;
 pub mod stored;
 pub mod timeline;
