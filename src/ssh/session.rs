@@ -94,10 +94,7 @@ impl SshSession {
 
     /// How the current connection was made.
     pub fn info(&self) -> ConnectInfo {
-        match self.inner.info.lock() {
-            Ok(i) => i.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        unpoisoned(&self.inner.info).clone()
     }
 
     /// From now on, privileged commands get `password` on stdin
@@ -223,10 +220,7 @@ impl SshSession {
     }
 
     fn take_spare(&self) -> Option<Spare> {
-        match self.inner.spare.lock() {
-            Ok(mut s) => s.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        }
+        unpoisoned(&self.inner.spare).take()
     }
 
     /// Start opening the next spare channel on `conn`, unless one is
@@ -237,10 +231,7 @@ impl SshSession {
         if conn.is_closed() || self.inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        let mut slot = match self.inner.spare.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slot = unpoisoned(&self.inner.spare);
         if slot.is_some() {
             return;
         }
@@ -255,10 +246,7 @@ impl SshSession {
     }
 
     fn take_stream_spare(&self) -> Option<JoinHandle<Result<Conn, ConnectError>>> {
-        match self.inner.stream_spare.lock() {
-            Ok(mut s) => s.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        }
+        unpoisoned(&self.inner.stream_spare).take()
     }
 
     /// A connection for a stream: the one made ahead of need when it is
@@ -381,10 +369,7 @@ impl Remote for SshSession {
         if self.inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        let mut slot = match self.inner.stream_spare.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slot = unpoisoned(&self.inner.stream_spare);
         if slot.is_some() {
             return;
         }
@@ -422,6 +407,15 @@ impl Remote for SshSession {
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
         Self::feed(s, &input).await
+    }
+}
+
+/// The guarded value, whether or not a thread panicked holding it (each
+/// of these slots is whole between two statements).
+fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
