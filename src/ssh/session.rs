@@ -176,14 +176,8 @@ impl SshSession {
         }
         tracing::info!(host = %self.inner.target.name, "SSH connection lost, reconnecting");
         let fresh = Arc::new(
-            connect(&self.inner.target, &self.inner.pins)
-                .await
-                .with_context(|| {
-                    format!(
-                        "{}: reconnecting after the connection was lost",
-                        self.inner.target.name
-                    )
-                })?,
+            self.new_conn("reconnecting after the connection was lost")
+                .await?,
         );
         if let Ok(mut info) = self.inner.info.lock() {
             *info = fresh.info.clone();
@@ -267,14 +261,14 @@ impl SshSession {
                 Err(e) => tracing::debug!(host = %self.inner.target.name, "{e}"),
             }
         }
+        self.new_conn("opening a connection for a stream").await
+    }
+
+    /// A new connection to this session's target; `why` names it in errors.
+    async fn new_conn(&self, why: &str) -> anyhow::Result<Conn> {
         connect(&self.inner.target, &self.inner.pins)
             .await
-            .with_context(|| {
-                format!(
-                    "{}: opening a connection for a stream",
-                    self.inner.target.name
-                )
-            })
+            .with_context(|| format!("{}: {why}", self.inner.target.name))
     }
 
     /// Run `text` (`cmd` rendered), stdin `input` then EOF, collected.
