@@ -55,11 +55,24 @@ struct Inner {
     closed: AtomicBool,
     /// A channel being opened (or open) ahead of the next command.
     spare: std::sync::Mutex<Option<Spare>>,
-    /// A connection being made (or made) ahead of the next stream.
-    stream_spare: std::sync::Mutex<Option<JoinHandle<Result<Conn, ConnectError>>>>,
+    /// A connection being made (or made) ahead of the next stream, and when
+    /// it was started.
+    stream_spare: std::sync::Mutex<Option<StreamSpare>>,
     /// The user's sudo password, once sudo on this host proved to ask for it.
     sudo_password: std::sync::OnceLock<Arc<Secret>>,
 }
+
+/// A connection made ahead for a stream, and when it was started.
+struct StreamSpare {
+    started: std::time::Instant,
+    making: JoinHandle<Result<Conn, ConnectError>>,
+}
+
+/// How long a connection made ahead for a stream is used: it serves the
+/// copy that follows the plan within seconds; one left idle longer (the
+/// copy of a later wave) is replaced, so a connection a firewall or NAT
+/// dropped while idle is never the one a copy waits on.
+const STREAM_SPARE_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A channel opened ahead of need, on the connection it belongs to.
 struct Spare {
@@ -145,7 +158,7 @@ impl SshSession {
             spare.opening.abort();
         }
         if let Some(spare) = self.take_stream_spare() {
-            spare.abort();
+            spare.making.abort();
         }
         let conn = self.inner.conn.lock().await.clone();
         conn.disconnect().await;
@@ -239,26 +252,31 @@ impl SshSession {
         });
     }
 
-    fn take_stream_spare(&self) -> Option<JoinHandle<Result<Conn, ConnectError>>> {
+    fn take_stream_spare(&self) -> Option<StreamSpare> {
         unpoisoned(&self.inner.stream_spare).take()
     }
 
     /// A connection for a stream: the one made ahead of need when it is
-    /// up, else a new one (a spare that failed is logged and replaced: the
-    /// stream's own attempt says what is wrong, with its own error).
+    /// up and not older than [`STREAM_SPARE_FRESH`], else a new one (a
+    /// spare that failed is logged and replaced: the stream's own attempt
+    /// says what is wrong, with its own error).
     async fn stream_conn(&self) -> anyhow::Result<Conn> {
         if let Some(spare) = self.take_stream_spare() {
-            match spare.await {
-                Ok(Ok(conn)) if !conn.is_closed() => return Ok(conn),
-                Ok(Ok(_)) => tracing::debug!(
-                    host = %self.inner.target.name,
-                    "the connection made ahead for a stream had closed"
-                ),
-                Ok(Err(e)) => tracing::debug!(
-                    host = %self.inner.target.name,
-                    "the connection made ahead for a stream failed: {e}"
-                ),
-                Err(e) => tracing::debug!(host = %self.inner.target.name, "{e}"),
+            if spare.started.elapsed() > STREAM_SPARE_FRESH {
+                spare.making.abort();
+            } else {
+                match spare.making.await {
+                    Ok(Ok(conn)) if !conn.is_closed() => return Ok(conn),
+                    Ok(Ok(_)) => tracing::debug!(
+                        host = %self.inner.target.name,
+                        "the connection made ahead for a stream had closed"
+                    ),
+                    Ok(Err(e)) => tracing::debug!(
+                        host = %self.inner.target.name,
+                        "the connection made ahead for a stream failed: {e}"
+                    ),
+                    Err(e) => tracing::debug!(host = %self.inner.target.name, "{e}"),
+                }
             }
         }
         self.new_conn("opening a connection for a stream").await
@@ -369,7 +387,10 @@ impl Remote for SshSession {
         }
         let target = self.inner.target.clone();
         let pins = self.inner.pins.clone();
-        *slot = Some(tokio::spawn(async move { connect(&target, &pins).await }));
+        *slot = Some(StreamSpare {
+            started: std::time::Instant::now(),
+            making: tokio::spawn(async move { connect(&target, &pins).await }),
+        });
     }
 
     async fn exec_watched(
