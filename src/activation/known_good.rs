@@ -133,9 +133,9 @@ pub struct Baseline {
 /// and where `flock` exists they take turns. Seen on the fault matrix (SSH
 /// dropped while marking): the second removed the record file the first
 /// still needed, whose failure then "put back" the known-good profile, after
-/// the next run had marked it. A host that went down between the set and the record is left
-/// with a generation without a record, which `status` flags and the next
-/// mark adopts.
+/// the next run had marked it. A host that went down between the set and
+/// the record is left with a generation without a record, which `status`
+/// flags and the next mark adopts.
 ///
 /// The record says which generation it replaced (`replaced`), so a mark
 /// whose answer never came back can be undone ([`UNDO_MARK`]).

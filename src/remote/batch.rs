@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::{Command, Exit, Output, Remote, Streaming};
+use super::{Command, Exit, Output, Remote, Streaming, unpoisoned};
 
 /// Runs each argument as a shell command, stdin empty, one after another,
 /// and prints for each `@nixgate-batch EXIT OUT_BYTES ERR_BYTES`, then its
@@ -105,10 +105,7 @@ impl<R: Remote> Prefetched<'_, R> {
     /// The prefetched answer to `cmd` if it is the next one; anything else
     /// drops every answer left (it may change what they read).
     fn take(&self, cmd: &Command) -> Option<Output> {
-        let mut ready = match self.ready.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut ready = unpoisoned(&self.ready);
         if ready.front().is_some_and(|(c, _)| c == cmd) {
             return ready.pop_front().map(|(_, out)| out);
         }
@@ -117,10 +114,7 @@ impl<R: Remote> Prefetched<'_, R> {
     }
 
     fn forget(&self) {
-        match self.ready.lock() {
-            Ok(mut r) => r.clear(),
-            Err(poisoned) => poisoned.into_inner().clear(),
-        }
+        unpoisoned(&self.ready).clear();
     }
 }
 

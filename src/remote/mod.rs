@@ -177,6 +177,15 @@ pub async fn exec_input<R: Remote>(
     Ok(done)
 }
 
+/// The value behind `m`, whether or not a thread panicked holding it: for
+/// slots that are whole between any two statements (a spare, a queue).
+pub(crate) fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// A machine nixgate can run commands on.
 ///
 /// `exec` returns `Err` only when the command could not be started at all

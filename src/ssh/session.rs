@@ -33,7 +33,7 @@ use super::exec;
 use super::hostkey::Pins;
 use super::target::SshTarget;
 use crate::keys::Secret;
-use crate::remote::{Command, Output, Remote, Streaming, SudoAuth};
+use crate::remote::{Command, Output, Remote, Streaming, SudoAuth, unpoisoned};
 use zeroize::Zeroizing;
 
 /// Channels open at once on one connection: below OpenSSH's default
@@ -133,6 +133,11 @@ impl SshSession {
             }
             _ => (cmd.render(), Zeroizing::new(Vec::new())),
         }
+    }
+
+    /// Does `cmd` read the user's sudo password from its stdin here?
+    fn asks_password(&self, cmd: &Command) -> bool {
+        cmd.is_sudo() && self.inner.sudo_password.get().is_some()
     }
 
     /// Start a stream, its stdin beginning with `first` (if any).
@@ -346,9 +351,10 @@ impl Remote for SshSession {
 
     async fn exec_small_input(&self, cmd: &Command, input: &[u8]) -> anyhow::Result<Output> {
         // A sudo that reads its password from stdin keeps stdin.
-        let inline = match self.inner.sudo_password.get() {
-            Some(_) if cmd.is_sudo() => None,
-            _ => cmd.render_with_input(input),
+        let inline = if self.asks_password(cmd) {
+            None
+        } else {
+            cmd.render_with_input(input)
         };
         match inline {
             Some(text) => self.exec_text(cmd, &text, &[]).await,
@@ -371,7 +377,7 @@ impl Remote for SshSession {
 
     async fn exec_batch(&self, cmds: &[Command]) -> Vec<Output> {
         // A sudo that reads its password from stdin cannot run in a batch.
-        if self.inner.sudo_password.get().is_some() && cmds.iter().any(Command::is_sudo) {
+        if cmds.iter().any(|c| self.asks_password(c)) {
             return Vec::new();
         }
         crate::remote::batch::run_framed(self, cmds).await
@@ -422,15 +428,6 @@ impl Remote for SshSession {
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))?;
         Self::feed(s, &input).await
-    }
-}
-
-/// The guarded value, whether or not a thread panicked holding it (each
-/// of these slots is whole between two statements).
-fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

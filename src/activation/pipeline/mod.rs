@@ -196,6 +196,12 @@ impl<R: Remote> Run<'_, R> {
         ]
     }
 
+    /// Does this run settle what earlier runs left ([`leftovers`]) before
+    /// it reads the links? Every goal that may change the host.
+    fn settles_earlier_runs(&self) -> bool {
+        !matches!(self.req.goal, Goal::Copy | Goal::DryActivate)
+    }
+
     /// The quick commands after the copy: realise, earlier runs' units,
     /// the links; one round trip for all (see [`crate::remote::batch`]).
     fn after_copy_reads(&self) -> Vec<Command> {
@@ -204,7 +210,7 @@ impl<R: Remote> Run<'_, R> {
         if goal == Goal::Copy {
             return cmds;
         }
-        if goal != Goal::DryActivate && self.s.os != Os::Darwin {
+        if self.settles_earlier_runs() && self.s.os != Os::Darwin {
             cmds.push(leftovers::list_command());
         }
         cmds.push(links::read_links_command(&self.start_links()));
@@ -238,14 +244,14 @@ impl<R: Remote> Run<'_, R> {
         if goal == Goal::Copy {
             return Ok(());
         }
-        if goal != Goal::DryActivate
+        if self.settles_earlier_runs()
             && let Err(e) = leftovers::settle(&ahead, self.s, &self.req.run_id, self.emit).await
         {
             return Err(self.fail_clean(first, remote_err("an earlier run's units", e)));
         }
         self.step(Step::ReadCurrentSystem);
         let links = self.start_links();
-        let current_system = self.s.paths.current_system.clone();
+        let current_system = &self.s.paths.current_system;
         // One command reads all three links.
         let read = async {
             let links = links::read_store_links(&ahead, &links).await?;
@@ -253,7 +259,7 @@ impl<R: Remote> Run<'_, R> {
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("reading three links gave another count"))?;
             let current =
-                current.ok_or_else(|| links::no_current_system(&current_system, remote.name()))?;
+                current.ok_or_else(|| links::no_current_system(current_system, remote.name()))?;
             anyhow::Ok((current, profile, known_good))
         };
         match bounded("read the current system", STEP_LIMIT, read).await {
