@@ -59,6 +59,7 @@ pub fn holder(run_id: &crate::activation::RunId) -> String {
 /// Held until dropped (the heartbeat stops, the host lets go).
 pub struct HostLock {
     lost: Arc<AtomicBool>,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
@@ -67,6 +68,22 @@ impl HostLock {
     /// locked by another run now.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Let go and wait until the host's lock command has ended, so the
+    /// lock is free when this returns (dropping lets go without waiting);
+    /// at most a lease, after which the host has let go by itself.
+    pub async fn release(mut self) {
+        if let Some(tx) = self.release.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.keeper).await;
+    }
+
+    /// Wait until the lock command ends by itself (the lease ran out, the
+    /// connection was lost): [`HostLock::is_lost`] is true after it.
+    pub async fn ended(&mut self) {
+        let _ = (&mut self.keeper).await;
     }
 }
 
@@ -90,13 +107,15 @@ pub enum HostLockError {
 
 /// Keep the lock alive: a heartbeat every `every`; note when the command
 /// ends or the heartbeat cannot be written.
-fn keep(stream: Streaming, every: Duration) -> HostLock {
+fn keep(stream: Streaming, every: Duration, lease: Duration) -> HostLock {
     let lost = Arc::new(AtomicBool::new(false));
     let flag = lost.clone();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
     let keeper = tokio::spawn(async move {
         let Streaming {
             mut stdin, finish, ..
         } = stream;
+        let mut finish = std::pin::pin!(finish);
         let beat = async {
             loop {
                 tokio::time::sleep(every).await;
@@ -105,13 +124,26 @@ fn keep(stream: Streaming, every: Duration) -> HostLock {
                 }
             }
         };
-        tokio::select! {
-            _ = beat => {}
-            _ = finish => {}
+        let released = tokio::select! {
+            _ = beat => false,
+            _ = &mut finish => false,
+            Ok(()) = released => true,
+        };
+        if released {
+            // EOF on the command's stdin: the host lets go, and the
+            // command's end says when it has (a link gone silent: the
+            // lease frees the host by then anyway).
+            drop(stdin);
+            let _ = tokio::time::timeout(lease, finish).await;
+            return;
         }
         flag.store(true, Ordering::SeqCst);
     });
-    HostLock { lost, keeper }
+    HostLock {
+        lost,
+        release: Some(release),
+        keeper,
+    }
 }
 
 /// Take the lock at `path` on the host, naming this run as the holder.
@@ -155,7 +187,7 @@ pub async fn acquire_with<R: Remote>(
     )
     .await;
     match read {
-        Ok(Ok(_)) if &first == b"locked\n" => Ok(keep(stream, heartbeat)),
+        Ok(Ok(_)) if &first == b"locked\n" => Ok(keep(stream, heartbeat, lease)),
         _ => {
             drop(stream.stdin);
             let out = stream.finish.await.map_err(HostLockError::Failed)?;
@@ -185,7 +217,9 @@ mod tests {
 
     /// Real flock on this machine: a live holder keeps the lock past the
     /// lease with its heartbeat; a holder that goes silent loses it after
-    /// the lease; a dropped lock is free at once.
+    /// the lease; a released lock is free at once. Each step waits for the
+    /// host command's end, never a fixed delay (a fixed 300 ms after a drop
+    /// failed once at load 35 on 2 cores).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_lease_ends_without_a_heartbeat() {
         if std::process::Command::new("flock")
@@ -210,21 +244,29 @@ mod tests {
             Err(HostLockError::Held { holder }) => assert_eq!(holder, "a"),
             other => panic!("{:?}", other.map(|_| ())),
         }
-        drop(a);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Released: free once the host's command has ended, not after a
+        // guessed delay.
+        a.release().await;
         let b = acquire_with(&r, Os::Linux, &path, "b", false, beat, lease)
             .await
-            .expect("free once dropped");
-        // A holder whose heartbeats stop (a vanished controller) loses the
-        // lock after the lease.
+            .expect("free once released");
+        b.release().await;
+        // A holder whose heartbeats stop (a vanished controller) keeps the
+        // lock for the lease, then loses it.
         let silent = Duration::from_secs(3600);
-        drop(b);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let c = acquire_with(&r, Os::Linux, &path, "c", false, silent, lease)
+        let started = std::time::Instant::now();
+        let mut c = acquire_with(&r, Os::Linux, &path, "c", false, silent, lease)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::timeout(Duration::from_secs(60), c.ended())
+            .await
+            .expect("the host never let go");
         assert!(c.is_lost(), "the host let go after the lease");
+        assert!(
+            started.elapsed() >= lease,
+            "not before the lease: {:?}",
+            started.elapsed()
+        );
         let _d = acquire_with(&r, Os::Linux, &path, "d", false, beat, lease)
             .await
             .expect("free after the lease");
