@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use nixgate::fleet::{Machine, Sessions};
 use nixgate::inventory::Inventory;
 use nixgate::nix::StorePath;
-use nixgate::nix::closure::{self, PathInfo};
+use nixgate::nix::closure::{self, PathInfo, PathRecord};
 use nixgate::nix::copy::{CopyProgress, lacking, verify_complete};
 use nixgate::nix::fanout::{self, Target};
 use nixgate::ssh::{HostKeyPolicy, SshSession};
@@ -163,7 +163,10 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         .iter_mut()
         .find(|p| lacks.contains(&p.path) && p.path.name().starts_with("filler-"))
         .unwrap();
-    victim.nar_hash = Some([7u8; 32]);
+    *victim = PathInfo::from(PathRecord {
+        nar_hash: Some([7u8; 32]),
+        ..(**victim).clone()
+    });
     let victim = victim.path.clone();
     let target = Target {
         remote: &w.hosts[0],
@@ -188,13 +191,13 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
     let mut with_ghost = closure.clone();
     with_ghost.insert(
         0,
-        PathInfo {
+        PathInfo::from(PathRecord {
             path: ghost.clone(),
             nar_size: 0,
             nar_hash: None,
             references: Vec::new(),
             deriver: None,
-        },
+        }),
     );
     let mut lacks_ghost = lacks.clone();
     lacks_ghost.insert(ghost);

@@ -21,7 +21,7 @@ use std::process::Output;
 use nixgate::fleet::{Machine, Sessions};
 use nixgate::inventory::Inventory;
 use nixgate::nix::StorePath;
-use nixgate::nix::closure::{self, PathInfo};
+use nixgate::nix::closure::{self, PathInfo, PathRecord};
 use nixgate::nix::copy::{CopyProgress, lacking};
 use nixgate::nix::fanout::{self, Target};
 use nixgate::nix::sign::{self, Restored};
@@ -367,9 +367,11 @@ async fn restore_gives_a_host_the_builders_signatures_for_paths_it_had() {
     // no signature from it.
     let forged: Vec<PathInfo> = present
         .iter()
-        .map(|p| PathInfo {
-            nar_hash: Some([7u8; 32]),
-            ..(*p).clone()
+        .map(|p| {
+            PathInfo::from(PathRecord {
+                nar_hash: Some([7u8; 32]),
+                ..PathRecord::clone(p)
+            })
         })
         .collect();
     let forged_refs: Vec<&PathInfo> = forged.iter().collect();

@@ -270,6 +270,7 @@ fn classify(
 mod tests {
     use super::super::names::split_name;
     use super::*;
+    use crate::nix::closure::PathRecord;
     use proptest::prelude::*;
 
     /// The straightforward version (group every path by name): the fast one
@@ -380,12 +381,14 @@ mod tests {
         let infos = spec
             .iter()
             .zip(&paths)
-            .map(|((_, _, size, refs), p)| PathInfo {
-                path: p.clone(),
-                nar_size: *size,
-                nar_hash: None,
-                references: refs.iter().filter_map(|r| paths.get(*r).cloned()).collect(),
-                deriver: None,
+            .map(|((_, _, size, refs), p)| {
+                PathInfo::from(PathRecord {
+                    path: p.clone(),
+                    nar_size: *size,
+                    nar_hash: None,
+                    references: refs.iter().filter_map(|r| paths.get(*r).cloned()).collect(),
+                    deriver: None,
+                })
             })
             .collect();
         let root = paths.get(*root).cloned().unwrap_or_else(|| path(3, 10));

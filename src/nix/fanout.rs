@@ -704,6 +704,7 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::closure::PathRecord;
 
     fn sp(name: &str) -> StorePath {
         let hash: String = name
@@ -716,13 +717,13 @@ mod tests {
     }
 
     fn info(name: &str, refs: &[&str]) -> PathInfo {
-        PathInfo {
+        PathInfo::from(PathRecord {
             path: sp(name),
             nar_size: 100,
             nar_hash: None,
             references: refs.iter().map(|r| sp(r)).collect(),
             deriver: None,
-        }
+        })
     }
 
     #[test]

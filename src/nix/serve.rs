@@ -266,19 +266,20 @@ pub fn add_to_store_nar(p: &PathInfo, trust: &Trust) -> anyhow::Result<Vec<u8>> 
 mod tests {
     use super::*;
     use crate::nix::StorePath;
+    use crate::nix::closure::PathRecord;
 
     fn sp(s: &str) -> StorePath {
         StorePath::parse(s).unwrap()
     }
 
     fn filler() -> PathInfo {
-        PathInfo {
+        PathInfo::from(PathRecord {
             path: sp("/nix/store/05d8ydqjy1d7zdkb5qrllv22k6m2f9dn-filler-299-1.0"),
             nar_size: 65984,
             nar_hash: Some([0xab; 32]),
             references: vec![sp("/nix/store/07yxrasyi0r0k2sy9086b99yj41vw4x1-dep")],
             deriver: None,
-        }
+        })
     }
 
     const SIG: &str = "builder-1:gZnC0dCjnVMTbHkPxOWtaNmd/1IRPnnXxc5Dxkqr1hr5YXLsOyPqQaZmY8vlvIRJvZQ1Eb/NqRD7H9FyTNnwCQ==";
@@ -308,12 +309,15 @@ mod tests {
         );
         assert_eq!(&b[n - 24..], &[0u8; 24]);
 
-        let unhashed = PathInfo {
+        let unhashed = PathInfo::from(PathRecord {
             nar_hash: None,
-            ..p.clone()
-        };
+            ..(*p).clone()
+        });
         assert!(add_to_store_nar(&unhashed, &Trust::default()).is_err());
-        let sizeless = PathInfo { nar_size: 0, ..p };
+        let sizeless = PathInfo::from(PathRecord {
+            nar_size: 0,
+            ..(*p).clone()
+        });
         assert!(add_to_store_nar(&sizeless, &Trust::default()).is_err());
     }
 
@@ -388,11 +392,11 @@ mod tests {
     #[tokio::test]
     async fn reads_several_answers_in_the_servers_order() {
         let a = filler();
-        let b = PathInfo {
+        let b = PathInfo::from(PathRecord {
             path: sp("/nix/store/07yxrasyi0r0k2sy9086b99yj41vw4x1-dep"),
             references: Vec::new(),
-            ..filler()
-        };
+            ..(*filler()).clone()
+        });
         let mut req = Vec::new();
         query_path_infos(&mut req, &[&a.path, &b.path]);
         assert_eq!(
@@ -438,10 +442,10 @@ mod tests {
             "{e}"
         );
         // Another path.
-        let other = PathInfo {
+        let other = PathInfo::from(PathRecord {
             path: sp("/nix/store/07yxrasyi0r0k2sy9086b99yj41vw4x1-dep"),
-            ..filler()
-        };
+            ..(*filler()).clone()
+        });
         let a = answer(&other, "", &[]);
         assert!(read_path_info(&mut Bytes(&a), &p, 0x207).await.is_err());
         // Cut short, or a string no answer has.

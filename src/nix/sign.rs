@@ -234,6 +234,7 @@ pub fn narinfo(p: &PathInfo, trust: &serve::Trust) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::closure::PathRecord;
 
     fn sp(s: &str) -> StorePath {
         StorePath::parse(s).unwrap()
@@ -241,7 +242,7 @@ mod tests {
 
     #[test]
     fn narinfo_has_what_copy_sigs_compares_and_the_signatures() {
-        let p = PathInfo {
+        let p = PathInfo::from(PathRecord {
             path: sp("/nix/store/05d8ydqjy1d7zdkb5qrllv22k6m2f9dn-hello-2.12.2"),
             nar_size: 65984,
             nar_hash: Some([0xab; 32]),
@@ -252,7 +253,7 @@ mod tests {
             deriver: Some(sp(
                 "/nix/store/x3k1iy1gqf0c1ik1qdpkqpmx8yxcng5n-hello-2.12.2.drv",
             )),
-        };
+        });
         let trust = serve::Trust {
             sigs: vec!["builder-1:AAAA".into(), "other-1:BBBB".into()],
             ca: String::new(),
@@ -276,19 +277,19 @@ mod tests {
             sigs: Vec::new(),
             ca: "fixed:r:sha256:0mz3".into(),
         };
-        let bare = PathInfo {
+        let bare = PathInfo::from(PathRecord {
             references: Vec::new(),
             deriver: None,
-            ..p.clone()
-        };
+            ..(*p).clone()
+        });
         let text = narinfo(&bare, &ca).unwrap();
         assert!(text.contains("References: \n") && text.ends_with("CA: fixed:r:sha256:0mz3\n"));
         assert!(
             narinfo(
-                &PathInfo {
+                &PathInfo::from(PathRecord {
                     nar_hash: None,
-                    ..p
-                },
+                    ..(*p).clone()
+                }),
                 &trust
             )
             .is_err()
