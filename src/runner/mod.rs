@@ -308,6 +308,12 @@ impl<J: HostJob> Runner<J> {
         let mut task_host: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut pending = pending.into_iter();
         loop {
+            // A host that ends because of a cancel frees its slot at the
+            // moment the cancel arrives: the level is read here, before a
+            // slot is filled, not only when its change is taken below.
+            if w.stop.is_none() && *self.cancel.borrow() >= CancelLevel::StopStarting {
+                w.stop = Some(NotStarted::Cancelled);
+            }
             while w.stop.is_none() && set.len() < group.max_parallel.max(1) {
                 let Some(h) = pending.next() else { break };
                 let Some((rx, _handle)) = self.staged.remove(&h) else {

@@ -20,6 +20,8 @@ struct Job {
     log: Mutex<Vec<String>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Hosts end as soon as a cancel comes (as `exec` hangs up).
+    hang_up: Option<CancelWatch>,
 }
 
 impl Job {
@@ -44,7 +46,13 @@ impl HostJob for Job {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         self.log(format!("run {host}"));
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        match self.hang_up.clone() {
+            Some(mut watch) => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => {}
+            },
+            None => tokio::time::sleep(Duration::from_secs(10)).await,
+        }
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.log(format!("done {host}"));
         if self.fail.contains(&*host) {
@@ -309,6 +317,36 @@ async fn first_cancel_finishes_in_flight_and_starts_nothing_new() {
             && e[4].1.contains("Cancelled"),
         "{e:?}"
     );
+}
+
+/// A host that ends because of the cancel (exec hangs up) frees its slot at
+/// the moment the cancel arrives: the runner must see the cancel before it
+/// fills the slot. (Both were ready at once, and which one the runner took
+/// first was chance: `exec_e2e` saw a third host start after Ctrl-C.) Many
+/// runs, since the order of ready branches is random.
+#[tokio::test(start_paused = true)]
+async fn hosts_ending_on_the_cancel_start_no_others() {
+    for _ in 0..64 {
+        let (c, rx) = cancel::channel();
+        let job = Arc::new(Job {
+            hang_up: Some(c.watch()),
+            ..Job::default()
+        });
+        let sel = Selection {
+            groups: vec![group("main", &["m1", "m2", "m3", "m4"], 2, 4, 0)],
+        };
+        let j = job.clone();
+        let handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+        tokio::time::sleep(Duration::from_secs(5)).await; // m1, m2 in flight
+        c.escalate();
+        let results = handle.await.unwrap();
+        let started: Vec<String> = job
+            .entries()
+            .into_iter()
+            .filter(|e| e.starts_with("run "))
+            .collect();
+        assert_eq!(started, ["run m1", "run m2"], "{:?}", ends(&results));
+    }
 }
 
 #[tokio::test(start_paused = true)]
