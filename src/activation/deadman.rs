@@ -106,21 +106,34 @@ systemctl stop "$timer.timer" 2>/dev/null
 rm -f "$0"
 exit 0"#;
 
-/// Over SSH (Linux): (re)arm the timer, replacing one of the same name.
 /// Over SSH (Linux): write the revert script (stdin) to `$3`, then (re)arm
-/// the timer that runs it, replacing one of the same name. The script runs
-/// from a file, never from the unit's command line: systemd reads a
-/// transient unit back from its file at every `daemon-reload` (a switch does
-/// one), and a multi-line command line, its `%` specifiers and `${...}` came
-/// back mangled (the revert failed with a shell syntax error on the test
-/// fleet's systemd 252). The description is set for the same reason.
-pub(crate) const ARM_LINUX: &str = r#"unit=$1; secs=$2; script=$3
-mkdir -p "$(dirname "$script")" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
+/// the timer that runs it. The script runs from a file, never from the
+/// unit's command line: systemd reads a transient unit back from its file
+/// at every `daemon-reload` (a switch does one), and a multi-line command
+/// line, its `%` specifiers and `${...}` came back mangled (the revert
+/// failed with a shell syntax error on the test fleet's systemd 252). The
+/// description is set for the same reason.
+///
+/// `$4` is `fresh` (the first arm: nothing of this name should exist, so
+/// no `systemctl` call before `systemd-run`) or `replace` (the re-arm: the
+/// timer of this name is stopped first). Units started with `--collect`
+/// are unloaded once stopped or failed, so `reset-failed` runs only when a
+/// start is refused even so (a unit left by an arm whose answer was lost).
+/// Each `systemctl` call costs the host 7-10 ms of CPU (measured on the
+/// test fleet's systemd 252 and its light hosts' stand-in); the arm, re-arm
+/// and disarm made 10 of them and make 3 now.
+pub(crate) const ARM_LINUX: &str = r#"unit=$1; secs=$2; script=$3; mode=$4
+mkdir -p "${script%/*}" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
+arm() {
+  systemd-run --unit="$unit" --description="nixgate: revert unless the switch is confirmed" \
+    --on-active="${secs}s" --timer-property=AccuracySec=1s \
+    --collect --no-ask-password --service-type=exec -- /bin/sh "$script"
+}
+[ "$mode" = fresh ] || systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
+arm 2>/dev/null && exit 0
 systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
 systemctl reset-failed "$unit.timer" "$unit.service" 2>/dev/null
-exec systemd-run --unit="$unit" --description="nixgate: revert unless the switch is confirmed" \
-  --on-active="${secs}s" --timer-property=AccuracySec=1s \
-  --collect --no-ask-password --service-type=exec -- /bin/sh "$script""#;
+arm"#;
 
 /// Over SSH (Darwin): write the revert script (stdin) to `$3`, then a
 /// detached sleeper that runs it, replacing an earlier one.
@@ -135,13 +148,18 @@ fi
 echo $! > "$pidfile""#;
 
 /// Over SSH: stop the timer (Linux) or the sleeper (Darwin); nothing left.
+/// Linux: both units' states come from one `systemctl is-active` (a
+/// stopped `--collect` unit is unloaded: `inactive`); the timer must be
+/// gone, and the revert script goes too unless the revert is running it
+/// right now.
 pub(crate) const DISARM_LINUX: &str = r#"unit=$1
 systemctl stop "$unit.timer" 2>/dev/null
-systemctl reset-failed "$unit.timer" "$unit.service" 2>/dev/null
-if systemctl is-active --quiet "$unit.timer"; then exit 1; fi
-# The revert script goes too, unless the revert is running it right now.
-systemctl is-active --quiet "$unit.service" || rm -f "$2"
-exit 0"#;
+systemctl is-active "$unit.timer" "$unit.service" 2>/dev/null | {
+  read -r timer; read -r service
+  [ "$timer" != active ] || exit 1
+  case $service in active | activating | deactivating | reloading) ;; *) rm -f "$2" ;; esac
+  exit 0
+}"#;
 
 const DISARM_DARWIN: &str = r#"pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null; rm -f "$1" "$2"; exit 0"#;
 
@@ -169,16 +187,29 @@ impl Armed {
     }
 }
 
+/// Whether a timer of the same name is already armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arming {
+    /// Before the switch: nothing of this run's should be armed yet.
+    Fresh,
+    /// After it, shorter: this run's timer is replaced.
+    Replace,
+}
+
 /// The command arming (or re-arming, shorter) a revert; its script comes
 /// on stdin ([`revert_script`]).
-pub fn arm_command(a: &Armed, sudo: bool) -> Command {
+pub fn arm_command(a: &Armed, arming: Arming, sudo: bool) -> Command {
     let secs = a.fires_after.as_secs().max(1).to_string();
     let (script, first) = match a.os {
         Os::Linux => (ARM_LINUX, a.unit.clone()),
         Os::Darwin => (ARM_DARWIN, a.pid_file.clone()),
     };
+    let mode = match arming {
+        Arming::Fresh => "fresh",
+        Arming::Replace => "replace",
+    };
     Command::script(script)
-        .args([first, secs, a.script.clone()])
+        .args([first, secs, a.script.clone(), mode.to_owned()])
         .sudo(sudo)
 }
 
@@ -210,6 +241,7 @@ pub fn revert_script(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Reve
 pub async fn arm<R: Remote>(
     remote: &R,
     a: &Armed,
+    arming: Arming,
     run_id: &RunId,
     paths: &HostPaths,
     revert: &Revert,
@@ -217,7 +249,7 @@ pub async fn arm<R: Remote>(
 ) -> anyhow::Result<()> {
     let script = revert_script(a, run_id, paths, revert);
     remote
-        .exec_small_input(&arm_command(a, sudo), script.as_bytes())
+        .exec_small_input(&arm_command(a, arming, sudo), script.as_bytes())
         .await
         .with_context(|| format!("arming {} on {}", a.unit, remote.name()))?
         .check(&format!("arming the dead-man timer {}", a.unit))?;
@@ -294,7 +326,7 @@ mod tests {
             boot_before: None,
             switch_unit: "nixgate-switch-r1".into(),
         };
-        let cmd = arm_command(&a, false);
+        let cmd = arm_command(&a, Arming::Fresh, false);
         let argv = cmd.argv();
         assert_eq!(argv[2], ARM_LINUX);
         assert_eq!(
@@ -302,9 +334,11 @@ mod tests {
             [
                 "nixgate-confirm-r1",
                 "90",
-                "/run/nixgate/nixgate-confirm-r1.sh"
+                "/run/nixgate/nixgate-confirm-r1.sh",
+                "fresh"
             ]
         );
+        assert_eq!(arm_command(&a, Arming::Replace, false).argv()[7], "replace");
         let script = revert_script(&a, &run, &paths, &revert);
         // Arguments set once, quoted; the body runs on them.
         let set = script.lines().nth(2).unwrap();

@@ -33,6 +33,7 @@ impl<R: Remote> Run<'_, R> {
         match deadman::arm(
             self.remote,
             &armed,
+            deadman::Arming::Fresh,
             &self.req.run_id,
             &self.s.paths,
             &revert,
@@ -91,6 +92,7 @@ impl<R: Remote> Run<'_, R> {
         let rearm = deadman::arm(
             self.remote,
             &shorter,
+            deadman::Arming::Replace,
             &self.req.run_id,
             &self.s.paths,
             &revert,
