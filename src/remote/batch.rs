@@ -26,14 +26,17 @@ use super::{Command, Exit, Output, Remote, Streaming, unpoisoned};
 /// Runs each argument as a shell command, stdin empty, one after another,
 /// and prints for each `@nixgate-batch EXIT OUT_BYTES ERR_BYTES`, then its
 /// stdout and stderr. Without a temporary directory it prints nothing, and
-/// every command runs on its own after all.
+/// every command runs on its own after all. Per command the host starts the
+/// command's shell, one `wc` in one subshell, and `cat` only when there is
+/// output (was six processes: two `wc`s in two subshells and `cat` always).
 pub(crate) const RUN_BATCH: &str = r#"t=$(mktemp -d 2>/dev/null) || exit 0
 trap 'rm -rf "$t"' EXIT
 for c; do
   sh -c "$c" </dev/null >"$t/o" 2>"$t/e"
   rc=$?
-  printf '@nixgate-batch %s %s %s\n' "$rc" $(wc -c <"$t/o") $(wc -c <"$t/e")
-  cat "$t/o" "$t/e"
+  set -- $(cd "$t" && wc -c o e)
+  printf '@nixgate-batch %s %s %s\n' "$rc" "$1" "$3"
+  [ "$1$3" = 00 ] || cat "$t/o" "$t/e"
 done"#;
 
 /// [`Remote::exec_batch`] for remotes that run shell text: one exec of
@@ -178,6 +181,11 @@ mod tests {
             Command::new("cat"),
             Command::script("printf '%s' \"$1\"").arg("it's \"quoted\"\n\n"),
         ];
+        // Every command framed by the one script (a batch that printed no
+        // frames would still pass below: each command would run alone).
+        let framed = run_framed(&local, &cmds).await;
+        assert_eq!(framed.len(), 3);
+        assert_eq!(framed[1].stdout, b"");
         let p = prefetch(&local, cmds.clone()).await;
         let first = p.exec(&cmds[0]).await.unwrap();
         assert_eq!(first.exit, Exit::Code { code: 2 });
