@@ -119,9 +119,10 @@ exit 0"#;
 /// timer of this name is stopped first). Units started with `--collect`
 /// are unloaded once stopped or failed, so `reset-failed` runs only when a
 /// start is refused even so (a unit left by an arm whose answer was lost).
-/// Each `systemctl` call costs the host 7-10 ms of CPU (measured on the
-/// test fleet's systemd 252 and its light hosts' stand-in); the arm, re-arm
-/// and disarm made 10 of them and make 3 now.
+/// Each `systemctl` or `systemd-run` call costs the host 7-13 ms of CPU on
+/// the test fleet's systemd 252, up to 31 ms on its light hosts' stand-ins
+/// (BENCHMARKS.md, "Where a host's CPU goes"); the arm, re-arm and disarm
+/// made 10 of them and make 5 now (arm 1, re-arm 2, disarm 2).
 pub(crate) const ARM_LINUX: &str = r#"unit=$1; secs=$2; script=$3; mode=$4
 mkdir -p "${script%/*}" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
 arm() {
