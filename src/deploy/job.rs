@@ -1,7 +1,7 @@
 //! The per-host pipeline the runner schedules: stage (make sure the closure
 //! is on the host), then take the host through the activation gates,
 //! reporting typed events on the way. The host's lock was taken by the plan
-//! and is held for the whole run.
+//! and is held until the runner lets the host go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,7 +93,7 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     allow_reboot: bool,
     allow_pending_reboot: bool,
     magic_rollback: bool,
-    /// The host locks the plan took, held for the run.
+    /// The host locks the plan took, held until each host is let go.
     locks: tokio::sync::Mutex<HashMap<String, HostLock>>,
     lock_holder: String,
     /// Each ready host's keys, read by the plan.
@@ -425,5 +425,15 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
 
     fn ended(&self, _host: &str, done: &HostSummary) {
         self.sink.emit(Event::HostFinished(done.clone()));
+    }
+
+    /// The host's lock is released (its command ended: bounded by the
+    /// lease), then its connection closed.
+    async fn let_go(self: Arc<Self>, host: Arc<str>) {
+        let lock = self.locks.lock().await.remove(&*host);
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        self.fleet.close(&host).await;
     }
 }

@@ -228,6 +228,10 @@ impl<F: Fleet> HostJob for ExecJob<F> {
             seconds: done.seconds,
         });
     }
+
+    async fn let_go(self: Arc<Self>, host: Arc<str>) {
+        self.fleet.close(&host).await;
+    }
 }
 
 /// One group of every selected host: exec ignores waves (a failure on one

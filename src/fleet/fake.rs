@@ -157,6 +157,10 @@ pub struct FakeFleet {
     pub hosts: HashMap<String, FakeHost>,
     pub builder: FakeBuilder,
     pub unreachable: Mutex<HashSet<String>>,
+    /// Hosts whose session the run closed: using one again is a bug (the
+    /// run let the host go too early), and panics like an unexpected
+    /// command on a [`FakeHost`].
+    pub closed: Mutex<HashSet<String>>,
 }
 
 impl FakeFleet {
@@ -168,7 +172,13 @@ impl FakeFleet {
                 .collect(),
             builder,
             unreachable: Mutex::default(),
+            closed: Mutex::default(),
         })
+    }
+
+    fn assert_open(&self, host: &str) {
+        let closed = self.closed.lock().expect("set").contains(host);
+        assert!(!closed, "{host} used after the run let it go");
     }
 }
 
@@ -179,6 +189,7 @@ impl Fleet for FakeFleet {
         match machine {
             Machine::Builder => Ok(FakeRemote::Builder(self.builder.clone())),
             Machine::Host(h) => {
+                self.assert_open(h);
                 if self.unreachable.lock().expect("set").contains(h) {
                     return Err(SessionError::Unknown(format!(
                         "{h} (unreachable in this test)"
@@ -206,6 +217,7 @@ impl Fleet for FakeFleet {
         host: &str,
         _at: Option<&crate::inventory::ConfirmEndpoint>,
     ) -> Result<FakeRemote, SessionError> {
+        self.assert_open(host);
         let fake = self
             .hosts
             .get(host)
@@ -219,4 +231,9 @@ impl Fleet for FakeFleet {
     }
 
     async fn close_all(&self) {}
+
+    async fn close(&self, host: &str) {
+        let first = self.closed.lock().expect("set").insert(host.to_owned());
+        assert!(first, "{host}'s session closed twice");
+    }
 }

@@ -84,6 +84,10 @@ pub trait Fleet: Send + Sync + 'static {
     /// Close every open session (explicit shutdown at the end of a run).
     fn close_all(&self) -> impl Future<Output = ()> + Send;
 
+    /// Close `host`'s session: the run is done with the host. A later
+    /// command on it fails (it is not reconnected).
+    fn close(&self, host: &str) -> impl Future<Output = ()> + Send;
+
     fn host(&self, name: &str) -> impl Future<Output = Result<Self::Remote, SessionError>> + Send {
         self.connect(Machine::Host(name))
     }
@@ -254,6 +258,12 @@ impl Fleet for Sessions {
         Ok(s)
     }
 
+    async fn close(&self, host: &str) {
+        if let Some(s) = self.slot(Machine::Host(host)).and_then(|s| s.open.get()) {
+            s.close().await;
+        }
+    }
+
     async fn close_all(&self) {
         for slot in std::iter::once(&self.builder).chain(self.hosts.values()) {
             if let Some(s) = slot.open.get() {
@@ -288,6 +298,10 @@ impl<F: Fleet> Fleet for Arc<F> {
 
     fn close_all(&self) -> impl Future<Output = ()> + Send {
         (**self).close_all()
+    }
+
+    fn close(&self, host: &str) -> impl Future<Output = ()> + Send {
+        (**self).close(host)
     }
 }
 

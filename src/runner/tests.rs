@@ -22,6 +22,8 @@ struct Job {
     max_running: AtomicUsize,
     /// Hosts end as soon as a cancel comes (as `exec` hangs up).
     hang_up: Option<CancelWatch>,
+    /// Letting a host go never ends (a host that does not answer).
+    let_go_hangs: bool,
 }
 
 impl Job {
@@ -81,6 +83,7 @@ impl HostJob for Job {
         host: Arc<str>,
         done: Result<(), String>,
     ) -> Result<(), String> {
+        self.log(format!("rechecked {host}"));
         if self.unhealthy_after_soak.contains(&*host) {
             self.log(format!("taken back {host}"));
             Err("unhealthy after soak".into())
@@ -91,6 +94,15 @@ impl HostJob for Job {
 
     fn ended(&self, host: &str, done: &Result<(), String>) {
         self.log(format!("ended {host} {done:?}"));
+    }
+
+    async fn let_go(self: Arc<Self>, host: Arc<str>) {
+        let entry = format!("let go {host}");
+        assert!(!self.entries().contains(&entry), "{host} let go twice");
+        self.log(entry);
+        if self.let_go_hangs {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -159,6 +171,50 @@ async fn waves_in_order_with_parallelism_and_prestaging() {
     assert!(events.iter().any(
         |e| matches!(e, RunnerEvent::SoakChecked { host, healthy: true, .. } if host == "c1")
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_are_let_go_once_the_run_is_done_with_them() {
+    // c1's wave soaks: c1 is let go after its re-check. main does not: each
+    // host is let go as it ends, while others still run.
+    let job = Arc::new(Job::default());
+    let (_c, rx) = cancel::channel();
+    run(job.clone(), &selection(), rx, |_| {}).await;
+    let log = job.entries();
+    let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+    for h in ["c1", "m1", "m2", "m3", "m4", "m5"] {
+        let n = log.iter().filter(|l| **l == format!("let go {h}")).count();
+        assert_eq!(n, 1, "{h}: {log:?}");
+    }
+    assert!(pos("rechecked c1") < pos("let go c1"), "{log:?}");
+    assert!(pos("let go m1") < pos("done m5"), "{log:?}");
+    assert!(pos("ended m1 Ok(())") < pos("let go m1"), "{log:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_run_waits_for_hosts_to_be_let_go_until_the_second_cancel() {
+    let job = Arc::new(Job {
+        let_go_hangs: true,
+        ..Job::default()
+    });
+    let (c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![group("main", &["m1"], 1, 0, 0)],
+    };
+    let j = job.clone();
+    let mut handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(job.entries().contains(&"let go m1".to_string()));
+    assert!(!handle.is_finished(), "the run did not wait");
+    c.escalate();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!handle.is_finished(), "the first Ctrl-C stopped the wait");
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(1), &mut handle)
+        .await
+        .expect("the second Ctrl-C ends the wait")
+        .unwrap();
+    assert_eq!(ends(&results), vec![("m1".to_string(), "ok".to_string())]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -243,8 +299,10 @@ async fn a_canary_refused_by_the_plan_stops_the_run() {
         "{e:?}"
     );
     let log = job.entries();
-    // Nothing was staged, run or soaked.
-    assert!(log.iter().all(|l| l.starts_with("ended c1")), "{log:?}");
+    // Nothing was staged, run or soaked; every host was let go.
+    let (gone, rest): (Vec<_>, Vec<_>) = log.iter().partition(|l| l.starts_with("let go "));
+    assert!(rest.iter().all(|l| l.starts_with("ended c1")), "{log:?}");
+    assert_eq!(gone.len(), 6, "{log:?}");
     let events = events.lock().unwrap();
     assert!(events.iter().any(|e| matches!(e,
         RunnerEvent::WaveFinished { wave, failures: 1, stops_run: true, .. } if wave == "canary")));
