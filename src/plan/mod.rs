@@ -1,6 +1,6 @@
 //! The plan: before anything changes on any host, every selected host in its
 //! wave is either [`Verdict::Ready`] with the candidate it will get (built,
-//! explained by the diff gate, its host locked for the run) or
+//! explained by the diff gate, its host locked until the run lets it go) or
 //! [`Verdict::Refused`] with a typed cause (its configuration did not build,
 //! the diff gate found drift, it could not be reached, another run holds it,
 //! there is nothing to roll back to). `plan` prints it; `push`, `push
@@ -243,7 +243,7 @@ pub struct Plan {
     pub cancelled: Option<PlanStage>,
     /// Closures the diff gate fetched from the builder, for the copy gate.
     pub closures: HashMap<StorePath, Arc<Vec<PathInfo>>>,
-    /// The host locks, held until the run ends.
+    /// The host locks, held until the runner lets each host go.
     pub locks: HashMap<String, HostLock>,
     /// The keys read for each ready host, written by its pipeline.
     pub keys: preflight::HostKeys,

@@ -152,6 +152,11 @@ impl Fault {
                 "the release is written on the controller after the host's part ended; \
                  the host is not touched",
             ),
+            (Fault::SshDrop, Step::Release) => Err(
+                "the host's connection is closed as soon as its part ends (the run lets it \
+                 go); the release is written on the controller after that, with no \
+                 connection to drop",
+            ),
             _ => Ok(()),
         }
     }
