@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::{HostOutcome, RunId};
+use crate::activation::RunId;
 
 /// How long the summary waits for a rolled-back host's history.
 const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -197,16 +197,8 @@ impl RunSession {
     /// earlier system (read only for them, after the run), so the summary
     /// can say which generation and commit each went back to.
     pub async fn report_rollback_targets(&self, inv: &Inventory, hosts: &[HostSummary]) {
-        let took_back = hosts.iter().filter(|h| match &h.end {
-            deploy::HostEnd::Activation { activation } => matches!(
-                activation.as_ref(),
-                HostOutcome::RolledBack { .. }
-                    | HostOutcome::RollbackFailed { .. }
-                    | HostOutcome::RevertedByHost { .. }
-            ),
-            deploy::HostEnd::SoakFailed { .. } => true,
-            _ => false,
-        });
+        // Their connections stay open for this (`DeployJob::let_go`).
+        let took_back = hosts.iter().filter(|h| h.was_taken_back());
         let reads = took_back.map(|h| async move {
             let read = crate::inspect::history::read(&*self.fleet, inv, &h.host);
             match tokio::time::timeout(HISTORY_WAIT, read).await {

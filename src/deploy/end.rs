@@ -195,6 +195,22 @@ impl HostSummary {
     pub fn outcome(&self) -> OutcomeKind {
         self.end.kind()
     }
+
+    /// Did the run take the host back to an earlier system (or did the
+    /// host revert itself)? The run's summary then reads the host's
+    /// known-good history, to say which generation it went back to.
+    pub fn was_taken_back(&self) -> bool {
+        match &self.end {
+            HostEnd::Activation { activation } => matches!(
+                activation.as_ref(),
+                HostOutcome::RolledBack { .. }
+                    | HostOutcome::RollbackFailed { .. }
+                    | HostOutcome::RevertedByHost { .. }
+            ),
+            HostEnd::SoakFailed { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl Serialize for HostSummary {

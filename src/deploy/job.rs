@@ -3,7 +3,7 @@
 //! reporting typed events on the way. The host's lock was taken by the plan
 //! and is held until the runner lets the host go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ use crate::inventory::{Host, Inventory};
 use crate::nix::StorePath;
 use crate::nix::copy::CopyOutcome;
 use crate::plan::{Candidate, Plan, Verdict};
+use crate::remote::unpoisoned;
 use crate::report::{Event, EventSink};
 use crate::runner::{HostJob, Interrupted};
 
@@ -95,6 +96,9 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     magic_rollback: bool,
     /// The host locks the plan took, held until each host is let go.
     locks: tokio::sync::Mutex<HashMap<String, HostLock>>,
+    /// Hosts taken back to an earlier system: let go, they keep their
+    /// connection until the run ends (its summary reads their history).
+    taken_back: std::sync::Mutex<HashSet<String>>,
     lock_holder: String,
     /// Each ready host's keys, read by the plan.
     keys: crate::plan::preflight::HostKeys,
@@ -149,6 +153,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             allow_pending_reboot: ctx.allow_pending_reboot,
             magic_rollback: ctx.magic_rollback,
             locks: tokio::sync::Mutex::new(locks),
+            taken_back: std::sync::Mutex::default(),
             lock_holder: host_lock::holder(&ctx.run_id),
             keys: plan.keys.clone(),
         };
@@ -423,17 +428,24 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
         self.take_back_unhealthy(&host, done).await
     }
 
-    fn ended(&self, _host: &str, done: &HostSummary) {
+    fn ended(&self, host: &str, done: &HostSummary) {
+        if done.was_taken_back() {
+            unpoisoned(&self.taken_back).insert(host.to_owned());
+        }
         self.sink.emit(Event::HostFinished(done.clone()));
     }
 
     /// The host's lock is released (its command ended: bounded by the
-    /// lease), then its connection closed.
+    /// lease), then its connection closed, unless the host was taken back:
+    /// the run's summary reads its known-good history over it
+    /// (`RunSession::report_rollback_targets`), and the run's end closes it.
     async fn let_go(self: Arc<Self>, host: Arc<str>) {
         let lock = self.locks.lock().await.remove(&*host);
         if let Some(lock) = lock {
             lock.release().await;
         }
-        self.fleet.close(&host).await;
+        if !unpoisoned(&self.taken_back).contains(&*host) {
+            self.fleet.close(&host).await;
+        }
     }
 }

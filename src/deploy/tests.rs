@@ -261,6 +261,11 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     // The wave failed: main never started.
     assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
     untouched(&f, "web2");
+    // Every host was let go; web1, taken back, keeps its connection for
+    // the summary's read of its history (the fake panics on a closed one).
+    let closed = f.fleet.closed.lock().unwrap().clone();
+    assert_eq!(closed, ["web2".to_string(), "web3".to_string()].into());
+    assert!(f.fleet.host("web1").await.is_ok());
     // No release for a host whose known-good was revoked: the release step
     // does not even look at it (a repository that does not exist would
     // otherwise be reported).
@@ -297,6 +302,9 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
         st.jobs
     );
     assert_eq!(hosts[1].outcome(), OutcomeKind::KnownGood);
+    // Done with, every host's connection is closed as the run ends.
+    let closed = f.fleet.closed.lock().unwrap().clone();
+    assert_eq!(closed.len(), 3, "{closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
