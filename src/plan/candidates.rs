@@ -143,10 +143,25 @@ async fn build_all<F: Fleet>(
         cancelled: false,
     };
     let mut failed = 0;
+    let roots: Vec<nix::gcroots::Roots> = results
+        .iter()
+        .filter_map(|(host, r)| match r {
+            nix::build::HostBuild::Built { toplevel, drv } => Some(nix::gcroots::Roots {
+                host,
+                toplevel,
+                drv,
+            }),
+            nix::build::HostBuild::Failed { .. } => None,
+        })
+        .collect();
+    nix::gcroots::add_roots(&builder, &roots)
+        .await
+        .context("adding the built systems' GC roots on the builder")?;
+    drop(roots);
     for (host, result) in results {
         let verdict = match result {
             nix::build::HostBuild::Built { toplevel, drv } => {
-                let candidate = root_and_sign(p, &builder, &host, toplevel, &drv, src).await?;
+                let candidate = sign(p, &builder, &host, toplevel, &drv, src).await?;
                 out.drvs.insert(host.clone(), drv);
                 Verdict::Ready {
                     candidate,
@@ -170,7 +185,9 @@ async fn build_all<F: Fleet>(
     Ok(out)
 }
 
-async fn root_and_sign<F: Fleet>(
+/// Sign a built (and rooted) host's closure when the builder has a key;
+/// its candidate.
+async fn sign<F: Fleet>(
     p: &Planning<'_, F>,
     builder: &F::Remote,
     host: &str,
@@ -178,9 +195,6 @@ async fn root_and_sign<F: Fleet>(
     drv: &StorePath,
     src: &Source,
 ) -> anyhow::Result<Candidate> {
-    nix::gcroots::add_roots(builder, host, &toplevel, drv)
-        .await
-        .with_context(|| format!("adding GC roots for {host} on the builder"))?;
     if let Some(key) = &p.inventory.builder.signing_key {
         nix::sign::sign(builder, key, &toplevel)
             .await
