@@ -95,11 +95,9 @@ async fn push<F: Fleet>(
         .await
         .context("connecting to the builder")?;
     if let Some(key) = &cache.signing_key {
-        for top in tops {
-            nix::sign::sign(&builder, key, top)
-                .await
-                .with_context(|| format!("signing {} for the cache", top.name()))?;
-        }
+        nix::sign::sign(&builder, key, tops)
+            .await
+            .context("signing the built systems for the cache")?;
     }
     let sink = p.sink.clone();
     let store = cache.push_to.clone();

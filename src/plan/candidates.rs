@@ -157,11 +157,17 @@ async fn build_all<F: Fleet>(
     nix::gcroots::add_roots(&builder, &roots)
         .await
         .context("adding the built systems' GC roots on the builder")?;
+    if let Some(key) = &inv.builder.signing_key {
+        let tops: Vec<StorePath> = roots.iter().map(|r| r.toplevel.clone()).collect();
+        nix::sign::sign(&builder, key, &tops)
+            .await
+            .context("signing the built systems' closures")?;
+    }
     drop(roots);
     for (host, result) in results {
         let verdict = match result {
             nix::build::HostBuild::Built { toplevel, drv } => {
-                let candidate = sign(p, &builder, &host, toplevel, &drv, src).await?;
+                let candidate = built(p, &host, toplevel, &drv, src);
                 out.drvs.insert(host.clone(), drv);
                 Verdict::Ready {
                     candidate,
@@ -185,21 +191,14 @@ async fn build_all<F: Fleet>(
     Ok(out)
 }
 
-/// Sign a built (and rooted) host's closure when the builder has a key;
-/// its candidate.
-async fn sign<F: Fleet>(
+/// A built (rooted, signed) host's candidate, announced.
+fn built<F: Fleet>(
     p: &Planning<'_, F>,
-    builder: &F::Remote,
     host: &str,
     toplevel: StorePath,
     drv: &StorePath,
     src: &Source,
-) -> anyhow::Result<Candidate> {
-    if let Some(key) = &p.inventory.builder.signing_key {
-        nix::sign::sign(builder, key, &toplevel)
-            .await
-            .with_context(|| format!("signing {host}'s closure"))?;
-    }
+) -> Candidate {
     p.sink.emit(Event::HostBuilt {
         host: host.to_owned(),
         toplevel: toplevel.clone(),
@@ -211,13 +210,13 @@ async fn sign<F: Fleet>(
         commit: &src.commit,
         dirty: src.dirty,
     };
-    Ok(Candidate {
+    Candidate {
         earlier_gates: vec![GateRecord::new(Gate::Build, &evidence)],
         closure: toplevel,
         generation: None,
         never_validated: false,
         commit: None,
-    })
+    }
 }
 
 /// The build gate's evidence in the known-good record.
