@@ -83,9 +83,16 @@ impl RunSession {
         let run_id = RunId::parse(&state::clock::new_run_id())?;
         let spool = state_dir.join("runs").join(format!(".{run_id}.events.tmp"));
         let (sink, reporter) = report::spawn(report::choose(g, command), Some(spool));
-        let (canceller, cancel) = cancel::channel();
+        let (canceller, _) = cancel::channel();
+        // The run sees a cancel level once its event is out (see watch_signals).
+        let (announce, cancel) = tokio::sync::watch::channel(CancelLevel::Running);
         let stop = CancellationToken::new();
-        let signals = tokio::spawn(watch_signals(canceller, stop.clone(), sink.clone()));
+        let signals = tokio::spawn(watch_signals(
+            canceller,
+            announce,
+            stop.clone(),
+            sink.clone(),
+        ));
         let source = req.source();
         let report = RunReport {
             run_id: run_id.to_string(),
@@ -304,9 +311,30 @@ impl RunSession {
 }
 
 /// Escalate on every SIGINT or SIGTERM; the first also cancels `stop`.
-async fn watch_signals(canceller: cancel::Canceller, stop: CancellationToken, sink: EventSink) {
-    let mut watch = canceller.watch();
+/// Each level is announced to the run (`announce`, the run's
+/// [`CancelWatch`]) only after its [`Event::CancelRequested`]: whatever
+/// reacts to it reports after the notice. (The prompt saw the raw level, so
+/// a Ctrl-C at the prompt could end the run, summary and all, before the
+/// notice was emitted: `[y/N] ^Crun report: ...`, the notice lost; seen
+/// once in `tty_e2e`.)
+async fn watch_signals(
+    canceller: cancel::Canceller,
+    announce: tokio::sync::watch::Sender<CancelLevel>,
+    stop: CancellationToken,
+    sink: EventSink,
+) {
+    let watch = canceller.watch();
     tokio::spawn(canceller.on_signals());
+    announce_levels(watch, announce, stop, sink).await;
+}
+
+/// Each new level of `watch`: its event, then `announce`, then `stop`.
+async fn announce_levels(
+    mut watch: CancelWatch,
+    announce: tokio::sync::watch::Sender<CancelLevel>,
+    stop: CancellationToken,
+    sink: EventSink,
+) {
     let mut last = CancelLevel::Running;
     while watch.changed().await.is_ok() {
         let level = *watch.borrow();
@@ -315,11 +343,39 @@ async fn watch_signals(canceller: cancel::Canceller, stop: CancellationToken, si
         }
         last = level;
         sink.emit(Event::CancelRequested { level });
+        announce.send_replace(level);
         if level >= CancelLevel::StopStarting {
             stop.cancel();
         }
-        if level >= CancelLevel::Abort {
-            return;
-        }
+    }
+    // The signal handler ends at Abort; the announced level stays, and with
+    // it its sender, until the run ends (a closed watch would wake its
+    // readers at once, again and again).
+    std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn what_reacts_to_a_cancel_reports_after_its_notice() {
+        let (sink, events) = EventSink::capture();
+        let (canceller, raw) = cancel::channel();
+        let (announce, mut run) = tokio::sync::watch::channel(CancelLevel::Running);
+        let stop = CancellationToken::new();
+        tokio::spawn(announce_levels(raw, announce, stop.clone(), sink.clone()));
+        // The prompt, or the runner: reacts to the run's level by reporting.
+        let reacting = tokio::spawn(async move {
+            cancel::reached(&mut run, CancelLevel::StopStarting).await;
+            sink.emit(Event::BuilderFailed {
+                error: "reacted".into(),
+            });
+        });
+        canceller.escalate();
+        reacting.await.unwrap();
+        assert!(stop.is_cancelled());
+        let kinds: Vec<&str> = events.take().iter().map(Event::name).collect();
+        assert_eq!(kinds, ["cancel_requested", "builder_failed"]);
     }
 }
