@@ -5,7 +5,7 @@
 use crate::exec::{self, ExecRequest};
 use crate::fleet::{Fleet, Sessions};
 use crate::inventory::{Inventory, Selection};
-use crate::report::{self, CommandName, Event, Reporter};
+use crate::report::{self, CommandName, Reporter};
 use crate::runner::cancel::{self, CancelLevel};
 
 use super::{Global, Outcome};
@@ -23,19 +23,16 @@ pub fn run(
         Box::new(report::human::exec::ExecView::new(group))
     };
     super::reporting_to(reporter, CommandName::Exec, |sink| async move {
-        let (canceller, watch) = cancel::channel();
+        let (canceller, _) = cancel::channel();
         let signals = tokio::spawn(canceller.clone().on_signals());
-        let mut levels = canceller.watch();
-        let level_sink = sink.clone();
-        let tell = tokio::spawn(async move {
-            while levels.changed().await.is_ok() {
-                let level = *levels.borrow();
-                level_sink.emit(Event::CancelRequested { level });
-                if level >= CancelLevel::Abort {
-                    return;
-                }
-            }
-        });
+        // The hosts see a level once its notice is out.
+        let (announce, watch) = tokio::sync::watch::channel(CancelLevel::Running);
+        let tell = tokio::spawn(super::run_session::announce_levels(
+            canceller.watch(),
+            announce,
+            tokio_util::sync::CancellationToken::new(),
+            sink.clone(),
+        ));
         let fleet = Sessions::new(inv, g.host_key_policy());
         let counted = exec::run(fleet.clone(), sel, req, sink, watch).await;
         fleet.close_all().await;

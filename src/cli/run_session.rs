@@ -328,8 +328,9 @@ async fn watch_signals(
     announce_levels(watch, announce, stop, sink).await;
 }
 
-/// Each new level of `watch`: its event, then `announce`, then `stop`.
-async fn announce_levels(
+/// Each new level of `watch`: its event, then `announce`, then `stop`
+/// (`exec` too: a host hung up on Ctrl-C reports after the notice).
+pub(crate) async fn announce_levels(
     mut watch: CancelWatch,
     announce: tokio::sync::watch::Sender<CancelLevel>,
     stop: CancellationToken,
