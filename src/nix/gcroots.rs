@@ -92,6 +92,19 @@ mod tests {
         )
     }
 
+    /// The arguments for web1 and web2, in the script's order.
+    fn two_hosts_args(
+        t1: &StorePath,
+        d1: &StorePath,
+        t2: &StorePath,
+        d2: &StorePath,
+    ) -> Vec<String> {
+        [("web1", t1, d1), ("web2", t2, d2)]
+            .into_iter()
+            .flat_map(|(h, t, d)| [h, t.as_str(), d.as_str(), t.hash()].map(str::to_owned))
+            .collect()
+    }
+
     #[tokio::test]
     async fn one_command_with_typed_args_for_many_hosts() {
         let r = ScriptedRemote::new("builder", |_| ok(""));
@@ -114,20 +127,8 @@ mod tests {
         assert_eq!(argvs.len(), 1);
         let argv = &argvs[0];
         assert_eq!(argv[..2], ["sh", "-c"]);
-        assert_eq!(
-            argv[3..],
-            [
-                "nixgate",
-                "web1",
-                t1.as_str(),
-                d1.as_str(),
-                t1.hash(),
-                "web2",
-                t2.as_str(),
-                d2.as_str(),
-                t2.hash()
-            ]
-        );
+        assert_eq!(argv[3], "nixgate");
+        assert_eq!(argv[4..], two_hosts_args(&t1, &d1, &t2, &d2));
         // 250 hosts: three commands.
         let r = ScriptedRemote::new("builder", |_| ok(""));
         let all: Vec<(String, StorePath, StorePath)> = (0..250)
@@ -155,16 +156,7 @@ mod tests {
         let (t1, d1) = paths(1);
         let (t2, d2) = paths(2);
         let out = crate::remote::local::LocalRemote::new("builder")
-            .exec(&Command::script(script.leak()).args([
-                "web1",
-                t1.as_str(),
-                d1.as_str(),
-                t1.hash(),
-                "web2",
-                t2.as_str(),
-                d2.as_str(),
-                t2.hash(),
-            ]))
+            .exec(&Command::script(script.leak()).args(two_hosts_args(&t1, &d1, &t2, &d2)))
             .await
             .unwrap();
         assert!(out.success(), "{}", out.stderr_str());
