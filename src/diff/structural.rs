@@ -347,8 +347,9 @@ impl<R: Remote> RemoteDrvs<'_, R> {
 impl<R: Remote> RemoteDrvs<'_, R> {
     /// Read `paths` (claimed by this diff) on the builder, into both caches.
     async fn read(&mut self, paths: &[String]) -> anyhow::Result<()> {
-        // Batches far below ARG_MAX.
-        for batch in paths.chunks(2000) {
+        // A count of paths (2000 here before) can pass the 128 KiB of the
+        // one argument the command line becomes: runs by length.
+        for batch in crate::remote::command::arg_batches(paths) {
             let out = self
                 .remote
                 .exec(&Command::script(READ).args(batch.iter().map(|s| s.as_str())))
@@ -586,6 +587,25 @@ mod tests {
         async fn exec_stream(&self, _: &Command) -> anyhow::Result<crate::remote::Streaming> {
             unreachable!("the diff only execs")
         }
+    }
+
+    #[tokio::test]
+    async fn a_level_of_two_thousand_derivations_is_read_in_commands_a_shell_takes() {
+        // Each rendered command is one argument to `sh -c` (sshd's, here the
+        // local one), at most 128 KiB: 2000 paths of 80 bytes are 160 KB.
+        let paths: Vec<String> = (0..2000)
+            .map(|i| p('a', &format!("{i:0>4}-a-derivation-with-a-long-name.drv")))
+            .collect();
+        assert!(paths.iter().map(|p| p.len() + 1).sum::<usize>() > 128 * 1024);
+        let cache = SharedDrvCache::default();
+        let mut drvs = RemoteDrvs {
+            remote: &crate::remote::local::LocalRemote::new("builder"),
+            shared: &cache,
+            cache: HashMap::new(),
+        };
+        // None exists: each is read, found missing, and not asked again.
+        drvs.fetch(&paths).await.unwrap();
+        assert!(drvs.cache.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

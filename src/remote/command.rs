@@ -143,6 +143,28 @@ impl Command {
 /// at most 128 KiB in one.
 const INLINE_MAX: usize = 64 * 1024;
 
+/// `args` in runs short enough for one command line each: every run's
+/// quoted words stay within [`INLINE_MAX`], half of what Linux takes in the
+/// one argument the line becomes, leaving room for the command itself. A
+/// word longer than that alone is a run of its own. For commands given
+/// many paths.
+pub fn arg_batches<S: AsRef<str>>(args: &[S]) -> Vec<&[S]> {
+    let mut runs = Vec::new();
+    let (mut start, mut len) = (0, 0);
+    for (i, a) in args.iter().enumerate() {
+        let word = quote(a.as_ref()).len() + 1;
+        if i > start && len + word > INLINE_MAX {
+            runs.push(&args[start..i]);
+            (start, len) = (i, 0);
+        }
+        len += word;
+    }
+    if start < args.len() {
+        runs.push(&args[start..]);
+    }
+    runs
+}
+
 impl Command {
     /// The shell text running this command with `input` as its stdin,
     /// carried in the line itself (`printf '%s' INPUT | COMMAND`), or `None`
@@ -182,6 +204,30 @@ pub fn render_words(words: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arg_batches_keep_every_word_in_order_and_each_run_short() {
+        let words: Vec<String> = (0..3000)
+            .map(|i| format!("/nix/store/{i:0>32}-x.drv"))
+            .collect();
+        let runs = arg_batches(&words);
+        assert!(runs.len() > 1, "{}", runs.len());
+        let joined: Vec<&String> = runs.iter().flat_map(|r| r.iter()).collect();
+        assert_eq!(joined, words.iter().collect::<Vec<_>>());
+        for r in &runs {
+            let len: usize = r.iter().map(|w| quote(w).len() + 1).sum();
+            assert!(len <= INLINE_MAX, "{len}");
+        }
+        // Full runs: the next word would not have fit.
+        for w in runs.windows(2) {
+            let len: usize = w[0].iter().map(|w| quote(w).len() + 1).sum();
+            assert!(len + quote(&w[1][0]).len() + 1 > INLINE_MAX);
+        }
+        // A word over the limit is a run of its own; no words, no runs.
+        let long = ["a".repeat(INLINE_MAX + 1), "b".into()];
+        assert_eq!(arg_batches(&long).len(), 2);
+        assert!(arg_batches::<String>(&[]).is_empty());
+    }
 
     #[test]
     fn a_limited_command_runs_under_timeout_on_the_host() {
