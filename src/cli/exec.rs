@@ -6,7 +6,6 @@ use crate::exec::{self, ExecRequest};
 use crate::fleet::{Fleet, Sessions};
 use crate::inventory::{Inventory, Selection};
 use crate::report::{self, CommandName, Reporter};
-use crate::runner::cancel::{self, CancelLevel};
 
 use super::{Global, Outcome};
 
@@ -23,21 +22,16 @@ pub fn run(
         Box::new(report::human::exec::ExecView::new(group))
     };
     super::reporting_to(reporter, CommandName::Exec, |sink| async move {
-        let (canceller, _) = cancel::channel();
-        let signals = tokio::spawn(canceller.clone().on_signals());
-        // The hosts see a level once its notice is out.
-        let (announce, watch) = tokio::sync::watch::channel(CancelLevel::Running);
-        let tell = tokio::spawn(super::run_session::announce_levels(
-            canceller.watch(),
-            announce,
+        // The hosts see a level once its notice is out (a host hung up on
+        // Ctrl-C reports after it).
+        let (watch, signals) = super::run_session::on_signals(
             tokio_util::sync::CancellationToken::new(),
             sink.clone(),
-        ));
+        );
         let fleet = Sessions::new(inv, g.host_key_policy());
         let counted = exec::run(fleet.clone(), sel, req, sink, watch).await;
         fleet.close_all().await;
         signals.abort();
-        tell.abort();
         Ok(counted)
     })
 }

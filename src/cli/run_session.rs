@@ -83,16 +83,8 @@ impl RunSession {
         let run_id = RunId::parse(&state::clock::new_run_id())?;
         let spool = state_dir.join("runs").join(format!(".{run_id}.events.tmp"));
         let (sink, reporter) = report::spawn(report::choose(g, command), Some(spool));
-        let (canceller, _) = cancel::channel();
-        // The run sees a cancel level once its event is out (see watch_signals).
-        let (announce, cancel) = tokio::sync::watch::channel(CancelLevel::Running);
         let stop = CancellationToken::new();
-        let signals = tokio::spawn(watch_signals(
-            canceller,
-            announce,
-            stop.clone(),
-            sink.clone(),
-        ));
+        let (cancel, signals) = on_signals(stop.clone(), sink.clone());
         let source = req.source();
         let report = RunReport {
             run_id: run_id.to_string(),
@@ -310,6 +302,19 @@ impl RunSession {
     }
 }
 
+/// The run's cancel watch, escalated by SIGINT and SIGTERM (see
+/// [`watch_signals`]), and the task to abort when the run ends (`exec`
+/// too).
+pub(crate) fn on_signals(
+    stop: CancellationToken,
+    sink: EventSink,
+) -> (CancelWatch, tokio::task::JoinHandle<()>) {
+    let (canceller, _) = cancel::channel();
+    let (announce, cancel) = tokio::sync::watch::channel(CancelLevel::Running);
+    let task = tokio::spawn(watch_signals(canceller, announce, stop, sink));
+    (cancel, task)
+}
+
 /// Escalate on every SIGINT or SIGTERM; the first also cancels `stop`.
 /// Each level is announced to the run (`announce`, the run's
 /// [`CancelWatch`]) only after its [`Event::CancelRequested`]: whatever
@@ -328,9 +333,8 @@ async fn watch_signals(
     announce_levels(watch, announce, stop, sink).await;
 }
 
-/// Each new level of `watch`: its event, then `announce`, then `stop`
-/// (`exec` too: a host hung up on Ctrl-C reports after the notice).
-pub(crate) async fn announce_levels(
+/// Each new level of `watch`: its event, then `announce`, then `stop`.
+async fn announce_levels(
     mut watch: CancelWatch,
     announce: tokio::sync::watch::Sender<CancelLevel>,
     stop: CancellationToken,
