@@ -161,7 +161,7 @@ pub async fn run<J: HostJob>(
         staged: HashMap::new(),
         results: Vec::new(),
         letting_go: JoinSet::new(),
-        let_go: HashSet::new(),
+        gone: HashSet::new(),
     };
     let mut stop: Option<NotStarted> = None;
     for (gi, group) in groups.iter().enumerate() {
@@ -194,7 +194,7 @@ struct Runner<J: HostJob> {
     results: Vec<HostResult<J::Done>>,
     /// Hosts being let go, and every host let go so far.
     letting_go: JoinSet<()>,
-    let_go: HashSet<String>,
+    gone: HashSet<String>,
 }
 
 /// One wave in progress.
@@ -453,7 +453,7 @@ impl<J: HostJob> Runner<J> {
 impl<J: HostJob> Runner<J> {
     /// Let `host` go, once.
     fn let_go(&mut self, host: &str) {
-        if self.let_go.insert(host.to_owned()) {
+        if self.gone.insert(host.to_owned()) {
             let job = self.job.clone();
             self.letting_go.spawn(job.let_go(Arc::from(host)));
         }
