@@ -105,6 +105,11 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
             .inventory
             .host(&host)
             .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
+        // Batches forming meanwhile wait for this host.
+        let coming = match (&self.hub, h.copy) {
+            (Some(hub), CopyMode::Relay) => Some(hub.coming()),
+            _ => None,
+        };
         let target = self.fleet.host(&host).await?;
         let outcome = match h.copy {
             CopyMode::Relay => {
@@ -137,7 +142,7 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                     });
                 let received = match &self.hub {
                     Some(hub) => {
-                        hub.share(target.clone(), paths.clone(), lacking, progress)
+                        hub.share(coming, target.clone(), paths.clone(), lacking, progress)
                             .await?
                     }
                     None => {

@@ -6,7 +6,10 @@
 //! found unhealthy) before the next starts. A host the plan already ended
 //! (refused before the run) is counted in its wave when the wave starts,
 //! exactly like a host that fails in it: a refused canary stops the run.
-//! Copies (staging) run ahead of activations by one wave. The runner never
+//! Copies (staging) run ahead of activations by one wave, taking their
+//! slots in the order the waves will start the hosts, and a host starts as
+//! soon as its copy is done and a slot is free (no slot waits for a copy
+//! while a copied host waits for a slot). The runner never
 //! prints: it reports [`RunnerEvent`]s to a callback and returns typed
 //! results.
 //!
@@ -20,10 +23,12 @@
 
 pub mod cancel;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -143,6 +148,9 @@ pub enum RunnerEvent {
 
 type Emit = dyn Fn(RunnerEvent) + Send + Sync;
 
+/// A host's staging: its result to come, and its task.
+type Staging<S> = (oneshot::Receiver<S>, JoinHandle<()>);
+
 /// Run every group of the selection in order.
 pub async fn run<J: HostJob>(
     job: Arc<J>,
@@ -158,6 +166,7 @@ pub async fn run<J: HostJob>(
         cancel,
         emit: Arc::new(emit),
         stage_slots: Arc::new(Semaphore::new(widest.max(1))),
+        stage_turn: None,
         staged: HashMap::new(),
         results: Vec::new(),
         letting_go: JoinSet::new(),
@@ -190,7 +199,9 @@ struct Runner<J: HostJob> {
     cancel: CancelWatch,
     emit: Arc<Emit>,
     stage_slots: Arc<Semaphore>,
-    staged: HashMap<String, (oneshot::Receiver<J::Staged>, JoinHandle<()>)>,
+    /// When the next host spawned for staging may ask for its slot.
+    stage_turn: Option<oneshot::Receiver<()>>,
+    staged: HashMap<String, Staging<J::Staged>>,
     results: Vec<HostResult<J::Done>>,
     /// Hosts being let go, and every host let go so far.
     letting_go: JoinSet<()>,
@@ -264,7 +275,9 @@ impl<J: HostJob> Runner<J> {
     fn stage_ahead(&mut self, group: &Group) {
         for h in &group.hosts {
             if !self.staged.contains_key(h) && self.job.planned_end(h).is_none() {
-                let s = spawn_stage(self.job.clone(), h, self.stage_slots.clone());
+                let turn = self.stage_turn.take();
+                let (s, next) = spawn_stage(self.job.clone(), h, self.stage_slots.clone(), turn);
+                self.stage_turn = Some(next);
                 self.staged.insert(h.clone(), s);
             }
         }
@@ -325,13 +338,25 @@ impl<J: HostJob> Runner<J> {
         stop
     }
 
-    /// Start the wave's hosts, up to `max_parallel` at once, until they are
-    /// done or the wave stops starting them; the rest never start.
+    /// Start the wave's hosts, up to `max_parallel` at once, each as soon
+    /// as its staging ended (the first staged first: a host whose copy is
+    /// done never waits for a slot held by one still copying), until they
+    /// are done or the wave stops starting them; the rest never start and
+    /// their staging stops.
     async fn activate(&mut self, w: &mut WaveRun<'_, J::Done>, pending: Vec<String>, soaks: bool) {
         let group = w.group;
         let mut set: JoinSet<(String, J::Done)> = JoinSet::new();
         let mut task_host: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut pending = pending.into_iter();
+        let mut staging = FuturesUnordered::new();
+        let mut unstarted: Vec<(String, JoinHandle<()>)> = Vec::new();
+        for h in pending {
+            let Some((rx, handle)) = self.staged.remove(&h) else {
+                continue;
+            };
+            unstarted.push((h.clone(), handle));
+            staging.push(async move { (h, rx.await.ok()) });
+        }
+        let mut ready: VecDeque<(String, Option<J::Staged>)> = VecDeque::new();
         loop {
             // A host that ends because of a cancel frees its slot at the
             // moment the cancel arrives: the level is read here, before a
@@ -340,30 +365,20 @@ impl<J: HostJob> Runner<J> {
                 w.stop = Some(NotStarted::Cancelled);
             }
             while w.stop.is_none() && set.len() < group.max_parallel.max(1) {
-                let Some(h) = pending.next() else { break };
-                let Some((rx, _handle)) = self.staged.remove(&h) else {
-                    continue;
+                let Some((h, staged)) = ready.pop_front() else {
+                    break;
                 };
-                let job = self.job.clone();
-                let host: Arc<str> = Arc::from(h.as_str());
-                let handle = set.spawn(async move {
-                    let name = host.to_string();
-                    match rx.await {
-                        Ok(s) => (name, job.run(host, s).await),
-                        Err(_) => {
-                            let done = job.interrupted(&name, Interrupted::StageLost);
-                            (name, done)
-                        }
-                    }
-                });
+                unstarted.retain(|(u, _)| *u != h);
+                let handle = set.spawn(self.start(Arc::from(h.as_str()), staged));
                 task_host.insert(handle.id(), h);
             }
-            if set.is_empty() {
+            let more = w.stop.is_none() && !(staging.is_empty() && ready.is_empty());
+            if set.is_empty() && !more {
                 break;
             }
             tokio::select! {
-                joined = set.join_next_with_id() => {
-                    let Some(joined) = joined else { break };
+                joined = set.join_next_with_id(), if !set.is_empty() => {
+                    let Some(joined) = joined else { continue };
                     let (host, done) = match joined {
                         Ok((_, hd)) => hd,
                         Err(e) => {
@@ -381,6 +396,9 @@ impl<J: HostJob> Runner<J> {
                     }
                     w.record(host, done, failed);
                 }
+                staged = staging.next(), if w.stop.is_none() && !staging.is_empty() => {
+                    ready.extend(staged);
+                }
                 changed = self.cancel.changed() => {
                     if changed.is_ok() {
                         let level = *self.cancel.borrow();
@@ -395,9 +413,30 @@ impl<J: HostJob> Runner<J> {
             }
         }
         let why = w.stop.clone().unwrap_or(NotStarted::Cancelled);
-        for h in pending {
+        for (h, staging) in unstarted {
+            staging.abort();
             let r = self.not_started(&h, &group.name, &why);
             w.results.push(r);
+        }
+    }
+
+    /// A staged host's run (a staging that ended without a result is
+    /// reported as lost).
+    fn start(
+        &self,
+        host: Arc<str>,
+        staged: Option<J::Staged>,
+    ) -> impl Future<Output = (String, J::Done)> + Send + 'static {
+        let job = self.job.clone();
+        async move {
+            let name = host.to_string();
+            match staged {
+                Some(s) => (name, job.run(host, s).await),
+                None => {
+                    let done = job.interrupted(&name, Interrupted::StageLost);
+                    (name, done)
+                }
+            }
         }
     }
 
@@ -476,21 +515,33 @@ impl<J: HostJob> Runner<J> {
     }
 }
 
+/// Stage `host` once the host spawned before it has its slot (`turn`;
+/// dropped, as by an aborted staging, counts as had), so hosts are staged
+/// in the order the waves will start them: spawned tasks race for the
+/// semaphore, and a 20-host push at 50 ms staged light18 before light10,
+/// whose activation slot then waited 3.3 s for light10's copy. The
+/// returned receiver is the next host's turn.
 fn spawn_stage<J: HostJob>(
     job: Arc<J>,
     host: &str,
     slots: Arc<Semaphore>,
-) -> (oneshot::Receiver<J::Staged>, JoinHandle<()>) {
+    turn: Option<oneshot::Receiver<()>>,
+) -> (Staging<J::Staged>, oneshot::Receiver<()>) {
     let (tx, rx) = oneshot::channel();
+    let (next_tx, next_rx) = oneshot::channel();
     let host: Arc<str> = Arc::from(host);
     let handle = tokio::spawn(async move {
+        if let Some(turn) = turn {
+            let _ = turn.await;
+        }
         let Ok(_permit) = slots.acquire_owned().await else {
             return;
         };
+        let _ = next_tx.send(());
         let s = job.stage(host).await;
         let _ = tx.send(s);
     });
-    (rx, handle)
+    ((rx, handle), next_rx)
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ struct Job {
     hang_up: Option<CancelWatch>,
     /// Letting a host go never ends (a host that does not answer).
     let_go_hangs: bool,
+    /// A host's staging in ms, when not 1000.
+    stage_ms: std::collections::HashMap<String, u64>,
+    /// Every host's run in ms, when not 10 000.
+    run_ms: Option<u64>,
 }
 
 impl Job {
@@ -41,19 +45,21 @@ impl HostJob for Job {
 
     async fn stage(self: Arc<Self>, host: Arc<str>) {
         self.log(format!("stage {host}"));
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ms = self.stage_ms.get(&*host).copied().unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
     async fn run(self: Arc<Self>, host: Arc<str>, _: ()) -> Result<(), String> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         self.log(format!("run {host}"));
+        let run = Duration::from_millis(self.run_ms.unwrap_or(10_000));
         match self.hang_up.clone() {
             Some(mut watch) => tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = tokio::time::sleep(run) => {}
                 _ = cancel::reached(&mut watch, CancelLevel::StopStarting) => {}
             },
-            None => tokio::time::sleep(Duration::from_secs(10)).await,
+            None => tokio::time::sleep(run).await,
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.log(format!("done {host}"));
@@ -171,6 +177,58 @@ async fn waves_in_order_with_parallelism_and_prestaging() {
     assert!(events.iter().any(
         |e| matches!(e, RunnerEvent::SoakChecked { host, healthy: true, .. } if host == "c1")
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_staged_host_never_waits_behind_one_still_staging() {
+    // m1's copy takes 5 s, m2's and m3's 1 s; two slots. m3, staged at
+    // 2 s, starts then: the free slot is not held for m1 (which starts
+    // when a slot frees, at 11 s).
+    let job = Arc::new(Job {
+        stage_ms: [("m1".to_string(), 5000)].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![group("main", &["m1", "m2", "m3"], 2, 0, 0)],
+    };
+    let results = run(job.clone(), &sel, rx, |_| {}).await;
+    assert!(ends(&results).iter().all(|(_, e)| e == "ok"));
+    let runs: Vec<String> = job
+        .entries()
+        .into_iter()
+        .filter(|e| e.starts_with("run "))
+        .collect();
+    assert_eq!(runs, ["run m2", "run m3", "run m1"]);
+    assert_eq!(job.max_running.load(Ordering::SeqCst), 2);
+}
+
+/// Staging tasks run on several threads; they still take their slots in
+/// the waves' order (spawned tasks racing for the semaphore once staged
+/// light18 before light10 in a 20-host push).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_staged_in_the_order_the_waves_start_them() {
+    let names: Vec<String> = (1..=40).map(|i| format!("h{i}")).collect();
+    let job = Arc::new(Job {
+        stage_ms: names.iter().map(|h| (h.clone(), 1)).collect(),
+        run_ms: Some(1),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let hosts: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &hosts[..1], 1, 0, 0),
+            group("main", &hosts[1..], 3, 0, 0),
+        ],
+    };
+    run(job.clone(), &sel, rx, |_| {}).await;
+    let staged: Vec<String> = job
+        .entries()
+        .into_iter()
+        .filter_map(|e| e.strip_prefix("stage ").map(str::to_owned))
+        .collect();
+    assert_eq!(staged, names);
 }
 
 #[tokio::test(start_paused = true)]
