@@ -153,7 +153,8 @@ echo $! > "$pidfile""#;
 /// stopped `--collect` unit is unloaded: `inactive`); the timer must be
 /// gone, and the revert script goes too unless the revert is running it
 /// right now.
-pub(crate) const DISARM_LINUX: &str = r#"unit=$1
+pub(crate) const DISARM_LINUX: &str = r#"if [ $# -ge 4 ] && [ "$(readlink -f "$3")" != "$4" ]; then echo "not disarmed: $3 is not $4" >&2; exit 3; fi
+unit=$1
 systemctl stop "$unit.timer" 2>/dev/null
 systemctl is-active "$unit.timer" "$unit.service" 2>/dev/null | {
   read -r timer; read -r service
@@ -162,7 +163,8 @@ systemctl is-active "$unit.timer" "$unit.service" 2>/dev/null | {
   exit 0
 }"#;
 
-const DISARM_DARWIN: &str = r#"pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null; rm -f "$1" "$2"; exit 0"#;
+const DISARM_DARWIN: &str = r#"if [ $# -ge 4 ] && [ "$(readlink -f "$3")" != "$4" ]; then echo "not disarmed: $3 is not $4" >&2; exit 3; fi
+pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null; rm -f "$1" "$2"; exit 0"#;
 
 /// Read a run's revert record, if the host wrote one.
 pub(crate) const READ_RECORD: &str = r#"[ -f "$1" ] && cat "$1"; exit 0"#;
@@ -259,12 +261,29 @@ pub async fn arm<R: Remote>(
 
 /// Disarm: the timer (or sleeper) is stopped and gone.
 pub async fn disarm<R: Remote>(remote: &R, a: &Armed, sudo: bool) -> anyhow::Result<()> {
+    run_disarm(remote, a, &disarm_command(a, sudo, None)).await
+}
+
+/// The disarm command; with `guard` (a link and a path) it disarms only
+/// while the link resolves to that path, read by the same command on
+/// the host (so it can ride in a batch behind the controller's own read
+/// of the link: [`crate::remote::batch`]), and fails otherwise.
+pub fn disarm_command(a: &Armed, sudo: bool, guard: Option<(&str, &str)>) -> Command {
     let cmd = match a.os {
         Os::Linux => Command::script(DISARM_LINUX).args([&a.unit, &a.script]),
         Os::Darwin => Command::script(DISARM_DARWIN).args([&a.pid_file, &a.script]),
     };
+    let cmd = match guard {
+        Some((link, path)) => cmd.args([link, path]),
+        None => cmd,
+    };
+    cmd.sudo(sudo)
+}
+
+/// Run `cmd`, a [`disarm_command`] for `a`.
+pub async fn run_disarm<R: Remote>(remote: &R, a: &Armed, cmd: &Command) -> anyhow::Result<()> {
     remote
-        .exec(&cmd.sudo(sudo))
+        .exec(cmd)
         .await
         .with_context(|| format!("disarming {} on {}", a.unit, remote.name()))?
         .check(&format!("disarming the dead-man timer {}", a.unit))?;
@@ -363,5 +382,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rec.result, "ok");
+    }
+
+    /// The guarded disarm in a real shell, both forms: off the given path
+    /// it fails and leaves the revert script in place; on it, it disarms
+    /// (no timer runs here: the script is removed).
+    #[tokio::test]
+    async fn a_guarded_disarm_only_disarms_on_the_given_path() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        for os in [Os::Linux, Os::Darwin] {
+            let mut paths = HostPaths::for_os(os);
+            paths.job_dir = d.to_owned();
+            let run = RunId::parse("r1").unwrap();
+            let a = Armed::for_run(&run, os, &paths, Duration::from_secs(90));
+            let (on, off) = (format!("{d}/on"), format!("{d}/off"));
+            std::fs::create_dir_all(&on).unwrap();
+            std::fs::create_dir_all(&off).unwrap();
+            let link = format!("{d}/current");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&on, &link).unwrap();
+            std::fs::write(&a.script, "revert").unwrap();
+            let local = LocalRemote::new("local");
+            let refused = disarm_command(&a, false, Some((&link, &off)));
+            let e = format!("{:#}", run_disarm(&local, &a, &refused).await.unwrap_err());
+            assert!(e.contains("not disarmed"), "{e}");
+            assert!(std::path::Path::new(&a.script).exists());
+            run_disarm(&local, &a, &disarm_command(&a, false, Some((&link, &on))))
+                .await
+                .unwrap();
+            assert!(!std::path::Path::new(&a.script).exists(), "{os:?}");
+        }
     }
 }

@@ -398,6 +398,12 @@ impl State {
             self.lock_held = false;
             ok("")
         } else if script == deadman::DISARM_LINUX {
+            // Guarded: only while the link resolves to the given path.
+            if let Some(want) = a.get(7)
+                && self.current.to_string() != *want
+            {
+                return fail(3, &format!("not disarmed: {} is not {want}\n", a[6]));
+            }
             self.timers.remove(a[4]);
             ok("")
         } else if script == deadman::READ_RECORD {

@@ -131,15 +131,22 @@ impl<R: Remote> Run<'_, R> {
     }
 
     /// Confirm over `fresh`, a new connection (or why it could not be made).
+    /// The link's read and the disarm go in one round trip: the disarm is
+    /// guarded on the host by the same read, so it never runs on a host
+    /// found off the candidate (one round trip fewer per host at any RTT).
     async fn confirm_once(&self, fresh: anyhow::Result<R>, armed: &Armed) -> Result<(), Confirm> {
         let fresh = fresh.map_err(|e| Confirm::Failed(format!("{e:#}")))?;
-        let now = links::read_store_link(&fresh, &self.s.paths.current_system)
+        let link = &self.s.paths.current_system;
+        let cand = &self.req.candidate;
+        let disarm = deadman::disarm_command(armed, self.s.sudo, Some((link, cand.as_str())));
+        let ahead = prefetch(&fresh, vec![links::read_link_command(link), disarm.clone()]).await;
+        let now = links::read_store_link(&ahead, link)
             .await
             .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
-        if now.as_ref() != Some(&self.req.candidate) {
+        if now.as_ref() != Some(cand) {
             return Err(Confirm::NotOnCandidate(now));
         }
-        deadman::disarm(&fresh, armed, self.s.sudo)
+        deadman::run_disarm(&ahead, armed, &disarm)
             .await
             .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
         (self.emit)(ActivationEvent::Confirmed {
