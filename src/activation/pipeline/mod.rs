@@ -202,6 +202,12 @@ impl<R: Remote> Run<'_, R> {
         !matches!(self.req.goal, Goal::Copy | Goal::DryActivate)
     }
 
+    /// Does the live switch compare critical components (and list failed
+    /// units) first? Linux, for a goal that switches live.
+    fn compares_components(&self, goal: Goal) -> bool {
+        self.s.os == Os::Linux && matches!(goal, Goal::Test | Goal::Gated | Goal::Switch)
+    }
+
     /// The quick commands after the copy: realise, earlier runs' units,
     /// the links; one round trip for all (see [`crate::remote::batch`]).
     fn after_copy_reads(&self) -> Vec<Command> {
@@ -299,9 +305,22 @@ impl<R: Remote> Run<'_, R> {
             return outcome;
         }
         let mut deferred = None;
+        // The live switch's first read (critical components, failed units)
+        // rides with the dry activation: one round trip for both.
+        let remote = self.remote;
+        let mut ahead = prefetch(remote, Vec::new()).await;
         if goal.runs_dry_activate() {
             self.start(Gate::DryActivate);
-            let dry = dry_activate::dry_activate(self.remote, &cand, self.s.os, self.s.sudo);
+            let (os, sudo) = (self.s.os, self.s.sudo);
+            let mut cmds = vec![dry_activate::dry_activate_command(&cand, os, sudo)];
+            if self.compares_components(goal) {
+                let cs = &self.s.paths.current_system;
+                cmds.push(inhibitors::compare_command(cs, &cand, sudo));
+            }
+            let dry = async {
+                ahead = prefetch(remote, cmds).await;
+                dry_activate::dry_activate(&ahead, &cand, os, sudo).await
+            };
             match bounded("dry-activate", self.s.activation_timeout, dry).await {
                 Ok(dry_activate::DryActivateOutcome::Passed(report)) => {
                     self.pass(Gate::DryActivate, GateEvidence::DryActivate(report))
@@ -338,10 +357,10 @@ impl<R: Remote> Run<'_, R> {
             };
         }
         self.start(Gate::LiveActivate);
-        if self.s.os == Os::Linux && deferred.is_none() {
+        if self.compares_components(goal) && deferred.is_none() {
             self.step(Step::CheckInhibitors);
             let compare = inhibitors::before_live_switch(
-                self.remote,
+                &ahead,
                 &self.s.paths.current_system,
                 &cand,
                 self.s.sudo,
