@@ -65,13 +65,17 @@ struct Fixture {
 }
 
 fn fixture(inv: Arc<Inventory>, on: [&str; 3], build: Build) -> Fixture {
+    fixture_with(inv, on, FakeBuilder::new(build))
+}
+
+fn fixture_with(inv: Arc<Inventory>, on: [&str; 3], builder: FakeBuilder) -> Fixture {
     let hosts: HashMap<&'static str, FakeHost> = ["web1", "web2", "web3"]
         .into_iter()
         .zip(on)
         .map(|(h, c)| (h, FakeHost::new(&sp(c))))
         .collect();
     let list: Vec<(&str, &FakeHost)> = hosts.iter().map(|(n, h)| (*n, h)).collect();
-    let fleet = FakeFleet::new(&list, FakeBuilder::new(build));
+    let fleet = FakeFleet::new(&list, builder);
     let (sink, events) = EventSink::capture();
     let (canceller, watch) = cancel::channel();
     let ctx = RunContext {
@@ -402,5 +406,50 @@ async fn a_host_whose_build_fails_is_refused_alone() {
             } if log_tail.iter().any(|l| l.contains("attribute"))
         ),
         "{refused:?}"
+    );
+}
+
+/// The GC roots are added while the diff gate reads; the plan still waits
+/// for them: a builder that cannot root what it built refuses every host
+/// it built, as before.
+#[tokio::test]
+async fn hosts_whose_build_cannot_be_rooted_are_refused() {
+    let attr = |h: &str| format!("nixosConfigurations.{h}.config.system.build.toplevel");
+    let builds: HashMap<String, String> = ["web1", "web2", "web3"]
+        .into_iter()
+        .map(|h| (attr(h), NEW.to_owned()))
+        .collect();
+    let builder = FakeBuilder::new(Build::Builds(builds)).failing_roots();
+    let f = fixture_with(inventory(0, "0s"), [OLD; 3], builder);
+    let sel = f.inv.select(&Default::default()).unwrap();
+    let req = Request::Build {
+        source: Source {
+            commit: "a".repeat(40),
+            dirty: false,
+        },
+    };
+    let p = Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: &sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    };
+    let plan = plan::make(&p, &req).await;
+    assert_eq!(plan.ready().count(), 0);
+    let refused: Vec<_> = plan.refused().collect();
+    assert_eq!(refused.len(), 3);
+    for (host, r) in refused {
+        assert!(
+            matches!(r, Refusal::Builder { error } if error.contains("GC roots") && error.contains("No space")),
+            "{host}: {r:?}"
+        );
+    }
+    assert!(
+        f.events
+            .take()
+            .iter()
+            .any(|e| matches!(e, Event::BuilderFailed { error } if error.contains("GC roots")))
     );
 }

@@ -29,6 +29,8 @@ pub struct FakeBuilder {
     build: Arc<Mutex<Build>>,
     /// Every command run, and whether a build's stdin was closed on it.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Adding GC roots fails (a builder whose disk is full).
+    roots_fail: bool,
 }
 
 impl FakeBuilder {
@@ -36,6 +38,15 @@ impl FakeBuilder {
         FakeBuilder {
             build: Arc::new(Mutex::new(build)),
             log: Arc::default(),
+            roots_fail: false,
+        }
+    }
+
+    /// A builder on which adding GC roots fails.
+    pub fn failing_roots(self) -> Self {
+        FakeBuilder {
+            roots_fail: true,
+            ..self
         }
     }
 
@@ -49,6 +60,9 @@ impl FakeBuilder {
         if a.iter().any(|x| x == "nix-store") && a.iter().any(|x| x == "--deriver") {
             let drvs: String = a[3..].iter().map(|p| format!("{p}.drv\n")).collect();
             return ok(&drvs);
+        }
+        if self.roots_fail && a.iter().any(|x| x.contains("gcroots/nixgate")) {
+            return Output::new(Exit::Code { code: 1 }, "", "ln: No space left on device\n");
         }
         // The source is there; GC roots and anything else succeed.
         ok("present\n")

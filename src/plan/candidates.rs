@@ -2,6 +2,12 @@
 //! every selected host there in one invocation, root and sign what was
 //! built. A host whose build failed is refused alone; a builder that cannot
 //! be used refuses every host. Ctrl-C ends the builder's Nix process.
+//!
+//! The GC roots and signatures are added while the diff gate reads
+//! ([`Rooting`]), not before it: they are builder commands the diff does
+//! not need (one round trip each, two with a signing key, that every
+//! host's first read waited for), and the plan waits for them before it
+//! is ready, so nothing is copied unrooted or unsigned.
 
 use std::collections::HashMap;
 
@@ -30,6 +36,67 @@ pub struct Built {
     pub drvs: HashMap<String, StorePath>,
     /// Ctrl-C ended the build.
     pub cancelled: bool,
+    /// The built systems' GC roots and signatures, being added.
+    pub rooting: Option<Rooting>,
+}
+
+/// The GC roots and signatures of the built systems, being added on the
+/// builder by a task of their own.
+pub struct Rooting(tokio::task::JoinHandle<anyhow::Result<()>>);
+
+impl Rooting {
+    fn start<R: crate::remote::Remote + Clone + 'static>(
+        builder: R,
+        built: Vec<(String, StorePath, StorePath)>,
+        signing_key: Option<String>,
+    ) -> Rooting {
+        Rooting(tokio::spawn(async move {
+            let roots: Vec<nix::gcroots::Roots> = built
+                .iter()
+                .map(|(host, toplevel, drv)| nix::gcroots::Roots {
+                    host,
+                    toplevel,
+                    drv,
+                })
+                .collect();
+            nix::gcroots::add_roots(&builder, &roots)
+                .await
+                .context("adding the built systems' GC roots on the builder")?;
+            if let Some(key) = &signing_key {
+                let tops: Vec<StorePath> = built.iter().map(|(_, t, _)| t.clone()).collect();
+                nix::sign::sign(&builder, key, &tops)
+                    .await
+                    .context("signing the built systems' closures")?;
+            }
+            Ok(())
+        }))
+    }
+
+    /// Wait until the roots and signatures are in place; a failure is the
+    /// builder's, reported and refusing every host still ready.
+    pub async fn finish(
+        self,
+        sink: &crate::report::EventSink,
+        verdicts: &mut HashMap<String, Verdict>,
+    ) {
+        let error = match self.0.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => format!("adding the built systems' GC roots: {e}"),
+        };
+        sink.emit(Event::BuilderFailed {
+            error: error.clone(),
+        });
+        for v in verdicts.values_mut() {
+            if matches!(v, Verdict::Ready { .. }) {
+                *v = Verdict::Refused {
+                    refusal: Refusal::Builder {
+                        error: error.clone(),
+                    },
+                };
+            }
+        }
+    }
 }
 
 /// Read the source repository's state; a dirty tree is refused unless allowed.
@@ -66,6 +133,7 @@ pub async fn build<F: Fleet>(p: &Planning<'_, F>, src: &Source, hosts: &[String]
             verdicts: HashMap::new(),
             drvs: HashMap::new(),
             cancelled: true,
+            rooting: None,
         },
         Err(e) => {
             let error = format!("{e:#}");
@@ -85,6 +153,7 @@ pub async fn build<F: Fleet>(p: &Planning<'_, F>, src: &Source, hosts: &[String]
                 verdicts,
                 drvs: HashMap::new(),
                 cancelled: false,
+                rooting: None,
             }
         }
     }
@@ -137,33 +206,23 @@ async fn build_all<F: Fleet>(
         });
     };
     let results = nix::build::build_hosts(&builder, &req, &progress, p.stop).await?;
+    let rooted: Vec<(String, StorePath, StorePath)> = results
+        .iter()
+        .filter_map(|(host, r)| match r {
+            nix::build::HostBuild::Built { toplevel, drv } => {
+                Some((host.clone(), toplevel.clone(), drv.clone()))
+            }
+            nix::build::HostBuild::Failed { .. } => None,
+        })
+        .collect();
+    let key = inv.builder.signing_key.clone();
     let mut out = Built {
         verdicts: HashMap::new(),
         drvs: HashMap::new(),
         cancelled: false,
+        rooting: Some(Rooting::start(builder, rooted, key)),
     };
     let mut failed = 0;
-    let roots: Vec<nix::gcroots::Roots> = results
-        .iter()
-        .filter_map(|(host, r)| match r {
-            nix::build::HostBuild::Built { toplevel, drv } => Some(nix::gcroots::Roots {
-                host,
-                toplevel,
-                drv,
-            }),
-            nix::build::HostBuild::Failed { .. } => None,
-        })
-        .collect();
-    nix::gcroots::add_roots(&builder, &roots)
-        .await
-        .context("adding the built systems' GC roots on the builder")?;
-    if let Some(key) = &inv.builder.signing_key {
-        let tops: Vec<StorePath> = roots.iter().map(|r| r.toplevel.clone()).collect();
-        nix::sign::sign(&builder, key, &tops)
-            .await
-            .context("signing the built systems' closures")?;
-    }
-    drop(roots);
     for (host, result) in results {
         let verdict = match result {
             nix::build::HostBuild::Built { toplevel, drv } => {
@@ -191,7 +250,8 @@ async fn build_all<F: Fleet>(
     Ok(out)
 }
 
-/// A built (rooted, signed) host's candidate, announced.
+/// A built host's candidate, announced (rooted and signed before the plan
+/// is ready: [`Rooting`]).
 fn built<F: Fleet>(
     p: &Planning<'_, F>,
     host: &str,

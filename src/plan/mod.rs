@@ -346,38 +346,15 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     let mut verdicts: HashMap<String, Verdict> = HashMap::new();
     let mut plan_cancelled = None;
     let mut closures = HashMap::new();
+    let mut locks = HashMap::new();
     match req {
         Request::Build { source } | Request::Diff { source, .. } | Request::Push { source, .. } => {
-            let expect = match req {
-                Request::Diff { expect, .. } | Request::Push { expect, .. } => Some(expect),
-                _ => None,
+            let mut found = Found {
+                verdicts: &mut verdicts,
+                closures: &mut closures,
+                locks: &mut locks,
             };
-            // The hosts' handshakes overlap the build when the diff gate
-            // will need them.
-            let connecting = expect.map(|_| early_connect::start(p.fleet, &hosts));
-            let built = candidates::build(p, source, &hosts).await;
-            if built.cancelled {
-                plan_cancelled = Some(PlanStage::Build);
-            }
-            verdicts.extend(built.verdicts);
-            if let Some(connecting) = connecting {
-                if plan_cancelled.is_some() {
-                    connecting.abandon();
-                } else if connecting.settle(&mut verdicts, p.stop).await {
-                    plan_cancelled = Some(PlanStage::Diff);
-                }
-            }
-            if matches!(req, Request::Push { .. }) && plan_cancelled.is_none() {
-                early_connect::relay_stream(p, &verdicts).await;
-            }
-            if let (Some(expect), None) = (expect, plan_cancelled) {
-                let gate =
-                    diffgate::run(p, &mut verdicts, &built.drvs, expect.as_deref(), source).await;
-                closures = gate.closures;
-                if gate.cancelled {
-                    plan_cancelled = Some(PlanStage::Diff);
-                }
-            }
+            plan_cancelled = build_and_diff(p, req, source, &hosts, &mut found).await;
         }
         Request::Release { host, closure, .. } => {
             // The CLI narrowed the selection to the tag's host.
@@ -408,7 +385,6 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     {
         plan_cancelled = Some(PlanStage::CachePush);
     }
-    let mut locks = HashMap::new();
     if req.deploys() && plan_cancelled.is_none() && lock_ready(p, &mut verdicts, &mut locks).await {
         plan_cancelled = Some(PlanStage::Lock);
     }
@@ -439,61 +415,150 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     plan
 }
 
-/// Take the lock of every ready host; a host whose lock is held or cannot
-/// be taken is refused. True when cancelled on the way.
+/// What building and diffing found, filled in as they go.
+struct Found<'f> {
+    verdicts: &'f mut HashMap<String, Verdict>,
+    closures: &'f mut HashMap<StorePath, Arc<Vec<PathInfo>>>,
+    locks: &'f mut HashMap<String, HostLock>,
+}
+
+/// Build, and for `diff` and `push` connect and run the diff gate (a push
+/// takes its locks meanwhile); the stage Ctrl-C stopped, if it did.
+async fn build_and_diff<F: Fleet>(
+    p: &Planning<'_, F>,
+    req: &Request,
+    source: &Source,
+    hosts: &[String],
+    f: &mut Found<'_>,
+) -> Option<PlanStage> {
+    let mut plan_cancelled = None;
+    let expect = match req {
+        Request::Diff { expect, .. } | Request::Push { expect, .. } => Some(expect),
+        _ => None,
+    };
+    // The hosts' handshakes overlap the build when the diff gate will
+    // need them.
+    let connecting = expect.map(|_| early_connect::start(p.fleet, hosts));
+    let mut built = candidates::build(p, source, hosts).await;
+    if built.cancelled {
+        plan_cancelled = Some(PlanStage::Build);
+    }
+    f.verdicts.extend(std::mem::take(&mut built.verdicts));
+    if let Some(connecting) = connecting {
+        if plan_cancelled.is_some() {
+            connecting.abandon();
+        } else if connecting.settle(f.verdicts, p.stop).await {
+            plan_cancelled = Some(PlanStage::Diff);
+        }
+    }
+    if matches!(req, Request::Push { .. }) && plan_cancelled.is_none() {
+        early_connect::relay_stream(p, f.verdicts).await;
+    }
+    if let (Some(expect), None) = (expect, plan_cancelled) {
+        // A push takes its hosts' locks while the diff gate reads (the
+        // lock's round trip was the plan's last), so the diff is also of a
+        // host no other run changes meanwhile.
+        let early = matches!(req, Request::Push { .. })
+            .then(|| ready_unlocked(f.verdicts, f.locks))
+            .unwrap_or_default();
+        let diff = diffgate::run(p, f.verdicts, &built.drvs, expect.as_deref(), source);
+        let (gate, taken) = tokio::join!(diff, take_locks(p, early));
+        *f.closures = gate.closures;
+        if gate.cancelled {
+            plan_cancelled = Some(PlanStage::Diff);
+        }
+        match taken {
+            Some(taken) => apply_locks(f.verdicts, f.locks, taken),
+            None => plan_cancelled = plan_cancelled.or(Some(PlanStage::Lock)),
+        }
+    }
+    if let Some(rooting) = built.rooting.take() {
+        rooting.finish(p.sink, f.verdicts).await;
+    }
+    plan_cancelled
+}
+
+/// Take the lock of every ready host not locked yet; a host whose lock is
+/// held or cannot be taken is refused. True when cancelled on the way.
 async fn lock_ready<F: Fleet>(
     p: &Planning<'_, F>,
     verdicts: &mut HashMap<String, Verdict>,
     locks: &mut HashMap<String, HostLock>,
 ) -> bool {
-    let ready: Vec<String> = verdicts
+    match take_locks(p, ready_unlocked(verdicts, locks)).await {
+        Some(taken) => {
+            apply_locks(verdicts, locks, taken);
+            false
+        }
+        None => true,
+    }
+}
+
+/// The ready hosts whose lock the run does not hold yet.
+fn ready_unlocked(
+    verdicts: &HashMap<String, Verdict>,
+    locks: &HashMap<String, HostLock>,
+) -> Vec<String> {
+    verdicts
         .iter()
-        .filter(|(_, v)| matches!(v, Verdict::Ready { .. }))
+        .filter(|(h, v)| matches!(v, Verdict::Ready { .. }) && !locks.contains_key(*h))
         .map(|(h, _)| h.clone())
-        .collect();
+        .collect()
+}
+
+type Taken = Vec<(String, Result<HostLock, Refusal>)>;
+
+/// Take the locks of `hosts`, all at once; `None` when cancelled.
+async fn take_locks<F: Fleet>(p: &Planning<'_, F>, hosts: Vec<String>) -> Option<Taken> {
+    if hosts.is_empty() {
+        return Some(Vec::new());
+    }
     let holder = host_lock::holder(p.run_id);
-    let take = ready.iter().map(|h| {
+    let take = hosts.into_iter().map(|h| {
         let holder = holder.clone();
         async move {
-            let Some(inv_host) = p.inventory.host(h) else {
-                return (
-                    h.clone(),
-                    Err(Refusal::Unreachable {
-                        error: format!("{h} is not in the inventory"),
-                    }),
-                );
+            let Some(inv_host) = p.inventory.host(&h) else {
+                let error = format!("{h} is not in the inventory");
+                return (h, Err(Refusal::Unreachable { error }));
             };
-            let remote = match p.fleet.host(h).await {
+            let remote = match p.fleet.host(&h).await {
                 Ok(r) => r,
-                Err(e) => return (h.clone(), Err(Refusal::no_session(&e))),
+                Err(e) => return (h, Err(Refusal::no_session(&e))),
             };
             let path = host_lock::path(&HostPaths::for_os(inv_host.os));
             let r = host_lock::acquire(&remote, inv_host.os, &path, &holder, inv_host.sudo).await;
-            (
-                h.clone(),
-                r.map_err(|e| match e {
-                    host_lock::HostLockError::Held { holder } => Refusal::Locked { holder },
-                    host_lock::HostLockError::Failed(e) => Refusal::LockFailed {
-                        error: format!("{e:#}"),
-                    },
-                }),
-            )
+            let r = r.map_err(|e| match e {
+                host_lock::HostLockError::Held { holder } => Refusal::Locked { holder },
+                host_lock::HostLockError::Failed(e) => Refusal::LockFailed {
+                    error: format!("{e:#}"),
+                },
+            });
+            (h, r)
         }
     });
     let all = futures_util::future::join_all(take);
-    let results = tokio::select! {
-        r = all => r,
-        _ = p.stop.cancelled() => return true,
-    };
-    for (h, r) in results {
+    tokio::select! {
+        r = all => Some(r),
+        _ = p.stop.cancelled() => None,
+    }
+}
+
+/// Keep each lock taken of a host still ready (one refused meanwhile, by
+/// the diff gate, is let go); refuse a ready host whose lock was not had.
+fn apply_locks(
+    verdicts: &mut HashMap<String, Verdict>,
+    locks: &mut HashMap<String, HostLock>,
+    taken: Taken,
+) {
+    for (h, r) in taken {
+        let Some(v @ Verdict::Ready { .. }) = verdicts.get_mut(&h) else {
+            continue;
+        };
         match r {
             Ok(lock) => {
                 locks.insert(h, lock);
             }
-            Err(refusal) => {
-                verdicts.insert(h, Verdict::Refused { refusal });
-            }
+            Err(refusal) => *v = Verdict::Refused { refusal },
         }
     }
-    false
 }
