@@ -33,7 +33,7 @@ use crate::keys::UploadAt;
 use crate::nix::StorePath;
 use crate::remote::Command;
 use crate::remote::Remote;
-use crate::remote::batch::prefetch;
+use crate::remote::batch::{Prefetched, prefetch};
 
 /// What to activate where.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +148,7 @@ fn remote_err(step: &'static str, e: anyhow::Error) -> FailureReason {
     }
 }
 
-impl<R: Remote> Run<'_, R> {
+impl<'a, R: Remote> Run<'a, R> {
     fn step(&self, step: Step) {
         (self.emit)(ActivationEvent::Step { step });
     }
@@ -220,12 +220,25 @@ impl<R: Remote> Run<'_, R> {
             cmds.push(leftovers::list_command());
         }
         cmds.push(links::read_links_command(&self.start_links()));
+        // The live switch's first read, when nothing runs on the host
+        // before it (no dry activation, no keys written first).
+        let keys_first = self
+            .req
+            .keys
+            .iter()
+            .any(|k| k.spec.upload_at == UploadAt::PreActivation);
+        if self.compares_components(goal) && !goal.runs_dry_activate() && !keys_first {
+            let cs = &self.s.paths.current_system;
+            let sudo = self.s.sudo;
+            cmds.push(inhibitors::compare_command(cs, &self.req.candidate, sudo));
+        }
         cmds
     }
 
     /// Realise the candidate, settle what earlier runs left, and read the
-    /// links the run starts from (not for goal `copy`).
-    async fn realise_and_read(&mut self, first: Gate) -> Result<(), HostOutcome> {
+    /// links the run starts from (not for goal `copy`). The host's answers
+    /// read ahead and not used yet come back with it.
+    async fn realise_and_read(&mut self, first: Gate) -> Result<Prefetched<'a, R>, HostOutcome> {
         let goal = self.req.goal;
         let cand = self.req.candidate.clone();
         self.step(Step::Realise {
@@ -248,7 +261,7 @@ impl<R: Remote> Run<'_, R> {
             Err(e) => return Err(self.fail_clean(Gate::Copy, remote_err("realise", e))),
         }
         if goal == Goal::Copy {
-            return Ok(());
+            return Ok(ahead);
         }
         if self.settles_earlier_runs()
             && let Err(e) = leftovers::settle(&ahead, self.s, &self.req.run_id, self.emit).await
@@ -272,7 +285,7 @@ impl<R: Remote> Run<'_, R> {
             Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
             Err(e) => return Err(self.fail_clean(first, remote_err("read current system", e))),
         }
-        Ok(())
+        Ok(ahead)
     }
 
     async fn go(&mut self, cancel: &CancellationToken) -> HostOutcome {
@@ -290,9 +303,10 @@ impl<R: Remote> Run<'_, R> {
                 Err(e) => return self.fail_clean(first, remote_err("sudo preflight", e)),
             }
         }
-        if let Err(outcome) = self.realise_and_read(first).await {
-            return outcome;
-        }
+        let mut ahead = match self.realise_and_read(first).await {
+            Ok(ahead) => ahead,
+            Err(outcome) => return outcome,
+        };
         if goal == Goal::Copy {
             return HostOutcome::Activated { goal };
         }
@@ -306,9 +320,9 @@ impl<R: Remote> Run<'_, R> {
         }
         let mut deferred = None;
         // The live switch's first read (critical components, failed units)
-        // rides with the dry activation: one round trip for both.
+        // rides with the dry activation (else with the reads after the
+        // copy): one round trip for both.
         let remote = self.remote;
-        let mut ahead = prefetch(remote, Vec::new()).await;
         if goal.runs_dry_activate() {
             self.start(Gate::DryActivate);
             let (os, sudo) = (self.s.os, self.s.sudo);
