@@ -5,8 +5,9 @@
 //! Made after the build, by the diff gate's first read, it was pure waiting
 //! (BENCHMARKS.md, "The round trips of one gated push": the host's
 //! connection opened at 1.0 s, after the build). [`start`] opens every
-//! selected host's session as soon as the builder's is up, so the
-//! handshakes overlap the source shipping and the build; [`settle`] then
+//! selected host's session with the builder's (after it, for fleets of
+//! [`MAX_CONNECTING`] hosts or more), so the handshakes overlap the
+//! source shipping and the build; [`settle`] then
 //! refuses a host that could not be reached once, with the error of that
 //! one attempt (or its sudo's refusal of the run's password): a host is never made to time out twice.
 //!
@@ -24,22 +25,28 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Planning, Refusal, Verdict};
-use crate::fleet::{Fleet, SessionError};
+use crate::fleet::{Fleet, MAX_CONNECTING, SessionError};
 use crate::inventory::CopyMode;
 use crate::remote::Remote;
 
 /// The connections being made: each host's failure, if it had one.
 pub struct Connecting(JoinHandle<HashMap<String, SessionError>>);
 
-/// Start connecting to `hosts`, after the builder (whose handshake the
-/// build waits for, so it does not queue behind the hosts').
+/// Start connecting to `hosts`: alongside the builder when they are fewer
+/// than [`MAX_CONNECTING`] (the builder's handshake, which the build waits
+/// for, cannot queue behind theirs then), else after it. One host at 50 ms
+/// after a quick build: its handshake, started once the builder's was
+/// done, was the critical path until 0.32 s (BENCHMARKS.md, "Scheduling,
+/// and more round trips off the path").
 pub fn start<F: Fleet>(fleet: &Arc<F>, hosts: &[String]) -> Connecting {
     let fleet = fleet.clone();
     let hosts = hosts.to_vec();
     Connecting(tokio::spawn(async move {
         // The build reports a builder that cannot be reached; the hosts are
         // connected either way.
-        let _ = fleet.builder().await;
+        if hosts.len() >= MAX_CONNECTING {
+            let _ = fleet.builder().await;
+        }
         let tried = join_all(hosts.iter().map(|h| {
             let fleet = &fleet;
             async move { (h.clone(), fleet.host(h).await.err()) }
