@@ -50,7 +50,15 @@ fn plan_explains_changes_and_enforces_expect() {
         .unwrap();
     let log = text(&out.stderr);
     assert!(!log.contains('\u{1b}'), "no colour codes in a piped log");
-    let dumps: Vec<&str> = log.lines().filter(|l| l.contains("--dump-db")).collect();
+    // One record per command, over several lines for a script.
+    let mut records: Vec<String> = Vec::new();
+    for line in log.lines() {
+        match records.last_mut() {
+            Some(r) if !line.starts_with("20") => r.push_str(line),
+            _ => records.push(line.to_owned()),
+        }
+    }
+    let dumps: Vec<&String> = records.iter().filter(|l| l.contains("--dump-db")).collect();
     assert!(!dumps.is_empty(), "the closure query is logged: {log}");
     assert!(
         dumps.iter().all(|l| l.contains("host=builder")),

@@ -208,6 +208,35 @@ pub async fn closures<R: Remote>(
     Ok(split_closures(&all, roots))
 }
 
+/// The closures of every path of `paths` the remote has, with one command
+/// (a path it lacks gets none): the diff gate asks the builder for the
+/// candidates' and for the hosts' running systems it still has in one
+/// round trip (it was a validity check, then the query).
+pub async fn closures_present<R: Remote>(
+    remote: &R,
+    paths: &[StorePath],
+) -> anyhow::Result<HashMap<StorePath, Vec<PathInfo>>> {
+    if paths.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let out = remote
+        .exec(&Command::script(DUMP_PRESENT).args(paths.iter().map(|r| r.as_str())))
+        .await
+        .with_context(|| format!("querying {} closures on {}", paths.len(), remote.name()))?
+        .check(&format!("querying closures on {}", remote.name()))?;
+    let all = topo_sort(parse_dump_db(&out.stdout_str())?)?;
+    Ok(split_closures(&all, paths))
+}
+
+/// [`closures_present`]'s command: the valid paths of `$@`, their closure
+/// dumped; nothing at all when none is valid (a bare `--dump-db` would
+/// dump the whole store).
+const DUMP_PRESENT: &str = r#"dump() { nix-store --query --requisites "$@" | xargs nix-store --dump-db; }
+bad=" $(nix-store --check-validity --print-invalid "$@" | tr '\n' ' ') "
+valid=
+for p; do case $bad in *" $p "*) ;; *) valid="$valid $p" ;; esac; done
+[ -z "$valid" ] || dump $valid"#;
+
 /// Each root's closure out of `all` (their union in dependency order),
 /// keeping that order.
 pub fn split_closures(all: &[PathInfo], roots: &[StorePath]) -> HashMap<StorePath, Vec<PathInfo>> {
@@ -274,6 +303,39 @@ pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one query on a real store: a path the store lacks gets no
+    /// closure and does not fail the others; none present, nothing (not
+    /// the whole store's dump).
+    #[tokio::test]
+    #[ignore = "needs Nix's store (root): run scripts/test"]
+    async fn closures_present_skips_what_the_store_lacks() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("nixgate-closure-present");
+        std::fs::write(&f, "x").unwrap();
+        let out = std::process::Command::new("nix-store")
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let valid = StorePath::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+        let absent =
+            StorePath::parse("/nix/store/00000000000000000000000000000000-nixgate-absent").unwrap();
+        let local = LocalRemote::new("local");
+        let got = closures_present(&local, &[absent.clone(), valid.clone()])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[&valid].len(), 1);
+        assert!(
+            closures_present(&local, &[absent])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn split_keeps_each_roots_closure_in_order() {

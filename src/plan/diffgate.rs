@@ -371,17 +371,14 @@ async fn builder_closures<F: Fleet>(
         return HashMap::new();
     };
     let mut roots: Vec<StorePath> = candidates.iter().map(|(_, c)| c.clone()).collect();
-    let mut currents: Vec<StorePath> = running
-        .values()
-        .filter_map(|r| r.as_ref().ok().cloned().flatten())
-        .filter(|c| !roots.contains(c))
-        .collect();
-    currents.sort();
-    currents.dedup();
-    if let Ok(lacking) = nix::closure::missing(&b, &currents).await {
-        roots.extend(currents.into_iter().filter(|c| !lacking.contains(c)));
-    }
-    nix::closure::closures(&b, &roots)
+    roots.extend(
+        running
+            .values()
+            .filter_map(|r| r.as_ref().ok().cloned().flatten()),
+    );
+    roots.sort();
+    roots.dedup();
+    nix::closure::closures_present(&b, &roots)
         .await
         .map(|m| m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
         .unwrap_or_default()
