@@ -319,34 +319,11 @@ impl<'a, R: Remote> Run<'a, R> {
             return outcome;
         }
         let mut deferred = None;
-        // The live switch's first read (critical components, failed units)
-        // rides with the dry activation (else with the reads after the
-        // copy): one round trip for both.
-        let remote = self.remote;
         if goal.runs_dry_activate() {
-            self.start(Gate::DryActivate);
-            let (os, sudo) = (self.s.os, self.s.sudo);
-            let mut cmds = vec![dry_activate::dry_activate_command(&cand, os, sudo)];
-            if self.compares_components(goal) {
-                let cs = &self.s.paths.current_system;
-                cmds.push(inhibitors::compare_command(cs, &cand, sudo));
-            }
-            let dry = async {
-                ahead = prefetch(remote, cmds).await;
-                dry_activate::dry_activate(&ahead, &cand, os, sudo).await
+            deferred = match self.dry_activate_gate(&mut ahead).await {
+                Ok(deferred) => deferred,
+                Err(outcome) => return outcome,
             };
-            match bounded("dry-activate", self.s.activation_timeout, dry).await {
-                Ok(dry_activate::DryActivateOutcome::Passed(report)) => {
-                    self.pass(Gate::DryActivate, GateEvidence::DryActivate(report))
-                }
-                Ok(dry_activate::DryActivateOutcome::Inhibited { tail }) => {
-                    deferred = Some(RebootReason::SwitchInhibitors { log_tail: tail })
-                }
-                Ok(other) => {
-                    return self.fail_clean(Gate::DryActivate, FailureReason::DryActivate(other));
-                }
-                Err(e) => return self.fail_clean(Gate::DryActivate, remote_err("dry-activate", e)),
-            }
         }
         if goal == Goal::DryActivate {
             return HostOutcome::Activated { goal };
@@ -394,6 +371,39 @@ impl<'a, R: Remote> Run<'a, R> {
             return self.defer(reason).await;
         }
         self.live_activate().await
+    }
+
+    /// The dry-activate gate; `Some` when the switch inhibitors defer the
+    /// change to a reboot. The live switch's first read (critical
+    /// components, failed units) rides with it, one round trip for both,
+    /// and is left in `ahead`.
+    async fn dry_activate_gate(
+        &mut self,
+        ahead: &mut Prefetched<'a, R>,
+    ) -> Result<Option<RebootReason>, HostOutcome> {
+        let cand = &self.req.candidate;
+        self.start(Gate::DryActivate);
+        let (os, sudo, remote) = (self.s.os, self.s.sudo, self.remote);
+        let mut cmds = vec![dry_activate::dry_activate_command(cand, os, sudo)];
+        if self.compares_components(self.req.goal) {
+            let cs = &self.s.paths.current_system;
+            cmds.push(inhibitors::compare_command(cs, cand, sudo));
+        }
+        let dry = async {
+            *ahead = prefetch(remote, cmds).await;
+            dry_activate::dry_activate(&*ahead, cand, os, sudo).await
+        };
+        match bounded("dry-activate", self.s.activation_timeout, dry).await {
+            Ok(dry_activate::DryActivateOutcome::Passed(report)) => {
+                self.pass(Gate::DryActivate, GateEvidence::DryActivate(report));
+                Ok(None)
+            }
+            Ok(dry_activate::DryActivateOutcome::Inhibited { tail }) => {
+                Ok(Some(RebootReason::SwitchInhibitors { log_tail: tail }))
+            }
+            Ok(other) => Err(self.fail_clean(Gate::DryActivate, FailureReason::DryActivate(other))),
+            Err(e) => Err(self.fail_clean(Gate::DryActivate, remote_err("dry-activate", e))),
+        }
     }
 
     async fn set_profile(&mut self, gate: Gate) -> Result<(), HostOutcome> {
