@@ -219,8 +219,15 @@ pub async fn closures_present<R: Remote>(
     if paths.is_empty() {
         return Ok(HashMap::new());
     }
+    // On stdin (in the command line while it fits): as arguments, 850
+    // hosts' two paths each would pass the 128 KiB a command line gets.
+    let mut input = String::with_capacity(paths.len() * 80);
+    for p in paths {
+        input.push_str(p.as_str());
+        input.push('\n');
+    }
     let out = remote
-        .exec(&Command::script(DUMP_PRESENT).args(paths.iter().map(|r| r.as_str())))
+        .exec_small_input(&Command::script(DUMP_PRESENT), input.as_bytes())
         .await
         .with_context(|| format!("querying {} closures on {}", paths.len(), remote.name()))?
         .check(&format!("querying closures on {}", remote.name()))?;
@@ -228,11 +235,12 @@ pub async fn closures_present<R: Remote>(
     Ok(split_closures(&all, paths))
 }
 
-/// [`closures_present`]'s command: the valid paths of `$@`, their closure
-/// dumped; nothing at all when none is valid (a bare `--dump-db` would
-/// dump the whole store).
+/// [`closures_present`]'s command: the valid paths of those on stdin, their
+/// closure dumped; nothing at all when none is valid (a bare `--dump-db`
+/// would dump the whole store).
 const DUMP_PRESENT: &str = r#"dump() { nix-store --query --requisites "$@" | xargs nix-store --dump-db; }
-bad=" $(nix-store --check-validity --print-invalid "$@" | tr '\n' ' ') "
+set -- $(cat)
+bad=" $(printf '%s\n' "$@" | xargs nix-store --check-validity --print-invalid | tr '\n' ' ') "
 valid=
 for p; do case $bad in *" $p "*) ;; *) valid="$valid $p" ;; esac; done
 [ -z "$valid" ] || dump $valid"#;
@@ -335,6 +343,13 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // More paths than a command line holds (they go on stdin).
+        let mut many: Vec<StorePath> = (0..2000)
+            .map(|i| StorePath::parse(&format!("/nix/store/{i:0>32}-nixgate-absent-{i}")).unwrap())
+            .collect();
+        many.push(valid.clone());
+        let got = closures_present(&local, &many).await.unwrap();
+        assert_eq!(got.keys().collect::<Vec<_>>(), [&valid]);
     }
 
     #[test]
