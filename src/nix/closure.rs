@@ -200,7 +200,7 @@ pub async fn closures<R: Remote>(
         return Ok(HashMap::new());
     }
     let out = remote
-        .exec(&Command::script(DUMP).args(roots.iter().map(|r| r.as_str())))
+        .exec_small_input(&Command::script(DUMP_LISTED), &path_lines(roots))
         .await
         .with_context(|| format!("querying {} closures on {}", roots.len(), remote.name()))?
         .check(&format!("querying closures on {}", remote.name()))?;
@@ -219,21 +219,31 @@ pub async fn closures_present<R: Remote>(
     if paths.is_empty() {
         return Ok(HashMap::new());
     }
-    // On stdin (in the command line while it fits): as arguments, 850
-    // hosts' two paths each would pass the 128 KiB a command line gets.
-    let mut input = String::with_capacity(paths.len() * 80);
-    for p in paths {
-        input.push_str(p.as_str());
-        input.push('\n');
-    }
     let out = remote
-        .exec_small_input(&Command::script(DUMP_PRESENT), input.as_bytes())
+        .exec_small_input(&Command::script(DUMP_PRESENT), &path_lines(paths))
         .await
         .with_context(|| format!("querying {} closures on {}", paths.len(), remote.name()))?
         .check(&format!("querying closures on {}", remote.name()))?;
     let all = topo_sort(parse_dump_db(&out.stdout_str())?)?;
     Ok(split_closures(&all, paths))
 }
+
+/// Paths one per line, for a command that reads them on stdin (in the
+/// command line while they fit): as arguments, some 1700 paths would pass
+/// the 128 KiB a command line gets (two per host at 850 hosts).
+fn path_lines(paths: &[StorePath]) -> Vec<u8> {
+    let mut input = String::with_capacity(paths.len() * 80);
+    for p in paths {
+        input.push_str(p.as_str());
+        input.push('\n');
+    }
+    input.into_bytes()
+}
+
+/// [`closures`]'s command: [`DUMP`] of the paths on stdin.
+const DUMP_LISTED: &str = r#"set -- $(cat)
+[ $# -gt 0 ] || exit 0
+nix-store --query --requisites "$@" | xargs nix-store --dump-db"#;
 
 /// [`closures_present`]'s command: the valid paths of those on stdin, their
 /// closure dumped; nothing at all when none is valid (a bare `--dump-db`
@@ -317,7 +327,7 @@ mod tests {
     /// the whole store's dump).
     #[tokio::test]
     #[ignore = "needs Nix's store (root): run scripts/test"]
-    async fn closures_present_skips_what_the_store_lacks() {
+    async fn closure_queries_on_a_real_store() {
         use crate::remote::local::LocalRemote;
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("nixgate-closure-present");
@@ -349,6 +359,9 @@ mod tests {
             .collect();
         many.push(valid.clone());
         let got = closures_present(&local, &many).await.unwrap();
+        assert_eq!(got.keys().collect::<Vec<_>>(), [&valid]);
+        // `closures` reads its roots the same way.
+        let got = closures(&local, &vec![valid.clone(); 2000]).await.unwrap();
         assert_eq!(got.keys().collect::<Vec<_>>(), [&valid]);
     }
 
