@@ -361,14 +361,15 @@ async fn ctrl_c_during_the_build_ends_it_and_activates_nothing() {
     }
 }
 
-#[tokio::test]
-async fn a_host_whose_build_fails_is_refused_alone() {
+/// A build where each of `hosts` builds to [`NEW`] (the others fail to
+/// evaluate).
+fn builds(hosts: &[&str]) -> Build {
     let attr = |h: &str| format!("nixosConfigurations.{h}.config.system.build.toplevel");
-    let builds: HashMap<String, String> = [("web2", NEW), ("web3", NEW)]
-        .into_iter()
-        .map(|(h, p)| (attr(h), p.to_owned()))
-        .collect();
-    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Builds(builds));
+    Build::Builds(hosts.iter().map(|h| (attr(h), NEW.to_owned())).collect())
+}
+
+/// The plan of `nixgate build` over the fixture's whole inventory.
+async fn build_plan(f: &Fixture) -> Plan {
     let sel = f.inv.select(&Default::default()).unwrap();
     let req = Request::Build {
         source: Source {
@@ -384,7 +385,13 @@ async fn a_host_whose_build_fails_is_refused_alone() {
         sink: &f.ctx.sink,
         stop: &f.ctx.stop,
     };
-    let plan = plan::make(&p, &req).await;
+    plan::make(&p, &req).await
+}
+
+#[tokio::test]
+async fn a_host_whose_build_fails_is_refused_alone() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], builds(&["web2", "web3"]));
+    let plan = build_plan(&f).await;
     let verdicts: Vec<(String, bool)> = plan
         .hosts()
         .map(|h| (h.host.clone(), h.is_ready()))
@@ -414,29 +421,9 @@ async fn a_host_whose_build_fails_is_refused_alone() {
 /// it built, as before.
 #[tokio::test]
 async fn hosts_whose_build_cannot_be_rooted_are_refused() {
-    let attr = |h: &str| format!("nixosConfigurations.{h}.config.system.build.toplevel");
-    let builds: HashMap<String, String> = ["web1", "web2", "web3"]
-        .into_iter()
-        .map(|h| (attr(h), NEW.to_owned()))
-        .collect();
-    let builder = FakeBuilder::new(Build::Builds(builds)).failing_roots();
+    let builder = FakeBuilder::new(builds(&["web1", "web2", "web3"])).failing_roots();
     let f = fixture_with(inventory(0, "0s"), [OLD; 3], builder);
-    let sel = f.inv.select(&Default::default()).unwrap();
-    let req = Request::Build {
-        source: Source {
-            commit: "a".repeat(40),
-            dirty: false,
-        },
-    };
-    let p = Planning {
-        fleet: &f.fleet,
-        inventory: &f.inv,
-        selection: &sel,
-        run_id: &f.ctx.run_id,
-        sink: &f.ctx.sink,
-        stop: &f.ctx.stop,
-    };
-    let plan = plan::make(&p, &req).await;
+    let plan = build_plan(&f).await;
     assert_eq!(plan.ready().count(), 0);
     let refused: Vec<_> = plan.refused().collect();
     assert_eq!(refused.len(), 3);

@@ -196,16 +196,7 @@ pub async fn closures<R: Remote>(
     remote: &R,
     roots: &[StorePath],
 ) -> anyhow::Result<HashMap<StorePath, Vec<PathInfo>>> {
-    if roots.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let out = remote
-        .exec_small_input(&Command::script(DUMP_LISTED), &path_lines(roots))
-        .await
-        .with_context(|| format!("querying {} closures on {}", roots.len(), remote.name()))?
-        .check(&format!("querying closures on {}", remote.name()))?;
-    let all = topo_sort(parse_dump_db(&out.stdout_str())?)?;
-    Ok(split_closures(&all, roots))
+    dump_listed(remote, DUMP_LISTED, roots).await
 }
 
 /// The closures of every path of `paths` the remote has, with one command
@@ -216,11 +207,21 @@ pub async fn closures_present<R: Remote>(
     remote: &R,
     paths: &[StorePath],
 ) -> anyhow::Result<HashMap<StorePath, Vec<PathInfo>>> {
+    dump_listed(remote, DUMP_PRESENT, paths).await
+}
+
+/// Run `script` (a dump of the closures of the paths on its stdin) for
+/// `paths`; each path's closure, in dependency order.
+async fn dump_listed<R: Remote>(
+    remote: &R,
+    script: &'static str,
+    paths: &[StorePath],
+) -> anyhow::Result<HashMap<StorePath, Vec<PathInfo>>> {
     if paths.is_empty() {
         return Ok(HashMap::new());
     }
     let out = remote
-        .exec_small_input(&Command::script(DUMP_PRESENT), &path_lines(paths))
+        .exec_small_input(&Command::script(script), &path_lines(paths))
         .await
         .with_context(|| format!("querying {} closures on {}", paths.len(), remote.name()))?
         .check(&format!("querying closures on {}", remote.name()))?;
