@@ -9,6 +9,15 @@
 //! hosts known to be coming. It used to be waited out every time, twice
 //! (the first look counted the opener as a newcomer): 160 ms before any
 //! byte moved, per batch.
+//!
+//! A host counts as on its way from the start of its staging. Hosts staged
+//! together start within microseconds of each other (the runner hands out
+//! the slots in turn), and each asks its host what it lacks, a round trip,
+//! before it joins: so every one is counted before the first joins. That
+//! order is what the count relies on: asking what the first hosts lack
+//! during the diff gate instead (one round trip off the copy's path) let
+//! a host join before the next had started, and push_e2e's fan-out check
+//! failed (tried, not kept).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
