@@ -87,6 +87,9 @@ pub struct State {
     /// check fails (a host that turns unhealthy during a soak).
     pub health_checks: usize,
     pub unhealthy_after: Option<usize>,
+    /// The host reboots (onto its boot default) right after answering its
+    /// first health check: a reboot the check did not see.
+    pub reboot_after_health_check: bool,
     /// Fires of these actions (`test`, `boot`, ...) the host refuses to
     /// start, one each, as systemd does when a transient unit cannot be
     /// started (`Job for <unit> failed`).
@@ -265,11 +268,17 @@ impl State {
             "timeout" => {
                 self.health_checks += 1;
                 let tired = self.unhealthy_after.is_some_and(|n| self.health_checks > n);
-                if self.behaviour(&self.current.clone()).healthy && !tired {
+                let answer = if self.behaviour(&self.current.clone()).healthy && !tired {
                     ok("active\n")
                 } else {
                     Output::new(Exit::Code { code: 3 }, "failed\n", "")
+                };
+                if std::mem::take(&mut self.reboot_after_health_check) {
+                    self.booted = self.boot_default.clone();
+                    self.current = self.boot_default.clone();
+                    self.boot_id += 1;
                 }
+                answer
             }
             p if p.ends_with("/bin/switch-to-configuration") && a[1] == "dry-activate" => {
                 let c =
@@ -746,6 +755,7 @@ impl FakeHost {
             deleted: Default::default(),
             health_checks: 0,
             unhealthy_after: None,
+            reboot_after_health_check: false,
             refuse_fires: Vec::new(),
             sshd_up: true,
             offline: false,

@@ -65,10 +65,29 @@ impl<R: Remote> Run<'_, R> {
     /// host proven live stays live (rolling back a host that passed every
     /// live gate would undo a good change for a boot-loader hiccup): it is
     /// reported as not persisted. A host not yet live failed cleanly.
+    ///
+    /// "Stays live" is read, not assumed: a host that rebooted since its
+    /// live gates (onto its boot default, the system it ran) is not live on
+    /// the candidate, and is rolled back like any failure after the host
+    /// changed, boot default included (the fault matrix caught a host
+    /// rebooted as its health checks passed reported not-persisted while
+    /// it ran the old system and its profile, the correction lost with the
+    /// reboot, pointed at the new one).
     async fn not_persisted(&mut self, gate: Gate, f: SwitchFailure) -> HostOutcome {
         self.self_correct_to_previous().await;
         if !self.live_changed {
             return self.fail_clean(gate, FailureReason::Switch(f));
+        }
+        let current = &self.s.paths.current_system;
+        let read = links::read_store_link(self.remote, current);
+        let live = bounded("read the current system", STEP_LIMIT, read).await;
+        if !matches!(&live, Ok(Some(now)) if *now == self.req.candidate) {
+            // This deploy's `nix-env --set` ran: the rollback puts the boot
+            // default back too, whatever the correction above managed.
+            self.boot_changed = true;
+            return self
+                .fail_and_rollback(gate, FailureReason::Switch(f), None)
+                .await;
         }
         (self.emit)(ActivationEvent::GateFailed {
             gate,

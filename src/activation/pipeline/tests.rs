@@ -709,6 +709,27 @@ async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
     );
 }
 
+/// The fault matrix's "health checks x host rebooted", when the reboot came
+/// just after the checks passed: the persist cannot start, and the host no
+/// longer runs the candidate. Not "not persisted" (live on the candidate):
+/// rolled back, boot default included, verified.
+#[tokio::test(start_paused = true)]
+async fn a_persist_that_cannot_start_on_a_host_rebooted_since_rolls_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().refuse_fires = vec!["boot"; 3];
+    host.state().reboot_after_health_check = true;
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::RolledBack { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
     let host = FakeHost::new(&sp(OLD));
