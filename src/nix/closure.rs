@@ -301,13 +301,8 @@ pub async fn missing<R: Remote>(remote: &R, paths: &[StorePath]) -> anyhow::Resu
         return Ok(Vec::new());
     }
     let cmd = Command::script("xargs nix-store --check-validity --print-invalid");
-    let mut input = String::with_capacity(paths.len() * 80);
-    for p in paths {
-        input.push_str(p.as_str());
-        input.push('\n');
-    }
     let out = remote
-        .exec_small_input(&cmd, input.as_bytes())
+        .exec_small_input(&cmd, &path_lines(paths))
         .await
         .with_context(|| format!("asking {} which paths it lacks", remote.name()))?
         .check(&format!("nix-store --check-validity on {}", remote.name()))?;
