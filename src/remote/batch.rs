@@ -23,62 +23,111 @@ use std::sync::Mutex;
 
 use super::{Command, Exit, Output, Remote, Streaming, unpoisoned};
 
-/// Runs each argument as a shell command, stdin empty, one after another,
-/// and prints for each `@nixgate-batch EXIT OUT_BYTES ERR_BYTES`, then its
-/// stdout and stderr. Without a temporary directory it prints nothing, and
-/// every command runs on its own after all. Per command the host starts the
-/// command's shell, one `wc` in one subshell, and `cat` only when there is
-/// output (was six processes: two `wc`s in two subshells and `cat` always).
-pub(crate) const RUN_BATCH: &str = r#"t=$(mktemp -d 2>/dev/null) || exit 0
-trap 'rm -rf "$t"' EXIT
+/// `$1` a marker, then one argument per command: runs each in a subshell
+/// (`eval` of its rendered text: every argument in it is quoted, so it
+/// expands nothing of the batch's), stdin empty, stdout straight through,
+/// and after it prints `\n@MARKER EXIT\n`, or, when it wrote to stderr,
+/// `\n@MARKER EXIT e\n`, the stderr, `\n@MARKER\n`. The marker is random
+/// for each batch, so no output carries it by chance. Without a temporary
+/// file it prints nothing, and every command runs on its own after all.
+///
+/// The host starts no process per command beyond the command's own (and
+/// `cat` for a command that wrote to stderr): the byte-counted frames this
+/// replaces started a shell, a subshell with `wc` and `cat` for each one,
+/// 28 ms of CPU for a batch of seven reads against 7 ms now (this machine,
+/// 100 batches each; the seven alone in one shell: 4 ms).
+pub(crate) const RUN_BATCH: &str = r#"n=$1; shift
+e=$(mktemp 2>/dev/null) || exit 0
+trap 'rm -f "$e"' EXIT
 for c; do
-  sh -c "$c" </dev/null >"$t/o" 2>"$t/e"
+  (unset n; eval "$c") </dev/null 2>"$e"
   rc=$?
-  set -- $(cd "$t" && wc -c o e)
-  printf '@nixgate-batch %s %s %s\n' "$rc" "$1" "$3"
-  [ "$1$3" = 00 ] || cat "$t/o" "$t/e"
+  if [ -s "$e" ]; then
+    printf '\n@%s %s e\n' "$n" "$rc"; cat "$e"; printf '\n@%s\n' "$n"
+  else
+    printf '\n@%s %s\n' "$n" "$rc"
+  fi
 done"#;
 
 /// [`Remote::exec_batch`] for remotes that run shell text: one exec of
-/// [`RUN_BATCH`] with each command rendered.
+/// [`RUN_BATCH`] with a fresh marker and each command rendered.
 pub(crate) async fn run_framed<R: Remote>(remote: &R, cmds: &[Command]) -> Vec<Output> {
-    let batch = Command::script(RUN_BATCH).args(cmds.iter().map(Command::render));
+    let marker = marker();
+    let batch = Command::script(RUN_BATCH)
+        .arg(marker.clone())
+        .args(cmds.iter().map(Command::render));
     match remote.exec(&batch).await {
-        Ok(out) => parse_frames(&out.stdout),
+        Ok(out) => parse_frames(&out.stdout, &marker, cmds.len()),
         Err(_) => Vec::new(),
     }
 }
 
+/// 32 hex digits no output carries by chance (randomly keyed hashes of
+/// the time and a count: unique, not secret; a host that wants to lie
+/// about its answers has easier ways).
+fn marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(now);
+        h.write_u64(n);
+        h.write_u64(salt);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
+}
+
 /// The outputs framed in `stdout`, in order; a frame cut short (a lost
-/// connection) and everything after it are left out.
-pub(crate) fn parse_frames(stdout: &[u8]) -> Vec<Output> {
+/// connection) and everything after it are left out. More frames than
+/// `expected`, or bytes after the last one, mean an output carried the
+/// marker after all: nothing is trusted then (every command runs again
+/// on its own).
+pub(crate) fn parse_frames(stdout: &[u8], marker: &str, expected: usize) -> Vec<Output> {
+    let open = format!("\n@{marker} ");
+    let close = format!("\n@{marker}\n");
     let mut outs = Vec::new();
     let mut rest = stdout;
-    while let Some((out, after)) = one_frame(rest) {
+    while let Some((out, after)) = one_frame(rest, open.as_bytes(), close.as_bytes()) {
         outs.push(out);
         rest = after;
+    }
+    if outs.len() > expected || (outs.len() == expected && !rest.is_empty()) {
+        return Vec::new();
     }
     outs
 }
 
-fn one_frame(b: &[u8]) -> Option<(Output, &[u8])> {
-    let nl = b.iter().position(|&c| c == b'\n')?;
-    let header = std::str::from_utf8(&b[..nl]).ok()?;
-    let mut w = header.strip_prefix("@nixgate-batch ")?.split_whitespace();
-    let code: u32 = w.next()?.parse().ok()?;
-    let out_len: usize = w.next()?.parse().ok()?;
-    let err_len: usize = w.next()?.parse().ok()?;
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn one_frame<'a>(b: &'a [u8], open: &[u8], close: &[u8]) -> Option<(Output, &'a [u8])> {
+    let at = find(b, open)?;
+    let head_start = at + open.len();
+    let nl = head_start + b[head_start..].iter().position(|&c| c == b'\n')?;
+    let header = std::str::from_utf8(&b[head_start..nl]).ok()?;
+    let (code, has_err) = match header.split_once(' ') {
+        None => (header, false),
+        Some((code, "e")) => (code, true),
+        Some(_) => return None,
+    };
+    let code: u32 = code.parse().ok()?;
     let body = &b[nl + 1..];
-    let end = out_len.checked_add(err_len)?;
-    if body.len() < end {
-        return None;
-    }
-    let out = Output::new(
-        Exit::Code { code },
-        body[..out_len].to_vec(),
-        body[out_len..end].to_vec(),
-    );
-    Some((out, &body[end..]))
+    let (stderr, after) = if has_err {
+        let end = find(body, close)?;
+        (body[..end].to_vec(), &body[end + close.len()..])
+    } else {
+        (Vec::new(), body)
+    };
+    Some((
+        Output::new(Exit::Code { code }, b[..at].to_vec(), stderr),
+        after,
+    ))
 }
 
 /// A remote whose next commands were answered ahead ([`prefetch`]).
@@ -157,20 +206,43 @@ mod tests {
 
     #[test]
     fn frames_keep_exit_stdout_and_stderr_apart() {
-        let raw =
-            b"@nixgate-batch 0 4 0\nabc\n@nixgate-batch 3 0 5\nerr!\n@nixgate-batch 0 2 2\n\n\nx\n";
-        let outs = parse_frames(raw);
+        let raw = b"abc\n\n@M 0\n\n@M 3 e\nerr!\n\n@M\n\n\n\n@M 0 e\nx\n@M\n";
+        let outs = parse_frames(raw, "M", 3);
         assert_eq!(outs.len(), 3);
         assert_eq!(outs[0].stdout, b"abc\n");
         assert_eq!(outs[1].exit, Exit::Code { code: 3 });
-        assert_eq!(outs[1].stderr, b"err!\n");
+        assert_eq!(
+            (&outs[1].stdout[..], &outs[1].stderr[..]),
+            (&b""[..], &b"err!\n"[..])
+        );
         assert_eq!(
             (&outs[2].stdout[..], &outs[2].stderr[..]),
-            (&b"\n\n"[..], &b"x\n"[..])
+            (&b"\n\n"[..], &b"x"[..])
         );
-        // Cut short: only the whole frames count.
-        assert_eq!(parse_frames(&raw[..30]).len(), 1);
-        assert!(parse_frames(b"garbage\n").is_empty());
+        // Cut short: only the whole frames count (the second's stderr is
+        // not closed yet).
+        assert_eq!(parse_frames(&raw[..20], "M", 3).len(), 1);
+        assert!(parse_frames(b"garbage\n", "M", 1).is_empty());
+        // Another marker is output like any other.
+        let other = parse_frames(b"\n@N 0\n\n@M 0\n", "M", 1);
+        assert_eq!(other[0].stdout, b"\n@N 0\n");
+    }
+
+    #[test]
+    fn an_output_that_carries_the_marker_voids_the_batch() {
+        // The first command printed a frame of its own: one frame too many,
+        // or bytes after the last one; every command runs again alone.
+        assert!(parse_frames(b"\n@M 0\n\n@M 0\n\n@M 0\n", "M", 2).is_empty());
+        assert!(parse_frames(b"\n@M 0\n\n@M 0\nmore", "M", 2).is_empty());
+        assert_eq!(parse_frames(b"\n@M 0\n\n@M 0\n", "M", 2).len(), 2);
+    }
+
+    #[test]
+    fn every_batch_has_its_own_marker() {
+        let (a, b) = (marker(), marker());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[tokio::test]
@@ -180,12 +252,24 @@ mod tests {
             Command::script("printf 'a b\\n'; echo oops >&2; exit 2"),
             Command::new("cat"),
             Command::script("printf '%s' \"$1\"").arg("it's \"quoted\"\n\n"),
+            Command::script("printf 'no newline'; printf 'half' >&2; exit 130"),
+            // Rendered commands expand nothing of the batch's.
+            Command::script("printf '%s' \"${n:-}\""),
         ];
         // Every command framed by the one script (a batch that printed no
         // frames would still pass below: each command would run alone).
         let framed = run_framed(&local, &cmds).await;
-        assert_eq!(framed.len(), 3);
+        assert_eq!(framed.len(), 5);
         assert_eq!(framed[1].stdout, b"");
+        assert_eq!(
+            (
+                framed[3].exit.clone(),
+                framed[3].stdout_str(),
+                framed[3].stderr_str()
+            ),
+            (Exit::Code { code: 130 }, "no newline".into(), "half".into())
+        );
+        assert_eq!(framed[4].stdout, b"");
         let p = prefetch(&local, cmds.clone()).await;
         let first = p.exec(&cmds[0]).await.unwrap();
         assert_eq!(first.exit, Exit::Code { code: 2 });
