@@ -267,18 +267,37 @@ fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Derivations read from the builder, shared by the diffs of one run: hosts
 /// built from one configuration share most derivations, so each is read and
-/// parsed once per run, not once per host. A read claims its paths: a host
-/// wanting a path another host is reading waits for that read, and reads
-/// the rest at the same time. (Reads used to take turns, one at a time:
-/// each host's own system derivations, which no other host shares, were
-/// then read one host after the other, one round trip each: 1.2 s of 20
-/// hosts' plan at 50 ms, BENCHMARKS.md.)
+/// parsed once per run, not once per host. A diff claims the paths it
+/// wants that nobody is reading (and waits for the reads of the others),
+/// and its claim joins the queue of the next read: one command on the
+/// builder at a time, each taking every path queued by then. So the diffs
+/// of many hosts that reach a level together read it in one or two
+/// commands, not one each: twenty commands at once on the builder's one
+/// connection queued for its 8 channels, most of them opening a channel
+/// first (two round trips), so a level of 20 hosts' diffs took 4-6 round
+/// trips at 50 ms where it now takes 2 (BENCHMARKS.md). (Before that,
+/// reads took turns one host at a time: 1.2 s of 20 hosts' plan.) One cache
+/// serves the diffs of one run, against one builder.
 #[derive(Debug, Default)]
 pub struct SharedDrvCache {
     drvs: std::sync::Mutex<HashMap<String, Arc<Derivation>>>,
     /// Paths being read, each with its read's end (the read's sender is
     /// dropped when it ends, whether it read the path or not).
     reading: std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
+    /// Claimed paths waiting for the next read, and its outcome.
+    queue: std::sync::Mutex<Queued>,
+    /// Held by the read on its way to the builder.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// The outcome of one read, for every diff whose paths it took (an error as
+/// text: each of them reports it).
+type ReadOutcome = Arc<std::sync::OnceLock<Result<(), String>>>;
+
+#[derive(Debug, Default)]
+struct Queued {
+    paths: Vec<String>,
+    outcome: ReadOutcome,
 }
 
 /// Paths one read claimed; dropped when the read ends, which lets go of
@@ -344,30 +363,64 @@ impl<R: Remote> RemoteDrvs<'_, R> {
     }
 }
 
-impl<R: Remote> RemoteDrvs<'_, R> {
-    /// Read `paths` (claimed by this diff) on the builder, into both caches.
-    async fn read(&mut self, paths: &[String]) -> anyhow::Result<()> {
+impl SharedDrvCache {
+    /// Queue `paths` (claimed by the caller) for the next read and wait
+    /// for it: the first caller to get the turn reads every path queued
+    /// by then, the others find their paths read when their turn comes.
+    async fn read_queued<R: Remote>(&self, remote: &R, paths: &[String]) -> anyhow::Result<()> {
+        let mine = {
+            let mut q = unpoisoned(&self.queue);
+            q.paths.extend_from_slice(paths);
+            q.outcome.clone()
+        };
+        let _turn = self.turn.lock().await;
+        if mine.get().is_none() {
+            // Diffs ready at this moment (their last read just answered)
+            // queue their paths before this read takes them.
+            tokio::task::yield_now().await;
+            let taken = std::mem::take(&mut *unpoisoned(&self.queue));
+            let read = self.read(remote, &taken.paths).await;
+            let _ = taken.outcome.set(read.map_err(|e| format!("{e:#}")));
+        }
+        match mine.get() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            None => Err(anyhow::anyhow!(
+                "a derivation read ended without an outcome"
+            )),
+        }
+    }
+
+    /// Read `paths` on the builder into the cache.
+    async fn read<R: Remote>(&self, remote: &R, paths: &[String]) -> anyhow::Result<()> {
         // A count of paths (2000 here before) can pass the 128 KiB of the
         // one argument the command line becomes: runs by length.
         for batch in crate::remote::command::arg_batches(paths) {
-            let out = self
-                .remote
+            let out = remote
                 .exec(&Command::script(READ).args(batch.iter().map(|s| s.as_str())))
                 .await
                 .context("reading derivations on the builder")?
                 .check("reading derivations on the builder")?;
-            let parsed: Vec<(String, Arc<Derivation>)> = split_batch(&out.stdout)?
+            let parsed = split_batch(&out.stdout)?
                 .into_iter()
                 .filter_map(|(path, text)| {
                     parse_derivation(&text).ok().map(|d| (path, Arc::new(d)))
-                })
-                .collect();
-            let mut shared = unpoisoned(&self.shared.drvs);
-            for (p, d) in &parsed {
-                shared.insert(p.clone(), d.clone());
+                });
+            unpoisoned(&self.drvs).extend(parsed);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Remote> RemoteDrvs<'_, R> {
+    /// Read `paths` (claimed by this diff) on the builder, into both caches.
+    async fn read(&mut self, paths: &[String]) -> anyhow::Result<()> {
+        self.shared.read_queued(self.remote, paths).await?;
+        let shared = unpoisoned(&self.shared.drvs);
+        for p in paths {
+            if let Some(d) = shared.get(p) {
+                self.cache.insert(p.clone(), d.clone());
             }
-            drop(shared);
-            self.cache.extend(parsed);
         }
         Ok(())
     }
@@ -609,7 +662,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn hosts_read_their_own_derivations_side_by_side_and_shared_ones_once() {
+    async fn hosts_read_a_level_together_and_shared_derivations_once() {
         // Each host's system derivation is its own; both depend on one
         // changed library, which is shared.
         let (lib_a, lib_b) = (p('a', "lib-1.drv"), p('b', "lib-1.drv"));
@@ -658,11 +711,50 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n, "a derivation read twice: {reads:?}");
         assert_eq!(n, 6, "{reads:?}");
+        // One command a level: both systems' own derivations, then the
+        // shared library's two.
+        assert_eq!(reads.len(), 2, "{reads:?}");
         assert_eq!(
             b.most.load(std::sync::atomic::Ordering::SeqCst),
-            2,
+            1,
             "{reads:?}"
         );
+    }
+
+    /// A builder whose reads fail, slowly.
+    struct FailingBuilder(std::sync::atomic::AtomicUsize);
+
+    impl Remote for FailingBuilder {
+        fn name(&self) -> &str {
+            "builder"
+        }
+        async fn exec(&self, _: &Command) -> anyhow::Result<crate::remote::Output> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            anyhow::bail!("connection lost")
+        }
+        async fn exec_stream(&self, _: &Command) -> anyhow::Result<crate::remote::Streaming> {
+            unreachable!("the diff only execs")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_fails_every_diff_that_waited_for_it() {
+        let b = FailingBuilder(Default::default());
+        let cache = SharedDrvCache::default();
+        let sp = |h: char| StorePath::parse(&p(h, "system.drv")).unwrap();
+        let (a, c) = (sp('a'), sp('c'));
+        let (x, y) = (sp('b'), sp('d'));
+        let (one, two) = tokio::join!(
+            structural_diff(&b, &cache, Some(&a), &x),
+            structural_diff(&b, &cache, Some(&c), &y)
+        );
+        for r in [one, two] {
+            let e = format!("{:#}", r.expect_err("a failed read explains nothing"));
+            assert!(e.contains("connection lost"), "{e}");
+        }
+        // Both diffs' paths went in one read.
+        assert_eq!(b.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     fn drv(env: &[(&str, &str)], inputs: &[&str]) -> Derivation {
