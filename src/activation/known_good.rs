@@ -32,16 +32,11 @@ pub struct GateRecord {
 /// between hosts).
 pub type Evidence = crate::report::shared_json::SharedJson;
 
-/// Evidence from anything serialisable (`null` if it cannot be).
-pub fn evidence(value: &impl Serialize) -> Evidence {
-    Evidence::of(value)
-}
-
 impl GateRecord {
     pub fn new(gate: Gate, value: &impl Serialize) -> GateRecord {
         GateRecord {
             gate,
-            evidence: evidence(value),
+            evidence: Evidence::of(value),
         }
     }
 

@@ -125,7 +125,7 @@ pub fn evidence<'de, D: Deserializer<'de>>(d: D) -> Result<Evidence, D::Error> {
         }
         fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Evidence, D::Error> {
             let value = serde_json::Value::deserialize(d)?;
-            Ok(crate::activation::known_good::evidence(&value))
+            Ok(crate::activation::known_good::Evidence::of(&value))
         }
     }
     d.deserialize_newtype_struct(RAW_VALUE_TOKEN, Raw)
