@@ -142,6 +142,7 @@ exit \"$code\"";
 /// read from this one answer.
 pub(crate) const FIRE_LINUX: &str = concat!(
     "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; shift 8
+fine=4
 if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
 elif [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free
 else

@@ -490,3 +490,59 @@ async fn real_detached_job_is_polled_to_the_end() {
         );
     }
 }
+
+/// The host-side wait with `sleep` replaced by a function that logs its
+/// argument (and fails for fractions when `frac_fails`): which sleeps it
+/// takes, for a job that never exits.
+fn sleeps_of_the_wait(ticks: u32, fine: u32, frac_fails: bool) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "sleep() {{ {} echo \"$1\" >> \"$log\"; }}\nstatus=$1/status; ticks={ticks}; fine={fine}\n{}",
+        if frac_fails {
+            "case $1 in *.*) return 1 ;; esac;"
+        } else {
+            ""
+        },
+        super::wait_for_exit!()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, "wait", &dir.path().display().to_string()])
+        .env("log", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_fires_wait_looks_every_25_ms_for_its_first_tenth_then_every_tenth() {
+    // Four looks 25 ms apart count as one tenth; the second tenth is one.
+    assert_eq!(
+        sleeps_of_the_wait(2, 4, false),
+        ["0.025", "0.025", "0.025", "0.025", "0.1"]
+    );
+    // A poll's wait (no fine looks): tenths only.
+    assert_eq!(sleeps_of_the_wait(2, 0, false), ["0.1", "0.1"]);
+    // A `sleep` without fractions: whole seconds, as before.
+    assert_eq!(sleeps_of_the_wait(10, 4, true), ["1"]);
+}
+
+#[test]
+fn the_wait_ends_at_once_for_a_job_that_has_exited() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("status"), "exited 0\n").unwrap();
+    let script = format!(
+        "sleep() {{ echo slept; }}\nstatus=$1/status; ticks=10; fine=4\n{}echo done",
+        super::wait_for_exit!()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, "wait", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+}
