@@ -291,14 +291,25 @@ async fn linux_fire_script_for_real() {
         .args(["--exclusive", "--no-fork", &lock, "sleep", "30"])
         .spawn()
         .unwrap();
-    let mut launch = tried(FireOutcome::Started);
-    for _ in 0..50 {
-        launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j);
-        if matches!(launch, Launch::LockHeld { .. }) {
+    // Fire once the holder has the lock: a probe that starts nothing
+    // waits for it (the holder's start is not instant on a busy machine;
+    // a fire that found the lock still free started the job, and the test
+    // failed "nothing started", 1 run in 30 under load).
+    let held = || {
+        !std::process::Command::new("flock")
+            .args(["--nonblock", "--shared", &lock, "true"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    for _ in 0..200 {
+        if held() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(held(), "the holder never took the lock");
+    let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j);
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
