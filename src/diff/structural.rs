@@ -412,20 +412,6 @@ impl SharedDrvCache {
     }
 }
 
-impl<R: Remote> RemoteDrvs<'_, R> {
-    /// Read `paths` (claimed by this diff) on the builder, into both caches.
-    async fn read(&mut self, paths: &[String]) -> anyhow::Result<()> {
-        self.shared.read_queued(self.remote, paths).await?;
-        let shared = unpoisoned(&self.shared.drvs);
-        for p in paths {
-            if let Some(d) = shared.get(p) {
-                self.cache.insert(p.clone(), d.clone());
-            }
-        }
-        Ok(())
-    }
-}
-
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
     async fn fetch(&mut self, paths: &[String]) -> anyhow::Result<()> {
         let mut want: Vec<&String> = paths
@@ -444,8 +430,9 @@ impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
             }
             let (claim, others) = self.shared.claim(&want);
             if !claim.paths.is_empty() {
-                self.read(&claim.paths).await?;
-                // Read, or found unreadable: not asked for again.
+                self.shared.read_queued(self.remote, &claim.paths).await?;
+                self.take_shared(&mut want);
+                // Found unreadable: not asked for again.
                 want.retain(|p| !claim.paths.contains(p));
             }
             drop(claim);
