@@ -65,7 +65,13 @@ pub fn parse_nar_hash(text: &str) -> Option<NarHash> {
 }
 
 /// `nix-store --dump-db` over the requisites, through `xargs` (no ARG_MAX limit).
-const DUMP: &str = r#"nix-store --query --requisites "$@" | xargs nix-store --dump-db"#;
+/// The closures of `$@`, dumped: the one pipeline every closure query runs.
+macro_rules! dump {
+    () => {
+        r#"nix-store --query --requisites "$@" | xargs nix-store --dump-db"#
+    };
+}
+const DUMP: &str = dump!();
 
 /// Parse `nix-store --dump-db` output: per path, the path, its NAR hash, NAR
 /// size, deriver (empty when unknown), reference count, then the references.
@@ -242,19 +248,21 @@ fn path_lines(paths: &[StorePath]) -> Vec<u8> {
 }
 
 /// [`closures`]'s command: [`DUMP`] of the paths on stdin.
-const DUMP_LISTED: &str = r#"set -- $(cat)
-[ $# -gt 0 ] || exit 0
-nix-store --query --requisites "$@" | xargs nix-store --dump-db"#;
+const DUMP_LISTED: &str = concat!("set -- $(cat)\n[ $# -gt 0 ] || exit 0\n", dump!());
 
 /// [`closures_present`]'s command: the valid paths of those on stdin, their
 /// closure dumped; nothing at all when none is valid (a bare `--dump-db`
 /// would dump the whole store).
-const DUMP_PRESENT: &str = r#"dump() { nix-store --query --requisites "$@" | xargs nix-store --dump-db; }
+const DUMP_PRESENT: &str = concat!(
+    "dump() { ",
+    dump!(),
+    r#"; }
 set -- $(cat)
 bad=" $(printf '%s\n' "$@" | xargs nix-store --check-validity --print-invalid | tr '\n' ' ') "
 valid=
 for p; do case $bad in *" $p "*) ;; *) valid="$valid $p" ;; esac; done
-[ -z "$valid" ] || dump $valid"#;
+[ -z "$valid" ] || dump $valid"#
+);
 
 /// Each root's closure out of `all` (their union in dependency order),
 /// keeping that order.
