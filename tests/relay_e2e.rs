@@ -76,9 +76,15 @@ async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone()
     let w = world(3, 100).await;
     // light3 cannot create anything in its store (immutable even for root).
     w.fleet.in_host_ok("light3", "chattr +i /nix/store");
+    // Each host is asked what it lacks in the serve session that then adds
+    // it; the answer is nix-store --check-validity's.
     let mut lacks: Vec<HashSet<StorePath>> = Vec::new();
+    let mut sessions = Vec::new();
     for (h, c) in w.hosts.iter().zip(&w.closures) {
-        lacks.push(lacking(h, c).await.unwrap());
+        let (asked, session) = fanout::ask_lacking(h, c).await.unwrap();
+        assert_eq!(asked, lacking(h, c).await.unwrap());
+        lacks.push(asked);
+        sessions.push(session);
     }
     assert!(lacks.iter().all(|l| l.len() > 100), "{:?}", lacks[0].len());
     let seen = std::sync::Mutex::new(Vec::<CopyProgress>::new());
@@ -87,10 +93,12 @@ async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone()
         .hosts
         .iter()
         .zip(&lacks)
-        .map(|(h, l)| Target {
+        .zip(sessions)
+        .map(|((h, l), session)| Target {
             remote: h,
             lacking: l,
             progress: &progress,
+            session: Some(session),
         })
         .collect();
     let slices: Vec<&[PathInfo]> = w.closures.iter().map(Vec::as_slice).collect();
@@ -100,7 +108,7 @@ async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone()
         .map(|h| connections(&w.fleet, h))
         .collect();
 
-    let results = fanout::relay(&w.builder, &targets, &order).await;
+    let results = fanout::relay(&w.builder, targets, &order).await;
     w.fleet.in_host_ok("light3", "chattr -i /nix/store");
 
     // The builder was read once, on one new connection; the hosts' imports
@@ -172,6 +180,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         remote: &w.hosts[0],
         lacking: &lacks,
         progress: &noop,
+        session: None,
     };
     let err = format!(
         "{:#}",
@@ -205,6 +214,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         remote: &w.hosts[0],
         lacking: &lacks_ghost,
         progress: &noop,
+        session: None,
     };
     let err = format!(
         "{:#}",
@@ -217,11 +227,15 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         "the builder's complaint is shown: {err}"
     );
 
-    // And the honest copy then goes through.
+    // And the honest copy then goes through, in the session that was
+    // asked what the host lacks (the forged path is lacking still).
+    let (asked, session) = fanout::ask_lacking(&w.hosts[0], closure).await.unwrap();
+    assert_eq!(asked, lacks);
     let target = Target {
         remote: &w.hosts[0],
         lacking: &lacks,
         progress: &noop,
+        session: Some(session),
     };
     let got = fanout::relay_one(&w.builder, target, closure)
         .await

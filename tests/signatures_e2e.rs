@@ -346,6 +346,7 @@ async fn restore_gives_a_host_the_builders_signatures_for_paths_it_had() {
         remote: &host,
         lacking: &lacks,
         progress: &noop,
+        session: None,
     };
     fanout::relay_one(&builder, target, &closure).await.unwrap();
     // What the relay sent is signed; generation 0's paths, copied unsigned

@@ -120,8 +120,9 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                         Arc::new(nix::closure::closure(&builder, &closure).await?)
                     }
                 };
-                // One query answers both "anything to do?" and "what?".
-                let lacking = nix::copy::lacking(&target, &paths).await?;
+                // One query answers both "anything to do?" and "what?", in
+                // the session that then adds what is lacking.
+                let (lacking, session) = nix::fanout::ask_lacking(&target, &paths).await?;
                 if h.require_signatures {
                     self.restore_signatures(&host, &target, &paths, &lacking)
                         .await?;
@@ -142,7 +143,8 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                     });
                 let received = match &self.hub {
                     Some(hub) => {
-                        hub.share(coming, target.clone(), paths.clone(), lacking, progress)
+                        let asked = (lacking, session);
+                        hub.share(coming, target.clone(), paths.clone(), asked, progress)
                             .await?
                     }
                     None => {
@@ -151,6 +153,7 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                             remote: &target,
                             lacking: &lacking,
                             progress: progress.as_ref(),
+                            session: Some(session),
                         };
                         nix::fanout::relay_one(&builder, one, &paths).await?
                     }

@@ -29,7 +29,7 @@ use crate::fleet::Fleet;
 use crate::nix::StorePath;
 use crate::nix::closure::PathInfo;
 use crate::nix::copy::CopyProgress;
-use crate::nix::fanout::{self, Received, Target};
+use crate::nix::fanout::{self, HostServe, Received, Target};
 
 type Progress = Arc<dyn Fn(CopyProgress) + Send + Sync>;
 
@@ -37,6 +37,7 @@ struct Member<R> {
     target: R,
     closure: Arc<Vec<PathInfo>>,
     lacking: HashSet<StorePath>,
+    session: Option<HostServe>,
     progress: Progress,
     reply: oneshot::Sender<anyhow::Result<Received>>,
 }
@@ -82,14 +83,15 @@ impl<F: Fleet> RelayHub<F> {
     }
 
     /// Join the current batch (or open one) and wait for its relay to end.
-    /// `lacking` is what the host lacks of `closure`; `coming` is the
-    /// host's own, let go once it joined.
+    /// `lacking` is what the host lacks of `closure`, as `session` (the
+    /// session that adds it) answered; `coming` is the host's own, let go
+    /// once it joined.
     pub async fn share(
         self: &Arc<Self>,
         coming: Option<Coming>,
         target: F::Remote,
         closure: Arc<Vec<PathInfo>>,
-        lacking: HashSet<StorePath>,
+        (lacking, session): (HashSet<StorePath>, HostServe),
         progress: Progress,
     ) -> anyhow::Result<Received> {
         let (tx, rx) = oneshot::channel();
@@ -97,6 +99,7 @@ impl<F: Fleet> RelayHub<F> {
             target,
             closure,
             lacking,
+            session: Some(session),
             progress,
             reply: tx,
         };
@@ -169,16 +172,20 @@ impl<F: Fleet> RelayHub<F> {
             Ok(b) => b,
             Err(e) => return fail_all(members, format!("connecting to the builder: {e:#}")),
         };
+        let mut members = members;
+        let sessions: Vec<Option<HostServe>> =
+            members.iter_mut().map(|m| m.session.take()).collect();
         let targets: Vec<Target<F::Remote>> = members
             .iter()
-            .map(|m| Target {
+            .zip(sessions)
+            .map(|(m, session)| Target {
                 remote: &m.target,
                 lacking: &m.lacking,
                 progress: m.progress.as_ref(),
+                session,
             })
             .collect();
-        let results = fanout::relay(&builder, &targets, &order).await;
-        drop(targets);
+        let results = fanout::relay(&builder, targets, &order).await;
         for (m, r) in members.into_iter().zip(results) {
             let _ = m.reply.send(r);
         }

@@ -58,7 +58,7 @@ use super::closure::PathInfo;
 use super::copy::CopyProgress;
 use super::nar::NarScanner;
 use super::serve;
-use crate::remote::{Command, Remote, RemoteFinish, RemoteStdin, RemoteStdout};
+use crate::remote::{Command, Remote, RemoteFinish, RemoteStdin, RemoteStdout, Streaming};
 
 /// Bytes read from the builder at a time; also the most queued per host.
 const BUF: usize = 256 * 1024;
@@ -70,11 +70,79 @@ const BUF: usize = 256 * 1024;
 /// which bounds what is in flight anyway.)
 const IN_FLIGHT: u64 = 1024 * 1024;
 
-/// One host of a relay: where to send, what it lacks, whom to tell.
+/// One host of a relay: where to send, what it lacks, whom to tell, and
+/// the session that asked it what it lacks ([`ask_lacking`]), which then
+/// adds the paths (without one the relay starts a session).
 pub struct Target<'a, T> {
     pub remote: &'a T,
     pub lacking: &'a HashSet<StorePath>,
     pub progress: &'a (dyn Fn(CopyProgress) + Send + Sync),
+    pub session: Option<HostServe>,
+}
+
+/// A host's `nix-store --serve --write`, greeted, that answered which
+/// paths it has: the relay adds what it lacks in the same session.
+/// Dropped unused, it ends (EOF ends the host's serve loop).
+pub struct HostServe {
+    stream: Streaming,
+}
+
+/// What adds paths on a host.
+fn add_command() -> Command {
+    Command::new("nix-store").args(["--serve", "--write"])
+}
+
+/// Which paths of `closure` `remote` lacks, asked in the `nix-store
+/// --serve --write` session the copy then adds them with: one Nix process
+/// on the host for both, where a separate `nix-store --check-validity`
+/// cost the host 30-35 ms of CPU (a Nix process's start) on each push.
+/// Two round trips where that query took one (sshd opens a session's
+/// window only once it has the exec request), but the relay's own start
+/// of the session, a round trip too, is gone.
+pub async fn ask_lacking<T: Remote>(
+    remote: &T,
+    closure: &[PathInfo],
+) -> anyhow::Result<(HashSet<StorePath>, HostServe)> {
+    let name = remote.name();
+    let mut stream = remote
+        .exec_piped(&add_command())
+        .await
+        .with_context(|| format!("starting nix-store --serve --write on {name}"))?;
+    let paths: Vec<&StorePath> = closure.iter().map(|p| &p.path).collect();
+    let mut ask = serve::greeting();
+    serve::query_valid_paths(&mut ask, &paths);
+    let asked = async {
+        stream.stdin.write_all(&ask).await?;
+        stream.stdin.flush().await?;
+        let mut r = serve::Stream(&mut stream.stdout);
+        let magic = serve::WireRead::word(&mut r).await?;
+        let version = serve::WireRead::word(&mut r).await?;
+        serve::check_greeting(magic, version, name)?;
+        serve::read_valid_paths(&mut r, paths.len(), name).await
+    };
+    let valid = match asked.await {
+        Ok(v) => v,
+        Err(e) => {
+            // The host's own words (its stderr, its exit) say more.
+            let Streaming { stdin, finish, .. } = stream;
+            drop(stdin);
+            let e = match finish.await {
+                Ok(out) => match out.check(&format!("nix-store --serve --write on {name}")) {
+                    Err(host) => host.context(format!("{e:#}")),
+                    Ok(_) => e,
+                },
+                Err(_) => e,
+            };
+            return Err(e.context(format!("asking {name} which paths it lacks")));
+        }
+    };
+    let valid: HashSet<StorePath> = valid.into_iter().collect();
+    let lacking = closure
+        .iter()
+        .filter(|p| !valid.contains(&p.path))
+        .map(|p| p.path.clone())
+        .collect();
+    Ok((lacking, HostServe { stream }))
 }
 
 /// The part of a host's copy that other hosts of its batch received from
@@ -231,16 +299,18 @@ impl Sink<'_> {
     }
 }
 
-/// Read a host's serve greeting, then count its acknowledgements (one `1`
-/// per path added) until it closes its output.
+/// Read a host's serve greeting (unless it was read when the session
+/// answered what the host lacks), then count its acknowledgements (one
+/// `1` per path added) until it closes its output.
 async fn count_acks(
     out: RemoteStdout,
+    greeted: bool,
     name: String,
     acked: Arc<AtomicU64>,
     ended: Arc<AtomicBool>,
     signal: Arc<Notify>,
 ) -> anyhow::Result<u64> {
-    let result = read_acks(out, name, acked, &signal).await;
+    let result = read_acks(out, greeted, name, acked, &signal).await;
     ended.store(true, Ordering::Release);
     signal.notify_one();
     result
@@ -248,6 +318,7 @@ async fn count_acks(
 
 async fn read_acks(
     mut out: RemoteStdout,
+    greeted: bool,
     name: String,
     acked: Arc<AtomicU64>,
     signal: &Notify,
@@ -260,9 +331,11 @@ async fn read_acks(
             Err(e) => Err(e),
         }
     };
-    let magic = read_word(&mut out).await?.unwrap_or(0);
-    let version = read_word(&mut out).await?.unwrap_or(0);
-    serve::check_greeting(magic, version, &name)?;
+    if !greeted {
+        let magic = read_word(&mut out).await?.unwrap_or(0);
+        let version = read_word(&mut out).await?.unwrap_or(0);
+        serve::check_greeting(magic, version, &name)?;
+    }
     while let Some(w) = read_word(&mut out).await? {
         anyhow::ensure!(w == 1, "{name} answered {w} to a path it was sent, not 1");
         acked.fetch_add(1, Ordering::Release);
@@ -350,10 +423,11 @@ const DIRECT: usize = 32 * 1024;
 /// it failed.
 pub async fn relay<B: Remote, T: Remote>(
     builder: &B,
-    targets: &[Target<'_, T>],
+    mut targets: Vec<Target<'_, T>>,
     order: &[PathInfo],
 ) -> Vec<anyhow::Result<Received>> {
-    let paths = plan(order, targets);
+    let sessions: Vec<Option<HostServe>> = targets.iter_mut().map(|t| t.session.take()).collect();
+    let paths = plan(order, &targets);
     let mut totals = vec![0u64; targets.len()];
     let mut shared = vec![(0u64, 0u64); targets.len()];
     for (p, dests) in &paths {
@@ -365,7 +439,7 @@ pub async fn relay<B: Remote, T: Remote>(
             }
         }
     }
-    let add = Command::new("nix-store").args(["--serve", "--write"]);
+    let add = add_command();
     // The builder's stream (a connection of its own: a handshake, 3 round
     // trips and more) is opened while the hosts open theirs, not after.
     let serving = async {
@@ -379,10 +453,19 @@ pub async fn relay<B: Remote, T: Remote>(
                 .context("starting nix-store --serve on the builder"),
         )
     };
-    let (opened, src) = tokio::join!(
-        join_all(targets.iter().map(|t| t.remote.exec_piped(&add))),
-        serving
-    );
+    // A host that answered what it lacks is greeted already, in the
+    // session it answered in.
+    let add = &add;
+    let opening = targets.iter().zip(sessions).map(|(t, session)| {
+        let remote = t.remote;
+        async move {
+            match session {
+                Some(s) => Ok((s.stream, true)),
+                None => remote.exec_piped(add).await.map(|s| (s, false)),
+            }
+        }
+    });
+    let (opened, src) = tokio::join!(join_all(opening), serving);
     let mut sinks: Vec<Sink> = targets
         .iter()
         .zip(opened)
@@ -398,18 +481,22 @@ pub async fn relay<B: Remote, T: Remote>(
                 ack_signal: Arc::default(),
                 path_ends: VecDeque::new(),
                 acked_bytes: 0,
-                queued: serve::greeting(),
+                queued: Vec::new(),
                 got: Received::default(),
                 total_paths,
                 error: None,
                 progress: t.progress,
             };
             match s {
-                Ok(s) => {
+                Ok((s, greeted)) => {
+                    if !greeted {
+                        sink.queued = serve::greeting();
+                    }
                     sink.stdin = Some(s.stdin);
                     sink.finish = Some(s.finish);
                     sink.acks = Some(tokio::spawn(count_acks(
                         s.stdout,
+                        greeted,
                         sink.name.clone(),
                         sink.acked.clone(),
                         sink.acks_ended.clone(),
@@ -503,7 +590,7 @@ pub async fn relay_one<B: Remote, T: Remote>(
     target: Target<'_, T>,
     order: &[PathInfo],
 ) -> anyhow::Result<Received> {
-    relay(builder, &[target], order)
+    relay(builder, vec![target], order)
         .await
         .pop()
         .context("the relay returned no result")?
@@ -752,11 +839,13 @@ mod tests {
                 remote: &remote,
                 lacking: &a,
                 progress: &noop,
+                session: None,
             },
             Target {
                 remote: &remote,
                 lacking: &b,
                 progress: &noop,
+                session: None,
             },
         ];
         let p: Vec<(String, Vec<usize>)> = plan(&order, &targets)

@@ -1,7 +1,8 @@
 //! The legacy serve protocol (`nix-store --serve`), as far as nixgate speaks
-//! it: the greeting, `QueryPathInfos` (the builder's signatures and content
-//! address of one path), `DumpStorePath` (the builder sends one path's NAR)
-//! and `AddToStoreNar` (a host adds one path with its signatures, checking
+//! it: the greeting, `QueryValidPaths` (which paths a host has, asked in
+//! the session that then adds what it lacks), `QueryPathInfos` (the
+//! builder's signatures and content address of one path), `DumpStorePath`
+//! (the builder sends one path's NAR) and `AddToStoreNar` (a host adds one path with its signatures, checking
 //! the NAR's size and SHA-256 against what it is told, as `nix-copy-closure`
 //! has it do). Every Nix since 2.3 and every Lix speaks protocol 2.5; the
 //! commands are older.
@@ -30,6 +31,8 @@
 //! Words are little-endian `u64`s; strings are a length, the bytes and zero
 //! padding to 8 ([`super::nar::wire_string`]).
 
+use anyhow::Context;
+
 use super::StorePath;
 use super::closure::PathInfo;
 use super::nar::wire_string;
@@ -38,6 +41,7 @@ pub const MAGIC_CLIENT: u64 = 0x390c_9deb;
 pub const MAGIC_SERVER: u64 = 0x5452_eecb;
 /// The version nixgate announces: 2.5.
 pub const VERSION: u64 = 0x205;
+const CMD_QUERY_VALID_PATHS: u64 = 1;
 const CMD_QUERY_PATH_INFOS: u64 = 2;
 const CMD_DUMP_STORE_PATH: u64 = 3;
 const CMD_ADD_TO_STORE_NAR: u64 = 9;
@@ -75,6 +79,51 @@ pub fn check_greeting(magic: u64, version: u64, who: &str) -> anyhow::Result<u64
 pub fn dump_store_path(out: &mut Vec<u8>, path: &PathInfo) {
     word(out, CMD_DUMP_STORE_PATH);
     out.extend_from_slice(&wire_string(path.path.as_str().as_bytes()));
+}
+
+/// Ask which of `paths` are valid, neither locking them (temporary GC
+/// roots) nor substituting: as `nix-copy-closure` asks. Every Nix since
+/// the serve protocol's 2.0 reads `lock`, `substitute`, then the set.
+pub fn query_valid_paths(out: &mut Vec<u8>, paths: &[&StorePath]) {
+    word(out, CMD_QUERY_VALID_PATHS);
+    word(out, 0);
+    word(out, 0);
+    word(out, paths.len() as u64);
+    for p in paths {
+        out.extend_from_slice(&wire_string(p.as_str().as_bytes()));
+    }
+}
+
+/// Read the answer to [`query_valid_paths`] for `asked` paths from `who`:
+/// the valid ones, a set (a count, then each path). More than were asked,
+/// or a string that is no store path, is not the serve protocol.
+pub(crate) async fn read_valid_paths<R: WireRead>(
+    r: &mut R,
+    asked: usize,
+    who: &str,
+) -> anyhow::Result<Vec<StorePath>> {
+    let n = r.word().await?;
+    anyhow::ensure!(
+        n <= asked as u64,
+        "nix-store --serve on {who} named {n} valid paths when asked about {asked}: \
+         not the serve protocol"
+    );
+    let mut valid = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.word().await?;
+        anyhow::ensure!(
+            len <= MAX_STRING,
+            "nix-store --serve on {who} answered a {len}-byte path: not the serve protocol"
+        );
+        let b = r.bytes(len as usize).await?;
+        let text = String::from_utf8(b).map_err(|_| {
+            anyhow::anyhow!("nix-store --serve on {who} answered a path that is not UTF-8")
+        })?;
+        valid.push(StorePath::parse(&text).with_context(|| {
+            format!("nix-store --serve on {who} answered {text:?} for a valid path")
+        })?);
+    }
+    Ok(valid)
 }
 
 /// Ask for one path's registration (for its signatures and content
@@ -202,6 +251,26 @@ async fn read_entry<R: WireRead>(r: &mut R, path: &str, version: u64) -> anyhow:
         }
     }
     Ok(trust)
+}
+
+/// A stream read word by word (a host's answers, which are small).
+pub(crate) struct Stream<'a, R>(pub &'a mut R);
+
+impl<R: tokio::io::AsyncRead + Unpin + Send> WireRead for Stream<'_, R> {
+    async fn word(&mut self) -> anyhow::Result<u64> {
+        use tokio::io::AsyncReadExt;
+        let mut w = [0u8; 8];
+        self.0.read_exact(&mut w).await?;
+        Ok(u64::from_le_bytes(w))
+    }
+
+    async fn bytes(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut out = vec![0u8; n.div_ceil(8) * 8];
+        self.0.read_exact(&mut out).await?;
+        out.truncate(n);
+        Ok(out)
+    }
 }
 
 /// A whole answer already read into memory, read as the stream.
@@ -474,5 +543,57 @@ mod tests {
                 .to_string()
                 .contains("2.5")
         );
+    }
+
+    /// QueryValidPaths as Nix reads it (command, lock, substitute, the
+    /// set), and its answer read back: the valid paths, with a host that
+    /// names more paths than it was asked about, or something that is no
+    /// store path, refused.
+    #[tokio::test]
+    async fn valid_paths_asked_and_read() {
+        let a = sp("/nix/store/05d8ydqjy1d7zdkb5qrllv22k6m2f9dn-filler-299-1.0");
+        let b = sp("/nix/store/07yxrasyi0r0k2sy9086b99yj41vw4x1-dep");
+        let mut req = Vec::new();
+        query_valid_paths(&mut req, &[&a, &b]);
+        let mut expected = Vec::new();
+        for w in [1u64, 0, 0, 2] {
+            expected.extend_from_slice(&w.to_le_bytes());
+        }
+        expected.extend_from_slice(&wire_string(a.as_str().as_bytes()));
+        expected.extend_from_slice(&wire_string(b.as_str().as_bytes()));
+        assert_eq!(req, expected);
+
+        let answer = |paths: &[&str]| {
+            let mut out = (paths.len() as u64).to_le_bytes().to_vec();
+            for p in paths {
+                out.extend_from_slice(&wire_string(p.as_bytes()));
+            }
+            out
+        };
+        let one = answer(&[b.as_str()]);
+        let got = read_valid_paths(&mut Bytes(&one), 2, "h").await.unwrap();
+        assert_eq!(got, vec![b.clone()]);
+        let none = answer(&[]);
+        assert!(
+            read_valid_paths(&mut Bytes(&none), 2, "h")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let three = answer(&[a.as_str(), b.as_str(), a.as_str()]);
+        let e = read_valid_paths(&mut Bytes(&three), 2, "h")
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("3 valid paths when asked about 2"),
+            "{e}"
+        );
+        let odd = answer(&["/etc/passwd"]);
+        let e = read_valid_paths(&mut Bytes(&odd), 2, "h")
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("/etc/passwd"), "{e:#}");
+        let cut = &one[..20];
+        assert!(read_valid_paths(&mut Bytes(cut), 2, "h").await.is_err());
     }
 }
