@@ -184,7 +184,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
     };
     let err = format!(
         "{:#}",
-        fanout::relay_one(&w.builder, target, &forged)
+        fanout::relay_one(&w.builder, None, target, &forged)
             .await
             .unwrap_err()
     );
@@ -218,7 +218,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
     };
     let err = format!(
         "{:#}",
-        fanout::relay_one(&w.builder, target, &with_ghost)
+        fanout::relay_one(&w.builder, None, target, &with_ghost)
             .await
             .unwrap_err()
     );
@@ -229,7 +229,12 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
 
     // And the honest copy then goes through, in the session that was
     // asked what the host lacks (the forged path is lacking still).
-    let (asked, session) = fanout::ask_lacking(&w.hosts[0], closure).await.unwrap();
+    // The builder's side started meanwhile, as a one-host copy does.
+    let (asked, started) = tokio::join!(
+        fanout::ask_lacking(&w.hosts[0], closure),
+        fanout::serve_builder(&w.builder)
+    );
+    let (asked, session) = asked.unwrap();
     assert_eq!(asked, lacks);
     let target = Target {
         remote: &w.hosts[0],
@@ -237,7 +242,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         progress: &noop,
         session: Some(session),
     };
-    let got = fanout::relay_one(&w.builder, target, closure)
+    let got = fanout::relay_one(&w.builder, Some(started), target, closure)
         .await
         .unwrap();
     assert_eq!(got.paths, lacks.len() as u64);

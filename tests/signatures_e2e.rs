@@ -348,7 +348,9 @@ async fn restore_gives_a_host_the_builders_signatures_for_paths_it_had() {
         progress: &noop,
         session: None,
     };
-    fanout::relay_one(&builder, target, &closure).await.unwrap();
+    fanout::relay_one(&builder, None, target, &closure)
+        .await
+        .unwrap();
     // What the relay sent is signed; generation 0's paths, copied unsigned
     // when the fleet started, are not: the closure is refused.
     let before = untrusted_on(&fleet, "light1", &top);

@@ -121,8 +121,21 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                     }
                 };
                 // One query answers both "anything to do?" and "what?", in
-                // the session that then adds what is lacking.
-                let (lacking, session) = nix::fanout::ask_lacking(&target, &paths).await?;
+                // the session that then adds what is lacking. Copying alone,
+                // the builder's side starts meanwhile (a batch of the hub
+                // starts its own).
+                let started = async {
+                    match &self.hub {
+                        Some(_) => None,
+                        None => Some(match self.fleet.builder().await {
+                            Ok(b) => nix::fanout::serve_builder(&b).await,
+                            Err(e) => Err(anyhow::Error::from(e)),
+                        }),
+                    }
+                };
+                let (asked, started) =
+                    tokio::join!(nix::fanout::ask_lacking(&target, &paths), started);
+                let (lacking, session) = asked?;
                 if h.require_signatures {
                     self.restore_signatures(&host, &target, &paths, &lacking)
                         .await?;
@@ -155,7 +168,7 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                             progress: progress.as_ref(),
                             session: Some(session),
                         };
-                        nix::fanout::relay_one(&builder, one, &paths).await?
+                        nix::fanout::relay_one(&builder, started, one, &paths).await?
                     }
                 };
                 // No second query: the host added and acknowledged every path

@@ -423,6 +423,25 @@ const DIRECT: usize = 32 * 1024;
 /// it failed.
 pub async fn relay<B: Remote, T: Remote>(
     builder: &B,
+    targets: Vec<Target<'_, T>>,
+    order: &[PathInfo],
+) -> Vec<anyhow::Result<Received>> {
+    relay_from(builder, None, targets, order).await
+}
+
+/// The builder's `nix-store --serve`, which a relay reads every path from.
+pub async fn serve_builder<B: Remote>(builder: &B) -> anyhow::Result<Streaming> {
+    builder
+        .exec_stream(&Command::new("nix-store").arg("--serve"))
+        .await
+        .context("starting nix-store --serve on the builder")
+}
+
+/// [`relay`], reading from `started` (the builder's [`serve_builder`],
+/// started ahead) when given.
+async fn relay_from<B: Remote, T: Remote>(
+    builder: &B,
+    started: Option<anyhow::Result<Streaming>>,
     mut targets: Vec<Target<'_, T>>,
     order: &[PathInfo],
 ) -> Vec<anyhow::Result<Received>> {
@@ -446,12 +465,10 @@ pub async fn relay<B: Remote, T: Remote>(
         if paths.is_empty() {
             return None;
         }
-        Some(
-            builder
-                .exec_stream(&Command::new("nix-store").arg("--serve"))
-                .await
-                .context("starting nix-store --serve on the builder"),
-        )
+        Some(match started {
+            Some(s) => s,
+            None => serve_builder(builder).await,
+        })
     };
     // A host that answered what it lacks is greeted already, in the
     // session it answered in.
@@ -584,13 +601,16 @@ pub async fn relay<B: Remote, T: Remote>(
     join_all(ends).await
 }
 
-/// [`relay`] to one host.
+/// [`relay`] to one host, reading from `started` (the builder's
+/// [`serve_builder`], started while the host was asked what it lacks:
+/// a round trip off the copy's path) when given.
 pub async fn relay_one<B: Remote, T: Remote>(
     builder: &B,
+    started: Option<anyhow::Result<Streaming>>,
     target: Target<'_, T>,
     order: &[PathInfo],
 ) -> anyhow::Result<Received> {
-    relay(builder, vec![target], order)
+    relay_from(builder, started, vec![target], order)
         .await
         .pop()
         .context("the relay returned no result")?
