@@ -12,7 +12,8 @@
 //!
 //! A host counts as on its way from the start of its staging. Hosts staged
 //! together start within microseconds of each other (the runner hands out
-//! the slots in turn), and each asks its host what it lacks, a round trip,
+//! the slots in turn), and each asks its host what it lacks (two round
+//! trips: the serve session that will add the paths, then its answer)
 //! before it joins: so every one is counted before the first joins. That
 //! order is what the count relies on: asking what the first hosts lack
 //! during the diff gate instead (one round trip off the copy's path) let

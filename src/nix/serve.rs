@@ -88,6 +88,11 @@ pub fn query_valid_paths(out: &mut Vec<u8>, paths: &[&StorePath]) {
     word(out, CMD_QUERY_VALID_PATHS);
     word(out, 0);
     word(out, 0);
+    path_set(out, paths);
+}
+
+/// A set of store paths on the wire: the count, then each path.
+fn path_set(out: &mut Vec<u8>, paths: &[&StorePath]) {
     word(out, paths.len() as u64);
     for p in paths {
         out.extend_from_slice(&wire_string(p.as_str().as_bytes()));
@@ -130,8 +135,7 @@ pub(crate) async fn read_valid_paths<R: WireRead>(
 /// address): a set of one path.
 pub fn query_path_info(out: &mut Vec<u8>, path: &PathInfo) {
     word(out, CMD_QUERY_PATH_INFOS);
-    word(out, 1);
-    out.extend_from_slice(&wire_string(path.path.as_str().as_bytes()));
+    path_set(out, &[&path.path]);
 }
 
 /// What the builder vouches for a path with, beyond its NAR hash: carried
@@ -202,10 +206,7 @@ pub(crate) async fn read_path_info<R: WireRead>(
 /// order, paths it lacks left out).
 pub fn query_path_infos(out: &mut Vec<u8>, paths: &[&StorePath]) {
     word(out, CMD_QUERY_PATH_INFOS);
-    word(out, paths.len() as u64);
-    for p in paths {
-        out.extend_from_slice(&wire_string(p.as_str().as_bytes()));
-    }
+    path_set(out, paths);
 }
 
 /// Read the answer to [`query_path_infos`]: each path the server has, with
