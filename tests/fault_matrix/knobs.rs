@@ -20,7 +20,12 @@ use crate::support::fleet::Fleet;
 
 /// The wrapper, installed as `nix-store`, `nix-env` and `systemd-run`:
 /// `before` sleeps before the tool runs, `after` once it ran (its answer
-/// is late), `stream` lets 4 KiB of its stdin through and then stalls.
+/// is late), `stream` lets the copy's question through (what the host
+/// lacks: one read, a few KiB for the matrix's closures, which nixgate
+/// writes at once and then waits for the answer), then 4 KiB of the paths,
+/// and then stalls: the fault lands while paths stream. (A plain 4 KiB
+/// first held the question itself, which is smaller, and nixgate waited
+/// for its answer for good.)
 const WRAPPER: &str = r#"#!/bin/sh
 # nixgate fault matrix: this tool, slowed while a knob says so.
 tool=${0##*/}
@@ -37,7 +42,7 @@ secs=$(cat "$f")
 case $mode in
   before) : >"$f.hit"; sleep "$secs"; exec "/usr/bin/$tool" "$@" ;;
   after) "/usr/bin/$tool" "$@"; rc=$?; : >"$f.hit"; sleep "$secs"; exit "$rc" ;;
-  *) { dd bs=4096 count=1 iflag=fullblock status=none; : >"$f.hit"; sleep "$secs"; exec cat; } | "/usr/bin/$tool" "$@" ;;
+  *) { dd bs=1M count=1 status=none; dd bs=4096 count=1 iflag=fullblock status=none; : >"$f.hit"; sleep "$secs"; exec cat; } | "/usr/bin/$tool" "$@" ;;
 esac
 "#;
 
