@@ -87,6 +87,12 @@ pub struct HostServe {
     stream: Streaming,
 }
 
+/// How long a host may take to say which paths it lacks: a query of its
+/// database, milliseconds (2000 paths: 30 ms of CPU, `scripts/bench-serve-ask`);
+/// a host that says nothing for this long fails its copy instead of holding
+/// the run (the fault matrix's stalled `nix-store` once did, for good).
+const ASK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What adds paths on a host.
 fn add_command() -> Command {
     Command::new("nix-store").args(["--serve", "--write"])
@@ -120,18 +126,32 @@ pub async fn ask_lacking<T: Remote>(
         serve::check_greeting(magic, version, name)?;
         serve::read_valid_paths(&mut r, paths.len(), name).await
     };
+    let asked = async {
+        tokio::time::timeout(ASK_LIMIT, asked)
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "no answer in {} s: is its store busy (a garbage collection, another \
+                 Nix process holding its database)? `nix-store --check-validity` of one \
+                 path there tells",
+                    ASK_LIMIT.as_secs()
+                ))
+            })
+    };
     let valid = match asked.await {
         Ok(v) => v,
         Err(e) => {
-            // The host's own words (its stderr, its exit) say more.
+            // The host's own words (its stderr, its exit) say more, if it
+            // ends at EOF soon (a stuck one does not: not waited for).
             let Streaming { stdin, finish, .. } = stream;
             drop(stdin);
-            let e = match finish.await {
-                Ok(out) => match out.check(&format!("nix-store --serve --write on {name}")) {
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(5), finish).await;
+            let e = match ended {
+                Ok(Ok(out)) => match out.check(&format!("nix-store --serve --write on {name}")) {
                     Err(host) => host.context(format!("{e:#}")),
                     Ok(_) => e,
                 },
-                Err(_) => e,
+                _ => e,
             };
             return Err(e.context(format!("asking {name} which paths it lacks")));
         }
@@ -812,6 +832,42 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
 mod tests {
     use super::*;
     use crate::nix::closure::PathRecord;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    /// The host answers the question in the session: what it lacks is the
+    /// closure less what it named, and the session is kept for the copy.
+    #[tokio::test]
+    async fn the_question_is_asked_in_the_session_and_its_answer_read() {
+        let closure = [info("glibc", &[]), info("top", &["glibc"])];
+        let mut answer = Vec::new();
+        answer.extend_from_slice(&serve::MAGIC_SERVER.to_le_bytes());
+        answer.extend_from_slice(&0x207u64.to_le_bytes());
+        answer.extend_from_slice(&1u64.to_le_bytes());
+        answer.extend_from_slice(&crate::nix::nar::wire_string(
+            sp("glibc").as_str().as_bytes(),
+        ));
+        let host = ScriptedRemote::new("h", move |c| {
+            assert_eq!(c.argv(), ["nix-store", "--serve", "--write"]);
+            let exit = crate::remote::Exit::Code { code: 0 };
+            crate::remote::Output::new(exit, answer.clone(), "")
+        });
+        let (lacking, _session) = ask_lacking(&host, &closure).await.unwrap();
+        assert_eq!(lacking, HashSet::from([sp("top")]));
+    }
+
+    /// A host that never answers fails its copy after [`ASK_LIMIT`], with
+    /// what to look at, instead of holding the run.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_that_never_answers_the_question_fails_in_time() {
+        let closure = [info("top", &[])];
+        // Answers only once its stdin is closed, which the question never does.
+        let host = ScriptedRemote::with_stdin("h", |_, _| ok(""));
+        let started = tokio::time::Instant::now();
+        let err = format!("{:#}", ask_lacking(&host, &closure).await.err().unwrap());
+        assert_eq!(started.elapsed(), ASK_LIMIT);
+        assert!(err.contains("asking h which paths it lacks"), "{err}");
+        assert!(err.contains("no answer in 120 s"), "{err}");
+    }
 
     fn sp(name: &str) -> StorePath {
         let hash: String = name
