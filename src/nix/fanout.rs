@@ -6,7 +6,9 @@
 //! each with its registration (`nix-store --serve --write`, `AddToStoreNar`:
 //! the host checks the NAR's size and SHA-256 against the builder's database
 //! as it adds it, like `nix-copy-closure`). Each host has one stream, on its
-//! shared connection, and acknowledges every path it added.
+//! shared connection, and acknowledges every path it added. That stream is
+//! where it was first asked which paths it lacks ([`ask_lacking`],
+//! `QueryValidPaths`): one Nix process per host for both.
 //!
 //! The registration carries the builder's signatures and content address,
 //! so a host that requires signatures accepts what the builder signed: the
