@@ -128,19 +128,17 @@ pub async fn ask_lacking<T: Remote>(
         serve::check_greeting(magic, version, name)?;
         serve::read_valid_paths(&mut r, paths.len(), name).await
     };
-    let asked = async {
-        tokio::time::timeout(ASK_LIMIT, asked)
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "no answer in {} s: is its store busy (a garbage collection, another \
+    let answered = tokio::time::timeout(ASK_LIMIT, asked)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer in {} s: is its store busy (a garbage collection, another \
                  Nix process holding its database)? `nix-store --check-validity` of one \
                  path there tells",
-                    ASK_LIMIT.as_secs()
-                ))
-            })
-    };
-    let valid = match asked.await {
+                ASK_LIMIT.as_secs()
+            ))
+        });
+    let valid = match answered {
         Ok(v) => v,
         Err(e) => {
             // The host's own words (its stderr, its exit) say more, if it

@@ -115,15 +115,7 @@ pub(crate) async fn read_valid_paths<R: WireRead>(
     );
     let mut valid = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let len = r.word().await?;
-        anyhow::ensure!(
-            len <= MAX_STRING,
-            "nix-store --serve on {who} answered a {len}-byte path: not the serve protocol"
-        );
-        let b = r.bytes(len as usize).await?;
-        let text = String::from_utf8(b).map_err(|_| {
-            anyhow::anyhow!("nix-store --serve on {who} answered a path that is not UTF-8")
-        })?;
+        let text = read_string_of(r, who, "valid path").await?;
         valid.push(StorePath::parse(&text).with_context(|| {
             format!("nix-store --serve on {who} answered {text:?} for a valid path")
         })?);
@@ -164,13 +156,19 @@ pub(crate) trait WireRead {
 }
 
 async fn read_string<R: WireRead>(r: &mut R, what: &str) -> anyhow::Result<String> {
+    read_string_of(r, "the builder", what).await
+}
+
+/// A string of `whose` answer (the builder's, a host's), at most
+/// [`MAX_STRING`] bytes of UTF-8.
+async fn read_string_of<R: WireRead>(r: &mut R, whose: &str, what: &str) -> anyhow::Result<String> {
     let len = r.word().await?;
     anyhow::ensure!(
         len <= MAX_STRING,
-        "the builder's answer has a {len}-byte {what}: not the serve protocol"
+        "{whose}'s answer has a {len}-byte {what}: not the serve protocol"
     );
     let b = r.bytes(len as usize).await?;
-    String::from_utf8(b).map_err(|_| anyhow::anyhow!("the builder's {what} is not UTF-8"))
+    String::from_utf8(b).map_err(|_| anyhow::anyhow!("{whose}'s {what} is not UTF-8"))
 }
 
 /// Read the answer to [`query_path_info`] for `path` from a server whose
