@@ -414,6 +414,7 @@ fn durations_over_their_maximum_are_refused_with_position() {
         ("[defaults]\nconnect_timeout", "601s", "10m"),
         ("[builder]\naddress = \"b\"\nconnect_timeout", "1d", "10m"),
         ("[defaults]\nactivation_timeout", "24h1s", "1d"),
+        ("[defaults]\ncopy_stall_timeout", "61m", "1h"),
         (
             "[defaults]\nhealth_checks = [{ command = \"true\", timeout",
             "3601s",
@@ -445,6 +446,30 @@ fn durations_over_their_maximum_are_refused_with_position() {
         let ok = src.replace(long, max);
         parse(&ok).unwrap_or_else(|d| panic!("{max} for {key} is accepted:\n{d}"));
     }
+}
+
+/// A relay copy that moves nothing fails after 5 minutes unless the inventory
+/// says otherwise, per host; zero can never be met and is refused.
+#[test]
+fn copy_stall_timeout_defaults_to_five_minutes_and_is_set_per_host() {
+    let src = format!(
+        "{BASE}\n[defaults]\ncopy_stall_timeout = \"5m\"\n\
+         [hosts.a]\naddress = \"10.0.0.1\"\n\
+         [hosts.b]\naddress = \"10.0.0.2\"\ncopy_stall_timeout = \"3s\"\n"
+    );
+    let inv = parse(&src).unwrap();
+    let stall = |h: &str| inv.host(h).unwrap().copy_stall_timeout;
+    assert_eq!(stall("a"), Duration::from_secs(300));
+    assert_eq!(stall("b"), Duration::from_secs(3));
+    let plain = parse(&format!("{BASE}\n[hosts.a]\naddress = \"10.0.0.1\"\n")).unwrap();
+    assert_eq!(
+        plain.host("a").unwrap().copy_stall_timeout,
+        Duration::from_secs(300)
+    );
+    let (text, _) = one_error(&format!(
+        "{BASE}\n[hosts.a]\naddress = \"10.0.0.1\"\ncopy_stall_timeout = \"0s\"\n"
+    ));
+    assert!(text.contains("copy_stall_timeout"), "{text}");
 }
 
 #[test]

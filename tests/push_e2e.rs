@@ -290,6 +290,74 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     let out = nixgate(&fleet, &["push", "light2"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("pass --yes"));
+
+    a_stuck_import_fails_its_host_alone(&fleet);
+}
+
+/// Another Nix process on light3 holds the lock of a path its copy adds
+/// (a build or substitution of that path, a garbage collection): its
+/// `nix-store --serve --write` stops there. The copy fails after light3's
+/// own `copy_stall_timeout`, saying what to look at, while light2, copied
+/// in the same batch, gets everything; once the lock is let go, the same
+/// push converges.
+fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
+    let path = fleet.inventory_path();
+    let src = std::fs::read_to_string(&path).unwrap().replacen(
+        "[hosts.light3]\n",
+        "[hosts.light3]\ncopy_stall_timeout = \"3s\"\n",
+        1,
+    );
+    std::fs::write(&path, src).unwrap();
+    fleet
+        .commit_config(|v| v["defaults"]["generation"] = json!(4))
+        .unwrap();
+    let top = fleet.build_on_builder("light3").unwrap();
+    let pid = "/nix/var/nixgate-test-lock.pid";
+    let hold = fleet.ssh(
+        "light3",
+        &format!(
+            "rm -f {pid}; nohup flock {top}.lock sh -c 'echo $$ > {pid}; exec sleep 600' \
+             >/dev/null 2>&1 & for i in $(seq 100); do test -s {pid} && exit 0; sleep 0.1; done; exit 1"
+        ),
+    );
+    assert!(hold.status.success(), "{}", text(&hold.stderr));
+
+    let started = std::time::Instant::now();
+    let out = nixgate(
+        fleet,
+        &[
+            "--json", "push", "--yes", "--goal", "copy", "light2", "light3",
+        ],
+    );
+    let took = started.elapsed();
+    let released = fleet.ssh("light3", &format!("kill $(cat {pid})"));
+    assert!(released.status.success(), "{}", text(&released.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(outcome_of(&s, "light2"), "reached", "{s}");
+    assert_eq!(outcome_of(&s, "light3"), "failed", "{s}");
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("light3 took no bytes and added no path for 3 s")
+            && said.contains("copy_stall_timeout"),
+        "{said}"
+    );
+    // Not the default 120 s: light3's own limit (and 5 s for its last words).
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    let verify = fleet.ssh(
+        "light2",
+        &format!(
+            "nix-store --verify-path $(nix-store -qR {}) && echo verified",
+            fleet.build_on_builder("light2").unwrap()
+        ),
+    );
+    assert_eq!(text(&verify.stdout).trim(), "verified");
+
+    let out = nixgate(
+        fleet,
+        &["--json", "push", "--yes", "--goal", "copy", "light3"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -19,6 +19,9 @@ use nixgate::ssh::{HostKeyPolicy, SshSession};
 use serde_json::json;
 use support::fleet::{Fleet, FleetSpec};
 
+/// The inventory's default `copy_stall_timeout`.
+const STALL: std::time::Duration = nixgate::inventory::load::DEFAULT_COPY_STALL_TIMEOUT;
+
 fn connections(fleet: &Fleet, host: &str) -> usize {
     let log = std::fs::read_to_string(fleet.dir().join("hosts").join(host).join("sshd.log"))
         .unwrap_or_default();
@@ -81,7 +84,7 @@ async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone()
     let mut lacks: Vec<HashSet<StorePath>> = Vec::new();
     let mut sessions = Vec::new();
     for (h, c) in w.hosts.iter().zip(&w.closures) {
-        let (asked, session) = fanout::ask_lacking(h, c).await.unwrap();
+        let (asked, session) = fanout::ask_lacking(h, c, STALL).await.unwrap();
         assert_eq!(asked, lacking(h, c).await.unwrap());
         lacks.push(asked);
         sessions.push(session);
@@ -99,6 +102,7 @@ async fn one_builder_read_feeds_every_host_and_a_failing_host_is_dropped_alone()
             lacking: l,
             progress: &progress,
             session: Some(session),
+            stall: STALL,
         })
         .collect();
     let slices: Vec<&[PathInfo]> = w.closures.iter().map(Vec::as_slice).collect();
@@ -181,6 +185,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         lacking: &lacks,
         progress: &noop,
         session: None,
+        stall: STALL,
     };
     let err = format!(
         "{:#}",
@@ -215,6 +220,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         lacking: &lacks_ghost,
         progress: &noop,
         session: None,
+        stall: STALL,
     };
     let err = format!(
         "{:#}",
@@ -231,7 +237,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
     // asked what the host lacks (the forged path is lacking still).
     // The builder's side started meanwhile, as a one-host copy does.
     let (asked, started) = tokio::join!(
-        fanout::ask_lacking(&w.hosts[0], closure),
+        fanout::ask_lacking(&w.hosts[0], closure, STALL),
         fanout::serve_builder(&w.builder)
     );
     let (asked, session) = asked.unwrap();
@@ -241,6 +247,7 @@ async fn a_nar_unlike_the_builders_record_or_a_path_it_lacks_registers_nothing()
         lacking: &lacks,
         progress: &noop,
         session: Some(session),
+        stall: STALL,
     };
     let got = fanout::relay_one(&w.builder, Some(started), target, closure)
         .await

@@ -347,6 +347,7 @@ async fn restore_gives_a_host_the_builders_signatures_for_paths_it_had() {
         lacking: &lacks,
         progress: &noop,
         session: None,
+        stall: nixgate::inventory::load::DEFAULT_COPY_STALL_TIMEOUT,
     };
     fanout::relay_one(&builder, None, target, &closure)
         .await

@@ -12,6 +12,7 @@ use super::relay_hub::RelayHub;
 use crate::fleet::Fleet;
 use crate::inventory::{CopyMode, Inventory};
 use crate::nix::copy::CopyOutcome;
+use crate::nix::fanout::ask_lacking;
 use crate::nix::{self, StorePath};
 use crate::plan::Plan;
 use crate::report::{Event, EventSink};
@@ -134,7 +135,7 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                     }
                 };
                 let (asked, started) =
-                    tokio::join!(nix::fanout::ask_lacking(&target, &paths), started);
+                    tokio::join!(ask_lacking(&target, &paths, h.copy_stall_timeout), started);
                 let (lacking, session) = asked?;
                 if h.require_signatures {
                     self.restore_signatures(&host, &target, &paths, &lacking)
@@ -157,8 +158,16 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                 let received = match &self.hub {
                     Some(hub) => {
                         let asked = (lacking, session);
-                        hub.share(coming, target.clone(), paths.clone(), asked, progress)
-                            .await?
+                        let stall = h.copy_stall_timeout;
+                        hub.share(
+                            coming,
+                            target.clone(),
+                            paths.clone(),
+                            asked,
+                            progress,
+                            stall,
+                        )
+                        .await?
                     }
                     None => {
                         let builder = self.fleet.builder().await?;
@@ -167,6 +176,7 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                             lacking: &lacking,
                             progress: progress.as_ref(),
                             session: Some(session),
+                            stall: h.copy_stall_timeout,
                         };
                         nix::fanout::relay_one(&builder, started, one, &paths).await?
                     }

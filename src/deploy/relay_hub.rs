@@ -40,6 +40,7 @@ struct Member<R> {
     lacking: HashSet<StorePath>,
     session: Option<HostServe>,
     progress: Progress,
+    stall: Duration,
     reply: oneshot::Sender<anyhow::Result<Received>>,
 }
 
@@ -86,7 +87,7 @@ impl<F: Fleet> RelayHub<F> {
     /// Join the current batch (or open one) and wait for its relay to end.
     /// `lacking` is what the host lacks of `closure`, as `session` (the
     /// session that adds it) answered; `coming` is the host's own, let go
-    /// once it joined.
+    /// once it joined; `stall` its `copy_stall_timeout`.
     pub async fn share(
         self: &Arc<Self>,
         coming: Option<Coming>,
@@ -94,6 +95,7 @@ impl<F: Fleet> RelayHub<F> {
         closure: Arc<Vec<PathInfo>>,
         (lacking, session): (HashSet<StorePath>, HostServe),
         progress: Progress,
+        stall: Duration,
     ) -> anyhow::Result<Received> {
         let (tx, rx) = oneshot::channel();
         let member = Member {
@@ -102,6 +104,7 @@ impl<F: Fleet> RelayHub<F> {
             lacking,
             session: Some(session),
             progress,
+            stall,
             reply: tx,
         };
         {
@@ -184,6 +187,7 @@ impl<F: Fleet> RelayHub<F> {
                 lacking: &m.lacking,
                 progress: m.progress.as_ref(),
                 session,
+                stall: m.stall,
             })
             .collect();
         let results = fanout::relay(&builder, targets, &order).await;

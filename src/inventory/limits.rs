@@ -20,6 +20,8 @@
 //!   wants a human, not a longer wait.
 //! - health check `timeout` <= 1 h: one probe of one check; retries come on
 //!   top. A probe that needs an hour is a job, not a health check.
+//! - `copy_stall_timeout` <= 1 h: a relay copy that has moved nothing for
+//!   an hour is stuck on the host, and the hosts copied with it wait as long.
 //! - wave `soak` <= 7 d: the longest canary bake a demanding user asks for is
 //!   a week (a weekly batch job seen once on the new system); longer belongs
 //!   in separate pushes, since a run holds the controller lock while it soaks.
@@ -58,6 +60,11 @@ const DAY: u64 = 24 * HOUR;
 /// switch nobody confirmed; a host cut off for longer than that waits for a
 /// person anyway, and a window that long keeps a bad system live.
 pub const CONFIRM_TIMEOUT: DurationLimit = DurationLimit {
+    positive: true,
+    max: Duration::from_secs(HOUR),
+};
+
+pub const COPY_STALL_TIMEOUT: DurationLimit = DurationLimit {
     positive: true,
     max: Duration::from_secs(HOUR),
 };

@@ -35,6 +35,7 @@ const SETTING_KEYS: &[&str] = &[
     "health_checks",
     "magic_rollback",
     "confirm_timeout",
+    "copy_stall_timeout",
     "substituters",
     "trusted_public_keys",
     "pre_checks",
@@ -92,6 +93,16 @@ const KEY_KEYS: &[&str] = &[
 /// system that locked SSH out live for at most a minute and a half.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a host's relay copy may go without progress (no bytes taken,
+/// no path added, no answer) before that host's copy fails and the others
+/// go on (`copy_stall_timeout`). A working host takes each path as it
+/// arrives; what it does with none coming in is finish the last one
+/// (metadata, `auto-optimise-store` hashing every file again: a 2 GiB path
+/// at 20 MB/s is 100 s; `min-free` may run a collection first) or answer
+/// what it lacks (2000 paths: 30 ms of CPU). Five minutes of nothing is a
+/// store locked by another Nix process or a disk that stopped answering.
+pub const DEFAULT_COPY_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub const DEFAULT_ATTRIBUTE: &str = "nixosConfigurations.{host}.config.system.build.toplevel";
 
 /// Settings that `[defaults]` provides and a host may override.
@@ -112,6 +123,7 @@ struct Settings {
     health_checks: Option<Vec<HealthCheck>>,
     magic_rollback: Option<At<bool>>,
     confirm_timeout: Option<At<Duration>>,
+    copy_stall_timeout: Option<At<Duration>>,
     substituters: Option<Vec<String>>,
     trusted_public_keys: Option<Vec<String>>,
     pre_checks: Option<Vec<HealthCheck>>,
@@ -140,6 +152,7 @@ impl Settings {
             health_checks: pick(&self.health_checks, &over.health_checks),
             magic_rollback: pick(&self.magic_rollback, &over.magic_rollback),
             confirm_timeout: pick(&self.confirm_timeout, &over.confirm_timeout),
+            copy_stall_timeout: pick(&self.copy_stall_timeout, &over.copy_stall_timeout),
             substituters: pick(&self.substituters, &over.substituters),
             trusted_public_keys: pick(&self.trusted_public_keys, &over.trusted_public_keys),
             pre_checks: pick(&self.pre_checks, &over.pre_checks),
@@ -360,6 +373,9 @@ impl Loader {
                 "magic_rollback" => s.magic_rollback = w.boolean(key, v),
                 "confirm_timeout" => {
                     s.confirm_timeout = w.duration(key, v, limits::CONFIRM_TIMEOUT)
+                }
+                "copy_stall_timeout" => {
+                    s.copy_stall_timeout = w.duration(key, v, limits::COPY_STALL_TIMEOUT)
                 }
                 "substituters" => s.substituters = scaleout::store_uris(w, key, v),
                 "trusted_public_keys" => s.trusted_public_keys = scaleout::public_keys(w, v),
@@ -614,6 +630,10 @@ impl Loader {
                     .as_ref()
                     .map_or(DEFAULT_CONFIRM_TIMEOUT, |d| d.value),
                 confirm,
+                copy_stall_timeout: s
+                    .copy_stall_timeout
+                    .as_ref()
+                    .map_or(DEFAULT_COPY_STALL_TIMEOUT, |d| d.value),
                 pull: Pull {
                     substituters: s.substituters.clone().unwrap_or_default(),
                     trusted_public_keys: s.trusted_public_keys.clone().unwrap_or_default(),

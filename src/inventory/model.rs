@@ -110,6 +110,10 @@ pub struct Host {
     pub confirm_timeout: Duration,
     /// Where to confirm, when a deploy moves the host's SSH address or port.
     pub confirm: Option<ConfirmEndpoint>,
+    /// How long the host's relay copy may make no progress (take no bytes,
+    /// add no path, answer nothing) before it fails and the others go on.
+    #[serde(with = "secs")]
+    pub copy_stall_timeout: Duration,
     /// With `copy = "substitute"`: the caches the host fetches its closure
     /// from and the keys it trusts, for that one `nix-store --realise`
     /// (see [`Pull`]).

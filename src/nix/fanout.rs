@@ -24,6 +24,12 @@
 //! Memory is bounded: one read buffer, plus at most that much queued per
 //! host. The slowest host sets the pace. A host that fails is dropped and
 //! the others go on; a builder that fails fails every host still receiving.
+//! So is a host that moves nothing for its `copy_stall_timeout` (5 min:
+//! takes no bytes, acknowledges no path, does not answer the question),
+//! and the builder the longest of its hosts' limits. Before, nothing bounded
+//! the copy: a host's `nix-store` waiting on a path lock another Nix process
+//! holds kept every host of its batch waiting until the lock was let go
+//! (tests: `fanout_stall_tests`; `push_e2e` holds such a lock on a real host).
 //!
 //! A host is sent at most [`IN_FLIGHT`] bytes of whole paths it has not
 //! acknowledged yet. Without that, everything the SSH window allows piles
@@ -47,6 +53,7 @@ use std::collections::{HashSet, VecDeque};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::join_all;
@@ -80,6 +87,9 @@ pub struct Target<'a, T> {
     pub lacking: &'a HashSet<StorePath>,
     pub progress: &'a (dyn Fn(CopyProgress) + Send + Sync),
     pub session: Option<HostServe>,
+    /// How long the host may take nothing and add nothing before its copy
+    /// fails (`copy_stall_timeout`), the others going on.
+    pub stall: Duration,
 }
 
 /// A host's `nix-store --serve --write`, greeted, that answered which
@@ -89,11 +99,9 @@ pub struct HostServe {
     stream: Streaming,
 }
 
-/// How long a host may take to say which paths it lacks: a query of its
-/// database, milliseconds (2000 paths: 30 ms of CPU, `scripts/bench-serve-ask`);
-/// a host that says nothing for this long fails its copy instead of holding
-/// the run (the fault matrix's stalled `nix-store` once did, for good).
-const ASK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a host that failed, or the builder after its last byte, is
+/// given to end and say why (a stuck `nix-store` does not end at EOF).
+const LAST_WORDS: Duration = Duration::from_secs(5);
 
 /// What adds paths on a host.
 fn add_command() -> Command {
@@ -106,10 +114,14 @@ fn add_command() -> Command {
 /// cost the host 30-35 ms of CPU (a Nix process's start) on each push.
 /// Two round trips where that query took one (sshd opens a session's
 /// window only once it has the exec request), but the relay's own start
-/// of the session, a round trip too, is gone.
+/// of the session, a round trip too, is gone. A host that has not
+/// answered after `stall` fails (a query of its database: 2000 paths take
+/// 30 ms of CPU, `scripts/bench-serve-ask`; the fault matrix's stalled
+/// `nix-store` once held a run for good here).
 pub async fn ask_lacking<T: Remote>(
     remote: &T,
     closure: &[PathInfo],
+    stall: Duration,
 ) -> anyhow::Result<(HashSet<StorePath>, HostServe)> {
     let name = remote.name();
     let mut stream = remote
@@ -128,31 +140,23 @@ pub async fn ask_lacking<T: Remote>(
         serve::check_greeting(magic, version, name)?;
         serve::read_valid_paths(&mut r, paths.len(), name).await
     };
-    let answered = tokio::time::timeout(ASK_LIMIT, asked)
+    let answered = tokio::time::timeout(stall, asked)
         .await
         .unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
-                "no answer in {} s: is its store busy (a garbage collection, another \
-                 Nix process holding its database)? `nix-store --check-validity` of one \
-                 path there tells",
-                ASK_LIMIT.as_secs()
+                "no answer in {} s (copy_stall_timeout): is its store busy (a garbage \
+             collection, another Nix process holding its database)? `nix-store \
+             --check-validity` of one path there tells",
+                stall.as_secs()
             ))
         });
     let valid = match answered {
         Ok(v) => v,
         Err(e) => {
-            // The host's own words (its stderr, its exit) say more, if it
-            // ends at EOF soon (a stuck one does not: not waited for).
             let Streaming { stdin, finish, .. } = stream;
             drop(stdin);
-            let ended = tokio::time::timeout(std::time::Duration::from_secs(5), finish).await;
-            let e = match ended {
-                Ok(Ok(out)) => match out.check(&format!("nix-store --serve --write on {name}")) {
-                    Err(host) => host.context(format!("{e:#}")),
-                    Ok(_) => e,
-                },
-                _ => e,
-            };
+            let e =
+                with_last_words(e, finish, &format!("nix-store --serve --write on {name}")).await;
             return Err(e.context(format!("asking {name} which paths it lacks")));
         }
     };
@@ -163,6 +167,29 @@ pub async fn ask_lacking<T: Remote>(
         .map(|p| p.path.clone())
         .collect();
     Ok((lacking, HostServe { stream }))
+}
+
+/// `e`, preceded by the command's own words (its stderr, its exit) when
+/// it ends within [`LAST_WORDS`] (a stuck one does not: not waited for).
+async fn with_last_words(e: anyhow::Error, finish: RemoteFinish, what: &str) -> anyhow::Error {
+    match tokio::time::timeout(LAST_WORDS, finish).await {
+        Ok(Ok(out)) => match out.check(what) {
+            Err(own) => own.context(format!("{e:#}")),
+            Ok(_) => e,
+        },
+        _ => e,
+    }
+}
+
+/// Why a host's copy failed when it stopped taking anything.
+fn stalled(name: &str, stall: Duration, when: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{name} took no bytes and added no path for {} s {when} (copy_stall_timeout): \
+         its nix-store --serve --write is stuck (a lock another Nix process holds, a \
+         garbage collection, a disk that stopped answering: `ps -ef | grep nix` there \
+         tells); the hosts copied with it went on",
+        stall.as_secs()
+    )
 }
 
 /// The part of a host's copy that other hosts of its batch received from
@@ -251,6 +278,8 @@ struct Sink<'a> {
     total_paths: u64,
     error: Option<anyhow::Error>,
     progress: &'a (dyn Fn(CopyProgress) + Send + Sync),
+    /// The host's `copy_stall_timeout`.
+    stall: Duration,
 }
 
 impl Sink<'_> {
@@ -365,7 +394,9 @@ async fn read_acks(
 }
 
 /// Write every host's queue and, to the hosts in `dests` (sorted), `piece`
-/// after it, concurrently; a failed write drops the host.
+/// after it, concurrently; a failed write drops the host, and so does one
+/// that takes nothing for its `stall` (a piece and a queue are a read each,
+/// 256 KiB, so a host that moves anything at all makes it in time).
 async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
     let writes = sinks
         .iter_mut()
@@ -375,43 +406,69 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
                 && (!s.queued.is_empty() || (!piece.is_empty() && dests.binary_search(i).is_ok()))
         })
         .map(|(i, s)| async move {
-            s.window().await;
-            let Some(stdin) = s.stdin.as_mut() else {
-                return;
-            };
             let piece = if dests.binary_search(&i).is_ok() {
                 piece
             } else {
                 &[]
             };
-            let written = async {
-                stdin.write_all(&s.queued).await?;
-                stdin.write_all(piece).await
-            };
-            // A host whose nix-store exited (its output closed) reads no
-            // more: a write waiting for SSH window space would wait forever
-            // (the fault matrix's disk-full host: nix-store died of ENOSPC
-            // and the push hung until killed at 300 s).
-            let gone = host_gone(s.acks_ended.clone(), s.ack_signal.clone());
-            let written = tokio::select! {
-                r = written => r,
-                () = gone => Err(std::io::Error::new(
-                    std::io::ErrorKind::BrokenPipe,
-                    "the host's nix-store --serve --write stopped reading",
-                )),
-            };
-            match written {
-                Ok(()) => {
-                    s.got.bytes += (s.queued.len() + piece.len()) as u64;
-                    s.queued.clear();
-                }
-                Err(e) => {
-                    let e = anyhow::Error::new(e).context(format!("sending to {}", s.name));
-                    s.fail(e);
-                }
+            if tokio::time::timeout(s.stall, s.send(piece)).await.is_err() {
+                let e = stalled(&s.name, s.stall, "while paths were sent");
+                s.fail(e);
             }
         });
     join_all(writes).await;
+}
+
+impl Sink<'_> {
+    /// Write the queue and `piece` once the host's window allows.
+    async fn send(&mut self, piece: &[u8]) {
+        self.window().await;
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        let queued = &self.queued;
+        let written = async {
+            stdin.write_all(queued).await?;
+            stdin.write_all(piece).await
+        };
+        // A host whose nix-store exited (its output closed) reads no
+        // more: a write waiting for SSH window space would wait forever
+        // (the fault matrix's disk-full host: nix-store died of ENOSPC
+        // and the push hung until killed at 300 s).
+        let gone = host_gone(self.acks_ended.clone(), self.ack_signal.clone());
+        let written = tokio::select! {
+            r = written => r,
+            () = gone => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the host's nix-store --serve --write stopped reading",
+            )),
+        };
+        match written {
+            Ok(()) => {
+                self.got.bytes += (self.queued.len() + piece.len()) as u64;
+                self.queued.clear();
+            }
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("sending to {}", self.name));
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Wait for the host's acknowledgement reader to end (its nix-store
+    /// exited after the EOF), as long as paths keep being acknowledged:
+    /// false once none came for the host's `stall`.
+    async fn acks_done(&mut self) -> bool {
+        loop {
+            let woken = self.ack_signal.notified();
+            if self.acks.is_none() || self.acks_ended.load(Ordering::Acquire) {
+                return true;
+            }
+            if tokio::time::timeout(self.stall, woken).await.is_err() {
+                return false;
+            }
+        }
+    }
 }
 
 /// Resolves once the host's acknowledgement reader has ended (its
@@ -523,6 +580,7 @@ async fn relay_from<B: Remote, T: Remote>(
                 total_paths,
                 error: None,
                 progress: t.progress,
+                stall: t.stall,
             };
             match s {
                 Ok((s, greeted)) => {
@@ -560,65 +618,70 @@ async fn relay_from<B: Remote, T: Remote>(
     }
     flush(&mut sinks).await;
     let hosts = targets.len();
-    let ends = sinks
-        .into_iter()
-        .zip(shared)
-        .map(|(mut s, (sp, sb))| async move {
-            // EOF ends the host's serve loop.
-            if let Some(mut stdin) = s.stdin.take()
-                && let Err(e) = stdin.shutdown().await
-            {
-                tracing::debug!("{}: closing the stream: {e}", s.name);
-            }
-            let added = match s.finish.take() {
-                Some(f) => Some(f.await),
-                None => None,
-            };
-            let acks = match s.acks.take() {
-                Some(a) => Some(a.await),
-                None => None,
-            };
-            let what = format!("adding paths on {} (nix-store --serve --write)", s.name);
-            if let Some(e) = s.error {
-                // The host's own word on why first (No space left on device).
-                let e = match added {
-                    Some(Ok(out)) => match out.check(&what) {
-                        Err(host) => host.context(format!("{e:#}")),
-                        Ok(_) => e,
-                    },
-                    _ => e,
-                };
-                return Err(if format!("{e:#}").contains("No space left on device") {
-                    e.context(format!(
-                        "the Nix store (/nix) on {} is full: free space there \
-                         (nix-collect-garbage) and push again; the paths it took are whole",
-                        s.name
-                    ))
-                } else {
-                    e
-                });
-            }
-            added.context("no stream")??.check(&what)?;
-            let acked = acks
-                .context("no acknowledgements")?
-                .context("the acknowledgement reader failed")??;
-            anyhow::ensure!(
-                acked == s.got.paths,
-                "{} acknowledged {acked} of the {} paths it was sent",
-                s.name,
-                s.got.paths
-            );
-            s.report();
-            Ok(Received {
-                shared: Shared {
-                    hosts,
-                    paths: sp,
-                    bytes: sb,
-                },
-                ..s.got
-            })
-        });
+    let ends = sinks.into_iter().zip(shared).map(|(s, (paths, bytes))| {
+        s.end(Shared {
+            hosts,
+            paths,
+            bytes,
+        })
+    });
     join_all(ends).await
+}
+
+impl Sink<'_> {
+    /// End the host's stream (EOF ends its serve loop), wait for it to add
+    /// what it was sent, and say what it received, or why it failed (the
+    /// host's own word first: No space left on device).
+    async fn end(mut self, shared: Shared) -> anyhow::Result<Received> {
+        if let Some(mut stdin) = self.stdin.take()
+            && let Err(e) = stdin.shutdown().await
+        {
+            tracing::debug!("{}: closing the stream: {e}", self.name);
+        }
+        if self.error.is_none() && !self.acks_done().await {
+            let e = stalled(&self.name, self.stall, "after its last paths were sent");
+            self.fail(e);
+        }
+        let what = format!("adding paths on {} (nix-store --serve --write)", self.name);
+        if let Some(e) = self.error.take() {
+            if let Some(acks) = self.acks.take() {
+                acks.abort();
+            }
+            let e = match self.finish.take() {
+                Some(f) => with_last_words(e, f, &what).await,
+                None => e,
+            };
+            return Err(if format!("{e:#}").contains("No space left on device") {
+                e.context(format!(
+                    "the Nix store (/nix) on {} is full: free space there \
+                     (nix-collect-garbage) and push again; the paths it took are whole",
+                    self.name
+                ))
+            } else {
+                e
+            });
+        }
+        // Its output closed: the host's nix-store has ended or is ending.
+        let finish = self.finish.take().context("no stream")?;
+        let added = tokio::time::timeout(self.stall, finish)
+            .await
+            .map_err(|_| stalled(&self.name, self.stall, "after it closed its output"))?;
+        added?.check(&what)?;
+        let acked = self
+            .acks
+            .take()
+            .context("no acknowledgements")?
+            .await
+            .context("the acknowledgement reader failed")??;
+        anyhow::ensure!(
+            acked == self.got.paths,
+            "{} acknowledged {acked} of the {} paths it was sent",
+            self.name,
+            self.got.paths
+        );
+        self.report();
+        Ok(Received { shared, ..self.got })
+    }
 }
 
 /// [`relay`] to one host, reading from `started` (the builder's
@@ -645,28 +708,28 @@ async fn serve(
     let src = src?;
     let reqs = requests(paths);
     let mut stdin = src.stdin;
-    let writer = async move {
+    // Its own task: a builder that stops reading must not hold the reader's
+    // error (or the relay) behind a write waiting for window space.
+    let writer = tokio::spawn(async move {
         stdin.write_all(&reqs).await?;
         stdin.shutdown().await
-    };
+    });
     let mut stdout = src.stdout;
-    let reader = route(&mut stdout, paths, sinks);
-    let (written, routed) = tokio::join!(writer, reader);
+    let routed = route(&mut stdout, paths, sinks).await;
     drop(stdout);
-    let exit = src.finish.await;
+    let what = "nix-store --serve on the builder";
     if let Err(e) = routed {
+        writer.abort();
         // The builder's own words say more than a broken stream.
-        let tail = exit.as_ref().map(|o| o.tail(5)).unwrap_or_default();
-        if tail.is_empty() {
-            return Err(e);
-        }
-        return Err(e.context(format!(
-            "nix-store --serve on the builder: {}",
-            tail.join(" / ")
-        )));
+        return Err(with_last_words(e, src.finish, what).await);
     }
+    let written = writer.await.context("the request writer failed")?;
     written.context("sending requests to nix-store --serve on the builder")?;
-    exit?.check("nix-store --serve on the builder")?;
+    // It sent all it was asked: it ends at the EOF it was sent.
+    let exit = tokio::time::timeout(LAST_WORDS, src.finish)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} sent everything but did not end"))?;
+    exit?.check(what)?;
     Ok(())
 }
 
@@ -676,6 +739,9 @@ struct Input<'r, R> {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    /// How long the builder may send nothing: the longest of the hosts'
+    /// `copy_stall_timeout` (the builder has none of its own).
+    stall: Duration,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Input<'_, R> {
@@ -684,10 +750,16 @@ impl<R: tokio::io::AsyncRead + Unpin> Input<'_, R> {
         if self.pos < self.end {
             return Ok(true);
         }
-        let n = self
-            .src
-            .read(&mut self.buf)
+        let n = tokio::time::timeout(self.stall, self.src.read(&mut self.buf))
             .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the builder's nix-store --serve sent nothing for {} s (the hosts' \
+                     copy_stall_timeout): is its store busy (a garbage collection, a lock \
+                     another Nix process holds)?",
+                    self.stall.as_secs()
+                )
+            })?
             .context("reading from the builder")?;
         (self.pos, self.end) = (0, n);
         Ok(n > 0)
@@ -747,6 +819,7 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
         buf: vec![0u8; BUF],
         pos: 0,
         end: 0,
+        stall: sinks.iter().map(|s| s.stall).max().unwrap_or(LAST_WORDS),
     };
     let magic = input.read_u64(sinks).await?;
     let version = input.read_u64(sinks).await?;
@@ -851,11 +924,13 @@ mod tests {
             let exit = crate::remote::Exit::Code { code: 0 };
             crate::remote::Output::new(exit, answer.clone(), "")
         });
-        let (lacking, _session) = ask_lacking(&host, &closure).await.unwrap();
+        let (lacking, _session) = ask_lacking(&host, &closure, STALL).await.unwrap();
         assert_eq!(lacking, HashSet::from([sp("top")]));
     }
 
-    /// A host that never answers fails its copy after [`ASK_LIMIT`], with
+    const STALL: Duration = Duration::from_secs(120);
+
+    /// A host that never answers fails its copy after its stall limit, with
     /// what to look at, instead of holding the run.
     #[tokio::test(start_paused = true)]
     async fn a_host_that_never_answers_the_question_fails_in_time() {
@@ -863,8 +938,11 @@ mod tests {
         // Answers only once its stdin is closed, which the question never does.
         let host = ScriptedRemote::with_stdin("h", |_, _| ok(""));
         let started = tokio::time::Instant::now();
-        let err = format!("{:#}", ask_lacking(&host, &closure).await.err().unwrap());
-        assert_eq!(started.elapsed(), ASK_LIMIT);
+        let err = format!(
+            "{:#}",
+            ask_lacking(&host, &closure, STALL).await.err().unwrap()
+        );
+        assert_eq!(started.elapsed(), STALL);
         assert!(err.contains("asking h which paths it lacks"), "{err}");
         assert!(err.contains("no answer in 120 s"), "{err}");
     }
@@ -916,12 +994,14 @@ mod tests {
                 lacking: &a,
                 progress: &noop,
                 session: None,
+                stall: STALL,
             },
             Target {
                 remote: &remote,
                 lacking: &b,
                 progress: &noop,
                 session: None,
+                stall: STALL,
             },
         ];
         let p: Vec<(String, Vec<usize>)> = plan(&order, &targets)

@@ -8,6 +8,8 @@ pub mod cache;
 pub mod closure;
 pub mod copy;
 pub mod fanout;
+#[cfg(test)]
+mod fanout_stall_tests;
 pub mod gcroots;
 pub mod nar;
 pub mod serve;

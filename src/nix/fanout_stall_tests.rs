@@ -1,0 +1,324 @@
+//! A relay whose host or builder stops moving: bounded by the host's
+//! `copy_stall_timeout`, the others going on. Each far side (a host's
+//! `nix-store --serve --write`, the builder's `nix-store --serve`) is played
+//! by the test over in-memory pipes, in paused time.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::StorePath;
+use super::closure::{PathInfo, PathRecord};
+use super::fanout::{Received, Target, relay};
+use super::nar::wire_string;
+use super::serve::{self, Trust};
+use crate::nix::copy::CopyProgress;
+use crate::remote::{Command, Exit, Output, Remote, Streaming};
+
+const STALL: Duration = Duration::from_secs(120);
+
+/// The far side of one stream: what nixgate writes, where it reads, how
+/// the command ends.
+struct Far {
+    input: DuplexStream,
+    output: DuplexStream,
+    exit: oneshot::Sender<Output>,
+}
+
+/// A remote whose every stream is handed to the test to play.
+struct Pipes {
+    name: String,
+    ends: Mutex<mpsc::UnboundedSender<Far>>,
+}
+
+impl Pipes {
+    fn new(name: &str) -> (Pipes, mpsc::UnboundedReceiver<Far>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let p = Pipes {
+            name: name.to_owned(),
+            ends: Mutex::new(tx),
+        };
+        (p, rx)
+    }
+}
+
+impl Remote for Pipes {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn exec(&self, cmd: &Command) -> anyhow::Result<Output> {
+        panic!("{}: unexpected command {:?}", self.name, cmd.argv())
+    }
+
+    async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+        // Small pipes: a far side that stops reading stops the writer soon.
+        let (stdin, input) = tokio::io::duplex(4096);
+        let (output, stdout) = tokio::io::duplex(4096);
+        let (exit, finish) = oneshot::channel();
+        self.ends
+            .lock()
+            .unwrap()
+            .send(Far {
+                input,
+                output,
+                exit,
+            })
+            .unwrap();
+        Ok(Streaming {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            finish: Box::pin(async move {
+                finish
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the far side went away"))
+            }),
+        })
+    }
+}
+
+fn sp(name: &str) -> StorePath {
+    let hash: String = name
+        .bytes()
+        .cycle()
+        .take(32)
+        .map(|b| b"0123456789abcdfghijklmnpqrsvwxyz"[(b % 32) as usize] as char)
+        .collect();
+    StorePath::parse(&format!("/nix/store/{hash}-{name}")).unwrap()
+}
+
+/// A one-file NAR holding `contents`.
+fn nar(contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        out.extend(wire_string(s));
+    }
+    out.extend(wire_string(contents));
+    out.extend(wire_string(b")"));
+    out
+}
+
+fn info(name: &str, nar: &[u8]) -> PathInfo {
+    PathInfo::from(PathRecord {
+        path: sp(name),
+        nar_size: nar.len() as u64,
+        nar_hash: Some([7; 32]),
+        references: vec![],
+        deriver: None,
+    })
+}
+
+fn word(v: u64) -> [u8; 8] {
+    v.to_le_bytes()
+}
+
+/// The builder: answers the greeting and, per path, its registration and
+/// its NAR; then ends at EOF. `stop_after` paths, it falls silent for good.
+async fn builder(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, stop_after: usize) {
+    let mut out = Vec::new();
+    out.extend(word(serve::MAGIC_SERVER));
+    out.extend(word(serve::VERSION));
+    far.output.write_all(&out).await.unwrap();
+    for (i, (p, nar)) in paths.iter().enumerate() {
+        if i == stop_after {
+            std::future::pending::<()>().await;
+        }
+        let mut a = wire_string(p.path.as_str().as_bytes());
+        a.extend(wire_string(b"")); // deriver
+        a.extend(word(0)); // references
+        a.extend(word(0)); // download size
+        a.extend(word(p.nar_size));
+        a.extend(wire_string(b"sha256:x")); // NAR hash
+        a.extend(wire_string(b"")); // content address
+        a.extend(word(0)); // signatures
+        a.extend(wire_string(b"")); // end of the answer
+        a.extend(nar);
+        far.output.write_all(&a).await.unwrap();
+    }
+    let mut rest = Vec::new();
+    far.input.read_to_end(&mut rest).await.unwrap();
+    drop(far.output);
+    let _ = far.exit.send(ok());
+}
+
+fn ok() -> Output {
+    Output::new(Exit::Code { code: 0 }, "", "")
+}
+
+/// How a played host behaves.
+#[derive(Clone, Copy)]
+enum Host {
+    /// Reads each path and acknowledges it; ends at EOF.
+    Imports,
+    /// Reads nothing, ever.
+    Stuck,
+    /// Reads everything, acknowledges nothing, never ends.
+    SilentAfterReading,
+}
+
+/// A host adding `paths` (each its header, then its NAR) sent after the
+/// client's greeting, as `how` says.
+async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
+    match how {
+        Host::Stuck => std::future::pending::<()>().await,
+        Host::SilentAfterReading => {
+            let mut all = Vec::new();
+            let _ = far.input.read_to_end(&mut all).await;
+            std::future::pending::<()>().await
+        }
+        Host::Imports => {}
+    }
+    let mut out = Vec::new();
+    out.extend(word(serve::MAGIC_SERVER));
+    out.extend(word(serve::VERSION));
+    far.output.write_all(&out).await.unwrap();
+    let mut greeting = [0u8; 16];
+    far.input.read_exact(&mut greeting).await.unwrap();
+    for (p, nar) in &paths {
+        let header = serve::add_to_store_nar(p, &Trust::default()).unwrap();
+        let mut got = vec![0u8; header.len() + nar.len()];
+        if far.input.read_exact(&mut got).await.is_err() {
+            // Cut off mid-path (the copy failed): Nix keeps whole paths only.
+            let _ = far.exit.send(Output::new(
+                Exit::Code { code: 1 },
+                "",
+                "unexpected end-of-file",
+            ));
+            return;
+        }
+        assert_eq!(&got[..header.len()], &header[..]);
+        assert_eq!(&got[header.len()..], &nar[..]);
+        far.output.write_all(&word(1)).await.unwrap();
+    }
+    let mut rest = Vec::new();
+    far.input.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "more than the paths: {} bytes", rest.len());
+    drop(far.output);
+    let _ = far.exit.send(ok());
+}
+
+/// Relay `paths` from a played builder to hosts played as `hows`, each
+/// lacking every path; the results and when they came.
+async fn run(
+    paths: Vec<(PathInfo, Vec<u8>)>,
+    hows: &[Host],
+    builder_stops_after: usize,
+) -> (Vec<anyhow::Result<Received>>, Duration) {
+    let (b, mut b_ends) = Pipes::new("builder");
+    let plays = paths.clone();
+    tokio::spawn(async move {
+        let far = b_ends.recv().await.unwrap();
+        builder(far, plays, builder_stops_after).await
+    });
+    let mut remotes = Vec::new();
+    for (i, &how) in hows.iter().enumerate() {
+        let (h, mut ends) = Pipes::new(&format!("h{}", i + 1));
+        let plays = paths.clone();
+        tokio::spawn(async move {
+            let far = ends.recv().await.unwrap();
+            host(far, plays, how).await
+        });
+        remotes.push(h);
+    }
+    let lacking: HashSet<StorePath> = paths.iter().map(|(p, _)| p.path.clone()).collect();
+    let order: Vec<PathInfo> = paths.iter().map(|(p, _)| p.clone()).collect();
+    let noop = |_: CopyProgress| {};
+    let targets = remotes
+        .iter()
+        .map(|r| Target {
+            remote: r,
+            lacking: &lacking,
+            progress: &noop,
+            session: None,
+            stall: STALL,
+        })
+        .collect();
+    let started = Instant::now();
+    // Bounded, so a relay that hangs fails the test instead of holding it.
+    let results = tokio::time::timeout(Duration::from_secs(3600), relay(&b, targets, &order))
+        .await
+        .expect("the relay ended");
+    (results, started.elapsed())
+}
+
+/// Paths big enough to fill the pipes: a stuck host stops the writer.
+fn paths(n: usize) -> Vec<(PathInfo, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let nar = nar(&vec![b'a' + i as u8; 40_000]);
+            (info(&format!("p{i}"), &nar), nar)
+        })
+        .collect()
+}
+
+fn err(r: &anyhow::Result<Received>) -> String {
+    match r {
+        Ok(got) => panic!("succeeded: {got:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// A host whose `nix-store` takes nothing fails after its stall limit
+/// (and the 5 s its own words are waited for); the host copied with it
+/// gets every path, checked and acknowledged.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_host_fails_after_its_stall_limit_and_the_others_get_their_paths() {
+    let (results, took) = run(paths(3), &[Host::Imports, Host::Stuck], 3).await;
+    let got = results[0].as_ref().expect("h1 was copied");
+    assert_eq!((got.paths, got.shared.hosts), (3, 2));
+    let e = err(&results[1]);
+    assert!(
+        e.contains("h2 took no bytes and added no path for 120 s"),
+        "{e}"
+    );
+    assert!(e.contains("copy_stall_timeout"), "{e}");
+    assert_eq!(took, STALL + Duration::from_secs(5));
+}
+
+/// A host that reads every path but never acknowledges them (nor ends)
+/// fails once none came for its stall limit.
+#[tokio::test(start_paused = true)]
+async fn a_host_that_never_acknowledges_fails_after_its_stall_limit() {
+    let (results, took) = run(paths(2), &[Host::SilentAfterReading, Host::Imports], 2).await;
+    let e = err(&results[0]);
+    assert!(e.contains("after its last paths were sent"), "{e}");
+    assert_eq!(results[1].as_ref().expect("h2 was copied").paths, 2);
+    assert_eq!(took, STALL + Duration::from_secs(5));
+}
+
+/// A builder that falls silent fails every host after the stall limit,
+/// naming the builder; the hosts keep the whole paths they added.
+#[tokio::test(start_paused = true)]
+async fn a_silent_builder_fails_the_copy_after_the_stall_limit() {
+    let (results, took) = run(paths(3), &[Host::Imports, Host::Imports], 1).await;
+    for r in &results {
+        let e = err(r);
+        assert!(
+            e.contains("the builder's nix-store --serve sent nothing for 120 s"),
+            "{e}"
+        );
+    }
+    // The builder, stuck too, is given 5 s to say why.
+    assert_eq!(took, STALL + Duration::from_secs(5));
+}
+
+/// The unbounded case still ends at once: hosts that import, a builder
+/// that answers.
+#[tokio::test(start_paused = true)]
+async fn a_working_relay_takes_no_stall_time() {
+    let (results, took) = run(paths(3), &[Host::Imports, Host::Imports], 3).await;
+    for r in &results {
+        assert_eq!(r.as_ref().expect("copied").paths, 3);
+    }
+    assert_eq!(took, Duration::ZERO);
+}
