@@ -292,6 +292,63 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     assert!(text(&out.stderr).contains("pass --yes"));
 
     a_stuck_import_fails_its_host_alone(&fleet);
+    the_builder_copies_straight_to_a_host(&fleet);
+}
+
+/// `copy = "builder"`: the builder's `nix-copy-closure` copies to the host
+/// over its own SSH connection; the controller moves none of the closure
+/// (its copy gate counts no paths of its own) and the host has all of it.
+fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
+    // The builder's ssh (its /root is its own) gets the fleet's key and
+    // host keys, as a real builder would have its own.
+    let ssh = fleet.dir().join("hosts/builder/root/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::copy(fleet.identity(), ssh.join("id_ed25519")).unwrap();
+    std::fs::copy(fleet.known_hosts(), ssh.join("known_hosts")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(ssh.join("id_ed25519"), private).unwrap();
+    let path = fleet.inventory_path();
+    let src = std::fs::read_to_string(&path).unwrap().replacen(
+        "[hosts.light2]\n",
+        "[hosts.light2]\ncopy = \"builder\"\n",
+        1,
+    );
+    std::fs::write(&path, src).unwrap();
+    fleet
+        .commit_config(|v| v["defaults"]["generation"] = json!(5))
+        .unwrap();
+    let top = fleet.build_on_builder("light2").unwrap();
+    let lacks = fleet.ssh("light2", &format!("nix-store --check-validity {top}"));
+    assert!(!lacks.status.success(), "light2 has {top} already");
+
+    let out = nixgate(
+        fleet,
+        &["--json", "push", "--yes", "--goal", "copy", "light2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    let copy = lines
+        .iter()
+        .find(|l| l["event"] == "gate_passed" && l["gate"] == "copy")
+        .expect("the copy gate passed");
+    let detail = &copy["evidence"]["detail"];
+    assert_eq!(detail["kind"], "copied", "{copy}");
+    assert_eq!(
+        (detail["paths"].as_u64(), detail["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{copy}"
+    );
+    let verify = fleet.ssh(
+        "light2",
+        &format!("nix-store --verify-path $(nix-store -qR {top}) && echo verified"),
+    );
+    assert_eq!(
+        text(&verify.stdout).trim(),
+        "verified",
+        "{}",
+        text(&verify.stderr)
+    );
 }
 
 /// Another Nix process on light3 holds the lock of a path its copy adds

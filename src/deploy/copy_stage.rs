@@ -216,7 +216,9 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                         .await?;
                 }
                 let dest = format!("{}@{}", d.user, d.host);
-                nix::copy::copy_from_builder(&builder, &target, &dest, d.port, &closure).await?
+                let wait = h.connection.connect_timeout;
+                nix::copy::copy_from_builder(&builder, &target, &dest, d.port, wait, &closure)
+                    .await?
             }
             CopyMode::Substitute => {
                 let from = nix::copy::PullFrom {

@@ -86,9 +86,26 @@ pub fn copied(r: super::fanout::Received) -> CopyOutcome {
     }
 }
 
-pub fn copy_closure_command(dest: &str, port: u16, toplevel: &StorePath) -> Command {
+/// `nix-copy-closure` on the builder, its `ssh` to the host told what
+/// nixgate's own connections do: give up on a connection that has not come
+/// up in `connect_timeout`, count one dead after three keepalives (15 s
+/// apart) go unanswered (without them a host that vanished mid-copy held
+/// the copy until TCP gave up, about 15 minutes), and never prompt (there
+/// is no one to answer: fail instead).
+pub fn copy_closure_command(
+    dest: &str,
+    port: u16,
+    connect_timeout: std::time::Duration,
+    toplevel: &StorePath,
+) -> Command {
+    use crate::ssh::{KEEPALIVE_INTERVAL, KEEPALIVE_MAX};
+    let opts = format!(
+        "-p {port} -o ConnectTimeout={} -o ServerAliveInterval={} -o ServerAliveCountMax={KEEPALIVE_MAX} -o BatchMode=yes",
+        connect_timeout.as_secs().max(1),
+        KEEPALIVE_INTERVAL.as_secs(),
+    );
     Command::new("nix-copy-closure")
-        .env("NIX_SSHOPTS", format!("-p {port}"))
+        .env("NIX_SSHOPTS", opts)
         .args(["--to", dest, toplevel.as_str()])
 }
 
@@ -98,6 +115,7 @@ pub async fn copy_from_builder<B: Remote, T: Remote>(
     target: &T,
     dest: &str,
     port: u16,
+    connect_timeout: std::time::Duration,
     toplevel: &StorePath,
 ) -> anyhow::Result<CopyOutcome> {
     if missing(target, std::slice::from_ref(toplevel))
@@ -107,7 +125,7 @@ pub async fn copy_from_builder<B: Remote, T: Remote>(
         return Ok(CopyOutcome::AlreadyPresent);
     }
     builder
-        .exec(&copy_closure_command(dest, port, toplevel))
+        .exec(&copy_closure_command(dest, port, connect_timeout, toplevel))
         .await
         .context("running nix-copy-closure on the builder")?
         .check(&format!("nix-copy-closure from the builder to {dest}"))?;
@@ -224,6 +242,7 @@ pub async fn copy_substitute<T: Remote>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const TOP: &str = "/nix/store/irk0jw9bd4r75gjl6vw4v2pclc9czdbn-nixos-system-light1-24.05";
 
@@ -300,10 +319,13 @@ mod tests {
     fn builder_mode_command() {
         let t =
             StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a").unwrap();
-        let c = copy_closure_command("root@10.0.0.1", 2222, &t);
+        let c = copy_closure_command("root@10.0.0.1", 2222, Duration::from_secs(10), &t);
         assert_eq!(
             c.render(),
-            format!("env NIX_SSHOPTS='-p 2222' nix-copy-closure --to root@10.0.0.1 {t}")
+            format!(
+                "env NIX_SSHOPTS='-p 2222 -o ConnectTimeout=10 -o ServerAliveInterval=15 \
+                 -o ServerAliveCountMax=3 -o BatchMode=yes' nix-copy-closure --to root@10.0.0.1 {t}"
+            )
         );
     }
 }

@@ -30,7 +30,7 @@ const CIPHERS: &[russh::cipher::Name] = &[
 ];
 
 /// Unanswered keepalives after which the connection counts as dead.
-const KEEPALIVE_MAX: usize = 3;
+pub const KEEPALIVE_MAX: usize = 3;
 
 /// Facts about an established connection.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -26,8 +26,9 @@ pub mod target;
 
 pub use auth::AuthMethod;
 pub use config::{HostConfig, SshConfig};
-pub use connect::ConnectInfo;
+pub use connect::{ConnectInfo, KEEPALIVE_MAX};
 pub use error::{ConnectError, ConnectStage};
 pub use hostkey::HostKeyStatus;
 pub use session::{MAX_CHANNELS, SshSession};
+pub use target::KEEPALIVE_INTERVAL;
 pub use target::{HostKeyPolicy, SshTarget};

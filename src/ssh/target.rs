@@ -52,6 +52,10 @@ pub struct SshTarget {
     pub agent_socket: Option<PathBuf>,
 }
 
+/// How often an idle connection is probed; [`super::connect::KEEPALIVE_MAX`]
+/// probes unanswered and it counts as dead.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// How deep `ProxyJump` chains from ssh config may go.
 const MAX_JUMPS: usize = 8;
 
@@ -67,7 +71,7 @@ impl SshTarget {
             known_hosts: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             host_key_policy: HostKeyPolicy::Strict,
-            keepalive_interval: Duration::from_secs(15),
+            keepalive_interval: KEEPALIVE_INTERVAL,
             proxy_jump: None,
             use_agent: true,
             agent_socket: None,
