@@ -90,8 +90,9 @@ pub fn copied(r: super::fanout::Received) -> CopyOutcome {
 /// nixgate's own connections do: give up on a connection that has not come
 /// up in `connect_timeout`, count one dead after three keepalives (15 s
 /// apart) go unanswered (without them a host that vanished mid-copy held
-/// the copy until TCP gave up, about 15 minutes), and never prompt (there
-/// is no one to answer: fail instead).
+/// the copy until TCP gave up: some 15 minutes of retransmissions while
+/// bytes were in flight, the kernel's 2-hour keepalive while none were),
+/// and never prompt (there is no one to answer: fail instead).
 pub fn copy_closure_command(
     dest: &str,
     port: u16,
