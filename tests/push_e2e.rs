@@ -52,6 +52,36 @@ fn git(repo: &Path, args: &[&str]) -> String {
     text(&out.stdout).trim().to_owned()
 }
 
+/// `host` has `top` and every path of its closure, each as its
+/// registration says (`nix-store --verify-path`).
+fn assert_verified(fleet: &Fleet, host: &str, top: &str) {
+    let verify = fleet.ssh(
+        host,
+        &format!("nix-store --verify-path $(nix-store -qR {top}) && echo verified"),
+    );
+    assert_eq!(
+        text(&verify.stdout).trim(),
+        "verified",
+        "{host}: {}",
+        text(&verify.stderr)
+    );
+}
+
+/// Give `host` one more inventory line, and commit `generation` of the
+/// configuration (every host's closure changes).
+fn set_and_commit(fleet: &Fleet, host: &str, line: &str, generation: u64) {
+    let path = fleet.inventory_path();
+    let header = format!("[hosts.{host}]\n");
+    let src =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen(&header, &format!("{header}{line}\n"), 1);
+    std::fs::write(&path, src).unwrap();
+    fleet
+        .commit_config(|v| v["defaults"]["generation"] = json!(generation))
+        .unwrap();
+}
+
 #[test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 fn build_matches_nix_build_fails_alone_survives_gc_and_needs_no_local_nix() {
@@ -222,16 +252,7 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
             sent > 0 && sent < total / 2,
             "{host}: sent {sent} of {total} paths"
         );
-        let verify = fleet.ssh(
-            host,
-            &format!("nix-store --verify-path $(nix-store -qR {toplevel}) && echo verified"),
-        );
-        assert_eq!(
-            text(&verify.stdout).trim(),
-            "verified",
-            "{}",
-            text(&verify.stderr)
-        );
+        assert_verified(&fleet, host, &toplevel);
     }
     // Hosts staged together got the paths they all lacked from one export,
     // teed to each of them.
@@ -308,16 +329,7 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
     use std::os::unix::fs::PermissionsExt;
     let private = std::fs::Permissions::from_mode(0o600);
     std::fs::set_permissions(ssh.join("id_ed25519"), private).unwrap();
-    let path = fleet.inventory_path();
-    let src = std::fs::read_to_string(&path).unwrap().replacen(
-        "[hosts.light2]\n",
-        "[hosts.light2]\ncopy = \"builder\"\n",
-        1,
-    );
-    std::fs::write(&path, src).unwrap();
-    fleet
-        .commit_config(|v| v["defaults"]["generation"] = json!(5))
-        .unwrap();
+    set_and_commit(fleet, "light2", "copy = \"builder\"", 5);
     let top = fleet.build_on_builder("light2").unwrap();
     let lacks = fleet.ssh("light2", &format!("nix-store --check-validity {top}"));
     assert!(!lacks.status.success(), "light2 has {top} already");
@@ -339,16 +351,7 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
         (Some(0), Some(0)),
         "{copy}"
     );
-    let verify = fleet.ssh(
-        "light2",
-        &format!("nix-store --verify-path $(nix-store -qR {top}) && echo verified"),
-    );
-    assert_eq!(
-        text(&verify.stdout).trim(),
-        "verified",
-        "{}",
-        text(&verify.stderr)
-    );
+    assert_verified(fleet, "light2", &top);
 }
 
 /// Another Nix process on light3 holds the lock of a path its copy adds
@@ -358,16 +361,7 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
 /// in the same batch, gets everything; once the lock is let go, the same
 /// push converges.
 fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
-    let path = fleet.inventory_path();
-    let src = std::fs::read_to_string(&path).unwrap().replacen(
-        "[hosts.light3]\n",
-        "[hosts.light3]\ncopy_stall_timeout = \"3s\"\n",
-        1,
-    );
-    std::fs::write(&path, src).unwrap();
-    fleet
-        .commit_config(|v| v["defaults"]["generation"] = json!(4))
-        .unwrap();
+    set_and_commit(fleet, "light3", "copy_stall_timeout = \"3s\"", 4);
     let top = fleet.build_on_builder("light3").unwrap();
     let pid = "/nix/var/nixgate-test-lock.pid";
     let hold = fleet.ssh(
@@ -399,16 +393,9 @@ fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
             && said.contains("copy_stall_timeout"),
         "{said}"
     );
-    // Not the default 120 s: light3's own limit (and 5 s for its last words).
+    // Not the default 5 minutes: light3's own limit (and 5 s for its last words).
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
-    let verify = fleet.ssh(
-        "light2",
-        &format!(
-            "nix-store --verify-path $(nix-store -qR {}) && echo verified",
-            fleet.build_on_builder("light2").unwrap()
-        ),
-    );
-    assert_eq!(text(&verify.stdout).trim(), "verified");
+    assert_verified(fleet, "light2", &fleet.build_on_builder("light2").unwrap());
 
     let out = nixgate(
         fleet,

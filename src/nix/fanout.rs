@@ -902,7 +902,7 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::nix::closure::PathRecord;
     use crate::remote::scripted::{ScriptedRemote, ok};
@@ -947,7 +947,8 @@ mod tests {
         assert!(err.contains("no answer in 120 s"), "{err}");
     }
 
-    fn sp(name: &str) -> StorePath {
+    /// A store path named `name`, its hash made of the name's letters.
+    pub(in crate::nix) fn sp(name: &str) -> StorePath {
         let hash: String = name
             .bytes()
             .cycle()

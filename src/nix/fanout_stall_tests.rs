@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::StorePath;
 use super::closure::{PathInfo, PathRecord};
+use super::fanout::tests::sp;
 use super::fanout::{Received, Target, relay};
 use super::nar::wire_string;
 use super::serve::{self, Trust};
@@ -79,16 +80,6 @@ impl Remote for Pipes {
             }),
         })
     }
-}
-
-fn sp(name: &str) -> StorePath {
-    let hash: String = name
-        .bytes()
-        .cycle()
-        .take(32)
-        .map(|b| b"0123456789abcdfghijklmnpqrsvwxyz"[(b % 32) as usize] as char)
-        .collect();
-    StorePath::parse(&format!("/nix/store/{hash}-{name}")).unwrap()
 }
 
 /// A one-file NAR holding `contents`.
