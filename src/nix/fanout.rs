@@ -145,8 +145,8 @@ pub async fn ask_lacking<T: Remote>(
         .unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
                 "no answer in {} s (copy_stall_timeout): is its store busy (a garbage \
-             collection, another Nix process holding its database)? `nix-store \
-             --check-validity` of one path there tells",
+                 collection, another Nix process holding its database)? `nix-store \
+                 --check-validity` of one path there tells",
                 stall.as_secs()
             ))
         });
@@ -181,13 +181,19 @@ async fn with_last_words(e: anyhow::Error, finish: RemoteFinish, what: &str) -> 
     }
 }
 
-/// Why a host's copy failed when it stopped taking anything.
-fn stalled(name: &str, stall: Duration, when: &str) -> anyhow::Error {
+/// Why a host's copy failed when it stopped taking anything (`alone`: no
+/// other host was copied with it).
+fn stalled(name: &str, stall: Duration, when: &str, alone: bool) -> anyhow::Error {
+    let others = if alone {
+        ""
+    } else {
+        "; the hosts copied with it went on"
+    };
     anyhow::anyhow!(
         "{name} took no bytes and added no path for {} s {when} (copy_stall_timeout): \
          its nix-store --serve --write is stuck (a lock another Nix process holds, a \
          garbage collection, a disk that stopped answering: `ps -ef | grep nix` there \
-         tells); the hosts copied with it went on",
+         tells){others}",
         stall.as_secs()
     )
 }
@@ -398,6 +404,7 @@ async fn read_acks(
 /// that takes nothing for its `stall` (a piece and a queue are a read each,
 /// 256 KiB, so a host that moves anything at all makes it in time).
 async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
+    let alone = sinks.len() == 1;
     let writes = sinks
         .iter_mut()
         .enumerate()
@@ -412,7 +419,7 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
                 &[]
             };
             if tokio::time::timeout(s.stall, s.send(piece)).await.is_err() {
-                let e = stalled(&s.name, s.stall, "while paths were sent");
+                let e = stalled(&s.name, s.stall, "while paths were sent", alone);
                 s.fail(e);
             }
         });
@@ -633,13 +640,25 @@ impl Sink<'_> {
     /// what it was sent, and say what it received, or why it failed (the
     /// host's own word first: No space left on device).
     async fn end(mut self, shared: Shared) -> anyhow::Result<Received> {
-        if let Some(mut stdin) = self.stdin.take()
-            && let Err(e) = stdin.shutdown().await
-        {
-            tracing::debug!("{}: closing the stream: {e}", self.name);
+        if let Some(mut stdin) = self.stdin.take() {
+            match tokio::time::timeout(self.stall, stdin.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("{}: closing the stream: {e}", self.name),
+                Err(_) => {
+                    let when = "when its stream was to end";
+                    let e = stalled(&self.name, self.stall, when, shared.hosts == 1);
+                    self.fail(e);
+                }
+            }
         }
         if self.error.is_none() && !self.acks_done().await {
-            let e = stalled(&self.name, self.stall, "after its last paths were sent");
+            let alone = shared.hosts == 1;
+            let e = stalled(
+                &self.name,
+                self.stall,
+                "after its last paths were sent",
+                alone,
+            );
             self.fail(e);
         }
         let what = format!("adding paths on {} (nix-store --serve --write)", self.name);
@@ -665,7 +684,10 @@ impl Sink<'_> {
         let finish = self.finish.take().context("no stream")?;
         let added = tokio::time::timeout(self.stall, finish)
             .await
-            .map_err(|_| stalled(&self.name, self.stall, "after it closed its output"))?;
+            .map_err(|_| {
+                let when = "after it closed its output";
+                stalled(&self.name, self.stall, when, shared.hosts == 1)
+            })?;
         added?.check(&what)?;
         let acked = self
             .acks
@@ -726,7 +748,8 @@ async fn serve(
     let written = writer.await.context("the request writer failed")?;
     written.context("sending requests to nix-store --serve on the builder")?;
     // It sent all it was asked: it ends at the EOF it was sent.
-    let exit = tokio::time::timeout(LAST_WORDS, src.finish)
+    let stall = sinks.iter().map(|s| s.stall).max().unwrap_or(LAST_WORDS);
+    let exit = tokio::time::timeout(stall, src.finish)
         .await
         .map_err(|_| anyhow::anyhow!("{what} sent everything but did not end"))?;
     exit?.check(what)?;

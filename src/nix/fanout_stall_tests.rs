@@ -273,6 +273,20 @@ async fn a_stuck_host_fails_after_its_stall_limit_and_the_others_get_their_paths
         "{e}"
     );
     assert!(e.contains("copy_stall_timeout"), "{e}");
+    assert!(e.contains("the hosts copied with it went on"), "{e}");
+    assert_eq!(took, STALL + Duration::from_secs(5));
+}
+
+/// Copied alone, a stuck host fails the same way, naming no others.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_host_copied_alone_fails_after_its_stall_limit() {
+    let (results, took) = run(paths(3), &[Host::Stuck], 3).await;
+    let e = err(&results[0]);
+    assert!(
+        e.contains("h1 took no bytes and added no path for 120 s"),
+        "{e}"
+    );
+    assert!(!e.contains("went on"), "{e}");
     assert_eq!(took, STALL + Duration::from_secs(5));
 }
 
