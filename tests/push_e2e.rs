@@ -361,7 +361,7 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
 /// in the same batch, gets everything; once the lock is let go, the same
 /// push converges.
 fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
-    set_and_commit(fleet, "light3", "copy_stall_timeout = \"3s\"", 4);
+    set_and_commit(fleet, "light3", "copy_stall_timeout = \"12s\"", 4);
     let top = fleet.build_on_builder("light3").unwrap();
     let pid = "/nix/var/nixgate-test-lock.pid";
     let hold = fleet.ssh(
@@ -389,10 +389,22 @@ fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
     assert_eq!(outcome_of(&s, "light3"), "failed", "{s}");
     let said = text(&out.stdout);
     assert!(
-        said.contains("light3 took no bytes and added no path for 3 s")
+        said.contains("light3 took no bytes and added no path for 12 s")
             && said.contains("copy_stall_timeout"),
         "{said}"
     );
+    // While the batch waited on it, light3 (and it alone) was named idle.
+    let idle: Vec<(String, u64)> = json_lines(&out)
+        .iter()
+        .filter(|l| l["event"] == "copy_progress" && l.get("idle_secs").is_some())
+        .map(|l| {
+            (
+                l["host"].as_str().unwrap().to_owned(),
+                l["idle_secs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(idle, [("light3".to_owned(), 10)], "{said}");
     // Not the default 5 minutes: light3's own limit (and 5 s for its last words).
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
     assert_verified(fleet, "light2", &fleet.build_on_builder("light2").unwrap());

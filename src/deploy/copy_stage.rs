@@ -153,6 +153,7 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                             bytes: p.bytes,
                             paths: p.paths,
                             total_paths: p.total_paths,
+                            idle_secs: p.idle_secs,
                         })
                     });
                 let received = match &self.hub {

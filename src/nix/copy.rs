@@ -35,6 +35,10 @@ pub struct CopyProgress {
     pub bytes: u64,
     pub paths: u64,
     pub total_paths: u64,
+    /// Seconds the host has taken no bytes and added no path while the copy
+    /// waits on it (0: it is moving): said every 10 s of such a wait, so a
+    /// stuck host is named long before its `copy_stall_timeout`.
+    pub idle_secs: u64,
 }
 
 /// How a copy ended.

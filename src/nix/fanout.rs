@@ -103,6 +103,11 @@ pub struct HostServe {
 /// given to end and say why (a stuck `nix-store` does not end at EOF).
 const LAST_WORDS: Duration = Duration::from_secs(5);
 
+/// How often a host the copy waits on, taking nothing, is said to be idle
+/// ([`CopyProgress::idle_secs`]): the whole batch waits for it, and this
+/// names it minutes before its `copy_stall_timeout` fails it.
+const IDLE_REPORT: Duration = Duration::from_secs(10);
+
 /// What adds paths on a host.
 fn add_command() -> Command {
     Command::new("nix-store").args(["--serve", "--write"])
@@ -346,11 +351,16 @@ impl Sink<'_> {
 
     /// Progress: bytes sent, paths the host acknowledged.
     fn report(&self) {
-        (self.progress)(CopyProgress {
+        (self.progress)(self.progress_now(0));
+    }
+
+    fn progress_now(&self, idle_secs: u64) -> CopyProgress {
+        CopyProgress {
             bytes: self.got.bytes,
             paths: self.acked.load(Ordering::Relaxed),
             total_paths: self.total_paths,
-        });
+            idle_secs,
+        }
     }
 }
 
@@ -418,7 +428,25 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
             } else {
                 &[]
             };
-            if tokio::time::timeout(s.stall, s.send(piece)).await.is_err() {
+            let (progress, before) = (s.progress, s.progress_now(0));
+            let started = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval_at(started + IDLE_REPORT, IDLE_REPORT);
+            let stalled_out = {
+                let sent = tokio::time::timeout(s.stall, s.send(piece));
+                tokio::pin!(sent);
+                loop {
+                    tokio::select! {
+                        // The end first: at the stall limit, fail, not idle.
+                        biased;
+                        r = &mut sent => break r.is_err(),
+                        _ = tick.tick() => progress(CopyProgress {
+                            idle_secs: started.elapsed().as_secs(),
+                            ..before
+                        }),
+                    }
+                }
+            };
+            if stalled_out {
                 let e = stalled(&s.name, s.stall, "while paths were sent", alone);
                 s.fail(e);
             }
@@ -466,13 +494,20 @@ impl Sink<'_> {
     /// exited after the EOF), as long as paths keep being acknowledged:
     /// false once none came for the host's `stall`.
     async fn acks_done(&mut self) -> bool {
+        let mut since = tokio::time::Instant::now();
         loop {
             let woken = self.ack_signal.notified();
             if self.acks.is_none() || self.acks_ended.load(Ordering::Acquire) {
                 return true;
             }
-            if tokio::time::timeout(self.stall, woken).await.is_err() {
+            let left = self.stall.saturating_sub(since.elapsed());
+            if left.is_zero() {
                 return false;
+            }
+            match tokio::time::timeout(left.min(IDLE_REPORT), woken).await {
+                Ok(()) => since = tokio::time::Instant::now(),
+                Err(_) if since.elapsed() >= self.stall => return false,
+                Err(_) => (self.progress)(self.progress_now(since.elapsed().as_secs())),
             }
         }
     }

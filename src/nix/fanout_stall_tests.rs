@@ -198,13 +198,28 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
     let _ = far.exit.send(ok());
 }
 
+/// What a relay of [`run`] gave: each host's result and every progress it
+/// reported, and how long it took.
+struct Ran {
+    results: Vec<anyhow::Result<Received>>,
+    progress: Vec<Vec<CopyProgress>>,
+    took: Duration,
+}
+
+impl Ran {
+    /// The idle seconds host `i` was reported with, in order.
+    fn idle(&self, i: usize) -> Vec<u64> {
+        self.progress[i]
+            .iter()
+            .filter(|p| p.idle_secs > 0)
+            .map(|p| p.idle_secs)
+            .collect()
+    }
+}
+
 /// Relay `paths` from a played builder to hosts played as `hows`, each
 /// lacking every path; the results and when they came.
-async fn run(
-    paths: Vec<(PathInfo, Vec<u8>)>,
-    hows: &[Host],
-    builder_stops_after: usize,
-) -> (Vec<anyhow::Result<Received>>, Duration) {
+async fn run(paths: Vec<(PathInfo, Vec<u8>)>, hows: &[Host], builder_stops_after: usize) -> Ran {
     let (b, mut b_ends) = Pipes::new("builder");
     let plays = paths.clone();
     tokio::spawn(async move {
@@ -223,13 +238,18 @@ async fn run(
     }
     let lacking: HashSet<StorePath> = paths.iter().map(|(p, _)| p.path.clone()).collect();
     let order: Vec<PathInfo> = paths.iter().map(|(p, _)| p.clone()).collect();
-    let noop = |_: CopyProgress| {};
+    let seen: Vec<Mutex<Vec<CopyProgress>>> = hows.iter().map(|_| Mutex::default()).collect();
+    let reporters: Vec<_> = seen
+        .iter()
+        .map(|s| move |p: CopyProgress| s.lock().unwrap().push(p))
+        .collect();
     let targets = remotes
         .iter()
-        .map(|r| Target {
+        .zip(&reporters)
+        .map(|(r, progress)| Target {
             remote: r,
             lacking: &lacking,
-            progress: &noop,
+            progress,
             session: None,
             stall: STALL,
         })
@@ -239,7 +259,13 @@ async fn run(
     let results = tokio::time::timeout(Duration::from_secs(3600), relay(&b, targets, &order))
         .await
         .expect("the relay ended");
-    (results, started.elapsed())
+    let took = started.elapsed();
+    let progress = seen.into_iter().map(|s| s.into_inner().unwrap()).collect();
+    Ran {
+        results,
+        progress,
+        took,
+    }
 }
 
 /// Paths big enough to fill the pipes: a stuck host stops the writer.
@@ -261,10 +287,15 @@ fn err(r: &anyhow::Result<Received>) -> String {
 
 /// A host whose `nix-store` takes nothing fails after its stall limit
 /// (and the 5 s its own words are waited for); the host copied with it
-/// gets every path, checked and acknowledged.
+/// gets every path, checked and acknowledged. While the batch waits on
+/// it, the stuck host (and it alone) is said to be idle every 10 s.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_host_fails_after_its_stall_limit_and_the_others_get_their_paths() {
-    let (results, took) = run(paths(3), &[Host::Imports, Host::Stuck], 3).await;
+    let ran = run(paths(3), &[Host::Imports, Host::Stuck], 3).await;
+    assert_eq!(ran.idle(1), (1..12).map(|k| k * 10).collect::<Vec<_>>());
+    assert_eq!(ran.idle(0), Vec::<u64>::new());
+    assert!(ran.progress[0].last().is_some_and(|p| p.paths == 3));
+    let Ran { results, took, .. } = ran;
     let got = results[0].as_ref().expect("h1 was copied");
     assert_eq!((got.paths, got.shared.hosts), (3, 2));
     let e = err(&results[1]);
@@ -280,7 +311,7 @@ async fn a_stuck_host_fails_after_its_stall_limit_and_the_others_get_their_paths
 /// Copied alone, a stuck host fails the same way, naming no others.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_host_copied_alone_fails_after_its_stall_limit() {
-    let (results, took) = run(paths(3), &[Host::Stuck], 3).await;
+    let Ran { results, took, .. } = run(paths(3), &[Host::Stuck], 3).await;
     let e = err(&results[0]);
     assert!(
         e.contains("h1 took no bytes and added no path for 120 s"),
@@ -294,7 +325,9 @@ async fn a_stuck_host_copied_alone_fails_after_its_stall_limit() {
 /// fails once none came for its stall limit.
 #[tokio::test(start_paused = true)]
 async fn a_host_that_never_acknowledges_fails_after_its_stall_limit() {
-    let (results, took) = run(paths(2), &[Host::SilentAfterReading, Host::Imports], 2).await;
+    let ran = run(paths(2), &[Host::SilentAfterReading, Host::Imports], 2).await;
+    assert_eq!(ran.idle(0), (1..12).map(|k| k * 10).collect::<Vec<_>>());
+    let Ran { results, took, .. } = ran;
     let e = err(&results[0]);
     assert!(e.contains("after its last paths were sent"), "{e}");
     assert_eq!(results[1].as_ref().expect("h2 was copied").paths, 2);
@@ -305,7 +338,7 @@ async fn a_host_that_never_acknowledges_fails_after_its_stall_limit() {
 /// naming the builder; the hosts keep the whole paths they added.
 #[tokio::test(start_paused = true)]
 async fn a_silent_builder_fails_the_copy_after_the_stall_limit() {
-    let (results, took) = run(paths(3), &[Host::Imports, Host::Imports], 1).await;
+    let Ran { results, took, .. } = run(paths(3), &[Host::Imports, Host::Imports], 1).await;
     for r in &results {
         let e = err(r);
         assert!(
@@ -321,9 +354,10 @@ async fn a_silent_builder_fails_the_copy_after_the_stall_limit() {
 /// that answers.
 #[tokio::test(start_paused = true)]
 async fn a_working_relay_takes_no_stall_time() {
-    let (results, took) = run(paths(3), &[Host::Imports, Host::Imports], 3).await;
-    for r in &results {
+    let ran = run(paths(3), &[Host::Imports, Host::Imports], 3).await;
+    for (i, r) in ran.results.iter().enumerate() {
         assert_eq!(r.as_ref().expect("copied").paths, 3);
+        assert_eq!(ran.idle(i), Vec::<u64>::new());
     }
-    assert_eq!(took, Duration::ZERO);
+    assert_eq!(ran.took, Duration::ZERO);
 }

@@ -236,6 +236,10 @@ pub enum Event {
         bytes: u64,
         paths: u64,
         total_paths: u64,
+        /// Seconds the host has taken nothing while the copy waits on it;
+        /// left out while it moves.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        idle_secs: u64,
     },
     /// Something else the activation pipeline on a host reported.
     Activation {
@@ -360,6 +364,11 @@ pub const EVENT_NAMES: &[&str] = &[
     "soak_started",
     "soak_checked",
 ];
+
+/// A count that is left out of the JSON while it is zero.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 impl Event {
     /// The `event` tag this event is written with.

@@ -30,7 +30,7 @@ enum Doing {
         gate: Gate,
         since: Instant,
         polls: u32,
-        copied: Option<(u64, u64, u64)>,
+        copied: Option<Copied>,
     },
     /// A gate passed; the next has not started yet.
     After {
@@ -53,6 +53,16 @@ enum Doing {
         outcome: OutcomeKind,
         seconds: f64,
     },
+}
+
+/// A copy's last progress: paths added of how many, bytes sent, and how
+/// long the host has taken nothing while the copy waits on it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Copied {
+    paths: u64,
+    total: u64,
+    bytes: u64,
+    idle_secs: u64,
 }
 
 impl Doing {
@@ -243,8 +253,14 @@ impl Live {
                 bytes,
                 paths,
                 total_paths,
+                idle_secs,
             } => {
-                let copied = Some((*paths, *total_paths, *bytes));
+                let copied = Some(Copied {
+                    paths: *paths,
+                    total: *total_paths,
+                    bytes: *bytes,
+                    idle_secs: *idle_secs,
+                });
                 match self.hosts.get_mut(host) {
                     Some(Doing::Gate {
                         gate: Gate::Copy,
@@ -457,8 +473,15 @@ impl Live {
                 if *polls > 0 {
                     m.push_str(&format!(", poll {polls}"));
                 }
-                if let Some((p, t, b)) = copied {
-                    m.push_str(&format!(", {p}/{t} paths, {}", super::words::bytes(*b)));
+                if let Some(c) = copied {
+                    let (p, t) = (c.paths, c.total);
+                    m.push_str(&format!(
+                        ", {p}/{t} paths, {}",
+                        super::words::bytes(c.bytes)
+                    ));
+                    if c.idle_secs > 0 {
+                        m.push_str(&format!(", taking nothing for {}s", c.idle_secs));
+                    }
                 }
                 m
             }

@@ -120,6 +120,13 @@ pub fn describe(ev: &Event) -> Option<String> {
             format!("{host}: built {}", short_closure(toplevel))
         }
         Event::GateStarted { host, gate } => format!("{host}: {gate} ..."),
+        // Said every 10 s of the wait: the hosts copied with it wait too.
+        Event::CopyProgress {
+            host, idle_secs, ..
+        } if *idle_secs > 0 => format!(
+            "{host}: copy: taking nothing for {idle_secs} s (the hosts copied with it wait; \
+             copy_stall_timeout fails it)"
+        ),
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => {
             format!("{host}: {gate} FAILED: {}", words::about(host, &words::failure(reason)))
@@ -255,6 +262,8 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
             | ActivationEvent::AwaitingRevert { .. } => Some(Normal),
             _ => Some(Verbose),
         },
+        // The live view shows it on the host's line.
+        Event::CopyProgress { idle_secs, .. } if *idle_secs > 0 => when_plain(Normal),
         Event::GateStarted { .. } if live => None,
         Event::SourceShipped { .. }
         | Event::HostBuilt { .. }

@@ -223,6 +223,7 @@ fn events() -> Vec<(u64, Event)> {
                 bytes: 19_251,
                 paths: 3,
                 total_paths: 5,
+                idle_secs: 0,
             },
         ),
         (at(10), gate("light1", Gate::LiveActivate)),
@@ -379,4 +380,28 @@ fn the_check_table_fits_the_terminal() {
         let _ = writeln!(screens, "--- {width} columns\n{table}");
     }
     insta::assert_snapshot!(screens);
+}
+
+/// Without the live view, a host the copy waits on while it takes nothing
+/// is a line (said every 10 s); with it, the host's own line says so; a
+/// copy that moves is never a line.
+#[test]
+fn a_host_taking_nothing_is_a_line_without_the_live_view() {
+    let progress = |idle_secs| Event::CopyProgress {
+        host: "light2".into(),
+        bytes: 1 << 20,
+        paths: 12,
+        total_paths: 40,
+        idle_secs,
+    };
+    assert_eq!(shown_at(&progress(20), false), Some(Level::Normal));
+    assert_eq!(shown_at(&progress(20), true), None);
+    assert_eq!(
+        describe(&progress(20)).as_deref(),
+        Some(
+            "light2: copy: taking nothing for 20 s (the hosts copied with it wait; \
+             copy_stall_timeout fails it)"
+        )
+    );
+    assert_eq!(shown_at(&progress(0), false), None);
 }

@@ -85,6 +85,7 @@ fn each_host_shows_its_gate_and_how_long_ticking_and_collapses_when_done() {
             bytes: 19_251,
             paths: 3,
             total_paths: 5,
+            idle_secs: 0,
         },
         at(2),
     );
@@ -133,6 +134,41 @@ fn each_host_shows_its_gate_and_how_long_ticking_and_collapses_when_done() {
     // The finished wave's line is in the scrollback, not in the view.
     let screen = l.render(at(9), 80, 24);
     assert_eq!(screen, ["wave main: 2 host(s) waiting"], "{screen:?}");
+}
+
+/// A host the copy waits on, taking nothing, says so on its line (the
+/// batch's other hosts wait for it); once it moves, the words go.
+#[test]
+fn a_host_taking_nothing_says_so_on_its_copy_line() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut l = Live::new();
+    l.apply(&plan(&[("main", &["light1", "light2"])]), at(0));
+    l.apply(&started("main", &["light1", "light2"]), at(1));
+    let progress = |host: &str, paths, idle_secs| Event::CopyProgress {
+        host: host.into(),
+        bytes: 1 << 20,
+        paths,
+        total_paths: 40,
+        idle_secs,
+    };
+    for h in ["light1", "light2"] {
+        l.apply(&gate(h, Gate::Copy), at(1));
+        l.apply(&progress(h, 12, 0), at(2));
+    }
+    l.apply(&progress("light2", 12, 30), at(32));
+    let screen = l.render(at(33), 100, 24).join("\n");
+    assert!(
+        screen.contains("light2  copy 32s, 12/40 paths, 1.0 MiB, taking nothing for 30s"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("light1  copy 32s, 12/40 paths, 1.0 MiB\n"),
+        "{screen}"
+    );
+    l.apply(&progress("light2", 13, 0), at(34));
+    let screen = l.render(at(34), 100, 24).join("\n");
+    assert!(!screen.contains("taking nothing"), "{screen}");
 }
 
 #[test]
