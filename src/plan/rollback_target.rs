@@ -28,6 +28,11 @@ pub enum NoTarget {
     NoSuchGeneration { generation: u64, have: Vec<u64> },
     /// The generation's closure is no longer in the host's store.
     Missing { generation: u64 },
+    /// The generation has no known-good record while the others have
+    /// theirs: its mark never finished (the host went down between setting
+    /// the profile and writing the record, and the run did not count it
+    /// known-good), so it is no proof of anything.
+    Unrecorded { generation: u64 },
     /// The host's history could not be read.
     Unreadable { error: String },
 }
@@ -45,15 +50,24 @@ pub struct Target {
     pub commit: Option<String>,
 }
 
-fn usable(g: &KnownGoodGeneration) -> Option<Target> {
+/// `g` as a target, or why it is none. `recorded`: the host keeps records
+/// (some generation has one), so one without a record is a mark that
+/// never finished (the fault matrix left one: a host that went down as it
+/// was marked, rolled back, its known-good profile on the failed candidate
+/// and no record; going "back" there would redeploy what just failed).
+/// Where no generation has a record (the records' directory, under
+/// /var/lib, not kept across boots), the generations count as they are.
+fn usable(g: &KnownGoodGeneration, recorded: bool) -> Result<Target, NoTarget> {
+    let generation = g.generation;
     match (&g.closure, g.present) {
-        (Some(c), true) => Some(Target {
+        (Some(_), _) if recorded && g.record.is_none() => Err(NoTarget::Unrecorded { generation }),
+        (Some(c), true) => Ok(Target {
             closure: c.clone(),
-            generation: Some(g.generation),
+            generation: Some(generation),
             never_validated: false,
             commit: g.record.as_ref().and_then(|r| r.commit.clone()),
         }),
-        _ => None,
+        _ => Err(NoTarget::Missing { generation }),
     }
 }
 
@@ -99,6 +113,7 @@ fn choose_known_good(
     running: Option<&StorePath>,
     to: Option<u64>,
 ) -> Result<Target, NoTarget> {
+    let recorded = history.iter().any(|g| g.record.is_some());
     if let Some(n) = to {
         let g = history.iter().find(|g| g.generation == n).ok_or_else(|| {
             NoTarget::NoSuchGeneration {
@@ -106,7 +121,7 @@ fn choose_known_good(
                 have: history.iter().map(|g| g.generation).collect(),
             }
         })?;
-        return usable(g).ok_or(NoTarget::Missing { generation: n });
+        return usable(g, recorded);
     }
     // Where the host stands: the profile's current generation (the newest
     // when the profile is unreadable).
@@ -117,27 +132,24 @@ fn choose_known_good(
         .ok_or(NoTarget::NoKnownGood)?;
     let here = &history[stand];
     if here.closure.as_ref() != running
-        && let Some(t) = usable(here)
+        && let Ok(t) = usable(here, recorded)
     {
         // Running something unvalidated: back to where it stood.
         return Ok(t);
     }
-    let mut missing = None;
+    let mut skipped = None;
     for g in history[..stand].iter().rev() {
         if g.closure.is_some() && g.closure.as_ref() == here.closure.as_ref() {
             continue;
         }
-        match usable(g) {
-            Some(t) => return Ok(t),
-            None => missing = missing.or(Some(g.generation)),
+        match usable(g, recorded) {
+            Ok(t) => return Ok(t),
+            Err(why) => skipped = skipped.or(Some(why)),
         }
     }
-    Err(match missing {
-        Some(generation) => NoTarget::Missing { generation },
-        None => NoTarget::NothingEarlier {
-            generation: here.generation,
-        },
-    })
+    Err(skipped.unwrap_or(NoTarget::NothingEarlier {
+        generation: here.generation,
+    }))
 }
 
 /// The targets found, as verdicts.
@@ -215,7 +227,8 @@ mod tests {
         .unwrap()
     }
 
-    /// Generations 1.. of these closures; the current one is `current` (1-based).
+    /// Generations 1.. of these closures, each with its record; the
+    /// current one is `current` (1-based).
     fn hist(closures: &[char], current: usize) -> Vec<KnownGoodGeneration> {
         closures
             .iter()
@@ -224,10 +237,54 @@ mod tests {
                 generation: i as u64 + 1,
                 closure: Some(sp(*c)),
                 present: true,
-                record: None,
+                record: Some(record(i as u64 + 1, *c)),
                 current: i + 1 == current,
             })
             .collect()
+    }
+
+    fn record(generation: u64, c: char) -> known_good::KnownGoodRecord {
+        known_good::KnownGoodRecord {
+            version: 1,
+            host: "x".into(),
+            generation,
+            closure: sp(c),
+            marked_at: "2026-12-01T00:00:00Z".into(),
+            commit: None,
+            run_id: crate::activation::RunId::parse("r1").unwrap(),
+            gates: Vec::new(),
+            replaced: None,
+        }
+    }
+
+    /// A generation whose mark never finished (no record, where the others
+    /// have theirs) is no target: not where the host stands, not on the
+    /// way back, not by number. The fault matrix's case: marked, went down
+    /// before the record, rolled back to what it ran; "back" is then what
+    /// it runs (its known-good profile re-selected), never the failed one.
+    #[test]
+    fn a_generation_whose_mark_never_finished_is_no_target() {
+        let mut h = hist(&['a', 'b', 'c'], 3);
+        h[2].record = None;
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('b', 2));
+        assert_eq!(
+            choose_target(&h, Some(&sp('b')), Some(3), None),
+            Err(NoTarget::Unrecorded { generation: 3 })
+        );
+        h[1].record = None;
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('a', 1));
+        let mut only = hist(&['a', 'b'], 2);
+        only[0].record = None;
+        assert_eq!(
+            choose_target(&only, Some(&sp('b')), None, None),
+            Err(NoTarget::Unrecorded { generation: 1 })
+        );
+        // No record anywhere (the records' directory lost): as they are.
+        let mut none = hist(&['a', 'b'], 2);
+        for g in &mut none {
+            g.record = None;
+        }
+        assert_eq!(choose_target(&none, Some(&sp('b')), None, None), to('a', 1));
     }
 
     fn to(closure: char, generation: u64) -> Result<Target, NoTarget> {

@@ -282,6 +282,11 @@ fn no_target(why: &NoTarget) -> String {
         NoTarget::Missing { generation } => {
             format!("known-good generation {generation} is no longer in the host's store")
         }
+        NoTarget::Unrecorded { generation } => format!(
+            "generation {generation} of the known-good profile has no record: its mark never \
+             finished (the host went down as it was marked), so it proves nothing; `nixgate \
+             status --history` shows it"
+        ),
         NoTarget::Unreadable { error } => {
             format!(
                 "its known-good history could not be read: {}",
