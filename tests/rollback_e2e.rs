@@ -151,6 +151,35 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
         text(&out.stderr)
     );
 
+    // A mark that never finished (the host went down between setting the
+    // known-good profile and writing its record): the profile is on a
+    // closure with no record. It is no target, and sys1 stands where it
+    // runs (b, generation 2): back is a, never the unrecorded closure.
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["nginx"]["version"] = json!("1.27.0"))
+        .unwrap();
+    let c = fleet.build_on_builder("sys1").unwrap();
+    fleet.copy_closure("builder", "sys1", &c).unwrap();
+    fleet.in_host_ok(
+        "sys1",
+        &format!("nix-env -p /nix/var/nix/profiles/nixgate-known-good --set {c} >/dev/null"),
+    );
+    assert_eq!(status(&fleet)["known_good_unrecorded"], true);
+    let out = nixgate(&fleet, &["--json", "--yes", "rollback", "sys1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let plan = lines.iter().find(|e| e["event"] == "plan_ready").unwrap();
+    let planned = &plan["waves"][0]["planned"][0];
+    assert_eq!(planned["candidate"]["closure"], a.as_str(), "{plan}");
+    assert_eq!(planned["candidate"]["generation"], 1, "{plan}");
+    assert_eq!(
+        fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
+        *a
+    );
+
     // While another run holds the controller lock: exit 3, naming the holder.
     let lock = std::fs::OpenOptions::new()
         .create(true)

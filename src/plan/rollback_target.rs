@@ -125,11 +125,24 @@ fn choose_known_good(
     }
     // Where the host stands: the profile's current generation (the newest
     // when the profile is unreadable).
-    let stand = history
+    let mut stand = history
         .iter()
         .position(|g| g.current)
         .or_else(|| history.len().checked_sub(1))
         .ok_or(NoTarget::NoKnownGood)?;
+    if recorded && history[stand].record.is_none() {
+        // A mark that never finished moved the profile: the host stands on
+        // the newest recorded generation of what it runs, else the newest
+        // recorded one before (what the profile was on).
+        let before = &history[..stand];
+        stand = before
+            .iter()
+            .rposition(|g| g.record.is_some() && g.closure.as_ref() == running)
+            .or_else(|| before.iter().rposition(|g| g.record.is_some()))
+            .ok_or(NoTarget::Unrecorded {
+                generation: history[stand].generation,
+            })?;
+    }
     let here = &history[stand];
     if here.closure.as_ref() != running
         && let Ok(t) = usable(here, recorded)
@@ -260,17 +273,19 @@ mod tests {
     /// A generation whose mark never finished (no record, where the others
     /// have theirs) is no target: not where the host stands, not on the
     /// way back, not by number. The fault matrix's case: marked, went down
-    /// before the record, rolled back to what it ran; "back" is then what
-    /// it runs (its known-good profile re-selected), never the failed one.
+    /// before the record, rolled back to what it ran (`b`): the host stands
+    /// on `b`, and back is the one before it, never the failed `c`.
     #[test]
     fn a_generation_whose_mark_never_finished_is_no_target() {
         let mut h = hist(&['a', 'b', 'c'], 3);
         h[2].record = None;
-        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('b', 2));
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
         assert_eq!(
             choose_target(&h, Some(&sp('b')), Some(3), None),
             Err(NoTarget::Unrecorded { generation: 3 })
         );
+        // Running something unvalidated: back to where the profile stood.
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
         h[1].record = None;
         assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('a', 1));
         let mut only = hist(&['a', 'b'], 2);
