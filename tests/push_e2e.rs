@@ -316,9 +316,31 @@ fn copy_sends_only_missing_paths_and_waves_stop_on_a_failed_canary() {
     the_builder_copies_straight_to_a_host(&fleet);
 }
 
+/// Another Nix process on `host` holds the lock of `path` (a build or
+/// substitution of it, a garbage collection) until [`release_path_lock`].
+fn hold_path_lock(fleet: &Fleet, host: &str, path: &str) {
+    let hold = fleet.ssh(
+        host,
+        &format!(
+            "rm -f {LOCK_PID}; nohup flock {path}.lock sh -c 'echo $$ > {LOCK_PID}; exec sleep 600' \
+             >/dev/null 2>&1 & for i in $(seq 100); do test -s {LOCK_PID} && exit 0; sleep 0.1; done; exit 1"
+        ),
+    );
+    assert!(hold.status.success(), "{}", text(&hold.stderr));
+}
+
+const LOCK_PID: &str = "/nix/var/nixgate-test-lock.pid";
+
+fn release_path_lock(fleet: &Fleet, host: &str) {
+    let released = fleet.ssh(host, &format!("kill $(cat {LOCK_PID})"));
+    assert!(released.status.success(), "{}", text(&released.stderr));
+}
+
 /// `copy = "builder"`: the builder's `nix-copy-closure` copies to the host
 /// over its own SSH connection; the controller moves none of the closure
 /// (its copy gate counts no paths of its own) and the host has all of it.
+/// A host whose import stops fails at its `copy_stall_timeout`, as with the
+/// relay, the builder's copy stopped.
 fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
     // The builder's ssh (its /root is its own) gets the fleet's key and
     // host keys, as a real builder would have its own.
@@ -329,7 +351,8 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
     use std::os::unix::fs::PermissionsExt;
     let private = std::fs::Permissions::from_mode(0o600);
     std::fs::set_permissions(ssh.join("id_ed25519"), private).unwrap();
-    set_and_commit(fleet, "light2", "copy = \"builder\"", 5);
+    let settings = "copy = \"builder\"\ncopy_stall_timeout = \"12s\"";
+    set_and_commit(fleet, "light2", settings, 5);
     let top = fleet.build_on_builder("light2").unwrap();
     let lacks = fleet.ssh("light2", &format!("nix-store --check-validity {top}"));
     assert!(!lacks.status.success(), "light2 has {top} already");
@@ -352,6 +375,36 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
         "{copy}"
     );
     assert_verified(fleet, "light2", &top);
+
+    // The next generation, its import stuck: stopped at light2's own limit.
+    fleet
+        .commit_config(|v| v["defaults"]["generation"] = json!(6))
+        .unwrap();
+    let top = fleet.build_on_builder("light2").unwrap();
+    hold_path_lock(fleet, "light2", &top);
+    let started = std::time::Instant::now();
+    let out = nixgate(
+        fleet,
+        &["--json", "push", "--yes", "--goal", "copy", "light2"],
+    );
+    let took = started.elapsed();
+    release_path_lock(fleet, "light2");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("light2 took no bytes from the builder for 12 s")
+            && said.contains("copy_stall_timeout"),
+        "{said}"
+    );
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    // What the host had taken in before it stopped may still be added once
+    // the lock is free (Nix checks its hash); either way the push converges.
+    let out = nixgate(
+        fleet,
+        &["--json", "push", "--yes", "--goal", "copy", "light2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_verified(fleet, "light2", &top);
 }
 
 /// Another Nix process on light3 holds the lock of a path its copy adds
@@ -363,16 +416,7 @@ fn the_builder_copies_straight_to_a_host(fleet: &Fleet) {
 fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
     set_and_commit(fleet, "light3", "copy_stall_timeout = \"12s\"", 4);
     let top = fleet.build_on_builder("light3").unwrap();
-    let pid = "/nix/var/nixgate-test-lock.pid";
-    let hold = fleet.ssh(
-        "light3",
-        &format!(
-            "rm -f {pid}; nohup flock {top}.lock sh -c 'echo $$ > {pid}; exec sleep 600' \
-             >/dev/null 2>&1 & for i in $(seq 100); do test -s {pid} && exit 0; sleep 0.1; done; exit 1"
-        ),
-    );
-    assert!(hold.status.success(), "{}", text(&hold.stderr));
-
+    hold_path_lock(fleet, "light3", &top);
     let started = std::time::Instant::now();
     let out = nixgate(
         fleet,
@@ -381,8 +425,7 @@ fn a_stuck_import_fails_its_host_alone(fleet: &Fleet) {
         ],
     );
     let took = started.elapsed();
-    let released = fleet.ssh("light3", &format!("kill $(cat {pid})"));
-    assert!(released.status.success(), "{}", text(&released.stderr));
+    release_path_lock(fleet, "light3");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let s = summary(&out);
     assert_eq!(outcome_of(&s, "light2"), "reached", "{s}");

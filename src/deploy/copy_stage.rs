@@ -217,9 +217,13 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
                         .await?;
                 }
                 let dest = format!("{}@{}", d.user, d.host);
-                let wait = h.connection.connect_timeout;
-                nix::copy::copy_from_builder(&builder, &target, &dest, d.port, wait, &closure)
-                    .await?
+                let to = nix::builder_copy::Destination {
+                    dest: &dest,
+                    port: d.port,
+                    connect_timeout: h.connection.connect_timeout,
+                    stall: h.copy_stall_timeout,
+                };
+                nix::builder_copy::copy_from_builder(&builder, &target, to, &closure).await?
             }
             CopyMode::Substitute => {
                 let from = nix::copy::PullFrom {

@@ -95,7 +95,8 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a host's relay copy may go without progress (no bytes taken,
 /// no path added, no answer) before that host's copy fails and the others
-/// go on (`copy_stall_timeout`). A working host takes each path as it
+/// go on (`copy_stall_timeout`; with `copy = "builder"`, no byte written
+/// by the builder's `nix-copy-closure`). A working host takes each path as it
 /// arrives; what it does with none coming in is finish the last one
 /// (metadata, `auto-optimise-store` hashing every file again: a 2 GiB path
 /// at 20 MB/s is 100 s; `min-free` may run a collection first) or answer

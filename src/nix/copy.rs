@@ -1,7 +1,7 @@
 //! Copying closures to hosts, by copy mode: relay (builder -> controller ->
 //! host, only the missing paths, streamed with bounded memory; see
 //! [`super::fanout`]), builder
-//! (the builder copies straight to the host), substitute (the host fetches
+//! (the builder copies straight to the host; see [`super::builder_copy`]), substitute (the host fetches
 //! from its substituters). Every mode verifies the result on the host.
 //!
 //! Substitute: the host's own `nix-store --realise`, given the inventory's
@@ -88,64 +88,6 @@ pub fn copied(r: super::fanout::Received) -> CopyOutcome {
         bytes: r.bytes,
         fanout: (r.shared.hosts > 1).then_some(r.shared),
     }
-}
-
-/// `nix-copy-closure` on the builder, its `ssh` to the host told what
-/// nixgate's own connections do: give up on a connection that has not come
-/// up in `connect_timeout`, count one dead after three keepalives (15 s
-/// apart) go unanswered (without them a host that vanished mid-copy held
-/// the copy until TCP gave up: some 15 minutes of retransmissions while
-/// bytes were in flight, the kernel's 2-hour keepalive while none were),
-/// and never prompt (there is no one to answer: fail instead).
-pub fn copy_closure_command(
-    dest: &str,
-    port: u16,
-    connect_timeout: std::time::Duration,
-    toplevel: &StorePath,
-) -> Command {
-    use crate::ssh::{KEEPALIVE_INTERVAL, KEEPALIVE_MAX};
-    let opts = format!(
-        "-p {port} -o ConnectTimeout={} -o ServerAliveInterval={} -o ServerAliveCountMax={KEEPALIVE_MAX} -o BatchMode=yes",
-        connect_timeout.as_secs().max(1),
-        KEEPALIVE_INTERVAL.as_secs(),
-    );
-    Command::new("nix-copy-closure")
-        .env("NIX_SSHOPTS", opts)
-        .args(["--to", dest, toplevel.as_str()])
-}
-
-/// The builder copies straight to the host (it must be able to reach it).
-pub async fn copy_from_builder<B: Remote, T: Remote>(
-    builder: &B,
-    target: &T,
-    dest: &str,
-    port: u16,
-    connect_timeout: std::time::Duration,
-    toplevel: &StorePath,
-) -> anyhow::Result<CopyOutcome> {
-    if missing(target, std::slice::from_ref(toplevel))
-        .await?
-        .is_empty()
-    {
-        return Ok(CopyOutcome::AlreadyPresent);
-    }
-    builder
-        .exec(&copy_closure_command(dest, port, connect_timeout, toplevel))
-        .await
-        .context("running nix-copy-closure on the builder")?
-        .check(&format!("nix-copy-closure from the builder to {dest}"))?;
-    anyhow::ensure!(
-        missing(target, std::slice::from_ref(toplevel))
-            .await?
-            .is_empty(),
-        "{} still lacks {toplevel} after nix-copy-closure",
-        target.name()
-    );
-    Ok(CopyOutcome::Copied {
-        paths: 0,
-        bytes: 0,
-        fanout: None,
-    })
 }
 
 /// Where a host pulls from: empty lists leave the host's own settings.
@@ -247,7 +189,6 @@ pub async fn copy_substitute<T: Remote>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const TOP: &str = "/nix/store/irk0jw9bd4r75gjl6vw4v2pclc9czdbn-nixos-system-light1-24.05";
 
@@ -318,19 +259,5 @@ mod tests {
             substitute_failure(&exit, "error: disk full", vec![], from),
             SubstituteFailed::Failed { .. }
         ));
-    }
-
-    #[test]
-    fn builder_mode_command() {
-        let t =
-            StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a").unwrap();
-        let c = copy_closure_command("root@10.0.0.1", 2222, Duration::from_secs(10), &t);
-        assert_eq!(
-            c.render(),
-            format!(
-                "env NIX_SSHOPTS='-p 2222 -o ConnectTimeout=10 -o ServerAliveInterval=15 \
-                 -o ServerAliveCountMax=3 -o BatchMode=yes' nix-copy-closure --to root@10.0.0.1 {t}"
-            )
-        );
     }
 }

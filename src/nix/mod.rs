@@ -3,6 +3,7 @@
 //! closure queries, copy, signing). The controller itself never runs Nix.
 
 pub mod build;
+pub mod builder_copy;
 pub mod buildlog;
 pub mod cache;
 pub mod closure;

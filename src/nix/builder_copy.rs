@@ -1,0 +1,205 @@
+//! `copy = "builder"`: the builder's `nix-copy-closure` copies straight to
+//! the host, so the controller carries no closure bytes, and sees none.
+//!
+//! A host whose import stops (a path lock another Nix process holds, a
+//! garbage collection, a disk that stopped answering) stops reading; its
+//! sshd's window fills, then the builder's `ssh`, then the pipe from
+//! `nix-copy-closure`, which blocks in a write. TCP is alive and keepalives
+//! are answered, so nothing ends it: the push hung until someone looked.
+//! The relay bounds that with the host's `copy_stall_timeout`; this mode now
+//! does too, by watching what `nix-copy-closure` wrote. Nix 2.8 logs no byte
+//! progress for this copy (its JSON log has only the path's start and
+//! stop, checked), but Linux counts every byte a process writes
+//! (`/proc/PID/io`, `wchar`): the builder-side wrapper says that count every
+//! tick, and a count that stands still for the host's limit fails the copy
+//! and stops `nix-copy-closure`. A builder without that file (not Linux)
+//! says so and its copies keep no stall bound, as before.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::StorePath;
+use super::closure::missing;
+use super::copy::CopyOutcome;
+use crate::remote::{Command, Output, Remote, Streaming};
+
+/// Runs `"$@"` (the copy: stdin empty, stdout to stderr) and every `$1`
+/// seconds prints `wrote N`, N being the bytes it has written so far
+/// (`wrote -` where `/proc` cannot tell); ends it with SIGTERM when its own
+/// stdin closes (the watcher reads a copy of stdin on fd 3, as the build's
+/// wrapper does). The ticker's `sleep` holds no output: it outlives the
+/// ticker (killed at the end) by up to a tick, and would hold it open.
+const WATCHED: &str = r#"tick=$1; shift
+exec 3<&0 </dev/null
+"$@" 3<&- >&2 &
+copy=$!
+{ cat <&3; kill -TERM "$copy"; } >/dev/null 2>&1 &
+watch=$!
+exec 3<&-
+while sleep "$tick" >/dev/null 2>&1; do
+  w=$(sed -n 's/^wchar: //p' "/proc/$copy/io" 2>/dev/null)
+  echo "wrote ${w:--}"
+done &
+tell=$!
+wait "$copy"; code=$?
+kill "$watch" "$tell" 2>/dev/null
+exit "$code""#;
+
+/// How long a stopped copy may take to say its last words.
+const LAST_WORDS: Duration = Duration::from_secs(5);
+
+/// `nix-copy-closure` on the builder, its `ssh` to the host told what
+/// nixgate's own connections do: give up on a connection that has not come
+/// up in `connect_timeout`, count one dead after three keepalives (15 s
+/// apart) go unanswered (without them a host that vanished mid-copy held
+/// the copy until TCP gave up: some 15 minutes of retransmissions while
+/// bytes were in flight, the kernel's 2-hour keepalive while none were),
+/// and never prompt (there is no one to answer: fail instead).
+pub fn copy_closure_command(
+    dest: &str,
+    port: u16,
+    connect_timeout: Duration,
+    toplevel: &StorePath,
+) -> Command {
+    use crate::ssh::{KEEPALIVE_INTERVAL, KEEPALIVE_MAX};
+    let opts = format!(
+        "-p {port} -o ConnectTimeout={} -o ServerAliveInterval={} -o ServerAliveCountMax={KEEPALIVE_MAX} -o BatchMode=yes",
+        connect_timeout.as_secs().max(1),
+        KEEPALIVE_INTERVAL.as_secs(),
+    );
+    Command::new("nix-copy-closure")
+        .env("NIX_SSHOPTS", opts)
+        .args(["--to", dest, toplevel.as_str()])
+}
+
+/// [`copy_closure_command`] under [`WATCHED`], telling every `tick`.
+pub fn watched_command(copy: &Command, tick: Duration) -> Command {
+    let mut c = Command::script(WATCHED)
+        .arg(tick.as_secs().max(1).to_string())
+        .args(copy.argv().iter().cloned());
+    for (k, v) in copy.env_vars() {
+        c = c.env(k.clone(), v.clone());
+    }
+    c
+}
+
+/// How often the builder says how far the copy got: often enough that a
+/// stall is seen within a quarter of its limit, at most every 10 s.
+pub fn tick_for(stall: Duration) -> Duration {
+    (stall / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// Where one host is to be copied to, from the builder.
+pub struct Destination<'a> {
+    /// `user@host` as the builder's ssh takes it.
+    pub dest: &'a str,
+    pub port: u16,
+    pub connect_timeout: Duration,
+    /// The host's `copy_stall_timeout`.
+    pub stall: Duration,
+}
+
+/// The builder copies straight to the host (it must be able to reach it).
+pub async fn copy_from_builder<B: Remote, T: Remote>(
+    builder: &B,
+    target: &T,
+    to: Destination<'_>,
+    toplevel: &StorePath,
+) -> anyhow::Result<CopyOutcome> {
+    if missing(target, std::slice::from_ref(toplevel))
+        .await?
+        .is_empty()
+    {
+        return Ok(CopyOutcome::AlreadyPresent);
+    }
+    let copy = copy_closure_command(to.dest, to.port, to.connect_timeout, toplevel);
+    let s = builder
+        .exec_piped(&watched_command(&copy, tick_for(to.stall)))
+        .await
+        .context("running nix-copy-closure on the builder")?;
+    watch(s, target.name(), to.stall, tick_for(to.stall))
+        .await?
+        .check(&format!("nix-copy-closure from the builder to {}", to.dest))?;
+    anyhow::ensure!(
+        missing(target, std::slice::from_ref(toplevel))
+            .await?
+            .is_empty(),
+        "{} still lacks {toplevel} after nix-copy-closure",
+        target.name()
+    );
+    Ok(CopyOutcome::Copied {
+        paths: 0,
+        bytes: 0,
+        fanout: None,
+    })
+}
+
+/// What one line of the wrapper told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    Wrote(u64),
+    /// The builder cannot count (no `/proc/PID/io`): no bound.
+    Unknown,
+}
+
+fn told(line: &str) -> Option<Told> {
+    match line.trim_end().strip_prefix("wrote ")? {
+        "-" => Some(Told::Unknown),
+        n => n.parse().ok().map(Told::Wrote),
+    }
+}
+
+/// Follow the watched copy to its end; a copy whose byte count stands
+/// still for `stall` (or a builder silent that long and a tick more) is
+/// stopped and fails, naming the host.
+async fn watch(
+    s: Streaming,
+    host: &str,
+    stall: Duration,
+    tick: Duration,
+) -> anyhow::Result<Output> {
+    let Streaming {
+        mut stdin,
+        stdout,
+        finish,
+    } = s;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut wrote: Option<u64> = None;
+    let mut moved = Instant::now();
+    let stuck = loop {
+        let line = match tokio::time::timeout(stall + tick, lines.next_line()).await {
+            Err(_) => break "the builder said nothing",
+            Ok(line) => line.context("reading the builder's copy")?,
+        };
+        let Some(line) = line else {
+            return finish.await;
+        };
+        match told(&line) {
+            Some(Told::Wrote(n)) if wrote != Some(n) => {
+                wrote = Some(n);
+                moved = Instant::now();
+            }
+            Some(Told::Unknown) => moved = Instant::now(),
+            _ => {}
+        }
+        if moved.elapsed() >= stall {
+            break "its nix-copy-closure wrote nothing";
+        }
+    };
+    // EOF on the wrapper's stdin: it stops the copy.
+    let _ = stdin.shutdown().await;
+    let _ = tokio::time::timeout(LAST_WORDS, finish).await;
+    anyhow::bail!(
+        "{host} took no bytes from the builder for {} s ({stuck}; copy_stall_timeout): its \
+         nix-store --serve --write is stuck (a lock another Nix process holds, a garbage \
+         collection, a disk that stopped answering: `ps -ef | grep nix` there tells); the \
+         builder's nix-copy-closure was stopped",
+        stall.as_secs()
+    )
+}
+
+#[cfg(test)]
+mod tests;
