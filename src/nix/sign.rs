@@ -18,6 +18,7 @@
 //! what it trusts. The same commands and messages in Nix 2.8 and 2.26.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,6 +100,15 @@ printf 'StoreDir: /nix/store\n' >"$d/nix-cache-info"
 xargs nix --extra-experimental-features nix-command store copy-sigs --substituter "file://$d" <"$d/paths"
 "#;
 
+/// How long the host's `copy-sigs` may take (ended there by `timeout`):
+/// it writes to the store's database, so it waits behind another writer (a
+/// garbage collection) for as long as that holds it. Signatures for 2000
+/// paths take a second; two minutes is a store that is stuck, not slow.
+const COPY_SIGS_LIMIT: Duration = Duration::from_secs(120);
+/// What the controller adds to that before it stops waiting (a host
+/// without `timeout`, a connection that went quiet).
+const COPY_SIGS_SLACK: Duration = Duration::from_secs(15);
+
 /// Give `target` the builder's signatures for the paths of `present` (paths
 /// it already has) that lack one by a key it trusts.
 pub async fn restore<B: Remote, T: Remote>(
@@ -132,15 +142,31 @@ pub async fn restore<B: Remote, T: Remote>(
         return Ok(done);
     }
     input.push_str(&list);
-    target
-        .exec_small_input(&Command::script(COPY_SIGS), input.as_bytes())
+    copy_sigs(target, input.as_bytes()).await?;
+    Ok(done)
+}
+
+/// Run [`COPY_SIGS`] on `target` with `input` (the narinfos, then the
+/// paths), bounded by [`COPY_SIGS_LIMIT`] there and here.
+async fn copy_sigs<T: Remote>(target: &T, input: &[u8]) -> anyhow::Result<()> {
+    let copy = Command::script(COPY_SIGS).within(COPY_SIGS_LIMIT);
+    let copied = target.exec_small_input(&copy, input);
+    tokio::time::timeout(COPY_SIGS_LIMIT + COPY_SIGS_SLACK, copied)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "copying signatures to {} took over {} s: its store database is held by \
+                 another Nix process (a garbage collection?); `ps -ef | grep nix` there tells",
+                target.name(),
+                COPY_SIGS_LIMIT.as_secs()
+            )
+        })?
         .with_context(|| format!("copying signatures to {}", target.name()))?
         .check(&format!(
             "nix store copy-sigs of the builder's signatures on {}",
             target.name()
         ))?;
-    Ok(done)
+    Ok(())
 }
 
 /// The paths of `present` that `target` holds without a trusted signature.
@@ -252,6 +278,49 @@ mod tests {
 
     fn sp(s: &str) -> StorePath {
         StorePath::parse(s).unwrap()
+    }
+
+    /// A host whose store database another Nix process holds: its
+    /// `copy-sigs` is ended there by `timeout`, and nixgate stops waiting
+    /// soon after even where the host has no `timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn copying_signatures_waits_two_minutes_at_most() {
+        struct Held(std::sync::Mutex<Vec<String>>);
+        impl Remote for Held {
+            fn name(&self) -> &str {
+                "light1"
+            }
+            async fn exec(&self, cmd: &Command) -> anyhow::Result<crate::remote::Output> {
+                unreachable!("{cmd}: copy-sigs takes input")
+            }
+            async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<crate::remote::Streaming> {
+                unreachable!("{cmd}: copy-sigs input is small")
+            }
+            async fn exec_small_input(
+                &self,
+                cmd: &Command,
+                _: &[u8],
+            ) -> anyhow::Result<crate::remote::Output> {
+                self.0.lock().unwrap().push(cmd.render());
+                std::future::pending().await
+            }
+        }
+        let held = Held(Default::default());
+        let started = tokio::time::Instant::now();
+        let e = copy_sigs(&held, b"@file paths\n/nix/store/x\n")
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), COPY_SIGS_LIMIT + COPY_SIGS_SLACK);
+        assert!(
+            format!("{e:#}").contains("copying signatures to light1 took over 120 s"),
+            "{e:#}"
+        );
+        let sent = held.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        assert!(
+            sent[0].contains("exec timeout -k 5") && sent[0].contains(" 120 "),
+            "{sent:?}"
+        );
     }
 
     #[tokio::test]
