@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use super::relay_hub::RelayHub;
+use super::relay_hub::{Coming, RelayHub};
 
 use crate::fleet::Fleet;
-use crate::inventory::{CopyMode, Inventory};
+use crate::inventory::{CopyMode, Host, Inventory};
 use crate::nix::copy::CopyOutcome;
 use crate::nix::fanout::ask_lacking;
 use crate::nix::{self, StorePath};
@@ -112,127 +112,154 @@ impl<F: Fleet> super::Stager for CopyStager<F> {
             _ => None,
         };
         let target = self.fleet.host(&host).await?;
-        let outcome = match h.copy {
-            CopyMode::Relay => {
-                let paths = match self.closures.get(&closure) {
-                    Some(known) => known.clone(),
-                    None => {
-                        let builder = self.fleet.builder().await?;
-                        Arc::new(nix::closure::closure(&builder, &closure).await?)
-                    }
-                };
-                // One query answers both "anything to do?" and "what?", in
-                // the session that then adds what is lacking. Copying alone,
-                // the builder's side starts meanwhile (a batch of the hub
-                // starts its own).
-                let started = async {
-                    match &self.hub {
-                        Some(_) => None,
-                        None => Some(match self.fleet.builder().await {
-                            Ok(b) => nix::fanout::serve_builder(&b).await,
-                            Err(e) => Err(anyhow::Error::from(e)),
-                        }),
-                    }
-                };
-                let (asked, started) =
-                    tokio::join!(ask_lacking(&target, &paths, h.copy_stall_timeout), started);
-                let (lacking, session) = asked?;
-                if h.require_signatures {
-                    self.restore_signatures(&host, &target, &paths, &lacking)
-                        .await?;
-                }
-                if lacking.is_empty() {
-                    return Ok(CopyOutcome::AlreadyPresent);
-                }
-                let sink = self.sink.clone();
-                let name = host.to_string();
-                let progress: Arc<dyn Fn(nix::copy::CopyProgress) + Send + Sync> =
-                    Arc::new(move |p: nix::copy::CopyProgress| {
-                        sink.emit(Event::CopyProgress {
-                            host: name.clone(),
-                            bytes: p.bytes,
-                            paths: p.paths,
-                            total_paths: p.total_paths,
-                            idle_secs: p.idle_secs,
-                        })
-                    });
-                let received = match &self.hub {
-                    Some(hub) => {
-                        let asked = (lacking, session);
-                        let stall = h.copy_stall_timeout;
-                        hub.share(
-                            coming,
-                            target.clone(),
-                            paths.clone(),
-                            asked,
-                            progress,
-                            stall,
-                        )
-                        .await?
-                    }
-                    None => {
-                        let builder = self.fleet.builder().await?;
-                        let one = nix::fanout::Target {
-                            remote: &target,
-                            lacking: &lacking,
-                            progress: progress.as_ref(),
-                            session: Some(session),
-                            stall: h.copy_stall_timeout,
-                        };
-                        nix::fanout::relay_one(&builder, started, one, &paths).await?
-                    }
-                };
-                // No second query: the host added and acknowledged every path
-                // it lacked (checking each against the builder's hash; a path
-                // is only added once its references are valid), and the
-                // activation's first step realises the closure before anything
-                // else (a failure there fails this copy gate).
-                nix::copy::copied(received)
-            }
-            CopyMode::Builder => {
-                let builder = self.fleet.builder().await?;
-                let d = self
-                    .fleet
-                    .destination(&host)
-                    .ok_or_else(|| anyhow::anyhow!("no SSH destination for {host}"))?;
-                // The user and host may come from ~/.ssh/config or $USER, not
-                // the checked inventory: they reach the builder's argv.
-                use crate::inventory::validate::{address_problem, user_problem};
-                if let Some(why) = user_problem(&d.user) {
-                    anyhow::bail!(
-                        "user {:?} (from ~/.ssh/config or $USER) {why}: set `user` in the inventory",
-                        d.user
-                    );
-                }
-                if let Some((why, _)) = address_problem(&d.host) {
-                    anyhow::bail!("address {:?} (from ~/.ssh/config HostName) {why}", d.host);
-                }
-                if h.require_signatures {
-                    let paths = match self.closures.get(&closure) {
-                        Some(known) => known.clone(),
-                        None => Arc::new(nix::closure::closure(&builder, &closure).await?),
-                    };
-                    let lacking = nix::copy::lacking(&target, &paths).await?;
-                    self.restore_signatures(&host, &target, &paths, &lacking)
-                        .await?;
-                }
-                let dest = format!("{}@{}", d.user, d.host);
-                let to = nix::builder_copy::Destination {
-                    dest: &dest,
-                    port: d.port,
-                    connect_timeout: h.connection.connect_timeout,
-                    stall: h.copy_stall_timeout,
-                };
-                nix::builder_copy::copy_from_builder(&builder, &target, to, &closure).await?
-            }
+        match h.copy {
+            CopyMode::Relay => self.relay(&host, h, &target, &closure, coming).await,
+            CopyMode::Builder => self.builder_copies(&host, h, &target, &closure).await,
             CopyMode::Substitute => {
                 let from = nix::copy::PullFrom {
                     substituters: &h.pull.substituters,
                     trusted_public_keys: &h.pull.trusted_public_keys,
                 };
-                nix::copy::copy_substitute(&target, &closure, from).await?
+                nix::copy::copy_substitute(&target, &closure, from).await
+            }
+        }
+    }
+}
+
+impl<F: Fleet> CopyStager<F> {
+    /// The closure of `toplevel`: as the diff gate read it, else the builder's.
+    async fn closure_of(
+        &self,
+        toplevel: &StorePath,
+    ) -> anyhow::Result<Arc<Vec<nix::closure::PathInfo>>> {
+        if let Some(known) = self.closures.get(toplevel) {
+            return Ok(known.clone());
+        }
+        let builder = self.fleet.builder().await?;
+        Ok(Arc::new(nix::closure::closure(&builder, toplevel).await?))
+    }
+
+    /// Relay what `host` lacks through the controller: in a batch of the hub
+    /// when several hosts relay, else alone.
+    async fn relay(
+        &self,
+        host: &str,
+        h: &Host,
+        target: &F::Remote,
+        closure: &StorePath,
+        coming: Option<Coming>,
+    ) -> anyhow::Result<CopyOutcome> {
+        let paths = self.closure_of(closure).await?;
+        // One query answers both "anything to do?" and "what?", in the
+        // session that then adds what is lacking. Copying alone, the
+        // builder's side starts meanwhile (a batch of the hub starts its own).
+        let started = async {
+            match &self.hub {
+                Some(_) => None,
+                None => Some(match self.fleet.builder().await {
+                    Ok(b) => nix::fanout::serve_builder(&b).await,
+                    Err(e) => Err(anyhow::Error::from(e)),
+                }),
             }
         };
-        Ok(outcome)
+        let (asked, started) =
+            tokio::join!(ask_lacking(target, &paths, h.copy_stall_timeout), started);
+        let (lacking, session) = asked?;
+        if h.require_signatures {
+            self.restore_signatures(host, target, &paths, &lacking)
+                .await?;
+        }
+        if lacking.is_empty() {
+            return Ok(CopyOutcome::AlreadyPresent);
+        }
+        let progress = self.progress_of(host);
+        let received = match &self.hub {
+            Some(hub) => {
+                let asked = (lacking, session);
+                let stall = h.copy_stall_timeout;
+                hub.share(
+                    coming,
+                    target.clone(),
+                    paths.clone(),
+                    asked,
+                    progress,
+                    stall,
+                )
+                .await?
+            }
+            None => {
+                let builder = self.fleet.builder().await?;
+                let one = nix::fanout::Target {
+                    remote: target,
+                    lacking: &lacking,
+                    progress: progress.as_ref(),
+                    session: Some(session),
+                    stall: h.copy_stall_timeout,
+                };
+                nix::fanout::relay_one(&builder, started, one, &paths).await?
+            }
+        };
+        // No second query: the host added and acknowledged every path it
+        // lacked (checking each against the builder's hash; a path is only
+        // added once its references are valid), and the activation's first
+        // step realises the closure before anything else (a failure there
+        // fails this copy gate).
+        Ok(nix::copy::copied(received))
+    }
+
+    /// The copy's progress, as `copy_progress` events of `host`.
+    fn progress_of(&self, host: &str) -> Arc<dyn Fn(nix::copy::CopyProgress) + Send + Sync> {
+        let sink = self.sink.clone();
+        let name = host.to_owned();
+        Arc::new(move |p: nix::copy::CopyProgress| {
+            sink.emit(Event::CopyProgress {
+                host: name.clone(),
+                bytes: p.bytes,
+                paths: p.paths,
+                total_paths: p.total_paths,
+                idle_secs: p.idle_secs,
+            })
+        })
+    }
+
+    /// The builder's `nix-copy-closure` copies straight to `host`.
+    async fn builder_copies(
+        &self,
+        host: &str,
+        h: &Host,
+        target: &F::Remote,
+        closure: &StorePath,
+    ) -> anyhow::Result<CopyOutcome> {
+        let builder = self.fleet.builder().await?;
+        let d = self
+            .fleet
+            .destination(host)
+            .ok_or_else(|| anyhow::anyhow!("no SSH destination for {host}"))?;
+        // The user and host may come from ~/.ssh/config or $USER, not the
+        // checked inventory: they reach the builder's argv.
+        use crate::inventory::validate::{address_problem, user_problem};
+        if let Some(why) = user_problem(&d.user) {
+            anyhow::bail!(
+                "user {:?} (from ~/.ssh/config or $USER) {why}: set `user` in the inventory",
+                d.user
+            );
+        }
+        if let Some((why, _)) = address_problem(&d.host) {
+            anyhow::bail!("address {:?} (from ~/.ssh/config HostName) {why}", d.host);
+        }
+        if h.require_signatures {
+            let paths = self.closure_of(closure).await?;
+            let lacking = nix::copy::lacking(target, &paths).await?;
+            self.restore_signatures(host, target, &paths, &lacking)
+                .await?;
+        }
+        let dest = format!("{}@{}", d.user, d.host);
+        let to = nix::builder_copy::Destination {
+            dest: &dest,
+            port: d.port,
+            connect_timeout: h.connection.connect_timeout,
+            stall: h.copy_stall_timeout,
+        };
+        nix::builder_copy::copy_from_builder(&builder, target, to, closure).await
     }
 }
