@@ -38,6 +38,18 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
     assert!(matches!(out, HostOutcome::KnownGood { .. }), "{out:?}");
 }
 
+/// `rollback sys1`, which must succeed: its plan for sys1.
+fn rolled_back(fleet: &Fleet) -> serde_json::Value {
+    let out = nixgate(fleet, &["--json", "--yes", "rollback", "sys1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let plan = lines.iter().find(|e| e["event"] == "plan_ready").unwrap();
+    plan["waves"][0]["planned"][0].clone()
+}
+
 fn status(fleet: &Fleet) -> serde_json::Value {
     let out = nixgate(fleet, &["--json", "status", "sys1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -110,16 +122,9 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
     // A second rollback goes further back, never forward to the closure the
     // first one left: to the system sys1 ran before nixgate's first mark
     // (its baseline), offered as never validated, taken through the gates.
-    let out = nixgate(&fleet, &["--json", "--yes", "rollback", "sys1"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let plan = lines.iter().find(|e| e["event"] == "plan_ready").unwrap();
-    let planned = &plan["waves"][0]["planned"][0];
-    assert_eq!(planned["candidate"]["closure"], gen0.as_str(), "{plan}");
-    assert_eq!(planned["candidate"]["never_validated"], true, "{plan}");
+    let planned = rolled_back(&fleet);
+    assert_eq!(planned["candidate"]["closure"], gen0.as_str(), "{planned}");
+    assert_eq!(planned["candidate"]["never_validated"], true, "{planned}");
     assert_eq!(
         fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
         gen0
@@ -165,16 +170,9 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
         &format!("nix-env -p /nix/var/nix/profiles/nixgate-known-good --set {c} >/dev/null"),
     );
     assert_eq!(status(&fleet)["known_good_unrecorded"], true);
-    let out = nixgate(&fleet, &["--json", "--yes", "rollback", "sys1"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let plan = lines.iter().find(|e| e["event"] == "plan_ready").unwrap();
-    let planned = &plan["waves"][0]["planned"][0];
-    assert_eq!(planned["candidate"]["closure"], a.as_str(), "{plan}");
-    assert_eq!(planned["candidate"]["generation"], 1, "{plan}");
+    let planned = rolled_back(&fleet);
+    assert_eq!(planned["candidate"]["closure"], a.as_str(), "{planned}");
+    assert_eq!(planned["candidate"]["generation"], 1, "{planned}");
     assert_eq!(
         fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
         *a
