@@ -169,9 +169,9 @@ async fn watch(
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut wrote: Option<u64> = None;
     let mut moved = Instant::now();
-    let stuck = loop {
+    let builder_silent = loop {
         let line = match tokio::time::timeout(stall + tick, lines.next_line()).await {
-            Err(_) => break "the builder said nothing",
+            Err(_) => break true,
             Ok(line) => line.context("reading the builder's copy")?,
         };
         let Some(line) = line else {
@@ -186,18 +186,24 @@ async fn watch(
             _ => {}
         }
         if moved.elapsed() >= stall {
-            break "its nix-copy-closure wrote nothing";
+            break false;
         }
     };
     // EOF on the wrapper's stdin: it stops the copy.
-    let _ = stdin.shutdown().await;
+    let _ = tokio::time::timeout(LAST_WORDS, stdin.shutdown()).await;
     let _ = tokio::time::timeout(LAST_WORDS, finish).await;
+    let secs = stall.as_secs();
+    if builder_silent {
+        anyhow::bail!(
+            "the builder said nothing for {secs} s while copying to {host} (copy_stall_timeout): \
+             its connection or its shell is stuck; the copy was stopped"
+        )
+    }
     anyhow::bail!(
-        "{host} took no bytes from the builder for {} s ({stuck}; copy_stall_timeout): its \
+        "{host} took no bytes from the builder for {secs} s (copy_stall_timeout): its \
          nix-store --serve --write is stuck (a lock another Nix process holds, a garbage \
          collection, a disk that stopped answering: `ps -ef | grep nix` there tells); the \
-         builder's nix-copy-closure was stopped",
-        stall.as_secs()
+         builder's nix-copy-closure was stopped"
     )
 }
 
