@@ -102,8 +102,8 @@ xargs nix --extra-experimental-features nix-command store copy-sigs --substitute
 
 /// How long the host's `copy-sigs` may take (ended there by `timeout`):
 /// it writes to the store's database, so it waits behind another writer (a
-/// garbage collection) for as long as that holds it. Signatures for 2000
-/// paths take a second; two minutes is a store that is stuck, not slow.
+/// garbage collection) for as long as that holds it. It writes a few lines
+/// per path; two minutes of it is a store that is stuck, not slow.
 const COPY_SIGS_LIMIT: Duration = Duration::from_secs(120);
 /// What the controller adds to that before it stops waiting (a host
 /// without `timeout`, a connection that went quiet).
@@ -151,21 +151,26 @@ pub async fn restore<B: Remote, T: Remote>(
 async fn copy_sigs<T: Remote>(target: &T, input: &[u8]) -> anyhow::Result<()> {
     let copy = Command::script(COPY_SIGS).within(COPY_SIGS_LIMIT);
     let copied = target.exec_small_input(&copy, input);
-    tokio::time::timeout(COPY_SIGS_LIMIT + COPY_SIGS_SLACK, copied)
+    let too_long = || {
+        anyhow::anyhow!(
+            "copying signatures to {} took over {} s: its store database is held by \
+             another Nix process (a garbage collection?); `ps -ef | grep nix` there tells",
+            target.name(),
+            COPY_SIGS_LIMIT.as_secs()
+        )
+    };
+    let out = tokio::time::timeout(COPY_SIGS_LIMIT + COPY_SIGS_SLACK, copied)
         .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "copying signatures to {} took over {} s: its store database is held by \
-                 another Nix process (a garbage collection?); `ps -ef | grep nix` there tells",
-                target.name(),
-                COPY_SIGS_LIMIT.as_secs()
-            )
-        })?
-        .with_context(|| format!("copying signatures to {}", target.name()))?
-        .check(&format!(
-            "nix store copy-sigs of the builder's signatures on {}",
-            target.name()
-        ))?;
+        .map_err(|_| too_long())?
+        .with_context(|| format!("copying signatures to {}", target.name()))?;
+    // `timeout` ended it there.
+    if out.exit.code() == Some(124) {
+        return Err(too_long());
+    }
+    out.check(&format!(
+        "nix store copy-sigs of the builder's signatures on {}",
+        target.name()
+    ))?;
     Ok(())
 }
 
@@ -285,7 +290,8 @@ mod tests {
     /// soon after even where the host has no `timeout`.
     #[tokio::test(start_paused = true)]
     async fn copying_signatures_waits_two_minutes_at_most() {
-        struct Held(std::sync::Mutex<Vec<String>>);
+        /// Records the command; answers with `.1`, or never.
+        struct Held(std::sync::Mutex<Vec<String>>, Option<crate::remote::Output>);
         impl Remote for Held {
             fn name(&self) -> &str {
                 "light1"
@@ -302,10 +308,13 @@ mod tests {
                 _: &[u8],
             ) -> anyhow::Result<crate::remote::Output> {
                 self.0.lock().unwrap().push(cmd.render());
-                std::future::pending().await
+                match &self.1 {
+                    Some(out) => Ok(out.clone()),
+                    None => std::future::pending().await,
+                }
             }
         }
-        let held = Held(Default::default());
+        let held = Held(Default::default(), None);
         let started = tokio::time::Instant::now();
         let e = copy_sigs(&held, b"@file paths\n/nix/store/x\n")
             .await
@@ -321,6 +330,14 @@ mod tests {
             sent[0].contains("exec timeout -k 5") && sent[0].contains(" 120 "),
             "{sent:?}"
         );
+        // Ended there by `timeout` (124): said the same way.
+        let exit = crate::remote::Exit::Code { code: 124 };
+        let ended = Held(
+            Default::default(),
+            Some(crate::remote::Output::new(exit, "", "")),
+        );
+        let e = copy_sigs(&ended, b"@file paths\n").await.unwrap_err();
+        assert!(format!("{e:#}").contains("took over 120 s"), "{e:#}");
     }
 
     #[tokio::test]
