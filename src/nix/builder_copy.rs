@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::StorePath;
 use super::closure::missing;
 use super::copy::CopyOutcome;
+use super::fanout::{LAST_WORDS, STUCK_IMPORT};
 use crate::remote::{Command, Output, Remote, Streaming};
 
 /// Runs `"$@"` (the copy: stdin empty, stdout to stderr) and every `$1`
@@ -47,9 +48,6 @@ tell=$!
 wait "$copy"; code=$?
 kill "$watch" "$tell" 2>/dev/null
 exit "$code""#;
-
-/// How long a stopped copy may take to say its last words.
-const LAST_WORDS: Duration = Duration::from_secs(5);
 
 /// `nix-copy-closure` on the builder, its `ssh` to the host told what
 /// nixgate's own connections do: give up on a connection that has not come
@@ -116,11 +114,12 @@ pub async fn copy_from_builder<B: Remote, T: Remote>(
         return Ok(CopyOutcome::AlreadyPresent);
     }
     let copy = copy_closure_command(to.dest, to.port, to.connect_timeout, toplevel);
+    let tick = tick_for(to.stall);
     let s = builder
-        .exec_piped(&watched_command(&copy, tick_for(to.stall)))
+        .exec_piped(&watched_command(&copy, tick))
         .await
         .context("running nix-copy-closure on the builder")?;
-    watch(s, target.name(), to.stall, tick_for(to.stall))
+    watch(s, target.name(), to.stall, tick)
         .await?
         .check(&format!("nix-copy-closure from the builder to {}", to.dest))?;
     anyhow::ensure!(
@@ -200,10 +199,8 @@ async fn watch(
         )
     }
     anyhow::bail!(
-        "{host} took no bytes from the builder for {secs} s (copy_stall_timeout): its \
-         nix-store --serve --write is stuck (a lock another Nix process holds, a garbage \
-         collection, a disk that stopped answering: `ps -ef | grep nix` there tells); the \
-         builder's nix-copy-closure was stopped"
+        "{host} took no bytes from the builder for {secs} s (copy_stall_timeout): \
+         {STUCK_IMPORT}; the builder's nix-copy-closure was stopped"
     )
 }
 

@@ -101,7 +101,12 @@ pub struct HostServe {
 
 /// How long a host that failed, or the builder after its last byte, is
 /// given to end and say why (a stuck `nix-store` does not end at EOF).
-const LAST_WORDS: Duration = Duration::from_secs(5);
+pub(super) const LAST_WORDS: Duration = Duration::from_secs(5);
+
+/// What a host's import that takes nothing is stuck on, and where to look.
+pub(super) const STUCK_IMPORT: &str = "its nix-store --serve --write is stuck (a lock \
+     another Nix process holds, a garbage collection, a disk that stopped answering: \
+     `ps -ef | grep nix` there tells)";
 
 /// How often a host the copy waits on, taking nothing, is said to be idle
 /// ([`CopyProgress::idle_secs`]): the whole batch waits for it, and this
@@ -196,11 +201,16 @@ fn stalled(name: &str, stall: Duration, when: &str, alone: bool) -> anyhow::Erro
     };
     anyhow::anyhow!(
         "{name} took no bytes and added no path for {} s {when} (copy_stall_timeout): \
-         its nix-store --serve --write is stuck (a lock another Nix process holds, a \
-         garbage collection, a disk that stopped answering: `ps -ef | grep nix` there \
-         tells){others}",
+         {STUCK_IMPORT}{others}",
         stall.as_secs()
     )
+}
+
+/// How long the builder may send nothing, or take to end once it sent
+/// everything: the longest of its hosts' `copy_stall_timeout` (it has none
+/// of its own).
+fn builder_stall(sinks: &[Sink<'_>]) -> Duration {
+    sinks.iter().map(|s| s.stall).max().unwrap_or(LAST_WORDS)
 }
 
 /// The part of a host's copy that other hosts of its batch received from
@@ -783,8 +793,7 @@ async fn serve(
     let written = writer.await.context("the request writer failed")?;
     written.context("sending requests to nix-store --serve on the builder")?;
     // It sent all it was asked: it ends at the EOF it was sent.
-    let stall = sinks.iter().map(|s| s.stall).max().unwrap_or(LAST_WORDS);
-    let exit = tokio::time::timeout(stall, src.finish)
+    let exit = tokio::time::timeout(builder_stall(sinks), src.finish)
         .await
         .map_err(|_| anyhow::anyhow!("{what} sent everything but did not end"))?;
     exit?.check(what)?;
@@ -877,7 +886,7 @@ async fn route<R: tokio::io::AsyncRead + Unpin>(
         buf: vec![0u8; BUF],
         pos: 0,
         end: 0,
-        stall: sinks.iter().map(|s| s.stall).max().unwrap_or(LAST_WORDS),
+        stall: builder_stall(sinks),
     };
     let magic = input.read_u64(sinks).await?;
     let version = input.read_u64(sinks).await?;

@@ -24,10 +24,33 @@ const STALL: Duration = Duration::from_secs(120);
 
 /// The far side of one stream: what nixgate writes, where it reads, how
 /// the command ends.
-struct Far {
-    input: DuplexStream,
-    output: DuplexStream,
-    exit: oneshot::Sender<Output>,
+pub(in crate::nix) struct Far {
+    pub(in crate::nix) input: DuplexStream,
+    pub(in crate::nix) output: DuplexStream,
+    pub(in crate::nix) exit: oneshot::Sender<Output>,
+}
+
+/// A stream over small in-memory pipes (a far side that stops reading
+/// stops the writer soon), and its far side for the test to play.
+pub(in crate::nix) fn far_stream() -> (Streaming, Far) {
+    let (stdin, input) = tokio::io::duplex(4096);
+    let (output, stdout) = tokio::io::duplex(4096);
+    let (exit, finish) = oneshot::channel();
+    let s = Streaming {
+        stdin: Box::pin(stdin),
+        stdout: Box::pin(stdout),
+        finish: Box::pin(async move {
+            finish
+                .await
+                .map_err(|_| anyhow::anyhow!("the far side went away"))
+        }),
+    };
+    let far = Far {
+        input,
+        output,
+        exit,
+    };
+    (s, far)
 }
 
 /// A remote whose every stream is handed to the test to play.
@@ -57,28 +80,9 @@ impl Remote for Pipes {
     }
 
     async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
-        // Small pipes: a far side that stops reading stops the writer soon.
-        let (stdin, input) = tokio::io::duplex(4096);
-        let (output, stdout) = tokio::io::duplex(4096);
-        let (exit, finish) = oneshot::channel();
-        self.ends
-            .lock()
-            .unwrap()
-            .send(Far {
-                input,
-                output,
-                exit,
-            })
-            .unwrap();
-        Ok(Streaming {
-            stdin: Box::pin(stdin),
-            stdout: Box::pin(stdout),
-            finish: Box::pin(async move {
-                finish
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the far side went away"))
-            }),
-        })
+        let (s, far) = far_stream();
+        self.ends.lock().unwrap().send(far).unwrap();
+        Ok(s)
     }
 }
 

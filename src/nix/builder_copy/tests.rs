@@ -3,61 +3,37 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::oneshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::nix::fanout_stall_tests::{Far, far_stream};
 use crate::remote::Exit;
 use crate::remote::local::LocalRemote;
+use crate::remote::scripted::ok;
 
 const STALL: Duration = Duration::from_secs(40);
 const TICK: Duration = Duration::from_secs(10);
 
-/// The builder's side of a watched copy: what nixgate's stdin sends, where
-/// the wrapper's lines go, how the command ends.
-struct Builder {
-    stdin: DuplexStream,
-    lines: DuplexStream,
-    exit: oneshot::Sender<Output>,
-}
-
-fn piped() -> (Streaming, Builder) {
-    let (stdin, far_in) = tokio::io::duplex(4096);
-    let (far_out, stdout) = tokio::io::duplex(4096);
-    let (exit, finish) = oneshot::channel();
-    let s = Streaming {
-        stdin: Box::pin(stdin),
-        stdout: Box::pin(stdout),
-        finish: Box::pin(async move {
-            finish
-                .await
-                .map_err(|_| anyhow::anyhow!("the builder went away"))
-        }),
-    };
-    let b = Builder {
-        stdin: far_in,
-        lines: far_out,
-        exit,
-    };
-    (s, b)
-}
-
-impl Builder {
-    async fn say(&mut self, line: &str) {
-        self.lines
+/// The builder's side of a watched copy, played by the test: `input` is
+/// what nixgate's stdin sends, `output` where the wrapper's lines go.
+impl Far {
+    async fn tell(&mut self, line: &str) {
+        self.output
             .write_all(format!("{line}\n").as_bytes())
             .await
             .unwrap();
+    }
+
+    /// Say `line`, then wait a tick.
+    async fn say(&mut self, line: &str) {
+        self.tell(line).await;
         tokio::time::sleep(TICK).await;
     }
 
     /// Say `line`, then wait a tick or until nixgate closes the wrapper's
     /// stdin (its cue to stop the copy): `true` when it did.
     async fn say_until_stopped(&mut self, line: &str) -> bool {
-        self.lines
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
+        self.tell(line).await;
         tokio::select! {
             () = tokio::time::sleep(TICK) => false,
             stopped = self.told_to_stop() => stopped,
@@ -67,12 +43,8 @@ impl Builder {
     /// Did nixgate close the wrapper's stdin (its cue to stop the copy)?
     async fn told_to_stop(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.stdin.read(&mut b).await, Ok(0))
+        matches!(self.input.read(&mut b).await, Ok(0))
     }
-}
-
-fn ok() -> Output {
-    Output::new(Exit::Code { code: 0 }, Vec::new(), Vec::new())
 }
 
 #[test]
@@ -106,14 +78,14 @@ fn the_copy_runs_under_the_wrapper_with_its_ssh_options() {
 
 #[tokio::test(start_paused = true)]
 async fn a_copy_that_moves_runs_to_its_end_however_long() {
-    let (s, mut b) = piped();
+    let (s, mut b) = far_stream();
     let builder = tokio::spawn(async move {
         // 100 s in all, far beyond the limit, but never 40 s standing.
         for n in [0, 0, 0, 10, 20, 20, 20, 30, 40, 50] {
             b.say(&format!("wrote {n}")).await;
         }
-        drop(b.lines);
-        b.exit.send(ok()).unwrap();
+        drop(b.output);
+        b.exit.send(ok("")).unwrap();
     });
     let out = watch(s, "light1", STALL, TICK).await.unwrap();
     assert!(out.success());
@@ -122,7 +94,7 @@ async fn a_copy_that_moves_runs_to_its_end_however_long() {
 
 #[tokio::test(start_paused = true)]
 async fn a_copy_standing_still_is_stopped_at_the_hosts_limit() {
-    let (s, mut b) = piped();
+    let (s, mut b) = far_stream();
     let started = tokio::time::Instant::now();
     let builder = tokio::spawn(async move {
         let mut n = 5;
@@ -145,7 +117,11 @@ async fn a_copy_standing_still_is_stopped_at_the_hosts_limit() {
     assert!(
         e.contains("light1 took no bytes from the builder for 40 s")
             && e.contains("copy_stall_timeout")
-            && e.contains("nix-copy-closure was stopped"),
+            && e.contains(
+                "its nix-store --serve --write is stuck (a lock another Nix process holds, \
+                 a garbage collection, a disk that stopped answering: `ps -ef | grep nix` \
+                 there tells); the builder's nix-copy-closure was stopped"
+            ),
         "{e}"
     );
     // 4096 was first told at 10 s: standing since, for 40 s.
@@ -154,7 +130,7 @@ async fn a_copy_standing_still_is_stopped_at_the_hosts_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_builder_is_stopped_after_the_limit_and_a_tick() {
-    let (s, mut b) = piped();
+    let (s, mut b) = far_stream();
     let started = tokio::time::Instant::now();
     let builder = tokio::spawn(async move {
         assert!(b.told_to_stop().await);
@@ -172,13 +148,13 @@ async fn a_silent_builder_is_stopped_after_the_limit_and_a_tick() {
 
 #[tokio::test(start_paused = true)]
 async fn a_builder_that_cannot_count_keeps_no_bound() {
-    let (s, mut b) = piped();
+    let (s, mut b) = far_stream();
     let builder = tokio::spawn(async move {
         for _ in 0..12 {
             b.say("wrote -").await;
         }
-        drop(b.lines);
-        b.exit.send(ok()).unwrap();
+        drop(b.output);
+        b.exit.send(ok("")).unwrap();
     });
     assert!(watch(s, "light1", STALL, TICK).await.unwrap().success());
     builder.await.unwrap();
