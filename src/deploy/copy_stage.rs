@@ -247,12 +247,16 @@ impl<F: Fleet> CopyStager<F> {
         if let Some((why, _)) = address_problem(&d.host) {
             anyhow::bail!("address {:?} (from ~/.ssh/config HostName) {why}", d.host);
         }
+        // What the host lacks: whether there is anything to copy, and how
+        // much (its progress and its gate's evidence).
+        let paths = self.closure_of(closure).await?;
+        let lacking = nix::copy::lacking(target, &paths).await?;
         if h.require_signatures {
-            let paths = self.closure_of(closure).await?;
-            let lacking = nix::copy::lacking(target, &paths).await?;
             self.restore_signatures(host, target, &paths, &lacking)
                 .await?;
         }
+        let lacking: Vec<&nix::closure::PathInfo> =
+            paths.iter().filter(|p| lacking.contains(&p.path)).collect();
         let dest = format!("{}@{}", d.user, d.host);
         let to = nix::builder_copy::Destination {
             dest: &dest,
@@ -260,6 +264,15 @@ impl<F: Fleet> CopyStager<F> {
             connect_timeout: h.connection.connect_timeout,
             stall: h.copy_stall_timeout,
         };
-        nix::builder_copy::copy_from_builder(&builder, target, to, closure).await
+        let progress = self.progress_of(host);
+        nix::builder_copy::copy_from_builder(
+            &builder,
+            target,
+            to,
+            closure,
+            &lacking,
+            progress.as_ref(),
+        )
+        .await
     }
 }

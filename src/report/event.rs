@@ -231,6 +231,10 @@ pub enum Event {
         gate: Gate,
         reason: FailureReason,
     },
+    /// A copy's progress: the relay's stream bytes sent and the paths the
+    /// host acknowledged; `copy = "builder"`: the bytes the builder's
+    /// `nix-copy-closure` wrote and the paths it started. `total_paths`:
+    /// the paths the host lacked.
     CopyProgress {
         host: String,
         bytes: u64,

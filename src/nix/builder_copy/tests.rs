@@ -47,11 +47,24 @@ impl Far {
     }
 }
 
+fn wrote(bytes: u64, paths: u64) -> Told {
+    Told {
+        wrote: Some(bytes),
+        paths,
+    }
+}
+
 #[test]
 fn the_wrapper_lines() {
-    assert_eq!(told("wrote 123\n"), Some(Told::Wrote(123)));
-    assert_eq!(told("wrote -"), Some(Told::Unknown));
+    assert_eq!(told("wrote 123 4\n"), Some(wrote(123, 4)));
+    assert_eq!(told("wrote 123"), Some(wrote(123, 0)));
+    let unknown = Told {
+        wrote: None,
+        paths: 2,
+    };
+    assert_eq!(told("wrote - 2"), Some(unknown));
     assert_eq!(told("wrote "), None);
+    assert_eq!(told("wrote 1 x"), None);
     assert_eq!(told("copying path"), None);
     assert_eq!(tick_for(Duration::from_secs(300)), TICK);
     assert_eq!(tick_for(Duration::from_secs(12)), Duration::from_secs(3));
@@ -76,20 +89,47 @@ fn the_copy_runs_under_the_wrapper_with_its_ssh_options() {
     assert_eq!(&w.argv()[5..], copy.argv());
 }
 
+/// What a watch reported, in order: (bytes, paths, idle seconds).
+type Said = std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, u64)>>>;
+
+/// Watch `s` as the copy of 40 paths to light1, recording its progress.
+async fn watched(s: Streaming) -> (anyhow::Result<Output>, Vec<(u64, u64, u64)>) {
+    let said = Said::default();
+    let keep = said.clone();
+    let progress = move |p: CopyProgress| {
+        assert_eq!(p.total_paths, 40);
+        keep.lock().unwrap().push((p.bytes, p.paths, p.idle_secs));
+    };
+    let watching = Watching {
+        host: "light1",
+        stall: STALL,
+        tick: TICK,
+        total_paths: 40,
+        progress: &progress,
+    };
+    let out = watching.watch(s).await;
+    let said = said.lock().unwrap().clone();
+    (out, said)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_copy_that_moves_runs_to_its_end_however_long() {
     let (s, mut b) = far_stream();
     let builder = tokio::spawn(async move {
         // 100 s in all, far beyond the limit, but never 40 s standing.
-        for n in [0, 0, 0, 10, 20, 20, 20, 30, 40, 50] {
-            b.say(&format!("wrote {n}")).await;
+        for (i, n) in [0, 0, 0, 10, 20, 20, 20, 30, 40, 50].iter().enumerate() {
+            b.say(&format!("wrote {n} {i}")).await;
         }
         drop(b.output);
         b.exit.send(ok("")).unwrap();
     });
-    let out = watch(s, "light1", STALL, TICK).await.unwrap();
-    assert!(out.success());
+    let (out, said) = watched(s).await;
+    assert!(out.unwrap().success());
     builder.await.unwrap();
+    // Every count is a progress, standing still for as long as it stood.
+    let idle: Vec<u64> = said.iter().map(|s| s.2).collect();
+    assert_eq!(idle, [0, 10, 20, 0, 0, 10, 20, 0, 0, 0], "{said:?}");
+    assert_eq!(said[9], (50, 9, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -98,7 +138,7 @@ async fn a_copy_standing_still_is_stopped_at_the_hosts_limit() {
     let started = tokio::time::Instant::now();
     let builder = tokio::spawn(async move {
         let mut n = 5;
-        while !b.say_until_stopped(&format!("wrote {n}")).await {
+        while !b.say_until_stopped(&format!("wrote {n} 41")).await {
             n = 4096;
         }
         let killed = Output::new(
@@ -110,10 +150,23 @@ async fn a_copy_standing_still_is_stopped_at_the_hosts_limit() {
         );
         let _ = b.exit.send(killed);
     });
-    let e = watch(s, "light1", STALL, TICK).await.unwrap_err();
+    let (out, said) = watched(s).await;
     let took = started.elapsed();
     builder.await.unwrap();
-    let e = format!("{e:#}");
+    let e = format!("{:#}", out.unwrap_err());
+    // Named every tick it stood still; never more paths than it lacked.
+    let want: Vec<(u64, u64, u64)> = [
+        (5, 0),
+        (4096, 0),
+        (4096, 10),
+        (4096, 20),
+        (4096, 30),
+        (4096, 40),
+    ]
+    .into_iter()
+    .map(|(b, i)| (b, 40, i))
+    .collect();
+    assert_eq!(said, want);
     assert!(
         e.contains("light1 took no bytes from the builder for 40 s")
             && e.contains("copy_stall_timeout")
@@ -136,9 +189,10 @@ async fn a_silent_builder_is_stopped_after_the_limit_and_a_tick() {
         assert!(b.told_to_stop().await);
         drop(b.exit);
     });
-    let e = watch(s, "light1", STALL, TICK).await.unwrap_err();
+    let (out, said) = watched(s).await;
     assert_eq!(started.elapsed(), STALL + TICK);
-    let e = format!("{e:#}");
+    assert_eq!(said, []);
+    let e = format!("{:#}", out.unwrap_err());
     assert!(
         e.contains("the builder said nothing for 40 s while copying to light1"),
         "{e}"
@@ -150,32 +204,47 @@ async fn a_silent_builder_is_stopped_after_the_limit_and_a_tick() {
 async fn a_builder_that_cannot_count_keeps_no_bound() {
     let (s, mut b) = far_stream();
     let builder = tokio::spawn(async move {
-        for _ in 0..12 {
-            b.say("wrote -").await;
+        for i in 0..12 {
+            b.say(&format!("wrote - {i}")).await;
         }
         drop(b.output);
         b.exit.send(ok("")).unwrap();
     });
-    assert!(watch(s, "light1", STALL, TICK).await.unwrap().success());
+    let (out, said) = watched(s).await;
+    assert!(out.unwrap().success());
     builder.await.unwrap();
+    // Paths only, never idle.
+    assert_eq!(said.len(), 12);
+    assert_eq!(said[11], (0, 11, 0));
+    assert!(said.iter().all(|s| s.2 == 0), "{said:?}");
 }
 
 /// The wrapper itself, by `sh` here: the count it tells follows what the
-/// command wrote, the command's exit is the wrapper's, and its output
-/// (stdout too) goes to stderr, not among the counts.
+/// command wrote, the paths it started are counted from what it says, the
+/// command's exit is the wrapper's, and its output (stdout too) goes to
+/// stderr, whole, not among the counts; its temporary file goes.
 #[tokio::test]
 async fn the_wrapper_tells_what_its_command_wrote_and_ends_with_it() {
-    let cmd = Command::new("sh").args([
-        "-c",
-        "printf '%3000s' ''; sleep 1.5; printf '%2000s' ''; sleep 1.5; exit 3",
-    ]);
+    let path = "copying path '/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-a' to 'ssh://h'...";
+    let script = format!(
+        "printf '%2941s\\n' '' >&2; echo \"{path}\" >&2; sleep 1.5; \
+         echo \"{path}\" >&2; printf '%2000s' ''; sleep 1.5; exit 3"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd = Command::new("sh")
+        .env("TMPDIR", tmp.path().to_str().unwrap())
+        .args(["-c", &script]);
     let (out, said) = run_wrapped(&cmd, Duration::from_secs(1)).await;
     assert_eq!(out.exit, Exit::Code { code: 3 }, "{said}");
-    assert_eq!(out.stderr.len(), 5000, "{said}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(path).count(), 2, "{stderr}");
     let counts: Vec<Told> = said.lines().filter_map(told).collect();
     assert_eq!(counts.len(), said.lines().count(), "{said}");
-    assert!(counts.contains(&Told::Wrote(3000)), "{said}");
-    assert!(counts.contains(&Told::Wrote(5000)), "{said}");
+    let first = 2942 + path.len() as u64 + 1;
+    assert!(counts.contains(&wrote(first, 1)), "{said}");
+    let second = first + path.len() as u64 + 1 + 2000;
+    assert!(counts.contains(&wrote(second, 2)), "{said}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
 /// The ticker is killed when the command ends, but its `sleep` lives on

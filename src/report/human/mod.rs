@@ -120,12 +120,12 @@ pub fn describe(ev: &Event) -> Option<String> {
             format!("{host}: built {}", short_closure(toplevel))
         }
         Event::GateStarted { host, gate } => format!("{host}: {gate} ..."),
-        // Said every 10 s of the wait: the hosts copied with it wait too.
+        // Said every 10 s of the wait (relay; a relay batch waits for it)
+        // or every tick of the builder's copy.
         Event::CopyProgress {
             host, idle_secs, ..
         } if *idle_secs > 0 => format!(
-            "{host}: copy: taking nothing for {idle_secs} s (the hosts copied with it wait; \
-             copy_stall_timeout fails it)"
+            "{host}: copy: taking nothing for {idle_secs} s (copy_stall_timeout fails it)"
         ),
         Event::GatePassed { host, gate, .. } => format!("{host}: {gate} passed"),
         Event::GateFailed { host, gate, reason } => {

@@ -383,7 +383,7 @@ fn the_check_table_fits_the_terminal() {
 }
 
 /// Without the live view, a host the copy waits on while it takes nothing
-/// is a line (said every 10 s); with it, the host's own line says so; a
+/// is a line (each time it is said); with it, the host's own line says so; a
 /// copy that moves is never a line.
 #[test]
 fn a_host_taking_nothing_is_a_line_without_the_live_view() {
@@ -398,10 +398,7 @@ fn a_host_taking_nothing_is_a_line_without_the_live_view() {
     assert_eq!(shown_at(&progress(20), true), None);
     assert_eq!(
         describe(&progress(20)).as_deref(),
-        Some(
-            "light2: copy: taking nothing for 20 s (the hosts copied with it wait; \
-             copy_stall_timeout fails it)"
-        )
+        Some("light2: copy: taking nothing for 20 s (copy_stall_timeout fails it)")
     );
     assert_eq!(shown_at(&progress(0), false), None);
 }
