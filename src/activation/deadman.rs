@@ -41,7 +41,10 @@ pub struct Revert {
     /// the deploy changed it (then the boot default is restored too).
     pub profile: String,
     pub boot_before: Option<StorePath>,
-    /// The candidate's switch unit, stopped first if it still runs.
+    /// The candidate's switch unit, stopped first if it still runs (and
+    /// the names it is fired again under when the host refuses it,
+    /// `-try2`.. up to [`super::detached::FIRE_ATTEMPTS`]: the switch that
+    /// runs may be any of them).
     pub switch_unit: String,
 }
 
@@ -58,6 +61,9 @@ pub struct Armed {
     /// When the host reverts, counted from when this was armed.
     pub fires_after: Duration,
     pub record: String,
+    /// Made by the revert as it starts, removed once its record is
+    /// written: a disarm that finds it (or the record) is too late.
+    pub started: String,
 }
 
 /// What the host wrote when it reverted.
@@ -81,8 +87,9 @@ pub(crate) const REVERT: &str = r#"dir=$1; run=$2; previous=$3; candidate=$4; pr
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
 mkdir -p "$dir"
+: > "$dir/.$run.started"
 result=ok
-systemctl stop "$unit.service" 2>/dev/null
+for u in "$unit" "$unit-try2" "$unit-try3"; do systemctl stop "$u.service" 2>/dev/null; done
 if [ -n "$before" ]; then
   nix-env -p "$profile" --set "$before" >/dev/null 2>&1 || result=profile-failed
   if [ -x "$before/bin/switch-to-configuration" ]; then
@@ -100,6 +107,7 @@ at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 printf '{"run_id":"%s","reverted_at":"%s","from":"%s","to":"%s","result":"%s","current":"%s"}\n' \
   "$run" "$at" "$candidate" "$previous" "$result" "$now" > "$dir/.$run.json.tmp" &&
   mv -f "$dir/.$run.json.tmp" "$dir/$run.json"
+rm -f "$dir/.$run.started"
 # Done: the timer that started this goes too, and this script (nothing of
 # nixgate is left).
 systemctl stop "$timer.timer" 2>/dev/null
@@ -149,22 +157,52 @@ fi
 echo $! > "$pidfile""#;
 
 /// Over SSH: stop the timer (Linux) or the sleeper (Darwin); nothing left.
-/// Linux: both units' states come from one `systemctl is-active` (a
-/// stopped `--collect` unit is unloaded: `inactive`); the timer must be
-/// gone, and the revert script goes too unless the revert is running it
-/// right now.
-pub(crate) const DISARM_LINUX: &str = r#"if [ $# -ge 4 ] && [ "$(readlink -f "$3")" != "$4" ]; then echo "not disarmed: $3 is not $4" >&2; exit 3; fi
-unit=$1
+/// `$1` the unit (Darwin: the pid file), `$2` the revert script, `$3` its
+/// record, `$4` the mark the revert makes as it starts; with `$5` and `$6`,
+/// only while the link `$5` resolves to `$6`. Exit 4: too late, the revert
+/// has begun (or ran): it is left to finish, and the caller must not
+/// count the host as confirmed (a revert that had already put the profile
+/// and boot default back, with `test` of the old system still to come,
+/// read as a disarmed timer before: the run went on to mark the candidate
+/// known-good on a host switching away from it). Linux: both units' states
+/// come from one `systemctl is-active` (a stopped `--collect` unit is
+/// unloaded: `inactive`; stopping a timer leaves the service it started
+/// running); the timer must be gone.
+pub(crate) const DISARM_LINUX: &str = r#"unit=$1; script=$2; record=$3; started=$4
+if [ $# -ge 6 ] && [ "$(readlink -f "$5")" != "$6" ]; then echo "not disarmed: $5 is not $6" >&2; exit 3; fi
 systemctl stop "$unit.timer" 2>/dev/null
 systemctl is-active "$unit.timer" "$unit.service" 2>/dev/null | {
   read -r timer; read -r service
+  case $service in active | activating | deactivating | reloading) echo "not disarmed: the revert is running" >&2; exit 4 ;; esac
+  if [ -e "$started" ] || [ -e "$record" ]; then echo "not disarmed: the revert ran" >&2; exit 4; fi
   [ "$timer" != active ] || exit 1
-  case $service in active | activating | deactivating | reloading) ;; *) rm -f "$2" ;; esac
+  rm -f "$script"
   exit 0
 }"#;
 
-const DISARM_DARWIN: &str = r#"if [ $# -ge 4 ] && [ "$(readlink -f "$3")" != "$4" ]; then echo "not disarmed: $3 is not $4" >&2; exit 3; fi
-pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null; rm -f "$1" "$2"; exit 0"#;
+/// Darwin: the mark is looked at before the sleeper's group is killed
+/// (a revert under way is left to finish) and after (one that began in
+/// between was cut short: the caller looks at the host).
+const DISARM_DARWIN: &str = r#"pidfile=$1; script=$2; record=$3; started=$4
+if [ $# -ge 6 ] && [ "$(readlink -f "$5")" != "$6" ]; then echo "not disarmed: $5 is not $6" >&2; exit 3; fi
+begun() { [ -e "$started" ] || [ -e "$record" ]; }
+if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
+pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
+if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
+rm -f "$pidfile" "$script"; exit 0"#;
+
+/// A disarm that came too late: the host's revert has begun (or ran), and
+/// is left to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevertBegan;
+
+impl std::fmt::Display for RevertBegan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the host's revert had begun before the disarm arrived")
+    }
+}
+
+impl std::error::Error for RevertBegan {}
 
 /// Read a run's revert record, if the host wrote one.
 pub(crate) const READ_RECORD: &str = r#"[ -f "$1" ] && cat "$1"; exit 0"#;
@@ -183,6 +221,7 @@ impl Armed {
             pid_file: format!("{dir}/{unit}.pid"),
             script: format!("{dir}/{unit}.sh"),
             record: format!("{}/{run_id}.json", record_dir(paths)),
+            started: format!("{}/.{run_id}.started", record_dir(paths)),
             unit,
             os,
             fires_after,
@@ -269,10 +308,11 @@ pub async fn disarm<R: Remote>(remote: &R, a: &Armed, sudo: bool) -> anyhow::Res
 /// the host (so it can ride in a batch behind the controller's own read
 /// of the link: [`crate::remote::batch`]), and fails otherwise.
 pub fn disarm_command(a: &Armed, sudo: bool, guard: Option<(&str, &str)>) -> Command {
-    let cmd = match a.os {
-        Os::Linux => Command::script(DISARM_LINUX).args([&a.unit, &a.script]),
-        Os::Darwin => Command::script(DISARM_DARWIN).args([&a.pid_file, &a.script]),
+    let (script, first) = match a.os {
+        Os::Linux => (DISARM_LINUX, &a.unit),
+        Os::Darwin => (DISARM_DARWIN, &a.pid_file),
     };
+    let cmd = Command::script(script).args([first, &a.script, &a.record, &a.started]);
     let cmd = match guard {
         Some((link, path)) => cmd.args([link, path]),
         None => cmd,
@@ -280,13 +320,17 @@ pub fn disarm_command(a: &Armed, sudo: bool, guard: Option<(&str, &str)>) -> Com
     cmd.sudo(sudo)
 }
 
-/// Run `cmd`, a [`disarm_command`] for `a`.
+/// Run `cmd`, a [`disarm_command`] for `a`. Too late (the revert has
+/// begun) is a [`RevertBegan`] error.
 pub async fn run_disarm<R: Remote>(remote: &R, a: &Armed, cmd: &Command) -> anyhow::Result<()> {
-    remote
+    let out = remote
         .exec(cmd)
         .await
-        .with_context(|| format!("disarming {} on {}", a.unit, remote.name()))?
-        .check(&format!("disarming the dead-man timer {}", a.unit))?;
+        .with_context(|| format!("disarming {} on {}", a.unit, remote.name()))?;
+    if out.exit.code() == Some(4) {
+        return Err(anyhow::Error::new(RevertBegan));
+    }
+    out.check(&format!("disarming the dead-man timer {}", a.unit))?;
     Ok(())
 }
 
@@ -371,6 +415,10 @@ mod tests {
             )
         );
         assert!(script.ends_with(&format!("{REVERT}\n")));
+        // Every name the switch may run under is stopped.
+        let last = format!("\"$unit-try{}\"", super::super::detached::FIRE_ATTEMPTS);
+        assert!(REVERT.contains(&last), "{last}");
+        assert_eq!(a.started, "/var/lib/nixgate/deadman/.r1.started");
         // The script runs in a POSIX shell: it parses.
         let parsed = std::process::Command::new("sh")
             .args(["-n", "-c", &script])
@@ -406,13 +454,105 @@ mod tests {
             std::fs::write(&a.script, "revert").unwrap();
             let local = LocalRemote::new("local");
             let refused = disarm_command(&a, false, Some((&link, &off)));
-            let e = format!("{:#}", run_disarm(&local, &a, &refused).await.unwrap_err());
-            assert!(e.contains("not disarmed"), "{e}");
+            let e = run_disarm(&local, &a, &refused).await.unwrap_err();
+            assert!(format!("{e:#}").contains("not disarmed"), "{e:#}");
+            assert!(e.downcast_ref::<RevertBegan>().is_none());
             assert!(std::path::Path::new(&a.script).exists());
             run_disarm(&local, &a, &disarm_command(&a, false, Some((&link, &on))))
                 .await
                 .unwrap();
             assert!(!std::path::Path::new(&a.script).exists(), "{os:?}");
         }
+    }
+
+    /// A disarm that arrives once the revert has begun (its mark made, or
+    /// its record written) is too late: it says so (exit 4, a
+    /// [`RevertBegan`]) and leaves the revert its script, on the candidate
+    /// or not. Before, it exited 0 and the run counted the host confirmed.
+    #[tokio::test]
+    async fn a_disarm_after_the_revert_began_is_too_late() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        for os in [Os::Linux, Os::Darwin] {
+            let mut paths = HostPaths::for_os(os);
+            paths.job_dir = d.to_owned();
+            paths.known_good_records = format!("{d}/known-good");
+            let run = RunId::parse("r1").unwrap();
+            let a = Armed::for_run(&run, os, &paths, Duration::from_secs(90));
+            std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
+            let on = format!("{d}/on");
+            std::fs::create_dir_all(&on).unwrap();
+            let link = format!("{d}/current");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&on, &link).unwrap();
+            let local = LocalRemote::new("local");
+            for begun in [&a.started, &a.record] {
+                std::fs::write(&a.script, "revert").unwrap();
+                std::fs::write(begun, "").unwrap();
+                let guarded = disarm_command(&a, false, Some((&link, &on)));
+                for cmd in [guarded, disarm_command(&a, false, None)] {
+                    let e = run_disarm(&local, &a, &cmd).await.unwrap_err();
+                    assert_eq!(
+                        e.downcast_ref::<RevertBegan>(),
+                        Some(&RevertBegan),
+                        "{os:?}"
+                    );
+                    assert!(std::path::Path::new(&a.script).exists(), "{os:?}");
+                }
+                std::fs::remove_file(begun).unwrap();
+            }
+        }
+    }
+
+    /// The revert makes its mark before it changes anything and removes it
+    /// once its record is written; run here with the tools it calls
+    /// played by `true` (and `readlink`, `date` for real).
+    #[test]
+    fn the_revert_marks_its_start_and_leaves_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let bin = format!("{d}/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = format!("{d}/calls");
+        for tool in ["systemctl", "nix-env"] {
+            let stub = format!("#!/bin/sh\necho \"{tool} $*\" >> {log}\n");
+            std::fs::write(format!("{bin}/{tool}"), stub).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let exe = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(format!("{bin}/{tool}"), exe).unwrap();
+        }
+        let previous = format!("{d}/previous");
+        std::fs::create_dir_all(&previous).unwrap();
+        // The previous system's activation: did the mark exist by then?
+        let activate = format!("#!/bin/sh\n[ -e {d}/rec/.r1.started ] && echo marked >> {log}\n");
+        std::fs::write(format!("{previous}/activate"), activate).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let exe = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(format!("{previous}/activate"), exe).unwrap();
+        let script = format!("{d}/revert.sh");
+        std::fs::write(&script, REVERT).unwrap();
+        let path = format!("{bin}:/usr/bin:/bin");
+        let args = [
+            &format!("{d}/rec"),
+            "r1",
+            &previous,
+            "cand",
+            "prof",
+            "",
+            "sw-r1",
+            "conf-r1",
+        ];
+        let status = std::process::Command::new("sh")
+            .arg(&script)
+            .args(args)
+            .env("PATH", &path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.starts_with("systemctl stop sw-r1.service\nsystemctl stop sw-r1-try2.service\nsystemctl stop sw-r1-try3.service\nmarked\n"), "{calls}");
+        assert!(std::path::Path::new(&format!("{d}/rec/r1.json")).exists());
+        assert!(!std::path::Path::new(&format!("{d}/rec/.r1.started")).exists());
     }
 }

@@ -55,6 +55,9 @@ pub struct RefusedFire {
 /// refusal must not roll back a host that passed every live gate.
 pub const FIRE_ATTEMPTS: u32 = 3;
 
+/// The pause between two fires of a refused job.
+const REFIRE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Why a detached run failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -207,7 +210,9 @@ pub async fn run_detached<R: Remote>(
 
 /// Fire, and fire again under a fresh unit name while the host refuses to
 /// start it ([`FIRE_ATTEMPTS`] in all, a second apart), keeping every
-/// refusal's reason.
+/// refusal's reason. No fire is sent with the budget spent in the pause
+/// before it: with a pause or less left, the refusals so far are the
+/// answer (every fire was refused: nothing changed).
 async fn fire_retried<R: Remote>(
     remote: &R,
     settings: &HostSettings,
@@ -231,14 +236,15 @@ async fn fire_retried<R: Remote>(
         match fire_confirmed(remote, settings, job, watched, deadline, emit).await {
             Err(SwitchFailure::FireRefused { attempts }) => {
                 refused.extend(attempts);
-                if attempt < FIRE_ATTEMPTS && tokio::time::Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if attempt < FIRE_ATTEMPTS && left > REFIRE_PAUSE {
                     emit(ActivationEvent::Warning {
                         warning: super::events::Warning::FireRefused {
                             unit: job.unit.clone(),
                             attempt,
                         },
                     });
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(REFIRE_PAUSE).await;
                     continue;
                 }
                 return Err(SwitchFailure::FireRefused { attempts: refused });
@@ -252,18 +258,20 @@ async fn fire_retried<R: Remote>(
 /// Fire once (with the lock check before and the first poll after, one
 /// command on Linux), and if the answer was lost, find out whether it
 /// started before firing again (the unit name makes a second concurrent
-/// run impossible). Every command is bounded by the deadline.
+/// run impossible). Every command is bounded by the deadline. `job`
+/// becomes an earlier attempt found running (see
+/// [`FireOutcome::EarlierAttempt`]).
 async fn fire_confirmed<R: Remote>(
     remote: &R,
     settings: &HostSettings,
-    job: &SwitchJob,
+    job: &mut SwitchJob,
     watched: Watched<'_>,
     deadline: tokio::time::Instant,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> Result<FirstPoll, SwitchFailure> {
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut lost = 0u32;
-    'fire: loop {
+    loop {
         let fired_at = tokio::time::Instant::now();
         let around = Around {
             lock: &settings.paths.switch_lock,
@@ -280,49 +288,90 @@ async fn fire_confirmed<R: Remote>(
                 },
                 first: None,
             });
-        let mut error = match read_launch(fired, job, emit)? {
-            Fired::Running(first) => {
-                return Ok(FirstPoll {
-                    fired_at,
-                    snapshot: first,
-                });
+        let snapshot = match read_launch(fired, job, emit)? {
+            Fired::Running(first) => first,
+            Fired::RunningAs(unit) => {
+                *job = job.named(unit);
+                None
             }
-            Fired::Unconfirmed(error) => error,
-        };
-        loop {
-            if left().is_zero() {
-                return Err(SwitchFailure::FireUnconfirmed { error });
-            }
-            let retry_in = verify_poll::backoff(lost);
-            lost += 1;
-            emit(ActivationEvent::ConnectionLost {
-                phase: Phase::Fire,
-                attempt: lost,
-                retry_in,
-                error: error.clone(),
-            });
-            tokio::time::sleep(retry_in.min(left())).await;
-            let poll = verify_poll::poll_once(remote, job, watched, Duration::ZERO);
-            match tokio::time::timeout(verify_poll::POLL_TIMEOUT.min(left()), poll).await {
-                Ok(Ok(s)) if s.job == (JobState::Gone { started: false }) => continue 'fire,
-                Ok(Ok(_)) => {
-                    return Ok(FirstPoll {
-                        fired_at,
-                        snapshot: None,
-                    });
+            Fired::Unconfirmed { error, loaded } => {
+                let lost_fire = LostFire { error, loaded };
+                if !started(remote, job, watched, deadline, &mut lost, lost_fire, emit).await? {
+                    continue;
                 }
-                Ok(Err(e)) => error = e,
-                Err(_) => error = "no answer to a poll".into(),
+                None
             }
+        };
+        return Ok(FirstPoll { fired_at, snapshot });
+    }
+}
+
+/// A fire whose answer did not say whether the job started: why, and the
+/// refusal it is should the unit turn out not to be the job (a re-fire
+/// that found the unit loaded already).
+struct LostFire {
+    error: String,
+    loaded: Option<RefusedFire>,
+}
+
+/// Whether the job of a fire whose answer was lost started (`false`:
+/// nothing ran, fire again), polling it with backoff (`lost` counts the
+/// losses) until the deadline. A re-fire that found the unit loaded is
+/// not a refusal until a poll after it finds that unit neither running
+/// nor having run the job (else it is the first fire, and runs).
+async fn started<R: Remote>(
+    remote: &R,
+    job: &SwitchJob,
+    watched: Watched<'_>,
+    deadline: tokio::time::Instant,
+    lost: &mut u32,
+    LostFire { mut error, loaded }: LostFire,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<bool, SwitchFailure> {
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    loop {
+        if left().is_zero() {
+            return Err(SwitchFailure::FireUnconfirmed { error });
+        }
+        let retry_in = verify_poll::backoff(*lost);
+        *lost += 1;
+        emit(ActivationEvent::ConnectionLost {
+            phase: Phase::Fire,
+            attempt: *lost,
+            retry_in,
+            error: error.clone(),
+        });
+        tokio::time::sleep(retry_in.min(left())).await;
+        let poll = verify_poll::poll_once(remote, job, watched, Duration::ZERO);
+        match tokio::time::timeout(verify_poll::POLL_TIMEOUT.min(left()), poll).await {
+            Ok(Ok(s)) if s.job == (JobState::Gone { started: false }) => {
+                return match loaded {
+                    // Loaded, yet not running and never ran the job: a
+                    // leftover of this name refused it.
+                    Some(refusal) => Err(SwitchFailure::FireRefused {
+                        attempts: vec![refusal],
+                    }),
+                    None => Ok(false),
+                };
+            }
+            Ok(Ok(_)) => return Ok(true),
+            Ok(Err(e)) => error = e,
+            Err(_) => error = "no answer to a poll".into(),
         }
     }
 }
 
 /// A fire that did not fail: the job runs (with the fire's own poll of
-/// it, when it made one), or whether it started is not known yet.
+/// it, when it made one), an earlier attempt of it under this unit name
+/// runs, or whether it started is not known yet (`loaded`: the re-fire's
+/// refusal, should the unit of this name turn out not to be the job).
 enum Fired {
     Running(Option<PollSnapshot>),
-    Unconfirmed(String),
+    RunningAs(String),
+    Unconfirmed {
+        error: String,
+        loaded: Option<RefusedFire>,
+    },
 }
 
 /// What one fire's answer means for the switch.
@@ -345,16 +394,25 @@ fn read_launch(
             warning: super::events::Warning::SwitchLockUnchecked,
         });
     }
+    let refusal = |exit, tail| RefusedFire {
+        unit: job.unit.clone(),
+        exit,
+        tail,
+    };
     match outcome {
         FireOutcome::Started | FireOutcome::AlreadyRunning => Ok(Fired::Running(first.map(|s| *s))),
+        FireOutcome::EarlierAttempt { unit } => Ok(Fired::RunningAs(unit)),
         FireOutcome::Refused { exit, tail } => Err(SwitchFailure::FireRefused {
-            attempts: vec![RefusedFire {
-                unit: job.unit.clone(),
-                exit,
-                tail,
-            }],
+            attempts: vec![refusal(exit, tail)],
         }),
-        FireOutcome::Unconfirmed { error } => Ok(Fired::Unconfirmed(error)),
+        FireOutcome::Loaded { exit, tail } => Ok(Fired::Unconfirmed {
+            error: format!("{} is loaded already: {}", job.unit, tail.join(" / ")),
+            loaded: Some(refusal(exit, tail)),
+        }),
+        FireOutcome::Unconfirmed { error } => Ok(Fired::Unconfirmed {
+            error,
+            loaded: None,
+        }),
     }
 }
 
@@ -426,4 +484,210 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
         },
     };
     SwitchResult::Failed(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fire's retries against a fake or scripted host, in paused time.
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::activation::fake_host::{FakeHost, Job, describe};
+    use crate::activation::settings::{HostPaths, Os, RunId};
+    use crate::activation::switch::JobPurpose;
+    use crate::remote::Output;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+    const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+
+    fn sp(s: &str) -> StorePath {
+        StorePath::parse(s).unwrap()
+    }
+
+    fn job() -> SwitchJob {
+        SwitchJob::new(
+            &RunId::parse("r1").unwrap(),
+            JobPurpose::Candidate,
+            SwitchAction::Test,
+            &sp(NEW),
+            Os::Linux,
+            &HostPaths::for_os(Os::Linux),
+        )
+    }
+
+    fn settings(budget: Duration) -> HostSettings {
+        let mut s = HostSettings::new(Os::Linux);
+        s.activation_timeout = budget;
+        s
+    }
+
+    async fn run<R: Remote>(r: &R, budget: Duration, job: &mut SwitchJob) -> SwitchResult {
+        run_detached(r, &settings(budget), job, &sp(NEW), &sp(OLD), &|_| {}).await
+    }
+
+    /// The fires of a fake host's commands, as described.
+    fn fires(r: &ScriptedRemote) -> Vec<String> {
+        let all = r.commands().iter().map(describe).collect::<Vec<_>>();
+        all.into_iter().filter(|c| c.starts_with("fire ")).collect()
+    }
+
+    /// Refused with less than the pause between fires left: that refusal
+    /// is the answer, at once (it was: a pause past the budget, and a
+    /// fire sent with none left, which could only end unconfirmed).
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_less_than_the_pause_left_is_the_answer() {
+        for (budget, tries) in [(500, 1), (1000, 1), (1500, 2)] {
+            let host = FakeHost::new(&sp(OLD));
+            host.state().refuse_fires = vec!["test"; 3];
+            let r = host.remote();
+            let t0 = tokio::time::Instant::now();
+            let budget = Duration::from_millis(budget);
+            let result = run(&r, budget, &mut job()).await;
+            match &result {
+                SwitchResult::Failed(f @ SwitchFailure::FireRefused { attempts }) => {
+                    assert_eq!(attempts.len(), tries, "{budget:?}");
+                    assert!(f.changed_nothing());
+                }
+                other => panic!("{budget:?}: {other:?}"),
+            }
+            assert_eq!(fires(&r).len(), tries, "{budget:?}: {:#?}", fires(&r));
+            assert!(t0.elapsed() <= budget, "{budget:?}: {:?}", t0.elapsed());
+        }
+    }
+
+    /// A scripted Linux host: fires and polls answered from their lists
+    /// (the last poll answer repeats).
+    fn scripted(fires: Vec<Output>, polls: Vec<Output>) -> ScriptedRemote {
+        let (fires, polls) = (Mutex::new(VecDeque::from(fires)), Mutex::new(polls));
+        ScriptedRemote::new("web1", move |cmd| {
+            let script = cmd.argv()[2].as_str();
+            if script == switch::FIRE_LINUX {
+                fires.lock().unwrap().pop_front().expect("a fire's answer")
+            } else if script == verify_poll::POLL_LINUX {
+                let mut p = polls.lock().unwrap();
+                if p.len() > 1 {
+                    p.remove(0)
+                } else {
+                    p[0].clone()
+                }
+            } else {
+                ok("")
+            }
+        })
+    }
+
+    fn poll(state: &str, status: &str, current: &str) -> Output {
+        let load = if state == "inactive" {
+            "not-found"
+        } else {
+            "loaded"
+        };
+        ok(&format!(
+            "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState={load}\nActiveState={state}\nSubState=x\nNixgateStatus={status}\nNixgateCurrent={current}\n"
+        ))
+    }
+
+    const LOADED: &str = "Failed to start transient service unit: Unit nixgate-switch-r1.service was already loaded or has a fragment file.\n";
+
+    fn lost() -> Output {
+        Output::new(Exit::ConnectionLost, "", "")
+    }
+
+    fn loaded() -> Output {
+        Output::new(
+            Exit::Code { code: 0 },
+            "NixgateLock=free\nNixgateFire=1\n",
+            LOADED,
+        )
+    }
+
+    /// The fire's answer was lost and the poll after it saw nothing yet;
+    /// the re-fire finds the unit loaded: the first fire, slow to start.
+    /// It is polled to the end under its own name (it was: a refusal, and
+    /// a second switch fired under a fresh name), and the re-fire kept
+    /// its files.
+    #[tokio::test(start_paused = true)]
+    async fn a_refire_that_finds_the_unit_loaded_polls_it() {
+        let r = scripted(
+            vec![lost(), loaded()],
+            vec![
+                poll("inactive", "absent", OLD),
+                poll("active", "started", OLD),
+                poll("inactive", "exited 0", NEW),
+            ],
+        );
+        let mut j = job();
+        let result = run(&r, Duration::from_secs(60), &mut j).await;
+        assert!(matches!(result, SwitchResult::Settled { .. }), "{result:?}");
+        assert_eq!(j.unit, "nixgate-switch-r1");
+        let fires: Vec<Vec<String>> = r
+            .argvs()
+            .into_iter()
+            .filter(|a| a[2] == switch::FIRE_LINUX)
+            .collect();
+        assert_eq!(fires.len(), 2, "{fires:#?}");
+        assert!(fires.iter().all(|a| a[14] == "--unit=nixgate-switch-r1"));
+        assert_eq!((fires[0][12].as_str(), fires[1][12].as_str()), ("0", "1"));
+    }
+
+    /// The same, but the unit loaded is a leftover that neither runs nor
+    /// ran the job (left loaded after a failed start): a refusal, fired
+    /// again under a fresh name, well within the budget.
+    #[tokio::test(start_paused = true)]
+    async fn a_refire_that_finds_a_leftover_loaded_renames_the_job() {
+        let started = format!(
+            "NixgateLock=free\nNixgateFire=0\nResult=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nNixgateStatus=exited 0\nNixgateCurrent={NEW}\n"
+        );
+        let r = scripted(
+            vec![lost(), loaded(), ok(&started)],
+            vec![
+                poll("inactive", "absent", OLD),
+                poll("failed", "absent", OLD),
+            ],
+        );
+        let mut j = job();
+        let t0 = tokio::time::Instant::now();
+        let result = run(&r, Duration::from_secs(300), &mut j).await;
+        assert!(matches!(result, SwitchResult::Settled { .. }), "{result:?}");
+        assert_eq!(j.unit, "nixgate-switch-r1-try2");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
+    /// An earlier attempt of the job, refused yet started, holds the lock
+    /// when the next attempt is fired: that attempt is the job, polled to
+    /// the end under its name; nothing else fires.
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_attempt_holding_the_lock_is_the_job() {
+        let host = FakeHost::new(&sp(OLD));
+        {
+            let mut st = host.state();
+            st.jobs.insert(
+                "nixgate-switch-r1".into(),
+                Job {
+                    closure: sp(NEW),
+                    action: "test".into(),
+                    status: "started".into(),
+                    running: true,
+                    polls_left: 2,
+                    log: Vec::new(),
+                },
+            );
+            st.lock_held = true;
+        }
+        let r = host.remote();
+        let mut j = job().renamed(2);
+        let result = run(&r, Duration::from_secs(60), &mut j).await;
+        match result {
+            SwitchResult::Settled { evidence, .. } => {
+                assert_eq!(evidence.unit, "nixgate-switch-r1")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(j.unit, "nixgate-switch-r1");
+        assert_eq!(fires(&r).len(), 1);
+        assert!(!host.state().jobs.contains_key("nixgate-switch-r1-try2"));
+    }
 }

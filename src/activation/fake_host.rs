@@ -100,6 +100,9 @@ pub struct State {
     pub offline: bool,
     /// Armed dead-man timers: unit -> (arming number, the revert's args).
     pub timers: BTreeMap<String, (u64, Vec<String>)>,
+    /// The next disarm arrives just after its timer fired: the revert
+    /// runs, and the disarm says it is too late (exit 4).
+    pub revert_beats_disarm: bool,
     pub armings: u64,
     /// The baseline recorded at the first known-good mark.
     pub baseline: Option<String>,
@@ -408,12 +411,18 @@ impl State {
             ok("")
         } else if script == deadman::DISARM_LINUX {
             // Guarded: only while the link resolves to the given path.
-            if let Some(want) = a.get(7)
+            if let Some(want) = a.get(9)
                 && self.current.to_string() != *want
             {
-                return fail(3, &format!("not disarmed: {} is not {want}\n", a[6]));
+                return fail(3, &format!("not disarmed: {} is not {want}\n", a[8]));
             }
-            self.timers.remove(a[4]);
+            let timer = self.timers.remove(a[4]);
+            if std::mem::take(&mut self.revert_beats_disarm)
+                && let Some((_, args)) = timer
+            {
+                self.revert(&args);
+                return fail(4, "not disarmed: the revert is running\n");
+            }
             ok("")
         } else if script == deadman::READ_RECORD {
             ok(self.revert_records.get(a[4]).map_or("", String::as_str))
@@ -442,9 +451,9 @@ impl State {
 
 impl State {
     /// `switch::FIRE_LINUX` (`a`: lock, unit, status, current, ticks,
-    /// profile, dir, log, then `systemd-run` and its arguments): the lock
-    /// check, the fire, and a first poll that does not count in `polls`
-    /// (`drop_polls` numbers the polls of their own).
+    /// profile, dir, log, again, then `systemd-run` and its arguments):
+    /// the lock check, the fire, and a first poll that does not count in
+    /// `polls` (`drop_polls` numbers the polls of their own).
     fn fire_linux(&mut self, a: &[&str]) -> Output {
         if self.lock_held {
             let holders: String = self
@@ -455,7 +464,7 @@ impl State {
                 .collect();
             return ok(&format!("NixgateLock=held\n{holders}"));
         }
-        let unit = a[13].trim_start_matches("--unit=").to_owned();
+        let unit = a[14].trim_start_matches("--unit=").to_owned();
         let (program, action) = (a[a.len() - 2], a[a.len() - 1]);
         let refuse = |why: String| {
             Output::new(
@@ -465,8 +474,9 @@ impl State {
             )
         };
         if self.jobs.get(&unit).is_some_and(|j| j.running) {
+            // Current systemd's words (older ones said "already exists").
             return refuse(format!(
-                "Failed to start transient service unit: Unit {unit}.service already exists.\n"
+                "Failed to start transient service unit: Unit {unit}.service was already loaded or has a fragment file.\n"
             ));
         }
         if let Some(i) = self.refuse_fires.iter().position(|a| *a == action) {
@@ -760,6 +770,7 @@ impl FakeHost {
             sshd_up: true,
             offline: false,
             timers: BTreeMap::new(),
+            revert_beats_disarm: false,
             armings: 0,
             revert_records: BTreeMap::new(),
             baseline: None,
@@ -858,7 +869,7 @@ pub fn describe(cmd: &Command) -> String {
         s if s == leftovers::LIST => "list-nixgate-units",
         s if s == leftovers::RUN_REVERT => "run-revert",
         s if s == switch::FIRE_LINUX => {
-            return format!("{sudo}fire {} {} {}", a[13], a[a.len() - 2], a[a.len() - 1]);
+            return format!("{sudo}fire {} {} {}", a[14], a[a.len() - 2], a[a.len() - 1]);
         }
         _ => "unknown-script",
     };

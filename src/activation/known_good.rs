@@ -255,8 +255,16 @@ rm -f \"$prof-$gen-link\"
 if [ -f \"$dir/$gen.json\" ]; then mv -f \"$dir/$gen.json\" \"$dir/$gen.revoked.json\"; fi
 echo \"NixgatePrevious=$prev\"";
 
+/// The known-good history: the profile's current generation, each
+/// generation (its closure, whether that is still there) with its record,
+/// and what each mark cut off before its record left behind
+/// (`.pending-<run>.replaced`, see [`MARK`]: the generation the profile was
+/// on before that mark, empty for none).
 pub(crate) const LIST: &str = "prof=$1; dir=$2
 echo \"NixgateCurrent=$(readlink \"$prof\" 2>/dev/null)\"
+for p in \"$dir\"/.pending-*.replaced; do
+  if v=$(cat \"$p\" 2>/dev/null); then printf 'NixgatePending=%s\\n' \"$v\"; fi
+done
 for l in \"$prof\"-*-link; do
   [ -L \"$l\" ] || continue
   n=${l#\"$prof\"-}; n=${n%-link}
@@ -507,8 +515,20 @@ pub struct KnownGoodGeneration {
     /// The closure is in the host's store (a generation link can dangle
     /// when its path was deleted by hand: it is no rollback target).
     pub present: bool,
+    /// Its tag record; `None` also when the record names another closure
+    /// (a stale record of a deleted generation whose number came back).
     pub record: Option<KnownGoodRecord>,
     pub current: bool,
+    /// No record, and newer than the generation that a mark cut off
+    /// between its `nix-env` and its record says the profile was on (its
+    /// `.pending-<run>.replaced` is still on the host): the generation that
+    /// mark made, so no proof of anything.
+    pub cut_off: bool,
+    /// With `cut_off`: the generation that leftover says the profile was on
+    /// before that mark (the newest it names before this one), where the
+    /// host stood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stood: Option<u64>,
 }
 
 /// The known-good history on the host, oldest first.
@@ -528,39 +548,68 @@ pub async fn history<R: Remote>(
     parse_history(&out.stdout_str())
 }
 
+/// The history from [`LIST`]'s output, oldest first.
 pub fn parse_history(stdout: &str) -> anyhow::Result<Vec<KnownGoodGeneration>> {
     let mut current = None;
     let mut gens: Vec<KnownGoodGeneration> = Vec::new();
+    // What the profile was on before each mark cut off before its record
+    // (`None`: no profile).
+    let mut cut_off_after: Vec<Option<u64>> = Vec::new();
     for line in stdout.lines() {
         if let Some(v) = line.strip_prefix("NixgateCurrent=") {
             current = generation_of(v.trim());
         } else if let Some(v) = line.strip_prefix("NixgateGen=") {
-            let mut fields = v.split('\t');
-            let (Some(n), Some(target)) = (fields.next(), fields.next()) else {
-                anyhow::bail!("malformed generation line {v:?}");
-            };
-            gens.push(KnownGoodGeneration {
-                generation: n.parse().with_context(|| format!("generation {n:?}"))?,
-                closure: StorePath::parse(target.trim()).ok(),
-                present: fields.next().map(str::trim) != Some("missing"),
-                record: None,
-                current: false,
-            });
+            gens.push(parse_generation(v)?);
         } else if let Some(v) = line.strip_prefix("NixgateRecord=") {
             let (n, json) = v.split_once('\t').context("malformed record line")?;
             let n: u64 = n.parse().with_context(|| format!("generation {n:?}"))?;
-            // A record nixgate cannot read is reported as absent, not fatal.
-            let record = serde_json::from_str(json).ok();
+            // A record nixgate cannot read is reported as absent, not fatal;
+            // so is one of another closure (an earlier generation's of that
+            // number, deleted, the number then used again).
+            let record = serde_json::from_str::<KnownGoodRecord>(json).ok();
             if let Some(g) = gens.iter_mut().find(|g| g.generation == n) {
-                g.record = record;
+                g.record = record.filter(|r| g.closure.as_ref() == Some(&r.closure));
+            }
+        } else if let Some(v) = line.strip_prefix("NixgatePending=") {
+            match v.trim() {
+                "" => cut_off_after.push(None),
+                // Anything else is no evidence.
+                v => cut_off_after.extend(v.parse::<u64>().ok().map(Some)),
             }
         }
     }
     for g in &mut gens {
         g.current = Some(g.generation) == current;
+        g.cut_off = g.record.is_none()
+            && cut_off_after
+                .iter()
+                .any(|r| r.is_none_or(|r| g.generation > r));
+        g.stood = cut_off_after
+            .iter()
+            .flatten()
+            .filter(|&&r| g.cut_off && r < g.generation)
+            .max()
+            .copied();
     }
     gens.sort_by_key(|g| g.generation);
     Ok(gens)
+}
+
+/// A `NixgateGen=` line: `<N>\t<link target>\t<present|missing>`.
+fn parse_generation(v: &str) -> anyhow::Result<KnownGoodGeneration> {
+    let mut fields = v.split('\t');
+    let (Some(n), Some(target)) = (fields.next(), fields.next()) else {
+        anyhow::bail!("malformed generation line {v:?}");
+    };
+    Ok(KnownGoodGeneration {
+        generation: n.parse().with_context(|| format!("generation {n:?}"))?,
+        closure: StorePath::parse(target.trim()).ok(),
+        present: fields.next().map(str::trim) != Some("missing"),
+        record: None,
+        current: false,
+        cut_off: false,
+        stood: None,
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,82 @@ fn generation_links() {
     assert_eq!(generation_of("/nix/store/abc-x"), None);
 }
 
+/// `LIST`'s line of generation `n`'s record, naming `closure`.
+fn record_line(n: u64, closure: &str) -> String {
+    let mut r = mark_record(closure);
+    r.generation = n;
+    format!("NixgateRecord={n}\t{}", serde_json::to_string(&r).unwrap())
+}
+
+fn mark_record(closure: &str) -> KnownGoodRecord {
+    KnownGoodRecord {
+        version: 1,
+        host: "web1".into(),
+        generation: 0,
+        closure: StorePath::parse(closure).unwrap(),
+        marked_at: "2024-03-01T12:00:00Z".into(),
+        commit: None,
+        run_id: RunId::parse("r1").unwrap(),
+        gates: Vec::new(),
+        replaced: None,
+    }
+}
+
+/// A record of another closure than its generation's (a deleted
+/// generation's, its number used again) counts as none.
+#[test]
+fn a_record_of_another_closure_is_none() {
+    let out = [
+        "NixgateCurrent=/nix/var/nix/profiles/nixgate-known-good-2-link".to_owned(),
+        format!("NixgateGen=1\t{SYS}\tpresent"),
+        record_line(1, SYS),
+        format!("NixgateGen=2\t{OTHER}\tpresent"),
+        record_line(2, SYS),
+    ]
+    .join("\n");
+    let h = parse_history(&out).unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].record.as_ref().map(|r| r.generation), Some(1));
+    assert!(h[1].record.is_none() && h[1].current);
+    assert!(!h[0].cut_off && !h[1].cut_off, "no leftover, no evidence");
+}
+
+/// What a mark cut off before its record left (`.pending-<run>.replaced`,
+/// naming the generation the profile was on) flags the generations after
+/// that one without a record; an empty one (no profile then), all of them.
+#[test]
+fn a_mark_cut_off_before_its_record_is_flagged() {
+    let gens = [
+        format!("NixgateGen=1\t{SYS}\tpresent"),
+        format!("NixgateGen=2\t{OTHER}\tpresent"),
+        format!("NixgateGen=3\t{OTHER}\tpresent"),
+        record_line(3, OTHER),
+        format!("NixgateGen=4\t{SYS}\tmissing"),
+    ]
+    .join("\n");
+    let flagged = |pending: &str| {
+        let h = parse_history(&format!("{pending}\n{gens}")).unwrap();
+        h.iter()
+            .filter(|g| g.cut_off)
+            .map(|g| g.generation)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(flagged("NixgatePending=1"), [2, 4]);
+    assert_eq!(flagged("NixgatePending=3\nNixgatePending=x"), [4]);
+    assert_eq!(flagged("NixgatePending="), [1, 2, 4]);
+    assert_eq!(flagged(""), Vec::<u64>::new());
+    // Where each stood: the newest generation a leftover names before it.
+    let stood = |pending: &str| {
+        let h = parse_history(&format!("{pending}\n{gens}")).unwrap();
+        h.iter().map(|g| g.stood).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        stood("NixgatePending=1\nNixgatePending=3"),
+        [None, Some(1), None, Some(3)]
+    );
+    assert_eq!(stood("NixgatePending="), [None, None, None, None]);
+}
+
 fn request(closure: &str, at: u64) -> MarkRequest {
     MarkRequest {
         closure: StorePath::parse(closure).unwrap(),
@@ -323,6 +399,13 @@ async fn real_mark_again_cut_short_and_undone() {
     cut_off_after_nix_env(d, prof, "r4", &b);
     let h = history(&r, &paths).await.unwrap();
     assert!(h.last().unwrap().current && h.last().unwrap().record.is_none());
+    // The history reads what it left: that generation is the cut-off mark.
+    let flagged: Vec<_> = h
+        .iter()
+        .filter(|g| g.cut_off)
+        .map(|g| g.generation)
+        .collect();
+    assert_eq!(flagged, [h.last().unwrap().generation]);
     let undo = run(UNDO_MARK, &[prof, records, "r4", ""], b"").await;
     assert!(undo.stdout_str().starts_with("NixgateUndo="), "{undo:?}");
     assert_ne!(undo.stdout_str().trim(), "NixgateUndo=none");
@@ -338,6 +421,8 @@ async fn real_mark_again_cut_short_and_undone() {
     again.run_id = RunId::parse("r5").unwrap();
     let m = mark(&r, &paths, false, again).await.unwrap();
     assert_eq!(m.record.replaced, Some(1));
-    assert_eq!(history(&r, &paths).await.unwrap().len(), before, "adopted");
+    let h = history(&r, &paths).await.unwrap();
+    assert_eq!(h.len(), before, "adopted");
+    assert!(h.iter().all(|g| !g.cut_off));
     assert!(!d.join("records/.pending-r5.replaced").exists());
 }

@@ -131,6 +131,9 @@ pub enum CutOff {
     LostDuringSwitch { failure: SwitchFailure },
     /// A new connection reached a host that does not run the candidate.
     NotOnCandidate { seen: Option<StorePath> },
+    /// A new connection reached the host after its revert had begun (the
+    /// confirmation came too late): the revert is left to finish.
+    RevertBegan,
 }
 
 impl HostOutcome {

@@ -95,11 +95,19 @@ impl SwitchJob {
     /// The same job under the fresh unit name of a later `attempt` (a
     /// retry after the host refused to start the unit).
     pub fn renamed(&self, attempt: u32) -> SwitchJob {
-        let base = self
-            .unit
-            .rsplit_once("-try")
-            .map_or(self.unit.as_str(), |(b, _)| b);
-        let unit = format!("{base}-try{attempt}");
+        self.named(format!("{}-try{attempt}", split_attempt(&self.unit).0))
+    }
+
+    /// Whether `unit` (without `.service`) is an attempt of this job fired
+    /// before this one: its first name, or an earlier `-tryN`.
+    pub fn is_earlier_attempt(&self, unit: &str) -> bool {
+        let (base, n) = split_attempt(&self.unit);
+        let (other, m) = split_attempt(unit);
+        other == base && m < n
+    }
+
+    /// The same job under the unit name `unit` (and its files).
+    pub fn named(&self, unit: String) -> SwitchJob {
         let dir = &self.job_dir;
         SwitchJob {
             status_file: format!("{dir}/{unit}.status"),
@@ -122,10 +130,27 @@ impl SwitchJob {
     }
 }
 
+/// A unit name's job name and attempt: `<base>-try<N>` is attempt N of
+/// `<base>`, any other name attempt 1 of itself.
+fn split_attempt(unit: &str) -> (&str, u32) {
+    unit.rsplit_once("-try")
+        .and_then(|(b, n)| {
+            let n: u32 = n
+                .parse()
+                .ok()
+                .filter(|_| n.bytes().all(|c| c.is_ascii_digit()))?;
+            Some((b, n))
+        })
+        .unwrap_or((unit, 1))
+}
+
 /// Runs inside the detached job: `$1` status file, `$2` log file, the rest is
-/// the program. Builtins only.
+/// the program. Builtins only. The polls read both files as the SSH user,
+/// without sudo: they are created world-readable (umask 022) whatever
+/// umask the job inherited (Darwin: the user's, which sudo keeps when it is
+/// stricter than 022), while the program keeps its own.
 pub const JOB_WRAPPER: &str = "status=$1; log=$2; shift 2
-echo started > \"$status\"
+(umask 022; echo started > \"$status\"; : > \"$log\")
 \"$@\" > \"$log\" 2>&1
 code=$?
 echo \"exited $code\" > \"$status\"
@@ -133,7 +158,11 @@ exit \"$code\"";
 
 /// Over SSH on Linux, one command from the lock check to the first poll:
 /// is `switch-to-configuration`'s lock free (else list the switch units
-/// that may hold it, and stop: nothing fired), fresh job files,
+/// that may hold it, and stop: nothing fired), the job dir (searchable by
+/// all: the polls read it without sudo, and sudo keeps a user's umask of
+/// 077; a dir made root-only by an earlier command is opened up), fresh job
+/// files (`$again` = 1, a re-fire after a lost answer: kept, they may be
+/// the first fire's, which may have started),
 /// `systemd-run` (the rest of the arguments; its exit code is
 /// `NixgateFire`, its stderr the command's), then, once it started, wait on
 /// the host up to `$ticks` tenths of a second for the job to exit and poll
@@ -141,7 +170,7 @@ exit \"$code\"";
 /// the controller: a held lock, a refused start and a finished job are all
 /// read from this one answer.
 pub(crate) const FIRE_LINUX: &str = concat!(
-    "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; shift 8
+    "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; again=$9; shift 9
 fine=4
 if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
 elif [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free
@@ -151,7 +180,8 @@ else
   while read -r u load active sub rest; do echo \"NixgateHolder=$u $active $sub\"; done
   exit 0
 fi
-if mkdir -p \"$dir\" && rm -f \"$status\" \"$log\"; then \"$@\"; rc=$?; else rc=125; fi
+if (umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || rm -f \"$status\" \"$log\"; }
+then \"$@\"; rc=$?; else rc=125; fi
 echo \"NixgateFire=$rc\"
 [ \"$rc\" = 0 ] || exit 0
 ",
@@ -159,15 +189,17 @@ echo \"NixgateFire=$rc\"
     super::verify_poll::poll_linux_body!()
 );
 
-/// Over SSH on Darwin: start the wrapper in its own session, record its pid.
+/// Over SSH on Darwin: start the wrapper in its own session, record its pid
+/// (the dir and the pid file readable by all, as on Linux).
 const FIRE_DARWIN: &str = "dir=$1; status=$2; log=$3; pidfile=$4; wrapper=$5; shift 5
-mkdir -p \"$dir\" && rm -f \"$status\" \"$log\" \"$pidfile\" || exit 125
+(umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; rm -f \"$status\" \"$log\" \"$pidfile\"; } || exit 125
 if command -v setsid >/dev/null 2>&1; then
   nohup setsid /bin/sh -c \"$wrapper\" nixgate-job \"$status\" \"$log\" \"$@\" </dev/null >/dev/null 2>&1 &
 else
   nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c \"$wrapper\" nixgate-job \"$status\" \"$log\" \"$@\" </dev/null >/dev/null 2>&1 &
 fi
-echo $! > \"$pidfile\"";
+pid=$!
+(umask 022; echo \"$pid\" > \"$pidfile\")";
 
 /// What the Linux fire checks and reads around the job (see [`FIRE_LINUX`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,12 +213,14 @@ pub struct Around<'a> {
 }
 
 /// The command that fires `job` (Linux: with the lock check before and
-/// the first poll after, see [`FIRE_LINUX`]).
+/// the first poll after, see [`FIRE_LINUX`]; `again`: a re-fire after a
+/// lost answer, which keeps the job's files).
 pub fn fire_command(
     job: &SwitchJob,
     sudo: bool,
     install_bootloader: bool,
     around: Around<'_>,
+    again: bool,
 ) -> Command {
     match job.os {
         Os::Linux => {
@@ -200,6 +234,7 @@ pub fn fire_command(
                 .arg(verify_poll::ticks(around.wait))
                 .arg(around.watched.profile.unwrap_or_default())
                 .args([&job.job_dir, &job.log_file])
+                .arg(if again { "1" } else { "0" })
                 .arg("systemd-run")
                 .arg(format!("--unit={}", job.unit))
                 .arg(format!(
@@ -231,6 +266,19 @@ pub enum FireOutcome {
     Started,
     /// A unit of that name already exists: an earlier attempt of ours fired.
     AlreadyRunning,
+    /// An earlier attempt of this job under another unit name (refused,
+    /// yet started: a D-Bus timeout) holds the lock: it runs, nothing fired.
+    EarlierAttempt {
+        unit: String,
+    },
+    /// A re-fire after a lost answer found a unit of this name loaded
+    /// (current systemd's answer to a second start, "already loaded"):
+    /// most likely the first fire, which may have started. Not known yet;
+    /// a refusal only if the unit turns out not to run (see `detached`).
+    Loaded {
+        exit: Exit,
+        tail: Vec<String>,
+    },
     /// The connection dropped: it may or may not have started.
     Unconfirmed {
         error: String,
@@ -277,7 +325,7 @@ pub async fn fire<R: Remote>(
         first: None,
     };
     match remote
-        .exec(&fire_command(job, sudo, install_bootloader, around))
+        .exec(&fire_command(job, sudo, install_bootloader, around, again))
         .await
     {
         Err(e) if again || job.os == Os::Darwin => unconfirmed(format!("{e:#}")),
@@ -287,33 +335,41 @@ pub async fn fire<R: Remote>(
         Ok(out) if out.exit == Exit::ConnectionLost => unconfirmed(out.exit.to_string()),
         Ok(out) if job.os == Os::Darwin => Launch::Tried {
             unchecked: false,
-            outcome: fire_outcome(&out, out.exit.code()),
+            outcome: fire_outcome(&out, out.exit.code(), again),
             first: None,
         },
-        Ok(out) => parse_fire_linux(&out, job),
+        Ok(out) => parse_fire_linux(&out, job, again),
     }
 }
 
 /// How the fire itself went: `code` is `systemd-run`'s exit (Darwin: the
-/// command's), `None` when the command ended before it answered.
-fn fire_outcome(out: &Output, code: Option<u32>) -> FireOutcome {
-    match code {
-        Some(0) => FireOutcome::Started,
-        _ if out.stderr_str().contains("already exists") => FireOutcome::AlreadyRunning,
-        Some(code) => FireOutcome::Refused {
-            exit: Exit::Code { code },
-            tail: out.tail(10),
-        },
-        None => FireOutcome::Refused {
-            exit: out.exit.clone(),
-            tail: out.tail(10),
-        },
+/// command's), `None` when the command ended before it answered. A unit
+/// of that name that "already exists" (older systemd) is ours, running;
+/// one "already loaded" (current systemd: also a unit left loaded after a
+/// failed start) refuses a first fire (it is fired again under a fresh
+/// name), and on a re-fire (`again`) may be the first fire's.
+fn fire_outcome(out: &Output, code: Option<u32>, again: bool) -> FireOutcome {
+    let exit = match code {
+        Some(0) => return FireOutcome::Started,
+        Some(code) => Exit::Code { code },
+        None => out.exit.clone(),
+    };
+    let stderr = out.stderr_str();
+    let tail = out.tail(10);
+    if stderr.contains("already exists") {
+        FireOutcome::AlreadyRunning
+    } else if again && stderr.contains("already loaded") {
+        FireOutcome::Loaded { exit, tail }
+    } else {
+        FireOutcome::Refused { exit, tail }
     }
 }
 
 /// Read [`FIRE_LINUX`]'s answer. A lock held by this very unit is an
-/// earlier fire of ours whose answer was lost: it runs.
-pub fn parse_fire_linux(out: &Output, job: &SwitchJob) -> Launch {
+/// earlier fire of ours whose answer was lost: it runs. One held by an
+/// earlier attempt of this job under another name, active, is that
+/// attempt: it was refused, yet started, and runs (see [`FireOutcome`]).
+pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
     let text = out.stdout_str();
     let value = |key: &str| {
         text.lines()
@@ -324,18 +380,19 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob) -> Launch {
         .filter_map(|l| l.strip_prefix("NixgateHolder="))
         .map(|h| h.trim().to_owned())
         .collect();
-    let ours = format!("{}.service", job.unit);
     let unchecked = match value("NixgateLock=") {
         Some("free") => false,
         Some("unchecked") => true,
-        Some("held") if holders.iter().any(|h| h.split(' ').next() == Some(&ours)) => {
-            return Launch::Tried {
-                unchecked: false,
-                outcome: FireOutcome::AlreadyRunning,
-                first: None,
+        Some("held") => {
+            return match held_by_us(&holders, job) {
+                Some(outcome) => Launch::Tried {
+                    unchecked: false,
+                    outcome,
+                    first: None,
+                },
+                None => Launch::LockHeld { holders },
             };
         }
-        Some("held") => return Launch::LockHeld { holders },
         _ => {
             let error = match out.clone().check("checking the switch lock") {
                 Err(e) => format!("{e:#}"),
@@ -349,7 +406,7 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob) -> Launch {
         None => FireOutcome::Unconfirmed {
             error: format!("the fire ended before systemd-run answered ({})", out.exit),
         },
-        code => fire_outcome(out, code),
+        code => fire_outcome(out, code, again),
     };
     let first = match outcome {
         FireOutcome::Started => verify_poll::parse_poll(&text).ok().map(Box::new),
@@ -360,6 +417,27 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob) -> Launch {
         outcome,
         first,
     }
+}
+
+/// Whether a lock holder listed (`unit state sub`) is this job: this very
+/// unit (in any state, as before), or an earlier attempt of it that is
+/// active.
+fn held_by_us(holders: &[String], job: &SwitchJob) -> Option<FireOutcome> {
+    let ours = format!("{}.service", job.unit);
+    let units = || {
+        holders.iter().filter_map(|h| {
+            let mut words = h.split(' ');
+            Some((words.next()?, words.next().unwrap_or_default()))
+        })
+    };
+    if units().any(|(u, _)| u == ours) {
+        return Some(FireOutcome::AlreadyRunning);
+    }
+    units()
+        .filter(|(_, state)| verify_poll::unit_alive(state))
+        .filter_map(|(u, _)| u.strip_suffix(".service"))
+        .find(|u| job.is_earlier_attempt(u))
+        .map(|u| FireOutcome::EarlierAttempt { unit: u.to_owned() })
 }
 
 /// Stop the unit; one that is already gone (finished, collected, never

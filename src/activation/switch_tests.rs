@@ -32,7 +32,7 @@ const AROUND: Around<'static> = Around {
 fn linux_fire_argv() {
     let j = job(Os::Linux, SwitchAction::Switch);
     assert_eq!(j.unit, "nixgate-switch-r1");
-    let cmd = fire_command(&j, true, true, AROUND);
+    let cmd = fire_command(&j, true, true, AROUND, false);
     assert!(cmd.is_sudo());
     let want: Vec<String> = [
         "sh",
@@ -48,6 +48,8 @@ fn linux_fire_argv() {
         "/nix/var/nix/profiles/system",
         "/run/nixgate",
         "/run/nixgate/nixgate-switch-r1.log",
+        // A first fire: fresh job files.
+        "0",
         "systemd-run",
         "--unit=nixgate-switch-r1",
         "--description=nixgate switch of nixos-system-web1-24.11",
@@ -75,9 +77,18 @@ fn linux_fire_argv() {
     let options = &argv[from..argv.iter().position(|a| a == "--").unwrap()];
     assert!(options.iter().all(|a| !a.contains('\n')), "{options:?}");
     // `test` never installs the boot loader.
-    let t = fire_command(&job(Os::Linux, SwitchAction::Test), false, true, AROUND);
+    let t = fire_command(
+        &job(Os::Linux, SwitchAction::Test),
+        false,
+        true,
+        AROUND,
+        false,
+    );
     assert!(!t.argv().iter().any(|a| a.contains("INSTALL_BOOTLOADER")));
     assert_eq!(t.argv().last().unwrap(), "test");
+    // A re-fire says so (it keeps the job's files).
+    let again = fire_command(&j, true, true, AROUND, true);
+    assert_eq!(again.argv()[12], "1");
 }
 
 #[test]
@@ -106,7 +117,7 @@ fn unit_names_per_purpose() {
 #[test]
 fn darwin_fire_argv() {
     let j = job(Os::Darwin, SwitchAction::Switch);
-    let cmd = fire_command(&j, true, false, AROUND);
+    let cmd = fire_command(&j, true, false, AROUND, false);
     let argv = cmd.argv();
     assert_eq!(&argv[..3], &["sh", "-c", FIRE_DARWIN].map(String::from));
     assert_eq!(
@@ -176,6 +187,25 @@ async fn linux_fire_outcomes() {
     {
         Launch::Tried {
             outcome: FireOutcome::Refused { exit, tail },
+            first: None,
+            ..
+        } => {
+            assert_eq!(exit, Exit::Code { code: 1 });
+            assert_eq!(tail, vec![refused.trim_end().to_string()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same answer to a re-fire after a lost answer: maybe our first
+    // fire's unit, not a refusal (yet).
+    match fire_once(
+        &j,
+        answer("NixgateLock=free\nNixgateFire=1\n", refused),
+        true,
+    )
+    .await
+    {
+        Launch::Tried {
+            outcome: FireOutcome::Loaded { exit, tail },
             first: None,
             ..
         } => {
@@ -266,7 +296,7 @@ async fn linux_fire_script_for_real() {
     std::os::unix::fs::symlink(SYS, d("profile")).unwrap();
     let cmd = Command::script(FIRE_LINUX)
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
-        .args(["100", &d("profile"), &d("jobs"), &log])
+        .args(["100", &d("profile"), &d("jobs"), &log, "0"])
         // The stand-in for systemd-run: the wrapper, detached.
         .args([
             "/bin/sh",
@@ -309,14 +339,14 @@ async fn linux_fire_script_for_real() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(held(), "the holder never took the lock");
-    let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j);
+    let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j, false);
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
     assert!(!std::path::Path::new(&status).exists(), "nothing started");
     // Free: started, and the answer comes when the job exits.
     let t0 = std::time::Instant::now();
-    let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j);
+    let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j, false);
     let took = t0.elapsed();
     let Launch::Tried {
         outcome: FireOutcome::Started,
@@ -377,4 +407,170 @@ async fn wrapper_records_status_and_log() {
         std::fs::read_to_string(&log).unwrap(),
         "switching\nwarning: the following units failed: x.service\n"
     );
+}
+
+/// A lock held by an earlier attempt of the same job under another unit
+/// name (refused, yet started), active, is that attempt; one of another
+/// job, a later attempt, or an earlier one no longer active, is not.
+#[tokio::test]
+async fn a_lock_held_by_an_earlier_attempt_is_that_attempt() {
+    let j = job(Os::Linux, SwitchAction::Test);
+    let try3 = j.renamed(3);
+    assert_eq!(try3.unit, "nixgate-switch-r1-try3");
+    assert_eq!(try3.renamed(4).unit, "nixgate-switch-r1-try4");
+    let held = |holder: &str| {
+        Output::new(
+            Exit::Code { code: 0 },
+            format!("NixgateLock=held\nNixgateHolder={holder}\n"),
+            "",
+        )
+    };
+    for (earlier, again) in [
+        ("nixgate-switch-r1", false),
+        ("nixgate-switch-r1-try2", true),
+    ] {
+        assert_eq!(
+            fire_once(
+                &try3,
+                held(&format!("{earlier}.service active running")),
+                again
+            )
+            .await,
+            tried(FireOutcome::EarlierAttempt {
+                unit: earlier.into()
+            }),
+            "{earlier}"
+        );
+    }
+    for other in [
+        // Not active: a leftover, not the holder.
+        "nixgate-switch-r1.service failed failed",
+        // Another job (the persist), a later attempt, another run.
+        "nixgate-switch-r1-persist.service active running",
+        "nixgate-switch-r1-try4.service active running",
+        "nixgate-switch-r10.service active running",
+    ] {
+        assert!(
+            matches!(
+                fire_once(&try3, held(other), false).await,
+                Launch::LockHeld { .. }
+            ),
+            "{other}"
+        );
+    }
+    // The first attempt has no earlier one.
+    assert!(matches!(
+        fire_once(
+            &j,
+            held("nixgate-switch-r1-try2.service active running"),
+            false
+        )
+        .await,
+        Launch::LockHeld { .. }
+    ));
+}
+
+/// The fire and the job's files, for real, as a user whose umask is 077
+/// (which sudo keeps): the job dir (new, or made root-only by an earlier
+/// command) is searchable by all and the status, log and pid files are
+/// readable by all, so that the polls, never run through sudo, read them.
+#[tokio::test]
+async fn the_job_files_are_readable_by_all_under_a_umask_of_077() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let under_077 = |cmd: Command| {
+        Command::new("/bin/sh")
+            .args(["-c", "umask 077 && exec \"$@\"", "umask077"])
+            .args(cmd.argv().iter().cloned())
+    };
+    let r = LocalRemote::new("local");
+    for made_before in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |f: &str| dir.path().join(f).display().to_string();
+        let (jobs, status, log) = (d("jobs"), d("jobs/j.status"), d("jobs/j.log"));
+        if made_before {
+            std::fs::create_dir(&jobs).unwrap();
+            std::fs::set_permissions(&jobs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        // Linux, with the wrapper started by a stand-in for systemd-run
+        // under the caller's umask (the worst case: systemd's is 022).
+        let fire = Command::script(FIRE_LINUX)
+            .args([
+                &d("lock"),
+                "nixgate-switch-real.service",
+                &status,
+                &d("current"),
+            ])
+            .args(["50", "", &jobs, &log, "0"])
+            .args([
+                "/bin/sh",
+                "-c",
+                "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
+                "run",
+            ])
+            .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+            .args(["/bin/sh", "-c", "echo switched"]);
+        let out = r.exec(&under_077(fire)).await.unwrap();
+        assert!(
+            out.stdout_str().contains("NixgateStatus=exited 0"),
+            "{out:?}"
+        );
+        assert_eq!(mode(&jobs), 0o755, "made before: {made_before}");
+        assert_eq!((mode(&status), mode(&log)), (0o644, 0o644));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "switched\n");
+        // Darwin's fire: its pid file too.
+        let j = SwitchJob {
+            job_dir: d("djobs"),
+            status_file: d("djobs/j.status"),
+            log_file: d("djobs/j.log"),
+            pid_file: d("djobs/j.pid"),
+            ..job(Os::Darwin, SwitchAction::Switch)
+        };
+        let fire = Command::script(FIRE_DARWIN)
+            .args([&j.job_dir, &j.status_file, &j.log_file, &j.pid_file])
+            .args([JOB_WRAPPER, "/bin/sh", "-c", "echo switched"]);
+        assert!(r.exec(&under_077(fire)).await.unwrap().success());
+        for _ in 0..100 {
+            if std::fs::read_to_string(&j.status_file).is_ok_and(|s| s.starts_with("exited")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(mode(&j.job_dir), 0o755);
+        let files = [&j.status_file, &j.log_file, &j.pid_file];
+        assert_eq!(files.map(|f| mode(f)), [0o644; 3]);
+    }
+}
+
+/// A re-fire after a lost answer keeps the job's status and log (they may
+/// be the first fire's, which may have started); a first fire starts
+/// with fresh ones.
+#[tokio::test]
+async fn a_refire_keeps_the_job_files() {
+    let r = LocalRemote::new("local");
+    for (again, kept) in [("1", true), ("0", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |f: &str| dir.path().join(f).display().to_string();
+        let (status, log) = (d("j.status"), d("j.log"));
+        std::fs::write(&status, "started\n").unwrap();
+        std::fs::write(&log, "activating\n").unwrap();
+        // systemd-run refusing: a unit of this name is loaded.
+        let fire = Command::script(FIRE_LINUX)
+            .args([
+                &d("lock"),
+                "nixgate-switch-real.service",
+                &status,
+                &d("current"),
+            ])
+            .args(["0", "", &d(""), &log, again])
+            .args([
+                "sh",
+                "-c",
+                "echo 'Unit x was already loaded or has a fragment file.' >&2; exit 1",
+            ]);
+        let out = r.exec(&fire).await.unwrap();
+        assert!(out.stdout_str().contains("NixgateFire=1"), "{out:?}");
+        let files = [&status, &log].map(|f| std::path::Path::new(f).exists());
+        assert_eq!(files, [kept; 2], "again={again}");
+    }
 }

@@ -165,7 +165,8 @@ pub fn poll_command(job: &SwitchJob, watched: Watched<'_>, wait: Duration) -> Co
         .arg(watched.profile.unwrap_or_default())
 }
 
-fn unit_alive(active_state: &str) -> bool {
+/// Whether a unit in this `ActiveState` runs (or is about to, or still does).
+pub(crate) fn unit_alive(active_state: &str) -> bool {
     matches!(
         active_state,
         "active" | "activating" | "deactivating" | "reloading" | "refreshing"

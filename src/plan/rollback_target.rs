@@ -6,6 +6,32 @@
 //! A rollback to generation K re-selects K (it adds no generation), so a
 //! second rollback goes on to the generation before K instead of flipping
 //! back to the one the first rollback left.
+//!
+//! A known-good generation without a record is a mark that never finished
+//! (the host went down between `nix-env --set` and the record: the
+//! candidate the run counted failed), never a target, when
+//! - the host still holds the `.pending-<run>.replaced` that mark left,
+//!   naming a generation before it ([`KnownGoodGeneration::cut_off`]), or
+//! - it is newer than the oldest recorded generation: such a mark makes the
+//!   newest generation, so one older than every record predates the
+//!   records (their directory lost, or not kept across boots, then a
+//!   deploy recorded afresh) and counts as known-good, as every
+//!   generation does on a host with no record at all.
+//!
+//! Both, because neither is enough alone: the leftover file is the direct
+//! evidence, but it is not synced, goes with the records' directory, and is
+//! gone after a mark whose record could not be written; the position
+//! misses a cut-off mark older than every record (the first mark ever, or
+//! the first after the records were lost).
+//!
+//! When the profile's current generation is such a mark, the host stands
+//! where the profile was before it: the generation the mark's leftover
+//! names, else the newest known-good generation of the closure the host
+//! runs (the run that lost the mark took the host back to it; after a
+//! rollback re-selected an older generation, that is not the newest one),
+//! and back goes on from there as always. Where neither is known, back is
+//! the newest known-good generation before the mark whose closure is not
+//! what the host runs.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +57,13 @@ pub enum NoTarget {
     /// The generation has no known-good record while the others have
     /// theirs: its mark never finished (the host went down between setting
     /// the profile and writing the record, and the run did not count it
-    /// known-good), so it is no proof of anything.
-    Unrecorded { generation: u64 },
+    /// known-good), so it is no proof of anything. `usable`: the
+    /// generations `--to` would take instead (not what the host runs).
+    Unrecorded {
+        generation: u64,
+        #[serde(default)]
+        usable: Vec<u64>,
+    },
     /// The host's history could not be read.
     Unreadable { error: String },
 }
@@ -50,17 +81,38 @@ pub struct Target {
     pub commit: Option<String>,
 }
 
-/// `g` as a target, or why it is none. `recorded`: the host keeps records
-/// (some generation has one), so one without a record is a mark that
-/// never finished (the fault matrix left one: a host that went down as it
-/// was marked, rolled back, its known-good profile on the failed candidate
-/// and no record; going "back" there would redeploy what just failed).
-/// Where no generation has a record (the records' directory, under
-/// /var/lib, not kept across boots), the generations count as they are.
-fn usable(g: &KnownGoodGeneration, recorded: bool) -> Result<Target, NoTarget> {
+/// Which generations' marks never finished (see the module doc).
+struct Unfinished {
+    oldest_recorded: Option<u64>,
+}
+
+impl Unfinished {
+    fn of(history: &[KnownGoodGeneration]) -> Unfinished {
+        Unfinished {
+            oldest_recorded: history
+                .iter()
+                .filter(|g| g.record.is_some())
+                .map(|g| g.generation)
+                .min(),
+        }
+    }
+
+    fn is(&self, g: &KnownGoodGeneration) -> bool {
+        g.record.is_none() && (g.cut_off || self.oldest_recorded.is_some_and(|o| g.generation > o))
+    }
+}
+
+/// `g` as a target, or why it is none. `unfinished`: its mark never
+/// finished (the fault matrix left one: a host that went down as it was
+/// marked, rolled back, its known-good profile on the failed candidate and
+/// no record; going "back" there would redeploy what just failed).
+fn usable(g: &KnownGoodGeneration, unfinished: bool) -> Result<Target, NoTarget> {
     let generation = g.generation;
     match (&g.closure, g.present) {
-        (Some(_), _) if recorded && g.record.is_none() => Err(NoTarget::Unrecorded { generation }),
+        (Some(_), _) if unfinished => Err(NoTarget::Unrecorded {
+            generation,
+            usable: Vec::new(),
+        }),
         (Some(c), true) => Ok(Target {
             closure: c.clone(),
             generation: Some(generation),
@@ -113,16 +165,40 @@ fn choose_known_good(
     running: Option<&StorePath>,
     to: Option<u64>,
 ) -> Result<Target, NoTarget> {
-    let recorded = history.iter().any(|g| g.record.is_some());
-    if let Some(n) = to {
-        let g = history.iter().find(|g| g.generation == n).ok_or_else(|| {
-            NoTarget::NoSuchGeneration {
-                generation: n,
-                have: history.iter().map(|g| g.generation).collect(),
-            }
-        })?;
-        return usable(g, recorded);
-    }
+    let unfinished = Unfinished::of(history);
+    let found = match to {
+        Some(n) => {
+            let g = history.iter().find(|g| g.generation == n).ok_or_else(|| {
+                NoTarget::NoSuchGeneration {
+                    generation: n,
+                    have: history.iter().map(|g| g.generation).collect(),
+                }
+            })?;
+            usable(g, unfinished.is(g))
+        }
+        None => back(history, running, &unfinished),
+    };
+    // Refused for a mark that never finished: say what `--to` would take.
+    found.map_err(|why| match why {
+        NoTarget::Unrecorded { generation, .. } => NoTarget::Unrecorded {
+            generation,
+            usable: history
+                .iter()
+                .filter(|g| g.closure.as_ref() != running)
+                .filter(|g| usable(g, unfinished.is(g)).is_ok())
+                .map(|g| g.generation)
+                .collect(),
+        },
+        other => other,
+    })
+}
+
+/// Back from where the host stands.
+fn back(
+    history: &[KnownGoodGeneration],
+    running: Option<&StorePath>,
+    unfinished: &Unfinished,
+) -> Result<Target, NoTarget> {
     // Where the host stands: the profile's current generation (the newest
     // when the profile is unreadable).
     let mut stand = history
@@ -130,22 +206,15 @@ fn choose_known_good(
         .position(|g| g.current)
         .or_else(|| history.len().checked_sub(1))
         .ok_or(NoTarget::NoKnownGood)?;
-    if recorded && history[stand].record.is_none() {
-        // A mark that never finished moved the profile: the host stands on
-        // the newest recorded generation of what it runs, else the newest
-        // recorded one before (what the profile was on).
-        let before = &history[..stand];
-        stand = before
-            .iter()
-            .rposition(|g| g.record.is_some() && g.closure.as_ref() == running)
-            .or_else(|| before.iter().rposition(|g| g.record.is_some()))
-            .ok_or(NoTarget::Unrecorded {
-                generation: history[stand].generation,
-            })?;
+    if unfinished.is(&history[stand]) {
+        match stood(history, stand, running, unfinished) {
+            Some(i) => stand = i,
+            None => return back_past_unfinished(&history[..stand], running, unfinished),
+        }
     }
     let here = &history[stand];
     if here.closure.as_ref() != running
-        && let Ok(t) = usable(here, recorded)
+        && let Ok(t) = usable(here, false)
     {
         // Running something unvalidated: back to where it stood.
         return Ok(t);
@@ -155,7 +224,7 @@ fn choose_known_good(
         if g.closure.is_some() && g.closure.as_ref() == here.closure.as_ref() {
             continue;
         }
-        match usable(g, recorded) {
+        match usable(g, unfinished.is(g)) {
             Ok(t) => return Ok(t),
             Err(why) => skipped = skipped.or(Some(why)),
         }
@@ -163,6 +232,54 @@ fn choose_known_good(
     Err(skipped.unwrap_or(NoTarget::NothingEarlier {
         generation: here.generation,
     }))
+}
+
+/// Where the host stood before the mark of `history[at]` that never
+/// finished: the generation that mark's leftover names, else the newest
+/// known-good generation before it of the closure the host runs (the run
+/// that lost the mark took the host back to what the profile was on).
+/// `None`: neither is known.
+fn stood(
+    history: &[KnownGoodGeneration],
+    at: usize,
+    running: Option<&StorePath>,
+    unfinished: &Unfinished,
+) -> Option<usize> {
+    let before = &history[..at];
+    let done = |g: &KnownGoodGeneration| g.closure.is_some() && !unfinished.is(g);
+    if let Some(r) = history[at].stood {
+        return before.iter().position(|g| g.generation == r && done(g));
+    }
+    before
+        .iter()
+        .rposition(|g| done(g) && g.closure.as_ref() == running)
+}
+
+/// Back from a generation whose mark never finished (`before`: the
+/// generations before it): the newest known-good one whose closure is not
+/// what the host runs.
+fn back_past_unfinished(
+    before: &[KnownGoodGeneration],
+    running: Option<&StorePath>,
+    unfinished: &Unfinished,
+) -> Result<Target, NoTarget> {
+    let mut skipped = None;
+    // The newest known-good generation of what the host runs.
+    let mut runs = None;
+    for g in before.iter().rev() {
+        let done = !unfinished.is(g);
+        if g.closure.is_some() && g.closure.as_ref() == running {
+            runs = runs.or(done.then_some(g.generation));
+            continue;
+        }
+        match usable(g, !done) {
+            Ok(t) => return Ok(t),
+            Err(why) => skipped = skipped.or(Some(why)),
+        }
+    }
+    Err(skipped
+        .or(runs.map(|generation| NoTarget::NothingEarlier { generation }))
+        .unwrap_or(NoTarget::NoKnownGood))
 }
 
 /// The targets found, as verdicts.
@@ -252,6 +369,8 @@ mod tests {
                 present: true,
                 record: Some(record(i as u64 + 1, *c)),
                 current: i + 1 == current,
+                cut_off: false,
+                stood: None,
             })
             .collect()
     }
@@ -282,17 +401,27 @@ mod tests {
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
         assert_eq!(
             choose_target(&h, Some(&sp('b')), Some(3), None),
-            Err(NoTarget::Unrecorded { generation: 3 })
+            Err(NoTarget::Unrecorded {
+                generation: 3,
+                usable: vec![1]
+            })
         );
+        // Running the failed candidate still: back to what the run had.
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
         // Running something unvalidated: back to where the profile stood.
         assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
         h[1].record = None;
         assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('a', 1));
+        // Cut off before a record that came later: the leftover says so.
         let mut only = hist(&['a', 'b'], 2);
         only[0].record = None;
+        only[0].cut_off = true;
         assert_eq!(
             choose_target(&only, Some(&sp('b')), None, None),
-            Err(NoTarget::Unrecorded { generation: 1 })
+            Err(NoTarget::Unrecorded {
+                generation: 1,
+                usable: vec![]
+            })
         );
         // No record anywhere (the records' directory lost): as they are.
         let mut none = hist(&['a', 'b'], 2);
@@ -300,6 +429,93 @@ mod tests {
             g.record = None;
         }
         assert_eq!(choose_target(&none, Some(&sp('b')), None, None), to('a', 1));
+    }
+
+    /// Standing on a mark that never finished, the host stands where that
+    /// mark's leftover says the profile was (here: 2, then 3), even when an
+    /// older generation has the closure it runs; without the leftover, on
+    /// the newest known-good generation of what it runs (the run took it
+    /// back there: the rollback e2e's case, after a rollback re-selected an
+    /// older generation); where neither is known, back is the newest
+    /// known-good generation before the mark not of what it runs.
+    #[test]
+    fn back_from_an_unfinished_mark_of_an_older_closure() {
+        let cut = |h: &mut Vec<KnownGoodGeneration>, i: usize, stood: u64| {
+            h[i].record = None;
+            h[i].cut_off = true;
+            h[i].stood = Some(stood);
+        };
+        let mut h = hist(&['a', 'b', 'a'], 3);
+        cut(&mut h, 2, 2);
+        assert_eq!(choose_target(&h, Some(&sp('a')), None, None), to('b', 2));
+        let mut h = hist(&['a', 'b', 'c', 'b'], 4);
+        cut(&mut h, 3, 3);
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('c', 3));
+        // No leftover; generation 2 re-selected before the mark made 4.
+        let mut h = hist(&['a', 'b', 'z', 'c'], 4);
+        h[3].record = None;
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
+        // No leftover, running nothing known-good: past the mark.
+        assert_eq!(choose_target(&h, Some(&sp('y')), None, None), to('z', 3));
+        // Nothing known-good before it but what the host runs.
+        let mut h = hist(&['a', 'b'], 2);
+        h[1].record = None;
+        assert_eq!(
+            choose_target(&h, Some(&sp('a')), None, None),
+            Err(NoTarget::NothingEarlier { generation: 1 })
+        );
+    }
+
+    /// Generations older than every record predate the records (their
+    /// directory lost, then a deploy recorded afresh): known-good, back and
+    /// by number. A mark that never finished is the newest generation when
+    /// it happens, so one after the records is still refused.
+    #[test]
+    fn generations_older_than_every_record_count() {
+        let mut h = hist(&['a', 'b', 'c', 'd', 'f'], 4);
+        let later = h.pop();
+        for g in &mut h[..3] {
+            g.record = None;
+        }
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('c', 3));
+        assert_eq!(choose_target(&h, Some(&sp('d')), Some(1), None), to('a', 1));
+        // Then a mark that never finished, and the run rolled back to `d`.
+        h[3].current = false;
+        h.extend(later.map(|g| KnownGoodGeneration {
+            record: None,
+            current: true,
+            ..g
+        }));
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('c', 3));
+        assert_eq!(
+            choose_target(&h, Some(&sp('d')), Some(5), None),
+            Err(NoTarget::Unrecorded {
+                generation: 5,
+                usable: vec![1, 2, 3]
+            })
+        );
+    }
+
+    /// A first mark cut off before its record, the host's leftover naming
+    /// no profile before it: no known-good, so back is the baseline.
+    #[test]
+    fn a_first_mark_cut_off_is_no_target() {
+        let base = Baseline {
+            closure: sp('z'),
+            recorded_at: "2026-12-01T00:00:00Z".into(),
+            run_id: "r0".into(),
+        };
+        let mut h = hist(&['a'], 1);
+        h[0].record = None;
+        h[0].cut_off = true;
+        assert_eq!(
+            choose_target(&h, Some(&sp('a')), None, Some(&base)).map(|t| t.closure),
+            Ok(sp('z'))
+        );
+        assert_eq!(
+            choose_target(&h, Some(&sp('z')), None, Some(&base)),
+            Err(NoTarget::NoKnownGood)
+        );
     }
 
     fn to(closure: char, generation: u64) -> Result<Target, NoTarget> {

@@ -98,29 +98,41 @@ impl<R: Remote> Run<'_, R> {
             &revert,
             self.s.sudo,
         );
+        // The host counts from when it gets the re-arm, after it is sent:
+        // taken after the answer, `due` was late by the new connection's
+        // handshake (up to `connect_timeout`).
+        let sent = tokio::time::Instant::now();
         let (rearmed, first) = tokio::join!(rearm, self.fresh.fresh());
         if rearmed.is_ok() {
-            due = tokio::time::Instant::now() + window;
+            due = sent + window;
             self.armed = Some((armed.clone(), due));
         }
-        // Give up a moment before the host reverts, so a disarm in flight
-        // cannot race its revert.
+        // Give up a moment before the host reverts: every attempt, its
+        // handshake included, ends by then. One that lands late anyway is
+        // told so by the host (the revert has begun) and changes nothing.
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
         let mut first = Some(first);
         let error = loop {
-            let fresh = match first.take() {
-                Some(made) => made,
-                None => self.fresh.fresh().await,
+            let attempt = async {
+                let fresh = match first.take() {
+                    Some(made) => made,
+                    None => self.fresh.fresh().await,
+                };
+                self.confirm_once(fresh, &armed).await
             };
-            let error = match self.confirm_once(fresh, &armed).await {
-                Ok(()) => {
+            let error = match tokio::time::timeout_at(stop_at, attempt).await {
+                Ok(Ok(())) => {
                     self.armed = None;
                     return Ok(());
                 }
-                Err(Confirm::NotOnCandidate(seen)) => {
+                Ok(Err(Confirm::NotOnCandidate(seen))) => {
                     return Err(self.await_revert(CutOff::NotOnCandidate { seen }).await);
                 }
-                Err(Confirm::Failed(e)) => e,
+                Ok(Err(Confirm::RevertBegan)) => {
+                    return Err(self.await_revert(CutOff::RevertBegan).await);
+                }
+                Ok(Err(Confirm::Failed(e))) => e,
+                Err(_) => "no confirmation before the host's revert was due".to_owned(),
             };
             if tokio::time::Instant::now() + RETRY >= stop_at {
                 break error;
@@ -148,7 +160,10 @@ impl<R: Remote> Run<'_, R> {
         }
         deadman::run_disarm(&ahead, armed, &disarm)
             .await
-            .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+            .map_err(|e| match e.downcast_ref::<deadman::RevertBegan>() {
+                Some(_) => Confirm::RevertBegan,
+                None => Confirm::Failed(format!("{e:#}")),
+            })?;
         (self.emit)(ActivationEvent::Confirmed {
             unit: armed.unit.clone(),
         });
@@ -254,4 +269,6 @@ fn words_free(cause: &CutOff) -> String {
 enum Confirm {
     Failed(String),
     NotOnCandidate(Option<StorePath>),
+    /// The host's revert had begun: too late to disarm.
+    RevertBegan,
 }

@@ -490,7 +490,9 @@ impl<'a, R: Remote> Run<'a, R> {
                 self.pass(Gate::LiveActivate, GateEvidence::LiveActivate(ev));
             }
             SwitchResult::NeedsReboot(reason) => {
-                self.disarm_here().await;
+                if !self.disarm_here().await {
+                    return self.undisarmed_deferral().await;
+                }
                 return self.defer(reason).await;
             }
             SwitchResult::Failed(f) if f.changed_nothing() => {
@@ -515,6 +517,26 @@ impl<'a, R: Remote> Run<'a, R> {
             }
         }
         self.after_live(false).await
+    }
+
+    /// The change needs a reboot, but the revert armed for the live switch
+    /// could not be disarmed: persisting the candidate as the boot default
+    /// now would be undone when the revert fires (it puts the profile and
+    /// boot default back), and the run would have reported a pending
+    /// reboot that never comes. Nothing changed live: fail, as it was.
+    async fn undisarmed_deferral(&mut self) -> HostOutcome {
+        if self.profile_set {
+            self.self_correct_to_previous().await;
+        }
+        let unit = self.armed.as_ref().map(|(a, _)| a.unit.clone());
+        let reason = FailureReason::Remote {
+            step: "disarm the dead-man revert",
+            error: format!(
+                "the change needs a reboot, but the revert timer {} could not be disarmed                  (it would undo the boot default): not persisted; nothing changed live",
+                unit.unwrap_or_default()
+            ),
+        };
+        self.fail_clean(Gate::LiveActivate, reason)
     }
 
     /// Undo this deploy's `nix-env --set` when the switch never ran.

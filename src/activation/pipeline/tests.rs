@@ -1091,3 +1091,69 @@ async fn a_key_that_cannot_be_written_fails_clean_before_and_rolls_back_after() 
     assert!(matches!(reason, FailureReason::Keys { error, .. } if error.key == "post.key"));
     assert_eq!(host.state().current, sp(OLD));
 }
+
+/// The host's revert fired just before the disarm arrived over the new
+/// connection (which had read the candidate): the disarm says it is too
+/// late, and the run is no confirmation. It waits for the revert and
+/// looks, never marking the candidate (the disarm exited 0 here before,
+/// and the run went on to mark a host that was switching away).
+#[tokio::test(start_paused = true)]
+async fn a_revert_that_beat_the_disarm_is_no_confirmation() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().revert_beats_disarm = true;
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RevertedByHost {
+            cause: CutOff::RevertBegan,
+            to,
+            record: Some(record),
+        } => {
+            assert_eq!(to, &sp(OLD));
+            assert_eq!(record.from, NEW);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !ran.events
+            .iter()
+            .any(|e| matches!(e, ActivationEvent::Confirmed { .. }))
+    );
+    assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
+    assert_eq!(host.state().current, sp(OLD));
+}
+
+/// A change the switch defers to a reboot, whose revert cannot be
+/// disarmed: persisting the boot default would be undone when the revert
+/// fires, so nothing is persisted and the host fails, its profile back
+/// where it was (it was reported pending-reboot before).
+#[tokio::test(start_paused = true)]
+async fn a_deferral_whose_revert_stays_armed_is_not_persisted() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            inhibitor_message: true,
+            ..Default::default()
+        },
+    );
+    host.state().break_once.push(
+        "sudo disarm-revert nixgate-confirm-r1 /run/nixgate/nixgate-confirm-r1.sh \
+         /var/lib/nixgate/deadman/r1.json /var/lib/nixgate/deadman/.r1.started"
+            .into(),
+    );
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    match &ran.outcome {
+        HostOutcome::Failed {
+            reason: FailureReason::Remote { step, error },
+            ..
+        } => {
+            assert_eq!(step.to_string(), "disarm the dead-man revert");
+            assert!(error.contains("not persisted"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&ran.cmds, "nixgate-switch-r1-persist"), 0);
+    let st = host.state();
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
+}

@@ -282,10 +282,19 @@ fn no_target(why: &NoTarget) -> String {
         NoTarget::Missing { generation } => {
             format!("known-good generation {generation} is no longer in the host's store")
         }
-        NoTarget::Unrecorded { generation } => format!(
+        NoTarget::Unrecorded { generation, usable } => format!(
             "generation {generation} of the known-good profile has no record: its mark never \
-             finished (the host went down as it was marked), so it proves nothing; `nixgate \
-             status --history` shows it"
+             finished (the host went down as it was marked), so it proves nothing; {}",
+            match usable.as_slice() {
+                [] => "`nixgate status --history` shows it".to_owned(),
+                gens => format!(
+                    "its known-good generations for `--to`: {}",
+                    gens.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
         ),
         NoTarget::Unreadable { error } => {
             format!(
@@ -627,6 +636,9 @@ pub fn cut_off(c: &crate::activation::CutOff) -> String {
         ),
         CutOff::LostDuringSwitch { failure } => {
             format!("lost during the switch ({})", switch_failure(failure))
+        }
+        CutOff::RevertBegan => {
+            "a new connection reached it only after its own revert had begun".into()
         }
         CutOff::NotOnCandidate { seen } => format!(
             "a new connection found it on {}, not the candidate",
