@@ -131,6 +131,8 @@ exit 0"#;
 /// the test fleet's systemd 252, up to 31 ms on its light hosts' stand-ins
 /// (BENCHMARKS.md, "Where a host's CPU goes"); the arm, re-arm and disarm
 /// made 10 of them and make 5 now (arm 1, re-arm 2, disarm 2).
+/// A re-arm refused twice exits 5: the earlier timer is stopped, nothing
+/// is armed ([`NothingArmed`]: the controller must not wait for a revert).
 pub(crate) const ARM_LINUX: &str = r#"unit=$1; secs=$2; script=$3; mode=$4
 mkdir -p "${script%/*}" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
 arm() {
@@ -142,7 +144,10 @@ arm() {
 arm 2>/dev/null && exit 0
 systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
 systemctl reset-failed "$unit.timer" "$unit.service" 2>/dev/null
-arm"#;
+arm && exit 0
+[ "$mode" = fresh ] && exit 1
+echo "nothing armed: the earlier timer was stopped and the new one refused" >&2
+exit 5"#;
 
 /// Over SSH (Darwin): write the revert script (stdin) to `$3`, then a
 /// detached sleeper that runs it, replacing an earlier one.
@@ -190,6 +195,19 @@ if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
 pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
 if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
 rm -f "$pidfile" "$script"; exit 0"#;
+
+/// A re-arm the host refused after stopping the earlier timer: no revert
+/// is armed any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NothingArmed;
+
+impl std::fmt::Display for NothingArmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the host stopped its revert timer and refused the new one: none is armed")
+    }
+}
+
+impl std::error::Error for NothingArmed {}
 
 /// A disarm that came too late: the host's revert has begun (or ran), and
 /// is left to finish.
@@ -290,11 +308,14 @@ pub async fn arm<R: Remote>(
     sudo: bool,
 ) -> anyhow::Result<()> {
     let script = revert_script(a, run_id, paths, revert);
-    remote
+    let out = remote
         .exec_small_input(&arm_command(a, arming, sudo), script.as_bytes())
         .await
-        .with_context(|| format!("arming {} on {}", a.unit, remote.name()))?
-        .check(&format!("arming the dead-man timer {}", a.unit))?;
+        .with_context(|| format!("arming {} on {}", a.unit, remote.name()))?;
+    if arming == Arming::Replace && out.exit.code() == Some(5) {
+        return Err(anyhow::Error::new(NothingArmed));
+    }
+    out.check(&format!("arming the dead-man timer {}", a.unit))?;
     Ok(())
 }
 
@@ -463,6 +484,53 @@ mod tests {
                 .unwrap();
             assert!(!std::path::Path::new(&a.script).exists(), "{os:?}");
         }
+    }
+
+    /// The arm script with `systemd-run` refusing every start: a first arm
+    /// fails (1), a re-arm, which stopped the earlier timer, says nothing
+    /// is armed (5); and with `systemd-run` working both exit 0.
+    #[test]
+    fn a_refused_re_arm_says_nothing_is_armed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let run_with = |systemd_run: &str, mode: &str| {
+            for (tool, body) in [("systemctl", "exit 0"), ("systemd-run", systemd_run)] {
+                let path = format!("{d}/{tool}");
+                std::fs::write(
+                    &path,
+                    format!(
+                        "#!/bin/sh
+{body}
+"
+                    ),
+                )
+                .unwrap();
+                let exe = std::fs::Permissions::from_mode(0o755);
+                std::fs::set_permissions(&path, exe).unwrap();
+            }
+            let script = format!("{d}/run/revert.sh");
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    ARM_LINUX,
+                    "nixgate",
+                    "nixgate-confirm-r1",
+                    "30",
+                    &script,
+                    mode,
+                ])
+                .env("PATH", format!("{d}:/usr/bin:/bin"))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+                .status
+                .code()
+        };
+        assert_eq!(run_with("exit 1", "fresh"), Some(1));
+        assert_eq!(run_with("exit 1", "replace"), Some(5));
+        assert_eq!(run_with("exit 0", "fresh"), Some(0));
+        assert_eq!(run_with("exit 0", "replace"), Some(0));
     }
 
     /// A disarm that arrives once the revert has begun (its mark made, or

@@ -103,6 +103,8 @@ pub struct State {
     /// The next disarm arrives just after its timer fired: the revert
     /// runs, and the disarm says it is too late (exit 4).
     pub revert_beats_disarm: bool,
+    /// A re-arm stops the earlier timer, then is refused (exit 5).
+    pub refuse_rearm: bool,
     pub armings: u64,
     /// The baseline recorded at the first known-good mark.
     pub baseline: Option<String>,
@@ -723,6 +725,14 @@ impl FakeHost {
             .split(' ')
             .map(|w| w.trim_matches('\'').to_owned())
             .collect();
+        if a[7] == "replace" && self.state().refuse_rearm {
+            self.state().timers.remove(&unit);
+            return Output::new(
+                Exit::Code { code: 5 },
+                "",
+                "nothing armed: the earlier timer was stopped and the new one refused\n",
+            );
+        }
         let n = {
             let mut st = self.state();
             st.armings += 1;
@@ -771,6 +781,7 @@ impl FakeHost {
             offline: false,
             timers: BTreeMap::new(),
             revert_beats_disarm: false,
+            refuse_rearm: false,
             armings: 0,
             revert_records: BTreeMap::new(),
             baseline: None,

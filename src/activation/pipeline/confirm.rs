@@ -103,9 +103,19 @@ impl<R: Remote> Run<'_, R> {
         // handshake (up to `connect_timeout`).
         let sent = tokio::time::Instant::now();
         let (rearmed, first) = tokio::join!(rearm, self.fresh.fresh());
-        if rearmed.is_ok() {
-            due = sent + window;
-            self.armed = Some((armed.clone(), due));
+        match rearmed {
+            Ok(()) => {
+                due = sent + window;
+                self.armed = Some((armed.clone(), due));
+            }
+            // Nothing armed any more: confirm within the window all the
+            // same, then look over the run's own session (no revert comes).
+            Err(e) if e.downcast_ref::<deadman::NothingArmed>().is_some() => {
+                due = sent + window;
+                self.armed = None;
+            }
+            // The first (longer) timer still stands, or the answer was lost.
+            Err(_) => {}
         }
         // Give up a moment before the host reverts: every attempt, its
         // handshake included, ends by then. One that lands late anyway is
@@ -200,7 +210,7 @@ impl<R: Remote> Run<'_, R> {
     /// unknown, and said so.
     pub(super) async fn await_revert(&mut self, cause: CutOff) -> HostOutcome {
         let Some((armed, due)) = self.armed.take() else {
-            return self.unreachable(cause, false);
+            return self.look_without_revert(cause).await;
         };
         (self.emit)(ActivationEvent::AwaitingRevert {
             unit: armed.unit.clone(),
@@ -247,6 +257,23 @@ impl<R: Remote> Run<'_, R> {
                     .await
             }
             Err(_) => self.unreachable(cause, true),
+        }
+    }
+
+    /// Cut off with no revert armed (the host refused the re-arm): what
+    /// the run's own session says runs is rolled back by the controller;
+    /// no answer is unknown, and no revert is due.
+    async fn look_without_revert(&mut self, cause: CutOff) -> HostOutcome {
+        match links::read_store_link(self.remote, &self.s.paths.current_system).await {
+            Ok(_) => {
+                let reason = FailureReason::Remote {
+                    step: "confirm over a new connection",
+                    error: words_free(&cause),
+                };
+                self.fail_and_rollback(Gate::LiveActivate, reason, None)
+                    .await
+            }
+            Err(_) => self.unreachable(cause, false),
         }
     }
 

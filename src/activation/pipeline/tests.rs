@@ -1157,3 +1157,34 @@ async fn a_deferral_whose_revert_stays_armed_is_not_persisted() {
     assert_eq!(st.boot_default, sp(OLD));
     assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
 }
+
+/// The host stopped the first timer for the re-arm, then refused the new
+/// one: no revert is armed. A candidate that cuts new connections is then
+/// rolled back by the controller once the confirm window is over, not
+/// after waiting for a revert that never comes (and a host never reached
+/// again is not said to have one due).
+#[tokio::test(start_paused = true)]
+async fn a_refused_re_arm_leaves_no_revert_to_wait_for() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            cuts_ssh: true,
+            ..Default::default()
+        },
+    );
+    host.state().refuse_rearm = true;
+    let started = tokio::time::Instant::now();
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::RolledBack { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    // The 30 s window and the rollback, not the first timer's 90 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.timers.is_empty() && st.revert_records.is_empty());
+}
