@@ -180,3 +180,37 @@ async fn a_killed_runs_switch_and_revert_are_settled_before_the_deploy() {
             .contains_key("/var/lib/nixgate/deadman/r0.json")
     );
 }
+
+/// A switch NixOS's inhibitors refused (a change that needs a reboot),
+/// whose log's first read lost its connection: the log is asked again, and
+/// the change is deferred to the boot default, not failed and rolled back
+/// for want of the one line that tells.
+#[tokio::test(start_paused = true)]
+async fn a_lost_log_read_still_defers_an_inhibited_switch() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            inhibitor_message: true,
+            ..Default::default()
+        },
+    );
+    let log = "log-tail /run/nixgate/nixgate-switch-r1.log nixgate-switch-r1".to_owned();
+    host.state().lose = vec![(log, false)];
+    let mut req = request();
+    req.goal = Goal::Switch;
+    let outcome = activate_host(
+        &host.remote(),
+        &NoReconnect,
+        &req,
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await;
+    assert!(
+        matches!(outcome, HostOutcome::DeferredPendingReboot { .. }),
+        "{outcome:?}"
+    );
+    assert!(host.state().lose.is_empty(), "the lost read happened");
+    assert_eq!(host.state().boot_default, sp(NEW));
+}

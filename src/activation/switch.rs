@@ -479,9 +479,17 @@ pub fn log_tail_command(job: &SwitchJob) -> Command {
     Command::script(LOG_TAIL).arg(&job.log_file).arg(&job.unit)
 }
 
-/// The job's last output lines; empty if they cannot be read.
+/// How long the log of a finished job is asked for again while the
+/// connection is lost: its lines are what tells a deferral (NixOS's switch
+/// inhibitors) or a held lock from a failure, so one blip must not make a
+/// change that only needs a reboot a failure rolled back.
+const LOG_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The job's last output lines; empty if they cannot be read (asked again
+/// while the connection is lost, for [`LOG_PATIENCE`]).
 pub async fn log_tail<R: Remote>(remote: &R, job: &SwitchJob) -> Vec<String> {
-    match remote.exec(&log_tail_command(job)).await {
+    let patient = crate::remote::patient::Patient::new(remote, LOG_PATIENCE);
+    match patient.exec(&log_tail_command(job)).await {
         Ok(out) if out.success() => out
             .stdout_str()
             .lines()
