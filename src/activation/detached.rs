@@ -495,28 +495,11 @@ mod tests {
 
     use super::*;
     use crate::activation::fake_host::{FakeHost, Job, describe};
-    use crate::activation::settings::{HostPaths, Os, RunId};
-    use crate::activation::switch::JobPurpose;
+    use crate::activation::settings::Os;
     use crate::remote::Output;
     use crate::remote::scripted::{ScriptedRemote, ok};
 
-    const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
-    const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
-
-    fn sp(s: &str) -> StorePath {
-        StorePath::parse(s).unwrap()
-    }
-
-    fn job() -> SwitchJob {
-        SwitchJob::new(
-            &RunId::parse("r1").unwrap(),
-            JobPurpose::Candidate,
-            SwitchAction::Test,
-            &sp(NEW),
-            Os::Linux,
-            &HostPaths::for_os(Os::Linux),
-        )
-    }
+    use crate::activation::verify_poll::tests::{NEW, OLD, job, sp};
 
     fn settings(budget: Duration) -> HostSettings {
         let mut s = HostSettings::new(Os::Linux);
@@ -664,17 +647,8 @@ mod tests {
         let host = FakeHost::new(&sp(OLD));
         {
             let mut st = host.state();
-            st.jobs.insert(
-                "nixgate-switch-r1".into(),
-                Job {
-                    closure: sp(NEW),
-                    action: "test".into(),
-                    status: "started".into(),
-                    running: true,
-                    polls_left: 2,
-                    log: Vec::new(),
-                },
-            );
+            st.jobs
+                .insert("nixgate-switch-r1".into(), Job::running_test(&sp(NEW)));
             st.lock_held = true;
         }
         let r = host.remote();

@@ -65,6 +65,20 @@ pub struct Job {
     pub log: Vec<String>,
 }
 
+impl Job {
+    /// A `test` of `closure` that runs, and ends after two more polls.
+    pub fn running_test(closure: &StorePath) -> Job {
+        Job {
+            closure: closure.clone(),
+            action: "test".into(),
+            status: "started".into(),
+            running: true,
+            polls_left: 2,
+            log: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct State {
     pub current: StorePath,
@@ -801,6 +815,15 @@ impl FakeHost {
 
     pub fn behave(&self, c: &StorePath, b: Behaviour) {
         self.state().behaviours.insert(c.clone(), b);
+    }
+
+    /// `c`'s switch is refused by NixOS's switch inhibitors (25.11+).
+    pub fn inhibited(&self, c: &StorePath) {
+        let b = Behaviour {
+            inhibitor_message: true,
+            ..Default::default()
+        };
+        self.behave(c, b);
     }
 
     pub fn remote(&self) -> ScriptedRemote {

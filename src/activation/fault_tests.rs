@@ -142,14 +142,7 @@ async fn a_killed_runs_switch_and_revert_are_settled_before_the_deploy() {
         st.current = sp(MID);
         st.jobs.insert(
             "nixgate-switch-r0".into(),
-            super::fake_host::Job {
-                closure: sp(MID),
-                action: "test".into(),
-                status: "started".into(),
-                running: true,
-                polls_left: 2,
-                log: Vec::new(),
-            },
+            super::fake_host::Job::running_test(&sp(MID)),
         );
         st.lock_held = true;
         let args = [
@@ -188,13 +181,7 @@ async fn a_killed_runs_switch_and_revert_are_settled_before_the_deploy() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_log_read_still_defers_an_inhibited_switch() {
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            inhibitor_message: true,
-            ..Default::default()
-        },
-    );
+    host.inhibited(&sp(NEW));
     let log = "log-tail /run/nixgate/nixgate-switch-r1.log nixgate-switch-r1".to_owned();
     host.state().lose = vec![(log, false)];
     let mut req = request();

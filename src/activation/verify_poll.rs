@@ -445,4 +445,4 @@ pub async fn verify_poll<R: Remote>(
 
 #[cfg(test)]
 #[path = "verify_poll_tests.rs"]
-mod tests;
+pub(crate) mod tests;

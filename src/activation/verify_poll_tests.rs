@@ -12,8 +12,8 @@ use crate::remote::Output;
 use crate::remote::local::LocalRemote;
 use crate::remote::scripted::{ScriptedRemote, ok};
 
-const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
-const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
+pub(crate) const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+pub(crate) const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
 const ODD: &str = "/nix/store/wsapfasykqjyaw5h4glxcsgprzxp7bjd-nixos-system-web1-other";
 
 /// `systemctl show` of a running transient unit, as systemd prints it (the
@@ -22,11 +22,12 @@ const RUNNING: &str = "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadSta
 /// ... of a unit collected after it finished: indistinguishable from success.
 const COLLECTED: &str = "Result=success\nExecMainCode=0\nExecMainStatus=0\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n";
 
-fn sp(s: &str) -> StorePath {
+pub(crate) fn sp(s: &str) -> StorePath {
     StorePath::parse(s).unwrap()
 }
 
-fn job() -> SwitchJob {
+/// A test-action job of run `r1` (the detached tests use it too).
+pub(crate) fn job() -> SwitchJob {
     SwitchJob::new(
         &RunId::parse("r1").unwrap(),
         JobPurpose::Candidate,

@@ -248,14 +248,7 @@ impl<R: Remote> Run<'_, R> {
                 }
             }
             // Still on the candidate: the timer did not do it. Roll back.
-            Ok(_) => {
-                let reason = FailureReason::Remote {
-                    step: "confirm over a new connection",
-                    error: words_free(&cause),
-                };
-                self.fail_and_rollback(Gate::LiveActivate, reason, None)
-                    .await
-            }
+            Ok(_) => self.roll_back_unconfirmed(cause).await,
             Err(_) => self.unreachable(cause, true),
         }
     }
@@ -265,16 +258,20 @@ impl<R: Remote> Run<'_, R> {
     /// no answer is unknown, and no revert is due.
     async fn look_without_revert(&mut self, cause: CutOff) -> HostOutcome {
         match links::read_store_link(self.remote, &self.s.paths.current_system).await {
-            Ok(_) => {
-                let reason = FailureReason::Remote {
-                    step: "confirm over a new connection",
-                    error: words_free(&cause),
-                };
-                self.fail_and_rollback(Gate::LiveActivate, reason, None)
-                    .await
-            }
+            Ok(_) => self.roll_back_unconfirmed(cause).await,
             Err(_) => self.unreachable(cause, false),
         }
+    }
+
+    /// Unconfirmed, reached over the run's own session: the controller
+    /// rolls the host back itself.
+    async fn roll_back_unconfirmed(&mut self, cause: CutOff) -> HostOutcome {
+        let reason = FailureReason::Remote {
+            step: "confirm over a new connection",
+            error: words_free(&cause),
+        };
+        self.fail_and_rollback(Gate::LiveActivate, reason, None)
+            .await
     }
 
     fn unreachable(&self, cause: CutOff, revert_due: bool) -> HostOutcome {

@@ -427,13 +427,7 @@ async fn systemd_change_with_reboot_allowed_reboots_and_marks() {
 async fn native_inhibitor_message_defers_to_boot() {
     // Switch goal: the 25.11 refusal comes from the fired switch itself.
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            inhibitor_message: true,
-            ..Default::default()
-        },
-    );
+    host.inhibited(&sp(NEW));
     let ran = run(&host, &request(Goal::Switch)).await;
     assert!(
         matches!(
@@ -458,13 +452,7 @@ async fn native_inhibitor_message_defers_to_boot() {
 
     // Gated goal: dry-activate already reports it; nothing is fired live.
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            inhibitor_message: true,
-            ..Default::default()
-        },
-    );
+    host.inhibited(&sp(NEW));
     let ran = run(&host, &request(Goal::Gated)).await;
     assert!(
         matches!(ran.outcome, HostOutcome::DeferredPendingReboot { .. }),
@@ -1129,13 +1117,7 @@ async fn a_revert_that_beat_the_disarm_is_no_confirmation() {
 #[tokio::test(start_paused = true)]
 async fn a_deferral_whose_revert_stays_armed_is_not_persisted() {
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            inhibitor_message: true,
-            ..Default::default()
-        },
-    );
+    host.inhibited(&sp(NEW));
     host.state().break_once.push(
         "sudo disarm-revert nixgate-confirm-r1 /run/nixgate/nixgate-confirm-r1.sh \
          /var/lib/nixgate/deadman/r1.json /var/lib/nixgate/deadman/.r1.started"
