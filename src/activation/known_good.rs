@@ -146,7 +146,7 @@ cat > "$tmp" || { rm -f "$tmp"; exit 1; }
 # One mark at a time: a mark tried again after a dropped session runs while
 # the first still does (it ignores the hang-up).
 if command -v flock >/dev/null 2>&1; then exec 8>>"$dir/.mark.lock" && flock 8; fi
-if [ "$(wc -c < "$tmp")" != "$len" ]; then rm -f "$tmp"; echo "the record arrived cut short" >&2; exit 6; fi
+if [ "$(wc -c < "$tmp" | tr -d ' ')" != "$len" ]; then rm -f "$tmp"; echo "the record arrived cut short" >&2; exit 6; fi
 old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
 [ -n "$old" ] || oldn=
 # Run again after a lost answer: this run's mark stands, as it was made.

@@ -598,7 +598,13 @@ impl<'a, R: Remote> Run<'a, R> {
             patience: self.s.activation_timeout,
         };
         let mark = known_good::mark(self.remote, &self.s.paths, self.s.sudo, req);
-        match bounded("mark known-good", 2 * STEP_LIMIT + SLACK, mark).await {
+        // The mark is tried for `activation_timeout` while its connection is
+        // lost, then undone for as long: the bound leaves room for both (at
+        // 2 x 120 s + 15 s it cut a lost mark off before its undo with the
+        // default 300 s, leaving known-good on the candidate rolled back).
+        let patience = self.s.activation_timeout.saturating_add(STEP_LIMIT);
+        let limit = patience.saturating_mul(2).saturating_add(SLACK);
+        match bounded("mark known-good", limit, mark).await {
             Ok(mark) => {
                 self.pass(
                     Gate::MarkKnownGood,
