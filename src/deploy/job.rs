@@ -300,6 +300,16 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// After its wave's soak: a host whose health checks fail now is taken
     /// back to the known-good before this run's, and its mark revoked.
     async fn take_back_unhealthy(&self, host: &str, done: HostSummary) -> HostSummary {
+        // A goal that switched nothing (copy, dry-activate) changed nothing
+        // to take back: its "take-back" was a switch, and a boot entry
+        // written, on a host the run had promised not to touch.
+        if let Some(HostOutcome::Activated { goal }) = done.end.outcome()
+            && goal
+                .switch_action()
+                .is_none_or(|a| !a.changes_running_system() && !a.writes_boot_default())
+        {
+            return done;
+        }
         let (Some(inv_host), Ok(remote)) = (self.inventory.host(host), self.fleet.host(host).await)
         else {
             return done;

@@ -112,9 +112,17 @@ fn ready(closure: &str) -> Verdict {
     }
 }
 
-fn plan_of(inv: &Inventory, mut verdict: impl FnMut(&str) -> Verdict) -> Plan {
+fn plan_of(inv: &Inventory, verdict: impl FnMut(&str) -> Verdict) -> Plan {
+    plan_for(crate::gates::Goal::Gated, inv, verdict)
+}
+
+fn plan_for(
+    goal: crate::gates::Goal,
+    inv: &Inventory,
+    mut verdict: impl FnMut(&str) -> Verdict,
+) -> Plan {
     let sel = inv.select(&Default::default()).unwrap();
-    Plan::assemble(crate::gates::Goal::Gated, None, &sel, &mut verdict)
+    Plan::assemble(goal, None, &sel, &mut verdict)
 }
 
 fn kinds(hosts: &[HostSummary]) -> Vec<(String, OutcomeKind)> {
@@ -288,6 +296,27 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     releases::release_known_good(&r, &hosts);
     let released: Vec<Event> = f.events.take();
     assert!(released.is_empty(), "{released:?}");
+}
+
+/// A run that switches nothing (`--goal copy`, `dry-activate`) through a
+/// wave with a soak: a host unhealthy after it was not changed by the run,
+/// so nothing is taken back (that was a switch to what it runs, and a boot
+/// entry written, on a host a copy had promised not to touch).
+#[tokio::test(start_paused = true)]
+async fn a_run_that_switches_nothing_takes_nothing_back_after_a_soak() {
+    for goal in [crate::gates::Goal::Copy, crate::gates::Goal::DryActivate] {
+        let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+        f.hosts["web1"].state().unhealthy_after = Some(0);
+        let plan = plan_for(goal, &f.inv, |_| ready(NEW));
+        let hosts = run(&f.ctx, plan, AlreadyThere).await;
+        assert_eq!(
+            hosts[0].outcome(),
+            OutcomeKind::Reached,
+            "{goal:?}: {:?}",
+            hosts[0].end
+        );
+        untouched(&f, "web1");
+    }
 }
 
 #[tokio::test(start_paused = true)]
