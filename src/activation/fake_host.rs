@@ -344,9 +344,13 @@ impl State {
 
     /// `known_good::REVOKE`: back to the newest generation before `g`.
     fn revoke(&mut self, prof: &str, g: usize) -> Output {
-        let prev = (1..g)
-            .rev()
-            .find(|p| !self.deleted.contains(&(prof.to_owned(), *p)));
+        let gone = |p: &usize| self.deleted.contains(&(prof.to_owned(), *p));
+        let replaced = self
+            .records
+            .get(&g.to_string())
+            .and_then(|r| replaced_of(r))
+            .filter(|p| *p < g && !gone(p));
+        let prev = replaced.or_else(|| (1..g).rev().find(|p| !gone(p)));
         match prev {
             Some(p) => {
                 self.selected.insert(prof.to_owned(), p);

@@ -240,11 +240,16 @@ pub async fn baseline<R: Remote>(
 }
 
 /// Revoke generation `$3` (marked by a run, then found unhealthy): the
-/// profile goes back to the newest generation before it (none: no
-/// profile), the generation is deleted and its record kept as
+/// profile goes back to the generation its record says the mark replaced
+/// (where the profile was: after a rollback re-selected an older one, the
+/// newest before it is the system rolled away from), else, with no such
+/// record or that generation gone, the newest generation before it (none:
+/// no profile); the generation is deleted and its record kept as
 /// `<N>.revoked.json`; prints the generation now current.
-pub(crate) const REVOKE: &str = "prof=$1; dir=$2; gen=$3; prev=
-for l in \"$prof\"-*-link; do
+pub(crate) const REVOKE: &str = "prof=$1; dir=$2; gen=$3
+prev=$(sed -n 's/^{\"generation\":[0-9]*,\"replaced\":\\([0-9]*\\),.*/\\1/p' \"$dir/$gen.json\" 2>/dev/null)
+if [ -n \"$prev\" ] && { [ \"$prev\" -ge \"$gen\" ] || [ ! -L \"$prof-$prev-link\" ]; }; then prev=; fi
+[ -n \"$prev\" ] || for l in \"$prof\"-*-link; do
   [ -L \"$l\" ] || continue
   n=${l#\"$prof\"-}; n=${n%-link}
   if [ \"$n\" -lt \"$gen\" ] && { [ -z \"$prev\" ] || [ \"$n\" -gt \"$prev\" ]; }; then prev=$n; fi

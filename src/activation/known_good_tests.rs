@@ -426,3 +426,28 @@ async fn real_mark_again_cut_short_and_undone() {
     assert!(h.iter().all(|g| !g.cut_off));
     assert!(!d.join("records/.pending-r5.replaced").exists());
 }
+
+/// Real: a mark made after a rollback re-selected an older generation
+/// (replaced: 1, while 3 is the newest before it) is revoked back to the
+/// generation it replaced, not to the newest before it (the system the
+/// rollback moved away from).
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_revoke_goes_back_to_what_the_mark_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let add = |name: &str| add_to_store(d, name);
+    let (a, b, c, e) = (add("sys-a"), add("sys-b"), add("sys-c"), add("sys-e"));
+    let paths = temp_paths(d);
+    let r = LocalRemote::new("local");
+    for (closure, at) in [(&a, 100), (&b, 200), (&c, 300)] {
+        mark(&r, &paths, false, request(closure, at)).await.unwrap();
+    }
+    let mut back = request(&a, 400);
+    back.reselect = Some(1);
+    assert_eq!(mark(&r, &paths, false, back).await.unwrap().generation, 1);
+    let m = mark(&r, &paths, false, request(&e, 500)).await.unwrap();
+    assert_eq!((m.generation, m.record.replaced), (4, Some(1)));
+    assert_eq!(revoke(&r, &paths, false, 4).await.unwrap(), Some(1));
+    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
+}
