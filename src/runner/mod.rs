@@ -465,7 +465,17 @@ impl<J: HostJob> Runner<J> {
                 checks.spawn(async move { (i, job.recheck(host, done).await) });
             }
         }
-        while let Some(joined) = checks.join_next().await {
+        loop {
+            // A second Ctrl-C ends the re-checks too (and the take-backs
+            // they started): the hosts keep the ends they had.
+            let joined = tokio::select! {
+                joined = checks.join_next() => joined,
+                _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
+                    checks.abort_all();
+                    return Some(NotStarted::Cancelled);
+                }
+            };
+            let Some(joined) = joined else { break };
             let Ok((i, done)) = joined else { continue };
             let healthy = !self.job.is_failure(&done);
             let host = w.results[i].host.clone();

@@ -24,6 +24,8 @@ struct Job {
     hang_up: Option<CancelWatch>,
     /// Letting a host go never ends (a host that does not answer).
     let_go_hangs: bool,
+    /// A soak's re-check never ends (a take-back waiting on a host).
+    recheck_hangs: bool,
     /// A host's staging in ms, when not 1000.
     stage_ms: std::collections::HashMap<String, u64>,
     /// Every host's run in ms, when not 10 000.
@@ -90,6 +92,9 @@ impl HostJob for Job {
         done: Result<(), String>,
     ) -> Result<(), String> {
         self.log(format!("rechecked {host}"));
+        if self.recheck_hangs {
+            std::future::pending::<()>().await;
+        }
         if self.unhealthy_after_soak.contains(&*host) {
             self.log(format!("taken back {host}"));
             Err("unhealthy after soak".into())
@@ -273,6 +278,40 @@ async fn the_run_waits_for_hosts_to_be_let_go_until_the_second_cancel() {
         .expect("the second Ctrl-C ends the wait")
         .unwrap();
     assert_eq!(ends(&results), vec![("m1".to_string(), "ok".to_string())]);
+}
+
+/// The second Ctrl-C ends a soak's re-checks too (they waited for every
+/// re-check and take-back to finish); the hosts keep their ends, and no
+/// later wave starts.
+#[tokio::test(start_paused = true)]
+async fn the_second_cancel_ends_a_soaks_rechecks() {
+    let job = Arc::new(Job {
+        recheck_hangs: true,
+        ..Job::default()
+    });
+    let (c, rx) = cancel::channel();
+    let j = job.clone();
+    let mut handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    // c1 runs 10 s and soaks 60 s: its re-check hangs from then on.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert!(job.entries().contains(&"rechecked c1".to_string()));
+    c.escalate();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        !handle.is_finished(),
+        "the first Ctrl-C lets the re-check finish"
+    );
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(1), &mut handle)
+        .await
+        .expect("the second Ctrl-C ends the re-checks")
+        .unwrap();
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert!(
+        e[1..].iter().all(|(_, end)| end.contains("Cancelled")),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
