@@ -20,7 +20,7 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     let c = repo.head();
     let (tag, _) = released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
 
-    let out = release::push(&repo.dir, "origin", &tag, "release/web1", false).unwrap();
+    let out = release::push(&repo.dir, "origin", &tag, "release/web1", None).unwrap();
     assert_eq!(
         out,
         PushOutcome::Pushed {
@@ -48,11 +48,11 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     // atomically: the new tag does not land either.
     let d = repo.commit("second");
     let (tag_d, _) = released(release::create(&repo.dir, &request("web1", &d, T0 + 60)).unwrap());
-    release::push(&repo.dir, "origin", &tag_d, "release/web1", false).unwrap();
+    release::push(&repo.dir, "origin", &tag_d, "release/web1", None).unwrap();
     let mut back = request("web1", &c, T0 + 120);
     back.force = true;
     let (tag_back, _) = released(release::create(&repo.dir, &back).unwrap());
-    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", false).unwrap();
+    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", None).unwrap();
     match out {
         PushOutcome::Failed {
             exit, stderr_tail, ..
@@ -65,8 +65,13 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     let remote_tags = git(&remote, &["tag", "-l"]);
     assert!(!remote_tags.contains(&tag_back), "{remote_tags}");
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
-    // An explicit forced push moves it.
-    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", true).unwrap();
+    // Forced from a commit the remote branch is no longer on (someone
+    // pushed a release since): refused, nothing overwritten.
+    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", Some(&c)).unwrap();
+    assert!(matches!(out, PushOutcome::Failed { .. }), "{out:?}");
+    assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
+    // Forced from where the remote branch is: it moves.
+    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", Some(&d)).unwrap();
     assert!(matches!(out, PushOutcome::Pushed { .. }), "{out:?}");
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), c);
 }
@@ -82,7 +87,7 @@ fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
         missing.to_str().unwrap(),
         &tag,
         "release/web1",
-        false,
+        None,
     )
     .unwrap();
     match out {
@@ -101,7 +106,7 @@ fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
         other => panic!("expected a failed push, got {other:?}"),
     }
     // Arguments that would be options or non-release refs are refused up front.
-    assert!(release::push(&repo.dir, "--upload-pack=x", &tag, "release/web1", false).is_err());
-    assert!(release::push(&repo.dir, "origin", "v1.0", "release/web1", false).is_err());
-    assert!(release::push(&repo.dir, "origin", &tag, "main", false).is_err());
+    assert!(release::push(&repo.dir, "--upload-pack=x", &tag, "release/web1", None).is_err());
+    assert!(release::push(&repo.dir, "origin", "v1.0", "release/web1", None).is_err());
+    assert!(release::push(&repo.dir, "origin", &tag, "main", None).is_err());
 }

@@ -79,14 +79,23 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
 fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
     let repo = &r.inventory.builder.source;
     let why = match release::create(repo, req) {
-        Ok(ReleaseOutcome::Released { tag, branch, .. }) => {
+        Ok(ReleaseOutcome::Released {
+            tag,
+            branch,
+            update,
+            ..
+        }) => {
             r.sink.emit(Event::Released {
                 host: host.to_owned(),
                 tag: tag.clone(),
                 branch: branch.clone(),
             });
             if let Some(remote) = &r.inventory.release.remote {
-                publish(r, host, remote, &tag, &branch);
+                let forced_from = match &update {
+                    release::BranchUpdate::Forced { from } => Some(from.as_str()),
+                    _ => None,
+                };
+                publish(r, host, remote, (&tag, &branch), forced_from);
             }
             return;
         }
@@ -101,9 +110,15 @@ fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
     });
 }
 
-fn publish(r: &Releasing<'_>, host: &str, remote: &str, tag: &str, branch: &str) {
+fn publish(
+    r: &Releasing<'_>,
+    host: &str,
+    remote: &str,
+    (tag, branch): (&str, &str),
+    forced_from: Option<&str>,
+) {
     let repo = &r.inventory.builder.source;
-    let why = match release::push(repo, remote, tag, branch, r.force) {
+    let why = match release::push(repo, remote, tag, branch, forced_from) {
         Ok(release::PushOutcome::Pushed { .. }) => return,
         Ok(outcome) => NotPublished::Rejected { outcome },
         Err(e) => NotPublished::Failed {

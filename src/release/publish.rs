@@ -39,8 +39,13 @@ pub enum PushOutcome {
 }
 
 /// Push `refs/tags/<tag>` and `refs/heads/<branch>` to `remote` (a remote
-/// name or URL) atomically. `force_branch` lets the remote branch move
-/// non-fast-forward (after a forced release); the tag is never forced.
+/// name or URL) atomically. `forced_from`: the release moved the branch
+/// non-fast-forward from that commit (`--force-release`), so the remote
+/// branch may move the same way, but only while it is still there
+/// (`--force-with-lease`): a release someone else pushed since is never
+/// overwritten. Every other release is a plain push (a `--force-release`
+/// run forced every push before, without a lease, whether its release
+/// needed it or not). The tag is never forced.
 ///
 /// Blocking (network): call it from `spawn_blocking` in async code.
 pub fn push(
@@ -48,7 +53,7 @@ pub fn push(
     remote: &str,
     tag: &str,
     branch: &str,
-    force_branch: bool,
+    forced_from: Option<&str>,
 ) -> anyhow::Result<PushOutcome> {
     anyhow::ensure!(
         !remote.is_empty() && !remote.starts_with('-'),
@@ -62,19 +67,20 @@ pub fn push(
         );
     }
     let tag_spec = format!("refs/tags/{tag}:refs/tags/{tag}");
-    let plus = if force_branch { "+" } else { "" };
-    let branch_spec = format!("{plus}refs/heads/{branch}:refs/heads/{branch}");
+    let branch_spec = format!("refs/heads/{branch}:refs/heads/{branch}");
+    let mut args = vec!["push".to_owned(), "--atomic".into(), "--quiet".into()];
+    if let Some(from) = forced_from {
+        anyhow::ensure!(
+            !from.is_empty() && from.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{from:?} is not a commit id"
+        );
+        args.push(format!("--force-with-lease=refs/heads/{branch}:{from}"));
+    }
+    args.extend([remote.to_owned(), tag_spec, branch_spec]);
     let out = Command::new("git")
         .arg("-C")
         .arg(repo)
-        .args([
-            "push",
-            "--atomic",
-            "--quiet",
-            remote,
-            &tag_spec,
-            &branch_spec,
-        ])
+        .args(&args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
         .output()
