@@ -166,26 +166,39 @@ fi
 pending=$dir/.pending-$run.replaced
 [ -f "$pending" ] || echo "$oldn" > "$pending" || { rm -f "$tmp"; exit 1; }
 replaced=$(cat "$pending")
+# The newest generation before this mark: `nix-env --set` of the newest
+# one's closure makes none (even while an older one is selected), and an
+# undo must never delete a generation it did not make.
+if [ ! -f "$pending.last" ]; then
+  last=0
+  for l in "$prof"-*-link; do
+    [ -L "$l" ] || continue
+    k=${l#"$prof"-}; k=${k%-link}; [ "$k" -le "$last" ] || last=$k
+  done
+  echo "$last" > "$pending.last" || { rm -f "$tmp" "$pending"; exit 1; }
+fi
+last=$(cat "$pending.last")
 if [ -n "$gen" ]; then
-  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$pending"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
-  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending"; exit 1; }
+  [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$pending" "$pending.last"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
+  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
 else
-  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$pending"; exit 1; }
+  nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
 fi
 new=$(readlink "$prof"); n=${new%-link}; n=${n##*-}
+created=false; [ -n "$gen" ] || [ "$n" -le "$last" ] || created=true
 rec=$dir/.$n.json.$$.tmp
-if { printf '{"generation":%s,"replaced":%s,' "$n" "${replaced:-null}"; tail -c +2 "$tmp"; } > "$rec" &&
+if { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-null}" "$created"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
-  rm -f "$tmp" "$pending"
+  rm -f "$tmp" "$pending" "$pending.last"
   echo "NixgateNew=$new"
   echo "NixgateReplaced=$replaced"
   exit 0
 fi
-rm -f "$rec" "$tmp" "$pending"
+rm -f "$rec" "$tmp" "$pending" "$pending.last"
 echo "writing $dir/$n.json failed" >&2
 if [ -n "$replaced" ]; then nix-env -p "$prof" --switch-generation "$replaced" >/dev/null || exit 5
 else rm -f "$prof" || exit 5; fi
-if [ -z "$gen" ] && [ "$n" != "$replaced" ]; then rm -f "$prof-$n-link"; fi
+if [ "$created" = true ]; then rm -f "$prof-$n-link"; fi
 exit 4"#;
 
 /// Undo this run's mark (`$3`), made by [`MARK`] although its answer never
@@ -207,18 +220,23 @@ n=${cur%-link}; n=${n##*-}
 rec=$dir/$n.json
 if grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null; then
   prev=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$rec")
+  created=$(sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$rec")
 elif [ -f "$pending" ] && [ ! -f "$rec" ]; then
   # Cut off between the profile and the record (the host went down).
   prev=$(cat "$pending")
+  last=$(cat "$pending.last" 2>/dev/null); created=
+  [ -z "$last" ] || [ "$n" -gt "$last" ] || created=false
 else
-  rm -f "$pending"; echo "NixgateUndo=none"; exit 0
+  rm -f "$pending" "$pending.last"; echo "NixgateUndo=none"; exit 0
 fi
-[ "$prev" != "$n" ] || { rm -f "$pending"; echo "NixgateUndo=kept"; exit 0; }
+[ "$prev" != "$n" ] || { rm -f "$pending" "$pending.last"; echo "NixgateUndo=kept"; exit 0; }
 if [ -n "$prev" ]; then nix-env -p "$prof" --switch-generation "$prev" >/dev/null || exit 1
 else rm -f "$prof" || exit 1; fi
-[ -n "$reselected" ] || rm -f "$prof-$n-link"
+# Only a generation this mark made goes (a record from before `created`
+# was written says nothing: as before, it goes).
+[ -n "$reselected" ] || [ "$created" = false ] || rm -f "$prof-$n-link"
 [ ! -f "$rec" ] || mv -f "$rec" "$dir/$n.undone.json"
-rm -f "$pending" "$dir/.pending-$run".*.json
+rm -f "$pending" "$pending.last" "$dir/.pending-$run".*.json
 echo "NixgateUndo=$n""#;
 
 pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";

@@ -451,3 +451,32 @@ async fn real_revoke_goes_back_to_what_the_mark_replaced() {
     assert_eq!(revoke(&r, &paths, false, 4).await.unwrap(), Some(1));
     assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
 }
+
+/// Real: with an older generation selected (a rollback), a mark of the
+/// newest generation's closure makes no generation (`nix-env --set` only
+/// compares with the newest); undoing that mark puts the profile back and
+/// keeps the generation, known-good before this run (it was deleted).
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_undo_keeps_a_generation_the_mark_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let add = |name: &str| add_to_store(d, name);
+    let (a, b) = (add("sys-a"), add("sys-b"));
+    let paths = temp_paths(d);
+    let r = LocalRemote::new("local");
+    mark(&r, &paths, false, request(&a, 100)).await.unwrap();
+    mark(&r, &paths, false, request(&b, 200)).await.unwrap();
+    let mut back = request(&a, 300);
+    back.reselect = Some(1);
+    mark(&r, &paths, false, back).await.unwrap();
+    let mut again = request(&b, 400);
+    again.run_id = RunId::parse("r9").unwrap();
+    let m = mark(&r, &paths, false, again.clone()).await.unwrap();
+    assert_eq!((m.generation, m.record.replaced), (2, Some(1)));
+    undo_mark(&r, &paths, &again, false).await.unwrap();
+    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
+    let h = history(&r, &paths).await.unwrap();
+    let gens: Vec<u64> = h.iter().map(|g| g.generation).collect();
+    assert_eq!(gens, [1, 2], "generation 2 was known-good before this run");
+}

@@ -3,8 +3,10 @@
 //! [`set`] points a profile at a closure with `nix-env -p <profile> --set`
 //! (needed before `switch`/`boot`: `switch-to-configuration` derives the
 //! generation number of the boot entry from that profile). Setting a profile
-//! to the closure it already points at creates no new generation (checked
-//! against real Nix 2.8 below). [`self_correct_profile`] puts the profile
+//! to the closure its NEWEST generation has creates no new generation (Nix
+//! compares with the newest, not the selected one: checked against real
+//! Nix 2.8 below, and by `known_good`'s mark, which must not delete such a
+//! generation when it is undone). [`self_correct_profile`] puts the profile
 //! back if an activation script re-pointed it; failing to do so is a typed
 //! warning, never a failed switch.
 
