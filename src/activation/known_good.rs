@@ -390,9 +390,12 @@ pub async fn mark<R: Remote>(
     let out = Patient::new(remote, req.patience)
         .exec_small_input(&cmd, &body)
         .await;
+    // Stopped by its bound on the host (`timeout`: 124, 137 when killed) it may have set
+    // the profile and not written the record, as a lost one may have.
+    let timed_out = matches!(&out, Ok(o) if matches!(o.exit.code(), Some(124 | 137)));
     let lost = match &out {
         Err(_) => true,
-        Ok(o) => o.exit == Exit::ConnectionLost,
+        Ok(o) => o.exit == Exit::ConnectionLost || timed_out,
     };
     if lost {
         // It may have run (the script finishes without the session): undo
@@ -400,6 +403,10 @@ pub async fn mark<R: Remote>(
         let undo = undo_mark(remote, paths, &req, sudo).await;
         let e = match out {
             Err(e) => e,
+            Ok(_) if timed_out => anyhow::anyhow!(
+                "marking took over {} s and was stopped on the host",
+                super::settings::STEP_LIMIT.as_secs()
+            ),
             Ok(_) => anyhow::anyhow!("the connection was lost while marking"),
         };
         return Err(undone(e, undo, prof));

@@ -480,3 +480,29 @@ async fn real_undo_keeps_a_generation_the_mark_did_not_make() {
     let gens: Vec<u64> = h.iter().map(|g| g.generation).collect();
     assert_eq!(gens, [1, 2], "generation 2 was known-good before this run");
 }
+
+/// A mark stopped by its bound on the host (`timeout`, 124) may have set
+/// the profile without its record, as a lost one may have: it is undone,
+/// and the error says it took too long.
+#[tokio::test]
+async fn a_mark_stopped_by_its_bound_is_undone() {
+    let undone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = undone.clone();
+    let r = ScriptedRemote::with_stdin("web1", move |cmd, _| {
+        let script = cmd.argv().get(2).cloned().unwrap_or_default();
+        if script == MARK {
+            crate::remote::Output::new(crate::remote::Exit::Code { code: 124 }, "", "")
+        } else if script == UNDO_MARK {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            ok("NixgateUndo=2\n")
+        } else {
+            panic!("unexpected {cmd:?}")
+        }
+    });
+    let paths = HostPaths::for_os(crate::activation::settings::Os::Linux);
+    let e = mark(&r, &paths, false, request(SYS, 100))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("took over 120 s"), "{e:#}");
+    assert!(undone.load(std::sync::atomic::Ordering::SeqCst));
+}
