@@ -497,15 +497,7 @@ mod tests {
         let run_with = |systemd_run: &str, mode: &str| {
             for (tool, body) in [("systemctl", "exit 0"), ("systemd-run", systemd_run)] {
                 let path = format!("{d}/{tool}");
-                std::fs::write(
-                    &path,
-                    format!(
-                        "#!/bin/sh
-{body}
-"
-                    ),
-                )
-                .unwrap();
+                std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
                 let exe = std::fs::Permissions::from_mode(0o755);
                 std::fs::set_permissions(&path, exe).unwrap();
             }
