@@ -193,6 +193,30 @@ fn temp_paths(d: &std::path::Path) -> HostPaths {
     paths
 }
 
+/// A real store test's scratch: its directory, paths under it, the local
+/// "host", and closures added by name.
+struct Real {
+    dir: tempfile::TempDir,
+    paths: HostPaths,
+    r: LocalRemote,
+}
+
+impl Real {
+    fn new() -> Real {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = temp_paths(dir.path());
+        Real {
+            dir,
+            paths,
+            r: LocalRemote::new("local"),
+        }
+    }
+
+    fn add(&self, name: &str) -> String {
+        add_to_store(self.dir.path(), name)
+    }
+}
+
 /// Real: two marks on a temporary profile; the history lists both
 /// generations with their records and knows which is current; re-marking the
 /// current closure adds no generation.
@@ -434,22 +458,24 @@ async fn real_mark_again_cut_short_and_undone() {
 #[tokio::test]
 #[ignore = "needs Nix and a writable store (root): run scripts/test"]
 async fn real_revoke_goes_back_to_what_the_mark_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let add = |name: &str| add_to_store(d, name);
-    let (a, b, c, e) = (add("sys-a"), add("sys-b"), add("sys-c"), add("sys-e"));
-    let paths = temp_paths(d);
-    let r = LocalRemote::new("local");
+    let t = Real::new();
+    let (a, b, c, e) = (
+        t.add("sys-a"),
+        t.add("sys-b"),
+        t.add("sys-c"),
+        t.add("sys-e"),
+    );
+    let (paths, r) = (&t.paths, &t.r);
     for (closure, at) in [(&a, 100), (&b, 200), (&c, 300)] {
-        mark(&r, &paths, false, request(closure, at)).await.unwrap();
+        mark(r, paths, false, request(closure, at)).await.unwrap();
     }
     let mut back = request(&a, 400);
     back.reselect = Some(1);
-    assert_eq!(mark(&r, &paths, false, back).await.unwrap().generation, 1);
-    let m = mark(&r, &paths, false, request(&e, 500)).await.unwrap();
+    assert_eq!(mark(r, paths, false, back).await.unwrap().generation, 1);
+    let m = mark(r, paths, false, request(&e, 500)).await.unwrap();
     assert_eq!((m.generation, m.record.replaced), (4, Some(1)));
-    assert_eq!(revoke(&r, &paths, false, 4).await.unwrap(), Some(1));
-    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
+    assert_eq!(revoke(r, paths, false, 4).await.unwrap(), Some(1));
+    assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), a);
 }
 
 /// Real: with an older generation selected (a rollback), a mark of the
@@ -459,24 +485,21 @@ async fn real_revoke_goes_back_to_what_the_mark_replaced() {
 #[tokio::test]
 #[ignore = "needs Nix and a writable store (root): run scripts/test"]
 async fn real_undo_keeps_a_generation_the_mark_did_not_make() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let add = |name: &str| add_to_store(d, name);
-    let (a, b) = (add("sys-a"), add("sys-b"));
-    let paths = temp_paths(d);
-    let r = LocalRemote::new("local");
-    mark(&r, &paths, false, request(&a, 100)).await.unwrap();
-    mark(&r, &paths, false, request(&b, 200)).await.unwrap();
+    let t = Real::new();
+    let (a, b) = (t.add("sys-a"), t.add("sys-b"));
+    let (paths, r) = (&t.paths, &t.r);
+    mark(r, paths, false, request(&a, 100)).await.unwrap();
+    mark(r, paths, false, request(&b, 200)).await.unwrap();
     let mut back = request(&a, 300);
     back.reselect = Some(1);
-    mark(&r, &paths, false, back).await.unwrap();
+    mark(r, paths, false, back).await.unwrap();
     let mut again = request(&b, 400);
     again.run_id = RunId::parse("r9").unwrap();
-    let m = mark(&r, &paths, false, again.clone()).await.unwrap();
+    let m = mark(r, paths, false, again.clone()).await.unwrap();
     assert_eq!((m.generation, m.record.replaced), (2, Some(1)));
-    undo_mark(&r, &paths, &again, false).await.unwrap();
-    assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), a);
-    let h = history(&r, &paths).await.unwrap();
+    undo_mark(r, paths, &again, false).await.unwrap();
+    assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), a);
+    let h = history(r, paths).await.unwrap();
     let gens: Vec<u64> = h.iter().map(|g| g.generation).collect();
     assert_eq!(gens, [1, 2], "generation 2 was known-good before this run");
 }
