@@ -178,42 +178,22 @@ async fn linux_fire_outcomes() {
         Launch::LockCheckFailed { .. }
     ));
     let refused = "Failed to start transient service unit: Unit nixgate-switch-r1.service was already loaded or has a fragment file.\n";
-    match fire_once(
-        &j,
-        answer("NixgateLock=free\nNixgateFire=1\n", refused),
-        false,
-    )
-    .await
-    {
-        Launch::Tried {
-            outcome: FireOutcome::Refused { exit, tail },
-            first: None,
-            ..
-        } => {
-            assert_eq!(exit, Exit::Code { code: 1 });
-            assert_eq!(tail, vec![refused.trim_end().to_string()]);
-        }
-        other => panic!("{other:?}"),
-    }
-    // The same answer to a re-fire after a lost answer: maybe our first
-    // fire's unit, not a refusal (yet).
-    match fire_once(
-        &j,
-        answer("NixgateLock=free\nNixgateFire=1\n", refused),
-        true,
-    )
-    .await
-    {
-        Launch::Tried {
-            outcome: FireOutcome::Loaded { exit, tail },
-            first: None,
-            ..
-        } => {
-            assert_eq!(exit, Exit::Code { code: 1 });
-            assert_eq!(tail, vec![refused.trim_end().to_string()]);
-        }
-        other => panic!("{other:?}"),
-    }
+    // systemd-run's exit and its message, as a first fire's refusal, and as
+    // the answer to a re-fire after a lost answer: maybe our first fire's
+    // unit, not a refusal (yet).
+    let (exit, tail) = (Exit::Code { code: 1 }, vec![refused.trim_end().to_string()]);
+    let free = "NixgateLock=free\nNixgateFire=1\n";
+    assert_eq!(
+        fire_once(&j, answer(free, refused), false).await,
+        tried(FireOutcome::Refused {
+            exit: exit.clone(),
+            tail: tail.clone()
+        })
+    );
+    assert_eq!(
+        fire_once(&j, answer(free, refused), true).await,
+        tried(FireOutcome::Loaded { exit, tail })
+    );
     let exists =
         "Failed to start transient service unit: Unit nixgate-switch-r1.service already exists.\n";
     assert_eq!(
