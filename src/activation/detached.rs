@@ -66,6 +66,9 @@ pub enum SwitchFailure {
     LockHeld { holders: Vec<String> },
     /// The lock check could not be run (nothing fired).
     LockCheck { error: String },
+    /// The fire's `nix-env --set` of the profile failed (nothing fired;
+    /// see [`super::switch::SwitchJob::sets_profile`]).
+    ProfileSet { error: String },
     /// The host refused to start the job, every time it was asked under a
     /// fresh unit name (nothing fired).
     FireRefused { attempts: Vec<RefusedFire> },
@@ -110,8 +113,20 @@ impl SwitchFailure {
             self,
             SwitchFailure::LockHeld { .. }
                 | SwitchFailure::LockCheck { .. }
+                | SwitchFailure::ProfileSet { .. }
                 | SwitchFailure::FireRefused { .. }
                 | SwitchFailure::PreSwitchCheckFailed { .. }
+        )
+    }
+
+    /// True when the fire stopped before a job that sets the profile
+    /// could have set it: every other failure may follow a profile moved.
+    pub fn profile_untouched(&self) -> bool {
+        matches!(
+            self,
+            SwitchFailure::LockHeld { .. }
+                | SwitchFailure::LockCheck { .. }
+                | SwitchFailure::ProfileSet { .. }
         )
     }
 }
@@ -383,6 +398,7 @@ fn read_launch(
     let (unchecked, outcome, first) = match launch {
         Launch::LockHeld { holders } => return Err(SwitchFailure::LockHeld { holders }),
         Launch::LockCheckFailed { error } => return Err(SwitchFailure::LockCheck { error }),
+        Launch::ProfileSetFailed { error } => return Err(SwitchFailure::ProfileSet { error }),
         Launch::Tried {
             unchecked,
             outcome,
@@ -612,7 +628,7 @@ mod tests {
             .filter(|a| a[2] == switch::FIRE_LINUX)
             .collect();
         assert_eq!(fires.len(), 2, "{fires:#?}");
-        assert!(fires.iter().all(|a| a[14] == "--unit=nixgate-switch-r1"));
+        assert!(fires.iter().all(|a| a[17] == "--unit=nixgate-switch-r1"));
         assert_eq!((fires[0][12].as_str(), fires[1][12].as_str()), ("0", "1"));
     }
 

@@ -139,6 +139,9 @@ pub struct State {
     /// Commands (as [`describe`]d) answered with exit 1 instead, once per
     /// entry (a host going down: its `/nix` unmounted under the session).
     pub break_once: Vec<String>,
+    /// A fire's `nix-env --set` of the profile fails (once), as `nix-env`
+    /// does on a full disk.
+    pub profile_set_fails: bool,
 }
 
 impl State {
@@ -471,7 +474,9 @@ impl State {
 
 impl State {
     /// `switch::FIRE_LINUX` (`a`: lock, unit, status, current, ticks,
-    /// profile, dir, log, again, then `systemd-run` and its arguments):
+    /// profile, dir, log, again, the profile to set and its closure (both
+    /// empty: none) and `nix-env`'s limit, then `systemd-run` and its
+    /// arguments):
     /// the lock check, the fire, and a first poll that does not count in
     /// `polls` (`drop_polls` numbers the polls of their own).
     fn fire_linux(&mut self, a: &[&str]) -> Output {
@@ -484,12 +489,24 @@ impl State {
                 .collect();
             return ok(&format!("NixgateLock=held\n{holders}"));
         }
-        let unit = a[14].trim_start_matches("--unit=").to_owned();
+        let set = if a[13].is_empty() {
+            ""
+        } else if std::mem::take(&mut self.profile_set_fails) {
+            return Output::new(
+                Exit::Code { code: 0 },
+                "NixgateLock=free\nNixgateProfileSet=1\n",
+                "error: writing to file: No space left on device\n",
+            );
+        } else {
+            self.set_profile(a[13], &StorePath::parse(a[14]).expect("a store path"));
+            "NixgateProfileSet=0\n"
+        };
+        let unit = a[17].trim_start_matches("--unit=").to_owned();
         let (program, action) = (a[a.len() - 2], a[a.len() - 1]);
         let refuse = |why: String| {
             Output::new(
                 Exit::Code { code: 0 },
-                "NixgateLock=free\nNixgateFire=1\n",
+                format!("NixgateLock=free\n{set}NixgateFire=1\n"),
                 why,
             )
         };
@@ -524,7 +541,7 @@ impl State {
         let poll = self.poll(&unit, a[9]);
         Output::new(
             Exit::Code { code: 0 },
-            format!("NixgateLock=free\nNixgateFire=0\n{poll}"),
+            format!("NixgateLock=free\n{set}NixgateFire=0\n{poll}"),
             format!("Running as unit: {unit}.service; invocation ID: 0c1b2a\n"),
         )
     }
@@ -810,6 +827,7 @@ impl FakeHost {
             failing_key: None,
             lose: Vec::new(),
             break_once: Vec::new(),
+            profile_set_fails: false,
         })))
     }
 
@@ -907,7 +925,17 @@ pub fn describe(cmd: &Command) -> String {
         s if s == leftovers::LIST => "list-nixgate-units",
         s if s == leftovers::RUN_REVERT => "run-revert",
         s if s == switch::FIRE_LINUX => {
-            return format!("{sudo}fire {} {} {}", a[14], a[a.len() - 2], a[a.len() - 1]);
+            let sets = if a[13].is_empty() {
+                String::new()
+            } else {
+                format!(" (set {} first)", a[13])
+            };
+            return format!(
+                "{sudo}fire {} {} {}{sets}",
+                a[17],
+                a[a.len() - 2],
+                a[a.len() - 1]
+            );
         }
         _ => "unknown-script",
     };

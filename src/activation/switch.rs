@@ -63,6 +63,10 @@ pub struct SwitchJob {
     pub log_file: String,
     /// Darwin: the detached process's pid.
     pub pid_file: String,
+    /// Linux: the profile the fire points at `closure` (`nix-env --set`)
+    /// after the lock check and before it starts the job (see
+    /// [`FIRE_LINUX`]): one round trip less than a command of its own.
+    pub sets_profile: Option<String>,
 }
 
 impl SwitchJob {
@@ -89,6 +93,16 @@ impl SwitchJob {
             os,
             action,
             closure: closure.clone(),
+            sets_profile: None,
+        }
+    }
+
+    /// The same job, firing only after pointing `profile` at its closure
+    /// (Linux; see [`SwitchJob::sets_profile`]).
+    pub fn setting_profile(self, profile: &str) -> SwitchJob {
+        SwitchJob {
+            sets_profile: Some(profile.to_owned()),
+            ..self
         }
     }
 
@@ -169,8 +183,18 @@ exit \"$code\"";
 /// it as [`super::verify_poll::POLL_LINUX`] does. Nothing in between needs
 /// the controller: a held lock, a refused start and a finished job are all
 /// read from this one answer.
+///
+/// `$10` (not empty: a profile) is pointed at `$11` with `nix-env --set`,
+/// bounded by `$12` seconds where `timeout` exists, once the lock is free
+/// and before anything else; its exit code is `NixgateProfileSet`, and
+/// nothing fires when it failed. Run again on a re-fire: setting a profile
+/// to the closure of its newest generation makes no new generation. Before,
+/// `nix-env --set` was a command of its own before the fire (a round trip
+/// more per switch that sets the profile: 50 ms at 50 ms RTT), and a held
+/// lock found the profile moved already (it was put back).
 pub(crate) const FIRE_LINUX: &str = concat!(
-    "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; again=$9; shift 9
+    "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; again=$9
+setp=${10}; setc=${11}; setl=${12}; shift 12
 fine=4
 if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
 elif [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free
@@ -179,6 +203,12 @@ else
   systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
   while read -r u load active sub rest; do echo \"NixgateHolder=$u $active $sub\"; done
   exit 0
+fi
+if [ -n \"$setp\" ]; then
+  if command -v timeout >/dev/null 2>&1; then timeout -k 5 \"$setl\" nix-env -p \"$setp\" --set \"$setc\" >&2
+  else nix-env -p \"$setp\" --set \"$setc\" >&2; fi
+  rc=$?; echo \"NixgateProfileSet=$rc\"
+  [ \"$rc\" = 0 ] || exit 0
 fi
 if (umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || rm -f \"$status\" \"$log\"; }
 then \"$@\"; rc=$?; else rc=125; fi
@@ -235,6 +265,12 @@ pub fn fire_command(
                 .arg(around.watched.profile.unwrap_or_default())
                 .args([&job.job_dir, &job.log_file])
                 .arg(if again { "1" } else { "0" })
+                .arg(job.sets_profile.as_deref().unwrap_or_default())
+                .arg(match job.sets_profile {
+                    Some(_) => job.closure.to_string(),
+                    None => String::new(),
+                })
+                .arg(super::settings::STEP_LIMIT.as_secs().to_string())
                 .arg("systemd-run")
                 .arg(format!("--unit={}", job.unit))
                 .arg(format!(
@@ -298,6 +334,9 @@ pub enum Launch {
     LockHeld { holders: Vec<String> },
     /// The lock check could not run (nothing fired).
     LockCheckFailed { error: String },
+    /// The lock was free, but pointing the profile at the closure failed
+    /// (see [`SwitchJob::sets_profile`]): nothing fired.
+    ProfileSetFailed { error: String },
     /// The lock was free (or, `unchecked`, the host has no `flock`) and
     /// firing went as `outcome` says; `first` is the poll that followed a
     /// start (Linux).
@@ -401,6 +440,16 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
             return Launch::LockCheckFailed { error };
         }
     };
+    if let (Some(profile), Some(code)) = (&job.sets_profile, value("NixgateProfileSet="))
+        && code != "0"
+    {
+        let error = format!(
+            "nix-env -p {profile} --set {} exited {code}: {}",
+            job.closure,
+            out.tail(5).join(" / ")
+        );
+        return Launch::ProfileSetFailed { error };
+    }
     let outcome = match value("NixgateFire=").and_then(|c| c.parse::<u32>().ok()) {
         // Ended (killed) between the lock check and `systemd-run`'s answer.
         None => FireOutcome::Unconfirmed {

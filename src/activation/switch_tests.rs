@@ -48,8 +48,11 @@ fn linux_fire_argv() {
         "/nix/var/nix/profiles/system",
         "/run/nixgate",
         "/run/nixgate/nixgate-switch-r1.log",
-        // A first fire: fresh job files.
+        // A first fire: fresh job files; no profile set by the fire.
         "0",
+        "",
+        "",
+        "120",
         "systemd-run",
         "--unit=nixgate-switch-r1",
         "--description=nixgate switch of nixos-system-web1-24.11",
@@ -276,7 +279,7 @@ async fn linux_fire_script_for_real() {
     std::os::unix::fs::symlink(SYS, d("profile")).unwrap();
     let cmd = Command::script(FIRE_LINUX)
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
-        .args(["100", &d("profile"), &d("jobs"), &log, "0"])
+        .args(["100", &d("profile"), &d("jobs"), &log, "0", "", "", "120"])
         // The stand-in for systemd-run: the wrapper, detached.
         .args([
             "/bin/sh",
@@ -481,7 +484,7 @@ async fn the_job_files_are_readable_by_all_under_a_umask_of_077() {
                 &status,
                 &d("current"),
             ])
-            .args(["50", "", &jobs, &log, "0"])
+            .args(["50", "", &jobs, &log, "0", "", "", "120"])
             .args([
                 "/bin/sh",
                 "-c",
@@ -542,7 +545,7 @@ async fn a_refire_keeps_the_job_files() {
                 &status,
                 &d("current"),
             ])
-            .args(["0", "", &d(""), &log, again])
+            .args(["0", "", &d(""), &log, again, "", "", "120"])
             .args([
                 "sh",
                 "-c",
@@ -553,4 +556,104 @@ async fn a_refire_keeps_the_job_files() {
         let files = [&status, &log].map(|f| std::path::Path::new(f).exists());
         assert_eq!(files, [kept; 2], "again={again}");
     }
+}
+
+/// [`FIRE_LINUX`] for real, setting the profile (a stand-in `nix-env`
+/// first on `PATH` records its arguments and exits as told): only once the
+/// lock is free and before the job starts; a failed set starts nothing and
+/// says so, with `nix-env`'s stderr.
+#[tokio::test]
+async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    std::fs::create_dir(d("bin")).unwrap();
+    std::fs::write(
+        d("bin/nix-env"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {calls}\nrc=$(cat {rc})\n[ \"$rc\" = 0 ] || echo 'error: No space left on device' >&2\nexit $rc\n",
+            calls = d("calls"),
+            rc = d("rc")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(d("bin/nix-env"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (lock, status, log) = (d("lock"), d("jobs/j.status"), d("jobs/j.log"));
+    let j = job(Os::Linux, SwitchAction::Boot).setting_profile(&d("profile"));
+    let fire = Command::script(FIRE_LINUX)
+        .env(
+            "PATH",
+            format!("{}:{}", d("bin"), std::env::var("PATH").unwrap()),
+        )
+        .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
+        .args(["0", "", &d("jobs"), &log, "0", &d("profile"), SYS, "120"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
+            "run",
+        ])
+        .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+        .args(["/bin/sh", "-c", "echo booted"]);
+    let r = LocalRemote::new("local");
+    let calls = || std::fs::read_to_string(d("calls")).unwrap_or_default();
+
+    // Held: neither the profile nor the job.
+    std::fs::write(&lock, "").unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .args(["--exclusive", "--no-fork", &lock, "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let held = || {
+        !std::process::Command::new("flock")
+            .args(["--nonblock", "--shared", &lock, "true"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    for _ in 0..200 {
+        if held() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(d("rc"), "0").unwrap();
+    let launch = parse_fire_linux(&r.exec(&fire).await.unwrap(), &j, false);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
+    assert_eq!(calls(), "");
+
+    // The set fails: nothing fires.
+    std::fs::write(d("rc"), "1").unwrap();
+    let out = r.exec(&fire).await.unwrap();
+    assert!(!out.stdout_str().contains("NixgateFire"), "{out:?}");
+    match parse_fire_linux(&out, &j, false) {
+        Launch::ProfileSetFailed { error } => {
+            assert!(error.contains("exited 1"), "{error}");
+            assert!(error.contains("No space left on device"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!std::path::Path::new(&status).exists(), "nothing started");
+
+    // Set, then fired.
+    std::fs::write(d("rc"), "0").unwrap();
+    let out = r.exec(&fire).await.unwrap();
+    let text = out.stdout_str();
+    let (set_at, fire_at) = (text.find("NixgateProfileSet=0"), text.find("NixgateFire=0"));
+    assert!(set_at.is_some() && set_at < fire_at, "{out:?}");
+    let want = format!("-p {} --set {SYS}\n", d("profile"));
+    assert_eq!(
+        calls(),
+        format!("{want}{want}"),
+        "the failed set and this one"
+    );
+    for _ in 0..100 {
+        if std::fs::read_to_string(&status).is_ok_and(|s| s.starts_with("exited")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "booted\n");
 }

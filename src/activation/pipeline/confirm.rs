@@ -61,7 +61,7 @@ impl<R: Remote> Run<'_, R> {
             previous: self.pre_current.clone(),
             candidate: self.req.candidate.clone(),
             profile: self.s.system_profile.clone(),
-            boot_before: if self.profile_set {
+            boot_before: if self.profile_set || job.sets_profile.is_some() {
                 self.pre_profile.clone()
             } else {
                 None

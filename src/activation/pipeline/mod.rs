@@ -406,70 +406,24 @@ impl<'a, R: Remote> Run<'a, R> {
         }
     }
 
-    async fn set_profile(&mut self, gate: Gate) -> Result<(), HostOutcome> {
-        let cand = self.req.candidate.clone();
-        self.step(Step::SetProfile {
-            profile: self.s.system_profile.clone(),
-            closure: cand.clone(),
-        });
-        let set = profile::set(self.remote, &self.s.system_profile, &cand, self.s.sudo);
-        match bounded("nix-env --set", STEP_LIMIT + SLACK, set).await {
-            Ok(()) => {
-                self.profile_set = true;
-                self.boot_changed = true;
-                Ok(())
-            }
-            Err(e) => {
-                let reason = FailureReason::ProfileSet {
-                    error: format!("{e:#}"),
-                };
-                Err(if self.live_changed {
-                    self.fail_and_rollback(gate, reason, None).await
-                } else {
-                    self.fail_clean(gate, reason)
-                })
-            }
-        }
-    }
-
-    /// Step 6 after a run: the profile must be where this deploy left it.
-    /// `seen`: where the run's last poll found it (`None`: read it now).
-    async fn self_correct(&mut self, seen: Option<Option<StorePath>>) {
-        let expected = if self.profile_set {
-            Some(self.req.candidate.clone())
-        } else {
-            self.pre_profile.clone()
-        };
-        let Some(expected) = expected else { return };
-        let profile = self.s.system_profile.clone();
-        self.step(Step::SelfCorrectProfile {
-            profile: profile.clone(),
-        });
-        let check =
-            profile::self_correct_profile(self.remote, &profile, &expected, self.s.sudo, seen)
-                .await;
-        if check != ProfileCheck::Intact {
-            (self.emit)(ActivationEvent::Warning {
-                warning: Warning::Profile { profile, check },
-            });
-        }
-    }
-
     async fn live_activate(&mut self) -> HostOutcome {
         let goal = self.req.goal;
         let cand = self.req.candidate.clone();
-        if goal == Goal::Switch
-            && let Err(outcome) = self.set_profile(Gate::LiveActivate).await
-        {
-            return outcome;
-        }
         let action = goal.switch_action().unwrap_or(SwitchAction::Test);
         let mut job = self.job(JobPurpose::Candidate, action);
+        if goal == Goal::Switch {
+            job = match self.with_profile_set(job, Gate::LiveActivate).await {
+                Ok(job) => job,
+                Err(outcome) => return outcome,
+            };
+        }
         let previous = self.pre_current.clone();
         if let Err(outcome) = self.arm(&job).await {
             return outcome;
         }
-        match run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await {
+        let result = run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await;
+        self.note_profile_fire(&job, &result);
+        match result {
             SwitchResult::Settled {
                 evidence: ev,
                 profile,
@@ -494,6 +448,10 @@ impl<'a, R: Remote> Run<'a, R> {
                     return self.undisarmed_deferral().await;
                 }
                 return self.defer(reason).await;
+            }
+            SwitchResult::Failed(SwitchFailure::ProfileSet { error }) => {
+                self.disarm_here().await;
+                return self.profile_set_failed(Gate::LiveActivate, error).await;
             }
             SwitchResult::Failed(f) if f.changed_nothing() => {
                 self.disarm_here().await;
@@ -537,15 +495,6 @@ impl<'a, R: Remote> Run<'a, R> {
             ),
         };
         self.fail_clean(Gate::LiveActivate, reason)
-    }
-
-    /// Undo this deploy's `nix-env --set` when the switch never ran.
-    async fn self_correct_to_previous(&mut self) {
-        if self.pre_profile.is_some() {
-            self.profile_set = false;
-            self.boot_changed = false;
-            self.self_correct(None).await;
-        }
     }
 
     /// Health checks, persist (gated), mark (gated).
@@ -622,6 +571,7 @@ impl<'a, R: Remote> Run<'a, R> {
 mod confirm;
 mod key_gates;
 mod off_path;
+mod profile_steps;
 
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,9 @@ use super::*;
 impl<R: Remote> Run<'_, R> {
     /// Make the candidate the boot default: profile set + detached `boot`.
     pub(super) async fn persist(&mut self, gate: Gate) -> Result<(), HostOutcome> {
+        let mut job = self.job(JobPurpose::Persist, SwitchAction::Boot);
         if !self.profile_set {
-            self.set_profile(gate).await?;
+            job = self.with_profile_set(job, gate).await?;
         }
         if self.s.os == Os::Darwin {
             // nix-darwin has no boot entries: the profile is the persistence.
@@ -24,14 +25,15 @@ impl<R: Remote> Run<'_, R> {
             );
             return Ok(());
         }
-        let mut job = self.job(JobPurpose::Persist, SwitchAction::Boot);
         // `boot` leaves /run/current-system where it is.
         let now = if self.live_changed {
             self.req.candidate.clone()
         } else {
             self.pre_current.clone()
         };
-        match run_detached(self.remote, self.s, &mut job, &now, &now, self.emit).await {
+        let result = run_detached(self.remote, self.s, &mut job, &now, &now, self.emit).await;
+        self.note_profile_fire(&job, &result);
+        match result {
             SwitchResult::Settled {
                 evidence: ev,
                 profile,
@@ -46,6 +48,9 @@ impl<R: Remote> Run<'_, R> {
                     },
                 );
                 Ok(())
+            }
+            SwitchResult::Failed(SwitchFailure::ProfileSet { error }) => {
+                Err(self.profile_set_failed(gate, error).await)
             }
             SwitchResult::Failed(f) if f.changed_nothing() => {
                 Err(self.not_persisted(gate, f).await)

@@ -107,9 +107,9 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
             "poll nixgate-switch-r1.service /run/nixgate/nixgate-switch-r1.status /run/current-system 20 {SYSTEM}"
         ),
         "timeout --kill-after=5 10 sh -c 'systemctl is-active nginx'".into(),
-        format!("sudo -n -- nix-env -p {SYSTEM} --set {NEW} (within 120s)"),
+        // The profile is set by the fire, once the lock is free.
         format!(
-            "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot"
+            "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot (set {SYSTEM} first)"
         ),
         format!(
             "poll nixgate-switch-r1-persist.service /run/nixgate/nixgate-switch-r1-persist.status /run/current-system 20 {SYSTEM}"
@@ -388,7 +388,7 @@ async fn systemd_change_defers_to_boot() {
     assert!(ran.outcome.is_success());
     assert!(!ran.cmds.iter().any(|c| c.ends_with(" test")), "never live");
     assert!(ran.cmds.contains(&format!(
-        "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot"
+        "sudo fire --unit=nixgate-switch-r1-persist {NEW}/bin/switch-to-configuration boot (set {SYSTEM} first)"
     )));
     let st = host.state();
     assert_eq!(
@@ -1169,4 +1169,110 @@ async fn a_refused_re_arm_leaves_no_revert_to_wait_for() {
     let st = host.state();
     assert_eq!(st.current, sp(OLD));
     assert!(st.timers.is_empty() && st.revert_records.is_empty());
+}
+
+/// `switch` on Linux: the live fire points the profile at the candidate
+/// itself, after the dead-man is armed (its revert puts the profile back
+/// too: `a_switch_with_the_boot_default_moved_reverts_both`) and once the
+/// lock is free: no `nix-env` of its own.
+#[tokio::test(start_paused = true)]
+async fn a_switch_sets_the_profile_in_its_fire_after_arming() {
+    let host = FakeHost::new(&sp(OLD));
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    assert_eq!(ran.outcome, HostOutcome::Activated { goal: Goal::Switch });
+    assert_eq!(count(&ran.cmds, "sudo -n -- nix-env"), 0, "{:#?}", ran.cmds);
+    let pos = |p: &str| ran.cmds.iter().position(|c| c.contains(p));
+    let fire = format!(
+        "fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration switch (set {SYSTEM} first)"
+    );
+    assert!(
+        pos("arm-revert nixgate-confirm-r1 90") < pos(&fire),
+        "{:#?}",
+        ran.cmds
+    );
+    assert!(pos(&fire).is_some());
+    let st = host.state();
+    assert_eq!(st.profile(SYSTEM), Some(&sp(NEW)));
+    assert_eq!(
+        (st.current.clone(), st.boot_default.clone()),
+        (sp(NEW), sp(NEW))
+    );
+}
+
+/// The fire's `nix-env --set` fails: nothing fires. Before the live switch
+/// (`switch`) the host fails clean, its revert disarmed; at persist (gated,
+/// live already) it is rolled back, as a failed `nix-env` of its own was.
+#[tokio::test(start_paused = true)]
+async fn a_profile_the_fire_cannot_set_fires_nothing() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().profile_set_fails = true;
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    let HostOutcome::Failed { gate, reason } = &ran.outcome else {
+        panic!("{:?}", ran.outcome)
+    };
+    assert_eq!(*gate, Gate::LiveActivate);
+    let FailureReason::ProfileSet { error } = reason else {
+        panic!("{reason:?}")
+    };
+    assert!(error.contains("No space left on device"), "{error}");
+    {
+        let st = host.state();
+        assert!(st.jobs.is_empty(), "nothing fired: {:?}", st.jobs);
+        assert!(st.timers.is_empty(), "disarmed: {:?}", st.timers);
+        assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
+        assert_eq!(st.current, sp(OLD));
+    }
+
+    let host = FakeHost::new(&sp(OLD));
+    host.state().profile_set_fails = true;
+    let ran = run(&host, &request(Goal::Gated)).await;
+    let HostOutcome::RolledBack { gate, reason, to } = &ran.outcome else {
+        panic!("{:?}", ran.outcome)
+    };
+    assert_eq!((*gate, to), (Gate::Persist, &sp(OLD)));
+    assert!(
+        matches!(reason, FailureReason::ProfileSet { .. }),
+        "{reason:?}"
+    );
+    let st = host.state();
+    assert!(
+        !st.jobs.contains_key("nixgate-switch-r1-persist"),
+        "{:?}",
+        st.jobs
+    );
+    assert_eq!(
+        (st.current.clone(), st.boot_default.clone()),
+        (sp(OLD), sp(OLD))
+    );
+}
+
+/// A change deferred to the boot default whose `boot` finds the lock held
+/// moves nothing: the fire checks the lock before it sets the profile (a
+/// profile set first, then put back, added two generations before).
+#[tokio::test(start_paused = true)]
+async fn a_held_lock_at_persist_leaves_the_profile_alone() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
+            ..Default::default()
+        },
+    );
+    host.state().lock_held = true;
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            HostOutcome::Failed {
+                gate: Gate::Persist,
+                reason: FailureReason::Switch(SwitchFailure::LockHeld { .. })
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    let st = host.state();
+    assert_eq!(st.profiles[SYSTEM], vec![sp(OLD)], "no generation added");
+    assert_eq!(st.boot_default, sp(OLD));
 }

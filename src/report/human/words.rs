@@ -564,6 +564,10 @@ pub fn switch_failure(f: &SwitchFailure) -> String {
                 first_line(error)
             )
         }
+        SwitchFailure::ProfileSet { error } => format!(
+            "the system profile could not be set before the switch: {}",
+            first_line(error)
+        ),
         SwitchFailure::FireRefused { attempts } => {
             let last = attempts.last();
             format!(
