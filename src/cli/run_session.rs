@@ -248,7 +248,7 @@ impl RunSession {
         };
         let path = run_report::path(&self.state_dir, &self.run_id.to_string());
         self.sink.emit(Event::ReportWritten { path });
-        let failed = hosts.iter().filter(|h| h.outcome().fails_run()).count();
+        let failed = hosts.iter().filter(|h| h.fails_run()).count();
         let summary = Event::Summary {
             command: self.command,
             run_id: Some(self.run_id.to_string()),

@@ -210,7 +210,7 @@ fn notes(read: &runs::Read) -> Vec<String> {
 
 /// The summary the run ended with (not stored: the report's hosts are it).
 fn summary(r: &RunReport) -> Event {
-    let failed = r.hosts.iter().filter(|h| h.outcome().fails_run()).count();
+    let failed = r.hosts.iter().filter(|h| h.fails_run()).count();
     Event::Summary {
         command: command(r),
         run_id: Some(r.run_id.clone()),
@@ -287,7 +287,7 @@ impl<W: std::io::Write> Replay<W> {
                 );
                 self.print(&table);
             }
-            let failed = r.hosts.iter().filter(|h| h.outcome().fails_run()).count();
+            let failed = r.hosts.iter().filter(|h| h.fails_run()).count();
             let line = tables::summary_line(
                 &r.hosts,
                 (r.hosts.len() - failed, failed),

@@ -151,6 +151,8 @@ impl OutcomeKind {
 
     /// Does this outcome make the run exit 1? Failures, and hosts that never
     /// started (a failed wave or a cancel): the run did not end well for them.
+    /// A pending reboot does too unless the run allowed it: see
+    /// [`HostSummary::fails_run`].
     pub fn fails_run(self) -> bool {
         self.is_failure() || self == OutcomeKind::NotStarted
     }
@@ -189,11 +191,25 @@ pub struct HostSummary {
     pub closure: Option<StorePath>,
     pub end: HostEnd,
     pub seconds: f64,
+    /// The run allowed pending reboots (`--allow-pending-reboot`): a change
+    /// deferred to the next boot then neither stops the waves after it nor
+    /// fails the run.
+    pub pending_reboot_allowed: bool,
 }
 
 impl HostSummary {
     pub fn outcome(&self) -> OutcomeKind {
         self.end.kind()
+    }
+
+    /// Does this host make the run exit 1? What [`OutcomeKind::fails_run`]
+    /// says, and a change deferred to the next boot unless the run allowed
+    /// that: it counts against its wave like a failure, and so against the
+    /// run (a single wave exited 0 with every host pending a reboot while
+    /// a canary's pending reboot failed the run through the waves it
+    /// stopped).
+    pub fn fails_run(&self) -> bool {
+        pending_fails(self.outcome(), self.pending_reboot_allowed)
     }
 
     /// Did the run take the host back to an earlier system (or did the
@@ -224,6 +240,7 @@ impl Serialize for HostSummary {
             #[serde(flatten)]
             end: &'a HostEnd,
             seconds: f64,
+            pending_reboot_allowed: bool,
         }
         Shape {
             host: &self.host,
@@ -232,6 +249,7 @@ impl Serialize for HostSummary {
             closure: &self.closure,
             end: &self.end,
             seconds: self.seconds,
+            pending_reboot_allowed: self.pending_reboot_allowed,
         }
         .serialize(s)
     }
@@ -249,6 +267,8 @@ impl<'de> Deserialize<'de> for HostSummary {
             #[serde(flatten)]
             end: HostEnd,
             seconds: f64,
+            #[serde(default = "allowed_before")]
+            pending_reboot_allowed: bool,
         }
         let s = Shape::deserialize(d)?;
         Ok(HostSummary {
@@ -257,8 +277,22 @@ impl<'de> Deserialize<'de> for HostSummary {
             closure: s.closure,
             end: s.end,
             seconds: s.seconds,
+            pending_reboot_allowed: s.pending_reboot_allowed,
         })
     }
+}
+
+/// A report written before the flag was judged with no pending reboot
+/// failing its run.
+pub(crate) fn allowed_before() -> bool {
+    true
+}
+
+/// Whether a host that ended `outcome` fails its run, given whether the
+/// run allowed pending reboots.
+pub fn pending_fails(outcome: OutcomeKind, pending_reboot_allowed: bool) -> bool {
+    outcome.fails_run()
+        || (outcome == OutcomeKind::DeferredPendingReboot && !pending_reboot_allowed)
 }
 
 #[cfg(test)]
@@ -279,6 +313,33 @@ mod tests {
             let back: OutcomeKind = serde_json::from_value(json).unwrap();
             assert_eq!(back, k);
         }
+    }
+
+    /// The run's judgement of a pending reboot is kept with the host; a
+    /// report written before it was kept reads as the run judged then (a
+    /// pending reboot never failed it).
+    #[test]
+    fn a_pending_reboot_fails_the_run_as_the_report_says() {
+        let h = HostSummary {
+            host: "db1".into(),
+            wave: "main".into(),
+            closure: None,
+            end: HostEnd::activation(HostOutcome::DeferredPendingReboot {
+                reason: crate::activation::detached::RebootReason::SwitchInhibitors {
+                    log_tail: vec![],
+                },
+            }),
+            seconds: 1.0,
+            pending_reboot_allowed: false,
+        };
+        let mut v = serde_json::to_value(&h).unwrap();
+        assert_eq!(v["pending_reboot_allowed"], false);
+        let back: HostSummary = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, h);
+        assert!(back.fails_run());
+        v.as_object_mut().unwrap().remove("pending_reboot_allowed");
+        let old: HostSummary = serde_json::from_value(v).unwrap();
+        assert!(!old.fails_run());
     }
 
     #[test]

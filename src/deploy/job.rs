@@ -187,6 +187,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             closure: self.ready.get(host).map(|r| r.candidate.closure.clone()),
             end,
             seconds: 0.0,
+            pending_reboot_allowed: self.allow_pending_reboot,
         }
     }
 

@@ -103,7 +103,7 @@ fn not_run<F: Fleet, S: Stager>(
 
 /// The exit code for a set of host summaries: 1 if any did not end well.
 pub fn exit_code(hosts: &[HostSummary]) -> u8 {
-    u8::from(hosts.iter().any(|h| h.outcome().fails_run()))
+    u8::from(hosts.iter().any(HostSummary::fails_run))
 }
 
 /// The goal a plan runs with (for the run report).

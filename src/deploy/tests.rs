@@ -469,3 +469,35 @@ async fn hosts_whose_build_cannot_be_rooted_are_refused() {
             .any(|e| matches!(e, Event::BuilderFailed { error } if error.contains("GC roots")))
     );
 }
+
+/// A change deferred to the next boot in the last wave (its failure budget
+/// not spent): the run exits 1 unless it allowed pending reboots, as it did
+/// when the same host was a canary and stopped the waves after it (a single
+/// wave of pending reboots exited 0 before).
+#[tokio::test(start_paused = true)]
+async fn a_pending_reboot_fails_the_run_unless_allowed() {
+    for allowed in [false, true] {
+        let mut f = fixture(inventory(1, "0s"), [OLD; 3], Build::Hangs);
+        f.ctx.allow_pending_reboot = allowed;
+        f.hosts["web2"].behave(
+            &sp(NEW),
+            crate::activation::fake_host::Behaviour {
+                systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
+                ..Default::default()
+            },
+        );
+        let plan = plan_of(&f.inv, |_| ready(NEW));
+        let hosts = run(&f.ctx, plan, AlreadyThere).await;
+        assert_eq!(
+            kinds(&hosts),
+            [
+                ("web1".into(), OutcomeKind::KnownGood),
+                ("web2".into(), OutcomeKind::DeferredPendingReboot),
+                ("web3".into(), OutcomeKind::KnownGood),
+            ],
+            "allowed: {allowed}"
+        );
+        assert_eq!(hosts[1].fails_run(), !allowed);
+        assert_eq!(exit_code(&hosts), u8::from(!allowed), "allowed: {allowed}");
+    }
+}

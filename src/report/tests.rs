@@ -28,6 +28,7 @@ fn summary(end: HostEnd) -> HostSummary {
         closure: Some(sp('b')),
         end,
         seconds: 1.5,
+        pending_reboot_allowed: false,
     }
 }
 

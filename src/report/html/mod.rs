@@ -234,15 +234,18 @@ fn header(r: &RunReport, t: &Timeline) -> Vec<Field> {
 }
 
 fn counts(r: &RunReport) -> Vec<Count> {
-    let mut m: std::collections::BTreeMap<crate::deploy::OutcomeKind, usize> = Default::default();
+    let mut m: std::collections::BTreeMap<crate::deploy::OutcomeKind, (usize, bool)> =
+        Default::default();
     for h in &r.hosts {
-        *m.entry(h.outcome()).or_default() += 1;
+        let (n, failing) = m.entry(h.outcome()).or_default();
+        *n += 1;
+        *failing |= h.fails_run();
     }
     m.into_iter()
-        .map(|(k, n)| Count {
+        .map(|(k, (n, failing))| Count {
             outcome: k.as_str(),
             n,
-            failing: k.fails_run(),
+            failing,
         })
         .collect()
 }
@@ -258,7 +261,7 @@ fn summary(t: &Timeline) -> Vec<SummaryRow> {
                 host: r.host.clone(),
                 wave: r.wave.clone(),
                 outcome: end.map_or("unfinished".into(), |e| e.outcome().as_str().into()),
-                failing: end.is_none_or(|e| e.outcome().fails_run()),
+                failing: end.is_none_or(crate::deploy::HostSummary::fails_run),
                 closure: end
                     .and_then(|e| e.closure.as_ref())
                     .map_or("-".into(), words::short_closure),

@@ -201,6 +201,18 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             None,
             format!("`nixgate {command} {host}` again to persist it, or `nixgate rollback {host}`"),
         ),
+        // Told only when the run did not allow it (then it fails the run).
+        HostOutcome::DeferredPendingReboot { reason } => (
+            format!(
+                "{}: made the boot default, not proven live",
+                words::reboot_reason(reason)
+            ),
+            Vec::new(),
+            Some("it runs the system it ran until it reboots".into()),
+            format!(
+                "reboot it, then `nixgate {command} {host}` to prove it live                  (`--reboot` does both; `--allow-pending-reboot` accepts it pending)"
+            ),
+        ),
         _ => return None,
     })
 }
@@ -247,7 +259,7 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
 /// What went wrong on a host that is explained after the summary: the
 /// cause alone (what nixgate did about it is told there).
 pub fn cause(h: &HostSummary, labels: &Labels) -> Option<String> {
-    if !h.outcome().fails_run() {
+    if !h.fails_run() {
         return None;
     }
     story(h, "", labels).map(|(what, ..)| words::about(&h.host, &what))
@@ -277,7 +289,7 @@ pub fn failures(
         }
     };
     for h in hosts {
-        if !h.outcome().fails_run() {
+        if !h.fails_run() {
             continue;
         }
         let Some((what, log, did, next)) = story(h, command, labels) else {
@@ -317,4 +329,37 @@ pub fn failures(
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::detached::RebootReason;
+
+    /// A pending reboot fails the run unless the run allowed it: then, and
+    /// only then, it is explained after the table, with what to do.
+    #[test]
+    fn a_pending_reboot_is_explained_when_it_fails_the_run() {
+        for allowed in [false, true] {
+            let h = HostSummary {
+                host: "db1".into(),
+                wave: "main".into(),
+                closure: None,
+                end: HostEnd::activation(HostOutcome::DeferredPendingReboot {
+                    reason: RebootReason::SwitchInhibitors { log_tail: vec![] },
+                }),
+                seconds: 1.0,
+                pending_reboot_allowed: allowed,
+            };
+            let text = failures(&[h], "push", &Labels::default(), None);
+            if allowed {
+                assert_eq!(text, "");
+            } else {
+                assert!(text.contains("db1"), "{text}");
+                assert!(text.contains("not proven live"), "{text}");
+                assert!(text.contains("`nixgate push db1`"), "{text}");
+                assert!(text.contains("--allow-pending-reboot"), "{text}");
+            }
+        }
+    }
 }

@@ -243,7 +243,7 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
         | Event::Summary { .. } => Some(Quiet),
         Event::HostFinished(s) => match s.outcome() {
             OutcomeKind::NotStarted => Some(Verbose),
-            k if k.fails_run() => Some(Quiet),
+            _ if s.fails_run() => Some(Quiet),
             _ if live => Some(Verbose),
             _ => Some(Normal),
         },

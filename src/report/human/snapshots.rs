@@ -144,6 +144,7 @@ fn summary(host: &str, wave: &str, end: HostEnd, seconds: f64) -> HostSummary {
         closure,
         end,
         seconds,
+        pending_reboot_allowed: false,
     }
 }
 
@@ -336,7 +337,7 @@ fn the_end_of_a_push_with_a_failing_host_and_a_ctrl_c() {
         }
     }
     screen.push_str(&human.summary_block(&hosts, Some(80)));
-    let failed = hosts.iter().filter(|h| h.outcome().fails_run()).count();
+    let failed = hosts.iter().filter(|h| h.fails_run()).count();
     let last = Event::Summary {
         command: CommandName::Push,
         run_id: Some("20261202T093108Z-a7c5".into()),

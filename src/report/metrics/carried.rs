@@ -29,6 +29,8 @@ struct Light {
     wave: String,
     outcome: OutcomeKind,
     seconds: f64,
+    #[serde(default = "crate::deploy::end::allowed_before")]
+    pending_reboot_allowed: bool,
     #[serde(default)]
     activation: Option<LightActivation>,
     /// A known-good generation revoked after a failed soak.
@@ -82,6 +84,7 @@ fn light(s: &HostSummary) -> Light {
         wave: s.wave.clone(),
         outcome: s.outcome(),
         seconds: s.seconds,
+        pending_reboot_allowed: s.pending_reboot_allowed,
         activation: Some(LightActivation { mark }),
         revoked: match &s.end {
             HostEnd::SoakFailed { revoked, .. } => *revoked,
@@ -223,6 +226,10 @@ pub fn collect(state_dir: &Path, current: &RunReport, t: &Timeline) -> (Run, Vec
                 host: name,
                 wave: l.light.wave,
                 outcome: l.light.outcome,
+                last_run_failed: crate::deploy::end::pending_fails(
+                    l.light.outcome,
+                    l.light.pending_reboot_allowed,
+                ),
                 last_run_at: l.finished,
                 seconds: l.light.seconds,
                 runs_known_good: st.runs_known_good,

@@ -39,6 +39,8 @@ pub struct Host {
     pub host: String,
     pub wave: String,
     pub outcome: OutcomeKind,
+    /// Its last run did not end well for it (as exit code 1).
+    pub last_run_failed: bool,
     /// When its last run finished (Unix seconds).
     pub last_run_at: Option<i64>,
     pub seconds: f64,
@@ -109,7 +111,7 @@ pub fn render(run: &Run, hosts: &[Host]) -> String {
         (
             "nixgate_host_last_run_failed",
             "1 if the host's last run did not end well for it (failed, rolled back, refused, not started)",
-            |h| Some(if h.outcome.fails_run() { 1.0 } else { 0.0 }),
+            |h| Some(if h.last_run_failed { 1.0 } else { 0.0 }),
         ),
         (
             "nixgate_host_last_run_timestamp_seconds",

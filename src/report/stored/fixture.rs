@@ -389,6 +389,7 @@ fn summary(host: &str, wave: &str, end: HostEnd) -> HostSummary {
         closure: Some(sp('b', "nixos-system-web")),
         end,
         seconds: 6.0,
+        pending_reboot_allowed: false,
     }
 }
 

@@ -58,6 +58,7 @@ fn finished(host: &str, end: HostEnd, seconds: f64) -> Event {
         closure: None,
         end,
         seconds,
+        pending_reboot_allowed: false,
     })
 }
 
