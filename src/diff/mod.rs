@@ -6,6 +6,7 @@
 
 pub mod aterm;
 pub mod drift;
+mod drv_reads;
 pub mod flake_lock;
 pub mod names;
 pub mod packages;

@@ -3,15 +3,14 @@
 //! the first real causes. Derivations are read from the builder one BFS level
 //! per command, so a whole diff costs about (depth) round trips.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::aterm::{Derivation, parse_derivation};
+use super::aterm::Derivation;
+use super::drv_reads::RemoteDrvs;
+pub use super::drv_reads::SharedDrvCache;
 use crate::nix::StorePath;
-use crate::remote::{Command, Remote, unpoisoned};
+use crate::remote::Remote;
 
 /// Why a derivation differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,8 +200,13 @@ fn compare(old: &Derivation, new: &Derivation) -> (Vec<Cause>, Vec<(String, Stri
 }
 
 /// Where derivation texts come from.
-trait Drvs {
+pub(super) trait Drvs {
     async fn fetch(&mut self, paths: &[String]) -> anyhow::Result<()>;
+    /// A diff's two roots, and as much below them as the source sends at
+    /// once.
+    async fn fetch_below(&mut self, old: &str, new: &str) -> anyhow::Result<()> {
+        self.fetch(&[old.to_owned(), new.to_owned()]).await
+    }
     fn get(&self, path: &str) -> Option<&Derivation>;
 }
 
@@ -217,248 +221,18 @@ impl Drvs for Local<'_> {
     }
 }
 
-/// Reads `.drv` files in one command per batch and a constant number of
-/// processes (not one per file): `missing PATH` lines for unreadable ones,
-/// `wc -c` of the rest, a marker line, then their contents back to back
-/// (`wc` and `cat` skip the same unreadable files). Linear in the batch: a
-/// loop that rebuilt the argument list (`set -- "$@" "$f"`) took 0.28 s of
-/// builder CPU for 300 derivations and grew with the square.
-const READ: &str = r#"for f; do [ -r "$f" ] || printf 'missing %s\n' "$f"; done
-wc -c -- "$@" 2>/dev/null
-echo "--nixgate-drvs--"
-cat -- "$@" 2>/dev/null
-exit 0"#;
-
-/// Split a [`READ`] batch into `(path, text)` pairs.
-fn split_batch(bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
-    const MARK: &[u8] = b"--nixgate-drvs--\n";
-    let at = bytes
-        .windows(MARK.len())
-        .position(|w| w == MARK)
-        .context("derivation batch without its marker")?;
-    let head = String::from_utf8_lossy(&bytes[..at]);
-    let mut sizes = Vec::new();
-    for line in head.lines() {
-        if line.starts_with("missing ") {
-            continue;
-        }
-        let (len, path) = line
-            .trim_start()
-            .split_once(' ')
-            .context("bad derivation size line")?;
-        // `wc` ends with a total line when given several files.
-        if path.starts_with('/') {
-            sizes.push((len.parse::<usize>().context("bad derivation size")?, path));
-        }
-    }
-    let mut i = at + MARK.len();
-    let mut out = Vec::with_capacity(sizes.len());
-    for (len, path) in sizes {
-        let end = i + len;
-        anyhow::ensure!(end <= bytes.len(), "truncated derivation batch at {path}");
-        out.push((
-            path.to_owned(),
-            String::from_utf8_lossy(&bytes[i..end]).into_owned(),
-        ));
-        i = end;
-    }
-    Ok(out)
-}
-
-/// Derivations read from the builder, shared by the diffs of one run: hosts
-/// built from one configuration share most derivations, so each is read and
-/// parsed once per run, not once per host. A diff claims the paths it
-/// wants that nobody is reading (and waits for the reads of the others),
-/// and its claim joins the queue of the next read: one command on the
-/// builder at a time, each taking every path queued by then. So the diffs
-/// of many hosts that reach a level together read it in one or two
-/// commands, not one each: twenty commands at once on the builder's one
-/// connection queued for its 8 channels, most of them opening a channel
-/// first (two round trips), so a level of 20 hosts' diffs took 4-6 round
-/// trips at 50 ms where it now takes 2 (BENCHMARKS.md). (Before that,
-/// reads took turns one host at a time: 1.2 s of 20 hosts' plan.) One cache
-/// serves the diffs of one run, against one builder.
-#[derive(Debug, Default)]
-pub struct SharedDrvCache {
-    drvs: std::sync::Mutex<HashMap<String, Arc<Derivation>>>,
-    /// Paths being read, each with its read's end (the read's sender is
-    /// dropped when it ends, whether it read the path or not).
-    reading: std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
-    /// Claimed paths waiting for the next read, and its outcome.
-    queue: std::sync::Mutex<Queued>,
-    /// Held by the read on its way to the builder.
-    turn: tokio::sync::Mutex<()>,
-}
-
-/// The outcome of one read, for every diff whose paths it took (an error as
-/// text: each of them reports it).
-type ReadOutcome = Arc<std::sync::OnceLock<Result<(), String>>>;
-
-#[derive(Debug, Default)]
-struct Queued {
-    paths: Vec<String>,
-    outcome: ReadOutcome,
-}
-
-/// Paths one read claimed; dropped when the read ends, which lets go of
-/// them and wakes every diff waiting for them.
-struct Claim<'c> {
-    cache: &'c SharedDrvCache,
-    paths: Vec<String>,
-    _done: tokio::sync::watch::Sender<()>,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        let mut reading = unpoisoned(&self.cache.reading);
-        for p in &self.paths {
-            reading.remove(p);
-        }
-    }
-}
-
-impl SharedDrvCache {
-    /// Claim the paths of `want` nobody is reading; the ends of the reads
-    /// of the others.
-    fn claim(&self, want: &[&String]) -> (Claim<'_>, Vec<tokio::sync::watch::Receiver<()>>) {
-        let (done, end) = tokio::sync::watch::channel(());
-        let mut claim = Claim {
-            cache: self,
-            paths: Vec::new(),
-            _done: done,
-        };
-        let mut others = Vec::new();
-        let mut reading = unpoisoned(&self.reading);
-        for p in want {
-            match reading.get(*p) {
-                Some(theirs) => others.push(theirs.clone()),
-                None => {
-                    reading.insert((*p).clone(), end.clone());
-                    claim.paths.push((*p).clone());
-                }
-            }
-        }
-        (claim, others)
-    }
-}
-
-struct RemoteDrvs<'r, R: Remote> {
-    remote: &'r R,
-    shared: &'r SharedDrvCache,
-    cache: HashMap<String, Arc<Derivation>>,
-}
-
-impl<R: Remote> RemoteDrvs<'_, R> {
-    /// Take what the run already read; keep the rest in `want`.
-    fn take_shared(&mut self, want: &mut Vec<&String>) {
-        if let Ok(shared) = self.shared.drvs.lock() {
-            want.retain(|p| match shared.get(*p) {
-                Some(d) => {
-                    self.cache.insert((*p).clone(), d.clone());
-                    false
-                }
-                None => true,
-            });
-        }
-    }
-}
-
-impl SharedDrvCache {
-    /// Queue `paths` (claimed by the caller) for the next read and wait
-    /// for it: the first caller to get the turn reads every path queued
-    /// by then, the others find their paths read when their turn comes.
-    async fn read_queued<R: Remote>(&self, remote: &R, paths: &[String]) -> anyhow::Result<()> {
-        let mine = {
-            let mut q = unpoisoned(&self.queue);
-            q.paths.extend_from_slice(paths);
-            q.outcome.clone()
-        };
-        let _turn = self.turn.lock().await;
-        if mine.get().is_none() {
-            // Diffs ready at this moment (their last read just answered)
-            // queue their paths before this read takes them.
-            tokio::task::yield_now().await;
-            let taken = std::mem::take(&mut *unpoisoned(&self.queue));
-            let read = self.read(remote, &taken.paths).await;
-            let _ = taken.outcome.set(read.map_err(|e| format!("{e:#}")));
-        }
-        match mine.get() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
-            None => Err(anyhow::anyhow!(
-                "a derivation read ended without an outcome"
-            )),
-        }
-    }
-
-    /// Read `paths` on the builder into the cache.
-    async fn read<R: Remote>(&self, remote: &R, paths: &[String]) -> anyhow::Result<()> {
-        // A count of paths (2000 here before) can pass the 128 KiB of the
-        // one argument the command line becomes: runs by length.
-        for batch in crate::remote::command::arg_batches(paths) {
-            let out = remote
-                .exec(&Command::script(READ).args(batch.iter().map(|s| s.as_str())))
-                .await
-                .context("reading derivations on the builder")?
-                .check("reading derivations on the builder")?;
-            let parsed = split_batch(&out.stdout)?
-                .into_iter()
-                .filter_map(|(path, text)| {
-                    parse_derivation(&text).ok().map(|d| (path, Arc::new(d)))
-                });
-            unpoisoned(&self.drvs).extend(parsed);
-        }
-        Ok(())
-    }
-}
-
-impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
-    async fn fetch(&mut self, paths: &[String]) -> anyhow::Result<()> {
-        let mut want: Vec<&String> = paths
-            .iter()
-            .filter(|p| !self.cache.contains_key(*p))
-            .collect();
-        want.sort();
-        want.dedup();
-        // Each round reads what nobody is reading and waits for the rest;
-        // a path another read ended without (unreadable, or that read
-        // failed) is claimed and read here in a later round, once.
-        loop {
-            self.take_shared(&mut want);
-            if want.is_empty() {
-                return Ok(());
-            }
-            let (claim, others) = self.shared.claim(&want);
-            if !claim.paths.is_empty() {
-                self.shared.read_queued(self.remote, &claim.paths).await?;
-                self.take_shared(&mut want);
-                // Found unreadable: not asked for again.
-                want.retain(|p| !claim.paths.contains(p));
-            }
-            drop(claim);
-            for mut end in others {
-                // Err: that read ended (its sender dropped), as expected.
-                let _ = end.changed().await;
-            }
-        }
-    }
-    fn get(&self, path: &str) -> Option<&Derivation> {
-        self.cache.get(path).map(|d| d.as_ref())
-    }
-}
-
 /// A differing pair of derivations -> its local causes and the input pairs
 /// `(name, old, new)` to descend into.
 type Walked = HashMap<(String, String), (Vec<Cause>, Vec<(String, String, String)>)>;
 
 /// How deep the walk goes before it stops explaining.
-const MAX_DEPTH: usize = 64;
+pub(super) const MAX_DEPTH: usize = 64;
 
 async fn walk<D: Drvs>(drvs: &mut D, old: &str, new: &str) -> anyhow::Result<Option<Vec<Cause>>> {
     // BFS over differing pairs; then assemble the cause tree.
     let mut local: Walked = HashMap::new();
     let mut level = vec![(old.to_owned(), new.to_owned())];
-    drvs.fetch(&[old.to_owned(), new.to_owned()]).await?;
+    drvs.fetch_below(old, new).await?;
     if drvs.get(old).is_none() {
         return Ok(None);
     }
@@ -550,7 +324,9 @@ pub async fn structural_diff_local(
 
 #[cfg(test)]
 mod tests {
+    use super::super::drv_reads::{READ, WALK, split_batch};
     use super::*;
+    use crate::remote::Command;
 
     #[tokio::test]
     async fn batch_reader_runs_a_few_processes_and_splits_exactly() {
@@ -589,9 +365,12 @@ mod tests {
     }
 
     /// A builder whose reads take 50 ms: which paths each read asked for,
-    /// and how many reads ran at once.
+    /// and how many reads ran at once. Its walks send the pairs' roots
+    /// alone (the diff reads the rest level by level), or, `walks_all`,
+    /// every file it has (a walk may send more than the diff needs).
     struct SlowBuilder {
         files: HashMap<String, String>,
+        walks_all: bool,
         reads: std::sync::Mutex<Vec<Vec<String>>>,
         running: std::sync::atomic::AtomicUsize,
         most: std::sync::atomic::AtomicUsize,
@@ -603,7 +382,16 @@ mod tests {
         }
         async fn exec(&self, cmd: &Command) -> anyhow::Result<crate::remote::Output> {
             use std::sync::atomic::Ordering::SeqCst;
-            let paths: Vec<String> = cmd.argv()[4..].to_vec();
+            let a = cmd.argv();
+            let paths: Vec<String> = match a[2].as_str() {
+                s if s == WALK && self.walks_all => {
+                    let mut all: Vec<String> = self.files.keys().cloned().collect();
+                    all.sort();
+                    all
+                }
+                s if s == WALK => a[8..].to_vec(),
+                _ => a[4..].to_vec(),
+            };
             self.reads.lock().unwrap().push(paths.clone());
             let now = self.running.fetch_add(1, SeqCst) + 1;
             self.most.fetch_max(now, SeqCst);
@@ -648,10 +436,11 @@ mod tests {
         assert!(drvs.cache.is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn hosts_read_a_level_together_and_shared_derivations_once() {
-        // Each host's system derivation is its own; both depend on one
-        // changed library, which is shared.
+    /// Two hosts' diffs at once: each host's system derivation is its own;
+    /// both depend on one changed library, which is shared. Every diff
+    /// explains the library; the reads the builder saw, and how many ran at
+    /// once.
+    async fn two_hosts_one_library(walks_all: bool) -> (Vec<Vec<String>>, usize) {
         let (lib_a, lib_b) = (p('a', "lib-1.drv"), p('b', "lib-1.drv"));
         let text = |env: &[(&str, &str)], inputs: &[&str]| {
             super::super::aterm::print_derivation(&drv(env, inputs))
@@ -674,6 +463,7 @@ mod tests {
         }
         let b = SlowBuilder {
             files,
+            walks_all,
             reads: Default::default(),
             running: Default::default(),
             most: Default::default(),
@@ -692,20 +482,30 @@ mod tests {
             );
         }
         let reads = b.reads.lock().unwrap().clone();
+        (reads, b.most.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_read_a_level_together_and_shared_derivations_once() {
+        let (reads, most) = two_hosts_one_library(false).await;
         let mut all: Vec<&String> = reads.iter().flatten().collect();
         let n = all.len();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n, "a derivation read twice: {reads:?}");
         assert_eq!(n, 6, "{reads:?}");
-        // One command a level: both systems' own derivations, then the
-        // shared library's two.
+        // One command a level: both systems' own derivations (the walk
+        // sent nothing below them), then the shared library's two.
         assert_eq!(reads.len(), 2, "{reads:?}");
-        assert_eq!(
-            b.most.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "{reads:?}"
-        );
+        assert_eq!(most, 1, "{reads:?}");
+    }
+
+    /// A walk that sent everything below the roots: both diffs are
+    /// explained from one command on the builder.
+    #[tokio::test(start_paused = true)]
+    async fn a_walk_on_the_builder_reads_whole_diffs_in_one_command() {
+        let (reads, _) = two_hosts_one_library(true).await;
+        assert_eq!(reads.len(), 1, "{reads:?}");
     }
 
     /// A builder whose reads fail, slowly.
