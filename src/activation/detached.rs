@@ -118,17 +118,6 @@ impl SwitchFailure {
                 | SwitchFailure::PreSwitchCheckFailed { .. }
         )
     }
-
-    /// True when the fire stopped before a job that sets the profile
-    /// could have set it: every other failure may follow a profile moved.
-    pub fn profile_untouched(&self) -> bool {
-        matches!(
-            self,
-            SwitchFailure::LockHeld { .. }
-                | SwitchFailure::LockCheck { .. }
-                | SwitchFailure::ProfileSet { .. }
-        )
-    }
 }
 
 /// The result of a detached run (adjacently tagged: the wrapped values

@@ -142,6 +142,8 @@ pub struct State {
     /// A fire's `nix-env --set` of the profile fails (once), as `nix-env`
     /// does on a full disk.
     pub profile_set_fails: bool,
+    /// Another switch takes the lock right after a fire is refused.
+    pub lock_taken_after_refusal: bool,
 }
 
 impl State {
@@ -518,6 +520,7 @@ impl State {
         }
         if let Some(i) = self.refuse_fires.iter().position(|a| *a == action) {
             self.refuse_fires.remove(i);
+            self.lock_held |= std::mem::take(&mut self.lock_taken_after_refusal);
             return refuse(format!(
                 "Job for {unit}.service failed because of unavailable resources or another system error.\n"
             ));
@@ -828,6 +831,7 @@ impl FakeHost {
             lose: Vec::new(),
             break_once: Vec::new(),
             profile_set_fails: false,
+            lock_taken_after_refusal: false,
         })))
     }
 

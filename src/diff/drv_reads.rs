@@ -31,9 +31,10 @@ exit 0"#
 /// builder CPU for 300 derivations and grew with the square.
 pub(super) const READ: &str = read_body!();
 
-/// The most derivations one walk sends (what a command line of them holds
-/// with room to spare); a diff reads any beyond level by level.
-const WALK_MAX: usize = 4000;
+/// The most derivations one walk sends: about 180 KB of `wc` and `cat`
+/// arguments, within the 256 KiB older macOS takes; a diff reads any
+/// beyond level by level.
+const WALK_MAX: usize = 2000;
 
 /// Where derivations live (a diff pairs inputs by the name after the hash).
 const STORE: &str = "/nix/store";
@@ -49,6 +50,8 @@ const STORE: &str = "/nix/store";
 /// on the builder (about 170 ms at 50 ms RTT, on every push's plan).
 /// POSIX `awk` (mawk's, BSD's): no interval expressions, arrays cleared
 /// with `split`; globbing off for the list (a store path may hold `?`).
+/// A builder without a working `awk` sends the roots alone (then the diff
+/// reads level by level, as before).
 pub(super) const WALK: &str = concat!(
     r#"max=$1; depth=$2; store=$3; n=$4; shift 4
 walked=$(awk -v n="$n" -v max="$max" -v depth="$depth" -v store="$store" '
@@ -84,9 +87,9 @@ BEGIN {
     split("", po); split("", pn)
     k = m
   }
-}' "$@")
+}' "$@") || walked=
 set -f
-set -- $walked
+[ -z "$walked" ] || set -- $walked
 [ $# -gt 0 ] || { echo "--nixgate-drvs--"; exit 0; }
 "#,
     read_body!()
@@ -271,8 +274,7 @@ impl SharedDrvCache {
         paths: &[String],
         pairs: &[(String, String)],
     ) -> anyhow::Result<()> {
-        // 300 pairs of paths are about 54 KB of one command line.
-        for chunk in pairs.chunks(300) {
+        for chunk in pair_batches(pairs) {
             let walk = Command::script(WALK)
                 .arg(WALK_MAX.to_string())
                 .arg(super::structural::MAX_DEPTH.to_string())
@@ -302,6 +304,26 @@ impl SharedDrvCache {
         unpoisoned(&self.drvs).extend(parsed);
         Ok(())
     }
+}
+
+/// `pairs` in runs whose paths take at most 64 KiB of a command line, as
+/// [`crate::remote::command::arg_batches`] does for paths, a pair never
+/// split.
+fn pair_batches(pairs: &[(String, String)]) -> Vec<&[(String, String)]> {
+    let mut out = Vec::new();
+    let (mut start, mut len) = (0, 0);
+    for (i, (o, n)) in pairs.iter().enumerate() {
+        let l = o.len() + n.len() + 2;
+        if i > start && len + l > 64 * 1024 {
+            out.push(&pairs[start..i]);
+            (start, len) = (i, 0);
+        }
+        len += l;
+    }
+    if start < pairs.len() {
+        out.push(&pairs[start..]);
+    }
+    out
 }
 
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
@@ -467,5 +489,42 @@ mod tests {
         // Nothing to walk: nothing read (not `wc` of its stdin).
         let out = r.exec(&walk("4000", "64", &[])).await.unwrap();
         assert!(sent(out).is_empty());
+        // No awk on the builder: the roots alone.
+        std::fs::write(&root0, drv("r", &[&lib0, &same])).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for tool in ["sh", "wc", "cat"] {
+            let found = which(tool);
+            std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+        }
+        let no_awk = walk("4000", "64", &[&root0, &root1]).env("PATH", bin.display().to_string());
+        let got = sent(r.exec(&no_awk).await.unwrap());
+        assert_eq!(got, [root0.clone(), root1.clone()]);
+    }
+
+    fn which(tool: &str) -> std::path::PathBuf {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {tool}"))
+    }
+
+    #[test]
+    fn pairs_go_in_runs_a_command_line_takes_never_split() {
+        let pair = |i: usize| {
+            (
+                format!("/nix/store/{i:0>32}-a.drv"),
+                format!("/nix/store/{i:0>32}-b.drv"),
+            )
+        };
+        let pairs: Vec<(String, String)> = (0..1000).map(pair).collect();
+        let runs = pair_batches(&pairs);
+        assert!(runs.len() > 1);
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 1000);
+        for r in &runs {
+            assert!(r.iter().map(|(o, n)| o.len() + n.len() + 2).sum::<usize>() <= 64 * 1024);
+        }
+        assert!(pair_batches(&[]).is_empty());
     }
 }

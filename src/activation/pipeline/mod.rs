@@ -422,7 +422,7 @@ impl<'a, R: Remote> Run<'a, R> {
             return outcome;
         }
         let result = run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await;
-        self.note_profile_fire(&job, &result);
+        self.note_profile_fire(&job);
         match result {
             SwitchResult::Settled {
                 evidence: ev,
@@ -490,7 +490,8 @@ impl<'a, R: Remote> Run<'a, R> {
         let reason = FailureReason::Remote {
             step: "disarm the dead-man revert",
             error: format!(
-                "the change needs a reboot, but the revert timer {} could not be disarmed                  (it would undo the boot default): not persisted; nothing changed live",
+                "the change needs a reboot, but the revert timer {} could not be disarmed \
+                 (it would undo the boot default): not persisted; nothing changed live",
                 unit.unwrap_or_default()
             ),
         };

@@ -32,7 +32,7 @@ impl<R: Remote> Run<'_, R> {
             self.pre_current.clone()
         };
         let result = run_detached(self.remote, self.s, &mut job, &now, &now, self.emit).await;
-        self.note_profile_fire(&job, &result);
+        self.note_profile_fire(&job);
         match result {
             SwitchResult::Settled {
                 evidence: ev,

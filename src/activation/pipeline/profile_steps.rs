@@ -46,21 +46,27 @@ impl<R: Remote> Run<'_, R> {
         Ok(job.setting_profile(&self.s.system_profile))
     }
 
-    /// After a fire of `job`: a job that sets the profile set it unless the
-    /// fire stopped before (a held lock, a failed lock check, a failed
-    /// `nix-env`); every other end may follow a moved profile, and is
-    /// counted as one (a correction that finds it intact changes nothing).
-    pub(super) fn note_profile_fire(&mut self, job: &SwitchJob, result: &SwitchResult) {
-        let untouched = matches!(result, SwitchResult::Failed(f) if f.profile_untouched());
-        if job.sets_profile.is_some() && !untouched {
+    /// After the fires of `job`: a job that sets the profile may have set
+    /// it whatever the last fire said (an earlier attempt's `nix-env` ran
+    /// before the host refused its job, a lost answer, a switch that lost
+    /// the lock to another after the fire's own check, a `nix-env` cut off
+    /// just after it moved the link): it counts as set, and every path
+    /// that keeps the old system puts it back (a correction that finds it
+    /// intact changes nothing).
+    pub(super) fn note_profile_fire(&mut self, job: &SwitchJob) {
+        if job.sets_profile.is_some() {
             self.profile_set = true;
             self.boot_changed = true;
         }
     }
 
-    /// `nix-env --set` failed: nothing of it changed. A host already live
-    /// on the candidate is rolled back; else it fails clean.
+    /// `nix-env --set` failed (the fire's: the profile is put back first,
+    /// should an earlier attempt have set it). A host already live on the
+    /// candidate is rolled back; else it fails clean.
     pub(super) async fn profile_set_failed(&mut self, gate: Gate, error: String) -> HostOutcome {
+        if self.profile_set {
+            self.self_correct_to_previous().await;
+        }
         let reason = FailureReason::ProfileSet { error };
         if self.live_changed {
             self.fail_and_rollback(gate, reason, None).await

@@ -1276,3 +1276,32 @@ async fn a_held_lock_at_persist_leaves_the_profile_alone() {
     assert_eq!(st.profiles[SYSTEM], vec![sp(OLD)], "no generation added");
     assert_eq!(st.boot_default, sp(OLD));
 }
+
+/// The first fire set the profile, then the host refused its job; another
+/// switch took the lock before the second fire: the profile, moved by the
+/// first, is put back (judged by the last fire alone, it stayed on the
+/// candidate).
+#[tokio::test(start_paused = true)]
+async fn a_profile_an_earlier_fire_set_is_put_back() {
+    let host = FakeHost::new(&sp(OLD));
+    {
+        let mut st = host.state();
+        st.refuse_fires = vec!["switch"];
+        st.lock_taken_after_refusal = true;
+    }
+    let ran = run(&host, &request(Goal::Switch)).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            HostOutcome::Failed {
+                gate: Gate::LiveActivate,
+                reason: FailureReason::Switch(SwitchFailure::LockHeld { .. })
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    let st = host.state();
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)), "{:?}", st.profiles);
+    assert!(st.jobs.is_empty());
+}

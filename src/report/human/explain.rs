@@ -209,9 +209,17 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             ),
             Vec::new(),
             Some("it runs the system it ran until it reboots".into()),
-            format!(
-                "reboot it, then `nixgate {command} {host}` to prove it live                  (`--reboot` does both; `--allow-pending-reboot` accepts it pending)"
-            ),
+            if command == "rollback" {
+                format!(
+                    "reboot it to finish the rollback (`--reboot` reboots and verifies), \
+                     then `nixgate status {host}`"
+                )
+            } else {
+                format!(
+                    "reboot it, then `nixgate {command} {host}` to prove it live \
+                     (`--reboot` does both; `--allow-pending-reboot` accepts it pending)"
+                )
+            },
         ),
         _ => return None,
     })
@@ -336,20 +344,27 @@ mod tests {
     use super::*;
     use crate::activation::detached::RebootReason;
 
+    fn pending_db1() -> HostSummary {
+        HostSummary {
+            host: "db1".into(),
+            wave: "main".into(),
+            closure: None,
+            end: HostEnd::activation(HostOutcome::DeferredPendingReboot {
+                reason: RebootReason::SwitchInhibitors { log_tail: vec![] },
+            }),
+            seconds: 1.0,
+            pending_reboot_allowed: false,
+        }
+    }
+
     /// A pending reboot fails the run unless the run allowed it: then, and
     /// only then, it is explained after the table, with what to do.
     #[test]
     fn a_pending_reboot_is_explained_when_it_fails_the_run() {
         for allowed in [false, true] {
             let h = HostSummary {
-                host: "db1".into(),
-                wave: "main".into(),
-                closure: None,
-                end: HostEnd::activation(HostOutcome::DeferredPendingReboot {
-                    reason: RebootReason::SwitchInhibitors { log_tail: vec![] },
-                }),
-                seconds: 1.0,
                 pending_reboot_allowed: allowed,
+                ..pending_db1()
             };
             let text = failures(&[h], "push", &Labels::default(), None);
             if allowed {
@@ -359,6 +374,15 @@ mod tests {
                 assert!(text.contains("not proven live"), "{text}");
                 assert!(text.contains("`nixgate push db1`"), "{text}");
                 assert!(text.contains("--allow-pending-reboot"), "{text}");
+                // A rollback has no such flag, and run again it would
+                // pick another target: it says to reboot.
+                let h = HostSummary {
+                    pending_reboot_allowed: false,
+                    ..pending_db1()
+                };
+                let text = failures(&[h], "rollback", &Labels::default(), None);
+                assert!(text.contains("reboot it to finish the rollback"), "{text}");
+                assert!(!text.contains("--allow-pending-reboot"), "{text}");
             }
         }
     }
