@@ -146,6 +146,16 @@ pub struct State {
     pub lock_taken_after_refusal: bool,
 }
 
+impl Behaviour {
+    /// A candidate whose systemd changes: deferred to the next boot.
+    pub fn systemd_change() -> Behaviour {
+        Behaviour {
+            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
+            ..Default::default()
+        }
+    }
+}
+
 impl State {
     fn behaviour(&self, c: &StorePath) -> Behaviour {
         self.behaviours.get(c).cloned().unwrap_or_default()

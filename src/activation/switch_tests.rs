@@ -300,28 +300,7 @@ async fn linux_fire_script_for_real() {
     );
     // Held (as switch-to-configuration holds it): nothing starts.
     std::fs::write(&lock, "").unwrap();
-    let mut holder = std::process::Command::new("flock")
-        .args(["--exclusive", "--no-fork", &lock, "sleep", "30"])
-        .spawn()
-        .unwrap();
-    // Fire once the holder has the lock: a probe that starts nothing
-    // waits for it (the holder's start is not instant on a busy machine;
-    // a fire that found the lock still free started the job, and the test
-    // failed "nothing started", 1 run in 30 under load).
-    let held = || {
-        !std::process::Command::new("flock")
-            .args(["--nonblock", "--shared", &lock, "true"])
-            .status()
-            .unwrap()
-            .success()
-    };
-    for _ in 0..200 {
-        if held() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(held(), "the holder never took the lock");
+    let mut holder = hold_lock(&lock).await;
     let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j, false);
     holder.kill().unwrap();
     holder.wait().unwrap();
@@ -600,23 +579,7 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
 
     // Held: neither the profile nor the job.
     std::fs::write(&lock, "").unwrap();
-    let mut holder = std::process::Command::new("flock")
-        .args(["--exclusive", "--no-fork", &lock, "sleep", "30"])
-        .spawn()
-        .unwrap();
-    let held = || {
-        !std::process::Command::new("flock")
-            .args(["--nonblock", "--shared", &lock, "true"])
-            .status()
-            .unwrap()
-            .success()
-    };
-    for _ in 0..200 {
-        if held() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut holder = hold_lock(&lock).await;
     std::fs::write(d("rc"), "0").unwrap();
     let launch = parse_fire_linux(&r.exec(&fire).await.unwrap(), &j, false);
     holder.kill().unwrap();
@@ -656,4 +619,31 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "booted\n");
+}
+
+/// `flock` holding `lock` (as switch-to-configuration holds it), returned
+/// once it has it: a probe that starts nothing waits for it (the holder's
+/// start is not instant on a busy machine; a fire that found the lock
+/// still free started the job, and a test failed "nothing started", 1 run
+/// in 30 under load).
+async fn hold_lock(lock: &str) -> std::process::Child {
+    let holder = std::process::Command::new("flock")
+        .args(["--exclusive", "--no-fork", lock, "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let held = || {
+        !std::process::Command::new("flock")
+            .args(["--nonblock", "--shared", lock, "true"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    for _ in 0..200 {
+        if held() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held(), "the holder never took the lock");
+    holder
 }

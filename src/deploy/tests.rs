@@ -481,10 +481,7 @@ async fn a_pending_reboot_fails_the_run_unless_allowed() {
         f.ctx.allow_pending_reboot = allowed;
         f.hosts["web2"].behave(
             &sp(NEW),
-            crate::activation::fake_host::Behaviour {
-                systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
-                ..Default::default()
-            },
+            crate::activation::fake_host::Behaviour::systemd_change(),
         );
         let plan = plan_of(&f.inv, |_| ready(NEW));
         let hosts = run(&f.ctx, plan, AlreadyThere).await;

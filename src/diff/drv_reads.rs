@@ -389,30 +389,12 @@ impl<R: Remote> Drvs for RemoteDrvs<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::aterm::{DrvOutput, print_derivation};
+    use crate::diff::aterm::print_derivation;
     use crate::remote::local::LocalRemote;
 
     fn drv(v: &str, inputs: &[&String]) -> String {
-        print_derivation(&Derivation {
-            outputs: [(
-                "out".to_string(),
-                DrvOutput {
-                    path: String::new(),
-                    hash_algo: String::new(),
-                    hash: String::new(),
-                },
-            )]
-            .into(),
-            input_drvs: inputs
-                .iter()
-                .map(|i| (i.to_string(), ["out".to_string()].into()))
-                .collect(),
-            input_srcs: Default::default(),
-            system: "x86_64-linux".into(),
-            builder: "/bin/sh".into(),
-            args: vec![],
-            env: [("v".to_string(), v.to_string())].into(),
-        })
+        let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        print_derivation(&super::super::structural::tests::drv(&[("v", v)], &inputs))
     }
 
     /// [`WALK`] run by this machine's `sh` and `awk` over a store of its

@@ -323,7 +323,7 @@ pub async fn structural_diff_local(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::drv_reads::{READ, WALK, split_batch};
     use super::*;
     use crate::remote::Command;
@@ -544,7 +544,8 @@ mod tests {
         assert_eq!(b.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
-    fn drv(env: &[(&str, &str)], inputs: &[&str]) -> Derivation {
+    /// A derivation with these env values and inputs (its `out` output).
+    pub(in crate::diff) fn drv(env: &[(&str, &str)], inputs: &[&str]) -> Derivation {
         Derivation {
             outputs: [(
                 "out".to_string(),

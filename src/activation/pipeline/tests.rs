@@ -366,13 +366,7 @@ async fn re_pointed_profile_is_corrected() {
 #[tokio::test(start_paused = true)]
 async fn systemd_change_defers_to_boot() {
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
-            ..Default::default()
-        },
-    );
+    host.behave(&sp(NEW), Behaviour::systemd_change());
     let ran = run(&host, &request(Goal::Gated)).await;
     match &ran.outcome {
         HostOutcome::DeferredPendingReboot {
@@ -400,13 +394,7 @@ async fn systemd_change_defers_to_boot() {
 #[tokio::test(start_paused = true)]
 async fn systemd_change_with_reboot_allowed_reboots_and_marks() {
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
-            ..Default::default()
-        },
-    );
+    host.behave(&sp(NEW), Behaviour::systemd_change());
     let mut req = request(Goal::Gated);
     req.settings.allow_reboot = true;
     let ran = run(&host, &req).await;
@@ -1252,13 +1240,7 @@ async fn a_profile_the_fire_cannot_set_fires_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_held_lock_at_persist_leaves_the_profile_alone() {
     let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            systemd: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-systemd-257.2",
-            ..Default::default()
-        },
-    );
+    host.behave(&sp(NEW), Behaviour::systemd_change());
     host.state().lock_held = true;
     let ran = run(&host, &request(Goal::Gated)).await;
     assert!(
