@@ -480,3 +480,24 @@ async fn silent_listener_times_out_within_connect_timeout() {
         e => panic!("expected Timeout, got {e}"),
     }
 }
+
+/// A P-256 key whose private scalar OpenSSH wrote in 31 bytes (one key in
+/// 256: a leading zero stripped), which russh's key crate refuses ("length
+/// invalid"): `user_certificate` failed once on such a fresh key. Made by
+/// `ssh-keygen -t ecdsa` for this test, kept as it was written.
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn a_p256_key_with_a_short_scalar_logs_in() {
+    let sshd = Sshd::start();
+    let key = sshd.dir.path().join("id_short");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    std::fs::copy(data.join("p256_short_scalar"), &key).unwrap();
+    std::fs::copy(data.join("p256_short_scalar.pub"), pub_path(&key)).unwrap();
+    sshd.authorize(&key);
+    let s = SshSession::connect(sshd.target(&key)).await.unwrap();
+    assert_eq!(whoami(&s).await, "root");
+    assert_eq!(
+        s.info().auth,
+        AuthMethod::IdentityFile { path: key.clone() }
+    );
+}

@@ -172,7 +172,9 @@ where
             tried.push(format!("{}: no such file", path.display()));
             continue;
         }
-        let key = match load_secret_key(&path, None) {
+        let key = match load_secret_key(&path, None)
+            .or_else(|e| super::short_ecdsa::load(&path).ok_or(e))
+        {
             Ok(k) => k,
             Err(KeyError::KeyIsEncrypted) => {
                 // The agent already had its chance with this key if it holds it.

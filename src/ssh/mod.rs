@@ -22,6 +22,7 @@ mod hostkey;
 pub mod known_hosts;
 pub mod pattern;
 mod session;
+mod short_ecdsa;
 pub mod target;
 
 pub use auth::AuthMethod;
