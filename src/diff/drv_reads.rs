@@ -306,24 +306,11 @@ impl SharedDrvCache {
     }
 }
 
-/// `pairs` in runs whose paths take at most 64 KiB of a command line, as
-/// [`crate::remote::command::arg_batches`] does for paths, a pair never
-/// split.
+/// `pairs` in runs a command line takes, as
+/// [`crate::remote::command::arg_batches`] makes them, a pair never split.
 fn pair_batches(pairs: &[(String, String)]) -> Vec<&[(String, String)]> {
-    let mut out = Vec::new();
-    let (mut start, mut len) = (0, 0);
-    for (i, (o, n)) in pairs.iter().enumerate() {
-        let l = o.len() + n.len() + 2;
-        if i > start && len + l > 64 * 1024 {
-            out.push(&pairs[start..i]);
-            (start, len) = (i, 0);
-        }
-        len += l;
-    }
-    if start < pairs.len() {
-        out.push(&pairs[start..]);
-    }
-    out
+    use crate::remote::quote::quote;
+    crate::remote::command::batches_by(pairs, |(o, n)| quote(o).len() + quote(n).len() + 2)
 }
 
 impl<R: Remote> Drvs for RemoteDrvs<'_, R> {

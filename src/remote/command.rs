@@ -149,18 +149,24 @@ const INLINE_MAX: usize = 64 * 1024;
 /// word longer than that alone is a run of its own. For commands given
 /// many paths.
 pub fn arg_batches<S: AsRef<str>>(args: &[S]) -> Vec<&[S]> {
+    batches_by(args, |a| quote(a.as_ref()).len() + 1)
+}
+
+/// `items` in runs as [`arg_batches`] makes them, `line` the length one
+/// item takes of the command line (items that are several words each).
+pub fn batches_by<T>(items: &[T], line: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut runs = Vec::new();
     let (mut start, mut len) = (0, 0);
-    for (i, a) in args.iter().enumerate() {
-        let word = quote(a.as_ref()).len() + 1;
-        if i > start && len + word > INLINE_MAX {
-            runs.push(&args[start..i]);
+    for (i, item) in items.iter().enumerate() {
+        let l = line(item);
+        if i > start && len + l > INLINE_MAX {
+            runs.push(&items[start..i]);
             (start, len) = (i, 0);
         }
-        len += word;
+        len += l;
     }
-    if start < args.len() {
-        runs.push(&args[start..]);
+    if start < items.len() {
+        runs.push(&items[start..]);
     }
     runs
 }
