@@ -194,3 +194,61 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
         text(&out.stderr)
     );
 }
+
+/// A rollback whose target changes systemd is deferred to the next boot:
+/// the host still runs what it is rolled back from, so the run exits 1,
+/// unless it was run with `--allow-pending-reboot`.
+#[test]
+#[ignore = "needs root (sshd, namespaces): run scripts/test"]
+fn a_rollback_deferred_to_a_reboot_fails_unless_allowed() {
+    let fleet = Fleet::start(FleetSpec {
+        light: 1,
+        systemd: 0,
+        builder: true,
+    })
+    .unwrap();
+    fleet
+        .commit_config(|v| v["defaults"]["packages"]["nginx"]["version"] = json!("1.25.3"))
+        .unwrap();
+    let out = nixgate(&fleet, &["--json", "--yes", "push", "light1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let good = fleet.in_host_ok("light1", "readlink -e /run/current-system");
+    // Switched by hand, past nixgate: a new systemd, never validated.
+    fleet
+        .commit_config(|v| v["defaults"]["systemdVersion"] = json!("256.1"))
+        .unwrap();
+    let by_hand = fleet.build_on_builder("light1").unwrap();
+    fleet.copy_closure("builder", "light1", &by_hand).unwrap();
+    fleet.in_host_ok(
+        "light1",
+        &format!(
+            "nix-env -p /nix/var/nix/profiles/system --set {by_hand} && \
+             {by_hand}/bin/switch-to-configuration switch >/dev/null"
+        ),
+    );
+    for allowed in [false, true] {
+        let mut args = vec!["--json", "--yes", "rollback", "light1"];
+        if allowed {
+            args.push("--allow-pending-reboot");
+        }
+        let out = nixgate(&fleet, &args);
+        let last: serde_json::Value =
+            serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+        let host = &last["hosts"][0];
+        assert_eq!(host["outcome"], "pending-reboot", "{last}");
+        assert_eq!(host["closure"], good.as_str(), "{last}");
+        assert_eq!(host["pending_reboot_allowed"], allowed, "{last}");
+        let code = if allowed { 0 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+        assert_eq!(
+            fleet.in_host_ok("light1", "readlink -e /run/current-system"),
+            by_hand,
+            "live, the host runs what it is rolled back from until it reboots"
+        );
+        assert_eq!(
+            fleet.in_host_ok("light1", "readlink -e /nix/var/nix/profiles/system"),
+            good,
+            "the target is the boot default"
+        );
+    }
+}

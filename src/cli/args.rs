@@ -215,6 +215,12 @@ pub enum Command {
         /// Reboot hosts whose rollback target needs it (systemd, dbus or kernel changed).
         #[arg(long)]
         reboot: bool,
+        /// Let a rollback deferred to the next boot (systemd, dbus or kernel;
+        /// without --reboot) pass its wave: the host boots into the target
+        /// when it next reboots. By default it counts as a failure: the host
+        /// still runs the system it is rolled back from.
+        #[arg(long)]
+        allow_pending_reboot: bool,
         /// Do not arm the hosts' dead-man revert before live switches.
         #[arg(long)]
         no_magic_rollback: bool,

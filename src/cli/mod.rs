@@ -224,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Rollback {
             to,
             reboot,
+            allow_pending_reboot,
             no_magic_rollback,
             outputs,
             select,
@@ -232,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let sel = select_hosts(&inv, &select)?;
             let flags = run_session::RunFlags {
                 reboot,
-                allow_pending_reboot: false,
+                allow_pending_reboot,
                 no_magic_rollback,
             };
             tokio::runtime::Runtime::new()?

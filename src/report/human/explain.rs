@@ -212,7 +212,7 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             if command == "rollback" {
                 format!(
                     "reboot it to finish the rollback (`--reboot` reboots and verifies), \
-                     then `nixgate status {host}`"
+                     then `nixgate status {host}`; `--allow-pending-reboot` accepts it pending"
                 )
             } else {
                 format!(
@@ -374,15 +374,16 @@ mod tests {
                 assert!(text.contains("not proven live"), "{text}");
                 assert!(text.contains("`nixgate push db1`"), "{text}");
                 assert!(text.contains("--allow-pending-reboot"), "{text}");
-                // A rollback has no such flag, and run again it would
-                // pick another target: it says to reboot.
+                // Run again, a rollback would pick another target: it
+                // says to reboot, not to roll back again.
                 let h = HostSummary {
                     pending_reboot_allowed: false,
                     ..pending_db1()
                 };
                 let text = failures(&[h], "rollback", &Labels::default(), None);
                 assert!(text.contains("reboot it to finish the rollback"), "{text}");
-                assert!(!text.contains("--allow-pending-reboot"), "{text}");
+                assert!(!text.contains("`nixgate rollback db1`"), "{text}");
+                assert!(text.contains("--allow-pending-reboot"), "{text}");
             }
         }
     }
