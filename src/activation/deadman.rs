@@ -16,7 +16,8 @@
 //! leaves transient units alone). It is armed for the activation budget
 //! plus `confirm_timeout` before the switch fires (a controller that dies
 //! mid-switch still gets its host back), and shortened to `confirm_timeout`
-//! once the switch settled. Disarming stops the timer: a good push leaves
+//! once the switch settled, when the first try at a new connection did not
+//! confirm (the pipeline's `confirm`). Disarming stops the timer: a good push leaves
 //! no nixgate timer or unit behind. Darwin: a `setsid` sleeper (launchd has
 //! no transient timers; a detached process group survives the SSH session
 //! and the controller the same way), disarmed by killing its group.
@@ -130,7 +131,8 @@ exit 0"#;
 /// Each `systemctl` or `systemd-run` call costs the host 7-13 ms of CPU on
 /// the test fleet's systemd 252, up to 31 ms on its light hosts' stand-ins
 /// (BENCHMARKS.md, "Where a host's CPU goes"); the arm, re-arm and disarm
-/// made 10 of them and make 5 now (arm 1, re-arm 2, disarm 2).
+/// made 10 of them, then 5 (arm 1, re-arm 2, disarm 2), and 3 on a host
+/// confirmed at the first try, which is not re-armed.
 /// A re-arm refused twice exits 5: the earlier timer is stopped, nothing
 /// is armed ([`NothingArmed`]: the controller must not wait for a revert).
 pub(crate) const ARM_LINUX: &str = r#"unit=$1; secs=$2; script=$3; mode=$4

@@ -32,6 +32,10 @@ pub struct Behaviour {
     /// Once live, the system is off the network: established sessions
     /// are lost too.
     pub cuts_network: bool,
+    /// Once live, new connections get no answer (a firewall dropping
+    /// them): each handshake hangs until it times out (10 s); established
+    /// sessions go on.
+    pub drops_new_connections: bool,
     pub polls_to_finish: u32,
     pub systemd: &'static str,
     pub healthy: bool,
@@ -48,6 +52,7 @@ impl Default for Behaviour {
             inhibitor_message: false,
             cuts_ssh: false,
             cuts_network: false,
+            drops_new_connections: false,
             polls_to_finish: 2,
             systemd: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-256.8",
             healthy: true,
@@ -112,6 +117,8 @@ pub struct State {
     pub sshd_up: bool,
     /// Off the network: every command on every connection is lost.
     pub offline: bool,
+    /// New connections get no answer: each handshake times out (10 s).
+    pub drops_new: bool,
     /// Armed dead-man timers: unit -> (arming number, the revert's args).
     pub timers: BTreeMap<String, (u64, Vec<String>)>,
     /// The next disarm arrives just after its timer fired: the revert
@@ -210,6 +217,7 @@ impl State {
                 // The system's own sshd: a candidate may cut new connections.
                 self.sshd_up = !b.cuts_ssh && !b.cuts_network;
                 self.offline = b.cuts_network;
+                self.drops_new = b.drops_new_connections;
             }
             if let Some(p) = &b.repoint_profile_to {
                 self.set_profile(SYSTEM, p);
@@ -731,6 +739,7 @@ impl State {
         let b = self.behaviour(&prev);
         self.sshd_up = !b.cuts_ssh && !b.cuts_network;
         self.offline = b.cuts_network;
+        self.drops_new = b.drops_new_connections;
         self.current = prev;
         let record = format!(
             r#"{{"run_id":"{run}","reverted_at":"2026-12-02T00:00:00Z","from":"{candidate}","to":"{previous}","result":"ok","current":"{previous}"}}"#
@@ -751,6 +760,10 @@ impl crate::activation::Reconnect<ScriptedRemote> for FakeHost {
         Box<dyn std::future::Future<Output = anyhow::Result<ScriptedRemote>> + Send + '_>,
     > {
         Box::pin(async {
+            if self.state().drops_new {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                anyhow::bail!("timed out (fake firewall drops new connections)");
+            }
             anyhow::ensure!(self.state().sshd_up, "connection refused (fake sshd down)");
             Ok(self.remote())
         })
@@ -827,6 +840,7 @@ impl FakeHost {
             refuse_fires: Vec::new(),
             sshd_up: true,
             offline: false,
+            drops_new: false,
             timers: BTreeMap::new(),
             revert_beats_disarm: false,
             refuse_rearm: false,

@@ -784,18 +784,15 @@ async fn a_confirmed_switch_disarms_and_leaves_no_timer() {
         .iter()
         .filter(|c| c.contains("arm-revert"))
         .collect();
-    // Armed before the switch for the budget plus the window, shortened to
-    // the window once it settled, disarmed over a new connection.
+    // Armed before the switch for the budget plus the window, and disarmed
+    // over a new connection at the first try: never shortened (that is
+    // for a host whose first new connection does not confirm), never
+    // disarmed over the run's own session.
     assert!(
         arms[0].starts_with("sudo arm-revert nixgate-confirm-r1 90 "),
         "{arms:#?}"
     );
-    assert!(
-        arms[1].starts_with("sudo arm-revert nixgate-confirm-r1 30 "),
-        "{arms:#?}"
-    );
-    // Disarmed over the new connection, never over the run's own session.
-    assert_eq!(arms.len(), 2, "{arms:#?}");
+    assert_eq!(arms.len(), 1, "{arms:#?}");
     let pos = |p: &str| ran.cmds.iter().position(|c| c.contains(p)).unwrap();
     assert!(pos("arm-revert nixgate-confirm-r1 90") < pos("fire --unit=nixgate-switch-r1 "));
     assert!(
@@ -842,6 +839,54 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
     assert!(st.timers.is_empty());
     // Nothing of the candidate was persisted or marked.
     assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
+}
+
+/// New connections that get no answer (a firewall dropping them): the
+/// first try gives up after 5 s, the revert is shortened to the window over
+/// the run's own session, and the host takes itself back when that ends.
+#[tokio::test(start_paused = true)]
+async fn a_candidate_that_drops_new_connections_is_shortened_then_reverted() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            drops_new_connections: true,
+            ..Default::default()
+        },
+    );
+    let started = tokio::time::Instant::now();
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(
+            &ran.outcome,
+            HostOutcome::RevertedByHost {
+                cause: CutOff::NoNewConnection { .. },
+                record: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    let arms: Vec<&String> = ran
+        .cmds
+        .iter()
+        .filter(|c| c.contains("arm-revert"))
+        .collect();
+    assert_eq!(arms.len(), 2, "{arms:#?}");
+    assert!(
+        arms[1].starts_with("sudo arm-revert nixgate-confirm-r1 30 "),
+        "{arms:#?}"
+    );
+    // The first try (5 s) and the window (30 s); then the look, whose
+    // first handshake, sent as the revert began, waits out its timeout
+    // (10 s) and the pause before the next (2 s); the switch's polls.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(5 + 30), "{took:?}");
+    assert!(took <= Duration::from_secs(5 + 30 + 10 + 2 + 4), "{took:?}");
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
 }
 
 #[tokio::test(start_paused = true)]
