@@ -14,8 +14,9 @@
 //! --on-active`); it belongs to systemd, so it survives the SSH session, the
 //! controller, and the switch restarting units (switch-to-configuration
 //! leaves transient units alone). It is armed for the activation budget
-//! plus `confirm_timeout` before the switch fires (a controller that dies
-//! mid-switch still gets its host back), and shortened to `confirm_timeout`
+//! plus `confirm_timeout` by the switch's own fire, once the switch lock is
+//! free and before anything changes ([`super::switch::FIRE_LINUX`]; a
+//! controller that dies mid-switch still gets its host back), and shortened to `confirm_timeout`
 //! once the switch settled, when the first try at a new connection did not
 //! confirm (the pipeline's `confirm`). Disarming stops the timer: a good push leaves
 //! no nixgate timer or unit behind. Darwin: a `setsid` sleeper (launchd has
@@ -115,6 +116,21 @@ systemctl stop "$timer.timer" 2>/dev/null
 rm -f "$0"
 exit 0"#;
 
+/// `arm UNIT SECS SCRIPT`: start the transient timer UNIT that runs
+/// `/bin/sh SCRIPT` after SECS seconds (Linux). Shared by [`ARM_LINUX`] and
+/// the fire that arms as it fires ([`super::switch::FIRE_LINUX`]).
+macro_rules! arm_timer {
+    () => {
+        r#"arm() {
+  systemd-run --unit="$1" --description="nixgate: revert unless the switch is confirmed" \
+    --on-active="$2s" --timer-property=AccuracySec=1s \
+    --collect --no-ask-password --service-type=exec -- /bin/sh "$3"
+}
+"#
+    };
+}
+pub(crate) use arm_timer;
+
 /// Over SSH (Linux): write the revert script (stdin) to `$3`, then (re)arm
 /// the timer that runs it. The script runs from a file, never from the
 /// unit's command line: systemd reads a transient unit back from its file
@@ -135,21 +151,20 @@ exit 0"#;
 /// confirmed at the first try, which is not re-armed.
 /// A re-arm refused twice exits 5: the earlier timer is stopped, nothing
 /// is armed ([`NothingArmed`]: the controller must not wait for a revert).
-pub(crate) const ARM_LINUX: &str = r#"unit=$1; secs=$2; script=$3; mode=$4
+pub(crate) const ARM_LINUX: &str = concat!(
+    r#"unit=$1; secs=$2; script=$3; mode=$4
 mkdir -p "${script%/*}" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
-arm() {
-  systemd-run --unit="$unit" --description="nixgate: revert unless the switch is confirmed" \
-    --on-active="${secs}s" --timer-property=AccuracySec=1s \
-    --collect --no-ask-password --service-type=exec -- /bin/sh "$script"
-}
-[ "$mode" = fresh ] || systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
-arm 2>/dev/null && exit 0
+"#,
+    arm_timer!(),
+    r#"[ "$mode" = fresh ] || systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
+arm "$unit" "$secs" "$script" 2>/dev/null && exit 0
 systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
 systemctl reset-failed "$unit.timer" "$unit.service" 2>/dev/null
-arm && exit 0
+arm "$unit" "$secs" "$script" && exit 0
 [ "$mode" = fresh ] && exit 1
 echo "nothing armed: the earlier timer was stopped and the new one refused" >&2
-exit 5"#;
+exit 5"#
+);
 
 /// Over SSH (Darwin): write the revert script (stdin) to `$3`, then a
 /// detached sleeper that runs it, replacing an earlier one.
@@ -297,6 +312,28 @@ pub fn revert_script(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Reve
         "#!/bin/sh\n# nixgate: revert of run {run_id} unless the switch is confirmed\nset -- {}\n{REVERT}\n",
         crate::remote::quote::join(&args)
     )
+}
+
+/// A revert armed by the fire itself (Linux: [`super::switch::FIRE_LINUX`]),
+/// one round trip less than [`arm`] before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FireArm {
+    pub unit: String,
+    pub secs: u64,
+    /// The revert script's path on the host, and its text.
+    pub script: String,
+    #[serde(skip)]
+    pub body: String,
+}
+
+/// What the fire needs to arm `a` (Linux).
+pub fn fire_arm(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Revert) -> FireArm {
+    FireArm {
+        unit: a.unit.clone(),
+        secs: a.fires_after.as_secs().max(1),
+        script: a.script.clone(),
+        body: revert_script(a, run_id, paths, revert),
+    }
 }
 
 /// Arm the revert; it fires after `a.fires_after` unless disarmed.

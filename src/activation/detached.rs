@@ -69,6 +69,9 @@ pub enum SwitchFailure {
     /// The fire's `nix-env --set` of the profile failed (nothing fired;
     /// see [`super::switch::SwitchJob::sets_profile`]).
     ProfileSet { error: String },
+    /// The fire could not arm the dead-man revert (nothing fired, the
+    /// profile not set; see [`super::switch::SwitchJob::arms`]).
+    Arm { error: String },
     /// The host refused to start the job, every time it was asked under a
     /// fresh unit name (nothing fired).
     FireRefused { attempts: Vec<RefusedFire> },
@@ -114,6 +117,7 @@ impl SwitchFailure {
             SwitchFailure::LockHeld { .. }
                 | SwitchFailure::LockCheck { .. }
                 | SwitchFailure::ProfileSet { .. }
+                | SwitchFailure::Arm { .. }
                 | SwitchFailure::FireRefused { .. }
                 | SwitchFailure::PreSwitchCheckFailed { .. }
         )
@@ -388,6 +392,7 @@ fn read_launch(
         Launch::LockHeld { holders } => return Err(SwitchFailure::LockHeld { holders }),
         Launch::LockCheckFailed { error } => return Err(SwitchFailure::LockCheck { error }),
         Launch::ProfileSetFailed { error } => return Err(SwitchFailure::ProfileSet { error }),
+        Launch::ArmFailed { error } => return Err(SwitchFailure::Arm { error }),
         Launch::Tried {
             unchecked,
             outcome,
@@ -617,7 +622,7 @@ mod tests {
             .filter(|a| a[2] == switch::FIRE_LINUX)
             .collect();
         assert_eq!(fires.len(), 2, "{fires:#?}");
-        assert!(fires.iter().all(|a| a[17] == "--unit=nixgate-switch-r1"));
+        assert!(fires.iter().all(|a| a[21] == "--unit=nixgate-switch-r1"));
         assert_eq!((fires[0][12].as_str(), fires[1][12].as_str()), ("0", "1"));
     }
 

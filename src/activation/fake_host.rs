@@ -119,6 +119,10 @@ pub struct State {
     pub offline: bool,
     /// New connections get no answer: each handshake times out (10 s).
     pub drops_new: bool,
+    /// The next fire that arms a revert cannot (`NixgateArmed=failed`).
+    pub arm_fails: bool,
+    /// How long each new connection's handshake takes (a slow link).
+    pub handshake_takes: std::time::Duration,
     /// Armed dead-man timers: unit -> (arming number, the revert's args).
     pub timers: BTreeMap<String, (u64, Vec<String>)>,
     /// The next disarm arrives just after its timer fired: the revert
@@ -495,8 +499,9 @@ impl State {
 impl State {
     /// `switch::FIRE_LINUX` (`a`: lock, unit, status, current, ticks,
     /// profile, dir, log, again, the profile to set and its closure (both
-    /// empty: none) and `nix-env`'s limit, then `systemd-run` and its
-    /// arguments):
+    /// empty: none) and `nix-env`'s limit, the revert to arm (four, all
+    /// empty: none; armed by [`FakeHost::answer`] before this), then
+    /// `systemd-run` and its arguments):
     /// the lock check, the fire, and a first poll that does not count in
     /// `polls` (`drop_polls` numbers the polls of their own).
     fn fire_linux(&mut self, a: &[&str]) -> Output {
@@ -521,7 +526,7 @@ impl State {
             self.set_profile(a[13], &StorePath::parse(a[14]).expect("a store path"));
             "NixgateProfileSet=0\n"
         };
-        let unit = a[17].trim_start_matches("--unit=").to_owned();
+        let unit = a[21].trim_start_matches("--unit=").to_owned();
         let (program, action) = (a[a.len() - 2], a[a.len() - 1]);
         let refuse = |why: String| {
             Output::new(
@@ -764,6 +769,8 @@ impl crate::activation::Reconnect<ScriptedRemote> for FakeHost {
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                 anyhow::bail!("timed out (fake firewall drops new connections)");
             }
+            let slow = self.state().handshake_takes;
+            tokio::time::sleep(slow).await;
             anyhow::ensure!(self.state().sshd_up, "connection refused (fake sshd down)");
             Ok(self.remote())
         })
@@ -776,16 +783,6 @@ impl FakeHost {
     fn arm(&self, a: &[&str], script: &[u8]) -> Output {
         let unit = a[4].to_owned();
         let secs: u64 = a[5].parse().expect("seconds");
-        // The revert's arguments: its `set -- ...` line (none has spaces).
-        let script = String::from_utf8_lossy(script);
-        let set = script
-            .lines()
-            .find_map(|l| l.strip_prefix("set -- "))
-            .expect("the revert script sets its arguments");
-        let args: Vec<String> = set
-            .split(' ')
-            .map(|w| w.trim_matches('\'').to_owned())
-            .collect();
         if a[7] == "replace" && self.state().refuse_rearm {
             self.state().timers.remove(&unit);
             return Output::new(
@@ -794,6 +791,45 @@ impl FakeHost {
                 "nothing armed: the earlier timer was stopped and the new one refused\n",
             );
         }
+        self.start_timer(unit, secs, &String::from_utf8_lossy(script));
+        ok("")
+    }
+
+    /// A fire that arms the revert first (`switch::FIRE_LINUX`): nothing
+    /// is armed while the lock is held; a timer already armed is kept;
+    /// `arm_fails` refuses it (nothing fires).
+    fn fire_arming(&self, cmd: &Command, unit: &str, secs: &str, body: &str) -> Output {
+        if self.state().lock_held {
+            return self.state().respond(cmd, None);
+        }
+        let armed = if std::mem::take(&mut self.state().arm_fails) {
+            return Output::new(
+                Exit::Code { code: 0 },
+                "NixgateLock=free\nNixgateArmed=failed\n",
+                "Failed to start transient timer unit: Connection timed out\n",
+            );
+        } else if self.state().timers.contains_key(unit) {
+            "kept"
+        } else {
+            self.start_timer(unit.to_owned(), secs.parse().expect("seconds"), body);
+            "new"
+        };
+        let out = self.state().respond(cmd, None);
+        let stdout = format!("NixgateArmed={armed}\n{}", out.stdout_str());
+        Output::new(out.exit.clone(), stdout, out.stderr_str())
+    }
+
+    /// Start the timer `unit` running the revert `script` after `secs`.
+    fn start_timer(&self, unit: String, secs: u64, script: &str) {
+        // The revert's arguments: its `set -- ...` line (none has spaces).
+        let set = script
+            .lines()
+            .find_map(|l| l.strip_prefix("set -- "))
+            .expect("the revert script sets its arguments");
+        let args: Vec<String> = set
+            .split(' ')
+            .map(|w| w.trim_matches('\'').to_owned())
+            .collect();
         let n = {
             let mut st = self.state();
             st.armings += 1;
@@ -812,7 +848,6 @@ impl FakeHost {
                 st.revert(&args);
             }
         });
-        ok("")
     }
 
     /// A host running `current`, whose system profile and known-good
@@ -841,6 +876,8 @@ impl FakeHost {
             sshd_up: true,
             offline: false,
             drops_new: false,
+            arm_fails: false,
+            handshake_takes: std::time::Duration::ZERO,
             timers: BTreeMap::new(),
             revert_beats_disarm: false,
             refuse_rearm: false,
@@ -914,6 +951,9 @@ impl FakeHost {
                 let a: Vec<&str> = a.iter().map(String::as_str).collect();
                 return FakeHost(st.clone()).arm(&a, stdin.expect("the script on stdin"));
             }
+            if a[0] == "sh" && a.len() > 19 && a[2] == switch::FIRE_LINUX && !a[16].is_empty() {
+                return self.fire_arming(cmd, &a[16], &a[17], &a[19]);
+            }
             st.lock().expect("state").respond(cmd, stdin)
         }
     }
@@ -953,14 +993,19 @@ pub fn describe(cmd: &Command) -> String {
         s if s == leftovers::LIST => "list-nixgate-units",
         s if s == leftovers::RUN_REVERT => "run-revert",
         s if s == switch::FIRE_LINUX => {
+            let arms = if a[16].is_empty() {
+                String::new()
+            } else {
+                format!(" (arm-revert {} {} first)", a[16], a[17])
+            };
             let sets = if a[13].is_empty() {
                 String::new()
             } else {
                 format!(" (set {} first)", a[13])
             };
             return format!(
-                "{sudo}fire {} {} {}{sets}",
-                a[17],
+                "{sudo}fire {} {} {}{arms}{sets}",
+                a[21],
                 a[a.len() - 2],
                 a[a.len() - 1]
             );

@@ -67,6 +67,9 @@ pub struct SwitchJob {
     /// after the lock check and before it starts the job (see
     /// [`FIRE_LINUX`]): one round trip less than a command of its own.
     pub sets_profile: Option<String>,
+    /// Linux: the dead-man revert the fire arms once the lock is free,
+    /// before anything else (see [`FIRE_LINUX`]).
+    pub arms: Option<super::deadman::FireArm>,
 }
 
 impl SwitchJob {
@@ -94,6 +97,16 @@ impl SwitchJob {
             action,
             closure: closure.clone(),
             sets_profile: None,
+            arms: None,
+        }
+    }
+
+    /// The same job, arming `arm` as it fires (Linux; see
+    /// [`SwitchJob::arms`]).
+    pub fn arming(self, arm: super::deadman::FireArm) -> SwitchJob {
+        SwitchJob {
+            arms: Some(arm),
+            ..self
         }
     }
 
@@ -192,17 +205,43 @@ exit \"$code\"";
 /// `nix-env --set` was a command of its own before the fire (a round trip
 /// more per switch that sets the profile: 50 ms at 50 ms RTT), and a held
 /// lock found the profile moved already (it was put back).
+///
+/// `$13`-`$16` (not empty: a dead-man revert, see [`super::deadman`]): the
+/// timer's unit, its seconds, the revert script's path and its text. Once
+/// the lock is free, before the profile is set, the script is written and
+/// the timer started (`NixgateArmed=new`); a timer of that name already
+/// active was started by an earlier attempt of this fire (a refused or
+/// unanswered one: the budget the timer counts, the activation budget plus
+/// the confirm window, outlasts every attempt) and is kept
+/// (`NixgateArmed=kept`); nothing fires when it could be neither
+/// (`NixgateArmed=failed`). It was a command of its own before the fire:
+/// one round trip and one `sh` less per live switch.
 pub(crate) const FIRE_LINUX: &str = concat!(
     "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; again=$9
-setp=${10}; setc=${11}; setl=${12}; shift 12
+setp=${10}; setc=${11}; setl=${12}; aunit=${13}; asecs=${14}; ascript=${15}; abody=${16}; shift 16
 fine=4
-if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
+",
+    super::deadman::arm_timer!(),
+    "if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
 elif [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free
 else
   echo NixgateLock=held
   systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
   while read -r u load active sub rest; do echo \"NixgateHolder=$u $active $sub\"; done
   exit 0
+fi
+if [ -n \"$aunit\" ]; then
+  if mkdir -p \"${ascript%/*}\" && printf '%s' \"$abody\" > \"$ascript.tmp\" && mv -f \"$ascript.tmp\" \"$ascript\"; then
+    if arm \"$aunit\" \"$asecs\" \"$ascript\" >/dev/null 2>&1; then armed=new
+    elif [ \"$(systemctl is-active \"$aunit.timer\" 2>/dev/null)\" = active ]; then armed=kept
+    else
+      systemctl stop \"$aunit.timer\" \"$aunit.service\" 2>/dev/null
+      systemctl reset-failed \"$aunit.timer\" \"$aunit.service\" 2>/dev/null
+      if arm \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new; else armed=failed; fi
+    fi
+  else armed=failed; fi
+  echo \"NixgateArmed=$armed\"
+  [ \"$armed\" != failed ] || exit 0
 fi
 if [ -n \"$setp\" ]; then
   if command -v timeout >/dev/null 2>&1; then timeout -k 5 \"$setl\" nix-env -p \"$setp\" --set \"$setc\" >&2
@@ -271,6 +310,15 @@ pub fn fire_command(
                     None => String::new(),
                 })
                 .arg(super::settings::STEP_LIMIT.as_secs().to_string())
+                .args(match &job.arms {
+                    Some(a) => [
+                        a.unit.clone(),
+                        a.secs.to_string(),
+                        a.script.clone(),
+                        a.body.clone(),
+                    ],
+                    None => Default::default(),
+                })
                 .arg("systemd-run")
                 .arg(format!("--unit={}", job.unit))
                 .arg(format!(
@@ -337,6 +385,9 @@ pub enum Launch {
     /// The lock was free, but pointing the profile at the closure failed
     /// (see [`SwitchJob::sets_profile`]): nothing fired.
     ProfileSetFailed { error: String },
+    /// The lock was free, but the dead-man revert could not be armed (see
+    /// [`SwitchJob::arms`]): nothing fired, nor was the profile set.
+    ArmFailed { error: String },
     /// The lock was free (or, `unchecked`, the host has no `flock`) and
     /// firing went as `outcome` says; `first` is the poll that followed a
     /// start (Linux).
@@ -440,6 +491,14 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
             return Launch::LockCheckFailed { error };
         }
     };
+    if let (Some(arm), Some("failed")) = (&job.arms, value("NixgateArmed=")) {
+        let error = format!(
+            "arming the dead-man timer {}: {}",
+            arm.unit,
+            out.tail(5).join(" / ")
+        );
+        return Launch::ArmFailed { error };
+    }
     if let (Some(profile), Some(code)) = (&job.sets_profile, value("NixgateProfileSet="))
         && code != "0"
     {

@@ -28,6 +28,9 @@ const AROUND: Around<'static> = Around {
     wait: Duration::from_millis(500),
 };
 
+/// A fire's arguments for the revert it arms: none.
+const NO_ARM: [&str; 4] = ["", "", "", ""];
+
 #[test]
 fn linux_fire_argv() {
     let j = job(Os::Linux, SwitchAction::Switch);
@@ -53,6 +56,11 @@ fn linux_fire_argv() {
         "",
         "",
         "120",
+        // No revert armed by the fire.
+        "",
+        "",
+        "",
+        "",
         "systemd-run",
         "--unit=nixgate-switch-r1",
         "--description=nixgate switch of nixos-system-web1-24.11",
@@ -280,6 +288,7 @@ async fn linux_fire_script_for_real() {
     let cmd = Command::script(FIRE_LINUX)
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
         .args(["100", &d("profile"), &d("jobs"), &log, "0", "", "", "120"])
+        .args(NO_ARM)
         // The stand-in for systemd-run: the wrapper, detached.
         .args([
             "/bin/sh",
@@ -464,6 +473,7 @@ async fn the_job_files_are_readable_by_all_under_a_umask_of_077() {
                 &d("current"),
             ])
             .args(["50", "", &jobs, &log, "0", "", "", "120"])
+            .args(NO_ARM)
             .args([
                 "/bin/sh",
                 "-c",
@@ -525,6 +535,7 @@ async fn a_refire_keeps_the_job_files() {
                 &d("current"),
             ])
             .args(["0", "", &d(""), &log, again, "", "", "120"])
+            .args(NO_ARM)
             .args([
                 "sh",
                 "-c",
@@ -566,6 +577,7 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
         )
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
         .args(["0", "", &d("jobs"), &log, "0", &d("profile"), SYS, "120"])
+        .args(NO_ARM)
         .args([
             "/bin/sh",
             "-c",
@@ -619,6 +631,149 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "booted\n");
+}
+
+/// [`FIRE_LINUX`] for real, arming a revert (stand-in `systemd-run` and
+/// `systemctl` first on `PATH` record their arguments; the timer's start
+/// succeeds or is refused as told, `is-active` says what it is told):
+/// nothing is armed while the lock is held; the script is written and the
+/// timer started before the job; a refused start with the timer active
+/// (an earlier attempt's) keeps it; refused twice with none active, the
+/// fire says so and starts nothing.
+#[tokio::test]
+async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    std::fs::create_dir(d("bin")).unwrap();
+    let stand_in = |name: &str, body: String| {
+        std::fs::write(d(&format!("bin/{name}")), body).unwrap();
+        std::fs::set_permissions(
+            d(&format!("bin/{name}")),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    };
+    let calls = d("calls");
+    stand_in(
+        "systemd-run",
+        format!(
+            "#!/bin/sh\necho \"systemd-run $*\" >> {calls}\n[ \"$(cat {start})\" = ok ] && exit 0\necho 'Failed to start transient timer unit: Unit u.timer was already loaded' >&2\nexit 1\n",
+            start = d("start")
+        ),
+    );
+    stand_in(
+        "systemctl",
+        format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || cat {state}\nexit 0\n",
+            state = d("timer")
+        ),
+    );
+    let (lock, status, log, script) = (
+        d("lock"),
+        d("jobs/j.status"),
+        d("jobs/j.log"),
+        d("revert/u.sh"),
+    );
+    let body = "#!/bin/sh\n# the revert\nset -- 'a b' '%s'\n";
+    let j = job(Os::Linux, SwitchAction::Test).arming(crate::activation::deadman::FireArm {
+        unit: "u".into(),
+        secs: 90,
+        script: script.clone(),
+        body: body.into(),
+    });
+    let fire = Command::script(FIRE_LINUX)
+        .env(
+            "PATH",
+            format!("{}:{}", d("bin"), std::env::var("PATH").unwrap()),
+        )
+        .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
+        .args(["0", "", &d("jobs"), &log, "0", "", "", "120"])
+        .args(["u", "90", &script, body])
+        .args([
+            "/bin/sh",
+            "-c",
+            "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
+            "run",
+        ])
+        .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+        .args(["/bin/sh", "-c", "echo tested"]);
+    let r = LocalRemote::new("local");
+    // What the fire asked of systemd, its first poll's `show` aside.
+    let took = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("systemctl show"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let fired = || std::path::Path::new(&status).exists();
+    let reset = || {
+        let _ = std::fs::remove_file(&calls);
+        let _ = std::fs::remove_dir_all(d("jobs"));
+    };
+
+    // Held: nothing armed, nothing fired.
+    std::fs::write(&lock, "").unwrap();
+    let mut holder = hold_lock(&lock).await;
+    std::fs::write(d("start"), "ok").unwrap();
+    let launch = parse_fire_linux(&r.exec(&fire).await.unwrap(), &j, false);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
+    assert!(!took().contains("systemd-run"), "{}", took());
+    assert!(!std::path::Path::new(&script).exists());
+    let _ = std::fs::remove_file(&calls);
+
+    // Armed, then fired: the script written as given, the timer started.
+    let out = r.exec(&fire).await.unwrap();
+    let text = out.stdout_str();
+    let (armed_at, fire_at) = (text.find("NixgateArmed=new"), text.find("NixgateFire=0"));
+    assert!(armed_at.is_some() && armed_at < fire_at, "{out:?}");
+    assert!(matches!(
+        parse_fire_linux(&out, &j, false),
+        Launch::Tried {
+            outcome: FireOutcome::Started,
+            ..
+        }
+    ));
+    assert_eq!(std::fs::read_to_string(&script).unwrap(), body);
+    let arm = format!(
+        "systemd-run --unit=u --description=nixgate: revert unless the switch is confirmed \
+         --on-active=90s --timer-property=AccuracySec=1s --collect --no-ask-password \
+         --service-type=exec -- /bin/sh {script}\n"
+    );
+    assert_eq!(took(), arm);
+    assert!(fired());
+
+    // Refused, an earlier attempt's timer active: kept, fired.
+    reset();
+    std::fs::write(d("start"), "refuse").unwrap();
+    std::fs::write(d("timer"), "active\n").unwrap();
+    let out = r.exec(&fire).await.unwrap();
+    assert!(out.stdout_str().contains("NixgateArmed=kept"), "{out:?}");
+    assert_eq!(took(), format!("{arm}systemctl is-active u.timer\n"));
+    assert!(fired());
+
+    // Refused twice, none active: nothing fired, and why.
+    reset();
+    std::fs::write(d("timer"), "inactive\n").unwrap();
+    let out = r.exec(&fire).await.unwrap();
+    assert!(out.stdout_str().contains("NixgateArmed=failed"), "{out:?}");
+    assert!(!out.stdout_str().contains("NixgateFire"), "{out:?}");
+    match parse_fire_linux(&out, &j, false) {
+        Launch::ArmFailed { error } => assert!(error.contains("already loaded"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        took(),
+        format!(
+            "{arm}systemctl is-active u.timer\nsystemctl stop u.timer u.service\n\
+             systemctl reset-failed u.timer u.service\n{arm}"
+        )
+    );
+    assert!(!fired(), "nothing started");
 }
 
 /// `flock` holding `lock` (as switch-to-configuration holds it), returned

@@ -90,7 +90,9 @@ const KEY_KEYS: &[&str] = &[
 /// a new connection before it reverts (`confirm_timeout`). A minute covers
 /// an sshd restart and a fresh handshake over a slow link (measured on the
 /// test fleet: confirm in 0.1-0.6 s after the switch settles), and keeps a
-/// system that locked SSH out live for at most a minute and a half.
+/// system that locked SSH out live for about a minute more (refused: at
+/// once; dropped: 5 s later, the first try's handshake, see
+/// `activation::pipeline::confirm`).
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a host's relay copy may go without progress (no bytes taken,

@@ -27,10 +27,14 @@ fn first_try_bound(window: Duration) -> Duration {
 impl<R: Remote> Run<'_, R> {
     /// Before a live switch, with magic rollback on: arm the host's revert
     /// for the whole activation budget plus the confirm window. A host that
-    /// cannot be armed is not switched.
-    pub(super) async fn arm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
+    /// cannot be armed is not switched. On Linux the fire arms it (once the
+    /// switch lock is free, before anything else: see
+    /// [`crate::activation::switch::FIRE_LINUX`]), and the revert is due
+    /// from when the fire is sent (a re-fire keeps an earlier attempt's
+    /// timer: due no later than that); on Darwin a command of its own does.
+    pub(super) async fn arm(&mut self, job: SwitchJob) -> Result<SwitchJob, HostOutcome> {
         let Some(confirm) = self.s.confirm_timeout else {
-            return Ok(());
+            return Ok(job);
         };
         let fires_after = self.s.activation_timeout.saturating_add(confirm);
         let armed = Armed::for_run(&self.req.run_id, self.s.os, &self.s.paths, fires_after);
@@ -38,8 +42,13 @@ impl<R: Remote> Run<'_, R> {
             unit: armed.unit.clone(),
             after: fires_after,
         });
-        let revert = self.revert_plan(job);
+        let revert = self.revert_plan(&job);
         let at = tokio::time::Instant::now();
+        if self.s.os == Os::Linux {
+            let arm = deadman::fire_arm(&armed, &self.req.run_id, &self.s.paths, &revert);
+            self.armed = Some((armed, at + fires_after));
+            return Ok(job.arming(arm));
+        }
         match deadman::arm(
             self.remote,
             &armed,
@@ -53,7 +62,7 @@ impl<R: Remote> Run<'_, R> {
         {
             Ok(()) => {
                 self.armed = Some((armed, at + fires_after));
-                Ok(())
+                Ok(job)
             }
             Err(e) => {
                 if self.profile_set {
@@ -62,6 +71,20 @@ impl<R: Remote> Run<'_, R> {
                 Err(self.fail_clean(Gate::LiveActivate, remote_err("arm the dead-man revert", e)))
             }
         }
+    }
+
+    /// The fire could not arm the revert (Linux): nothing fired, nothing
+    /// is armed; the profile, counted set by the fire, is looked at.
+    pub(super) async fn arm_failed(&mut self, error: String) -> HostOutcome {
+        self.armed = None;
+        if self.profile_set {
+            self.self_correct_to_previous().await;
+        }
+        let reason = FailureReason::Remote {
+            step: "arm the dead-man revert",
+            error,
+        };
+        self.fail_clean(Gate::LiveActivate, reason)
     }
 
     /// What the host puts back: the system it ran, and the boot default it
@@ -81,109 +104,151 @@ impl<R: Remote> Run<'_, R> {
     }
 
     /// After the switch settled: prove a NEW connection reaches the host on
-    /// the candidate, and disarm over it. The first try gets
-    /// [`first_try_bound`]; only when it does not confirm is the revert
-    /// shortened to `confirm_timeout` over the run's own session, and the
-    /// new connection tried again until just before that is due. `Err`: the
-    /// host is taken back (or lost). `job` is the switch that ran (its unit
-    /// is stopped by a revert).
+    /// the candidate, and disarm over it. The first try's handshake gets
+    /// [`first_try_bound`]; only a host not confirmed by then has its revert
+    /// shortened to `confirm_timeout` over the run's own session (the
+    /// handshake goes on meanwhile), and is tried again until just before
+    /// that is due. `Err`: the host is taken back (or lost). `job` is the
+    /// switch that ran (its unit is stopped by a revert).
     ///
     /// Shortening only when needed (issue 21 item 3): the re-arm stopped a
     /// timer and started another on every host, 35 ms of a light host's
     /// CPU per push (`CHANGE=package scripts/bench-fleet hostcpu`, the
-    /// largest of the dead-man's three commands), for hosts whose first
-    /// new connection confirms within 0.1-0.6 s of the switch settling.
-    /// A host that locked SSH out is reverted [`first_try_bound`] later
-    /// than before at most (the window starts when the first try gave up).
+    /// largest of the dead-man's commands), for hosts whose first new
+    /// connection confirms within 0.1-0.6 s of the switch settling. A host
+    /// that locked SSH out is reverted [`first_try_bound`] later at most
+    /// (none when it refuses connections: the first try fails at once).
     pub(super) async fn confirm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
-        let Some((armed, _)) = self.armed.clone() else {
+        let Some((armed, mut due)) = self.armed.clone() else {
             return Ok(());
         };
         let window = self.s.confirm_timeout.unwrap_or_default();
         self.step(Step::ConfirmNewConnection { within: window });
-        let first = match self.first_try(&armed, window).await {
+        let revert = self.revert_plan(job);
+        let first = self.first_try(&armed, &revert, window).await;
+        let shortened = first.shortened.is_some();
+        if let Some((sent, rearmed)) = first.shortened {
+            due = self.note_rearm(&armed, sent + window, rearmed, due);
+        }
+        match first.result {
             Ok(()) => {
                 self.armed = None;
-                return Ok(());
+                Ok(())
             }
-            Err(Confirm::RevertBegan) => {
-                return Err(self.await_revert(CutOff::RevertBegan).await);
-            }
+            Err(Confirm::RevertBegan) => Err(self.await_revert(CutOff::RevertBegan).await),
             Err(Confirm::NotOnCandidate(seen)) => {
                 // The host reverts within the window, not the whole budget.
-                self.shorten(job, &armed, window).await;
-                return Err(self.await_revert(CutOff::NotOnCandidate { seen }).await);
+                if !shortened {
+                    self.shorten(&armed, &revert, window, due).await;
+                }
+                Err(self.await_revert(CutOff::NotOnCandidate { seen }).await)
             }
-            Err(Confirm::Failed(e)) => e,
-        };
-        let due = self.shorten(job, &armed, window).await;
-        self.retry_confirm(&armed, due, first).await
-    }
-
-    /// The first try at confirming, bounded by [`first_try_bound`] for the
-    /// handshake and again for the link's read and the disarm (one round
-    /// trip). A disarm that timed out may still run on the host while the
-    /// re-arm that follows does: at worst a timer is left with no script
-    /// (the disarm removed it), which the retries disarm, and which, never
-    /// disarmed, reverts nothing; the controller then finds the host on the
-    /// candidate over its own session and rolls it back itself, as it does
-    /// any host it could not confirm.
-    async fn first_try(&self, armed: &Armed, window: Duration) -> Result<(), Confirm> {
-        let bound = first_try_bound(window);
-        let fresh = match tokio::time::timeout(bound, self.fresh.fresh()).await {
-            Ok(made) => made,
-            Err(_) => {
-                return Err(Confirm::Failed(format!(
-                    "no new connection within {} s",
-                    bound.as_secs_f64()
-                )));
+            Err(Confirm::Failed(error)) => {
+                // A disarm sent and never answered may still run on the
+                // host: a re-arm now could be stopped by it, leaving no
+                // timer where one is counted on. The first (longer) one
+                // stands, and the retries confirm within it.
+                if !shortened && !first.unanswered {
+                    due = self.shorten(&armed, &revert, window, due).await;
+                }
+                self.retry_confirm(&armed, due, error).await
             }
-        };
-        match tokio::time::timeout(bound, self.confirm_once(fresh, armed)).await {
-            Ok(confirmed) => confirmed,
-            Err(_) => Err(Confirm::Failed(format!(
-                "no answer over the new connection within {} s",
-                bound.as_secs_f64()
-            ))),
         }
     }
 
-    /// Shorten the revert to `window` over the run's own session; the
-    /// revert is then due `window` after the re-arm was sent (the host
-    /// counts from when it gets it). Refused after the earlier timer was
-    /// stopped: nothing is armed any more (confirm within the window all
-    /// the same, then look over the run's own session: no revert comes).
-    /// Failed otherwise: the first (longer) timer still stands, or the
-    /// answer was lost. Returns when the revert is due, as far as known.
-    async fn shorten(
-        &mut self,
-        job: &SwitchJob,
-        armed: &Armed,
-        window: Duration,
-    ) -> tokio::time::Instant {
+    /// The first try: a new connection's handshake within
+    /// [`first_try_bound`], then the link's read and the guarded disarm
+    /// within as long again. A handshake still under way by then goes on
+    /// while the revert is shortened over the run's own session (no disarm
+    /// is in flight to undo that), and confirms within the shorter window.
+    async fn first_try(&self, armed: &Armed, revert: &Revert, window: Duration) -> FirstTry {
+        let bound = first_try_bound(window);
+        let mut handshake = std::pin::pin!(self.fresh.fresh());
+        if let Ok(fresh) = tokio::time::timeout(bound, &mut handshake).await {
+            return match tokio::time::timeout(bound, self.confirm_once(fresh, armed)).await {
+                Ok(result) => FirstTry {
+                    result,
+                    shortened: None,
+                    unanswered: false,
+                },
+                Err(_) => FirstTry {
+                    result: Err(Confirm::Failed(format!(
+                        "no answer over the new connection within {} s",
+                        bound.as_secs_f64()
+                    ))),
+                    shortened: None,
+                    unanswered: true,
+                },
+            };
+        }
+        let sent = tokio::time::Instant::now();
+        let (rearmed, fresh) = tokio::join!(self.rearm(armed, revert, window), handshake);
+        let due = sent + window;
+        let stop_at = due.checked_sub(RETRY).unwrap_or(due);
+        let result = match tokio::time::timeout_at(stop_at, self.confirm_once(fresh, armed)).await {
+            Ok(result) => result,
+            Err(_) => Err(Confirm::Failed(
+                "no confirmation before the host's revert was due".to_owned(),
+            )),
+        };
+        FirstTry {
+            result,
+            shortened: Some((sent, rearmed)),
+            unanswered: false,
+        }
+    }
+
+    /// Re-arm the revert, due `window` after this is sent (the host counts
+    /// from when it gets it), over the run's own session.
+    async fn rearm(&self, armed: &Armed, revert: &Revert, window: Duration) -> anyhow::Result<()> {
         let shorter = Armed {
             fires_after: window,
             ..armed.clone()
         };
-        let revert = self.revert_plan(job);
-        let sent = tokio::time::Instant::now();
-        let rearmed = deadman::arm(
+        deadman::arm(
             self.remote,
             &shorter,
             deadman::Arming::Replace,
             &self.req.run_id,
             &self.s.paths,
-            &revert,
+            revert,
             self.s.sudo,
         )
-        .await;
-        let due = sent + window;
+        .await
+    }
+
+    /// What a re-arm sent to be `due` leaves armed, and until when to try
+    /// confirming. Refused after the earlier timer was stopped: nothing is
+    /// armed (confirm within the window all the same, then look over the
+    /// run's own session: no revert comes). Failed otherwise: the first
+    /// timer, due `before`, still stands, or the answer was lost.
+    fn note_rearm(
+        &mut self,
+        armed: &Armed,
+        due: tokio::time::Instant,
+        rearmed: anyhow::Result<()>,
+        before: tokio::time::Instant,
+    ) -> tokio::time::Instant {
         match rearmed {
             Ok(()) => self.armed = Some((armed.clone(), due)),
             Err(e) if e.downcast_ref::<deadman::NothingArmed>().is_some() => self.armed = None,
-            Err(_) => return self.armed.as_ref().map_or(due, |(_, d)| *d),
+            Err(_) => return before,
         }
         due
+    }
+
+    /// Shorten the revert to `window` over the run's own session (see
+    /// [`Self::note_rearm`]; `before`: when it is due now).
+    async fn shorten(
+        &mut self,
+        armed: &Armed,
+        revert: &Revert,
+        window: Duration,
+        before: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        let sent = tokio::time::Instant::now();
+        let rearmed = self.rearm(armed, revert, window).await;
+        self.note_rearm(armed, sent + window, rearmed, before)
     }
 
     /// Try new connections until a moment before the revert is due: every
@@ -357,6 +422,15 @@ impl<R: Remote> Run<'_, R> {
 /// the reporters say it in words).
 fn words_free(cause: &CutOff) -> String {
     serde_json::to_string(cause).unwrap_or_default()
+}
+
+/// How the first try at confirming went, and whether it shortened the
+/// revert (when the re-arm was sent, and its answer).
+struct FirstTry {
+    result: Result<(), Confirm>,
+    shortened: Option<(tokio::time::Instant, anyhow::Result<()>)>,
+    /// Its disarm was sent and never answered (it may still run).
+    unanswered: bool,
 }
 
 /// Why one confirmation attempt did not confirm.

@@ -418,9 +418,10 @@ impl<'a, R: Remote> Run<'a, R> {
             };
         }
         let previous = self.pre_current.clone();
-        if let Err(outcome) = self.arm(&job).await {
-            return outcome;
-        }
+        let mut job = match self.arm(job).await {
+            Ok(job) => job,
+            Err(outcome) => return outcome,
+        };
         let result = run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await;
         self.note_profile_fire(&job);
         match result {
@@ -452,6 +453,9 @@ impl<'a, R: Remote> Run<'a, R> {
             SwitchResult::Failed(SwitchFailure::ProfileSet { error }) => {
                 self.disarm_here().await;
                 return self.profile_set_failed(Gate::LiveActivate, error).await;
+            }
+            SwitchResult::Failed(SwitchFailure::Arm { error }) => {
+                return self.arm_failed(error).await;
             }
             SwitchResult::Failed(f) if f.changed_nothing() => {
                 self.disarm_here().await;

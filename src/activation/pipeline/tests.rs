@@ -71,6 +71,13 @@ fn count(cmds: &[String], prefix: &str) -> usize {
     cmds.iter().filter(|c| c.starts_with(prefix)).count()
 }
 
+/// The commands that arm a revert: an arm of its own, or a fire that arms.
+fn arms(cmds: &[String]) -> Vec<&String> {
+    cmds.iter()
+        .filter(|c| c.contains("arm-revert") && !c.contains("disarm-revert"))
+        .collect()
+}
+
 #[test]
 fn the_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
@@ -779,22 +786,20 @@ async fn a_confirmed_switch_disarms_and_leaves_no_timer() {
         "{:?}",
         ran.outcome
     );
-    let arms: Vec<&String> = ran
-        .cmds
-        .iter()
-        .filter(|c| c.contains("arm-revert"))
-        .collect();
-    // Armed before the switch for the budget plus the window, and disarmed
-    // over a new connection at the first try: never shortened (that is
-    // for a host whose first new connection does not confirm), never
-    // disarmed over the run's own session.
-    assert!(
-        arms[0].starts_with("sudo arm-revert nixgate-confirm-r1 90 "),
-        "{arms:#?}"
+    let arms = arms(&ran.cmds);
+    // Armed by the fire itself, for the budget plus the window, and
+    // disarmed over a new connection at the first try: never shortened
+    // (that is for a host whose first new connection does not confirm),
+    // never disarmed over the run's own session.
+    assert_eq!(
+        arms,
+        [&format!(
+            "sudo fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration test \
+             (arm-revert nixgate-confirm-r1 90 first)"
+        )],
+        "{:#?}",
+        ran.cmds
     );
-    assert_eq!(arms.len(), 1, "{arms:#?}");
-    let pos = |p: &str| ran.cmds.iter().position(|c| c.contains(p)).unwrap();
-    assert!(pos("arm-revert nixgate-confirm-r1 90") < pos("fire --unit=nixgate-switch-r1 "));
     assert!(
         ran.events
             .iter()
@@ -868,11 +873,7 @@ async fn a_candidate_that_drops_new_connections_is_shortened_then_reverted() {
         "{:?}",
         ran.outcome
     );
-    let arms: Vec<&String> = ran
-        .cmds
-        .iter()
-        .filter(|c| c.contains("arm-revert"))
-        .collect();
+    let arms = arms(&ran.cmds);
     assert_eq!(arms.len(), 2, "{arms:#?}");
     assert!(
         arms[1].starts_with("sudo arm-revert nixgate-confirm-r1 30 "),
@@ -887,6 +888,32 @@ async fn a_candidate_that_drops_new_connections_is_shortened_then_reverted() {
     let st = host.state();
     assert_eq!(st.current, sp(OLD));
     assert!(st.timers.is_empty(), "{:?}", st.timers);
+}
+
+/// A short window (4 s) and a slow handshake (1.5 s, past the first try's
+/// 1 s): the revert is shortened while the handshake goes on, and the
+/// host is confirmed over it, within the window.
+#[tokio::test(start_paused = true)]
+async fn a_slow_handshake_in_a_short_window_is_confirmed_over_the_same_connection() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().handshake_takes = Duration::from_millis(1500);
+    let mut req = armed(Goal::Gated);
+    req.settings.confirm_timeout = Some(Duration::from_secs(4));
+    let ran = run(&host, &req).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let arms = arms(&ran.cmds);
+    assert_eq!(arms.len(), 2, "{arms:#?}");
+    assert!(
+        arms[1].starts_with("sudo arm-revert nixgate-confirm-r1 4 "),
+        "{arms:#?}"
+    );
+    let st = host.state();
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
+    assert!(st.revert_records.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -1204,26 +1231,47 @@ async fn a_refused_re_arm_leaves_no_revert_to_wait_for() {
     assert!(st.timers.is_empty() && st.revert_records.is_empty());
 }
 
-/// `switch` on Linux: the live fire points the profile at the candidate
-/// itself, after the dead-man is armed (its revert puts the profile back
-/// too: `a_switch_with_the_boot_default_moved_reverts_both`) and once the
-/// lock is free: no `nix-env` of its own.
+/// The fire cannot arm the revert (Linux): nothing fires, the profile is
+/// left alone, nothing is left armed, and the gate fails clean with why.
+#[tokio::test(start_paused = true)]
+async fn a_revert_the_fire_cannot_arm_switches_nothing() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().arm_fails = true;
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    match &ran.outcome {
+        HostOutcome::Failed {
+            gate: Gate::LiveActivate,
+            reason: FailureReason::Remote { step, error },
+        } => {
+            assert_eq!(*step, "arm the dead-man revert");
+            assert!(error.contains("nixgate-confirm-r1"), "{error}");
+            assert!(error.contains("Connection timed out"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let st = host.state();
+    assert!(st.jobs.is_empty(), "nothing fired: {:?}", st.jobs);
+    assert!(st.timers.is_empty());
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
+    assert_eq!(st.current, sp(OLD));
+}
+
+/// `switch` on Linux: the live fire arms the dead-man, then points the
+/// profile at the candidate itself (the revert puts the profile back too:
+/// `a_switch_with_the_boot_default_moved_reverts_both`), once the lock is
+/// free: no `nix-env` and no arm of their own.
 #[tokio::test(start_paused = true)]
 async fn a_switch_sets_the_profile_in_its_fire_after_arming() {
     let host = FakeHost::new(&sp(OLD));
     let ran = run(&host, &armed(Goal::Switch)).await;
     assert_eq!(ran.outcome, HostOutcome::Activated { goal: Goal::Switch });
     assert_eq!(count(&ran.cmds, "sudo -n -- nix-env"), 0, "{:#?}", ran.cmds);
-    let pos = |p: &str| ran.cmds.iter().position(|c| c.contains(p));
     let fire = format!(
-        "fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration switch (set {SYSTEM} first)"
+        "sudo fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration switch \
+         (arm-revert nixgate-confirm-r1 90 first) (set {SYSTEM} first)"
     );
-    assert!(
-        pos("arm-revert nixgate-confirm-r1 90") < pos(&fire),
-        "{:#?}",
-        ran.cmds
-    );
-    assert!(pos(&fire).is_some());
+    assert_eq!(count(&ran.cmds, &fire), 1, "{:#?}", ran.cmds);
+    assert_eq!(arms(&ran.cmds).len(), 1, "{:#?}", ran.cmds);
     let st = host.state();
     assert_eq!(st.profile(SYSTEM), Some(&sp(NEW)));
     assert_eq!(

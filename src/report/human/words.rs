@@ -568,6 +568,10 @@ pub fn switch_failure(f: &SwitchFailure) -> String {
             "the system profile could not be set before the switch: {}",
             first_line(error)
         ),
+        SwitchFailure::Arm { error } => format!(
+            "the dead-man revert could not be armed before the switch: {}",
+            first_line(error)
+        ),
         SwitchFailure::FireRefused { attempts } => {
             let last = attempts.last();
             format!(
