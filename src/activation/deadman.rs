@@ -319,18 +319,40 @@ pub fn revert_script(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Reve
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FireArm {
     pub unit: String,
-    pub secs: u64,
+    /// When the revert is due: every attempt of the fire arms it for what
+    /// is left until then (a re-fire after an answer lost before the host
+    /// got it arms later than the first send, and would otherwise revert
+    /// later than the controller counts on).
+    #[serde(skip)]
+    pub due: tokio::time::Instant,
     /// The revert script's path on the host, and its text.
     pub script: String,
     #[serde(skip)]
     pub body: String,
 }
 
-/// What the fire needs to arm `a` (Linux).
-pub fn fire_arm(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Revert) -> FireArm {
+impl FireArm {
+    /// The timer's seconds for a fire sent now: what is left until `due`,
+    /// rounded up (the host reverts no earlier than counted), at least 1.
+    pub fn secs(&self) -> u64 {
+        let left = self
+            .due
+            .saturating_duration_since(tokio::time::Instant::now());
+        (left.as_millis().div_ceil(1000) as u64).max(1)
+    }
+}
+
+/// What the fire needs to arm `a` (Linux), due at `due`.
+pub fn fire_arm(
+    a: &Armed,
+    run_id: &RunId,
+    paths: &HostPaths,
+    revert: &Revert,
+    due: tokio::time::Instant,
+) -> FireArm {
     FireArm {
         unit: a.unit.clone(),
-        secs: a.fires_after.as_secs().max(1),
+        due,
         script: a.script.clone(),
         body: revert_script(a, run_id, paths, revert),
     }

@@ -597,6 +597,41 @@ mod tests {
         )
     }
 
+    /// Every attempt of a fire that arms the revert arms it for what is
+    /// left until the one due time: a re-fire after a lost answer (the
+    /// first may never have reached the host) arms it for less, so the
+    /// host reverts when the controller counts on it, not later.
+    #[tokio::test(start_paused = true)]
+    async fn a_refire_arms_the_revert_for_what_is_left_until_it_is_due() {
+        let r = scripted(
+            vec![lost(), loaded()],
+            vec![
+                poll("inactive", "absent", OLD),
+                poll("active", "started", OLD),
+                poll("inactive", "exited 0", NEW),
+            ],
+        );
+        let mut j = job().arming(crate::activation::deadman::FireArm {
+            unit: "nixgate-confirm-r1".into(),
+            due: tokio::time::Instant::now() + Duration::from_secs(90),
+            script: "/run/nixgate/nixgate-confirm-r1.sh".into(),
+            body: String::new(),
+        });
+        let result = run(&r, Duration::from_secs(60), &mut j).await;
+        assert!(matches!(result, SwitchResult::Settled { .. }), "{result:?}");
+        let secs: Vec<u64> = r
+            .argvs()
+            .into_iter()
+            .filter(|a| a[2] == switch::FIRE_LINUX)
+            .map(|a| a[17].parse().unwrap())
+            .collect();
+        // The re-fire, after the polls that found nothing started, within
+        // the 60 s budget.
+        assert_eq!(secs.len(), 2);
+        assert_eq!(secs[0], 90);
+        assert!(30 < secs[1] && secs[1] < 90, "{secs:?}");
+    }
+
     /// The fire's answer was lost and the poll after it saw nothing yet;
     /// the re-fire finds the unit loaded: the first fire, slow to start.
     /// It is polled to the end under its own name (it was: a refusal, and

@@ -240,6 +240,9 @@ if [ -n \"$aunit\" ]; then
       if arm \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new; else armed=failed; fi
     fi
   else armed=failed; fi
+  # Refused (a D-Bus timeout may have started it even so): nothing of it
+  # stays to revert a later deploy.
+  [ \"$armed\" != failed ] || { systemctl stop \"$aunit.timer\" 2>/dev/null; rm -f \"$ascript\"; }
   echo \"NixgateArmed=$armed\"
   [ \"$armed\" != failed ] || exit 0
 fi
@@ -313,7 +316,7 @@ pub fn fire_command(
                 .args(match &job.arms {
                     Some(a) => [
                         a.unit.clone(),
-                        a.secs.to_string(),
+                        a.secs().to_string(),
                         a.script.clone(),
                         a.body.clone(),
                     ],
@@ -422,7 +425,9 @@ pub async fn fire<R: Remote>(
         Err(e) => Launch::LockCheckFailed {
             error: format!("checking the switch lock on {}: {e:#}", remote.name()),
         },
-        Ok(out) if out.exit == Exit::ConnectionLost => unconfirmed(out.exit.to_string()),
+        Ok(out) if out.exit == Exit::ConnectionLost && !stopped_before_firing(job, &out) => {
+            unconfirmed(out.exit.to_string())
+        }
         Ok(out) if job.os == Os::Darwin => Launch::Tried {
             unchecked: false,
             outcome: fire_outcome(&out, out.exit.code(), again),
@@ -430,6 +435,26 @@ pub async fn fire<R: Remote>(
         },
         Ok(out) => parse_fire_linux(&out, job, again),
     }
+}
+
+/// The Linux fire's answer, cut short by a lost connection, already says
+/// it stopped before starting anything (a held lock, a revert it could not
+/// arm, a profile it could not set: complete lines): that holds. Read as
+/// unconfirmed, it was fired again until the budget ran out, and the host,
+/// where nothing had changed, was rolled back.
+fn stopped_before_firing(job: &SwitchJob, out: &Output) -> bool {
+    job.os == Os::Linux
+        && out
+            .stdout_str()
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+            .any(|l| {
+                l == "NixgateLock=held"
+                    || l == "NixgateArmed=failed"
+                    || l.strip_prefix("NixgateProfileSet=")
+                        .and_then(|c| c.parse::<u32>().ok())
+                        .is_some_and(|c| c != 0)
+            })
 }
 
 /// How the fire itself went: `code` is `systemd-run`'s exit (Darwin: the

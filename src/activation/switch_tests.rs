@@ -158,6 +158,55 @@ fn tried(outcome: FireOutcome) -> Launch {
     }
 }
 
+/// A fire whose answer was cut short after it said it stopped before
+/// starting anything: what it said holds (it is no unconfirmed fire, fired
+/// again until the budget ran out). Cut before that, it is unconfirmed.
+#[tokio::test]
+async fn a_lost_answer_that_already_said_nothing_started_is_believed() {
+    let arm = crate::activation::deadman::FireArm {
+        unit: "u".into(),
+        due: tokio::time::Instant::now() + Duration::from_secs(90),
+        script: "/run/nixgate/u.sh".into(),
+        body: String::new(),
+    };
+    let j = job(Os::Linux, SwitchAction::Switch)
+        .setting_profile("/nix/var/nix/profiles/system")
+        .arming(arm);
+    let lost = |out: &str| Output::new(Exit::ConnectionLost, out, "");
+    let launch = fire_once(&j, lost("NixgateLock=free\nNixgateArmed=failed\n"), false).await;
+    assert!(matches!(launch, Launch::ArmFailed { .. }), "{launch:?}");
+    let launch = fire_once(
+        &j,
+        lost("NixgateLock=free\nNixgateArmed=new\nNixgateProfileSet=1\n"),
+        false,
+    )
+    .await;
+    assert!(
+        matches!(launch, Launch::ProfileSetFailed { .. }),
+        "{launch:?}"
+    );
+    let launch = fire_once(&j, lost("NixgateLock=held\n"), false).await;
+    assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
+    for cut in [
+        "NixgateLock=free\nNixgateArmed=new\n",
+        "NixgateLock=free\nNixgateArmed=new\nNixgateProfileSet=0\n",
+        "NixgateLock=free\nNixgateArmed=new\nNixgateProfileSet=",
+        "NixgateLock=free\nNixgateArmed=fail",
+    ] {
+        let launch = fire_once(&j, lost(cut), true).await;
+        assert!(
+            matches!(
+                launch,
+                Launch::Tried {
+                    outcome: FireOutcome::Unconfirmed { .. },
+                    ..
+                }
+            ),
+            "{cut:?}: {launch:?}"
+        );
+    }
+}
+
 /// Every answer of the Linux fire: lock held (by another switch, or by an
 /// earlier fire of this very unit), lock check failed, refused, already
 /// running, lost, and a start with its first poll.
@@ -639,7 +688,7 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
 /// nothing is armed while the lock is held; the script is written and the
 /// timer started before the job; a refused start with the timer active
 /// (an earlier attempt's) keeps it; refused twice with none active, the
-/// fire says so and starts nothing.
+/// fire stops the timer, removes the script, says so and starts nothing.
 #[tokio::test]
 async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
     use std::os::unix::fs::PermissionsExt;
@@ -678,7 +727,7 @@ async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
     let body = "#!/bin/sh\n# the revert\nset -- 'a b' '%s'\n";
     let j = job(Os::Linux, SwitchAction::Test).arming(crate::activation::deadman::FireArm {
         unit: "u".into(),
-        secs: 90,
+        due: tokio::time::Instant::now() + Duration::from_secs(90),
         script: script.clone(),
         body: body.into(),
     });
@@ -770,10 +819,13 @@ async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
         took(),
         format!(
             "{arm}systemctl is-active u.timer\nsystemctl stop u.timer u.service\n\
-             systemctl reset-failed u.timer u.service\n{arm}"
+             systemctl reset-failed u.timer u.service\n{arm}systemctl stop u.timer\n"
         )
     );
     assert!(!fired(), "nothing started");
+    // A start refused yet under way (a D-Bus timeout) reverts nothing
+    // later: its timer stopped, its script gone.
+    assert!(!std::path::Path::new(&script).exists());
 }
 
 /// `flock` holding `lock` (as switch-to-configuration holds it), returned

@@ -29,9 +29,9 @@ impl<R: Remote> Run<'_, R> {
     /// for the whole activation budget plus the confirm window. A host that
     /// cannot be armed is not switched. On Linux the fire arms it (once the
     /// switch lock is free, before anything else: see
-    /// [`crate::activation::switch::FIRE_LINUX`]), and the revert is due
-    /// from when the fire is sent (a re-fire keeps an earlier attempt's
-    /// timer: due no later than that); on Darwin a command of its own does.
+    /// [`crate::activation::switch::FIRE_LINUX`]), each attempt for what is
+    /// left until the one due time (a re-fire keeps an earlier attempt's
+    /// timer, armed for the same); on Darwin a command of its own does.
     pub(super) async fn arm(&mut self, job: SwitchJob) -> Result<SwitchJob, HostOutcome> {
         let Some(confirm) = self.s.confirm_timeout else {
             return Ok(job);
@@ -45,8 +45,9 @@ impl<R: Remote> Run<'_, R> {
         let revert = self.revert_plan(&job);
         let at = tokio::time::Instant::now();
         if self.s.os == Os::Linux {
-            let arm = deadman::fire_arm(&armed, &self.req.run_id, &self.s.paths, &revert);
-            self.armed = Some((armed, at + fires_after));
+            let due = at + fires_after;
+            let arm = deadman::fire_arm(&armed, &self.req.run_id, &self.s.paths, &revert, due);
+            self.armed = Some((armed, due));
             return Ok(job.arming(arm));
         }
         match deadman::arm(
@@ -182,14 +183,18 @@ impl<R: Remote> Run<'_, R> {
             };
         }
         let sent = tokio::time::Instant::now();
-        let (rearmed, fresh) = tokio::join!(self.rearm(armed, revert, window), handshake);
         let due = sent + window;
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
-        let result = match tokio::time::timeout_at(stop_at, self.confirm_once(fresh, armed)).await {
-            Ok(result) => result,
-            Err(_) => Err(Confirm::Failed(
-                "no confirmation before the host's revert was due".to_owned(),
-            )),
+        let late = || "no confirmation before the host's revert was due".to_owned();
+        let (rearmed, fresh) = tokio::join!(
+            self.rearm(armed, revert, window),
+            tokio::time::timeout_at(stop_at, handshake)
+        );
+        let result = match fresh {
+            Ok(fresh) => tokio::time::timeout_at(stop_at, self.confirm_once(fresh, armed))
+                .await
+                .unwrap_or_else(|_| Err(Confirm::Failed(late()))),
+            Err(_) => Err(Confirm::Failed(late())),
         };
         FirstTry {
             result,
