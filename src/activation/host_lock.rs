@@ -37,11 +37,13 @@ pub const LEASE: Duration = Duration::from_secs(60);
 
 /// `$1` lock file, `$2` holder, `$3` lease seconds. Each heartbeat is one
 /// byte read by `dd` under `timeout`: no byte within the lease, or EOF,
-/// ends the loop and the lock.
-pub(crate) const LINUX: &str = r#"mkdir -p "$(dirname "$1")" && exec flock --nonblock --conflict-exit-code 75 "$1" sh -c 'printf "%s\n" "$2" > "$1.holder"; echo locked
+/// ends the loop and the lock. The holder's name is readable by all: a
+/// run that finds the lock taken reads it without sudo, and sudo keeps a
+/// user's umask of 077 (it read "holder unknown").
+pub(crate) const LINUX: &str = r#"mkdir -p "$(dirname "$1")" && exec flock --nonblock --conflict-exit-code 75 "$1" sh -c '(umask 022; printf "%s\n" "$2" > "$1.holder"); echo locked
 while [ "$(timeout "$3" dd bs=1 count=1 2>/dev/null | wc -c)" -eq 1 ]; do :; done' nixgate-lock "$1" "$2" "$3""#;
 
-const DARWIN: &str = r#"mkdir -p "$(dirname "$1")" && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; $SIG{ALRM} = sub { exit 0 }; alarm($ARGV[2]); while (sysread(STDIN, my $b, 1)) { alarm($ARGV[2]) }' "$1" "$2" "$3""#;
+const DARWIN: &str = r#"mkdir -p "$(dirname "$1")" && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; umask 022; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; $SIG{ALRM} = sub { exit 0 }; alarm($ARGV[2]); while (sysread(STDIN, my $b, 1)) { alarm($ARGV[2]) }' "$1" "$2" "$3""#;
 
 /// Where the lock lives on a host.
 pub fn path(paths: &crate::activation::HostPaths) -> String {
@@ -214,6 +216,36 @@ pub async fn acquire_with<R: Remote>(
 mod tests {
     use super::*;
     use crate::remote::local::LocalRemote;
+
+    /// Under a umask of 077 (sudo keeps a user's), the holder's name is
+    /// still written readable by all: the run that finds the lock taken
+    /// reads it without sudo.
+    #[test]
+    fn the_holder_is_readable_under_a_umask_of_077() {
+        use std::os::unix::fs::PermissionsExt;
+        if std::process::Command::new("flock")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no flock(1) here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.lock").display().to_string();
+        // stdin at EOF: locked, then let go at once.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask 077; exec sh -c \"$0\" nixgate \"$@\"", LINUX])
+            .args([&path, "run-a", "5"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "locked\n", "{out:?}");
+        let holder = format!("{path}.holder");
+        assert_eq!(std::fs::read_to_string(&holder).unwrap(), "run-a\n");
+        let mode = std::fs::metadata(&holder).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
 
     /// Real flock on this machine: a live holder keeps the lock past the
     /// lease with its heartbeat; a holder that goes silent loses it after
