@@ -597,20 +597,26 @@ mod tests {
         )
     }
 
-    /// Every attempt of a fire that arms the revert arms it for what is
-    /// left until the one due time: a re-fire after a lost answer (the
-    /// first may never have reached the host) arms it for less, so the
-    /// host reverts when the controller counts on it, not later.
-    #[tokio::test(start_paused = true)]
-    async fn a_refire_arms_the_revert_for_what_is_left_until_it_is_due() {
-        let r = scripted(
+    /// A fire's answer lost, a poll that sees nothing yet; the re-fire
+    /// finds the unit loaded: the first fire, slow to start, which settles.
+    fn lost_then_loaded() -> ScriptedRemote {
+        scripted(
             vec![lost(), loaded()],
             vec![
                 poll("inactive", "absent", OLD),
                 poll("active", "started", OLD),
                 poll("inactive", "exited 0", NEW),
             ],
-        );
+        )
+    }
+
+    /// Every attempt of a fire that arms the revert arms it for what is
+    /// left until the one due time: a re-fire after a lost answer (the
+    /// first may never have reached the host) arms it for less, so the
+    /// host reverts when the controller counts on it, not later.
+    #[tokio::test(start_paused = true)]
+    async fn a_refire_arms_the_revert_for_what_is_left_until_it_is_due() {
+        let r = lost_then_loaded();
         let mut j = job().arming(crate::activation::deadman::FireArm {
             unit: "nixgate-confirm-r1".into(),
             due: tokio::time::Instant::now() + Duration::from_secs(90),
@@ -639,14 +645,7 @@ mod tests {
     /// its files.
     #[tokio::test(start_paused = true)]
     async fn a_refire_that_finds_the_unit_loaded_polls_it() {
-        let r = scripted(
-            vec![lost(), loaded()],
-            vec![
-                poll("inactive", "absent", OLD),
-                poll("active", "started", OLD),
-                poll("inactive", "exited 0", NEW),
-            ],
-        );
+        let r = lost_then_loaded();
         let mut j = job();
         let result = run(&r, Duration::from_secs(60), &mut j).await;
         assert!(matches!(result, SwitchResult::Settled { .. }), "{result:?}");

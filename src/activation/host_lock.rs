@@ -217,18 +217,25 @@ mod tests {
     use super::*;
     use crate::remote::local::LocalRemote;
 
+    /// flock(1) is here (said when not: the test is skipped).
+    fn have_flock() -> bool {
+        let here = std::process::Command::new("flock")
+            .arg("-V")
+            .output()
+            .is_ok();
+        if !here {
+            eprintln!("skipped: no flock(1) here");
+        }
+        here
+    }
+
     /// Under a umask of 077 (sudo keeps a user's), the holder's name is
     /// still written readable by all: the run that finds the lock taken
     /// reads it without sudo.
     #[test]
     fn the_holder_is_readable_under_a_umask_of_077() {
         use std::os::unix::fs::PermissionsExt;
-        if std::process::Command::new("flock")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no flock(1) here");
+        if !have_flock() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -254,12 +261,7 @@ mod tests {
     /// failed once at load 35 on 2 cores).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_lease_ends_without_a_heartbeat() {
-        if std::process::Command::new("flock")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no flock(1) here");
+        if !have_flock() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,26 @@ const AROUND: Around<'static> = Around {
     wait: Duration::from_millis(500),
 };
 
+/// `systemd-run`'s stand-in in the fire commands built by hand below: the
+/// job's wrapper, detached, writing `status` and `log`; the program next.
+fn detached(status: &str, log: &str) -> Vec<String> {
+    let run = "\"$@\" </dev/null >/dev/null 2>&1 & exit 0";
+    [
+        "/bin/sh",
+        "-c",
+        run,
+        "run",
+        "/bin/sh",
+        "-c",
+        JOB_WRAPPER,
+        "nixgate-job",
+    ]
+    .into_iter()
+    .chain([status, log])
+    .map(String::from)
+    .collect()
+}
+
 /// A fire's arguments for the revert it arms: none.
 const NO_ARM: [&str; 4] = ["", "", "", ""];
 
@@ -338,14 +358,7 @@ async fn linux_fire_script_for_real() {
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
         .args(["100", &d("profile"), &d("jobs"), &log, "0", "", "", "120"])
         .args(NO_ARM)
-        // The stand-in for systemd-run: the wrapper, detached.
-        .args([
-            "/bin/sh",
-            "-c",
-            "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
-            "run",
-        ])
-        .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+        .args(detached(&status, &log))
         .args(["/bin/sh", "-c", "sleep 0.5; echo switched"]);
     let r = LocalRemote::new("local");
     let j = SwitchJob::new(
@@ -523,13 +536,7 @@ async fn the_job_files_are_readable_by_all_under_a_umask_of_077() {
             ])
             .args(["50", "", &jobs, &log, "0", "", "", "120"])
             .args(NO_ARM)
-            .args([
-                "/bin/sh",
-                "-c",
-                "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
-                "run",
-            ])
-            .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+            .args(detached(&status, &log))
             .args(["/bin/sh", "-c", "echo switched"]);
         let out = r.exec(&under_077(fire)).await.unwrap();
         assert!(
@@ -627,13 +634,7 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
         .args(["0", "", &d("jobs"), &log, "0", &d("profile"), SYS, "120"])
         .args(NO_ARM)
-        .args([
-            "/bin/sh",
-            "-c",
-            "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
-            "run",
-        ])
-        .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+        .args(detached(&status, &log))
         .args(["/bin/sh", "-c", "echo booted"]);
     let r = LocalRemote::new("local");
     let calls = || std::fs::read_to_string(d("calls")).unwrap_or_default();
@@ -739,13 +740,7 @@ async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
         .args([&lock, "nixgate-switch-real.service", &status, &d("current")])
         .args(["0", "", &d("jobs"), &log, "0", "", "", "120"])
         .args(["u", "90", &script, body])
-        .args([
-            "/bin/sh",
-            "-c",
-            "\"$@\" </dev/null >/dev/null 2>&1 & exit 0",
-            "run",
-        ])
-        .args(["/bin/sh", "-c", JOB_WRAPPER, "nixgate-job", &status, &log])
+        .args(detached(&status, &log))
         .args(["/bin/sh", "-c", "echo tested"]);
     let r = LocalRemote::new("local");
     // What the fire asked of systemd, its first poll's `show` aside.
