@@ -116,10 +116,10 @@ fn hosts_cut_off_by_their_candidate_take_themselves_back() {
     assert_eq!(
         fleet.in_host_ok(
             "sys1",
-            "find /run/nixgate -name 'nixgate-confirm-*.sh' 2>/dev/null | cat"
+            "find /run/nixgate -name 'nixgate-confirm-*' 2>/dev/null | cat"
         ),
         "",
-        "the disarm removes the revert script"
+        "the disarm removes the revert script and its arming number"
     );
     assert_eq!(
         fleet.in_host_ok("sys1", "ls /var/lib/nixgate/deadman 2>/dev/null | wc -l"),

@@ -66,6 +66,11 @@ pub struct Armed {
     /// Made by the revert as it starts, removed once its record is
     /// written: a disarm that finds it (or the record) is too late.
     pub started: String,
+    /// The armings sent so far: 1 (the first, with the fire or before
+    /// it), 2 once the shorter re-arm was sent. Each arming leaves its
+    /// number on the host (`<script>.arming`), and a disarm stops only what
+    /// is no later than its own (see [`DISARM_LINUX`]).
+    pub generation: u32,
 }
 
 /// What the host wrote when it reverted.
@@ -113,7 +118,7 @@ rm -f "$dir/.$run.started"
 # Done: the timer that started this goes too, and this script (nothing of
 # nixgate is left).
 systemctl stop "$timer.timer" 2>/dev/null
-rm -f "$0"
+rm -f "$0" "$0.arming"
 exit 0"#;
 
 /// `arm UNIT SECS SCRIPT`: start the transient timer UNIT that runs
@@ -130,6 +135,50 @@ macro_rules! arm_timer {
     };
 }
 pub(crate) use arm_timer;
+
+/// Take the job dir's lock (`$script`'s directory; fd 8, held until the
+/// script ends) where `flock` exists: an arming and a disarm of one revert
+/// never interleave. A disarm sent before a re-arm and still running when
+/// it comes (its answer given up on) would otherwise stop the new timer,
+/// or remove its script, and leave the host with no revert where one is
+/// counted on. Not had within 10 s: exit 7, nothing touched (the
+/// controller tries again, or keeps the timer it had).
+macro_rules! lock_job_dir {
+    () => {
+        r#"if [ -d "${script%/*}" ] && command -v flock >/dev/null 2>&1 && command exec 8<"${script%/*}"; then
+  flock -w 10 8 || { echo "the revert's lock is busy: nothing done" >&2; exit 7; }
+fi
+"#
+    };
+}
+
+/// A re-arm (`$mode` not `fresh`) of a revert already disarmed or run
+/// (its script and number gone: a re-arm whose answer was lost, late
+/// behind a disarm that went through) exits 7, arming nothing: the host
+/// was confirmed. Then the arming's number goes first (`1`, or `2` for a
+/// re-arm), before anything is stopped or started: a disarm sent before
+/// it finds it.
+macro_rules! still_armed {
+    () => {
+        r#"if [ "$mode" != fresh ] && [ ! -e "$script" ] && [ ! -e "$script.arming" ]; then
+  echo "nothing to re-arm: the revert was disarmed or ran" >&2; exit 7
+fi
+gen=1; [ "$mode" = fresh ] || gen=2
+echo "$gen" > "$script.arming" || exit 1
+"#
+    };
+}
+
+/// Exit 6 when the arming on the host is later than `$gen`, the one this
+/// disarm may stop.
+macro_rules! later_arming {
+    () => {
+        r#"if [ -n "$gen" ] && [ -f "$script.arming" ] && read -r now < "$script.arming" && [ "$now" -gt "$gen" ] 2>/dev/null; then
+  echo "not disarmed: arming $now replaced arming $gen" >&2; exit 6
+fi
+"#
+    };
+}
 
 /// Over SSH (Linux): write the revert script (stdin) to `$3`, then (re)arm
 /// the timer that runs it. The script runs from a file, never from the
@@ -151,9 +200,16 @@ pub(crate) use arm_timer;
 /// confirmed at the first try, which is not re-armed.
 /// A re-arm refused twice exits 5: the earlier timer is stopped, nothing
 /// is armed ([`NothingArmed`]: the controller must not wait for a revert).
+/// Every arming holds the job dir's lock and leaves its number first
+/// ([`Armed::generation`], `<script>.arming`); a re-arm of a revert
+/// already disarmed exits 7 (see `still_armed!`).
 pub(crate) const ARM_LINUX: &str = concat!(
     r#"unit=$1; secs=$2; script=$3; mode=$4
-mkdir -p "${script%/*}" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
+mkdir -p "${script%/*}" || exit 1
+"#,
+    lock_job_dir!(),
+    still_armed!(),
+    r#"cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
 "#,
     arm_timer!(),
     r#"[ "$mode" = fresh ] || systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
@@ -168,20 +224,27 @@ exit 5"#
 
 /// Over SSH (Darwin): write the revert script (stdin) to `$3`, then a
 /// detached sleeper that runs it, replacing an earlier one.
-const ARM_DARWIN: &str = r#"pidfile=$1; secs=$2; script=$3
-if [ -f "$pidfile" ]; then kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
-mkdir -p "$(dirname "$script")" && cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
+const ARM_DARWIN: &str = concat!(
+    r#"pidfile=$1; secs=$2; script=$3; mode=$4
+mkdir -p "$(dirname "$script")" || exit 1
+"#,
+    still_armed!(),
+    r#"if [ -f "$pidfile" ]; then kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
+cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
 if command -v setsid >/dev/null 2>&1; then
   nohup setsid /bin/sh -c 'sleep "$1"; exec /bin/sh "$2"' nixgate-deadman "$secs" "$script" </dev/null >/dev/null 2>&1 &
 else
   nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c 'sleep "$1"; exec /bin/sh "$2"' nixgate-deadman "$secs" "$script" </dev/null >/dev/null 2>&1 &
 fi
-echo $! > "$pidfile""#;
+echo $! > "$pidfile""#
+);
 
 /// Over SSH: stop the timer (Linux) or the sleeper (Darwin); nothing left.
 /// `$1` the unit (Darwin: the pid file), `$2` the revert script, `$3` its
-/// record, `$4` the mark the revert makes as it starts; with `$5` and `$6`,
-/// only while the link `$5` resolves to `$6`. Exit 4: too late, the revert
+/// record, `$4` the mark the revert makes as it starts, `$5` the arming it
+/// may stop (see [`Armed::generation`]; empty: any); with `$6` and `$7`,
+/// only while the link `$6` resolves to `$7`. Exit 6: a later arming than
+/// `$5` stands (this disarm was sent before it): left alone. Exit 4: too late, the revert
 /// has begun (or ran): it is left to finish, and the caller must not
 /// count the host as confirmed (a revert that had already put the profile
 /// and boot default back, with `test` of the old system still to come,
@@ -190,28 +253,40 @@ echo $! > "$pidfile""#;
 /// come from one `systemctl is-active` (a stopped `--collect` unit is
 /// unloaded: `inactive`; stopping a timer leaves the service it started
 /// running); the timer must be gone.
-pub(crate) const DISARM_LINUX: &str = r#"unit=$1; script=$2; record=$3; started=$4
-if [ $# -ge 6 ] && [ "$(readlink -f "$5")" != "$6" ]; then echo "not disarmed: $5 is not $6" >&2; exit 3; fi
-systemctl stop "$unit.timer" 2>/dev/null
+pub(crate) const DISARM_LINUX: &str = concat!(
+    r#"unit=$1; script=$2; record=$3; started=$4; gen=$5
+if [ $# -ge 7 ] && [ "$(readlink -f "$6")" != "$7" ]; then echo "not disarmed: $6 is not $7" >&2; exit 3; fi
+"#,
+    lock_job_dir!(),
+    later_arming!(),
+    r#"systemctl stop "$unit.timer" 2>/dev/null
 systemctl is-active "$unit.timer" "$unit.service" 2>/dev/null | {
   read -r timer; read -r service
   case $service in active | activating | deactivating | reloading) echo "not disarmed: the revert is running" >&2; exit 4 ;; esac
   if [ -e "$started" ] || [ -e "$record" ]; then echo "not disarmed: the revert ran" >&2; exit 4; fi
   [ "$timer" != active ] || exit 1
-  rm -f "$script"
+  rm -f "$script" "$script.arming"
   exit 0
-}"#;
+}"#
+);
 
 /// Darwin: the mark is looked at before the sleeper's group is killed
 /// (a revert under way is left to finish) and after (one that began in
-/// between was cut short: the caller looks at the host).
-const DISARM_DARWIN: &str = r#"pidfile=$1; script=$2; record=$3; started=$4
-if [ $# -ge 6 ] && [ "$(readlink -f "$5")" != "$6" ]; then echo "not disarmed: $5 is not $6" >&2; exit 3; fi
-begun() { [ -e "$started" ] || [ -e "$record" ]; }
+/// between was cut short: the caller looks at the host). macOS has no
+/// `flock(1)`: the arming number alone keeps a late disarm off a later
+/// arming (one that reads the number just before the re-arm writes it
+/// still kills the new sleeper).
+const DISARM_DARWIN: &str = concat!(
+    r#"pidfile=$1; script=$2; record=$3; started=$4; gen=$5
+if [ $# -ge 7 ] && [ "$(readlink -f "$6")" != "$7" ]; then echo "not disarmed: $6 is not $7" >&2; exit 3; fi
+"#,
+    later_arming!(),
+    r#"begun() { [ -e "$started" ] || [ -e "$record" ]; }
 if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
 pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
 if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
-rm -f "$pidfile" "$script"; exit 0"#;
+rm -f "$pidfile" "$script" "$script.arming"; exit 0"#
+);
 
 /// A re-arm the host refused after stopping the earlier timer: no revert
 /// is armed any more.
@@ -260,6 +335,16 @@ impl Armed {
             unit,
             os,
             fires_after,
+            generation: 1,
+        }
+    }
+
+    /// This revert re-armed to fire `after` the re-arm: the second arming.
+    pub fn shorter(&self, after: Duration) -> Armed {
+        Armed {
+            fires_after: after,
+            generation: 2,
+            ..self.clone()
         }
     }
 }
@@ -394,7 +479,8 @@ pub fn disarm_command(a: &Armed, sudo: bool, guard: Option<(&str, &str)>) -> Com
         Os::Linux => (DISARM_LINUX, &a.unit),
         Os::Darwin => (DISARM_DARWIN, &a.pid_file),
     };
-    let cmd = Command::script(script).args([first, &a.script, &a.record, &a.started]);
+    let generation = a.generation.to_string();
+    let cmd = Command::script(script).args([first, &a.script, &a.record, &a.started, &generation]);
     let cmd = match guard {
         Some((link, path)) => cmd.args([link, path]),
         None => cmd,
@@ -582,8 +668,169 @@ mod tests {
         };
         assert_eq!(run_with("exit 1", "fresh"), Some(1));
         assert_eq!(run_with("exit 1", "replace"), Some(5));
+        let arming = || std::fs::read_to_string(format!("{d}/run/revert.sh.arming")).unwrap();
         assert_eq!(run_with("exit 0", "fresh"), Some(0));
+        assert_eq!(arming(), "1\n", "the first arming's number");
         assert_eq!(run_with("exit 0", "replace"), Some(0));
+        assert_eq!(arming(), "2\n", "the re-arm's");
+        // Disarmed meanwhile (script and number gone): a late re-arm arms
+        // nothing (its answer lost, it came after the disarm that went
+        // through).
+        std::fs::remove_file(format!("{d}/run/revert.sh")).unwrap();
+        std::fs::remove_file(format!("{d}/run/revert.sh.arming")).unwrap();
+        assert_eq!(run_with("exit 0", "replace"), Some(7));
+        assert!(!std::path::Path::new(&format!("{d}/run/revert.sh")).exists());
+    }
+
+    /// A disarm sent for an arming a later one replaced (its answer given
+    /// up on, and run late) leaves the later one alone: exit 6, the script
+    /// and the arming kept. One for the arming that stands disarms it and
+    /// removes both. Both OSes, in a real shell.
+    #[tokio::test]
+    async fn a_disarm_never_stops_a_later_arming() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        for os in [Os::Linux, Os::Darwin] {
+            let mut paths = HostPaths::for_os(os);
+            paths.job_dir = d.to_owned();
+            paths.known_good_records = format!("{d}/known-good");
+            let run = RunId::parse("r1").unwrap();
+            let first = Armed::for_run(&run, os, &paths, Duration::from_secs(90));
+            let second = first.shorter(Duration::from_secs(30));
+            std::fs::write(&first.script, "revert").unwrap();
+            let arming = format!("{}.arming", first.script);
+            std::fs::write(&arming, "2\n").unwrap();
+            let local = LocalRemote::new("local");
+            let stale = run_disarm(&local, &first, &disarm_command(&first, false, None)).await;
+            let e = stale.unwrap_err();
+            assert!(format!("{e:#}").contains("exit"), "{os:?}: {e:#}");
+            assert!(
+                format!("{e:#}").contains("arming 2 replaced arming 1"),
+                "{os:?}: {e:#}"
+            );
+            assert!(std::path::Path::new(&first.script).exists(), "{os:?}");
+            assert!(std::path::Path::new(&arming).exists(), "{os:?}");
+            run_disarm(&local, &second, &disarm_command(&second, false, None))
+                .await
+                .unwrap();
+            assert!(!std::path::Path::new(&first.script).exists(), "{os:?}");
+            assert!(!std::path::Path::new(&arming).exists(), "{os:?}");
+        }
+    }
+
+    /// A disarm of arming 1 that waits for the lock while the re-arm holds
+    /// it (here: a `flock` held while arming 2 is written) finds arming 2
+    /// once it has the lock: exit 6, the script and the number kept.
+    #[test]
+    fn a_disarm_waiting_for_the_lock_finds_the_later_arming() {
+        if std::process::Command::new("flock")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no flock(1) here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let jobs = format!("{d}/run");
+        std::fs::create_dir_all(&jobs).unwrap();
+        let script = format!("{jobs}/revert.sh");
+        std::fs::write(&script, "revert").unwrap();
+        std::fs::write(format!("{script}.arming"), "1\n").unwrap();
+        // The "re-arm": holds the lock, then writes arming 2.
+        let mut holder = std::process::Command::new("flock")
+            .args(["--exclusive", &jobs, "sh", "-c", "sleep 1; echo 2 > \"$0\""])
+            .arg(format!("{script}.arming"))
+            .spawn()
+            .unwrap();
+        while std::process::Command::new("flock")
+            .args(["--nonblock", "--shared", &jobs, "true"])
+            .status()
+            .unwrap()
+            .success()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rec = format!("{d}/rec.json");
+        let started = format!("{d}/.started");
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                DISARM_LINUX,
+                "nixgate",
+                "u",
+                &script,
+                &rec,
+                &started,
+                "1",
+            ])
+            .env("PATH", "/nonexistent:/usr/bin:/bin")
+            .output()
+            .unwrap();
+        holder.wait().unwrap();
+        assert_eq!(out.status.code(), Some(6), "{out:?}");
+        assert!(std::path::Path::new(&script).exists());
+        assert_eq!(
+            std::fs::read_to_string(format!("{script}.arming")).unwrap(),
+            "2\n"
+        );
+    }
+
+    /// A re-arm waits for a disarm that holds the job dir's lock (here: a
+    /// `flock` held for a second): they never interleave.
+    #[test]
+    fn a_re_arm_waits_for_a_disarm_under_way() {
+        use std::os::unix::fs::PermissionsExt;
+        if std::process::Command::new("flock")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no flock(1) here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        for tool in ["systemctl", "systemd-run"] {
+            let path = format!("{d}/{tool}");
+            std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let jobs = format!("{d}/run");
+        std::fs::create_dir_all(&jobs).unwrap();
+        // What the fire armed: the script and arming 1.
+        let script = format!("{jobs}/revert.sh");
+        std::fs::write(&script, "revert").unwrap();
+        std::fs::write(format!("{script}.arming"), "1\n").unwrap();
+        let mut holder = std::process::Command::new("flock")
+            .args(["--exclusive", &jobs, "sleep", "1"])
+            .spawn()
+            .unwrap();
+        // Until the holder has it.
+        while std::process::Command::new("flock")
+            .args(["--nonblock", "--shared", &jobs, "true"])
+            .status()
+            .unwrap()
+            .success()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("sh")
+            .args(["-c", ARM_LINUX, "nixgate", "u", "30", &script, "replace"])
+            .env("PATH", format!("{d}:/usr/bin:/bin"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        holder.wait().unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// A disarm that arrives once the revert has begun (its mark made, or

@@ -121,9 +121,12 @@ pub struct State {
     pub drops_new: bool,
     /// The next fire that arms a revert cannot (`NixgateArmed=failed`).
     pub arm_fails: bool,
+    /// Each armed unit's arming number (`deadman::Armed::generation`).
+    pub arming_of: BTreeMap<String, u32>,
     /// How long each new connection's handshake takes (a slow link).
     pub handshake_takes: std::time::Duration,
-    /// Armed dead-man timers: unit -> (arming number, the revert's args).
+    /// Armed dead-man timers: unit -> (the fake's count of armings when
+    /// it was armed, the revert's args).
     pub timers: BTreeMap<String, (u64, Vec<String>)>,
     /// The next disarm arrives just after its timer fired: the revert
     /// runs, and the disarm says it is too late (exit 4).
@@ -458,11 +461,17 @@ impl State {
             ok("")
         } else if script == deadman::DISARM_LINUX {
             // Guarded: only while the link resolves to the given path.
-            if let Some(want) = a.get(9)
+            if let Some(want) = a.get(10)
                 && self.current.to_string() != *want
             {
-                return fail(3, &format!("not disarmed: {} is not {want}\n", a[8]));
+                return fail(3, &format!("not disarmed: {} is not {want}\n", a[9]));
             }
+            // Never an arming later than the one it was sent for.
+            let arming: u32 = a[8].parse().expect("an arming number");
+            if self.arming_of.get(a[4]).is_some_and(|now| *now > arming) {
+                return fail(6, "not disarmed: a later arming stands\n");
+            }
+            self.arming_of.remove(a[4]);
             let timer = self.timers.remove(a[4]);
             if std::mem::take(&mut self.revert_beats_disarm)
                 && let Some((_, args)) = timer
@@ -791,6 +800,8 @@ impl FakeHost {
                 "nothing armed: the earlier timer was stopped and the new one refused\n",
             );
         }
+        let arming = if a[7] == "replace" { 2 } else { 1 };
+        self.state().arming_of.insert(unit.clone(), arming);
         self.start_timer(unit, secs, &String::from_utf8_lossy(script));
         ok("")
     }
@@ -811,6 +822,7 @@ impl FakeHost {
         } else if self.state().timers.contains_key(unit) {
             "kept"
         } else {
+            self.state().arming_of.insert(unit.to_owned(), 1);
             self.start_timer(unit.to_owned(), secs.parse().expect("seconds"), body);
             "new"
         };
@@ -877,6 +889,7 @@ impl FakeHost {
             offline: false,
             drops_new: false,
             arm_fails: false,
+            arming_of: BTreeMap::new(),
             handshake_takes: std::time::Duration::ZERO,
             timers: BTreeMap::new(),
             revert_beats_disarm: false,

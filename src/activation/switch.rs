@@ -214,7 +214,8 @@ exit \"$code\"";
 /// unanswered one: the budget the timer counts, the activation budget plus
 /// the confirm window, outlasts every attempt) and is kept
 /// (`NixgateArmed=kept`); nothing fires when it could be neither
-/// (`NixgateArmed=failed`). It was a command of its own before the fire:
+/// (`NixgateArmed=failed`). A new timer is arming 1 (see
+/// [`super::deadman::Armed::generation`]). It was a command of its own before the fire:
 /// one round trip and one `sh` less per live switch.
 pub(crate) const FIRE_LINUX: &str = concat!(
     "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; again=$9
@@ -242,7 +243,8 @@ if [ -n \"$aunit\" ]; then
   else armed=failed; fi
   # Refused (a D-Bus timeout may have started it even so): nothing of it
   # stays to revert a later deploy.
-  [ \"$armed\" != failed ] || { systemctl stop \"$aunit.timer\" 2>/dev/null; rm -f \"$ascript\"; }
+  [ \"$armed\" != failed ] || { systemctl stop \"$aunit.timer\" 2>/dev/null; rm -f \"$ascript\" \"$ascript.arming\"; }
+  [ \"$armed\" != new ] || echo 1 > \"$ascript.arming\"
   echo \"NixgateArmed=$armed\"
   [ \"$armed\" != failed ] || exit 0
 fi

@@ -91,9 +91,8 @@ const KEY_KEYS: &[&str] = &[
 /// an sshd restart and a fresh handshake over a slow link (measured on the
 /// test fleet: confirm in 0.1-0.6 s after the switch settles), and keeps a
 /// system that locked SSH out live for about a minute more (refused: at
-/// once; dropped: 5 s later, the first try's handshake; a host that
-/// completes handshakes but never answers: `activation_timeout` more, see
-/// `activation::pipeline::confirm`).
+/// once; dropped, or a handshake with no answer after it: 5 or 10 s
+/// later, the first try's bounds, see `activation::pipeline::confirm`).
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a host's relay copy may go without progress (no bytes taken,

@@ -118,7 +118,8 @@ impl<R: Remote> Run<'_, R> {
     /// largest of the dead-man's commands), for hosts whose first new
     /// connection confirms within 0.1-0.6 s of the switch settling. A host
     /// that locked SSH out is reverted [`first_try_bound`] later at most
-    /// (none when it refuses connections: the first try fails at once).
+    /// (none when it refuses connections: the first try fails at once;
+    /// twice that when it completes a handshake and never answers).
     pub(super) async fn confirm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
         let Some((armed, mut due)) = self.armed.clone() else {
             return Ok(());
@@ -145,13 +146,13 @@ impl<R: Remote> Run<'_, R> {
                 Err(self.await_revert(CutOff::NotOnCandidate { seen }).await)
             }
             Err(Confirm::Failed(error)) => {
-                // A disarm sent and never answered may still run on the
-                // host: a re-arm now could be stopped by it, leaving no
-                // timer where one is counted on. The first (longer) one
-                // stands, and the retries confirm within it.
-                if !shortened && !first.unanswered {
+                // A first try's disarm that went unanswered may still run
+                // on the host: it stops nothing armed after it was sent
+                // (the host's arming number, see `Armed::generation`).
+                if !shortened {
                     due = self.shorten(&armed, &revert, window, due).await;
                 }
+                let armed = armed.shorter(window);
                 self.retry_confirm(&armed, due, error).await
             }
         }
@@ -160,8 +161,8 @@ impl<R: Remote> Run<'_, R> {
     /// The first try: a new connection's handshake within
     /// [`first_try_bound`], then the link's read and the guarded disarm
     /// within as long again. A handshake still under way by then goes on
-    /// while the revert is shortened over the run's own session (no disarm
-    /// is in flight to undo that), and confirms within the shorter window.
+    /// while the revert is shortened over the run's own session, and
+    /// confirms within the shorter window.
     async fn first_try(&self, armed: &Armed, revert: &Revert, window: Duration) -> FirstTry {
         let bound = first_try_bound(window);
         let mut handshake = std::pin::pin!(self.fresh.fresh());
@@ -170,7 +171,6 @@ impl<R: Remote> Run<'_, R> {
                 Ok(result) => FirstTry {
                     result,
                     shortened: None,
-                    unanswered: false,
                 },
                 Err(_) => FirstTry {
                     result: Err(Confirm::Failed(format!(
@@ -178,7 +178,6 @@ impl<R: Remote> Run<'_, R> {
                         bound.as_secs_f64()
                     ))),
                     shortened: None,
-                    unanswered: true,
                 },
             };
         }
@@ -191,28 +190,25 @@ impl<R: Remote> Run<'_, R> {
             tokio::time::timeout_at(stop_at, handshake)
         );
         let result = match fresh {
-            Ok(fresh) => tokio::time::timeout_at(stop_at, self.confirm_once(fresh, armed))
-                .await
-                .unwrap_or_else(|_| Err(Confirm::Failed(late()))),
+            Ok(fresh) => {
+                tokio::time::timeout_at(stop_at, self.confirm_once(fresh, &armed.shorter(window)))
+                    .await
+                    .unwrap_or_else(|_| Err(Confirm::Failed(late())))
+            }
             Err(_) => Err(Confirm::Failed(late())),
         };
         FirstTry {
             result,
             shortened: Some((sent, rearmed)),
-            unanswered: false,
         }
     }
 
     /// Re-arm the revert, due `window` after this is sent (the host counts
     /// from when it gets it), over the run's own session.
     async fn rearm(&self, armed: &Armed, revert: &Revert, window: Duration) -> anyhow::Result<()> {
-        let shorter = Armed {
-            fires_after: window,
-            ..armed.clone()
-        };
         deadman::arm(
             self.remote,
-            &shorter,
+            &armed.shorter(window),
             deadman::Arming::Replace,
             &self.req.run_id,
             &self.s.paths,
@@ -226,7 +222,8 @@ impl<R: Remote> Run<'_, R> {
     /// confirming. Refused after the earlier timer was stopped: nothing is
     /// armed (confirm within the window all the same, then look over the
     /// run's own session: no revert comes). Failed otherwise: the first
-    /// timer, due `before`, still stands, or the answer was lost.
+    /// timer, due `before`, still stands, or the answer was lost (either
+    /// way, later disarms name the re-arm's number: the host may have it).
     fn note_rearm(
         &mut self,
         armed: &Armed,
@@ -234,10 +231,14 @@ impl<R: Remote> Run<'_, R> {
         rearmed: anyhow::Result<()>,
         before: tokio::time::Instant,
     ) -> tokio::time::Instant {
+        let shorter = armed.shorter(due.saturating_duration_since(tokio::time::Instant::now()));
         match rearmed {
-            Ok(()) => self.armed = Some((armed.clone(), due)),
+            Ok(()) => self.armed = Some((shorter, due)),
             Err(e) if e.downcast_ref::<deadman::NothingArmed>().is_some() => self.armed = None,
-            Err(_) => return before,
+            Err(_) => {
+                self.armed = Some((shorter, before));
+                return before;
+            }
         }
         due
     }
@@ -434,8 +435,6 @@ fn words_free(cause: &CutOff) -> String {
 struct FirstTry {
     result: Result<(), Confirm>,
     shortened: Option<(tokio::time::Instant, anyhow::Result<()>)>,
-    /// Its disarm was sent and never answered (it may still run).
-    unanswered: bool,
 }
 
 /// Why one confirmation attempt did not confirm.

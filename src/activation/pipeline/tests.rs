@@ -1180,7 +1180,7 @@ async fn a_deferral_whose_revert_stays_armed_is_not_persisted() {
     host.inhibited(&sp(NEW));
     host.state().break_once.push(
         "sudo disarm-revert nixgate-confirm-r1 /run/nixgate/nixgate-confirm-r1.sh \
-         /var/lib/nixgate/deadman/r1.json /var/lib/nixgate/deadman/.r1.started"
+         /var/lib/nixgate/deadman/r1.json /var/lib/nixgate/deadman/.r1.started 1"
             .into(),
     );
     let ran = run(&host, &armed(Goal::Switch)).await;
