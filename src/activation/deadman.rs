@@ -541,6 +541,15 @@ const LIST_RECORDS: &str = r#"for f in "$1"/*.json; do [ -f "$f" ] && cat "$f"; 
 mod tests {
     use super::*;
 
+    /// Run r1's revert, armed for 90 s, its files and records under `d`.
+    fn armed_under(d: &str, os: Os) -> Armed {
+        let mut paths = HostPaths::for_os(os);
+        paths.job_dir = d.to_owned();
+        paths.known_good_records = format!("{d}/known-good");
+        let run = RunId::parse("r1").unwrap();
+        Armed::for_run(&run, os, &paths, Duration::from_secs(90))
+    }
+
     #[test]
     fn arm_and_disarm_commands() {
         let paths = HostPaths::for_os(Os::Linux);
@@ -609,10 +618,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         for os in [Os::Linux, Os::Darwin] {
-            let mut paths = HostPaths::for_os(os);
-            paths.job_dir = d.to_owned();
-            let run = RunId::parse("r1").unwrap();
-            let a = Armed::for_run(&run, os, &paths, Duration::from_secs(90));
+            let a = armed_under(d, os);
             let (on, off) = (format!("{d}/on"), format!("{d}/off"));
             std::fs::create_dir_all(&on).unwrap();
             std::fs::create_dir_all(&off).unwrap();
@@ -692,11 +698,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         for os in [Os::Linux, Os::Darwin] {
-            let mut paths = HostPaths::for_os(os);
-            paths.job_dir = d.to_owned();
-            paths.known_good_records = format!("{d}/known-good");
-            let run = RunId::parse("r1").unwrap();
-            let first = Armed::for_run(&run, os, &paths, Duration::from_secs(90));
+            let first = armed_under(d, os);
             let second = first.shorter(Duration::from_secs(30));
             std::fs::write(&first.script, "revert").unwrap();
             let arming = format!("{}.arming", first.script);
@@ -843,11 +845,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         for os in [Os::Linux, Os::Darwin] {
-            let mut paths = HostPaths::for_os(os);
-            paths.job_dir = d.to_owned();
-            paths.known_good_records = format!("{d}/known-good");
-            let run = RunId::parse("r1").unwrap();
-            let a = Armed::for_run(&run, os, &paths, Duration::from_secs(90));
+            let a = armed_under(d, os);
             std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
             let on = format!("{d}/on");
             std::fs::create_dir_all(&on).unwrap();
