@@ -541,6 +541,35 @@ const LIST_RECORDS: &str = r#"for f in "$1"/*.json; do [ -f "$f" ] && cat "$f"; 
 mod tests {
     use super::*;
 
+    /// `cmd` run under the job dir `dir`'s lock (as a re-arm or a disarm
+    /// holds it), returned once it holds it; `None` (said: the test is
+    /// skipped) where `flock(1)` is missing.
+    fn locked_by(dir: &str, cmd: &[&str]) -> Option<std::process::Child> {
+        if std::process::Command::new("flock")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no flock(1) here");
+            return None;
+        }
+        let holder = std::process::Command::new("flock")
+            .arg("--exclusive")
+            .arg(dir)
+            .args(cmd)
+            .spawn()
+            .unwrap();
+        while std::process::Command::new("flock")
+            .args(["--nonblock", "--shared", dir, "true"])
+            .status()
+            .unwrap()
+            .success()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(holder)
+    }
+
     /// Run r1's revert, armed for 90 s, its files and records under `d`.
     fn armed_under(d: &str, os: Os) -> Armed {
         let mut paths = HostPaths::for_os(os);
@@ -726,14 +755,6 @@ mod tests {
     /// once it has the lock: exit 6, the script and the number kept.
     #[test]
     fn a_disarm_waiting_for_the_lock_finds_the_later_arming() {
-        if std::process::Command::new("flock")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no flock(1) here");
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         let jobs = format!("{d}/run");
@@ -742,19 +763,11 @@ mod tests {
         std::fs::write(&script, "revert").unwrap();
         std::fs::write(format!("{script}.arming"), "1\n").unwrap();
         // The "re-arm": holds the lock, then writes arming 2.
-        let mut holder = std::process::Command::new("flock")
-            .args(["--exclusive", &jobs, "sh", "-c", "sleep 1; echo 2 > \"$0\""])
-            .arg(format!("{script}.arming"))
-            .spawn()
-            .unwrap();
-        while std::process::Command::new("flock")
-            .args(["--nonblock", "--shared", &jobs, "true"])
-            .status()
-            .unwrap()
-            .success()
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let arming = format!("{script}.arming");
+        let write_2 = ["sh", "-c", "sleep 1; echo 2 > \"$0\"", &arming];
+        let Some(mut holder) = locked_by(&jobs, &write_2) else {
+            return;
+        };
         let rec = format!("{d}/rec.json");
         let started = format!("{d}/.started");
         let out = std::process::Command::new("sh")
@@ -785,14 +798,6 @@ mod tests {
     #[test]
     fn a_re_arm_waits_for_a_disarm_under_way() {
         use std::os::unix::fs::PermissionsExt;
-        if std::process::Command::new("flock")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no flock(1) here");
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         for tool in ["systemctl", "systemd-run"] {
@@ -806,19 +811,9 @@ mod tests {
         let script = format!("{jobs}/revert.sh");
         std::fs::write(&script, "revert").unwrap();
         std::fs::write(format!("{script}.arming"), "1\n").unwrap();
-        let mut holder = std::process::Command::new("flock")
-            .args(["--exclusive", &jobs, "sleep", "1"])
-            .spawn()
-            .unwrap();
-        // Until the holder has it.
-        while std::process::Command::new("flock")
-            .args(["--nonblock", "--shared", &jobs, "true"])
-            .status()
-            .unwrap()
-            .success()
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let Some(mut holder) = locked_by(&jobs, &["sleep", "1"]) else {
+            return;
+        };
         let started = std::time::Instant::now();
         let out = std::process::Command::new("sh")
             .args(["-c", ARM_LINUX, "nixgate", "u", "30", &script, "replace"])
