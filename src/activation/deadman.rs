@@ -122,14 +122,24 @@ rm -f "$0" "$0.arming"
 exit 0"#;
 
 /// `arm UNIT SECS SCRIPT`: start the transient timer UNIT that runs
-/// `/bin/sh SCRIPT` after SECS seconds (Linux). Shared by [`ARM_LINUX`] and
-/// the fire that arms as it fires ([`super::switch::FIRE_LINUX`]).
+/// `/bin/sh SCRIPT` after SECS seconds (Linux). `arm_again`, the same
+/// after a refused start: units started with `--collect` are unloaded once
+/// stopped or failed, so a refusal means one of that name is left (an arm
+/// whose answer was lost, a failed unit not yet collected): it is stopped
+/// and reset first. Its revert has not begun where this is called (the
+/// timer is stopped, or not active). Shared by [`ARM_LINUX`] and the fire
+/// that arms as it fires ([`super::switch::FIRE_LINUX`]).
 macro_rules! arm_timer {
     () => {
         r#"arm() {
   systemd-run --unit="$1" --description="nixgate: revert unless the switch is confirmed" \
     --on-active="$2s" --timer-property=AccuracySec=1s \
     --collect --no-ask-password --service-type=exec -- /bin/sh "$3"
+}
+arm_again() {
+  systemctl stop "$1.timer" "$1.service" 2>/dev/null
+  systemctl reset-failed "$1.timer" "$1.service" 2>/dev/null
+  arm "$@"
 }
 "#
     };
@@ -169,6 +179,21 @@ echo "$gen" > "$script.arming" || exit 1
     };
 }
 
+/// `marked`: the revert has begun or ran (its mark `$started` or record
+/// `$record` exists; either may be empty). `not_rearmed WHY`: a re-arm that
+/// found it so arms nothing and exits 4 (its script's new text and, when
+/// the revert is done, the arming number it wrote go).
+macro_rules! revert_begun {
+    () => {
+        r#"marked() { { [ -n "$started" ] && [ -e "$started" ]; } || { [ -n "$record" ] && [ -e "$record" ]; }; }
+not_rearmed() {
+  rm -f "$script.tmp"; [ -e "$script" ] || rm -f "$script.arming"
+  echo "not re-armed: the revert $1" >&2; exit 4
+}
+"#
+    };
+}
+
 /// Exit 6 when the arming on the host is later than `$gen`, the one this
 /// disarm may stop.
 macro_rules! later_arming {
@@ -189,10 +214,15 @@ fi
 /// description is set for the same reason.
 ///
 /// `$4` is `fresh` (the first arm: nothing of this name should exist, so
-/// no `systemctl` call before `systemd-run`) or `replace` (the re-arm: the
-/// timer of this name is stopped first). Units started with `--collect`
-/// are unloaded once stopped or failed, so `reset-failed` runs only when a
-/// start is refused even so (a unit left by an arm whose answer was lost).
+/// no `systemctl` call before `systemd-run`; only tests arm this way now,
+/// the fire arms on Linux) or `replace` (the re-arm: the timer of this
+/// name is stopped first, the timer only). A revert that timer already
+/// started (its service running, or its mark `$6` or record `$5` made) is
+/// left to run to its end: exit 4, nothing armed ([`RevertBegan`]). Before,
+/// the re-arm stopped the service too, and a revert caught mid-way (the
+/// long timer due while the first try went on: a switch that settled at
+/// its budget) was killed between its profile and its `test`.
+/// `reset-failed` runs only when a start is refused (see `arm_timer!`).
 /// Each `systemctl` or `systemd-run` call costs the host 7-13 ms of CPU on
 /// the test fleet's systemd 252, up to 31 ms on its light hosts' stand-ins
 /// (BENCHMARKS.md, "Where a host's CPU goes"); the arm, re-arm and disarm
@@ -204,33 +234,48 @@ fi
 /// ([`Armed::generation`], `<script>.arming`); a re-arm of a revert
 /// already disarmed exits 7 (see `still_armed!`).
 pub(crate) const ARM_LINUX: &str = concat!(
-    r#"unit=$1; secs=$2; script=$3; mode=$4
+    r#"unit=$1; secs=$2; script=$3; mode=$4; record=$5; started=$6
 mkdir -p "${script%/*}" || exit 1
 "#,
     lock_job_dir!(),
     still_armed!(),
-    r#"cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
+    r#"cat > "$script.tmp" || exit 1
 "#,
     arm_timer!(),
-    r#"[ "$mode" = fresh ] || systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
+    revert_begun!(),
+    r#"if [ "$mode" != fresh ]; then
+  systemctl stop "$unit.timer" 2>/dev/null
+  case $(systemctl is-active "$unit.service" 2>/dev/null) in
+    active | activating | deactivating | reloading) not_rearmed "is running" ;;
+  esac
+  ! marked || not_rearmed "has begun"
+fi
+mv -f "$script.tmp" "$script" || exit 1
 arm "$unit" "$secs" "$script" 2>/dev/null && exit 0
-systemctl stop "$unit.timer" "$unit.service" 2>/dev/null
-systemctl reset-failed "$unit.timer" "$unit.service" 2>/dev/null
-arm "$unit" "$secs" "$script" && exit 0
+arm_again "$unit" "$secs" "$script" && exit 0
 [ "$mode" = fresh ] && exit 1
 echo "nothing armed: the earlier timer was stopped and the new one refused" >&2
 exit 5"#
 );
 
 /// Over SSH (Darwin): write the revert script (stdin) to `$3`, then a
-/// detached sleeper that runs it, replacing an earlier one.
+/// detached sleeper that runs it, replacing an earlier one. A re-arm never
+/// kills a revert that has begun (its mark `$6` or record `$5` made): exit
+/// 4, as on Linux; one that begins while the sleeper is killed (the revert
+/// `exec`s in the sleeper's group) is cut short, and said so (exit 4: the
+/// caller looks at the host).
 const ARM_DARWIN: &str = concat!(
-    r#"pidfile=$1; secs=$2; script=$3; mode=$4
+    r#"pidfile=$1; secs=$2; script=$3; mode=$4; record=$5; started=$6
 mkdir -p "$(dirname "$script")" || exit 1
 "#,
     still_armed!(),
-    r#"if [ -f "$pidfile" ]; then kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
-cat > "$script.tmp" && mv -f "$script.tmp" "$script" || exit 1
+    r#"cat > "$script.tmp" || exit 1
+"#,
+    revert_begun!(),
+    r#"[ "$mode" = fresh ] || ! marked || not_rearmed "has begun"
+if [ -f "$pidfile" ]; then kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
+[ "$mode" = fresh ] || ! marked || not_rearmed "began as its sleeper was stopped"
+mv -f "$script.tmp" "$script" || exit 1
 if command -v setsid >/dev/null 2>&1; then
   nohup setsid /bin/sh -c 'sleep "$1"; exec /bin/sh "$2"' nixgate-deadman "$secs" "$script" </dev/null >/dev/null 2>&1 &
 else
@@ -372,6 +417,7 @@ pub fn arm_command(a: &Armed, arming: Arming, sudo: bool) -> Command {
     };
     Command::script(script)
         .args([first, secs, a.script.clone(), mode.to_owned()])
+        .args([a.record.clone(), a.started.clone()])
         .sudo(sudo)
 }
 
@@ -458,8 +504,10 @@ pub async fn arm<R: Remote>(
         .exec_small_input(&arm_command(a, arming, sudo), script.as_bytes())
         .await
         .with_context(|| format!("arming {} on {}", a.unit, remote.name()))?;
-    if arming == Arming::Replace && out.exit.code() == Some(5) {
-        return Err(anyhow::Error::new(NothingArmed));
+    match out.exit.code() {
+        Some(5) if arming == Arming::Replace => return Err(anyhow::Error::new(NothingArmed)),
+        Some(4) if arming == Arming::Replace => return Err(anyhow::Error::new(RevertBegan)),
+        _ => {}
     }
     out.check(&format!("arming the dead-man timer {}", a.unit))?;
     Ok(())
@@ -605,7 +653,9 @@ mod tests {
                 "nixgate-confirm-r1",
                 "90",
                 "/run/nixgate/nixgate-confirm-r1.sh",
-                "fresh"
+                "fresh",
+                "/var/lib/nixgate/deadman/r1.json",
+                "/var/lib/nixgate/deadman/.r1.started"
             ]
         );
         assert_eq!(arm_command(&a, Arming::Replace, false).argv()[7], "replace");
@@ -715,6 +765,70 @@ mod tests {
         std::fs::remove_file(format!("{d}/run/revert.sh.arming")).unwrap();
         assert_eq!(run_with("exit 0", "replace"), Some(7));
         assert!(!std::path::Path::new(&format!("{d}/run/revert.sh")).exists());
+    }
+
+    /// A re-arm that finds the first timer's revert under way (its service
+    /// running, or its mark made) leaves it to run: exit 4, its service
+    /// never stopped, nothing started, the script the revert runs kept.
+    /// Darwin: its mark alone, the sleeper's group not killed.
+    #[test]
+    fn a_re_arm_leaves_a_revert_under_way_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let calls = format!("{d}/calls");
+        let run_with = |os: Os, service: &str, marked: bool| {
+            let a = armed_under(d, os);
+            std::fs::write(&a.script, "revert").unwrap();
+            std::fs::write(format!("{}.arming", a.script), "1\n").unwrap();
+            std::fs::write(&a.pid_file, "999999999\n").unwrap();
+            std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
+            let _ = std::fs::remove_file(&a.started);
+            if marked {
+                std::fs::write(&a.started, "").unwrap();
+            }
+            let systemctl = format!(
+                "#!/bin/sh\necho \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || echo {service}\n"
+            );
+            let run = format!("#!/bin/sh\necho \"systemd-run $*\" >> {calls}\n");
+            for (tool, body) in [("systemctl", systemctl), ("systemd-run", run)] {
+                let path = format!("{d}/{tool}");
+                std::fs::write(&path, body).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let _ = std::fs::remove_file(&calls);
+            let cmd = arm_command(&a.shorter(Duration::from_secs(30)), Arming::Replace, false);
+            let out = std::process::Command::new(&cmd.argv()[0])
+                .args(&cmd.argv()[1..])
+                .env("PATH", format!("{d}:/usr/bin:/bin"))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+            if out.status.code() == Some(4) {
+                assert_eq!(std::fs::read_to_string(&a.script).unwrap(), "revert");
+                assert!(!std::path::Path::new(&format!("{}.tmp", a.script)).exists());
+            }
+            (out.status.code(), calls)
+        };
+        let (code, calls) = run_with(Os::Linux, "active", false);
+        assert_eq!(code, Some(4), "{calls}");
+        assert_eq!(
+            calls,
+            "systemctl stop nixgate-confirm-r1.timer\nsystemctl is-active nixgate-confirm-r1.service\n"
+        );
+        let (code, calls) = run_with(Os::Linux, "inactive", true);
+        assert_eq!(code, Some(4), "{calls}");
+        assert!(!calls.contains("systemd-run"), "{calls}");
+        let (code, _) = run_with(Os::Darwin, "", true);
+        assert_eq!(code, Some(4));
+        // Not begun: re-armed as before.
+        let (code, calls) = run_with(Os::Linux, "inactive", false);
+        assert_eq!(code, Some(0), "{calls}");
+        assert!(
+            calls.contains("systemd-run --unit=nixgate-confirm-r1 "),
+            "{calls}"
+        );
     }
 
     /// A disarm sent for an arming a later one replaced (its answer given

@@ -133,6 +133,9 @@ pub struct State {
     pub revert_beats_disarm: bool,
     /// A re-arm stops the earlier timer, then is refused (exit 5).
     pub refuse_rearm: bool,
+    /// The next re-arm arrives just after the first timer fired: the
+    /// revert runs to its end, and the re-arm arms nothing (exit 4).
+    pub revert_beats_rearm: bool,
     pub armings: u64,
     /// The baseline recorded at the first known-good mark.
     pub baseline: Option<String>,
@@ -800,6 +803,18 @@ impl FakeHost {
                 "nothing armed: the earlier timer was stopped and the new one refused\n",
             );
         }
+        if a[7] == "replace" && std::mem::take(&mut self.state().revert_beats_rearm) {
+            let mut st = self.state();
+            st.arming_of.remove(&unit);
+            if let Some((_, args)) = st.timers.remove(&unit) {
+                st.revert(&args);
+            }
+            return Output::new(
+                Exit::Code { code: 4 },
+                "",
+                "not re-armed: the revert is running\n",
+            );
+        }
         let arming = if a[7] == "replace" { 2 } else { 1 };
         self.state().arming_of.insert(unit.clone(), arming);
         self.start_timer(unit, secs, &String::from_utf8_lossy(script));
@@ -894,6 +909,7 @@ impl FakeHost {
             timers: BTreeMap::new(),
             revert_beats_disarm: false,
             refuse_rearm: false,
+            revert_beats_rearm: false,
             armings: 0,
             revert_records: BTreeMap::new(),
             baseline: None,

@@ -235,11 +235,8 @@ if [ -n \"$aunit\" ]; then
   if mkdir -p \"${ascript%/*}\" && printf '%s' \"$abody\" > \"$ascript.tmp\" && mv -f \"$ascript.tmp\" \"$ascript\"; then
     if arm \"$aunit\" \"$asecs\" \"$ascript\" >/dev/null 2>&1; then armed=new
     elif [ \"$(systemctl is-active \"$aunit.timer\" 2>/dev/null)\" = active ]; then armed=kept
-    else
-      systemctl stop \"$aunit.timer\" \"$aunit.service\" 2>/dev/null
-      systemctl reset-failed \"$aunit.timer\" \"$aunit.service\" 2>/dev/null
-      if arm \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new; else armed=failed; fi
-    fi
+    elif arm_again \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new
+    else armed=failed; fi
   else armed=failed; fi
   # Refused (a D-Bus timeout may have started it even so): nothing of it
   # stays to revert a later deploy.

@@ -221,9 +221,11 @@ impl<R: Remote> Run<'_, R> {
     /// What a re-arm sent to be `due` leaves armed, and until when to try
     /// confirming. Refused after the earlier timer was stopped: nothing is
     /// armed (confirm within the window all the same, then look over the
-    /// run's own session: no revert comes). Failed otherwise: the first
-    /// timer, due `before`, still stands, or the answer was lost (either
-    /// way, later disarms name the re-arm's number: the host may have it).
+    /// run's own session: no revert comes). Too late (the first timer's
+    /// revert is under way, left to run): it is due now. Failed otherwise:
+    /// the first timer, due `before`, still stands, or the answer was lost
+    /// (either way, later disarms name the re-arm's number: the host may
+    /// have it).
     fn note_rearm(
         &mut self,
         armed: &Armed,
@@ -235,6 +237,11 @@ impl<R: Remote> Run<'_, R> {
         match rearmed {
             Ok(()) => self.armed = Some((shorter, due)),
             Err(e) if e.downcast_ref::<deadman::NothingArmed>().is_some() => self.armed = None,
+            Err(e) if e.downcast_ref::<deadman::RevertBegan>().is_some() => {
+                let now = tokio::time::Instant::now();
+                self.armed = Some((shorter, now));
+                return now;
+            }
             Err(_) => {
                 self.armed = Some((shorter, before));
                 return before;

@@ -916,6 +916,41 @@ async fn a_slow_handshake_in_a_short_window_is_confirmed_over_the_same_connectio
     assert!(st.revert_records.is_empty());
 }
 
+/// The first timer fires while the first try's handshake (8 s) goes on:
+/// the re-arm finds its revert under way and arms nothing (exit 4), and
+/// the controller looks at once (not after the first timer's 90 s budget):
+/// reverted by the host, nothing left armed.
+#[tokio::test(start_paused = true)]
+async fn a_re_arm_too_late_leaves_the_revert_to_run() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().handshake_takes = Duration::from_secs(8);
+    host.state().revert_beats_rearm = true;
+    let started = tokio::time::Instant::now();
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(
+            &ran.outcome,
+            HostOutcome::RevertedByHost {
+                cause: CutOff::NotOnCandidate { .. },
+                record: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    let arms = arms(&ran.cmds);
+    assert_eq!(arms.len(), 2, "{arms:#?}");
+    // The first try's 5 s, its handshake's 8, the look's handshake: not
+    // the first timer's budget.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
+    assert_eq!(st.revert_records.len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_switch_with_the_boot_default_moved_reverts_both() {
     let host = FakeHost::new(&sp(OLD));
