@@ -124,11 +124,11 @@ exit 0"#;
 /// `arm UNIT SECS SCRIPT`: start the transient timer UNIT that runs
 /// `/bin/sh SCRIPT` after SECS seconds (Linux). `arm_again`, the same
 /// after a refused start: units started with `--collect` are unloaded once
-/// stopped or failed, so a refusal means one of that name is left (an arm
-/// whose answer was lost, a failed unit not yet collected): it is stopped
-/// and reset first. Its revert has not begun where this is called (the
-/// timer is stopped, or not active). Shared by [`ARM_LINUX`] and the fire
-/// that arms as it fires ([`super::switch::FIRE_LINUX`]).
+/// stopped or failed, so a refusal means one of that name is left (a
+/// failed unit not yet collected): it is reset first. It stops nothing: a
+/// service of that name may be a revert under way (the caller stops what
+/// it knows to be idle). Shared by [`ARM_LINUX`] and the fire that arms as
+/// it fires ([`super::switch::FIRE_LINUX`]).
 macro_rules! arm_timer {
     () => {
         r#"arm() {
@@ -137,7 +137,6 @@ macro_rules! arm_timer {
     --collect --no-ask-password --service-type=exec -- /bin/sh "$3"
 }
 arm_again() {
-  systemctl stop "$1.timer" "$1.service" 2>/dev/null
   systemctl reset-failed "$1.timer" "$1.service" 2>/dev/null
   arm "$@"
 }
@@ -179,10 +178,11 @@ echo "$gen" > "$script.arming" || exit 1
     };
 }
 
-/// `marked`: the revert has begun or ran (its mark `$started` or record
-/// `$record` exists; either may be empty). `not_rearmed WHY`: a re-arm that
-/// found it so arms nothing and exits 4 (its script's new text and, when
-/// the revert is done, the arming number it wrote go).
+/// For a re-arm (`$mode` not `fresh`): `marked`, the revert has begun or
+/// ran (its mark `$started` or record `$record` exists; either may be
+/// empty); `not_rearmed WHY` arms nothing and exits 4 (the script's new
+/// text goes, and the arming number written when the revert is done).
+/// `if_begun` checks both, and on Linux whether the revert's service runs.
 macro_rules! revert_begun {
     () => {
         r#"marked() { { [ -n "$started" ] && [ -e "$started" ]; } || { [ -n "$record" ] && [ -e "$record" ]; }; }
@@ -216,18 +216,21 @@ fi
 /// `$4` is `fresh` (the first arm: nothing of this name should exist, so
 /// no `systemctl` call before `systemd-run`; only tests arm this way now,
 /// the fire arms on Linux) or `replace` (the re-arm: the timer of this
-/// name is stopped first, the timer only). A revert that timer already
-/// started (its service running, or its mark `$6` or record `$5` made) is
-/// left to run to its end: exit 4, nothing armed ([`RevertBegan`]). Before,
-/// the re-arm stopped the service too, and a revert caught mid-way (the
-/// long timer due while the first try went on: a switch that settled at
-/// its budget) was killed between its profile and its `test`.
-/// `reset-failed` runs only when a start is refused (see `arm_timer!`).
+/// name is stopped first, the timer only; one that cannot be stopped and
+/// still runs is left, exit 1). A revert the first timer already started
+/// (its record `$5` or mark `$6` made, or its service running: looked at
+/// before the first start and after each refused one) is left to run to
+/// its end: exit 4, nothing armed ([`RevertBegan`]). Before, the re-arm
+/// stopped the service too, and a revert caught mid-way (a re-arm that
+/// reached the host after its first timer fired) was killed between its
+/// profile and its `test`. A refused start is tried once more after a
+/// `reset-failed` (see `arm_timer!`), stopping nothing.
 /// Each `systemctl` or `systemd-run` call costs the host 7-13 ms of CPU on
 /// the test fleet's systemd 252, up to 31 ms on its light hosts' stand-ins
 /// (BENCHMARKS.md, "Where a host's CPU goes"); the arm, re-arm and disarm
-/// made 10 of them, then 5 (arm 1, re-arm 2, disarm 2), and 3 on a host
-/// confirmed at the first try, which is not re-armed.
+/// made 10 of them, then 5 (arm 1, re-arm 2, disarm 2); now 3 on a host
+/// confirmed at the first try, which is not re-armed, and 6 on one
+/// re-armed (the re-arm's third, `is-active`, keeps a revert under way).
 /// A re-arm refused twice exits 5: the earlier timer is stopped, nothing
 /// is armed ([`NothingArmed`]: the controller must not wait for a revert).
 /// Every arming holds the job dir's lock and leaves its number first
@@ -235,25 +238,33 @@ fi
 /// already disarmed exits 7 (see `still_armed!`).
 pub(crate) const ARM_LINUX: &str = concat!(
     r#"unit=$1; secs=$2; script=$3; mode=$4; record=$5; started=$6
-mkdir -p "${script%/*}" || exit 1
+mkdir -p "${script%/*}" && cat > "$script.tmp" || exit 1
 "#,
     lock_job_dir!(),
-    still_armed!(),
-    r#"cat > "$script.tmp" || exit 1
-"#,
-    arm_timer!(),
     revert_begun!(),
-    r#"if [ "$mode" != fresh ]; then
-  systemctl stop "$unit.timer" 2>/dev/null
+    r#"if_begun() {
+  [ "$mode" != fresh ] || return 0
   case $(systemctl is-active "$unit.service" 2>/dev/null) in
     active | activating | deactivating | reloading) not_rearmed "is running" ;;
   esac
   ! marked || not_rearmed "has begun"
+}
+[ "$mode" = fresh ] || ! marked || not_rearmed "ran"
+"#,
+    still_armed!(),
+    arm_timer!(),
+    r#"if [ "$mode" != fresh ]; then
+  if ! systemctl stop "$unit.timer" 2>/dev/null && [ "$(systemctl is-active "$unit.timer" 2>/dev/null)" = active ]; then
+    rm -f "$script.tmp"; echo "not re-armed: the first timer could not be stopped (it stands)" >&2; exit 1
+  fi
+  if_begun
 fi
 mv -f "$script.tmp" "$script" || exit 1
 arm "$unit" "$secs" "$script" 2>/dev/null && exit 0
+if_begun
 arm_again "$unit" "$secs" "$script" && exit 0
 [ "$mode" = fresh ] && exit 1
+if_begun
 echo "nothing armed: the earlier timer was stopped and the new one refused" >&2
 exit 5"#
 );
@@ -261,27 +272,31 @@ exit 5"#
 /// Over SSH (Darwin): write the revert script (stdin) to `$3`, then a
 /// detached sleeper that runs it, replacing an earlier one. A re-arm never
 /// kills a revert that has begun (its mark `$6` or record `$5` made): exit
-/// 4, as on Linux; one that begins while the sleeper is killed (the revert
-/// `exec`s in the sleeper's group) is cut short, and said so (exit 4: the
-/// caller looks at the host).
+/// 4, as on Linux. One that began as the sleeper was killed (the revert
+/// `exec`s in the sleeper's group) was cut short: it is started again at
+/// once (its steps can run twice), and the re-arm exits 4 all the same.
 const ARM_DARWIN: &str = concat!(
     r#"pidfile=$1; secs=$2; script=$3; mode=$4; record=$5; started=$6
-mkdir -p "$(dirname "$script")" || exit 1
-"#,
-    still_armed!(),
-    r#"cat > "$script.tmp" || exit 1
+mkdir -p "$(dirname "$script")" && cat > "$script.tmp" || exit 1
 "#,
     revert_begun!(),
     r#"[ "$mode" = fresh ] || ! marked || not_rearmed "has begun"
-if [ -f "$pidfile" ]; then kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
-[ "$mode" = fresh ] || ! marked || not_rearmed "began as its sleeper was stopped"
+"#,
+    still_armed!(),
+    r#"if [ -f "$pidfile" ]; then kill -s TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
+cut=
+if [ "$mode" != fresh ] && marked; then
+  [ -z "$record" ] || [ ! -e "$record" ] || not_rearmed "ran"
+  cut=1; secs=0
+fi
 mv -f "$script.tmp" "$script" || exit 1
 if command -v setsid >/dev/null 2>&1; then
   nohup setsid /bin/sh -c 'sleep "$1"; exec /bin/sh "$2"' nixgate-deadman "$secs" "$script" </dev/null >/dev/null 2>&1 &
 else
   nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c 'sleep "$1"; exec /bin/sh "$2"' nixgate-deadman "$secs" "$script" </dev/null >/dev/null 2>&1 &
 fi
-echo $! > "$pidfile""#
+echo $! > "$pidfile"
+[ -z "$cut" ] || { echo "not re-armed: the revert began as its sleeper was stopped, and runs again now" >&2; exit 4; }"#
 );
 
 /// Over SSH: stop the timer (Linux) or the sleeper (Darwin); nothing left.
@@ -328,7 +343,7 @@ if [ $# -ge 7 ] && [ "$(readlink -f "$6")" != "$7" ]; then echo "not disarmed: $
     later_arming!(),
     r#"begun() { [ -e "$started" ] || [ -e "$record" ]; }
 if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
-pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
+pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && kill -s TERM -- "-$pid" 2>/dev/null
 if begun; then echo "not disarmed: the revert began" >&2; exit 4; fi
 rm -f "$pidfile" "$script" "$script.arming"; exit 0"#
 );
@@ -586,7 +601,7 @@ pub async fn records<R: Remote>(
 const LIST_RECORDS: &str = r#"for f in "$1"/*.json; do [ -f "$f" ] && cat "$f"; done; exit 0"#;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `cmd` run under the job dir `dir`'s lock (as a re-arm or a disarm
@@ -767,43 +782,109 @@ mod tests {
         assert!(!std::path::Path::new(&format!("{d}/run/revert.sh")).exists());
     }
 
+    /// A sleeper in its own session and process group, as the Darwin arm
+    /// starts it; its pid in `pid_file`.
+    pub(crate) fn sleeper(pid_file: &str) -> std::process::Child {
+        let child = std::process::Command::new("setsid")
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        std::fs::write(pid_file, format!("{}\n", child.id())).unwrap();
+        child
+    }
+
+    /// Whether `child` ended within `secs` (reaped if so; killed if not).
+    pub(crate) fn ended_within(child: &mut std::process::Child, secs: u64) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(secs) {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The Darwin disarm kills its sleeper's process group, in the host's
+    /// `sh` (dash here: `kill -TERM -- -PGID` is refused there, "Illegal
+    /// number", and the sleeper lived on; `kill -s TERM -- -PGID` is
+    /// POSIX, and bash's and dash's).
+    #[tokio::test]
+    async fn a_darwin_disarm_kills_its_sleeper() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let a = armed_under(d, Os::Darwin);
+        std::fs::write(&a.script, "revert").unwrap();
+        let mut child = sleeper(&a.pid_file);
+        let local = LocalRemote::new("local");
+        run_disarm(&local, &a, &disarm_command(&a, false, None))
+            .await
+            .unwrap();
+        assert!(ended_within(&mut child, 5), "the sleeper lives on");
+        assert!(!std::path::Path::new(&a.pid_file).exists());
+    }
+
+    /// Stand-ins in `d` (each an `sh` body), executable.
+    fn stand_ins(d: &str, tools: &[(&str, String)]) {
+        use std::os::unix::fs::PermissionsExt;
+        for (tool, body) in tools {
+            let path = format!("{d}/{tool}");
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    /// Run `a`'s re-arm in a real shell, the stand-ins in `d` first on the
+    /// PATH, the script's new text on stdin.
+    fn re_arm(a: &Armed, d: &str) -> std::process::Output {
+        use std::io::Write;
+        let cmd = arm_command(&a.shorter(Duration::from_secs(30)), Arming::Replace, false);
+        let mut child = std::process::Command::new(&cmd.argv()[0])
+            .args(&cmd.argv()[1..])
+            .env("PATH", format!("{d}:/usr/bin:/bin"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"new revert").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
     /// A re-arm that finds the first timer's revert under way (its service
-    /// running, or its mark made) leaves it to run: exit 4, its service
-    /// never stopped, nothing started, the script the revert runs kept.
-    /// Darwin: its mark alone, the sleeper's group not killed.
+    /// running, its mark made) or done (its record written, its script
+    /// gone) leaves it alone: exit 4, the service never stopped, nothing
+    /// started, the script the revert runs kept, no arming number left
+    /// behind a finished one. Not begun: re-armed as before.
     #[test]
     fn a_re_arm_leaves_a_revert_under_way_to_run() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         let calls = format!("{d}/calls");
-        let run_with = |os: Os, service: &str, marked: bool| {
-            let a = armed_under(d, os);
+        let a = armed_under(d, Os::Linux);
+        std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
+        let arming = format!("{}.arming", a.script);
+        let run_with = |service: &str, begun: Option<&str>| {
             std::fs::write(&a.script, "revert").unwrap();
-            std::fs::write(format!("{}.arming", a.script), "1\n").unwrap();
-            std::fs::write(&a.pid_file, "999999999\n").unwrap();
-            std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
-            let _ = std::fs::remove_file(&a.started);
-            if marked {
-                std::fs::write(&a.started, "").unwrap();
+            std::fs::write(&arming, "1\n").unwrap();
+            for f in [&a.started, &a.record] {
+                let _ = std::fs::remove_file(f);
+            }
+            if let Some(f) = begun {
+                std::fs::write(f, "").unwrap();
             }
             let systemctl = format!(
-                "#!/bin/sh\necho \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || echo {service}\n"
+                "echo \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || echo {service}"
             );
-            let run = format!("#!/bin/sh\necho \"systemd-run $*\" >> {calls}\n");
-            for (tool, body) in [("systemctl", systemctl), ("systemd-run", run)] {
-                let path = format!("{d}/{tool}");
-                std::fs::write(&path, body).unwrap();
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-            }
+            let run = format!("echo \"systemd-run $*\" >> {calls}");
+            stand_ins(d, &[("systemctl", systemctl), ("systemd-run", run)]);
             let _ = std::fs::remove_file(&calls);
-            let cmd = arm_command(&a.shorter(Duration::from_secs(30)), Arming::Replace, false);
-            let out = std::process::Command::new(&cmd.argv()[0])
-                .args(&cmd.argv()[1..])
-                .env("PATH", format!("{d}:/usr/bin:/bin"))
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
+            let out = re_arm(&a, d);
             let calls = std::fs::read_to_string(&calls).unwrap_or_default();
             if out.status.code() == Some(4) {
                 assert_eq!(std::fs::read_to_string(&a.script).unwrap(), "revert");
@@ -811,24 +892,100 @@ mod tests {
             }
             (out.status.code(), calls)
         };
-        let (code, calls) = run_with(Os::Linux, "active", false);
+        let (code, calls) = run_with("active", None);
         assert_eq!(code, Some(4), "{calls}");
         assert_eq!(
             calls,
             "systemctl stop nixgate-confirm-r1.timer\nsystemctl is-active nixgate-confirm-r1.service\n"
         );
-        let (code, calls) = run_with(Os::Linux, "inactive", true);
-        assert_eq!(code, Some(4), "{calls}");
-        assert!(!calls.contains("systemd-run"), "{calls}");
-        let (code, _) = run_with(Os::Darwin, "", true);
-        assert_eq!(code, Some(4));
+        let (code, calls) = run_with("inactive", Some(&a.started));
+        assert_eq!(
+            (code, calls.contains("systemd-run")),
+            (Some(4), false),
+            "{calls}"
+        );
+        // Done: its script and number gone, its record written. Before: 7.
+        std::fs::remove_file(&a.script).unwrap();
+        std::fs::remove_file(&arming).unwrap();
+        std::fs::write(&a.record, "{}").unwrap();
+        let out = re_arm(&a, d);
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert!(!std::path::Path::new(&arming).exists());
+        assert!(!std::path::Path::new(&a.script).exists());
         // Not begun: re-armed as before.
-        let (code, calls) = run_with(Os::Linux, "inactive", false);
+        let (code, calls) = run_with("inactive", None);
         assert_eq!(code, Some(0), "{calls}");
         assert!(
             calls.contains("systemd-run --unit=nixgate-confirm-r1 "),
             "{calls}"
         );
+        assert_eq!(std::fs::read_to_string(&a.script).unwrap(), "new revert");
+    }
+
+    /// Darwin: a re-arm finding the revert marked leaves its sleeper's
+    /// group alone (exit 4, the sleeper still runs). One that began as the
+    /// sleeper was killed (here: marked by a stand-in `cat` reading the pid
+    /// file, just before the kill) was cut short: it is started again at
+    /// once, and the re-arm exits 4.
+    #[test]
+    fn a_darwin_re_arm_never_leaves_a_revert_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let a = armed_under(d, Os::Darwin);
+        std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
+        let sleeper = || sleeper(&a.pid_file);
+        let alive = |pid: u32| {
+            std::process::Command::new("kill")
+                .args(["-0", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        };
+        // Marked already: nothing killed.
+        std::fs::write(&a.script, "revert").unwrap();
+        std::fs::write(&a.started, "").unwrap();
+        let mut first = sleeper();
+        let out = re_arm(&a, d);
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert!(alive(first.id()), "the revert's group was killed");
+        let _ = first.kill();
+        let _ = first.wait();
+        // Marked as the sleeper is killed: run again, at once.
+        std::fs::remove_file(&a.started).unwrap();
+        let ran = format!("{d}/ran");
+        std::fs::write(&a.script, "revert").unwrap();
+        let cat = format!(
+            "[ \"$1\" != {} ] || : > {}\nexec /bin/cat \"$@\"",
+            a.pid_file, a.started
+        );
+        stand_ins(d, &[("cat", cat)]);
+        let mut second = sleeper();
+        let out = {
+            use std::io::Write;
+            let cmd = arm_command(&a.shorter(Duration::from_secs(30)), Arming::Replace, false);
+            let mut child = std::process::Command::new(&cmd.argv()[0])
+                .args(&cmd.argv()[1..])
+                .env("PATH", format!("{d}:/usr/bin:/bin"))
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let text = format!("echo again > {ran}");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        assert!(ended_within(&mut second, 5), "the sleeper was not killed");
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        let started = std::time::Instant::now();
+        while !std::path::Path::new(&ran).exists() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(std::path::Path::new(&ran).exists(), "the revert ran again");
     }
 
     /// A disarm sent for an arming a later one replaced (its answer given

@@ -198,4 +198,9 @@ pub enum ActivationEvent {
         unit: String,
         cause: super::outcome::CutOff,
     },
+    /// The host's own revert ran and did not take it back (its record):
+    /// the controller rolls back itself.
+    RevertFailed {
+        record: super::deadman::RevertRecord,
+    },
 }

@@ -133,6 +133,17 @@ pub struct State {
     pub revert_beats_disarm: bool,
     /// A re-arm stops the earlier timer, then is refused (exit 5).
     pub refuse_rearm: bool,
+    /// The revert runs and fails: its services come back, the host's
+    /// link stays where it was, its record says `test-exited-1`.
+    pub revert_fails: bool,
+    /// When the revert runs, every session open before it is lost (new
+    /// connections are answered): a network restart cutting established
+    /// connections.
+    pub revert_cuts_sessions: bool,
+    /// Sessions opened so far (each remote's number), and the first number
+    /// still answered.
+    pub sessions: u64,
+    pub lost_below: u64,
     /// The next re-arm arrives just after the first timer fired: the
     /// revert runs to its end, and the re-arm arms nothing (exit 4).
     pub revert_beats_rearm: bool,
@@ -752,14 +763,25 @@ impl State {
             self.set_profile(profile, &b);
             self.boot_default = b;
         }
+        if self.revert_cuts_sessions {
+            self.lost_below = self.sessions;
+        }
+        // Its services (sshd among them) come back either way; a failed
+        // revert leaves the link where it was.
         let prev = StorePath::parse(previous).expect("store path");
         let b = self.behaviour(&prev);
         self.sshd_up = !b.cuts_ssh && !b.cuts_network;
         self.offline = b.cuts_network;
         self.drops_new = b.drops_new_connections;
-        self.current = prev;
+        let result = if self.revert_fails {
+            "test-exited-1"
+        } else {
+            self.current = prev;
+            "ok"
+        };
+        let now = &self.current;
         let record = format!(
-            r#"{{"run_id":"{run}","reverted_at":"2026-12-02T00:00:00Z","from":"{candidate}","to":"{previous}","result":"ok","current":"{previous}"}}"#
+            r#"{{"run_id":"{run}","reverted_at":"2026-12-02T00:00:00Z","from":"{candidate}","to":"{previous}","result":"{result}","current":"{now}"}}"#
         );
         self.revert_records
             .insert(format!("{dir}/{run}.json"), record);
@@ -910,6 +932,10 @@ impl FakeHost {
             revert_beats_disarm: false,
             refuse_rearm: false,
             revert_beats_rearm: false,
+            revert_fails: false,
+            revert_cuts_sessions: false,
+            sessions: 0,
+            lost_below: 0,
             armings: 0,
             revert_records: BTreeMap::new(),
             baseline: None,
@@ -949,10 +975,18 @@ impl FakeHost {
     /// The host's remote, under the name `name`.
     pub fn remote_named(&self, name: &str) -> ScriptedRemote {
         let st = self.0.clone();
+        let session = {
+            let mut st = self.state();
+            st.sessions += 1;
+            st.sessions - 1
+        };
         ScriptedRemote::with_stdin(name, move |cmd, stdin| {
             let said = describe(cmd);
             let lost = {
                 let mut st = st.lock().expect("state");
+                if session < st.lost_below {
+                    return Output::new(Exit::ConnectionLost, "", "");
+                }
                 if let Some(i) = st.break_once.iter().position(|c| *c == said) {
                     st.break_once.remove(i);
                     return fail(1, "readlink: /nix/store: No such file or directory");

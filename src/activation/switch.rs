@@ -235,7 +235,7 @@ if [ -n \"$aunit\" ]; then
   if mkdir -p \"${ascript%/*}\" && printf '%s' \"$abody\" > \"$ascript.tmp\" && mv -f \"$ascript.tmp\" \"$ascript\"; then
     if arm \"$aunit\" \"$asecs\" \"$ascript\" >/dev/null 2>&1; then armed=new
     elif [ \"$(systemctl is-active \"$aunit.timer\" 2>/dev/null)\" = active ]; then armed=kept
-    elif arm_again \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new
+    elif systemctl stop \"$aunit.timer\" \"$aunit.service\" 2>/dev/null; arm_again \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new
     else armed=failed; fi
   else armed=failed; fi
   # Refused (a D-Bus timeout may have started it even so): nothing of it
@@ -579,7 +579,7 @@ if systemctl is-active --quiet \"$1\"; then echo \"$1 is still active\" >&2; exi
 exit 0";
 
 const STOP_DARWIN: &str =
-    "pid=$(cat \"$1\" 2>/dev/null) && [ -n \"$pid\" ] && kill -TERM -- \"-$pid\"; exit 0";
+    "pid=$(cat \"$1\" 2>/dev/null) && [ -n \"$pid\" ] && kill -s TERM -- \"-$pid\"; exit 0";
 
 /// The command stopping a hung job.
 pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {

@@ -417,6 +417,29 @@ fn stop_and_log_commands() {
     );
 }
 
+/// A Darwin job's stop kills its group, in the host's `sh` (dash here,
+/// which refuses `kill -TERM -- -PGID`: the job lived on).
+#[tokio::test]
+async fn a_darwin_stop_kills_the_job() {
+    use crate::activation::deadman::tests::{ended_within, sleeper};
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = HostPaths::for_os(Os::Darwin);
+    paths.job_dir = dir.path().to_str().unwrap().to_owned();
+    let j = SwitchJob::new(
+        &RunId::parse("r1").unwrap(),
+        JobPurpose::Candidate,
+        SwitchAction::Switch,
+        &StorePath::parse(SYS).unwrap(),
+        Os::Darwin,
+        &paths,
+    );
+    let mut child = sleeper(&j.pid_file);
+    let local = crate::remote::local::LocalRemote::new("local");
+    let out = local.exec(&stop_command(&j, false)).await.unwrap();
+    assert!(out.exit.success(), "{out:?}");
+    assert!(ended_within(&mut child, 5), "the job lives on");
+}
+
 /// The wrapper run for real: status and log files, exit code preserved.
 #[tokio::test]
 async fn wrapper_records_status_and_log() {

@@ -121,16 +121,16 @@ impl<R: Remote> Run<'_, R> {
     /// (none when it refuses connections: the first try fails at once;
     /// twice that when it completes a handshake and never answers).
     pub(super) async fn confirm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
-        let Some((armed, mut due)) = self.armed.clone() else {
+        let Some((armed, due)) = self.armed.clone() else {
             return Ok(());
         };
         let window = self.s.confirm_timeout.unwrap_or_default();
         self.step(Step::ConfirmNewConnection { within: window });
         let revert = self.revert_plan(job);
         let first = self.first_try(&armed, &revert, window).await;
-        let shortened = first.shortened.is_some();
+        let mut shortened = None;
         if let Some((sent, rearmed)) = first.shortened {
-            due = self.note_rearm(&armed, sent + window, rearmed, due);
+            shortened = Some(self.note_rearm(&armed, sent + window, rearmed, due));
         }
         match first.result {
             Ok(()) => {
@@ -140,7 +140,7 @@ impl<R: Remote> Run<'_, R> {
             Err(Confirm::RevertBegan) => Err(self.await_revert(CutOff::RevertBegan).await),
             Err(Confirm::NotOnCandidate(seen)) => {
                 // The host reverts within the window, not the whole budget.
-                if !shortened {
+                if shortened.is_none() {
                     self.shorten(&armed, &revert, window, due).await;
                 }
                 Err(self.await_revert(CutOff::NotOnCandidate { seen }).await)
@@ -149,11 +149,17 @@ impl<R: Remote> Run<'_, R> {
                 // A first try's disarm that went unanswered may still run
                 // on the host: it stops nothing armed after it was sent
                 // (the host's arming number, see `Armed::generation`).
-                if !shortened {
-                    due = self.shorten(&armed, &revert, window, due).await;
+                let shortened = match shortened {
+                    Some(s) => s,
+                    None => self.shorten(&armed, &revert, window, due).await,
+                };
+                match shortened {
+                    Shortened::Due(due) => {
+                        let armed = armed.shorter(window);
+                        self.retry_confirm(&armed, due, error).await
+                    }
+                    Shortened::TooLate => Err(self.await_revert(CutOff::RevertBegan).await),
                 }
-                let armed = armed.shorter(window);
-                self.retry_confirm(&armed, due, error).await
             }
         }
     }
@@ -185,10 +191,22 @@ impl<R: Remote> Run<'_, R> {
         let due = sent + window;
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
         let late = || "no confirmation before the host's revert was due".to_owned();
-        let (rearmed, fresh) = tokio::join!(
-            self.rearm(armed, revert, window),
-            tokio::time::timeout_at(stop_at, handshake)
-        );
+        let mut rearm = std::pin::pin!(self.rearm(armed, revert, window));
+        let mut fresh = std::pin::pin!(tokio::time::timeout_at(stop_at, handshake));
+        let (rearmed, fresh) = tokio::select! {
+            rearmed = &mut rearm => {
+                // Too late to shorten: the revert is under way, and no
+                // handshake can confirm any more.
+                if rearmed.as_ref().is_err_and(began) {
+                    return FirstTry {
+                        result: Err(Confirm::RevertBegan),
+                        shortened: Some((sent, rearmed)),
+                    };
+                }
+                (rearmed, fresh.await)
+            }
+            fresh = &mut fresh => (rearm.await, fresh),
+        };
         let result = match fresh {
             Ok(fresh) => {
                 tokio::time::timeout_at(stop_at, self.confirm_once(fresh, &armed.shorter(window)))
@@ -232,22 +250,21 @@ impl<R: Remote> Run<'_, R> {
         due: tokio::time::Instant,
         rearmed: anyhow::Result<()>,
         before: tokio::time::Instant,
-    ) -> tokio::time::Instant {
+    ) -> Shortened {
         let shorter = armed.shorter(due.saturating_duration_since(tokio::time::Instant::now()));
         match rearmed {
             Ok(()) => self.armed = Some((shorter, due)),
             Err(e) if e.downcast_ref::<deadman::NothingArmed>().is_some() => self.armed = None,
-            Err(e) if e.downcast_ref::<deadman::RevertBegan>().is_some() => {
-                let now = tokio::time::Instant::now();
-                self.armed = Some((shorter, now));
-                return now;
+            Err(e) if began(&e) => {
+                self.armed = Some((shorter, tokio::time::Instant::now()));
+                return Shortened::TooLate;
             }
             Err(_) => {
                 self.armed = Some((shorter, before));
-                return before;
+                return Shortened::Due(before);
             }
         }
-        due
+        Shortened::Due(due)
     }
 
     /// Shorten the revert to `window` over the run's own session (see
@@ -258,7 +275,7 @@ impl<R: Remote> Run<'_, R> {
         revert: &Revert,
         window: Duration,
         before: tokio::time::Instant,
-    ) -> tokio::time::Instant {
+    ) -> Shortened {
         let sent = tokio::time::Instant::now();
         let rearmed = self.rearm(armed, revert, window).await;
         self.note_rearm(armed, sent + window, rearmed, before)
@@ -354,8 +371,9 @@ impl<R: Remote> Run<'_, R> {
     /// Cut off after the switch: wait until the host's revert is due, then
     /// look again over new connections for as long as a switch may take.
     /// Reachable and back on what it ran: reverted by the host. Reachable
-    /// but not reverted: the controller rolls it back itself. Never reached:
-    /// unknown, and said so.
+    /// but not reverted: the controller rolls it back itself, as soon as
+    /// the host's record says its revert ran (its failure is known: no
+    /// waiting out the rest). Never reached: unknown, and said so.
     pub(super) async fn await_revert(&mut self, cause: CutOff) -> HostOutcome {
         let Some((armed, due)) = self.armed.take() else {
             return self.look_without_revert(cause).await;
@@ -365,18 +383,65 @@ impl<R: Remote> Run<'_, R> {
             cause: cause.clone(),
         });
         tokio::time::sleep_until(due).await;
+        let reached = match self.look_for_revert(&armed).await {
+            Look::Back(record) => {
+                return HostOutcome::RevertedByHost {
+                    cause,
+                    to: self.pre_current.clone(),
+                    record,
+                };
+            }
+            Look::NotBack { reached } => reached,
+        };
+        // Not seen back over a new connection; the run's own session may
+        // still answer (sshd keeps established sessions): what it says
+        // runs. Lost: the last new connection that answered, if any.
+        let own = links::read_store_link(self.remote, &self.s.paths.current_system).await;
+        let (now, over) = match (own, reached) {
+            (Ok(now), _) => (now, None),
+            (Err(_), Some(fresh)) => {
+                match links::read_store_link(&fresh, &self.s.paths.current_system).await {
+                    Ok(now) => (now, Some(fresh)),
+                    Err(_) => return self.unreachable(cause, true),
+                }
+            }
+            (Err(_), None) => return self.unreachable(cause, true),
+        };
+        if now.as_ref() == Some(&self.pre_current) {
+            let at = over.as_ref().unwrap_or(self.remote);
+            let record = deadman::record(at, &armed).await.ok().flatten();
+            return HostOutcome::RevertedByHost {
+                cause,
+                to: self.pre_current.clone(),
+                record,
+            };
+        }
+        // Still on the candidate (or elsewhere): the timer did not do it.
+        match over {
+            Some(fresh) => self.over(&fresh).roll_back_unconfirmed(cause).await,
+            None => self.roll_back_unconfirmed(cause).await,
+        }
+    }
+
+    /// New connections, every [`RETRY`], for as long as a switch may take,
+    /// until one finds the host back on what it ran. Stops early when the
+    /// host's record says its revert ran and the host is not back (it
+    /// failed: nothing more will come).
+    async fn look_for_revert(&self, armed: &Armed) -> Look<R> {
         let give_up = tokio::time::Instant::now() + self.s.activation_timeout;
+        let mut reached = None;
         loop {
             if let Ok(fresh) = self.fresh.fresh().await
                 && let Ok(now) = links::read_store_link(&fresh, &self.s.paths.current_system).await
             {
-                let record = deadman::record(&fresh, &armed).await.ok().flatten();
+                let record = deadman::record(&fresh, armed).await.ok().flatten();
                 if now.as_ref() == Some(&self.pre_current) {
-                    return HostOutcome::RevertedByHost {
-                        cause,
-                        to: self.pre_current.clone(),
-                        record,
-                    };
+                    return Look::Back(record);
+                }
+                reached = Some(fresh);
+                if let Some(record) = record {
+                    (self.emit)(ActivationEvent::RevertFailed { record });
+                    break;
                 }
             }
             if tokio::time::Instant::now() + RETRY >= give_up {
@@ -384,21 +449,7 @@ impl<R: Remote> Run<'_, R> {
             }
             tokio::time::sleep(RETRY).await;
         }
-        // No new connection, but the run's own session may still answer
-        // (sshd keeps established sessions): what it says is what runs.
-        match links::read_store_link(self.remote, &self.s.paths.current_system).await {
-            Ok(Some(now)) if now == self.pre_current => {
-                let record = deadman::record(self.remote, &armed).await.ok().flatten();
-                HostOutcome::RevertedByHost {
-                    cause,
-                    to: now,
-                    record,
-                }
-            }
-            // Still on the candidate: the timer did not do it. Roll back.
-            Ok(_) => self.roll_back_unconfirmed(cause).await,
-            Err(_) => self.unreachable(cause, true),
-        }
+        Look::NotBack { reached }
     }
 
     /// Cut off with no revert armed (the host refused the re-arm): what
@@ -442,6 +493,26 @@ fn words_free(cause: &CutOff) -> String {
 struct FirstTry {
     result: Result<(), Confirm>,
     shortened: Option<(tokio::time::Instant, anyhow::Result<()>)>,
+}
+
+/// A re-arm's error says the revert is under way ([`deadman::RevertBegan`]).
+fn began(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<deadman::RevertBegan>().is_some()
+}
+
+/// What shortening the revert left: when it is due, or too late (the
+/// revert was under way, and is looked at now).
+enum Shortened {
+    Due(tokio::time::Instant),
+    TooLate,
+}
+
+/// What new connections found after the host's revert was due.
+enum Look<R> {
+    /// Back on what it ran, and the revert's record if it left one.
+    Back(Option<deadman::RevertRecord>),
+    /// Never seen back; the last new connection that answered, if any.
+    NotBack { reached: Option<R> },
 }
 
 /// Why one confirmation attempt did not confirm.

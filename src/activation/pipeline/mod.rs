@@ -149,6 +149,28 @@ fn remote_err(step: &'static str, e: anyhow::Error) -> FailureReason {
 }
 
 impl<'a, R: Remote> Run<'a, R> {
+    /// This run, from here on over `remote` (a new connection: the run's
+    /// own session was lost while new ones are answered). No revert is
+    /// armed in it: it is for the controller's own rollback.
+    fn over<'b>(&'b self, remote: &'b R) -> Run<'b, R> {
+        Run {
+            remote,
+            fresh: self.fresh,
+            armed: None,
+            req: self.req,
+            s: self.s,
+            emit: self.emit,
+            records: self.records.clone(),
+            pre_current: self.pre_current.clone(),
+            pre_profile: self.pre_profile.clone(),
+            known_good: self.known_good.clone(),
+            live_changed: self.live_changed,
+            boot_changed: self.boot_changed,
+            profile_set: self.profile_set,
+            pre_failed: self.pre_failed.clone(),
+        }
+    }
+
     fn step(&self, step: Step) {
         (self.emit)(ActivationEvent::Step { step });
     }

@@ -916,10 +916,66 @@ async fn a_slow_handshake_in_a_short_window_is_confirmed_over_the_same_connectio
     assert!(st.revert_records.is_empty());
 }
 
-/// The first timer fires while the first try's handshake (8 s) goes on:
-/// the re-arm finds its revert under way and arms nothing (exit 4), and
-/// the controller looks at once (not after the first timer's 90 s budget):
-/// reverted by the host, nothing left armed.
+/// The host's revert runs and fails (its sshd back, the host left on the
+/// candidate): its record says so, and the controller rolls back at once,
+/// not after looking for as long as a switch may take (60 s more).
+/// `cut`: the revert also cut the run's own session (new connections are
+/// answered): the rollback goes over a new connection (before: the host
+/// was called unreachable).
+async fn a_failed_revert(cut: bool) {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            cuts_ssh: true,
+            ..Default::default()
+        },
+    );
+    host.state().revert_fails = true;
+    host.state().revert_cuts_sessions = cut;
+    let started = tokio::time::Instant::now();
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            gate: Gate::LiveActivate,
+            to,
+            ..
+        } => assert_eq!(to, &sp(OLD)),
+        other => panic!("cut {cut}: {other:?}"),
+    }
+    // The 30 s window, the look, the rollback.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(50), "cut {cut}: {took:?}");
+    // What the host's record said, for the reporters.
+    assert!(
+        ran.events.iter().any(|e| matches!(
+            e,
+            ActivationEvent::RevertFailed { record } if record.result == "test-exited-1"
+        )),
+        "{:#?}",
+        ran.events
+    );
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.timers.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_revert_is_known_at_once_and_rolled_back() {
+    a_failed_revert(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_revert_that_cut_the_session_is_rolled_back_over_a_new_connection() {
+    a_failed_revert(true).await;
+}
+
+/// A re-arm that finds the revert under way (exit 4: on a real host, one
+/// that reached it after its first timer fired) leaves it to run, and the
+/// controller looks at once: it waits neither for the first try's
+/// handshake (8 s here) nor for a due time it no longer needs (the fake
+/// runs the revert as the re-arm arrives, 5 s in, with the first timer
+/// due at 90 s). Reverted by the host, the cause said, nothing armed.
 #[tokio::test(start_paused = true)]
 async fn a_re_arm_too_late_leaves_the_revert_to_run() {
     let host = FakeHost::new(&sp(OLD));
@@ -931,7 +987,7 @@ async fn a_re_arm_too_late_leaves_the_revert_to_run() {
         matches!(
             &ran.outcome,
             HostOutcome::RevertedByHost {
-                cause: CutOff::NotOnCandidate { .. },
+                cause: CutOff::RevertBegan,
                 record: Some(_),
                 ..
             }
@@ -941,10 +997,9 @@ async fn a_re_arm_too_late_leaves_the_revert_to_run() {
     );
     let arms = arms(&ran.cmds);
     assert_eq!(arms.len(), 2, "{arms:#?}");
-    // The first try's 5 s, its handshake's 8, the look's handshake: not
-    // the first timer's budget.
+    // The switch's polls, the first try's 5 s, the look's handshake (8 s).
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(took < Duration::from_secs(5 + 8 + 4), "{took:?}");
     let st = host.state();
     assert_eq!(st.current, sp(OLD));
     assert!(st.timers.is_empty(), "{:?}", st.timers);

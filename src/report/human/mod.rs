@@ -259,7 +259,8 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
             ActivationEvent::Warning { .. }
             | ActivationEvent::ConnectionLost { .. }
             | ActivationEvent::Deferred { .. }
-            | ActivationEvent::AwaitingRevert { .. } => Some(Normal),
+            | ActivationEvent::AwaitingRevert { .. }
+            | ActivationEvent::RevertFailed { .. } => Some(Normal),
             _ => Some(Verbose),
         },
         // The live view shows it on the host's line.

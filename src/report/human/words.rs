@@ -512,6 +512,13 @@ pub fn activation(host: &str, ev: &ActivationEvent) -> Option<String> {
             "{host}: {}; waiting for the host to take itself back",
             cut_off(cause)
         ),
+        ActivationEvent::RevertFailed { record } => format!(
+            "{host}: its own revert ran and did not take it back ({}; running {})",
+            record.result,
+            StorePath::parse(&record.current)
+                .map(|p| short_closure(&p))
+                .unwrap_or_else(|_| record.current.clone())
+        ),
         ActivationEvent::KeysUploaded { stage, keys } => format!(
             "{host}: {} key(s) written ({}): {}",
             keys.len(),
@@ -850,6 +857,24 @@ mod no_space_words {
             let head = words.split(": ").next().unwrap();
             assert!(head.ends_with(')') && !head.contains("Nix said"), "{head}");
         }
+    }
+
+    /// A host whose own revert failed: what its record said, and what
+    /// runs there, in a line.
+    #[test]
+    fn a_failed_revert_says_what_its_record_said() {
+        let record = crate::activation::deadman::RevertRecord {
+            result: "test-exited-4".into(),
+            current: format!("/nix/store/{}-nixos-system-web1", "a".repeat(32)),
+            ..Default::default()
+        };
+        let line = activation("web1", &ActivationEvent::RevertFailed { record });
+        assert_eq!(
+            line.as_deref(),
+            Some(
+                "web1: its own revert ran and did not take it back (test-exited-4; running aaaaaaaa-nixos-system-web1)"
+            )
+        );
     }
 
     #[test]
