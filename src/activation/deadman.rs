@@ -180,14 +180,15 @@ echo "$gen" > "$script.arming" || exit 1
 
 /// For a re-arm (`$mode` not `fresh`): `marked`, the revert has begun or
 /// ran (its mark `$started` or record `$record` exists; either may be
-/// empty); `not_rearmed WHY` arms nothing and exits 4 (the script's new
-/// text goes, and the arming number written when the revert is done).
-/// `if_begun` checks both, and on Linux whether the revert's service runs.
+/// empty); `ran`, its record exists; `not_rearmed WHY` arms nothing and
+/// exits 4 (the arming number written goes when the revert is done; the
+/// script's new text, `$script.tmp`, goes with the arm's `EXIT` trap).
 macro_rules! revert_begun {
     () => {
-        r#"marked() { { [ -n "$started" ] && [ -e "$started" ]; } || { [ -n "$record" ] && [ -e "$record" ]; }; }
+        r#"ran() { [ -n "$record" ] && [ -e "$record" ]; }
+marked() { { [ -n "$started" ] && [ -e "$started" ]; } || ran; }
 not_rearmed() {
-  rm -f "$script.tmp"; [ -e "$script" ] || rm -f "$script.arming"
+  [ -e "$script" ] || rm -f "$script.arming"
   echo "not re-armed: the revert $1" >&2; exit 4
 }
 "#
@@ -238,6 +239,7 @@ fi
 /// already disarmed exits 7 (see `still_armed!`).
 pub(crate) const ARM_LINUX: &str = concat!(
     r#"unit=$1; secs=$2; script=$3; mode=$4; record=$5; started=$6
+trap 'rm -f "$script.tmp"' EXIT
 mkdir -p "${script%/*}" && cat > "$script.tmp" || exit 1
 "#,
     lock_job_dir!(),
@@ -249,22 +251,25 @@ mkdir -p "${script%/*}" && cat > "$script.tmp" || exit 1
   esac
   ! marked || not_rearmed "has begun"
 }
-[ "$mode" = fresh ] || ! marked || not_rearmed "ran"
+timer_up() { [ "$(systemctl is-active "$unit.timer" 2>/dev/null)" = active ]; }
+[ "$mode" = fresh ] || ! ran || not_rearmed "ran"
 "#,
     still_armed!(),
     arm_timer!(),
     r#"if [ "$mode" != fresh ]; then
-  if ! systemctl stop "$unit.timer" 2>/dev/null && [ "$(systemctl is-active "$unit.timer" 2>/dev/null)" = active ]; then
-    rm -f "$script.tmp"; echo "not re-armed: the first timer could not be stopped (it stands)" >&2; exit 1
+  if ! systemctl stop "$unit.timer" 2>/dev/null && timer_up; then
+    echo "not re-armed: the first timer could not be stopped (it stands)" >&2; exit 1
   fi
   if_begun
 fi
 mv -f "$script.tmp" "$script" || exit 1
 arm "$unit" "$secs" "$script" 2>/dev/null && exit 0
-if_begun
+# Refused, yet started (a D-Bus timeout): the first timer was stopped, so
+# a timer up now is this one.
+if_begun; timer_up && exit 0
 arm_again "$unit" "$secs" "$script" && exit 0
 [ "$mode" = fresh ] && exit 1
-if_begun
+if_begun; timer_up && exit 0
 echo "nothing armed: the earlier timer was stopped and the new one refused" >&2
 exit 5"#
 );
@@ -277,16 +282,24 @@ exit 5"#
 /// once (its steps can run twice), and the re-arm exits 4 all the same.
 const ARM_DARWIN: &str = concat!(
     r#"pidfile=$1; secs=$2; script=$3; mode=$4; record=$5; started=$6
+trap 'rm -f "$script.tmp"' EXIT
 mkdir -p "$(dirname "$script")" && cat > "$script.tmp" || exit 1
 "#,
     revert_begun!(),
-    r#"[ "$mode" = fresh ] || ! marked || not_rearmed "has begun"
+    r#"if [ "$mode" != fresh ]; then
+  ! ran || not_rearmed "ran"
+  ! marked || not_rearmed "has begun"
+fi
 "#,
     still_armed!(),
-    r#"if [ -f "$pidfile" ]; then kill -s TERM -- "-$(cat "$pidfile")" 2>/dev/null; fi
+    r#"pg=$(cat "$pidfile" 2>/dev/null) || pg=
+[ -z "$pg" ] || kill -s TERM -- "-$pg" 2>/dev/null
 cut=
 if [ "$mode" != fresh ] && marked; then
-  [ -z "$record" ] || [ ! -e "$record" ] || not_rearmed "ran"
+  ! ran || not_rearmed "ran"
+  # Cut short: once its group is gone (a second at most), run it again.
+  i=0
+  while [ "$i" -lt 10 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
   cut=1; secs=0
 fi
 mv -f "$script.tmp" "$script" || exit 1
@@ -922,6 +935,76 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read_to_string(&a.script).unwrap(), "new revert");
     }
 
+    /// The re-arm against a systemd played by marker files in `d`: after
+    /// a refused start, a timer up (refused, yet started: the first one
+    /// was stopped) is this one (exit 0); a revert that started meanwhile
+    /// is left to run (exit 4, its service never stopped); a first timer
+    /// that cannot be stopped stands (exit 1, the script as it was); both
+    /// starts refused: 5; a revert already disarmed: 7. No `.tmp` left.
+    #[test]
+    fn a_re_arm_after_a_refused_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let a = armed_under(d, Os::Linux);
+        let calls = format!("{d}/calls");
+        let u = &a.unit;
+        let systemctl = format!(
+            "echo \"systemctl $*\" >> {calls}
+case \"$1 $2\" in
+  \"stop {u}.timer\") [ ! -e {d}/stop-fails ] || exit 1; rm -f {d}/timer-up ;;
+  \"is-active {u}.timer\") if [ -e {d}/timer-up ]; then echo active; else echo inactive; fi ;;
+  \"is-active {u}.service\") if [ -e {d}/revert-up ]; then echo active; else echo inactive; fi ;;
+esac
+exit 0"
+        );
+        let run = format!(
+            "echo \"systemd-run $*\" >> {calls}
+[ ! -e {d}/starts-timer ] || : > {d}/timer-up
+[ ! -e {d}/starts-revert ] || : > {d}/revert-up
+exit 1"
+        );
+        stand_ins(d, &[("systemctl", systemctl), ("systemd-run", run)]);
+        let case = |markers: &[&str]| {
+            for m in [
+                "stop-fails",
+                "timer-up",
+                "revert-up",
+                "starts-timer",
+                "starts-revert",
+            ] {
+                let _ = std::fs::remove_file(format!("{d}/{m}"));
+            }
+            for m in markers {
+                std::fs::write(format!("{d}/{m}"), "").unwrap();
+            }
+            std::fs::write(&a.script, "revert").unwrap();
+            std::fs::write(format!("{}.arming", a.script), "1\n").unwrap();
+            let _ = std::fs::remove_file(&calls);
+            let out = re_arm(&a, d);
+            assert!(!std::path::Path::new(&format!("{}.tmp", a.script)).exists());
+            let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+            (out.status.code(), calls)
+        };
+        let (code, calls) = case(&["starts-timer"]);
+        assert_eq!(code, Some(0), "{calls}");
+        assert_eq!(calls.matches("systemd-run").count(), 1, "{calls}");
+        let (code, calls) = case(&["starts-revert"]);
+        assert_eq!(code, Some(4), "{calls}");
+        let stops_revert = |l: &str| l.starts_with("systemctl stop") && l.contains(".service");
+        assert!(!calls.lines().any(stops_revert), "{calls}");
+        let (code, calls) = case(&["stop-fails", "timer-up"]);
+        assert_eq!(code, Some(1), "{calls}");
+        assert_eq!(std::fs::read_to_string(&a.script).unwrap(), "revert");
+        let (code, calls) = case(&[]);
+        assert_eq!(code, Some(5), "{calls}");
+        assert_eq!(calls.matches("systemd-run").count(), 2, "{calls}");
+        std::fs::remove_file(&a.script).unwrap();
+        std::fs::remove_file(format!("{}.arming", a.script)).unwrap();
+        let out = re_arm(&a, d);
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+        assert!(!std::path::Path::new(&format!("{}.tmp", a.script)).exists());
+    }
+
     /// Darwin: a re-arm finding the revert marked leaves its sleeper's
     /// group alone (exit 4, the sleeper still runs). One that began as the
     /// sleeper was killed (here: marked by a stand-in `cat` reading the pid
@@ -1062,6 +1145,52 @@ pub(crate) mod tests {
             std::fs::read_to_string(format!("{script}.arming")).unwrap(),
             "2\n"
         );
+    }
+
+    /// A lock not had within 10 s (a disarm or re-arm stuck behind one
+    /// that hangs): both give up, exit 7, touching nothing (no `systemctl`
+    /// call, the script and its arming number as they were). Waits 10 s.
+    #[test]
+    fn a_lock_not_had_within_10_s_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let calls = format!("{d}/calls");
+        let log = format!("echo \"$0 $*\" >> {calls}");
+        stand_ins(d, &[("systemctl", log.clone()), ("systemd-run", log)]);
+        let a = armed_under(d, Os::Linux);
+        std::fs::write(&a.script, "revert").unwrap();
+        std::fs::write(format!("{}.arming", a.script), "1\n").unwrap();
+        let Some(mut holder) = locked_by(d, &["sleep", "14"]) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let disarm = std::thread::spawn({
+            let cmd = disarm_command(&a, false, None);
+            let path = format!("{d}:/usr/bin:/bin");
+            move || {
+                std::process::Command::new(&cmd.argv()[0])
+                    .args(&cmd.argv()[1..])
+                    .env("PATH", path)
+                    .output()
+                    .unwrap()
+            }
+        });
+        let re_armed = re_arm(&a, d);
+        let disarmed = disarm.join().unwrap();
+        let took = started.elapsed();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        for out in [&re_armed, &disarmed] {
+            assert_eq!(out.status.code(), Some(7), "{out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("lock is busy"));
+        }
+        assert!(took >= Duration::from_secs(10), "{took:?}");
+        assert!(took < Duration::from_secs(14), "{took:?}");
+        assert!(!std::path::Path::new(&calls).exists());
+        assert_eq!(std::fs::read_to_string(&a.script).unwrap(), "revert");
+        let arming = std::fs::read_to_string(format!("{}.arming", a.script)).unwrap();
+        assert_eq!(arming, "1\n");
+        assert!(!std::path::Path::new(&format!("{}.tmp", a.script)).exists());
     }
 
     /// A re-arm waits for a disarm that holds the job dir's lock (here: a

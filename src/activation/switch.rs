@@ -442,18 +442,50 @@ pub async fn fire<R: Remote>(
 /// unconfirmed, it was fired again until the budget ran out, and the host,
 /// where nothing had changed, was rolled back.
 fn stopped_before_firing(job: &SwitchJob, out: &Output) -> bool {
-    job.os == Os::Linux
-        && out
-            .stdout_str()
-            .split_inclusive('\n')
-            .filter_map(|l| l.strip_suffix('\n'))
-            .any(|l| {
-                l == "NixgateLock=held"
-                    || l == "NixgateArmed=failed"
-                    || l.strip_prefix("NixgateProfileSet=")
-                        .and_then(|c| c.parse::<u32>().ok())
-                        .is_some_and(|c| c != 0)
-            })
+    job.os == Os::Linux && FireLines::of(&out.stdout_str()).stopped()
+}
+
+/// The Linux fire's `Nixgate<Key>=` lines, the complete ones only: an
+/// answer cut short may end mid-line, and a cut `NixgateProfileSet=1...`
+/// must not read as a profile not set (nor `NixgateLock=he` as anything).
+struct FireLines<'a>(Vec<&'a str>);
+
+impl<'a> FireLines<'a> {
+    fn of(text: &'a str) -> Self {
+        FireLines(
+            text.split_inclusive('\n')
+                .filter_map(|l| l.strip_suffix('\n'))
+                .collect(),
+        )
+    }
+
+    /// The first `key` line's value.
+    fn value(&self, key: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .find_map(|l| l.strip_prefix(key).map(str::trim))
+    }
+
+    /// Every `key` line's value.
+    fn values(&self, key: &'a str) -> impl Iterator<Item = &'a str> + '_ {
+        self.0
+            .iter()
+            .filter_map(move |l| l.strip_prefix(key).map(str::trim))
+    }
+
+    /// `nix-env --set`'s exit code, when it failed (a number, not 0).
+    fn profile_set_failed(&self) -> Option<&'a str> {
+        self.value("NixgateProfileSet=")
+            .filter(|c| c.parse::<u32>().is_ok_and(|n| n != 0))
+    }
+
+    /// The fire stopped before starting anything: the lock held, the
+    /// revert not armed, the profile not set.
+    fn stopped(&self) -> bool {
+        self.value("NixgateLock=") == Some("held")
+            || self.value("NixgateArmed=") == Some("failed")
+            || self.profile_set_failed().is_some()
+    }
 }
 
 /// How the fire itself went: `code` is `systemd-run`'s exit (Darwin: the
@@ -485,16 +517,9 @@ fn fire_outcome(out: &Output, code: Option<u32>, again: bool) -> FireOutcome {
 /// attempt: it was refused, yet started, and runs (see [`FireOutcome`]).
 pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
     let text = out.stdout_str();
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key).map(str::trim))
-    };
-    let holders: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("NixgateHolder="))
-        .map(|h| h.trim().to_owned())
-        .collect();
-    let unchecked = match value("NixgateLock=") {
+    let lines = FireLines::of(&text);
+    let holders: Vec<String> = lines.values("NixgateHolder=").map(str::to_owned).collect();
+    let unchecked = match lines.value("NixgateLock=") {
         Some("free") => false,
         Some("unchecked") => true,
         Some("held") => {
@@ -515,7 +540,7 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
             return Launch::LockCheckFailed { error };
         }
     };
-    if let (Some(arm), Some("failed")) = (&job.arms, value("NixgateArmed=")) {
+    if let (Some(arm), Some("failed")) = (&job.arms, lines.value("NixgateArmed=")) {
         let error = format!(
             "arming the dead-man timer {}: {}",
             arm.unit,
@@ -523,9 +548,7 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
         );
         return Launch::ArmFailed { error };
     }
-    if let (Some(profile), Some(code)) = (&job.sets_profile, value("NixgateProfileSet="))
-        && code != "0"
-    {
+    if let (Some(profile), Some(code)) = (&job.sets_profile, lines.profile_set_failed()) {
         let error = format!(
             "nix-env -p {profile} --set {} exited {code}: {}",
             job.closure,
@@ -533,7 +556,10 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
         );
         return Launch::ProfileSetFailed { error };
     }
-    let outcome = match value("NixgateFire=").and_then(|c| c.parse::<u32>().ok()) {
+    let outcome = match lines
+        .value("NixgateFire=")
+        .and_then(|c| c.parse::<u32>().ok())
+    {
         // Ended (killed) between the lock check and `systemd-run`'s answer.
         None => FireOutcome::Unconfirmed {
             error: format!("the fire ended before systemd-run answered ({})", out.exit),

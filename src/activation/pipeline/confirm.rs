@@ -391,7 +391,9 @@ impl<R: Remote> Run<'_, R> {
                     record,
                 };
             }
-            Look::NotBack { reached } => reached,
+            // Known: no waiting on the run's own session either.
+            Look::Failed { over } => return self.over(&over).roll_back_unconfirmed(cause).await,
+            Look::NotSeen { reached } => reached,
         };
         // Not seen back over a new connection; the run's own session may
         // still answer (sshd keeps established sessions): what it says
@@ -426,22 +428,24 @@ impl<R: Remote> Run<'_, R> {
     /// New connections, every [`RETRY`], for as long as a switch may take,
     /// until one finds the host back on what it ran. Stops early when the
     /// host's record says its revert ran and the host is not back (it
-    /// failed: nothing more will come).
+    /// failed: nothing more will come). The record is read before the link:
+    /// the revert writes it last, so a link read after it is final.
     async fn look_for_revert(&self, armed: &Armed) -> Look<R> {
         let give_up = tokio::time::Instant::now() + self.s.activation_timeout;
         let mut reached = None;
         loop {
-            if let Ok(fresh) = self.fresh.fresh().await
-                && let Ok(now) = links::read_store_link(&fresh, &self.s.paths.current_system).await
-            {
+            if let Ok(fresh) = self.fresh.fresh().await {
                 let record = deadman::record(&fresh, armed).await.ok().flatten();
-                if now.as_ref() == Some(&self.pre_current) {
-                    return Look::Back(record);
-                }
-                reached = Some(fresh);
-                if let Some(record) = record {
-                    (self.emit)(ActivationEvent::RevertFailed { record });
-                    break;
+                let cs = &self.s.paths.current_system;
+                if let Ok(now) = links::read_store_link(&fresh, cs).await {
+                    if now.as_ref() == Some(&self.pre_current) {
+                        return Look::Back(record);
+                    }
+                    if let Some(record) = record {
+                        (self.emit)(ActivationEvent::RevertFailed { record });
+                        return Look::Failed { over: fresh };
+                    }
+                    reached = Some(fresh);
                 }
             }
             if tokio::time::Instant::now() + RETRY >= give_up {
@@ -449,7 +453,7 @@ impl<R: Remote> Run<'_, R> {
             }
             tokio::time::sleep(RETRY).await;
         }
-        Look::NotBack { reached }
+        Look::NotSeen { reached }
     }
 
     /// Cut off with no revert armed (the host refused the re-arm): what
@@ -511,8 +515,11 @@ enum Shortened {
 enum Look<R> {
     /// Back on what it ran, and the revert's record if it left one.
     Back(Option<deadman::RevertRecord>),
+    /// The revert ran (its record written) and did not take the host
+    /// back, as read over `over`.
+    Failed { over: R },
     /// Never seen back; the last new connection that answered, if any.
-    NotBack { reached: Option<R> },
+    NotSeen { reached: Option<R> },
 }
 
 /// Why one confirmation attempt did not confirm.
