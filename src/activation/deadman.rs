@@ -116,9 +116,9 @@ printf '{"run_id":"%s","reverted_at":"%s","from":"%s","to":"%s","result":"%s","c
   mv -f "$dir/.$run.json.tmp" "$dir/$run.json"
 rm -f "$dir/.$run.started"
 # Done: the timer that started this goes too, and this script (nothing of
-# nixgate is left).
+# nixgate is left; on Darwin, the sleeper's pid file too).
 systemctl stop "$timer.timer" 2>/dev/null
-rm -f "$0" "$0.arming"
+rm -f "$0" "$0.arming" "${0%.sh}.pid"
 exit 0"#;
 
 /// `arm UNIT SECS SCRIPT`: start the transient timer UNIT that runs
@@ -270,6 +270,8 @@ if_begun; timer_up && exit 0
 arm_again "$unit" "$secs" "$script" && exit 0
 [ "$mode" = fresh ] && exit 1
 if_begun; timer_up && exit 0
+# Nothing armed: nothing of it stays.
+rm -f "$script" "$script.arming"
 echo "nothing armed: the earlier timer was stopped and the new one refused" >&2
 exit 5"#
 );
@@ -998,6 +1000,11 @@ exit 1"
         let (code, calls) = case(&[]);
         assert_eq!(code, Some(5), "{calls}");
         assert_eq!(calls.matches("systemd-run").count(), 2, "{calls}");
+        // Nothing armed: nothing of it left.
+        assert!(!std::path::Path::new(&a.script).exists());
+        assert!(!std::path::Path::new(&format!("{}.arming", a.script)).exists());
+        std::fs::write(&a.script, "revert").unwrap();
+        std::fs::write(format!("{}.arming", a.script), "1\n").unwrap();
         std::fs::remove_file(&a.script).unwrap();
         std::fs::remove_file(format!("{}.arming", a.script)).unwrap();
         let out = re_arm(&a, d);
@@ -1293,6 +1300,8 @@ exit 1"
         std::fs::set_permissions(format!("{previous}/activate"), exe).unwrap();
         let script = format!("{d}/revert.sh");
         std::fs::write(&script, REVERT).unwrap();
+        // Darwin's sleeper pid file, next to the script: it goes too.
+        std::fs::write(format!("{d}/revert.pid"), "1\n").unwrap();
         let path = format!("{bin}:/usr/bin:/bin");
         let args = [
             &format!("{d}/rec"),
@@ -1315,5 +1324,11 @@ exit 1"
         assert!(calls.starts_with("systemctl stop sw-r1.service\nsystemctl stop sw-r1-try2.service\nsystemctl stop sw-r1-try3.service\nmarked\n"), "{calls}");
         assert!(std::path::Path::new(&format!("{d}/rec/r1.json")).exists());
         assert!(!std::path::Path::new(&format!("{d}/rec/.r1.started")).exists());
+        for gone in ["revert.sh", "revert.pid"] {
+            assert!(
+                !std::path::Path::new(&format!("{d}/{gone}")).exists(),
+                "{gone}"
+            );
+        }
     }
 }
