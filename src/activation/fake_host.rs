@@ -133,6 +133,11 @@ pub struct State {
     pub revert_beats_disarm: bool,
     /// A re-arm stops the earlier timer, then is refused (exit 5).
     pub refuse_rearm: bool,
+    /// How long the revert takes: marked at once, done (record written,
+    /// mark gone) after this.
+    pub revert_takes: std::time::Duration,
+    /// A revert is under way (marked, not done).
+    pub reverting: bool,
     /// The revert runs and fails: its services come back, the host's
     /// link stays where it was, its record says `test-exited-1`.
     pub revert_fails: bool,
@@ -485,6 +490,9 @@ impl State {
             if self.arming_of.get(a[4]).is_some_and(|now| *now > arming) {
                 return fail(6, "not disarmed: a later arming stands\n");
             }
+            if self.reverting {
+                return fail(4, "not disarmed: the revert is running\n");
+            }
             self.arming_of.remove(a[4]);
             let timer = self.timers.remove(a[4]);
             if std::mem::take(&mut self.revert_beats_disarm)
@@ -495,7 +503,11 @@ impl State {
             }
             ok("")
         } else if script == deadman::READ_RECORD {
-            ok(self.revert_records.get(a[4]).map_or("", String::as_str))
+            match self.revert_records.get(a[4]) {
+                Some(record) => ok(record),
+                None if self.reverting => ok("NixgateRevertUnderWay\n"),
+                None => ok(""),
+            }
         } else if script == known_good::READ_BASELINE {
             ok(&self.baseline.as_ref().map_or(String::new(), |c| {
                 format!(r#"{{"closure":"{c}","recorded_at":"2026-12-01T00:00:00Z","run_id":"r0"}}"#)
@@ -889,13 +901,22 @@ impl FakeHost {
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
-            let mut st = me.state();
-            if let Some((armed, args)) = st.timers.get(&unit).cloned()
-                && armed == n
-            {
+            let (args, takes) = {
+                let mut st = me.state();
+                let Some((armed, args)) = st.timers.get(&unit).cloned() else {
+                    return;
+                };
+                if armed != n {
+                    return;
+                }
                 st.timers.remove(&unit);
-                st.revert(&args);
-            }
+                st.reverting = true;
+                (args, st.revert_takes)
+            };
+            tokio::time::sleep(takes).await;
+            let mut st = me.state();
+            st.revert(&args);
+            st.reverting = false;
         });
     }
 
@@ -933,6 +954,8 @@ impl FakeHost {
             refuse_rearm: false,
             revert_beats_rearm: false,
             revert_fails: false,
+            revert_takes: std::time::Duration::ZERO,
+            reverting: false,
             revert_cuts_sessions: false,
             sessions: 0,
             lost_below: 0,

@@ -426,34 +426,64 @@ impl<R: Remote> Run<'_, R> {
     }
 
     /// New connections, every [`RETRY`], for as long as a switch may take,
-    /// until one finds the host back on what it ran. Stops early when the
-    /// host's record says its revert ran and the host is not back (it
-    /// failed: nothing more will come). The record is read before the link:
-    /// the revert writes it last, so a link read after it is final.
+    /// until one finds the host back on what it ran, its revert done.
+    /// Stops early when the host's record says its revert ran and the host
+    /// is not back (it failed: nothing more will come). The record is read
+    /// before the link: the revert writes it last, so a link read after it
+    /// is final. A revert under way (its mark made, no record yet; read
+    /// over the run's own session when no new connection is had) is given
+    /// as long again: the controller does not switch a host its own revert
+    /// is still switching.
     async fn look_for_revert(&self, armed: &Armed) -> Look<R> {
         let give_up = tokio::time::Instant::now() + self.s.activation_timeout;
+        let patience = give_up + self.s.activation_timeout;
         let mut reached = None;
+        let mut back = false;
         loop {
-            if let Ok(fresh) = self.fresh.fresh().await {
-                let record = deadman::record(&fresh, armed).await.ok().flatten();
-                let cs = &self.s.paths.current_system;
-                if let Ok(now) = links::read_store_link(&fresh, cs).await {
-                    if now.as_ref() == Some(&self.pre_current) {
-                        return Look::Back(record);
-                    }
-                    if let Some(record) = record {
+            let (seen, fresh) = self.look_once(armed).await;
+            let under_way = seen.as_ref().is_some_and(|s| s.seen.under_way);
+            if let (Some(s), Some(fresh)) = (seen, fresh) {
+                back = s.back;
+                match (s.back, s.seen.record) {
+                    (true, record) if !under_way => return Look::Back(record),
+                    (false, Some(record)) => {
                         (self.emit)(ActivationEvent::RevertFailed { record });
                         return Look::Failed { over: fresh };
                     }
-                    reached = Some(fresh);
+                    _ => reached = Some(fresh),
                 }
             }
-            if tokio::time::Instant::now() + RETRY >= give_up {
+            let end = if under_way { patience } else { give_up };
+            if tokio::time::Instant::now() + RETRY >= end {
                 break;
             }
             tokio::time::sleep(RETRY).await;
         }
+        if back {
+            // Seen back, its revert not done by the end: back all the same.
+            return Look::Back(None);
+        }
         Look::NotSeen { reached }
+    }
+
+    /// One look over a new connection (the revert, then the link), or, when
+    /// none is had, at the revert over the run's own session.
+    async fn look_once(&self, armed: &Armed) -> (Option<Seen>, Option<R>) {
+        let Ok(fresh) = self.fresh.fresh().await else {
+            // Bounded: a session that hangs must not hold the look up.
+            let own = tokio::time::timeout(RETRY * 2, deadman::seen(self.remote, armed)).await;
+            let seen = own.ok().and_then(Result::ok);
+            let own = seen.map(|seen| Seen { seen, back: false });
+            return (own, None);
+        };
+        let seen = deadman::seen(&fresh, armed).await.unwrap_or_default();
+        match links::read_store_link(&fresh, &self.s.paths.current_system).await {
+            Ok(now) => {
+                let back = now.as_ref() == Some(&self.pre_current);
+                (Some(Seen { seen, back }), Some(fresh))
+            }
+            Err(_) => (None, None),
+        }
     }
 
     /// Cut off with no revert armed (the host refused the re-arm): what
@@ -509,6 +539,13 @@ fn began(e: &anyhow::Error) -> bool {
 enum Shortened {
     Due(tokio::time::Instant),
     TooLate,
+}
+
+/// One look at the host after its revert was due: what it shows of the
+/// revert, and whether it runs what it ran before.
+struct Seen {
+    seen: deadman::RevertSeen,
+    back: bool,
 }
 
 /// What new connections found after the host's revert was due.

@@ -960,6 +960,41 @@ async fn a_failed_revert(cut: bool) {
     assert!(st.timers.is_empty());
 }
 
+/// The host's revert takes longer than a switch may (70 s, past the 60 s
+/// the controller looks for): it is under way (its mark made, read over
+/// the run's own session while new connections are refused), so the
+/// controller waits for it rather than switching the host itself at the
+/// same time: reverted by the host, its record read.
+#[tokio::test(start_paused = true)]
+async fn a_slow_revert_under_way_is_waited_for() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            cuts_ssh: true,
+            ..Default::default()
+        },
+    );
+    host.state().revert_takes = Duration::from_secs(70);
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(
+            &ran.outcome,
+            HostOutcome::RevertedByHost {
+                record: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(
+        count(&ran.cmds, "sudo fire --unit=nixgate-switch-r1-rollback"),
+        0
+    );
+    assert_eq!(host.state().current, sp(OLD));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_revert_is_known_at_once_and_rolled_back() {
     a_failed_revert(false).await;
@@ -1284,7 +1319,10 @@ async fn a_deferral_whose_revert_stays_armed_is_not_persisted() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(count(&ran.cmds, "nixgate-switch-r1-persist"), 0);
+    assert_eq!(
+        count(&ran.cmds, "sudo fire --unit=nixgate-switch-r1-persist"),
+        0
+    );
     let st = host.state();
     assert_eq!(st.boot_default, sp(OLD));
     assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
