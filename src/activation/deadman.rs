@@ -885,6 +885,11 @@ pub(crate) mod tests {
     /// Run `a`'s re-arm in a real shell, the stand-ins in `d` first on the
     /// PATH, the script's new text on stdin.
     fn re_arm(a: &Armed, d: &str) -> std::process::Output {
+        re_arm_with(a, d, b"new revert")
+    }
+
+    /// [`re_arm`] with `text` as the script's new text.
+    fn re_arm_with(a: &Armed, d: &str, text: &[u8]) -> std::process::Output {
         use std::io::Write;
         let cmd = arm_command(&a.shorter(Duration::from_secs(30)), Arming::Replace, false);
         let mut child = std::process::Command::new(&cmd.argv()[0])
@@ -896,7 +901,7 @@ pub(crate) mod tests {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"new revert").unwrap();
+        stdin.write_all(text).unwrap();
         drop(stdin);
         child.wait_with_output().unwrap()
     }
@@ -1093,25 +1098,7 @@ exit 1"
         );
         stand_ins(d, &[("cat", cat)]);
         let mut second = sleeper();
-        let out = {
-            use std::io::Write;
-            let cmd = arm_command(&a.shorter(Duration::from_secs(30)), Arming::Replace, false);
-            let mut child = std::process::Command::new(&cmd.argv()[0])
-                .args(&cmd.argv()[1..])
-                .env("PATH", format!("{d}:/usr/bin:/bin"))
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let text = format!("echo again > {ran}");
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        };
+        let out = re_arm_with(&a, d, format!("echo again > {ran}").as_bytes());
         assert!(ended_within(&mut second, 5), "the sleeper was not killed");
         assert_eq!(out.status.code(), Some(4), "{out:?}");
         let started = std::time::Instant::now();

@@ -154,14 +154,10 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
 
 #[tokio::test(start_paused = true)]
 async fn exit_4_rolls_back_live_and_leaves_the_boot_default() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            exit: 4,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        exit: 4,
+        ..Default::default()
+    });
     let ran = run(&host, &request(Goal::Gated)).await;
     match &ran.outcome {
         HostOutcome::RolledBack { gate, reason, to } => {
@@ -258,14 +254,10 @@ async fn units_failing_before_the_deploy_are_left_alone_and_do_not_fail_the_roll
 
 #[tokio::test(start_paused = true)]
 async fn hang_times_out_is_stopped_and_rolled_back() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            hang: true,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        hang: true,
+        ..Default::default()
+    });
     let started = tokio::time::Instant::now();
     let ran = run(&host, &request(Goal::Gated)).await;
     match &ran.outcome {
@@ -302,14 +294,10 @@ async fn hang_times_out_is_stopped_and_rolled_back() {
 
 #[tokio::test(start_paused = true)]
 async fn flip_to_unexpected_rolls_back() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            flip_to: Some(sp(ODD)),
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        flip_to: Some(sp(ODD)),
+        ..Default::default()
+    });
     let ran = run(&host, &request(Goal::Switch)).await;
     match &ran.outcome {
         HostOutcome::RolledBack {
@@ -335,14 +323,10 @@ async fn flip_to_unexpected_rolls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn re_pointed_profile_is_corrected() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            repoint_profile_to: Some(sp(ODD)),
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        repoint_profile_to: Some(sp(ODD)),
+        ..Default::default()
+    });
     let ran = run(&host, &request(Goal::Gated)).await;
     assert!(
         matches!(ran.outcome, HostOutcome::KnownGood { .. }),
@@ -497,14 +481,10 @@ async fn already_current_is_verified_and_marked_not_switched() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_rollback_is_rollback_failed() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            exit: 4,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        exit: 4,
+        ..Default::default()
+    });
     host.behave(
         &sp(OLD),
         Behaviour {
@@ -549,14 +529,10 @@ async fn rollback_targets_the_last_known_good() {
 
 #[tokio::test(start_paused = true)]
 async fn failing_health_check_rolls_back() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            healthy: false,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        healthy: false,
+        ..Default::default()
+    });
     let ran = run(&host, &request(Goal::Gated)).await;
     assert!(
         matches!(
@@ -715,17 +691,13 @@ async fn a_persist_that_cannot_start_on_a_host_rebooted_since_rolls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            exit: 4,
-            // Running past the fire's poll and the next: the 2 s wait
-            // after it lets the watcher below see the job.
-            polls_to_finish: 3,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        exit: 4,
+        // Running past the fire's poll and the next: the 2 s wait
+        // after it lets the watcher below see the job.
+        polls_to_finish: 3,
+        ..Default::default()
+    });
     // The candidate's own `test` starts; the rollback's first `test` is refused.
     host.state().refuse_fires = vec![];
     let h = host.clone();
@@ -770,6 +742,22 @@ async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// A host on OLD whose candidate NEW behaves as `b` says.
+fn candidate_that(b: Behaviour) -> FakeHost {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(&sp(NEW), b);
+    host
+}
+
+/// A host on OLD whose candidate NEW refuses new SSH connections once
+/// live (established sessions go on).
+fn cutting_ssh() -> FakeHost {
+    candidate_that(Behaviour {
+        cuts_ssh: true,
+        ..Default::default()
+    })
+}
+
 /// Magic rollback on: the host reverts 30 s after an unconfirmed switch.
 fn armed(goal: Goal) -> ActivationRequest {
     let mut req = request(goal);
@@ -812,14 +800,7 @@ async fn a_confirmed_switch_disarms_and_leaves_no_timer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            cuts_ssh: true,
-            ..Default::default()
-        },
-    );
+    let host = cutting_ssh();
     let started = tokio::time::Instant::now();
     let ran = run(&host, &armed(Goal::Gated)).await;
     match &ran.outcome {
@@ -851,14 +832,10 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
 /// the run's own session, and the host takes itself back when that ends.
 #[tokio::test(start_paused = true)]
 async fn a_candidate_that_drops_new_connections_is_shortened_then_reverted() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            drops_new_connections: true,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        drops_new_connections: true,
+        ..Default::default()
+    });
     let started = tokio::time::Instant::now();
     let ran = run(&host, &armed(Goal::Gated)).await;
     assert!(
@@ -923,14 +900,7 @@ async fn a_slow_handshake_in_a_short_window_is_confirmed_over_the_same_connectio
 /// answered): the rollback goes over a new connection (before: the host
 /// was called unreachable).
 async fn a_failed_revert(cut: bool) {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            cuts_ssh: true,
-            ..Default::default()
-        },
-    );
+    let host = cutting_ssh();
     host.state().revert_fails = true;
     host.state().revert_cuts_sessions = cut;
     let started = tokio::time::Instant::now();
@@ -967,14 +937,7 @@ async fn a_failed_revert(cut: bool) {
 /// same time: reverted by the host, its record read.
 #[tokio::test(start_paused = true)]
 async fn a_slow_revert_under_way_is_waited_for() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            cuts_ssh: true,
-            ..Default::default()
-        },
-    );
+    let host = cutting_ssh();
     host.state().revert_takes = Duration::from_secs(70);
     let ran = run(&host, &armed(Goal::Gated)).await;
     assert!(
@@ -1043,14 +1006,7 @@ async fn a_re_arm_too_late_leaves_the_revert_to_run() {
 
 #[tokio::test(start_paused = true)]
 async fn a_switch_with_the_boot_default_moved_reverts_both() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            cuts_ssh: true,
-            ..Default::default()
-        },
-    );
+    let host = cutting_ssh();
     let ran = run(&host, &armed(Goal::Switch)).await;
     assert!(
         matches!(ran.outcome, HostOutcome::RevertedByHost { .. }),
@@ -1088,14 +1044,10 @@ async fn a_host_never_reached_again_is_unknown_not_success() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_switch_on_a_reachable_host_is_disarmed_and_rolled_back() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            exit: 4,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        exit: 4,
+        ..Default::default()
+    });
     let ran = run(&host, &armed(Goal::Gated)).await;
     assert!(
         matches!(ran.outcome, HostOutcome::RolledBack { .. }),
@@ -1113,14 +1065,10 @@ async fn a_failing_switch_on_a_reachable_host_is_disarmed_and_rolled_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_host_off_the_network_during_its_switch_takes_itself_back() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            cuts_network: true,
-            ..Default::default()
-        },
-    );
+    let host = candidate_that(Behaviour {
+        cuts_network: true,
+        ..Default::default()
+    });
     let ran = run(&host, &armed(Goal::Gated)).await;
     match &ran.outcome {
         // The switch's last poll is lost with the network: the controller
@@ -1335,14 +1283,7 @@ async fn a_deferral_whose_revert_stays_armed_is_not_persisted() {
 /// again is not said to have one due).
 #[tokio::test(start_paused = true)]
 async fn a_refused_re_arm_leaves_no_revert_to_wait_for() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            cuts_ssh: true,
-            ..Default::default()
-        },
-    );
+    let host = cutting_ssh();
     host.state().refuse_rearm = true;
     let started = tokio::time::Instant::now();
     let ran = run(&host, &armed(Goal::Gated)).await;
