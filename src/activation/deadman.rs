@@ -94,7 +94,7 @@ pub(crate) const REVERT: &str = r#"dir=$1; run=$2; previous=$3; candidate=$4; pr
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
 mkdir -p "$dir"
-: > "$dir/.$run.started"
+{ cat /proc/sys/kernel/random/boot_id 2>/dev/null || :; } > "$dir/.$run.started"
 result=ok
 for u in "$unit" "$unit-try2" "$unit-try3"; do systemctl stop "$u.service" 2>/dev/null; done
 if [ -n "$before" ]; then
@@ -398,8 +398,16 @@ impl std::error::Error for RevertBegan {}
 /// Read a run's revert record `$1`, if the host wrote one, and say
 /// whether its revert is under way (its mark `$2` made, the record not
 /// written yet: the revert writes its record, then removes its mark).
-pub(crate) const READ_RECORD: &str = r#"[ -f "$1" ] && cat "$1"
-[ -f "$1" ] || [ ! -e "$2" ] || echo NixgateRevertUnderWay
+/// The mark is looked at first (a revert ending between the two reads
+/// then shows its record), and counts only when made this boot (a revert
+/// a reboot cut off leaves its mark, and nothing runs it any more): it
+/// holds the boot id where the host has one (Linux).
+pub(crate) const READ_RECORD: &str = r#"m=
+if [ -e "$2" ]; then
+  m=1; b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+  if [ -n "$b" ] && [ -s "$2" ] && [ "$(cat "$2")" != "$b" ]; then m=; fi
+fi
+if [ -f "$1" ]; then cat "$1"; elif [ -n "$m" ]; then echo NixgateRevertUnderWay; fi
 exit 0"#;
 
 fn record_dir(paths: &HostPaths) -> String {
@@ -588,6 +596,17 @@ pub async fn run_disarm<R: Remote>(remote: &R, a: &Armed, cmd: &Command) -> anyh
     }
     out.check(&format!("disarming the dead-man timer {}", a.unit))?;
     Ok(())
+}
+
+/// Stop `a`'s revert where it runs (its service, or its sleeper's group):
+/// one under way for longer than any switch may take, before the
+/// controller rolls the host back itself.
+pub fn stop_revert_command(a: &Armed, sudo: bool) -> Command {
+    match a.os {
+        Os::Linux => Command::script(super::switch::STOP_LINUX).arg(format!("{}.service", a.unit)),
+        Os::Darwin => Command::script(super::switch::STOP_DARWIN).arg(&a.pid_file),
+    }
+    .sudo(sudo)
 }
 
 /// What the host shows of its revert.
@@ -1301,6 +1320,46 @@ exit 1"
                 std::fs::remove_file(begun).unwrap();
             }
         }
+    }
+
+    /// What the host shows of a revert, read in a real shell: its record
+    /// (the record wins over a mark left with it); a mark made this boot
+    /// (or empty: no boot id to tell) is a revert under way; one from an
+    /// earlier boot (a reboot cut the revert off) is not.
+    #[tokio::test]
+    async fn a_revert_under_way_is_one_marked_this_boot() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let a = armed_under(d, Os::Linux);
+        std::fs::create_dir_all(format!("{d}/deadman")).unwrap();
+        let local = LocalRemote::new("local");
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let under_way = |mark: Option<&str>| {
+            let _ = std::fs::remove_file(&a.started);
+            if let Some(m) = mark {
+                std::fs::write(&a.started, m).unwrap();
+            }
+            let (local, a) = (&local, &a);
+            async move { seen(local, a).await.unwrap().under_way }
+        };
+        assert!(!under_way(None).await);
+        assert!(under_way(Some("")).await);
+        assert!(under_way(Some(&boot)).await);
+        if !boot.is_empty() {
+            let earlier = "00000000-0000-0000-0000-000000000000\n";
+            assert!(
+                !under_way(Some(earlier)).await,
+                "a mark from an earlier boot"
+            );
+        }
+        std::fs::write(&a.started, &boot).unwrap();
+        let record =
+            r#"{"run_id":"r1","reverted_at":"t","from":"b","to":"a","result":"ok","current":"a"}"#;
+        std::fs::write(&a.record, record).unwrap();
+        let both = seen(&local, &a).await.unwrap();
+        assert_eq!(both.record.map(|r| r.result).as_deref(), Some("ok"));
+        assert!(!both.under_way);
     }
 
     /// The revert makes its mark before it changes anything and removes it

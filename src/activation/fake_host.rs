@@ -473,6 +473,10 @@ impl State {
             ))
         } else if script == switch::STOP_LINUX {
             let unit = a[4].trim_end_matches(".service");
+            if unit.starts_with("nixgate-confirm-") {
+                // A revert stopped part-way: nothing more of it happens.
+                self.reverting = false;
+            }
             if let Some(j) = self.jobs.get_mut(unit) {
                 j.running = false;
             }
@@ -837,6 +841,13 @@ impl FakeHost {
                 "nothing armed: the earlier timer was stopped and the new one refused\n",
             );
         }
+        if a[7] == "replace" && self.state().reverting {
+            return Output::new(
+                Exit::Code { code: 4 },
+                "",
+                "not re-armed: the revert is running\n",
+            );
+        }
         if a[7] == "replace" && std::mem::take(&mut self.state().revert_beats_rearm) {
             let mut st = self.state();
             st.arming_of.remove(&unit);
@@ -915,8 +926,10 @@ impl FakeHost {
             };
             tokio::time::sleep(takes).await;
             let mut st = me.state();
-            st.revert(&args);
-            st.reverting = false;
+            if st.reverting {
+                st.revert(&args);
+                st.reverting = false;
+            }
         });
     }
 

@@ -10,6 +10,10 @@ use crate::activation::deadman::{self, Armed, Revert};
 /// Between two attempts at a new connection.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// One look at a host whose revert was due: a handshake (10 s at most)
+/// and two reads, or the own session's read (4 s).
+const LOOK_BOUND: Duration = Duration::from_secs(15);
+
 /// How long before its revert is due a disarm stops trying: the revert
 /// must not start while the controller rolls back itself.
 const DISARM_MARGIN: Duration = Duration::from_secs(15);
@@ -383,7 +387,7 @@ impl<R: Remote> Run<'_, R> {
             cause: cause.clone(),
         });
         tokio::time::sleep_until(due).await;
-        let reached = match self.look_for_revert(&armed).await {
+        let (reached, stuck) = match self.look_for_revert(&armed).await {
             Look::Back(record) => {
                 return HostOutcome::RevertedByHost {
                     cause,
@@ -393,7 +397,7 @@ impl<R: Remote> Run<'_, R> {
             }
             // Known: no waiting on the run's own session either.
             Look::Failed { over } => return self.over(&over).roll_back_unconfirmed(cause).await,
-            Look::NotSeen { reached } => reached,
+            Look::NotSeen { reached, stuck } => (reached, stuck),
         };
         // Not seen back over a new connection; the run's own session may
         // still answer (sshd keeps established sessions): what it says
@@ -409,9 +413,9 @@ impl<R: Remote> Run<'_, R> {
             }
             (Err(_), None) => return self.unreachable(cause, true),
         };
+        let at = over.as_ref().unwrap_or(self.remote);
+        let record = deadman::record(at, &armed).await.ok().flatten();
         if now.as_ref() == Some(&self.pre_current) {
-            let at = over.as_ref().unwrap_or(self.remote);
-            let record = deadman::record(at, &armed).await.ok().flatten();
             return HostOutcome::RevertedByHost {
                 cause,
                 to: self.pre_current.clone(),
@@ -419,6 +423,16 @@ impl<R: Remote> Run<'_, R> {
             };
         }
         // Still on the candidate (or elsewhere): the timer did not do it.
+        if let Some(record) = record {
+            (self.emit)(ActivationEvent::RevertFailed { record });
+        }
+        if stuck {
+            // Under way for twice as long as a switch may take: stopped,
+            // so that the controller's rollback is the only switch.
+            let _ = at
+                .exec(&deadman::stop_revert_command(&armed, self.s.sudo))
+                .await;
+        }
         match over {
             Some(fresh) => self.over(&fresh).roll_back_unconfirmed(cause).await,
             None => self.roll_back_unconfirmed(cause).await,
@@ -428,30 +442,41 @@ impl<R: Remote> Run<'_, R> {
     /// New connections, every [`RETRY`], for as long as a switch may take,
     /// until one finds the host back on what it ran, its revert done.
     /// Stops early when the host's record says its revert ran and the host
-    /// is not back (it failed: nothing more will come). The record is read
-    /// before the link: the revert writes it last, so a link read after it
-    /// is final. A revert under way (its mark made, no record yet; read
-    /// over the run's own session when no new connection is had) is given
-    /// as long again: the controller does not switch a host its own revert
-    /// is still switching.
+    /// is not back (it failed: nothing more will come), or when the run's
+    /// own session (read while no new connection is had) shows a record.
+    /// The record is read before the link: the revert writes it last, so a
+    /// link read after it is final. A revert seen under way (its mark made
+    /// this boot, no record yet) is given as long again, until a look says
+    /// otherwise (a look that fails says nothing): the controller does not
+    /// switch a host its own revert is still switching; one still under way
+    /// then is `stuck`.
     async fn look_for_revert(&self, armed: &Armed) -> Look<R> {
         let give_up = tokio::time::Instant::now() + self.s.activation_timeout;
         let patience = give_up + self.s.activation_timeout;
         let mut reached = None;
         let mut back = false;
+        let mut under_way = false;
         loop {
-            let (seen, fresh) = self.look_once(armed).await;
-            let under_way = seen.as_ref().is_some_and(|s| s.seen.under_way);
-            if let (Some(s), Some(fresh)) = (seen, fresh) {
-                back = s.back;
-                match (s.back, s.seen.record) {
-                    (true, record) if !under_way => return Look::Back(record),
-                    (false, Some(record)) => {
-                        (self.emit)(ActivationEvent::RevertFailed { record });
-                        return Look::Failed { over: fresh };
+            let look = tokio::time::timeout(LOOK_BOUND, self.look_once(armed)).await;
+            let (seen, fresh) = look.unwrap_or((None, None));
+            if let Some(s) = &seen {
+                under_way = s.seen.under_way;
+            }
+            match (seen, fresh) {
+                (Some(s), Some(fresh)) => {
+                    back = s.back;
+                    match (s.back, s.seen.record) {
+                        (true, record) if !under_way => return Look::Back(record),
+                        (false, Some(record)) => {
+                            (self.emit)(ActivationEvent::RevertFailed { record });
+                            return Look::Failed { over: fresh };
+                        }
+                        _ => reached = Some(fresh),
                     }
-                    _ => reached = Some(fresh),
                 }
+                // Over the run's own session: done, the rest is read there.
+                (Some(s), None) if s.seen.record.is_some() => break,
+                _ => {}
             }
             let end = if under_way { patience } else { give_up };
             if tokio::time::Instant::now() + RETRY >= end {
@@ -463,7 +488,10 @@ impl<R: Remote> Run<'_, R> {
             // Seen back, its revert not done by the end: back all the same.
             return Look::Back(None);
         }
-        Look::NotSeen { reached }
+        Look::NotSeen {
+            reached,
+            stuck: under_way,
+        }
     }
 
     /// One look over a new connection (the revert, then the link), or, when
@@ -476,7 +504,9 @@ impl<R: Remote> Run<'_, R> {
             let own = seen.map(|seen| Seen { seen, back: false });
             return (own, None);
         };
-        let seen = deadman::seen(&fresh, armed).await.unwrap_or_default();
+        let Ok(seen) = deadman::seen(&fresh, armed).await else {
+            return (None, None);
+        };
         match links::read_store_link(&fresh, &self.s.paths.current_system).await {
             Ok(now) => {
                 let back = now.as_ref() == Some(&self.pre_current);
@@ -555,8 +585,9 @@ enum Look<R> {
     /// The revert ran (its record written) and did not take the host
     /// back, as read over `over`.
     Failed { over: R },
-    /// Never seen back; the last new connection that answered, if any.
-    NotSeen { reached: Option<R> },
+    /// Never seen back; the last new connection that answered, if any;
+    /// `stuck`: its revert still under way when the looking ended.
+    NotSeen { reached: Option<R>, stuck: bool },
 }
 
 /// Why one confirmation attempt did not confirm.

@@ -958,6 +958,33 @@ async fn a_slow_revert_under_way_is_waited_for() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// A revert still under way after twice as long as a switch may take
+/// (200 s here, against 60): stopped, and the controller rolls the host
+/// back itself, the only switch left.
+#[tokio::test(start_paused = true)]
+async fn a_revert_stuck_under_way_is_stopped_then_rolled_back() {
+    let host = cutting_ssh();
+    host.state().revert_takes = Duration::from_secs(200);
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+    let stop = ran
+        .cmds
+        .iter()
+        .position(|c| c.contains("nixgate-confirm-r1.service"));
+    let rollback = ran
+        .cmds
+        .iter()
+        .position(|c| c.starts_with("sudo fire --unit=nixgate-switch-r1-rollback"));
+    assert!(stop.is_some() && stop < rollback, "{:#?}", ran.cmds);
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(!st.reverting);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_revert_is_known_at_once_and_rolled_back() {
     a_failed_revert(false).await;
