@@ -94,7 +94,7 @@ pub(crate) const REVERT: &str = r#"dir=$1; run=$2; previous=$3; candidate=$4; pr
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
 mkdir -p "$dir"
-{ cat /proc/sys/kernel/random/boot_id 2>/dev/null || :; } > "$dir/.$run.started"
+{ cat /proc/sys/kernel/random/boot_id 2>/dev/null || sysctl -n kern.bootsessionuuid 2>/dev/null || :; } > "$dir/.$run.started"
 result=ok
 for u in "$unit" "$unit-try2" "$unit-try3"; do systemctl stop "$u.service" 2>/dev/null; done
 if [ -n "$before" ]; then
@@ -401,11 +401,11 @@ impl std::error::Error for RevertBegan {}
 /// The mark is looked at first (a revert ending between the two reads
 /// then shows its record), and counts only when made this boot (a revert
 /// a reboot cut off leaves its mark, and nothing runs it any more): it
-/// holds the boot id where the host has one (Linux).
+/// holds the boot id (Linux's, or macOS's boot session UUID).
 pub(crate) const READ_RECORD: &str = r#"m=
 if [ -e "$2" ]; then
-  m=1; b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
-  if [ -n "$b" ] && [ -s "$2" ] && [ "$(cat "$2")" != "$b" ]; then m=; fi
+  m=1; b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || sysctl -n kern.bootsessionuuid 2>/dev/null)
+  if [ -n "$b" ] && c=$(cat "$2" 2>/dev/null) && [ -n "$c" ] && [ "$c" != "$b" ]; then m=; fi
 fi
 if [ -f "$1" ]; then cat "$1"; elif [ -n "$m" ]; then echo NixgateRevertUnderWay; fi
 exit 0"#;
@@ -598,13 +598,33 @@ pub async fn run_disarm<R: Remote>(remote: &R, a: &Armed, cmd: &Command) -> anyh
     Ok(())
 }
 
-/// Stop `a`'s revert where it runs (its service, or its sleeper's group):
-/// one under way for longer than any switch may take, before the
-/// controller rolls the host back itself.
+/// Stop a revert under way for longer than any switch may take, before
+/// the controller rolls the host back itself, and leave nothing of it (a
+/// timer left loaded, elapsed, would have the next run start the revert
+/// again as an earlier run's leftover). `$1` the unit (Darwin: the pid
+/// file), `$2` the script. Exit 1: still running (the controller must not
+/// switch the host).
+pub(crate) const STOP_REVERT_LINUX: &str = r#"systemctl stop "$1.timer" "$1.service" 2>/dev/null
+if systemctl is-active --quiet "$1.service"; then echo "$1.service is still active" >&2; exit 1; fi
+rm -f "$2" "$2.arming"; exit 0"#;
+
+/// Darwin: TERM to the sleeper's group, 5 s for it to end, then KILL.
+const STOP_REVERT_DARWIN: &str = r#"pg=$(cat "$1" 2>/dev/null) || pg=
+if [ -n "$pg" ]; then
+  kill -s TERM -- "-$pg" 2>/dev/null
+  i=0
+  while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  kill -s KILL -- "-$pg" 2>/dev/null
+  sleep 0.2
+  if kill -s 0 -- "-$pg" 2>/dev/null; then echo "the revert's group $pg is still running" >&2; exit 1; fi
+fi
+rm -f "$1" "$2" "$2.arming"; exit 0"#;
+
+/// The command stopping `a`'s revert (see [`STOP_REVERT_LINUX`]).
 pub fn stop_revert_command(a: &Armed, sudo: bool) -> Command {
     match a.os {
-        Os::Linux => Command::script(super::switch::STOP_LINUX).arg(format!("{}.service", a.unit)),
-        Os::Darwin => Command::script(super::switch::STOP_DARWIN).arg(&a.pid_file),
+        Os::Linux => Command::script(STOP_REVERT_LINUX).args([&a.unit, &a.script]),
+        Os::Darwin => Command::script(STOP_REVERT_DARWIN).args([&a.pid_file, &a.script]),
     }
     .sudo(sudo)
 }
@@ -1360,6 +1380,71 @@ exit 1"
         let both = seen(&local, &a).await.unwrap();
         assert_eq!(both.record.map(|r| r.result).as_deref(), Some("ok"));
         assert!(!both.under_way);
+    }
+
+    /// Stopping a revert stuck under way, in a real shell: Linux stops its
+    /// timer and service and removes its script and number, or says it
+    /// still runs (exit 1, nothing removed); Darwin kills its sleeper's
+    /// group (a real one here) and removes its files.
+    #[tokio::test]
+    async fn a_stuck_revert_is_stopped_and_leaves_nothing() {
+        use crate::remote::local::LocalRemote;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let calls = format!("{d}/calls");
+        let local = LocalRemote::new("local");
+        let linux = armed_under(d, Os::Linux);
+        let cmd = stop_revert_command(&linux, false);
+        for still in [true, false] {
+            let active = if still { "exit 0" } else { "exit 3" };
+            let body =
+                format!("echo \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || {active}");
+            stand_ins(d, &[("systemctl", body)]);
+            std::fs::write(&linux.script, "revert").unwrap();
+            std::fs::write(format!("{}.arming", linux.script), "2\n").unwrap();
+            let path = format!("{d}:/usr/bin:/bin");
+            let out = std::process::Command::new(&cmd.argv()[0])
+                .args(&cmd.argv()[1..])
+                .env("PATH", path)
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(if still { 1 } else { 0 }),
+                "{out:?}"
+            );
+            assert_eq!(std::path::Path::new(&linux.script).exists(), still);
+        }
+        let logged = std::fs::read_to_string(&calls).unwrap();
+        assert!(
+            logged.starts_with(
+                "systemctl stop nixgate-confirm-r1.timer nixgate-confirm-r1.service\n"
+            ),
+            "{logged}"
+        );
+        // Darwin: a sleeper that is not this test's child (launchd reaps
+        // it on a Mac; here init does), so its end can be seen.
+        let darwin = armed_under(d, Os::Darwin);
+        std::fs::write(&darwin.script, "revert").unwrap();
+        let orphan = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&orphan.stdout).trim().to_owned();
+        std::fs::write(&darwin.pid_file, format!("{pid}\n")).unwrap();
+        let out = local
+            .exec(&stop_revert_command(&darwin, false))
+            .await
+            .unwrap();
+        assert!(out.exit.success(), "{out:?}");
+        let alive = std::process::Command::new("kill")
+            .args(["-0", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(!alive, "the revert's group lives on");
+        assert!(!std::path::Path::new(&darwin.script).exists());
+        assert!(!std::path::Path::new(&darwin.pid_file).exists());
     }
 
     /// The revert makes its mark before it changes anything and removes it

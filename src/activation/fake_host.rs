@@ -138,6 +138,8 @@ pub struct State {
     pub revert_takes: std::time::Duration,
     /// A revert is under way (marked, not done).
     pub reverting: bool,
+    /// A revert under way that `systemctl stop` cannot stop.
+    pub revert_unstoppable: bool,
     /// The revert runs and fails: its services come back, the host's
     /// link stays where it was, its record says `test-exited-1`.
     pub revert_fails: bool,
@@ -471,12 +473,16 @@ impl State {
                     .map(|u| format!("NixgateFailed={u} loaded failed failed {u}\n"))
                     .collect::<String>()
             ))
+        } else if script == deadman::STOP_REVERT_LINUX {
+            if self.revert_unstoppable {
+                return fail(1, &format!("{}.service is still active\n", a[4]));
+            }
+            // A revert stopped part-way: nothing more of it happens.
+            self.reverting = false;
+            self.timers.remove(a[4]);
+            ok("")
         } else if script == switch::STOP_LINUX {
             let unit = a[4].trim_end_matches(".service");
-            if unit.starts_with("nixgate-confirm-") {
-                // A revert stopped part-way: nothing more of it happens.
-                self.reverting = false;
-            }
             if let Some(j) = self.jobs.get_mut(unit) {
                 j.running = false;
             }
@@ -969,6 +975,7 @@ impl FakeHost {
             revert_fails: false,
             revert_takes: std::time::Duration::ZERO,
             reverting: false,
+            revert_unstoppable: false,
             revert_cuts_sessions: false,
             sessions: 0,
             lost_below: 0,
@@ -1082,6 +1089,7 @@ pub fn describe(cmd: &Command) -> String {
         s if s == known_good::LIST => "list-known-good",
         s if s == deadman::ARM_LINUX => "arm-revert",
         s if s == switch::STOP_LINUX => "stop-unit",
+        s if s == deadman::STOP_REVERT_LINUX => "stop-revert",
         s if s == deadman::DISARM_LINUX => "disarm-revert",
         s if s == deadman::READ_RECORD => "read-revert-record",
         s if s == known_good::REVOKE => "revoke-known-good",

@@ -51,6 +51,12 @@ pub enum RollbackError {
         unit: String,
         error: String,
     },
+    /// The host's own revert, under way for longer than any switch may
+    /// take, could not be stopped: nothing is switched while it runs.
+    StopStuckRevert {
+        unit: String,
+        error: String,
+    },
     ProfileSet {
         error: String,
     },

@@ -604,7 +604,7 @@ pub(crate) const STOP_LINUX: &str = "systemctl stop \"$1\" 2>/dev/null
 if systemctl is-active --quiet \"$1\"; then echo \"$1 is still active\" >&2; exit 1; fi
 exit 0";
 
-pub(crate) const STOP_DARWIN: &str =
+const STOP_DARWIN: &str =
     "pid=$(cat \"$1\" 2>/dev/null) && [ -n \"$pid\" ] && kill -s TERM -- \"-$pid\"; exit 0";
 
 /// The command stopping a hung job.

@@ -10,9 +10,8 @@ use crate::activation::deadman::{self, Armed, Revert};
 /// Between two attempts at a new connection.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// One look at a host whose revert was due: a handshake (10 s at most)
-/// and two reads, or the own session's read (4 s).
-const LOOK_BOUND: Duration = Duration::from_secs(15);
+/// A look's two reads over a new connection, once its handshake is done.
+const READS_BOUND: Duration = Duration::from_secs(10);
 
 /// How long before its revert is due a disarm stops trying: the revert
 /// must not start while the controller rolls back itself.
@@ -401,41 +400,63 @@ impl<R: Remote> Run<'_, R> {
         };
         // Not seen back over a new connection; the run's own session may
         // still answer (sshd keeps established sessions): what it says
-        // runs. Lost: the last new connection that answered, if any.
-        let own = links::read_store_link(self.remote, &self.s.paths.current_system).await;
-        let (now, over) = match (own, reached) {
-            (Ok(now), _) => (now, None),
-            (Err(_), Some(fresh)) => {
-                match links::read_store_link(&fresh, &self.s.paths.current_system).await {
-                    Ok(now) => (now, Some(fresh)),
+        // runs. Lost: the last new connection that answered, if any. The
+        // revert is read before the link (its record is written last).
+        let (seen, over) = match deadman::seen(self.remote, &armed).await {
+            Ok(seen) => (seen, None),
+            Err(_) => match reached {
+                Some(fresh) => match deadman::seen(&fresh, &armed).await {
+                    Ok(seen) => (seen, Some(fresh)),
                     Err(_) => return self.unreachable(cause, true),
-                }
-            }
-            (Err(_), None) => return self.unreachable(cause, true),
+                },
+                None => return self.unreachable(cause, true),
+            },
         };
         let at = over.as_ref().unwrap_or(self.remote);
-        let record = deadman::record(at, &armed).await.ok().flatten();
+        let Ok(now) = links::read_store_link(at, &self.s.paths.current_system).await else {
+            return self.unreachable(cause, true);
+        };
         if now.as_ref() == Some(&self.pre_current) {
             return HostOutcome::RevertedByHost {
                 cause,
                 to: self.pre_current.clone(),
-                record,
+                record: seen.record,
             };
         }
         // Still on the candidate (or elsewhere): the timer did not do it.
-        if let Some(record) = record {
+        if let Some(record) = seen.record {
             (self.emit)(ActivationEvent::RevertFailed { record });
         }
-        if stuck {
-            // Under way for twice as long as a switch may take: stopped,
-            // so that the controller's rollback is the only switch.
-            let _ = at
-                .exec(&deadman::stop_revert_command(&armed, self.s.sudo))
-                .await;
+        if (stuck || seen.under_way)
+            && let Err(error) = stop_revert(at, &armed, self.s.sudo).await
+        {
+            return self.revert_not_stopped(cause, &armed, error);
         }
         match over {
             Some(fresh) => self.over(&fresh).roll_back_unconfirmed(cause).await,
             None => self.roll_back_unconfirmed(cause).await,
+        }
+    }
+
+    /// A revert under way that could not be stopped: the controller does
+    /// not switch the host while it runs. The host needs a human.
+    fn revert_not_stopped(&self, cause: CutOff, armed: &Armed, error: String) -> HostOutcome {
+        let reason = FailureReason::Remote {
+            step: "confirm over a new connection",
+            error: words_free(&cause),
+        };
+        (self.emit)(ActivationEvent::GateFailed {
+            gate: Gate::LiveActivate,
+            reason: reason.clone(),
+        });
+        HostOutcome::RollbackFailed {
+            gate: Gate::LiveActivate,
+            reason,
+            to: self.pre_current.clone(),
+            rollback_error: crate::activation::reactivate::RollbackError::StopStuckRevert {
+                unit: format!("{}.service", armed.unit),
+                error,
+            },
         }
     }
 
@@ -457,8 +478,7 @@ impl<R: Remote> Run<'_, R> {
         let mut back = false;
         let mut under_way = false;
         loop {
-            let look = tokio::time::timeout(LOOK_BOUND, self.look_once(armed)).await;
-            let (seen, fresh) = look.unwrap_or((None, None));
+            let (seen, fresh) = self.look_once(armed).await;
             if let Some(s) = &seen {
                 under_way = s.seen.under_way;
             }
@@ -475,7 +495,10 @@ impl<R: Remote> Run<'_, R> {
                     }
                 }
                 // Over the run's own session: done, the rest is read there.
-                (Some(s), None) if s.seen.record.is_some() => break,
+                (Some(s), None) if s.seen.record.is_some() => {
+                    back = false;
+                    break;
+                }
                 _ => {}
             }
             let end = if under_way { patience } else { give_up };
@@ -504,15 +527,19 @@ impl<R: Remote> Run<'_, R> {
             let own = seen.map(|seen| Seen { seen, back: false });
             return (own, None);
         };
-        let Ok(seen) = deadman::seen(&fresh, armed).await else {
-            return (None, None);
+        // The handshake is bounded by the connection's own settings; the
+        // reads after it here.
+        let reads = async {
+            let seen = deadman::seen(&fresh, armed).await?;
+            let now = links::read_store_link(&fresh, &self.s.paths.current_system).await?;
+            anyhow::Ok((seen, now))
         };
-        match links::read_store_link(&fresh, &self.s.paths.current_system).await {
-            Ok(now) => {
+        match tokio::time::timeout(READS_BOUND, reads).await {
+            Ok(Ok((seen, now))) => {
                 let back = now.as_ref() == Some(&self.pre_current);
                 (Some(Seen { seen, back }), Some(fresh))
             }
-            Err(_) => (None, None),
+            _ => (None, None),
         }
     }
 
@@ -557,6 +584,18 @@ fn words_free(cause: &CutOff) -> String {
 struct FirstTry {
     result: Result<(), Confirm>,
     shortened: Option<(tokio::time::Instant, anyhow::Result<()>)>,
+}
+
+/// Stop a revert stuck under way ([`deadman::stop_revert_command`]).
+async fn stop_revert<R: Remote>(at: &R, armed: &Armed, sudo: bool) -> Result<(), String> {
+    let cmd = deadman::stop_revert_command(armed, sudo);
+    match at.exec(&cmd).await {
+        Ok(out) => out
+            .check("stopping the host's revert")
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// A re-arm's error says the revert is under way ([`deadman::RevertBegan`]).

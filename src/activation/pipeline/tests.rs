@@ -974,7 +974,7 @@ async fn a_revert_stuck_under_way_is_stopped_then_rolled_back() {
     let stop = ran
         .cmds
         .iter()
-        .position(|c| c.contains("nixgate-confirm-r1.service"));
+        .position(|c| c.starts_with("sudo stop-revert nixgate-confirm-r1 "));
     let rollback = ran
         .cmds
         .iter()
@@ -983,6 +983,29 @@ async fn a_revert_stuck_under_way_is_stopped_then_rolled_back() {
     let st = host.state();
     assert_eq!(st.current, sp(OLD));
     assert!(!st.reverting);
+}
+
+/// A revert stuck under way that cannot be stopped: the controller does
+/// not switch the host while it runs; the host needs a human, and says
+/// which unit.
+#[tokio::test(start_paused = true)]
+async fn a_revert_that_cannot_be_stopped_is_not_switched_over() {
+    let host = cutting_ssh();
+    host.state().revert_takes = Duration::from_secs(400);
+    host.state().revert_unstoppable = true;
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RollbackFailed {
+            rollback_error:
+                crate::activation::reactivate::RollbackError::StopStuckRevert { unit, .. },
+            ..
+        } => assert_eq!(unit, "nixgate-confirm-r1.service"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        count(&ran.cmds, "sudo fire --unit=nixgate-switch-r1-rollback"),
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -635,6 +635,13 @@ pub fn rollback_error(e: &RollbackError) -> String {
                 first_line(error)
             )
         }
+        RollbackError::StopStuckRevert { unit, error } => {
+            format!(
+                "the host's own revert {unit} is still running and could not be stopped, \
+                 so nothing was switched over it: look at `journalctl -u {unit}` on the host ({})",
+                first_line(error)
+            )
+        }
         RollbackError::Switch(f) => switch_failure(f),
         RollbackError::NeedsReboot(r) => reboot_reason(r),
         RollbackError::NoTarget => "there was nothing to go back to".into(),
