@@ -605,7 +605,13 @@ pub async fn run_disarm<R: Remote>(remote: &R, a: &Armed, cmd: &Command) -> anyh
 /// file), `$2` the script. Exit 1: still running (the controller must not
 /// switch the host).
 pub(crate) const STOP_REVERT_LINUX: &str = r#"systemctl stop "$1.timer" "$1.service" 2>/dev/null
-if systemctl is-active --quiet "$1.service"; then echo "$1.service is still active" >&2; exit 1; fi
+for u in "$1.service" "$1.timer"; do
+  state=$(systemctl is-active "$u" 2>/dev/null)
+  case $state in
+    inactive | failed) ;;
+    *) echo "$u is ${state:-of unknown state}: not stopped" >&2; exit 1 ;;
+  esac
+done
 rm -f "$2" "$2.arming"; exit 0"#;
 
 /// Darwin: TERM to the sleeper's group, 5 s for it to end, then KILL.
@@ -615,8 +621,9 @@ if [ -n "$pg" ]; then
   i=0
   while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
   kill -s KILL -- "-$pg" 2>/dev/null
-  sleep 0.2
-  if kill -s 0 -- "-$pg" 2>/dev/null; then echo "the revert's group $pg is still running" >&2; exit 1; fi
+  i=0
+  while [ "$i" -lt 20 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  if kill -s 0 -- "-$pg" 2>/dev/null; then echo "the revert's group $pg may still be running" >&2; exit 1; fi
 fi
 rm -f "$1" "$2" "$2.arming"; exit 0"#;
 
@@ -1396,9 +1403,10 @@ exit 1"
         let linux = armed_under(d, Os::Linux);
         let cmd = stop_revert_command(&linux, false);
         for still in [true, false] {
-            let active = if still { "exit 0" } else { "exit 3" };
-            let body =
-                format!("echo \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || {active}");
+            let state = if still { "deactivating" } else { "inactive" };
+            let body = format!(
+                "echo \"systemctl $*\" >> {calls}\n[ \"$1\" != is-active ] || echo {state}"
+            );
             stand_ins(d, &[("systemctl", body)]);
             std::fs::write(&linux.script, "revert").unwrap();
             std::fs::write(format!("{}.arming", linux.script), "2\n").unwrap();
@@ -1414,6 +1422,8 @@ exit 1"
                 "{out:?}"
             );
             assert_eq!(std::path::Path::new(&linux.script).exists(), still);
+            let arming = format!("{}.arming", linux.script);
+            assert_eq!(std::path::Path::new(&arming).exists(), still);
         }
         let logged = std::fs::read_to_string(&calls).unwrap();
         assert!(
@@ -1422,27 +1432,27 @@ exit 1"
             ),
             "{logged}"
         );
-        // Darwin: a sleeper that is not this test's child (launchd reaps
-        // it on a Mac; here init does), so its end can be seen.
+        // Darwin: a sleeper in its own group whose parent (a shell waiting
+        // on it, as launchd would) reaps it at once, so its end can be seen.
         let darwin = armed_under(d, Os::Darwin);
         std::fs::write(&darwin.script, "revert").unwrap();
-        let orphan = std::process::Command::new("sh")
-            .args(["-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"])
-            .output()
+        let mut parent = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "setsid sleep 30 >/dev/null 2>&1 & echo $! > \"$0\"; wait",
+            ])
+            .arg(&darwin.pid_file)
+            .spawn()
             .unwrap();
-        let pid = String::from_utf8_lossy(&orphan.stdout).trim().to_owned();
-        std::fs::write(&darwin.pid_file, format!("{pid}\n")).unwrap();
+        while std::fs::read_to_string(&darwin.pid_file).map_or(true, |p| p.trim().is_empty()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let out = local
             .exec(&stop_revert_command(&darwin, false))
             .await
             .unwrap();
         assert!(out.exit.success(), "{out:?}");
-        let alive = std::process::Command::new("kill")
-            .args(["-0", &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(!alive, "the revert's group lives on");
+        assert!(ended_within(&mut parent, 5), "the revert's group lives on");
         assert!(!std::path::Path::new(&darwin.script).exists());
         assert!(!std::path::Path::new(&darwin.pid_file).exists());
     }

@@ -400,20 +400,8 @@ impl<R: Remote> Run<'_, R> {
         };
         // Not seen back over a new connection; the run's own session may
         // still answer (sshd keeps established sessions): what it says
-        // runs. Lost: the last new connection that answered, if any. The
-        // revert is read before the link (its record is written last).
-        let (seen, over) = match deadman::seen(self.remote, &armed).await {
-            Ok(seen) => (seen, None),
-            Err(_) => match reached {
-                Some(fresh) => match deadman::seen(&fresh, &armed).await {
-                    Ok(seen) => (seen, Some(fresh)),
-                    Err(_) => return self.unreachable(cause, true),
-                },
-                None => return self.unreachable(cause, true),
-            },
-        };
-        let at = over.as_ref().unwrap_or(self.remote);
-        let Ok(now) = links::read_store_link(at, &self.s.paths.current_system).await else {
+        // runs. Lost: the last new connection that answered, if any.
+        let Some((seen, now, over)) = self.final_look(&armed, reached, stuck).await else {
             return self.unreachable(cause, true);
         };
         if now.as_ref() == Some(&self.pre_current) {
@@ -427,15 +415,52 @@ impl<R: Remote> Run<'_, R> {
         if let Some(record) = seen.record {
             (self.emit)(ActivationEvent::RevertFailed { record });
         }
-        if (stuck || seen.under_way)
-            && let Err(error) = stop_revert(at, &armed, self.s.sudo).await
-        {
+        // Nothing of the revert may run with the controller's rollback (a
+        // stuck one, or a timer that fires late): stopped first (nothing
+        // to stop is stopped), or nothing is switched.
+        let at = over.as_ref().unwrap_or(self.remote);
+        if let Err(error) = stop_revert(at, &armed, self.s.sudo).await {
             return self.revert_not_stopped(cause, &armed, error);
         }
         match over {
             Some(fresh) => self.over(&fresh).roll_back_unconfirmed(cause).await,
             None => self.roll_back_unconfirmed(cause).await,
         }
+    }
+
+    /// The revert, then the link, over the run's own session, else over
+    /// the last new connection that answered (and which one, then).
+    async fn final_look(
+        &self,
+        armed: &Armed,
+        reached: Option<R>,
+        stuck: bool,
+    ) -> Option<(deadman::RevertSeen, Option<StorePath>, Option<R>)> {
+        if let Some((seen, now)) = self.revert_and_link(self.remote, armed, stuck).await {
+            return Some((seen, now, None));
+        }
+        let fresh = reached?;
+        let (seen, now) = self.revert_and_link(&fresh, armed, stuck).await?;
+        Some((seen, now, Some(fresh)))
+    }
+
+    /// The revert is read before the link (its record is written last); one
+    /// under way and not yet `stuck` is waited for, as long as a switch may
+    /// take.
+    async fn revert_and_link(
+        &self,
+        at: &R,
+        armed: &Armed,
+        stuck: bool,
+    ) -> Option<(deadman::RevertSeen, Option<StorePath>)> {
+        let mut seen = deadman::seen(at, armed).await.ok()?;
+        let patience = tokio::time::Instant::now() + self.s.activation_timeout;
+        while seen.under_way && !stuck && tokio::time::Instant::now() + RETRY < patience {
+            tokio::time::sleep(RETRY).await;
+            seen = deadman::seen(at, armed).await.ok()?;
+        }
+        let now = links::read_store_link(at, &self.s.paths.current_system).await;
+        Some((seen, now.ok()?))
     }
 
     /// A revert under way that could not be stopped: the controller does

@@ -637,8 +637,8 @@ pub fn rollback_error(e: &RollbackError) -> String {
         }
         RollbackError::StopStuckRevert { unit, error } => {
             format!(
-                "the host's own revert {unit} is still running and could not be stopped, \
-                 so nothing was switched over it: look at `journalctl -u {unit}` on the host ({})",
+                "the host's own revert {unit} may still be running and could not be stopped, \
+                 so nothing was switched over it: look at the host (Linux: `journalctl -u {unit}`) ({})",
                 first_line(error)
             )
         }
