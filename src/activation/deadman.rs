@@ -86,15 +86,41 @@ pub struct RevertRecord {
     pub current: String,
 }
 
+/// The host's boot id (Linux's, or macOS's boot session UUID), printed:
+/// the revert's mark holds it ([`REVERT`]), and [`READ_RECORD`] counts a
+/// mark only from this boot. One text for both: they must agree.
+macro_rules! boot_id {
+    () => {
+        "cat /proc/sys/kernel/random/boot_id 2>/dev/null || sysctl -n kern.bootsessionuuid 2>/dev/null"
+    };
+}
+
+/// Darwin: `gone_within TICKS`, whether the process group `$pg` is gone
+/// within TICKS tenths of a second (polled: a killed group lasts until
+/// its members are reaped).
+macro_rules! group_gone {
+    () => {
+        r#"gone_within() {
+  i=0
+  while [ "$i" -lt "$1" ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  ! kill -s 0 -- "-$pg" 2>/dev/null
+}
+"#
+    };
+}
+
 /// Runs on the host when the timer fires. The previous system's tools are
 /// put on the PATH: a transient unit's PATH has no
 /// /run/current-system/sw/bin on NixOS, and the current system is the one
 /// being reverted.
-pub(crate) const REVERT: &str = r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8
+pub(crate) const REVERT: &str = concat!(
+    r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
 mkdir -p "$dir"
-{ cat /proc/sys/kernel/random/boot_id 2>/dev/null || sysctl -n kern.bootsessionuuid 2>/dev/null || :; } > "$dir/.$run.started"
+{ "#,
+    boot_id!(),
+    r#" || :; } > "$dir/.$run.started"
 result=ok
 for u in "$unit" "$unit-try2" "$unit-try3"; do systemctl stop "$u.service" 2>/dev/null; done
 if [ -n "$before" ]; then
@@ -119,7 +145,8 @@ rm -f "$dir/.$run.started"
 # nixgate is left; on Darwin, the sleeper's pid file too).
 systemctl stop "$timer.timer" 2>/dev/null
 rm -f "$0" "$0.arming" "${0%.sh}.pid"
-exit 0"#;
+exit 0"#
+);
 
 /// `arm UNIT SECS SCRIPT`: start the transient timer UNIT that runs
 /// `/bin/sh SCRIPT` after SECS seconds (Linux). `arm_again`, the same
@@ -300,14 +327,14 @@ mkdir -p "$(dirname "$script")" && cat > "$script.tmp" || exit 1
 fi
 "#,
     still_armed!(),
+    group_gone!(),
     r#"pg=$(cat "$pidfile" 2>/dev/null) || pg=
 [ -z "$pg" ] || kill -s TERM -- "-$pg" 2>/dev/null
 cut=
 if [ "$mode" != fresh ] && marked; then
   ! ran || not_rearmed "ran"
   # Cut short: once its group is gone (a second at most), run it again.
-  i=0
-  while [ "$i" -lt 10 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+  gone_within 10 || :
   cut=1; secs=0
 fi
 mv -f "$script.tmp" "$script" || exit 1
@@ -402,13 +429,17 @@ impl std::error::Error for RevertBegan {}
 /// then shows its record), and counts only when made this boot (a revert
 /// a reboot cut off leaves its mark, and nothing runs it any more): it
 /// holds the boot id (Linux's, or macOS's boot session UUID).
-pub(crate) const READ_RECORD: &str = r#"m=
+pub(crate) const READ_RECORD: &str = concat!(
+    r#"m=
 if [ -e "$2" ]; then
-  m=1; b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || sysctl -n kern.bootsessionuuid 2>/dev/null)
+  m=1; b=$("#,
+    boot_id!(),
+    r#")
   if [ -n "$b" ] && c=$(cat "$2" 2>/dev/null) && [ -n "$c" ] && [ "$c" != "$b" ]; then m=; fi
 fi
 if [ -f "$1" ]; then cat "$1"; elif [ -n "$m" ]; then echo NixgateRevertUnderWay; fi
-exit 0"#;
+exit 0"#
+);
 
 fn record_dir(paths: &HostPaths) -> String {
     let kg = paths.known_good_records.trim_end_matches('/');
@@ -615,17 +646,16 @@ done
 rm -f "$2" "$2.arming"; exit 0"#;
 
 /// Darwin: TERM to the sleeper's group, 5 s for it to end, then KILL.
-const STOP_REVERT_DARWIN: &str = r#"pg=$(cat "$1" 2>/dev/null) || pg=
+const STOP_REVERT_DARWIN: &str = concat!(
+    group_gone!(),
+    r#"pg=$(cat "$1" 2>/dev/null) || pg=
 if [ -n "$pg" ]; then
   kill -s TERM -- "-$pg" 2>/dev/null
-  i=0
-  while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
-  kill -s KILL -- "-$pg" 2>/dev/null
-  i=0
-  while [ "$i" -lt 20 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
-  if kill -s 0 -- "-$pg" 2>/dev/null; then echo "the revert's group $pg may still be running" >&2; exit 1; fi
+  gone_within 50 || kill -s KILL -- "-$pg" 2>/dev/null
+  gone_within 20 || { echo "the revert's group $pg may still be running" >&2; exit 1; }
 fi
-rm -f "$1" "$2" "$2.arming"; exit 0"#;
+rm -f "$1" "$2" "$2.arming"; exit 0"#
+);
 
 /// The command stopping `a`'s revert (see [`STOP_REVERT_LINUX`]).
 pub fn stop_revert_command(a: &Armed, sudo: bool) -> Command {

@@ -930,6 +930,16 @@ async fn a_failed_revert(cut: bool) {
     assert!(st.timers.is_empty());
 }
 
+/// A gated push to a host whose candidate cuts SSH, and whose revert
+/// takes `secs` (and, `unstoppable`, cannot be stopped part-way).
+async fn cut_off_with_a_revert_taking(secs: u64, unstoppable: bool) -> (FakeHost, Ran) {
+    let host = cutting_ssh();
+    host.state().revert_takes = Duration::from_secs(secs);
+    host.state().revert_unstoppable = unstoppable;
+    let ran = run(&host, &armed(Goal::Gated)).await;
+    (host, ran)
+}
+
 /// The host's revert takes longer than a switch may (70 s, past the 60 s
 /// the controller looks for): it is under way (its mark made, read over
 /// the run's own session while new connections are refused), so the
@@ -937,9 +947,7 @@ async fn a_failed_revert(cut: bool) {
 /// same time: reverted by the host, its record read.
 #[tokio::test(start_paused = true)]
 async fn a_slow_revert_under_way_is_waited_for() {
-    let host = cutting_ssh();
-    host.state().revert_takes = Duration::from_secs(70);
-    let ran = run(&host, &armed(Goal::Gated)).await;
+    let (host, ran) = cut_off_with_a_revert_taking(70, false).await;
     assert!(
         matches!(
             &ran.outcome,
@@ -963,9 +971,7 @@ async fn a_slow_revert_under_way_is_waited_for() {
 /// back itself, the only switch left.
 #[tokio::test(start_paused = true)]
 async fn a_revert_stuck_under_way_is_stopped_then_rolled_back() {
-    let host = cutting_ssh();
-    host.state().revert_takes = Duration::from_secs(200);
-    let ran = run(&host, &armed(Goal::Gated)).await;
+    let (host, ran) = cut_off_with_a_revert_taking(200, false).await;
     assert!(
         matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
         "{:?}",
@@ -990,10 +996,7 @@ async fn a_revert_stuck_under_way_is_stopped_then_rolled_back() {
 /// which unit.
 #[tokio::test(start_paused = true)]
 async fn a_revert_that_cannot_be_stopped_is_not_switched_over() {
-    let host = cutting_ssh();
-    host.state().revert_takes = Duration::from_secs(400);
-    host.state().revert_unstoppable = true;
-    let ran = run(&host, &armed(Goal::Gated)).await;
+    let (_, ran) = cut_off_with_a_revert_taking(400, true).await;
     match &ran.outcome {
         HostOutcome::RollbackFailed {
             rollback_error:
