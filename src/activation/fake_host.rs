@@ -179,6 +179,9 @@ pub struct State {
     pub profile_set_fails: bool,
     /// Another switch takes the lock right after a fire is refused.
     pub lock_taken_after_refusal: bool,
+    /// Every command that reached the host (as [`describe`]d), over any
+    /// connection, in order (a remote's own list has only its session's).
+    pub ran: Vec<String>,
 }
 
 impl Behaviour {
@@ -988,6 +991,7 @@ impl FakeHost {
             keys: BTreeMap::new(),
             failing_key: None,
             lose: Vec::new(),
+            ran: Vec::new(),
             break_once: Vec::new(),
             profile_set_fails: false,
             lock_taken_after_refusal: false,
@@ -1030,6 +1034,7 @@ impl FakeHost {
                 if session < st.lost_below {
                     return Output::new(Exit::ConnectionLost, "", "");
                 }
+                st.ran.push(said.clone());
                 if let Some(i) = st.break_once.iter().position(|c| *c == said) {
                     st.break_once.remove(i);
                     return fail(1, "readlink: /nix/store: No such file or directory");

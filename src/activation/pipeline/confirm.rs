@@ -395,7 +395,9 @@ impl<R: Remote> Run<'_, R> {
                 };
             }
             // Known: no waiting on the run's own session either.
-            Look::Failed { over } => return self.over(&over).roll_back_unconfirmed(cause).await,
+            Look::Failed { over } => {
+                return self.stop_and_roll_back(cause, &armed, Some(over)).await;
+            }
             Look::NotSeen { reached, stuck } => (reached, stuck),
         };
         // Not seen back over a new connection; the run's own session may
@@ -415,12 +417,23 @@ impl<R: Remote> Run<'_, R> {
         if let Some(record) = seen.record {
             (self.emit)(ActivationEvent::RevertFailed { record });
         }
-        // Nothing of the revert may run with the controller's rollback (a
-        // stuck one, or a timer that fires late): stopped first (nothing
-        // to stop is stopped), or nothing is switched.
+        self.stop_and_roll_back(cause, &armed, over).await
+    }
+
+    /// Nothing of the revert may run with the controller's rollback (a
+    /// stuck one, or a timer that fires late; one that ran and failed
+    /// leaves nothing, and nothing to stop is stopped): stopped first, or
+    /// nothing is switched. Over `over` when the run's own session is not
+    /// the one to use.
+    async fn stop_and_roll_back(
+        &mut self,
+        cause: CutOff,
+        armed: &Armed,
+        over: Option<R>,
+    ) -> HostOutcome {
         let at = over.as_ref().unwrap_or(self.remote);
-        if let Err(error) = stop_revert(at, &armed, self.s.sudo).await {
-            return self.revert_not_stopped(cause, &armed, error);
+        if let Err(error) = stop_revert(at, armed, self.s.sudo).await {
+            return self.revert_not_stopped(cause, armed, error);
         }
         match over {
             Some(fresh) => self.over(&fresh).roll_back_unconfirmed(cause).await,
@@ -553,14 +566,10 @@ impl<R: Remote> Run<'_, R> {
             return (own, None);
         };
         // The handshake is bounded by the connection's own settings; the
-        // reads after it here.
-        let reads = async {
-            let seen = deadman::seen(&fresh, armed).await?;
-            let now = links::read_store_link(&fresh, &self.s.paths.current_system).await?;
-            anyhow::Ok((seen, now))
-        };
+        // reads after it here (`stuck`: no waiting on a revert under way).
+        let reads = self.revert_and_link(&fresh, armed, true);
         match tokio::time::timeout(READS_BOUND, reads).await {
-            Ok(Ok((seen, now))) => {
+            Ok(Some((seen, now))) => {
                 let back = now.as_ref() == Some(&self.pre_current);
                 (Some(Seen { seen, back }), Some(fresh))
             }

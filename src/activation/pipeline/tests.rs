@@ -925,9 +925,27 @@ async fn a_failed_revert(cut: bool) {
         "{:#?}",
         ran.events
     );
+    // Nothing of the revert runs with the rollback (before: stopped only
+    // on the slower path), over whichever connection.
     let st = host.state();
+    assert_revert_stopped_before_rollback(&st.ran);
     assert_eq!(st.current, sp(OLD));
     assert!(st.timers.is_empty());
+}
+
+/// The revert was stopped (idempotent) before the controller's rollback
+/// was fired.
+fn assert_revert_stopped_before_rollback(cmds: &[String]) {
+    let stop = cmds
+        .iter()
+        .position(|c| c.starts_with("sudo stop-revert nixgate-confirm-r1 "));
+    let rollback = cmds
+        .iter()
+        .position(|c| c.starts_with("sudo fire --unit=nixgate-switch-r1-rollback"));
+    assert!(
+        stop.is_some() && rollback.is_some() && stop < rollback,
+        "{cmds:#?}"
+    );
 }
 
 /// A gated push to a host whose candidate cuts SSH, and whose revert
@@ -977,15 +995,7 @@ async fn a_revert_stuck_under_way_is_stopped_then_rolled_back() {
         "{:?}",
         ran.outcome
     );
-    let stop = ran
-        .cmds
-        .iter()
-        .position(|c| c.starts_with("sudo stop-revert nixgate-confirm-r1 "));
-    let rollback = ran
-        .cmds
-        .iter()
-        .position(|c| c.starts_with("sudo fire --unit=nixgate-switch-r1-rollback"));
-    assert!(stop.is_some() && stop < rollback, "{:#?}", ran.cmds);
+    assert_revert_stopped_before_rollback(&ran.cmds);
     let st = host.state();
     assert_eq!(st.current, sp(OLD));
     assert!(!st.reverting);
