@@ -4,11 +4,12 @@
 //! inhibitors, an incompatible `init`), or a typed failure. Once fired, this
 //! does not return before the job finished or the activation timeout passed.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{ActivationEvent, Phase, Step};
+use super::events::{ActivationEvent, Phase, Step, Warning};
 use super::inhibitors::{ComponentChange, pre_switch_failure};
 use super::settings::HostSettings;
 use super::switch::{self, Around, FireOutcome, Launch, SwitchJob};
@@ -143,13 +144,15 @@ pub enum SwitchResult {
 /// Run `job` detached and verified. `expected` is what `/run/current-system`
 /// must be afterwards, `previous` what it was before. A job refused at its
 /// start is fired again under a fresh name: `job` is left as the one that
-/// ran (to stop it, read its log).
+/// ran (to stop it, read its log). `earlier_failed`: the units failed
+/// before this deploy (see [`earlier_failures_only`]).
 pub async fn run_detached<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     job: &mut SwitchJob,
     expected: &StorePath,
     previous: &StorePath,
+    earlier_failed: Option<&BTreeSet<String>>,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> SwitchResult {
     // The lock check and the fire are one command (Linux; see
@@ -213,7 +216,59 @@ pub async fn run_detached<R: Remote>(
         &on_poll,
     )
     .await;
+    if let Some(before) = earlier_failed
+        && let Some(units) =
+            earlier_failures_only(remote, settings.sudo, expected, &outcome, before).await
+    {
+        emit(ActivationEvent::Warning {
+            warning: Warning::UnitsFailedBeforeDeploy { units },
+        });
+        if let VerifyOutcome::Exited { elapsed, polls, .. } = outcome {
+            let evidence = SwitchEvidence {
+                unit: job.unit.clone(),
+                action: job.action,
+                closure: job.closure.clone(),
+                elapsed,
+                polls,
+            };
+            return SwitchResult::Settled {
+                evidence,
+                profile: None,
+            };
+        }
+    }
     classify(remote, job, outcome).await
+}
+
+/// `switch-to-configuration` exits 4 when any unit is failed once it is
+/// done. It resets the failed state first, but a unit that was failing
+/// before (a broken backup job pulled in by `multi-user.target`) is started
+/// again with its target and fails again: every switch, good or bad, exits
+/// 4 on such a host, and without this no deploy to it could ever pass. A
+/// switch that exited 4 with the link on `expected`, with only units failed
+/// that were failed before, did what it was asked: the units, else `None`
+/// (any other exit, another link, a unit this switch broke, or the list
+/// not read: a failure, as before).
+async fn earlier_failures_only<R: Remote>(
+    remote: &R,
+    sudo: bool,
+    expected: &StorePath,
+    outcome: &VerifyOutcome,
+    before: &BTreeSet<String>,
+) -> Option<Vec<String>> {
+    let VerifyOutcome::Exited {
+        code: 4,
+        seen: Some(seen),
+        ..
+    } = outcome
+    else {
+        return None;
+    };
+    if seen != expected || before.is_empty() {
+        return None;
+    }
+    let now = super::failed_units::failed_units(remote, sudo).await.ok()?;
+    (!now.is_empty() && now.is_subset(before)).then(|| now.into_iter().collect())
 }
 
 /// Fire, and fire again under a fresh unit name while the host refuses to
@@ -518,7 +573,7 @@ mod tests {
     }
 
     async fn run<R: Remote>(r: &R, budget: Duration, job: &mut SwitchJob) -> SwitchResult {
-        run_detached(r, &settings(budget), job, &sp(NEW), &sp(OLD), &|_| {}).await
+        run_detached(r, &settings(budget), job, &sp(NEW), &sp(OLD), None, &|_| {}).await
     }
 
     /// The fires of a fake host's commands, as described.

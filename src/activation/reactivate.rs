@@ -124,6 +124,7 @@ pub async fn reactivate<R: Remote>(
     run_id: &RunId,
     to: &StorePath,
     mode: RollbackMode,
+    earlier_failed: Option<&std::collections::BTreeSet<String>>,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> RollbackOutcome {
     let failed = |error| RollbackOutcome::Failed {
@@ -178,7 +179,17 @@ pub async fn reactivate<R: Remote>(
     } else {
         &now
     };
-    match run_detached(remote, settings, &mut job, expected, &now, emit).await {
+    match run_detached(
+        remote,
+        settings,
+        &mut job,
+        expected,
+        &now,
+        earlier_failed,
+        emit,
+    )
+    .await
+    {
         SwitchResult::Settled { evidence, .. } => RollbackOutcome::RolledBack {
             to: to.clone(),
             mode,

@@ -47,7 +47,7 @@ pub async fn take_back<R: Remote>(
         to: to.clone(),
         mode,
     });
-    let outcome = reactivate(remote, settings, run_id, &to, mode, emit).await;
+    let outcome = reactivate(remote, settings, run_id, &to, mode, None, emit).await;
     emit(ActivationEvent::RollbackFinished {
         outcome: outcome.clone(),
     });

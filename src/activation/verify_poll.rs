@@ -251,6 +251,8 @@ pub enum VerifyOutcome {
         code: u32,
         seen: Option<StorePath>,
         unit: Option<UnitState>,
+        elapsed: Duration,
+        polls: u32,
     },
     /// The link points at neither the expected nor the previous closure.
     FlippedToUnexpected { seen: StorePath, code: Option<u32> },
@@ -324,6 +326,8 @@ fn classify(
             code,
             seen,
             unit: snap.unit.clone(),
+            elapsed,
+            polls,
         },
         Some(s) if s == expected => VerifyOutcome::Settled {
             elapsed,

@@ -444,7 +444,18 @@ impl<'a, R: Remote> Run<'a, R> {
             Ok(job) => job,
             Err(outcome) => return outcome,
         };
-        let result = run_detached(self.remote, self.s, &mut job, &cand, &previous, self.emit).await;
+        // Units failed before this deploy that fail again do not fail it.
+        let before = self.pre_failed.as_ref();
+        let result = run_detached(
+            self.remote,
+            self.s,
+            &mut job,
+            &cand,
+            &previous,
+            before,
+            self.emit,
+        )
+        .await;
         self.note_profile_fire(&job);
         match result {
             SwitchResult::Settled {

@@ -31,7 +31,7 @@ impl<R: Remote> Run<'_, R> {
         } else {
             self.pre_current.clone()
         };
-        let result = run_detached(self.remote, self.s, &mut job, &now, &now, self.emit).await;
+        let result = run_detached(self.remote, self.s, &mut job, &now, &now, None, self.emit).await;
         self.note_profile_fire(&job);
         match result {
             SwitchResult::Settled {
@@ -219,8 +219,19 @@ impl<R: Remote> Run<'_, R> {
             to: to.clone(),
             mode,
         });
-        let outcome = reactivate(self.remote, self.s, &self.req.run_id, &to, mode, self.emit).await;
-        let outcome = self.accept_earlier_failures(outcome).await;
+        // Units failed before this deploy that fail again with the old
+        // system's switch do not fail the rollback (a warning names them).
+        let before = self.pre_failed.as_ref();
+        let outcome = reactivate(
+            self.remote,
+            self.s,
+            &self.req.run_id,
+            &to,
+            mode,
+            before,
+            self.emit,
+        )
+        .await;
         (self.emit)(ActivationEvent::RollbackFinished {
             outcome: outcome.clone(),
         });
@@ -249,49 +260,6 @@ impl<R: Remote> Run<'_, R> {
             });
         }
         self.pre_failed = units;
-    }
-
-    /// A rollback whose switch exited 4 with the host on its target, and
-    /// only units failed that were failed before this deploy, is back where
-    /// it was: rolled back (with a warning naming them), not a failure.
-    async fn accept_earlier_failures(&mut self, outcome: RollbackOutcome) -> RollbackOutcome {
-        use crate::activation::reactivate::RollbackError;
-        let RollbackOutcome::Failed {
-            to,
-            mode,
-            error:
-                RollbackError::Switch(SwitchFailure::Exited {
-                    code: 4,
-                    seen: Some(seen),
-                    ..
-                }),
-        } = &outcome
-        else {
-            return outcome;
-        };
-        let Some(before) = &self.pre_failed else {
-            return outcome;
-        };
-        if seen != to {
-            return outcome;
-        }
-        let Ok(now) = crate::activation::failed_units::failed_units(self.remote, self.s.sudo).await
-        else {
-            return outcome;
-        };
-        if now.is_empty() || !now.is_subset(before) {
-            return outcome;
-        }
-        (self.emit)(ActivationEvent::Warning {
-            warning: Warning::UnitsFailedBeforeDeploy {
-                units: now.into_iter().collect(),
-            },
-        });
-        RollbackOutcome::RolledBack {
-            to: to.clone(),
-            mode: *mode,
-            evidence: None,
-        }
     }
 
     /// Clear the failed state of units that failed during this deploy.

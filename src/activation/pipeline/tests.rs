@@ -252,6 +252,32 @@ async fn units_failing_before_the_deploy_are_left_alone_and_do_not_fail_the_roll
     assert!(st.failed_units.contains("backup.service"));
 }
 
+/// A good candidate on a host where a unit has been failing since before
+/// the deploy: `switch-to-configuration` starts it again with its target,
+/// it fails again, and the switch exits 4, as every switch on that host
+/// will. Only units failed before: the switch did what it was asked, with
+/// a warning naming them (before: rolled back, on every deploy, forever).
+#[tokio::test]
+async fn a_good_switch_on_a_host_with_a_unit_failing_before_is_known_good() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().failed_units.insert("backup.service".into());
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(ran.events.iter().any(|e| matches!(
+        e,
+        ActivationEvent::Warning {
+            warning: Warning::UnitsFailedBeforeDeploy { units }
+        } if units == &["backup.service".to_string()]
+    )));
+    let st = host.state();
+    assert_eq!(st.current, sp(NEW));
+    assert!(st.failed_units.contains("backup.service"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn hang_times_out_is_stopped_and_rolled_back() {
     let host = candidate_that(Behaviour {
