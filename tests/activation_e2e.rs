@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use nixgate::activation::detached::SwitchFailure;
 use nixgate::activation::{
-    ActivationRequest, FailureReason, HostOutcome, HostSettings, NoReconnect, Os, RunId,
-    activate_host,
+    ActivationRequest, FailureReason, HostOutcome, HostSettings, Os, RunId, activate_host,
 };
 use nixgate::gates::{Gate, Goal};
 use nixgate::nix::StorePath;
@@ -41,14 +40,7 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         keys: Default::default(),
     };
     let started = Instant::now();
-    let out = activate_host(
-        &remote,
-        &NoReconnect,
-        &req,
-        &CancellationToken::new(),
-        &|_| {},
-    )
-    .await;
+    let out = activate_host(&remote, &remote, &req, &CancellationToken::new(), &|_| {}).await;
     (out, started.elapsed())
 }
 

@@ -1,6 +1,7 @@
 //! Magic rollback on real-systemd hosts (nspawn containers, Debian's sshd and
 //! systemd): a configuration that cuts the controller off is taken back by
-//! the host itself; a good push leaves no nixgate timer behind; a push that
+//! the host itself (with magic rollback off, by the controller, never
+//! certified); a good push leaves no nixgate timer behind; a push that
 //! moves sshd is confirmed where sshd went; a controller killed right after
 //! firing a good switch leaves a host that reverts on its own, and `status`
 //! says so.
@@ -164,6 +165,29 @@ fn hosts_cut_off_by_their_candidate_take_themselves_back() {
             text(&ok.stderr)
         );
     }
+
+    // Magic rollback off: nothing is armed, but a host that no new
+    // connection reaches is not certified; the controller rolls it back
+    // over its own session within the 10 s window (before: known-good,
+    // its boot default moved to a system that locks SSH out).
+    let started = Instant::now();
+    let out = nixgate(
+        &fleet,
+        &["--json", "--yes", "push", "--no-magic-rollback", "sys3"],
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(outcome(&s, "sys3"), "rolled-back", "{s}");
+    assert_eq!(
+        links(&fleet, "sys3"),
+        before[2],
+        "running, profile, boot default"
+    );
+    assert_eq!(nixgate_units(&fleet, "sys3"), "", "nothing was armed");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let ok = fleet.ssh("sys3", "echo reachable");
+    assert_eq!(text(&ok.stdout).trim(), "reachable", "{}", text(&ok.stderr));
 
     // A deploy that moves sshd to port 2222 is confirmed there.
     let out = nixgate(&fleet, &["--json", "--yes", "push", "sys5"]);

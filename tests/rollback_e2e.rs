@@ -3,9 +3,7 @@
 
 mod support;
 
-use nixgate::activation::{
-    ActivationRequest, HostOutcome, HostSettings, NoReconnect, Os, RunId, activate_host,
-};
+use nixgate::activation::{ActivationRequest, HostOutcome, HostSettings, Os, RunId, activate_host};
 use nixgate::gates::Goal;
 use nixgate::nix::StorePath;
 use serde_json::json;
@@ -27,14 +25,8 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
         known_good_generation: None,
         keys: Default::default(),
     };
-    let out = activate_host(
-        &OpenSsh::new(fleet, "sys1"),
-        &NoReconnect,
-        &req,
-        &CancellationToken::new(),
-        &|_| {},
-    )
-    .await;
+    let remote = OpenSsh::new(fleet, "sys1");
+    let out = activate_host(&remote, &remote, &req, &CancellationToken::new(), &|_| {}).await;
     assert!(matches!(out, HostOutcome::KnownGood { .. }), "{out:?}");
 }
 

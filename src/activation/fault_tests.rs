@@ -46,7 +46,7 @@ async fn run_within(host: &FakeHost, budget: Duration) -> HostOutcome {
     let events = Mutex::new(Vec::new());
     activate_host(
         &host.remote(),
-        &NoReconnect,
+        host,
         &request_within(budget),
         &CancellationToken::new(),
         &|e| events.lock().unwrap().push(e),
@@ -205,7 +205,7 @@ async fn a_lost_log_read_still_defers_an_inhibited_switch() {
     req.goal = Goal::Switch;
     let outcome = activate_host(
         &host.remote(),
-        &NoReconnect,
+        &host,
         &req,
         &CancellationToken::new(),
         &|_| {},

@@ -44,7 +44,7 @@ pub mod verify_poll;
 
 pub use events::{ActivationEvent, GateEvidence, Step, Warning};
 pub use outcome::{CutOff, FailureReason, HostOutcome};
-pub use pipeline::{ActivationRequest, NoReconnect, Reconnect, activate_host};
+pub use pipeline::{ActivationRequest, Reconnect, activate_host};
 pub use reactivate::{RollbackMode, RollbackOutcome, reactivate};
 pub use settings::{HostPaths, HostSettings, Os, RunId};
 pub use take_back::take_back;

@@ -137,6 +137,10 @@ pub struct HostSettings {
     /// confirmed over a new connection within this long after the switch
     /// settles (`None`: off).
     pub confirm_timeout: Option<Duration>,
+    /// Magic rollback off: a new connection must still reach the host on
+    /// the candidate within this long after the switch settles, or the
+    /// controller rolls it back (the inventory's `confirm_timeout`).
+    pub new_connection_within: Duration,
     /// Time between two polls of a running switch.
     pub poll_interval: Duration,
     /// Check the closure's signatures on the host before activating.
@@ -164,6 +168,7 @@ impl HostSettings {
             system_profile: "/nix/var/nix/profiles/system".into(),
             activation_timeout: Duration::from_secs(300),
             confirm_timeout: None,
+            new_connection_within: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
             require_signatures: false,
             trusted_public_keys: Vec::new(),

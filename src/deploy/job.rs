@@ -124,6 +124,7 @@ pub fn settings_for(h: &Host, allow_reboot: bool, magic_rollback: bool) -> HostS
         .collect();
     s.allow_reboot = allow_reboot;
     s.confirm_timeout = (h.magic_rollback && magic_rollback).then_some(h.confirm_timeout);
+    s.new_connection_within = h.confirm_timeout;
     // Polls are one command on an open connection, and each waits on the
     // host up to this long for the switch to end (answering when it does):
     // this is how often a running switch reports progress.

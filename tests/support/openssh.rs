@@ -10,6 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use super::fleet::Fleet;
 
+#[derive(Clone)]
 pub struct OpenSsh {
     name: String,
     base: Vec<String>,
@@ -30,6 +31,17 @@ impl OpenSsh {
         let mut c = tokio::process::Command::new(&self.base[0]);
         c.args(&self.base[1..]).arg(cmd.render()).kill_on_drop(true);
         c
+    }
+}
+
+/// Every command is an `ssh` process of its own (no connection sharing),
+/// so a copy is a NEW connection, as the live gate's proof asks.
+impl nixgate::activation::Reconnect<OpenSsh> for OpenSsh {
+    fn fresh(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<OpenSsh>> + Send + '_>>
+    {
+        Box::pin(async { Ok(self.clone()) })
     }
 }
 

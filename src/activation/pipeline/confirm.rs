@@ -125,7 +125,7 @@ impl<R: Remote> Run<'_, R> {
     /// twice that when it completes a handshake and never answers).
     pub(super) async fn confirm(&mut self, job: &SwitchJob) -> Result<(), HostOutcome> {
         let Some((armed, due)) = self.armed.clone() else {
-            return Ok(());
+            return self.confirm_unarmed().await;
         };
         let window = self.s.confirm_timeout.unwrap_or_default();
         self.step(Step::ConfirmNewConnection { within: window });
@@ -318,6 +318,52 @@ impl<R: Remote> Run<'_, R> {
             };
         }
         Err(self.await_revert(CutOff::NoNewConnection { error }).await)
+    }
+
+    /// Magic rollback off: nothing is armed, but the proof is the same. A
+    /// host no new connection reaches on the candidate is not working
+    /// (sshd keeps established sessions: the run's own proves nothing), and
+    /// was certified known-good, its boot default moved, when this returned
+    /// at once. Tried every [`RETRY`] for `new_connection_within`; not
+    /// confirmed, the controller rolls the host back over the run's own
+    /// session (no revert is there to do it).
+    async fn confirm_unarmed(&mut self) -> Result<(), HostOutcome> {
+        let window = self.s.new_connection_within;
+        self.step(Step::ConfirmNewConnection { within: window });
+        let end = tokio::time::Instant::now() + window;
+        let cause = loop {
+            let cause = match self.reach_on_candidate().await {
+                Ok(()) => return Ok(()),
+                Err(seen @ CutOff::NotOnCandidate { .. }) => break seen,
+                Err(cause) => cause,
+            };
+            if tokio::time::Instant::now() + RETRY >= end {
+                break cause;
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        Err(self.roll_back_unconfirmed(cause).await)
+    }
+
+    /// One new connection, and the link read over it (bounded by
+    /// [`READS_BOUND`] once the handshake is done).
+    async fn reach_on_candidate(&self) -> Result<(), CutOff> {
+        let no_connection = |e: anyhow::Error| CutOff::NoNewConnection {
+            error: format!("{e:#}"),
+        };
+        let fresh = self.fresh.fresh().await.map_err(no_connection)?;
+        let read = links::read_store_link(&fresh, &self.s.paths.current_system);
+        let now = match tokio::time::timeout(READS_BOUND, read).await {
+            Ok(read) => read.map_err(no_connection)?,
+            Err(_) => {
+                let error = format!("a new connection's read took over {READS_BOUND:?}");
+                return Err(CutOff::NoNewConnection { error });
+            }
+        };
+        if now.as_ref() != Some(&self.req.candidate) {
+            return Err(CutOff::NotOnCandidate { seen: now });
+        }
+        Ok(())
     }
 
     /// Confirm over `fresh`, a new connection (or why it could not be made).

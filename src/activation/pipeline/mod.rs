@@ -61,15 +61,6 @@ pub trait Reconnect<R>: Send + Sync {
     fn fresh(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>>;
 }
 
-/// For activations without magic rollback: never connects.
-pub struct NoReconnect;
-
-impl<R> Reconnect<R> for NoReconnect {
-    fn fresh(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>> {
-        Box::pin(async { anyhow::bail!("no new connections in this activation") })
-    }
-}
-
 /// Activate `req.candidate` on the host for `req.goal`. `fresh` opens new
 /// connections to confirm a live switch when `req.settings` arms magic
 /// rollback.

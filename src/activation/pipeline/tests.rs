@@ -791,6 +791,57 @@ fn armed(goal: Goal) -> ActivationRequest {
     req
 }
 
+/// Magic rollback off, a candidate that refuses new SSH connections (the
+/// run's own session goes on): nothing is armed, but the proof is the same.
+/// Not confirmed within the window, the controller rolls the host back over
+/// its own session. Before: known-good, its boot default moved to a system
+/// that locks SSH out, a release tagged.
+#[tokio::test(start_paused = true)]
+async fn magic_rollback_off_still_proves_a_new_connection() {
+    for goal in [Goal::Gated, Goal::Switch] {
+        let host = cutting_ssh();
+        let started = tokio::time::Instant::now();
+        let ran = run(&host, &request(goal)).await;
+        match &ran.outcome {
+            HostOutcome::RolledBack {
+                gate: Gate::LiveActivate,
+                to,
+                ..
+            } => assert_eq!(to, &sp(OLD)),
+            other => panic!("{goal:?}: {other:?}"),
+        }
+        // The 60 s window, not more: nothing waits for a revert.
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(70), "{goal:?}: {took:?}");
+        let st = host.state();
+        assert_eq!(st.current, sp(OLD), "{goal:?}");
+        assert_eq!(st.boot_default, sp(OLD), "{goal:?}");
+        assert!(st.timers.is_empty(), "{goal:?}: nothing was armed");
+        assert!(
+            !st.ran.iter().any(|c| c.starts_with("sudo mark-known-good")),
+            "{goal:?}: {:#?}",
+            st.ran
+        );
+    }
+}
+
+/// Magic rollback off, a good candidate: one new connection confirms it.
+#[tokio::test(start_paused = true)]
+async fn magic_rollback_off_confirms_a_good_host_at_once() {
+    let host = FakeHost::new(&sp(OLD));
+    let started = tokio::time::Instant::now();
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let st = host.state();
+    assert!(st.sessions >= 2, "a second connection: {}", st.sessions);
+    assert!(st.timers.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_confirmed_switch_disarms_and_leaves_no_timer() {
     let host = FakeHost::new(&sp(OLD));
