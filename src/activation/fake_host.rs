@@ -216,7 +216,7 @@ impl State {
         }
     }
 
-    fn set_profile(&mut self, p: &str, c: &StorePath) {
+    pub fn set_profile(&mut self, p: &str, c: &StorePath) {
         let gens = self.profiles.entry(p.to_owned()).or_default();
         if gens.last() != Some(c) {
             gens.push(c.clone());
@@ -446,6 +446,18 @@ impl State {
                     )
                 })
                 .collect();
+            ok(&lines)
+        } else if script == links::READ_START {
+            // The known-good only when its generation has its record.
+            let kg = self.current_generation(a[6]);
+            let recorded = self.records.contains_key(&kg.to_string());
+            let known_good = self.link(a[6]).filter(|_| recorded);
+            let lines = format!(
+                "{}\n{}\n{}\n",
+                self.link(a[4]).map(|t| t.to_string()).unwrap_or_default(),
+                self.link(a[5]).map(|t| t.to_string()).unwrap_or_default(),
+                known_good.map(|t| t.to_string()).unwrap_or_default(),
+            );
             ok(&lines)
         } else if script == switch::FIRE_LINUX {
             self.fire_linux(a)
@@ -948,6 +960,9 @@ impl FakeHost {
         let mut profiles = BTreeMap::new();
         profiles.insert(SYSTEM.to_owned(), vec![current.clone()]);
         profiles.insert(KNOWN_GOOD.to_owned(), vec![current.clone()]);
+        // Its known-good generation has its record, as every mark leaves.
+        let mut records = BTreeMap::new();
+        records.insert("1".to_owned(), first_record(current));
         FakeHost(Arc::new(Mutex::new(State {
             current: current.clone(),
             booted: current.clone(),
@@ -959,7 +974,7 @@ impl FakeHost {
             lock_held: false,
             polls: 0,
             drop_polls: Vec::new(),
-            records: BTreeMap::new(),
+            records,
             deleted: Default::default(),
             health_checks: 0,
             unhealthy_after: None,
@@ -1085,6 +1100,7 @@ pub fn describe(cmd: &Command) -> String {
     let name = match a[2].as_str() {
         s if s == links::READ_LINK => "readlink-f",
         s if s == links::READ_LINKS => "readlink-f",
+        s if s == links::READ_START => "readlink-f",
         s if s == verify_poll::POLL_LINUX => "poll",
         s if s == switch::LOG_TAIL => "log-tail",
         s if s == inhibitors::COMPARE => "compare-components",
@@ -1125,6 +1141,22 @@ pub fn describe(cmd: &Command) -> String {
         _ => "unknown-script",
     };
     format!("{sudo}{name} {}", a[4..].join(" "))
+}
+
+/// The record of the known-good generation a fake host starts with.
+fn first_record(closure: &StorePath) -> String {
+    let record = known_good::KnownGoodRecord {
+        version: 1,
+        host: "web1".into(),
+        generation: 1,
+        closure: closure.clone(),
+        marked_at: "2026-01-01T00:00:00Z".into(),
+        commit: None,
+        run_id: crate::activation::RunId::parse("r0").expect("a run id"),
+        gates: Vec::new(),
+        replaced: None,
+    };
+    serde_json::to_string(&record).expect("a record serializes")
 }
 
 /// The generation a known-good record says its mark replaced.

@@ -22,6 +22,32 @@ pub(crate) const READ_LINKS: &str = "for l; do
   if [ -L \"$l\" ] || [ -e \"$l\" ]; then t=$(readlink -f \"$l\") || exit 1; printf '%s\\n' \"$t\"; else echo; fi
 done";
 
+/// The pipeline's first read ([`read_start_command`]): `$1` and `$2` as
+/// [`READ_LINKS`] reads them, then the known-good profile `$3`'s target
+/// only when its generation has its tag record in `$4` (else an empty
+/// line). A mark cut off between `nix-env --set` and its record (the host
+/// went down as it was marked) leaves the profile on a closure never
+/// proven, often the candidate that just failed: a rollback must not go
+/// there (the fault matrix left such a host; `status` flags it, and
+/// `nixgate rollback` never picks it).
+pub(crate) const READ_START: &str = "cur=$1; prof=$2; kg=$3; dir=$4
+for l in \"$cur\" \"$prof\"; do
+  if [ -L \"$l\" ] || [ -e \"$l\" ]; then t=$(readlink -f \"$l\") || exit 1; printf '%s\\n' \"$t\"; else echo; fi
+done
+g=$(readlink \"$kg\" 2>/dev/null); n=${g%-link}; n=${n##*-}
+if [ -n \"$g\" ] && [ -e \"$kg\" ] && [ -f \"$dir/$n.json\" ]; then t=$(readlink -f \"$kg\") || exit 1; printf '%s\\n' \"$t\"; else echo; fi";
+
+/// The command of [`READ_START`]: the running system, the system profile,
+/// the known-good profile (recorded) and its records' directory.
+pub(crate) fn read_start_command(
+    current: &str,
+    profile: &str,
+    known_good: &str,
+    records: &str,
+) -> Command {
+    Command::script(READ_START).args([current, profile, known_good, records])
+}
+
 /// The command reading the canonical target of `path`.
 pub fn read_link_command(path: &str) -> Command {
     Command::script(READ_LINK).arg(path)
@@ -61,8 +87,17 @@ pub async fn read_store_links<R: Remote>(
     remote: &R,
     paths: &[&str],
 ) -> anyhow::Result<Vec<Option<StorePath>>> {
+    read_store_links_by(remote, &read_links_command(paths), paths).await
+}
+
+/// The store paths `cmd` prints for `paths`, a line each (empty: absent).
+pub(crate) async fn read_store_links_by<R: Remote>(
+    remote: &R,
+    cmd: &Command,
+    paths: &[&str],
+) -> anyhow::Result<Vec<Option<StorePath>>> {
     let out = remote
-        .exec(&read_links_command(paths))
+        .exec(cmd)
         .await
         .with_context(|| format!("reading {} on {}", paths.join(", "), remote.name()))?
         .check(&format!("readlink -f {}", paths.join(" ")))?;
@@ -114,6 +149,37 @@ mod tests {
     use crate::remote::scripted::{ScriptedRemote, fail, ok};
 
     const SYS: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+
+    /// [`READ_START`] for real: the known-good profile's target only while
+    /// its generation has its record (its mark finished).
+    #[tokio::test]
+    async fn the_start_read_gives_the_known_good_only_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |f: &str| dir.path().join(f).display().to_string();
+        for c in ["cur", "good", "cut-off"] {
+            std::fs::create_dir(d(c)).unwrap();
+        }
+        std::fs::create_dir(d("records")).unwrap();
+        std::os::unix::fs::symlink(d("cur"), d("current")).unwrap();
+        std::os::unix::fs::symlink(d("good"), d("kg-1-link")).unwrap();
+        std::os::unix::fs::symlink(d("cut-off"), d("kg-2-link")).unwrap();
+        std::fs::write(d("records/1.json"), "{}").unwrap();
+        let read = |generation: &str| {
+            let _ = std::fs::remove_file(d("kg"));
+            std::os::unix::fs::symlink(format!("kg-{generation}-link"), d("kg")).unwrap();
+            let cmd = read_start_command(&d("current"), &d("absent"), &d("kg"), &d("records"));
+            async move {
+                let out = LocalRemote::new("local").exec(&cmd).await.unwrap();
+                assert!(out.success(), "{out:?}");
+                out.stdout_str()
+            }
+        };
+        let recorded = read("1").await;
+        assert_eq!(recorded, format!("{}\n\n{}\n", d("cur"), d("good")));
+        // Generation 2's mark never wrote its record.
+        let cut_off = read("2").await;
+        assert_eq!(cut_off, format!("{}\n\n\n", d("cur")));
+    }
 
     #[tokio::test]
     async fn reads_current_system() {

@@ -209,6 +209,14 @@ impl<'a, R: Remote> Run<'a, R> {
         ]
     }
 
+    /// The command reading [`Self::start_links`]: the known-good only when
+    /// its generation has its record ([`links::READ_START`]).
+    fn start_read(&self) -> Command {
+        let [current, profile, known_good] = self.start_links();
+        let records = &self.s.paths.known_good_records;
+        links::read_start_command(current, profile, known_good, records)
+    }
+
     /// Does this run settle what earlier runs left ([`leftovers`]) before
     /// it reads the links? Every goal that may change the host.
     fn settles_earlier_runs(&self) -> bool {
@@ -232,7 +240,7 @@ impl<'a, R: Remote> Run<'a, R> {
         if self.settles_earlier_runs() && self.s.os != Os::Darwin {
             cmds.push(leftovers::list_command());
         }
-        cmds.push(links::read_links_command(&self.start_links()));
+        cmds.push(self.start_read());
         // The live switch's first read, when nothing runs on the host
         // before it (no dry activation, no keys written first).
         let keys_first = self
@@ -282,11 +290,11 @@ impl<'a, R: Remote> Run<'a, R> {
             return Err(self.fail_clean(first, remote_err("an earlier run's units", e)));
         }
         self.step(Step::ReadCurrentSystem);
-        let links = self.start_links();
+        let (links, cmd) = (self.start_links(), self.start_read());
         let current_system = &self.s.paths.current_system;
         // One command reads all three links.
         let read = async {
-            let links = links::read_store_links(&ahead, &links).await?;
+            let links = links::read_store_links_by(&ahead, &cmd, &links).await?;
             let [current, profile, known_good]: [Option<StorePath>; 3] = links
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("reading three links gave another count"))?;

@@ -103,7 +103,8 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         format!("nix-store --realise {NEW}"),
         // An earlier run's units (none here): one round trip.
         "list-nixgate-units ".into(),
-        format!("readlink-f /run/current-system {SYSTEM} {KNOWN_GOOD}"),
+        // The known-good read only when its generation has its record.
+        format!("readlink-f /run/current-system {SYSTEM} {KNOWN_GOOD} /var/lib/nixgate/known-good"),
         format!("sudo -n -- {NEW}/bin/switch-to-configuration dry-activate"),
         // The critical components and the failed units: one command.
         format!("sudo compare-components /run/current-system {NEW}"),
@@ -551,6 +552,31 @@ async fn rollback_targets_the_last_known_good() {
         "{:?}",
         ran.outcome
     );
+}
+
+/// The known-good profile on a generation whose mark never finished (the
+/// host went down between `nix-env --set` and the record: no record), on
+/// the very candidate that failed then: a failed deploy goes back to what
+/// the host ran, never there (before: "rolled back" onto it, reported
+/// back on its known-good).
+#[tokio::test(start_paused = true)]
+async fn a_known_good_without_its_record_is_never_a_rollback_target() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().set_profile(KNOWN_GOOD, &sp(ODD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if to == &sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(host.state().current, sp(OLD));
 }
 
 #[tokio::test(start_paused = true)]
