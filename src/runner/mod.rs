@@ -2,8 +2,9 @@
 //!
 //! Waves run in order; inside a wave up to `max_parallel` hosts run at once;
 //! a wave whose failures exceed its budget stops the run; a good wave soaks
-//! (waits, then re-checks every finished host, and the job takes back a host
-//! found unhealthy) before the next starts. A host the plan already ended
+//! (waits, then re-checks every finished host, up to `max_parallel` at once
+//! like its activations, and the job takes back a host found unhealthy)
+//! before the next starts. A host the plan already ended
 //! (refused before the run) is counted in its wave when the wave starts,
 //! exactly like a host that fails in it: a refused canary stops the run.
 //! Copies (staging) run ahead of activations by one wave, taking their
@@ -455,14 +456,22 @@ impl<J: HostJob> Runner<J> {
                 return Some(NotStarted::Cancelled);
             }
         }
+        // A re-check may run health checks and take a host back: work on
+        // the host, capped like the wave's activations.
+        let slots = Arc::new(Semaphore::new(group.max_parallel.max(1)));
         let mut checks = JoinSet::new();
         for (i, r) in w.results.iter().enumerate() {
             if let RunnerEnd::Done(d) = &r.end
                 && !self.job.is_failure(d)
             {
-                let (job, done) = (self.job.clone(), d.clone());
+                let (job, done, slots) = (self.job.clone(), d.clone(), slots.clone());
                 let host: Arc<str> = Arc::from(r.host.as_str());
-                checks.spawn(async move { (i, job.recheck(host, done).await) });
+                checks.spawn(async move {
+                    // Never closed: an error cannot come, and would only
+                    // lift the cap.
+                    let _slot = slots.acquire_owned().await;
+                    (i, job.recheck(host, done).await)
+                });
             }
         }
         loop {

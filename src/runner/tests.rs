@@ -26,6 +26,11 @@ struct Job {
     let_go_hangs: bool,
     /// A soak's re-check never ends (a take-back waiting on a host).
     recheck_hangs: bool,
+    /// A soak's re-check takes this long, in ms (health checks over SSH).
+    recheck_ms: Option<u64>,
+    /// Re-checks under way, and the most at once.
+    rechecking: AtomicUsize,
+    max_rechecking: AtomicUsize,
     /// A host's staging in ms, when not 1000.
     stage_ms: std::collections::HashMap<String, u64>,
     /// Every host's run in ms, when not 10 000.
@@ -94,6 +99,12 @@ impl HostJob for Job {
         self.log(format!("rechecked {host}"));
         if self.recheck_hangs {
             std::future::pending::<()>().await;
+        }
+        if let Some(ms) = self.recheck_ms {
+            let now = self.rechecking.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_rechecking.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            self.rechecking.fetch_sub(1, Ordering::SeqCst);
         }
         if self.unhealthy_after_soak.contains(&*host) {
             self.log(format!("taken back {host}"));
@@ -524,4 +535,32 @@ async fn second_cancel_aborts_in_flight() {
             ("m2".into(), "err:Aborted".into())
         ]
     );
+}
+
+/// A soak's re-checks (health checks, a take-back) are work on hosts like
+/// any other: a wave re-checks at most `max_parallel` of its hosts at once
+/// (every finished host was re-checked at once: a 200-host wave with
+/// `max_parallel = 10` could roll back 200 hosts at once).
+#[tokio::test(start_paused = true)]
+async fn a_soak_rechecks_at_most_max_parallel_hosts_at_once() {
+    let job = Arc::new(Job {
+        recheck_ms: Some(5000),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1", "c2", "c3", "c4", "c5"], 2, 0, 60),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let results = run(job.clone(), &sel, rx, |_| {}).await;
+    assert!(ends(&results).iter().all(|(_, e)| e == "ok"));
+    let rechecked = job
+        .entries()
+        .iter()
+        .filter(|e| e.starts_with("rechecked "))
+        .count();
+    assert_eq!(rechecked, 5);
+    assert_eq!(job.max_rechecking.load(Ordering::SeqCst), 2);
 }
