@@ -134,6 +134,7 @@ pub enum RunnerEvent {
         wave: String,
         failures: usize,
         allowed: usize,
+        /// Its failures stop the run (a run stopped by a cancel is not).
         stops_run: bool,
     },
     SoakStarted {
@@ -312,14 +313,19 @@ impl<J: HostJob> Runner<J> {
             }
         }
         self.activate(&mut w, pending, soaks).await;
-        let stops_run = w.failures > w.allowed;
+        // The second Ctrl-C aborted the hosts in flight: they count against
+        // the wave, but the cancel stops the run, not the wave.
+        let aborted = *self.cancel.borrow() >= CancelLevel::Abort;
+        let stops_run = w.failures > w.allowed && !aborted;
         (self.emit)(RunnerEvent::WaveFinished {
             wave: group.name.clone(),
             failures: w.failures,
             allowed: w.allowed,
             stops_run,
         });
-        let mut stop = if stops_run {
+        let mut stop = if aborted {
+            Some(NotStarted::Cancelled)
+        } else if stops_run {
             Some(NotStarted::EarlierWaveFailed {
                 wave: group.name.clone(),
             })

@@ -537,6 +537,16 @@ async fn second_cancel_aborts_in_flight() {
     );
 }
 
+/// Every event the runner reports, and the callback that records them.
+fn recorder() -> (
+    Arc<Mutex<Vec<RunnerEvent>>>,
+    impl Fn(RunnerEvent) + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    (events, move |e| ev.lock().unwrap().push(e))
+}
+
 /// A soak's re-checks (health checks, a take-back) are work on hosts like
 /// any other: a wave re-checks at most `max_parallel` of its hosts at once
 /// (every finished host was re-checked at once: a 200-host wave with
@@ -563,4 +573,34 @@ async fn a_soak_rechecks_at_most_max_parallel_hosts_at_once() {
         .count();
     assert_eq!(rechecked, 5);
     assert_eq!(job.max_rechecking.load(Ordering::SeqCst), 2);
+}
+
+/// The second Ctrl-C aborts the hosts in flight: they count against their
+/// wave, but the run stopped because of the cancel, not because the wave
+/// failed (later waves' hosts said "wave canary failed").
+#[tokio::test(start_paused = true)]
+async fn a_second_cancel_stops_later_waves_as_cancelled() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 0, 60),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let (events, emit) = recorder();
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &sel, rx, emit).await });
+    tokio::time::sleep(Duration::from_secs(5)).await; // c1 in flight
+    c.escalate();
+    c.escalate();
+    let e = ends(&handle.await.unwrap());
+    assert_eq!(e[0], ("c1".into(), "err:Aborted".into()));
+    assert_eq!(e[1], ("m1".into(), "Cancelled".into()), "{e:?}");
+    let events = events.lock().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            RunnerEvent::WaveFinished { wave, failures: 1, stops_run: false, .. } if wave == "canary")),
+        "{events:?}"
+    );
 }
