@@ -8,7 +8,8 @@
 //! (refused before the run) is counted in its wave when the wave starts,
 //! exactly like a host that fails in it: a refused canary stops the run.
 //! Copies (staging) run ahead of activations by one wave, taking their
-//! slots in the order the waves will start the hosts, and a host starts as
+//! slots in the order the waves will start the hosts (none for a wave the
+//! plan's refusals fail, nor after it), and a host starts as
 //! soon as its copy is done and a slot is free (no slot waits for a copy
 //! while a copied host waits for a slot). The runner never
 //! prints: it reports [`RunnerEvent`]s to a callback and returns typed
@@ -183,7 +184,14 @@ pub async fn run<J: HostJob>(
             r.skip_wave(group, why);
             continue;
         }
-        for g in groups.iter().skip(gi).take(2) {
+        // A wave the plan's refusals already fail stops the run as it
+        // starts: nothing of it, or of the wave after it, is copied.
+        let ahead: Vec<&Group> = groups[gi..]
+            .iter()
+            .take(2)
+            .take_while(|g| !r.fails_by_plan(g))
+            .collect();
+        for g in ahead {
             r.stage_ahead(g);
         }
         let soaks = !group.soak.is_zero() && gi + 1 < groups.len();
@@ -272,6 +280,18 @@ impl<J: HostJob> Runner<J> {
             };
             self.results.push(r);
         }
+    }
+
+    /// Do the hosts the plan refused put `group` over its failure budget
+    /// before any of its hosts starts?
+    fn fails_by_plan(&self, group: &Group) -> bool {
+        let refused = group
+            .hosts
+            .iter()
+            .filter_map(|h| self.job.planned_end(h))
+            .filter(|done| self.job.is_failure(done))
+            .count();
+        refused > group.max_failures.allowed(group.hosts.len())
     }
 
     fn stage_ahead(&mut self, group: &Group) {

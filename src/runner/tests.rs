@@ -604,3 +604,37 @@ async fn a_second_cancel_stops_later_waves_as_cancelled() {
         "{events:?}"
     );
 }
+
+/// A canary the plan refused fails its wave before anything starts: no
+/// copy starts for the next wave's hosts (each got one, aborted at once).
+/// Staging tasks run on other threads here; the wave's end waits a while
+/// for one to show up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_refused_by_the_plan_stages_nothing() {
+    let job = Arc::new(Job {
+        refused: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let j = job.clone();
+    let emit = move |e: RunnerEvent| {
+        if matches!(e, RunnerEvent::WaveFinished { .. }) {
+            let staged = || j.entries().iter().any(|l| l.starts_with("stage "));
+            for _ in 0..100 {
+                if staged() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    let results = run(job.clone(), &selection(), rx, emit).await;
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".into(), "err:refused".into()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    let log = job.entries();
+    assert!(!log.iter().any(|l| l.starts_with("stage ")), "{log:?}");
+}
