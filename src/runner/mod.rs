@@ -142,6 +142,8 @@ pub enum RunnerEvent {
         wave: String,
         seconds: u64,
     },
+    /// A host's re-check after its wave's soak ended (one that panicked
+    /// did not: the host's end, told to the job, says so).
     SoakChecked {
         wave: String,
         host: String,
@@ -482,48 +484,8 @@ impl<J: HostJob> Runner<J> {
                 return Some(NotStarted::Cancelled);
             }
         }
-        // A re-check may run health checks and take a host back: work on
-        // the host, capped like the wave's activations.
-        let slots = Arc::new(Semaphore::new(group.max_parallel.max(1)));
-        let mut checks = JoinSet::new();
-        for (i, r) in w.results.iter().enumerate() {
-            if let RunnerEnd::Done(d) = &r.end
-                && !self.job.is_failure(d)
-            {
-                let (job, done, slots) = (self.job.clone(), d.clone(), slots.clone());
-                let host: Arc<str> = Arc::from(r.host.as_str());
-                checks.spawn(async move {
-                    // Never closed: an error cannot come, and would only
-                    // lift the cap.
-                    let _slot = slots.acquire_owned().await;
-                    (i, job.recheck(host, done).await)
-                });
-            }
-        }
-        loop {
-            // A second Ctrl-C ends the re-checks too (and the take-backs
-            // they started): the hosts keep the ends they had.
-            let joined = tokio::select! {
-                joined = checks.join_next() => joined,
-                _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
-                    checks.abort_all();
-                    return Some(NotStarted::Cancelled);
-                }
-            };
-            let Some(joined) = joined else { break };
-            let Ok((i, done)) = joined else { continue };
-            let healthy = !self.job.is_failure(&done);
-            let host = w.results[i].host.clone();
-            (self.emit)(RunnerEvent::SoakChecked {
-                wave: group.name.clone(),
-                host: host.clone(),
-                healthy,
-            });
-            if !healthy {
-                w.failures += 1;
-                self.job.ended(&host, &done);
-            }
-            w.results[i].end = RunnerEnd::Done(done);
+        if let Some(why) = self.recheck(w).await {
+            return Some(why);
         }
         if w.failures > w.allowed {
             return Some(NotStarted::EarlierWaveFailed {
@@ -531,6 +493,78 @@ impl<J: HostJob> Runner<J> {
             });
         }
         (*self.cancel.borrow() >= CancelLevel::StopStarting).then_some(NotStarted::Cancelled)
+    }
+
+    /// Re-check every host of the wave that ended well; each one's end
+    /// afterwards is its end. `Some` when the second Ctrl-C ended the
+    /// re-checks (and the take-backs they started): the hosts keep the
+    /// ends they had.
+    async fn recheck(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
+        // A re-check may run health checks and take a host back: work on
+        // the host, capped like the wave's activations.
+        let slots = Arc::new(Semaphore::new(w.group.max_parallel.max(1)));
+        let mut checks = JoinSet::new();
+        let mut task_host: HashMap<tokio::task::Id, usize> = HashMap::new();
+        for (i, r) in w.results.iter().enumerate() {
+            if let RunnerEnd::Done(d) = &r.end
+                && !self.job.is_failure(d)
+            {
+                let (job, done, slots) = (self.job.clone(), d.clone(), slots.clone());
+                let host: Arc<str> = Arc::from(r.host.as_str());
+                let handle = checks.spawn(async move {
+                    // Never closed: an error cannot come, and would only
+                    // lift the cap.
+                    let _slot = slots.acquire_owned().await;
+                    (i, job.recheck(host, done).await)
+                });
+                task_host.insert(handle.id(), i);
+            }
+        }
+        loop {
+            let joined = tokio::select! {
+                joined = checks.join_next_with_id() => joined,
+                _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
+                    checks.abort_all();
+                    return Some(NotStarted::Cancelled);
+                }
+            };
+            let Some(joined) = joined else { break };
+            match joined {
+                Ok((_, (i, done))) => {
+                    (self.emit)(RunnerEvent::SoakChecked {
+                        wave: w.group.name.clone(),
+                        host: w.results[i].host.clone(),
+                        healthy: !self.job.is_failure(&done),
+                    });
+                    self.rechecked(w, i, done);
+                }
+                // A re-check that panicked says nothing of the host's
+                // health: it fails, like a host whose activation panicked.
+                Err(e) => {
+                    let Some(&i) = task_host.get(&e.id()) else {
+                        continue;
+                    };
+                    let why = if e.is_panic() {
+                        Interrupted::Panicked
+                    } else {
+                        Interrupted::Aborted
+                    };
+                    let done = self.job.interrupted(&w.results[i].host, why);
+                    self.rechecked(w, i, done);
+                }
+            }
+        }
+        None
+    }
+
+    /// The `i`th host's end after its re-check: one that no longer ends
+    /// well counts against the wave, and its new end is told.
+    fn rechecked(&mut self, w: &mut WaveRun<'_, J::Done>, i: usize, done: J::Done) {
+        if self.job.is_failure(&done) {
+            w.failures += 1;
+            self.job.ended(&w.results[i].host, &done);
+        }
+        w.results[i].end = RunnerEnd::Done(done);
     }
 }
 

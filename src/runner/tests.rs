@@ -31,6 +31,8 @@ struct Job {
     /// Re-checks under way, and the most at once.
     rechecking: AtomicUsize,
     max_rechecking: AtomicUsize,
+    /// Hosts whose re-check panics (a bug in the job).
+    recheck_panics: HashSet<String>,
     /// A host's staging in ms, when not 1000.
     stage_ms: std::collections::HashMap<String, u64>,
     /// Every host's run in ms, when not 10 000.
@@ -99,6 +101,9 @@ impl HostJob for Job {
         self.log(format!("rechecked {host}"));
         if self.recheck_hangs {
             std::future::pending::<()>().await;
+        }
+        if self.recheck_panics.contains(&*host) {
+            panic!("re-check of {host}");
         }
         if let Some(ms) = self.recheck_ms {
             let now = self.rechecking.fetch_add(1, Ordering::SeqCst) + 1;
@@ -637,4 +642,28 @@ async fn a_canary_refused_by_the_plan_stages_nothing() {
     );
     let log = job.entries();
     assert!(!log.iter().any(|l| l.starts_with("stage ")), "{log:?}");
+}
+
+/// A re-check that panics (a bug in nixgate) says nothing of the host's
+/// health: the host fails, with its wave, like a host whose activation
+/// panicked (it was skipped, and the host kept its clean end).
+#[tokio::test(start_paused = true)]
+async fn a_panicked_soak_recheck_fails_the_host() {
+    let job = Arc::new(Job {
+        recheck_panics: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let results = run(job.clone(), &selection(), rx, |_| {}).await;
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".into(), "err:Panicked".into()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    let log = job.entries();
+    assert!(
+        log.contains(&"ended c1 Err(\"Panicked\")".to_string()),
+        "{log:?}"
+    );
 }
