@@ -131,6 +131,8 @@ pub enum RunnerEvent {
         wave: String,
         why: NotStarted,
     },
+    /// A wave's end, after its soak: its failures count the hosts its
+    /// soak found unhealthy.
     WaveFinished {
         wave: String,
         failures: usize,
@@ -337,17 +339,9 @@ impl<J: HostJob> Runner<J> {
         self.activate(&mut w, pending, soaks).await;
         // The second Ctrl-C aborted the hosts in flight: they count against
         // the wave, but the cancel stops the run, not the wave.
-        let aborted = *self.cancel.borrow() >= CancelLevel::Abort;
-        let stops_run = w.failures > w.allowed && !aborted;
-        (self.emit)(RunnerEvent::WaveFinished {
-            wave: group.name.clone(),
-            failures: w.failures,
-            allowed: w.allowed,
-            stops_run,
-        });
-        let mut stop = if aborted {
+        let mut stop = if *self.cancel.borrow() >= CancelLevel::Abort {
             Some(NotStarted::Cancelled)
-        } else if stops_run {
+        } else if w.failures > w.allowed {
             Some(NotStarted::EarlierWaveFailed {
                 wave: group.name.clone(),
             })
@@ -357,6 +351,13 @@ impl<J: HostJob> Runner<J> {
         if stop.is_none() && soaks {
             stop = self.soak(&mut w).await;
         }
+        // Once, after the soak: its counts are the wave's last word.
+        (self.emit)(RunnerEvent::WaveFinished {
+            wave: group.name.clone(),
+            failures: w.failures,
+            allowed: w.allowed,
+            stops_run: matches!(stop, Some(NotStarted::EarlierWaveFailed { .. })),
+        });
         for h in &group.hosts {
             self.let_go(h);
         }

@@ -667,3 +667,37 @@ async fn a_panicked_soak_recheck_fails_the_host() {
         "{log:?}"
     );
 }
+
+/// A wave's end is reported once, after its soak, with what the soak
+/// found: it said `stops_run: false` before the soak, and nothing
+/// corrected it when the soak failed a host.
+#[tokio::test(start_paused = true)]
+async fn a_wave_finishes_after_its_soak() {
+    let job = Arc::new(Job {
+        unhealthy_after_soak: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let (events, emit) = recorder();
+    run(job.clone(), &selection(), rx, emit).await;
+    let events = events.lock().unwrap();
+    let finished: Vec<&RunnerEvent> = events
+        .iter()
+        .filter(|e| matches!(e, RunnerEvent::WaveFinished { .. }))
+        .collect();
+    assert_eq!(
+        finished,
+        [&RunnerEvent::WaveFinished {
+            wave: "canary".into(),
+            failures: 1,
+            allowed: 0,
+            stops_run: true,
+        }]
+    );
+    let pos = |p: fn(&RunnerEvent) -> bool| events.iter().position(p).unwrap();
+    assert!(
+        pos(|e| matches!(e, RunnerEvent::SoakChecked { .. }))
+            < pos(|e| matches!(e, RunnerEvent::WaveFinished { .. })),
+        "{events:?}"
+    );
+}
