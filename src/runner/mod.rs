@@ -4,16 +4,16 @@
 //! a wave whose failures exceed its budget stops the run; a good wave soaks
 //! (waits, then re-checks every finished host, up to `max_parallel` at once
 //! like its activations, and the job takes back a host found unhealthy)
-//! before the next starts. A host the plan already ended
-//! (refused before the run) is counted in its wave when the wave starts,
-//! exactly like a host that fails in it: a refused canary stops the run.
-//! Copies (staging) run ahead of activations by one wave, taking their
-//! slots in the order the waves will start the hosts (none for a wave the
-//! plan's refusals fail, nor after it), and a host starts as
+//! before the next starts. A first Ctrl-C during the soak's wait cuts it
+//! short: the hosts are re-checked at once, then the run stops. A host the
+//! plan already ended (refused before the run) is counted in its wave when
+//! the wave starts, exactly like a host that fails in it: a refused canary
+//! stops the run. Copies (staging) run ahead of activations by one wave,
+//! taking their slots in the order the waves will start the hosts (none for
+//! a wave the plan's refusals fail, nor after it), and a host starts as
 //! soon as its copy is done and a slot is free (no slot waits for a copy
-//! while a copied host waits for a slot). The runner never
-//! prints: it reports [`RunnerEvent`]s to a callback and returns typed
-//! results.
+//! while a copied host waits for a slot). The runner never prints: it
+//! reports [`RunnerEvent`]s to a callback and returns typed results.
 //!
 //! A host the run will not touch again (it ended and its wave does not soak
 //! it, or its wave's soak re-checked it, or its wave never ran) is let go
@@ -479,11 +479,12 @@ impl<J: HostJob> Runner<J> {
             wave: group.name.clone(),
             seconds: group.soak.as_secs(),
         });
+        // The first Ctrl-C verifies what is in flight: it cuts the wait
+        // short and the hosts are re-checked now (they were not, and kept
+        // the known-good the run had marked), then the run stops.
         tokio::select! {
             _ = tokio::time::sleep(group.soak) => {}
-            _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {
-                return Some(NotStarted::Cancelled);
-            }
+            _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {}
         }
         if let Some(why) = self.recheck(w).await {
             return Some(why);

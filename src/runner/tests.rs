@@ -701,3 +701,51 @@ async fn a_wave_finishes_after_its_soak() {
         "{events:?}"
     );
 }
+
+/// The first Ctrl-C during a soak's wait finishes and verifies what is in
+/// flight: the wait is cut short and the hosts re-checked at once (they
+/// were not re-checked, and kept their known-good); then the run stops. A
+/// second Ctrl-C still ends the re-checks.
+#[tokio::test(start_paused = true)]
+async fn a_first_cancel_during_a_soak_rechecks_at_once() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    // c1 runs 10 s (after a 1 s copy), then soaks 60 s.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!job.entries().contains(&"rechecked c1".to_string()));
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .expect("the soak's wait was cut short")
+        .unwrap();
+    assert!(job.entries().contains(&"rechecked c1".to_string()));
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
+
+    let job = Arc::new(Job {
+        recheck_hangs: true,
+        ..Job::default()
+    });
+    let (c, rx) = cancel::channel();
+    let j = job.clone();
+    let mut handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    c.escalate();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(job.entries().contains(&"rechecked c1".to_string()));
+    assert!(
+        !handle.is_finished(),
+        "the first Ctrl-C lets the re-check finish"
+    );
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(1), &mut handle)
+        .await
+        .expect("the second Ctrl-C ends the re-checks")
+        .unwrap();
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
+}

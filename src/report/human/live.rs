@@ -438,8 +438,9 @@ impl Live {
     /// finishes).
     fn soak_line(&self, w: &WaveLive, now: Instant) -> Option<String> {
         let (since, total) = w.soak?;
+        // A Ctrl-C cuts the wait short: the hosts are re-checked at once.
         let left = total.saturating_sub(secs(since, now));
-        let what = if left > 0 {
+        let what = if left > 0 && !self.cancelling {
             format!("soaking, health re-check in {left}s")
         } else {
             "re-checking health".into()
