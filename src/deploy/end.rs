@@ -134,6 +134,16 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// Every kind, in the order they are declared (tables' and metrics'
+    /// order). Read from the enum itself, through the variant numbers
+    /// serde gives it, so no list can miss a kind: the metrics' own list
+    /// held 11 of 13, and never counted `reverted-by-host` or
+    /// `unreachable`.
+    pub fn all() -> impl Iterator<Item = OutcomeKind> {
+        use serde::de::value::{Error, U32Deserializer};
+        (0u32..).map_while(|i| OutcomeKind::deserialize(U32Deserializer::<Error>::new(i)).ok())
+    }
+
     /// Does this outcome count against a wave's failure budget?
     pub fn is_failure(self) -> bool {
         matches!(
@@ -312,6 +322,18 @@ mod tests {
             assert_eq!(json, k.as_str());
             let back: OutcomeKind = serde_json::from_value(json).unwrap();
             assert_eq!(back, k);
+        }
+    }
+
+    #[test]
+    fn all_is_every_kind_once_in_declared_order() {
+        let all: Vec<OutcomeKind> = OutcomeKind::all().collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+        assert_eq!(all.len(), 13, "{all:?}");
+        assert_eq!(all.first(), Some(&OutcomeKind::KnownGood));
+        assert_eq!(all.last(), Some(&OutcomeKind::Aborted));
+        for k in [OutcomeKind::RevertedByHost, OutcomeKind::Unreachable] {
+            assert!(all.contains(&k), "{k}");
         }
     }
 

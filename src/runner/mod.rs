@@ -2,16 +2,18 @@
 //!
 //! Waves run in order; inside a wave up to `max_parallel` hosts run at once;
 //! a wave whose failures exceed its budget stops the run; a good wave soaks
-//! (waits, then re-checks every finished host, and the job takes back a host
-//! found unhealthy) before the next starts. A host the plan already ended
-//! (refused before the run) is counted in its wave when the wave starts,
-//! exactly like a host that fails in it: a refused canary stops the run.
-//! Copies (staging) run ahead of activations by one wave, taking their
-//! slots in the order the waves will start the hosts, and a host starts as
+//! (waits, then re-checks every finished host, up to `max_parallel` at once
+//! like its activations, and the job takes back a host found unhealthy)
+//! before the next starts. A first Ctrl-C during the soak's wait cuts it
+//! short: the hosts are re-checked at once, then the run stops. A host the
+//! plan already ended (refused before the run) is counted in its wave when
+//! the wave starts, exactly like a host that fails in it: a refused canary
+//! stops the run. Copies (staging) run ahead of activations by one wave,
+//! taking their slots in the order the waves will start the hosts (none for
+//! a wave the plan's refusals fail, nor after it), and a host starts as
 //! soon as its copy is done and a slot is free (no slot waits for a copy
-//! while a copied host waits for a slot). The runner never
-//! prints: it reports [`RunnerEvent`]s to a callback and returns typed
-//! results.
+//! while a copied host waits for a slot). The runner never prints: it
+//! reports [`RunnerEvent`]s to a callback and returns typed results.
 //!
 //! A host the run will not touch again (it ended and its wave does not soak
 //! it, or its wave's soak re-checked it, or its wave never ran) is let go
@@ -129,16 +131,21 @@ pub enum RunnerEvent {
         wave: String,
         why: NotStarted,
     },
+    /// A wave's end, after its soak: its failures count the hosts its
+    /// soak found unhealthy.
     WaveFinished {
         wave: String,
         failures: usize,
         allowed: usize,
+        /// Its failures stop the run (a run stopped by a cancel is not).
         stops_run: bool,
     },
     SoakStarted {
         wave: String,
         seconds: u64,
     },
+    /// A host's re-check after its wave's soak ended (one that panicked
+    /// did not: the host's end, told to the job, says so).
     SoakChecked {
         wave: String,
         host: String,
@@ -181,7 +188,14 @@ pub async fn run<J: HostJob>(
             r.skip_wave(group, why);
             continue;
         }
-        for g in groups.iter().skip(gi).take(2) {
+        // A wave the plan's refusals already fail stops the run as it
+        // starts: nothing of it, or of the wave after it, is copied.
+        let ahead: Vec<&Group> = groups[gi..]
+            .iter()
+            .take(2)
+            .take_while(|g| !r.fails_by_plan(g))
+            .collect();
+        for g in ahead {
             r.stage_ahead(g);
         }
         let soaks = !group.soak.is_zero() && gi + 1 < groups.len();
@@ -272,6 +286,18 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
+    /// Do the hosts the plan refused put `group` over its failure budget
+    /// before any of its hosts starts?
+    fn fails_by_plan(&self, group: &Group) -> bool {
+        let refused = group
+            .hosts
+            .iter()
+            .filter_map(|h| self.job.planned_end(h))
+            .filter(|done| self.job.is_failure(done))
+            .count();
+        refused > group.max_failures.allowed(group.hosts.len())
+    }
+
     fn stage_ahead(&mut self, group: &Group) {
         for h in &group.hosts {
             if !self.staged.contains_key(h) && self.job.planned_end(h).is_none() {
@@ -311,14 +337,11 @@ impl<J: HostJob> Runner<J> {
             }
         }
         self.activate(&mut w, pending, soaks).await;
-        let stops_run = w.failures > w.allowed;
-        (self.emit)(RunnerEvent::WaveFinished {
-            wave: group.name.clone(),
-            failures: w.failures,
-            allowed: w.allowed,
-            stops_run,
-        });
-        let mut stop = if stops_run {
+        // The second Ctrl-C aborted the hosts in flight: they count against
+        // the wave, but the cancel stops the run, not the wave.
+        let mut stop = if *self.cancel.borrow() >= CancelLevel::Abort {
+            Some(NotStarted::Cancelled)
+        } else if w.failures > w.allowed {
             Some(NotStarted::EarlierWaveFailed {
                 wave: group.name.clone(),
             })
@@ -328,6 +351,13 @@ impl<J: HostJob> Runner<J> {
         if stop.is_none() && soaks {
             stop = self.soak(&mut w).await;
         }
+        // Once, after the soak: its counts are the wave's last word.
+        (self.emit)(RunnerEvent::WaveFinished {
+            wave: group.name.clone(),
+            failures: w.failures,
+            allowed: w.allowed,
+            stops_run: matches!(stop, Some(NotStarted::EarlierWaveFailed { .. })),
+        });
         for h in &group.hosts {
             self.let_go(h);
         }
@@ -449,46 +479,15 @@ impl<J: HostJob> Runner<J> {
             wave: group.name.clone(),
             seconds: group.soak.as_secs(),
         });
+        // The first Ctrl-C verifies what is in flight: it cuts the wait
+        // short and the hosts are re-checked now (they were not, and kept
+        // the known-good the run had marked), then the run stops.
         tokio::select! {
             _ = tokio::time::sleep(group.soak) => {}
-            _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {
-                return Some(NotStarted::Cancelled);
-            }
+            _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {}
         }
-        let mut checks = JoinSet::new();
-        for (i, r) in w.results.iter().enumerate() {
-            if let RunnerEnd::Done(d) = &r.end
-                && !self.job.is_failure(d)
-            {
-                let (job, done) = (self.job.clone(), d.clone());
-                let host: Arc<str> = Arc::from(r.host.as_str());
-                checks.spawn(async move { (i, job.recheck(host, done).await) });
-            }
-        }
-        loop {
-            // A second Ctrl-C ends the re-checks too (and the take-backs
-            // they started): the hosts keep the ends they had.
-            let joined = tokio::select! {
-                joined = checks.join_next() => joined,
-                _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
-                    checks.abort_all();
-                    return Some(NotStarted::Cancelled);
-                }
-            };
-            let Some(joined) = joined else { break };
-            let Ok((i, done)) = joined else { continue };
-            let healthy = !self.job.is_failure(&done);
-            let host = w.results[i].host.clone();
-            (self.emit)(RunnerEvent::SoakChecked {
-                wave: group.name.clone(),
-                host: host.clone(),
-                healthy,
-            });
-            if !healthy {
-                w.failures += 1;
-                self.job.ended(&host, &done);
-            }
-            w.results[i].end = RunnerEnd::Done(done);
+        if let Some(why) = self.recheck(w).await {
+            return Some(why);
         }
         if w.failures > w.allowed {
             return Some(NotStarted::EarlierWaveFailed {
@@ -496,6 +495,78 @@ impl<J: HostJob> Runner<J> {
             });
         }
         (*self.cancel.borrow() >= CancelLevel::StopStarting).then_some(NotStarted::Cancelled)
+    }
+
+    /// Re-check every host of the wave that ended well; each one's end
+    /// afterwards is its end. `Some` when the second Ctrl-C ended the
+    /// re-checks (and the take-backs they started): the hosts keep the
+    /// ends they had.
+    async fn recheck(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
+        // A re-check may run health checks and take a host back: work on
+        // the host, capped like the wave's activations.
+        let slots = Arc::new(Semaphore::new(w.group.max_parallel.max(1)));
+        let mut checks = JoinSet::new();
+        let mut task_host: HashMap<tokio::task::Id, usize> = HashMap::new();
+        for (i, r) in w.results.iter().enumerate() {
+            if let RunnerEnd::Done(d) = &r.end
+                && !self.job.is_failure(d)
+            {
+                let (job, done, slots) = (self.job.clone(), d.clone(), slots.clone());
+                let host: Arc<str> = Arc::from(r.host.as_str());
+                let handle = checks.spawn(async move {
+                    // Never closed: an error cannot come, and would only
+                    // lift the cap.
+                    let _slot = slots.acquire_owned().await;
+                    (i, job.recheck(host, done).await)
+                });
+                task_host.insert(handle.id(), i);
+            }
+        }
+        loop {
+            let joined = tokio::select! {
+                joined = checks.join_next_with_id() => joined,
+                _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
+                    checks.abort_all();
+                    return Some(NotStarted::Cancelled);
+                }
+            };
+            let Some(joined) = joined else { break };
+            match joined {
+                Ok((_, (i, done))) => {
+                    (self.emit)(RunnerEvent::SoakChecked {
+                        wave: w.group.name.clone(),
+                        host: w.results[i].host.clone(),
+                        healthy: !self.job.is_failure(&done),
+                    });
+                    self.rechecked(w, i, done);
+                }
+                // A re-check that panicked says nothing of the host's
+                // health: it fails, like a host whose activation panicked.
+                Err(e) => {
+                    let Some(&i) = task_host.get(&e.id()) else {
+                        continue;
+                    };
+                    let why = if e.is_panic() {
+                        Interrupted::Panicked
+                    } else {
+                        Interrupted::Aborted
+                    };
+                    let done = self.job.interrupted(&w.results[i].host, why);
+                    self.rechecked(w, i, done);
+                }
+            }
+        }
+        None
+    }
+
+    /// The `i`th host's end after its re-check: one that no longer ends
+    /// well counts against the wave, and its new end is told.
+    fn rechecked(&mut self, w: &mut WaveRun<'_, J::Done>, i: usize, done: J::Done) {
+        if self.job.is_failure(&done) {
+            w.failures += 1;
+            self.job.ended(&w.results[i].host, &done);
+        }
+        w.results[i].end = RunnerEnd::Done(done);
     }
 }
 

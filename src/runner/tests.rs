@@ -26,6 +26,13 @@ struct Job {
     let_go_hangs: bool,
     /// A soak's re-check never ends (a take-back waiting on a host).
     recheck_hangs: bool,
+    /// A soak's re-check takes this long, in ms (health checks over SSH).
+    recheck_ms: Option<u64>,
+    /// Re-checks under way, and the most at once.
+    rechecking: AtomicUsize,
+    max_rechecking: AtomicUsize,
+    /// Hosts whose re-check panics (a bug in the job).
+    recheck_panics: HashSet<String>,
     /// A host's staging in ms, when not 1000.
     stage_ms: std::collections::HashMap<String, u64>,
     /// Every host's run in ms, when not 10 000.
@@ -94,6 +101,15 @@ impl HostJob for Job {
         self.log(format!("rechecked {host}"));
         if self.recheck_hangs {
             std::future::pending::<()>().await;
+        }
+        if self.recheck_panics.contains(&*host) {
+            panic!("re-check of {host}");
+        }
+        if let Some(ms) = self.recheck_ms {
+            let now = self.rechecking.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_rechecking.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            self.rechecking.fetch_sub(1, Ordering::SeqCst);
         }
         if self.unhealthy_after_soak.contains(&*host) {
             self.log(format!("taken back {host}"));
@@ -524,4 +540,212 @@ async fn second_cancel_aborts_in_flight() {
             ("m2".into(), "err:Aborted".into())
         ]
     );
+}
+
+/// Every event the runner reports, and the callback that records them.
+fn recorder() -> (
+    Arc<Mutex<Vec<RunnerEvent>>>,
+    impl Fn(RunnerEvent) + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    (events, move |e| ev.lock().unwrap().push(e))
+}
+
+/// A soak's re-checks (health checks, a take-back) are work on hosts like
+/// any other: a wave re-checks at most `max_parallel` of its hosts at once
+/// (every finished host was re-checked at once: a 200-host wave with
+/// `max_parallel = 10` could roll back 200 hosts at once).
+#[tokio::test(start_paused = true)]
+async fn a_soak_rechecks_at_most_max_parallel_hosts_at_once() {
+    let job = Arc::new(Job {
+        recheck_ms: Some(5000),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1", "c2", "c3", "c4", "c5"], 2, 0, 60),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let results = run(job.clone(), &sel, rx, |_| {}).await;
+    assert!(ends(&results).iter().all(|(_, e)| e == "ok"));
+    let rechecked = job
+        .entries()
+        .iter()
+        .filter(|e| e.starts_with("rechecked "))
+        .count();
+    assert_eq!(rechecked, 5);
+    assert_eq!(job.max_rechecking.load(Ordering::SeqCst), 2);
+}
+
+/// The second Ctrl-C aborts the hosts in flight: they count against their
+/// wave, but the run stopped because of the cancel, not because the wave
+/// failed (later waves' hosts said "wave canary failed").
+#[tokio::test(start_paused = true)]
+async fn a_second_cancel_stops_later_waves_as_cancelled() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 0, 60),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let (events, emit) = recorder();
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &sel, rx, emit).await });
+    tokio::time::sleep(Duration::from_secs(5)).await; // c1 in flight
+    c.escalate();
+    c.escalate();
+    let e = ends(&handle.await.unwrap());
+    assert_eq!(e[0], ("c1".into(), "err:Aborted".into()));
+    assert_eq!(e[1], ("m1".into(), "Cancelled".into()), "{e:?}");
+    let events = events.lock().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            RunnerEvent::WaveFinished { wave, failures: 1, stops_run: false, .. } if wave == "canary")),
+        "{events:?}"
+    );
+}
+
+/// A canary the plan refused fails its wave before anything starts: no
+/// copy starts for the next wave's hosts (each got one, aborted at once).
+/// Staging tasks run on other threads here; the wave's end waits a while
+/// for one to show up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_refused_by_the_plan_stages_nothing() {
+    let job = Arc::new(Job {
+        refused: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let j = job.clone();
+    let emit = move |e: RunnerEvent| {
+        if matches!(e, RunnerEvent::WaveFinished { .. }) {
+            let staged = || j.entries().iter().any(|l| l.starts_with("stage "));
+            for _ in 0..100 {
+                if staged() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    let results = run(job.clone(), &selection(), rx, emit).await;
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".into(), "err:refused".into()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    let log = job.entries();
+    assert!(!log.iter().any(|l| l.starts_with("stage ")), "{log:?}");
+}
+
+/// A re-check that panics (a bug in nixgate) says nothing of the host's
+/// health: the host fails, with its wave, like a host whose activation
+/// panicked (it was skipped, and the host kept its clean end).
+#[tokio::test(start_paused = true)]
+async fn a_panicked_soak_recheck_fails_the_host() {
+    let job = Arc::new(Job {
+        recheck_panics: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let results = run(job.clone(), &selection(), rx, |_| {}).await;
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".into(), "err:Panicked".into()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    let log = job.entries();
+    assert!(
+        log.contains(&"ended c1 Err(\"Panicked\")".to_string()),
+        "{log:?}"
+    );
+}
+
+/// A wave's end is reported once, after its soak, with what the soak
+/// found: it said `stops_run: false` before the soak, and nothing
+/// corrected it when the soak failed a host.
+#[tokio::test(start_paused = true)]
+async fn a_wave_finishes_after_its_soak() {
+    let job = Arc::new(Job {
+        unhealthy_after_soak: ["c1".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let (events, emit) = recorder();
+    run(job.clone(), &selection(), rx, emit).await;
+    let events = events.lock().unwrap();
+    let finished: Vec<&RunnerEvent> = events
+        .iter()
+        .filter(|e| matches!(e, RunnerEvent::WaveFinished { .. }))
+        .collect();
+    assert_eq!(
+        finished,
+        [&RunnerEvent::WaveFinished {
+            wave: "canary".into(),
+            failures: 1,
+            allowed: 0,
+            stops_run: true,
+        }]
+    );
+    let pos = |p: fn(&RunnerEvent) -> bool| events.iter().position(p).unwrap();
+    assert!(
+        pos(|e| matches!(e, RunnerEvent::SoakChecked { .. }))
+            < pos(|e| matches!(e, RunnerEvent::WaveFinished { .. })),
+        "{events:?}"
+    );
+}
+
+/// The first Ctrl-C during a soak's wait finishes and verifies what is in
+/// flight: the wait is cut short and the hosts re-checked at once (they
+/// were not re-checked, and kept their known-good); then the run stops. A
+/// second Ctrl-C still ends the re-checks.
+#[tokio::test(start_paused = true)]
+async fn a_first_cancel_during_a_soak_rechecks_at_once() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    // c1 runs 10 s (after a 1 s copy), then soaks 60 s.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!job.entries().contains(&"rechecked c1".to_string()));
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .expect("the soak's wait was cut short")
+        .unwrap();
+    assert!(job.entries().contains(&"rechecked c1".to_string()));
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
+
+    let job = Arc::new(Job {
+        recheck_hangs: true,
+        ..Job::default()
+    });
+    let (c, rx) = cancel::channel();
+    let j = job.clone();
+    let mut handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    c.escalate();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(job.entries().contains(&"rechecked c1".to_string()));
+    assert!(
+        !handle.is_finished(),
+        "the first Ctrl-C lets the re-check finish"
+    );
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(1), &mut handle)
+        .await
+        .expect("the second Ctrl-C ends the re-checks")
+        .unwrap();
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
 }

@@ -393,8 +393,8 @@ impl Live {
                 .iter()
                 .any(|h| !matches!(self.doing(h), Doing::Waiting) && !refused(h));
             match w.state {
-                // Its line is in the scrollback; only a soak goes on here.
-                WaveState::Finished => lines.extend(self.soak_line(w, now)),
+                // Its line is in the scrollback.
+                WaveState::Finished => {}
                 WaveState::Waiting if !active => {
                     let mut line = format!(
                         "wave {}: {} host(s) {}",
@@ -426,22 +426,26 @@ impl Live {
                             lines.push(format!("  {s} {h:<name_w$}  {what}"));
                         }
                     }
+                    // A wave finishes after its soak: its hosts stay in view.
+                    lines.extend(self.soak_line(w, now));
                 }
             }
         }
         lines
     }
 
+    /// A soaking wave's wait, then its health re-checks (until the wave
+    /// finishes).
     fn soak_line(&self, w: &WaveLive, now: Instant) -> Option<String> {
         let (since, total) = w.soak?;
+        // A Ctrl-C cuts the wait short: the hosts are re-checked at once.
         let left = total.saturating_sub(secs(since, now));
-        (left > 0).then(|| {
-            format!(
-                "{} wave {}: soaking, health re-check in {left}s",
-                spin(since, now),
-                w.name
-            )
-        })
+        let what = if left > 0 && !self.cancelling {
+            format!("soaking, health re-check in {left}s")
+        } else {
+            "re-checking health".into()
+        };
+        Some(format!("{} wave {}: {what}", spin(since, now), w.name))
     }
 
     /// A spinner glyph (active hosts) and what the host is doing.

@@ -217,7 +217,7 @@ fn run_series(o: &mut Out, run: &Run) {
         run.finished.map(|t| t as f64),
     );
     o.family("nixgate_run_hosts", "The run's hosts, by how they ended");
-    for k in ALL_OUTCOMES {
+    for k in OutcomeKind::all() {
         let n = run.outcomes.get(&k).copied().unwrap_or(0);
         o.sample(
             "nixgate_run_hosts",
@@ -226,20 +226,6 @@ fn run_series(o: &mut Out, run: &Run) {
         );
     }
 }
-
-const ALL_OUTCOMES: [OutcomeKind; 11] = [
-    OutcomeKind::KnownGood,
-    OutcomeKind::Reached,
-    OutcomeKind::AlreadyCurrent,
-    OutcomeKind::DeferredPendingReboot,
-    OutcomeKind::NotPersisted,
-    OutcomeKind::RolledBack,
-    OutcomeKind::RollbackFailed,
-    OutcomeKind::Failed,
-    OutcomeKind::Refused,
-    OutcomeKind::NotStarted,
-    OutcomeKind::Aborted,
-];
 
 /// Replace `path` with `text` atomically, readable by all (the collector
 /// runs as another user; the rollout services' umask is 0077).

@@ -297,3 +297,57 @@ fn the_file_is_replaced_whole_and_readable_by_all() {
         "{e:#}"
     );
 }
+
+/// Every outcome has its `nixgate_run_hosts` series, zero or not: the list
+/// of outcomes once held 11 of 13, and a host reverted by its own dead-man
+/// timer (or unreachable) was never counted.
+#[test]
+fn every_outcome_is_counted_a_host_reverted_by_itself_too() {
+    let run = Run {
+        run_id: "r1".into(),
+        command: "push".into(),
+        goal: "gated".into(),
+        started: Some(1_700_000_000),
+        finished: Some(1_700_000_060),
+        seconds: 60.0,
+        exit_code: Some(1),
+        outcomes: [(OutcomeKind::RevertedByHost, 1)].into(),
+    };
+    let host = Host {
+        host: "web1".into(),
+        wave: "canary".into(),
+        outcome: OutcomeKind::RevertedByHost,
+        last_run_failed: true,
+        last_run_at: Some(1_700_000_060),
+        seconds: 42.0,
+        runs_known_good: Some(true),
+        pending_reboot: Some(false),
+        known_good: None,
+        gates: vec![],
+    };
+    let samples = parse(&render(&run, &[host]));
+    let count = |kind: &str| {
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|(n, l, _)| n == "nixgate_run_hosts" && l["outcome"] == kind)
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert_eq!(found.len(), 1, "{kind}: {found:?}");
+        found[0]
+    };
+    assert_eq!(count("reverted-by-host"), 1.0);
+    assert_eq!(count("unreachable"), 0.0);
+    assert_eq!(count("known-good"), 0.0);
+    let runs = samples
+        .iter()
+        .filter(|(n, _, _)| n == "nixgate_run_hosts")
+        .count();
+    assert_eq!(runs, OutcomeKind::all().count());
+    assert!(
+        samples
+            .iter()
+            .any(|(n, l, v)| n == "nixgate_host_last_outcome"
+                && l["outcome"] == "reverted-by-host"
+                && *v == 1.0)
+    );
+}

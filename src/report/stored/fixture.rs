@@ -286,15 +286,6 @@ pub fn run(extra: usize) -> Run {
     known_good(&mut b, "web1", 3.0, &mut hosts, "canary");
     b.at(
         9.0,
-        Event::Runner(RunnerEvent::WaveFinished {
-            wave: "canary".into(),
-            failures: 0,
-            allowed: 0,
-            stops_run: false,
-        }),
-    );
-    b.at(
-        9.0,
         Event::Runner(RunnerEvent::SoakStarted {
             wave: "canary".into(),
             seconds: 5,
@@ -306,6 +297,15 @@ pub fn run(extra: usize) -> Run {
             wave: "canary".into(),
             host: "web1".into(),
             healthy: true,
+        }),
+    );
+    b.at(
+        14.0,
+        Event::Runner(RunnerEvent::WaveFinished {
+            wave: "canary".into(),
+            failures: 0,
+            allowed: 0,
+            stops_run: false,
         }),
     );
     // main

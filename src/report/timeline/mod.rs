@@ -133,7 +133,8 @@ pub struct Wave {
     pub hosts: Vec<String>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
-    /// Start and planned end of its soak.
+    /// Start and end of its soak: the planned end, or the wave's end if
+    /// that came first (a Ctrl-C cuts the wait short).
     pub soak: Option<(u64, u64)>,
     pub stopped_run: bool,
 }
@@ -418,6 +419,10 @@ impl Collector {
                 let w = self.wave(&wave);
                 w.finished_ms = Some(at);
                 w.stopped_run = stops_run;
+                // A wave finishes after its soak, which a Ctrl-C cuts short.
+                if let Some((_, end)) = &mut w.soak {
+                    *end = (*end).min(at);
+                }
             }
             RunnerEvent::SoakStarted { wave, seconds } => {
                 self.wave(&wave).soak = Some((at, at + seconds.saturating_mul(1000)));

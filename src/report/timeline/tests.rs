@@ -120,6 +120,21 @@ fn waves_carry_their_times_and_soak() {
     assert_eq!(t.rows_of("main").count(), 4);
 }
 
+/// A Ctrl-C cuts a soak's wait short: its band ends with its wave (it ran
+/// to the planned end).
+#[test]
+fn a_soak_cut_short_ends_with_its_wave() {
+    let mut run = fixture::run(0);
+    for s in &mut run.events {
+        if let Event::Runner(RunnerEvent::SoakStarted { seconds, .. }) = &mut s.event {
+            *seconds = 60;
+        }
+    }
+    let t = of_run(&run.report, run.events);
+    assert_eq!(t.waves[0].soak, Some((T0 + 9000, T0 + 14_000)));
+    assert_eq!(t.waves[0].finished_ms, Some(T0 + 14_000));
+}
+
 #[test]
 fn a_killed_run_leaves_its_gates_unfinished() {
     let run = fixture::run(0);

@@ -254,3 +254,79 @@ fn planning_shows_the_builder_and_the_diff() {
         "{screen:?}"
     );
 }
+
+/// A wave finishes after its soak: while it soaks and re-checks, its
+/// hosts stay in view with the soak's line; its end takes them away.
+#[test]
+fn a_soaking_wave_keeps_its_hosts_in_view_until_it_finishes() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut l = Live::new();
+    l.apply(
+        &plan(&[("canary", &["light1"]), ("main", &["light2"])]),
+        at(0),
+    );
+    l.apply(&started("canary", &["light1"]), at(1));
+    l.apply(&gate("light1", Gate::LiveActivate), at(1));
+    l.apply(&finished("light1", not_started(), 3.0), at(4));
+    l.apply(
+        &Event::Runner(RunnerEvent::SoakStarted {
+            wave: "canary".into(),
+            seconds: 60,
+        }),
+        at(4),
+    );
+    let screen = l.render(at(14), 80, 24).join("\n");
+    assert!(screen.contains("wave canary: 1 host(s)"), "{screen}");
+    assert!(screen.contains("light1  not started"), "{screen}");
+    assert!(
+        screen.contains("wave canary: soaking, health re-check in 50s"),
+        "{screen}"
+    );
+    let screen = l.render(at(70), 80, 24).join("\n");
+    assert!(
+        screen.contains("wave canary: re-checking health"),
+        "{screen}"
+    );
+    l.apply(
+        &Event::Runner(RunnerEvent::WaveFinished {
+            wave: "canary".into(),
+            failures: 0,
+            allowed: 0,
+            stops_run: false,
+        }),
+        at(71),
+    );
+    let screen = l.render(at(71), 80, 24);
+    assert_eq!(screen, ["wave main: 1 host(s) waiting"], "{screen:?}");
+}
+
+/// A Ctrl-C during a soak's wait cuts it short: the wave re-checks its
+/// hosts at once, and says so.
+#[test]
+fn a_ctrl_c_during_a_soak_shows_the_recheck() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut l = Live::new();
+    l.apply(&plan(&[("canary", &["light1"])]), at(0));
+    l.apply(&started("canary", &["light1"]), at(1));
+    l.apply(&finished("light1", not_started(), 3.0), at(4));
+    l.apply(
+        &Event::Runner(RunnerEvent::SoakStarted {
+            wave: "canary".into(),
+            seconds: 60,
+        }),
+        at(4),
+    );
+    l.apply(
+        &Event::CancelRequested {
+            level: CancelLevel::StopStarting,
+        },
+        at(10),
+    );
+    let screen = l.render(at(10), 80, 24).join("\n");
+    assert!(
+        screen.contains("wave canary: re-checking health"),
+        "{screen}"
+    );
+}
