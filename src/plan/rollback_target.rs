@@ -7,6 +7,15 @@
 //! second rollback goes on to the generation before K instead of flipping
 //! back to the one the first rollback left.
 //!
+//! Back from where the host stands is where the profile was when that
+//! generation was marked (its record's `replaced`), when that is an older
+//! generation, and on from there: after a rollback to K and a push that
+//! marked N on top of it, back from N is K, never the generations after K
+//! the rollback moved away from (going by number alone went there). A
+//! record without an older `replaced` (written before it was recorded, a
+//! re-mark of the same closure, a rollback's re-selection) goes by number.
+//! `--to N` is by number.
+//!
 //! A known-good generation without a record is a mark that never finished
 //! (the host went down between `nix-env --set` and the record: the
 //! candidate the run counted failed), never a target, when
@@ -220,7 +229,7 @@ fn back(
         return Ok(t);
     }
     let mut skipped = None;
-    for g in history[..stand].iter().rev() {
+    for g in history[..walk_from(history, stand)].iter().rev() {
         if g.closure.is_some() && g.closure.as_ref() == here.closure.as_ref() {
             continue;
         }
@@ -232,6 +241,24 @@ fn back(
     Err(skipped.unwrap_or(NoTarget::NothingEarlier {
         generation: here.generation,
     }))
+}
+
+/// Where the walk back from `history[at]` starts (it takes the generations
+/// before the returned index, newest first): at the generation its record
+/// says it replaced (where the profile was when it was marked), when that
+/// is an older one; after a rollback re-selected an older generation, the
+/// generations between it and the mark made on top of it are what the
+/// rollback moved away from. That generation gone, the newest one before
+/// it. Without a `replaced` older than it (a record from before it was
+/// written; a mark that re-marked what the profile was on; a rollback's
+/// re-selection, which replaced a newer generation): by number, the
+/// generations before it.
+fn walk_from(history: &[KnownGoodGeneration], at: usize) -> usize {
+    let here = &history[at];
+    match here.record.as_ref().and_then(|r| r.replaced) {
+        Some(r) if r < here.generation => history[..at].partition_point(|g| g.generation <= r),
+        _ => at,
+    }
 }
 
 /// Where the host stood before the mark of `history[at]` that never
@@ -599,6 +626,73 @@ mod tests {
         // The first rollback re-selected generation 2: the host stands there.
         let h = hist(&['a', 'b', 'c'], 2);
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
+    }
+
+    /// After a rollback and a push, back is where the push's mark found
+    /// the profile, not the generation the rollback moved away from: a(1),
+    /// b(2), c(3); c was bad and a rollback re-selected 2 (its record now
+    /// says it replaced 3); then `push d` made 4 (replaced 2), and d is bad.
+    #[test]
+    fn after_a_rollback_and_a_push_back_is_what_the_push_replaced() {
+        let mut h = hist(&['a', 'b', 'c', 'd'], 4);
+        h[1].record.as_mut().unwrap().replaced = Some(3);
+        h[3].record.as_mut().unwrap().replaced = Some(2);
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
+        // Rolled back to 2 (its record now says it replaced 4): on to 1.
+        let mut on2 = h.clone();
+        on2[3].current = false;
+        on2[1].current = true;
+        on2[1].record.as_mut().unwrap().replaced = Some(4);
+        assert_eq!(choose_target(&on2, Some(&sp('b')), None, None), to('a', 1));
+        // What it replaced gone from the store: on back from there, never
+        // to what the rollback moved away from.
+        let mut gone = h.clone();
+        gone[1].present = false;
+        assert_eq!(choose_target(&gone, Some(&sp('d')), None, None), to('a', 1));
+        gone[0].present = false;
+        assert_eq!(
+            choose_target(&gone, Some(&sp('d')), None, None),
+            Err(NoTarget::Missing { generation: 2 })
+        );
+        // Its generation deleted: the newest one before it.
+        let mut deleted = h.clone();
+        deleted.remove(1);
+        assert_eq!(
+            choose_target(&deleted, Some(&sp('d')), None, None),
+            to('a', 1)
+        );
+        // A mark that never finished is no target there either.
+        let mut unfinished = h.clone();
+        unfinished[1].record = None;
+        unfinished[1].cut_off = true;
+        assert_eq!(
+            choose_target(&unfinished, Some(&sp('d')), None, None),
+            to('a', 1)
+        );
+        // `--to` is by number, as always.
+        assert_eq!(choose_target(&h, Some(&sp('d')), Some(3), None), to('c', 3));
+    }
+
+    /// Without a usable `replaced`, back is by number: a record from before
+    /// it was written, one of a mark that re-marked the closure the profile
+    /// was on (it replaced itself), one of a rollback's re-selection (it
+    /// replaced a newer generation).
+    #[test]
+    fn without_what_it_replaced_back_is_by_number() {
+        let h = hist(&['a', 'b', 'c'], 3);
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
+        let mut itself = h.clone();
+        itself[2].record.as_mut().unwrap().replaced = Some(3);
+        assert_eq!(
+            choose_target(&itself, Some(&sp('c')), None, None),
+            to('b', 2)
+        );
+        let mut newer = hist(&['a', 'b', 'c'], 2);
+        newer[1].record.as_mut().unwrap().replaced = Some(3);
+        assert_eq!(
+            choose_target(&newer, Some(&sp('b')), None, None),
+            to('a', 1)
+        );
     }
 
     #[test]
