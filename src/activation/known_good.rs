@@ -3,8 +3,10 @@
 //! generations `nixgate-known-good-<N>-link` are the history) plus one tag
 //! record per generation, `/var/lib/nixgate/known-good/<N>.json` (UTC time,
 //! git commit, closure, gates passed with their evidence, run id), written
-//! atomically by a fixed script that gets the JSON as an argument. The
-//! controller keeps its own copy; this one survives the controller.
+//! atomically by a fixed script that gets the JSON on its stdin (`MARK`).
+//! The host's records are the only ones: the controller keeps no copy (a
+//! host may be deployed from several controllers, and its history outlives
+//! any of them), so every reader asks the host.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
