@@ -16,6 +16,13 @@
 //! re-mark of the same closure, a rollback's re-selection) goes by number.
 //! `--to N` is by number.
 //!
+//! The history is read before the host's lock is taken (the plan locks
+//! every ready host at once, after their targets), so another run may mark
+//! a generation in between. After the lock the history is read again
+//! ([`recheck`]): a host whose profile no longer stands where it did is
+//! refused ([`NoTarget::Moved`]), to be rolled back again from where it
+//! stands, not sent to a target chosen from where it stood.
+//!
 //! A known-good generation without a record is a mark that never finished
 //! (the host went down between `nix-env --set` and the record: the
 //! candidate the run counted failed), never a target, when
@@ -41,6 +48,8 @@
 //! and back goes on from there as always. Where neither is known, back is
 //! the newest known-good generation before the mark whose closure is not
 //! what the host runs.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +84,11 @@ pub enum NoTarget {
     },
     /// The host's history could not be read.
     Unreadable { error: String },
+    /// The known-good profile moved between reading the history and taking
+    /// the host's lock (another run marked a generation meanwhile): the
+    /// target was chosen from where the host no longer stands. Run the
+    /// rollback again. `None`: no profile.
+    Moved { was: Option<u64>, now: Option<u64> },
 }
 
 /// Where a host goes back to.
@@ -311,56 +325,68 @@ fn back_past_unfinished(
 
 /// The targets found, as verdicts.
 pub struct Found {
-    pub verdicts: std::collections::HashMap<String, Verdict>,
+    pub verdicts: HashMap<String, Verdict>,
+    /// Where each ready host's known-good profile stood (its current
+    /// generation) when its target was chosen, for [`recheck`].
+    pub stood: HashMap<String, Option<u64>>,
     pub cancelled: bool,
 }
 
 /// Find every host's target.
 pub async fn find_all<F: Fleet>(p: &Planning<'_, F>, hosts: &[String], to: Option<u64>) -> Found {
     let lookups = futures_util::future::join_all(hosts.iter().map(|h| async move {
-        let v = match target_for(p, h, to).await {
-            Ok((t, running)) => Verdict::Ready {
-                candidate: Candidate {
+        let (v, stood) = match target_for(p, h, to).await {
+            Ok(Chosen {
+                target: t,
+                running,
+                stood,
+            }) => {
+                let candidate = Candidate {
                     closure: t.closure,
                     earlier_gates: Vec::new(),
                     generation: t.generation,
                     never_validated: t.never_validated,
                     commit: t.commit,
-                },
-                running,
-            },
-            Err(refusal) => Verdict::Refused { refusal },
+                };
+                (Verdict::Ready { candidate, running }, Some(stood))
+            }
+            Err(refusal) => (Verdict::Refused { refusal }, None),
         };
-        (h.clone(), v)
+        (h.clone(), v, stood)
     }));
-    tokio::select! {
-        all = lookups => Found { verdicts: all.into_iter().collect(), cancelled: false },
-        _ = p.stop.cancelled() => Found { verdicts: Default::default(), cancelled: true },
+    let all = tokio::select! {
+        all = lookups => all,
+        _ = p.stop.cancelled() => {
+            return Found { verdicts: HashMap::new(), stood: HashMap::new(), cancelled: true };
+        }
+    };
+    let mut found = Found {
+        verdicts: HashMap::new(),
+        stood: HashMap::new(),
+        cancelled: false,
+    };
+    for (h, v, stood) in all {
+        if let Some(stood) = stood {
+            found.stood.insert(h.clone(), stood);
+        }
+        found.verdicts.insert(h, v);
     }
+    found
+}
+
+/// A host's target, what it ran and where its profile stood.
+struct Chosen {
+    target: Target,
+    running: Option<StorePath>,
+    stood: Option<u64>,
 }
 
 async fn target_for<F: Fleet>(
     p: &Planning<'_, F>,
     host: &str,
     to: Option<u64>,
-) -> Result<(Target, Option<StorePath>), Refusal> {
-    let h = p.inventory.host(host).ok_or_else(|| Refusal::Unreachable {
-        error: format!("{host} is not in the inventory"),
-    })?;
-    let remote = p
-        .fleet
-        .host(host)
-        .await
-        .map_err(|e| Refusal::no_session(&e))?;
-    let unreadable = |e: anyhow::Error| Refusal::NoRollbackTarget {
-        why: NoTarget::Unreadable {
-            error: format!("{e:#}"),
-        },
-    };
-    let paths = HostPaths::for_os(h.os);
-    let history = known_good::history(&remote, &paths)
-        .await
-        .map_err(unreadable)?;
+) -> Result<Chosen, Refusal> {
+    let (remote, paths, history) = read_history(p, host).await?;
     let running = links::read_store_link(&remote, &paths.current_system)
         .await
         .map_err(unreadable)?;
@@ -369,7 +395,87 @@ async fn target_for<F: Fleet>(
         .map_err(unreadable)?;
     let target = choose_target(&history, running.as_ref(), to, baseline.as_ref())
         .map_err(|why| Refusal::NoRollbackTarget { why })?;
-    Ok((target, running))
+    Ok(Chosen {
+        target,
+        running,
+        stood: standing(&history),
+    })
+}
+
+/// The host's session, paths and known-good history.
+async fn read_history<F: Fleet>(
+    p: &Planning<'_, F>,
+    host: &str,
+) -> Result<(F::Remote, HostPaths, Vec<KnownGoodGeneration>), Refusal> {
+    let h = p.inventory.host(host).ok_or_else(|| Refusal::Unreachable {
+        error: format!("{host} is not in the inventory"),
+    })?;
+    let remote = p
+        .fleet
+        .host(host)
+        .await
+        .map_err(|e| Refusal::no_session(&e))?;
+    let paths = HostPaths::for_os(h.os);
+    let history = known_good::history(&remote, &paths)
+        .await
+        .map_err(unreadable)?;
+    Ok((remote, paths, history))
+}
+
+fn unreadable(e: anyhow::Error) -> Refusal {
+    Refusal::NoRollbackTarget {
+        why: NoTarget::Unreadable {
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The known-good profile's current generation (`None`: no profile).
+fn standing(history: &[KnownGoodGeneration]) -> Option<u64> {
+    history.iter().find(|g| g.current).map(|g| g.generation)
+}
+
+/// After the host locks: each ready host whose known-good profile no
+/// longer stands where it did when its target was chosen (`stood`) is
+/// refused ([`NoTarget::Moved`]). The history is read before the lock, so
+/// another run could mark a generation in between; the target chosen from
+/// it would then go back from where the host no longer stands. True when
+/// cancelled on the way.
+pub async fn recheck<F: Fleet>(
+    p: &Planning<'_, F>,
+    stood: &HashMap<String, Option<u64>>,
+    verdicts: &mut HashMap<String, Verdict>,
+) -> bool {
+    let ready = stood
+        .iter()
+        .filter(|(h, _)| matches!(verdicts.get(*h), Some(Verdict::Ready { .. })));
+    let checks = futures_util::future::join_all(ready.map(|(h, was)| async move {
+        let still = match read_history(p, h).await {
+            Ok((_, _, history)) => unmoved(*was, &history),
+            Err(refusal) => Err(refusal),
+        };
+        (h.clone(), still)
+    }));
+    let all = tokio::select! {
+        all = checks => all,
+        _ = p.stop.cancelled() => return true,
+    };
+    for (h, still) in all {
+        if let Err(refusal) = still {
+            verdicts.insert(h, Verdict::Refused { refusal });
+        }
+    }
+    false
+}
+
+/// The profile still stands at `was`, or why not.
+fn unmoved(was: Option<u64>, history: &[KnownGoodGeneration]) -> Result<(), Refusal> {
+    match standing(history) {
+        now if now == was => Ok(()),
+        now => Err(Refusal::NoRollbackTarget {
+            why: NoTarget::Moved { was, now },
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -693,6 +799,23 @@ mod tests {
             choose_target(&newer, Some(&sp('b')), None, None),
             to('a', 1)
         );
+    }
+
+    /// Where the profile stood when the target was chosen, against where it
+    /// stands after the lock: any other generation (or none) is a move.
+    #[test]
+    fn a_profile_that_moved_is_refused() {
+        let moved = |was, now| {
+            Err(Refusal::NoRollbackTarget {
+                why: NoTarget::Moved { was, now },
+            })
+        };
+        let h = hist(&['a', 'b', 'c'], 2);
+        assert_eq!(unmoved(Some(2), &h), Ok(()));
+        assert_eq!(unmoved(Some(3), &h), moved(Some(3), Some(2)));
+        assert_eq!(unmoved(None, &h), moved(None, Some(2)));
+        assert_eq!(unmoved(Some(1), &[]), moved(Some(1), None));
+        assert_eq!(unmoved(None, &[]), Ok(()));
     }
 
     #[test]
