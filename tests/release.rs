@@ -142,6 +142,26 @@ fn rewinding_or_diverging_is_refused_unless_forced() {
     assert_eq!(update, BranchUpdate::FastForward { from: e });
 }
 
+/// The fast-forward refusal names the flag that moves the branch anyway as
+/// `push` spells it (it said `--force`, which no command takes).
+#[test]
+fn the_fast_forward_refusal_names_the_real_flag() {
+    use clap::CommandFactory;
+    let cli = nixgate::cli::Cli::command();
+    let push = cli.find_subcommand("push").expect("a push command");
+    let flag = push
+        .get_arguments()
+        .find(|a| a.get_id() == "force_release")
+        .and_then(|a| a.get_long())
+        .expect("push --force-release");
+    let text = Refusal::NotFastForward {
+        branch_at: "a".into(),
+        new: "b".into(),
+    }
+    .to_string();
+    assert!(text.contains(&format!("pass --{flag} ")), "{text}");
+}
+
 #[test]
 fn dirty_tree_is_refused_and_nothing_is_written() {
     let repo = Repo::new(true);

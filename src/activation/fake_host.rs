@@ -691,6 +691,10 @@ impl State {
                 "NixgateNew={base}-{old}-link\nNixgateReplaced={replaced}\n"
             ));
         }
+        // What an earlier run's re-selection kept: that run is over.
+        let mine = format!(".before-{run}");
+        self.records
+            .retain(|k, _| !k.contains(".before-") || k.ends_with(&mine));
         if old == 0 && !a[8].is_empty() {
             self.baseline.get_or_insert_with(|| a[8].to_owned());
         }
@@ -703,6 +707,15 @@ impl State {
             let gens = self.profiles.get(prof).cloned().unwrap_or_default();
             if gens.get(g - 1) != Some(&c) {
                 return fail(3, "generation is not the closure\n");
+            }
+            // Its own record, kept for an undo to put back.
+            let kept = format!("{g}{mine}");
+            if let Some(r) = self.records.get(&g.to_string())
+                && !r.contains(&ours)
+                && !self.records.contains_key(&kept)
+            {
+                let r = r.clone();
+                self.records.insert(kept, r);
             }
             self.selected.insert(prof.to_owned(), g);
             g
@@ -729,6 +742,9 @@ impl State {
         let (prof, run, reselected) = (a[0], a[2], a[3]);
         let n = self.current_generation(prof);
         let ours = format!("\"run_id\":\"{run}\"");
+        let mine = format!(".before-{run}");
+        let kept = self.records.remove(&format!("{n}{mine}"));
+        self.records.retain(|k, _| !k.ends_with(&mine));
         let Some(rec) = self
             .records
             .get(&n.to_string())
@@ -737,6 +753,13 @@ impl State {
             return ok("NixgateUndo=none\n");
         };
         let prev = replaced_of(rec);
+        // A re-selection's record goes for the one it overwrote.
+        let put_back = kept.filter(|_| !reselected.is_empty());
+        if let Some(own) = &put_back
+            && let Some(r) = self.records.insert(n.to_string(), own.clone())
+        {
+            self.records.insert(format!("{n}.undone"), r);
+        }
         if prev == Some(n) {
             return ok("NixgateUndo=kept\n");
         }
@@ -751,7 +774,9 @@ impl State {
         if reselected.is_empty() {
             self.deleted.insert((prof.to_owned(), n));
         }
-        if let Some(r) = self.records.remove(&n.to_string()) {
+        if put_back.is_none()
+            && let Some(r) = self.records.remove(&n.to_string())
+        {
             self.records.insert(format!("{n}.undone"), r);
         }
         ok(&format!("NixgateUndo={n}\n"))

@@ -3,8 +3,10 @@
 //! generations `nixgate-known-good-<N>-link` are the history) plus one tag
 //! record per generation, `/var/lib/nixgate/known-good/<N>.json` (UTC time,
 //! git commit, closure, gates passed with their evidence, run id), written
-//! atomically by a fixed script that gets the JSON as an argument. The
-//! controller keeps its own copy; this one survives the controller.
+//! atomically by a fixed script that gets the JSON on its stdin (`MARK`).
+//! The host's records are the only ones: the controller keeps no copy (a
+//! host may be deployed from several controllers, and its history outlives
+//! any of them), so every reader asks the host.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -133,7 +135,13 @@ pub struct Baseline {
 /// flags and the next mark adopts.
 ///
 /// The record says which generation it replaced (`replaced`), so a mark
-/// whose answer never came back can be undone ([`UNDO_MARK`]).
+/// whose answer never came back can be undone ([`UNDO_MARK`]). A
+/// re-selection (a rollback to generation K) writes its record over K's
+/// own, the proof K was known-good: it keeps that one as
+/// `.K.before-<run>.json` for the undo to put back. The host cannot tell
+/// whether the answer arrives, so a mark that stands leaves its copy; the
+/// next mark (another run's: the host lock keeps runs apart, and a run's
+/// undo comes before it lets the host go) removes it.
 ///
 /// Exits: 3 the generation to re-select is not the closure; 4 the record
 /// could not be written and the profile was put back; 5 neither; 6 the
@@ -147,6 +155,8 @@ cat > "$tmp" || { rm -f "$tmp"; exit 1; }
 # the first still does (it ignores the hang-up).
 if command -v flock >/dev/null 2>&1; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 if [ "$(wc -c < "$tmp" | tr -d ' ')" != "$len" ]; then rm -f "$tmp"; echo "the record arrived cut short" >&2; exit 6; fi
+# What an earlier run's re-selection kept for its undo: that run is over.
+for f in "$dir"/.*.before-*; do case ${f##*/} in .*.before-"$run".json*) ;; *) rm -f "$f" ;; esac; done
 old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
 [ -n "$old" ] || oldn=
 # Run again after a lost answer: this run's mark stands, as it was made.
@@ -180,7 +190,14 @@ fi
 last=$(cat "$pending.last")
 if [ -n "$gen" ]; then
   [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$pending" "$pending.last"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
-  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
+  # The record written below replaces the generation's own: kept for an
+  # undo to put back (a mark that stands leaves it to the next mark).
+  kept=$dir/.$gen.before-$run.json
+  if [ ! -f "$kept" ] && [ -f "$dir/$gen.json" ] && ! grep -qF "\"run_id\":\"$run\"" "$dir/$gen.json"; then
+    { cp "$dir/$gen.json" "$kept.tmp" && { sync "$kept.tmp" 2>/dev/null || sync; } && mv -f "$kept.tmp" "$kept"; } ||
+      { rm -f "$tmp" "$pending" "$pending.last" "$kept.tmp"; exit 1; }
+  fi
+  nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last" "$kept"; exit 1; }
 else
   nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
 fi
@@ -195,6 +212,7 @@ if { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-nul
   exit 0
 fi
 rm -f "$rec" "$tmp" "$pending" "$pending.last"
+[ -z "$gen" ] || rm -f "$kept"
 echo "writing $dir/$n.json failed" >&2
 if [ -n "$replaced" ]; then nix-env -p "$prof" --switch-generation "$replaced" >/dev/null || exit 5
 else rm -f "$prof" || exit 5; fi
@@ -206,8 +224,12 @@ exit 4"#;
 /// the profile goes back to the generation the record says it replaced
 /// (none: no profile), a generation the mark created is deleted (`$4`
 /// empty: it was not a re-selection), and the record is kept as
-/// `<N>.undone.json`. A mark that re-used the generation it replaced (the
-/// same closure) is left: that generation was known-good before. A mark
+/// `<N>.undone.json`; a re-selection's (`$4` not empty) goes there for
+/// the record it overwrote, which [`MARK`] kept (without it, generation N
+/// was left with no record: refused for good as a mark that never
+/// finished). A mark that re-used the generation it replaced (the same
+/// closure) is left: that generation was known-good before (a
+/// re-selection's record is put back all the same). A mark
 /// cut off between `nix-env` and the record (the host went down) left
 /// `.pending-<run>.replaced`, naming the generation to go back to. Prints
 /// what it did.
@@ -215,9 +237,17 @@ pub(crate) const UNDO_MARK: &str = r#"prof=$1; dir=$2; run=$3; reselected=$4
 trap '' HUP PIPE
 if command -v flock >/dev/null 2>&1 && mkdir -p "$dir"; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 pending=$dir/.pending-$run.replaced
-cur=$(readlink "$prof" 2>/dev/null) || { rm -f "$pending"; echo "NixgateUndo=none"; exit 0; }
+# What this run's re-selection kept of the record it overwrote (see MARK).
+forget() { for f in "$dir"/.*.before-"$run".json*; do rm -f "$f"; done; }
+cur=$(readlink "$prof" 2>/dev/null) || { rm -f "$pending"; forget; echo "NixgateUndo=none"; exit 0; }
 n=${cur%-link}; n=${n##*-}
 rec=$dir/$n.json
+kept=$dir/.$n.before-$run.json
+# A re-selection's record goes (as <N>.undone.json) for the one it replaced.
+putback() {
+  [ -n "$reselected" ] && [ -f "$kept" ] || return 1
+  cp "$rec" "$dir/$n.undone.json" 2>/dev/null; mv -f "$kept" "$rec" || true
+}
 if grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null; then
   prev=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$rec")
   created=$(sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$rec")
@@ -227,16 +257,17 @@ elif [ -f "$pending" ] && [ ! -f "$rec" ]; then
   last=$(cat "$pending.last" 2>/dev/null); created=
   [ -z "$last" ] || [ "$n" -gt "$last" ] || created=false
 else
-  rm -f "$pending" "$pending.last"; echo "NixgateUndo=none"; exit 0
+  rm -f "$pending" "$pending.last"; forget; echo "NixgateUndo=none"; exit 0
 fi
-[ "$prev" != "$n" ] || { rm -f "$pending" "$pending.last"; echo "NixgateUndo=kept"; exit 0; }
+[ "$prev" != "$n" ] || { putback; rm -f "$pending" "$pending.last"; forget; echo "NixgateUndo=kept"; exit 0; }
 if [ -n "$prev" ]; then nix-env -p "$prof" --switch-generation "$prev" >/dev/null || exit 1
 else rm -f "$prof" || exit 1; fi
 # Only a generation this mark made goes (a record from before `created`
 # was written says nothing: as before, it goes).
 [ -n "$reselected" ] || [ "$created" = false ] || rm -f "$prof-$n-link"
-[ ! -f "$rec" ] || mv -f "$rec" "$dir/$n.undone.json"
+putback || [ ! -f "$rec" ] || mv -f "$rec" "$dir/$n.undone.json"
 rm -f "$pending" "$pending.last" "$dir/.pending-$run".*.json
+forget
 echo "NixgateUndo=$n""#;
 
 pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";

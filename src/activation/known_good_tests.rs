@@ -504,6 +504,60 @@ async fn real_undo_keeps_a_generation_the_mark_did_not_make() {
     assert_eq!(gens, [1, 2], "generation 2 was known-good before this run");
 }
 
+/// Real: a rollback's mark re-selecting generation 1 overwrites its record
+/// with the run's; its answer lost, the undo puts the profile back and
+/// generation 1's own record back (it was refused as unrecorded for good
+/// when the undo took it away). Re-selecting the generation the profile is
+/// on, the undo keeps the profile there and puts its record back too. A
+/// successful re-selection's copy of the record goes with the next mark.
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_undo_of_a_reselection_puts_the_record_back() {
+    let t = Real::new();
+    let (a, b) = (t.add("sys-a"), t.add("sys-b"));
+    let (paths, r) = (&t.paths, &t.r);
+    mark(r, paths, false, request(&a, 100)).await.unwrap();
+    mark(r, paths, false, request(&b, 200)).await.unwrap();
+    let before = std::fs::read_to_string(t.dir.path().join("records/1.json")).unwrap();
+    let reselect = |run: &str, closure: &str, generation: u64| {
+        let mut req = request(closure, 300);
+        req.run_id = RunId::parse(run).unwrap();
+        req.reselect = Some(generation);
+        req
+    };
+    let kept = |name: &str| t.dir.path().join("records").join(name).exists();
+    let back = reselect("r7", &a, 1);
+    let m = mark(r, paths, false, back.clone()).await.unwrap();
+    assert_eq!((m.generation, m.record.replaced), (1, Some(2)));
+    undo_mark(r, paths, &back, false).await.unwrap();
+    assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), b);
+    let after = std::fs::read_to_string(t.dir.path().join("records/1.json")).unwrap();
+    assert_eq!(after, before, "generation 1 has its own record again");
+    assert!(kept("1.undone.json") && !kept(".1.before-r7.json"));
+    let h = history(r, paths).await.unwrap();
+    let running = StorePath::parse(&b).unwrap();
+    let target = crate::plan::rollback_target::choose_target(&h, Some(&running), None, None);
+    assert_eq!(target.map(|t| t.generation), Ok(Some(1)));
+
+    // Re-selecting what the profile is on (the host ran something else).
+    let b2 = std::fs::read_to_string(t.dir.path().join("records/2.json")).unwrap();
+    let same = reselect("r8", &b, 2);
+    mark(r, paths, false, same.clone()).await.unwrap();
+    undo_mark(r, paths, &same, false).await.unwrap();
+    assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), b);
+    let after = std::fs::read_to_string(t.dir.path().join("records/2.json")).unwrap();
+    assert_eq!(after, b2, "generation 2 has its own record again");
+    assert!(!kept(".2.before-r8.json"));
+
+    // A re-selection that stands keeps its copy until the next mark.
+    mark(r, paths, false, reselect("r9", &a, 1)).await.unwrap();
+    assert!(kept(".1.before-r9.json"));
+    let mut next = request(&b, 400);
+    next.run_id = RunId::parse("r10").unwrap();
+    mark(r, paths, false, next).await.unwrap();
+    assert!(!kept(".1.before-r9.json"));
+}
+
 /// A mark stopped by its bound on the host (`timeout`, 124) may have set
 /// the profile without its record, as a lost one may have: it is undone,
 /// and the error says it took too long.

@@ -204,9 +204,11 @@ pub enum Command {
     /// Release tags recorded in the configuration repository.
     #[command(subcommand)]
     Release(ReleaseCommand),
-    /// Redeploy, through every gate, the known-good closure before the one a
-    /// host runs now (or its last known-good, when it runs an unvalidated
-    /// closure), or a named known-good generation.
+    /// Redeploy, through every gate, the known-good closure a host's
+    /// known-good profile was on before the one it runs now was marked (by
+    /// number, the one before it, when its record does not say), or its
+    /// last known-good when it runs an unvalidated closure, or a named
+    /// known-good generation.
     #[command(after_help = EXIT_CODES_HELP)]
     Rollback {
         /// The known-good generation to go back to (see `nixgate status`).

@@ -498,3 +498,56 @@ async fn a_pending_reboot_fails_the_run_unless_allowed() {
         assert_eq!(exit_code(&hosts), u8::from(!allowed), "allowed: {allowed}");
     }
 }
+
+/// A rollback's targets are chosen from histories read before the host
+/// locks: a host whose known-good profile moved in between (another run
+/// marked a generation) is refused, to be rolled back again; one whose
+/// profile stands where it did stays ready.
+#[tokio::test]
+async fn a_rollback_target_read_before_the_lock_is_checked_after_it() {
+    const ODD: &str = "/nix/store/1d1x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.08";
+    let f = fixture(inventory(0, "0s"), [NEW; 3], builds(&[]));
+    for h in ["web1", "web2"] {
+        let mut st = f.hosts[h].state();
+        st.profiles
+            .insert(KNOWN_GOOD.to_owned(), vec![sp(OLD), sp(NEW)]);
+    }
+    let sel = f.inv.select(&Default::default()).unwrap();
+    let p = Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: &sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    };
+    let hosts = ["web1".to_owned(), "web2".to_owned()];
+    let found = plan::rollback_target::find_all(&p, &hosts, None).await;
+    assert_eq!(found.stood.get("web1"), Some(&Some(2)));
+    // Another run marks a generation on web1 before this one locks it.
+    f.hosts["web1"]
+        .state()
+        .profiles
+        .get_mut(KNOWN_GOOD)
+        .unwrap()
+        .push(sp(ODD));
+    let mut verdicts = found.verdicts;
+    let cancelled = plan::rollback_target::recheck(&p, &found.stood, &mut verdicts).await;
+    assert!(!cancelled);
+    assert!(
+        matches!(verdicts["web2"], Verdict::Ready { .. }),
+        "{:?}",
+        verdicts["web2"]
+    );
+    assert_eq!(
+        verdicts["web1"],
+        Verdict::Refused {
+            refusal: Refusal::NoRollbackTarget {
+                why: plan::NoTarget::Moved {
+                    was: Some(2),
+                    now: Some(3)
+                }
+            }
+        }
+    );
+}

@@ -347,6 +347,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     let mut plan_cancelled = None;
     let mut closures = HashMap::new();
     let mut locks = HashMap::new();
+    let mut stood = HashMap::new();
     match req {
         Request::Build { source } | Request::Diff { source, .. } | Request::Push { source, .. } => {
             let mut found = Found {
@@ -374,6 +375,7 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
                 plan_cancelled = Some(PlanStage::Targets);
             }
             verdicts.extend(found.verdicts);
+            stood = found.stood;
         }
     }
     if req.pushes()
@@ -386,6 +388,10 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
         plan_cancelled = Some(PlanStage::CachePush);
     }
     if req.deploys() && plan_cancelled.is_none() && lock_ready(p, &mut verdicts, &mut locks).await {
+        plan_cancelled = Some(PlanStage::Lock);
+    }
+    // The rollback targets were chosen before the locks: still so?
+    if plan_cancelled.is_none() && rollback_target::recheck(p, &stood, &mut verdicts).await {
         plan_cancelled = Some(PlanStage::Lock);
     }
     let mut keys = HashMap::new();

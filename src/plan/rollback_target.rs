@@ -7,6 +7,22 @@
 //! second rollback goes on to the generation before K instead of flipping
 //! back to the one the first rollback left.
 //!
+//! Back from where the host stands is where the profile was when that
+//! generation was marked (its record's `replaced`), when that is an older
+//! generation, and on from there: after a rollback to K and a push that
+//! marked N on top of it, back from N is K, never the generations after K
+//! the rollback moved away from (going by number alone went there). A
+//! record without an older `replaced` (written before it was recorded, a
+//! re-mark of the same closure, a rollback's re-selection) goes by number.
+//! `--to N` is by number.
+//!
+//! The history is read before the host's lock is taken (the plan locks
+//! every ready host at once, after their targets), so another run may mark
+//! a generation in between. After the lock the history is read again
+//! ([`recheck`]): a host whose profile no longer stands where it did is
+//! refused ([`NoTarget::Moved`]), to be rolled back again from where it
+//! stands, not sent to a target chosen from where it stood.
+//!
 //! A known-good generation without a record is a mark that never finished
 //! (the host went down between `nix-env --set` and the record: the
 //! candidate the run counted failed), never a target, when
@@ -32,6 +48,8 @@
 //! and back goes on from there as always. Where neither is known, back is
 //! the newest known-good generation before the mark whose closure is not
 //! what the host runs.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +84,11 @@ pub enum NoTarget {
     },
     /// The host's history could not be read.
     Unreadable { error: String },
+    /// The known-good profile moved between reading the history and taking
+    /// the host's lock (another run marked a generation meanwhile): the
+    /// target was chosen from where the host no longer stands. Run the
+    /// rollback again. `None`: no profile.
+    Moved { was: Option<u64>, now: Option<u64> },
 }
 
 /// Where a host goes back to.
@@ -220,7 +243,7 @@ fn back(
         return Ok(t);
     }
     let mut skipped = None;
-    for g in history[..stand].iter().rev() {
+    for g in history[..walk_from(history, stand)].iter().rev() {
         if g.closure.is_some() && g.closure.as_ref() == here.closure.as_ref() {
             continue;
         }
@@ -232,6 +255,24 @@ fn back(
     Err(skipped.unwrap_or(NoTarget::NothingEarlier {
         generation: here.generation,
     }))
+}
+
+/// Where the walk back from `history[at]` starts (it takes the generations
+/// before the returned index, newest first): at the generation its record
+/// says it replaced (where the profile was when it was marked), when that
+/// is an older one; after a rollback re-selected an older generation, the
+/// generations between it and the mark made on top of it are what the
+/// rollback moved away from. That generation gone, the newest one before
+/// it. Without a `replaced` older than it (a record from before it was
+/// written; a mark that re-marked what the profile was on; a rollback's
+/// re-selection, which replaced a newer generation): by number, the
+/// generations before it.
+fn walk_from(history: &[KnownGoodGeneration], at: usize) -> usize {
+    let here = &history[at];
+    match here.record.as_ref().and_then(|r| r.replaced) {
+        Some(r) if r < here.generation => history[..at].partition_point(|g| g.generation <= r),
+        _ => at,
+    }
 }
 
 /// Where the host stood before the mark of `history[at]` that never
@@ -284,56 +325,68 @@ fn back_past_unfinished(
 
 /// The targets found, as verdicts.
 pub struct Found {
-    pub verdicts: std::collections::HashMap<String, Verdict>,
+    pub verdicts: HashMap<String, Verdict>,
+    /// Where each ready host's known-good profile stood (its current
+    /// generation) when its target was chosen, for [`recheck`].
+    pub stood: HashMap<String, Option<u64>>,
     pub cancelled: bool,
 }
 
 /// Find every host's target.
 pub async fn find_all<F: Fleet>(p: &Planning<'_, F>, hosts: &[String], to: Option<u64>) -> Found {
     let lookups = futures_util::future::join_all(hosts.iter().map(|h| async move {
-        let v = match target_for(p, h, to).await {
-            Ok((t, running)) => Verdict::Ready {
-                candidate: Candidate {
+        let (v, stood) = match target_for(p, h, to).await {
+            Ok(Chosen {
+                target: t,
+                running,
+                stood,
+            }) => {
+                let candidate = Candidate {
                     closure: t.closure,
                     earlier_gates: Vec::new(),
                     generation: t.generation,
                     never_validated: t.never_validated,
                     commit: t.commit,
-                },
-                running,
-            },
-            Err(refusal) => Verdict::Refused { refusal },
+                };
+                (Verdict::Ready { candidate, running }, Some(stood))
+            }
+            Err(refusal) => (Verdict::Refused { refusal }, None),
         };
-        (h.clone(), v)
+        (h.clone(), v, stood)
     }));
-    tokio::select! {
-        all = lookups => Found { verdicts: all.into_iter().collect(), cancelled: false },
-        _ = p.stop.cancelled() => Found { verdicts: Default::default(), cancelled: true },
+    let all = tokio::select! {
+        all = lookups => all,
+        _ = p.stop.cancelled() => {
+            return Found { verdicts: HashMap::new(), stood: HashMap::new(), cancelled: true };
+        }
+    };
+    let mut found = Found {
+        verdicts: HashMap::new(),
+        stood: HashMap::new(),
+        cancelled: false,
+    };
+    for (h, v, stood) in all {
+        if let Some(stood) = stood {
+            found.stood.insert(h.clone(), stood);
+        }
+        found.verdicts.insert(h, v);
     }
+    found
+}
+
+/// A host's target, what it ran and where its profile stood.
+struct Chosen {
+    target: Target,
+    running: Option<StorePath>,
+    stood: Option<u64>,
 }
 
 async fn target_for<F: Fleet>(
     p: &Planning<'_, F>,
     host: &str,
     to: Option<u64>,
-) -> Result<(Target, Option<StorePath>), Refusal> {
-    let h = p.inventory.host(host).ok_or_else(|| Refusal::Unreachable {
-        error: format!("{host} is not in the inventory"),
-    })?;
-    let remote = p
-        .fleet
-        .host(host)
-        .await
-        .map_err(|e| Refusal::no_session(&e))?;
-    let unreadable = |e: anyhow::Error| Refusal::NoRollbackTarget {
-        why: NoTarget::Unreadable {
-            error: format!("{e:#}"),
-        },
-    };
-    let paths = HostPaths::for_os(h.os);
-    let history = known_good::history(&remote, &paths)
-        .await
-        .map_err(unreadable)?;
+) -> Result<Chosen, Refusal> {
+    let (remote, paths, history) = read_history(p, host).await?;
     let running = links::read_store_link(&remote, &paths.current_system)
         .await
         .map_err(unreadable)?;
@@ -342,7 +395,87 @@ async fn target_for<F: Fleet>(
         .map_err(unreadable)?;
     let target = choose_target(&history, running.as_ref(), to, baseline.as_ref())
         .map_err(|why| Refusal::NoRollbackTarget { why })?;
-    Ok((target, running))
+    Ok(Chosen {
+        target,
+        running,
+        stood: standing(&history),
+    })
+}
+
+/// The host's session, paths and known-good history.
+async fn read_history<F: Fleet>(
+    p: &Planning<'_, F>,
+    host: &str,
+) -> Result<(F::Remote, HostPaths, Vec<KnownGoodGeneration>), Refusal> {
+    let h = p.inventory.host(host).ok_or_else(|| Refusal::Unreachable {
+        error: format!("{host} is not in the inventory"),
+    })?;
+    let remote = p
+        .fleet
+        .host(host)
+        .await
+        .map_err(|e| Refusal::no_session(&e))?;
+    let paths = HostPaths::for_os(h.os);
+    let history = known_good::history(&remote, &paths)
+        .await
+        .map_err(unreadable)?;
+    Ok((remote, paths, history))
+}
+
+fn unreadable(e: anyhow::Error) -> Refusal {
+    Refusal::NoRollbackTarget {
+        why: NoTarget::Unreadable {
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The known-good profile's current generation (`None`: no profile).
+fn standing(history: &[KnownGoodGeneration]) -> Option<u64> {
+    history.iter().find(|g| g.current).map(|g| g.generation)
+}
+
+/// After the host locks: each ready host whose known-good profile no
+/// longer stands where it did when its target was chosen (`stood`) is
+/// refused ([`NoTarget::Moved`]). The history is read before the lock, so
+/// another run could mark a generation in between; the target chosen from
+/// it would then go back from where the host no longer stands. True when
+/// cancelled on the way.
+pub async fn recheck<F: Fleet>(
+    p: &Planning<'_, F>,
+    stood: &HashMap<String, Option<u64>>,
+    verdicts: &mut HashMap<String, Verdict>,
+) -> bool {
+    let ready = stood
+        .iter()
+        .filter(|(h, _)| matches!(verdicts.get(*h), Some(Verdict::Ready { .. })));
+    let checks = futures_util::future::join_all(ready.map(|(h, was)| async move {
+        let still = match read_history(p, h).await {
+            Ok((_, _, history)) => unmoved(*was, &history),
+            Err(refusal) => Err(refusal),
+        };
+        (h.clone(), still)
+    }));
+    let all = tokio::select! {
+        all = checks => all,
+        _ = p.stop.cancelled() => return true,
+    };
+    for (h, still) in all {
+        if let Err(refusal) = still {
+            verdicts.insert(h, Verdict::Refused { refusal });
+        }
+    }
+    false
+}
+
+/// The profile still stands at `was`, or why not.
+fn unmoved(was: Option<u64>, history: &[KnownGoodGeneration]) -> Result<(), Refusal> {
+    match standing(history) {
+        now if now == was => Ok(()),
+        now => Err(Refusal::NoRollbackTarget {
+            why: NoTarget::Moved { was, now },
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -599,6 +732,90 @@ mod tests {
         // The first rollback re-selected generation 2: the host stands there.
         let h = hist(&['a', 'b', 'c'], 2);
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
+    }
+
+    /// After a rollback and a push, back is where the push's mark found
+    /// the profile, not the generation the rollback moved away from: a(1),
+    /// b(2), c(3); c was bad and a rollback re-selected 2 (its record now
+    /// says it replaced 3); then `push d` made 4 (replaced 2), and d is bad.
+    #[test]
+    fn after_a_rollback_and_a_push_back_is_what_the_push_replaced() {
+        let mut h = hist(&['a', 'b', 'c', 'd'], 4);
+        h[1].record.as_mut().unwrap().replaced = Some(3);
+        h[3].record.as_mut().unwrap().replaced = Some(2);
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
+        // Rolled back to 2 (its record now says it replaced 4): on to 1.
+        let mut on2 = h.clone();
+        on2[3].current = false;
+        on2[1].current = true;
+        on2[1].record.as_mut().unwrap().replaced = Some(4);
+        assert_eq!(choose_target(&on2, Some(&sp('b')), None, None), to('a', 1));
+        // What it replaced gone from the store: on back from there, never
+        // to what the rollback moved away from.
+        let mut gone = h.clone();
+        gone[1].present = false;
+        assert_eq!(choose_target(&gone, Some(&sp('d')), None, None), to('a', 1));
+        gone[0].present = false;
+        assert_eq!(
+            choose_target(&gone, Some(&sp('d')), None, None),
+            Err(NoTarget::Missing { generation: 2 })
+        );
+        // Its generation deleted: the newest one before it.
+        let mut deleted = h.clone();
+        deleted.remove(1);
+        assert_eq!(
+            choose_target(&deleted, Some(&sp('d')), None, None),
+            to('a', 1)
+        );
+        // A mark that never finished is no target there either.
+        let mut unfinished = h.clone();
+        unfinished[1].record = None;
+        unfinished[1].cut_off = true;
+        assert_eq!(
+            choose_target(&unfinished, Some(&sp('d')), None, None),
+            to('a', 1)
+        );
+        // `--to` is by number, as always.
+        assert_eq!(choose_target(&h, Some(&sp('d')), Some(3), None), to('c', 3));
+    }
+
+    /// Without a usable `replaced`, back is by number: a record from before
+    /// it was written, one of a mark that re-marked the closure the profile
+    /// was on (it replaced itself), one of a rollback's re-selection (it
+    /// replaced a newer generation).
+    #[test]
+    fn without_what_it_replaced_back_is_by_number() {
+        let h = hist(&['a', 'b', 'c'], 3);
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
+        let mut itself = h.clone();
+        itself[2].record.as_mut().unwrap().replaced = Some(3);
+        assert_eq!(
+            choose_target(&itself, Some(&sp('c')), None, None),
+            to('b', 2)
+        );
+        let mut newer = hist(&['a', 'b', 'c'], 2);
+        newer[1].record.as_mut().unwrap().replaced = Some(3);
+        assert_eq!(
+            choose_target(&newer, Some(&sp('b')), None, None),
+            to('a', 1)
+        );
+    }
+
+    /// Where the profile stood when the target was chosen, against where it
+    /// stands after the lock: any other generation (or none) is a move.
+    #[test]
+    fn a_profile_that_moved_is_refused() {
+        let moved = |was, now| {
+            Err(Refusal::NoRollbackTarget {
+                why: NoTarget::Moved { was, now },
+            })
+        };
+        let h = hist(&['a', 'b', 'c'], 2);
+        assert_eq!(unmoved(Some(2), &h), Ok(()));
+        assert_eq!(unmoved(Some(3), &h), moved(Some(3), Some(2)));
+        assert_eq!(unmoved(None, &h), moved(None, Some(2)));
+        assert_eq!(unmoved(Some(1), &[]), moved(Some(1), None));
+        assert_eq!(unmoved(None, &[]), Ok(()));
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotFastForward { branch_at, new } => write!(
                 f,
                 "the release branch is at {branch_at}, which is not an ancestor of {new}: \
-                 releasing would rewind or fork it; pass --force to move it anyway"
+                 releasing would rewind or fork it; pass --force-release to move it anyway"
             ),
         }
     }

@@ -1,8 +1,10 @@
-//! The controller's state directory: the controller lock, run reports and the
-//! controller's copy of every known-good record.
+//! The controller's state directory: the controller lock and run reports.
+//! Known-good records live on the hosts only (see
+//! `activation::known_good`): a run's report shows the marks that run made,
+//! and the controller keeps no known-good history of its own.
 //!
 //! Layout under `$XDG_STATE_HOME/nixgate` (or `--state-dir`):
-//! `lock`, `runs/<run-id>.json`, `latest.json`, `known-good/<host>/<generation>.json`.
+//! `lock`, `runs/<run-id>.json`, `latest.json`.
 
 pub mod clock;
 pub mod lock;

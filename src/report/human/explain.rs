@@ -109,6 +109,9 @@ fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
         Refusal::Locked { .. } | Refusal::LockFailed { .. } => {
             format!("`nixgate status {host}` shows who holds it; then `nixgate {command} {host}`")
         }
+        Refusal::NoRollbackTarget {
+            why: crate::plan::NoTarget::Moved { .. },
+        } => format!("`nixgate {command} {host}` again goes back from where it stands now"),
         Refusal::NoRollbackTarget { .. } => {
             format!("`nixgate status --history {host}` lists its known-good generations")
         }

@@ -302,6 +302,15 @@ fn no_target(why: &NoTarget) -> String {
                 first_line(error)
             )
         }
+        NoTarget::Moved { was, now } => {
+            let at = |g: &Option<u64>| g.map_or("none".to_owned(), |g| format!("generation {g}"));
+            format!(
+                "its known-good profile moved from {} to {} while the rollback was planned \
+                 (another run marked it): run the rollback again",
+                at(was),
+                at(now)
+            )
+        }
     }
 }
 
