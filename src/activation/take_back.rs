@@ -14,17 +14,18 @@ use crate::nix::StorePath;
 use crate::remote::Remote;
 
 /// Take the host back. `mark` is the generation this run marked (if it
-/// marked one), `before` what the host ran before the run. Returns the
-/// generation revoked and how the rollback went.
+/// marked one), `mode` as far as the run's goal went (the boot default is
+/// switched back only when the run moved it), `before` what the host ran
+/// before the run. Returns the generation revoked and how the rollback
+/// went.
 pub async fn take_back<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
-    mark: Option<u64>,
+    (mark, mode): (Option<u64>, RollbackMode),
     before: &StorePath,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> (Option<u64>, RollbackOutcome) {
-    let mode = RollbackMode::Persistent;
     let mut revoked = None;
     let mut to = before.clone();
     if let Some(generation) = mark {

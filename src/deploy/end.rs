@@ -32,7 +32,9 @@ pub enum HostEnd {
         checks: Vec<HealthReport>,
         /// The known-good generation revoked (the one this run marked).
         revoked: Option<u64>,
-        rollback: RollbackOutcome,
+        /// `None`: not taken back, this run did not change the host (it
+        /// already ran the candidate).
+        rollback: Option<RollbackOutcome>,
     },
 }
 
@@ -62,9 +64,10 @@ impl HostEnd {
             } => OutcomeKind::Aborted,
             HostEnd::Interrupted { .. } => OutcomeKind::Failed,
             HostEnd::SoakFailed {
-                rollback: RollbackOutcome::RolledBack { .. },
+                rollback: Some(RollbackOutcome::RolledBack { .. }),
                 ..
             } => OutcomeKind::RolledBack,
+            HostEnd::SoakFailed { rollback: None, .. } => OutcomeKind::Failed,
             HostEnd::SoakFailed { .. } => OutcomeKind::RollbackFailed,
         }
     }
@@ -233,7 +236,7 @@ impl HostSummary {
                     | HostOutcome::RollbackFailed { .. }
                     | HostOutcome::RevertedByHost { .. }
             ),
-            HostEnd::SoakFailed { .. } => true,
+            HostEnd::SoakFailed { rollback, .. } => rollback.is_some(),
             _ => false,
         }
     }

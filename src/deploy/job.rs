@@ -326,11 +326,25 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if reports.iter().all(|r| r.passed()) {
             return done;
         }
+        // A host that already ran the candidate was not changed by this
+        // run: nothing of it is taken back, and a mark that re-used the
+        // generation it stood on is not revoked (REVOKE deleted a
+        // generation an earlier run had proven). It fails its wave.
+        if let Some(HostOutcome::AlreadyCurrent { .. }) = done.end.outcome() {
+            return HostSummary {
+                end: HostEnd::SoakFailed {
+                    checks: reports,
+                    revoked: None,
+                    rollback: None,
+                },
+                ..done
+            };
+        }
         let mark = match done.end.outcome() {
             Some(HostOutcome::KnownGood { mark }) => Some(mark.generation),
-            Some(HostOutcome::AlreadyCurrent { mark }) => mark.as_ref().map(|m| m.generation),
             _ => None,
         };
+        let mode = take_back_mode(done.end.outcome());
         let Some(ready) = self.ready.get(host) else {
             return done;
         };
@@ -339,16 +353,40 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let (revoked, rollback) = if mark.is_none() && *before == ready.candidate.closure {
             (None, crate::activation::take_back::nowhere(before))
         } else {
-            take_back(&remote, &settings, &self.run_id, mark, before, &emit).await
+            take_back(
+                &remote,
+                &settings,
+                &self.run_id,
+                (mark, mode),
+                before,
+                &emit,
+            )
+            .await
         };
         HostSummary {
             end: HostEnd::SoakFailed {
                 checks: reports,
                 revoked,
-                rollback,
+                rollback: Some(rollback),
             },
             ..done
         }
+    }
+}
+
+/// How a soak's take-back switches: as far as the run's goal went. `test`
+/// left the boot default alone (one pending a reboot into something else
+/// included), `boot` the running system; the gated push and `switch`
+/// moved both.
+fn take_back_mode(outcome: Option<&HostOutcome>) -> crate::activation::RollbackMode {
+    use crate::activation::RollbackMode;
+    let Some(HostOutcome::Activated { goal }) = outcome else {
+        return RollbackMode::Persistent;
+    };
+    match goal.switch_action() {
+        Some(a) if a.changes_running_system() && !a.writes_boot_default() => RollbackMode::Live,
+        Some(a) if !a.changes_running_system() => RollbackMode::BootOnly,
+        _ => RollbackMode::Persistent,
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::activation::fake_host::{FakeHost, KNOWN_GOOD};
-use crate::activation::{HostOutcome, RollbackOutcome};
+use crate::activation::fake_host::{FakeHost, KNOWN_GOOD, SYSTEM};
+use crate::activation::{HostOutcome, RollbackMode, RollbackOutcome};
 use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
 use crate::nix::StorePath;
 use crate::nix::build::BuildFailure;
@@ -259,7 +259,7 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     };
     assert_eq!(*revoked, Some(2), "this run's known-good mark is revoked");
     assert!(
-        matches!(rollback, RollbackOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        matches!(rollback, Some(RollbackOutcome::RolledBack { to, .. }) if *to == sp(OLD)),
         "{rollback:?}"
     );
     assert_eq!(hosts[0].outcome(), OutcomeKind::RolledBack);
@@ -296,6 +296,67 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     releases::release_known_good(&r, &hosts);
     let released: Vec<Event> = f.events.take();
     assert!(released.is_empty(), "{released:?}");
+}
+
+/// A host that already ran the candidate, found unhealthy after its soak:
+/// this run did not change it, so nothing is taken back and no generation
+/// is revoked (before: the re-mark's generation, proven by an earlier run,
+/// was deleted and the host switched to the one before it). It fails its
+/// wave all the same.
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_host_the_run_did_not_change_is_not_taken_back() {
+    let f = fixture(inventory(0, "30s"), [NEW, OLD, OLD], Build::Hangs);
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let HostEnd::SoakFailed {
+        revoked, rollback, ..
+    } = &hosts[0].end
+    else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert_eq!((*revoked, rollback), (None, &None));
+    assert_eq!(hosts[0].outcome(), OutcomeKind::Failed);
+    assert!(!hosts[0].was_taken_back());
+    {
+        let st = f.hosts["web1"].state();
+        assert_eq!(st.current, sp(NEW), "left as it was");
+        assert_eq!(st.current_generation(KNOWN_GOOD), 1);
+        assert!(st.records.contains_key("1"), "{:?}", st.records);
+        assert!(!st.deleted.contains(&(KNOWN_GOOD.to_owned(), 1)));
+    }
+    assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+}
+
+/// `--goal test`, unhealthy after the soak: taken back live only; the boot
+/// default, which the run never wrote (here: one set for the next boot
+/// before the run), is left alone (before: switched back persistently).
+#[tokio::test(start_paused = true)]
+async fn a_test_goal_take_back_leaves_the_boot_default_alone() {
+    const PENDING: &str = "/nix/store/2bcdfghijklmnpqrsvwxyz0123456789-nixos-system-web-25.05";
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    {
+        let mut st = f.hosts["web1"].state();
+        st.unhealthy_after = Some(1);
+        st.set_profile(SYSTEM, &sp(PENDING));
+        st.boot_default = sp(PENDING);
+    }
+    let plan = plan_for(crate::gates::Goal::Test, &f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let HostEnd::SoakFailed { rollback, .. } = &hosts[0].end else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert!(
+        matches!(
+            rollback,
+            Some(RollbackOutcome::RolledBack { to, mode: RollbackMode::Live, .. }) if *to == sp(OLD)
+        ),
+        "{rollback:?}"
+    );
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(st.boot_default, sp(PENDING));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(PENDING)));
 }
 
 /// A run that switches nothing (`--goal copy`, `dry-activate`) through a

@@ -75,13 +75,13 @@ fn ends() -> Vec<HostEnd> {
                 }],
             }],
             revoked: Some(2),
-            rollback: RollbackOutcome::Failed {
+            rollback: Some(RollbackOutcome::Failed {
                 to: sp('a'),
                 mode: RollbackMode::Persistent,
                 error: RollbackError::NeedsReboot(RebootReason::SwitchInhibitors {
                     log_tail: vec![],
                 }),
-            },
+            }),
         },
     ]
 }

@@ -259,7 +259,7 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
                 revoked.map_or_else(String::new, |g| format!(
                     "known-good generation {g} revoked; "
                 )),
-                words::rollback(rollback, labels)
+                words::soak_rollback(rollback.as_ref(), labels)
             )),
             format!("fix the cause, then `nixgate {command} {host}`"),
         )),

@@ -779,8 +779,17 @@ pub fn end(e: &HostEnd, labels: &Labels) -> Option<String> {
             revoked
                 .map(|g| format!("; known-good generation {g} revoked"))
                 .unwrap_or_default(),
-            rollback(r, labels)
+            soak_rollback(r.as_ref(), labels)
         )),
+    }
+}
+
+/// What the soak's take-back did (`None`: there was none, the run had
+/// not changed the host).
+pub fn soak_rollback(r: Option<&RollbackOutcome>, labels: &Labels) -> String {
+    match r {
+        Some(r) => rollback(r, labels),
+        None => "not taken back: this run did not change it (it already ran the candidate)".into(),
     }
 }
 
