@@ -85,6 +85,7 @@ pub enum Event {
     InventoryError(InventoryProblem),
     /// `check`: the inventory is valid.
     InventoryOk {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
         file: std::path::PathBuf,
         hosts: usize,
         selected: usize,
@@ -271,6 +272,7 @@ pub enum Event {
     },
     /// The run report was written here.
     ReportWritten {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
         path: std::path::PathBuf,
     },
     /// `exec`: the hosts it runs on, in order, and how many at once.
