@@ -379,3 +379,51 @@ fn the_documented_event_schema_is_every_event_and_strict_json() {
     known.sort();
     assert_eq!(documented, known);
 }
+
+/// A wave of tags only whose tagged hosts are all in an earlier wave has
+/// no hosts: `check` warns about it, and `--wave` naming it is a usage
+/// error naming the hosts and where they are, not a run that does nothing.
+#[test]
+fn a_wave_left_with_no_hosts_is_a_usage_error_and_check_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(
+        dir.path(),
+        "inv.toml",
+        "[builder]\naddress = \"b.invalid\"\n\
+         [hosts.web1]\naddress = \"10.0.0.1\"\ntags = [\"web\"]\n\
+         [hosts.web2]\naddress = \"10.0.0.2\"\ntags = [\"web\"]\n\
+         [hosts.db1]\naddress = \"10.0.0.3\"\n\
+         [[waves]]\nname = \"canary\"\nhosts = [\"web1\", \"web2\"]\n\
+         [[waves]]\nname = \"web\"\ntags = [\"web\"]\n",
+    );
+    let inv = inv.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    for args in [
+        &["hosts", "--wave", "web", "-i", inv][..],
+        &[
+            "push",
+            "--yes",
+            "--wave",
+            "web",
+            "-i",
+            inv,
+            "--state-dir",
+            state,
+        ][..],
+    ] {
+        let out = nixgate(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("wave `web` has no hosts"), "{err}");
+        assert!(err.contains("web1 and web2 are in wave `canary`"), "{err}");
+    }
+    // Other waves still select as before.
+    let out = nixgate(&["hosts", "--wave", "canary", "-i", inv]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = nixgate(&["check", "--offline", "-i", inv]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("wave `web` has no hosts"), "{all}");
+}
