@@ -427,3 +427,97 @@ fn a_wave_left_with_no_hosts_is_a_usage_error_and_check_warns() {
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("wave `web` has no hosts"), "{all}");
 }
+
+/// A repository with one commit and a release of it for `web1`, and an
+/// inventory of web1 and web2 shipping from it (the builder refuses
+/// connections: nothing gets that far).
+fn released_fleet(dir: &Path) -> PathBuf {
+    let repo = dir.join("config");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Author")
+            .env("GIT_AUTHOR_EMAIL", "author@example.org")
+            .env("GIT_COMMITTER_NAME", "Author")
+            .env("GIT_COMMITTER_EMAIL", "author@example.org")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        text(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("flake.nix"), "{}\n").unwrap();
+    git(&["add", "flake.nix"]);
+    git(&["commit", "-q", "-m", "initial"]);
+    let req = nixgate::release::ReleaseRequest {
+        target: "web1".into(),
+        commit: git(&["rev-parse", "HEAD"]),
+        dirty: false,
+        closure: nixgate::nix::StorePath::parse(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxya-nixos-system-web1-25.05",
+        )
+        .unwrap(),
+        builder: "builder1".into(),
+        run_id: "20261122T202900Z-3f9a".into(),
+        evidence: nixgate::release::Evidence { gates: vec![] },
+        force: false,
+        at: None,
+    };
+    nixgate::release::create(&repo, &req).unwrap();
+    write_inventory(
+        dir,
+        "inv.toml",
+        &format!(
+            "[builder]\naddress = \"127.0.0.1\"\nport = 1\nconnect_timeout = \"2s\"\nsource = {:?}\n\
+             [hosts.web1]\naddress = \"127.0.0.2\"\nport = 1\n\
+             [hosts.web2]\naddress = \"127.0.0.3\"\nport = 1\n",
+            repo.to_str().unwrap()
+        ),
+    )
+}
+
+/// `push --release` deploys the release's host only: a selector naming
+/// other hosts, or `--expect`, would be dropped without a word, so both are
+/// usage errors saying what to do.
+#[test]
+fn push_release_with_other_hosts_or_expect_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = released_fleet(dir.path());
+    let inv = inv.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let base = ["push", "--yes", "--release", "release/web1", "-i", inv];
+    let cases: &[(&[&str], &str)] = &[
+        (&["web2"], "the selection picks web2"),
+        (&["--host", "web*"], "the selection picks web1 and web2"),
+        (&["--expect", "nginx"], "--expect"),
+    ];
+    for (extra, says) in cases {
+        let args: Vec<&str> = base
+            .iter()
+            .chain(*extra)
+            .chain(&["--state-dir", state])
+            .copied()
+            .collect();
+        let out = nixgate(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(err.contains("release/web1"), "{extra:?}: {err}");
+        assert!(!dir.path().join("state").join("runs").exists(), "{err}");
+    }
+    // Naming the release's host alone is what --release does anyway: it
+    // goes on (to find web1 unreachable, exit 1).
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["web1", "--state-dir", state])
+        .copied()
+        .collect();
+    let out = nixgate(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}

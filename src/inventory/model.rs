@@ -265,7 +265,7 @@ impl Wave {
 const LISTED: usize = 5;
 
 /// "a", "a and b", "a, b and c"; past [`LISTED`], "a, b, c, d, e and 3 more".
-fn listed(names: &[&str]) -> String {
+pub fn listed(names: &[&str]) -> String {
     match names {
         [] => String::new(),
         [one] => (*one).to_owned(),
