@@ -57,6 +57,12 @@ async fn running<F: Fleet>(
         .map_err(ReadError::Failed)
 }
 
+/// The link naming what `host` runs (for a refusal's words).
+fn current_link(inv: &Inventory, host: &str) -> String {
+    let os = inv.host(host).map(|h| h.os).unwrap_or_default();
+    HostPaths::for_os(os).current_system
+}
+
 /// Diff one host.
 async fn one<F: Fleet>(
     ctx: &Ctx<'_, F>,
@@ -236,14 +242,15 @@ pub async fn run<F: Fleet>(
 /// What the gate found for one host.
 enum Found<'a> {
     Diff(&'a HostDiff),
-    /// No session (unreachable, or sudo refused the run's password).
-    NoSession(Refusal),
+    /// Refused without a diff: no session (unreachable, or sudo refused the
+    /// run's password), or `--expect` on a host that runs no known system.
+    Refused(Refusal),
     Failed(String),
 }
 
 /// Why a host has no diff.
 enum Miss {
-    NoSession(Refusal),
+    Refused(Refusal),
     Failed(String),
 }
 
@@ -269,7 +276,7 @@ fn apply(
         Found::Diff(d) => Refusal::Drift {
             packages: d.drift.iter().map(|x| x.package.clone()).collect(),
         },
-        Found::NoSession(refusal) => refusal,
+        Found::Refused(refusal) => refusal,
         Found::Failed(error) => Refusal::DiffFailed { error },
     };
     *v = Verdict::Refused { refusal };
@@ -322,11 +329,16 @@ async fn diff_all<F: Fleet>(
             .unwrap_or_else(|| Err(ReadError::Failed(anyhow::anyhow!("not read"))));
         async move {
             let r = match (drvs.get(h), current) {
-                (Some(drv), Ok(current)) => one(ctx, h, cand, drv, current)
-                    .await
-                    .map_err(|e| Miss::Failed(format!("{e:#}"))),
+                (Some(drv), Ok(current)) => one(ctx, h, cand, drv, current).await.map_err(|e| {
+                    match e.downcast_ref::<diff::ExpectUnchecked>() {
+                        Some(_) => Miss::Refused(Refusal::NoCurrentSystem {
+                            link: current_link(inv, h),
+                        }),
+                        None => Miss::Failed(format!("{e:#}")),
+                    }
+                }),
                 (Some(_), Err(ReadError::Unreachable(e))) => {
-                    Err(Miss::NoSession(Refusal::no_session(&e)))
+                    Err(Miss::Refused(Refusal::no_session(&e)))
                 }
                 (Some(_), Err(ReadError::Failed(e))) => {
                     Err(Miss::Failed(format!("reading what {h} runs: {e:#}")))
@@ -350,7 +362,7 @@ async fn diff_all<F: Fleet>(
                 found(&h, Found::Diff(&diff));
                 sink.emit_handled(Event::Diff { host: h, diff }).await
             }
-            Err(Miss::NoSession(refusal)) => found(&h, Found::NoSession(refusal)),
+            Err(Miss::Refused(refusal)) => found(&h, Found::Refused(refusal)),
             Err(Miss::Failed(error)) => found(&h, Found::Failed(error)),
         }
     }

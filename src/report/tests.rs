@@ -61,6 +61,11 @@ fn ends() -> Vec<HostEnd> {
                 packages: vec!["openssl".into()],
             },
         },
+        HostEnd::Refused {
+            refusal: Refusal::NoCurrentSystem {
+                link: "/run/current-system".into(),
+            },
+        },
         HostEnd::NotStarted {
             why: NotStarted::EarlierWaveFailed {
                 wave: "canary".into(),
