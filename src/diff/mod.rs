@@ -33,6 +33,10 @@ pub struct HostDiff {
     /// Flake inputs changed between the commit the host's known-good was
     /// built from and the candidate's (when both are known and have a flake.lock).
     pub flake_inputs: Option<Vec<flake_lock::InputChange>>,
+    /// Why the flake inputs' change is not known, when it is not (the base
+    /// commit is not in the local clone, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flake_inputs_unknown: Option<flake_lock::InputsUnknown>,
     /// The candidate's closure as the builder reported it (the copy gate
     /// reuses it instead of asking again).
     #[serde(skip)]
@@ -57,6 +61,9 @@ impl HostDiff {
         }
         if let Some(inputs) = &self.flake_inputs {
             out.extend(render::render_inputs(inputs));
+        }
+        if let Some(why) = &self.flake_inputs_unknown {
+            out.push(render::render_inputs_unknown(why));
         }
         out.extend(render::render_drift(&self.drift));
         out
@@ -135,6 +142,7 @@ pub async fn diff_host<H: Remote, B: Remote>(
         structural,
         drift,
         flake_inputs: None,
+        flake_inputs_unknown: None,
         candidate_closure: Some(new),
     })
 }

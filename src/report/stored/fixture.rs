@@ -165,6 +165,7 @@ fn diff(flake_input: &str) -> HostDiff {
             name: flake_input.into(),
             rev: Some("0123456789abcdef".into()),
         }]),
+        flake_inputs_unknown: None,
         candidate_closure: None,
     }
 }
