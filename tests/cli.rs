@@ -521,3 +521,52 @@ fn push_release_with_other_hosts_or_expect_is_a_usage_error() {
     let out = nixgate(&args);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
+
+/// A stored run report: `ending` as given (`None`: a report written before
+/// nixgate stored it).
+fn run_report(state: &Path, id: &str, ending: Option<&str>, exit_code: u8, hosts: &str) {
+    let ending = ending.map_or(String::new(), |e| format!("\"ending\":\"{e}\","));
+    let body = format!(
+        r#"{{"run_id":"{id}","command":"push","goal":"gated","commit":null,"dirty":false,"user":null,"started":"2026-11-22T20:30:00Z","finished":"2026-11-22T20:30:05Z",{ending}"exit_code":{exit_code},"selected":["web1"],"hosts":{hosts},"events":[]}}"#
+    );
+    std::fs::create_dir_all(state.join("runs")).unwrap();
+    std::fs::write(state.join("runs").join(format!("{id}.json")), body).unwrap();
+}
+
+/// `show --json` ends with the summary the run ended with: its stored
+/// ending (a declined run is `declined`), and for a report older than the
+/// stored ending what can be told from it, else `unknown`.
+#[test]
+fn show_json_writes_the_runs_own_ending() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let not_started = r#"[{"host":"web1","wave":"rest","closure":null,"end":"not_started","why":{"reason":"cancelled"},"seconds":0.0,"pending_reboot_allowed":false}]"#;
+    run_report(state, "20261122T203000Z-0001", Some("declined"), 4, "[]");
+    run_report(state, "20261122T203000Z-0002", None, 4, "[]");
+    run_report(state, "20261122T203000Z-0003", None, 1, not_started);
+    run_report(
+        state,
+        "20261122T203000Z-0004",
+        Some("cancelled-before-run"),
+        1,
+        not_started,
+    );
+    for (id, ending) in [
+        ("20261122T203000Z-0001", "declined"),
+        ("20261122T203000Z-0002", "declined"),
+        ("20261122T203000Z-0003", "unknown"),
+        ("20261122T203000Z-0004", "cancelled-before-run"),
+    ] {
+        let out = nixgate(&["--json", "show", id, "--state-dir", state.to_str().unwrap()]);
+        let s = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{s}{}", text(&out.stderr));
+        let last = s
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("{id}: no output"));
+        nixgate::report::json::check_strict(last).unwrap();
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["event"], "summary", "{id}: {last}");
+        assert_eq!(v["ending"], ending, "{id}: {last}");
+    }
+}

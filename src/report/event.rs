@@ -62,6 +62,9 @@ pub enum Ending {
     CancelledBeforeRun,
     /// The inventory (or the command line) was refused.
     Invalid,
+    /// Not known: `show` of a run report written before nixgate stored how
+    /// runs end, when its exit code and hosts do not tell.
+    Unknown,
 }
 
 /// Everything a command reports, in order.

@@ -368,6 +368,7 @@ pub fn run(extra: usize) -> Run {
             started: "2026-11-22T20:30:00Z".into(),
             finished: Some("2026-11-22T20:30:25Z".into()),
             exit_code: Some(1),
+            ending: Some(crate::report::Ending::Completed),
             selected: all,
             hosts,
         },
