@@ -690,6 +690,7 @@ fn diff_metadata(
         structural: structural.clone(),
         drift,
         flake_inputs: None,
+        flake_inputs_unknown: None,
         candidate_closure: None,
     }
 }

@@ -379,3 +379,194 @@ fn the_documented_event_schema_is_every_event_and_strict_json() {
     known.sort();
     assert_eq!(documented, known);
 }
+
+/// A wave of tags only whose tagged hosts are all in an earlier wave has
+/// no hosts: `check` warns about it, and `--wave` naming it is a usage
+/// error naming the hosts and where they are, not a run that does nothing.
+#[test]
+fn a_wave_left_with_no_hosts_is_a_usage_error_and_check_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(
+        dir.path(),
+        "inv.toml",
+        "[builder]\naddress = \"b.invalid\"\n\
+         [hosts.web1]\naddress = \"10.0.0.1\"\ntags = [\"web\"]\n\
+         [hosts.web2]\naddress = \"10.0.0.2\"\ntags = [\"web\"]\n\
+         [hosts.db1]\naddress = \"10.0.0.3\"\n\
+         [[waves]]\nname = \"canary\"\nhosts = [\"web1\", \"web2\"]\n\
+         [[waves]]\nname = \"web\"\ntags = [\"web\"]\n",
+    );
+    let inv = inv.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    for args in [
+        &["hosts", "--wave", "web", "-i", inv][..],
+        &[
+            "push",
+            "--yes",
+            "--wave",
+            "web",
+            "-i",
+            inv,
+            "--state-dir",
+            state,
+        ][..],
+    ] {
+        let out = nixgate(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("wave `web` has no hosts"), "{err}");
+        assert!(err.contains("web1 and web2 are in wave `canary`"), "{err}");
+    }
+    // Other waves still select as before.
+    let out = nixgate(&["hosts", "--wave", "canary", "-i", inv]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = nixgate(&["check", "--offline", "-i", inv]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("wave `web` has no hosts"), "{all}");
+}
+
+/// A repository with one commit and a release of it for `web1`, and an
+/// inventory of web1 and web2 shipping from it (the builder refuses
+/// connections: nothing gets that far).
+fn released_fleet(dir: &Path) -> PathBuf {
+    let repo = dir.join("config");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Author")
+            .env("GIT_AUTHOR_EMAIL", "author@example.org")
+            .env("GIT_COMMITTER_NAME", "Author")
+            .env("GIT_COMMITTER_EMAIL", "author@example.org")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        text(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("flake.nix"), "{}\n").unwrap();
+    git(&["add", "flake.nix"]);
+    git(&["commit", "-q", "-m", "initial"]);
+    let req = nixgate::release::ReleaseRequest {
+        target: "web1".into(),
+        commit: git(&["rev-parse", "HEAD"]),
+        dirty: false,
+        closure: nixgate::nix::StorePath::parse(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxya-nixos-system-web1-25.05",
+        )
+        .unwrap(),
+        builder: "builder1".into(),
+        run_id: "20261122T202900Z-3f9a".into(),
+        evidence: nixgate::release::Evidence { gates: vec![] },
+        force: false,
+        at: None,
+    };
+    nixgate::release::create(&repo, &req).unwrap();
+    write_inventory(
+        dir,
+        "inv.toml",
+        &format!(
+            "[builder]\naddress = \"127.0.0.1\"\nport = 1\nconnect_timeout = \"2s\"\nsource = {:?}\n\
+             [hosts.web1]\naddress = \"127.0.0.2\"\nport = 1\n\
+             [hosts.web2]\naddress = \"127.0.0.3\"\nport = 1\n",
+            repo.to_str().unwrap()
+        ),
+    )
+}
+
+/// `push --release` deploys the release's host only: a selector naming
+/// other hosts, or `--expect`, would be dropped without a word, so both are
+/// usage errors saying what to do.
+#[test]
+fn push_release_with_other_hosts_or_expect_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = released_fleet(dir.path());
+    let inv = inv.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let base = ["push", "--yes", "--release", "release/web1", "-i", inv];
+    let cases: &[(&[&str], &str)] = &[
+        (&["web2"], "the selection picks web2"),
+        (&["--host", "web*"], "the selection picks web1 and web2"),
+        (&["--expect", "nginx"], "--expect"),
+    ];
+    for (extra, says) in cases {
+        let args: Vec<&str> = base
+            .iter()
+            .chain(*extra)
+            .chain(&["--state-dir", state])
+            .copied()
+            .collect();
+        let out = nixgate(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(err.contains("release/web1"), "{extra:?}: {err}");
+        assert!(!dir.path().join("state").join("runs").exists(), "{err}");
+    }
+    // Naming the release's host alone is what --release does anyway: it
+    // goes on (to find web1 unreachable, exit 1).
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["web1", "--state-dir", state])
+        .copied()
+        .collect();
+    let out = nixgate(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+/// A stored run report: `ending` as given (`None`: a report written before
+/// nixgate stored it).
+fn run_report(state: &Path, id: &str, ending: Option<&str>, exit_code: u8, hosts: &str) {
+    let ending = ending.map_or(String::new(), |e| format!("\"ending\":\"{e}\","));
+    let body = format!(
+        r#"{{"run_id":"{id}","command":"push","goal":"gated","commit":null,"dirty":false,"user":null,"started":"2026-11-22T20:30:00Z","finished":"2026-11-22T20:30:05Z",{ending}"exit_code":{exit_code},"selected":["web1"],"hosts":{hosts},"events":[]}}"#
+    );
+    std::fs::create_dir_all(state.join("runs")).unwrap();
+    std::fs::write(state.join("runs").join(format!("{id}.json")), body).unwrap();
+}
+
+/// `show --json` ends with the summary the run ended with: its stored
+/// ending (a declined run is `declined`), and for a report older than the
+/// stored ending what can be told from it, else `unknown`.
+#[test]
+fn show_json_writes_the_runs_own_ending() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let not_started = r#"[{"host":"web1","wave":"rest","closure":null,"end":"not_started","why":{"reason":"cancelled"},"seconds":0.0,"pending_reboot_allowed":false}]"#;
+    run_report(state, "20261122T203000Z-0001", Some("declined"), 4, "[]");
+    run_report(state, "20261122T203000Z-0002", None, 4, "[]");
+    run_report(state, "20261122T203000Z-0003", None, 1, not_started);
+    run_report(
+        state,
+        "20261122T203000Z-0004",
+        Some("cancelled-before-run"),
+        1,
+        not_started,
+    );
+    for (id, ending) in [
+        ("20261122T203000Z-0001", "declined"),
+        ("20261122T203000Z-0002", "declined"),
+        ("20261122T203000Z-0003", "unknown"),
+        ("20261122T203000Z-0004", "cancelled-before-run"),
+    ] {
+        let out = nixgate(&["--json", "show", id, "--state-dir", state.to_str().unwrap()]);
+        let s = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{s}{}", text(&out.stderr));
+        let last = s
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("{id}: no output"));
+        nixgate::report::json::check_strict(last).unwrap();
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["event"], "summary", "{id}: {last}");
+        assert_eq!(v["ending"], ending, "{id}: {last}");
+    }
+}

@@ -996,3 +996,53 @@ sudo_password_command = []
     }
     assert!(pos.len() >= 10, "{pos:?}\n{msg}");
 }
+
+/// A wave of tags only, every tagged host already in an earlier wave: the
+/// inventory is valid and the whole fleet runs, but `--wave` naming it is
+/// an error saying which hosts are where, and `check` warns about it.
+#[test]
+fn a_wave_whose_tagged_hosts_are_all_in_earlier_waves_selects_nothing_and_says_why() {
+    let inv = parse(&format!(
+        r#"{BASE}
+[hosts.web1]
+address = "10.0.0.1"
+tags = ["web"]
+[hosts.web2]
+address = "10.0.0.2"
+tags = ["web"]
+[hosts.db1]
+address = "10.0.0.3"
+[[waves]]
+name = "canary"
+hosts = ["web1", "web2"]
+[[waves]]
+name = "web"
+tags = ["web"]
+"#
+    ))
+    .unwrap();
+    let all = inv.select(&Selector::default()).unwrap();
+    assert_eq!(all.len(), 3);
+    for sel in [
+        Selector {
+            waves: vec!["web".into()],
+            ..Default::default()
+        },
+        Selector {
+            waves: vec!["canary".into(), "web".into()],
+            ..Default::default()
+        },
+    ] {
+        let e = inv.select(&sel).unwrap_err().to_string();
+        assert!(e.contains("wave `web` has no hosts"), "{e}");
+        assert!(e.contains("web1 and web2 are in wave `canary`"), "{e}");
+    }
+    let warnings = nixgate::inspect::probe::warnings(&inv);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("wave `web` has no hosts")
+                && w.contains("web1 and web2 are in wave `canary`")),
+        "{warnings:?}"
+    );
+}

@@ -192,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
             let opts = push::PushOptions {
+                selected: !select.selector().is_empty(),
                 goal,
                 allow_dirty,
                 flags: run_session::RunFlags {

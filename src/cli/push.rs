@@ -26,6 +26,8 @@ pub struct PushOptions {
     pub force_release: bool,
     /// Packages the change is meant to touch; any other change is drift.
     pub expect: Option<Vec<String>>,
+    /// A selector was given (`--host`, `--tag`, `--wave`, names).
+    pub selected: bool,
     /// The HTML report, metrics file and pruning at the end.
     pub outputs: super::RunOutputs,
 }
@@ -48,9 +50,24 @@ fn push_request(
             expect: opts.expect.clone(),
         });
     };
+    if opts.expect.is_some() {
+        return Err(Fatal::usage(format!(
+            "`--expect` cannot be used with `--release {spec}`: a release redeploys the closure it \
+             recorded, and nothing would check it against the expected packages; drop `--expect`"
+        )));
+    }
     let info = crate::release::resolve(&inv.builder.source, spec)
         .map_err(|e| Fatal::usage(format!("{e:#}")))?
         .info;
+    let picked: Vec<&str> = sel.hosts().collect();
+    if opts.selected && picked != [info.target.as_str()] {
+        return Err(Fatal::usage(format!(
+            "`--release {spec}` deploys {target}, the host the release was made for, but the \
+             selection picks {}: drop the selector (or name {target} alone)",
+            crate::inventory::listed(&picked),
+            target = info.target,
+        )));
+    }
     let selector = Selector {
         hosts: vec![info.target.clone()],
         ..Default::default()

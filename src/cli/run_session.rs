@@ -96,6 +96,7 @@ impl RunSession {
             started: deploy::now(),
             finished: None,
             exit_code: None,
+            ending: None,
             selected: hosts.clone(),
             hosts: Vec::new(),
         };
@@ -276,6 +277,7 @@ impl RunSession {
         let spool = reporter.await.ok().flatten();
         report.finished = Some(deploy::now());
         report.exit_code = Some(outcome as u8);
+        report.ending = Some(ending);
         report.hosts = hosts;
         if spool.as_ref().is_some_and(|s| s.is_broken()) {
             eprintln!(

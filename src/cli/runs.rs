@@ -13,7 +13,7 @@ use crate::report::html::{self, Diffs};
 use crate::report::human::{describe, tables};
 use crate::report::stored::{Stamp, Stamped};
 use crate::report::timeline::{Collector, Timeline};
-use crate::report::{CommandName, Ending, Event, Table, json_line, metrics};
+use crate::report::{CommandName, Event, Table, json_line, metrics};
 use crate::state::clock::Utc;
 use crate::state::run_report::RunReport;
 use crate::state::runs::{self, NotFound, RunState};
@@ -208,13 +208,14 @@ fn notes(read: &runs::Read) -> Vec<String> {
     v
 }
 
-/// The summary the run ended with (not stored: the report's hosts are it).
+/// The summary the run ended with (not stored as an event: the report's
+/// hosts, exit code and ending are it).
 fn summary(r: &RunReport) -> Event {
     let failed = r.hosts.iter().filter(|h| h.fails_run()).count();
     Event::Summary {
         command: command(r),
         run_id: Some(r.run_id.clone()),
-        ending: Ending::Completed,
+        ending: r.ending(),
         exit_code: r.exit_code.unwrap_or(1),
         ok: r.hosts.len() - failed,
         failed,
@@ -291,7 +292,7 @@ impl<W: std::io::Write> Replay<W> {
             let line = tables::summary_line(
                 &r.hosts,
                 (r.hosts.len() - failed, failed),
-                Ending::Completed,
+                r.ending(),
                 r.exit_code.unwrap_or(1),
             );
             self.print(&format!("{line}\n"));

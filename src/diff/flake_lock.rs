@@ -24,6 +24,28 @@ pub enum InputChange {
     },
 }
 
+/// Why the flake inputs' change between two commits is not known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InputsUnknown {
+    /// The commit the host's system was built from is not in the local
+    /// clone of the configuration repository.
+    BaseNotInClone { commit: String },
+    /// The repository or a `flake.lock` could not be read.
+    Unreadable { error: String },
+}
+
+impl std::fmt::Display for InputsUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputsUnknown::BaseNotInClone { commit } => {
+                write!(f, "base commit {commit} not in this clone: git fetch")
+            }
+            InputsUnknown::Unreadable { error } => f.write_str(error),
+        }
+    }
+}
+
 fn locked(
     v: &serde_json::Value,
     name: &str,

@@ -33,6 +33,10 @@ pub struct HostDiff {
     /// Flake inputs changed between the commit the host's known-good was
     /// built from and the candidate's (when both are known and have a flake.lock).
     pub flake_inputs: Option<Vec<flake_lock::InputChange>>,
+    /// Why the flake inputs' change is not known, when it is not (the base
+    /// commit is not in the local clone, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flake_inputs_unknown: Option<flake_lock::InputsUnknown>,
     /// The candidate's closure as the builder reported it (the copy gate
     /// reuses it instead of asking again).
     #[serde(skip)]
@@ -58,6 +62,9 @@ impl HostDiff {
         if let Some(inputs) = &self.flake_inputs {
             out.extend(render::render_inputs(inputs));
         }
+        if let Some(why) = &self.flake_inputs_unknown {
+            out.push(render::render_inputs_unknown(why));
+        }
         out.extend(render::render_drift(&self.drift));
         out
     }
@@ -75,7 +82,17 @@ pub struct Built<'a> {
     pub current_closure: Option<std::sync::Arc<Vec<PathInfo>>>,
 }
 
+/// `--expect` on a host that runs no system nixgate can read: there is no
+/// change to check against the expected packages (the diff gate refuses it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the host runs no known system: --expect has nothing to check the change against (every package would be new)"
+)]
+pub struct ExpectUnchecked;
+
 /// Diff a host's running system against a candidate built on the builder.
+/// With `expect`, a host that runs no known system is an error
+/// ([`ExpectUnchecked`]): its drift cannot be known.
 pub async fn diff_host<H: Remote, B: Remote>(
     host: &H,
     builder: &B,
@@ -84,6 +101,9 @@ pub async fn diff_host<H: Remote, B: Remote>(
     expect: Option<&[String]>,
     drvs: &structural::SharedDrvCache,
 ) -> anyhow::Result<HostDiff> {
+    if expect.is_some() && current.is_none() {
+        return Err(ExpectUnchecked.into());
+    }
     let (candidate, candidate_drv) = (built.toplevel, built.drv);
     let new = match built.closure {
         Some(k) => k,
@@ -122,6 +142,53 @@ pub async fn diff_host<H: Remote, B: Remote>(
         structural,
         drift,
         flake_inputs: None,
+        flake_inputs_unknown: None,
         candidate_closure: Some(new),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::closure::PathRecord;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    /// With `--expect`, a host that runs no readable system has nothing to
+    /// check the expectation against: no diff that would pass it as ready.
+    #[tokio::test]
+    async fn expect_on_a_host_with_no_current_system_is_an_error_not_an_empty_drift() {
+        let cand =
+            StorePath::parse("/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web-24.11")
+                .unwrap();
+        let drv = StorePath::parse(
+            "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.11.drv",
+        )
+        .unwrap();
+        let closure = vec![PathInfo::from(PathRecord {
+            path: cand.clone(),
+            nar_size: 1,
+            nar_hash: None,
+            references: vec![],
+            deriver: Some(drv.clone()),
+        })];
+        let host = ScriptedRemote::new("web1", |_| ok(""));
+        let builder = ScriptedRemote::new("builder", |_| ok(""));
+        let built = || Built {
+            toplevel: &cand,
+            drv: &drv,
+            closure: Some(std::sync::Arc::new(closure.clone())),
+            current_closure: None,
+        };
+        let drvs = structural::SharedDrvCache::default();
+        let expect = ["nginx".to_owned()];
+        let r = diff_host(&host, &builder, None, built(), Some(&expect), &drvs).await;
+        let e = r.expect_err("no current system: --expect cannot be checked");
+        assert!(e.downcast_ref::<ExpectUnchecked>().is_some(), "{e:#}");
+        assert!(format!("{e}").contains("--expect"), "{e}");
+        // Without --expect, a host with no system gets everything as new.
+        let d = diff_host(&host, &builder, None, built(), None, &drvs)
+            .await
+            .unwrap();
+        assert_eq!(d.packages, None);
+    }
 }

@@ -245,6 +245,11 @@ pub fn render_inputs(inputs: &[super::flake_lock::InputChange]) -> Vec<String> {
         .collect()
 }
 
+/// The line for flake inputs whose change is not known.
+pub fn render_inputs_unknown(why: &super::flake_lock::InputsUnknown) -> String {
+    format!("flake inputs: unknown ({why})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub use probe::{Probe, WaveCount};
 /// One problem with the inventory file, as `--json` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryProblem {
+    #[serde(serialize_with = "crate::report::json::lossy_path")]
     pub file: std::path::PathBuf,
     pub line: Option<usize>,
     pub column: Option<usize>,

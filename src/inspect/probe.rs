@@ -68,6 +68,13 @@ pub fn warnings(inv: &Inventory) -> Vec<String> {
         }
     }
     out.extend(signature_warnings(inv));
+    for wave in inv.waves.iter().filter(|w| w.hosts.is_empty()) {
+        out.push(format!(
+            "{}. It deploys nothing, and `--wave {}` is refused",
+            wave.why_empty(),
+            wave.name
+        ));
+    }
     out
 }
 

@@ -217,6 +217,65 @@ pub struct Wave {
     pub soak: Duration,
     /// True for the implicit `rest` wave of hosts named by no wave.
     pub implicit: bool,
+    /// A wave of tags left with no hosts: the hosts its tags match, every
+    /// one in another wave that claimed it first (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<Taken>,
+}
+
+/// A host a wave's tags match that another wave has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Taken {
+    pub host: String,
+    /// The wave it is in.
+    pub wave: String,
+}
+
+impl Wave {
+    /// Why this wave has no hosts, in words: "wave `web` has no hosts: its
+    /// tags match only hosts of other waves (web1 and web2 are in wave
+    /// `canary`)".
+    pub fn why_empty(&self) -> String {
+        let mut by_wave: Vec<(&str, Vec<&str>)> = Vec::new();
+        for t in &self.taken {
+            match by_wave.iter_mut().find(|(w, _)| *w == t.wave) {
+                Some((_, hosts)) => hosts.push(&t.host),
+                None => by_wave.push((&t.wave, vec![&t.host])),
+            }
+        }
+        let where_: Vec<String> = by_wave
+            .iter()
+            .map(|(wave, hosts)| {
+                let verb = if hosts.len() == 1 { "is" } else { "are" };
+                format!("{} {verb} in wave `{wave}`", listed(hosts))
+            })
+            .collect();
+        if where_.is_empty() {
+            return format!("wave `{}` has no hosts", self.name);
+        }
+        format!(
+            "wave `{}` has no hosts: its tags match only hosts of other waves ({})",
+            self.name,
+            where_.join("; ")
+        )
+    }
+}
+
+/// How many names [`listed`] spells out before "and N more".
+const LISTED: usize = 5;
+
+/// "a", "a and b", "a, b and c"; past [`LISTED`], "a, b, c, d, e and 3 more".
+pub fn listed(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        _ if names.len() > LISTED => format!(
+            "{} and {} more",
+            names[..LISTED].join(", "),
+            names.len() - LISTED
+        ),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
 }
 
 /// Where releases are pushed, if anywhere.

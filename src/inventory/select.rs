@@ -83,6 +83,11 @@ pub enum SelectError {
         "the selection is empty: no host is both in wave(s) {waves} and matched by --host/--tag"
     )]
     Empty { waves: String },
+    /// `--wave` names a wave of tags whose hosts other waves all have.
+    #[error(
+        "{why}. `--wave {wave}` selects nothing: select the wave(s) they are in, or give `{wave}` tags or hosts of its own in the inventory"
+    )]
+    EmptyWave { wave: String, why: String },
 }
 
 fn hint(s: &Option<String>) -> String {
@@ -160,7 +165,8 @@ impl Inventory {
         Ok(Selection { groups })
     }
 
-    /// Every host pattern, tag and wave must match something.
+    /// Every host pattern, tag and wave must match something (a wave left
+    /// with no hosts matches nothing).
     fn check_patterns(&self, sel: &Selector, host_names: &[&str]) -> Result<(), SelectError> {
         for p in &sel.hosts {
             if host_names.iter().any(|h| host_matches(p, h)) {
@@ -189,12 +195,21 @@ impl Inventory {
             }
         }
         for w in &sel.waves {
-            if self.wave(w).is_none() {
-                return Err(SelectError::UnknownWave {
-                    name: w.clone(),
-                    suggestion: suggest(w, self.waves.iter().map(|w| w.name.as_str()))
-                        .map(str::to_owned),
-                });
+            match self.wave(w) {
+                None => {
+                    return Err(SelectError::UnknownWave {
+                        name: w.clone(),
+                        suggestion: suggest(w, self.waves.iter().map(|w| w.name.as_str()))
+                            .map(str::to_owned),
+                    });
+                }
+                Some(wave) if wave.hosts.is_empty() => {
+                    return Err(SelectError::EmptyWave {
+                        wave: w.clone(),
+                        why: wave.why_empty(),
+                    });
+                }
+                Some(_) => {}
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use super::model::{CopyMode, Host, MaxFailures, Wave};
+use super::model::{CopyMode, Host, MaxFailures, Taken, Wave};
 use super::walk::{At, Val, Walker};
 
 /// The name of the implicit wave of hosts no wave names.
@@ -442,18 +442,20 @@ pub fn fleet(
             max_failures: spec.max_failures,
             soak: spec.soak,
             implicit: false,
+            taken: Vec::new(),
         });
     }
-    for (wave, tag) in tag_claims {
-        for (_, h) in hosts.iter().filter(|(_, h)| h.tags.contains(&tag)) {
+    for (wave, tag) in &tag_claims {
+        for (_, h) in hosts.iter().filter(|(_, h)| h.tags.contains(tag)) {
             if !owner.contains_key(&h.name) {
                 owner.insert(h.name.clone(), wave.clone());
-                if let Some(wv) = waves.iter_mut().find(|wv| wv.name == wave) {
+                if let Some(wv) = waves.iter_mut().find(|wv| wv.name == *wave) {
                     wv.hosts.push(h.name.clone());
                 }
             }
         }
     }
+    note_taken(&mut waves, hosts, &tag_claims, &owner);
     // Members in inventory order, whatever order the wave listed them in.
     for wv in &mut waves {
         wv.hosts.sort_by_key(|m| place.get(m.as_str()).copied());
@@ -471,9 +473,39 @@ pub fn fleet(
             max_failures: MaxFailures::Count(0),
             soak: Duration::ZERO,
             implicit: true,
+            taken: Vec::new(),
         });
     }
     waves
+}
+
+/// A wave of tags whose every tagged host another wave claimed first is
+/// left with no hosts: note which hosts and where they are, for the
+/// errors and warnings that name it.
+fn note_taken(
+    waves: &mut [Wave],
+    hosts: &[(At<String>, Host)],
+    tag_claims: &[(String, String)],
+    owner: &HashMap<String, String>,
+) {
+    for wv in waves.iter_mut().filter(|wv| wv.hosts.is_empty()) {
+        let tags: Vec<&str> = tag_claims
+            .iter()
+            .filter(|(wave, _)| *wave == wv.name)
+            .map(|(_, tag)| tag.as_str())
+            .collect();
+        wv.taken = hosts
+            .iter()
+            .filter(|(_, h)| h.tags.iter().any(|t| tags.contains(&t.as_str())))
+            .filter_map(|(_, h)| {
+                let wave = owner.get(&h.name)?;
+                Some(Taken {
+                    host: h.name.clone(),
+                    wave: wave.clone(),
+                })
+            })
+            .collect();
+    }
 }
 
 #[cfg(test)]

@@ -32,23 +32,30 @@ fn is_hex(s: &str) -> bool {
 /// ignored) files.
 async fn make_tar(repo: &Path, commit: &str, dirty: bool) -> anyhow::Result<Vec<u8>> {
     let out = if dirty {
-        tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg("git ls-files -co --exclude-standard -z | tar --null -T - -cf -")
+        let files = work_tree_files(repo).await?;
+        let mut tar = tokio::process::Command::new("tar")
+            .args(["--null", "-T", "-", "-cf", "-"])
             .current_dir(repo)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .output()
-            .await
+            .spawn()
+            .with_context(|| format!("running tar in {}", repo.display()))?;
+        let mut stdin = tar.stdin.take().context("tar's stdin")?;
+        let list = async move {
+            stdin.write_all(&files).await?;
+            stdin.shutdown().await
+        };
+        let (written, out) = tokio::join!(list, tar.wait_with_output());
+        let out = out.with_context(|| format!("running tar in {}", repo.display()))?;
+        // A tar that failed early closes its input: its own error says why.
+        if out.status.success() {
+            written.context("giving tar the list of files")?;
+        }
+        Ok(out)
     } else {
-        tokio::process::Command::new("git")
-            .arg("-C")
-            .arg(repo)
-            .args(["archive", "--format=tar", commit])
-            .stderr(Stdio::piped())
-            .output()
-            .await
-    }
-    .with_context(|| format!("running git in {}", repo.display()))?;
+        git(repo, &["archive", "--format=tar", commit]).await
+    }?;
     anyhow::ensure!(
         out.status.success(),
         "archiving {} failed: {}",
@@ -56,6 +63,47 @@ async fn make_tar(repo: &Path, commit: &str, dirty: bool) -> anyhow::Result<Vec<
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(out.stdout)
+}
+
+async fn git(repo: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("running git in {}", repo.display()))
+}
+
+/// The work tree's files for the dirty tar, NUL-separated as `tar --null
+/// -T -` reads them: tracked and untracked (not ignored), less the tracked
+/// files deleted without staging (tar cannot archive what is not there).
+async fn work_tree_files(repo: &Path) -> anyhow::Result<Vec<u8>> {
+    let listed = git(repo, &["ls-files", "-co", "--exclude-standard", "-z"]).await?;
+    let deleted = git(repo, &["ls-files", "--deleted", "-z"]).await?;
+    for out in [&listed, &deleted] {
+        anyhow::ensure!(
+            out.status.success(),
+            "listing the files of {} failed: {}",
+            repo.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(present(&listed.stdout, &deleted.stdout))
+}
+
+/// The NUL-separated names of `listed` that are not in `deleted`.
+fn present(listed: &[u8], deleted: &[u8]) -> Vec<u8> {
+    let gone: std::collections::HashSet<&[u8]> = deleted.split(|&b| b == 0).collect();
+    let mut out = Vec::with_capacity(listed.len());
+    for name in listed.split(|&b| b == 0) {
+        if !name.is_empty() && !gone.contains(name) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
 }
 
 fn short_sha256(bytes: &[u8]) -> String {
@@ -117,4 +165,59 @@ pub async fn ship_source<R: Remote>(
         dir,
         reused: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Author")
+            .env("GIT_AUTHOR_EMAIL", "author@example.org")
+            .env("GIT_COMMITTER_NAME", "Author")
+            .env("GIT_COMMITTER_EMAIL", "author@example.org")
+            .output()
+            .expect("git is installed");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+
+    fn tar_names(tar: &[u8]) -> Vec<String> {
+        use std::io::Write;
+        let mut t = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        t.stdin.take().unwrap().write_all(tar).unwrap();
+        let out = t.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn dirty_tar_leaves_out_a_tracked_file_deleted_without_staging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        git(dir, &["init", "-q"]);
+        std::fs::write(dir.join("a"), "a\n").unwrap();
+        std::fs::write(dir.join("b"), "b\n").unwrap();
+        git(dir, &["add", "a", "b"]);
+        git(dir, &["commit", "-q", "-m", "a and b"]);
+        std::fs::remove_file(dir.join("b")).unwrap();
+
+        let tar = make_tar(dir, "HEAD", true).await.expect("dirty tar");
+        assert_eq!(tar_names(&tar), vec!["a".to_owned()]);
+    }
 }

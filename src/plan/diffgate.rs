@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use crate::activation::known_good::GateRecord;
 use crate::activation::{HostPaths, known_good, links};
+use crate::diff::flake_lock::{InputChange, InputsUnknown};
 use crate::diff::{self, HostDiff};
 use crate::fleet::{Fleet, SessionError};
 use crate::gates::Gate;
 use crate::inventory::Inventory;
 use crate::nix::{self, StorePath};
-use crate::release;
+use crate::release::{self, FileAt};
 use crate::remote::Remote;
 use crate::report::shared_json::PieceStore;
 use crate::report::{Event, EventSink};
@@ -55,6 +56,12 @@ async fn running<F: Fleet>(
     links::read_store_link(&session, &HostPaths::for_os(h.os).current_system)
         .await
         .map_err(ReadError::Failed)
+}
+
+/// The link naming what `host` runs (for a refusal's words).
+fn current_link(inv: &Inventory, host: &str) -> String {
+    let os = inv.host(host).map(|h| h.os).unwrap_or_default();
+    HostPaths::for_os(os).current_system
 }
 
 /// Diff one host.
@@ -102,7 +109,10 @@ async fn one<F: Fleet>(
         return Ok(d);
     };
     if let Some(new_commit) = commit {
-        d.flake_inputs = flake_inputs(&inv.builder.source, &old_commit, new_commit);
+        match flake_inputs(&inv.builder.source, &old_commit, new_commit) {
+            Ok(inputs) => d.flake_inputs = inputs,
+            Err(why) => d.flake_inputs_unknown = Some(why),
+        }
     }
     if matches!(d.structural, diff::Structural::OldDerivationMissing { .. }) {
         match recover_old_drv(inv, &builder, host, &h.attribute, &old_commit, cur).await {
@@ -155,28 +165,42 @@ async fn recover_old_drv<B: Remote>(
     Ok(drv)
 }
 
-/// Flake inputs changed between two commits of the configuration repository.
+/// Flake inputs changed between two commits of the configuration
+/// repository (`None`: neither has a flake.lock). A lock on one side only
+/// means every input was added (or removed); a base commit the clone lacks
+/// leaves the change unknown.
 fn flake_inputs(
     repo: &std::path::Path,
     old: &str,
     new: &str,
-) -> Option<Vec<diff::flake_lock::InputChange>> {
-    let read = |c: &str| {
-        release::file_at(repo, c, "flake.lock")
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
+) -> Result<Option<Vec<InputChange>>, InputsUnknown> {
+    let read = |c: &str| -> Result<Option<String>, InputsUnknown> {
+        let unreadable = |error: String| InputsUnknown::Unreadable { error };
+        match release::file_at(repo, c, "flake.lock") {
+            Ok(FileAt::Found(b)) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| unreadable(format!("flake.lock at {c} is not UTF-8"))),
+            Ok(FileAt::Absent) => Ok(None),
+            Ok(FileAt::NoCommit) if c == old => Err(InputsUnknown::BaseNotInClone {
+                commit: c.to_owned(),
+            }),
+            Ok(FileAt::NoCommit) => Err(unreadable(format!("commit {c} is not in this clone"))),
+            Err(e) => Err(unreadable(format!("reading flake.lock at {c}: {e:#}"))),
+        }
     };
-    // A lock on one side only means every input was added (or removed).
     const EMPTY: &str = r#"{"nodes":{"root":{}}}"#;
-    let (a, b) = match (read(old), read(new)) {
-        (None, None) => return None,
+    let (a, b) = match (read(old)?, read(new)?) {
+        (None, None) => return Ok(None),
         (a, b) => (
             a.unwrap_or_else(|| EMPTY.into()),
             b.unwrap_or_else(|| EMPTY.into()),
         ),
     };
-    diff::flake_lock::flake_inputs_diff(&a, &b).ok()
+    diff::flake_lock::flake_inputs_diff(&a, &b)
+        .map(Some)
+        .map_err(|e| InputsUnknown::Unreadable {
+            error: format!("a flake.lock does not parse: {e}"),
+        })
 }
 
 /// Host diffs in progress at once. The builder's derivation reads are
@@ -236,14 +260,15 @@ pub async fn run<F: Fleet>(
 /// What the gate found for one host.
 enum Found<'a> {
     Diff(&'a HostDiff),
-    /// No session (unreachable, or sudo refused the run's password).
-    NoSession(Refusal),
+    /// Refused without a diff: no session (unreachable, or sudo refused the
+    /// run's password), or `--expect` on a host that runs no known system.
+    Refused(Refusal),
     Failed(String),
 }
 
 /// Why a host has no diff.
 enum Miss {
-    NoSession(Refusal),
+    Refused(Refusal),
     Failed(String),
 }
 
@@ -269,7 +294,7 @@ fn apply(
         Found::Diff(d) => Refusal::Drift {
             packages: d.drift.iter().map(|x| x.package.clone()).collect(),
         },
-        Found::NoSession(refusal) => refusal,
+        Found::Refused(refusal) => refusal,
         Found::Failed(error) => Refusal::DiffFailed { error },
     };
     *v = Verdict::Refused { refusal };
@@ -322,11 +347,16 @@ async fn diff_all<F: Fleet>(
             .unwrap_or_else(|| Err(ReadError::Failed(anyhow::anyhow!("not read"))));
         async move {
             let r = match (drvs.get(h), current) {
-                (Some(drv), Ok(current)) => one(ctx, h, cand, drv, current)
-                    .await
-                    .map_err(|e| Miss::Failed(format!("{e:#}"))),
+                (Some(drv), Ok(current)) => one(ctx, h, cand, drv, current).await.map_err(|e| {
+                    match e.downcast_ref::<diff::ExpectUnchecked>() {
+                        Some(_) => Miss::Refused(Refusal::NoCurrentSystem {
+                            link: current_link(inv, h),
+                        }),
+                        None => Miss::Failed(format!("{e:#}")),
+                    }
+                }),
                 (Some(_), Err(ReadError::Unreachable(e))) => {
-                    Err(Miss::NoSession(Refusal::no_session(&e)))
+                    Err(Miss::Refused(Refusal::no_session(&e)))
                 }
                 (Some(_), Err(ReadError::Failed(e))) => {
                     Err(Miss::Failed(format!("reading what {h} runs: {e:#}")))
@@ -350,7 +380,7 @@ async fn diff_all<F: Fleet>(
                 found(&h, Found::Diff(&diff));
                 sink.emit_handled(Event::Diff { host: h, diff }).await
             }
-            Err(Miss::NoSession(refusal)) => found(&h, Found::NoSession(refusal)),
+            Err(Miss::Refused(refusal)) => found(&h, Found::Refused(refusal)),
             Err(Miss::Failed(error)) => found(&h, Found::Failed(error)),
         }
     }
@@ -420,8 +450,71 @@ mod tests {
             structural: diff::Structural::Identical,
             drift: Vec::new(),
             flake_inputs: None,
+            flake_inputs_unknown: None,
             candidate_closure: None,
         }
+    }
+
+    /// Run git in `dir` with no global config and a fixed identity.
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Author")
+            .env("GIT_AUTHOR_EMAIL", "author@example.org")
+            .env("GIT_COMMITTER_NAME", "Author")
+            .env("GIT_COMMITTER_EMAIL", "author@example.org")
+            .output()
+            .expect("git is installed");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn lock(rev: &str) -> String {
+        format!(
+            r#"{{"nodes":{{"root":{{}},"nixpkgs":{{"locked":{{"rev":"{rev}","narHash":"h{rev}"}}}},"home":{{"locked":{{"rev":"x","narHash":"hx"}}}}}}}}"#
+        )
+    }
+
+    /// The base commit missing from the clone is not a base without a
+    /// flake.lock: the inputs' change is unknown, not "every input added".
+    #[test]
+    fn flake_inputs_against_a_commit_not_in_the_clone_are_unknown_not_all_added() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        git(dir, &["init", "-q"]);
+        std::fs::write(dir.join("flake.nix"), "{}\n").unwrap();
+        git(dir, &["add", "flake.nix"]);
+        git(dir, &["commit", "-q", "-m", "no lock yet"]);
+        let no_lock = git(dir, &["rev-parse", "HEAD"]);
+        std::fs::write(dir.join("flake.lock"), lock("a")).unwrap();
+        git(dir, &["add", "flake.lock"]);
+        git(dir, &["commit", "-q", "-m", "lock a"]);
+        let a = git(dir, &["rev-parse", "HEAD"]);
+        std::fs::write(dir.join("flake.lock"), lock("b")).unwrap();
+        git(dir, &["commit", "-q", "-am", "lock b"]);
+        let b = git(dir, &["rev-parse", "HEAD"]);
+        let missing = "1234567890abcdef1234567890abcdef12345678";
+
+        assert_eq!(
+            flake_inputs(dir, missing, &b),
+            Err(InputsUnknown::BaseNotInClone {
+                commit: missing.into()
+            })
+        );
+        let why = flake_inputs(dir, missing, &b).unwrap_err();
+        assert_eq!(
+            diff::render::render_inputs_unknown(&why),
+            format!("flake inputs: unknown (base commit {missing} not in this clone: git fetch)")
+        );
+        // A base that has no flake.lock: every input was added.
+        let added = flake_inputs(dir, &no_lock, &b).unwrap().unwrap();
+        assert_eq!(added.len(), 2, "{added:?}");
+        assert!(added.iter().all(|c| matches!(c, InputChange::Added { .. })));
+        assert_eq!(flake_inputs(dir, &a, &b).unwrap().map(|v| v.len()), Some(1));
     }
 
     #[test]

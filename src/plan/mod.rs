@@ -80,6 +80,9 @@ pub enum Refusal {
     DiffFailed { error: String },
     /// With `--expect`: these packages changed, and were not expected to.
     Drift { packages: Vec<String> },
+    /// With `--expect`: the host runs no system nixgate can read (`link`
+    /// is absent), so there is nothing to check the expectation against.
+    NoCurrentSystem { link: String },
     /// The closures could not be pushed to `[cache] push_to` (every ready
     /// host is refused: hosts that pull would not find them).
     CachePush { store: String, error: String },

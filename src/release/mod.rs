@@ -171,10 +171,21 @@ pub enum ReleaseError {
     ConcurrentUpdate { refname: String },
 }
 
+/// A file at a commit, as [`file_at`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileAt {
+    Found(Vec<u8>),
+    /// The commit is in the repository; the file is not in it.
+    Absent,
+    /// The commit is not in this clone (`git fetch` may bring it).
+    NoCommit,
+}
+
 /// A file's contents at `commit`, `file` being relative to `dir` (a
-/// directory inside the repository, such as the builder's `source`); `None`
-/// when that commit does not have it.
-pub fn file_at(dir: &std::path::Path, commit: &str, file: &str) -> anyhow::Result<Option<Vec<u8>>> {
+/// directory inside the repository, such as the builder's `source`); a
+/// commit without the file and a commit the clone lacks are told apart.
+pub fn file_at(dir: &std::path::Path, commit: &str, file: &str) -> anyhow::Result<FileAt> {
+    use anyhow::Context;
     let repo = open(dir)?;
     let workdir = repo
         .workdir()
@@ -186,11 +197,27 @@ pub fn file_at(dir: &std::path::Path, commit: &str, file: &str) -> anyhow::Resul
             .unwrap_or_default(),
         _ => std::path::PathBuf::new(),
     };
-    let path = rel.join(file);
-    let Ok(obj) = repo.revparse_single(&format!("{commit}:{}", path.display())) else {
-        return Ok(None);
+    let found = match repo.revparse_single(commit) {
+        Ok(obj) => obj,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(FileAt::NoCommit),
+        Err(e) => return Err(e).with_context(|| format!("looking up commit {commit}")),
     };
-    Ok(obj.as_blob().map(|b| b.content().to_vec()))
+    let tree = found
+        .peel_to_commit()
+        .and_then(|c| c.tree())
+        .with_context(|| format!("{commit} is not a commit"))?;
+    let entry = match tree.get_path(&rel.join(file)) {
+        Ok(entry) => entry,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(FileAt::Absent),
+        Err(e) => return Err(e).with_context(|| format!("reading {file} at {commit}")),
+    };
+    let obj = entry
+        .to_object(&repo)
+        .with_context(|| format!("reading {file} at {commit}"))?;
+    Ok(match obj.as_blob() {
+        Some(b) => FileAt::Found(b.content().to_vec()),
+        None => FileAt::Absent,
+    })
 }
 
 /// Open the git repository containing `path` (searching upwards, like Nix

@@ -62,6 +62,9 @@ pub enum Ending {
     CancelledBeforeRun,
     /// The inventory (or the command line) was refused.
     Invalid,
+    /// Not known: `show` of a run report written before nixgate stored how
+    /// runs end, when its exit code and hosts do not tell.
+    Unknown,
 }
 
 /// Everything a command reports, in order.
@@ -85,6 +88,7 @@ pub enum Event {
     InventoryError(InventoryProblem),
     /// `check`: the inventory is valid.
     InventoryOk {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
         file: std::path::PathBuf,
         hosts: usize,
         selected: usize,
@@ -271,6 +275,7 @@ pub enum Event {
     },
     /// The run report was written here.
     ReportWritten {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
         path: std::path::PathBuf,
     },
     /// `exec`: the hosts it runs on, in order, and how many at once.

@@ -11,6 +11,13 @@ impl Reporter for Json {
     }
 }
 
+/// Serialize a path as a JSON string: a path that is not UTF-8 goes out
+/// lossily (U+FFFD for each byte that is not), so every value holding one
+/// still serializes (`#[serde(serialize_with = ...)]`).
+pub fn lossy_path<S: serde::Serializer>(path: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
 /// Check that `text` is one JSON value that a strict parser accepts: valid,
 /// and no object with the same key twice (serde's internally tagged enums
 /// can produce that when a tagged value wraps another; `serde_json::Value`

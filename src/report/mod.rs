@@ -156,11 +156,23 @@ pub fn spawn(
 
 /// Write one JSON value as a line on stdout (the `--json` stream).
 pub fn json_line(value: &impl serde::Serialize) {
-    let mut out = std::io::stdout().lock();
-    if serde_json::to_writer(&mut out, value).is_ok() {
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    }
+    write_json_line(&mut std::io::stdout().lock(), value);
+}
+
+/// Write one JSON value as a line to `out`: made whole first, so a value
+/// that fails to serialize writes nothing (and says so on stderr) instead
+/// of half an object.
+fn write_json_line(out: &mut impl Write, value: &impl serde::Serialize) {
+    let mut line = match serde_json::to_vec(value) {
+        Ok(line) => line,
+        Err(e) => {
+            tracing::warn!("a --json line was left out: it could not be written as JSON: {e}");
+            return;
+        }
+    };
+    line.push(b'\n');
+    let _ = out.write_all(&line);
+    let _ = out.flush();
 }
 
 /// A plain-text table with left-aligned columns, no control characters.

@@ -44,9 +44,14 @@ impl Spool {
         };
         // Flushed line by line: a run killed mid-way leaves every event
         // before the kill (`show` reads them from here).
-        let written = serde_json::to_writer(&mut *out, &stamped)
+        // Made whole first: a value that fails to serialize leaves no
+        // half line behind.
+        let written = serde_json::to_vec(&stamped)
             .map_err(std::io::Error::other)
-            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|mut line| {
+                line.push(b'\n');
+                out.write_all(&line)
+            })
             .and_then(|()| out.flush());
         if let Err(e) = written {
             tracing::warn!(

@@ -61,6 +61,11 @@ fn ends() -> Vec<HostEnd> {
                 packages: vec!["openssl".into()],
             },
         },
+        HostEnd::Refused {
+            refusal: Refusal::NoCurrentSystem {
+                link: "/run/current-system".into(),
+            },
+        },
         HostEnd::NotStarted {
             why: NotStarted::EarlierWaveFailed {
                 wave: "canary".into(),
@@ -159,4 +164,47 @@ fn every_end_has_words_and_a_kind() {
         table.to_string().contains("web1  canary  reached"),
         "{table}"
     );
+}
+
+#[test]
+fn json_lines_with_paths_that_are_not_utf8_are_whole_lines_strict_parsers_accept() {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/\xff.toml"));
+    let events = [
+        Event::ReportWritten { path: path.clone() },
+        Event::InventoryOk {
+            file: path.clone(),
+            hosts: 1,
+            selected: 1,
+            builder: "builder".into(),
+            waves: vec![],
+            warnings: vec![],
+        },
+        Event::InventoryError(crate::inspect::InventoryProblem {
+            file: path.clone(),
+            line: Some(1),
+            column: None,
+            message: "bad".into(),
+            help: None,
+        }),
+        Event::Checked(crate::inspect::Probe {
+            host: "web1".into(),
+            host_key: Some(crate::ssh::HostKeyStatus::LearnedNew { file: path.clone() }),
+            ..Default::default()
+        }),
+    ];
+    for ev in &events {
+        let mut out = Vec::new();
+        write_json_line(&mut out, ev);
+        let text = String::from_utf8(out).expect("UTF-8");
+        let line = text
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("one line: {text:?}"));
+        assert!(!line.contains('\n'), "{text:?}");
+        json::check_strict(line).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(
+            line.contains(r#""/\ufffd.toml""#) || line.contains("/\u{fffd}.toml"),
+            "{line}"
+        );
+    }
 }

@@ -33,9 +33,17 @@ pub enum AuthMethod {
         comment: String,
     },
     /// An unencrypted identity file.
-    IdentityFile { path: PathBuf },
+    IdentityFile {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
+        path: PathBuf,
+    },
     /// An identity file with its `-cert.pub` user certificate.
-    Certificate { path: PathBuf, certificate: PathBuf },
+    Certificate {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
+        path: PathBuf,
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
+        certificate: PathBuf,
+    },
 }
 
 impl AuthMethod {

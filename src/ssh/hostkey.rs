@@ -23,11 +23,22 @@ pub(crate) type Pins = Arc<Mutex<HashMap<String, KeyData>>>;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HostKeyStatus {
     /// Listed in a known_hosts file.
-    Known { file: PathBuf, line: usize },
+    Known {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
+        file: PathBuf,
+        line: usize,
+    },
     /// A host certificate signed by an `@cert-authority` key.
-    CertAuthority { file: PathBuf, line: usize },
+    CertAuthority {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
+        file: PathBuf,
+        line: usize,
+    },
     /// Unknown, learned by appending to this file (accept-new policy).
-    LearnedNew { file: PathBuf },
+    LearnedNew {
+        #[serde(serialize_with = "crate::report::json::lossy_path")]
+        file: PathBuf,
+    },
 }
 
 pub(crate) type Accepted = (HostKeyStatus, String);

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::HostSummary;
 use crate::gates::Goal;
+use crate::report::Ending;
 
 /// The run record written to the state directory: first when the run
 /// starts (`finished` and `exit_code` null, `hosts` empty), then whole when
@@ -23,10 +24,32 @@ pub struct RunReport {
     pub started: String,
     pub finished: Option<String>,
     pub exit_code: Option<u8>,
+    /// How the run ended, as its summary said (`None` until it ends, and in
+    /// reports written before it was stored: see [`RunReport::ending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<Ending>,
     /// The hosts the run was started on.
     pub selected: Vec<String>,
     /// How each host ended.
     pub hosts: Vec<HostSummary>,
+}
+
+impl RunReport {
+    /// How the run ended: as stored; for a report written before the ending
+    /// was stored, what its exit code and hosts tell (exit 4 only ever came
+    /// from a declined run, 2 from an invalid one, and a host with an
+    /// outcome means the run went on to its end); else unknown.
+    pub fn ending(&self) -> Ending {
+        if let Some(ending) = self.ending {
+            return ending;
+        }
+        match self.exit_code {
+            Some(4) => Ending::Declined,
+            Some(2) => Ending::Invalid,
+            Some(_) if self.hosts.iter().any(|h| h.end.outcome().is_some()) => Ending::Completed,
+            _ => Ending::Unknown,
+        }
+    }
 }
 
 /// Where the report of `run_id` is written.

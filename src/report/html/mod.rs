@@ -399,7 +399,14 @@ fn sections(d: &HostDiff) -> Vec<Section> {
                 .flake_inputs
                 .as_deref()
                 .map(render::render_inputs)
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .chain(
+                    d.flake_inputs_unknown
+                        .as_ref()
+                        .map(render::render_inputs_unknown),
+                )
+                .collect(),
         },
         Section {
             title: "not expected (drift)",

@@ -106,6 +106,9 @@ fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
         Refusal::Drift { .. } => format!(
             "`nixgate plan {host}` shows the change; if it is meant, add the packages to --expect"
         ),
+        Refusal::NoCurrentSystem { .. } => format!(
+            "`nixgate check {host}` shows what it runs; to install a first system on it, `nixgate {command} {host}` without --expect"
+        ),
         Refusal::Locked { .. } | Refusal::LockFailed { .. } => {
             format!("`nixgate status {host}` shows who holds it; then `nixgate {command} {host}`")
         }

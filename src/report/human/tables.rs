@@ -571,6 +571,7 @@ pub fn summary_line(
         Ending::CancelledBeforeRun => {
             format!("cancelled before anything changed: {}", parts.join(", "))
         }
+        Ending::Unknown if parts.is_empty() => "how it ended was not recorded".to_owned(),
         _ if parts.is_empty() => "nothing to do".to_owned(),
         _ => parts.join(", "),
     };

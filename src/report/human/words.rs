@@ -144,6 +144,9 @@ pub fn refusal(r: &Refusal) -> String {
             "drift: {} changed, not expected (--expect)",
             packages.join(", ")
         ),
+        Refusal::NoCurrentSystem { link } => format!(
+            "--expect cannot be checked: {link} does not exist on the host, so there is no running system to compare the candidate with"
+        ),
         Refusal::CachePush { store, error } => format!(
             "the closures could not be pushed to the cache {store}: {}; nothing changed on any host (fix the cache or [cache] push_to, and push again)",
             first_line(error)

@@ -165,6 +165,7 @@ fn diff(flake_input: &str) -> HostDiff {
             name: flake_input.into(),
             rev: Some("0123456789abcdef".into()),
         }]),
+        flake_inputs_unknown: None,
         candidate_closure: None,
     }
 }
@@ -367,6 +368,7 @@ pub fn run(extra: usize) -> Run {
             started: "2026-11-22T20:30:00Z".into(),
             finished: Some("2026-11-22T20:30:25Z".into()),
             exit_code: Some(1),
+            ending: Some(crate::report::Ending::Completed),
             selected: all,
             hosts,
         },
