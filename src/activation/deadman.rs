@@ -910,6 +910,24 @@ pub(crate) mod tests {
             .args(["sleep", "30"])
             .spawn()
             .unwrap();
+        // Its own group only once `setsid` ran in the child: a kill of the
+        // group sent before that finds no group, and the sleeper lived on
+        // (1 run in ~10 under load). The fire's sleeper is long settled
+        // when a disarm comes; the test's must be too.
+        let leads_its_group = || {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+            stat.ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split_whitespace().nth(2).map(str::to_owned))
+                == Some(child.id().to_string())
+        };
+        for _ in 0..250 {
+            if leads_its_group() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(leads_its_group(), "the sleeper never led its own group");
         std::fs::write(pid_file, format!("{}\n", child.id())).unwrap();
         child
     }
