@@ -379,8 +379,13 @@ impl<J: HostJob> Runner<J> {
         let mut task_host: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut staging = FuturesUnordered::new();
         let mut unstarted: Vec<(String, JoinHandle<()>)> = Vec::new();
+        // Hosts never copied: their wave failed by the plan's refusals
+        // alone, so nothing of it was staged. They end not started (before:
+        // they were dropped from the results, with no end at all).
+        let mut never_staged = Vec::new();
         for h in pending {
             let Some((rx, handle)) = self.staged.remove(&h) else {
+                never_staged.push(h);
                 continue;
             };
             unstarted.push((h.clone(), handle));
@@ -445,6 +450,10 @@ impl<J: HostJob> Runner<J> {
         let why = w.stop.clone().unwrap_or(NotStarted::Cancelled);
         for (h, staging) in unstarted {
             staging.abort();
+            let r = self.not_started(&h, &group.name, &why);
+            w.results.push(r);
+        }
+        for h in never_staged {
             let r = self.not_started(&h, &group.name, &why);
             w.results.push(r);
         }

@@ -611,9 +611,10 @@ async fn a_second_cancel_stops_later_waves_as_cancelled() {
 }
 
 /// A canary the plan refused fails its wave before anything starts: no
-/// copy starts for the next wave's hosts (each got one, aborted at once).
-/// Staging tasks run on other threads here; the wave's end waits a while
-/// for one to show up.
+/// copy starts for the next wave's hosts (each got one, aborted at once),
+/// nor for the canary's other host, which ends not started (for a while it
+/// was dropped from the results). Staging tasks run on other threads here;
+/// the wave's end waits a while for one to show up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_refused_by_the_plan_stages_nothing() {
     let job = Arc::new(Job {
@@ -633,11 +634,15 @@ async fn a_canary_refused_by_the_plan_stages_nothing() {
             }
         }
     };
-    let results = run(job.clone(), &selection(), rx, emit).await;
+    let mut sel = selection();
+    sel.groups[0].hosts.push("c2".into());
+    let results = run(job.clone(), &sel, rx, emit).await;
     let e = ends(&results);
+    assert_eq!(e.len(), 7, "every host has its end: {e:?}");
     assert_eq!(e[0], ("c1".into(), "err:refused".into()));
+    assert!(e[1].0 == "c2" && e[1].1.contains("WaveFailed"), "{e:?}");
     assert!(
-        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        e[2..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
         "{e:?}"
     );
     let log = job.entries();
