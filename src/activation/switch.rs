@@ -229,7 +229,9 @@ else
   echo NixgateLock=held
   systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
   while read -r u load active sub rest; do echo \"NixgateHolder=$u $active $sub\"; done
-  exit 0
+",
+    lock_holders!(),
+    "  exit 0
 fi
 if [ -n \"$aunit\" ]; then
   if mkdir -p \"${ascript%/*}\" && printf '%s' \"$abody\" > \"$ascript.tmp\" && mv -f \"$ascript.tmp\" \"$ascript\"; then
@@ -376,12 +378,62 @@ pub enum FireOutcome {
     },
 }
 
+/// The processes that hold `$lock` (from `/proc/locks`, by its inode; a
+/// waiter's `->` line holds nothing): `NixgateLockPid=<pid> <seconds
+/// running> <command line>`. A switch killed with the SSH session it ran
+/// in, or hung, holds the lock outside any unit (deploy-rs#390): every
+/// later deploy fails on it, and without its pid the error named nothing
+/// to act on.
+macro_rules! lock_holders {
+    () => {
+        "  ino=$(stat -c %i \"$lock\" 2>/dev/null)
+  [ -z \"$ino\" ] || [ ! -r /proc/locks ] || while read -r _ kind _ _ pid dev _; do
+    [ \"$kind\" != '->' ] && [ \"${dev##*:}\" = \"$ino\" ] && [ -r \"/proc/$pid/cmdline\" ] || continue
+    age=$(ps -o etimes= -p \"$pid\" 2>/dev/null | tr -d ' ')
+    cmd=$(tr '\\000' ' ' < \"/proc/$pid/cmdline\" | cut -c1-300)
+    echo \"NixgateLockPid=$pid ${age:--} $cmd\"
+  done < /proc/locks
+"
+    };
+}
+pub(crate) use lock_holders;
+
+/// A process that holds `switch-to-configuration`'s lock, as the host
+/// listed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LockProcess {
+    pub pid: u32,
+    /// How long it has run (`None`: `ps` could not say).
+    pub running_secs: Option<u64>,
+    /// Its command line (arguments joined by spaces, cut at 300 bytes).
+    pub command: String,
+}
+
+impl LockProcess {
+    /// `NixgateLockPid=` values: `<pid> <seconds or -> <command line>`.
+    pub fn parse(line: &str) -> Option<LockProcess> {
+        let mut parts = line.splitn(3, ' ');
+        let pid = parts.next()?.parse().ok()?;
+        let running_secs = parts.next()?.parse().ok();
+        let command = parts.next().unwrap_or_default().trim_end().to_owned();
+        Some(LockProcess {
+            pid,
+            running_secs,
+            command,
+        })
+    }
+}
+
 /// One fire as the host answered it, lock check and first poll included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {
     /// Another switch holds `switch-to-configuration`'s lock: nothing
-    /// fired. `holders` lists the switch units loaded (`unit state sub`).
-    LockHeld { holders: Vec<String> },
+    /// fired. `holders` lists the switch units loaded (`unit state sub`),
+    /// `processes` what holds the lock.
+    LockHeld {
+        holders: Vec<String>,
+        processes: Vec<LockProcess>,
+    },
     /// The lock check could not run (nothing fired).
     LockCheckFailed { error: String },
     /// The lock was free, but pointing the profile at the closure failed
@@ -529,7 +581,13 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
                     outcome,
                     first: None,
                 },
-                None => Launch::LockHeld { holders },
+                None => Launch::LockHeld {
+                    holders,
+                    processes: lines
+                        .values("NixgateLockPid=")
+                        .filter_map(LockProcess::parse)
+                        .collect(),
+                },
             };
         }
         _ => {

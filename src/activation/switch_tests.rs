@@ -238,7 +238,28 @@ async fn linux_fire_outcomes() {
     assert_eq!(
         fire_once(&j, answer(held, ""), false).await,
         Launch::LockHeld {
-            holders: vec!["nixgate-switch-old.service active running".into()]
+            holders: vec!["nixgate-switch-old.service active running".into()],
+            processes: Vec::new(),
+        }
+    );
+    // An orphan: no switch unit, a process holding the lock.
+    let orphan = "NixgateLock=held\nNixgateLockPid=4242 11520 /nix/store/x/bin/switch-to-configuration switch\nNixgateLockPid=99 - perl\n";
+    assert_eq!(
+        fire_once(&j, answer(orphan, ""), false).await,
+        Launch::LockHeld {
+            holders: Vec::new(),
+            processes: vec![
+                LockProcess {
+                    pid: 4242,
+                    running_secs: Some(11520),
+                    command: "/nix/store/x/bin/switch-to-configuration switch".into(),
+                },
+                LockProcess {
+                    pid: 99,
+                    running_secs: None,
+                    command: "perl".into(),
+                },
+            ],
         }
     );
     let ours = "NixgateLock=held\nNixgateHolder=nixgate-switch-r1.service active running\n";
@@ -797,14 +818,25 @@ async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
         let _ = std::fs::remove_dir_all(d("jobs"));
     };
 
-    // Held: nothing armed, nothing fired.
+    // Held: nothing armed, nothing fired; the process holding the lock is
+    // named (from /proc/locks), with its command line.
     std::fs::write(&lock, "").unwrap();
     let mut holder = hold_lock(&lock).await;
     std::fs::write(d("start"), "ok").unwrap();
     let launch = parse_fire_linux(&r.exec(&fire).await.unwrap(), &j, false);
+    let pid = holder.id();
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert!(matches!(launch, Launch::LockHeld { .. }), "{launch:?}");
+    match &launch {
+        Launch::LockHeld { processes, .. } => assert!(
+            processes
+                .iter()
+                // `flock --no-fork` execs its command, which keeps the lock.
+                .any(|p| p.pid == pid && p.command == "sleep 30" && p.running_secs.is_some()),
+            "{launch:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
     assert!(!took().contains("systemd-run"), "{}", took());
     assert!(!std::path::Path::new(&script).exists());
     let _ = std::fs::remove_file(&calls);
