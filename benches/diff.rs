@@ -691,6 +691,7 @@ fn diff_metadata(
         drift,
         flake_inputs: None,
         flake_inputs_unknown: None,
+        unvalidated: false,
         candidate_closure: None,
     }
 }

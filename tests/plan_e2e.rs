@@ -105,6 +105,9 @@ fn plan_explains_changes_and_enforces_expect() {
         .find(|e| e["event"] == "diff")
         .expect("a diff event");
     assert_eq!(diff["host"], "light1");
+    // Never deployed by nixgate: the plan says the diff is against what
+    // the host runs, not against a known-good.
+    assert_eq!(diff["diff"]["unvalidated"], true, "{diff}");
     let changes = diff["diff"]["packages"]["changes"].as_array().unwrap();
     assert!(changes.iter().any(|c| c["name"] == "nginx"
         && c["change"]["kind"] == "upgraded"
@@ -205,6 +208,8 @@ fn plan_names_flake_input_changes_since_the_known_good() {
         .expect("a diff event");
     assert_eq!(diff["diff"]["flake_inputs"][0]["kind"], "added", "{diff}");
     assert_eq!(diff["diff"]["flake_inputs"][0]["name"], "nixpkgs", "{diff}");
+    // It runs its known-good: nothing to flag.
+    assert!(diff["diff"].get("unvalidated").is_none(), "{diff}");
 
     // The builder loses every derivation (roots removed, GC): the running
     // system's is recovered by re-evaluating the commit it was deployed from.

@@ -63,8 +63,13 @@ const REFIRE_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SwitchFailure {
-    /// Another switch holds `switch-to-configuration`'s lock (nothing fired).
-    LockHeld { holders: Vec<String> },
+    /// Another switch holds `switch-to-configuration`'s lock (nothing
+    /// fired): the switch units loaded, and the processes holding it.
+    LockHeld {
+        holders: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        processes: Vec<switch::LockProcess>,
+    },
     /// The lock check could not be run (nothing fired).
     LockCheck { error: String },
     /// The fire's `nix-env --set` of the profile failed (nothing fired;
@@ -243,12 +248,14 @@ pub async fn run_detached<R: Remote>(
 /// `switch-to-configuration` exits 4 when any unit is failed once it is
 /// done. It resets the failed state first, but a unit that was failing
 /// before (a broken backup job pulled in by `multi-user.target`) is started
-/// again with its target and fails again: every switch, good or bad, exits
-/// 4 on such a host, and without this no deploy to it could ever pass. A
-/// switch that exited 4 with the link on `expected`, with only units failed
-/// that were failed before, did what it was asked: the units, else `None`
-/// (any other exit, another link, a unit this switch broke, or the list
-/// not read: a failure, as before).
+/// again with its target and fails again. A rollback's switch that exited 4
+/// with the link on `expected`, with only units failed that were failed
+/// before, is back where the host was: the units, else `None` (any other
+/// exit, another link, a unit this deploy broke, or the list not read: a
+/// failure, as before). Not for a candidate's switch: its exit 4 may also
+/// be a failed reload (no unit left failed), a unit stuck restarting, or a
+/// stale failure the candidate made real; it is rolled back, and the
+/// rollback's warning names the units that were failing before.
 async fn earlier_failures_only<R: Remote>(
     remote: &R,
     sudo: bool,
@@ -444,7 +451,9 @@ fn read_launch(
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> Result<Fired, SwitchFailure> {
     let (unchecked, outcome, first) = match launch {
-        Launch::LockHeld { holders } => return Err(SwitchFailure::LockHeld { holders }),
+        Launch::LockHeld { holders, processes } => {
+            return Err(SwitchFailure::LockHeld { holders, processes });
+        }
         Launch::LockCheckFailed { error } => return Err(SwitchFailure::LockCheck { error }),
         Launch::ProfileSetFailed { error } => return Err(SwitchFailure::ProfileSet { error }),
         Launch::ArmFailed { error } => return Err(SwitchFailure::Arm { error }),
@@ -525,6 +534,7 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
             {
                 SwitchFailure::LockHeld {
                     holders: Vec::new(),
+                    processes: Vec::new(),
                 }
             } else {
                 SwitchFailure::Exited {

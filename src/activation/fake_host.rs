@@ -448,9 +448,15 @@ impl State {
                 .collect();
             ok(&lines)
         } else if script == links::READ_START {
-            // The known-good only when its generation has its record.
+            // The known-good only when its generation has its record, or
+            // none while no older generation has one.
             let kg = self.current_generation(a[6]);
-            let recorded = self.records.contains_key(&kg.to_string());
+            let older_recorded = self
+                .records
+                .keys()
+                .filter_map(|k| k.parse::<usize>().ok())
+                .any(|k| k < kg);
+            let recorded = self.records.contains_key(&kg.to_string()) || !older_recorded;
             let known_good = self.link(a[6]).filter(|_| recorded);
             let lines = format!(
                 "{}\n{}\n{}\n",

@@ -143,12 +143,19 @@ pub struct Baseline {
 /// next mark (another run's: the host lock keeps runs apart, and a run's
 /// undo comes before it lets the host go) removes it.
 ///
+/// The records are readable by all (`umask 022`, the directory opened up):
+/// the pipeline's first read and `status` read them without `sudo`, and
+/// sudo keeps a user's umask of 077 (the known-good was then invisible to
+/// both). They hold no secret: closures, gates' evidence, a commit.
+///
 /// Exits: 3 the generation to re-select is not the closure; 4 the record
 /// could not be written and the profile was put back; 5 neither; 6 the
 /// record arrived cut short (nothing changed).
 pub(crate) const MARK: &str = r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
 trap '' HUP PIPE
+umask 022
 mkdir -p "$dir" || exit 1
+chmod go+rx "$dir" 2>/dev/null
 tmp=$dir/.pending-$run.$$.json
 cat > "$tmp" || { rm -f "$tmp"; exit 1; }
 # One mark at a time: a mark tried again after a dropped session runs while

@@ -24,18 +24,37 @@ done";
 
 /// The pipeline's first read ([`read_start_command`]): `$1` and `$2` as
 /// [`READ_LINKS`] reads them, then the known-good profile `$3`'s target
-/// only when its generation has its tag record in `$4` (else an empty
-/// line). A mark cut off between `nix-env --set` and its record (the host
-/// went down as it was marked) leaves the profile on a closure never
-/// proven, often the candidate that just failed: a rollback must not go
-/// there (the fault matrix left such a host; `status` flags it, and
-/// `nixgate rollback` never picks it).
-pub(crate) const READ_START: &str = "cur=$1; prof=$2; kg=$3; dir=$4
-for l in \"$cur\" \"$prof\"; do
-  if [ -L \"$l\" ] || [ -e \"$l\" ]; then t=$(readlink -f \"$l\") || exit 1; printf '%s\\n' \"$t\"; else echo; fi
+/// only when its generation's mark finished (else an empty line), by the
+/// rule `nixgate rollback` uses (`plan::rollback_target`): it has its tag
+/// record in `$4`, or it has none while no older generation has one and no
+/// mark was cut off (`.pending-<run>.replaced` naming an older generation
+/// or none: hosts from before records, a records directory lost). A mark
+/// cut off between `nix-env --set` and its record (the host went down as
+/// it was marked) leaves the profile on a closure never proven, often the
+/// candidate that just failed: a rollback must not go there (the fault
+/// matrix left such a host; `status` flags it).
+pub(crate) const READ_START: &str = r#"cur=$1; prof=$2; kg=$3; dir=$4
+for l in "$cur" "$prof"; do
+  if [ -L "$l" ] || [ -e "$l" ]; then t=$(readlink -f "$l") || exit 1; printf '%s\n' "$t"; else echo; fi
 done
-g=$(readlink \"$kg\" 2>/dev/null); n=${g%-link}; n=${n##*-}
-if [ -n \"$g\" ] && [ -e \"$kg\" ] && [ -f \"$dir/$n.json\" ]; then t=$(readlink -f \"$kg\") || exit 1; printf '%s\\n' \"$t\"; else echo; fi";
+g=$(readlink "$kg" 2>/dev/null); n=${g%-link}; n=${n##*-}; ok=
+case $n in ''|*[!0-9]*) n= ;; esac
+if [ -n "$n" ] && [ -e "$kg" ]; then
+  ok=1
+  if [ ! -f "$dir/$n.json" ]; then
+    for r in "$dir"/*.json; do
+      m=${r##*/}; m=${m%.json}
+      case $m in ''|*[!0-9]*) continue ;; esac
+      [ "$m" -gt "$n" ] || ok=
+    done
+    for p in "$dir"/.pending-*.replaced; do
+      [ -f "$p" ] || continue
+      v=$(cat "$p" 2>/dev/null)
+      { [ -n "$v" ] && [ "$v" -ge "$n" ] 2>/dev/null; } || ok=
+    done
+  fi
+fi
+if [ -n "$ok" ]; then t=$(readlink -f "$kg") || exit 1; printf '%s\n' "$t"; else echo; fi"#;
 
 /// The command of [`READ_START`]: the running system, the system profile,
 /// the known-good profile (recorded) and its records' directory.
@@ -174,11 +193,20 @@ mod tests {
                 out.stdout_str()
             }
         };
-        let recorded = read("1").await;
-        assert_eq!(recorded, format!("{}\n\n{}\n", d("cur"), d("good")));
+        let given = |c: &str| format!("{}\n\n{}\n", d("cur"), d(c));
+        let none = format!("{}\n\n\n", d("cur"));
+        assert_eq!(read("1").await, given("good"));
         // Generation 2's mark never wrote its record.
-        let cut_off = read("2").await;
-        assert_eq!(cut_off, format!("{}\n\n\n", d("cur")));
+        assert_eq!(read("2").await, none);
+        // No record older than it (records lost, or from before records):
+        // known-good, as `nixgate rollback` counts it.
+        std::fs::rename(d("records/1.json"), d("records/3.json")).unwrap();
+        assert_eq!(read("2").await, given("cut-off"));
+        std::fs::remove_file(d("records/3.json")).unwrap();
+        assert_eq!(read("2").await, given("cut-off"));
+        // A mark cut off after the profile moved from generation 1.
+        std::fs::write(d("records/.pending-r9.replaced"), "1\n").unwrap();
+        assert_eq!(read("2").await, none);
     }
 
     #[tokio::test]

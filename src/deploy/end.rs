@@ -32,10 +32,24 @@ pub enum HostEnd {
         checks: Vec<HealthReport>,
         /// The known-good generation revoked (the one this run marked).
         revoked: Option<u64>,
-        /// `None`: not taken back, this run did not change the host (it
-        /// already ran the candidate).
+        /// `None`: not taken back, `kept` says why.
         rollback: Option<RollbackOutcome>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept: Option<Kept>,
     },
+}
+
+/// Why a host unhealthy after its soak was not taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kept {
+    /// It already ran the candidate: this run did not change what it runs
+    /// (a known-good generation its mark made is revoked all the same).
+    NotChanged,
+    /// This run was a rollback to a known-good generation: going back
+    /// means the system it rolled away from, and the generation, proven by
+    /// an earlier run, is not revoked.
+    RollbackTarget,
 }
 
 impl HostEnd {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
-use crate::activation::known_good::GateRecord;
+use crate::activation::known_good::{self, GateRecord};
 use crate::activation::{
     ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
     activate_host, take_back,
@@ -25,7 +25,7 @@ use crate::remote::unpoisoned;
 use crate::report::{Event, EventSink};
 use crate::runner::{HostJob, Interrupted};
 
-use super::{HostEnd, HostSummary, RunContext};
+use super::{HostEnd, HostSummary, Kept, RunContext};
 
 /// Staging: how the closure reaches the host before activation.
 pub trait Stager: Send + Sync + 'static {
@@ -299,16 +299,54 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         }
     }
 
+    /// An unhealthy host the soak does not take back, and why, with the
+    /// generation revoked if any: a host that already ran the candidate
+    /// (its mark revoked only when it made a generation: REVOKE of one it
+    /// re-used deleted a generation an earlier run had proven), or a
+    /// rollback's target (going back means the system rolled away from;
+    /// its generation was proven by an earlier run).
+    async fn kept_unhealthy(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        settings: &crate::activation::HostSettings,
+        done: &HostSummary,
+    ) -> Option<(Option<u64>, Kept)> {
+        if self
+            .ready
+            .get(host)
+            .is_some_and(|r| r.candidate.generation.is_some())
+        {
+            return Some((None, Kept::RollbackTarget));
+        }
+        let Some(HostOutcome::AlreadyCurrent { mark }) = done.end.outcome() else {
+            return None;
+        };
+        let made = mark
+            .as_ref()
+            .filter(|m| m.record.replaced != Some(m.generation))
+            .map(|m| m.generation);
+        let revoked = match made {
+            Some(g) => known_good::revoke(remote, &settings.paths, settings.sudo, g)
+                .await
+                .ok()
+                .map(|_| g),
+            None => None,
+        };
+        Some((revoked, Kept::NotChanged))
+    }
+
     /// After its wave's soak: a host whose health checks fail now is taken
     /// back to the known-good before this run's, and its mark revoked.
     async fn take_back_unhealthy(&self, host: &str, done: HostSummary) -> HostSummary {
-        // A goal that switched nothing (copy, dry-activate) changed nothing
-        // to take back: its "take-back" was a switch, and a boot entry
-        // written, on a host the run had promised not to touch.
+        // A goal that did not switch the running system (copy,
+        // dry-activate, boot) changed nothing the checks look at: they
+        // check what it ran before, and its "take-back" was a switch on a
+        // host the run had promised not to switch.
         if let Some(HostOutcome::Activated { goal }) = done.end.outcome()
             && goal
                 .switch_action()
-                .is_none_or(|a| !a.changes_running_system() && !a.writes_boot_default())
+                .is_none_or(|a| !a.changes_running_system())
         {
             return done;
         }
@@ -326,16 +364,13 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if reports.iter().all(|r| r.passed()) {
             return done;
         }
-        // A host that already ran the candidate was not changed by this
-        // run: nothing of it is taken back, and a mark that re-used the
-        // generation it stood on is not revoked (REVOKE deleted a
-        // generation an earlier run had proven). It fails its wave.
-        if let Some(HostOutcome::AlreadyCurrent { .. }) = done.end.outcome() {
+        if let Some(end) = self.kept_unhealthy(host, &remote, &settings, &done).await {
             return HostSummary {
                 end: HostEnd::SoakFailed {
                     checks: reports,
-                    revoked: None,
+                    revoked: end.0,
                     rollback: None,
+                    kept: Some(end.1),
                 },
                 ..done
             };
@@ -368,6 +403,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 checks: reports,
                 revoked,
                 rollback: Some(rollback),
+                kept: None,
             },
             ..done
         }
@@ -376,16 +412,17 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
 
 /// How a soak's take-back switches: as far as the run's goal went. `test`
 /// left the boot default alone (one pending a reboot into something else
-/// included), `boot` the running system; the gated push and `switch`
-/// moved both.
+/// included); the gated push and `switch` moved it too.
 fn take_back_mode(outcome: Option<&HostOutcome>) -> crate::activation::RollbackMode {
     use crate::activation::RollbackMode;
-    let Some(HostOutcome::Activated { goal }) = outcome else {
-        return RollbackMode::Persistent;
-    };
-    match goal.switch_action() {
-        Some(a) if a.changes_running_system() && !a.writes_boot_default() => RollbackMode::Live,
-        Some(a) if !a.changes_running_system() => RollbackMode::BootOnly,
+    match outcome {
+        Some(HostOutcome::Activated { goal })
+            if goal
+                .switch_action()
+                .is_some_and(|a| !a.writes_boot_default()) =>
+        {
+            RollbackMode::Live
+        }
         _ => RollbackMode::Persistent,
     }
 }

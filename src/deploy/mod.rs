@@ -24,7 +24,7 @@ use crate::runner::cancel::CancelWatch;
 use crate::runner::{self, NotStarted, RunnerEnd};
 use crate::state::clock::Utc;
 
-pub use end::{HostEnd, HostSummary, OutcomeKind};
+pub use end::{HostEnd, HostSummary, Kept, OutcomeKind};
 pub use job::{AlreadyThere, DeployJob, Stager};
 
 /// Everything a run needs besides the plan.

@@ -316,6 +316,13 @@ async fn an_unhealthy_host_the_run_did_not_change_is_not_taken_back() {
         panic!("{:?}", hosts[0].end);
     };
     assert_eq!((*revoked, rollback), (None, &None));
+    assert!(matches!(
+        &hosts[0].end,
+        HostEnd::SoakFailed {
+            kept: Some(crate::deploy::Kept::NotChanged),
+            ..
+        }
+    ));
     assert_eq!(hosts[0].outcome(), OutcomeKind::Failed);
     assert!(!hosts[0].was_taken_back());
     {
@@ -326,6 +333,61 @@ async fn an_unhealthy_host_the_run_did_not_change_is_not_taken_back() {
         assert!(!st.deleted.contains(&(KNOWN_GOOD.to_owned(), 1)));
     }
     assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+}
+
+/// A rollback to known-good generation 1, unhealthy after its soak: not
+/// taken back (that would be the system it rolled away from) and its
+/// generation, proven by an earlier run, not revoked (before: REVOKE of a
+/// re-selected generation deleted it). It fails its wave.
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_rollback_target_is_kept_and_not_revoked() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    {
+        let mut st = f.hosts["web1"].state();
+        st.unhealthy_after = Some(1);
+        // It went on to NEW (known-good generation 2), then someone rolls
+        // it back to generation 1.
+        st.current = sp(NEW);
+        st.set_profile(SYSTEM, &sp(NEW));
+        st.boot_default = sp(NEW);
+        st.set_profile(KNOWN_GOOD, &sp(NEW));
+        let first = st.records["1"].clone();
+        st.records.insert(
+            "2".into(),
+            first.replace("\"generation\":1", "\"generation\":2"),
+        );
+    }
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => Verdict::Ready {
+            candidate: Candidate {
+                closure: sp(OLD),
+                earlier_gates: Vec::new(),
+                generation: Some(1),
+                never_validated: false,
+                commit: None,
+            },
+            running: Some(sp(NEW)),
+        },
+        _ => ready(NEW),
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert!(
+        matches!(
+            &hosts[0].end,
+            HostEnd::SoakFailed {
+                revoked: None,
+                rollback: None,
+                kept: Some(crate::deploy::Kept::RollbackTarget),
+                ..
+            }
+        ),
+        "{:?}",
+        hosts[0].end
+    );
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.current, sp(OLD), "left on the rollback's target");
+    assert_eq!(st.current_generation(KNOWN_GOOD), 1);
+    assert!(!st.deleted.contains(&(KNOWN_GOOD.to_owned(), 1)));
 }
 
 /// `--goal test`, unhealthy after the soak: taken back live only; the boot

@@ -37,6 +37,11 @@ pub struct HostDiff {
     /// commit is not in the local clone, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flake_inputs_unknown: Option<flake_lock::InputsUnknown>,
+    /// The host runs a system that is none of its recorded known-good
+    /// generations (changed outside nixgate, or never deployed by it): the
+    /// diff is against what it runs, not against what nixgate deployed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unvalidated: bool,
     /// The candidate's closure as the builder reported it (the copy gate
     /// reuses it instead of asking again).
     #[serde(skip)]
@@ -47,6 +52,13 @@ impl HostDiff {
     /// Text lines for people.
     pub fn render(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.unvalidated {
+            out.push(
+                "runs a system that is not one of its known-good generations (changed outside \
+                 nixgate, or never deployed by it): the diff is against what it runs"
+                    .into(),
+            );
+        }
         match &self.packages {
             Some(p) if p.is_empty() && self.current.as_ref() == Some(&self.candidate) => {
                 out.push("no change: the host already runs the candidate".into())
@@ -143,6 +155,7 @@ pub async fn diff_host<H: Remote, B: Remote>(
         drift,
         flake_inputs: None,
         flake_inputs_unknown: None,
+        unvalidated: false,
         candidate_closure: Some(new),
     })
 }

@@ -92,20 +92,24 @@ async fn one<F: Fleet>(
         closure: ctx.closures.get(cand).cloned(),
         current_closure: current.as_ref().and_then(|c| ctx.closures.get(c).cloned()),
     };
-    // The commit the running system was validated from, if it is the
-    // known-good: read from the host while the builder answers the diff.
+    // What the running system is to nixgate, read from the host while the
+    // builder answers the diff: a recorded known-good (and the commit it
+    // was validated from), or none of them.
     let deployed = async {
         let cur = current.as_ref()?;
         let hist = known_good::history(&session, &paths).await.ok()?;
-        hist.into_iter()
+        let recorded = hist
+            .into_iter()
             .rev()
-            .find(|g| g.closure.as_ref() == Some(cur))
-            .and_then(|g| g.record.and_then(|r| r.commit))
+            .find(|g| g.closure.as_ref() == Some(cur) && g.record.is_some());
+        Some(recorded.map(|g| g.record.and_then(|r| r.commit)).ok_or(()))
     };
     let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);
     let (d, deployed) = tokio::join!(diffed, deployed);
     let mut d = d?;
-    let (Some(cur), Some(old_commit)) = (&current, deployed) else {
+    // History unread: nothing is claimed either way.
+    d.unvalidated = matches!(deployed, Some(Err(())));
+    let (Some(cur), Some(Ok(Some(old_commit)))) = (&current, deployed) else {
         return Ok(d);
     };
     if let Some(new_commit) = commit {
@@ -451,6 +455,7 @@ mod tests {
             drift: Vec::new(),
             flake_inputs: None,
             flake_inputs_unknown: None,
+            unvalidated: false,
             candidate_closure: None,
         }
     }

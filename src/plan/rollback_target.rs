@@ -348,7 +348,10 @@ pub async fn find_all<F: Fleet>(p: &Planning<'_, F>, hosts: &[String], to: Optio
                     never_validated: t.never_validated,
                     commit: t.commit,
                 };
-                (Verdict::Ready { candidate, running }, Some(stood))
+                // `--to N` names its target outright: nothing to re-check
+                // once the lock is taken (it was refused as `Moved`).
+                let stood = to.is_none().then_some(stood);
+                (Verdict::Ready { candidate, running }, stood)
             }
             Err(refusal) => (Verdict::Refused { refusal }, None),
         };

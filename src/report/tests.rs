@@ -87,6 +87,7 @@ fn ends() -> Vec<HostEnd> {
                     log_tail: vec![],
                 }),
             }),
+            kept: None,
         },
     ]
 }

@@ -332,7 +332,7 @@ impl<R: Remote> Run<'_, R> {
         self.step(Step::ConfirmNewConnection { within: window });
         let end = tokio::time::Instant::now() + window;
         let cause = loop {
-            let cause = match self.reach_on_candidate().await {
+            let cause = match self.reach_on_candidate(end).await {
                 Ok(()) => return Ok(()),
                 Err(seen @ CutOff::NotOnCandidate { .. }) => break seen,
                 Err(cause) => cause,
@@ -345,13 +345,21 @@ impl<R: Remote> Run<'_, R> {
         Err(self.roll_back_unconfirmed(cause).await)
     }
 
-    /// One new connection, and the link read over it (bounded by
-    /// [`READS_BOUND`] once the handshake is done).
-    async fn reach_on_candidate(&self) -> Result<(), CutOff> {
+    /// One new connection, its handshake within the window (`end`: a
+    /// handshake of the connection's own `connect_timeout`, twice that
+    /// through a jump host, would outlast it), and the link read over it
+    /// (bounded by [`READS_BOUND`]).
+    async fn reach_on_candidate(&self, end: tokio::time::Instant) -> Result<(), CutOff> {
         let no_connection = |e: anyhow::Error| CutOff::NoNewConnection {
             error: format!("{e:#}"),
         };
-        let fresh = self.fresh.fresh().await.map_err(no_connection)?;
+        let fresh = match tokio::time::timeout_at(end, self.fresh.fresh()).await {
+            Ok(fresh) => fresh.map_err(no_connection)?,
+            Err(_) => {
+                let error = "no new connection within the confirm window".to_owned();
+                return Err(CutOff::NoNewConnection { error });
+            }
+        };
         let read = links::read_store_link(&fresh, &self.s.paths.current_system);
         let now = match tokio::time::timeout(READS_BOUND, read).await {
             Ok(read) => read.map_err(no_connection)?,
@@ -666,10 +674,12 @@ struct FirstTry {
     shortened: Option<(tokio::time::Instant, anyhow::Result<()>)>,
 }
 
-/// Stop a revert stuck under way ([`deadman::stop_revert_command`]).
+/// Stop a revert stuck under way ([`deadman::stop_revert_command`]; it is
+/// idempotent: a lost answer is asked again, for [`READS_BOUND`]).
 async fn stop_revert<R: Remote>(at: &R, armed: &Armed, sudo: bool) -> Result<(), String> {
     let cmd = deadman::stop_revert_command(armed, sudo);
-    match at.exec(&cmd).await {
+    let patient = crate::remote::patient::Patient::new(at, READS_BOUND);
+    match patient.exec(&cmd).await {
         Ok(out) => out
             .check("stopping the host's revert")
             .map(|_| ())

@@ -443,15 +443,18 @@ impl<'a, R: Remote> Run<'a, R> {
             Ok(job) => job,
             Err(outcome) => return outcome,
         };
-        // Units failed before this deploy that fail again do not fail it.
-        let before = self.pre_failed.as_ref();
+        // The candidate's exit 4 fails it even when only units failing
+        // before fail again (unlike the rollback's: see
+        // `detached::earlier_failures_only`): the same exit 4 hides a
+        // failed reload, a unit stuck restarting, or a stale failure the
+        // candidate made real.
         let result = run_detached(
             self.remote,
             self.s,
             &mut job,
             &cand,
             &previous,
-            before,
+            None,
             self.emit,
         )
         .await;

@@ -251,6 +251,7 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
             checks,
             revoked,
             rollback,
+            kept,
         } => Some((
             format!(
                 "unhealthy after its wave's soak: {} check(s) failed",
@@ -262,7 +263,7 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
                 revoked.map_or_else(String::new, |g| format!(
                     "known-good generation {g} revoked; "
                 )),
-                words::soak_rollback(rollback.as_ref(), labels)
+                words::soak_rollback(rollback.as_ref(), *kept, labels)
             )),
             format!("fix the cause, then `nixgate {command} {host}`"),
         )),

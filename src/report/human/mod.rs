@@ -222,7 +222,7 @@ fn describe_runner(r: &RunnerEvent) -> Option<String> {
             if *healthy {
                 "healthy"
             } else {
-                "UNHEALTHY: taking it back"
+                "UNHEALTHY (its end says what was done)"
             }
         ),
     })

@@ -573,10 +573,7 @@ pub fn switch_failure(f: &SwitchFailure) -> String {
                 "the switch never started".into()
             }
         }
-        SwitchFailure::LockHeld { holders } => format!(
-            "another switch holds switch-to-configuration's lock ({})",
-            holders.join(", ")
-        ),
+        SwitchFailure::LockHeld { holders, processes } => lock_held(holders, processes),
         SwitchFailure::LockCheck { error } => {
             format!(
                 "the switch lock could not be checked: {}",
@@ -775,25 +772,68 @@ pub fn end(e: &HostEnd, labels: &Labels) -> Option<String> {
             .to_owned(),
         ),
         HostEnd::SoakFailed {
-            checks, rollback: r, revoked, ..
+            checks,
+            rollback: r,
+            revoked,
+            kept,
         } => Some(format!(
             "unhealthy after its wave's soak ({} check(s) failed){}; {}",
             checks.iter().filter(|c| !c.passed()).count(),
             revoked
                 .map(|g| format!("; known-good generation {g} revoked"))
                 .unwrap_or_default(),
-            soak_rollback(r.as_ref(), labels)
+            soak_rollback(r.as_ref(), *kept, labels)
         )),
     }
 }
 
-/// What the soak's take-back did (`None`: there was none, the run had
-/// not changed the host).
-pub fn soak_rollback(r: Option<&RollbackOutcome>, labels: &Labels) -> String {
-    match r {
-        Some(r) => rollback(r, labels),
-        None => "not taken back: this run did not change it (it already ran the candidate)".into(),
+/// What the soak's take-back did, or why there was none.
+pub fn soak_rollback(
+    r: Option<&RollbackOutcome>,
+    kept: Option<crate::deploy::Kept>,
+    labels: &Labels,
+) -> String {
+    use crate::deploy::Kept;
+    match (r, kept) {
+        (Some(r), _) => rollback(r, labels),
+        (None, Some(Kept::RollbackTarget)) => "not taken back: this run rolled it back to a \
+            known-good generation, and going back means the system it rolled away from; \
+            look at the host (`nixgate status`)"
+            .into(),
+        (None, _) => {
+            "not taken back: this run did not change what it runs (it already ran the candidate)"
+                .into()
+        }
     }
+}
+
+/// Who holds the switch lock, and (a process outside any switch unit, an
+/// orphan: deploy-rs#390) what to do about it.
+fn lock_held(holders: &[String], processes: &[crate::activation::switch::LockProcess]) -> String {
+    let mut s = "another switch holds switch-to-configuration's lock".to_owned();
+    if !holders.is_empty() {
+        s.push_str(&format!(" ({})", holders.join(", ")));
+    }
+    for p in processes {
+        let ran = p
+            .running_secs
+            .map(|t| {
+                format!(
+                    ", running for {}",
+                    crate::inventory::duration::format(std::time::Duration::from_secs(t))
+                )
+            })
+            .unwrap_or_default();
+        s.push_str(&format!("; held by pid {} (`{}`{ran})", p.pid, p.command));
+    }
+    if holders.is_empty() && !processes.is_empty() {
+        let pids: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
+        s.push_str(&format!(
+            ": no switch unit runs it; if no switch should be running, `kill {}` on the host",
+            pids.join(" ")
+        ));
+    }
+    s
 }
 
 pub fn not_released(n: &NotReleased) -> String {
@@ -911,5 +951,32 @@ mod no_space_words {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(48 << 20), "48.0 MiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::activation::switch::LockProcess;
+
+    /// A lock held outside any switch unit names the process and what to
+    /// do (before: "holds switch-to-configuration's lock ()").
+    #[test]
+    fn an_orphaned_lock_names_its_process_and_the_way_out() {
+        let p = LockProcess {
+            pid: 4242,
+            running_secs: Some(11_520),
+            command: "/nix/store/x/bin/switch-to-configuration switch".into(),
+        };
+        assert_eq!(
+            super::lock_held(&[], &[p]),
+            "another switch holds switch-to-configuration's lock; held by pid 4242 \
+             (`/nix/store/x/bin/switch-to-configuration switch`, running for 3h12m): no switch \
+             unit runs it; if no switch should be running, `kill 4242` on the host"
+        );
+        assert_eq!(
+            super::lock_held(&["nixgate-switch-r0.service active running".into()], &[]),
+            "another switch holds switch-to-configuration's lock \
+             (nixgate-switch-r0.service active running)"
+        );
     }
 }

@@ -166,6 +166,7 @@ fn diff(flake_input: &str) -> HostDiff {
             rev: Some("0123456789abcdef".into()),
         }]),
         flake_inputs_unknown: None,
+        unvalidated: false,
         candidate_closure: None,
     }
 }

@@ -430,7 +430,8 @@ impl Collector {
             RunnerEvent::SoakChecked { host, healthy, .. } => {
                 if !healthy {
                     let detail = Detail::lines(vec![
-                        "unhealthy after its wave's soak: taken back to its known-good".into(),
+                        "unhealthy after its wave's soak (the host's end says what was done)"
+                            .into(),
                     ]);
                     let h = self.host(&host);
                     h.spans.push(Span {
