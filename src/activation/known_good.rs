@@ -152,7 +152,7 @@ pub struct Baseline {
 /// could not be written and the profile was put back; 5 neither; 6 the
 /// record arrived cut short (nothing changed).
 pub(crate) const MARK: &str = r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
-trap '' HUP PIPE
+trap '' HUP PIPE TERM
 umask 022
 mkdir -p "$dir" || exit 1
 chmod go+rx "$dir" 2>/dev/null
@@ -241,7 +241,7 @@ exit 4"#;
 /// `.pending-<run>.replaced`, naming the generation to go back to. Prints
 /// what it did.
 pub(crate) const UNDO_MARK: &str = r#"prof=$1; dir=$2; run=$3; reselected=$4
-trap '' HUP PIPE
+trap '' HUP PIPE TERM
 if command -v flock >/dev/null 2>&1 && mkdir -p "$dir"; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 pending=$dir/.pending-$run.replaced
 # What this run's re-selection kept of the record it overwrote (see MARK).
@@ -433,7 +433,7 @@ pub async fn mark<R: Remote>(
     let timed_out = matches!(&out, Ok(o) if matches!(o.exit.code(), Some(124 | 137)));
     let lost = match &out {
         Err(_) => true,
-        Ok(o) => o.exit == Exit::ConnectionLost || timed_out,
+        Ok(o) => o.exit == Exit::ConnectionLost || timed_out || killed(&o.exit),
     };
     if lost {
         // It may have run (the script finishes without the session): undo
@@ -494,6 +494,21 @@ fn undone(e: anyhow::Error, undo: anyhow::Result<()>, prof: &str) -> anyhow::Err
 
 /// Undo this run's mark if it was made ([`UNDO_MARK`]), trying for as long
 /// as the mark itself could.
+/// Did `MARK` end other than by its own exit (0, 1, 3-6)? Killed by a
+/// signal (`timeout` relays it as 128 + its number): a host shutting down
+/// sends TERM to its sessions. It may have set the profile before, so it
+/// is undone like a lost one. Seen on the fault matrix (a host rebooted as
+/// it was marked, 1 run in 3): not undone, the known-good profile stayed
+/// on the candidate the run then rolled back. `MARK` now ignores TERM too,
+/// and finishes before the KILL that follows it.
+fn killed(exit: &Exit) -> bool {
+    match exit {
+        Exit::Signal { .. } => true,
+        Exit::Code { code } => *code > 128,
+        Exit::ConnectionLost => false,
+    }
+}
+
 async fn undo_mark<R: Remote>(
     remote: &R,
     paths: &HostPaths,

@@ -558,6 +558,38 @@ async fn real_undo_of_a_reselection_puts_the_record_back() {
     assert!(!kept(".1.before-r9.json"));
 }
 
+/// A mark killed by a signal (a host shutting down sends TERM to its
+/// sessions; `timeout` relays it as 143) may have set the profile without
+/// its record: it is undone (before: a plain failure, and the known-good
+/// stayed on the candidate the run rolled back from).
+#[tokio::test]
+async fn a_mark_killed_by_a_signal_is_undone() {
+    use crate::remote::Exit;
+    for exit in [
+        Exit::Code { code: 143 },
+        Exit::Signal {
+            signal: "TERM".into(),
+        },
+    ] {
+        let undone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = undone.clone();
+        let r = ScriptedRemote::with_stdin("web1", move |cmd, _| {
+            let script = cmd.argv().get(2).cloned().unwrap_or_default();
+            if script == MARK {
+                crate::remote::Output::new(exit.clone(), "", "")
+            } else if script == UNDO_MARK {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                ok("NixgateUndo=2\n")
+            } else {
+                panic!("unexpected {cmd:?}")
+            }
+        });
+        let paths = HostPaths::for_os(crate::activation::settings::Os::Linux);
+        assert!(mark(&r, &paths, false, request(SYS, 100)).await.is_err());
+        assert!(undone.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}
+
 /// A mark stopped by its bound on the host (`timeout`, 124) may have set
 /// the profile without its record, as a lost one may have: it is undone,
 /// and the error says it took too long.
