@@ -172,19 +172,7 @@ mod tests {
     use super::*;
 
     fn git(dir: &Path, args: &[&str]) {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "Author")
-            .env("GIT_AUTHOR_EMAIL", "author@example.org")
-            .env("GIT_COMMITTER_NAME", "Author")
-            .env("GIT_COMMITTER_EMAIL", "author@example.org")
-            .output()
-            .expect("git is installed");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
+        crate::release::test_git(dir, args);
     }
 
     fn tar_names(tar: &[u8]) -> Vec<String> {

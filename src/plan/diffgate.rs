@@ -460,23 +460,7 @@ mod tests {
         }
     }
 
-    /// Run git in `dir` with no global config and a fixed identity.
-    fn git(dir: &std::path::Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "Author")
-            .env("GIT_AUTHOR_EMAIL", "author@example.org")
-            .env("GIT_COMMITTER_NAME", "Author")
-            .env("GIT_COMMITTER_EMAIL", "author@example.org")
-            .output()
-            .expect("git is installed");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
+    use crate::release::test_git as git;
 
     fn lock(rev: &str) -> String {
         format!(
