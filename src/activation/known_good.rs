@@ -445,6 +445,10 @@ pub async fn mark<R: Remote>(
                 "marking took over {} s and was stopped on the host",
                 super::settings::STEP_LIMIT.as_secs()
             ),
+            Ok(o) if killed(&o.exit) => anyhow::anyhow!(
+                "marking was killed on the host ({}: a host shutting down?)",
+                o.exit
+            ),
             Ok(_) => anyhow::anyhow!("the connection was lost while marking"),
         };
         return Err(undone(e, undo, prof));
@@ -492,15 +496,14 @@ fn undone(e: anyhow::Error, undo: anyhow::Result<()>, prof: &str) -> anyhow::Err
     }
 }
 
-/// Undo this run's mark if it was made ([`UNDO_MARK`]), trying for as long
-/// as the mark itself could.
 /// Did `MARK` end other than by its own exit (0, 1, 3-6)? Killed by a
 /// signal (`timeout` relays it as 128 + its number): a host shutting down
 /// sends TERM to its sessions. It may have set the profile before, so it
-/// is undone like a lost one. Seen on the fault matrix (a host rebooted as
-/// it was marked, 1 run in 3): not undone, the known-good profile stayed
-/// on the candidate the run then rolled back. `MARK` now ignores TERM too,
-/// and finishes before the KILL that follows it.
+/// is undone like a lost one. The likely cause of a fault-matrix failure
+/// (a host rebooted as it was marked, 1 full run in 3): not undone, the
+/// known-good profile stayed on the candidate the run then rolled back.
+/// `MARK` now ignores TERM too; `timeout -k 5` still KILLs it 5 s after a
+/// signal, long enough for a mark that is not waiting on a Nix lock.
 fn killed(exit: &Exit) -> bool {
     match exit {
         Exit::Signal { .. } => true,
@@ -509,6 +512,8 @@ fn killed(exit: &Exit) -> bool {
     }
 }
 
+/// Undo this run's mark if it was made ([`UNDO_MARK`]), trying for as long
+/// as the mark itself could.
 async fn undo_mark<R: Remote>(
     remote: &R,
     paths: &HostPaths,

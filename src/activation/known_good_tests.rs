@@ -585,7 +585,10 @@ async fn a_mark_killed_by_a_signal_is_undone() {
             }
         });
         let paths = HostPaths::for_os(crate::activation::settings::Os::Linux);
-        assert!(mark(&r, &paths, false, request(SYS, 100)).await.is_err());
+        let e = mark(&r, &paths, false, request(SYS, 100))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("killed on the host"), "{e:#}");
         assert!(undone.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

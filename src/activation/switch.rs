@@ -378,20 +378,23 @@ pub enum FireOutcome {
     },
 }
 
-/// The processes that hold `$lock` (from `/proc/locks`, by its inode; a
+/// The processes that hold `$lock` (from `/proc/locks`, by its device and
+/// inode: inode numbers repeat across filesystems, tmpfs's are small; a
 /// waiter's `->` line holds nothing): `NixgateLockPid=<pid> <seconds
-/// running> <command line>`. A switch killed with the SSH session it ran
+/// running> <its unit, from its cgroup> <command line>` (`-`: not known). A switch killed with the SSH session it ran
 /// in, or hung, holds the lock outside any unit (deploy-rs#390): every
 /// later deploy fails on it, and without its pid the error named nothing
 /// to act on.
 macro_rules! lock_holders {
     () => {
         "  ino=$(stat -c %i \"$lock\" 2>/dev/null)
-  [ -z \"$ino\" ] || [ ! -r /proc/locks ] || while read -r _ kind _ _ pid dev _; do
-    [ \"$kind\" != '->' ] && [ \"${dev##*:}\" = \"$ino\" ] && [ -r \"/proc/$pid/cmdline\" ] || continue
+  dev=$(stat -c '%Hd %Ld' \"$lock\" 2>/dev/null) && dev=$(printf '%02x:%02x' $dev) || dev=
+  [ -z \"$ino\" ] || [ -z \"$dev\" ] || [ ! -r /proc/locks ] || while read -r _ kind _ _ pid at _; do
+    [ \"$kind\" != '->' ] && [ \"$at\" = \"$dev:$ino\" ] && [ -r \"/proc/$pid/cmdline\" ] || continue
     age=$(ps -o etimes= -p \"$pid\" 2>/dev/null | tr -d ' ')
+    unit=$(sed -n 's|^0::.*/||p' \"/proc/$pid/cgroup\" 2>/dev/null | head -n 1)
     cmd=$(tr '\\000' ' ' < \"/proc/$pid/cmdline\" | cut -c1-300)
-    echo \"NixgateLockPid=$pid ${age:--} $cmd\"
+    echo \"NixgateLockPid=$pid ${age:--} ${unit:--} $cmd\"
   done < /proc/locks
 "
     };
@@ -405,20 +408,27 @@ pub struct LockProcess {
     pub pid: u32,
     /// How long it has run (`None`: `ps` could not say).
     pub running_secs: Option<u64>,
+    /// The systemd unit it runs in (a service, or a session's scope), from
+    /// its cgroup (`None`: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     /// Its command line (arguments joined by spaces, cut at 300 bytes).
     pub command: String,
 }
 
 impl LockProcess {
-    /// `NixgateLockPid=` values: `<pid> <seconds or -> <command line>`.
+    /// `NixgateLockPid=` values: `<pid> <seconds or -> <unit or -> <command
+    /// line>`.
     pub fn parse(line: &str) -> Option<LockProcess> {
-        let mut parts = line.splitn(3, ' ');
+        let mut parts = line.splitn(4, ' ');
         let pid = parts.next()?.parse().ok()?;
         let running_secs = parts.next()?.parse().ok();
+        let unit = parts.next().filter(|u| *u != "-" && !u.is_empty());
         let command = parts.next().unwrap_or_default().trim_end().to_owned();
         Some(LockProcess {
             pid,
             running_secs,
+            unit: unit.map(str::to_owned),
             command,
         })
     }

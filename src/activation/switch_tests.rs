@@ -243,7 +243,7 @@ async fn linux_fire_outcomes() {
         }
     );
     // An orphan: no switch unit, a process holding the lock.
-    let orphan = "NixgateLock=held\nNixgateLockPid=4242 11520 /nix/store/x/bin/switch-to-configuration switch\nNixgateLockPid=99 - perl\n";
+    let orphan = "NixgateLock=held\nNixgateLockPid=4242 11520 session-3.scope /nix/store/x/bin/switch-to-configuration switch\nNixgateLockPid=99 - - perl\n";
     assert_eq!(
         fire_once(&j, answer(orphan, ""), false).await,
         Launch::LockHeld {
@@ -252,11 +252,13 @@ async fn linux_fire_outcomes() {
                 LockProcess {
                     pid: 4242,
                     running_secs: Some(11520),
+                    unit: Some("session-3.scope".into()),
                     command: "/nix/store/x/bin/switch-to-configuration switch".into(),
                 },
                 LockProcess {
                     pid: 99,
                     running_secs: None,
+                    unit: None,
                     command: "perl".into(),
                 },
             ],

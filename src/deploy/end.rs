@@ -43,8 +43,8 @@ pub enum HostEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kept {
-    /// It already ran the candidate: this run did not change what it runs
-    /// (a known-good generation its mark made is revoked all the same).
+    /// It already ran the candidate: this run did not change what it runs,
+    /// and its known-good generation is kept.
     NotChanged,
     /// This run was a rollback to a known-good generation: going back
     /// means the system it rolled away from, and the generation, proven by

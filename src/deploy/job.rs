@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
-use crate::activation::known_good::{self, GateRecord};
+use crate::activation::known_good::GateRecord;
 use crate::activation::{
     ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
     activate_host, take_back,
@@ -299,41 +299,23 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         }
     }
 
-    /// An unhealthy host the soak does not take back, and why, with the
-    /// generation revoked if any: a host that already ran the candidate
-    /// (its mark revoked only when it made a generation: REVOKE of one it
-    /// re-used deleted a generation an earlier run had proven), or a
-    /// rollback's target (going back means the system rolled away from;
-    /// its generation was proven by an earlier run).
-    async fn kept_unhealthy(
-        &self,
-        host: &str,
-        remote: &F::Remote,
-        settings: &crate::activation::HostSettings,
-        done: &HostSummary,
-    ) -> Option<(Option<u64>, Kept)> {
+    /// An unhealthy host the soak does not take back, and why: a host that
+    /// already ran the candidate (this run did not change what it runs; its
+    /// known-good generation is kept too: whether this run's mark made it
+    /// or re-used one an earlier run proved cannot be told from the mark's
+    /// answer, and REVOKE of a re-used one deleted a proven generation), or
+    /// a rollback's target (going back means the system it rolled away
+    /// from; its generation was proven by an earlier run).
+    fn kept_unhealthy(&self, host: &str, done: &HostSummary) -> Option<Kept> {
         if self
             .ready
             .get(host)
             .is_some_and(|r| r.candidate.generation.is_some())
         {
-            return Some((None, Kept::RollbackTarget));
+            return Some(Kept::RollbackTarget);
         }
-        let Some(HostOutcome::AlreadyCurrent { mark }) = done.end.outcome() else {
-            return None;
-        };
-        let made = mark
-            .as_ref()
-            .filter(|m| m.record.replaced != Some(m.generation))
-            .map(|m| m.generation);
-        let revoked = match made {
-            Some(g) => known_good::revoke(remote, &settings.paths, settings.sudo, g)
-                .await
-                .ok()
-                .map(|_| g),
-            None => None,
-        };
-        Some((revoked, Kept::NotChanged))
+        matches!(done.end.outcome(), Some(HostOutcome::AlreadyCurrent { .. }))
+            .then_some(Kept::NotChanged)
     }
 
     /// After its wave's soak: a host whose health checks fail now is taken
@@ -364,13 +346,13 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if reports.iter().all(|r| r.passed()) {
             return done;
         }
-        if let Some(end) = self.kept_unhealthy(host, &remote, &settings, &done).await {
+        if let Some(kept) = self.kept_unhealthy(host, &done) {
             return HostSummary {
                 end: HostEnd::SoakFailed {
                     checks: reports,
-                    revoked: end.0,
+                    revoked: None,
                     rollback: None,
-                    kept: Some(end.1),
+                    kept: Some(kept),
                 },
                 ..done
             };

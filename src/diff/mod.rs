@@ -37,9 +37,10 @@ pub struct HostDiff {
     /// commit is not in the local clone, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flake_inputs_unknown: Option<flake_lock::InputsUnknown>,
-    /// The host runs a system that is none of its recorded known-good
-    /// generations (changed outside nixgate, or never deployed by it): the
-    /// diff is against what it runs, not against what nixgate deployed.
+    /// The host runs a system that is none of its known-good generations
+    /// (changed outside nixgate, deployed by a goal that does not mark, or
+    /// never deployed by it): the diff is against what it runs, not against
+    /// what nixgate proved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unvalidated: bool,
     /// The candidate's closure as the builder reported it (the copy gate
@@ -55,7 +56,8 @@ impl HostDiff {
         if self.unvalidated {
             out.push(
                 "runs a system that is not one of its known-good generations (changed outside \
-                 nixgate, or never deployed by it): the diff is against what it runs"
+                 nixgate, deployed by a goal that does not mark, or never deployed by it): the \
+                 diff is against what it runs"
                     .into(),
             );
         }

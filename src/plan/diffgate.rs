@@ -98,11 +98,19 @@ async fn one<F: Fleet>(
     let deployed = async {
         let cur = current.as_ref()?;
         let hist = known_good::history(&session, &paths).await.ok()?;
-        let recorded = hist
-            .into_iter()
-            .rev()
-            .find(|g| g.closure.as_ref() == Some(cur) && g.record.is_some());
-        Some(recorded.map(|g| g.record.and_then(|r| r.commit)).ok_or(()))
+        // Known-good by `nixgate rollback`'s rule: recorded, or without a
+        // record while no older generation has one (records from before
+        // records were kept, or a records directory lost).
+        let oldest_recorded = hist
+            .iter()
+            .filter(|g| g.record.is_some())
+            .map(|g| g.generation)
+            .min();
+        let known = hist.into_iter().rev().find(|g| {
+            g.closure.as_ref() == Some(cur)
+                && (g.record.is_some() || oldest_recorded.is_none_or(|o| g.generation < o))
+        });
+        Some(known.map(|g| g.record.and_then(|r| r.commit)).ok_or(()))
     };
     let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);
     let (d, deployed) = tokio::join!(diffed, deployed);

@@ -815,6 +815,11 @@ fn lock_held(holders: &[String], processes: &[crate::activation::switch::LockPro
         s.push_str(&format!(" ({})", holders.join(", ")));
     }
     for p in processes {
+        let unit = p
+            .unit
+            .as_ref()
+            .map(|u| format!(", in {u}"))
+            .unwrap_or_default();
         let ran = p
             .running_secs
             .map(|t| {
@@ -824,12 +829,16 @@ fn lock_held(holders: &[String], processes: &[crate::activation::switch::LockPro
                 )
             })
             .unwrap_or_default();
-        s.push_str(&format!("; held by pid {} (`{}`{ran})", p.pid, p.command));
+        s.push_str(&format!(
+            "; held by pid {} (`{}`{unit}{ran})",
+            p.pid, p.command
+        ));
     }
     if holders.is_empty() && !processes.is_empty() {
         let pids: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
         s.push_str(&format!(
-            ": no switch unit runs it; if no switch should be running, `kill {}` on the host",
+            ": if that is no switch that should still be running (an auto-upgrade or another \
+             tool's may be), `kill {}` on the host",
             pids.join(" ")
         ));
     }
@@ -965,13 +974,15 @@ mod tests {
         let p = LockProcess {
             pid: 4242,
             running_secs: Some(11_520),
+            unit: Some("session-3.scope".into()),
             command: "/nix/store/x/bin/switch-to-configuration switch".into(),
         };
         assert_eq!(
             super::lock_held(&[], &[p]),
             "another switch holds switch-to-configuration's lock; held by pid 4242 \
-             (`/nix/store/x/bin/switch-to-configuration switch`, running for 3h12m): no switch \
-             unit runs it; if no switch should be running, `kill 4242` on the host"
+             (`/nix/store/x/bin/switch-to-configuration switch`, in session-3.scope, running for \
+             3h12m): if that is no switch that should still be running (an auto-upgrade or \
+             another tool's may be), `kill 4242` on the host"
         );
         assert_eq!(
             super::lock_held(&["nixgate-switch-r0.service active running".into()], &[]),
