@@ -500,7 +500,7 @@ fn undone(e: anyhow::Error, undo: anyhow::Result<()>, prof: &str) -> anyhow::Err
 /// signal (`timeout` relays it as 128 + its number): a host shutting down
 /// sends TERM to its sessions. It may have set the profile before, so it
 /// is undone like a lost one. The likely cause of a fault-matrix failure
-/// (a host rebooted as it was marked, 1 full run in 3): not undone, the
+/// (a host rebooted as it was marked, 1 full run in 6): not undone, the
 /// known-good profile stayed on the candidate the run then rolled back.
 /// `MARK` now ignores TERM too; `timeout -k 5` still KILLs it 5 s after a
 /// signal, long enough for a mark that is not waiting on a Nix lock.
