@@ -571,25 +571,9 @@ async fn a_mark_killed_by_a_signal_is_undone() {
             signal: "TERM".into(),
         },
     ] {
-        let undone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = undone.clone();
-        let r = ScriptedRemote::with_stdin("web1", move |cmd, _| {
-            let script = cmd.argv().get(2).cloned().unwrap_or_default();
-            if script == MARK {
-                crate::remote::Output::new(exit.clone(), "", "")
-            } else if script == UNDO_MARK {
-                seen.store(true, std::sync::atomic::Ordering::SeqCst);
-                ok("NixgateUndo=2\n")
-            } else {
-                panic!("unexpected {cmd:?}")
-            }
-        });
-        let paths = HostPaths::for_os(crate::activation::settings::Os::Linux);
-        let e = mark(&r, &paths, false, request(SYS, 100))
-            .await
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("killed on the host"), "{e:#}");
-        assert!(undone.load(std::sync::atomic::Ordering::SeqCst));
+        let (e, undone) = mark_answered(exit).await;
+        assert!(e.contains("killed on the host"), "{e}");
+        assert!(undone);
     }
 }
 
@@ -598,12 +582,20 @@ async fn a_mark_killed_by_a_signal_is_undone() {
 /// and the error says it took too long.
 #[tokio::test]
 async fn a_mark_stopped_by_its_bound_is_undone() {
+    let (e, undone) = mark_answered(crate::remote::Exit::Code { code: 124 }).await;
+    assert!(e.contains("took over 120 s"), "{e}");
+    assert!(undone);
+}
+
+/// A mark whose command the host answered with `exit` (it must fail): its
+/// error, and whether an undo was sent.
+async fn mark_answered(exit: crate::remote::Exit) -> (String, bool) {
     let undone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = undone.clone();
     let r = ScriptedRemote::with_stdin("web1", move |cmd, _| {
         let script = cmd.argv().get(2).cloned().unwrap_or_default();
         if script == MARK {
-            crate::remote::Output::new(crate::remote::Exit::Code { code: 124 }, "", "")
+            crate::remote::Output::new(exit.clone(), "", "")
         } else if script == UNDO_MARK {
             seen.store(true, std::sync::atomic::Ordering::SeqCst);
             ok("NixgateUndo=2\n")
@@ -615,6 +607,8 @@ async fn a_mark_stopped_by_its_bound_is_undone() {
     let e = mark(&r, &paths, false, request(SYS, 100))
         .await
         .unwrap_err();
-    assert!(format!("{e:#}").contains("took over 120 s"), "{e:#}");
-    assert!(undone.load(std::sync::atomic::Ordering::SeqCst));
+    (
+        format!("{e:#}"),
+        undone.load(std::sync::atomic::Ordering::SeqCst),
+    )
 }

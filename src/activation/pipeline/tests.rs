@@ -228,11 +228,6 @@ async fn units_failing_before_the_deploy_are_left_alone_and_do_not_fail_the_roll
         },
     );
     let ran = run(&host, &request(Goal::Gated)).await;
-    assert!(
-        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
-        "{:?}",
-        ran.outcome
-    );
     assert_eq!(
         count(
             &ran.cmds,
@@ -242,15 +237,7 @@ async fn units_failing_before_the_deploy_are_left_alone_and_do_not_fail_the_roll
         "only what this deploy broke is reset: {:#?}",
         ran.cmds
     );
-    assert!(ran.events.iter().any(|e| matches!(
-        e,
-        ActivationEvent::Warning {
-            warning: Warning::UnitsFailedBeforeDeploy { units }
-        } if units == &["backup.service".to_string()]
-    )));
-    let st = host.state();
-    assert_eq!(st.current, sp(OLD));
-    assert!(st.failed_units.contains("backup.service"));
+    assert_back_with_backup_still_failing(&host, &ran);
 }
 
 /// A good candidate on a host where a unit has been failing since before
@@ -263,6 +250,12 @@ async fn a_switch_exiting_4_for_a_unit_failing_before_is_rolled_back_and_says_wh
     let host = FakeHost::new(&sp(OLD));
     host.state().failed_units.insert("backup.service".into());
     let ran = run(&host, &request(Goal::Gated)).await;
+    assert_back_with_backup_still_failing(&host, &ran);
+}
+
+/// Rolled back to OLD, the rollback's exit 4 for `backup.service` (failing
+/// before the deploy) accepted with a warning naming it, left failing.
+fn assert_back_with_backup_still_failing(host: &FakeHost, ran: &Ran) {
     assert!(
         matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
         "{:?}",
