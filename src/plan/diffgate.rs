@@ -98,18 +98,14 @@ async fn one<F: Fleet>(
     let deployed = async {
         let cur = current.as_ref()?;
         let hist = known_good::history(&session, &paths).await.ok()?;
-        // Known-good by `nixgate rollback`'s rule: recorded, or without a
-        // record while no older generation has one (records from before
-        // records were kept, or a records directory lost).
-        let oldest_recorded = hist
+        // Known-good by `nixgate rollback`'s rule (its `Unfinished`): a
+        // mark that never finished does not count.
+        let unfinished = super::rollback_target::Unfinished::of(&hist);
+        let known = hist
             .iter()
-            .filter(|g| g.record.is_some())
-            .map(|g| g.generation)
-            .min();
-        let known = hist.into_iter().rev().find(|g| {
-            g.closure.as_ref() == Some(cur)
-                && (g.record.is_some() || oldest_recorded.is_none_or(|o| g.generation < o))
-        });
+            .rev()
+            .find(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g))
+            .cloned();
         Some(known.map(|g| g.record.and_then(|r| r.commit)).ok_or(()))
     };
     let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);

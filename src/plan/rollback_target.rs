@@ -105,12 +105,12 @@ pub struct Target {
 }
 
 /// Which generations' marks never finished (see the module doc).
-struct Unfinished {
+pub(crate) struct Unfinished {
     oldest_recorded: Option<u64>,
 }
 
 impl Unfinished {
-    fn of(history: &[KnownGoodGeneration]) -> Unfinished {
+    pub(crate) fn of(history: &[KnownGoodGeneration]) -> Unfinished {
         Unfinished {
             oldest_recorded: history
                 .iter()
@@ -120,7 +120,7 @@ impl Unfinished {
         }
     }
 
-    fn is(&self, g: &KnownGoodGeneration) -> bool {
+    pub(crate) fn is(&self, g: &KnownGoodGeneration) -> bool {
         g.record.is_none() && (g.cut_off || self.oldest_recorded.is_some_and(|o| g.generation > o))
     }
 }
