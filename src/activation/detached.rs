@@ -317,10 +317,60 @@ async fn fire_retried<R: Remote>(
                     tokio::time::sleep(REFIRE_PAUSE).await;
                     continue;
                 }
-                return Err(SwitchFailure::FireRefused { attempts: refused });
+                break;
             }
             other => return other,
         }
+    }
+    refused_yet_ran(remote, job, watched, refused, emit).await
+}
+
+/// Every fire was refused, but a refusal is what `systemd-run` said, not
+/// what the host did: a start whose D-Bus call timed out may have gone
+/// through. A later fire finds such an attempt while it still runs (it
+/// holds the lock, see [`FireOutcome::EarlierAttempt`]); one that finished
+/// before the next fire, or the last attempt, is found only by looking.
+/// Each refused attempt's unit is polled once, latest first: one that ran
+/// (running, exited, or gone after starting) becomes `job` and is verified
+/// like any fire (reporting "nothing changed" there was a lie: the host
+/// switched, and nothing rolled it back). A poll without an answer makes
+/// the fire unconfirmed: it may have run. Bounded by [`verify_poll::POLL_TIMEOUT`]
+/// per unit, past the budget if need be: the answer decides a rollback.
+async fn refused_yet_ran<R: Remote>(
+    remote: &R,
+    job: &mut SwitchJob,
+    watched: Watched<'_>,
+    refused: Vec<RefusedFire>,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<FirstPoll, SwitchFailure> {
+    let mut units: Vec<&str> = refused.iter().rev().map(|r| r.unit.as_str()).collect();
+    units.dedup();
+    for unit in units {
+        let attempt = job.named(unit.to_owned());
+        let poll = verify_poll::poll_once(remote, &attempt, watched, Duration::ZERO);
+        let error = match tokio::time::timeout(verify_poll::POLL_TIMEOUT, poll).await {
+            Ok(Ok(s)) if s.job == (JobState::Gone { started: false }) => continue,
+            Ok(Ok(s)) => {
+                emit(ActivationEvent::Warning {
+                    warning: Warning::RefusedFireRan {
+                        unit: unit.to_owned(),
+                    },
+                });
+                *job = attempt;
+                let fired_at = tokio::time::Instant::now();
+                return Ok(FirstPoll {
+                    fired_at,
+                    snapshot: Some(s),
+                });
+            }
+            Ok(Err(e)) => e,
+            Err(_) => "no answer to a poll".to_owned(),
+        };
+        return Err(SwitchFailure::FireUnconfirmed {
+            error: format!(
+                "every start was refused, and whether {unit} ran anyway could not be read: {error}"
+            ),
+        });
     }
     Err(SwitchFailure::FireRefused { attempts: refused })
 }
@@ -772,5 +822,111 @@ mod tests {
         assert_eq!(j.unit, "nixgate-switch-r1");
         assert_eq!(fires(&r).len(), 1);
         assert!(!host.state().jobs.contains_key("nixgate-switch-r1-try2"));
+    }
+
+    fn refused() -> Output {
+        Output::new(
+            Exit::Code { code: 0 },
+            "NixgateLock=free\nNixgateFire=1\n",
+            "Job for x.service failed because of unavailable resources or another system error.\n",
+        )
+    }
+
+    /// The units the scripted host was polled for, in order.
+    fn polled(r: &ScriptedRemote) -> Vec<String> {
+        let all = r.argvs().into_iter();
+        let polls = all.filter(|a| a[2] == verify_poll::POLL_LINUX);
+        polls.map(|a| a[4].clone()).collect()
+    }
+
+    /// Every start refused, yet one went through (a D-Bus timeout): the
+    /// attempt that ran is verified like any fire, the latest found first,
+    /// whether it still runs or finished before the next fire. It was "the
+    /// host refused: nothing changed", on a host that had switched, and
+    /// nothing rolled it back.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_fire_that_ran_is_verified() {
+        let ran = |status| poll("inactive", status, NEW);
+        let absent = poll("inactive", "absent", OLD);
+        let cases = [
+            (vec![ran("exited 0")], "nixgate-switch-r1-try3"),
+            (
+                vec![absent.clone(), absent.clone(), ran("exited 0")],
+                "nixgate-switch-r1",
+            ),
+            (
+                vec![poll("active", "started", OLD), ran("exited 0")],
+                "nixgate-switch-r1-try3",
+            ),
+        ];
+        for (polls, unit) in cases {
+            let r = scripted(vec![refused(), refused(), refused()], polls);
+            let events = Mutex::new(Vec::new());
+            let emit = |e: ActivationEvent| events.lock().unwrap().push(e);
+            let mut j = job();
+            let settings = settings(Duration::from_secs(60));
+            let result = run_detached(&r, &settings, &mut j, &sp(NEW), &sp(OLD), None, &emit).await;
+            assert!(
+                matches!(result, SwitchResult::Settled { .. }),
+                "{unit}: {result:?}"
+            );
+            assert_eq!(j.unit, unit);
+            assert_eq!(fires(&r).len(), 3);
+            assert_eq!(polled(&r)[0], "nixgate-switch-r1-try3.service");
+            let warned = events.into_inner().unwrap().iter().any(|e| {
+                matches!(e, ActivationEvent::Warning { warning: Warning::RefusedFireRan { unit: u } } if u == unit)
+            });
+            assert!(warned, "{unit}");
+        }
+    }
+
+    /// Every start refused, and no attempt's unit ran: the refusals are the
+    /// answer (nothing changed), each attempt looked at once. A look that
+    /// gets no answer cannot say so: the fire is unconfirmed (it may have
+    /// run), not "nothing changed".
+    #[tokio::test(start_paused = true)]
+    async fn refused_fires_are_looked_at_once_each() {
+        let absent = poll("inactive", "absent", OLD);
+        let r = scripted(vec![refused(), refused(), refused()], vec![absent]);
+        let result = run(&r, Duration::from_secs(60), &mut job()).await;
+        match &result {
+            SwitchResult::Failed(f @ SwitchFailure::FireRefused { attempts }) => {
+                assert_eq!(attempts.len(), 3);
+                assert!(f.changed_nothing());
+            }
+            other => panic!("{other:?}"),
+        }
+        let units = ["r1-try3", "r1-try2", "r1"].map(|u| format!("nixgate-switch-{u}.service"));
+        assert_eq!(polled(&r), units);
+
+        let r = scripted(vec![refused(), refused(), refused()], vec![lost()]);
+        let result = run(&r, Duration::from_secs(60), &mut job()).await;
+        match &result {
+            SwitchResult::Failed(f @ SwitchFailure::FireUnconfirmed { error }) => {
+                assert!(error.contains("nixgate-switch-r1-try3"), "{error}");
+                assert!(!f.changed_nothing());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// On the fake host, which keeps the job of a refused start that ran:
+    /// a lone attempt (a budget too short to fire again) refused yet run
+    /// is polled to the end and settles.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_refused_start_that_ran_settles() {
+        let host = FakeHost::new(&sp(OLD));
+        {
+            let mut st = host.state();
+            st.refuse_fires = vec!["test"];
+            st.refused_yet_runs = true;
+        }
+        let r = host.remote();
+        let mut j = job();
+        let result = run(&r, Duration::from_millis(900), &mut j).await;
+        assert!(matches!(result, SwitchResult::Settled { .. }), "{result:?}");
+        assert_eq!(j.unit, "nixgate-switch-r1");
+        assert_eq!(fires(&r).len(), 1);
+        assert_eq!(host.state().current, sp(NEW));
     }
 }

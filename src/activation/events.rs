@@ -135,6 +135,9 @@ pub enum Warning {
     /// The host refused to start the job's unit; it is fired again under a
     /// fresh name.
     FireRefused { unit: String, attempt: u32 },
+    /// Every start was refused, yet this attempt's job ran (a start that
+    /// timed out on D-Bus went through): it is verified like any fire.
+    RefusedFireRan { unit: String },
     /// A known-good mark could not be revoked after a failed soak.
     RevokeFailed { generation: u64, error: String },
 }

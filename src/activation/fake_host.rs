@@ -179,6 +179,9 @@ pub struct State {
     pub profile_set_fails: bool,
     /// Another switch takes the lock right after a fire is refused.
     pub lock_taken_after_refusal: bool,
+    /// The next refused fire's job runs even so (a start whose D-Bus call
+    /// timed out went through).
+    pub refused_yet_runs: bool,
     /// Every command that reached the host (as [`describe`]d), over any
     /// connection, in order (a remote's own list has only its session's).
     pub ran: Vec<String>,
@@ -610,26 +613,14 @@ impl State {
         if let Some(i) = self.refuse_fires.iter().position(|a| *a == action) {
             self.refuse_fires.remove(i);
             self.lock_held |= std::mem::take(&mut self.lock_taken_after_refusal);
+            if std::mem::take(&mut self.refused_yet_runs) {
+                self.start_job(&unit, program, action);
+            }
             return refuse(format!(
                 "Job for {unit}.service failed because of unavailable resources or another system error.\n"
             ));
         }
-        let closure =
-            StorePath::parse(program.trim_end_matches("/bin/switch-to-configuration")).unwrap();
-        let b = self.behaviour(&closure);
-        let polls_left = if b.hang { u32::MAX } else { b.polls_to_finish };
-        self.jobs.insert(
-            unit.clone(),
-            Job {
-                closure,
-                action: action.to_owned(),
-                status: "started".into(),
-                running: true,
-                polls_left,
-                log: vec!["activating the configuration...".into()],
-            },
-        );
-        self.lock_held = true;
+        self.start_job(&unit, program, action);
         let poll = self.poll(&unit, a[9]);
         Output::new(
             Exit::Code { code: 0 },
@@ -641,6 +632,26 @@ impl State {
     /// One poll of `unit` as `verify_poll::POLL_LINUX` answers it; a
     /// running job gets on one poll's worth. `profile` (when not empty)
     /// is read once the job has exited.
+    /// The job of `unit` starts (and takes the switch lock).
+    fn start_job(&mut self, unit: &str, program: &str, action: &str) {
+        let closure =
+            StorePath::parse(program.trim_end_matches("/bin/switch-to-configuration")).unwrap();
+        let b = self.behaviour(&closure);
+        let polls_left = if b.hang { u32::MAX } else { b.polls_to_finish };
+        self.jobs.insert(
+            unit.to_owned(),
+            Job {
+                closure,
+                action: action.to_owned(),
+                status: "started".into(),
+                running: true,
+                polls_left,
+                log: vec!["activating the configuration...".into()],
+            },
+        );
+        self.lock_held = true;
+    }
+
     fn poll(&mut self, unit: &str, profile: &str) -> String {
         if let Some(j) = self.jobs.get_mut(unit)
             && j.running
@@ -1041,6 +1052,7 @@ impl FakeHost {
             break_once: Vec::new(),
             profile_set_fails: false,
             lock_taken_after_refusal: false,
+            refused_yet_runs: false,
         })))
     }
 

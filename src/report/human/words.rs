@@ -474,6 +474,9 @@ pub fn warning(w: &Warning) -> String {
         Warning::FireRefused { unit, attempt } => format!(
             "the host refused to start {unit} (attempt {attempt}); firing it again under a fresh name"
         ),
+        Warning::RefusedFireRan { unit } => {
+            format!("the host refused every start, yet {unit} ran: verifying it like any switch")
+        }
         Warning::RevokeFailed { generation, error } => format!(
             "known-good generation {generation} could not be revoked: {}",
             first_line(error)
