@@ -704,8 +704,9 @@ impl State {
             && r.contains(&ours)
         {
             let replaced = replaced_of(r).map(|g| g.to_string()).unwrap_or_default();
+            let created = r.contains("\"created\":true");
             return ok(&format!(
-                "NixgateNew={base}-{old}-link\nNixgateReplaced={replaced}\n"
+                "NixgateNew={base}-{old}-link\nNixgateReplaced={replaced}\nNixgateCreated={created}\n"
             ));
         }
         // What an earlier run's re-selection kept: that run is over.
@@ -715,6 +716,7 @@ impl State {
         if old == 0 && !a[8].is_empty() {
             self.baseline.get_or_insert_with(|| a[8].to_owned());
         }
+        let last = self.profiles.get(prof).map_or(0, Vec::len);
         let new = if reselect.is_empty() {
             self.set_profile(prof, &c);
             self.selected.remove(prof);
@@ -744,13 +746,14 @@ impl State {
         } else {
             old.to_string()
         };
+        let created = reselect.is_empty() && new > last;
         self.records.insert(
             new.to_string(),
-            format!("{{\"generation\":{new},\"replaced\":{replaced},{rest}"),
+            format!("{{\"generation\":{new},\"replaced\":{replaced},\"created\":{created},{rest}"),
         );
         let replaced = if old == 0 { String::new() } else { replaced };
         ok(&format!(
-            "NixgateNew={base}-{new}-link\nNixgateReplaced={replaced}\n"
+            "NixgateNew={base}-{new}-link\nNixgateReplaced={replaced}\nNixgateCreated={created}\n"
         ))
     }
 
@@ -1198,6 +1201,7 @@ fn first_record(closure: &StorePath) -> String {
         run_id: crate::activation::RunId::parse("r0").expect("a run id"),
         gates: Vec::new(),
         replaced: None,
+        created: None,
     };
     serde_json::to_string(&record).expect("a record serializes")
 }

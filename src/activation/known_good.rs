@@ -70,6 +70,12 @@ pub struct KnownGoodRecord {
     /// was no profile), written by the host: what undoing it goes back to.
     #[serde(default)]
     pub replaced: Option<u64>,
+    /// Whether this mark added the generation (`false`: the profile's
+    /// newest generation was this closure already, proven by an earlier
+    /// mark, or a rollback re-selected one), written by the host; `None`
+    /// in records from before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
 }
 
 /// What marking produced.
@@ -170,6 +176,7 @@ old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
 if [ -n "$old" ] && [ "$(readlink -f "$prof")" = "$closure" ] && grep -qF "\"run_id\":\"$run\"" "$dir/$oldn.json" 2>/dev/null; then
   rm -f "$tmp"; echo "NixgateNew=$old"
   echo "NixgateReplaced=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$dir/$oldn.json")"
+  echo "NixgateCreated=$(sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$dir/$oldn.json")"
   exit 0
 fi
 # The first mark ever: what the host ran before is its baseline (kept once).
@@ -216,6 +223,7 @@ if { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-nul
   rm -f "$tmp" "$pending" "$pending.last"
   echo "NixgateNew=$new"
   echo "NixgateReplaced=$replaced"
+  echo "NixgateCreated=$created"
   exit 0
 fi
 rm -f "$rec" "$tmp" "$pending" "$pending.last"
@@ -396,6 +404,7 @@ pub async fn mark<R: Remote>(
         host: remote.name().to_owned(),
         generation: 0,
         replaced: None,
+        created: None,
         closure: req.closure.clone(),
         marked_at: utc_rfc3339(req.at),
         commit: req.commit.clone(),
@@ -482,6 +491,7 @@ pub async fn mark<R: Remote>(
     record.generation = generation_of(&link)
         .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
     record.replaced = field("NixgateReplaced=").parse().ok();
+    record.created = field("NixgateCreated=").parse().ok();
     Ok(KnownGoodMark {
         generation: record.generation,
         record_path: format!("{dir}/{}.json", record.generation),

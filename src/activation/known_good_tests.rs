@@ -47,6 +47,7 @@ fn mark_record(closure: &str) -> KnownGoodRecord {
         run_id: RunId::parse("r1").unwrap(),
         gates: Vec::new(),
         replaced: None,
+        created: None,
     }
 }
 
@@ -246,6 +247,9 @@ async fn real_profile_history() {
     later.run_id = RunId::parse("r2").unwrap();
     let again = mark(&r, &paths, false, later).await.unwrap();
     assert_eq!(again.generation, 2, "same closure: same generation");
+    // The host says which mark added its generation (the soak revokes only those).
+    let created = [&m1, &m2, &again].map(|m| m.record.created);
+    assert_eq!(created, [Some(true), Some(true), Some(false)]);
 
     let h = history(&r, &paths).await.unwrap();
     assert_eq!(h.len(), 2);
@@ -382,6 +386,10 @@ async fn real_mark_again_cut_short_and_undone() {
     let again = mark(&r, &paths, false, second.clone()).await.unwrap();
     assert_eq!((m.generation, again.generation), (2, 2));
     assert_eq!(again.record.replaced, Some(1), "as first made");
+    assert_eq!(
+        (m.record.created, again.record.created),
+        (Some(true), Some(true))
+    );
     assert_eq!(history(&r, &paths).await.unwrap().len(), 2);
 
     // A record shorter than announced: nothing changes.
@@ -529,6 +537,7 @@ async fn real_undo_of_a_reselection_puts_the_record_back() {
     let back = reselect("r7", &a, 1);
     let m = mark(r, paths, false, back.clone()).await.unwrap();
     assert_eq!((m.generation, m.record.replaced), (1, Some(2)));
+    assert_eq!(m.record.created, Some(false), "re-selected, not added");
     undo_mark(r, paths, &back, false).await.unwrap();
     assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), b);
     let after = std::fs::read_to_string(t.dir.path().join("records/1.json")).unwrap();

@@ -28,20 +28,12 @@ pub async fn take_back<R: Remote>(
 ) -> (Option<u64>, RollbackOutcome) {
     let mut revoked = None;
     let mut to = before.clone();
-    if let Some(generation) = mark {
-        match known_good::revoke(remote, &settings.paths, settings.sudo, generation).await {
-            Ok(previous) => {
-                revoked = Some(generation);
-                if let Some(closure) = closure_of(remote, settings, previous).await {
-                    to = closure;
-                }
-            }
-            Err(e) => emit(ActivationEvent::Warning {
-                warning: Warning::RevokeFailed {
-                    generation,
-                    error: format!("{e:#}"),
-                },
-            }),
+    if let Some(generation) = mark
+        && let Some(previous) = revoke_warned(remote, settings, generation, emit).await
+    {
+        revoked = Some(generation);
+        if let Some(closure) = closure_of(remote, settings, previous).await {
+            to = closure;
         }
     }
     emit(ActivationEvent::RollbackStarted {
@@ -53,6 +45,43 @@ pub async fn take_back<R: Remote>(
         outcome: outcome.clone(),
     });
     (revoked, outcome)
+}
+
+/// Revoke only: a host kept as it runs (the run did not change what it
+/// runs, see `deploy::Kept::NotChanged`) whose known-good generation this
+/// run's mark added. That generation's proof is this run's, and the soak
+/// just disproved it; nothing is switched. Returns the generation revoked.
+pub async fn revoke_only<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    generation: u64,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Option<u64> {
+    revoke_warned(remote, settings, generation, emit)
+        .await
+        .map(|_| generation)
+}
+
+/// Revoke `generation`, with a warning when it could not be: the
+/// generation now current (`None`: not revoked).
+async fn revoke_warned<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    generation: u64,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Option<Option<u64>> {
+    match known_good::revoke(remote, &settings.paths, settings.sudo, generation).await {
+        Ok(previous) => Some(previous),
+        Err(e) => {
+            emit(ActivationEvent::Warning {
+                warning: Warning::RevokeFailed {
+                    generation,
+                    error: format!("{e:#}"),
+                },
+            });
+            None
+        }
+    }
 }
 
 /// The closure of known-good generation `g`, if it is still there.

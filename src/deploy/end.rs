@@ -43,8 +43,9 @@ pub enum HostEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kept {
-    /// It already ran the candidate: this run did not change what it runs,
-    /// and its known-good generation is kept.
+    /// It already ran the candidate: this run did not change what it runs.
+    /// Its known-good generation is kept when an earlier run proved it; one
+    /// this run's mark added is revoked (`revoked` says so).
     NotChanged,
     /// This run was a rollback to a known-good generation: going back
     /// means the system it rolled away from, and the generation, proven by

@@ -300,12 +300,11 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     }
 
     /// An unhealthy host the soak does not take back, and why: a host that
-    /// already ran the candidate (this run did not change what it runs; its
-    /// known-good generation is kept too: whether this run's mark made it
-    /// or re-used one an earlier run proved cannot be told from the mark's
-    /// answer, and REVOKE of a re-used one deleted a proven generation), or
-    /// a rollback's target (going back means the system it rolled away
-    /// from; its generation was proven by an earlier run).
+    /// already ran the candidate (this run did not change what it runs;
+    /// its known-good generation is revoked only when this run's mark
+    /// added it, see [`Self::revoke_kept`]), or a rollback's target (going
+    /// back means the system it rolled away from; its generation was
+    /// proven by an earlier run).
     fn kept_unhealthy(&self, host: &str, done: &HostSummary) -> Option<Kept> {
         if self
             .ready
@@ -347,10 +346,11 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             return done;
         }
         if let Some(kept) = self.kept_unhealthy(host, &done) {
+            let revoked = self.revoke_kept(host, &remote, &settings, &done).await;
             return HostSummary {
                 end: HostEnd::SoakFailed {
                     checks: reports,
-                    revoked: None,
+                    revoked,
                     rollback: None,
                     kept: Some(kept),
                 },
@@ -389,6 +389,32 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             },
             ..done
         }
+    }
+}
+
+impl<F: Fleet, S: Stager> DeployJob<F, S> {
+    /// A kept host that already ran the candidate, whose known-good
+    /// generation this run's mark added (the host said so: `created`):
+    /// that proof was this run's, and the soak disproved it, so it is
+    /// revoked (a host certified known-good while unhealthy is the lie the
+    /// soak is there to catch). One an earlier run proved (the mark re-used
+    /// it), or whose answer did not say, is kept: REVOKE deletes the
+    /// generation. Returns the generation revoked.
+    async fn revoke_kept(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        settings: &HostSettings,
+        done: &HostSummary,
+    ) -> Option<u64> {
+        let Some(HostOutcome::AlreadyCurrent { mark: Some(m) }) = done.end.outcome() else {
+            return None;
+        };
+        if m.record.created != Some(true) {
+            return None;
+        }
+        let emit = forward(&self.sink, host);
+        crate::activation::take_back::revoke_only(remote, settings, m.generation, &emit).await
     }
 }
 

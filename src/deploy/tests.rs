@@ -335,6 +335,41 @@ async fn an_unhealthy_host_the_run_did_not_change_is_not_taken_back() {
     assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
 }
 
+/// The same host, running the candidate without its proof (a `--goal
+/// test` run before this one): this run's mark added the known-good
+/// generation, and the soak disproved it, so it is revoked, with nothing
+/// switched (before: kept, a host certified known-good while unhealthy).
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_host_loses_the_known_good_this_run_added() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    {
+        let mut st = f.hosts["web1"].state();
+        st.unhealthy_after = Some(1);
+        st.current = sp(NEW);
+    }
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert!(
+        matches!(
+            &hosts[0].end,
+            HostEnd::SoakFailed {
+                revoked: Some(2),
+                rollback: None,
+                kept: Some(crate::deploy::Kept::NotChanged),
+                ..
+            }
+        ),
+        "{:?}",
+        hosts[0].end
+    );
+    assert_eq!(hosts[0].outcome(), OutcomeKind::Failed);
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.current, sp(NEW), "left as it runs");
+    assert_eq!(st.current_generation(KNOWN_GOOD), 1);
+    assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(OLD)));
+    assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
+}
+
 /// A rollback to known-good generation 1, unhealthy after its soak: not
 /// taken back (that would be the system it rolled away from) and its
 /// generation, proven by an earlier run, not revoked (before: REVOKE of a

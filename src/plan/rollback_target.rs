@@ -522,6 +522,7 @@ mod tests {
             run_id: crate::activation::RunId::parse("r1").unwrap(),
             gates: Vec::new(),
             replaced: None,
+            created: None,
         }
     }
 

@@ -105,6 +105,7 @@ fn known_good(host: &str) -> HostEnd {
                 host: host.into(),
                 generation: 3,
                 replaced: Some(2),
+                created: None,
                 closure: system('c', host),
                 marked_at: "2026-12-02T09:31:20Z".into(),
                 commit: Some(COMMIT.into()),
