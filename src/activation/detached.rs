@@ -245,6 +245,24 @@ pub async fn run_detached<R: Remote>(
     classify(remote, job, outcome).await
 }
 
+/// Whether a refused attempt's poll shows it never ran: `Some(false)` it
+/// ran (a status, or its unit alive), `Some(true)` it did not (no status,
+/// and its unit gone or failed: `systemd-run` with `--collect` leaves a
+/// failed start unloaded), `None` it cannot tell: `systemctl` failed (the
+/// bus that timed out the start) or the unit is loaded and idle with no
+/// status yet (a start still queued). On Darwin nothing is refused that
+/// ran: the pid file decides.
+fn never_ran(s: &PollSnapshot, os: super::settings::Os) -> Option<bool> {
+    if s.job != (JobState::Gone { started: false }) {
+        return Some(false);
+    }
+    match &s.unit {
+        Some(u) => (u.load_state == "not-found" || u.active_state == "failed").then_some(true),
+        None if os == super::settings::Os::Darwin => Some(true),
+        None => None,
+    }
+}
+
 /// `switch-to-configuration` exits 4 when any unit is failed once it is
 /// done. It resets the failed state first, but a unit that was failing
 /// before (a broken backup job pulled in by `multi-user.target`) is started
@@ -333,9 +351,12 @@ async fn fire_retried<R: Remote>(
 /// Each refused attempt's unit is polled once, latest first: one that ran
 /// (running, exited, or gone after starting) becomes `job` and is verified
 /// like any fire (reporting "nothing changed" there was a lie: the host
-/// switched, and nothing rolled it back). A poll without an answer makes
-/// the fire unconfirmed: it may have run. Bounded by [`verify_poll::POLL_TIMEOUT`]
-/// per unit, past the budget if need be: the answer decides a rollback.
+/// switched, and nothing rolled it back). Only a unit seen not to have run
+/// ([`never_ran`]) is passed over; a poll without an answer, or one that
+/// cannot tell, makes the fire unconfirmed (it may have run; `job` is that
+/// attempt, for the rollback to stop). Bounded by
+/// [`verify_poll::POLL_TIMEOUT`] per unit, past the budget if need be: the
+/// answer decides a rollback.
 async fn refused_yet_ran<R: Remote>(
     remote: &R,
     job: &mut SwitchJob,
@@ -349,7 +370,14 @@ async fn refused_yet_ran<R: Remote>(
         let attempt = job.named(unit.to_owned());
         let poll = verify_poll::poll_once(remote, &attempt, watched, Duration::ZERO);
         let error = match tokio::time::timeout(verify_poll::POLL_TIMEOUT, poll).await {
-            Ok(Ok(s)) if s.job == (JobState::Gone { started: false }) => continue,
+            Ok(Ok(s)) if never_ran(&s, job.os) == Some(true) => continue,
+            Ok(Ok(s)) if never_ran(&s, job.os).is_none() => {
+                let unit = s
+                    .unit
+                    .map(|u| format!("{}/{}", u.load_state, u.active_state));
+                let state = unit.unwrap_or_else(|| "its unit's state unreadable".into());
+                format!("it has no status yet ({state})")
+            }
             Ok(Ok(s)) => {
                 emit(ActivationEvent::Warning {
                     warning: Warning::RefusedFireRan {
@@ -366,6 +394,7 @@ async fn refused_yet_ran<R: Remote>(
             Ok(Err(e)) => e,
             Err(_) => "no answer to a poll".to_owned(),
         };
+        *job = attempt;
         return Err(SwitchFailure::FireUnconfirmed {
             error: format!(
                 "every start was refused, and whether {unit} ran anyway could not be read: {error}"
@@ -578,10 +607,15 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
             } else if code == 100 && job.action.changes_running_system() {
                 return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
             } else if code == 11
+                && job.attempt() == 1
                 && log_tail
                     .iter()
                     .any(|l| l.contains("Could not acquire lock"))
             {
+                // Not for a re-fire: the holder may be an earlier attempt,
+                // refused yet queued, which started after the fire's lock
+                // check and switches (a failure, rolled back, not "nothing
+                // changed").
                 SwitchFailure::LockHeld {
                     holders: Vec::new(),
                     processes: Vec::new(),
@@ -887,7 +921,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refused_fires_are_looked_at_once_each() {
         let absent = poll("inactive", "absent", OLD);
-        let r = scripted(vec![refused(), refused(), refused()], vec![absent]);
+        let r = scripted(vec![refused(), refused(), refused()], vec![absent.clone()]);
         let result = run(&r, Duration::from_secs(60), &mut job()).await;
         match &result {
             SwitchResult::Failed(f @ SwitchFailure::FireRefused { attempts }) => {
@@ -899,14 +933,31 @@ mod tests {
         let units = ["r1-try3", "r1-try2", "r1"].map(|u| format!("nixgate-switch-{u}.service"));
         assert_eq!(polled(&r), units);
 
-        let r = scripted(vec![refused(), refused(), refused()], vec![lost()]);
-        let result = run(&r, Duration::from_secs(60), &mut job()).await;
-        match &result {
-            SwitchResult::Failed(f @ SwitchFailure::FireUnconfirmed { error }) => {
-                assert!(error.contains("nixgate-switch-r1-try3"), "{error}");
-                assert!(!f.changed_nothing());
+        // No answer, `systemctl` failed (the bus that refused the start),
+        // or loaded and idle without a status (a start still queued): it
+        // cannot tell, and the attempt it looked at is the job to stop.
+        let unreadable = ok(&format!(
+            "NixgateSystemctl=failed\nNixgateStatus=absent\nNixgateCurrent={OLD}\n"
+        ));
+        let queued = ok(&format!(
+            "LoadState=loaded\nActiveState=inactive\nSubState=dead\nNixgateStatus=absent\nNixgateCurrent={OLD}\n"
+        ));
+        for (polls, unit) in [
+            (vec![lost()], "nixgate-switch-r1-try3"),
+            (vec![unreadable], "nixgate-switch-r1-try3"),
+            (vec![absent.clone(), queued], "nixgate-switch-r1-try2"),
+        ] {
+            let r = scripted(vec![refused(), refused(), refused()], polls);
+            let mut j = job();
+            let result = run(&r, Duration::from_secs(60), &mut j).await;
+            match &result {
+                SwitchResult::Failed(f @ SwitchFailure::FireUnconfirmed { error }) => {
+                    assert!(error.contains(unit), "{error}");
+                    assert!(!f.changed_nothing());
+                }
+                other => panic!("{unit}: {other:?}"),
             }
-            other => panic!("{other:?}"),
+            assert_eq!(j.unit, unit);
         }
     }
 

@@ -747,6 +747,15 @@ impl State {
             old.to_string()
         };
         let created = reselect.is_empty() && new > last;
+        // A re-used generation's record, from an earlier run: kept for an undo.
+        if reselect.is_empty()
+            && !created
+            && let Some(r) = self.records.get(&new.to_string())
+            && !r.contains(&ours)
+        {
+            let r = r.clone();
+            self.records.entry(format!("{new}{mine}")).or_insert(r);
+        }
         self.records.insert(
             new.to_string(),
             format!("{{\"generation\":{new},\"replaced\":{replaced},\"created\":{created},{rest}"),
@@ -773,8 +782,10 @@ impl State {
             return ok("NixgateUndo=none\n");
         };
         let prev = replaced_of(rec);
-        // A re-selection's record goes for the one it overwrote.
-        let put_back = kept.filter(|_| !reselected.is_empty());
+        let created = rec.contains("\"created\":true");
+        // This run's record goes for the one it overwrote (a re-selection's,
+        // or a re-used generation's).
+        let put_back = kept;
         if let Some(own) = &put_back
             && let Some(r) = self.records.insert(n.to_string(), own.clone())
         {
@@ -791,7 +802,7 @@ impl State {
                 self.profiles.remove(prof);
             }
         }
-        if reselected.is_empty() {
+        if reselected.is_empty() && created {
             self.deleted.insert((prof.to_owned(), n));
         }
         if put_back.is_none()

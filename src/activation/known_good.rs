@@ -162,7 +162,7 @@ trap '' HUP PIPE TERM
 umask 022
 mkdir -p "$dir" || exit 1
 chmod go+rx "$dir" 2>/dev/null
-tmp=$dir/.pending-$run.$$.json
+tmp=$dir/.pending-$run.$$.json; kept=
 cat > "$tmp" || { rm -f "$tmp"; exit 1; }
 # One mark at a time: a mark tried again after a dropped session runs while
 # the first still does (it ignores the hang-up).
@@ -217,8 +217,19 @@ else
 fi
 new=$(readlink "$prof"); n=${new%-link}; n=${n##*-}
 created=false; [ -n "$gen" ] || [ "$n" -le "$last" ] || created=true
+# A generation re-used by `--set` (the newest was this closure while an
+# older one was selected) has an earlier run's record, overwritten below:
+# kept for an undo, as a re-selection's is.
+keptfail=
+if [ -z "$gen" ] && [ "$created" = false ]; then
+  kept=$dir/.$n.before-$run.json
+  if [ ! -f "$kept" ] && [ -f "$dir/$n.json" ] && ! grep -qF "\"run_id\":\"$run\"" "$dir/$n.json"; then
+    { cp "$dir/$n.json" "$kept.tmp" && { sync "$kept.tmp" 2>/dev/null || sync; } && mv -f "$kept.tmp" "$kept"; } ||
+      { rm -f "$kept.tmp"; keptfail=1; }
+  fi
+fi
 rec=$dir/.$n.json.$$.tmp
-if { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-null}" "$created"; tail -c +2 "$tmp"; } > "$rec" &&
+if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-null}" "$created"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
   rm -f "$tmp" "$pending" "$pending.last"
   echo "NixgateNew=$new"
@@ -227,7 +238,7 @@ if { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-nul
   exit 0
 fi
 rm -f "$rec" "$tmp" "$pending" "$pending.last"
-[ -z "$gen" ] || rm -f "$kept"
+[ -z "$kept" ] || rm -f "$kept"
 echo "writing $dir/$n.json failed" >&2
 if [ -n "$replaced" ]; then nix-env -p "$prof" --switch-generation "$replaced" >/dev/null || exit 5
 else rm -f "$prof" || exit 5; fi
@@ -242,9 +253,11 @@ exit 4"#;
 /// `<N>.undone.json`; a re-selection's (`$4` not empty) goes there for
 /// the record it overwrote, which [`MARK`] kept (without it, generation N
 /// was left with no record: refused for good as a mark that never
-/// finished). A mark that re-used the generation it replaced (the same
-/// closure) is left: that generation was known-good before (a
-/// re-selection's record is put back all the same). A mark
+/// finished); so does a mark's that re-used a generation (`nix-env --set`
+/// of the newest one's closure), whose record MARK kept too. A mark that
+/// re-used the generation it replaced (the same closure) is left: that
+/// generation was known-good before (its own record is put back all the
+/// same). A mark
 /// cut off between `nix-env` and the record (the host went down) left
 /// `.pending-<run>.replaced`, naming the generation to go back to. Prints
 /// what it did.
@@ -258,9 +271,10 @@ cur=$(readlink "$prof" 2>/dev/null) || { rm -f "$pending"; forget; echo "Nixgate
 n=${cur%-link}; n=${n##*-}
 rec=$dir/$n.json
 kept=$dir/.$n.before-$run.json
-# A re-selection's record goes (as <N>.undone.json) for the one it replaced.
+# This run's record goes (as <N>.undone.json) for the one it overwrote (a
+# re-selection's, or a re-used generation's: MARK kept it).
 putback() {
-  [ -n "$reselected" ] && [ -f "$kept" ] || return 1
+  [ -f "$kept" ] || return 1
   cp "$rec" "$dir/$n.undone.json" 2>/dev/null; mv -f "$kept" "$rec" || true
 }
 if grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null; then
@@ -434,12 +448,17 @@ pub async fn mark<R: Remote>(
             utc_rfc3339(req.at),
         ])
         .sudo(sudo);
+    let sent = std::time::Instant::now();
     let out = Patient::new(remote, req.patience)
         .exec_small_input(&cmd, &body)
         .await;
     // Stopped by its bound on the host (`timeout`: 124, 137 when killed) it may have set
-    // the profile and not written the record, as a lost one may have.
-    let timed_out = matches!(&out, Ok(o) if matches!(o.exit.code(), Some(124 | 137)));
+    // the profile and not written the record, as a lost one may have. A 137
+    // sooner than the bound is `timeout -k` ending a mark that ignored a
+    // signal sent to the session (see [`killed`]), not the bound.
+    let bound = super::settings::STEP_LIMIT;
+    let timed_out = matches!(&out, Ok(o) if o.exit.code() == Some(124)
+        || (o.exit.code() == Some(137) && sent.elapsed() >= bound));
     let lost = match &out {
         Err(_) => true,
         Ok(o) => o.exit == Exit::ConnectionLost || timed_out || killed(&o.exit),

@@ -272,13 +272,24 @@ async fn real_profile_history() {
         Some(512 * 1024)
     );
     assert_eq!((m1.record.replaced, m2.record.replaced), (None, Some(1)));
-    // No temporary file left behind (the marks' lock file stays).
-    let mut names: Vec<_> = std::fs::read_dir(d.join("records"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, [".mark.lock", "1.json", "2.json"]);
+    // No temporary file left behind (the marks' lock file stays), and the
+    // record r2 overwrote kept for an undo until the next mark.
+    let names = || {
+        let mut names: Vec<_> = std::fs::read_dir(d.join("records"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(),
+        [".2.before-r2.json", ".mark.lock", "1.json", "2.json"]
+    );
+    let mut next = request(&a, 400);
+    next.run_id = RunId::parse("r3").unwrap();
+    mark(&r, &paths, false, next).await.unwrap();
+    assert_eq!(names(), [".mark.lock", "1.json", "2.json", "3.json"]);
 }
 
 /// Real: the same run's mark twice at once, the first slowed after its
@@ -497,7 +508,11 @@ async fn real_undo_keeps_a_generation_the_mark_did_not_make() {
     let (a, b) = (t.add("sys-a"), t.add("sys-b"));
     let (paths, r) = (&t.paths, &t.r);
     mark(r, paths, false, request(&a, 100)).await.unwrap();
-    mark(r, paths, false, request(&b, 200)).await.unwrap();
+    let mut proof = request(&b, 200);
+    proof.run_id = RunId::parse("r2").unwrap();
+    mark(r, paths, false, proof).await.unwrap();
+    let record = |n: &str| std::fs::read_to_string(t.dir.path().join("records").join(n));
+    let proven = record("2.json").unwrap();
     let mut back = request(&a, 300);
     back.reselect = Some(1);
     mark(r, paths, false, back).await.unwrap();
@@ -505,11 +520,26 @@ async fn real_undo_keeps_a_generation_the_mark_did_not_make() {
     again.run_id = RunId::parse("r9").unwrap();
     let m = mark(r, paths, false, again.clone()).await.unwrap();
     assert_eq!((m.generation, m.record.replaced), (2, Some(1)));
+    assert_eq!(m.record.created, Some(false));
     undo_mark(r, paths, &again, false).await.unwrap();
     assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), a);
     let h = history(r, paths).await.unwrap();
     let gens: Vec<u64> = h.iter().map(|g| g.generation).collect();
     assert_eq!(gens, [1, 2], "generation 2 was known-good before this run");
+    // Its record too: the earlier run's proof, not moved to 2.undone.json
+    // (without a record, newer than one with, it was refused for good as
+    // a mark that never finished, and a host running it was unvalidated).
+    assert_eq!(record("2.json").unwrap(), proven);
+    assert!(record(".2.before-r9.json").is_err(), "the copy is gone");
+
+    // The same mark standing: its copy stays for an undo until the next mark.
+    let m = mark(r, paths, false, again.clone()).await.unwrap();
+    assert_eq!(m.generation, 2);
+    assert!(record(".2.before-r9.json").is_ok());
+    let mut next = request(&a, 500);
+    next.run_id = RunId::parse("r10").unwrap();
+    mark(r, paths, false, next).await.unwrap();
+    assert!(record(".2.before-r9.json").is_err());
 }
 
 /// Real: a rollback's mark re-selecting generation 1 overwrites its record
@@ -574,8 +604,11 @@ async fn real_undo_of_a_reselection_puts_the_record_back() {
 #[tokio::test]
 async fn a_mark_killed_by_a_signal_is_undone() {
     use crate::remote::Exit;
+    // 137: `timeout -k` KILLs a mark that ignored the TERM, well before its
+    // bound (it was reported as "took over 120 s").
     for exit in [
         Exit::Code { code: 143 },
+        Exit::Code { code: 137 },
         Exit::Signal {
             signal: "TERM".into(),
         },

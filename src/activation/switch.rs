@@ -125,6 +125,11 @@ impl SwitchJob {
         self.named(format!("{}-try{attempt}", split_attempt(&self.unit).0))
     }
 
+    /// Which attempt of its job this is (1: the first fire).
+    pub fn attempt(&self) -> u32 {
+        split_attempt(&self.unit).1
+    }
+
     /// Whether `unit` (without `.service`) is an attempt of this job fired
     /// before this one: its first name, or an earlier `-tryN`.
     pub fn is_earlier_attempt(&self, unit: &str) -> bool {
@@ -585,19 +590,17 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
         Some("free") => false,
         Some("unchecked") => true,
         Some("held") => {
-            return match held_by_us(&holders, job) {
+            let processes: Vec<LockProcess> = lines
+                .values("NixgateLockPid=")
+                .filter_map(LockProcess::parse)
+                .collect();
+            return match held_by_us(&holders, &processes, job) {
                 Some(outcome) => Launch::Tried {
                     unchecked: false,
                     outcome,
                     first: None,
                 },
-                None => Launch::LockHeld {
-                    holders,
-                    processes: lines
-                        .values("NixgateLockPid=")
-                        .filter_map(LockProcess::parse)
-                        .collect(),
-                },
+                None => Launch::LockHeld { holders, processes },
             };
         }
         _ => {
@@ -647,14 +650,26 @@ pub fn parse_fire_linux(out: &Output, job: &SwitchJob, again: bool) -> Launch {
 
 /// Whether a lock holder listed (`unit state sub`) is this job: this very
 /// unit (in any state, as before), or an earlier attempt of it that is
-/// active.
-fn held_by_us(holders: &[String], job: &SwitchJob) -> Option<FireOutcome> {
+/// active. A process holding the lock counts as its unit, active: the
+/// unit list comes from `systemctl`, which fails or times out when PID 1
+/// is slow (what refused the earlier attempt), while the process is read
+/// from `/proc` (our own refused-yet-started attempt was reported as
+/// another switch, "nothing changed", and its `kill` advised).
+fn held_by_us(
+    holders: &[String],
+    processes: &[LockProcess],
+    job: &SwitchJob,
+) -> Option<FireOutcome> {
     let ours = format!("{}.service", job.unit);
     let units = || {
-        holders.iter().filter_map(|h| {
+        let listed = holders.iter().filter_map(|h| {
             let mut words = h.split(' ');
             Some((words.next()?, words.next().unwrap_or_default()))
-        })
+        });
+        let running = processes
+            .iter()
+            .filter_map(|p| Some((p.unit.as_deref()?, "active")));
+        listed.chain(running)
     };
     if units().any(|(u, _)| u == ours) {
         return Some(FireOutcome::AlreadyRunning);

@@ -269,6 +269,39 @@ async fn linux_fire_outcomes() {
         fire_once(&j, answer(ours, ""), true).await,
         tried(FireOutcome::AlreadyRunning)
     );
+    // No unit listed (systemctl failed: PID 1 slow, what refused the earlier
+    // attempt), the process holding the lock in an earlier attempt's unit:
+    // that attempt runs (it was: another switch, "nothing changed").
+    let pid = |unit: &str| {
+        format!(
+            "NixgateLock=held\nNixgateLockPid=77 3 {unit} /nix/store/x/bin/switch-to-configuration test\n"
+        )
+    };
+    let retry = j.renamed(2);
+    assert_eq!(
+        fire_once(&retry, answer(&pid("nixgate-switch-r1.service"), ""), false).await,
+        tried(FireOutcome::EarlierAttempt {
+            unit: "nixgate-switch-r1".into()
+        })
+    );
+    assert_eq!(
+        fire_once(
+            &retry,
+            answer(&pid("nixgate-switch-r1-try2.service"), ""),
+            true
+        )
+        .await,
+        tried(FireOutcome::AlreadyRunning)
+    );
+    assert!(matches!(
+        fire_once(
+            &retry,
+            answer(&pid("nixgate-switch-other.service"), ""),
+            false
+        )
+        .await,
+        Launch::LockHeld { .. }
+    ));
     match fire_once(&j, fail(1, "sudo: a password is required\n"), false).await {
         Launch::LockCheckFailed { error } => {
             assert!(error.contains("checking the switch lock failed"), "{error}");
