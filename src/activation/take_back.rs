@@ -16,14 +16,17 @@ use crate::remote::Remote;
 /// Take the host back. `mark` is the generation this run marked (if it
 /// marked one), `mode` as far as the run's goal went (the boot default is
 /// switched back only when the run moved it), `before` what the host ran
-/// before the run. Returns the generation revoked and how the rollback
-/// went.
+/// before the run, `earlier_failed` the units failed before its live
+/// switch (a rollback's exit 4 for those alone is back where it was, see
+/// `detached::earlier_failures_only`: without them a host with a broken
+/// unit of its own was reported ROLLBACK-FAILED on the known-good).
+/// Returns the generation revoked and how the rollback went.
 pub async fn take_back<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
     (mark, mode): (Option<u64>, RollbackMode),
-    before: &StorePath,
+    (before, earlier_failed): (&StorePath, Option<&std::collections::BTreeSet<String>>),
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> (Option<u64>, RollbackOutcome) {
     let mut revoked = None;
@@ -40,7 +43,7 @@ pub async fn take_back<R: Remote>(
         to: to.clone(),
         mode,
     });
-    let outcome = reactivate(remote, settings, run_id, &to, mode, None, emit).await;
+    let outcome = reactivate(remote, settings, run_id, &to, mode, earlier_failed, emit).await;
     emit(ActivationEvent::RollbackFinished {
         outcome: outcome.clone(),
     });

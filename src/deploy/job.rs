@@ -3,7 +3,7 @@
 //! reporting typed events on the way. The host's lock was taken by the plan
 //! and is held until the runner lets the host go.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -102,7 +102,14 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     lock_holder: String,
     /// Each ready host's keys, read by the plan.
     keys: crate::plan::preflight::HostKeys,
+    /// The units each host had failed before its live switch (as its
+    /// pipeline recorded them): a soak's take-back judges its rollback's
+    /// exit 4 against them, as the pipeline's own rollback does.
+    failed_before: FailedBefore,
 }
+
+/// Units failed before the live switch, by host.
+type FailedBefore = Arc<std::sync::Mutex<HashMap<String, BTreeSet<String>>>>;
 
 /// The activation settings of an inventory host (magic rollback as the
 /// inventory says, unless the run turned it off).
@@ -157,6 +164,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             taken_back: std::sync::Mutex::default(),
             lock_holder: host_lock::holder(&ctx.run_id),
             keys: plan.keys.clone(),
+            failed_before: Arc::default(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -255,7 +263,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             known_good_generation: ready.candidate.generation,
             keys: self.keys.get(host).cloned().unwrap_or_default(),
         };
-        let emit = forward(&self.sink, host);
+        let emit = recording_failed_units(forward(&self.sink, host), &self.failed_before, host);
         let fresh = FreshConnection {
             fleet: self.fleet.clone(),
             host: host.to_owned(),
@@ -370,12 +378,13 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let (revoked, rollback) = if mark.is_none() && *before == ready.candidate.closure {
             (None, crate::activation::take_back::nowhere(before))
         } else {
+            let failed = unpoisoned(&self.failed_before).get(host).cloned();
             take_back(
                 &remote,
                 &settings,
                 &self.run_id,
                 (mark, mode),
-                before,
+                (before, failed.as_ref()),
                 &emit,
             )
             .await
@@ -457,6 +466,26 @@ impl<F: Fleet> crate::activation::Reconnect<F::Remote> for FreshConnection<F> {
 
 /// Where a host's activation events go: gate events as the run's own (one
 /// shape for every gate), the rest as activation events of the host.
+/// `emit`, keeping the units the host's pipeline recorded as failed
+/// before its live switch (a typed step, read, never parsed from text).
+fn recording_failed_units(
+    emit: impl Fn(ActivationEvent) + Send + Sync,
+    failed_before: &FailedBefore,
+    host: &str,
+) -> impl Fn(ActivationEvent) + Send + Sync {
+    let (failed_before, host) = (failed_before.clone(), host.to_owned());
+    move |ev| {
+        if let ActivationEvent::Step {
+            step: crate::activation::Step::RecordFailedUnits { units },
+        } = &ev
+        {
+            let units = units.iter().cloned().collect();
+            unpoisoned(&failed_before).insert(host.clone(), units);
+        }
+        emit(ev)
+    }
+}
+
 fn forward(sink: &EventSink, host: &str) -> impl Fn(ActivationEvent) + Send + Sync + use<> {
     let (sink, host) = (sink.clone(), host.to_owned());
     move |ev| sink.emit(Event::from_activation(&host, ev))

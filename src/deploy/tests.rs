@@ -370,6 +370,43 @@ async fn an_unchanged_host_loses_the_known_good_this_run_added() {
     assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
 }
 
+/// A host with a unit failing since before the run (its candidate's
+/// switch leaves it alone), unhealthy after its soak: the take-back's
+/// switch to the known-good exits 4 for that unit alone, which is back
+/// where it was, as the pipeline's own rollback judges it (before: the
+/// take-back had no baseline, and the host was ROLLBACK-FAILED on the
+/// known-good).
+#[tokio::test(start_paused = true)]
+async fn a_take_back_judges_its_exit_4_against_the_units_failed_before() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    let host = &f.hosts["web1"];
+    host.behave(
+        &sp(NEW),
+        crate::activation::fake_host::Behaviour {
+            spares_failed_units: true,
+            ..Default::default()
+        },
+    );
+    {
+        let mut st = host.state();
+        st.unhealthy_after = Some(1);
+        st.failed_units.insert("backup.service".into());
+    }
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let HostEnd::SoakFailed { rollback, .. } = &hosts[0].end else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert!(
+        matches!(rollback, Some(RollbackOutcome::RolledBack { to, .. }) if *to == sp(OLD)),
+        "{rollback:?}"
+    );
+    assert_eq!(hosts[0].outcome(), OutcomeKind::RolledBack);
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert!(st.failed_units.contains("backup.service"));
+}
+
 /// A rollback to known-good generation 1, unhealthy after its soak: not
 /// taken back (that would be the system it rolled away from) and its
 /// generation, proven by an earlier run, not revoked (before: REVOKE of a
