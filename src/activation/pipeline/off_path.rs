@@ -2,6 +2,7 @@
 //! deferring a change to a reboot, a host already on the candidate, and
 //! rolling back after a failure.
 
+use crate::remote::patient::Patient;
 use std::collections::BTreeSet;
 
 use super::*;
@@ -195,11 +196,24 @@ impl<R: Remote> Run<'_, R> {
                 .unwrap_or(self.pre_current.clone());
             (to, RollbackMode::BootOnly)
         };
-        if let (FailureReason::Switch(SwitchFailure::Timeout { .. }), Some(job)) = (&reason, hung) {
+        // A switch still running at the deadline, or one whose start was
+        // never confirmed (a lost answer, or a refused start that may be
+        // queued still), is stopped before the rollback: else it could
+        // switch the host to the candidate after the rollback settled,
+        // with no revert armed (the rollback was reported as done). The
+        // stop waits out a lost connection for the activation budget.
+        let stops = matches!(
+            &reason,
+            FailureReason::Switch(
+                SwitchFailure::Timeout { .. } | SwitchFailure::FireUnconfirmed { .. }
+            )
+        );
+        if let (true, Some(job)) = (stops, hung) {
             self.step(Step::StopHungSwitch {
                 unit: job.unit.clone(),
             });
-            if let Err(e) = stop_job(self.remote, job, self.s.sudo).await {
+            let patient = Patient::new(self.remote, self.s.activation_timeout);
+            if let Err(e) = stop_job(&patient, job, self.s.sudo).await {
                 let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
                     unit: job.unit.clone(),
                     error: format!("{e:#}"),

@@ -687,6 +687,47 @@ async fn a_refused_switch_unit_is_fired_again_under_a_fresh_name() {
     assert_eq!(host.state().boot_default, sp(NEW));
 }
 
+/// Every live start refused, and whether the last one ran anyway cannot
+/// be read (its look lost): unconfirmed, so rolled back, and the attempt
+/// is stopped first (a start still queued would switch the host to the
+/// candidate after the rollback, with no revert armed).
+#[tokio::test(start_paused = true)]
+async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
+    let host = FakeHost::new(&sp(OLD));
+    {
+        let mut st = host.state();
+        st.refuse_fires = vec!["test"; 3];
+        let unit = "nixgate-switch-r1-try3";
+        let look = format!(
+            "poll {unit}.service /run/nixgate/{unit}.status /run/current-system 0 {SYSTEM}"
+        );
+        st.lose = vec![(look, false)];
+    }
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            reason: FailureReason::Switch(SwitchFailure::FireUnconfirmed { .. }),
+            to,
+            ..
+        } => assert_eq!(*to, sp(OLD)),
+        other => panic!("{other:?}"),
+    }
+    let stop = ran
+        .cmds
+        .iter()
+        .position(|c| c.contains("stop-unit nixgate-switch-r1-try3.service"));
+    let rollback = ran
+        .cmds
+        .iter()
+        .rposition(|c| c.contains(" fire ") && c.contains(OLD));
+    assert!(
+        matches!((stop, rollback), (Some(s), Some(r)) if s < r),
+        "{:#?}",
+        ran.cmds
+    );
+    assert_eq!(host.state().current, sp(OLD));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
     let host = FakeHost::new(&sp(OLD));
