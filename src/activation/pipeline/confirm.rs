@@ -328,21 +328,47 @@ impl<R: Remote> Run<'_, R> {
     /// confirmed, the controller rolls the host back over the run's own
     /// session (no revert is there to do it).
     async fn confirm_unarmed(&mut self) -> Result<(), HostOutcome> {
+        match self.reach_within().await {
+            Ok(()) => Ok(()),
+            Err(cause) => Err(self.roll_back_unconfirmed(cause).await),
+        }
+    }
+
+    /// A host that ran the candidate before this run: there is no switch
+    /// of this run to confirm, but what is certified must take new
+    /// connections all the same. An earlier run's switch (aborted by a
+    /// second Ctrl-C, it finished on its own) or one outside nixgate may
+    /// have locked SSH out after this run's session was opened, and that
+    /// session goes on (sshd keeps established ones): the host was marked
+    /// known-good over it. Tried as the unarmed confirm is; not reached,
+    /// the reason (this run changed nothing: nothing to roll back).
+    pub(super) async fn reach_current(&mut self) -> Result<(), FailureReason> {
+        self.reach_within()
+            .await
+            .map_err(|cause| FailureReason::Remote {
+                step: "confirm over a new connection",
+                error: words_free(&cause),
+            })
+    }
+
+    /// New connections tried every [`RETRY`] for `new_connection_within`,
+    /// until one reads the candidate as the running system (one that reads
+    /// another system ends it at once).
+    async fn reach_within(&mut self) -> Result<(), CutOff> {
         let window = self.s.new_connection_within;
         self.step(Step::ConfirmNewConnection { within: window });
         let end = tokio::time::Instant::now() + window;
-        let cause = loop {
+        loop {
             let cause = match self.reach_on_candidate(end).await {
                 Ok(()) => return Ok(()),
-                Err(seen @ CutOff::NotOnCandidate { .. }) => break seen,
+                Err(seen @ CutOff::NotOnCandidate { .. }) => return Err(seen),
                 Err(cause) => cause,
             };
             if tokio::time::Instant::now() + RETRY >= end {
-                break cause;
+                return Err(cause);
             }
             tokio::time::sleep(RETRY).await;
-        };
-        Err(self.roll_back_unconfirmed(cause).await)
+        }
     }
 
     /// One new connection, its handshake within the window (`end`: a

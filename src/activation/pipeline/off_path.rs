@@ -137,6 +137,13 @@ impl<R: Remote> Run<'_, R> {
     /// goal asks, never re-switch.
     pub(super) async fn already_current(&mut self) -> HostOutcome {
         let goal = self.req.goal;
+        // Proven by a new connection before anything is certified (see
+        // `reach_current`).
+        if goal.activates_live()
+            && let Err(reason) = self.reach_current().await
+        {
+            return self.fail_clean(Gate::LiveActivate, reason);
+        }
         // Running already, so proven live: its post-activation keys now.
         if goal.activates_live()
             && let Err(outcome) = self

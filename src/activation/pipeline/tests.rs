@@ -497,6 +497,39 @@ async fn already_current_is_verified_and_marked_not_switched() {
     }
     assert_eq!(count(&ran.cmds, "sudo fire"), 0);
     assert_eq!(count(&ran.cmds, "timeout "), 1, "health checked");
+    assert_eq!(host.state().sessions, 2, "proven over a new connection");
+}
+
+/// A host that already runs the candidate, which no new connection
+/// reaches (an earlier switch, aborted, or one outside nixgate, locked
+/// SSH out after this run's session was opened): not certified, not
+/// persisted, nothing switched (it was marked known-good over the old
+/// session, which sshd keeps).
+#[tokio::test(start_paused = true)]
+async fn already_current_without_new_connections_is_not_certified() {
+    let host = FakeHost::new(&sp(OLD));
+    {
+        let mut st = host.state();
+        st.current = sp(NEW);
+        st.sshd_up = false;
+    }
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::Failed {
+            gate: Gate::LiveActivate,
+            reason: FailureReason::Remote { step, .. },
+        } => assert_eq!(*step, "confirm over a new connection"),
+        other => panic!("{other:?}"),
+    }
+    let st = host.state();
+    assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(OLD)), "not marked");
+    assert_eq!(st.boot_default, sp(OLD), "not persisted");
+    assert_eq!(st.current, sp(NEW));
+    assert!(
+        !ran.cmds.iter().any(|c| c.contains(" fire ")),
+        "{:#?}",
+        ran.cmds
+    );
 }
 
 #[tokio::test(start_paused = true)]
