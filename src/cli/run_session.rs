@@ -222,13 +222,7 @@ impl RunSession {
     /// Emit the summary, flush the reporter, write the run report; the exit
     /// outcome.
     pub async fn finish(self, hosts: Vec<HostSummary>) -> anyhow::Result<Outcome> {
-        let ending = if *self.cancel.borrow() >= CancelLevel::StopStarting
-            && hosts.iter().all(|h| h.end.outcome().is_none())
-        {
-            Ending::CancelledBeforeRun
-        } else {
-            Ending::Completed
-        };
+        let ending = ending(*self.cancel.borrow() >= CancelLevel::StopStarting, &hosts);
         self.end(ending, hosts).await
     }
 
@@ -361,6 +355,25 @@ async fn announce_levels(
     std::future::pending::<()>().await;
 }
 
+/// How a run that got to its hosts ended: cancelled before it changed
+/// anything only when every host was refused or never started (an aborted
+/// one's detached switch may finish; one taken back after its soak, or any
+/// with an activation, changed; both were said to be "cancelled before
+/// anything changed").
+fn ending(cancelled: bool, hosts: &[HostSummary]) -> Ending {
+    let untouched = |h: &HostSummary| {
+        matches!(
+            h.end,
+            crate::deploy::HostEnd::Refused { .. } | crate::deploy::HostEnd::NotStarted { .. }
+        )
+    };
+    if cancelled && hosts.iter().all(untouched) {
+        Ending::CancelledBeforeRun
+    } else {
+        Ending::Completed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +397,43 @@ mod tests {
         assert!(stop.is_cancelled());
         let kinds: Vec<&str> = events.take().iter().map(Event::name).collect();
         assert_eq!(kinds, ["cancel_requested", "builder_failed"]);
+    }
+
+    #[test]
+    fn cancelled_before_the_run_only_when_no_host_was_touched() {
+        use crate::deploy::{HostEnd, HostSummary};
+        use crate::runner::{Interrupted, NotStarted};
+        let host = |end| HostSummary {
+            host: "web1".into(),
+            wave: "canary".into(),
+            closure: None,
+            end,
+            seconds: 0.0,
+            pending_reboot_allowed: false,
+        };
+        let not_started = host(HostEnd::NotStarted {
+            why: NotStarted::Cancelled,
+        });
+        let aborted = host(HostEnd::Interrupted {
+            why: Interrupted::Aborted,
+        });
+        let soak = host(HostEnd::SoakFailed {
+            checks: Vec::new(),
+            revoked: Some(2),
+            rollback: None,
+            kept: None,
+        });
+        let before = [not_started.clone(), not_started.clone()];
+        assert_eq!(ending(true, &before), Ending::CancelledBeforeRun);
+        assert_eq!(ending(false, &before), Ending::Completed);
+        for touched in [aborted, soak] {
+            let hosts = [touched, not_started.clone()];
+            assert_eq!(
+                ending(true, &hosts),
+                Ending::Completed,
+                "{:?}",
+                hosts[0].end
+            );
+        }
     }
 }

@@ -508,8 +508,10 @@ impl<J: HostJob> Runner<J> {
 
     /// Re-check every host of the wave that ended well; each one's end
     /// afterwards is its end. `Some` when the second Ctrl-C ended the
-    /// re-checks (and the take-backs they started): the hosts keep the
-    /// ends they had.
+    /// re-checks (and the take-backs they started): a host whose re-check
+    /// was cut off ends aborted (it kept its known-good end, and was
+    /// released, while its take-back had revoked the mark and was
+    /// switching it back); one re-checked already keeps its end.
     async fn recheck(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
         // A re-check may run health checks and take a host back: work on
         // the host, capped like the wave's activations.
@@ -531,15 +533,27 @@ impl<J: HostJob> Runner<J> {
                 task_host.insert(handle.id(), i);
             }
         }
+        let mut pending: std::collections::BTreeSet<usize> = task_host.values().copied().collect();
         loop {
             let joined = tokio::select! {
                 joined = checks.join_next_with_id() => joined,
                 _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
                     checks.abort_all();
+                    for i in pending {
+                        let done = self.job.interrupted(&w.results[i].host, Interrupted::Aborted);
+                        self.rechecked(w, i, done);
+                    }
                     return Some(NotStarted::Cancelled);
                 }
             };
             let Some(joined) = joined else { break };
+            if let Ok((_, (i, _))) = &joined {
+                pending.remove(i);
+            } else if let Err(e) = &joined
+                && let Some(i) = task_host.get(&e.id())
+            {
+                pending.remove(i);
+            }
             match joined {
                 Ok((_, (i, done))) => {
                     (self.emit)(RunnerEvent::SoakChecked {

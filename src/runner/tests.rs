@@ -297,8 +297,9 @@ async fn the_run_waits_for_hosts_to_be_let_go_until_the_second_cancel() {
 }
 
 /// The second Ctrl-C ends a soak's re-checks too (they waited for every
-/// re-check and take-back to finish); the hosts keep their ends, and no
-/// later wave starts.
+/// re-check and take-back to finish); a host whose re-check it cut off
+/// ends aborted (it kept its good end, and was released, while its
+/// take-back had revoked the mark), and no later wave starts.
 #[tokio::test(start_paused = true)]
 async fn the_second_cancel_ends_a_soaks_rechecks() {
     let job = Arc::new(Job {
@@ -323,7 +324,7 @@ async fn the_second_cancel_ends_a_soaks_rechecks() {
         .expect("the second Ctrl-C ends the re-checks")
         .unwrap();
     let e = ends(&results);
-    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert_eq!(e[0], ("c1".to_string(), "err:Aborted".to_string()));
     assert!(
         e[1..].iter().all(|(_, end)| end.contains("Cancelled")),
         "{e:?}"
@@ -751,6 +752,6 @@ async fn a_first_cancel_during_a_soak_rechecks_at_once() {
         .expect("the second Ctrl-C ends the re-checks")
         .unwrap();
     let e = ends(&results);
-    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert_eq!(e[0], ("c1".to_string(), "err:Aborted".to_string()));
     assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
 }
