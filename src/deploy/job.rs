@@ -106,6 +106,9 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     /// pipeline recorded them): a soak's take-back judges its rollback's
     /// exit 4 against them, as the pipeline's own rollback does.
     failed_before: FailedBefore,
+    /// Hosts whose soak take-back (or revoke) has begun: one cut off by
+    /// the second Ctrl-C is not known-good any more (see `recheck_cut`).
+    taking_back: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Units failed before the live switch, by host.
@@ -165,6 +168,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             lock_holder: host_lock::holder(&ctx.run_id),
             keys: plan.keys.clone(),
             failed_before: Arc::default(),
+            taking_back: std::sync::Mutex::default(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -353,6 +357,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if reports.iter().all(|r| r.passed()) {
             return done;
         }
+        unpoisoned(&self.taking_back).insert(host.to_owned());
         if let Some(kept) = self.kept_unhealthy(host, &done) {
             let revoked = self.revoke_kept(host, &remote, &settings, &done).await;
             return HostSummary {
@@ -550,6 +555,13 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
 
     async fn recheck(self: Arc<Self>, host: Arc<str>, done: HostSummary) -> HostSummary {
         self.take_back_unhealthy(&host, done).await
+    }
+
+    fn recheck_cut(&self, host: &str, done: HostSummary) -> HostSummary {
+        if unpoisoned(&self.taking_back).contains(host) {
+            return self.interrupted(host, Interrupted::Aborted);
+        }
+        done
     }
 
     fn ended(&self, host: &str, done: &HostSummary) {

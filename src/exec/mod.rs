@@ -221,6 +221,10 @@ impl<F: Fleet> HostJob for ExecJob<F> {
         done
     }
 
+    fn recheck_cut(&self, _host: &str, done: ExecDone) -> ExecDone {
+        done
+    }
+
     fn ended(&self, host: &str, done: &ExecDone) {
         self.sink.emit(Event::ExecFinished {
             host: host.to_owned(),

@@ -69,6 +69,10 @@ pub trait HostJob: Send + Sync + 'static {
         host: Arc<str>,
         done: Self::Done,
     ) -> impl Future<Output = Self::Done> + Send;
+    /// A re-check the second Ctrl-C cut off: the host's end. `done` is the
+    /// end it had, kept unless the job had begun changing the host (a
+    /// take-back under way: then why it was cut off).
+    fn recheck_cut(&self, host: &str, done: Self::Done) -> Self::Done;
     /// Told of every end the runner records, as it records it.
     fn ended(&self, host: &str, done: &Self::Done);
     /// The run will not touch `host` again: let go of what it holds for
@@ -509,9 +513,10 @@ impl<J: HostJob> Runner<J> {
     /// Re-check every host of the wave that ended well; each one's end
     /// afterwards is its end. `Some` when the second Ctrl-C ended the
     /// re-checks (and the take-backs they started): a host whose re-check
-    /// was cut off ends aborted (it kept its known-good end, and was
-    /// released, while its take-back had revoked the mark and was
-    /// switching it back); one re-checked already keeps its end.
+    /// was cut off ends as the job says ([`HostJob::recheck_cut`]: one
+    /// whose take-back was under way kept its known-good end, and was
+    /// released, while the take-back had revoked the mark and was
+    /// switching it back); one re-checked already keeps its new end.
     async fn recheck(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
         // A re-check may run health checks and take a host back: work on
         // the host, capped like the wave's activations.
@@ -540,8 +545,10 @@ impl<J: HostJob> Runner<J> {
                 _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
                     checks.abort_all();
                     for i in pending {
-                        let done = self.job.interrupted(&w.results[i].host, Interrupted::Aborted);
-                        self.rechecked(w, i, done);
+                        if let RunnerEnd::Done(had) = &w.results[i].end {
+                            let done = self.job.recheck_cut(&w.results[i].host, had.clone());
+                            self.rechecked(w, i, done);
+                        }
                     }
                     return Some(NotStarted::Cancelled);
                 }
