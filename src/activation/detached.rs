@@ -18,6 +18,7 @@ use super::verify_poll::{
 };
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
+use crate::remote::patient::Patient;
 use crate::remote::{Exit, Remote};
 
 /// Why a change can only land by rebooting.
@@ -83,6 +84,15 @@ pub enum SwitchFailure {
     FireRefused { attempts: Vec<RefusedFire> },
     /// No answer from the host until the deadline: it may or may not have fired.
     FireUnconfirmed { error: String },
+    /// Every start was refused, yet whether one went through all the same
+    /// could not be told (a start that timed out may be queued), or a
+    /// re-fire found the lock taken after its check (by an earlier attempt
+    /// refused yet queued, or by another switch). Every attempt is stopped
+    /// before anything else.
+    RefusedUnconfirmed {
+        attempts: Vec<RefusedFire>,
+        error: String,
+    },
     /// A NixOS pre-switch check other than the inhibitors failed (nothing changed).
     PreSwitchCheckFailed {
         check: Option<String>,
@@ -246,18 +256,24 @@ pub async fn run_detached<R: Remote>(
 }
 
 /// Whether a refused attempt's poll shows it never ran: `Some(false)` it
-/// ran (a status, or its unit alive), `Some(true)` it did not (no status,
-/// and its unit gone or failed: `systemd-run` with `--collect` leaves a
-/// failed start unloaded), `None` it cannot tell: `systemctl` failed (the
-/// bus that timed out the start) or the unit is loaded and idle with no
-/// status yet (a start still queued). On Darwin nothing is refused that
-/// ran: the pid file decides.
-fn never_ran(s: &PollSnapshot, os: super::settings::Os) -> Option<bool> {
+/// ran (a status, or its unit alive), `Some(true)` it did not, `None` it
+/// cannot tell. Did not: no status and its unit failed, or gone after a
+/// refusal systemd decided (`Job for ... failed`: `--collect` unloads a
+/// failed start; a name taken by a leftover). Gone after any other
+/// refusal (a D-Bus timeout) may be a start PID 1 has not taken up yet;
+/// `systemctl` failing (the bus that timed the start out), or the unit
+/// loaded and idle with no status (a start queued), cannot tell either.
+/// On Darwin nothing is refused that ran: the pid file decides.
+fn never_ran(s: &PollSnapshot, os: super::settings::Os, refusal: &RefusedFire) -> Option<bool> {
     if s.job != (JobState::Gone { started: false }) {
         return Some(false);
     }
+    let decided = refusal.tail.iter().any(|l| {
+        l.contains("Job for") || l.contains("already loaded") || l.contains("already exists")
+    });
     match &s.unit {
-        Some(u) => (u.load_state == "not-found" || u.active_state == "failed").then_some(true),
+        Some(u) if u.active_state == "failed" => Some(true),
+        Some(u) => (u.load_state == "not-found" && decided).then_some(true),
         None if os == super::settings::Os::Darwin => Some(true),
         None => None,
     }
@@ -364,14 +380,20 @@ async fn refused_yet_ran<R: Remote>(
     refused: Vec<RefusedFire>,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> Result<FirstPoll, SwitchFailure> {
-    let mut units: Vec<&str> = refused.iter().rev().map(|r| r.unit.as_str()).collect();
-    units.dedup();
-    for unit in units {
+    // A lost connection is waited out (one blip must not roll a host back).
+    let patient = Patient::new(remote, verify_poll::POLL_TIMEOUT);
+    let mut looked: Vec<&str> = Vec::new();
+    for refusal in refused.iter().rev() {
+        let unit = refusal.unit.as_str();
+        if looked.contains(&unit) {
+            continue;
+        }
+        looked.push(unit);
         let attempt = job.named(unit.to_owned());
-        let poll = verify_poll::poll_once(remote, &attempt, watched, Duration::ZERO);
-        let error = match tokio::time::timeout(verify_poll::POLL_TIMEOUT, poll).await {
-            Ok(Ok(s)) if never_ran(&s, job.os) == Some(true) => continue,
-            Ok(Ok(s)) if never_ran(&s, job.os).is_none() => {
+        let poll = verify_poll::poll_once(&patient, &attempt, watched, Duration::ZERO);
+        let error = match tokio::time::timeout(2 * verify_poll::POLL_TIMEOUT, poll).await {
+            Ok(Ok(s)) if never_ran(&s, job.os, refusal) == Some(true) => continue,
+            Ok(Ok(s)) if never_ran(&s, job.os, refusal).is_none() => {
                 let unit = s
                     .unit
                     .map(|u| format!("{}/{}", u.load_state, u.active_state));
@@ -395,10 +417,10 @@ async fn refused_yet_ran<R: Remote>(
             Err(_) => "no answer to a poll".to_owned(),
         };
         *job = attempt;
-        return Err(SwitchFailure::FireUnconfirmed {
-            error: format!(
-                "every start was refused, and whether {unit} ran anyway could not be read: {error}"
-            ),
+        let error = format!("whether {unit} ran anyway could not be read: {error}");
+        return Err(SwitchFailure::RefusedUnconfirmed {
+            attempts: refused,
+            error,
         });
     }
     Err(SwitchFailure::FireRefused { attempts: refused })
@@ -607,18 +629,27 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
             } else if code == 100 && job.action.changes_running_system() {
                 return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
             } else if code == 11
-                && job.attempt() == 1
                 && log_tail
                     .iter()
                     .any(|l| l.contains("Could not acquire lock"))
             {
-                // Not for a re-fire: the holder may be an earlier attempt,
-                // refused yet queued, which started after the fire's lock
-                // check and switches (a failure, rolled back, not "nothing
-                // changed").
-                SwitchFailure::LockHeld {
-                    holders: Vec::new(),
-                    processes: Vec::new(),
+                if job.attempt() == 1 {
+                    SwitchFailure::LockHeld {
+                        holders: Vec::new(),
+                        processes: Vec::new(),
+                    }
+                } else {
+                    // The holder may be an earlier attempt, refused yet
+                    // queued, which started after this fire's lock check
+                    // and switches: not "nothing changed".
+                    SwitchFailure::RefusedUnconfirmed {
+                        attempts: Vec::new(),
+                        error: format!(
+                            "{} found the switch lock taken after its check \
+                             (an earlier attempt, refused yet queued, or another switch)",
+                            job.unit
+                        ),
+                    }
                 }
             } else {
                 SwitchFailure::Exited {
@@ -942,17 +973,35 @@ mod tests {
         let queued = ok(&format!(
             "LoadState=loaded\nActiveState=inactive\nSubState=dead\nNixgateStatus=absent\nNixgateCurrent={OLD}\n"
         ));
-        for (polls, unit) in [
-            (vec![lost()], "nixgate-switch-r1-try3"),
-            (vec![unreadable], "nixgate-switch-r1-try3"),
-            (vec![absent.clone(), queued], "nixgate-switch-r1-try2"),
+        // Gone after a refusal systemd did not decide (a D-Bus timeout: PID
+        // 1 may not have taken the start up yet) cannot tell either.
+        let timed_out = Output::new(
+            Exit::Code { code: 0 },
+            "NixgateLock=free\nNixgateFire=1\n",
+            "Failed to start transient service unit: Connection timed out\n",
+        );
+        let all_refused = || vec![refused(), refused(), refused()];
+        for (fires, polls, unit) in [
+            (all_refused(), vec![lost()], "nixgate-switch-r1-try3"),
+            (all_refused(), vec![unreadable], "nixgate-switch-r1-try3"),
+            (
+                all_refused(),
+                vec![absent.clone(), queued],
+                "nixgate-switch-r1-try2",
+            ),
+            (
+                vec![refused(), refused(), timed_out],
+                vec![absent.clone()],
+                "nixgate-switch-r1-try3",
+            ),
         ] {
-            let r = scripted(vec![refused(), refused(), refused()], polls);
+            let r = scripted(fires, polls);
             let mut j = job();
             let result = run(&r, Duration::from_secs(60), &mut j).await;
             match &result {
-                SwitchResult::Failed(f @ SwitchFailure::FireUnconfirmed { error }) => {
+                SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { attempts, error }) => {
                     assert!(error.contains(unit), "{error}");
+                    assert_eq!(attempts.len(), 3);
                     assert!(!f.changed_nothing());
                 }
                 other => panic!("{unit}: {other:?}"),

@@ -186,6 +186,9 @@ pub struct State {
     /// The next refused fire's job runs even so (a start whose D-Bus call
     /// timed out went through).
     pub refused_yet_runs: bool,
+    /// Refusals say the start timed out on D-Bus (systemd did not decide:
+    /// whether it runs cannot be told), not that its job failed.
+    pub refusals_time_out: bool,
     /// Every command that reached the host (as [`describe`]d), over any
     /// connection, in order (a remote's own list has only its session's).
     pub ran: Vec<String>,
@@ -510,9 +513,10 @@ impl State {
             self.timers.remove(a[4]);
             ok("")
         } else if script == switch::STOP_LINUX {
-            let unit = a[4].trim_end_matches(".service");
-            if let Some(j) = self.jobs.get_mut(unit) {
-                j.running = false;
+            for unit in &a[4..] {
+                if let Some(j) = self.jobs.get_mut(unit.trim_end_matches(".service")) {
+                    j.running = false;
+                }
             }
             self.lock_held = false;
             ok("")
@@ -619,6 +623,11 @@ impl State {
             self.lock_held |= std::mem::take(&mut self.lock_taken_after_refusal);
             if std::mem::take(&mut self.refused_yet_runs) {
                 self.start_job(&unit, program, action);
+            }
+            if self.refusals_time_out {
+                return refuse(
+                    "Failed to start transient service unit: Connection timed out\n".into(),
+                );
             }
             return refuse(format!(
                 "Job for {unit}.service failed because of unavailable resources or another system error.\n"
@@ -1071,6 +1080,7 @@ impl FakeHost {
             profile_set_fails: false,
             lock_taken_after_refusal: false,
             refused_yet_runs: false,
+            refusals_time_out: false,
         })))
     }
 

@@ -681,10 +681,16 @@ fn held_by_us(
         .map(|u| FireOutcome::EarlierAttempt { unit: u.to_owned() })
 }
 
-/// Stop the unit; one that is already gone (finished, collected, never
-/// started) is stopped: only a unit still active after the stop fails.
-pub(crate) const STOP_LINUX: &str = "systemctl stop \"$1\" 2>/dev/null
-if systemctl is-active --quiet \"$1\"; then echo \"$1 is still active\" >&2; exit 1; fi
+/// Stop the units (a queued start of one is cancelled by its stop); one
+/// already gone (finished, collected, never started) is stopped. Each must
+/// be read back inactive or failed: `is-active --quiet` fails alike for an
+/// inactive unit and for a `systemctl` that cannot reach PID 1 (the bus
+/// that timed a start out), which passed for stopped.
+pub(crate) const STOP_LINUX: &str = "systemctl stop \"$@\" 2>/dev/null
+for u in \"$@\"; do
+  s=$(systemctl is-active \"$u\" 2>/dev/null)
+  case $s in inactive|failed) ;; *) echo \"$u is still ${s:-in a state systemctl could not read}\" >&2; exit 1 ;; esac
+done
 exit 0";
 
 const STOP_DARWIN: &str =
@@ -700,11 +706,41 @@ pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {
     }
 }
 
+/// The command stopping every attempt of a job (its first name and each
+/// `-tryN` a refused fire is retried under): a fire never confirmed may
+/// have started any of them, queued behind a start that timed out.
+pub fn stop_attempts_command(job: &SwitchJob, sudo: bool) -> Command {
+    match job.os {
+        Os::Linux => {
+            let base = job.named(split_attempt(&job.unit).0.to_owned());
+            let mut units = vec![format!("{}.service", base.unit)];
+            let tries = 2..=super::detached::FIRE_ATTEMPTS;
+            units.extend(tries.map(|n| format!("{}.service", base.renamed(n).unit)));
+            Command::script(STOP_LINUX).args(units).sudo(sudo)
+        }
+        Os::Darwin => stop_command(job, sudo),
+    }
+}
+
 /// Stop a hung job (used before rolling back after a timeout: the hung
 /// switch holds the lock a rollback needs).
 pub async fn stop_job<R: Remote>(remote: &R, job: &SwitchJob, sudo: bool) -> anyhow::Result<()> {
+    stop_with(remote, job, &stop_command(job, sudo)).await
+}
+
+/// Stop every attempt of a job whose start was never confirmed (see
+/// [`stop_attempts_command`]).
+pub async fn stop_attempts<R: Remote>(
+    remote: &R,
+    job: &SwitchJob,
+    sudo: bool,
+) -> anyhow::Result<()> {
+    stop_with(remote, job, &stop_attempts_command(job, sudo)).await
+}
+
+async fn stop_with<R: Remote>(remote: &R, job: &SwitchJob, cmd: &Command) -> anyhow::Result<()> {
     remote
-        .exec(&stop_command(job, sudo))
+        .exec(cmd)
         .await
         .with_context(|| format!("stopping {} on {}", job.unit, remote.name()))?
         .check(&format!("stopping {}", job.unit))?;

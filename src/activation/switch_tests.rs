@@ -475,6 +475,48 @@ fn stop_and_log_commands() {
     );
 }
 
+/// [`STOP_LINUX`] for real (a stand-in `systemctl` first on `PATH`): every
+/// unit stopped at once, each read back; inactive or failed is stopped,
+/// still active is not, and a `systemctl` that cannot answer (PID 1 busy,
+/// the bus that timed a start out) is not either (it passed for stopped).
+/// A job never confirmed stops every attempt's name.
+#[tokio::test]
+async fn a_stop_is_read_back_and_covers_every_attempt() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    std::fs::create_dir(d("bin")).unwrap();
+    let (calls, state) = (d("calls"), d("state"));
+    let body = format!(
+        "#!/bin/sh\necho \"$*\" >> {calls}\n[ \"$1\" = is-active ] || exit 0\nread -r s < {state}\n[ \"$s\" = broken ] && {{ echo 'Failed to connect to bus' >&2; exit 1; }}\necho \"$s\"\n[ \"$s\" = active ] && exit 0\nexit 3\n"
+    );
+    std::fs::write(d("bin/systemctl"), body).unwrap();
+    std::fs::set_permissions(d("bin/systemctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", d("bin"), std::env::var("PATH").unwrap());
+    let j = job(Os::Linux, SwitchAction::Test).renamed(2);
+    let r = LocalRemote::new("local");
+    for (s, stopped) in [
+        ("inactive", true),
+        ("failed", true),
+        ("active", false),
+        ("broken", false),
+    ] {
+        std::fs::write(&state, s).unwrap();
+        let _ = std::fs::remove_file(&calls);
+        let cmd = stop_attempts_command(&j, false).env("PATH", &path);
+        let out = r.exec(&cmd).await.unwrap();
+        assert_eq!(out.success(), stopped, "{s}: {out:?}");
+        let units = "nixgate-switch-r1.service nixgate-switch-r1-try2.service nixgate-switch-r1-try3.service";
+        let took = std::fs::read_to_string(&calls).unwrap();
+        assert!(took.starts_with(&format!("stop {units}\n")), "{s}: {took}");
+    }
+    let one = stop_command(&j, false);
+    assert_eq!(
+        one.argv()[4..],
+        ["nixgate-switch-r1-try2.service".to_string()]
+    );
+}
+
 /// A Darwin job's stop kills its group, in the host's `sh` (dash here,
 /// which refuses `kill -TERM -- -PGID`: the job lived on).
 #[tokio::test]

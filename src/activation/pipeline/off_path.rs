@@ -56,6 +56,17 @@ impl<R: Remote> Run<'_, R> {
             SwitchResult::Failed(f) if f.changed_nothing() => {
                 Err(self.not_persisted(gate, f).await)
             }
+            // Every boot job refused, one perhaps queued: stopped, then
+            // as one that never ran (a live-proven host is not rolled
+            // back for a boot-loader hiccup; a queued `boot` left running
+            // would only write the boot entry of that proven system).
+            SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { .. }) => {
+                let patient = Patient::new(self.remote, self.s.activation_timeout);
+                if let Err(e) = Stop::Attempts.run(&patient, &job, self.s.sudo).await {
+                    tracing::warn!("{}: {e:#}", self.remote.name());
+                }
+                Err(self.not_persisted(gate, f).await)
+            }
             SwitchResult::Failed(f) => Err(self
                 .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
                 .await),
@@ -209,18 +220,19 @@ impl<R: Remote> Run<'_, R> {
         // switch the host to the candidate after the rollback settled,
         // with no revert armed (the rollback was reported as done). The
         // stop waits out a lost connection for the activation budget.
-        let stops = matches!(
-            &reason,
+        let stop = match &reason {
+            FailureReason::Switch(SwitchFailure::Timeout { .. }) => Some(Stop::Job),
             FailureReason::Switch(
-                SwitchFailure::Timeout { .. } | SwitchFailure::FireUnconfirmed { .. }
-            )
-        );
-        if let (true, Some(job)) = (stops, hung) {
+                SwitchFailure::FireUnconfirmed { .. } | SwitchFailure::RefusedUnconfirmed { .. },
+            ) => Some(Stop::Attempts),
+            _ => None,
+        };
+        if let (Some(stop), Some(job)) = (stop, hung) {
             self.step(Step::StopHungSwitch {
                 unit: job.unit.clone(),
             });
             let patient = Patient::new(self.remote, self.s.activation_timeout);
-            if let Err(e) = stop_job(&patient, job, self.s.sudo).await {
+            if let Err(e) = stop.run(&patient, job, self.s.sudo).await {
                 let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
                     unit: job.unit.clone(),
                     error: format!("{e:#}"),
@@ -302,5 +314,22 @@ impl<R: Remote> Run<'_, R> {
         // If this fails the rollback's switch may report these units again:
         // that is reported as it is, never hidden.
         let _ = crate::activation::failed_units::reset_failed(self.remote, self.s.sudo, &new).await;
+    }
+}
+
+/// What is stopped before a rollback: a hung job, or every attempt of a
+/// job whose start was never confirmed.
+#[derive(Clone, Copy)]
+enum Stop {
+    Job,
+    Attempts,
+}
+
+impl Stop {
+    async fn run<R: Remote>(self, remote: &R, job: &SwitchJob, sudo: bool) -> anyhow::Result<()> {
+        match self {
+            Stop::Job => stop_job(remote, job, sudo).await,
+            Stop::Attempts => crate::activation::switch::stop_attempts(remote, job, sudo).await,
+        }
     }
 }

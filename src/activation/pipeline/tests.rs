@@ -720,16 +720,18 @@ async fn a_refused_switch_unit_is_fired_again_under_a_fresh_name() {
     assert_eq!(host.state().boot_default, sp(NEW));
 }
 
-/// Every live start refused, and whether the last one ran anyway cannot
-/// be read (its look lost): unconfirmed, so rolled back, and the attempt
-/// is stopped first (a start still queued would switch the host to the
-/// candidate after the rollback, with no revert armed).
+/// Every live start refused on D-Bus timeouts, the last attempt's unit
+/// not found: whether it will run cannot be told (PID 1 may not have
+/// taken it up yet), so rolled back, and every attempt is stopped first
+/// (a start still queued would switch the host to the candidate after
+/// the rollback, with no revert armed). A look lost once is asked again.
 #[tokio::test(start_paused = true)]
 async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
     let host = FakeHost::new(&sp(OLD));
     {
         let mut st = host.state();
         st.refuse_fires = vec!["test"; 3];
+        st.refusals_time_out = true;
         let unit = "nixgate-switch-r1-try3";
         let look = format!(
             "poll {unit}.service /run/nixgate/{unit}.status /run/current-system 0 {SYSTEM}"
@@ -739,16 +741,15 @@ async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
     let ran = run(&host, &request(Goal::Gated)).await;
     match &ran.outcome {
         HostOutcome::RolledBack {
-            reason: FailureReason::Switch(SwitchFailure::FireUnconfirmed { .. }),
+            reason: FailureReason::Switch(SwitchFailure::RefusedUnconfirmed { .. }),
             to,
             ..
         } => assert_eq!(*to, sp(OLD)),
         other => panic!("{other:?}"),
     }
-    let stop = ran
-        .cmds
-        .iter()
-        .position(|c| c.contains("stop-unit nixgate-switch-r1-try3.service"));
+    let every = "stop-unit nixgate-switch-r1.service nixgate-switch-r1-try2.service \
+                 nixgate-switch-r1-try3.service";
+    let stop = ran.cmds.iter().position(|c| c.contains(every));
     let rollback = ran
         .cmds
         .iter()
@@ -763,15 +764,33 @@ async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
 
 #[tokio::test(start_paused = true)]
 async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
-    let host = FakeHost::new(&sp(OLD));
-    host.state().refuse_fires = vec!["boot"; 3];
-    let ran = run(&host, &request(Goal::Gated)).await;
-    match &ran.outcome {
-        HostOutcome::NotPersisted {
-            reason: SwitchFailure::FireRefused { attempts },
-        } => assert_eq!(attempts.len(), 3),
-        other => panic!("{other:?}"),
+    // Refused as a failed job, or on D-Bus timeouts (whether the last runs
+    // cannot be told: every attempt is stopped, the host not rolled back).
+    for timed_out in [false, true] {
+        let host = FakeHost::new(&sp(OLD));
+        host.state().refuse_fires = vec!["boot"; 3];
+        host.state().refusals_time_out = timed_out;
+        let ran = run(&host, &request(Goal::Gated)).await;
+        match &ran.outcome {
+            HostOutcome::NotPersisted {
+                reason:
+                    SwitchFailure::FireRefused { attempts }
+                    | SwitchFailure::RefusedUnconfirmed { attempts, .. },
+            } => assert_eq!(attempts.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        let stopped = ran
+            .cmds
+            .iter()
+            .any(|c| c.contains("stop-unit nixgate-switch-r1-persist.service"));
+        assert_eq!(stopped, timed_out, "{:#?}", ran.cmds);
+        assert_left_live(&host, &ran);
     }
+}
+
+/// Live on the candidate it proved, its boot entries and profile where
+/// they were, not rolled back.
+fn assert_left_live(host: &FakeHost, ran: &Ran) {
     let st = host.state();
     assert_eq!(st.current, sp(NEW), "still live on what it proved");
     assert_eq!(st.boot_default, sp(OLD), "the boot entries never moved");

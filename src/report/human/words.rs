@@ -604,6 +604,14 @@ pub fn switch_failure(f: &SwitchFailure) -> String {
             "the host never confirmed the switch started: {}",
             first_line(error)
         ),
+        SwitchFailure::RefusedUnconfirmed { attempts, error } => format!(
+            "the host refused to start the switch{}, and it may have started all the same: {}",
+            match attempts.len() {
+                0 => String::new(),
+                n => format!(" {n} time(s)"),
+            },
+            first_line(error)
+        ),
         SwitchFailure::PreSwitchCheckFailed { check, log_tail } => format!(
             "NixOS pre-switch check {} failed: {}",
             check.as_deref().unwrap_or("(unnamed)"),
