@@ -259,18 +259,28 @@ pub async fn run_detached<R: Remote>(
 /// ran (a status, or its unit alive), `Some(true)` it did not, `None` it
 /// cannot tell. Did not: no status and its unit failed, or gone after a
 /// refusal systemd decided (`Job for ... failed`: `--collect` unloads a
-/// failed start; a name taken by a leftover). Gone after any other
-/// refusal (a D-Bus timeout) may be a start PID 1 has not taken up yet;
-/// `systemctl` failing (the bus that timed the start out), or the unit
-/// loaded and idle with no status (a start queued), cannot tell either.
-/// On Darwin nothing is refused that ran: the pid file decides.
+/// failed start; a name taken by a leftover; access denied). Gone after a
+/// call that timed out or lost its bus (or said nothing) may be a start
+/// PID 1 has not taken up yet; `systemctl` failing (the bus that timed
+/// the start out), or the unit loaded and idle with no status (a start
+/// queued), cannot tell either. On Darwin nothing is refused that ran:
+/// the pid file decides.
 fn never_ran(s: &PollSnapshot, os: super::settings::Os, refusal: &RefusedFire) -> Option<bool> {
     if s.job != (JobState::Gone { started: false }) {
         return Some(false);
     }
-    let decided = refusal.tail.iter().any(|l| {
-        l.contains("Job for") || l.contains("already loaded") || l.contains("already exists")
-    });
+    let undecided = [
+        "timed out",
+        "timeout",
+        "transport endpoint",
+        "connection reset",
+        "broken pipe",
+    ];
+    let decided = !refusal.tail.is_empty()
+        && !refusal.tail.iter().any(|l| {
+            let l = l.to_ascii_lowercase();
+            undecided.iter().any(|u| l.contains(u))
+        });
     match &s.unit {
         Some(u) if u.active_state == "failed" => Some(true),
         Some(u) => (u.load_state == "not-found" && decided).then_some(true),
@@ -1028,5 +1038,54 @@ mod tests {
         assert_eq!(j.unit, "nixgate-switch-r1");
         assert_eq!(fires(&r).len(), 1);
         assert_eq!(host.state().current, sp(NEW));
+    }
+
+    /// Which refusals let a unit that is gone count as never run: those
+    /// systemd decided (the call answered), not a call that timed out or
+    /// lost its bus (or said nothing), whose start may still be taken up.
+    #[test]
+    fn a_gone_unit_is_never_run_only_after_a_decided_refusal() {
+        let gone = verify_poll::parse_poll(&format!(
+            "LoadState=not-found\nActiveState=inactive\nNixgateStatus=absent\nNixgateCurrent={OLD}\n"
+        ))
+        .unwrap();
+        let refusal = |line: &str| RefusedFire {
+            unit: "nixgate-switch-r1".into(),
+            exit: Exit::Code { code: 1 },
+            tail: [line]
+                .iter()
+                .filter(|l| !l.is_empty())
+                .map(|l| l.to_string())
+                .collect(),
+        };
+        for (line, never) in [
+            (
+                "Job for nixgate-switch-r1.service failed because of unavailable resources or another system error.",
+                Some(true),
+            ),
+            (
+                "Failed to start transient service unit: Unit nixgate-switch-r1.service was already loaded or has a fragment file.",
+                Some(true),
+            ),
+            (
+                "Failed to start transient service unit: Access denied",
+                Some(true),
+            ),
+            (
+                "Failed to start transient service unit: Connection timed out",
+                None,
+            ),
+            (
+                "Failed to start transient service unit: Transport endpoint is not connected",
+                None,
+            ),
+            ("", None),
+        ] {
+            assert_eq!(
+                never_ran(&gone, Os::Linux, &refusal(line)),
+                never,
+                "{line:?}"
+            );
+        }
     }
 }
