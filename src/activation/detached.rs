@@ -126,6 +126,15 @@ pub enum SwitchFailure {
 }
 
 impl SwitchFailure {
+    /// Whether the switch's start was never confirmed: it may run yet
+    /// (every attempt is stopped before anything else).
+    pub fn start_unconfirmed(&self) -> bool {
+        matches!(
+            self,
+            SwitchFailure::FireUnconfirmed { .. } | SwitchFailure::RefusedUnconfirmed { .. }
+        )
+    }
+
     /// True when the failure happened before the host changed at all.
     pub fn changed_nothing(&self) -> bool {
         matches!(
@@ -276,11 +285,17 @@ fn never_ran(s: &PollSnapshot, os: super::settings::Os, refusal: &RefusedFire) -
         "connection reset",
         "broken pipe",
     ];
-    let decided = !refusal.tail.is_empty()
-        && !refusal.tail.iter().any(|l| {
-            let l = l.to_ascii_lowercase();
-            undecided.iter().any(|u| l.contains(u))
-        });
+    // What systemd-run said (a tail without stderr is the fire's own
+    // stdout: it said nothing); killed by a signal, it said nothing either.
+    let said: Vec<String> = (refusal.tail.iter())
+        .filter(|l| !l.starts_with("Nixgate"))
+        .map(|l| l.to_ascii_lowercase())
+        .collect();
+    let killed = matches!(refusal.exit, Exit::Code { code } if code > 128)
+        || matches!(refusal.exit, Exit::Signal { .. });
+    let decided = !killed
+        && !said.is_empty()
+        && !said.iter().any(|l| undecided.iter().any(|u| l.contains(u)));
     match &s.unit {
         Some(u) if u.active_state == "failed" => Some(true),
         Some(u) => (u.load_state == "not-found" && decided).then_some(true),
@@ -1080,6 +1095,7 @@ mod tests {
                 None,
             ),
             ("", None),
+            ("NixgateFire=1", None),
         ] {
             assert_eq!(
                 never_ran(&gone, Os::Linux, &refusal(line)),

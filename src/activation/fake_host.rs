@@ -189,6 +189,8 @@ pub struct State {
     /// Refusals say the start timed out on D-Bus (systemd did not decide:
     /// whether it runs cannot be told), not that its job failed.
     pub refusals_time_out: bool,
+    /// Stops of switch units fail (PID 1 too busy to answer).
+    pub stops_fail: bool,
     /// Every command that reached the host (as [`describe`]d), over any
     /// connection, in order (a remote's own list has only its session's).
     pub ran: Vec<String>,
@@ -513,6 +515,12 @@ impl State {
             self.timers.remove(a[4]);
             ok("")
         } else if script == switch::STOP_LINUX {
+            if self.stops_fail {
+                return fail(
+                    1,
+                    &format!("{} is still in a state systemctl could not read\n", a[4]),
+                );
+            }
             for unit in &a[4..] {
                 if let Some(j) = self.jobs.get_mut(unit.trim_end_matches(".service")) {
                     j.running = false;
@@ -1081,6 +1089,7 @@ impl FakeHost {
             lock_taken_after_refusal: false,
             refused_yet_runs: false,
             refusals_time_out: false,
+            stops_fail: false,
         })))
     }
 

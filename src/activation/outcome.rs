@@ -129,6 +129,13 @@ pub enum CutOff {
     NoNewConnection { error: String },
     /// The connection was lost while the switch ran.
     LostDuringSwitch { failure: SwitchFailure },
+    /// The switch's start was never confirmed and its attempts could not
+    /// be stopped (one may be queued): the armed revert, which stops them
+    /// before it reverts, is left to take the host back.
+    StartNotStopped {
+        failure: SwitchFailure,
+        error: String,
+    },
     /// A new connection reached a host that does not run the candidate.
     NotOnCandidate { seen: Option<StorePath> },
     /// A new connection reached the host after its revert had begun (the

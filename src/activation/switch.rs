@@ -685,11 +685,19 @@ fn held_by_us(
 /// already gone (finished, collected, never started) is stopped. Each must
 /// be read back inactive or failed: `is-active --quiet` fails alike for an
 /// inactive unit and for a `systemctl` that cannot reach PID 1 (the bus
-/// that timed a start out), which passed for stopped.
+/// that timed a start out), which passed for stopped. A unit not read back
+/// so is stopped again, once a second, for 10 s (a busy PID 1 is what
+/// refused the start).
 pub(crate) const STOP_LINUX: &str = "systemctl stop \"$@\" 2>/dev/null
 for u in \"$@\"; do
-  s=$(systemctl is-active \"$u\" 2>/dev/null)
-  case $s in inactive|failed) ;; *) echo \"$u is still ${s:-in a state systemctl could not read}\" >&2; exit 1 ;; esac
+  i=0
+  while :; do
+    s=$(systemctl is-active \"$u\" 2>/dev/null)
+    case $s in inactive|failed) break ;; esac
+    i=$((i + 1))
+    [ \"$i\" -lt 10 ] || { echo \"$u is still ${s:-in a state systemctl could not read}\" >&2; exit 1; }
+    sleep 1; systemctl stop \"$u\" 2>/dev/null
+  done
 done
 exit 0";
 

@@ -491,7 +491,12 @@ async fn a_stop_is_read_back_and_covers_every_attempt() {
         "#!/bin/sh\necho \"$*\" >> {calls}\n[ \"$1\" = is-active ] || exit 0\nread -r s < {state}\n[ \"$s\" = broken ] && {{ echo 'Failed to connect to bus' >&2; exit 1; }}\necho \"$s\"\n[ \"$s\" = active ] && exit 0\nexit 3\n"
     );
     std::fs::write(d("bin/systemctl"), body).unwrap();
-    std::fs::set_permissions(d("bin/systemctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Its read-back retries once a second: not waited out here.
+    std::fs::write(d("bin/sleep"), "#!/bin/sh\nexit 0\n").unwrap();
+    for tool in ["systemctl", "sleep"] {
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(d(&format!("bin/{tool}")), mode).unwrap();
+    }
     let path = format!("{}:{}", d("bin"), std::env::var("PATH").unwrap());
     let j = job(Os::Linux, SwitchAction::Test).renamed(2);
     let r = LocalRemote::new("local");
@@ -509,6 +514,9 @@ async fn a_stop_is_read_back_and_covers_every_attempt() {
         let units = "nixgate-switch-r1.service nixgate-switch-r1-try2.service nixgate-switch-r1-try3.service";
         let took = std::fs::read_to_string(&calls).unwrap();
         assert!(took.starts_with(&format!("stop {units}\n")), "{s}: {took}");
+        // Not read back stopped: stopped again, 10 reads in all.
+        let reads = took.lines().filter(|l| l.starts_with("is-active")).count();
+        assert_eq!(reads, if stopped { 3 } else { 10 }, "{s}: {took}");
     }
     let one = stop_command(&j, false);
     assert_eq!(

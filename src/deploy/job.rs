@@ -108,6 +108,7 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     failed_before: FailedBefore,
     /// Hosts whose soak take-back (or revoke) has begun: one cut off by
     /// the second Ctrl-C is not known-good any more (see `recheck_cut`).
+    /// Each host is re-checked once a run: never cleared.
     taking_back: std::sync::Mutex<HashSet<String>>,
 }
 
@@ -357,7 +358,6 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if reports.iter().all(|r| r.passed()) {
             return done;
         }
-        unpoisoned(&self.taking_back).insert(host.to_owned());
         if let Some(kept) = self.kept_unhealthy(host, &done) {
             let revoked = self.revoke_kept(host, &remote, &settings, &done).await;
             return HostSummary {
@@ -383,6 +383,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let (revoked, rollback) = if mark.is_none() && *before == ready.candidate.closure {
             (None, crate::activation::take_back::nowhere(before))
         } else {
+            unpoisoned(&self.taking_back).insert(host.to_owned());
             let failed = unpoisoned(&self.failed_before).get(host).cloned();
             take_back(
                 &remote,
@@ -428,6 +429,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             return None;
         }
         let emit = forward(&self.sink, host);
+        unpoisoned(&self.taking_back).insert(host.to_owned());
         crate::activation::take_back::revoke_only(remote, settings, m.generation, &emit).await
     }
 }

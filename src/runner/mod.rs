@@ -540,7 +540,10 @@ impl<J: HostJob> Runner<J> {
         }
         let mut pending: std::collections::BTreeSet<usize> = task_host.values().copied().collect();
         loop {
+            // Biased: a re-check done when the second Ctrl-C comes is
+            // joined first (its end is known; aborting it threw it away).
             let joined = tokio::select! {
+                biased;
                 joined = checks.join_next_with_id() => joined,
                 _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
                     checks.abort_all();

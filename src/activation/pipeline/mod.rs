@@ -501,6 +501,18 @@ impl<'a, R: Remote> Run<'a, R> {
             }
             SwitchResult::Failed(f) => {
                 self.live_changed = true;
+                // A start never confirmed is stopped before the revert is
+                // disarmed: one that cannot be stopped may still switch
+                // the host, and the revert stops it before it reverts.
+                if self.armed.is_some()
+                    && f.start_unconfirmed()
+                    && let Err(e) = self.stop_attempts(&job).await
+                {
+                    let error = format!("{e:#}");
+                    return self
+                        .await_revert(CutOff::StartNotStopped { failure: f, error })
+                        .await;
+                }
                 // Still reachable: disarm, and roll back as always, verified.
                 // Not: the host takes itself back; wait for it and look.
                 if self.armed.is_some() && !self.disarm_here().await {

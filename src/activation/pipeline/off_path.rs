@@ -60,11 +60,12 @@ impl<R: Remote> Run<'_, R> {
             // as one that never ran (a live-proven host is not rolled
             // back for a boot-loader hiccup; a queued `boot` left running
             // would only write the boot entry of that proven system).
-            SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { .. }) => {
-                let patient = Patient::new(self.remote, self.s.activation_timeout);
-                if let Err(e) = Stop::Attempts.run(&patient, &job, self.s.sudo).await {
-                    tracing::warn!("{}: {e:#}", self.remote.name());
-                }
+            // Only for a live-proven host whose attempts were stopped: one
+            // not live (`--goal boot`), or a queued start not stopped, would
+            // make the candidate the boot default unproven: rolled back.
+            SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { .. })
+                if self.live_changed && self.stop_attempts(&job).await.is_ok() =>
+            {
                 Err(self.not_persisted(gate, f).await)
             }
             SwitchResult::Failed(f) => Err(self
@@ -314,6 +315,15 @@ impl<R: Remote> Run<'_, R> {
         // If this fails the rollback's switch may report these units again:
         // that is reported as it is, never hidden.
         let _ = crate::activation::failed_units::reset_failed(self.remote, self.s.sudo, &new).await;
+    }
+}
+
+impl<R: Remote> Run<'_, R> {
+    /// Stop every attempt of a job whose start was never confirmed,
+    /// waiting out a lost connection for the activation budget.
+    pub(super) async fn stop_attempts(&self, job: &SwitchJob) -> anyhow::Result<()> {
+        let patient = Patient::new(self.remote, self.s.activation_timeout);
+        Stop::Attempts.run(&patient, job, self.s.sudo).await
     }
 }
 

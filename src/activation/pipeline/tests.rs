@@ -762,6 +762,37 @@ async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// The same, with a revert armed (magic rollback) and the attempts not
+/// stopped (PID 1 too busy to answer): the revert is not disarmed (a
+/// queued start could switch the host with nothing armed); the host's own
+/// revert, which stops the attempts first, takes it back.
+#[tokio::test(start_paused = true)]
+async fn an_unconfirmed_start_not_stopped_is_left_to_the_revert() {
+    let host = FakeHost::new(&sp(OLD));
+    {
+        let mut st = host.state();
+        st.refuse_fires = vec!["test"; 3];
+        st.refusals_time_out = true;
+        st.stops_fail = true;
+    }
+    let mut req = request(Goal::Gated);
+    req.settings.confirm_timeout = Some(Duration::from_secs(30));
+    let ran = run(&host, &req).await;
+    assert!(
+        !ran.cmds.iter().any(|c| c.contains("disarm-revert")),
+        "{:#?}",
+        ran.cmds
+    );
+    match &ran.outcome {
+        HostOutcome::RevertedByHost {
+            cause: CutOff::StartNotStopped { .. },
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(host.state().current, sp(OLD));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
     // Refused as a failed job, or on D-Bus timeouts (whether the last runs

@@ -679,6 +679,11 @@ pub fn cut_off(c: &crate::activation::CutOff) -> String {
         CutOff::LostDuringSwitch { failure } => {
             format!("lost during the switch ({})", switch_failure(failure))
         }
+        CutOff::StartNotStopped { failure, error } => format!(
+            "its switch may have started ({}) and could not be stopped ({}): left to its own revert",
+            switch_failure(failure),
+            first_line(error)
+        ),
         CutOff::RevertBegan => {
             "a new connection reached it only after its own revert had begun".into()
         }
