@@ -518,10 +518,11 @@ impl State {
             if self.stops_fail {
                 return fail(
                     1,
-                    &format!("{} is still in a state systemctl could not read\n", a[4]),
+                    &format!("{} is still in a state systemctl could not read\n", a[5]),
                 );
             }
-            for unit in &a[4..] {
+            // `a[4]`: the job dir, where each unit's job is marked stopped.
+            for unit in &a[5..] {
                 if let Some(j) = self.jobs.get_mut(unit.trim_end_matches(".service")) {
                     j.running = false;
                 }
@@ -1189,7 +1190,8 @@ pub fn describe(cmd: &Command) -> String {
         }
         s if s == known_good::LIST => "list-known-good",
         s if s == deadman::ARM_LINUX => "arm-revert",
-        s if s == switch::STOP_LINUX => "stop-unit",
+        // The units (the job dir, where their jobs are marked, aside).
+        s if s == switch::STOP_LINUX => return format!("{sudo}stop-unit {}", a[5..].join(" ")),
         s if s == deadman::STOP_REVERT_LINUX => "stop-revert",
         s if s == deadman::DISARM_LINUX => "disarm-revert",
         s if s == deadman::READ_RECORD => "read-revert-record",

@@ -182,6 +182,7 @@ fn split_attempt(unit: &str) -> (&str, u32) {
 /// umask the job inherited (Darwin: the user's, which sudo keeps when it is
 /// stricter than 022), while the program keeps its own.
 pub const JOB_WRAPPER: &str = "status=$1; log=$2; shift 2
+[ ! -e \"$status.stopped\" ] || exit 125
 (umask 022; echo started > \"$status\"; : > \"$log\")
 \"$@\" > \"$log\" 2>&1
 code=$?
@@ -258,7 +259,7 @@ if [ -n \"$setp\" ]; then
   rc=$?; echo \"NixgateProfileSet=$rc\"
   [ \"$rc\" = 0 ] || exit 0
 fi
-if (umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || rm -f \"$status\" \"$log\"; }
+if (umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || rm -f \"$status\" \"$log\" \"$status.stopped\"; }
 then \"$@\"; rc=$?; else rc=125; fi
 echo \"NixgateFire=$rc\"
 [ \"$rc\" = 0 ] || exit 0
@@ -687,8 +688,14 @@ fn held_by_us(
 /// inactive unit and for a `systemctl` that cannot reach PID 1 (the bus
 /// that timed a start out), which passed for stopped. A unit not read back
 /// so is stopped again, once a second, for 10 s (a busy PID 1 is what
-/// refused the start).
-pub(crate) const STOP_LINUX: &str = "systemctl stop \"$@\" 2>/dev/null
+/// refused the start). Each unit's job is marked stopped first (`$1` the
+/// job dir): a start PID 1 takes up only after the stop (a call that
+/// timed out, still unread on its socket: the unit not loaded yet, read
+/// back inactive) finds the mark in the wrapper ([`JOB_WRAPPER`]) and
+/// runs nothing. A fresh fire of that name removes the mark.
+pub(crate) const STOP_LINUX: &str = "dir=$1; shift
+for u in \"$@\"; do { : > \"$dir/${u%.service}.status.stopped\"; } 2>/dev/null; done
+systemctl stop \"$@\" 2>/dev/null
 for u in \"$@\"; do
   i=0
   while :; do
@@ -708,6 +715,7 @@ const STOP_DARWIN: &str =
 pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {
     match job.os {
         Os::Linux => Command::script(STOP_LINUX)
+            .arg(&job.job_dir)
             .arg(format!("{}.service", job.unit))
             .sudo(sudo),
         Os::Darwin => Command::script(STOP_DARWIN).arg(&job.pid_file).sudo(sudo),
@@ -724,7 +732,10 @@ pub fn stop_attempts_command(job: &SwitchJob, sudo: bool) -> Command {
             let mut units = vec![format!("{}.service", base.unit)];
             let tries = 2..=super::detached::FIRE_ATTEMPTS;
             units.extend(tries.map(|n| format!("{}.service", base.renamed(n).unit)));
-            Command::script(STOP_LINUX).args(units).sudo(sudo)
+            Command::script(STOP_LINUX)
+                .arg(&job.job_dir)
+                .args(units)
+                .sudo(sudo)
         }
         Os::Darwin => stop_command(job, sudo),
     }

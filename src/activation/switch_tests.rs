@@ -465,7 +465,10 @@ fn stop_and_log_commands() {
     let stop = stop_command(&j, true);
     assert!(stop.is_sudo());
     assert_eq!(stop.argv()[2], STOP_LINUX);
-    assert_eq!(stop.argv()[4], "nixgate-switch-r1.service");
+    assert_eq!(
+        stop.argv()[4..],
+        ["/run/nixgate", "nixgate-switch-r1.service"]
+    );
     assert_eq!(
         log_tail_command(&j).argv()[4..],
         [
@@ -498,7 +501,18 @@ async fn a_stop_is_read_back_and_covers_every_attempt() {
         std::fs::set_permissions(d(&format!("bin/{tool}")), mode).unwrap();
     }
     let path = format!("{}:{}", d("bin"), std::env::var("PATH").unwrap());
-    let j = job(Os::Linux, SwitchAction::Test).renamed(2);
+    let mut paths = HostPaths::for_os(Os::Linux);
+    paths.job_dir = d("jobs");
+    std::fs::create_dir(d("jobs")).unwrap();
+    let first = SwitchJob::new(
+        &RunId::parse("r1").unwrap(),
+        JobPurpose::Candidate,
+        SwitchAction::Test,
+        &StorePath::parse(SYS).unwrap(),
+        Os::Linux,
+        &paths,
+    );
+    let j = first.renamed(2);
     let r = LocalRemote::new("local");
     for (s, stopped) in [
         ("inactive", true),
@@ -520,9 +534,37 @@ async fn a_stop_is_read_back_and_covers_every_attempt() {
     }
     let one = stop_command(&j, false);
     assert_eq!(
-        one.argv()[4..],
+        one.argv()[5..],
         ["nixgate-switch-r1-try2.service".to_string()]
     );
+    // Each job marked stopped: a start PID 1 takes up after the stop runs
+    // nothing (its wrapper leaves at once, no status, no log).
+    for unit in [
+        "nixgate-switch-r1",
+        "nixgate-switch-r1-try2",
+        "nixgate-switch-r1-try3",
+    ] {
+        assert!(
+            dir.path()
+                .join(format!("jobs/{unit}.status.stopped"))
+                .exists(),
+            "{unit}"
+        );
+    }
+    let ran = d("ran");
+    let late = Command::new("/bin/sh")
+        .args([
+            "-c",
+            JOB_WRAPPER,
+            "nixgate-job",
+            &j.status_file,
+            &j.log_file,
+        ])
+        .args(["/bin/sh", "-c", &format!("touch {ran}")]);
+    let out = r.exec(&late).await.unwrap();
+    assert_eq!(out.exit, crate::remote::Exit::Code { code: 125 }, "{out:?}");
+    assert!(!std::path::Path::new(&ran).exists(), "the late start ran");
+    assert!(!std::path::Path::new(&j.status_file).exists());
 }
 
 /// A Darwin job's stop kills its group, in the host's `sh` (dash here,
@@ -926,8 +968,13 @@ async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
     assert!(!std::path::Path::new(&script).exists());
     let _ = std::fs::remove_file(&calls);
 
-    // Armed, then fired: the script written as given, the timer started.
+    // Armed, then fired: the script written as given, the timer started
+    // (a fresh fire of a name a stop once marked runs: the mark goes).
+    let marked = format!("{status}.stopped");
+    std::fs::create_dir_all(std::path::Path::new(&marked).parent().unwrap()).unwrap();
+    std::fs::write(&marked, "").unwrap();
     let out = r.exec(&fire).await.unwrap();
+    assert!(!std::path::Path::new(&marked).exists());
     let text = out.stdout_str();
     let (armed_at, fire_at) = (text.find("NixgateArmed=new"), text.find("NixgateFire=0"));
     assert!(armed_at.is_some() && armed_at < fire_at, "{out:?}");
