@@ -129,9 +129,9 @@ pub enum CutOff {
     NoNewConnection { error: String },
     /// The connection was lost while the switch ran.
     LostDuringSwitch { failure: SwitchFailure },
-    /// The switch's start was never confirmed and its attempts could not
-    /// be stopped (one may be queued): the armed revert, which stops them
-    /// before it reverts, is left to take the host back.
+    /// The switch may still run (hung, or its start never confirmed) and
+    /// could not be stopped: the armed revert, which stops it (every
+    /// attempt) before it reverts, is left to take the host back.
     StartNotStopped {
         failure: SwitchFailure,
         error: String,

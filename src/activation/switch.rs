@@ -694,6 +694,7 @@ fn held_by_us(
 /// back inactive) finds the mark in the wrapper ([`JOB_WRAPPER`]) and
 /// runs nothing. A fresh fire of that name removes the mark.
 pub(crate) const STOP_LINUX: &str = "dir=$1; shift
+(umask 022; mkdir -p \"$dir\") 2>/dev/null
 for u in \"$@\"; do { : > \"$dir/${u%.service}.status.stopped\"; } 2>/dev/null; done
 systemctl stop \"$@\" 2>/dev/null
 for u in \"$@\"; do

@@ -501,17 +501,21 @@ impl<'a, R: Remote> Run<'a, R> {
             }
             SwitchResult::Failed(f) => {
                 self.live_changed = true;
-                // A start never confirmed is stopped before the revert is
-                // disarmed: one that cannot be stopped may still switch
-                // the host, and the revert stops it before it reverts.
+                // A switch that may still run (hung, or a start never
+                // confirmed) is stopped before the revert is disarmed: one
+                // that cannot be stopped may still switch the host, and
+                // the revert stops it before it reverts.
+                let mut hung = Some(&job);
                 if self.armed.is_some()
-                    && f.start_unconfirmed()
-                    && let Err(e) = self.stop_attempts(&job).await
+                    && let Some(stop) = off_path::Stop::after(&f)
                 {
-                    let error = format!("{e:#}");
-                    return self
-                        .await_revert(CutOff::StartNotStopped { failure: f, error })
-                        .await;
+                    if let Err(e) = self.stop_switch(stop, &job).await {
+                        let error = format!("{e:#}");
+                        return self
+                            .await_revert(CutOff::StartNotStopped { failure: f, error })
+                            .await;
+                    }
+                    hung = None;
                 }
                 // Still reachable: disarm, and roll back as always, verified.
                 // Not: the host takes itself back; wait for it and look.
@@ -521,7 +525,7 @@ impl<'a, R: Remote> Run<'a, R> {
                         .await;
                 }
                 return self
-                    .fail_and_rollback(Gate::LiveActivate, FailureReason::Switch(f), Some(&job))
+                    .fail_and_rollback(Gate::LiveActivate, FailureReason::Switch(f), hung)
                     .await;
             }
         }

@@ -63,10 +63,18 @@ impl<R: Remote> Run<'_, R> {
             // Only for a live-proven host whose attempts were stopped: one
             // not live (`--goal boot`), or a queued start not stopped, would
             // make the candidate the boot default unproven: rolled back.
-            SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { .. })
-                if self.live_changed && self.stop_attempts(&job).await.is_ok() =>
-            {
-                Err(self.not_persisted(gate, f).await)
+            SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { .. }) => {
+                match self.stop_switch(Stop::Attempts, &job).await {
+                    Ok(()) if self.live_changed => Err(self.not_persisted(gate, f).await),
+                    Ok(()) => Err(self
+                        .fail_and_rollback(gate, FailureReason::Switch(f), None)
+                        .await),
+                    // Tried once more by the rollback (a second chance,
+                    // else the rollback fails naming the unit).
+                    Err(_) => Err(self
+                        .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
+                        .await),
+                }
             }
             SwitchResult::Failed(f) => Err(self
                 .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
@@ -221,19 +229,13 @@ impl<R: Remote> Run<'_, R> {
         // switch the host to the candidate after the rollback settled,
         // with no revert armed (the rollback was reported as done). The
         // stop waits out a lost connection for the activation budget.
+        // `hung` is `None` once stopped already.
         let stop = match &reason {
-            FailureReason::Switch(SwitchFailure::Timeout { .. }) => Some(Stop::Job),
-            FailureReason::Switch(
-                SwitchFailure::FireUnconfirmed { .. } | SwitchFailure::RefusedUnconfirmed { .. },
-            ) => Some(Stop::Attempts),
+            FailureReason::Switch(f) => Stop::after(f),
             _ => None,
         };
         if let (Some(stop), Some(job)) = (stop, hung) {
-            self.step(Step::StopHungSwitch {
-                unit: job.unit.clone(),
-            });
-            let patient = Patient::new(self.remote, self.s.activation_timeout);
-            if let Err(e) = stop.run(&patient, job, self.s.sudo).await {
+            if let Err(e) = self.stop_switch(stop, job).await {
                 let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
                     unit: job.unit.clone(),
                     error: format!("{e:#}"),
@@ -319,23 +321,37 @@ impl<R: Remote> Run<'_, R> {
 }
 
 impl<R: Remote> Run<'_, R> {
-    /// Stop every attempt of a job whose start was never confirmed,
-    /// waiting out a lost connection for the activation budget.
-    pub(super) async fn stop_attempts(&self, job: &SwitchJob) -> anyhow::Result<()> {
+    /// Stop a switch that may still run (see [`Stop`]), waiting out a
+    /// lost connection for the activation budget.
+    pub(super) async fn stop_switch(&self, stop: Stop, job: &SwitchJob) -> anyhow::Result<()> {
+        self.step(Step::StopHungSwitch {
+            unit: job.unit.clone(),
+        });
         let patient = Patient::new(self.remote, self.s.activation_timeout);
-        Stop::Attempts.run(&patient, job, self.s.sudo).await
+        stop.run(&patient, job, self.s.sudo).await
     }
 }
 
 /// What is stopped before a rollback: a hung job, or every attempt of a
 /// job whose start was never confirmed.
 #[derive(Clone, Copy)]
-enum Stop {
+pub(super) enum Stop {
     Job,
     Attempts,
 }
 
 impl Stop {
+    /// What a switch that failed so must have stopped before anything
+    /// else: one still running at the deadline, or one whose start was
+    /// never confirmed (it may run yet); `None`: nothing runs.
+    pub(super) fn after(f: &SwitchFailure) -> Option<Stop> {
+        match f {
+            SwitchFailure::Timeout { .. } => Some(Stop::Job),
+            f if f.start_unconfirmed() => Some(Stop::Attempts),
+            _ => None,
+        }
+    }
+
     async fn run<R: Remote>(self, remote: &R, job: &SwitchJob, sudo: bool) -> anyhow::Result<()> {
         match self {
             Stop::Job => stop_job(remote, job, sudo).await,

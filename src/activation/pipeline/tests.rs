@@ -793,6 +793,51 @@ async fn an_unconfirmed_start_not_stopped_is_left_to_the_revert() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// With a revert armed, a switch that may still run is stopped before the
+/// revert is disarmed, once (it was disarmed first, and a stop that then
+/// failed left a hung switch running with nothing armed; a start never
+/// confirmed was stopped twice): hung, or every start refused on D-Bus
+/// timeouts.
+#[tokio::test(start_paused = true)]
+async fn an_armed_switch_that_may_run_is_stopped_once_before_the_disarm() {
+    for hung in [true, false] {
+        let host = FakeHost::new(&sp(OLD));
+        if hung {
+            let b = Behaviour {
+                hang: true,
+                ..Default::default()
+            };
+            host.behave(&sp(NEW), b);
+        } else {
+            let mut st = host.state();
+            st.refuse_fires = vec!["test"; 3];
+            st.refusals_time_out = true;
+        }
+        let mut req = request(Goal::Gated);
+        req.settings.confirm_timeout = Some(Duration::from_secs(30));
+        let ran = run(&host, &req).await;
+        assert!(
+            matches!(ran.outcome, HostOutcome::RolledBack { .. }),
+            "{hung}: {:?}",
+            ran.outcome
+        );
+        let at = |what: &str| ran.cmds.iter().position(|c| c.contains(what));
+        let (stop, disarm) = (at("stop-unit nixgate-switch-r1"), at("disarm-revert"));
+        assert!(
+            matches!((stop, disarm), (Some(s), Some(d)) if s < d),
+            "{hung}: {:#?}",
+            ran.cmds
+        );
+        assert_eq!(
+            count(&ran.cmds, "sudo stop-unit"),
+            1,
+            "{hung}: {:#?}",
+            ran.cmds
+        );
+        assert_eq!(host.state().current, sp(OLD), "{hung}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
     // Refused as a failed job, or on D-Bus timeouts (whether the last runs

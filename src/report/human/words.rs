@@ -680,7 +680,7 @@ pub fn cut_off(c: &crate::activation::CutOff) -> String {
             format!("lost during the switch ({})", switch_failure(failure))
         }
         CutOff::StartNotStopped { failure, error } => format!(
-            "its switch may have started ({}) and could not be stopped ({}): left to its own revert",
+            "its switch, which may still run ({}), could not be stopped ({}): left to its own revert",
             switch_failure(failure),
             first_line(error)
         ),
