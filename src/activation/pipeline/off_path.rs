@@ -234,19 +234,19 @@ impl<R: Remote> Run<'_, R> {
             FailureReason::Switch(f) => Stop::after(f),
             _ => None,
         };
-        if let (Some(stop), Some(job)) = (stop, hung) {
-            if let Err(e) = self.stop_switch(stop, job).await {
-                let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
-                    unit: job.unit.clone(),
-                    error: format!("{e:#}"),
-                };
-                return HostOutcome::RollbackFailed {
-                    gate,
-                    reason,
-                    to,
-                    rollback_error,
-                };
-            }
+        if let (Some(stop), Some(job)) = (stop, hung)
+            && let Err(e) = self.stop_switch(stop, job).await
+        {
+            let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
+                unit: job.unit.clone(),
+                error: format!("{e:#}"),
+            };
+            return HostOutcome::RollbackFailed {
+                gate,
+                reason,
+                to,
+                rollback_error,
+            };
         }
         if mode != RollbackMode::BootOnly {
             self.reset_new_failures().await;
