@@ -720,6 +720,18 @@ async fn a_refused_switch_unit_is_fired_again_under_a_fresh_name() {
     assert_eq!(host.state().boot_default, sp(NEW));
 }
 
+/// A host on OLD that refuses every live start (3) with a D-Bus timeout:
+/// whether one runs later cannot be told.
+fn refusing_live_starts_on_timeouts() -> FakeHost {
+    let host = FakeHost::new(&sp(OLD));
+    {
+        let mut st = host.state();
+        st.refuse_fires = vec!["test"; 3];
+        st.refusals_time_out = true;
+    }
+    host
+}
+
 /// Every live start refused on D-Bus timeouts, the last attempt's unit
 /// not found: whether it will run cannot be told (PID 1 may not have
 /// taken it up yet), so rolled back, and every attempt is stopped first
@@ -727,11 +739,9 @@ async fn a_refused_switch_unit_is_fired_again_under_a_fresh_name() {
 /// the rollback, with no revert armed). A look lost once is asked again.
 #[tokio::test(start_paused = true)]
 async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
-    let host = FakeHost::new(&sp(OLD));
+    let host = refusing_live_starts_on_timeouts();
     {
         let mut st = host.state();
-        st.refuse_fires = vec!["test"; 3];
-        st.refusals_time_out = true;
         let unit = "nixgate-switch-r1-try3";
         let look = format!(
             "poll {unit}.service /run/nixgate/{unit}.status /run/current-system 0 {SYSTEM}"
@@ -768,13 +778,8 @@ async fn an_unconfirmed_refused_start_is_stopped_before_the_rollback() {
 /// revert, which stops the attempts first, takes it back.
 #[tokio::test(start_paused = true)]
 async fn an_unconfirmed_start_not_stopped_is_left_to_the_revert() {
-    let host = FakeHost::new(&sp(OLD));
-    {
-        let mut st = host.state();
-        st.refuse_fires = vec!["test"; 3];
-        st.refusals_time_out = true;
-        st.stops_fail = true;
-    }
+    let host = refusing_live_starts_on_timeouts();
+    host.state().stops_fail = true;
     let mut req = request(Goal::Gated);
     req.settings.confirm_timeout = Some(Duration::from_secs(30));
     let ran = run(&host, &req).await;
@@ -801,18 +806,17 @@ async fn an_unconfirmed_start_not_stopped_is_left_to_the_revert() {
 #[tokio::test(start_paused = true)]
 async fn an_armed_switch_that_may_run_is_stopped_once_before_the_disarm() {
     for hung in [true, false] {
-        let host = FakeHost::new(&sp(OLD));
-        if hung {
+        let host = if hung {
+            let host = FakeHost::new(&sp(OLD));
             let b = Behaviour {
                 hang: true,
                 ..Default::default()
             };
             host.behave(&sp(NEW), b);
+            host
         } else {
-            let mut st = host.state();
-            st.refuse_fires = vec!["test"; 3];
-            st.refusals_time_out = true;
-        }
+            refusing_live_starts_on_timeouts()
+        };
         let mut req = request(Goal::Gated);
         req.settings.confirm_timeout = Some(Duration::from_secs(30));
         let ran = run(&host, &req).await;
