@@ -202,15 +202,18 @@ if [ ! -f "$pending.last" ]; then
   echo "$last" > "$pending.last" || { rm -f "$tmp" "$pending"; exit 1; }
 fi
 last=$(cat "$pending.last")
+# `keep N`: generation N's record, an earlier run's, which the record
+# written below replaces, is kept for an undo to put back (a mark that
+# stands leaves it to the next mark); fails when it could not be.
+keep() {
+  kept=$dir/.$1.before-$run.json
+  [ -f "$kept" ] || [ ! -f "$dir/$1.json" ] || grep -qF "\"run_id\":\"$run\"" "$dir/$1.json" ||
+    { cp "$dir/$1.json" "$kept.tmp" && { sync "$kept.tmp" 2>/dev/null || sync; } && mv -f "$kept.tmp" "$kept"; } ||
+    { rm -f "$kept.tmp"; return 1; }
+}
 if [ -n "$gen" ]; then
   [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$pending" "$pending.last"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
-  # The record written below replaces the generation's own: kept for an
-  # undo to put back (a mark that stands leaves it to the next mark).
-  kept=$dir/.$gen.before-$run.json
-  if [ ! -f "$kept" ] && [ -f "$dir/$gen.json" ] && ! grep -qF "\"run_id\":\"$run\"" "$dir/$gen.json"; then
-    { cp "$dir/$gen.json" "$kept.tmp" && { sync "$kept.tmp" 2>/dev/null || sync; } && mv -f "$kept.tmp" "$kept"; } ||
-      { rm -f "$tmp" "$pending" "$pending.last" "$kept.tmp"; exit 1; }
-  fi
+  keep "$gen" || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
   nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last" "$kept"; exit 1; }
 else
   nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
@@ -218,16 +221,9 @@ fi
 new=$(readlink "$prof"); n=${new%-link}; n=${n##*-}
 created=false; [ -n "$gen" ] || [ "$n" -le "$last" ] || created=true
 # A generation re-used by `--set` (the newest was this closure while an
-# older one was selected) has an earlier run's record, overwritten below:
-# kept for an undo, as a re-selection's is.
+# older one was selected): its record is kept as a re-selection's is.
 keptfail=
-if [ -z "$gen" ] && [ "$created" = false ]; then
-  kept=$dir/.$n.before-$run.json
-  if [ ! -f "$kept" ] && [ -f "$dir/$n.json" ] && ! grep -qF "\"run_id\":\"$run\"" "$dir/$n.json"; then
-    { cp "$dir/$n.json" "$kept.tmp" && { sync "$kept.tmp" 2>/dev/null || sync; } && mv -f "$kept.tmp" "$kept"; } ||
-      { rm -f "$kept.tmp"; keptfail=1; }
-  fi
-fi
+if [ -z "$gen" ] && [ "$created" = false ]; then keep "$n" || keptfail=1; fi
 rec=$dir/.$n.json.$$.tmp
 if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-null}" "$created"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then

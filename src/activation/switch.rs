@@ -742,23 +742,10 @@ pub fn stop_attempts_command(job: &SwitchJob, sudo: bool) -> Command {
     }
 }
 
-/// Stop a hung job (used before rolling back after a timeout: the hung
-/// switch holds the lock a rollback needs).
-pub async fn stop_job<R: Remote>(remote: &R, job: &SwitchJob, sudo: bool) -> anyhow::Result<()> {
-    stop_with(remote, job, &stop_command(job, sudo)).await
-}
-
-/// Stop every attempt of a job whose start was never confirmed (see
-/// [`stop_attempts_command`]).
-pub async fn stop_attempts<R: Remote>(
-    remote: &R,
-    job: &SwitchJob,
-    sudo: bool,
-) -> anyhow::Result<()> {
-    stop_with(remote, job, &stop_attempts_command(job, sudo)).await
-}
-
-async fn stop_with<R: Remote>(remote: &R, job: &SwitchJob, cmd: &Command) -> anyhow::Result<()> {
+/// Stop `job` by `cmd` ([`stop_command`]: a hung job, which holds the
+/// lock a rollback needs; [`stop_attempts_command`]: every attempt of one
+/// whose start was never confirmed).
+pub async fn stop_job<R: Remote>(remote: &R, job: &SwitchJob, cmd: &Command) -> anyhow::Result<()> {
     remote
         .exec(cmd)
         .await

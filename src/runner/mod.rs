@@ -538,7 +538,7 @@ impl<J: HostJob> Runner<J> {
                 task_host.insert(handle.id(), i);
             }
         }
-        let mut pending: std::collections::BTreeSet<usize> = task_host.values().copied().collect();
+        // `task_host` keeps the re-checks not joined yet.
         loop {
             // Biased: a re-check done when the second Ctrl-C comes is
             // joined first (its end is known; aborting it threw it away).
@@ -547,7 +547,7 @@ impl<J: HostJob> Runner<J> {
                 joined = checks.join_next_with_id() => joined,
                 _ = cancel::reached(&mut self.cancel, CancelLevel::Abort) => {
                     checks.abort_all();
-                    for i in pending {
+                    for i in task_host.into_values() {
                         if let RunnerEnd::Done(had) = &w.results[i].end {
                             let done = self.job.recheck_cut(&w.results[i].host, had.clone());
                             self.rechecked(w, i, done);
@@ -557,15 +557,9 @@ impl<J: HostJob> Runner<J> {
                 }
             };
             let Some(joined) = joined else { break };
-            if let Ok((_, (i, _))) = &joined {
-                pending.remove(i);
-            } else if let Err(e) = &joined
-                && let Some(i) = task_host.get(&e.id())
-            {
-                pending.remove(i);
-            }
             match joined {
-                Ok((_, (i, done))) => {
+                Ok((id, (i, done))) => {
+                    task_host.remove(&id);
                     (self.emit)(RunnerEvent::SoakChecked {
                         wave: w.group.name.clone(),
                         host: w.results[i].host.clone(),
@@ -576,7 +570,7 @@ impl<J: HostJob> Runner<J> {
                 // A re-check that panicked says nothing of the host's
                 // health: it fails, like a host whose activation panicked.
                 Err(e) => {
-                    let Some(&i) = task_host.get(&e.id()) else {
+                    let Some(i) = task_host.remove(&e.id()) else {
                         continue;
                     };
                     let why = if e.is_panic() {

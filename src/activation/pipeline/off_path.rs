@@ -353,9 +353,11 @@ impl Stop {
     }
 
     async fn run<R: Remote>(self, remote: &R, job: &SwitchJob, sudo: bool) -> anyhow::Result<()> {
-        match self {
-            Stop::Job => stop_job(remote, job, sudo).await,
-            Stop::Attempts => crate::activation::switch::stop_attempts(remote, job, sudo).await,
-        }
+        use crate::activation::switch::{stop_attempts_command, stop_command};
+        let cmd = match self {
+            Stop::Job => stop_command(job, sudo),
+            Stop::Attempts => stop_attempts_command(job, sudo),
+        };
+        stop_job(remote, job, &cmd).await
     }
 }
