@@ -260,7 +260,7 @@ if [ -n \"$setp\" ]; then
   [ \"$rc\" = 0 ] || exit 0
 fi
 if (umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || rm -f \"$status\" \"$log\" \"$status.stopped\"; }
-then \"$@\"; rc=$?; else rc=125; fi
+then echo NixgateRunning >&2; \"$@\"; rc=$?; else rc=125; fi
 echo \"NixgateFire=$rc\"
 [ \"$rc\" = 0 ] || exit 0
 ",
@@ -568,8 +568,13 @@ fn fire_outcome(out: &Output, code: Option<u32>, again: bool) -> FireOutcome {
         Some(code) => Exit::Code { code },
         None => out.exit.clone(),
     };
-    let stderr = out.stderr_str();
-    let tail = out.tail(10);
+    let stderr = run_said(out);
+    let tail = match last_lines(&stderr, 10) {
+        // It said nothing: the fire's own lines (never_ran's "said
+        // nothing").
+        t if t.is_empty() => last_lines(&out.stdout_str(), 10),
+        t => t,
+    };
     if stderr.contains("already exists") {
         FireOutcome::AlreadyRunning
     } else if again && stderr.contains("already loaded") {
@@ -577,6 +582,28 @@ fn fire_outcome(out: &Output, code: Option<u32>, again: bool) -> FireOutcome {
     } else {
         FireOutcome::Refused { exit, tail }
     }
+}
+
+/// What `systemd-run` itself wrote to stderr: what follows the fire's
+/// `NixgateRunning` line ([`FIRE_LINUX`] writes it just before starting
+/// it), all of stderr when there is none (Darwin, or the fire cut short).
+/// `nix-env --set` and the revert's arming write to the same stderr
+/// before it: their words are not the host's answer to the start (a
+/// silent `systemd-run` killed after a noisy `nix-env` was judged by
+/// `nix-env`'s lines, see `detached::never_ran`).
+fn run_said(out: &Output) -> String {
+    let stderr = out.stderr_str();
+    match stderr.rfind("NixgateRunning\n") {
+        Some(at) => stderr[at + "NixgateRunning\n".len()..].to_owned(),
+        None => stderr,
+    }
+}
+
+/// The last `n` non-empty lines of `text`.
+fn last_lines(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| (*l).to_owned()).collect()
 }
 
 /// Read [`FIRE_LINUX`]'s answer. A lock held by this very unit is an

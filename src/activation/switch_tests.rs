@@ -326,6 +326,25 @@ async fn linux_fire_outcomes() {
             tail: tail.clone()
         })
     );
+    // `nix-env --set` and the arming write to the fire's stderr before
+    // systemd-run starts: only what follows `NixgateRunning` is its answer,
+    // and a systemd-run that said nothing (killed) after a noisy `nix-env`
+    // said nothing (the fire's own lines: `never_ran` cannot tell).
+    let noisy = "warning: the profile is old\nNixgateRunning\n";
+    assert_eq!(
+        fire_once(&j, answer(free, &format!("{noisy}{refused}")), false).await,
+        tried(FireOutcome::Refused {
+            exit: exit.clone(),
+            tail: tail.clone()
+        })
+    );
+    assert_eq!(
+        fire_once(&j, answer(free, noisy), false).await,
+        tried(FireOutcome::Refused {
+            exit: exit.clone(),
+            tail: vec!["NixgateLock=free".into(), "NixgateFire=1".into()]
+        })
+    );
     assert_eq!(
         fire_once(&j, answer(free, refused), true).await,
         tried(FireOutcome::Loaded { exit, tail })
