@@ -653,10 +653,13 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
                 }
             } else if code == 100 && job.action.changes_running_system() {
                 return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
-            } else if code == 11
-                && log_tail
-                    .iter()
-                    .any(|l| l.contains("Could not acquire lock"))
+            } else if let Some(lock) = (code == 11)
+                .then(|| {
+                    log_tail
+                        .iter()
+                        .find(|l| l.contains("Could not acquire lock"))
+                })
+                .flatten()
             {
                 if job.attempt() == 1 {
                     SwitchFailure::LockHeld {
@@ -671,8 +674,9 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
                         attempts: Vec::new(),
                         error: format!(
                             "{} found the switch lock taken after its check \
-                             (an earlier attempt, refused yet queued, or another switch)",
-                            job.unit
+                             (an earlier attempt, refused yet queued, or another switch): {}",
+                            job.unit,
+                            lock.trim()
                         ),
                     }
                 }
@@ -1102,6 +1106,35 @@ mod tests {
                 never,
                 "{line:?}"
             );
+        }
+    }
+
+    /// A switch that exits 11 on "Could not acquire lock": a first fire's
+    /// is another switch holding it (nothing changed); a re-fire's may be
+    /// an earlier attempt of its own, refused yet started, which switches:
+    /// unconfirmed, the lock's line in its error.
+    #[tokio::test]
+    async fn a_lock_lost_after_the_check_is_unconfirmed_on_a_re_fire() {
+        let lock = "Could not acquire lock on /run/nixos/switch-to-configuration.lock";
+        let r = ScriptedRemote::new("web1", move |_| ok(&format!("activating\n{lock}\n")));
+        let exited = || VerifyOutcome::Exited {
+            code: 11,
+            seen: Some(sp(OLD)),
+            unit: None,
+            elapsed: Duration::from_secs(1),
+            polls: 1,
+        };
+        let first = job();
+        match classify(&r, &first, exited()).await {
+            SwitchResult::Failed(SwitchFailure::LockHeld { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        match classify(&r, &first.renamed(2), exited()).await {
+            SwitchResult::Failed(SwitchFailure::RefusedUnconfirmed { error, .. }) => {
+                assert!(error.contains("nixgate-switch-r1-try2"), "{error}");
+                assert!(error.ends_with(lock), "{error}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
