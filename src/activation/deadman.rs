@@ -48,6 +48,11 @@ pub struct Revert {
     /// `-try2`.. up to [`super::detached::FIRE_ATTEMPTS`]: the switch that
     /// runs may be any of them).
     pub switch_unit: String,
+    /// The switch's job directory: each attempt is marked stopped there
+    /// before it is stopped (`<unit>.status.stopped`: the job wrapper runs
+    /// nothing once marked, so a start PID 1 takes up after the stop, a
+    /// refused one queued behind a timed-out call, switches nothing).
+    pub switch_dir: String,
 }
 
 /// An armed dead-man timer.
@@ -114,7 +119,7 @@ macro_rules! group_gone {
 /// /run/current-system/sw/bin on NixOS, and the current system is the one
 /// being reverted.
 pub(crate) const REVERT: &str = concat!(
-    r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8
+    r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8; jobs=$9
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
 mkdir -p "$dir"
@@ -122,7 +127,10 @@ mkdir -p "$dir"
     boot_id!(),
     r#" || :; } > "$dir/.$run.started"
 result=ok
-for u in "$unit" "$unit-try2" "$unit-try3"; do systemctl stop "$u.service" 2>/dev/null; done
+for u in "$unit" "$unit-try2" "$unit-try3"; do
+  { : > "$jobs/$u.status.stopped"; } 2>/dev/null
+  systemctl stop "$u.service" 2>/dev/null
+done
 if [ -n "$before" ]; then
   nix-env -p "$profile" --set "$before" >/dev/null 2>&1 || result=profile-failed
   if [ -x "$before/bin/switch-to-configuration" ]; then
@@ -517,6 +525,7 @@ pub fn revert_script(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Reve
         before,
         revert.switch_unit.clone(),
         a.unit.clone(),
+        revert.switch_dir.clone(),
     ];
     format!(
         "#!/bin/sh\n# nixgate: revert of run {run_id} unless the switch is confirmed\nset -- {}\n{REVERT}\n",
@@ -779,6 +788,7 @@ pub(crate) mod tests {
             profile: "/nix/var/nix/profiles/system".into(),
             boot_before: None,
             switch_unit: "nixgate-switch-r1".into(),
+            switch_dir: "/run/nixgate/jobs".into(),
         };
         let cmd = arm_command(&a, Arming::Fresh, false);
         let argv = cmd.argv();
@@ -801,7 +811,7 @@ pub(crate) mod tests {
         assert_eq!(
             set,
             format!(
-                "set -- /var/lib/nixgate/deadman r1 {} {} /nix/var/nix/profiles/system '' nixgate-switch-r1 nixgate-confirm-r1",
+                "set -- /var/lib/nixgate/deadman r1 {} {} /nix/var/nix/profiles/system '' nixgate-switch-r1 nixgate-confirm-r1 /run/nixgate/jobs",
                 sp('a'),
                 sp('b')
             )
@@ -1544,7 +1554,10 @@ exit 1"
             "",
             "sw-r1",
             "conf-r1",
+            &format!("{d}/jobs"),
         ];
+        // The switch's job dir: each attempt is marked stopped there.
+        std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
         let status = std::process::Command::new("sh")
             .arg(&script)
             .args(args)
@@ -1554,6 +1567,10 @@ exit 1"
         assert!(status.success());
         let calls = std::fs::read_to_string(&log).unwrap();
         assert!(calls.starts_with("systemctl stop sw-r1.service\nsystemctl stop sw-r1-try2.service\nsystemctl stop sw-r1-try3.service\nmarked\n"), "{calls}");
+        for u in ["sw-r1", "sw-r1-try2", "sw-r1-try3"] {
+            let mark = format!("{d}/jobs/{u}.status.stopped");
+            assert!(std::path::Path::new(&mark).exists(), "{mark}");
+        }
         assert!(std::path::Path::new(&format!("{d}/rec/r1.json")).exists());
         assert!(!std::path::Path::new(&format!("{d}/rec/.r1.started")).exists());
         for gone in ["revert.sh", "revert.pid"] {

@@ -104,6 +104,7 @@ impl<R: Remote> Run<'_, R> {
                 None
             },
             switch_unit: job.unit.clone(),
+            switch_dir: job.job_dir.clone(),
         }
     }
 
