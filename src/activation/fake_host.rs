@@ -22,6 +22,9 @@ pub struct Behaviour {
     pub exit: u32,
     pub boot_exit: u32,
     pub hang: bool,
+    /// With `hang`: the link is switched first (a unit that never
+    /// finishes starting, after the activation moved the link).
+    pub hangs_switched: bool,
     pub flip_to: Option<StorePath>,
     pub repoint_profile_to: Option<StorePath>,
     /// NixOS 25.11 `switchInhibitors` refuses `switch`/`test`/`dry-activate`.
@@ -50,6 +53,7 @@ impl Default for Behaviour {
             exit: 0,
             boot_exit: 0,
             hang: false,
+            hangs_switched: false,
             flip_to: None,
             repoint_profile_to: None,
             inhibitor_message: false,
@@ -660,6 +664,9 @@ impl State {
             StorePath::parse(program.trim_end_matches("/bin/switch-to-configuration")).unwrap();
         let b = self.behaviour(&closure);
         let polls_left = if b.hang { u32::MAX } else { b.polls_to_finish };
+        if b.hang && b.hangs_switched && (action == "switch" || action == "test") {
+            self.current = closure.clone();
+        }
         self.jobs.insert(
             unit.to_owned(),
             Job {

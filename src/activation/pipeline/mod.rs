@@ -90,6 +90,7 @@ where
         boot_changed: false,
         profile_set: false,
         pre_failed: None,
+        unstopped: None,
     };
     run.go(cancel).await
 }
@@ -111,6 +112,10 @@ struct Run<'a, R> {
     profile_set: bool,
     /// Units failed before the live switch (Linux; `None` when unknown).
     pub(super) pre_failed: Option<std::collections::BTreeSet<String>>,
+    /// A switch that may still run and could not be stopped before the
+    /// revert was waited for (`CutOff::StartNotStopped`): should the
+    /// controller roll back itself (the revert failed), it stops it first.
+    unstopped: Option<(off_path::Stop, SwitchJob)>,
 }
 
 /// Past a step's host-side limit: time for the host's `timeout` to end it
@@ -159,6 +164,7 @@ impl<'a, R: Remote> Run<'a, R> {
             boot_changed: self.boot_changed,
             profile_set: self.profile_set,
             pre_failed: self.pre_failed.clone(),
+            unstopped: self.unstopped.clone(),
         }
     }
 
@@ -511,6 +517,7 @@ impl<'a, R: Remote> Run<'a, R> {
                 {
                     if let Err(e) = self.stop_switch(stop, &job).await {
                         let error = format!("{e:#}");
+                        self.unstopped = Some((stop, job.clone()));
                         return self
                             .await_revert(CutOff::StartNotStopped { failure: f, error })
                             .await;

@@ -229,13 +229,14 @@ impl<R: Remote> Run<'_, R> {
         // switch the host to the candidate after the rollback settled,
         // with no revert armed (the rollback was reported as done). The
         // stop waits out a lost connection for the activation budget.
-        // `hung` is `None` once stopped already.
-        let stop = match &reason {
-            FailureReason::Switch(f) => Stop::after(f),
-            _ => None,
+        // `hung` is `None` once stopped already; one that could not be
+        // stopped before the revert (which failed) is stopped now.
+        let stop = match (&reason, hung) {
+            (FailureReason::Switch(f), Some(job)) => Stop::after(f).map(|s| (s, job.clone())),
+            _ => self.unstopped.take(),
         };
-        if let (Some(stop), Some(job)) = (stop, hung)
-            && let Err(e) = self.stop_switch(stop, job).await
+        if let Some((stop, job)) = stop
+            && let Err(e) = self.stop_switch(stop, &job).await
         {
             let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
                 unit: job.unit.clone(),

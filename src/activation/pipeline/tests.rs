@@ -798,6 +798,53 @@ async fn an_unconfirmed_start_not_stopped_is_left_to_the_revert() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// A hung switch that moved the link and cannot be stopped is left to the
+/// revert, and the revert fails: the controller rolls back itself, and
+/// first stops the switch again (a switch still running would hold the
+/// lock, or finish on the candidate after the rollback, with nothing
+/// armed). It cannot be stopped here either: nothing is switched, and
+/// the host needs a human.
+#[tokio::test(start_paused = true)]
+async fn an_unstopped_switch_is_stopped_again_before_the_controllers_rollback() {
+    let host = FakeHost::new(&sp(OLD));
+    let b = Behaviour {
+        hang: true,
+        hangs_switched: true,
+        ..Default::default()
+    };
+    host.behave(&sp(NEW), b);
+    {
+        let mut st = host.state();
+        st.stops_fail = true;
+        st.revert_fails = true;
+    }
+    let mut req = request(Goal::Gated);
+    req.settings.confirm_timeout = Some(Duration::from_secs(30));
+    let ran = run(&host, &req).await;
+    match &ran.outcome {
+        HostOutcome::RollbackFailed {
+            rollback_error:
+                crate::activation::reactivate::RollbackError::StopHungSwitch { unit, .. },
+            ..
+        } => assert_eq!(unit, "nixgate-switch-r1"),
+        other => panic!("{other:?}"),
+    }
+    // The second stop went over the new connection that found the revert
+    // failed; nothing rolled back.
+    let stops = ran
+        .cmds
+        .iter()
+        .filter(|c| c.contains("stop-unit nixgate-switch-r1.service"));
+    assert_eq!(stops.count(), 1, "{:#?}", ran.cmds);
+    let st = host.state();
+    assert!(
+        !st.jobs.contains_key("nixgate-switch-r1-rollback"),
+        "{:?}",
+        st.jobs
+    );
+    assert_eq!(st.current, sp(NEW));
+}
+
 /// With a revert armed, a switch that may still run is stopped before the
 /// revert is disarmed, once (it was disarmed first, and a stop that then
 /// failed left a hung switch running with nothing armed; a start never
