@@ -1526,7 +1526,10 @@ exit 1"
         std::fs::create_dir_all(&bin).unwrap();
         let log = format!("{d}/calls");
         for tool in ["systemctl", "nix-env"] {
-            let stub = format!("#!/bin/sh\necho \"{tool} $*\" >> {log}\n");
+            // A stop says whether its unit was marked by then.
+            let stub = format!(
+                "#!/bin/sh\necho \"{tool} $*\" >> {log}\n[ \"$1\" != stop ] || [ ! -e \"{d}/jobs/${{2%.service}}.status.stopped\" ] || echo \"marked before: $2\" >> {log}\n"
+            );
             std::fs::write(format!("{bin}/{tool}"), stub).unwrap();
             use std::os::unix::fs::PermissionsExt;
             let exe = std::fs::Permissions::from_mode(0o755);
@@ -1566,7 +1569,12 @@ exit 1"
             .unwrap();
         assert!(status.success());
         let calls = std::fs::read_to_string(&log).unwrap();
-        assert!(calls.starts_with("systemctl stop sw-r1.service\nsystemctl stop sw-r1-try2.service\nsystemctl stop sw-r1-try3.service\nmarked\n"), "{calls}");
+        let stops = ["sw-r1", "sw-r1-try2", "sw-r1-try3"]
+            .map(|u| format!("systemctl stop {u}.service\nmarked before: {u}.service\n"));
+        assert!(
+            calls.starts_with(&format!("{}marked\n", stops.concat())),
+            "{calls}"
+        );
         for u in ["sw-r1", "sw-r1-try2", "sw-r1-try3"] {
             let mark = format!("{d}/jobs/{u}.status.stopped");
             assert!(std::path::Path::new(&mark).exists(), "{mark}");

@@ -653,13 +653,10 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
                 }
             } else if code == 100 && job.action.changes_running_system() {
                 return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
-            } else if let Some(lock) = (code == 11)
-                .then(|| {
-                    log_tail
-                        .iter()
-                        .find(|l| l.contains("Could not acquire lock"))
-                })
-                .flatten()
+            } else if code == 11
+                && let Some(lock) = log_tail
+                    .iter()
+                    .find(|l| l.contains("Could not acquire lock"))
             {
                 if job.attempt() == 1 {
                     SwitchFailure::LockHeld {

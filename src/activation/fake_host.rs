@@ -163,6 +163,8 @@ pub struct State {
     /// revert runs to its end, and the re-arm arms nothing (exit 4).
     pub revert_beats_rearm: bool,
     pub armings: u64,
+    /// The revert's arguments of the last re-arm (`Arming::Replace`).
+    pub rearmed_with: Option<Vec<String>>,
     /// The baseline recorded at the first known-good mark.
     pub baseline: Option<String>,
     /// Revert records written by fired timers, by path.
@@ -968,7 +970,11 @@ impl FakeHost {
         }
         let arming = if a[7] == "replace" { 2 } else { 1 };
         self.state().arming_of.insert(unit.clone(), arming);
-        self.start_timer(unit, secs, &String::from_utf8_lossy(script));
+        self.start_timer(unit.clone(), secs, &String::from_utf8_lossy(script));
+        if arming == 2 {
+            let mut st = self.state();
+            st.rearmed_with = st.timers.get(&unit).map(|(_, args)| args.clone());
+        }
         ok("")
     }
 
@@ -1083,6 +1089,7 @@ impl FakeHost {
             sessions: 0,
             lost_below: 0,
             armings: 0,
+            rearmed_with: None,
             revert_records: BTreeMap::new(),
             baseline: None,
             boot_id: 1,

@@ -122,7 +122,13 @@ impl SwitchJob {
     /// The same job under the fresh unit name of a later `attempt` (a
     /// retry after the host refused to start the unit).
     pub fn renamed(&self, attempt: u32) -> SwitchJob {
-        self.named(format!("{}-try{attempt}", split_attempt(&self.unit).0))
+        self.named(format!("{}-try{attempt}", self.base_unit()))
+    }
+
+    /// The job's first unit name (without `-tryN`): every attempt's name
+    /// is made from it.
+    pub fn base_unit(&self) -> &str {
+        split_attempt(&self.unit).0
     }
 
     /// Which attempt of its job this is (1: the first fire).
@@ -569,10 +575,10 @@ fn fire_outcome(out: &Output, code: Option<u32>, again: bool) -> FireOutcome {
         None => out.exit.clone(),
     };
     let stderr = run_said(out);
-    let tail = match last_lines(&stderr, 10) {
+    let tail = match crate::remote::last_lines(&stderr, 10) {
         // It said nothing: the fire's own lines (never_ran's "said
         // nothing").
-        t if t.is_empty() => last_lines(&out.stdout_str(), 10),
+        t if t.is_empty() => crate::remote::last_lines(&out.stdout_str(), 10),
         t => t,
     };
     if stderr.contains("already exists") {
@@ -597,13 +603,6 @@ fn run_said(out: &Output) -> String {
         Some(at) => stderr[at + "NixgateRunning\n".len()..].to_owned(),
         None => stderr,
     }
-}
-
-/// The last `n` non-empty lines of `text`.
-fn last_lines(text: &str, n: usize) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| (*l).to_owned()).collect()
 }
 
 /// Read [`FIRE_LINUX`]'s answer. A lock held by this very unit is an
@@ -756,7 +755,7 @@ pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {
 pub fn stop_attempts_command(job: &SwitchJob, sudo: bool) -> Command {
     match job.os {
         Os::Linux => {
-            let base = job.named(split_attempt(&job.unit).0.to_owned());
+            let base = job.named(job.base_unit().to_owned());
             let mut units = vec![format!("{}.service", base.unit)];
             let tries = 2..=super::detached::FIRE_ATTEMPTS;
             units.extend(tries.map(|n| format!("{}.service", base.renamed(n).unit)));

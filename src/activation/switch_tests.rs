@@ -338,6 +338,17 @@ async fn linux_fire_outcomes() {
             tail: tail.clone()
         })
     );
+    // The fire writes the line just before starting the unit.
+    assert!(FIRE_LINUX.contains("then echo NixgateRunning >&2; \"$@\";"));
+    // Before: a nix-env line saying "already exists" was "our unit runs".
+    let exists_noise = format!("error: path already exists\nNixgateRunning\n{refused}");
+    assert_eq!(
+        fire_once(&j, answer(free, &exists_noise), false).await,
+        tried(FireOutcome::Refused {
+            exit: exit.clone(),
+            tail: tail.clone()
+        })
+    );
     assert_eq!(
         fire_once(&j, answer(free, noisy), false).await,
         tried(FireOutcome::Refused {

@@ -58,6 +58,13 @@ impl fmt::Display for Exit {
     }
 }
 
+/// The last `n` non-empty lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| (*l).to_owned()).collect()
+}
+
 /// Everything a finished command produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -95,13 +102,7 @@ impl Output {
         } else {
             self.stdout_str()
         };
-        let lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect();
-        let start = lines.len().saturating_sub(n);
-        lines[start..].to_vec()
+        last_lines(&text, n)
     }
 
     /// Turn a non-zero exit into an error that names what was being done, the

@@ -103,7 +103,10 @@ impl<R: Remote> Run<'_, R> {
             } else {
                 None
             },
-            switch_unit: job.unit.clone(),
+            // The first name: the revert stops it and each `-tryN` (a
+            // re-arm after a re-fire got the attempt's name, and left the
+            // first, refused yet maybe queued, alone).
+            switch_unit: job.base_unit().to_owned(),
             switch_dir: job.job_dir.clone(),
         }
     }
@@ -675,7 +678,10 @@ impl<R: Remote> Run<'_, R> {
             step: "confirm over a new connection",
             error: words_free(&cause),
         };
-        self.fail_and_rollback(Gate::LiveActivate, reason, None)
+        // Not stopped before the revert, which failed: stopped now.
+        let unstopped = self.unstopped.take();
+        let stop = unstopped.as_ref().map(|(s, job)| (*s, job));
+        self.fail_and_rollback(Gate::LiveActivate, reason, stop)
             .await
     }
 

@@ -114,7 +114,8 @@ struct Run<'a, R> {
     pub(super) pre_failed: Option<std::collections::BTreeSet<String>>,
     /// A switch that may still run and could not be stopped before the
     /// revert was waited for (`CutOff::StartNotStopped`): should the
-    /// controller roll back itself (the revert failed), it stops it first.
+    /// controller roll back itself (the revert failed), it stops it first
+    /// (read by `roll_back_unconfirmed` alone).
     unstopped: Option<(off_path::Stop, SwitchJob)>,
 }
 
@@ -511,9 +512,9 @@ impl<'a, R: Remote> Run<'a, R> {
                 // confirmed) is stopped before the revert is disarmed: one
                 // that cannot be stopped may still switch the host, and
                 // the revert stops it before it reverts.
-                let mut hung = Some(&job);
+                let mut hung = off_path::Stop::after(&f).map(|s| (s, &job));
                 if self.armed.is_some()
-                    && let Some(stop) = off_path::Stop::after(&f)
+                    && let Some((stop, _)) = hung
                 {
                     if let Err(e) = self.stop_switch(stop, &job).await {
                         let error = format!("{e:#}");

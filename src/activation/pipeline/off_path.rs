@@ -72,13 +72,20 @@ impl<R: Remote> Run<'_, R> {
                     // Tried once more by the rollback (a second chance,
                     // else the rollback fails naming the unit).
                     Err(_) => Err(self
-                        .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
+                        .fail_and_rollback(
+                            gate,
+                            FailureReason::Switch(f),
+                            Some((Stop::Attempts, &job)),
+                        )
                         .await),
                 }
             }
-            SwitchResult::Failed(f) => Err(self
-                .fail_and_rollback(gate, FailureReason::Switch(f), Some(&job))
-                .await),
+            SwitchResult::Failed(f) => {
+                let stop = Stop::after(&f).map(|s| (s, &job));
+                Err(self
+                    .fail_and_rollback(gate, FailureReason::Switch(f), stop)
+                    .await)
+            }
             SwitchResult::NeedsReboot(r) => Err(self
                 .fail_and_rollback(gate, FailureReason::NeedsReboot(r), None)
                 .await),
@@ -203,7 +210,7 @@ impl<R: Remote> Run<'_, R> {
         &mut self,
         gate: Gate,
         reason: FailureReason,
-        hung: Option<&SwitchJob>,
+        stop: Option<(Stop, &SwitchJob)>,
     ) -> HostOutcome {
         (self.emit)(ActivationEvent::GateFailed {
             gate,
@@ -229,14 +236,9 @@ impl<R: Remote> Run<'_, R> {
         // switch the host to the candidate after the rollback settled,
         // with no revert armed (the rollback was reported as done). The
         // stop waits out a lost connection for the activation budget.
-        // `hung` is `None` once stopped already; one that could not be
-        // stopped before the revert (which failed) is stopped now.
-        let stop = match (&reason, hung) {
-            (FailureReason::Switch(f), Some(job)) => Stop::after(f).map(|s| (s, job.clone())),
-            _ => self.unstopped.take(),
-        };
+        // `stop` is `None` once stopped already ([`Stop::after`] says what).
         if let Some((stop, job)) = stop
-            && let Err(e) = self.stop_switch(stop, &job).await
+            && let Err(e) = self.stop_switch(stop, job).await
         {
             let rollback_error = crate::activation::reactivate::RollbackError::StopHungSwitch {
                 unit: job.unit.clone(),
