@@ -70,8 +70,15 @@ pub enum HostOutcome {
     /// The goal was reached; the goal does not mark known-good.
     Activated { goal: Goal },
     /// The host already ran the candidate: verified (and marked, if the goal
-    /// marks), not re-switched.
-    AlreadyCurrent { mark: Option<KnownGoodMark> },
+    /// marks), not re-switched. `boot_before`: the boot default (the system
+    /// profile's target) before this run, when this run made the candidate
+    /// the boot default (an earlier `--goal test` left it elsewhere): a soak
+    /// that then finds the host unhealthy puts it back.
+    AlreadyCurrent {
+        mark: Option<KnownGoodMark>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_before: Option<StorePath>,
+    },
     /// The change needs a reboot: it is the boot default now, not running.
     DeferredPendingReboot { reason: RebootReason },
     /// Proven live (every live gate passed), but the boot entry could not be

@@ -32,7 +32,9 @@ pub enum HostEnd {
         checks: Vec<HealthReport>,
         /// The known-good generation revoked (the one this run marked).
         revoked: Option<u64>,
-        /// `None`: not taken back, `kept` says why.
+        /// `None`: not taken back, `kept` says why. With `kept`
+        /// `NotChanged`: the boot default put back (boot only), when this
+        /// run had moved it.
         rollback: Option<RollbackOutcome>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kept: Option<Kept>,
@@ -45,7 +47,8 @@ pub enum HostEnd {
 pub enum Kept {
     /// It already ran the candidate: this run did not change what it runs.
     /// Its known-good generation is kept when an earlier run proved it; one
-    /// this run's mark added is revoked (`revoked` says so).
+    /// this run's mark added is revoked (`revoked` says so), and a boot
+    /// default this run moved to the candidate goes back (`rollback`).
     NotChanged,
     /// This run was a rollback to a known-good generation: going back
     /// means the system it rolled away from, and the generation, proven by
@@ -78,6 +81,12 @@ impl HostEnd {
                 why: Interrupted::Aborted,
             } => OutcomeKind::Aborted,
             HostEnd::Interrupted { .. } => OutcomeKind::Failed,
+            // Kept: what it runs was not taken back (its boot default was).
+            HostEnd::SoakFailed {
+                rollback: Some(RollbackOutcome::RolledBack { .. }),
+                kept: Some(_),
+                ..
+            } => OutcomeKind::Failed,
             HostEnd::SoakFailed {
                 rollback: Some(RollbackOutcome::RolledBack { .. }),
                 ..

@@ -360,11 +360,15 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         }
         if let Some(kept) = self.kept_unhealthy(host, &done) {
             let revoked = self.revoke_kept(host, &remote, &settings, &done).await;
+            let rollback = match kept {
+                Kept::NotChanged => self.boot_back(host, &remote, &settings, &done).await,
+                Kept::RollbackTarget => None,
+            };
             return HostSummary {
                 end: HostEnd::SoakFailed {
                     checks: reports,
                     revoked,
-                    rollback: None,
+                    rollback,
                     kept: Some(kept),
                 },
                 ..done
@@ -422,7 +426,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         settings: &HostSettings,
         done: &HostSummary,
     ) -> Option<u64> {
-        let Some(HostOutcome::AlreadyCurrent { mark: Some(m) }) = done.end.outcome() else {
+        let Some(HostOutcome::AlreadyCurrent { mark: Some(m), .. }) = done.end.outcome() else {
             return None;
         };
         if m.record.created != Some(true) {
@@ -431,6 +435,35 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let emit = forward(&self.sink, host);
         unpoisoned(&self.taking_back).insert(host.to_owned());
         crate::activation::take_back::revoke_only(remote, settings, m.generation, &emit).await
+    }
+
+    /// A kept host whose boot default this run moved to the candidate it
+    /// already ran (`HostOutcome::AlreadyCurrent::boot_before`: an earlier
+    /// `--goal test` had left the boot default on the system before): the
+    /// soak disproved the candidate, so the boot default goes back, by the
+    /// same verified path as any rollback, boot only (what it runs was not
+    /// this run's doing). Before, a reboot booted the system the soak had
+    /// just found unhealthy. `None`: this run moved nothing.
+    async fn boot_back(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        settings: &HostSettings,
+        done: &HostSummary,
+    ) -> Option<crate::activation::RollbackOutcome> {
+        let Some(HostOutcome::AlreadyCurrent {
+            boot_before: Some(to),
+            ..
+        }) = done.end.outcome()
+        else {
+            return None;
+        };
+        let emit = forward(&self.sink, host);
+        unpoisoned(&self.taking_back).insert(host.to_owned());
+        let mode = (None, crate::activation::RollbackMode::BootOnly);
+        let (_, rollback) =
+            take_back(remote, settings, &self.run_id, mode, (to, None), &emit).await;
+        Some(rollback)
     }
 }
 

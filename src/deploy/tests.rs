@@ -336,9 +336,11 @@ async fn an_unhealthy_host_the_run_did_not_change_is_not_taken_back() {
 }
 
 /// The same host, running the candidate without its proof (a `--goal
-/// test` run before this one): this run's mark added the known-good
-/// generation, and the soak disproved it, so it is revoked, with nothing
-/// switched (before: kept, a host certified known-good while unhealthy).
+/// test` run before this one, its boot default left on OLD): this run's
+/// mark added the known-good generation, and the soak disproved it, so it
+/// is revoked (before: kept, a host certified known-good while unhealthy),
+/// and the boot default this run moved goes back to OLD (before: a reboot
+/// booted the system the soak found unhealthy); what it runs is left.
 #[tokio::test(start_paused = true)]
 async fn an_unchanged_host_loses_the_known_good_this_run_added() {
     let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
@@ -349,21 +351,19 @@ async fn an_unchanged_host_loses_the_known_good_this_run_added() {
     }
     let plan = plan_of(&f.inv, |_| ready(NEW));
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
-    assert!(
-        matches!(
-            &hosts[0].end,
-            HostEnd::SoakFailed {
-                revoked: Some(2),
-                rollback: None,
-                kept: Some(crate::deploy::Kept::NotChanged),
-                ..
-            }
-        ),
-        "{:?}",
-        hosts[0].end
-    );
+    match &hosts[0].end {
+        HostEnd::SoakFailed {
+            revoked: Some(2),
+            rollback: Some(RollbackOutcome::RolledBack { to, mode, .. }),
+            kept: Some(crate::deploy::Kept::NotChanged),
+            ..
+        } => assert_eq!((to, *mode), (&sp(OLD), RollbackMode::BootOnly)),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(hosts[0].outcome(), OutcomeKind::Failed);
     let st = f.hosts["web1"].state();
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
     assert_eq!(st.current, sp(NEW), "left as it runs");
     assert_eq!(st.current_generation(KNOWN_GOOD), 1);
     assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(OLD)));
@@ -519,7 +519,10 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     let f = fixture(inventory(0, "0s"), [NEW, OLD, OLD], Build::Hangs);
     let plan = plan_of(&f.inv, |_| ready(NEW));
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
-    let Some(HostOutcome::AlreadyCurrent { mark: Some(mark) }) = hosts[0].end.outcome() else {
+    let Some(HostOutcome::AlreadyCurrent {
+        mark: Some(mark), ..
+    }) = hosts[0].end.outcome()
+    else {
         panic!("{:?}", hosts[0].end);
     };
     assert_eq!(mark.record.closure, sp(NEW));

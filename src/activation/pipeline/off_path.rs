@@ -189,18 +189,26 @@ impl<R: Remote> Run<'_, R> {
             }
             self.pass(Gate::HealthChecks, GateEvidence::HealthChecks { reports });
         }
+        let mut boot_before = None;
         if goal.persists_boot() && self.pre_profile.as_ref() != Some(&self.req.candidate) {
             self.start(Gate::Persist);
             self.live_changed = false;
             if let Err(outcome) = self.persist(Gate::Persist).await {
                 return outcome;
             }
+            boot_before = self.pre_profile.clone();
         }
         if !goal.marks_known_good() {
-            return HostOutcome::AlreadyCurrent { mark: None };
+            return HostOutcome::AlreadyCurrent {
+                mark: None,
+                boot_before,
+            };
         }
         match self.mark().await {
-            Ok(mark) => HostOutcome::AlreadyCurrent { mark: Some(mark) },
+            Ok(mark) => HostOutcome::AlreadyCurrent {
+                mark: Some(mark),
+                boot_before,
+            },
             Err(reason) => self.fail_clean(Gate::MarkKnownGood, reason),
         }
     }

@@ -63,7 +63,9 @@ impl Labels {
             Event::HostFinished(s) => {
                 if let HostEnd::Activation { activation } = &s.end
                     && let HostOutcome::KnownGood { mark }
-                    | HostOutcome::AlreadyCurrent { mark: Some(mark) } = activation.as_ref()
+                    | HostOutcome::AlreadyCurrent {
+                        mark: Some(mark), ..
+                    } = activation.as_ref()
                 {
                     let r = &mark.record;
                     self.learn(&r.closure, Some(mark.generation), r.commit.as_deref());

@@ -712,10 +712,12 @@ pub fn rollback(o: &RollbackOutcome, labels: &Labels) -> String {
 fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
     Some(match o {
         HostOutcome::KnownGood { mark } => format!("generation {}", mark.generation),
-        HostOutcome::AlreadyCurrent { mark: Some(m) } => {
+        HostOutcome::AlreadyCurrent { mark: Some(m), .. } => {
             format!("already running it; known-good generation {}", m.generation)
         }
-        HostOutcome::AlreadyCurrent { mark: None } | HostOutcome::Activated { .. } => return None,
+        HostOutcome::AlreadyCurrent { mark: None, .. } | HostOutcome::Activated { .. } => {
+            return None;
+        }
         HostOutcome::DeferredPendingReboot { reason } => format!(
             "{}: made the boot default; it runs after a reboot (not proven live)",
             reboot_reason(reason)
@@ -811,6 +813,11 @@ pub fn soak_rollback(
 ) -> String {
     use crate::deploy::Kept;
     match (r, kept) {
+        (Some(RollbackOutcome::RolledBack { to, .. }), Some(Kept::NotChanged)) => format!(
+            "not taken back: this run did not change what it runs (it already ran the candidate); \
+             the boot default this run had moved went back to {}, verified",
+            labels.words(to)
+        ),
         (Some(r), _) => rollback(r, labels),
         (None, Some(Kept::RollbackTarget)) => "not taken back: this run rolled it back to a \
             known-good generation, and going back means the system it rolled away from; \
@@ -1005,5 +1012,35 @@ mod tests {
             "another switch holds switch-to-configuration's lock \
              (nixgate-switch-r0.service active running)"
         );
+    }
+
+    /// A soak's take-back in words: a kept host whose boot default went
+    /// back says it still runs the candidate and where its boot default
+    /// went; one whose put-back failed says so as any rollback does.
+    #[test]
+    fn a_kept_hosts_boot_default_put_back_is_told_apart() {
+        use crate::activation::{RollbackMode, RollbackOutcome};
+        use crate::deploy::Kept;
+        use crate::nix::StorePath;
+        let to =
+            StorePath::parse(&format!("/nix/store/{}-nixos-system-x", "a".repeat(32))).unwrap();
+        let labels = super::Labels::default();
+        let back = RollbackOutcome::RolledBack {
+            to: to.clone(),
+            mode: RollbackMode::BootOnly,
+            evidence: None,
+        };
+        let kept = super::soak_rollback(Some(&back), Some(Kept::NotChanged), &labels);
+        assert_eq!(
+            kept,
+            "not taken back: this run did not change what it runs (it already ran the candidate); \
+             the boot default this run had moved went back to aaaaaaaa-nixos-system-x, verified"
+        );
+        assert_eq!(
+            super::soak_rollback(None, Some(Kept::NotChanged), &labels),
+            "not taken back: this run did not change what it runs (it already ran the candidate)"
+        );
+        let taken = super::soak_rollback(Some(&back), None, &labels);
+        assert_eq!(taken, "rolled back to aaaaaaaa-nixos-system-x, verified");
     }
 }

@@ -67,14 +67,15 @@ struct Head {
 fn light(s: &HostSummary) -> Light {
     let mark = match &s.end {
         HostEnd::Activation { activation } => match activation.as_ref() {
-            HostOutcome::KnownGood { mark } | HostOutcome::AlreadyCurrent { mark: Some(mark) } => {
-                Some(LightMark {
-                    generation: mark.generation,
-                    record: LightRecord {
-                        marked_at: mark.record.marked_at.clone(),
-                    },
-                })
-            }
+            HostOutcome::KnownGood { mark }
+            | HostOutcome::AlreadyCurrent {
+                mark: Some(mark), ..
+            } => Some(LightMark {
+                generation: mark.generation,
+                record: LightRecord {
+                    marked_at: mark.record.marked_at.clone(),
+                },
+            }),
             _ => None,
         },
         _ => None,
