@@ -336,12 +336,11 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         // A goal that did not switch the running system (copy,
         // dry-activate, boot) changed nothing the checks look at: they
         // check what it ran before, and its "take-back" was a switch on a
-        // host the run had promised not to switch.
-        if let Some(HostOutcome::Activated { goal }) = done.end.outcome()
-            && goal
-                .switch_action()
-                .is_none_or(|a| !a.changes_running_system())
-        {
+        // host the run had promised not to switch. The run's goal, not the
+        // host's outcome: a host already running the candidate ends
+        // `AlreadyCurrent` under `--goal boot` too, and its boot default is
+        // what that run was asked to set.
+        if (self.goal.switch_action()).is_none_or(|a| !a.changes_running_system()) {
             return done;
         }
         let (Some(inv_host), Ok(remote)) = (self.inventory.host(host), self.fleet.host(host).await)
@@ -439,7 +438,8 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
 
     /// A kept host whose boot default this run moved to the candidate it
     /// already ran (`HostOutcome::AlreadyCurrent::boot_before`: an earlier
-    /// `--goal test` had left the boot default on the system before): the
+    /// `--goal test`, or a switch outside nixgate, had left the boot
+    /// default elsewhere, proven or not; the run's goal switched live): the
     /// soak disproved the candidate, so the boot default goes back, by the
     /// same verified path as any rollback, boot only (what it runs was not
     /// this run's doing). Before, a reboot booted the system the soak had
@@ -460,9 +460,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         };
         let emit = forward(&self.sink, host);
         unpoisoned(&self.taking_back).insert(host.to_owned());
-        let mode = (None, crate::activation::RollbackMode::BootOnly);
+        let unmarked = (None, crate::activation::RollbackMode::BootOnly);
         let (_, rollback) =
-            take_back(remote, settings, &self.run_id, mode, (to, None), &emit).await;
+            take_back(remote, settings, &self.run_id, unmarked, (to, None), &emit).await;
         Some(rollback)
     }
 }

@@ -370,6 +370,32 @@ async fn an_unchanged_host_loses_the_known_good_this_run_added() {
     assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
 }
 
+/// The same host under `--goal boot`: the run was asked to make the
+/// candidate its boot default and switched nothing live, so the soak
+/// re-checks and takes back nothing (it ends `AlreadyCurrent` like a host
+/// the goal switched; before, it was re-checked, and with the boot default
+/// put back, undid what the run was asked to do).
+#[tokio::test(start_paused = true)]
+async fn a_boot_goal_host_already_running_the_candidate_is_not_rechecked() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    {
+        let mut st = f.hosts["web1"].state();
+        st.unhealthy_after = Some(0);
+        st.current = sp(NEW);
+    }
+    let plan = plan_for(crate::gates::Goal::Boot, &f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    match hosts[0].end.outcome() {
+        Some(HostOutcome::AlreadyCurrent { boot_before, .. }) => {
+            assert_eq!(boot_before, &Some(sp(OLD)))
+        }
+        other => panic!("{other:?}: {:?}", hosts[0].end),
+    }
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.boot_default, sp(NEW), "the boot default the run set");
+    assert_eq!(st.health_checks, 0, "{:?}", hosts[0].end);
+}
+
 /// A host with a unit failing since before the run (its candidate's
 /// switch leaves it alone), unhealthy after its soak: the take-back's
 /// switch to the known-good exits 4 for that unit alone, which is back

@@ -209,6 +209,12 @@ impl<R: Remote> Run<'_, R> {
                 mark: Some(mark),
                 boot_before,
             },
+            // Not certified: the boot default this run moved goes back
+            // (boot only: what it runs was not this run's doing).
+            Err(reason) if boot_before.is_some() => {
+                self.fail_and_rollback(Gate::MarkKnownGood, reason, None)
+                    .await
+            }
             Err(reason) => self.fail_clean(Gate::MarkKnownGood, reason),
         }
     }

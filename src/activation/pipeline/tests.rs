@@ -500,6 +500,33 @@ async fn already_current_is_verified_and_marked_not_switched() {
     assert_eq!(host.state().sessions, 2, "proven over a new connection");
 }
 
+/// A host already running the candidate whose boot default this run
+/// moved (it was OLD: an earlier `--goal test`) and whose mark then fails:
+/// not certified, and the boot default goes back to OLD, boot only (it
+/// runs NEW as before). Before: failed with the candidate left the boot
+/// default, never proven by a mark.
+#[tokio::test(start_paused = true)]
+async fn already_current_whose_mark_fails_gets_its_boot_default_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().current = sp(NEW);
+    host.state()
+        .break_once
+        .push(format!("sudo mark-known-good {KNOWN_GOOD} {NEW} "));
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            gate: Gate::MarkKnownGood,
+            to,
+            ..
+        } => assert_eq!(*to, sp(OLD)),
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    let st = host.state();
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
+    assert_eq!(st.current, sp(NEW));
+}
+
 /// A host that already runs the candidate, which no new connection
 /// reaches (an earlier switch, aborted, or one outside nixgate, locked
 /// SSH out after this run's session was opened): not certified, not

@@ -818,6 +818,13 @@ pub fn soak_rollback(
              the boot default this run had moved went back to {}, verified",
             labels.words(to)
         ),
+        (Some(RollbackOutcome::Failed { to, error, .. }), Some(Kept::NotChanged)) => format!(
+            "not taken back: this run did not change what it runs (it already ran the candidate); \
+             PUTTING ITS BOOT DEFAULT BACK to {} FAILED: {}; a reboot may boot the candidate: \
+             see `nixgate status`",
+            labels.words(to),
+            rollback_error(error)
+        ),
         (Some(r), _) => rollback(r, labels),
         (None, Some(Kept::RollbackTarget)) => "not taken back: this run rolled it back to a \
             known-good generation, and going back means the system it rolled away from; \
@@ -1042,5 +1049,19 @@ mod tests {
         );
         let taken = super::soak_rollback(Some(&back), None, &labels);
         assert_eq!(taken, "rolled back to aaaaaaaa-nixos-system-x, verified");
+        let failed = RollbackOutcome::Failed {
+            to,
+            mode: RollbackMode::BootOnly,
+            error: crate::activation::reactivate::RollbackError::ProfileSet {
+                error: "nix-env: disk full".into(),
+            },
+        };
+        let kept = super::soak_rollback(Some(&failed), Some(Kept::NotChanged), &labels);
+        assert_eq!(
+            kept,
+            "not taken back: this run did not change what it runs (it already ran the candidate); \
+             PUTTING ITS BOOT DEFAULT BACK to aaaaaaaa-nixos-system-x FAILED: nix-env: disk full; \
+             a reboot may boot the candidate: see `nixgate status`"
+        );
     }
 }
