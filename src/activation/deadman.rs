@@ -113,6 +113,7 @@ macro_rules! group_gone {
 "#
     };
 }
+pub(crate) use group_gone;
 
 /// Runs on the host when the timer fires. The previous system's tools are
 /// put on the PATH: a transient unit's PATH has no
@@ -449,7 +450,7 @@ if [ -f "$1" ]; then cat "$1"; elif [ -n "$m" ]; then echo NixgateRevertUnderWay
 exit 0"#
 );
 
-fn record_dir(paths: &HostPaths) -> String {
+pub(crate) fn record_dir(paths: &HostPaths) -> String {
     let kg = paths.known_good_records.trim_end_matches('/');
     let base = kg.rsplit_once('/').map_or(kg, |(b, _)| b);
     format!("{base}/deadman")

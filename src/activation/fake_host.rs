@@ -878,8 +878,11 @@ impl State {
         let (dir, run, previous, candidate, profile, before, unit, _timer) = (
             &args[0], &args[1], &args[2], &args[3], &args[4], &args[5], &args[6], &args[7],
         );
-        if let Some(j) = self.jobs.get_mut(unit) {
-            j.running = false;
+        // Every attempt's name, as REVERT stops them.
+        for u in [unit.clone(), format!("{unit}-try2"), format!("{unit}-try3")] {
+            if let Some(j) = self.jobs.get_mut(&u) {
+                j.running = false;
+            }
         }
         self.lock_held = false;
         if !before.is_empty() {

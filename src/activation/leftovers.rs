@@ -18,8 +18,18 @@
 //! earlier revert still armed, now, as its timer would have: nobody
 //! confirmed that switch, and the revert is what its run promised. The host
 //! is then where the earlier run's contract said it would be, and this run
-//! starts from there. Linux only: on nix-darwin the revert is a `setsid`
-//! sleeper with no unit to list (left as it is).
+//! starts from there.
+//!
+//! On nix-darwin there are no units: a switch and a revert are each a
+//! `setsid` process group whose leader's pid is in the job dir
+//! (`<name>.pid`), the revert a sleeper that `exec`s its script. They are
+//! listed from those pid files ([`LIST_DARWIN`]: a leader still alive
+//! whose command line is nixgate's, so a pid reused by another process is
+//! not taken for one), and an armed revert is run now by stopping its
+//! sleeper and running its script in a group of its own
+//! ([`RUN_REVERT_DARWIN`]). Before, a Darwin host was left as it was: an
+//! earlier run's sleeper switched it back after this run had marked it
+//! known-good.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -27,7 +37,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::events::{ActivationEvent, Step};
-use super::settings::{HostSettings, Os, RunId};
+use super::settings::{HostPaths, HostSettings, Os, RunId};
 use crate::remote::{Command, Remote};
 
 /// nixgate's switch and revert units on the host, with their state.
@@ -37,6 +47,51 @@ exit 0"#;
 
 /// Run an armed revert now: start the service its timer would start.
 pub(crate) const RUN_REVERT: &str = r#"systemctl start "$1.service""#;
+
+/// nix-darwin: [`LIST`]'s answer from the job dir `$1`'s pid files, the
+/// revert's mark (made as it starts) in `$2`: a switch whose group leader
+/// lives is a running service; a revert's sleeper, an armed timer, or a
+/// running service once its revert began (its mark made).
+pub(crate) const LIST_DARWIN: &str = r#"dir=$1; marks=$2
+for p in "$dir"/nixgate-switch-*.pid "$dir"/nixgate-confirm-*.pid; do
+  [ -f "$p" ] && pid=$(cat "$p" 2>/dev/null) && [ -n "$pid" ] || continue
+  cmd=$(ps -o command= -p "$pid" 2>/dev/null) || continue
+  case $cmd in *nixgate*) ;; *) continue ;; esac
+  n=${p##*/}; n=${n%.pid}
+  case $n in
+    nixgate-confirm-*)
+      if [ -e "$marks/.${n#nixgate-confirm-}.started" ]; then echo "NixgateUnit=$n.service active running"
+      else echo "NixgateUnit=$n.timer active waiting"; fi ;;
+    *) echo "NixgateUnit=$n.service active running" ;;
+  esac
+done
+exit 0"#;
+
+/// nix-darwin: run the armed revert whose pid file is `$1` and script `$2`
+/// now: its sleeper's group is stopped (a revert that began meanwhile is
+/// cut short and run again: its steps can run twice, as a re-arm's), then
+/// the script runs in a group of its own, its pid in the pid file (so a
+/// look after a lost answer sees it running), and is waited for. A script
+/// gone ran to its end already (it removes itself last).
+pub(crate) const RUN_REVERT_DARWIN: &str = concat!(
+    super::deadman::group_gone!(),
+    r#"pidfile=$1; script=$2
+pg=$(cat "$pidfile" 2>/dev/null) || pg=
+if [ -n "$pg" ]; then
+  kill -s TERM -- "-$pg" 2>/dev/null
+  gone_within 50 || kill -s KILL -- "-$pg" 2>/dev/null
+  gone_within 20 || { echo "the sleeper's group $pg did not end" >&2; exit 1; }
+fi
+[ -e "$script" ] || exit 0
+if command -v setsid >/dev/null 2>&1; then
+  nohup setsid /bin/sh "$script" </dev/null >/dev/null 2>&1 &
+else
+  nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh "$script" </dev/null >/dev/null 2>&1 &
+fi
+echo $! > "$pidfile"
+wait $!
+exit 0"#
+);
 
 /// Earlier runs' units on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,14 +141,36 @@ pub fn parse(stdout: &str, run_id: &RunId) -> Found {
     found
 }
 
-/// The command listing nixgate's units ([`LIST`]).
-pub(crate) fn list_command() -> Command {
-    Command::script(LIST)
+/// The command listing nixgate's units ([`LIST`]; [`LIST_DARWIN`]).
+pub(crate) fn list_command(os: Os, paths: &HostPaths) -> Command {
+    match os {
+        Os::Linux => Command::script(LIST),
+        Os::Darwin => Command::script(LIST_DARWIN)
+            .arg(paths.job_dir.trim_end_matches('/'))
+            .arg(super::deadman::record_dir(paths)),
+    }
 }
 
-async fn list<R: Remote>(remote: &R, run_id: &RunId) -> anyhow::Result<Found> {
+/// The command running the armed revert `unit` now ([`RUN_REVERT`];
+/// [`RUN_REVERT_DARWIN`]).
+fn run_revert_command(unit: &str, settings: &HostSettings) -> Command {
+    let dir = settings.paths.job_dir.trim_end_matches('/');
+    match settings.os {
+        Os::Linux => Command::script(RUN_REVERT).arg(unit),
+        Os::Darwin => Command::script(RUN_REVERT_DARWIN)
+            .arg(format!("{dir}/{unit}.pid"))
+            .arg(format!("{dir}/{unit}.sh")),
+    }
+    .sudo(settings.sudo)
+}
+
+async fn list<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    run_id: &RunId,
+) -> anyhow::Result<Found> {
     let out = remote
-        .exec(&list_command())
+        .exec(&list_command(settings.os, &settings.paths))
         .await
         .with_context(|| format!("listing nixgate units on {}", remote.name()))?
         .check("listing nixgate units")?;
@@ -112,14 +189,11 @@ pub async fn settle<R: Remote>(
     run_id: &RunId,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> anyhow::Result<()> {
-    if settings.os == Os::Darwin {
-        return Ok(());
-    }
     let deadline = tokio::time::Instant::now() + settings.activation_timeout;
     let mut waited: BTreeSet<String> = BTreeSet::new();
     let mut started: BTreeSet<String> = BTreeSet::new();
     loop {
-        let found = list(remote, run_id).await?;
+        let found = list(remote, settings, run_id).await?;
         if !found.running.is_empty() {
             let new: Vec<String> = found
                 .running
@@ -135,10 +209,17 @@ pub async fn settle<R: Remote>(
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
                 "units of an earlier nixgate run still run on {} after {:?}: {}; \
-                 see `nixgate status`, or stop them with `systemctl stop`",
+                 see `nixgate status`, or stop them with {}",
                 remote.name(),
                 settings.activation_timeout,
-                found.running.join(", ")
+                found.running.join(", "),
+                match settings.os {
+                    Os::Linux => "`systemctl stop`".to_owned(),
+                    Os::Darwin => format!(
+                        "`kill -s TERM -- -<pid>`, the pid in {}/<unit without .service>.pid",
+                        settings.paths.job_dir.trim_end_matches('/')
+                    ),
+                }
             );
             tokio::time::sleep(LOOK_EVERY).await;
             continue;
@@ -158,7 +239,7 @@ pub async fn settle<R: Remote>(
             step: Step::RunEarlierRevert { unit: unit.clone() },
         });
         remote
-            .exec(&Command::script(RUN_REVERT).arg(unit).sudo(settings.sudo))
+            .exec(&run_revert_command(unit, settings))
             .await
             .with_context(|| format!("starting {unit}.service on {}", remote.name()))?
             .check(&format!("starting the earlier run's revert {unit}.service"))?;

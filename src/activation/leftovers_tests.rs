@@ -134,3 +134,111 @@ async fn an_earlier_switch_running_past_the_budget_fails_with_what_to_do() {
     // Nothing was reverted under a switch still running.
     assert_eq!(host.state().timers.len(), 1);
 }
+
+/// Darwin, for real in this machine's shell (`setsid`, `ps`): an earlier
+/// run `r0` left its switch running (a process group whose leader's pid
+/// is in the job dir) and its revert's sleeper armed. The switch is waited
+/// for, then the revert runs now, once, in a group of its own (its sleeper
+/// gone); a pid file whose process is not nixgate's (a pid reused) is not
+/// taken for one. Before, Darwin hosts were left as they were: the sleeper
+/// switched the host back after this run marked it known-good.
+#[tokio::test]
+async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
+    use crate::activation::deadman::{Armed, Arming, arm_command};
+    use crate::activation::settings::HostPaths;
+    use crate::remote::local::LocalRemote;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut s = HostSettings::new(Os::Darwin);
+    s.activation_timeout = Duration::from_secs(30);
+    s.paths = HostPaths {
+        job_dir: format!("{d}/jobs"),
+        known_good_records: format!("{d}/var/known-good"),
+        ..HostPaths::for_os(Os::Darwin)
+    };
+    std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
+    std::fs::create_dir_all(format!("{d}/var/deadman")).unwrap();
+    // r0's switch: still running for a second, its group's leader's pid kept.
+    let mut switch = spawn_group(&["sh", "-c", "sleep 1", "nixgate-job"]);
+    let pid_file = |run: &str| format!("{d}/jobs/nixgate-switch-{run}.pid");
+    std::fs::write(pid_file("r0"), format!("{}\n", switch.id())).unwrap();
+    // A pid file whose pid is another program's now.
+    let mut other = spawn_group(&["sleep", "30"]);
+    std::fs::write(pid_file("r9"), format!("{}\n", other.id())).unwrap();
+    // r0's revert, armed for 60 s: a stand-in marking its start as REVERT
+    // does, and removing itself and its pid file at its end.
+    let armed = Armed::for_run(
+        &RunId::parse("r0").unwrap(),
+        Os::Darwin,
+        &s.paths,
+        Duration::from_secs(60),
+    );
+    let revert = format!(
+        ": > {d}/var/deadman/.r0.started\nsleep 0.2\necho ran >> {d}/reverted\n\
+         rm -f {d}/var/deadman/.r0.started \"$0\" \"$0.arming\" \"${{0%.sh}}.pid\"\n"
+    );
+    arm_for_real(&armed, &revert);
+    let sleeper: u32 = std::fs::read_to_string(&armed.pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let steps = Mutex::new(Vec::new());
+    let local = LocalRemote::new("local");
+    let r = settle(&local, &s, &RunId::parse("r1").unwrap(), &|e| {
+        if let ActivationEvent::Step { step } = e {
+            steps.lock().unwrap().push(step)
+        }
+    })
+    .await;
+    r.unwrap();
+    assert_eq!(
+        steps.into_inner().unwrap(),
+        [
+            Step::AwaitEarlierRun {
+                units: vec!["nixgate-switch-r0.service".into()]
+            },
+            Step::RunEarlierRevert {
+                unit: "nixgate-confirm-r0".into()
+            }
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{d}/reverted")).unwrap(),
+        "ran\n"
+    );
+    assert!(!std::path::Path::new(&armed.pid_file).exists());
+    assert!(!std::path::Path::new(&armed.script).exists());
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(!alive(sleeper), "the sleeper lives on");
+    let _ = other.kill();
+    let _ = (other.wait(), switch.wait());
+
+    /// Arm `a` with ARM_DARWIN in this machine's shell, `text` the script.
+    fn arm_for_real(a: &Armed, text: &str) {
+        use std::io::Write;
+        let cmd = arm_command(a, Arming::Fresh, false);
+        let mut child = std::process::Command::new(&cmd.argv()[0])
+            .args(&cmd.argv()[1..])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// `argv` in a session (and group) of its own (its leader's pid is the
+/// child's: a process that leads no group, `setsid` does not fork).
+fn spawn_group(argv: &[&str]) -> std::process::Child {
+    std::process::Command::new("setsid")
+        .args(argv)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

@@ -244,8 +244,8 @@ impl<'a, R: Remote> Run<'a, R> {
         if goal == Goal::Copy {
             return cmds;
         }
-        if self.settles_earlier_runs() && self.s.os != Os::Darwin {
-            cmds.push(leftovers::list_command());
+        if self.settles_earlier_runs() {
+            cmds.push(leftovers::list_command(self.s.os, &self.s.paths));
         }
         cmds.push(self.start_read());
         // The live switch's first read, when nothing runs on the host
