@@ -159,11 +159,12 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
     std::fs::create_dir_all(format!("{d}/var/deadman")).unwrap();
     // r0's switch: still running for a second, its group's leader's pid kept.
-    let mut switch = spawn_group(&["sh", "-c", "sleep 1", "nixgate-job"]);
+    let status = format!("{d}/jobs/nixgate-switch-r0.status");
+    let mut switch = spawn_group(&["sh", "-c", "sleep 1", "nixgate-job", &status]);
     let pid_file = |run: &str| format!("{d}/jobs/nixgate-switch-{run}.pid");
     std::fs::write(pid_file("r0"), format!("{}\n", switch.id())).unwrap();
-    // A pid file whose pid is another program's now.
-    let mut other = spawn_group(&["sleep", "30"]);
+    // A pid file whose pid is another program's now (a nixgate one even).
+    let mut other = spawn_group(&["sh", "-c", "sleep 30", "nixgate-job"]);
     std::fs::write(pid_file("r9"), format!("{}\n", other.id())).unwrap();
     // r0's revert, armed for 60 s: a stand-in marking its start as REVERT
     // does, and removing itself and its pid file at its end.
