@@ -115,6 +115,18 @@ pub struct Baseline {
     pub run_id: String,
 }
 
+/// Shell functions reading a known-good record's `replaced` and `created`
+/// (`replaced_of FILE`, `created_of FILE`; empty when absent), for MARK,
+/// UNDO_MARK and REVOKE alike. The record is one line, written by MARK,
+/// its fields in this order.
+macro_rules! record_fields {
+    () => {
+        r#"replaced_of() { sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
+created_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$1" 2>/dev/null; }
+"#
+    };
+}
+
 /// Mark known-good in one host command: `$1` profile, `$2` records
 /// directory, `$3` closure, `$4` generation to re-select (empty: `nix-env
 /// --set`), `$5` run, `$6` the record's length in bytes, then the baseline's
@@ -157,7 +169,9 @@ pub struct Baseline {
 /// Exits: 3 the generation to re-select is not the closure; 4 the record
 /// could not be written and the profile was put back; 5 neither; 6 the
 /// record arrived cut short (nothing changed).
-pub(crate) const MARK: &str = r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
+pub(crate) const MARK: &str = concat!(
+    record_fields!(),
+    r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
 trap '' HUP PIPE TERM
 umask 022
 mkdir -p "$dir" || exit 1
@@ -175,8 +189,8 @@ old=$(readlink "$prof" 2>/dev/null); oldn=${old%-link}; oldn=${oldn##*-}
 # Run again after a lost answer: this run's mark stands, as it was made.
 if [ -n "$old" ] && [ "$(readlink -f "$prof")" = "$closure" ] && grep -qF "\"run_id\":\"$run\"" "$dir/$oldn.json" 2>/dev/null; then
   rm -f "$tmp"; echo "NixgateNew=$old"
-  echo "NixgateReplaced=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$dir/$oldn.json")"
-  echo "NixgateCreated=$(sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$dir/$oldn.json")"
+  echo "NixgateReplaced=$(replaced_of "$dir/$oldn.json")"
+  echo "NixgateCreated=$(created_of "$dir/$oldn.json")"
   exit 0
 fi
 # The first mark ever: what the host ran before is its baseline (kept once).
@@ -239,7 +253,8 @@ echo "writing $dir/$n.json failed" >&2
 if [ -n "$replaced" ]; then nix-env -p "$prof" --switch-generation "$replaced" >/dev/null || exit 5
 else rm -f "$prof" || exit 5; fi
 if [ "$created" = true ]; then rm -f "$prof-$n-link"; fi
-exit 4"#;
+exit 4"#
+);
 
 /// Undo this run's mark (`$3`), made by [`MARK`] although its answer never
 /// came back: when the generation the profile is on has this run's record,
@@ -257,7 +272,9 @@ exit 4"#;
 /// cut off between `nix-env` and the record (the host went down) left
 /// `.pending-<run>.replaced`, naming the generation to go back to. Prints
 /// what it did.
-pub(crate) const UNDO_MARK: &str = r#"prof=$1; dir=$2; run=$3; reselected=$4
+pub(crate) const UNDO_MARK: &str = concat!(
+    record_fields!(),
+    r#"prof=$1; dir=$2; run=$3; reselected=$4
 trap '' HUP PIPE TERM
 if command -v flock >/dev/null 2>&1 && mkdir -p "$dir"; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 pending=$dir/.pending-$run.replaced
@@ -274,8 +291,8 @@ putback() {
   cp "$rec" "$dir/$n.undone.json" 2>/dev/null; mv -f "$kept" "$rec" || true
 }
 if grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null; then
-  prev=$(sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$rec")
-  created=$(sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$rec")
+  prev=$(replaced_of "$rec")
+  created=$(created_of "$rec")
 elif [ -f "$pending" ] && [ ! -f "$rec" ]; then
   # Cut off between the profile and the record (the host went down).
   prev=$(cat "$pending")
@@ -293,7 +310,8 @@ else rm -f "$prof" || exit 1; fi
 putback || [ ! -f "$rec" ] || mv -f "$rec" "$dir/$n.undone.json"
 rm -f "$pending" "$pending.last" "$dir/.pending-$run".*.json
 forget
-echo "NixgateUndo=$n""#;
+echo "NixgateUndo=$n""#
+);
 
 pub(crate) const READ_BASELINE: &str = "[ -f \"$1\" ] && [ -e \"$2\" ] && cat \"$1\"; exit 0";
 
@@ -320,8 +338,10 @@ pub async fn baseline<R: Remote>(
 /// record or that generation gone, the newest generation before it (none:
 /// no profile); the generation is deleted and its record kept as
 /// `<N>.revoked.json`; prints the generation now current.
-pub(crate) const REVOKE: &str = "prof=$1; dir=$2; gen=$3
-prev=$(sed -n 's/^{\"generation\":[0-9]*,\"replaced\":\\([0-9]*\\),.*/\\1/p' \"$dir/$gen.json\" 2>/dev/null)
+pub(crate) const REVOKE: &str = concat!(
+    record_fields!(),
+    "prof=$1; dir=$2; gen=$3
+prev=$(replaced_of \"$dir/$gen.json\")
 if [ -n \"$prev\" ] && { [ \"$prev\" -ge \"$gen\" ] || [ ! -L \"$prof-$prev-link\" ]; }; then prev=; fi
 [ -n \"$prev\" ] || for l in \"$prof\"-*-link; do
   [ -L \"$l\" ] || continue
@@ -332,7 +352,8 @@ if [ -n \"$prev\" ]; then nix-env -p \"$prof\" --switch-generation \"$prev\" >/d
 else rm -f \"$prof\" || exit 1; fi
 rm -f \"$prof-$gen-link\"
 if [ -f \"$dir/$gen.json\" ]; then mv -f \"$dir/$gen.json\" \"$dir/$gen.revoked.json\"; fi
-echo \"NixgatePrevious=$prev\"";
+echo \"NixgatePrevious=$prev\""
+);
 
 /// The known-good history: the profile's current generation, each
 /// generation (its closure, whether that is still there) with its record,
