@@ -69,15 +69,21 @@ for p in "$dir"/nixgate-switch-*.pid "$dir"/nixgate-confirm-*.pid; do
 done
 exit 0"#;
 
-/// nix-darwin: run the armed revert whose pid file is `$1` and script `$2`
-/// now: its sleeper's group is stopped (a revert that began meanwhile is
-/// cut short and run again: its steps can run twice, as a re-arm's), then
-/// the script runs in a group of its own, its pid in the pid file (so a
-/// look after a lost answer sees it running), and is waited for. A script
-/// gone ran to its end already (it removes itself last).
+/// nix-darwin: run the armed revert whose pid file is `$1`, script `$2`
+/// and start mark `$3` now. One that began (its mark made) is left to
+/// finish: the caller's next look sees it running. Else its sleeper's
+/// group is stopped (one that began in between is cut short and run
+/// again: its steps can run twice, as a re-arm's), and the script runs in
+/// a group of its own, which writes its pid to the pid file before it
+/// starts (a look after a lost answer sees it). Waited for until it made
+/// its mark or ended (it removes its pid file last), 10 s at most: the
+/// caller's looks wait out the rest, bounded by the activation budget (a
+/// revert waited for here, a hung `activate` in it, held the run without
+/// bound). A script gone ran to its end already (it removes itself last).
 pub(crate) const RUN_REVERT_DARWIN: &str = concat!(
     super::deadman::group_gone!(),
-    r#"pidfile=$1; script=$2
+    r#"pidfile=$1; script=$2; mark=$3
+[ ! -e "$mark" ] || exit 0
 pg=$(cat "$pidfile" 2>/dev/null) || pg=
 if [ -n "$pg" ]; then
   kill -s TERM -- "-$pg" 2>/dev/null
@@ -85,13 +91,15 @@ if [ -n "$pg" ]; then
   gone_within 20 || { echo "the sleeper's group $pg did not end" >&2; exit 1; }
 fi
 [ -e "$script" ] || exit 0
+rm -f "$pidfile"
+run='echo $$ > "$1"; exec /bin/sh "$2"'
 if command -v setsid >/dev/null 2>&1; then
-  nohup setsid /bin/sh "$script" </dev/null >/dev/null 2>&1 &
+  nohup setsid /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1 &
 else
-  nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh "$script" </dev/null >/dev/null 2>&1 &
+  nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1 &
 fi
-echo $! > "$pidfile"
-wait $!
+i=0
+while [ "$i" -lt 100 ] && [ ! -e "$mark" ] && { [ "$i" -lt 10 ] || [ -e "$pidfile" ]; }; do sleep 0.1; i=$((i + 1)); done
 exit 0"#
 );
 
@@ -143,13 +151,16 @@ pub fn parse(stdout: &str, run_id: &RunId) -> Found {
     found
 }
 
-/// The command listing nixgate's units ([`LIST`]; [`LIST_DARWIN`]).
-pub(crate) fn list_command(os: Os, paths: &HostPaths) -> Command {
+/// The command listing nixgate's units ([`LIST`]; [`LIST_DARWIN`], with
+/// sudo: the switch and the sleeper run as root, and macOS shows another
+/// user's command line to root alone).
+pub(crate) fn list_command(os: Os, paths: &HostPaths, sudo: bool) -> Command {
     match os {
         Os::Linux => Command::script(LIST),
         Os::Darwin => Command::script(LIST_DARWIN)
             .arg(paths.job_dir.trim_end_matches('/'))
-            .arg(super::deadman::record_dir(paths)),
+            .arg(super::deadman::record_dir(paths))
+            .sudo(sudo),
     }
 }
 
@@ -161,7 +172,12 @@ fn run_revert_command(unit: &str, settings: &HostSettings) -> Command {
         Os::Linux => Command::script(RUN_REVERT).arg(unit),
         Os::Darwin => Command::script(RUN_REVERT_DARWIN)
             .arg(format!("{dir}/{unit}.pid"))
-            .arg(format!("{dir}/{unit}.sh")),
+            .arg(format!("{dir}/{unit}.sh"))
+            .arg(format!(
+                "{}/.{}.started",
+                super::deadman::record_dir(&settings.paths),
+                unit.trim_start_matches("nixgate-confirm-")
+            )),
     }
     .sudo(settings.sudo)
 }
@@ -172,7 +188,7 @@ async fn list<R: Remote>(
     run_id: &RunId,
 ) -> anyhow::Result<Found> {
     let out = remote
-        .exec(&list_command(settings.os, &settings.paths))
+        .exec(&list_command(settings.os, &settings.paths, settings.sudo))
         .await
         .with_context(|| format!("listing nixgate units on {}", remote.name()))?
         .check("listing nixgate units")?;
@@ -229,11 +245,17 @@ pub async fn settle<R: Remote>(
         let Some(unit) = found.armed.iter().find(|u| !started.contains(*u)) else {
             anyhow::ensure!(
                 found.armed.is_empty(),
-                "the dead-man revert {} of an earlier run ran, yet its timer is still armed on {}; \
-                 see `journalctl -u {}.service`",
+                "the dead-man revert {} of an earlier run ran, yet it is still armed on {}; see {}",
                 found.armed.join(", "),
                 remote.name(),
-                found.armed[0]
+                match settings.os {
+                    Os::Linux => format!("`journalctl -u {}.service`", found.armed[0]),
+                    Os::Darwin => format!(
+                        "{}/{}.sh and its pid file",
+                        settings.paths.job_dir.trim_end_matches('/'),
+                        found.armed[0]
+                    ),
+                }
             );
             return Ok(());
         };

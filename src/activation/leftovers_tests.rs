@@ -142,6 +142,11 @@ async fn an_earlier_switch_running_past_the_budget_fails_with_what_to_do() {
 /// gone); a pid file whose process is not nixgate's (a pid reused) is not
 /// taken for one. Before, Darwin hosts were left as they were: the sleeper
 /// switched the host back after this run marked it known-good.
+///
+/// Linux only (`setsid(1)`, `/proc`), and it relies on PID 1 reaping the
+/// killed sleeper (an orphan): a zombie keeps its group alive to `kill -s
+/// 0`, as in the Darwin re-arm's tests.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     use crate::activation::deadman::{Armed, Arming, arm_command};
@@ -175,7 +180,7 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
         Duration::from_secs(60),
     );
     let revert = format!(
-        ": > {d}/var/deadman/.r0.started\nsleep 0.2\necho ran >> {d}/reverted\n\
+        ": > {d}/var/deadman/.r0.started\nsleep 1\necho ran >> {d}/reverted\n\
          rm -f {d}/var/deadman/.r0.started \"$0\" \"$0.arming\" \"${{0%.sh}}.pid\"\n"
     );
     arm_for_real(&armed, &revert);
@@ -201,6 +206,10 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
             },
             Step::RunEarlierRevert {
                 unit: "nixgate-confirm-r0".into()
+            },
+            // Started, and waited for by the looks (not by the command).
+            Step::AwaitEarlierRun {
+                units: vec!["nixgate-confirm-r0.service".into()]
             }
         ]
     );
@@ -242,4 +251,39 @@ fn spawn_group(argv: &[&str]) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A Darwin revert that began (its mark made) when the run came to run it
+/// now is left to finish, not killed mid-way and run again: its group
+/// lives on and the command says it is done with it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_darwin_revert_under_way_is_not_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut revert = spawn_group(&["sh", "-c", "sleep 30", "nixgate-confirm-r0"]);
+    let (pid_file, script, mark) = (
+        format!("{d}/r0.pid"),
+        format!("{d}/r0.sh"),
+        format!("{d}/.r0.started"),
+    );
+    std::fs::write(&pid_file, format!("{}\n", revert.id())).unwrap();
+    std::fs::write(&script, "echo again >> ran\n").unwrap();
+    std::fs::write(&mark, "").unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", RUN_REVERT_DARWIN, "sh", &pid_file, &script, &mark])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        revert.try_wait().unwrap().is_none(),
+        "the revert under way was killed"
+    );
+    assert!(
+        !std::path::Path::new(&format!("{d}/ran")).exists(),
+        "run again"
+    );
+    let _ = revert.kill();
+    let _ = revert.wait();
 }

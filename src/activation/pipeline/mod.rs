@@ -245,7 +245,11 @@ impl<'a, R: Remote> Run<'a, R> {
             return cmds;
         }
         if self.settles_earlier_runs() {
-            cmds.push(leftovers::list_command(self.s.os, &self.s.paths));
+            cmds.push(leftovers::list_command(
+                self.s.os,
+                &self.s.paths,
+                self.s.sudo,
+            ));
         }
         cmds.push(self.start_read());
         // The live switch's first read, when nothing runs on the host

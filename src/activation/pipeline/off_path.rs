@@ -210,8 +210,10 @@ impl<R: Remote> Run<'_, R> {
                 boot_before,
             },
             // Not certified: the boot default this run moved goes back
-            // (boot only: what it runs was not this run's doing).
-            Err(reason) if boot_before.is_some() => {
+            // (boot only: what it runs was not this run's doing). Not for
+            // a rollback's target: it stays on the proven generation, not
+            // the one rolled away from.
+            Err(reason) if boot_before.is_some() && self.req.known_good_generation.is_none() => {
                 self.fail_and_rollback(Gate::MarkKnownGood, reason, None)
                     .await
             }

@@ -527,6 +527,35 @@ async fn already_current_whose_mark_fails_gets_its_boot_default_back() {
     assert_eq!(st.current, sp(NEW));
 }
 
+/// The same for a rollback's target (a known-good generation, re-selected
+/// by the mark): a failed mark leaves the boot default on the proven
+/// target, not on the system the rollback was moving away from.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_target_whose_mark_fails_keeps_its_boot_default() {
+    let host = FakeHost::new(&sp(OLD));
+    {
+        let mut st = host.state();
+        st.current = sp(NEW);
+        st.set_profile(KNOWN_GOOD, &sp(NEW));
+    }
+    host.state()
+        .break_once
+        .push(format!("sudo mark-known-good {KNOWN_GOOD} {NEW} 2"));
+    let mut req = request(Goal::Gated);
+    req.known_good_generation = Some(2);
+    let ran = run(&host, &req).await;
+    match &ran.outcome {
+        HostOutcome::Failed {
+            gate: Gate::MarkKnownGood,
+            ..
+        } => {}
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    let st = host.state();
+    assert_eq!(st.boot_default, sp(NEW));
+    assert_eq!(st.current, sp(NEW));
+}
+
 /// A host that already runs the candidate, which no new connection
 /// reaches (an earlier switch, aborted, or one outside nixgate, locked
 /// SSH out after this run's session was opened): not certified, not
