@@ -337,10 +337,20 @@ pub async fn baseline<R: Remote>(
 /// newest before it is the system rolled away from), else, with no such
 /// record or that generation gone, the newest generation before it (none:
 /// no profile); the generation is deleted and its record kept as
-/// `<N>.revoked.json`; prints the generation now current.
+/// `<N>.revoked.json`; prints the generation now current. Run again (an
+/// answer lost), a generation revoked already (its record moved, its link
+/// gone) is not revoked twice: the generation now current is printed
+/// (before, the second run looked for "the newest before it" with the
+/// record gone, and could move the profile again). Ignores HUP, PIPE and
+/// TERM, as MARK does: a session cut mid-way does not leave it half done.
 pub(crate) const REVOKE: &str = concat!(
     record_fields!(),
     "prof=$1; dir=$2; gen=$3
+trap '' HUP PIPE TERM
+if [ -f \"$dir/$gen.revoked.json\" ] && [ ! -f \"$dir/$gen.json\" ] && [ ! -L \"$prof-$gen-link\" ]; then
+  cur=$(readlink \"$prof\" 2>/dev/null); cur=${cur%-link}; [ -z \"$cur\" ] || cur=${cur##*-}
+  echo \"NixgatePrevious=$cur\"; exit 0
+fi
 prev=$(replaced_of \"$dir/$gen.json\")
 if [ -n \"$prev\" ] && { [ \"$prev\" -ge \"$gen\" ] || [ ! -L \"$prof-$prev-link\" ]; }; then prev=; fi
 [ -n \"$prev\" ] || for l in \"$prof\"-*-link; do
@@ -620,7 +630,8 @@ pub async fn revoke<R: Remote>(
     sudo: bool,
     generation: u64,
 ) -> anyhow::Result<Option<u64>> {
-    let out = remote
+    // Asked again over a lost connection (it is safe to repeat).
+    let out = Patient::new(remote, super::settings::STEP_LIMIT)
         .exec(
             &Command::script(REVOKE)
                 .within(super::settings::STEP_LIMIT)

@@ -473,7 +473,7 @@ async fn real_mark_again_cut_short_and_undone() {
 /// Real: a mark made after a rollback re-selected an older generation
 /// (replaced: 1, while 3 is the newest before it) is revoked back to the
 /// generation it replaced, not to the newest before it (the system the
-/// rollback moved away from).
+/// rollback moved away from); revoked again, nothing moves.
 #[tokio::test]
 #[ignore = "needs Nix and a writable store (root): run scripts/test"]
 async fn real_revoke_goes_back_to_what_the_mark_replaced() {
@@ -493,6 +493,10 @@ async fn real_revoke_goes_back_to_what_the_mark_replaced() {
     assert_eq!(mark(r, paths, false, back).await.unwrap().generation, 1);
     let m = mark(r, paths, false, request(&e, 500)).await.unwrap();
     assert_eq!((m.generation, m.record.replaced), (4, Some(1)));
+    assert_eq!(revoke(r, paths, false, 4).await.unwrap(), Some(1));
+    assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), a);
+    // Asked again (its answer lost): nothing moves (before, with the
+    // record gone, it went on to the newest before 4: 3, system c).
     assert_eq!(revoke(r, paths, false, 4).await.unwrap(), Some(1));
     assert_eq!(current(r, paths).await.unwrap().unwrap().as_str(), a);
 }

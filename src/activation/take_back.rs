@@ -87,7 +87,9 @@ async fn revoke_warned<R: Remote>(
     }
 }
 
-/// The closure of known-good generation `g`, if it is still there.
+/// The closure of known-good generation `g`, if it is still there and
+/// its mark finished (`nixgate rollback`'s rule: a generation whose mark
+/// was cut off before its record may be the very candidate that failed).
 async fn closure_of<R: Remote>(
     remote: &R,
     settings: &HostSettings,
@@ -95,10 +97,11 @@ async fn closure_of<R: Remote>(
 ) -> Option<StorePath> {
     let g = g?;
     let history = known_good::history(remote, &settings.paths).await.ok()?;
+    let unfinished = crate::plan::rollback_target::Unfinished::of(&history);
     history
-        .into_iter()
-        .find(|h| h.generation == g && h.present)
-        .and_then(|h| h.closure)
+        .iter()
+        .find(|h| h.generation == g && h.present && !unfinished.is(h))
+        .and_then(|h| h.closure.clone())
 }
 
 /// A take-back with nowhere to go: the host ran nothing else before.

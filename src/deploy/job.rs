@@ -343,6 +343,16 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if (self.goal.switch_action()).is_none_or(|a| !a.changes_running_system()) {
             return done;
         }
+        // Nor a change deferred to the next boot (`--allow-pending-reboot`):
+        // the host still runs what it ran, and checks of that said nothing
+        // of the candidate (it was taken back, its pending boot default
+        // dropped, for them).
+        if matches!(
+            done.end.outcome(),
+            Some(HostOutcome::DeferredPendingReboot { .. })
+        ) {
+            return done;
+        }
         let (Some(inv_host), Ok(remote)) = (self.inventory.host(host), self.fleet.host(host).await)
         else {
             return done;

@@ -298,6 +298,32 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     assert!(released.is_empty(), "{released:?}");
 }
 
+/// The known-good generation this run's mark replaced is one whose own
+/// mark never finished (cut off before its record: it may be the very
+/// candidate an earlier run rolled back): the take-back does not go there
+/// (`nixgate rollback`'s rule) but to what the host ran before the run.
+#[tokio::test(start_paused = true)]
+async fn a_take_back_never_lands_on_an_unfinished_mark() {
+    let mid = "/nix/store/3mid3mid3mid3mid3mid3mid3mid3mid-nixos-system-web-24.08";
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    {
+        let mut st = f.hosts["web1"].state();
+        st.unhealthy_after = Some(1);
+        st.set_profile(KNOWN_GOOD, &sp(mid));
+    }
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    match &hosts[0].end {
+        HostEnd::SoakFailed {
+            revoked: Some(3),
+            rollback: Some(RollbackOutcome::RolledBack { to, .. }),
+            ..
+        } => assert_eq!(to, &sp(OLD)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.hosts["web1"].state().current, sp(OLD));
+}
+
 /// A host that already ran the candidate, found unhealthy after its soak:
 /// this run did not change it, so nothing is taken back and no generation
 /// is revoked (before: the re-mark's generation, proven by an earlier run,
@@ -394,6 +420,32 @@ async fn a_boot_goal_host_already_running_the_candidate_is_not_rechecked() {
     let st = f.hosts["web1"].state();
     assert_eq!(st.boot_default, sp(NEW), "the boot default the run set");
     assert_eq!(st.health_checks, 0, "{:?}", hosts[0].end);
+}
+
+/// A change deferred to the next boot (`--allow-pending-reboot`), the host
+/// unhealthy after the soak: it still runs what it ran, so those checks say
+/// nothing of the candidate, and it is not taken back (before, it was
+/// switched to its known-good live and as the boot default, the pending
+/// change dropped for checks of the old system).
+#[tokio::test(start_paused = true)]
+async fn a_host_pending_a_reboot_is_not_taken_back_for_what_it_still_runs() {
+    let mut f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.ctx.allow_pending_reboot = true;
+    f.hosts["web1"].inhibited(&sp(NEW));
+    f.hosts["web1"].state().unhealthy_after = Some(0);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert!(
+        matches!(
+            hosts[0].end.outcome(),
+            Some(HostOutcome::DeferredPendingReboot { .. })
+        ),
+        "{:?}",
+        hosts[0].end
+    );
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.boot_default, sp(NEW), "the pending change stays");
+    assert_eq!(st.current, sp(OLD));
 }
 
 /// A host with a unit failing since before the run (its candidate's

@@ -232,8 +232,12 @@ impl<R: Remote> Run<'_, R> {
             gate,
             reason: reason.clone(),
         });
+        // Never "back" to the candidate that just failed (a push of the
+        // known-good closure to a host running something else, a rollback
+        // to it): then back to what the host ran.
+        let known_good = (self.known_good.clone()).filter(|k| *k != self.req.candidate);
         let (to, mode) = if self.live_changed {
-            let to = self.known_good.clone().unwrap_or(self.pre_current.clone());
+            let to = known_good.unwrap_or(self.pre_current.clone());
             let mode = if self.boot_changed {
                 RollbackMode::Persistent
             } else {
@@ -242,7 +246,7 @@ impl<R: Remote> Run<'_, R> {
             (to, mode)
         } else {
             let to = (self.pre_profile.clone())
-                .or(self.known_good.clone())
+                .or(known_good)
                 .unwrap_or(self.pre_current.clone());
             (to, RollbackMode::BootOnly)
         };

@@ -556,6 +556,31 @@ async fn a_rollback_target_whose_mark_fails_keeps_its_boot_default() {
     assert_eq!(st.current, sp(NEW));
 }
 
+/// The candidate is the host's known-good closure (gen 1, NEW), the host
+/// runs something else (OLD, a `--goal test` of it, unproven) and the
+/// candidate fails its health checks: the rollback goes to what the host
+/// ran, not "back" to the candidate that just failed (it was reported
+/// rolled back while it ran NEW).
+#[tokio::test(start_paused = true)]
+async fn a_failed_known_good_candidate_is_never_the_rollback_target() {
+    let host = FakeHost::new(&sp(NEW));
+    {
+        let mut st = host.state();
+        st.current = sp(OLD);
+        st.unhealthy_after = Some(0);
+    }
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            gate: Gate::HealthChecks,
+            to,
+            ..
+        } => assert_eq!(*to, sp(OLD)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(host.state().current, sp(OLD));
+}
+
 /// A host that already runs the candidate, which no new connection
 /// reaches (an earlier switch, aborted, or one outside nixgate, locked
 /// SSH out after this run's session was opened): not certified, not
