@@ -37,6 +37,7 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         commit: None,
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        rolls_back: false,
         keys: Default::default(),
     };
     let started = Instant::now();

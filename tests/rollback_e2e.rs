@@ -23,6 +23,7 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
         commit: None,
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        rolls_back: false,
         keys: Default::default(),
     };
     let remote = OpenSsh::new(fleet, "sys1");

@@ -34,6 +34,7 @@ fn request_within(budget: Duration) -> ActivationRequest {
         commit: None,
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        rolls_back: false,
         keys: Default::default(),
     }
 }

@@ -266,6 +266,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 .or_else(|| self.commit.clone()),
             earlier_gates: earlier,
             known_good_generation: ready.candidate.generation,
+            rolls_back: ready.candidate.is_rollback_target(),
             keys: self.keys.get(host).cloned().unwrap_or_default(),
         };
         let emit = recording_failed_units(forward(&self.sink, host), &self.failed_before, host);
@@ -319,11 +320,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// back means the system it rolled away from; its generation was
     /// proven by an earlier run).
     fn kept_unhealthy(&self, host: &str, done: &HostSummary) -> Option<Kept> {
-        if self
-            .ready
-            .get(host)
-            .is_some_and(|r| r.candidate.generation.is_some())
-        {
+        if (self.ready.get(host)).is_some_and(|r| r.candidate.is_rollback_target()) {
             return Some(Kept::RollbackTarget);
         }
         matches!(done.end.outcome(), Some(HostOutcome::AlreadyCurrent { .. }))

@@ -540,6 +540,44 @@ async fn an_unhealthy_rollback_target_is_kept_and_not_revoked() {
     assert!(!st.deleted.contains(&(KNOWN_GOOD.to_owned(), 1)));
 }
 
+/// The same for a rollback to the baseline (the system the host ran
+/// before nixgate's first deploy: no generation): it is a rollback's
+/// target too, not taken back to the system it rolled away from (before:
+/// its mark revoked and the host switched back to NEW).
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_rollback_to_the_baseline_is_not_taken_back() {
+    let f = fixture(inventory(0, "30s"), [NEW, OLD, OLD], Build::Hangs);
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => Verdict::Ready {
+            candidate: Candidate {
+                closure: sp(OLD),
+                earlier_gates: Vec::new(),
+                generation: None,
+                never_validated: true,
+                commit: None,
+            },
+            running: Some(sp(NEW)),
+        },
+        _ => ready(NEW),
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert!(
+        matches!(
+            &hosts[0].end,
+            HostEnd::SoakFailed {
+                revoked: None,
+                rollback: None,
+                kept: Some(crate::deploy::Kept::RollbackTarget),
+                ..
+            }
+        ),
+        "{:?}",
+        hosts[0].end
+    );
+    assert_eq!(f.hosts["web1"].state().current, sp(OLD));
+}
+
 /// `--goal test`, unhealthy after the soak: taken back live only; the boot
 /// default, which the run never wrote (here: one set for the next boot
 /// before the run), is left alone (before: switched back persistently).

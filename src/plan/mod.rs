@@ -66,6 +66,14 @@ pub struct Candidate {
     pub commit: Option<String>,
 }
 
+impl Candidate {
+    /// A rollback's target: a known-good generation, or the baseline (the
+    /// system the host ran before nixgate's first deploy).
+    pub fn is_rollback_target(&self) -> bool {
+        self.generation.is_some() || self.never_validated
+    }
+}
+
 /// Why a host was refused before the run. Nothing on it changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]

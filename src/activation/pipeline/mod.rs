@@ -50,6 +50,10 @@ pub struct ActivationRequest {
     /// The candidate is this known-good generation (a rollback): marking
     /// re-selects it instead of adding a generation.
     pub known_good_generation: Option<u64>,
+    /// The run rolls the host back to a known-good system (a generation,
+    /// or the baseline nixgate found): what it rolls away from is never
+    /// where a failure sends its boot default.
+    pub rolls_back: bool,
     /// The host's keys, read on the controller by the plan.
     pub keys: std::sync::Arc<Vec<crate::keys::ResolvedKey>>,
 }

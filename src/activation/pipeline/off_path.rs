@@ -213,7 +213,7 @@ impl<R: Remote> Run<'_, R> {
             // (boot only: what it runs was not this run's doing). Not for
             // a rollback's target: it stays on the proven generation, not
             // the one rolled away from.
-            Err(reason) if boot_before.is_some() && self.req.known_good_generation.is_none() => {
+            Err(reason) if boot_before.is_some() && !self.req.rolls_back => {
                 self.fail_and_rollback(Gate::MarkKnownGood, reason, None)
                     .await
             }

@@ -39,6 +39,7 @@ fn request(goal: Goal) -> ActivationRequest {
         commit: Some("3f2a9c1".into()),
         earlier_gates: Vec::new(),
         known_good_generation: None,
+        rolls_back: false,
         keys: Default::default(),
     }
 }
@@ -543,6 +544,7 @@ async fn a_rollback_target_whose_mark_fails_keeps_its_boot_default() {
         .push(format!("sudo mark-known-good {KNOWN_GOOD} {NEW} 2"));
     let mut req = request(Goal::Gated);
     req.known_good_generation = Some(2);
+    req.rolls_back = true;
     let ran = run(&host, &req).await;
     match &ran.outcome {
         HostOutcome::Failed {
