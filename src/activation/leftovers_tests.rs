@@ -183,14 +183,16 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
         ": > {d}/var/deadman/.r0.started\nsleep 1\necho ran >> {d}/reverted\n\
          rm -f {d}/var/deadman/.r0.started \"$0\" \"$0.arming\" \"${{0%.sh}}.pid\"\n"
     );
-    arm_for_real(&armed, &revert);
+    let local = LocalRemote::new("local");
+    let arm = arm_command(&armed, Arming::Fresh, false);
+    let armed_out = crate::remote::exec_input(&local, &arm, revert.as_bytes()).await;
+    assert!(armed_out.unwrap().success());
     let sleeper: u32 = std::fs::read_to_string(&armed.pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     let steps = Mutex::new(Vec::new());
-    let local = LocalRemote::new("local");
     let r = settle(&local, &s, &RunId::parse("r1").unwrap(), &|e| {
         if let ActivationEvent::Step { step } = e {
             steps.lock().unwrap().push(step)
@@ -223,24 +225,6 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     assert!(!alive(sleeper), "the sleeper lives on");
     let _ = other.kill();
     let _ = (other.wait(), switch.wait());
-
-    /// Arm `a` with ARM_DARWIN in this machine's shell, `text` the script.
-    fn arm_for_real(a: &Armed, text: &str) {
-        use std::io::Write;
-        let cmd = arm_command(a, Arming::Fresh, false);
-        let mut child = std::process::Command::new(&cmd.argv()[0])
-            .args(&cmd.argv()[1..])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-    }
 }
 
 /// `argv` in a session (and group) of its own (its leader's pid is the

@@ -507,33 +507,9 @@ async fn an_unhealthy_rollback_target_is_kept_and_not_revoked() {
             first.replace("\"generation\":1", "\"generation\":2"),
         );
     }
-    let plan = plan_of(&f.inv, |h| match h {
-        "web1" => Verdict::Ready {
-            candidate: Candidate {
-                closure: sp(OLD),
-                earlier_gates: Vec::new(),
-                generation: Some(1),
-                never_validated: false,
-                commit: None,
-            },
-            running: Some(sp(NEW)),
-        },
-        _ => ready(NEW),
-    });
+    let plan = plan_of(&f.inv, web1_rolled_back_to_old(Some(1)));
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
-    assert!(
-        matches!(
-            &hosts[0].end,
-            HostEnd::SoakFailed {
-                revoked: None,
-                rollback: None,
-                kept: Some(crate::deploy::Kept::RollbackTarget),
-                ..
-            }
-        ),
-        "{:?}",
-        hosts[0].end
-    );
+    kept_as_rollback_target(&hosts[0].end);
     let st = f.hosts["web1"].state();
     assert_eq!(st.current, sp(OLD), "left on the rollback's target");
     assert_eq!(st.current_generation(KNOWN_GOOD), 1);
@@ -548,23 +524,36 @@ async fn an_unhealthy_rollback_target_is_kept_and_not_revoked() {
 async fn an_unhealthy_rollback_to_the_baseline_is_not_taken_back() {
     let f = fixture(inventory(0, "30s"), [NEW, OLD, OLD], Build::Hangs);
     f.hosts["web1"].state().unhealthy_after = Some(1);
-    let plan = plan_of(&f.inv, |h| match h {
+    let plan = plan_of(&f.inv, web1_rolled_back_to_old(None));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    kept_as_rollback_target(&hosts[0].end);
+    assert_eq!(f.hosts["web1"].state().current, sp(OLD));
+}
+
+/// web1 rolled back from NEW to OLD, known-good `generation` (`None`: the
+/// baseline); the others pushed NEW.
+fn web1_rolled_back_to_old(generation: Option<u64>) -> impl FnMut(&str) -> Verdict {
+    move |h| match h {
         "web1" => Verdict::Ready {
             candidate: Candidate {
                 closure: sp(OLD),
                 earlier_gates: Vec::new(),
-                generation: None,
-                never_validated: true,
+                generation,
+                never_validated: generation.is_none(),
                 commit: None,
             },
             running: Some(sp(NEW)),
         },
         _ => ready(NEW),
-    });
-    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    }
+}
+
+/// Unhealthy after the soak, kept as a rollback's target: nothing revoked,
+/// nothing switched.
+fn kept_as_rollback_target(end: &HostEnd) {
     assert!(
         matches!(
-            &hosts[0].end,
+            end,
             HostEnd::SoakFailed {
                 revoked: None,
                 rollback: None,
@@ -572,10 +561,8 @@ async fn an_unhealthy_rollback_to_the_baseline_is_not_taken_back() {
                 ..
             }
         ),
-        "{:?}",
-        hosts[0].end
+        "{end:?}"
     );
-    assert_eq!(f.hosts["web1"].state().current, sp(OLD));
 }
 
 /// `--goal test`, unhealthy after the soak: taken back live only; the boot
