@@ -342,11 +342,13 @@ pub async fn baseline<R: Remote>(
 /// gone) is not revoked twice: the generation now current is printed
 /// (before, the second run looked for "the newest before it" with the
 /// record gone, and could move the profile again). Ignores HUP, PIPE and
-/// TERM, as MARK does: a session cut mid-way does not leave it half done.
+/// TERM, as MARK does: a session cut mid-way does not leave it half done;
+/// holds MARK's lock, so a retry waits for the first run still going.
 pub(crate) const REVOKE: &str = concat!(
     record_fields!(),
     "prof=$1; dir=$2; gen=$3
 trap '' HUP PIPE TERM
+if command -v flock >/dev/null 2>&1 && mkdir -p \"$dir\"; then exec 8>>\"$dir/.mark.lock\" && flock 8; fi
 if [ -f \"$dir/$gen.revoked.json\" ] && [ ! -f \"$dir/$gen.json\" ] && [ ! -L \"$prof-$gen-link\" ]; then
   cur=$(readlink \"$prof\" 2>/dev/null); cur=${cur%-link}; [ -z \"$cur\" ] || cur=${cur##*-}
   echo \"NixgatePrevious=$cur\"; exit 0

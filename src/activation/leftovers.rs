@@ -51,7 +51,8 @@ pub(crate) const RUN_REVERT: &str = r#"systemctl start "$1.service""#;
 /// nix-darwin: [`LIST`]'s answer from the job dir `$1`'s pid files, the
 /// revert's mark (made as it starts) in `$2`: a switch whose group leader
 /// lives is a running service; a revert's sleeper, an armed timer, or a
-/// running service once its revert began (its mark made). A leader is
+/// running service once its revert began (its mark made, or its record
+/// written: it removes its mark before its pid file). A leader is
 /// its unit's only when its command line names it (the job's status
 /// file, the revert's script): a pid reused since is passed over.
 pub(crate) const LIST_DARWIN: &str = r#"dir=$1; marks=$2
@@ -62,7 +63,8 @@ for p in "$dir"/nixgate-switch-*.pid "$dir"/nixgate-confirm-*.pid; do
   case $cmd in *"$n"*) ;; *) continue ;; esac
   case $n in
     nixgate-confirm-*)
-      if [ -e "$marks/.${n#nixgate-confirm-}.started" ]; then echo "NixgateUnit=$n.service active running"
+      id=${n#nixgate-confirm-}
+      if [ -e "$marks/.$id.started" ] || [ -e "$marks/$id.json" ]; then echo "NixgateUnit=$n.service active running"
       else echo "NixgateUnit=$n.timer active waiting"; fi ;;
     *) echo "NixgateUnit=$n.service active running" ;;
   esac

@@ -234,8 +234,10 @@ impl<R: Remote> Run<'_, R> {
         });
         // Never "back" to the candidate that just failed (a push of the
         // known-good closure to a host running something else, a rollback
-        // to it): then back to what the host ran.
-        let known_good = (self.known_good.clone()).filter(|k| *k != self.req.candidate);
+        // to it): then back to what the host ran. A mark that failed says
+        // nothing against the candidate: one that is the known-good stays.
+        let known_good = (self.known_good.clone())
+            .filter(|k| gate == Gate::MarkKnownGood || *k != self.req.candidate);
         let (to, mode) = if self.live_changed {
             let to = known_good.unwrap_or(self.pre_current.clone());
             let mode = if self.boot_changed {

@@ -583,6 +583,31 @@ async fn a_failed_known_good_candidate_is_never_the_rollback_target() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// The same candidate passing every gate, its mark failing: that says
+/// nothing against it, and the host stays on its known-good closure (not
+/// sent back to the unproven system it left).
+#[tokio::test(start_paused = true)]
+async fn a_known_good_candidate_whose_mark_fails_stays() {
+    let host = FakeHost::new(&sp(NEW));
+    host.state().current = sp(OLD);
+    host.state()
+        .break_once
+        .push(format!("sudo mark-known-good {KNOWN_GOOD} {NEW} "));
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(
+            ran.outcome,
+            HostOutcome::RolledBack {
+                gate: Gate::MarkKnownGood,
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(host.state().current, sp(NEW));
+}
+
 /// A host that already runs the candidate, which no new connection
 /// reaches (an earlier switch, aborted, or one outside nixgate, locked
 /// SSH out after this run's session was opened): not certified, not
