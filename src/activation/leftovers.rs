@@ -82,9 +82,12 @@ exit 0"#;
 /// caller's looks wait out the rest, bounded by the activation budget (a
 /// revert waited for here, a hung `activate` in it, held the run without
 /// bound). A script gone ran to its end already (it removes itself last).
+/// Ignores HUP, PIPE and TERM: a session cut between the sleeper's end and
+/// the revert's start lost the revert.
 pub(crate) const RUN_REVERT_DARWIN: &str = concat!(
     super::deadman::group_gone!(),
     r#"pidfile=$1; script=$2; mark=$3
+trap '' HUP PIPE TERM
 [ ! -e "$mark" ] || exit 0
 pg=$(cat "$pidfile" 2>/dev/null) || pg=
 if [ -n "$pg" ]; then
