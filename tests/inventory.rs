@@ -255,9 +255,11 @@ tags = ["db"]
 name = "canary"
 hosts = ["web1"]
 max_parallel = 1
+soak = "60s"
 [[waves]]
 name = "dbs"
 tags = ["db"]
+soak = "60s"
 "#
     ))
     .unwrap()
@@ -290,6 +292,26 @@ fn selectors() {
         .unwrap();
     assert_eq!(names(&canary), vec![("canary".into(), vec!["web1".into()])]);
     assert_eq!(canary.groups[0].max_parallel, 1);
+    // A wave soaks before the inventory's next wave, run now or by a later
+    // run (`--wave canary` alone soaks); the inventory's last one does not.
+    let soaks = |sel: &nixgate::inventory::Selection| -> Vec<u64> {
+        sel.groups.iter().map(|g| g.soak.as_secs()).collect()
+    };
+    assert_eq!(soaks(&all), [60, 60, 0]);
+    assert_eq!(soaks(&canary), [60]);
+    let two = parse(&format!(
+        "{BASE}\n[hosts.a]\naddress = \"10.0.0.1\"\n[hosts.b]\naddress = \"10.0.0.2\"\n\
+         [[waves]]\nname = \"first\"\nhosts = [\"a\"]\nsoak = \"60s\"\n\
+         [[waves]]\nname = \"last\"\nhosts = [\"b\"]\nsoak = \"60s\"\n"
+    ))
+    .unwrap();
+    let only = |w: &str| Selector {
+        waves: vec![w.into()],
+        ..Default::default()
+    };
+    assert_eq!(soaks(&two.select(&Selector::default()).unwrap()), [60, 0]);
+    assert_eq!(soaks(&two.select(&only("first")).unwrap()), [60]);
+    assert_eq!(soaks(&two.select(&only("last")).unwrap()), [0]);
     let eu = inv
         .select(&Selector {
             tags: vec!["eu".into()],

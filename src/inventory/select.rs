@@ -143,16 +143,20 @@ impl Inventory {
                 }],
             });
         }
-        let groups: Vec<Group> = self
-            .waves
-            .iter()
-            .filter(|w| sel.waves.is_empty() || sel.waves.contains(&w.name))
-            .map(|w| Group {
+        // A wave soaks "before the next wave": the inventory's next, run
+        // now or by a later run (`--wave canary` from cron, then `--wave
+        // main`); the inventory's last wave has none. Before, the last
+        // wave of the selection never soaked, so a scheduled canary run
+        // certified and released its hosts unwatched.
+        let last = self.waves.len().saturating_sub(1);
+        let groups: Vec<Group> = (self.waves.iter().enumerate())
+            .filter(|(_, w)| sel.waves.is_empty() || sel.waves.contains(&w.name))
+            .map(|(i, w)| Group {
                 name: w.name.clone(),
                 hosts: w.hosts.iter().filter(|h| picked(h)).cloned().collect(),
                 max_parallel: w.max_parallel.min(self.max_parallel),
                 max_failures: w.max_failures,
-                soak: w.soak,
+                soak: if i < last { w.soak } else { Duration::ZERO },
                 adhoc: false,
             })
             .filter(|g| !g.hosts.is_empty())

@@ -202,7 +202,8 @@ pub async fn run<J: HostJob>(
         for g in ahead {
             r.stage_ahead(g);
         }
-        let soaks = !group.soak.is_zero() && gi + 1 < groups.len();
+        // The selection zeroes the inventory's last wave's soak.
+        let soaks = !group.soak.is_zero();
         stop = r.wave(group, soaks).await;
     }
     for (_, (_, handle)) in r.staged.drain() {
@@ -352,7 +353,12 @@ impl<J: HostJob> Runner<J> {
         } else {
             w.stop.take()
         };
-        if stop.is_none() && soaks {
+        // A first Ctrl-C during the wave's activations still verifies its
+        // hosts: the soak re-checks them at once (it skipped them, and they
+        // kept the known-good end and release the run had given them).
+        let first_cancel = matches!(stop, Some(NotStarted::Cancelled))
+            && *self.cancel.borrow() < CancelLevel::Abort;
+        if soaks && (stop.is_none() || first_cancel) {
             stop = self.soak(&mut w).await;
         }
         // Once, after the soak: its counts are the wave's last word.
@@ -488,6 +494,14 @@ impl<J: HostJob> Runner<J> {
     /// the re-checks pushed the wave over its budget, or a cancel came.
     async fn soak(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
         let group = w.group;
+        // Nothing to re-check (every host refused or failed, within the
+        // wave's budget): no wait (it was the whole soak, up to 7 days).
+        let rechecks = (w.results.iter())
+            .any(|r| matches!(&r.end, RunnerEnd::Done(d) if !self.job.is_failure(d)));
+        if !rechecks {
+            return (*self.cancel.borrow() >= CancelLevel::StopStarting)
+                .then_some(NotStarted::Cancelled);
+        }
         (self.emit)(RunnerEvent::SoakStarted {
             wave: group.name.clone(),
             seconds: group.soak.as_secs(),

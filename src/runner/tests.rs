@@ -730,6 +730,56 @@ async fn a_wave_finishes_after_its_soak() {
     );
 }
 
+/// A soaking wave whose every host failed within its budget: nothing to
+/// re-check, so no wait (it was the whole soak before the next wave).
+#[tokio::test(start_paused = true)]
+async fn a_soak_with_nothing_to_recheck_does_not_wait() {
+    let job = Arc::new(Job {
+        fail: ["c1".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 1, 3600),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let started = tokio::time::Instant::now();
+    let results = run(job.clone(), &sel, rx, |_| {}).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let e = ends(&results);
+    assert!(e[0].1.starts_with("err:"), "{e:?}");
+    assert_eq!(e[1], ("m1".to_string(), "ok".to_string()));
+}
+
+/// The first Ctrl-C while the soaking wave still activates: its hosts
+/// finish, and are re-checked at once before the run stops (before, the
+/// soak was skipped: they kept the known-good end, and the release, with
+/// no re-check).
+#[tokio::test(start_paused = true)]
+async fn a_first_cancel_during_a_soaking_waves_activation_rechecks_its_hosts() {
+    let job = Arc::new(Job::default());
+    let (c, rx) = cancel::channel();
+    let j = job.clone();
+    let handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    // c1 runs 10 s after a 1 s copy: still activating at 5 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.escalate();
+    let results = tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("no soak waited out")
+        .unwrap();
+    assert!(job.entries().contains(&"rechecked c1".to_string()));
+    let e = ends(&results);
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
+}
+
 /// The first Ctrl-C during a soak's wait finishes and verifies what is in
 /// flight: the wait is cut short and the hosts re-checked at once (they
 /// were not re-checked, and kept their known-good); then the run stops. A
