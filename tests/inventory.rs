@@ -312,6 +312,15 @@ fn selectors() {
     assert_eq!(soaks(&two.select(&Selector::default()).unwrap()), [60, 0]);
     assert_eq!(soaks(&two.select(&only("first")).unwrap()), [60]);
     assert_eq!(soaks(&two.select(&only("last")).unwrap()), [0]);
+    // A last wave left with no hosts (a tag wave whose hosts an earlier
+    // wave claimed) is not "the next wave": the one before it is last.
+    let claimed = parse(&format!(
+        "{BASE}\n[hosts.a]\naddress = \"10.0.0.1\"\ntags = [\"x\"]\n\
+         [[waves]]\nname = \"first\"\nhosts = [\"a\"]\nsoak = \"60s\"\n\
+         [[waves]]\nname = \"tagged\"\ntags = [\"x\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(soaks(&claimed.select(&Selector::default()).unwrap()), [0]);
     let eu = inv
         .select(&Selector {
             tags: vec!["eu".into()],

@@ -98,11 +98,16 @@ fi
 [ -e "$script" ] || exit 0
 rm -f "$pidfile"
 run='echo $$ > "$1"; exec /bin/sh "$2"'
-if command -v setsid >/dev/null 2>&1; then
-  nohup setsid /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1 &
-else
-  nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1 &
-fi
+# The revert with the default signals (TERM stops it, as the disarm and
+# a re-arm expect): not this script's ignored ones.
+(
+  trap - HUP PIPE TERM
+  if command -v setsid >/dev/null 2>&1; then
+    exec nohup setsid /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1
+  else
+    exec nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1
+  fi
+) &
 i=0
 while [ "$i" -lt 100 ] && [ ! -e "$mark" ] && { [ "$i" -lt 10 ] || [ -e "$pidfile" ]; }; do sleep 0.1; i=$((i + 1)); done
 exit 0"#

@@ -180,7 +180,7 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
         Duration::from_secs(60),
     );
     let revert = format!(
-        ": > {d}/var/deadman/.r0.started\nsleep 1\necho ran >> {d}/reverted\n\
+        ": > {d}/var/deadman/.r0.started\ngrep SigIgn /proc/$$/status > {d}/ignored\nsleep 1\necho ran >> {d}/reverted\n\
          rm -f {d}/var/deadman/.r0.started \"$0\" \"$0.arming\" \"${{0%.sh}}.pid\"\n"
     );
     let local = LocalRemote::new("local");
@@ -221,6 +221,12 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     );
     assert!(!std::path::Path::new(&armed.pid_file).exists());
     assert!(!std::path::Path::new(&armed.script).exists());
+    // The revert runs with TERM as it comes (the disarm, a re-arm, a
+    // person stop it with TERM), not ignored as the command that ran it.
+    let ignored = std::fs::read_to_string(format!("{d}/ignored")).unwrap();
+    let mask =
+        u64::from_str_radix(ignored.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    assert_eq!(mask & (1 << (15 - 1)), 0, "TERM ignored: {ignored}");
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     assert!(!alive(sleeper), "the sleeper lives on");
     let _ = other.kill();

@@ -340,6 +340,12 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if (self.goal.switch_action()).is_none_or(|a| !a.changes_running_system()) {
             return done;
         }
+        // Nor a host a first Ctrl-C stopped before it changed (re-checked
+        // now with its wave, it was switched to what it ran when unhealthy:
+        // a host the cancel had promised to leave alone).
+        if matches!(done.end.outcome(), Some(HostOutcome::Cancelled { .. })) {
+            return done;
+        }
         // Nor a change deferred to the next boot (`--allow-pending-reboot`):
         // the host still runs what it ran, and checks of that said nothing
         // of the candidate (it was taken back, its pending boot default

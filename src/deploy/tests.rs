@@ -448,6 +448,32 @@ async fn a_host_pending_a_reboot_is_not_taken_back_for_what_it_still_runs() {
     assert_eq!(st.current, sp(OLD));
 }
 
+/// A host the first Ctrl-C stopped before it changed, re-checked with its
+/// soaking wave (the soak re-checks at once after that Ctrl-C) and found
+/// unhealthy: left alone, not switched to what it ran.
+#[tokio::test(start_paused = true)]
+async fn a_host_cancelled_before_it_changed_is_not_taken_back() {
+    use crate::runner::HostJob;
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.hosts["web1"].state().unhealthy_after = Some(0);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let job = Arc::new(job::DeployJob::new(
+        &f.ctx,
+        &plan,
+        AlreadyThere,
+        HashMap::new(),
+    ));
+    let cancelled = HostOutcome::Cancelled {
+        before: crate::gates::Gate::Copy,
+    };
+    let done = job.summary("web1", HostEnd::activation(cancelled));
+    let after = job.recheck(Arc::from("web1"), done.clone()).await;
+    assert_eq!(after.end, done.end);
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.health_checks, 0);
+    assert!(st.jobs.is_empty(), "{:?}", st.jobs);
+}
+
 /// A host with a unit failing since before the run (its candidate's
 /// switch leaves it alone), unhealthy after its soak: the take-back's
 /// switch to the known-good exits 4 for that unit alone, which is back

@@ -148,7 +148,11 @@ impl Inventory {
         // main`); the inventory's last wave has none. Before, the last
         // wave of the selection never soaked, so a scheduled canary run
         // certified and released its hosts unwatched.
-        let last = self.waves.len().saturating_sub(1);
+        // The last wave with hosts (a tag wave whose hosts earlier waves
+        // claimed has none).
+        let last = (self.waves.iter())
+            .rposition(|w| !w.hosts.is_empty())
+            .unwrap_or(0);
         let groups: Vec<Group> = (self.waves.iter().enumerate())
             .filter(|(_, w)| sel.waves.is_empty() || sel.waves.contains(&w.name))
             .map(|(i, w)| Group {

@@ -516,12 +516,13 @@ impl<J: HostJob> Runner<J> {
         if let Some(why) = self.recheck(w).await {
             return Some(why);
         }
-        if w.failures > w.allowed {
-            return Some(NotStarted::EarlierWaveFailed {
-                wave: group.name.clone(),
-            });
+        // A run a Ctrl-C stopped is cancelled, not stopped by its wave.
+        if *self.cancel.borrow() >= CancelLevel::StopStarting {
+            return Some(NotStarted::Cancelled);
         }
-        (*self.cancel.borrow() >= CancelLevel::StopStarting).then_some(NotStarted::Cancelled)
+        (w.failures > w.allowed).then(|| NotStarted::EarlierWaveFailed {
+            wave: group.name.clone(),
+        })
     }
 
     /// Re-check every host of the wave that ended well; each one's end
