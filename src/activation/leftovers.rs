@@ -24,8 +24,8 @@
 //! `setsid` process group whose leader's pid is in the job dir
 //! (`<name>.pid`), the revert a sleeper that `exec`s its script. They are
 //! listed from those pid files ([`LIST_DARWIN`]: a leader still alive
-//! whose command line is nixgate's, so a pid reused by another process is
-//! not taken for one), and an armed revert is run now by stopping its
+//! whose command line names its unit, so a pid reused by another process
+//! is not taken for one), and an armed revert is run now by stopping its
 //! sleeper and running its script in a group of its own
 //! ([`RUN_REVERT_DARWIN`]). Before, a Darwin host was left as it was: an
 //! earlier run's sleeper switched it back after this run had marked it
