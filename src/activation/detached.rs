@@ -291,9 +291,7 @@ fn never_ran(s: &PollSnapshot, os: super::settings::Os, refusal: &RefusedFire) -
         .filter(|l| !l.starts_with("Nixgate"))
         .map(|l| l.to_ascii_lowercase())
         .collect();
-    let killed = matches!(refusal.exit, Exit::Code { code } if code > 128)
-        || matches!(refusal.exit, Exit::Signal { .. });
-    let decided = !killed
+    let decided = !refusal.exit.killed()
         && !said.is_empty()
         && !said.iter().any(|l| undecided.iter().any(|u| l.contains(u)));
     match &s.unit {

@@ -484,13 +484,21 @@ pub async fn mark<R: Remote>(
     // Stopped by its bound on the host (`timeout`: 124, 137 when killed) it may have set
     // the profile and not written the record, as a lost one may have. A 137
     // sooner than the bound is `timeout -k` ending a mark that ignored a
-    // signal sent to the session (see [`killed`]), not the bound.
+    // signal sent to the session (see below), not the bound.
     let bound = super::settings::STEP_LIMIT;
     let timed_out = matches!(&out, Ok(o) if o.exit.code() == Some(124)
         || (o.exit.code() == Some(137) && sent.elapsed() >= bound));
+    // `MARK` ended other than by its own exit (0, 1, 3-6), killed by a
+    // signal ([`Exit::killed`]: a host shutting down sends TERM to its
+    // sessions), may have set the profile: undone like a lost one. The
+    // likely cause of a fault-matrix failure (a host rebooted as it was
+    // marked, 1 full run in 6): not undone, the known-good profile stayed
+    // on the candidate the run then rolled back. `MARK` now ignores TERM
+    // too; `timeout -k 5` still KILLs it 5 s after a signal, long enough
+    // for a mark that is not waiting on a Nix lock.
     let lost = match &out {
         Err(_) => true,
-        Ok(o) => o.exit == Exit::ConnectionLost || timed_out || killed(&o.exit),
+        Ok(o) => o.exit == Exit::ConnectionLost || timed_out || o.exit.killed(),
     };
     if lost {
         // It may have run (the script finishes without the session): undo
@@ -502,7 +510,7 @@ pub async fn mark<R: Remote>(
                 "marking took over {} s and was stopped on the host",
                 super::settings::STEP_LIMIT.as_secs()
             ),
-            Ok(o) if killed(&o.exit) => anyhow::anyhow!(
+            Ok(o) if o.exit.killed() => anyhow::anyhow!(
                 "marking was killed on the host ({}: a host shutting down?)",
                 o.exit
             ),
@@ -551,22 +559,6 @@ fn undone(e: anyhow::Error, undo: anyhow::Result<()>, prof: &str) -> anyhow::Err
     match undo {
         Ok(()) => e.context(format!("{prof} was put back where it was")),
         Err(u) => e.context(format!("and putting {prof} back failed too: {u:#}")),
-    }
-}
-
-/// Did `MARK` end other than by its own exit (0, 1, 3-6)? Killed by a
-/// signal (`timeout` relays it as 128 + its number): a host shutting down
-/// sends TERM to its sessions. It may have set the profile before, so it
-/// is undone like a lost one. The likely cause of a fault-matrix failure
-/// (a host rebooted as it was marked, 1 full run in 6): not undone, the
-/// known-good profile stayed on the candidate the run then rolled back.
-/// `MARK` now ignores TERM too; `timeout -k 5` still KILLs it 5 s after a
-/// signal, long enough for a mark that is not waiting on a Nix lock.
-fn killed(exit: &Exit) -> bool {
-    match exit {
-        Exit::Signal { .. } => true,
-        Exit::Code { code } => *code > 128,
-        Exit::ConnectionLost => false,
     }
 }
 

@@ -755,10 +755,9 @@ pub fn stop_command(job: &SwitchJob, sudo: bool) -> Command {
 pub fn stop_attempts_command(job: &SwitchJob, sudo: bool) -> Command {
     match job.os {
         Os::Linux => {
-            let base = job.named(job.base_unit().to_owned());
-            let mut units = vec![format!("{}.service", base.unit)];
+            let mut units = vec![format!("{}.service", job.base_unit())];
             let tries = 2..=super::detached::FIRE_ATTEMPTS;
-            units.extend(tries.map(|n| format!("{}.service", base.renamed(n).unit)));
+            units.extend(tries.map(|n| format!("{}.service", job.renamed(n).unit)));
             Command::script(STOP_LINUX)
                 .arg(&job.job_dir)
                 .args(units)

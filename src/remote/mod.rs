@@ -46,6 +46,17 @@ impl Exit {
             _ => None,
         }
     }
+
+    /// Ended by a signal: one the SSH server reports, or one a shell or
+    /// `timeout` relays as 128 + its number. A lost connection says
+    /// nothing of how the command ended.
+    pub fn killed(&self) -> bool {
+        match self {
+            Exit::Signal { .. } => true,
+            Exit::Code { code } => *code > 128,
+            Exit::ConnectionLost => false,
+        }
+    }
 }
 
 impl fmt::Display for Exit {
