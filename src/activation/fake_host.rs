@@ -392,8 +392,9 @@ impl State {
         }
     }
 
-    /// The known-good history as `known_good::LIST` prints it.
-    fn list(&self, prof: &str) -> Output {
+    /// The known-good history as `known_good::LIST` prints it (`want`:
+    /// the one closure whose records it prints whole).
+    fn list(&self, prof: &str, want: &str) -> Output {
         let base = prof.rsplit('/').next().unwrap_or_default();
         let n = self.current_generation(prof);
         let mut out = if n == 0 {
@@ -407,8 +408,15 @@ impl State {
                 continue;
             }
             out.push_str(&format!("NixgateGen={g}\t{c}\tpresent\n"));
-            if let Some(r) = self.records.get(&g.to_string()) {
+            let Some(r) = self.records.get(&g.to_string()) else {
+                continue;
+            };
+            if want.is_empty() || want == c.as_str() {
                 out.push_str(&format!("NixgateRecord={g}\t{r}\n"));
+            } else {
+                let v: serde_json::Value = serde_json::from_str(r).expect("a record");
+                let of = v["closure"].as_str().expect("a record's closure");
+                out.push_str(&format!("NixgateRecordOf={g}\t{of}\n"));
             }
         }
         ok(&out)
@@ -570,7 +578,7 @@ impl State {
                 format!(r#"{{"closure":"{c}","recorded_at":"2026-12-01T00:00:00Z","run_id":"r0"}}"#)
             }))
         } else if script == known_good::LIST {
-            self.list(a[4])
+            self.list(a[4], a.get(6).copied().unwrap_or_default())
         } else if script == known_good::UNDO_MARK {
             self.undo_mark(&a[4..])
         } else if script == leftovers::LIST {

@@ -372,18 +372,48 @@ echo \"NixgatePrevious=$prev\""
 /// and what each mark cut off before its record left behind
 /// (`.pending-<run>.replaced`, see [`MARK`]: the generation the profile was
 /// on before that mark, empty for none).
-pub(crate) const LIST: &str = "prof=$1; dir=$2
-echo \"NixgateCurrent=$(readlink \"$prof\" 2>/dev/null)\"
-for p in \"$dir\"/.pending-*.replaced; do
-  if v=$(cat \"$p\" 2>/dev/null); then printf 'NixgatePending=%s\\n' \"$v\"; fi
+///
+/// `$3`, when not empty, is the one closure whose records are wanted: any
+/// other generation's record is only named with the closure it is of
+/// (`NixgateRecordOf=<N>\t<closure>`, every such record read by one `grep`),
+/// enough to know which generations have one. One `readlink` reads every
+/// link (one each only when a link went meanwhile). Records are 5 KiB for
+/// a one-package change and 50 KiB for 300 changed paths (the diff's
+/// evidence), a generation is added by every push that changes a host,
+/// and the diff gate reads the history of every host on every push: with
+/// 30 such generations that was 1.5 MB and 60 processes per host and push.
+pub(crate) const LIST: &str = r#"prof=$1; dir=$2; want=$3
+echo "NixgateCurrent=$(readlink "$prof" 2>/dev/null)"
+for p in "$dir"/.pending-*.replaced; do
+  if v=$(cat "$p" 2>/dev/null); then printf 'NixgatePending=%s\n' "$v"; fi
 done
-for l in \"$prof\"-*-link; do
-  [ -L \"$l\" ] || continue
-  n=${l#\"$prof\"-}; n=${n%-link}
-  if [ -e \"$l\" ]; then p=present; else p=missing; fi
-  printf 'NixgateGen=%s\\t%s\\t%s\\n' \"$n\" \"$(readlink \"$l\")\" \"$p\"
-  if [ -f \"$dir/$n.json\" ]; then printf 'NixgateRecord=%s\\t%s\\n' \"$n\" \"$(cat \"$dir/$n.json\")\"; fi
-done";
+# stdin: the target of each link of "$@", a line each.
+gens() {
+  others=
+  for l; do
+    IFS= read -r t || t=
+    n=${l#"$prof"-}; n=${n%-link}
+    if [ -e "$l" ]; then p=present; else p=missing; fi
+    printf 'NixgateGen=%s\t%s\t%s\n' "$n" "$t" "$p"
+    [ -f "$dir/$n.json" ] || continue
+    if [ -z "$want" ] || [ "$t" = "$want" ]; then printf 'NixgateRecord=%s\t%s\n' "$n" "$(cat "$dir/$n.json")"
+    else others="$others $n"; fi
+  done
+  [ -n "$others" ] || return 0
+  set --; for n in $others; do set -- "$@" "$dir/$n.json"; done
+  q='"'
+  grep -H -o -m 1 '"closure":"[^"]*"' "$@" 2>/dev/null | while IFS= read -r l; do
+    f=${l%%:${q}closure${q}:*}; n=${f##*/}; n=${n%.json}
+    [ "$n" != "$last" ] || continue; last=$n
+    c=${l#*:${q}closure${q}:${q}}; printf 'NixgateRecordOf=%s\t%s\n' "$n" "${c%$q}"
+  done
+}
+set --
+for l in "$prof"-*-link; do [ -L "$l" ] && set -- "$@" "$l"; done
+[ "$#" = 0 ] && exit 0
+if t=$(readlink -- "$@" 2>/dev/null); then printf '%s\n' "$t" | gens "$@"
+else for l; do readlink -- "$l" 2>/dev/null || echo; done | gens "$@"; fi
+exit 0"#;
 
 /// `<name>-<N>-link` -> N.
 fn generation_of(link: &str) -> Option<u64> {
@@ -655,8 +685,13 @@ pub struct KnownGoodGeneration {
     /// when its path was deleted by hand: it is no rollback target).
     pub present: bool,
     /// Its tag record; `None` also when the record names another closure
-    /// (a stale record of a deleted generation whose number came back).
+    /// (a stale record of a deleted generation whose number came back),
+    /// and when [`history_of`] did not read it.
     pub record: Option<KnownGoodRecord>,
+    /// It has a record of its closure, read or not ([`history_of`] reads
+    /// only the records of one closure): its mark finished.
+    #[serde(skip)]
+    pub recorded: bool,
     pub current: bool,
     /// No record, and newer than the generation that a mark cut off
     /// between its `nix-env` and its record says the profile was on (its
@@ -675,11 +710,31 @@ pub async fn history<R: Remote>(
     remote: &R,
     paths: &HostPaths,
 ) -> anyhow::Result<Vec<KnownGoodGeneration>> {
+    list(remote, paths, "").await
+}
+
+/// [`history`] with the records of `closure`'s generations alone: every
+/// other generation's `record` is `None`, its `recorded` says whether it
+/// has one (see [`LIST`]).
+pub async fn history_of<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+    closure: &StorePath,
+) -> anyhow::Result<Vec<KnownGoodGeneration>> {
+    list(remote, paths, closure.as_str()).await
+}
+
+async fn list<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+    want: &str,
+) -> anyhow::Result<Vec<KnownGoodGeneration>> {
     let out = remote
         .exec(
             &Command::script(LIST)
                 .arg(&paths.known_good_profile)
-                .arg(paths.known_good_records.trim_end_matches('/')),
+                .arg(paths.known_good_records.trim_end_matches('/'))
+                .arg(want),
         )
         .await
         .with_context(|| format!("listing known-good generations on {}", remote.name()))?
@@ -708,6 +763,13 @@ pub fn parse_history(stdout: &str) -> anyhow::Result<Vec<KnownGoodGeneration>> {
             let record = serde_json::from_str::<KnownGoodRecord>(json).ok();
             if let Some(g) = gens.iter_mut().find(|g| g.generation == n) {
                 g.record = record.filter(|r| g.closure.as_ref() == Some(&r.closure));
+                g.recorded = g.record.is_some();
+            }
+        } else if let Some(v) = line.strip_prefix("NixgateRecordOf=") {
+            let (n, closure) = v.split_once('\t').context("malformed record line")?;
+            let n: u64 = n.parse().with_context(|| format!("generation {n:?}"))?;
+            if let Some(g) = gens.iter_mut().find(|g| g.generation == n) {
+                g.recorded = g.closure.as_ref().map(StorePath::as_str) == Some(closure.trim());
             }
         } else if let Some(v) = line.strip_prefix("NixgatePending=") {
             match v.trim() {
@@ -719,7 +781,7 @@ pub fn parse_history(stdout: &str) -> anyhow::Result<Vec<KnownGoodGeneration>> {
     }
     for g in &mut gens {
         g.current = Some(g.generation) == current;
-        g.cut_off = g.record.is_none()
+        g.cut_off = !g.recorded
             && cut_off_after
                 .iter()
                 .any(|r| r.is_none_or(|r| g.generation > r));
@@ -745,6 +807,7 @@ fn parse_generation(v: &str) -> anyhow::Result<KnownGoodGeneration> {
         closure: StorePath::parse(target.trim()).ok(),
         present: fields.next().map(str::trim) != Some("missing"),
         record: None,
+        recorded: false,
         current: false,
         cut_off: false,
         stood: None,

@@ -70,6 +70,37 @@ fn a_record_of_another_closure_is_none() {
     assert!(!h[0].cut_off && !h[1].cut_off, "no leftover, no evidence");
 }
 
+/// [`history_of`]'s answer: a record it did not read still counts, when it
+/// is of its generation's closure (a mark that finished), so a cut-off mark
+/// is flagged as by the whole history.
+#[test]
+fn records_named_but_not_read_count() {
+    let out = [
+        "NixgatePending=2".to_owned(),
+        format!("NixgateGen=1\t{SYS}\tpresent"),
+        format!("NixgateGen=2\t{OTHER}\tpresent"),
+        format!("NixgateGen=3\t{SYS}\tpresent"),
+        format!("NixgateGen=4\t{OTHER}\tpresent"),
+        record_line(2, OTHER),
+        format!("NixgateRecordOf=1\t{SYS}"),
+        format!("NixgateRecordOf=3\t{OTHER}"),
+    ]
+    .join("\n");
+    let h = parse_history(&out).unwrap();
+    let recorded: Vec<_> = h.iter().map(|g| (g.recorded, g.record.is_some())).collect();
+    assert_eq!(
+        recorded,
+        [(true, false), (true, true), (false, false), (false, false)],
+        "gen 3's record names another closure"
+    );
+    let cut: Vec<_> = h
+        .iter()
+        .filter(|g| g.cut_off)
+        .map(|g| g.generation)
+        .collect();
+    assert_eq!(cut, [3, 4]);
+}
+
 /// What a mark cut off before its record left (`.pending-<run>.replaced`,
 /// naming the generation the profile was on) flags the generations after
 /// that one without a record; an empty one (no profile then), all of them.
@@ -290,6 +321,91 @@ async fn real_profile_history() {
     next.run_id = RunId::parse("r3").unwrap();
     mark(&r, &paths, false, next).await.unwrap();
     assert_eq!(names(), [".mark.lock", "1.json", "2.json", "3.json"]);
+}
+
+/// Real: [`history_of`] reads the records of one closure and names every
+/// other one's closure, so each generation is recorded or not as in the
+/// whole history; one made without a mark (`nix-env --set` alone) is not.
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_history_of_one_closure() {
+    let t = Real::new();
+    let (a, b, c) = (t.add("sys-a"), t.add("sys-b"), t.add("sys-c"));
+    for (i, sys) in [&a, &b].into_iter().enumerate() {
+        let mut req = request(sys, 100 * (i as u64 + 1));
+        req.run_id = RunId::parse(&format!("r{i}")).unwrap();
+        mark(&t.r, &t.paths, false, req).await.unwrap();
+    }
+    let set = std::process::Command::new("nix-env")
+        .args(["-p", &t.paths.known_good_profile, "--set", &c])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    let mut req = request(&a, 400);
+    req.run_id = RunId::parse("r3").unwrap();
+    mark(&t.r, &t.paths, false, req).await.unwrap();
+
+    let whole = history(&t.r, &t.paths).await.unwrap();
+    let of_a = history_of(&t.r, &t.paths, &StorePath::parse(&a).unwrap())
+        .await
+        .unwrap();
+    let gens = |h: &[KnownGoodGeneration]| {
+        h.iter()
+            .map(|g| (g.generation, g.recorded, g.record.is_some(), g.cut_off))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        gens(&whole),
+        [
+            (1, true, true, false),
+            (2, true, true, false),
+            (3, false, false, false),
+            (4, true, true, false)
+        ]
+    );
+    assert_eq!(
+        gens(&of_a),
+        [
+            (1, true, true, false),
+            (2, true, false, false),
+            (3, false, false, false),
+            (4, true, true, false)
+        ]
+    );
+    assert_eq!(whole[3].record, of_a[3].record);
+    assert!(of_a[3].current);
+
+    // A link gone between the listing and the one `readlink` of them all
+    // (here: a `readlink` that fails for more than one): read one by one.
+    use std::os::unix::fs::PermissionsExt;
+    let bin = t.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let stub = bin.join("readlink");
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v readlink"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let body = format!(
+        "#!/bin/sh\n[ \"$#\" -gt 2 ] && exit 1\nexec {} \"$@\"\n",
+        real.trim()
+    );
+    std::fs::write(&stub, body).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let list = Command::script(LIST)
+        .arg(&t.paths.known_good_profile)
+        .arg(&t.paths.known_good_records)
+        .arg(&a)
+        .env("PATH", &path);
+    let out = t.r.exec(&list).await.unwrap();
+    assert_eq!(
+        gens(&parse_history(&out.stdout_str()).unwrap()),
+        gens(&of_a)
+    );
 }
 
 /// Real: the same run's mark twice at once, the first slowed after its

@@ -97,7 +97,7 @@ async fn one<F: Fleet>(
     // was validated from), or none of them.
     let deployed = async {
         let cur = current.as_ref()?;
-        let hist = known_good::history(&session, &paths).await.ok()?;
+        let hist = known_good::history_of(&session, &paths, cur).await.ok()?;
         // Known-good by `nixgate rollback`'s rule (its `Unfinished`): a
         // mark that never finished does not count.
         let unfinished = super::rollback_target::Unfinished::of(&hist);

@@ -114,14 +114,14 @@ impl Unfinished {
         Unfinished {
             oldest_recorded: history
                 .iter()
-                .filter(|g| g.record.is_some())
+                .filter(|g| g.recorded)
                 .map(|g| g.generation)
                 .min(),
         }
     }
 
     pub(crate) fn is(&self, g: &KnownGoodGeneration) -> bool {
-        g.record.is_none() && (g.cut_off || self.oldest_recorded.is_some_and(|o| g.generation > o))
+        !g.recorded && (g.cut_off || self.oldest_recorded.is_some_and(|o| g.generation > o))
     }
 }
 
@@ -504,6 +504,7 @@ mod tests {
                 closure: Some(sp(*c)),
                 present: true,
                 record: Some(record(i as u64 + 1, *c)),
+                recorded: true,
                 current: i + 1 == current,
                 cut_off: false,
                 stood: None,
@@ -534,7 +535,7 @@ mod tests {
     #[test]
     fn a_generation_whose_mark_never_finished_is_no_target() {
         let mut h = hist(&['a', 'b', 'c'], 3);
-        h[2].record = None;
+        (h[2].record, h[2].recorded) = (None, false);
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
         assert_eq!(
             choose_target(&h, Some(&sp('b')), Some(3), None),
@@ -547,11 +548,11 @@ mod tests {
         assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
         // Running something unvalidated: back to where the profile stood.
         assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
-        h[1].record = None;
+        (h[1].record, h[1].recorded) = (None, false);
         assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('a', 1));
         // Cut off before a record that came later: the leftover says so.
         let mut only = hist(&['a', 'b'], 2);
-        only[0].record = None;
+        (only[0].record, only[0].recorded) = (None, false);
         only[0].cut_off = true;
         assert_eq!(
             choose_target(&only, Some(&sp('b')), None, None),
@@ -563,7 +564,7 @@ mod tests {
         // No record anywhere (the records' directory lost): as they are.
         let mut none = hist(&['a', 'b'], 2);
         for g in &mut none {
-            g.record = None;
+            (g.record, g.recorded) = (None, false);
         }
         assert_eq!(choose_target(&none, Some(&sp('b')), None, None), to('a', 1));
     }
@@ -578,7 +579,7 @@ mod tests {
     #[test]
     fn back_from_an_unfinished_mark_of_an_older_closure() {
         let cut = |h: &mut Vec<KnownGoodGeneration>, i: usize, stood: u64| {
-            h[i].record = None;
+            (h[i].record, h[i].recorded) = (None, false);
             h[i].cut_off = true;
             h[i].stood = Some(stood);
         };
@@ -590,13 +591,13 @@ mod tests {
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('c', 3));
         // No leftover; generation 2 re-selected before the mark made 4.
         let mut h = hist(&['a', 'b', 'z', 'c'], 4);
-        h[3].record = None;
+        (h[3].record, h[3].recorded) = (None, false);
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
         // No leftover, running nothing known-good: past the mark.
         assert_eq!(choose_target(&h, Some(&sp('y')), None, None), to('z', 3));
         // Nothing known-good before it but what the host runs.
         let mut h = hist(&['a', 'b'], 2);
-        h[1].record = None;
+        (h[1].record, h[1].recorded) = (None, false);
         assert_eq!(
             choose_target(&h, Some(&sp('a')), None, None),
             Err(NoTarget::NothingEarlier { generation: 1 })
@@ -612,7 +613,7 @@ mod tests {
         let mut h = hist(&['a', 'b', 'c', 'd', 'f'], 4);
         let later = h.pop();
         for g in &mut h[..3] {
-            g.record = None;
+            (g.record, g.recorded) = (None, false);
         }
         assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('c', 3));
         assert_eq!(choose_target(&h, Some(&sp('d')), Some(1), None), to('a', 1));
@@ -620,6 +621,7 @@ mod tests {
         h[3].current = false;
         h.extend(later.map(|g| KnownGoodGeneration {
             record: None,
+            recorded: false,
             current: true,
             ..g
         }));
@@ -643,7 +645,7 @@ mod tests {
             run_id: "r0".into(),
         };
         let mut h = hist(&['a'], 1);
-        h[0].record = None;
+        (h[0].record, h[0].recorded) = (None, false);
         h[0].cut_off = true;
         assert_eq!(
             choose_target(&h, Some(&sp('a')), None, Some(&base)).map(|t| t.closure),
@@ -773,7 +775,7 @@ mod tests {
         );
         // A mark that never finished is no target there either.
         let mut unfinished = h.clone();
-        unfinished[1].record = None;
+        (unfinished[1].record, unfinished[1].recorded) = (None, false);
         unfinished[1].cut_off = true;
         assert_eq!(
             choose_target(&unfinished, Some(&sp('d')), None, None),
