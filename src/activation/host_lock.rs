@@ -40,10 +40,10 @@ pub const LEASE: Duration = Duration::from_secs(60);
 /// ends the loop and the lock. The holder's name is readable by all: a
 /// run that finds the lock taken reads it without sudo, and sudo keeps a
 /// user's umask of 077 (it read "holder unknown").
-pub(crate) const LINUX: &str = r#"mkdir -p "$(dirname "$1")" && exec flock --nonblock --conflict-exit-code 75 "$1" sh -c '(umask 022; printf "%s\n" "$2" > "$1.holder"); echo locked
+pub(crate) const LINUX: &str = r#"{ [ -d "${1%/*}" ] || mkdir -p "${1%/*}"; } && exec flock --nonblock --conflict-exit-code 75 "$1" sh -c '(umask 022; printf "%s\n" "$2" > "$1.holder"); echo locked
 while [ "$(timeout "$3" dd bs=1 count=1 2>/dev/null | wc -c)" -eq 1 ]; do :; done' nixgate-lock "$1" "$2" "$3""#;
 
-const DARWIN: &str = r#"mkdir -p "$(dirname "$1")" && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; umask 022; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; $SIG{ALRM} = sub { exit 0 }; alarm($ARGV[2]); while (sysread(STDIN, my $b, 1)) { alarm($ARGV[2]) }' "$1" "$2" "$3""#;
+const DARWIN: &str = r#"{ [ -d "${1%/*}" ] || mkdir -p "${1%/*}"; } && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; umask 022; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; $SIG{ALRM} = sub { exit 0 }; alarm($ARGV[2]); while (sysread(STDIN, my $b, 1)) { alarm($ARGV[2]) }' "$1" "$2" "$3""#;
 
 /// Where the lock lives on a host.
 pub fn path(paths: &crate::activation::HostPaths) -> String {

@@ -233,10 +233,11 @@ pub(crate) const FIRE_LINUX: &str = concat!(
     "lock=$1; unit=$2; status=$3; current=$4; ticks=$5; profile=$6; dir=$7; log=$8; again=$9
 setp=${10}; setc=${11}; setl=${12}; aunit=${13}; asecs=${14}; ascript=${15}; abody=${16}; shift 16
 fine=4
+absent() { for f; do { [ -e \"$f\" ] || [ -L \"$f\" ]; } && return 1; done; return 0; }
 ",
     super::deadman::arm_timer!(),
     "if ! command -v flock >/dev/null 2>&1; then echo NixgateLock=unchecked
-elif [ ! -e \"$lock\" ] || flock --nonblock --shared \"$lock\" true; then echo NixgateLock=free
+elif [ ! -e \"$lock\" ] || flock --nonblock --shared 9 9<\"$lock\"; then echo NixgateLock=free
 else
   echo NixgateLock=held
   systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixos-rebuild-switch-to-configuration*' 2>/dev/null |
@@ -246,7 +247,7 @@ else
     "  exit 0
 fi
 if [ -n \"$aunit\" ]; then
-  if mkdir -p \"${ascript%/*}\" && printf '%s' \"$abody\" > \"$ascript.tmp\" && mv -f \"$ascript.tmp\" \"$ascript\"; then
+  if { [ -d \"${ascript%/*}\" ] || mkdir -p \"${ascript%/*}\"; } && printf '%s' \"$abody\" > \"$ascript.tmp\" && mv -f \"$ascript.tmp\" \"$ascript\"; then
     if arm \"$aunit\" \"$asecs\" \"$ascript\" >/dev/null 2>&1; then armed=new
     elif [ \"$(systemctl is-active \"$aunit.timer\" 2>/dev/null)\" = active ]; then armed=kept
     elif systemctl stop \"$aunit.timer\" \"$aunit.service\" 2>/dev/null; arm_again \"$aunit\" \"$asecs\" \"$ascript\" >&2; then armed=new
@@ -265,7 +266,7 @@ if [ -n \"$setp\" ]; then
   rc=$?; echo \"NixgateProfileSet=$rc\"
   [ \"$rc\" = 0 ] || exit 0
 fi
-if (umask 022 && mkdir -p \"$dir\") && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || rm -f \"$status\" \"$log\" \"$status.stopped\"; }
+if { [ -d \"$dir\" ] || (umask 022 && mkdir -p \"$dir\"); } && { chmod go+rx \"$dir\" 2>/dev/null; [ \"$again\" = 1 ] || absent \"$status\" \"$log\" \"$status.stopped\" || rm -f \"$status\" \"$log\" \"$status.stopped\"; }
 then echo NixgateRunning >&2; \"$@\"; rc=$?; else rc=125; fi
 echo \"NixgateFire=$rc\"
 [ \"$rc\" = 0 ] || exit 0

@@ -465,7 +465,11 @@ async fn linux_fire_script_for_real() {
     // A job wrongly started would have written its `started` by now.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!std::path::Path::new(&status).exists(), "nothing started");
-    // Free: started, and the answer comes when the job exits.
+    // Free: started, and the answer comes when the job exits, not from
+    // an earlier job's files of that name (a first fire removes them).
+    std::fs::create_dir(d("jobs")).unwrap();
+    std::fs::write(&status, "exited 7\n").unwrap();
+    std::fs::write(format!("{status}.stopped"), "").unwrap();
     let t0 = std::time::Instant::now();
     let launch = parse_fire_linux(&r.exec(&cmd).await.unwrap(), &j, false);
     let took = t0.elapsed();
@@ -487,6 +491,7 @@ async fn linux_fire_script_for_real() {
         "not the whole 10 s: {took:?}"
     );
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "switched\n");
+    assert!(!std::path::Path::new(&format!("{status}.stopped")).exists());
 }
 
 #[test]
