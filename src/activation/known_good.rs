@@ -376,7 +376,10 @@ echo \"NixgatePrevious=$prev\""
 /// `$3`, when not empty, is the one closure whose records are wanted: any
 /// other generation's record is only named with the closure it is of
 /// (`NixgateRecordOf=<N>\t<closure>`, every such record read by one `grep`),
-/// enough to know which generations have one. One `readlink` reads every
+/// enough to know which generations have one. Only nixgate's own compact
+/// form is matched, as the whole history parses only that (one line); a
+/// compact record this nixgate cannot parse counts here, not there.
+/// One `readlink` reads every
 /// link (one each only when a link went meanwhile). Records are 5 KiB for
 /// a one-package change and 50 KiB for 300 changed paths (the diff's
 /// evidence), a generation is added by every push that changes a host,
@@ -401,7 +404,7 @@ gens() {
   done
   [ -n "$others" ] || return 0
   set --; for n in $others; do set -- "$@" "$dir/$n.json"; done
-  q='"'
+  q='"'; last=
   grep -H -o -m 1 '"closure":"[^"]*"' "$@" 2>/dev/null | while IFS= read -r l; do
     f=${l%%:${q}closure${q}:*}; n=${f##*/}; n=${n%.json}
     [ "$n" != "$last" ] || continue; last=$n

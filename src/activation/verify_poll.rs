@@ -100,7 +100,7 @@ pub(crate) use wait_for_exit;
 /// fewer after every switch). `$status`, `$current`, `$profile` set first.
 macro_rules! report_links {
     () => {
-        "if [ -e \"$status\" ]; then IFS= read -r st < \"$status\" || :; echo \"NixgateStatus=$st\"; else st=; echo NixgateStatus=absent; fi
+        "if [ -e \"$status\" ]; then st=; IFS= read -r st < \"$status\" || :; echo \"NixgateStatus=$st\"; else st=; echo NixgateStatus=absent; fi
 echo \"NixgateCurrent=$(readlink -f \"$current\")\"
 case $st in exited*) if [ -n \"$profile\" ]; then
   if [ -L \"$profile\" ] || [ -e \"$profile\" ]; then t=$(readlink -f \"$profile\") || t=unreadable; else t=; fi
