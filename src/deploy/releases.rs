@@ -3,7 +3,8 @@
 //! branch fast-forwarded; with `[release] remote`, both are published. A
 //! refused or failed release is reported, never fatal: the host is
 //! known-good either way. A host whose known-good was revoked after its
-//! soak has no known-good end, so it gets no tag.
+//! soak has no known-good end, so it gets no tag. A host that already ran
+//! the candidate and was marked by this run is released too.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,12 +43,13 @@ pub struct Releasing<'a> {
     pub sink: &'a EventSink,
 }
 
-/// Release every known-good host of `hosts`.
+/// Release every host of `hosts` this run marked known-good: those it
+/// took through every gate, and those that already ran the candidate and
+/// passed the gates left to them (a push after `--goal test`, or the
+/// retry a refused release asks for).
 pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
     for h in hosts {
-        let (Some(closure), Some(HostOutcome::KnownGood { mark })) =
-            (h.closure.clone(), h.end.outcome())
-        else {
+        let (Some(closure), Some(mark)) = (h.closure.clone(), marked(h)) else {
             continue;
         };
         let evidence = Evidence {
@@ -73,6 +75,17 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
             at: None,
         };
         release_one(r, &h.host, &req);
+    }
+}
+
+/// The known-good mark this run made for the host, if it made one.
+fn marked(h: &HostSummary) -> Option<&crate::activation::known_good::KnownGoodMark> {
+    match h.end.outcome()? {
+        HostOutcome::KnownGood { mark } => Some(mark),
+        HostOutcome::AlreadyCurrent {
+            mark: Some(mark), ..
+        } => Some(mark),
+        _ => None,
     }
 }
 

@@ -665,6 +665,33 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     // Done with, every host's connection is closed as the run ends.
     let closed = f.fleet.closed.lock().unwrap().clone();
     assert_eq!(closed.len(), 3, "{closed:?}");
+    // Marked known-good, it is released like the others (before, it was
+    // passed over: a push after `--goal test`, or the retry a refused
+    // release's message asks for, never released anything). The fixture's
+    // repository does not exist: each host the release step tries says so.
+    let source = Source {
+        commit: "0".repeat(40),
+        dirty: false,
+    };
+    let _ = f.events.take();
+    let r = releases::Releasing {
+        inventory: &f.inv,
+        source: &source,
+        run_id: "r1",
+        force: false,
+        sink: &f.ctx.sink,
+    };
+    releases::release_known_good(&r, &hosts);
+    let tried: Vec<String> = f
+        .events
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::NotReleased { host, .. } => Some(host),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tried, ["web1", "web2", "web3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
