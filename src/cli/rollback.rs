@@ -105,7 +105,7 @@ async fn preview(run: &RunSession, inv: &Inventory, plan: &Plan) {
             host: host.to_owned(),
             from,
             to: cand.closure.clone(),
-            generation: cand.generation.unwrap_or_default(),
+            generation: cand.generation,
             packages,
         });
     }

@@ -14,7 +14,10 @@
 //! the rollback moved away from (going by number alone went there). A
 //! record without an older `replaced` (written before it was recorded, a
 //! re-mark of the same closure, a rollback's re-selection) goes by number.
-//! `--to N` is by number.
+//! `--to N` is by number. A host running the closure of another known-good
+//! generation than the one the profile stands on (switched back by hand,
+//! or by a soak's take-back whose revoke failed) stands on that one (the
+//! newest of that closure).
 //!
 //! The history is read before the host's lock is taken (the plan locks
 //! every ready host at once, after their targets), so another run may mark
@@ -229,19 +232,34 @@ fn back(
         .position(|g| g.current)
         .or_else(|| history.len().checked_sub(1))
         .ok_or(NoTarget::NoKnownGood)?;
-    if unfinished.is(&history[stand]) {
+    let on_unfinished = unfinished.is(&history[stand]);
+    if on_unfinished {
         match stood(history, stand, running, unfinished) {
             Some(i) => stand = i,
             None => return back_past_unfinished(&history[..stand], running, unfinished),
         }
     }
-    let here = &history[stand];
-    if here.closure.as_ref() != running
-        && let Ok(t) = usable(here, false)
-    {
-        // Running something unvalidated: back to where it stood.
-        return Ok(t);
+    if history[stand].closure.as_ref() != running {
+        // Running another known-good generation's closure (switched back
+        // by hand, or by a soak's take-back whose revoke failed): the host
+        // stands there. Before, back was the profile's generation, which
+        // could be the candidate the soak had just found unhealthy. Not
+        // when the profile is on a mark that never finished: where the
+        // host stood is known from that mark (see `stood`).
+        let runs = history.iter().rposition(|g| {
+            g.closure.is_some() && g.closure.as_ref() == running && !unfinished.is(g)
+        });
+        match runs.filter(|_| !on_unfinished) {
+            Some(i) => stand = i,
+            // Running something unvalidated: back to where it stood.
+            None => {
+                if let Ok(t) = usable(&history[stand], false) {
+                    return Ok(t);
+                }
+            }
+        }
     }
+    let here = &history[stand];
     let mut skipped = None;
     for g in history[..walk_from(history, stand)].iter().rev() {
         if g.closure.is_some() && g.closure.as_ref() == here.closure.as_ref() {
@@ -673,6 +691,14 @@ mod tests {
         assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
         // on something unvalidated: the current known-good
         assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('c', 3));
+        // on an earlier known-good (switched back by hand, or by a soak's
+        // take-back whose revoke failed): back from there, never to the
+        // profile's generation it left
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
+        assert_eq!(
+            choose_target(&h, Some(&sp('a')), None, None),
+            Err(NoTarget::NothingEarlier { generation: 1 })
+        );
         // a named generation
         assert_eq!(choose_target(&h, Some(&sp('c')), Some(1), None), to('a', 1));
         assert_eq!(

@@ -180,7 +180,9 @@ pub enum Event {
         host: String,
         from: Option<StorePath>,
         to: StorePath,
-        generation: u64,
+        /// The known-good generation it goes back to; `None` (`null`) for
+        /// the system the host ran before nixgate's first deploy.
+        generation: Option<u64>,
         packages: Option<crate::diff::PackageDiff>,
     },
     /// `[cache] push_to`: the builder copies these hosts' closures there.
