@@ -154,25 +154,48 @@ pub fn spawn(
     (EventSink { tx }, handle)
 }
 
+/// Set once a write to stdout failed: nothing more is written there.
+static STDOUT_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Write one JSON value as a line on stdout (the `--json` stream).
 pub fn json_line(value: &impl serde::Serialize) {
-    write_json_line(&mut std::io::stdout().lock(), value);
+    json_line_to(&mut std::io::stdout().lock(), &STDOUT_BROKEN, value);
+}
+
+/// [`write_json_line`], and none after one that failed (`broken`): a write
+/// cut short (a full disk, a closed pipe) may have left part of a line,
+/// and the next line would be appended to it, which no strict parser
+/// reads. The stream then stops where it broke, said once on stderr.
+fn json_line_to(
+    out: &mut impl Write,
+    broken: &std::sync::atomic::AtomicBool,
+    value: &impl serde::Serialize,
+) {
+    use std::sync::atomic::Ordering;
+    if broken.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Err(e) = write_json_line(out, value)
+        && !broken.swap(true, Ordering::SeqCst)
+    {
+        tracing::warn!("--json: a line could not be written ({e}); none is written after it");
+    }
 }
 
 /// Write one JSON value as a line to `out`: made whole first, so a value
 /// that fails to serialize writes nothing (and says so on stderr) instead
 /// of half an object.
-fn write_json_line(out: &mut impl Write, value: &impl serde::Serialize) {
+fn write_json_line(out: &mut impl Write, value: &impl serde::Serialize) -> std::io::Result<()> {
     let mut line = match serde_json::to_vec(value) {
         Ok(line) => line,
         Err(e) => {
             tracing::warn!("a --json line was left out: it could not be written as JSON: {e}");
-            return;
+            return Ok(());
         }
     };
     line.push(b'\n');
-    let _ = out.write_all(&line);
-    let _ = out.flush();
+    out.write_all(&line)?;
+    out.flush()
 }
 
 /// A plain-text table with left-aligned columns, no control characters.

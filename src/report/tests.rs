@@ -196,7 +196,7 @@ fn json_lines_with_paths_that_are_not_utf8_are_whole_lines_strict_parsers_accept
     ];
     for ev in &events {
         let mut out = Vec::new();
-        write_json_line(&mut out, ev);
+        write_json_line(&mut out, ev).unwrap();
         let text = String::from_utf8(out).expect("UTF-8");
         let line = text
             .strip_suffix('\n')
@@ -208,4 +208,44 @@ fn json_lines_with_paths_that_are_not_utf8_are_whole_lines_strict_parsers_accept
             "{line}"
         );
     }
+}
+
+/// A stdout that fails part-way through a line (a full disk): nothing is
+/// written after it, so no line is appended to the fragment it left.
+#[test]
+fn no_json_line_after_a_write_that_failed() {
+    /// Takes `room` bytes, then fails every write.
+    struct Full {
+        got: Vec<u8>,
+        room: usize,
+    }
+    impl std::io::Write for Full {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let n = b.len().min(self.room);
+            self.got.extend_from_slice(&b[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let broken = std::sync::atomic::AtomicBool::new(false);
+    let mut out = Full {
+        got: Vec::new(),
+        room: 20,
+    };
+    json_line_to(&mut out, &broken, &serde_json::json!({"event": "first"}));
+    json_line_to(
+        &mut out,
+        &broken,
+        &serde_json::json!({"event": "second", "long": "x".repeat(40)}),
+    );
+    out.room = 1000;
+    json_line_to(&mut out, &broken, &serde_json::json!({"event": "third"}));
+    let text = String::from_utf8(out.got).unwrap();
+    assert_eq!(text, "{\"event\":\"first\"}\n{\"");
 }
