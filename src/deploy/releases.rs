@@ -102,6 +102,7 @@ fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
                 host: host.to_owned(),
                 tag: tag.clone(),
                 branch: branch.clone(),
+                update: update.clone(),
             });
             if let Some(remote) = &r.inventory.release.remote {
                 let forced_from = match &update {

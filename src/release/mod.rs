@@ -95,7 +95,7 @@ pub enum ReleaseOutcome {
 }
 
 /// How `release/<target>` moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum BranchUpdate {
     /// The branch did not exist before.

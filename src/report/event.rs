@@ -262,6 +262,8 @@ pub enum Event {
         host: String,
         tag: String,
         branch: String,
+        /// How the branch moved (`unchanged`: it was on the commit already).
+        update: crate::release::BranchUpdate,
     },
     /// A known-good host that did not get a release, and why.
     NotReleased {

@@ -132,9 +132,12 @@ pub fn describe(ev: &Event) -> Option<String> {
             format!("{host}: {gate} FAILED: {}", words::about(host, &words::failure(reason)))
         }
         Event::Activation { host, activation } => return words::activation(host, activation),
-        Event::Released { host, tag, branch } => {
-            format!("{host}: released as {tag} ({branch} moved)")
-        }
+        Event::Released {
+            host,
+            tag,
+            branch,
+            update,
+        } => format!("{host}: released as {tag} ({})", words::branch_update(branch, update)),
         Event::NotReleased { host, why } => {
             format!("{host}: known-good but not released: {}", words::not_released(why))
         }

@@ -404,3 +404,35 @@ fn a_host_taking_nothing_is_a_line_without_the_live_view() {
     );
     assert_eq!(shown_at(&progress(0), false), None);
 }
+
+/// A release says how its branch moved: a re-validated commit leaves it
+/// where it was (it said "moved" whatever happened).
+#[test]
+fn a_release_says_how_its_branch_moved() {
+    use crate::release::BranchUpdate;
+    let released = |update| Event::Released {
+        host: "web1".into(),
+        tag: "release/web1/20261202T101530Z-3f2a9c1e0d4b".into(),
+        branch: "release/web1".into(),
+        update,
+    };
+    let said = |update| describe(&released(update)).unwrap();
+    let tag = "web1: released as release/web1/20261202T101530Z-3f2a9c1e0d4b";
+    assert_eq!(
+        said(BranchUpdate::Unchanged),
+        format!("{tag} (release/web1 already there)")
+    );
+    assert_eq!(
+        said(BranchUpdate::Created),
+        format!("{tag} (release/web1 created)")
+    );
+    let from = "9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e".to_owned();
+    assert_eq!(
+        said(BranchUpdate::FastForward { from: from.clone() }),
+        format!("{tag} (release/web1 moved)")
+    );
+    assert_eq!(
+        said(BranchUpdate::Forced { from }),
+        format!("{tag} (release/web1 forced, from 9d8e7f6a5b4c)")
+    );
+}

@@ -875,6 +875,18 @@ fn lock_held(holders: &[String], processes: &[crate::activation::switch::LockPro
     s
 }
 
+/// How a release moved its branch: `release/web1 moved`.
+pub fn branch_update(branch: &str, update: &crate::release::BranchUpdate) -> String {
+    use crate::release::BranchUpdate;
+    let short = |c: &str| c.chars().take(12).collect::<String>();
+    match update {
+        BranchUpdate::Created => format!("{branch} created"),
+        BranchUpdate::FastForward { .. } => format!("{branch} moved"),
+        BranchUpdate::Unchanged => format!("{branch} already there"),
+        BranchUpdate::Forced { from } => format!("{branch} forced, from {}", short(from)),
+    }
+}
+
 pub fn not_released(n: &NotReleased) -> String {
     match n {
         NotReleased::Refused { refusal } => refusal.to_string(),
