@@ -756,6 +756,7 @@ impl State {
             self.baseline.get_or_insert_with(|| a[8].to_owned());
         }
         let last = self.profiles.get(prof).map_or(0, Vec::len);
+        let mut lineage = String::new();
         let new = if reselect.is_empty() {
             self.set_profile(prof, &c);
             self.selected.remove(prof);
@@ -774,6 +775,14 @@ impl State {
             {
                 let r = r.clone();
                 self.records.insert(kept, r);
+            }
+            // Where the profile was when `g` was first marked (see MARK).
+            if let Some(r) = self.records.get(&g.to_string()) {
+                let v: serde_json::Value = serde_json::from_str(r).expect("a record");
+                let older = |k: &str| v[k].as_u64().filter(|&n| n < g as u64);
+                if let Some(n) = older("lineage").or(older("replaced")) {
+                    lineage = format!("\"lineage\":{n},");
+                }
             }
             self.selected.insert(prof.to_owned(), g);
             g
@@ -797,7 +806,9 @@ impl State {
         }
         self.records.insert(
             new.to_string(),
-            format!("{{\"generation\":{new},\"replaced\":{replaced},\"created\":{created},{rest}"),
+            format!(
+                "{{\"generation\":{new},\"replaced\":{replaced},\"created\":{created},{lineage}{rest}"
+            ),
         );
         let replaced = if old == 0 { String::new() } else { replaced };
         ok(&format!(
@@ -1263,6 +1274,7 @@ fn first_record(closure: &StorePath) -> String {
         gates: Vec::new(),
         replaced: None,
         created: None,
+        lineage: None,
     };
     serde_json::to_string(&record).expect("a record serializes")
 }

@@ -76,6 +76,13 @@ pub struct KnownGoodRecord {
     /// in records from before it was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
+    /// Written by a rollback's re-selection of this generation: where the
+    /// profile was when it was first marked (from the record it overwrote,
+    /// whose own `lineage`, else older `replaced`, said so), since its
+    /// `replaced` now names the newer generation the rollback left. Back
+    /// from it goes on from there ([`crate::plan::rollback_target`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<u64>,
 }
 
 /// What marking produced.
@@ -116,13 +123,15 @@ pub struct Baseline {
 }
 
 /// Shell functions reading a known-good record's `replaced` and `created`
-/// (`replaced_of FILE`, `created_of FILE`; empty when absent), for MARK,
+/// (`replaced_of FILE`, `created_of FILE`, `lineage_of FILE`, the last
+/// written by a re-selection only; empty when absent), for MARK,
 /// UNDO_MARK and REVOKE alike. The record is one line, written by MARK,
 /// its fields in this order.
 macro_rules! record_fields {
     () => {
         r#"replaced_of() { sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
 created_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$1" 2>/dev/null; }
+lineage_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a-z]*,"lineage":\([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
 "#
     };
 }
@@ -176,7 +185,7 @@ trap '' HUP PIPE TERM
 umask 022
 mkdir -p "$dir" || exit 1
 chmod go+rx "$dir" 2>/dev/null
-tmp=$dir/.pending-$run.$$.json; kept=
+tmp=$dir/.pending-$run.$$.json; kept=; lineage=
 cat > "$tmp" || { rm -f "$tmp"; exit 1; }
 # One mark at a time: a mark tried again after a dropped session runs while
 # the first still does (it ignores the hang-up).
@@ -228,6 +237,10 @@ keep() {
 if [ -n "$gen" ]; then
   [ "$(readlink -f "$prof-$gen-link")" = "$closure" ] || { rm -f "$tmp" "$pending" "$pending.last"; echo "generation $gen of $prof is not $closure" >&2; exit 3; }
   keep "$gen" || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
+  # Where the profile was when $gen was first marked (its record's, or the
+  # one it keeps): the record written below names the generation left.
+  lineage=$(lineage_of "$dir/$gen.json")
+  if [ -z "$lineage" ]; then r=$(replaced_of "$dir/$gen.json"); [ -z "$r" ] || [ "$r" -ge "$gen" ] || lineage=$r; fi
   nix-env -p "$prof" --switch-generation "$gen" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last" "$kept"; exit 1; }
 else
   nix-env -p "$prof" --set "$closure" >/dev/null || { rm -f "$tmp" "$pending" "$pending.last"; exit 1; }
@@ -239,7 +252,8 @@ created=false; [ -n "$gen" ] || [ "$n" -le "$last" ] || created=true
 keptfail=
 if [ -z "$gen" ] && [ "$created" = false ]; then keep "$n" || keptfail=1; fi
 rec=$dir/.$n.json.$$.tmp
-if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,' "$n" "${replaced:-null}" "$created"; tail -c +2 "$tmp"; } > "$rec" &&
+lin=; [ -z "$lineage" ] || lin="\"lineage\":$lineage,"
+if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,%s' "$n" "${replaced:-null}" "$created" "$lin"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
   rm -f "$tmp" "$pending" "$pending.last"
   echo "NixgateNew=$new"
@@ -481,6 +495,9 @@ pub async fn mark<R: Remote>(
         generation: 0,
         replaced: None,
         created: None,
+        // The host's own bookkeeping for rollbacks (see MARK): not
+        // reported back.
+        lineage: None,
         closure: req.closure.clone(),
         marked_at: utc_rfc3339(req.at),
         commit: req.commit.clone(),

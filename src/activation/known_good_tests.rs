@@ -48,6 +48,7 @@ fn mark_record(closure: &str) -> KnownGoodRecord {
         gates: Vec::new(),
         replaced: None,
         created: None,
+        lineage: None,
     }
 }
 
@@ -406,6 +407,43 @@ async fn real_history_of_one_closure() {
         gens(&parse_history(&out.stdout_str()).unwrap()),
         gens(&of_a)
     );
+}
+
+/// Real: a rollback's re-selection keeps, as `lineage`, where its
+/// generation was first marked on (its record's `replaced` then names the
+/// generation the rollback left), and a second re-selection keeps it still.
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_reselection_keeps_where_its_generation_was_marked() {
+    let t = Real::new();
+    let sys: Vec<String> = ["sys-a", "sys-b", "sys-c", "sys-d"]
+        .iter()
+        .map(|n| t.add(n))
+        .collect();
+    let mut at = 0;
+    let mut mark_as = |closure: &str, reselect: Option<u64>| {
+        at += 100;
+        let mut req = request(closure, at);
+        req.run_id = RunId::parse(&format!("r{at}")).unwrap();
+        req.reselect = reselect;
+        mark(&t.r, &t.paths, false, req)
+    };
+    for c in &sys[..3] {
+        mark_as(c, None).await.unwrap();
+    }
+    mark_as(&sys[1], Some(2)).await.unwrap();
+    mark_as(&sys[3], None).await.unwrap();
+    let of = |h: &[KnownGoodGeneration], n: u64| {
+        let r = h[n as usize - 1].record.as_ref().unwrap();
+        (r.replaced, r.lineage)
+    };
+    let h = history(&t.r, &t.paths).await.unwrap();
+    assert_eq!(of(&h, 2), (Some(3), Some(1)), "re-selected from 3");
+    assert_eq!(of(&h, 4), (Some(2), None), "a mark on top of 2");
+    mark_as(&sys[1], Some(2)).await.unwrap();
+    let h = history(&t.r, &t.paths).await.unwrap();
+    assert_eq!(of(&h, 2), (Some(4), Some(1)), "re-selected from 4");
+    assert!(h[1].current);
 }
 
 /// Real: the same run's mark twice at once, the first slowed after its

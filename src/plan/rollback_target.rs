@@ -12,8 +12,11 @@
 //! generation, and on from there: after a rollback to K and a push that
 //! marked N on top of it, back from N is K, never the generations after K
 //! the rollback moved away from (going by number alone went there). A
-//! record without an older `replaced` (written before it was recorded, a
-//! re-mark of the same closure, a rollback's re-selection) goes by number.
+//! rollback's re-selection of K replaced a newer generation: its record
+//! keeps where K was first marked on (`lineage`), so a second rollback
+//! from K after a push on it and a rollback to that push goes there too. A
+//! record with neither older (written before they were recorded, a
+//! re-mark of the same closure) goes by number.
 //! `--to N` is by number. A host running the closure of another known-good
 //! generation than the one the profile stands on (switched back by hand,
 //! or by a soak's take-back whose revoke failed) stands on that one (the
@@ -281,15 +284,19 @@ fn back(
 /// is an older one; after a rollback re-selected an older generation, the
 /// generations between it and the mark made on top of it are what the
 /// rollback moved away from. That generation gone, the newest one before
-/// it. Without a `replaced` older than it (a record from before it was
-/// written; a mark that re-marked what the profile was on; a rollback's
-/// re-selection, which replaced a newer generation): by number, the
-/// generations before it.
+/// it. A rollback's re-selection replaced a newer generation: its
+/// `lineage` says where the profile was when it was first marked (a
+/// second rollback from it went by number, to a generation the first one
+/// had left). Without either older than it (a record from before they
+/// were written; a mark that re-marked what the profile was on): by
+/// number, the generations before it.
 fn walk_from(history: &[KnownGoodGeneration], at: usize) -> usize {
     let here = &history[at];
-    match here.record.as_ref().and_then(|r| r.replaced) {
-        Some(r) if r < here.generation => history[..at].partition_point(|g| g.generation <= r),
-        _ => at,
+    let older = |g: &Option<u64>| g.filter(|&g| g < here.generation);
+    let rec = here.record.as_ref();
+    match rec.and_then(|r| older(&r.lineage).or(older(&r.replaced))) {
+        Some(r) => history[..at].partition_point(|g| g.generation <= r),
+        None => at,
     }
 }
 
@@ -542,6 +549,7 @@ mod tests {
             gates: Vec::new(),
             replaced: None,
             created: None,
+            lineage: None,
         }
     }
 
@@ -809,6 +817,30 @@ mod tests {
         );
         // `--to` is by number, as always.
         assert_eq!(choose_target(&h, Some(&sp('d')), Some(3), None), to('c', 3));
+    }
+
+    /// Rolled back twice with a push between (found by a bug hunt): a(1)
+    /// b(2) c(3); back to 2; pushes d(4) f(5) on it; back to 4; back again
+    /// is 2, where the profile was when 4 was first marked, never 3, which
+    /// the first rollback left. Each re-selection's record names the
+    /// generation it left (`replaced`) and keeps where its generation was
+    /// first marked on (`lineage`, as MARK writes it).
+    #[test]
+    fn a_second_rollback_after_a_push_goes_where_the_push_was_made() {
+        let mut h = hist(&['a', 'b', 'c', 'd', 'f'], 4);
+        let mut set = |i: usize, replaced: u64, lineage: Option<u64>| {
+            let r = h[i].record.as_mut().unwrap();
+            (r.replaced, r.lineage) = (Some(replaced), lineage);
+        };
+        set(1, 3, Some(1));
+        set(2, 2, None);
+        set(3, 5, Some(2));
+        set(4, 4, None);
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
+        // Standing on 2 again: its lineage goes on to 1.
+        h[3].current = false;
+        h[1].current = true;
+        assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
     }
 
     /// Without a usable `replaced`, back is by number: a record from before

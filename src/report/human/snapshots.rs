@@ -106,6 +106,7 @@ fn known_good(host: &str) -> HostEnd {
                 generation: 3,
                 replaced: Some(2),
                 created: None,
+                lineage: None,
                 closure: system('c', host),
                 marked_at: "2026-12-02T09:31:20Z".into(),
                 commit: Some(COMMIT.into()),
