@@ -46,12 +46,17 @@ pub struct Releasing<'a> {
 /// Release every host of `hosts` this run marked known-good: those it
 /// took through every gate, and those that already ran the candidate and
 /// passed the gates left to them (a push after `--goal test`, or the
-/// retry a refused release asks for).
+/// retry a refused release asks for), unless their release branch is on
+/// the commit already (a scheduled push of an unchanged commit would tag
+/// every host again at every run).
 pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
     for h in hosts {
-        let (Some(closure), Some(mark)) = (h.closure.clone(), marked(h)) else {
+        let (Some(closure), Some((mark, changed))) = (h.closure.clone(), marked(h)) else {
             continue;
         };
+        if !changed && released_already(r, &h.host) {
+            continue;
+        }
         let evidence = Evidence {
             gates: mark
                 .record
@@ -78,14 +83,25 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
     }
 }
 
-/// The known-good mark this run made for the host, if it made one.
-fn marked(h: &HostSummary) -> Option<&crate::activation::known_good::KnownGoodMark> {
+/// The known-good mark this run made for the host, if it made one, and
+/// whether the run switched the host to it (`false`: it ran it already).
+fn marked(h: &HostSummary) -> Option<(&crate::activation::known_good::KnownGoodMark, bool)> {
     match h.end.outcome()? {
-        HostOutcome::KnownGood { mark } => Some(mark),
+        HostOutcome::KnownGood { mark } => Some((mark, true)),
         HostOutcome::AlreadyCurrent {
             mark: Some(mark), ..
-        } => Some(mark),
+        } => Some((mark, false)),
         _ => None,
+    }
+}
+
+/// Is `release/<host>` on the run's commit already? Unreadable: no (the
+/// release then says what is wrong).
+fn released_already(r: &Releasing<'_>, host: &str) -> bool {
+    let repo = &r.inventory.builder.source;
+    match release::branch_commit(repo, host) {
+        Ok(Some(at)) => at == r.source.commit,
+        _ => false,
     }
 }
 
@@ -102,7 +118,7 @@ fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
                 host: host.to_owned(),
                 tag: tag.clone(),
                 branch: branch.clone(),
-                update: update.clone(),
+                update: Some(update.clone()),
             });
             if let Some(remote) = &r.inventory.release.remote {
                 let forced_from = match &update {

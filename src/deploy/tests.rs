@@ -692,6 +692,43 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
         })
         .collect();
     assert_eq!(tried, ["web1", "web2", "web3"]);
+    // But not again when its release branch is on the commit already (a
+    // scheduled push of an unchanged commit would tag it at every run);
+    // hosts this run switched are released as ever.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git2::Repository::init(dir.path()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.org").unwrap();
+    let tree = repo.treebuilder(None).unwrap().write().unwrap();
+    let tree = repo.find_tree(tree).unwrap();
+    let c = repo
+        .commit(Some("HEAD"), &sig, &sig, "c", &tree, &[])
+        .unwrap();
+    for h in ["web1", "web2"] {
+        let at = repo.find_commit(c).unwrap();
+        repo.branch(&format!("release/{h}"), &at, false).unwrap();
+    }
+    let mut inv = (*f.inv).clone();
+    inv.builder.source = dir.path().to_owned();
+    let source = Source {
+        commit: c.to_string(),
+        dirty: false,
+    };
+    let r = releases::Releasing {
+        inventory: &inv,
+        source: &source,
+        ..r
+    };
+    releases::release_known_good(&r, &hosts);
+    let released: Vec<String> = f
+        .events
+        .take()
+        .into_iter()
+        .map(|e| match e {
+            Event::Released { host, .. } => host,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(released, ["web2", "web3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

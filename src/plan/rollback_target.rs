@@ -173,7 +173,7 @@ pub fn choose_target(
             generation: here.generation,
         });
     }
-    match choose_known_good(history, running, to) {
+    match choose_known_good(history, running, to, baseline.map(|b| &b.closure)) {
         Err(NoTarget::NoKnownGood | NoTarget::NothingEarlier { .. })
             if to.is_none()
                 && let Some(b) = baseline.filter(|b| Some(&b.closure) != running) =>
@@ -193,6 +193,7 @@ fn choose_known_good(
     history: &[KnownGoodGeneration],
     running: Option<&StorePath>,
     to: Option<u64>,
+    baseline: Option<&StorePath>,
 ) -> Result<Target, NoTarget> {
     let unfinished = Unfinished::of(history);
     let found = match to {
@@ -205,7 +206,7 @@ fn choose_known_good(
             })?;
             usable(g, unfinished.is(g))
         }
-        None => back(history, running, &unfinished),
+        None => back(history, running, &unfinished, baseline),
     };
     // Refused for a mark that never finished: say what `--to` would take.
     found.map_err(|why| match why {
@@ -222,11 +223,13 @@ fn choose_known_good(
     })
 }
 
-/// Back from where the host stands.
+/// Back from where the host stands (`baseline`: the system it ran before
+/// nixgate's first deploy, if known).
 fn back(
     history: &[KnownGoodGeneration],
     running: Option<&StorePath>,
     unfinished: &Unfinished,
+    baseline: Option<&StorePath>,
 ) -> Result<Target, NoTarget> {
     // Where the host stands: the profile's current generation (the newest
     // when the profile is unreadable).
@@ -249,10 +252,19 @@ fn back(
         // could be the candidate the soak had just found unhealthy. Not
         // when the profile is on a mark that never finished: where the
         // host stood is known from that mark (see `stood`).
-        let runs = history.iter().rposition(|g| {
+        // An older one only: a newer one is one a rollback left (deployed
+        // again by a goal that does not mark), back is from the profile's.
+        let runs = history[..stand].iter().rposition(|g| {
             g.closure.is_some() && g.closure.as_ref() == running && !unfinished.is(g)
         });
         match runs.filter(|_| !on_unfinished) {
+            // Standing on the baseline (a rollback went there and marked
+            // it): nothing further back, as in `choose_target`.
+            Some(i) if baseline.is_some() && running == baseline => {
+                return Err(NoTarget::NothingEarlier {
+                    generation: history[i].generation,
+                });
+            }
             Some(i) => stand = i,
             // Running something unvalidated: back to where it stood.
             None => {
@@ -284,17 +296,18 @@ fn back(
 /// is an older one; after a rollback re-selected an older generation, the
 /// generations between it and the mark made on top of it are what the
 /// rollback moved away from. That generation gone, the newest one before
-/// it. A rollback's re-selection replaced a newer generation: its
+/// it. A rollback's re-selection back replaced a newer generation: its
 /// `lineage` says where the profile was when it was first marked (a
 /// second rollback from it went by number, to a generation the first one
-/// had left). Without either older than it (a record from before they
+/// had left); one forward (`--to` a newer one) replaced an older one,
+/// where the profile came from, and goes there. Without either older than it (a record from before they
 /// were written; a mark that re-marked what the profile was on): by
 /// number, the generations before it.
 fn walk_from(history: &[KnownGoodGeneration], at: usize) -> usize {
     let here = &history[at];
     let older = |g: &Option<u64>| g.filter(|&g| g < here.generation);
     let rec = here.record.as_ref();
-    match rec.and_then(|r| older(&r.lineage).or(older(&r.replaced))) {
+    match rec.and_then(|r| older(&r.replaced).or(older(&r.lineage))) {
         Some(r) => history[..at].partition_point(|g| g.generation <= r),
         None => at,
     }
@@ -707,6 +720,27 @@ mod tests {
             choose_target(&h, Some(&sp('a')), None, None),
             Err(NoTarget::NothingEarlier { generation: 1 })
         );
+        // on a known-good newer than the profile's (rolled back from it,
+        // then deployed again by a goal that does not mark): back to the
+        // profile's, never to one a rollback left
+        let mut rolled = hist(&['a', 'b', 'c', 'd'], 2);
+        rolled[1].record.as_mut().unwrap().replaced = Some(3);
+        assert_eq!(
+            choose_target(&rolled, Some(&sp('d')), None, None),
+            to('b', 2)
+        );
+        // on the baseline a rollback marked (2), the profile on a later
+        // push (3) whose take-back could not revoke it: nothing further back
+        let base = Baseline {
+            closure: sp('z'),
+            recorded_at: "2026-12-01T00:00:00Z".into(),
+            run_id: "r0".into(),
+        };
+        let on_base = hist(&['a', 'z', 'b'], 3);
+        assert_eq!(
+            choose_target(&on_base, Some(&sp('z')), None, Some(&base)),
+            Err(NoTarget::NothingEarlier { generation: 2 })
+        );
         // a named generation
         assert_eq!(choose_target(&h, Some(&sp('c')), Some(1), None), to('a', 1));
         assert_eq!(
@@ -841,6 +875,12 @@ mod tests {
         h[3].current = false;
         h[1].current = true;
         assert_eq!(choose_target(&h, Some(&sp('b')), None, None), to('a', 1));
+        // A re-selection forward (`--to 3` from 1) replaced an older one,
+        // where the profile came from: back goes there, not to its lineage.
+        let mut fwd = hist(&['a', 'b', 'c'], 3);
+        let r = fwd[2].record.as_mut().unwrap();
+        (r.replaced, r.lineage) = (Some(1), Some(2));
+        assert_eq!(choose_target(&fwd, Some(&sp('c')), None, None), to('a', 1));
     }
 
     /// Without a usable `replaced`, back is by number: a record from before

@@ -115,6 +115,13 @@ pub fn create(repo_path: &Path, rel: &ReleaseRequest) -> anyhow::Result<ReleaseO
     })
 }
 
+/// The commit `release/<target>` points at, if the branch exists.
+pub fn branch_commit(repo_path: &Path, target: &str) -> anyhow::Result<Option<String>> {
+    let repo = open(repo_path)?;
+    let branch_ref = format!("refs/heads/{}", name::branch(target));
+    Ok(ref_target(&repo, &branch_ref)?.map(|o| o.to_string()))
+}
+
 /// The commit named by a hex id or unique prefix (at least 7 digits).
 fn find_commit<'r>(
     repo: &'r Repository,

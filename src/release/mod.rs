@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nix::StorePath;
 
-pub use create::create;
+pub use create::{branch_commit, create};
 pub use publish::{PushOutcome, push};
 pub use query::{list, resolve, show};
 pub use record::{Evidence, GateEvidence};

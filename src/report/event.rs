@@ -262,8 +262,10 @@ pub enum Event {
         host: String,
         tag: String,
         branch: String,
-        /// How the branch moved (`unchanged`: it was on the commit already).
-        update: crate::release::BranchUpdate,
+        /// How the branch moved (`unchanged`: it was on the commit already);
+        /// `None` in run reports from before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        update: Option<crate::release::BranchUpdate>,
     },
     /// A known-good host that did not get a release, and why.
     NotReleased {

@@ -137,7 +137,7 @@ pub fn describe(ev: &Event) -> Option<String> {
             tag,
             branch,
             update,
-        } => format!("{host}: released as {tag} ({})", words::branch_update(branch, update)),
+        } => format!("{host}: released as {tag} ({})", words::branch_update(branch, update.as_ref())),
         Event::NotReleased { host, why } => {
             format!("{host}: known-good but not released: {}", words::not_released(why))
         }

@@ -415,7 +415,7 @@ fn a_release_says_how_its_branch_moved() {
         host: "web1".into(),
         tag: "release/web1/20261202T101530Z-3f2a9c1e0d4b".into(),
         branch: "release/web1".into(),
-        update,
+        update: Some(update),
     };
     let said = |update| describe(&released(update)).unwrap();
     let tag = "web1: released as release/web1/20261202T101530Z-3f2a9c1e0d4b";

@@ -876,9 +876,12 @@ fn lock_held(holders: &[String], processes: &[crate::activation::switch::LockPro
 }
 
 /// How a release moved its branch: `release/web1 moved`.
-pub fn branch_update(branch: &str, update: &crate::release::BranchUpdate) -> String {
+pub fn branch_update(branch: &str, update: Option<&crate::release::BranchUpdate>) -> String {
     use crate::release::BranchUpdate;
     let short = |c: &str| c.chars().take(12).collect::<String>();
+    let Some(update) = update else {
+        return format!("{branch} moved");
+    };
     match update {
         BranchUpdate::Created => format!("{branch} created"),
         BranchUpdate::FastForward { .. } => format!("{branch} moved"),
