@@ -164,6 +164,15 @@ fn hosts_by_wave_tag_and_name() {
     let out = nixgate(&["hosts", "--wave", "canry", "-i", "inventory.example.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("did you mean `canary`?"));
+
+    // An empty `--on` (an unset variable) is a usage error, never the
+    // whole fleet (it listed every host, exit 0).
+    for on in ["", " , "] {
+        let out = nixgate(&["hosts", "--on", on, "-i", "inventory.example.toml"]);
+        assert_eq!(out.status.code(), Some(2), "{on:?}");
+        assert!(text(&out.stderr).contains("names no host or tag"), "{on:?}");
+        assert!(out.stdout.is_empty(), "{on:?}");
+    }
 }
 
 /// What bash offers for the words typed so far, through the script

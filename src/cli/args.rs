@@ -91,7 +91,7 @@ pub struct SelectorArgs {
     pub hosts: Vec<String>,
     /// A comma list of names, globs and `@tag`s, as colmena takes it
     /// (`--on 'web*,@db'`; repeatable); ignores waves.
-    #[arg(long = "on", value_name = "LIST")]
+    #[arg(long = "on", value_name = "LIST", value_parser = non_empty_list)]
     pub on: Vec<String>,
     /// Every host with this tag (repeatable); ignores waves.
     #[arg(long = "tag", value_name = "TAG", add = complete::tag_names())]
@@ -99,6 +99,15 @@ pub struct SelectorArgs {
     /// The hosts of this wave (repeatable).
     #[arg(long = "wave", value_name = "NAME", add = complete::wave_names())]
     pub waves: Vec<String>,
+}
+
+/// An `--on` list names something: an empty one (an unset variable in
+/// `--on "$HOSTS"`) selected the whole fleet.
+fn non_empty_list(s: &str) -> Result<String, String> {
+    if crate::inventory::glob::parse_list(s).is_empty() {
+        return Err("names no host or tag (an empty list would select the whole fleet)".into());
+    }
+    Ok(s.to_owned())
 }
 
 impl SelectorArgs {
