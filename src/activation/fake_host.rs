@@ -309,6 +309,7 @@ impl State {
             }
             let content = stdin.expect("the key comes on stdin").to_vec();
             let n = content.len();
+            assert_eq!(a[8], n.to_string(), "the byte count sent");
             self.keys.insert(format!("{}/{}", a[4], a[5]), content);
             return ok(&format!("{n}\n"));
         }

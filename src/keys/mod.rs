@@ -141,9 +141,13 @@ pub struct KeyReceipt {
     pub sha256: String,
 }
 
-/// Is `mode` an octal file mode nixgate accepts (`600`, `0640`)?
+/// Is `mode` an octal file mode nixgate accepts (`600`, `0640`)? No
+/// setuid, setgid or sticky bit: a key file is created with its mode (see
+/// [`upload`]), which a umask cannot give those.
 pub fn valid_permissions(mode: &str) -> bool {
-    (3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    (3..=4).contains(&mode.len())
+        && mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        && (mode.len() == 3 || mode.starts_with('0'))
 }
 
 #[cfg(test)]
@@ -172,10 +176,10 @@ mod tests {
 
     #[test]
     fn permissions() {
-        for ok in ["600", "0600", "0440", "7777"] {
+        for ok in ["600", "0600", "0440", "0777"] {
             assert!(valid_permissions(ok), "{ok}");
         }
-        for bad in ["", "60", "0800", "06000", "rw", "0x600"] {
+        for bad in ["", "60", "0800", "06000", "rw", "0x600", "4755", "1640"] {
             assert!(!valid_permissions(bad), "{bad}");
         }
     }

@@ -1,28 +1,46 @@
 //! Writing a key on a host: one remote command per key, the content on its
-//! stdin. The script makes a temporary file next to the destination (umask
-//! 077, so it starts private), gives it the final owner and mode while it
-//! is still empty, fills it, checks the byte count, and renames it over the
-//! destination: a reader sees the old key or the new one, never a partial
-//! one, and never one more open than asked. A missing `dest_dir` is created
-//! `0755` (NixOS creates `/run/keys` itself, `root:keys 0750`).
+//! stdin. The script creates a temporary file next to the destination with
+//! its final mode (the umask: never more open than asked) and fills it
+//! through that one open, checks the byte count against what was sent,
+//! gives it its owner last and renames it over the destination: a reader
+//! sees the old key or the new one, never a partial one. A missing
+//! `dest_dir` is created `0755` (NixOS creates `/run/keys` itself,
+//! `root:keys 0750`).
+//!
+//! Root never follows a name the key's owner could have replaced: the file
+//! is created exclusively (`set -C`: `O_EXCL`, so a link put at that name
+//! is refused), its mode comes with it, and the owner is given with `-h`.
+//! Before, the owner was given first and the mode and content by name
+//! after: in a `dest_dir` the owner may write to, it could swap the file
+//! for a link, and root then gave any file the key's mode and content. A
+//! destination that is a directory is refused (the key went inside it,
+//! reported written), and a short write never replaces the key (its count
+//! was checked on the controller, after the rename).
 
 use crate::activation::settings::STEP_LIMIT;
 use crate::remote::{Command, Remote, exec_input};
 
 use super::{KeyReceipt, ResolvedKey};
 
-/// `$1` dir, `$2` name, `$3` owner (`user` or `user:group`), `$4` mode;
-/// the content on stdin; prints the byte count written.
+/// `$1` dir, `$2` name, `$3` owner (`user` or `user:group`), `$4` mode
+/// (no setuid, setgid or sticky bit, and no execute bit is given: a
+/// umask cannot give them), `$5` the
+/// byte count sent; the content on stdin; prints the byte count written.
 pub(crate) const WRITE: &str = r#"set -eu
-dir=$1 dest=$1/$2 owner=$3 mode=$4
+dir=$1 dest=$1/$2 owner=$3 mode=$4 len=$5
 umask 077
 if [ ! -d "$dir" ]; then mkdir -p "$dir"; chmod 0755 "$dir"; fi
-tmp=$(mktemp "$dir/.nixgate-key.XXXXXX")
+if [ -d "$dest" ]; then echo "$dest is a directory" >&2; exit 1; fi
+tmp=$(mktemp -u "$dir/.nixgate-key.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
-chown "$owner" "$tmp"
-chmod "$mode" "$tmp"
+umask "$(printf '%o' $((0777 & ~0$mode)))"
+set -C
 cat >"$tmp"
-wc -c <"$tmp" | tr -d ' '
+set +C
+n=$(wc -c <"$tmp" | tr -d ' ')
+if [ "$n" != "$len" ]; then echo "$n bytes arrived of $len" >&2; exit 1; fi
+chown -h "$owner" "$tmp"
+echo "$n"
 mv -f "$tmp" "$dest"
 trap - EXIT"#;
 
@@ -43,6 +61,7 @@ pub fn write_command(key: &ResolvedKey, sudo: bool) -> Command {
         .arg(&s.name)
         .arg(s.owner())
         .arg(&s.permissions)
+        .arg(key.content.len().to_string())
         .sudo(sudo)
         .within(STEP_LIMIT)
 }
@@ -158,5 +177,68 @@ mod tests {
         assert!(e.error.contains("writing the key failed"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    /// The key's owner, able to write to `dest_dir`, swaps the temporary
+    /// file for a link to another file as soon as it is given the file (a
+    /// `chown` that does so stands in for it): that file keeps its mode and
+    /// content (before, root gave it the key's mode and wrote the key into
+    /// it). A destination that is a directory is refused, and a key that
+    /// arrives short replaces nothing.
+    #[tokio::test]
+    async fn root_follows_no_name_the_owner_could_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = |f: &str| tmp.path().join(f);
+        let (dir, bin, victim) = (d("keys"), d("bin"), d("victim"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(&victim, "not a key\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let chown = String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", "command -v chown"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let stub = format!(
+            "#!/bin/sh\n{} \"$@\" || exit\nfor f; do :; done\nrm -f \"$f\" && ln -s {} \"$f\"\n",
+            chown.trim(),
+            victim.display()
+        );
+        std::fs::write(bin.join("chown"), stub).unwrap();
+        std::fs::set_permissions(bin.join("chown"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let remote = LocalRemote::new("local");
+        let k = key(&dir.display().to_string(), b"s3cret");
+        let cmd = write_command(&k, false).env("PATH", &path);
+        let _ = exec_input(&remote, &cmd, k.content.expose()).await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not a key\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+
+        // The destination a directory: refused, nothing written in it.
+        let dest = dir.join("db-password");
+        let _ = std::fs::remove_file(&dest);
+        std::fs::create_dir(&dest).unwrap();
+        let e = upload(&remote, &k, false).await.unwrap_err();
+        assert!(e.error.contains("is a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+        std::fs::remove_dir(&dest).unwrap();
+
+        // Short: the key in place stays.
+        upload(&remote, &k, false).await.unwrap();
+        let cut = exec_input(&remote, &write_command(&k, false), b"s3c")
+            .await
+            .unwrap();
+        assert!(!cut.success(), "{cut:?}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"s3cret");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

@@ -70,7 +70,7 @@ impl Loader {
                     self.w.error_help(
                         format!("`permissions` {:?} is not an octal mode", p.value),
                         p.span,
-                        "write it as a string of 3 or 4 octal digits, e.g. \"0640\"",
+                        "write it as a string of 3 or 4 octal digits, e.g. \"0640\" (no setuid, setgid or sticky bit)",
                     );
                     None
                 }
