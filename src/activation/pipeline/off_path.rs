@@ -151,6 +151,15 @@ impl<R: Remote> Run<'_, R> {
         match outcome {
             RebootOutcome::Verified { booted } => {
                 self.pass(Gate::LiveActivate, GateEvidence::Rebooted { booted });
+                // The reboot emptied `/run/keys` (a tmpfs): every key is
+                // written again, then come the post-activation ones a live
+                // switch writes once proven (before: none, and the host was
+                // certified without its keys).
+                for stage in [UploadAt::PreActivation, UploadAt::PostActivation] {
+                    if let Err(outcome) = self.upload_keys(stage, Gate::LiveActivate).await {
+                        return outcome;
+                    }
+                }
                 self.after_live(true).await
             }
             other => {

@@ -423,6 +423,36 @@ async fn systemd_change_with_reboot_allowed_reboots_and_marks() {
     assert_eq!(host.state().booted, sp(NEW));
 }
 
+/// A change that reboots the host: the reboot empties `/run/keys`, so
+/// every key is written again after it, the post-activation ones for the
+/// first time (before: none after the reboot, and the host was certified
+/// without its keys).
+#[tokio::test(start_paused = true)]
+async fn after_a_reboot_every_key_is_written_again() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(&sp(NEW), Behaviour::systemd_change());
+    let mut req = keyed(Goal::Gated);
+    req.settings.allow_reboot = true;
+    let ran = run(&host, &req).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    let c = &ran.cmds;
+    let reboot = at(c, "sudo -n -- systemd-run --unit=nixgate-reboot-r1");
+    let writes = |key: &str| {
+        c.iter()
+            .enumerate()
+            .filter(|(_, x)| x.starts_with(&format!("sudo write-key /run/keys {key}")))
+            .map(|(i, _)| i > reboot)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(writes("pre.key"), [false, true], "{c:#?}");
+    assert_eq!(writes("post.key"), [true], "{c:#?}");
+    assert!(writes("post.key")[0] && at(c, "timeout --kill-after=5") > reboot);
+}
+
 #[tokio::test(start_paused = true)]
 async fn native_inhibitor_message_defers_to_boot() {
     // Switch goal: the 25.11 refusal comes from the fired switch itself.
