@@ -393,7 +393,33 @@ fn selector_errors_suggest() {
             ..Default::default()
         })
         .unwrap_err();
-    assert!(e.to_string().contains("selection is empty"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the tag `db` is in none of the wave(s) canary"),
+        "{e}"
+    );
+    // A host named with a wave it is not in: refused, not dropped while
+    // the others deploy (it listed web1 alone, exit 0).
+    let e = inv
+        .select(&Selector {
+            waves: vec!["canary".into()],
+            hosts: vec!["web1".into(), "db1".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("host `db1` is in none of the wave(s) canary"),
+        "{e}"
+    );
+    let both = inv
+        .select(&Selector {
+            waves: vec!["canary".into(), "dbs".into()],
+            hosts: vec!["web1".into(), "db1".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(both.groups.len(), 2);
 }
 
 mod never_panics {

@@ -83,6 +83,12 @@ pub enum SelectError {
         "the selection is empty: no host is both in wave(s) {waves} and matched by --host/--tag"
     )]
     Empty { waves: String },
+    /// A `--host`/`--tag` word that matches hosts, none of them in the
+    /// `--wave`s given: it was dropped silently, the rest deployed.
+    #[error(
+        "{what} is in none of the wave(s) {waves}: select the wave(s) its hosts are in too, or leave --wave out"
+    )]
+    NotInWaves { what: String, waves: String },
     /// `--wave` names a wave of tags whose hosts other waves all have.
     #[error(
         "{why}. `--wave {wave}` selects nothing: select the wave(s) they are in, or give `{wave}` tags or hosts of its own in the inventory"
@@ -143,6 +149,9 @@ impl Inventory {
                 }],
             });
         }
+        if by_host_or_tag {
+            self.check_in_waves(sel)?;
+        }
         // A wave soaks "before the next wave": the inventory's next, run
         // now or by a later run (`--wave canary` from cron, then `--wave
         // main`); the inventory's last wave has none. Before, the last
@@ -171,6 +180,35 @@ impl Inventory {
             });
         }
         Ok(Selection { groups })
+    }
+
+    /// With `--wave`, every `--host` word and tag must match a host of
+    /// those waves (never silently skipped, as an unknown name is not).
+    fn check_in_waves(&self, sel: &Selector) -> Result<(), SelectError> {
+        let in_waves: Vec<&str> = (self.waves.iter())
+            .filter(|w| sel.waves.contains(&w.name))
+            .flat_map(|w| w.hosts.iter().map(String::as_str))
+            .collect();
+        let waves = || sel.waves.join(", ");
+        for p in &sel.hosts {
+            if !in_waves.iter().any(|h| host_matches(p, h)) {
+                let what = if is_glob(p) { "pattern" } else { "host" };
+                return Err(SelectError::NotInWaves {
+                    what: format!("{what} `{p}`"),
+                    waves: waves(),
+                });
+            }
+        }
+        for t in &sel.tags {
+            let tagged = |h: &&str| self.host(h).is_some_and(|h| h.tags.contains(t));
+            if !in_waves.iter().any(tagged) {
+                return Err(SelectError::NotInWaves {
+                    what: format!("the tag `{t}`"),
+                    waves: waves(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Every host pattern, tag and wave must match something (a wave left
