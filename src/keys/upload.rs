@@ -7,15 +7,19 @@
 //! `dest_dir` is created `0755` (NixOS creates `/run/keys` itself,
 //! `root:keys 0750`).
 //!
-//! Root never follows a name the key's owner could have replaced: the file
-//! is created exclusively (`set -C`: `O_EXCL`, so a link put at that name
-//! is refused), its mode comes with it, and the owner is given with `-h`.
-//! Before, the owner was given first and the mode and content by name
-//! after: in a `dest_dir` the owner may write to, it could swap the file
-//! for a link, and root then gave any file the key's mode and content. A
-//! destination that is a directory is refused (the key went inside it,
-//! reported written), and a short write never replaces the key (its count
-//! was checked on the controller, after the rename).
+//! As root, it writes only into a directory that is root's, as is every
+//! one above it (none writable by others unless sticky): in a `dest_dir`
+//! the key's owner may write to, every name root then uses could be
+//! replaced under it (the owner given first and the mode and content by
+//! name after: it swapped the file for a link, and root gave any file the
+//! key's mode and content; a hard link swapped in before the owner is
+//! given, on a host without `protected_hardlinks` as macOS; a link to a
+//! directory put at the destination before the rename). Within such a
+//! directory the file is also created exclusively (`set -C`: `O_EXCL`),
+//! with its mode, and given its owner with `-h` last. A destination that
+//! is a directory is refused (the key went inside it, reported written),
+//! and a short write never replaces the key (its count was checked on the
+//! controller, after the rename).
 
 use crate::activation::settings::STEP_LIMIT;
 use crate::remote::{Command, Remote, exec_input};
@@ -29,7 +33,21 @@ use super::{KeyReceipt, ResolvedKey};
 pub(crate) const WRITE: &str = r#"set -eu
 dir=$1 dest=$1/$2 owner=$3 mode=$4 len=$5
 umask 077
-if [ ! -d "$dir" ]; then mkdir -p "$dir"; chmod 0755 "$dir"; fi
+if [ ! -d "$dir" ]; then (umask 022 && mkdir -p "$dir"); chmod 0755 "$dir"; fi
+dir=$(cd "$dir" && pwd -P) dest=$dir/$2
+# Root writes only where nobody else can replace a name: the directory and
+# every one above it root's, none writable by others unless sticky.
+if [ "$(id -u)" = 0 ]; then
+  d=$dir
+  while :; do
+    if [ -n "$(find "$d" -prune \( ! -user 0 -o \( -perm -0002 ! -perm -1000 \) \) -print 2>/dev/null)" ]; then
+      echo "$d is not root's alone (its owner, or anyone, could replace the key's file): keys are written where only root can (the key still gets its own owner)" >&2
+      exit 1
+    fi
+    [ "$d" != / ] || break
+    d=${d%/*}; d=${d:-/}
+  done
+fi
 if [ -d "$dest" ]; then echo "$dest is a directory" >&2; exit 1; fi
 tmp=$(mktemp -u "$dir/.nixgate-key.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
@@ -240,5 +258,24 @@ mod tests {
             1,
             "no temporary file left"
         );
+
+        // As root: not into a directory another user owns, nor under one.
+        let as_root = std::process::Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&as_root.stdout).trim() != "0" {
+            eprintln!("skipped: a directory of another user needs root to make");
+            return;
+        }
+        for (top, dir) in [("own", "own"), ("parent", "parent/keys")] {
+            std::fs::create_dir_all(d(dir)).unwrap();
+            let chown = std::process::Command::new("chown")
+                .args(["nobody", &d(top).display().to_string()])
+                .status()
+                .unwrap();
+            assert!(chown.success());
+            let k = key(&d(dir).display().to_string(), b"s3cret");
+            let e = upload(&remote, &k, false).await.unwrap_err();
+            assert!(e.error.contains("is not root's alone"), "{dir}: {e}");
+            assert_eq!(std::fs::read_dir(d(dir)).unwrap().count(), 0, "{dir}");
+        }
     }
 }

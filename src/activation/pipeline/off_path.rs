@@ -150,16 +150,17 @@ impl<R: Remote> Run<'_, R> {
         self.live_changed = true;
         match outcome {
             RebootOutcome::Verified { booted } => {
-                self.pass(Gate::LiveActivate, GateEvidence::Rebooted { booted });
                 // The reboot emptied `/run/keys` (a tmpfs): every key is
                 // written again, then come the post-activation ones a live
                 // switch writes once proven (before: none, and the host was
-                // certified without its keys).
+                // certified without its keys); the gate passes after them,
+                // as a live switch's does.
                 for stage in [UploadAt::PreActivation, UploadAt::PostActivation] {
                     if let Err(outcome) = self.upload_keys(stage, Gate::LiveActivate).await {
                         return outcome;
                     }
                 }
+                self.pass(Gate::LiveActivate, GateEvidence::Rebooted { booted });
                 self.after_live(true).await
             }
             other => {
