@@ -378,25 +378,9 @@ async fn real_history_of_one_closure() {
 
     // A link gone between the listing and the one `readlink` of them all
     // (here: a `readlink` that fails for more than one): read one by one.
-    use std::os::unix::fs::PermissionsExt;
-    let bin = t.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let stub = bin.join("readlink");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v readlink"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let body = format!(
-        "#!/bin/sh\n[ \"$#\" -gt 2 ] && exit 1\nexec {} \"$@\"\n",
-        real.trim()
-    );
-    std::fs::write(&stub, body).unwrap();
-    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let body = r#"[ "$#" -gt 2 ] && exit 1
+exec "$real" "$@""#;
+    let path = crate::remote::local::stand_in(&t.dir.path().join("bin"), "readlink", body);
     let list = Command::script(LIST)
         .arg(&t.paths.known_good_profile)
         .arg(&t.paths.known_good_records)
@@ -456,26 +440,8 @@ async fn real_mark_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let a = add_to_store(d, "sys-a");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v nix-env"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = d.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::write(
-        bin.join("nix-env"),
-        format!(
-            "#!/bin/sh\n{} \"$@\"; rc=$?; sleep 1; exit $rc\n",
-            real.trim()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(bin.join("nix-env"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let slowed = r#""$real" "$@"; rc=$?; sleep 1; exit $rc"#;
+    let slow_path = crate::remote::local::stand_in(&d.join("bin"), "nix-env", slowed);
     std::fs::create_dir(d.join("profiles")).unwrap();
     let prof = d.join("profiles/nixgate-known-good").display().to_string();
     let records = d.join("records").display().to_string();
@@ -496,7 +462,7 @@ async fn real_mark_twice_at_once() {
         child
     };
     let path = std::env::var("PATH").unwrap_or_default();
-    let slow = spawn(format!("{}:{path}", bin.display()));
+    let slow = spawn(slow_path);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let second = spawn(path).wait_with_output().unwrap();
     let first = slow.wait_with_output().unwrap();

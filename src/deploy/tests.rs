@@ -281,21 +281,27 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     // No release for a host whose known-good was revoked: the release step
     // does not even look at it (a repository that does not exist would
     // otherwise be reported).
+    let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts);
+    assert!(released.is_empty(), "{released:?}");
+}
+
+/// What the release step says of `hosts` (the fixture's earlier events
+/// dropped), releasing `commit` from `inv`'s repository.
+fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSummary]) -> Vec<Event> {
     let source = Source {
-        commit: "0".repeat(40),
+        commit: commit.to_owned(),
         dirty: false,
     };
     let _ = f.events.take();
     let r = releases::Releasing {
-        inventory: &f.inv,
+        inventory: inv,
         source: &source,
         run_id: "r1",
         force: false,
         sink: &f.ctx.sink,
     };
-    releases::release_known_good(&r, &hosts);
-    let released: Vec<Event> = f.events.take();
-    assert!(released.is_empty(), "{released:?}");
+    releases::release_known_good(&r, hosts);
+    f.events.take()
 }
 
 /// The known-good generation this run's mark replaced is one whose own
@@ -669,22 +675,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     // passed over: a push after `--goal test`, or the retry a refused
     // release's message asks for, never released anything). The fixture's
     // repository does not exist: each host the release step tries says so.
-    let source = Source {
-        commit: "0".repeat(40),
-        dirty: false,
-    };
-    let _ = f.events.take();
-    let r = releases::Releasing {
-        inventory: &f.inv,
-        source: &source,
-        run_id: "r1",
-        force: false,
-        sink: &f.ctx.sink,
-    };
-    releases::release_known_good(&r, &hosts);
-    let tried: Vec<String> = f
-        .events
-        .take()
+    let tried: Vec<String> = release_events(&f, &f.inv, &"0".repeat(40), &hosts)
         .into_iter()
         .filter_map(|e| match e {
             Event::NotReleased { host, .. } => Some(host),
@@ -709,19 +700,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     }
     let mut inv = (*f.inv).clone();
     inv.builder.source = dir.path().to_owned();
-    let source = Source {
-        commit: c.to_string(),
-        dirty: false,
-    };
-    let r = releases::Releasing {
-        inventory: &inv,
-        source: &source,
-        ..r
-    };
-    releases::release_known_good(&r, &hosts);
-    let released: Vec<String> = f
-        .events
-        .take()
+    let released: Vec<String> = release_events(&f, &inv, &c.to_string(), &hosts)
         .into_iter()
         .map(|e| match e {
             Event::Released { host, .. } => host,

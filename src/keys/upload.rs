@@ -207,28 +207,16 @@ mod tests {
     async fn root_follows_no_name_the_owner_could_replace() {
         let tmp = tempfile::tempdir().unwrap();
         let d = |f: &str| tmp.path().join(f);
-        let (dir, bin, victim) = (d("keys"), d("bin"), d("victim"));
+        let (dir, victim) = (d("keys"), d("victim"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir(&bin).unwrap();
         std::fs::write(&victim, "not a key\n").unwrap();
         std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let chown = String::from_utf8(
-            std::process::Command::new("sh")
-                .args(["-c", "command -v chown"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        let stub = format!(
-            "#!/bin/sh\n{} \"$@\" || exit\nfor f; do :; done\nrm -f \"$f\" && ln -s {} \"$f\"\n",
-            chown.trim(),
+        // The real chown, then the swap of the file it was given.
+        let swap = format!(
+            "\"$real\" \"$@\" || exit\nfor f; do :; done\nrm -f \"$f\" && ln -s {} \"$f\"",
             victim.display()
         );
-        std::fs::write(bin.join("chown"), stub).unwrap();
-        std::fs::set_permissions(bin.join("chown"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let path = crate::remote::local::stand_in(&d("bin"), "chown", &swap);
         let remote = LocalRemote::new("local");
         let k = key(&dir.display().to_string(), b"s3cret");
         let cmd = write_command(&k, false).env("PATH", &path);
