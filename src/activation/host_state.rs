@@ -55,14 +55,23 @@ pub struct Activity {
     pub lock_holder: Option<String>,
 }
 
+/// The lock is looked up in `/proc/locks` by its file's device and inode,
+/// never taken: the `flock --nonblock` this did held it for a moment, and
+/// a push taking it then was refused as locked by another run (a `status`
+/// from cron could stop a rollout); a lock file `status` could not open
+/// (root's, 0600, when the lock was taken through sudo under a umask of
+/// 077) read as held at every `status` until a reboot. Without
+/// `/proc/locks` or GNU `stat` (nix-darwin) no holder is said.
 pub(crate) const ACTIVITY: &str = r#"lock=$1
 if command -v systemctl >/dev/null 2>&1; then
   systemctl list-units --all --plain --no-legend --no-pager \
     'nixgate-switch-*' 'nixgate-confirm-*' 'nixgate-reboot-*' 2>/dev/null |
   while read -r unit load active sub rest; do echo "NixgateUnit=$unit $active $sub"; done
 fi
-if [ -e "$lock" ] && command -v flock >/dev/null 2>&1 && ! flock --nonblock "$lock" true 2>/dev/null; then
-  echo "NixgateHolder=$(cat "$lock.holder" 2>/dev/null)"
+if [ -e "$lock" ] && [ -r /proc/locks ] && st=$(stat -c '%d %i' "$lock" 2>/dev/null); then
+  dev=${st% *} ino=${st#* }
+  id=$(printf '%02x:%02x:%s' $(((dev >> 8) & 0xfff)) $(((dev & 0xff) | ((dev >> 12) & 0xfff00))) "$ino")
+  if grep -q " $id " /proc/locks; then echo "NixgateHolder=$(cat "$lock.holder" 2>/dev/null)"; fi
 fi
 exit 0"#;
 
@@ -142,6 +151,45 @@ mod tests {
         assert_eq!(f.current_system, None);
         assert_eq!(f.free_nix_bytes, None);
         assert_eq!(parse_facts("--\n--\n").nix_version, None);
+    }
+
+    /// The lock's holder is said while another process holds it, and
+    /// `status` never takes it (a `flock` on `PATH` that would is never
+    /// run): a push starting meanwhile was refused as locked.
+    #[tokio::test]
+    async fn a_held_lock_is_read_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("host.lock");
+        std::fs::write(&lock, "").unwrap();
+        std::fs::write(dir.path().join("host.lock.holder"), "run r7 pid 1 on ctl\n").unwrap();
+        let calls = dir.path().join("flock-calls");
+        let spy = format!("echo called >> {}\nexec \"$real\" \"$@\"", calls.display());
+        let path = crate::remote::local::stand_in(&dir.path().join("bin"), "flock", &spy);
+        let holder = || {
+            let out = std::process::Command::new("sh")
+                .args(["-c", ACTIVITY, "activity", &lock.display().to_string()])
+                .env("PATH", &path)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(holder(), "");
+        let mut held = std::process::Command::new("flock")
+            .arg(&lock)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        // Until the child has it (bounded).
+        let t0 = std::time::Instant::now();
+        let mut said = holder();
+        while said.is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            said = holder();
+        }
+        held.kill().unwrap();
+        held.wait().unwrap();
+        assert_eq!(said, "NixgateHolder=run r7 pid 1 on ctl\n");
+        assert!(!calls.exists(), "status ran flock");
     }
 
     /// Seen on the test fleet: `status` listed the host's own
