@@ -46,7 +46,11 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, history: bool) -> anyho
         }
         let all = inspect::host_status::collect(&*fleet, inv, &hosts, Some(&state_dir)).await;
         fleet.close_all().await;
-        let failed = all.iter().filter(|s| !s.reachable).count();
+        // A host not wholly read is left unknown: exit 1, as unreachable.
+        let failed = all
+            .iter()
+            .filter(|s| !s.reachable || s.error.is_some())
+            .count();
         for mut s in all {
             if let (Some(head), Some(c)) = (&head, &s.known_good_commit)
                 && !s.unvalidated

@@ -80,37 +80,55 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
     };
     st.reachable = true;
     let paths = HostPaths::for_os(h.os);
+    // Every read that failed is said (each replaced the one before), and
+    // nothing is judged from a read that failed.
+    let mut errors = Vec::new();
     match host_state::read_links(&remote, &paths, &h.profile).await {
         Ok(l) => (st.current, st.booted, st.boot_default) = (l.current, l.booted, l.boot_default),
-        Err(e) => st.error = Some(format!("{e:#}")),
+        Err(e) => errors.push(format!("{e:#}")),
     }
     let mut marked_at = None;
-    match known_good::history(&remote, &paths).await {
-        Ok(hist) => {
-            if let Some(cur) = hist.iter().find(|g| g.current) {
-                st.known_good = cur.closure.clone();
-                st.known_good_generation = Some(cur.generation);
-                st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
-                st.known_good_unrecorded = cur.record.is_none();
-                marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
-            }
-        }
-        Err(e) => st.error = Some(format!("{e:#}")),
+    let history = known_good::history(&remote, &paths).await;
+    if let Ok(hist) = &history
+        && let Some(cur) = hist.iter().find(|g| g.current)
+    {
+        st.known_good = cur.closure.clone();
+        st.known_good_generation = Some(cur.generation);
+        st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
+        st.known_good_unrecorded = cur.record.is_none();
+        marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
     }
-    if let Ok(records) = deadman::records(&remote, &paths).await {
-        st.reverted = records
-            .into_iter()
-            .next_back()
-            .filter(|r| marked_at.as_ref().is_none_or(|m| r.reverted_at > *m));
+    if let Err(e) = &history {
+        errors.push(format!("{e:#}"));
+    }
+    match deadman::records(&remote, &paths).await {
+        Ok(records) => {
+            st.reverted = records
+                .into_iter()
+                .next_back()
+                .filter(|r| marked_at.as_ref().is_none_or(|m| r.reverted_at > *m));
+        }
+        Err(e) => errors.push(format!("reading the revert records: {e:#}")),
     }
     match host_state::activity(&remote, &host_lock::path(&paths)).await {
         Ok(a) => st.activity = a,
-        Err(e) => st.error = Some(format!("{e:#}")),
+        Err(e) => errors.push(format!("{e:#}")),
     }
-    st.pending_reboot = st.boot_default.is_some() && st.boot_default != st.current;
-    st.unvalidated =
-        st.current.is_some() && (st.current != st.known_good || st.known_good_unrecorded);
+    judge(&mut st, history.is_ok(), errors);
     st
+}
+
+/// What the reads say together: a reboot pending, and (only when the
+/// history was read: unread, it proves nothing either way) a running
+/// system that is not the known-good; the failed reads as the error.
+fn judge(st: &mut HostStatus, history_read: bool, errors: Vec<String>) {
+    st.pending_reboot = st.boot_default.is_some() && st.boot_default != st.current;
+    st.unvalidated = history_read
+        && st.current.is_some()
+        && (st.current != st.known_good || st.known_good_unrecorded);
+    if !errors.is_empty() {
+        st.error = Some(errors.join("; "));
+    }
 }
 
 /// Every selected host's state, with its last run from `state_dir`.
@@ -201,6 +219,30 @@ fn read_head(path: &Path) -> Option<ReportHead> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unread history claims nothing (it said `unvalidated`), and every
+    /// failed read is said (the last replaced the others).
+    #[test]
+    fn failed_reads_are_said_and_judge_nothing() {
+        let sys =
+            StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05")
+                .unwrap();
+        let mut st = HostStatus {
+            reachable: true,
+            current: Some(sys.clone()),
+            boot_default: Some(sys),
+            ..Default::default()
+        };
+        judge(
+            &mut st,
+            false,
+            vec!["history: lost".into(), "records: lost".into()],
+        );
+        assert!(!st.unvalidated && !st.pending_reboot);
+        assert_eq!(st.error.as_deref(), Some("history: lost; records: lost"));
+        judge(&mut st, true, Vec::new());
+        assert!(st.unvalidated, "read, and no known-good: unvalidated");
+    }
 
     #[test]
     fn each_host_gets_its_own_last_run_and_an_unfinished_run_is_interrupted() {

@@ -344,6 +344,9 @@ fn state_words(s: &HostStatus) -> String {
         return "UNREACHABLE".to_owned();
     }
     let mut v = Vec::new();
+    if s.error.is_some() {
+        v.push("UNREADABLE");
+    }
     if s.pending_reboot {
         v.push("pending-reboot");
     }
