@@ -26,12 +26,13 @@ use crate::remote::{Command, Remote, exec_input};
 
 use super::{KeyReceipt, ResolvedKey};
 
-/// `$1` dir, `$2` name, `$3` owner (`user` or `user:group`), `$4` mode
-/// (no setuid, setgid or sticky bit, and no execute bit is given: a
-/// umask cannot give them), `$5` the
-/// byte count sent; the content on stdin; prints the byte count written.
+/// `$1` dir, `$2` name, `$3` owner (`user`, its login group then, or
+/// `user:group`), `$4` mode (no setuid, setgid or sticky bit, and no
+/// execute bit is given: a umask cannot give them), `$5` the byte count
+/// sent; the content on stdin; prints the byte count written.
 pub(crate) const WRITE: &str = r#"set -eu
 dir=$1 dest=$1/$2 owner=$3 mode=$4 len=$5
+case $owner in *:*) ;; *) owner=$owner:$(id -gn "$owner") ;; esac
 umask 077
 if [ ! -d "$dir" ]; then (umask 022 && mkdir -p "$dir"); chmod 0755 "$dir"; fi
 dir=$(cd "$dir" && pwd -P) dest=$dir/$2
@@ -253,6 +254,23 @@ mod tests {
             eprintln!("skipped: a directory of another user needs root to make");
             return;
         }
+        // A user and no group: the user's login group (README), not the
+        // group the file was made with (root's).
+        let mut theirs = key(&dir.display().to_string(), b"s3cret");
+        theirs.spec.user = "nobody".into();
+        upload(&remote, &theirs, false).await.unwrap();
+        let gid = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let dest_s = dest.display().to_string();
+        assert_eq!(
+            gid(&["stat", "-c", "%g", &dest_s]),
+            gid(&["id", "-g", "nobody"])
+        );
         for (top, dir) in [("own", "own"), ("parent", "parent/keys")] {
             std::fs::create_dir_all(d(dir)).unwrap();
             let chown = std::process::Command::new("chown")
