@@ -79,10 +79,6 @@ pub enum SelectError {
         name: String,
         suggestion: Option<String>,
     },
-    #[error(
-        "the selection is empty: no host is both in wave(s) {waves} and matched by --host/--tag"
-    )]
-    Empty { waves: String },
     /// A `--host`/`--tag` word that matches hosts, none of them in the
     /// `--wave`s given: it was dropped silently, the rest deployed.
     #[error(
@@ -174,16 +170,12 @@ impl Inventory {
             })
             .filter(|g| !g.hosts.is_empty())
             .collect();
-        if groups.is_empty() && by_host_or_tag {
-            return Err(SelectError::Empty {
-                waves: sel.waves.join(", "),
-            });
-        }
         Ok(Selection { groups })
     }
 
     /// With `--wave`, every `--host` word and tag must match a host of
-    /// those waves (never silently skipped, as an unknown name is not).
+    /// those waves (never silently skipped, as an unknown name is not), so
+    /// the selection is never empty.
     fn check_in_waves(&self, sel: &Selector) -> Result<(), SelectError> {
         let in_waves: Vec<&str> = (self.waves.iter())
             .filter(|w| sel.waves.contains(&w.name))

@@ -31,7 +31,7 @@ use super::{KeyReceipt, ResolvedKey};
 /// execute bit is given: a umask cannot give them), `$5` the byte count
 /// sent; the content on stdin; prints the byte count written.
 pub(crate) const WRITE: &str = r#"set -eu
-dir=$1 dest=$1/$2 owner=$3 mode=$4 len=$5
+dir=$1 owner=$3 mode=$4 len=$5
 case $owner in *:*) ;; *) owner=$owner:$(id -gn "$owner") ;; esac
 umask 077
 if [ ! -d "$dir" ]; then (umask 022 && mkdir -p "$dir"); chmod 0755 "$dir"; fi

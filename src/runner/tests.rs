@@ -162,6 +162,16 @@ fn selection() -> Selection {
     }
 }
 
+/// `job` run on `sel` in a task of its own, cancelled through `rx`.
+fn spawn_run(
+    job: &Arc<Job>,
+    sel: Selection,
+    rx: cancel::CancelWatch,
+) -> tokio::task::JoinHandle<Vec<HostResult<Result<(), String>>>> {
+    let j = job.clone();
+    tokio::spawn(async move { run(j, &sel, rx, |_| {}).await })
+}
+
 fn ends(results: &[HostResult<Result<(), String>>]) -> Vec<(String, String)> {
     results
         .iter()
@@ -289,8 +299,7 @@ async fn the_run_waits_for_hosts_to_be_let_go_until_the_second_cancel() {
     let sel = Selection {
         groups: vec![group("main", &["m1"], 1, 0, 0)],
     };
-    let j = job.clone();
-    let mut handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+    let mut handle = spawn_run(&job, sel, rx);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(job.entries().contains(&"let go m1".to_string()));
     assert!(!handle.is_finished(), "the run did not wait");
@@ -329,8 +338,7 @@ async fn second_cancel_during_a_recheck(taking_back: HashSet<String>, c1: &str) 
         ..Job::default()
     });
     let (c, rx) = cancel::channel();
-    let j = job.clone();
-    let mut handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    let mut handle = spawn_run(&job, selection(), rx);
     // c1 runs 10 s and soaks 60 s: its re-check hangs from then on.
     tokio::time::sleep(Duration::from_secs(100)).await;
     assert!(job.entries().contains(&"rechecked c1".to_string()));
@@ -493,8 +501,7 @@ async fn first_cancel_finishes_in_flight_and_starts_nothing_new() {
             group("later", &["l1"], 1, 0, 0),
         ],
     };
-    let j = job.clone();
-    let handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+    let handle = spawn_run(&job, sel, rx);
     tokio::time::sleep(Duration::from_secs(5)).await; // m1, m2 in flight
     c.escalate();
     let results = handle.await.unwrap();
@@ -529,8 +536,7 @@ async fn hosts_ending_on_the_cancel_start_no_others() {
         let sel = Selection {
             groups: vec![group("main", &["m1", "m2", "m3", "m4"], 2, 4, 0)],
         };
-        let j = job.clone();
-        let handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+        let handle = spawn_run(&job, sel, rx);
         tokio::time::sleep(Duration::from_secs(5)).await; // m1, m2 in flight
         c.escalate();
         let results = handle.await.unwrap();
@@ -550,8 +556,7 @@ async fn second_cancel_aborts_in_flight() {
     let sel = Selection {
         groups: vec![group("main", &["m1", "m2"], 2, 0, 0)],
     };
-    let j = job.clone();
-    let handle = tokio::spawn(async move { run(j, &sel, rx, |_| {}).await });
+    let handle = spawn_run(&job, sel, rx);
     tokio::time::sleep(Duration::from_secs(5)).await;
     c.escalate();
     c.escalate();
@@ -765,8 +770,7 @@ async fn a_soak_with_nothing_to_recheck_does_not_wait() {
 async fn a_first_cancel_during_a_soaking_waves_activation_rechecks_its_hosts() {
     let job = Arc::new(Job::default());
     let (c, rx) = cancel::channel();
-    let j = job.clone();
-    let handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    let handle = spawn_run(&job, selection(), rx);
     // c1 runs 10 s after a 1 s copy: still activating at 5 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
     c.escalate();
@@ -788,8 +792,7 @@ async fn a_first_cancel_during_a_soaking_waves_activation_rechecks_its_hosts() {
 async fn a_first_cancel_during_a_soak_rechecks_at_once() {
     let job = Arc::new(Job::default());
     let (c, rx) = cancel::channel();
-    let j = job.clone();
-    let handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    let handle = spawn_run(&job, selection(), rx);
     // c1 runs 10 s (after a 1 s copy), then soaks 60 s.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!job.entries().contains(&"rechecked c1".to_string()));
@@ -808,8 +811,7 @@ async fn a_first_cancel_during_a_soak_rechecks_at_once() {
         ..Job::default()
     });
     let (c, rx) = cancel::channel();
-    let j = job.clone();
-    let mut handle = tokio::spawn(async move { run(j, &selection(), rx, |_| {}).await });
+    let mut handle = spawn_run(&job, selection(), rx);
     tokio::time::sleep(Duration::from_secs(30)).await;
     c.escalate();
     tokio::time::sleep(Duration::from_secs(120)).await;
