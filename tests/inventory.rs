@@ -1054,6 +1054,37 @@ sudo_password_command = []
     assert!(pos.len() >= 10, "{pos:?}\n{msg}");
 }
 
+/// An error on a line holding a key's inline secret shows the line with the
+/// secret masked (one `*` per character, so the caret still points right):
+/// the text of a key with a misspelt field, of a key with two sources, a
+/// misspelt `text` (an unknown field's value), a key that is not a table,
+/// and a line the TOML parser refused.
+#[test]
+fn error_excerpts_never_show_a_keys_inline_text() {
+    let (msg, _) = errors(&format!(
+        r#"{BASE}
+[hosts.web1]
+address = "10.0.0.1"
+keys = [
+  {{ name = "a", text = "hunter2-a", permision = "0600" }},
+  {{ name = "b", text = "hunter2-b", file = "y" }},
+  {{ name = "c", txt = "hunter2-c" }},
+  "hunter2-d",
+]
+"#
+    ));
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(msg.contains("text = ***********, permision"), "{msg}");
+    assert!(msg.contains("unknown key `permision`"), "{msg}");
+    let d = parse(&format!(
+        "{BASE}[hosts.web1]\naddress = \"10.0.0.1\"\nkeys = [{{ name = \"a\", text = \"hunter2\\q\" }}]\n"
+    ))
+    .expect_err("a bad escape");
+    let msg = d.to_string();
+    assert!(msg.contains("TOML syntax"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+}
+
 /// A wave of tags only, every tagged host already in an earlier wave: the
 /// inventory is valid and the whole fleet runs, but `--wave` naming it is
 /// an error saying which hosts are where, and `check` warns about it.

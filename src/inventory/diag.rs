@@ -37,6 +37,10 @@ pub struct Diagnostics {
     pub path: PathBuf,
     pub source: String,
     pub items: Vec<Diagnostic>,
+    /// Byte ranges of the source never shown: a key's inline `text` (and
+    /// the value of any key a key table does not know, a misspelt `text`).
+    /// An excerpt shows each of their characters as `*`.
+    pub secrets: Vec<Range<usize>>,
 }
 
 /// Where each line of a source starts, built once: a byte offset's line is
@@ -132,13 +136,18 @@ const MAX_LINE_SHOWN: usize = 160;
 /// characters of that text.
 struct Excerpt<'a> {
     before: &'static str,
-    text: &'a str,
+    text: std::borrow::Cow<'a, str>,
     after: &'static str,
     pad: usize,
     width: usize,
 }
 
-fn excerpt<'a>(source: &'a str, line: Range<usize>, span: &Range<usize>) -> Excerpt<'a> {
+fn excerpt<'a>(
+    source: &'a str,
+    line: Range<usize>,
+    span: &Range<usize>,
+    secrets: &[Range<usize>],
+) -> Excerpt<'a> {
     let at = floor_char_boundary(source, span.start.clamp(line.start, line.end));
     let (from, to) = if line.len() <= MAX_LINE_SHOWN {
         (line.start, line.end)
@@ -156,11 +165,56 @@ fn excerpt<'a>(source: &'a str, line: Range<usize>, span: &Range<usize>) -> Exce
     let before = if from > line.start { "…" } else { "" };
     Excerpt {
         before,
-        text: &source[from..to],
+        text: masked(source, from..to, secrets),
         after: if to < line.end { "…" } else { "" },
         pad: before.chars().count() + source[from..at].chars().count(),
         width: source[at..end].chars().count().max(1),
     }
+}
+
+/// `source[shown]` with every character inside a secret range as `*`, one
+/// for one, so the caret's columns stay those of the file.
+fn masked<'a>(
+    source: &'a str,
+    shown: Range<usize>,
+    secrets: &[Range<usize>],
+) -> std::borrow::Cow<'a, str> {
+    let text = &source[shown.clone()];
+    let hit = |at: usize| secrets.iter().any(|r| r.contains(&at));
+    if !secrets
+        .iter()
+        .any(|r| r.start < shown.end && shown.start < r.end)
+    {
+        return text.into();
+    }
+    text.char_indices()
+        .map(|(i, c)| if hit(shown.start + i) { '*' } else { c })
+        .collect::<String>()
+        .into()
+}
+
+/// Where a source that did not parse may hold a key's inline secret: on
+/// every line with a `text` key, what follows its `=`. (The parsed tree,
+/// which names the values exactly, is not there when the syntax is wrong.)
+pub fn text_assignments(source: &str) -> Vec<Range<usize>> {
+    let index = LineIndex::new(source);
+    let mut found = Vec::new();
+    for line in 0..index.starts.len() {
+        let r = index.line_range(line);
+        let l = &source[r.clone()];
+        let mut from = 0;
+        while let Some(i) = l[from..].find("text").map(|i| from + i) {
+            from = i + 4;
+            let before = l[..i].chars().next_back();
+            let bare = before.is_none_or(|c| " \t{,.\"'".contains(c));
+            let rest = l[from..].trim_start_matches(['"', '\'']).trim_start();
+            if bare && rest.starts_with('=') {
+                found.push(r.start + (l.len() - rest.len()) + 1..r.end);
+                break;
+            }
+        }
+    }
+    found
 }
 
 impl Diagnostics {
@@ -188,7 +242,12 @@ impl Diagnostics {
             }
             return Ok(());
         };
-        let ex = excerpt(&self.source, index.line_range(line - 1), span);
+        let ex = excerpt(
+            &self.source,
+            index.line_range(line - 1),
+            span,
+            &self.secrets,
+        );
         let gutter = line.to_string().len();
         writeln!(
             f,
@@ -332,6 +391,7 @@ mod tests {
             items: vec![
                 Diagnostic::new("unknown key `adress`", 13..19).help("did you mean `address`?"),
             ],
+            secrets: Vec::new(),
         };
         let text = d.to_string();
         assert!(text.contains("--> inv.toml:2:1"), "{text}");

@@ -233,10 +233,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Inventory, Diagnostics> {
         },
     };
     let (doc, errors) = DeTable::parse_recoverable(source);
-    let fail = |items: Vec<Diagnostic>| Diagnostics {
+    let fail = |items: Vec<Diagnostic>, secrets| Diagnostics {
         path: path.to_path_buf(),
         source: source.to_owned(),
         items,
+        secrets,
     };
     if !errors.is_empty() {
         let items = errors
@@ -247,7 +248,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Inventory, Diagnostics> {
                 help: None,
             })
             .collect();
-        return Err(fail(items));
+        return Err(fail(items, super::diag::text_assignments(source)));
     }
     let inventory = loader.document(path, doc.get_ref());
     match inventory {
@@ -255,7 +256,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Inventory, Diagnostics> {
         _ => {
             let mut items = loader.w.diags;
             items.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
-            Err(fail(items))
+            Err(fail(items, loader.w.secrets))
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Walker {
     pub diags: Vec<Diagnostic>,
     /// Comparisons "did you mean" may still make ([`SUGGESTION_BUDGET`]).
     suggestions_left: usize,
+    /// Spans of values no error excerpt may show ([`super::Diagnostics::secrets`]).
+    pub secrets: Vec<Range<usize>>,
 }
 
 impl Default for Walker {
@@ -38,6 +40,7 @@ impl Default for Walker {
         Walker {
             diags: Vec::new(),
             suggestions_left: SUGGESTION_BUDGET,
+            secrets: Vec::new(),
         }
     }
 }

@@ -12,6 +12,19 @@ use crate::keys::{
     DEFAULT_DEST_DIR, DEFAULT_PERMISSIONS, KeySource, KeySpec, Secret, UploadAt, valid_permissions,
 };
 
+/// A key table's fields whose values an error may show; every other value
+/// (`text`, or a misspelt field that may be `text`) is masked in excerpts.
+const NOT_SECRET: &[&str] = &[
+    "name",
+    "file",
+    "command",
+    "dest_dir",
+    "user",
+    "group",
+    "permissions",
+    "upload_at",
+];
+
 impl Loader {
     pub(super) fn keys(&mut self, v: &Val<'_>) -> Vec<KeySpec> {
         let Some(items) = self.w.array("keys", v) else {
@@ -19,6 +32,9 @@ impl Loader {
         };
         let mut out: Vec<KeySpec> = Vec::new();
         for item in items {
+            if !matches!(item.get_ref(), toml::de::DeValue::Table(_)) {
+                self.w.secrets.push(item.span());
+            }
             let Some(t) = self.w.table("keys", item) else {
                 continue;
             };
@@ -36,6 +52,11 @@ impl Loader {
     }
 
     fn key(&mut self, t: &DeTable<'_>, span: std::ops::Range<usize>) -> Option<KeySpec> {
+        self.w.secrets.extend(
+            t.iter()
+                .filter(|(k, _)| !NOT_SECRET.contains(&k.get_ref().as_ref()))
+                .map(|(_, v)| v.span()),
+        );
         self.w.check_keys(t, KEY_KEYS, "a key");
         let name = match get(t, "name") {
             Some(n) => self
