@@ -102,6 +102,7 @@ fn exec_selection_patterns_hang_ups_and_notify() {
     selection_patterns(&fleet);
     timeout_hangs_up(&fleet);
     ctrl_c_hangs_up(&fleet);
+    stdout_closed(&fleet);
     notify_gets_the_summary(&fleet);
 }
 
@@ -318,6 +319,29 @@ fn ctrl_c_hangs_up(fleet: &Fleet) {
     wait_for("the hung-up sleeps to end", Duration::from_secs(5), || {
         running("sleep 32.5").is_empty()
     });
+}
+
+/// A reader of stdout gone (`nixgate exec ... | head`): no panic, the
+/// hosts' stderr and the summary still reach stderr, the exit code is the
+/// commands'. (`print!` panicked in the reporter task at the first line,
+/// and everything after it was lost.)
+fn stdout_closed(fleet: &Fleet) {
+    let mut child = nixgate_cmd(
+        fleet,
+        &["exec", "--on", "light[1-3]", "--", "sh", "-c", SCRIPT],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("3 host(s) exited 0"), "{stderr}");
+    let light3 = fleet.host("light3").address;
+    assert!(stderr.contains(&format!("warn {light3}")), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
 
 fn notify_gets_the_summary(fleet: &Fleet) {

@@ -56,7 +56,7 @@ pub fn list(g: &Global, limit: usize) -> anyhow::Result<Outcome> {
     for e in &entries {
         t.row(listing_row(e));
     }
-    print!("{t}");
+    crate::report::stdout(format_args!("{t}"));
     Ok(Outcome::Success)
 }
 

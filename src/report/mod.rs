@@ -157,6 +157,27 @@ pub fn spawn(
 /// Set once a write to stdout failed: nothing more is written there.
 static STDOUT_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Human text on stdout (`print!` that cannot panic): none after a write
+/// that failed. A reader that went away (`nixgate exec ... | head`) made
+/// `print!` panic in the reporter task, which lost every later event of
+/// the run's report while the deploy went on.
+pub fn stdout(text: std::fmt::Arguments<'_>) {
+    use std::sync::atomic::Ordering;
+    if STDOUT_BROKEN.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(text).and_then(|()| out.flush()).is_err() {
+        STDOUT_BROKEN.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Human text on stderr (`eprint!` that cannot panic): a failed write is
+/// dropped (there is nowhere left to say so).
+pub fn stderr(text: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
 /// Write one JSON value as a line on stdout (the `--json` stream).
 pub fn json_line(value: &impl serde::Serialize) {
     json_line_to(&mut std::io::stdout().lock(), &STDOUT_BROKEN, value);

@@ -68,12 +68,12 @@ impl ExecView {
         }
         let status = end_words(end);
         if self.group {
-            eprintln!("=== {host}: {status} ({seconds:.1} s)");
+            crate::report::stderr(format_args!("=== {host}: {status} ({seconds:.1} s)\n"));
             for (stream, line) in self.held.remove(host).unwrap_or_default() {
                 print_line("", stream, &line);
             }
         } else if !end.ok() {
-            eprintln!("{host:w$} : {status}", w = self.width);
+            crate::report::stderr(format_args!("{host:w$} : {status}\n", w = self.width));
         }
         self.ends
             .insert(host.to_owned(), (status, format!("{seconds:.1} s")));
@@ -95,8 +95,8 @@ impl ExecView {
 
 fn print_line(prefix: &str, stream: Stream, line: &str) {
     match stream {
-        Stream::Stdout => println!("{prefix}{line}"),
-        Stream::Stderr => eprintln!("{prefix}{line}"),
+        Stream::Stdout => crate::report::stdout(format_args!("{prefix}{line}\n")),
+        Stream::Stderr => crate::report::stderr(format_args!("{prefix}{line}\n")),
     }
 }
 
@@ -129,21 +129,21 @@ impl Reporter for ExecView {
             }
             Event::ExecOutput { host, stream, text } => self.output(host, *stream, text),
             Event::ExecFinished { host, end, seconds } => self.finished(host, end, *seconds),
-            Event::CancelRequested { level } => eprintln!(
-                "nixgate: {}",
+            Event::CancelRequested { level } => crate::report::stderr(format_args!(
+                "nixgate: {}\n",
                 match level {
                     crate::runner::cancel::CancelLevel::Abort =>
                         "second Ctrl-C: abandoning the commands in flight",
                     _ =>
                         "Ctrl-C: starting no new host; hanging up the commands in flight (Ctrl-C again to abandon them)",
                 }
-            ),
+            )),
             Event::Runner(RunnerEvent::HostNotStarted { .. }) => {}
             Event::Summary { ok, failed, .. } => {
                 if !self.hosts.is_empty() {
-                    eprint!("{}", self.table());
+                    crate::report::stderr(format_args!("{}", self.table()));
                 }
-                eprintln!("{ok} host(s) exited 0, {failed} did not");
+                crate::report::stderr(format_args!("{ok} host(s) exited 0, {failed} did not\n"));
             }
             _ => {}
         }

@@ -330,7 +330,7 @@ impl Human {
     /// Print a block of text on stderr, around the live view.
     fn block(&mut self, text: &str) {
         match &mut self.style {
-            Style::Plain { .. } => eprint!("{text}"),
+            Style::Plain { .. } => crate::report::stderr(format_args!("{text}")),
             Style::Live(t) => t.print(text),
         }
     }
@@ -391,8 +391,10 @@ impl Human {
                 let now = stamped.then(|| Utc::now().rfc3339());
                 for line in text.lines() {
                     match &now {
-                        Some(now) => eprintln!("{now} {}", strip_controls(line)),
-                        None => eprintln!("{}", strip_controls(line)),
+                        Some(now) => {
+                            crate::report::stderr(format_args!("{now} {}\n", strip_controls(line)))
+                        }
+                        None => crate::report::stderr(format_args!("{}\n", strip_controls(line))),
                     }
                 }
             }
@@ -410,10 +412,10 @@ impl Human {
             t.clear();
         }
         if let Some(table) = self.collected.table(self.command) {
-            print!("{table}");
+            crate::report::stdout(format_args!("{table}"));
         }
         let width = tables::width_of(&std::io::stderr());
-        eprint!("{}", self.summary_block(hosts, width));
+        crate::report::stderr(format_args!("{}", self.summary_block(hosts, width)));
         if self.command.is_some_and(|c| c.runs()) || !hosts.is_empty() {
             self.line(ev);
         }
@@ -499,21 +501,23 @@ impl Reporter for Human {
         match ev {
             Event::ReportWritten { .. } => {}
             Event::HostBuilt { host, toplevel, .. } if self.command == Some(CommandName::Build) => {
-                println!("{host} {toplevel}");
+                crate::report::stdout(format_args!("{host} {toplevel}\n"));
             }
             Event::PlanReady {
                 waves, cancelled, ..
             } => {
                 let text = self.collected.plan(waves, *cancelled);
                 if self.command == Some(CommandName::Plan) {
-                    print!("{text}");
+                    crate::report::stdout(format_args!("{text}"));
                 } else if self.command != Some(CommandName::Build) {
                     self.block(&text);
                 } else {
                     self.block(&tables::refusals(waves));
                 }
             }
-            Event::ReleaseDetail { release } => println!("{}", release.message.trim_end()),
+            Event::ReleaseDetail { release } => {
+                crate::report::stdout(format_args!("{}\n", release.message.trim_end()))
+            }
             Event::Summary { .. } => self.summary(ev),
             _ => self.line(ev),
         }

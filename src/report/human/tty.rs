@@ -112,8 +112,8 @@ impl Tty {
     /// Print text above the live view.
     pub fn print(&self, text: &str) {
         match &self.bar {
-            Some(bar) => bar.suspend(|| eprint!("{text}")),
-            None => eprint!("{text}"),
+            Some(bar) => bar.suspend(|| crate::report::stderr(format_args!("{text}"))),
+            None => crate::report::stderr(format_args!("{text}")),
         }
     }
 
