@@ -105,3 +105,24 @@ fn signing_as_a_non_root_builder_user_needs_trust() {
         Vec::<String>::new()
     );
 }
+
+/// A wave before others with a failure budget as large as the wave never
+/// stops the run: warned (a count), not when a percentage says so.
+#[test]
+fn a_wave_whose_budget_covers_all_its_hosts_is_warned() {
+    let hosts = [host("web1", ""), host("web2", ""), host("web3", "")].concat();
+    let waves = |canary: &str, last: &str| {
+        format!(
+            "{hosts}[[waves]]\nname = \"canary\"\nhosts = [\"web1\"]\nmax_failures = {canary}\n\
+             [[waves]]\nname = \"main\"\nhosts = [\"web2\", \"web3\"]\nmax_failures = {last}\n"
+        )
+    };
+    let w = warned("", &waves("1", "5"));
+    assert_eq!(w.len(), 1, "the last wave stops nothing after it: {w:?}");
+    assert!(
+        w[0].starts_with("wave `canary` tolerates 1 failed host(s) of its 1"),
+        "{w:?}"
+    );
+    assert_eq!(warned("", &waves("0", "5")), Vec::<String>::new());
+    assert_eq!(warned("", &waves("\"100%\"", "0")), Vec::<String>::new());
+}

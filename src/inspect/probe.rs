@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::activation::host_state;
 use crate::fleet::{Machine, Sessions};
-use crate::inventory::{CopyMode, Host, Inventory, Selection};
+use crate::inventory::{CopyMode, Host, Inventory, MaxFailures, Selection};
 use crate::nix::StorePath;
 use crate::ssh::HostKeyStatus;
 
@@ -75,7 +75,34 @@ pub fn warnings(inv: &Inventory) -> Vec<String> {
             wave.name
         ));
     }
+    out.extend(budget_warnings(inv));
     out
+}
+
+/// A wave before others whose `max_failures` count is its size or more:
+/// every one of its hosts may fail and the next wave still starts, so a
+/// canary so configured protects nothing (`max_failures = 1` on a
+/// one-host canary). A percentage says so on purpose ("100%"): not warned.
+fn budget_warnings(inv: &Inventory) -> Vec<String> {
+    let last = inv.waves.iter().rposition(|w| !w.hosts.is_empty());
+    inv.waves
+        .iter()
+        .enumerate()
+        .filter(|&(i, w)| {
+            let size = w.hosts.len();
+            Some(i) < last
+                && size > 0
+                && matches!(w.max_failures, MaxFailures::Count(n) if n >= size)
+        })
+        .map(|(_, w)| {
+            format!(
+                "wave `{}` tolerates {} failed host(s) of its {}: even all of them failing does not stop the waves after it (for a canary, max_failures = 0)",
+                w.name,
+                w.max_failures.allowed(w.hosts.len()),
+                w.hosts.len()
+            )
+        })
+        .collect()
 }
 
 /// Combinations of signing and copying that cannot work, or only with
