@@ -8,7 +8,8 @@
 //! `root:keys 0750`).
 //!
 //! As root, it writes only into a directory that is root's, as is every
-//! one above it (none writable by others unless sticky): in a `dest_dir`
+//! one above it (none writable by others, or by a group but root's, unless
+//! sticky): in a `dest_dir`
 //! the key's owner may write to, every name root then uses could be
 //! replaced under it (the owner given first and the mode and content by
 //! name after: it swapped the file for a link, and root gave any file the
@@ -37,11 +38,12 @@ umask 077
 if [ ! -d "$dir" ]; then (umask 022 && mkdir -p "$dir"); chmod 0755 "$dir"; fi
 dir=$(cd "$dir" && pwd -P) dest=$dir/$2
 # Root writes only where nobody else can replace a name: the directory and
-# every one above it root's, none writable by others unless sticky.
+# every one above it root's, none writable by others (or by a group other
+# than root's) unless sticky.
 if [ "$(id -u)" = 0 ]; then
   d=$dir
   while :; do
-    if [ -n "$(find "$d" -prune \( ! -user 0 -o \( -perm -0002 ! -perm -1000 \) \) -print 2>/dev/null)" ]; then
+    if [ -n "$(find "$d" -prune \( ! -user 0 -o \( -perm -0002 ! -perm -1000 \) -o \( -perm -0020 ! -group 0 ! -perm -1000 \) \) -print 2>/dev/null)" ]; then
       echo "$d is not root's alone (its owner, or anyone, could replace the key's file): keys are written where only root can (the key still gets its own owner)" >&2
       exit 1
     fi
@@ -271,13 +273,22 @@ mod tests {
             gid(&["stat", "-c", "%g", &dest_s]),
             gid(&["id", "-g", "nobody"])
         );
-        for (top, dir) in [("own", "own"), ("parent", "parent/keys")] {
+        // A directory of another user, one under it, one a group other
+        // than root's may write to.
+        for (top, dir, how) in [
+            ("own", "own", ["chown", "nobody"]),
+            ("parent", "parent/keys", ["chown", "nobody"]),
+            ("shared", "shared", ["chgrp", "nogroup"]),
+        ] {
             std::fs::create_dir_all(d(dir)).unwrap();
-            let chown = std::process::Command::new("chown")
-                .args(["nobody", &d(top).display().to_string()])
+            let top_s = d(top).display().to_string();
+            let chown = std::process::Command::new(how[0])
+                .args([how[1], &top_s])
                 .status()
                 .unwrap();
             assert!(chown.success());
+            let mode = if top == "shared" { 0o770 } else { 0o755 };
+            std::fs::set_permissions(d(top), std::fs::Permissions::from_mode(mode)).unwrap();
             let k = key(&d(dir).display().to_string(), b"s3cret");
             let e = upload(&remote, &k, false).await.unwrap_err();
             assert!(e.error.contains("is not root's alone"), "{dir}: {e}");
