@@ -327,9 +327,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             .then_some(Kept::NotChanged)
     }
 
-    /// After its wave's soak: a host whose health checks fail now is taken
-    /// back to the known-good before this run's, and its mark revoked.
-    async fn take_back_unhealthy(&self, host: &str, done: HostSummary) -> HostSummary {
+    /// Whether health checks now say anything of what this run did to a
+    /// host that ended `done`.
+    fn checks_see_change(&self, done: &HostSummary) -> bool {
         // A goal that did not switch the running system (copy,
         // dry-activate, boot) changed nothing the checks look at: they
         // check what it ran before, and its "take-back" was a switch on a
@@ -338,22 +338,25 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         // `AlreadyCurrent` under `--goal boot` too, and its boot default is
         // what that run was asked to set.
         if (self.goal.switch_action()).is_none_or(|a| !a.changes_running_system()) {
-            return done;
+            return false;
         }
         // Nor a host a first Ctrl-C stopped before it changed (re-checked
         // now with its wave, it was switched to what it ran when unhealthy:
-        // a host the cancel had promised to leave alone).
-        if matches!(done.end.outcome(), Some(HostOutcome::Cancelled { .. })) {
-            return done;
-        }
-        // Nor a change deferred to the next boot (`--allow-pending-reboot`):
-        // the host still runs what it ran, and checks of that said nothing
-        // of the candidate (it was taken back, its pending boot default
-        // dropped, for them).
-        if matches!(
+        // a host the cancel had promised to leave alone), nor a change
+        // deferred to the next boot (`--allow-pending-reboot`): the host
+        // still runs what it ran, and checks of that said nothing of the
+        // candidate (it was taken back, its pending boot default dropped,
+        // for them).
+        !matches!(
             done.end.outcome(),
-            Some(HostOutcome::DeferredPendingReboot { .. })
-        ) {
+            Some(HostOutcome::Cancelled { .. } | HostOutcome::DeferredPendingReboot { .. })
+        )
+    }
+
+    /// After its wave's soak: a host whose health checks fail now is taken
+    /// back to the known-good before this run's, and its mark revoked.
+    async fn take_back_unhealthy(&self, host: &str, done: HostSummary) -> HostSummary {
+        if !self.checks_see_change(&done) {
             return done;
         }
         let (Some(inv_host), Ok(remote)) = (self.inventory.host(host), self.fleet.host(host).await)
@@ -595,6 +598,10 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
 
     fn is_failure(&self, d: &HostSummary) -> bool {
         d.end.counts_against_wave(self.allow_pending_reboot)
+    }
+
+    fn to_recheck(&self, d: &HostSummary) -> bool {
+        !self.is_failure(d) && self.checks_see_change(d)
     }
 
     fn planned_end(&self, host: &str) -> Option<HostSummary> {

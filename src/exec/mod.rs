@@ -213,6 +213,11 @@ impl<F: Fleet> HostJob for ExecJob<F> {
         !done.end.ok()
     }
 
+    /// `exec` has no soak (its one group soaks for zero).
+    fn to_recheck(&self, _: &ExecDone) -> bool {
+        false
+    }
+
     fn planned_end(&self, _host: &str) -> Option<ExecDone> {
         None
     }

@@ -59,6 +59,10 @@ pub trait HostJob: Send + Sync + 'static {
     fn interrupted(&self, host: &str, why: Interrupted) -> Self::Done;
     /// Whether a result counts against the wave's failure budget.
     fn is_failure(&self, done: &Self::Done) -> bool;
+    /// Whether a soak re-checks a host that ended `done`: it ended well,
+    /// and its end changed what the checks look at. A wave with none waits
+    /// no soak.
+    fn to_recheck(&self, done: &Self::Done) -> bool;
     /// The end of a host that ended before the run (the plan refused it);
     /// `None` for a host to run.
     fn planned_end(&self, host: &str) -> Option<Self::Done>;
@@ -495,9 +499,10 @@ impl<J: HostJob> Runner<J> {
     async fn soak(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
         let group = w.group;
         // Nothing to re-check (every host refused or failed, within the
-        // wave's budget): no wait (it was the whole soak, up to 7 days).
+        // wave's budget, or none changed what it runs: `--goal boot`): no
+        // wait (it was the whole soak, up to 7 days).
         let rechecks = (w.results.iter())
-            .any(|r| matches!(&r.end, RunnerEnd::Done(d) if !self.job.is_failure(d)));
+            .any(|r| matches!(&r.end, RunnerEnd::Done(d) if self.job.to_recheck(d)));
         if !rechecks {
             return (*self.cancel.borrow() >= CancelLevel::StopStarting)
                 .then_some(NotStarted::Cancelled);
@@ -540,7 +545,7 @@ impl<J: HostJob> Runner<J> {
         let mut task_host: HashMap<tokio::task::Id, usize> = HashMap::new();
         for (i, r) in w.results.iter().enumerate() {
             if let RunnerEnd::Done(d) = &r.end
-                && !self.job.is_failure(d)
+                && self.job.to_recheck(d)
             {
                 let (job, done, slots) = (self.job.clone(), d.clone(), slots.clone());
                 let host: Arc<str> = Arc::from(r.host.as_str());

@@ -26,6 +26,8 @@ struct Job {
     let_go_hangs: bool,
     /// A soak's re-check never ends (a take-back waiting on a host).
     recheck_hangs: bool,
+    /// No host's end is one a soak re-checks (`--goal boot`).
+    nothing_to_check: bool,
     /// A soak's re-check takes this long, in ms (health checks over SSH).
     recheck_ms: Option<u64>,
     /// Re-checks under way, and the most at once.
@@ -87,6 +89,10 @@ impl HostJob for Job {
 
     fn is_failure(&self, d: &Result<(), String>) -> bool {
         d.is_err()
+    }
+
+    fn to_recheck(&self, d: &Result<(), String>) -> bool {
+        d.is_ok() && !self.nothing_to_check
     }
 
     fn planned_end(&self, host: &str) -> Option<Result<(), String>> {
@@ -760,6 +766,41 @@ async fn a_soak_with_nothing_to_recheck_does_not_wait() {
     let e = ends(&results);
     assert!(e[0].1.starts_with("err:"), "{e:?}");
     assert_eq!(e[1], ("m1".to_string(), "ok".to_string()));
+}
+
+/// A soaking wave whose hosts ended well but changed nothing the checks
+/// look at (`--goal boot`, `copy`, a reboot deferred): no wait, no soak
+/// events (it waited the whole soak, then said every host was healthy
+/// without checking any).
+#[tokio::test(start_paused = true)]
+async fn a_soak_of_hosts_that_changed_nothing_checked_does_not_wait() {
+    let job = Arc::new(Job {
+        nothing_to_check: true,
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 0, 3600),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let started = tokio::time::Instant::now();
+    let results = run(job.clone(), &sel, rx, move |e| {
+        seen.lock().unwrap().push(format!("{e:?}"))
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ends(&results)[1], ("m1".to_string(), "ok".to_string()));
+    assert!(!job.entries().iter().any(|e| e.starts_with("rechecked")));
+    let events = events.lock().unwrap();
+    assert!(!events.iter().any(|e| e.contains("Soak")), "{events:?}");
 }
 
 /// The first Ctrl-C while the soaking wave still activates: its hosts
