@@ -85,10 +85,24 @@ pub struct RevertRecord {
     pub reverted_at: String,
     pub from: String,
     pub to: String,
-    /// `ok`, or which step failed (`test-exited-4`, ...).
+    /// `ok`, or which steps failed, comma-separated (`profile-failed`,
+    /// `boot-failed`, `test-exited-4`).
     pub result: String,
     /// `/run/current-system` after the revert.
     pub current: String,
+}
+
+impl RevertRecord {
+    /// Whether the revert put the system profile and the boot default back
+    /// (it had them to put back when the deploy moved them): a host whose
+    /// live system is back but whose boot default is still the candidate
+    /// boots it again at its next reboot.
+    pub fn boot_back(&self) -> bool {
+        !self
+            .result
+            .split(',')
+            .any(|r| r == "profile-failed" || r == "boot-failed")
+    }
 }
 
 /// The host's boot id (Linux's, or macOS's boot session UUID), printed:
@@ -143,7 +157,11 @@ if [ -x "$previous/bin/switch-to-configuration" ]; then
 else
   "$previous/activate"; code=$?
 fi
-[ "$code" = 0 ] || result="test-exited-$code"
+# A failed live test is added to what failed before it (the boot default
+# not put back must not read as a test's exit code).
+if [ "$code" != 0 ]; then
+  if [ "$result" = ok ]; then result="test-exited-$code"; else result="$result,test-exited-$code"; fi
+fi
 now=$(readlink -f /run/current-system)
 at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 printf '{"run_id":"%s","reverted_at":"%s","from":"%s","to":"%s","result":"%s","current":"%s"}\n' \

@@ -151,6 +151,10 @@ pub struct State {
     /// The revert runs and fails: its services come back, the host's
     /// link stays where it was, its record says `test-exited-1`.
     pub revert_fails: bool,
+    /// The revert's `switch-to-configuration boot` of the system it puts
+    /// back fails: the live system goes back, the boot default stays the
+    /// candidate's, its record says `boot-failed`.
+    pub revert_boot_fails: bool,
     /// When the revert runs, every session open before it is lost (new
     /// connections are answered): a network restart cutting established
     /// connections.
@@ -905,10 +909,15 @@ impl State {
             }
         }
         self.lock_held = false;
+        let mut result = "ok";
         if !before.is_empty() {
             let b = StorePath::parse(before).expect("store path");
             self.set_profile(profile, &b);
-            self.boot_default = b;
+            if self.revert_boot_fails {
+                result = "boot-failed";
+            } else {
+                self.boot_default = b;
+            }
         }
         if self.revert_cuts_sessions {
             self.lost_below = self.sessions;
@@ -920,12 +929,11 @@ impl State {
         self.sshd_up = !b.cuts_ssh && !b.cuts_network;
         self.offline = b.cuts_network;
         self.drops_new = b.drops_new_connections;
-        let result = if self.revert_fails {
-            "test-exited-1"
+        if self.revert_fails {
+            result = "test-exited-1";
         } else {
             self.current = prev;
-            "ok"
-        };
+        }
         let now = &self.current;
         let record = format!(
             r#"{{"run_id":"{run}","reverted_at":"2026-12-02T00:00:00Z","from":"{candidate}","to":"{previous}","result":"{result}","current":"{now}"}}"#
@@ -1105,6 +1113,7 @@ impl FakeHost {
             refuse_rearm: false,
             revert_beats_rearm: false,
             revert_fails: false,
+            revert_boot_fails: false,
             revert_takes: std::time::Duration::ZERO,
             reverting: false,
             revert_unstoppable: false,

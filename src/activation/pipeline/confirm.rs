@@ -13,6 +13,12 @@ const RETRY: Duration = Duration::from_secs(2);
 /// A look's two reads over a new connection, once its handshake is done.
 const READS_BOUND: Duration = Duration::from_secs(10);
 
+/// How long after it is due a revert shows its mark at the latest: the
+/// timer's accuracy (1 s), half a round trip of the arm, the script's
+/// first line. Not seen by then, with the link on what the host ran, it
+/// will not come (a disarm ran, its answer lost).
+const REVERT_FIRES_WITHIN: Duration = Duration::from_secs(10);
+
 /// How long before its revert is due a disarm stops trying: the revert
 /// must not start while the controller rolls back itself.
 const DISARM_MARGIN: Duration = Duration::from_secs(15);
@@ -490,14 +496,21 @@ impl<R: Remote> Run<'_, R> {
         let Some((seen, now, over)) = self.final_look(&armed, reached, stuck).await else {
             return self.unreachable(cause, true);
         };
-        if now.as_ref() == Some(&self.pre_current) {
+        // Back only by a revert that says it put everything back: a link on
+        // what it ran with no record is a switch that never flipped it
+        // (the profile, the boot default may be the candidate's), one whose
+        // record says the boot default failed boots the candidate again.
+        if now.as_ref() == Some(&self.pre_current)
+            && let Some(record) = seen.record.as_ref().filter(|r| r.boot_back())
+        {
             return HostOutcome::RevertedByHost {
                 cause,
                 to: self.pre_current.clone(),
-                record: seen.record,
+                record: Some(record.clone()),
             };
         }
-        // Still on the candidate (or elsewhere): the timer did not do it.
+        // Still on the candidate (or elsewhere), or not wholly back: the
+        // timer did not do it, the controller does.
         if let Some(record) = seen.record {
             (self.emit)(ActivationEvent::RevertFailed { record });
         }
@@ -594,10 +607,11 @@ impl<R: Remote> Run<'_, R> {
     /// switch a host its own revert is still switching; one still under way
     /// then is `stuck`.
     async fn look_for_revert(&self, armed: &Armed) -> Look<R> {
-        let give_up = tokio::time::Instant::now() + self.s.activation_timeout;
+        let now = tokio::time::Instant::now();
+        let give_up = now + self.s.activation_timeout;
         let patience = give_up + self.s.activation_timeout;
+        let fires_by = now + REVERT_FIRES_WITHIN.min(self.s.activation_timeout);
         let mut reached = None;
-        let mut back = false;
         let mut under_way = false;
         loop {
             let (seen, fresh) = self.look_once(armed).await;
@@ -605,22 +619,28 @@ impl<R: Remote> Run<'_, R> {
                 under_way = s.seen.under_way;
             }
             match (seen, fresh) {
-                (Some(s), Some(fresh)) => {
-                    back = s.back;
-                    match (s.back, s.seen.record) {
-                        (true, record) if !under_way => return Look::Back(record),
-                        (false, Some(record)) => {
-                            (self.emit)(ActivationEvent::RevertFailed { record });
-                            return Look::Failed { over: fresh };
-                        }
-                        _ => reached = Some(fresh),
+                (Some(s), Some(fresh)) => match (s.back, s.seen.record) {
+                    (true, Some(record)) if record.boot_back() => {
+                        return Look::Back(Some(record));
                     }
-                }
+                    // Ran, and left the host (or its boot default) on the
+                    // candidate: known, the controller takes it back.
+                    (_, Some(record)) => {
+                        (self.emit)(ActivationEvent::RevertFailed { record });
+                        return Look::Failed { over: fresh };
+                    }
+                    // On what it ran, the revert not begun since it was
+                    // due: it never flipped the link, and the profile (set
+                    // by the fire) is the candidate's: the controller puts
+                    // it back rather than wait out a revert that may never
+                    // come (a disarm that ran, its answer lost).
+                    (true, None) if !under_way && tokio::time::Instant::now() >= fires_by => {
+                        return Look::Failed { over: fresh };
+                    }
+                    _ => reached = Some(fresh),
+                },
                 // Over the run's own session: done, the rest is read there.
-                (Some(s), None) if s.seen.record.is_some() => {
-                    back = false;
-                    break;
-                }
+                (Some(s), None) if s.seen.record.is_some() => break,
                 _ => {}
             }
             let end = if under_way { patience } else { give_up };
@@ -628,10 +648,6 @@ impl<R: Remote> Run<'_, R> {
                 break;
             }
             tokio::time::sleep(RETRY).await;
-        }
-        if back {
-            // Seen back, its revert not done by the end: back all the same.
-            return Look::Back(None);
         }
         Look::NotSeen {
             reached,

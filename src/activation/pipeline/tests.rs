@@ -1392,6 +1392,42 @@ async fn a_failed_revert(cut: bool) {
     assert!(st.timers.is_empty());
 }
 
+/// A `switch` (its profile and boot default moved before the switch) that
+/// cuts SSH, and a revert that puts the live system back but fails to put
+/// the boot default back: not "reverted by the host" (the host would boot
+/// the candidate again at its next reboot), the controller rolls it back,
+/// boot default included. Before, the link alone was looked at.
+#[tokio::test(start_paused = true)]
+async fn a_revert_that_left_the_boot_default_is_not_reverted_by_the_host() {
+    let host = cutting_ssh();
+    host.state().revert_boot_fails = true;
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            gate: Gate::LiveActivate,
+            to,
+            ..
+        } => assert_eq!(to, &sp(OLD)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        ran.events.iter().any(|e| matches!(
+            e,
+            ActivationEvent::RevertFailed { record } if record.result == "boot-failed"
+        )),
+        "{:#?}",
+        ran.events
+    );
+    let st = host.state();
+    assert_revert_stopped_before_rollback(&st.ran);
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(
+        st.boot_default,
+        sp(OLD),
+        "the candidate is not booted again"
+    );
+}
+
 /// The revert was stopped (idempotent) before the controller's rollback
 /// was fired.
 fn assert_revert_stopped_before_rollback(cmds: &[String]) {
