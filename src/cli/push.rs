@@ -110,10 +110,14 @@ pub async fn push(
             run_id: run.run_id.as_str(),
             force: opts.force_release,
             sink: &run.sink,
+            stopped: run.stopped(),
         };
         release_known_good(&r, &hosts);
     }
-    run.report_rollback_targets(&inv, &hosts).await;
+    // Told to exit at once: not the rollback targets' reads either.
+    if !run.stopped() {
+        run.report_rollback_targets(&inv, &hosts).await;
+    }
     run.finish(hosts).await
 }
 

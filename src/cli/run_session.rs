@@ -54,6 +54,11 @@ pub struct RunSession {
 }
 
 impl RunSession {
+    /// Told to exit at once (the second Ctrl-C, or SIGTERM twice).
+    pub fn stopped(&self) -> bool {
+        *self.cancel.borrow() >= CancelLevel::Abort
+    }
+
     /// Take the controller lock, start reporting, write the stub report.
     /// Must run inside tokio.
     pub fn start(

@@ -24,6 +24,9 @@ pub enum NotReleased {
     Refused { refusal: release::Refusal },
     /// The repository could not be written.
     Failed { error: String },
+    /// The run was stopped (second Ctrl-C: exit at once) before its
+    /// releases: a push of the same commit releases the host.
+    Stopped,
 }
 
 /// Why a release was not published to the remote.
@@ -41,6 +44,8 @@ pub struct Releasing<'a> {
     pub run_id: &'a str,
     pub force: bool,
     pub sink: &'a EventSink,
+    /// The run was stopped at once (second Ctrl-C): nothing is released.
+    pub stopped: bool,
 }
 
 /// Release every host of `hosts` this run marked known-good: those it
@@ -55,6 +60,15 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
             continue;
         };
         if !changed && released_already(r, &h.host) {
+            continue;
+        }
+        // Told to exit at once: no tag, no branch, no push (its soak's
+        // re-check may have been cut off, the known-good end kept).
+        if r.stopped {
+            r.sink.emit(Event::NotReleased {
+                host: h.host.clone(),
+                why: NotReleased::Stopped,
+            });
             continue;
         }
         let evidence = Evidence {

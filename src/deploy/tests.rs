@@ -288,6 +288,16 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
 /// What the release step says of `hosts` (the fixture's earlier events
 /// dropped), releasing `commit` from `inv`'s repository.
 fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSummary]) -> Vec<Event> {
+    release_events_stopped(f, inv, commit, hosts, false)
+}
+
+fn release_events_stopped(
+    f: &Fixture,
+    inv: &Inventory,
+    commit: &str,
+    hosts: &[HostSummary],
+    stopped: bool,
+) -> Vec<Event> {
     let source = Source {
         commit: commit.to_owned(),
         dirty: false,
@@ -299,6 +309,7 @@ fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSumma
         run_id: "r1",
         force: false,
         sink: &f.ctx.sink,
+        stopped,
     };
     releases::release_known_good(&r, hosts);
     f.events.take()
@@ -708,6 +719,22 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
         })
         .collect();
     assert_eq!(released, ["web2", "web3"]);
+    // A run stopped at once (second Ctrl-C) releases nothing, and says so
+    // for each host it would have released.
+    let refs = || repo.references().unwrap().count();
+    let before = refs();
+    let stopped: Vec<String> = release_events_stopped(&f, &inv, &c.to_string(), &hosts, true)
+        .into_iter()
+        .map(|e| match e {
+            Event::NotReleased {
+                host,
+                why: releases::NotReleased::Stopped,
+            } => host,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(stopped, ["web2", "web3"]);
+    assert_eq!(refs(), before, "no tag, no branch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -894,6 +894,10 @@ pub fn not_released(n: &NotReleased) -> String {
     match n {
         NotReleased::Refused { refusal } => refusal.to_string(),
         NotReleased::Failed { error } => first_line(error).to_owned(),
+        NotReleased::Stopped => {
+            "the run was stopped at once (second Ctrl-C): a push of the same commit releases it"
+                .to_owned()
+        }
     }
 }
 
