@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::events::{ActivationEvent, Phase, Step};
-use super::links::{boot_id, read_store_link};
+use super::links::{boot_id, read_store_links};
 use super::settings::{HostSettings, RunId};
 use crate::nix::StorePath;
 use crate::remote::{Command, Exit, Remote};
@@ -67,8 +67,16 @@ pub async fn reboot_and_verify<R: Remote>(
                 tail: out.tail(10),
             };
         }
+        // Never sent (the `Remote` contract: an error is a command that did
+        // not start): no reboot is coming, none is waited for (it was, for
+        // the whole reboot timeout, then called "not back").
+        Err(e) => {
+            return RebootOutcome::Unreachable {
+                error: format!("{e:#}"),
+            };
+        }
         // Scheduled, or the connection went down with the host: both fine.
-        _ => {}
+        Ok(_) => {}
     }
     emit(ActivationEvent::Step {
         step: Step::WaitForReboot,
@@ -97,18 +105,116 @@ pub async fn reboot_and_verify<R: Remote>(
             };
         }
     }
-    let booted = read_store_link(remote, &settings.paths.booted_system)
-        .await
-        .ok()
-        .flatten();
-    let current = read_store_link(remote, &settings.paths.current_system)
-        .await
-        .ok()
-        .flatten();
+    let (booted, current) = booted_and_current(remote, settings, start).await;
     match (&booted, &current) {
         (Some(b), Some(c)) if b == expected && c == expected => {
             RebootOutcome::Verified { booted: b.clone() }
         }
         _ => RebootOutcome::WrongSystem { booted, current },
+    }
+}
+
+/// `/run/booted-system` and `/run/current-system` of a host just back from
+/// its reboot, read in one command, again every few seconds while the read
+/// fails (a host still bringing its network up answers the boot id, then
+/// drops the next connection), until the reboot timeout: one failed read
+/// was a wrong system, and the good host was rolled back.
+async fn booted_and_current<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    start: tokio::time::Instant,
+) -> (Option<StorePath>, Option<StorePath>) {
+    let paths = [
+        settings.paths.booted_system.as_str(),
+        settings.paths.current_system.as_str(),
+    ];
+    loop {
+        if let Ok(links) = read_store_links(remote, &paths).await
+            && let [booted, current] = links.as_slice()
+        {
+            return (booted.clone(), current.clone());
+        }
+        if start.elapsed() >= settings.reboot_timeout {
+            return (None, None);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::activation::links::READ_LINKS;
+    use crate::activation::verify_poll::tests::{NEW, sp};
+    use crate::inventory::Os;
+    use crate::remote::Streaming;
+    use crate::remote::scripted::{ScriptedRemote, fail, ok};
+
+    /// A host whose boot id changes after the reboot command, and whose
+    /// first `reads` link reads fail (its network still coming up).
+    fn rebooting(failed_reads: usize) -> ScriptedRemote {
+        let rebooted = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicUsize::new(0));
+        ScriptedRemote::new("web1", move |c| {
+            let a = c.argv();
+            if a.iter().any(|w| w == "systemd-run") {
+                rebooted.store(true, Ordering::SeqCst);
+                ok("")
+            } else if a.len() > 2 && a[2] == READ_LINKS {
+                if reads.fetch_add(1, Ordering::SeqCst) < failed_reads {
+                    return fail(255, "Connection reset by peer");
+                }
+                ok(&format!("{NEW}\n{NEW}\n"))
+            } else if rebooted.load(Ordering::SeqCst) {
+                ok("after\n")
+            } else {
+                ok("before\n")
+            }
+        })
+    }
+
+    async fn reboot<R: Remote>(r: &R) -> (RebootOutcome, Duration) {
+        let started = tokio::time::Instant::now();
+        let s = HostSettings::new(Os::Linux);
+        let out = reboot_and_verify(r, &s, &RunId::parse("r1").unwrap(), &sp(NEW), &|_| {}).await;
+        (out, started.elapsed())
+    }
+
+    /// Back on the candidate, the first reads of its links failing: read
+    /// again, verified (one failed read was a wrong system, rolled back).
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_after_the_reboot_is_read_again() {
+        let (out, _) = reboot(&rebooting(2)).await;
+        assert_eq!(out, RebootOutcome::Verified { booted: sp(NEW) });
+    }
+
+    /// The reboot command never sent: said at once, not waited out.
+    #[tokio::test(start_paused = true)]
+    async fn a_reboot_never_sent_is_not_waited_for() {
+        struct Unsent(ScriptedRemote);
+        impl Remote for Unsent {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            async fn exec(&self, cmd: &Command) -> anyhow::Result<crate::remote::Output> {
+                anyhow::ensure!(
+                    !cmd.argv().iter().any(|w| w == "systemd-run"),
+                    "the SSH session was closed"
+                );
+                self.0.exec(cmd).await
+            }
+            async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+                self.0.exec_stream(cmd).await
+            }
+        }
+        let (out, took) = reboot(&Unsent(rebooting(0))).await;
+        assert!(
+            matches!(&out, RebootOutcome::Unreachable { error } if error.contains("closed")),
+            "{out:?}"
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 }

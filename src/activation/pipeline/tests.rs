@@ -421,7 +421,7 @@ async fn systemd_change_with_reboot_allowed_reboots_and_marks() {
     );
     let c = &ran.cmds;
     assert!(c.contains(&"sudo -n -- systemd-run --unit=nixgate-reboot-r1 --on-active=3 --collect --no-ask-password systemctl reboot".to_string()));
-    assert!(c.contains(&"readlink-f /run/booted-system".to_string()));
+    assert!(c.contains(&"readlink-f /run/booted-system /run/current-system".to_string()));
     assert_eq!(host.state().booted, sp(NEW));
     let reboot = at(c, "sudo -n -- systemd-run --unit=nixgate-reboot-r1");
     let writes = |key: &str| {
