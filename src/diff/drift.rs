@@ -325,4 +325,49 @@ mod tests {
             vec!["curl: env patches", "curl-bin: env patches"]
         );
     }
+
+    /// `--expect openssl` for its version bump: the packages built with it
+    /// (rebuilt at their own versions) are not drift.
+    #[tokio::test]
+    async fn an_expected_version_bump_leaves_its_dependents_alone() {
+        use super::super::structural::{structural_diff_local, tests::drv};
+        let p = |h: char, n: &str| format!("/nix/store/{}-{n}", h.to_string().repeat(32));
+        let (ssl_a, ssl_b) = (p('a', "openssl-3.0.13.drv"), p('b', "openssl-3.0.14.drv"));
+        let (curl_a, curl_b) = (p('c', "curl-8.7.1.drv"), p('d', "curl-8.7.1.drv"));
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(ssl_a.clone(), drv(&[("version", "3.0.13")], &[]));
+        m.insert(ssl_b.clone(), drv(&[("version", "3.0.14")], &[]));
+        let env = |h: char, v: &str| format!("{}/lib", p(h, &format!("openssl-{v}")));
+        m.insert(
+            curl_a.clone(),
+            drv(&[("deps", &env('e', "3.0.13"))], &[&ssl_a]),
+        );
+        m.insert(
+            curl_b.clone(),
+            drv(&[("deps", &env('f', "3.0.14"))], &[&ssl_b]),
+        );
+        let (top_a, top_b) = (p('g', "system.drv"), p('h', "system.drv"));
+        m.insert(top_a.clone(), drv(&[], &[&curl_a]));
+        m.insert(top_b.clone(), drv(&[], &[&curl_b]));
+        let causes = structural_diff_local(&m, &top_a, &top_b).await.unwrap();
+        let d = diff(vec![
+            PackageChange {
+                name: "openssl".into(),
+                change: Change::Upgraded {
+                    from: "3.0.13".into(),
+                    to: "3.0.14".into(),
+                },
+                selected: false,
+            },
+            rebuilt("curl", "8.7.1"),
+        ]);
+        assert_eq!(
+            drifting(&d, &tree(causes.clone()), &["openssl"]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            drifting(&d, &tree(causes), &[]),
+            vec!["openssl: env version"]
+        );
+    }
 }

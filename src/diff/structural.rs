@@ -93,8 +93,13 @@ fn drv_name(path: &str) -> &str {
     base.get(33..).unwrap_or(base)
 }
 
-/// Replace every store path hash in `s` by a placeholder, so values that
-/// differ only because an input's hash changed compare equal.
+/// Replace every store path in `s` (`/nix/store/<hash>-<name>`) by a
+/// placeholder, so values that differ only because an input changed
+/// compare equal: its hash, and its name when its version moved (a
+/// dependent of `openssl-3.0.13` now built with `openssl-3.0.14` names it
+/// in its env; that it is another input is the input diff's to say, and a
+/// change of its own would have made every dependent of an upgraded
+/// package drift under `--expect`). A sub-path (`.../bin/sh`) is kept.
 fn mask_hashes(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -105,14 +110,89 @@ fn mask_hashes(s: &str) -> String {
             && after.as_bytes()[32] == b'-'
             && after[..32].bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            out.push_str("<hash>");
-            rest = &after[32..];
+            out.push_str("<path>");
+            let name_len = after[33..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(b))
+                .count();
+            rest = &after[33 + name_len..];
         } else {
             rest = after;
         }
     }
     out.push_str(rest);
     out
+}
+
+/// The package name of an input derivation's path: `openssl`.
+fn input_pname(path: &str) -> String {
+    super::names::split_name(drv_name(path).trim_end_matches(".drv")).0
+}
+
+/// Input derivation paths by name (`source.drv` may be several).
+fn inputs_by_name(m: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<&str, Vec<&String>> {
+    let mut g: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for p in m.keys() {
+        g.entry(drv_name(p)).or_default().push(p);
+    }
+    g
+}
+
+/// Pair the input derivations of two versions of a derivation: by name
+/// (`openssl-3.0.13.drv`); several of one name (`source.drv`, every
+/// `fetchFromGitHub`) by what is left of each side once the paths both
+/// have are set aside (one each: a pair; else added and removed: a map by
+/// name kept one of them, and paired the wrong ones or hid a change);
+/// then what is still unpaired by package name, the version left out (one
+/// `openssl-*` each side: a dependency's version bump is a changed input,
+/// not one removed and another added). The causes of what stays
+/// unpaired, and the pairs `(name, old, new)` to descend into.
+fn pair_inputs(
+    old: &BTreeMap<String, BTreeSet<String>>,
+    new: &BTreeMap<String, BTreeSet<String>>,
+) -> (Vec<Cause>, Vec<(String, String, String)>) {
+    let (og, ng) = (inputs_by_name(old), inputs_by_name(new));
+    let names: BTreeSet<&str> = og.keys().chain(ng.keys()).copied().collect();
+    let (mut removed, mut added, mut descend) = (Vec::new(), Vec::new(), Vec::new());
+    for name in names {
+        let (o, n) = (og.get(name), ng.get(name));
+        let only = |a: Option<&Vec<&String>>, b: Option<&Vec<&String>>| -> Vec<String> {
+            a.into_iter()
+                .flatten()
+                .filter(|p| b.is_none_or(|b| !b.contains(p)))
+                .map(|p| p.to_string())
+                .collect()
+        };
+        let (o, n) = (only(o, n), only(n, o));
+        match (o.as_slice(), n.as_slice()) {
+            ([a], [b]) => descend.push((name.to_owned(), a.clone(), b.clone())),
+            _ => {
+                removed.extend(o);
+                added.extend(n);
+            }
+        }
+    }
+    let count = |v: &[String], pname: &str| v.iter().filter(|p| input_pname(p) == pname).count();
+    let pairs: Vec<(String, String)> = removed
+        .iter()
+        .filter_map(|r| {
+            let pname = input_pname(r);
+            let a = added.iter().find(|a| input_pname(a) == pname)?;
+            (count(&removed, &pname) == 1 && count(&added, &pname) == 1)
+                .then(|| (r.clone(), a.clone()))
+        })
+        .collect();
+    for (r, a) in pairs {
+        removed.retain(|x| *x != r);
+        added.retain(|x| *x != a);
+        descend.push((drv_name(&a).to_owned(), r, a));
+    }
+    let mut causes: Vec<Cause> = added
+        .into_iter()
+        .map(|drv| Cause::InputAdded { drv })
+        .collect();
+    causes.extend(removed.into_iter().map(|drv| Cause::InputRemoved { drv }));
+    (causes, descend)
 }
 
 /// The local causes of `old` vs `new`, and the input pairs to descend into.
@@ -177,25 +257,8 @@ fn compare(old: &Derivation, new: &Derivation) -> (Vec<Cause>, Vec<(String, Stri
             causes.push(Cause::SourceRemoved { path: p.clone() });
         }
     }
-    let names = |m: &BTreeMap<String, BTreeSet<String>>| -> BTreeMap<String, String> {
-        m.keys()
-            .map(|p| (drv_name(p).to_owned(), p.clone()))
-            .collect()
-    };
-    let (oi, ni) = (names(&old.input_drvs), names(&new.input_drvs));
-    let mut descend = Vec::new();
-    for (name, p) in &ni {
-        match oi.get(name) {
-            None => causes.push(Cause::InputAdded { drv: p.clone() }),
-            Some(q) if q != p => descend.push((name.clone(), q.clone(), p.clone())),
-            _ => {}
-        }
-    }
-    for (name, p) in &oi {
-        if !ni.contains_key(name) {
-            causes.push(Cause::InputRemoved { drv: p.clone() });
-        }
-    }
+    let (unpaired, descend) = pair_inputs(&old.input_drvs, &new.input_drvs);
+    causes.extend(unpaired);
     (causes, descend)
 }
 
@@ -628,6 +691,78 @@ pub(super) mod tests {
                 .await
                 .is_none(),
             "missing old derivation"
+        );
+    }
+
+    /// A dependency's version bump is a changed input of its dependents,
+    /// explained below it, and the dependent's env naming the new version
+    /// is not a change of its own: with `--expect openssl`, every package
+    /// built with it was drift (an input removed, one added, its env).
+    #[tokio::test]
+    async fn a_dependencys_version_bump_is_a_changed_input() {
+        let (ssl_a, ssl_b) = (p('a', "openssl-3.0.13.drv"), p('b', "openssl-3.0.14.drv"));
+        let (curl_a, curl_b) = (p('c', "curl-8.7.1.drv"), p('d', "curl-8.7.1.drv"));
+        let mut m = BTreeMap::new();
+        m.insert(ssl_a.clone(), drv(&[("version", "3.0.13")], &[]));
+        m.insert(ssl_b.clone(), drv(&[("version", "3.0.14")], &[]));
+        let dep = |h: char, v: &str| format!("{}/include", p(h, &format!("openssl-{v}-dev")));
+        m.insert(
+            curl_a.clone(),
+            drv(&[("buildInputs", &dep('e', "3.0.13"))], &[&ssl_a]),
+        );
+        m.insert(
+            curl_b.clone(),
+            drv(&[("buildInputs", &dep('f', "3.0.14"))], &[&ssl_b]),
+        );
+        let causes = structural_diff_local(&m, &curl_a, &curl_b).await.unwrap();
+        let [
+            Cause::Input {
+                name,
+                causes: inner,
+                ..
+            },
+        ] = causes.as_slice()
+        else {
+            panic!("{causes:?}")
+        };
+        assert_eq!(name, "openssl-3.0.14");
+        assert!(
+            matches!(inner.as_slice(), [Cause::Env { key, .. }] if key == "version"),
+            "{inner:?}"
+        );
+    }
+
+    /// Two inputs of one name (`source`: every `fetchFromGitHub`), one of
+    /// them changed: that one is paired with its old self, whatever the
+    /// hashes' order (a map by name kept the last of each side: the
+    /// change was hidden, or the wrong two were compared).
+    #[tokio::test]
+    async fn inputs_sharing_a_name_are_paired_by_what_changed() {
+        let kept = p('z', "source.drv");
+        let (old, new) = (p('a', "source.drv"), p('b', "source.drv"));
+        let (pkg_a, pkg_b) = (p('c', "tool-1.0.drv"), p('d', "tool-1.0.drv"));
+        let mut m = BTreeMap::new();
+        m.insert(kept.clone(), drv(&[("url", "k")], &[]));
+        m.insert(old.clone(), drv(&[("url", "v1")], &[]));
+        m.insert(new.clone(), drv(&[("url", "v2")], &[]));
+        m.insert(pkg_a.clone(), drv(&[], &[&kept, &old]));
+        m.insert(pkg_b.clone(), drv(&[], &[&kept, &new]));
+        let causes = structural_diff_local(&m, &pkg_a, &pkg_b).await.unwrap();
+        let [
+            Cause::Input {
+                name,
+                old: o,
+                new: n,
+                causes: inner,
+            },
+        ] = causes.as_slice()
+        else {
+            panic!("{causes:?}")
+        };
+        assert_eq!((name.as_str(), o, n), ("source", &old, &new));
+        assert!(
+            matches!(inner.as_slice(), [Cause::Env { key, .. }] if key == "url"),
+            "{inner:?}"
         );
     }
 }
