@@ -1083,6 +1083,29 @@ keys = [
     let msg = d.to_string();
     assert!(msg.contains("TOML syntax"), "{msg}");
     assert!(!msg.contains("hunter2"), "{msg}");
+    // A multi-line text whose body does not parse.
+    let d = parse(&format!(
+        "{BASE}[hosts.web1]\naddress = \"10.0.0.1\"\n[[hosts.web1.keys]]\nname = \"a\"\ntext = \"\"\"\nhunter2\\q\n\"\"\"\n"
+    ))
+    .expect_err("a bad escape");
+    let msg = d.to_string();
+    assert!(msg.contains("TOML syntax"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+    // One key's table without its list's brackets, a misspelt list, a
+    // list where it does not belong.
+    let (msg, _) = errors(&format!(
+        r#"{BASE}
+[hosts.web1]
+address = "10.0.0.1"
+keys = {{ name = "a", text = "hunter2-e" }}
+[hosts.web2]
+address = "10.0.0.2"
+kyes = [{{ name = "a", text = "hunter2-f" }}]
+"#
+    ));
+    assert!(msg.contains("must be an array"), "{msg}");
+    assert!(msg.contains("unknown key `kyes`"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
 }
 
 /// A wave of tags only, every tagged host already in an earlier wave: the

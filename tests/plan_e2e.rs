@@ -223,10 +223,7 @@ fn plan_names_flake_input_changes_since_the_known_good() {
     assert_eq!(out.status.code(), Some(0), "{s}\n{}", text(&out.stderr));
     assert!(!s.contains("gone from the builder"), "{s}");
     // Explained from it: hello's version bump, a changed input.
-    assert!(
-        s.contains("env version: \"2.12.1\" -> \"2.12.2\""),
-        "{s}"
-    );
+    assert!(s.contains("env version: \"2.12.1\" -> \"2.12.2\""), "{s}");
     // The recovered derivation is rooted for the next diff.
     let current = fleet.in_host_ok("light1", "readlink -e /run/current-system");
     let hash = &current.trim()["/nix/store/".len()..][..32];

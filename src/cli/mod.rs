@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
             let outcome = e
                 .downcast_ref::<Fatal>()
                 .map_or(Outcome::HostsFailed, |f| f.outcome);
-            eprintln!("nixgate: {e:#}");
+            crate::report::stderr(format_args!("nixgate: {e:#}\n"));
             if json && let Some(command) = command {
                 // The --json stream ends with a summary, whatever ended it.
                 json_line(&Event::Summary {

@@ -279,12 +279,14 @@ impl RunSession {
         report.ending = Some(ending);
         report.hosts = hosts;
         if spool.as_ref().is_some_and(|s| s.is_broken()) {
-            eprintln!(
-                "nixgate: warning: the run report lacks some events (the event spool could not be written)"
-            );
+            crate::report::stderr(format_args!(
+                "nixgate: warning: the run report lacks some events (the event spool could not be written)\n"
+            ));
         }
         if let Err(e) = run_report::write(&state_dir, &report, spool.as_ref()) {
-            eprintln!("nixgate: warning: could not write the run report: {e:#}");
+            crate::report::stderr(format_args!(
+                "nixgate: warning: could not write the run report: {e:#}\n"
+            ));
         }
         drop(spool);
         super::runs::after_run(&state_dir, &report.run_id, &outputs);
@@ -294,9 +296,9 @@ impl RunSession {
                 Err(e) => Err(e.into()),
             };
             if let Err(e) = sent {
-                eprintln!(
-                    "nixgate: warning: the [notify] command failed: {e:#} (the run's exit code is unchanged)"
-                );
+                crate::report::stderr(format_args!(
+                    "nixgate: warning: the [notify] command failed: {e:#} (the run's exit code is unchanged)\n"
+                ));
             }
         }
         Ok(outcome)

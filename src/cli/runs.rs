@@ -41,7 +41,10 @@ pub fn list(g: &Global, limit: usize) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     if entries.is_empty() {
-        eprintln!("no runs recorded in {}", dir.join("runs").display());
+        crate::report::stderr(format_args!(
+            "no runs recorded in {}\n",
+            dir.join("runs").display()
+        ));
         return Ok(Outcome::Success);
     }
     let mut t = Table::new(&[
@@ -170,7 +173,9 @@ pub fn show(g: &Global, spec: &str) -> anyhow::Result<Outcome> {
     if g.json && read.report.finished.is_some() {
         json_line(&summary(&read.report));
     }
-    notes(&read).iter().for_each(|n| eprintln!("nixgate: {n}"));
+    notes(&read)
+        .iter()
+        .for_each(|n| crate::report::stderr(format_args!("nixgate: {n}\n")));
     Ok(Outcome::Success)
 }
 
@@ -365,11 +370,11 @@ pub fn report(
     let built = build(&dir, &id, html_path.is_some())?;
     if let Some(p) = metrics_path {
         write_metrics(&dir, &built, p)?;
-        eprintln!("metrics of run {id}: {}", p.display());
+        crate::report::stderr(format_args!("metrics of run {id}: {}\n", p.display()));
     }
     if let Some(p) = html_path {
         write_html(built, p)?;
-        eprintln!("report of run {id}: {}", p.display());
+        crate::report::stderr(format_args!("report of run {id}: {}\n", p.display()));
     }
     Ok(Outcome::Success)
 }
@@ -384,24 +389,26 @@ pub fn after_run(dir: &Path, run_id: &str, out: &RunOutputs) {
                 if let Some(p) = &out.metrics_file
                     && let Err(e) = write_metrics(dir, &built, p)
                 {
-                    eprintln!("nixgate: warning: {e:#}");
+                    crate::report::stderr(format_args!("nixgate: warning: {e:#}\n"));
                 }
                 if let Some(p) = &out.html_report
                     && let Err(e) = write_html(built, p)
                 {
-                    eprintln!(
-                        "nixgate: warning: could not write the HTML report {}: {e:#}",
+                    crate::report::stderr(format_args!(
+                        "nixgate: warning: could not write the HTML report {}: {e:#}\n",
                         p.display()
-                    );
+                    ));
                 }
             }
-            Err(e) => {
-                eprintln!("nixgate: warning: the HTML report and metrics were not written: {e:#}")
-            }
+            Err(e) => crate::report::stderr(format_args!(
+                "nixgate: warning: the HTML report and metrics were not written: {e:#}\n"
+            )),
         }
     }
     let keep = usize::try_from(out.keep).unwrap_or(usize::MAX);
     if let Err(e) = runs::prune(dir, keep, run_id) {
-        eprintln!("nixgate: warning: pruning old run reports (--keep {keep}): {e:#}");
+        crate::report::stderr(format_args!(
+            "nixgate: warning: pruning old run reports (--keep {keep}): {e:#}\n"
+        ));
     }
 }

@@ -194,8 +194,9 @@ fn masked<'a>(
 }
 
 /// Where a source that did not parse may hold a key's inline secret: on
-/// every line with a `text` key, what follows its `=`. (The parsed tree,
-/// which names the values exactly, is not there when the syntax is wrong.)
+/// every line with a `text` key, what follows its `=`, to the end of a
+/// multi-line string that starts there. (The parsed tree, which names the
+/// values exactly, is not there when the syntax is wrong.)
 pub fn text_assignments(source: &str) -> Vec<Range<usize>> {
     let index = LineIndex::new(source);
     let mut found = Vec::new();
@@ -209,12 +210,29 @@ pub fn text_assignments(source: &str) -> Vec<Range<usize>> {
             let bare = before.is_none_or(|c| " \t{,.\"'".contains(c));
             let rest = l[from..].trim_start_matches(['"', '\'']).trim_start();
             if bare && rest.starts_with('=') {
-                found.push(r.start + (l.len() - rest.len()) + 1..r.end);
+                let at = r.start + (l.len() - rest.len()) + 1;
+                found.push(at..multi_line_end(source, at).unwrap_or(r.end));
                 break;
             }
         }
     }
     found
+}
+
+/// Where a multi-line string (`"""` or `'''`) starting at `at` (after
+/// spaces) ends: past its closing quotes, or the end of the source.
+fn multi_line_end(source: &str, at: usize) -> Option<usize> {
+    let value = source[at..].trim_start();
+    let start = source.len() - value.len();
+    let quotes = ["\"\"\"", "'''"]
+        .into_iter()
+        .find(|q| value.starts_with(q))?;
+    let body = start + 3;
+    Some(
+        source[body..]
+            .find(quotes)
+            .map_or(source.len(), |e| body + e + 3),
+    )
 }
 
 impl Diagnostics {

@@ -102,9 +102,14 @@ impl Walker {
         refused_elsewhere: &[&str],
         section: &str,
     ) {
-        for (k, _) in table.iter() {
+        for (k, v) in table.iter() {
             let name: &str = k.get_ref();
             if !allowed.contains(&name) && !refused_elsewhere.contains(&name) {
+                // A misspelt or misplaced list or table (`kyes = [...]`,
+                // `keys` in `[builder]`) may hold a key's text: not shown.
+                if matches!(v.get_ref(), DeValue::Array(_) | DeValue::Table(_)) {
+                    self.secrets.push(v.span());
+                }
                 let msg = format!("unknown key `{name}` in {section}");
                 match self.suggest(name, allowed) {
                     Some(s) => self.error_help(msg, k.span(), format!("did you mean `{s}`?")),

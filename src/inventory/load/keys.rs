@@ -28,6 +28,9 @@ const NOT_SECRET: &[&str] = &[
 impl Loader {
     pub(super) fn keys(&mut self, v: &Val<'_>) -> Vec<KeySpec> {
         let Some(items) = self.w.array("keys", v) else {
+            // Not a list (one key's table written without its brackets):
+            // its `text` is no less secret.
+            self.w.secrets.push(v.span());
             return Vec::new();
         };
         let mut out: Vec<KeySpec> = Vec::new();
