@@ -140,6 +140,11 @@ pub enum Warning {
     RefusedFireRan { unit: String },
     /// A known-good mark could not be revoked after a failed soak.
     RevokeFailed { generation: u64, error: String },
+    /// A switch that changed nothing could not have its dead-man revert
+    /// disarmed: it fires within the confirm window, re-activates what the
+    /// host runs and puts the profile back (a change made by hand before
+    /// then is undone).
+    RevertStillArmed { unit: String },
 }
 
 /// One event of a host's activation.

@@ -13,11 +13,14 @@ const RETRY: Duration = Duration::from_secs(2);
 /// A look's two reads over a new connection, once its handshake is done.
 const READS_BOUND: Duration = Duration::from_secs(10);
 
-/// How long after it is due a revert shows its mark at the latest: the
-/// timer's accuracy (1 s), half a round trip of the arm, the script's
-/// first line. Not seen by then, with the link on what the host ran, it
-/// will not come (a disarm ran, its answer lost).
-const REVERT_FIRES_WITHIN: Duration = Duration::from_secs(10);
+/// How long after the controller counts it due a revert shows its mark at
+/// the latest: the timer's accuracy (1 s), half a round trip of the arm,
+/// the arm's wait for the job dir's lock (up to 10 s) and a busy D-Bus
+/// behind `systemd-run`, the script's first line. Not seen by then, with
+/// the link on what the host ran, it will not come (a disarm ran, its
+/// answer lost); stopping one that was only late costs the host nothing
+/// the controller's verified rollback does not redo.
+const REVERT_FIRES_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long before its revert is due a disarm stops trying: the revert
 /// must not start while the controller rolls back itself.

@@ -501,14 +501,14 @@ impl<'a, R: Remote> Run<'a, R> {
                 return self.defer(reason).await;
             }
             SwitchResult::Failed(SwitchFailure::ProfileSet { error }) => {
-                self.disarm_here().await;
+                self.disarm_or_warn().await;
                 return self.profile_set_failed(Gate::LiveActivate, error).await;
             }
             SwitchResult::Failed(SwitchFailure::Arm { error }) => {
                 return self.arm_failed(error).await;
             }
             SwitchResult::Failed(f) if f.changed_nothing() => {
-                self.disarm_here().await;
+                self.disarm_or_warn().await;
                 if self.profile_set {
                     self.self_correct_to_previous().await;
                 }
@@ -553,6 +553,19 @@ impl<'a, R: Remote> Run<'a, R> {
     /// now would be undone when the revert fires (it puts the profile and
     /// boot default back), and the run would have reported a pending
     /// reboot that never comes. Nothing changed live: fail, as it was.
+    /// Disarm the revert of a switch that changed nothing; one left armed
+    /// (its disarm failed) is said, with what it will do when it fires.
+    async fn disarm_or_warn(&mut self) {
+        let unit = self.armed.as_ref().map(|(a, _)| a.unit.clone());
+        if !self.disarm_here().await
+            && let Some(unit) = unit
+        {
+            (self.emit)(ActivationEvent::Warning {
+                warning: Warning::RevertStillArmed { unit },
+            });
+        }
+    }
+
     async fn undisarmed_deferral(&mut self) -> HostOutcome {
         if self.profile_set {
             self.self_correct_to_previous().await;

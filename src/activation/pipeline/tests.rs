@@ -1801,6 +1801,43 @@ async fn a_revert_that_beat_the_disarm_is_no_confirmation() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// A switch the host refused every time (nothing changed), whose revert
+/// cannot be disarmed: the host fails as it did, and the run says the
+/// revert is still armed and what it will do (it said nothing: a change
+/// made by hand after "nothing changed" was undone when it fired).
+#[tokio::test(start_paused = true)]
+async fn a_refused_switch_whose_revert_stays_armed_says_so() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().refuse_fires = vec!["switch"; 3];
+    host.state().break_once.push(
+        "sudo disarm-revert nixgate-confirm-r1 /run/nixgate/nixgate-confirm-r1.sh \
+         /var/lib/nixgate/deadman/r1.json /var/lib/nixgate/deadman/.r1.started 1"
+            .into(),
+    );
+    let ran = run(&host, &armed(Goal::Switch)).await;
+    assert!(
+        matches!(
+            &ran.outcome,
+            HostOutcome::Failed {
+                reason: FailureReason::Switch(SwitchFailure::FireRefused { .. }),
+                ..
+            }
+        ),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(
+        ran.events.iter().any(|e| matches!(
+            e,
+            ActivationEvent::Warning {
+                warning: crate::activation::events::Warning::RevertStillArmed { unit }
+            } if unit == "nixgate-confirm-r1"
+        )),
+        "{:#?}",
+        ran.events
+    );
+}
+
 /// A change the switch defers to a reboot, whose revert cannot be
 /// disarmed: persisting the boot default would be undone when the revert
 /// fires, so nothing is persisted and the host fails, its profile back

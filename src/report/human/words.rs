@@ -481,6 +481,11 @@ pub fn warning(w: &Warning) -> String {
             "known-good generation {generation} could not be revoked: {}",
             first_line(error)
         ),
+        Warning::RevertStillArmed { unit } => format!(
+            "the revert {unit} could not be disarmed: when it fires (within the confirm window) it \
+             re-activates the system the host runs and puts its profile back, undoing any change \
+             made by hand before then (`systemctl stop {unit}.timer` on the host stops it)"
+        ),
     }
 }
 
