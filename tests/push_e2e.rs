@@ -201,6 +201,13 @@ fn build_matches_nix_build_fails_alone_survives_gc_and_needs_no_local_nix() {
         err.contains("light2") && err.contains("cannot coerce"),
         "{err}"
     );
+    // And what Nix printed last, under the host (the refusal's one line
+    // said `nixgate build` shows it; it showed that line again).
+    let tail = err
+        .split_once("light2: Nix's last lines:\n")
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(tail.starts_with("    "), "{err}");
 }
 
 #[test]

@@ -146,12 +146,7 @@ fn listing_json(e: &runs::RunEntry) -> Event {
     }
 }
 
-/// Control characters from a host's text never reach the terminal.
-fn strip_controls(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
-        .collect()
-}
+use crate::report::human::strip_controls;
 
 /// `nixgate show`.
 pub fn show(g: &Global, spec: &str) -> anyhow::Result<Outcome> {

@@ -100,7 +100,15 @@ fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
         Refusal::Build {
             failure: BuildFailure::NoSpace { .. },
         } => format!("once the builder has room, `nixgate {command} {host}`"),
-        Refusal::Build { .. } => format!("`nixgate build {host}` shows the whole log"),
+        Refusal::Build {
+            failure: BuildFailure::Build { log_tail },
+        } => match words::failed_drv(log_tail) {
+            Some(drv) => format!(
+                "`nixgate build {host}` shows the build's last lines; `nix log {drv}` on the builder its whole log"
+            ),
+            None => format!("`nixgate build {host}` shows the build's last lines"),
+        },
+        Refusal::Build { .. } => format!("`nixgate build {host}` shows Nix's last lines"),
         Refusal::Builder { .. } => "`nixgate check` shows whether the builder answers".into(),
         Refusal::Unreachable { .. } => format!("`nixgate check {host}` tells what fails"),
         Refusal::DiffFailed { .. } => format!("`nixgate plan {host}` tries the diff again"),

@@ -461,7 +461,8 @@ fn wrapped(text: &str, columns: usize) -> String {
     out
 }
 
-fn strip_controls(s: &str) -> String {
+/// Control characters from a host's text never reach the terminal.
+pub(crate) fn strip_controls(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
         .collect()
@@ -513,6 +514,7 @@ impl Reporter for Human {
                     self.block(&text);
                 } else {
                     self.block(&tables::refusals(waves));
+                    self.block(&tables::build_logs(waves));
                 }
             }
             Event::ReleaseDetail { release } => {

@@ -320,6 +320,30 @@ pub fn refusals(waves: &[PlannedWave]) -> String {
     out
 }
 
+/// The last lines Nix printed for each host whose configuration did not
+/// evaluate or build (`nixgate build`: what the refusal's one line leaves
+/// out), indented under the host.
+pub fn build_logs(waves: &[PlannedWave]) -> String {
+    use crate::nix::build::BuildFailure;
+    let mut out = String::new();
+    for h in waves.iter().flat_map(|w| &w.planned) {
+        let Verdict::Refused {
+            refusal:
+                crate::plan::Refusal::Build {
+                    failure: BuildFailure::Eval { log_tail } | BuildFailure::Build { log_tail },
+                },
+        } = &h.verdict
+        else {
+            continue;
+        };
+        let _ = writeln!(out, "{}: Nix's last lines:", h.host);
+        for line in log_tail {
+            let _ = writeln!(out, "    {}", super::strip_controls(line));
+        }
+    }
+    out
+}
+
 fn short(p: &Option<crate::nix::StorePath>) -> String {
     p.as_ref().map_or_else(|| "-".into(), words::short_closure)
 }

@@ -87,14 +87,31 @@ pub fn not_started_briefly(e: &HostEnd) -> Option<String> {
     }
 }
 
-/// The line of a Nix log that says what went wrong: the last `error:` line
-/// (Nix follows it with hints such as `--show-trace`), else the last line.
+/// The line of a Nix log that says what went wrong: the last derivation
+/// that failed to build (`builder for '…-hello-2.12.drv' failed with exit
+/// code 1`: the system's own last line only says that N of its
+/// dependencies failed, naming none), else the last `error:` line (Nix
+/// follows it with hints such as `--show-trace`), else the last line.
 fn error_line(lines: &[String]) -> &str {
+    fn error(l: &str) -> Option<&str> {
+        l.trim().strip_prefix("error:").map(str::trim)
+    }
     lines
         .iter()
         .rev()
-        .find_map(|l| l.trim().strip_prefix("error:").map(str::trim))
+        .find_map(|l| error(l).filter(|e| e.starts_with("builder for '")))
+        .or_else(|| lines.iter().rev().find_map(|l| error(l)))
         .unwrap_or_else(|| last_line(lines))
+}
+
+/// The derivation whose builder failed, from a Nix log: what `nix log`
+/// shows the whole log of.
+pub fn failed_drv(lines: &[String]) -> Option<&str> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.split_once("builder for '")?.1;
+        let drv = rest.split_once('\'')?.0;
+        drv.ends_with(".drv").then_some(drv)
+    })
 }
 
 /// Words about `host`, said after its name: errors that start with the
@@ -1020,6 +1037,40 @@ mod no_space_words {
 #[cfg(test)]
 mod tests {
     use crate::activation::switch::LockProcess;
+
+    /// A dependency of the system failed to build (`--keep-going`): Nix's
+    /// last `error:` line names only the system; the refusal names the
+    /// derivation whose builder failed, and where its whole log is.
+    #[test]
+    fn a_failed_build_names_the_derivation_that_failed() {
+        let log: Vec<String> = [
+            "building '/nix/store/aaaa-hello-2.12.drv'...",
+            "error: builder for '/nix/store/aaaa-hello-2.12.drv' failed with exit code 1;",
+            "       last 10 log lines:",
+            "       > make: *** [Makefile:10: all] Error 1",
+            "       For full logs, run 'nix log /nix/store/aaaa-hello-2.12.drv'.",
+            "error: 1 dependencies of derivation '/nix/store/bbbb-nixos-system-web1.drv' failed to build",
+        ]
+        .map(String::from)
+        .into();
+        let failure = crate::nix::build::BuildFailure::Build {
+            log_tail: log.clone(),
+        };
+        let said = super::refusal(&crate::plan::Refusal::Build { failure });
+        assert_eq!(
+            said,
+            "its configuration does not build: builder for '/nix/store/aaaa-hello-2.12.drv' \
+             failed with exit code 1;"
+        );
+        assert_eq!(
+            super::failed_drv(&log),
+            Some("/nix/store/aaaa-hello-2.12.drv")
+        );
+        // An evaluation error: its own last line.
+        let eval = vec!["error: undefined variable 'pkgs'".to_string()];
+        assert_eq!(super::error_line(&eval), "undefined variable 'pkgs'");
+        assert_eq!(super::failed_drv(&eval), None);
+    }
 
     /// A lock held outside any switch unit names the process and what to
     /// do (before: "holds switch-to-configuration's lock ()").
