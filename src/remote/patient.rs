@@ -42,10 +42,16 @@ impl<'a, R: Remote> Patient<'a, R> {
     }
 }
 
-/// Did the command lose its connection (no exit status came back)?
+/// Did the command lose its connection (no exit status came back)? Not a
+/// reconnect the host refused (its key changed, the login refused): that
+/// answer stands (it was tried again with backoff until the deadline, up
+/// to the activation timeout, before it was said).
 fn lost(r: &anyhow::Result<Output>) -> bool {
     match r {
-        Err(_) => true,
+        Err(e) => !e.chain().any(|c| {
+            c.downcast_ref::<crate::ssh::ConnectError>()
+                .is_some_and(crate::ssh::ConnectError::is_refusal)
+        }),
         Ok(out) => out.exit == Exit::ConnectionLost,
     }
 }
@@ -156,5 +162,40 @@ mod tests {
         // 1 + 2 + 4 + 8 s waited; the next wait (15 s) would pass 20 s.
         assert_eq!(started.elapsed(), Duration::from_secs(15));
         assert_eq!(r.argvs().len(), 5);
+    }
+
+    /// A reconnect refused by the host (its key changed after a reinstall,
+    /// or a man in the middle): said at once, not tried until the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_reconnect_is_not_tried_again() {
+        struct Refusing(AtomicU32);
+        impl Remote for Refusing {
+            fn name(&self) -> &str {
+                "web1"
+            }
+            async fn exec(&self, _: &Command) -> anyhow::Result<Output> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Err(
+                    anyhow::Error::new(crate::ssh::ConnectError::HostKeyChanged {
+                        target: "web1".into(),
+                        host: "web1".into(),
+                        addr: "10.0.0.1:22".into(),
+                        expected: vec![],
+                        offered: "SHA256:x".into(),
+                    })
+                    .context("reconnecting"),
+                )
+            }
+            async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+                anyhow::bail!("no streams")
+            }
+        }
+        let r = Refusing(AtomicU32::new(0));
+        let started = Instant::now();
+        let p = Patient::new(&r, Duration::from_secs(60));
+        let e = p.exec(&Command::new("readlink")).await.unwrap_err();
+        assert!(format!("{e:#}").contains("HOST KEY CHANGED"), "{e:#}");
+        assert_eq!(r.0.load(Ordering::SeqCst), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -156,6 +156,28 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// A refusal that trying again cannot change (a host key not trusted,
+    /// credentials refused, a known_hosts file unreadable): a patient
+    /// command says it at once instead of waiting out its patience.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ConnectError::HostKeyUnknown { .. }
+            | ConnectError::HostKeyChanged { .. }
+            | ConnectError::HostKeyRevoked { .. }
+            | ConnectError::HostCertificateInvalid { .. }
+            | ConnectError::KnownHosts { .. }
+            | ConnectError::EncryptedKey { .. }
+            | ConnectError::AuthFailed { .. } => true,
+            ConnectError::Jump { source, .. } => source.is_refusal(),
+            ConnectError::Unreachable { .. }
+            | ConnectError::Timeout { .. }
+            | ConnectError::Handshake { .. }
+            | ConnectError::AuthTransport { .. } => false,
+        }
+    }
+}
+
 /// What to do: a key was offered and refused, or there was none to offer.
 fn auth_hint(user: &str, tried: &[String]) -> String {
     if tried.iter().any(|t| t.ends_with(": rejected")) {
