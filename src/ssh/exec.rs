@@ -117,6 +117,11 @@ pub(crate) async fn watch(
 struct State {
     started: bool,
     exit: Option<Exit>,
+    /// The server said the output is all sent (EOF) or closed the channel.
+    /// OpenSSH sends the exit status as soon as the command ends and its
+    /// remaining output after it: a channel that ends with neither (the
+    /// connection dropped) may have lost output.
+    output_ended: bool,
 }
 
 impl State {
@@ -135,15 +140,24 @@ impl State {
                     signal: signal_name_of(&signal_name),
                 })
             }
-            ChannelMsg::Close => return Ok(true),
+            ChannelMsg::Eof => self.output_ended = true,
+            ChannelMsg::Close => {
+                self.output_ended = true;
+                return Ok(true);
+            }
             _ => {}
         }
         Ok(false)
     }
 
-    /// No exit status before the channel went away: the connection was lost.
+    /// No exit status before the channel went away, or no end of its
+    /// output (an exit status followed by a dropped connection: the output
+    /// cut short read as a clean success): the connection was lost.
     fn exit(&mut self) -> Exit {
-        self.exit.take().unwrap_or(Exit::ConnectionLost)
+        match self.exit.take() {
+            Some(exit) if self.output_ended => exit,
+            _ => Exit::ConnectionLost,
+        }
     }
 }
 
@@ -291,6 +305,31 @@ impl Drop for Stdin {
             rt.spawn(async move {
                 let _ = half.eof().await;
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exit status is the command's end only once its output ended
+    /// (EOF or close): one followed by a dropped connection is lost.
+    #[test]
+    fn an_exit_status_counts_once_the_output_ended() {
+        let mut cut = State::default();
+        cut.observe(ChannelMsg::Success).unwrap();
+        cut.observe(ChannelMsg::ExitStatus { exit_status: 0 })
+            .unwrap();
+        assert_eq!(cut.exit(), Exit::ConnectionLost);
+        for end in [ChannelMsg::Eof, ChannelMsg::Close] {
+            let mut whole = State::default();
+            whole.observe(ChannelMsg::Success).unwrap();
+            whole
+                .observe(ChannelMsg::ExitStatus { exit_status: 3 })
+                .unwrap();
+            whole.observe(end).unwrap();
+            assert_eq!(whole.exit(), Exit::Code { code: 3 });
         }
     }
 }
