@@ -84,7 +84,9 @@ fn cmp_part(a: &Part<'_>, b: &Part<'_>) -> Ordering {
             let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
             x.len().cmp(&y.len()).then_with(|| x.cmp(y))
         }
-        // "pre" sorts before everything; numbers after words otherwise.
+        // "pre" sorts before everything but itself; numbers after words
+        // otherwise.
+        (Part::Word("pre"), Part::Word("pre")) => Ordering::Equal,
         (Part::Word("pre"), _) => Ordering::Less,
         (_, Part::Word("pre")) => Ordering::Greater,
         (Part::Num(_), Part::Word(_)) => Ordering::Greater,
@@ -147,6 +149,10 @@ mod tests {
         assert_eq!(compare_versions("1.24.0", "1.25.3"), Less);
         assert_eq!(compare_versions("1.10", "1.9"), Greater);
         assert_eq!(compare_versions("2.0pre1", "2.0"), Less);
+        // Two pre-releases by their numbers (both "pre" compared Less:
+        // 2.0pre2 -> 2.0pre1 was shown as an upgrade).
+        assert_eq!(compare_versions("2.0pre2", "2.0pre1"), Greater);
+        assert_eq!(compare_versions("2.0pre1", "2.0pre2"), Less);
         assert_eq!(compare_versions("5.2p26", "5.2p21"), Greater);
         assert_eq!(compare_versions("1.0", "1.0"), Equal);
         assert_eq!(compare_versions("1.0", "1.0.1"), Less);

@@ -66,9 +66,14 @@ pub fn parse_nar_hash(text: &str) -> Option<NarHash> {
 
 /// `nix-store --dump-db` over the requisites, through `xargs` (no ARG_MAX limit).
 /// The closures of `$@`, dumped: the one pipeline every closure query runs.
+/// The query is done first: piped, a query that failed (a root not valid:
+/// a broken `/run/current-system`) gave `xargs` nothing, which runs
+/// `nix-store --dump-db` without arguments, the host's whole database
+/// (exit 0: read, sent and parsed before the closure was found missing).
 macro_rules! dump {
     () => {
-        r#"nix-store --query --requisites "$@" | xargs nix-store --dump-db"#
+        r#"r=$(nix-store --query --requisites "$@") || exit 1
+[ -z "$r" ] || printf '%s\n' "$r" | xargs nix-store --dump-db"#
     };
 }
 const DUMP: &str = dump!();
@@ -352,7 +357,7 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[&valid].len(), 1);
         assert!(
-            closures_present(&local, &[absent])
+            closures_present(&local, &[absent.clone()])
                 .await
                 .unwrap()
                 .is_empty()
@@ -367,6 +372,13 @@ mod tests {
         // `closures` reads its roots the same way.
         let got = closures(&local, &vec![valid.clone(); 2000]).await.unwrap();
         assert_eq!(got.keys().collect::<Vec<_>>(), [&valid]);
+        // One root, not valid (a broken /run/current-system): the query's
+        // failure, not the whole store dumped (xargs given nothing ran
+        // `--dump-db` bare) and the root then found missing in it.
+        let e = closure(&local, &absent).await.unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("exit"), "{e}");
+        assert!(!e.contains("is not valid on"), "{e}");
     }
 
     #[test]
