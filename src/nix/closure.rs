@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[&valid].len(), 1);
         assert!(
-            closures_present(&local, &[absent.clone()])
+            closures_present(&local, std::slice::from_ref(&absent))
                 .await
                 .unwrap()
                 .is_empty()
