@@ -71,6 +71,39 @@ async fn agent_first_and_reported() {
     assert!(auth.to_string().starts_with("agent key SHA256:"), "{auth}");
 }
 
+/// Seven keys in the agent, none authorized, and the inventory's identity
+/// file: the file is offered before the agent's other keys, as OpenSSH
+/// does (all the agent's keys first spent sshd's MaxAuthTries, 6, and the
+/// server hung up before the file was tried).
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn the_identity_file_goes_before_the_agents_other_keys() {
+    let sshd = Sshd::start();
+    let key = keygen(sshd.dir.path(), "id_inventory", "ed25519", "");
+    sshd.authorize(&key);
+    let agent = Agent::start();
+    for i in 0..7 {
+        let other = keygen(sshd.dir.path(), &format!("other{i}"), "ed25519", "");
+        agent.add(&other, "");
+    }
+    let mut t = sshd.target(&key);
+    t.use_agent = true;
+    t.agent_socket = Some(agent.sock.clone());
+    let s = SshSession::connect(t).await.unwrap();
+    assert_eq!(
+        s.info().auth,
+        AuthMethod::IdentityFile { path: key.clone() }
+    );
+    // Without the file, the server hangs up after six: said, with why.
+    let mut t = sshd.target(&sshd.dir.path().join("no-such-key"));
+    t.identity_files.clear();
+    t.use_agent = true;
+    t.agent_socket = Some(agent.sock.clone());
+    let err = SshSession::connect(t).await.err().expect("must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("MaxAuthTries"), "{msg}");
+}
+
 #[tokio::test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn encrypted_key_in_agent_works_and_without_agent_names_the_path() {

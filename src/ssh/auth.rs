@@ -1,5 +1,6 @@
-//! User authentication: agent keys first, then identity files (each with
-//! its `-cert.pub` certificate when one sits next to it). RSA signs with
+//! User authentication: the agent's keys that are configured identity
+//! files, the identity files (each with its `-cert.pub` certificate when
+//! one sits next to it), then the agent's other keys. RSA signs with
 //! rsa-sha2-512/256 only, never SHA-1. Encrypted keys are never prompted
 //! for: they are skipped and reported with the `ssh-add` line that fixes it.
 
@@ -76,7 +77,26 @@ impl std::fmt::Display for AuthMethod {
     }
 }
 
-/// Try every identity in turn until the server accepts one.
+/// What one connection's attempts have tried and offered so far.
+#[derive(Default)]
+struct Attempts {
+    tried: Vec<String>,
+    /// Public keys already offered (through the agent, or from a file).
+    offered: Vec<PublicKey>,
+    rsa_hash: Option<HashAlg>,
+    /// The first encrypted identity file the agent does not hold.
+    encrypted: Option<PathBuf>,
+}
+
+/// The result of one pass: `Some` ends the authentication (accepted, or
+/// failed for good), `None` goes on to the next pass.
+type Pass = Option<Result<AuthMethod, ConnectError>>;
+
+/// Try identities until the server accepts one, in OpenSSH's order: the
+/// agent's keys that are configured identity files (an encrypted file's
+/// key signs there), the identity files, then the agent's other keys. The
+/// agent's keys all first spent sshd's `MaxAuthTries` (6) before the
+/// inventory's key was offered, for anyone with six keys in the agent.
 pub(crate) async fn authenticate<H>(
     handle: &mut Handle<H>,
     target: &SshTarget,
@@ -85,190 +105,265 @@ where
     H: Handler<Error = russh::Error>,
 {
     let user = target.user();
-    let mut tried: Vec<String> = Vec::new();
-    let mut agent_keys: Vec<PublicKey> = Vec::new();
-    let mut rsa_hash: Option<HashAlg> = None;
+    let mut at = Attempts::default();
+    let files = target.identity_files();
+    let wanted: Vec<PublicKey> = files.iter().filter_map(|p| public_half(p)).collect();
+    let (mut agent, ids) = match open_agent(target, &mut at.tried).await {
+        Some((agent, ids)) => (Some(agent), ids),
+        None => (None, Vec::new()),
+    };
+    let (mine, others): (Vec<AgentIdentity>, Vec<AgentIdentity>) = ids
+        .into_iter()
+        .partition(|id| wanted.iter().any(|w| w.key_data() == id_key(id).key_data()));
+    if let Some(agent) = agent.as_mut()
+        && let Some(end) = try_agent(handle, target, &user, agent, mine, &mut at).await
+    {
+        return end;
+    }
+    if let Some(end) = try_files(handle, target, &user, &files, &mut at).await {
+        return end;
+    }
+    if let Some(agent) = agent.as_mut()
+        && let Some(end) = try_agent(handle, target, &user, agent, others, &mut at).await
+    {
+        return end;
+    }
+    match at.encrypted {
+        Some(path) => Err(ConnectError::EncryptedKey {
+            target: target.name.clone(),
+            path,
+            tried: at.tried,
+        }),
+        None => Err(auth_failed(target, user, at.tried)),
+    }
+}
 
+/// The agent and its identities, when one is set and answers (else why
+/// not, in `tried`).
+async fn open_agent(
+    target: &SshTarget,
+    tried: &mut Vec<String>,
+) -> Option<(AgentClient<tokio::net::UnixStream>, Vec<AgentIdentity>)> {
     let sock = target.agent_socket();
     if sock.is_none() && target.use_agent {
         tried.push("ssh-agent: none (SSH_AUTH_SOCK is not set)".into());
     }
-    if let Some(sock) = sock {
-        match AgentClient::connect_uds(&sock).await {
-            Err(e) => tried.push(format!("agent at {}: unreachable ({e})", sock.display())),
-            Ok(mut agent) => match agent.request_identities().await {
-                Err(e) => tried.push(format!("agent at {}: {e}", sock.display())),
-                Ok(ids) => {
-                    for id in ids {
-                        let (key, comment, is_cert) = match &id {
-                            AgentIdentity::PublicKey { key, comment } => {
-                                (key.clone(), comment.clone(), false)
-                            }
-                            AgentIdentity::Certificate {
-                                certificate,
-                                comment,
-                            } => (
-                                PublicKey::new(certificate.public_key().clone(), ""),
-                                comment.clone(),
-                                true,
-                            ),
-                        };
-                        let hash = if key.algorithm().is_rsa() {
-                            Some(rsa_hash_for(handle, &mut rsa_hash).await)
-                        } else {
-                            None
-                        };
-                        let fp = fingerprint(key.key_data());
-                        let result = match &id {
-                            AgentIdentity::PublicKey { key, .. } => {
-                                handle
-                                    .authenticate_publickey_with(
-                                        &user,
-                                        key.clone(),
-                                        hash,
-                                        &mut agent,
-                                    )
-                                    .await
-                            }
-                            AgentIdentity::Certificate { certificate, .. } => {
-                                handle
-                                    .authenticate_certificate_with(
-                                        &user,
-                                        certificate.clone(),
-                                        hash,
-                                        &mut agent,
-                                    )
-                                    .await
-                            }
-                        };
-                        let label = format!(
-                            "agent {} {fp} {comment}",
-                            if is_cert { "certificate" } else { "key" }
-                        );
-                        match result {
-                            Ok(AuthResult::Success) => {
-                                return Ok(if is_cert {
-                                    AuthMethod::AgentCertificate {
-                                        fingerprint: fp,
-                                        comment,
-                                    }
-                                } else {
-                                    AuthMethod::Agent {
-                                        fingerprint: fp,
-                                        comment,
-                                    }
-                                });
-                            }
-                            Ok(AuthResult::Failure { .. }) => {
-                                tried.push(format!("{label}: rejected"))
-                            }
-                            Err(e) => tried.push(format!("{label}: agent could not sign ({e})")),
-                        }
-                        if handle.is_closed() {
-                            return Err(auth_failed(target, user, tried));
-                        }
-                        agent_keys.push(key);
-                    }
-                }
-            },
+    let sock = sock?;
+    match AgentClient::connect_uds(&sock).await {
+        Err(e) => {
+            tried.push(format!("agent at {}: unreachable ({e})", sock.display()));
+            None
+        }
+        Ok(mut agent) => match agent.request_identities().await {
+            Err(e) => {
+                tried.push(format!("agent at {}: {e}", sock.display()));
+                None
+            }
+            Ok(ids) => Some((agent, ids)),
+        },
+    }
+}
+
+/// An agent identity's public key (a certificate's key).
+fn id_key(id: &AgentIdentity) -> PublicKey {
+    match id {
+        AgentIdentity::PublicKey { key, .. } => key.clone(),
+        AgentIdentity::Certificate { certificate, .. } => {
+            PublicKey::new(certificate.public_key().clone(), "")
         }
     }
+}
 
-    let mut encrypted: Option<PathBuf> = None;
-    for path in target.identity_files() {
-        if !path.exists() {
-            tried.push(format!("{}: no such file", path.display()));
+/// The server closed the connection while keys were offered: said, with
+/// the likely cause (the next offer would fail as a lost connection).
+fn closed_by_server<H: Handler>(handle: &Handle<H>, tried: &mut Vec<String>) -> bool {
+    if !handle.is_closed() {
+        return false;
+    }
+    tried.push(
+        "the server closed the connection (too many keys offered? sshd allows MaxAuthTries, 6 by \
+         default: set identity_file for the host, or remove keys from the agent)"
+            .into(),
+    );
+    true
+}
+
+/// Offer `ids` through the agent, one by one.
+async fn try_agent<H>(
+    handle: &mut Handle<H>,
+    target: &SshTarget,
+    user: &str,
+    agent: &mut AgentClient<tokio::net::UnixStream>,
+    ids: Vec<AgentIdentity>,
+    at: &mut Attempts,
+) -> Pass
+where
+    H: Handler<Error = russh::Error>,
+{
+    for id in ids {
+        let key = id_key(&id);
+        // Offered from its file already (a file without its `.pub`).
+        if at.offered.iter().any(|o| o.key_data() == key.key_data()) {
             continue;
         }
-        let key = match load_secret_key(&path, None)
-            .or_else(|e| super::short_ecdsa::load(&path).ok_or(e))
-        {
-            Ok(k) => k,
-            Err(KeyError::KeyIsEncrypted) => {
-                // The agent already had its chance with this key if it holds it.
-                let in_agent = public_half(&path)
-                    .is_some_and(|p| agent_keys.iter().any(|a| a.key_data() == p.key_data()));
-                if !in_agent {
-                    tried.push(format!(
-                        "{}: passphrase-protected, not in the agent (skipped)",
-                        path.display()
-                    ));
-                    encrypted.get_or_insert(path.clone());
-                }
-                continue;
-            }
-            Err(e) => {
-                tried.push(format!("{}: unreadable ({e})", path.display()));
-                continue;
-            }
+        let is_cert = matches!(id, AgentIdentity::Certificate { .. });
+        let comment = match &id {
+            AgentIdentity::PublicKey { comment, .. }
+            | AgentIdentity::Certificate { comment, .. } => comment.clone(),
         };
-        if agent_keys
-            .iter()
-            .any(|a| a.key_data() == key.public_key().key_data())
-        {
-            continue; // already offered through the agent
-        }
-        let key = Arc::new(key);
         let hash = if key.algorithm().is_rsa() {
-            Some(rsa_hash_for(handle, &mut rsa_hash).await)
+            Some(rsa_hash_for(handle, &mut at.rsa_hash).await)
         } else {
             None
         };
-        let cert_path = cert_path_for(&path);
+        let fp = fingerprint(key.key_data());
+        let result = match &id {
+            AgentIdentity::PublicKey { key, .. } => {
+                handle
+                    .authenticate_publickey_with(user, key.clone(), hash, agent)
+                    .await
+            }
+            AgentIdentity::Certificate { certificate, .. } => {
+                handle
+                    .authenticate_certificate_with(user, certificate.clone(), hash, agent)
+                    .await
+            }
+        };
+        let label = format!(
+            "agent {} {fp} {comment}",
+            if is_cert { "certificate" } else { "key" }
+        );
+        match result {
+            Ok(AuthResult::Success) => {
+                return Some(Ok(if is_cert {
+                    AuthMethod::AgentCertificate {
+                        fingerprint: fp,
+                        comment,
+                    }
+                } else {
+                    AuthMethod::Agent {
+                        fingerprint: fp,
+                        comment,
+                    }
+                }));
+            }
+            Ok(AuthResult::Failure { .. }) => at.tried.push(format!("{label}: rejected")),
+            Err(e) => at
+                .tried
+                .push(format!("{label}: agent could not sign ({e})")),
+        }
+        if closed_by_server(handle, &mut at.tried) {
+            return Some(Err(auth_failed(target, user.to_owned(), at.tried.clone())));
+        }
+        at.offered.push(key);
+    }
+    None
+}
+
+/// Offer each identity file (with its certificate when one sits next to
+/// it), but those the agent offered already.
+async fn try_files<H>(
+    handle: &mut Handle<H>,
+    target: &SshTarget,
+    user: &str,
+    files: &[PathBuf],
+    at: &mut Attempts,
+) -> Pass
+where
+    H: Handler<Error = russh::Error>,
+{
+    for path in files {
+        let Some(key) = load_identity(path, at) else {
+            continue;
+        };
+        let key = Arc::new(key);
+        let hash = if key.algorithm().is_rsa() {
+            Some(rsa_hash_for(handle, &mut at.rsa_hash).await)
+        } else {
+            None
+        };
+        let lost = |source| {
+            Some(Err(ConnectError::AuthTransport {
+                target: target.name.clone(),
+                source,
+            }))
+        };
+        let cert_path = cert_path_for(path);
         if cert_path.exists() {
             match load_openssh_certificate(&cert_path) {
-                Ok(cert) => {
-                    let res = try_certificate(handle, &user, key.clone(), cert, hash).await;
-                    match res {
-                        Ok(true) => {
-                            return Ok(AuthMethod::Certificate {
-                                path,
-                                certificate: cert_path,
-                            });
-                        }
-                        Ok(false) => tried.push(format!("{}: rejected", cert_path.display())),
-                        Err(e) => {
-                            return Err(ConnectError::AuthTransport {
-                                target: target.name.clone(),
-                                source: e,
-                            });
-                        }
+                Ok(cert) => match try_certificate(handle, user, key.clone(), cert, hash).await {
+                    Ok(true) => {
+                        return Some(Ok(AuthMethod::Certificate {
+                            path: path.clone(),
+                            certificate: cert_path,
+                        }));
                     }
-                }
-                Err(e) => tried.push(format!(
+                    Ok(false) => at.tried.push(format!("{}: rejected", cert_path.display())),
+                    Err(e) => return lost(e),
+                },
+                Err(e) => at.tried.push(format!(
                     "{}: unreadable certificate ({e})",
                     cert_path.display()
                 )),
             }
         }
+        at.offered.push(key.public_key().clone());
         let res = handle
-            .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(key.clone(), hash))
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), hash))
             .await;
         match res {
-            Ok(AuthResult::Success) => return Ok(AuthMethod::IdentityFile { path }),
-            Ok(AuthResult::Failure { .. }) => tried.push(format!(
+            Ok(AuthResult::Success) => {
+                return Some(Ok(AuthMethod::IdentityFile { path: path.clone() }));
+            }
+            Ok(AuthResult::Failure { .. }) => at.tried.push(format!(
                 "{} ({} {}): rejected",
                 path.display(),
                 key.algorithm(),
                 fingerprint(key.public_key().key_data())
             )),
-            Err(e) => {
-                return Err(ConnectError::AuthTransport {
-                    target: target.name.clone(),
-                    source: e,
-                });
-            }
+            Err(e) => return lost(e),
+        }
+        if closed_by_server(handle, &mut at.tried) {
+            return Some(Err(auth_failed(target, user.to_owned(), at.tried.clone())));
         }
     }
+    None
+}
 
-    match encrypted {
-        Some(path) => Err(ConnectError::EncryptedKey {
-            target: target.name.clone(),
-            path,
-            tried,
-        }),
-        None => Err(auth_failed(target, user, tried)),
+/// An identity file's key to offer: `None` when it is missing, unreadable,
+/// encrypted (noted unless the agent holds it), or offered already.
+fn load_identity(path: &Path, at: &mut Attempts) -> Option<PrivateKey> {
+    if !path.exists() {
+        at.tried.push(format!("{}: no such file", path.display()));
+        return None;
     }
+    let key = match load_secret_key(path, None).or_else(|e| super::short_ecdsa::load(path).ok_or(e))
+    {
+        Ok(k) => k,
+        Err(KeyError::KeyIsEncrypted) => {
+            // The agent already had its chance with this key if it holds it.
+            let in_agent = public_half(path)
+                .is_some_and(|p| at.offered.iter().any(|a| a.key_data() == p.key_data()));
+            if !in_agent {
+                at.tried.push(format!(
+                    "{}: passphrase-protected, not in the agent (skipped)",
+                    path.display()
+                ));
+                at.encrypted.get_or_insert(path.to_path_buf());
+            }
+            return None;
+        }
+        Err(e) => {
+            at.tried
+                .push(format!("{}: unreadable ({e})", path.display()));
+            return None;
+        }
+    };
+    let offered = at
+        .offered
+        .iter()
+        .any(|a| a.key_data() == key.public_key().key_data());
+    (!offered).then_some(key)
 }
 
 fn auth_failed(target: &SshTarget, user: String, tried: Vec<String>) -> ConnectError {
