@@ -318,8 +318,9 @@ in
       default = null;
       example = "/run/nixgate-agent/ssh-agent.sock";
       description = ''
-        An ssh-agent socket for the rollouts (`SSH_AUTH_SOCK`), tried before
-        the inventory's identity files. `null`: no agent, identity files only.
+        An ssh-agent socket for the rollouts (`SSH_AUTH_SOCK`): its keys that
+        are the inventory's identity files are offered first, its others
+        after those files. `null`: no agent, identity files only.
         A socket under `/tmp` or `/var/tmp` turns the services' `PrivateTmp`
         off (a private /tmp would hide it); elsewhere, e.g. under `/run`,
         keeps it.
