@@ -77,7 +77,7 @@ impl SshConfig {
             settings: Vec::new(),
         }];
         for (idx, raw) in text.lines().enumerate() {
-            let line = raw.trim();
+            let line = strip_comment(raw).trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -167,6 +167,24 @@ fn split_keyword(line: &str) -> (&str, &str) {
     let rest = rest.trim_start();
     let rest = rest.strip_prefix('=').unwrap_or(rest).trim();
     (key, rest)
+}
+
+/// `line` without a trailing comment: a `#` starting a word, outside
+/// quotes, ends it, as OpenSSH reads it (`Port 2222 # ssh` was the port
+/// `2222 # ssh`, refused with the whole file; `Host web1 # prod` also
+/// matched a host named `prod`).
+fn strip_comment(line: &str) -> &str {
+    let mut quoted = false;
+    let mut word_start = true;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted && word_start => return &line[..i],
+            _ => {}
+        }
+        word_start = c.is_whitespace() || c == '=';
+    }
+    line
 }
 
 fn unquote(value: &str) -> String {
@@ -265,6 +283,21 @@ Host *
             vec![home.join(".ssh/web_key"), PathBuf::from("/etc/keys/web1")]
         );
         assert_eq!(web1.proxy_jump.as_deref(), Some("none"));
+    }
+
+    /// Trailing comments end a line, as OpenSSH reads them; a `#` inside
+    /// quotes or a word is kept.
+    #[test]
+    fn trailing_comments_are_not_values() {
+        let cfg = SshConfig::parse(
+            "Host web1 # prod\n  Port 2222 # ssh\n  HostName \"a#b.example\" # q\nHost x#y\n  User u\n",
+        )
+        .unwrap();
+        let web1 = cfg.lookup("web1");
+        assert_eq!(web1.port, Some(2222));
+        assert_eq!(web1.hostname.as_deref(), Some("a#b.example"));
+        assert_eq!(cfg.lookup("prod").port, None, "the comment is no pattern");
+        assert_eq!(cfg.lookup("x#y").user.as_deref(), Some("u"));
     }
 
     #[test]
