@@ -36,6 +36,7 @@ fn request_within(budget: Duration) -> ActivationRequest {
         known_good_generation: None,
         rolls_back: false,
         keys: Default::default(),
+        planned_current: None,
     }
 }
 

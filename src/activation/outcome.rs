@@ -59,6 +59,12 @@ pub enum FailureReason {
         stage: crate::keys::UploadAt,
         error: crate::keys::KeyUploadError,
     },
+    /// The host ran another system when its activation started than when
+    /// the plan read it: nothing was done.
+    ChangedSincePlan {
+        planned: StorePath,
+        now: StorePath,
+    },
 }
 
 /// Where a host ended up.

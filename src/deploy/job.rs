@@ -268,6 +268,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             known_good_generation: ready.candidate.generation,
             rolls_back: ready.candidate.is_rollback_target(),
             keys: self.keys.get(host).cloned().unwrap_or_default(),
+            planned_current: ready.running.clone(),
         };
         let emit = recording_failed_units(forward(&self.sink, host), &self.failed_before, host);
         let fresh = FreshConnection {

@@ -100,6 +100,11 @@ fn fixture_with(inv: Arc<Inventory>, on: [&str; 3], builder: FakeBuilder) -> Fix
 }
 
 fn ready(closure: &str) -> Verdict {
+    ready_on(closure, OLD)
+}
+
+/// Ready, the plan having read the host running `running`.
+fn ready_on(closure: &str, running: &str) -> Verdict {
     Verdict::Ready {
         candidate: Candidate {
             closure: sp(closure),
@@ -108,7 +113,7 @@ fn ready(closure: &str) -> Verdict {
             never_validated: false,
             commit: None,
         },
-        running: Some(sp(OLD)),
+        running: Some(sp(running)),
     }
 }
 
@@ -350,7 +355,10 @@ async fn a_take_back_never_lands_on_an_unfinished_mark() {
 async fn an_unhealthy_host_the_run_did_not_change_is_not_taken_back() {
     let f = fixture(inventory(0, "30s"), [NEW, OLD, OLD], Build::Hangs);
     f.hosts["web1"].state().unhealthy_after = Some(1);
-    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => ready_on(NEW, NEW),
+        _ => ready(NEW),
+    });
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
     let HostEnd::SoakFailed {
         revoked, rollback, ..
@@ -392,7 +400,7 @@ async fn an_unchanged_host_loses_the_known_good_this_run_added() {
         st.unhealthy_after = Some(1);
         st.current = sp(NEW);
     }
-    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let plan = plan_of(&f.inv, |_| ready_on(NEW, NEW));
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
     match &hosts[0].end {
         HostEnd::SoakFailed {
@@ -426,7 +434,7 @@ async fn a_boot_goal_host_already_running_the_candidate_is_not_rechecked() {
         st.unhealthy_after = Some(0);
         st.current = sp(NEW);
     }
-    let plan = plan_for(crate::gates::Goal::Boot, &f.inv, |_| ready(NEW));
+    let plan = plan_for(crate::gates::Goal::Boot, &f.inv, |_| ready_on(NEW, NEW));
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
     match hosts[0].end.outcome() {
         Some(HostOutcome::AlreadyCurrent { boot_before, .. }) => {
@@ -663,7 +671,10 @@ async fn a_run_that_switches_nothing_takes_nothing_back_after_a_soak() {
 #[tokio::test(start_paused = true)]
 async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     let f = fixture(inventory(0, "0s"), [NEW, OLD, OLD], Build::Hangs);
-    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => ready_on(NEW, NEW),
+        _ => ready(NEW),
+    });
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
     let Some(HostOutcome::AlreadyCurrent {
         mark: Some(mark), ..

@@ -56,6 +56,11 @@ pub struct ActivationRequest {
     pub rolls_back: bool,
     /// The host's keys, read on the controller by the plan.
     pub keys: std::sync::Arc<Vec<crate::keys::ResolvedKey>>,
+    /// What the plan read the host running (the diff shown, and a soak's
+    /// take-back, are against it). A host found running something else
+    /// when its activation starts was changed since (an auto-upgrade, a
+    /// `nixos-rebuild` by hand while the prompt waited): left alone.
+    pub planned_current: Option<StorePath>,
 }
 
 /// Opens a NEW connection to the host being activated: fresh TCP,
@@ -320,6 +325,15 @@ impl<'a, R: Remote> Run<'a, R> {
         match bounded("read the current system", STEP_LIMIT, read).await {
             Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
             Err(e) => return Err(self.fail_clean(first, remote_err("read current system", e))),
+        }
+        if let Some(planned) = &self.req.planned_current
+            && *planned != self.pre_current
+        {
+            let reason = FailureReason::ChangedSincePlan {
+                planned: planned.clone(),
+                now: self.pre_current.clone(),
+            };
+            return Err(self.fail_clean(first, reason));
         }
         Ok(ahead)
     }

@@ -41,6 +41,7 @@ fn request(goal: Goal) -> ActivationRequest {
         known_good_generation: None,
         rolls_back: false,
         keys: Default::default(),
+        planned_current: None,
     }
 }
 
@@ -1799,6 +1800,40 @@ async fn a_revert_that_beat_the_disarm_is_no_confirmation() {
     );
     assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
     assert_eq!(host.state().current, sp(OLD));
+}
+
+/// The host runs another system than the plan read (an auto-upgrade
+/// switched it while the prompt waited): nothing is done, and the failure
+/// says what changed (the diff shown, and a soak's take-back, were against
+/// the other system).
+#[tokio::test(start_paused = true)]
+async fn a_host_changed_since_the_plan_is_left_alone() {
+    let host = FakeHost::new(&sp(OLD));
+    let mut req = request(Goal::Gated);
+    req.planned_current = Some(sp(NEW));
+    let ran = run(&host, &req).await;
+    match &ran.outcome {
+        HostOutcome::Failed {
+            reason: FailureReason::ChangedSincePlan { planned, now },
+            ..
+        } => assert_eq!((planned, now), (&sp(NEW), &sp(OLD))),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !ran.cmds
+            .iter()
+            .any(|c| c.contains(" fire ") || c.contains("nix-env")),
+        "{:#?}",
+        ran.cmds
+    );
+    // What the plan read: it goes on as ever.
+    req.planned_current = Some(sp(OLD));
+    let ran = run(&host, &req).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        ran.outcome
+    );
 }
 
 /// A switch the host refused every time (nothing changed), whose revert

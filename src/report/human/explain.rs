@@ -88,6 +88,9 @@ fn next_for(host: &str, command: &str, r: &FailureReason) -> String {
         FailureReason::HealthChecks { .. } => format!(
             "run the failed check on {host} to see why; fix it, then `nixgate {command} {host}`"
         ),
+        FailureReason::ChangedSincePlan { .. } => format!(
+            "`nixgate plan {host}` shows the change against what it runs now; then `nixgate {command} {host}`"
+        ),
         FailureReason::Sudo(_) => format!(
             "let the deploy user run sudo without a password on {host}, then `nixgate {command} {host}`"
         ),

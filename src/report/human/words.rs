@@ -385,6 +385,12 @@ pub fn failure(r: &FailureReason) -> String {
                 first_line(&error.to_string())
             )
         }
+        FailureReason::ChangedSincePlan { planned, now } => format!(
+            "it changed since the plan: the plan was of {}, it now runs {} (switched by something \
+             else: an auto-upgrade, a nixos-rebuild); nothing done",
+            short_closure(planned),
+            short_closure(now)
+        ),
     }
 }
 
