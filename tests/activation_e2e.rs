@@ -39,6 +39,7 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         known_good_generation: None,
         rolls_back: false,
         keys: Default::default(),
+        planned_current: None,
     };
     let started = Instant::now();
     let out = activate_host(&remote, &remote, &req, &CancellationToken::new(), &|_| {}).await;

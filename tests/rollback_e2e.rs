@@ -25,6 +25,7 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
         known_good_generation: None,
         rolls_back: false,
         keys: Default::default(),
+        planned_current: None,
     };
     let remote = OpenSsh::new(fleet, "sys1");
     let out = activate_host(&remote, &remote, &req, &CancellationToken::new(), &|_| {}).await;
