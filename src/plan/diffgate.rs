@@ -29,8 +29,8 @@ struct Ctx<'a, F: Fleet> {
     inv: &'a Inventory,
     fleet: &'a F,
     expect: Option<&'a [String]>,
-    /// The candidate's commit.
-    commit: Option<&'a str>,
+    /// Where the candidate's flake.lock is.
+    new_lock: Option<NewLock<'a>>,
     drvs: diff::structural::SharedDrvCache,
     /// Every candidate's closure, and that of every system a host runs that
     /// the builder has, from one query on the builder.
@@ -76,7 +76,7 @@ async fn one<F: Fleet>(
         inv,
         fleet,
         expect,
-        commit,
+        new_lock,
         ref drvs,
         ..
     } = *ctx;
@@ -116,8 +116,8 @@ async fn one<F: Fleet>(
     let (Some(cur), Some(Ok(Some(old_commit)))) = (&current, deployed) else {
         return Ok(d);
     };
-    if let Some(new_commit) = commit {
-        match flake_inputs(&inv.builder.source, &old_commit, new_commit) {
+    if let Some(new_lock) = new_lock {
+        match flake_inputs(&inv.builder.source, &old_commit, new_lock) {
             Ok(inputs) => d.flake_inputs = inputs,
             Err(why) => d.flake_inputs_unknown = Some(why),
         }
@@ -177,10 +177,19 @@ async fn recover_old_drv<B: Remote>(
 /// repository (`None`: neither has a flake.lock). A lock on one side only
 /// means every input was added (or removed); a base commit the clone lacks
 /// leaves the change unknown.
+/// Where the candidate's flake.lock is read: the commit shipped, or the
+/// work tree (a dirty tree ships its own, not HEAD's: a `nix flake update`
+/// not committed yet was built and not shown).
+#[derive(Debug, Clone, Copy)]
+enum NewLock<'a> {
+    Commit(&'a str),
+    WorkTree,
+}
+
 fn flake_inputs(
     repo: &std::path::Path,
     old: &str,
-    new: &str,
+    new: NewLock<'_>,
 ) -> Result<Option<Vec<InputChange>>, InputsUnknown> {
     let read = |c: &str| -> Result<Option<String>, InputsUnknown> {
         let unreadable = |error: String| InputsUnknown::Unreadable { error };
@@ -197,7 +206,19 @@ fn flake_inputs(
         }
     };
     const EMPTY: &str = r#"{"nodes":{"root":{}}}"#;
-    let (a, b) = match (read(old)?, read(new)?) {
+    let new = match new {
+        NewLock::Commit(c) => read(c)?,
+        NewLock::WorkTree => match std::fs::read_to_string(repo.join("flake.lock")) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(InputsUnknown::Unreadable {
+                    error: format!("reading flake.lock in {}: {e}", repo.display()),
+                });
+            }
+        },
+    };
+    let (a, b) = match (read(old)?, new) {
         (None, None) => return Ok(None),
         (a, b) => (
             a.unwrap_or_else(|| EMPTY.into()),
@@ -250,7 +271,11 @@ pub async fn run<F: Fleet>(
         &cands,
         drvs,
         expect,
-        Some(source.commit.as_str()),
+        Some(if source.dirty {
+            NewLock::WorkTree
+        } else {
+            NewLock::Commit(&source.commit)
+        }),
         p.sink,
         &mut closures,
         |host, found| apply(verdicts, &mut pieces, host, found),
@@ -320,7 +345,7 @@ async fn diff_all<F: Fleet>(
     candidates: &[(String, StorePath)],
     drvs: &HashMap<String, StorePath>,
     expect: Option<&[String]>,
-    commit: Option<&str>,
+    new_lock: Option<NewLock<'_>>,
     sink: &EventSink,
     closures_out: &mut HashMap<StorePath, Arc<Vec<nix::closure::PathInfo>>>,
     mut found: impl FnMut(&str, Found<'_>),
@@ -343,7 +368,7 @@ async fn diff_all<F: Fleet>(
         inv,
         fleet,
         expect,
-        commit,
+        new_lock,
         drvs: Default::default(),
         closures,
     };
@@ -493,21 +518,39 @@ mod tests {
         let missing = "1234567890abcdef1234567890abcdef12345678";
 
         assert_eq!(
-            flake_inputs(dir, missing, &b),
+            flake_inputs(dir, missing, NewLock::Commit(&b)),
             Err(InputsUnknown::BaseNotInClone {
                 commit: missing.into()
             })
         );
-        let why = flake_inputs(dir, missing, &b).unwrap_err();
+        let why = flake_inputs(dir, missing, NewLock::Commit(&b)).unwrap_err();
         assert_eq!(
             diff::render::render_inputs_unknown(&why),
             format!("flake inputs: unknown (base commit {missing} not in this clone: git fetch)")
         );
         // A base that has no flake.lock: every input was added.
-        let added = flake_inputs(dir, &no_lock, &b).unwrap().unwrap();
+        let added = flake_inputs(dir, &no_lock, NewLock::Commit(&b))
+            .unwrap()
+            .unwrap();
         assert_eq!(added.len(), 2, "{added:?}");
         assert!(added.iter().all(|c| matches!(c, InputChange::Added { .. })));
-        assert_eq!(flake_inputs(dir, &a, &b).unwrap().map(|v| v.len()), Some(1));
+        assert_eq!(
+            flake_inputs(dir, &a, NewLock::Commit(&b))
+                .unwrap()
+                .map(|v| v.len()),
+            Some(1)
+        );
+        // A dirty tree: its own flake.lock, not HEAD's (an update not
+        // committed yet was built and not shown).
+        std::fs::write(dir.join("flake.lock"), lock("c")).unwrap();
+        let dirty = flake_inputs(dir, &b, NewLock::WorkTree).unwrap().unwrap();
+        assert_eq!(dirty.len(), 1, "{dirty:?}");
+        assert_eq!(
+            flake_inputs(dir, &b, NewLock::Commit(&b))
+                .unwrap()
+                .map(|v| v.len()),
+            Some(0)
+        );
     }
 
     #[test]
