@@ -195,6 +195,37 @@ async fn user_certificate() {
     );
 }
 
+/// The key and its certificate both in the agent (`ssh-add` of a key with
+/// its `-cert.pub` adds the two), the server trusting only the CA: the
+/// plain key is refused, the certificate gets in (one key, two
+/// identities: the certificate was skipped as the same key offered).
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn an_agent_certificate_is_offered_after_its_plain_key() {
+    let sshd = Sshd::start_with("TrustedUserCAKeys %DIR%/user_ca.pub");
+    keygen(sshd.dir.path(), "user_ca", "ed25519", "");
+    let key = keygen(sshd.dir.path(), "id_agentcert", "ed25519", "");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(sshd.dir.path().join("user_ca"))
+        .args(["-I", "test-id", "-n", "root"])
+        .arg(pub_path(&key))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let agent = Agent::start();
+    agent.add(&key, "");
+    let mut t = sshd.target(&key);
+    t.use_agent = true;
+    t.agent_socket = Some(agent.sock.clone());
+    let s = SshSession::connect(t).await.unwrap();
+    assert!(
+        matches!(s.info().auth, AuthMethod::AgentCertificate { .. }),
+        "{:?}",
+        s.info().auth
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn rsa_user_certificate_uses_sha2() {

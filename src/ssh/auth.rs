@@ -81,8 +81,11 @@ impl std::fmt::Display for AuthMethod {
 #[derive(Default)]
 struct Attempts {
     tried: Vec<String>,
-    /// Public keys already offered (through the agent, or from a file).
-    offered: Vec<PublicKey>,
+    /// Keys already offered (through the agent, or from a file), each
+    /// with whether as a certificate: a key and its certificate are two
+    /// identities (a server trusting only the CA takes the certificate
+    /// after refusing the plain key).
+    offered: Vec<(PublicKey, bool)>,
     rsa_hash: Option<HashAlg>,
     /// The first encrypted identity file the agent does not hold.
     encrypted: Option<PathBuf>,
@@ -202,11 +205,11 @@ where
 {
     for id in ids {
         let key = id_key(&id);
-        // Offered from its file already (a file without its `.pub`).
-        if at.offered.iter().any(|o| o.key_data() == key.key_data()) {
+        let is_cert = matches!(id, AgentIdentity::Certificate { .. });
+        // Offered already, from its file (a file without its `.pub`).
+        if at.was_offered(&key, is_cert) {
             continue;
         }
-        let is_cert = matches!(id, AgentIdentity::Certificate { .. });
         let comment = match &id {
             AgentIdentity::PublicKey { comment, .. }
             | AgentIdentity::Certificate { comment, .. } => comment.clone(),
@@ -255,13 +258,13 @@ where
         if closed_by_server(handle, &mut at.tried) {
             return Some(Err(auth_failed(target, user.to_owned(), at.tried.clone())));
         }
-        at.offered.push(key);
+        at.offered.push((key, is_cert));
     }
     None
 }
 
 /// Offer each identity file (with its certificate when one sits next to
-/// it), but those the agent offered already.
+/// it), but what was offered already (through the agent).
 async fn try_files<H>(
     handle: &mut Handle<H>,
     target: &SshTarget,
@@ -289,7 +292,8 @@ where
             }))
         };
         let cert_path = cert_path_for(path);
-        if cert_path.exists() {
+        if cert_path.exists() && !at.was_offered(key.public_key(), true) {
+            at.offered.push((key.public_key().clone(), true));
             match load_openssh_certificate(&cert_path) {
                 Ok(cert) => match try_certificate(handle, user, key.clone(), cert, hash).await {
                     Ok(true) => {
@@ -298,7 +302,16 @@ where
                             certificate: cert_path,
                         }));
                     }
-                    Ok(false) => at.tried.push(format!("{}: rejected", cert_path.display())),
+                    Ok(false) => {
+                        at.tried.push(format!("{}: rejected", cert_path.display()));
+                        if closed_by_server(handle, &mut at.tried) {
+                            return Some(Err(auth_failed(
+                                target,
+                                user.to_owned(),
+                                at.tried.clone(),
+                            )));
+                        }
+                    }
                     Err(e) => return lost(e),
                 },
                 Err(e) => at.tried.push(format!(
@@ -307,7 +320,10 @@ where
                 )),
             }
         }
-        at.offered.push(key.public_key().clone());
+        if at.was_offered(key.public_key(), false) {
+            continue;
+        }
+        at.offered.push((key.public_key().clone(), false));
         let res = handle
             .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), hash))
             .await;
@@ -331,7 +347,7 @@ where
 }
 
 /// An identity file's key to offer: `None` when it is missing, unreadable,
-/// encrypted (noted unless the agent holds it), or offered already.
+/// or encrypted (noted unless the agent holds it).
 fn load_identity(path: &Path, at: &mut Attempts) -> Option<PrivateKey> {
     if !path.exists() {
         at.tried.push(format!("{}: no such file", path.display()));
@@ -343,7 +359,7 @@ fn load_identity(path: &Path, at: &mut Attempts) -> Option<PrivateKey> {
         Err(KeyError::KeyIsEncrypted) => {
             // The agent already had its chance with this key if it holds it.
             let in_agent = public_half(path)
-                .is_some_and(|p| at.offered.iter().any(|a| a.key_data() == p.key_data()));
+                .is_some_and(|p| at.offered.iter().any(|(a, _)| a.key_data() == p.key_data()));
             if !in_agent {
                 at.tried.push(format!(
                     "{}: passphrase-protected, not in the agent (skipped)",
@@ -359,11 +375,16 @@ fn load_identity(path: &Path, at: &mut Attempts) -> Option<PrivateKey> {
             return None;
         }
     };
-    let offered = at
-        .offered
-        .iter()
-        .any(|a| a.key_data() == key.public_key().key_data());
-    (!offered).then_some(key)
+    Some(key)
+}
+
+impl Attempts {
+    /// Whether `key` was offered already, as a certificate or plain.
+    fn was_offered(&self, key: &PublicKey, cert: bool) -> bool {
+        self.offered
+            .iter()
+            .any(|(k, c)| *c == cert && k.key_data() == key.key_data())
+    }
 }
 
 fn auth_failed(target: &SshTarget, user: String, tried: Vec<String>) -> ConnectError {
