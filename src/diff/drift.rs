@@ -29,13 +29,39 @@ fn expected(name: &str, expect: &[String]) -> bool {
     })
 }
 
-/// Every derivation (by name, e.g. `openssl-3.0.13`) in the cause tree with
-/// all its causes (its own and its changed inputs).
-fn tree_nodes<'a>(causes: &'a [Cause], name: &'a str, out: &mut Vec<(&'a str, &'a [Cause])>) {
-    out.push((name, causes));
+/// One derivation of the cause tree: its name (`openssl-3.0.13`), all its
+/// causes (its own and its changed inputs), and whether it is one version
+/// moved to another (its old derivation had another name) rather than one
+/// version rebuilt.
+struct Node<'a> {
+    name: &'a str,
+    causes: &'a [Cause],
+    moved: bool,
+}
+
+/// A derivation path's name: `/nix/store/<hash>-openssl-3.0.13.drv` ->
+/// `openssl-3.0.13`.
+fn drv_name(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.get(33..).unwrap_or(base).trim_end_matches(".drv")
+}
+
+/// Every derivation in the cause tree.
+fn tree_nodes<'a>(causes: &'a [Cause], name: &'a str, moved: bool, out: &mut Vec<Node<'a>>) {
+    out.push(Node {
+        name,
+        causes,
+        moved,
+    });
     for c in causes {
-        if let Cause::Input { name, causes, .. } = c {
-            tree_nodes(causes, name, out);
+        if let Cause::Input {
+            name,
+            old,
+            new,
+            causes,
+        } = c
+        {
+            tree_nodes(causes, name, drv_name(old) != drv_name(new), out);
         }
     }
 }
@@ -47,26 +73,65 @@ fn without_output(name: &str) -> &str {
         .map_or(name, |(base, _)| base)
 }
 
-/// The derivation names (`<pname>-<version>`, or the bare name of an
-/// unversioned path) whose change is accounted for: each changed package is
-/// judged on its own, and the expected ones are meant to change.
-fn accounted(diff: &PackageDiff, expect: &[String]) -> (HashSet<String>, Vec<String>) {
+/// What accounts for a changed input: each changed package of the closure
+/// is judged on its own, and the expected ones are meant to change.
+struct Accounted {
+    /// Derivation names (`<pname>-<version>`, or the bare name of an
+    /// unversioned path) of the changed packages' new sides.
+    names: HashSet<String>,
+    /// `(pname, from, to)`: the version moves of changed packages. An input
+    /// moved from one version to another is accounted for only by such a
+    /// move (both versions may be in both closures, each rebuilt: a
+    /// dependent switching between them is its own change).
+    moves: HashSet<(String, String, String)>,
+    expect: Vec<String>,
+}
+
+fn accounted(diff: &PackageDiff, expect: &[String]) -> Accounted {
     let mut names = HashSet::new();
+    let mut moves = HashSet::new();
     for pc in &diff.changes {
         let base = without_output(&pc.name);
-        let versions: Vec<&String> = match &pc.change {
-            Change::Upgraded { to, .. } | Change::Downgraded { to, .. } => vec![to],
-            Change::Changed { to, .. } => to.iter().collect(),
-            Change::Added { versions } => versions.iter().collect(),
-            Change::Rebuilt { version, .. } => version.iter().collect(),
-            Change::Removed { .. } => Vec::new(),
+        let (from, to): (Vec<&String>, Vec<&String>) = match &pc.change {
+            Change::Upgraded { from, to } | Change::Downgraded { from, to } => {
+                (vec![from], vec![to])
+            }
+            Change::Changed { from, to } => (from.iter().collect(), to.iter().collect()),
+            Change::Added { versions } => (Vec::new(), versions.iter().collect()),
+            Change::Rebuilt { version, .. } => (Vec::new(), version.iter().collect()),
+            Change::Removed { .. } => (Vec::new(), Vec::new()),
         };
-        if versions.is_empty() {
+        for f in &from {
+            for t in &to {
+                moves.insert((base.to_owned(), (*f).clone(), (*t).clone()));
+            }
+        }
+        if to.is_empty() {
             names.insert(base.to_owned());
         }
-        names.extend(versions.into_iter().map(|v| format!("{base}-{v}")));
+        names.extend(to.into_iter().map(|v| format!("{base}-{v}")));
     }
-    (names, expect.to_vec())
+    Accounted {
+        names,
+        moves,
+        expect: expect.to_vec(),
+    }
+}
+
+impl Accounted {
+    /// Whether the change of the input `old` -> `new` (derivation paths)
+    /// named `name` is accounted for.
+    fn covers(&self, name: &str, old: &str, new: &str) -> bool {
+        if expected(&split_name(name).0, &self.expect) {
+            return true;
+        }
+        let ((old_pname, old_v), (_, new_v)) =
+            (split_name(drv_name(old)), split_name(drv_name(new)));
+        match (old_v, new_v) {
+            (Some(a), Some(b)) if a != b => self.moves.contains(&(old_pname, a, b)),
+            _ => self.names.contains(name),
+        }
+    }
 }
 
 /// What rebuilt a package whose own derivation is unchanged: the nearest
@@ -77,7 +142,7 @@ fn accounted(diff: &PackageDiff, expect: &[String]) -> (HashSet<String>, Vec<Str
 /// package judged on its own.
 fn build_only(
     causes: &[Cause],
-    accounted: &(HashSet<String>, Vec<String>),
+    accounted: &Accounted,
     seen: &mut HashSet<(String, String)>,
     out: &mut Vec<Cause>,
 ) {
@@ -91,10 +156,7 @@ fn build_only(
         else {
             continue;
         };
-        if accounted.0.contains(name.as_str())
-            || expected(&split_name(name).0, &accounted.1)
-            || !seen.insert((old.clone(), new.clone()))
-        {
+        if accounted.covers(name, old, new) || !seen.insert((old.clone(), new.clone())) {
             continue;
         }
         let own: Vec<Cause> = below.iter().filter(|c| c.is_local()).cloned().collect();
@@ -116,11 +178,11 @@ fn build_only(
 pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> Vec<Drift> {
     let mut nodes = Vec::new();
     if let Structural::Explained { causes, .. } = structural {
-        tree_nodes(causes, "", &mut nodes);
+        tree_nodes(causes, "", false, &mut nodes);
     }
     // Each node's name split once, and the nodes by version, so finding a
     // package's node is a lookup rather than a scan of the whole tree.
-    let split: Vec<(String, Option<String>)> = nodes.iter().map(|(n, _)| split_name(n)).collect();
+    let split: Vec<(String, Option<String>)> = nodes.iter().map(|n| split_name(n.name)).collect();
     let mut by_version: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, (_, v)) in split.iter().enumerate() {
         if let Some(v) = v {
@@ -135,14 +197,19 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
         }
         // The derivation as the tree names it, `<pname>-<version>` (a split
         // output's package, `curl-bin`, is built by `curl-8.7.1`): the first
-        // such node in the tree, with all its causes.
+        // such node in the tree, with all its causes; for a rebuild, one of
+        // that version rebuilt (a dependent's switch from another version
+        // to this one is a node of that name too).
         let base = without_output(&pc.name);
+        let rebuild = matches!(pc.change, Change::Rebuilt { .. });
         let node = |v: &str| -> Option<&[Cause]> {
             by_version
                 .get(v)?
                 .iter()
-                .find(|&&i| split[i].0 == pc.name || split[i].0 == base)
-                .map(|&i| nodes[i].1)
+                .find(|&&i| {
+                    (split[i].0 == pc.name || split[i].0 == base) && !(rebuild && nodes[i].moved)
+                })
+                .map(|&i| nodes[i].causes)
         };
         let local = |all: &[Cause]| -> Vec<Cause> {
             all.iter().filter(|c| c.is_local()).cloned().collect()
@@ -221,8 +288,8 @@ mod tests {
     fn input(name: &str, causes: Vec<Cause>) -> Cause {
         Cause::Input {
             name: name.into(),
-            old: format!("/nix/store/old-{name}.drv"),
-            new: format!("/nix/store/new-{name}.drv"),
+            old: format!("/nix/store/{}-{name}.drv", "a".repeat(32)),
+            new: format!("/nix/store/{}-{name}.drv", "b".repeat(32)),
             causes,
         }
     }
@@ -369,5 +436,49 @@ mod tests {
             drifting(&d, &tree(causes), &[]),
             vec!["openssl: env version"]
         );
+    }
+
+    /// Both python3 versions in both closures, each rebuilt (an expected
+    /// openssl bump): a package switching from one to the other changed
+    /// by itself, whatever pairs its inputs (an input moved between two
+    /// versions is accounted for only by a package that moved so).
+    #[test]
+    fn switching_between_two_versions_present_on_both_sides_is_drift() {
+        let h = |c: char, n: &str| format!("/nix/store/{}-{n}.drv", c.to_string().repeat(32));
+        let d = diff(vec![
+            rebuilt("openssl", "3.0.13"),
+            rebuilt("python3", "3.11.9"),
+            rebuilt("python3", "3.12.4"),
+            rebuilt("app", "1.0"),
+        ]);
+        let switched = Cause::Input {
+            name: "python3-3.12.4".into(),
+            old: h('a', "python3-3.11.9"),
+            new: h('b', "python3-3.12.4"),
+            causes: vec![env("version")],
+        };
+        let openssl = || input("openssl-3.0.13", vec![env("src")]);
+        let s = tree(vec![
+            input("python3-3.11.9", vec![openssl()]),
+            input("python3-3.12.4", vec![openssl()]),
+            input("app-1.0", vec![switched]),
+        ]);
+        assert_eq!(
+            drifting(&d, &s, &["openssl"]),
+            vec!["app: input python3-3.12.4"]
+        );
+        // python3 itself upgraded from 3.11.9 to 3.12.4: accounted for.
+        let up = diff(vec![
+            PackageChange {
+                name: "python3".into(),
+                change: Change::Upgraded {
+                    from: "3.11.9".into(),
+                    to: "3.12.4".into(),
+                },
+                selected: false,
+            },
+            rebuilt("app", "1.0"),
+        ]);
+        assert_eq!(drifting(&up, &s, &["python3"]), Vec::<String>::new());
     }
 }

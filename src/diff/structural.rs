@@ -93,13 +93,14 @@ fn drv_name(path: &str) -> &str {
     base.get(33..).unwrap_or(base)
 }
 
-/// Replace every store path in `s` (`/nix/store/<hash>-<name>`) by a
-/// placeholder, so values that differ only because an input changed
-/// compare equal: its hash, and its name when its version moved (a
-/// dependent of `openssl-3.0.13` now built with `openssl-3.0.14` names it
-/// in its env; that it is another input is the input diff's to say, and a
-/// change of its own would have made every dependent of an upgraded
-/// package drift under `--expect`). A sub-path (`.../bin/sh`) is kept.
+/// Mask every store path's hash in `s`, and its name's version (kept: the
+/// package name and output, so a path swapped for another package's, or
+/// for another output of the same, is still a change), so values that
+/// differ only because an input changed compare equal: a dependent of
+/// `openssl-3.0.13` now built with `openssl-3.0.14` names it in its env;
+/// that it is another input is the input diff's to say (a change of its
+/// own made every dependent of an upgraded package drift under
+/// `--expect`). A sub-path (`.../bin/sh`) is kept.
 fn mask_hashes(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -110,11 +111,23 @@ fn mask_hashes(s: &str) -> String {
             && after.as_bytes()[32] == b'-'
             && after[..32].bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            out.push_str("<path>");
+            out.push_str("<hash>-");
             let name_len = after[33..]
                 .bytes()
                 .take_while(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(b))
                 .count();
+            let name = &after[33..33 + name_len];
+            match super::names::split_name_parts(name) {
+                (pname, output, Some(_)) => {
+                    out.push_str(pname);
+                    out.push_str("-<v>");
+                    if let Some(o) = output {
+                        out.push('-');
+                        out.push_str(o);
+                    }
+                }
+                _ => out.push_str(name),
+            }
             rest = &after[33 + name_len..];
         } else {
             rest = after;
@@ -764,5 +777,28 @@ pub(super) mod tests {
             matches!(inner.as_slice(), [Cause::Env { key, .. }] if key == "url"),
             "{inner:?}"
         );
+    }
+
+    /// Masked: a path's hash and version; kept: its package name and
+    /// output (another package's path, or another output, is a change),
+    /// their order, and text glued to them.
+    #[test]
+    fn masking_keeps_what_a_version_bump_does_not_change() {
+        let p = |h: char, n: &str| format!("/nix/store/{}-{n}", h.to_string().repeat(32));
+        let same = |a: &str, b: &str| mask_hashes(a) == mask_hashes(b);
+        assert!(same(
+            &format!("{}/lib", p('a', "openssl-3.0.13")),
+            &format!("{}/lib", p('b', "openssl-3.0.14"))
+        ));
+        assert!(!same(
+            &p('a', "openssl-3.0.13"),
+            &p('b', "openssl-3.0.13-dev")
+        ));
+        assert!(!same(
+            &format!("{}:{}", p('a', "zlib-1.3"), p('b', "bzip2-1.0.8")),
+            &format!("{}:{}", p('c', "bzip2-1.0.8"), p('d', "zlib-1.3"))
+        ));
+        assert!(!same(&p('a', "libressl-3.8.2"), &p('b', "openssl-3.0.13")));
+        assert!(same(&p('a', "source"), &p('b', "source")));
     }
 }
