@@ -208,15 +208,16 @@ async fn list<R: Remote>(
 /// Between two looks at the earlier run's units.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
-/// Wait for earlier runs' units, run their armed reverts; `Err` when an
-/// earlier unit still runs after the activation budget, or a revert
-/// cannot be started.
+/// Wait for earlier runs' units, run their armed reverts; `Ok(true)` when
+/// there were any (what the host runs may have changed since the plan read
+/// it, by nixgate's own earlier run); `Err` when an earlier unit still runs
+/// after the activation budget, or a revert cannot be started.
 pub async fn settle<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let deadline = tokio::time::Instant::now() + settings.activation_timeout;
     let mut waited: BTreeSet<String> = BTreeSet::new();
     let mut started: BTreeSet<String> = BTreeSet::new();
@@ -267,7 +268,7 @@ pub async fn settle<R: Remote>(
                     ),
                 }
             );
-            return Ok(());
+            return Ok(!waited.is_empty() || !started.is_empty());
         };
         emit(ActivationEvent::Step {
             step: Step::RunEarlierRevert { unit: unit.clone() },

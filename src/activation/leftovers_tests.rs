@@ -57,7 +57,7 @@ fn left_by_a_killed_run(polls: u32) -> FakeHost {
     host
 }
 
-async fn settle_on(host: &FakeHost, run: &str) -> (anyhow::Result<()>, Vec<Step>, Vec<String>) {
+async fn settle_on(host: &FakeHost, run: &str) -> (anyhow::Result<bool>, Vec<Step>, Vec<String>) {
     let remote = host.remote();
     let steps = Mutex::new(Vec::new());
     let r = settle(&remote, &settings(), &RunId::parse(run).unwrap(), &|e| {
@@ -74,7 +74,7 @@ async fn settle_on(host: &FakeHost, run: &str) -> (anyhow::Result<()>, Vec<Step>
 async fn an_earlier_switch_is_waited_for_then_its_armed_revert_runs_now() {
     let host = left_by_a_killed_run(3);
     let (r, steps, cmds) = settle_on(&host, "r1").await;
-    r.unwrap();
+    assert!(r.unwrap(), "an earlier run's units were settled");
     assert_eq!(
         steps,
         [
@@ -105,7 +105,7 @@ async fn an_earlier_switch_is_waited_for_then_its_armed_revert_runs_now() {
 async fn this_runs_own_units_and_a_quiet_host_are_left_alone() {
     let host = FakeHost::new(&sp(OLD));
     let (r, steps, cmds) = settle_on(&host, "r1").await;
-    r.unwrap();
+    assert!(!r.unwrap(), "nothing of an earlier run");
     assert!(steps.is_empty());
     assert_eq!(cmds, ["list-nixgate-units "]);
     let found = parse(

@@ -304,10 +304,14 @@ impl<'a, R: Remote> Run<'a, R> {
         if goal == Goal::Copy {
             return Ok(ahead);
         }
-        if self.settles_earlier_runs()
-            && let Err(e) = leftovers::settle(&ahead, self.s, &self.req.run_id, self.emit).await
-        {
-            return Err(self.fail_clean(first, remote_err("an earlier run's units", e)));
+        let mut settled = false;
+        if self.settles_earlier_runs() {
+            match leftovers::settle(&ahead, self.s, &self.req.run_id, self.emit).await {
+                Ok(s) => settled = s,
+                Err(e) => {
+                    return Err(self.fail_clean(first, remote_err("an earlier run's units", e)));
+                }
+            }
         }
         self.step(Step::ReadCurrentSystem);
         let (links, cmd) = (self.start_links(), self.start_read());
@@ -326,8 +330,12 @@ impl<'a, R: Remote> Run<'a, R> {
             Ok((c, p, k)) => (self.pre_current, self.pre_profile, self.known_good) = (c, p, k),
             Err(e) => return Err(self.fail_clean(first, remote_err("read current system", e))),
         }
+        // Changed by nixgate's own earlier run just settled (its revert
+        // ran, its switch ended: a re-run after a killed controller) is
+        // known, not a change behind the plan's back.
         if let Some(planned) = &self.req.planned_current
             && *planned != self.pre_current
+            && !settled
         {
             let reason = FailureReason::ChangedSincePlan {
                 planned: planned.clone(),
