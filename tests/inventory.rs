@@ -1101,6 +1101,9 @@ keys = {{ name = "a", text = "hunter2-e" }}
 [hosts.web2]
 address = "10.0.0.2"
 kyes = [{{ name = "a", text = "hunter2-f" }}]
+[hosts.web3]
+address = "10.0.0.3"
+text = "hunter2-g"
 "#
     ));
     assert!(msg.contains("must be an array"), "{msg}");

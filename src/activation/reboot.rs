@@ -20,7 +20,8 @@ use crate::remote::{Command, Exit, Remote};
 pub enum RebootOutcome {
     /// Back, booted into and running the expected closure.
     Verified { booted: StorePath },
-    /// The boot id could not be read before rebooting.
+    /// The boot id could not be read before rebooting, or the reboot
+    /// command could not be sent: not rebooted.
     Unreachable { error: String },
     /// The host refused to schedule the reboot.
     Refused { exit: Exit, tail: Vec<String> },

@@ -110,7 +110,7 @@ pub async fn push(
             run_id: run.run_id.as_str(),
             force: opts.force_release,
             sink: &run.sink,
-            stopped: run.stopped(),
+            stopped: &|| run.stopped(),
         };
         release_known_good(&r, &hosts);
     }

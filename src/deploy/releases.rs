@@ -44,8 +44,9 @@ pub struct Releasing<'a> {
     pub run_id: &'a str,
     pub force: bool,
     pub sink: &'a EventSink,
-    /// The run was stopped at once (second Ctrl-C): nothing is released.
-    pub stopped: bool,
+    /// Whether the run was stopped at once (second Ctrl-C): asked before
+    /// each host (releasing is a git push per host), none released after.
+    pub stopped: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// Release every host of `hosts` this run marked known-good: those it
@@ -64,7 +65,7 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
         }
         // Told to exit at once: no tag, no branch, no push (its soak's
         // re-check may have been cut off, the known-good end kept).
-        if r.stopped {
+        if (r.stopped)() {
             r.sink.emit(Event::NotReleased {
                 host: h.host.clone(),
                 why: NotReleased::Stopped,

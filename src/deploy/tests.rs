@@ -314,7 +314,7 @@ fn release_events_stopped(
         run_id: "r1",
         force: false,
         sink: &f.ctx.sink,
-        stopped,
+        stopped: &move || stopped,
     };
     releases::release_known_good(&r, hosts);
     f.events.take()

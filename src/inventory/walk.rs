@@ -106,8 +106,9 @@ impl Walker {
             let name: &str = k.get_ref();
             if !allowed.contains(&name) && !refused_elsewhere.contains(&name) {
                 // A misspelt or misplaced list or table (`kyes = [...]`,
-                // `keys` in `[builder]`) may hold a key's text: not shown.
-                if matches!(v.get_ref(), DeValue::Array(_) | DeValue::Table(_)) {
+                // `keys` in `[builder]`), or a key's `text` outside its
+                // key, may hold a secret: not shown.
+                if name == "text" || matches!(v.get_ref(), DeValue::Array(_) | DeValue::Table(_)) {
                     self.secrets.push(v.span());
                 }
                 let msg = format!("unknown key `{name}` in {section}");

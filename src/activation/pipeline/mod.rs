@@ -570,11 +570,6 @@ impl<'a, R: Remote> Run<'a, R> {
         self.after_live(false).await
     }
 
-    /// The change needs a reboot, but the revert armed for the live switch
-    /// could not be disarmed: persisting the candidate as the boot default
-    /// now would be undone when the revert fires (it puts the profile and
-    /// boot default back), and the run would have reported a pending
-    /// reboot that never comes. Nothing changed live: fail, as it was.
     /// Disarm the revert of a switch that changed nothing; one left armed
     /// (its disarm failed) is said, with what it will do when it fires.
     async fn disarm_or_warn(&mut self) {
@@ -588,6 +583,11 @@ impl<'a, R: Remote> Run<'a, R> {
         }
     }
 
+    /// The change needs a reboot, but the revert armed for the live switch
+    /// could not be disarmed: persisting the candidate as the boot default
+    /// now would be undone when the revert fires (it puts the profile and
+    /// boot default back), and the run would have reported a pending
+    /// reboot that never comes. Nothing changed live: fail, as it was.
     async fn undisarmed_deferral(&mut self) -> HostOutcome {
         if self.profile_set {
             self.self_correct_to_previous().await;

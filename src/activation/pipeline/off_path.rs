@@ -147,7 +147,12 @@ impl<R: Remote> Run<'_, R> {
         let cand = self.req.candidate.clone();
         let outcome =
             reboot_and_verify(self.remote, self.s, &self.req.run_id, &cand, self.emit).await;
-        self.live_changed = true;
+        // A reboot never sent, or refused, changed nothing live (the boot
+        // default is still put back).
+        self.live_changed |= !matches!(
+            outcome,
+            RebootOutcome::Unreachable { .. } | RebootOutcome::Refused { .. }
+        );
         match outcome {
             RebootOutcome::Verified { booted } => {
                 // The reboot emptied `/run/keys` (a tmpfs): every key is

@@ -89,7 +89,8 @@ pub fn not_started_briefly(e: &HostEnd) -> Option<String> {
 
 /// The line of a Nix log that says what went wrong: the last derivation
 /// that failed to build (`builder for '…-hello-2.12.drv' failed with exit
-/// code 1`: the system's own last line only says that N of its
+/// code 1`, newer Nix's `Cannot build '…drv'.`: the system's own last line
+/// only says that N of its
 /// dependencies failed, naming none), else the last `error:` line (Nix
 /// follows it with hints such as `--show-trace`), else the last line.
 fn error_line(lines: &[String]) -> &str {
@@ -99,7 +100,9 @@ fn error_line(lines: &[String]) -> &str {
     lines
         .iter()
         .rev()
-        .find_map(|l| error(l).filter(|e| e.starts_with("builder for '")))
+        .find_map(|l| {
+            error(l).filter(|e| e.starts_with("builder for '") || e.starts_with("Cannot build '"))
+        })
         .or_else(|| lines.iter().rev().find_map(|l| error(l)))
         .unwrap_or_else(|| last_line(lines))
 }
@@ -108,7 +111,10 @@ fn error_line(lines: &[String]) -> &str {
 /// shows the whole log of.
 pub fn failed_drv(lines: &[String]) -> Option<&str> {
     lines.iter().rev().find_map(|l| {
-        let rest = l.split_once("builder for '")?.1;
+        let rest = (l
+            .split_once("builder for '")
+            .or_else(|| l.split_once("Cannot build '")))?
+        .1;
         let drv = rest.split_once('\'')?.0;
         drv.ends_with(".drv").then_some(drv)
     })
@@ -1071,6 +1077,19 @@ mod tests {
         assert_eq!(
             super::failed_drv(&log),
             Some("/nix/store/aaaa-hello-2.12.drv")
+        );
+        // Newer Nix's words.
+        let newer = vec![
+            "error: Cannot build '/nix/store/cccc-jq-1.7.drv'.".to_string(),
+            "       Reason: builder failed with exit code 2.".to_string(),
+        ];
+        assert_eq!(
+            super::failed_drv(&newer),
+            Some("/nix/store/cccc-jq-1.7.drv")
+        );
+        assert_eq!(
+            super::error_line(&newer),
+            "Cannot build '/nix/store/cccc-jq-1.7.drv'."
         );
         // An evaluation error: its own last line.
         let eval = vec!["error: undefined variable 'pkgs'".to_string()];
