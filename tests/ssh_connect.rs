@@ -171,13 +171,12 @@ async fn no_agent_and_no_key_lists_the_paths_it_looked_for() {
     assert!(!text.contains("one of these keys"), "{text}");
 }
 
-#[tokio::test]
-#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
-async fn user_certificate() {
-    let sshd = Sshd::start_with("TrustedUserCAKeys %DIR%/user_ca.pub");
+/// A server trusting only its user CA (and `more` sshd settings), and a
+/// key (not in authorized_keys) with its certificate from that CA.
+fn certified_key(more: &str, kind: &str, name: &str) -> (Sshd, std::path::PathBuf) {
+    let sshd = Sshd::start_with(&format!("TrustedUserCAKeys %DIR%/user_ca.pub{more}"));
     keygen(sshd.dir.path(), "user_ca", "ed25519", "");
-    let key = keygen(sshd.dir.path(), "id_cert", "ecdsa", "");
-    // Not in authorized_keys: only the certificate can get in.
+    let key = keygen(sshd.dir.path(), name, kind, "");
     let out = std::process::Command::new("ssh-keygen")
         .args(["-q", "-s"])
         .arg(sshd.dir.path().join("user_ca"))
@@ -186,6 +185,14 @@ async fn user_certificate() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    (sshd, key)
+}
+
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn user_certificate() {
+    // Not in authorized_keys: only the certificate can get in.
+    let (sshd, key) = certified_key("", "ecdsa", "id_cert");
     let s = SshSession::connect(sshd.target(&key)).await.unwrap();
     assert_eq!(whoami(&s).await, "root");
     assert!(
@@ -202,17 +209,7 @@ async fn user_certificate() {
 #[tokio::test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn an_agent_certificate_is_offered_after_its_plain_key() {
-    let sshd = Sshd::start_with("TrustedUserCAKeys %DIR%/user_ca.pub");
-    keygen(sshd.dir.path(), "user_ca", "ed25519", "");
-    let key = keygen(sshd.dir.path(), "id_agentcert", "ed25519", "");
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-s"])
-        .arg(sshd.dir.path().join("user_ca"))
-        .args(["-I", "test-id", "-n", "root"])
-        .arg(pub_path(&key))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (sshd, key) = certified_key("", "ed25519", "id_agentcert");
     let agent = Agent::start();
     agent.add(&key, "");
     let mut t = sshd.target(&key);
@@ -229,19 +226,11 @@ async fn an_agent_certificate_is_offered_after_its_plain_key() {
 #[tokio::test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn rsa_user_certificate_uses_sha2() {
-    let sshd = Sshd::start_with(
-        "TrustedUserCAKeys %DIR%/user_ca.pub\nPubkeyAcceptedAlgorithms rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com",
+    let (sshd, key) = certified_key(
+        "\nPubkeyAcceptedAlgorithms rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com",
+        "rsa",
+        "id_rsacert",
     );
-    keygen(sshd.dir.path(), "user_ca", "ed25519", "");
-    let key = keygen(sshd.dir.path(), "id_rsacert", "rsa", "");
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-s"])
-        .arg(sshd.dir.path().join("user_ca"))
-        .args(["-I", "test-id", "-n", "root"])
-        .arg(pub_path(&key))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
     let s = SshSession::connect(sshd.target(&key)).await.unwrap();
     assert_eq!(whoami(&s).await, "root");
     assert!(matches!(s.info().auth, AuthMethod::Certificate { .. }));

@@ -12,19 +12,6 @@ use crate::keys::{
     DEFAULT_DEST_DIR, DEFAULT_PERMISSIONS, KeySource, KeySpec, Secret, UploadAt, valid_permissions,
 };
 
-/// A key table's fields whose values an error may show; every other value
-/// (`text`, or a misspelt field that may be `text`) is masked in excerpts.
-const NOT_SECRET: &[&str] = &[
-    "name",
-    "file",
-    "command",
-    "dest_dir",
-    "user",
-    "group",
-    "permissions",
-    "upload_at",
-];
-
 impl Loader {
     pub(super) fn keys(&mut self, v: &Val<'_>) -> Vec<KeySpec> {
         let Some(items) = self.w.array("keys", v) else {
@@ -55,9 +42,14 @@ impl Loader {
     }
 
     fn key(&mut self, t: &DeTable<'_>, span: std::ops::Range<usize>) -> Option<KeySpec> {
+        // What an error excerpt never shows: `text`, and any field a key
+        // does not have (a misspelt `text`).
         self.w.secrets.extend(
             t.iter()
-                .filter(|(k, _)| !NOT_SECRET.contains(&k.get_ref().as_ref()))
+                .filter(|(k, _)| {
+                    let k: &str = k.get_ref();
+                    k == "text" || !KEY_KEYS.contains(&k)
+                })
                 .map(|(_, v)| v.span()),
         );
         self.w.check_keys(t, KEY_KEYS, "a key");
