@@ -293,27 +293,31 @@ where
         };
         let cert_path = cert_path_for(path);
         if cert_path.exists() && !at.was_offered(key.public_key(), true) {
-            at.offered.push((key.public_key().clone(), true));
             match load_openssh_certificate(&cert_path) {
-                Ok(cert) => match try_certificate(handle, user, key.clone(), cert, hash).await {
-                    Ok(true) => {
-                        return Some(Ok(AuthMethod::Certificate {
-                            path: path.clone(),
-                            certificate: cert_path,
-                        }));
-                    }
-                    Ok(false) => {
-                        at.tried.push(format!("{}: rejected", cert_path.display()));
-                        if closed_by_server(handle, &mut at.tried) {
-                            return Some(Err(auth_failed(
-                                target,
-                                user.to_owned(),
-                                at.tried.clone(),
-                            )));
+                Ok(cert) => {
+                    // Offered once it is (one that does not load is not:
+                    // the agent's may still be).
+                    at.offered.push((key.public_key().clone(), true));
+                    match try_certificate(handle, user, key.clone(), cert, hash).await {
+                        Ok(true) => {
+                            return Some(Ok(AuthMethod::Certificate {
+                                path: path.clone(),
+                                certificate: cert_path,
+                            }));
                         }
+                        Ok(false) => {
+                            at.tried.push(format!("{}: rejected", cert_path.display()));
+                            if closed_by_server(handle, &mut at.tried) {
+                                return Some(Err(auth_failed(
+                                    target,
+                                    user.to_owned(),
+                                    at.tried.clone(),
+                                )));
+                            }
+                        }
+                        Err(e) => return lost(e),
                     }
-                    Err(e) => return lost(e),
-                },
+                }
                 Err(e) => at.tried.push(format!(
                     "{}: unreadable certificate ({e})",
                     cert_path.display()

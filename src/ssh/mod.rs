@@ -5,8 +5,10 @@
 //! - [`SshTarget`]: where to go (inventory values, then `~/.ssh/config` via
 //!   [`SshTarget::apply_ssh_config`]).
 //! - [`SshSession::connect`]: one authenticated connection per host, host
-//!   key verified against known_hosts ([`known_hosts`]), agent then identity
-//!   files ([`auth`]), optional `ProxyJump`, all under `connect_timeout`.
+//!   key verified against known_hosts ([`known_hosts`]), identities in
+//!   OpenSSH's order ([`auth`]: the agent's keys that are identity files,
+//!   the files, the agent's others), optional `ProxyJump`, all under
+//!   `connect_timeout`.
 //! - Commands are channels on that connection (at most [`MAX_CHANNELS`] at
 //!   once); a dead connection is replaced once, transparently, by the next
 //!   command. Bulk streams (`exec_stream`) get a connection of their own; `exec_piped`

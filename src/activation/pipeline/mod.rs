@@ -59,7 +59,10 @@ pub struct ActivationRequest {
     /// What the plan read the host running (the diff shown, and a soak's
     /// take-back, are against it). A host found running something else
     /// when its activation starts was changed since (an auto-upgrade, a
-    /// `nixos-rebuild` by hand while the prompt waited): left alone.
+    /// `nixos-rebuild` by hand while the prompt waited): left alone, unless
+    /// the change was nixgate's own earlier run settled just before (a
+    /// re-run after a killed controller must converge; the take-back target
+    /// then is still the plan's read).
     pub planned_current: Option<StorePath>,
 }
 

@@ -88,36 +88,44 @@ pub fn not_started_briefly(e: &HostEnd) -> Option<String> {
 }
 
 /// The line of a Nix log that says what went wrong: the last derivation
-/// that failed to build (`builder for '…-hello-2.12.drv' failed with exit
-/// code 1`, newer Nix's `Cannot build '…drv'.`: the system's own last line
-/// only says that N of its
-/// dependencies failed, naming none), else the last `error:` line (Nix
-/// follows it with hints such as `--show-trace`), else the last line.
+/// whose own builder failed (`builder for '…-hello-2.12.drv' failed with
+/// exit code 1`; newer Nix's `Cannot build '…drv'.` followed by `Reason:
+/// builder failed`, not the one whose reason is that dependencies failed:
+/// the system's own last line names none of them), else the last `error:`
+/// line (Nix follows it with hints such as `--show-trace`), else the last
+/// line.
 fn error_line(lines: &[String]) -> &str {
     fn error(l: &str) -> Option<&str> {
         l.trim().strip_prefix("error:").map(str::trim)
     }
-    lines
-        .iter()
-        .rev()
-        .find_map(|l| {
-            error(l).filter(|e| e.starts_with("builder for '") || e.starts_with("Cannot build '"))
-        })
+    failed_builder(lines)
+        .and_then(|i| error(&lines[i]))
         .or_else(|| lines.iter().rev().find_map(|l| error(l)))
         .unwrap_or_else(|| last_line(lines))
+}
+
+/// The index of the last line naming a derivation whose builder failed.
+fn failed_builder(lines: &[String]) -> Option<usize> {
+    (0..lines.len()).rev().find(|&i| {
+        let l = &lines[i];
+        l.contains("builder for '")
+            || l.contains("Cannot build '")
+                && !lines
+                    .get(i + 1)
+                    .is_some_and(|next| next.contains("dependenc"))
+    })
 }
 
 /// The derivation whose builder failed, from a Nix log: what `nix log`
 /// shows the whole log of.
 pub fn failed_drv(lines: &[String]) -> Option<&str> {
-    lines.iter().rev().find_map(|l| {
-        let rest = (l
-            .split_once("builder for '")
-            .or_else(|| l.split_once("Cannot build '")))?
-        .1;
-        let drv = rest.split_once('\'')?.0;
-        drv.ends_with(".drv").then_some(drv)
-    })
+    let l = &lines[failed_builder(lines)?];
+    let rest = (l
+        .split_once("builder for '")
+        .or_else(|| l.split_once("Cannot build '")))?
+    .1;
+    let drv = rest.split_once('\'')?.0;
+    drv.ends_with(".drv").then_some(drv)
 }
 
 /// Words about `host`, said after its name: errors that start with the
@@ -1078,11 +1086,16 @@ mod tests {
             super::failed_drv(&log),
             Some("/nix/store/aaaa-hello-2.12.drv")
         );
-        // Newer Nix's words.
-        let newer = vec![
-            "error: Cannot build '/nix/store/cccc-jq-1.7.drv'.".to_string(),
-            "       Reason: builder failed with exit code 2.".to_string(),
-        ];
+        // Newer Nix's words: the builder that failed, not the system whose
+        // dependency it is (said last, the same way).
+        let newer: Vec<String> = [
+            "error: Cannot build '/nix/store/cccc-jq-1.7.drv'.",
+            "       Reason: builder failed with exit code 2.",
+            "error: Cannot build '/nix/store/dddd-nixos-system-web1.drv'.",
+            "       Reason: 1 dependency failed.",
+        ]
+        .map(String::from)
+        .into();
         assert_eq!(
             super::failed_drv(&newer),
             Some("/nix/store/cccc-jq-1.7.drv")
