@@ -42,8 +42,7 @@ struct Node<'a> {
 /// A derivation path's name: `/nix/store/<hash>-openssl-3.0.13.drv` ->
 /// `openssl-3.0.13`.
 fn drv_name(path: &str) -> &str {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    base.get(33..).unwrap_or(base).trim_end_matches(".drv")
+    super::structural::drv_name(path).trim_end_matches(".drv")
 }
 
 /// Every derivation in the cause tree.
@@ -173,6 +172,20 @@ fn build_only(
     }
 }
 
+/// Why a package was rebuilt at its version, from its node's causes: its
+/// own, else the build-only changes below it ([`build_only`]); `None`
+/// when only changed packages of the closure account for it (not drift
+/// itself).
+fn rebuild_causes(all: &[Cause], accounted: &Accounted) -> Option<Vec<Cause>> {
+    let own: Vec<Cause> = all.iter().filter(|c| c.is_local()).cloned().collect();
+    if !own.is_empty() {
+        return Some(own);
+    }
+    let mut below = Vec::new();
+    build_only(all, accounted, &mut HashSet::new(), &mut below);
+    (!below.is_empty()).then_some(below)
+}
+
 /// The drift in `diff` given `expect`; unversioned paths (system glue such
 /// as `etc`, `system-path`, units) are never drift.
 pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> Vec<Drift> {
@@ -218,21 +231,10 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
             Change::Rebuilt { version, .. } => {
                 let Some(v) = version else { continue };
                 let causes = match node(v) {
-                    Some(all) => {
-                        let own = local(all);
-                        if own.is_empty() {
-                            let mut below = Vec::new();
-                            build_only(all, &accounted, &mut HashSet::new(), &mut below);
-                            // Rebuilt only because a package of the closure
-                            // changed: not drift itself.
-                            if below.is_empty() {
-                                continue;
-                            }
-                            below
-                        } else {
-                            own
-                        }
-                    }
+                    Some(all) => match rebuild_causes(all, &accounted) {
+                        Some(causes) => causes,
+                        None => continue,
+                    },
                     None => Vec::new(),
                 };
                 out.push(Drift {

@@ -88,7 +88,7 @@ pub enum Structural {
 }
 
 /// `/nix/store/<hash>-name` -> `name` (derivation names pair inputs).
-fn drv_name(path: &str) -> &str {
+pub(super) fn drv_name(path: &str) -> &str {
     let base = path.rsplit('/').next().unwrap_or(path);
     base.get(33..).unwrap_or(base)
 }
