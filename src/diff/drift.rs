@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::names::{OUTPUTS, split_name};
 use super::packages::{Change, PackageDiff};
-use super::structural::{Cause, Structural};
+use super::structural::{Cause, Structural, drv_base};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drift {
@@ -39,10 +39,9 @@ struct Node<'a> {
     moved: bool,
 }
 
-/// A derivation path's name: `/nix/store/<hash>-openssl-3.0.13.drv` ->
-/// `openssl-3.0.13`.
-fn drv_name(path: &str) -> &str {
-    super::structural::drv_name(path).trim_end_matches(".drv")
+/// A node's causes of its own (not inherited from a changed input).
+fn own_causes(causes: &[Cause]) -> Vec<Cause> {
+    causes.iter().filter(|c| c.is_local()).cloned().collect()
 }
 
 /// Every derivation in the cause tree.
@@ -60,7 +59,7 @@ fn tree_nodes<'a>(causes: &'a [Cause], name: &'a str, moved: bool, out: &mut Vec
             causes,
         } = c
         {
-            tree_nodes(causes, name, drv_name(old) != drv_name(new), out);
+            tree_nodes(causes, name, drv_base(old) != drv_base(new), out);
         }
     }
 }
@@ -125,7 +124,7 @@ impl Accounted {
             return true;
         }
         let ((old_pname, old_v), (_, new_v)) =
-            (split_name(drv_name(old)), split_name(drv_name(new)));
+            (split_name(drv_base(old)), split_name(drv_base(new)));
         match (old_v, new_v) {
             (Some(a), Some(b)) if a != b => self.moves.contains(&(old_pname, a, b)),
             _ => self.names.contains(name),
@@ -158,7 +157,7 @@ fn build_only(
         if accounted.covers(name, old, new) || !seen.insert((old.clone(), new.clone())) {
             continue;
         }
-        let own: Vec<Cause> = below.iter().filter(|c| c.is_local()).cloned().collect();
+        let own = own_causes(below);
         if own.is_empty() && !below.is_empty() {
             build_only(below, accounted, seen, out);
         } else {
@@ -177,7 +176,7 @@ fn build_only(
 /// when only changed packages of the closure account for it (not drift
 /// itself).
 fn rebuild_causes(all: &[Cause], accounted: &Accounted) -> Option<Vec<Cause>> {
-    let own: Vec<Cause> = all.iter().filter(|c| c.is_local()).cloned().collect();
+    let own = own_causes(all);
     if !own.is_empty() {
         return Some(own);
     }
@@ -224,9 +223,6 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
                 })
                 .map(|&i| nodes[i].causes)
         };
-        let local = |all: &[Cause]| -> Vec<Cause> {
-            all.iter().filter(|c| c.is_local()).cloned().collect()
-        };
         match &pc.change {
             Change::Rebuilt { version, .. } => {
                 let Some(v) = version else { continue };
@@ -244,7 +240,7 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
                 });
             }
             Change::Upgraded { to, .. } | Change::Downgraded { to, .. } => {
-                let causes = node(to).map(local).unwrap_or_default();
+                let causes = node(to).map(own_causes).unwrap_or_default();
                 out.push(Drift {
                     package: pc.name.clone(),
                     change: pc.change.clone(),
@@ -399,22 +395,9 @@ mod tests {
     /// (rebuilt at their own versions) are not drift.
     #[tokio::test]
     async fn an_expected_version_bump_leaves_its_dependents_alone() {
-        use super::super::structural::{structural_diff_local, tests::drv};
-        let p = |h: char, n: &str| format!("/nix/store/{}-{n}", h.to_string().repeat(32));
-        let (ssl_a, ssl_b) = (p('a', "openssl-3.0.13.drv"), p('b', "openssl-3.0.14.drv"));
-        let (curl_a, curl_b) = (p('c', "curl-8.7.1.drv"), p('d', "curl-8.7.1.drv"));
-        let mut m = std::collections::BTreeMap::new();
-        m.insert(ssl_a.clone(), drv(&[("version", "3.0.13")], &[]));
-        m.insert(ssl_b.clone(), drv(&[("version", "3.0.14")], &[]));
-        let env = |h: char, v: &str| format!("{}/lib", p(h, &format!("openssl-{v}")));
-        m.insert(
-            curl_a.clone(),
-            drv(&[("deps", &env('e', "3.0.13"))], &[&ssl_a]),
-        );
-        m.insert(
-            curl_b.clone(),
-            drv(&[("deps", &env('f', "3.0.14"))], &[&ssl_b]),
-        );
+        use super::super::structural::structural_diff_local;
+        use super::super::structural::tests::{drv, openssl_bump_under_curl, p};
+        let (mut m, curl_a, curl_b) = openssl_bump_under_curl();
         let (top_a, top_b) = (p('g', "system.drv"), p('h', "system.drv"));
         m.insert(top_a.clone(), drv(&[], &[&curl_a]));
         m.insert(top_b.clone(), drv(&[], &[&curl_b]));

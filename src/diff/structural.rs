@@ -88,7 +88,7 @@ pub enum Structural {
 }
 
 /// `/nix/store/<hash>-name` -> `name` (derivation names pair inputs).
-pub(super) fn drv_name(path: &str) -> &str {
+fn drv_name(path: &str) -> &str {
     let base = path.rsplit('/').next().unwrap_or(path);
     base.get(33..).unwrap_or(base)
 }
@@ -137,9 +137,15 @@ fn mask_hashes(s: &str) -> String {
     out
 }
 
+/// A derivation path's name without `.drv`:
+/// `/nix/store/<hash>-openssl-3.0.13.drv` -> `openssl-3.0.13`.
+pub(super) fn drv_base(path: &str) -> &str {
+    drv_name(path).trim_end_matches(".drv")
+}
+
 /// The package name of an input derivation's path: `openssl`.
 fn input_pname(path: &str) -> String {
-    super::names::split_name(drv_name(path).trim_end_matches(".drv")).0
+    super::names::split_name(drv_base(path)).0
 }
 
 /// Input derivation paths by name (`source.drv` may be several).
@@ -647,7 +653,7 @@ pub(super) mod tests {
         }
     }
 
-    fn p(h: char, name: &str) -> String {
+    pub(in crate::diff) fn p(h: char, name: &str) -> String {
         format!("/nix/store/{}-{name}", h.to_string().repeat(32))
     }
 
@@ -711,8 +717,11 @@ pub(super) mod tests {
     /// explained below it, and the dependent's env naming the new version
     /// is not a change of its own: with `--expect openssl`, every package
     /// built with it was drift (an input removed, one added, its env).
-    #[tokio::test]
-    async fn a_dependencys_version_bump_is_a_changed_input() {
+    /// openssl 3.0.13 -> 3.0.14, and curl 8.7.1 built with each (its env
+    /// names the openssl it was built with): the derivations, and curl's
+    /// old and new paths.
+    pub(in crate::diff) fn openssl_bump_under_curl()
+    -> (BTreeMap<String, Derivation>, String, String) {
         let (ssl_a, ssl_b) = (p('a', "openssl-3.0.13.drv"), p('b', "openssl-3.0.14.drv"));
         let (curl_a, curl_b) = (p('c', "curl-8.7.1.drv"), p('d', "curl-8.7.1.drv"));
         let mut m = BTreeMap::new();
@@ -727,6 +736,12 @@ pub(super) mod tests {
             curl_b.clone(),
             drv(&[("buildInputs", &dep('f', "3.0.14"))], &[&ssl_b]),
         );
+        (m, curl_a, curl_b)
+    }
+
+    #[tokio::test]
+    async fn a_dependencys_version_bump_is_a_changed_input() {
+        let (m, curl_a, curl_b) = openssl_bump_under_curl();
         let causes = structural_diff_local(&m, &curl_a, &curl_b).await.unwrap();
         let [
             Cause::Input {
