@@ -11,6 +11,13 @@ use nixgate::ssh::{
 };
 use support::sshd::{Agent, SilentListener, Sshd, closed_addr, keygen, pub_path};
 
+/// `t` authenticating through `agent` too.
+fn via_agent(mut t: nixgate::ssh::SshTarget, agent: &Agent) -> nixgate::ssh::SshTarget {
+    t.use_agent = true;
+    t.agent_socket = Some(agent.sock.clone());
+    t
+}
+
 async fn whoami(s: &SshSession) -> String {
     let out = s.exec(&Command::new("whoami")).await.unwrap();
     assert!(out.success(), "{out:?}");
@@ -62,8 +69,7 @@ async fn agent_first_and_reported() {
     agent.add(&key, "");
     let mut t = sshd.target(&sshd.dir.path().join("no-such-key"));
     t.identity_files.clear();
-    t.use_agent = true;
-    t.agent_socket = Some(agent.sock.clone());
+    let t = via_agent(t, &agent);
     let s = SshSession::connect(t).await.unwrap();
     assert_eq!(whoami(&s).await, "root");
     let auth = s.info().auth;
@@ -86,9 +92,7 @@ async fn the_identity_file_goes_before_the_agents_other_keys() {
         let other = keygen(sshd.dir.path(), &format!("other{i}"), "ed25519", "");
         agent.add(&other, "");
     }
-    let mut t = sshd.target(&key);
-    t.use_agent = true;
-    t.agent_socket = Some(agent.sock.clone());
+    let t = via_agent(sshd.target(&key), &agent);
     let s = SshSession::connect(t).await.unwrap();
     assert_eq!(
         s.info().auth,
@@ -97,8 +101,7 @@ async fn the_identity_file_goes_before_the_agents_other_keys() {
     // Without the file, the server hangs up after six: said, with why.
     let mut t = sshd.target(&sshd.dir.path().join("no-such-key"));
     t.identity_files.clear();
-    t.use_agent = true;
-    t.agent_socket = Some(agent.sock.clone());
+    let t = via_agent(t, &agent);
     let err = SshSession::connect(t).await.err().expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("MaxAuthTries"), "{msg}");
@@ -123,9 +126,7 @@ async fn encrypted_key_in_agent_works_and_without_agent_names_the_path() {
 
     let agent = Agent::start();
     agent.add(&key, "sesame");
-    let mut t = sshd.target(&key);
-    t.use_agent = true;
-    t.agent_socket = Some(agent.sock.clone());
+    let t = via_agent(sshd.target(&key), &agent);
     let s = SshSession::connect(t).await.unwrap();
     assert!(s.info().auth.is_agent());
 }
@@ -212,9 +213,7 @@ async fn an_agent_certificate_is_offered_after_its_plain_key() {
     let (sshd, key) = certified_key("", "ed25519", "id_agentcert");
     let agent = Agent::start();
     agent.add(&key, "");
-    let mut t = sshd.target(&key);
-    t.use_agent = true;
-    t.agent_socket = Some(agent.sock.clone());
+    let t = via_agent(sshd.target(&key), &agent);
     let s = SshSession::connect(t).await.unwrap();
     assert!(
         matches!(s.info().auth, AuthMethod::AgentCertificate { .. }),
