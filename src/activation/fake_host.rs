@@ -114,6 +114,10 @@ pub struct State {
     /// check fails (a host that turns unhealthy during a soak).
     pub health_checks: usize,
     pub unhealthy_after: Option<usize>,
+    /// After that many health checks, new SSH connections are refused
+    /// (a candidate whose lockout comes later: sshd restarted into a bad
+    /// config by a timer); a switch to another system lets them in again.
+    pub locks_out_after: Option<usize>,
     /// The host reboots (onto its boot default) right after answering its
     /// first health check: a reboot the check did not see.
     pub reboot_after_health_check: bool,
@@ -364,6 +368,12 @@ impl State {
             "timeout" => {
                 self.health_checks += 1;
                 let tired = self.unhealthy_after.is_some_and(|n| self.health_checks > n);
+                if self
+                    .locks_out_after
+                    .is_some_and(|n| self.health_checks >= n)
+                {
+                    self.sshd_up = false;
+                }
                 let answer = if self.behaviour(&self.current.clone()).healthy && !tired {
                     ok("active\n")
                 } else {
@@ -1100,6 +1110,7 @@ impl FakeHost {
             deleted: Default::default(),
             health_checks: 0,
             unhealthy_after: None,
+            locks_out_after: None,
             reboot_after_health_check: false,
             refuse_fires: Vec::new(),
             sshd_up: true,

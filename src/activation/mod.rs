@@ -12,7 +12,8 @@
 //!
 //! Around them: [`dry_activate`], [`health`] checks, the on-host
 //! [`known_good`] record, [`privilege`] (sudo preflight), the per-host
-//! [`host_lock`], and [`take_back`] after a failed soak.
+//! [`host_lock`], [`reach`] (does a new connection get in?), and
+//! [`take_back`] after a failed soak.
 
 pub mod deadman;
 pub mod detached;
@@ -34,6 +35,7 @@ pub mod outcome;
 pub mod pipeline;
 pub mod privilege;
 pub mod profile;
+pub mod reach;
 pub mod reactivate;
 pub mod realise;
 pub mod reboot;

@@ -429,6 +429,7 @@ mod tests {
             revoked: Some(2),
             rollback: None,
             kept: None,
+            locked_out: None,
         });
         let before = [not_started.clone(), not_started.clone()];
         assert_eq!(ending(true, &before), Ending::CancelledBeforeRun);

@@ -29,7 +29,14 @@ pub enum HostEnd {
     /// soak: its known-good mark was revoked and it was taken back to the
     /// known-good before.
     SoakFailed {
+        /// The checks run after the soak (none when no new connection got
+        /// in: `locked_out`).
         checks: Vec<HealthReport>,
+        /// No new SSH connection got in after the soak (sshd keeps the
+        /// run's own session: a lockout that came after the live switch's
+        /// confirmation shows here): why the last try failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked_out: Option<String>,
         /// The known-good generation revoked (the one this run marked).
         revoked: Option<u64>,
         /// `None`: not taken back, `kept` says why. With `kept`

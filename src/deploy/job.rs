@@ -365,13 +365,8 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             return done;
         };
         let settings = settings_for(inv_host, false, false);
-        let reports = crate::activation::health::run_health_checks(
-            &remote,
-            &settings.health_checks,
-            inv_host.os,
-        )
-        .await;
-        if reports.iter().all(|r| r.passed()) {
+        let (locked_out, reports) = self.soak_checks(host, inv_host, &remote, &settings).await;
+        if locked_out.is_none() && reports.iter().all(|r| r.passed()) {
             return done;
         }
         if let Some(kept) = self.kept_unhealthy(host, &done) {
@@ -383,6 +378,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             return HostSummary {
                 end: HostEnd::SoakFailed {
                     checks: reports,
+                    locked_out,
                     revoked,
                     rollback,
                     kept: Some(kept),
@@ -418,6 +414,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         HostSummary {
             end: HostEnd::SoakFailed {
                 checks: reports,
+                locked_out,
                 revoked,
                 rollback: Some(rollback),
                 kept: None,
@@ -428,6 +425,34 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
 }
 
 impl<F: Fleet, S: Stager> DeployJob<F, S> {
+    /// The re-check after a soak: does a NEW connection still get in (the
+    /// run's own session would go on through a lockout, sshd keeping
+    /// established sessions), then the host's health checks over the run's
+    /// session. Locked out: why (no checks run).
+    async fn soak_checks(
+        &self,
+        host: &str,
+        inv_host: &crate::inventory::Host,
+        remote: &F::Remote,
+        settings: &HostSettings,
+    ) -> (Option<String>, Vec<crate::activation::health::HealthReport>) {
+        let fresh = FreshConnection {
+            fleet: self.fleet.clone(),
+            host: host.to_owned(),
+            at: inv_host.confirm.clone(),
+        };
+        let (cs, within) = (
+            &settings.paths.current_system,
+            settings.new_connection_within,
+        );
+        if let Err(error) = crate::activation::reach::new_connection(&fresh, cs, within).await {
+            return (Some(error), Vec::new());
+        }
+        let checks = &settings.health_checks;
+        let reports = crate::activation::health::run_health_checks(remote, checks, inv_host.os);
+        (None, reports.await)
+    }
+
     /// A kept host that already ran the candidate, whose known-good
     /// generation this run's mark added (the host said so: `created`):
     /// that proof was this run's, and the soak disproved it, so it is

@@ -290,6 +290,47 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     assert!(released.is_empty(), "{released:?}");
 }
 
+/// A candidate that locks SSH out AFTER its live switch was confirmed
+/// over a new connection (here: once its health check ran): the run's own
+/// session goes on (sshd keeps it), and the health checks pass over it.
+/// The soak's re-check tries a new connection first: none gets in, so the
+/// host is taken back over the run's session and its mark revoked (before:
+/// it stayed known-good, released, with no way in but the old session).
+#[tokio::test(start_paused = true)]
+async fn a_host_that_locks_ssh_out_after_its_confirmation_is_taken_back_after_its_soak() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.hosts["web1"].state().locks_out_after = Some(1);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let HostEnd::SoakFailed {
+        checks,
+        locked_out: Some(error),
+        revoked: Some(2),
+        rollback: Some(RollbackOutcome::RolledBack { to, .. }),
+        kept: None,
+    } = &hosts[0].end
+    else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert!(error.contains("no new connections"), "{error}");
+    assert!(
+        checks.is_empty(),
+        "no checks run once locked out: {checks:?}"
+    );
+    assert_eq!(*to, sp(OLD));
+    let st = f.hosts["web1"].state();
+    assert_eq!((&st.current, &st.boot_default), (&sp(OLD), &sp(OLD)));
+    assert!(
+        st.sshd_up,
+        "back on what it ran, new connections get in again"
+    );
+    assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
+    drop(st);
+    assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+    let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts);
+    assert!(released.is_empty(), "{released:?}");
+}
+
 /// What the release step says of `hosts` (the fixture's earlier events
 /// dropped), releasing `commit` from `inv`'s repository.
 fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSummary]) -> Vec<Event> {

@@ -88,6 +88,7 @@ fn ends() -> Vec<HostEnd> {
                 }),
             }),
             kept: None,
+            locked_out: None,
         },
     ]
 }

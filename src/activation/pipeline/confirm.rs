@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use super::*;
 use crate::activation::deadman::{self, Armed, Revert};
+use crate::activation::reach;
 
-/// Between two attempts at a new connection.
-const RETRY: Duration = Duration::from_secs(2);
-
-/// A look's two reads over a new connection, once its handshake is done.
-const READS_BOUND: Duration = Duration::from_secs(10);
+// Between two attempts at a new connection; a look's two reads over a new
+// connection, once its handshake is done.
+use crate::activation::reach::{READS_BOUND, RETRY};
 
 /// How long after the controller counts it due a revert shows its mark at
 /// the latest: the timer's accuracy (1 s), half a round trip of the arm,
@@ -364,53 +363,18 @@ impl<R: Remote> Run<'_, R> {
             })
     }
 
-    /// New connections tried every [`RETRY`] for `new_connection_within`,
-    /// until one reads the candidate as the running system (one that reads
-    /// another system ends it at once).
+    /// New connections tried for `new_connection_within`, until one reads
+    /// the candidate as the running system (one that reads another system
+    /// ends it at once): [`reach::new_connection`].
     async fn reach_within(&mut self) -> Result<(), CutOff> {
         let window = self.s.new_connection_within;
         self.step(Step::ConfirmNewConnection { within: window });
-        let end = tokio::time::Instant::now() + window;
-        loop {
-            let cause = match self.reach_on_candidate(end).await {
-                Ok(()) => return Ok(()),
-                Err(seen @ CutOff::NotOnCandidate { .. }) => return Err(seen),
-                Err(cause) => cause,
-            };
-            if tokio::time::Instant::now() + RETRY >= end {
-                return Err(cause);
-            }
-            tokio::time::sleep(RETRY).await;
+        let current_system = &self.s.paths.current_system;
+        match reach::new_connection(self.fresh, current_system, window).await {
+            Ok(now) if now.as_ref() == Some(&self.req.candidate) => Ok(()),
+            Ok(seen) => Err(CutOff::NotOnCandidate { seen }),
+            Err(error) => Err(CutOff::NoNewConnection { error }),
         }
-    }
-
-    /// One new connection, its handshake within the window (`end`: a
-    /// handshake of the connection's own `connect_timeout`, twice that
-    /// through a jump host, would outlast it), and the link read over it
-    /// (bounded by [`READS_BOUND`]).
-    async fn reach_on_candidate(&self, end: tokio::time::Instant) -> Result<(), CutOff> {
-        let no_connection = |e: anyhow::Error| CutOff::NoNewConnection {
-            error: format!("{e:#}"),
-        };
-        let fresh = match tokio::time::timeout_at(end, self.fresh.fresh()).await {
-            Ok(fresh) => fresh.map_err(no_connection)?,
-            Err(_) => {
-                let error = "no new connection within the confirm window".to_owned();
-                return Err(CutOff::NoNewConnection { error });
-            }
-        };
-        let read = links::read_store_link(&fresh, &self.s.paths.current_system);
-        let now = match tokio::time::timeout(READS_BOUND, read).await {
-            Ok(read) => read.map_err(no_connection)?,
-            Err(_) => {
-                let error = format!("a new connection's read took over {READS_BOUND:?}");
-                return Err(CutOff::NoNewConnection { error });
-            }
-        };
-        if now.as_ref() != Some(&self.req.candidate) {
-            return Err(CutOff::NotOnCandidate { seen: now });
-        }
-        Ok(())
     }
 
     /// Confirm over `fresh`, a new connection (or why it could not be made).

@@ -261,14 +261,12 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
         )),
         HostEnd::SoakFailed {
             checks,
+            locked_out,
             revoked,
             rollback,
             kept,
         } => Some((
-            format!(
-                "unhealthy after its wave's soak: {} check(s) failed",
-                checks.iter().filter(|c| !c.passed()).count()
-            ),
+            words::soak_failure(checks, locked_out.as_deref()),
             health_tail(checks),
             Some(format!(
                 "{}{}",

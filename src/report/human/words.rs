@@ -833,17 +833,35 @@ pub fn end(e: &HostEnd, labels: &Labels) -> Option<String> {
         ),
         HostEnd::SoakFailed {
             checks,
+            locked_out,
             rollback: r,
             revoked,
             kept,
         } => Some(format!(
-            "unhealthy after its wave's soak ({} check(s) failed){}; {}",
-            checks.iter().filter(|c| !c.passed()).count(),
+            "{}{}; {}",
+            soak_failure(checks, locked_out.as_deref()),
             revoked
                 .map(|g| format!("; known-good generation {g} revoked"))
                 .unwrap_or_default(),
             soak_rollback(r.as_ref(), *kept, labels)
         )),
+    }
+}
+
+/// What the re-check after a soak found.
+pub fn soak_failure(
+    checks: &[crate::activation::health::HealthReport],
+    locked_out: Option<&str>,
+) -> String {
+    match locked_out {
+        Some(error) => format!(
+            "locked out after its wave's soak: no new SSH connection got in ({error}; the run's own \
+             session went on, as sshd keeps established ones)"
+        ),
+        None => format!(
+            "unhealthy after its wave's soak: {} check(s) failed",
+            checks.iter().filter(|c| !c.passed()).count()
+        ),
     }
 }
 
