@@ -199,6 +199,61 @@ fn hosts_cut_off_by_their_candidate_take_themselves_back() {
         text(&out.stderr)
     );
     assert_eq!(nixgate_units(&fleet, "sys5"), "");
+
+    lockout_after_the_confirmation(&fleet, &before[3]);
+}
+
+/// A lockout that comes after the live switch was confirmed over a new
+/// connection: sys4's health check (standing in for a timer of the
+/// candidate's that restarts sshd into a bad configuration) denies new
+/// logins, then passes over the run's own session, which sshd keeps. The
+/// canary wave's soak tries a new connection, none gets in: sys4 is taken
+/// back over the run's session, its mark revoked, and main never starts
+/// (before: certified known-good, released, and the run went on).
+fn lockout_after_the_confirmation(fleet: &Fleet, sys4_before: &str) {
+    let path = fleet.inventory_path();
+    let src = std::fs::read_to_string(&path).unwrap();
+    let mut src = src[..src.find("[[waves]]").unwrap()].to_owned();
+    let deny = "test -e /run/nixgate-test-denied || { touch /run/nixgate-test-denied; \
+                echo 'DenyUsers *' >/etc/ssh/sshd_config.d/zz-nixgate-test-deny.conf; \
+                systemctl reload ssh.service; }";
+    src = src.replacen(
+        "[hosts.sys4]\n",
+        &format!("[hosts.sys4]\nhealth_checks = [{{ command = \"{deny}\", timeout = \"10s\" }}]\n"),
+        1,
+    );
+    src.push_str(
+        "\n[[waves]]\nname = \"canary\"\nhosts = [\"sys4\"]\nmax_failures = 0\nsoak = \"2s\"\n\
+         \n[[waves]]\nname = \"main\"\nhosts = [\"sys1\"]\nmax_failures = 0\n",
+    );
+    std::fs::write(&path, src).unwrap();
+    let out = nixgate(
+        fleet,
+        &[
+            "--json", "--yes", "push", "--wave", "canary", "--wave", "main",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(outcome(&s, "sys4"), "rolled-back", "{s}");
+    assert_eq!(outcome(&s, "sys1"), "not-started", "{s}");
+    let sys4 = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "sys4")
+        .unwrap();
+    assert_eq!(sys4["end"], "soak_failed", "{sys4}");
+    assert!(sys4["locked_out"].is_string(), "{sys4}");
+    assert!(sys4["revoked"].is_u64(), "{sys4}");
+    assert_eq!(
+        links(fleet, "sys4"),
+        sys4_before,
+        "running, profile, boot default"
+    );
+    // The take-back's switch put sshd's configuration back.
+    let ok = fleet.ssh("sys4", "echo reachable");
+    assert_eq!(text(&ok.stdout).trim(), "reachable", "{}", text(&ok.stderr));
 }
 
 #[test]
