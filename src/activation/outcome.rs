@@ -90,6 +90,12 @@ pub enum HostOutcome {
     /// Proven live (every live gate passed), but the boot entry could not be
     /// written: it runs the candidate and boots the system it had before.
     NotPersisted { reason: SwitchFailure },
+    /// A rollback to a known-good system passed every gate but the mark:
+    /// the host runs its target (and boots it, as far as the goal went),
+    /// where it stays (a mark that failed says nothing against a system
+    /// proven before, and going back would land on the one rolled away
+    /// from); its known-good profile was not moved.
+    NotMarked { reason: FailureReason },
     /// A gate failed after the host changed; the rollback verified.
     RolledBack {
         gate: Gate,

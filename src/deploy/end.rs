@@ -121,7 +121,9 @@ fn kind_of(o: &HostOutcome) -> OutcomeKind {
         HostOutcome::NotPersisted { .. } => OutcomeKind::NotPersisted,
         HostOutcome::RolledBack { .. } => OutcomeKind::RolledBack,
         HostOutcome::RollbackFailed { .. } => OutcomeKind::RollbackFailed,
-        HostOutcome::Failed { .. } | HostOutcome::SignatureMismatch { .. } => OutcomeKind::Failed,
+        HostOutcome::Failed { .. }
+        | HostOutcome::NotMarked { .. }
+        | HostOutcome::SignatureMismatch { .. } => OutcomeKind::Failed,
         HostOutcome::Cancelled { .. } => OutcomeKind::NotStarted,
         HostOutcome::RevertedByHost { .. } => OutcomeKind::RevertedByHost,
         HostOutcome::Unreachable { .. } => OutcomeKind::Unreachable,

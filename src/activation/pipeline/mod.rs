@@ -197,6 +197,15 @@ impl<'a, R: Remote> Run<'a, R> {
         (self.emit)(ActivationEvent::GatePassed { gate, evidence });
     }
 
+    /// A rollback's target whose mark failed: it stays where it is.
+    fn not_marked(&self, reason: FailureReason) -> HostOutcome {
+        (self.emit)(ActivationEvent::GateFailed {
+            gate: Gate::MarkKnownGood,
+            reason: reason.clone(),
+        });
+        HostOutcome::NotMarked { reason }
+    }
+
     /// A failure before the host changed: no rollback.
     fn fail_clean(&self, gate: Gate, reason: FailureReason) -> HostOutcome {
         (self.emit)(ActivationEvent::GateFailed {
@@ -636,6 +645,8 @@ impl<'a, R: Remote> Run<'a, R> {
         }
         match self.mark().await {
             Ok(mark) => HostOutcome::KnownGood { mark },
+            // A rollback's target stays: see `HostOutcome::NotMarked`.
+            Err(reason) if self.req.rolls_back => self.not_marked(reason),
             Err(reason) => {
                 self.fail_and_rollback(Gate::MarkKnownGood, reason, None)
                     .await

@@ -232,6 +232,7 @@ impl<R: Remote> Run<'_, R> {
                 self.fail_and_rollback(Gate::MarkKnownGood, reason, None)
                     .await
             }
+            Err(reason) if boot_before.is_some() => self.not_marked(reason),
             Err(reason) => self.fail_clean(Gate::MarkKnownGood, reason),
         }
     }

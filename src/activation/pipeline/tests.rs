@@ -561,15 +561,53 @@ async fn a_rollback_target_whose_mark_fails_keeps_its_boot_default() {
     req.rolls_back = true;
     let ran = run(&host, &req).await;
     match &ran.outcome {
-        HostOutcome::Failed {
-            gate: Gate::MarkKnownGood,
-            ..
+        HostOutcome::NotMarked {
+            reason: FailureReason::MarkKnownGood { .. },
         } => {}
         other => panic!("{other:?}: {:#?}", ran.cmds),
     }
     let st = host.state();
     assert_eq!(st.boot_default, sp(NEW));
     assert_eq!(st.current, sp(NEW));
+}
+
+/// A rollback that switched the host (NEW, marked known-good, back to
+/// generation 1, OLD) and passed every gate but its mark: it stays on OLD,
+/// live and boot, `not_marked` (before: "rolled back" to the known-good,
+/// NEW, the very system the operator was rolling away from).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_mark_fails_stays_on_its_target() {
+    let host = FakeHost::new(&sp(OLD));
+    let pushed = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(pushed.outcome, HostOutcome::KnownGood { .. }),
+        "{:?}",
+        pushed.outcome
+    );
+    host.state()
+        .break_once
+        .push(format!("sudo mark-known-good {KNOWN_GOOD} {OLD} 1"));
+    let mut req = request(Goal::Gated);
+    req.candidate = sp(OLD);
+    req.known_good_generation = Some(1);
+    req.rolls_back = true;
+    let ran = run(&host, &req).await;
+    match &ran.outcome {
+        HostOutcome::NotMarked {
+            reason: FailureReason::MarkKnownGood { .. },
+        } => {}
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    assert!(ran.events.iter().any(|e| matches!(
+        e,
+        ActivationEvent::GateFailed {
+            gate: Gate::MarkKnownGood,
+            ..
+        }
+    )));
+    let st = host.state();
+    assert_eq!((&st.current, &st.boot_default), (&sp(OLD), &sp(OLD)));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
 }
 
 /// The candidate is the host's known-good closure (gen 1, NEW), the host

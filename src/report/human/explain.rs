@@ -98,6 +98,16 @@ fn next_for(host: &str, command: &str, r: &FailureReason) -> String {
     }
 }
 
+/// The next step after a rollback that reached its target but not the
+/// end: the same generation again, by number (a plain `rollback` would
+/// stand on the target and go one further back).
+fn again_to(host: &str, what: &str) -> String {
+    format!(
+        "`nixgate rollback --to <its generation> {host}` to {what} (`nixgate status {host}` \
+         lists the generations; a plain `nixgate rollback` would go one further back)"
+    )
+}
+
 fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
     match r {
         Refusal::Build {
@@ -217,7 +227,23 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             ),
             Vec::new(),
             None,
-            format!("`nixgate {command} {host}` again to persist it, or `nixgate rollback {host}`"),
+            if command == "rollback" {
+                again_to(host, "persist it")
+            } else {
+                format!(
+                    "`nixgate {command} {host}` again to persist it, or `nixgate rollback {host}`"
+                )
+            },
+        ),
+        HostOutcome::NotMarked { reason } => (
+            words::failure(reason),
+            Vec::new(),
+            Some(
+                "it runs the rollback's target, and boots it as far as the goal went; its \
+                 known-good profile still names the generation rolled away from"
+                    .into(),
+            ),
+            again_to(host, "mark it"),
         ),
         // Told only when the run did not allow it (then it fails the run).
         HostOutcome::DeferredPendingReboot { reason } => (
@@ -403,5 +429,44 @@ mod tests {
                 assert!(text.contains("--allow-pending-reboot"), "{text}");
             }
         }
+    }
+
+    /// A rollback that reached its target but not its boot default, or not
+    /// its mark: the next step names the generation by number (a plain
+    /// `nixgate rollback` would stand on the target and go one further
+    /// back); a push says to push again.
+    #[test]
+    fn a_rollback_short_of_its_end_says_to_name_the_generation() {
+        let not_persisted = HostOutcome::NotPersisted {
+            reason: SwitchFailure::LockCheck {
+                error: "connection lost".into(),
+            },
+        };
+        let not_marked = HostOutcome::NotMarked {
+            reason: FailureReason::MarkKnownGood {
+                error: "no space left on device".into(),
+            },
+        };
+        for outcome in [not_persisted.clone(), not_marked] {
+            let h = HostSummary {
+                end: HostEnd::activation(outcome),
+                ..pending_db1()
+            };
+            let text = failures(&[h], "rollback", &Labels::default(), None);
+            assert!(
+                text.contains("`nixgate rollback --to <its generation> db1`"),
+                "{text}"
+            );
+            assert!(!text.contains("`nixgate rollback db1`"), "{text}");
+        }
+        let h = HostSummary {
+            end: HostEnd::activation(not_persisted),
+            ..pending_db1()
+        };
+        let text = failures(&[h], "push", &Labels::default(), None);
+        assert!(
+            text.contains("`nixgate push db1` again to persist it"),
+            "{text}"
+        );
     }
 }

@@ -765,9 +765,13 @@ fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
             reboot_reason(reason)
         ),
         HostOutcome::NotPersisted { reason } => format!(
-            "proven live but not made the boot default ({}): it runs the new system until it reboots; \
-             run `nixgate push` again to persist it, or `nixgate rollback`",
+            "proven live but not made the boot default ({}): it runs the new system until it \
+             reboots, then the one it ran before",
             switch_failure(reason)
+        ),
+        HostOutcome::NotMarked { reason } => format!(
+            "{}; it stays on the rollback's target (its known-good profile not moved)",
+            failure(reason)
         ),
         HostOutcome::RolledBack { gate, reason, to } => format!(
             "{gate} failed: {}; rolled back to {}",
