@@ -116,6 +116,21 @@ fn json_errors_are_events() {
     assert_eq!(lines[1]["ending"], "invalid");
 }
 
+/// `exec --parallel` out of 1..=10000 is a usage error (exit 2), never a
+/// panic (`usize::MAX` crashed the runner's semaphore: exit 101).
+#[test]
+fn exec_parallel_out_of_range_is_a_usage_error() {
+    for n in ["0", "10001", "18446744073709551615", "x"] {
+        let out = nixgate(&["exec", "--parallel", n, "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "{n}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("from 1 to 10000"),
+            "{n}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn missing_inventory_is_a_usage_error() {
     let out = nixgate(&["hosts", "-i", "/nonexistent/inventory.toml"]);

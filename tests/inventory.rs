@@ -1032,6 +1032,7 @@ keys = [
   {{ name = "d", text = "x", upload_at = "later" }},
   {{ name = "e", text = "x", user = "-r" }},
   {{ name = "f", text = "x", dest_dir = "relative" }},
+  {{ name = "f2", text = "x", dest_dir = "//" }},
   {{ name = "g", command = [] }},
   {{ name = "h", text = "x" }},
   {{ name = "h", text = "y" }},
@@ -1047,11 +1048,12 @@ sudo_password_command = []
         "upload_at",
         "`command` needs a program",
         "key \"h\" is listed twice",
+        "a key's `dest_dir` cannot be `/`",
         "`sudo_password_command` needs a program",
     ] {
         assert!(msg.contains(want), "{want:?} in:\n{msg}");
     }
-    assert!(pos.len() >= 10, "{pos:?}\n{msg}");
+    assert!(pos.len() >= 11, "{pos:?}\n{msg}");
 }
 
 /// An error on a line holding a key's inline secret shows the line with the

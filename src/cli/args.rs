@@ -110,6 +110,15 @@ fn non_empty_list(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// `exec --parallel`: as the inventory's `max_parallel` allows.
+fn parallel(s: &str) -> Result<usize, String> {
+    let max = crate::inventory::limits::MAX_PARALLEL;
+    match s.parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => usize::try_from(n).map_err(|e| e.to_string()),
+        _ => Err(format!("not a number of hosts from 1 to {max}")),
+    }
+}
+
 impl SelectorArgs {
     pub fn selector(&self) -> Selector {
         use crate::inventory::glob::{Item, parse_list};
@@ -288,8 +297,8 @@ pub enum Command {
     /// `-- sh -c '...'` for pipes and globs on the host.
     #[command(after_help = EXIT_CODES_HELP)]
     Exec {
-        /// Hosts at once [default: the inventory's max_parallel].
-        #[arg(long, value_name = "N")]
+        /// Hosts at once, 1 to 10000 [default: the inventory's max_parallel].
+        #[arg(long, value_name = "N", value_parser = parallel)]
         parallel: Option<usize>,
         /// Hang up a host's command after this long (e.g. `30s`, `5m`).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -72,6 +72,9 @@ pub enum ExecEnd {
     TimedOut { after_seconds: f64 },
     /// Ctrl-C: it was hung up.
     HungUp,
+    /// Ctrl-C while its connection was still being made: the command was
+    /// never sent.
+    Cancelled,
     /// The connection went away before an exit status came.
     ConnectionLost,
     /// No connection to the host (address, host key, authentication).
@@ -120,14 +123,30 @@ enum HangUp {
 }
 
 impl<F: Fleet> ExecJob<F> {
+    /// The host's session, unless a first Ctrl-C comes first: a host still
+    /// connecting (a slow handshake, a jump host) is not started then.
+    /// Before, its command was sent once connected and hung up at once:
+    /// a quick one (`systemctl restart`, `reboot`) took effect.
+    async fn connect(&self, host: &str) -> Result<F::Remote, ExecEnd> {
+        let mut cancel = self.cancel.clone();
+        let stop = CancelLevel::StopStarting;
+        let remote = tokio::select! {
+            biased;
+            () = cancel::reached(&mut cancel, stop) => return Err(ExecEnd::Cancelled),
+            r = self.fleet.host(host) => r,
+        };
+        if *cancel.borrow() >= stop {
+            return Err(ExecEnd::Cancelled);
+        }
+        remote.map_err(|e| ExecEnd::Unreachable {
+            error: format!("{e:#}"),
+        })
+    }
+
     async fn exec(&self, host: &str) -> ExecEnd {
-        let remote = match self.fleet.host(host).await {
+        let remote = match self.connect(host).await {
             Ok(r) => r,
-            Err(e) => {
-                return ExecEnd::Unreachable {
-                    error: format!("{e:#}"),
-                };
-            }
+            Err(end) => return end,
         };
         let reason = std::sync::OnceLock::new();
         let hang_up = async {
@@ -293,4 +312,50 @@ pub async fn run<F: Fleet>(
         .filter(|r| matches!(&r.end, RunnerEnd::Done(d) if d.end.ok()))
         .count();
     (ok, results.len() - ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::activation::fake_host::FakeHost;
+    use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
+    use crate::inventory::Inventory;
+    use crate::nix::StorePath;
+
+    const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+
+    /// A first Ctrl-C while a host's connection is still being made (here
+    /// a 10 s handshake): its command is never sent (the fake host panics
+    /// on a command it does not know, `exec`'s wrapper included), and it
+    /// ends `cancelled`. Before: sent once connected, then hung up.
+    #[tokio::test(start_paused = true)]
+    async fn a_first_ctrl_c_while_connecting_sends_no_command() {
+        let host = FakeHost::new(&StorePath::parse(OLD).unwrap());
+        let fleet = FakeFleet::new(&[("web1", &host)], FakeBuilder::new(Build::Hangs));
+        *fleet.connect_takes.lock().unwrap() = Duration::from_secs(10);
+        let src =
+            "[builder]\naddress = \"b\"\nflake = false\n[hosts.web1]\naddress = \"10.0.0.1\"\n";
+        let inv = Inventory::parse(Path::new("/inv/inventory.toml"), src).unwrap();
+        let sel = inv.select(&Default::default()).unwrap();
+        let (sink, events) = EventSink::capture();
+        let (canceller, watch) = cancel::channel();
+        let req = ExecRequest {
+            argv: vec!["reboot".into()],
+            parallel: 4,
+            timeout: None,
+        };
+        let ran = tokio::spawn(async move { run(fleet, &sel, &req, sink, watch).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        canceller.escalate();
+        assert_eq!(ran.await.unwrap(), (0, 1));
+        let ends: Vec<ExecEnd> = (events.take().into_iter())
+            .filter_map(|e| match e {
+                Event::ExecFinished { end, .. } => Some(end),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, [ExecEnd::Cancelled]);
+    }
 }

@@ -175,6 +175,8 @@ pub struct FakeFleet {
     /// run let the host go too early), and panics like an unexpected
     /// command on a [`FakeHost`].
     pub closed: Mutex<HashSet<String>>,
+    /// How long a host's connect takes (a slow handshake, a jump host).
+    pub connect_takes: Mutex<std::time::Duration>,
 }
 
 impl FakeFleet {
@@ -187,6 +189,7 @@ impl FakeFleet {
             builder,
             unreachable: Mutex::default(),
             closed: Mutex::default(),
+            connect_takes: Mutex::default(),
         })
     }
 
@@ -204,6 +207,8 @@ impl Fleet for FakeFleet {
             Machine::Builder => Ok(FakeRemote::Builder(self.builder.clone())),
             Machine::Host(h) => {
                 self.assert_open(h);
+                let takes = *self.connect_takes.lock().expect("duration");
+                tokio::time::sleep(takes).await;
                 if self.unreachable.lock().expect("set").contains(h) {
                     return Err(SessionError::Unknown(format!(
                         "{h} (unreachable in this test)"

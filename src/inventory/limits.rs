@@ -33,6 +33,12 @@ use std::time::Duration;
 /// that never ends) stops at the cap instead of filling memory.
 pub const MAX_INVENTORY_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The most hosts worked on at once (`max_parallel`, `exec --parallel`):
+/// far above what one controller's file descriptors and a builder serve,
+/// and a bound for the runner's semaphore (tokio panics past `usize::MAX
+/// >> 3` permits: `exec --parallel 18446744073709551615` crashed).
+pub const MAX_PARALLEL: i64 = 10_000;
+
 /// How many errors are printed in full; the rest are counted ("and N more").
 /// The first hundred by position are what a user fixes first; after the fix
 /// the next run shows the next ones.

@@ -368,7 +368,7 @@ impl Loader {
                     k.span(),
                     "it caps how many hosts are worked on at once: set it in [defaults] (the whole run) or in a [[waves]] entry (that wave)",
                 ),
-                "max_parallel" => s.max_parallel = w.integer(key, v, 1, 10_000),
+                "max_parallel" => s.max_parallel = w.integer(key, v, 1, limits::MAX_PARALLEL),
                 "copy" => s.copy = w.choice(key, v, CopyMode::NAMES, CopyMode::parse),
                 "profile" => s.profile = w.string(key, v).filter(|p| validate::absolute(w, key, p)),
                 "os" => s.os = w.choice(key, v, OS_NAMES, parse_os),
@@ -678,8 +678,8 @@ impl Loader {
             let tags = get(t, "tags")
                 .and_then(|v| self.w.strings("tags", v))
                 .unwrap_or_default();
-            let wave_parallel =
-                get(t, "max_parallel").and_then(|v| self.w.integer("max_parallel", v, 1, 10_000));
+            let wave_parallel = get(t, "max_parallel")
+                .and_then(|v| self.w.integer("max_parallel", v, 1, limits::MAX_PARALLEL));
             let max_failures =
                 get(t, "max_failures").and_then(|v| validate::max_failures(&mut self.w, v));
             let soak = get(t, "soak").and_then(|v| self.w.duration("soak", v, limits::SOAK));

@@ -73,6 +73,7 @@ impl Loader {
                 .w
                 .string("dest_dir", d)
                 .filter(|d| validate::absolute(&mut self.w, "dest_dir", d))
+                .filter(|d| below_root(&mut self.w, d))
                 .map(|d| d.value),
             None => Some(DEFAULT_DEST_DIR.to_owned()),
         };
@@ -161,4 +162,19 @@ impl Loader {
                 .map(|argv| KeySource::Command { argv }),
         }
     }
+}
+
+/// A key's `dest_dir` is a directory of its own, not `/`: the upload makes
+/// it (root's, not writable by others) and writes the key into it; `/`
+/// made `mkdir -p ""` fail on every push, the host refused at its key gate.
+fn below_root(w: &mut super::super::walk::Walker, d: &At<String>) -> bool {
+    if d.value.trim_end_matches('/').is_empty() {
+        w.error_help(
+            "a key's `dest_dir` cannot be `/`",
+            d.span.clone(),
+            "name a directory of its own, e.g. \"/run/keys\" (the default)",
+        );
+        return false;
+    }
+    true
 }

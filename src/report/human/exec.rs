@@ -109,6 +109,7 @@ pub fn end_words(end: &ExecEnd) -> String {
             format!("timed out after {after_seconds} s: hung up")
         }
         ExecEnd::HungUp => "hung up (Ctrl-C)".into(),
+        ExecEnd::Cancelled => "not started (Ctrl-C while connecting)".into(),
         ExecEnd::ConnectionLost => "connection lost before the command ended".into(),
         ExecEnd::Unreachable { error } => format!("unreachable: {}", first_line(error)),
         ExecEnd::NotStarted { error } => format!("not started: {}", first_line(error)),
