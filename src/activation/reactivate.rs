@@ -10,7 +10,7 @@ use super::events::{ActivationEvent, Step};
 use super::links::current_system;
 use super::profile;
 use super::settings::{HostSettings, Os, RunId};
-use super::switch::{JobPurpose, SwitchJob};
+use super::switch::{JobPurpose, Stop, SwitchJob};
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
 use crate::remote::Remote;
@@ -44,6 +44,14 @@ impl RollbackMode {
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum RollbackError {
     ReadCurrentSystem {
+        error: String,
+    },
+    /// The rollback's own switch failed so that it may still run (hung,
+    /// or a start never confirmed), and stopping it failed too: it may yet
+    /// switch the host, and holds the switch lock while it runs.
+    SwitchNotStopped {
+        failure: SwitchFailure,
+        unit: String,
         error: String,
     },
     /// A hung switch could not be stopped, so nothing could be re-activated.
@@ -195,7 +203,40 @@ pub async fn reactivate<R: Remote>(
             mode,
             evidence: Some(evidence),
         },
-        SwitchResult::Failed(f) => failed(RollbackError::Switch(f)),
+        SwitchResult::Failed(f) => {
+            failed(stop_failed_switch(&patient, settings, &job, f, emit).await)
+        }
         SwitchResult::NeedsReboot(r) => failed(RollbackError::NeedsReboot(r)),
+    }
+}
+
+/// The rollback's own switch failed: one that may still run (hung at the
+/// deadline, or a start never confirmed) is stopped, as a candidate's is
+/// before its rollback. Left running, it held the switch lock (a
+/// `nixos-rebuild` by hand failed on it; the next run waited its whole
+/// budget for it), and a queued start could switch the host after a
+/// person had repaired it.
+async fn stop_failed_switch<R: Remote>(
+    remote: &Patient<'_, R>,
+    settings: &HostSettings,
+    job: &SwitchJob,
+    f: SwitchFailure,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> RollbackError {
+    let Some(stop) = Stop::after(&f) else {
+        return RollbackError::Switch(f);
+    };
+    emit(ActivationEvent::Step {
+        step: Step::StopHungSwitch {
+            unit: job.unit.clone(),
+        },
+    });
+    match stop.run(remote, job, settings.sudo).await {
+        Ok(()) => RollbackError::Switch(f),
+        Err(e) => RollbackError::SwitchNotStopped {
+            failure: f,
+            unit: job.unit.clone(),
+            error: format!("{e:#}"),
+        },
     }
 }

@@ -780,6 +780,41 @@ pub async fn stop_job<R: Remote>(remote: &R, job: &SwitchJob, cmd: &Command) -> 
     Ok(())
 }
 
+/// What is stopped before a rollback (or after a rollback's own switch
+/// failed so): a hung job, or every attempt of a
+/// job whose start was never confirmed.
+#[derive(Clone, Copy)]
+pub enum Stop {
+    Job,
+    Attempts,
+}
+
+impl Stop {
+    /// What a switch that failed so must have stopped before anything
+    /// else: one still running at the deadline, or one whose start was
+    /// never confirmed (it may run yet); `None`: nothing runs.
+    pub fn after(f: &super::detached::SwitchFailure) -> Option<Stop> {
+        match f {
+            super::detached::SwitchFailure::Timeout { .. } => Some(Stop::Job),
+            f if f.start_unconfirmed() => Some(Stop::Attempts),
+            _ => None,
+        }
+    }
+
+    pub async fn run<R: Remote>(
+        self,
+        remote: &R,
+        job: &SwitchJob,
+        sudo: bool,
+    ) -> anyhow::Result<()> {
+        let cmd = match self {
+            Stop::Job => stop_command(job, sudo),
+            Stop::Attempts => stop_attempts_command(job, sudo),
+        };
+        stop_job(remote, job, &cmd).await
+    }
+}
+
 pub(crate) const LOG_TAIL: &str = "if [ -e \"$1\" ]; then tail -n 50 \"$1\"
 elif command -v journalctl >/dev/null 2>&1; then journalctl -u \"$2\" -n 50 --no-pager -o cat
 fi 2>/dev/null; exit 0";

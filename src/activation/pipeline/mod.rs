@@ -26,7 +26,7 @@ use super::reactivate::{RollbackMode, RollbackOutcome, reactivate};
 use super::realise::RealiseOutcome;
 use super::reboot::{RebootOutcome, reboot_and_verify};
 use super::settings::{HostSettings, Os, RunId, STEP_LIMIT};
-use super::switch::{JobPurpose, SwitchJob, stop_job};
+use super::switch::{JobPurpose, SwitchJob};
 use super::{dry_activate, health, inhibitors, leftovers, links, privilege, realise};
 use crate::gates::{Gate, Goal, SwitchAction};
 use crate::keys::UploadAt;

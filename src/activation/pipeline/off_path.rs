@@ -2,6 +2,7 @@
 //! deferring a change to a reboot, a host already on the candidate, and
 //! rolling back after a failure.
 
+pub(super) use crate::activation::switch::Stop;
 use crate::remote::patient::Patient;
 use std::collections::BTreeSet;
 
@@ -370,35 +371,5 @@ impl<R: Remote> Run<'_, R> {
         });
         let patient = Patient::new(self.remote, self.s.activation_timeout);
         stop.run(&patient, job, self.s.sudo).await
-    }
-}
-
-/// What is stopped before a rollback: a hung job, or every attempt of a
-/// job whose start was never confirmed.
-#[derive(Clone, Copy)]
-pub(super) enum Stop {
-    Job,
-    Attempts,
-}
-
-impl Stop {
-    /// What a switch that failed so must have stopped before anything
-    /// else: one still running at the deadline, or one whose start was
-    /// never confirmed (it may run yet); `None`: nothing runs.
-    pub(super) fn after(f: &SwitchFailure) -> Option<Stop> {
-        match f {
-            SwitchFailure::Timeout { .. } => Some(Stop::Job),
-            f if f.start_unconfirmed() => Some(Stop::Attempts),
-            _ => None,
-        }
-    }
-
-    async fn run<R: Remote>(self, remote: &R, job: &SwitchJob, sudo: bool) -> anyhow::Result<()> {
-        use crate::activation::switch::{stop_attempts_command, stop_command};
-        let cmd = match self {
-            Stop::Job => stop_command(job, sudo),
-            Stop::Attempts => stop_attempts_command(job, sudo),
-        };
-        stop_job(remote, job, &cmd).await
     }
 }

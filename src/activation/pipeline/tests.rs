@@ -314,6 +314,36 @@ async fn hang_times_out_is_stopped_and_rolled_back() {
     assert!(stop.unwrap() < fire.unwrap(), "{:#?}", ran.cmds);
 }
 
+/// The rollback's own switch hangs too (the candidate failed its health
+/// check; the old system's switch never ends): it is stopped at its
+/// deadline, as the candidate's is, and the host ends `rollback-failed`
+/// with nothing of nixgate's left running on it (before: the rollback's
+/// unit ran on, holding the switch lock).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_own_switch_hangs_is_stopped() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().unhealthy_after = Some(0);
+    let b = Behaviour {
+        hang: true,
+        ..Default::default()
+    };
+    host.behave(&sp(OLD), b);
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RollbackFailed {
+            gate: Gate::HealthChecks,
+            rollback_error: RollbackError::Switch(SwitchFailure::Timeout { .. }),
+            ..
+        } => {}
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    let stopped = "sudo stop-unit nixgate-switch-r1-rollback.service";
+    assert!(ran.cmds.iter().any(|c| c == stopped), "{:#?}", ran.cmds);
+    let st = host.state();
+    assert!(st.jobs.values().all(|j| !j.running), "{:?}", st.jobs);
+    assert!(!st.lock_held);
+}
+
 #[tokio::test(start_paused = true)]
 async fn flip_to_unexpected_rolls_back() {
     let host = candidate_that(Behaviour {

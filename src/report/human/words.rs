@@ -705,6 +705,16 @@ pub fn rollback_error(e: &RollbackError) -> String {
             )
         }
         RollbackError::Switch(f) => switch_failure(f),
+        RollbackError::SwitchNotStopped {
+            failure,
+            unit,
+            error,
+        } => format!(
+            "{}; stopping it failed too ({}): {unit} may still switch the host and holds its \
+             switch lock: stop it first (Linux: `systemctl stop {unit}`)",
+            switch_failure(failure),
+            first_line(error)
+        ),
         RollbackError::NeedsReboot(r) => reboot_reason(r),
         RollbackError::NoTarget => "there was nothing to go back to".into(),
     }
