@@ -110,6 +110,9 @@ async fn read_current<R: Remote>(
     loop {
         let err = match current_system(remote, &settings.paths.current_system).await {
             Ok(now) => return Ok(now),
+            // Asked again, the host refuses again (its key changed, the
+            // login refused): the budget (300 s) was waited out for it.
+            Err(e) if crate::remote::patient::refused(&e) => return Err(e),
             Err(e) => e,
         };
         let wait = crate::remote::patient::backoff(attempt);
@@ -238,5 +241,49 @@ async fn stop_failed_switch<R: Remote>(
             unit: job.unit.clone(),
             error: format!("{e:#}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::remote::patient::refusing::Refusing;
+
+    /// A host that refuses the rollback's reconnect (its host key changed
+    /// with the candidate): the rollback fails at once, on the first
+    /// answer (it read again with backoff for the whole budget, 285 s of
+    /// the default 300, before saying what it knew from the start).
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_reconnect_fails_the_rollback_at_once() {
+        let remote = Refusing(AtomicU32::new(0));
+        let mut settings = HostSettings::new(Os::Linux);
+        settings.activation_timeout = Duration::from_secs(300);
+        let to =
+            StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05")
+                .unwrap();
+        let run_id = RunId::parse("r1").unwrap();
+        let started = tokio::time::Instant::now();
+        let outcome = reactivate(
+            &remote,
+            &settings,
+            &run_id,
+            &to,
+            RollbackMode::Live,
+            None,
+            &|_| {},
+        )
+        .await;
+        match outcome {
+            RollbackOutcome::Failed {
+                error: RollbackError::ReadCurrentSystem { error },
+                ..
+            } => assert!(error.contains("HOST KEY CHANGED"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(remote.0.load(Ordering::SeqCst), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

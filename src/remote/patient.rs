@@ -48,12 +48,19 @@ impl<'a, R: Remote> Patient<'a, R> {
 /// to the activation timeout, before it was said).
 fn lost(r: &anyhow::Result<Output>) -> bool {
     match r {
-        Err(e) => !e.chain().any(|c| {
-            c.downcast_ref::<crate::ssh::ConnectError>()
-                .is_some_and(crate::ssh::ConnectError::is_refusal)
-        }),
+        Err(e) => !refused(e),
         Ok(out) => out.exit == Exit::ConnectionLost,
     }
+}
+
+/// Is `e` a reconnect the host refused (its key changed, the login
+/// refused)? Asking again gets the same answer: a caller that retries
+/// failures of its own stops at it too.
+pub fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<crate::ssh::ConnectError>()
+            .is_some_and(crate::ssh::ConnectError::is_refusal)
+    })
 }
 
 /// Run `attempt` until it did not lose its connection, or until `deadline`
@@ -117,9 +124,42 @@ impl<R: Remote> Patient<'_, R> {
 }
 
 #[cfg(test)]
+pub(crate) mod refusing {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use crate::remote::{Command, Output, Remote, Streaming};
+
+    /// A host whose every reconnect is refused (its key changed): counts
+    /// the commands asked.
+    pub(crate) struct Refusing(pub(crate) AtomicU32);
+    impl Remote for Refusing {
+        fn name(&self) -> &str {
+            "web1"
+        }
+        async fn exec(&self, _: &Command) -> anyhow::Result<Output> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(
+                anyhow::Error::new(crate::ssh::ConnectError::HostKeyChanged {
+                    target: "web1".into(),
+                    host: "web1".into(),
+                    addr: "10.0.0.1:22".into(),
+                    expected: vec![],
+                    offered: "SHA256:x".into(),
+                })
+                .context("reconnecting"),
+            )
+        }
+        async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+            anyhow::bail!("no streams")
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use super::refusing::Refusing;
     use super::*;
     use crate::remote::scripted::{ScriptedRemote, fail, ok};
 
@@ -168,28 +208,6 @@ mod tests {
     /// or a man in the middle): said at once, not tried until the deadline.
     #[tokio::test(start_paused = true)]
     async fn a_refused_reconnect_is_not_tried_again() {
-        struct Refusing(AtomicU32);
-        impl Remote for Refusing {
-            fn name(&self) -> &str {
-                "web1"
-            }
-            async fn exec(&self, _: &Command) -> anyhow::Result<Output> {
-                self.0.fetch_add(1, Ordering::SeqCst);
-                Err(
-                    anyhow::Error::new(crate::ssh::ConnectError::HostKeyChanged {
-                        target: "web1".into(),
-                        host: "web1".into(),
-                        addr: "10.0.0.1:22".into(),
-                        expected: vec![],
-                        offered: "SHA256:x".into(),
-                    })
-                    .context("reconnecting"),
-                )
-            }
-            async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
-                anyhow::bail!("no streams")
-            }
-        }
         let r = Refusing(AtomicU32::new(0));
         let started = Instant::now();
         let p = Patient::new(&r, Duration::from_secs(60));
