@@ -308,3 +308,98 @@ fn release_time_defaults_to_now() {
     assert!(tag.starts_with("release/web1/20"), "{tag}");
     assert!(tag.ends_with(&format!("Z-{}", &c[..12])), "{tag}");
 }
+
+/// git keeps refs as paths: a branch `release` and a branch `release/web1`
+/// cannot both exist. libgit2 does not check this for packed refs: it wrote
+/// `refs/heads/release/web1` beside a packed `release` branch (after `git gc`)
+/// or `release` tag and reported the release made, after which git refused
+/// to touch either ref and a remote with `release` rejected the push. A
+/// loose `release` branch failed every release with a filesystem error that
+/// named no branch. Now: refused, naming the ref in the way, nothing written.
+#[test]
+fn a_branch_or_tag_in_the_way_of_the_release_refs_is_refused_and_nothing_is_written() {
+    /// What is in the way, how it got there, the ref refused, the one in the way.
+    type Case = (&'static str, fn(&Repo), &'static str, &'static str);
+    fn gc(repo: &Repo, args: &[&str]) {
+        git(&repo.dir, args);
+        git(&repo.dir, &["pack-refs", "--all"]);
+    }
+    let cases: [Case; 5] = [
+        (
+            "packed branch release (after git gc)",
+            |r| gc(r, &["branch", "release"]),
+            "refs/heads/release/web1",
+            "refs/heads/release",
+        ),
+        (
+            "packed branch release without a reflog",
+            |r| {
+                gc(r, &["branch", "release"]);
+                std::fs::remove_file(r.dir.join(".git/logs/refs/heads/release")).unwrap();
+            },
+            "refs/heads/release/web1",
+            "refs/heads/release",
+        ),
+        (
+            "loose branch release",
+            |r| {
+                git(&r.dir, &["branch", "release"]);
+            },
+            "refs/heads/release/web1",
+            "refs/heads/release",
+        ),
+        (
+            "packed tag release",
+            |r| gc(r, &["tag", "release"]),
+            "refs/tags/release/web1/20261122T203000Z-",
+            "refs/tags/release",
+        ),
+        (
+            "branch below the release branch",
+            |r| {
+                git(&r.dir, &["branch", "release/web1/old"]);
+            },
+            "refs/heads/release/web1",
+            "refs/heads/release/web1/old",
+        ),
+    ];
+    for (what, setup, refname, existing) in cases {
+        let repo = Repo::new(true);
+        let c = repo.head();
+        setup(&repo);
+        let before = repo.refs();
+        let objects = repo.loose_objects();
+        let out = release::create(&repo.dir, &request("web1", &c, T0));
+        let Ok(ReleaseOutcome::Refused {
+            reason:
+                reason @ Refusal::RefNameConflict {
+                    refname: ours,
+                    existing: theirs,
+                },
+        }) = &out
+        else {
+            panic!("{what}: expected a name-conflict refusal, got {out:?}");
+        };
+        assert!(ours.starts_with(refname), "{what}: {ours}");
+        assert_eq!(theirs, existing, "{what}");
+        let words = reason.to_string();
+        let short = existing.split('/').skip(2).collect::<Vec<_>>().join("/");
+        assert!(words.contains(existing), "{what}: {words}");
+        assert!(
+            words.contains(&format!("rename the {} {short}", kind(existing))),
+            "{what}: {words}"
+        );
+        assert_eq!(repo.refs(), before, "{what}: a refusal writes no ref");
+        assert_eq!(repo.loose_objects(), objects, "{what}: nor an object");
+        // git can still update the ref in the way.
+        git(&repo.dir, &["update-ref", existing, &c]);
+    }
+}
+
+fn kind(refname: &str) -> &'static str {
+    if refname.starts_with("refs/tags/") {
+        "tag"
+    } else {
+        "branch"
+    }
+}

@@ -20,7 +20,8 @@ use super::HostSummary;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NotReleased {
-    /// The release rules refused it (dirty tree, not a fast-forward).
+    /// The release rules refused it (dirty tree, not a fast-forward, a
+    /// branch or tag in the way of the release refs).
     Refused { refusal: release::Refusal },
     /// The repository could not be written.
     Failed { error: String },

@@ -1,4 +1,5 @@
-//! Creating a release: policy checks, then the tag object, then both refs
+//! Creating a release: policy checks and a check that no existing ref is in
+//! the way of the new names, then the tag object, then both refs
 //! (tag and branch) under libgit2 ref locks with their old values re-checked
 //! under the lock.
 //!
@@ -27,59 +28,31 @@ pub fn create(repo_path: &Path, rel: &ReleaseRequest) -> anyhow::Result<ReleaseO
     let commit = find_commit(&repo, &rel.commit, repo_path)?;
     let new = commit.id();
     if rel.dirty {
-        return Ok(ReleaseOutcome::Refused {
-            reason: Refusal::DirtyTree,
-        });
+        return Ok(refused(Refusal::DirtyTree));
     }
 
     let branch = name::branch(&rel.target);
     let branch_ref = format!("refs/heads/{branch}");
     let old = ref_target(&repo, &branch_ref)?;
-    let update = match old {
-        None => BranchUpdate::Created,
-        Some(o) if o == new => BranchUpdate::Unchanged,
-        Some(o) if is_descendant(&repo, new, o)? => BranchUpdate::FastForward {
-            from: o.to_string(),
-        },
-        Some(o) if rel.force => BranchUpdate::Forced {
-            from: o.to_string(),
-        },
-        Some(o) => {
-            return Ok(ReleaseOutcome::Refused {
-                reason: Refusal::NotFastForward {
-                    branch_at: o.to_string(),
-                    new: new.to_string(),
-                },
-            });
-        }
+    let update = match branch_update(&repo, old, new, rel.force)? {
+        Ok(update) => update,
+        Err(refusal) => return Ok(refused(refusal)),
     };
 
-    let at = rel.at.unwrap_or_else(SystemTime::now);
-    let since = at
-        .duration_since(UNIX_EPOCH)
-        .context("the release time is before 1970")?;
-    let secs = i64::try_from(since.as_secs()).context("the release time is out of range")?;
-    let ns = u64::try_from(since.as_nanos()).context("the release time is out of range")?;
+    let (secs, ns) = release_time(rel.at)?;
     let new_hex = new.to_string();
     let tag = free_tag_name(&repo, &rel.target, secs, &new_hex)?;
     let tag_ref = format!("refs/tags/{tag}");
+    for refname in [&branch_ref, &tag_ref] {
+        if let Some(existing) = in_the_way(&repo, refname)? {
+            return Ok(refused(Refusal::RefNameConflict {
+                refname: refname.clone(),
+                existing,
+            }));
+        }
+    }
 
-    let record = Record {
-        target: rel.target.clone(),
-        commit: new_hex.clone(),
-        closure: rel.closure.clone(),
-        builder: rel.builder.clone(),
-        run_id: rel.run_id.clone(),
-        time: Utc::from_unix(secs).rfc3339(),
-        time_unix_ns: ns,
-        nixgate_version: env!("CARGO_PKG_VERSION").to_owned(),
-        forced_from: match &update {
-            BranchUpdate::Forced { from } => Some(from.clone()),
-            _ => None,
-        },
-        evidence: rel.evidence.clone(),
-    };
-    let message = record.to_message()?;
+    let message = record(rel, &new_hex, (secs, ns), &update).to_message()?;
     let tagger = tagger(&repo, secs)?;
     let tag_oid = repo
         .tag_annotation_create(&tag, commit.as_object(), &tagger, &message)
@@ -113,6 +86,104 @@ pub fn create(repo_path: &Path, rel: &ReleaseRequest) -> anyhow::Result<ReleaseO
         commit: new_hex,
         update,
     })
+}
+
+fn refused(reason: Refusal) -> ReleaseOutcome {
+    ReleaseOutcome::Refused { reason }
+}
+
+/// How the release branch, now at `old`, would move to `new`; a refusal if
+/// that rewinds or forks it and `force` was not given.
+fn branch_update(
+    repo: &Repository,
+    old: Option<Oid>,
+    new: Oid,
+    force: bool,
+) -> anyhow::Result<Result<BranchUpdate, Refusal>> {
+    Ok(Ok(match old {
+        None => BranchUpdate::Created,
+        Some(o) if o == new => BranchUpdate::Unchanged,
+        Some(o) if is_descendant(repo, new, o)? => BranchUpdate::FastForward {
+            from: o.to_string(),
+        },
+        Some(o) if force => BranchUpdate::Forced {
+            from: o.to_string(),
+        },
+        Some(o) => {
+            return Ok(Err(Refusal::NotFastForward {
+                branch_at: o.to_string(),
+                new: new.to_string(),
+            }));
+        }
+    }))
+}
+
+/// The release time (`None`: now) as whole seconds and nanoseconds since
+/// the Unix epoch.
+fn release_time(at: Option<SystemTime>) -> anyhow::Result<(i64, u64)> {
+    let since = at
+        .unwrap_or_else(SystemTime::now)
+        .duration_since(UNIX_EPOCH)
+        .context("the release time is before 1970")?;
+    let secs = i64::try_from(since.as_secs()).context("the release time is out of range")?;
+    let ns = u64::try_from(since.as_nanos()).context("the release time is out of range")?;
+    Ok((secs, ns))
+}
+
+fn record(
+    rel: &ReleaseRequest,
+    commit: &str,
+    (secs, ns): (i64, u64),
+    update: &BranchUpdate,
+) -> Record {
+    Record {
+        target: rel.target.clone(),
+        commit: commit.to_owned(),
+        closure: rel.closure.clone(),
+        builder: rel.builder.clone(),
+        run_id: rel.run_id.clone(),
+        time: Utc::from_unix(secs).rfc3339(),
+        time_unix_ns: ns,
+        nixgate_version: env!("CARGO_PKG_VERSION").to_owned(),
+        forced_from: match update {
+            BranchUpdate::Forced { from } => Some(from.clone()),
+            _ => None,
+        },
+        evidence: rel.evidence.clone(),
+    }
+}
+
+/// An existing ref that keeps `refname` from being written: one it would
+/// sit below (`refs/heads/release` for `refs/heads/release/web1`) or one
+/// below it (`refs/heads/release/web1/old`). git stores refs as paths and
+/// refuses such pairs, but libgit2 checks only loose refs, and that late,
+/// with a filesystem error naming no ref: next to a packed `release` branch
+/// (after `git gc`) or tag it wrote the release ref, and git then refused to
+/// update either ref and remotes refused the push.
+fn in_the_way(repo: &Repository, refname: &str) -> anyhow::Result<Option<String>> {
+    // Below `refs/<kind>/` only: `refs` and `refs/heads` are directories.
+    let above = refname
+        .match_indices('/')
+        .skip(2)
+        .map(|(i, _)| &refname[..i]);
+    for prefix in above {
+        match repo.find_reference(prefix) {
+            Ok(_) => return Ok(Some(prefix.to_owned())),
+            Err(e) if e.code() == ErrorCode::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {prefix}")),
+        }
+    }
+    let below = format!("{refname}/");
+    let mut refs = repo
+        .references_glob(&format!("{below}*"))
+        .with_context(|| format!("listing the refs below {refname}"))?;
+    for r in refs.names() {
+        let r = r.with_context(|| format!("listing the refs below {refname}"))?;
+        if r.starts_with(&below) {
+            return Ok(Some(r.to_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// The commit `release/<target>` points at, if the branch exists.

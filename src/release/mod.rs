@@ -119,6 +119,10 @@ pub enum Refusal {
     DirtyTree,
     /// `release/<target>` is at `branch_at`, which is not an ancestor of `new`.
     NotFastForward { branch_at: String, new: String },
+    /// `refname` cannot be written because `existing` is in the way: git
+    /// keeps refs as paths, so a ref cannot sit beside refs named below it
+    /// (a branch `release` and a branch `release/web1`).
+    RefNameConflict { refname: String, existing: String },
 }
 
 impl std::fmt::Display for Refusal {
@@ -132,7 +136,25 @@ impl std::fmt::Display for Refusal {
                 "the release branch is at {branch_at}, which is not an ancestor of {new}: \
                  releasing would rewind or fork it; pass --force-release to move it anyway"
             ),
+            Refusal::RefNameConflict { refname, existing } => write!(
+                f,
+                "{refname} cannot be written: {existing} exists, and git cannot keep a ref \
+                 beside refs named below it; {}, here and on the remote if it is there, \
+                 then a push of the same commit releases it",
+                rename_advice(existing)
+            ),
         }
+    }
+}
+
+/// How to move `existing` out of the way, as the git command that does it.
+fn rename_advice(existing: &str) -> String {
+    if let Some(branch) = existing.strip_prefix("refs/heads/") {
+        format!("rename the branch {branch} (`git branch -m {branch} NEW-NAME`)")
+    } else if let Some(tag) = existing.strip_prefix("refs/tags/") {
+        format!("rename the tag {tag} (`git tag NEW-NAME {tag} && git tag -d {tag}`)")
+    } else {
+        format!("rename or delete {existing}")
     }
 }
 
