@@ -2,8 +2,24 @@
 
 mod release_common;
 
-use nixgate::release::{self, PushOutcome};
+use nixgate::deploy::releases::NotPublished;
+use nixgate::release::{self, PushOutcome, RefRejected};
+use nixgate::report::Event;
 use release_common::*;
+
+/// The line a person (or the journal) gets for a push that failed.
+fn not_published_line(tag: &str, outcome: PushOutcome) -> String {
+    let PushOutcome::Failed { remote, .. } = &outcome else {
+        panic!("expected a failed push, got {outcome:?}");
+    };
+    nixgate::report::human::describe(&Event::NotPublished {
+        host: "web1".into(),
+        remote: remote.clone(),
+        tag: tag.into(),
+        why: NotPublished::Rejected { outcome },
+    })
+    .expect("a not-published event has a line")
+}
 
 #[test]
 fn push_lands_tag_and_branch_on_a_bare_remote() {
@@ -53,22 +69,43 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     back.force = true;
     let (tag_back, _) = released(release::create(&repo.dir, &back).unwrap());
     let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", None).unwrap();
-    match out {
+    match &out {
         PushOutcome::Failed {
-            exit, stderr_tail, ..
+            exit,
+            reason,
+            rejected,
+            ..
         } => {
-            assert_eq!(exit, Some(1));
-            assert!(stderr_tail.contains("release/web1"), "{stderr_tail}");
+            assert_eq!(*exit, Some(1));
+            assert!(
+                rejected.contains(&RefRejected {
+                    refname: "refs/heads/release/web1".into(),
+                    status: "rejected".into(),
+                    reason: "non-fast-forward".into(),
+                }),
+                "{rejected:?}"
+            );
+            assert_eq!(reason, "release/web1 rejected (non-fast-forward)");
         }
         other => panic!("expected a rejected push, got {other:?}"),
     }
+    // The person running it is told why (it said only `To <url>`, or git's
+    // `error: atomic push failed for ref ... status: 2`).
+    assert_eq!(
+        not_published_line(&tag_back, out),
+        format!("web1: {tag_back} not pushed to origin: release/web1 rejected (non-fast-forward)")
+    );
     let remote_tags = git(&remote, &["tag", "-l"]);
     assert!(!remote_tags.contains(&tag_back), "{remote_tags}");
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
     // Forced from a commit the remote branch is no longer on (someone
     // pushed a release since): refused, nothing overwritten.
     let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", Some(&c)).unwrap();
-    assert!(matches!(out, PushOutcome::Failed { .. }), "{out:?}");
+    assert!(
+        matches!(&out, PushOutcome::Failed { reason, .. }
+            if reason == "release/web1 rejected (stale info)"),
+        "{out:?}"
+    );
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
     // Forced from where the remote branch is: it moves.
     let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", Some(&d)).unwrap();
@@ -95,6 +132,8 @@ fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
             exit,
             stderr_tail,
             remote,
+            reason,
+            rejected,
         } => {
             assert_eq!(remote, missing.to_str().unwrap());
             assert_eq!(exit, Some(128));
@@ -102,6 +141,12 @@ fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
                 stderr_tail.contains("does not appear to be a git repository"),
                 "{stderr_tail}"
             );
+            assert!(
+                reason.starts_with("fatal: ")
+                    && reason.contains("does not appear to be a git repository"),
+                "{reason}"
+            );
+            assert_eq!(rejected, []);
         }
         other => panic!("expected a failed push, got {other:?}"),
     }

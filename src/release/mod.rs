@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::nix::StorePath;
 
 pub use create::{branch_commit, create};
-pub use publish::{PushOutcome, push};
+pub use publish::{PushOutcome, RefRejected, push};
 pub use query::{list, resolve, show};
 pub use record::{Evidence, GateEvidence};
 pub use worktree::{WorktreeState, worktree_state};

@@ -17,6 +17,19 @@ use super::name;
 /// Lines of git's stderr kept in a failed outcome.
 const STDERR_TAIL_LINES: usize = 20;
 
+/// Most lines in a failed push's `reason`.
+const REASON_LINES: usize = 6;
+
+/// Reasons git gives a ref refused only because another ref of the atomic
+/// push was: they say nothing of why.
+const KNOCK_ON: [&str; 2] = ["atomic push failed", "atomic transaction failed"];
+
+/// git's `error:` lines that only restate that refs were refused.
+const RESTATED: [&str; 2] = [
+    "error: failed to push some refs",
+    "error: atomic push failed for ref",
+];
+
 /// What [`push`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
@@ -33,9 +46,32 @@ pub enum PushOutcome {
         remote: String,
         /// git's exit code; `None` if it was killed by a signal.
         exit: Option<i32>,
+        /// Why, in git's words, on one line: the refs refused with git's
+        /// reasons and the remote's own `remote:` lines, else git's
+        /// `error:`/`fatal:` lines. Empty in reports from before it existed.
+        #[serde(default)]
+        reason: String,
+        /// Each ref git or the remote refused; empty when git failed before
+        /// it got to the refs (remote unreachable, authentication, ...).
+        #[serde(default)]
+        rejected: Vec<RefRejected>,
         /// The last lines of git's stderr.
         stderr_tail: String,
     },
+}
+
+/// A ref `git push` refused, as its `--porcelain` status line says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefRejected {
+    /// The remote ref, e.g. `refs/heads/release/web1`.
+    pub refname: String,
+    /// Who refused it, in git's words: `rejected` (git itself: the remote
+    /// branch is ahead, the lease is stale, the tag exists) or `remote
+    /// rejected` (the remote: a hook, a protected branch, a ref in the way).
+    pub status: String,
+    /// git's reason, e.g. `non-fast-forward`, `stale info`,
+    /// `pre-receive hook declined`.
+    pub reason: String,
 }
 
 /// Push `refs/tags/<tag>` and `refs/heads/<branch>` to `remote` (a remote
@@ -68,7 +104,14 @@ pub fn push(
     }
     let tag_spec = format!("refs/tags/{tag}:refs/tags/{tag}");
     let branch_spec = format!("refs/heads/{branch}:refs/heads/{branch}");
-    let mut args = vec!["push".to_owned(), "--atomic".into(), "--quiet".into()];
+    // `--porcelain`: the refs' status lines, which say why a push was
+    // refused, go to stdout in a format meant for parsing.
+    let mut args = vec![
+        "push".to_owned(),
+        "--atomic".into(),
+        "--quiet".into(),
+        "--porcelain".into(),
+    ];
     if let Some(from) = forced_from {
         anyhow::ensure!(
             !from.is_empty() && from.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -95,9 +138,178 @@ pub fn push(
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
+    let rejected = rejected_refs(&String::from_utf8_lossy(&out.stdout));
+    let exit = out.status.code();
     Ok(PushOutcome::Failed {
         remote: remote.to_owned(),
-        exit: out.status.code(),
+        exit,
+        reason: failure_reason(&rejected, &stderr, exit),
+        rejected,
         stderr_tail: tail,
     })
+}
+
+/// The refused refs of `git push --porcelain` output: lines
+/// `!<TAB>from:to<TAB>[status] (reason)`.
+fn rejected_refs(porcelain: &str) -> Vec<RefRejected> {
+    porcelain.lines().filter_map(rejection).collect()
+}
+
+fn rejection(line: &str) -> Option<RefRejected> {
+    let mut fields = line.split('\t');
+    if fields.next()? != "!" {
+        return None;
+    }
+    let (_, refname) = fields.next()?.rsplit_once(':')?;
+    let (status, rest) = fields.next()?.strip_prefix('[')?.split_once(']')?;
+    let rest = rest.trim();
+    let reason = rest
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(rest);
+    Some(RefRejected {
+        refname: refname.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+/// Why the push failed, on one line, from what git said: the refs refused
+/// for a reason of their own and the remote's `remote:` lines (its hooks
+/// speak there); else git's `error:`/`fatal:` lines (remote unreachable,
+/// authentication); else whatever git said first. The `To <url>` line git
+/// starts its report with, and the lines only restating that refs were
+/// refused, are never the reason.
+fn failure_reason(rejected: &[RefRejected], stderr: &str, exit: Option<i32>) -> String {
+    let lines = || stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut why = refusals(
+        rejected
+            .iter()
+            .filter(|r| !KNOCK_ON.contains(&r.reason.as_str())),
+    );
+    why.extend(
+        lines()
+            .filter(|l| l.starts_with("remote:") && l.len() > "remote:".len())
+            .map(str::to_owned),
+    );
+    if why.is_empty() {
+        why.extend(
+            lines()
+                .filter(|l| l.starts_with("error:") || l.starts_with("fatal:"))
+                .filter(|l| !RESTATED.iter().any(|r| l.starts_with(r)))
+                .map(str::to_owned),
+        );
+    }
+    if why.is_empty() {
+        why = refusals(rejected.iter());
+    }
+    if why.is_empty() {
+        why.extend(lines().find(|l| !l.starts_with("To ")).map(str::to_owned));
+    }
+    if why.is_empty() {
+        return match exit {
+            Some(code) => format!("git push exited with {code} and said nothing"),
+            None => "git push was killed by a signal".to_owned(),
+        };
+    }
+    why.truncate(REASON_LINES);
+    why.join("; ")
+}
+
+/// `release/web1 rejected (non-fast-forward)`: one entry per status and
+/// reason, naming its refs.
+fn refusals<'a>(refs: impl Iterator<Item = &'a RefRejected>) -> Vec<String> {
+    let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for r in refs {
+        let short = r
+            .refname
+            .strip_prefix("refs/heads/")
+            .or_else(|| r.refname.strip_prefix("refs/tags/"))
+            .unwrap_or(&r.refname);
+        match groups
+            .iter_mut()
+            .find(|(status, why, _)| *status == r.status && *why == r.reason)
+        {
+            Some((_, _, names)) => names.push(short),
+            None => groups.push((&r.status, &r.reason, vec![short])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(status, why, names)| format!("{} {status} ({why})", names.join(", ")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What git 2.47 says when the remote refuses the release branch (it
+    /// has a branch `release`, so `release/web1` cannot be created there).
+    const REMOTE_REFUSED_OUT: &str = "To ../r2.git\n\
+        !\trefs/tags/release/web1/t2:refs/tags/release/web1/t2\t[remote rejected] (atomic transaction failed)\n\
+        !\trefs/heads/release/web1:refs/heads/release/web1\t[remote rejected] (atomic transaction failed)\n\
+        Done\n";
+    const REMOTE_REFUSED_ERR: &str = "remote: error: cannot lock ref 'refs/heads/release/web1': \
+        'refs/heads/release' exists; cannot create 'refs/heads/release/web1'        \n\
+        error: failed to push some refs to '../r2.git'\n";
+
+    #[test]
+    fn porcelain_status_lines_are_the_refused_refs() {
+        let rejected = rejected_refs(REMOTE_REFUSED_OUT);
+        assert_eq!(
+            rejected[1],
+            RefRejected {
+                refname: "refs/heads/release/web1".into(),
+                status: "remote rejected".into(),
+                reason: "atomic transaction failed".into(),
+            }
+        );
+        assert_eq!(rejected.len(), 2);
+    }
+
+    #[test]
+    fn the_reason_is_what_the_remote_said_when_every_ref_failed_only_with_the_others() {
+        let rejected = rejected_refs(REMOTE_REFUSED_OUT);
+        assert_eq!(
+            failure_reason(&rejected, REMOTE_REFUSED_ERR, Some(1)),
+            "remote: error: cannot lock ref 'refs/heads/release/web1': 'refs/heads/release' \
+             exists; cannot create 'refs/heads/release/web1'"
+        );
+    }
+
+    #[test]
+    fn a_hook_refusal_names_the_refs_once_and_keeps_the_hooks_words() {
+        let out = "To host:config.git\n\
+            !\trefs/tags/release/web1/t2:refs/tags/release/web1/t2\t[remote rejected] (pre-receive hook declined)\n\
+            !\trefs/heads/release/web1:refs/heads/release/web1\t[remote rejected] (pre-receive hook declined)\n\
+            Done\n";
+        let err = "remote: policy: no releases on Fridays        \n\
+            error: failed to push some refs to 'host:config.git'\n";
+        assert_eq!(
+            failure_reason(&rejected_refs(out), err, Some(1)),
+            "release/web1/t2, release/web1 remote rejected (pre-receive hook declined); \
+             remote: policy: no releases on Fridays"
+        );
+    }
+
+    #[test]
+    fn without_refused_refs_the_reason_is_gits_error_never_the_to_line() {
+        let err = "fatal: 'nope' does not appear to be a git repository\n\
+            fatal: Could not read from remote repository.\n\n\
+            Please make sure you have the correct access rights\n";
+        assert_eq!(
+            failure_reason(&[], err, Some(128)),
+            "fatal: 'nope' does not appear to be a git repository; \
+             fatal: Could not read from remote repository."
+        );
+        assert_eq!(
+            failure_reason(&[], "To host:config.git\nsomething else\n", Some(1)),
+            "something else"
+        );
+        assert_eq!(
+            failure_reason(&[], "", Some(1)),
+            "git push exited with 1 and said nothing"
+        );
+    }
 }

@@ -978,9 +978,13 @@ pub fn not_released(n: &NotReleased) -> String {
 pub fn not_published(n: &NotPublished) -> String {
     match n {
         NotPublished::Rejected { outcome } => match outcome {
-            crate::release::PushOutcome::Failed { stderr_tail, .. } => {
-                first_line(stderr_tail).to_owned()
-            }
+            // `reason` is empty only in reports from before it existed.
+            crate::release::PushOutcome::Failed {
+                reason,
+                stderr_tail,
+                ..
+            } if reason.is_empty() => first_line(stderr_tail).to_owned(),
+            crate::release::PushOutcome::Failed { reason, .. } => reason.clone(),
             crate::release::PushOutcome::Pushed { .. } => "pushed".into(),
         },
         NotPublished::Failed { error } => first_line(error).to_owned(),
