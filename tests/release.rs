@@ -267,24 +267,36 @@ fn tagger_defaults_to_nixgate_without_a_configured_user() {
     );
 }
 
+/// A lock file left by a git (or nixgate) killed while writing the ref
+/// blocks every release until it is removed. It was reported as the branch
+/// having "changed while the release was being written: run the release
+/// again": nothing had changed, running again failed the same way, and the
+/// file to remove was not named.
 #[test]
-fn a_locked_ref_is_a_concurrent_update_and_writes_no_ref() {
+fn a_leftover_lock_file_is_named_for_removal_and_writes_no_ref() {
     let repo = Repo::new(true);
     let c = repo.head();
-    let lock = repo.dir.join(".git/refs/heads/release");
-    std::fs::create_dir_all(&lock).unwrap();
-    std::fs::write(lock.join("web1.lock"), "").unwrap();
+    let dir = repo.dir.join(".git/refs/heads/release");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = dir.join("web1.lock");
+    std::fs::write(&lock, "").unwrap();
     let before = repo.refs();
-    let err = release::create(&repo.dir, &request("web1", &c, T0)).unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<ReleaseError>(),
-        Some(&ReleaseError::ConcurrentUpdate {
-            refname: "refs/heads/release/web1".into()
-        }),
-        "{err:#}"
-    );
-    assert_eq!(repo.refs(), before);
-    std::fs::remove_file(lock.join("web1.lock")).unwrap();
+    for _ in 0..2 {
+        let err = release::create(&repo.dir, &request("web1", &c, T0)).unwrap_err();
+        let Some(ReleaseError::RefLocked { refname, lock_file }) = err.downcast_ref() else {
+            panic!("expected a locked ref, got {err:#}");
+        };
+        assert_eq!(refname, "refs/heads/release/web1");
+        assert_eq!(
+            std::fs::canonicalize(lock_file).unwrap(),
+            std::fs::canonicalize(&lock).unwrap()
+        );
+        let words = err.to_string();
+        assert!(words.contains(&format!("remove {lock_file}")), "{words}");
+        assert!(!words.contains("changed while"), "{words}");
+        assert_eq!(repo.refs(), before);
+    }
+    std::fs::remove_file(&lock).unwrap();
     released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
 }
 

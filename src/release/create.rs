@@ -60,7 +60,7 @@ pub fn create(repo_path: &Path, rel: &ReleaseRequest) -> anyhow::Result<ReleaseO
 
     let mut tx = repo.transaction().context("starting a ref transaction")?;
     for r in [&tag_ref, &branch_ref] {
-        tx.lock_ref(r).map_err(|e| lock_error(e, r))?;
+        tx.lock_ref(r).map_err(|e| lock_error(&repo, e, r))?;
     }
     // Re-check under the locks: nobody may have created the tag or moved the
     // branch since we looked (compare-and-swap on the old values).
@@ -274,10 +274,23 @@ fn concurrent(refname: &str) -> anyhow::Error {
     .into()
 }
 
-fn lock_error(e: git2::Error, refname: &str) -> anyhow::Error {
-    if e.code() == ErrorCode::Locked {
-        concurrent(refname)
+/// A ref that could not be locked. Its lock file still there: held, or
+/// left over (say which file to remove: libgit2's own message is lost in
+/// the error chain). Gone again: a writer held it and finished, a real
+/// concurrent update.
+fn lock_error(repo: &Repository, e: git2::Error, refname: &str) -> anyhow::Error {
+    if e.code() != ErrorCode::Locked {
+        return anyhow::Error::new(e).context(format!("locking {refname}"));
+    }
+    // Branches and tags live in the common directory, shared by worktrees.
+    let lock_file = repo.commondir().join(format!("{refname}.lock"));
+    if lock_file.exists() {
+        ReleaseError::RefLocked {
+            refname: refname.to_owned(),
+            lock_file: lock_file.display().to_string(),
+        }
+        .into()
     } else {
-        anyhow::Error::new(e).context(format!("locking {refname}"))
+        concurrent(refname)
     }
 }

@@ -211,6 +211,16 @@ pub enum ReleaseError {
     NotARelease { tag: String, problem: String },
     #[error("{refname} changed while the release was being written: run the release again")]
     ConcurrentUpdate { refname: String },
+    /// `lock_file` is there: a git (or nixgate) writing the ref holds it,
+    /// or one killed while writing it left it behind, and then every release
+    /// fails on it until it is removed. Not a concurrent update: nothing
+    /// may have changed, and running again cannot help.
+    #[error(
+        "{refname} is locked: {lock_file} exists. If no git process is running in this \
+         repository, it is left over from one that was killed: remove {lock_file}, then a \
+         push of the same commit releases it"
+    )]
+    RefLocked { refname: String, lock_file: String },
 }
 
 /// A file at a commit, as [`file_at`] found it.
