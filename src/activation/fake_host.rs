@@ -118,6 +118,9 @@ pub struct State {
     /// (a candidate whose lockout comes later: sshd restarted into a bad
     /// config by a timer); a switch to another system lets them in again.
     pub locks_out_after: Option<usize>,
+    /// Another run holds the host lock (its holder's name): taking it is
+    /// refused (flock's conflict exit) and its holder file read.
+    pub lock_taken_by: Option<String>,
     /// The host reboots (onto its boot default) right after answering its
     /// first health check: a reboot the check did not see.
     pub reboot_after_health_check: bool,
@@ -310,6 +313,15 @@ impl State {
         let a: Vec<&str> = cmd.argv().iter().map(String::as_str).collect();
         if a[0] == "sh" && a[2] == known_good::MARK {
             return self.mark(&a[4..], stdin.expect("the record comes on stdin"));
+        }
+        if let Some(holder) = &self.lock_taken_by {
+            if a[0] == "sh" && a[2] == super::host_lock::LINUX {
+                let held = super::host_lock::HELD;
+                return Output::new(Exit::Code { code: held }, "", "");
+            }
+            if a[0] == "cat" && a[1].ends_with(".holder") {
+                return ok(&format!("{holder}\n"));
+            }
         }
         if a[0] == "sh" && a[2] == crate::keys::upload::WRITE {
             if self.failing_key.as_deref() == Some(a[5]) {
@@ -1111,6 +1123,7 @@ impl FakeHost {
             health_checks: 0,
             unhealthy_after: None,
             locks_out_after: None,
+            lock_taken_by: None,
             reboot_after_health_check: false,
             refuse_fires: Vec::new(),
             sshd_up: true,

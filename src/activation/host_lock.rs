@@ -25,7 +25,7 @@ use crate::activation::Os;
 use crate::remote::{Command, Exit, Remote, Streaming};
 
 /// Exit code of the lock command when another holder has the lock.
-const HELD: u32 = 75;
+pub(crate) const HELD: u32 = 75;
 
 /// How often the controller says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -93,6 +93,21 @@ impl Drop for HostLock {
     fn drop(&mut self) {
         // Dropping the stream closes its stdin: EOF, the host lets go.
         self.keeper.abort();
+    }
+}
+
+#[cfg(test)]
+impl HostLock {
+    /// A lock held by nothing on a host, and the switch that marks it lost
+    /// (its connection dropped past the lease): for runs on fake hosts.
+    pub fn standing() -> (HostLock, Arc<AtomicBool>) {
+        let lost = Arc::new(AtomicBool::new(false));
+        let lock = HostLock {
+            lost: lost.clone(),
+            release: None,
+            keeper: tokio::spawn(async {}),
+        };
+        (lock, lost)
     }
 }
 

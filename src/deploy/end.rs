@@ -57,6 +57,10 @@ pub enum Kept {
     /// this run's mark added is revoked (`revoked` says so), and a boot
     /// default this run moved to the candidate goes back (`rollback`).
     NotChanged,
+    /// Its host lock was lost during the soak, and another run has it now
+    /// (or it could not be taken again): nothing is taken back or revoked
+    /// under that run.
+    LockLost,
     /// This run was a rollback to a known-good generation: going back
     /// means the system it rolled away from, and the generation, proven by
     /// an earlier run, is not revoked.

@@ -369,11 +369,25 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         if locked_out.is_none() && reports.iter().all(|r| r.passed()) {
             return done;
         }
+        // Its lock lost during the soak (the connection dropped past the
+        // lease) and taken by another run: that run's work is not undone.
+        if self.keep_lock(host, &remote, inv_host).await.is_err() {
+            return HostSummary {
+                end: HostEnd::SoakFailed {
+                    checks: reports,
+                    locked_out,
+                    revoked: None,
+                    rollback: None,
+                    kept: Some(Kept::LockLost),
+                },
+                ..done
+            };
+        }
         if let Some(kept) = self.kept_unhealthy(host, &done) {
             let revoked = self.revoke_kept(host, &remote, &settings, &done).await;
             let rollback = match kept {
                 Kept::NotChanged => self.boot_back(host, &remote, &settings, &done).await,
-                Kept::RollbackTarget => None,
+                Kept::RollbackTarget | Kept::LockLost => None,
             };
             return HostSummary {
                 end: HostEnd::SoakFailed {

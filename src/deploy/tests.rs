@@ -331,6 +331,46 @@ async fn a_host_that_locks_ssh_out_after_its_confirmation_is_taken_back_after_it
     assert!(released.is_empty(), "{released:?}");
 }
 
+/// A host whose lock was lost during its wave's soak (its connection
+/// dropped past the lease) and taken by another run, then found
+/// unhealthy: nothing is taken back or revoked under that run (before: its
+/// mark was revoked, moving the known-good profile the other run had just
+/// moved, and the host switched away from what that run deployed).
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_host_whose_lock_another_run_took_during_the_soak_is_left_to_it() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let mut plan = plan_of(&f.inv, |_| ready(NEW));
+    let (lock, lost) = crate::activation::host_lock::HostLock::standing();
+    plan.locks.insert("web1".into(), lock);
+    let web1 = f.hosts["web1"].clone();
+    let other = tokio::spawn(async move {
+        // Well into the canary's 30 s soak (its activation takes seconds).
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        web1.state().lock_taken_by = Some("run r2 pid 7 on other".into());
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    other.await.unwrap();
+    let HostEnd::SoakFailed {
+        revoked: None,
+        rollback: None,
+        kept: Some(Kept::LockLost),
+        ..
+    } = &hosts[0].end
+    else {
+        panic!("{:?}", hosts[0].end);
+    };
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.current, sp(NEW), "left as the other run has it");
+    assert!(
+        !st.ran.iter().any(|c| c.contains("revoke")),
+        "{:#?}",
+        st.ran
+    );
+    assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(NEW)));
+}
+
 /// What the release step says of `hosts` (the fixture's earlier events
 /// dropped), releasing `commit` from `inv`'s repository.
 fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSummary]) -> Vec<Event> {

@@ -900,6 +900,10 @@ pub fn soak_rollback(
             rollback_error(error)
         ),
         (Some(r), _) => rollback(r, labels),
+        (None, Some(Kept::LockLost)) => "not taken back, its mark not revoked: its host lock \
+            was lost during the soak and could not be taken again (another run may hold it: \
+            `nixgate status` names who does); nothing is undone under another run"
+            .into(),
         (None, Some(Kept::RollbackTarget)) => "not taken back: this run rolled it back to a \
             known-good generation, and going back means the system it rolled away from; \
             look at the host (`nixgate status`)"
