@@ -209,7 +209,10 @@ pub enum ReleaseError {
     },
     #[error("{tag} is not a nixgate release tag: {problem}")]
     NotARelease { tag: String, problem: String },
-    #[error("{refname} changed while the release was being written: run the release again")]
+    #[error(
+        "{refname} changed while the release was being written (another run, or a git command): \
+         a push of the same commit releases it"
+    )]
     ConcurrentUpdate { refname: String },
     /// `lock_file` is there: a git (or nixgate) writing the ref holds it,
     /// or one killed while writing it left it behind, and then every release
