@@ -26,7 +26,9 @@ done";
 /// [`READ_LINKS`] reads them, then the known-good profile `$3`'s target
 /// only when its generation's mark finished (else an empty line), by the
 /// rule `nixgate rollback` uses (`plan::rollback_target`): it has its tag
-/// record in `$4`, or it has none while no older generation has one and no
+/// record in `$4` (a record of that closure: one of another, left by a
+/// generation of that number deleted and the number used again, is not
+/// its), or it has none while no older generation has one and no
 /// mark was cut off (`.pending-<run>.replaced` naming an older generation
 /// or none: hosts from before records, a records directory lost). A mark
 /// cut off between `nix-env --set` and its record (the host went down as
@@ -40,8 +42,8 @@ done
 g=$(readlink "$kg" 2>/dev/null); n=${g%-link}; n=${n##*-}; ok=
 case $n in ''|*[!0-9]*) n= ;; esac
 if [ -n "$n" ] && [ -e "$kg" ]; then
-  ok=1
-  if [ ! -f "$dir/$n.json" ]; then
+  t=$(readlink -f "$kg") || exit 1; ok=1
+  if ! grep -q -F "\"closure\":\"$t\"" "$dir/$n.json" 2>/dev/null; then
     for r in "$dir"/*.json; do
       m=${r##*/}; m=${m%.json}
       case $m in ''|*[!0-9]*) continue ;; esac
@@ -54,7 +56,7 @@ if [ -n "$n" ] && [ -e "$kg" ]; then
     done
   fi
 fi
-if [ -n "$ok" ]; then t=$(readlink -f "$kg") || exit 1; printf '%s\n' "$t"; else echo; fi"#;
+if [ -n "$ok" ]; then printf '%s\n' "$t"; else echo; fi"#;
 
 /// The command of [`READ_START`]: the running system, the system profile,
 /// the known-good profile (recorded) and its records' directory.
@@ -182,7 +184,8 @@ mod tests {
         std::os::unix::fs::symlink(d("cur"), d("current")).unwrap();
         std::os::unix::fs::symlink(d("good"), d("kg-1-link")).unwrap();
         std::os::unix::fs::symlink(d("cut-off"), d("kg-2-link")).unwrap();
-        std::fs::write(d("records/1.json"), "{}").unwrap();
+        let record = |c: &str| format!(r#"{{"generation":1,"closure":"{}"}}"#, d(c));
+        std::fs::write(d("records/1.json"), record("good")).unwrap();
         let read = |generation: &str| {
             let _ = std::fs::remove_file(d("kg"));
             std::os::unix::fs::symlink(format!("kg-{generation}-link"), d("kg")).unwrap();
@@ -207,6 +210,12 @@ mod tests {
         // A mark cut off after the profile moved from generation 1.
         std::fs::write(d("records/.pending-r9.replaced"), "1\n").unwrap();
         assert_eq!(read("2").await, none);
+        // Generation 2's number was used before (that generation deleted,
+        // its record left): a record of another closure is not its own.
+        std::fs::write(d("records/2.json"), record("good")).unwrap();
+        assert_eq!(read("2").await, none);
+        std::fs::write(d("records/2.json"), record("cut-off")).unwrap();
+        assert_eq!(read("2").await, given("cut-off"));
     }
 
     #[tokio::test]
