@@ -105,8 +105,8 @@ impl RunSession {
             selected: hosts.clone(),
             hosts: Vec::new(),
         };
-        // A run that never finishes leaves this behind: `status` shows its
-        // hosts' last run as interrupted.
+        // While the run holds the lock, `status` and `runs` show this as
+        // running; a run killed mid-way leaves it behind: interrupted.
         if let Err(e) = run_report::write(&state_dir, &report, None) {
             tracing::warn!("could not write the run's first report: {e:#}");
         }

@@ -1,7 +1,8 @@
 //! `status`: per host, what it runs, what it boots next, its known-good
 //! (generation), whether a reboot is pending or what runs is unvalidated,
 //! and its own last run from the controller's run reports (a run that never
-//! finished, killed mid-way, shows as interrupted).
+//! finished shows as running while it holds the controller lock, else as
+//! interrupted: killed mid-way).
 
 use std::path::Path;
 
@@ -14,16 +15,23 @@ use crate::deploy::OutcomeKind;
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
 use crate::nix::StorePath;
+use crate::state::runs::{self, RunState};
 
 /// A host's last run, from the controller's reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
     pub run_id: String,
     pub command: String,
-    /// How the host ended; `None` when the run never finished (the
-    /// controller was killed): it is `interrupted`.
+    /// How the host ended; `None` while the run goes on (`running`) and
+    /// when it never finished (`interrupted`).
     pub outcome: Option<OutcomeKind>,
+    /// It never finished, and no run holds the controller lock: killed.
     pub interrupted: bool,
+    /// It has not finished: it holds the controller lock now (see
+    /// `state::runs::still_running`). Added after `interrupted`, which such
+    /// a run wrongly set before; absent from older output, so default false.
+    #[serde(default)]
+    pub running: bool,
 }
 
 /// One host's state.
@@ -177,6 +185,8 @@ const REPORTS_READ: usize = 50;
 struct ReportHead {
     run_id: String,
     command: String,
+    #[serde(default)]
+    started: String,
     finished: Option<String>,
     #[serde(default)]
     selected: Vec<String>,
@@ -202,6 +212,7 @@ pub fn last_runs(dir: &Path, hosts: &[String]) -> std::collections::HashMap<Stri
         .unwrap_or_default();
     // Run ids start with their UTC time: by name is by age.
     reports.sort();
+    let mut judge = runs::Judge::new(dir);
     for path in reports.iter().rev().take(REPORTS_READ) {
         if found.len() == hosts.len() {
             break;
@@ -209,20 +220,22 @@ pub fn last_runs(dir: &Path, hosts: &[String]) -> std::collections::HashMap<Stri
         let Some(head) = read_head(path) else {
             continue;
         };
+        let state = judge.state(head.finished.is_some(), &head.started);
         for h in hosts {
             if found.contains_key(h) {
                 continue;
             }
             let outcome = head.hosts.iter().find(|x| x.host == *h).map(|x| x.outcome);
-            let interrupted = head.finished.is_none() && head.selected.contains(h);
-            if outcome.is_some() || interrupted {
+            let unfinished = state != RunState::Finished && head.selected.contains(h);
+            if outcome.is_some() || unfinished {
                 found.insert(
                     h.clone(),
                     LastRun {
                         run_id: head.run_id.clone(),
                         command: head.command.clone(),
                         outcome,
-                        interrupted,
+                        interrupted: unfinished && state == RunState::Interrupted,
+                        running: unfinished && state == RunState::Running,
                     },
                 );
             }
@@ -316,7 +329,47 @@ mod tests {
         assert_eq!(last["web1"].run_id, "20260101T000000Z-a");
         assert_eq!(last["web2"].run_id, "20260102T000000Z-b");
         assert!(last["db1"].interrupted && last["db1"].outcome.is_none());
+        assert!(!last["db1"].running);
         assert_eq!(last["db1"].command, "rollback");
         assert!(!last.contains_key("none"));
+    }
+
+    /// A run going on (a cron push: its stub report written at its start,
+    /// the lock held) is running, not interrupted, in the table and the
+    /// JSON; once its holder is gone (killed) it is interrupted.
+    #[test]
+    fn a_run_that_holds_the_lock_is_running_not_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = crate::state::ControllerLock::acquire(dir.path(), "push").unwrap();
+        let runs = dir.path().join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        let started = crate::state::clock::Utc::now().rfc3339();
+        std::fs::write(
+            runs.join("29990101T000000Z-a.json"),
+            serde_json::json!({"run_id": "29990101T000000Z-a", "command": "push",
+                "started": started, "finished": null, "selected": ["web1"], "hosts": []})
+            .to_string(),
+        )
+        .unwrap();
+        let hosts = vec!["web1".to_owned()];
+        let last = last_runs(dir.path(), &hosts).remove("web1").unwrap();
+        assert!(last.running && !last.interrupted, "{last:?}");
+        let st = HostStatus {
+            host: "web1".into(),
+            last_run: Some(last),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["last_run"]["running"], true);
+        assert_eq!(json["last_run"]["interrupted"], false);
+        let labels = crate::report::human::labels::Labels::default();
+        let table = crate::report::human::tables::status_table(&[st], &labels).to_string();
+        assert!(
+            table.contains("push running (29990101T000000Z-a)"),
+            "{table}"
+        );
+        drop(lock);
+        let last = last_runs(dir.path(), &hosts).remove("web1").unwrap();
+        assert!(last.interrupted && !last.running, "{last:?}");
     }
 }

@@ -3,7 +3,9 @@
 //! An OS file lock (`flock`) on `<state>/lock`, so a dead holder can never
 //! leave a stale lock behind: the kernel drops it with the process. The file
 //! also records who holds it (pid, start time, command) for the message a
-//! second run prints before exiting 3.
+//! second run prints before exiting 3, and for `runs` and `status`, which
+//! ask whether it is held now ([`standing`]) to tell a run still going from
+//! one that was killed.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -85,6 +87,50 @@ impl ControllerLock {
     }
 }
 
+/// The controller lock as it stands right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Nobody holds it (or there is no lock file): no run is going.
+    Free,
+    /// A live process holds it; who, when its file says (`None` in the
+    /// instant between taking the lock and writing the holder).
+    Held(Option<Holder>),
+}
+
+/// Whether a run holds the lock of `state_dir` now: a non-blocking shared
+/// `flock`, let go at once when it is had. The kernel's lock is the truth;
+/// the recorded pid is not (no `/proc` on macOS, and a reused pid made a
+/// killed run look alive). A holder is never disturbed: its lock only
+/// refuses ours. Only reads: neither the file nor its directory is created
+/// (`runs` and `status` must not make a state directory). A lock file that
+/// cannot be opened or locked is taken for free, with a warning: the
+/// reports then say interrupted, as they did for an unknown holder.
+pub fn standing(state_dir: &Path) -> Standing {
+    let path = state_dir.join("lock");
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Standing::Free,
+        Err(e) => {
+            tracing::warn!("opening the lock file {}: {e}", path.display());
+            return Standing::Free;
+        }
+    };
+    match file.try_lock_shared() {
+        // Ours for an instant, let go as `file` closes on return: a run
+        // starting in that very instant is refused as locked (exit 3).
+        Ok(()) => Standing::Free,
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Standing::Held(serde_json::from_str(&text).ok())
+        }
+        Err(TryLockError::Error(e)) => {
+            tracing::warn!("testing the lock {}: {e}", path.display());
+            Standing::Free
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +151,26 @@ mod tests {
         drop(first);
         // Released with its holder: a dead run never leaves a stale lock.
         ControllerLock::acquire(dir.path(), "again").unwrap();
+    }
+
+    /// Held is what the kernel says, not the recorded pid (alive here, and
+    /// still the lock is free); testing never takes the lock from its
+    /// holder nor keeps it, and creates nothing.
+    #[test]
+    fn standing_is_the_kernel_lock_not_the_recorded_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert_eq!(standing(&state), Standing::Free);
+        assert!(!state.exists(), "testing the lock created the state dir");
+        let held = ControllerLock::acquire(&state, "nixgate push").unwrap();
+        let Standing::Held(Some(holder)) = standing(&state) else {
+            panic!("held: {:?}", standing(&state));
+        };
+        assert_eq!(holder.command, "nixgate push");
+        drop(held);
+        // A killed run's file names a live pid (ours): the lock is free.
+        assert_eq!(standing(&state), Standing::Free);
+        // Testing let go: a run can take it.
+        ControllerLock::acquire(&state, "again").unwrap();
     }
 }

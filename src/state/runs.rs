@@ -3,10 +3,11 @@
 //! their events streamed one at a time, and pruned to the newest N.
 //!
 //! Run ids start with their UTC start time, so by name is by age. A report
-//! whose `finished` is null is a run that never ended: it is running when
-//! the controller lock's holder is alive (Linux: `/proc/<pid>`), else it was
-//! killed (interrupted). A killed run leaves its event spool behind
-//! (`.<run-id>.events.tmp`): its events are read from there.
+//! whose `finished` is null is a run that has not ended: it is running when
+//! the controller lock is held now by the run that started it
+//! ([`still_running`]), else it was killed (interrupted). A killed run
+//! leaves its event spool behind (`.<run-id>.events.tmp`): its events are
+//! read from there.
 //!
 //! Listing reads each report's head and skips its events without keeping
 //! them (serde's `IgnoredAny`); reading streams the `events` array element
@@ -22,6 +23,8 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use crate::deploy::OutcomeKind;
 use crate::report::stored::{self, Stamped, Unreadable};
+use crate::state::clock::parse_rfc3339;
+use crate::state::lock::{self, Standing};
 use crate::state::run_report::RunReport;
 
 /// How a listed run stands.
@@ -30,7 +33,8 @@ pub enum RunState {
     Finished,
     /// Its report was never finished and no run holds the lock: killed.
     Interrupted,
-    /// Its report is not finished and the run holding the lock is alive.
+    /// Its report is not finished and it holds the lock now
+    /// ([`still_running`]).
     Running,
 }
 
@@ -110,28 +114,18 @@ pub fn ids(state_dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// The newest `limit` runs, newest first.
 pub fn list(state_dir: &Path, limit: usize) -> anyhow::Result<Vec<RunEntry>> {
-    let running = running_since(state_dir);
+    let mut judge = Judge::new(state_dir);
     let mut ids = ids(state_dir)?;
     ids.reverse();
     ids.truncate(limit);
-    let mut newest_unfinished = true;
     Ok(ids
         .into_iter()
         .map(|run_id| {
             let path = crate::state::run_report::path(state_dir, &run_id);
             let head = read_head(&path);
             let state = match &head {
-                Ok(h) if h.finished.is_some() => RunState::Finished,
-                // Only the newest unfinished run can be the one running.
-                Ok(h)
-                    if std::mem::take(&mut newest_unfinished)
-                        && running
-                            .as_deref()
-                            .is_some_and(|since| since <= h.started.as_str()) =>
-                {
-                    RunState::Running
-                }
-                _ => RunState::Interrupted,
+                Ok(h) => judge.state(h.finished.is_some(), &h.started),
+                Err(_) => RunState::Interrupted,
             };
             RunEntry {
                 run_id,
@@ -148,12 +142,54 @@ fn read_head(path: &Path) -> Result<RunHead, String> {
     serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| e.to_string())
 }
 
-/// When the live holder of the controller lock took it, if one is alive.
-fn running_since(state_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(state_dir.join("lock")).ok()?;
-    let holder: crate::state::lock::Holder = serde_json::from_str(&text).ok()?;
-    let alive = cfg!(target_os = "linux") && Path::new(&format!("/proc/{}", holder.pid)).exists();
-    alive.then_some(holder.started)
+/// Whether a run whose report is unfinished, started at `started`, is
+/// still going rather than killed: the controller lock is held now
+/// (`lock`, from [`lock::standing`]), by a holder that took it no later
+/// than the run started. A run holds the lock from before its start to its
+/// end, so one that started before the holder took the lock had lost it:
+/// it was killed. A holder or start that cannot be read (the instant
+/// between taking the lock and writing the holder) counts as going: `prune`
+/// must not remove a live run's report.
+pub fn still_running(lock: &Standing, started: &str) -> bool {
+    match lock {
+        Standing::Free => false,
+        Standing::Held(None) => true,
+        Standing::Held(Some(holder)) => {
+            match (parse_rfc3339(&holder.started), parse_rfc3339(started)) {
+                (Some(took), Some(began)) => took <= began,
+                _ => true,
+            }
+        }
+    }
+}
+
+/// How each run stands, for runs taken newest first: the lock is tested
+/// once, and only the newest unfinished run can be the one going (an older
+/// one was killed before a later run could start).
+pub struct Judge {
+    lock: Standing,
+    newest_unfinished: bool,
+}
+
+impl Judge {
+    pub fn new(state_dir: &Path) -> Judge {
+        Judge {
+            lock: lock::standing(state_dir),
+            newest_unfinished: true,
+        }
+    }
+
+    /// The next run's state: `finished` (its report says so), `started`.
+    pub fn state(&mut self, finished: bool, started: &str) -> RunState {
+        if finished {
+            return RunState::Finished;
+        }
+        if std::mem::take(&mut self.newest_unfinished) && still_running(&self.lock, started) {
+            RunState::Running
+        } else {
+            RunState::Interrupted
+        }
+    }
 }
 
 /// Who runs nixgate, for the run report: `$USER@hostname` (either part
@@ -370,18 +406,16 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
 pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec<String>> {
     let ids = ids(state_dir)?;
     let excess = ids.len().saturating_sub(keep);
-    let running = running_since(state_dir);
+    let lock = lock::standing(state_dir);
     let mut removed = Vec::new();
     for id in ids.iter().take(excess) {
         if id == current {
             continue;
         }
         let path = crate::state::run_report::path(state_dir, id);
-        // A run started after the lock's live holder took it is that run.
-        if running.is_some()
-            && read_head(&path).is_ok_and(|h| {
-                h.finished.is_none() && running.as_deref().is_some_and(|s| s <= h.started.as_str())
-            })
+        if lock != Standing::Free
+            && read_head(&path)
+                .is_ok_and(|h| h.finished.is_none() && still_running(&lock, &h.started))
         {
             continue;
         }

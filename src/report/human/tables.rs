@@ -417,6 +417,7 @@ pub fn status_table(statuses: &[HostStatus], labels: &Labels) -> Table {
     .shrinkable(&[1, 2, 3]);
     for s in statuses {
         let last = match &s.last_run {
+            Some(l) if l.running => format!("{} running ({})", l.command, l.run_id),
             Some(l) if l.interrupted => format!("{} interrupted ({})", l.command, l.run_id),
             Some(l) => format!(
                 "{} {} ({})",

@@ -91,6 +91,51 @@ fn runs_are_listed_newest_first_with_the_killed_one_interrupted() {
     assert!(list(&dir.path().join("none"), 5).unwrap().is_empty());
 }
 
+/// An unfinished run is running only while the controller lock is held,
+/// by a holder that took it no later than the run started: a killed run's
+/// lock file names a live pid (reused, or ours here) and still it is
+/// interrupted, and pruned.
+#[test]
+fn an_unfinished_run_is_running_only_while_its_lock_is_held() {
+    let dir = state_dir();
+    let d = dir.path();
+    let killed = "20261122T110000Z-bbbb";
+    let state_of = |id: &str| {
+        list(d, 10)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.run_id == id)
+            .unwrap()
+            .state
+    };
+    // The killed run's lock file: our own pid, alive; nobody holds it.
+    let holder = crate::state::lock::Holder {
+        pid: std::process::id(),
+        started: "2026-11-22T10:59:00Z".into(),
+        command: "push".into(),
+    };
+    std::fs::write(d.join("lock"), serde_json::to_string(&holder).unwrap()).unwrap();
+    assert_eq!(state_of(killed), RunState::Interrupted);
+    // A run going on: it holds the lock, taken before it started.
+    let lock = crate::state::ControllerLock::acquire(d, "push").unwrap();
+    let mut going = with_id("29990101T000000Z-eeee", "2999-01-01T00:00:00Z");
+    going.report.finished = None;
+    crate::state::run_report::write(d, &going.report, None).unwrap();
+    assert_eq!(state_of("29990101T000000Z-eeee"), RunState::Running);
+    assert_eq!(
+        state_of(killed),
+        RunState::Interrupted,
+        "older than the holder, and not the newest unfinished run"
+    );
+    let removed = prune(d, 0, "x").unwrap();
+    assert!(
+        !removed.contains(&"29990101T000000Z-eeee".to_owned()),
+        "{removed:?}"
+    );
+    drop(lock);
+    assert_eq!(state_of("29990101T000000Z-eeee"), RunState::Interrupted);
+}
+
 #[test]
 fn a_run_is_found_by_id_prefix_or_latest() {
     let dir = state_dir();
