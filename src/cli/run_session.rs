@@ -278,17 +278,9 @@ impl RunSession {
         report.exit_code = Some(outcome as u8);
         report.ending = Some(ending);
         report.hosts = hosts;
-        if spool.as_ref().is_some_and(|s| s.is_broken()) {
-            crate::report::stderr(format_args!(
-                "nixgate: warning: the run report lacks some events (the event spool could not be written)\n"
-            ));
+        for warning in save_report(&state_dir, &report, spool) {
+            crate::report::stderr(format_args!("nixgate: warning: {warning}\n"));
         }
-        if let Err(e) = run_report::write(&state_dir, &report, spool.as_ref()) {
-            crate::report::stderr(format_args!(
-                "nixgate: warning: could not write the run report: {e:#}\n"
-            ));
-        }
-        drop(spool);
         super::runs::after_run(&state_dir, &report.run_id, &outputs);
         if let Some(n) = notify {
             let sent = match summary_json {
@@ -303,6 +295,39 @@ impl RunSession {
         }
         Ok(outcome)
     }
+}
+
+/// Write the run's final report; the warnings to print. When the report
+/// itself could not be written (a disk full while the events are copied
+/// in), the event spool is kept: the stub written at the start stays, and
+/// `show` reads the events from the spool beside it (dropped, it took the
+/// run's only events with it). A failed `latest.json` alone loses nothing.
+fn save_report(
+    state_dir: &std::path::Path,
+    report: &RunReport,
+    spool: Option<report::spool::Spool>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if spool.as_ref().is_some_and(|s| s.is_broken()) {
+        warnings.push(
+            "the run report lacks some events (the event spool could not be written)".to_owned(),
+        );
+    }
+    match run_report::write(state_dir, report, spool.as_ref()) {
+        Ok(_) => {}
+        Err(e @ run_report::WriteError::Latest { .. }) => warnings.push(e.to_string()),
+        Err(e @ run_report::WriteError::Report { .. }) => {
+            let kept = spool.map_or_else(String::new, |s| {
+                format!(
+                    "; its events are kept in {}: `nixgate show {}` reads them (`nixgate runs` lists the run as interrupted, its report unfinished)",
+                    s.keep().display(),
+                    report.run_id
+                )
+            });
+            warnings.push(format!("{e}{kept}"));
+        }
+    }
+    warnings
 }
 
 /// The run's cancel watch, escalated by SIGINT and SIGTERM (see
@@ -404,6 +429,52 @@ mod tests {
         assert!(stop.is_cancelled());
         let kinds: Vec<&str> = events.take().iter().map(Event::name).collect();
         assert_eq!(kinds, ["cancel_requested", "builder_failed"]);
+    }
+
+    /// The final report cannot be written (a disk full as the spool is
+    /// copied in): the spool stays, so `show` reads the events back; a
+    /// failed `latest.json` is said as such, and then the spool goes.
+    #[test]
+    fn a_report_not_written_keeps_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = crate::report::stored::fixture::run(0);
+        let mut stub = run.report.clone();
+        (stub.finished, stub.exit_code) = (None, None);
+        stub.hosts.clear();
+        run_report::write(dir.path(), &stub, None).unwrap();
+        let id = &run.report.run_id;
+        let spooled = || {
+            let spool = dir.path().join(format!("runs/.{id}.events.tmp"));
+            let mut spool = report::spool::Spool::create(spool).unwrap();
+            for s in &run.events {
+                spool.push(&s.event, s.at_ms.unwrap_or(0));
+            }
+            spool.finish()
+        };
+        // The report's temporary file cannot be made: as ENOSPC would.
+        let blocker = dir
+            .path()
+            .join(format!("runs/.{id}.json.tmp{}", std::process::id()));
+        std::fs::create_dir(&blocker).unwrap();
+        let said = save_report(dir.path(), &run.report, spooled()).join("\n");
+        let mut events = 0;
+        let read = crate::state::runs::read(dir.path(), id, &mut |_| events += 1).unwrap();
+        assert_eq!(events, run.events.len(), "the events, from the spool");
+        assert!(read.from_spool && read.report.finished.is_none());
+        assert!(said.contains("could not write the run report"), "{said}");
+        assert!(said.contains(&format!("nixgate show {id}")), "{said}");
+
+        std::fs::remove_dir(&blocker).unwrap();
+        let latest = dir.path().join("latest.json");
+        std::fs::remove_file(&latest).unwrap();
+        std::fs::create_dir(&latest).unwrap();
+        let said = save_report(dir.path(), &run.report, spooled()).join("\n");
+        assert!(said.contains("is written, but not its copy"), "{said}");
+        assert!(said.contains("latest.json"), "{said}");
+        assert!(!said.contains("could not write the run report"), "{said}");
+        assert!(!dir.path().join(format!("runs/.{id}.events.tmp")).exists());
+        let read = crate::state::runs::read(dir.path(), id, &mut |_| {}).unwrap();
+        assert!(read.report.finished.is_some() && !read.from_spool);
     }
 
     #[test]

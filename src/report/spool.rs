@@ -16,6 +16,8 @@ pub struct Spool {
     path: PathBuf,
     out: Option<BufWriter<std::fs::File>>,
     broken: bool,
+    /// Left on disk when dropped ([`Spool::keep`]).
+    kept: bool,
 }
 
 impl Spool {
@@ -30,6 +32,7 @@ impl Spool {
             path,
             out: Some(BufWriter::new(file)),
             broken: false,
+            kept: false,
         })
     }
 
@@ -82,12 +85,23 @@ impl Spool {
     pub fn is_broken(&self) -> bool {
         self.broken
     }
+
+    /// Leave the file on disk: the run report could not be written, and
+    /// these are the run's only events (`runs::read` reads a spool left
+    /// beside an unfinished report). Its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.kept = true;
+        self.path.clone()
+    }
 }
 
-/// The spool is scratch: gone once the report is written (or the run ends).
+/// The spool is scratch: gone once the report is written (or the run ends),
+/// unless kept.
 impl Drop for Spool {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -57,13 +57,34 @@ pub fn path(state_dir: &std::path::Path, run_id: &str) -> std::path::PathBuf {
     state_dir.join("runs").join(format!("{run_id}.json"))
 }
 
+/// What of the run report could not be written: the caller keeps the
+/// event spool only when the report itself failed (its copy failing loses
+/// nothing).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// `runs/<run-id>.json`: what was there before (the stub written when
+    /// the run started) stays, its events not in it.
+    #[error("could not write the run report {path}: {error:#}")]
+    Report {
+        path: std::path::PathBuf,
+        error: anyhow::Error,
+    },
+    /// Only its copy `latest.json`: the report is whole.
+    #[error("the run report {report} is written, but not its copy {latest}: {error:#}")]
+    Latest {
+        report: std::path::PathBuf,
+        latest: std::path::PathBuf,
+        error: anyhow::Error,
+    },
+}
+
 /// Write the run report, with the events spooled during the run, as
 /// `runs/<run-id>.json` and `latest.json`.
 pub fn write(
     state_dir: &std::path::Path,
     report: &RunReport,
     events: Option<&crate::report::spool::Spool>,
-) -> anyhow::Result<std::path::PathBuf> {
+) -> Result<std::path::PathBuf, WriteError> {
     #[derive(Serialize)]
     struct Written<'a> {
         #[serde(flatten)]
@@ -77,15 +98,26 @@ pub fn write(
     let path = path(state_dir, &report.run_id);
     // Streamed to the file: the report of a large change to many hosts
     // runs to hundreds of megabytes.
-    super::write_atomic_with(&path, |w| {
+    let wrote = super::write_atomic_with(&path, |w| {
         serde_json::to_writer_pretty(&mut *w, &written)?;
         w.write_all(b"\n")?;
         Ok(())
-    })?;
-    super::write_atomic_with(&state_dir.join("latest.json"), |w| {
+    });
+    if let Err(error) = wrote {
+        return Err(WriteError::Report { path, error });
+    }
+    let latest = state_dir.join("latest.json");
+    let copied = super::write_atomic_with(&latest, |w| {
         let mut f = std::fs::File::open(&path)?;
         std::io::copy(&mut f, w)?;
         Ok(())
-    })?;
-    Ok(path)
+    });
+    match copied {
+        Ok(()) => Ok(path),
+        Err(error) => Err(WriteError::Latest {
+            report: path,
+            latest,
+            error,
+        }),
+    }
 }
