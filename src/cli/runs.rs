@@ -16,7 +16,7 @@ use crate::report::timeline::{Collector, Timeline};
 use crate::report::{CommandName, Event, Table, json_line, metrics};
 use crate::state::clock::Utc;
 use crate::state::run_report::RunReport;
-use crate::state::runs::{self, NotFound, RunState};
+use crate::state::runs::{self, ResolveError, RunState};
 use crate::state::{self};
 
 use super::args::RunOutputs;
@@ -26,8 +26,13 @@ fn state_dir(g: &Global) -> anyhow::Result<std::path::PathBuf> {
     state::resolve_dir(g.state_dir.as_deref()).map_err(|e| Fatal::usage(format!("{e:#}")))
 }
 
+/// A run not there is a usage error (exit 2); a runs directory that cannot
+/// be read is said with its path (exit 1), as `nixgate runs` says it.
 fn resolve(dir: &Path, spec: &str) -> anyhow::Result<String> {
-    runs::resolve(dir, spec).map_err(|e: NotFound| Fatal::usage(e.to_string()))
+    runs::resolve(dir, spec).map_err(|e| match e {
+        ResolveError::NotFound(e) => Fatal::usage(e.to_string()),
+        ResolveError::Unreadable(e) => e,
+    })
 }
 
 /// `nixgate runs`.

@@ -240,12 +240,24 @@ pub enum NotFound {
     Ambiguous(String, usize, String),
 }
 
+/// Why a run named on the command line was not found.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Not there (a usage error).
+    #[error(transparent)]
+    NotFound(#[from] NotFound),
+    /// The runs directory could not be read (EACCES, ENOTDIR): said with
+    /// its path, never taken for an empty one ("no run reports").
+    #[error(transparent)]
+    Unreadable(anyhow::Error),
+}
+
 /// The run id `spec` names: `latest`, an id, or a unique prefix of one.
-pub fn resolve(state_dir: &Path, spec: &str) -> Result<String, NotFound> {
+pub fn resolve(state_dir: &Path, spec: &str) -> Result<String, ResolveError> {
     let dir = runs_dir(state_dir);
-    let ids = ids(state_dir).unwrap_or_default();
+    let ids = ids(state_dir).map_err(ResolveError::Unreadable)?;
     if spec == "latest" {
-        return ids.last().cloned().ok_or(NotFound::Empty(dir));
+        return Ok(ids.last().cloned().ok_or(NotFound::Empty(dir))?);
     }
     if ids.iter().any(|i| i == spec) {
         return Ok(spec.to_owned());
@@ -253,7 +265,7 @@ pub fn resolve(state_dir: &Path, spec: &str) -> Result<String, NotFound> {
     let matching: Vec<&String> = ids.iter().filter(|i| i.starts_with(spec)).collect();
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(NotFound::Unknown(spec.to_owned(), dir)),
+        [] => Err(NotFound::Unknown(spec.to_owned(), dir).into()),
         many => {
             let shown: Vec<&str> = many.iter().rev().take(3).map(|s| s.as_str()).collect();
             let more = if many.len() > 3 { ", ..." } else { "" };
@@ -261,7 +273,8 @@ pub fn resolve(state_dir: &Path, spec: &str) -> Result<String, NotFound> {
                 spec.to_owned(),
                 many.len(),
                 format!("{}{more}", shown.join(", ")),
-            ))
+            )
+            .into())
         }
     }
 }

@@ -157,6 +157,23 @@ fn a_run_is_found_by_id_prefix_or_latest() {
     assert!(e.contains("no run reports"), "{e}");
 }
 
+/// A runs directory that cannot be read (here ENOTDIR) is said with its
+/// path, not taken for one with no reports ("no run reports", exit 2).
+#[test]
+fn an_unreadable_runs_directory_is_said_not_taken_for_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("runs"), "not a directory").unwrap();
+    for spec in ["latest", "20261122T1"] {
+        let e = resolve(dir.path(), spec).unwrap_err();
+        let said = format!("{e:#}");
+        assert!(matches!(e, ResolveError::Unreadable(_)), "{said}");
+        assert!(
+            said.contains(&format!("reading {}", dir.path().join("runs").display())),
+            "{said}"
+        );
+    }
+}
+
 #[test]
 fn a_report_reads_back_with_its_events_and_a_killed_run_from_its_spool() {
     let dir = state_dir();
