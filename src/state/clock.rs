@@ -88,14 +88,24 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
-/// A run id: the UTC start time plus four random hex digits, safe in unit
+/// A run id: the UTC start time plus four hex digits of salt, safe in unit
 /// names, file names and git refs (`20261122T203000Z-3f9a`).
 pub fn new_run_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let salt = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
+    let salt = salt(nanos, std::process::id());
     format!("{}-{salt:04x}", Utc::now().compact())
+}
+
+/// A run id's salt: the clock's nanoseconds and the pid, each folded to 16
+/// bits, mixed. Two rollouts started in the same second on a coarse clock
+/// (the same nanoseconds, often 0) differ by their pids, and the hosts
+/// take run ids as unique. (The pid was rotated out of the kept bits:
+/// below 65536, the salt was the nanoseconds alone.)
+fn salt(nanos: u32, pid: u32) -> u16 {
+    let fold = |x: u32| (x ^ (x >> 16)) as u16;
+    fold(nanos) ^ fold(pid)
 }
 
 #[cfg(test)]
@@ -129,6 +139,19 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    /// At the same instant (a coarse clock), every pid below 65536 gets
+    /// its own salt, and larger pids still count; so does the clock.
+    #[test]
+    fn the_pid_changes_the_salt() {
+        for nanos in [0, 1_000_000, 999_999_999] {
+            let salts: std::collections::HashSet<u16> =
+                (1..=0xffff).map(|pid| salt(nanos, pid)).collect();
+            assert_eq!(salts.len(), 0xffff, "at {nanos} ns");
+        }
+        assert_ne!(salt(0, 4_194_303), salt(0, 4_194_302));
+        assert_ne!(salt(1_000_000, 4242), salt(2_000_000, 4242));
     }
 
     #[test]
