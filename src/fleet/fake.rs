@@ -2,7 +2,8 @@
 //! pipeline: each host a stateful [`FakeHost`], the builder a
 //! [`FakeBuilder`] that ships nothing and builds on cue (or hangs until its
 //! command's stdin closes, as a real build under nixgate's wrapper does when
-//! cancelled). A host can be made unreachable.
+//! cancelled). A host can be made unreachable, or wedged: reached, its
+//! commands never return.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -141,6 +142,8 @@ impl Remote for FakeBuilder {
 pub enum FakeRemote {
     Host(ScriptedRemote),
     Builder(FakeBuilder),
+    /// A host reached whose commands never return (a wedged `/nix`).
+    Wedged(String),
 }
 
 impl Remote for FakeRemote {
@@ -148,6 +151,7 @@ impl Remote for FakeRemote {
         match self {
             FakeRemote::Host(r) => r.name(),
             FakeRemote::Builder(b) => b.name(),
+            FakeRemote::Wedged(name) => name,
         }
     }
 
@@ -155,6 +159,7 @@ impl Remote for FakeRemote {
         match self {
             FakeRemote::Host(r) => r.exec(cmd).await,
             FakeRemote::Builder(b) => b.exec(cmd).await,
+            FakeRemote::Wedged(_) => std::future::pending().await,
         }
     }
 
@@ -162,6 +167,7 @@ impl Remote for FakeRemote {
         match self {
             FakeRemote::Host(r) => r.exec_stream(cmd).await,
             FakeRemote::Builder(b) => b.exec_stream(cmd).await,
+            FakeRemote::Wedged(_) => std::future::pending().await,
         }
     }
 }
@@ -171,6 +177,8 @@ pub struct FakeFleet {
     pub hosts: HashMap<String, FakeHost>,
     pub builder: FakeBuilder,
     pub unreachable: Mutex<HashSet<String>>,
+    /// Hosts reached whose commands never return.
+    pub wedged: Mutex<HashSet<String>>,
     /// Hosts whose session the run closed: using one again is a bug (the
     /// run let the host go too early), and panics like an unexpected
     /// command on a [`FakeHost`].
@@ -188,6 +196,7 @@ impl FakeFleet {
                 .collect(),
             builder,
             unreachable: Mutex::default(),
+            wedged: Mutex::default(),
             closed: Mutex::default(),
             connect_takes: Mutex::default(),
         })
@@ -213,6 +222,9 @@ impl Fleet for FakeFleet {
                     return Err(SessionError::Unknown(format!(
                         "{h} (unreachable in this test)"
                     )));
+                }
+                if self.wedged.lock().expect("set").contains(h) {
+                    return Ok(FakeRemote::Wedged(h.to_owned()));
                 }
                 let fake = self
                     .hosts

@@ -11,6 +11,7 @@ use crate::activation::known_good::{self, KnownGoodGeneration};
 use crate::activation::{HostPaths, links};
 use crate::diff::PackageDiff;
 use crate::fleet::Fleet;
+use crate::inspect::bound;
 use crate::inventory::Inventory;
 use crate::nix::StorePath;
 
@@ -46,7 +47,9 @@ pub fn generations(hist: &[KnownGoodGeneration]) -> Vec<Generation> {
         .collect()
 }
 
-/// Read a host's history over its session.
+/// Read a host's history over its session; once the host is reached, the
+/// read is bounded as every looking command's are ([`bound`]): one host
+/// whose commands hang held `status --history` of the whole fleet.
 pub async fn read<F: Fleet>(
     fleet: &F,
     inv: &Inventory,
@@ -56,7 +59,9 @@ pub async fn read<F: Fleet>(
         .host(host)
         .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
     let remote = fleet.host(host).await?;
-    let hist = known_good::history(&remote, &HostPaths::for_os(h.os)).await?;
+    let paths = HostPaths::for_os(h.os);
+    let hist = known_good::history(&remote, &paths);
+    let hist = bound::bounded(bound::deadline(), "reading its known-good history", hist).await?;
     Ok(generations(&hist))
 }
 
@@ -107,4 +112,45 @@ pub async fn rollback_view<F: Fleet>(
         running,
         packages,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::fake_host::FakeHost;
+    use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
+
+    /// Two hosts reached, one whose commands never return (a wedged
+    /// `/nix`): the other's history comes, the hung one is given up when
+    /// the bound passes, saying what did not answer. `status --history`
+    /// waited for it for ever, with nothing shown for any host.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_whose_commands_hang_is_given_up_the_others_read() {
+        let inv = Inventory::parse(
+            std::path::Path::new("/inv/inventory.toml"),
+            "[builder]\naddress = \"b\"\n[hosts.web1]\naddress = \"10.0.0.1\"\n\
+             [hosts.web2]\naddress = \"10.0.0.2\"\n",
+        )
+        .unwrap();
+        let system = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.05";
+        let host = FakeHost::new(&StorePath::parse(system).unwrap());
+        let fleet = FakeFleet::new(
+            &[("web1", &host), ("web2", &host)],
+            FakeBuilder::new(Build::Hangs),
+        );
+        fleet.wedged.lock().unwrap().insert("web2".into());
+        let started = tokio::time::Instant::now();
+        let both = async { tokio::join!(read(&*fleet, &inv, "web1"), read(&*fleet, &inv, "web2")) };
+        let hour = std::time::Duration::from_secs(3600);
+        let (web1, web2) = tokio::time::timeout(hour, both)
+            .await
+            .expect("still waiting after an hour: the read is not bounded");
+        assert_eq!(started.elapsed(), bound::READS_WITHIN);
+        assert!(web1.is_ok(), "{web1:?}");
+        let e = format!("{:#}", web2.unwrap_err());
+        assert!(
+            e.contains("reading its known-good history: no answer within 30 s"),
+            "{e}"
+        );
+    }
 }

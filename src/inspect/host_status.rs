@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::activation::deadman::{self, RevertRecord};
@@ -13,6 +14,7 @@ use crate::activation::host_state::{self, Activity};
 use crate::activation::{HostPaths, host_lock, known_good};
 use crate::deploy::OutcomeKind;
 use crate::fleet::Fleet;
+use crate::inspect::bound::{self, bounded};
 use crate::inventory::Inventory;
 use crate::nix::StorePath;
 use crate::state::runs::{self, RunState};
@@ -91,13 +93,15 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
     // Every read that failed is said (each replaced the one before), and
     // nothing is judged from a read that failed.
     let mut errors = Vec::new();
-    let by = tokio::time::Instant::now() + READS_WITHIN;
-    match bounded(by, host_state::read_links(&remote, &paths, &h.profile)).await {
+    let by = bound::deadline();
+    let links = host_state::read_links(&remote, &paths, &h.profile);
+    match bounded(by, "reading its system links", links).await {
         Ok(l) => (st.current, st.booted, st.boot_default) = (l.current, l.booted, l.boot_default),
         Err(e) => errors.push(format!("{e:#}")),
     }
     let mut marked_at = None;
-    let history = bounded(by, known_good::history(&remote, &paths)).await;
+    let history = known_good::history(&remote, &paths);
+    let history = bounded(by, "reading its known-good history", history).await;
     if let Ok(hist) = &history
         && let Some(cur) = hist.iter().find(|g| g.current)
     {
@@ -110,41 +114,25 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
     if let Err(e) = &history {
         errors.push(format!("{e:#}"));
     }
-    match bounded(by, deadman::records(&remote, &paths)).await {
+    let what = "reading the revert records";
+    let records = async { deadman::records(&remote, &paths).await.context(what) };
+    match bounded(by, what, records).await {
         Ok(records) => {
             st.reverted = records
                 .into_iter()
                 .next_back()
                 .filter(|r| marked_at.as_ref().is_none_or(|m| r.reverted_at > *m));
         }
-        Err(e) => errors.push(format!("reading the revert records: {e:#}")),
+        Err(e) => errors.push(format!("{e:#}")),
     }
-    match bounded(by, host_state::activity(&remote, &host_lock::path(&paths))).await {
+    let lock = host_lock::path(&paths);
+    let activity = host_state::activity(&remote, &lock);
+    match bounded(by, "reading its nixgate units and host lock", activity).await {
         Ok(a) => st.activity = a,
         Err(e) => errors.push(format!("{e:#}")),
     }
     judge(&mut st, history.is_ok(), errors);
     st
-}
-
-/// How long one host's reads may take in all, once it is reached: a host
-/// whose commands hang (a wedged `/nix`, a stuck sshd session) held the
-/// `status` of the whole fleet, with no answer for any host.
-const READS_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// `read`, unless `by` passes first: then an error saying so (and every
-/// read after it fails at once: the host's reads share the bound).
-async fn bounded<T>(
-    by: tokio::time::Instant,
-    read: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout_at(by, read).await {
-        Ok(r) => r,
-        Err(_) => Err(anyhow::anyhow!(
-            "no answer within {} s (the host's commands hang)",
-            READS_WITHIN.as_secs()
-        )),
-    }
 }
 
 /// What the reads say together: a reboot pending, and (only when the
@@ -276,24 +264,6 @@ mod tests {
         assert_eq!(st.error.as_deref(), Some("history: lost; records: lost"));
         judge(&mut st, true, Vec::new());
         assert!(st.unvalidated, "read, and no known-good: unvalidated");
-    }
-
-    /// A read that hangs is given up when the host's bound passes, said;
-    /// the reads after it fail at once (one bound for the host, not one
-    /// per read).
-    #[tokio::test(start_paused = true)]
-    async fn a_hanging_read_is_given_up_and_said() {
-        let started = tokio::time::Instant::now();
-        let by = started + READS_WITHIN;
-        let hung = bounded(by, std::future::pending::<anyhow::Result<()>>()).await;
-        let e = format!("{:#}", hung.unwrap_err());
-        assert!(e.contains("no answer within 30 s"), "{e}");
-        assert_eq!(started.elapsed(), READS_WITHIN);
-        let next = bounded(by, std::future::pending::<anyhow::Result<()>>()).await;
-        assert!(next.is_err());
-        assert_eq!(started.elapsed(), READS_WITHIN);
-        let quick = bounded(started + READS_WITHIN * 2, async { Ok(7) }).await;
-        assert_eq!(quick.unwrap(), 7);
     }
 
     #[test]

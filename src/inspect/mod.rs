@@ -3,6 +3,7 @@
 //! (the inventory is valid; every machine answers). Typed results, turned
 //! into events by the commands and into words by the reporters.
 
+pub mod bound;
 pub mod history;
 pub mod host_status;
 pub mod probe;

@@ -11,8 +11,10 @@ use tokio::task::JoinSet;
 
 use crate::activation::host_state;
 use crate::fleet::{Machine, Sessions};
+use crate::inspect::bound;
 use crate::inventory::{CopyMode, Host, Inventory, MaxFailures, Selection};
 use crate::nix::StorePath;
+use crate::remote::Remote;
 use crate::ssh::HostKeyStatus;
 
 /// A wave and its size, for `check`'s inventory line.
@@ -199,7 +201,17 @@ async fn probe(sessions: Arc<Sessions>, machine: Machine<'_>) -> Probe {
     let info = session.info();
     p.auth = Some(info.auth.to_string());
     p.host_key = Some(info.host_key);
-    match host_state::facts(&session).await {
+    read_facts(&mut p, &session, bound::deadline()).await;
+    p
+}
+
+/// What the machine says of itself (Nix version, running system, free
+/// space on `/nix`), within the bound every looking command gives a host's
+/// reads: a wedged `/nix` hung `df` and `readlink`, and with them all of
+/// `check`, with no row for any machine.
+async fn read_facts<R: Remote>(p: &mut Probe, remote: &R, by: tokio::time::Instant) {
+    let what = "reading its Nix version, running system and free space on /nix";
+    match bound::bounded(by, what, host_state::facts(remote)).await {
         Ok(f) => {
             p.ok = f.nix_version.is_some();
             if !p.ok {
@@ -210,7 +222,6 @@ async fn probe(sessions: Arc<Sessions>, machine: Machine<'_>) -> Probe {
         }
         Err(e) => p.error = Some(format!("{e:#}")),
     }
-    p
 }
 
 /// Probe the builder and every selected host, at once; results in that
@@ -253,5 +264,38 @@ fn panicked(name: &Option<String>) -> Probe {
         builder: name.is_none(),
         error: Some("nixgate bug: the probe panicked (run with -v and report it)".into()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::fake::FakeRemote;
+    use crate::remote::scripted::{ScriptedRemote, ok};
+
+    /// A machine whose commands never return (a wedged `/nix`) is given up
+    /// when the bound passes, failed, saying what did not answer: `check`
+    /// waited for it for ever, with no row for any machine.
+    #[tokio::test(start_paused = true)]
+    async fn a_machine_whose_commands_hang_is_given_up_and_said() {
+        let started = tokio::time::Instant::now();
+        let mut p = Probe::default();
+        let wedged = FakeRemote::Wedged("web2".into());
+        let hour = std::time::Duration::from_secs(3600);
+        tokio::time::timeout(hour, read_facts(&mut p, &wedged, bound::deadline()))
+            .await
+            .expect("still waiting after an hour: the read is not bounded");
+        assert_eq!(started.elapsed(), bound::READS_WITHIN);
+        assert!(!p.ok);
+        let e = p.error.unwrap_or_default();
+        assert!(
+            e.contains("reading its Nix version, running system and free space on /nix: no answer within 30 s"),
+            "{e}"
+        );
+        let answers = ScriptedRemote::new("web1", |_| ok("nix-store (Nix) 2.18.1\n--\n--\n"));
+        let mut p = Probe::default();
+        read_facts(&mut p, &answers, bound::deadline()).await;
+        assert!(p.ok && p.error.is_none(), "{p:?}");
+        assert_eq!(p.nix_version.as_deref(), Some("2.18.1"));
     }
 }
