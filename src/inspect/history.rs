@@ -47,6 +47,19 @@ pub fn generations(hist: &[KnownGoodGeneration]) -> Vec<Generation> {
         .collect()
 }
 
+/// Why a host's history was not read: `status --history` says
+/// UNREACHABLE for the one, UNREADABLE for the other, as plain `status`
+/// does (a host that answered SSH was said unreachable).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No session to it (or it is not in the inventory).
+    #[error(transparent)]
+    Unreachable(anyhow::Error),
+    /// Reached, but its history could not be read, or did not come in time.
+    #[error(transparent)]
+    Unreadable(anyhow::Error),
+}
+
 /// Read a host's history over its session; once the host is reached, the
 /// read is bounded as every looking command's are ([`bound`]): one host
 /// whose commands hang held `status --history` of the whole fleet.
@@ -54,14 +67,19 @@ pub async fn read<F: Fleet>(
     fleet: &F,
     inv: &Inventory,
     host: &str,
-) -> anyhow::Result<Vec<Generation>> {
+) -> Result<Vec<Generation>, ReadError> {
     let h = inv
         .host(host)
-        .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
-    let remote = fleet.host(host).await?;
+        .ok_or_else(|| ReadError::Unreachable(anyhow::anyhow!("{host} is not in the inventory")))?;
+    let remote = fleet
+        .host(host)
+        .await
+        .map_err(|e| ReadError::Unreachable(e.into()))?;
     let paths = HostPaths::for_os(h.os);
     let hist = known_good::history(&remote, &paths);
-    let hist = bound::bounded(bound::deadline(), "reading its known-good history", hist).await?;
+    let hist = bound::bounded(bound::deadline(), "reading its known-good history", hist)
+        .await
+        .map_err(ReadError::Unreadable)?;
     Ok(generations(&hist))
 }
 
@@ -147,10 +165,15 @@ mod tests {
             .expect("still waiting after an hour: the read is not bounded");
         assert_eq!(started.elapsed(), bound::READS_WITHIN);
         assert!(web1.is_ok(), "{web1:?}");
-        let e = format!("{:#}", web2.unwrap_err());
+        let e = web2.unwrap_err();
+        assert!(matches!(e, ReadError::Unreadable(_)), "reached: {e:?}");
+        let e = format!("{e:#}");
         assert!(
             e.contains("reading its known-good history: no answer within 30 s"),
             "{e}"
         );
+        fleet.unreachable.lock().unwrap().insert("web2".into());
+        let e = read(&*fleet, &inv, "web2").await.unwrap_err();
+        assert!(matches!(e, ReadError::Unreachable(_)), "{e:?}");
     }
 }
