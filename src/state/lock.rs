@@ -58,7 +58,7 @@ impl ControllerLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening the lock file {}", path.display()))?;
-        match file.try_lock() {
+        match try_lock_past_checks(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
@@ -84,6 +84,26 @@ impl ControllerLock {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// How long a run waits for a lock held by a [`standing`] check (`runs`,
+/// `status` hold it shared for microseconds): a cron push starting in that
+/// instant must not be refused as locked. A run holds it for its whole
+/// length, so a real holder is still there after this.
+const CHECKS_PASS_WITHIN: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Take `file`'s lock exclusively, trying again while it is held, for up
+/// to [`CHECKS_PASS_WITHIN`].
+fn try_lock_past_checks(file: &File) -> Result<(), TryLockError> {
+    let until = std::time::Instant::now() + CHECKS_PASS_WITHIN;
+    loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -116,8 +136,9 @@ pub fn standing(state_dir: &Path) -> Standing {
         }
     };
     match file.try_lock_shared() {
-        // Ours for an instant, let go as `file` closes on return: a run
-        // starting in that very instant is refused as locked (exit 3).
+        // Ours for an instant, let go as `file` closes on return (a run
+        // starting in that very instant waits for it: see
+        // `CHECKS_PASS_WITHIN`).
         Ok(()) => Standing::Free,
         Err(TryLockError::WouldBlock) => {
             let mut text = String::new();
@@ -134,6 +155,24 @@ pub fn standing(state_dir: &Path) -> Standing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run starting while `status` tests the lock (a shared lock held
+    /// for an instant) takes it once the test lets go, not refused as
+    /// locked (exit 3) as a cron push was.
+    #[test]
+    fn a_standing_check_in_progress_does_not_refuse_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(ControllerLock::acquire(dir.path(), "nixgate push").unwrap());
+        let checking = File::open(dir.path().join("lock")).unwrap();
+        checking.try_lock_shared().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(checking);
+        });
+        let lock = ControllerLock::acquire(dir.path(), "nixgate push");
+        release.join().unwrap();
+        assert!(lock.is_ok(), "{lock:?}");
+    }
 
     #[test]
     fn second_acquire_names_the_holder() {
