@@ -110,9 +110,10 @@ async fn read_current<R: Remote>(
     loop {
         let err = match current_system(remote, &settings.paths.current_system).await {
             Ok(now) => return Ok(now),
-            // Asked again, the host refuses again (its key changed, the
-            // login refused): the budget (300 s) was waited out for it.
-            Err(e) if crate::remote::patient::refused(&e) => return Err(e),
+            // Asked again, the host refuses again (its key changed): the
+            // budget (300 s) was waited out for it. A login refused is
+            // asked again: sshd refuses them while the host boots.
+            Err(e) if crate::remote::patient::refused_for_good(&e) => return Err(e),
             Err(e) => e,
         };
         let wait = crate::remote::patient::backoff(attempt);
@@ -207,7 +208,7 @@ pub async fn reactivate<R: Remote>(
             evidence: Some(evidence),
         },
         SwitchResult::Failed(f) => {
-            failed(stop_failed_switch(&patient, settings, &job, f, emit).await)
+            failed(stop_failed_switch(remote, settings, &job, f, emit).await)
         }
         SwitchResult::NeedsReboot(r) => failed(RollbackError::NeedsReboot(r)),
     }
@@ -219,8 +220,11 @@ pub async fn reactivate<R: Remote>(
 /// `nixos-rebuild` by hand failed on it; the next run waited its whole
 /// budget for it), and a queued start could switch the host after a
 /// person had repaired it.
+///
+/// The stop rides out a lost connection for the activation budget, from
+/// now (the rollback's own patience ended with its switch's deadline).
 async fn stop_failed_switch<R: Remote>(
-    remote: &Patient<'_, R>,
+    remote: &R,
     settings: &HostSettings,
     job: &SwitchJob,
     f: SwitchFailure,
@@ -234,7 +238,8 @@ async fn stop_failed_switch<R: Remote>(
             unit: job.unit.clone(),
         },
     });
-    match stop.run(remote, job, settings.sudo).await {
+    let patient = Patient::new(remote, settings.activation_timeout);
+    match stop.run(&patient, job, settings.sudo).await {
         Ok(()) => RollbackError::Switch(f),
         Err(e) => RollbackError::SwitchNotStopped {
             failure: f,
@@ -285,5 +290,56 @@ mod tests {
         }
         assert_eq!(remote.0.load(Ordering::SeqCst), 1);
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// A login refused is asked again (sshd refuses logins while
+    /// `/run/nologin` exists: a host booting, as after a reboot during its
+    /// switch), until the host answers.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_login_is_asked_again() {
+        const SYS: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
+        let remote = crate::remote::scripted::ScriptedRemote::new("web1", move |_| {
+            crate::remote::scripted::ok(&format!("{SYS}\n"))
+        });
+        let refusing = RefusingLogins {
+            inner: remote,
+            left: AtomicU32::new(2),
+        };
+        let settings = HostSettings::new(Os::Linux);
+        let patient = Patient::new(&refusing, settings.activation_timeout);
+        let now = read_current(&patient, &settings).await.unwrap();
+        assert_eq!(now.as_str(), SYS);
+    }
+
+    /// Refuses the login `left` times, then hands over to `inner`.
+    struct RefusingLogins {
+        inner: crate::remote::scripted::ScriptedRemote,
+        left: AtomicU32,
+    }
+
+    impl Remote for RefusingLogins {
+        fn name(&self) -> &str {
+            "web1"
+        }
+        async fn exec(
+            &self,
+            cmd: &crate::remote::Command,
+        ) -> anyhow::Result<crate::remote::Output> {
+            if self.left.load(Ordering::SeqCst) > 0 {
+                self.left.fetch_sub(1, Ordering::SeqCst);
+                anyhow::bail!(crate::ssh::ConnectError::AuthFailed {
+                    target: "web1".into(),
+                    user: "deploy".into(),
+                    tried: vec!["~/.ssh/id_ed25519: rejected".into()],
+                });
+            }
+            self.inner.exec(cmd).await
+        }
+        async fn exec_stream(
+            &self,
+            _: &crate::remote::Command,
+        ) -> anyhow::Result<crate::remote::Streaming> {
+            anyhow::bail!("no streams")
+        }
     }
 }

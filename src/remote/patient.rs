@@ -54,13 +54,22 @@ fn lost(r: &anyhow::Result<Output>) -> bool {
 }
 
 /// Is `e` a reconnect the host refused (its key changed, the login
-/// refused)? Asking again gets the same answer: a caller that retries
-/// failures of its own stops at it too.
+/// refused)?
 pub fn refused(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<crate::ssh::ConnectError>()
-            .is_some_and(crate::ssh::ConnectError::is_refusal)
-    })
+    connect_error(e).is_some_and(crate::ssh::ConnectError::is_refusal)
+}
+
+/// Is `e` a refusal that waiting cannot change
+/// ([`crate::ssh::ConnectError::is_lasting`])? A caller that retries
+/// failures of its own over a long budget stops at it.
+pub fn refused_for_good(e: &anyhow::Error) -> bool {
+    connect_error(e).is_some_and(crate::ssh::ConnectError::is_lasting)
+}
+
+/// The SSH connect error behind `e`, if it is one.
+pub fn connect_error(e: &anyhow::Error) -> Option<&crate::ssh::ConnectError> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<crate::ssh::ConnectError>())
 }
 
 /// Run `attempt` until it did not lose its connection, or until `deadline`

@@ -178,6 +178,36 @@ impl ConnectError {
     }
 }
 
+impl ConnectError {
+    /// A refusal that waiting cannot change: a host key not trusted, a
+    /// known_hosts file unreadable, a key that needs its passphrase. Not a
+    /// login refused: sshd refuses logins while `/run/nologin` exists (a
+    /// host booting or going down), and takes them again after.
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            ConnectError::AuthFailed { .. } => false,
+            ConnectError::Jump { source, .. } => source.is_lasting(),
+            other => other.is_refusal(),
+        }
+    }
+
+    /// A failure of the controller's own, not of the host: no key to offer
+    /// (an agent gone, a key's lifetime over), a passphrase-protected key,
+    /// an unreadable known_hosts file, or a jump host in the way. A host
+    /// that locked logins out rejects the keys offered instead.
+    pub fn is_controllers_own(&self) -> bool {
+        match self {
+            ConnectError::KnownHosts { .. }
+            | ConnectError::EncryptedKey { .. }
+            | ConnectError::Jump { .. } => true,
+            ConnectError::AuthFailed { tried, .. } => {
+                !tried.iter().any(|t| t.ends_with(": rejected"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What to do: a key was offered and refused, or there was none to offer.
 fn auth_hint(user: &str, tried: &[String]) -> String {
     if tried.iter().any(|t| t.ends_with(": rejected")) {

@@ -344,6 +344,33 @@ async fn a_rollback_whose_own_switch_hangs_is_stopped() {
     assert!(!st.lock_held);
 }
 
+/// The same, the stop's first answer lost: it is asked again (with the
+/// activation budget from the stop on: the rollback's own had run out at
+/// its switch's deadline, and the stop got one try, failing
+/// `switch_not_stopped` with the unit running).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_switch_stop_rides_out_a_lost_answer() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().unhealthy_after = Some(0);
+    let b = Behaviour {
+        hang: true,
+        ..Default::default()
+    };
+    host.behave(&sp(OLD), b);
+    let stop = "sudo stop-unit nixgate-switch-r1-rollback.service";
+    host.state().lose.push((stop.to_owned(), false));
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RollbackFailed {
+            rollback_error: RollbackError::Switch(SwitchFailure::Timeout { .. }),
+            ..
+        } => {}
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    assert_eq!(count(&ran.cmds, stop), 2, "{:#?}", ran.cmds);
+    assert!(host.state().jobs.values().all(|j| !j.running));
+}
+
 #[tokio::test(start_paused = true)]
 async fn flip_to_unexpected_rolls_back() {
     let host = candidate_that(Behaviour {
