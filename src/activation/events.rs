@@ -145,6 +145,10 @@ pub enum Warning {
     /// host runs and puts the profile back (a change made by hand before
     /// then is undone).
     RevertStillArmed { unit: String },
+    /// After a soak, no new connection could be made for a reason of the
+    /// controller's own (no key to offer, an agent gone): the host was not
+    /// judged locked out, its health checks ran over the run's session.
+    NewConnectionUnproven { error: String },
 }
 
 /// One event of a host's activation.

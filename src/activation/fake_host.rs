@@ -314,14 +314,18 @@ impl State {
         if a[0] == "sh" && a[2] == known_good::MARK {
             return self.mark(&a[4..], stdin.expect("the record comes on stdin"));
         }
-        if let Some(holder) = &self.lock_taken_by {
-            if a[0] == "sh" && a[2] == super::host_lock::LINUX {
-                let held = super::host_lock::HELD;
-                return Output::new(Exit::Code { code: held }, "", "");
-            }
-            if a[0] == "cat" && a[1].ends_with(".holder") {
-                return ok(&format!("{holder}\n"));
-            }
+        if a[0] == "sh" && a[2] == super::host_lock::LINUX {
+            let held = super::host_lock::HELD;
+            return match &self.lock_taken_by {
+                Some(_) => Output::new(Exit::Code { code: held }, "", ""),
+                None => ok("locked\n"),
+            };
+        }
+        if let Some(holder) = &self.lock_taken_by
+            && a[0] == "cat"
+            && a[1].ends_with(".holder")
+        {
+            return ok(&format!("{holder}\n"));
         }
         if a[0] == "sh" && a[2] == crate::keys::upload::WRITE {
             if self.failing_key.as_deref() == Some(a[5]) {
@@ -1217,6 +1221,11 @@ impl FakeHost {
                 None => {}
             }
             FakeHost(st.clone()).answer(cmd, stdin)
+        })
+        .answering_at_once(|cmd| {
+            cmd.argv()
+                .get(2)
+                .is_some_and(|s| s == super::host_lock::LINUX)
         })
     }
 

@@ -22,6 +22,17 @@ pub(crate) const RETRY: Duration = Duration::from_secs(2);
 /// A new connection's read, once its handshake is done.
 pub(crate) const READS_BOUND: Duration = Duration::from_secs(10);
 
+/// Why no new connection reached the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreached {
+    /// The last try's error.
+    pub error: String,
+    /// It was the controller's own failure, not the host's
+    /// ([`crate::ssh::ConnectError::is_controllers_own`]: no key to offer,
+    /// an agent gone): it says nothing of the host, and is not tried again.
+    pub controllers_own: bool,
+}
+
 /// New connections tried every [`RETRY`] for `within`, until one reads
 /// the host's running system (`current_system`, the link): that is
 /// returned. `Err`: why the last try failed (no connection, or no answer
@@ -30,15 +41,15 @@ pub async fn new_connection<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     within: Duration,
-) -> Result<Option<StorePath>, String> {
+) -> Result<Option<StorePath>, Unreached> {
     let end = tokio::time::Instant::now() + within;
     loop {
-        let error = match once(fresh, current_system, end).await {
+        let unreached = match once(fresh, current_system, end).await {
             Ok(running) => return Ok(running),
-            Err(error) => error,
+            Err(u) => u,
         };
-        if tokio::time::Instant::now() + RETRY >= end {
-            return Err(error);
+        if unreached.controllers_own || tokio::time::Instant::now() + RETRY >= end {
+            return Err(unreached);
         }
         tokio::time::sleep(RETRY).await;
     }
@@ -51,14 +62,28 @@ async fn once<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     end: tokio::time::Instant,
-) -> Result<Option<StorePath>, String> {
+) -> Result<Option<StorePath>, Unreached> {
+    let host = |error: String| Unreached {
+        error,
+        controllers_own: false,
+    };
     let remote = match tokio::time::timeout_at(end, fresh.fresh()).await {
-        Ok(remote) => remote.map_err(|e| format!("{e:#}"))?,
-        Err(_) => return Err("no new connection within the window".to_owned()),
+        Ok(Ok(remote)) => remote,
+        Ok(Err(e)) => {
+            let own = crate::remote::patient::connect_error(&e)
+                .is_some_and(crate::ssh::ConnectError::is_controllers_own);
+            return Err(Unreached {
+                error: format!("{e:#}"),
+                controllers_own: own,
+            });
+        }
+        Err(_) => return Err(host("no new connection within the window".to_owned())),
     };
     let read = links::read_store_link(&remote, current_system);
     match tokio::time::timeout(READS_BOUND, read).await {
-        Ok(read) => read.map_err(|e| format!("{e:#}")),
-        Err(_) => Err(format!("a new connection's read took over {READS_BOUND:?}")),
+        Ok(read) => read.map_err(|e| host(format!("{e:#}"))),
+        Err(_) => Err(host(format!(
+            "a new connection's read took over {READS_BOUND:?}"
+        ))),
     }
 }

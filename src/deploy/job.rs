@@ -271,28 +271,33 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             planned_current: ready.running.clone(),
         };
         let emit = recording_failed_units(forward(&self.sink, host), &self.failed_before, host);
-        let fresh = FreshConnection {
-            fleet: self.fleet.clone(),
-            host: host.to_owned(),
-            at: inv_host.confirm.clone(),
-        };
+        let fresh = self.fresh_for(host, inv_host);
         activate_host(&remote, &fresh, &req, &self.stop, &emit).await
     }
 
+    /// New connections to `host`, at its confirm endpoint when it has one.
+    fn fresh_for(&self, host: &str, inv_host: &Host) -> FreshConnection<F> {
+        FreshConnection {
+            fleet: self.fleet.clone(),
+            host: host.to_owned(),
+            at: inv_host.confirm.clone(),
+        }
+    }
+
     /// Before changing a host: its lock must still be held. One lost with
-    /// its connection (the session reconnected since) is taken again; if
-    /// another run has it now, this host is left alone.
+    /// its connection (the session reconnected since) is taken again
+    /// (`Ok(true)`); if another run has it now, this host is left alone.
     async fn keep_lock(
         &self,
         host: &str,
         remote: &F::Remote,
         inv_host: &Host,
-    ) -> Result<(), FailureReason> {
+    ) -> Result<bool, FailureReason> {
         let mut locks = self.locks.lock().await;
         match locks.get(host) {
             // A plan made without locks (library use, tests): nothing to keep.
-            None => return Ok(()),
-            Some(l) if !l.is_lost() => return Ok(()),
+            None => return Ok(false),
+            Some(l) if !l.is_lost() => return Ok(false),
             Some(_) => {}
         }
         let paths = crate::activation::HostPaths::for_os(inv_host.os);
@@ -301,7 +306,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         {
             Ok(lock) => {
                 locks.insert(host.to_owned(), lock);
-                Ok(())
+                Ok(true)
             }
             Err(host_lock::HostLockError::Held { holder }) => Err(FailureReason::LockLost {
                 holder: Some(holder),
@@ -312,6 +317,63 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 error: Some(format!("{e:#}")),
             }),
         }
+    }
+
+    /// May this run take `host` back after its soak? Its lock held all
+    /// along; or lost (its connection dropped past the lease), taken again
+    /// (a failure to take it is tried again for a while: only another
+    /// run's hold is final), and the host as this run left it: running the
+    /// candidate, its known-good profile on it if this run marked it. A run
+    /// that came in between and moved it is not undone.
+    async fn still_ours(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        inv_host: &Host,
+        done: &HostSummary,
+    ) -> bool {
+        let mut attempt = 0;
+        let retaken = loop {
+            match self.keep_lock(host, remote, inv_host).await {
+                Ok(retaken) => break retaken,
+                Err(FailureReason::LockLost { holder: None, .. }) if attempt < 3 => {
+                    tokio::time::sleep(crate::remote::patient::backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(_) => return false,
+            }
+        };
+        !retaken || self.as_left(host, remote, inv_host, done).await
+    }
+
+    /// Does the host run what this run left it on, its known-good profile
+    /// on the candidate if this run marked it?
+    async fn as_left(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        inv_host: &Host,
+        done: &HostSummary,
+    ) -> bool {
+        let Some(ready) = self.ready.get(host) else {
+            return false;
+        };
+        let paths = crate::activation::HostPaths::for_os(inv_host.os);
+        let marked = matches!(
+            done.end.outcome(),
+            Some(HostOutcome::KnownGood { .. } | HostOutcome::AlreadyCurrent { mark: Some(_), .. })
+        );
+        let links = [
+            paths.current_system.as_str(),
+            paths.known_good_profile.as_str(),
+        ];
+        let Ok(read) = crate::activation::links::read_store_links(remote, &links).await else {
+            return false;
+        };
+        let on = |l: Option<&Option<StorePath>>| {
+            l.is_some_and(|c| c.as_ref() == Some(&ready.candidate.closure))
+        };
+        on(read.first()) && (!marked || on(read.get(1)))
     }
 
     /// An unhealthy host the soak does not take back, and why: a host that
@@ -365,23 +427,13 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             return done;
         };
         let settings = settings_for(inv_host, false, false);
-        let (locked_out, reports) = self.soak_checks(host, inv_host, &remote, &settings).await;
-        if locked_out.is_none() && reports.iter().all(|r| r.passed()) {
+        let (locked_out, checks) = self.soak_checks(host, inv_host, &remote, &settings).await;
+        if locked_out.is_none() && checks.iter().all(|r| r.passed()) {
             return done;
         }
-        // Its lock lost during the soak (the connection dropped past the
-        // lease) and taken by another run: that run's work is not undone.
-        if self.keep_lock(host, &remote, inv_host).await.is_err() {
-            return HostSummary {
-                end: HostEnd::SoakFailed {
-                    checks: reports,
-                    locked_out,
-                    revoked: None,
-                    rollback: None,
-                    kept: Some(Kept::LockLost),
-                },
-                ..done
-            };
+        let found = Found { checks, locked_out };
+        if !self.still_ours(host, &remote, inv_host, &done).await {
+            return found.end(done, (None, None), Some(Kept::LockLost));
         }
         if let Some(kept) = self.kept_unhealthy(host, &done) {
             let revoked = self.revoke_kept(host, &remote, &settings, &done).await;
@@ -389,51 +441,49 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 Kept::NotChanged => self.boot_back(host, &remote, &settings, &done).await,
                 Kept::RollbackTarget | Kept::LockLost => None,
             };
-            return HostSummary {
-                end: HostEnd::SoakFailed {
-                    checks: reports,
-                    locked_out,
-                    revoked,
-                    rollback,
-                    kept: Some(kept),
-                },
-                ..done
-            };
+            return found.end(done, (revoked, rollback), Some(kept));
         }
+        let Some((revoked, rollback)) = self
+            .take_back_changed(host, &remote, &settings, &done)
+            .await
+        else {
+            return done;
+        };
+        found.end(done, (revoked, Some(rollback)), None)
+    }
+
+    /// Take back a host this run changed: its mark revoked (if it marked),
+    /// to what it ran before, as far as the run's goal went. `None`: the
+    /// host was not in the plan.
+    async fn take_back_changed(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        settings: &HostSettings,
+        done: &HostSummary,
+    ) -> Option<(Option<u64>, crate::activation::RollbackOutcome)> {
         let mark = match done.end.outcome() {
             Some(HostOutcome::KnownGood { mark }) => Some(mark.generation),
             _ => None,
         };
         let mode = take_back_mode(done.end.outcome());
-        let Some(ready) = self.ready.get(host) else {
-            return done;
-        };
+        let ready = self.ready.get(host)?;
         let before = ready.running.as_ref().unwrap_or(&ready.candidate.closure);
         let emit = forward(&self.sink, host);
-        let (revoked, rollback) = if mark.is_none() && *before == ready.candidate.closure {
-            (None, crate::activation::take_back::nowhere(before))
+        if mark.is_none() && *before == ready.candidate.closure {
+            Some((None, crate::activation::take_back::nowhere(before)))
         } else {
             unpoisoned(&self.taking_back).insert(host.to_owned());
             let failed = unpoisoned(&self.failed_before).get(host).cloned();
-            take_back(
-                &remote,
-                &settings,
+            let taken = take_back(
+                remote,
+                settings,
                 &self.run_id,
                 (mark, mode),
                 (before, failed.as_ref()),
                 &emit,
-            )
-            .await
-        };
-        HostSummary {
-            end: HostEnd::SoakFailed {
-                checks: reports,
-                locked_out,
-                revoked,
-                rollback: Some(rollback),
-                kept: None,
-            },
-            ..done
+            );
+            Some(taken.await)
         }
     }
 }
@@ -450,17 +500,20 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         remote: &F::Remote,
         settings: &HostSettings,
     ) -> (Option<String>, Vec<crate::activation::health::HealthReport>) {
-        let fresh = FreshConnection {
-            fleet: self.fleet.clone(),
-            host: host.to_owned(),
-            at: inv_host.confirm.clone(),
-        };
+        let fresh = self.fresh_for(host, inv_host);
         let (cs, within) = (
             &settings.paths.current_system,
             settings.new_connection_within,
         );
-        if let Err(error) = crate::activation::reach::new_connection(&fresh, cs, within).await {
-            return (Some(error), Vec::new());
+        match crate::activation::reach::new_connection(&fresh, cs, within).await {
+            Ok(_) => {}
+            // No key to offer (an agent gone in a long soak) says nothing
+            // of the host: every host of the wave would have been taken back.
+            Err(u) if u.controllers_own => {
+                let warning = crate::activation::Warning::NewConnectionUnproven { error: u.error };
+                forward(&self.sink, host)(ActivationEvent::Warning { warning });
+            }
+            Err(u) => return (Some(u.error), Vec::new()),
         }
         let checks = &settings.health_checks;
         let reports = crate::activation::health::run_health_checks(remote, checks, inv_host.os);
@@ -523,6 +576,34 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     }
 }
 
+/// What the re-check after a soak found wrong.
+struct Found {
+    checks: Vec<crate::activation::health::HealthReport>,
+    locked_out: Option<String>,
+}
+
+impl Found {
+    /// `done`'s end after the soak: what was revoked and how it was taken
+    /// back (or why not: `kept`).
+    fn end(
+        self,
+        done: HostSummary,
+        (revoked, rollback): (Option<u64>, Option<crate::activation::RollbackOutcome>),
+        kept: Option<Kept>,
+    ) -> HostSummary {
+        HostSummary {
+            end: HostEnd::SoakFailed {
+                checks: self.checks,
+                locked_out: self.locked_out,
+                revoked,
+                rollback,
+                kept,
+            },
+            ..done
+        }
+    }
+}
+
 /// How a soak's take-back switches: as far as the run's goal went. `test`
 /// left the boot default alone (one pending a reboot into something else
 /// included); the gated push and `switch` moved it too.
@@ -554,8 +635,15 @@ impl<F: Fleet> crate::activation::Reconnect<F::Remote> for FreshConnection<F> {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<F::Remote>> + Send + '_>>
     {
         Box::pin(async {
-            let r = self.fleet.fresh(&self.host, self.at.as_ref()).await?;
-            Ok(r)
+            // The connect error as it is (not behind `SessionError`'s
+            // transparent wrapper): why it failed is read from it.
+            self.fleet
+                .fresh(&self.host, self.at.as_ref())
+                .await
+                .map_err(|e| match e {
+                    crate::fleet::SessionError::Connect(c) => anyhow::Error::new(c),
+                    other => anyhow::Error::new(other),
+                })
         })
     }
 }

@@ -371,6 +371,90 @@ async fn an_unhealthy_host_whose_lock_another_run_took_during_the_soak_is_left_t
     assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(NEW)));
 }
 
+/// The lock lost during the soak and free again (another run may have
+/// come and gone): taken again, the host is taken back only if it is as
+/// this run left it (running the candidate, its known-good on it); one
+/// another run moved in between is left (before: switched off what that
+/// run deployed, its known-good profile moved by our revoke).
+#[tokio::test(start_paused = true)]
+async fn a_lock_lost_and_taken_again_takes_back_only_a_host_as_this_run_left_it() {
+    const ODD: &str = "/nix/store/1d1x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.08";
+    for moved in [false, true] {
+        let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+        f.hosts["web1"].state().unhealthy_after = Some(1);
+        let mut plan = plan_of(&f.inv, |_| ready(NEW));
+        let (lock, lost) = crate::activation::host_lock::HostLock::standing();
+        plan.locks.insert("web1".into(), lock);
+        let web1 = f.hosts["web1"].clone();
+        let other = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            if moved {
+                // Another run switched it to ODD and let go.
+                web1.state().current = sp(ODD);
+            }
+        });
+        let hosts = run(&f.ctx, plan, AlreadyThere).await;
+        other.await.unwrap();
+        let (kept, rollback) = match &hosts[0].end {
+            HostEnd::SoakFailed { kept, rollback, .. } => (*kept, rollback.clone()),
+            other => panic!("{moved}: {other:?}"),
+        };
+        let st = f.hosts["web1"].state();
+        if moved {
+            assert_eq!(kept, Some(Kept::LockLost));
+            assert_eq!(st.current, sp(ODD), "left as the other run has it");
+            assert!(
+                !st.ran.iter().any(|c| c.contains("revoke")),
+                "{:#?}",
+                st.ran
+            );
+        } else {
+            assert_eq!(kept, None, "{:#?}", st.ran);
+            assert!(
+                matches!(rollback, Some(RollbackOutcome::RolledBack { .. })),
+                "{rollback:?}"
+            );
+            assert_eq!(st.current, sp(OLD));
+        }
+    }
+}
+
+/// A new connection after the soak fails for a reason of the controller's
+/// own (no key to offer: an agent gone during a long soak): the host is
+/// not judged locked out (every host of the wave would have been taken
+/// back), a warning says so, and its health checks decide (here: healthy).
+#[tokio::test(start_paused = true)]
+async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_back() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    let fleet = f.fleet.clone();
+    let agent_gone = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        (fleet.no_keys).store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    agent_gone.await.unwrap();
+    assert_eq!(
+        hosts[0].outcome(),
+        OutcomeKind::KnownGood,
+        "{:?}",
+        hosts[0].end
+    );
+    assert!(
+        f.events.take().iter().any(|e| matches!(
+            e,
+            Event::Activation {
+                activation: crate::activation::ActivationEvent::Warning {
+                    warning: crate::activation::Warning::NewConnectionUnproven { .. }
+                },
+                ..
+            }
+        )),
+        "a warning says the lockout check was not made"
+    );
+}
+
 /// What the release step says of `hosts` (the fixture's earlier events
 /// dropped), releasing `commit` from `inv`'s repository.
 fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSummary]) -> Vec<Event> {

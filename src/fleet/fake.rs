@@ -185,6 +185,9 @@ pub struct FakeFleet {
     pub closed: Mutex<HashSet<String>>,
     /// How long a host's connect takes (a slow handshake, a jump host).
     pub connect_takes: Mutex<std::time::Duration>,
+    /// New connections fail on the controller's side: no key to offer
+    /// (an agent gone).
+    pub no_keys: std::sync::atomic::AtomicBool,
 }
 
 impl FakeFleet {
@@ -199,6 +202,7 @@ impl FakeFleet {
             wedged: Mutex::default(),
             closed: Mutex::default(),
             connect_takes: Mutex::default(),
+            no_keys: Default::default(),
         })
     }
 
@@ -253,6 +257,15 @@ impl Fleet for FakeFleet {
             .hosts
             .get(host)
             .ok_or_else(|| SessionError::Unknown(host.to_owned()))?;
+        if self.no_keys.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SessionError::Connect(Arc::new(
+                crate::ssh::ConnectError::AuthFailed {
+                    target: host.to_owned(),
+                    user: "root".into(),
+                    tried: Vec::new(),
+                },
+            )));
+        }
         if !fake.state().sshd_up {
             return Err(SessionError::Unknown(format!(
                 "{host} (no new connections)"

@@ -66,10 +66,15 @@ pub fn refused_for_good(e: &anyhow::Error) -> bool {
     connect_error(e).is_some_and(crate::ssh::ConnectError::is_lasting)
 }
 
-/// The SSH connect error behind `e`, if it is one.
+/// The SSH connect error behind `e`, if it is one (as it is, or shared).
 pub fn connect_error(e: &anyhow::Error) -> Option<&crate::ssh::ConnectError> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<crate::ssh::ConnectError>())
+    use crate::ssh::ConnectError;
+    e.chain().find_map(|c| {
+        (c.downcast_ref::<ConnectError>()).or_else(|| {
+            c.downcast_ref::<std::sync::Arc<ConnectError>>()
+                .map(|a| &**a)
+        })
+    })
 }
 
 /// Run `attempt` until it did not lose its connection, or until `deadline`

@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 use super::{Command, Exit, Output, Remote, Streaming};
 
 type Responder = dyn Fn(&Command, Option<&[u8]>) -> Output + Send + Sync;
+/// Picks commands by their argv.
+type Picks = dyn Fn(&Command) -> bool + Send + Sync;
 /// Each stream's command and what was written to its stdin.
 type StdinLog = Arc<Mutex<Vec<(Command, Vec<u8>)>>>;
 
@@ -26,6 +28,9 @@ pub struct ScriptedRemote {
     respond: Arc<Responder>,
     /// Streams answer when stdin closes (and the responder sees it).
     lazy: bool,
+    /// Streams (of a lazy remote) answered at once, ending when their
+    /// stdin closes: a command that holds on while fed (a host lock).
+    at_once: Option<Arc<Picks>>,
 }
 
 impl ScriptedRemote {
@@ -36,6 +41,7 @@ impl ScriptedRemote {
             stdin_log: Arc::default(),
             respond: Arc::new(move |c, _| respond(c)),
             lazy: false,
+            at_once: None,
         }
     }
 
@@ -51,7 +57,18 @@ impl ScriptedRemote {
             stdin_log: Arc::default(),
             respond: Arc::new(respond),
             lazy: true,
+            at_once: None,
         }
+    }
+
+    /// Streams of commands `f` picks are answered at once (the responder
+    /// sees no stdin), and end when their stdin closes.
+    pub fn answering_at_once(
+        mut self,
+        f: impl Fn(&Command) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.at_once = Some(Arc::new(f));
+        self
     }
 
     /// What each stream was sent on stdin (lazy remotes only), in order.
@@ -106,6 +123,9 @@ impl Remote for ScriptedRemote {
                 finish: Box::pin(async move { Ok(finish) }),
             });
         }
+        if self.at_once.as_ref().is_some_and(|f| f(cmd)) {
+            return Ok(self.held_open(cmd));
+        }
         let (closed_tx, closed_rx) = oneshot::channel::<Vec<u8>>();
         let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
         let (done_tx, done_rx) = oneshot::channel::<Output>();
@@ -132,6 +152,26 @@ impl Remote for ScriptedRemote {
                     .map_err(|_| anyhow::anyhow!("scripted stream dropped"))
             }),
         })
+    }
+}
+
+impl ScriptedRemote {
+    /// A stream answered at once that ends when its stdin closes.
+    fn held_open(&self, cmd: &Command) -> Streaming {
+        let out = (self.respond)(cmd, None);
+        let (closed_tx, closed_rx) = oneshot::channel::<Vec<u8>>();
+        let finish = Output::new(out.exit, Vec::new(), out.stderr);
+        Streaming {
+            stdin: Box::pin(Collect {
+                buf: Vec::new(),
+                closed: Some(closed_tx),
+            }),
+            stdout: Box::pin(std::io::Cursor::new(out.stdout)),
+            finish: Box::pin(async move {
+                let _ = closed_rx.await;
+                Ok(finish)
+            }),
+        }
     }
 }
 

@@ -373,7 +373,7 @@ impl<R: Remote> Run<'_, R> {
         match reach::new_connection(self.fresh, current_system, window).await {
             Ok(now) if now.as_ref() == Some(&self.req.candidate) => Ok(()),
             Ok(seen) => Err(CutOff::NotOnCandidate { seen }),
-            Err(error) => Err(CutOff::NoNewConnection { error }),
+            Err(u) => Err(CutOff::NoNewConnection { error: u.error }),
         }
     }
 

@@ -523,6 +523,11 @@ pub fn warning(w: &Warning) -> String {
              re-activates the system the host runs and puts its profile back, undoing any change \
              made by hand before then (`systemctl stop {unit}.timer` on the host stops it)"
         ),
+        Warning::NewConnectionUnproven { error } => format!(
+            "after the soak, no new connection could be made for a reason on this side ({}): \
+             not judged locked out; its health checks ran over the run's own session",
+            first_line(error)
+        ),
     }
 }
 
