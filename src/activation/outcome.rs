@@ -95,7 +95,13 @@ pub enum HostOutcome {
     /// where it stays (a mark that failed says nothing against a system
     /// proven before, and going back would land on the one rolled away
     /// from); its known-good profile was not moved.
-    NotMarked { reason: FailureReason },
+    NotMarked {
+        reason: FailureReason,
+        /// The known-good generation rolled back to; `None`: the system the
+        /// host ran before nixgate's first deploy (no generation yet).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+    },
     /// A gate failed after the host changed; the rollback verified.
     RolledBack {
         gate: Gate,

@@ -203,7 +203,10 @@ impl<'a, R: Remote> Run<'a, R> {
             gate: Gate::MarkKnownGood,
             reason: reason.clone(),
         });
-        HostOutcome::NotMarked { reason }
+        HostOutcome::NotMarked {
+            reason,
+            generation: self.req.known_good_generation,
+        }
     }
 
     /// A failure before the host changed: no rollback.

@@ -620,6 +620,7 @@ async fn a_rollback_target_whose_mark_fails_keeps_its_boot_default() {
     match &ran.outcome {
         HostOutcome::NotMarked {
             reason: FailureReason::MarkKnownGood { .. },
+            ..
         } => {}
         other => panic!("{other:?}: {:#?}", ran.cmds),
     }
@@ -652,6 +653,7 @@ async fn a_rollback_whose_mark_fails_stays_on_its_target() {
     match &ran.outcome {
         HostOutcome::NotMarked {
             reason: FailureReason::MarkKnownGood { .. },
+            generation: Some(1),
         } => {}
         other => panic!("{other:?}: {:#?}", ran.cmds),
     }

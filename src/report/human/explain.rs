@@ -98,16 +98,6 @@ fn next_for(host: &str, command: &str, r: &FailureReason) -> String {
     }
 }
 
-/// The next step after a rollback that reached its target but not the
-/// end: the same generation again, by number (a plain `rollback` would
-/// stand on the target and go one further back).
-fn again_to(host: &str, what: &str) -> String {
-    format!(
-        "`nixgate rollback --to <its generation> {host}` to {what} (`nixgate status {host}` \
-         lists the generations; a plain `nixgate rollback` would go one further back)"
-    )
-}
-
 fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
     match r {
         Refusal::Build {
@@ -228,14 +218,20 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             Vec::new(),
             None,
             if command == "rollback" {
-                again_to(host, "persist it")
+                // A plain `rollback` picks from where the host stands now,
+                // not this target.
+                format!(
+                    "`nixgate rollback --to <its generation> {host}` to persist it (`nixgate \
+                     status {host}` lists the generations; a plain `nixgate rollback` picks from \
+                     where the host stands now, not this target)"
+                )
             } else {
                 format!(
                     "`nixgate {command} {host}` again to persist it, or `nixgate rollback {host}`"
                 )
             },
         ),
-        HostOutcome::NotMarked { reason } => (
+        HostOutcome::NotMarked { reason, generation } => (
             words::failure(reason),
             Vec::new(),
             Some(
@@ -243,7 +239,14 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
                  known-good profile still names the generation rolled away from"
                     .into(),
             ),
-            again_to(host, "mark it"),
+            match generation {
+                Some(g) => format!("`nixgate rollback --to {g} {host}` to mark it"),
+                None => format!(
+                    "it runs what it ran before nixgate's first deploy, which no generation names: \
+                     fix the cause, and look at `nixgate status {host}` before any rollback (a plain \
+                     one would go to the generation rolled away from)"
+                ),
+            },
         ),
         // Told only when the run did not allow it (then it fails the run).
         HostOutcome::DeferredPendingReboot { reason } => (
@@ -437,33 +440,42 @@ mod tests {
     /// back); a push says to push again.
     #[test]
     fn a_rollback_short_of_its_end_says_to_name_the_generation() {
+        let end = |o: HostOutcome, command: &str| {
+            let h = HostSummary {
+                end: HostEnd::activation(o),
+                ..pending_db1()
+            };
+            failures(&[h], command, &Labels::default(), None)
+        };
         let not_persisted = HostOutcome::NotPersisted {
             reason: SwitchFailure::LockCheck {
                 error: "connection lost".into(),
             },
         };
-        let not_marked = HostOutcome::NotMarked {
+        let not_marked = |generation| HostOutcome::NotMarked {
             reason: FailureReason::MarkKnownGood {
                 error: "no space left on device".into(),
             },
+            generation,
         };
-        for outcome in [not_persisted.clone(), not_marked] {
-            let h = HostSummary {
-                end: HostEnd::activation(outcome),
-                ..pending_db1()
-            };
-            let text = failures(&[h], "rollback", &Labels::default(), None);
-            assert!(
-                text.contains("`nixgate rollback --to <its generation> db1`"),
-                "{text}"
-            );
+        let text = end(not_persisted.clone(), "rollback");
+        assert!(
+            text.contains("`nixgate rollback --to <its generation> db1`"),
+            "{text}"
+        );
+        let text = end(not_marked(Some(3)), "rollback");
+        assert!(
+            text.contains("`nixgate rollback --to 3 db1` to mark it"),
+            "{text}"
+        );
+        // The baseline has no generation: nothing to name, and a plain
+        // rollback would go to the one rolled away from.
+        let text = end(not_marked(None), "rollback");
+        assert!(text.contains("no generation names"), "{text}");
+        for text in [end(not_persisted.clone(), "rollback"), text] {
             assert!(!text.contains("`nixgate rollback db1`"), "{text}");
         }
-        let h = HostSummary {
-            end: HostEnd::activation(not_persisted),
-            ..pending_db1()
-        };
-        let text = failures(&[h], "push", &Labels::default(), None);
+        let text = end(not_persisted, "push");
         assert!(
             text.contains("`nixgate push db1` again to persist it"),
             "{text}"

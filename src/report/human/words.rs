@@ -784,7 +784,7 @@ fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
              reboots, then the one it ran before",
             switch_failure(reason)
         ),
-        HostOutcome::NotMarked { reason } => format!(
+        HostOutcome::NotMarked { reason, .. } => format!(
             "{}; it stays on the rollback's target (its known-good profile not moved)",
             failure(reason)
         ),
