@@ -156,18 +156,10 @@ pub async fn reactivate<R: Remote>(
             });
         }
     };
-    if mode != RollbackMode::Live {
-        emit(ActivationEvent::Step {
-            step: Step::SetProfile {
-                profile: settings.system_profile.clone(),
-                closure: to.clone(),
-            },
-        });
-        if let Err(e) = profile::set(&patient, &settings.system_profile, to, settings.sudo).await {
-            return failed(RollbackError::ProfileSet {
-                error: format!("{e:#}"),
-            });
-        }
+    if mode != RollbackMode::Live
+        && let Err(e) = set_profile(&patient, settings, to, emit).await
+    {
+        return failed(e);
     }
     if mode == RollbackMode::BootOnly && settings.os == Os::Darwin {
         return RollbackOutcome::RolledBack {
@@ -212,6 +204,27 @@ pub async fn reactivate<R: Remote>(
         }
         SwitchResult::NeedsReboot(r) => failed(RollbackError::NeedsReboot(r)),
     }
+}
+
+/// Point the system profile at `to` (a rollback that touches the boot
+/// default), riding out a lost connection with `patient`.
+async fn set_profile<R: Remote>(
+    patient: &Patient<'_, R>,
+    settings: &HostSettings,
+    to: &StorePath,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> Result<(), RollbackError> {
+    emit(ActivationEvent::Step {
+        step: Step::SetProfile {
+            profile: settings.system_profile.clone(),
+            closure: to.clone(),
+        },
+    });
+    profile::set(patient, &settings.system_profile, to, settings.sudo)
+        .await
+        .map_err(|e| RollbackError::ProfileSet {
+            error: format!("{e:#}"),
+        })
 }
 
 /// The rollback's own switch failed: one that may still run (hung at the

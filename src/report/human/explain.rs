@@ -210,6 +210,15 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             )),
             format!("look at it on its console, then {status}"),
         ),
+        _ => return short_of_end(host, command, o),
+    })
+}
+
+/// The story of a host that got somewhere short of the goal's end: live
+/// but not persisted, a rollback's target not marked, a change waiting for
+/// a reboot.
+fn short_of_end(host: &str, command: &str, o: &HostOutcome) -> Option<Story> {
+    Some(match o {
         HostOutcome::NotPersisted { reason } => (
             format!(
                 "proven live but not made the boot default: {}",
