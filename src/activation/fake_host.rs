@@ -505,16 +505,20 @@ impl State {
                 .collect();
             ok(&lines)
         } else if script == links::READ_START {
-            // The known-good only when its generation has its record, or
-            // none while no older generation has one.
+            // The known-good only when its generation has its record (of
+            // its closure), or none while no generation up to it has one.
             let kg = self.current_generation(a[6]);
+            let target = self.link(a[6]);
+            let own = (self.records.get(&kg.to_string()))
+                .and_then(|r| serde_json::from_str::<known_good::KnownGoodRecord>(r).ok())
+                .is_some_and(|r| Some(&r.closure) == target.as_ref());
             let older_recorded = self
                 .records
                 .keys()
                 .filter_map(|k| k.parse::<usize>().ok())
-                .any(|k| k < kg);
-            let recorded = self.records.contains_key(&kg.to_string()) || !older_recorded;
-            let known_good = self.link(a[6]).filter(|_| recorded);
+                .any(|k| k <= kg);
+            let recorded = own || !older_recorded;
+            let known_good = target.filter(|_| recorded);
             let lines = format!(
                 "{}\n{}\n{}\n",
                 self.link(a[4]).map(|t| t.to_string()).unwrap_or_default(),

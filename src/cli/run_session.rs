@@ -74,7 +74,8 @@ impl RunSession {
         // Before the lock and before any host is touched: a prompt the
         // user abandons leaves nothing behind.
         let passwords = super::sudo_password::obtain(g, inv, &hosts)?;
-        let lock = match ControllerLock::acquire(&state_dir, command.as_str()) {
+        let run_id = RunId::parse(&state::clock::new_run_id())?;
+        let lock = match ControllerLock::acquire(&state_dir, command.as_str(), run_id.as_str()) {
             Ok(l) => l,
             Err(e) if e.downcast_ref::<LockHeld>().is_some() => {
                 return Err(Fatal {
@@ -85,7 +86,6 @@ impl RunSession {
             }
             Err(e) => return Err(e),
         };
-        let run_id = RunId::parse(&state::clock::new_run_id())?;
         let spool = state_dir.join("runs").join(format!(".{run_id}.events.tmp"));
         let (sink, reporter) = report::spawn(report::choose(g, command), Some(spool));
         let stop = CancellationToken::new();
@@ -317,7 +317,10 @@ fn save_report(
         Ok(_) => {}
         Err(e @ run_report::WriteError::Latest { .. }) => warnings.push(e.to_string()),
         Err(e @ run_report::WriteError::Report { .. }) => {
-            let kept = spool.map_or_else(String::new, |s| {
+            // Only beside the stub, which lists the run: a spool with no
+            // report is no run's (`prune` removes it).
+            let stub = run_report::path(state_dir, &report.run_id).exists();
+            let kept = spool.filter(|_| stub).map_or_else(String::new, |s| {
                 format!(
                     "; its events are kept in {}: `nixgate show {}` reads them (`nixgate runs` lists the run as interrupted, its report unfinished)",
                     s.keep().display(),

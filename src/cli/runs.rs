@@ -173,21 +173,27 @@ pub fn show(g: &Global, spec: &str) -> anyhow::Result<Outcome> {
     if g.json && read.report.finished.is_some() {
         json_line(&summary(&read.report));
     }
-    notes(&read)
+    notes(&dir, &read)
         .iter()
         .for_each(|n| crate::report::stderr(format_args!("nixgate: {n}\n")));
     Ok(Outcome::Success)
 }
 
 /// What a reader of a past run should know about how it was read.
-fn notes(read: &runs::Read) -> Vec<String> {
+fn notes(dir: &Path, read: &runs::Read) -> Vec<String> {
     let mut v = Vec::new();
     if read.report.finished.is_none() {
+        let (id, started) = (&read.report.run_id, &read.report.started);
+        let going = runs::still_running(&crate::state::lock::standing(dir), id, started);
         v.push(format!(
-            "run {} never finished (killed, or still running){}",
-            read.report.run_id,
+            "run {id} {}{}",
+            if going {
+                "is still running"
+            } else {
+                "never finished (killed, or its report could not be written)"
+            },
             if read.from_spool {
-                ": its events are those it spooled before"
+                ": its events are those it spooled so far"
             } else {
                 ""
             }
@@ -327,7 +333,7 @@ fn build(dir: &Path, id: &str, with_diffs: bool) -> anyhow::Result<Built> {
         }
         collector.event(s)
     })?;
-    let mut notes = notes(&read);
+    let mut notes = notes(dir, &read);
     let timeline = collector.finish(&read.report);
     if timeline.unstamped > 0 {
         notes.push(format!(

@@ -191,13 +191,21 @@ struct ReportHost {
 /// Each host's last run, from the newest run reports of `dir`.
 pub fn last_runs(dir: &Path, hosts: &[String]) -> std::collections::HashMap<String, LastRun> {
     let mut found = std::collections::HashMap::new();
-    let mut reports: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("runs"))
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let runs = dir.join("runs");
+    let mut reports: Vec<std::path::PathBuf> = match std::fs::read_dir(&runs) {
+        Ok(d) => (d.filter_map(|e| e.ok().map(|e| e.path())))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        // Not silently "no last run" for every host.
+        Err(e) => {
+            tracing::warn!(
+                "reading {}: {e} (no host's last run is shown)",
+                runs.display()
+            );
+            Vec::new()
+        }
+    };
     // Run ids start with their UTC time: by name is by age.
     reports.sort();
     let mut judge = runs::Judge::new(dir);
@@ -208,7 +216,7 @@ pub fn last_runs(dir: &Path, hosts: &[String]) -> std::collections::HashMap<Stri
         let Some(head) = read_head(path) else {
             continue;
         };
-        let state = judge.state(head.finished.is_some(), &head.started);
+        let state = judge.state(head.finished.is_some(), &head.run_id, &head.started);
         for h in hosts {
             if found.contains_key(h) {
                 continue;
@@ -310,7 +318,8 @@ mod tests {
     #[test]
     fn a_run_that_holds_the_lock_is_running_not_interrupted() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = crate::state::ControllerLock::acquire(dir.path(), "push").unwrap();
+        let id = "29990101T000000Z-a";
+        let lock = crate::state::ControllerLock::acquire(dir.path(), "push", id).unwrap();
         let runs = dir.path().join("runs");
         std::fs::create_dir(&runs).unwrap();
         let started = crate::state::clock::Utc::now().rfc3339();

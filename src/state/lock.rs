@@ -22,6 +22,10 @@ pub struct Holder {
     pub pid: u32,
     pub started: String,
     pub command: String,
+    /// The run holding it (absent in locks written before it was kept):
+    /// what tells the run going from one killed in the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// Another run holds the lock.
@@ -47,7 +51,11 @@ pub struct ControllerLock {
 impl ControllerLock {
     /// Take the lock without waiting. `Err` is either [`LockHeld`] (exit 3)
     /// or an I/O problem with the state directory.
-    pub fn acquire(state_dir: &Path, command: &str) -> anyhow::Result<ControllerLock> {
+    pub fn acquire(
+        state_dir: &Path,
+        command: &str,
+        run_id: &str,
+    ) -> anyhow::Result<ControllerLock> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
         let path = state_dir.join("lock");
@@ -74,6 +82,7 @@ impl ControllerLock {
             pid: std::process::id(),
             started: Utc::now().rfc3339(),
             command: command.to_owned(),
+            run_id: Some(run_id.to_owned()),
         };
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
@@ -121,7 +130,8 @@ pub enum Standing {
 /// `flock`, let go at once when it is had. The kernel's lock is the truth;
 /// the recorded pid is not (no `/proc` on macOS, and a reused pid made a
 /// killed run look alive). A holder is never disturbed: its lock only
-/// refuses ours. Only reads: neither the file nor its directory is created
+/// refuses ours (a run starting in the instant ours is had waits for it:
+/// [`CHECKS_PASS_WITHIN`]). Only reads: neither the file nor its directory is created
 /// (`runs` and `status` must not make a state directory). A lock file that
 /// cannot be opened or locked is taken for free, with a warning: the
 /// reports then say interrupted, as they did for an unknown holder.
@@ -162,14 +172,14 @@ mod tests {
     #[test]
     fn a_standing_check_in_progress_does_not_refuse_a_run() {
         let dir = tempfile::tempdir().unwrap();
-        drop(ControllerLock::acquire(dir.path(), "nixgate push").unwrap());
+        drop(ControllerLock::acquire(dir.path(), "nixgate push", "r1").unwrap());
         let checking = File::open(dir.path().join("lock")).unwrap();
         checking.try_lock_shared().unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(30));
             drop(checking);
         });
-        let lock = ControllerLock::acquire(dir.path(), "nixgate push");
+        let lock = ControllerLock::acquire(dir.path(), "nixgate push", "r1");
         release.join().unwrap();
         assert!(lock.is_ok(), "{lock:?}");
     }
@@ -177,8 +187,8 @@ mod tests {
     #[test]
     fn second_acquire_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let first = ControllerLock::acquire(dir.path(), "nixgate push").unwrap();
-        let err = ControllerLock::acquire(dir.path(), "nixgate push --wave x").unwrap_err();
+        let first = ControllerLock::acquire(dir.path(), "nixgate push", "r1").unwrap();
+        let err = ControllerLock::acquire(dir.path(), "nixgate push --wave x", "r1").unwrap_err();
         let held = err.downcast_ref::<LockHeld>().expect("LockHeld");
         assert_eq!(held.holder.as_ref().unwrap().pid, std::process::id());
         let msg = err.to_string();
@@ -189,7 +199,7 @@ mod tests {
         assert!(msg.contains("(nixgate push)"), "{msg}");
         drop(first);
         // Released with its holder: a dead run never leaves a stale lock.
-        ControllerLock::acquire(dir.path(), "again").unwrap();
+        ControllerLock::acquire(dir.path(), "again", "r1").unwrap();
     }
 
     /// Held is what the kernel says, not the recorded pid (alive here, and
@@ -201,7 +211,7 @@ mod tests {
         let state = dir.path().join("state");
         assert_eq!(standing(&state), Standing::Free);
         assert!(!state.exists(), "testing the lock created the state dir");
-        let held = ControllerLock::acquire(&state, "nixgate push").unwrap();
+        let held = ControllerLock::acquire(&state, "nixgate push", "r1").unwrap();
         let Standing::Held(Some(holder)) = standing(&state) else {
             panic!("held: {:?}", standing(&state));
         };
@@ -210,6 +220,6 @@ mod tests {
         // A killed run's file names a live pid (ours): the lock is free.
         assert_eq!(standing(&state), Standing::Free);
         // Testing let go: a run can take it.
-        ControllerLock::acquire(&state, "again").unwrap();
+        ControllerLock::acquire(&state, "again", "r1").unwrap();
     }
 }

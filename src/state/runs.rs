@@ -124,7 +124,7 @@ pub fn list(state_dir: &Path, limit: usize) -> anyhow::Result<Vec<RunEntry>> {
             let path = crate::state::run_report::path(state_dir, &run_id);
             let head = read_head(&path);
             let state = match &head {
-                Ok(h) => judge.state(h.finished.is_some(), &h.started),
+                Ok(h) => judge.state(h.finished.is_some(), &run_id, &h.started),
                 Err(_) => RunState::Interrupted,
             };
             RunEntry {
@@ -150,10 +150,13 @@ fn read_head(path: &Path) -> Result<RunHead, String> {
 /// it was killed. A holder or start that cannot be read (the instant
 /// between taking the lock and writing the holder) counts as going: `prune`
 /// must not remove a live run's report.
-pub fn still_running(lock: &Standing, started: &str) -> bool {
+pub fn still_running(lock: &Standing, run_id: &str, started: &str) -> bool {
     match lock {
         Standing::Free => false,
         Standing::Held(None) => true,
+        Standing::Held(Some(holder)) if holder.run_id.is_some() => {
+            holder.run_id.as_deref() == Some(run_id)
+        }
         Standing::Held(Some(holder)) => {
             match (parse_rfc3339(&holder.started), parse_rfc3339(started)) {
                 (Some(took), Some(began)) => took <= began,
@@ -180,11 +183,15 @@ impl Judge {
     }
 
     /// The next run's state: `finished` (its report says so), `started`.
-    pub fn state(&mut self, finished: bool, started: &str) -> RunState {
+    pub fn state(&mut self, finished: bool, run_id: &str, started: &str) -> RunState {
         if finished {
             return RunState::Finished;
         }
-        if std::mem::take(&mut self.newest_unfinished) && still_running(&self.lock, started) {
+        // A lock naming its run tells which one it is; an older lock, by
+        // time, only the newest unfinished run can be.
+        let newest = std::mem::take(&mut self.newest_unfinished);
+        let named = matches!(&self.lock, Standing::Held(Some(h)) if h.run_id.is_some());
+        if (named || newest) && still_running(&self.lock, run_id, started) {
             RunState::Running
         } else {
             RunState::Interrupted
@@ -428,7 +435,7 @@ pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec
         let path = crate::state::run_report::path(state_dir, id);
         if lock != Standing::Free
             && read_head(&path)
-                .is_ok_and(|h| h.finished.is_none() && still_running(&lock, &h.started))
+                .is_ok_and(|h| h.finished.is_none() && still_running(&lock, id, &h.started))
         {
             continue;
         }
@@ -436,7 +443,31 @@ pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec
         let _ = std::fs::remove_file(runs_dir(state_dir).join(format!(".{id}.events.tmp")));
         removed.push(id.clone());
     }
+    remove_orphan_spools(state_dir, &ids, current);
     Ok(removed)
+}
+
+/// Event spools with no report beside them (a run whose first report
+/// could not be written either: a disk already full) are no run's: none
+/// lists or shows them, and they hold the space the disk lacked. Not the
+/// running run's (`current`, the only one going: `prune` runs under the
+/// lock).
+fn remove_orphan_spools(state_dir: &Path, ids: &[String], current: &str) {
+    let Ok(entries) = std::fs::read_dir(runs_dir(state_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(id) = (name.to_str())
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(".events.tmp"))
+        else {
+            continue;
+        };
+        if id != current && !ids.iter().any(|i| i == id) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]

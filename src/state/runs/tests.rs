@@ -94,7 +94,8 @@ fn runs_are_listed_newest_first_with_the_killed_one_interrupted() {
 /// An unfinished run is running only while the controller lock is held,
 /// by a holder that took it no later than the run started: a killed run's
 /// lock file names a live pid (reused, or ours here) and still it is
-/// interrupted, and pruned.
+/// interrupted, and pruned; the lock names its run, so one killed in the
+/// same second as the run going is not taken for it.
 #[test]
 fn an_unfinished_run_is_running_only_while_its_lock_is_held() {
     let dir = state_dir();
@@ -113,15 +114,25 @@ fn an_unfinished_run_is_running_only_while_its_lock_is_held() {
         pid: std::process::id(),
         started: "2026-11-22T10:59:00Z".into(),
         command: "push".into(),
+        run_id: None,
     };
     std::fs::write(d.join("lock"), serde_json::to_string(&holder).unwrap()).unwrap();
     assert_eq!(state_of(killed), RunState::Interrupted);
-    // A run going on: it holds the lock, taken before it started.
-    let lock = crate::state::ControllerLock::acquire(d, "push").unwrap();
+    // A run going on: it holds the lock, taken before it started; another
+    // started in the same second (a higher salt: newer by id) was killed.
+    let lock = crate::state::ControllerLock::acquire(d, "push", "29990101T000000Z-eeee").unwrap();
     let mut going = with_id("29990101T000000Z-eeee", "2999-01-01T00:00:00Z");
     going.report.finished = None;
     crate::state::run_report::write(d, &going.report, None).unwrap();
+    let mut same_second = with_id("29990101T000000Z-ffff", "2999-01-01T00:00:00Z");
+    same_second.report.finished = None;
+    crate::state::run_report::write(d, &same_second.report, None).unwrap();
     assert_eq!(state_of("29990101T000000Z-eeee"), RunState::Running);
+    assert_eq!(
+        state_of("29990101T000000Z-ffff"),
+        RunState::Interrupted,
+        "the lock names the run holding it"
+    );
     assert_eq!(
         state_of(killed),
         RunState::Interrupted,
@@ -132,6 +143,7 @@ fn an_unfinished_run_is_running_only_while_its_lock_is_held() {
         !removed.contains(&"29990101T000000Z-eeee".to_owned()),
         "{removed:?}"
     );
+    assert!(removed.contains(&killed.to_owned()), "{removed:?}");
     drop(lock);
     assert_eq!(state_of("29990101T000000Z-eeee"), RunState::Interrupted);
 }
@@ -223,4 +235,21 @@ fn dump_state_dir() {
     let keep = dir.keep();
     std::fs::remove_dir_all("/tmp/ngstate").ok();
     std::fs::rename(keep, "/tmp/ngstate").unwrap();
+}
+
+/// A spool with no report beside it (the run's first report could not be
+/// written either: the disk was full) is no run's: `prune` removes it,
+/// but never the running run's own.
+#[test]
+fn prune_removes_spools_no_report_lists() {
+    let dir = state_dir();
+    let d = dir.path();
+    let runs = d.join("runs");
+    let orphan = runs.join(".20990101T000000Z-zzzz.events.tmp");
+    let current = runs.join(".20990101T000001Z-cccc.events.tmp");
+    std::fs::write(&orphan, "[").unwrap();
+    std::fs::write(&current, "[").unwrap();
+    prune(d, 100, "20990101T000001Z-cccc").unwrap();
+    assert!(!orphan.exists());
+    assert!(current.exists());
 }
