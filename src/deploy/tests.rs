@@ -331,6 +331,28 @@ async fn a_host_that_locks_ssh_out_after_its_confirmation_is_taken_back_after_it
     assert!(released.is_empty(), "{released:?}");
 }
 
+/// A push of NEW where web1 turns unhealthy after its activation and
+/// loses its host lock well into the canary's 30 s soak (its activation
+/// takes seconds), when `then` happens to it too.
+async fn unhealthy_losing_its_lock(
+    f: &Fixture,
+    then: impl FnOnce(&FakeHost) + Send + 'static,
+) -> Vec<HostSummary> {
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let mut plan = plan_of(&f.inv, |_| ready(NEW));
+    let (lock, lost) = crate::activation::host_lock::HostLock::standing();
+    plan.locks.insert("web1".into(), lock);
+    let web1 = f.hosts["web1"].clone();
+    let other = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        then(&web1);
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    other.await.unwrap();
+    hosts
+}
+
 /// A host whose lock was lost during its wave's soak (its connection
 /// dropped past the lease) and taken by another run, then found
 /// unhealthy: nothing is taken back or revoked under that run (before: its
@@ -339,19 +361,10 @@ async fn a_host_that_locks_ssh_out_after_its_confirmation_is_taken_back_after_it
 #[tokio::test(start_paused = true)]
 async fn an_unhealthy_host_whose_lock_another_run_took_during_the_soak_is_left_to_it() {
     let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
-    f.hosts["web1"].state().unhealthy_after = Some(1);
-    let mut plan = plan_of(&f.inv, |_| ready(NEW));
-    let (lock, lost) = crate::activation::host_lock::HostLock::standing();
-    plan.locks.insert("web1".into(), lock);
-    let web1 = f.hosts["web1"].clone();
-    let other = tokio::spawn(async move {
-        // Well into the canary's 30 s soak (its activation takes seconds).
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hosts = unhealthy_losing_its_lock(&f, |web1| {
         web1.state().lock_taken_by = Some("run r2 pid 7 on other".into());
-    });
-    let hosts = run(&f.ctx, plan, AlreadyThere).await;
-    other.await.unwrap();
+    })
+    .await;
     let HostEnd::SoakFailed {
         revoked: None,
         rollback: None,
@@ -381,21 +394,13 @@ async fn a_lock_lost_and_taken_again_takes_back_only_a_host_as_this_run_left_it(
     const ODD: &str = "/nix/store/1d1x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.08";
     for moved in [false, true] {
         let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
-        f.hosts["web1"].state().unhealthy_after = Some(1);
-        let mut plan = plan_of(&f.inv, |_| ready(NEW));
-        let (lock, lost) = crate::activation::host_lock::HostLock::standing();
-        plan.locks.insert("web1".into(), lock);
-        let web1 = f.hosts["web1"].clone();
-        let other = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(20)).await;
-            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        let hosts = unhealthy_losing_its_lock(&f, move |web1| {
             if moved {
                 // Another run switched it to ODD and let go.
                 web1.state().current = sp(ODD);
             }
-        });
-        let hosts = run(&f.ctx, plan, AlreadyThere).await;
-        other.await.unwrap();
+        })
+        .await;
         let (kept, rollback) = match &hosts[0].end {
             HostEnd::SoakFailed { kept, rollback, .. } => (*kept, rollback.clone()),
             other => panic!("{moved}: {other:?}"),
