@@ -152,6 +152,7 @@ fn listing_json(e: &runs::RunEntry) -> Event {
 }
 
 use crate::report::human::strip_controls;
+use crate::state::lock::Standing;
 
 /// `nixgate show`.
 pub fn show(g: &Global, spec: &str) -> anyhow::Result<Outcome> {
@@ -184,7 +185,11 @@ fn notes(dir: &Path, read: &runs::Read) -> Vec<String> {
     let mut v = Vec::new();
     if read.report.finished.is_none() {
         let (id, started) = (&read.report.run_id, &read.report.started);
-        let going = runs::still_running(&crate::state::lock::standing(dir), id, started);
+        let lock = crate::state::lock::standing(dir);
+        // This very process (a run's own --html-report after its final
+        // report could not be written) is not "still running".
+        let ours = matches!(&lock, Standing::Held(Some(h)) if h.pid == std::process::id());
+        let going = !ours && runs::still_running(&lock, id, started);
         v.push(format!(
             "run {id} {}{}",
             if going {

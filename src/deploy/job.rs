@@ -332,22 +332,32 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         inv_host: &Host,
         done: &HostSummary,
     ) -> bool {
+        // This run's own lock command may hold on until its lease ends (the
+        // host never saw the connection drop): waited for.
+        let until = tokio::time::Instant::now() + host_lock::LEASE + READ_PATIENCE;
         let mut attempt = 0;
         let retaken = loop {
-            match self.keep_lock(host, remote, inv_host).await {
+            let again = match self.keep_lock(host, remote, inv_host).await {
                 Ok(retaken) => break retaken,
-                Err(FailureReason::LockLost { holder: None, .. }) if attempt < 3 => {
-                    tokio::time::sleep(crate::remote::patient::backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(_) => return false,
+                Err(FailureReason::LockLost { holder: None, .. }) => attempt < 3,
+                Err(FailureReason::LockLost {
+                    holder: Some(h), ..
+                }) => h == self.lock_holder,
+                Err(_) => false,
+            };
+            let wait = crate::remote::patient::backoff(attempt);
+            if !again || tokio::time::Instant::now() + wait > until {
+                return false;
             }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         };
         !retaken || self.as_left(host, remote, inv_host, done).await
     }
 
-    /// Does the host run what this run left it on, its known-good profile
-    /// on the candidate if this run marked it?
+    /// Does the host run what this run left it on, its boot default too
+    /// if the goal persisted it, its known-good profile if this run marked
+    /// it? Read patiently (the session has just reconnected); unread, no.
     async fn as_left(
         &self,
         host: &str,
@@ -365,15 +375,17 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         );
         let links = [
             paths.current_system.as_str(),
+            inv_host.profile.as_str(),
             paths.known_good_profile.as_str(),
         ];
-        let Ok(read) = crate::activation::links::read_store_links(remote, &links).await else {
+        let patient = crate::remote::patient::Patient::new(remote, READ_PATIENCE);
+        let read = crate::activation::links::read_store_links(&patient, &links);
+        let Ok(Ok(read)) = tokio::time::timeout(READ_PATIENCE * 2, read).await else {
             return false;
         };
-        let on = |l: Option<&Option<StorePath>>| {
-            l.is_some_and(|c| c.as_ref() == Some(&ready.candidate.closure))
-        };
-        on(read.first()) && (!marked || on(read.get(1)))
+        let on =
+            |i: usize| (read.get(i)).is_some_and(|c| c.as_ref() == Some(&ready.candidate.closure));
+        on(0) && (!self.goal.persists_boot() || on(1)) && (!marked || on(2))
     }
 
     /// An unhealthy host the soak does not take back, and why: a host that
@@ -575,6 +587,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         Some(rollback)
     }
 }
+
+/// How long a read after a soak rides out a lost connection.
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the re-check after a soak found wrong.
 struct Found {

@@ -386,41 +386,51 @@ async fn an_unhealthy_host_whose_lock_another_run_took_during_the_soak_is_left_t
 
 /// The lock lost during the soak and free again (another run may have
 /// come and gone): taken again, the host is taken back only if it is as
-/// this run left it (running the candidate, its known-good on it); one
-/// another run moved in between is left (before: switched off what that
-/// run deployed, its known-good profile moved by our revoke).
+/// this run left it (running the candidate, its boot default and its
+/// known-good on it); one another run moved in between, live or only its
+/// boot default (`--goal boot`), is left (before: switched off what that
+/// run deployed, its known-good profile moved by our revoke). This run's
+/// own lock command, still holding on until its lease ends (the host never
+/// saw the connection drop), is waited for, not taken for another run's.
 #[tokio::test(start_paused = true)]
 async fn a_lock_lost_and_taken_again_takes_back_only_a_host_as_this_run_left_it() {
     const ODD: &str = "/nix/store/1d1x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.08";
-    for moved in [false, true] {
+    for case in ["as left", "own lock lingers", "moved", "boot moved"] {
         let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
-        let hosts = unhealthy_losing_its_lock(&f, move |web1| {
-            if moved {
-                // Another run switched it to ODD and let go.
-                web1.state().current = sp(ODD);
+        let hosts = unhealthy_losing_its_lock(&f, move |web1| match case {
+            "moved" => web1.state().current = sp(ODD),
+            "boot moved" => web1.state().set_profile(SYSTEM, &sp(ODD)),
+            "own lock lingers" => {
+                let own = crate::activation::host_lock::holder(&RunId::parse("r1").unwrap());
+                web1.state().lock_taken_by = Some(own);
+                let web1 = web1.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(40)).await;
+                    web1.state().lock_taken_by = None;
+                });
             }
+            _ => {}
         })
         .await;
         let (kept, rollback) = match &hosts[0].end {
             HostEnd::SoakFailed { kept, rollback, .. } => (*kept, rollback.clone()),
-            other => panic!("{moved}: {other:?}"),
+            other => panic!("{case}: {other:?}"),
         };
         let st = f.hosts["web1"].state();
-        if moved {
-            assert_eq!(kept, Some(Kept::LockLost));
-            assert_eq!(st.current, sp(ODD), "left as the other run has it");
+        if case.ends_with("moved") {
+            assert_eq!(kept, Some(Kept::LockLost), "{case}");
             assert!(
                 !st.ran.iter().any(|c| c.contains("revoke")),
-                "{:#?}",
+                "{case}: {:#?}",
                 st.ran
             );
         } else {
-            assert_eq!(kept, None, "{:#?}", st.ran);
+            assert_eq!(kept, None, "{case}: {:#?}", st.ran);
             assert!(
                 matches!(rollback, Some(RollbackOutcome::RolledBack { .. })),
-                "{rollback:?}"
+                "{case}: {rollback:?}"
             );
-            assert_eq!(st.current, sp(OLD));
+            assert_eq!(st.current, sp(OLD), "{case}");
         }
     }
 }

@@ -180,31 +180,46 @@ impl ConnectError {
 
 impl ConnectError {
     /// A refusal that waiting cannot change: a host key not trusted, a
-    /// known_hosts file unreadable, a key that needs its passphrase. Not a
-    /// login refused: sshd refuses logins while `/run/nologin` exists (a
-    /// host booting or going down), and takes them again after.
+    /// known_hosts file unreadable, no key to offer (or only one that needs
+    /// its passphrase). Not a login refused with a key offered: sshd
+    /// refuses logins while `/run/nologin` exists (a host booting or going
+    /// down), and takes them again after.
     pub fn is_lasting(&self) -> bool {
         match self {
-            ConnectError::AuthFailed { .. } => false,
+            ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. } => {
+                self.nothing_rejected()
+            }
             ConnectError::Jump { source, .. } => source.is_lasting(),
             other => other.is_refusal(),
         }
     }
 
     /// A failure of the controller's own, not of the host: no key to offer
-    /// (an agent gone, a key's lifetime over), a passphrase-protected key,
-    /// an unreadable known_hosts file, or a jump host in the way. A host
-    /// that locked logins out rejects the keys offered instead.
+    /// (an agent gone, a key's lifetime over) or only a passphrase-protected
+    /// one, an unreadable known_hosts file, or such a failure at a jump
+    /// host. A host that locked logins out rejects the keys offered: any
+    /// key rejected makes it the host's (an agent gone while another key
+    /// the host does not take is still offered reads as the host's too).
     pub fn is_controllers_own(&self) -> bool {
         match self {
-            ConnectError::KnownHosts { .. }
-            | ConnectError::EncryptedKey { .. }
-            | ConnectError::Jump { .. } => true,
-            ConnectError::AuthFailed { tried, .. } => {
-                !tried.iter().any(|t| t.ends_with(": rejected"))
+            ConnectError::KnownHosts { .. } => true,
+            ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. } => {
+                self.nothing_rejected()
             }
+            ConnectError::Jump { source, .. } => source.is_controllers_own(),
             _ => false,
         }
+    }
+
+    /// An authentication failure in which the host rejected no key offered.
+    fn nothing_rejected(&self) -> bool {
+        let tried = match self {
+            ConnectError::AuthFailed { tried, .. } | ConnectError::EncryptedKey { tried, .. } => {
+                tried
+            }
+            _ => return false,
+        };
+        !tried.iter().any(|t| t.ends_with(": rejected"))
     }
 }
 
@@ -229,5 +244,50 @@ fn tried_suffix(tried: &[String]) -> String {
         "; no identity was available (no agent keys, no identity files found)".to_owned()
     } else {
         format!("; tried:\n  - {}\n ", tried.join("\n  - "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(tried: &[&str]) -> ConnectError {
+        ConnectError::AuthFailed {
+            target: "web1".into(),
+            user: "root".into(),
+            tried: tried.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    /// A host that locked logins out rejects the keys offered: that is the
+    /// host's doing, and may pass (sshd refuses logins while a host boots);
+    /// no key to offer, or only one needing its passphrase, is the
+    /// controller's, and lasts; at a jump host, as the jump host's error is.
+    #[test]
+    fn whose_failure_and_whether_it_lasts() {
+        let rejected = auth(&["agent key ed25519 (SHA256:x): rejected"]);
+        let none = auth(&[]);
+        let encrypted_and_rejected = ConnectError::EncryptedKey {
+            target: "web1".into(),
+            path: "/root/.ssh/id_rsa".into(),
+            tried: vec!["agent key ed25519 (SHA256:x): rejected".into()],
+        };
+        assert!(!rejected.is_controllers_own() && !rejected.is_lasting());
+        assert!(none.is_controllers_own() && none.is_lasting());
+        let e = &encrypted_and_rejected;
+        assert!(!e.is_controllers_own() && !e.is_lasting());
+        let jump = |source| ConnectError::Jump {
+            target: "web1".into(),
+            source: Box::new(source),
+        };
+        let timeout = ConnectError::Timeout {
+            target: "bastion".into(),
+            addr: "10.0.0.9:22".into(),
+            stage: ConnectStage::Tcp,
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let j = jump(timeout);
+        assert!(!j.is_controllers_own() && !j.is_lasting());
+        assert!(jump(auth(&[])).is_controllers_own());
     }
 }
