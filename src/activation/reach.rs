@@ -29,7 +29,9 @@ pub struct Unreached {
     pub error: String,
     /// It was the controller's own failure, not the host's
     /// ([`crate::ssh::ConnectError::is_controllers_own`]: no key to offer,
-    /// an agent gone): it says nothing of the host, and is not tried again.
+    /// an agent gone, a jump host unreachable): it says nothing of the host.
+    /// Not tried again when it lasts (no key to offer); a jump host's
+    /// timeout is.
     pub controllers_own: bool,
 }
 
@@ -44,11 +46,12 @@ pub async fn new_connection<R: Remote>(
 ) -> Result<Option<StorePath>, Unreached> {
     let end = tokio::time::Instant::now() + within;
     loop {
-        let unreached = match once(fresh, current_system, end).await {
+        let (unreached, lasting) = match once(fresh, current_system, end).await {
             Ok(running) => return Ok(running),
             Err(u) => u,
         };
-        if unreached.controllers_own || tokio::time::Instant::now() + RETRY >= end {
+        let own_for_good = unreached.controllers_own && lasting;
+        if own_for_good || tokio::time::Instant::now() + RETRY >= end {
             return Err(unreached);
         }
         tokio::time::sleep(RETRY).await;
@@ -58,24 +61,28 @@ pub async fn new_connection<R: Remote>(
 /// One new connection, its handshake by `end` (a connection's own
 /// `connect_timeout`, twice that through a jump host, would outlast the
 /// window), and the link read over it (bounded by [`READS_BOUND`]).
+/// `Err`: why not, and whether waiting cannot change it.
 async fn once<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     end: tokio::time::Instant,
-) -> Result<Option<StorePath>, Unreached> {
-    let host = |error: String| Unreached {
-        error,
-        controllers_own: false,
+) -> Result<Option<StorePath>, (Unreached, bool)> {
+    let host = |error: String| {
+        let u = Unreached {
+            error,
+            controllers_own: false,
+        };
+        (u, false)
     };
     let remote = match tokio::time::timeout_at(end, fresh.fresh()).await {
         Ok(Ok(remote)) => remote,
         Ok(Err(e)) => {
-            let own = crate::remote::patient::connect_error(&e)
-                .is_some_and(crate::ssh::ConnectError::is_controllers_own);
-            return Err(Unreached {
+            let ce = crate::remote::patient::connect_error(&e);
+            let u = Unreached {
                 error: format!("{e:#}"),
-                controllers_own: own,
-            });
+                controllers_own: ce.is_some_and(crate::ssh::ConnectError::is_controllers_own),
+            };
+            return Err((u, ce.is_some_and(crate::ssh::ConnectError::is_lasting)));
         }
         Err(_) => return Err(host("no new connection within the window".to_owned())),
     };
@@ -85,5 +92,70 @@ async fn once<R: Remote>(
         Err(_) => Err(host(format!(
             "a new connection's read took over {READS_BOUND:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::remote::scripted::ScriptedRemote;
+    use crate::ssh::{ConnectError, ConnectStage};
+
+    /// Fails every new connection with `err()`, counting the tries.
+    struct Failing<F>(F, AtomicU32);
+
+    impl<F: Fn() -> ConnectError + Send + Sync> Reconnect<ScriptedRemote> for Failing<F> {
+        fn fresh(
+            &self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<ScriptedRemote>> + Send + '_>,
+        > {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let e = anyhow::Error::new((self.0)());
+            Box::pin(async move { Err(e) })
+        }
+    }
+
+    /// Not the host's failure either way; no key to offer is not tried
+    /// again (waiting cannot bring one), a jump host's timeout is, for the
+    /// whole window (a bastion restarting must not end the look at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_failure_of_our_own_ends_the_tries_a_passing_one_does_not() {
+        let no_key = Failing(
+            || ConnectError::AuthFailed {
+                target: "web1".into(),
+                user: "root".into(),
+                tried: Vec::new(),
+            },
+            AtomicU32::new(0),
+        );
+        let within = Duration::from_secs(10);
+        let u = new_connection(&no_key, "/run/current-system", within)
+            .await
+            .unwrap_err();
+        assert!(u.controllers_own);
+        assert_eq!(no_key.1.load(Ordering::SeqCst), 1);
+        let bastion = Failing(
+            || ConnectError::Jump {
+                target: "web1".into(),
+                source: Box::new(ConnectError::Timeout {
+                    target: "bastion".into(),
+                    addr: "10.0.0.9:22".into(),
+                    stage: ConnectStage::Tcp,
+                    timeout: Duration::from_secs(5),
+                }),
+            },
+            AtomicU32::new(0),
+        );
+        let u = new_connection(&bastion, "/run/current-system", within)
+            .await
+            .unwrap_err();
+        assert!(u.controllers_own);
+        assert!(
+            bastion.1.load(Ordering::SeqCst) >= 4,
+            "tried again within the window"
+        );
     }
 }

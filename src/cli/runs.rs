@@ -188,7 +188,8 @@ fn notes(dir: &Path, read: &runs::Read) -> Vec<String> {
         let lock = crate::state::lock::standing(dir);
         // This very process (a run's own --html-report after its final
         // report could not be written) is not "still running".
-        let ours = matches!(&lock, Standing::Held(Some(h)) if h.pid == std::process::id());
+        let ours = matches!(&lock, Standing::Held(Some(h))
+            if h.pid == std::process::id() && h.run_id.as_deref() == Some(id.as_str()));
         let going = !ours && runs::still_running(&lock, id, started);
         v.push(format!(
             "run {id} {}{}",

@@ -335,11 +335,14 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         // This run's own lock command may hold on until its lease ends (the
         // host never saw the connection drop): waited for.
         let until = tokio::time::Instant::now() + host_lock::LEASE + READ_PATIENCE;
-        let mut attempt = 0;
+        let (mut attempt, mut failed) = (0, 0);
         let retaken = loop {
             let again = match self.keep_lock(host, remote, inv_host).await {
                 Ok(retaken) => break retaken,
-                Err(FailureReason::LockLost { holder: None, .. }) => attempt < 3,
+                Err(FailureReason::LockLost { holder: None, .. }) => {
+                    failed += 1;
+                    failed <= 3
+                }
                 Err(FailureReason::LockLost {
                     holder: Some(h), ..
                 }) => h == self.lock_holder,
@@ -352,7 +355,17 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             tokio::time::sleep(wait).await;
             attempt += 1;
         };
-        !retaken || self.as_left(host, remote, inv_host, done).await
+        if !retaken {
+            return true;
+        }
+        // Taken again, read, and still held (the lock rides the session:
+        // a drop during the read let it go again).
+        self.as_left(host, remote, inv_host, done).await && !self.lock_lost(host).await
+    }
+
+    /// Was `host`'s lock lost (its command ended with its connection)?
+    async fn lock_lost(&self, host: &str) -> bool {
+        (self.locks.lock().await.get(host)).is_some_and(HostLock::is_lost)
     }
 
     /// Does the host run what this run left it on, its boot default too

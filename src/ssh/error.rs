@@ -194,19 +194,19 @@ impl ConnectError {
         }
     }
 
-    /// A failure of the controller's own, not of the host: no key to offer
-    /// (an agent gone, a key's lifetime over) or only a passphrase-protected
-    /// one, an unreadable known_hosts file, or such a failure at a jump
-    /// host. A host that locked logins out rejects the keys offered: any
-    /// key rejected makes it the host's (an agent gone while another key
-    /// the host does not take is still offered reads as the host's too).
+    /// A failure that says nothing of the host: no key to offer (an agent
+    /// gone, a key's lifetime over) or only a passphrase-protected one, an
+    /// unreadable known_hosts file, or any failure to reach a jump host (it
+    /// never got as far as the host). A host that locked logins out
+    /// rejects the keys offered: any key rejected makes it the host's (an
+    /// agent gone while another key the host does not take is still
+    /// offered reads as the host's too).
     pub fn is_controllers_own(&self) -> bool {
         match self {
-            ConnectError::KnownHosts { .. } => true,
+            ConnectError::KnownHosts { .. } | ConnectError::Jump { .. } => true,
             ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. } => {
                 self.nothing_rejected()
             }
-            ConnectError::Jump { source, .. } => source.is_controllers_own(),
             _ => false,
         }
     }
@@ -262,7 +262,8 @@ mod tests {
     /// A host that locked logins out rejects the keys offered: that is the
     /// host's doing, and may pass (sshd refuses logins while a host boots);
     /// no key to offer, or only one needing its passphrase, is the
-    /// controller's, and lasts; at a jump host, as the jump host's error is.
+    /// controller's, and lasts; a jump host's failure is never the host's,
+    /// and lasts as its own error does.
     #[test]
     fn whose_failure_and_whether_it_lasts() {
         let rejected = auth(&["agent key ed25519 (SHA256:x): rejected"]);
@@ -286,8 +287,9 @@ mod tests {
             stage: ConnectStage::Tcp,
             timeout: std::time::Duration::from_secs(10),
         };
+        // Not the host's, and may pass: tried again, then not a lockout.
         let j = jump(timeout);
-        assert!(!j.is_controllers_own() && !j.is_lasting());
-        assert!(jump(auth(&[])).is_controllers_own());
+        assert!(j.is_controllers_own() && !j.is_lasting());
+        assert!(jump(auth(&[])).is_lasting());
     }
 }
