@@ -45,15 +45,26 @@ pub async fn new_connection<R: Remote>(
     within: Duration,
 ) -> Result<Option<StorePath>, Unreached> {
     let end = tokio::time::Instant::now() + within;
+    let mut last = None;
     loop {
         let (unreached, lasting) = match once(fresh, current_system, end).await {
             Ok(running) => return Ok(running),
-            Err(u) => u,
+            Err(Some(u)) => u,
+            // Cut off by the window's end: the failure before says why (a
+            // bastion timing out each try is still not the host's), else
+            // nothing answered at all.
+            Err(None) => {
+                return Err(last.unwrap_or_else(|| Unreached {
+                    error: "no new connection within the window".to_owned(),
+                    controllers_own: false,
+                }));
+            }
         };
         let own_for_good = unreached.controllers_own && lasting;
         if own_for_good || tokio::time::Instant::now() + RETRY >= end {
             return Err(unreached);
         }
+        last = Some(unreached);
         tokio::time::sleep(RETRY).await;
     }
 }
@@ -61,18 +72,19 @@ pub async fn new_connection<R: Remote>(
 /// One new connection, its handshake by `end` (a connection's own
 /// `connect_timeout`, twice that through a jump host, would outlast the
 /// window), and the link read over it (bounded by [`READS_BOUND`]).
-/// `Err`: why not, and whether waiting cannot change it.
+/// `Err`: why not, and whether waiting cannot change it; `None` when the
+/// window ended first.
 async fn once<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     end: tokio::time::Instant,
-) -> Result<Option<StorePath>, (Unreached, bool)> {
+) -> Result<Option<StorePath>, Option<(Unreached, bool)>> {
     let host = |error: String| {
         let u = Unreached {
             error,
             controllers_own: false,
         };
-        (u, false)
+        Some((u, false))
     };
     let remote = match tokio::time::timeout_at(end, fresh.fresh()).await {
         Ok(Ok(remote)) => remote,
@@ -82,9 +94,12 @@ async fn once<R: Remote>(
                 error: format!("{e:#}"),
                 controllers_own: ce.is_some_and(crate::ssh::ConnectError::is_controllers_own),
             };
-            return Err((u, ce.is_some_and(crate::ssh::ConnectError::is_lasting)));
+            return Err(Some((
+                u,
+                ce.is_some_and(crate::ssh::ConnectError::is_lasting),
+            )));
         }
-        Err(_) => return Err(host("no new connection within the window".to_owned())),
+        Err(_) => return Err(None),
     };
     let read = links::read_store_link(&remote, current_system);
     match tokio::time::timeout(READS_BOUND, read).await {
@@ -103,8 +118,9 @@ mod tests {
     use crate::remote::scripted::ScriptedRemote;
     use crate::ssh::{ConnectError, ConnectStage};
 
-    /// Fails every new connection with `err()`, counting the tries.
-    struct Failing<F>(F, AtomicU32);
+    /// Fails every new connection with `err()` after `takes`, counting the
+    /// tries.
+    struct Failing<F>(F, AtomicU32, Duration);
 
     impl<F: Fn() -> ConnectError + Send + Sync> Reconnect<ScriptedRemote> for Failing<F> {
         fn fresh(
@@ -113,8 +129,11 @@ mod tests {
             Box<dyn std::future::Future<Output = anyhow::Result<ScriptedRemote>> + Send + '_>,
         > {
             self.1.fetch_add(1, Ordering::SeqCst);
-            let e = anyhow::Error::new((self.0)());
-            Box::pin(async move { Err(e) })
+            let (e, takes) = (anyhow::Error::new((self.0)()), self.2);
+            Box::pin(async move {
+                tokio::time::sleep(takes).await;
+                Err(e)
+            })
         }
     }
 
@@ -130,6 +149,7 @@ mod tests {
                 tried: Vec::new(),
             },
             AtomicU32::new(0),
+            Duration::ZERO,
         );
         let within = Duration::from_secs(10);
         let u = new_connection(&no_key, "/run/current-system", within)
@@ -137,6 +157,9 @@ mod tests {
             .unwrap_err();
         assert!(u.controllers_own);
         assert_eq!(no_key.1.load(Ordering::SeqCst), 1);
+        // Each try times out after 5 s (a bastion not answering): the
+        // window's end cuts the second short, and the failure before it
+        // says why (it read as the host's when the cut-off try was taken).
         let bastion = Failing(
             || ConnectError::Jump {
                 target: "web1".into(),
@@ -148,13 +171,14 @@ mod tests {
                 }),
             },
             AtomicU32::new(0),
+            Duration::from_secs(5),
         );
         let u = new_connection(&bastion, "/run/current-system", within)
             .await
             .unwrap_err();
-        assert!(u.controllers_own);
+        assert!(u.controllers_own, "{u:?}");
         assert!(
-            bastion.1.load(Ordering::SeqCst) >= 4,
+            bastion.1.load(Ordering::SeqCst) >= 2,
             "tried again within the window"
         );
     }
