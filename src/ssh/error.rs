@@ -219,13 +219,18 @@ impl ConnectError {
             }
             _ => return false,
         };
-        !tried.iter().any(|t| t.ends_with(": rejected"))
+        !any_rejected(tried)
     }
+}
+
+/// Did the host reject a key offered (`tried`'s `...: rejected` entries)?
+fn any_rejected(tried: &[String]) -> bool {
+    tried.iter().any(|t| t.ends_with(": rejected"))
 }
 
 /// What to do: a key was offered and refused, or there was none to offer.
 fn auth_hint(user: &str, tried: &[String]) -> String {
-    if tried.iter().any(|t| t.ends_with(": rejected")) {
+    if any_rejected(tried) {
         format!(
             "; check that one of these keys is in ~{user}/.ssh/authorized_keys on the host, \
              or set identity files in the inventory or ~/.ssh/config"
