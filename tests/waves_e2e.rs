@@ -110,10 +110,22 @@ fn a_refused_canary_stops_the_run_and_a_clean_push_goes_through_every_wave() {
     let words = text(&out.stdout) + &text(&out.stderr);
     assert!(words.contains("canary"), "{words}");
 
-    // 3. A clean push goes through every wave, canary first.
+    // 3. A clean push goes through every wave, canary first, built as a
+    //    flake, with light3 before light2 in the inventory (so in the
+    //    build): the builder's Nix 2.8 answers `nix build --json` of
+    //    several hosts in its own order (sorted by name), and paired by
+    //    position light3 was given light2's system.
     let c3 = fleet
         .commit_config(|v| v["hosts"]["light1"] = json!({}))
         .unwrap();
+    let path = fleet.inventory_path();
+    let inv = std::fs::read_to_string(&path).unwrap();
+    let (before, light2) = inv.split_once("\n[hosts.light2]\n").unwrap();
+    let (light2, after) = light2.split_once("\n[hosts.light3]\n").unwrap();
+    let (light3, after) = after.split_once("\n\n").unwrap();
+    let inv = format!("{before}\n[hosts.light3]\n{light3}\n\n[hosts.light2]\n{light2}\n{after}");
+    assert!(inv.contains("flake = false\n"), "{inv}");
+    std::fs::write(&path, inv.replace("flake = false\n", "flake = true\n")).unwrap();
     let out = nixgate(&fleet, &["--json", "push", "--yes", "--expect", "hello"]);
     assert_eq!(
         out.status.code(),

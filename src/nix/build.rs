@@ -121,6 +121,12 @@ pub enum BuildFailure {
     Eval { log_tail: Vec<String> },
     #[error("build failed:\n  {}", log_tail.join("\n  "))]
     Build { log_tail: Vec<String> },
+    /// The flake's `flake.lock` does not lock every input, and the
+    /// builder's Nix will not evaluate it without changing the lock (Nix
+    /// 2.8: "requires lock file changes"). nixgate builds what the commit
+    /// locks and never writes a lock file.
+    #[error("its flake.lock does not lock every input:\n  {}", log_tail.join("\n  "))]
+    LockIncomplete { log_tail: Vec<String> },
     /// No machine could take a derivation: the builder builds nothing
     /// itself (`max_jobs = 0`) and the remote builders were down or lacked
     /// the system or features. `unreachable`: each remote builder Nix could
@@ -187,39 +193,15 @@ pub enum HostBuild {
     Failed { error: BuildFailure },
 }
 
-#[derive(Deserialize)]
-struct JsonBuild {
-    #[serde(rename = "drvPath")]
-    drv_path: String,
-    outputs: std::collections::BTreeMap<String, String>,
-}
-
-/// The command building `hosts` (one or all), with `options`.
-pub fn build_command(dir: &str, flake: bool, attrs: &[&str], options: &BuildOptions) -> Command {
-    plain_build_command(dir, flake, attrs).args(options.args())
-}
-
-fn plain_build_command(dir: &str, flake: bool, attrs: &[&str]) -> Command {
-    if flake {
-        let mut c = Command::new("nix").args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "build",
-            "--json",
-            "--no-link",
-            "--keep-going",
-        ]);
-        for a in attrs {
-            c = c.arg(format!("path:{dir}#{a}"));
-        }
-        c
-    } else {
-        let mut c = Command::new("nix-build").arg(dir);
-        for a in attrs {
-            c = c.arg("-A").arg(*a);
-        }
-        c.args(["--no-out-link", "--keep-going"])
+/// The command building `attrs` of the classic (not flake) expression in
+/// `dir`, with `options`. Flakes: [`super::flake_build`].
+pub fn build_command(dir: &str, attrs: &[&str], options: &BuildOptions) -> Command {
+    let mut c = Command::new("nix-build").arg(dir);
+    for a in attrs {
+        c = c.arg("-A").arg(*a);
     }
+    c.args(["--no-out-link", "--keep-going"])
+        .args(options.args())
 }
 
 /// The command printing the derivation of `attr` (writing it to the store,
@@ -261,51 +243,26 @@ pub async fn instantiate<R: Remote>(
     Ok(StorePath::parse(line)?)
 }
 
-/// Parse a successful build's stdout into `(toplevel, drv?)` per attribute.
-fn parse_success(
-    flake: bool,
-    stdout: &str,
-    n: usize,
-) -> anyhow::Result<Vec<(StorePath, Option<StorePath>)>> {
-    if flake {
-        // The JSON is one line; anything else that reached stdout is not it.
-        let json = stdout
-            .lines()
-            .rfind(|l| l.trim_start().starts_with('['))
-            .unwrap_or(stdout.trim());
-        let builds: Vec<JsonBuild> =
-            serde_json::from_str(json.trim()).context("parsing `nix build --json` output")?;
-        anyhow::ensure!(
-            builds.len() == n,
-            "nix build reported {} results for {n} hosts",
-            builds.len()
-        );
-        builds
-            .into_iter()
-            .map(|b| {
-                let out = b.outputs.get("out").context("no `out` output")?;
-                Ok((StorePath::parse(out)?, Some(StorePath::parse(&b.drv_path)?)))
-            })
-            .collect()
-    } else {
-        let paths: Vec<&str> = stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        anyhow::ensure!(
-            paths.len() == n,
-            "nix-build printed {} paths for {n} hosts",
-            paths.len()
-        );
-        paths
-            .into_iter()
-            .map(|p| Ok((StorePath::parse(p)?, None)))
-            .collect()
-    }
+/// Parse a successful classic build's stdout: one toplevel per attribute,
+/// in the order asked (`nix-build` prints them so in every version).
+fn parse_success(stdout: &str, n: usize) -> anyhow::Result<Vec<(StorePath, Option<StorePath>)>> {
+    let paths: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    anyhow::ensure!(
+        paths.len() == n,
+        "nix-build printed {} paths for {n} hosts",
+        paths.len()
+    );
+    paths
+        .into_iter()
+        .map(|p| Ok((StorePath::parse(p)?, None)))
+        .collect()
 }
 
-fn failure_of(out: &Output) -> BuildFailure {
+pub(super) fn failure_of(out: &Output) -> BuildFailure {
     let text = out.stderr_str();
     let log_tail = out.tail(20);
     // Before anything else: a full disk fails evaluation (writing a
@@ -318,6 +275,9 @@ fn failure_of(out: &Output) -> BuildFailure {
             database_unusable: false,
             log_tail,
         };
+    }
+    if text.contains("requires lock file changes") {
+        return BuildFailure::LockIncomplete { log_tail };
     }
     let lower = text.to_lowercase();
     if lower.contains("unable to start any build")
@@ -407,9 +367,12 @@ const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The command running `cmd` under [`BUILD_WRAPPER`], with Nix's JSON log.
 pub fn logged_command(cmd: &Command) -> Command {
-    Command::script(BUILD_WRAPPER)
+    let wrapped = Command::script(BUILD_WRAPPER)
         .args(cmd.argv().iter().cloned())
-        .args(["--log-format", "internal-json"])
+        .args(["--log-format", "internal-json"]);
+    cmd.env_vars()
+        .iter()
+        .fold(wrapped, |c, (k, v)| c.env(k.clone(), v.clone()))
 }
 
 /// Run a Nix command (a build, a copy) with its JSON log merged into its
@@ -476,8 +439,6 @@ pub async fn build_hosts<R: Remote>(
     if req.hosts.is_empty() {
         return Ok(Vec::new());
     }
-    let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
-    let cmd = build_command(&req.dir, req.flake, &attrs, &req.options);
     let told = |t: Logged| match t {
         Logged::Progress(c) => progress(BuildUpdate::Progress(c.into())),
         Logged::Building { drv, machine } => {
@@ -487,11 +448,16 @@ pub async fn build_hosts<R: Remote>(
         }
         Logged::CopyPlanned { .. } | Logged::Copied { .. } => {}
     };
+    if req.flake {
+        return super::flake_build::build_hosts(builder, req, &told, stop).await;
+    }
+    let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
+    let cmd = build_command(&req.dir, &attrs, &req.options);
     let out = run_logged(builder, &cmd, &told, stop)
         .await
         .context("running the build on the builder")?;
     if out.success() {
-        let built = parse_success(req.flake, &out.stdout_str(), attrs.len())?;
+        let built = parse_success(&out.stdout_str(), attrs.len())?;
         let results = finish(builder, built).await?;
         return Ok(req
             .hosts
@@ -503,9 +469,9 @@ pub async fn build_hosts<R: Remote>(
     // Something failed: each host alone, concurrently, to attribute it.
     let quiet = |_: Logged| {};
     let singles = req.hosts.iter().map(|(host, attr)| async move {
-        let cmd = build_command(&req.dir, req.flake, &[attr.as_str()], &req.options);
+        let cmd = build_command(&req.dir, &[attr.as_str()], &req.options);
         let hb = match run_logged(builder, &cmd, &quiet, stop).await {
-            Ok(out) if out.success() => match parse_success(req.flake, &out.stdout_str(), 1) {
+            Ok(out) if out.success() => match parse_success(&out.stdout_str(), 1) {
                 Ok(built) => finish(builder, built).await.map(|mut v| v.remove(0)),
                 Err(e) => Err(e),
             },
@@ -531,7 +497,7 @@ pub async fn build_hosts<R: Remote>(
 /// I/O error ([`buildlog::database_io_error`]) is out of space when the
 /// store is measured nearly full: on a full disk Nix 2.8 cannot open its
 /// database at all, and says nothing else.
-async fn measure_store_for_space_failures<R: Remote>(
+pub(super) async fn measure_store_for_space_failures<R: Remote>(
     builder: &R,
     results: &mut [(String, HostBuild)],
 ) {
@@ -577,7 +543,7 @@ mod tests {
     #[test]
     fn commands() {
         let none = BuildOptions::default();
-        let c = build_command("/var/tmp/nixgate/src/abc", false, &["a.b", "c.d"], &none);
+        let c = build_command("/var/tmp/nixgate/src/abc", &["a.b", "c.d"], &none);
         assert_eq!(
             c.argv(),
             [
@@ -591,15 +557,12 @@ mod tests {
                 "--keep-going"
             ]
         );
-        let c = build_command("/d", true, &["x"], &none);
-        assert_eq!(c.argv().last().unwrap(), "path:/d#x");
-        assert!(c.argv().contains(&"--json".to_string()));
         let remote = BuildOptions {
             builders: vec!["ssh://b2 x86_64-linux".into(), "ssh://b3".into()],
             use_substitutes: true,
             max_jobs: Some(0),
         };
-        let c = build_command("/d", false, &["x"], &remote);
+        let c = build_command("/d", &["x"], &remote);
         assert_eq!(
             c.argv()[6..],
             [
@@ -628,14 +591,11 @@ mod tests {
     }
 
     #[test]
-    fn parses_json_and_lines() {
+    fn parses_lines() {
         let t = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a";
-        let d = "/nix/store/1c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-a.drv";
-        let json = format!(r#"[{{"drvPath":"{d}","outputs":{{"out":"{t}"}}}}]"#);
-        let v = parse_success(true, &format!("stray line\n{json}\n"), 1).unwrap();
+        let v = parse_success(&format!("{t}\n"), 1).unwrap();
         assert_eq!(v[0].0.as_str(), t);
-        assert_eq!(v[0].1.as_ref().unwrap().as_str(), d);
-        assert!(parse_success(false, &format!("{t}\n"), 2).is_err());
+        assert!(parse_success(&format!("{t}\n"), 2).is_err());
     }
 }
 

@@ -11,6 +11,7 @@ pub mod copy;
 pub mod fanout;
 #[cfg(test)]
 mod fanout_stall_tests;
+pub mod flake_build;
 pub mod gcroots;
 pub mod nar;
 pub mod serve;

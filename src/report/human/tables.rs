@@ -330,7 +330,10 @@ pub fn build_logs(waves: &[PlannedWave]) -> String {
         let Verdict::Refused {
             refusal:
                 crate::plan::Refusal::Build {
-                    failure: BuildFailure::Eval { log_tail } | BuildFailure::Build { log_tail },
+                    failure:
+                        BuildFailure::Eval { log_tail }
+                        | BuildFailure::Build { log_tail }
+                        | BuildFailure::LockIncomplete { log_tail },
                 },
         } = &h.verdict
         else {

@@ -147,6 +147,7 @@ pub fn refusal(r: &Refusal) -> String {
             BuildFailure::Build { log_tail } => {
                 format!("its configuration does not build: {}", error_line(log_tail))
             }
+            BuildFailure::LockIncomplete { .. } => "its flake.lock does not lock every input, and the builder's Nix will not change it: run `nix flake lock`, commit flake.lock, then push again".into(),
             BuildFailure::NoMachine {
                 unreachable,
                 log_tail,

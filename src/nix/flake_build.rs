@@ -1,0 +1,445 @@
+//! Flake builds: every host's system evaluated in one `nix eval`, whose
+//! answer pairs each host with its derivation, then the derivations
+//! realised in one `nix-store --realise`.
+//!
+//! Why not one `nix build --json` of every host's attribute: before Nix
+//! 2.16 its JSON lists the results in Nix's own order (its goals sorted by
+//! derivation name), not in the order asked (upstream fixed it in 2.16).
+//! Measured with Nix 2.8: asked for `zeta`, `alpha`, `mid`, it answered
+//! `alpha`, `mid`, `zeta`. Paired by position, hosts were given each
+//! other's systems: GC-rooted, diffed and deployed under the wrong names.
+//! Here the pairing comes from a JSON list the evaluation builds itself (a
+//! list keeps its order in every Nix), and the build is told derivations,
+//! not attributes; the realised outputs are checked against the evaluated
+//! ones. The evaluation is the one `nix build` made (one process for every
+//! host, shared imports), so the split costs one command more, not a
+//! second evaluation.
+//!
+//! The attribute is looked up as `nix build path:DIR#ATTR` looks it up:
+//! `packages.<system>.ATTR`, `legacyPackages.<system>.ATTR`, then `ATTR`.
+//! The source directory and the attributes reach the fixed expression
+//! through the environment ([`FLAKE_ENV`], [`ATTRS_ENV`]): no inventory
+//! text is ever spliced into Nix code.
+//!
+//! `builtins.getFlake` never writes a lock file. Nix 2.8 refuses a flake
+//! whose `flake.lock` does not lock every input ("requires lock file
+//! changes"), which becomes [`BuildFailure::LockIncomplete`]; Nix 2.26
+//! locks the missing inputs in memory and warns.
+
+use anyhow::Context;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::StorePath;
+use super::build::{
+    BuildFailure, BuildRequest, HostBuild, failure_of, measure_store_for_space_failures, run_logged,
+};
+use super::buildlog::Logged;
+use crate::remote::{Command, Remote};
+
+/// The environment variable naming the shipped source directory.
+pub const FLAKE_ENV: &str = "NIXGATE_FLAKE";
+/// The environment variable holding the attribute paths, as a JSON list of
+/// lists of names.
+pub const ATTRS_ENV: &str = "NIXGATE_ATTRS";
+
+/// Each attribute's derivation and output, in the order asked.
+const EVAL_EXPR: &str = r#"let
+  dir = builtins.getEnv "NIXGATE_FLAKE";
+  flake = builtins.getFlake "path:${dir}";
+  system = builtins.currentSystem;
+  find = v: path:
+    if path == [ ] then v
+    else let n = builtins.head path; in
+      if builtins.isAttrs v && builtins.hasAttr n v then find v.${n} (builtins.tail path) else null;
+  pick = path:
+    let
+      tries = [ ([ "packages" system ] ++ path) ([ "legacyPackages" system ] ++ path) path ];
+      found = builtins.filter (t: t != null) (map (find flake) tries);
+    in
+      if found == [ ] then
+        throw "flake 'path:${dir}' does not provide attribute '${builtins.concatStringsSep "." path}'"
+      else builtins.head found;
+in
+map (path: let t = pick path; in { drv = t.drvPath; out = t.outPath; })
+  (builtins.fromJSON (builtins.getEnv "NIXGATE_ATTRS"))"#;
+
+/// One host's evaluated system.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct Evaluated {
+    drv: String,
+    out: String,
+}
+
+/// Split a Nix attribute path (`a."b.c".d`) into its names, as Nix does
+/// for a flake fragment: dots separate, double quotes quote.
+pub fn attr_path(attr: &str) -> Vec<String> {
+    let mut names = vec![String::new()];
+    let mut quoted = false;
+    for c in attr.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => names.push(String::new()),
+            c => names.last_mut().expect("never empty").push(c),
+        }
+    }
+    names
+}
+
+/// The command evaluating `attrs` of the flake in `dir`.
+pub fn eval_command(dir: &str, attrs: &[&str], options: &[String]) -> Command {
+    let paths: Vec<Vec<String>> = attrs.iter().map(|a| attr_path(a)).collect();
+    let json = serde_json::to_string(&paths).expect("a list of strings serialises");
+    Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--json",
+            "--impure",
+            "--expr",
+            EVAL_EXPR,
+        ])
+        .args(options.iter().cloned())
+        .env(FLAKE_ENV, dir)
+        .env(ATTRS_ENV, json)
+}
+
+/// The command realising `drvs`.
+pub fn realise_command(drvs: &[&StorePath], options: &[String]) -> Command {
+    Command::new("nix-store")
+        .args(["--realise", "--keep-going"])
+        .args(drvs.iter().map(|d| d.as_str()))
+        .args(options.iter().cloned())
+}
+
+/// Parse the evaluation's answer: one `(out, drv)` per attribute asked.
+fn parse_evaluated(stdout: &str, n: usize) -> anyhow::Result<Vec<(StorePath, StorePath)>> {
+    // The JSON is one line; anything else that reached stdout is not it.
+    let json = stdout
+        .lines()
+        .rfind(|l| l.trim_start().starts_with('['))
+        .unwrap_or(stdout.trim());
+    let got: Vec<Evaluated> =
+        serde_json::from_str(json.trim()).context("parsing `nix eval --json` output")?;
+    anyhow::ensure!(
+        got.len() == n,
+        "nix eval answered {} systems for {n} hosts",
+        got.len()
+    );
+    got.into_iter()
+        .map(|e| Ok((StorePath::parse(&e.out)?, StorePath::parse(&e.drv)?)))
+        .collect()
+}
+
+/// Build every host of `req` (a flake): results in request order.
+pub async fn build_hosts<R: Remote>(
+    builder: &R,
+    req: &BuildRequest,
+    told: &(dyn Fn(Logged) + Send + Sync),
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<(String, HostBuild)>> {
+    let options = req.options.args();
+    let evaluated = evaluate(builder, req, &options, told, stop).await?;
+    let mut results = realise(builder, evaluated, &options, told, stop).await?;
+    if results
+        .iter()
+        .any(|(_, hb)| matches!(hb, HostBuild::Failed { .. }))
+    {
+        measure_store_for_space_failures(builder, &mut results).await;
+    }
+    Ok(results)
+}
+
+/// Each host's `(out, drv)`, or why it did not evaluate: all hosts in one
+/// command; when that fails, each host alone, so one host's error fails
+/// that host only.
+async fn evaluate<R: Remote>(
+    builder: &R,
+    req: &BuildRequest,
+    options: &[String],
+    told: &(dyn Fn(Logged) + Send + Sync),
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<(String, Result<(StorePath, StorePath), BuildFailure>)>> {
+    let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
+    let cmd = eval_command(&req.dir, &attrs, options);
+    let out = run_logged(builder, &cmd, told, stop)
+        .await
+        .context("evaluating on the builder")?;
+    if out.success() {
+        let systems = parse_evaluated(&out.stdout_str(), attrs.len())?;
+        let hosts = req.hosts.iter().map(|(h, _)| h.clone());
+        return Ok(hosts.zip(systems.into_iter().map(Ok)).collect());
+    }
+    if req.hosts.len() == 1 {
+        return Ok(vec![(req.hosts[0].0.clone(), Err(failure_of(&out)))]);
+    }
+    let quiet = |_: Logged| {};
+    let singles = req.hosts.iter().map(|(host, attr)| async move {
+        let cmd = eval_command(&req.dir, &[attr.as_str()], options);
+        let one = match run_logged(builder, &cmd, &quiet, stop).await {
+            Ok(out) if out.success() => {
+                parse_evaluated(&out.stdout_str(), 1).map(|mut v| Ok(v.remove(0)))
+            }
+            Ok(out) => Ok(Err(failure_of(&out))),
+            Err(e) => Err(e),
+        };
+        (host.clone(), one)
+    });
+    let mut results = Vec::new();
+    for (host, one) in futures_util::future::join_all(singles).await {
+        results.push((
+            host.clone(),
+            one.with_context(|| format!("evaluating {host}"))?,
+        ));
+    }
+    Ok(results)
+}
+
+type Evaluation = Result<(StorePath, StorePath), BuildFailure>;
+
+/// Realise the evaluated hosts' derivations: all in one command; when that
+/// fails, each alone, so one host's failed build fails that host only.
+async fn realise<R: Remote>(
+    builder: &R,
+    evaluated: Vec<(String, Evaluation)>,
+    options: &[String],
+    told: &(dyn Fn(Logged) + Send + Sync),
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<(String, HostBuild)>> {
+    let drvs: Vec<&StorePath> = evaluated
+        .iter()
+        .filter_map(|(_, e)| e.as_ref().ok().map(|(_, drv)| drv))
+        .collect();
+    // Nothing evaluated: every host carries its own failure.
+    let (printed, alone) = if drvs.is_empty() {
+        (String::new(), None)
+    } else {
+        let out = run_logged(builder, &realise_command(&drvs, options), told, stop)
+            .await
+            .context("building on the builder")?;
+        if !out.success() && drvs.len() > 1 {
+            return realise_each(builder, evaluated, options, stop).await;
+        }
+        (
+            out.stdout_str(),
+            (!out.success()).then(|| realise_failure(&out)),
+        )
+    };
+    evaluated
+        .into_iter()
+        .map(|(host, e)| {
+            let hb = match (e, &alone) {
+                (Err(error), _) => HostBuild::Failed { error },
+                (Ok(_), Some(error)) => HostBuild::Failed {
+                    error: error.clone(),
+                },
+                (Ok((toplevel, drv)), None) => built(&printed, toplevel, drv)?,
+            };
+            Ok((host, hb))
+        })
+        .collect()
+}
+
+/// Realise each evaluated host's derivation alone, concurrently.
+async fn realise_each<R: Remote>(
+    builder: &R,
+    evaluated: Vec<(String, Evaluation)>,
+    options: &[String],
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<(String, HostBuild)>> {
+    let quiet = |_: Logged| {};
+    let singles = evaluated.into_iter().map(|(host, e)| async move {
+        let hb = match e {
+            Err(error) => Ok(HostBuild::Failed { error }),
+            Ok((toplevel, drv)) => {
+                let cmd = realise_command(&[&drv], options);
+                match run_logged(builder, &cmd, &quiet, stop).await {
+                    Ok(out) if out.success() => built(&out.stdout_str(), toplevel, drv),
+                    Ok(out) => Ok(HostBuild::Failed {
+                        error: realise_failure(&out),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        (host, hb)
+    });
+    let mut results = Vec::new();
+    for (host, hb) in futures_util::future::join_all(singles).await {
+        results.push((
+            host.clone(),
+            hb.with_context(|| format!("building {host}"))?,
+        ));
+    }
+    Ok(results)
+}
+
+/// The host's build, once `nix-store --realise` printed its output.
+fn built(printed: &str, toplevel: StorePath, drv: StorePath) -> anyhow::Result<HostBuild> {
+    anyhow::ensure!(
+        printed.lines().any(|l| l.trim() == toplevel.as_str()),
+        "`nix-store --realise {drv}` succeeded without printing {toplevel}, the output its evaluation named"
+    );
+    Ok(HostBuild::Built { toplevel, drv })
+}
+
+/// Why a realisation failed: never an evaluation (the derivation exists).
+fn realise_failure(out: &crate::remote::Output) -> BuildFailure {
+    match failure_of(out) {
+        BuildFailure::Eval { log_tail } => BuildFailure::Build { log_tail },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::build::{BuildOptions, build_hosts};
+    use crate::remote::scripted::{ScriptedRemote, ok};
+    use crate::remote::{Exit, Output};
+
+    const ZETA: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-zeta";
+    const ALPHA: &str = "/nix/store/1c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-alpha";
+
+    fn drv(out: &str) -> String {
+        format!("{out}.drv")
+            .replacen("/0c0", "/2c0", 1)
+            .replacen("/1c0", "/3c0", 1)
+    }
+
+    fn env_of<'a>(c: &'a Command, key: &str) -> Option<&'a str> {
+        c.env_vars()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A builder whose evaluation answers in the order asked and whose
+    /// `nix-store --realise` prints in its own (sorted) order, as Nix 2.8's
+    /// `nix build --json` did; `failing` does not evaluate.
+    fn builder(failing: Option<&'static str>) -> ScriptedRemote {
+        ScriptedRemote::new("builder", move |c| {
+            let argv = c.argv().join(" ");
+            if argv.contains(" eval ") {
+                let attrs: Vec<Vec<String>> =
+                    serde_json::from_str(env_of(c, ATTRS_ENV).expect("attrs")).unwrap();
+                let names: Vec<&str> = attrs.iter().map(|a| a[1].as_str()).collect();
+                if let Some(f) = failing.filter(|f| names.contains(f)) {
+                    let said = format!("error: attribute '{f}' missing");
+                    return Output::new(Exit::Code { code: 1 }, said, "");
+                }
+                let json: Vec<serde_json::Value> = names
+                    .iter()
+                    .map(|n| {
+                        let out = if *n == "zeta" { ZETA } else { ALPHA };
+                        serde_json::json!({ "drv": drv(out), "out": out })
+                    })
+                    .collect();
+                return ok(&serde_json::to_string(&json).unwrap());
+            }
+            assert!(argv.contains("nix-store --realise"), "{argv}");
+            let mut outs: Vec<&str> = [ALPHA, ZETA]
+                .into_iter()
+                .filter(|o| argv.contains(&drv(o)))
+                .collect();
+            outs.sort();
+            ok(&(outs.join("\n") + "\n"))
+        })
+    }
+
+    fn request(hosts: &[&str]) -> BuildRequest {
+        BuildRequest {
+            dir: "/var/tmp/nixgate/src/abc".into(),
+            flake: true,
+            hosts: hosts
+                .iter()
+                .map(|h| (h.to_string(), format!("nixosConfigurations.{h}")))
+                .collect(),
+            options: BuildOptions::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_host_gets_the_system_its_evaluation_named() {
+        let b = builder(None);
+        let got = build_hosts(
+            &b,
+            &request(&["zeta", "alpha"]),
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let tops: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(h, hb)| match hb {
+                HostBuild::Built { toplevel, drv: d } => {
+                    assert_eq!(d.as_str(), drv(toplevel.as_str()));
+                    (h.as_str(), toplevel.as_str())
+                }
+                other => panic!("{h}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(tops, [("zeta", ZETA), ("alpha", ALPHA)]);
+        // Evaluated once, realised once: no second evaluation.
+        assert_eq!(b.argvs().len(), 2, "{:?}", b.argvs());
+    }
+
+    #[tokio::test]
+    async fn a_host_that_does_not_evaluate_fails_alone() {
+        let b = builder(Some("zeta"));
+        let got = build_hosts(
+            &b,
+            &request(&["zeta", "alpha"]),
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(&got[0], (h, HostBuild::Failed { error: BuildFailure::Eval { log_tail } })
+                if h == "zeta" && log_tail.concat().contains("'zeta' missing")),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[1], (h, HostBuild::Built { toplevel, .. }) if h == "alpha" && toplevel.as_str() == ALPHA),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn attribute_paths_split_as_nix_splits_them() {
+        assert_eq!(
+            attr_path("nixosConfigurations.\"web1.example\".config.system"),
+            ["nixosConfigurations", "web1.example", "config", "system"]
+        );
+        assert_eq!(attr_path("a"), ["a"]);
+    }
+
+    #[test]
+    fn inventory_text_reaches_nix_only_through_the_environment() {
+        let c = eval_command("/d/x\"y", &["a.\"${b}\"", "c"], &[]);
+        assert_eq!(env_of(&c, FLAKE_ENV), Some("/d/x\"y"));
+        assert_eq!(env_of(&c, ATTRS_ENV), Some(r#"[["a","${b}"],["c"]]"#));
+        assert!(
+            c.argv()
+                .iter()
+                .all(|a| !a.contains("/d/x") && !a.contains("${b}\""))
+        );
+        // Through the build wrapper too.
+        let logged = crate::nix::build::logged_command(&c);
+        assert_eq!(env_of(&logged, ATTRS_ENV), env_of(&c, ATTRS_ENV));
+    }
+
+    #[test]
+    fn an_incomplete_lock_is_its_own_failure() {
+        // Nix 2.8's words, through the wrapper's merged log.
+        let said = "error: flake 'path:/var/tmp/nixgate/src/abc' requires lock file changes but they're not allowed due to '--no-update-lock-file'";
+        let out = Output::new(Exit::Code { code: 1 }, "", said);
+        assert!(matches!(
+            failure_of(&out),
+            BuildFailure::LockIncomplete { .. }
+        ));
+    }
+}
