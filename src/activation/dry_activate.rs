@@ -1,6 +1,6 @@
 //! The dry-activate gate: `<closure>/bin/switch-to-configuration dry-activate`
-//! (nix-darwin: `checkActivation=1 <closure>/activate`). It changes nothing,
-//! so it runs in the SSH session. A non-zero exit fails the gate; the unit
+//! (nix-darwin: `checkActivation=1 <closure>/activate`, see [`DRY_DARWIN`]).
+//! It changes nothing, so it runs in the SSH session. A non-zero exit fails the gate; the unit
 //! lines it prints on stderr (`would stop the following units: a, b`, ...)
 //! become typed lists. A 25.11 switch-inhibitor refusal is reported apart.
 
@@ -50,11 +50,32 @@ pub fn dry_activate_command(closure: &StorePath, os: Os, sudo: bool) -> Command 
         Os::Linux => Command::new(format!("{closure}/bin/switch-to-configuration"))
             .arg("dry-activate")
             .sudo(sudo),
-        Os::Darwin => Command::new(format!("{closure}/activate"))
+        Os::Darwin => Command::script(DRY_DARWIN)
+            .arg(closure.as_str())
             .env("checkActivation", "1")
             .sudo(sudo),
     }
 }
+
+/// nix-darwin's checks: its `activate` runs the checks and, with
+/// `checkActivation=1`, exits before it changes anything. But its shebang
+/// is `#!/usr/bin/env -i <bash>` (nix-darwin 25.05 on): run as a program,
+/// `env -i` empties the environment, `checkActivation` with it, and the
+/// "dry" run activated the candidate for real, in the SSH session, with no
+/// revert armed (upstream's own `darwin-rebuild check` does the same:
+/// nix-darwin#1700). So the shebang's interpreter (its last word) runs the
+/// script itself, in this environment. `$1`: the closure.
+pub const DRY_DARWIN: &str = r#"f="$1/activate"
+IFS= read -r first < "$f" || { echo "nixgate: cannot read $f" >&2; exit 127; }
+case $first in
+  '#!'*) ;;
+  *) echo "nixgate: $f does not start with #!" >&2; exit 127 ;;
+esac
+set -f
+set -- ${first#??}
+[ "$#" -gt 0 ] || { echo "nixgate: $f names no interpreter" >&2; exit 127; }
+shift $(($# - 1))
+exec "$1" "$f""#;
 
 fn units(list: &str) -> Vec<String> {
     list.split(',')
@@ -208,9 +229,53 @@ mod tests {
     #[test]
     fn darwin_command() {
         let sys = StorePath::parse(SYS).unwrap();
-        assert_eq!(
-            dry_activate_command(&sys, Os::Darwin, true).render(),
-            format!("sudo -n -- env checkActivation=1 {SYS}/activate")
+        let c = dry_activate_command(&sys, Os::Darwin, true);
+        assert!(
+            c.render()
+                .starts_with("sudo -n -- env checkActivation=1 sh -c "),
+            "{}",
+            c.render()
         );
+        assert_eq!(c.argv().last().map(String::as_str), Some(SYS));
+    }
+
+    /// nix-darwin's `activate` with its `env -i` shebang: run as a program
+    /// it loses `checkActivation` and activates; the gate only checks.
+    #[test]
+    fn darwin_checks_only_even_behind_env_i() {
+        use std::os::unix::fs::PermissionsExt;
+        // Linux hands a shebang's words to `env` as one: `-S` splits them
+        // as macOS does.
+        let shebangs = [
+            "#!/usr/bin/env -S -i /bin/sh",
+            "#!/usr/bin/env -i /bin/sh",
+            "#!/bin/sh",
+            "#! /bin/sh ",
+        ];
+        for shebang in shebangs {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().to_str().unwrap();
+            let activate = format!(
+                "{shebang}\nif [ \"${{checkActivation:-0}}\" -eq 1 ]; then echo ok >&2; exit 0; fi\ntouch {d}/activated\n"
+            );
+            std::fs::write(format!("{d}/activate"), activate).unwrap();
+            let exe = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(format!("{d}/activate"), exe).unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", DRY_DARWIN, "nixgate", d])
+                .env("checkActivation", "1")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{shebang}: {out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr).trim(),
+                "ok",
+                "{shebang}"
+            );
+            assert!(
+                !std::path::Path::new(&format!("{d}/activated")).exists(),
+                "{shebang}: the dry run activated"
+            );
+        }
     }
 }
