@@ -202,14 +202,13 @@ pub fn package_diff(
 fn changes(old: &Versions, new: &Versions, selected: &HashSet<String>) -> Vec<PackageChange> {
     let mut out = Vec::new();
     for name in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
-        let Some(change) = classify(old.get(name), new.get(name)) else {
-            continue;
-        };
-        out.push(PackageChange {
-            selected: selected.contains(name.as_str()),
-            name: name.clone(),
-            change,
-        });
+        for change in classify(old.get(name), new.get(name)) {
+            out.push(PackageChange {
+                selected: selected.contains(name.as_str()),
+                name: name.clone(),
+                change,
+            });
+        }
     }
     out.sort_by(|a, b| {
         b.selected
@@ -219,9 +218,45 @@ fn changes(old: &Versions, new: &Versions, selected: &HashSet<String>) -> Vec<Pa
     out
 }
 
-/// One package's change from its versions and paths on each side (`None`:
-/// unchanged).
+/// One package's change from its versions and paths on each side (none:
+/// unchanged; several: rebuilds of several versions present on both sides,
+/// one change each).
 fn classify(
+    old: Option<&(BTreeSet<String>, BTreeSet<StorePath>)>,
+    new: Option<&(BTreeSet<String>, BTreeSet<StorePath>)>,
+) -> Vec<Change> {
+    if let (Some((vo, po)), Some((vn, pn))) = (old, new)
+        && vo == vn
+    {
+        return rebuilds(po, pn);
+    }
+    classify_move(old, new).into_iter().collect()
+}
+
+/// Same versions on both sides: each version whose paths differ was
+/// rebuilt. One change per version, so that each is explained (and
+/// allowed by `--expect`) on its own: python3 3.11.9 and 3.12.4 in both
+/// closures, only 3.12.4 rebuilt, was labelled 3.11.9 (the smallest), and
+/// the drift gate then looked for the cause of a rebuild that did not
+/// happen.
+fn rebuilds(po: &BTreeSet<StorePath>, pn: &BTreeSet<StorePath>) -> Vec<Change> {
+    let version = |p: &StorePath| split_name_parts(p.name()).2.map(str::to_owned);
+    let mut by_version: BTreeMap<Option<String>, (Vec<StorePath>, Vec<StorePath>)> =
+        BTreeMap::new();
+    for p in po.difference(pn) {
+        by_version.entry(version(p)).or_default().0.push(p.clone());
+    }
+    for p in pn.difference(po) {
+        by_version.entry(version(p)).or_default().1.push(p.clone());
+    }
+    by_version
+        .into_iter()
+        .map(|(version, (old, new))| Change::Rebuilt { version, old, new })
+        .collect()
+}
+
+/// A package whose versions moved, appeared or went.
+fn classify_move(
     old: Option<&(BTreeSet<String>, BTreeSet<StorePath>)>,
     new: Option<&(BTreeSet<String>, BTreeSet<StorePath>)>,
 ) -> Option<Change> {
@@ -232,17 +267,8 @@ fn classify(
         (Some((v, _)), None) => Change::Removed {
             versions: v.iter().cloned().collect(),
         },
-        (Some((vo, po)), Some((vn, pn))) => {
-            if vo == vn {
-                if po == pn {
-                    return None;
-                }
-                Change::Rebuilt {
-                    version: vn.iter().next().cloned(),
-                    old: po.difference(pn).cloned().collect(),
-                    new: pn.difference(po).cloned().collect(),
-                }
-            } else if vo.len() == 1 && vn.len() == 1 {
+        (Some((vo, _)), Some((vn, _))) => {
+            if vo.len() == 1 && vn.len() == 1 {
                 let (a, b) = (
                     vo.iter().next().cloned().unwrap_or_default(),
                     vn.iter().next().cloned().unwrap_or_default(),
@@ -393,6 +419,59 @@ mod tests {
             .collect();
         let root = paths.get(*root).cloned().unwrap_or_else(|| path(3, 10));
         (infos, root)
+    }
+
+    /// python3 3.11.9 and 3.12.4 in both closures, only 3.12.4 rebuilt:
+    /// the rebuild is 3.12.4's (it was labelled 3.11.9, the smallest).
+    #[test]
+    fn a_rebuild_names_the_version_rebuilt() {
+        let info = |h: char, name: &str| {
+            PathInfo::from(PathRecord {
+                path: StorePath::parse(&format!("/nix/store/{}-{name}", h.to_string().repeat(32)))
+                    .unwrap(),
+                nar_size: 1,
+                nar_hash: None,
+                references: Vec::new(),
+                deriver: None,
+            })
+        };
+        let root = |h| info(h, "nixos-system-a-24.05");
+        let old = vec![
+            root('a'),
+            info('b', "python3-3.11.9"),
+            info('c', "python3-3.12.4"),
+        ];
+        let new = vec![
+            root('d'),
+            info('b', "python3-3.11.9"),
+            info('f', "python3-3.12.4"),
+        ];
+        let d = package_diff(&old, &old[0].path, &new, &new[0].path);
+        let rebuilt: Vec<(&str, Option<&str>, usize, usize)> = d
+            .changes
+            .iter()
+            .map(|c| match &c.change {
+                Change::Rebuilt { version, old, new } => {
+                    (c.name.as_str(), version.as_deref(), old.len(), new.len())
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(rebuilt, [("python3", Some("3.12.4"), 1, 1)]);
+        // Both rebuilt: one change each.
+        let new = vec![
+            root('d'),
+            info('g', "python3-3.11.9"),
+            info('f', "python3-3.12.4"),
+        ];
+        let d = package_diff(&old, &old[0].path, &new, &new[0].path);
+        let versions: Vec<Option<&str>> = (d.changes.iter())
+            .map(|c| match &c.change {
+                Change::Rebuilt { version, .. } => version.as_deref(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(versions, [Some("3.11.9"), Some("3.12.4")]);
     }
 
     proptest! {
