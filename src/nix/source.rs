@@ -1,6 +1,16 @@
 //! Shipping the configuration to the builder: a tar of the commit (or of the
 //! work tree, when dirty builds are allowed), streamed over SSH into a
-//! directory keyed by what it holds, reused when already there.
+//! directory keyed by what it holds, reused when already there whole.
+//!
+//! Whole: the builder's `/var/tmp` is aged by systemd-tmpfiles (NixOS: 30
+//! days), which deletes the files no evaluation read in that time and
+//! leaves the rest. A directory that merely existed was reused, and the
+//! hosts whose files had gone failed to evaluate ("file not found"),
+//! pointing at the configuration, until a new commit was pushed. So the
+//! extraction records how many entries it made (`<dir>.entries`, beside
+//! the directory: a file inside would change a flake's source and so its
+//! systems), a directory is reused only when it still has that many, and
+//! an extraction replaces a directory that does not.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -21,8 +31,21 @@ pub struct ShippedSource {
 
 const BASE: &str = "/var/tmp/nixgate/src";
 
-const PRESENT: &str = r#"test -d "$1" && echo present || echo absent"#;
-const EXTRACT: &str = r#"set -e; tmp="$1.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"; tar -x -C "$tmp"; mv -T "$tmp" "$1" 2>/dev/null || { rm -rf "$tmp"; test -d "$1"; }"#;
+/// `present` when `$1` is there whole (as many entries as its extraction
+/// made), else `absent`.
+const PRESENT: &str = r#"whole() { test -d "$1" && test -f "$1.entries" && test "$(find "$1" | wc -l)" = "$(cat "$1.entries")"; }
+if whole "$1"; then touch "$1.entries"; echo present; else echo absent; fi"#;
+
+/// Extract the tar on stdin into `$1`: beside it first, its entry count
+/// recorded, then moved into place. Another run's extraction that got
+/// there first is kept when whole; a directory left partial is replaced.
+const EXTRACT: &str = r#"set -e
+whole() { test -d "$1" && test -f "$1.entries" && test "$(find "$1" | wc -l)" = "$(cat "$1.entries")"; }
+tmp="$1.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"; tar -x -C "$tmp"
+find "$tmp" | wc -l > "$tmp.entries"; mv "$tmp.entries" "$1.entries"
+mv -T "$tmp" "$1" 2>/dev/null && exit 0
+if whole "$1"; then rm -rf "$tmp"; exit 0; fi
+rm -rf "$1"; mv -T "$tmp" "$1""#;
 
 fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -192,6 +215,61 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// A source directory aged by tmpfiles (a file gone) is not reused,
+    /// and the next extraction makes it whole again.
+    #[test]
+    fn a_source_missing_files_is_shipped_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("repo");
+        std::fs::create_dir_all(src.join("hosts")).unwrap();
+        std::fs::write(src.join("flake.nix"), "{}\n").unwrap();
+        std::fs::write(src.join("hosts/web1.nix"), "{}\n").unwrap();
+        let tar = std::process::Command::new("tar")
+            .args(["-cf", "-", "-C"])
+            .arg(&src)
+            .arg(".")
+            .output()
+            .unwrap()
+            .stdout;
+        let dir = tmp.path().join("src/abc");
+        std::fs::create_dir_all(tmp.path().join("src")).unwrap();
+        let dir = dir.to_str().unwrap();
+        let run = |script: &str, input: &[u8]| {
+            use std::io::Write;
+            let mut c = std::process::Command::new("sh")
+                .args(["-c", script, "nixgate", dir])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(input).unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        assert_eq!(run(PRESENT, b""), "absent");
+        run(EXTRACT, &tar);
+        assert_eq!(run(PRESENT, b""), "present");
+        // Another run extracting the same source beside it: kept, whole.
+        run(EXTRACT, &tar);
+        assert_eq!(run(PRESENT, b""), "present");
+        // tmpfiles aged out a file no evaluation read.
+        std::fs::remove_file(format!("{dir}/hosts/web1.nix")).unwrap();
+        assert_eq!(run(PRESENT, b""), "absent");
+        run(EXTRACT, &tar);
+        assert_eq!(run(PRESENT, b""), "present");
+        assert!(std::path::Path::new(&format!("{dir}/hosts/web1.nix")).exists());
+        // A directory from before the count (or its count aged out).
+        std::fs::remove_file(format!("{dir}.entries")).unwrap();
+        assert_eq!(run(PRESENT, b""), "absent");
+        let leftovers: Vec<String> = std::fs::read_dir(tmp.path().join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]
