@@ -254,31 +254,47 @@ fn compare(old: &Derivation, new: &Derivation) -> (Vec<Cause>, Vec<(String, Stri
             });
         }
     }
-    let by_name = |set: &BTreeSet<String>| -> BTreeMap<String, String> {
-        set.iter()
-            .map(|p| (drv_name(p).to_owned(), p.clone()))
-            .collect()
-    };
-    let (os, ns) = (by_name(&old.input_srcs), by_name(&new.input_srcs));
-    for (name, p) in &ns {
-        match os.get(name) {
-            None => causes.push(Cause::SourceAdded { path: p.clone() }),
-            Some(q) if q != p => causes.push(Cause::Source {
-                name: name.clone(),
-                old: q.clone(),
-                new: p.clone(),
-            }),
-            _ => {}
-        }
-    }
-    for (name, p) in &os {
-        if !ns.contains_key(name) {
-            causes.push(Cause::SourceRemoved { path: p.clone() });
-        }
-    }
+    causes.extend(source_changes(&old.input_srcs, &new.input_srcs));
     let (unpaired, descend) = pair_inputs(&old.input_drvs, &new.input_drvs);
     causes.extend(unpaired);
     (causes, descend)
+}
+
+/// The changed sources of a derivation: paths on both sides set aside,
+/// the rest paired by name (in path order within a name); what is left
+/// unpaired was added or removed. By name alone, two sources of one name
+/// (flake inputs are all `source`) hid each other: `{A, B}` -> `{A', B}`
+/// both read `source -> B`, and the changed A explained nothing.
+fn source_changes(old: &BTreeSet<String>, new: &BTreeSet<String>) -> Vec<Cause> {
+    let by_name = |set: &BTreeSet<String>, other: &BTreeSet<String>| {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in set.difference(other) {
+            m.entry(drv_name(p).to_owned()).or_default().push(p.clone());
+        }
+        m
+    };
+    let (mut os, ns) = (by_name(old, new), by_name(new, old));
+    let mut causes = Vec::new();
+    for (name, news) in ns {
+        let mut olds = os.remove(&name).unwrap_or_default().into_iter();
+        for p in news {
+            causes.push(match olds.next() {
+                Some(q) => Cause::Source {
+                    name: name.clone(),
+                    old: q,
+                    new: p,
+                },
+                None => Cause::SourceAdded { path: p },
+            });
+        }
+        causes.extend(olds.map(|q| Cause::SourceRemoved { path: q }));
+    }
+    causes.extend(
+        os.into_values()
+            .flatten()
+            .map(|q| Cause::SourceRemoved { path: q }),
+    );
+    causes
 }
 
 /// Where derivation texts come from.
@@ -791,6 +807,35 @@ pub(super) mod tests {
         assert!(
             matches!(inner.as_slice(), [Cause::Env { key, .. }] if key == "url"),
             "{inner:?}"
+        );
+    }
+
+    /// Two flake inputs, both named `source`, one changed: the change is
+    /// found (by name alone the unchanged one hid it).
+    #[test]
+    fn a_changed_source_beside_another_of_its_name_is_a_cause() {
+        let (a, a2, b) = (p('a', "source"), p('b', "source"), p('z', "source"));
+        let mut old = drv(&[], &[]);
+        let mut new = drv(&[], &[]);
+        old.input_srcs = [a.clone(), b.clone()].into();
+        new.input_srcs = [a2.clone(), b.clone()].into();
+        let (causes, _) = compare(&old, &new);
+        assert!(
+            matches!(causes.as_slice(), [Cause::Source { name, old, new }]
+                if name == "source" && *old == a && *new == a2),
+            "{causes:?}"
+        );
+        // One more of the name: added; one fewer: removed.
+        new.input_srcs.insert(p('c', "source"));
+        let (causes, _) = compare(&old, &new);
+        assert!(
+            matches!(causes.as_slice(), [Cause::Source { .. }, Cause::SourceAdded { path }] if *path == p('c', "source")),
+            "{causes:?}"
+        );
+        let (causes, _) = compare(&new, &old);
+        assert!(
+            matches!(causes.as_slice(), [Cause::Source { .. }, Cause::SourceRemoved { path }] if *path == p('c', "source")),
+            "{causes:?}"
         );
     }
 
