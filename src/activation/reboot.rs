@@ -44,6 +44,19 @@ pub fn reboot_command(run_id: &RunId, sudo: bool) -> Command {
         .sudo(sudo)
 }
 
+/// Stop this run's reboot timer: true when no reboot of it is pending
+/// (stopped, or never loaded: `systemctl` exit 5).
+async fn reboot_stopped<R: Remote>(remote: &R, run_id: &RunId, sudo: bool) -> bool {
+    let stop = Command::new("systemctl")
+        .arg("stop")
+        .arg(format!("nixgate-reboot-{run_id}.timer"))
+        .sudo(sudo);
+    matches!(
+        remote.exec(&stop).await.map(|o| o.exit),
+        Ok(Exit::Code { code: 0 | 5 })
+    )
+}
+
 /// Reboot and verify that `expected` is booted and running.
 pub async fn reboot_and_verify<R: Remote>(
     remote: &R,
@@ -62,11 +75,19 @@ pub async fn reboot_and_verify<R: Remote>(
     };
     emit(ActivationEvent::Step { step: Step::Reboot });
     match remote.exec(&reboot_command(run_id, settings.sudo)).await {
+        // A refusal may still have queued the timer (a D-Bus call that
+        // timed out on a busy PID 1 can start the unit after all): it is
+        // stopped before the refusal is believed, since the caller then
+        // puts the boot default back, and a reboot 3 s later would land
+        // in the middle of that. A timer that cannot be stopped may
+        // still fire: waited for, like a reboot sent.
         Ok(out) if !out.success() && out.exit != Exit::ConnectionLost => {
-            return RebootOutcome::Refused {
-                exit: out.exit.clone(),
-                tail: out.tail(10),
-            };
+            if reboot_stopped(remote, run_id, settings.sudo).await {
+                return RebootOutcome::Refused {
+                    exit: out.exit.clone(),
+                    tail: out.tail(10),
+                };
+            }
         }
         // Never sent (the `Remote` contract: an error is a command that did
         // not start): no reboot is coming, none is waited for (it was, for
@@ -151,6 +172,7 @@ mod tests {
     use crate::activation::links::READ_LINKS;
     use crate::activation::verify_poll::tests::{NEW, sp};
     use crate::inventory::Os;
+    use crate::remote::Output;
     use crate::remote::Streaming;
     use crate::remote::scripted::{ScriptedRemote, fail, ok};
 
@@ -190,6 +212,57 @@ mod tests {
     async fn a_failed_read_after_the_reboot_is_read_again() {
         let (out, _) = reboot(&rebooting(2)).await;
         assert_eq!(out, RebootOutcome::Verified { booted: sp(NEW) });
+    }
+
+    /// A refused reboot whose timer was queued after all: stopped before
+    /// the refusal is told; one that cannot be stopped is waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_reboot_is_stopped_or_waited_for() {
+        for (stop_exit, expect_refused) in [(0, true), (5, true), (1, false)] {
+            let rebooted = Arc::new(AtomicBool::new(false));
+            let stopped = Arc::new(AtomicBool::new(false));
+            let (r, st) = (rebooted.clone(), stopped.clone());
+            let host = ScriptedRemote::new("web1", move |c| {
+                let a = c.argv().join(" ");
+                if a.contains("systemd-run") {
+                    // Refused, yet queued: it fires unless stopped.
+                    return fail(
+                        1,
+                        "Failed to start transient timer unit: Connection timed out",
+                    );
+                }
+                if a.contains("systemctl stop nixgate-reboot-r1.timer") {
+                    st.store(stop_exit != 1, Ordering::SeqCst);
+                    if stop_exit != 1 {
+                        return Output::new(Exit::Code { code: stop_exit }, "", "");
+                    }
+                    r.store(true, Ordering::SeqCst);
+                    return fail(1, "Failed to stop: Connection timed out");
+                }
+                if a.contains(READ_LINKS) {
+                    return ok(&format!("{NEW}\n{NEW}\n"));
+                }
+                ok(if r.load(Ordering::SeqCst) {
+                    "after\n"
+                } else {
+                    "before\n"
+                })
+            });
+            let (out, _) = reboot(&host).await;
+            if expect_refused {
+                assert!(
+                    matches!(out, RebootOutcome::Refused { .. }),
+                    "{stop_exit}: {out:?}"
+                );
+                assert!(stopped.load(Ordering::SeqCst));
+            } else {
+                assert_eq!(
+                    out,
+                    RebootOutcome::Verified { booted: sp(NEW) },
+                    "{stop_exit}"
+                );
+            }
+        }
     }
 
     /// The reboot command never sent: said at once, not waited out.
