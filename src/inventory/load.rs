@@ -273,10 +273,11 @@ impl Loader {
             None => Settings::default(),
         };
         let builder = match get(doc, "builder") {
-            Some(v) => self
-                .w
-                .table("builder", v)
-                .and_then(|t| self.builder(t, &defaults)),
+            Some(v) => self.w.table("builder", v).and_then(|t| {
+                // Found by `get`: the key is there.
+                let at = key_span(doc, "builder").unwrap_or(0..0);
+                self.builder(t, at, &defaults)
+            }),
             None => {
                 self.w.diags.push(Diagnostic {
                     message: "missing [builder] table: nixgate builds every closure on a builder"
@@ -520,10 +521,16 @@ impl Loader {
         }
     }
 
-    fn builder(&mut self, t: &DeTable<'_>, defaults: &Settings) -> Option<Builder> {
+    /// `[builder]`; `at`: its name in the file (where an error about the
+    /// table as a whole points, as a host's does).
+    fn builder(
+        &mut self,
+        t: &DeTable<'_>,
+        at: std::ops::Range<usize>,
+        defaults: &Settings,
+    ) -> Option<Builder> {
         self.w.check_keys(t, BUILDER_KEYS, "[builder]");
-        let span = key_span(t, "address").unwrap_or(0..0);
-        let address = self.address(t, "[builder]", span);
+        let address = self.address(t, "[builder]", at);
         // The builder shares connection settings with [defaults], overridable.
         let mut own = Settings::default();
         for (k, v) in t.iter() {
@@ -738,5 +745,20 @@ impl Loader {
             command,
             timeout: timeout.map_or(Duration::from_secs(60), |t| t.value),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[builder]` without `address` is pointed at where the table is
+    /// named, as a host's is, not at 1:1.
+    #[test]
+    fn a_builder_without_address_points_at_its_table() {
+        let src = "[defaults]\nuser = \"deploy\"\n\n[builder]\nuser = \"root\"\n";
+        let d = parse(Path::new("inv.toml"), src).expect_err("no address");
+        assert!(d.to_string().contains("[builder] has no `address`"), "{d}");
+        assert_eq!(d.positions(), vec![Some((4, 2))], "{d}");
     }
 }
