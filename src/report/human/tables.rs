@@ -111,11 +111,7 @@ impl Collected {
                 if self.hosts.is_empty() {
                     self.hosts = Table::new(&["WAVE", "HOST", "ADDRESS", "TAGS"]);
                 }
-                let address = if *port == 22 {
-                    address.clone()
-                } else {
-                    format!("{address}:{port}")
-                };
+                let address = address_and_port(address, *port);
                 self.hosts
                     .row(vec![wave.clone(), host.clone(), address, tags.join(",")]);
             }
@@ -607,4 +603,56 @@ pub fn summary_line(
         _ => parts.join(", "),
     };
     format!("done: {what}, exit {exit_code}")
+}
+
+/// An address as the hosts table shows it: with its port unless 22, an
+/// IPv6 address in brackets then (`[fe80::1]:2222`, as ssh and URLs write
+/// it: `fe80::1:2222` reads as another address).
+fn address_and_port(address: &str, port: u16) -> String {
+    match port {
+        22 => address.to_owned(),
+        _ if address.contains(':') => format!("[{address}]:{port}"),
+        _ => format!("{address}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hosts_table_brackets_an_ipv6_address_before_its_port() {
+        let mut c = Collected::default();
+        for (host, address, port) in [
+            ("v6", "fe80::1", 2222),
+            ("v6zone", "fe80::1%eth0", 2222),
+            ("v6default", "2001:db8::1", 22),
+            ("v4", "10.0.0.1", 2222),
+            ("name", "web1.example", 22),
+        ] {
+            c.take(&Event::Host {
+                wave: "main".into(),
+                host: host.into(),
+                address: address.into(),
+                port,
+                user: "root".into(),
+                tags: vec![],
+            });
+        }
+        let table = c.table(Some(CommandName::Hosts)).expect("a table");
+        let column: Vec<&str> = (table.lines().skip(1))
+            .map(|l| l.split_whitespace().nth(2).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            column,
+            [
+                "[fe80::1]:2222",
+                "[fe80::1%eth0]:2222",
+                "2001:db8::1",
+                "10.0.0.1:2222",
+                "web1.example"
+            ],
+            "{table}"
+        );
+    }
 }
