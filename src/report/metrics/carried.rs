@@ -163,20 +163,27 @@ fn read_head(state_dir: &Path, run_id: &str) -> Option<Head> {
     serde_json::from_reader(std::io::BufReader::new(file)).ok()
 }
 
-/// Gate durations of every host of a timeline.
+/// Gate durations of every host of a timeline: one per gate, in the order
+/// the gates first ran, the time of every span of it summed (a soak's
+/// re-check is a second health-checks span, a copy passed while staging
+/// and done again at activation a second copy span). One sample per
+/// (host, gate): a series twice in the file is invalid exposition.
 fn gates_of(t: &Timeline) -> HashMap<String, Vec<(&'static str, f64)>> {
     t.rows
         .iter()
         .map(|r| {
-            let gates = r
-                .spans
-                .iter()
-                .filter_map(|s| match s.kind {
-                    SpanKind::Gate(g) => Some((g.as_str(), s.seconds())),
-                    SpanKind::Rollback => Some(("rollback", s.seconds())),
-                    _ => None,
-                })
-                .collect();
+            let mut gates: Vec<(&'static str, f64)> = Vec::new();
+            for s in &r.spans {
+                let gate = match s.kind {
+                    SpanKind::Gate(g) => g.as_str(),
+                    SpanKind::Rollback => "rollback",
+                    _ => continue,
+                };
+                match gates.iter_mut().find(|(g, _)| *g == gate) {
+                    Some((_, secs)) => *secs += s.seconds(),
+                    None => gates.push((gate, s.seconds())),
+                }
+            }
             (r.host.clone(), gates)
         })
         .collect()

@@ -47,7 +47,8 @@ pub struct Host {
     pub runs_known_good: Option<bool>,
     pub pending_reboot: Option<bool>,
     pub known_good: Option<KnownGood>,
-    /// Each gate of its last run, and how long it took.
+    /// Each gate of its last run, once, and how long it took (all its
+    /// spans summed).
     pub gates: Vec<(&'static str, f64)>,
 }
 
@@ -166,7 +167,7 @@ pub fn render(run: &Run, hosts: &[Host]) -> String {
     }
     o.family(
         "nixgate_gate_duration_seconds",
-        "How long each gate of the host's last run took, from its start to its end",
+        "How long the host's last run spent in each gate, from its start to its end (summed when the gate ran more than once: a copy done again, a soak's re-check)",
     );
     for h in hosts {
         for (gate, secs) in &h.gates {

@@ -4,9 +4,11 @@ use super::*;
 use crate::report::stored::fixture::{self, HOSTILE};
 use crate::report::timeline;
 
-/// One sample line: name, labels, value.
+/// One sample line: name, labels, value. Every test's file goes through
+/// here: a series (name and labels) twice is invalid exposition, refused.
 fn parse(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     let mut families: HashMap<String, (bool, bool)> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -51,6 +53,10 @@ fn parse(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
             map.insert(k.to_owned(), v[..end].to_owned());
             rest = v[end + 1..].strip_prefix(',').unwrap_or(&v[end + 1..]);
         }
+        assert!(
+            seen.insert((name.to_owned(), map.clone())),
+            "the same series twice: {line}\n{text}"
+        );
         out.push((name.to_owned(), map, value));
     }
     out
@@ -139,6 +145,66 @@ fn one_series_per_host_per_metric_in_base_units() {
     assert!(text.contains("nixgate_run_exit_code 1\n"));
     assert!(text.contains("nixgate_run_duration_seconds 25.1\n"));
     assert!(text.contains(&format!("host=\"{HOSTILE}\"")));
+}
+
+/// A gate that ran twice in a host's run (a soak's failed re-check after
+/// its health checks; a copy done again) is one sample, the spans summed:
+/// two samples of one series made the file invalid.
+#[test]
+fn a_gate_run_twice_is_one_sample_of_its_time_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = fixture::run(0);
+    let mut again = Vec::new();
+    for s in &mut run.events {
+        match &mut s.event {
+            crate::report::Event::Runner(crate::runner::RunnerEvent::SoakChecked {
+                host,
+                healthy,
+                ..
+            }) if host == "web1" => *healthy = false,
+            crate::report::Event::GatePassed { host, gate, .. }
+                if host == "web1" && *gate == crate::gates::Gate::Copy =>
+            {
+                again.push(s.clone());
+            }
+            _ => {}
+        }
+    }
+    // The copy again, 0.25 s, before web1's end.
+    let end = (run.events.iter())
+        .position(|s| matches!(&s.event, crate::report::Event::HostFinished(h) if h.host == "web1"))
+        .unwrap();
+    let passed = again.pop().unwrap();
+    let at = passed.at_ms.unwrap() + 4_000;
+    let started = crate::report::Event::GateStarted {
+        host: "web1".into(),
+        gate: crate::gates::Gate::Copy,
+    };
+    run.events.splice(
+        end..end,
+        [
+            crate::report::stored::Stamped {
+                at_ms: Some(at),
+                event: started,
+            },
+            crate::report::stored::Stamped {
+                at_ms: Some(at + 250),
+                ..passed
+            },
+        ],
+    );
+    let samples = parse(&metrics_of(dir.path(), &run));
+    let gate = |gate: &str| -> Vec<f64> {
+        (samples.iter())
+            .filter(|(n, l, _)| {
+                n == "nixgate_gate_duration_seconds" && l["host"] == "web1" && l["gate"] == gate
+            })
+            .map(|s| s.2)
+            .collect()
+    };
+    assert_eq!(gate("copy"), [1.25]);
+    // The re-check takes no time of its own: the first check's second.
+    assert_eq!(gate("health-checks"), [1.0]);
 }
 
 /// `$NIXGATE_PROMTOOL` (scripts/test sets it: then it must be there), else
