@@ -15,6 +15,7 @@ use crate::activation::HostOutcome;
 use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
 use crate::gates::Goal;
 use crate::report::timeline::{self, SpanKind, Timeline};
+use crate::runner::Interrupted;
 use crate::state::clock::parse_rfc3339;
 use crate::state::run_report::RunReport;
 use crate::state::runs;
@@ -36,6 +37,34 @@ struct Light {
     /// A known-good generation revoked after a failed soak.
     #[serde(default)]
     revoked: Option<u64>,
+    /// An interrupted end's `why`.
+    #[serde(default)]
+    why: Option<Why>,
+}
+
+/// The `why` of a host's end: why the runner cut its work short (an
+/// interrupted end: a word), or anything else (a not-started end's reason,
+/// an object), not needed here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+enum Why {
+    Interrupted(Interrupted),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Light {
+    /// Does this end leave what the host runs (and boots) unknown?
+    /// Aborted: a detached switch may still finish. Unreachable: lost after
+    /// the live switch, its revert unconfirmed. Its task panicked: it may
+    /// have been anywhere, the switch included. Every other end says what
+    /// it runs, or changed nothing (failed, refused, not started, a copy
+    /// task lost, reverted by the host to what it ran).
+    fn leaves_unknown(&self) -> bool {
+        matches!(
+            self.outcome,
+            OutcomeKind::Aborted | OutcomeKind::Unreachable
+        ) || self.why == Some(Why::Interrupted(Interrupted::Panicked))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -91,6 +120,10 @@ fn light(s: &HostSummary) -> Light {
             HostEnd::SoakFailed { revoked, .. } => *revoked,
             _ => None,
         },
+        why: match &s.end {
+            HostEnd::Interrupted { why } => Some(Why::Interrupted(*why)),
+            _ => None,
+        },
     }
 }
 
@@ -122,6 +155,10 @@ impl State {
         {
             self.known_good.pop();
         }
+        if h.leaves_unknown() {
+            (self.runs_known_good, self.pending_reboot) = (None, None);
+            return;
+        }
         match h.outcome {
             OutcomeKind::KnownGood => {
                 self.runs_known_good = Some(true);
@@ -142,9 +179,11 @@ impl State {
             }
             // Back on its known-good, verified.
             OutcomeKind::RolledBack => self.runs_known_good = Some(true),
-            OutcomeKind::RollbackFailed => self.runs_known_good = Some(false),
-            // A detached switch may still finish: unknown.
-            OutcomeKind::Aborted => (self.runs_known_good, self.pending_reboot) = (None, None),
+            // Not back on its known-good, as far as anyone knows; the
+            // switch and the rollback may each have moved the boot default.
+            OutcomeKind::RollbackFailed => {
+                (self.runs_known_good, self.pending_reboot) = (Some(false), None)
+            }
             _ => {}
         }
     }

@@ -10,7 +10,8 @@
 //! host's values are from its last finished run; what it runs (its
 //! known-good, a pending reboot, the known-good's generation and time) is
 //! carried forward through the reports, oldest first, and is `NaN` while no
-//! report says. Gate durations are from each host's last run.
+//! report says or after a run that left it unknown. Gate durations are from
+//! each host's last run.
 //!
 //! Names follow Prometheus's conventions: `nixgate_` prefix, base units
 //! (`_seconds`, `_timestamp_seconds`), gauges, one series per host per
@@ -126,7 +127,7 @@ pub fn render(run: &Run, hosts: &[Host]) -> String {
         ),
         (
             "nixgate_host_runs_known_good",
-            "1 if the host runs its known-good closure, 0 if not, NaN if no run report says",
+            "1 if the host runs its known-good closure, 0 if not, NaN if unknown (no run report says, or its last run left it unknown)",
             |h| flag(h.runs_known_good),
         ),
         (

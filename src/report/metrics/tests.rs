@@ -417,3 +417,93 @@ fn every_outcome_is_counted_a_host_reverted_by_itself_too() {
                 && *v == 1.0)
     );
 }
+
+/// web1's `runs_known_good` and `pending_reboot` after a later run of it
+/// that ended `end` (the first run left it known-good, no reboot pending):
+/// with that run the current one, and read back from its report by a run
+/// after it.
+fn web1_after(end: crate::report::HostEnd) -> [(f64, f64); 2] {
+    let dir = tempfile::tempdir().unwrap();
+    let first = fixture::run(0);
+    crate::state::runs::tests::write_run(dir.path(), &first);
+    let mut second = fixture::run(0);
+    second.report.run_id = "20261123T080000Z-0001".into();
+    second.report.finished = Some("2026-11-23T08:00:30Z".into());
+    let web1 = first.report.hosts[0].clone();
+    assert_eq!(web1.host, "web1");
+    second.report.hosts = vec![crate::report::HostSummary { end, ..web1 }];
+    second.report.selected = vec!["web1".into()];
+    second.events.clear();
+    let mut third = fixture::run(0);
+    third.report.run_id = "20261123T090000Z-0002".into();
+    third.report.finished = Some("2026-11-23T09:00:30Z".into());
+    (third.report.hosts, third.report.selected) = (vec![], vec![]);
+    third.events.clear();
+    let values = |run: &fixture::Run| {
+        let samples = parse(&metrics_of(dir.path(), run));
+        let get = |name: &str| {
+            (samples.iter())
+                .find(|(n, l, _)| n == name && l["host"] == "web1")
+                .map(|s| s.2)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        (
+            get("nixgate_host_runs_known_good"),
+            get("nixgate_host_pending_reboot"),
+        )
+    };
+    let now = values(&second);
+    crate::state::runs::tests::write_run(dir.path(), &second);
+    [now, values(&third)]
+}
+
+/// An end that leaves what the host runs unknown makes it unknown (NaN),
+/// not the known-good an earlier run saw: lost after its live switch, its
+/// task panicked, aborted; a failed rollback leaves the boot default
+/// unknown. An end that changed nothing keeps it.
+#[test]
+fn an_end_that_leaves_the_host_unknown_forgets_what_it_ran() {
+    use crate::activation::{CutOff, FailureReason, HostOutcome};
+    use crate::report::HostEnd;
+    use crate::runner::Interrupted;
+    let unknown = |(known_good, pending): (f64, f64)| known_good.is_nan() && pending.is_nan();
+    let unreachable = HostEnd::activation(HostOutcome::Unreachable {
+        cause: CutOff::NoNewConnection {
+            error: "timed out".into(),
+        },
+        last_seen: fixture::sp('b', "nixos-system-web"),
+        revert_due: true,
+    });
+    let panicked = HostEnd::Interrupted {
+        why: Interrupted::Panicked,
+    };
+    let aborted = HostEnd::Interrupted {
+        why: Interrupted::Aborted,
+    };
+    for end in [unreachable, panicked, aborted] {
+        let what = format!("{end:?}");
+        for (i, v) in web1_after(end).into_iter().enumerate() {
+            assert!(unknown(v), "{what} (read back: {}): {v:?}", i == 1);
+        }
+    }
+    let rollback_failed = HostEnd::activation(HostOutcome::RollbackFailed {
+        gate: crate::gates::Gate::HealthChecks,
+        reason: FailureReason::HealthChecks { reports: vec![] },
+        to: fixture::sp('a', "nixos-system-web"),
+        rollback_error: crate::activation::reactivate::RollbackError::NoTarget,
+    });
+    for (known_good, pending) in web1_after(rollback_failed) {
+        assert_eq!(known_good, 0.0);
+        assert!(pending.is_nan(), "{pending}");
+    }
+    // Nothing changed on it: what an earlier run saw still holds.
+    let stage_lost = HostEnd::Interrupted {
+        why: Interrupted::StageLost,
+    };
+    let refused = HostEnd::Refused {
+        refusal: crate::plan::Refusal::Drift { packages: vec![] },
+    };
+    for end in [stage_lost, refused] {
+        assert_eq!(web1_after(end), [(1.0, 0.0); 2]);
+    }
+}
