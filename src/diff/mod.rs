@@ -52,21 +52,11 @@ pub struct HostDiff {
 impl HostDiff {
     /// Text lines for people.
     pub fn render(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.unvalidated {
-            out.push(
-                "runs a system that is not one of its known-good generations (changed outside \
-                 nixgate, deployed by a goal that does not mark, or never deployed by it): the \
-                 diff is against what it runs"
-                    .into(),
-            );
-        }
-        match &self.packages {
-            Some(p) if p.is_empty() && self.current.as_ref() == Some(&self.candidate) => {
-                out.push("no change: the host already runs the candidate".into())
-            }
-            Some(p) => out.extend(render::render_packages(p)),
-            None => out.push("the host runs no known system: everything is new".into()),
+        let mut out = self.basis();
+        if let Some(p) = &self.packages
+            && !self.no_change()
+        {
+            out.extend(render::render_packages(p));
         }
         let causes = render::render_causes(&self.structural);
         if !causes.is_empty() && !matches!(self.structural, Structural::Identical) {
@@ -81,6 +71,33 @@ impl HostDiff {
         }
         out.extend(render::render_drift(&self.drift));
         out
+    }
+
+    /// What the diff is against, when that is not simply the known-good
+    /// the host runs: an unvalidated system, no system known, or the
+    /// candidate itself.
+    pub fn basis(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.unvalidated {
+            out.push(
+                "runs a system that is not one of its known-good generations (changed outside \
+                 nixgate, deployed by a goal that does not mark, or never deployed by it): the \
+                 diff is against what it runs"
+                    .into(),
+            );
+        }
+        if self.no_change() {
+            out.push("no change: the host already runs the candidate".into());
+        }
+        if self.packages.is_none() {
+            out.push("the host runs no known system: everything is new".into());
+        }
+        out
+    }
+
+    fn no_change(&self) -> bool {
+        self.packages.as_ref().is_some_and(|p| p.is_empty())
+            && self.current.as_ref() == Some(&self.candidate)
     }
 }
 

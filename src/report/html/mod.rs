@@ -28,6 +28,7 @@ use super::timeline::{SpanResult, Timeline};
 use crate::diff::HostDiff;
 use crate::diff::packages::Change;
 use crate::diff::render;
+use crate::nix::StorePath;
 use crate::state::run_report::RunReport;
 
 const TEMPLATE: &str = include_str!("report.html");
@@ -35,21 +36,36 @@ const TEMPLATE: &str = include_str!("report.html");
 /// How many host names a diff group's title shows.
 const NAMES_SHOWN: usize = 8;
 
-/// Hosts whose diffs are the same, as `plan` prints them together.
+/// Hosts whose diffs are the same, as `plan` prints them together. The
+/// text has no store paths: hosts of a group may go from and to different
+/// closures (each host's system is its own), so each host's are kept.
 #[derive(Default)]
 pub struct Diffs {
-    groups: Vec<(Vec<String>, HostDiff)>,
+    groups: Vec<DiffGroup>,
     by_text: HashMap<Vec<String>, usize>,
 }
+
+struct DiffGroup {
+    /// Each host, with what it ran and its candidate.
+    hosts: Vec<(String, Closures)>,
+    /// The first host's diff: the group's text.
+    diff: HostDiff,
+}
+
+type Closures = (Option<StorePath>, StorePath);
 
 impl Diffs {
     pub fn add(&mut self, host: String, diff: HostDiff) {
         let key = diff.render();
+        let closures = (diff.current.clone(), diff.candidate.clone());
         match self.by_text.get(&key) {
-            Some(&i) => self.groups[i].0.push(host),
+            Some(&i) => self.groups[i].hosts.push((host, closures)),
             None => {
                 self.by_text.insert(key, self.groups.len());
-                self.groups.push((vec![host], diff));
+                self.groups.push(DiffGroup {
+                    hosts: vec![(host, closures)],
+                    diff,
+                });
             }
         }
     }
@@ -100,8 +116,19 @@ struct Group {
     hosts_all: String,
     count: usize,
     shown: usize,
-    closures: String,
+    closures: GroupClosures,
     sections: Vec<Section>,
+}
+
+/// What a diff group's hosts go from and to.
+#[derive(Serialize)]
+struct GroupClosures {
+    /// Every host goes from and to these.
+    same: Option<String>,
+    /// How many different (current, candidate) pairs.
+    distinct: usize,
+    /// `host: current -> candidate`, when they differ.
+    per_host: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -316,39 +343,68 @@ fn groups(diffs: Diffs, t: &Timeline) -> Vec<Group> {
         .enumerate()
         .map(|(i, r)| (r.host.as_str(), i))
         .collect();
+    let at = |h: &str| position.get(h).copied().unwrap_or(usize::MAX);
     let mut groups = diffs.groups;
-    for (hosts, _) in &mut groups {
-        hosts.sort_by_key(|h| position.get(h.as_str()).copied().unwrap_or(usize::MAX));
+    for g in &mut groups {
+        g.hosts.sort_by_key(|(h, _)| at(h));
     }
-    groups.sort_by_key(|(hosts, _)| position.get(hosts[0].as_str()).copied());
+    groups.sort_by_key(|g| g.hosts.first().map(|(h, _)| at(h)));
     groups
         .into_iter()
-        .map(|(hosts, diff)| {
-            let shown = hosts.len().min(NAMES_SHOWN);
-            let mut short = hosts[..shown].join(", ");
-            if hosts.len() > shown {
-                short.push_str(&format!(" and {} more", hosts.len() - shown));
+        .map(|g| {
+            let names: Vec<&str> = g.hosts.iter().map(|(h, _)| h.as_str()).collect();
+            let shown = names.len().min(NAMES_SHOWN);
+            let mut short = names[..shown].join(", ");
+            if names.len() > shown {
+                short.push_str(&format!(" and {} more", names.len() - shown));
             }
             Group {
                 hosts_short: short,
-                hosts_all: hosts.join(", "),
-                count: hosts.len(),
+                hosts_all: names.join(", "),
+                count: names.len(),
                 shown,
-                closures: format!(
-                    "{} -> {}",
-                    diff.current
-                        .as_ref()
-                        .map_or("(no known system)".into(), words::short_closure),
-                    words::short_closure(&diff.candidate)
-                ),
-                sections: sections(&diff),
+                closures: group_closures(&g.hosts),
+                sections: sections(&g.diff),
             }
         })
         .collect()
 }
 
-/// A diff in the sections `plan` shows: versions, additions, removals,
-/// rebuilt at the same version with the causes, flake inputs, drift, size.
+/// A group's closures: one line when every host goes from and to the same
+/// ones; else each host's (one host's paths are not the group's).
+fn group_closures(hosts: &[(String, Closures)]) -> GroupClosures {
+    let line = |(current, candidate): &Closures| {
+        format!(
+            "{} -> {}",
+            current
+                .as_ref()
+                .map_or("(no known system)".into(), words::short_closure),
+            words::short_closure(candidate)
+        )
+    };
+    let mut distinct: Vec<&Closures> = hosts.iter().map(|(_, c)| c).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    match distinct[..] {
+        [one] => GroupClosures {
+            same: Some(line(one)),
+            distinct: 1,
+            per_host: vec![],
+        },
+        _ => GroupClosures {
+            same: None,
+            distinct: distinct.len(),
+            per_host: (hosts.iter())
+                .map(|(h, c)| format!("{h}: {}", line(c)))
+                .collect(),
+        },
+    }
+}
+
+/// A diff in the sections `plan` shows: what it is compared with (an
+/// unvalidated system, none known, no change), versions, additions,
+/// removals, rebuilt at the same version with the causes, flake inputs,
+/// drift, size.
 fn sections(d: &HostDiff) -> Vec<Section> {
     let mut versions = Vec::new();
     let mut added = Vec::new();
@@ -371,63 +427,34 @@ fn sections(d: &HostDiff) -> Vec<Section> {
         }
         size.extend(render::render_packages(p).pop());
     }
-    let causes = render::render_causes(&d.structural);
-    let mut out = vec![
-        Section {
-            title: "package versions",
-            lines: versions,
-        },
-        Section {
-            title: "added",
-            lines: added,
-        },
-        Section {
-            title: "removed",
-            lines: removed,
-        },
-        Section {
-            title: "rebuilt at the same version",
-            lines: rebuilt,
-        },
-        Section {
-            title: "why (what changed in the derivations)",
-            lines: causes,
-        },
-        Section {
-            title: "flake inputs",
-            lines: d
-                .flake_inputs
-                .as_deref()
-                .map(render::render_inputs)
-                .unwrap_or_default()
-                .into_iter()
-                .chain(
-                    d.flake_inputs_unknown
-                        .as_ref()
-                        .map(render::render_inputs_unknown),
-                )
-                .collect(),
-        },
-        Section {
-            title: "not expected (drift)",
-            lines: render::render_drift(&d.drift),
-        },
-        Section {
-            title: "closure size",
-            lines: size,
-        },
-    ];
-    out.retain(|s| !s.lines.is_empty());
-    if d.packages.is_none() {
-        out.insert(
-            0,
-            Section {
-                title: "package versions",
-                lines: vec!["the host runs no known system: everything is new".into()],
-            },
-        );
-    }
-    out
+    let inputs = (d.flake_inputs.as_deref())
+        .map(render::render_inputs)
+        .unwrap_or_default()
+        .into_iter()
+        .chain(
+            d.flake_inputs_unknown
+                .as_ref()
+                .map(render::render_inputs_unknown),
+        )
+        .collect();
+    [
+        ("compared with", d.basis()),
+        ("package versions", versions),
+        ("added", added),
+        ("removed", removed),
+        ("rebuilt at the same version", rebuilt),
+        (
+            "why (what changed in the derivations)",
+            render::render_causes(&d.structural),
+        ),
+        ("flake inputs", inputs),
+        ("not expected (drift)", render::render_drift(&d.drift)),
+        ("closure size", size),
+    ]
+    .into_iter()
+    .filter(|(_, lines)| !lines.is_empty())
+    .map(|(title, lines)| Section { title, lines })
+    .collect()
 }
 
 /// Write `html` to `path` atomically.

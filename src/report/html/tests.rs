@@ -148,3 +148,61 @@ fn dump() {
     let hosts: usize = std::env::var("NIXGATE_DUMP_HOSTS").map_or(9, |n| n.parse().unwrap());
     std::fs::write(path, page(hosts.saturating_sub(6))).unwrap();
 }
+
+/// The page of the fixture's run with `diffs` instead of its own.
+fn page_with(diffs: Diffs) -> String {
+    let run = fixture::run(0);
+    let t = timeline::of_run(&run.report, run.events);
+    render(&run.report, &t, diffs, vec![]).unwrap()
+}
+
+/// Hosts grouped by the same diff text may go from and to different
+/// closures: the group shows each host's, not the first host's as everyone's;
+/// one pair shared by all is one line.
+#[test]
+fn a_group_shows_each_hosts_closures_when_they_differ() {
+    let diff = |candidate: char| HostDiff {
+        candidate: fixture::sp(candidate, "nixos-system-web"),
+        ..fixture::diff("nixpkgs")
+    };
+    let mut diffs = Diffs::default();
+    diffs.add("web1".into(), diff('b'));
+    diffs.add("web3".into(), diff('h'));
+    let html = page_with(diffs);
+    assert_eq!(html.matches(r#"<details class="group""#).count(), 1);
+    assert!(html.contains("2 different closures: each host"), "{html}");
+    for line in [
+        "web1: aaaaaaaa-nixos-system-web -&gt; bbbbbbbb-nixos-system-web",
+        "web3: aaaaaaaa-nixos-system-web -&gt; hhhhhhhh-nixos-system-web",
+    ] {
+        assert!(html.contains(line), "{line}");
+    }
+    let mut same = Diffs::default();
+    same.add("web1".into(), diff('b'));
+    same.add("web3".into(), diff('b'));
+    let html = page_with(same);
+    assert!(html.contains(
+        r#"<p class="mono">aaaaaaaa-nixos-system-web -&gt; bbbbbbbb-nixos-system-web</p>"#
+    ));
+    assert!(!html.contains("different closures"));
+}
+
+/// A diff against an unvalidated system says so in the page, as `plan` does.
+#[test]
+fn an_unvalidated_hosts_diff_says_what_it_is_against() {
+    let mut diffs = Diffs::default();
+    let unvalidated = HostDiff {
+        unvalidated: true,
+        ..fixture::diff("nixpkgs")
+    };
+    diffs.add("web1".into(), unvalidated);
+    diffs.add("web3".into(), fixture::diff("nixpkgs"));
+    let html = page_with(diffs);
+    assert_eq!(html.matches(r#"<details class="group""#).count(), 2);
+    assert_eq!(html.matches("<h3>compared with</h3>").count(), 1);
+    assert_eq!(
+        html.matches("runs a system that is not one of its known-good generations")
+            .count(),
+        1
+    );
+}

@@ -106,7 +106,7 @@ fn mark(host: &str) -> KnownGoodMark {
     }
 }
 
-fn diff(flake_input: &str) -> HostDiff {
+pub fn diff(flake_input: &str) -> HostDiff {
     HostDiff {
         current: Some(sp('a', "nixos-system-web")),
         candidate: sp('b', "nixos-system-web"),
