@@ -255,21 +255,46 @@ let
             )
 
 
+    # The fields of `nixgate --json status` the scripts read (dotted: one
+    # inside another). tests/vm_tests_status.rs holds nixgate's JSON to this
+    # list (and the outcomes named to outcome_is to nixgate's), so a field
+    # renamed in nixgate fails `cargo test`, not a VM run nobody makes here.
+    STATUS_FIELDS = (
+        "host",
+        "current",
+        "boot_default",
+        "known_good_generation",
+        "pending_reboot",
+        "unvalidated",
+        "last_run.outcome",
+    )
+
+
+    class Status(dict):
+        """One host's status: only the top-level keys of STATUS_FIELDS."""
+
+        def __missing__(self, key):
+            raise KeyError(f"{key!r}: not in STATUS_FIELDS (lib.nix); add it there")
+
+
     def status(state_dir=STATE):
         """`nixgate --json status` (the last run's outcome from `state_dir`), per host."""
+        top = {field.split(".")[0] for field in STATUS_FIELDS}
         hosts = {}
         for line in nixgate("--json status", state_dir=state_dir).splitlines():
             if not line.strip():
                 continue
             event = json.loads(line)
             if event.get("event") == "status":
-                hosts[event["host"]] = event
+                missing = top - event.keys()
+                assert not missing, f"status without {sorted(missing)}: {event}"
+                hosts[event["host"]] = Status({k: event[k] for k in top})
         return hosts
 
 
     def outcome_is(host_status, *names):
-        """The host's last outcome is one of `names` (`-` or `_` alike)."""
-        got = (host_status.get("last_outcome") or "").replace("_", "-")
+        """The host's last run ended one of `names` (`-` or `_` alike)."""
+        got = ((host_status["last_run"] or {}).get("outcome") or "").replace("_", "-")
         return got in [n.replace("_", "-") for n in names]
 
 
