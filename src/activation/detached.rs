@@ -376,6 +376,22 @@ async fn fire_retried<R: Remote>(
                 }
                 break;
             }
+            // A later attempt that failed without firing (its lock check,
+            // arm or profile step) leaves the earlier refusals as they
+            // were: one of them may have started after all, and "nothing
+            // changed" would then leave the host on an unverified
+            // candidate, nothing rolled back. Looked at as when every
+            // attempt was refused; none ran: this attempt's failure.
+            Err(failure) if !refused.is_empty() && failure.changed_nothing() => {
+                let failed = job.clone();
+                return match refused_yet_ran(remote, job, watched, refused, emit).await {
+                    Err(SwitchFailure::FireRefused { .. }) => {
+                        *job = failed;
+                        Err(failure)
+                    }
+                    found => found,
+                };
+            }
             other => return other,
         }
     }
@@ -967,6 +983,39 @@ mod tests {
             });
             assert!(warned, "{unit}");
         }
+    }
+
+    /// The first start refused, the second attempt failing before it fires
+    /// (its lock check lost the bus): the first may still have run, and
+    /// is looked at. It ran: verified. It did not: the second's failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_later_attempt_failing_still_looks_at_the_earlier_refusal() {
+        let bus = || {
+            Output::new(
+                Exit::Code { code: 1 },
+                "",
+                "Failed to connect to bus: Connection timed out\n",
+            )
+        };
+        let r = scripted(
+            vec![refused(), bus()],
+            vec![poll("inactive", "exited 0", NEW)],
+        );
+        let mut j = job();
+        let result = run(&r, Duration::from_secs(60), &mut j).await;
+        assert!(matches!(result, SwitchResult::Settled { .. }), "{result:?}");
+        assert_eq!(j.unit, "nixgate-switch-r1");
+        let r = scripted(
+            vec![refused(), bus()],
+            vec![poll("inactive", "absent", OLD)],
+        );
+        let mut j = job();
+        let result = run(&r, Duration::from_secs(60), &mut j).await;
+        assert!(
+            matches!(&result, SwitchResult::Failed(f @ SwitchFailure::LockCheck { .. }) if f.changed_nothing()),
+            "{result:?}"
+        );
+        assert_eq!(j.unit, "nixgate-switch-r1-try2");
     }
 
     /// Every start refused, and no attempt's unit ran: the refusals are the
