@@ -63,9 +63,21 @@ pub fn dry_activate_command(closure: &StorePath, os: Os, sudo: bool) -> Command 
 /// `env -i` empties the environment, `checkActivation` with it, and the
 /// "dry" run activated the candidate for real, in the SSH session, with no
 /// revert armed (upstream's own `darwin-rebuild check` does the same:
-/// nix-darwin#1700). So the shebang's interpreter (its last word) runs the
-/// script itself, in this environment. `$1`: the closure.
+/// nix-darwin#1700). So the shebang's interpreter (past `env`, its
+/// options and assignments; with its own arguments) runs the script
+/// itself, in this environment. Before 25.05 the checks and their early
+/// exit were in `activate-user` (what `darwin-rebuild check` ran), and
+/// `activate` had none: run, it activated. So the script that names
+/// `checkActivation` is the one run, and with neither the gate fails,
+/// running nothing. `$1`: the closure.
 pub const DRY_DARWIN: &str = r#"f="$1/activate"
+if ! grep -q checkActivation "$f" 2>/dev/null; then
+  f="$1/activate-user"
+  grep -q checkActivation "$f" 2>/dev/null || {
+    echo "nixgate: neither $1/activate nor activate-user has a check-only mode (checkActivation): nothing run" >&2
+    exit 3
+  }
+fi
 IFS= read -r first < "$f" || { echo "nixgate: cannot read $f" >&2; exit 127; }
 case $first in
   '#!'*) ;;
@@ -73,9 +85,16 @@ case $first in
 esac
 set -f
 set -- ${first#??}
+case ${1:-} in
+  env | */env)
+    shift
+    while [ "$#" -gt 0 ]; do
+      case $1 in -* | *=*) shift ;; *) break ;; esac
+    done
+    ;;
+esac
 [ "$#" -gt 0 ] || { echo "nixgate: $f names no interpreter" >&2; exit 127; }
-shift $(($# - 1))
-exec "$1" "$f""#;
+exec "$@" "$f""#;
 
 fn units(list: &str) -> Vec<String> {
     list.split(',')
@@ -239,6 +258,38 @@ mod tests {
         assert_eq!(c.argv().last().map(String::as_str), Some(SYS));
     }
 
+    /// nix-darwin before 25.05: `activate` has no check-only mode (it
+    /// activates whatever the environment), `activate-user` has: that one
+    /// runs. Neither: nothing runs, the gate fails.
+    #[test]
+    fn darwin_runs_only_a_script_that_can_check() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let exe = std::fs::Permissions::from_mode(0o755);
+        let write = |name: &str, body: String| {
+            std::fs::write(format!("{d}/{name}"), body).unwrap();
+            std::fs::set_permissions(format!("{d}/{name}"), exe.clone()).unwrap();
+        };
+        write("activate", format!("#!/bin/sh\ntouch {d}/activated\n"));
+        let run = || {
+            std::process::Command::new("sh")
+                .args(["-c", DRY_DARWIN, "nixgate", d])
+                .env("checkActivation", "1")
+                .output()
+                .unwrap()
+        };
+        let out = run();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        write(
+            "activate-user",
+            "#!/bin/sh\nif [ \"${checkActivation:-0}\" -eq 1 ]; then echo ok >&2; exit 0; fi\nexit 9\n".into(),
+        );
+        let out = run();
+        assert!(out.status.success(), "{out:?}");
+        assert!(!std::path::Path::new(&format!("{d}/activated")).exists());
+    }
+
     /// nix-darwin's `activate` with its `env -i` shebang: run as a program
     /// it loses `checkActivation` and activates; the gate only checks.
     #[test]
@@ -251,12 +302,14 @@ mod tests {
             "#!/usr/bin/env -i /bin/sh",
             "#!/bin/sh",
             "#! /bin/sh ",
+            "#!/bin/sh -e",
+            "#!/usr/bin/env -S -i FOO=1 /bin/sh -e",
         ];
         for shebang in shebangs {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path().to_str().unwrap();
             let activate = format!(
-                "{shebang}\nif [ \"${{checkActivation:-0}}\" -eq 1 ]; then echo ok >&2; exit 0; fi\ntouch {d}/activated\n"
+                "{shebang}\nset -e\nif [ \"${{checkActivation:-0}}\" -eq 1 ]; then echo ok >&2; exit 0; fi\ntouch {d}/activated\n"
             );
             std::fs::write(format!("{d}/activate"), activate).unwrap();
             let exe = std::fs::Permissions::from_mode(0o755);

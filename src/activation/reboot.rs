@@ -44,16 +44,27 @@ pub fn reboot_command(run_id: &RunId, sudo: bool) -> Command {
         .sudo(sudo)
 }
 
-/// Stop this run's reboot timer: true when no reboot of it is pending
-/// (stopped, or never loaded: `systemctl` exit 5).
+/// `$1`: the reboot timer's unit. Exit 0 when no reboot of it is pending:
+/// never triggered and now stopped, or never loaded (`systemctl` exit 5).
+/// Read before the stop: a transient timer that fired stays loaded until
+/// stopped, and its stop then succeeds too (after it, `--collect` has
+/// unloaded it and nothing tells).
+const STOP_REBOOT: &str = r#"fired=$(systemctl show --property=LastTriggerUSec --value "$1" 2>/dev/null)
+systemctl stop "$1" 2>/dev/null; rc=$?
+case $rc:$fired in
+  5:*) exit 0 ;;
+  0:|0:n/a|0:0) exit 0 ;;
+  *) exit 1 ;;
+esac"#;
+
+/// Stop this run's reboot timer: true when no reboot of it is pending.
 async fn reboot_stopped<R: Remote>(remote: &R, run_id: &RunId, sudo: bool) -> bool {
-    let stop = Command::new("systemctl")
-        .arg("stop")
+    let stop = Command::script(STOP_REBOOT)
         .arg(format!("nixgate-reboot-{run_id}.timer"))
         .sudo(sudo);
     matches!(
         remote.exec(&stop).await.map(|o| o.exit),
-        Ok(Exit::Code { code: 0 | 5 })
+        Ok(Exit::Code { code: 0 })
     )
 }
 
@@ -176,6 +187,39 @@ mod tests {
     use crate::remote::Streaming;
     use crate::remote::scripted::{ScriptedRemote, fail, ok};
 
+    /// STOP_REBOOT against a `systemctl` played by a script: what it says
+    /// of a timer never loaded, stopped before firing, fired, or one whose
+    /// stop fails.
+    #[test]
+    fn the_stop_tells_a_fired_timer_from_a_stopped_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        for (trigger, stop_rc, pending) in [
+            ("", 5, false),
+            ("n/a", 0, false),
+            ("Sat 2026-12-05 07:00:01 UTC", 0, true),
+            ("n/a", 1, true),
+        ] {
+            let stub = format!(
+                "#!/bin/sh\ncase $1 in show) echo '{trigger}' ;; stop) exit {stop_rc} ;; esac\n"
+            );
+            std::fs::write(format!("{d}/systemctl"), stub).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let exe = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(format!("{d}/systemctl"), exe).unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", STOP_REBOOT, "nixgate", "nixgate-reboot-r1.timer"])
+                .env("PATH", format!("{d}:/usr/bin:/bin"))
+                .output()
+                .unwrap();
+            assert_eq!(
+                !out.status.success(),
+                pending,
+                "{trigger} {stop_rc}: {out:?}"
+            );
+        }
+    }
+
     /// A host whose boot id changes after the reboot command, and whose
     /// first `reads` link reads fail (its network still coming up).
     fn rebooting(failed_reads: usize) -> ScriptedRemote {
@@ -215,10 +259,12 @@ mod tests {
     }
 
     /// A refused reboot whose timer was queued after all: stopped before
-    /// the refusal is told; one that cannot be stopped is waited for.
+    /// the refusal is told; one that cannot be stopped, or that fired, is
+    /// waited for.
     #[tokio::test(start_paused = true)]
     async fn a_refused_reboot_is_stopped_or_waited_for() {
-        for (stop_exit, expect_refused) in [(0, true), (5, true), (1, false)] {
+        // The script's own answer (STOP_REBOOT: 0 none pending, 1 maybe).
+        for (stop_exit, expect_refused) in [(0, true), (1, false)] {
             let rebooted = Arc::new(AtomicBool::new(false));
             let stopped = Arc::new(AtomicBool::new(false));
             let (r, st) = (rebooted.clone(), stopped.clone());
@@ -231,7 +277,7 @@ mod tests {
                         "Failed to start transient timer unit: Connection timed out",
                     );
                 }
-                if a.contains("systemctl stop nixgate-reboot-r1.timer") {
+                if a.contains(STOP_REBOOT) {
                     st.store(stop_exit != 1, Ordering::SeqCst);
                     if stop_exit != 1 {
                         return Output::new(Exit::Code { code: stop_exit }, "", "");

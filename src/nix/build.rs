@@ -123,8 +123,9 @@ pub enum BuildFailure {
     Build { log_tail: Vec<String> },
     /// The flake's `flake.lock` does not lock every input, and the
     /// builder's Nix will not evaluate it without changing the lock (Nix
-    /// 2.8: "requires lock file changes"). nixgate builds what the commit
-    /// locks and never writes a lock file.
+    /// 2.8: "requires lock file changes"; 2.26: "cannot update unlocked
+    /// flake input"). nixgate builds what the commit locks and never
+    /// writes a lock file.
     #[error("its flake.lock does not lock every input:\n  {}", log_tail.join("\n  "))]
     LockIncomplete { log_tail: Vec<String> },
     /// No machine could take a derivation: the builder builds nothing
@@ -215,6 +216,10 @@ pub fn instantiate_command(dir: &str, flake: bool, attr: &str) -> Command {
                 "nix-command flakes",
                 "eval",
                 "--raw",
+                // The shipped source is shared: never a lock file written
+                // into it (nor inputs locked anew: what the commit locks).
+                "--no-write-lock-file",
+                "--no-update-lock-file",
             ])
             .arg(format!("path:{dir}#{attr}.drvPath"))
     } else {
@@ -276,7 +281,10 @@ pub(super) fn failure_of(out: &Output) -> BuildFailure {
             log_tail,
         };
     }
-    if text.contains("requires lock file changes") {
+    // Nix 2.8's words, and 2.26's (the flake evaluated purely).
+    if text.contains("requires lock file changes")
+        || text.contains("cannot update unlocked flake input")
+    {
         return BuildFailure::LockIncomplete { log_tail };
     }
     let lower = text.to_lowercase();

@@ -16,15 +16,24 @@
 //! second evaluation.
 //!
 //! The attribute is looked up as `nix build path:DIR#ATTR` looks it up:
-//! `packages.<system>.ATTR`, `legacyPackages.<system>.ATTR`, then `ATTR`.
-//! The source directory and the attributes reach the fixed expression
-//! through the environment ([`FLAKE_ENV`], [`ATTRS_ENV`]): no inventory
+//! `packages.<system>.ATTR`, `legacyPackages.<system>.ATTR`, then `ATTR`,
+//! the first that exists (the others are not evaluated).
+//!
+//! The evaluation is pure, as `nix build`'s is: the flake is fetched by a
+//! locked reference (`path:DIR?narHash=...`, its hash taken on the builder
+//! in the same command), so nothing of the builder's environment (`NIX_PATH`,
+//! `~/.config/nixpkgs`, `getEnv`) reaches the systems. The source directory
+//! and the attributes are `--argstr`s of a fixed expression: no inventory
 //! text is ever spliced into Nix code.
 //!
-//! `builtins.getFlake` never writes a lock file. Nix 2.8 refuses a flake
-//! whose `flake.lock` does not lock every input ("requires lock file
-//! changes"), which becomes [`BuildFailure::LockIncomplete`]; Nix 2.26
-//! locks the missing inputs in memory and warns.
+//! What differs from `nix build`: a flake's `nixConfig` is not applied
+//! (its extra substituters go unused), and Nix's flake evaluation cache is
+//! not used (a push retried evaluates again). And a lock file is never
+//! written: a `flake.lock` that does not lock every input is refused
+//! ([`BuildFailure::LockIncomplete`]; Nix 2.8 says "requires lock file
+//! changes", 2.26 "cannot update unlocked flake input ... in pure mode"),
+//! where `nix build` locked the missing inputs itself. nixgate builds what
+//! the commit locks.
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -37,32 +46,40 @@ use super::build::{
 use super::buildlog::Logged;
 use crate::remote::{Command, Remote};
 
-/// The environment variable naming the shipped source directory.
-pub const FLAKE_ENV: &str = "NIXGATE_FLAKE";
-/// The environment variable holding the attribute paths, as a JSON list of
-/// lists of names.
-pub const ATTRS_ENV: &str = "NIXGATE_ATTRS";
-
-/// Each attribute's derivation and output, in the order asked.
-const EVAL_EXPR: &str = r#"let
-  dir = builtins.getEnv "NIXGATE_FLAKE";
-  flake = builtins.getFlake "path:${dir}";
-  system = builtins.currentSystem;
+/// `EVAL_SCRIPT DIR ATTRS [NIX OPTION...]`: each attribute's derivation
+/// and output, in the order asked (ATTRS: a JSON list of attribute paths,
+/// each a list of names), as JSON on stdout.
+const EVAL_SCRIPT: &str = r#"dir=$1; attrs=$2; shift 2
+nix() { command nix --extra-experimental-features 'nix-command flakes' "$@"; }
+hash=$(nix hash path --sri "$dir") || exit 1
+system=$(nix eval --impure --raw --expr builtins.currentSystem) || exit 1
+hash=$(printf %s "$hash" | sed 's/+/%2B/g; s|/|%2F|g; s/=/%3D/g')
+expr=$(cat <<'NIX'
+{ flake, attrs, system }:
+let
+  f = builtins.getFlake flake;
   find = v: path:
-    if path == [ ] then v
-    else let n = builtins.head path; in
-      if builtins.isAttrs v && builtins.hasAttr n v then find v.${n} (builtins.tail path) else null;
+    if path == [ ] then { found = true; value = v; }
+    else
+      let n = builtins.head path; in
+      if builtins.isAttrs v && builtins.hasAttr n v
+      then find v.${n} (builtins.tail path)
+      else { found = false; };
+  first = tries:
+    if tries == [ ] then { found = false; }
+    else
+      let r = find f (builtins.head tries); in
+      if r.found then r else first (builtins.tail tries);
   pick = path:
-    let
-      tries = [ ([ "packages" system ] ++ path) ([ "legacyPackages" system ] ++ path) path ];
-      found = builtins.filter (t: t != null) (map (find flake) tries);
-    in
-      if found == [ ] then
-        throw "flake 'path:${dir}' does not provide attribute '${builtins.concatStringsSep "." path}'"
-      else builtins.head found;
+    let r = first [ ([ "packages" system ] ++ path) ([ "legacyPackages" system ] ++ path) path ]; in
+    if r.found then r.value
+    else throw "flake '${flake}' does not provide attribute '${builtins.concatStringsSep "." path}'";
 in
-map (path: let t = pick path; in { drv = t.drvPath; out = t.outPath; })
-  (builtins.fromJSON (builtins.getEnv "NIXGATE_ATTRS"))"#;
+{ r = map (path: let t = pick path; in { drv = t.drvPath; out = t.outPath; }) (builtins.fromJSON attrs); }
+NIX
+)
+exec nix eval --json --expr "$expr" r --argstr flake "path:$dir?narHash=$hash" \
+  --argstr attrs "$attrs" --argstr system "$system" "$@""#;
 
 /// One host's evaluated system.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -90,19 +107,10 @@ pub fn attr_path(attr: &str) -> Vec<String> {
 pub fn eval_command(dir: &str, attrs: &[&str], options: &[String]) -> Command {
     let paths: Vec<Vec<String>> = attrs.iter().map(|a| attr_path(a)).collect();
     let json = serde_json::to_string(&paths).expect("a list of strings serialises");
-    Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-            "--impure",
-            "--expr",
-            EVAL_EXPR,
-        ])
+    Command::script(EVAL_SCRIPT)
+        .arg(dir)
+        .arg(json)
         .args(options.iter().cloned())
-        .env(FLAKE_ENV, dir)
-        .env(ATTRS_ENV, json)
 }
 
 /// The command realising `drvs`.
@@ -308,11 +316,11 @@ mod tests {
             .replacen("/1c0", "/3c0", 1)
     }
 
-    fn env_of<'a>(c: &'a Command, key: &str) -> Option<&'a str> {
-        c.env_vars()
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+    /// The `(dir, attrs)` arguments of an evaluation, through the wrapper.
+    fn eval_args(c: &Command) -> Option<(&str, &str)> {
+        let a = c.argv();
+        let at = a.iter().position(|w| w == EVAL_SCRIPT)?;
+        Some((a.get(at + 2)?.as_str(), a.get(at + 3)?.as_str()))
     }
 
     /// A builder whose evaluation answers in the order asked and whose
@@ -321,9 +329,8 @@ mod tests {
     fn builder(failing: Option<&'static str>) -> ScriptedRemote {
         ScriptedRemote::new("builder", move |c| {
             let argv = c.argv().join(" ");
-            if argv.contains(" eval ") {
-                let attrs: Vec<Vec<String>> =
-                    serde_json::from_str(env_of(c, ATTRS_ENV).expect("attrs")).unwrap();
+            if let Some((_, attrs)) = eval_args(c) {
+                let attrs: Vec<Vec<String>> = serde_json::from_str(attrs).unwrap();
                 let names: Vec<&str> = attrs.iter().map(|a| a[1].as_str()).collect();
                 if let Some(f) = failing.filter(|f| names.contains(f)) {
                     let said = format!("error: attribute '{f}' missing");
@@ -418,28 +425,30 @@ mod tests {
     }
 
     #[test]
-    fn inventory_text_reaches_nix_only_through_the_environment() {
+    fn inventory_text_reaches_nix_only_as_arguments() {
         let c = eval_command("/d/x\"y", &["a.\"${b}\"", "c"], &[]);
-        assert_eq!(env_of(&c, FLAKE_ENV), Some("/d/x\"y"));
-        assert_eq!(env_of(&c, ATTRS_ENV), Some(r#"[["a","${b}"],["c"]]"#));
-        assert!(
-            c.argv()
-                .iter()
-                .all(|a| !a.contains("/d/x") && !a.contains("${b}\""))
-        );
-        // Through the build wrapper too.
+        assert_eq!(eval_args(&c), Some(("/d/x\"y", r#"[["a","${b}"],["c"]]"#)));
+        // Through the build wrapper too, its log option last.
         let logged = crate::nix::build::logged_command(&c);
-        assert_eq!(env_of(&logged, ATTRS_ENV), env_of(&c, ATTRS_ENV));
+        assert_eq!(eval_args(&logged), eval_args(&c));
+        assert_eq!(
+            logged.argv().last().map(String::as_str),
+            Some("internal-json")
+        );
     }
 
     #[test]
     fn an_incomplete_lock_is_its_own_failure() {
         // Nix 2.8's words, through the wrapper's merged log.
-        let said = "error: flake 'path:/var/tmp/nixgate/src/abc' requires lock file changes but they're not allowed due to '--no-update-lock-file'";
-        let out = Output::new(Exit::Code { code: 1 }, "", said);
-        assert!(matches!(
-            failure_of(&out),
-            BuildFailure::LockIncomplete { .. }
-        ));
+        for said in [
+            "error: flake 'path:/var/tmp/nixgate/src/abc' requires lock file changes but they're not allowed due to '--no-update-lock-file'",
+            "error: cannot update unlocked flake input 'nixpkgs' in pure mode",
+        ] {
+            let out = Output::new(Exit::Code { code: 1 }, "", said);
+            assert!(
+                matches!(failure_of(&out), BuildFailure::LockIncomplete { .. }),
+                "{said}"
+            );
+        }
     }
 }

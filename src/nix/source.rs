@@ -38,14 +38,18 @@ if whole "$1"; then touch "$1.entries"; echo present; else echo absent; fi"#;
 
 /// Extract the tar on stdin into `$1`: beside it first, its entry count
 /// recorded, then moved into place. Another run's extraction that got
-/// there first is kept when whole; a directory left partial is replaced.
+/// there first is kept when whole; a directory left partial is moved
+/// aside (never deleted in place: another run may be reading it) and
+/// replaced, unless a concurrent extraction replaced it first.
 const EXTRACT: &str = r#"set -e
 whole() { test -d "$1" && test -f "$1.entries" && test "$(find "$1" | wc -l)" = "$(cat "$1.entries")"; }
 tmp="$1.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"; tar -x -C "$tmp"
 find "$tmp" | wc -l > "$tmp.entries"; mv "$tmp.entries" "$1.entries"
 mv -T "$tmp" "$1" 2>/dev/null && exit 0
 if whole "$1"; then rm -rf "$tmp"; exit 0; fi
-rm -rf "$1"; mv -T "$tmp" "$1""#;
+old="$1.old.$$"; mv -T "$1" "$old" 2>/dev/null || :
+mv -T "$tmp" "$1" 2>/dev/null || { whole "$1"; rm -rf "$tmp"; }
+rm -rf "$old""#;
 
 fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -267,7 +271,7 @@ mod tests {
         let leftovers: Vec<String> = std::fs::read_dir(tmp.path().join("src"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp."))
+            .filter(|n| n.contains(".tmp.") || n.contains(".old."))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }

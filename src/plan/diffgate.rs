@@ -324,9 +324,12 @@ fn apply(
             }
             return;
         }
-        Found::Diff(d) => Refusal::Drift {
-            packages: d.drift.iter().map(|x| x.package.clone()).collect(),
-        },
+        Found::Diff(d) => {
+            // A package rebuilt at two versions drifts once by name.
+            let mut packages: Vec<String> = d.drift.iter().map(|x| x.package.clone()).collect();
+            packages.dedup();
+            Refusal::Drift { packages }
+        }
         Found::Refused(refusal) => refusal,
         Found::Failed(error) => Refusal::DiffFailed { error },
     };
