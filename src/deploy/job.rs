@@ -60,6 +60,23 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// How a staging that did not deliver the closure ends its host.
+    fn outcome(&self) -> HostOutcome {
+        match self {
+            StageError::Cancelled => HostOutcome::Cancelled { before: Gate::Copy },
+            StageError::Untrusted { untrusted, tail } => HostOutcome::SignatureMismatch {
+                untrusted: untrusted.clone(),
+                tail: tail.clone(),
+            },
+            StageError::Failed(error) => HostOutcome::Failed {
+                gate: Gate::Copy,
+                reason: FailureReason::Copy {
+                    error: error.clone(),
+                },
+            },
+        }
+    }
+
     fn of(e: anyhow::Error) -> StageError {
         match e.downcast_ref::<crate::nix::copy::SubstituteFailed>() {
             Some(crate::nix::copy::SubstituteFailed::Untrusted { untrusted, tail }) => {
@@ -222,13 +239,10 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let Some(ready) = self.ready.get(host) else {
             return self.fail_at_copy(host, "no candidate closure for this host".into());
         };
+        // A failed copy's gate failure was told as it failed (`stage`).
         let copied = match staged {
             Ok(c) => c,
-            Err(StageError::Cancelled) => return HostOutcome::Cancelled { before: Gate::Copy },
-            Err(StageError::Untrusted { untrusted, tail }) => {
-                return HostOutcome::SignatureMismatch { untrusted, tail };
-            }
-            Err(StageError::Failed(e)) => return self.fail_at_copy(host, e),
+            Err(e) => return e.outcome(),
         };
         let Some(inv_host) = self.inventory.host(host) else {
             return self.fail_at_copy(host, "not in the inventory".into());
@@ -703,12 +717,10 @@ fn forward(sink: &EventSink, host: &str) -> impl Fn(ActivationEvent) + Send + Sy
     move |ev| sink.emit(Event::from_activation(&host, ev))
 }
 
-impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
-    type Staged = Result<CopyOutcome, StageError>;
-    type Done = HostSummary;
-
-    async fn stage(self: Arc<Self>, host: Arc<str>) -> Self::Staged {
-        let Some(ready) = self.ready.get(&*host) else {
+impl<F: Fleet, S: Stager> DeployJob<F, S> {
+    /// Copy the host's candidate closure to it (the first Ctrl-C stops it).
+    async fn copy(&self, host: &Arc<str>) -> Result<CopyOutcome, StageError> {
+        let Some(ready) = self.ready.get(&**host) else {
             return Err(StageError::Failed(format!(
                 "no candidate closure for {host}"
             )));
@@ -723,18 +735,37 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
         let copy = self
             .stager
             .stage(host.clone(), ready.candidate.closure.clone());
-        let r = tokio::select! {
+        tokio::select! {
             r = copy => r.map_err(StageError::of),
             // Dropping the copy closes its streams: the host keeps only the
             // paths it acknowledged whole.
             _ = self.stop.cancelled() => Err(StageError::Cancelled),
-        };
-        if let Ok(copied) = &r {
-            self.sink.emit(Event::GatePassed {
+        }
+    }
+}
+
+impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
+    type Staged = Result<CopyOutcome, StageError>;
+    type Done = HostSummary;
+
+    /// The copy, its gate's end told as it ends (a failure at once, not
+    /// when its host's turn to activate comes).
+    async fn stage(self: Arc<Self>, host: Arc<str>) -> Self::Staged {
+        let r = self.copy(&host).await;
+        match &r {
+            Ok(copied) => self.sink.emit(Event::GatePassed {
                 host: host.to_string(),
                 gate: Gate::Copy,
                 evidence: crate::activation::GateEvidence::Copy(copied.clone()),
-            });
+            }),
+            Err(StageError::Failed(error)) => self.sink.emit(Event::GateFailed {
+                host: host.to_string(),
+                gate: Gate::Copy,
+                reason: FailureReason::Copy {
+                    error: error.clone(),
+                },
+            }),
+            Err(StageError::Cancelled | StageError::Untrusted { .. }) => {}
         }
         r
     }
@@ -762,6 +793,16 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
 
     fn planned_end(&self, host: &str) -> Option<HostSummary> {
         self.refused.get(host).cloned()
+    }
+
+    /// A copy that failed (or a path no key the host trusts signed) ends
+    /// the host. A copy the first Ctrl-C stopped does not: the cancel
+    /// stops the wave, which does not start the host.
+    fn staged_end(&self, host: &str, staged: &Self::Staged) -> Option<HostSummary> {
+        match staged {
+            Ok(_) | Err(StageError::Cancelled) => None,
+            Err(e) => Some(self.summary(host, HostEnd::activation(e.outcome()))),
+        }
     }
 
     async fn recheck(self: Arc<Self>, host: Arc<str>, done: HostSummary) -> HostSummary {

@@ -212,6 +212,52 @@ async fn a_canary_unreachable_at_activation_stops_later_waves() {
     untouched(&f, "web2");
 }
 
+/// A copy to one host fails; the others succeed at once.
+struct CopyFailsOn(&'static str);
+
+impl Stager for CopyFailsOn {
+    async fn stage(
+        &self,
+        host: Arc<str>,
+        _: StorePath,
+    ) -> anyhow::Result<crate::nix::copy::CopyOutcome> {
+        if &*host == self.0 {
+            anyhow::bail!("connection reset while copying");
+        }
+        Ok(crate::nix::copy::CopyOutcome::AlreadyPresent)
+    }
+}
+
+/// A failed copy ends its host as soon as it is known: main (no failure
+/// allowed, 10 at once) starts none of its other hosts (web3 was switched
+/// alongside web2, whose failure was recorded only once it took a slot).
+/// The copy gate's failure is told once.
+#[tokio::test(start_paused = true)]
+async fn a_failed_copy_fails_its_wave_before_another_host_switches() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, CopyFailsOn("web2")).await;
+    assert_eq!(
+        kinds(&hosts),
+        [
+            ("web1".into(), OutcomeKind::KnownGood),
+            ("web2".into(), OutcomeKind::Failed),
+            ("web3".into(), OutcomeKind::NotStarted),
+        ]
+    );
+    untouched(&f, "web3");
+    let copy_failed = f
+        .events
+        .take()
+        .into_iter()
+        .filter(|e| {
+            matches!(e, Event::GateFailed { host, gate: crate::gates::Gate::Copy, reason }
+                if host == "web2" && format!("{reason:?}").contains("connection reset"))
+        })
+        .count();
+    assert_eq!(copy_failed, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_host_in_main_counts_against_main_only() {
     // main allows one failure: a refused web3 uses it, web2 still deploys.

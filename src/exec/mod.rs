@@ -241,6 +241,11 @@ impl<F: Fleet> HostJob for ExecJob<F> {
         None
     }
 
+    /// Nothing is staged: every host runs.
+    fn staged_end(&self, _host: &str, _staged: &()) -> Option<ExecDone> {
+        None
+    }
+
     async fn recheck(self: Arc<Self>, _host: Arc<str>, done: ExecDone) -> ExecDone {
         done
     }

@@ -8,9 +8,12 @@
 //! short: the hosts are re-checked at once, then the run stops. A host the
 //! plan already ended (refused before the run) is counted in its wave when
 //! the wave starts, exactly like a host that fails in it: a refused canary
-//! stops the run. Copies (staging) run ahead of activations by one wave,
-//! taking their slots in the order the waves will start the hosts (none for
-//! a wave the plan's refusals fail, nor after it), and a host starts as
+//! stops the run; so is a host whose copy failed before its wave started,
+//! and one whose copy fails in its wave ends then, with no activation
+//! slot (every end known is counted before a slot is filled). Copies
+//! (staging) run ahead of activations by one wave, taking their slots in
+//! the order the waves will start the hosts (none for a wave the plan's
+//! refusals or failed copies fail, nor after it), and a host starts as
 //! soon as its copy is done and a slot is free (no slot waits for a copy
 //! while a copied host waits for a slot). The runner never prints: it
 //! reports [`RunnerEvent`]s to a callback and returns typed results.
@@ -29,8 +32,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -66,6 +70,10 @@ pub trait HostJob: Send + Sync + 'static {
     /// The end of a host that ended before the run (the plan refused it);
     /// `None` for a host to run.
     fn planned_end(&self, host: &str) -> Option<Self::Done>;
+    /// The end of a host its staging already ended (its copy failed);
+    /// `None` for a host to run. Counted like a plan's refusal, as soon as
+    /// the runner knows it: never started, with no activation slot.
+    fn staged_end(&self, host: &str, staged: &Self::Staged) -> Option<Self::Done>;
     /// After a soak, re-check a host that ended well; its end afterwards
     /// (a host found unhealthy is taken back by the job).
     fn recheck(
@@ -163,8 +171,23 @@ pub enum RunnerEvent {
 
 type Emit = dyn Fn(RunnerEvent) + Send + Sync;
 
-/// A host's staging: its result to come, and its task.
-type Staging<S> = (oneshot::Receiver<S>, JoinHandle<()>);
+/// A host's staging.
+enum Staging<S> {
+    /// Its result to come, and its task.
+    UnderWay(oneshot::Receiver<S>, JoinHandle<()>),
+    /// Its result, taken before its wave started (`None`: its task ended
+    /// without one).
+    Done(Option<S>),
+}
+
+impl<S> Staging<S> {
+    /// Stop the staging's task, if it still runs.
+    fn stop(self) {
+        if let Staging::UnderWay(_, handle) = self {
+            handle.abort();
+        }
+    }
+}
 
 /// Run every group of the selection in order.
 pub async fn run<J: HostJob>(
@@ -183,6 +206,7 @@ pub async fn run<J: HostJob>(
         stage_slots: Arc::new(Semaphore::new(widest.max(1))),
         stage_turn: None,
         staged: HashMap::new(),
+        ended_early: HashMap::new(),
         results: Vec::new(),
         letting_go: JoinSet::new(),
         gone: HashSet::new(),
@@ -192,16 +216,18 @@ pub async fn run<J: HostJob>(
         if stop.is_none() && *r.cancel.borrow() >= CancelLevel::StopStarting {
             stop = Some(NotStarted::Cancelled);
         }
+        r.settle(group);
         if let Some(why) = &stop {
             r.skip_wave(group, why);
             continue;
         }
-        // A wave the plan's refusals already fail stops the run as it
-        // starts: nothing of it, or of the wave after it, is copied.
+        // A wave the plan's refusals (or copies failed already) fail stops
+        // the run as it starts: nothing of it, or of the wave after it, is
+        // copied.
         let ahead: Vec<&Group> = groups[gi..]
             .iter()
             .take(2)
-            .take_while(|g| !r.fails_by_plan(g))
+            .take_while(|g| !r.fails_before_start(g))
             .collect();
         for g in ahead {
             r.stage_ahead(g);
@@ -210,8 +236,8 @@ pub async fn run<J: HostJob>(
         let soaks = !group.soak.is_zero();
         stop = r.wave(group, soaks).await;
     }
-    for (_, (_, handle)) in r.staged.drain() {
-        handle.abort();
+    for (_, staging) in r.staged.drain() {
+        staging.stop();
     }
     r.letting_go().await;
     r.results
@@ -225,10 +251,27 @@ struct Runner<J: HostJob> {
     /// When the next host spawned for staging may ask for its slot.
     stage_turn: Option<oneshot::Receiver<()>>,
     staged: HashMap<String, Staging<J::Staged>>,
+    /// Hosts whose staging ended them (a failed copy) before their wave
+    /// started: counted first when it starts, like the plan's refusals.
+    ended_early: HashMap<String, J::Done>,
     results: Vec<HostResult<J::Done>>,
     /// Hosts being let go, and every host let go so far.
     letting_go: JoinSet<()>,
     gone: HashSet<String>,
+}
+
+/// A joined host task: its host and end, or why it has none.
+type Joined<J> = Result<(tokio::task::Id, (String, <J as HostJob>::Done)), tokio::task::JoinError>;
+
+/// A wave's hosts on their way: staging, staged and waiting for a slot,
+/// started.
+struct Flight<J: HostJob> {
+    started: JoinSet<(String, J::Done)>,
+    task_host: HashMap<tokio::task::Id, String>,
+    staging: FuturesUnordered<BoxFuture<'static, (String, Option<J::Staged>)>>,
+    /// Hosts not started yet, with their staging's task if it still runs.
+    unstarted: Vec<(String, Option<JoinHandle<()>>)>,
+    ready: VecDeque<(String, Option<J::Staged>)>,
 }
 
 /// One wave in progress.
@@ -273,14 +316,15 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
-    /// A wave after the run stopped: planned ends stay, the rest never start.
+    /// A wave after the run stopped: planned ends (and copies failed
+    /// already) stay, the rest never start.
     fn skip_wave(&mut self, group: &Group, why: &NotStarted) {
         for h in &group.hosts {
-            if let Some((_, staging)) = self.staged.remove(h) {
-                staging.abort();
+            if let Some(staging) = self.staged.remove(h) {
+                staging.stop();
             }
             self.let_go(h);
-            let r = match self.job.planned_end(h) {
+            let r = match self.known_end(h) {
                 Some(done) => {
                     self.job.ended(h, &done);
                     HostResult {
@@ -295,21 +339,53 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
-    /// Do the hosts the plan refused put `group` over its failure budget
-    /// before any of its hosts starts?
-    fn fails_by_plan(&self, group: &Group) -> bool {
-        let refused = group
+    /// Do the hosts the plan refused, or whose copy failed already, put
+    /// `group` over its failure budget before any of its hosts starts?
+    fn fails_before_start(&self, group: &Group) -> bool {
+        let failed = group
             .hosts
             .iter()
-            .filter_map(|h| self.job.planned_end(h))
+            .filter_map(|h| (self.job.planned_end(h)).or_else(|| self.ended_early.get(h).cloned()))
             .filter(|done| self.job.is_failure(done))
             .count();
-        refused > group.max_failures.allowed(group.hosts.len())
+        failed > group.max_failures.allowed(group.hosts.len())
+    }
+
+    /// A host's end known before its wave started: the plan's refusal, or
+    /// a failed copy (taken out: it is recorded once).
+    fn known_end(&mut self, host: &str) -> Option<J::Done> {
+        (self.job.planned_end(host)).or_else(|| self.ended_early.remove(host))
+    }
+
+    /// Take the results of `group`'s stagings already done (staged while
+    /// an earlier wave ran): a host its copy ended is set aside with its
+    /// end, to count as its wave starts.
+    fn settle(&mut self, group: &Group) {
+        for h in &group.hosts {
+            let Some(Staging::UnderWay(rx, _)) = self.staged.get_mut(h) else {
+                continue;
+            };
+            let staged = match rx.try_recv() {
+                Ok(s) => Some(s),
+                Err(oneshot::error::TryRecvError::Closed) => None,
+                Err(oneshot::error::TryRecvError::Empty) => continue,
+            };
+            match staged.as_ref().and_then(|s| self.job.staged_end(h, s)) {
+                Some(done) => {
+                    self.staged.remove(h);
+                    self.ended_early.insert(h.clone(), done);
+                }
+                None => {
+                    self.staged.insert(h.clone(), Staging::Done(staged));
+                }
+            }
+        }
     }
 
     fn stage_ahead(&mut self, group: &Group) {
         for h in &group.hosts {
-            if !self.staged.contains_key(h) && self.job.planned_end(h).is_none() {
+            let known = self.job.planned_end(h).is_some() || self.ended_early.contains_key(h);
+            if !self.staged.contains_key(h) && !known {
                 let turn = self.stage_turn.take();
                 let (s, next) = spawn_stage(self.job.clone(), h, self.stage_slots.clone(), turn);
                 self.stage_turn = Some(next);
@@ -332,11 +408,11 @@ impl<J: HostJob> Runner<J> {
             results: Vec::new(),
             stop: None,
         };
-        // Hosts the plan already ended count first: a refused canary fails
-        // its wave before any of its hosts starts.
+        // Hosts the plan (or a failed copy) already ended count first: a
+        // refused canary fails its wave before any of its hosts starts.
         let mut pending = Vec::new();
         for h in &group.hosts {
-            match self.job.planned_end(h) {
+            match self.known_end(h) {
                 Some(done) => {
                     self.job.ended(h, &done);
                     let failed = self.job.is_failure(&done);
@@ -386,67 +462,41 @@ impl<J: HostJob> Runner<J> {
     /// as its staging ended (the first staged first: a host whose copy is
     /// done never waits for a slot held by one still copying), until they
     /// are done or the wave stops starting them; the rest never start and
-    /// their staging stops.
+    /// their staging stops. Every end already known (a host done, a copy
+    /// failed) is counted before a slot is filled: a wave its failed copies
+    /// put over budget starts nothing more (a failed copy waited for a
+    /// slot, and its host's `run` to fail it, while other hosts started).
     async fn activate(&mut self, w: &mut WaveRun<'_, J::Done>, pending: Vec<String>, soaks: bool) {
         let group = w.group;
-        let mut set: JoinSet<(String, J::Done)> = JoinSet::new();
-        let mut task_host: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut staging = FuturesUnordered::new();
-        let mut unstarted: Vec<(String, JoinHandle<()>)> = Vec::new();
-        // Hosts never copied: their wave failed by the plan's refusals
-        // alone, so nothing of it was staged. They end not started (before:
-        // they were dropped from the results, with no end at all).
-        let mut never_staged = Vec::new();
-        for h in pending {
-            let Some((rx, handle)) = self.staged.remove(&h) else {
-                never_staged.push(h);
-                continue;
-            };
-            unstarted.push((h.clone(), handle));
-            staging.push(async move { (h, rx.await.ok()) });
-        }
-        let mut ready: VecDeque<(String, Option<J::Staged>)> = VecDeque::new();
+        let (mut f, never_staged) = self.board(pending);
         loop {
+            self.take_known(w, &mut f, soaks);
             // A host that ends because of a cancel frees its slot at the
             // moment the cancel arrives: the level is read here, before a
             // slot is filled, not only when its change is taken below.
             if w.stop.is_none() && *self.cancel.borrow() >= CancelLevel::StopStarting {
                 w.stop = Some(NotStarted::Cancelled);
             }
-            while w.stop.is_none() && set.len() < group.max_parallel.max(1) {
-                let Some((h, staged)) = ready.pop_front() else {
+            while w.stop.is_none() && f.started.len() < group.max_parallel.max(1) {
+                let Some((h, staged)) = f.ready.pop_front() else {
                     break;
                 };
-                unstarted.retain(|(u, _)| *u != h);
-                let handle = set.spawn(self.start(Arc::from(h.as_str()), staged));
-                task_host.insert(handle.id(), h);
+                f.unstarted.retain(|(u, _)| *u != h);
+                let handle = f.started.spawn(self.start(Arc::from(h.as_str()), staged));
+                f.task_host.insert(handle.id(), h);
             }
-            let more = w.stop.is_none() && !(staging.is_empty() && ready.is_empty());
-            if set.is_empty() && !more {
+            let more = w.stop.is_none() && !(f.staging.is_empty() && f.ready.is_empty());
+            if f.started.is_empty() && !more {
                 break;
             }
+            // Biased: an end is taken before a copy that makes a host ready.
             tokio::select! {
-                joined = set.join_next_with_id(), if !set.is_empty() => {
-                    let Some(joined) = joined else { continue };
-                    let (host, done) = match joined {
-                        Ok((_, hd)) => hd,
-                        Err(e) => {
-                            let Some(host) = task_host.get(&e.id()).cloned() else { continue };
-                            let why = if e.is_cancelled() { Interrupted::Aborted } else { Interrupted::Panicked };
-                            let done = self.job.interrupted(&host, why);
-                            (host, done)
-                        }
-                    };
-                    self.job.ended(&host, &done);
-                    let failed = self.job.is_failure(&done);
-                    // A soak re-checks only the hosts that ended well.
-                    if failed || !soaks {
-                        self.let_go(&host);
-                    }
-                    w.record(host, done, failed);
+                biased;
+                Some(joined) = f.started.join_next_with_id(), if !f.started.is_empty() => {
+                    self.joined(w, &f, joined, soaks);
                 }
-                staged = staging.next(), if w.stop.is_none() && !staging.is_empty() => {
-                    ready.extend(staged);
+                Some(staged) = f.staging.next(), if w.stop.is_none() && !f.staging.is_empty() => {
+                    self.staged(w, &mut f, staged, soaks);
                 }
                 changed = self.cancel.changed() => {
                     if changed.is_ok() {
@@ -455,15 +505,19 @@ impl<J: HostJob> Runner<J> {
                             w.stop = Some(NotStarted::Cancelled);
                         }
                         if level >= CancelLevel::Abort {
-                            set.abort_all();
+                            f.started.abort_all();
                         }
                     }
                 }
             }
         }
+        // A copy that failed before its staging is stopped is its host's end.
+        self.take_known(w, &mut f, soaks);
         let why = w.stop.clone().unwrap_or(NotStarted::Cancelled);
-        for (h, staging) in unstarted {
-            staging.abort();
+        for (h, staging) in f.unstarted {
+            if let Some(handle) = staging {
+                handle.abort();
+            }
             let r = self.not_started(&h, &group.name, &why);
             w.results.push(r);
         }
@@ -471,6 +525,100 @@ impl<J: HostJob> Runner<J> {
             let r = self.not_started(&h, &group.name, &why);
             w.results.push(r);
         }
+    }
+
+    /// The wave's hosts to run, on their way; and those never staged
+    /// (their wave failed by the plan's refusals alone, so nothing of it
+    /// was staged: they end not started; before, they were dropped from
+    /// the results, with no end at all).
+    fn board(&mut self, pending: Vec<String>) -> (Flight<J>, Vec<String>) {
+        let mut f = Flight {
+            started: JoinSet::new(),
+            task_host: HashMap::new(),
+            staging: FuturesUnordered::new(),
+            unstarted: Vec::new(),
+            ready: VecDeque::new(),
+        };
+        let mut never_staged = Vec::new();
+        for h in pending {
+            match self.staged.remove(&h) {
+                None => never_staged.push(h),
+                Some(Staging::Done(staged)) => {
+                    f.unstarted.push((h.clone(), None));
+                    f.staging.push(Box::pin(std::future::ready((h, staged))));
+                }
+                Some(Staging::UnderWay(rx, handle)) => {
+                    f.unstarted.push((h.clone(), Some(handle)));
+                    f.staging.push(Box::pin(async move { (h, rx.await.ok()) }));
+                }
+            }
+        }
+        (f, never_staged)
+    }
+
+    /// Take every end and staging already done, without waiting.
+    fn take_known(&mut self, w: &mut WaveRun<'_, J::Done>, f: &mut Flight<J>, soaks: bool) {
+        while let Some(joined) = f.started.try_join_next_with_id() {
+            self.joined(w, f, joined, soaks);
+        }
+        while let Some(Some(staged)) = f.staging.next().now_or_never() {
+            self.staged(w, f, staged, soaks);
+        }
+    }
+
+    /// A started host's end (one whose task panicked or was aborted ends
+    /// as the job says).
+    fn joined(
+        &mut self,
+        w: &mut WaveRun<'_, J::Done>,
+        f: &Flight<J>,
+        joined: Joined<J>,
+        soaks: bool,
+    ) {
+        let (host, done) = match joined {
+            Ok((_, hd)) => hd,
+            Err(e) => {
+                let Some(host) = f.task_host.get(&e.id()).cloned() else {
+                    return;
+                };
+                let why = if e.is_cancelled() {
+                    Interrupted::Aborted
+                } else {
+                    Interrupted::Panicked
+                };
+                let done = self.job.interrupted(&host, why);
+                (host, done)
+            }
+        };
+        self.end(w, host, done, soaks);
+    }
+
+    /// A host's staging done: ready for a slot, or ended by it.
+    fn staged(
+        &mut self,
+        w: &mut WaveRun<'_, J::Done>,
+        f: &mut Flight<J>,
+        (host, staged): (String, Option<J::Staged>),
+        soaks: bool,
+    ) {
+        match staged.as_ref().and_then(|s| self.job.staged_end(&host, s)) {
+            Some(done) => {
+                f.unstarted.retain(|(u, _)| *u != host);
+                self.end(w, host, done, soaks);
+            }
+            None => f.ready.push_back((host, staged)),
+        }
+    }
+
+    /// Record a host's end in its wave.
+    fn end(&mut self, w: &mut WaveRun<'_, J::Done>, host: String, done: J::Done, soaks: bool) {
+        self.job.ended(&host, &done);
+        let failed = self.job.is_failure(&done);
+        // A soak re-checks only the hosts that ended well.
+        if failed || !soaks {
+            self.let_go(&host);
+        }
+        w.record(host, done, failed);
     }
 
     /// A staged host's run (a staging that ended without a result is
@@ -669,7 +817,7 @@ fn spawn_stage<J: HostJob>(
         let s = job.stage(host).await;
         let _ = tx.send(s);
     });
-    ((rx, handle), next_rx)
+    (Staging::UnderWay(rx, handle), next_rx)
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ struct Job {
     stage_ms: std::collections::HashMap<String, u64>,
     /// Every host's run in ms, when not 10 000.
     run_ms: Option<u64>,
+    /// Hosts whose copy fails (at the end of their staging).
+    copy_fails: HashSet<String>,
 }
 
 impl Job {
@@ -53,16 +55,26 @@ impl Job {
 }
 
 impl HostJob for Job {
-    type Staged = ();
+    type Staged = Result<(), String>;
     type Done = Result<(), String>;
 
-    async fn stage(self: Arc<Self>, host: Arc<str>) {
+    async fn stage(self: Arc<Self>, host: Arc<str>) -> Result<(), String> {
         self.log(format!("stage {host}"));
         let ms = self.stage_ms.get(&*host).copied().unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        if self.copy_fails.contains(&*host) {
+            return Err("copy failed".into());
+        }
+        Ok(())
     }
 
-    async fn run(self: Arc<Self>, host: Arc<str>, _: ()) -> Result<(), String> {
+    async fn run(
+        self: Arc<Self>,
+        host: Arc<str>,
+        staged: Result<(), String>,
+    ) -> Result<(), String> {
+        // A failed copy fails its host at once (as the deploy job does).
+        staged?;
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         self.log(format!("run {host}"));
@@ -99,6 +111,10 @@ impl HostJob for Job {
         self.refused
             .contains(host)
             .then(|| Err("refused".to_string()))
+    }
+
+    fn staged_end(&self, _: &str, staged: &Result<(), String>) -> Option<Result<(), String>> {
+        staged.clone().err().map(Err)
     }
 
     fn recheck_cut(&self, host: &str, done: Result<(), String>) -> Result<(), String> {
@@ -386,8 +402,10 @@ async fn failed_canary_stops_the_run() {
 
 #[tokio::test(start_paused = true)]
 async fn wave_over_budget_starts_nothing_more() {
+    // m2's copy takes a second longer: it fails a second after m1.
     let job = Arc::new(Job {
         fail: ["m1".to_string(), "m2".to_string()].into(),
+        stage_ms: [("m2".to_string(), 2000)].into(),
         ..Default::default()
     });
     let (_c, rx) = cancel::channel();
@@ -869,4 +887,126 @@ async fn a_first_cancel_during_a_soak_rechecks_at_once() {
     let e = ends(&results);
     assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
     assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
+}
+
+/// A copy that failed while an earlier wave ran (here during the canary's
+/// soak) is counted as its wave starts, like a plan's refusal: a wave it
+/// puts over budget starts none of its hosts, and the next wave is not
+/// copied. (It came back as an ordinary staging and failed only when its
+/// host took an activation slot: every host of `main` started first.)
+#[tokio::test(start_paused = true)]
+async fn a_copy_failed_before_its_wave_counts_before_any_host_starts() {
+    let job = Arc::new(Job {
+        copy_fails: ["m5".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 0, 60),
+            group("main", &["m1", "m2", "m3", "m4", "m5", "m6"], 10, 0, 0),
+            group("later", &["l1"], 1, 0, 0),
+        ],
+    };
+    let (events, emit) = recorder();
+    let e = ends(&run(job.clone(), &sel, rx, emit).await);
+    let log = job.entries();
+    assert!(!log.iter().any(|l| l.starts_with("run m")), "{log:?}");
+    assert!(!log.contains(&"stage l1".to_string()), "{log:?}");
+    assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
+    assert_eq!(e[5], ("m5".to_string(), "err:copy failed".to_string()));
+    let wave_failed = format!(
+        "{:?}",
+        NotStarted::WaveFailed {
+            wave: "main".into()
+        }
+    );
+    for i in [1, 2, 3, 4, 6] {
+        assert_eq!(e[i].1, wave_failed, "{e:?}");
+    }
+    assert!(e[7].1.contains("EarlierWaveFailed"), "{e:?}");
+    assert!(events.lock().unwrap().iter().any(|e| matches!(e,
+        RunnerEvent::WaveFinished { wave, failures: 1, stops_run: true, .. } if wave == "main")));
+}
+
+/// A copy that fails while its wave runs ends its host at once, without
+/// waiting for an activation slot: m2's copy fails at 3 s while m1 holds
+/// the only slot; m3, copied at 2 s, never starts (it started when m1
+/// ended, at 11 s, before m2 took a slot and failed).
+#[tokio::test(start_paused = true)]
+async fn a_copy_failing_during_its_wave_ends_its_host_at_once() {
+    let job = Arc::new(Job {
+        copy_fails: ["m2".to_string()].into(),
+        stage_ms: [("m2".to_string(), 3000), ("m3".to_string(), 2000)].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    // `later` lets three copies run at once.
+    let sel = Selection {
+        groups: vec![
+            group("main", &["m1", "m2", "m3"], 1, 0, 0),
+            group("later", &["l1"], 3, 0, 0),
+        ],
+    };
+    let e = ends(&run(job.clone(), &sel, rx, |_| {}).await);
+    let log = job.entries();
+    let runs: Vec<&String> = log.iter().filter(|l| l.starts_with("run ")).collect();
+    assert_eq!(runs, ["run m1"], "{log:?}");
+    let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+    assert!(
+        pos("ended m2 Err(\"copy failed\")") < pos("done m1"),
+        "{log:?}"
+    );
+    assert_eq!(e[0], ("m1".to_string(), "ok".to_string()));
+    assert_eq!(e[1], ("m2".to_string(), "err:copy failed".to_string()));
+    assert!(e[2].1.contains("WaveFailed"), "{e:?}");
+}
+
+/// A host whose copy failed keeps that end when an earlier wave stops the
+/// run before its own starts (it said "not started"); a canary whose copy
+/// fails stops the run like any failed canary.
+#[tokio::test(start_paused = true)]
+async fn a_failed_copy_is_its_hosts_end_when_its_wave_never_runs() {
+    let job = Arc::new(Job {
+        fail: ["c1".to_string()].into(),
+        copy_fails: ["m5".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let e = ends(&run(job.clone(), &selection(), rx, |_| {}).await);
+    assert_eq!(e[0], ("c1".to_string(), "err:failed".to_string()));
+    assert_eq!(e[5], ("m5".to_string(), "err:copy failed".to_string()));
+    for (h, end) in &e[1..5] {
+        assert!(end.contains("EarlierWaveFailed"), "{h}: {e:?}");
+    }
+    let job = Arc::new(Job {
+        copy_fails: ["c1".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let e = ends(&run(job.clone(), &selection(), rx, |_| {}).await);
+    assert_eq!(e[0], ("c1".to_string(), "err:copy failed".to_string()));
+    assert!(
+        e[1..].iter().all(|(_, s)| s.contains("EarlierWaveFailed")),
+        "{e:?}"
+    );
+    assert!(!job.entries().iter().any(|l| l.starts_with("run ")));
+}
+
+/// Hosts that end at the same moment are all counted before a slot is
+/// filled: m1 and m2 fail together, past a budget of one; m3 never starts
+/// (it took the slot of whichever end was taken first).
+#[tokio::test(start_paused = true)]
+async fn ends_known_together_count_before_a_slot_is_filled() {
+    let job = Arc::new(Job {
+        fail: ["m1".to_string(), "m2".to_string()].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![group("main", &["m1", "m2", "m3"], 2, 1, 0)],
+    };
+    let e = ends(&run(job.clone(), &sel, rx, |_| {}).await);
+    assert!(e[2].1.contains("WaveFailed"), "{e:?}");
+    assert!(!job.entries().contains(&"run m3".to_string()));
 }
