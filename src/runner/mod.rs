@@ -5,7 +5,9 @@
 //! (waits, then re-checks every finished host, up to `max_parallel` at once
 //! like its activations, and the job takes back a host found unhealthy)
 //! before the next starts. A first Ctrl-C during the soak's wait cuts it
-//! short: the hosts are re-checked at once, then the run stops. A host the
+//! short: the hosts are re-checked at once, then the run stops; a soaking
+//! wave that stops the run (a first Ctrl-C during its activations, or its
+//! failures over budget) re-checks its good hosts at once too. A host the
 //! plan already ended (refused before the run) is counted in its wave when
 //! the wave starts, exactly like a host that fails in it: a refused canary
 //! stops the run; so is a host whose copy failed before its wave started,
@@ -433,13 +435,21 @@ impl<J: HostJob> Runner<J> {
         } else {
             w.stop.take()
         };
-        // A first Ctrl-C during the wave's activations still verifies its
-        // hosts: the soak re-checks them at once (it skipped them, and they
-        // kept the known-good end and release the run had given them).
+        // A wave that stops the run still verifies the hosts that ended
+        // well: its soak re-checks them at once, with no wait (it skipped
+        // them, and they kept the known-good end and release the run had
+        // given them): after a first Ctrl-C during its activations, or
+        // when it went over its budget (hosts still in flight then ended
+        // well, unwatched). Over budget, its failures stop the run
+        // whatever the re-checks find.
         let first_cancel = matches!(stop, Some(NotStarted::Cancelled))
             && *self.cancel.borrow() < CancelLevel::Abort;
-        if soaks && (stop.is_none() || first_cancel) {
-            stop = self.soak(&mut w).await;
+        let over_budget = matches!(stop, Some(NotStarted::EarlierWaveFailed { .. }));
+        if soaks && (stop.is_none() || first_cancel || over_budget) {
+            let rechecked = self.soak(&mut w, stop.is_none()).await;
+            if !over_budget {
+                stop = rechecked;
+            }
         }
         // Once, after the soak: its counts are the wave's last word.
         (self.emit)(RunnerEvent::WaveFinished {
@@ -641,10 +651,11 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
-    /// Wait out the soak, then re-check every host that finished well; the
-    /// job takes back those found unhealthy. `Some` when the run must stop:
+    /// Wait out the soak (if `wait`: a wave that stops the run re-checks
+    /// at once), then re-check every host that finished well; the job
+    /// takes back those found unhealthy. `Some` when the run must stop:
     /// the re-checks pushed the wave over its budget, or a cancel came.
-    async fn soak(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
+    async fn soak(&mut self, w: &mut WaveRun<'_, J::Done>, wait: bool) -> Option<NotStarted> {
         let group = w.group;
         // Nothing to re-check (every host refused or failed, within the
         // wave's budget, or none changed what it runs: `--goal boot`): no
@@ -657,14 +668,16 @@ impl<J: HostJob> Runner<J> {
         }
         (self.emit)(RunnerEvent::SoakStarted {
             wave: group.name.clone(),
-            seconds: group.soak.as_secs(),
+            seconds: if wait { group.soak.as_secs() } else { 0 },
         });
         // The first Ctrl-C verifies what is in flight: it cuts the wait
         // short and the hosts are re-checked now (they were not, and kept
         // the known-good the run had marked), then the run stops.
-        tokio::select! {
-            _ = tokio::time::sleep(group.soak) => {}
-            _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {}
+        if wait {
+            tokio::select! {
+                _ = tokio::time::sleep(group.soak) => {}
+                _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {}
+            }
         }
         if let Some(why) = self.recheck(w).await {
             return Some(why);

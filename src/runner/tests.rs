@@ -1010,3 +1010,51 @@ async fn ends_known_together_count_before_a_slot_is_filled() {
     assert!(e[2].1.contains("WaveFailed"), "{e:?}");
     assert!(!job.entries().contains(&"run m3".to_string()));
 }
+
+/// A soaking wave that goes over its budget still re-checks the hosts that
+/// ended well, at once (no wait), before the run stops: c1 fails while c2
+/// and c3 are in flight; they end well and are re-checked (they kept their
+/// good end, and their release, unwatched); c3 is found unhealthy. Its
+/// failures stop the run.
+#[tokio::test(start_paused = true)]
+async fn a_wave_over_budget_rechecks_its_good_hosts_at_once() {
+    let job = Arc::new(Job {
+        fail: ["c1".to_string()].into(),
+        unhealthy_after_soak: ["c3".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1", "c2", "c3"], 3, 0, 3600),
+            group("main", &["m1"], 1, 0, 0),
+        ],
+    };
+    let (events, emit) = recorder();
+    let started = tokio::time::Instant::now();
+    let e = ends(&run(job.clone(), &sel, rx, emit).await);
+    assert!(started.elapsed() < Duration::from_secs(60), "a soak waited");
+    let log = job.entries();
+    for h in ["c2", "c3"] {
+        assert!(log.contains(&format!("rechecked {h}")), "{log:?}");
+    }
+    assert!(!log.contains(&"rechecked c1".to_string()), "{log:?}");
+    assert_eq!(e[0].1, "err:failed");
+    assert_eq!(e[1].1, "ok");
+    assert_eq!(e[2].1, "err:unhealthy after soak");
+    assert!(e[3].1.contains("EarlierWaveFailed"), "{e:?}");
+    let events = events.lock().unwrap();
+    assert!(events.contains(&RunnerEvent::SoakStarted {
+        wave: "canary".into(),
+        seconds: 0
+    }));
+    assert!(
+        events.contains(&RunnerEvent::WaveFinished {
+            wave: "canary".into(),
+            failures: 2,
+            allowed: 0,
+            stops_run: true,
+        }),
+        "{events:?}"
+    );
+}
