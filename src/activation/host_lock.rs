@@ -45,6 +45,15 @@ while [ "$(timeout "$3" dd bs=1 count=1 2>/dev/null | wc -c)" -eq 1 ]; do :; don
 
 const DARWIN: &str = r#"{ [ -d "${1%/*}" ] || mkdir -p "${1%/*}"; } && exec perl -MFcntl=:flock -e 'open(my $f, ">>", $ARGV[0]) or exit 1; flock($f, LOCK_EX|LOCK_NB) or exit 75; umask 022; open(my $h, ">", "$ARGV[0].holder"); print $h "$ARGV[1]\n"; close $h; $|=1; print "locked\n"; $SIG{ALRM} = sub { exit 0 }; alarm($ARGV[2]); while (sysread(STDIN, my $b, 1)) { alarm($ARGV[2]) }' "$1" "$2" "$3""#;
 
+/// How long the lock command has to answer: to start and say `locked`
+/// (or end); then, when it did not take the lock, to end; and the
+/// holder's name to be read. Every step is bounded (a wedged host, a lock
+/// file on a hung filesystem, a command that ignores its EOF): an
+/// unanswered lock fails its host, it never holds up the run. 30 s: a
+/// shell and `flock` start in milliseconds; a connection that answers
+/// nothing for 30 s is dead to SSH's keepalives by then too.
+pub const ANSWER: Duration = Duration::from_secs(30);
+
 /// Where the lock lives on a host.
 pub fn path(paths: &crate::activation::HostPaths) -> String {
     format!("{}/host.lock", paths.job_dir)
@@ -193,26 +202,27 @@ pub async fn acquire_with<R: Remote>(
         .arg(holder)
         .arg(lease.as_secs().max(1).to_string())
         .sudo(sudo);
-    let mut stream = remote
-        .exec_piped(&cmd)
+    let by = tokio::time::Instant::now() + ANSWER;
+    let mut stream = tokio::time::timeout_at(by, remote.exec_piped(&cmd))
         .await
+        .map_err(|_| unanswered("did not start"))?
         .map_err(HostLockError::Failed)?;
     let mut first = [0u8; 7];
-    let read = tokio::time::timeout(
-        Duration::from_secs(30),
-        stream.stdout.read_exact(&mut first),
-    )
-    .await;
+    let read = tokio::time::timeout_at(by, stream.stdout.read_exact(&mut first)).await;
     match read {
         Ok(Ok(_)) if &first == b"locked\n" => Ok(keep(stream, heartbeat, lease)),
         _ => {
             drop(stream.stdin);
-            let out = stream.finish.await.map_err(HostLockError::Failed)?;
+            let out = tokio::time::timeout(ANSWER, stream.finish)
+                .await
+                .map_err(|_| unanswered("took no lock and did not end"))?
+                .map_err(HostLockError::Failed)?;
             if out.exit == (Exit::Code { code: HELD }) {
-                let who = remote
-                    .exec(&Command::new("cat").arg(format!("{path}.holder")))
+                let cat = Command::new("cat").arg(format!("{path}.holder"));
+                let who = tokio::time::timeout(ANSWER, remote.exec(&cat))
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .filter(|o| o.success())
                     .map(|o| o.stdout_str().trim().to_owned())
                     .unwrap_or_else(|| "holder unknown".into());
@@ -225,6 +235,14 @@ pub async fn acquire_with<R: Remote>(
             Err(HostLockError::Failed(err))
         }
     }
+}
+
+/// A lock command that did not answer within [`ANSWER`].
+fn unanswered(what: &str) -> HostLockError {
+    HostLockError::Failed(anyhow::anyhow!(
+        "the host lock command {what} within {}s (a wedged host, or a hung filesystem under the lock file?); check the host over SSH, then run again",
+        ANSWER.as_secs()
+    ))
 }
 
 #[cfg(test)]
@@ -242,6 +260,47 @@ mod tests {
             eprintln!("skipped: no flock(1) here");
         }
         here
+    }
+
+    /// A host whose lock command says nothing and never ends, even at EOF
+    /// (a lock file on a hung filesystem).
+    struct Stuck;
+
+    impl Remote for Stuck {
+        fn name(&self) -> &str {
+            "stuck"
+        }
+
+        async fn exec(&self, _: &Command) -> anyhow::Result<crate::remote::Output> {
+            std::future::pending().await
+        }
+
+        async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+            Ok(Streaming {
+                stdin: Box::pin(tokio::io::sink()),
+                stdout: Box::pin(tokio::io::empty()),
+                finish: Box::pin(std::future::pending()),
+            })
+        }
+    }
+
+    /// A lock command that took no lock and never ends fails the host's
+    /// lock after [`ANSWER`], saying what to do (it was waited for without
+    /// end: the host's activation, and the run, with it).
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_command_that_never_ends_fails_in_time() {
+        let taking = acquire(&Stuck, Os::Linux, "/x/host.lock", "a", false);
+        let r = tokio::time::timeout(ANSWER * 3, taking)
+            .await
+            .expect("waited for the lock command without end");
+        match r {
+            Err(HostLockError::Failed(e)) => {
+                let e = format!("{e:#}");
+                assert!(e.contains("did not end within 30s"), "{e}");
+                assert!(e.contains("check the host"), "{e}");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     /// Under a umask of 077 (sudo keeps a user's), the holder's name is

@@ -111,8 +111,11 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     allow_reboot: bool,
     allow_pending_reboot: bool,
     magic_rollback: bool,
-    /// The host locks the plan took, held until each host is let go.
-    locks: tokio::sync::Mutex<HashMap<String, HostLock>>,
+    /// The host locks the plan took, held until each host is let go. One
+    /// mutex for every host: held only to read or swap an entry, never
+    /// across a command on a host (one host's lock taken again held up
+    /// every other host's activation and let-go).
+    locks: std::sync::Mutex<HashMap<String, HostLock>>,
     /// Hosts taken back to an earlier system: let go, they keep their
     /// connection until the run ends (its summary reads their history).
     taken_back: std::sync::Mutex<HashSet<String>>,
@@ -181,7 +184,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             allow_reboot: ctx.allow_reboot,
             allow_pending_reboot: ctx.allow_pending_reboot,
             magic_rollback: ctx.magic_rollback,
-            locks: tokio::sync::Mutex::new(locks),
+            locks: std::sync::Mutex::new(locks),
             taken_back: std::sync::Mutex::default(),
             lock_holder: host_lock::holder(&ctx.run_id),
             keys: plan.keys.clone(),
@@ -307,8 +310,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         remote: &F::Remote,
         inv_host: &Host,
     ) -> Result<bool, FailureReason> {
-        let mut locks = self.locks.lock().await;
-        match locks.get(host) {
+        match unpoisoned(&self.locks).get(host) {
             // A plan made without locks (library use, tests): nothing to keep.
             None => return Ok(false),
             Some(l) if !l.is_lost() => return Ok(false),
@@ -319,7 +321,11 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         match host_lock::acquire(remote, inv_host.os, &path, &self.lock_holder, inv_host.sudo).await
         {
             Ok(lock) => {
-                locks.insert(host.to_owned(), lock);
+                // Kept in place of the lost one; a host let go meanwhile
+                // keeps none (dropped, it lets go).
+                if let Some(held) = unpoisoned(&self.locks).get_mut(host) {
+                    *held = lock;
+                }
                 Ok(true)
             }
             Err(host_lock::HostLockError::Held { holder }) => Err(FailureReason::LockLost {
@@ -374,12 +380,12 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         }
         // Taken again, read, and still held (the lock rides the session:
         // a drop during the read let it go again).
-        self.as_left(host, remote, inv_host, done).await && !self.lock_lost(host).await
+        self.as_left(host, remote, inv_host, done).await && !self.lock_lost(host)
     }
 
     /// Was `host`'s lock lost (its command ended with its connection)?
-    async fn lock_lost(&self, host: &str) -> bool {
-        (self.locks.lock().await.get(host)).is_some_and(HostLock::is_lost)
+    fn lock_lost(&self, host: &str) -> bool {
+        (unpoisoned(&self.locks).get(host)).is_some_and(HostLock::is_lost)
     }
 
     /// Does the host run what this run left it on, its boot default too
@@ -830,7 +836,8 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
     /// reads its known-good history over it
     /// (`RunSession::report_rollback_targets`), and the run's end closes it.
     async fn let_go(self: Arc<Self>, host: Arc<str>) {
-        drop(self.locks.lock().await.remove(&*host));
+        let lock = unpoisoned(&self.locks).remove(&*host);
+        drop(lock);
         if !unpoisoned(&self.taken_back).contains(&*host) {
             self.fleet.close(&host).await;
         }

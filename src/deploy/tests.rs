@@ -399,6 +399,47 @@ async fn unhealthy_losing_its_lock(
     hosts
 }
 
+/// Two hosts of a wave lost their locks (their connections dropped past
+/// the lease); web2's lock command never answers (its host is wedged).
+/// web3 takes its lock again and activates meanwhile, and web2 fails with
+/// the lock lost once its command had its time (before: the run's one
+/// mutex over every host's lock was held while web2's was taken again, so
+/// web3 waited on it, and the run with it, for ever).
+#[tokio::test(start_paused = true)]
+async fn a_lock_command_that_never_answers_holds_up_no_other_host() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    let mut plan = plan_of(&f.inv, |_| ready(NEW));
+    for h in ["web2", "web3"] {
+        let (lock, lost) = crate::activation::host_lock::HostLock::standing();
+        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        plan.locks.insert(h.into(), lock);
+    }
+    f.fleet.wedged.lock().unwrap().insert("web2".into());
+    let hosts = tokio::time::timeout(Duration::from_secs(600), run(&f.ctx, plan, AlreadyThere))
+        .await
+        .expect("a lock command that never answers held up the run");
+    assert_eq!(hosts[2].outcome(), OutcomeKind::KnownGood);
+    let Some(HostOutcome::Failed {
+        reason:
+            crate::activation::FailureReason::LockLost {
+                holder: None,
+                error: Some(error),
+            },
+        ..
+    }) = hosts[1].end.outcome()
+    else {
+        panic!("{:?}", hosts[1].end);
+    };
+    assert!(error.contains("within 30s"), "{error}");
+    let finished: Vec<String> = (f.events.take().into_iter())
+        .filter_map(|e| match e {
+            Event::HostFinished(s) => Some(s.host),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, ["web1", "web3", "web2"], "web3 waited for web2");
+}
+
 /// A host whose lock was lost during its wave's soak (its connection
 /// dropped past the lease) and taken by another run, then found
 /// unhealthy: nothing is taken back or revoked under that run (before: its
