@@ -3,17 +3,19 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::deploy::copy_stage::CopyStager;
 use crate::deploy::releases::{Releasing, release_known_good};
-use crate::fleet::Sessions;
+use crate::fleet::{Fleet, Sessions};
 use crate::gates::Goal;
 use crate::inventory::{Inventory, Selection, Selector};
 use crate::plan::{self, Planning, Request, Source};
-use crate::report::{self, CommandName, Ending, Event};
-use crate::runner::cancel;
+use crate::report::{self, CommandName, Ending, Event, EventSink};
+use crate::runner::cancel::CancelWatch;
 
 use super::prompt::{self, Answer};
-use super::run_session::{RunFlags, RunSession};
+use super::run_session::{RunFlags, RunSession, on_signals};
 use super::{Fatal, Global, Outcome};
 
 /// Options of `push`.
@@ -122,7 +124,9 @@ pub async fn push(
 }
 
 /// `plan` and `build`: make the plan (build, and for `plan` the diff),
-/// change nothing on any host; no controller lock, no run report.
+/// change nothing on any host; no controller lock, no run report. Ctrl-C
+/// as in a deploying command: each is told (`cancel_requested`); the first
+/// lets planning wind down, the second ends it at once.
 pub async fn plan_only(
     g: &Global,
     inv: Inventory,
@@ -132,28 +136,47 @@ pub async fn plan_only(
 ) -> anyhow::Result<Outcome> {
     let fleet = Sessions::new(&inv, g.host_key_policy());
     let (sink, reporter) = report::spawn(report::choose(g, command), None);
-    let (canceller, watch) = cancel::channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(canceller.on_signals());
-    let bridge = {
-        let (mut watch, stop) = (watch.clone(), stop.clone());
-        tokio::spawn(async move {
-            cancel::reached(&mut watch, cancel::CancelLevel::StopStarting).await;
-            stop.cancel();
-        })
-    };
-    let run_id = crate::activation::RunId::parse(&crate::state::clock::new_run_id())?;
-    let p = Planning {
-        fleet: &fleet,
+    let stop = CancellationToken::new();
+    let (cancel, signals) = on_signals(stop.clone(), sink.clone());
+    let what = Planned {
         inventory: &inv,
         selection: &sel,
-        run_id: &run_id,
-        sink: &sink,
-        stop: &stop,
+        command,
+        req: &req,
     };
-    let plan = plan::make(&p, &req).await;
-    bridge.abort();
-    use crate::fleet::Fleet;
+    let outcome = plan_and_tell(&fleet, &what, &sink, (&stop, &cancel)).await;
+    signals.abort();
+    drop(sink);
+    let _ = reporter.await;
+    outcome
+}
+
+/// What `plan` or `build` plans.
+struct Planned<'a> {
+    inventory: &'a Inventory,
+    selection: &'a Selection,
+    command: CommandName,
+    req: &'a Request,
+}
+
+/// Make the plan under the run's cancel (`stop`: the first Ctrl-C;
+/// `cancel`: its level), close the fleet, report the plan and the summary.
+async fn plan_and_tell<F: Fleet>(
+    fleet: &Arc<F>,
+    what: &Planned<'_>,
+    sink: &EventSink,
+    (stop, cancel): (&CancellationToken, &CancelWatch),
+) -> anyhow::Result<Outcome> {
+    let run_id = crate::activation::RunId::parse(&crate::state::clock::new_run_id())?;
+    let p = Planning {
+        fleet,
+        inventory: what.inventory,
+        selection: what.selection,
+        run_id: &run_id,
+        sink,
+        stop,
+    };
+    let plan = plan::make_until_aborted(&p, what.req, cancel).await;
     fleet.close_all().await;
     sink.emit(plan.event());
     let failed = plan.hosts().filter(|h| !h.is_ready()).count();
@@ -168,7 +191,7 @@ pub async fn plan_only(
         Ending::Completed
     };
     sink.emit(Event::Summary {
-        command,
+        command: what.command,
         run_id: None,
         ending,
         exit_code: outcome as u8,
@@ -176,8 +199,6 @@ pub async fn plan_only(
         failed,
         hosts: Vec::new(),
     });
-    drop(sink);
-    let _ = reporter.await;
     Ok(outcome)
 }
 
@@ -207,4 +228,86 @@ pub async fn plan(
         expect,
     };
     plan_only(g, inv, sel, CommandName::Plan, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::activation::fake_host::FakeHost;
+    use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
+    use crate::runner::cancel;
+
+    /// `build` with a builder whose Nix ignores being told to stop: the
+    /// second Ctrl-C ends planning at once, the plan cancelled (it did
+    /// nothing: the first had started a wait of up to 30 s for the build).
+    #[tokio::test(start_paused = true)]
+    async fn the_second_ctrl_c_ends_a_plan_at_once() {
+        let src = r#"
+[builder]
+address = "b"
+flake = false
+[hosts.web1]
+address = "10.0.0.1"
+"#;
+        let inv = Inventory::parse(std::path::Path::new("/inv/inventory.toml"), src).unwrap();
+        let sel = inv.select(&Default::default()).unwrap();
+        let running = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.05";
+        let web1 = FakeHost::new(&crate::nix::StorePath::parse(running).unwrap());
+        let fleet = FakeFleet::new(&[("web1", &web1)], FakeBuilder::new(Build::Deaf));
+        let (sink, events) = EventSink::capture();
+        let (canceller, cancel) = cancel::channel();
+        let stop = CancellationToken::new();
+        let ctrl_c = {
+            let (canceller, stop) = (canceller.clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                canceller.escalate();
+                stop.cancel();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                canceller.escalate();
+            })
+        };
+        let req = Request::Build {
+            source: Source {
+                commit: "a".repeat(40),
+                dirty: false,
+            },
+        };
+        let what = Planned {
+            inventory: &inv,
+            selection: &sel,
+            command: CommandName::Build,
+            req: &req,
+        };
+        let started = tokio::time::Instant::now();
+        plan_and_tell(&fleet, &what, &sink, (&stop, &cancel))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "planning went on after the second Ctrl-C: {:?}",
+            started.elapsed()
+        );
+        ctrl_c.await.unwrap();
+        let events = events.take();
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                Event::PlanReady {
+                    cancelled: Some(_),
+                    ..
+                }
+            )),
+            "{events:?}"
+        );
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Summary {
+                ending: Ending::CancelledBeforeRun,
+                ..
+            }
+        )));
+    }
 }

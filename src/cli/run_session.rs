@@ -168,11 +168,7 @@ impl RunSession {
             sink: &self.sink,
             stop: &self.stop,
         };
-        let mut watch = self.cancel.clone();
-        tokio::select! {
-            plan = plan::make(&p, req) => plan,
-            _ = cancel::reached(&mut watch, CancelLevel::Abort) => Plan::aborted(req, sel),
-        }
+        plan::make_until_aborted(&p, req, &self.cancel).await
     }
 
     /// Ask before changing anything (unless `--yes`, or nothing is ready).

@@ -22,6 +22,9 @@ pub enum Build {
     Builds(HashMap<String, String>),
     /// Runs until its stdin closes (then it was killed: exit 143).
     Hangs,
+    /// Runs for ever, its stdin closed or not (a builder whose Nix ignores
+    /// being told to stop).
+    Deaf,
 }
 
 /// The builder: answers the source check, builds, and GC roots.
@@ -120,6 +123,9 @@ impl Remote for FakeBuilder {
                     // Hangs until nixgate closes the wrapper's stdin.
                     let mut sink = tokio::io::sink();
                     let _ = tokio::io::copy(&mut stdin_r, &mut sink).await;
+                    if matches!(*me.build.lock().expect("build"), Build::Deaf) {
+                        std::future::pending::<()>().await;
+                    }
                     me.note("stdin closed: build killed".into());
                     Output::new(Exit::Code { code: 143 }, "", "")
                 }

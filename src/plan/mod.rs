@@ -38,6 +38,7 @@ use crate::nix::StorePath;
 use crate::nix::build::BuildFailure;
 use crate::nix::closure::PathInfo;
 use crate::report::{Event, EventSink};
+use crate::runner::cancel::{self, CancelLevel, CancelWatch};
 
 pub use candidates::Source;
 pub use rollback_target::NoTarget;
@@ -349,6 +350,21 @@ pub struct Planning<'a, F: Fleet> {
     pub sink: &'a EventSink,
     /// Cancelled at the first Ctrl-C.
     pub stop: &'a CancellationToken,
+}
+
+/// [`make`] under the run's cancel: the first Ctrl-C (`p.stop`) lets
+/// planning wind down (a build is given up to 30 s to end on the builder);
+/// the second (`cancel` at Abort) ends it at once, every host interrupted.
+pub async fn make_until_aborted<F: Fleet>(
+    p: &Planning<'_, F>,
+    req: &Request,
+    cancel: &CancelWatch,
+) -> Plan {
+    let mut watch = cancel.clone();
+    tokio::select! {
+        plan = make(p, req) => plan,
+        _ = cancel::reached(&mut watch, CancelLevel::Abort) => Plan::aborted(req, p.selection),
+    }
 }
 
 /// Make the plan for `req`.
