@@ -7,6 +7,21 @@ use nixgate::release::{self, PushOutcome, RefRejected};
 use nixgate::report::Event;
 use release_common::*;
 
+/// [`release::push`], waited for.
+fn push(
+    repo: &std::path::Path,
+    remote: &str,
+    tag: &str,
+    branch: &str,
+    forced_from: Option<&str>,
+) -> anyhow::Result<PushOutcome> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(release::push(repo, remote, tag, branch, forced_from))
+}
+
 /// The line a person (or the journal) gets for a push that failed.
 fn not_published_line(tag: &str, outcome: PushOutcome) -> String {
     let PushOutcome::Failed { remote, .. } = &outcome else {
@@ -36,7 +51,7 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     let c = repo.head();
     let (tag, _) = released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
 
-    let out = release::push(&repo.dir, "origin", &tag, "release/web1", None).unwrap();
+    let out = push(&repo.dir, "origin", &tag, "release/web1", None).unwrap();
     assert_eq!(
         out,
         PushOutcome::Pushed {
@@ -64,11 +79,11 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     // atomically: the new tag does not land either.
     let d = repo.commit("second");
     let (tag_d, _) = released(release::create(&repo.dir, &request("web1", &d, T0 + 60)).unwrap());
-    release::push(&repo.dir, "origin", &tag_d, "release/web1", None).unwrap();
+    push(&repo.dir, "origin", &tag_d, "release/web1", None).unwrap();
     let mut back = request("web1", &c, T0 + 120);
     back.force = true;
     let (tag_back, _) = released(release::create(&repo.dir, &back).unwrap());
-    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", None).unwrap();
+    let out = push(&repo.dir, "origin", &tag_back, "release/web1", None).unwrap();
     match &out {
         PushOutcome::Failed {
             exit,
@@ -100,7 +115,7 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
     // Forced from a commit the remote branch is no longer on (someone
     // pushed a release since): refused, nothing overwritten.
-    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", Some(&c)).unwrap();
+    let out = push(&repo.dir, "origin", &tag_back, "release/web1", Some(&c)).unwrap();
     assert!(
         matches!(&out, PushOutcome::Failed { reason, .. }
             if reason == "release/web1 rejected (stale info)"),
@@ -108,7 +123,7 @@ fn push_lands_tag_and_branch_on_a_bare_remote() {
     );
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), d);
     // Forced from where the remote branch is: it moves.
-    let out = release::push(&repo.dir, "origin", &tag_back, "release/web1", Some(&d)).unwrap();
+    let out = push(&repo.dir, "origin", &tag_back, "release/web1", Some(&d)).unwrap();
     assert!(matches!(out, PushOutcome::Pushed { .. }), "{out:?}");
     assert_eq!(git(&remote, &["rev-parse", "refs/heads/release/web1"]), c);
 }
@@ -119,7 +134,7 @@ fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
     let c = repo.head();
     let (tag, _) = released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
     let missing = repo.tmp.path().join("no-such-remote.git");
-    let out = release::push(
+    let out = push(
         &repo.dir,
         missing.to_str().unwrap(),
         &tag,
@@ -151,7 +166,7 @@ fn push_to_a_missing_remote_is_a_failed_outcome_with_gits_message() {
         other => panic!("expected a failed push, got {other:?}"),
     }
     // Arguments that would be options or non-release refs are refused up front.
-    assert!(release::push(&repo.dir, "--upload-pack=x", &tag, "release/web1", None).is_err());
-    assert!(release::push(&repo.dir, "origin", "v1.0", "release/web1", None).is_err());
-    assert!(release::push(&repo.dir, "origin", &tag, "main", None).is_err());
+    assert!(push(&repo.dir, "--upload-pack=x", &tag, "release/web1", None).is_err());
+    assert!(push(&repo.dir, "origin", "v1.0", "release/web1", None).is_err());
+    assert!(push(&repo.dir, "origin", &tag, "main", None).is_err());
 }

@@ -112,9 +112,9 @@ pub async fn push(
             run_id: run.run_id.as_str(),
             force: opts.force_release,
             sink: &run.sink,
-            stopped: &|| run.stopped(),
+            cancel: &run.cancel,
         };
-        release_known_good(&r, &hosts);
+        release_known_good(&r, &hosts).await;
     }
     // Told to exit at once: not the rollback targets' reads either.
     if !run.stopped() {

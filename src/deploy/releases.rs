@@ -13,6 +13,7 @@ use crate::inventory::Inventory;
 use crate::plan::Source;
 use crate::release::{self, Evidence, GateEvidence, ReleaseOutcome, ReleaseRequest};
 use crate::report::{Event, EventSink};
+use crate::runner::cancel::{self, CancelLevel, CancelWatch};
 
 use super::HostSummary;
 
@@ -45,9 +46,16 @@ pub struct Releasing<'a> {
     pub run_id: &'a str,
     pub force: bool,
     pub sink: &'a EventSink,
-    /// Whether the run was stopped at once (second Ctrl-C): asked before
-    /// each host (releasing is a git push per host), none released after.
-    pub stopped: &'a (dyn Fn() -> bool + Sync),
+    /// The run's cancel: stopped at once (second Ctrl-C), no host is
+    /// released after (asked before each host: releasing is a git push
+    /// per host), and a push under way is stopped.
+    pub cancel: &'a CancelWatch,
+}
+
+impl Releasing<'_> {
+    fn stopped(&self) -> bool {
+        *self.cancel.borrow() >= CancelLevel::Abort
+    }
 }
 
 /// Release every host of `hosts` this run marked known-good: those it
@@ -56,7 +64,7 @@ pub struct Releasing<'a> {
 /// retry a refused release asks for), unless their release branch is on
 /// the commit already (a scheduled push of an unchanged commit would tag
 /// every host again at every run).
-pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
+pub async fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
     for h in hosts {
         let (Some(closure), Some((mark, changed))) = (h.closure.clone(), marked(h)) else {
             continue;
@@ -66,7 +74,7 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
         }
         // Told to exit at once: no tag, no branch, no push (its soak's
         // re-check may have been cut off, the known-good end kept).
-        if (r.stopped)() {
+        if r.stopped() {
             r.sink.emit(Event::NotReleased {
                 host: h.host.clone(),
                 why: NotReleased::Stopped,
@@ -95,7 +103,7 @@ pub fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
             force: r.force,
             at: None,
         };
-        release_one(r, &h.host, &req);
+        release_one(r, &h.host, &req).await;
     }
 }
 
@@ -121,7 +129,7 @@ fn released_already(r: &Releasing<'_>, host: &str) -> bool {
     }
 }
 
-fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
+async fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
     let repo = &r.inventory.builder.source;
     let why = match release::create(repo, req) {
         Ok(ReleaseOutcome::Released {
@@ -141,7 +149,7 @@ fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
                     release::BranchUpdate::Forced { from } => Some(from.as_str()),
                     _ => None,
                 };
-                publish(r, host, remote, (&tag, &branch), forced_from);
+                publish(r, host, remote, (&tag, &branch), forced_from).await;
             }
             return;
         }
@@ -156,7 +164,9 @@ fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
     });
 }
 
-fn publish(
+/// Push the release to `remote` (bounded: [`release::PUSH_WITHIN`]); the
+/// second Ctrl-C stops it (git is killed).
+async fn publish(
     r: &Releasing<'_>,
     host: &str,
     remote: &str,
@@ -164,7 +174,16 @@ fn publish(
     forced_from: Option<&str>,
 ) {
     let repo = &r.inventory.builder.source;
-    let why = match release::push(repo, remote, tag, branch, forced_from) {
+    let mut cancel = r.cancel.clone();
+    let pushed = tokio::select! {
+        pushed = release::push(repo, remote, tag, branch, forced_from) => pushed,
+        _ = cancel::reached(&mut cancel, CancelLevel::Abort) => Err(anyhow::anyhow!(
+            "stopped by the second Ctrl-C (the remote may have the release or not): \
+             `git -C {} push --atomic {remote} refs/tags/{tag} refs/heads/{branch}` publishes it",
+            repo.display()
+        )),
+    };
+    let why = match pushed {
         Ok(release::PushOutcome::Pushed { .. }) => return,
         Ok(outcome) => NotPublished::Rejected { outcome },
         Err(e) => NotPublished::Failed {
@@ -177,4 +196,60 @@ fn publish(
         tag: tag.to_owned(),
         why,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The second Ctrl-C stops a release push under way (git is killed)
+    /// and says how to publish it by hand (the run waited for the remote,
+    /// up to the push's bound, though told to exit at once).
+    #[tokio::test]
+    async fn the_second_ctrl_c_stops_a_push_under_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = release::unanswering_remote(tmp.path());
+        let src = format!(
+            "[builder]\naddress = \"b\"\nsource = {:?}\n[release]\nremote = \"origin\"\n\
+             [hosts.web1]\naddress = \"10.0.0.1\"\n",
+            repo.display().to_string()
+        );
+        let inv = Inventory::parse(&tmp.path().join("inventory.toml"), &src).unwrap();
+        let (sink, events) = EventSink::capture();
+        let (canceller, watch) = cancel::channel();
+        let source = Source {
+            commit: "0".repeat(40),
+            dirty: false,
+        };
+        let r = Releasing {
+            inventory: &inv,
+            source: &source,
+            run_id: "r1",
+            force: false,
+            sink: &sink,
+            cancel: &watch,
+        };
+        let ctrl_c = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            canceller.escalate();
+            canceller.escalate();
+        });
+        let started = std::time::Instant::now();
+        let names = ("release/web1/t1", "release/web1");
+        publish(&r, "web1", "origin", names, None).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        ctrl_c.await.unwrap();
+        let told = events.take().into_iter().any(|e| {
+            matches!(&e,
+            Event::NotPublished { why: NotPublished::Failed { error }, .. }
+                if error.contains("second Ctrl-C") && error.contains("push --atomic origin"))
+        });
+        assert!(told);
+    }
 }

@@ -332,7 +332,7 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     // No release for a host whose known-good was revoked: the release step
     // does not even look at it (a repository that does not exist would
     // otherwise be reported).
-    let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts);
+    let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts).await;
     assert!(released.is_empty(), "{released:?}");
 }
 
@@ -364,16 +364,17 @@ async fn a_host_that_locks_ssh_out_after_its_confirmation_is_taken_back_after_it
         "no checks run once locked out: {checks:?}"
     );
     assert_eq!(*to, sp(OLD));
-    let st = f.hosts["web1"].state();
-    assert_eq!((&st.current, &st.boot_default), (&sp(OLD), &sp(OLD)));
-    assert!(
-        st.sshd_up,
-        "back on what it ran, new connections get in again"
-    );
-    assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
-    drop(st);
+    {
+        let st = f.hosts["web1"].state();
+        assert_eq!((&st.current, &st.boot_default), (&sp(OLD), &sp(OLD)));
+        assert!(
+            st.sshd_up,
+            "back on what it ran, new connections get in again"
+        );
+        assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
+    }
     assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
-    let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts);
+    let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts).await;
     assert!(released.is_empty(), "{released:?}");
 }
 
@@ -559,11 +560,16 @@ async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_b
 
 /// What the release step says of `hosts` (the fixture's earlier events
 /// dropped), releasing `commit` from `inv`'s repository.
-fn release_events(f: &Fixture, inv: &Inventory, commit: &str, hosts: &[HostSummary]) -> Vec<Event> {
-    release_events_stopped(f, inv, commit, hosts, false)
+async fn release_events(
+    f: &Fixture,
+    inv: &Inventory,
+    commit: &str,
+    hosts: &[HostSummary],
+) -> Vec<Event> {
+    release_events_stopped(f, inv, commit, hosts, false).await
 }
 
-fn release_events_stopped(
+async fn release_events_stopped(
     f: &Fixture,
     inv: &Inventory,
     commit: &str,
@@ -575,15 +581,20 @@ fn release_events_stopped(
         dirty: false,
     };
     let _ = f.events.take();
+    let (canceller, cancel) = cancel::channel();
+    if stopped {
+        canceller.escalate();
+        canceller.escalate();
+    }
     let r = releases::Releasing {
         inventory: inv,
         source: &source,
         run_id: "r1",
         force: false,
         sink: &f.ctx.sink,
-        stopped: &move || stopped,
+        cancel: &cancel,
     };
-    releases::release_known_good(&r, hosts);
+    releases::release_known_good(&r, hosts).await;
     f.events.take()
 }
 
@@ -950,12 +961,14 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
         panic!("{:?}", hosts[0].end);
     };
     assert_eq!(mark.record.closure, sp(NEW));
-    let st = f.hosts["web1"].state();
-    assert!(
-        st.jobs.keys().all(|u| u.ends_with("-persist")),
-        "{:?}",
-        st.jobs
-    );
+    {
+        let st = f.hosts["web1"].state();
+        assert!(
+            st.jobs.keys().all(|u| u.ends_with("-persist")),
+            "{:?}",
+            st.jobs
+        );
+    }
     assert_eq!(hosts[1].outcome(), OutcomeKind::KnownGood);
     // Done with, every host's connection is closed as the run ends.
     let closed = f.fleet.closed.lock().unwrap().clone();
@@ -965,6 +978,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     // release's message asks for, never released anything). The fixture's
     // repository does not exist: each host the release step tries says so.
     let tried: Vec<String> = release_events(&f, &f.inv, &"0".repeat(40), &hosts)
+        .await
         .into_iter()
         .filter_map(|e| match e {
             Event::NotReleased { host, .. } => Some(host),
@@ -990,6 +1004,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     let mut inv = (*f.inv).clone();
     inv.builder.source = dir.path().to_owned();
     let released: Vec<String> = release_events(&f, &inv, &c.to_string(), &hosts)
+        .await
         .into_iter()
         .map(|e| match e {
             Event::Released { host, .. } => host,
@@ -1002,6 +1017,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     let refs = || repo.references().unwrap().count();
     let before = refs();
     let stopped: Vec<String> = release_events_stopped(&f, &inv, &c.to_string(), &hosts, true)
+        .await
         .into_iter()
         .map(|e| match e {
             Event::NotReleased {

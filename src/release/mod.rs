@@ -42,6 +42,30 @@ pub(crate) fn test_git(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// For tests: a repository `repo` in `dir` with a release
+/// (`release/web1/t1`, `release/web1`) and a remote `origin` that never
+/// answers a push (its pre-receive hook sleeps 15 s); the repository's path.
+#[cfg(test)]
+pub(crate) fn unanswering_remote(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let (repo, remote) = (dir.join("repo"), dir.join("remote.git"));
+    std::fs::create_dir(&repo).expect("a directory");
+    test_git(dir, &["init", "-q", "--bare", "remote.git"]);
+    let hook = remote.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\nexec sleep 15\n").expect("the hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["commit", "-q", "--allow-empty", "-m", "c"],
+        &["tag", "-a", "-m", "t", "release/web1/t1"],
+        &["branch", "release/web1"],
+        &["remote", "add", "origin", "../remote.git"],
+    ] {
+        test_git(&repo, args);
+    }
+    repo
+}
+
 use serde::{Deserialize, Serialize};
 
 use crate::nix::StorePath;

@@ -4,15 +4,27 @@
 //! This shells out to `git` on purpose: the user's remote configuration,
 //! credential helpers, SSH agent and hooks apply exactly as for their own
 //! pushes. Interactive password prompts are disabled (`GIT_TERMINAL_PROMPT=0`)
-//! so a push never hangs waiting for input; stdin is closed.
+//! so a push never hangs waiting for input; stdin is closed; and git is
+//! given [`PUSH_WITHIN`] to finish, then killed.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::name;
+
+/// How long a release push may take. It sends two refs and the objects
+/// the remote lacks of a configuration repository (kilobytes, a few
+/// megabytes at most): seconds on any working link, so a minute leaves a
+/// slow one room. git has no overall bound of its own: a remote that does
+/// not answer (a black-holed address, an SSH prompt on the terminal, a
+/// stalled transfer) held the end of the run for ever.
+pub const PUSH_WITHIN: Duration = Duration::from_secs(60);
 
 /// Lines of git's stderr kept in a failed outcome.
 const STDERR_TAIL_LINES: usize = 20;
@@ -83,13 +95,26 @@ pub struct RefRejected {
 /// run forced every push before, without a lease, whether its release
 /// needed it or not). The tag is never forced.
 ///
-/// Blocking (network): call it from `spawn_blocking` in async code.
-pub fn push(
+/// git runs as a child process, awaited (the runtime is not blocked);
+/// past [`PUSH_WITHIN`] it is killed and the push is an error saying how
+/// to finish it by hand, as is dropping the future (git is killed).
+pub async fn push(
     repo: &Path,
     remote: &str,
     tag: &str,
     branch: &str,
     forced_from: Option<&str>,
+) -> anyhow::Result<PushOutcome> {
+    push_within(repo, remote, (tag, branch), forced_from, PUSH_WITHIN).await
+}
+
+/// [`push`], given `within` to finish.
+async fn push_within(
+    repo: &Path,
+    remote: &str,
+    (tag, branch): (&str, &str),
+    forced_from: Option<&str>,
+    within: Duration,
 ) -> anyhow::Result<PushOutcome> {
     anyhow::ensure!(
         !remote.is_empty() && !remote.starts_with('-'),
@@ -120,14 +145,26 @@ pub fn push(
         args.push(format!("--force-with-lease=refs/heads/{branch}:{from}"));
     }
     args.extend([remote.to_owned(), tag_spec, branch_spec]);
-    let out = Command::new("git")
+    let git = Command::new("git")
         .arg("-C")
         .arg(repo)
         .args(&args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
-        .output()
-        .context("running `git push` (is git installed and on PATH?)")?;
+        .kill_on_drop(true)
+        .output();
+    let Ok(out) = tokio::time::timeout(within, git).await else {
+        anyhow::bail!(
+            "`git push` to {remote} did not finish within {}s and was stopped (the remote may \
+             have the release or not): check with `git -C {} ls-remote {remote} refs/tags/{tag}`, \
+             and if it is missing push it: `git -C {} push --atomic {remote} refs/tags/{tag} \
+             refs/heads/{branch}`",
+            within.as_secs(),
+            repo.display(),
+            repo.display(),
+        );
+    };
+    let out = out.context("running `git push` (is git installed and on PATH?)")?;
     if out.status.success() {
         return Ok(PushOutcome::Pushed {
             remote: remote.to_owned(),
@@ -243,6 +280,28 @@ fn refusals<'a>(refs: impl Iterator<Item = &'a RefRejected>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A remote that never answers (its pre-receive hook sleeps longer
+    /// than the push may take): git is stopped when its time is up, and
+    /// the error says how to finish by hand (the push waited on it, and
+    /// the run's end with it, as long as the remote took).
+    #[tokio::test]
+    async fn a_push_the_remote_never_answers_is_stopped_in_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = crate::release::unanswering_remote(tmp.path());
+        let started = std::time::Instant::now();
+        let names = ("release/web1/t1", "release/web1");
+        let within = Duration::from_secs(1);
+        let pushed = push_within(&repo, "origin", names, None, within).await;
+        let error = format!("{:#}", pushed.expect_err("the push waited for the remote"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(error.contains("did not finish within 1s"), "{error}");
+        assert!(error.contains("push --atomic origin"), "{error}");
+    }
 
     /// What git 2.47 says when the remote refuses the release branch (it
     /// has a branch `release`, so `release/web1` cannot be created there).
