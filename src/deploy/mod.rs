@@ -21,7 +21,7 @@ use crate::inventory::Inventory;
 use crate::plan::{Plan, Verdict};
 use crate::report::{Event, EventSink};
 use crate::runner::cancel::CancelWatch;
-use crate::runner::{self, NotStarted, RunnerEnd};
+use crate::runner::{self, NotStarted, RunnerEnd, RunnerEvent};
 use crate::state::clock::Utc;
 
 pub use end::{HostEnd, HostSummary, Kept, OutcomeKind};
@@ -63,9 +63,20 @@ pub async fn run<F: Fleet, S: Stager>(
     if plan.cancelled.is_some() {
         return not_run(&job, &plan, &ctx.sink);
     }
-    let sink = ctx.sink.clone();
+    let (sink, told) = (ctx.sink.clone(), job.clone());
     let results = runner::run(job.clone(), &selection, ctx.cancel.clone(), move |e| {
-        sink.emit(Event::Runner(e))
+        // A host never started ends there: its end is told like any
+        // other's (`host_finished`, after the runner's `host_not_started`).
+        let end = match &e {
+            RunnerEvent::HostNotStarted { host, why, .. } => {
+                Some(told.summary(host, HostEnd::NotStarted { why: why.clone() }))
+            }
+            _ => None,
+        };
+        sink.emit(Event::Runner(e));
+        if let Some(s) = end {
+            sink.emit(Event::HostFinished(s));
+        }
     })
     .await;
     results
@@ -78,7 +89,8 @@ pub async fn run<F: Fleet, S: Stager>(
 }
 
 /// The ends of a plan that was cancelled: refused hosts stay refused, the
-/// rest were not started.
+/// rest were not started (told as the runner tells a host it never
+/// starts: `host_not_started`, then its `host_finished`).
 fn not_run<F: Fleet, S: Stager>(
     job: &DeployJob<F, S>,
     plan: &Plan,
@@ -95,6 +107,13 @@ fn not_run<F: Fleet, S: Stager>(
                 },
             };
             let s = job.summary(&h.host, end);
+            if let HostEnd::NotStarted { why } = &s.end {
+                sink.emit(Event::Runner(RunnerEvent::HostNotStarted {
+                    host: s.host.clone(),
+                    wave: s.wave.clone(),
+                    why: why.clone(),
+                }));
+            }
             sink.emit(Event::HostFinished(s.clone()));
             s
         })

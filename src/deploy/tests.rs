@@ -194,6 +194,38 @@ async fn a_canary_refused_before_activation_stops_later_waves() {
     }
 }
 
+/// Every host never started is told the same way, whether the runner
+/// did not start it (a failed canary) or the plan was cancelled:
+/// `host_not_started`, then its `host_finished` (the runner's gave no
+/// `host_finished`, a cancelled plan's no `host_not_started`).
+#[tokio::test(start_paused = true)]
+async fn a_host_never_started_is_told_not_started_then_finished() {
+    let told =
+        |f: &Fixture, host: &str| -> Vec<&'static str> {
+            (f.events.take().into_iter())
+                .filter_map(|e| match e {
+                    Event::Runner(crate::runner::RunnerEvent::HostNotStarted {
+                        host: h, ..
+                    }) if h == host => Some("host_not_started"),
+                    Event::HostFinished(s) if s.host == host => {
+                        assert_eq!(s.outcome(), OutcomeKind::NotStarted);
+                        Some("host_finished")
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    f.fleet.unreachable.lock().unwrap().insert("web1".into());
+    run(&f.ctx, plan_of(&f.inv, |_| ready(NEW)), AlreadyThere).await;
+    assert_eq!(told(&f, "web2"), ["host_not_started", "host_finished"]);
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    let mut plan = plan_of(&f.inv, |_| ready(NEW));
+    plan.cancelled = Some(crate::plan::PlanStage::Build);
+    run(&f.ctx, plan, AlreadyThere).await;
+    assert_eq!(told(&f, "web2"), ["host_not_started", "host_finished"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_canary_unreachable_at_activation_stops_later_waves() {
     let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);

@@ -245,7 +245,8 @@ fn shown_at(ev: &Event, live: bool) -> Option<Level> {
         | Event::NotPublished { .. }
         | Event::Summary { .. } => Some(Quiet),
         Event::HostFinished(s) => match s.outcome() {
-            OutcomeKind::NotStarted => Some(Verbose),
+            // Its `host_not_started` said so, and why.
+            OutcomeKind::NotStarted => None,
             _ if s.fails_run() => Some(Quiet),
             _ if live => Some(Verbose),
             _ => Some(Normal),

@@ -406,6 +406,23 @@ fn a_host_taking_nothing_is_a_line_without_the_live_view() {
     assert_eq!(shown_at(&progress(0), false), None);
 }
 
+/// A host never started is one line (its `host_not_started`, with why),
+/// not two: its `host_finished` that follows says nothing more.
+#[test]
+fn a_host_never_started_is_one_line() {
+    let why = NotStarted::EarlierWaveFailed {
+        wave: "main".into(),
+    };
+    let not_started = Event::Runner(crate::runner::RunnerEvent::HostNotStarted {
+        host: "web1".into(),
+        wave: "rest".into(),
+        why: why.clone(),
+    });
+    let finished = Event::HostFinished(summary("web1", "rest", HostEnd::NotStarted { why }, 0.0));
+    assert_eq!(shown_at(&not_started, false), Some(Level::Verbose));
+    assert_eq!(shown_at(&finished, false), None);
+}
+
 /// A release says how its branch moved: a re-validated commit leaves it
 /// where it was (it said "moved" whatever happened).
 #[test]
