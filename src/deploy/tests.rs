@@ -1274,3 +1274,40 @@ async fn a_rollback_target_read_before_the_lock_is_checked_after_it() {
         }
     );
 }
+
+/// Every host refused by its build: the plan of a push does not wait for
+/// the hosts' handshakes (slow here: 10 s each), which nothing needs.
+#[tokio::test(start_paused = true)]
+async fn a_push_whose_every_host_fails_to_build_waits_for_no_handshake() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], builds(&[]));
+    *f.fleet.connect_takes.lock().unwrap() = Duration::from_secs(10);
+    let sel = f.inv.select(&Default::default()).unwrap();
+    let req = Request::Push {
+        source: Source {
+            commit: "a".repeat(40),
+            dirty: false,
+        },
+        goal: crate::gates::Goal::Gated,
+        expect: None,
+    };
+    let p = Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: &sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    };
+    let started = tokio::time::Instant::now();
+    let plan = plan::make(&p, &req).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+    let refused = plan
+        .hosts()
+        .filter(|h| matches!(h.verdict, Verdict::Refused { .. }))
+        .count();
+    assert_eq!(refused, 3);
+}

@@ -478,7 +478,16 @@ async fn build_and_diff<F: Fleet>(
     }
     f.verdicts.extend(std::mem::take(&mut built.verdicts));
     if let Some(connecting) = connecting {
-        if plan_cancelled.is_some() {
+        // Nothing left for the diff gate (every host refused by its
+        // build: a shared module that does not evaluate, a builder gone):
+        // no handshake is waited for. It was, up to a connect timeout (10
+        // s by default, doubled through a jump host) for a failure already
+        // known.
+        let none_ready = !f
+            .verdicts
+            .values()
+            .any(|v| matches!(v, Verdict::Ready { .. }));
+        if plan_cancelled.is_some() || none_ready {
             connecting.abandon();
         } else if connecting.settle(f.verdicts, p.stop).await {
             plan_cancelled = Some(PlanStage::Diff);
