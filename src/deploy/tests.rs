@@ -1067,14 +1067,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
 async fn ctrl_c_during_the_build_ends_it_and_activates_nothing() {
     let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
     let sel = f.inv.select(&Default::default()).unwrap();
-    let req = Request::Push {
-        source: Source {
-            commit: "a".repeat(40),
-            dirty: false,
-        },
-        goal: crate::gates::Goal::Gated,
-        expect: None,
-    };
+    let req = gated_push();
     let stop = f.ctx.stop.clone();
     let canceller = f.canceller.clone();
     tokio::spawn(async move {
@@ -1282,14 +1275,7 @@ async fn a_push_whose_every_host_fails_to_build_waits_for_no_handshake() {
     let f = fixture(inventory(0, "0s"), [OLD; 3], builds(&[]));
     *f.fleet.connect_takes.lock().unwrap() = Duration::from_secs(10);
     let sel = f.inv.select(&Default::default()).unwrap();
-    let req = Request::Push {
-        source: Source {
-            commit: "a".repeat(40),
-            dirty: false,
-        },
-        goal: crate::gates::Goal::Gated,
-        expect: None,
-    };
+    let req = gated_push();
     let p = Planning {
         fleet: &f.fleet,
         inventory: &f.inv,
@@ -1310,4 +1296,16 @@ async fn a_push_whose_every_host_fails_to_build_waits_for_no_handshake() {
         .filter(|h| matches!(h.verdict, Verdict::Refused { .. }))
         .count();
     assert_eq!(refused, 3);
+}
+
+/// A gated push of commit `aaaa...`.
+fn gated_push() -> Request {
+    Request::Push {
+        source: Source {
+            commit: "a".repeat(40),
+            dirty: false,
+        },
+        goal: crate::gates::Goal::Gated,
+        expect: None,
+    }
 }

@@ -194,14 +194,22 @@ async fn evaluate<R: Remote>(
         };
         (host.clone(), one)
     });
-    let mut results = Vec::new();
-    for (host, one) in futures_util::future::join_all(singles).await {
-        results.push((
-            host.clone(),
-            one.with_context(|| format!("evaluating {host}"))?,
-        ));
-    }
-    Ok(results)
+    each_host(futures_util::future::join_all(singles).await, "evaluating")
+}
+
+/// Every host's answer, or the first command that could not give one
+/// (the builder lost, Ctrl-C), naming what it was `doing` for which host.
+fn each_host<T>(
+    answers: Vec<(String, anyhow::Result<T>)>,
+    doing: &str,
+) -> anyhow::Result<Vec<(String, T)>> {
+    answers
+        .into_iter()
+        .map(|(host, a)| {
+            let a = a.with_context(|| format!("{doing} {host}"))?;
+            Ok((host, a))
+        })
+        .collect()
 }
 
 type Evaluation = Result<(StorePath, StorePath), BuildFailure>;
@@ -273,14 +281,7 @@ async fn realise_each<R: Remote>(
         };
         (host, hb)
     });
-    let mut results = Vec::new();
-    for (host, hb) in futures_util::future::join_all(singles).await {
-        results.push((
-            host.clone(),
-            hb.with_context(|| format!("building {host}"))?,
-        ));
-    }
-    Ok(results)
+    each_host(futures_util::future::join_all(singles).await, "building")
 }
 
 /// The host's build, once `nix-store --realise` printed its output.
