@@ -1,5 +1,17 @@
 //! Nix store paths as a validated type, with the name/version split that the
 //! diff and the reports use.
+//!
+//! Names are checked against the union of what Nix versions in use accept,
+//! not against the strictest one: a path that a real store holds must parse,
+//! or its whole closure cannot be read (and that host never copied). Nix 2.3
+//! refused names starting with `.`; 2.4 to 2.18 accept any leading dot
+//! (checked with Nix 2.8: `nix-store --add .gitconfig` gives
+//! `/nix/store/<hash>-.gitconfig`, and `builtins.toFile` takes `.`, `..`,
+//! `.-a`); 2.19 and 2.20 refused them again, 2.21 on refuses only `.`, `..`
+//! and names starting `.-` or `..-` (NixOS/nix f1b4663). So `environment.etc`
+//! sources like `./.gitconfig` put dot names in closures, and a store filled
+//! by 2.8 may even hold `.`. Every version refuses an empty name, a name over
+//! 211 characters and characters outside `[0-9a-zA-Z+._?=-]`.
 
 use std::fmt;
 
@@ -73,6 +85,8 @@ pub struct InvalidStorePath {
 }
 
 const HASH_LEN: usize = 32;
+/// Nix's `StorePath::MaxPathLen`, the same in every version.
+const MAX_NAME_LEN: usize = 211;
 
 fn is_nix_base32(b: u8) -> bool {
     // Nix's base32 alphabet: digits and lowercase letters minus e, o, u, t.
@@ -100,8 +114,12 @@ impl StorePath {
         if !bytes[..HASH_LEN].iter().all(|b| is_nix_base32(*b)) {
             return Err(err("hash is not Nix base32"));
         }
-        if !bytes[HASH_LEN + 1..].iter().all(|b| is_name_char(*b)) || bytes[HASH_LEN + 1] == b'.' {
+        let name = &bytes[HASH_LEN + 1..];
+        if !name.iter().all(|b| is_name_char(*b)) {
             return Err(err("name has characters Nix does not allow"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(err("name is longer than the 211 characters Nix allows"));
         }
         Ok(StorePath(s.into()))
     }
@@ -207,6 +225,40 @@ mod tests {
             "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-x/bin/sh",
         ] {
             assert!(StorePath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    const H: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2";
+
+    #[test]
+    fn accepts_dot_names_that_nix_stores_hold() {
+        // `./.gitconfig` as an `environment.etc` source; `.` to `..-a` are what
+        // Nix 2.4 to 2.18 accept (seen with 2.8's builtins.toFile).
+        for name in [".bashrc", ".gitconfig", "...", ".", "..", ".-a", "..-a"] {
+            let p = StorePath::parse(&format!("{H}-{name}"))
+                .unwrap_or_else(|e| panic!("{name:?} refused: {e}"));
+            assert_eq!(p.name(), name);
+        }
+        let longest = "a".repeat(MAX_NAME_LEN);
+        assert!(StorePath::parse(&format!("{H}-{longest}")).is_ok());
+    }
+
+    #[test]
+    fn rejects_names_no_nix_accepts() {
+        let too_long = "a".repeat(MAX_NAME_LEN + 1);
+        for (name, why) in [
+            ("", "no 32-character hash followed by a dash"),
+            (
+                too_long.as_str(),
+                "name is longer than the 211 characters Nix allows",
+            ),
+            ("a b", "name has characters Nix does not allow"),
+            ("a/b", "name has characters Nix does not allow"),
+            ("a*", "name has characters Nix does not allow"),
+            ("caf\u{e9}", "name has characters Nix does not allow"),
+        ] {
+            let e = StorePath::parse(&format!("{H}-{name}")).unwrap_err();
+            assert_eq!(e.why, why, "{name:?}");
         }
     }
 }
