@@ -188,3 +188,54 @@ async fn frozen_host_is_noticed_by_keepalive() {
     );
     sshd.thaw();
 }
+
+/// A stream stopped (`Stop::now`) ends its command's output at once, on
+/// a connection of its own (`exec_stream`, the builder's relay stream) and
+/// on a channel of the shared one (`exec_piped`, which keeps working):
+/// what the command still sends is not drained to its end. Before, a
+/// relay's builder sent the rest of a closure (GBs) to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn a_stopped_stream_ends_its_command() {
+    use tokio::io::AsyncReadExt;
+    let sshd = Sshd::start();
+    let s = session(&sshd).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, piped) in [false, true].into_iter().enumerate() {
+        // 4 GB: minutes to drain through this SSH, a closed pipe ends it.
+        let status = dir.path().join(format!("status{i}"));
+        let cmd = Command::script("head -c 4000000000 /dev/zero; echo $? > \"$1\"")
+            .arg(status.display().to_string());
+        let stream = if piped {
+            s.exec_piped(&cmd).await.unwrap()
+        } else {
+            s.exec_stream(&cmd).await.unwrap()
+        };
+        let mut stdout = stream.stdout;
+        let mut first = vec![0u8; 64 * 1024];
+        stdout.read_exact(&mut first).await.unwrap();
+        // The relay lets go of the reader first; kept unread, the stream
+        // is stopped in the middle of a write to it.
+        let _unread = piped.then_some(stdout);
+        let started = Instant::now();
+        stream.stop.now();
+        let out = tokio::time::timeout(Duration::from_secs(10), stream.finish)
+            .await
+            .unwrap_or_else(|_| panic!("piped: {piped}: a stopped stream ends"))
+            .unwrap();
+        assert_eq!(out.exit, Exit::ConnectionLost, "piped: {piped}");
+        // head died of the closed pipe (SIGPIPE: 141), far from its end.
+        let said = loop {
+            match std::fs::read_to_string(&status) {
+                Ok(t) if t.ends_with('\n') => break t,
+                _ if started.elapsed() > Duration::from_secs(20) => {
+                    panic!("piped: {piped}: head still running after 20 s")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        assert_eq!(said, "141\n", "piped: {piped}");
+    }
+    let out = s.exec(&Command::new("echo").arg("still")).await.unwrap();
+    assert_eq!(out.stdout_str(), "still\n");
+}

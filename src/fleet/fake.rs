@@ -139,6 +139,7 @@ impl Remote for FakeBuilder {
             stdin: Box::pin(stdin_w),
             stdout: Box::pin(out_r),
             finish: Box::pin(async move { Ok(finish.await?) }),
+            stop: crate::remote::Stop::none(),
         })
     }
 }

@@ -198,6 +198,7 @@ impl Watching<'_> {
             mut stdin,
             stdout,
             finish,
+            ..
         } = s;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut wrote: Option<u64> = None;

@@ -67,7 +67,7 @@ use super::closure::PathInfo;
 use super::copy::CopyProgress;
 use super::nar::NarScanner;
 use super::serve;
-use crate::remote::{Command, Remote, RemoteFinish, RemoteStdin, RemoteStdout, Streaming};
+use crate::remote::{Command, Remote, RemoteFinish, RemoteStdin, RemoteStdout, Stop, Streaming};
 
 /// Bytes read from the builder at a time; also the most queued per host.
 const BUF: usize = 256 * 1024;
@@ -767,37 +767,63 @@ pub async fn relay_one<B: Remote, T: Remote>(
 }
 
 /// Read every planned path from the builder once and route it.
+///
+/// The builder has every request early (a few hundred bytes a path), so
+/// its stream is ended ([`EndsOnDrop`]) when the relay lets go of it, or
+/// its `nix-store --serve` sends the rest of the closure, over its own
+/// connection, to nobody: after one host of one failed at path 10 of 2000
+/// (its disk full), gigabytes on a first install.
 async fn serve(
-    src: anyhow::Result<crate::remote::Streaming>,
+    src: anyhow::Result<Streaming>,
     paths: &[(&PathInfo, Vec<usize>)],
     sinks: &mut [Sink<'_>],
 ) -> anyhow::Result<()> {
-    let src = src?;
+    let Streaming {
+        mut stdin,
+        mut stdout,
+        finish,
+        stop,
+    } = src?;
+    let _ends = EndsOnDrop(Some(stop));
     let reqs = requests(paths);
-    let mut stdin = src.stdin;
     // Its own task: a builder that stops reading must not hold the reader's
     // error (or the relay) behind a write waiting for window space.
     let writer = tokio::spawn(async move {
         stdin.write_all(&reqs).await?;
         stdin.shutdown().await
     });
-    let mut stdout = src.stdout;
     let routed = route(&mut stdout, paths, sinks).await;
     drop(stdout);
     let what = "nix-store --serve on the builder";
     if let Err(e) = routed {
         writer.abort();
+        if !sinks.iter().any(Sink::live) {
+            // No host is left to tell why: nothing to wait for.
+            return Err(e);
+        }
         // The builder's own words say more than a broken stream.
-        return Err(with_last_words(e, src.finish, what).await);
+        return Err(with_last_words(e, finish, what).await);
     }
     let written = writer.await.context("the request writer failed")?;
     written.context("sending requests to nix-store --serve on the builder")?;
     // It sent all it was asked: it ends at the EOF it was sent.
-    let exit = tokio::time::timeout(builder_stall(sinks), src.finish)
+    let exit = tokio::time::timeout(builder_stall(sinks), finish)
         .await
         .map_err(|_| anyhow::anyhow!("{what} sent everything but did not end"))?;
     exit?.check(what)?;
     Ok(())
+}
+
+/// Ends the builder's stream when dropped: the relay done, failed, or
+/// itself dropped (the run stopped).
+struct EndsOnDrop(Option<Stop>);
+
+impl Drop for EndsOnDrop {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            stop.now();
+        }
+    }
 }
 
 /// The buffered builder stream.

@@ -18,7 +18,7 @@ use super::fanout::{Received, Target, relay};
 use super::nar::wire_string;
 use super::serve::{self, Trust};
 use crate::nix::copy::CopyProgress;
-use crate::remote::{Command, Exit, Output, Remote, Streaming};
+use crate::remote::{Command, Exit, Output, Remote, Stop, Stopping, Streaming};
 
 const STALL: Duration = Duration::from_secs(120);
 
@@ -28,6 +28,8 @@ pub(in crate::nix) struct Far {
     pub(in crate::nix) input: DuplexStream,
     pub(in crate::nix) output: DuplexStream,
     pub(in crate::nix) exit: oneshot::Sender<Output>,
+    /// Resolves once nixgate asked to end the stream ([`crate::remote::Stop`]).
+    pub(in crate::nix) stopping: Stopping,
 }
 
 /// A stream over small in-memory pipes (a far side that stops reading
@@ -36,6 +38,7 @@ pub(in crate::nix) fn far_stream() -> (Streaming, Far) {
     let (stdin, input) = tokio::io::duplex(4096);
     let (output, stdout) = tokio::io::duplex(4096);
     let (exit, finish) = oneshot::channel();
+    let (stop, stopping) = Stop::new();
     let s = Streaming {
         stdin: Box::pin(stdin),
         stdout: Box::pin(stdout),
@@ -44,11 +47,13 @@ pub(in crate::nix) fn far_stream() -> (Streaming, Far) {
                 .await
                 .map_err(|_| anyhow::anyhow!("the far side went away"))
         }),
+        stop,
     };
     let far = Far {
         input,
         output,
         exit,
+        stopping,
     };
     (s, far)
 }
@@ -128,15 +133,7 @@ async fn builder(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, stop_after: usiz
         if i == stop_after {
             std::future::pending::<()>().await;
         }
-        let mut a = wire_string(p.path.as_str().as_bytes());
-        a.extend(wire_string(b"")); // deriver
-        a.extend(word(0)); // references
-        a.extend(word(0)); // download size
-        a.extend(word(p.nar_size));
-        a.extend(wire_string(b"sha256:x")); // NAR hash
-        a.extend(wire_string(b"")); // content address
-        a.extend(word(0)); // signatures
-        a.extend(wire_string(b"")); // end of the answer
+        let mut a = path_info_answer(p);
         a.extend(nar);
         far.output.write_all(&a).await.unwrap();
     }
@@ -144,6 +141,20 @@ async fn builder(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, stop_after: usiz
     far.input.read_to_end(&mut rest).await.unwrap();
     drop(far.output);
     let _ = far.exit.send(ok());
+}
+
+/// The builder's answer to a `QueryPathInfos` of `p` alone.
+fn path_info_answer(p: &PathInfo) -> Vec<u8> {
+    let mut a = wire_string(p.path.as_str().as_bytes());
+    a.extend(wire_string(b"")); // deriver
+    a.extend(word(0)); // references
+    a.extend(word(0)); // download size
+    a.extend(word(p.nar_size));
+    a.extend(wire_string(b"sha256:x")); // NAR hash
+    a.extend(wire_string(b"")); // content address
+    a.extend(word(0)); // signatures
+    a.extend(wire_string(b"")); // end of the answer
+    a
 }
 
 fn ok() -> Output {
@@ -159,6 +170,8 @@ enum Host {
     Stuck,
     /// Reads everything, acknowledges nothing, never ends.
     SilentAfterReading,
+    /// Adds this many paths, then dies of a full disk.
+    DiesAfter(usize),
 }
 
 /// A host adding `paths` (each its header, then its NAR) sent after the
@@ -171,7 +184,7 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
             let _ = far.input.read_to_end(&mut all).await;
             std::future::pending::<()>().await
         }
-        Host::Imports => {}
+        Host::Imports | Host::DiesAfter(_) => {}
     }
     let mut out = Vec::new();
     out.extend(word(serve::MAGIC_SERVER));
@@ -179,7 +192,14 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
     far.output.write_all(&out).await.unwrap();
     let mut greeting = [0u8; 16];
     far.input.read_exact(&mut greeting).await.unwrap();
-    for (p, nar) in &paths {
+    for (i, (p, nar)) in paths.iter().enumerate() {
+        if let Host::DiesAfter(n) = how
+            && i == n
+        {
+            let full = "error: writing to file: No space left on device";
+            let _ = far.exit.send(Output::new(Exit::Code { code: 1 }, "", full));
+            return;
+        }
         let header = serve::add_to_store_nar(p, &Trust::default()).unwrap();
         let mut got = vec![0u8; header.len() + nar.len()];
         if far.input.read_exact(&mut got).await.is_err() {
@@ -364,4 +384,75 @@ async fn a_working_relay_takes_no_stall_time() {
         assert_eq!(ran.idle(i), Vec::<u64>::new());
     }
     assert_eq!(ran.took, Duration::ZERO);
+}
+
+/// A builder that sends every path it is asked for until nixgate ends its
+/// stream; how many it sent by then, and when it was told.
+async fn builder_until_stopped(far: Far, paths: Vec<(PathInfo, Vec<u8>)>) -> (usize, Instant) {
+    let Far {
+        mut output,
+        stopping,
+        ..
+    } = far;
+    let mut sent = 0;
+    let sending = async {
+        let mut out = Vec::new();
+        out.extend(word(serve::MAGIC_SERVER));
+        out.extend(word(serve::VERSION));
+        for (p, nar) in &paths {
+            out.extend(path_info_answer(p));
+            out.extend(nar);
+            // Nobody reading: it waits here, as on a full SSH window.
+            if output.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            sent += 1;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = sending => unreachable!(),
+        () = stopping.requested() => {}
+    }
+    (sent, Instant::now())
+}
+
+/// A copy whose every host failed ends the builder's stream at once: its
+/// `nix-store --serve`, which has every request, does not go on sending
+/// the rest of the closure over its connection (it did, to its end: GBs
+/// on a first install whose only host's disk filled at path 10).
+#[tokio::test(start_paused = true)]
+async fn a_copy_whose_hosts_all_failed_ends_the_builders_stream() {
+    let paths = paths(40);
+    let (b, mut b_ends) = Pipes::new("builder");
+    let plays = paths.clone();
+    let builder = tokio::spawn(async move {
+        let far = b_ends.recv().await.unwrap();
+        builder_until_stopped(far, plays).await
+    });
+    let (h, mut ends) = Pipes::new("h1");
+    let plays = paths.clone();
+    tokio::spawn(async move { host(ends.recv().await.unwrap(), plays, Host::DiesAfter(2)).await });
+    let lacking: HashSet<StorePath> = paths.iter().map(|(p, _)| p.path.clone()).collect();
+    let order: Vec<PathInfo> = paths.iter().map(|(p, _)| p.clone()).collect();
+    let noop = |_: CopyProgress| {};
+    let target = Target {
+        remote: &h,
+        lacking: &lacking,
+        progress: &noop,
+        session: None,
+        stall: STALL,
+    };
+    let started = Instant::now();
+    let results = relay(&b, vec![target], &order).await;
+    let e = err(&results[0]);
+    assert!(e.contains("No space left on device"), "{e}");
+    let (sent, told) = tokio::time::timeout(Duration::from_secs(1), builder)
+        .await
+        .expect("the builder's stream was ended")
+        .unwrap();
+    // No wait for the builder's last words: no host is left to tell them.
+    assert_eq!(told, started);
+    assert!(sent < 10, "the builder sent {sent} of 40 paths");
 }

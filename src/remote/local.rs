@@ -84,6 +84,7 @@ impl Remote for LocalRemote {
             stdin: Box::pin(ClosingStdin::new(stdin)),
             stdout: Box::pin(stdout),
             finish: Box::pin(finish),
+            stop: super::Stop::none(),
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod local;
 pub mod patient;
 pub mod quote;
 pub mod scripted;
+pub mod stop;
 
 use std::fmt;
 use std::future::Future;
@@ -21,6 +22,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use command::{Command, SudoAuth};
+pub use stop::{Stop, Stopping};
 
 /// How a remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -150,6 +152,9 @@ pub struct Streaming {
     pub stdin: RemoteStdin,
     pub stdout: RemoteStdout,
     pub finish: RemoteFinish,
+    /// Ends the command's stream early ([`Stop::now`]); dropped, the
+    /// stream runs to its end.
+    pub stop: Stop,
 }
 
 /// Run `cmd` with `input` on its stdin (on the host's shared connection),
@@ -169,6 +174,7 @@ pub async fn exec_input<R: Remote>(
         mut stdin,
         mut stdout,
         finish,
+        ..
     } = remote.exec_piped(cmd).await?;
     let writer = async {
         stdin.write_all(input).await?;

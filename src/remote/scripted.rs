@@ -121,6 +121,7 @@ impl Remote for ScriptedRemote {
                 stdin: Box::pin(tokio::io::sink()),
                 stdout: Box::pin(stdout),
                 finish: Box::pin(async move { Ok(finish) }),
+                stop: super::Stop::none(),
             });
         }
         if self.at_once.as_ref().is_some_and(|f| f(cmd)) {
@@ -151,6 +152,7 @@ impl Remote for ScriptedRemote {
                     .await
                     .map_err(|_| anyhow::anyhow!("scripted stream dropped"))
             }),
+            stop: super::Stop::none(),
         })
     }
 }
@@ -171,6 +173,7 @@ impl ScriptedRemote {
                 let _ = closed_rx.await;
                 Ok(finish)
             }),
+            stop: super::Stop::none(),
         }
     }
 }

@@ -1,8 +1,14 @@
 //! Running one command on one session channel: collected to the end
 //! ([`collect`]) or streamed ([`stream`]). Every channel is drained to its
-//! close — an unread russh channel stalls its whole connection.
+//! close — an unread russh channel stalls its whole connection — unless its
+//! reader stops it ([`crate::remote::Stop`]): then it is closed (with its
+//! own connection, if it has one) and what the command still sends is
+//! dropped unread (`ssh_exec`'s stop test: a 4 GB `head` stopped after
+//! 64 KiB dies of the closed pipe, the whole test in 1 s; drained instead,
+//! it had not ended 10 s later).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -12,7 +18,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 
 use super::connect::Conn;
-use crate::remote::{Exit, Output, Streaming};
+use crate::remote::{Exit, Output, Stop, Stopping, Streaming};
 
 /// Bytes of stdout buffered between the channel and the reader of a stream.
 const STREAM_BUFFER: usize = 256 * 1024;
@@ -197,15 +203,21 @@ pub(crate) async fn stream_channel(
         .await
         .context("sending the exec request")?;
     let (read, write) = channel.split();
+    let write = Arc::new(write);
     let stdin = Stdin {
         inner: Box::pin(write.make_writer()),
-        half: Some(write),
+        half: Some(write.clone()),
         shut_down: false,
     };
     let (mut tx, rx) = tokio::io::duplex(STREAM_BUFFER);
     let (done_tx, done_rx) = oneshot::channel();
+    let (stop, stopping) = Stop::new();
     tokio::spawn(async move {
-        let result = pump(read, &mut tx).await;
+        let ends = match holds {
+            Holds::Conn(_) => Ending::WithConnection,
+            Holds::Slot(_) => Ending::ChannelClosed(write),
+        };
+        let result = pump(read, &mut tx, stopping, ends).await;
         drop(tx); // EOF for the stdout reader
         match holds {
             Holds::Conn(conn) => conn.disconnect().await,
@@ -221,14 +233,51 @@ pub(crate) async fn stream_channel(
                 .await
                 .context("the stream's reader task ended without a result")?
         }),
+        stop,
     })
 }
 
-/// Move stdout into the bounded pipe (blocking while the reader is behind:
-/// backpressure), keep the stderr tail, wait for the exit.
-async fn pump(mut read: ChannelReadHalf, tx: &mut DuplexStream) -> anyhow::Result<Output> {
+/// How a stream asked to stop ([`Stop::now`]) ends.
+enum Ending {
+    /// Its own connection is closed right after: nothing more to read.
+    WithConnection,
+    /// A channel of the shared connection: closed. russh forgets a channel
+    /// as it sends its close, so nothing more arrives for it (the server's
+    /// close neither) and nothing of it can stall the connection.
+    ChannelClosed(Arc<ChannelWriteHalf<Msg>>),
+}
+
+/// Move stdout into the bounded pipe, keep the stderr tail, wait for the
+/// exit ([`drain`]), or stop when asked to, even mid-write (see [`Ending`]).
+async fn pump(
+    mut read: ChannelReadHalf,
+    tx: &mut DuplexStream,
+    stopping: Stopping,
+    ends: Ending,
+) -> anyhow::Result<Output> {
     let mut stderr: Vec<u8> = Vec::new();
     let mut state = State::default();
+    tokio::select! {
+        drained = drain(&mut read, tx, &mut stderr, &mut state) => drained?,
+        () = stopping.requested() => {
+            // What it still sends is for nobody.
+            if let Ending::ChannelClosed(half) = &ends {
+                let _ = half.close().await;
+            }
+        }
+    }
+    let _ = tx.shutdown().await;
+    Ok(Output::new(state.exit(), Vec::new(), stderr))
+}
+
+/// Read the channel to its close: stdout into the bounded pipe (blocking
+/// while the reader is behind: backpressure), the stderr tail kept.
+async fn drain(
+    read: &mut ChannelReadHalf,
+    tx: &mut DuplexStream,
+    stderr: &mut Vec<u8>,
+    state: &mut State,
+) -> anyhow::Result<()> {
     let mut reader_gone = false;
     while let Some(msg) = read.wait().await {
         match msg {
@@ -252,8 +301,7 @@ async fn pump(mut read: ChannelReadHalf, tx: &mut DuplexStream) -> anyhow::Resul
             }
         }
     }
-    let _ = tx.shutdown().await;
-    Ok(Output::new(state.exit(), Vec::new(), stderr))
+    Ok(())
 }
 
 /// The most one write hands to russh: a write becomes one SSH message.
@@ -269,7 +317,7 @@ const MAX_WRITE: usize = 8 * 1024;
 /// it without shutting it down.
 struct Stdin {
     inner: Pin<Box<dyn AsyncWrite + Send>>,
-    half: Option<ChannelWriteHalf<Msg>>,
+    half: Option<Arc<ChannelWriteHalf<Msg>>>,
     shut_down: bool,
 }
 

@@ -89,6 +89,7 @@ impl Remote for OpenSsh {
                 let status = child.wait().await?;
                 Ok(Output::new(exit_of(status), Vec::new(), err))
             }),
+            stop: nixgate::remote::Stop::none(),
         })
     }
 }
