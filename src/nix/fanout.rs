@@ -317,38 +317,58 @@ impl Sink<'_> {
         self.queued = Vec::new();
     }
 
-    /// Wait until the host's unacknowledged whole paths are under
-    /// [`IN_FLIGHT`], or its acknowledgement reader has ended (the write
-    /// that follows then finds out why).
-    async fn window(&mut self) {
+    /// Whether the host may be sent more now: its unacknowledged whole
+    /// paths are under [`IN_FLIGHT`], or its acknowledgement reader has
+    /// ended (the write that follows then finds out why).
+    fn window_open(&mut self) -> bool {
+        // Paths sent, less those still waiting: the ones already popped.
+        let acked = self.acked.load(Ordering::Acquire);
+        while self.got.paths - (self.path_ends.len() as u64) < acked {
+            let Some(end) = self.path_ends.pop_front() else {
+                break;
+            };
+            self.acked_bytes = end;
+        }
+        // Only a path written whole can be acknowledged; the oldest
+        // unacknowledged one may still end in the queue.
+        let waitable = self.path_ends.front().is_some_and(|&e| e <= self.got.bytes);
+        !waitable || self.got.bytes - self.acked_bytes < IN_FLIGHT || self.acks_gone()
+    }
+
+    /// The host's acknowledgement reader has ended (or never started).
+    fn acks_gone(&self) -> bool {
+        // Not `JoinHandle::is_finished`: the reader wakes us before its
+        // task counts as finished, and no wake-up follows, so a host
+        // that dies while we wait for its acknowledgements hung the
+        // relay. Nix 2.8 fails an AddToStoreNar it cannot lock before
+        // reading the NAR (the host dies before it is owed an
+        // acknowledgement); Nix 2.26 reads the whole NAR first, so a
+        // failing 2.26 host dies while we wait (relay_e2e hung in 3 of
+        // 35 runs with 2.26 hosts, 0 of 20 on 2.8).
+        self.acks.is_none() || self.acks_ended.load(Ordering::Acquire)
+    }
+
+    /// Wait until `ready` (checked again at every acknowledgement) as long
+    /// as the host keeps acknowledging paths: each one restarts its stall
+    /// clock. Says the host idle every [`IDLE_REPORT`] meanwhile.
+    async fn while_acking(&mut self, mut ready: impl FnMut(&mut Self) -> bool) -> Pace {
+        let mut since = tokio::time::Instant::now();
         loop {
             // Registered before checking, so an ack in between is not lost.
             let signal = self.ack_signal.clone();
             let woken = signal.notified();
-            // Paths sent, less those still waiting: the ones already popped.
-            let acked = self.acked.load(Ordering::Acquire);
-            while self.got.paths - (self.path_ends.len() as u64) < acked {
-                let Some(end) = self.path_ends.pop_front() else {
-                    break;
-                };
-                self.acked_bytes = end;
+            if ready(self) {
+                return Pace::Moving;
             }
-            // Only a path written whole can be acknowledged; the oldest
-            // unacknowledged one may still end in the queue.
-            let waitable = self.path_ends.front().is_some_and(|&e| e <= self.got.bytes);
-            // Not `JoinHandle::is_finished`: the reader wakes us before its
-            // task counts as finished, and no wake-up follows, so a host
-            // that dies while we wait for its acknowledgements hung the
-            // relay. Nix 2.8 fails an AddToStoreNar it cannot lock before
-            // reading the NAR (the host dies before it is owed an
-            // acknowledgement); Nix 2.26 reads the whole NAR first, so a
-            // failing 2.26 host dies while we wait (relay_e2e hung in 3 of
-            // 35 runs with 2.26 hosts, 0 of 20 on 2.8).
-            let reader_gone = self.acks.is_none() || self.acks_ended.load(Ordering::Acquire);
-            if !waitable || self.got.bytes - self.acked_bytes < IN_FLIGHT || reader_gone {
-                return;
+            let left = self.stall.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                return Pace::Stalled;
             }
-            woken.await;
+            match tokio::time::timeout(left.min(IDLE_REPORT), woken).await {
+                Ok(()) => since = tokio::time::Instant::now(),
+                Err(_) if since.elapsed() >= self.stall => return Pace::Stalled,
+                Err(_) => (self.progress)(self.progress_now(since.elapsed().as_secs())),
+            }
         }
     }
 
@@ -422,7 +442,8 @@ async fn read_acks(
 /// Write every host's queue and, to the hosts in `dests` (sorted), `piece`
 /// after it, concurrently; a failed write drops the host, and so does one
 /// that takes nothing for its `stall` (a piece and a queue are a read each,
-/// 256 KiB, so a host that moves anything at all makes it in time).
+/// 256 KiB, so a host that moves anything at all makes it in time), or
+/// acknowledges no path for it while its window is full.
 async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
     let alone = sinks.len() == 1;
     let writes = sinks
@@ -438,25 +459,7 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
             } else {
                 &[]
             };
-            let (progress, before) = (s.progress, s.progress_now(0));
-            let started = tokio::time::Instant::now();
-            let mut tick = tokio::time::interval_at(started + IDLE_REPORT, IDLE_REPORT);
-            let stalled_out = {
-                let sent = tokio::time::timeout(s.stall, s.send(piece));
-                tokio::pin!(sent);
-                loop {
-                    tokio::select! {
-                        // The end first: at the stall limit, fail, not idle.
-                        biased;
-                        r = &mut sent => break r.is_err(),
-                        _ = tick.tick() => progress(CopyProgress {
-                            idle_secs: started.elapsed().as_secs(),
-                            ..before
-                        }),
-                    }
-                }
-            };
-            if stalled_out {
+            if s.send(piece).await == Pace::Stalled {
                 let e = stalled(&s.name, s.stall, "while paths were sent", alone);
                 s.fail(e);
             }
@@ -464,10 +467,46 @@ async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
     join_all(writes).await;
 }
 
+/// Whether a host kept moving while it was waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Moving,
+    /// It took no bytes, or acknowledged no path, for its `stall`.
+    Stalled,
+}
+
 impl Sink<'_> {
-    /// Write the queue and `piece` once the host's window allows.
-    async fn send(&mut self, piece: &[u8]) {
-        self.window().await;
+    /// Write the queue and `piece` once the host's window allows. The wait
+    /// for the window lasts as long as paths keep being acknowledged (the
+    /// host adding small paths slowly, one a second on an SD card, needed
+    /// hundreds before a write, and its stall clock ran over all of them:
+    /// it failed while adding); the write itself is bounded by the stall.
+    async fn send(&mut self, piece: &[u8]) -> Pace {
+        if self.while_acking(Sink::window_open).await == Pace::Stalled {
+            return Pace::Stalled;
+        }
+        let (progress, before) = (self.progress, self.progress_now(0));
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(started + IDLE_REPORT, IDLE_REPORT);
+        let written = tokio::time::timeout(self.stall, self.write(piece));
+        tokio::pin!(written);
+        loop {
+            tokio::select! {
+                // The end first: at the stall limit, fail, not idle.
+                biased;
+                r = &mut written => {
+                    return if r.is_err() { Pace::Stalled } else { Pace::Moving };
+                }
+                _ = tick.tick() => progress(CopyProgress {
+                    idle_secs: started.elapsed().as_secs(),
+                    ..before
+                }),
+            }
+        }
+    }
+
+    /// Write the queue and `piece`; a failed write fails the host.
+    async fn write(&mut self, piece: &[u8]) {
         let Some(stdin) = self.stdin.as_mut() else {
             return;
         };
@@ -501,25 +540,9 @@ impl Sink<'_> {
     }
 
     /// Wait for the host's acknowledgement reader to end (its nix-store
-    /// exited after the EOF), as long as paths keep being acknowledged:
-    /// false once none came for the host's `stall`.
-    async fn acks_done(&mut self) -> bool {
-        let mut since = tokio::time::Instant::now();
-        loop {
-            let woken = self.ack_signal.notified();
-            if self.acks.is_none() || self.acks_ended.load(Ordering::Acquire) {
-                return true;
-            }
-            let left = self.stall.saturating_sub(since.elapsed());
-            if left.is_zero() {
-                return false;
-            }
-            match tokio::time::timeout(left.min(IDLE_REPORT), woken).await {
-                Ok(()) => since = tokio::time::Instant::now(),
-                Err(_) if since.elapsed() >= self.stall => return false,
-                Err(_) => (self.progress)(self.progress_now(since.elapsed().as_secs())),
-            }
-        }
+    /// exited after the EOF), as long as paths keep being acknowledged.
+    async fn acks_done(&mut self) -> Pace {
+        self.while_acking(|s| s.acks_gone()).await
     }
 }
 
@@ -696,7 +719,7 @@ impl Sink<'_> {
                 }
             }
         }
-        if self.error.is_none() && !self.acks_done().await {
+        if self.error.is_none() && self.acks_done().await == Pace::Stalled {
             let alone = shared.hosts == 1;
             let e = stalled(
                 &self.name,

@@ -35,8 +35,13 @@ pub(in crate::nix) struct Far {
 /// A stream over small in-memory pipes (a far side that stops reading
 /// stops the writer soon), and its far side for the test to play.
 pub(in crate::nix) fn far_stream() -> (Streaming, Far) {
-    let (stdin, input) = tokio::io::duplex(4096);
-    let (output, stdout) = tokio::io::duplex(4096);
+    far_stream_of(4096)
+}
+
+/// [`far_stream`] over pipes of `size` bytes.
+fn far_stream_of(size: usize) -> (Streaming, Far) {
+    let (stdin, input) = tokio::io::duplex(size);
+    let (output, stdout) = tokio::io::duplex(size);
     let (exit, finish) = oneshot::channel();
     let (stop, stopping) = Stop::new();
     let s = Streaming {
@@ -62,6 +67,7 @@ pub(in crate::nix) fn far_stream() -> (Streaming, Far) {
 struct Pipes {
     name: String,
     ends: Mutex<mpsc::UnboundedSender<Far>>,
+    size: usize,
 }
 
 impl Pipes {
@@ -70,7 +76,17 @@ impl Pipes {
         let p = Pipes {
             name: name.to_owned(),
             ends: Mutex::new(tx),
+            size: 4096,
         };
+        (p, rx)
+    }
+
+    /// The builder's: a read takes what a fast builder's SSH stream holds,
+    /// up to the relay's buffer (small pieces are then queued for a host
+    /// and written together).
+    fn builder() -> (Pipes, mpsc::UnboundedReceiver<Far>) {
+        let (mut p, rx) = Pipes::new("builder");
+        p.size = 256 * 1024;
         (p, rx)
     }
 }
@@ -85,7 +101,7 @@ impl Remote for Pipes {
     }
 
     async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
-        let (s, far) = far_stream();
+        let (s, far) = far_stream_of(self.size);
         self.ends.lock().unwrap().send(far).unwrap();
         Ok(s)
     }
@@ -135,7 +151,9 @@ async fn builder(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, stop_after: usiz
         }
         let mut a = path_info_answer(p);
         a.extend(nar);
-        far.output.write_all(&a).await.unwrap();
+        if far.output.write_all(&a).await.is_err() {
+            return; // Nobody reads any more: the copy failed.
+        }
     }
     let mut rest = Vec::new();
     far.input.read_to_end(&mut rest).await.unwrap();
@@ -172,6 +190,12 @@ enum Host {
     SilentAfterReading,
     /// Adds this many paths, then dies of a full disk.
     DiesAfter(usize),
+    /// Takes every byte at once, adds one path every `each` (a slow SD
+    /// card); acknowledges none after the first `stops_after`, if given.
+    SlowAdding {
+        each: Duration,
+        stops_after: Option<usize>,
+    },
 }
 
 /// A host adding `paths` (each its header, then its NAR) sent after the
@@ -183,6 +207,9 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
             let mut all = Vec::new();
             let _ = far.input.read_to_end(&mut all).await;
             std::future::pending::<()>().await
+        }
+        Host::SlowAdding { each, stops_after } => {
+            return slow_host(far, paths, each, stops_after).await;
         }
         Host::Imports | Host::DiesAfter(_) => {}
     }
@@ -222,6 +249,56 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
     let _ = far.exit.send(ok());
 }
 
+/// [`Host::SlowAdding`]: reading runs ahead, as in sshd's buffers and
+/// Nix's, while the paths are added one by one.
+async fn slow_host(
+    far: Far,
+    paths: Vec<(PathInfo, Vec<u8>)>,
+    each: Duration,
+    stops_after: Option<usize>,
+) {
+    let Far {
+        mut input,
+        mut output,
+        exit,
+        ..
+    } = far;
+    output.write_all(&word(serve::MAGIC_SERVER)).await.unwrap();
+    output.write_all(&word(serve::VERSION)).await.unwrap();
+    let (read_tx, mut read_rx) = mpsc::unbounded_channel();
+    let reading = async move {
+        let mut greeting = [0u8; 16];
+        input.read_exact(&mut greeting).await.unwrap();
+        for (p, nar) in &paths {
+            let header = serve::add_to_store_nar(p, &Trust::default()).unwrap();
+            let mut got = vec![0u8; header.len() + nar.len()];
+            if input.read_exact(&mut got).await.is_err() {
+                // Cut off (the copy failed it): it goes on adding.
+                return;
+            }
+            read_tx.send(()).unwrap();
+        }
+        drop(read_tx);
+        let mut rest = Vec::new();
+        input.read_to_end(&mut rest).await.unwrap();
+    };
+    let adding = async move {
+        let mut added = 0;
+        while read_rx.recv().await.is_some() {
+            if stops_after == Some(added) {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(each).await;
+            if output.write_all(&word(1)).await.is_err() {
+                return; // The copy failed it.
+            }
+            added += 1;
+        }
+    };
+    tokio::join!(reading, adding);
+    let _ = exit.send(ok());
+}
+
 /// What a relay of [`run`] gave: each host's result and every progress it
 /// reported, and how long it took.
 struct Ran {
@@ -244,7 +321,7 @@ impl Ran {
 /// Relay `paths` from a played builder to hosts played as `hows`, each
 /// lacking every path; the results and when they came.
 async fn run(paths: Vec<(PathInfo, Vec<u8>)>, hows: &[Host], builder_stops_after: usize) -> Ran {
-    let (b, mut b_ends) = Pipes::new("builder");
+    let (b, mut b_ends) = Pipes::builder();
     let plays = paths.clone();
     tokio::spawn(async move {
         let far = b_ends.recv().await.unwrap();
@@ -455,4 +532,45 @@ async fn a_copy_whose_hosts_all_failed_ends_the_builders_stream() {
     // No wait for the builder's last words: no host is left to tell them.
     assert_eq!(told, started);
     assert!(sent < 10, "the builder sent {sent} of 40 paths");
+}
+
+/// Small paths: 1336 bytes of stream each with their registration.
+fn small_paths(n: usize) -> Vec<(PathInfo, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let nar = nar(&vec![b'a' + (i % 26) as u8; 1024]);
+            (info(&format!("s{i}"), &nar), nar)
+        })
+        .collect()
+}
+
+/// A host that adds a small path every second is not stalled while it
+/// does, however many paths the next write waits for (a 256 KiB write
+/// waits for some 200 of them here, 200 s against a 120 s limit: it
+/// failed, "took no bytes and added no path for 120 s", having added
+/// hundreds); one that stops adding, the window full (1100 paths, 1.4 MB
+/// unacknowledged), fails 120 s after its last path.
+#[tokio::test(start_paused = true)]
+async fn a_host_adding_small_paths_slowly_is_not_stalled() {
+    let each = Duration::from_secs(1);
+    let adding = Host::SlowAdding {
+        each,
+        stops_after: None,
+    };
+    let ran = run(small_paths(1200), &[adding], 1200).await;
+    let got = ran.results[0].as_ref().expect("h1 was copied");
+    assert_eq!(got.paths, 1200);
+    assert_eq!(ran.took, 1200 * each);
+    let stops = Host::SlowAdding {
+        each,
+        stops_after: Some(100),
+    };
+    let Ran { results, took, .. } = run(small_paths(1200), &[stops], 1200).await;
+    let e = err(&results[0]);
+    assert!(
+        e.contains("h1 took no bytes and added no path for 120 s while paths were sent"),
+        "{e}"
+    );
+    // Its last path at 100 s, the limit, and 5 s for its own words.
+    assert_eq!(took, 100 * each + STALL + Duration::from_secs(5));
 }
