@@ -19,6 +19,10 @@
 //! during the diff gate instead (one round trip off the copy's path) let
 //! a host join before the next had started, and push_e2e's fan-out check
 //! failed (tried, not kept).
+//!
+//! Each member's result is passed on as soon as its host's copy ended
+//! ([`fanout::relay_replying`]): one host whose import hung after its last
+//! bytes held every result of its batch for its stall (5 min) and 5 s.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -41,7 +45,8 @@ struct Member<R> {
     session: Option<HostServe>,
     progress: Progress,
     stall: Duration,
-    reply: oneshot::Sender<anyhow::Result<Received>>,
+    /// Taken when the batch runs.
+    reply: Option<oneshot::Sender<anyhow::Result<Received>>>,
 }
 
 type Batch<R> = Arc<Mutex<Vec<Member<R>>>>;
@@ -105,7 +110,7 @@ impl<F: Fleet> RelayHub<F> {
             session: Some(session),
             progress,
             stall,
-            reply: tx,
+            reply: Some(tx),
         };
         {
             let mut open = self
@@ -163,8 +168,8 @@ impl<F: Fleet> RelayHub<F> {
 
     async fn run(&self, members: Vec<Member<F::Remote>>) {
         let fail_all = |members: Vec<Member<F::Remote>>, msg: String| {
-            for m in members {
-                let _ = m.reply.send(Err(anyhow::anyhow!("{msg}")));
+            for reply in members.into_iter().filter_map(|m| m.reply) {
+                let _ = reply.send(Err(anyhow::anyhow!("{msg}")));
             }
         };
         let closures: Vec<&[PathInfo]> = members.iter().map(|m| m.closure.as_slice()).collect();
@@ -179,6 +184,14 @@ impl<F: Fleet> RelayHub<F> {
         let mut members = members;
         let sessions: Vec<Option<HostServe>> =
             members.iter_mut().map(|m| m.session.take()).collect();
+        // Each result is passed on as soon as the relay has it.
+        let (fan_replies, forwards): (Vec<fanout::Reply>, Vec<_>) = members
+            .iter_mut()
+            .map(|m| {
+                let (tx, rx) = oneshot::channel();
+                (tx, forward(rx, m.reply.take()))
+            })
+            .unzip();
         let targets: Vec<Target<F::Remote>> = members
             .iter()
             .zip(sessions)
@@ -190,11 +203,32 @@ impl<F: Fleet> RelayHub<F> {
                 stall: m.stall,
             })
             .collect();
-        let results = fanout::relay(&builder, targets, &order).await;
-        for (m, r) in members.into_iter().zip(results) {
-            let _ = m.reply.send(r);
-        }
+        let relay = fanout::relay_replying(&builder, targets, fan_replies, &order);
+        until_answered(relay, forwards).await;
     }
+}
+
+/// Pass the relay's result for one member on to the member.
+async fn forward(
+    from: oneshot::Receiver<anyhow::Result<Received>>,
+    to: Option<oneshot::Sender<anyhow::Result<Received>>>,
+) {
+    let r = from.await.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the shared copy stopped before it finished"
+        ))
+    });
+    if let Some(to) = to {
+        let _ = to.send(r);
+    }
+}
+
+/// Run `relay`, passing each result on as it comes.
+async fn until_answered(
+    relay: impl std::future::Future<Output = ()>,
+    forwards: Vec<impl std::future::Future<Output = ()>>,
+) {
+    tokio::join!(relay, futures_util::future::join_all(forwards));
 }
 
 #[cfg(test)]
@@ -230,5 +264,69 @@ mod tests {
         let t = Instant::now();
         hub.gather(&batch).await;
         assert_eq!(t.elapsed(), Duration::from_millis(80));
+    }
+
+    /// A relay standing in for fanout's: answers the members in `answers`
+    /// at once, then runs on for an hour; `dropped` is set when it is.
+    fn relay_of(
+        mut replies: Vec<fanout::Reply>,
+        answers: &[usize],
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    ) -> impl std::future::Future<Output = ()> {
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let answers = answers.to_vec();
+        async move {
+            let _flag = Flag(dropped);
+            for i in answers.into_iter().rev() {
+                let _ = replies.remove(i).send(Ok(Received::default()));
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(replies);
+        }
+    }
+
+    /// Members and their receivers, and the relay's replies with each
+    /// member's forward.
+    #[allow(clippy::type_complexity)]
+    fn members(
+        n: usize,
+    ) -> (
+        Vec<oneshot::Receiver<anyhow::Result<Received>>>,
+        Vec<fanout::Reply>,
+        Vec<impl std::future::Future<Output = ()>>,
+    ) {
+        let mut receivers = Vec::new();
+        let mut replies = Vec::new();
+        let mut forwards = Vec::new();
+        for _ in 0..n {
+            let (member_tx, member_rx) = oneshot::channel();
+            let (tx, rx) = oneshot::channel();
+            receivers.push(member_rx);
+            replies.push(tx);
+            forwards.push(forward(rx, Some(member_tx)));
+        }
+        (receivers, replies, forwards)
+    }
+
+    /// A member's result is passed on as soon as the relay has it, while
+    /// the relay goes on for another host (before: once it returned).
+    #[tokio::test(start_paused = true)]
+    async fn results_are_passed_on_as_they_come() {
+        let (mut receivers, replies, forwards) = members(2);
+        let dropped = Arc::default();
+        let relay = relay_of(replies, &[0], Arc::clone(&dropped));
+        let t = Instant::now();
+        let first = receivers.swap_remove(0);
+        let answered = async {
+            let got = first.await.expect("the first member is answered");
+            assert!(got.is_ok());
+            assert_eq!(t.elapsed(), Duration::ZERO);
+        };
+        tokio::join!(until_answered(relay, forwards), answered);
     }
 }

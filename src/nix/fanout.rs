@@ -59,7 +59,7 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use super::StorePath;
@@ -301,6 +301,8 @@ struct Sink<'a> {
     progress: &'a (dyn Fn(CopyProgress) + Send + Sync),
     /// The host's `copy_stall_timeout`.
     stall: Duration,
+    /// Where its result goes; taken as its copy ends.
+    reply: Option<Reply>,
 }
 
 impl Sink<'_> {
@@ -578,7 +580,44 @@ pub async fn relay<B: Remote, T: Remote>(
     targets: Vec<Target<'_, T>>,
     order: &[PathInfo],
 ) -> Vec<anyhow::Result<Received>> {
-    relay_from(builder, None, targets, order).await
+    relay_collected(builder, None, targets, order).await
+}
+
+/// Where a target's result goes, as soon as its own copy ended.
+pub type Reply = oneshot::Sender<anyhow::Result<Received>>;
+
+/// [`relay`], each target's result sent on its reply (in the same order)
+/// as soon as its host's copy ended, not once the slowest host's did: one
+/// host whose import hangs held every result of its batch for its whole
+/// stall (5 min) and 5 s.
+pub async fn relay_replying<B: Remote, T: Remote>(
+    builder: &B,
+    targets: Vec<Target<'_, T>>,
+    replies: Vec<Reply>,
+    order: &[PathInfo],
+) {
+    relay_from(builder, None, targets, replies, order).await
+}
+
+/// [`relay_from`], its results collected in order.
+async fn relay_collected<B: Remote, T: Remote>(
+    builder: &B,
+    started: Option<anyhow::Result<Streaming>>,
+    targets: Vec<Target<'_, T>>,
+    order: &[PathInfo],
+) -> Vec<anyhow::Result<Received>> {
+    let (replies, results): (Vec<Reply>, Vec<_>) =
+        targets.iter().map(|_| oneshot::channel()).unzip();
+    relay_from(builder, started, targets, replies, order).await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        out.push(r.await.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the relay ended without this host's result (a bug: report it)"
+            ))
+        }));
+    }
+    out
 }
 
 /// The builder's `nix-store --serve`, which a relay reads every path from.
@@ -589,14 +628,15 @@ pub async fn serve_builder<B: Remote>(builder: &B) -> anyhow::Result<Streaming> 
         .context("starting nix-store --serve on the builder")
 }
 
-/// [`relay`], reading from `started` (the builder's [`serve_builder`],
-/// started ahead) when given.
+/// [`relay_replying`], reading from `started` (the builder's
+/// [`serve_builder`], started ahead) when given.
 async fn relay_from<B: Remote, T: Remote>(
     builder: &B,
     started: Option<anyhow::Result<Streaming>>,
     mut targets: Vec<Target<'_, T>>,
+    replies: Vec<Reply>,
     order: &[PathInfo],
-) -> Vec<anyhow::Result<Received>> {
+) {
     let sessions: Vec<Option<HostServe>> = targets.iter_mut().map(|t| t.session.take()).collect();
     let paths = plan(order, &targets);
     let mut totals = vec![0u64; targets.len()];
@@ -638,48 +678,8 @@ async fn relay_from<B: Remote, T: Remote>(
     let mut sinks: Vec<Sink> = targets
         .iter()
         .zip(opened)
-        .zip(&totals)
-        .map(|((t, s), &total_paths)| {
-            let mut sink = Sink {
-                name: t.remote.name().to_owned(),
-                stdin: None,
-                finish: None,
-                acks: None,
-                acked: Arc::default(),
-                acks_ended: Arc::default(),
-                ack_signal: Arc::default(),
-                path_ends: VecDeque::new(),
-                acked_bytes: 0,
-                queued: Vec::new(),
-                got: Received::default(),
-                total_paths,
-                error: None,
-                progress: t.progress,
-                stall: t.stall,
-            };
-            match s {
-                Ok((s, greeted)) => {
-                    if !greeted {
-                        sink.queued = serve::greeting();
-                    }
-                    sink.stdin = Some(s.stdin);
-                    sink.finish = Some(s.finish);
-                    sink.acks = Some(tokio::spawn(count_acks(
-                        s.stdout,
-                        greeted,
-                        sink.name.clone(),
-                        sink.acked.clone(),
-                        sink.acks_ended.clone(),
-                        sink.ack_signal.clone(),
-                    )));
-                }
-                Err(e) => sink.fail(e.context(format!(
-                    "starting nix-store --serve --write on {}",
-                    t.remote.name()
-                ))),
-            }
-            sink
-        })
+        .zip(totals.iter().zip(replies))
+        .map(|((t, s), (&total_paths, reply))| sink(t, s, total_paths, reply))
         .collect();
     let served = match src {
         Some(src) if sinks.iter().any(|s| s.live()) => serve(src, &paths, &mut sinks).await,
@@ -692,15 +692,80 @@ async fn relay_from<B: Remote, T: Remote>(
         }
     }
     flush(&mut sinks).await;
-    let hosts = targets.len();
-    let ends = sinks.into_iter().zip(shared).map(|(s, (paths, bytes))| {
-        s.end(Shared {
-            hosts,
-            paths,
-            bytes,
-        })
-    });
-    join_all(ends).await
+    end_all(sinks, shared).await;
+}
+
+/// A host's sink over its opened stream (`greeted`: in the session that
+/// answered what it lacks), or failed with why it did not open.
+fn sink<'a, T: Remote>(
+    t: &Target<'a, T>,
+    opened: anyhow::Result<(Streaming, bool)>,
+    total_paths: u64,
+    reply: Reply,
+) -> Sink<'a> {
+    let mut sink = Sink {
+        name: t.remote.name().to_owned(),
+        stdin: None,
+        finish: None,
+        acks: None,
+        acked: Arc::default(),
+        acks_ended: Arc::default(),
+        ack_signal: Arc::default(),
+        path_ends: VecDeque::new(),
+        acked_bytes: 0,
+        queued: Vec::new(),
+        got: Received::default(),
+        total_paths,
+        error: None,
+        progress: t.progress,
+        stall: t.stall,
+        reply: Some(reply),
+    };
+    match opened {
+        Ok((s, greeted)) => {
+            if !greeted {
+                sink.queued = serve::greeting();
+            }
+            sink.stdin = Some(s.stdin);
+            sink.finish = Some(s.finish);
+            sink.acks = Some(tokio::spawn(count_acks(
+                s.stdout,
+                greeted,
+                sink.name.clone(),
+                sink.acked.clone(),
+                sink.acks_ended.clone(),
+                sink.ack_signal.clone(),
+            )));
+        }
+        Err(e) => sink.fail(e.context(format!(
+            "starting nix-store --serve --write on {}",
+            t.remote.name()
+        ))),
+    }
+    sink
+}
+
+/// End every host's copy, each result sent as soon as its own is known.
+async fn end_all(sinks: Vec<Sink<'_>>, shared: Vec<(u64, u64)>) {
+    let hosts = sinks.len();
+    let ends = sinks
+        .into_iter()
+        .zip(shared)
+        .map(|(mut s, (paths, bytes))| {
+            let reply = s.reply.take();
+            async move {
+                let shared = Shared {
+                    hosts,
+                    paths,
+                    bytes,
+                };
+                let received = s.end(shared).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(received);
+                }
+            }
+        });
+    join_all(ends).await;
 }
 
 impl Sink<'_> {
@@ -783,7 +848,7 @@ pub async fn relay_one<B: Remote, T: Remote>(
     target: Target<'_, T>,
     order: &[PathInfo],
 ) -> anyhow::Result<Received> {
-    relay_from(builder, started, vec![target], order)
+    relay_collected(builder, started, vec![target], order)
         .await
         .pop()
         .context("the relay returned no result")?

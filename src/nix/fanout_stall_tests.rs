@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use super::StorePath;
 use super::closure::{PathInfo, PathRecord};
 use super::fanout::tests::sp;
-use super::fanout::{Received, Target, relay};
+use super::fanout::{Received, Target, relay, relay_replying};
 use super::nar::wire_string;
 use super::serve::{self, Trust};
 use crate::nix::copy::CopyProgress;
@@ -318,11 +319,15 @@ impl Ran {
     }
 }
 
-/// Relay `paths` from a played builder to hosts played as `hows`, each
-/// lacking every path; the results and when they came.
-async fn run(paths: Vec<(PathInfo, Vec<u8>)>, hows: &[Host], builder_stops_after: usize) -> Ran {
+/// A played builder (silent after `builder_stops_after` paths) and hosts
+/// played as `hows`, each adding `paths`.
+fn played(
+    paths: &[(PathInfo, Vec<u8>)],
+    hows: &[Host],
+    builder_stops_after: usize,
+) -> (Pipes, Vec<Pipes>) {
     let (b, mut b_ends) = Pipes::builder();
-    let plays = paths.clone();
+    let plays = paths.to_vec();
     tokio::spawn(async move {
         let far = b_ends.recv().await.unwrap();
         builder(far, plays, builder_stops_after).await
@@ -330,13 +335,20 @@ async fn run(paths: Vec<(PathInfo, Vec<u8>)>, hows: &[Host], builder_stops_after
     let mut remotes = Vec::new();
     for (i, &how) in hows.iter().enumerate() {
         let (h, mut ends) = Pipes::new(&format!("h{}", i + 1));
-        let plays = paths.clone();
+        let plays = paths.to_vec();
         tokio::spawn(async move {
             let far = ends.recv().await.unwrap();
             host(far, plays, how).await
         });
         remotes.push(h);
     }
+    (b, remotes)
+}
+
+/// Relay `paths` from a played builder to hosts played as `hows`, each
+/// lacking every path; the results and when they came.
+async fn run(paths: Vec<(PathInfo, Vec<u8>)>, hows: &[Host], builder_stops_after: usize) -> Ran {
+    let (b, remotes) = played(&paths, hows, builder_stops_after);
     let lacking: HashSet<StorePath> = paths.iter().map(|(p, _)| p.path.clone()).collect();
     let order: Vec<PathInfo> = paths.iter().map(|(p, _)| p.clone()).collect();
     let seen: Vec<Mutex<Vec<CopyProgress>>> = hows.iter().map(|_| Mutex::default()).collect();
@@ -573,4 +585,57 @@ async fn a_host_adding_small_paths_slowly_is_not_stalled() {
     );
     // Its last path at 100 s, the limit, and 5 s for its own words.
     assert_eq!(took, 100 * each + STALL + Duration::from_secs(5));
+}
+
+/// Relay `paths` to `remotes` with [`relay_replying`]; `receive` gets the
+/// result receivers (in target order) and runs beside the relay.
+async fn replying<F: std::future::Future<Output = R>, R>(
+    b: &Pipes,
+    remotes: &[Pipes],
+    paths: &[(PathInfo, Vec<u8>)],
+    receive: impl FnOnce(Vec<oneshot::Receiver<anyhow::Result<Received>>>) -> F,
+) -> R {
+    let lacking: HashSet<StorePath> = paths.iter().map(|(p, _)| p.path.clone()).collect();
+    let order: Vec<PathInfo> = paths.iter().map(|(p, _)| p.clone()).collect();
+    let noop = |_: CopyProgress| {};
+    let targets = remotes
+        .iter()
+        .map(|r| Target {
+            remote: r,
+            lacking: &lacking,
+            progress: &noop,
+            session: None,
+            stall: STALL,
+        })
+        .collect();
+    let (replies, results): (Vec<_>, Vec<_>) = remotes.iter().map(|_| oneshot::channel()).unzip();
+    let relay = relay_replying(b, targets, replies, &order);
+    let relay = tokio::time::timeout(Duration::from_secs(3600), relay);
+    let (relayed, got) = tokio::join!(relay, receive(results));
+    relayed.expect("the relay ended");
+    got
+}
+
+/// Each host's result comes as soon as its own copy ended: the host that
+/// added everything is answered at once, not when the host whose import
+/// hangs after its last bytes fails (its stall and 5 s later).
+#[tokio::test(start_paused = true)]
+async fn each_result_comes_as_its_hosts_copy_ends() {
+    let paths = paths(3);
+    let hows = [Host::Imports, Host::SilentAfterReading];
+    let (b, remotes) = played(&paths, &hows, 3);
+    let started = Instant::now();
+    let arrivals = replying(&b, &remotes, &paths, |results| {
+        join_all(results.into_iter().map(|r| async move {
+            let got = r.await.expect("a result");
+            (got.map(|g| g.paths).ok(), started.elapsed())
+        }))
+    })
+    .await;
+    let failed_at = STALL + Duration::from_secs(5);
+    assert_eq!(
+        arrivals,
+        [(Some(3), Duration::ZERO), (None, failed_at)],
+        "(paths added, when answered) per host"
+    );
 }
