@@ -23,6 +23,10 @@
 //! Each member's result is passed on as soon as its host's copy ended
 //! ([`fanout::relay_replying`]): one host whose import hung after its last
 //! bytes held every result of its batch for its stall (5 min) and 5 s.
+//! A member that stops waiting (the first Ctrl-C drops each host's copy)
+//! is dropped from the copy, and once no member waits, the batch's relay
+//! is dropped: it ran in its own task, which nothing cancelled, pushing
+//! whole closures after the run had stopped.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -208,27 +212,60 @@ impl<F: Fleet> RelayHub<F> {
     }
 }
 
-/// Pass the relay's result for one member on to the member.
+/// What became of one member's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarded {
+    /// Passed on as soon as its host's copy ended.
+    Sent,
+    /// Nobody waited for it any more: its run stopped (the first Ctrl-C
+    /// drops a host's copy). Dropping `from` tells the relay to drop the
+    /// host from the copy.
+    Abandoned,
+}
+
+/// Pass the relay's result for one member on to the member, or give up
+/// once the member no longer waits for it.
 async fn forward(
     from: oneshot::Receiver<anyhow::Result<Received>>,
     to: Option<oneshot::Sender<anyhow::Result<Received>>>,
-) {
-    let r = from.await.unwrap_or_else(|_| {
-        Err(anyhow::anyhow!(
-            "the shared copy stopped before it finished"
-        ))
-    });
-    if let Some(to) = to {
-        let _ = to.send(r);
+) -> Forwarded {
+    let Some(mut to) = to else {
+        return Forwarded::Abandoned;
+    };
+    tokio::select! {
+        r = from => {
+            let stopped = || anyhow::anyhow!("the shared copy stopped before it finished");
+            match to.send(r.unwrap_or_else(|_| Err(stopped()))) {
+                Ok(()) => Forwarded::Sent,
+                Err(_) => Forwarded::Abandoned,
+            }
+        }
+        () = to.closed() => Forwarded::Abandoned,
     }
 }
 
-/// Run `relay`, passing each result on as it comes.
+/// Run `relay` until every member was answered or gave up waiting, then
+/// drop it: it has nothing more for anyone. Before, the batch ran in its
+/// own task to the end after the first Ctrl-C had dropped every host's
+/// copy (nothing cancelled it): it pushed whole closures, and emitted
+/// copy_progress for hosts already reported not started.
 async fn until_answered(
     relay: impl std::future::Future<Output = ()>,
-    forwards: Vec<impl std::future::Future<Output = ()>>,
+    forwards: Vec<impl std::future::Future<Output = Forwarded>>,
 ) {
-    tokio::join!(relay, futures_util::future::join_all(forwards));
+    let forwards = futures_util::future::join_all(forwards);
+    tokio::pin!(relay, forwards);
+    tokio::select! {
+        () = &mut relay => {
+            // Every result is sent: pass them on.
+            forwards.await;
+        }
+        outcomes = &mut forwards => {
+            let gave_up = outcomes.iter().filter(|o| **o == Forwarded::Abandoned);
+            let (gave_up, all) = (gave_up.count(), outcomes.len());
+            tracing::debug!("relay batch dropped: {gave_up} of {all} hosts had stopped waiting");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -298,7 +335,7 @@ mod tests {
     ) -> (
         Vec<oneshot::Receiver<anyhow::Result<Received>>>,
         Vec<fanout::Reply>,
-        Vec<impl std::future::Future<Output = ()>>,
+        Vec<impl std::future::Future<Output = Forwarded>>,
     ) {
         let mut receivers = Vec::new();
         let mut replies = Vec::new();
@@ -314,19 +351,43 @@ mod tests {
     }
 
     /// A member's result is passed on as soon as the relay has it, while
-    /// the relay goes on for another host (before: once it returned).
+    /// the relay goes on for another host (before: once it returned); the
+    /// relay is dropped once the last member is answered or gave up.
     #[tokio::test(start_paused = true)]
     async fn results_are_passed_on_as_they_come() {
         let (mut receivers, replies, forwards) = members(2);
         let dropped = Arc::default();
         let relay = relay_of(replies, &[0], Arc::clone(&dropped));
         let t = Instant::now();
-        let first = receivers.swap_remove(0);
+        let second = receivers.pop().unwrap();
+        let first = receivers.pop().unwrap();
         let answered = async {
             let got = first.await.expect("the first member is answered");
             assert!(got.is_ok());
             assert_eq!(t.elapsed(), Duration::ZERO);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(second);
         };
         tokio::join!(until_answered(relay, forwards), answered);
+        assert_eq!(t.elapsed(), Duration::from_secs(60));
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// Once no member waits any more (the first Ctrl-C dropped every
+    /// host's copy), the batch's relay is dropped at once (its streams with
+    /// it), not run to its end in a task nothing cancels.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_nobody_waits_for_is_dropped() {
+        let (receivers, replies, forwards) = members(3);
+        let dropped = Arc::default();
+        let relay = relay_of(replies, &[], Arc::clone(&dropped));
+        let t = Instant::now();
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(receivers);
+        };
+        tokio::join!(until_answered(relay, forwards), stop);
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

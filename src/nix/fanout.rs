@@ -310,6 +310,22 @@ impl Sink<'_> {
         self.error.is_none()
     }
 
+    /// Nobody waits for its result any more (its run stopped).
+    fn abandoned(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.is_closed())
+    }
+
+    /// Drop the host from the copy if nobody waits for it any more: it
+    /// stops at the EOF, keeping the whole paths it added.
+    fn drop_if_abandoned(&mut self) -> bool {
+        let dropped = self.live() && self.abandoned();
+        if dropped {
+            let e = anyhow::anyhow!("nobody waits for {}'s copy any more", self.name);
+            self.fail(e);
+        }
+        dropped
+    }
+
     fn fail(&mut self, e: anyhow::Error) {
         if self.error.is_none() {
             self.error = Some(e);
@@ -445,8 +461,12 @@ async fn read_acks(
 /// after it, concurrently; a failed write drops the host, and so does one
 /// that takes nothing for its `stall` (a piece and a queue are a read each,
 /// 256 KiB, so a host that moves anything at all makes it in time), or
-/// acknowledges no path for it while its window is full.
+/// acknowledges no path for it while its window is full; one nobody waits
+/// for any more is dropped.
 async fn deliver(sinks: &mut [Sink<'_>], dests: &[usize], piece: &[u8]) {
+    for s in sinks.iter_mut() {
+        s.drop_if_abandoned();
+    }
     let alone = sinks.len() == 1;
     let writes = sinks
         .iter_mut()
@@ -484,8 +504,14 @@ impl Sink<'_> {
     /// hundreds before a write, and its stall clock ran over all of them:
     /// it failed while adding); the write itself is bounded by the stall.
     async fn send(&mut self, piece: &[u8]) -> Pace {
-        if self.while_acking(Sink::window_open).await == Pace::Stalled {
+        // Abandoned, it is dropped at the next acknowledgement, or idle
+        // report, not after a window's worth of them.
+        let ready = |s: &mut Self| s.window_open() || s.abandoned();
+        if self.while_acking(ready).await == Pace::Stalled {
             return Pace::Stalled;
+        }
+        if self.drop_if_abandoned() {
+            return Pace::Moving;
         }
         let (progress, before) = (self.progress, self.progress_now(0));
         let started = tokio::time::Instant::now();
@@ -589,7 +615,9 @@ pub type Reply = oneshot::Sender<anyhow::Result<Received>>;
 /// [`relay`], each target's result sent on its reply (in the same order)
 /// as soon as its host's copy ended, not once the slowest host's did: one
 /// host whose import hangs held every result of its batch for its whole
-/// stall (5 min) and 5 s.
+/// stall (5 min) and 5 s. A target whose reply is closed (nobody waits for
+/// it: its run stopped) is dropped from the copy, its host keeping the
+/// whole paths it added.
 pub async fn relay_replying<B: Remote, T: Remote>(
     builder: &B,
     targets: Vec<Target<'_, T>>,

@@ -639,3 +639,27 @@ async fn each_result_comes_as_its_hosts_copy_ends() {
         "(paths added, when answered) per host"
     );
 }
+
+/// A host nobody waits for any more (its run stopped: its reply closed)
+/// is dropped from the copy at the next write, keeping the whole paths it
+/// added; alone, its relay ends then, not when all 1200 paths are added.
+#[tokio::test(start_paused = true)]
+async fn a_host_nobody_waits_for_is_dropped_from_the_copy() {
+    let paths = small_paths(1200);
+    let each = Duration::from_secs(1);
+    let slow = Host::SlowAdding {
+        each,
+        stops_after: None,
+    };
+    let (b, remotes) = played(&paths, &[slow], 1200);
+    let started = Instant::now();
+    replying(&b, &remotes, &paths, |results| async move {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        drop(results);
+    })
+    .await;
+    // Dropped at the next path it added (its window was full: before, at
+    // the next write, 72 s later), not after the 1100 s of the rest; it
+    // ends once it finds no one reads its acknowledgements.
+    assert_eq!(started.elapsed(), Duration::from_secs(100) + each);
+}
