@@ -799,8 +799,15 @@ async fn end_all(sinks: Vec<Sink<'_>>, shared: Vec<(u64, u64)>) {
 impl Sink<'_> {
     /// End the host's stream (EOF ends its serve loop), wait for it to add
     /// what it was sent, and say what it received, or why it failed (the
-    /// host's own word first: No space left on device).
-    async fn end(mut self, shared: Shared) -> anyhow::Result<Received> {
+    /// host's own word first: No space left on device, and then what to do
+    /// about it, whenever the host says so: also after it was sent every
+    /// byte, failing only as it added the last path).
+    async fn end(self, shared: Shared) -> anyhow::Result<Received> {
+        let name = self.name.clone();
+        self.ended(shared).await.map_err(|e| if_full(e, &name))
+    }
+
+    async fn ended(mut self, shared: Shared) -> anyhow::Result<Received> {
         if let Some(mut stdin) = self.stdin.take() {
             match tokio::time::timeout(self.stall, stdin.shutdown()).await {
                 Ok(Ok(())) => {}
@@ -827,18 +834,9 @@ impl Sink<'_> {
             if let Some(acks) = self.acks.take() {
                 acks.abort();
             }
-            let e = match self.finish.take() {
+            return Err(match self.finish.take() {
                 Some(f) => with_last_words(e, f, &what).await,
                 None => e,
-            };
-            return Err(if format!("{e:#}").contains("No space left on device") {
-                e.context(format!(
-                    "the Nix store (/nix) on {} is full: free space there \
-                     (nix-collect-garbage) and push again; the paths it took are whole",
-                    self.name
-                ))
-            } else {
-                e
             });
         }
         // Its output closed: the host's nix-store has ended or is ending.
@@ -865,6 +863,17 @@ impl Sink<'_> {
         self.report();
         Ok(Received { shared, ..self.got })
     }
+}
+
+/// `e`, and what to do when it says the host's store is full.
+fn if_full(e: anyhow::Error, name: &str) -> anyhow::Error {
+    if !format!("{e:#}").contains("No space left on device") {
+        return e;
+    }
+    e.context(format!(
+        "the Nix store (/nix) on {name} is full: free space there \
+         (nix-collect-garbage) and push again; the paths it took are whole"
+    ))
 }
 
 /// [`relay`] to one host, reading from `started` (the builder's

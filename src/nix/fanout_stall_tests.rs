@@ -191,6 +191,9 @@ enum Host {
     SilentAfterReading,
     /// Adds this many paths, then dies of a full disk.
     DiesAfter(usize),
+    /// Reads every path and the EOF, adds all but the last, then dies of
+    /// a full disk.
+    FullAtTheEnd,
     /// Takes every byte at once, adds one path every `each` (a slow SD
     /// card); acknowledges none after the first `stops_after`, if given.
     SlowAdding {
@@ -212,7 +215,7 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
         Host::SlowAdding { each, stops_after } => {
             return slow_host(far, paths, each, stops_after).await;
         }
-        Host::Imports | Host::DiesAfter(_) => {}
+        Host::Imports | Host::DiesAfter(_) | Host::FullAtTheEnd => {}
     }
     let mut out = Vec::new();
     out.extend(word(serve::MAGIC_SERVER));
@@ -241,6 +244,14 @@ async fn host(mut far: Far, paths: Vec<(PathInfo, Vec<u8>)>, how: Host) {
         }
         assert_eq!(&got[..header.len()], &header[..]);
         assert_eq!(&got[header.len()..], &nar[..]);
+        if matches!(how, Host::FullAtTheEnd) && i + 1 == paths.len() {
+            let mut rest = Vec::new();
+            far.input.read_to_end(&mut rest).await.unwrap();
+            drop(far.output);
+            let full = "error: writing to file: No space left on device";
+            let _ = far.exit.send(Output::new(Exit::Code { code: 1 }, "", full));
+            return;
+        }
         far.output.write_all(&word(1)).await.unwrap();
     }
     let mut rest = Vec::new();
@@ -662,4 +673,24 @@ async fn a_host_nobody_waits_for_is_dropped_from_the_copy() {
     // the next write, 72 s later), not after the 1100 s of the rest; it
     // ends once it finds no one reads its acknowledgements.
     assert_eq!(started.elapsed(), Duration::from_secs(100) + each);
+}
+
+/// A host whose disk fills with the last path, after it was sent every
+/// byte (nothing failed while sending), is told what to do too.
+#[tokio::test(start_paused = true)]
+async fn a_host_full_after_receiving_everything_is_told_to_free_space() {
+    for hows in [
+        &[Host::FullAtTheEnd][..],
+        &[Host::FullAtTheEnd, Host::Imports],
+    ] {
+        let Ran { results, .. } = run(paths(3), hows, 3).await;
+        let e = err(&results[0]);
+        assert!(e.contains("No space left on device"), "{e}");
+        assert!(
+            e.contains(
+                "the Nix store (/nix) on h1 is full: free space there (nix-collect-garbage)"
+            ),
+            "{e}"
+        );
+    }
 }
