@@ -280,6 +280,7 @@ mod tests {
                 stdin: Box::pin(tokio::io::sink()),
                 stdout: Box::pin(tokio::io::empty()),
                 finish: Box::pin(std::future::pending()),
+                stop: crate::remote::Stop::none(),
             })
         }
     }
