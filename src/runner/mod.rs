@@ -412,14 +412,12 @@ impl<J: HostJob> Runner<J> {
         };
         // Hosts the plan (or a failed copy) already ended count first: a
         // refused canary fails its wave before any of its hosts starts.
+        // Let go as any end is: a failed copy's host (its lock and session
+        // held) at once, not at the end of its wave's soak.
         let mut pending = Vec::new();
         for h in &group.hosts {
             match self.known_end(h) {
-                Some(done) => {
-                    self.job.ended(h, &done);
-                    let failed = self.job.is_failure(&done);
-                    w.record(h.clone(), done, failed);
-                }
+                Some(done) => self.end(&mut w, h.clone(), done, soaks),
                 None => pending.push(h.clone()),
             }
         }

@@ -929,6 +929,31 @@ async fn a_copy_failed_before_its_wave_counts_before_any_host_starts() {
         RunnerEvent::WaveFinished { wave, failures: 1, stops_run: true, .. } if wave == "main")));
 }
 
+/// A host whose copy failed before its wave is let go as its wave starts
+/// (its lock and session were held through the wave and its soak).
+#[tokio::test(start_paused = true)]
+async fn a_copy_failed_before_its_wave_lets_its_host_go_at_once() {
+    let job = Arc::new(Job {
+        copy_fails: ["m2".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("canary", &["c1"], 1, 0, 60),
+            group("main", &["m1", "m2"], 10, 1, 60),
+            group("last", &["l1"], 1, 0, 0),
+        ],
+    };
+    let (_events, emit) = recorder();
+    run(job.clone(), &sel, rx, emit).await;
+    let log = job.entries();
+    let at = |entry: &str| log.iter().position(|l| l == entry);
+    let (gone, soaked) = (at("let go m2"), at("rechecked m1"));
+    assert!(gone.is_some() && soaked.is_some(), "{log:?}");
+    assert!(gone < soaked, "m2 let go only after main's soak: {log:?}");
+}
+
 /// A copy that fails while its wave runs ends its host at once, without
 /// waiting for an activation slot: m2's copy fails at 3 s while m1 holds
 /// the only slot; m3, copied at 2 s, never starts (it started when m1
