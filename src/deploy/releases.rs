@@ -65,6 +65,10 @@ impl Releasing<'_> {
 /// the commit already (a scheduled push of an unchanged commit would tag
 /// every host again at every run).
 pub async fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
+    // Once a push to the remote did not finish (unreachable, bounded out,
+    // stopped), the rest are not tried: each would wait out its own bound
+    // (40 hosts on a black-holed remote: 40 minutes).
+    let mut remote_down: Option<String> = None;
     for h in hosts {
         let (Some(closure), Some((mark, changed))) = (h.closure.clone(), marked(h)) else {
             continue;
@@ -103,7 +107,9 @@ pub async fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
             force: r.force,
             at: None,
         };
-        release_one(r, &h.host, &req).await;
+        if let Err(e) = release_one(r, &h.host, &req, remote_down.as_deref()).await {
+            remote_down.get_or_insert(e);
+        }
     }
 }
 
@@ -129,7 +135,14 @@ fn released_already(r: &Releasing<'_>, host: &str) -> bool {
     }
 }
 
-async fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
+/// Release `host`; `Err`: its push to the remote did not finish (why),
+/// and later pushes are not tried (`remote_down`: an earlier one's why).
+async fn release_one(
+    r: &Releasing<'_>,
+    host: &str,
+    req: &ReleaseRequest,
+    remote_down: Option<&str>,
+) -> Result<(), String> {
     let repo = &r.inventory.builder.source;
     let why = match release::create(repo, req) {
         Ok(ReleaseOutcome::Released {
@@ -149,9 +162,9 @@ async fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
                     release::BranchUpdate::Forced { from } => Some(from.as_str()),
                     _ => None,
                 };
-                publish(r, host, remote, (&tag, &branch), forced_from).await;
+                return publish(r, host, remote, (&tag, &branch), forced_from, remote_down).await;
             }
-            return;
+            return Ok(());
         }
         Ok(ReleaseOutcome::Refused { reason }) => NotReleased::Refused { refusal: reason },
         Err(e) => NotReleased::Failed {
@@ -162,6 +175,7 @@ async fn release_one(r: &Releasing<'_>, host: &str, req: &ReleaseRequest) {
         host: host.to_owned(),
         why,
     });
+    Ok(())
 }
 
 /// Push the release to `remote` (bounded: [`release::PUSH_WITHIN`]); the
@@ -172,23 +186,32 @@ async fn publish(
     remote: &str,
     (tag, branch): (&str, &str),
     forced_from: Option<&str>,
-) {
+    remote_down: Option<&str>,
+) -> Result<(), String> {
     let repo = &r.inventory.builder.source;
+    let by_hand = release::push_by_hand(repo, remote, tag, branch, forced_from);
     let mut cancel = r.cancel.clone();
-    let pushed = tokio::select! {
-        pushed = release::push(repo, remote, tag, branch, forced_from) => pushed,
-        _ = cancel::reached(&mut cancel, CancelLevel::Abort) => Err(anyhow::anyhow!(
-            "stopped by the second Ctrl-C (the remote may have the release or not): \
-             `git -C {} push --atomic {remote} refs/tags/{tag} refs/heads/{branch}` publishes it",
-            repo.display()
+    let pushed = match remote_down {
+        Some(why) => Err(anyhow::anyhow!(
+            "not tried: an earlier push to {remote} in this run did not finish ({why}); \
+             `{by_hand}` publishes it"
         )),
-    };
-    let why = match pushed {
-        Ok(release::PushOutcome::Pushed { .. }) => return,
-        Ok(outcome) => NotPublished::Rejected { outcome },
-        Err(e) => NotPublished::Failed {
-            error: format!("{e:#}"),
+        None => tokio::select! {
+            pushed = release::push(repo, remote, tag, branch, forced_from) => pushed,
+            _ = cancel::reached(&mut cancel, CancelLevel::Abort) => Err(anyhow::anyhow!(
+                "stopped by the second Ctrl-C (the remote may have the release or not): \
+                 `{by_hand}` publishes it"
+            )),
         },
+    };
+    let (why, down) = match pushed {
+        Ok(release::PushOutcome::Pushed { .. }) => return Ok(()),
+        Ok(outcome) => (NotPublished::Rejected { outcome }, None),
+        Err(e) => {
+            let error = format!("{e:#}");
+            let down = remote_down.map_or_else(|| error.clone(), str::to_owned);
+            (NotPublished::Failed { error }, Some(down))
+        }
     };
     r.sink.emit(Event::NotPublished {
         host: host.to_owned(),
@@ -196,6 +219,7 @@ async fn publish(
         tag: tag.to_owned(),
         why,
     });
+    down.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -203,6 +227,44 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// Once a push to the remote did not finish, the next host's is not
+    /// tried (each would wait out its own bound): said, with the command
+    /// that publishes it, and the remote left untouched.
+    #[tokio::test]
+    async fn a_remote_that_did_not_answer_is_not_tried_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = release::unanswering_remote(tmp.path());
+        let src = format!(
+            "[builder]\naddress = \"b\"\nsource = {:?}\n[release]\nremote = \"origin\"\n\
+             [hosts.web1]\naddress = \"10.0.0.1\"\n",
+            repo.display().to_string()
+        );
+        let inv = Inventory::parse(&tmp.path().join("inventory.toml"), &src).unwrap();
+        let (sink, events) = EventSink::capture();
+        let (_canceller, watch) = cancel::channel();
+        let source = Source {
+            commit: "0".repeat(40),
+            dirty: false,
+        };
+        let r = Releasing {
+            inventory: &inv,
+            source: &source,
+            run_id: "r1",
+            force: false,
+            sink: &sink,
+            cancel: &watch,
+        };
+        let names = ("release/web1/t1", "release/web1");
+        let down = publish(&r, "web1", "origin", names, None, Some("timed out")).await;
+        assert_eq!(down, Err("timed out".to_owned()));
+        assert!(!tmp.path().join("remote.git/hook.pid").exists(), "pushed");
+        let said = format!("{:?}", events.take());
+        assert!(
+            said.contains("not tried") && said.contains("push --atomic origin"),
+            "{said}"
+        );
+    }
 
     /// The second Ctrl-C stops a release push under way (git is killed)
     /// and says how to publish it by hand (the run waited for the remote,
@@ -238,7 +300,7 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let names = ("release/web1/t1", "release/web1");
-        publish(&r, "web1", "origin", names, None).await;
+        let _ = publish(&r, "web1", "origin", names, None, None).await;
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",

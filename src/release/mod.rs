@@ -52,7 +52,9 @@ pub(crate) fn unanswering_remote(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::create_dir(&repo).expect("a directory");
     test_git(dir, &["init", "-q", "--bare", "remote.git"]);
     let hook = remote.join("hooks/pre-receive");
-    std::fs::write(&hook, "#!/bin/sh\nexec sleep 15\n").expect("the hook");
+    // Its pid beside it: whether it outlives the push (it ran on, and the
+    // remote took the refs after "not published").
+    std::fs::write(&hook, "#!/bin/sh\necho $$ > hook.pid\nexec sleep 15\n").expect("the hook");
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("mode");
     for args in [
         &["init", "-q", "-b", "main"][..],
@@ -71,7 +73,7 @@ use serde::{Deserialize, Serialize};
 use crate::nix::StorePath;
 
 pub use create::{branch_commit, create};
-pub use publish::{PushOutcome, RefRejected, push};
+pub use publish::{PushOutcome, RefRejected, push, push_by_hand};
 pub use query::{list, resolve, show};
 pub use record::{Evidence, GateEvidence};
 pub use worktree::{WorktreeState, worktree_state};

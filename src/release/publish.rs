@@ -145,23 +145,36 @@ async fn push_within(
         args.push(format!("--force-with-lease=refs/heads/{branch}:{from}"));
     }
     args.extend([remote.to_owned(), tag_spec, branch_spec]);
-    let git = Command::new("git")
+    // In a process group of its own: the terminal's Ctrl-C (sent to the
+    // foreground group) does not kill a push the run is finishing; a push
+    // bounded out or stopped by the second Ctrl-C is ended with all it
+    // started (its ssh, a local receive-pack), which would otherwise go on
+    // and update the remote after "not published".
+    let child = Command::new("git")
         .arg("-C")
         .arg(repo)
         .args(&args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output();
-    let Ok(out) = tokio::time::timeout(within, git).await else {
+        .spawn()
+        .context("running `git push` (is git installed and on PATH?)")?;
+    let group = GroupKill(child.id());
+    let finished = tokio::time::timeout(within, child.wait_with_output()).await;
+    if finished.is_ok() {
+        group.done();
+    }
+    let Ok(out) = finished else {
         anyhow::bail!(
             "`git push` to {remote} did not finish within {}s and was stopped (the remote may \
              have the release or not): check with `git -C {} ls-remote {remote} refs/tags/{tag}`, \
-             and if it is missing push it: `git -C {} push --atomic {remote} refs/tags/{tag} \
-             refs/heads/{branch}`",
+             and if it is missing push it: `{}`",
             within.as_secs(),
             repo.display(),
-            repo.display(),
+            push_by_hand(repo, remote, tag, branch, forced_from),
         );
     };
     let out = out.context("running `git push` (is git installed and on PATH?)")?;
@@ -184,6 +197,45 @@ async fn push_within(
         rejected,
         stderr_tail: tail,
     })
+}
+
+/// Kills a process group when dropped (the push bounded out, or its
+/// future dropped by the second Ctrl-C), unless [`GroupKill::done`].
+struct GroupKill(Option<u32>);
+
+impl GroupKill {
+    /// The group's leader ended: nothing to kill (its id may be reused).
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        let leader = self.0.and_then(|id| i32::try_from(id).ok());
+        if let Some(pid) = leader.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The command that publishes a release by hand, as [`push`] would have:
+/// with the branch's lease when the release moved it by force (without
+/// it, the remote refuses the branch as not a fast-forward).
+pub fn push_by_hand(
+    repo: &Path,
+    remote: &str,
+    tag: &str,
+    branch: &str,
+    forced_from: Option<&str>,
+) -> String {
+    let lease = forced_from
+        .map(|from| format!(" --force-with-lease=refs/heads/{branch}:{from}"))
+        .unwrap_or_default();
+    format!(
+        "git -C {} push --atomic{lease} {remote} refs/tags/{tag} refs/heads/{branch}",
+        repo.display()
+    )
 }
 
 /// The refused refs of `git push --porcelain` output: lines
@@ -301,6 +353,37 @@ mod tests {
         );
         assert!(error.contains("did not finish within 1s"), "{error}");
         assert!(error.contains("push --atomic origin"), "{error}");
+        // The remote's side of the push (its hook) ended with it.
+        let pid = std::fs::read_to_string(tmp.path().join("remote.git/hook.pid")).unwrap();
+        let alive = || {
+            std::process::Command::new("kill")
+                .args(["-0", pid.trim()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let gone_by = std::time::Instant::now() + Duration::from_secs(3);
+        while alive() && std::time::Instant::now() < gone_by {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !alive(),
+            "the remote's receive-pack and hook outlived the push"
+        );
+    }
+
+    /// A release that moved its branch by force is published by hand with
+    /// the same lease (the remote refuses it as not a fast-forward without).
+    #[test]
+    fn by_hand_keeps_the_lease() {
+        let repo = std::path::Path::new("/r");
+        assert_eq!(
+            push_by_hand(repo, "origin", "release/w/t", "release/w", Some("abc1")),
+            "git -C /r push --atomic --force-with-lease=refs/heads/release/w:abc1 origin refs/tags/release/w/t refs/heads/release/w"
+        );
+        assert_eq!(
+            push_by_hand(repo, "origin", "release/w/t", "release/w", None),
+            "git -C /r push --atomic origin refs/tags/release/w/t refs/heads/release/w"
+        );
     }
 
     /// What git 2.47 says when the remote refuses the release branch (it
