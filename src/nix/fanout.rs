@@ -716,7 +716,7 @@ async fn relay_from<B: Remote, T: Remote>(
     if let Err(e) = &served {
         let msg = format!("{e:#}");
         for s in sinks.iter_mut().filter(|s| s.live()) {
-            s.fail(anyhow::anyhow!("{msg}"));
+            s.fail(FromBuilder(msg.clone()).into());
         }
     }
     flush(&mut sinks).await;
@@ -867,7 +867,8 @@ impl Sink<'_> {
 
 /// `e`, and what to do when it says the host's store is full.
 fn if_full(e: anyhow::Error, name: &str) -> anyhow::Error {
-    if !format!("{e:#}").contains("No space left on device") {
+    let builders = e.chain().any(|c| c.is::<FromBuilder>());
+    if builders || !format!("{e:#}").contains("No space left on device") {
         return e;
     }
     e.context(format!(
@@ -875,6 +876,13 @@ fn if_full(e: anyhow::Error, name: &str) -> anyhow::Error {
          (nix-collect-garbage) and push again; the paths it took are whole"
     ))
 }
+
+/// The builder's side of the copy failed (every host still copying is
+/// failed with it): its words, which say nothing of a host's store (a
+/// builder out of space was told to every host as its own full store).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FromBuilder(String);
 
 /// [`relay`] to one host, reading from `started` (the builder's
 /// [`serve_builder`], started while the host was asked what it lacks:
@@ -1249,5 +1257,26 @@ pub(super) mod tests {
         assert_eq!(&r[24..32], &1u64.to_le_bytes(), "a set of one path");
         let first = plan[0].0.path.as_str().as_bytes();
         assert_eq!(&r[40..40 + first.len()], first);
+    }
+}
+
+#[cfg(test)]
+mod full_tests {
+    use super::*;
+
+    /// A host's own "No space left" says its store is full; the builder's,
+    /// passed to every host still copying, does not.
+    #[test]
+    fn only_a_hosts_own_full_disk_is_its_full_store() {
+        let own = if_full(
+            anyhow::anyhow!("error: writing to file: No space left on device"),
+            "h1",
+        );
+        assert!(format!("{own:#}").contains("on h1 is full"), "{own:#}");
+        let builders: anyhow::Error =
+            FromBuilder("the builder: error: writing to file: No space left on device".into())
+                .into();
+        let told = if_full(builders.context("copying to h1"), "h1");
+        assert!(!format!("{told:#}").contains("is full"), "{told:#}");
     }
 }
