@@ -257,13 +257,20 @@ async fn pump(
 ) -> anyhow::Result<Output> {
     let mut stderr: Vec<u8> = Vec::new();
     let mut state = State::default();
-    tokio::select! {
-        drained = drain(&mut read, tx, &mut stderr, &mut state) => drained?,
-        () = stopping.requested() => {
-            // What it still sends is for nobody.
-            if let Ending::ChannelClosed(half) = &ends {
-                let _ = half.close().await;
-            }
+    let stopped = tokio::select! {
+        drained = drain(&mut read, tx, &mut stderr, &mut state) => {
+            drained?;
+            false
+        }
+        () = stopping.requested() => true,
+    };
+    if stopped {
+        // What it still sends is for nobody. The read half goes first: the
+        // connection's loop may be blocked handing this unread channel its
+        // data, and the close, queued behind it, would never be sent.
+        drop(read);
+        if let Ending::ChannelClosed(half) = &ends {
+            let _ = half.close().await;
         }
     }
     let _ = tx.shutdown().await;
