@@ -54,6 +54,14 @@ const DARWIN: &str = r#"{ [ -d "${1%/*}" ] || mkdir -p "${1%/*}"; } && exec perl
 /// nothing for 30 s is dead to SSH's keepalives by then too.
 pub const ANSWER: Duration = Duration::from_secs(30);
 
+/// How long the lock command may take to start: the session reconnects
+/// first when its connection was lost, bounded by the host's own
+/// `connect_timeout`, which may be minutes on a slow link (a satellite
+/// hop's handshake); [`ANSWER`] counts once it started. Bounded all the
+/// same, by a generous 4 x [`ANSWER`]: a channel that never opens fails
+/// the host, it never holds up the run.
+pub const START: Duration = Duration::from_secs(120);
+
 /// Where the lock lives on a host.
 pub fn path(paths: &crate::activation::HostPaths) -> String {
     format!("{}/host.lock", paths.job_dir)
@@ -202,11 +210,11 @@ pub async fn acquire_with<R: Remote>(
         .arg(holder)
         .arg(lease.as_secs().max(1).to_string())
         .sudo(sudo);
-    let by = tokio::time::Instant::now() + ANSWER;
-    let mut stream = tokio::time::timeout_at(by, remote.exec_piped(&cmd))
+    let mut stream = tokio::time::timeout(START, remote.exec_piped(&cmd))
         .await
-        .map_err(|_| unanswered("did not start"))?
+        .map_err(|_| unanswered("did not start", START))?
         .map_err(HostLockError::Failed)?;
+    let by = tokio::time::Instant::now() + ANSWER;
     let mut first = [0u8; 7];
     let read = tokio::time::timeout_at(by, stream.stdout.read_exact(&mut first)).await;
     match read {
@@ -215,7 +223,7 @@ pub async fn acquire_with<R: Remote>(
             drop(stream.stdin);
             let out = tokio::time::timeout(ANSWER, stream.finish)
                 .await
-                .map_err(|_| unanswered("took no lock and did not end"))?
+                .map_err(|_| unanswered("took no lock and did not end", ANSWER))?
                 .map_err(HostLockError::Failed)?;
             if out.exit == (Exit::Code { code: HELD }) {
                 let cat = Command::new("cat").arg(format!("{path}.holder"));
@@ -238,10 +246,10 @@ pub async fn acquire_with<R: Remote>(
 }
 
 /// A lock command that did not answer within [`ANSWER`].
-fn unanswered(what: &str) -> HostLockError {
+fn unanswered(what: &str, within: Duration) -> HostLockError {
     HostLockError::Failed(anyhow::anyhow!(
         "the host lock command {what} within {}s (a wedged host, or a hung filesystem under the lock file?); check the host over SSH, then run again",
-        ANSWER.as_secs()
+        within.as_secs()
     ))
 }
 
@@ -302,6 +310,34 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    /// A host whose session reconnects first, its handshake taking 60 s
+    /// (a slow link; `connect_timeout` allows it): its lock is taken (the
+    /// answer's 30 s counted from the start failed it, and a canary so
+    /// failed stopped the run).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reconnect_before_the_lock_command_is_waited_for() {
+        struct SlowLink;
+        impl Remote for SlowLink {
+            fn name(&self) -> &str {
+                "slow"
+            }
+            async fn exec(&self, _: &Command) -> anyhow::Result<crate::remote::Output> {
+                std::future::pending().await
+            }
+            async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(Streaming {
+                    stdin: Box::pin(tokio::io::sink()),
+                    stdout: Box::pin(std::io::Cursor::new(b"locked\n".to_vec())),
+                    finish: Box::pin(std::future::pending()),
+                    stop: crate::remote::Stop::none(),
+                })
+            }
+        }
+        let taken = acquire(&SlowLink, Os::Linux, "/x/host.lock", "a", false).await;
+        assert!(taken.is_ok(), "{:?}", taken.map(|_| ()));
     }
 
     /// Under a umask of 077 (sudo keeps a user's), the holder's name is
