@@ -228,33 +228,65 @@ mod tests {
 
     use super::*;
 
+    /// An inventory releasing to a remote that never answers (its
+    /// pre-receive hook sleeps 15 s), with its event capture and Ctrl-C.
+    struct Fixture {
+        tmp: tempfile::TempDir,
+        inv: Inventory,
+        source: Source,
+        sink: EventSink,
+        events: crate::report::Captured,
+        canceller: cancel::Canceller,
+        watch: CancelWatch,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let tmp = tempfile::tempdir().unwrap();
+            let repo = release::unanswering_remote(tmp.path());
+            let src = format!(
+                "[builder]\naddress = \"b\"\nsource = {:?}\n[release]\nremote = \"origin\"\n\
+                 [hosts.web1]\naddress = \"10.0.0.1\"\n",
+                repo.display().to_string()
+            );
+            let inv = Inventory::parse(&tmp.path().join("inventory.toml"), &src).unwrap();
+            let (sink, events) = EventSink::capture();
+            let (canceller, watch) = cancel::channel();
+            let source = Source {
+                commit: "0".repeat(40),
+                dirty: false,
+            };
+            Fixture {
+                tmp,
+                inv,
+                source,
+                sink,
+                events,
+                canceller,
+                watch,
+            }
+        }
+
+        fn releasing(&self) -> Releasing<'_> {
+            Releasing {
+                inventory: &self.inv,
+                source: &self.source,
+                run_id: "r1",
+                force: false,
+                sink: &self.sink,
+                cancel: &self.watch,
+            }
+        }
+    }
+
     /// Once a push to the remote did not finish, the next host's is not
     /// tried (each would wait out its own bound): said, with the command
     /// that publishes it, and the remote left untouched.
     #[tokio::test]
     async fn a_remote_that_did_not_answer_is_not_tried_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let repo = release::unanswering_remote(tmp.path());
-        let src = format!(
-            "[builder]\naddress = \"b\"\nsource = {:?}\n[release]\nremote = \"origin\"\n\
-             [hosts.web1]\naddress = \"10.0.0.1\"\n",
-            repo.display().to_string()
-        );
-        let inv = Inventory::parse(&tmp.path().join("inventory.toml"), &src).unwrap();
-        let (sink, events) = EventSink::capture();
-        let (_canceller, watch) = cancel::channel();
-        let source = Source {
-            commit: "0".repeat(40),
-            dirty: false,
-        };
-        let r = Releasing {
-            inventory: &inv,
-            source: &source,
-            run_id: "r1",
-            force: false,
-            sink: &sink,
-            cancel: &watch,
-        };
+        let f = Fixture::new();
+        let r = f.releasing();
+        let (tmp, events) = (&f.tmp, &f.events);
         let names = ("release/web1/t1", "release/web1");
         let down = publish(&r, "web1", "origin", names, None, Some("timed out")).await;
         assert_eq!(down, Err("timed out".to_owned()));
@@ -271,28 +303,9 @@ mod tests {
     /// up to the push's bound, though told to exit at once).
     #[tokio::test]
     async fn the_second_ctrl_c_stops_a_push_under_way() {
-        let tmp = tempfile::tempdir().unwrap();
-        let repo = release::unanswering_remote(tmp.path());
-        let src = format!(
-            "[builder]\naddress = \"b\"\nsource = {:?}\n[release]\nremote = \"origin\"\n\
-             [hosts.web1]\naddress = \"10.0.0.1\"\n",
-            repo.display().to_string()
-        );
-        let inv = Inventory::parse(&tmp.path().join("inventory.toml"), &src).unwrap();
-        let (sink, events) = EventSink::capture();
-        let (canceller, watch) = cancel::channel();
-        let source = Source {
-            commit: "0".repeat(40),
-            dirty: false,
-        };
-        let r = Releasing {
-            inventory: &inv,
-            source: &source,
-            run_id: "r1",
-            force: false,
-            sink: &sink,
-            cancel: &watch,
-        };
+        let f = Fixture::new();
+        let r = f.releasing();
+        let (events, canceller) = (&f.events, f.canceller.clone());
         let ctrl_c = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             canceller.escalate();
