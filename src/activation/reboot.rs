@@ -48,8 +48,9 @@ pub fn reboot_command(run_id: &RunId, sudo: bool) -> Command {
 /// never triggered and now stopped, or never loaded (`systemctl` exit 5).
 /// Read before the stop: a transient timer that fired stays loaded until
 /// stopped, and its stop then succeeds too (after it, `--collect` has
-/// unloaded it and nothing tells).
-const STOP_REBOOT: &str = r#"fired=$(systemctl show --property=LastTriggerUSec --value "$1" 2>/dev/null)
+/// unloaded it and nothing tells). A `show` that fails (the busy bus that
+/// refused the start) cannot tell either: maybe pending.
+const STOP_REBOOT: &str = r#"fired=$(systemctl show --property=LastTriggerUSec --value "$1" 2>/dev/null) || exit 1
 systemctl stop "$1" 2>/dev/null; rc=$?
 case $rc:$fired in
   5:*) exit 0 ;;
@@ -199,9 +200,10 @@ mod tests {
             ("n/a", 0, false),
             ("Sat 2026-12-05 07:00:01 UTC", 0, true),
             ("n/a", 1, true),
+            ("fail", 0, true),
         ] {
             let stub = format!(
-                "#!/bin/sh\ncase $1 in show) echo '{trigger}' ;; stop) exit {stop_rc} ;; esac\n"
+                "#!/bin/sh\ncase $1 in show) [ '{trigger}' != fail ] || exit 1; echo '{trigger}' ;; stop) exit {stop_rc} ;; esac\n"
             );
             std::fs::write(format!("{d}/systemctl"), stub).unwrap();
             use std::os::unix::fs::PermissionsExt;

@@ -804,7 +804,12 @@ impl Sink<'_> {
     /// byte, failing only as it added the last path).
     async fn end(self, shared: Shared) -> anyhow::Result<Received> {
         let name = self.name.clone();
-        self.ended(shared).await.map_err(|e| if_full(e, &name))
+        // Known before its last words replace the error (they keep the
+        // builder's as text only).
+        let builders = self.error.as_ref().is_some_and(from_builder);
+        self.ended(shared)
+            .await
+            .map_err(|e| if builders { e } else { if_full(e, &name) })
     }
 
     async fn ended(mut self, shared: Shared) -> anyhow::Result<Received> {
@@ -867,14 +872,18 @@ impl Sink<'_> {
 
 /// `e`, and what to do when it says the host's store is full.
 fn if_full(e: anyhow::Error, name: &str) -> anyhow::Error {
-    let builders = e.chain().any(|c| c.is::<FromBuilder>());
-    if builders || !format!("{e:#}").contains("No space left on device") {
+    if !format!("{e:#}").contains("No space left on device") {
         return e;
     }
     e.context(format!(
         "the Nix store (/nix) on {name} is full: free space there \
          (nix-collect-garbage) and push again; the paths it took are whole"
     ))
+}
+
+/// Is `e` the builder's failure ([`FromBuilder`])?
+fn from_builder(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<FromBuilder>())
 }
 
 /// The builder's side of the copy failed (every host still copying is
@@ -1273,10 +1282,13 @@ mod full_tests {
             "h1",
         );
         assert!(format!("{own:#}").contains("on h1 is full"), "{own:#}");
+        // The builder's failure, as every host still copying is failed
+        // with it, is told apart; its text kept.
         let builders: anyhow::Error =
             FromBuilder("the builder: error: writing to file: No space left on device".into())
                 .into();
-        let told = if_full(builders.context("copying to h1"), "h1");
-        assert!(!format!("{told:#}").contains("is full"), "{told:#}");
+        assert!(from_builder(&builders.context("copying to h1")));
+        let own = anyhow::anyhow!("No space left on device");
+        assert!(!from_builder(&own));
     }
 }

@@ -78,7 +78,9 @@ in
 { r = map (path: let t = pick path; in { drv = t.drvPath; out = t.outPath; }) (builtins.fromJSON attrs); }
 NIX
 )
-exec nix eval --json --expr "$expr" r --argstr flake "path:$dir?narHash=$hash" \
+# Not the function: exec runs programs only.
+exec nix --extra-experimental-features 'nix-command flakes' eval --json --expr "$expr" r \
+  --argstr flake "path:$dir?narHash=$hash" \
   --argstr attrs "$attrs" --argstr system "$system" "$@""#;
 
 /// One host's evaluated system.
@@ -414,6 +416,53 @@ mod tests {
             matches!(&got[1], (h, HostBuild::Built { toplevel, .. }) if h == "alpha" && toplevel.as_str() == ALPHA),
             "{got:?}"
         );
+    }
+
+    /// The script's Nix commands, against a `nix` that records its
+    /// arguments: every one asks for the flake features (the last, run by
+    /// `exec`, skipped the shell function that adds them: a builder whose
+    /// nix.conf does not enable them failed every flake push).
+    #[test]
+    fn every_nix_command_of_the_evaluation_enables_flakes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let stub = format!(
+            "#!/bin/sh\nprintf '%s' \"$*\" | tr '\\n' ' ' >> {d}/calls\necho >> {d}/calls\ncase \"$*\" in *' hash path '*) echo sha256-AB+/c= ;; *currentSystem*) printf x86_64-linux ;; *) echo '[]' ;; esac\n"
+        );
+        std::fs::write(format!("{d}/nix"), stub).unwrap();
+        let exe = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(format!("{d}/nix"), exe).unwrap();
+        let c = eval_command(
+            "/src/abc",
+            &["a.b"],
+            &["--option".into(), "max-jobs".into(), "0".into()],
+        );
+        let out = std::process::Command::new(&c.argv()[0])
+            .args(&c.argv()[1..])
+            .env(
+                "PATH",
+                format!("{d}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let calls = std::fs::read_to_string(format!("{d}/calls")).unwrap();
+        let calls: Vec<&str> = calls.lines().collect();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        for c in &calls {
+            assert!(
+                c.starts_with("--extra-experimental-features nix-command flakes "),
+                "{c}"
+            );
+        }
+        let eval = calls[2];
+        assert!(
+            eval.contains("--argstr flake path:/src/abc?narHash=sha256-AB%2B%2Fc%3D"),
+            "{eval}"
+        );
+        assert!(eval.contains(r#"--argstr attrs [["a","b"]]"#), "{eval}");
+        assert!(eval.ends_with("--option max-jobs 0"), "{eval}");
     }
 
     #[test]

@@ -48,7 +48,10 @@ find "$tmp" | wc -l > "$tmp.entries"; mv "$tmp.entries" "$1.entries"
 mv -T "$tmp" "$1" 2>/dev/null && exit 0
 if whole "$1"; then rm -rf "$tmp"; exit 0; fi
 old="$1.old.$$"; mv -T "$1" "$old" 2>/dev/null || :
-mv -T "$tmp" "$1" 2>/dev/null || { whole "$1"; rm -rf "$tmp"; }
+if ! mv -T "$tmp" "$1" 2>/dev/null; then
+  rm -rf "$tmp"
+  whole "$1" || { rm -rf "$old"; exit 1; }
+fi
 rm -rf "$old""#;
 
 fn is_hex(s: &str) -> bool {

@@ -150,7 +150,18 @@ async fn push_within(
     // bounded out or stopped by the second Ctrl-C is ended with all it
     // started (its ssh, a local receive-pack), which would otherwise go on
     // and update the remote after "not published".
-    let child = Command::new("git")
+    let mut git = Command::new("git");
+    // Off the terminal's foreground group, an ssh that asks for a key's
+    // passphrase or a new host key is stopped by the kernel (SIGTTIN) and
+    // waits out the bound: it asks no one instead and fails at once
+    // (OpenSSH 8.4+; `SSH_ASKPASS*` of the user's own are kept).
+    if std::env::var_os("SSH_ASKPASS").is_none()
+        && std::env::var_os("SSH_ASKPASS_REQUIRE").is_none()
+    {
+        git.env("SSH_ASKPASS", "false")
+            .env("SSH_ASKPASS_REQUIRE", "force");
+    }
+    let child = git
         .arg("-C")
         .arg(repo)
         .args(&args)
