@@ -170,6 +170,7 @@ pub async fn dry_activate<R: Remote>(
 mod tests {
     use super::*;
     use crate::remote::Output;
+    use crate::remote::local::executable;
     use crate::remote::scripted::{ScriptedRemote, fail};
 
     const SYS: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
@@ -263,14 +264,9 @@ mod tests {
     /// runs. Neither: nothing runs, the gate fails.
     #[test]
     fn darwin_runs_only_a_script_that_can_check() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
-        let exe = std::fs::Permissions::from_mode(0o755);
-        let write = |name: &str, body: String| {
-            std::fs::write(format!("{d}/{name}"), body).unwrap();
-            std::fs::set_permissions(format!("{d}/{name}"), exe.clone()).unwrap();
-        };
+        let write = |name: &str, body: String| executable(format!("{d}/{name}"), &body);
         write("activate", format!("#!/bin/sh\ntouch {d}/activated\n"));
         let run = || {
             std::process::Command::new("sh")
@@ -294,7 +290,6 @@ mod tests {
     /// it loses `checkActivation` and activates; the gate only checks.
     #[test]
     fn darwin_checks_only_even_behind_env_i() {
-        use std::os::unix::fs::PermissionsExt;
         // Linux hands a shebang's words to `env` as one: `-S` splits them
         // as macOS does.
         let shebangs = [
@@ -311,9 +306,7 @@ mod tests {
             let activate = format!(
                 "{shebang}\nset -e\nif [ \"${{checkActivation:-0}}\" -eq 1 ]; then echo ok >&2; exit 0; fi\ntouch {d}/activated\n"
             );
-            std::fs::write(format!("{d}/activate"), activate).unwrap();
-            let exe = std::fs::Permissions::from_mode(0o755);
-            std::fs::set_permissions(format!("{d}/activate"), exe).unwrap();
+            executable(format!("{d}/activate"), &activate);
             let out = std::process::Command::new("sh")
                 .args(["-c", DRY_DARWIN, "nixgate", d])
                 .env("checkActivation", "1")

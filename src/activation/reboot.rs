@@ -205,10 +205,7 @@ mod tests {
             let stub = format!(
                 "#!/bin/sh\ncase $1 in show) [ '{trigger}' != fail ] || exit 1; echo '{trigger}' ;; stop) exit {stop_rc} ;; esac\n"
             );
-            std::fs::write(format!("{d}/systemctl"), stub).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            let exe = std::fs::Permissions::from_mode(0o755);
-            std::fs::set_permissions(format!("{d}/systemctl"), exe).unwrap();
+            crate::remote::local::executable(format!("{d}/systemctl"), &stub);
             let out = std::process::Command::new("sh")
                 .args(["-c", STOP_REBOOT, "nixgate", "nixgate-reboot-r1.timer"])
                 .env("PATH", format!("{d}:/usr/bin:/bin"))

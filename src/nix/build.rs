@@ -490,13 +490,24 @@ pub async fn build_hosts<R: Remote>(
         };
         (host.clone(), hb)
     });
-    let mut results = Vec::new();
-    for (host, hb) in futures_util::future::join_all(singles).await {
-        let hb = hb.with_context(|| format!("building {host}"))?;
-        results.push((host, hb));
-    }
+    let mut results = each_host(futures_util::future::join_all(singles).await, "building")?;
     measure_store_for_space_failures(builder, &mut results).await;
     Ok(results)
+}
+
+/// Every host's answer, or the first command that could not give one
+/// (the builder lost, Ctrl-C), naming what it was `doing` for which host.
+pub(super) fn each_host<T>(
+    answers: Vec<(String, anyhow::Result<T>)>,
+    doing: &str,
+) -> anyhow::Result<Vec<(String, T)>> {
+    answers
+        .into_iter()
+        .map(|(host, a)| {
+            let a = a.with_context(|| format!("{doing} {host}"))?;
+            Ok((host, a))
+        })
+        .collect()
 }
 
 /// When a host's build ran out of space, how full the builder's store is

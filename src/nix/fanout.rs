@@ -1267,11 +1267,6 @@ pub(super) mod tests {
         let first = plan[0].0.path.as_str().as_bytes();
         assert_eq!(&r[40..40 + first.len()], first);
     }
-}
-
-#[cfg(test)]
-mod full_tests {
-    use super::*;
 
     /// A host's own "No space left" says its store is full; the builder's,
     /// passed to every host still copying, does not.

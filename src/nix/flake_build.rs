@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::StorePath;
 use super::build::{
-    BuildFailure, BuildRequest, HostBuild, failure_of, measure_store_for_space_failures, run_logged,
+    BuildFailure, BuildRequest, HostBuild, each_host, failure_of, measure_store_for_space_failures,
+    run_logged,
 };
 use super::buildlog::Logged;
 use crate::remote::{Command, Remote};
@@ -197,21 +198,6 @@ async fn evaluate<R: Remote>(
         (host.clone(), one)
     });
     each_host(futures_util::future::join_all(singles).await, "evaluating")
-}
-
-/// Every host's answer, or the first command that could not give one
-/// (the builder lost, Ctrl-C), naming what it was `doing` for which host.
-fn each_host<T>(
-    answers: Vec<(String, anyhow::Result<T>)>,
-    doing: &str,
-) -> anyhow::Result<Vec<(String, T)>> {
-    answers
-        .into_iter()
-        .map(|(host, a)| {
-            let a = a.with_context(|| format!("{doing} {host}"))?;
-            Ok((host, a))
-        })
-        .collect()
 }
 
 type Evaluation = Result<(StorePath, StorePath), BuildFailure>;
@@ -424,15 +410,12 @@ mod tests {
     /// nix.conf does not enable them failed every flake push).
     #[test]
     fn every_nix_command_of_the_evaluation_enables_flakes() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         let stub = format!(
             "#!/bin/sh\nprintf '%s' \"$*\" | tr '\\n' ' ' >> {d}/calls\necho >> {d}/calls\ncase \"$*\" in *' hash path '*) echo sha256-AB+/c= ;; *currentSystem*) printf x86_64-linux ;; *) echo '[]' ;; esac\n"
         );
-        std::fs::write(format!("{d}/nix"), stub).unwrap();
-        let exe = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(format!("{d}/nix"), exe).unwrap();
+        crate::remote::local::executable(format!("{d}/nix"), &stub);
         let c = eval_command(
             "/src/abc",
             &["a.b"],

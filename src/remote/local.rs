@@ -134,12 +134,21 @@ impl tokio::io::AsyncWrite for ClosingStdin {
     }
 }
 
+/// Tests: `body` written to `path`, executable (a stand-in tool, a played
+/// host's script).
+#[cfg(test)]
+pub(crate) fn executable(path: impl AsRef<std::path::Path>, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.as_ref();
+    std::fs::write(path, body).expect("written");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 /// Tests: a stand-in for `tool` in `bin` (made if missing), a shell
 /// script running `body` with `$real` the tool's own path; returns a
 /// `PATH` that finds it first.
 #[cfg(test)]
 pub(crate) fn stand_in(bin: &std::path::Path, tool: &str, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -147,9 +156,10 @@ pub(crate) fn stand_in(bin: &std::path::Path, tool: &str, body: &str) -> String 
     let real = String::from_utf8_lossy(&found.stdout).trim().to_owned();
     assert!(!real.is_empty(), "no {tool} on PATH");
     std::fs::create_dir_all(bin).expect("the stand-ins' directory");
-    let script = bin.join(tool);
-    std::fs::write(&script, format!("#!/bin/sh\nreal='{real}'\n{body}\n")).expect("written");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    executable(
+        bin.join(tool),
+        &format!("#!/bin/sh\nreal='{real}'\n{body}\n"),
+    );
     let path = std::env::var("PATH").unwrap_or_default();
     format!("{}:{path}", bin.display())
 }
