@@ -187,7 +187,7 @@ async fn probe(sessions: Arc<Sessions>, machine: Machine<'_>) -> Probe {
         builder: machine == Machine::Builder,
         address: sessions
             .target(machine)
-            .map(|t| format!("{}:{}", t.host, t.port()))
+            .map(|t| t.address())
             .unwrap_or_default(),
         ..Default::default()
     };

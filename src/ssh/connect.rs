@@ -87,7 +87,7 @@ pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, Con
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
     let host = target.host.clone();
     let port = target.port();
-    let mut addr = format!("{host}:{port}");
+    let mut addr = target.address();
     let timeout = |addr: &str, stage| ConnectError::Timeout {
         target: target.name.clone(),
         addr: addr.to_owned(),

@@ -82,6 +82,15 @@ impl SshTarget {
         self.port.unwrap_or(22)
     }
 
+    /// `host:port` as messages write it, an IPv6 address in brackets
+    /// (`[fe80::1]:22`: `fe80::1:22` reads as another address).
+    pub fn address(&self) -> String {
+        match self.host.contains(':') {
+            true => format!("[{}]:{}", self.host, self.port()),
+            false => format!("{}:{}", self.host, self.port()),
+        }
+    }
+
     pub fn user(&self) -> String {
         self.user.clone().unwrap_or_else(|| {
             std::env::var("USER")
@@ -271,6 +280,15 @@ Host deep
         let one = two.proxy_jump.expect("first hop");
         assert_eq!(one.host, "one");
         assert!(one.proxy_jump.is_none());
+    }
+
+    #[test]
+    fn an_ipv6_address_is_written_in_brackets_before_its_port() {
+        let mut t = SshTarget::new("v6", "fe80::1");
+        assert_eq!(t.address(), "[fe80::1]:22");
+        t.host = "10.0.0.5".into();
+        t.port = Some(2222);
+        assert_eq!(t.address(), "10.0.0.5:2222");
     }
 
     #[test]
