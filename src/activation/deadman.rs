@@ -86,13 +86,21 @@ pub struct RevertRecord {
     pub from: String,
     pub to: String,
     /// `ok`, or which steps failed, comma-separated (`profile-failed`,
-    /// `boot-failed`, `test-exited-4`).
+    /// `boot-failed`, `test-exited-4`), or `host-moved`: it found the
+    /// host running and booting a system neither the deploy's candidate
+    /// nor what it ran before (someone else moved it) and changed nothing.
     pub result: String,
     /// `/run/current-system` after the revert.
     pub current: String,
 }
 
 impl RevertRecord {
+    /// Whether the revert found the host moved by someone else, and left
+    /// it alone (see [`RevertRecord::result`]).
+    pub fn host_moved(&self) -> bool {
+        self.result == "host-moved"
+    }
+
     /// Whether the revert put the system profile and the boot default back
     /// (it had them to put back when the deploy moved them): a host whose
     /// live system is back but whose boot default is still the candidate
@@ -134,7 +142,7 @@ pub(crate) use group_gone;
 /// /run/current-system/sw/bin on NixOS, and the current system is the one
 /// being reverted.
 pub(crate) const REVERT: &str = concat!(
-    r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8; jobs=$9
+    r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8; jobs=$9; current=${10}
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
 mkdir -p "$dir"
@@ -146,13 +154,23 @@ for u in "$unit" "$unit-try2" "$unit-try3"; do
   { : > "$jobs/$u.status.stopped"; } 2>/dev/null
   systemctl stop "$u.service" 2>/dev/null
 done
-if [ -n "$before" ]; then
+# Someone else moved the host (a hand's `nixos-rebuild switch`, another
+# run): it runs neither the candidate nor what it ran before, and boots
+# it too. Nothing of it is undone.
+now=$(readlink -f "$current")
+code=0
+case $now in
+  "$candidate"|"$previous") ;;
+  *) [ -z "$now" ] || [ "$now" != "$(readlink -f "$profile")" ] || result=host-moved ;;
+esac
+if [ "$result" = ok ] && [ -n "$before" ]; then
   nix-env -p "$profile" --set "$before" >/dev/null 2>&1 || result=profile-failed
   if [ -x "$before/bin/switch-to-configuration" ]; then
     "$before/bin/switch-to-configuration" boot || result=boot-failed
   fi
 fi
-if [ -x "$previous/bin/switch-to-configuration" ]; then
+if [ "$result" = host-moved ]; then :
+elif [ -x "$previous/bin/switch-to-configuration" ]; then
   "$previous/bin/switch-to-configuration" test; code=$?
 else
   "$previous/activate"; code=$?
@@ -162,7 +180,7 @@ fi
 if [ "$code" != 0 ]; then
   if [ "$result" = ok ]; then result="test-exited-$code"; else result="$result,test-exited-$code"; fi
 fi
-now=$(readlink -f /run/current-system)
+now=$(readlink -f "$current")
 at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 printf '{"run_id":"%s","reverted_at":"%s","from":"%s","to":"%s","result":"%s","current":"%s"}\n' \
   "$run" "$at" "$candidate" "$previous" "$result" "$now" > "$dir/.$run.json.tmp" &&
@@ -545,6 +563,7 @@ pub fn revert_script(a: &Armed, run_id: &RunId, paths: &HostPaths, revert: &Reve
         revert.switch_unit.clone(),
         a.unit.clone(),
         revert.switch_dir.clone(),
+        paths.current_system.clone(),
     ];
     format!(
         "#!/bin/sh\n# nixgate: revert of run {run_id} unless the switch is confirmed\nset -- {}\n{REVERT}\n",
@@ -830,7 +849,7 @@ pub(crate) mod tests {
         assert_eq!(
             set,
             format!(
-                "set -- /var/lib/nixgate/deadman r1 {} {} /nix/var/nix/profiles/system '' nixgate-switch-r1 nixgate-confirm-r1 /run/nixgate/jobs",
+                "set -- /var/lib/nixgate/deadman r1 {} {} /nix/var/nix/profiles/system '' nixgate-switch-r1 nixgate-confirm-r1 /run/nixgate/jobs /run/current-system",
                 sp('a'),
                 sp('b')
             )
@@ -1577,6 +1596,7 @@ exit 1"
             "sw-r1",
             "conf-r1",
             &format!("{d}/jobs"),
+            &format!("{d}/current"),
         ];
         // The switch's job dir: each attempt is marked stopped there.
         std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
@@ -1605,6 +1625,61 @@ exit 1"
                 !std::path::Path::new(&format!("{d}/{gone}")).exists(),
                 "{gone}"
             );
+        }
+    }
+
+    /// Someone else moved the host before its revert came due (a hand's
+    /// `nixos-rebuild switch`: it runs and boots a third system): the
+    /// revert changes nothing and says so. A third system only run live
+    /// (a `test`, or the candidate's switch flipping the link elsewhere)
+    /// is still reverted.
+    #[test]
+    fn a_revert_leaves_a_host_someone_else_moved_alone() {
+        use crate::remote::local::executable;
+        for (boots_it, moved) in [(true, true), (false, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().to_str().unwrap();
+            let log = format!("{d}/calls");
+            for tool in ["systemctl", "nix-env"] {
+                let stub = format!("#!/bin/sh\necho \"{tool} $*\" >> {log}\n");
+                std::fs::create_dir_all(format!("{d}/bin")).unwrap();
+                executable(format!("{d}/bin/{tool}"), &stub);
+            }
+            for sys in ["previous", "candidate", "third"] {
+                std::fs::create_dir_all(format!("{d}/{sys}")).unwrap();
+            }
+            let activate = format!("#!/bin/sh\necho activated >> {log}\n");
+            executable(format!("{d}/previous/activate"), &activate);
+            std::os::unix::fs::symlink(format!("{d}/third"), format!("{d}/current")).unwrap();
+            let boots = if boots_it { "third" } else { "candidate" };
+            std::os::unix::fs::symlink(format!("{d}/{boots}"), format!("{d}/profile")).unwrap();
+            std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
+            std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
+            let status = std::process::Command::new("sh")
+                .arg(format!("{d}/revert.sh"))
+                .args([
+                    &format!("{d}/rec"),
+                    "r1",
+                    &format!("{d}/previous"),
+                    &format!("{d}/candidate"),
+                    &format!("{d}/profile"),
+                    &format!("{d}/previous"),
+                    "sw-r1",
+                    "conf-r1",
+                    &format!("{d}/jobs"),
+                    &format!("{d}/current"),
+                ])
+                .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let rec = std::fs::read_to_string(format!("{d}/rec/r1.json")).unwrap();
+            let rec: RevertRecord = serde_json::from_str(&rec).unwrap();
+            let calls = std::fs::read_to_string(&log).unwrap();
+            assert_eq!(rec.host_moved(), moved, "{rec:?}");
+            assert_eq!(calls.contains("nix-env"), !moved, "{calls}");
+            assert_eq!(calls.contains("activated"), !moved, "{calls}");
+            assert_eq!(rec.current, format!("{d}/third"));
         }
     }
 }

@@ -198,6 +198,10 @@ pub struct State {
     /// A fire's `nix-env --set` of the profile fails (once), as `nix-env`
     /// does on a full disk.
     pub profile_set_fails: bool,
+    /// Someone else switches the host to this system (live, and as the
+    /// system profile's new generation, as `nixos-rebuild switch` does),
+    /// right before its revert runs (`true`) or right after (`false`).
+    pub moved_by_other: Option<(StorePath, bool)>,
     /// Another switch takes the lock right after a fire is refused.
     pub lock_taken_after_refusal: bool,
     /// The next refused fire's job runs even so (a start whose D-Bus call
@@ -939,6 +943,22 @@ impl State {
             }
         }
         self.lock_held = false;
+        let moved = self.moved_by_other.take();
+        if let Some((to, true)) = &moved {
+            self.switched_by_other(profile, to);
+        }
+        // As REVERT: a host running and booting a third system was moved
+        // by someone else, and is left alone.
+        let third = ![candidate, previous].contains(&&self.current.to_string());
+        if third && self.profile(profile) == Some(&self.current) {
+            let record = format!(
+                r#"{{"run_id":"{run}","reverted_at":"2026-12-02T00:00:00Z","from":"{candidate}","to":"{previous}","result":"host-moved","current":"{}"}}"#,
+                self.current
+            );
+            self.revert_records
+                .insert(format!("{dir}/{run}.json"), record);
+            return;
+        }
         let mut result = "ok";
         if !before.is_empty() {
             let b = StorePath::parse(before).expect("store path");
@@ -970,6 +990,21 @@ impl State {
         );
         self.revert_records
             .insert(format!("{dir}/{run}.json"), record);
+        if let Some((to, false)) = &moved {
+            self.switched_by_other(profile, to);
+        }
+    }
+
+    /// Someone else's `nixos-rebuild switch` to `to`: it runs, boots, and
+    /// takes SSH connections.
+    fn switched_by_other(&mut self, profile: &str, to: &StorePath) {
+        self.set_profile(profile, to);
+        self.selected.remove(profile);
+        self.current = to.clone();
+        self.boot_default = to.clone();
+        self.sshd_up = true;
+        self.offline = false;
+        self.drops_new = false;
     }
 }
 
@@ -1165,6 +1200,7 @@ impl FakeHost {
             ran: Vec::new(),
             break_once: Vec::new(),
             profile_set_fails: false,
+            moved_by_other: None,
             lock_taken_after_refusal: false,
             refused_yet_runs: false,
             refusals_time_out: false,

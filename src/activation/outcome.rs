@@ -134,6 +134,19 @@ pub enum HostOutcome {
         /// What the host wrote when it reverted.
         record: Option<RevertRecord>,
     },
+    /// The controller lost the host after the live switch, and found it
+    /// (when its revert came due) running a system neither the candidate
+    /// nor what it ran before: someone else moved it (a hand's
+    /// `nixos-rebuild switch`, another run), before the revert (which
+    /// then changed nothing: `host-moved`) or after it. Nothing of theirs
+    /// is undone: no revert, no rollback.
+    MovedByOther {
+        cause: CutOff,
+        /// What it runs now.
+        now: StorePath,
+        /// What the host wrote when its revert ran.
+        record: Option<RevertRecord>,
+    },
     /// The controller lost the host after the live switch and could not
     /// reach it again, even after its dead-man timer should have fired:
     /// what it runs is unknown.

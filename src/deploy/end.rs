@@ -131,6 +131,7 @@ fn kind_of(o: &HostOutcome) -> OutcomeKind {
         HostOutcome::Cancelled { .. } => OutcomeKind::NotStarted,
         HostOutcome::RevertedByHost { .. } => OutcomeKind::RevertedByHost,
         HostOutcome::Unreachable { .. } => OutcomeKind::Unreachable,
+        HostOutcome::MovedByOther { .. } => OutcomeKind::MovedByOther,
     }
 }
 
@@ -162,6 +163,9 @@ pub enum OutcomeKind {
     /// Cut off after the live switch and never reached again: what it runs
     /// is unknown. It needs a person.
     Unreachable,
+    /// Cut off after the live switch, then found on a system someone else
+    /// put there: left as it is.
+    MovedByOther,
     /// A gate failed before anything changed on the host.
     Failed,
     /// The plan refused the host (build, drift, unreachable, locked, ...):
@@ -193,6 +197,7 @@ impl OutcomeKind {
                 | OutcomeKind::RollbackFailed
                 | OutcomeKind::RevertedByHost
                 | OutcomeKind::Unreachable
+                | OutcomeKind::MovedByOther
                 | OutcomeKind::Failed
                 | OutcomeKind::Refused
                 | OutcomeKind::Aborted
@@ -218,6 +223,7 @@ impl OutcomeKind {
             OutcomeKind::RollbackFailed => "rollback-failed",
             OutcomeKind::RevertedByHost => "reverted-by-host",
             OutcomeKind::Unreachable => "unreachable",
+            OutcomeKind::MovedByOther => "moved-by-other",
             OutcomeKind::Failed => "failed",
             OutcomeKind::Refused => "refused",
             OutcomeKind::NotStarted => "not-started",
@@ -369,10 +375,14 @@ mod tests {
     fn all_is_every_kind_once_in_declared_order() {
         let all: Vec<OutcomeKind> = OutcomeKind::all().collect();
         assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
-        assert_eq!(all.len(), 13, "{all:?}");
+        assert_eq!(all.len(), 14, "{all:?}");
         assert_eq!(all.first(), Some(&OutcomeKind::KnownGood));
         assert_eq!(all.last(), Some(&OutcomeKind::Aborted));
-        for k in [OutcomeKind::RevertedByHost, OutcomeKind::Unreachable] {
+        for k in [
+            OutcomeKind::RevertedByHost,
+            OutcomeKind::Unreachable,
+            OutcomeKind::MovedByOther,
+        ] {
             assert!(all.contains(&k), "{k}");
         }
     }

@@ -451,6 +451,13 @@ impl<R: Remote> Run<'_, R> {
                     record,
                 };
             }
+            Look::Moved { now, record } => {
+                return HostOutcome::MovedByOther {
+                    cause,
+                    now,
+                    record: Some(record),
+                };
+            }
             // Known: no waiting on the run's own session either.
             Look::Failed { over } => {
                 return self.stop_and_roll_back(cause, &armed, Some(over)).await;
@@ -474,6 +481,15 @@ impl<R: Remote> Run<'_, R> {
                 cause,
                 to: self.pre_current.clone(),
                 record: Some(record.clone()),
+            };
+        }
+        if let Some(record) = &seen.record
+            && let Some(now) = self.moved_by_other(record, now.as_ref())
+        {
+            return HostOutcome::MovedByOther {
+                cause,
+                now,
+                record: seen.record,
             };
         }
         // Still on the candidate (or elsewhere), or not wholly back: the
@@ -586,6 +602,7 @@ impl<R: Remote> Run<'_, R> {
                 under_way = s.seen.under_way;
             }
             match (seen, fresh) {
+                (Some(s), Some(_)) if let Some(moved) = self.moved(&s) => return moved,
                 (Some(s), Some(fresh)) => match (s.back, s.seen.record) {
                     (true, Some(record)) if record.boot_back() => {
                         return Look::Back(Some(record));
@@ -629,7 +646,11 @@ impl<R: Remote> Run<'_, R> {
             // Bounded: a session that hangs must not hold the look up.
             let own = tokio::time::timeout(RETRY * 2, deadman::seen(self.remote, armed)).await;
             let seen = own.ok().and_then(Result::ok);
-            let own = seen.map(|seen| Seen { seen, back: false });
+            let own = seen.map(|seen| Seen {
+                seen,
+                back: false,
+                now: None,
+            });
             return (own, None);
         };
         // The handshake is bounded by the connection's own settings; the
@@ -638,10 +659,41 @@ impl<R: Remote> Run<'_, R> {
         match tokio::time::timeout(READS_BOUND, reads).await {
             Ok(Some((seen, now))) => {
                 let back = now.as_ref() == Some(&self.pre_current);
-                (Some(Seen { seen, back }), Some(fresh))
+                (Some(Seen { seen, back, now }), Some(fresh))
             }
             _ => (None, None),
         }
+    }
+
+    /// What the host runs when someone else moved it: neither the
+    /// candidate nor what it ran before, and its revert's record says it
+    /// found it so and changed nothing (`host-moved`: a hand's `switch`
+    /// before the revert came due), or that it put everything back before
+    /// (the host moved on after it: a later run, a hand). Nothing of
+    /// theirs is taken back: no rollback of a host this run no longer
+    /// owns (a controller suspended past its lock's lease comes back to a
+    /// host another run has deployed since).
+    fn moved_by_other(
+        &self,
+        record: &deadman::RevertRecord,
+        now: Option<&StorePath>,
+    ) -> Option<StorePath> {
+        let now = now?;
+        if now == &self.req.candidate || now == &self.pre_current {
+            return None;
+        }
+        let put_back = record.result == "ok" && record.current == self.pre_current.as_str();
+        (record.host_moved() || put_back).then(|| now.clone())
+    }
+
+    /// [`Run::moved_by_other`] of one look.
+    fn moved(&self, s: &Seen) -> Option<Look<R>> {
+        let record = s.seen.record.as_ref()?;
+        let now = self.moved_by_other(record, s.now.as_ref())?;
+        Some(Look::Moved {
+            now,
+            record: record.clone(),
+        })
     }
 
     /// Cut off with no revert armed (the host refused the re-arm): what
@@ -721,6 +773,8 @@ enum Shortened {
 struct Seen {
     seen: deadman::RevertSeen,
     back: bool,
+    /// What the host runs, read after the revert (over a new connection).
+    now: Option<StorePath>,
 }
 
 /// What new connections found after the host's revert was due.
@@ -730,6 +784,12 @@ enum Look<R> {
     /// The revert ran (its record written) and did not take the host
     /// back, as read over `over`.
     Failed { over: R },
+    /// The host runs `now`, put there by someone else
+    /// ([`Run::moved_by_other`]).
+    Moved {
+        now: StorePath,
+        record: deadman::RevertRecord,
+    },
     /// Never seen back; the last new connection that answered, if any;
     /// `stuck`: its revert still under way when the looking ended.
     NotSeen { reached: Option<R>, stuck: bool },

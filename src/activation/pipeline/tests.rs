@@ -1366,6 +1366,39 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
     assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
 }
 
+/// Cut off after its switch, a host someone else moved meanwhile (a
+/// hand's `nixos-rebuild switch` while the controller could not get in,
+/// or another run that took the host over: a controller suspended past
+/// its lock's lease), before its revert came due or after it: nothing of
+/// theirs is undone. Before, the revert switched the host back under
+/// them, or the controller "rolled back" the host it no longer owned.
+#[tokio::test(start_paused = true)]
+async fn a_host_someone_else_moved_is_left_as_it_is() {
+    const THIRD: &str = "/nix/store/3c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-25.05";
+    for before_revert in [true, false] {
+        let host = cutting_ssh();
+        host.state().moved_by_other = Some((sp(THIRD), before_revert));
+        let ran = run(&host, &armed(Goal::Gated)).await;
+        match &ran.outcome {
+            HostOutcome::MovedByOther { now, record, .. } => {
+                assert_eq!(now, &sp(THIRD));
+                let result = record.as_ref().map(|r| r.result.as_str());
+                let expected = if before_revert { "host-moved" } else { "ok" };
+                assert_eq!(result, Some(expected));
+            }
+            other => panic!("before the revert {before_revert}: {other:?}"),
+        }
+        assert!(
+            !ran.cmds.iter().any(|c| c.contains("rollback")),
+            "{:#?}",
+            ran.cmds
+        );
+        let st = host.state();
+        assert_eq!(st.current, sp(THIRD));
+        assert_eq!(st.boot_default, sp(THIRD));
+    }
+}
+
 /// New connections that get no answer (a firewall dropping them): the
 /// first try gives up after 5 s, the revert is shortened to the window over
 /// the run's own session, and the host takes itself back when that ends.

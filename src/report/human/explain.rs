@@ -199,6 +199,15 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             )),
             format!("look for what cut SSH off in the change, then `nixgate {command} {host}`"),
         ),
+        HostOutcome::MovedByOther { cause, now, .. } => (
+            words::cut_off(cause),
+            Vec::new(),
+            Some(format!(
+                "then found on {}, put there by someone else (not this run, not its revert): left as it is",
+                labels.words(now)
+            )),
+            format!("ask who moved it, then {status}"),
+        ),
         HostOutcome::Unreachable {
             cause, last_seen, ..
         } => (

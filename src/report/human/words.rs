@@ -818,6 +818,11 @@ fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
             cut_off(cause),
             labels.words(to)
         ),
+        HostOutcome::MovedByOther { cause, now, .. } => format!(
+            "{}; then found on {}, which neither this run nor its revert put there (someone else moved it): left as it is",
+            cut_off(cause),
+            labels.words(now)
+        ),
         HostOutcome::Unreachable {
             cause,
             last_seen,

@@ -55,14 +55,15 @@ enum Why {
 impl Light {
     /// Does this end leave what the host runs (and boots) unknown?
     /// Aborted: a detached switch may still finish. Unreachable: lost after
-    /// the live switch, its revert unconfirmed. Its task panicked: it may
+    /// the live switch, its revert unconfirmed. Moved by another: it runs
+    /// what someone else put there. Its task panicked: it may
     /// have been anywhere, the switch included. Every other end says what
     /// it runs, or changed nothing (failed, refused, not started, a copy
     /// task lost, reverted by the host to what it ran).
     fn leaves_unknown(&self) -> bool {
         matches!(
             self.outcome,
-            OutcomeKind::Aborted | OutcomeKind::Unreachable
+            OutcomeKind::Aborted | OutcomeKind::Unreachable | OutcomeKind::MovedByOther
         ) || self.why == Some(Why::Interrupted(Interrupted::Panicked))
     }
 }
