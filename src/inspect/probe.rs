@@ -149,8 +149,9 @@ fn signature_warnings(inv: &Inventory) -> Vec<String> {
     } else if non_root(&inv.builder.connection.user) {
         out.push(format!(
             "[builder] signing_key: signing as {} goes through the builder's nix-daemon, which \
-             refuses it (\"you are not privileged to add signatures\") unless that user is in \
-             its trusted-users",
+             before Nix 2.17 refuses it (\"you are not privileged to add signatures\") unless \
+             that user is in its trusted-users (Nix 2.17 and later, and Lix, let any user sign: \
+             no need to trust the user there)",
             inv.builder.connection.user()
         ));
     }

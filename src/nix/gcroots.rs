@@ -6,16 +6,41 @@ use anyhow::Context;
 use super::StorePath;
 use crate::remote::{Command, Remote};
 
-/// Roots live under the system gcroots directory as root, else per user.
+/// Where the roots live, as `$base`, and `link LINK PATH`, which makes
+/// one. As root: under the system gcroots directory; else per user, under
+/// `per-user/USER`, when the user can make it there. Nix 2.14 and later
+/// (and Lix) no longer make that directory for a user, and `per-user` is
+/// root's, 0755: every non-root builder failed to root, and every push
+/// refused every host. Then the links live in the user's own state
+/// directory and the daemon registers each as an indirect root
+/// (`nix-store --add-root --indirect`, which any user may ask; `--realise`
+/// of a path already valid builds nothing). A derivation's link there is
+/// no root of its own: Nix keeps the derivations of live outputs
+/// (`keep-derivations`, true unless set otherwise).
+macro_rules! root_base {
+    () => {
+        r#"if [ "$(id -u)" = 0 ]; then base=/nix/var/nix/gcroots/nixgate; else base="/nix/var/nix/gcroots/per-user/$(id -un)/nixgate"; fi
+if mkdir -p "$base" 2>/dev/null; then
+  link() { ln -sfn "$2" "$1"; }
+else
+  base="${XDG_STATE_HOME:-$HOME/.local/state}/nixgate/gcroots"
+  link() { case $2 in *.drv) ln -sfn "$2" "$1" ;; *) nix-store --add-root "$1" --indirect --realise "$2" >/dev/null ;; esac; }
+fi
+"#
+    };
+}
+
 /// Arguments: `HOST TOPLEVEL DRV HASH` for each host, one after another.
-const ROOTS: &str = r#"set -e
-if [ "$(id -u)" = 0 ]; then base=/nix/var/nix/gcroots/nixgate; else base="/nix/var/nix/gcroots/per-user/$(id -un)/nixgate"; fi
-while [ $# -ge 4 ]; do
+const ROOTS: &str = concat!(
+    "set -e\n",
+    root_base!(),
+    r#"while [ $# -ge 4 ]; do
 d="$base/$1"; mkdir -p "$d/by-hash"
-ln -sfn "$2" "$d/system"; ln -sfn "$3" "$d/drv"
-ln -sfn "$2" "$d/by-hash/$4"; ln -sfn "$3" "$d/by-hash/$4.drv"
+link "$d/system" "$2"; link "$d/drv" "$3"
+link "$d/by-hash/$4" "$2"; link "$d/by-hash/$4.drv" "$3"
 shift 4
-done"#;
+done"#
+);
 
 /// Hosts rooted per command: their arguments stay far below the 128 KiB
 /// Linux allows one argument (`sh -c` gets the whole command as one).
@@ -75,9 +100,11 @@ pub async fn add_old_drv_root<R: Remote>(
     .await
 }
 
-const OLD_DRV_ROOT: &str = r#"set -e
-if [ "$(id -u)" = 0 ]; then base=/nix/var/nix/gcroots/nixgate; else base="/nix/var/nix/gcroots/per-user/$(id -un)/nixgate"; fi
-d="$base/$1/by-hash"; mkdir -p "$d"; ln -sfn "$2" "$d/$3.drv""#;
+const OLD_DRV_ROOT: &str = concat!(
+    "set -e\n",
+    root_base!(),
+    r#"d="$base/$1/by-hash"; mkdir -p "$d"; link "$d/$3.drv" "$2""#
+);
 
 #[cfg(test)]
 mod tests {
@@ -178,6 +205,54 @@ mod tests {
             assert_eq!(
                 link(&format!("{by_hash}.drv")).to_str().unwrap(),
                 d.as_str()
+            );
+        }
+    }
+
+    /// A non-root builder on Nix 2.14 or later, or Lix: no `per-user/USER`
+    /// directory, and none can be made. The links go to the user's state
+    /// directory, each system's registered as an indirect root by
+    /// `nix-store` (played by a stub that logs and links).
+    #[test]
+    fn a_user_who_cannot_make_a_per_user_directory_roots_through_the_daemon() {
+        use crate::remote::local::executable;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        // A file where the gcroots directory is: no directory under it.
+        std::fs::write(format!("{d}/gcroots"), "").unwrap();
+        let script = ROOTS.replace("/nix/var/nix/gcroots/", &format!("{d}/gcroots/"));
+        std::fs::create_dir_all(format!("{d}/bin")).unwrap();
+        let id = "#!/bin/sh\ncase $1 in -u) echo 1000 ;; *) echo deploy ;; esac\n";
+        executable(format!("{d}/bin/id"), id);
+        let nix_store =
+            format!("#!/bin/sh\necho \"$*\" >> {d}/nix-store.log\nln -sfn \"$5\" \"$2\"\n");
+        executable(format!("{d}/bin/nix-store"), &nix_store);
+        let (t1, d1) = paths(1);
+        let (t2, d2) = paths(2);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, "nixgate"])
+            .args(two_hosts_args(&t1, &d1, &t2, &d2))
+            .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+            .env("HOME", format!("{d}/home"))
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let log = std::fs::read_to_string(format!("{d}/nix-store.log")).unwrap();
+        let base = format!("{d}/home/.local/state/nixgate/gcroots");
+        for (h, t, drv) in [("web1", &t1, &d1), ("web2", &t2, &d2)] {
+            let system = format!("{base}/{h}/system");
+            let by_hash = format!("{base}/{h}/by-hash/{}", t.hash());
+            for link in [&system, &by_hash] {
+                let asked = format!("--add-root {link} --indirect --realise {t}\n");
+                assert!(log.contains(&asked), "{log}");
+                assert_eq!(std::fs::read_link(link).unwrap().to_str(), Some(t.as_str()));
+            }
+            let drv_link = std::fs::read_link(format!("{base}/{h}/drv")).unwrap();
+            assert_eq!(drv_link.to_str(), Some(drv.as_str()));
+            assert!(
+                !log.contains(drv.as_str()),
+                "a derivation is not realised: {log}"
             );
         }
     }
