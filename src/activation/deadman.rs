@@ -958,26 +958,31 @@ pub(crate) mod tests {
             .args(["sleep", "30"])
             .spawn()
             .unwrap();
-        // Its own group only once `setsid` ran in the child: a kill of the
-        // group sent before that finds no group, and the sleeper lived on
-        // (1 run in ~10 under load). The fire's sleeper is long settled
-        // when a disarm comes; the test's must be too.
+        settled_in_its_group(child.id());
+        std::fs::write(pid_file, format!("{}\n", child.id())).unwrap();
+        child
+    }
+
+    /// Wait until `pid` leads its own process group. Its own group only
+    /// once `setsid` ran in the child: a kill of the group sent before
+    /// that finds no group, and the sleeper lived on (1 run in ~10 under
+    /// load). The fire's sleeper is long settled when a disarm comes; a
+    /// test's must be too.
+    pub(crate) fn settled_in_its_group(pid: u32) {
         let leads_its_group = || {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
             stat.ok()
                 .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
                 .and_then(|rest| rest.split_whitespace().nth(2).map(str::to_owned))
-                == Some(child.id().to_string())
+                == Some(pid.to_string())
         };
         for _ in 0..250 {
             if leads_its_group() {
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(leads_its_group(), "the sleeper never led its own group");
-        std::fs::write(pid_file, format!("{}\n", child.id())).unwrap();
-        child
+        panic!("{pid} never led its own group");
     }
 
     /// Whether `child` ended within `secs` (reaped if so; killed if not).
@@ -1543,6 +1548,10 @@ exit 1"
         while std::fs::read_to_string(&darwin.pid_file).map_or(true, |p| p.trim().is_empty()) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Not before it leads its group (a stop before that found no group,
+        // said it gone, and the sleeper lived on: seen once under load).
+        let pid = std::fs::read_to_string(&darwin.pid_file).unwrap();
+        settled_in_its_group(pid.trim().parse().unwrap());
         let out = local
             .exec(&stop_revert_command(&darwin, false))
             .await
