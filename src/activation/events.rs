@@ -149,6 +149,15 @@ pub enum Warning {
     /// controller's own (no key to offer, an agent gone): the host was not
     /// judged locked out, its health checks ran over the run's session.
     NewConnectionUnproven { error: String },
+    /// The closure copied to the host ahead of its wave could not be
+    /// rooted there (`root`, the link asked for): the host's garbage
+    /// collector may delete it before the wave starts (its realise then
+    /// fails the copy gate).
+    StagedNotRooted { root: String, error: String },
+    /// The run's root of a closure it copied ahead (`root`) could not be
+    /// removed as the run let the host go: it keeps that closure until the
+    /// next run that copies ahead to the host removes it.
+    StagedRootLeft { root: String, error: String },
 }
 
 /// One event of a host's activation.

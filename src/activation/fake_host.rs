@@ -215,6 +215,9 @@ pub struct State {
     /// Every command that reached the host (as [`describe`]d), over any
     /// connection, in order (a remote's own list has only its session's).
     pub ran: Vec<String>,
+    /// GC roots of closures staged ahead (`gcroots::HOLD_STAGED`): link
+    /// path -> closure.
+    pub staged_roots: BTreeMap<String, String>,
 }
 
 impl Behaviour {
@@ -348,6 +351,10 @@ impl State {
             "nix-env" => {
                 let c = StorePath::parse(a[4]).expect("store path");
                 self.set_profile(a[2], &c);
+                ok("")
+            }
+            "rm" if a[1] == "-f" && a.len() == 3 && self.staged_roots.contains_key(a[2]) => {
+                self.staged_roots.remove(a[2]);
                 ok("")
             }
             "readlink" => {
@@ -629,6 +636,15 @@ impl State {
             ok("")
         } else if script == known_good::REVOKE {
             self.revoke(a[4], a[6].parse().expect("a generation"))
+        } else if script == crate::nix::gcroots::HOLD_STAGED {
+            let dir = format!("{}/", a[4]);
+            if a[7] == "clean" {
+                self.staged_roots
+                    .retain(|l, _| !l.starts_with(&dir) || l[dir.len()..] == *a[5]);
+            }
+            self.staged_roots
+                .insert(format!("{dir}{}", a[5]), a[6].to_owned());
+            ok("")
         } else {
             panic!("fake host: unexpected script {a:?}")
         }
@@ -1198,6 +1214,7 @@ impl FakeHost {
             failing_key: None,
             lose: Vec::new(),
             ran: Vec::new(),
+            staged_roots: BTreeMap::new(),
             break_once: Vec::new(),
             profile_set_fails: false,
             moved_by_other: None,
@@ -1321,6 +1338,7 @@ pub fn describe(cmd: &Command) -> String {
         }
         s if s == leftovers::LIST => "list-nixgate-units",
         s if s == leftovers::RUN_REVERT => "run-revert",
+        s if s == crate::nix::gcroots::HOLD_STAGED => "hold-staged",
         s if s == switch::FIRE_LINUX => {
             let arms = if a[16].is_empty() {
                 String::new()

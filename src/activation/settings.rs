@@ -99,6 +99,11 @@ pub struct HostPaths {
     /// mark, and its GC root.
     pub baseline: String,
     pub baseline_root: String,
+    /// Where a run roots the closure it copied to the host ahead of the
+    /// host's wave (one link per run, named for it), so the host's garbage
+    /// collector keeps it until the activation (see
+    /// [`crate::nix::gcroots`]).
+    pub staged_roots: String,
     pub boot_id: String,
 }
 
@@ -116,6 +121,7 @@ impl HostPaths {
             known_good_records: "/var/lib/nixgate/known-good".into(),
             baseline: "/var/lib/nixgate/baseline.json".into(),
             baseline_root: "/nix/var/nix/gcroots/nixgate-baseline".into(),
+            staged_roots: "/nix/var/nix/gcroots/nixgate-staged".into(),
             boot_id: "/proc/sys/kernel/random/boot_id".into(),
         }
     }

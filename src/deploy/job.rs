@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
 use crate::activation::known_good::GateRecord;
+use crate::activation::settings::STEP_LIMIT;
 use crate::activation::{
     ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
     activate_host, take_back,
@@ -18,10 +19,10 @@ use crate::activation::{
 use crate::fleet::Fleet;
 use crate::gates::{Gate, Goal};
 use crate::inventory::{Host, Inventory};
-use crate::nix::StorePath;
 use crate::nix::copy::CopyOutcome;
+use crate::nix::{StorePath, gcroots};
 use crate::plan::{Candidate, Plan, Verdict};
-use crate::remote::unpoisoned;
+use crate::remote::{Command, Remote, unpoisoned};
 use crate::report::{Event, EventSink};
 use crate::runner::{HostJob, Interrupted};
 
@@ -29,6 +30,11 @@ use super::{HostEnd, HostSummary, Kept, RunContext};
 
 /// Staging: how the closure reaches the host before activation.
 pub trait Stager: Send + Sync + 'static {
+    /// Does the closure this stager delivers need a root on the host until
+    /// the host's turn, when it was staged ahead of its wave? Not when it
+    /// was there already, rooted (a rollback's known-good generation).
+    const ROOTED_AHEAD: bool = true;
+
     /// Make `closure` present on `host`; `Err` fails the host at the copy gate.
     fn stage(
         &self,
@@ -41,6 +47,8 @@ pub trait Stager: Send + Sync + 'static {
 pub struct AlreadyThere;
 
 impl Stager for AlreadyThere {
+    const ROOTED_AHEAD: bool = false;
+
     async fn stage(&self, _: Arc<str>, _: StorePath) -> anyhow::Result<CopyOutcome> {
         Ok(CopyOutcome::AlreadyPresent)
     }
@@ -130,6 +138,9 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     /// the second Ctrl-C is not known-good any more (see `recheck_cut`).
     /// Each host is re-checked once a run: never cleared.
     taking_back: std::sync::Mutex<HashSet<String>>,
+    /// The hosts whose closure this run copied, and which of them it rooted
+    /// there, copied ahead of their wave.
+    staged_roots: super::staged_roots::StagedRoots,
 }
 
 /// Units failed before the live switch, by host.
@@ -190,6 +201,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             keys: plan.keys.clone(),
             failed_before: Arc::default(),
             taking_back: std::sync::Mutex::default(),
+            staged_roots: Default::default(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -748,6 +760,64 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             _ = self.stop.cancelled() => Err(StageError::Cancelled),
         }
     }
+
+    /// Root the closure copied to `host` ahead of its wave, under the run's
+    /// name ([`crate::nix::gcroots`]: the host's garbage collector deleted
+    /// it during an earlier wave's soak). Removing other runs' roots there
+    /// only while the host's lock is held: they are a dead run's then. A
+    /// root that fails is a warning: the host is no worse off than unrooted.
+    async fn hold_staged(&self, host: &str) {
+        let (Some(ready), Some(inv_host)) = (self.ready.get(host), self.inventory.host(host))
+        else {
+            return;
+        };
+        let dir = crate::activation::HostPaths::for_os(inv_host.os).staged_roots;
+        let locked = (unpoisoned(&self.locks).get(host)).is_some_and(|l| !l.is_lost());
+        let closure = &ready.candidate.closure;
+        let cmd = gcroots::hold_staged_command(&dir, &self.run_id, closure, locked, inv_host.sudo);
+        let held = self
+            .staged_roots
+            .hold(host, self.on_host(host, cmd, "rooting"));
+        if let Some(Err(error)) = held.await {
+            let root = format!("{dir}/{}", self.run_id);
+            let warning = crate::activation::Warning::StagedNotRooted { root, error };
+            forward(&self.sink, host)(ActivationEvent::Warning { warning });
+        }
+    }
+
+    /// Remove the root [`Self::hold_staged`] made on `host`, if it made one
+    /// (the run lets the host go: its profile holds the closure, or the
+    /// run is done with it).
+    async fn release_staged(&self, host: &str) {
+        let Some(inv_host) = self.inventory.host(host) else {
+            return;
+        };
+        let dir = crate::activation::HostPaths::for_os(inv_host.os).staged_roots;
+        let cmd = gcroots::release_staged_command(&dir, &self.run_id, inv_host.sudo);
+        let released = self
+            .staged_roots
+            .release(host, self.on_host(host, cmd, "removing"));
+        if let Some(Err(error)) = released.await {
+            let root = format!("{dir}/{}", self.run_id);
+            let warning = crate::activation::Warning::StagedRootLeft { root, error };
+            forward(&self.sink, host)(ActivationEvent::Warning { warning });
+        }
+    }
+
+    /// Run one small command on `host`, bounded: the error, told whole.
+    async fn on_host(&self, host: &str, cmd: Command, what: &str) -> Result<(), String> {
+        let run = async {
+            let remote = self.fleet.host(host).await?;
+            let out = remote.exec(&cmd).await?;
+            out.check(&format!("{what} the staged closure's GC root"))?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(STEP_LIMIT, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!("no answer within {}s", STEP_LIMIT.as_secs())),
+        }
+    }
 }
 
 impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
@@ -759,11 +829,16 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
     async fn stage(self: Arc<Self>, host: Arc<str>) -> Self::Staged {
         let r = self.copy(&host).await;
         match &r {
-            Ok(copied) => self.sink.emit(Event::GatePassed {
-                host: host.to_string(),
-                gate: Gate::Copy,
-                evidence: crate::activation::GateEvidence::Copy(copied.clone()),
-            }),
+            Ok(copied) => {
+                if S::ROOTED_AHEAD {
+                    self.staged_roots.copied(&host);
+                }
+                self.sink.emit(Event::GatePassed {
+                    host: host.to_string(),
+                    gate: Gate::Copy,
+                    evidence: crate::activation::GateEvidence::Copy(copied.clone()),
+                })
+            }
             Err(StageError::Failed(error)) => self.sink.emit(Event::GateFailed {
                 host: host.to_string(),
                 gate: Gate::Copy,
@@ -783,6 +858,10 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
             seconds: started.elapsed().as_secs_f64(),
             ..self.summary(&host, HostEnd::activation(outcome))
         }
+    }
+
+    async fn staged_ahead(self: Arc<Self>, host: Arc<str>) {
+        self.hold_staged(&host).await
     }
 
     fn interrupted(&self, host: &str, why: Interrupted) -> HostSummary {
@@ -831,13 +910,15 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
 
     /// The host's lock is dropped (its stream closes: the host lets go at
     /// EOF, without a round trip waited for: waiting for the host's answer
-    /// held the end of every run one round trip, 53 ms at 50 ms), then its
-    /// connection closed, unless the host was taken back: the run's summary
-    /// reads its known-good history over it
+    /// held the end of every run one round trip, 53 ms at 50 ms), the root
+    /// of a closure copied ahead removed (a host that had none waits for
+    /// nothing), then its connection closed, unless the host was taken
+    /// back: the run's summary reads its known-good history over it
     /// (`RunSession::report_rollback_targets`), and the run's end closes it.
     async fn let_go(self: Arc<Self>, host: Arc<str>) {
         let lock = unpoisoned(&self.locks).remove(&*host);
         drop(lock);
+        self.release_staged(&host).await;
         if !unpoisoned(&self.taken_back).contains(&*host) {
             self.fleet.close(&host).await;
         }

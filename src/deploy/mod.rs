@@ -9,6 +9,7 @@ pub mod end;
 pub mod job;
 pub mod relay_hub;
 pub mod releases;
+pub mod staged_roots;
 
 use std::sync::Arc;
 

@@ -290,6 +290,66 @@ async fn a_failed_copy_fails_its_wave_before_another_host_switches() {
     assert_eq!(copy_failed, 1);
 }
 
+/// The roots of closures staged ahead on `host` (link -> closure).
+fn staged_roots(f: &Fixture, host: &str) -> Vec<(String, String)> {
+    let st = f.hosts[host].state();
+    st.staged_roots.clone().into_iter().collect()
+}
+
+/// The main wave's closures, copied while the canary activates and soaks,
+/// are rooted on their hosts (the hosts' `nix.gc.automatic` deleted them
+/// during a long soak, and their realise failed the copy gate) until the
+/// run lets each host go; the canary, copied as its wave starts, gets no
+/// root: no command more on its way.
+#[tokio::test(start_paused = true)]
+async fn closures_copied_ahead_of_their_wave_are_rooted_until_let_go() {
+    let f = fixture(inventory(0, "60s"), [OLD; 3], Build::Hangs);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let during_soak = async {
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        ["web1", "web2", "web3"].map(|h| staged_roots(&f, h))
+    };
+    let (hosts, during) = tokio::join!(run(&f.ctx, plan, CopyFailsOn("none")), during_soak);
+    let root = "/nix/var/nix/gcroots/nixgate-staged/r1".to_string();
+    assert_eq!(during[0], []);
+    for held in &during[1..] {
+        assert_eq!(*held, [(root.clone(), NEW.to_string())]);
+    }
+    assert!(hosts.iter().all(|h| h.outcome() == OutcomeKind::KnownGood));
+    for h in ["web1", "web2", "web3"] {
+        assert_eq!(staged_roots(&f, h), [], "{h} keeps its root");
+    }
+    let ran = |h: &str| f.hosts[h].state().ran.clone();
+    let rooting = |c: &String| c.starts_with("hold-staged ") || c.starts_with("rm ");
+    assert!(!ran("web1").iter().any(rooting), "{:?}", ran("web1"));
+    // web2: rooted, activated, then the root removed (once).
+    let web2: Vec<String> = ran("web2").into_iter().filter(rooting).collect();
+    assert_eq!(
+        web2,
+        [
+            format!("hold-staged /nix/var/nix/gcroots/nixgate-staged r1 {NEW} "),
+            format!("rm -f {root} (within 120s)"),
+        ]
+    );
+}
+
+/// A wave that never starts (its canary taken back after the soak): the
+/// roots of its hosts' closures are removed as the run lets them go.
+#[tokio::test(start_paused = true)]
+async fn a_wave_that_never_starts_leaves_no_root() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, CopyFailsOn("none")).await;
+    assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+    for h in ["web2", "web3"] {
+        untouched(&f, h);
+        let ran = f.hosts[h].state().ran.clone();
+        assert!(ran[0].starts_with("hold-staged "), "{ran:?}");
+        assert_eq!(staged_roots(&f, h), [], "{h} keeps its root");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_host_in_main_counts_against_main_only() {
     // main allows one failure: a refused web3 uses it, web2 still deploys.

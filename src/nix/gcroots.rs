@@ -1,5 +1,23 @@
 //! GC roots on the builder, so a garbage collection between build, diff and
-//! copy (or long after, for structural diffs) cannot lose a built system.
+//! copy (or long after, for structural diffs) cannot lose a built system;
+//! and on a host, for a closure copied to it ahead of its wave.
+//!
+//! A wave's closures are copied while the wave before it runs and soaks
+//! (30 minutes, a day): nothing on the host refers to them until the
+//! activation sets its profile, and NixOS's `nix.gc.automatic` (daily at
+//! 03:15 by default, the hour cron runs start) deleted them in between:
+//! the activation's realise then failed at the copy gate, a whole wave of
+//! it. So a host copied ahead gets a root, one link in
+//! `HostPaths::staged_roots` named for the run ([`hold_staged_command`]),
+//! removed when the run lets the host go ([`release_staged_command`]): its
+//! profile holds the closure by then, or the run is done with it. A host
+//! copied as its wave runs gets none (its activation follows within
+//! seconds; a root was one more command on its way).
+//!
+//! A killed run leaves its roots. The next run to root a closure on the
+//! host removes them ([`HOLD_STAGED`]'s `clean`): it holds the host's lock
+//! (taken by its plan), so no other live run is working on the host, and
+//! every other run's root there is a dead run's.
 
 use anyhow::Context;
 
@@ -105,6 +123,45 @@ const OLD_DRV_ROOT: &str = concat!(
     root_base!(),
     r#"d="$base/$1/by-hash"; mkdir -p "$d"; link "$d/$3.drv" "$2""#
 );
+
+/// Root a closure staged ahead on a host: `$1` the roots' directory, `$2`
+/// the run (the link's name), `$3` the closure; `$4` = `clean`: other
+/// runs' links there are removed first (see the module's doc: only while
+/// the run holds the host's lock). POSIX sh and busybox.
+pub(crate) const HOLD_STAGED: &str = r#"d=$1; run=$2
+mkdir -p "$d" || exit 1
+if [ "$4" = clean ]; then
+  for f in "$d"/*; do
+    [ -L "$f" ] || continue
+    [ "${f##*/}" = "$run" ] || rm -f "$f"
+  done
+fi
+ln -sfn "$3" "$d/$run""#;
+
+/// The command rooting `closure` on a host for `run` under `dir`
+/// ([`HOLD_STAGED`]); `clean`: other runs' roots there are a dead run's.
+pub fn hold_staged_command(
+    dir: &str,
+    run: &crate::activation::RunId,
+    closure: &StorePath,
+    clean: bool,
+    sudo: bool,
+) -> Command {
+    Command::script(HOLD_STAGED)
+        .args([dir, run.as_str(), closure.as_str()])
+        .arg(if clean { "clean" } else { "" })
+        .sudo(sudo)
+        .within(crate::activation::settings::STEP_LIMIT)
+}
+
+/// The command removing `run`'s root under `dir` on a host.
+pub fn release_staged_command(dir: &str, run: &crate::activation::RunId, sudo: bool) -> Command {
+    Command::new("rm")
+        .arg("-f")
+        .arg(format!("{}/{run}", dir.trim_end_matches('/')))
+        .sudo(sudo)
+        .within(crate::activation::settings::STEP_LIMIT)
+}
 
 #[cfg(test)]
 mod tests {
@@ -255,5 +312,52 @@ mod tests {
                 "a derivation is not realised: {log}"
             );
         }
+    }
+
+    /// The host's script, run by the local `sh` (dash here): it roots the
+    /// closure under the run's name; with `clean`, other runs' links go
+    /// (anything else there stays); the release removes this run's alone.
+    #[tokio::test]
+    async fn a_staged_root_replaces_dead_runs_and_its_release_only_its_own() {
+        use crate::activation::RunId;
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("gcroots/nixgate-staged");
+        let d = roots.display().to_string();
+        let (t1, _) = paths(1);
+        let (t2, _) = paths(2);
+        let local = crate::remote::local::LocalRemote::new("web1");
+        let run = |c: Command| {
+            let local = local.clone();
+            async move {
+                let out = local.exec(&c.unlimited()).await.unwrap();
+                assert!(out.success(), "{}", out.stderr_str());
+            }
+        };
+        let (r0, r1, r2) = (
+            RunId::parse("r0").unwrap(),
+            RunId::parse("r1").unwrap(),
+            RunId::parse("r2").unwrap(),
+        );
+        // r0, killed, left its root; r1 roots without cleaning (its lock
+        // lost): r0's stays.
+        run(hold_staged_command(&d, &r0, &t1, true, false)).await;
+        run(hold_staged_command(&d, &r1, &t2, false, false)).await;
+        std::fs::write(roots.join("notes"), "not a link").unwrap();
+        let link = |name: &str| std::fs::read_link(roots.join(name)).ok();
+        assert_eq!(link("r0").unwrap().to_str().unwrap(), t1.as_str());
+        assert_eq!(link("r1").unwrap().to_str().unwrap(), t2.as_str());
+        // r2 holds the lock: r0's and r1's roots are a dead run's.
+        run(hold_staged_command(&d, &r2, &t2, true, false)).await;
+        assert_eq!(link("r0"), None);
+        assert_eq!(link("r1"), None);
+        assert_eq!(link("r2").unwrap().to_str().unwrap(), t2.as_str());
+        assert!(roots.join("notes").exists());
+        // The release removes r2's root alone.
+        run(hold_staged_command(&d, &r1, &t1, false, false)).await;
+        run(release_staged_command(&d, &r2, false)).await;
+        assert_eq!(link("r2"), None);
+        assert_eq!(link("r1").unwrap().to_str().unwrap(), t1.as_str());
+        // Released twice: nothing there, no error.
+        run(release_staged_command(&d, &r2, false)).await;
     }
 }

@@ -17,7 +17,9 @@
 //! the order the waves will start the hosts (none for a wave the plan's
 //! refusals or failed copies fail, nor after it), and a host starts as
 //! soon as its copy is done and a slot is free (no slot waits for a copy
-//! while a copied host waits for a slot). The runner never prints: it
+//! while a copied host waits for a slot); one whose copy ended before its
+//! wave started is handed back to the job to keep until its turn
+//! ([`HostJob::staged_ahead`]). The runner never prints: it
 //! reports [`RunnerEvent`]s to a callback and returns typed results.
 //!
 //! A host the run will not touch again (it ended and its wave does not soak
@@ -33,6 +35,7 @@ pub mod cancel;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -54,6 +57,18 @@ pub trait HostJob: Send + Sync + 'static {
 
     /// Prepare a host without changing what it runs (copy its closure).
     fn stage(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = Self::Staged> + Send;
+    /// `host`'s staging ended before its wave started (it was staged
+    /// ahead, while an earlier wave ran or soaked): keep what it staged
+    /// until its turn (the deploy roots the closure on the host, or the
+    /// host's garbage collector may delete it meanwhile). Called after the
+    /// staging's result is handed over, off every wave's path; never for a
+    /// host whose wave had started by then (its activation follows at
+    /// once). A host let go meanwhile is the job's to mind. Nothing by
+    /// default.
+    fn staged_ahead(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = ()> + Send {
+        let _ = (self, host);
+        std::future::ready(())
+    }
     /// Take a staged host through its gates. Once it starts it is never
     /// abandoned: cancellation is the job's to honour between gates.
     fn run(
@@ -213,8 +228,11 @@ pub async fn run<J: HostJob>(
         letting_go: JoinSet::new(),
         gone: HashSet::new(),
     };
+    // Each wave's start: a host staged before its wave's is staged ahead.
+    let begun: Vec<Arc<AtomicBool>> = groups.iter().map(|_| Arc::default()).collect();
     let mut stop: Option<NotStarted> = None;
     for (gi, group) in groups.iter().enumerate() {
+        begun[gi].store(true, Ordering::SeqCst);
         if stop.is_none() && *r.cancel.borrow() >= CancelLevel::StopStarting {
             stop = Some(NotStarted::Cancelled);
         }
@@ -231,8 +249,8 @@ pub async fn run<J: HostJob>(
             .take(2)
             .take_while(|g| !r.fails_before_start(g))
             .collect();
-        for g in ahead {
-            r.stage_ahead(g);
+        for (g, begun) in ahead.into_iter().zip(&begun[gi..]) {
+            r.stage_ahead(g, begun);
         }
         // The selection zeroes the inventory's last wave's soak.
         let soaks = !group.soak.is_zero();
@@ -384,12 +402,14 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
-    fn stage_ahead(&mut self, group: &Group) {
+    /// Stage `group`'s hosts not staged yet; `begun`: `group` started.
+    fn stage_ahead(&mut self, group: &Group, begun: &Arc<AtomicBool>) {
         for h in &group.hosts {
             let known = self.job.planned_end(h).is_some() || self.ended_early.contains_key(h);
             if !self.staged.contains_key(h) && !known {
                 let turn = self.stage_turn.take();
-                let (s, next) = spawn_stage(self.job.clone(), h, self.stage_slots.clone(), turn);
+                let slots = (self.stage_slots.clone(), turn, begun.clone());
+                let (s, next) = spawn_stage(self.job.clone(), h, slots);
                 self.stage_turn = Some(next);
                 self.staged.insert(h.clone(), s);
             }
@@ -807,12 +827,17 @@ impl<J: HostJob> Runner<J> {
 /// in the order the waves will start them: spawned tasks race for the
 /// semaphore, and a 20-host push at 50 ms staged light18 before light10,
 /// whose activation slot then waited 3.3 s for light10's copy. The
-/// returned receiver is the next host's turn.
+/// returned receiver is the next host's turn. A staging that ends before
+/// its wave has `begun` is handed over, its slot freed, then the job
+/// keeps what it staged ([`HostJob::staged_ahead`]).
 fn spawn_stage<J: HostJob>(
     job: Arc<J>,
     host: &str,
-    slots: Arc<Semaphore>,
-    turn: Option<oneshot::Receiver<()>>,
+    (slots, turn, begun): (
+        Arc<Semaphore>,
+        Option<oneshot::Receiver<()>>,
+        Arc<AtomicBool>,
+    ),
 ) -> (Staging<J::Staged>, oneshot::Receiver<()>) {
     let (tx, rx) = oneshot::channel();
     let (next_tx, next_rx) = oneshot::channel();
@@ -821,12 +846,16 @@ fn spawn_stage<J: HostJob>(
         if let Some(turn) = turn {
             let _ = turn.await;
         }
-        let Ok(_permit) = slots.acquire_owned().await else {
+        let Ok(permit) = slots.acquire_owned().await else {
             return;
         };
         let _ = next_tx.send(());
-        let s = job.stage(host).await;
-        let _ = tx.send(s);
+        let s = job.clone().stage(host.clone()).await;
+        drop(permit);
+        let ahead = !begun.load(Ordering::SeqCst);
+        if tx.send(s).is_ok() && ahead {
+            job.staged_ahead(host).await;
+        }
     });
     (Staging::UnderWay(rx, handle), next_rx)
 }

@@ -68,6 +68,10 @@ impl HostJob for Job {
         Ok(())
     }
 
+    async fn staged_ahead(self: Arc<Self>, host: Arc<str>) {
+        self.log(format!("kept {host}"));
+    }
+
     async fn run(
         self: Arc<Self>,
         host: Arc<str>,
@@ -239,6 +243,28 @@ async fn waves_in_order_with_parallelism_and_prestaging() {
     assert!(events.iter().any(
         |e| matches!(e, RunnerEvent::SoakChecked { host, healthy: true, .. } if host == "c1")
     ));
+}
+
+/// A host whose copy ended while an earlier wave ran or soaked is handed
+/// back to keep what it staged (the deploy roots it against the host's
+/// GC); one copied as its own wave runs is not (no command more on its
+/// way): the canary, and m5, whose copy outlasts the canary's soak.
+#[tokio::test(start_paused = true)]
+async fn only_hosts_staged_before_their_wave_starts_are_kept() {
+    let job = Arc::new(Job {
+        stage_ms: [("m5".to_string(), 100_000)].into(),
+        ..Default::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let results = run(job.clone(), &selection(), rx, |_| {}).await;
+    assert!(ends(&results).iter().all(|(_, e)| e == "ok"));
+    let log = job.entries();
+    let kept: Vec<&str> = (log.iter())
+        .filter_map(|e| e.strip_prefix("kept "))
+        .collect();
+    assert_eq!(kept, ["m1", "m2", "m3", "m4"], "{log:?}");
+    let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+    assert!(pos("kept m4") < pos("run m1"), "{log:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -534,6 +534,16 @@ pub fn warning(w: &Warning) -> String {
              not judged locked out; its health checks ran over the run's own session",
             first_line(error)
         ),
+        Warning::StagedNotRooted { root, error } => format!(
+            "the closure copied ahead of its wave could not be rooted at {root} ({}): the host's \
+             garbage collector may delete it before its wave starts, failing its copy gate",
+            first_line(error)
+        ),
+        Warning::StagedRootLeft { root, error } => format!(
+            "the root {root} of the closure copied ahead could not be removed ({}): it keeps that \
+             closure until the next run copying ahead to this host, or `rm {root}` there",
+            first_line(error)
+        ),
     }
 }
 
