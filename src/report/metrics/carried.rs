@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{Host, KnownGood, Run};
+use super::{Host, KnownGood, LastOutcome, Run};
 use crate::activation::HostOutcome;
 use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
 use crate::gates::Goal;
@@ -18,7 +18,7 @@ use crate::report::timeline::{self, SpanKind, Timeline};
 use crate::runner::Interrupted;
 use crate::state::clock::parse_rfc3339;
 use crate::state::run_report::RunReport;
-use crate::state::runs;
+use crate::state::runs::{self, RunState};
 
 /// How many of the newest run reports are read.
 pub const REPORTS_READ: usize = 50;
@@ -89,9 +89,28 @@ struct LightRecord {
 struct Head {
     run_id: String,
     goal: Goal,
+    started: String,
     finished: Option<String>,
+    /// The hosts the run was started on (in its report from its start).
+    #[serde(default)]
+    selected: Vec<String>,
     #[serde(default)]
     hosts: Vec<Light>,
+}
+
+/// A run report as the metrics read it, oldest first.
+enum Report {
+    /// A finished run (or the one the file is written for): its hosts'
+    /// ends.
+    Ended {
+        goal: Goal,
+        finished: Option<String>,
+        hosts: Vec<Light>,
+    },
+    /// A run killed before it ended (its report never finished, and no
+    /// run holds the controller lock for it now): the hosts it selected.
+    /// Any of them may have been mid-switch; what each runs is unknown.
+    Interrupted { selected: Vec<String> },
 }
 
 fn light(s: &HostSummary) -> Light {
@@ -138,6 +157,13 @@ struct State {
 }
 
 impl State {
+    /// A run killed while it had the host: what it runs and boots is
+    /// unknown (its known-goods stay: a killed run revokes none it did not
+    /// add, and one it added is unknown until a later mark says).
+    fn interrupted(&mut self) {
+        (self.runs_known_good, self.pending_reboot) = (None, None);
+    }
+
     fn apply(&mut self, goal: Goal, h: &Light) {
         let mark = h
             .activation
@@ -192,9 +218,40 @@ impl State {
 
 /// The last run of a host.
 struct Last {
-    light: Light,
     run_id: String,
+    wave: String,
+    outcome: LastOutcome,
+    /// It did not end well for the host (as exit code 1).
+    failed: bool,
     finished: Option<i64>,
+    seconds: f64,
+}
+
+impl Last {
+    fn ended(run_id: &str, finished: Option<i64>, h: Light) -> Last {
+        Last {
+            run_id: run_id.to_owned(),
+            failed: crate::deploy::end::pending_fails(h.outcome, h.pending_reboot_allowed),
+            outcome: LastOutcome::Ended(h.outcome),
+            wave: h.wave,
+            finished,
+            seconds: h.seconds,
+        }
+    }
+
+    /// In a run killed before it ended: failed (the alert on a failed
+    /// host fires for a half-done rollout), never finished, its wave as
+    /// the host's earlier run said (the killed run's report has none).
+    fn interrupted(run_id: &str, before: Option<Last>) -> Last {
+        Last {
+            run_id: run_id.to_owned(),
+            wave: before.map(|l| l.wave).unwrap_or_default(),
+            outcome: LastOutcome::Interrupted,
+            failed: true,
+            finished: None,
+            seconds: f64::NAN,
+        }
+    }
 }
 
 fn read_head(state_dir: &Path, run_id: &str) -> Option<Head> {
@@ -229,39 +286,85 @@ fn gates_of(t: &Timeline) -> HashMap<String, Vec<(&'static str, f64)>> {
         .collect()
 }
 
-/// The metrics at the end of `current` (its report and timeline), with
-/// every host of the newest reports of `state_dir`.
-pub fn collect(state_dir: &Path, current: &RunReport, t: &Timeline) -> (Run, Vec<Host>) {
+/// The newest reports of `state_dir` and `current`, oldest first: a run
+/// still going (its report unfinished, the controller lock held for it:
+/// [`runs::Judge`], as `runs` tells running from interrupted) is left
+/// out, its hosts' last word not said yet. Before, every unfinished report
+/// was: a run killed after web1's switch, or mid-soak, left web1's series
+/// as the run before had them (exit 0, known-good), and a later run not
+/// selecting web1 carried them on: no alert fired for a half-done rollout.
+fn reports(state_dir: &Path, current: &RunReport) -> Vec<(String, Report)> {
     let mut ids = runs::ids(state_dir).unwrap_or_default();
     if ids.len() > REPORTS_READ {
         ids.drain(..ids.len() - REPORTS_READ);
     }
     if !ids.contains(&current.run_id) {
         ids.push(current.run_id.clone());
+        ids.sort();
     }
+    let mut judge = runs::Judge::new(state_dir);
+    let mut out = Vec::new();
+    // Newest first, as the judge takes them.
+    for id in ids.into_iter().rev() {
+        if id == current.run_id {
+            let hosts: Vec<Light> = current.hosts.iter().map(light).collect();
+            let (goal, finished) = (current.goal, current.finished.clone());
+            out.push((
+                id,
+                Report::Ended {
+                    goal,
+                    finished,
+                    hosts,
+                },
+            ));
+            continue;
+        }
+        let Some(h) = read_head(state_dir, &id).filter(|h| h.run_id == id) else {
+            continue;
+        };
+        let report = match judge.state(h.finished.is_some(), &id, &h.started) {
+            RunState::Finished => Report::Ended {
+                goal: h.goal,
+                finished: h.finished,
+                hosts: h.hosts,
+            },
+            RunState::Interrupted => Report::Interrupted {
+                selected: h.selected,
+            },
+            RunState::Running => continue,
+        };
+        out.push((id, report));
+    }
+    out.reverse();
+    out
+}
+
+/// The metrics at the end of `current` (its report and timeline), with
+/// every host of the newest reports of `state_dir`.
+pub fn collect(state_dir: &Path, current: &RunReport, t: &Timeline) -> (Run, Vec<Host>) {
     let mut states: BTreeMap<String, State> = BTreeMap::new();
     let mut last: HashMap<String, Last> = HashMap::new();
     // Oldest first: later runs overwrite.
-    for id in &ids {
-        let (goal, finished, hosts) = if *id == current.run_id {
-            let hosts: Vec<Light> = current.hosts.iter().map(light).collect();
-            (current.goal, current.finished.clone(), hosts)
-        } else {
-            match read_head(state_dir, id) {
-                Some(h) if h.run_id == *id && h.finished.is_some() => (h.goal, h.finished, h.hosts),
-                _ => continue,
+    for (id, report) in reports(state_dir, current) {
+        match report {
+            Report::Ended {
+                goal,
+                finished,
+                hosts,
+            } => {
+                let finished = finished.as_deref().and_then(parse_rfc3339);
+                for h in hosts {
+                    states.entry(h.host.clone()).or_default().apply(goal, &h);
+                    last.insert(h.host.clone(), Last::ended(&id, finished, h));
+                }
             }
-        };
-        for h in hosts {
-            states.entry(h.host.clone()).or_default().apply(goal, &h);
-            last.insert(
-                h.host.clone(),
-                Last {
-                    finished: finished.as_deref().and_then(parse_rfc3339),
-                    run_id: id.clone(),
-                    light: h,
-                },
-            );
+            Report::Interrupted { selected } => {
+                for host in selected {
+                    states.entry(host.clone()).or_default().interrupted();
+                    let before = last.remove(&host);
+                    last.insert(host, Last::interrupted(&id, before));
+                }
+            }
         }
     }
     let mut gates = gate_durations(state_dir, current, t, &last);
@@ -272,14 +375,11 @@ pub fn collect(state_dir: &Path, current: &RunReport, t: &Timeline) -> (Run, Vec
             Some(Host {
                 gates: gates.remove(&name).unwrap_or_default(),
                 host: name,
-                wave: l.light.wave,
-                outcome: l.light.outcome,
-                last_run_failed: crate::deploy::end::pending_fails(
-                    l.light.outcome,
-                    l.light.pending_reboot_allowed,
-                ),
+                wave: l.wave,
+                outcome: l.outcome,
+                last_run_failed: l.failed,
                 last_run_at: l.finished,
-                seconds: l.light.seconds,
+                seconds: l.seconds,
                 runs_known_good: st.runs_known_good,
                 pending_reboot: st.pending_reboot,
                 known_good: st.known_good.last().copied(),

@@ -7,10 +7,13 @@
 //! Every host the newest [`carried::REPORTS_READ`] run reports name has its
 //! series, not only this run's hosts: a run of one host must not make the
 //! rest of the fleet's series vanish (and an `absent()` alert fire). Each
-//! host's values are from its last finished run; what it runs (its
-//! known-good, a pending reboot, the known-good's generation and time) is
-//! carried forward through the reports, oldest first, and is `NaN` while no
-//! report says or after a run that left it unknown. Gate durations are from
+//! host's values are from its last run; what it runs (its known-good, a
+//! pending reboot, the known-good's generation and time) is carried forward
+//! through the reports, oldest first, and is `NaN` while no report says or
+//! after a run that left it unknown. A run killed before it ended (its
+//! report unfinished, and no run holds the controller lock for it) is each
+//! selected host's last run: outcome `interrupted`, failed, what it runs
+//! unknown. A run still going is not read yet. Gate durations are from
 //! each host's last run.
 //!
 //! Names follow Prometheus's conventions: `nixgate_` prefix, base units
@@ -34,16 +37,37 @@ pub struct KnownGood {
     pub marked_at: Option<i64>,
 }
 
+/// How a host's last run ended for it: the `outcome` label of
+/// `nixgate_host_last_outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastOutcome {
+    /// The run ended, and so did the host's part in it.
+    Ended(OutcomeKind),
+    /// The run was killed before it ended (its report never finished):
+    /// where it left the host is unknown.
+    Interrupted,
+}
+
+impl LastOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LastOutcome::Ended(k) => k.as_str(),
+            LastOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// One host's series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     pub host: String,
     pub wave: String,
-    pub outcome: OutcomeKind,
+    pub outcome: LastOutcome,
     /// Its last run did not end well for it (as exit code 1).
     pub last_run_failed: bool,
-    /// When its last run finished (Unix seconds).
+    /// When its last run finished (Unix seconds; `None`: it never did).
     pub last_run_at: Option<i64>,
+    /// How long its part took (NaN: its run never finished).
     pub seconds: f64,
     pub runs_known_good: Option<bool>,
     pub pending_reboot: Option<bool>,
@@ -112,17 +136,17 @@ pub fn render(run: &Run, hosts: &[Host]) -> String {
     let per_host: [Metric; 8] = [
         (
             "nixgate_host_last_run_failed",
-            "1 if the host's last run did not end well for it (failed, rolled back, refused, not started)",
+            "1 if the host's last run did not end well for it (failed, rolled back, refused, not started, interrupted: the run was killed)",
             |h| Some(if h.last_run_failed { 1.0 } else { 0.0 }),
         ),
         (
             "nixgate_host_last_run_timestamp_seconds",
-            "When the host's last run finished",
+            "When the host's last run finished, NaN if it never did (killed)",
             |h| h.last_run_at.map(|t| t as f64),
         ),
         (
             "nixgate_host_last_run_duration_seconds",
-            "How long the host's part of its last run took",
+            "How long the host's part of its last run took, NaN if that run never finished",
             |h| Some(h.seconds),
         ),
         (
@@ -147,7 +171,7 @@ pub fn render(run: &Run, hosts: &[Host]) -> String {
         ),
         (
             "nixgate_host_last_outcome",
-            "The outcome of the host's last run (1, labelled with it)",
+            "The outcome of the host's last run (1, labelled with it; interrupted: the run was killed before it ended)",
             |_| Some(1.0),
         ),
     ];

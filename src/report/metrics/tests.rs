@@ -382,7 +382,7 @@ fn every_outcome_is_counted_a_host_reverted_by_itself_too() {
     let host = Host {
         host: "web1".into(),
         wave: "canary".into(),
-        outcome: OutcomeKind::RevertedByHost,
+        outcome: LastOutcome::Ended(OutcomeKind::RevertedByHost),
         last_run_failed: true,
         last_run_at: Some(1_700_000_060),
         seconds: 42.0,
@@ -506,4 +506,88 @@ fn an_end_that_leaves_the_host_unknown_forgets_what_it_ran() {
     for end in [stage_lost, refused] {
         assert_eq!(web1_after(end), [(1.0, 0.0); 2]);
     }
+}
+
+/// A run killed after it started (its report never finished, no run holds
+/// the lock) is the last run of each host it selected: `interrupted`,
+/// failed, what it runs unknown, never finished; a later run that does not
+/// select them (`--wave canary`) carries that on. Before, the killed run
+/// was skipped: web2 kept the run before's known-good and exit 0, and no
+/// alert fired for a half-done rollout. A run still going (the lock held
+/// for it) is not read yet.
+#[test]
+fn a_killed_run_leaves_its_hosts_interrupted_and_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = fixture::run(0);
+    crate::state::runs::tests::write_run(dir.path(), &first);
+    // Killed mid-way: the stub written as it started, nothing more.
+    let killed_id = "20261123T070000Z-kill";
+    let mut killed = fixture::run(0).report;
+    killed.run_id = killed_id.into();
+    killed.started = "2026-11-23T07:00:00Z".into();
+    (killed.finished, killed.exit_code, killed.ending) = (None, None, None);
+    killed.selected = vec!["web1".into(), "web2".into()];
+    killed.hosts.clear();
+    crate::state::run_report::write(dir.path(), &killed, None).unwrap();
+    // Then a finished run of web3 alone.
+    let mut third = fixture::run(0);
+    third.report.run_id = "20261123T080000Z-0001".into();
+    third.report.started = "2026-11-23T08:00:00Z".into();
+    third.report.finished = Some("2026-11-23T08:00:30Z".into());
+    third.report.hosts.retain(|h| h.host == "web3");
+    third.report.selected = vec!["web3".into()];
+    third
+        .events
+        .retain(|s| s.event.host().is_none_or(|h| h == "web3"));
+    crate::state::runs::tests::write_run(dir.path(), &third);
+    let samples = parse(&metrics_of(dir.path(), &third));
+    let get = |name: &str, host: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.get("host").map(String::as_str) == Some(host))
+            .map(|s| (s.1.clone(), s.2))
+            .unwrap_or_else(|| panic!("{name} {host}"))
+    };
+    for host in ["web1", "web2"] {
+        let (l, _) = get("nixgate_host_last_outcome", host);
+        assert_eq!(l["outcome"], "interrupted", "{host}");
+        let wave = first.report.hosts.iter().find(|h| h.host == host).unwrap();
+        assert_eq!(
+            l["wave"], wave.wave,
+            "{host}: its wave as its run before said"
+        );
+        assert_eq!(get("nixgate_host_last_run_failed", host).1, 1.0, "{host}");
+        for unknown in [
+            "nixgate_host_runs_known_good",
+            "nixgate_host_pending_reboot",
+            "nixgate_host_last_run_timestamp_seconds",
+            "nixgate_host_last_run_duration_seconds",
+        ] {
+            assert!(get(unknown, host).1.is_nan(), "{unknown} {host}");
+        }
+    }
+    // web1's known-good generation stays as the first run marked it.
+    let (_, generation) = get("nixgate_host_known_good_generation", "web1");
+    assert!(generation.is_finite(), "{generation}");
+    // web3 ran since; db1 was in neither later run.
+    assert_eq!(
+        get("nixgate_host_last_outcome", "web3").0["outcome"],
+        "pending-reboot"
+    );
+    assert_eq!(
+        get("nixgate_host_last_outcome", "db1").0["outcome"],
+        "refused"
+    );
+    // The same unfinished run holding the controller lock is still going:
+    // web1's series are the first run's, not interrupted.
+    let _lock = crate::state::lock::ControllerLock::acquire(dir.path(), "push", killed_id).unwrap();
+    let samples = parse(&metrics_of(dir.path(), &third));
+    let web1 = |name: &str| {
+        (samples.iter())
+            .find(|(n, l, _)| n == name && l["host"] == "web1")
+            .map(|s| (s.1.clone(), s.2))
+            .unwrap()
+    };
+    assert_eq!(web1("nixgate_host_last_outcome").0["outcome"], "known-good");
+    assert_eq!(web1("nixgate_host_runs_known_good").1, 1.0);
 }
