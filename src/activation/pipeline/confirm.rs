@@ -601,8 +601,12 @@ impl<R: Remote> Run<'_, R> {
             if let Some(s) = &seen {
                 under_way = s.seen.under_way;
             }
+            if let (Some(s), Some(_)) = (&seen, &fresh)
+                && let Some(moved) = self.moved(s)
+            {
+                return moved;
+            }
             match (seen, fresh) {
-                (Some(s), Some(_)) if let Some(moved) = self.moved(&s) => return moved,
                 (Some(s), Some(fresh)) => match (s.back, s.seen.record) {
                     (true, Some(record)) if record.boot_back() => {
                         return Look::Back(Some(record));
