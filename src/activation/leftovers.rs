@@ -76,9 +76,14 @@ exit 0"#;
 /// finish: the caller's next look sees it running. Else its sleeper's
 /// group is stopped (one that began in between is cut short and run
 /// again: its steps can run twice, as a re-arm's), and the script runs in
-/// a group of its own, which writes its pid to the pid file before it
-/// starts (a look after a lost answer sees it). Waited for until it made
-/// its mark or ended (it removes its pid file last), 10 s at most: the
+/// a group of its own, its pid written to the pid file as it is started
+/// (every `exec` on the way keeps the pid: no fork; it writes it again as
+/// it starts), so a look after a lost answer sees it. Waited for until it
+/// made its mark or ended (it removes its pid file last), 10 s at most.
+/// Before, the pid file was the revert's own to write, and a revert not
+/// started within 1 s (a loaded host) was taken for one that had ended:
+/// the next look found nothing, the run went on to deploy, and the revert
+/// switched the host back under it (seen in a test under load). The
 /// caller's looks wait out the rest, bounded by the activation budget (a
 /// revert waited for here, a hung `activate` in it, held the run without
 /// bound). A script gone ran to its end already (it removes itself last).
@@ -108,8 +113,9 @@ run='echo $$ > "$1"; exec /bin/sh "$2"'
     exec nohup /usr/bin/perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die' /bin/sh -c "$run" nixgate-revert "$pidfile" "$script" </dev/null >/dev/null 2>&1
   fi
 ) &
+echo $! > "$pidfile"
 i=0
-while [ "$i" -lt 100 ] && [ ! -e "$mark" ] && { [ "$i" -lt 10 ] || [ -e "$pidfile" ]; }; do sleep 0.1; i=$((i + 1)); done
+while [ "$i" -lt 100 ] && [ ! -e "$mark" ] && [ -e "$pidfile" ]; do sleep 0.1; i=$((i + 1)); done
 exit 0"#
 );
 

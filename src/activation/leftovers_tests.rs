@@ -172,7 +172,10 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     let mut other = spawn_group(&["sh", "-c", "sleep 30", "nixgate-job"]);
     std::fs::write(pid_file("r9"), format!("{}\n", other.id())).unwrap();
     // r0's revert, armed for 60 s: a stand-in marking its start as REVERT
-    // does, and removing itself and its pid file at its end.
+    // does, writing its record before it removes its mark (a look between
+    // the two read a live revert with neither as an armed one: "ran, yet
+    // still armed", under load), and removing itself and its pid file at
+    // its end.
     let armed = Armed::for_run(
         &RunId::parse("r0").unwrap(),
         Os::Darwin,
@@ -181,6 +184,7 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     );
     let revert = format!(
         ": > {d}/var/deadman/.r0.started\ngrep SigIgn /proc/$$/status > {d}/ignored\nsleep 1\necho ran >> {d}/reverted\n\
+         echo '{{}}' > {d}/var/deadman/r0.json\n\
          rm -f {d}/var/deadman/.r0.started \"$0\" \"$0.arming\" \"${{0%.sh}}.pid\"\n"
     );
     let local = LocalRemote::new("local");
@@ -192,6 +196,11 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
         .trim()
         .parse()
         .unwrap();
+    // Settled, as a run that comes later finds them (a group not led yet
+    // reads as gone).
+    for pid in [switch.id(), other.id(), sleeper] {
+        crate::activation::deadman::tests::settled_in_its_group(pid);
+    }
     let steps = Mutex::new(Vec::new());
     let r = settle(&local, &s, &RunId::parse("r1").unwrap(), &|e| {
         if let ActivationEvent::Step { step } = e {
@@ -276,4 +285,51 @@ fn a_darwin_revert_under_way_is_not_cut_short() {
     );
     let _ = revert.kill();
     let _ = revert.wait();
+}
+
+/// A revert that starts slowly (a loaded host: `setsid` played by one
+/// that waits 2 s first) is waited for until it made its mark: the
+/// command does not end with nothing of the revert to see. Before, its
+/// pid file was the revert's own to write and the wait gave up on a
+/// missing one after 1 s: the next look found nothing, the run deployed,
+/// and the revert switched the host back under it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_darwin_revert_slow_to_start_is_waited_for() {
+    use crate::remote::local::executable;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::create_dir_all(format!("{d}/bin")).unwrap();
+    let real = ["/usr/bin/setsid", "/bin/setsid"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("setsid(1)");
+    executable(
+        format!("{d}/bin/setsid"),
+        &format!("#!/bin/sh\nsleep 2\nexec {real} \"$@\"\n"),
+    );
+    let (pid_file, script, mark) = (
+        format!("{d}/r0.pid"),
+        format!("{d}/r0.sh"),
+        format!("{d}/.r0.started"),
+    );
+    // The revert: its mark, a while, then gone (mark, script, pid file).
+    let body = format!(": > {mark}\nsleep 1\nrm -f {mark} \"$0\" {pid_file}\n");
+    std::fs::write(&script, body).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", RUN_REVERT_DARWIN, "sh", &pid_file, &script, &mark])
+        .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen = std::path::Path::new(&mark).exists() || !std::path::Path::new(&script).exists();
+    assert!(seen, "the command ended before the revert began");
+    // Let it end before the temp dir goes.
+    for _ in 0..100 {
+        if !std::path::Path::new(&pid_file).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
