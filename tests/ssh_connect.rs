@@ -131,6 +131,39 @@ async fn encrypted_key_in_agent_works_and_without_agent_names_the_path() {
     assert!(s.info().auth.is_agent());
 }
 
+/// The run logged in with the agent's key; the agent dies; a stray key
+/// file the host never authorized is still offered, and rejected. A new
+/// connection beside the run's session failed on this side (the key that
+/// works was never offered), with the agent's trouble on its first line;
+/// it read as the host refusing logins, and the soak took good hosts back.
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn a_dead_agent_with_a_stray_key_rejected_is_this_sides_failure() {
+    let sshd = Sshd::start();
+    let deploy = keygen(sshd.dir.path(), "deploy", "ed25519", "");
+    sshd.authorize(&deploy);
+    let stray = keygen(sshd.dir.path(), "stray", "ed25519", "");
+    let agent = Agent::start();
+    agent.add(&deploy, "");
+    let t = via_agent(sshd.target(&stray), &agent);
+    let run = SshSession::connect(t.clone()).await.unwrap();
+    assert!(run.info().auth.is_agent(), "{:?}", run.info().auth);
+    drop(agent);
+    let e = SshSession::connect_beside(t.clone(), &run)
+        .await
+        .err()
+        .expect("no key that logs in is left");
+    assert!(
+        matches!(e, ConnectError::IdentityNotOffered { .. }) && e.is_controllers_own(),
+        "{e}"
+    );
+    let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+    assert!(first.contains("unreachable"), "{first}");
+    // With nothing proven (a host's first login), it is the host's refusal.
+    let e = SshSession::connect(t).await.err().expect("refused");
+    assert!(!e.is_controllers_own(), "{e}");
+}
+
 #[tokio::test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn wrong_key_lists_what_was_tried() {

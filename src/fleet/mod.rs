@@ -248,9 +248,12 @@ impl Fleet for Sessions {
                 target.port = Some(p);
             }
         }
-        let s = SshSession::connect(target)
-            .await
-            .map_err(|e| SessionError::Connect(Arc::new(e)))?;
+        // Judged by what the run's session proved (the key that logs in).
+        let s = match slot.open.get() {
+            Some(run) => SshSession::connect_beside(target, run).await,
+            None => SshSession::connect(target).await,
+        }
+        .map_err(|e| SessionError::Connect(Arc::new(e)))?;
         // The same sudo as the run's session (probed when it opened).
         if let Some(pw) = slot.open.get().and_then(SshSession::sudo_password) {
             s.use_sudo_password(pw);

@@ -77,6 +77,23 @@ impl std::fmt::Display for AuthMethod {
     }
 }
 
+/// The key a connection logged in with: a later connection to the same
+/// host that fails without offering it failed on this side, whatever else
+/// the host rejected ([`authenticate`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    key: PublicKey,
+    certificate: bool,
+    /// How it was offered, as the run's session reported it.
+    method: AuthMethod,
+}
+
+impl Identity {
+    pub(crate) fn method(&self) -> &AuthMethod {
+        &self.method
+    }
+}
+
 /// What one connection's attempts have tried and offered so far.
 #[derive(Default)]
 struct Attempts {
@@ -86,6 +103,8 @@ struct Attempts {
     /// identities (a server trusting only the CA takes the certificate
     /// after refusing the plain key).
     offered: Vec<(PublicKey, bool)>,
+    /// Keys the server answered "no" to, each with whether as a certificate.
+    rejected: Vec<(PublicKey, bool)>,
     rsa_hash: Option<HashAlg>,
     /// The first encrypted identity file the agent does not hold.
     encrypted: Option<PathBuf>,
@@ -93,22 +112,44 @@ struct Attempts {
 
 /// The result of one pass: `Some` ends the authentication (accepted, or
 /// failed for good), `None` goes on to the next pass.
-type Pass = Option<Result<AuthMethod, ConnectError>>;
+type Pass = Option<Result<Identity, ConnectError>>;
 
 /// Try identities until the server accepts one, in OpenSSH's order: the
 /// agent's keys that are configured identity files (an encrypted file's
 /// key signs there), the identity files, then the agent's other keys. The
 /// agent's keys all first spent sshd's `MaxAuthTries` (6) before the
 /// inventory's key was offered, for anyone with six keys in the agent.
+///
+/// `proven`: the key an earlier connection to this host logged in with
+/// (the run's session). Failing without offering it is this side's doing
+/// (the agent died or was emptied, `ssh-add -t` ran out, the file became
+/// unreadable), whatever other key the host rejected: a default
+/// `~/.ssh/id_ed25519` the fleet never authorized, rejected after the
+/// agent went, read as the host locking logins out, and the soak took
+/// every good host of its wave back.
 pub(crate) async fn authenticate<H>(
     handle: &mut Handle<H>,
     target: &SshTarget,
-) -> Result<AuthMethod, ConnectError>
+    proven: Option<&Identity>,
+) -> Result<Identity, ConnectError>
+where
+    H: Handler<Error = russh::Error>,
+{
+    let mut at = Attempts::default();
+    let result = offer_all(handle, target, &mut at).await;
+    at.judged(target, result, proven)
+}
+
+/// Every identity in turn ([`authenticate`]'s order).
+async fn offer_all<H>(
+    handle: &mut Handle<H>,
+    target: &SshTarget,
+    at: &mut Attempts,
+) -> Result<Identity, ConnectError>
 where
     H: Handler<Error = russh::Error>,
 {
     let user = target.user();
-    let mut at = Attempts::default();
     let files = target.identity_files();
     let wanted: Vec<PublicKey> = files.iter().filter_map(|p| public_half(p)).collect();
     let (mut agent, ids) = match open_agent(target, &mut at.tried).await {
@@ -119,25 +160,25 @@ where
         .into_iter()
         .partition(|id| wanted.iter().any(|w| w.key_data() == id_key(id).key_data()));
     if let Some(agent) = agent.as_mut()
-        && let Some(end) = try_agent(handle, target, &user, agent, mine, &mut at).await
+        && let Some(end) = try_agent(handle, target, &user, agent, mine, at).await
     {
         return end;
     }
-    if let Some(end) = try_files(handle, target, &user, &files, &mut at).await {
+    if let Some(end) = try_files(handle, target, &user, &files, at).await {
         return end;
     }
     if let Some(agent) = agent.as_mut()
-        && let Some(end) = try_agent(handle, target, &user, agent, others, &mut at).await
+        && let Some(end) = try_agent(handle, target, &user, agent, others, at).await
     {
         return end;
     }
-    match at.encrypted {
+    match at.encrypted.take() {
         Some(path) => Err(ConnectError::EncryptedKey {
             target: target.name.clone(),
             path,
-            tried: at.tried,
+            tried: at.tried.clone(),
         }),
-        None => Err(auth_failed(target, user, at.tried)),
+        None => Err(auth_failed(target, user, at.tried.clone())),
     }
 }
 
@@ -238,7 +279,7 @@ where
         );
         match result {
             Ok(AuthResult::Success) => {
-                return Some(Ok(if is_cert {
+                let method = if is_cert {
                     AuthMethod::AgentCertificate {
                         fingerprint: fp,
                         comment,
@@ -248,9 +289,17 @@ where
                         fingerprint: fp,
                         comment,
                     }
+                };
+                return Some(Ok(Identity {
+                    key,
+                    certificate: is_cert,
+                    method,
                 }));
             }
-            Ok(AuthResult::Failure { .. }) => at.tried.push(format!("{label}: rejected")),
+            Ok(AuthResult::Failure { .. }) => {
+                at.tried.push(format!("{label}: rejected"));
+                at.rejected.push((key.clone(), is_cert));
+            }
             Err(e) => at
                 .tried
                 .push(format!("{label}: agent could not sign ({e})")),
@@ -300,13 +349,18 @@ where
                     at.offered.push((key.public_key().clone(), true));
                     match try_certificate(handle, user, key.clone(), cert, hash).await {
                         Ok(true) => {
-                            return Some(Ok(AuthMethod::Certificate {
-                                path: path.clone(),
-                                certificate: cert_path,
+                            return Some(Ok(Identity {
+                                key: key.public_key().clone(),
+                                certificate: true,
+                                method: AuthMethod::Certificate {
+                                    path: path.clone(),
+                                    certificate: cert_path,
+                                },
                             }));
                         }
                         Ok(false) => {
                             at.tried.push(format!("{}: rejected", cert_path.display()));
+                            at.rejected.push((key.public_key().clone(), true));
                             if closed_by_server(handle, &mut at.tried) {
                                 return Some(Err(auth_failed(
                                     target,
@@ -333,14 +387,21 @@ where
             .await;
         match res {
             Ok(AuthResult::Success) => {
-                return Some(Ok(AuthMethod::IdentityFile { path: path.clone() }));
+                return Some(Ok(Identity {
+                    key: key.public_key().clone(),
+                    certificate: false,
+                    method: AuthMethod::IdentityFile { path: path.clone() },
+                }));
             }
-            Ok(AuthResult::Failure { .. }) => at.tried.push(format!(
-                "{} ({} {}): rejected",
-                path.display(),
-                key.algorithm(),
-                fingerprint(key.public_key().key_data())
-            )),
+            Ok(AuthResult::Failure { .. }) => {
+                at.tried.push(format!(
+                    "{} ({} {}): rejected",
+                    path.display(),
+                    key.algorithm(),
+                    fingerprint(key.public_key().key_data())
+                ));
+                at.rejected.push((key.public_key().clone(), false));
+            }
             Err(e) => return lost(e),
         }
         if closed_by_server(handle, &mut at.tried) {
@@ -383,6 +444,70 @@ fn load_identity(path: &Path, at: &mut Attempts) -> Option<PrivateKey> {
 }
 
 impl Attempts {
+    /// `result`, an authentication failure made this side's when the
+    /// `proven` key was not among the keys the host rejected: it was not
+    /// offered at all (no agent, the agent without it, its file
+    /// unreadable), or the server hung up before its turn. A lost
+    /// connection stays one.
+    // Once per connection; the large error is its message.
+    #[allow(clippy::result_large_err)]
+    fn judged(
+        &self,
+        target: &SshTarget,
+        result: Result<Identity, ConnectError>,
+        proven: Option<&Identity>,
+    ) -> Result<Identity, ConnectError> {
+        let failed_auth = matches!(
+            result,
+            Err(ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. })
+        );
+        match proven {
+            Some(p) if failed_auth && !self.was_rejected(p) => {
+                Err(ConnectError::IdentityNotOffered {
+                    target: target.name.clone(),
+                    identity: p.method.to_string(),
+                    why: self.why_not_offered(p),
+                    tried: self.tried.clone(),
+                })
+            }
+            _ => result,
+        }
+    }
+
+    /// Did the server answer "no" to `id`'s key (offered the same way)?
+    fn was_rejected(&self, id: &Identity) -> bool {
+        self.rejected
+            .iter()
+            .any(|(k, c)| *c == id.certificate && k.key_data() == id.key.key_data())
+    }
+
+    /// What kept `id` from being offered, as far as the attempts tell: the
+    /// agent's trouble when it had any, else where it was looked for.
+    fn why_not_offered(&self, id: &Identity) -> String {
+        let agent_trouble = self
+            .tried
+            .iter()
+            .find(|t| t.starts_with("agent at ") || t.starts_with("ssh-agent: "));
+        let file = match &id.method {
+            AuthMethod::IdentityFile { path } | AuthMethod::Certificate { path, .. } => Some(path),
+            AuthMethod::Agent { .. } | AuthMethod::AgentCertificate { .. } => None,
+        };
+        let file_trouble = file.and_then(|p| {
+            self.tried
+                .iter()
+                .find(|t| t.starts_with(&*p.to_string_lossy()))
+        });
+        let trouble = match file {
+            Some(_) => file_trouble.or(agent_trouble),
+            None => agent_trouble,
+        };
+        match (trouble, file) {
+            (Some(t), _) => t.clone(),
+            (None, None) => "the agent no longer holds it (its lifetime over, or removed)".into(),
+            (None, Some(_)) => "the server closed the connection before its turn".into(),
+        }
+    }
+
     /// Whether `key` was offered already, as a certificate or plain.
     fn was_offered(&self, key: &PublicKey, cert: bool) -> bool {
         self.offered
@@ -491,5 +616,80 @@ impl russh::Signer for FileSigner {
         blob.encode(&mut to_sign)
             .map_err(|e| SignError::Sign(e.to_string()))?;
         Ok(to_sign)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEPLOY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPY3xDoOMGDLSqqHUbaDsOiLRPvA2zGTT+rNS8Biguus deploy";
+    const STRAY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBH4eCH+c3kX+45SLeQBhF7+Nn2VO8dwQ72omiHm+6LJ stray";
+
+    fn key(line: &str) -> PublicKey {
+        PublicKey::from_openssh(line).expect("a valid test key")
+    }
+
+    /// The run logged in with the agent's deploy key.
+    fn proven() -> Identity {
+        Identity {
+            key: key(DEPLOY),
+            certificate: false,
+            method: AuthMethod::Agent {
+                fingerprint: fingerprint(key(DEPLOY).key_data()),
+                comment: "deploy".into(),
+            },
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn failed(tried: &[String]) -> Result<Identity, ConnectError> {
+        Err(ConnectError::AuthFailed {
+            target: "web1".into(),
+            user: "root".into(),
+            tried: tried.to_vec(),
+        })
+    }
+
+    /// The agent died mid-run; `~/.ssh/id_ed25519`, which the fleet never
+    /// authorized, is still offered and rejected. That said "host locked
+    /// out"; the key that works was never offered, so it is this side's,
+    /// and the first line says why. The deploy key itself rejected is the
+    /// host's, as before.
+    #[test]
+    fn a_failure_without_the_proven_key_is_this_sides_whatever_was_rejected() {
+        let target = SshTarget::new("web1", "10.0.0.1");
+        let mut at = Attempts {
+            tried: vec![
+                "agent at /tmp/agent.sock: unreachable (Connection refused)".into(),
+                "/root/.ssh/id_ed25519 (ed25519 SHA256:x): rejected".into(),
+            ],
+            rejected: vec![(key(STRAY), false)],
+            ..Attempts::default()
+        };
+        let e = at
+            .judged(&target, failed(&at.tried), Some(&proven()))
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::IdentityNotOffered { .. }), "{e}");
+        assert!(e.is_controllers_own() && e.is_lasting());
+        let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+        assert!(
+            first.contains("unreachable (Connection refused)"),
+            "{first}"
+        );
+
+        // The host's first login (nothing proven yet): the host's, as before.
+        let e = at.judged(&target, failed(&at.tried), None).unwrap_err();
+        assert!(!e.is_controllers_own(), "{e}");
+
+        // The deploy key offered and rejected: the host's.
+        at.rejected.push((key(DEPLOY), false));
+        let e = at
+            .judged(&target, failed(&at.tried), Some(&proven()))
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::AuthFailed { .. }), "{e}");
+        assert!(!e.is_controllers_own());
     }
 }

@@ -12,7 +12,7 @@ use russh::{Disconnect, Preferred};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout_at};
 
-use super::auth::{AuthMethod, authenticate};
+use super::auth::{AuthMethod, Identity, authenticate};
 use super::error::{ConnectError, ConnectStage};
 use super::hostkey::{Client, HostCheck, HostKeyStatus, Pins};
 use super::known_hosts::KnownHosts;
@@ -51,6 +51,8 @@ pub struct ConnectInfo {
 pub(crate) struct Conn {
     pub handle: Handle<Client>,
     pub info: ConnectInfo,
+    /// The key it logged in with (`info.auth` says how).
+    pub identity: Identity,
     _jump: Option<Box<Conn>>,
 }
 
@@ -71,14 +73,20 @@ impl Conn {
 }
 
 /// Connect and authenticate to `target` (through its jump hosts).
-pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, ConnectError> {
+/// `proven`: the key an earlier connection to this host logged in with
+/// ([`authenticate`]); `None` for a host's first connection.
+pub(crate) async fn connect(
+    target: &SshTarget,
+    pins: &Pins,
+    proven: Option<&Identity>,
+) -> Result<Conn, ConnectError> {
     let jump = match &target.proxy_jump {
-        Some(j) => Some(Box::new(Box::pin(connect(j, pins)).await.map_err(|e| {
-            ConnectError::Jump {
+        Some(j) => Some(Box::new(Box::pin(connect(j, pins, None)).await.map_err(
+            |e| ConnectError::Jump {
                 target: target.name.clone(),
                 source: Box::new(e),
-            }
-        })?)),
+            },
+        )?)),
         None => None,
     };
     // Saturating: a timeout no inventory allows must still not panic.
@@ -182,7 +190,7 @@ pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, Con
             });
         }
     };
-    let auth = match timeout_at(deadline, authenticate(&mut handle, target)).await {
+    let identity = match timeout_at(deadline, authenticate(&mut handle, target, proven)).await {
         Err(_) => return Err(timeout(&addr, ConnectStage::Auth)),
         Ok(r) => r?,
     };
@@ -193,11 +201,12 @@ pub(crate) async fn connect(target: &SshTarget, pins: &Pins) -> Result<Conn, Con
             host,
             addr,
             user: target.user(),
-            auth,
+            auth: identity.method().clone(),
             host_key,
             fingerprint: fp,
             via: jump.as_ref().map(|j| Box::new(j.info.clone())),
         },
+        identity,
         _jump: jump,
     })
 }

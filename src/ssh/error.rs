@@ -141,6 +141,21 @@ pub enum ConnectError {
         tried: Vec<String>,
     },
 
+    /// The key the run's session logged in with was not offered this time:
+    /// the failure is this side's, whatever other key the host rejected.
+    /// The cause goes on the first line: reports show only that one.
+    #[error(
+        "{target}: the key this run logged in with ({identity}) was not offered ({why}): a failure \
+         on this side, not the host's; reload the key (`ssh-add`) or restore the agent{}",
+        tried_suffix(tried)
+    )]
+    IdentityNotOffered {
+        target: String,
+        identity: String,
+        why: String,
+        tried: Vec<String>,
+    },
+
     #[error("{target}: connection lost during authentication: {source}")]
     AuthTransport {
         target: String,
@@ -168,6 +183,7 @@ impl ConnectError {
             | ConnectError::HostCertificateInvalid { .. }
             | ConnectError::KnownHosts { .. }
             | ConnectError::EncryptedKey { .. }
+            | ConnectError::IdentityNotOffered { .. }
             | ConnectError::AuthFailed { .. } => true,
             ConnectError::Jump { source, .. } => source.is_refusal(),
             ConnectError::Unreachable { .. }
@@ -195,15 +211,17 @@ impl ConnectError {
     }
 
     /// A failure that says nothing of the host: no key to offer (an agent
-    /// gone, a key's lifetime over) or only a passphrase-protected one, an
-    /// unreadable known_hosts file, or any failure to reach a jump host (it
-    /// never got as far as the host). A host that locked logins out
-    /// rejects the keys offered: any key rejected makes it the host's (an
-    /// agent gone while another key the host does not take is still
-    /// offered reads as the host's too).
+    /// gone, a key's lifetime over) or only a passphrase-protected one, the
+    /// key the run logged in with not offered (whatever else was rejected),
+    /// an unreadable known_hosts file, or any failure to reach a jump host
+    /// (it never got as far as the host). A host that locked logins out
+    /// rejects the keys offered: a key rejected makes it the host's when
+    /// no earlier login proved which key works.
     pub fn is_controllers_own(&self) -> bool {
         match self {
-            ConnectError::KnownHosts { .. } | ConnectError::Jump { .. } => true,
+            ConnectError::KnownHosts { .. }
+            | ConnectError::Jump { .. }
+            | ConnectError::IdentityNotOffered { .. } => true,
             ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. } => {
                 self.nothing_rejected()
             }

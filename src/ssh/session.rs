@@ -27,6 +27,7 @@ use russh::client::Msg;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::auth::Identity;
 use super::connect::{Conn, ConnectInfo, connect};
 use super::error::ConnectError;
 use super::exec;
@@ -52,6 +53,10 @@ struct Inner {
     channels: Arc<Semaphore>,
     pins: Pins,
     info: std::sync::Mutex<ConnectInfo>,
+    /// The key the current connection logged in with: a reconnect that
+    /// fails without offering it failed on this side
+    /// ([`super::auth::authenticate`]).
+    identity: std::sync::Mutex<Identity>,
     closed: AtomicBool,
     /// A channel being opened (or open) ahead of the next command.
     spare: std::sync::Mutex<Option<Spare>>,
@@ -83,11 +88,32 @@ struct Spare {
 impl SshSession {
     /// Connect and authenticate (through jump hosts), verifying host keys.
     pub async fn connect(target: SshTarget) -> Result<SshSession, ConnectError> {
-        let pins = Pins::default();
-        let conn = Arc::new(connect(&target, &pins).await?);
+        Self::open(target, Pins::default(), None).await
+    }
+
+    /// A new session to the host `run` is a session to (`target` may name
+    /// another address of it: the host's `confirm_address`), judged by what
+    /// `run` proved: a login that fails without offering the key `run`
+    /// logged in with failed on this side. Magic rollback's confirmation
+    /// and the soak's check open these.
+    pub async fn connect_beside(
+        target: SshTarget,
+        run: &SshSession,
+    ) -> Result<SshSession, ConnectError> {
+        let proven = unpoisoned(&run.inner.identity).clone();
+        Self::open(target, Pins::default(), Some(proven)).await
+    }
+
+    async fn open(
+        target: SshTarget,
+        pins: Pins,
+        proven: Option<Identity>,
+    ) -> Result<SshSession, ConnectError> {
+        let conn = Arc::new(connect(&target, &pins, proven.as_ref()).await?);
         let session = SshSession {
             inner: Arc::new(Inner {
                 info: std::sync::Mutex::new(conn.info.clone()),
+                identity: std::sync::Mutex::new(conn.identity.clone()),
                 conn: Mutex::new(conn.clone()),
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 pins,
@@ -200,6 +226,7 @@ impl SshSession {
         if let Ok(mut info) = self.inner.info.lock() {
             *info = fresh.info.clone();
         }
+        *unpoisoned(&self.inner.identity) = fresh.identity.clone();
         *slot = fresh.clone();
         Ok(fresh)
     }
@@ -289,7 +316,8 @@ impl SshSession {
 
     /// A new connection to this session's target; `why` names it in errors.
     async fn new_conn(&self, why: &str) -> anyhow::Result<Conn> {
-        connect(&self.inner.target, &self.inner.pins)
+        let proven = unpoisoned(&self.inner.identity).clone();
+        connect(&self.inner.target, &self.inner.pins, Some(&proven))
             .await
             .with_context(|| format!("{}: {why}", self.inner.target.name))
     }
@@ -393,9 +421,10 @@ impl Remote for SshSession {
         }
         let target = self.inner.target.clone();
         let pins = self.inner.pins.clone();
+        let proven = unpoisoned(&self.inner.identity).clone();
         *slot = Some(StreamSpare {
             started: std::time::Instant::now(),
-            making: tokio::spawn(async move { connect(&target, &pins).await }),
+            making: tokio::spawn(async move { connect(&target, &pins, Some(&proven)).await }),
         });
     }
 
