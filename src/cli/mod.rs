@@ -8,6 +8,7 @@ pub mod complete;
 mod exec;
 pub mod exit;
 mod hosts;
+mod open_files;
 mod prompt;
 mod push;
 mod release;
@@ -40,6 +41,8 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.global);
+    // Hundreds of hosts' connections pass the default soft limit (1024).
+    open_files::raise();
     let json = cli.global.json;
     let command = command_name(&cli.command);
     match run(cli) {

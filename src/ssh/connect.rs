@@ -146,17 +146,19 @@ pub(crate) async fn connect(
             timeout_at(deadline, handshake(config, ch.into_stream(), client)).await
         }
         None => {
-            let tcp = timeout_at(
-                deadline,
-                tokio::net::TcpStream::connect((host.as_str(), port)),
-            )
-            .await
-            .map_err(|_| timeout(&addr, ConnectStage::Tcp))?
-            .map_err(|source| ConnectError::Unreachable {
-                target: target.name.clone(),
-                addr: addr.clone(),
-                source,
-            })?;
+            let found = timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
+                .await
+                .map_err(|_| timeout(&addr, ConnectStage::Resolve))?
+                .map_err(|source| ConnectError::Resolve {
+                    target: target.name.clone(),
+                    host: host.clone(),
+                    source,
+                })?;
+            let found: Vec<std::net::SocketAddr> = found.collect();
+            let tcp = timeout_at(deadline, tokio::net::TcpStream::connect(&found[..]))
+                .await
+                .map_err(|_| timeout(&addr, ConnectStage::Tcp))?
+                .map_err(|source| unreachable(target, &addr, source))?;
             if let Ok(peer) = tcp.peer_addr() {
                 addr = peer.to_string();
             }
@@ -209,6 +211,30 @@ pub(crate) async fn connect(
         identity,
         _jump: jump,
     })
+}
+
+/// Why the TCP connection failed: this machine out of a resource (open
+/// files, ports, buffers) says nothing of the host; anything else may.
+fn unreachable(target: &SshTarget, addr: &str, source: std::io::Error) -> ConnectError {
+    use rustix::io::Errno;
+    let local = [
+        Errno::MFILE,
+        Errno::NFILE,
+        Errno::NOBUFS,
+        Errno::ADDRNOTAVAIL,
+    ];
+    match Errno::from_io_error(&source) {
+        Some(e) if local.contains(&e) => ConnectError::LocalResources {
+            target: target.name.clone(),
+            addr: addr.to_owned(),
+            source,
+        },
+        _ => ConnectError::Unreachable {
+            target: target.name.clone(),
+            addr: addr.to_owned(),
+            source,
+        },
+    }
 }
 
 async fn handshake<R>(
@@ -265,5 +291,53 @@ fn client_config(db: &KnownHosts, host: &str, port: u16, keepalive: Duration) ->
             ..Preferred::DEFAULT
         },
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name this machine cannot resolve (a resolver outage during the
+    /// soak) is this side's failure: it read as the host unreachable, and
+    /// every host of the wave was judged locked out.
+    #[tokio::test]
+    async fn a_name_not_resolved_here_is_this_sides_failure() {
+        let mut target = SshTarget::new("web1", "web1.invalid");
+        target.known_hosts = vec![std::path::PathBuf::from("/nonexistent/known_hosts")];
+        target.connect_timeout = Duration::from_secs(5);
+        let e = connect(&target, &Pins::default(), None)
+            .await
+            .err()
+            .expect("an .invalid name never resolves");
+        let resolving = matches!(
+            e,
+            ConnectError::Resolve { .. }
+                | ConnectError::Timeout {
+                    stage: ConnectStage::Resolve,
+                    ..
+                }
+        );
+        assert!(resolving && e.is_controllers_own(), "{e}");
+    }
+
+    /// This machine out of descriptors or ports is its own failure; a
+    /// refused connection is the host's.
+    #[test]
+    fn out_of_descriptors_is_this_sides_failure() {
+        use rustix::io::Errno;
+        let target = SshTarget::new("web1", "10.0.0.1");
+        let errno = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        for local in [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::ADDRNOTAVAIL,
+        ] {
+            let e = unreachable(&target, "10.0.0.1:22", errno(local));
+            assert!(e.is_controllers_own() && !e.is_lasting(), "{e}");
+        }
+        let e = unreachable(&target, "10.0.0.1:22", errno(Errno::CONNREFUSED));
+        assert!(!e.is_controllers_own(), "{e}");
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 /// The step a connection attempt was at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectStage {
-    /// Resolving the name and opening the TCP connection.
+    /// Resolving the host's name (on this machine).
+    Resolve,
+    /// Opening the TCP connection.
     Tcp,
     /// SSH banner, key exchange and host-key verification.
     Handshake,
@@ -17,6 +19,7 @@ pub enum ConnectStage {
 impl std::fmt::Display for ConnectStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            ConnectStage::Resolve => "resolving the host's name",
             ConnectStage::Tcp => "opening the TCP connection",
             ConnectStage::Handshake => "waiting for the SSH handshake",
             ConnectStage::Auth => "authenticating",
@@ -31,6 +34,32 @@ pub enum ConnectError {
         "{target}: cannot reach {addr}: {source}; check the address and port, and that sshd runs there"
     )]
     Unreachable {
+        target: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// This machine could not resolve the host's name: its resolver (or
+    /// the name's record), not the host.
+    #[error(
+        "{target}: cannot resolve {host} on this machine: {source}; check the resolver (or use an \
+         address in the inventory)"
+    )]
+    Resolve {
+        target: String,
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// This machine ran out of what a connection needs: open files
+    /// (EMFILE, ENFILE), local ports (EADDRNOTAVAIL), buffers (ENOBUFS).
+    #[error(
+        "{target}: this machine could not open a connection to {addr}: {source}; raise the \
+         open-file limit (`ulimit -n`) or lower max_parallel"
+    )]
+    LocalResources {
         target: String,
         addr: String,
         #[source]
@@ -187,6 +216,8 @@ impl ConnectError {
             | ConnectError::AuthFailed { .. } => true,
             ConnectError::Jump { source, .. } => source.is_refusal(),
             ConnectError::Unreachable { .. }
+            | ConnectError::Resolve { .. }
+            | ConnectError::LocalResources { .. }
             | ConnectError::Timeout { .. }
             | ConnectError::Handshake { .. }
             | ConnectError::AuthTransport { .. } => false,
@@ -210,7 +241,8 @@ impl ConnectError {
         }
     }
 
-    /// A failure that says nothing of the host: no key to offer (an agent
+    /// A failure that says nothing of the host: its name not resolved here,
+    /// this machine out of open files or ports, no key to offer (an agent
     /// gone, a key's lifetime over) or only a passphrase-protected one, the
     /// key the run logged in with not offered (whatever else was rejected),
     /// an unreadable known_hosts file, or any failure to reach a jump host
@@ -221,7 +253,13 @@ impl ConnectError {
         match self {
             ConnectError::KnownHosts { .. }
             | ConnectError::Jump { .. }
-            | ConnectError::IdentityNotOffered { .. } => true,
+            | ConnectError::IdentityNotOffered { .. }
+            | ConnectError::Resolve { .. }
+            | ConnectError::LocalResources { .. }
+            | ConnectError::Timeout {
+                stage: ConnectStage::Resolve,
+                ..
+            } => true,
             ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. } => {
                 self.nothing_rejected()
             }
