@@ -164,6 +164,48 @@ async fn a_dead_agent_with_a_stray_key_rejected_is_this_sides_failure() {
     assert!(!e.is_controllers_own(), "{e}");
 }
 
+/// A host whose deploy moved SSH to its confirm address, which
+/// known_hosts does not list: a new connection there beside the run's
+/// session accepts the host key the run verified (it was refused as
+/// unknown, and every such host was switched then reverted). A host's
+/// first connection there is still refused, and so is another machine's
+/// key at that address.
+#[tokio::test]
+#[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
+async fn a_confirm_address_accepts_the_host_key_the_run_verified() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second_port = free.local_addr().unwrap().port();
+    drop(free);
+    let sshd = Sshd::start_with(&format!("ListenAddress 127.0.0.1:{second_port}"));
+    let key = keygen(sshd.dir.path(), "id_ed25519", "ed25519", "");
+    sshd.authorize(&key);
+    let run = SshSession::connect(sshd.target(&key)).await.unwrap();
+    let mut at_confirm = sshd.target(&key);
+    at_confirm.host = "127.0.0.1".into();
+    at_confirm.port = Some(second_port);
+    let fresh = SshSession::connect_beside(at_confirm.clone(), &run)
+        .await
+        .unwrap();
+    assert_eq!(whoami(&fresh).await, "root");
+    assert_eq!(fresh.info().host_key, HostKeyStatus::ProvenThisRun);
+    let e = SshSession::connect(at_confirm)
+        .await
+        .err()
+        .expect("unknown");
+    assert!(matches!(e, ConnectError::HostKeyUnknown { .. }), "{e}");
+    // Another machine at the confirm address: its key is not the one the
+    // run verified.
+    let other = Sshd::start();
+    other.authorize(&key);
+    let mut elsewhere = other.target(&key);
+    elsewhere.known_hosts = sshd.target(&key).known_hosts;
+    let e = SshSession::connect_beside(elsewhere, &run)
+        .await
+        .err()
+        .expect("another machine's key");
+    assert!(matches!(e, ConnectError::HostKeyUnknown { .. }), "{e}");
+}
+
 #[tokio::test]
 #[ignore = "needs root (sshd, namespaces, nspawn): run scripts/test"]
 async fn wrong_key_lists_what_was_tried() {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, Handle};
+use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
 use russh::{Disconnect, Preferred};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -47,12 +48,24 @@ pub struct ConnectInfo {
     pub via: Option<Box<ConnectInfo>>,
 }
 
+/// What a connection proved of its host: the key it logged in with and
+/// the host key it verified. A later connection to the same host (the
+/// run's reconnects, the confirm's and the soak's new ones) is judged by
+/// it: a login failing without that key offered is this side's failure
+/// ([`authenticate`]), and that host key is the host's at any address
+/// ([`super::hostkey::HostCheck`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Proven {
+    pub identity: Identity,
+    pub host_key: KeyData,
+}
+
 /// One live, authenticated connection (and the jump connection under it).
 pub(crate) struct Conn {
     pub handle: Handle<Client>,
     pub info: ConnectInfo,
-    /// The key it logged in with (`info.auth` says how).
-    pub identity: Identity,
+    /// The keys it proved (`info.auth` says how it logged in).
+    pub proven: Proven,
     _jump: Option<Box<Conn>>,
 }
 
@@ -73,12 +86,12 @@ impl Conn {
 }
 
 /// Connect and authenticate to `target` (through its jump hosts).
-/// `proven`: the key an earlier connection to this host logged in with
-/// ([`authenticate`]); `None` for a host's first connection.
+/// `proven`: what an earlier connection to this host proved ([`Proven`]);
+/// `None` for a host's first connection, judged by known_hosts alone.
 pub(crate) async fn connect(
     target: &SshTarget,
     pins: &Pins,
-    proven: Option<&Identity>,
+    proven: Option<&Proven>,
 ) -> Result<Conn, ConnectError> {
     let jump = match &target.proxy_jump {
         Some(j) => Some(Box::new(Box::pin(connect(j, pins, None)).await.map_err(
@@ -123,6 +136,7 @@ pub(crate) async fn connect(
             },
             first_file: files.first().cloned().unwrap_or_default(),
             pins: pins.clone(),
+            vouched: proven.map(|p| p.host_key.clone()),
             accepted: Mutex::new(None),
         }),
         verdict: verdict.clone(),
@@ -181,7 +195,7 @@ pub(crate) async fn connect(
             });
         }
     };
-    let (host_key, fp) = match outcome {
+    let ((host_key, fp), key_data) = match outcome {
         Some(Ok(accepted)) => accepted,
         Some(Err(rejection)) => return Err(rejection),
         None => {
@@ -192,7 +206,8 @@ pub(crate) async fn connect(
             });
         }
     };
-    let identity = match timeout_at(deadline, authenticate(&mut handle, target, proven)).await {
+    let identity = proven.map(|p| &p.identity);
+    let identity = match timeout_at(deadline, authenticate(&mut handle, target, identity)).await {
         Err(_) => return Err(timeout(&addr, ConnectStage::Auth)),
         Ok(r) => r?,
     };
@@ -208,7 +223,10 @@ pub(crate) async fn connect(
             fingerprint: fp,
             via: jump.as_ref().map(|j| Box::new(j.info.clone())),
         },
-        identity,
+        proven: Proven {
+            identity,
+            host_key: key_data,
+        },
         _jump: jump,
     })
 }

@@ -39,9 +39,14 @@ pub enum HostKeyStatus {
         #[serde(serialize_with = "crate::report::json::lossy_path")]
         file: PathBuf,
     },
+    /// Not known under this name (the host's `confirm_address`), but the
+    /// key the run's session to the same host verified.
+    ProvenThisRun,
 }
 
+/// How the key was accepted, its fingerprint, and the key.
 pub(crate) type Accepted = (HostKeyStatus, String);
+pub(crate) type Verified = (Accepted, KeyData);
 
 /// Everything the handler needs to judge the server's key.
 pub(crate) struct HostCheck {
@@ -53,6 +58,10 @@ pub(crate) struct HostCheck {
     pub(crate) learn_to: Option<PathBuf>,
     pub(crate) first_file: PathBuf,
     pub(crate) pins: Pins,
+    /// The host key an earlier connection to the same host verified (the
+    /// run's session): accepted here when known_hosts does not know this
+    /// name. A key known_hosts says changed, or revoked, is still refused.
+    pub(crate) vouched: Option<KeyData>,
     /// The key accepted on this connection: a rekey re-checks it without
     /// learning it twice.
     pub(crate) accepted: Mutex<Option<(KeyData, Accepted)>>,
@@ -104,6 +113,9 @@ impl HostCheck {
                 file: r.file,
                 line: r.line,
             },
+            Verdict::Unknown if self.vouched.as_ref() == Some(key_data) => {
+                HostKeyStatus::ProvenThisRun
+            }
             Verdict::Unknown => {
                 let line = line_for(&self.host, self.port, key_data).map_err(|source| {
                     ConnectError::KnownHosts {
@@ -175,7 +187,7 @@ impl HostCheck {
 /// russh event handler: verifies the host key, records the verdict.
 pub(crate) struct Client {
     pub(crate) check: Arc<HostCheck>,
-    pub(crate) verdict: Arc<Mutex<Option<Result<Accepted, ConnectError>>>>,
+    pub(crate) verdict: Arc<Mutex<Option<Result<Verified, ConnectError>>>>,
 }
 
 impl client::Handler for Client {
@@ -185,7 +197,11 @@ impl client::Handler for Client {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let result = self.check.verify(key);
+        let key_data = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data(),
+            PublicKeyOrCertificate::Certificate(c) => c.public_key(),
+        };
+        let result = self.check.verify(key).map(|a| (a, key_data.clone()));
         let ok = result.is_ok();
         if let Ok(mut slot) = self.verdict.lock() {
             // Keep the first verdict; a rekey re-checks the same key.

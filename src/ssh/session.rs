@@ -27,8 +27,7 @@ use russh::client::Msg;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::auth::Identity;
-use super::connect::{Conn, ConnectInfo, connect};
+use super::connect::{Conn, ConnectInfo, Proven, connect};
 use super::error::ConnectError;
 use super::exec;
 use super::hostkey::Pins;
@@ -53,10 +52,9 @@ struct Inner {
     channels: Arc<Semaphore>,
     pins: Pins,
     info: std::sync::Mutex<ConnectInfo>,
-    /// The key the current connection logged in with: a reconnect that
-    /// fails without offering it failed on this side
-    /// ([`super::auth::authenticate`]).
-    identity: std::sync::Mutex<Identity>,
+    /// What the current connection proved (the key it logged in with, the
+    /// host key): its reconnects are judged by it ([`Proven`]).
+    proven: std::sync::Mutex<Proven>,
     closed: AtomicBool,
     /// A channel being opened (or open) ahead of the next command.
     spare: std::sync::Mutex<Option<Spare>>,
@@ -94,26 +92,31 @@ impl SshSession {
     /// A new session to the host `run` is a session to (`target` may name
     /// another address of it: the host's `confirm_address`), judged by what
     /// `run` proved: a login that fails without offering the key `run`
-    /// logged in with failed on this side. Magic rollback's confirmation
-    /// and the soak's check open these.
+    /// logged in with failed on this side, and the host key `run` verified
+    /// is accepted at the other address too (the key's possession proves
+    /// the same machine; a host whose deploy moved SSH to its
+    /// `confirm_address`, unknown to known_hosts under that name, was
+    /// refused there and reverted). Host keys `run` pinned (its jump hosts')
+    /// hold here too. Magic rollback's confirmation and the soak's check
+    /// open these; a host's first session is [`SshSession::connect`].
     pub async fn connect_beside(
         target: SshTarget,
         run: &SshSession,
     ) -> Result<SshSession, ConnectError> {
-        let proven = unpoisoned(&run.inner.identity).clone();
-        Self::open(target, Pins::default(), Some(proven)).await
+        let proven = unpoisoned(&run.inner.proven).clone();
+        Self::open(target, run.inner.pins.clone(), Some(proven)).await
     }
 
     async fn open(
         target: SshTarget,
         pins: Pins,
-        proven: Option<Identity>,
+        proven: Option<Proven>,
     ) -> Result<SshSession, ConnectError> {
         let conn = Arc::new(connect(&target, &pins, proven.as_ref()).await?);
         let session = SshSession {
             inner: Arc::new(Inner {
                 info: std::sync::Mutex::new(conn.info.clone()),
-                identity: std::sync::Mutex::new(conn.identity.clone()),
+                proven: std::sync::Mutex::new(conn.proven.clone()),
                 conn: Mutex::new(conn.clone()),
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 pins,
@@ -226,7 +229,7 @@ impl SshSession {
         if let Ok(mut info) = self.inner.info.lock() {
             *info = fresh.info.clone();
         }
-        *unpoisoned(&self.inner.identity) = fresh.identity.clone();
+        *unpoisoned(&self.inner.proven) = fresh.proven.clone();
         *slot = fresh.clone();
         Ok(fresh)
     }
@@ -316,7 +319,7 @@ impl SshSession {
 
     /// A new connection to this session's target; `why` names it in errors.
     async fn new_conn(&self, why: &str) -> anyhow::Result<Conn> {
-        let proven = unpoisoned(&self.inner.identity).clone();
+        let proven = unpoisoned(&self.inner.proven).clone();
         connect(&self.inner.target, &self.inner.pins, Some(&proven))
             .await
             .with_context(|| format!("{}: {why}", self.inner.target.name))
@@ -421,7 +424,7 @@ impl Remote for SshSession {
         }
         let target = self.inner.target.clone();
         let pins = self.inner.pins.clone();
-        let proven = unpoisoned(&self.inner.identity).clone();
+        let proven = unpoisoned(&self.inner.proven).clone();
         *slot = Some(StreamSpare {
             started: std::time::Instant::now(),
             making: tokio::spawn(async move { connect(&target, &pins, Some(&proven)).await }),

@@ -494,6 +494,7 @@ pub fn check_table(probes: &[Probe]) -> Table {
                 crate::ssh::HostKeyStatus::LearnedNew { file } => {
                     format!("learned into {}", file.display())
                 }
+                crate::ssh::HostKeyStatus::ProvenThisRun => "proven this run".into(),
             },
         );
         t.row(vec![
