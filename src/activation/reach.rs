@@ -27,86 +27,117 @@ pub(crate) const READS_BOUND: Duration = Duration::from_secs(10);
 pub struct Unreached {
     /// The last try's error.
     pub error: String,
-    /// It was the controller's own failure, not the host's
+    /// Every try failed on the controller's side, not the host's
     /// ([`crate::ssh::ConnectError::is_controllers_own`]: no key to offer,
     /// an agent gone, a jump host unreachable): it says nothing of the host.
     /// Not tried again when it lasts (no key to offer); a jump host's
-    /// timeout is.
+    /// timeout is. One try the host failed makes it the host's.
     pub controllers_own: bool,
 }
 
 /// New connections tried every [`RETRY`] for `within`, until one reads
 /// the host's running system (`current_system`, the link): that is
 /// returned. `Err`: why the last try failed (no connection, or no answer
-/// over it).
+/// over it), the controller's own only when every try failed on this side:
+/// one bastion hiccup, then a login that hung until the window closed,
+/// read as this side's, and the soak kept a locked-out host known-good.
 pub async fn new_connection<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     within: Duration,
 ) -> Result<Option<StorePath>, Unreached> {
     let end = tokio::time::Instant::now() + within;
-    let mut last = None;
+    let mut last: Option<Failed> = None;
+    let mut hosts_part = false;
     loop {
-        let (unreached, lasting) = match once(fresh, current_system, end).await {
+        let failed = match once(fresh, current_system, end).await {
             Ok(running) => return Ok(running),
-            Err(Some(u)) => u,
-            // Cut off by the window's end: the failure before says why (a
-            // bastion timing out each try is still not the host's), else
-            // nothing answered at all.
-            Err(None) => {
-                return Err(last.unwrap_or_else(|| Unreached {
-                    error: "no new connection within the window".to_owned(),
-                    controllers_own: false,
-                }));
-            }
+            Err(Some(f)) => f,
+            Err(None) => return Err(cut_off(last, hosts_part)),
         };
-        let own_for_good = unreached.controllers_own && lasting;
+        hosts_part |= !failed.unreached.controllers_own;
+        let own_for_good = failed.unreached.controllers_own && failed.lasting;
         if own_for_good || tokio::time::Instant::now() + RETRY >= end {
+            let mut unreached = failed.unreached;
+            unreached.controllers_own = !hosts_part;
             return Err(unreached);
         }
-        last = Some(unreached);
+        last = Some(failed);
         tokio::time::sleep(RETRY).await;
     }
+}
+
+/// Why no try got in when the window's end cut one short: the try before
+/// says why if it hung too (a bastion timing out each try is still not
+/// the host's); a try that hung after one that failed fast is the host's,
+/// as is a window no try failed in.
+fn cut_off(last: Option<Failed>, hosts_part: bool) -> Unreached {
+    match last {
+        Some(f) => Unreached {
+            controllers_own: f.hung && !hosts_part,
+            error: f.unreached.error,
+        },
+        None => Unreached {
+            error: "no new connection within the window".to_owned(),
+            controllers_own: false,
+        },
+    }
+}
+
+/// One try's failure.
+struct Failed {
+    unreached: Unreached,
+    /// Waiting cannot change it ([`crate::ssh::ConnectError::is_lasting`]).
+    lasting: bool,
+    /// It waited out a timeout (nothing answered), rather than failing
+    /// fast.
+    hung: bool,
 }
 
 /// One new connection, its handshake by `end` (a connection's own
 /// `connect_timeout`, twice that through a jump host, would outlast the
 /// window), and the link read over it (bounded by [`READS_BOUND`]).
-/// `Err`: why not, and whether waiting cannot change it; `None` when the
-/// window ended first.
+/// `Err`: why not; `None` when the window ended first.
 async fn once<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     end: tokio::time::Instant,
-) -> Result<Option<StorePath>, Option<(Unreached, bool)>> {
-    let host = |error: String| {
-        let u = Unreached {
+) -> Result<Option<StorePath>, Option<Failed>> {
+    let host = |error: String, hung| {
+        let unreached = Unreached {
             error,
             controllers_own: false,
         };
-        Some((u, false))
+        Some(Failed {
+            unreached,
+            lasting: false,
+            hung,
+        })
     };
     let remote = match tokio::time::timeout_at(end, fresh.fresh()).await {
         Ok(Ok(remote)) => remote,
         Ok(Err(e)) => {
+            use crate::ssh::ConnectError;
             let ce = crate::remote::patient::connect_error(&e);
-            let u = Unreached {
+            let unreached = Unreached {
                 error: format!("{e:#}"),
-                controllers_own: ce.is_some_and(crate::ssh::ConnectError::is_controllers_own),
+                controllers_own: ce.is_some_and(ConnectError::is_controllers_own),
             };
-            return Err(Some((
-                u,
-                ce.is_some_and(crate::ssh::ConnectError::is_lasting),
-            )));
+            return Err(Some(Failed {
+                unreached,
+                lasting: ce.is_some_and(ConnectError::is_lasting),
+                hung: ce.is_some_and(ConnectError::is_timeout),
+            }));
         }
         Err(_) => return Err(None),
     };
     let read = links::read_store_link(&remote, current_system);
     match tokio::time::timeout(READS_BOUND, read).await {
-        Ok(read) => read.map_err(|e| host(format!("{e:#}"))),
-        Err(_) => Err(host(format!(
-            "a new connection's read took over {READS_BOUND:?}"
-        ))),
+        Ok(read) => read.map_err(|e| host(format!("{e:#}"), false)),
+        Err(_) => Err(host(
+            format!("a new connection's read took over {READS_BOUND:?}"),
+            true,
+        )),
     }
 }
 
@@ -181,5 +212,84 @@ mod tests {
             bastion.1.load(Ordering::SeqCst) >= 2,
             "tried again within the window"
         );
+    }
+
+    /// Fails the first try with `first()`, at once; every later try with
+    /// `then()`, or hangs when there is none.
+    struct Sequence<A, B>(A, Option<B>, AtomicU32);
+
+    impl<A, B> Reconnect<ScriptedRemote> for Sequence<A, B>
+    where
+        A: Fn() -> ConnectError + Send + Sync,
+        B: Fn() -> ConnectError + Send + Sync,
+    {
+        fn fresh(
+            &self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<ScriptedRemote>> + Send + '_>,
+        > {
+            let n = self.2.fetch_add(1, Ordering::SeqCst);
+            let e = match (n, &self.1) {
+                (0, _) => Some((self.0)()),
+                (_, Some(then)) => Some(then()),
+                (_, None) => None,
+            };
+            Box::pin(async move {
+                match e {
+                    Some(e) => Err(anyhow::Error::new(e)),
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn jump_refused() -> ConnectError {
+        ConnectError::Jump {
+            target: "web1".into(),
+            source: Box::new(ConnectError::Unreachable {
+                target: "bastion".into(),
+                addr: "10.0.0.9:22".into(),
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            }),
+        }
+    }
+
+    fn host_timeout() -> ConnectError {
+        ConnectError::Timeout {
+            target: "web1".into(),
+            addr: "10.0.0.1:22".into(),
+            stage: ConnectStage::Handshake,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The whole window is judged, not its last try: a bastion hiccup
+    /// then a login hanging until the window closed read as this side's
+    /// (the soak kept a locked-out host known-good); a host that failed a
+    /// try, then a bastion that refused, too.
+    #[tokio::test(start_paused = true)]
+    async fn one_try_the_host_failed_makes_the_window_the_hosts() {
+        let within = Duration::from_secs(10);
+        let hiccup_then_hang = Sequence(
+            jump_refused,
+            None::<fn() -> ConnectError>,
+            AtomicU32::new(0),
+        );
+        let u = new_connection(&hiccup_then_hang, "/run/current-system", within)
+            .await
+            .unwrap_err();
+        assert!(!u.controllers_own, "{u:?}");
+        let host_then_bastion = Sequence(host_timeout, Some(jump_refused), AtomicU32::new(0));
+        let u = new_connection(&host_then_bastion, "/run/current-system", within)
+            .await
+            .unwrap_err();
+        assert!(!u.controllers_own, "{u:?}");
+        assert!(host_then_bastion.2.load(Ordering::SeqCst) >= 3);
+        // Every try the bastion's: this side's, as before.
+        let bastion = Sequence(jump_refused, Some(jump_refused), AtomicU32::new(0));
+        let u = new_connection(&bastion, "/run/current-system", within)
+            .await
+            .unwrap_err();
+        assert!(u.controllers_own, "{u:?}");
     }
 }

@@ -267,6 +267,15 @@ impl ConnectError {
         }
     }
 
+    /// Did it wait out a timeout (nothing answered), here or at a jump host?
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ConnectError::Timeout { .. } => true,
+            ConnectError::Jump { source, .. } => source.is_timeout(),
+            _ => false,
+        }
+    }
+
     /// An authentication failure in which the host rejected no key offered.
     fn nothing_rejected(&self) -> bool {
         let tried = match self {
