@@ -300,9 +300,15 @@ where
                 at.tried.push(format!("{label}: rejected"));
                 at.rejected.push((key.clone(), is_cert));
             }
-            Err(e) => at
-                .tried
-                .push(format!("{label}: agent could not sign ({e})")),
+            Err(e) => match agent_failure(&label, e) {
+                Ok(said) => at.tried.push(said),
+                Err(source) => {
+                    return Some(Err(ConnectError::AuthTransport {
+                        target: target.name.clone(),
+                        source,
+                    }));
+                }
+            },
         }
         if closed_by_server(handle, &mut at.tried) {
             return Some(Err(auth_failed(target, user.to_owned(), at.tried.clone())));
@@ -310,6 +316,20 @@ where
         at.offered.push((key, is_cert));
     }
     None
+}
+
+/// An agent offer that failed: the agent could not sign (said in
+/// `tried`, and the next key is offered), or the session had already
+/// ended (`Err`: a lost connection, as [`try_files`] says it). russh
+/// answers `Send` when the session's task is gone; that read as "agent
+/// could not sign", an authentication failure with nothing rejected: the
+/// controller's own and lasting, so the soak kept a host that had dropped
+/// the connection.
+fn agent_failure(label: &str, e: russh::AgentAuthError) -> Result<String, russh::Error> {
+    match e {
+        russh::AgentAuthError::Send(_) => Err(russh::Error::SendError),
+        russh::AgentAuthError::Key(e) => Ok(format!("{label}: agent could not sign ({e})")),
+    }
 }
 
 /// Offer each identity file (with its certificate when one sits next to
@@ -651,6 +671,19 @@ mod tests {
             user: "root".into(),
             tried: tried.to_vec(),
         })
+    }
+
+    /// A session that ended under an agent offer is a lost connection, not
+    /// an agent that could not sign; an agent's own failure is said and the
+    /// next key tried.
+    #[test]
+    fn a_session_ended_under_an_agent_offer_is_a_lost_connection() {
+        let label = "agent key SHA256:x deploy";
+        let lost = agent_failure(label, russh::AgentAuthError::Send(russh::SendError {}));
+        assert!(matches!(lost, Err(russh::Error::SendError)), "{lost:?}");
+        let refused = russh::keys::Error::AgentFailure;
+        let said = agent_failure(label, russh::AgentAuthError::Key(refused));
+        assert!(said.is_ok_and(|s| s.contains("agent could not sign")));
     }
 
     /// The agent died mid-run; `~/.ssh/id_ed25519`, which the fleet never
