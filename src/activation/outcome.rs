@@ -59,14 +59,6 @@ pub enum FailureReason {
         stage: crate::keys::UploadAt,
         error: crate::keys::KeyUploadError,
     },
-    /// The host already ran the candidate with these units failed: a
-    /// switch to it would have exited 4 (`switch-to-configuration` fails
-    /// on any failed unit), so it is not certified. An earlier switch
-    /// that ended so (a hand's, or one a second Ctrl-C left to finish)
-    /// was marked known-good by the next push.
-    FailedUnits {
-        units: Vec<String>,
-    },
     /// The host ran another system when its activation started than when
     /// the plan read it: nothing was done.
     ChangedSincePlan {

@@ -187,14 +187,6 @@ impl<R: Remote> Run<'_, R> {
         {
             return self.fail_clean(Gate::LiveActivate, reason);
         }
-        // A switch to it would fail on any failed unit (exit 4): so does
-        // the gate here (Linux; read after the new connection, one command).
-        if goal.activates_live()
-            && self.s.os == crate::activation::Os::Linux
-            && let Err(reason) = self.no_failed_units().await
-        {
-            return self.fail_clean(Gate::LiveActivate, reason);
-        }
         // Running already, so proven live: its post-activation keys now.
         if goal.activates_live()
             && let Err(outcome) = self
@@ -346,19 +338,6 @@ impl<R: Remote> Run<'_, R> {
             });
         }
         self.pre_failed = units;
-    }
-
-    /// A host already on the candidate is proven live only with no unit
-    /// failed, as a switch to it is ([`FailureReason::FailedUnits`]).
-    async fn no_failed_units(&self) -> Result<(), FailureReason> {
-        let listed = crate::activation::failed_units::failed_units(self.remote, self.s.sudo);
-        match bounded("list failed units", STEP_LIMIT, listed).await {
-            Ok(units) if units.is_empty() => Ok(()),
-            Ok(units) => Err(FailureReason::FailedUnits {
-                units: units.into_iter().collect(),
-            }),
-            Err(e) => Err(remote_err("list failed units", e)),
-        }
     }
 
     /// Clear the failed state of units that failed during this deploy.

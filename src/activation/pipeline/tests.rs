@@ -554,26 +554,6 @@ async fn already_current_is_verified_and_marked_not_switched() {
     assert_eq!(host.state().sessions, 2, "proven over a new connection");
 }
 
-/// A host already running the candidate with a unit failed (an earlier
-/// switch to it that exited 4: a hand's, or one a second Ctrl-C left to
-/// finish) is not certified: a switch to it would fail the live gate. Nothing
-/// changes on it. Before, the next push marked it known-good.
-#[tokio::test(start_paused = true)]
-async fn already_current_with_a_failed_unit_is_not_certified() {
-    let host = FakeHost::new(&sp(NEW));
-    host.state().failed_units.insert("nginx.service".into());
-    let ran = run(&host, &request(Goal::Gated)).await;
-    match &ran.outcome {
-        HostOutcome::Failed {
-            gate: Gate::LiveActivate,
-            reason: FailureReason::FailedUnits { units },
-        } => assert_eq!(units, &["nginx.service"]),
-        other => panic!("{other:?}"),
-    }
-    assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
-    assert_eq!(count(&ran.cmds, "sudo fire"), 0);
-}
-
 /// A host already running the candidate whose boot default this run
 /// moved (it was OLD: an earlier `--goal test`) and whose mark then fails:
 /// not certified, and the boot default goes back to OLD, boot only (it

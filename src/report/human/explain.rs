@@ -78,7 +78,6 @@ fn log_of(r: &FailureReason) -> Vec<String> {
 fn next_for(host: &str, command: &str, r: &FailureReason) -> String {
     let units = match r {
         FailureReason::Switch(SwitchFailure::Exited { log_tail, .. }) => failed_units(log_tail),
-        FailureReason::FailedUnits { units } => units.clone(),
         _ => Vec::new(),
     };
     match r {

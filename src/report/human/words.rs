@@ -400,11 +400,6 @@ pub fn failure(r: &FailureReason) -> String {
                 first_line(&error.to_string())
             )
         }
-        FailureReason::FailedUnits { units } => format!(
-            "it runs the candidate already, with failed units: {} (a switch to it would exit 4); \
-             nothing changed",
-            units.join(", ")
-        ),
         FailureReason::ChangedSincePlan { planned, now } => format!(
             "it changed since the plan: the plan was of {}, it now runs {} (switched by something \
              else: an auto-upgrade, a nixos-rebuild); nothing done",
