@@ -106,10 +106,11 @@ impl RevertRecord {
     /// live system is back but whose boot default is still the candidate
     /// boots it again at its next reboot.
     pub fn boot_back(&self) -> bool {
-        !self
-            .result
-            .split(',')
-            .any(|r| r == "profile-failed" || r == "boot-failed")
+        !self.host_moved()
+            && !self
+                .result
+                .split(',')
+                .any(|r| r == "profile-failed" || r == "boot-failed")
     }
 }
 

@@ -669,25 +669,24 @@ impl<R: Remote> Run<'_, R> {
         }
     }
 
-    /// What the host runs when someone else moved it: neither the
-    /// candidate nor what it ran before, and its revert's record says it
-    /// found it so and changed nothing (`host-moved`: a hand's `switch`
-    /// before the revert came due), or that it put everything back before
-    /// (the host moved on after it: a later run, a hand). Nothing of
-    /// theirs is taken back: no rollback of a host this run no longer
-    /// owns (a controller suspended past its lock's lease comes back to a
-    /// host another run has deployed since).
+    /// What the host runs when someone else moved it: its revert's record
+    /// says it found the host on a third system and changed nothing
+    /// (`host-moved`: a hand's `switch` before the revert came due), or
+    /// that it put everything back, and the host runs anything but what it
+    /// put back (it moved on after: a later run, a hand), the candidate
+    /// included: the revert stops every attempt of this run's switch
+    /// first, so only another run deploying the same commit puts it back.
+    /// Nothing of theirs is taken back: no rollback of a host this run no
+    /// longer owns (a controller suspended past its lock's lease comes
+    /// back to a host another run has deployed since).
     fn moved_by_other(
         &self,
         record: &deadman::RevertRecord,
         now: Option<&StorePath>,
     ) -> Option<StorePath> {
         let now = now?;
-        if now == &self.req.candidate || now == &self.pre_current {
-            return None;
-        }
         let put_back = record.result == "ok" && record.current == self.pre_current.as_str();
-        (record.host_moved() || put_back).then(|| now.clone())
+        (record.host_moved() || (put_back && now != &self.pre_current)).then(|| now.clone())
     }
 
     /// [`Run::moved_by_other`] of one look.

@@ -1371,17 +1371,19 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
 /// or another run that took the host over: a controller suspended past
 /// its lock's lease), before its revert came due or after it: nothing of
 /// theirs is undone. Before, the revert switched the host back under
-/// them, or the controller "rolled back" the host it no longer owned.
+/// them, or the controller "rolled back" the host it no longer owned;
+/// also when the other run deployed the same commit (the host back on
+/// this run's candidate after its revert put everything back).
 #[tokio::test(start_paused = true)]
 async fn a_host_someone_else_moved_is_left_as_it_is() {
     const THIRD: &str = "/nix/store/3c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-25.05";
-    for before_revert in [true, false] {
+    for (to, before_revert) in [(THIRD, true), (THIRD, false), (NEW, false)] {
         let host = cutting_ssh();
-        host.state().moved_by_other = Some((sp(THIRD), before_revert));
+        host.state().moved_by_other = Some((sp(to), before_revert));
         let ran = run(&host, &armed(Goal::Gated)).await;
         match &ran.outcome {
             HostOutcome::MovedByOther { now, record, .. } => {
-                assert_eq!(now, &sp(THIRD));
+                assert_eq!(now, &sp(to));
                 let result = record.as_ref().map(|r| r.result.as_str());
                 let expected = if before_revert { "host-moved" } else { "ok" };
                 assert_eq!(result, Some(expected));
@@ -1394,8 +1396,8 @@ async fn a_host_someone_else_moved_is_left_as_it_is() {
             ran.cmds
         );
         let st = host.state();
-        assert_eq!(st.current, sp(THIRD));
-        assert_eq!(st.boot_default, sp(THIRD));
+        assert_eq!(st.current, sp(to));
+        assert_eq!(st.boot_default, sp(to));
     }
 }
 
