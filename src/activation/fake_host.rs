@@ -645,6 +645,8 @@ impl State {
             self.staged_roots
                 .insert(format!("{dir}{}", a[5]), a[6].to_owned());
             ok("")
+        } else if script == known_good::SOAKED {
+            self.soaked(a[6], a[7])
         } else {
             panic!("fake host: unexpected script {a:?}")
         }
@@ -799,8 +801,9 @@ impl State {
         {
             let replaced = replaced_of(r).map(|g| g.to_string()).unwrap_or_default();
             let created = r.contains("\"created\":true");
+            let soak = if r.contains(SOAK_PENDING) { "true" } else { "" };
             return ok(&format!(
-                "NixgateNew={base}-{old}-link\nNixgateReplaced={replaced}\nNixgateCreated={created}\n"
+                "NixgateNew={base}-{old}-link\nNixgateReplaced={replaced}\nNixgateCreated={created}\nNixgateSoak={soak}\n"
             ));
         }
         // What an earlier run's re-selection kept: that run is over.
@@ -859,16 +862,37 @@ impl State {
             let r = r.clone();
             self.records.entry(format!("{new}{mine}")).or_insert(r);
         }
+        // A soak follows: provisional unless the generation was proven
+        // already (its record, of this closure, final).
+        let proven = self.records.get(&new.to_string()).is_some_and(|r| {
+            r.contains(&format!("\"closure\":\"{closure}\"")) && !r.contains(SOAK_PENDING)
+        });
+        let pending = a.get(10) == Some(&"pending") && (created || !proven);
+        let soak = if pending { SOAK_PENDING } else { "" };
         self.records.insert(
             new.to_string(),
             format!(
-                "{{\"generation\":{new},\"replaced\":{replaced},\"created\":{created},{lineage}{rest}"
+                "{{\"generation\":{new},\"replaced\":{replaced},\"created\":{created},{lineage}{soak}{rest}"
             ),
         );
         let replaced = if old == 0 { String::new() } else { replaced };
+        let soak = if pending { "true" } else { "" };
         ok(&format!(
-            "NixgateNew={base}-{new}-link\nNixgateReplaced={replaced}\nNixgateCreated={created}\n"
+            "NixgateNew={base}-{new}-link\nNixgateReplaced={replaced}\nNixgateCreated={created}\nNixgateSoak={soak}\n"
         ))
+    }
+
+    /// `known_good::SOAKED`: generation `g`'s record, run `run`'s and
+    /// pending, made final.
+    fn soaked(&mut self, g: &str, run: &str) -> Output {
+        let ours = format!("\"run_id\":\"{run}\"");
+        match self.records.get_mut(g) {
+            Some(r) if r.contains(&ours) && r.contains(SOAK_PENDING) => {
+                *r = r.replacen(SOAK_PENDING, "", 1);
+                ok(&format!("NixgateSoaked={g}\n"))
+            }
+            _ => ok("NixgateSoaked=\n"),
+        }
     }
 
     /// `known_good::UNDO_MARK` (`a`: profile, dir, run, re-selected).
@@ -1332,6 +1356,7 @@ pub fn describe(cmd: &Command) -> String {
         s if s == deadman::DISARM_LINUX => "disarm-revert",
         s if s == deadman::READ_RECORD => "read-revert-record",
         s if s == known_good::REVOKE => "revoke-known-good",
+        s if s == known_good::SOAKED => "soak-passed",
         s if s == crate::keys::upload::WRITE => "write-key",
         s if s == known_good::UNDO_MARK => {
             return format!("{sudo}undo-known-good {} {}", a[4], a[6]);
@@ -1362,6 +1387,9 @@ pub fn describe(cmd: &Command) -> String {
     format!("{sudo}{name} {}", a[4..].join(" "))
 }
 
+/// How MARK writes a pending soak into a record.
+pub const SOAK_PENDING: &str = "\"soak_pending\":true,";
+
 /// The record of the known-good generation a fake host starts with.
 fn first_record(closure: &StorePath) -> String {
     let record = known_good::KnownGoodRecord {
@@ -1376,6 +1404,7 @@ fn first_record(closure: &StorePath) -> String {
         replaced: None,
         created: None,
         lineage: None,
+        soak_pending: false,
     };
     serde_json::to_string(&record).expect("a record serializes")
 }

@@ -83,6 +83,16 @@ pub struct KnownGoodRecord {
     /// from it goes on from there ([`crate::plan::rollback_target`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<u64>,
+    /// Marked in a wave with a soak, whose re-check has not passed yet
+    /// (written by the host, cleared by [`SOAKED`] once it has): not proven.
+    /// A controller killed mid-soak leaves it, so the generation is never
+    /// taken for proven: not a rollback target, not validated for the diff
+    /// gate, revoked by the next run whose soak fails on it (a re-mark of
+    /// the same closure adds no generation, and `created` alone let the
+    /// unsoaked one stand). Absent (older records, marks without a soak):
+    /// the mark was final.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soak_pending: bool,
 }
 
 /// What marking produced.
@@ -110,6 +120,9 @@ pub struct MarkRequest {
     /// How long each of its commands may wait for a lost connection to
     /// come back (the activation budget).
     pub patience: std::time::Duration,
+    /// A soak re-checks the host after its wave: the mark is provisional
+    /// (`soak_pending`) until [`soak_passed`].
+    pub soak_follows: bool,
 }
 
 /// The system a host ran before nixgate's first known-good mark on it: kept
@@ -124,14 +137,16 @@ pub struct Baseline {
 
 /// Shell functions reading a known-good record's `replaced` and `created`
 /// (`replaced_of FILE`, `created_of FILE`, `lineage_of FILE`, the last
-/// written by a re-selection only; empty when absent), for MARK,
-/// UNDO_MARK and REVOKE alike. The record is one line, written by MARK,
-/// its fields in this order.
+/// written by a re-selection only, `soak_of FILE`, `true` while its soak
+/// is pending; empty when absent), for MARK, UNDO_MARK, REVOKE and
+/// SOAKED alike. The record is one line, written by MARK, its fields in
+/// this order (`lineage`, then `soak_pending`, only when written).
 macro_rules! record_fields {
     () => {
         r#"replaced_of() { sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
 created_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":\([a-z]*\),.*/\1/p' "$1" 2>/dev/null; }
 lineage_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a-z]*,"lineage":\([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
+soak_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a-z]*,\("lineage":[0-9]*,\)\{0,1\}"soak_pending":\(true\),.*/\2/p' "$1" 2>/dev/null; }
 "#
     };
 }
@@ -139,7 +154,8 @@ lineage_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a
 /// Mark known-good in one host command: `$1` profile, `$2` records
 /// directory, `$3` closure, `$4` generation to re-select (empty: `nix-env
 /// --set`), `$5` run, `$6` the record's length in bytes, then the baseline's
-/// GC root, file, closure (empty: none to record) and time. The record
+/// GC root, file, closure (empty: none to record) and time, and `${11}`
+/// `pending` when a soak re-checks the host after its wave. The record
 /// comes on stdin without its `generation`, which is spliced in once known.
 ///
 /// One command, not three, for two reasons. The controller may vanish
@@ -175,12 +191,20 @@ lineage_of() { sed -n 's/^{"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a
 /// sudo keeps a user's umask of 077 (the known-good was then invisible to
 /// both). They hold no secret: closures, gates' evidence, a commit.
 ///
+/// A mark a soak follows is provisional (`"soak_pending":true`, cleared by
+/// [`SOAKED`] once the soak passed) unless the generation was proven
+/// already: a re-selection or re-use of a generation whose record (of this
+/// closure) is final stays final. One made, one without a record, and one
+/// still pending (an earlier run's soak never ended: its controller was
+/// killed) are pending. A mark no soak follows is final, as before soaks
+/// were recorded.
+///
 /// Exits: 3 the generation to re-select is not the closure; 4 the record
 /// could not be written and the profile was put back; 5 neither; 6 the
 /// record arrived cut short (nothing changed).
 pub(crate) const MARK: &str = concat!(
     record_fields!(),
-    r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}
+    r#"prof=$1; dir=$2; closure=$3; gen=$4; run=$5; len=$6; broot=$7; bfile=$8; bclosure=$9; bat=${10}; soak=${11}
 trap '' HUP PIPE TERM
 umask 022
 mkdir -p "$dir" || exit 1
@@ -200,6 +224,7 @@ if [ -n "$old" ] && [ "$(readlink -f "$prof")" = "$closure" ] && grep -qF "\"run
   rm -f "$tmp"; echo "NixgateNew=$old"
   echo "NixgateReplaced=$(replaced_of "$dir/$oldn.json")"
   echo "NixgateCreated=$(created_of "$dir/$oldn.json")"
+  echo "NixgateSoak=$(soak_of "$dir/$oldn.json")"
   exit 0
 fi
 # The first mark ever: what the host ran before is its baseline (kept once).
@@ -253,12 +278,20 @@ keptfail=
 if [ -z "$gen" ] && [ "$created" = false ]; then keep "$n" || keptfail=1; fi
 rec=$dir/.$n.json.$$.tmp
 lin=; [ -z "$lineage" ] || lin="\"lineage\":$lineage,"
-if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,%s' "$n" "${replaced:-null}" "$created" "$lin"; tail -c +2 "$tmp"; } > "$rec" &&
+# A soak follows: provisional, unless the generation was proven already
+# (its record, of this closure, final).
+sp=
+if [ "$soak" = pending ]; then
+  if [ "$created" = true ] || [ ! -f "$dir/$n.json" ] || ! grep -qF "\"closure\":\"$closure\"" "$dir/$n.json" ||
+    [ -n "$(soak_of "$dir/$n.json")" ]; then sp='"soak_pending":true,'; fi
+fi
+if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,%s%s' "$n" "${replaced:-null}" "$created" "$lin" "$sp"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
   rm -f "$tmp" "$pending" "$pending.last"
   echo "NixgateNew=$new"
   echo "NixgateReplaced=$replaced"
   echo "NixgateCreated=$created"
+  echo "NixgateSoak=${sp:+true}"
   exit 0
 fi
 rm -f "$rec" "$tmp" "$pending" "$pending.last"
@@ -381,6 +414,61 @@ if [ -f \"$dir/$gen.json\" ]; then mv -f \"$dir/$gen.json\" \"$dir/$gen.revoked.
 echo \"NixgatePrevious=$prev\""
 );
 
+/// Generation `$3`'s soak passed: its record, if it is still run `$4`'s
+/// mark (a later run's re-mark is that run's to settle) and pending, is
+/// written again without `soak_pending` (atomically, under MARK's lock,
+/// ignoring a hang-up as MARK does). Prints `NixgateSoaked=` the
+/// generation when it cleared it, empty when there was nothing to clear;
+/// safe to repeat.
+pub(crate) const SOAKED: &str = concat!(
+    record_fields!(),
+    r#"prof=$1; dir=$2; gen=$3; run=$4
+trap '' HUP PIPE TERM
+umask 022
+if command -v flock >/dev/null 2>&1 && mkdir -p "$dir"; then exec 8>>"$dir/.mark.lock" && flock 8; fi
+rec=$dir/$gen.json
+if ! grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null || [ -z "$(soak_of "$rec")" ]; then echo "NixgateSoaked="; exit 0; fi
+tmp=$dir/.$gen.json.$$.tmp
+if sed '1s/^\({"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a-z]*,\("lineage":[0-9]*,\)\{0,1\}\)"soak_pending":true,/\1/' "$rec" > "$tmp" &&
+  { sync "$tmp" 2>/dev/null || sync; } && mv -f "$tmp" "$rec"; then
+  echo "NixgateSoaked=$gen"; exit 0
+fi
+rm -f "$tmp"; echo "rewriting $rec failed" >&2; exit 1"#
+);
+
+/// This run's soak passed on the host: its mark of `generation` is final
+/// ([`SOAKED`]). Asked again over a lost connection for `patience`.
+/// Returns whether it cleared anything (`false`: the record was final
+/// already, or another run's now).
+pub async fn soak_passed<R: Remote>(
+    remote: &R,
+    paths: &HostPaths,
+    sudo: bool,
+    (generation, run): (u64, &RunId),
+    patience: std::time::Duration,
+) -> anyhow::Result<bool> {
+    let what = format!("recording that known-good generation {generation} passed its soak");
+    let out = Patient::new(remote, patience)
+        .exec(
+            &Command::script(SOAKED)
+                .within(super::settings::STEP_LIMIT)
+                .args([
+                    paths.known_good_profile.clone(),
+                    paths.known_good_records.trim_end_matches('/').to_owned(),
+                    generation.to_string(),
+                    run.to_string(),
+                ])
+                .sudo(sudo),
+        )
+        .await
+        .with_context(|| what.clone())?
+        .check(&what)?;
+    Ok(out.stdout_str().lines().any(|l| {
+        l.strip_prefix("NixgateSoaked=")
+            .is_some_and(|g| !g.trim().is_empty())
+    }))
+}
+
 /// The known-good history: the profile's current generation, each
 /// generation (its closure, whether that is still there) with its record,
 /// and what each mark cut off before its record left behind
@@ -498,6 +586,8 @@ pub async fn mark<R: Remote>(
         // The host's own bookkeeping for rollbacks (see MARK): not
         // reported back.
         lineage: None,
+        // Decided by the host (see MARK).
+        soak_pending: false,
         closure: req.closure.clone(),
         marked_at: utc_rfc3339(req.at),
         commit: req.commit.clone(),
@@ -525,6 +615,7 @@ pub async fn mark<R: Remote>(
             paths.baseline.clone(),
             baseline,
             utc_rfc3339(req.at),
+            if req.soak_follows { "pending" } else { "" }.to_owned(),
         ])
         .sudo(sudo);
     let sent = std::time::Instant::now();
@@ -598,6 +689,7 @@ pub async fn mark<R: Remote>(
         .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
     record.replaced = field("NixgateReplaced=").parse().ok();
     record.created = field("NixgateCreated=").parse().ok();
+    record.soak_pending = field("NixgateSoak=") == "true";
     Ok(KnownGoodMark {
         generation: record.generation,
         record_path: format!("{dir}/{}.json", record.generation),
@@ -723,6 +815,15 @@ pub struct KnownGoodGeneration {
     /// host stood.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stood: Option<u64>,
+}
+
+impl KnownGoodGeneration {
+    /// Its record says its mark waits for a soak that has not passed (see
+    /// [`KnownGoodRecord::soak_pending`]): not proven. Unread records
+    /// ([`history_of`]'s of other closures) say nothing.
+    pub fn soak_pending(&self) -> bool {
+        self.record.as_ref().is_some_and(|r| r.soak_pending)
+    }
 }
 
 /// The known-good history on the host, oldest first.

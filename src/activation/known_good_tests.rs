@@ -49,6 +49,7 @@ fn mark_record(closure: &str) -> KnownGoodRecord {
         replaced: None,
         created: None,
         lineage: None,
+        soak_pending: false,
     }
 }
 
@@ -151,6 +152,7 @@ fn request(closure: &str, at: u64) -> MarkRequest {
         at: UNIX_EPOCH + Duration::from_secs(at),
         previous: None,
         patience: Duration::from_secs(60),
+        soak_follows: false,
     }
 }
 
@@ -188,6 +190,7 @@ async fn mark_commands() {
             "/var/lib/nixgate/baseline.json",
             OTHER,
             "2024-03-01T12:00:00Z",
+            "",
         ]
         .map(String::from)
     );
@@ -428,6 +431,120 @@ async fn real_reselection_keeps_where_its_generation_was_marked() {
     let h = history(&t.r, &t.paths).await.unwrap();
     assert_eq!(of(&h, 2), (Some(4), Some(1)), "re-selected from 4");
     assert!(h[1].current);
+}
+
+/// Real: a mark a soak follows is provisional on the host; a later run's
+/// re-mark of that closure (its controller killed mid-soak, the next run
+/// finding the host already current) re-uses the generation and keeps it
+/// provisional (before, `created: false` alone made it look proven); only
+/// the marking run's word that its soak passed ([`soak_passed`]) makes it
+/// final, and a re-mark or re-selection of a final generation stays final.
+/// Through a re-selection's `lineage` too (`soak_of`'s optional field).
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_a_mark_stays_provisional_until_its_own_soak_passed() {
+    let t = Real::new();
+    let (a, b) = (t.add("sys-a"), t.add("sys-b"));
+    let (r, paths) = (&t.r, &t.paths);
+    let req = |closure: &str, run: &str, soak: bool| {
+        let mut q = request(closure, 100);
+        q.run_id = RunId::parse(run).unwrap();
+        q.soak_follows = soak;
+        q
+    };
+    let pending = |h: &[KnownGoodGeneration], n: u64| h[n as usize - 1].soak_pending();
+    let first = mark(r, paths, false, req(&a, "r1", false)).await.unwrap();
+    assert!(!first.record.soak_pending, "no soak follows: final");
+    let m = mark(r, paths, false, req(&b, "r2", true)).await.unwrap();
+    assert_eq!((m.generation, m.record.soak_pending), (2, true));
+    // r2 is killed mid-soak; r3 finds b current and marks it again.
+    let again = mark(r, paths, false, req(&b, "r3", true)).await.unwrap();
+    assert_eq!(again.generation, 2);
+    assert_eq!(again.record.created, Some(false));
+    assert!(again.record.soak_pending, "no soak ever passed on it");
+    let h = history(r, paths).await.unwrap();
+    assert!(pending(&h, 2) && !pending(&h, 1));
+    // r2's word is no longer what the record holds; r3's soak passed.
+    assert!(
+        !soak_passed(
+            r,
+            paths,
+            false,
+            (2, &RunId::parse("r2").unwrap()),
+            Duration::from_secs(5)
+        )
+        .await
+        .unwrap()
+    );
+    let r3 = RunId::parse("r3").unwrap();
+    assert!(
+        soak_passed(r, paths, false, (2, &r3), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let h = history(r, paths).await.unwrap();
+    assert!(!pending(&h, 2), "{:?}", h[1].record);
+    assert_eq!(h[1].record.as_ref().unwrap().replaced, Some(2));
+    assert!(
+        !soak_passed(r, paths, false, (2, &r3), Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "once"
+    );
+    // Proven now: a later soaking run's re-mark does not make it provisional.
+    let later = mark(r, paths, false, req(&b, "r4", true)).await.unwrap();
+    assert!(!later.record.soak_pending);
+    // A re-selection of a final generation stays final; of a pending one,
+    // pending, its lineage kept when the soak passes.
+    let back = mark(
+        r,
+        paths,
+        false,
+        MarkRequest {
+            reselect: Some(1),
+            ..req(&a, "r5", true)
+        },
+    );
+    assert!(!back.await.unwrap().record.soak_pending);
+    let c = t.add("sys-c");
+    let m = mark(r, paths, false, req(&c, "r6", true)).await.unwrap();
+    assert_eq!((m.generation, m.record.soak_pending), (3, true));
+    mark(
+        r,
+        paths,
+        false,
+        MarkRequest {
+            reselect: Some(1),
+            ..req(&a, "r7", false)
+        },
+    )
+    .await
+    .unwrap();
+    let again = mark(
+        r,
+        paths,
+        false,
+        MarkRequest {
+            reselect: Some(3),
+            ..req(&c, "r8", true)
+        },
+    );
+    assert!(again.await.unwrap().record.soak_pending);
+    let h = history(r, paths).await.unwrap();
+    assert!(pending(&h, 3) && h[2].record.as_ref().unwrap().lineage == Some(1));
+    let r8 = RunId::parse("r8").unwrap();
+    assert!(
+        soak_passed(r, paths, false, (3, &r8), Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let h = history(r, paths).await.unwrap();
+    assert!(!pending(&h, 3));
+    assert_eq!(
+        h[2].record.as_ref().unwrap().lineage,
+        Some(1),
+        "lineage kept"
+    );
 }
 
 /// Real: the same run's mark twice at once, the first slowed after its

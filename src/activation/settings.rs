@@ -162,6 +162,9 @@ pub struct HostSettings {
     /// Pass `NIXOS_INSTALL_BOOTLOADER=1` to `switch`/`boot`.
     pub install_bootloader: bool,
     pub paths: HostPaths,
+    /// Its wave's soak re-checks the host after this run: its known-good
+    /// mark is provisional until that passes (`soak_pending`).
+    pub soak_follows: bool,
 }
 
 impl HostSettings {
@@ -183,6 +186,7 @@ impl HostSettings {
             reboot_timeout: Duration::from_secs(600),
             install_bootloader: false,
             paths: HostPaths::for_os(os),
+            soak_follows: false,
         }
     }
 }

@@ -87,9 +87,10 @@ async fn revoke_warned<R: Remote>(
     }
 }
 
-/// The closure of known-good generation `g`, if it is still there and
-/// its mark finished (`nixgate rollback`'s rule: a generation whose mark
-/// was cut off before its record may be the very candidate that failed).
+/// The closure of known-good generation `g`, if it is still there, its
+/// mark finished and its soak passed (`nixgate rollback`'s rule: a
+/// generation whose mark was cut off before its record may be the very
+/// candidate that failed; one whose soak never passed was never proven).
 async fn closure_of<R: Remote>(
     remote: &R,
     settings: &HostSettings,
@@ -100,7 +101,7 @@ async fn closure_of<R: Remote>(
     let unfinished = crate::plan::rollback_target::Unfinished::of(&history);
     history
         .iter()
-        .find(|h| h.generation == g && h.present && !unfinished.is(h))
+        .find(|h| h.generation == g && h.present && !unfinished.is(h) && !h.soak_pending())
         .and_then(|h| h.closure.clone())
 }
 

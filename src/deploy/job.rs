@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
-use crate::activation::known_good::GateRecord;
+use crate::activation::known_good::{self, GateRecord};
 use crate::activation::settings::STEP_LIMIT;
 use crate::activation::{
     ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
@@ -141,6 +141,12 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     /// The hosts whose closure this run copied, and which of them it rooted
     /// there, copied ahead of their wave.
     staged_roots: super::staged_roots::StagedRoots,
+    /// Hosts in a wave with a soak: their marks are provisional until
+    /// their re-check passes.
+    soaking: HashSet<String>,
+    /// Hosts whose soak passed with their mark still provisional, and the
+    /// generation: made final as the host is let go (off the wave's path).
+    soaked: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// Units failed before the live switch, by host.
@@ -202,6 +208,11 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             failed_before: Arc::default(),
             taking_back: std::sync::Mutex::default(),
             staged_roots: Default::default(),
+            soaking: (plan.waves.iter())
+                .filter(|w| !w.group.soak.is_zero())
+                .flat_map(|w| w.group.hosts.iter().cloned())
+                .collect(),
+            soaked: std::sync::Mutex::default(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -282,8 +293,10 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         }
         let mut earlier = ready.candidate.earlier_gates.clone();
         earlier.push(GateRecord::new(Gate::Copy, &copied));
+        let mut settings = settings_for(inv_host, self.allow_reboot, self.magic_rollback);
+        settings.soak_follows = self.soak_follows(host);
         let req = ActivationRequest {
-            settings: settings_for(inv_host, self.allow_reboot, self.magic_rollback),
+            settings,
             candidate: ready.candidate.closure.clone(),
             goal: self.goal,
             run_id: self.run_id.clone(),
@@ -447,6 +460,14 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             .then_some(Kept::NotChanged)
     }
 
+    /// Will a soak re-check `host` after its wave (if it ends well)? Its
+    /// wave soaks, and the run's goal switches what it runs (see
+    /// [`Self::checks_see_change`]): its mark is provisional until then.
+    fn soak_follows(&self, host: &str) -> bool {
+        self.soaking.contains(host)
+            && (self.goal.switch_action()).is_some_and(|a| a.changes_running_system())
+    }
+
     /// Whether health checks now say anything of what this run did to a
     /// host that ended `done`.
     fn checks_see_change(&self, done: &HostSummary) -> bool {
@@ -486,6 +507,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let settings = settings_for(inv_host, false, false);
         let (locked_out, checks) = self.soak_checks(host, inv_host, &remote, &settings).await;
         if locked_out.is_none() && checks.iter().all(|r| r.passed()) {
+            if let Some(m) = provisional_mark(&done) {
+                unpoisoned(&self.soaked).insert(host.to_owned(), m.generation);
+            }
             return done;
         }
         let found = Found { checks, locked_out };
@@ -578,12 +602,15 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     }
 
     /// A kept host that already ran the candidate, whose known-good
-    /// generation this run's mark added (the host said so: `created`):
-    /// that proof was this run's, and the soak disproved it, so it is
-    /// revoked (a host certified known-good while unhealthy is the lie the
-    /// soak is there to catch). One an earlier run proved (the mark re-used
-    /// it), or whose answer did not say, is kept: REVOKE deletes the
-    /// generation. Returns the generation revoked.
+    /// generation this run's mark added (the host said so: `created`), or
+    /// whose mark the host holds provisional (`soak_pending`: no soak ever
+    /// passed on it; an earlier run's controller killed mid-soak left it,
+    /// and this run's re-mark re-used it): no earlier proof stands, and the
+    /// soak disproved it, so it is revoked (a host certified known-good
+    /// while unhealthy is the lie the soak is there to catch). One an
+    /// earlier run proved (the mark re-used it, final), or whose answer did
+    /// not say, is kept: REVOKE deletes the generation. Returns the
+    /// generation revoked.
     async fn revoke_kept(
         &self,
         host: &str,
@@ -594,7 +621,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let Some(HostOutcome::AlreadyCurrent { mark: Some(m), .. }) = done.end.outcome() else {
             return None;
         };
-        if m.record.created != Some(true) {
+        if m.record.created != Some(true) && !m.record.soak_pending {
             return None;
         }
         let emit = forward(&self.sink, host);
@@ -633,6 +660,34 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     }
 }
 
+impl<F: Fleet, S: Stager> DeployJob<F, S> {
+    /// Make this run's mark of `generation` on `host` final: its soak
+    /// passed. Not done (the connection gone for good), the host keeps it
+    /// provisional: `status` says its soak is pending, it is no rollback
+    /// target, and the next push of the commit marks and soaks it again.
+    async fn mark_soaked(&self, host: &str, generation: u64) {
+        let Some(inv_host) = self.inventory.host(host) else {
+            return;
+        };
+        let paths = crate::activation::HostPaths::for_os(inv_host.os);
+        let done = match self.fleet.host(host).await {
+            Ok(remote) => {
+                let mark = (generation, &self.run_id);
+                let passed =
+                    known_good::soak_passed(&remote, &paths, inv_host.sudo, mark, READ_PATIENCE);
+                passed.await.map(|_| ())
+            }
+            Err(e) => Err(anyhow::Error::new(e)),
+        };
+        if let Err(e) = done {
+            tracing::warn!(
+                "{host}: its soak passed, but its known-good generation {generation} is still \
+                 marked soak pending ({e:#}); the next push of this commit marks and soaks it again"
+            );
+        }
+    }
+}
+
 /// How long a read after a soak rides out a lost connection.
 const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -661,6 +716,18 @@ impl Found {
             },
             ..done
         }
+    }
+}
+
+/// This run's mark of a host that ended `done`, if the host holds it
+/// provisional (a soak follows it).
+fn provisional_mark(done: &HostSummary) -> Option<&crate::activation::known_good::KnownGoodMark> {
+    match done.end.outcome()? {
+        HostOutcome::KnownGood { mark }
+        | HostOutcome::AlreadyCurrent {
+            mark: Some(mark), ..
+        } if mark.record.soak_pending => Some(mark),
+        _ => None,
     }
 }
 
@@ -908,6 +975,10 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
         self.sink.emit(Event::HostFinished(done.clone()));
     }
 
+    /// A host whose soak passed has its provisional mark made final first
+    /// (one command, under its lock, off the wave's path: the next wave
+    /// does not wait for it).
+    ///
     /// The host's lock is dropped (its stream closes: the host lets go at
     /// EOF, without a round trip waited for: waiting for the host's answer
     /// held the end of every run one round trip, 53 ms at 50 ms), the root
@@ -916,6 +987,10 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
     /// back: the run's summary reads its known-good history over it
     /// (`RunSession::report_rollback_targets`), and the run's end closes it.
     async fn let_go(self: Arc<Self>, host: Arc<str>) {
+        let soaked = unpoisoned(&self.soaked).remove(&*host);
+        if let Some(generation) = soaked {
+            self.mark_soaked(&host, generation).await;
+        }
         let lock = unpoisoned(&self.locks).remove(&*host);
         drop(lock);
         self.release_staged(&host).await;

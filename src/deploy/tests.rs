@@ -791,6 +791,96 @@ async fn an_unchanged_host_loses_the_known_good_this_run_added() {
     assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
 }
 
+/// web1 runs NEW, and its known-good generation 2 of NEW is an earlier
+/// run's (r0) mark whose soak never passed (its controller was killed
+/// mid-soak: the record says `soak_pending`), its system profile and boot
+/// default on NEW too.
+fn on_an_unsoaked_mark(f: &Fixture) {
+    let mut st = f.hosts["web1"].state();
+    st.current = sp(NEW);
+    st.boot_default = sp(NEW);
+    st.set_profile(SYSTEM, &sp(NEW));
+    st.set_profile(KNOWN_GOOD, &sp(NEW));
+    let rec = format!(
+        r#"{{"generation":2,"replaced":1,"created":true,"soak_pending":true,"version":1,"host":"web1","closure":"{NEW}","marked_at":"2026-01-01T00:00:00Z","commit":null,"run_id":"r0","gates":[]}}"#
+    );
+    st.records.insert("2".into(), rec);
+}
+
+/// The next run of the same commit finds web1 already current: its mark
+/// re-uses generation 2 (`created: false`), still provisional, and the
+/// soak finds the host unhealthy: generation 2 is revoked (before: kept,
+/// as if an earlier run had proven it, so NEW stayed known-good though no
+/// soak ever passed on it and this one failed), the known-good profile
+/// back on OLD.
+#[tokio::test(start_paused = true)]
+async fn an_unsoaked_mark_a_soak_then_disproves_is_revoked() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    on_an_unsoaked_mark(&f);
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => ready_on(NEW, NEW),
+        _ => ready(NEW),
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    match &hosts[0].end {
+        HostEnd::SoakFailed {
+            revoked: Some(2),
+            kept: Some(crate::deploy::Kept::NotChanged),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let st = f.hosts["web1"].state();
+    assert_eq!(st.profile(KNOWN_GOOD), Some(&sp(OLD)));
+    assert!(st.records.contains_key("2.revoked"), "{:?}", st.records);
+    assert_eq!(st.current, sp(NEW), "left as it runs");
+}
+
+/// The same host, healthy after the soak: the re-mark is provisional while
+/// the canary soaks, and made final as the host is let go; the main wave,
+/// which does not soak, marks final at once.
+#[tokio::test(start_paused = true)]
+async fn a_mark_is_provisional_until_its_soak_passes() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    on_an_unsoaked_mark(&f);
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => ready_on(NEW, NEW),
+        _ => ready(NEW),
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let pending = |h: &HostSummary| match h.end.outcome() {
+        Some(
+            HostOutcome::KnownGood { mark }
+            | HostOutcome::AlreadyCurrent {
+                mark: Some(mark), ..
+            },
+        ) => mark.record.soak_pending,
+        other => panic!("{other:?}"),
+    };
+    assert!(pending(&hosts[0]), "marked while a soak was to follow");
+    assert!(
+        !pending(&hosts[1]) && !pending(&hosts[2]),
+        "no soak follows"
+    );
+    let record = |h: &str, g: &str| f.hosts[h].state().records[g].clone();
+    let web1 = record("web1", "2");
+    assert!(
+        web1.contains(r#""run_id":"r1""#) && !web1.contains("soak_pending"),
+        "{web1}"
+    );
+    assert!(!record("web2", "2").contains("soak_pending"));
+    assert!(
+        f.hosts["web1"]
+            .state()
+            .ran
+            .iter()
+            .any(|c| c.starts_with("sudo soak-passed") || c.starts_with("soak-passed")),
+        "{:?}",
+        f.hosts["web1"].state().ran
+    );
+}
+
 /// The same host under `--goal boot`: the run was asked to make the
 /// candidate its boot default and switched nothing live, so the soak
 /// re-checks and takes back nothing (it ends `AlreadyCurrent` like a host

@@ -63,6 +63,13 @@ pub struct HostStatus {
     /// next push that marks it writes the record.
     #[serde(default)]
     pub known_good_unrecorded: bool,
+    /// The known-good profile is on a generation marked in a wave with a
+    /// soak that never passed (its record says `soak_pending`: the run that
+    /// marked it was stopped or killed mid-soak, or its soak's word never
+    /// reached the host). Not proven: no rollback goes there; the next push
+    /// of its commit marks and soaks it again.
+    #[serde(default)]
+    pub known_good_soak_pending: bool,
     pub last_run: Option<LastRun>,
     /// The host took itself back after a switch nobody confirmed (magic
     /// rollback), more recently than its last known-good mark.
@@ -109,6 +116,7 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
         st.known_good_generation = Some(cur.generation);
         st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
         st.known_good_unrecorded = cur.record.is_none();
+        st.known_good_soak_pending = cur.soak_pending();
         marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
     }
     if let Err(e) = &history {

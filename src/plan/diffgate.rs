@@ -93,27 +93,29 @@ async fn one<F: Fleet>(
         current_closure: current.as_ref().and_then(|c| ctx.closures.get(c).cloned()),
     };
     // What the running system is to nixgate, read from the host while the
-    // builder answers the diff: a recorded known-good (and the commit it
-    // was validated from), or none of them.
+    // builder answers the diff: whether it is a proven known-good, and the
+    // commit its record names (it was built from), if any.
     let deployed = async {
         let cur = current.as_ref()?;
         let hist = known_good::history_of(&session, &paths, cur).await.ok()?;
         // Known-good by `nixgate rollback`'s rule (its `Unfinished`): a
-        // mark that never finished does not count.
+        // mark that never finished does not count; nor does one whose soak
+        // never passed (its commit is still where it was built from).
         let unfinished = super::rollback_target::Unfinished::of(&hist);
         let known = hist
             .iter()
             .rev()
-            .find(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g))
-            .cloned();
-        Some(known.map(|g| g.record.and_then(|r| r.commit)).ok_or(()))
+            .find(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g));
+        let proven = known.is_some_and(|g| !g.soak_pending());
+        let commit = known.and_then(|g| g.record.as_ref()?.commit.clone());
+        Some((proven, commit))
     };
     let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);
     let (d, deployed) = tokio::join!(diffed, deployed);
     let mut d = d?;
     // History unread: nothing is claimed either way.
-    d.unvalidated = matches!(deployed, Some(Err(())));
-    let (Some(cur), Some(Ok(Some(old_commit)))) = (&current, deployed) else {
+    d.unvalidated = matches!(deployed, Some((false, _)));
+    let (Some(cur), Some((_, Some(old_commit)))) = (&current, deployed) else {
         return Ok(d);
     };
     if let Some(new_lock) = new_lock {

@@ -88,6 +88,16 @@ pub enum NoTarget {
         #[serde(default)]
         usable: Vec<u64>,
     },
+    /// The generation's mark waits for a soak that never passed (its
+    /// record says `soak_pending`: the run that marked it was stopped or
+    /// killed mid-soak, or its soak's word never reached the host): it
+    /// was never proven. `usable`: the generations `--to` would take
+    /// instead (not what the host runs).
+    SoakPending {
+        generation: u64,
+        #[serde(default)]
+        usable: Vec<u64>,
+    },
     /// The host's history could not be read.
     Unreadable { error: String },
     /// The known-good profile moved between reading the history and taking
@@ -134,11 +144,16 @@ impl Unfinished {
 /// `g` as a target, or why it is none. `unfinished`: its mark never
 /// finished (the fault matrix left one: a host that went down as it was
 /// marked, rolled back, its known-good profile on the failed candidate and
-/// no record; going "back" there would redeploy what just failed).
+/// no record; going "back" there would redeploy what just failed). One
+/// whose soak never passed is none either.
 fn usable(g: &KnownGoodGeneration, unfinished: bool) -> Result<Target, NoTarget> {
     let generation = g.generation;
     match (&g.closure, g.present) {
         (Some(_), _) if unfinished => Err(NoTarget::Unrecorded {
+            generation,
+            usable: Vec::new(),
+        }),
+        (Some(_), _) if g.soak_pending() => Err(NoTarget::SoakPending {
             generation,
             usable: Vec::new(),
         }),
@@ -208,16 +223,24 @@ fn choose_known_good(
         }
         None => back(history, running, &unfinished, baseline),
     };
-    // Refused for a mark that never finished: say what `--to` would take.
+    // Refused for a mark that never finished, or never soaked: say what
+    // `--to` would take.
+    let others = || {
+        history
+            .iter()
+            .filter(|g| g.closure.as_ref() != running)
+            .filter(|g| usable(g, unfinished.is(g)).is_ok())
+            .map(|g| g.generation)
+            .collect()
+    };
     found.map_err(|why| match why {
         NoTarget::Unrecorded { generation, .. } => NoTarget::Unrecorded {
             generation,
-            usable: history
-                .iter()
-                .filter(|g| g.closure.as_ref() != running)
-                .filter(|g| usable(g, unfinished.is(g)).is_ok())
-                .map(|g| g.generation)
-                .collect(),
+            usable: others(),
+        },
+        NoTarget::SoakPending { generation, .. } => NoTarget::SoakPending {
+            generation,
+            usable: others(),
         },
         other => other,
     })
@@ -563,7 +586,33 @@ mod tests {
             replaced: None,
             created: None,
             lineage: None,
+            soak_pending: false,
         }
+    }
+
+    /// A generation whose soak never passed (its record says
+    /// `soak_pending`: the run that marked it was killed mid-soak) is no
+    /// target: not when the host runs something unvalidated (before: back
+    /// to it, as proven), not on the way back, not by number; from it, back
+    /// is the one its record says it replaced, as from any other.
+    #[test]
+    fn a_generation_whose_soak_never_passed_is_no_target() {
+        let mut h = hist(&['a', 'b', 'c'], 3);
+        h[2].record.as_mut().unwrap().soak_pending = true;
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('b', 2));
+        assert_eq!(choose_target(&h, Some(&sp('c')), None, None), to('b', 2));
+        assert_eq!(
+            choose_target(&h, Some(&sp('a')), Some(3), None),
+            Err(NoTarget::SoakPending {
+                generation: 3,
+                usable: vec![2]
+            })
+        );
+        // Standing on b, c's pending mark newer: back goes past it anyway.
+        h[1].record.as_mut().unwrap().soak_pending = true;
+        h[2].current = false;
+        h[1].current = true;
+        assert_eq!(choose_target(&h, Some(&sp('d')), None, None), to('a', 1));
     }
 
     /// A generation whose mark never finished (no record, where the others

@@ -669,6 +669,7 @@ impl<'a, R: Remote> Run<'a, R> {
             gates: self.records.clone(),
             at: std::time::SystemTime::now(),
             patience: self.s.activation_timeout,
+            soak_follows: self.s.soak_follows,
         };
         let mark = known_good::mark(self.remote, &self.s.paths, self.s.sudo, req);
         // The mark is tried for `activation_timeout` while its connection is

@@ -107,6 +107,7 @@ fn known_good(host: &str) -> HostEnd {
                 replaced: Some(2),
                 created: None,
                 lineage: None,
+                soak_pending: false,
                 closure: system('c', host),
                 marked_at: "2026-12-02T09:31:20Z".into(),
                 commit: Some(COMMIT.into()),

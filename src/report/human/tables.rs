@@ -379,6 +379,9 @@ fn state_words(s: &HostStatus) -> String {
     if s.known_good_unrecorded {
         v.push("known-good-unrecorded");
     }
+    if s.known_good_soak_pending {
+        v.push("known-good-soak-pending");
+    }
     if s.reverted.is_some() {
         v.push("reverted-by-host");
     }

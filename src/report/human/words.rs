@@ -295,6 +295,20 @@ pub fn sudo_check(check: &crate::activation::privilege::SudoCheck) -> String {
     }
 }
 
+/// The generations `--to` would take instead, or where to look.
+fn usable_for_to(usable: &[u64]) -> String {
+    match usable {
+        [] => "`nixgate status --history` shows it".to_owned(),
+        gens => format!(
+            "its known-good generations for `--to`: {}",
+            gens.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn no_target(why: &NoTarget) -> String {
     match why {
         NoTarget::NoKnownGood => {
@@ -320,16 +334,12 @@ fn no_target(why: &NoTarget) -> String {
         NoTarget::Unrecorded { generation, usable } => format!(
             "generation {generation} of the known-good profile has no record: its mark never \
              finished (the host went down as it was marked), so it proves nothing; {}",
-            match usable.as_slice() {
-                [] => "`nixgate status --history` shows it".to_owned(),
-                gens => format!(
-                    "its known-good generations for `--to`: {}",
-                    gens.iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
+            usable_for_to(usable)
+        ),
+        NoTarget::SoakPending { generation, usable } => format!(
+            "known-good generation {generation} never passed its soak (the run that marked it \
+             was stopped or killed while soaking), so it proves nothing; {}",
+            usable_for_to(usable)
         ),
         NoTarget::Unreadable { error } => {
             format!(

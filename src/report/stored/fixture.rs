@@ -94,6 +94,7 @@ fn mark(host: &str) -> KnownGoodMark {
             replaced: Some(6),
             created: None,
             lineage: None,
+            soak_pending: false,
             closure: sp('b', "nixos-system-web"),
             marked_at: "2026-11-22T20:30:11Z".into(),
             commit: Some("3f2a9c1e0b7d".into()),
