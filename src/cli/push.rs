@@ -114,7 +114,7 @@ pub async fn push(
             sink: &run.sink,
             cancel: &run.cancel,
         };
-        release_known_good(&r, &hosts).await;
+        release_known_good(&r, &*run.fleet, &hosts).await;
     }
     // Told to exit at once: not the rollback targets' reads either.
     if !run.stopped() {

@@ -5,10 +5,29 @@
 //! known-good either way. A host whose known-good was revoked after its
 //! soak has no known-good end, so it gets no tag. A host that already ran
 //! the candidate and was marked by this run is released too.
+//!
+//! Releases come at the end of the run, hours after an early wave's hosts
+//! were let go (their locks released after their soak): meanwhile another
+//! run may have moved a host's known-good (`nixgate rollback` from another
+//! state directory, another push). So each host's known-good profile is
+//! read again first ([`confirm`]: a new connection, the run's own was
+//! closed when it let the host go, and one command), and a host whose
+//! known-good is no longer this run's mark gets no release
+//! ([`NotReleased::MovedSince`]): before, the release certified, and its
+//! branch fast-forwarded to, a closure the host had been rolled back from.
+//! The reads run at once (up to [`CONFIRMS_AT_ONCE`]), before the first
+//! release: one handshake and one round trip of wall-clock for a fleet
+//! that answers, bounded by [`CONFIRM_WITHIN`] for one that does not. A
+//! host moved between its read and its tag (milliseconds, without its
+//! lock) is not caught.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::activation::HostOutcome;
+use crate::activation::known_good::{self, KnownGoodMark};
+use crate::fleet::Fleet;
 use crate::inventory::Inventory;
 use crate::plan::Source;
 use crate::release::{self, Evidence, GateEvidence, ReleaseOutcome, ReleaseRequest};
@@ -29,6 +48,15 @@ pub enum NotReleased {
     /// The run was stopped (second Ctrl-C: exit at once) before its
     /// releases: a push of the same commit releases the host.
     Stopped,
+    /// The host's known-good is no longer this run's mark (generation
+    /// `marked`): it moved after the run let the host go (a rollback,
+    /// another run's mark). `now`: the generation its profile is on
+    /// (`None`: no profile).
+    MovedSince { marked: u64, now: Option<u64> },
+    /// Whether the host's known-good is still this run's mark could not be
+    /// read at release time: not released unconfirmed; a push of the same
+    /// commit releases it.
+    Unconfirmed { error: String },
 }
 
 /// Why a release was not published to the remote.
@@ -63,25 +91,38 @@ impl Releasing<'_> {
 /// passed the gates left to them (a push after `--goal test`, or the
 /// retry a refused release asks for), unless their release branch is on
 /// the commit already (a scheduled push of an unchanged commit would tag
-/// every host again at every run).
-pub async fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
+/// every host again at every run), or their known-good moved since
+/// ([`confirm`], over `fleet`).
+pub async fn release_known_good<F: Fleet>(r: &Releasing<'_>, fleet: &F, hosts: &[HostSummary]) {
+    let due: Vec<&HostSummary> = (hosts.iter())
+        .filter(|h| h.closure.is_some())
+        .filter(|h| marked(h).is_some_and(|(_, changed)| changed || !released_already(r, &h.host)))
+        .collect();
+    // Told to exit at once: no tag, no branch, no push (its soak's
+    // re-check may have been cut off, the known-good end kept).
+    let mut confirmed = if r.stopped() {
+        HashMap::new()
+    } else {
+        confirm(r, fleet, &due).await
+    };
     // Once a push to the remote did not finish (unreachable, bounded out,
     // stopped), the rest are not tried: each would wait out its own bound
     // (40 hosts on a black-holed remote: 40 minutes).
     let mut remote_down: Option<String> = None;
-    for h in hosts {
-        let (Some(closure), Some((mark, changed))) = (h.closure.clone(), marked(h)) else {
+    for h in due {
+        let (Some(closure), Some((mark, _))) = (h.closure.clone(), marked(h)) else {
             continue;
         };
-        if !changed && released_already(r, &h.host) {
-            continue;
-        }
-        // Told to exit at once: no tag, no branch, no push (its soak's
-        // re-check may have been cut off, the known-good end kept).
-        if r.stopped() {
+        let why = match confirmed.remove(&h.host) {
+            _ if r.stopped() => Some(NotReleased::Stopped),
+            Some(Err(why)) => Some(why),
+            Some(Ok(())) => None,
+            None => Some(NotReleased::Stopped),
+        };
+        if let Some(why) = why {
             r.sink.emit(Event::NotReleased {
                 host: h.host.clone(),
-                why: NotReleased::Stopped,
+                why,
             });
             continue;
         }
@@ -113,9 +154,83 @@ pub async fn release_known_good(r: &Releasing<'_>, hosts: &[HostSummary]) {
     }
 }
 
+/// How many hosts' known-good are read again at once before releasing:
+/// each read is a new SSH connection (the run closed its own).
+pub const CONFIRMS_AT_ONCE: usize = 32;
+
+/// How long one host's read before releasing may take, its connection
+/// included.
+pub const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Is each host's known-good still this run's mark (its profile on the
+/// generation marked, whose record names this run)? Read over a new
+/// connection, for every host at once (up to [`CONFIRMS_AT_ONCE`]); the
+/// second Ctrl-C stops the reads (the hosts not read are not released).
+async fn confirm<F: Fleet>(
+    r: &Releasing<'_>,
+    fleet: &F,
+    hosts: &[&HostSummary],
+) -> HashMap<String, Result<(), NotReleased>> {
+    use futures_util::StreamExt;
+    let reads = futures_util::stream::iter(hosts.iter().filter_map(|h| {
+        let (mark, _) = marked(h)?;
+        let os = r.inventory.host(&h.host)?.os;
+        Some(async move {
+            let read = still_marked(fleet, &h.host, os, mark, r.run_id);
+            let read = match tokio::time::timeout(CONFIRM_WITHIN, read).await {
+                Ok(read) => read,
+                Err(_) => Err(NotReleased::Unconfirmed {
+                    error: format!(
+                        "its known-good was not read within {} s",
+                        CONFIRM_WITHIN.as_secs()
+                    ),
+                }),
+            };
+            (h.host.clone(), read)
+        })
+    }))
+    .buffer_unordered(CONFIRMS_AT_ONCE)
+    .collect::<HashMap<_, _>>();
+    let mut cancel = r.cancel.clone();
+    tokio::select! {
+        read = reads => read,
+        _ = cancel::reached(&mut cancel, CancelLevel::Abort) => HashMap::new(),
+    }
+}
+
+/// Is `host`'s known-good profile still on `mark`, with this run's record?
+async fn still_marked<F: Fleet>(
+    fleet: &F,
+    host: &str,
+    os: crate::inventory::Os,
+    mark: &KnownGoodMark,
+    run_id: &str,
+) -> Result<(), NotReleased> {
+    let unconfirmed = |error: String| NotReleased::Unconfirmed { error };
+    let remote = (fleet.fresh(host, None).await).map_err(|e| unconfirmed(format!("{e:#}")))?;
+    let paths = crate::activation::HostPaths::for_os(os);
+    let history = known_good::history_of(&remote, &paths, &mark.record.closure)
+        .await
+        .map_err(|e| unconfirmed(format!("{e:#}")))?;
+    let now = history.iter().find(|g| g.current);
+    let ours = now.is_some_and(|g| {
+        g.generation == mark.generation
+            && g.record
+                .as_ref()
+                .is_some_and(|rec| rec.run_id.as_str() == run_id)
+    });
+    if ours {
+        return Ok(());
+    }
+    Err(NotReleased::MovedSince {
+        marked: mark.generation,
+        now: now.map(|g| g.generation),
+    })
+}
+
 /// The known-good mark this run made for the host, if it made one, and
 /// whether the run switched the host to it (`false`: it ran it already).
-fn marked(h: &HostSummary) -> Option<(&crate::activation::known_good::KnownGoodMark, bool)> {
+fn marked(h: &HostSummary) -> Option<(&KnownGoodMark, bool)> {
     match h.end.outcome()? {
         HostOutcome::KnownGood { mark } => Some((mark, true)),
         HostOutcome::AlreadyCurrent {

@@ -686,7 +686,9 @@ async fn release_events_stopped(
         sink: &f.ctx.sink,
         cancel: &cancel,
     };
-    releases::release_known_good(&r, hosts).await;
+    // The run is over: the release step opens connections of its own.
+    f.fleet.closed.lock().unwrap().clear();
+    releases::release_known_good(&r, &*f.fleet, hosts).await;
     f.events.take()
 }
 
@@ -1171,14 +1173,7 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
     // But not again when its release branch is on the commit already (a
     // scheduled push of an unchanged commit would tag it at every run);
     // hosts this run switched are released as ever.
-    let dir = tempfile::tempdir().unwrap();
-    let repo = git2::Repository::init(dir.path()).unwrap();
-    let sig = git2::Signature::now("t", "t@example.org").unwrap();
-    let tree = repo.treebuilder(None).unwrap().write().unwrap();
-    let tree = repo.find_tree(tree).unwrap();
-    let c = repo
-        .commit(Some("HEAD"), &sig, &sig, "c", &tree, &[])
-        .unwrap();
+    let (dir, repo, c) = repo_with_a_commit();
     for h in ["web1", "web2"] {
         let at = repo.find_commit(c).unwrap();
         repo.branch(&format!("release/{h}"), &at, false).unwrap();
@@ -1211,6 +1206,74 @@ async fn a_host_already_on_its_candidate_is_verified_and_marked_not_switched() {
         .collect();
     assert_eq!(stopped, ["web2", "web3"]);
     assert_eq!(refs(), before, "no tag, no branch");
+}
+
+/// A repository with one commit to release (its directory, the
+/// repository, the commit).
+fn repo_with_a_commit() -> (tempfile::TempDir, git2::Repository, git2::Oid) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git2::Repository::init(dir.path()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.org").unwrap();
+    let tree = repo.treebuilder(None).unwrap().write().unwrap();
+    let tree = repo.find_tree(tree).unwrap();
+    let c = repo
+        .commit(Some("HEAD"), &sig, &sig, "c", &tree, &[])
+        .unwrap();
+    drop(tree);
+    (dir, repo, c)
+}
+
+/// Between the run letting a host go and its releases (hours later, after
+/// the later waves), `nixgate rollback web2` from another state directory
+/// re-selected web2's earlier known-good; web3 no longer takes new
+/// connections. Neither is released: web2's known-good is no longer this
+/// run's mark (before: tagged, and release/web2 fast-forwarded to the
+/// closure it had been rolled back from), web3's could not be confirmed.
+/// web1 is released as ever.
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_known_good_moved_after_the_run_let_it_go_is_not_released() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert!(
+        hosts.iter().all(|h| h.outcome() == OutcomeKind::KnownGood),
+        "{hosts:?}"
+    );
+    {
+        let mut st = f.hosts["web2"].state();
+        st.selected.insert(KNOWN_GOOD.to_owned(), 1);
+        let r1 = st.records["1"].replace(r#""run_id":"r0""#, r#""run_id":"r9""#);
+        st.records.insert("1".into(), r1);
+    }
+    f.hosts["web3"].state().sshd_up = false;
+    let (dir, _repo, c) = repo_with_a_commit();
+    let mut inv = (*f.inv).clone();
+    inv.builder.source = dir.path().to_owned();
+    let told = release_events(&f, &inv, &c.to_string(), &hosts).await;
+    let mut released = Vec::new();
+    for e in told {
+        match e {
+            Event::Released { host, .. } => released.push(host),
+            Event::NotReleased {
+                host,
+                why: releases::NotReleased::MovedSince { marked, now },
+            } => assert_eq!((host.as_str(), marked, now), ("web2", 2, Some(1))),
+            Event::NotReleased {
+                host,
+                why: releases::NotReleased::Unconfirmed { .. },
+            } => assert_eq!(host, "web3"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(released, ["web1"]);
+    let branches: Vec<String> = git2::Repository::open(dir.path())
+        .unwrap()
+        .branches(None)
+        .unwrap()
+        .map(|b| b.unwrap().0.name().unwrap().unwrap().to_owned())
+        .filter(|n| n.starts_with("release/"))
+        .collect();
+    assert_eq!(branches, ["release/web1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1007,6 +1007,16 @@ pub fn not_released(n: &NotReleased) -> String {
             "the run was stopped at once (second Ctrl-C): a push of the same commit releases it"
                 .to_owned()
         }
+        NotReleased::MovedSince { marked, now } => format!(
+            "its known-good moved since this run marked generation {marked} (now {}: a rollback, \
+             or another run's mark): the release would certify what it no longer is",
+            now.map_or("none".to_owned(), |g| format!("generation {g}"))
+        ),
+        NotReleased::Unconfirmed { error } => format!(
+            "whether its known-good is still this run's could not be read ({}): a push of the \
+             same commit releases it",
+            first_line(error)
+        ),
     }
 }
 
