@@ -1405,6 +1405,7 @@ fn first_record(closure: &StorePath) -> String {
         created: None,
         lineage: None,
         soak_pending: false,
+        marked_on_host: None,
     };
     serde_json::to_string(&record).expect("a record serializes")
 }

@@ -93,6 +93,13 @@ pub struct KnownGoodRecord {
     /// the mark was final.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub soak_pending: bool,
+    /// When MARK wrote the record, by the host's clock (RFC 3339, UTC):
+    /// comparable with the host's own times (a magic-rollback revert's
+    /// `reverted_at`), as `marked_at`, the controller's, is not (a host
+    /// clock an hour fast showed a revert before a good mark as after it).
+    /// `None` in records from before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked_on_host: Option<String>,
 }
 
 /// What marking produced.
@@ -140,7 +147,8 @@ pub struct Baseline {
 /// written by a re-selection only, `soak_of FILE`, `true` while its soak
 /// is pending; empty when absent), for MARK, UNDO_MARK, REVOKE and
 /// SOAKED alike. The record is one line, written by MARK, its fields in
-/// this order (`lineage`, then `soak_pending`, only when written).
+/// this order (`lineage`, then `soak_pending`, only when written; then
+/// `marked_on_host`, the host's time).
 macro_rules! record_fields {
     () => {
         r#"replaced_of() { sed -n 's/^{"generation":[0-9]*,"replaced":\([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
@@ -285,7 +293,7 @@ if [ "$soak" = pending ]; then
   if [ "$created" = true ] || [ ! -f "$dir/$n.json" ] || ! grep -qF "\"closure\":\"$closure\"" "$dir/$n.json" ||
     [ -n "$(soak_of "$dir/$n.json")" ]; then sp='"soak_pending":true,'; fi
 fi
-if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,%s%s' "$n" "${replaced:-null}" "$created" "$lin" "$sp"; tail -c +2 "$tmp"; } > "$rec" &&
+if [ -z "$keptfail" ] && { printf '{"generation":%s,"replaced":%s,"created":%s,%s%s"marked_on_host":"%s",' "$n" "${replaced:-null}" "$created" "$lin" "$sp" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"; tail -c +2 "$tmp"; } > "$rec" &&
   { sync "$rec" 2>/dev/null || sync; } && mv -f "$rec" "$dir/$n.json" && { sync "$dir" 2>/dev/null || true; }; then
   rm -f "$tmp" "$pending" "$pending.last"
   echo "NixgateNew=$new"
@@ -588,6 +596,7 @@ pub async fn mark<R: Remote>(
         lineage: None,
         // Decided by the host (see MARK).
         soak_pending: false,
+        marked_on_host: None,
         closure: req.closure.clone(),
         marked_at: utc_rfc3339(req.at),
         commit: req.commit.clone(),

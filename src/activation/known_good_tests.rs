@@ -50,6 +50,7 @@ fn mark_record(closure: &str) -> KnownGoodRecord {
         created: None,
         lineage: None,
         soak_pending: false,
+        marked_on_host: None,
     }
 }
 
@@ -295,6 +296,12 @@ async fn real_profile_history() {
     assert_eq!(
         rec.marked_at, "1970-01-01T00:05:00Z",
         "re-mark rewrote the record"
+    );
+    // And the host's own time of it, comparable with its reverts'.
+    let on_host = rec.marked_on_host.as_deref().unwrap_or_default();
+    assert!(
+        on_host.len() == 20 && on_host.starts_with("20"),
+        "{on_host:?}"
     );
     assert_eq!(rec.gates[0].gate, Gate::HealthChecks);
     assert_eq!(current(&r, &paths).await.unwrap().unwrap().as_str(), b);

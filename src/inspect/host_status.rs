@@ -117,7 +117,7 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
         st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
         st.known_good_unrecorded = cur.record.is_none();
         st.known_good_soak_pending = cur.soak_pending();
-        marked_at = cur.record.as_ref().map(|r| r.marked_at.clone());
+        marked_at = cur.record.clone();
     }
     if let Err(e) = &history {
         errors.push(format!("{e:#}"));
@@ -126,10 +126,7 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
     let records = async { deadman::records(&remote, &paths).await.context(what) };
     match bounded(by, what, records).await {
         Ok(records) => {
-            st.reverted = records
-                .into_iter()
-                .next_back()
-                .filter(|r| marked_at.as_ref().is_none_or(|m| r.reverted_at > *m));
+            st.reverted = reverted_since(records, marked_at.as_ref());
         }
         Err(e) => errors.push(format!("{e:#}")),
     }
@@ -141,6 +138,25 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
     }
     judge(&mut st, history.is_ok(), errors);
     st
+}
+
+/// The host's last revert, if it came after `mark` (the known-good
+/// profile's current record; none: any revert is news). Both times by the
+/// host's clock: the revert's `reverted_at` from its `date -u`, the mark's
+/// `marked_on_host` from MARK's. Before, `marked_at`, the controller's
+/// clock, was compared: a host clock fast showed a revert before a good
+/// mark as `reverted-by-host` on a healthy host, one slow hid a real
+/// revert after it. A record from before `marked_on_host` was written has
+/// only `marked_at` to go by.
+fn reverted_since(
+    records: Vec<RevertRecord>,
+    mark: Option<&known_good::KnownGoodRecord>,
+) -> Option<RevertRecord> {
+    let marked = mark.map(|m| m.marked_on_host.as_ref().unwrap_or(&m.marked_at));
+    records
+        .into_iter()
+        .next_back()
+        .filter(|r| marked.is_none_or(|m| r.reverted_at > *m))
 }
 
 /// What the reads say together: a reboot pending, and (only when the
@@ -257,6 +273,54 @@ fn read_head(path: &Path) -> Option<ReportHead> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host whose clock runs an hour fast: a revert at 10:00 by its
+    /// clock, then a good mark at 09:30 by the controller's (10:30 by the
+    /// host's) is no revert since the mark (before: `reverted-by-host` on a
+    /// healthy host); one slow: a mark at 10:00 by the controller's (09:00
+    /// by the host's), then a revert at 09:30 by the host's is one (before:
+    /// hidden). A record without the host's time goes by `marked_at`.
+    #[test]
+    fn a_revert_is_news_by_the_hosts_own_clock() {
+        let revert = |at: &str| RevertRecord {
+            run_id: "r2".into(),
+            reverted_at: at.into(),
+            ..Default::default()
+        };
+        let mark = |controller: &str, host: Option<&str>| known_good::KnownGoodRecord {
+            version: 1,
+            host: "web1".into(),
+            generation: 2,
+            closure: StorePath::parse(
+                "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05",
+            )
+            .unwrap(),
+            marked_at: controller.into(),
+            commit: None,
+            run_id: crate::activation::RunId::parse("r3").unwrap(),
+            gates: Vec::new(),
+            replaced: None,
+            created: None,
+            lineage: None,
+            soak_pending: false,
+            marked_on_host: host.map(str::to_owned),
+        };
+        let fast = mark("2026-01-01T09:30:00Z", Some("2026-01-01T10:30:00Z"));
+        let before = vec![revert("2026-01-01T10:00:00Z")];
+        assert_eq!(reverted_since(before, Some(&fast)), None);
+        let slow = mark("2026-01-01T10:00:00Z", Some("2026-01-01T09:00:00Z"));
+        let after = revert("2026-01-01T09:30:00Z");
+        assert_eq!(
+            reverted_since(vec![after.clone()], Some(&slow)),
+            Some(after.clone())
+        );
+        let old = mark("2026-01-01T09:00:00Z", None);
+        assert_eq!(
+            reverted_since(vec![after.clone()], Some(&old)),
+            Some(after.clone())
+        );
+        assert_eq!(reverted_since(vec![after.clone()], None), Some(after));
+    }
 
     /// An unread history claims nothing (it said `unvalidated`), and every
     /// failed read is said (the last replaced the others).

@@ -587,6 +587,7 @@ mod tests {
             created: None,
             lineage: None,
             soak_pending: false,
+            marked_on_host: None,
         }
     }
 

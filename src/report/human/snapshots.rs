@@ -108,6 +108,7 @@ fn known_good(host: &str) -> HostEnd {
                 created: None,
                 lineage: None,
                 soak_pending: false,
+                marked_on_host: None,
                 closure: system('c', host),
                 marked_at: "2026-12-02T09:31:20Z".into(),
                 commit: Some(COMMIT.into()),

@@ -95,6 +95,7 @@ fn mark(host: &str) -> KnownGoodMark {
             created: None,
             lineage: None,
             soak_pending: false,
+            marked_on_host: None,
             closure: sp('b', "nixos-system-web"),
             marked_at: "2026-11-22T20:30:11Z".into(),
             commit: Some("3f2a9c1e0b7d".into()),
