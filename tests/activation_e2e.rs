@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nixgate::activation::detached::SwitchFailure;
 use nixgate::activation::{
     ActivationRequest, FailureReason, HostOutcome, HostSettings, Os, RunId, activate_host,
+    pipeline::Unlocked,
 };
 use nixgate::gates::{Gate, Goal};
 use nixgate::nix::StorePath;
@@ -42,7 +43,15 @@ async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOut
         planned_current: None,
     };
     let started = Instant::now();
-    let out = activate_host(&remote, &remote, &req, &CancellationToken::new(), &|_| {}).await;
+    let out = activate_host(
+        &remote,
+        &remote,
+        &Unlocked,
+        &req,
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await;
     (out, started.elapsed())
 }
 

@@ -3,7 +3,9 @@
 
 mod support;
 
-use nixgate::activation::{ActivationRequest, HostOutcome, HostSettings, Os, RunId, activate_host};
+use nixgate::activation::{
+    ActivationRequest, HostOutcome, HostSettings, Os, RunId, activate_host, pipeline::Unlocked,
+};
 use nixgate::gates::Goal;
 use nixgate::nix::StorePath;
 use serde_json::json;
@@ -28,7 +30,15 @@ async fn mark_known_good(fleet: &Fleet, closure: &str, run: &str) {
         planned_current: None,
     };
     let remote = OpenSsh::new(fleet, "sys1");
-    let out = activate_host(&remote, &remote, &req, &CancellationToken::new(), &|_| {}).await;
+    let out = activate_host(
+        &remote,
+        &remote,
+        &Unlocked,
+        &req,
+        &CancellationToken::new(),
+        &|_| {},
+    )
+    .await;
     assert!(matches!(out, HostOutcome::KnownGood { .. }), "{out:?}");
 }
 

@@ -87,6 +87,9 @@ pub enum Step {
     Reboot,
     WaitForReboot,
     MarkKnownGood,
+    /// The host lock was lost with its connection: taken again, and the
+    /// host read, before the next step that changes it.
+    TakeLockAgain,
     /// Magic rollback: the host reverts by itself after this long unless
     /// the controller confirms.
     ArmRevert {

@@ -49,6 +49,7 @@ async fn run_within(host: &FakeHost, budget: Duration) -> HostOutcome {
     activate_host(
         &host.remote(),
         host,
+        &crate::activation::pipeline::Unlocked,
         &request_within(budget),
         &CancellationToken::new(),
         &|e| events.lock().unwrap().push(e),
@@ -208,6 +209,7 @@ async fn a_lost_log_read_still_defers_an_inhibited_switch() {
     let outcome = activate_host(
         &host.remote(),
         &host,
+        &crate::activation::pipeline::Unlocked,
         &req,
         &CancellationToken::new(),
         &|_| {},

@@ -139,7 +139,9 @@ pub enum HostOutcome {
     /// nor what it ran before: someone else moved it (a hand's
     /// `nixos-rebuild switch`, another run), before the revert (which
     /// then changed nothing: `host-moved`) or after it. Nothing of theirs
-    /// is undone: no revert, no rollback.
+    /// is undone: no revert, no rollback. Also a host whose lock this run
+    /// lost after changing it ([`CutOff::LockLost`]): another run holds it
+    /// now, or the host was not as this run left it when taken again.
     MovedByOther {
         cause: CutOff,
         /// What it runs now.
@@ -149,7 +151,8 @@ pub enum HostOutcome {
     },
     /// The controller lost the host after the live switch and could not
     /// reach it again, even after its dead-man timer should have fired:
-    /// what it runs is unknown.
+    /// what it runs is unknown. Also a host changed by this run whose
+    /// lost lock could not be taken again ([`CutOff::LockLost`]).
     Unreachable {
         cause: CutOff,
         /// What it ran when last seen.
@@ -179,6 +182,17 @@ pub enum CutOff {
     /// A new connection reached the host after its revert had begun (the
     /// confirmation came too late): the revert is left to finish.
     RevertBegan,
+    /// The run's host lock was lost with its connection (the controller
+    /// suspended, or cut off, past the lock's lease) before a step that
+    /// changes the host, and another run holds it now (`holder`), or it
+    /// could not be taken again (`error`), or it was taken again and the
+    /// host was not as this run left it (neither).
+    LockLost {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl HostOutcome {

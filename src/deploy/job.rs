@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activation::host_lock::{self, HostLock};
 use crate::activation::known_good::{self, GateRecord};
+use crate::activation::pipeline::{HostHold, NotTaken};
 use crate::activation::settings::STEP_LIMIT;
 use crate::activation::{
     ActivationEvent, ActivationRequest, FailureReason, HostOutcome, HostSettings, RunId,
@@ -314,7 +315,50 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         };
         let emit = recording_failed_units(forward(&self.sink, host), &self.failed_before, host);
         let fresh = self.fresh_for(host, inv_host);
-        activate_host(&remote, &fresh, &req, &self.stop, &emit).await
+        let hold = KeptLock {
+            job: self,
+            host,
+            remote: &remote,
+            inv_host,
+        };
+        activate_host(&remote, &fresh, &hold, &req, &self.stop, &emit).await
+    }
+
+    /// Take `host`'s lost lock again before its pipeline changes it (see
+    /// [`KeptLock`]). Another run's hold is final at once; this run's own
+    /// lock command, holding on until its lease ends (the host never saw
+    /// the connection drop), is waited for; a lock command that failed (the
+    /// host not reachable yet) is tried again a few times; all within a
+    /// lease and a read's patience.
+    async fn take_lock_again(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        inv_host: &Host,
+    ) -> Result<(), NotTaken> {
+        let until = tokio::time::Instant::now() + host_lock::LEASE + READ_PATIENCE;
+        let (mut attempt, mut failed) = (0, 0);
+        loop {
+            let (holder, error) = match self.keep_lock(host, remote, inv_host).await {
+                Ok(_) => return Ok(()),
+                Err(FailureReason::LockLost { holder, error }) => (holder, error),
+                // `keep_lock` fails with no other reason.
+                Err(_) => (None, None),
+            };
+            let again = match &holder {
+                Some(h) => *h == self.lock_holder,
+                None => {
+                    failed += 1;
+                    failed <= 3
+                }
+            };
+            let wait = crate::remote::patient::backoff(attempt);
+            if !again || tokio::time::Instant::now() + wait > until {
+                return Err(NotTaken { holder, error });
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
     }
 
     /// New connections to `host`, at its confirm endpoint when it has one.
@@ -685,6 +729,32 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                  marked soak pending ({e:#}); the next push of this commit marks and soaks it again"
             );
         }
+    }
+}
+
+/// A host's lock as its pipeline asks for it: held while this run's lock
+/// command runs; lost, taken again ([`DeployJob::take_lock_again`]), in
+/// place of the lost one.
+struct KeptLock<'a, F: Fleet, S: Stager> {
+    job: &'a DeployJob<F, S>,
+    host: &'a str,
+    remote: &'a F::Remote,
+    inv_host: &'a Host,
+}
+
+impl<F: Fleet, S: Stager> HostHold for KeptLock<'_, F, S> {
+    fn held(&self) -> bool {
+        !self.job.lock_lost(self.host)
+    }
+
+    fn take_again(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NotTaken>> + Send + '_>>
+    {
+        Box::pin(
+            self.job
+                .take_lock_again(self.host, self.remote, self.inv_host),
+        )
     }
 }
 

@@ -1522,3 +1522,71 @@ fn gated_push() -> Request {
         expect: None,
     }
 }
+
+/// web1's connection drops during its health check (the check's answer
+/// lost), long enough that its lock's lease ran out (a controller
+/// suspended, a partition): the run takes the lock again before the next
+/// step that changes the host (the persist), with the real lock command.
+/// Another run took the host over meanwhile (deployed another system and
+/// holds the lock): nothing more is done to it, no persist, no mark, no
+/// rollback (`moved-by-other`), and the wave stops there. Free again and
+/// the host as left: the run goes on to known-good, with the lock taken
+/// again and the host's links read once.
+#[tokio::test(start_paused = true)]
+async fn a_lock_lost_during_the_gates_is_taken_again_before_the_host_changes() {
+    const ODD: &str = "/nix/store/1d1x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.08";
+    const CHECK: &str = "timeout --kill-after=5 10 sh -c 'systemctl is-active nginx'";
+    const CRON: &str = "run r2 pid 7 on cron";
+    for taken in [true, false] {
+        let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+        let web1 = f.hosts["web1"].clone();
+        web1.state().lose = vec![(CHECK.into(), true)];
+        let mut plan = plan_of(&f.inv, |_| ready(NEW));
+        let (lock, lost) = crate::activation::host_lock::HostLock::standing();
+        plan.locks.insert("web1".into(), lock);
+        let watched = web1.clone();
+        let watcher = tokio::spawn(async move {
+            while watched.state().health_checks == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut st = watched.state();
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            if taken {
+                st.current = sp(ODD);
+                st.boot_default = sp(ODD);
+                st.set_profile(SYSTEM, &sp(ODD));
+                st.lock_taken_by = Some(CRON.into());
+            }
+            st.ran.len()
+        });
+        let hosts = run(&f.ctx, plan, AlreadyThere).await;
+        let at = watcher.await.unwrap();
+        let st = web1.state();
+        let after = &st.ran[at..];
+        if taken {
+            let Some(HostOutcome::MovedByOther {
+                cause: crate::activation::CutOff::LockLost { holder, .. },
+                now,
+                ..
+            }) = hosts[0].end.outcome()
+            else {
+                panic!("{:?}", hosts[0].end);
+            };
+            assert_eq!((holder.as_deref(), now), (Some(CRON), &sp(ODD)));
+            assert!(
+                !after
+                    .iter()
+                    .any(|c| c.contains("fire") || c.contains("mark")),
+                "{after:#?}"
+            );
+            assert_eq!((&st.current, &st.boot_default), (&sp(ODD), &sp(ODD)));
+            assert_eq!(st.profiles[KNOWN_GOOD], [sp(OLD)], "not marked");
+            assert_eq!(hosts[1].outcome(), OutcomeKind::NotStarted);
+        } else {
+            assert_eq!(hosts[0].outcome(), OutcomeKind::KnownGood, "{after:#?}");
+            let locks = after.iter().filter(|c| c.contains("/host.lock ")).count();
+            let reads = after.iter().filter(|c| c.starts_with("readlink-f")).count();
+            assert_eq!((locks, reads), (1, 1), "{after:#?}");
+        }
+    }
+}

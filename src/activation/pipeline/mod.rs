@@ -35,6 +35,9 @@ use crate::remote::Command;
 use crate::remote::Remote;
 use crate::remote::batch::{Prefetched, prefetch};
 
+use hold::Next;
+pub use hold::{HostHold, NotTaken, Unlocked};
+
 /// What to activate where.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActivationRequest {
@@ -75,10 +78,12 @@ pub trait Reconnect<R>: Send + Sync {
 
 /// Activate `req.candidate` on the host for `req.goal`. `fresh` opens new
 /// connections to confirm a live switch when `req.settings` arms magic
-/// rollback.
+/// rollback. `hold` is the run's lock on the host, asked before each step
+/// that changes it ([`hold`]).
 pub async fn activate_host<R, F>(
     remote: &R,
     fresh: &dyn Reconnect<R>,
+    hold: &dyn HostHold,
     req: &ActivationRequest,
     cancel: &CancellationToken,
     emit: &F,
@@ -90,6 +95,7 @@ where
     let mut run = Run {
         remote,
         fresh,
+        hold,
         armed: None,
         req,
         s: &req.settings,
@@ -110,6 +116,7 @@ where
 struct Run<'a, R> {
     remote: &'a R,
     fresh: &'a dyn Reconnect<R>,
+    hold: &'a dyn HostHold,
     /// The dead-man revert armed for this live switch, and when it fires.
     armed: Option<(super::deadman::Armed, tokio::time::Instant)>,
     req: &'a ActivationRequest,
@@ -165,6 +172,7 @@ impl<'a, R: Remote> Run<'a, R> {
         Run {
             remote,
             fresh: self.fresh,
+            hold: self.hold,
             armed: None,
             req: self.req,
             s: self.s,
@@ -483,6 +491,9 @@ impl<'a, R: Remote> Run<'a, R> {
         let goal = self.req.goal;
         let cand = self.req.candidate.clone();
         let action = goal.switch_action().unwrap_or(SwitchAction::Test);
+        if let Err(outcome) = self.still_ours(Gate::LiveActivate, Next::Change).await {
+            return outcome;
+        }
         let mut job = self.job(JobPurpose::Candidate, action);
         if goal == Goal::Switch {
             job = match self.with_profile_set(job, Gate::LiveActivate).await {
@@ -518,6 +529,9 @@ impl<'a, R: Remote> Run<'a, R> {
             } => {
                 self.live_changed = true;
                 if let Err(outcome) = self.confirm(&job).await {
+                    return outcome;
+                }
+                if let Err(outcome) = self.still_ours(Gate::LiveActivate, Next::Change).await {
                     return outcome;
                 }
                 // The dead-man revert, if any, is disarmed: the profile is
@@ -646,6 +660,9 @@ impl<'a, R: Remote> Run<'a, R> {
         if !goal.marks_known_good() {
             return HostOutcome::Activated { goal };
         }
+        if let Err(outcome) = self.still_ours(Gate::MarkKnownGood, Next::Change).await {
+            return outcome;
+        }
         match self.mark().await {
             Ok(mark) => HostOutcome::KnownGood { mark },
             // A rollback's target stays: see `HostOutcome::NotMarked`.
@@ -694,6 +711,7 @@ impl<'a, R: Remote> Run<'a, R> {
 }
 
 mod confirm;
+mod hold;
 mod key_gates;
 mod off_path;
 mod profile_steps;

@@ -11,6 +11,7 @@ use super::*;
 impl<R: Remote> Run<'_, R> {
     /// Make the candidate the boot default: profile set + detached `boot`.
     pub(super) async fn persist(&mut self, gate: Gate) -> Result<(), HostOutcome> {
+        self.still_ours(gate, Next::Change).await?;
         let mut job = self.job(JobPurpose::Persist, SwitchAction::Boot);
         if !self.profile_set {
             job = self.with_profile_set(job, gate).await?;
@@ -145,6 +146,9 @@ impl<R: Remote> Run<'_, R> {
         if !(self.s.allow_reboot && self.s.os == Os::Linux) {
             return HostOutcome::DeferredPendingReboot { reason };
         }
+        if let Err(outcome) = self.still_ours(Gate::LiveActivate, Next::Change).await {
+            return outcome;
+        }
         let cand = self.req.candidate.clone();
         let outcome =
             reboot_and_verify(self.remote, self.s, &self.req.run_id, &cand, self.emit).await;
@@ -220,6 +224,9 @@ impl<R: Remote> Run<'_, R> {
                 boot_before,
             };
         }
+        if let Err(outcome) = self.still_ours(Gate::MarkKnownGood, Next::Change).await {
+            return outcome;
+        }
         match self.mark().await {
             Ok(mark) => HostOutcome::AlreadyCurrent {
                 mark: Some(mark),
@@ -249,6 +256,10 @@ impl<R: Remote> Run<'_, R> {
             gate,
             reason: reason.clone(),
         });
+        // Another run's host now, or moved since: nothing of theirs undone.
+        if let Err(outcome) = self.still_ours(gate, Next::RollBack).await {
+            return outcome;
+        }
         // Never "back" to the candidate that just failed (a push of the
         // known-good closure to a host running something else, a rollback
         // to it): then back to what the host ran. A mark that failed says

@@ -56,9 +56,18 @@ async fn run(host: &FakeHost, req: &ActivationRequest) -> Ran {
 }
 
 async fn run_with(host: &FakeHost, req: &ActivationRequest, cancel: &CancellationToken) -> Ran {
+    run_holding(host, req, cancel, &Unlocked).await
+}
+
+async fn run_holding(
+    host: &FakeHost,
+    req: &ActivationRequest,
+    cancel: &CancellationToken,
+    hold: &dyn HostHold,
+) -> Ran {
     let remote = host.remote();
     let events = Mutex::new(Vec::new());
-    let outcome = activate_host(&remote, host, req, cancel, &|e| {
+    let outcome = activate_host(&remote, host, hold, req, cancel, &|e| {
         events.lock().unwrap().push(e)
     })
     .await;
@@ -88,7 +97,7 @@ fn the_future_is_send() {
     let req = request(Goal::Gated);
     let cancel = CancellationToken::new();
     let emit = |_e: ActivationEvent| {};
-    let fut = activate_host(&remote, &host, &req, &cancel, &emit);
+    let fut = activate_host(&remote, &host, &Unlocked, &req, &cancel, &emit);
     assert_send(&fut);
 }
 
@@ -1183,9 +1192,14 @@ async fn a_rollback_whose_unit_is_refused_once_is_fired_again() {
                 }
             }
         });
-        let outcome = activate_host(&remote, &host, &req, &CancellationToken::new(), &|e| {
-            events.lock().unwrap().push(e)
-        })
+        let outcome = activate_host(
+            &remote,
+            &host,
+            &Unlocked,
+            &req,
+            &CancellationToken::new(),
+            &|e| events.lock().unwrap().push(e),
+        )
         .await;
         watcher.abort();
         Ran {
@@ -2192,4 +2206,241 @@ async fn a_profile_an_earlier_fire_set_is_put_back() {
     let st = host.state();
     assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)), "{:?}", st.profiles);
     assert!(st.jobs.is_empty());
+}
+
+/// The run's host lock as these tests lose it: held until `lose_when`
+/// first says so of the host (asked before each step that changes it),
+/// when `meanwhile` happens to the host (another run took it over while
+/// this controller was suspended past the lease); taken again unless
+/// another run holds it then (`lock_taken_by`).
+struct LosingLock<'a> {
+    host: &'a FakeHost,
+    lose_when: fn(&crate::activation::fake_host::State) -> bool,
+    meanwhile: fn(&mut crate::activation::fake_host::State),
+    /// How many commands the host had run when the lock was lost.
+    lost_at: Mutex<Option<usize>>,
+    retaken: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> LosingLock<'a> {
+    fn new(
+        host: &'a FakeHost,
+        lose_when: fn(&crate::activation::fake_host::State) -> bool,
+        meanwhile: fn(&mut crate::activation::fake_host::State),
+    ) -> Self {
+        LosingLock {
+            host,
+            lose_when,
+            meanwhile,
+            lost_at: Mutex::new(None),
+            retaken: Default::default(),
+        }
+    }
+
+    /// The commands the host ran after the lock was lost.
+    fn ran_after(&self) -> Vec<String> {
+        let at = self.lost_at.lock().unwrap().expect("the lock was lost");
+        self.host.state().ran[at..].to_vec()
+    }
+}
+
+impl HostHold for LosingLock<'_> {
+    fn held(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut lost_at = self.lost_at.lock().unwrap();
+        if lost_at.is_some() {
+            return self.retaken.load(Ordering::SeqCst);
+        }
+        let mut st = self.host.state();
+        if !(self.lose_when)(&st) {
+            return true;
+        }
+        (self.meanwhile)(&mut st);
+        *lost_at = Some(st.ran.len());
+        false
+    }
+
+    fn take_again(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NotTaken>> + Send + '_>>
+    {
+        Box::pin(async {
+            let holder = self.host.state().lock_taken_by.clone();
+            if holder.is_some() {
+                return Err(NotTaken {
+                    holder,
+                    error: None,
+                });
+            }
+            self.retaken
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+/// The one read of a lock taken again (the links the run started from).
+fn links_read() -> String {
+    format!("readlink-f /run/current-system {SYSTEM} {KNOWN_GOOD} /var/lib/nixgate/known-good")
+}
+
+/// Another run ("cron") took the host over: it ran this run's leftovers
+/// and deployed ODD, live and as the boot default (marked or not, it
+/// holds the lock still: `holding`).
+fn cron_deployed_odd(st: &mut crate::activation::fake_host::State, holding: bool) {
+    st.current = sp(ODD);
+    st.boot_default = sp(ODD);
+    st.set_profile(SYSTEM, &sp(ODD));
+    if holding {
+        st.lock_taken_by = Some("run r2 pid 7 on cron".into());
+    }
+}
+
+/// A gated push whose controller was suspended past its lock's lease
+/// after the switch (before the confirm's end, or after the health
+/// checks: before the persist), or before it (during the dry
+/// activation), and another run took the host over and holds it: nothing
+/// more is done to the host, only what it runs is read (before: the run
+/// went on over its reconnected session, persisted its candidate as the
+/// boot default under the other run's system and marked it known-good).
+/// Lost before the switch, the host fails with nothing changed.
+#[tokio::test(start_paused = true)]
+async fn a_lock_another_run_took_meanwhile_leaves_the_host_to_it() {
+    type When = fn(&crate::activation::fake_host::State) -> bool;
+    let after_switch: When = |st| st.current == sp(NEW);
+    let after_checks: When = |st| st.health_checks > 0;
+    let during_dry: When = |st| st.ran.iter().any(|c| c.ends_with("dry-activate"));
+    for (case, when) in [
+        ("after the switch", after_switch),
+        ("after the checks", after_checks),
+        ("before the switch", during_dry),
+    ] {
+        let host = FakeHost::new(&sp(OLD));
+        let hold = LosingLock::new(&host, when, |st| cron_deployed_odd(st, true));
+        let ran = run_holding(
+            &host,
+            &request(Goal::Gated),
+            &CancellationToken::new(),
+            &hold,
+        )
+        .await;
+        let holder = Some("run r2 pid 7 on cron".to_owned());
+        if case == "before the switch" {
+            let reason = FailureReason::LockLost {
+                holder,
+                error: None,
+            };
+            assert_eq!(
+                ran.outcome,
+                HostOutcome::Failed {
+                    gate: Gate::LiveActivate,
+                    reason
+                },
+                "{case}"
+            );
+            assert_eq!(hold.ran_after(), Vec::<String>::new(), "{case}");
+        } else {
+            assert_eq!(
+                ran.outcome,
+                HostOutcome::MovedByOther {
+                    cause: CutOff::LockLost {
+                        holder,
+                        error: None
+                    },
+                    now: sp(ODD),
+                    record: None,
+                },
+                "{case}"
+            );
+            assert_eq!(hold.ran_after(), [links_read()], "{case}");
+        }
+        let st = host.state();
+        assert_eq!(
+            (&st.current, &st.boot_default),
+            (&sp(ODD), &sp(ODD)),
+            "{case}"
+        );
+        assert_eq!(st.profile(SYSTEM), Some(&sp(ODD)), "{case}");
+        assert_eq!(st.profiles[KNOWN_GOOD], [sp(OLD)], "{case}: not marked");
+    }
+}
+
+/// The lock lost, free again when the run comes back, and the host moved
+/// meanwhile (another run came and went: deployed ODD; or only moved the
+/// boot default: `--goal boot`): taken again, the host is read once and
+/// left as it is, no persist, no mark, and a failing health check rolls
+/// nothing back (before: rolled the other run's system back).
+#[tokio::test(start_paused = true)]
+async fn a_lock_taken_again_on_a_host_moved_meanwhile_changes_nothing_more() {
+    type Then = fn(&mut crate::activation::fake_host::State);
+    let deployed: Then = |st| cron_deployed_odd(st, false);
+    let boot_only: Then = |st| st.set_profile(SYSTEM, &sp(ODD));
+    for (case, then, healthy, now) in [
+        ("deployed", deployed, true, ODD),
+        ("boot only", boot_only, true, NEW),
+        ("deployed, unhealthy", deployed, false, ODD),
+    ] {
+        let host = candidate_that(Behaviour {
+            healthy,
+            ..Default::default()
+        });
+        let hold = LosingLock::new(&host, |st| st.health_checks > 0, then);
+        let ran = run_holding(
+            &host,
+            &request(Goal::Gated),
+            &CancellationToken::new(),
+            &hold,
+        )
+        .await;
+        let HostOutcome::MovedByOther {
+            cause:
+                CutOff::LockLost {
+                    holder: None,
+                    error: None,
+                },
+            now: found,
+            record: None,
+        } = &ran.outcome
+        else {
+            panic!("{case}: {:?}", ran.outcome);
+        };
+        assert_eq!(found, &sp(now), "{case}");
+        assert_eq!(hold.ran_after(), [links_read()], "{case}");
+        let st = host.state();
+        assert_eq!(st.current, sp(now), "{case}");
+        assert_eq!(st.profile(SYSTEM), Some(&sp(ODD)), "{case}");
+        assert_eq!(st.profiles[KNOWN_GOOD], [sp(OLD)], "{case}: not marked");
+    }
+}
+
+/// The lock lost after the switch and taken again with the host as the
+/// run left it: the run goes on to known-good, its commands those of a
+/// run that kept its lock, with one read more (the links) where it was
+/// taken again.
+#[tokio::test(start_paused = true)]
+async fn a_lock_taken_again_on_a_host_as_left_goes_on_with_one_read_more() {
+    let kept = FakeHost::new(&sp(OLD));
+    let ran = run(&kept, &request(Goal::Gated)).await;
+    assert!(matches!(ran.outcome, HostOutcome::KnownGood { .. }));
+    let kept = kept.state().ran.clone();
+    let host = FakeHost::new(&sp(OLD));
+    let hold = LosingLock::new(&host, |st| st.current == sp(NEW), |_| {});
+    let ran = run_holding(
+        &host,
+        &request(Goal::Gated),
+        &CancellationToken::new(),
+        &hold,
+    )
+    .await;
+    let HostOutcome::KnownGood { mark } = &ran.outcome else {
+        panic!("{:?}", ran.outcome);
+    };
+    assert_eq!(mark.generation, 2);
+    assert!(ran.events.contains(&ActivationEvent::Step {
+        step: Step::TakeLockAgain
+    }));
+    let at = hold.lost_at.lock().unwrap().unwrap();
+    let mut want = kept;
+    want.insert(at, links_read());
+    assert_eq!(host.state().ran, want);
 }

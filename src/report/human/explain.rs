@@ -199,6 +199,19 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
             )),
             format!("look for what cut SSH off in the change, then `nixgate {command} {host}`"),
         ),
+        HostOutcome::MovedByOther {
+            cause: cause @ crate::activation::CutOff::LockLost { .. },
+            now,
+            ..
+        } => (
+            words::cut_off(cause),
+            Vec::new(),
+            Some(format!(
+                "it runs {}; nothing more was done to it (no rollback): another run has it now, or moved it",
+                labels.words(now)
+            )),
+            format!("see what the other run did with it, then {status}"),
+        ),
         HostOutcome::MovedByOther { cause, now, .. } => (
             words::cut_off(cause),
             Vec::new(),

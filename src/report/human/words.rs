@@ -765,6 +765,16 @@ pub fn cut_off(c: &crate::activation::CutOff) -> String {
         CutOff::RevertBegan => {
             "a new connection reached it only after its own revert had begun".into()
         }
+        CutOff::LockLost { holder, error } => match (holder, error) {
+            (Some(h), _) => format!(
+                "its lock was lost with its connection (the controller suspended or cut off past the lease) and another run holds it now ({h})"
+            ),
+            (None, Some(e)) => format!(
+                "its lock was lost with its connection (the controller suspended or cut off past the lease) and could not be taken again, or the host read: {}",
+                first_line(e)
+            ),
+            (None, None) => "its lock was lost with its connection (the controller suspended or cut off past the lease); taken again, the host was not as this run left it".into(),
+        },
         CutOff::NotOnCandidate { seen } => format!(
             "a new connection found it on {}, not the candidate",
             seen.as_ref()
@@ -837,6 +847,15 @@ fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
             "{}; the host took itself back to {} (magic rollback), verified over a new connection",
             cut_off(cause),
             labels.words(to)
+        ),
+        HostOutcome::MovedByOther {
+            cause: cause @ crate::activation::CutOff::LockLost { .. },
+            now,
+            ..
+        } => format!(
+            "{}: left to it as it is, nothing more done (it runs {})",
+            cut_off(cause),
+            labels.words(now)
         ),
         HostOutcome::MovedByOther { cause, now, .. } => format!(
             "{}; then found on {}, which neither this run nor its revert put there (someone else moved it): left as it is",
