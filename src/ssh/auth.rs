@@ -105,6 +105,8 @@ struct Attempts {
     offered: Vec<(PublicKey, bool)>,
     /// Keys the server answered "no" to, each with whether as a certificate.
     rejected: Vec<(PublicKey, bool)>,
+    /// The server closed the connection before every key was offered.
+    closed: bool,
     rsa_hash: Option<HashAlg>,
     /// The first encrypted identity file the agent does not hold.
     encrypted: Option<PathBuf>,
@@ -220,11 +222,12 @@ fn id_key(id: &AgentIdentity) -> PublicKey {
 
 /// The server closed the connection while keys were offered: said, with
 /// the likely cause (the next offer would fail as a lost connection).
-fn closed_by_server<H: Handler>(handle: &Handle<H>, tried: &mut Vec<String>) -> bool {
+fn closed_by_server<H: Handler>(handle: &Handle<H>, at: &mut Attempts) -> bool {
     if !handle.is_closed() {
         return false;
     }
-    tried.push(
+    at.closed = true;
+    at.tried.push(
         "the server closed the connection (too many keys offered? sshd allows MaxAuthTries, 6 by \
          default: set identity_file for the host, or remove keys from the agent)"
             .into(),
@@ -310,7 +313,7 @@ where
                 }
             },
         }
-        if closed_by_server(handle, &mut at.tried) {
+        if closed_by_server(handle, at) {
             return Some(Err(auth_failed(target, user.to_owned(), at.tried.clone())));
         }
         at.offered.push((key, is_cert));
@@ -381,7 +384,7 @@ where
                         Ok(false) => {
                             at.tried.push(format!("{}: rejected", cert_path.display()));
                             at.rejected.push((key.public_key().clone(), true));
-                            if closed_by_server(handle, &mut at.tried) {
+                            if closed_by_server(handle, at) {
                                 return Some(Err(auth_failed(
                                     target,
                                     user.to_owned(),
@@ -424,7 +427,7 @@ where
             }
             Err(e) => return lost(e),
         }
-        if closed_by_server(handle, &mut at.tried) {
+        if closed_by_server(handle, at) {
             return Some(Err(auth_failed(target, user.to_owned(), at.tried.clone())));
         }
     }
@@ -482,7 +485,12 @@ impl Attempts {
             Err(ConnectError::AuthFailed { .. } | ConnectError::EncryptedKey { .. })
         );
         match proven {
-            Some(p) if failed_auth && !self.was_rejected(p) => {
+            // A server that hung up after rejecting other keys, before the
+            // proven key's turn, is the host's doing: a candidate that
+            // lowered `MaxAuthTries` locks this run's key out as surely as
+            // one that rejects it (read as this side's, the soak kept such
+            // a host known-good).
+            Some(p) if failed_auth && !self.was_rejected(p) && !self.closed => {
                 Err(ConnectError::IdentityNotOffered {
                     target: target.name.clone(),
                     identity: p.method.to_string(),
@@ -716,6 +724,16 @@ mod tests {
         // The host's first login (nothing proven yet): the host's, as before.
         let e = at.judged(&target, failed(&at.tried), None).unwrap_err();
         assert!(!e.is_controllers_own(), "{e}");
+
+        // The server hung up before the deploy key's turn (a candidate
+        // that lowered MaxAuthTries): the host's.
+        at.closed = true;
+        let e = at
+            .judged(&target, failed(&at.tried), Some(&proven()))
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::AuthFailed { .. }), "{e}");
+        assert!(!e.is_controllers_own());
+        at.closed = false;
 
         // The deploy key offered and rejected: the host's.
         at.rejected.push((key(DEPLOY), false));
