@@ -121,7 +121,14 @@ pub(crate) async fn connect(
         target: target.name.clone(),
         source,
     })?;
-    let config = Arc::new(client_config(&db, &host, port, target.keepalive_interval));
+    let vouched = proven.map(|p| p.host_key.clone());
+    let config = client_config(
+        &db,
+        (&host, port),
+        vouched.as_ref(),
+        target.keepalive_interval,
+    );
+    let config = Arc::new(config);
     let verdict = Arc::new(Mutex::new(None));
     let client = Client {
         check: Arc::new(HostCheck {
@@ -136,7 +143,7 @@ pub(crate) async fn connect(
             },
             first_file: files.first().cloned().unwrap_or_default(),
             pins: pins.clone(),
-            vouched: proven.map(|p| p.host_key.clone()),
+            vouched,
             accepted: Mutex::new(None),
         }),
         verdict: verdict.clone(),
@@ -266,10 +273,24 @@ where
     client::connect_stream(config, stream, client).await
 }
 
-fn client_config(db: &KnownHosts, host: &str, port: u16, keepalive: Duration) -> client::Config {
+fn client_config(
+    db: &KnownHosts,
+    (host, port): (&str, u16),
+    vouched: Option<&KeyData>,
+    keepalive: Duration,
+) -> client::Config {
     // Known key types first (as OpenSSH orders HostKeyAlgorithms), then
-    // the defaults; never ssh-rsa with SHA-1.
+    // the defaults; never ssh-rsa with SHA-1. A name known_hosts does not
+    // know (a `confirm_address`) asks first for the type of the key the
+    // run's session verified: the server offers its ed25519 key by
+    // default, and a run that verified its RSA or ECDSA key could never
+    // match it there (every such host reverted, or taken back by the soak).
     let mut keys = db.known_algorithms(host, port);
+    if keys.is_empty()
+        && let Some(key) = vouched
+    {
+        keys = super::known_hosts::signing_algorithms(key.algorithm());
+    }
     for a in Preferred::DEFAULT.key.iter() {
         if !keys.contains(a) && *a != (Algorithm::Rsa { hash: None }) {
             keys.push(a.clone());
@@ -315,6 +336,29 @@ fn client_config(db: &KnownHosts, host: &str, port: u16, keepalive: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name known_hosts does not know (a `confirm_address`) asks first
+    /// for the type of the key the run's session verified: an RSA host
+    /// key, verified by the run, was never offered there (the server's
+    /// ed25519 came first), and the confirm refused a good host.
+    #[test]
+    fn an_unknown_name_asks_first_for_the_vouched_keys_type() {
+        let rsa = russh::keys::ssh_key::PublicKey::from_openssh("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDQoEPkKTbdBm3GaZgsaR7Zh8tmWhHPeCFn2fUblQK1Gbt53Yp7G6MG/Dm/6rl0k6D7iIibv60nShx+JvCiWy0PAFMNbe0HcAY5EWsoIte5jWBRke0S66AJMUpL4b07Qgcn+CWLHQZqUKSbVGN5K6IGpWPZyGHbGb1IJLG8mwvPeQ==").unwrap();
+        let db = KnownHosts::default();
+        let config = client_config(
+            &db,
+            ("10.0.1.11", 2222),
+            Some(rsa.key_data()),
+            Duration::from_secs(15),
+        );
+        let rsa_512 = Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        };
+        assert_eq!(config.preferred.key.first(), Some(&rsa_512));
+        // No vouched key: the defaults (ed25519 first).
+        let config = client_config(&db, ("10.0.1.11", 2222), None, Duration::from_secs(15));
+        assert_eq!(config.preferred.key.first(), Some(&Algorithm::Ed25519));
+    }
 
     /// A name this machine cannot resolve (a resolver outage during the
     /// soak) is this side's failure: it read as the host unreachable, and

@@ -171,23 +171,13 @@ impl KnownHosts {
     /// Key algorithms of the plain entries for this host, in file order:
     /// offered first during negotiation so a known key type is chosen.
     pub fn known_algorithms(&self, host: &str, port: u16) -> Vec<Algorithm> {
+        // (see `signing_algorithms`)
         let mut out: Vec<Algorithm> = Vec::new();
         for l in self
             .matching(host, port)
             .filter(|l| l.entry.marker().is_none())
         {
-            let algs = match l.entry.public_key().algorithm() {
-                Algorithm::Rsa { .. } => vec![
-                    Algorithm::Rsa {
-                        hash: Some(HashAlg::Sha512),
-                    },
-                    Algorithm::Rsa {
-                        hash: Some(HashAlg::Sha256),
-                    },
-                ],
-                other => vec![other],
-            };
-            for a in algs {
+            for a in signing_algorithms(l.entry.public_key().algorithm()) {
                 if !out.contains(&a) {
                     out.push(a);
                 }
@@ -286,6 +276,23 @@ fn check_host_certificate(
         ));
     }
     Ok(())
+}
+
+/// The host-key algorithms that present a key of `key`'s type, for a
+/// client's preference list: an RSA key as rsa-sha2-512 and -256 (never
+/// ssh-rsa with SHA-1), any other as itself.
+pub fn signing_algorithms(key: Algorithm) -> Vec<Algorithm> {
+    match key {
+        Algorithm::Rsa { .. } => vec![
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256),
+            },
+        ],
+        other => vec![other],
+    }
 }
 
 /// `SHA256:...` fingerprint, as `ssh-keygen -l` prints it.
