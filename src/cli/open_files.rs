@@ -17,16 +17,40 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// needs more.
 const UNLIMITED_CAP: u64 = 1 << 20;
 
-/// Raise this process's soft limit on open files to its hard limit. Best
-/// effort: a refusal is logged, never fatal.
+/// What macOS takes at most for a process's soft limit (`OPEN_MAX`):
+/// its hard limit is usually unlimited, and asking for more than this is
+/// refused (EINVAL), which left such a controller at its 256.
+const MACOS_OPEN_MAX: u64 = 10_240;
+
+/// Raise this process's soft limit on open files to its hard limit (or
+/// the most the system takes). Best effort: a refusal is logged, never
+/// fatal.
 pub fn raise() {
     let now = getrlimit(Resource::Nofile);
     let Some(wanted) = raised(now) else {
         return;
     };
-    if let Err(e) = setrlimit(Resource::Nofile, wanted) {
-        tracing::debug!("could not raise the open-file limit to {wanted:?}: {e}");
+    if setrlimit(Resource::Nofile, wanted).is_ok() {
+        return;
     }
+    let Some(second) = within(now, MACOS_OPEN_MAX) else {
+        return;
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, second) {
+        tracing::warn!(
+            "could not raise the open-file limit to {wanted:?} or {second:?}: {e}; \
+             hundreds of hosts at once may run out (ulimit -n)"
+        );
+    }
+}
+
+/// `now` raised to at most `most`, if that is any higher.
+fn within(now: Rlimit, most: u64) -> Option<Rlimit> {
+    let wanted = now.maximum.unwrap_or(most).min(most);
+    (now.current.is_some_and(|c| c < wanted)).then_some(Rlimit {
+        current: Some(wanted),
+        maximum: now.maximum,
+    })
 }
 
 /// The limit to set instead of `now`, if it is any higher.
@@ -58,5 +82,11 @@ mod tests {
         );
         assert_eq!(raised(limit(Some(524_288), Some(524_288))), None);
         assert_eq!(raised(limit(None, None)), None);
+        // Refused (macOS, unlimited hard limit): OPEN_MAX instead.
+        assert_eq!(
+            within(limit(Some(256), None), MACOS_OPEN_MAX),
+            Some(limit(Some(10_240), None))
+        );
+        assert_eq!(within(limit(Some(20_000), None), MACOS_OPEN_MAX), None);
     }
 }
