@@ -10,9 +10,11 @@
 //! it. So a host copied ahead gets a root, one link in
 //! `HostPaths::staged_roots` named for the run ([`hold_staged_command`]),
 //! removed when the run lets the host go ([`release_staged_command`]): its
-//! profile holds the closure by then, or the run is done with it. A host
-//! copied as its wave runs gets none (its activation follows within
-//! seconds; a root was one more command on its way).
+//! profile holds the closure by then, or the run is done with it; so does
+//! one copied as its wave runs with every slot taken (it waits its turn,
+//! up to the wave's whole length). A host that starts as its copy ends
+//! gets none (its activation follows at once; a root was one more command
+//! on its way).
 //!
 //! A killed run leaves its roots. The next run to root a closure on the
 //! host removes them ([`HOLD_STAGED`]'s `clean`): it holds the host's lock

@@ -57,14 +57,15 @@ pub trait HostJob: Send + Sync + 'static {
 
     /// Prepare a host without changing what it runs (copy its closure).
     fn stage(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = Self::Staged> + Send;
-    /// `host`'s staging ended before its wave started (it was staged
-    /// ahead, while an earlier wave ran or soaked): keep what it staged
-    /// until its turn (the deploy roots the closure on the host, or the
-    /// host's garbage collector may delete it meanwhile). Called after the
-    /// staging's result is handed over, off every wave's path; never for a
-    /// host whose wave had started by then (its activation follows at
-    /// once). A host let go meanwhile is the job's to mind. Nothing by
-    /// default.
+    /// `host`'s staging ended before its turn: before its wave started (it
+    /// was staged ahead, while an earlier wave ran or soaked), or as its
+    /// wave ran with every slot taken: keep what it staged until its turn
+    /// (the deploy roots the closure on the host, or the host's garbage
+    /// collector may delete it meanwhile). Called after the staging's
+    /// result is handed over, off every wave's path; not for a host that
+    /// starts as its staging ends (its activation follows at once). It may
+    /// come more than once for a host, and after the host started. A host
+    /// let go meanwhile is the job's to mind. Nothing by default.
     fn staged_ahead(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = ()> + Send {
         let _ = (self, host);
         std::future::ready(())
@@ -634,7 +635,16 @@ impl<J: HostJob> Runner<J> {
                 f.unstarted.retain(|(u, _)| *u != host);
                 self.end(w, host, done, soaks);
             }
-            None => f.ready.push_back((host, staged)),
+            None => {
+                // Ready with every slot taken: it waits for one, up to the
+                // wave's whole length (200 hosts, 10 at a time), kept as
+                // one staged ahead is (it went unrooted, and the host's GC
+                // could take its closure before its turn).
+                if staged.is_some() && f.started.len() >= w.group.max_parallel.max(1) {
+                    tokio::spawn(self.job.clone().staged_ahead(Arc::from(host.as_str())));
+                }
+                f.ready.push_back((host, staged))
+            }
         }
     }
 

@@ -267,6 +267,26 @@ async fn only_hosts_staged_before_their_wave_starts_are_kept() {
     assert!(pos("kept m4") < pos("run m1"), "{log:?}");
 }
 
+/// A host whose copy ends while its own wave runs with every slot taken
+/// waits for one (a large wave, few at a time: tens of minutes): it is
+/// kept as one staged ahead is. One that starts as its copy ends is not.
+#[tokio::test(start_paused = true)]
+async fn a_host_staged_in_its_wave_that_waits_for_a_slot_is_kept() {
+    let job = Arc::new(Job::default());
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![group("main", &["m1", "m2", "m3"], 1, 0, 0)],
+    };
+    let results = run(job.clone(), &sel, rx, |_| {}).await;
+    assert!(ends(&results).iter().all(|(_, e)| e == "ok"));
+    let log = job.entries();
+    let mut kept: Vec<&str> = (log.iter())
+        .filter_map(|e| e.strip_prefix("kept "))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["m2", "m3"], "{log:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_staged_host_never_waits_behind_one_still_staging() {
     // m1's copy takes 5 s, m2's and m3's 1 s; two slots. m3, staged at
