@@ -39,6 +39,10 @@ pub struct Behaviour {
     /// them): each handshake hangs until it times out (10 s); established
     /// sessions go on.
     pub drops_new_connections: bool,
+    /// Once live, the system's sshd rejects the run's key at login (a
+    /// candidate that dropped the user's authorized key): new connections
+    /// fail authentication; established sessions go on.
+    pub rejects_logins: bool,
     pub polls_to_finish: u32,
     pub systemd: &'static str,
     pub healthy: bool,
@@ -60,6 +64,7 @@ impl Default for Behaviour {
             cuts_ssh: false,
             cuts_network: false,
             drops_new_connections: false,
+            rejects_logins: false,
             polls_to_finish: 2,
             systemd: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-256.8",
             healthy: true,
@@ -134,6 +139,10 @@ pub struct State {
     pub offline: bool,
     /// New connections get no answer: each handshake times out (10 s).
     pub drops_new: bool,
+    /// New connections are rejected at login (the key offered refused).
+    pub rejects_logins: bool,
+    /// Logins rejected so far.
+    pub logins_rejected: u32,
     /// The next fire that arms a revert cannot (`NixgateArmed=failed`).
     pub arm_fails: bool,
     /// Each armed unit's arming number (`deadman::Armed::generation`).
@@ -285,6 +294,7 @@ impl State {
                 self.sshd_up = !b.cuts_ssh && !b.cuts_network;
                 self.offline = b.cuts_network;
                 self.drops_new = b.drops_new_connections;
+                self.rejects_logins = b.rejects_logins;
             }
             if let Some(p) = &b.repoint_profile_to {
                 self.set_profile(SYSTEM, p);
@@ -1019,6 +1029,7 @@ impl State {
         self.sshd_up = !b.cuts_ssh && !b.cuts_network;
         self.offline = b.cuts_network;
         self.drops_new = b.drops_new_connections;
+        self.rejects_logins = b.rejects_logins;
         if self.revert_fails {
             result = "test-exited-1";
         } else {
@@ -1045,6 +1056,7 @@ impl State {
         self.sshd_up = true;
         self.offline = false;
         self.drops_new = false;
+        self.rejects_logins = false;
     }
 }
 
@@ -1066,6 +1078,16 @@ impl crate::activation::Reconnect<ScriptedRemote> for FakeHost {
             let slow = self.state().handshake_takes;
             tokio::time::sleep(slow).await;
             anyhow::ensure!(self.state().sshd_up, "connection refused (fake sshd down)");
+            let mut st = self.state();
+            if st.rejects_logins {
+                st.logins_rejected += 1;
+                return Err(anyhow::Error::new(crate::ssh::ConnectError::AuthFailed {
+                    target: "web1".into(),
+                    user: "deploy".into(),
+                    tried: vec!["agent key ed25519 (SHA256:x): rejected".into()],
+                }));
+            }
+            drop(st);
             Ok(self.remote())
         })
     }
@@ -1212,6 +1234,8 @@ impl FakeHost {
             sshd_up: true,
             offline: false,
             drops_new: false,
+            rejects_logins: false,
+            logins_rejected: 0,
             arm_fails: false,
             arming_of: BTreeMap::new(),
             handshake_takes: std::time::Duration::ZERO,

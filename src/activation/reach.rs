@@ -2,7 +2,9 @@
 //! already has when it is stopped or reconfigured (`KillMode=process`), and
 //! a firewall may drop only new connections: the run's own session working
 //! proves nothing about the next login. Tried every [`RETRY`] within a
-//! window: a handshake refused while sshd restarts is not a lockout.
+//! window: a handshake refused while sshd restarts is not a lockout. A
+//! login the host rejects is tried [`MAX_REJECTED_LOGINS`] times at most:
+//! more would get this machine blocked there.
 //!
 //! Used after a live switch (magic rollback's confirmation, see
 //! [`super::pipeline`]) and after a wave's soak (a candidate that locks SSH
@@ -21,6 +23,21 @@ pub(crate) const RETRY: Duration = Duration::from_secs(2);
 
 /// A new connection's read, once its handshake is done.
 pub(crate) const READS_BOUND: Duration = Duration::from_secs(10);
+
+/// Logins rejected (a key offered and refused) after which a window tries
+/// no more new connections: the host rejects the key that logged the run
+/// in before its switch, and trying again every [`RETRY`] would get this
+/// machine's address blocked from new connections to it. OpenSSH 9.8+
+/// enables PerSourcePenalties by default: each failed authentication adds
+/// 5 s (`authfail:5`) to a penalty that runs down in real time, and an
+/// address whose penalty passes 15 s (`min:15`) is refused new
+/// connections, for up to 600 s (`max:600`); fail2ban's sshd jail bans
+/// after 5 failures (`maxretry`) for 10 minutes. Three rejections 2 s
+/// apart leave a penalty of about 11 s: under both. The run's own session
+/// survives a block; the confirm after a revert, and the next run, need
+/// new ones. Other failures (a refused TCP connection while sshd
+/// restarts, a timeout) are tried for the whole window as before.
+pub const MAX_REJECTED_LOGINS: u32 = 3;
 
 /// Why no new connection reached the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +58,7 @@ pub struct Unreached {
 /// over it), the controller's own only when every try failed on this side:
 /// one bastion hiccup, then a login that hung until the window closed,
 /// read as this side's, and the soak kept a locked-out host known-good.
+/// [`MAX_REJECTED_LOGINS`] logins rejected end the window early.
 pub async fn new_connection<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
@@ -49,6 +67,7 @@ pub async fn new_connection<R: Remote>(
     let end = tokio::time::Instant::now() + within;
     let mut last: Option<Failed> = None;
     let mut hosts_part = false;
+    let mut rejected = 0;
     loop {
         let failed = match once(fresh, current_system, end).await {
             Ok(running) => return Ok(running),
@@ -56,8 +75,10 @@ pub async fn new_connection<R: Remote>(
             Err(None) => return Err(cut_off(last, hosts_part)),
         };
         hosts_part |= !failed.unreached.controllers_own;
+        rejected += u32::from(failed.login_rejected);
         let own_for_good = failed.unreached.controllers_own && failed.lasting;
-        if own_for_good || tokio::time::Instant::now() + RETRY >= end {
+        let enough = own_for_good || rejected >= MAX_REJECTED_LOGINS;
+        if enough || tokio::time::Instant::now() + RETRY >= end {
             let mut unreached = failed.unreached;
             unreached.controllers_own = !hosts_part;
             return Err(unreached);
@@ -92,6 +113,15 @@ struct Failed {
     /// It waited out a timeout (nothing answered), rather than failing
     /// fast.
     hung: bool,
+    /// A login refused ([`login_rejected`]).
+    login_rejected: bool,
+}
+
+/// Is `e` a login sshd refused, the key offered rejected
+/// ([`crate::ssh::ConnectError::is_login_rejected`])?
+pub(crate) fn login_rejected(e: &anyhow::Error) -> bool {
+    crate::remote::patient::connect_error(e)
+        .is_some_and(crate::ssh::ConnectError::is_login_rejected)
 }
 
 /// One new connection, its handshake by `end` (a connection's own
@@ -112,6 +142,7 @@ async fn once<R: Remote>(
             unreached,
             lasting: false,
             hung,
+            login_rejected: false,
         })
     };
     let remote = match tokio::time::timeout_at(end, fresh.fresh()).await {
@@ -127,6 +158,7 @@ async fn once<R: Remote>(
                 unreached,
                 lasting: ce.is_some_and(ConnectError::is_lasting),
                 hung: ce.is_some_and(ConnectError::is_timeout),
+                login_rejected: login_rejected(&e),
             }));
         }
         Err(_) => return Err(None),
@@ -212,6 +244,32 @@ mod tests {
             bastion.1.load(Ordering::SeqCst) >= 2,
             "tried again within the window"
         );
+    }
+
+    /// A host that rejects the key every time (its candidate dropped the
+    /// user's authorized key): a few logins, not one every 2 s for the
+    /// window (30 of them got this machine blocked by sshd's
+    /// PerSourcePenalties and fail2ban), and the host's failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_rejecting_the_login_is_tried_a_few_times_only() {
+        let rejecting = Failing(
+            || ConnectError::AuthFailed {
+                target: "web1".into(),
+                user: "deploy".into(),
+                tried: vec!["agent key ed25519 (SHA256:x): rejected".into()],
+            },
+            AtomicU32::new(0),
+            Duration::from_millis(300),
+        );
+        let started = tokio::time::Instant::now();
+        let within = Duration::from_secs(60);
+        let u = new_connection(&rejecting, "/run/current-system", within)
+            .await
+            .unwrap_err();
+        assert!(!u.controllers_own, "{u:?}");
+        assert!(u.error.contains("authentication as deploy failed"), "{u:?}");
+        assert_eq!(rejecting.1.load(Ordering::SeqCst), MAX_REJECTED_LOGINS);
+        assert!(started.elapsed() < Duration::from_secs(10), "ended early");
     }
 
     /// Fails the first try with `first()`, at once; every later try with

@@ -276,6 +276,21 @@ impl ConnectError {
         }
     }
 
+    /// A login sshd answered and refused: a key offered was rejected (by
+    /// the host, or by a jump host on the way). Each one counts against
+    /// this machine's address there (OpenSSH's PerSourcePenalties,
+    /// fail2ban): a caller trying new connections stops after a few (see
+    /// [`crate::activation::reach::MAX_REJECTED_LOGINS`]).
+    pub fn is_login_rejected(&self) -> bool {
+        match self {
+            ConnectError::AuthFailed { tried, .. }
+            | ConnectError::EncryptedKey { tried, .. }
+            | ConnectError::IdentityNotOffered { tried, .. } => any_rejected(tried),
+            ConnectError::Jump { source, .. } => source.is_login_rejected(),
+            _ => false,
+        }
+    }
+
     /// An authentication failure in which the host rejected no key offered.
     fn nothing_rejected(&self) -> bool {
         let tried = match self {

@@ -9,8 +9,9 @@ use crate::activation::deadman::{self, Armed, Revert};
 use crate::activation::reach;
 
 // Between two attempts at a new connection; a look's two reads over a new
-// connection, once its handshake is done.
-use crate::activation::reach::{READS_BOUND, RETRY};
+// connection, once its handshake is done; logins rejected before no more
+// are tried.
+use crate::activation::reach::{MAX_REJECTED_LOGINS, READS_BOUND, RETRY};
 
 /// How long after the controller counts it due a revert shows its mark at
 /// the latest: the timer's accuracy (1 s), half a round trip of the arm,
@@ -160,7 +161,10 @@ impl<R: Remote> Run<'_, R> {
                 }
                 Err(self.await_revert(CutOff::NotOnCandidate { seen }).await)
             }
-            Err(Confirm::Failed(error)) => {
+            Err(Confirm::Failed {
+                error,
+                login_rejected,
+            }) => {
                 // A first try's disarm that went unanswered may still run
                 // on the host: it stops nothing armed after it was sent
                 // (the host's arming number, see `Armed::generation`).
@@ -171,7 +175,8 @@ impl<R: Remote> Run<'_, R> {
                 match shortened {
                     Shortened::Due(due) => {
                         let armed = armed.shorter(window);
-                        self.retry_confirm(&armed, due, error).await
+                        let rejected = u32::from(login_rejected);
+                        self.retry_confirm(&armed, due, error, rejected).await
                     }
                     Shortened::TooLate => Err(self.await_revert(CutOff::RevertBegan).await),
                 }
@@ -194,7 +199,7 @@ impl<R: Remote> Run<'_, R> {
                     shortened: None,
                 },
                 Err(_) => FirstTry {
-                    result: Err(Confirm::Failed(format!(
+                    result: Err(Confirm::failed(format!(
                         "no answer over the new connection within {} s",
                         bound.as_secs_f64()
                     ))),
@@ -226,9 +231,9 @@ impl<R: Remote> Run<'_, R> {
             Ok(fresh) => {
                 tokio::time::timeout_at(stop_at, self.confirm_once(fresh, &armed.shorter(window)))
                     .await
-                    .unwrap_or_else(|_| Err(Confirm::Failed(late())))
+                    .unwrap_or_else(|_| Err(Confirm::failed(late())))
             }
-            Err(_) => Err(Confirm::Failed(late())),
+            Err(_) => Err(Confirm::failed(late())),
         };
         FirstTry {
             result,
@@ -299,16 +304,21 @@ impl<R: Remote> Run<'_, R> {
     /// Try new connections until a moment before the revert is due: every
     /// attempt, its handshake included, ends by then. One that lands late
     /// anyway is told so by the host (the revert has begun) and changes
-    /// nothing. `first`: why the first try did not confirm.
+    /// nothing. `first`: why the first try did not confirm; `rejected`:
+    /// logins the host rejected so far. After [`MAX_REJECTED_LOGINS`] of
+    /// them no more are tried (each counts against this machine's address
+    /// there): the host rejects the key that logged the run in before its
+    /// switch, and its revert is waited for.
     async fn retry_confirm(
         &mut self,
         armed: &Armed,
         due: tokio::time::Instant,
         first: String,
+        mut rejected: u32,
     ) -> Result<(), HostOutcome> {
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
         let mut error = first;
-        while tokio::time::Instant::now() + RETRY < stop_at {
+        while rejected < MAX_REJECTED_LOGINS && tokio::time::Instant::now() + RETRY < stop_at {
             tokio::time::sleep(RETRY).await;
             let attempt = async {
                 let fresh = self.fresh.fresh().await;
@@ -325,11 +335,18 @@ impl<R: Remote> Run<'_, R> {
                 Ok(Err(Confirm::RevertBegan)) => {
                     return Err(self.await_revert(CutOff::RevertBegan).await);
                 }
-                Ok(Err(Confirm::Failed(e))) => e,
+                Ok(Err(Confirm::Failed {
+                    error,
+                    login_rejected,
+                })) => {
+                    rejected += u32::from(login_rejected);
+                    error
+                }
                 Err(_) => "no confirmation before the host's revert was due".to_owned(),
             };
         }
-        Err(self.await_revert(CutOff::NoNewConnection { error }).await)
+        let cause = CutOff::NoNewConnection { error };
+        Err(self.await_revert_after(cause, rejected).await)
     }
 
     /// Magic rollback off: nothing is armed, but the proof is the same. A
@@ -382,14 +399,17 @@ impl<R: Remote> Run<'_, R> {
     /// guarded on the host by the same read, so it never runs on a host
     /// found off the candidate (one round trip fewer per host at any RTT).
     async fn confirm_once(&self, fresh: anyhow::Result<R>, armed: &Armed) -> Result<(), Confirm> {
-        let fresh = fresh.map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+        let fresh = fresh.map_err(|e| Confirm::Failed {
+            login_rejected: reach::login_rejected(&e),
+            error: format!("{e:#}"),
+        })?;
         let link = &self.s.paths.current_system;
         let cand = &self.req.candidate;
         let disarm = deadman::disarm_command(armed, self.s.sudo, Some((link, cand.as_str())));
         let ahead = prefetch(&fresh, vec![links::read_link_command(link), disarm.clone()]).await;
         let now = links::read_store_link(&ahead, link)
             .await
-            .map_err(|e| Confirm::Failed(format!("{e:#}")))?;
+            .map_err(|e| Confirm::failed(format!("{e:#}")))?;
         if now.as_ref() != Some(cand) {
             return Err(Confirm::NotOnCandidate(now));
         }
@@ -397,7 +417,7 @@ impl<R: Remote> Run<'_, R> {
             .await
             .map_err(|e| match e.downcast_ref::<deadman::RevertBegan>() {
                 Some(_) => Confirm::RevertBegan,
-                None => Confirm::Failed(format!("{e:#}")),
+                None => Confirm::failed(format!("{e:#}")),
             })?;
         (self.emit)(ActivationEvent::Confirmed {
             unit: armed.unit.clone(),
@@ -435,6 +455,12 @@ impl<R: Remote> Run<'_, R> {
     /// the host's record says its revert ran (its failure is known: no
     /// waiting out the rest). Never reached: unknown, and said so.
     pub(super) async fn await_revert(&mut self, cause: CutOff) -> HostOutcome {
+        self.await_revert_after(cause, 0).await
+    }
+
+    /// [`Self::await_revert`], `rejected` logins the host rejected before
+    /// (they count in the look: [`MAX_REJECTED_LOGINS`] in all).
+    async fn await_revert_after(&mut self, cause: CutOff, rejected: u32) -> HostOutcome {
         let Some((armed, due)) = self.armed.take() else {
             return self.look_without_revert(cause).await;
         };
@@ -443,7 +469,7 @@ impl<R: Remote> Run<'_, R> {
             cause: cause.clone(),
         });
         tokio::time::sleep_until(due).await;
-        let (reached, stuck) = match self.look_for_revert(&armed).await {
+        let (reached, stuck) = match self.look_for_revert(&armed, rejected).await {
             Look::Back(record) => {
                 return HostOutcome::RevertedByHost {
                     cause,
@@ -588,8 +614,9 @@ impl<R: Remote> Run<'_, R> {
     /// this boot, no record yet) is given as long again, until a look says
     /// otherwise (a look that fails says nothing): the controller does not
     /// switch a host its own revert is still switching; one still under way
-    /// then is `stuck`.
-    async fn look_for_revert(&self, armed: &Armed) -> Look<R> {
+    /// then is `stuck`. `rejected`: logins the host rejected so far (see
+    /// [`Self::look_once`]).
+    async fn look_for_revert(&self, armed: &Armed, mut rejected: u32) -> Look<R> {
         let now = tokio::time::Instant::now();
         let give_up = now + self.s.activation_timeout;
         let patience = give_up + self.s.activation_timeout;
@@ -597,7 +624,7 @@ impl<R: Remote> Run<'_, R> {
         let mut reached = None;
         let mut under_way = false;
         loop {
-            let (seen, fresh) = self.look_once(armed).await;
+            let (seen, fresh) = self.look_once(armed, &mut rejected).await;
             if let Some(s) = &seen {
                 under_way = s.seen.under_way;
             }
@@ -644,18 +671,25 @@ impl<R: Remote> Run<'_, R> {
     }
 
     /// One look over a new connection (the revert, then the link), or, when
-    /// none is had, at the revert over the run's own session.
-    async fn look_once(&self, armed: &Armed) -> (Option<Seen>, Option<R>) {
-        let Ok(fresh) = self.fresh.fresh().await else {
-            // Bounded: a session that hangs must not hold the look up.
-            let own = tokio::time::timeout(RETRY * 2, deadman::seen(self.remote, armed)).await;
-            let seen = own.ok().and_then(Result::ok);
-            let own = seen.map(|seen| Seen {
-                seen,
-                back: false,
-                now: None,
-            });
-            return (own, None);
+    /// none is had, at the revert over the run's own session. Once the
+    /// host rejected [`MAX_REJECTED_LOGINS`] logins (`rejected`, counted
+    /// here: its revert is still switching it back, or failed), the run's
+    /// own session is read first, and a new connection tried only when it
+    /// does not answer: a login every [`RETRY`] while a revert runs would
+    /// get this machine blocked there, and its record, read there, says
+    /// when it is done.
+    async fn look_once(&self, armed: &Armed, rejected: &mut u32) -> (Option<Seen>, Option<R>) {
+        if *rejected >= MAX_REJECTED_LOGINS
+            && let Some(own) = self.look_over_own(armed).await
+        {
+            return (Some(own), None);
+        }
+        let fresh = match self.fresh.fresh().await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                *rejected += u32::from(reach::login_rejected(&e));
+                return (self.look_over_own(armed).await, None);
+            }
         };
         // The handshake is bounded by the connection's own settings; the
         // reads after it here (`stuck`: no waiting on a revert under way).
@@ -667,6 +701,18 @@ impl<R: Remote> Run<'_, R> {
             }
             _ => (None, None),
         }
+    }
+
+    /// The revert, read over the run's own session: bounded, a session that
+    /// hangs must not hold the look up.
+    async fn look_over_own(&self, armed: &Armed) -> Option<Seen> {
+        let own = tokio::time::timeout(RETRY * 2, deadman::seen(self.remote, armed)).await;
+        let seen = own.ok().and_then(Result::ok)?;
+        Some(Seen {
+            seen,
+            back: false,
+            now: None,
+        })
     }
 
     /// What the host runs when someone else moved it: its revert's record
@@ -800,8 +846,23 @@ enum Look<R> {
 
 /// Why one confirmation attempt did not confirm.
 enum Confirm {
-    Failed(String),
+    /// No confirmation: why; `login_rejected`: no new connection, the host
+    /// rejected the login ([`reach::login_rejected`]).
+    Failed {
+        error: String,
+        login_rejected: bool,
+    },
     NotOnCandidate(Option<StorePath>),
     /// The host's revert had begun: too late to disarm.
     RevertBegan,
+}
+
+impl Confirm {
+    /// A failure that is not a rejected login.
+    fn failed(error: String) -> Confirm {
+        Confirm::Failed {
+            error,
+            login_rejected: false,
+        }
+    }
 }

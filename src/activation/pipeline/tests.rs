@@ -1380,6 +1380,48 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
     assert!(!ran.cmds.iter().any(|c| c.contains("mark-known-good")));
 }
 
+/// A candidate whose sshd rejects the run's key (it dropped the user's
+/// authorized key): a few logins, then the host's revert is waited for
+/// (or, magic rollback off, the controller rolls back). Before, a new
+/// login every 2 s until the revert was due (13 in a 30 s window, 30 in
+/// the 60 s one): sshd's PerSourcePenalties and fail2ban block this
+/// machine's address after a few, and the look after the revert, and the
+/// next run, could not get in.
+#[tokio::test(start_paused = true)]
+async fn a_candidate_rejecting_the_login_is_not_tried_over_and_over() {
+    for req in [armed(Goal::Gated), request(Goal::Gated)] {
+        let host = candidate_that(Behaviour {
+            rejects_logins: true,
+            ..Default::default()
+        });
+        let ran = run(&host, &req).await;
+        let armed = req.settings.confirm_timeout.is_some();
+        match &ran.outcome {
+            HostOutcome::RevertedByHost {
+                cause: CutOff::NoNewConnection { error },
+                to,
+                ..
+            } if armed => {
+                assert!(error.contains("authentication as deploy failed"), "{error}");
+                assert_eq!(to, &sp(OLD));
+            }
+            HostOutcome::RolledBack {
+                gate: Gate::LiveActivate,
+                to,
+                ..
+            } if !armed => assert_eq!(to, &sp(OLD)),
+            other => panic!("armed {armed}: {other:?}"),
+        }
+        let st = host.state();
+        assert_eq!(st.current, sp(OLD));
+        assert!(
+            st.logins_rejected <= crate::activation::reach::MAX_REJECTED_LOGINS,
+            "armed {armed}: {} logins rejected",
+            st.logins_rejected
+        );
+    }
+}
+
 /// Cut off after its switch, a host someone else moved meanwhile (a
 /// hand's `nixos-rebuild switch` while the controller could not get in,
 /// or another run that took the host over: a controller suspended past
