@@ -43,20 +43,19 @@ impl<'a, R: Remote> Patient<'a, R> {
 }
 
 /// Did the command lose its connection (no exit status came back)? Not a
-/// reconnect the host refused (its key changed, the login refused): that
-/// answer stands (it was tried again with backoff until the deadline, up
-/// to the activation timeout, before it was said).
+/// reconnect refused for good (its host key changed, no key to offer):
+/// that answer stands (it was tried again with backoff until the deadline,
+/// up to the activation timeout, before it was said). A login the host
+/// refused with a key offered is lost, and tried again: sshd refuses
+/// logins while `/run/nologin` exists (pam_nologin, any user but root), as
+/// it does on a host going down or booting. Said at once, it stopped the
+/// known-good mark's command when the host rebooted under it, and the
+/// mark's undo after it, minutes before the host was back.
 fn lost(r: &anyhow::Result<Output>) -> bool {
     match r {
-        Err(e) => !refused(e),
+        Err(e) => !refused_for_good(e),
         Ok(out) => out.exit == Exit::ConnectionLost,
     }
-}
-
-/// Is `e` a reconnect the host refused (its key changed, the login
-/// refused)?
-pub fn refused(e: &anyhow::Error) -> bool {
-    connect_error(e).is_some_and(crate::ssh::ConnectError::is_refusal)
 }
 
 /// Is `e` a refusal that waiting cannot change
@@ -216,6 +215,50 @@ mod tests {
         // 1 + 2 + 4 + 8 s waited; the next wait (15 s) would pass 20 s.
         assert_eq!(started.elapsed(), Duration::from_secs(15));
         assert_eq!(r.argvs().len(), 5);
+    }
+
+    /// A host going down (or booting) refuses logins while `/run/nologin`
+    /// exists: the key offered is rejected, then the host answers. Tried
+    /// again with backoff, as a lost connection is; before, the first
+    /// rejection was the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_login_refused_with_a_key_offered_is_tried_again() {
+        let r = NoLoginThen(AtomicU32::new(0), 2);
+        let p = Patient::new(&r, Duration::from_secs(60));
+        let out = p.exec(&Command::new("nix-env")).await.unwrap();
+        assert!(out.success());
+        assert_eq!(r.0.load(Ordering::SeqCst), 3);
+        // Refused until the deadline: the rejection is said then.
+        let r = NoLoginThen(AtomicU32::new(0), u32::MAX);
+        let started = Instant::now();
+        let p = Patient::new(&r, Duration::from_secs(20));
+        let e = p.exec(&Command::new("nix-env")).await.unwrap_err();
+        assert!(format!("{e:#}").contains("authentication as deploy failed"));
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+        assert_eq!(r.0.load(Ordering::SeqCst), 5);
+    }
+
+    /// Refuses the login (the key offered rejected) for its first `.1`
+    /// commands, then answers.
+    struct NoLoginThen(AtomicU32, u32);
+    impl Remote for NoLoginThen {
+        fn name(&self) -> &str {
+            "web1"
+        }
+        async fn exec(&self, _: &Command) -> anyhow::Result<Output> {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= self.1 {
+                return Ok(ok(""));
+            }
+            Err(anyhow::Error::new(crate::ssh::ConnectError::AuthFailed {
+                target: "web1".into(),
+                user: "deploy".into(),
+                tried: vec!["agent key ed25519 (SHA256:x): rejected".into()],
+            })
+            .context("reconnecting"))
+        }
+        async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+            anyhow::bail!("no streams")
+        }
     }
 
     /// A reconnect refused by the host (its key changed after a reinstall,

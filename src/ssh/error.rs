@@ -201,9 +201,10 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// A refusal that trying again cannot change (a host key not trusted,
-    /// credentials refused, a known_hosts file unreadable): a patient
-    /// command says it at once instead of waiting out its patience.
+    /// A refusal (a host key not trusted, credentials refused, a
+    /// known_hosts file unreadable), as against no answer. Not all last: a
+    /// login refused with a key offered may pass ([`Self::is_lasting`],
+    /// which a patient command stops at).
     pub fn is_refusal(&self) -> bool {
         match self {
             ConnectError::HostKeyUnknown { .. }
