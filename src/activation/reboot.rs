@@ -12,6 +12,7 @@ use super::events::{ActivationEvent, Phase, Step};
 use super::links::{boot_id, read_store_links};
 use super::settings::{HostSettings, RunId};
 use crate::nix::StorePath;
+use crate::remote::patient::refused_for_good;
 use crate::remote::{Command, Exit, Remote};
 
 /// How a reboot ended.
@@ -27,6 +28,13 @@ pub enum RebootOutcome {
     Refused { exit: Exit, tail: Vec<String> },
     /// Not back (same boot id, or no answer) within the reboot timeout.
     NotBack { after: Duration },
+    /// Reconnecting was refused in a way waiting cannot change
+    /// ([`crate::ssh::ConnectError::is_lasting`]): its host key changed or
+    /// unknown (keys regenerated at boot: an impermanent root without a
+    /// persisted `/etc/ssh`), revoked, no key to offer. Said at once: it
+    /// was polled for the whole reboot timeout, then `not back`, and the
+    /// rollback after failed on the same refusal with the cause buried.
+    ReconnectRefused { error: String },
     /// Back, but not on the expected closure.
     WrongSystem {
         booted: Option<StorePath>,
@@ -123,6 +131,11 @@ pub async fn reboot_and_verify<R: Remote>(
         match boot_id(remote, &settings.paths.boot_id).await {
             Ok(id) if id != before => break,
             Ok(_) => {}
+            Err(e) if refused_for_good(&e) => {
+                return RebootOutcome::ReconnectRefused {
+                    error: format!("{e:#}"),
+                };
+            }
             Err(e) => {
                 attempt += 1;
                 emit(ActivationEvent::ConnectionLost {
@@ -139,7 +152,10 @@ pub async fn reboot_and_verify<R: Remote>(
             };
         }
     }
-    let (booted, current) = booted_and_current(remote, settings, start).await;
+    let (booted, current) = match booted_and_current(remote, settings, start).await {
+        Ok(links) => links,
+        Err(error) => return RebootOutcome::ReconnectRefused { error },
+    };
     match (&booted, &current) {
         (Some(b), Some(c)) if b == expected && c == expected => {
             RebootOutcome::Verified { booted: b.clone() }
@@ -152,24 +168,29 @@ pub async fn reboot_and_verify<R: Remote>(
 /// its reboot, read in one command, again every few seconds while the read
 /// fails (a host still bringing its network up answers the boot id, then
 /// drops the next connection), until the reboot timeout: one failed read
-/// was a wrong system, and the good host was rolled back.
+/// was a wrong system, and the good host was rolled back. `Err`: a
+/// reconnect refused for good (no waiting changes it).
 async fn booted_and_current<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     start: tokio::time::Instant,
-) -> (Option<StorePath>, Option<StorePath>) {
+) -> Result<(Option<StorePath>, Option<StorePath>), String> {
     let paths = [
         settings.paths.booted_system.as_str(),
         settings.paths.current_system.as_str(),
     ];
     loop {
-        if let Ok(links) = read_store_links(remote, &paths).await
-            && let [booted, current] = links.as_slice()
-        {
-            return (booted.clone(), current.clone());
+        match read_store_links(remote, &paths).await {
+            Ok(links) => {
+                if let [booted, current] = links.as_slice() {
+                    return Ok((booted.clone(), current.clone()));
+                }
+            }
+            Err(e) if refused_for_good(&e) => return Err(format!("{e:#}")),
+            Err(_) => {}
         }
         if start.elapsed() >= settings.reboot_timeout {
-            return (None, None);
+            return Ok((None, None));
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
@@ -308,6 +329,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A host back from its reboot with new host keys (an impermanent root
+    /// without a persisted `/etc/ssh`): the reconnect is refused for good,
+    /// said at once with its cause. Before: polled for the reboot timeout
+    /// (600 s), then `not back`, and the rollback failed on the same
+    /// refusal. A login refused while it boots (`/run/nologin`) is waited
+    /// out as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_refused_for_good_is_said_at_once() {
+        /// After the reboot, its first `refusals` commands fail with
+        /// `refused()`; then it answers as `rebooting(0)`.
+        struct Reconnecting<F>(ScriptedRemote, AtomicBool, AtomicUsize, usize, F);
+        impl<F: Fn() -> crate::ssh::ConnectError + Send + Sync> Remote for Reconnecting<F> {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            async fn exec(&self, cmd: &Command) -> anyhow::Result<crate::remote::Output> {
+                let rebooted = self.1.load(Ordering::SeqCst);
+                if rebooted && self.2.fetch_add(1, Ordering::SeqCst) < self.3 {
+                    return Err(anyhow::Error::new((self.4)()).context("reconnecting"));
+                }
+                self.1.fetch_or(
+                    cmd.argv().iter().any(|w| w == "systemd-run"),
+                    Ordering::SeqCst,
+                );
+                self.0.exec(cmd).await
+            }
+            async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<Streaming> {
+                self.0.exec_stream(cmd).await
+            }
+        }
+        let new_keys = || crate::ssh::ConnectError::HostKeyChanged {
+            target: "web1".into(),
+            host: "web1".into(),
+            addr: "10.0.0.1:22".into(),
+            expected: vec!["SHA256:old (known_hosts:1)".into()],
+            offered: "SHA256:new".into(),
+        };
+        let host = Reconnecting(rebooting(0), false.into(), 0.into(), usize::MAX, new_keys);
+        let (out, took) = reboot(&host).await;
+        assert!(
+            matches!(&out, RebootOutcome::ReconnectRefused { error } if error.contains("HOST KEY CHANGED")),
+            "{out:?}"
+        );
+        assert!(took <= Duration::from_secs(5), "{took:?}");
+        let nologin = || crate::ssh::ConnectError::AuthFailed {
+            target: "web1".into(),
+            user: "deploy".into(),
+            tried: vec!["agent key ed25519 (SHA256:x): rejected".into()],
+        };
+        let host = Reconnecting(rebooting(0), false.into(), 0.into(), 2, nologin);
+        let (out, _) = reboot(&host).await;
+        assert_eq!(out, RebootOutcome::Verified { booted: sp(NEW) });
     }
 
     /// The reboot command never sent: said at once, not waited out.

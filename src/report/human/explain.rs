@@ -12,6 +12,7 @@ use crate::activation::detached::SwitchFailure;
 use crate::activation::dry_activate::DryActivateOutcome;
 use crate::activation::health::{Attempt, HealthReport};
 use crate::activation::realise::RealiseOutcome;
+use crate::activation::reboot::RebootOutcome;
 use crate::activation::{FailureReason, HostOutcome};
 use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
 use crate::nix::build::BuildFailure;
@@ -62,7 +63,9 @@ fn log_of(r: &FailureReason) -> Vec<String> {
             | DryActivateOutcome::Inhibited { tail: t },
         ) => tail(t),
         FailureReason::Realise(RealiseOutcome::Failed { tail: t, .. }) => tail(t),
-        FailureReason::Copy { error } | FailureReason::Remote { error, .. } => {
+        FailureReason::Copy { error }
+        | FailureReason::Remote { error, .. }
+        | FailureReason::Reboot(RebootOutcome::ReconnectRefused { error }) => {
             let lines: Vec<String> = error.lines().map(str::to_owned).collect();
             if lines.len() > 1 {
                 tail(&lines)

@@ -470,6 +470,10 @@ fn reboot(r: &RebootOutcome) -> String {
         RebootOutcome::NotBack { after } => {
             format!("not back from its reboot after {}s", after.as_secs())
         }
+        RebootOutcome::ReconnectRefused { error } => format!(
+            "its reconnect during the reboot was refused for good (waiting cannot change it): {}",
+            first_line(error)
+        ),
         RebootOutcome::WrongSystem { booted, current } => format!(
             "back from its reboot, but booted {} and running {}",
             booted
