@@ -329,18 +329,19 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// lock command, holding on until its lease ends (the host never saw
     /// the connection drop), is waited for; a lock command that failed (the
     /// host not reachable yet) is tried again a few times; all within a
-    /// lease and a read's patience.
+    /// lease and a read's patience. `Ok(true)`: taken again; `Ok(false)`:
+    /// it was not lost (or there is none to keep).
     async fn take_lock_again(
         &self,
         host: &str,
         remote: &F::Remote,
         inv_host: &Host,
-    ) -> Result<(), NotTaken> {
+    ) -> Result<bool, NotTaken> {
         let until = tokio::time::Instant::now() + host_lock::LEASE + READ_PATIENCE;
         let (mut attempt, mut failed) = (0, 0);
         loop {
             let (holder, error) = match self.keep_lock(host, remote, inv_host).await {
-                Ok(_) => return Ok(()),
+                Ok(retaken) => return Ok(retaken),
                 Err(FailureReason::LockLost { holder, error }) => (holder, error),
                 // `keep_lock` fails with no other reason.
                 Err(_) => (None, None),
@@ -423,29 +424,10 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     ) -> bool {
         // This run's own lock command may hold on until its lease ends (the
         // host never saw the connection drop): waited for.
-        let until = tokio::time::Instant::now() + host_lock::LEASE + READ_PATIENCE;
-        let (mut attempt, mut failed) = (0, 0);
-        let retaken = loop {
-            let again = match self.keep_lock(host, remote, inv_host).await {
-                Ok(retaken) => break retaken,
-                Err(FailureReason::LockLost { holder: None, .. }) => {
-                    failed += 1;
-                    failed <= 3
-                }
-                Err(FailureReason::LockLost {
-                    holder: Some(h), ..
-                }) => h == self.lock_holder,
-                Err(_) => false,
-            };
-            let wait = crate::remote::patient::backoff(attempt);
-            if !again || tokio::time::Instant::now() + wait > until {
-                return false;
-            }
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        };
-        if !retaken {
-            return true;
+        match self.take_lock_again(host, remote, inv_host).await {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(_) => return false,
         }
         // Taken again, read, and still held (the lock rides the session:
         // a drop during the read let it go again).
@@ -751,10 +733,10 @@ impl<F: Fleet, S: Stager> HostHold for KeptLock<'_, F, S> {
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NotTaken>> + Send + '_>>
     {
-        Box::pin(
-            self.job
-                .take_lock_again(self.host, self.remote, self.inv_host),
-        )
+        let again = self
+            .job
+            .take_lock_again(self.host, self.remote, self.inv_host);
+        Box::pin(async move { again.await.map(|_| ()) })
     }
 }
 
