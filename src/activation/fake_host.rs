@@ -211,6 +211,9 @@ pub struct State {
     /// system profile's new generation, as `nixos-rebuild switch` does),
     /// right before its revert runs (`true`) or right after (`false`).
     pub moved_by_other: Option<(StorePath, bool)>,
+    /// The next this many lock commands fail (the host rebooting, a
+    /// network blip: not another holder).
+    pub lock_fails: u32,
     /// Another switch takes the lock right after a fire is refused.
     pub lock_taken_after_refusal: bool,
     /// The next refused fire's job runs even so (a start whose D-Bus call
@@ -330,6 +333,13 @@ impl State {
         let a: Vec<&str> = cmd.argv().iter().map(String::as_str).collect();
         if a[0] == "sh" && a[2] == known_good::MARK {
             return self.mark(&a[4..], stdin.expect("the record comes on stdin"));
+        }
+        if a[0] == "sh" && a[2] == super::host_lock::LINUX && self.lock_fails > 0 {
+            self.lock_fails -= 1;
+            return fail(
+                255,
+                "ssh: connect to host web1 port 22: Connection refused\n",
+            );
         }
         if a[0] == "sh" && a[2] == super::host_lock::LINUX {
             let held = super::host_lock::HELD;
@@ -1266,6 +1276,7 @@ impl FakeHost {
             break_once: Vec::new(),
             profile_set_fails: false,
             moved_by_other: None,
+            lock_fails: 0,
             lock_taken_after_refusal: false,
             refused_yet_runs: false,
             refusals_time_out: false,

@@ -328,29 +328,32 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// [`KeptLock`]). Another run's hold is final at once; this run's own
     /// lock command, holding on until its lease ends (the host never saw
     /// the connection drop), is waited for; a lock command that failed (the
-    /// host not reachable yet) is tried again a few times; all within a
-    /// lease and a read's patience. `Ok(true)`: taken again; `Ok(false)`:
-    /// it was not lost (or there is none to keep).
+    /// host not reachable yet: rebooting, a network blip) is tried again
+    /// for as long as a rollback would wait for it (the activation budget,
+    /// at least a lease and a read's patience), but not past a refusal
+    /// waiting cannot change (its host key changed). It gave up after
+    /// four tries, 7 s: a host that dropped off for a few seconds was
+    /// left unreachable, never rolled back. `Ok(true)`: taken again;
+    /// `Ok(false)`: it was not lost (or there is none to keep).
     async fn take_lock_again(
         &self,
         host: &str,
         remote: &F::Remote,
         inv_host: &Host,
     ) -> Result<bool, NotTaken> {
-        let until = tokio::time::Instant::now() + host_lock::LEASE + READ_PATIENCE;
-        let (mut attempt, mut failed) = (0, 0);
+        let patience = (host_lock::LEASE + READ_PATIENCE).max(inv_host.activation_timeout);
+        let until = tokio::time::Instant::now() + patience;
+        let mut attempt = 0;
         loop {
-            let (holder, error) = match self.keep_lock(host, remote, inv_host).await {
+            let (holder, error, again) = match self.retake(host, remote, inv_host).await {
                 Ok(retaken) => return Ok(retaken),
-                Err(FailureReason::LockLost { holder, error }) => (holder, error),
-                // `keep_lock` fails with no other reason.
-                Err(_) => (None, None),
-            };
-            let again = match &holder {
-                Some(h) => *h == self.lock_holder,
-                None => {
-                    failed += 1;
-                    failed <= 3
+                Err(host_lock::HostLockError::Held { holder }) => {
+                    let own = holder == self.lock_holder;
+                    (Some(holder), None, own)
+                }
+                Err(host_lock::HostLockError::Failed(e)) => {
+                    let lasting = crate::remote::patient::refused_for_good(&e);
+                    (None, Some(format!("{e:#}")), !lasting)
                 }
             };
             let wait = crate::remote::patient::backoff(attempt);
@@ -380,6 +383,26 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         remote: &F::Remote,
         inv_host: &Host,
     ) -> Result<bool, FailureReason> {
+        match self.retake(host, remote, inv_host).await {
+            Ok(retaken) => Ok(retaken),
+            Err(host_lock::HostLockError::Held { holder }) => Err(FailureReason::LockLost {
+                holder: Some(holder),
+                error: None,
+            }),
+            Err(host_lock::HostLockError::Failed(e)) => Err(FailureReason::LockLost {
+                holder: None,
+                error: Some(format!("{e:#}")),
+            }),
+        }
+    }
+
+    /// [`Self::keep_lock`], its error as the lock command gave it.
+    async fn retake(
+        &self,
+        host: &str,
+        remote: &F::Remote,
+        inv_host: &Host,
+    ) -> Result<bool, host_lock::HostLockError> {
         match unpoisoned(&self.locks).get(host) {
             // A plan made without locks (library use, tests): nothing to keep.
             None => return Ok(false),
@@ -398,14 +421,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 }
                 Ok(true)
             }
-            Err(host_lock::HostLockError::Held { holder }) => Err(FailureReason::LockLost {
-                holder: Some(holder),
-                error: None,
-            }),
-            Err(host_lock::HostLockError::Failed(e)) => Err(FailureReason::LockLost {
-                holder: None,
-                error: Some(format!("{e:#}")),
-            }),
+            Err(e) => Err(e),
         }
     }
 
