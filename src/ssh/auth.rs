@@ -107,6 +107,8 @@ struct Attempts {
     rejected: Vec<(PublicKey, bool)>,
     /// The server closed the connection before every key was offered.
     closed: bool,
+    /// The keys there were to offer (the agent's, the identity files').
+    available: Vec<PublicKey>,
     rsa_hash: Option<HashAlg>,
     /// The first encrypted identity file the agent does not hold.
     encrypted: Option<PathBuf>,
@@ -158,6 +160,9 @@ where
         Some((agent, ids)) => (Some(agent), ids),
         None => (None, Vec::new()),
     };
+    at.available = (wanted.iter().cloned())
+        .chain(ids.iter().map(|id| id_key(id).clone()))
+        .collect();
     let (mine, others): (Vec<AgentIdentity>, Vec<AgentIdentity>) = ids
         .into_iter()
         .partition(|id| wanted.iter().any(|w| w.key_data() == id_key(id).key_data()));
@@ -486,11 +491,12 @@ impl Attempts {
         );
         match proven {
             // A server that hung up after rejecting other keys, before the
-            // proven key's turn, is the host's doing: a candidate that
-            // lowered `MaxAuthTries` locks this run's key out as surely as
-            // one that rejects it (read as this side's, the soak kept such
-            // a host known-good).
-            Some(p) if failed_auth && !self.was_rejected(p) && !self.closed => {
+            // proven key's turn (it was there to offer), is the host's
+            // doing: a candidate that lowered `MaxAuthTries` locks this
+            // run's key out as surely as one that rejects it (read as this
+            // side's, the soak kept such a host known-good). Not there to
+            // offer (the agent lost it), the hang-up says nothing.
+            Some(p) if failed_auth && !self.was_rejected(p) && !self.cut_before(p) => {
                 Err(ConnectError::IdentityNotOffered {
                     target: target.name.clone(),
                     identity: p.method.to_string(),
@@ -500,6 +506,12 @@ impl Attempts {
             }
             _ => result,
         }
+    }
+
+    /// Did the server hang up before `id`'s key, there to offer, had its
+    /// turn?
+    fn cut_before(&self, id: &Identity) -> bool {
+        self.closed && (self.available.iter()).any(|k| k.key_data() == id.key.key_data())
     }
 
     /// Did the server answer "no" to `id`'s key (offered the same way)?
@@ -725,9 +737,16 @@ mod tests {
         let e = at.judged(&target, failed(&at.tried), None).unwrap_err();
         assert!(!e.is_controllers_own(), "{e}");
 
-        // The server hung up before the deploy key's turn (a candidate
-        // that lowered MaxAuthTries): the host's.
+        // The server hung up (MaxAuthTries) with the deploy key not there
+        // to offer (the agent lost it): this side's still.
         at.closed = true;
+        let e = at
+            .judged(&target, failed(&at.tried), Some(&proven()))
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::IdentityNotOffered { .. }), "{e}");
+        // It was there, and the server hung up before its turn (a
+        // candidate that lowered MaxAuthTries): the host's.
+        at.available.push(key(DEPLOY));
         let e = at
             .judged(&target, failed(&at.tried), Some(&proven()))
             .unwrap_err();
