@@ -666,7 +666,7 @@ impl State {
                 .insert(format!("{dir}{}", a[5]), a[6].to_owned());
             ok("")
         } else if script == known_good::SOAKED {
-            self.soaked(a[6], a[7])
+            self.soaked(a[4], a[6], a[7])
         } else {
             panic!("fake host: unexpected script {a:?}")
         }
@@ -904,10 +904,12 @@ impl State {
 
     /// `known_good::SOAKED`: generation `g`'s record, run `run`'s and
     /// pending, made final.
-    fn soaked(&mut self, g: &str, run: &str) -> Output {
+    fn soaked(&mut self, prof: &str, g: &str, run: &str) -> Output {
         let ours = format!("\"run_id\":\"{run}\"");
+        // As SOAKED: only while the known-good profile is on it.
+        let on_it = self.current_generation(prof).to_string() == g;
         match self.records.get_mut(g) {
-            Some(r) if r.contains(&ours) && r.contains(SOAK_PENDING) => {
+            Some(r) if on_it && r.contains(&ours) && r.contains(SOAK_PENDING) => {
                 *r = r.replacen(SOAK_PENDING, "", 1);
                 ok(&format!("NixgateSoaked={g}\n"))
             }

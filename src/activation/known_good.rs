@@ -423,7 +423,8 @@ echo \"NixgatePrevious=$prev\""
 );
 
 /// Generation `$3`'s soak passed: its record, if it is still run `$4`'s
-/// mark (a later run's re-mark is that run's to settle) and pending, is
+/// mark (a later run's re-mark is that run's to settle), pending, and
+/// the generation the known-good profile `$1` points at, is
 /// written again without `soak_pending` (atomically, under MARK's lock,
 /// ignoring a hang-up as MARK does). Prints `NixgateSoaked=` the
 /// generation when it cleared it, empty when there was nothing to clear;
@@ -436,6 +437,11 @@ umask 022
 if command -v flock >/dev/null 2>&1 && mkdir -p "$dir"; then exec 8>>"$dir/.mark.lock" && flock 8; fi
 rec=$dir/$gen.json
 if ! grep -qF "\"run_id\":\"$run\"" "$rec" 2>/dev/null || [ -z "$(soak_of "$rec")" ]; then echo "NixgateSoaked="; exit 0; fi
+# Still the known-good (another run that took the host over, its lock
+# lost during the soak, marked its own since): else the soak proved
+# someone else's system, and this mark stays pending.
+cur=$(readlink "$prof" 2>/dev/null) || cur=
+if [ "${cur##*/}" != "${prof##*/}-$gen-link" ]; then echo "NixgateSoaked="; exit 0; fi
 tmp=$dir/.$gen.json.$$.tmp
 if sed '1s/^\({"generation":[0-9]*,"replaced":[0-9a-z]*,"created":[a-z]*,\("lineage":[0-9]*,\)\{0,1\}\)"soak_pending":true,/\1/' "$rec" > "$tmp" &&
   { sync "$tmp" 2>/dev/null || sync; } && mv -f "$tmp" "$rec"; then

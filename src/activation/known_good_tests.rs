@@ -902,3 +902,38 @@ async fn mark_answered(exit: crate::remote::Exit) -> (String, bool) {
         undone.load(std::sync::atomic::Ordering::SeqCst),
     )
 }
+
+/// SOAKED, run by this machine's `sh`: a pending mark is made final only
+/// while the known-good profile still points at its generation. Another
+/// run that took the host over during the soak (this run's lock lost) and
+/// marked its own system since: the soak's checks passed on that system,
+/// and this mark stays pending.
+#[test]
+fn a_soak_passed_on_someone_elses_mark_leaves_this_one_pending() {
+    for (on, cleared) in [("kg-3-link", true), ("kg-4-link", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let records = format!("{d}/records");
+        std::fs::create_dir_all(&records).unwrap();
+        let record = r#"{"generation":3,"replaced":2,"created":true,"soak_pending":true,"marked_on_host":"2026-12-05T00:00:00Z","run_id":"r1","closure":"/nix/store/x"}"#;
+        std::fs::write(format!("{records}/3.json"), format!("{record}\n")).unwrap();
+        std::os::unix::fs::symlink(on, format!("{d}/kg")).unwrap();
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                SOAKED,
+                "nixgate",
+                &format!("{d}/kg"),
+                &records,
+                "3",
+                "r1",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        let now = std::fs::read_to_string(format!("{records}/3.json")).unwrap();
+        assert_eq!(said.contains("NixgateSoaked=3"), cleared, "{said}");
+        assert_eq!(!now.contains("soak_pending"), cleared, "{now}");
+    }
+}
