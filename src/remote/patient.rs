@@ -77,17 +77,30 @@ pub fn connect_error(e: &anyhow::Error) -> Option<&crate::ssh::ConnectError> {
 }
 
 /// Run `attempt` until it did not lose its connection, or until `deadline`
-/// (then its last result).
+/// (then its last result). A login the host refused is tried again at
+/// most [`crate::activation::reach::MAX_REJECTED_LOGINS`] times in all,
+/// as a new-connection window is (sshd's `PerSourcePenalties` and
+/// fail2ban block an address that keeps failing logins: tried until the
+/// deadline, 300 s, that was some 20 logins); the backoff spaces them
+/// 1 s, 2 s, 4 s apart: a host booting past its nologin by then is rare.
 async fn retried<F, Fut>(name: &str, deadline: Instant, mut attempt: F) -> anyhow::Result<Output>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Output>>,
 {
-    let mut n = 0;
+    let (mut n, mut rejected) = (0, 0);
     loop {
         let r = attempt().await;
         if !lost(&r) {
             return r;
+        }
+        if let Err(e) = &r
+            && connect_error(e).is_some_and(crate::ssh::ConnectError::is_login_rejected)
+        {
+            rejected += 1;
+            if rejected >= crate::activation::reach::MAX_REJECTED_LOGINS {
+                return r;
+            }
         }
         let wait = backoff(n);
         n += 1;
@@ -228,14 +241,16 @@ mod tests {
         let out = p.exec(&Command::new("nix-env")).await.unwrap();
         assert!(out.success());
         assert_eq!(r.0.load(Ordering::SeqCst), 3);
-        // Refused until the deadline: the rejection is said then.
+        // Refused on: the rejection is said at the third login (1 s and
+        // 2 s apart), not after a login every backoff until the deadline
+        // (sshd's PerSourcePenalties, fail2ban block such an address).
         let r = NoLoginThen(AtomicU32::new(0), u32::MAX);
         let started = Instant::now();
-        let p = Patient::new(&r, Duration::from_secs(20));
+        let p = Patient::new(&r, Duration::from_secs(300));
         let e = p.exec(&Command::new("nix-env")).await.unwrap_err();
         assert!(format!("{e:#}").contains("authentication as deploy failed"));
-        assert_eq!(started.elapsed(), Duration::from_secs(15));
-        assert_eq!(r.0.load(Ordering::SeqCst), 5);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(r.0.load(Ordering::SeqCst), 3);
     }
 
     /// Refuses the login (the key offered rejected) for its first `.1`
