@@ -99,6 +99,23 @@ impl<R: Remote> Run<'_, R> {
                     // again (taken again, read again).
                     Ok(l) if self.as_left(&l, next) && self.hold.held() => return Ok(()),
                     Ok(l) if self.as_left(&l, next) => continue,
+                    // Taken again, the host on states of this run's own
+                    // (what it found, its candidate) but not as the step
+                    // needs: it went back by itself (a reboot onto its
+                    // boot default lost the lock with its connection), not
+                    // someone else's doing. Rolled back, which verifies
+                    // where it is (it read `moved-by-other`, "needs a
+                    // person", in the fault matrix).
+                    Ok(l) if next == Next::Change && self.as_left(&l, Next::RollBack) => {
+                        let reason = FailureReason::Remote {
+                            step: "take the host's lock again",
+                            error: format!(
+                                "the host runs {}, not as this run left it (rebooted?)",
+                                l[0].as_ref().map_or("nothing readable", |p| p.as_str())
+                            ),
+                        };
+                        return Err(Box::pin(self.fail_and_rollback(gate, reason, None)).await);
+                    }
                     Ok([now, ..]) => Leave::Moved(now),
                     Err(e) => Leave::NotTaken(NotTaken {
                         holder: None,

@@ -2455,6 +2455,35 @@ async fn a_lock_taken_again_on_a_host_moved_meanwhile_changes_nothing_more() {
     }
 }
 
+/// The lock lost with the connection as the host rebooted (onto its boot
+/// default: the gated goal had not persisted the candidate), taken again:
+/// the host is back where this run found it, not moved by anyone else.
+/// Rolled back (verified there), not `moved-by-other`: the fault matrix's
+/// "health checks x host rebooted" read it as needing a person.
+#[tokio::test(start_paused = true)]
+async fn a_host_that_rebooted_onto_what_it_ran_is_rolled_back_not_moved() {
+    let host = FakeHost::new(&sp(OLD));
+    let rebooted: fn(&mut crate::activation::fake_host::State) = |st| {
+        st.current = st.boot_default.clone();
+    };
+    let hold = LosingLock::new(&host, |st| st.health_checks > 0, rebooted);
+    let ran = run_holding(
+        &host,
+        &request(Goal::Gated),
+        &CancellationToken::new(),
+        &hold,
+    )
+    .await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(st.profiles[KNOWN_GOOD], [sp(OLD)], "not marked");
+}
+
 /// The lock lost after the switch and taken again with the host as the
 /// run left it: the run goes on to known-good, its commands those of a
 /// run that kept its lock, with one read more (the links) where it was
