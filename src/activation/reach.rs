@@ -24,20 +24,7 @@ pub(crate) const RETRY: Duration = Duration::from_secs(2);
 /// A new connection's read, once its handshake is done.
 pub(crate) const READS_BOUND: Duration = Duration::from_secs(10);
 
-/// Logins rejected (a key offered and refused) after which a window tries
-/// no more new connections: the host rejects the key that logged the run
-/// in before its switch, and trying again every [`RETRY`] would get this
-/// machine's address blocked from new connections to it. OpenSSH 9.8+
-/// enables PerSourcePenalties by default: each failed authentication adds
-/// 5 s (`authfail:5`) to a penalty that runs down in real time, and an
-/// address whose penalty passes 15 s (`min:15`) is refused new
-/// connections, for up to 600 s (`max:600`); fail2ban's sshd jail bans
-/// after 5 failures (`maxretry`) for 10 minutes. Three rejections 2 s
-/// apart leave a penalty of about 11 s: under both. The run's own session
-/// survives a block; the confirm after a revert, and the next run, need
-/// new ones. Other failures (a refused TCP connection while sshd
-/// restarts, a timeout) are tried for the whole window as before.
-pub const MAX_REJECTED_LOGINS: u32 = 3;
+pub use crate::remote::patient::MAX_REJECTED_LOGINS;
 
 /// Why no new connection reached the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,12 +104,7 @@ struct Failed {
     login_rejected: bool,
 }
 
-/// Is `e` a login sshd refused, the key offered rejected
-/// ([`crate::ssh::ConnectError::is_login_rejected`])?
-pub(crate) fn login_rejected(e: &anyhow::Error) -> bool {
-    crate::remote::patient::connect_error(e)
-        .is_some_and(crate::ssh::ConnectError::is_login_rejected)
-}
+pub(crate) use crate::remote::patient::login_rejected;
 
 /// One new connection, its handshake by `end` (a connection's own
 /// `connect_timeout`, twice that through a jump host, would outlast the

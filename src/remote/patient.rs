@@ -58,6 +58,27 @@ fn lost(r: &anyhow::Result<Output>) -> bool {
     }
 }
 
+/// Logins rejected (a key offered and refused) after which a window tries
+/// no more new connections: the host rejects the key that logged the run
+/// in before its switch, and trying again every [`crate::activation::reach::RETRY`] would get this
+/// machine's address blocked from new connections to it. OpenSSH 9.8+
+/// enables PerSourcePenalties by default: each failed authentication adds
+/// 5 s (`authfail:5`) to a penalty that runs down in real time, and an
+/// address whose penalty passes 15 s (`min:15`) is refused new
+/// connections, for up to 600 s (`max:600`); fail2ban's sshd jail bans
+/// after 5 failures (`maxretry`) for 10 minutes. Three rejections 2 s
+/// apart leave a penalty of about 11 s: under both. The run's own session
+/// survives a block; the confirm after a revert, and the next run, need
+/// new ones. Other failures (a refused TCP connection while sshd
+/// restarts, a timeout) are tried for the whole window as before.
+pub const MAX_REJECTED_LOGINS: u32 = 3;
+
+/// Is `e` a login sshd refused, the key offered rejected
+/// ([`crate::ssh::ConnectError::is_login_rejected`])?
+pub fn login_rejected(e: &anyhow::Error) -> bool {
+    connect_error(e).is_some_and(crate::ssh::ConnectError::is_login_rejected)
+}
+
 /// Is `e` a refusal that waiting cannot change
 /// ([`crate::ssh::ConnectError::is_lasting`])? A caller that retries
 /// failures of its own over a long budget stops at it.
@@ -78,7 +99,7 @@ pub fn connect_error(e: &anyhow::Error) -> Option<&crate::ssh::ConnectError> {
 
 /// Run `attempt` until it did not lose its connection, or until `deadline`
 /// (then its last result). A login the host refused is tried again at
-/// most [`crate::activation::reach::MAX_REJECTED_LOGINS`] times in all,
+/// most [`MAX_REJECTED_LOGINS`] times in all,
 /// as a new-connection window is (sshd's `PerSourcePenalties` and
 /// fail2ban block an address that keeps failing logins: tried until the
 /// deadline, 300 s, that was some 20 logins); the backoff spaces them
@@ -95,10 +116,10 @@ where
             return r;
         }
         if let Err(e) = &r
-            && connect_error(e).is_some_and(crate::ssh::ConnectError::is_login_rejected)
+            && login_rejected(e)
         {
             rejected += 1;
-            if rejected >= crate::activation::reach::MAX_REJECTED_LOGINS {
+            if rejected >= MAX_REJECTED_LOGINS {
                 return r;
             }
         }

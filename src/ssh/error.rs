@@ -281,7 +281,7 @@ impl ConnectError {
     /// the host, or by a jump host on the way). Each one counts against
     /// this machine's address there (OpenSSH's PerSourcePenalties,
     /// fail2ban): a caller trying new connections stops after a few (see
-    /// [`crate::activation::reach::MAX_REJECTED_LOGINS`]).
+    /// [`crate::remote::patient::MAX_REJECTED_LOGINS`]).
     pub fn is_login_rejected(&self) -> bool {
         match self {
             ConnectError::AuthFailed { tried, .. }
