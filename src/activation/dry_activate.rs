@@ -33,6 +33,14 @@ pub enum DryActivateOutcome {
     Inhibited {
         tail: Vec<String>,
     },
+    /// `switch-to-configuration` exited 100: the new `init` is incompatible
+    /// with the running one. Both the perl script and switch-to-configuration-ng
+    /// check this before the dry-activate branch, so a dry activation says it
+    /// too; the live switch would defer to boot (exit 100 there), and so does
+    /// the gated goal.
+    InitInterfaceChanged {
+        tail: Vec<String>,
+    },
     /// Another pre-switch check failed.
     PreSwitchCheckFailed {
         check: Option<String>,
@@ -145,11 +153,25 @@ pub fn classify(exit: &Exit, stdout: &str, stderr: &str) -> DryActivateOutcome {
         Some(PreSwitchFailure { check }) => {
             DryActivateOutcome::PreSwitchCheckFailed { check, tail }
         }
+        None if init_interface_changed(exit, &lines) => {
+            DryActivateOutcome::InitInterfaceChanged { tail }
+        }
         None => DryActivateOutcome::Failed {
             exit: exit.clone(),
             tail,
         },
     }
+}
+
+/// Exit 100 with switch-to-configuration's own warning ("the new NixOS
+/// configuration has an 'init' that is incompatible with the current
+/// configuration"): a Darwin `activate` or a wrapper exiting 100 for its
+/// own reasons stays a failure.
+fn init_interface_changed(exit: &Exit, lines: &[&str]) -> bool {
+    exit.code() == Some(100)
+        && lines
+            .iter()
+            .any(|l| l.contains("incompatible with the current configuration"))
 }
 
 /// Run the dry activation of `closure` on the host.
@@ -210,6 +232,21 @@ mod tests {
             r.commands()[0].render(),
             format!("sudo -n -- {SYS}/bin/switch-to-configuration dry-activate")
         );
+    }
+
+    #[test]
+    fn exit_100_with_the_init_warning_needs_a_reboot_and_without_it_fails() {
+        let said = "Warning: the new NixOS configuration has an ‘init’ that is\n\
+                    incompatible with the current configuration.  The new configuration\n\
+                    won't take effect until you reboot the system.\n";
+        assert!(matches!(
+            classify(&Exit::Code { code: 100 }, "", said),
+            DryActivateOutcome::InitInterfaceChanged { .. }
+        ));
+        assert!(matches!(
+            classify(&Exit::Code { code: 100 }, "", "activate: error\n"),
+            DryActivateOutcome::Failed { .. }
+        ));
     }
 
     #[test]

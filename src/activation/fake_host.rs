@@ -29,6 +29,9 @@ pub struct Behaviour {
     pub repoint_profile_to: Option<StorePath>,
     /// NixOS 25.11 `switchInhibitors` refuses `switch`/`test`/`dry-activate`.
     pub inhibitor_message: bool,
+    /// The new `init` is incompatible with the running one:
+    /// `switch`/`test`/`dry-activate` exit 100 changing nothing.
+    pub init_incompatible: bool,
     /// Once live, the system refuses new SSH connections (an sshd stopped
     /// or reconfigured; established sessions go on).
     pub cuts_ssh: bool,
@@ -61,6 +64,7 @@ impl Default for Behaviour {
             flip_to: None,
             repoint_profile_to: None,
             inhibitor_message: false,
+            init_incompatible: false,
             cuts_ssh: false,
             cuts_network: false,
             drops_new_connections: false,
@@ -287,6 +291,8 @@ impl State {
                     "Pre-switch checks failed".into(),
                 ],
             )
+        } else if live && b.init_incompatible {
+            (100, init_incompatible_warning())
         } else {
             if job.action == "switch" || job.action == "boot" {
                 self.boot_default = self.profile(SYSTEM).cloned().unwrap_or(job.closure.clone());
@@ -441,6 +447,8 @@ impl State {
                         1,
                         "Pre-switch check 'switchInhibitors' failed\nPre-switch checks failed\n",
                     )
+                } else if self.behaviour(&c).init_incompatible {
+                    fail(100, &init_incompatible_warning().join("\n"))
                 } else {
                     Output::new(
                         Exit::Code { code: 0 },
@@ -1294,6 +1302,15 @@ impl FakeHost {
         self.state().behaviours.insert(c.clone(), b);
     }
 
+    /// `c`'s `init` is incompatible with the running one (exit 100).
+    pub fn init_incompatible(&self, c: &StorePath) {
+        let b = Behaviour {
+            init_incompatible: true,
+            ..Default::default()
+        };
+        self.behave(c, b);
+    }
+
     /// `c`'s switch is refused by NixOS's switch inhibitors (25.11+).
     pub fn inhibited(&self, c: &StorePath) {
         let b = Behaviour {
@@ -1451,4 +1468,13 @@ fn first_record(closure: &StorePath) -> String {
 fn replaced_of(record: &str) -> Option<usize> {
     let v: serde_json::Value = serde_json::from_str(record).expect("a record");
     v["replaced"].as_u64().map(|g| g as usize)
+}
+
+/// What `switch-to-configuration` says before it exits 100.
+fn init_incompatible_warning() -> Vec<String> {
+    vec![
+        "Warning: the new NixOS configuration has an ‘init’ that is".into(),
+        "incompatible with the current configuration.  The new configuration".into(),
+        "won't take effect until you reboot the system.".into(),
+    ]
 }

@@ -482,6 +482,9 @@ impl<'a, R: Remote> Run<'a, R> {
             Ok(dry_activate::DryActivateOutcome::Inhibited { tail }) => {
                 Ok(Some(RebootReason::SwitchInhibitors { log_tail: tail }))
             }
+            Ok(dry_activate::DryActivateOutcome::InitInterfaceChanged { tail }) => {
+                Ok(Some(RebootReason::InitInterfaceChanged { log_tail: tail }))
+            }
             Ok(other) => Err(self.fail_clean(Gate::DryActivate, FailureReason::DryActivate(other))),
             Err(e) => Err(self.fail_clean(Gate::DryActivate, remote_err("dry-activate", e))),
         }

@@ -525,6 +525,35 @@ async fn native_inhibitor_message_defers_to_boot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_incompatible_init_defers_to_boot_for_every_live_goal() {
+    // Both switch-to-configurations check the init interface before the
+    // dry-activate branch: the gated goal heard exit 100 at dry-activate
+    // and failed the host, where `--goal switch` deferred it to boot.
+    for goal in [Goal::Switch, Goal::Gated] {
+        let host = FakeHost::new(&sp(OLD));
+        host.init_incompatible(&sp(NEW));
+        let ran = run(&host, &request(goal)).await;
+        assert!(
+            matches!(
+                ran.outcome,
+                HostOutcome::DeferredPendingReboot {
+                    reason: RebootReason::InitInterfaceChanged { .. }
+                }
+            ),
+            "{goal}: {:?}",
+            ran.outcome
+        );
+        assert_eq!(host.state().boot_default, sp(NEW), "{goal}");
+        assert_eq!(host.state().current, sp(OLD), "{goal}");
+        assert_eq!(
+            count(&ran.cmds, "sudo fire --unit=nixgate-switch-r1-rollback"),
+            0,
+            "{goal}: no rollback"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn connection_lost_mid_poll_still_known_good() {
     let host = FakeHost::new(&sp(OLD));
     host.state().drop_polls = vec![1, 2];

@@ -60,7 +60,8 @@ fn log_of(r: &FailureReason) -> Vec<String> {
         FailureReason::DryActivate(
             DryActivateOutcome::Failed { tail: t, .. }
             | DryActivateOutcome::PreSwitchCheckFailed { tail: t, .. }
-            | DryActivateOutcome::Inhibited { tail: t },
+            | DryActivateOutcome::Inhibited { tail: t }
+            | DryActivateOutcome::InitInterfaceChanged { tail: t },
         ) => tail(t),
         FailureReason::Realise(RealiseOutcome::Failed { tail: t, .. }) => tail(t),
         FailureReason::Copy { error }

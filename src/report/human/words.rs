@@ -443,6 +443,9 @@ fn dry_activate(d: &DryActivateOutcome) -> String {
         DryActivateOutcome::Inhibited { .. } => {
             "NixOS switch inhibitors refuse a live switch (needs a reboot)".into()
         }
+        DryActivateOutcome::InitInterfaceChanged { .. } => {
+            "the new init is incompatible with the running one (needs a reboot)".into()
+        }
         DryActivateOutcome::PreSwitchCheckFailed { check, tail } => format!(
             "NixOS pre-switch check {} failed: {}",
             check.as_deref().unwrap_or("(unnamed)"),
