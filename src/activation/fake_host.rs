@@ -20,6 +20,9 @@ pub const KNOWN_GOOD: &str = "/nix/var/nix/profiles/nixgate-known-good";
 pub struct Behaviour {
     /// Exit code of `switch`/`test`.
     pub exit: u32,
+    /// Non-zero: the boot loader cannot be installed (a full ESP, `/boot`
+    /// not mounted). Both switch-to-configurations install it first for
+    /// `switch` and `boot`, and exit with this before anything changes.
     pub boot_exit: u32,
     pub hang: bool,
     /// With `hang`: the link is switched first (a unit that never
@@ -291,6 +294,8 @@ impl State {
                     "Pre-switch checks failed".into(),
                 ],
             )
+        } else if (job.action == "switch" || job.action == "boot") && b.boot_exit != 0 {
+            (b.boot_exit, vec!["Failed to install bootloader".into()])
         } else if live && b.init_incompatible {
             (100, init_incompatible_warning())
         } else {

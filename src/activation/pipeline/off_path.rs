@@ -82,6 +82,15 @@ impl<R: Remote> Run<'_, R> {
                         .await),
                 }
             }
+            // `boot` never touches the running system: one that ran and
+            // failed (the boot loader could not be installed: a full ESP,
+            // `/boot` not mounted) leaves a live-proven host as proven.
+            // Rolled back, it ran `switch`, which installs the boot loader
+            // first and failed the same way: `rollback-failed` on a host
+            // whose candidate had passed every live gate.
+            SwitchResult::Failed(f @ SwitchFailure::Exited { .. }) if self.live_changed => {
+                Err(self.not_persisted(gate, f).await)
+            }
             SwitchResult::Failed(f) => {
                 let stop = Stop::after(&f).map(|s| (s, &job));
                 Err(self

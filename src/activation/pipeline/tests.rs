@@ -1155,6 +1155,29 @@ async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_boot_loader_that_cannot_be_installed_leaves_a_live_proven_host_live() {
+    let host = FakeHost::new(&sp(OLD));
+    let broken = Behaviour {
+        boot_exit: 1,
+        ..Default::default()
+    };
+    host.behave(&sp(NEW), broken);
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::NotPersisted {
+            reason: SwitchFailure::Exited {
+                code: 1, log_tail, ..
+            },
+        } => assert!(
+            log_tail.iter().any(|l| l.contains("bootloader")),
+            "{log_tail:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_left_live(&host, &ran);
+}
+
 /// Live on the candidate it proved, its boot entries and profile where
 /// they were, not rolled back.
 fn assert_left_live(host: &FakeHost, ran: &Ran) {
