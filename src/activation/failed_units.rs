@@ -1,4 +1,12 @@
-//! systemd units in the `failed` state, before a deploy and at rollback.
+//! systemd units in the `failed` state, before a deploy and at rollback,
+//! with those stuck restarting (`auto-restart`): switch-to-configuration
+//! counts a unit in `auto-restart` after a non-zero exit as failed (its
+//! exit 4) though systemd does not list it `failed`, and a rollback that
+//! left one crash-looping was taken for "back where the host was" when
+//! another unit had been failing before. One restarting on schedule after
+//! a clean exit is listed too, for the instant it waits (`RestartSec`,
+//! 100 ms by default): read then, it fails a rollback's exit 4 that had
+//! another cause anyway.
 //!
 //! `switch-to-configuration` exits 4 when any unit is failed afterwards,
 //! including units the bad candidate added and that stay failed (and loaded)
@@ -16,7 +24,7 @@ fn list_command(sudo: bool) -> Command {
         .args([
             "list-units",
             "--all",
-            "--state=failed",
+            "--state=failed,auto-restart",
             "--plain",
             "--no-legend",
             "--no-pager",

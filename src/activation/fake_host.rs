@@ -55,6 +55,10 @@ pub struct Behaviour {
     /// Its switch leaves the units failed already alone (none of them is
     /// in its targets): they do not make it exit 4.
     pub spares_failed_units: bool,
+    /// Once live, `app.service` crash-loops: stuck in `auto-restart` after
+    /// a non-zero exit, not `failed`, and the switch exits 4 for it (both
+    /// switch-to-configurations count such a unit as failed).
+    pub crash_loops: bool,
 }
 
 impl Default for Behaviour {
@@ -68,6 +72,7 @@ impl Default for Behaviour {
             repoint_profile_to: None,
             inhibitor_message: false,
             init_incompatible: false,
+            crash_loops: false,
             cuts_ssh: false,
             cuts_network: false,
             drops_new_connections: false,
@@ -201,6 +206,9 @@ pub struct State {
     /// systemd units in the `failed` state. Like NixOS's
     /// `switch-to-configuration`, a live switch exits 4 while any is.
     pub failed_units: std::collections::BTreeSet<String>,
+    /// Units restarting after a failed start (`activating auto-restart`),
+    /// listed only when asked for that sub-state.
+    pub restarting_units: std::collections::BTreeSet<String>,
     /// Keys written, by destination.
     pub keys: BTreeMap<String, Vec<u8>>,
     /// A key (by name) that cannot be written.
@@ -278,6 +286,20 @@ impl State {
         }
     }
 
+    /// `systemctl list-units --plain --no-legend` lines of the failed
+    /// units, and of those restarting when `restarting` (asked for the
+    /// `auto-restart` sub-state), each after `prefix`.
+    fn unit_lines(&self, restarting: bool, prefix: &str) -> String {
+        let failed = self.failed_units.iter().map(|u| (u, "failed failed"));
+        let looping = (self.restarting_units.iter())
+            .filter(|_| restarting)
+            .map(|u| (u, "activating auto-restart"));
+        failed
+            .chain(looping)
+            .map(|(u, state)| format!("{prefix}{u} loaded {state} {u}\n"))
+            .collect()
+    }
+
     fn finish(&mut self, unit: &str) {
         let Some(job) = self.jobs.get(unit).cloned() else {
             return;
@@ -309,6 +331,10 @@ impl State {
                 self.offline = b.cuts_network;
                 self.drops_new = b.drops_new_connections;
                 self.rejects_logins = b.rejects_logins;
+                self.restarting_units.clear();
+                if b.crash_loops {
+                    self.restarting_units.insert("app.service".into());
+                }
             }
             if let Some(p) = &b.repoint_profile_to {
                 self.set_profile(SYSTEM, p);
@@ -319,6 +345,9 @@ impl State {
                 self.failed_units.insert("nginx.service".into());
             }
             if live && code == 0 && !self.failed_units.is_empty() && !b.spares_failed_units {
+                code = 4;
+            }
+            if live && code == 0 && b.crash_loops {
                 code = 4;
             }
             if code == 4 {
@@ -394,12 +423,11 @@ impl State {
                 ok(&format!("{base}-{n}-link\n"))
             }
             "systemctl" if a[1] == "list-units" => {
-                let lines: String = self
-                    .failed_units
-                    .iter()
-                    .map(|u| format!("{u} loaded failed failed {u}\n"))
-                    .collect();
-                ok(&lines)
+                let restarting = a.iter().any(|w| {
+                    w.strip_prefix("--state=")
+                        .is_some_and(|s| s.split(',').any(|s| s == "auto-restart"))
+                });
+                ok(&self.unit_lines(restarting, ""))
             }
             "systemctl" if a[1] == "reset-failed" => {
                 for u in &a[3..] {
@@ -594,10 +622,10 @@ impl State {
                  sw/lib/systemd/systemd\t/nix/store/{cur}/lib/systemd/systemd\t/nix/store/{cand}/lib/systemd/systemd\n\
                  etc/systemd/system/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\t/nix/store/cccccccccccccccccccccccccccccccc-unit-dbus.service/dbus.service\n\
                  kernel\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\t/nix/store/dddddddddddddddddddddddddddddddd-linux-6.6.60/bzImage\n{}NixgateFailedUnits=listed\n",
-                self.failed_units
-                    .iter()
-                    .map(|u| format!("NixgateFailed={u} loaded failed failed {u}\n"))
-                    .collect::<String>()
+                self.unit_lines(
+                    inhibitors::COMPARE.contains("--state=failed,auto-restart"),
+                    "NixgateFailed="
+                )
             ))
         } else if script == deadman::STOP_REVERT_LINUX {
             if self.revert_unstoppable {
@@ -1283,6 +1311,7 @@ impl FakeHost {
             boot_id: 1,
             sudo_password_required: false,
             failed_units: Default::default(),
+            restarting_units: Default::default(),
             keys: BTreeMap::new(),
             failing_key: None,
             lose: Vec::new(),

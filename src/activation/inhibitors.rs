@@ -88,7 +88,7 @@ readlink -m -- \"$@\" 2>/dev/null | for p in $ps; do
   [ -e \"$cur/$p\" ] || c=; [ -e \"$cand/$p\" ] || n=
   printf '%s\\t%s\\t%s\\n' \"$p\" \"$c\" \"$n\"
 done
-if failed=$(systemctl list-units --all --state=failed --plain --no-legend --no-pager 2>/dev/null); then
+if failed=$(systemctl list-units --all --state=failed,auto-restart --plain --no-legend --no-pager 2>/dev/null); then
   printf '%s\\n' \"$failed\" | while IFS= read -r l; do [ -z \"$l\" ] || echo \"NixgateFailed=$l\"; done
   echo NixgateFailedUnits=listed
 else echo NixgateFailedUnits=unknown; fi";

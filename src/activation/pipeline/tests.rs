@@ -251,6 +251,33 @@ async fn units_failing_before_the_deploy_are_left_alone_and_do_not_fail_the_roll
     assert_back_with_backup_still_failing(&host, &ran);
 }
 
+/// The rollback's exit 4 is accepted only for units failing before the
+/// deploy: a unit crash-looping after it (stuck in `auto-restart` after a
+/// non-zero exit, not `failed`, yet counted by the switch's own exit 4) is
+/// one the rollback did not bring back, not "back where the host was".
+#[tokio::test]
+async fn a_rollback_leaving_a_unit_crash_looping_is_not_rolled_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().failed_units.insert("backup.service".into());
+    let failing = Behaviour {
+        exit: 4,
+        ..Default::default()
+    };
+    host.behave(&sp(NEW), failing);
+    let looping = Behaviour {
+        crash_loops: true,
+        ..Default::default()
+    };
+    host.behave(&sp(OLD), looping);
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RollbackFailed { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(host.state().restarting_units.contains("app.service"));
+}
+
 /// A good candidate on a host where a unit has been failing since before
 /// the deploy: `switch-to-configuration` starts it again with its target,
 /// it fails again, and the switch exits 4. Not passed (the same exit 4
