@@ -141,8 +141,11 @@ pub(crate) use group_gone;
 /// Runs on the host when the timer fires. The previous system's tools are
 /// put on the PATH: a transient unit's PATH has no
 /// /run/current-system/sw/bin on NixOS, and the current system is the one
-/// being reverted.
+/// being reverted. nix-darwin's previous system is activated as the switch
+/// activates one (its `activate-user` first, as the user, when it is a
+/// nix-darwin 24.11 or older system: see [`super::darwin_activate`]).
 pub(crate) const REVERT: &str = concat!(
+    super::darwin_activate::activate_darwin!(),
     r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8; jobs=$9; current=${10}
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
@@ -174,7 +177,7 @@ if [ "$result" = host-moved ]; then :
 elif [ -x "$previous/bin/switch-to-configuration" ]; then
   "$previous/bin/switch-to-configuration" test; code=$?
 else
-  "$previous/activate"; code=$?
+  activate_darwin "$previous"; code=$?
 fi
 # A failed live test is added to what failed before it (the boot default
 # not put back must not read as a test's exit code).
@@ -1636,6 +1639,67 @@ exit 1"
                 "{gone}"
             );
         }
+    }
+
+    /// A Darwin revert to a nix-darwin 24.11 system runs its
+    /// `activate-user` as the user the run logged in as (the sleeper runs
+    /// under `sudo`, which names them), then `activate`: as its switch
+    /// would (see [`super::super::darwin_activate`]).
+    #[test]
+    fn a_darwin_revert_to_an_old_system_runs_its_activate_user_first() {
+        use crate::remote::local::executable;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let log = format!("{d}/calls");
+        std::fs::create_dir_all(format!("{d}/bin")).unwrap();
+        let sudo = format!(
+            "#!/bin/sh\necho \"sudo $*\" >> {log}\nwhile [ \"$1\" != -- ]; do shift; done; shift\nexec \"$@\"\n"
+        );
+        executable(format!("{d}/bin/sudo"), &sudo);
+        // macOS has neither: played by no-ops.
+        for tool in ["systemctl", "nix-env"] {
+            executable(format!("{d}/bin/{tool}"), "#!/bin/sh\nexit 0\n");
+        }
+        for sys in ["previous", "candidate"] {
+            std::fs::create_dir_all(format!("{d}/{sys}")).unwrap();
+            for script in ["activate", "activate-user"] {
+                let body = format!("#!/bin/sh\necho \"{sys}/{script}\" >> {log}\n");
+                executable(format!("{d}/{sys}/{script}"), &body);
+            }
+        }
+        std::os::unix::fs::symlink(format!("{d}/candidate"), format!("{d}/current")).unwrap();
+        std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
+        std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
+        let status = std::process::Command::new("sh")
+            .arg(format!("{d}/revert.sh"))
+            .args([
+                &format!("{d}/rec"),
+                "r1",
+                &format!("{d}/previous"),
+                &format!("{d}/candidate"),
+                &format!("{d}/profile"),
+                "",
+                "sw-r1",
+                "conf-r1",
+                &format!("{d}/jobs"),
+                &format!("{d}/current"),
+            ])
+            .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+            .env("SUDO_USER", "nixgate-test-alice")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            calls,
+            format!(
+                "sudo -n -H -u nixgate-test-alice -- {d}/previous/activate-user\n\
+                 previous/activate-user\nprevious/activate\n"
+            )
+        );
+        let rec = std::fs::read_to_string(format!("{d}/rec/r1.json")).unwrap();
+        let rec: RevertRecord = serde_json::from_str(&rec).unwrap();
+        assert_eq!(rec.result, "ok");
     }
 
     /// Someone else moved the host before its revert came due (a hand's

@@ -15,6 +15,7 @@
 //! [`host_lock`], [`reach`] (does a new connection get in?), and
 //! [`take_back`] after a failed soak.
 
+pub mod darwin_activate;
 pub mod deadman;
 pub mod detached;
 pub mod dry_activate;

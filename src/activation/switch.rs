@@ -163,7 +163,7 @@ impl SwitchJob {
                 format!("{}/bin/switch-to-configuration", self.closure),
                 self.action.as_str().to_owned(),
             ],
-            Os::Darwin => vec![format!("{}/activate", self.closure)],
+            Os::Darwin => super::darwin_activate::program(&self.closure),
         }
     }
 }

@@ -159,7 +159,11 @@ fn darwin_fire_argv() {
             "/var/run/nixgate/nixgate-switch-r1.log",
             "/var/run/nixgate/nixgate-switch-r1.pid",
             JOB_WRAPPER,
-            &format!("{SYS}/activate"),
+            "/bin/sh",
+            "-c",
+            crate::activation::darwin_activate::ACTIVATE,
+            "nixgate-activate",
+            SYS,
         ]
         .map(String::from)
     );
