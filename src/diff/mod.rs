@@ -11,6 +11,7 @@ pub mod flake_lock;
 pub mod names;
 pub mod packages;
 pub mod render;
+pub mod source_tree;
 pub mod structural;
 
 use serde::{Deserialize, Serialize};

@@ -208,6 +208,7 @@ fn flake_inputs(
         }
     };
     const EMPTY: &str = r#"{"nodes":{"root":{}}}"#;
+    let new_at = new;
     let new = match new {
         NewLock::Commit(c) => read(c)?,
         NewLock::WorkTree => match std::fs::read_to_string(repo.join("flake.lock")) {
@@ -227,7 +228,14 @@ fn flake_inputs(
             b.unwrap_or_else(|| EMPTY.into()),
         ),
     };
-    diff::flake_lock::flake_inputs_diff(&a, &b)
+    // Relative path inputs are read from the repository (they lock no
+    // hash): the old side at `old`, the new where its lock was read.
+    let old_tree = |dir: &str| diff::source_tree::tree_at(repo, old, dir);
+    let new_tree = |dir: &str| match new_at {
+        NewLock::Commit(c) => diff::source_tree::tree_at(repo, c, dir),
+        NewLock::WorkTree => diff::source_tree::worktree_tree(repo, dir),
+    };
+    diff::flake_lock::flake_inputs_diff_in(&a, &b, &old_tree, &new_tree)
         .map(Some)
         .map_err(|e| InputsUnknown::Unreadable {
             error: format!("a flake.lock does not parse: {e}"),
@@ -555,6 +563,59 @@ mod tests {
                 .unwrap()
                 .map(|v| v.len()),
             Some(0)
+        );
+    }
+
+    /// A Nix 2.26 relative path input (`inputs.sub.url = "./sub"`) locks
+    /// no hash: its lock is the same before and after an edit in `sub/`.
+    /// The edit is an update of `sub` all the same, committed or in the
+    /// working tree (a file there only once added to git, as Nix sees it),
+    /// from one git tree of `sub/` to the other.
+    #[test]
+    fn a_relative_path_input_changes_with_its_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        git(dir, &["init", "-q"]);
+        let lock = r#"{"nodes":{"root":{"inputs":{"sub":"sub"}},"sub":{"locked":{"path":"./sub","type":"path"},"original":{"path":"./sub","type":"path"},"parent":[]}},"root":"root","version":7}"#;
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("flake.lock"), lock).unwrap();
+        std::fs::write(dir.join("sub/flake.nix"), "{ outputs = _: { x = 1; }; }").unwrap();
+        git(dir, &["add", "."]);
+        git(dir, &["commit", "-q", "-m", "one"]);
+        let a = git(dir, &["rev-parse", "HEAD"]);
+        let tree_a = git(dir, &["rev-parse", "HEAD:sub"]);
+        std::fs::write(dir.join("sub/flake.nix"), "{ outputs = _: { x = 2; }; }").unwrap();
+        git(dir, &["commit", "-q", "-am", "two"]);
+        let b = git(dir, &["rev-parse", "HEAD"]);
+        let tree_b = git(dir, &["rev-parse", "HEAD:sub"]);
+        let updated = |old: &str, new: &str| {
+            vec![InputChange::Updated {
+                name: "sub".into(),
+                old_rev: Some(old.into()),
+                new_rev: Some(new.into()),
+                old_modified: None,
+                new_modified: None,
+            }]
+        };
+        assert_eq!(
+            flake_inputs(dir, &a, NewLock::Commit(&b)),
+            Ok(Some(updated(&tree_a, &tree_b)))
+        );
+        assert_eq!(flake_inputs(dir, &b, NewLock::WorkTree), Ok(Some(vec![])));
+        std::fs::write(dir.join("sub/new.nix"), "3").unwrap();
+        assert_eq!(flake_inputs(dir, &b, NewLock::WorkTree), Ok(Some(vec![])));
+        git(dir, &["add", "sub/new.nix"]);
+        let dirty = flake_inputs(dir, &b, NewLock::WorkTree).unwrap().unwrap();
+        assert!(
+            matches!(&dirty[..], [InputChange::Updated { old_rev: Some(o), new_rev: Some(n), .. }]
+                if *o == tree_b && *n != tree_b),
+            "{dirty:?}"
+        );
+        let lines = diff::render::render_inputs(&dirty);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with(&format!("flake input sub {} -> ", &tree_b[..12])),
+            "{lines:?}"
         );
     }
 
