@@ -167,7 +167,16 @@ pub enum HostOutcome {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CutOff {
     /// The switch settled, but no new connection could be made to confirm it.
-    NoNewConnection { error: String },
+    /// `controllers_own`: every try failed for a reason of this machine's
+    /// own ([`crate::ssh::ConnectError::is_controllers_own`]: its resolver,
+    /// its open files or ports, its agent's key gone): it says nothing of
+    /// the candidate and fails every host after it the same way, so the run
+    /// starts no more hosts.
+    NoNewConnection {
+        error: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        controllers_own: bool,
+    },
     /// The connection was lost while the switch ran.
     LostDuringSwitch { failure: SwitchFailure },
     /// The switch may still run (hung, or its start never confirmed) and
@@ -195,7 +204,57 @@ pub enum CutOff {
     },
 }
 
+/// The step of a live gate that failed for want of a new connection
+/// ([`FailureReason::unconfirmed`]).
+const CONFIRM_STEP: &str = "confirm over a new connection";
+
+impl FailureReason {
+    /// The live gate failed because no new connection confirmed the host
+    /// (its cause kept as JSON, data the reporters and
+    /// [`Self::unconfirmed_cause`] read back, not prose).
+    pub fn unconfirmed(cause: &CutOff) -> FailureReason {
+        FailureReason::Remote {
+            step: CONFIRM_STEP,
+            error: serde_json::to_string(cause).unwrap_or_default(),
+        }
+    }
+
+    /// The cause of a failure made by [`Self::unconfirmed`].
+    pub fn unconfirmed_cause(&self) -> Option<CutOff> {
+        match self {
+            FailureReason::Remote { step, error } if *step == CONFIRM_STEP => {
+                serde_json::from_str(error).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
 impl HostOutcome {
+    /// Did the host fail because this machine could make no new
+    /// connection, for a reason of its own ([`CutOff::NoNewConnection`]'s
+    /// `controllers_own`)? Whatever the host's end (reverted by the host,
+    /// rolled back by the controller, unreachable), the next host would
+    /// fail the same way.
+    pub fn controllers_own(&self) -> bool {
+        let cause = match self {
+            HostOutcome::RevertedByHost { cause, .. }
+            | HostOutcome::MovedByOther { cause, .. }
+            | HostOutcome::Unreachable { cause, .. } => Some(cause.clone()),
+            HostOutcome::RolledBack { reason, .. }
+            | HostOutcome::RollbackFailed { reason, .. }
+            | HostOutcome::Failed { reason, .. } => reason.unconfirmed_cause(),
+            _ => None,
+        };
+        matches!(
+            cause,
+            Some(CutOff::NoNewConnection {
+                controllers_own: true,
+                ..
+            })
+        )
+    }
+
     /// Did the host reach its goal?
     pub fn is_success(&self) -> bool {
         matches!(
@@ -210,5 +269,45 @@ impl HostOutcome {
     /// Does the host need a human?
     pub fn needs_attention(&self) -> bool {
         matches!(self, HostOutcome::RollbackFailed { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Magic rollback off, the controller rolls back a host no new
+    /// connection confirmed: its cause is read back from the gate's
+    /// failure (JSON, not words), and only this machine's own counts.
+    #[test]
+    fn an_unconfirmed_rollback_says_whose_failure_it_was() {
+        let rolled_back = |controllers_own| HostOutcome::RolledBack {
+            gate: Gate::LiveActivate,
+            reason: FailureReason::unconfirmed(&CutOff::NoNewConnection {
+                error: "no key to offer".into(),
+                controllers_own,
+            }),
+            to: StorePath::parse("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web")
+                .unwrap(),
+        };
+        assert!(rolled_back(true).controllers_own());
+        assert!(!rolled_back(false).controllers_own());
+        // A report written before the flag reads as the host's.
+        let old = FailureReason::Remote {
+            step: CONFIRM_STEP,
+            error: r#"{"kind":"no_new_connection","error":"timed out"}"#.into(),
+        };
+        assert_eq!(
+            old.unconfirmed_cause(),
+            Some(CutOff::NoNewConnection {
+                error: "timed out".into(),
+                controllers_own: false
+            })
+        );
+        let other = FailureReason::Remote {
+            step: "arm the dead-man revert",
+            error: r#"{"kind":"no_new_connection","error":"x","controllers_own":true}"#.into(),
+        };
+        assert_eq!(other.unconfirmed_cause(), None);
     }
 }

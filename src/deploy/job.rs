@@ -1007,6 +1007,12 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
         d.end.counts_against_wave(self.allow_pending_reboot)
     }
 
+    /// A host whose live switch no new connection could confirm, every try
+    /// failing on this side ([`HostOutcome::controllers_own`]).
+    fn controllers_own(&self, d: &HostSummary) -> bool {
+        d.end.outcome().is_some_and(HostOutcome::controllers_own)
+    }
+
     fn to_recheck(&self, d: &HostSummary) -> bool {
         !self.is_failure(d) && self.checks_see_change(d)
     }

@@ -650,6 +650,55 @@ async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_b
     );
 }
 
+/// A live switch no new connection can confirm because this machine has no
+/// key to offer (its agent gone) says nothing of the candidate, and every
+/// host after it would fail the same way: switched, then reverted by its
+/// own dead-man. The run starts no more hosts (web2 and web3 switched and
+/// were reverted, one at a time, within the wave's budget of 2), and says
+/// why: the first host's cause is this machine's own, the rest never start.
+#[tokio::test(start_paused = true)]
+async fn a_confirmation_failing_on_this_side_starts_no_more_hosts() {
+    let src = r#"
+[defaults]
+activation_timeout = "60s"
+[builder]
+address = "b"
+flake = false
+[hosts.web1]
+address = "10.0.0.1"
+[hosts.web2]
+address = "10.0.0.2"
+[hosts.web3]
+address = "10.0.0.3"
+[[waves]]
+name = "main"
+hosts = ["web1", "web2", "web3"]
+max_parallel = 1
+max_failures = 2
+"#;
+    let inv = Arc::new(Inventory::parse(Path::new("/inv/inventory.toml"), src).unwrap());
+    let f = fixture(inv, [OLD; 3], Build::Hangs);
+    (f.fleet.no_keys).store(true, std::sync::atomic::Ordering::SeqCst);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let first = hosts[0].end.outcome().expect("web1 ran");
+    assert!(first.controllers_own(), "{first:?}");
+    assert!(hosts[0].outcome().is_failure(), "{:?}", hosts[0].end);
+    for h in &hosts[1..] {
+        assert_eq!(
+            h.end,
+            HostEnd::NotStarted {
+                why: NotStarted::ControllerFailed {
+                    host: "web1".into()
+                }
+            },
+            "{}",
+            h.host
+        );
+        untouched(&f, &h.host);
+    }
+}
+
 /// What the release step says of `hosts` (the fixture's earlier events
 /// dropped), releasing `commit` from `inv`'s repository.
 async fn release_events(

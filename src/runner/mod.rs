@@ -1,7 +1,10 @@
 //! The fleet runner: turns per-host pipelines into waves.
 //!
 //! Waves run in order; inside a wave up to `max_parallel` hosts run at once;
-//! a wave whose failures exceed its budget stops the run; a good wave soaks
+//! a wave whose failures exceed its budget stops the run, and so does a
+//! host ended by this machine's own failure ([`HostJob::controllers_own`]:
+//! it would end every host after it, each switched and taken back, until
+//! the budget ran out); a good wave soaks
 //! (waits, then re-checks every finished host, up to `max_parallel` at once
 //! like its activations, and the job takes back a host found unhealthy)
 //! before the next starts. A first Ctrl-C during the soak's wait cuts it
@@ -81,6 +84,17 @@ pub trait HostJob: Send + Sync + 'static {
     fn interrupted(&self, host: &str, why: Interrupted) -> Self::Done;
     /// Whether a result counts against the wave's failure budget.
     fn is_failure(&self, done: &Self::Done) -> bool;
+    /// Whether a host ended as it did because of this machine, not of the
+    /// host or what it was given (no new connection could be made, for a
+    /// reason of this machine's own: its resolver, its open files, its
+    /// agent's key gone). It says nothing of the candidate and would end
+    /// every host started after it the same way, each switched and taken
+    /// back: the run starts no more hosts, as after a first Ctrl-C (what is
+    /// in flight is finished and verified). None by default.
+    fn controllers_own(&self, done: &Self::Done) -> bool {
+        let _ = done;
+        false
+    }
     /// Whether a soak re-checks a host that ended `done`: it ended well,
     /// and its end changed what the checks look at. A wave with none waits
     /// no soak.
@@ -134,6 +148,9 @@ pub enum NotStarted {
     WaveFailed { wave: String },
     /// An earlier wave failed (or failed its soak), so this one never started.
     EarlierWaveFailed { wave: String },
+    /// `host` ended for a reason of this machine's own
+    /// ([`HostJob::controllers_own`]): every host after it would too.
+    ControllerFailed { host: String },
 }
 
 /// How one host ended, as the runner sees it.
@@ -306,7 +323,12 @@ struct WaveRun<'g, D> {
 }
 
 impl<D> WaveRun<'_, D> {
-    fn record(&mut self, host: String, done: D, failed: bool) {
+    /// A host's end; `controllers_own`: this machine's failure ended it
+    /// ([`HostJob::controllers_own`]), and the wave starts no more hosts.
+    fn record(&mut self, host: String, done: D, failed: bool, controllers_own: bool) {
+        if controllers_own && self.stop.is_none() {
+            self.stop = Some(NotStarted::ControllerFailed { host: host.clone() });
+        }
         if failed {
             self.failures += 1;
             if self.failures > self.allowed && self.stop.is_none() {
@@ -444,10 +466,13 @@ impl<J: HostJob> Runner<J> {
         }
         self.activate(&mut w, pending, soaks).await;
         // The second Ctrl-C aborted the hosts in flight: they count against
-        // the wave, but the cancel stops the run, not the wave.
+        // the wave, but the cancel stops the run, not the wave. This
+        // machine's own failure stops it whatever the budget says: that is
+        // why the rest never start.
+        let halted = matches!(w.stop, Some(NotStarted::ControllerFailed { .. }));
         let mut stop = if *self.cancel.borrow() >= CancelLevel::Abort {
             Some(NotStarted::Cancelled)
-        } else if w.failures > w.allowed {
+        } else if w.failures > w.allowed && !halted {
             Some(NotStarted::EarlierWaveFailed {
                 wave: group.name.clone(),
             })
@@ -459,14 +484,16 @@ impl<J: HostJob> Runner<J> {
         // them, and they kept the known-good end and release the run had
         // given them): after a first Ctrl-C during its activations, or
         // when it went over its budget (hosts still in flight then ended
-        // well, unwatched). Over budget, its failures stop the run
-        // whatever the re-checks find.
+        // well, unwatched), and when this machine's own failure stopped
+        // it, as a first Ctrl-C does. Over budget, or stopped by this
+        // machine, the run stops whatever the re-checks find.
         let first_cancel = matches!(stop, Some(NotStarted::Cancelled))
             && *self.cancel.borrow() < CancelLevel::Abort;
         let over_budget = matches!(stop, Some(NotStarted::EarlierWaveFailed { .. }));
-        if soaks && (stop.is_none() || first_cancel || over_budget) {
+        let halted = matches!(stop, Some(NotStarted::ControllerFailed { .. }));
+        if soaks && (stop.is_none() || first_cancel || over_budget || halted) {
             let rechecked = self.soak(&mut w, stop.is_none()).await;
-            if !over_budget {
+            if !over_budget && !halted {
                 stop = rechecked;
             }
         }
@@ -475,7 +502,8 @@ impl<J: HostJob> Runner<J> {
             wave: group.name.clone(),
             failures: w.failures,
             allowed: w.allowed,
-            stops_run: matches!(stop, Some(NotStarted::EarlierWaveFailed { .. })),
+            stops_run: matches!(stop, Some(NotStarted::EarlierWaveFailed { .. }))
+                || (halted && w.failures > w.allowed),
         });
         for h in &group.hosts {
             self.let_go(h);
@@ -656,7 +684,8 @@ impl<J: HostJob> Runner<J> {
         if failed || !soaks {
             self.let_go(&host);
         }
-        w.record(host, done, failed);
+        let controllers_own = self.job.controllers_own(&done);
+        w.record(host, done, failed, controllers_own);
     }
 
     /// A staged host's run (a staging that ended without a result is

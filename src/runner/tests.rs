@@ -43,6 +43,8 @@ struct Job {
     run_ms: Option<u64>,
     /// Hosts whose copy fails (at the end of their staging).
     copy_fails: HashSet<String>,
+    /// Hosts that fail for a reason of the controller's own.
+    controllers: HashSet<String>,
 }
 
 impl Job {
@@ -92,6 +94,9 @@ impl HostJob for Job {
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.log(format!("done {host}"));
+        if self.controllers.contains(&*host) {
+            return Err("controller".into());
+        }
         if self.fail.contains(&*host) {
             Err("failed".into())
         } else {
@@ -105,6 +110,10 @@ impl HostJob for Job {
 
     fn is_failure(&self, d: &Result<(), String>) -> bool {
         d.is_err()
+    }
+
+    fn controllers_own(&self, d: &Result<(), String>) -> bool {
+        d.as_ref().is_err_and(|e| e == "controller")
     }
 
     fn to_recheck(&self, d: &Result<(), String>) -> bool {
@@ -1128,4 +1137,61 @@ async fn a_wave_over_budget_rechecks_its_good_hosts_at_once() {
         }),
         "{events:?}"
     );
+}
+
+/// A host that fails for a reason of the controller's own (no new
+/// connection from here) stops the run within its wave's budget: m2 and
+/// m3 of a wave allowing 2 failures, one at a time, never start (each
+/// would have been switched and failed the same way), nor does the wave
+/// after it. Each says why; the wave's failures alone (1 of 2) do not
+/// stop the run.
+#[tokio::test(start_paused = true)]
+async fn a_failure_of_the_controllers_own_starts_no_more_hosts() {
+    let job = Arc::new(Job {
+        controllers: ["m1".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("main", &["m1", "m2", "m3"], 1, 2, 60),
+            group("later", &["l1"], 1, 0, 0),
+        ],
+    };
+    let (events, emit) = recorder();
+    let e = ends(&run(job.clone(), &sel, rx, emit).await);
+    let log = job.entries();
+    let runs: Vec<&String> = log.iter().filter(|l| l.starts_with("run ")).collect();
+    assert_eq!(runs, ["run m1"], "{log:?}");
+    assert_eq!(e[0], ("m1".to_string(), "err:controller".to_string()));
+    let why = format!("{:?}", NotStarted::ControllerFailed { host: "m1".into() });
+    for (h, end) in &e[1..] {
+        assert_eq!(*end, why, "{h}: {e:?}");
+    }
+    assert!(events.lock().unwrap().iter().any(|e| matches!(e,
+        RunnerEvent::WaveFinished { wave, failures: 1, stops_run: false, .. } if wave == "main")));
+}
+
+/// Stopped by the controller's own failure, a soaking wave re-checks its
+/// hosts that ended well at once, as after a first Ctrl-C, with no wait.
+#[tokio::test(start_paused = true)]
+async fn a_wave_stopped_by_the_controller_rechecks_its_good_hosts_at_once() {
+    let job = Arc::new(Job {
+        controllers: ["m2".to_string()].into(),
+        ..Job::default()
+    });
+    let (_c, rx) = cancel::channel();
+    let sel = Selection {
+        groups: vec![
+            group("main", &["m1", "m2", "m3"], 2, 2, 3600),
+            group("later", &["l1"], 1, 0, 0),
+        ],
+    };
+    let start = tokio::time::Instant::now();
+    let e = ends(&run(job.clone(), &sel, rx, |_| {}).await);
+    let log = job.entries();
+    assert!(log.contains(&"rechecked m1".to_string()), "{log:?}");
+    assert!(!log.contains(&"run m3".to_string()), "{log:?}");
+    assert!(start.elapsed() < Duration::from_secs(3600), "no soak wait");
+    assert!(e[3].1.contains("ControllerFailed"), "{e:?}");
 }

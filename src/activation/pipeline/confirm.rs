@@ -164,6 +164,7 @@ impl<R: Remote> Run<'_, R> {
             Err(Confirm::Failed {
                 error,
                 login_rejected,
+                controllers_own,
             }) => {
                 // A first try's disarm that went unanswered may still run
                 // on the host: it stops nothing armed after it was sent
@@ -175,8 +176,9 @@ impl<R: Remote> Run<'_, R> {
                 match shortened {
                     Shortened::Due(due) => {
                         let armed = armed.shorter(window);
+                        let first = (error, controllers_own);
                         let rejected = u32::from(login_rejected);
-                        self.retry_confirm(&armed, due, error, rejected).await
+                        self.retry_confirm(&armed, due, first, rejected).await
                     }
                     Shortened::TooLate => Err(self.await_revert(CutOff::RevertBegan).await),
                 }
@@ -304,7 +306,9 @@ impl<R: Remote> Run<'_, R> {
     /// Try new connections until a moment before the revert is due: every
     /// attempt, its handshake included, ends by then. One that lands late
     /// anyway is told so by the host (the revert has begun) and changes
-    /// nothing. `first`: why the first try did not confirm; `rejected`:
+    /// nothing. `first`: why the first try did not confirm, and whether
+    /// that was this machine's own failure (the cut-off is, when every try
+    /// was: a try that timed out is the host's); `rejected`:
     /// logins the host rejected so far. After [`MAX_REJECTED_LOGINS`] of
     /// them no more are tried (each counts against this machine's address
     /// there): the host rejects the key that logged the run in before its
@@ -313,7 +317,7 @@ impl<R: Remote> Run<'_, R> {
         &mut self,
         armed: &Armed,
         due: tokio::time::Instant,
-        first: String,
+        (first, mut own): (String, bool),
         mut rejected: u32,
     ) -> Result<(), HostOutcome> {
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
@@ -338,14 +342,22 @@ impl<R: Remote> Run<'_, R> {
                 Ok(Err(Confirm::Failed {
                     error,
                     login_rejected,
+                    controllers_own,
                 })) => {
                     rejected += u32::from(login_rejected);
+                    own &= controllers_own;
                     error
                 }
-                Err(_) => "no confirmation before the host's revert was due".to_owned(),
+                Err(_) => {
+                    own = false;
+                    "no confirmation before the host's revert was due".to_owned()
+                }
             };
         }
-        let cause = CutOff::NoNewConnection { error };
+        let cause = CutOff::NoNewConnection {
+            error,
+            controllers_own: own,
+        };
         Err(self.await_revert_after(cause, rejected).await)
     }
 
@@ -374,10 +386,7 @@ impl<R: Remote> Run<'_, R> {
     pub(super) async fn reach_current(&mut self) -> Result<(), FailureReason> {
         self.reach_within()
             .await
-            .map_err(|cause| FailureReason::Remote {
-                step: "confirm over a new connection",
-                error: words_free(&cause),
-            })
+            .map_err(|cause| FailureReason::unconfirmed(&cause))
     }
 
     /// New connections tried for `new_connection_within`, until one reads
@@ -390,7 +399,10 @@ impl<R: Remote> Run<'_, R> {
         match reach::new_connection(self.fresh, current_system, window).await {
             Ok(now) if now.as_ref() == Some(&self.req.candidate) => Ok(()),
             Ok(seen) => Err(CutOff::NotOnCandidate { seen }),
-            Err(u) => Err(CutOff::NoNewConnection { error: u.error }),
+            Err(u) => Err(CutOff::NoNewConnection {
+                error: u.error,
+                controllers_own: u.controllers_own,
+            }),
         }
     }
 
@@ -401,6 +413,8 @@ impl<R: Remote> Run<'_, R> {
     async fn confirm_once(&self, fresh: anyhow::Result<R>, armed: &Armed) -> Result<(), Confirm> {
         let fresh = fresh.map_err(|e| Confirm::Failed {
             login_rejected: reach::login_rejected(&e),
+            controllers_own: crate::remote::patient::connect_error(&e)
+                .is_some_and(crate::ssh::ConnectError::is_controllers_own),
             error: format!("{e:#}"),
         })?;
         let link = &self.s.paths.current_system;
@@ -585,10 +599,7 @@ impl<R: Remote> Run<'_, R> {
     /// A revert under way that could not be stopped: the controller does
     /// not switch the host while it runs. The host needs a human.
     fn revert_not_stopped(&self, cause: CutOff, armed: &Armed, error: String) -> HostOutcome {
-        let reason = FailureReason::Remote {
-            step: "confirm over a new connection",
-            error: words_free(&cause),
-        };
+        let reason = FailureReason::unconfirmed(&cause);
         (self.emit)(ActivationEvent::GateFailed {
             gate: Gate::LiveActivate,
             reason: reason.clone(),
@@ -758,10 +769,7 @@ impl<R: Remote> Run<'_, R> {
     /// Unconfirmed, reached over the run's own session: the controller
     /// rolls the host back itself.
     async fn roll_back_unconfirmed(&mut self, cause: CutOff) -> HostOutcome {
-        let reason = FailureReason::Remote {
-            step: "confirm over a new connection",
-            error: words_free(&cause),
-        };
+        let reason = FailureReason::unconfirmed(&cause);
         // Not stopped before the revert, which failed: stopped now.
         let unstopped = self.unstopped.take();
         let stop = unstopped.as_ref().map(|(s, job)| (*s, job));
@@ -776,12 +784,6 @@ impl<R: Remote> Run<'_, R> {
             revert_due,
         }
     }
-}
-
-/// The cause as an error string for a failure reason (data, not prose:
-/// the reporters say it in words).
-fn words_free(cause: &CutOff) -> String {
-    serde_json::to_string(cause).unwrap_or_default()
 }
 
 /// How the first try at confirming went, and whether it shortened the
@@ -847,10 +849,13 @@ enum Look<R> {
 /// Why one confirmation attempt did not confirm.
 enum Confirm {
     /// No confirmation: why; `login_rejected`: no new connection, the host
-    /// rejected the login ([`reach::login_rejected`]).
+    /// rejected the login ([`reach::login_rejected`]); `controllers_own`:
+    /// no new connection, for a reason of this machine's own
+    /// ([`crate::ssh::ConnectError::is_controllers_own`]).
     Failed {
         error: String,
         login_rejected: bool,
+        controllers_own: bool,
     },
     NotOnCandidate(Option<StorePath>),
     /// The host's revert had begun: too late to disarm.
@@ -863,6 +868,7 @@ impl Confirm {
         Confirm::Failed {
             error,
             login_rejected: false,
+            controllers_own: false,
         }
     }
 }

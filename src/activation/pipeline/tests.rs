@@ -1477,7 +1477,7 @@ async fn a_candidate_rejecting_the_login_is_not_tried_over_and_over() {
         let armed = req.settings.confirm_timeout.is_some();
         match &ran.outcome {
             HostOutcome::RevertedByHost {
-                cause: CutOff::NoNewConnection { error },
+                cause: CutOff::NoNewConnection { error, .. },
                 to,
                 ..
             } if armed => {

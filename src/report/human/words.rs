@@ -78,6 +78,9 @@ pub fn not_started_briefly(e: &HostEnd) -> Option<String> {
             NotStarted::Cancelled => "cancelled".into(),
             NotStarted::WaveFailed { wave } => format!("wave {wave} over its budget"),
             NotStarted::EarlierWaveFailed { wave } => format!("wave {wave} failed"),
+            NotStarted::ControllerFailed { host } => {
+                format!("this machine failed at {host}")
+            }
         }),
         HostEnd::Activation { activation } => match activation.as_ref() {
             HostOutcome::Cancelled { .. } => Some("cancelled".into()),
@@ -367,6 +370,10 @@ pub fn not_started(n: &NotStarted) -> String {
         NotStarted::EarlierWaveFailed { wave } => {
             format!("wave {wave} failed, so later waves do not start")
         }
+        NotStarted::ControllerFailed { host } => format!(
+            "this machine could make no new connection to {host} for a reason of its own (see \
+             {host}), which would fail every host after it: fix it and push again"
+        ),
     }
 }
 
@@ -757,7 +764,7 @@ pub fn rollback_error(e: &RollbackError) -> String {
 pub fn cut_off(c: &crate::activation::CutOff) -> String {
     use crate::activation::CutOff;
     match c {
-        CutOff::NoNewConnection { error } => format!(
+        CutOff::NoNewConnection { error, .. } => format!(
             "unreachable over a new connection after the switch ({})",
             first_line(error)
         ),

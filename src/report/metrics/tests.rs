@@ -470,6 +470,7 @@ fn an_end_that_leaves_the_host_unknown_forgets_what_it_ran() {
     let unreachable = HostEnd::activation(HostOutcome::Unreachable {
         cause: CutOff::NoNewConnection {
             error: "timed out".into(),
+            controllers_own: false,
         },
         last_seen: fixture::sp('b', "nixos-system-web"),
         revert_due: true,
