@@ -359,15 +359,22 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
-    /// A wave after the run stopped: planned ends (and copies failed
-    /// already) stay, the rest never start.
+    /// A wave after the run stopped: the plan's refusals stay, every other
+    /// host never starts, its copy ahead failed or not. Whether a copy
+    /// ahead had failed by the time the run stopped, or was still under
+    /// way and is stopped here, is timing (a canary failing a second
+    /// sooner, a relay batch ending later): its host ended `failed` at the
+    /// copy gate or `not-started` for the same facts. The copy's failure
+    /// was told when it failed (its gate's `gate_failed`); the host's end
+    /// is its wave's, which never ran.
     fn skip_wave(&mut self, group: &Group, why: &NotStarted) {
         for h in &group.hosts {
             if let Some(staging) = self.staged.remove(h) {
                 staging.stop();
             }
+            self.ended_early.remove(h);
             self.let_go(h);
-            let r = match self.known_end(h) {
+            let r = match self.job.planned_end(h) {
                 Some(done) => {
                     self.job.ended(h, &done);
                     HostResult {

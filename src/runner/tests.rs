@@ -1042,22 +1042,26 @@ async fn a_copy_failing_during_its_wave_ends_its_host_at_once() {
     assert!(e[2].1.contains("WaveFailed"), "{e:?}");
 }
 
-/// A host whose copy failed keeps that end when an earlier wave stops the
-/// run before its own starts (it said "not started"); a canary whose copy
-/// fails stops the run like any failed canary.
+/// A host whose wave never runs ends not started, whether its copy ahead
+/// had failed when an earlier wave stopped the run (m5's, at 1 s, while
+/// the canary ran) or was still under way and was stopped (at 60 s): the
+/// same facts, the same report (it said "copy failed" in the first case
+/// only). A canary whose copy fails stops the run like any failed canary.
 #[tokio::test(start_paused = true)]
-async fn a_failed_copy_is_its_hosts_end_when_its_wave_never_runs() {
-    let job = Arc::new(Job {
-        fail: ["c1".to_string()].into(),
-        copy_fails: ["m5".to_string()].into(),
-        ..Job::default()
-    });
-    let (_c, rx) = cancel::channel();
-    let e = ends(&run(job.clone(), &selection(), rx, |_| {}).await);
-    assert_eq!(e[0], ("c1".to_string(), "err:failed".to_string()));
-    assert_eq!(e[5], ("m5".to_string(), "err:copy failed".to_string()));
-    for (h, end) in &e[1..5] {
-        assert!(end.contains("EarlierWaveFailed"), "{h}: {e:?}");
+async fn a_host_whose_wave_never_runs_is_not_started_whatever_its_copy_did() {
+    for copy_ms in [1000, 60_000] {
+        let job = Arc::new(Job {
+            fail: ["c1".to_string()].into(),
+            copy_fails: ["m5".to_string()].into(),
+            stage_ms: [("m5".to_string(), copy_ms)].into(),
+            ..Job::default()
+        });
+        let (_c, rx) = cancel::channel();
+        let e = ends(&run(job.clone(), &selection(), rx, |_| {}).await);
+        assert_eq!(e[0], ("c1".to_string(), "err:failed".to_string()));
+        for (h, end) in &e[1..] {
+            assert!(end.contains("EarlierWaveFailed"), "{copy_ms}: {h}: {e:?}");
+        }
     }
     let job = Arc::new(Job {
         copy_fails: ["c1".to_string()].into(),
