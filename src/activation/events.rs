@@ -161,6 +161,16 @@ pub enum Warning {
     /// removed as the run let the host go: it keeps that closure until the
     /// next run that copies ahead to the host removes it.
     StagedRootLeft { root: String, error: String },
+    /// A live rollback went to the system the host ran before this deploy,
+    /// not to its known-good `known_good`: that one differs from it in what
+    /// only a reboot changes (`changes`: systemd, dbus, the kernel), which
+    /// nixgate never switches live (NixOS 25.11's switch inhibitors refuse
+    /// it, and older NixOS would run the old system on the new systemd or
+    /// kernel).
+    KnownGoodNeedsReboot {
+        known_good: StorePath,
+        changes: Vec<crate::activation::inhibitors::ComponentChange>,
+    },
 }
 
 /// One event of a host's activation.

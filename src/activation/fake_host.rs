@@ -615,7 +615,10 @@ impl State {
                 .unwrap_or_default();
             ok(&format!("{log}\n"))
         } else if script == inhibitors::COMPARE {
-            let cur = self.behaviour(&self.current.clone()).systemd;
+            // `$1`: /run/current-system, or a system named by its path (a
+            // rollback's comparison against the system run before).
+            let cur = StorePath::parse(a[4]).unwrap_or(self.current.clone());
+            let cur = self.behaviour(&cur).systemd;
             let cand = self.behaviour(&StorePath::parse(a[5]).unwrap()).systemd;
             ok(&format!(
                 "systemd\t/nix/store/{cur}\t/nix/store/{cand}\n\

@@ -871,6 +871,53 @@ async fn a_known_good_without_its_record_is_never_a_rollback_target() {
     assert_eq!(host.state().current, sp(OLD));
 }
 
+/// The known-good (ODD) differs from the system the host runs (OLD: a
+/// systemd update deferred to boot, never marked, then booted) in its
+/// systemd: a failed candidate is rolled back to OLD, what the host ran,
+/// not switched live onto ODD's older systemd (NixOS 25.11's inhibitors
+/// refuse that switch: `rollback-failed`, the candidate left live).
+#[tokio::test(start_paused = true)]
+async fn a_known_good_that_needs_a_reboot_is_not_the_live_rollback_target() {
+    let host = FakeHost::new(&sp(ODD));
+    host.behave(&sp(ODD), Behaviour::systemd_change());
+    let mut req = request(Goal::Gated);
+    req.candidate = sp(ODD);
+    let marked = run(&host, &req).await;
+    assert!(
+        matches!(
+            marked.outcome,
+            HostOutcome::AlreadyCurrent { mark: Some(_), .. }
+        ),
+        "{:?}",
+        marked.outcome
+    );
+    {
+        let mut st = host.state();
+        st.set_profile(SYSTEM, &sp(OLD));
+        (st.current, st.booted, st.boot_default) = (sp(OLD), sp(OLD), sp(OLD));
+    }
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            healthy: false,
+            ..Default::default()
+        },
+    );
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+    assert!(ran.events.iter().any(|e| matches!(
+        e,
+        ActivationEvent::Warning {
+            warning: Warning::KnownGoodNeedsReboot { known_good, .. }
+        } if *known_good == sp(ODD)
+    )));
+    assert_eq!(host.state().current, sp(OLD));
+}
+
 #[tokio::test(start_paused = true)]
 async fn failing_health_check_rolls_back() {
     let host = candidate_that(Behaviour {

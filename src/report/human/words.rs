@@ -558,6 +558,17 @@ pub fn warning(w: &Warning) -> String {
              garbage collector may delete it before its wave starts, failing its copy gate",
             first_line(error)
         ),
+        Warning::KnownGoodNeedsReboot {
+            known_good,
+            changes,
+        } => format!(
+            "rolled back to the system it ran before this deploy, not to known-good {}: going \
+             there needs a reboot ({}); `nixgate rollback` with `--reboot` takes it there",
+            short_closure(known_good),
+            reboot_reason(&RebootReason::Components {
+                changes: changes.clone()
+            })
+        ),
         Warning::StagedRootLeft { root, error } => format!(
             "the root {root} of the closure copied ahead could not be removed ({}): it keeps that \
              closure until the next run copying ahead to this host, or `rm {root}` there",
