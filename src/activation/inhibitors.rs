@@ -177,6 +177,45 @@ pub async fn before_live_switch<R: Remote>(
     })
 }
 
+/// Where a live rollback goes: `known_good`, unless it differs from
+/// `before` (the system the host ran before this run: the one whose
+/// systemd and kernel run now, as a candidate changing them is never
+/// switched live) in what only a reboot changes. Switched live, it was
+/// refused by NixOS 25.11's switch inhibitors (`rollback-failed`, the
+/// failing candidate left live), and on older NixOS it ran on the newer
+/// systemd and kernel, which nixgate refuses forward: then `before`, and a
+/// warning says why. A comparison that cannot be read leaves the
+/// known-good (as before). One command, only when the known-good is
+/// another system than `before`, on NixOS.
+pub async fn live_rollback_target<R: Remote>(
+    remote: &R,
+    settings: &super::settings::HostSettings,
+    before: &StorePath,
+    known_good: Option<StorePath>,
+    emit: &(dyn Fn(super::events::ActivationEvent) + Send + Sync),
+) -> StorePath {
+    let Some(k) = known_good.filter(|k| k != before) else {
+        return before.clone();
+    };
+    if settings.os != super::settings::Os::Linux {
+        return k;
+    }
+    let compare = before_live_switch(remote, before.as_str(), &k, settings.sudo);
+    let limit = super::settings::STEP_LIMIT;
+    match tokio::time::timeout(limit, compare).await {
+        Ok(Ok(read)) if !read.changes.is_empty() => {
+            emit(super::events::ActivationEvent::Warning {
+                warning: super::events::Warning::KnownGoodNeedsReboot {
+                    known_good: k,
+                    changes: read.changes,
+                },
+            });
+            before.clone()
+        }
+        _ => k,
+    }
+}
+
 /// A failed NixOS pre-switch check found in a switch's output.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PreSwitchFailure {

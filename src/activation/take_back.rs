@@ -35,8 +35,13 @@ pub async fn take_back<R: Remote>(
         && let Some(previous) = revoke_warned(remote, settings, generation, emit).await
     {
         revoked = Some(generation);
-        if let Some(closure) = closure_of(remote, settings, previous).await {
-            to = closure;
+        let known_good = closure_of(remote, settings, previous).await;
+        if mode == RollbackMode::BootOnly {
+            to = known_good.unwrap_or(to);
+        } else {
+            to =
+                super::inhibitors::live_rollback_target(remote, settings, before, known_good, emit)
+                    .await;
         }
     }
     emit(ActivationEvent::RollbackStarted {

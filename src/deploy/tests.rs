@@ -767,6 +767,44 @@ async fn a_take_back_never_lands_on_an_unfinished_mark() {
     assert_eq!(f.hosts["web1"].state().current, sp(OLD));
 }
 
+/// web1's known-good (OLD, generation 1) differs in systemd from what it
+/// runs (MID: a systemd update deferred to boot, never marked, then
+/// booted): the soak's take-back after NEW fails goes to MID, not live
+/// onto OLD's older systemd (NixOS 25.11's inhibitors refuse that switch:
+/// the take-back failed and left the failing candidate live).
+#[tokio::test(start_paused = true)]
+async fn a_take_back_does_not_switch_live_to_a_known_good_needing_a_reboot() {
+    let mid = "/nix/store/3mid3mid3mid3mid3mid3mid3mid3mid-nixos-system-web-24.08";
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.hosts["web1"].behave(
+        &sp(OLD),
+        crate::activation::fake_host::Behaviour::systemd_change(),
+    );
+    {
+        let mut st = f.hosts["web1"].state();
+        st.unhealthy_after = Some(1);
+        st.set_profile(SYSTEM, &sp(mid));
+        (st.current, st.booted, st.boot_default) = (sp(mid), sp(mid), sp(mid));
+    }
+    let plan = plan_of(&f.inv, |h| {
+        if h == "web1" {
+            ready_on(NEW, mid)
+        } else {
+            ready(NEW)
+        }
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    match &hosts[0].end {
+        HostEnd::SoakFailed {
+            revoked: Some(2),
+            rollback: Some(RollbackOutcome::RolledBack { to, .. }),
+            ..
+        } => assert_eq!(to, &sp(mid)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.hosts["web1"].state().current, sp(mid));
+}
+
 /// A host that already ran the candidate, found unhealthy after its soak:
 /// this run did not change it, so nothing is taken back and no generation
 /// is revoked (before: the re-mark's generation, proven by an earlier run,

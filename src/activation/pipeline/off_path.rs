@@ -276,7 +276,9 @@ impl<R: Remote> Run<'_, R> {
         let known_good = (self.known_good.clone())
             .filter(|k| gate == Gate::MarkKnownGood || *k != self.req.candidate);
         let (to, mode) = if self.live_changed {
-            let to = self.live_rollback_target(known_good).await;
+            let (remote, s, before) = (self.remote, self.s, &self.pre_current);
+            let to =
+                inhibitors::live_rollback_target(remote, s, before, known_good, self.emit).await;
             let mode = if self.boot_changed {
                 RollbackMode::Persistent
             } else {
@@ -349,45 +351,6 @@ impl<R: Remote> Run<'_, R> {
     /// Before the live switch: which units are failed already (Linux;
     /// read with the critical components, one command). Best effort:
     /// without the list, nothing is reset before a rollback.
-    /// Where a live rollback goes: the known-good, unless it differs from
-    /// the system the host ran before this deploy (the one whose systemd
-    /// and kernel run now: a candidate changing them is never switched
-    /// live) in what only a reboot changes. Switched live, it was refused
-    /// by NixOS 25.11's switch inhibitors (`rollback-failed`, the failing
-    /// candidate left live), and on older NixOS it ran on the newer
-    /// systemd and kernel, which nixgate refuses forward: then the system
-    /// it ran before, and a warning says why. A comparison that cannot be
-    /// read leaves the known-good (as before). One command, only when a
-    /// rollback goes to a known-good other than that system.
-    async fn live_rollback_target(&mut self, known_good: Option<StorePath>) -> StorePath {
-        let before = self.pre_current.clone();
-        let Some(k) = known_good.filter(|k| *k != before) else {
-            return before;
-        };
-        if self.s.os != Os::Linux {
-            return k;
-        }
-        let compare = inhibitors::before_live_switch(self.remote, before.as_str(), &k, self.s.sudo);
-        match bounded(
-            "compare the rollback's critical components",
-            STEP_LIMIT,
-            compare,
-        )
-        .await
-        {
-            Ok(read) if !read.changes.is_empty() => {
-                (self.emit)(ActivationEvent::Warning {
-                    warning: Warning::KnownGoodNeedsReboot {
-                        known_good: k,
-                        changes: read.changes,
-                    },
-                });
-                before
-            }
-            _ => k,
-        }
-    }
-
     pub(super) fn record_failed_units(&mut self, units: Option<BTreeSet<String>>) {
         if let Some(units) = &units
             && !units.is_empty()
