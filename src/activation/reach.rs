@@ -3,8 +3,9 @@
 //! a firewall may drop only new connections: the run's own session working
 //! proves nothing about the next login. Tried every [`RETRY`] within a
 //! window: a handshake refused while sshd restarts is not a lockout. A
-//! login the host rejects is tried [`MAX_REJECTED_LOGINS`] times at most:
-//! more would get this machine blocked there.
+//! login the host rejects is tried [`MAX_REJECTED_LOGINS`] times at most,
+//! [`REJECTED_LOGIN_SPACING`] apart: more, or closer, would get this
+//! machine blocked there.
 //!
 //! Used after a live switch (magic rollback's confirmation, see
 //! [`super::pipeline`]) and after a wave's soak (a candidate that locks SSH
@@ -24,7 +25,7 @@ pub(crate) const RETRY: Duration = Duration::from_secs(2);
 /// A new connection's read, once its handshake is done.
 pub(crate) const READS_BOUND: Duration = Duration::from_secs(10);
 
-pub use crate::remote::patient::MAX_REJECTED_LOGINS;
+pub use crate::remote::patient::{MAX_REJECTED_LOGINS, REJECTED_LOGIN_SPACING, retry_wait};
 
 /// Why no new connection reached the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,8 @@ pub struct Unreached {
 /// over it), the controller's own only when every try failed on this side:
 /// one bastion hiccup, then a login that hung until the window closed,
 /// read as this side's, and the soak kept a locked-out host known-good.
-/// [`MAX_REJECTED_LOGINS`] logins rejected end the window early.
+/// [`MAX_REJECTED_LOGINS`] logins rejected end the window early; a try
+/// after a rejected one waits [`REJECTED_LOGIN_SPACING`] ([`retry_wait`]).
 pub async fn new_connection<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
@@ -65,13 +67,14 @@ pub async fn new_connection<R: Remote>(
         rejected += u32::from(failed.login_rejected);
         let own_for_good = failed.unreached.controllers_own && failed.lasting;
         let enough = own_for_good || rejected >= MAX_REJECTED_LOGINS;
-        if enough || tokio::time::Instant::now() + RETRY >= end {
+        let wait = retry_wait(failed.login_rejected, RETRY);
+        if enough || tokio::time::Instant::now() + wait >= end {
             let mut unreached = failed.unreached;
             unreached.controllers_own = !hosts_part;
             return Err(unreached);
         }
         last = Some(failed);
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -231,7 +234,10 @@ mod tests {
     /// A host that rejects the key every time (its candidate dropped the
     /// user's authorized key): a few logins, not one every 2 s for the
     /// window (30 of them got this machine blocked by sshd's
-    /// PerSourcePenalties and fail2ban), and the host's failure.
+    /// PerSourcePenalties and fail2ban), and the host's failure. The few
+    /// span 10 s (5 s apart, not 2 s): a key lookup restarting (sssd, an
+    /// `AuthorizedKeysCommand`) rejects the key that long, and the window
+    /// ended 4 s in.
     #[tokio::test(start_paused = true)]
     async fn a_host_rejecting_the_login_is_tried_a_few_times_only() {
         let rejecting = Failing(
@@ -251,7 +257,8 @@ mod tests {
         assert!(!u.controllers_own, "{u:?}");
         assert!(u.error.contains("authentication as deploy failed"), "{u:?}");
         assert_eq!(rejecting.1.load(Ordering::SeqCst), MAX_REJECTED_LOGINS);
-        assert!(started.elapsed() < Duration::from_secs(10), "ended early");
+        // Three tries of 0.3 s, 5 s apart: ended at 10.9 s, not at 60 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(10_900));
     }
 
     /// Fails the first try with `first()`, at once; every later try with

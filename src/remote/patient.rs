@@ -66,12 +66,34 @@ fn lost(r: &anyhow::Result<Output>) -> bool {
 /// 5 s (`authfail:5`) to a penalty that runs down in real time, and an
 /// address whose penalty passes 15 s (`min:15`) is refused new
 /// connections, for up to 600 s (`max:600`); fail2ban's sshd jail bans
-/// after 5 failures (`maxretry`) for 10 minutes. Three rejections 2 s
-/// apart leave a penalty of about 11 s: under both. The run's own session
+/// after 5 failures (`maxretry`) for 10 minutes. Three rejections
+/// [`REJECTED_LOGIN_SPACING`] apart stay under both. The run's own session
 /// survives a block; the confirm after a revert, and the next run, need
 /// new ones. Other failures (a refused TCP connection while sshd
 /// restarts, a timeout) are tried for the whole window as before.
 pub const MAX_REJECTED_LOGINS: u32 = 3;
+
+/// The least wait after a rejected login before the next try, wherever
+/// logins are retried (a new-connection window, the confirm, a [`Patient`]
+/// command): [`MAX_REJECTED_LOGINS`] tries then span 10 s. A host whose
+/// key lookup restarts during a switch (`AuthorizedKeysCommand`, sssd:
+/// 5-10 s) rejects the key meanwhile; tried 1 s and 2 s apart, the three
+/// were spent in 3 s, and a good host was reverted. 5 s apart, each
+/// rejection's 5 s penalty has run out before the next is added: the
+/// address's penalty never passes 5 s, a third of `min:15`; fail2ban
+/// counts 3 of its 5.
+pub const REJECTED_LOGIN_SPACING: Duration = Duration::from_secs(5);
+
+/// The wait before the next try after one that failed: `otherwise`, but
+/// at least [`REJECTED_LOGIN_SPACING`] after a login the host rejected
+/// (`rejected`).
+pub fn retry_wait(rejected: bool, otherwise: Duration) -> Duration {
+    if rejected {
+        otherwise.max(REJECTED_LOGIN_SPACING)
+    } else {
+        otherwise
+    }
+}
 
 /// Is `e` a login sshd refused, the key offered rejected
 /// ([`crate::ssh::ConnectError::is_login_rejected`])?
@@ -102,8 +124,7 @@ pub fn connect_error(e: &anyhow::Error) -> Option<&crate::ssh::ConnectError> {
 /// most [`MAX_REJECTED_LOGINS`] times in all,
 /// as a new-connection window is (sshd's `PerSourcePenalties` and
 /// fail2ban block an address that keeps failing logins: tried until the
-/// deadline, 300 s, that was some 20 logins); the backoff spaces them
-/// 1 s, 2 s, 4 s apart: a host booting past its nologin by then is rare.
+/// deadline, 300 s, that was some 20 logins), [`retry_wait`] apart.
 async fn retried<F, Fut>(name: &str, deadline: Instant, mut attempt: F) -> anyhow::Result<Output>
 where
     F: FnMut() -> Fut,
@@ -115,15 +136,12 @@ where
         if !lost(&r) {
             return r;
         }
-        if let Err(e) = &r
-            && login_rejected(e)
-        {
-            rejected += 1;
-            if rejected >= MAX_REJECTED_LOGINS {
-                return r;
-            }
+        let now_rejected = r.as_ref().is_err_and(login_rejected);
+        rejected += u32::from(now_rejected);
+        if rejected >= MAX_REJECTED_LOGINS {
+            return r;
         }
-        let wait = backoff(n);
+        let wait = retry_wait(now_rejected, backoff(n));
         n += 1;
         if Instant::now() + wait >= deadline {
             return r;
@@ -258,19 +276,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_login_refused_with_a_key_offered_is_tried_again() {
         let r = NoLoginThen(AtomicU32::new(0), 2);
+        let started = Instant::now();
         let p = Patient::new(&r, Duration::from_secs(60));
         let out = p.exec(&Command::new("nix-env")).await.unwrap();
         assert!(out.success());
         assert_eq!(r.0.load(Ordering::SeqCst), 3);
-        // Refused on: the rejection is said at the third login (1 s and
-        // 2 s apart), not after a login every backoff until the deadline
-        // (sshd's PerSourcePenalties, fail2ban block such an address).
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // Refused on: the rejection is said at the third login, not after
+        // a login every backoff until the deadline (sshd's
+        // PerSourcePenalties, fail2ban block such an address); the three
+        // 5 s apart, not 1 s and 2 s: they span 10 s, the restart of a key
+        // lookup (sssd, an AuthorizedKeysCommand) that rejects the key
+        // meanwhile.
         let r = NoLoginThen(AtomicU32::new(0), u32::MAX);
         let started = Instant::now();
         let p = Patient::new(&r, Duration::from_secs(300));
         let e = p.exec(&Command::new("nix-env")).await.unwrap_err();
         assert!(format!("{e:#}").contains("authentication as deploy failed"));
-        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert_eq!(r.0.load(Ordering::SeqCst), 3);
     }
 

@@ -8,10 +8,10 @@ use super::*;
 use crate::activation::deadman::{self, Armed, Revert};
 use crate::activation::reach;
 
-// Between two attempts at a new connection; a look's two reads over a new
-// connection, once its handshake is done; logins rejected before no more
-// are tried.
-use crate::activation::reach::{MAX_REJECTED_LOGINS, READS_BOUND, RETRY};
+// Between two attempts at a new connection (longer after a rejected
+// login); a look's two reads over a new connection, once its handshake is
+// done; logins rejected before no more are tried.
+use crate::activation::reach::{MAX_REJECTED_LOGINS, READS_BOUND, RETRY, retry_wait};
 
 /// How long after the controller counts it due a revert shows its mark at
 /// the latest: the timer's accuracy (1 s), half a round trip of the arm,
@@ -308,11 +308,12 @@ impl<R: Remote> Run<'_, R> {
     /// anyway is told so by the host (the revert has begun) and changes
     /// nothing. `first`: why the first try did not confirm, and whether
     /// that was this machine's own failure (the cut-off is, when every try
-    /// was: a try that timed out is the host's); `rejected`:
-    /// logins the host rejected so far. After [`MAX_REJECTED_LOGINS`] of
-    /// them no more are tried (each counts against this machine's address
-    /// there): the host rejects the key that logged the run in before its
-    /// switch, and its revert is waited for.
+    /// was: a try that timed out is the host's); `rejected`: logins the
+    /// host rejected so far (the first try's). After
+    /// [`MAX_REJECTED_LOGINS`] of them no more are tried (each counts
+    /// against this machine's address there), the host rejecting the key
+    /// that logged the run in before its switch, and its revert is waited
+    /// for; a try after a rejected one waits longer ([`retry_wait`]).
     async fn retry_confirm(
         &mut self,
         armed: &Armed,
@@ -322,8 +323,9 @@ impl<R: Remote> Run<'_, R> {
     ) -> Result<(), HostOutcome> {
         let stop_at = due.checked_sub(RETRY).unwrap_or(due);
         let mut error = first;
-        while rejected < MAX_REJECTED_LOGINS && tokio::time::Instant::now() + RETRY < stop_at {
-            tokio::time::sleep(RETRY).await;
+        let mut wait = retry_wait(rejected > 0, RETRY);
+        while rejected < MAX_REJECTED_LOGINS && tokio::time::Instant::now() + wait < stop_at {
+            tokio::time::sleep(wait).await;
             let attempt = async {
                 let fresh = self.fresh.fresh().await;
                 self.confirm_once(fresh, armed).await
@@ -346,6 +348,7 @@ impl<R: Remote> Run<'_, R> {
                 })) => {
                     rejected += u32::from(login_rejected);
                     own &= controllers_own;
+                    wait = retry_wait(login_rejected, RETRY);
                     error
                 }
                 Err(_) => {
@@ -635,6 +638,7 @@ impl<R: Remote> Run<'_, R> {
         let mut reached = None;
         let mut under_way = false;
         loop {
+            let rejected_before = rejected;
             let (seen, fresh) = self.look_once(armed, &mut rejected).await;
             if let Some(s) = &seen {
                 under_way = s.seen.under_way;
@@ -670,10 +674,11 @@ impl<R: Remote> Run<'_, R> {
                 _ => {}
             }
             let end = if under_way { patience } else { give_up };
-            if tokio::time::Instant::now() + RETRY >= end {
+            let wait = retry_wait(rejected > rejected_before, RETRY);
+            if tokio::time::Instant::now() + wait >= end {
                 break;
             }
-            tokio::time::sleep(RETRY).await;
+            tokio::time::sleep(wait).await;
         }
         Look::NotSeen {
             reached,

@@ -1548,6 +1548,40 @@ async fn a_candidate_rejecting_the_login_is_not_tried_over_and_over() {
     }
 }
 
+/// A good candidate whose key lookup restarts with the switch (sssd, an
+/// `AuthorizedKeysCommand`): the run's key is rejected for 8 s, then let
+/// in. Its 3 logins are 5 s apart, the third after the restart: confirmed.
+/// Before, 2 s apart, all three were rejected within 4 s and the good host
+/// was reverted (or, magic rollback off, rolled back).
+#[tokio::test(start_paused = true)]
+async fn a_key_lookup_restarting_with_the_switch_is_waited_out() {
+    for req in [armed(Goal::Gated), request(Goal::Gated)] {
+        let host = candidate_that(Behaviour {
+            rejects_logins: true,
+            ..Default::default()
+        });
+        let restarting = host.clone();
+        let back = tokio::spawn(async move {
+            while restarting.state().logins_rejected == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            restarting.state().rejects_logins = false;
+        });
+        let ran = run(&host, &req).await;
+        back.abort();
+        let armed = req.settings.confirm_timeout.is_some();
+        assert!(
+            matches!(ran.outcome, HostOutcome::KnownGood { .. }),
+            "armed {armed}: {:?}",
+            ran.outcome
+        );
+        let st = host.state();
+        assert_eq!(st.current, sp(NEW));
+        assert_eq!(st.logins_rejected, 2, "armed {armed}");
+    }
+}
+
 /// Cut off after its switch, a host someone else moved meanwhile (a
 /// hand's `nixos-rebuild switch` while the controller could not get in,
 /// or another run that took the host over: a controller suspended past
