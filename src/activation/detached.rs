@@ -14,7 +14,7 @@ use super::inhibitors::{ComponentChange, pre_switch_failure};
 use super::settings::HostSettings;
 use super::switch::{self, Around, FireOutcome, Launch, SwitchJob};
 use super::verify_poll::{
-    self, FirstPoll, JobState, PollEvent, PollSnapshot, VerifyOutcome, Watched,
+    self, FirstPoll, JobState, PollEvent, PollFailed, PollSnapshot, VerifyOutcome, Watched,
 };
 use crate::gates::SwitchAction;
 use crate::nix::StorePath;
@@ -122,6 +122,16 @@ pub enum SwitchFailure {
         elapsed: Duration,
         seen: Option<StorePath>,
         last: Option<JobState>,
+    },
+    /// Reconnecting to poll the job was refused in a way waiting cannot
+    /// change ([`VerifyOutcome::ReconnectRefused`]), `elapsed` after
+    /// firing: said at once, not polled until the deadline. The job may
+    /// still run; the caller stops it as a hung one (over the same
+    /// refusal, that fails at once too).
+    ReconnectRefused {
+        error: String,
+        elapsed: Duration,
+        seen: Option<StorePath>,
     },
 }
 
@@ -452,7 +462,7 @@ async fn refused_yet_ran<R: Remote>(
                     snapshot: Some(s),
                 });
             }
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer to a poll".to_owned(),
         };
         *job = attempt;
@@ -526,7 +536,8 @@ struct LostFire {
 
 /// Whether the job of a fire whose answer was lost started (`false`:
 /// nothing ran, fire again), polling it with backoff (`lost` counts the
-/// losses) until the deadline. A re-fire that found the unit loaded is
+/// losses) until the deadline, or a reconnect refused for good (then
+/// unconfirmed at once). A re-fire that found the unit loaded is
 /// not a refusal until a poll after it finds that unit neither running
 /// nor having run the job (else it is the first fire, and runs).
 async fn started<R: Remote>(
@@ -565,7 +576,12 @@ async fn started<R: Remote>(
                 };
             }
             Ok(Ok(_)) => return Ok(true),
-            Ok(Err(e)) => error = e,
+            // Asked again, the host refuses again: whether it started is
+            // not known, and waiting until the deadline cannot tell.
+            Ok(Err(PollFailed::Refused(e))) => {
+                return Err(SwitchFailure::FireUnconfirmed { error: e });
+            }
+            Ok(Err(e)) => error = e.to_string(),
             Err(_) => error = "no answer to a poll".into(),
         }
     }
@@ -704,6 +720,15 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
             code,
             log_tail: switch::log_tail(remote, job).await,
         },
+        VerifyOutcome::ReconnectRefused {
+            error,
+            elapsed,
+            seen,
+        } => SwitchFailure::ReconnectRefused {
+            error,
+            elapsed,
+            seen,
+        },
         VerifyOutcome::NotFlipped { seen } => SwitchFailure::NotFlipped {
             seen,
             log_tail: switch::log_tail(remote, job).await,
@@ -828,6 +853,63 @@ mod tests {
                 poll("inactive", "exited 0", NEW),
             ],
         )
+    }
+
+    /// Answers its first `.1` commands as `.0` does; refuses every later
+    /// one for good, as a host whose key changed does
+    /// ([`crate::remote::patient::refusing::Refusing`]).
+    struct RefusedAfter(ScriptedRemote, u32, std::sync::atomic::AtomicU32);
+
+    impl Remote for RefusedAfter {
+        fn name(&self) -> &str {
+            "web1"
+        }
+        async fn exec(&self, cmd: &crate::remote::Command) -> anyhow::Result<Output> {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            if self.2.fetch_add(1, Ordering::SeqCst) < self.1 {
+                return self.0.exec(cmd).await;
+            }
+            let refusing = crate::remote::patient::refusing::Refusing(AtomicU32::new(0));
+            refusing.exec(cmd).await
+        }
+        async fn exec_stream(
+            &self,
+            _: &crate::remote::Command,
+        ) -> anyhow::Result<crate::remote::Streaming> {
+            anyhow::bail!("no streams")
+        }
+    }
+
+    /// Fired, then every reconnect refused for good (the host key changed):
+    /// the switch fails at once, saying so: `reconnect_refused` when the
+    /// fire's answer came, `fire_unconfirmed` when it was lost. Before, it
+    /// was polled until the budget ran out (60 s here): a `timeout`, or
+    /// unconfirmed, then.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_refused_for_good_fails_the_switch_at_once() {
+        let polled = poll("active", "started", OLD).stdout_str();
+        let running = ok(&format!("NixgateLock=free\nNixgateFire=0\n{polled}"));
+        for fire in [running, lost()] {
+            let answered = fire.exit != Exit::ConnectionLost;
+            let polls = vec![poll("active", "started", OLD)];
+            let r = RefusedAfter(scripted(vec![fire], polls), 1, Default::default());
+            let t0 = tokio::time::Instant::now();
+            let result = run(&r, Duration::from_secs(60), &mut job()).await;
+            let error = match result {
+                SwitchResult::Failed(SwitchFailure::ReconnectRefused { error, seen, .. })
+                    if answered =>
+                {
+                    assert_eq!(seen, Some(sp(OLD)));
+                    error
+                }
+                SwitchResult::Failed(SwitchFailure::FireUnconfirmed { error }) if !answered => {
+                    error
+                }
+                other => panic!("answered {answered}: {other:?}"),
+            };
+            assert!(error.contains("HOST KEY CHANGED"), "{error}");
+            assert!(t0.elapsed() <= Duration::from_secs(1), "{:?}", t0.elapsed());
+        }
     }
 
     /// Every attempt of a fire that arms the revert arms it for what is

@@ -791,11 +791,15 @@ pub enum Stop {
 
 impl Stop {
     /// What a switch that failed so must have stopped before anything
-    /// else: one still running at the deadline, or one whose start was
-    /// never confirmed (it may run yet); `None`: nothing runs.
+    /// else: one still running at the deadline, or no longer polled (its
+    /// reconnect refused), or one whose start was never confirmed (it may
+    /// run yet); `None`: nothing runs.
     pub fn after(f: &super::detached::SwitchFailure) -> Option<Stop> {
+        use super::detached::SwitchFailure;
         match f {
-            super::detached::SwitchFailure::Timeout { .. } => Some(Stop::Job),
+            SwitchFailure::Timeout { .. } | SwitchFailure::ReconnectRefused { .. } => {
+                Some(Stop::Job)
+            }
             f if f.start_unconfirmed() => Some(Stop::Attempts),
             _ => None,
         }

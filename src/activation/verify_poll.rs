@@ -7,7 +7,12 @@
 //! exited, the system profile (step 6 starts from it instead of reading it
 //! with a command of its own). A poll that loses the
 //! connection, or cannot start, is retried with backoff until the deadline:
-//! the `Remote` reconnects on demand and the detached job does not care.
+//! the `Remote` reconnects on demand and the detached job does not care. A
+//! reconnect refused in a way waiting cannot change (the host key changed,
+//! no key to offer: [`crate::remote::patient::refused_for_good`]) ends the
+//! polling at once, [`VerifyOutcome::ReconnectRefused`]: it was polled
+//! until the activation budget ran out (300 s by default), then called a
+//! timeout, for a failure known at the first refusal.
 //!
 //! The wait between polls happens on the host: a poll waits there up to the
 //! poll interval for the job's status to say `exited` (looking every 0.1 s)
@@ -269,6 +274,15 @@ pub enum VerifyOutcome {
         seen: Option<StorePath>,
         last: Option<JobState>,
     },
+    /// Reconnecting to poll was refused in a way waiting cannot change
+    /// (as [`super::reboot::RebootOutcome::ReconnectRefused`]): `error`,
+    /// `elapsed` after firing; `seen`, the link at the last poll that
+    /// answered. The job may still run.
+    ReconnectRefused {
+        error: String,
+        elapsed: Duration,
+        seen: Option<StorePath>,
+    },
 }
 
 /// Progress reports from the poll loop.
@@ -292,6 +306,25 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(4)).min(Duration::from_secs(15))
 }
 
+/// Why one poll produced no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollFailed {
+    /// Lost, unanswered, or an answer that was not a poll's: asked again.
+    Lost(String),
+    /// The reconnect was refused in a way waiting cannot change
+    /// ([`crate::remote::patient::refused_for_good`]): asking again gets
+    /// the same answer.
+    Refused(String),
+}
+
+impl std::fmt::Display for PollFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollFailed::Lost(e) | PollFailed::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Run one poll, waiting on the host up to `wait` for the job to exit;
 /// `Err` carries why it did not produce a snapshot.
 pub async fn poll_once<R: Remote>(
@@ -299,12 +332,16 @@ pub async fn poll_once<R: Remote>(
     job: &SwitchJob,
     watched: Watched<'_>,
     wait: Duration,
-) -> Result<PollSnapshot, String> {
+) -> Result<PollSnapshot, PollFailed> {
+    let lost = |e: String| Err(PollFailed::Lost(e));
     match remote.exec(&poll_command(job, watched, wait)).await {
-        Err(e) => Err(format!("{e:#}")),
-        Ok(out) if out.exit == Exit::ConnectionLost => Err(out.exit.to_string()),
-        Ok(out) if !out.success() => Err(format!("poll failed ({}): {:?}", out.exit, out.tail(3))),
-        Ok(out) => parse_poll(&out.stdout_str()).map_err(|e| format!("{e:#}")),
+        Err(e) if crate::remote::patient::refused_for_good(&e) => {
+            Err(PollFailed::Refused(format!("{e:#}")))
+        }
+        Err(e) => lost(format!("{e:#}")),
+        Ok(out) if out.exit == Exit::ConnectionLost => lost(out.exit.to_string()),
+        Ok(out) if !out.success() => lost(format!("poll failed ({}): {:?}", out.exit, out.tail(3))),
+        Ok(out) => parse_poll(&out.stdout_str()).or_else(|e| lost(format!("{e:#}"))),
     }
 }
 
@@ -344,6 +381,29 @@ fn classify(
 /// takes seconds.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The next poll: the fire's own (`fires`: it has waited on the host
+/// already), else one sent now that waits there up to `wait`, bounded by
+/// [`POLL_TIMEOUT`] beyond it; and how long it waited on the host.
+async fn next_poll<R: Remote>(
+    remote: &R,
+    job: &SwitchJob,
+    watched: Watched<'_>,
+    wait: Duration,
+    fires: Option<PollSnapshot>,
+) -> (Result<PollSnapshot, PollFailed>, Duration) {
+    if let Some(snap) = fires {
+        return (Ok(snap), Duration::ZERO);
+    }
+    let poll = poll_once(remote, job, watched, wait);
+    let polled = tokio::time::timeout(wait + POLL_TIMEOUT, poll)
+        .await
+        .unwrap_or_else(|_| {
+            let error = format!("no answer to a poll within {POLL_TIMEOUT:?}");
+            Err(PollFailed::Lost(error))
+        });
+    (polled, wait)
+}
+
 /// The fire's answer, when it carried the first poll (Linux: see
 /// [`super::switch::FIRE_LINUX`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,7 +423,8 @@ pub struct FirstPoll {
 /// wait) is waited out here. `first` is the fire's own poll, when it made
 /// one. No wait goes past `deadline` (the activation budget, counted from
 /// firing), and at the deadline the outcome is `Timeout`: the wait ends
-/// within the budget plus one poll (at most [`POLL_TIMEOUT`]).
+/// within the budget plus one poll (at most [`POLL_TIMEOUT`]). A reconnect
+/// refused for good ends it at once ([`VerifyOutcome::ReconnectRefused`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn verify_poll<R: Remote>(
     remote: &R,
@@ -380,7 +441,7 @@ pub async fn verify_poll<R: Remote>(
     let mut polls = 0u32;
     let mut lost = 0u32;
     let mut last: Option<PollSnapshot> = None;
-    let mut next = first.snapshot.map(Ok);
+    let mut fires = first.snapshot;
     let mut pause = Duration::ZERO;
     loop {
         tokio::time::sleep(
@@ -389,22 +450,17 @@ pub async fn verify_poll<R: Remote>(
         .await;
         let sent = tokio::time::Instant::now();
         let wait = interval.min(deadline.saturating_duration_since(sent));
-        // The fire's own poll has waited on the host already.
-        let (polled, waited) = match next.take() {
-            Some(snap) => (snap, Duration::ZERO),
-            None => {
-                let poll = poll_once(remote, job, watched, wait);
-                let polled = tokio::time::timeout(wait + POLL_TIMEOUT, poll)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!("no answer to a poll within {POLL_TIMEOUT:?}"))
-                    });
-                (polled, wait)
-            }
-        };
+        let (polled, waited) = next_poll(remote, job, watched, wait, fires.take()).await;
         let elapsed = start.elapsed();
         match polled {
-            Err(error) => {
+            Err(PollFailed::Refused(error)) => {
+                return VerifyOutcome::ReconnectRefused {
+                    error,
+                    elapsed,
+                    seen: last.and_then(|s| s.current),
+                };
+            }
+            Err(PollFailed::Lost(error)) => {
                 let retry_in = backoff(lost);
                 lost += 1;
                 on_event(PollEvent::ConnectionLost {

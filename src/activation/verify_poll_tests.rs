@@ -384,6 +384,47 @@ async fn connection_lost_is_retried_with_backoff() {
     );
 }
 
+/// A reconnect the host refuses for good (its host key changed, as a
+/// reinstall does) ends the polling at once, saying so, with what the
+/// last poll saw. Before, it was polled again with backoff until the
+/// deadline (300 s here), then a `Timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_refused_for_good_ends_the_polling_at_once() {
+    use crate::remote::patient::refusing::Refusing;
+    let r = Refusing(std::sync::atomic::AtomicU32::new(0));
+    let now = tokio::time::Instant::now();
+    let events = Mutex::new(Vec::new());
+    let out = verify_poll(
+        &r,
+        &job(),
+        WATCHED,
+        &sp(NEW),
+        &sp(OLD),
+        Duration::from_secs(2),
+        now + Duration::from_secs(300),
+        FirstPoll {
+            fired_at: now,
+            snapshot: Some(parse_poll(&answer(RUNNING, "started", OLD)).unwrap()),
+        },
+        &|e| events.lock().unwrap().push(e),
+    )
+    .await;
+    match out {
+        VerifyOutcome::ReconnectRefused {
+            error,
+            elapsed,
+            seen,
+        } => {
+            assert!(error.contains("HOST KEY CHANGED"), "{error}");
+            assert_eq!(elapsed, Duration::ZERO);
+            assert_eq!(seen, Some(sp(OLD)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.0.load(Ordering::SeqCst), 1, "asked once");
+    assert_eq!(now.elapsed(), Duration::ZERO);
+}
+
 #[tokio::test(start_paused = true)]
 async fn vanished_without_status() {
     let r = sequenced(vec![ok(&answer(COLLECTED, "started", OLD))]);

@@ -54,6 +54,7 @@ fn log_of(r: &FailureReason) -> Vec<String> {
             | SwitchFailure::RefusedUnconfirmed { attempts, .. } => {
                 attempts.last().map(|a| tail(&a.tail)).unwrap_or_default()
             }
+            SwitchFailure::ReconnectRefused { error, .. } => error_lines(error),
             _ => Vec::new(),
         },
         FailureReason::HealthChecks { reports } => health_tail(reports),
@@ -66,15 +67,19 @@ fn log_of(r: &FailureReason) -> Vec<String> {
         FailureReason::Realise(RealiseOutcome::Failed { tail: t, .. }) => tail(t),
         FailureReason::Copy { error }
         | FailureReason::Remote { error, .. }
-        | FailureReason::Reboot(RebootOutcome::ReconnectRefused { error }) => {
-            let lines: Vec<String> = error.lines().map(str::to_owned).collect();
-            if lines.len() > 1 {
-                tail(&lines)
-            } else {
-                Vec::new()
-            }
-        }
+        | FailureReason::Reboot(RebootOutcome::ReconnectRefused { error }) => error_lines(error),
         _ => Vec::new(),
+    }
+}
+
+/// An error's lines, when it has more than the one the reason shows (a
+/// changed host key's message says what to do).
+fn error_lines(error: &str) -> Vec<String> {
+    let lines: Vec<String> = error.lines().map(str::to_owned).collect();
+    if lines.len() > 1 {
+        tail(&lines)
+    } else {
+        Vec::new()
     }
 }
 

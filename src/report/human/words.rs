@@ -655,6 +655,11 @@ pub fn switch_failure(f: &SwitchFailure) -> String {
             "the switch was still running after {}s (activation_timeout)",
             elapsed.as_secs()
         ),
+        SwitchFailure::ReconnectRefused { elapsed, error, .. } => format!(
+            "its reconnect to poll the switch was refused for good after {}s (waiting cannot change it): {}",
+            elapsed.as_secs(),
+            first_line(error)
+        ),
         SwitchFailure::FlippedToUnexpected { seen, .. } => format!(
             "/run/current-system moved to an unexpected {}",
             short_closure(seen)
