@@ -97,6 +97,12 @@ async fn twenty_concurrent_execs_on_one_session() {
 async fn lost_connection_then_transparent_reconnect() {
     let mut sshd = Sshd::start();
     let s = session(&sshd).await;
+    // What rides the connection (the host lock) watches it.
+    let watch = s
+        .connection_watch()
+        .await
+        .expect("a watch of its connection");
+    assert!(watch.stands());
     let running = {
         let s = s.clone();
         tokio::spawn(async move { s.exec(&Command::new("sleep").arg("30")).await })
@@ -114,9 +120,13 @@ async fn lost_connection_then_transparent_reconnect() {
     // While the host is down: an error, not a hang.
     let err = s.exec(&Command::new("true")).await.unwrap_err();
     assert!(format!("{err:#}").contains("reconnecting"), "{err:#}");
+    assert!(!watch.stands(), "the connection it watched is gone");
     sshd.restart();
     let out = s.exec(&Command::new("echo").arg("back")).await.unwrap();
     assert_eq!(out.stdout_str(), "back\n");
+    // Replaced: the old watch never stands again; a new one does.
+    assert!(!watch.stands());
+    assert!(s.connection_watch().await.unwrap().stands());
     // One login before the kill, exactly one more after the restart.
     assert_eq!(sshd.log().matches("Accepted publickey").count(), 2);
 }

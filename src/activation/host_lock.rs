@@ -14,6 +14,12 @@
 //! later commands, but the lock does not come back by itself:
 //! [`HostLock::is_lost`] says so, and the run takes it again before it
 //! changes the host (or leaves the host alone if another run has it now).
+//! It says so from the moment the connection closed, or was replaced
+//! ([`crate::remote::ConnectionWatch`]), not once the lock command's end
+//! has reached its keeper: that comes two tasks after the close (the
+//! channel's reader, then the keeper), while the session reconnects for
+//! the next command as soon as it sees the close, and a step asked "still
+//! held?" in between ran on the new connection without the lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,15 +84,18 @@ pub fn holder(run_id: &crate::activation::RunId) -> String {
 /// Held until dropped (the heartbeat stops, the host lets go).
 pub struct HostLock {
     lost: Arc<AtomicBool>,
+    /// The connection the lock command rides (`None`: a remote without
+    /// one, the flag alone says).
+    rides: Option<crate::remote::ConnectionWatch>,
     release: Option<tokio::sync::oneshot::Sender<()>>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
 impl HostLock {
-    /// The lock command ended (its connection was lost): the host may be
-    /// locked by another run now.
+    /// The lock command ended, or the connection it rides closed or was
+    /// replaced: the host may be locked by another run now.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.lost.load(Ordering::SeqCst) || self.rides.as_ref().is_some_and(|c| !c.stands())
     }
 
     /// Let go and wait until the host's lock command has ended, so the
@@ -121,6 +130,7 @@ impl HostLock {
         let lost = Arc::new(AtomicBool::new(false));
         let lock = HostLock {
             lost: lost.clone(),
+            rides: None,
             release: None,
             keeper: tokio::spawn(async {}),
         };
@@ -140,8 +150,13 @@ pub enum HostLockError {
 }
 
 /// Keep the lock alive: a heartbeat every `every`; note when the command
-/// ends or the heartbeat cannot be written.
-fn keep(stream: Streaming, every: Duration, lease: Duration) -> HostLock {
+/// ends or the heartbeat cannot be written. `rides`: its connection.
+fn keep(
+    stream: Streaming,
+    every: Duration,
+    lease: Duration,
+    rides: Option<crate::remote::ConnectionWatch>,
+) -> HostLock {
     let lost = Arc::new(AtomicBool::new(false));
     let flag = lost.clone();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
@@ -175,6 +190,7 @@ fn keep(stream: Streaming, every: Duration, lease: Duration) -> HostLock {
     });
     HostLock {
         lost,
+        rides,
         release: Some(release),
         keeper,
     }
@@ -218,7 +234,12 @@ pub async fn acquire_with<R: Remote>(
     let mut first = [0u8; 7];
     let read = tokio::time::timeout_at(by, stream.stdout.read_exact(&mut first)).await;
     match read {
-        Ok(Ok(_)) if &first == b"locked\n" => Ok(keep(stream, heartbeat, lease)),
+        // The connection the command rides (a reconnect after it started
+        // replaced only a dead one: the command's end says so then).
+        Ok(Ok(_)) if &first == b"locked\n" => {
+            let rides = remote.connection_watch().await;
+            Ok(keep(stream, heartbeat, lease, rides))
+        }
         _ => {
             drop(stream.stdin);
             let out = tokio::time::timeout(ANSWER, stream.finish)
@@ -338,6 +359,48 @@ mod tests {
         }
         let taken = acquire(&SlowLink, Os::Linux, "/x/host.lock", "a", false).await;
         assert!(taken.is_ok(), "{:?}", taken.map(|_| ()));
+    }
+
+    /// The connection the lock rides closes (or the session replaces it):
+    /// the lock is lost at once, though its command's end has not reached
+    /// the keeper (here it never does). Before, only the keeper's flag
+    /// said so, two tasks after the close, while the session's next
+    /// command reconnected as soon as it saw it: a step asked "still
+    /// held?" in between ran on a new connection without the lock.
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_is_lost_when_its_connection_closes_not_when_the_keeper_hears() {
+        use std::sync::atomic::AtomicBool;
+        struct Riding(Arc<AtomicBool>);
+        impl Remote for Riding {
+            fn name(&self) -> &str {
+                "web1"
+            }
+            async fn exec(&self, _: &Command) -> anyhow::Result<crate::remote::Output> {
+                std::future::pending().await
+            }
+            async fn exec_stream(&self, _: &Command) -> anyhow::Result<Streaming> {
+                Ok(Streaming {
+                    stdin: Box::pin(tokio::io::sink()),
+                    stdout: Box::pin(std::io::Cursor::new(b"locked\n".to_vec())),
+                    finish: Box::pin(std::future::pending()),
+                    stop: crate::remote::Stop::none(),
+                })
+            }
+            async fn connection_watch(&self) -> Option<crate::remote::ConnectionWatch> {
+                let up = self.0.clone();
+                Some(crate::remote::ConnectionWatch::new(move || {
+                    up.load(Ordering::SeqCst)
+                }))
+            }
+        }
+        let up = Arc::new(AtomicBool::new(true));
+        let lock = acquire(&Riding(up.clone()), Os::Linux, "/x/host.lock", "a", false)
+            .await
+            .unwrap();
+        tokio::time::sleep(HEARTBEAT * 3).await;
+        assert!(!lock.is_lost(), "held while its connection stands");
+        up.store(false, Ordering::SeqCst);
+        assert!(lock.is_lost(), "lost with its connection");
     }
 
     /// Under a umask of 077 (sudo keeps a user's), the holder's name is

@@ -157,6 +157,23 @@ pub struct Streaming {
     pub stop: Stop,
 }
 
+/// Does the connection a command rode still stand? Answered without a
+/// round trip ([`Remote::connection_watch`]): over SSH, no from the moment
+/// that connection closed or the session replaced it, whatever rode it
+/// (the host lock) gone with it.
+#[derive(Clone)]
+pub struct ConnectionWatch(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl ConnectionWatch {
+    pub fn new(stands: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        ConnectionWatch(std::sync::Arc::new(stands))
+    }
+
+    pub fn stands(&self) -> bool {
+        (self.0)()
+    }
+}
+
 /// Run `cmd` with `input` on its stdin (on the host's shared connection),
 /// collecting stdout: for input too large for an argument (a path list, a
 /// record). Stdin is written while stdout is read, so neither side stalls.
@@ -259,6 +276,15 @@ pub trait Remote: Send + Sync {
     /// SSH it shares the host's one connection.
     fn exec_piped(&self, cmd: &Command) -> impl Future<Output = anyhow::Result<Streaming>> + Send {
         self.exec_stream(cmd)
+    }
+
+    /// A watch on the connection that [`Remote::exec_piped`] commands ride
+    /// now, for what is kept alive on one (the host lock): it is gone the
+    /// moment the watch says so, before the session reconnects for the
+    /// next command. `None` where commands ride no connection that can be
+    /// lost and replaced (a local or scripted remote).
+    fn connection_watch(&self) -> impl Future<Output = Option<ConnectionWatch>> + Send {
+        std::future::ready(None)
     }
 
     /// Run a command, handing its stdout and stderr to `out` as they

@@ -172,6 +172,10 @@ impl<R: Remote> Remote for Patient<'_, R> {
         self.inner.prepare_stream()
     }
 
+    async fn connection_watch(&self) -> Option<super::ConnectionWatch> {
+        self.inner.connection_watch().await
+    }
+
     async fn exec_batch(&self, cmds: &[Command]) -> Vec<Output> {
         self.inner.exec_batch(cmds).await
     }

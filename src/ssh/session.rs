@@ -19,7 +19,7 @@
 //! while the host's side was ready (issue 21; numbers in BENCHMARKS.md).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use russh::Channel;
@@ -33,7 +33,7 @@ use super::exec;
 use super::hostkey::Pins;
 use super::target::SshTarget;
 use crate::keys::Secret;
-use crate::remote::{Command, Output, Remote, Streaming, SudoAuth, unpoisoned};
+use crate::remote::{Command, ConnectionWatch, Output, Remote, Streaming, SudoAuth, unpoisoned};
 use zeroize::Zeroizing;
 
 /// Channels open at once on one connection: below OpenSSH's default
@@ -56,6 +56,9 @@ struct Inner {
     /// host key): its reconnects are judged by it ([`Proven`]).
     proven: std::sync::Mutex<Proven>,
     closed: AtomicBool,
+    /// How many times the connection was replaced (begun to be: counted
+    /// before the handshake), for [`Remote::connection_watch`].
+    generation: AtomicU64,
     /// A channel being opened (or open) ahead of the next command.
     spare: std::sync::Mutex<Option<Spare>>,
     /// A connection being made (or made) ahead of the next stream, and when
@@ -122,6 +125,7 @@ impl SshSession {
                 pins,
                 target,
                 closed: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
                 spare: std::sync::Mutex::new(None),
                 stream_spare: std::sync::Mutex::new(None),
                 sudo_password: std::sync::OnceLock::new(),
@@ -222,6 +226,9 @@ impl SshSession {
             return Ok(slot.clone());
         }
         tracing::info!(host = %self.inner.target.name, "SSH connection lost, reconnecting");
+        // What rode the dead one (the host lock) is gone: said from now on,
+        // not once a new connection stands.
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
         let fresh = Arc::new(
             self.new_conn("reconnecting after the connection was lost")
                 .await?,
@@ -442,6 +449,25 @@ impl Remote for SshSession {
         exec::watch(channel, &cmd.render(), out, hang_up)
             .await
             .with_context(|| format!("{}: starting `{}`", self.inner.target.name, cmd.program()))
+    }
+
+    /// The live connection, and the session's count of replacements with
+    /// it (read together, under the slot's lock): it stands while it is
+    /// open and not replaced (a reconnect replaces only a dead one, but a
+    /// channel refused with a disconnect replaces one not yet seen closed).
+    async fn connection_watch(&self) -> Option<ConnectionWatch> {
+        let slot = self.inner.conn.lock().await;
+        let (conn, generation) = (
+            Arc::downgrade(&slot),
+            self.inner.generation.load(Ordering::SeqCst),
+        );
+        drop(slot);
+        let session = Arc::downgrade(&self.inner);
+        Some(ConnectionWatch::new(move || {
+            let same = (session.upgrade())
+                .is_some_and(|s| s.generation.load(Ordering::SeqCst) == generation);
+            same && conn.upgrade().is_some_and(|c| !c.is_closed())
+        }))
     }
 
     async fn exec_piped(&self, cmd: &Command) -> anyhow::Result<Streaming> {
