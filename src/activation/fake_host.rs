@@ -147,6 +147,10 @@ pub struct State {
     pub refuse_fires: Vec<&'static str>,
     /// New SSH connections are accepted.
     pub sshd_up: bool,
+    /// Once refused, new SSH connections stay refused whatever is switched
+    /// (a firewall rule or an sshd setting the old system does not put
+    /// back); established sessions go on.
+    pub lockout_stays: bool,
     /// Off the network: every command on every connection is lost.
     pub offline: bool,
     /// New connections get no answer: each handshake times out (10 s).
@@ -300,6 +304,11 @@ impl State {
             .collect()
     }
 
+    /// A lockout that outlives the system that made it is under way.
+    fn lockout_stays_now(&self) -> bool {
+        self.lockout_stays && !self.sshd_up
+    }
+
     fn finish(&mut self, unit: &str) {
         let Some(job) = self.jobs.get(unit).cloned() else {
             return;
@@ -327,7 +336,7 @@ impl State {
             if live {
                 self.current = b.flip_to.clone().unwrap_or(job.closure.clone());
                 // The system's own sshd: a candidate may cut new connections.
-                self.sshd_up = !b.cuts_ssh && !b.cuts_network;
+                self.sshd_up = !b.cuts_ssh && !b.cuts_network && !self.lockout_stays_now();
                 self.offline = b.cuts_network;
                 self.drops_new = b.drops_new_connections;
                 self.rejects_logins = b.rejects_logins;
@@ -1082,7 +1091,7 @@ impl State {
         // revert leaves the link where it was.
         let prev = StorePath::parse(previous).expect("store path");
         let b = self.behaviour(&prev);
-        self.sshd_up = !b.cuts_ssh && !b.cuts_network;
+        self.sshd_up = !b.cuts_ssh && !b.cuts_network && !self.lockout_stays_now();
         self.offline = b.cuts_network;
         self.drops_new = b.drops_new_connections;
         self.rejects_logins = b.rejects_logins;
@@ -1288,6 +1297,7 @@ impl FakeHost {
             reboot_after_health_check: false,
             refuse_fires: Vec::new(),
             sshd_up: true,
+            lockout_stays: false,
             offline: false,
             drops_new: false,
             rejects_logins: false,

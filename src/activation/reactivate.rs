@@ -73,6 +73,12 @@ pub enum RollbackError {
     NeedsReboot(RebootReason),
     /// There is nothing to go back to.
     NoTarget,
+    /// The rollback was from a lockout (the host refused new connections)
+    /// and verified over a session opened before it ran (sshd keeps
+    /// established ones), but no new connection then found the host on its
+    /// target: still locked out (`no_new_connection`), or on another
+    /// system (`not_on_candidate`). See `pipeline::lockout`.
+    Unconfirmed(super::outcome::CutOff),
 }
 
 /// How a rollback ended.

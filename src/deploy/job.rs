@@ -824,22 +824,34 @@ struct FreshConnection<F: Fleet> {
     at: Option<crate::inventory::ConfirmEndpoint>,
 }
 
-impl<F: Fleet> crate::activation::Reconnect<F::Remote> for FreshConnection<F> {
-    fn fresh(
-        &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<F::Remote>> + Send + '_>>
-    {
-        Box::pin(async {
+type Connecting<'a, R> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<R>> + Send + 'a>>;
+
+impl<F: Fleet> FreshConnection<F> {
+    fn to<'a>(
+        &'a self,
+        at: Option<&'a crate::inventory::ConfirmEndpoint>,
+    ) -> Connecting<'a, F::Remote> {
+        Box::pin(async move {
             // The connect error as it is (not behind `SessionError`'s
             // transparent wrapper): why it failed is read from it.
-            self.fleet
-                .fresh(&self.host, self.at.as_ref())
-                .await
-                .map_err(|e| match e {
-                    crate::fleet::SessionError::Connect(c) => anyhow::Error::new(c),
-                    other => anyhow::Error::new(other),
-                })
+            self.fleet.fresh(&self.host, at).await.map_err(|e| match e {
+                crate::fleet::SessionError::Connect(c) => anyhow::Error::new(c),
+                other => anyhow::Error::new(other),
+            })
         })
+    }
+}
+
+impl<F: Fleet> crate::activation::Reconnect<F::Remote> for FreshConnection<F> {
+    fn fresh(&self) -> Connecting<'_, F::Remote> {
+        self.to(self.at.as_ref())
+    }
+
+    /// The host's own address: where the system a rollback goes back to
+    /// answers.
+    fn fresh_as_before(&self) -> Connecting<'_, F::Remote> {
+        self.to(None)
     }
 }
 

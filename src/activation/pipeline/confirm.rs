@@ -520,11 +520,7 @@ impl<R: Remote> Run<'_, R> {
         if now.as_ref() == Some(&self.pre_current)
             && let Some(record) = seen.record.as_ref().filter(|r| r.boot_back())
         {
-            return HostOutcome::RevertedByHost {
-                cause,
-                to: self.pre_current.clone(),
-                record: Some(record.clone()),
-            };
+            return self.reverted_by_host(cause, Some(record.clone())).await;
         }
         if let Some(record) = &seen.record
             && let Some(now) = self.moved_by_other(record, now.as_ref())
@@ -772,9 +768,11 @@ impl<R: Remote> Run<'_, R> {
     }
 
     /// Unconfirmed, reached over the run's own session: the controller
-    /// rolls the host back itself.
+    /// rolls the host back itself (from a lockout, proven over a new
+    /// connection after: [`super::lockout`]).
     async fn roll_back_unconfirmed(&mut self, cause: CutOff) -> HostOutcome {
         let reason = FailureReason::unconfirmed(&cause);
+        self.lockout = super::lockout::is_lockout(&cause);
         // Not stopped before the revert, which failed: stopped now.
         let unstopped = self.unstopped.take();
         let stop = unstopped.as_ref().map(|(s, job)| (*s, job));

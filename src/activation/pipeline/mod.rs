@@ -74,6 +74,15 @@ pub struct ActivationRequest {
 /// magic rollback asks for; see [`super::deadman`]).
 pub trait Reconnect<R>: Send + Sync {
     fn fresh(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>>;
+
+    /// A new connection where the host took SSH before this run changed
+    /// it: its own address, not its `confirm_address` (where the candidate
+    /// of a deploy that moves SSH answers). A host taken back answers
+    /// there ([`lockout`]). The same as [`Reconnect::fresh`] for a host
+    /// with no other address.
+    fn fresh_as_before(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>> {
+        self.fresh()
+    }
 }
 
 /// Activate `req.candidate` on the host for `req.goal`. `fresh` opens new
@@ -109,6 +118,7 @@ where
         profile_set: false,
         pre_failed: None,
         unstopped: None,
+        lockout: false,
     };
     run.go(cancel).await
 }
@@ -136,6 +146,9 @@ struct Run<'a, R> {
     /// controller roll back itself (the revert failed), it stops it first
     /// (read by `roll_back_unconfirmed` alone).
     unstopped: Option<(off_path::Stop, SwitchJob)>,
+    /// The failure rolled back from is a lockout (no new connection got
+    /// in): the rollback is proven over a new connection too ([`lockout`]).
+    lockout: bool,
 }
 
 /// Past a step's host-side limit: time for the host's `timeout` to end it
@@ -186,6 +199,7 @@ impl<'a, R: Remote> Run<'a, R> {
             profile_set: self.profile_set,
             pre_failed: self.pre_failed.clone(),
             unstopped: self.unstopped.clone(),
+            lockout: self.lockout,
         }
     }
 
@@ -716,6 +730,7 @@ impl<'a, R: Remote> Run<'a, R> {
 mod confirm;
 mod hold;
 mod key_gates;
+mod lockout;
 mod off_path;
 mod profile_steps;
 

@@ -332,6 +332,7 @@ impl<R: Remote> Run<'_, R> {
             self.emit,
         )
         .await;
+        let outcome = self.proven(outcome).await;
         (self.emit)(ActivationEvent::RollbackFinished {
             outcome: outcome.clone(),
         });

@@ -13,6 +13,7 @@ use crate::activation::inhibitors::Component;
 use crate::activation::privilege::SudoCheck;
 use crate::activation::reactivate::RollbackError;
 use crate::activation::settings::STEP_LIMIT;
+use crate::remote::scripted::ScriptedRemote;
 
 const OLD: &str = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web1-24.05";
 const NEW: &str = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web1-24.11";
@@ -1929,6 +1930,99 @@ async fn a_host_never_reached_again_is_unknown_not_success() {
         } => assert_eq!(last_seen, &sp(NEW)),
         other => panic!("{other:?}"),
     }
+}
+
+/// A candidate whose lockout outlives it: new connections stay refused
+/// whatever the host goes back to (a firewall rule, an sshd setting the
+/// old system does not put back); the run's own session goes on.
+fn locking_out_for_good() -> FakeHost {
+    let host = cutting_ssh();
+    host.state().lockout_stays = true;
+    host
+}
+
+/// A rollback from a lockout is proven over a new connection. A host back
+/// on what it ran, as the run's own session reads it (sshd keeps it), that
+/// still refuses new connections is neither rolled back (magic rollback
+/// off: the controller's rollback) nor reverted by itself (on: its own
+/// revert) as if healthy: `rollback-failed`, the host needs a person, the
+/// new connection's error said. Before, both ended there, verified by the
+/// links read over the run's session.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_from_a_lockout_that_outlives_it_is_not_verified() {
+    for req in [request(Goal::Gated), armed(Goal::Gated)] {
+        let armed = req.settings.confirm_timeout.is_some();
+        let host = locking_out_for_good();
+        let ran = run(&host, &req).await;
+        match &ran.outcome {
+            HostOutcome::RollbackFailed {
+                gate: Gate::LiveActivate,
+                to,
+                rollback_error: RollbackError::Unconfirmed(CutOff::NoNewConnection { error, .. }),
+                ..
+            } => {
+                assert_eq!(to, &sp(OLD), "armed {armed}");
+                assert!(error.contains("fake sshd down"), "armed {armed}: {error}");
+            }
+            other => panic!("armed {armed}: {other:?}"),
+        }
+        assert!(ran.outcome.needs_attention(), "armed {armed}");
+        assert_eq!(host.state().current, sp(OLD), "armed {armed}: links back");
+    }
+}
+
+/// New connections at a host's `confirm_address` (refused: its candidate,
+/// which moved SSH there, locked it out) and at its own address (`host`).
+struct MovedSsh(FakeHost);
+
+type Connecting<'a> = Pin<Box<dyn Future<Output = anyhow::Result<ScriptedRemote>> + Send + 'a>>;
+
+impl Reconnect<ScriptedRemote> for MovedSsh {
+    fn fresh(&self) -> Connecting<'_> {
+        Box::pin(async { anyhow::bail!("connection refused (the candidate's new address)") })
+    }
+
+    fn fresh_as_before(&self) -> Connecting<'_> {
+        self.0.fresh()
+    }
+}
+
+/// A deploy that moves SSH (`confirm_address`) and locks it out: the
+/// rollback's proof goes to the host's own address, where the system it
+/// went back to answers, not to the candidate's (refused for ever: every
+/// such rollback would read as still locked out).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_from_a_lockout_is_proven_at_the_hosts_own_address() {
+    for req in [request(Goal::Gated), armed(Goal::Gated)] {
+        let armed = req.settings.confirm_timeout.is_some();
+        let host = cutting_ssh();
+        let moved = MovedSsh(host.clone());
+        let remote = host.remote();
+        let cancel = CancellationToken::new();
+        let outcome = activate_host(&remote, &moved, &Unlocked, &req, &cancel, &|_| {}).await;
+        match &outcome {
+            HostOutcome::RevertedByHost { to, .. } if armed => assert_eq!(to, &sp(OLD)),
+            HostOutcome::RolledBack { to, .. } if !armed => assert_eq!(to, &sp(OLD)),
+            other => panic!("armed {armed}: {other:?}"),
+        }
+    }
+}
+
+/// A rollback from anything but a lockout opens no new connection: the
+/// proof is for lockouts alone.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_from_a_failed_switch_opens_no_new_connection() {
+    let host = candidate_that(Behaviour {
+        exit: 4,
+        ..Default::default()
+    });
+    let ran = run(&host, &request(Goal::Gated)).await;
+    assert!(
+        matches!(ran.outcome, HostOutcome::RolledBack { .. }),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(host.state().sessions, 1, "the run's own session alone");
 }
 
 #[tokio::test(start_paused = true)]

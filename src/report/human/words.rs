@@ -773,6 +773,25 @@ pub fn rollback_error(e: &RollbackError) -> String {
         ),
         RollbackError::NeedsReboot(r) => reboot_reason(r),
         RollbackError::NoTarget => "there was nothing to go back to".into(),
+        RollbackError::Unconfirmed(cut) => unconfirmed(cut),
+    }
+}
+
+/// A rollback from a lockout that no new connection confirmed.
+fn unconfirmed(cut: &crate::activation::CutOff) -> String {
+    use crate::activation::CutOff;
+    let back = "back as a session opened before the rollback reads it";
+    match cut {
+        CutOff::NoNewConnection { error, .. } => format!(
+            "{back}, but it still refuses new SSH connections ({}): reach it over its console",
+            first_line(error)
+        ),
+        CutOff::NotOnCandidate { seen } => format!(
+            "{back}, but a new connection then found it on {}",
+            seen.as_ref()
+                .map_or_else(|| "nothing".into(), short_closure)
+        ),
+        other => format!("{back}, but {}", cut_off(other)),
     }
 }
 
