@@ -110,6 +110,14 @@ pub enum Step {
     RunEarlierRevert {
         unit: String,
     },
+    /// The host runs the candidate already, but nixgate's last switch to
+    /// it on this boot (`unit`) failed (`exit`; `None`: it never said it
+    /// ended), its result never read (its controller was killed): it is
+    /// switched again, not certified as it is.
+    SwitchAgain {
+        unit: String,
+        exit: Option<u32>,
+    },
 }
 
 /// Where a lost connection was noticed.

@@ -701,7 +701,7 @@ impl State {
         } else if script == known_good::UNDO_MARK {
             self.undo_mark(&a[4..])
         } else if script == leftovers::LIST {
-            self.list_units()
+            self.list_units(a[5])
         } else if script == leftovers::RUN_REVERT {
             if let Some((_, args)) = self.timers.remove(a[4]) {
                 self.revert(&args);
@@ -1018,8 +1018,10 @@ impl State {
     }
 
     /// `leftovers::LIST`: switch jobs and armed timers; a running job
-    /// gets on (one poll's worth) each time it is looked at.
-    fn list_units(&mut self) -> Output {
+    /// gets on (one poll's worth) each time it is looked at. Then the last
+    /// live switch of `cand` (the last such job in unit order: the fake's
+    /// runs are named in the order they run).
+    fn list_units(&mut self, cand: &str) -> Output {
         let running: Vec<String> = self
             .jobs
             .iter()
@@ -1041,6 +1043,11 @@ impl State {
         }
         for u in self.timers.keys() {
             out.push_str(&format!("NixgateUnit={u}.timer active waiting\n"));
+        }
+        let live =
+            |j: &&Job| j.closure.as_str() == cand && ["test", "switch"].contains(&&*j.action);
+        if let Some((u, j)) = self.jobs.iter().rfind(|(_, j)| live(j)) {
+            out.push_str(&format!("NixgateLastSwitch={u} {}\n", j.status));
         }
         ok(&out)
     }

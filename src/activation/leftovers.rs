@@ -20,6 +20,14 @@
 //! is then where the earlier run's contract said it would be, and this run
 //! starts from there.
 //!
+//! The same command reads how nixgate's last live switch of this run's
+//! candidate ended on this boot ([`LastSwitch`], from its job's status
+//! file). A controller killed before it read its switch's result (exit 4:
+//! units failed to start) left the host running the candidate, no revert
+//! armed when magic rollback was off; a run of the same candidate found it
+//! already current and certified it without a switch. The pipeline
+//! switches such a host again (see `pipeline::off_path`).
+//!
 //! On nix-darwin there are no units: a switch and a revert are each a
 //! `setsid` process group whose leader's pid is in the job dir
 //! (`<name>.pid`), the revert a sleeper that `exec`s its script. They are
@@ -38,24 +46,58 @@ use anyhow::Context;
 
 use super::events::{ActivationEvent, Step};
 use super::settings::{HostPaths, HostSettings, Os, RunId};
+use crate::nix::StorePath;
 use crate::remote::{Command, Remote};
 
-/// nixgate's switch and revert units on the host, with their state.
-pub(crate) const LIST: &str = r#"systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixgate-confirm-*' 2>/dev/null |
+/// The last live switch of the candidate `$cand` that the job dir `$jobs`
+/// holds (this boot's on Linux: `/run` is a tmpfs): of the status files whose
+/// second line is the candidate's `switch-to-configuration test` or
+/// `switch` (Linux), `activate` (Darwin) (see
+/// [`super::switch::JOB_WRAPPER`]), the newest (the job rewrites its file
+/// as it ends), as `NixgateLastSwitch=<unit> <its first line>`: `exited
+/// <code>`, or `started` for a job that never said it ended (stopped as
+/// hung, killed). A rollback to the candidate is a switch of it too. `-nt`
+/// is not POSIX; dash, busybox and bash have it.
+macro_rules! last_switch {
+    () => {
+        r#"last=
+for s in "$jobs"/nixgate-switch-*.status; do
+  [ -f "$s" ] || continue
+  p=; { IFS= read -r p && IFS= read -r p; } 2>/dev/null < "$s" || continue
+  case $p in "$cand/bin/switch-to-configuration test"|"$cand/bin/switch-to-configuration switch"|"$cand/activate") ;; *) continue ;; esac
+  [ -z "$last" ] || [ "$s" -nt "$last" ] || continue
+  last=$s
+done
+if [ -n "$last" ]; then st=; IFS= read -r st < "$last" || :; n=${last##*/}; echo "NixgateLastSwitch=${n%.status} $st"; fi
+"#
+    };
+}
+
+/// nixgate's switch and revert units on the host, with their state; then
+/// the last switch of the candidate `$2` in the job dir `$1`
+/// ([`last_switch`]).
+pub(crate) const LIST: &str = concat!(
+    r#"jobs=$1; cand=$2
+systemctl list-units --all --plain --no-legend --no-pager 'nixgate-switch-*' 'nixgate-confirm-*' 2>/dev/null |
 while read -r unit load active sub rest; do echo "NixgateUnit=$unit $active $sub"; done
-exit 0"#;
+"#,
+    last_switch!(),
+    "exit 0"
+);
 
 /// Run an armed revert now: start the service its timer would start.
 pub(crate) const RUN_REVERT: &str = r#"systemctl start "$1.service""#;
 
 /// nix-darwin: [`LIST`]'s answer from the job dir `$1`'s pid files, the
-/// revert's mark (made as it starts) in `$2`: a switch whose group leader
-/// lives is a running service; a revert's sleeper, an armed timer, or a
+/// revert's mark (made as it starts) in `$2`, the candidate `$3`: a switch
+/// whose group leader lives is a running service; a revert's sleeper, an
+/// armed timer, or a
 /// running service once its revert began (its mark made, or its record
 /// written: it removes its mark before its pid file). A leader is
 /// its unit's only when its command line names it (the job's status
 /// file, the revert's script): a pid reused since is passed over.
-pub(crate) const LIST_DARWIN: &str = r#"dir=$1; marks=$2
+pub(crate) const LIST_DARWIN: &str = concat!(
+    r#"dir=$1; marks=$2; cand=$3; jobs=$1
 for p in "$dir"/nixgate-switch-*.pid "$dir"/nixgate-confirm-*.pid; do
   [ -f "$p" ] && pid=$(cat "$p" 2>/dev/null) && [ -n "$pid" ] || continue
   n=${p##*/}; n=${n%.pid}
@@ -69,7 +111,10 @@ for p in "$dir"/nixgate-switch-*.pid "$dir"/nixgate-confirm-*.pid; do
     *) echo "NixgateUnit=$n.service active running" ;;
   esac
 done
-exit 0"#;
+"#,
+    last_switch!(),
+    "exit 0"
+);
 
 /// nix-darwin: run the armed revert whose pid file is `$1`, script `$2`
 /// and start mark `$3` now. One that began (its mark made) is left to
@@ -127,6 +172,50 @@ pub struct Found {
     /// Armed reverts (`nixgate-confirm-<run>`, the timer's name without
     /// `.timer`).
     pub armed: Vec<String>,
+    /// nixgate's last live switch of the candidate on this boot.
+    pub last_switch: Option<LastSwitch>,
+}
+
+/// A live switch of the candidate by nixgate, as its job recorded it
+/// ([`last_switch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastSwitch {
+    /// Its unit, without `.service`.
+    pub unit: String,
+    /// What it exited with; `None`: it never said it ended (stopped as
+    /// hung, killed).
+    pub exit: Option<u32>,
+}
+
+impl LastSwitch {
+    /// `NixgateLastSwitch=`'s value: the unit, then the status line.
+    fn parse(s: &str) -> Option<LastSwitch> {
+        let (unit, status) = s.split_once(' ').unwrap_or((s, ""));
+        if unit.is_empty() {
+            return None;
+        }
+        let exit = status.strip_prefix("exited ");
+        Some(LastSwitch {
+            unit: unit.to_owned(),
+            exit: exit.and_then(|c| c.trim().parse().ok()),
+        })
+    }
+
+    /// It did not end well: units failed (exit 4), or worse.
+    pub fn failed(&self) -> bool {
+        self.exit != Some(0)
+    }
+}
+
+/// What settling found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Earlier runs' units were waited for or run: what the host runs may
+    /// have changed since the plan read it, by nixgate's own earlier run.
+    pub changed: bool,
+    /// nixgate's last live switch of the candidate on this boot, read once
+    /// every earlier unit had ended.
+    pub last_switch: Option<LastSwitch>,
 }
 
 fn is_active(state: &str) -> bool {
@@ -144,6 +233,10 @@ pub fn parse(stdout: &str, run_id: &RunId) -> Found {
     ];
     let mut found = Found::default();
     for line in stdout.lines() {
+        if let Some(last) = line.strip_prefix("NixgateLastSwitch=") {
+            found.last_switch = LastSwitch::parse(last);
+            continue;
+        }
         let Some(rest) = line.strip_prefix("NixgateUnit=") else {
             continue;
         };
@@ -167,15 +260,22 @@ pub fn parse(stdout: &str, run_id: &RunId) -> Found {
     found
 }
 
-/// The command listing nixgate's units ([`LIST`]; [`LIST_DARWIN`], with
-/// sudo: the switch and the sleeper run as root, and macOS shows another
-/// user's command line to root alone).
-pub(crate) fn list_command(os: Os, paths: &HostPaths, sudo: bool) -> Command {
+/// The command listing nixgate's units and the last switch of `candidate`
+/// ([`LIST`]; [`LIST_DARWIN`], with sudo: the switch and the sleeper run
+/// as root, and macOS shows another user's command line to root alone).
+pub(crate) fn list_command(
+    os: Os,
+    paths: &HostPaths,
+    sudo: bool,
+    candidate: &StorePath,
+) -> Command {
+    let jobs = paths.job_dir.trim_end_matches('/');
     match os {
-        Os::Linux => Command::script(LIST),
+        Os::Linux => Command::script(LIST).arg(jobs).arg(candidate.as_str()),
         Os::Darwin => Command::script(LIST_DARWIN)
-            .arg(paths.job_dir.trim_end_matches('/'))
+            .arg(jobs)
             .arg(super::deadman::record_dir(paths))
+            .arg(candidate.as_str())
             .sudo(sudo),
     }
 }
@@ -202,9 +302,11 @@ async fn list<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
+    candidate: &StorePath,
 ) -> anyhow::Result<Found> {
+    let (os, paths, sudo) = (settings.os, &settings.paths, settings.sudo);
     let out = remote
-        .exec(&list_command(settings.os, &settings.paths, settings.sudo))
+        .exec(&list_command(os, paths, sudo, candidate))
         .await
         .with_context(|| format!("listing nixgate units on {}", remote.name()))?
         .check("listing nixgate units")?;
@@ -214,21 +316,22 @@ async fn list<R: Remote>(
 /// Between two looks at the earlier run's units.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
-/// Wait for earlier runs' units, run their armed reverts; `Ok(true)` when
-/// there were any (what the host runs may have changed since the plan read
-/// it, by nixgate's own earlier run); `Err` when an earlier unit still runs
-/// after the activation budget, or a revert cannot be started.
+/// Wait for earlier runs' units, run their armed reverts, and read the
+/// last switch of `candidate` once none runs (see [`Settled`]); `Err` when
+/// an earlier unit still runs after the activation budget, or a revert
+/// cannot be started.
 pub async fn settle<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
+    candidate: &StorePath,
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Settled> {
     let deadline = tokio::time::Instant::now() + settings.activation_timeout;
     let mut waited: BTreeSet<String> = BTreeSet::new();
     let mut started: BTreeSet<String> = BTreeSet::new();
     loop {
-        let found = list(remote, settings, run_id).await?;
+        let found = list(remote, settings, run_id, candidate).await?;
         if !found.running.is_empty() {
             let new: Vec<String> = found
                 .running
@@ -274,7 +377,10 @@ pub async fn settle<R: Remote>(
                     ),
                 }
             );
-            return Ok(!waited.is_empty() || !started.is_empty());
+            return Ok(Settled {
+                changed: !waited.is_empty() || !started.is_empty(),
+                last_switch: found.last_switch,
+            });
         };
         emit(ActivationEvent::Step {
             step: Step::RunEarlierRevert { unit: unit.clone() },

@@ -57,10 +57,15 @@ fn left_by_a_killed_run(polls: u32) -> FakeHost {
     host
 }
 
-async fn settle_on(host: &FakeHost, run: &str) -> (anyhow::Result<bool>, Vec<Step>, Vec<String>) {
+/// Settle for a run `run` of MID.
+async fn settle_on(
+    host: &FakeHost,
+    run: &str,
+) -> (anyhow::Result<Settled>, Vec<Step>, Vec<String>) {
     let remote = host.remote();
     let steps = Mutex::new(Vec::new());
-    let r = settle(&remote, &settings(), &RunId::parse(run).unwrap(), &|e| {
+    let run = RunId::parse(run).unwrap();
+    let r = settle(&remote, &settings(), &run, &sp(MID), &|e| {
         if let ActivationEvent::Step { step } = e {
             steps.lock().unwrap().push(step)
         }
@@ -74,7 +79,12 @@ async fn settle_on(host: &FakeHost, run: &str) -> (anyhow::Result<bool>, Vec<Ste
 async fn an_earlier_switch_is_waited_for_then_its_armed_revert_runs_now() {
     let host = left_by_a_killed_run(3);
     let (r, steps, cmds) = settle_on(&host, "r1").await;
-    assert!(r.unwrap(), "an earlier run's units were settled");
+    let settled = r.unwrap();
+    assert!(settled.changed, "an earlier run's units were settled");
+    // Read once r0's switch had ended, not as it ran.
+    let last = settled.last_switch.expect("r0's switch of MID");
+    assert_eq!(last.unit, "nixgate-switch-r0");
+    assert_eq!(last.exit, Some(0));
     assert_eq!(
         steps,
         [
@@ -105,9 +115,9 @@ async fn an_earlier_switch_is_waited_for_then_its_armed_revert_runs_now() {
 async fn this_runs_own_units_and_a_quiet_host_are_left_alone() {
     let host = FakeHost::new(&sp(OLD));
     let (r, steps, cmds) = settle_on(&host, "r1").await;
-    assert!(!r.unwrap(), "nothing of an earlier run");
+    assert_eq!(r.unwrap(), Settled::default(), "nothing of an earlier run");
     assert!(steps.is_empty());
-    assert_eq!(cmds, ["list-nixgate-units "]);
+    assert_eq!(cmds, [format!("list-nixgate-units /run/nixgate {MID}")]);
     let found = parse(
         "NixgateUnit=nixgate-switch-r1-persist.service active running\n\
          NixgateUnit=nixgate-confirm-r1.timer active waiting\n\
@@ -202,7 +212,7 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
         crate::activation::deadman::tests::settled_in_its_group(pid);
     }
     let steps = Mutex::new(Vec::new());
-    let r = settle(&local, &s, &RunId::parse("r1").unwrap(), &|e| {
+    let r = settle(&local, &s, &RunId::parse("r1").unwrap(), &sp(MID), &|e| {
         if let ActivationEvent::Step { step } = e {
             steps.lock().unwrap().push(step)
         }
@@ -240,6 +250,84 @@ async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
     assert!(!alive(sleeper), "the sleeper lives on");
     let _ = other.kill();
     let _ = (other.wait(), switch.wait());
+}
+
+/// nixgate's last live switch of the candidate, read for real (this
+/// machine's `sh`, the real job wrapper) from the job dir: of the jobs
+/// there, the one that ended last among the candidate's `test` and
+/// `switch` jobs (not its `boot`, not another closure's, not a status file
+/// of an older nixgate, which names no program), with what it exited with;
+/// `started`, a job that never said it ended, is no exit.
+#[tokio::test]
+async fn the_last_switch_of_the_candidate_is_read_from_its_jobs_status() {
+    use crate::activation::switch::JOB_WRAPPER;
+    use crate::remote::local::{LocalRemote, executable};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let jobs = format!("{d}/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    // Closures whose switch exits with what `code` says.
+    let (x, y) = (format!("{d}/x"), format!("{d}/y"));
+    for c in [&x, &y] {
+        std::fs::create_dir_all(format!("{c}/bin")).unwrap();
+        let body = format!("#!/bin/sh\nexit $(cat {d}/code)\n");
+        executable(format!("{c}/bin/switch-to-configuration"), &body);
+    }
+    let local = LocalRemote::new("local");
+    let at = std::time::SystemTime::now();
+    // A job of `closure`: run by the wrapper, its status dated `secs` on.
+    let job = |unit: &'static str, closure: &str, action: &'static str, code: u32, secs: u64| {
+        std::fs::write(format!("{d}/code"), code.to_string()).unwrap();
+        let status = format!("{jobs}/nixgate-switch-{unit}.status");
+        let cmd = Command::new("/bin/sh")
+            .args(["-c", JOB_WRAPPER, "nixgate-job"])
+            .args([status.clone(), format!("{jobs}/nixgate-switch-{unit}.log")])
+            .args([
+                format!("{closure}/bin/switch-to-configuration"),
+                action.into(),
+            ]);
+        let local = &local;
+        async move {
+            let out = local.exec(&cmd).await.unwrap();
+            assert_eq!(out.exit, crate::remote::Exit::Code { code }, "{out:?}");
+            let file = std::fs::File::options().write(true).open(&status).unwrap();
+            file.set_modified(at + Duration::from_secs(secs)).unwrap();
+        }
+    };
+    let last = || async {
+        let list = Command::script(LIST).arg(&jobs).arg(&x);
+        let out = local.exec(&list).await.unwrap();
+        assert!(out.success(), "{out:?}");
+        parse(&out.stdout_str(), &RunId::parse("r9").unwrap()).last_switch
+    };
+    assert_eq!(last().await, None, "no job yet");
+    job("r0", &x, "test", 4, 10).await;
+    job("r0-persist", &x, "boot", 0, 20).await;
+    job("r1", &y, "test", 0, 30).await;
+    std::fs::write(format!("{jobs}/nixgate-switch-r2.status"), "exited 0\n").unwrap();
+    let r0 = LastSwitch {
+        unit: "nixgate-switch-r0".into(),
+        exit: Some(4),
+    };
+    assert_eq!(last().await, Some(r0.clone()));
+    // A later switch of it that went well; one dated before it, not.
+    job("r3", &x, "switch", 0, 40).await;
+    job("r0-rollback", &x, "test", 0, 5).await;
+    let r3 = last().await.expect("r3");
+    assert_eq!((r3.unit.as_str(), r3.exit), ("nixgate-switch-r3", Some(0)));
+    assert!(!r3.failed());
+    // One that never said it ended (stopped as hung).
+    let status = format!("{jobs}/nixgate-switch-r4.status");
+    std::fs::write(
+        &status,
+        format!("started\n{x}/bin/switch-to-configuration test\n"),
+    )
+    .unwrap();
+    let file = std::fs::File::options().write(true).open(&status).unwrap();
+    file.set_modified(at + Duration::from_secs(50)).unwrap();
+    let r4 = last().await.expect("r4");
+    assert_eq!((r4.unit.as_str(), r4.exit), ("nixgate-switch-r4", None));
+    assert!(r4.failed() && r0.failed());
 }
 
 /// `argv` in a session (and group) of its own (its leader's pid is the

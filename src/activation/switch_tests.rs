@@ -629,25 +629,27 @@ async fn a_darwin_stop_kills_the_job() {
     assert!(ended_within(&mut child, 5), "the job lives on");
 }
 
-/// The wrapper run for real: status and log files, exit code preserved.
+/// The wrapper run for real: status (and the program it is of) and log
+/// files, exit code preserved.
 #[tokio::test]
 async fn wrapper_records_status_and_log() {
     let dir = tempfile::tempdir().unwrap();
     let status = dir.path().join("j.status");
     let log = dir.path().join("j.log");
     let r = LocalRemote::new("local");
+    let program =
+        "echo switching; echo 'warning: the following units failed: x.service' >&2; exit 4";
     let cmd = Command::new("/bin/sh")
         .args(["-c", JOB_WRAPPER, "nixgate-job"])
         .arg(status.display().to_string())
         .arg(log.display().to_string())
-        .args([
-            "sh",
-            "-c",
-            "echo switching; echo 'warning: the following units failed: x.service' >&2; exit 4",
-        ]);
+        .args(["sh", "-c", program]);
     let out = r.exec(&cmd).await.unwrap();
     assert_eq!(out.exit, Exit::Code { code: 4 });
-    assert_eq!(std::fs::read_to_string(&status).unwrap(), "exited 4\n");
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap(),
+        format!("exited 4\nsh -c {program}\n")
+    );
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "switching\nwarning: the following units failed: x.service\n"

@@ -295,6 +295,7 @@ impl<'a, R: Remote> Run<'a, R> {
                 self.s.os,
                 &self.s.paths,
                 self.s.sudo,
+                &self.req.candidate,
             ));
         }
         cmds.push(self.start_read());
@@ -315,8 +316,12 @@ impl<'a, R: Remote> Run<'a, R> {
 
     /// Realise the candidate, settle what earlier runs left, and read the
     /// links the run starts from (not for goal `copy`). The host's answers
-    /// read ahead and not used yet come back with it.
-    async fn realise_and_read(&mut self, first: Gate) -> Result<Prefetched<'a, R>, HostOutcome> {
+    /// read ahead and not used yet come back with it, and nixgate's last
+    /// switch of the candidate on this boot ([`leftovers::LastSwitch`]).
+    async fn realise_and_read(
+        &mut self,
+        first: Gate,
+    ) -> Result<(Prefetched<'a, R>, Option<leftovers::LastSwitch>), HostOutcome> {
         let goal = self.req.goal;
         let cand = self.req.candidate.clone();
         self.step(Step::Realise {
@@ -339,11 +344,11 @@ impl<'a, R: Remote> Run<'a, R> {
             Err(e) => return Err(self.fail_clean(Gate::Copy, remote_err("realise", e))),
         }
         if goal == Goal::Copy {
-            return Ok(ahead);
+            return Ok((ahead, None));
         }
-        let mut settled = false;
+        let mut settled = leftovers::Settled::default();
         if self.settles_earlier_runs() {
-            match leftovers::settle(&ahead, self.s, &self.req.run_id, self.emit).await {
+            match leftovers::settle(&ahead, self.s, &self.req.run_id, &cand, self.emit).await {
                 Ok(s) => settled = s,
                 Err(e) => {
                     return Err(self.fail_clean(first, remote_err("an earlier run's units", e)));
@@ -372,7 +377,7 @@ impl<'a, R: Remote> Run<'a, R> {
         // known, not a change behind the plan's back.
         if let Some(planned) = &self.req.planned_current
             && *planned != self.pre_current
-            && !settled
+            && !settled.changed
         {
             let reason = FailureReason::ChangedSincePlan {
                 planned: planned.clone(),
@@ -380,7 +385,7 @@ impl<'a, R: Remote> Run<'a, R> {
             };
             return Err(self.fail_clean(first, reason));
         }
-        Ok(ahead)
+        Ok((ahead, settled.last_switch))
     }
 
     async fn go(&mut self, cancel: &CancellationToken) -> HostOutcome {
@@ -398,8 +403,8 @@ impl<'a, R: Remote> Run<'a, R> {
                 Err(e) => return self.fail_clean(first, remote_err("sudo preflight", e)),
             }
         }
-        let mut ahead = match self.realise_and_read(first).await {
-            Ok(ahead) => ahead,
+        let (mut ahead, last_switch) = match self.realise_and_read(first).await {
+            Ok(read) => read,
             Err(outcome) => return outcome,
         };
         if goal == Goal::Copy {
@@ -423,7 +428,7 @@ impl<'a, R: Remote> Run<'a, R> {
         if goal == Goal::DryActivate {
             return HostOutcome::Activated { goal };
         }
-        if self.pre_current == cand {
+        if self.pre_current == cand && !self.switches_again(last_switch.as_ref()) {
             return self.already_current().await;
         }
         let next = if goal == Goal::Boot {

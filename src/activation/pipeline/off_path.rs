@@ -189,6 +189,30 @@ impl<R: Remote> Run<'_, R> {
         }
     }
 
+    /// The host already runs the candidate: is it switched again all the
+    /// same? Yes, for a goal that activates live, when nixgate's last
+    /// switch to it on this boot failed (`last`: exit 4, units that failed
+    /// to start, or worse; its controller killed before it read the
+    /// result): what runs is what that switch left, never proven, and the
+    /// switch is what the run asks for. Switched again, it goes through
+    /// the live gates as any switch does (`switch-to-configuration` starts
+    /// the failed units again); failing again, it is rolled back to the
+    /// last known-good. Not a look at failed units (a unit failed since
+    /// boot would fail every re-push): nixgate's own record of its switch.
+    pub(super) fn switches_again(&self, last: Option<&leftovers::LastSwitch>) -> bool {
+        let Some(last) = last.filter(|l| l.failed()) else {
+            return false;
+        };
+        if !self.req.goal.activates_live() {
+            return false;
+        }
+        self.step(Step::SwitchAgain {
+            unit: last.unit.clone(),
+            exit: last.exit,
+        });
+        true
+    }
+
     /// The host already runs the candidate: verify, persist and mark as the
     /// goal asks, never re-switch.
     pub(super) async fn already_current(&mut self) -> HostOutcome {

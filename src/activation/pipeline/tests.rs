@@ -114,7 +114,7 @@ async fn good_candidate_is_known_good_with_the_exact_sequence() {
         "sudo -n -- true".to_string(),
         format!("nix-store --realise {NEW}"),
         // An earlier run's units (none here): one round trip.
-        "list-nixgate-units ".into(),
+        format!("list-nixgate-units /run/nixgate {NEW}"),
         // The known-good read only when its generation has its record.
         format!("readlink-f /run/current-system {SYSTEM} {KNOWN_GOOD} /var/lib/nixgate/known-good"),
         format!("sudo -n -- {NEW}/bin/switch-to-configuration dry-activate"),
@@ -618,6 +618,85 @@ async fn already_current_is_verified_and_marked_not_switched() {
     assert_eq!(count(&ran.cmds, "sudo fire"), 0);
     assert_eq!(count(&ran.cmds, "timeout "), 1, "health checked");
     assert_eq!(host.state().sessions, 2, "proven over a new connection");
+}
+
+/// A host left running NEW by an earlier run `r0` whose controller was
+/// killed before it read its switch's result: `switch-to-configuration
+/// test` exited `exit` (its job's record), no revert armed (magic rollback
+/// off).
+fn left_on_new_by_a_killed_run(exit: u32) -> FakeHost {
+    let host = FakeHost::new(&sp(OLD));
+    let job = crate::activation::fake_host::Job {
+        status: format!("exited {exit}"),
+        running: false,
+        ..crate::activation::fake_host::Job::running_test(&sp(NEW))
+    };
+    let mut st = host.state();
+    st.current = sp(NEW);
+    st.jobs.insert("nixgate-switch-r0".into(), job);
+    drop(st);
+    host
+}
+
+/// The host already runs NEW, but nixgate's last switch to it (an earlier
+/// run's, whose controller was killed before it read the result) exited 4:
+/// not certified as it is (before: `already-current`, marked known-good
+/// without a switch), but switched again through the live gates. Its
+/// units starting this time, it is known-good; failing again, rolled back
+/// to the last known-good (OLD), as the earlier run would have done.
+#[tokio::test(start_paused = true)]
+async fn already_current_after_a_failed_switch_of_it_is_switched_again() {
+    for fails_again in [false, true] {
+        let host = left_on_new_by_a_killed_run(4);
+        if fails_again {
+            let b = Behaviour {
+                exit: 4,
+                ..Default::default()
+            };
+            host.behave(&sp(NEW), b);
+        }
+        let ran = run(&host, &request(Goal::Gated)).await;
+        let again = ran.events.iter().any(|e| {
+            matches!(e, ActivationEvent::Step { step: Step::SwitchAgain { unit, exit: Some(4) } }
+                if unit == "nixgate-switch-r0")
+        });
+        assert!(again, "fails again {fails_again}: {:#?}", ran.events);
+        let fire =
+            format!("sudo fire --unit=nixgate-switch-r1 {NEW}/bin/switch-to-configuration test");
+        assert_eq!(count(&ran.cmds, &fire), 1, "{:#?}", ran.cmds);
+        match (&ran.outcome, fails_again) {
+            (HostOutcome::KnownGood { mark }, false) => assert_eq!(mark.record.closure, sp(NEW)),
+            (
+                HostOutcome::RolledBack {
+                    gate: Gate::LiveActivate,
+                    to,
+                    ..
+                },
+                true,
+            ) => {
+                assert_eq!(to, &sp(OLD));
+                assert_eq!(host.state().current, sp(OLD));
+            }
+            (other, _) => panic!("fails again {fails_again}: {other:?}"),
+        }
+    }
+}
+
+/// The same host whose last switch to NEW went well, or whose run asks no
+/// live switch (`--goal boot`): already current, not switched again.
+#[tokio::test(start_paused = true)]
+async fn already_current_after_a_good_switch_of_it_is_not_switched_again() {
+    for (exit, goal) in [(0, Goal::Gated), (4, Goal::Boot)] {
+        let host = left_on_new_by_a_killed_run(exit);
+        let ran = run(&host, &request(goal)).await;
+        assert!(
+            matches!(ran.outcome, HostOutcome::AlreadyCurrent { .. }),
+            "{goal:?}: {:?}",
+            ran.outcome
+        );
+        let live = format!("sudo fire --unit=nixgate-switch-r1 {NEW}");
+        assert_eq!(count(&ran.cmds, &live), 0, "{goal:?}: {:#?}", ran.cmds);
+    }
 }
 
 /// A host already running the candidate whose boot default this run
