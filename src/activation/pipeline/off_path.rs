@@ -278,6 +278,34 @@ impl<R: Remote> Run<'_, R> {
         }
     }
 
+    /// Where a rollback after `gate` failed goes, and how far. Never "back"
+    /// to the candidate that just failed (a push of the known-good closure
+    /// to a host running something else, a rollback to it): then back to
+    /// what the host ran. A mark that failed says nothing against the
+    /// candidate: one that is the known-good stays.
+    /// A live rollback's known-good needing a reboot from what the host
+    /// ran is not its target ([`inhibitors::live_rollback_target`]).
+    async fn rollback_target(&self, gate: Gate) -> (StorePath, RollbackMode) {
+        let known_good = (self.known_good.clone())
+            .filter(|k| gate == Gate::MarkKnownGood || *k != self.req.candidate);
+        if self.live_changed {
+            let (remote, s, before) = (self.remote, self.s, &self.pre_current);
+            let to =
+                inhibitors::live_rollback_target(remote, s, before, known_good, self.emit).await;
+            let mode = if self.boot_changed {
+                RollbackMode::Persistent
+            } else {
+                RollbackMode::Live
+            };
+            (to, mode)
+        } else {
+            let to = (self.pre_profile.clone())
+                .or(known_good)
+                .unwrap_or(self.pre_current.clone());
+            (to, RollbackMode::BootOnly)
+        }
+    }
+
     /// A gate failed after the host changed: roll back and say how it went.
     pub(super) async fn fail_and_rollback(
         &mut self,
@@ -293,28 +321,7 @@ impl<R: Remote> Run<'_, R> {
         if let Err(outcome) = self.still_ours(gate, Next::RollBack).await {
             return outcome;
         }
-        // Never "back" to the candidate that just failed (a push of the
-        // known-good closure to a host running something else, a rollback
-        // to it): then back to what the host ran. A mark that failed says
-        // nothing against the candidate: one that is the known-good stays.
-        let known_good = (self.known_good.clone())
-            .filter(|k| gate == Gate::MarkKnownGood || *k != self.req.candidate);
-        let (to, mode) = if self.live_changed {
-            let (remote, s, before) = (self.remote, self.s, &self.pre_current);
-            let to =
-                inhibitors::live_rollback_target(remote, s, before, known_good, self.emit).await;
-            let mode = if self.boot_changed {
-                RollbackMode::Persistent
-            } else {
-                RollbackMode::Live
-            };
-            (to, mode)
-        } else {
-            let to = (self.pre_profile.clone())
-                .or(known_good)
-                .unwrap_or(self.pre_current.clone());
-            (to, RollbackMode::BootOnly)
-        };
+        let (to, mode) = self.rollback_target(gate).await;
         // A switch still running at the deadline, or one whose start was
         // never confirmed (a lost answer, or a refused start that may be
         // queued still), is stopped before the rollback: else it could
@@ -336,7 +343,23 @@ impl<R: Remote> Run<'_, R> {
                 rollback_error,
             };
         }
-        if mode != RollbackMode::BootOnly {
+        // Switched again on the system it ran (nixgate's earlier switch of
+        // it had failed: `switches_again`), with no known-good but it:
+        // nothing to go back to. Re-activating the candidate that just
+        // failed was reported a verified rollback (its units failing again
+        // passed as failing before). Not for a failed mark: a known-good
+        // candidate stays.
+        let live = mode != RollbackMode::BootOnly;
+        if live && gate != Gate::MarkKnownGood && to == self.req.candidate {
+            let rollback_error = crate::activation::reactivate::RollbackError::NoTarget;
+            return HostOutcome::RollbackFailed {
+                gate,
+                reason,
+                to,
+                rollback_error,
+            };
+        }
+        if live {
             self.reset_new_failures().await;
         }
         (self.emit)(ActivationEvent::RollbackStarted {

@@ -682,6 +682,38 @@ async fn already_current_after_a_failed_switch_of_it_is_switched_again() {
     }
 }
 
+/// Switched again and failing again on a host with no known-good but the
+/// candidate (it is the known-good, or the host has none yet): nothing to
+/// go back to, the host needs a person. Before, the candidate that had
+/// just failed was re-activated and reported a verified rollback to it
+/// (its units failing again passed as failing before).
+#[tokio::test(start_paused = true)]
+async fn switched_again_and_failing_with_no_other_known_good_has_no_rollback() {
+    let host = left_on_new_by_a_killed_run(4);
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            exit: 4,
+            ..Default::default()
+        },
+    );
+    host.state().set_profile(KNOWN_GOOD, &sp(NEW));
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::RollbackFailed {
+            gate: Gate::LiveActivate,
+            to,
+            rollback_error: RollbackError::NoTarget,
+            ..
+        } => assert_eq!(to, &sp(NEW)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        count(&ran.cmds, "sudo fire --unit=nixgate-switch-r1-rollback"),
+        0
+    );
+}
+
 /// The same host whose last switch to NEW went well, or whose run asks no
 /// live switch (`--goal boot`): already current, not switched again.
 #[tokio::test(start_paused = true)]
