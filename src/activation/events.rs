@@ -179,6 +179,14 @@ pub enum Warning {
         known_good: StorePath,
         changes: Vec<crate::activation::inhibitors::ComponentChange>,
     },
+    /// The wave's soak was cut short (`cut`: why) and the host's re-check
+    /// passed early: its known-good generation, marked provisional, stays
+    /// soak pending (no rollback target, unvalidated for the diff gate)
+    /// until a push of the commit soaks it in full.
+    SoakCutShort {
+        generation: u64,
+        cut: crate::runner::SoakCut,
+    },
 }
 
 /// One event of a host's activation.

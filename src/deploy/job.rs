@@ -25,7 +25,7 @@ use crate::nix::{StorePath, gcroots};
 use crate::plan::{Candidate, Plan, Verdict};
 use crate::remote::{Command, Remote, unpoisoned};
 use crate::report::{Event, EventSink};
-use crate::runner::{HostJob, Interrupted};
+use crate::runner::{HostJob, Interrupted, SoakCut};
 
 use super::{HostEnd, HostSummary, Kept, RunContext};
 
@@ -537,8 +537,16 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     }
 
     /// After its wave's soak: a host whose health checks fail now is taken
-    /// back to the known-good before this run's, and its mark revoked.
-    async fn take_back_unhealthy(&self, host: &str, done: HostSummary) -> HostSummary {
+    /// back to the known-good before this run's, and its mark revoked. One
+    /// that passes has its provisional mark made final as it is let go,
+    /// unless the soak was `cut` short: a check after part of the soak
+    /// proves less than the wave asks, so the mark stays pending (said).
+    async fn take_back_unhealthy(
+        &self,
+        host: &str,
+        done: HostSummary,
+        cut: Option<SoakCut>,
+    ) -> HostSummary {
         if !self.checks_see_change(&done) {
             return done;
         }
@@ -550,7 +558,16 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let (locked_out, checks) = self.soak_checks(host, inv_host, &remote, &settings).await;
         if locked_out.is_none() && checks.iter().all(|r| r.passed()) {
             if let Some(m) = provisional_mark(&done) {
-                unpoisoned(&self.soaked).insert(host.to_owned(), m.generation);
+                match cut {
+                    None => {
+                        unpoisoned(&self.soaked).insert(host.to_owned(), m.generation);
+                    }
+                    Some(cut) => {
+                        let generation = m.generation;
+                        let warning = crate::activation::Warning::SoakCutShort { generation, cut };
+                        forward(&self.sink, host)(ActivationEvent::Warning { warning });
+                    }
+                }
             }
             return done;
         }
@@ -1043,8 +1060,13 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
         }
     }
 
-    async fn recheck(self: Arc<Self>, host: Arc<str>, done: HostSummary) -> HostSummary {
-        self.take_back_unhealthy(&host, done).await
+    async fn recheck(
+        self: Arc<Self>,
+        host: Arc<str>,
+        done: HostSummary,
+        cut: Option<SoakCut>,
+    ) -> HostSummary {
+        self.take_back_unhealthy(&host, done, cut).await
     }
 
     fn recheck_cut(&self, host: &str, done: HostSummary) -> HostSummary {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::activation::fake_host::{FakeHost, KNOWN_GOOD, SYSTEM};
-use crate::activation::{HostOutcome, RollbackMode, RollbackOutcome};
+use crate::activation::{ActivationEvent, HostOutcome, RollbackMode, RollbackOutcome};
 use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
 use crate::nix::StorePath;
 use crate::nix::build::BuildFailure;
@@ -970,6 +970,67 @@ async fn a_mark_is_provisional_until_its_soak_passes() {
     );
 }
 
+/// The same host, healthy, its canary's soak of an hour cut short by a
+/// first Ctrl-C a minute into the wait: re-checked at once, it passes, but
+/// an hour's soak never ran, so its mark stays pending (before, SOAKED was
+/// sent as it was let go and made it final: a rollback target and a
+/// validated closure on a minute's soak), and a warning says so.
+#[tokio::test(start_paused = true)]
+async fn a_soak_cut_short_leaves_the_mark_pending() {
+    let f = fixture(inventory(0, "1h"), [OLD; 3], Build::Hangs);
+    on_an_unsoaked_mark(&f);
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => ready_on(NEW, NEW),
+        _ => ready(NEW),
+    });
+    let (web1, canceller) = (f.hosts["web1"].clone(), f.canceller.clone());
+    tokio::spawn(async move {
+        let remarked = || web1.state().records["2"].contains(r#""run_id":"r1""#);
+        while !remarked() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        canceller.escalate();
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert_eq!(hosts[0].outcome(), OutcomeKind::AlreadyCurrent);
+    {
+        let st = f.hosts["web1"].state();
+        assert!(st.records["2"].contains(r#""run_id":"r1""#));
+        assert!(
+            st.records["2"].contains("soak_pending"),
+            "{}",
+            st.records["2"]
+        );
+        let soaked = st.ran.iter().any(|c| c.contains("soak-passed"));
+        assert!(!soaked, "{:?}", st.ran);
+    }
+    let events = f.events.take();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Runner(crate::runner::RunnerEvent::SoakStarted { seconds: 3600, .. })
+    )));
+    let warned: Vec<_> = (events.iter())
+        .filter_map(|e| match e {
+            Event::Activation {
+                host,
+                activation: ActivationEvent::Warning { warning },
+            } => Some((host.as_str(), warning)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        [(
+            "web1",
+            &crate::activation::Warning::SoakCutShort {
+                generation: 2,
+                cut: crate::runner::SoakCut::Cancelled
+            }
+        )]
+    );
+}
+
 /// The same host under `--goal boot`: the run was asked to make the
 /// candidate its boot default and switched nothing live, so the soak
 /// re-checks and takes back nothing (it ends `AlreadyCurrent` like a host
@@ -1041,7 +1102,7 @@ async fn a_host_cancelled_before_it_changed_is_not_taken_back() {
         before: crate::gates::Gate::Copy,
     };
     let done = job.summary("web1", HostEnd::activation(cancelled));
-    let after = job.recheck(Arc::from("web1"), done.clone()).await;
+    let after = job.recheck(Arc::from("web1"), done.clone(), None).await;
     assert_eq!(after.end, done.end);
     let st = f.hosts["web1"].state();
     assert_eq!(st.health_checks, 0);

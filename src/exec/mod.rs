@@ -246,7 +246,12 @@ impl<F: Fleet> HostJob for ExecJob<F> {
         None
     }
 
-    async fn recheck(self: Arc<Self>, _host: Arc<str>, done: ExecDone) -> ExecDone {
+    async fn recheck(
+        self: Arc<Self>,
+        _host: Arc<str>,
+        done: ExecDone,
+        _cut: Option<crate::runner::SoakCut>,
+    ) -> ExecDone {
         done
     }
 

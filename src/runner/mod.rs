@@ -107,11 +107,14 @@ pub trait HostJob: Send + Sync + 'static {
     /// the runner knows it: never started, with no activation slot.
     fn staged_end(&self, host: &str, staged: &Self::Staged) -> Option<Self::Done>;
     /// After a soak, re-check a host that ended well; its end afterwards
-    /// (a host found unhealthy is taken back by the job).
+    /// (a host found unhealthy is taken back by the job). `cut`: the soak
+    /// did not run its full time, and why: a host passing then passed a
+    /// shorter soak than its wave asks for.
     fn recheck(
         self: Arc<Self>,
         host: Arc<str>,
         done: Self::Done,
+        cut: Option<SoakCut>,
     ) -> impl Future<Output = Self::Done> + Send;
     /// A re-check the second Ctrl-C cut off: the host's end. `done` is the
     /// end it had, kept unless the job had begun changing the host (a
@@ -136,6 +139,23 @@ pub enum Interrupted {
     /// The second Ctrl-C aborted the controller mid-host; a detached switch
     /// may still be finishing on the host.
     Aborted,
+}
+
+/// Why a wave's soak did not run its full time (its hosts were re-checked
+/// early).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SoakCut {
+    /// A first Ctrl-C (or SIGTERM), during the wave's activations or the
+    /// soak's wait.
+    Cancelled,
+    /// The wave went over its failure budget: the hosts that ended well
+    /// were re-checked at once before the run stopped.
+    WaveOverBudget,
+    /// A host ended by this machine's own failure stopped the run
+    /// ([`HostJob::controllers_own`]): the hosts that ended well were
+    /// re-checked at once.
+    ControllerFailed,
 }
 
 /// Why a selected host was never started.
@@ -499,7 +519,14 @@ impl<J: HostJob> Runner<J> {
         let over_budget = matches!(stop, Some(NotStarted::EarlierWaveFailed { .. }));
         let halted = matches!(stop, Some(NotStarted::ControllerFailed { .. }));
         if soaks && (stop.is_none() || first_cancel || over_budget || halted) {
-            let rechecked = self.soak(&mut w, stop.is_none()).await;
+            let cut = if over_budget {
+                Some(SoakCut::WaveOverBudget)
+            } else if halted {
+                Some(SoakCut::ControllerFailed)
+            } else {
+                first_cancel.then_some(SoakCut::Cancelled)
+            };
+            let rechecked = self.soak(&mut w, cut).await;
             if !over_budget && !halted {
                 stop = rechecked;
             }
@@ -715,11 +742,16 @@ impl<J: HostJob> Runner<J> {
         }
     }
 
-    /// Wait out the soak (if `wait`: a wave that stops the run re-checks
-    /// at once), then re-check every host that finished well; the job
-    /// takes back those found unhealthy. `Some` when the run must stop:
-    /// the re-checks pushed the wave over its budget, or a cancel came.
-    async fn soak(&mut self, w: &mut WaveRun<'_, J::Done>, wait: bool) -> Option<NotStarted> {
+    /// Wait out the soak (unless it is `cut` already: a wave that stops
+    /// the run re-checks at once), then re-check every host that finished
+    /// well; the job takes back those found unhealthy, and is told whether
+    /// the soak ran its full time. `Some` when the run must stop: the
+    /// re-checks pushed the wave over its budget, or a cancel came.
+    async fn soak(
+        &mut self,
+        w: &mut WaveRun<'_, J::Done>,
+        mut cut: Option<SoakCut>,
+    ) -> Option<NotStarted> {
         let group = w.group;
         // Nothing to re-check (every host refused or failed, within the
         // wave's budget, or none changed what it runs: `--goal boot`): no
@@ -732,18 +764,24 @@ impl<J: HostJob> Runner<J> {
         }
         (self.emit)(RunnerEvent::SoakStarted {
             wave: group.name.clone(),
-            seconds: if wait { group.soak.as_secs() } else { 0 },
+            seconds: if cut.is_none() {
+                group.soak.as_secs()
+            } else {
+                0
+            },
         });
         // The first Ctrl-C verifies what is in flight: it cuts the wait
         // short and the hosts are re-checked now (they were not, and kept
         // the known-good the run had marked), then the run stops.
-        if wait {
+        if cut.is_none() {
             tokio::select! {
                 _ = tokio::time::sleep(group.soak) => {}
-                _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {}
+                _ = cancel::reached(&mut self.cancel, CancelLevel::StopStarting) => {
+                    cut = Some(SoakCut::Cancelled);
+                }
             }
         }
-        if let Some(why) = self.recheck(w).await {
+        if let Some(why) = self.recheck(w, cut).await {
             return Some(why);
         }
         // A run a Ctrl-C stopped is cancelled, not stopped by its wave.
@@ -762,7 +800,11 @@ impl<J: HostJob> Runner<J> {
     /// whose take-back was under way kept its known-good end, and was
     /// released, while the take-back had revoked the mark and was
     /// switching it back); one re-checked already keeps its new end.
-    async fn recheck(&mut self, w: &mut WaveRun<'_, J::Done>) -> Option<NotStarted> {
+    async fn recheck(
+        &mut self,
+        w: &mut WaveRun<'_, J::Done>,
+        cut: Option<SoakCut>,
+    ) -> Option<NotStarted> {
         // A re-check may run health checks and take a host back: work on
         // the host, capped like the wave's activations.
         let slots = Arc::new(Semaphore::new(w.group.max_parallel.max(1)));
@@ -778,7 +820,7 @@ impl<J: HostJob> Runner<J> {
                     // Never closed: an error cannot come, and would only
                     // lift the cap.
                     let _slot = slots.acquire_owned().await;
-                    (i, job.recheck(host, done).await)
+                    (i, job.recheck(host, done, cut).await)
                 });
                 task_host.insert(handle.id(), i);
             }

@@ -141,8 +141,12 @@ impl HostJob for Job {
         self: Arc<Self>,
         host: Arc<str>,
         done: Result<(), String>,
+        cut: Option<SoakCut>,
     ) -> Result<(), String> {
         self.log(format!("rechecked {host}"));
+        if let Some(cut) = cut {
+            self.log(format!("soak cut {host} {cut:?}"));
+        }
         if self.recheck_hangs {
             std::future::pending::<()>().await;
         }
@@ -252,6 +256,7 @@ async fn waves_in_order_with_parallelism_and_prestaging() {
     assert!(events.iter().any(
         |e| matches!(e, RunnerEvent::SoakChecked { host, healthy: true, .. } if host == "c1")
     ));
+    assert!(!log.iter().any(|l| l.starts_with("soak cut")), "{log:?}");
 }
 
 /// A host whose copy ended while an earlier wave ran or soaked is handed
@@ -893,6 +898,7 @@ async fn a_first_cancel_during_a_soaking_waves_activation_rechecks_its_hosts() {
         .expect("no soak waited out")
         .unwrap();
     assert!(job.entries().contains(&"rechecked c1".to_string()));
+    assert!(job.entries().contains(&"soak cut c1 Cancelled".to_string()));
     let e = ends(&results);
     assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
     assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
@@ -916,6 +922,8 @@ async fn a_first_cancel_during_a_soak_rechecks_at_once() {
         .expect("the soak's wait was cut short")
         .unwrap();
     assert!(job.entries().contains(&"rechecked c1".to_string()));
+    // Re-checked after 19 s of its 60: the job is told.
+    assert!(job.entries().contains(&"soak cut c1 Cancelled".to_string()));
     let e = ends(&results);
     assert_eq!(e[0], ("c1".to_string(), "ok".to_string()));
     assert!(e[1..].iter().all(|(_, s)| s == "Cancelled"), "{e:?}");
@@ -1121,6 +1129,10 @@ async fn a_wave_over_budget_rechecks_its_good_hosts_at_once() {
     let log = job.entries();
     for h in ["c2", "c3"] {
         assert!(log.contains(&format!("rechecked {h}")), "{log:?}");
+        assert!(
+            log.contains(&format!("soak cut {h} WaveOverBudget")),
+            "{log:?}"
+        );
     }
     assert!(!log.contains(&"rechecked c1".to_string()), "{log:?}");
     assert_eq!(e[0].1, "err:failed");

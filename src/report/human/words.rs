@@ -19,7 +19,7 @@ use crate::nix::space::StoreSpace;
 use crate::plan::{NoTarget, PlanStage, Refusal};
 
 use super::labels::Labels;
-use crate::runner::{Interrupted, NotStarted};
+use crate::runner::{Interrupted, NotStarted, SoakCut};
 
 /// A closure as people tell them apart: the first hash characters and the name.
 pub fn short_closure(p: &StorePath) -> String {
@@ -574,6 +574,21 @@ pub fn warning(w: &Warning) -> String {
              closure until the next run copying ahead to this host, or `rm {root}` there",
             first_line(error)
         ),
+        Warning::SoakCutShort { generation, cut } => format!(
+            "its soak was cut short ({}) before its full time: known-good generation \
+             {generation} stays soak pending (no rollback target) until a push of this commit \
+             soaks it in full",
+            soak_cut(*cut)
+        ),
+    }
+}
+
+/// Why a wave's soak ended early.
+fn soak_cut(cut: SoakCut) -> &'static str {
+    match cut {
+        SoakCut::Cancelled => "Ctrl-C",
+        SoakCut::WaveOverBudget => "its wave went over its failure budget",
+        SoakCut::ControllerFailed => "a failure on this machine's side stopped the run",
     }
 }
 
