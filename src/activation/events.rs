@@ -187,6 +187,10 @@ pub enum Warning {
         generation: u64,
         cut: crate::runner::SoakCut,
     },
+    /// The host's soak passed, but making its provisional known-good
+    /// generation final failed (`error`): the host keeps it soak pending
+    /// until a push of the commit marks and soaks it again.
+    SoakPassNotRecorded { generation: u64, error: String },
 }
 
 /// One event of a host's activation.

@@ -724,6 +724,8 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// passed. Not done (the connection gone for good), the host keeps it
     /// provisional: `status` says its soak is pending, it is no rollback
     /// target, and the next push of the commit marks and soaks it again.
+    /// The run's report says so (a warning): its host ended known-good, and
+    /// the operator would take that mark for final.
     async fn mark_soaked(&self, host: &str, generation: u64) {
         let Some(inv_host) = self.inventory.host(host) else {
             return;
@@ -739,10 +741,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             Err(e) => Err(anyhow::Error::new(e)),
         };
         if let Err(e) = done {
-            tracing::warn!(
-                "{host}: its soak passed, but its known-good generation {generation} is still \
-                 marked soak pending ({e:#}); the next push of this commit marks and soaks it again"
-            );
+            let error = format!("{e:#}");
+            let warning = crate::activation::Warning::SoakPassNotRecorded { generation, error };
+            forward(&self.sink, host)(ActivationEvent::Warning { warning });
         }
     }
 }

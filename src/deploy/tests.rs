@@ -1031,6 +1031,62 @@ async fn a_soak_cut_short_leaves_the_mark_pending() {
     );
 }
 
+/// The same host, healthy after its soak, whose SOAKED fails (the host's
+/// `/nix` gone under the session): its mark stays pending, and the run's
+/// events say so, as a warning the JSON carries (before: a tracing line
+/// only, and the report showed a known-good host the operator took for
+/// proven).
+#[tokio::test(start_paused = true)]
+async fn a_soak_pass_the_host_did_not_record_is_reported() {
+    let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    on_an_unsoaked_mark(&f);
+    let paths = crate::activation::HostPaths::for_os(f.inv.host("web1").unwrap().os);
+    let (prof, dir) = (&paths.known_good_profile, &paths.known_good_records);
+    let soaked = format!("soak-passed {prof} {} 2 r1", dir.trim_end_matches('/'));
+    f.hosts["web1"].state().break_once = vec![soaked.clone(), format!("sudo {soaked}")];
+    let plan = plan_of(&f.inv, |h| match h {
+        "web1" => ready_on(NEW, NEW),
+        _ => ready(NEW),
+    });
+    run(&f.ctx, plan, AlreadyThere).await;
+    let record = f.hosts["web1"].state().records["2"].clone();
+    assert!(record.contains(r#""run_id":"r1""#) && record.contains("soak_pending"));
+    let warned: Vec<Event> = (f.events.take().into_iter())
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Activation {
+                    activation: ActivationEvent::Warning { .. },
+                    ..
+                }
+            )
+        })
+        .collect();
+    match &warned[..] {
+        [
+            Event::Activation {
+                host,
+                activation:
+                    ActivationEvent::Warning {
+                        warning:
+                            crate::activation::Warning::SoakPassNotRecorded {
+                                generation: 2,
+                                error,
+                            },
+                    },
+            },
+        ] => assert!(host == "web1" && !error.is_empty(), "{host} {error}"),
+        other => panic!("{other:?}"),
+    }
+    let json = serde_json::to_string(&warned[0]).unwrap();
+    let back: Event = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, warned[0], "{json}");
+    assert!(
+        json.contains(r#""kind":"soak_pass_not_recorded""#),
+        "{json}"
+    );
+}
+
 /// The same host under `--goal boot`: the run was asked to make the
 /// candidate its boot default and switched nothing live, so the soak
 /// re-checks and takes back nothing (it ends `AlreadyCurrent` like a host

@@ -580,6 +580,12 @@ pub fn warning(w: &Warning) -> String {
              soaks it in full",
             soak_cut(*cut)
         ),
+        Warning::SoakPassNotRecorded { generation, error } => format!(
+            "its soak passed, but known-good generation {generation} could not be made final \
+             ({}): it stays soak pending (no rollback target) until a push of this commit marks \
+             and soaks it again",
+            first_line(error)
+        ),
     }
 }
 
