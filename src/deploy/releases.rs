@@ -57,6 +57,11 @@ pub enum NotReleased {
     /// read at release time: not released unconfirmed; a push of the same
     /// commit releases it.
     Unconfirmed { error: String },
+    /// The host's known-good is this run's mark (generation `marked`), but
+    /// still soak pending: its soak was cut short, or its pass could not be
+    /// recorded. A release certifies a proven closure: a push of the same
+    /// commit whose soak passes releases it.
+    SoakPending { marked: u64 },
 }
 
 /// Why a release was not published to the remote.
@@ -198,7 +203,9 @@ async fn confirm<F: Fleet>(
     }
 }
 
-/// Is `host`'s known-good profile still on `mark`, with this run's record?
+/// Is `host`'s known-good profile still on `mark`, with this run's record,
+/// and final (the host's record, not the run's end: a mark made pending
+/// stays so when its soak was cut short or its pass not recorded)?
 async fn still_marked<F: Fleet>(
     fleet: &F,
     host: &str,
@@ -219,6 +226,11 @@ async fn still_marked<F: Fleet>(
                 .as_ref()
                 .is_some_and(|rec| rec.run_id.as_str() == run_id)
     });
+    if ours && now.is_some_and(|g| g.soak_pending()) {
+        return Err(NotReleased::SoakPending {
+            marked: mark.generation,
+        });
+    }
     if ours {
         return Ok(());
     }

@@ -1480,6 +1480,44 @@ async fn a_host_whose_known_good_moved_after_the_run_let_it_go_is_not_released()
     assert_eq!(branches, ["release/web1"]);
 }
 
+/// web1's known-good is still this run's mark, but still soak pending on
+/// the host when the run releases (its canary soak cut short by a first
+/// Ctrl-C, or its pass not recorded): it is not released (before: tagged,
+/// and release/web1 fast-forwarded to a closure no soak proved). web2 and
+/// web3 are.
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_mark_is_still_soak_pending_is_not_released() {
+    let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    {
+        let mut st = f.hosts["web1"].state();
+        let created = r#""created":true,"#;
+        assert!(st.records["2"].contains(created), "{}", st.records["2"]);
+        let pending = st.records["2"].replacen(
+            created,
+            &format!("{created}{}", crate::activation::fake_host::SOAK_PENDING),
+            1,
+        );
+        st.records.insert("2".into(), pending);
+    }
+    let (dir, _repo, c) = repo_with_a_commit();
+    let mut inv = (*f.inv).clone();
+    inv.builder.source = dir.path().to_owned();
+    let mut released = Vec::new();
+    for e in release_events(&f, &inv, &c.to_string(), &hosts).await {
+        match e {
+            Event::Released { host, .. } => released.push(host),
+            Event::NotReleased {
+                host,
+                why: releases::NotReleased::SoakPending { marked },
+            } => assert_eq!((host.as_str(), marked), ("web1", 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(released, ["web2", "web3"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_the_build_ends_it_and_activates_nothing() {
     let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);

@@ -1106,6 +1106,10 @@ pub fn not_released(n: &NotReleased) -> String {
              same commit releases it",
             first_line(error)
         ),
+        NotReleased::SoakPending { marked } => format!(
+            "its known-good generation {marked} is still soak pending (its soak never passed in \
+             full): a push of the same commit whose soak passes releases it"
+        ),
     }
 }
 
