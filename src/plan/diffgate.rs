@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::activation::known_good::GateRecord;
+use crate::activation::known_good::{GateRecord, KnownGoodGeneration};
 use crate::activation::{HostPaths, known_good, links};
 use crate::diff::flake_lock::{InputChange, InputsUnknown};
 use crate::diff::{self, HostDiff};
@@ -98,17 +98,7 @@ async fn one<F: Fleet>(
     let deployed = async {
         let cur = current.as_ref()?;
         let hist = known_good::history_of(&session, &paths, cur).await.ok()?;
-        // Known-good by `nixgate rollback`'s rule (its `Unfinished`): a
-        // mark that never finished does not count; nor does one whose soak
-        // never passed (its commit is still where it was built from).
-        let unfinished = super::rollback_target::Unfinished::of(&hist);
-        let known = hist
-            .iter()
-            .rev()
-            .find(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g));
-        let proven = known.is_some_and(|g| !g.soak_pending());
-        let commit = known.and_then(|g| g.record.as_ref()?.commit.clone());
-        Some((proven, commit))
+        Some(deployed(&hist, cur))
     };
     let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);
     let (d, deployed) = tokio::join!(diffed, deployed);
@@ -139,6 +129,23 @@ async fn one<F: Fleet>(
         }
     }
     Ok(d)
+}
+
+/// What the running system `cur` is to nixgate, by the host's known-good
+/// history: whether it is proven, and the commit its newest mark names (it
+/// was built from), if any. Known-good by `nixgate rollback`'s rule (its
+/// `Unfinished`): a mark that never finished does not count. One whose
+/// soak never passed proves nothing, but it takes nothing from an earlier
+/// final mark of the same closure: a re-mark of a proven closure in a
+/// soaking wave, its soak cut short, hid the proven generation and the
+/// closure read unvalidated. The pending mark's commit is still where the
+/// closure was built from.
+fn deployed(hist: &[KnownGoodGeneration], cur: &StorePath) -> (bool, Option<String>) {
+    let unfinished = super::rollback_target::Unfinished::of(hist);
+    let mut marks =
+        (hist.iter().rev()).filter(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g));
+    let commit = (marks.clone().next()).and_then(|g| g.record.as_ref()?.commit.clone());
+    (marks.any(|g| !g.soak_pending()), commit)
 }
 
 /// The builder lost the running system's derivation: re-evaluate the commit
@@ -617,6 +624,48 @@ mod tests {
             lines[0].starts_with(&format!("flake input sub {} -> ", &tree_b[..12])),
             "{lines:?}"
         );
+    }
+
+    /// Generations 1.. of `closures` (`(closure, soak pending)`), each
+    /// with its record naming commit `c<N>`, the last current.
+    fn history(closures: &[(&StorePath, bool)]) -> Vec<KnownGoodGeneration> {
+        let gen_of = |i: usize, (c, pending): (&StorePath, bool)| {
+            let generation = i as u64 + 1;
+            let record = format!(
+                r#"{{"version":1,"host":"web1","generation":{generation},"closure":"{c}","marked_at":"2026-12-01T00:00:00Z","commit":"c{generation}","run_id":"r{generation}","gates":[],"soak_pending":{pending}}}"#
+            );
+            KnownGoodGeneration {
+                generation,
+                closure: Some(c.clone()),
+                present: true,
+                record: Some(serde_json::from_str(&record).unwrap()),
+                recorded: true,
+                current: i + 1 == closures.len(),
+                cut_off: false,
+                stood: None,
+            }
+        };
+        (closures.iter().enumerate())
+            .map(|(i, g)| gen_of(i, *g))
+            .collect()
+    }
+
+    /// web1 runs `a`, proven by generation 1; a later run re-marked `a`
+    /// (generation 3, after `b`) in a soaking wave and its soak was cut
+    /// short: the closure is still proven by generation 1 (before: the
+    /// newest mark of it was read alone, pending, and the diff called the
+    /// host unvalidated), the commit the newest mark's. Marks of `a` all
+    /// pending, or none: unvalidated.
+    #[test]
+    fn a_pending_re_mark_does_not_hide_a_proven_mark_of_the_same_closure() {
+        let (a, b) = (sp('a', "nixos-system-web1"), sp('b', "nixos-system-web1"));
+        let h = history(&[(&a, false), (&b, false), (&a, true)]);
+        assert_eq!(deployed(&h, &a), (true, Some("c3".into())));
+        let h = history(&[(&a, true), (&b, false), (&a, true)]);
+        assert_eq!(deployed(&h, &a), (false, Some("c3".into())));
+        assert_eq!(deployed(&h, &sp('d', "nixos-system-web1")), (false, None));
+        let h = history(&[(&b, false), (&a, false)]);
+        assert_eq!(deployed(&h, &a), (true, Some("c2".into())));
     }
 
     #[test]
