@@ -17,6 +17,7 @@ use crate::fleet::Fleet;
 use crate::inspect::bound::{self, bounded};
 use crate::inventory::Inventory;
 use crate::nix::StorePath;
+use crate::plan::rollback_target;
 use crate::state::runs::{self, RunState};
 
 /// A host's last run, from the controller's reports.
@@ -55,7 +56,8 @@ pub struct HostStatus {
     /// The boot default differs from what runs: a reboot would change it.
     pub pending_reboot: bool,
     /// What runs is not the known-good closure (or the known-good has no
-    /// record: nixgate cannot vouch for it).
+    /// record, or no final mark proves it, its soak pending: nixgate cannot
+    /// vouch for it).
     pub unvalidated: bool,
     /// The known-good profile is on a generation without its tag record: a
     /// mark cut off between `nix-env --set` and the record (the host went
@@ -106,22 +108,18 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
         Ok(l) => (st.current, st.booted, st.boot_default) = (l.current, l.booted, l.boot_default),
         Err(e) => errors.push(format!("{e:#}")),
     }
-    let mut marked_at = None;
     let history = known_good::history(&remote, &paths);
     let history = bounded(by, "reading its known-good history", history).await;
-    if let Ok(hist) = &history
-        && let Some(cur) = hist.iter().find(|g| g.current)
-    {
-        st.known_good = cur.closure.clone();
-        st.known_good_generation = Some(cur.generation);
-        st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
-        st.known_good_unrecorded = cur.record.is_none();
-        st.known_good_soak_pending = cur.soak_pending();
-        marked_at = cur.record.clone();
-    }
-    if let Err(e) = &history {
-        errors.push(format!("{e:#}"));
-    }
+    let (marked_at, proven) = match &history {
+        Ok(hist) => {
+            let (marked_at, proven) = known_good_of(&mut st, hist);
+            (marked_at, Some(proven))
+        }
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            (None, None)
+        }
+    };
     let what = "reading the revert records";
     let records = async { deadman::records(&remote, &paths).await.context(what) };
     match bounded(by, what, records).await {
@@ -136,8 +134,28 @@ pub async fn probe<F: Fleet>(fleet: &F, inv: &Inventory, host: &str) -> HostStat
         Ok(a) => st.activity = a,
         Err(e) => errors.push(format!("{e:#}")),
     }
-    judge(&mut st, history.is_ok(), errors);
+    judge(&mut st, proven, errors);
     st
+}
+
+/// The known-good the history shows (where its profile is) into `st`;
+/// returns that generation's record (a revert after it is news) and
+/// whether a finished, final mark proves what runs
+/// ([`rollback_target::proven`]).
+fn known_good_of(
+    st: &mut HostStatus,
+    hist: &[known_good::KnownGoodGeneration],
+) -> (Option<known_good::KnownGoodRecord>, bool) {
+    let proven = (st.current.as_ref()).is_some_and(|c| rollback_target::proven(hist, c));
+    let Some(cur) = hist.iter().find(|g| g.current) else {
+        return (None, proven);
+    };
+    st.known_good = cur.closure.clone();
+    st.known_good_generation = Some(cur.generation);
+    st.known_good_commit = cur.record.as_ref().and_then(|r| r.commit.clone());
+    st.known_good_unrecorded = cur.record.is_none();
+    st.known_good_soak_pending = cur.soak_pending();
+    (cur.record.clone(), proven)
 }
 
 /// The host's last revert, if it came after `mark` (the known-good
@@ -160,13 +178,16 @@ fn reverted_since(
 }
 
 /// What the reads say together: a reboot pending, and (only when the
-/// history was read: unread, it proves nothing either way) a running
-/// system that is not the known-good; the failed reads as the error.
-fn judge(st: &mut HostStatus, history_read: bool, errors: Vec<String>) {
+/// history was read: unread, it proves nothing either way; `proven`, a
+/// finished, final mark of what runs) a running system that is not the
+/// known-good, or one no final mark proves (a known-good whose soak never
+/// passed was counted validated, though no rollback goes there and the
+/// diff gate calls it unvalidated); the failed reads as the error.
+fn judge(st: &mut HostStatus, proven: Option<bool>, errors: Vec<String>) {
     st.pending_reboot = st.boot_default.is_some() && st.boot_default != st.current;
-    st.unvalidated = history_read
-        && st.current.is_some()
-        && (st.current != st.known_good || st.known_good_unrecorded);
+    st.unvalidated = proven.is_some_and(|proven| {
+        st.current.is_some() && (st.current != st.known_good || st.known_good_unrecorded || !proven)
+    });
     if !errors.is_empty() {
         st.error = Some(errors.join("; "));
     }
@@ -337,13 +358,57 @@ mod tests {
         };
         judge(
             &mut st,
-            false,
+            None,
             vec!["history: lost".into(), "records: lost".into()],
         );
         assert!(!st.unvalidated && !st.pending_reboot);
         assert_eq!(st.error.as_deref(), Some("history: lost; records: lost"));
-        judge(&mut st, true, Vec::new());
+        judge(&mut st, Some(false), Vec::new());
         assert!(st.unvalidated, "read, and no known-good: unvalidated");
+    }
+
+    /// web1 runs its known-good, generation 2, whose soak never passed
+    /// (`soak_pending`): status flags it and counts it unvalidated (before:
+    /// `known-good-soak-pending`, yet `unvalidated` false, as if proven, and
+    /// `behind_head` judged from its commit). The same pending generation
+    /// re-marking the closure generation 1 had proven is validated.
+    #[test]
+    fn a_known_good_whose_soak_never_passed_is_unvalidated() {
+        let sys = |p: &str| StorePath::parse(p).unwrap();
+        let old = sys("/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.05");
+        let new = sys("/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-nixos-system-web-24.11");
+        let generation = |n: u64, c: &StorePath, pending: bool| {
+            let record = format!(
+                r#"{{"generation":{n},"soak_pending":{pending},"version":1,"host":"web1","closure":"{c}","marked_at":"2026-01-01T00:00:00Z","commit":"c{n}","run_id":"r{n}","gates":[]}}"#
+            );
+            known_good::KnownGoodGeneration {
+                generation: n,
+                closure: Some(c.clone()),
+                present: true,
+                record: Some(serde_json::from_str(&record).unwrap()),
+                recorded: true,
+                current: n == 2,
+                cut_off: false,
+                stood: None,
+            }
+        };
+        let status_on = |runs: &StorePath| {
+            let mut st = HostStatus {
+                reachable: true,
+                current: Some(runs.clone()),
+                boot_default: Some(runs.clone()),
+                ..Default::default()
+            };
+            let hist = [generation(1, &old, false), generation(2, runs, true)];
+            let (_, proven) = known_good_of(&mut st, &hist);
+            judge(&mut st, Some(proven), Vec::new());
+            st
+        };
+        let st = status_on(&new);
+        assert_eq!(st.known_good_generation, Some(2));
+        assert!(st.known_good_soak_pending && st.unvalidated, "{st:?}");
+        let st = status_on(&old);
+        assert!(st.known_good_soak_pending && !st.unvalidated, "{st:?}");
     }
 
     #[test]

@@ -132,20 +132,18 @@ async fn one<F: Fleet>(
 }
 
 /// What the running system `cur` is to nixgate, by the host's known-good
-/// history: whether it is proven, and the commit its newest mark names (it
-/// was built from), if any. Known-good by `nixgate rollback`'s rule (its
-/// `Unfinished`): a mark that never finished does not count. One whose
-/// soak never passed proves nothing, but it takes nothing from an earlier
-/// final mark of the same closure: a re-mark of a proven closure in a
-/// soaking wave, its soak cut short, hid the proven generation and the
-/// closure read unvalidated. The pending mark's commit is still where the
-/// closure was built from.
+/// history: whether it is proven ([`super::rollback_target::proven`]), and
+/// the commit its newest mark names (it was built from), if any. A mark
+/// that never finished does not count. One whose soak never passed proves
+/// nothing, but takes nothing from an earlier final mark of the same
+/// closure: a re-mark of a proven closure in a soaking wave, its soak cut
+/// short, hid the proven generation and the closure read unvalidated. The
+/// pending mark's commit is still where the closure was built from.
 fn deployed(hist: &[KnownGoodGeneration], cur: &StorePath) -> (bool, Option<String>) {
     let unfinished = super::rollback_target::Unfinished::of(hist);
-    let mut marks =
-        (hist.iter().rev()).filter(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g));
-    let commit = (marks.clone().next()).and_then(|g| g.record.as_ref()?.commit.clone());
-    (marks.any(|g| !g.soak_pending()), commit)
+    let newest = (hist.iter().rev()).find(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g));
+    let commit = newest.and_then(|g| g.record.as_ref()?.commit.clone());
+    (super::rollback_target::proven(hist, cur), commit)
 }
 
 /// The builder lost the running system's derivation: re-evaluate the commit

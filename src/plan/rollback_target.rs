@@ -141,6 +141,15 @@ impl Unfinished {
     }
 }
 
+/// Does a mark of `closure` prove it: one that finished ([`Unfinished`])
+/// and is final (its soak passed, or none followed)? A later mark of the
+/// same closure left soak pending takes nothing from an earlier final one.
+pub(crate) fn proven(history: &[KnownGoodGeneration], closure: &StorePath) -> bool {
+    let unfinished = Unfinished::of(history);
+    (history.iter())
+        .any(|g| g.closure.as_ref() == Some(closure) && !unfinished.is(g) && !g.soak_pending())
+}
+
 /// `g` as a target, or why it is none. `unfinished`: its mark never
 /// finished (the fault matrix left one: a host that went down as it was
 /// marked, rolled back, its known-good profile on the failed candidate and
