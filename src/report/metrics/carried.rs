@@ -109,8 +109,9 @@ enum Report {
     },
     /// A run killed before it ended (its report never finished, and no
     /// run holds the controller lock for it now): the hosts it selected.
-    /// Any of them may have been mid-switch; what each runs is unknown.
-    Interrupted { selected: Vec<String> },
+    /// Any of them may have been mid-switch; what each runs is unknown, as
+    /// far as its `goal` changes hosts.
+    Interrupted { goal: Goal, selected: Vec<String> },
 }
 
 fn light(s: &HostSummary) -> Light {
@@ -157,11 +158,20 @@ struct State {
 }
 
 impl State {
-    /// A run killed while it had the host: what it runs and boots is
-    /// unknown (its known-goods stay: a killed run revokes none it did not
-    /// add, and one it added is unknown until a later mark says).
-    fn interrupted(&mut self) {
-        (self.runs_known_good, self.pending_reboot) = (None, None);
+    /// A run with `goal` killed while it had the host: what it runs is
+    /// unknown if the goal changes the running system, and what it boots
+    /// if the goal sets the boot default; the rest is as the reports said
+    /// (a killed `--goal copy` or `dry-activate` run changed neither, and
+    /// turned a known-good host's series NaN). Its known-goods stay: a
+    /// killed run revokes none it did not add, and one it added is unknown
+    /// until a later mark says.
+    fn interrupted(&mut self, goal: Goal) {
+        if goal.activates_live() {
+            self.runs_known_good = None;
+        }
+        if goal.persists_boot() {
+            self.pending_reboot = None;
+        }
     }
 
     fn apply(&mut self, goal: Goal, h: &Light) {
@@ -329,6 +339,7 @@ fn reports(state_dir: &Path, current: &RunReport) -> Vec<(String, Report)> {
                 hosts: h.hosts,
             },
             RunState::Interrupted => Report::Interrupted {
+                goal: h.goal,
                 selected: h.selected,
             },
             RunState::Running => continue,
@@ -358,9 +369,9 @@ pub fn collect(state_dir: &Path, current: &RunReport, t: &Timeline) -> (Run, Vec
                     last.insert(h.host.clone(), Last::ended(&id, finished, h));
                 }
             }
-            Report::Interrupted { selected } => {
+            Report::Interrupted { goal, selected } => {
                 for host in selected {
-                    states.entry(host.clone()).or_default().interrupted();
+                    states.entry(host.clone()).or_default().interrupted(goal);
                     let before = last.remove(&host);
                     last.insert(host, Last::interrupted(&id, before));
                 }

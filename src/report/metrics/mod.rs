@@ -13,7 +13,8 @@
 //! after a run that left it unknown. A run killed before it ended (its
 //! report unfinished, and no run holds the controller lock for it) is each
 //! selected host's last run: outcome `interrupted`, failed, what it runs
-//! unknown. A run still going is not read yet. Gate durations are from
+//! unknown as far as its goal changes hosts (a killed `--goal copy` changed
+//! nothing). A run still going is not read yet. Gate durations are from
 //! each host's last run.
 //!
 //! Names follow Prometheus's conventions: `nixgate_` prefix, base units

@@ -592,3 +592,61 @@ fn a_killed_run_leaves_its_hosts_interrupted_and_unknown() {
     assert_eq!(web1("nixgate_host_last_outcome").0["outcome"], "known-good");
     assert_eq!(web1("nixgate_host_runs_known_good").1, 1.0);
 }
+
+/// A killed run whose goal never changes a host (`--goal copy`,
+/// `dry-activate`) leaves what its hosts run and boot as the run before
+/// said (before: NaN, as for a killed switch); its hosts' last run is
+/// still `interrupted` and failed (it did not do what it was asked). A
+/// killed `--goal boot` leaves only what they boot unknown.
+#[test]
+fn a_killed_run_that_changes_no_host_leaves_what_they_run_known() {
+    use crate::gates::Goal;
+    for (goal, runs_known, boots_known) in [
+        (Goal::Copy, true, true),
+        (Goal::DryActivate, true, true),
+        (Goal::Boot, true, false),
+        (Goal::Gated, false, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let first = fixture::run(0);
+        crate::state::runs::tests::write_run(dir.path(), &first);
+        let before = parse(&metrics_of(dir.path(), &first));
+        let mut killed = fixture::run(0).report;
+        killed.run_id = "20261123T070000Z-kill".into();
+        killed.started = "2026-11-23T07:00:00Z".into();
+        (killed.finished, killed.exit_code, killed.ending) = (None, None, None);
+        killed.goal = goal;
+        killed.selected = vec!["web1".into()];
+        killed.hosts.clear();
+        crate::state::run_report::write(dir.path(), &killed, None).unwrap();
+        let mut third = fixture::run(0);
+        third.report.run_id = "20261123T080000Z-0001".into();
+        third.report.started = "2026-11-23T08:00:00Z".into();
+        third.report.finished = Some("2026-11-23T08:00:30Z".into());
+        third.report.hosts.retain(|h| h.host == "web3");
+        third.report.selected = vec!["web3".into()];
+        (third.events).retain(|s| s.event.host().is_none_or(|h| h == "web3"));
+        crate::state::runs::tests::write_run(dir.path(), &third);
+        let after = parse(&metrics_of(dir.path(), &third));
+        let web1 = |samples: &[(String, BTreeMap<String, String>, f64)], name: &str| {
+            (samples.iter())
+                .find(|(n, l, _)| n == name && l.get("host").map(String::as_str) == Some("web1"))
+                .map(|s| (s.1.clone(), s.2))
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        let outcome = web1(&after, "nixgate_host_last_outcome").0;
+        assert_eq!(outcome["outcome"], "interrupted", "{goal:?}");
+        assert_eq!(web1(&after, "nixgate_host_last_run_failed").1, 1.0);
+        for (metric, known) in [
+            ("nixgate_host_runs_known_good", runs_known),
+            ("nixgate_host_pending_reboot", boots_known),
+        ] {
+            let (was, now) = (web1(&before, metric).1, web1(&after, metric).1);
+            assert!(was.is_finite(), "{metric}: {was}");
+            match known {
+                true => assert_eq!(now, was, "{goal:?} {metric}"),
+                false => assert!(now.is_nan(), "{goal:?} {metric}: {now}"),
+            }
+        }
+    }
+}
