@@ -50,21 +50,28 @@ use crate::nix::StorePath;
 use crate::remote::{Command, Remote};
 
 /// The last live switch of the candidate `$cand` that the job dir `$jobs`
-/// holds (this boot's on Linux: `/run` is a tmpfs): of the status files whose
-/// second line is the candidate's `switch-to-configuration test` or
-/// `switch` (Linux), `activate` (Darwin) (see
-/// [`super::switch::JOB_WRAPPER`]), the newest (the job rewrites its file
-/// as it ends), as `NixgateLastSwitch=<unit> <its first line>`: `exited
+/// holds (this boot's on Linux: `/run` is a tmpfs): of the status files
+/// whose program (see [`super::switch::JOB_WRAPPER`]: the file's lines
+/// after the first; its last names the closure) is the candidate's
+/// `switch-to-configuration test` or `switch` (Linux), or the activation
+/// of it ([`super::darwin_activate::program`]: its last line ends
+/// `nixgate-activate <closure>`), the newest (the job rewrites its file as
+/// it ends), as `NixgateLastSwitch=<unit> <its first line>`: `exited
 /// <code>`, or `started` for a job that never said it ended (stopped as
-/// hung, killed). A rollback to the candidate is a switch of it too. `-nt`
-/// is not POSIX; dash, busybox and bash have it.
+/// hung, killed). A rollback's job (`*-rollback`) is not one: its exit 4
+/// for units failing before the deploy is accepted (see
+/// `detached::earlier_failures_only`), and would read as the candidate's
+/// switch having failed. A one-line file (an older nixgate's) names no
+/// program. `-nt` is not POSIX; dash, busybox and bash have it.
 macro_rules! last_switch {
     () => {
         r#"last=
 for s in "$jobs"/nixgate-switch-*.status; do
   [ -f "$s" ] || continue
-  p=; { IFS= read -r p && IFS= read -r p; } 2>/dev/null < "$s" || continue
-  case $p in "$cand/bin/switch-to-configuration test"|"$cand/bin/switch-to-configuration switch"|"$cand/activate") ;; *) continue ;; esac
+  case ${s##*/} in *-rollback.status|*-rollback-try*.status) continue ;; esac
+  p=; n=0; while IFS= read -r l; do p=$l; n=$((n+1)); done 2>/dev/null < "$s"
+  [ "$n" -ge 2 ] || continue
+  case $p in "$cand/bin/switch-to-configuration test"|"$cand/bin/switch-to-configuration switch"|*" nixgate-activate $cand") ;; *) continue ;; esac
   [ -z "$last" ] || [ "$s" -nt "$last" ] || continue
   last=$s
 done

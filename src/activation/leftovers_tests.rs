@@ -328,6 +328,56 @@ async fn the_last_switch_of_the_candidate_is_read_from_its_jobs_status() {
     let r4 = last().await.expect("r4");
     assert_eq!((r4.unit.as_str(), r4.exit), ("nixgate-switch-r4", None));
     assert!(r4.failed() && r0.failed());
+    // A rollback to it whose exit 4 (units failing before) was accepted,
+    // newer: not the candidate's switch.
+    job("r5-rollback", &x, "test", 4, 60).await;
+    job("r5-rollback-try2", &x, "test", 4, 61).await;
+    assert_eq!(last().await.expect("r4").unit, "nixgate-switch-r4");
+}
+
+/// nix-darwin: the job's program is `sh -c <activation script> ...
+/// <closure>` (several lines): its last line names the closure.
+#[tokio::test]
+async fn the_last_activation_of_a_darwin_candidate_is_read_from_its_jobs_status() {
+    use crate::activation::switch::JOB_WRAPPER;
+    use crate::remote::local::{LocalRemote, executable};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let jobs = format!("{d}/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let x = format!("{d}/x");
+    std::fs::create_dir_all(&x).unwrap();
+    executable(
+        format!("{x}/activate"),
+        "#!/bin/sh
+exit 2
+",
+    );
+    let closure =
+        StorePath::parse(&format!("/nix/store/{}-darwin-system", "a".repeat(32))).unwrap();
+    let program = crate::activation::darwin_activate::program(&closure);
+    // The job as the wrapper runs it, its program pointed at `x` to run
+    // here; the status then says the closure's program, as on a Mac.
+    let status = format!("{jobs}/nixgate-switch-r0.status");
+    let mut argv = program.clone();
+    *argv.last_mut().unwrap() = x.clone();
+    let local = LocalRemote::new("local");
+    let cmd = Command::new("/bin/sh")
+        .args(["-c", JOB_WRAPPER, "nixgate-job"])
+        .args([status.clone(), format!("{jobs}/nixgate-switch-r0.log")])
+        .args(argv);
+    let out = local.exec(&cmd).await.unwrap();
+    assert_eq!(out.exit, crate::remote::Exit::Code { code: 2 }, "{out:?}");
+    let text = std::fs::read_to_string(&status).unwrap();
+    std::fs::write(&status, text.replace(&x, closure.as_str())).unwrap();
+    let list = Command::script(LIST).arg(&jobs).arg(closure.as_str());
+    let out = local.exec(&list).await.unwrap();
+    let last = parse(&out.stdout_str(), &RunId::parse("r9").unwrap()).last_switch;
+    let last = last.expect("the Darwin activation of the candidate");
+    assert_eq!(
+        (last.unit.as_str(), last.exit),
+        ("nixgate-switch-r0", Some(2))
+    );
 }
 
 /// `argv` in a session (and group) of its own (its leader's pid is the

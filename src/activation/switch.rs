@@ -186,11 +186,13 @@ fn split_attempt(unit: &str) -> (&str, u32) {
 /// the program. Builtins only. The polls read both files as the SSH user,
 /// without sudo: they are created world-readable (umask 022) whatever
 /// umask the job inherited (Darwin: the user's, which sudo keeps when it is
-/// stricter than 022), while the program keeps its own. The status file's
-/// second line is the program (`<closure>/bin/switch-to-configuration
-/// <action>`, `<closure>/activate`): the polls read the first alone, and a
-/// later run reads what an earlier one's switch of its candidate ended with
-/// ([`super::leftovers`]: a controller killed before it read the result).
+/// stricter than 022), while the program keeps its own. After the status
+/// file's first line comes the program (`<closure>/bin/switch-to-configuration
+/// <action>`; on nix-darwin `sh -c <script> nixgate-activate <closure>`,
+/// several lines, the last naming the closure): the polls read the first
+/// alone, and a later run reads what an earlier one's switch of its
+/// candidate ended with ([`super::leftovers`]: a controller killed before it
+/// read the result).
 pub const JOB_WRAPPER: &str = "status=$1; log=$2; shift 2
 [ ! -e \"$status.stopped\" ] || exit 125
 (umask 022; { echo started; echo \"$*\"; } > \"$status\"; : > \"$log\")
