@@ -1,6 +1,7 @@
-//! GC roots on the builder, so a garbage collection between build, diff and
-//! copy (or long after, for structural diffs) cannot lose a built system;
-//! and on a host, for a closure copied to it ahead of its wave.
+//! GC roots on the builder, so a garbage collection between evaluation and
+//! build ([`hold_evaluated`]), or between build, diff and copy (or long
+//! after, for structural diffs) cannot lose a built system; and on a host,
+//! for a closure copied to it ahead of its wave.
 //!
 //! A wave's closures are copied while the wave before it runs and soaks
 //! (30 minutes, a day): nothing on the host refers to them until the
@@ -26,29 +27,85 @@ use anyhow::Context;
 use super::StorePath;
 use crate::remote::{Command, Remote};
 
-/// Where the roots live, as `$base`, and `link LINK PATH`, which makes
-/// one. As root: under the system gcroots directory; else per user, under
-/// `per-user/USER`, when the user can make it there. Nix 2.14 and later
-/// (and Lix) no longer make that directory for a user, and `per-user` is
-/// root's, 0755: every non-root builder failed to root, and every push
-/// refused every host. Then the links live in the user's own state
-/// directory and the daemon registers each as an indirect root
+/// Where the roots live, as `$base`; `link LINK PATH`, which makes one;
+/// and `hold LINK DRV...`, which roots derivations that nothing else
+/// keeps. As root: under the system gcroots directory; else per user,
+/// under `per-user/USER`, when the user can make it there. Nix 2.14 and
+/// later (and Lix) no longer make that directory for a user, and
+/// `per-user` is root's, 0755: every non-root builder failed to root, and
+/// every push refused every host. Then the links live in the user's own
+/// state directory and the daemon registers each as an indirect root
 /// (`nix-store --add-root --indirect`, which any user may ask; `--realise`
-/// of a path already valid builds nothing). A derivation's link there is
+/// of a path already valid builds nothing). A derivation's `link` there is
 /// no root of its own: Nix keeps the derivations of live outputs
-/// (`keep-derivations`, true unless set otherwise).
+/// (`keep-derivations`, true unless set otherwise), and `link` is only
+/// used for a derivation whose output it roots too.
+///
+/// A derivation with no live output (just evaluated, or re-instantiated
+/// for an old system) needs `hold`: `nix-store --realise` would build it,
+/// so there `nix-instantiate --add-root` roots it, given an expression
+/// whose "derivation" is the existing `.drv` (Nix 2.8: it registers the
+/// link as an indirect root, building nothing). One process for all the
+/// derivations given: its links are `LINK`, `LINK-2`, ... `LINK-n`
+/// (Nix's numbering; a larger earlier batch's rest removed), as `ln`
+/// makes them when the directory is a root itself. Rooted one
+/// `nix-instantiate` per host, 500 hosts would have been 500 processes
+/// (75 ms each here) on the plan's way.
 macro_rules! root_base {
     () => {
         r#"if [ "$(id -u)" = 0 ]; then base=/nix/var/nix/gcroots/nixgate; else base="/nix/var/nix/gcroots/per-user/$(id -un)/nixgate"; fi
+unhold() { n=$2; while [ -L "$1-$n" ]; do rm -f "$1-$n"; n=$((n+1)); done; }
 if mkdir -p "$base" 2>/dev/null; then
   link() { ln -sfn "$2" "$1"; }
+  hold() {
+    l=$1; shift; mkdir -p "${l%/*}" || return 1; n=0
+    for p in "$@"; do
+      n=$((n+1)); if [ "$n" = 1 ]; then ln -sfn "$p" "$l" || return 1; else ln -sfn "$p" "$l-$n" || return 1; fi
+    done
+    unhold "$l" $((n+1))
+  }
 else
   base="${XDG_STATE_HOME:-$HOME/.local/state}/nixgate/gcroots"
   link() { case $2 in *.drv) ln -sfn "$2" "$1" ;; *) nix-store --add-root "$1" --indirect --realise "$2" >/dev/null ;; esac; }
+  hold() {
+    l=$1; shift; mkdir -p "${l%/*}" || return 1
+    nix-instantiate --add-root "$l" --argstr ps "$*" --expr '{ ps }: map (p: { type = "derivation"; name = "nixgate-root"; outputName = "out"; drvPath = builtins.storePath p; }) (builtins.filter (p: builtins.isString p && p != "") (builtins.split " " ps))' >/dev/null || return 1
+    unhold "$l" $(($# + 1))
+  }
 fi
 "#
     };
 }
+pub(crate) use root_base;
+
+/// Root the derivations an evaluation just wrote, in the evaluation's own
+/// command (no round trip more): `$leader`, the first host evaluated,
+/// names the batch (`$base/LEADER/evaluated`, `-2`, ...). Before, nothing
+/// rooted them between the evaluation and their realisation, and a
+/// garbage collection in between (NixOS's `nix.gc.automatic`, 03:15, the
+/// hour cron runs start) deleted them: the build failed, reported as the
+/// configuration's. The batch stays until its leader leads the next (one
+/// per host at most, as the host's `drv` root; `by-hash/` keeps every
+/// derivation a host was deployed from anyway). Two runs evaluating for
+/// the same first host at once (its lock is taken after the build) may
+/// replace each other's batch: the earlier's derivations are then held by
+/// its build's own temporary roots once it started, as before. The
+/// derivations are `hold_evaluated`'s arguments; a failure to root is a
+/// warning (the roots after the build fail the same way, and say so as
+/// the builder's failure).
+macro_rules! hold_evaluated {
+    () => {
+        concat!(
+            $crate::nix::gcroots::root_base!(),
+            r#"hold_evaluated() {
+  [ $# -gt 0 ] || return 0
+  hold "$base/$leader/evaluated" "$@" || echo "nixgate: could not root the evaluated derivations on the builder (a garbage collection before their build deletes them)" >&2
+}
+"#
+        )
+    };
+}
+pub(crate) use hold_evaluated;
 
 /// Arguments: `HOST TOPLEVEL DRV HASH` for each host, one after another.
 const ROOTS: &str = concat!(
@@ -105,7 +162,9 @@ async fn root<R: Remote>(builder: &R, script: &'static str, args: &[&str]) -> an
 }
 
 /// Root a re-instantiated derivation of an earlier system (under
-/// `by-hash/`, leaving the host's current roots alone).
+/// `by-hash/`, leaving the host's current roots alone), as a root of its
+/// own (`hold`): its system is the one the host runs, which the builder
+/// may have lost, so no output keeps it.
 pub async fn add_old_drv_root<R: Remote>(
     builder: &R,
     host: &str,
@@ -123,7 +182,7 @@ pub async fn add_old_drv_root<R: Remote>(
 const OLD_DRV_ROOT: &str = concat!(
     "set -e\n",
     root_base!(),
-    r#"d="$base/$1/by-hash"; mkdir -p "$d"; link "$d/$3.drv" "$2""#
+    r#"d="$base/$1/by-hash"; mkdir -p "$d"; hold "$d/$3.drv" "$2""#
 );
 
 /// Root a closure staged ahead on a host: `$1` the roots' directory, `$2`
@@ -314,6 +373,42 @@ mod tests {
                 "a derivation is not realised: {log}"
             );
         }
+    }
+
+    /// The same user re-instantiates the derivation of the system a host
+    /// runs (the builder lost it): no output on the builder keeps it, so a
+    /// plain link was no root and the next GC took it again. It is rooted
+    /// through `nix-instantiate --add-root`, which builds nothing.
+    #[test]
+    fn a_recovered_old_derivation_is_a_root_of_its_own_without_a_gcroots_directory() {
+        use crate::remote::local::executable;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        std::fs::write(format!("{d}/gcroots"), "").unwrap();
+        let script = OLD_DRV_ROOT.replace("/nix/var/nix/gcroots/", &format!("{d}/gcroots/"));
+        std::fs::create_dir_all(format!("{d}/bin")).unwrap();
+        let log = format!("{d}/instantiate.log");
+        executable(
+            format!("{d}/bin/nix-instantiate"),
+            &format!("#!/bin/sh\nprintf '%s\\n' \"$@\" >> {log}\n"),
+        );
+        let (t, drv) = paths(1);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, "nixgate", "web1", drv.as_str(), t.hash()])
+            .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+            .env("HOME", format!("{d}/home"))
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let link = format!(
+            "{d}/home/.local/state/nixgate/gcroots/web1/by-hash/{}.drv",
+            t.hash()
+        );
+        let args: Vec<&str> = log.lines().collect();
+        assert_eq!(args[..2], ["--add-root", link.as_str()], "{log}");
+        assert_eq!(args[2..5], ["--argstr", "ps", drv.as_str()], "{log}");
     }
 
     /// The host's script, run by the local `sh` (dash here): it roots the
