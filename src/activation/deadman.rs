@@ -92,6 +92,24 @@ pub struct RevertRecord {
     pub result: String,
     /// `/run/current-system` after the revert.
     pub current: String,
+    /// Darwin: the candidate's switch, as the revert found it before it
+    /// activated the previous system (Linux's records leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<SwitchStopped>,
+}
+
+/// What a Darwin revert found of the candidate's switch, and did to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchStopped {
+    /// No attempt of it was running.
+    #[serde(rename = "none")]
+    NoneRunning,
+    /// One was running (its `activate` hung, or slow) and was stopped.
+    Stopped,
+    /// One outlived TERM and KILL: the previous system was activated with
+    /// it still there.
+    StillRunning,
 }
 
 impl RevertRecord {
@@ -138,14 +156,48 @@ macro_rules! group_gone {
 }
 pub(crate) use group_gone;
 
+/// Darwin: `stop_group PIDFILE UNIT`, stop the switch attempt UNIT when
+/// it still runs: its process group, its leader's pid in PIDFILE as the
+/// fire wrote it (`setsid`: the pid is the group's), TERM, then KILL
+/// after 5 s. A live leader whose command line does not name the
+/// attempt's status file is another program that got the pid since, left
+/// alone (a group outlives its leader, and its id is not reused while it
+/// does). Sets `$stopped` to `stopped`, or `still-running` when the group
+/// outlived the KILL too (a process stuck in the kernel).
+macro_rules! stop_group {
+    () => {
+        r#"stop_group() {
+  pg=$(cat "$1" 2>/dev/null) || return 0
+  case $pg in ''|*[!0-9]*|0|1) return 0 ;; esac
+  kill -s 0 -- "-$pg" 2>/dev/null || return 0
+  if cmd=$(ps -ww -o command= -p "$pg" 2>/dev/null); then
+    case $cmd in *"/$2.status"*) ;; *) return 0 ;; esac
+  fi
+  kill -s TERM -- "-$pg" 2>/dev/null
+  gone_within 50 || kill -s KILL -- "-$pg" 2>/dev/null
+  if gone_within 20; then [ "$stopped" = still-running ] || stopped=stopped; else stopped=still-running; fi
+}
+"#
+    };
+}
+
 /// Runs on the host when the timer fires. The previous system's tools are
 /// put on the PATH: a transient unit's PATH has no
 /// /run/current-system/sw/bin on NixOS, and the current system is the one
 /// being reverted. nix-darwin's previous system is activated as the switch
 /// activates one (its `activate-user` first, as the user, when it is a
 /// nix-darwin 24.11 or older system: see [`super::darwin_activate`]).
+///
+/// The candidate's switch still running is stopped first: on Linux its
+/// unit (`systemctl stop`); on Darwin, where that is a no-op, the
+/// process group of each attempt from its pid file (`stop_group`), TERM
+/// then KILL. Before, a Darwin candidate whose `activate` hung went on
+/// running while the previous system was activated over it. The Darwin
+/// record says what it found (`stopped`: [`SwitchStopped`]).
 pub(crate) const REVERT: &str = concat!(
     super::darwin_activate::activate_darwin!(),
+    group_gone!(),
+    stop_group!(),
     r#"dir=$1; run=$2; previous=$3; candidate=$4; profile=$5; before=$6; unit=$7; timer=$8; jobs=$9; current=${10}
 PATH="${PATH:-/usr/bin:/bin}:$previous/sw/bin:/run/current-system/sw/bin:/usr/sbin:/sbin"
 export PATH
@@ -154,9 +206,12 @@ mkdir -p "$dir"
     boot_id!(),
     r#" || :; } > "$dir/.$run.started"
 result=ok
+stopped=
+[ "$(uname -s 2>/dev/null)" != Darwin ] || stopped=none
 for u in "$unit" "$unit-try2" "$unit-try3"; do
   { : > "$jobs/$u.status.stopped"; } 2>/dev/null
   systemctl stop "$u.service" 2>/dev/null
+  [ -z "$stopped" ] || stop_group "$jobs/$u.pid" "$u"
 done
 # Someone else moved the host (a hand's `nixos-rebuild switch`, another
 # run): it runs neither the candidate nor what it ran before, and boots
@@ -186,8 +241,9 @@ if [ "$code" != 0 ]; then
 fi
 now=$(readlink -f "$current")
 at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-printf '{"run_id":"%s","reverted_at":"%s","from":"%s","to":"%s","result":"%s","current":"%s"}\n' \
-  "$run" "$at" "$candidate" "$previous" "$result" "$now" > "$dir/.$run.json.tmp" &&
+more=; [ -z "$stopped" ] || more=",\"stopped\":\"$stopped\""
+printf '{"run_id":"%s","reverted_at":"%s","from":"%s","to":"%s","result":"%s","current":"%s"%s}\n' \
+  "$run" "$at" "$candidate" "$previous" "$result" "$now" "$more" > "$dir/.$run.json.tmp" &&
   mv -f "$dir/.$run.json.tmp" "$dir/$run.json"
 rm -f "$dir/.$run.started"
 # Done: the timer that started this goes too, and this script (nothing of
@@ -1700,6 +1756,124 @@ exit 1"
         let rec = std::fs::read_to_string(format!("{d}/rec/r1.json")).unwrap();
         let rec: RevertRecord = serde_json::from_str(&rec).unwrap();
         assert_eq!(rec.result, "ok");
+    }
+
+    /// A Darwin revert whose candidate's `activate` hangs: `systemctl
+    /// stop` is nothing there, and the candidate went on running under the
+    /// previous system's activation. The revert stops its process group
+    /// (the pid file the fire wrote) before it activates anything, and its
+    /// record says so; a pid file whose pid is another program's now is
+    /// left alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_darwin_revert_stops_a_hung_candidate_first() {
+        use crate::remote::local::executable;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let log = format!("{d}/calls");
+        std::fs::create_dir_all(format!("{d}/bin")).unwrap();
+        // macOS: no systemctl (a no-op here), `uname` says Darwin.
+        executable(
+            format!("{d}/bin/systemctl"),
+            "#!/bin/sh
+exit 0
+",
+        );
+        executable(
+            format!("{d}/bin/nix-env"),
+            "#!/bin/sh
+exit 0
+",
+        );
+        executable(
+            format!("{d}/bin/uname"),
+            "#!/bin/sh
+echo Darwin
+",
+        );
+        let jobs = format!("{d}/jobs");
+        std::fs::create_dir_all(&jobs).unwrap();
+        let group = |argv: &[&str]| {
+            let child = std::process::Command::new("setsid")
+                .args(argv)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            settled_in_its_group(child.id());
+            child
+        };
+        // The candidate's switch, its `activate` hung, as the fire starts it.
+        let status = format!("{jobs}/sw-r1.status");
+        let mut hung = group(&["sh", "-c", "sleep 30", "nixgate-job", &status, "log"]);
+        let hung_pid = hung.id();
+        std::fs::write(format!("{jobs}/sw-r1.pid"), format!("{hung_pid}\n")).unwrap();
+        // Reaped as it ends, as the host's launchd reaps it: a zombie
+        // leader still counts in its group.
+        let (ended, hung_ended) = std::sync::mpsc::channel();
+        let reaper = std::thread::spawn(move || {
+            let _ = hung.wait();
+            let _ = ended.send(());
+        });
+        // The second attempt's pid file, its pid another program's now.
+        let mut other = group(&["sh", "-c", "sleep 30", "nixgate-job"]);
+        std::fs::write(
+            format!("{jobs}/sw-r1-try2.pid"),
+            format!("{}\n", other.id()),
+        )
+        .unwrap();
+        for sys in ["previous", "candidate"] {
+            std::fs::create_dir_all(format!("{d}/{sys}")).unwrap();
+        }
+        let activate = format!(
+            "#!/bin/sh\nif kill -s 0 -- -{hung_pid} 2>/dev/null; then echo 'activated, candidate running' >> {log}; else echo 'activated, candidate gone' >> {log}; fi\n"
+        );
+        executable(format!("{d}/previous/activate"), &activate);
+        std::os::unix::fs::symlink(format!("{d}/candidate"), format!("{d}/current")).unwrap();
+        std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
+        let status = std::process::Command::new("sh")
+            .arg(format!("{d}/revert.sh"))
+            .args([
+                &format!("{d}/rec"),
+                "r1",
+                &format!("{d}/previous"),
+                &format!("{d}/candidate"),
+                &format!("{d}/profile"),
+                "",
+                "sw-r1",
+                "conf-r1",
+                &jobs,
+                &format!("{d}/current"),
+            ])
+            .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+            .status()
+            .unwrap();
+        let stopped = hung_ended.recv_timeout(Duration::from_secs(5)).is_ok();
+        if !stopped {
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{hung_pid}")])
+                .status();
+        }
+        let _ = reaper.join();
+        assert!(status.success());
+        assert!(stopped, "the candidate's switch lives on");
+        let other_lives = other.try_wait().unwrap().is_none();
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(other_lives, "another program's group was killed");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(calls, "activated, candidate gone\n");
+        let rec = std::fs::read_to_string(format!("{d}/rec/r1.json")).unwrap();
+        let rec: RevertRecord = serde_json::from_str(&rec).unwrap();
+        assert_eq!(rec.stopped, Some(SwitchStopped::Stopped), "{rec:?}");
+        assert_eq!(rec.result, "ok");
+        // The script's other words, as it writes them.
+        for (said, is) in [
+            ("none", SwitchStopped::NoneRunning),
+            ("still-running", SwitchStopped::StillRunning),
+        ] {
+            let v: SwitchStopped = serde_json::from_str(&format!("\"{said}\"")).unwrap();
+            assert_eq!(v, is);
+        }
     }
 
     /// Someone else moved the host before its revert came due (a hand's
