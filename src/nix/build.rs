@@ -194,15 +194,38 @@ pub enum HostBuild {
     Failed { error: BuildFailure },
 }
 
+/// `BUILD_CLASSIC LEADER NIX-BUILD-ARGUMENTS...`: `nix-build` with its
+/// results GC-rooted by itself (`--out-link`), named for the first host
+/// built: `$base/LEADER/built`, `-2`, ... (as for the evaluated
+/// derivations, [`super::gcroots::hold_evaluated`]; nix-build replaces
+/// the links it makes, and an earlier, larger batch's extra ones go
+/// first: a failed build leaves the roots as they were).
+/// With `--no-out-link` nothing rooted a built system between the build's
+/// end and the roots added after it (two round trips: its derivers, then
+/// the roots), and a garbage collection in between took it. `exec`: the
+/// build's cancel ([`BUILD_WRAPPER`]) signals Nix itself. A directory for
+/// the links that cannot be made builds unrooted, as before.
+const BUILD_CLASSIC: &str = concat!(
+    super::gcroots::root_base!(),
+    r#"leader=$1; shift
+l="$base/$leader/built"
+n=0; for a in "$@"; do [ "$a" != -A ] || n=$((n + 1)); done
+if mkdir -p "${l%/*}" 2>/dev/null; then
+  unhold "$l" $((n + 1))
+  exec nix-build "$@" --out-link "$l"
+fi
+exec nix-build "$@" --no-out-link"#
+);
+
 /// The command building `attrs` of the classic (not flake) expression in
-/// `dir`, with `options`. Flakes: [`super::flake_build`].
-pub fn build_command(dir: &str, attrs: &[&str], options: &BuildOptions) -> Command {
-    let mut c = Command::new("nix-build").arg(dir);
+/// `dir`, with `options`, its results rooted under `leader`'s name (the
+/// first host built, [`BUILD_CLASSIC`]). Flakes: [`super::flake_build`].
+pub fn build_command(dir: &str, attrs: &[&str], leader: &str, options: &BuildOptions) -> Command {
+    let mut c = Command::script(BUILD_CLASSIC).arg(leader).arg(dir);
     for a in attrs {
         c = c.arg("-A").arg(*a);
     }
-    c.args(["--no-out-link", "--keep-going"])
-        .args(options.args())
+    c.arg("--keep-going").args(options.args())
 }
 
 /// The command printing the derivation of `attr` (writing it to the store,
@@ -460,7 +483,8 @@ pub async fn build_hosts<R: Remote>(
         return super::flake_build::build_hosts(builder, req, &told, stop).await;
     }
     let attrs: Vec<&str> = req.hosts.iter().map(|(_, a)| a.as_str()).collect();
-    let cmd = build_command(&req.dir, &attrs, &req.options);
+    let leader = req.hosts.first().map_or("", |(h, _)| h.as_str());
+    let cmd = build_command(&req.dir, &attrs, leader, &req.options);
     let out = run_logged(builder, &cmd, &told, stop)
         .await
         .context("running the build on the builder")?;
@@ -477,7 +501,7 @@ pub async fn build_hosts<R: Remote>(
     // Something failed: each host alone, concurrently, to attribute it.
     let quiet = |_: Logged| {};
     let singles = req.hosts.iter().map(|(host, attr)| async move {
-        let cmd = build_command(&req.dir, &[attr.as_str()], &req.options);
+        let cmd = build_command(&req.dir, &[attr.as_str()], host, &req.options);
         let hb = match run_logged(builder, &cmd, &quiet, stop).await {
             Ok(out) if out.success() => match parse_success(&out.stdout_str(), 1) {
                 Ok(built) => finish(builder, built).await.map(|mut v| v.remove(0)),
@@ -562,17 +586,17 @@ mod tests {
     #[test]
     fn commands() {
         let none = BuildOptions::default();
-        let c = build_command("/var/tmp/nixgate/src/abc", &["a.b", "c.d"], &none);
+        let c = build_command("/var/tmp/nixgate/src/abc", &["a.b", "c.d"], "web1", &none);
+        assert_eq!(c.argv()[..4], ["sh", "-c", BUILD_CLASSIC, "nixgate"]);
         assert_eq!(
-            c.argv(),
+            c.argv()[4..],
             [
-                "nix-build",
+                "web1",
                 "/var/tmp/nixgate/src/abc",
                 "-A",
                 "a.b",
                 "-A",
                 "c.d",
-                "--no-out-link",
                 "--keep-going"
             ]
         );
@@ -581,9 +605,9 @@ mod tests {
             use_substitutes: true,
             max_jobs: Some(0),
         };
-        let c = build_command("/d", &["x"], &remote);
+        let c = build_command("/d", &["x"], "web1", &remote);
         assert_eq!(
-            c.argv()[6..],
+            c.argv()[9..],
             [
                 "--option",
                 "builders",
@@ -607,6 +631,135 @@ mod tests {
                 .unwrap(),
             "path:/d#a.b.drvPath"
         );
+    }
+
+    /// Run the classic build's script with a `nix-build` that logs its
+    /// arguments and prints `printed`, the roots under `dir/gcroots/`.
+    fn classic_build(d: &str, printed: &str) -> (std::process::Output, String) {
+        let log = format!("{d}/nix-build.log");
+        let stub = format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > {log}\necho {printed}\n");
+        crate::remote::local::executable(format!("{d}/nix-build"), &stub);
+        let c = build_command(
+            "/src/abc",
+            &["web1", "web2"],
+            "web1",
+            &BuildOptions::default(),
+        );
+        let script = c.argv()[2].replace("/nix/var/nix/gcroots/", &format!("{d}/gcroots/"));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .args(&c.argv()[3..])
+            .env("PATH", format!("{d}:/usr/bin:/bin"))
+            .env("HOME", format!("{d}/home"))
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .unwrap();
+        (out, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// The classic build roots what it built itself (`--out-link`): with
+    /// `--no-out-link` nothing rooted it until the roots after the build,
+    /// two round trips later, and a GC in between took it. A larger earlier
+    /// batch's extra links go first; the output is the build's.
+    #[test]
+    fn a_classic_build_roots_its_results_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        // Where the links go, as root or as a user with a per-user dir.
+        let at = if rustix::process::geteuid().is_root() {
+            format!("{d}/gcroots/nixgate/web1")
+        } else {
+            let id = std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap();
+            let user = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+            format!("{d}/gcroots/per-user/{user}/nixgate/web1")
+        };
+        std::fs::create_dir_all(&at).unwrap();
+        for n in ["-2", "-3"] {
+            std::os::unix::fs::symlink("/nix/store/old", format!("{at}/built{n}")).unwrap();
+        }
+        let (out, log) = classic_build(d, "/nix/store/printed");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/nix/store/printed\n");
+        let args: Vec<&str> = log.lines().collect();
+        assert_eq!(
+            args,
+            [
+                "/src/abc",
+                "-A",
+                "web1",
+                "-A",
+                "web2",
+                "--keep-going",
+                "--out-link",
+                &format!("{at}/built")
+            ],
+            "{log}"
+        );
+        // Two hosts: nix-build replaces `built-2`; `built-3` is gone.
+        assert!(std::fs::symlink_metadata(format!("{at}/built-2")).is_ok());
+        assert!(std::fs::symlink_metadata(format!("{at}/built-3")).is_err());
+    }
+
+    /// Real Nix (2.8 here): a classic build of two hosts, then a garbage
+    /// collection of its results before the roots after the build
+    /// (`nix-store --delete` refuses a live path): they survive.
+    #[test]
+    #[ignore = "needs Nix and a writable store (root): run scripts/test"]
+    fn real_nix_a_classic_build_survives_a_gc_until_its_roots() {
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let sys = |n: &str| {
+            format!(
+                "{n} = derivation {{ name = \"ng-classic-{n}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo {unique} > $out\" ]; }};"
+            )
+        };
+        std::fs::write(
+            format!("{d}/default.nix"),
+            format!("{{ {} {} }}", sys("web1"), sys("web2")),
+        )
+        .unwrap();
+        let roots = format!("/nix/var/nix/gcroots/nixgate-test-{unique}");
+        let options = BuildOptions::default();
+        let c = build_command(d, &["web1", "web2"], "web1", &options);
+        let script = c.argv()[2].replace("/nix/var/nix/gcroots/", &format!("{roots}/"));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .args(&c.argv()[3..])
+            .args([
+                "--option",
+                "sandbox",
+                "false",
+                "--option",
+                "build-users-group",
+                "",
+            ])
+            .args(["--option", "substituters", ""])
+            .output()
+            .unwrap();
+        let built = parse_success(&String::from_utf8_lossy(&out.stdout), 2);
+        let gc: Vec<std::process::Output> = built
+            .iter()
+            .flatten()
+            .map(|(t, _)| {
+                std::process::Command::new("nix-store")
+                    .args(["--delete", t.as_str()])
+                    .output()
+                    .unwrap()
+            })
+            .collect();
+        let _ = std::fs::remove_dir_all(&roots);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(built.unwrap().len(), 2);
+        for g in gc {
+            assert!(!g.status.success(), "deleted: {g:?}");
+        }
     }
 
     #[test]
