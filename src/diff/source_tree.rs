@@ -3,11 +3,13 @@
 //! input (`inputs.sub.url = "./sub"`, Nix 2.26 on), which locks no hash of
 //! its own (see [`super::flake_lock::flake_inputs_diff_in`]).
 //!
-//! The working tree's is computed here, not written: its files as Nix
-//! sees a git flake's (those git tracks, with the contents on disk) are
-//! hashed into a tree id (`git2::Oid::hash_object`: no object is written
-//! to the repository), equal to the commit's tree id when nothing in the
-//! directory changed.
+//! The working tree's is computed here, not written: its files as a dirty
+//! build ships them (`nix::source`: those git tracks and those it does not
+//! ignore, with the contents on disk; the builder evaluates the shipped
+//! directory as a `path:` flake, which sees every file) are hashed into a
+//! tree id (`git2::Oid::hash_object`: no object is written to the
+//! repository), equal to the commit's tree id when nothing in the directory
+//! changed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,21 +56,29 @@ enum Node {
 }
 
 /// The tree id `path` (relative to `dir`) would have if the working tree
-/// were committed as it is: the files the index tracks there, with their
-/// contents on disk (one deleted from disk is left out, as Nix leaves it
-/// out); `None` when none is tracked there.
+/// were committed as a dirty build ships it (`git add -A`): the files the
+/// index tracks there and the untracked ones git does not ignore, with
+/// their contents on disk (one deleted from disk is left out, as the
+/// shipped tar leaves it out); `None` when there is none.
 pub fn worktree_tree(dir: &Path, path: &str) -> Option<String> {
     let (repo, rel) = open(dir)?;
     let workdir = repo.workdir()?.to_path_buf();
     let at = in_repo(&rel, path);
     let prefix = if at.is_empty() { at } else { format!("{at}/") };
     let mut root = BTreeMap::new();
-    for e in repo.index().ok()?.iter() {
-        let name = String::from_utf8_lossy(&e.path).into_owned();
+    let index = repo.index().ok()?;
+    let tracked = (index.iter()).map(|e| {
+        (
+            String::from_utf8_lossy(&e.path).into_owned(),
+            e.mode as i32,
+            e.id,
+        )
+    });
+    for (name, mode, id) in tracked.chain(untracked(&repo)?) {
         let Some(inner) = name.strip_prefix(&prefix) else {
             continue;
         };
-        let Some(blob) = on_disk(&workdir.join(&name), e.mode as i32, e.id) else {
+        let Some(blob) = on_disk(&workdir.join(&name), mode, id) else {
             continue;
         };
         let mut parts: Vec<&str> = inner.split('/').collect();
@@ -86,6 +96,22 @@ pub fn worktree_tree(dir: &Path, path: &str) -> Option<String> {
         at.insert(file.to_owned(), blob);
     }
     (!root.is_empty()).then(|| hash_tree(&root).to_string())
+}
+
+/// The untracked files git does not ignore (each as an index entry of a
+/// regular file: [`on_disk`] reads its mode and contents).
+fn untracked(repo: &Repository) -> Option<Vec<(String, i32, Oid)>> {
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false);
+    let statuses = repo.statuses(Some(&mut opts)).ok()?;
+    let new = (statuses.iter())
+        .filter(|s| s.status().contains(git2::Status::WT_NEW))
+        .filter_map(|s| s.path().ok().map(str::to_owned))
+        .map(|p| (p, 0o100644, Oid::ZERO_SHA1))
+        .collect();
+    Some(new)
 }
 
 /// An index entry as the disk has it now (`None`: gone from disk).
@@ -144,7 +170,8 @@ mod tests {
     /// The working tree's id of a directory equals the commit's while
     /// nothing there changed (nested directories, an executable, a
     /// symlink, a name sorting after its directory's), and moves with an
-    /// edit to a tracked file; an untracked file is not the flake's.
+    /// edit to a tracked file, and with an untracked one not ignored (a
+    /// dirty build ships it: `git add -A`'s tree), not an ignored one.
     #[test]
     fn the_working_trees_id_is_the_commits_until_a_tracked_file_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -176,12 +203,20 @@ mod tests {
             worktree_tree(repo, "").unwrap(),
             test_git(repo, &["rev-parse", "HEAD^{tree}"])
         );
-        std::fs::write(repo.join("sub/untracked"), "x").unwrap();
+        std::fs::write(repo.join(".gitignore"), "*.ignored\n").unwrap();
+        std::fs::write(repo.join("sub/x.ignored"), "x").unwrap();
         std::fs::write(repo.join("other/x"), "6").unwrap();
         assert_eq!(
             worktree_tree(repo, "sub").as_deref(),
             Some(committed.as_str())
         );
+        std::fs::create_dir_all(repo.join("sub/new")).unwrap();
+        std::fs::write(repo.join("sub/new/untracked.nix"), "x").unwrap();
+        let with_new = worktree_tree(repo, "sub").unwrap();
+        test_git(repo, &["add", "-A"]);
+        assert_eq!(with_new, test_git(repo, &["write-tree", "--prefix=sub/"]));
+        test_git(repo, &["reset", "-q"]);
+        std::fs::remove_dir_all(repo.join("sub/new")).unwrap();
         std::fs::write(repo.join("sub/a/b.nix"), "changed").unwrap();
         let edited = worktree_tree(repo, "sub").unwrap();
         assert_ne!(edited, committed);
