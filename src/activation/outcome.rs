@@ -168,7 +168,7 @@ pub enum HostOutcome {
 pub enum CutOff {
     /// The switch settled, but no new connection could be made to confirm it.
     /// `controllers_own`: every try failed for a reason of this machine's
-    /// own ([`crate::ssh::ConnectError::is_controllers_own`]: its resolver,
+    /// own ([`crate::ssh::ConnectError::is_controllers_own`]: its resolver failing,
     /// its open files or ports, its agent's key gone): it says nothing of
     /// the candidate and fails every host after it the same way, so the run
     /// starts no more hosts.

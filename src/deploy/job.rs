@@ -148,6 +148,10 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     /// Hosts whose soak passed with their mark still provisional, and the
     /// generation: made final as the host is let go (off the wave's path).
     soaked: std::sync::Mutex<HashMap<String, u64>>,
+    /// Hosts whose soak's new connection failed for a reason of this
+    /// machine's own ([`SoakReach::Unproven`]): their mark stays pending,
+    /// and the run stops ([`HostJob::controllers_own`]).
+    unproven: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Units failed before the live switch, by host.
@@ -214,6 +218,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 .flat_map(|w| w.group.hosts.iter().cloned())
                 .collect(),
             soaked: std::sync::Mutex::default(),
+            unproven: std::sync::Mutex::default(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -540,7 +545,13 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// back to the known-good before this run's, and its mark revoked. One
     /// that passes has its provisional mark made final as it is let go,
     /// unless the soak was `cut` short: a check after part of the soak
-    /// proves less than the wave asks, so the mark stays pending (said).
+    /// proves less than the wave asks, so the mark stays pending (said);
+    /// or unless no new connection was made, for a reason of this
+    /// machine's own: the lockout check never ran, so the mark stays
+    /// pending too (the warning says why), and the run stops, as after a
+    /// live switch this machine could not confirm (before: the mark was
+    /// made final, the host released, and the next wave's first host
+    /// failed the same way).
     async fn take_back_unhealthy(
         &self,
         host: &str,
@@ -555,10 +566,19 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             return done;
         };
         let settings = settings_for(inv_host, false, false);
-        let (locked_out, checks) = self.soak_checks(host, inv_host, &remote, &settings).await;
+        let (reach, checks) = self.soak_checks(host, inv_host, &remote, &settings).await;
+        let unproven = reach == SoakReach::Unproven;
+        if unproven {
+            unpoisoned(&self.unproven).insert(host.to_owned());
+        }
+        let locked_out = match reach {
+            SoakReach::LockedOut(error) => Some(error),
+            SoakReach::Reached | SoakReach::Unproven => None,
+        };
         if locked_out.is_none() && checks.iter().all(|r| r.passed()) {
             if let Some(m) = provisional_mark(&done) {
                 match cut {
+                    None if unproven => {}
                     None => {
                         unpoisoned(&self.soaked).insert(host.to_owned(), m.generation);
                     }
@@ -632,32 +652,33 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
     /// The re-check after a soak: does a NEW connection still get in (the
     /// run's own session would go on through a lockout, sshd keeping
     /// established sessions), then the host's health checks over the run's
-    /// session. Locked out: why (no checks run).
+    /// session. Locked out: no checks run.
     async fn soak_checks(
         &self,
         host: &str,
         inv_host: &crate::inventory::Host,
         remote: &F::Remote,
         settings: &HostSettings,
-    ) -> (Option<String>, Vec<crate::activation::health::HealthReport>) {
+    ) -> (SoakReach, Vec<crate::activation::health::HealthReport>) {
         let fresh = self.fresh_for(host, inv_host);
         let (cs, within) = (
             &settings.paths.current_system,
             settings.new_connection_within,
         );
-        match crate::activation::reach::new_connection(&fresh, cs, within).await {
-            Ok(_) => {}
+        let reach = match crate::activation::reach::new_connection(&fresh, cs, within).await {
+            Ok(_) => SoakReach::Reached,
             // No key to offer (an agent gone in a long soak) says nothing
             // of the host: every host of the wave would have been taken back.
             Err(u) if u.controllers_own => {
                 let warning = crate::activation::Warning::NewConnectionUnproven { error: u.error };
                 forward(&self.sink, host)(ActivationEvent::Warning { warning });
+                SoakReach::Unproven
             }
-            Err(u) => return (Some(u.error), Vec::new()),
-        }
+            Err(u) => return (SoakReach::LockedOut(u.error), Vec::new()),
+        };
         let checks = &settings.health_checks;
         let reports = crate::activation::health::run_health_checks(remote, checks, inv_host.os);
-        (None, reports.await)
+        (reach, reports.await)
     }
 
     /// A kept host that already ran the candidate, whose known-good
@@ -776,6 +797,18 @@ impl<F: Fleet, S: Stager> HostHold for KeptLock<'_, F, S> {
 
 /// How long a read after a soak rides out a lost connection.
 const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a soak's new connection to a host proved.
+#[derive(Debug, PartialEq, Eq)]
+enum SoakReach {
+    /// One got in: no lockout.
+    Reached,
+    /// Every try failed for a reason of this machine's own: nothing is
+    /// proven either way ([`crate::activation::reach::Unreached::controllers_own`]).
+    Unproven,
+    /// None got in, the host's doing: why (the last try's error).
+    LockedOut(String),
+}
 
 /// What the re-check after a soak found wrong.
 struct Found {
@@ -1038,9 +1071,11 @@ impl<F: Fleet, S: Stager> HostJob for DeployJob<F, S> {
     }
 
     /// A host whose live switch no new connection could confirm, every try
-    /// failing on this side ([`HostOutcome::controllers_own`]).
+    /// failing on this side ([`HostOutcome::controllers_own`]), or whose
+    /// soak's new connection failed so ([`SoakReach::Unproven`]).
     fn controllers_own(&self, d: &HostSummary) -> bool {
         d.end.outcome().is_some_and(HostOutcome::controllers_own)
+            || unpoisoned(&self.unproven).contains(&d.host)
     }
 
     fn to_recheck(&self, d: &HostSummary) -> bool {

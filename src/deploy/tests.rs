@@ -619,6 +619,10 @@ async fn a_lock_lost_and_taken_again_takes_back_only_a_host_as_this_run_left_it(
 /// own (no key to offer: an agent gone during a long soak): the host is
 /// not judged locked out (every host of the wave would have been taken
 /// back), a warning says so, and its health checks decide (here: healthy).
+/// The lockout check never ran: its mark stays pending (not made final as
+/// it is let go), and the run stops before the next wave, whose hosts
+/// would fail the same way (before: the mark was made final, and web2 was
+/// switched and reverted).
 #[tokio::test(start_paused = true)]
 async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_back() {
     let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
@@ -648,6 +652,29 @@ async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_b
         )),
         "a warning says the lockout check was not made"
     );
+    {
+        let st = f.hosts["web1"].state();
+        assert!(
+            st.records["2"].contains("soak_pending"),
+            "{}",
+            st.records["2"]
+        );
+        let soaked = st.ran.iter().any(|c| c.contains("soak-passed"));
+        assert!(!soaked, "{:?}", st.ran);
+    }
+    for h in &hosts[1..] {
+        assert_eq!(
+            h.end,
+            HostEnd::NotStarted {
+                why: NotStarted::ControllerFailed {
+                    host: "web1".into()
+                }
+            },
+            "{}",
+            h.host
+        );
+        untouched(&f, &h.host);
+    }
 }
 
 /// A live switch no new connection can confirm because this machine has no
@@ -658,26 +685,7 @@ async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_b
 /// why: the first host's cause is this machine's own, the rest never start.
 #[tokio::test(start_paused = true)]
 async fn a_confirmation_failing_on_this_side_starts_no_more_hosts() {
-    let src = r#"
-[defaults]
-activation_timeout = "60s"
-[builder]
-address = "b"
-flake = false
-[hosts.web1]
-address = "10.0.0.1"
-[hosts.web2]
-address = "10.0.0.2"
-[hosts.web3]
-address = "10.0.0.3"
-[[waves]]
-name = "main"
-hosts = ["web1", "web2", "web3"]
-max_parallel = 1
-max_failures = 2
-"#;
-    let inv = Arc::new(Inventory::parse(Path::new("/inv/inventory.toml"), src).unwrap());
-    let f = fixture(inv, [OLD; 3], Build::Hangs);
+    let f = fixture(one_wave_of_three(""), [OLD; 3], Build::Hangs);
     (f.fleet.no_keys).store(true, std::sync::atomic::Ordering::SeqCst);
     let plan = plan_of(&f.inv, |_| ready(NEW));
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
@@ -696,6 +704,61 @@ max_failures = 2
             h.host
         );
         untouched(&f, &h.host);
+    }
+}
+
+/// One wave of web1, web2 and web3, one at a time, 2 failures allowed;
+/// `web1` (TOML) added to web1's table.
+fn one_wave_of_three(web1: &str) -> Arc<Inventory> {
+    let src = format!(
+        r#"
+[defaults]
+activation_timeout = "60s"
+[builder]
+address = "b"
+flake = false
+[hosts.web1]
+address = "10.0.0.1"
+{web1}
+[hosts.web2]
+address = "10.0.0.2"
+[hosts.web3]
+address = "10.0.0.3"
+[[waves]]
+name = "main"
+hosts = ["web1", "web2", "web3"]
+max_parallel = 1
+max_failures = 2
+"#
+    );
+    Arc::new(Inventory::parse(Path::new("/inv/inventory.toml"), &src).unwrap())
+}
+
+/// One host's `confirm_address` that does not resolve (a typo, a record
+/// not yet published) is that host's failure, not this machine's: web1 is
+/// switched, left unconfirmed and reverted by its dead-man (seen back over
+/// a new connection at its own address), and counts against its wave;
+/// web2 and web3 go on (before: the resolver's failure read as this
+/// machine's, and web1's typo stopped the run, blaming the controller).
+#[tokio::test(start_paused = true)]
+async fn a_confirm_address_that_does_not_resolve_fails_only_its_host() {
+    let inv = one_wave_of_three(r#"confirm_address = "web1-new.example""#);
+    let f = fixture(inv, [OLD; 3], Build::Hangs);
+    (f.fleet.confirm_unresolved.lock().unwrap()).insert("web1".into());
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let first = hosts[0].end.outcome().expect("web1 ran");
+    assert!(!first.controllers_own(), "{first:?}");
+    assert!(hosts[0].outcome().is_failure(), "{:?}", hosts[0].end);
+    assert_eq!(f.hosts["web1"].state().current, sp(OLD));
+    for h in &hosts[1..] {
+        assert_eq!(
+            h.outcome(),
+            OutcomeKind::KnownGood,
+            "{}: {:?}",
+            h.host,
+            h.end
+        );
     }
 }
 

@@ -195,6 +195,10 @@ pub struct FakeFleet {
     /// New connections fail on the controller's side: no key to offer
     /// (an agent gone).
     pub no_keys: std::sync::atomic::AtomicBool,
+    /// Hosts whose confirm endpoint's name does not exist (a typo'd
+    /// `confirm_address`): a new connection there fails at resolving it;
+    /// one at the host's own address works.
+    pub confirm_unresolved: Mutex<HashSet<String>>,
 }
 
 impl FakeFleet {
@@ -210,6 +214,7 @@ impl FakeFleet {
             closed: Mutex::default(),
             connect_takes: Mutex::default(),
             no_keys: Default::default(),
+            confirm_unresolved: Mutex::default(),
         })
     }
 
@@ -257,13 +262,26 @@ impl Fleet for FakeFleet {
     async fn fresh(
         &self,
         host: &str,
-        _at: Option<&crate::inventory::ConfirmEndpoint>,
+        at: Option<&crate::inventory::ConfirmEndpoint>,
     ) -> Result<FakeRemote, SessionError> {
         self.assert_open(host);
         let fake = self
             .hosts
             .get(host)
             .ok_or_else(|| SessionError::Unknown(host.to_owned()))?;
+        if let Some(at) = at
+            && self.confirm_unresolved.lock().expect("set").contains(host)
+        {
+            return Err(SessionError::Connect(Arc::new(
+                crate::ssh::ConnectError::Resolve {
+                    target: host.to_owned(),
+                    host: at.address.clone().unwrap_or_else(|| host.to_owned()),
+                    source: std::io::Error::other(
+                        "failed to lookup address information: Name or service not known",
+                    ),
+                },
+            )));
+        }
         if self.no_keys.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(SessionError::Connect(Arc::new(
                 crate::ssh::ConnectError::AuthFailed {

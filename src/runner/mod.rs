@@ -4,7 +4,8 @@
 //! a wave whose failures exceed its budget stops the run, and so does a
 //! host ended by this machine's own failure ([`HostJob::controllers_own`]:
 //! it would end every host after it, each switched and taken back, until
-//! the budget ran out); a good wave soaks
+//! the budget ran out; or whose soak's re-check it marred: the run stops
+//! before the next wave); a good wave soaks
 //! (waits, then re-checks every finished host, up to `max_parallel` at once
 //! like its activations, and the job takes back a host found unhealthy)
 //! before the next starts. A first Ctrl-C during the soak's wait cuts it
@@ -90,7 +91,9 @@ pub trait HostJob: Send + Sync + 'static {
     /// agent's key gone). It says nothing of the candidate and would end
     /// every host started after it the same way, each switched and taken
     /// back: the run starts no more hosts, as after a first Ctrl-C (what is
-    /// in flight is finished and verified). None by default.
+    /// in flight is finished and verified). Asked of a re-check's end too:
+    /// one this machine's failure marred stops the run after its wave's
+    /// re-checks, before the next wave. None by default.
     fn controllers_own(&self, done: &Self::Done) -> bool {
         let _ = done;
         false
@@ -531,6 +534,7 @@ impl<J: HostJob> Runner<J> {
                 stop = rechecked;
             }
         }
+        let halted = matches!(stop, Some(NotStarted::ControllerFailed { .. }));
         // Once, after the soak: its counts are the wave's last word.
         (self.emit)(RunnerEvent::WaveFinished {
             wave: group.name.clone(),
@@ -784,6 +788,11 @@ impl<J: HostJob> Runner<J> {
         if let Some(why) = self.recheck(w, cut).await {
             return Some(why);
         }
+        // A re-check this machine's own failure ended (no new connection
+        // it could make): the next wave's hosts would fail the same way.
+        if let Some(stop) = w.stop.take() {
+            return Some(stop);
+        }
         // A run a Ctrl-C stopped is cancelled, not stopped by its wave.
         if *self.cancel.borrow() >= CancelLevel::StopStarting {
             return Some(NotStarted::Cancelled);
@@ -874,11 +883,17 @@ impl<J: HostJob> Runner<J> {
     }
 
     /// The `i`th host's end after its re-check: one that no longer ends
-    /// well counts against the wave, and its new end is told.
+    /// well counts against the wave, and its new end is told; one this
+    /// machine's own failure marred ([`HostJob::controllers_own`]) stops
+    /// the run after the re-checks.
     fn rechecked(&mut self, w: &mut WaveRun<'_, J::Done>, i: usize, done: J::Done) {
         if self.job.is_failure(&done) {
             w.failures += 1;
             self.job.ended(&w.results[i].host, &done);
+        }
+        if self.job.controllers_own(&done) && w.stop.is_none() {
+            let host = w.results[i].host.clone();
+            w.stop = Some(NotStarted::ControllerFailed { host });
         }
         w.results[i].end = RunnerEnd::Done(done);
     }
