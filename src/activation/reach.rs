@@ -34,8 +34,8 @@ pub struct Unreached {
     pub error: String,
     /// Every try failed on the controller's side, not the host's
     /// ([`crate::ssh::ConnectError::is_controllers_own`]: no key to offer,
-    /// an agent gone, this machine's resolver failing): it says nothing of
-    /// the host. Not tried again when it lasts (no key to offer); a resolver's
+    /// an agent gone, a jump host unreachable): it says nothing of the host.
+    /// Not tried again when it lasts (no key to offer); a jump host's
     /// timeout is. One try the host failed makes it the host's.
     pub controllers_own: bool,
 }
@@ -44,7 +44,7 @@ pub struct Unreached {
 /// the host's running system (`current_system`, the link): that is
 /// returned. `Err`: why the last try failed (no connection, or no answer
 /// over it), the controller's own only when every try failed on this side:
-/// one resolver hiccup, then a login that hung until the window closed,
+/// one bastion hiccup, then a login that hung until the window closed,
 /// read as this side's, and the soak kept a locked-out host known-good.
 /// [`MAX_REJECTED_LOGINS`] logins rejected end the window early; a try
 /// after a rejected one waits [`REJECTED_LOGIN_SPACING`] ([`retry_wait`]).
@@ -79,7 +79,7 @@ pub async fn new_connection<R: Remote>(
 }
 
 /// Why no try got in when the window's end cut one short: the try before
-/// says why if it hung too (a resolver timing out each try is still not
+/// says why if it hung too (a bastion timing out each try is still not
 /// the host's); a try that hung after one that failed fast is the host's,
 /// as is a window no try failed in.
 fn cut_off(last: Option<Failed>, hosts_part: bool) -> Unreached {
@@ -186,8 +186,8 @@ mod tests {
     }
 
     /// Not the host's failure either way; no key to offer is not tried
-    /// again (waiting cannot bring one), a resolver's timeout is, for the
-    /// whole window (a resolver restarting must not end the look at once).
+    /// again (waiting cannot bring one), a jump host's timeout is, for the
+    /// whole window (a bastion restarting must not end the look at once).
     #[tokio::test(start_paused = true)]
     async fn a_lasting_failure_of_our_own_ends_the_tries_a_passing_one_does_not() {
         let no_key = Failing(
@@ -205,26 +205,28 @@ mod tests {
             .unwrap_err();
         assert!(u.controllers_own);
         assert_eq!(no_key.1.load(Ordering::SeqCst), 1);
-        // Each try times out after 5 s (this machine's resolver not
-        // answering): the window's end cuts the second short, and the
-        // failure before it says why (it read as the host's when the
-        // cut-off try was taken).
-        let resolver = Failing(
-            || ConnectError::Timeout {
+        // Each try times out after 5 s (a bastion not answering): the
+        // window's end cuts the second short, and the failure before it
+        // says why (it read as the host's when the cut-off try was taken).
+        let bastion = Failing(
+            || ConnectError::Jump {
                 target: "web1".into(),
-                addr: "web1.example:22".into(),
-                stage: ConnectStage::Resolve,
-                timeout: Duration::from_secs(5),
+                source: Box::new(ConnectError::Timeout {
+                    target: "bastion".into(),
+                    addr: "10.0.0.9:22".into(),
+                    stage: ConnectStage::Tcp,
+                    timeout: Duration::from_secs(5),
+                }),
             },
             AtomicU32::new(0),
             Duration::from_secs(5),
         );
-        let u = new_connection(&resolver, "/run/current-system", within)
+        let u = new_connection(&bastion, "/run/current-system", within)
             .await
             .unwrap_err();
         assert!(u.controllers_own, "{u:?}");
         assert!(
-            resolver.1.load(Ordering::SeqCst) >= 2,
+            bastion.1.load(Ordering::SeqCst) >= 2,
             "tried again within the window"
         );
     }
@@ -288,14 +290,14 @@ mod tests {
         }
     }
 
-    /// This machine's resolver failing (EAI_AGAIN), fast.
-    fn resolver_failed() -> ConnectError {
-        ConnectError::Resolve {
+    fn jump_refused() -> ConnectError {
+        ConnectError::Jump {
             target: "web1".into(),
-            host: "web1.example".into(),
-            source: std::io::Error::other(
-                "failed to lookup address information: Temporary failure in name resolution",
-            ),
+            source: Box::new(ConnectError::Unreachable {
+                target: "bastion".into(),
+                addr: "10.0.0.9:22".into(),
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            }),
         }
     }
 
@@ -308,15 +310,15 @@ mod tests {
         }
     }
 
-    /// The whole window is judged, not its last try: a resolver hiccup
+    /// The whole window is judged, not its last try: a bastion hiccup
     /// then a login hanging until the window closed read as this side's
     /// (the soak kept a locked-out host known-good); a host that failed a
-    /// try, then a resolver that failed, too.
+    /// try, then a bastion that refused, too.
     #[tokio::test(start_paused = true)]
     async fn one_try_the_host_failed_makes_the_window_the_hosts() {
         let within = Duration::from_secs(10);
         let hiccup_then_hang = Sequence(
-            resolver_failed,
+            jump_refused,
             None::<fn() -> ConnectError>,
             AtomicU32::new(0),
         );
@@ -324,15 +326,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!u.controllers_own, "{u:?}");
-        let host_then_ours = Sequence(host_timeout, Some(resolver_failed), AtomicU32::new(0));
-        let u = new_connection(&host_then_ours, "/run/current-system", within)
+        let host_then_bastion = Sequence(host_timeout, Some(jump_refused), AtomicU32::new(0));
+        let u = new_connection(&host_then_bastion, "/run/current-system", within)
             .await
             .unwrap_err();
         assert!(!u.controllers_own, "{u:?}");
-        assert!(host_then_ours.2.load(Ordering::SeqCst) >= 3);
-        // Every try this side's resolver's: this side's, as before.
-        let ours = Sequence(resolver_failed, Some(resolver_failed), AtomicU32::new(0));
-        let u = new_connection(&ours, "/run/current-system", within)
+        assert!(host_then_bastion.2.load(Ordering::SeqCst) >= 3);
+        // Every try the bastion's: this side's, as before.
+        let bastion = Sequence(jump_refused, Some(jump_refused), AtomicU32::new(0));
+        let u = new_connection(&bastion, "/run/current-system", within)
             .await
             .unwrap_err();
         assert!(u.controllers_own, "{u:?}");

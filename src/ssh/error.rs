@@ -242,24 +242,20 @@ impl ConnectError {
         }
     }
 
-    /// A failure of this machine's, that every host's connection would
-    /// meet the same way: its resolver failing (no answer, a SERVFAIL), this
-    /// machine out of open files or ports, no key to offer (an agent gone,
-    /// a key's lifetime over) or only a passphrase-protected one, the key
-    /// the run logged in with not offered (whatever else was rejected), an
-    /// unreadable known_hosts file; at a jump host too. Not a name that
-    /// does not exist ([`no_such_name`]: a typo'd or not yet published
-    /// `confirm_address` is one host's), nor a jump host down or refusing
-    /// (that host's path): judged this machine's, one host's typo stopped
-    /// the whole run. A host that locked logins out rejects the keys
-    /// offered: a key rejected makes it the host's when no earlier login
-    /// proved which key works.
+    /// A failure that says nothing of the host: its name not resolved here,
+    /// this machine out of open files or ports, no key to offer (an agent
+    /// gone, a key's lifetime over) or only a passphrase-protected one, the
+    /// key the run logged in with not offered (whatever else was rejected),
+    /// an unreadable known_hosts file, or any failure to reach a jump host
+    /// (it never got as far as the host). A host that locked logins out
+    /// rejects the keys offered: a key rejected makes it the host's when
+    /// no earlier login proved which key works.
     pub fn is_controllers_own(&self) -> bool {
         match self {
-            ConnectError::Resolve { source, .. } => !no_such_name(source),
-            ConnectError::Jump { source, .. } => source.is_controllers_own(),
             ConnectError::KnownHosts { .. }
+            | ConnectError::Jump { .. }
             | ConnectError::IdentityNotOffered { .. }
+            | ConnectError::Resolve { .. }
             | ConnectError::LocalResources { .. }
             | ConnectError::Timeout {
                 stage: ConnectStage::Resolve,
@@ -308,24 +304,6 @@ impl ConnectError {
     }
 }
 
-/// Does `resolving` say the name does not exist (NXDOMAIN, or no address
-/// for it), as against a resolver that failed (EAI_AGAIN: no answer or a
-/// SERVFAIL; EAI_FAIL; EAI_SYSTEM)? The standard library keeps only
-/// `gai_strerror`'s words (in the C locale: nothing sets another), so they
-/// are read: glibc's, musl's and macOS's for EAI_NONAME and EAI_NODATA.
-/// Anything else counts as the resolver's: this machine's, as before.
-fn no_such_name(resolving: &std::io::Error) -> bool {
-    const NO_SUCH_NAME: [&str; 5] = [
-        "name or service not known",
-        "name does not resolve",
-        "nodename nor servname provided, or not known",
-        "no address associated with",
-        "name has no usable address",
-    ];
-    let said = resolving.to_string().to_lowercase();
-    NO_SUCH_NAME.iter().any(|words| said.contains(words))
-}
-
 /// Did the host reject a key offered (`tried`'s `...: rejected` entries)?
 fn any_rejected(tried: &[String]) -> bool {
     tried.iter().any(|t| t.ends_with(": rejected"))
@@ -370,8 +348,8 @@ mod tests {
     /// A host that locked logins out rejects the keys offered: that is the
     /// host's doing, and may pass (sshd refuses logins while a host boots);
     /// no key to offer, or only one needing its passphrase, is the
-    /// controller's, and lasts; a jump host's failure is judged as its own
-    /// error is, and lasts as it does.
+    /// controller's, and lasts; a jump host's failure is never the host's,
+    /// and lasts as its own error does.
     #[test]
     fn whose_failure_and_whether_it_lasts() {
         let rejected = auth(&["agent key ed25519 (SHA256:x): rejected"]);
@@ -395,38 +373,9 @@ mod tests {
             stage: ConnectStage::Tcp,
             timeout: std::time::Duration::from_secs(10),
         };
-        // The jump host down is that host's path, not this machine's; no
-        // key to offer there is this machine's, and lasts.
+        // Not the host's, and may pass: tried again, then not a lockout.
         let j = jump(timeout);
-        assert!(!j.is_controllers_own() && !j.is_lasting());
-        assert!(jump(auth(&[])).is_controllers_own() && jump(auth(&[])).is_lasting());
-    }
-
-    /// A name that does not exist (a typo'd `confirm_address`, a record
-    /// not yet published) is that host's: only a resolver failing, which
-    /// every host's connection meets, is this machine's. Here or at a jump
-    /// host.
-    #[test]
-    fn a_name_that_does_not_exist_is_the_hosts_a_failing_resolver_is_ours() {
-        let resolve = |words: &str| ConnectError::Resolve {
-            target: "web1".into(),
-            host: "web1-confirm.example".into(),
-            source: std::io::Error::other(format!("failed to lookup address information: {words}")),
-        };
-        for nxdomain in [
-            "Name or service not known",
-            "Name does not resolve",
-            "No address associated with hostname",
-        ] {
-            assert!(!resolve(nxdomain).is_controllers_own(), "{nxdomain}");
-        }
-        let again = "Temporary failure in name resolution";
-        assert!(resolve(again).is_controllers_own());
-        let jump = |source| ConnectError::Jump {
-            target: "web1".into(),
-            source: Box::new(source),
-        };
-        assert!(!jump(resolve("Name or service not known")).is_controllers_own());
-        assert!(jump(resolve(again)).is_controllers_own());
+        assert!(j.is_controllers_own() && !j.is_lasting());
+        assert!(jump(auth(&[])).is_lasting());
     }
 }
