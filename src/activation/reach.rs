@@ -12,6 +12,9 @@
 //! out later, a timer restarting sshd into a bad config, is caught there
 //! and taken back, its known-good mark revoked).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::links;
@@ -53,10 +56,33 @@ pub async fn new_connection<R: Remote>(
     current_system: &str,
     within: Duration,
 ) -> Result<Option<StorePath>, Unreached> {
+    new_connection_after(fresh, current_system, within, 0).await
+}
+
+/// [`new_connection`] after `rejected` logins the host rejected earlier in
+/// the same run ([`Counted`]): they count against [`MAX_REJECTED_LOGINS`],
+/// and at it none is tried. fail2ban counts every rejected login from an
+/// address (5 within 10 minutes by default); a confirm that spent its 3
+/// and a rollback's proof that then tried 3 more got the controller banned
+/// from exactly the host that needed a person.
+pub async fn new_connection_after<R: Remote>(
+    fresh: &dyn Reconnect<R>,
+    current_system: &str,
+    within: Duration,
+    mut rejected: u32,
+) -> Result<Option<StorePath>, Unreached> {
+    if rejected >= MAX_REJECTED_LOGINS {
+        return Err(Unreached {
+            error: format!(
+                "not tried: the host rejected {rejected} logins of this run already, and more would \
+                 get this machine's address blocked there; log in to it by hand to check it"
+            ),
+            controllers_own: false,
+        });
+    }
     let end = tokio::time::Instant::now() + within;
     let mut last: Option<Failed> = None;
     let mut hosts_part = false;
-    let mut rejected = 0;
     loop {
         let failed = match once(fresh, current_system, end).await {
             Ok(running) => return Ok(running),
@@ -75,6 +101,57 @@ pub async fn new_connection<R: Remote>(
         }
         last = Some(failed);
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The run's [`Reconnect`], counting the logins the host rejected over
+/// it: every new connection of a host's run goes through it (the confirm,
+/// the look for a revert, a rollback's proof), so the proof knows what the
+/// confirm spent ([`new_connection_after`]). At the host's own address or
+/// its `confirm_address` alike: a ban on either address is the
+/// controller's, and the count errs towards fewer logins.
+pub(crate) struct Counted<'a, R> {
+    inner: &'a dyn Reconnect<R>,
+    rejected: AtomicU32,
+}
+
+impl<'a, R> Counted<'a, R> {
+    pub(crate) fn new(inner: &'a dyn Reconnect<R>) -> Self {
+        Counted {
+            inner,
+            rejected: AtomicU32::new(0),
+        }
+    }
+
+    /// Logins the host rejected so far in this run.
+    pub(crate) fn rejected(&self) -> u32 {
+        self.rejected.load(Ordering::SeqCst)
+    }
+
+    fn count<T>(&self, connected: &anyhow::Result<T>) {
+        if let Err(e) = connected
+            && login_rejected(e)
+        {
+            self.rejected.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl<R> Reconnect<R> for Counted<'_, R> {
+    fn fresh(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>> {
+        Box::pin(async move {
+            let connected = self.inner.fresh().await;
+            self.count(&connected);
+            connected
+        })
+    }
+
+    fn fresh_as_before(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<R>> + Send + '_>> {
+        Box::pin(async move {
+            let connected = self.inner.fresh_as_before().await;
+            self.count(&connected);
+            connected
+        })
     }
 }
 

@@ -35,13 +35,19 @@ pub(super) fn is_lockout(cause: &CutOff) -> bool {
 
 impl<R: Remote> Run<'_, R> {
     /// New connections at the host's own address, for the host's window,
-    /// until one reads the running system ([`reach::new_connection`]): `to`,
-    /// or why not.
+    /// until one reads the running system ([`reach::new_connection_after`]):
+    /// `to`, or why not. The logins the host rejected earlier in the run
+    /// (the confirm's, the look's) count: once it rejected
+    /// [`reach::MAX_REJECTED_LOGINS`], none is tried and the rollback is
+    /// unconfirmed (a candidate that dropped the run's key, then 3 more
+    /// logins here, got the controller banned by fail2ban).
     async fn reached_back(&self, to: &StorePath) -> Result<(), CutOff> {
         let window = self.s.new_connection_within;
         self.step(Step::ConfirmNewConnection { within: window });
         let current_system = &self.s.paths.current_system;
-        match reach::new_connection(&AsBefore(self.fresh), current_system, window).await {
+        let before = AsBefore(self.fresh);
+        let rejected = self.fresh.rejected();
+        match reach::new_connection_after(&before, current_system, window, rejected).await {
             Ok(now) if now.as_ref() == Some(to) => Ok(()),
             Ok(seen) => Err(CutOff::NotOnCandidate { seen }),
             Err(u) if u.controllers_own => {

@@ -101,9 +101,10 @@ where
     R: Remote,
     F: Fn(ActivationEvent) + Send + Sync,
 {
+    let fresh = super::reach::Counted::new(fresh);
     let mut run = Run {
         remote,
-        fresh,
+        fresh: &fresh,
         hold,
         armed: None,
         req,
@@ -125,7 +126,9 @@ where
 
 struct Run<'a, R> {
     remote: &'a R,
-    fresh: &'a dyn Reconnect<R>,
+    /// Every new connection of the run, the logins the host rejected
+    /// counted ([`lockout`] reads them).
+    fresh: &'a super::reach::Counted<'a, R>,
     hold: &'a dyn HostHold,
     /// The dead-man revert armed for this live switch, and when it fires.
     armed: Option<(super::deadman::Armed, tokio::time::Instant)>,

@@ -1624,7 +1624,10 @@ async fn a_candidate_that_cuts_ssh_is_reverted_by_the_host() {
 /// login every 2 s until the revert was due (13 in a 30 s window, 30 in
 /// the 60 s one): sshd's PerSourcePenalties and fail2ban block this
 /// machine's address after a few, and the look after the revert, and the
-/// next run, could not get in.
+/// next run, could not get in. The rollback from it (a lockout) is not
+/// proven over a new connection: the confirm spent the logins the run may
+/// have rejected, so it needs a person (see
+/// `a_rollbacks_proof_counts_the_logins_the_confirm_had_rejected`).
 #[tokio::test(start_paused = true)]
 async fn a_candidate_rejecting_the_login_is_not_tried_over_and_over() {
     for req in [armed(Goal::Gated), request(Goal::Gated)] {
@@ -1635,19 +1638,19 @@ async fn a_candidate_rejecting_the_login_is_not_tried_over_and_over() {
         let ran = run(&host, &req).await;
         let armed = req.settings.confirm_timeout.is_some();
         match &ran.outcome {
-            HostOutcome::RevertedByHost {
-                cause: CutOff::NoNewConnection { error, .. },
-                to,
-                ..
-            } if armed => {
-                assert!(error.contains("authentication as deploy failed"), "{error}");
-                assert_eq!(to, &sp(OLD));
-            }
-            HostOutcome::RolledBack {
+            HostOutcome::RollbackFailed {
                 gate: Gate::LiveActivate,
+                reason,
                 to,
-                ..
-            } if !armed => assert_eq!(to, &sp(OLD)),
+                rollback_error: RollbackError::Unconfirmed(CutOff::NoNewConnection { .. }),
+            } => {
+                let reason = format!("{reason:?}");
+                assert!(
+                    reason.contains("authentication as deploy failed"),
+                    "{reason}"
+                );
+                assert_eq!(to, &sp(OLD), "armed {armed}");
+            }
             other => panic!("armed {armed}: {other:?}"),
         }
         let st = host.state();
@@ -2116,6 +2119,59 @@ async fn a_rollback_from_a_lockout_is_proven_at_the_hosts_own_address() {
             HostOutcome::RolledBack { to, .. } if !armed => assert_eq!(to, &sp(OLD)),
             other => panic!("armed {armed}: {other:?}"),
         }
+    }
+}
+
+/// New connections the host rejects at login whatever it runs (the run's
+/// key gone for good, the system it went back to included), counted.
+struct RejectsEveryLogin(std::sync::atomic::AtomicU32);
+
+impl Reconnect<ScriptedRemote> for RejectsEveryLogin {
+    fn fresh(&self) -> Connecting<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async {
+            Err(anyhow::Error::new(crate::ssh::ConnectError::AuthFailed {
+                target: "web1".into(),
+                user: "deploy".into(),
+                tried: vec!["agent key ed25519 (SHA256:x): rejected".into()],
+            }))
+        })
+    }
+}
+
+/// A host that rejects every login: the confirm spends the run's
+/// [`crate::activation::reach::MAX_REJECTED_LOGINS`], and the rollback's
+/// proof (it is from a lockout) tries none more: unconfirmed, the host
+/// needs a person. Before, the proof counted from 0 and tried 3 more: 6
+/// rejected logins within minutes, over fail2ban's default 5, and the
+/// controller was banned from the very host that needed a person.
+#[tokio::test(start_paused = true)]
+async fn a_rollbacks_proof_counts_the_logins_the_confirm_had_rejected() {
+    for req in [request(Goal::Gated), armed(Goal::Gated)] {
+        let armed = req.settings.confirm_timeout.is_some();
+        let host = candidate_that(Behaviour::default());
+        let rejecting = RejectsEveryLogin(Default::default());
+        let remote = host.remote();
+        let cancel = CancellationToken::new();
+        let outcome = activate_host(&remote, &rejecting, &Unlocked, &req, &cancel, &|_| {}).await;
+        let tried = rejecting.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            tried,
+            crate::activation::reach::MAX_REJECTED_LOGINS,
+            "armed {armed}: {tried} logins rejected"
+        );
+        match &outcome {
+            HostOutcome::RollbackFailed {
+                to,
+                rollback_error: RollbackError::Unconfirmed(CutOff::NoNewConnection { error, .. }),
+                ..
+            } => {
+                assert_eq!(to, &sp(OLD), "armed {armed}");
+                assert!(error.contains("not tried"), "armed {armed}: {error}");
+            }
+            other => panic!("armed {armed}: {other:?}"),
+        }
+        assert_eq!(host.state().current, sp(OLD), "armed {armed}: links back");
     }
 }
 
