@@ -186,7 +186,8 @@ macro_rules! stop_group {
 /// /run/current-system/sw/bin on NixOS, and the current system is the one
 /// being reverted. nix-darwin's previous system is activated as the switch
 /// activates one (its `activate-user` first, as the user, when it is a
-/// nix-darwin 24.11 or older system: see [`super::darwin_activate`]).
+/// nix-darwin 24.11 or older system: see [`super::darwin_activate`]), but
+/// going back: a failing `activate-user` does not stop its `activate`.
 ///
 /// The candidate's switch still running is stopped first: on Linux its
 /// unit (`systemctl stop`); on Darwin, where that is a no-op, the
@@ -232,7 +233,7 @@ if [ "$result" = host-moved ]; then :
 elif [ -x "$previous/bin/switch-to-configuration" ]; then
   "$previous/bin/switch-to-configuration" test; code=$?
 else
-  activate_darwin "$previous"; code=$?
+  activate_darwin "$previous" back; code=$?
 fi
 # A failed live test is added to what failed before it (the boot default
 # not put back must not read as a test's exit code).
@@ -1700,12 +1701,41 @@ exit 1"
     /// A Darwin revert to a nix-darwin 24.11 system runs its
     /// `activate-user` as the user the run logged in as (the sleeper runs
     /// under `sudo`, which names them), then `activate`: as its switch
-    /// would (see [`super::super::darwin_activate`]).
+    /// would (see [`super::super::darwin_activate`]). Going back, a failing
+    /// `activate-user` does not stop `activate` (before, the candidate was
+    /// left live): the revert's result is `activate`'s, and its output says
+    /// the user half failed.
     #[test]
     fn a_darwin_revert_to_an_old_system_runs_its_activate_user_first() {
+        for user_fails in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().to_str().unwrap();
+            let (calls, rec, err) = darwin_revert(d, user_fails);
+            assert_eq!(
+                calls,
+                format!(
+                    "sudo -n -H -u nixgate-test-alice -- {d}/previous/activate-user\n\
+                     previous/activate-user\nprevious/activate\n"
+                ),
+                "activate-user failing: {user_fails}"
+            );
+            assert_eq!(rec.result, "ok", "activate-user failing: {user_fails}");
+            assert_eq!(
+                err.contains(
+                    "previous/activate-user exited 2 (as nixgate-test-alice): the user's half"
+                ),
+                user_fails,
+                "{err}"
+            );
+        }
+    }
+
+    /// A Darwin revert in `d` from `candidate` to `previous`, two
+    /// nix-darwin 24.11 systems (`previous`'s `activate-user` exiting 2
+    /// when `user_fails`), run under `sudo` by nixgate-test-alice: what ran,
+    /// its record and its stderr.
+    fn darwin_revert(d: &str, user_fails: bool) -> (String, RevertRecord, String) {
         use crate::remote::local::executable;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_str().unwrap();
         let log = format!("{d}/calls");
         std::fs::create_dir_all(format!("{d}/bin")).unwrap();
         let sudo = format!(
@@ -1719,14 +1749,16 @@ exit 1"
         for sys in ["previous", "candidate"] {
             std::fs::create_dir_all(format!("{d}/{sys}")).unwrap();
             for script in ["activate", "activate-user"] {
-                let body = format!("#!/bin/sh\necho \"{sys}/{script}\" >> {log}\n");
+                let fails = user_fails && sys == "previous" && script == "activate-user";
+                let exit = if fails { 2 } else { 0 };
+                let body = format!("#!/bin/sh\necho \"{sys}/{script}\" >> {log}\nexit {exit}\n");
                 executable(format!("{d}/{sys}/{script}"), &body);
             }
         }
         std::os::unix::fs::symlink(format!("{d}/candidate"), format!("{d}/current")).unwrap();
         std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
         std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
-        let status = std::process::Command::new("sh")
+        let out = std::process::Command::new("sh")
             .arg(format!("{d}/revert.sh"))
             .args([
                 &format!("{d}/rec"),
@@ -1742,20 +1774,13 @@ exit 1"
             ])
             .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
             .env("SUDO_USER", "nixgate-test-alice")
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
         let calls = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(
-            calls,
-            format!(
-                "sudo -n -H -u nixgate-test-alice -- {d}/previous/activate-user\n\
-                 previous/activate-user\nprevious/activate\n"
-            )
-        );
         let rec = std::fs::read_to_string(format!("{d}/rec/r1.json")).unwrap();
-        let rec: RevertRecord = serde_json::from_str(&rec).unwrap();
-        assert_eq!(rec.result, "ok");
+        (calls, serde_json::from_str(&rec).unwrap(), err)
     }
 
     /// A Darwin revert whose candidate's `activate` hangs: `systemctl

@@ -355,7 +355,7 @@ exit 2
     );
     let closure =
         StorePath::parse(&format!("/nix/store/{}-darwin-system", "a".repeat(32))).unwrap();
-    let program = crate::activation::darwin_activate::program(&closure);
+    let program = crate::activation::darwin_activate::program(&closure, false);
     // The job as the wrapper runs it, its program pointed at `x` to run
     // here; the status then says the closure's program, as on a Mac.
     let status = format!("{jobs}/nixgate-switch-r0.status");

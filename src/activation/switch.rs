@@ -58,6 +58,11 @@ pub struct SwitchJob {
     pub os: Os,
     pub action: SwitchAction,
     pub closure: StorePath,
+    /// Why it runs: a rollback's job takes the host back (on nix-darwin,
+    /// its `activate` runs even when `activate-user` fails: see
+    /// [`super::darwin_activate`]).
+    #[serde(skip)]
+    pub purpose: JobPurpose,
     pub job_dir: String,
     pub status_file: String,
     pub log_file: String,
@@ -96,6 +101,7 @@ impl SwitchJob {
             os,
             action,
             closure: closure.clone(),
+            purpose,
             sets_profile: None,
             arms: None,
         }
@@ -163,7 +169,10 @@ impl SwitchJob {
                 format!("{}/bin/switch-to-configuration", self.closure),
                 self.action.as_str().to_owned(),
             ],
-            Os::Darwin => super::darwin_activate::program(&self.closure),
+            Os::Darwin => {
+                let back = self.purpose == JobPurpose::Rollback;
+                super::darwin_activate::program(&self.closure, back)
+            }
         }
     }
 }
