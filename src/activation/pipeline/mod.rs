@@ -115,6 +115,7 @@ where
         pre_profile: None,
         known_good: None,
         live_changed: false,
+        proven_already: false,
         boot_changed: false,
         profile_set: false,
         pre_failed: None,
@@ -140,6 +141,11 @@ struct Run<'a, R> {
     pre_profile: Option<StorePath>,
     known_good: Option<StorePath>,
     live_changed: bool,
+    /// The host ran the candidate before this run, and this run's live
+    /// gates proved it there (a new connection, the health checks): a
+    /// `boot` that fails leaves it as proven, as after a switch
+    /// ([`off_path`]).
+    proven_already: bool,
     boot_changed: bool,
     profile_set: bool,
     /// Units failed before the live switch (Linux; `None` when unknown).
@@ -198,6 +204,7 @@ impl<'a, R: Remote> Run<'a, R> {
             pre_profile: self.pre_profile.clone(),
             known_good: self.known_good.clone(),
             live_changed: self.live_changed,
+            proven_already: self.proven_already,
             boot_changed: self.boot_changed,
             profile_set: self.profile_set,
             pre_failed: self.pre_failed.clone(),

@@ -67,7 +67,7 @@ impl<R: Remote> Run<'_, R> {
             // make the candidate the boot default unproven: rolled back.
             SwitchResult::Failed(f @ SwitchFailure::RefusedUnconfirmed { .. }) => {
                 match self.stop_switch(Stop::Attempts, &job).await {
-                    Ok(()) if self.live_changed => Err(self.not_persisted(gate, f).await),
+                    Ok(()) if self.proven_live() => Err(self.not_persisted(gate, f).await),
                     Ok(()) => Err(self
                         .fail_and_rollback(gate, FailureReason::Switch(f), None)
                         .await),
@@ -88,7 +88,7 @@ impl<R: Remote> Run<'_, R> {
             // Rolled back, it ran `switch`, which installs the boot loader
             // first and failed the same way: `rollback-failed` on a host
             // whose candidate had passed every live gate.
-            SwitchResult::Failed(f @ SwitchFailure::Exited { .. }) if self.live_changed => {
+            SwitchResult::Failed(f @ SwitchFailure::Exited { .. }) if self.proven_live() => {
                 Err(self.not_persisted(gate, f).await)
             }
             SwitchResult::Failed(f) => {
@@ -101,6 +101,17 @@ impl<R: Remote> Run<'_, R> {
                 .fail_and_rollback(gate, FailureReason::NeedsReboot(r), None)
                 .await),
         }
+    }
+
+    /// Live on the candidate, proven by this run's live gates: switched to
+    /// it, or running it already ([`Self::already_current`]). Only the
+    /// switch counts as a change to roll back (`live_changed`); a `boot`
+    /// that fails leaves either as proven, not persisted. Before, a host
+    /// already running the candidate (re-pushed after a not-persisted run)
+    /// whose `boot` failed again was rolled back boot only, and that
+    /// rollback's own `boot` failed the same way: `rollback-failed`.
+    fn proven_live(&self) -> bool {
+        self.live_changed || self.proven_already
     }
 
     /// The boot entry could not be written, and nothing of it ran (the host
@@ -119,7 +130,7 @@ impl<R: Remote> Run<'_, R> {
     /// reboot, pointed at the new one).
     async fn not_persisted(&mut self, gate: Gate, f: SwitchFailure) -> HostOutcome {
         self.self_correct_to_previous().await;
-        if !self.live_changed {
+        if !self.proven_live() {
             return self.fail_clean(gate, FailureReason::Switch(f));
         }
         let current = &self.s.paths.current_system;
@@ -246,6 +257,9 @@ impl<R: Remote> Run<'_, R> {
         if goal.persists_boot() && self.pre_profile.as_ref() != Some(&self.req.candidate) {
             self.start(Gate::Persist);
             self.live_changed = false;
+            // Reached over a new connection above, its health checked
+            // when the goal asks.
+            self.proven_already = goal.activates_live();
             if let Err(outcome) = self.persist(Gate::Persist).await {
                 return outcome;
             }

@@ -1364,6 +1364,33 @@ async fn a_boot_loader_that_cannot_be_installed_leaves_a_live_proven_host_live()
     assert_left_live(&host, &ran);
 }
 
+/// The same on a host already running the candidate (re-pushed after a
+/// run that left it not persisted, its boot loader still broken), its
+/// profile and boot default older: proven again over a new connection and
+/// by its health checks, then not persisted, its profile put back. Before,
+/// it was rolled back boot only, and that rollback's `boot` failed the
+/// same way: `rollback-failed`.
+#[tokio::test(start_paused = true)]
+async fn a_boot_loader_that_cannot_be_installed_leaves_an_already_current_host_live() {
+    let host = FakeHost::new(&sp(OLD));
+    host.state().current = sp(NEW);
+    let broken = Behaviour {
+        boot_exit: 1,
+        ..Default::default()
+    };
+    // The boot loader is the host's: every system's `boot` fails.
+    host.behave(&sp(NEW), broken.clone());
+    host.behave(&sp(OLD), broken);
+    let ran = run(&host, &request(Goal::Gated)).await;
+    match &ran.outcome {
+        HostOutcome::NotPersisted {
+            reason: SwitchFailure::Exited { code: 1, .. },
+        } => {}
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    assert_left_live(&host, &ran);
+}
+
 /// Live on the candidate it proved, its boot entries and profile where
 /// they were, not rolled back.
 fn assert_left_live(host: &FakeHost, ran: &Ran) {
