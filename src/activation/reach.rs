@@ -61,25 +61,20 @@ pub async fn new_connection<R: Remote>(
 
 /// [`new_connection`] after `rejected` logins the host rejected earlier in
 /// the same run ([`Counted`]): they count against [`MAX_REJECTED_LOGINS`],
-/// and at it none is tried. fail2ban counts every rejected login from an
-/// address (5 within 10 minutes by default); a confirm that spent its 3
-/// and a rollback's proof that then tried 3 more got the controller banned
-/// from exactly the host that needed a person.
+/// but one try is always made (a rollback's proof after a confirm that
+/// spent them: the revert usually gave the key back, and that login is
+/// accepted). fail2ban counts every rejected login from an address (5
+/// within 10 minutes by default): a confirm that spent its 3 and a proof
+/// that then tried 3 more got the controller banned from exactly the host
+/// that needed a person; one more is 4 at most, and sshd's penalties (5 s
+/// each) have decayed over the confirm window by then.
 pub async fn new_connection_after<R: Remote>(
     fresh: &dyn Reconnect<R>,
     current_system: &str,
     within: Duration,
-    mut rejected: u32,
+    rejected: u32,
 ) -> Result<Option<StorePath>, Unreached> {
-    if rejected >= MAX_REJECTED_LOGINS {
-        return Err(Unreached {
-            error: format!(
-                "not tried: the host rejected {rejected} logins of this run already, and more would \
-                 get this machine's address blocked there; log in to it by hand to check it"
-            ),
-            controllers_own: false,
-        });
-    }
+    let mut rejected = rejected.min(MAX_REJECTED_LOGINS - 1);
     let end = tokio::time::Instant::now() + within;
     let mut last: Option<Failed> = None;
     let mut hosts_part = false;
