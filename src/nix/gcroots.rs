@@ -1,7 +1,9 @@
 //! GC roots on the builder, so a garbage collection between evaluation and
 //! build ([`hold_evaluated`]), or between build, diff and copy (or long
 //! after, for structural diffs) cannot lose a built system; and on a host,
-//! for a closure copied to it ahead of its wave.
+//! for a closure copied to it ahead of its wave. (Not yet: a flake build's
+//! outputs between the end of its `nix-store --realise` and the roots the
+//! plan adds next, about one round trip; a classic build roots its own.)
 //!
 //! A wave's closures are copied while the wave before it runs and soaks
 //! (30 minutes, a day): nothing on the host refers to them until the

@@ -38,9 +38,9 @@ impl<R: Remote> Run<'_, R> {
     /// until one reads the running system ([`reach::new_connection_after`]):
     /// `to`, or why not. The logins the host rejected earlier in the run
     /// (the confirm's, the look's) count: once it rejected
-    /// [`reach::MAX_REJECTED_LOGINS`], none is tried and the rollback is
-    /// unconfirmed (a candidate that dropped the run's key, then 3 more
-    /// logins here, got the controller banned by fail2ban).
+    /// [`reach::MAX_REJECTED_LOGINS`], one try is made, no more (a
+    /// candidate that dropped the run's key, then 3 more logins here, got
+    /// the controller banned by fail2ban).
     async fn reached_back(&self, to: &StorePath) -> Result<(), CutOff> {
         let window = self.s.new_connection_within;
         self.step(Step::ConfirmNewConnection { within: window });
