@@ -700,8 +700,17 @@ pub async fn mark<R: Remote>(
             .to_owned()
     };
     let link = field("NixgateNew=");
-    record.generation = generation_of(&link)
-        .with_context(|| format!("{prof} points at {link:?}, not a generation link"))?;
+    let Some(generation) = generation_of(&link) else {
+        // Done, yet no generation named: a host shutting down as it was
+        // marked (its `/nix` unmounted under the script, which then read
+        // the profile as nothing) may have set the profile. Undone like a
+        // lost mark: the fault matrix caught "persist x host rebooted"
+        // ending rolled back with the known-good left on the candidate.
+        let undo = undo_mark(remote, paths, &req, sudo).await;
+        let e = anyhow::anyhow!("{prof} points at {link:?}, not a generation link");
+        return Err(undone(e, undo, prof));
+    };
+    record.generation = generation;
     record.replaced = field("NixgateReplaced=").parse().ok();
     record.created = field("NixgateCreated=").parse().ok();
     record.soak_pending = field("NixgateSoak=") == "true";

@@ -877,15 +877,32 @@ async fn a_mark_stopped_by_its_bound_is_undone() {
     assert!(undone);
 }
 
+/// A mark that says it is done but names no generation (a host shutting
+/// down under it: its `/nix` unmounted, the profile read as nothing) may
+/// have set the profile: it is undone, not left on the candidate.
+#[tokio::test]
+async fn a_mark_done_naming_no_generation_is_undone() {
+    let (e, undone) =
+        mark_answered_with(crate::remote::Exit::Code { code: 0 }, "NixgateNew=\n").await;
+    assert!(e.contains("not a generation link"), "{e}");
+    assert!(e.contains("put back"), "{e}");
+    assert!(undone);
+}
+
 /// A mark whose command the host answered with `exit` (it must fail): its
 /// error, and whether an undo was sent.
 async fn mark_answered(exit: crate::remote::Exit) -> (String, bool) {
+    mark_answered_with(exit, "").await
+}
+
+/// The same, the host's answer saying `stdout`.
+async fn mark_answered_with(exit: crate::remote::Exit, stdout: &'static str) -> (String, bool) {
     let undone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = undone.clone();
     let r = ScriptedRemote::with_stdin("web1", move |cmd, _| {
         let script = cmd.argv().get(2).cloned().unwrap_or_default();
         if script == MARK {
-            crate::remote::Output::new(exit.clone(), "", "")
+            crate::remote::Output::new(exit.clone(), stdout, "")
         } else if script == UNDO_MARK {
             seen.store(true, std::sync::atomic::Ordering::SeqCst);
             ok("NixgateUndo=2\n")
