@@ -863,6 +863,30 @@ pub(crate) mod tests {
     }
 
     /// Run r1's revert, armed for 90 s, its files and records under `d`.
+    /// [`REVERT`] run by `sh` in `d` as the timer would run it (run r1,
+    /// `d/previous` back from `d/candidate`, the boot default `before`, the
+    /// job dir `jobs`), `d/bin` first on PATH: the caller adds its
+    /// environment and runs it.
+    fn revert_in(d: &str, before: &str, jobs: &str) -> std::process::Command {
+        std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg(format!("{d}/revert.sh"))
+            .args([
+                &format!("{d}/rec"),
+                "r1",
+                &format!("{d}/previous"),
+                &format!("{d}/candidate"),
+                &format!("{d}/profile"),
+                before,
+                "sw-r1",
+                "conf-r1",
+                jobs,
+                &format!("{d}/current"),
+            ])
+            .env("PATH", format!("{d}/bin:/usr/bin:/bin"));
+        cmd
+    }
+
     fn armed_under(d: &str, os: Os) -> Armed {
         let mut paths = HostPaths::for_os(os);
         paths.job_dir = d.to_owned();
@@ -1757,22 +1781,7 @@ exit 1"
         }
         std::os::unix::fs::symlink(format!("{d}/candidate"), format!("{d}/current")).unwrap();
         std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
-        std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg(format!("{d}/revert.sh"))
-            .args([
-                &format!("{d}/rec"),
-                "r1",
-                &format!("{d}/previous"),
-                &format!("{d}/candidate"),
-                &format!("{d}/profile"),
-                "",
-                "sw-r1",
-                "conf-r1",
-                &format!("{d}/jobs"),
-                &format!("{d}/current"),
-            ])
-            .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+        let out = revert_in(d, "", &format!("{d}/jobs"))
             .env("SUDO_USER", "nixgate-test-alice")
             .output()
             .unwrap();
@@ -1854,24 +1863,7 @@ echo Darwin
         );
         executable(format!("{d}/previous/activate"), &activate);
         std::os::unix::fs::symlink(format!("{d}/candidate"), format!("{d}/current")).unwrap();
-        std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
-        let status = std::process::Command::new("sh")
-            .arg(format!("{d}/revert.sh"))
-            .args([
-                &format!("{d}/rec"),
-                "r1",
-                &format!("{d}/previous"),
-                &format!("{d}/candidate"),
-                &format!("{d}/profile"),
-                "",
-                "sw-r1",
-                "conf-r1",
-                &jobs,
-                &format!("{d}/current"),
-            ])
-            .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
-            .status()
-            .unwrap();
+        let status = revert_in(d, "", &jobs).status().unwrap();
         let stopped = hung_ended.recv_timeout(Duration::from_secs(5)).is_ok();
         if !stopped {
             let _ = std::process::Command::new("kill")
@@ -1927,22 +1919,7 @@ echo Darwin
             let boots = if boots_it { "third" } else { "candidate" };
             std::os::unix::fs::symlink(format!("{d}/{boots}"), format!("{d}/profile")).unwrap();
             std::fs::create_dir_all(format!("{d}/jobs")).unwrap();
-            std::fs::write(format!("{d}/revert.sh"), REVERT).unwrap();
-            let status = std::process::Command::new("sh")
-                .arg(format!("{d}/revert.sh"))
-                .args([
-                    &format!("{d}/rec"),
-                    "r1",
-                    &format!("{d}/previous"),
-                    &format!("{d}/candidate"),
-                    &format!("{d}/profile"),
-                    &format!("{d}/previous"),
-                    "sw-r1",
-                    "conf-r1",
-                    &format!("{d}/jobs"),
-                    &format!("{d}/current"),
-                ])
-                .env("PATH", format!("{d}/bin:/usr/bin:/bin"))
+            let status = revert_in(d, &format!("{d}/previous"), &format!("{d}/jobs"))
                 .status()
                 .unwrap();
             assert!(status.success());
