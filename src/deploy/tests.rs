@@ -662,19 +662,7 @@ async fn a_soak_whose_new_connection_fails_on_this_side_does_not_take_the_host_b
         let soaked = st.ran.iter().any(|c| c.contains("soak-passed"));
         assert!(!soaked, "{:?}", st.ran);
     }
-    for h in &hosts[1..] {
-        assert_eq!(
-            h.end,
-            HostEnd::NotStarted {
-                why: NotStarted::ControllerFailed {
-                    host: "web1".into()
-                }
-            },
-            "{}",
-            h.host
-        );
-        untouched(&f, &h.host);
-    }
+    never_started_after_web1(&f, &hosts[1..]);
 }
 
 /// A live switch no new connection can confirm because this machine has no
@@ -692,19 +680,7 @@ async fn a_confirmation_failing_on_this_side_starts_no_more_hosts() {
     let first = hosts[0].end.outcome().expect("web1 ran");
     assert!(first.controllers_own(), "{first:?}");
     assert!(hosts[0].outcome().is_failure(), "{:?}", hosts[0].end);
-    for h in &hosts[1..] {
-        assert_eq!(
-            h.end,
-            HostEnd::NotStarted {
-                why: NotStarted::ControllerFailed {
-                    host: "web1".into()
-                }
-            },
-            "{}",
-            h.host
-        );
-        untouched(&f, &h.host);
-    }
+    never_started_after_web1(&f, &hosts[1..]);
 }
 
 /// One wave of web1, web2 and web3, one at a time, 2 failures allowed;
@@ -750,15 +726,18 @@ async fn a_confirm_address_that_does_not_resolve_stops_the_run() {
     let first = hosts[0].end.outcome().expect("web1 ran");
     assert!(first.controllers_own(), "{first:?}");
     assert_eq!(f.hosts["web1"].state().current, sp(OLD));
-    for h in &hosts[1..] {
-        assert_eq!(
-            h.outcome(),
-            OutcomeKind::NotStarted,
-            "{}: {:?}",
-            h.host,
-            h.end
-        );
-        untouched(&f, &h.host);
+    never_started_after_web1(&f, &hosts[1..]);
+}
+
+/// `rest` never started: web1's failure, this machine's own, stopped the
+/// run before them, and nothing of theirs was touched.
+fn never_started_after_web1(f: &Fixture, rest: &[HostSummary]) {
+    for h in rest {
+        let stopped = NotStarted::ControllerFailed {
+            host: "web1".into(),
+        };
+        assert_eq!(h.end, HostEnd::NotStarted { why: stopped }, "{}", h.host);
+        untouched(f, &h.host);
     }
 }
 
