@@ -297,6 +297,7 @@ impl<R: Remote> Run<'_, R> {
     /// to a host running something else, a rollback to it): then back to
     /// what the host ran. A mark that failed says nothing against the
     /// candidate: one that is the known-good stays.
+    ///
     /// A live rollback's known-good needing a reboot from what the host
     /// ran is not its target ([`inhibitors::live_rollback_target`]).
     async fn rollback_target(&self, gate: Gate) -> (StorePath, RollbackMode) {
