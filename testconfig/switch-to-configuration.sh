@@ -112,6 +112,13 @@ case "$misbehaviour" in
 esac
 
 install_bootloader() {
+  # The host's boot partition full (a file the test writes: the ESP is the
+  # host's, not the configuration's): switch-to-configuration-ng's words.
+  if [ -e /nix/var/nixgate-test/boot-full ]; then
+    echo "cp: error writing '/boot/EFI/nixos/kernel.efi': No space left on device" >&2
+    echo "Failed to install bootloader" >&2
+    exit 1
+  fi
   if [ ! -L "$profile" ]; then
     echo "Failed to install bootloader: $profile does not exist" >&2
     exit 1

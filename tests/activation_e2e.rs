@@ -29,11 +29,21 @@ fn settings() -> HostSettings {
 }
 
 async fn deploy(fleet: &Fleet, host: &str, closure: &str, run: &str) -> (HostOutcome, Duration) {
+    deploy_to(fleet, host, closure, run, Goal::Gated).await
+}
+
+async fn deploy_to(
+    fleet: &Fleet,
+    host: &str,
+    closure: &str,
+    run: &str,
+    goal: Goal,
+) -> (HostOutcome, Duration) {
     let remote = OpenSsh::new(fleet, host);
     let req = ActivationRequest {
         settings: settings(),
         candidate: StorePath::parse(closure).unwrap(),
-        goal: Goal::Gated,
+        goal,
         run_id: RunId::parse(run).unwrap(),
         commit: None,
         earlier_gates: Vec::new(),
@@ -236,6 +246,40 @@ async fn gates_on_real_systemd_hosts() {
         bad[5],
         "new system is the boot default"
     );
+
+    // Step 3: sys2's boot partition is full; `--goal switch` of a good
+    // candidate stops at the boot loader's install, before activating
+    // anything: failed clean, named, its profile put back. Not rolled back
+    // (the old system's `switch` fails the same way: `rollback-failed`).
+    fleet
+        .commit_config(|v| {
+            v["defaults"]["generation"] = json!(3);
+            v["hosts"]["sys2"] = json!({});
+        })
+        .unwrap();
+    let next = build_and_copy(&fleet, "sys2");
+    let full =
+        "mkdir -p /nix/var/nixgate-test && touch /nix/var/nixgate-test/boot-full && echo full";
+    assert_eq!(fleet.in_host_ok("sys2", full), "full");
+    let (out, _) = deploy_to(&fleet, "sys2", &next, "run-boot-full", Goal::Switch).await;
+    fleet.in_host_ok("sys2", "rm /nix/var/nixgate-test/boot-full; echo freed");
+    match &out {
+        HostOutcome::Failed {
+            gate: Gate::LiveActivate,
+            reason: FailureReason::Switch(SwitchFailure::BootLoader { code: 1, log_tail }),
+        } => assert!(
+            log_tail.iter().any(|l| l.contains("No space left")),
+            "{log_tail:?}"
+        ),
+        other => panic!("sys2 (boot partition full): {other:?}"),
+    }
+    for path in [
+        "/run/current-system",
+        "/nix/var/nix/profiles/system",
+        "/boot/nixgate-test/default",
+    ] {
+        assert_eq!(link(&fleet, "sys2", path), good[1], "sys2 {path}");
+    }
 }
 
 /// Run futures concurrently, results in order.

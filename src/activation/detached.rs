@@ -98,6 +98,14 @@ pub enum SwitchFailure {
         check: Option<String>,
         log_tail: Vec<String>,
     },
+    /// `switch-to-configuration` could not install the boot loader (a full
+    /// ESP, `/boot` not mounted): it says so and stops before activating
+    /// anything, `/run/current-system` where it was. The entries the failed
+    /// install wrote may be half there; the next install rewrites them.
+    /// A `switch` that stopped there changed nothing live: rolled back with
+    /// `switch`, the old system's install failed the same way, and a host
+    /// running what it ran was reported `rollback-failed`.
+    BootLoader { code: u32, log_tail: Vec<String> },
     /// Non-zero exit (4: units failed after switching).
     Exited {
         code: u32,
@@ -145,7 +153,8 @@ impl SwitchFailure {
         )
     }
 
-    /// True when the failure happened before the host changed at all.
+    /// True when the failure happened before the host changed at all (a
+    /// failed boot loader install at most half-wrote its entries).
     pub fn changed_nothing(&self) -> bool {
         matches!(
             self,
@@ -155,6 +164,7 @@ impl SwitchFailure {
                 | SwitchFailure::Arm { .. }
                 | SwitchFailure::FireRefused { .. }
                 | SwitchFailure::PreSwitchCheckFailed { .. }
+                | SwitchFailure::BootLoader { .. }
         )
     }
 }
@@ -271,7 +281,7 @@ pub async fn run_detached<R: Remote>(
             };
         }
     }
-    classify(remote, job, outcome).await
+    classify(remote, job, outcome, previous).await
 }
 
 /// Whether a refused attempt's poll shows it never ran: `Some(false)` it
@@ -646,7 +656,18 @@ fn read_launch(
     }
 }
 
-async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome) -> SwitchResult {
+/// What `switch-to-configuration` says when the boot loader's install
+/// failed, before it activates anything (`switch-to-configuration-ng`; the
+/// Perl one exits 1 saying nothing of its own: such a failure stays
+/// [`SwitchFailure::Exited`]).
+const BOOT_LOADER_FAILED: &str = "Failed to install bootloader";
+
+async fn classify<R: Remote>(
+    remote: &R,
+    job: &SwitchJob,
+    outcome: VerifyOutcome,
+    previous: &StorePath,
+) -> SwitchResult {
     let failure = match outcome {
         VerifyOutcome::Settled {
             elapsed,
@@ -681,6 +702,11 @@ async fn classify<R: Remote>(remote: &R, job: &SwitchJob, outcome: VerifyOutcome
                     check: f.check,
                     log_tail,
                 }
+            } else if job.action.writes_boot_default()
+                && seen.as_ref() == Some(previous)
+                && log_tail.iter().any(|l| l.contains(BOOT_LOADER_FAILED))
+            {
+                SwitchFailure::BootLoader { code, log_tail }
             } else if code == 100 && job.action.changes_running_system() {
                 return SwitchResult::NeedsReboot(RebootReason::InitInterfaceChanged { log_tail });
             } else if code == 11
@@ -1251,11 +1277,11 @@ mod tests {
             polls: 1,
         };
         let first = job();
-        match classify(&r, &first, exited()).await {
+        match classify(&r, &first, exited(), &sp(OLD)).await {
             SwitchResult::Failed(SwitchFailure::LockHeld { .. }) => {}
             other => panic!("{other:?}"),
         }
-        match classify(&r, &first.renamed(2), exited()).await {
+        match classify(&r, &first.renamed(2), exited(), &sp(OLD)).await {
             SwitchResult::Failed(SwitchFailure::RefusedUnconfirmed { error, .. }) => {
                 assert!(error.contains("nixgate-switch-r1-try2"), "{error}");
                 assert!(error.ends_with(lock), "{error}");

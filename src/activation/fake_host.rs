@@ -24,6 +24,10 @@ pub struct Behaviour {
     /// not mounted). Both switch-to-configurations install it first for
     /// `switch` and `boot`, and exit with this before anything changes.
     pub boot_exit: u32,
+    /// With `boot_exit`: the Perl switch-to-configuration (NixOS before
+    /// 25.05), which exits saying nothing of its own, only the installer's
+    /// words; `switch-to-configuration-ng` says "Failed to install bootloader".
+    pub boot_loader_silent: bool,
     pub hang: bool,
     /// With `hang`: the link is switched first (a unit that never
     /// finishes starting, after the activation moved the link).
@@ -66,6 +70,7 @@ impl Default for Behaviour {
         Behaviour {
             exit: 0,
             boot_exit: 0,
+            boot_loader_silent: false,
             hang: false,
             hangs_switched: false,
             flip_to: None,
@@ -326,7 +331,11 @@ impl State {
                 ],
             )
         } else if (job.action == "switch" || job.action == "boot") && b.boot_exit != 0 {
-            (b.boot_exit, vec!["Failed to install bootloader".into()])
+            let mut log = vec!["OSError: [Errno 28] No space left on device".to_string()];
+            if !b.boot_loader_silent {
+                log.push("Failed to install bootloader".into());
+            }
+            (b.boot_exit, log)
         } else if live && b.init_incompatible {
             (100, init_incompatible_warning())
         } else {

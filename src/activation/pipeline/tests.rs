@@ -1341,27 +1341,103 @@ async fn a_persist_that_cannot_start_leaves_a_live_proven_host_live() {
     }
 }
 
+/// Both switch-to-configurations: the one that says so fails with the
+/// boot loader named; the Perl one's bare exit 1 stays an exit.
 #[tokio::test(start_paused = true)]
 async fn a_boot_loader_that_cannot_be_installed_leaves_a_live_proven_host_live() {
+    for silent in [false, true] {
+        let host = FakeHost::new(&sp(OLD));
+        let broken = Behaviour {
+            boot_exit: 1,
+            boot_loader_silent: silent,
+            ..Default::default()
+        };
+        host.behave(&sp(NEW), broken);
+        let ran = run(&host, &request(Goal::Gated)).await;
+        let log_tail = match &ran.outcome {
+            HostOutcome::NotPersisted {
+                reason: SwitchFailure::BootLoader { code: 1, log_tail },
+            } if !silent => log_tail,
+            HostOutcome::NotPersisted {
+                reason:
+                    SwitchFailure::Exited {
+                        code: 1, log_tail, ..
+                    },
+            } if silent => log_tail,
+            other => panic!("silent {silent}: {other:?}"),
+        };
+        assert!(
+            log_tail.iter().any(|l| l.contains("No space left")),
+            "{log_tail:?}"
+        );
+        assert_left_live(&host, &ran);
+    }
+}
+
+/// A full ESP under `--goal switch`: `switch-to-configuration-ng` stops
+/// before activating anything, saying the boot loader failed. The host
+/// runs what it ran; its profile is put back, and it fails clean, named.
+/// Before, it was rolled back with the old system's `switch`, whose
+/// install failed the same way: `rollback-failed` on a host that never
+/// left its system. With a dead-man revert armed, it is disarmed.
+#[tokio::test(start_paused = true)]
+async fn a_switch_whose_boot_loader_cannot_be_installed_fails_clean() {
+    for req in [request(Goal::Switch), armed(Goal::Switch)] {
+        let host = FakeHost::new(&sp(OLD));
+        let broken = Behaviour {
+            boot_exit: 1,
+            ..Default::default()
+        };
+        // The boot loader is the host's: every system's install fails.
+        host.behave(&sp(NEW), broken.clone());
+        host.behave(&sp(OLD), broken);
+        let ran = run(&host, &req).await;
+        match &ran.outcome {
+            HostOutcome::Failed {
+                gate: Gate::LiveActivate,
+                reason: FailureReason::Switch(SwitchFailure::BootLoader { code: 1, .. }),
+            } => {}
+            other => panic!("{other:?}: {:#?}", ran.cmds),
+        }
+        assert_unchanged_clean(&host, &ran);
+    }
+}
+
+/// The same under `--goal boot`: failed clean, not rolled back boot only
+/// (whose own `boot` failed the same way: `rollback-failed`).
+#[tokio::test(start_paused = true)]
+async fn a_boot_whose_boot_loader_cannot_be_installed_fails_clean() {
     let host = FakeHost::new(&sp(OLD));
     let broken = Behaviour {
         boot_exit: 1,
         ..Default::default()
     };
-    host.behave(&sp(NEW), broken);
-    let ran = run(&host, &request(Goal::Gated)).await;
+    host.behave(&sp(NEW), broken.clone());
+    host.behave(&sp(OLD), broken);
+    let ran = run(&host, &request(Goal::Boot)).await;
     match &ran.outcome {
-        HostOutcome::NotPersisted {
-            reason: SwitchFailure::Exited {
-                code: 1, log_tail, ..
-            },
-        } => assert!(
-            log_tail.iter().any(|l| l.contains("bootloader")),
-            "{log_tail:?}"
-        ),
-        other => panic!("{other:?}"),
+        HostOutcome::Failed {
+            gate: Gate::Persist,
+            reason: FailureReason::Switch(SwitchFailure::BootLoader { code: 1, .. }),
+        } => {}
+        other => panic!("{other:?}: {:#?}", ran.cmds),
     }
-    assert_left_live(&host, &ran);
+    assert_unchanged_clean(&host, &ran);
+}
+
+/// Running, booting and pointing at what it did before, nothing rolled
+/// back and no revert left armed.
+fn assert_unchanged_clean(host: &FakeHost, ran: &Ran) {
+    let st = host.state();
+    assert_eq!(st.current, sp(OLD));
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)), "the profile put back");
+    assert!(
+        !ran.cmds.iter().any(|c| c.contains("-rollback")),
+        "not rolled back: {:#?}",
+        ran.cmds
+    );
+    assert!(st.timers.is_empty(), "{:#?}", ran.cmds);
 }
 
 /// The same on a host already running the candidate (re-pushed after a
@@ -1372,23 +1448,29 @@ async fn a_boot_loader_that_cannot_be_installed_leaves_a_live_proven_host_live()
 /// same way: `rollback-failed`.
 #[tokio::test(start_paused = true)]
 async fn a_boot_loader_that_cannot_be_installed_leaves_an_already_current_host_live() {
-    let host = FakeHost::new(&sp(OLD));
-    host.state().current = sp(NEW);
-    let broken = Behaviour {
-        boot_exit: 1,
-        ..Default::default()
-    };
-    // The boot loader is the host's: every system's `boot` fails.
-    host.behave(&sp(NEW), broken.clone());
-    host.behave(&sp(OLD), broken);
-    let ran = run(&host, &request(Goal::Gated)).await;
-    match &ran.outcome {
-        HostOutcome::NotPersisted {
-            reason: SwitchFailure::Exited { code: 1, .. },
-        } => {}
-        other => panic!("{other:?}: {:#?}", ran.cmds),
+    for silent in [false, true] {
+        let host = FakeHost::new(&sp(OLD));
+        host.state().current = sp(NEW);
+        let broken = Behaviour {
+            boot_exit: 1,
+            boot_loader_silent: silent,
+            ..Default::default()
+        };
+        // The boot loader is the host's: every system's `boot` fails.
+        host.behave(&sp(NEW), broken.clone());
+        host.behave(&sp(OLD), broken);
+        let ran = run(&host, &request(Goal::Gated)).await;
+        match &ran.outcome {
+            HostOutcome::NotPersisted {
+                reason: SwitchFailure::BootLoader { code: 1, .. },
+            } if !silent => {}
+            HostOutcome::NotPersisted {
+                reason: SwitchFailure::Exited { code: 1, .. },
+            } if silent => {}
+            other => panic!("silent {silent}: {other:?}: {:#?}", ran.cmds),
+        }
+        assert_left_live(&host, &ran);
     }
-    assert_left_live(&host, &ran);
 }
 
 /// Live on the candidate it proved, its boot entries and profile where

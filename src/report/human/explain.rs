@@ -49,7 +49,8 @@ fn log_of(r: &FailureReason) -> Vec<String> {
             SwitchFailure::Exited { log_tail, .. }
             | SwitchFailure::FlippedToUnexpected { log_tail, .. }
             | SwitchFailure::NotFlipped { log_tail, .. }
-            | SwitchFailure::PreSwitchCheckFailed { log_tail, .. } => tail(log_tail),
+            | SwitchFailure::PreSwitchCheckFailed { log_tail, .. }
+            | SwitchFailure::BootLoader { log_tail, .. } => tail(log_tail),
             SwitchFailure::FireRefused { attempts }
             | SwitchFailure::RefusedUnconfirmed { attempts, .. } => {
                 attempts.last().map(|a| tail(&a.tail)).unwrap_or_default()

@@ -731,6 +731,11 @@ pub fn switch_failure(f: &SwitchFailure) -> String {
             },
             first_line(error)
         ),
+        SwitchFailure::BootLoader { code, log_tail } => format!(
+            "the boot loader could not be installed (exit {code}), so nothing was activated; \
+             its entries may be half-written: free /boot (or mount it) and push again: {}",
+            last_line(log_tail)
+        ),
         SwitchFailure::PreSwitchCheckFailed { check, log_tail } => format!(
             "NixOS pre-switch check {} failed: {}",
             check.as_deref().unwrap_or("(unnamed)"),
