@@ -102,8 +102,10 @@ pub struct Facts {
     pub free_nix_bytes: Option<u64>,
 }
 
+/// `readlink -f`, not `-e`: macOS's `readlink` has no `-e`, and `check`
+/// showed every nix-darwin host with no current system.
 pub(crate) const FACTS: &str = "nix-store --version 2>/dev/null | head -n 1; echo '--'; \
-readlink -e /run/current-system 2>/dev/null; echo '--'; df -Pk /nix 2>/dev/null | tail -n 1";
+readlink -f /run/current-system 2>/dev/null; echo '--'; df -Pk /nix 2>/dev/null | tail -n 1";
 
 /// Parse the output of [`FACTS`].
 pub fn parse_facts(text: &str) -> Facts {
@@ -151,6 +153,32 @@ mod tests {
         assert_eq!(f.current_system, None);
         assert_eq!(f.free_nix_bytes, None);
         assert_eq!(parse_facts("--\n--\n").nix_version, None);
+    }
+
+    /// macOS's `readlink` (BSD's, `-f` since macOS 12.3, no `-e`): the
+    /// current system is read all the same.
+    #[test]
+    fn facts_read_the_current_system_with_a_bsd_readlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = "/nix/store/9xcpw0snbkyrmd8lwazw9k4dn5iislil-darwin-system-25.11";
+        let bsd = format!(
+            "case $1 in -f) [ \"$2\" = /run/current-system ] && echo {sys} ;; \
+             *) echo \"readlink: illegal option -- ${{1#-}}\" >&2; exit 1 ;; esac"
+        );
+        let path = crate::remote::local::stand_in(&dir.path().join("bin"), "readlink", &bsd);
+        let out = std::process::Command::new("sh")
+            .args(["-c", FACTS])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let facts = parse_facts(&String::from_utf8(out.stdout).unwrap());
+        assert_eq!(
+            facts
+                .current_system
+                .map(|p| p.as_str().to_owned())
+                .as_deref(),
+            Some(sys)
+        );
     }
 
     /// The lock's holder is said while another process holds it, and

@@ -41,16 +41,23 @@ if whole "$1"; then touch "$1.entries"; echo present; else echo absent; fi"#;
 /// there first is kept when whole; a directory left partial is moved
 /// aside (never deleted in place: another run may be reading it) and
 /// replaced, unless a concurrent extraction replaced it first.
+///
+/// `rn` renames a directory, never into another (`rename(2)`, refused when
+/// the target is a directory not empty): GNU `mv -T`, else Perl's
+/// `rename`. A macOS builder's BSD `mv` has no `-T`: every extraction
+/// there failed, saying nothing (its errors were silenced), and every push
+/// with it. (macOS ships Perl; a NixOS builder's `mv` is GNU.)
 const EXTRACT: &str = r#"set -e
 whole() { test -d "$1" && test -f "$1.entries" && test "$(find "$1" | wc -l)" = "$(cat "$1.entries")"; }
+rn() { mv -T "$1" "$2" 2>/dev/null || perl -e 'rename($ARGV[0], $ARGV[1]) or exit 1' "$1" "$2" 2>/dev/null; }
 tmp="$1.tmp.$$"; rm -rf "$tmp"; mkdir -p "$tmp"; tar -x -C "$tmp"
 find "$tmp" | wc -l > "$tmp.entries"; mv "$tmp.entries" "$1.entries"
-mv -T "$tmp" "$1" 2>/dev/null && exit 0
+rn "$tmp" "$1" && exit 0
 if whole "$1"; then rm -rf "$tmp"; exit 0; fi
-old="$1.old.$$"; mv -T "$1" "$old" 2>/dev/null || :
-if ! mv -T "$tmp" "$1" 2>/dev/null; then
+old="$1.old.$$"; rn "$1" "$old" || :
+if ! rn "$tmp" "$1"; then
   rm -rf "$tmp"
-  whole "$1" || { rm -rf "$old"; exit 1; }
+  whole "$1" || { rm -rf "$old"; echo "nixgate: could not move the extracted source into $1 (GNU mv -T or perl needed)" >&2; exit 1; }
 fi
 rm -rf "$old""#;
 
@@ -228,6 +235,28 @@ mod tests {
     /// and the next extraction makes it whole again.
     #[test]
     fn a_source_missing_files_is_shipped_again() {
+        a_source_missing_files_is_shipped_again_with(None);
+    }
+
+    /// The same with a BSD `mv`, which has no `-T` (a macOS builder): a
+    /// shim refusing `-T` as BSD's does, ahead of the real one on PATH.
+    #[test]
+    fn a_source_is_extracted_with_a_mv_that_has_no_dash_t() {
+        let shims = tempfile::tempdir().unwrap();
+        let mv = shims.path().join("mv");
+        let script = "#!/bin/sh\nfor a; do case $a in -T) echo \"mv: illegal option -- T\" >&2; exit 64 ;; esac; done\nexec /bin/mv \"$@\"\n";
+        std::fs::write(&mv, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&mv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            shims.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        a_source_missing_files_is_shipped_again_with(Some(&path));
+    }
+
+    fn a_source_missing_files_is_shipped_again_with(path: Option<&str>) {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("repo");
         std::fs::create_dir_all(src.join("hosts")).unwrap();
@@ -245,7 +274,11 @@ mod tests {
         let dir = dir.to_str().unwrap();
         let run = |script: &str, input: &[u8]| {
             use std::io::Write;
-            let mut c = std::process::Command::new("sh")
+            let mut c = std::process::Command::new("sh");
+            if let Some(path) = path {
+                c.env("PATH", path);
+            }
+            let mut c = c
                 .args(["-c", script, "nixgate", dir])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
