@@ -487,6 +487,7 @@ mod tests {
             end,
             seconds: 0.0,
             pending_reboot_allowed: false,
+            soak_left: None,
         };
         let not_started = host(HostEnd::NotStarted {
             why: NotStarted::Cancelled,

@@ -251,6 +251,25 @@ pub struct HostSummary {
     /// deferred to the next boot then neither stops the waves after it nor
     /// fails the run.
     pub pending_reboot_allowed: bool,
+    /// Why the run left this host's provisional known-good mark pending,
+    /// when it did (its wave's soak not run in full, or not proven).
+    pub soak_left: Option<SoakLeft>,
+}
+
+/// Why a run left a host's provisional known-good mark pending after its
+/// wave's soak: what the wave asks was not proven, so the host fails the
+/// run (exit 1), though it runs the candidate and its early re-check
+/// passed. Before, a single-wave `push --wave canary` stopped mid-soak
+/// exited 0, its canary reported known-good: `push --wave canary && push
+/// --wave main` rolled the fleet on a canary never soaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum SoakLeft {
+    /// The soak did not run its full time (`cut` says why).
+    CutShort { cut: crate::runner::SoakCut },
+    /// No new connection was made after the soak, for a reason of this
+    /// machine's own: the lockout check never ran (the run stops).
+    Unproven,
 }
 
 impl HostSummary {
@@ -265,7 +284,11 @@ impl HostSummary {
     /// a canary's pending reboot failed the run through the waves it
     /// stopped).
     pub fn fails_run(&self) -> bool {
-        pending_fails(self.outcome(), self.pending_reboot_allowed)
+        pending_fails(
+            self.outcome(),
+            self.pending_reboot_allowed,
+            self.soak_left.is_some(),
+        )
     }
 
     /// Did the run take the host back to an earlier system (or did the
@@ -297,6 +320,8 @@ impl Serialize for HostSummary {
             end: &'a HostEnd,
             seconds: f64,
             pending_reboot_allowed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            soak_left: Option<SoakLeft>,
         }
         Shape {
             host: &self.host,
@@ -306,6 +331,7 @@ impl Serialize for HostSummary {
             end: &self.end,
             seconds: self.seconds,
             pending_reboot_allowed: self.pending_reboot_allowed,
+            soak_left: self.soak_left,
         }
         .serialize(s)
     }
@@ -325,6 +351,8 @@ impl<'de> Deserialize<'de> for HostSummary {
             seconds: f64,
             #[serde(default = "allowed_before")]
             pending_reboot_allowed: bool,
+            #[serde(default)]
+            soak_left: Option<SoakLeft>,
         }
         let s = Shape::deserialize(d)?;
         Ok(HostSummary {
@@ -334,6 +362,7 @@ impl<'de> Deserialize<'de> for HostSummary {
             end: s.end,
             seconds: s.seconds,
             pending_reboot_allowed: s.pending_reboot_allowed,
+            soak_left: s.soak_left,
         })
     }
 }
@@ -345,10 +374,12 @@ pub(crate) fn allowed_before() -> bool {
 }
 
 /// Whether a host that ended `outcome` fails its run, given whether the
-/// run allowed pending reboots.
-pub fn pending_fails(outcome: OutcomeKind, pending_reboot_allowed: bool) -> bool {
+/// run allowed pending reboots and whether it left the host's mark soak
+/// pending ([`SoakLeft`]).
+pub fn pending_fails(outcome: OutcomeKind, pending_reboot_allowed: bool, soak_left: bool) -> bool {
     outcome.fails_run()
         || (outcome == OutcomeKind::DeferredPendingReboot && !pending_reboot_allowed)
+        || soak_left
 }
 
 #[cfg(test)]
@@ -403,6 +434,7 @@ mod tests {
             }),
             seconds: 1.0,
             pending_reboot_allowed: false,
+            soak_left: None,
         };
         let mut v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["pending_reboot_allowed"], false);

@@ -27,7 +27,7 @@ use crate::remote::{Command, Remote, unpoisoned};
 use crate::report::{Event, EventSink};
 use crate::runner::{HostJob, Interrupted, SoakCut};
 
-use super::{HostEnd, HostSummary, Kept, RunContext};
+use super::{HostEnd, HostSummary, Kept, RunContext, SoakLeft};
 
 /// Staging: how the closure reaches the host before activation.
 pub trait Stager: Send + Sync + 'static {
@@ -251,6 +251,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             end,
             seconds: 0.0,
             pending_reboot_allowed: self.allow_pending_reboot,
+            soak_left: None,
         }
     }
 
@@ -576,20 +577,22 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             SoakReach::Reached | SoakReach::Unproven => None,
         };
         if locked_out.is_none() && checks.iter().all(|r| r.passed()) {
-            if let Some(m) = provisional_mark(&done) {
-                match cut {
-                    None if unproven => {}
-                    None => {
-                        unpoisoned(&self.soaked).insert(host.to_owned(), m.generation);
-                    }
-                    Some(cut) => {
-                        let generation = m.generation;
-                        let warning = crate::activation::Warning::SoakCutShort { generation, cut };
-                        forward(&self.sink, host)(ActivationEvent::Warning { warning });
-                    }
+            let Some(generation) = provisional_mark(&done).map(|m| m.generation) else {
+                return done;
+            };
+            let soak_left = match cut {
+                None if unproven => Some(SoakLeft::Unproven),
+                None => {
+                    unpoisoned(&self.soaked).insert(host.to_owned(), generation);
+                    None
                 }
-            }
-            return done;
+                Some(cut) => {
+                    let warning = crate::activation::Warning::SoakCutShort { generation, cut };
+                    forward(&self.sink, host)(ActivationEvent::Warning { warning });
+                    Some(SoakLeft::CutShort { cut })
+                }
+            };
+            return HostSummary { soak_left, ..done };
         }
         let found = Found { checks, locked_out };
         if !self.still_ours(host, &remote, inv_host, &done).await {

@@ -25,7 +25,7 @@ use crate::runner::cancel::CancelWatch;
 use crate::runner::{self, NotStarted, RunnerEnd, RunnerEvent};
 use crate::state::clock::Utc;
 
-pub use end::{HostEnd, HostSummary, Kept, OutcomeKind};
+pub use end::{HostEnd, HostSummary, Kept, OutcomeKind, SoakLeft};
 pub use job::{AlreadyThere, DeployJob, Stager};
 
 /// Everything a run needs besides the plan.

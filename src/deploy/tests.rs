@@ -1036,6 +1036,9 @@ async fn a_soak_cut_short_leaves_the_mark_pending() {
     });
     let hosts = run(&f.ctx, plan, AlreadyThere).await;
     assert_eq!(hosts[0].outcome(), OutcomeKind::AlreadyCurrent);
+    let cut = crate::runner::SoakCut::Cancelled;
+    assert_eq!(hosts[0].soak_left, Some(SoakLeft::CutShort { cut }));
+    assert!(hosts[0].fails_run());
     {
         let st = f.hosts["web1"].state();
         assert!(st.records["2"].contains(r#""run_id":"r1""#));
@@ -1070,6 +1073,54 @@ async fn a_soak_cut_short_leaves_the_mark_pending() {
                 cut: crate::runner::SoakCut::Cancelled
             }
         )]
+    );
+}
+
+/// `push --wave canary` alone, stopped mid-soak: its canary, re-checked at
+/// once, passes, but the soak the wave asks never ran. The run exits 1
+/// (its mark left pending, said in its summary): before, with no wave
+/// after it to stop, it exited 0 and reported the canary known-good, and
+/// `push --wave canary && push --wave main` rolled the fleet on it.
+#[tokio::test(start_paused = true)]
+async fn a_single_wave_cut_mid_soak_fails_the_run() {
+    let f = fixture(inventory(0, "1h"), [OLD; 3], Build::Hangs);
+    let selector = crate::inventory::Selector {
+        waves: vec!["canary".into()],
+        ..Default::default()
+    };
+    let sel = f.inv.select(&selector).unwrap();
+    let plan = Plan::assemble(crate::gates::Goal::Gated, None, &sel, &mut |_: &str| {
+        ready(NEW)
+    });
+    let (web1, canceller) = (f.hosts["web1"].clone(), f.canceller.clone());
+    tokio::spawn(async move {
+        let marked = || {
+            let st = web1.state();
+            st.records.values().any(|r| r.contains(r#""run_id":"r1""#))
+        };
+        while !marked() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        canceller.escalate();
+    });
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    assert_eq!(kinds(&hosts), [("web1".into(), OutcomeKind::KnownGood)]);
+    let cut = crate::runner::SoakCut::Cancelled;
+    assert_eq!(hosts[0].soak_left, Some(SoakLeft::CutShort { cut }));
+    assert_eq!(exit_code(&hosts), 1);
+    let json = serde_json::to_value(&hosts[0]).unwrap();
+    assert_eq!(
+        json["soak_left"],
+        serde_json::json!({"why": "cut_short", "cut": "cancelled"})
+    );
+    let back: HostSummary = serde_json::from_value(json).unwrap();
+    assert!(back.fails_run(), "read back from the run report");
+    let st = f.hosts["web1"].state();
+    assert!(
+        !st.ran.iter().any(|c| c.contains("soak-passed")),
+        "{:?}",
+        st.ran
     );
 }
 

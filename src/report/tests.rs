@@ -29,6 +29,7 @@ fn summary(end: HostEnd) -> HostSummary {
         end,
         seconds: 1.5,
         pending_reboot_allowed: false,
+        soak_left: None,
     }
 }
 

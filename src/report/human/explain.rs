@@ -14,7 +14,7 @@ use crate::activation::health::{Attempt, HealthReport};
 use crate::activation::realise::RealiseOutcome;
 use crate::activation::reboot::RebootOutcome;
 use crate::activation::{FailureReason, HostOutcome};
-use crate::deploy::{HostEnd, HostSummary, OutcomeKind};
+use crate::deploy::{HostEnd, HostSummary, OutcomeKind, SoakLeft};
 use crate::nix::build::BuildFailure;
 use crate::plan::Refusal;
 use crate::report::wrap;
@@ -315,6 +315,9 @@ fn short_of_end(host: &str, command: &str, o: &HostOutcome) -> Option<Story> {
 
 fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
     let host = h.host.as_str();
+    if let Some(left) = h.soak_left {
+        return Some(soak_left_story(h, command, left));
+    }
     match &h.end {
         HostEnd::Activation { activation } => activation_story(host, command, activation, labels),
         HostEnd::Refused { refusal } => Some((
@@ -349,6 +352,34 @@ fn story(h: &HostSummary, command: &str, labels: &Labels) -> Option<Story> {
         )),
         HostEnd::NotStarted { .. } => None,
     }
+}
+
+/// A host on the candidate, its early re-check passed, whose mark the run
+/// left soak pending: it did not prove what its wave asks.
+fn soak_left_story(h: &HostSummary, command: &str, left: SoakLeft) -> Story {
+    let generation = match &h.end {
+        HostEnd::Activation { activation } => match activation.as_ref() {
+            HostOutcome::KnownGood { mark }
+            | HostOutcome::AlreadyCurrent {
+                mark: Some(mark), ..
+            } => Some(mark.generation),
+            _ => None,
+        },
+        _ => None,
+    };
+    let generation = generation.map_or_else(String::new, |g| format!(" {g}"));
+    (
+        words::soak_left(left),
+        Vec::new(),
+        Some(format!(
+            "it runs the candidate; known-good generation{generation} stays soak pending \
+             (no rollback target, not released)"
+        )),
+        format!(
+            "push this commit again to soak it in full: `nixgate {command} {}`",
+            h.host
+        ),
+    )
 }
 
 /// What went wrong on a host that is explained after the summary: the
@@ -441,6 +472,7 @@ mod tests {
             }),
             seconds: 1.0,
             pending_reboot_allowed: false,
+            soak_left: None,
         }
     }
 
@@ -473,6 +505,29 @@ mod tests {
                 assert!(text.contains("--allow-pending-reboot"), "{text}");
             }
         }
+    }
+
+    /// A known-good host whose soak was cut short fails the run: explained
+    /// after the table, its mark named as still pending, and what to do.
+    #[test]
+    fn a_soak_cut_short_is_explained() {
+        let mark = crate::report::stored::fixture::mark("web1");
+        let h = HostSummary {
+            host: "web1".into(),
+            end: HostEnd::activation(HostOutcome::KnownGood { mark }),
+            soak_left: Some(SoakLeft::CutShort {
+                cut: crate::runner::SoakCut::Cancelled,
+            }),
+            ..pending_db1()
+        };
+        let text = failures(&[h], "push", &Labels::default(), None);
+        assert!(text.starts_with("web1: known-good\n"), "{text}");
+        assert!(
+            text.contains("its soak was cut short (Ctrl-C or SIGTERM)"),
+            "{text}"
+        );
+        assert!(text.contains("generation 7 stays soak pending"), "{text}");
+        assert!(text.contains("`nixgate push web1`"), "{text}");
     }
 
     /// A rollback that reached its target but not its boot default, or not

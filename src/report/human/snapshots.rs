@@ -149,6 +149,7 @@ fn summary(host: &str, wave: &str, end: HostEnd, seconds: f64) -> HostSummary {
         end,
         seconds,
         pending_reboot_allowed: false,
+        soak_left: None,
     }
 }
 

@@ -589,10 +589,23 @@ pub fn warning(w: &Warning) -> String {
     }
 }
 
+/// Why a run left a host's mark soak pending.
+pub fn soak_left(left: crate::deploy::SoakLeft) -> String {
+    match left {
+        crate::deploy::SoakLeft::CutShort { cut } => format!(
+            "its soak was cut short ({}) before its full time",
+            soak_cut(cut)
+        ),
+        crate::deploy::SoakLeft::Unproven => "after its soak no new connection could be made, \
+             for a reason on this machine's side: the lockout check never ran"
+            .into(),
+    }
+}
+
 /// Why a wave's soak ended early.
 fn soak_cut(cut: SoakCut) -> &'static str {
     match cut {
-        SoakCut::Cancelled => "Ctrl-C",
+        SoakCut::Cancelled => "Ctrl-C or SIGTERM",
         SoakCut::WaveOverBudget => "its wave went over its failure budget",
         SoakCut::ControllerFailed => "a failure on this machine's side stopped the run",
     }

@@ -32,6 +32,9 @@ struct Light {
     seconds: f64,
     #[serde(default = "crate::deploy::end::allowed_before")]
     pending_reboot_allowed: bool,
+    /// The run left its mark soak pending ([`crate::deploy::SoakLeft`]).
+    #[serde(default)]
+    soak_left: Option<crate::deploy::SoakLeft>,
     #[serde(default)]
     activation: Option<LightActivation>,
     /// A known-good generation revoked after a failed soak.
@@ -136,6 +139,7 @@ fn light(s: &HostSummary) -> Light {
         outcome: s.outcome(),
         seconds: s.seconds,
         pending_reboot_allowed: s.pending_reboot_allowed,
+        soak_left: s.soak_left,
         activation: Some(LightActivation { mark }),
         revoked: match &s.end {
             HostEnd::SoakFailed { revoked, .. } => *revoked,
@@ -241,7 +245,11 @@ impl Last {
     fn ended(run_id: &str, finished: Option<i64>, h: Light) -> Last {
         Last {
             run_id: run_id.to_owned(),
-            failed: crate::deploy::end::pending_fails(h.outcome, h.pending_reboot_allowed),
+            failed: crate::deploy::end::pending_fails(
+                h.outcome,
+                h.pending_reboot_allowed,
+                h.soak_left.is_some(),
+            ),
             outcome: LastOutcome::Ended(h.outcome),
             wave: h.wave,
             finished,

@@ -83,7 +83,7 @@ fn switch(action: SwitchAction, secs: u64) -> SwitchEvidence {
     }
 }
 
-fn mark(host: &str) -> KnownGoodMark {
+pub fn mark(host: &str) -> KnownGoodMark {
     KnownGoodMark {
         generation: 7,
         record_path: "/var/lib/nixgate/known-good/7.json".into(),
@@ -397,6 +397,7 @@ fn summary(host: &str, wave: &str, end: HostEnd) -> HostSummary {
         end,
         seconds: 6.0,
         pending_reboot_allowed: false,
+        soak_left: None,
     }
 }
 

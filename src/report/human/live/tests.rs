@@ -59,6 +59,7 @@ fn finished(host: &str, end: HostEnd, seconds: f64) -> Event {
         end,
         seconds,
         pending_reboot_allowed: false,
+        soak_left: None,
     })
 }
 
