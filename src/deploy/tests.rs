@@ -1816,6 +1816,63 @@ async fn a_rollback_target_read_before_the_lock_is_checked_after_it() {
     );
 }
 
+/// A rollback across the fleet with one host wedged (a stuck nix-daemon, a
+/// hung `/nix`) before its target is read, and another wedging after its
+/// lock is taken: each is refused when the reads' bound passes, saying
+/// what did not answer, and the other's lock is the only one the plan
+/// holds. The plan waited for ever (only Ctrl-C ended it), holding every
+/// ready host's lock.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_refuses_a_wedged_host_and_plans_the_others() {
+    let f = fixture(inventory(0, "0s"), [NEW; 3], builds(&[]));
+    for h in ["web1", "web2", "web3"] {
+        let mut st = f.hosts[h].state();
+        st.profiles
+            .insert(KNOWN_GOOD.to_owned(), vec![sp(OLD), sp(NEW)]);
+    }
+    f.fleet.wedged.lock().unwrap().insert("web3".into());
+    // Reached for its target and its lock, then wedged.
+    (f.fleet.wedges_after.lock().unwrap()).insert("web2".into(), 2);
+    let sel = f.inv.select(&Default::default()).unwrap();
+    let p = Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: &sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    };
+    let req = Request::Rollback { to: None };
+    let started = tokio::time::Instant::now();
+    let plan = tokio::time::timeout(Duration::from_secs(3600), plan::make(&p, &req))
+        .await
+        .expect("still planning after an hour: the rollback's reads are not bounded");
+    assert_eq!(started.elapsed(), crate::inspect::bound::READS_WITHIN * 2);
+    let verdict = |h: &str| plan.hosts().find(|p| p.host == h).unwrap().verdict.clone();
+    assert!(
+        matches!(verdict("web1"), Verdict::Ready { .. }),
+        "{:?}",
+        verdict("web1")
+    );
+    for h in ["web2", "web3"] {
+        let Verdict::Refused {
+            refusal:
+                Refusal::NoRollbackTarget {
+                    why: plan::NoTarget::Unreadable { error },
+                },
+        } = verdict(h)
+        else {
+            panic!("{h}: {:?}", verdict(h));
+        };
+        assert!(
+            error.contains("reading its known-good history: no answer within 30 s"),
+            "{h}: {error}"
+        );
+    }
+    let locked: Vec<&String> = plan.locks.keys().collect();
+    assert_eq!(locked, ["web1"], "web2's lock let go when it was refused");
+}
+
 /// Every host refused by its build: the plan of a push does not wait for
 /// the hosts' handshakes (slow here: 10 s each), which nothing needs.
 #[tokio::test(start_paused = true)]

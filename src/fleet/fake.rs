@@ -186,6 +186,9 @@ pub struct FakeFleet {
     pub unreachable: Mutex<HashSet<String>>,
     /// Hosts reached whose commands never return.
     pub wedged: Mutex<HashSet<String>>,
+    /// Hosts that wedge while the run is under way: reached normally this
+    /// many more times, wedged from then on.
+    pub wedges_after: Mutex<HashMap<String, usize>>,
     /// Hosts whose session the run closed: using one again is a bug (the
     /// run let the host go too early), and panics like an unexpected
     /// command on a [`FakeHost`].
@@ -211,6 +214,7 @@ impl FakeFleet {
             builder,
             unreachable: Mutex::default(),
             wedged: Mutex::default(),
+            wedges_after: Mutex::default(),
             closed: Mutex::default(),
             connect_takes: Mutex::default(),
             no_keys: Default::default(),
@@ -238,6 +242,14 @@ impl Fleet for FakeFleet {
                     return Err(SessionError::Unknown(format!(
                         "{h} (unreachable in this test)"
                     )));
+                }
+                if let Some(left) = self.wedges_after.lock().expect("map").get_mut(h) {
+                    match left.checked_sub(1) {
+                        Some(l) => *left = l,
+                        None => {
+                            self.wedged.lock().expect("set").insert(h.to_owned());
+                        }
+                    }
                 }
                 if self.wedged.lock().expect("set").contains(h) {
                     return Ok(FakeRemote::Wedged(h.to_owned()));

@@ -421,6 +421,9 @@ pub async fn make<F: Fleet>(p: &Planning<'_, F>, req: &Request) -> Plan {
     if plan_cancelled.is_none() && rollback_target::recheck(p, &stood, &mut verdicts).await {
         plan_cancelled = Some(PlanStage::Lock);
     }
+    // One it refused is let go now, not at the end of the run: another
+    // run may roll it back meanwhile.
+    locks.retain(|h, _| matches!(verdicts.get(h), Some(Verdict::Ready { .. })));
     let mut keys = HashMap::new();
     if req.deploys() && plan_cancelled.is_none() {
         match preflight::run(p, &mut verdicts, req.goal()).await {

@@ -58,10 +58,12 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::activation::known_good::{self, Baseline, KnownGoodGeneration};
 use crate::activation::{HostPaths, links};
 use crate::fleet::Fleet;
+use crate::inspect::bound;
 use crate::nix::StorePath;
 
 use super::{Candidate, Planning, Refusal, Verdict};
@@ -459,11 +461,18 @@ async fn target_for<F: Fleet>(
     host: &str,
     to: Option<u64>,
 ) -> Result<Chosen, Refusal> {
-    let (remote, paths, history) = read_history(p, host).await?;
-    let running = links::read_store_link(&remote, &paths.current_system)
+    let Read {
+        remote,
+        paths,
+        by,
+        history,
+    } = read_history(p, host).await?;
+    let running = links::read_store_link(&remote, &paths.current_system);
+    let running = bound::bounded(by, "reading what it runs", running)
         .await
         .map_err(unreadable)?;
-    let baseline = known_good::baseline(&remote, &paths)
+    let baseline = known_good::baseline(&remote, &paths);
+    let baseline = bound::bounded(by, "reading the system it ran before nixgate", baseline)
         .await
         .map_err(unreadable)?;
     let target = choose_target(&history, running.as_ref(), to, baseline.as_ref())
@@ -475,11 +484,24 @@ async fn target_for<F: Fleet>(
     })
 }
 
-/// The host's session, paths and known-good history.
+/// A host reached and its known-good history read.
+struct Read<R> {
+    remote: R,
+    paths: HostPaths,
+    /// When the host's reads must have answered, all of them.
+    by: Instant,
+    history: Vec<KnownGoodGeneration>,
+}
+
+/// The host's session, paths and known-good history. Once the host is
+/// reached its reads are bounded ([`bound`]): a wedged host (a stuck
+/// nix-daemon, a hung `/nix` under the history's `[ -e ]`) held the whole
+/// rollback before its prompt, and after the locks (the re-check) held
+/// every other host's lock with it, until Ctrl-C.
 async fn read_history<F: Fleet>(
     p: &Planning<'_, F>,
     host: &str,
-) -> Result<(F::Remote, HostPaths, Vec<KnownGoodGeneration>), Refusal> {
+) -> Result<Read<F::Remote>, Refusal> {
     let h = p.inventory.host(host).ok_or_else(|| Refusal::Unreachable {
         error: format!("{host} is not in the inventory"),
     })?;
@@ -489,10 +511,17 @@ async fn read_history<F: Fleet>(
         .await
         .map_err(|e| Refusal::no_session(&e))?;
     let paths = HostPaths::for_os(h.os);
-    let history = known_good::history(&remote, &paths)
+    let by = bound::deadline();
+    let history = known_good::history(&remote, &paths);
+    let history = bound::bounded(by, "reading its known-good history", history)
         .await
         .map_err(unreadable)?;
-    Ok((remote, paths, history))
+    Ok(Read {
+        remote,
+        paths,
+        by,
+        history,
+    })
 }
 
 fn unreadable(e: anyhow::Error) -> Refusal {
@@ -524,7 +553,7 @@ pub async fn recheck<F: Fleet>(
         .filter(|(h, _)| matches!(verdicts.get(*h), Some(Verdict::Ready { .. })));
     let checks = futures_util::future::join_all(ready.map(|(h, was)| async move {
         let still = match read_history(p, h).await {
-            Ok((_, _, history)) => unmoved(*was, &history),
+            Ok(read) => unmoved(*was, &read.history),
             Err(refusal) => Err(refusal),
         };
         (h.clone(), still)
