@@ -6,8 +6,8 @@
 //! others are shown. One bound for all of a host's reads, not one each: a
 //! host that hangs costs the command 30 s, not 30 s a read. A rollback's
 //! reads before its prompt (each host's target, its re-check after the
-//! lock) are bounded alike: the host is refused, and the rest of the fleet
-//! goes on.
+//! lock, the preview) are bounded alike: the host is refused, or shown
+//! without its diff, and the rest of the fleet goes on.
 
 use std::future::Future;
 use std::time::Duration;

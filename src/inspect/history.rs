@@ -92,7 +92,11 @@ pub struct RollbackView {
     pub packages: Option<PackageDiff>,
 }
 
-/// Read what a rollback preview shows, from the host itself.
+/// Read what a rollback preview shows, from the host itself; once the host
+/// is reached, bounded as [`read`] is: a host whose commands hang (a
+/// requisites query stuck behind a wedged nix-daemon) held the rollback's
+/// prompt for ever, every ready host's lock held by the run meanwhile.
+/// Past the bound the preview shows the host without its diff.
 pub async fn rollback_view<F: Fleet>(
     fleet: &F,
     inv: &Inventory,
@@ -105,15 +109,22 @@ pub async fn rollback_view<F: Fleet>(
         .ok_or_else(|| anyhow::anyhow!("{host} is not in the inventory"))?;
     let remote = fleet.host(host).await?;
     let paths = HostPaths::for_os(h.os);
-    let history = generations(&known_good::history(&remote, &paths).await?);
+    let by = bound::deadline();
+    let history = known_good::history(&remote, &paths);
+    let history = bound::bounded(by, "reading its known-good history", history).await?;
+    let history = generations(&history);
     let running = match running {
         Some(r) => Some(r.clone()),
-        None => links::read_store_link(&remote, &paths.current_system).await?,
+        None => {
+            let link = links::read_store_link(&remote, &paths.current_system);
+            bound::bounded(by, "reading what it runs", link).await?
+        }
     };
     let packages = match &running {
         Some(cur) => {
             let roots = [cur.clone(), target.clone()];
-            let mut all = crate::nix::closure::closures(&remote, &roots).await?;
+            let all = crate::nix::closure::closures(&remote, &roots);
+            let mut all = bound::bounded(by, "reading the closures' packages", all).await?;
             let old = all.remove(cur).unwrap_or_default();
             let new = match all.remove(target) {
                 Some(n) => n,
@@ -175,5 +186,36 @@ mod tests {
         fleet.unreachable.lock().unwrap().insert("web2".into());
         let e = read(&*fleet, &inv, "web2").await.unwrap_err();
         assert!(matches!(e, ReadError::Unreachable(_)), "{e:?}");
+    }
+
+    /// The rollback preview of a host whose commands never return (it
+    /// wedged after the plan read its target): given up when the bound
+    /// passes, saying what did not answer; the preview then shows it
+    /// without its diff. The prompt waited for it for ever, every ready
+    /// host locked by the run meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_preview_whose_host_hangs_is_given_up() {
+        let inv = Inventory::parse(
+            std::path::Path::new("/inv/inventory.toml"),
+            "[builder]\naddress = \"b\"\n[hosts.web1]\naddress = \"10.0.0.1\"\n",
+        )
+        .unwrap();
+        let system = "/nix/store/0c0x3vy7y7rqn4kqdc6bkz1hb4a4f9a2-nixos-system-web-24.05";
+        let system = StorePath::parse(system).unwrap();
+        let host = FakeHost::new(&system);
+        let fleet = FakeFleet::new(&[("web1", &host)], FakeBuilder::new(Build::Hangs));
+        fleet.wedged.lock().unwrap().insert("web1".into());
+        let started = tokio::time::Instant::now();
+        let view = rollback_view(&*fleet, &inv, "web1", Some(&system), &system);
+        let hour = std::time::Duration::from_secs(3600);
+        let view = tokio::time::timeout(hour, view)
+            .await
+            .expect("still waiting after an hour: the preview is not bounded");
+        assert_eq!(started.elapsed(), bound::READS_WITHIN);
+        let e = format!("{:#}", view.err().expect("web1 hangs"));
+        assert!(
+            e.contains("reading its known-good history: no answer within 30 s"),
+            "{e}"
+        );
     }
 }
