@@ -102,6 +102,21 @@ pub struct KnownGoodRecord {
     pub marked_on_host: Option<String>,
 }
 
+impl KnownGoodRecord {
+    /// Was the candidate proven live by rebooting into it (a change only a
+    /// reboot makes: its systemd, its kernel)? Going back goes by a reboot
+    /// too ([`super::RollbackMode::Reboot`]).
+    pub fn rebooted_in(&self) -> bool {
+        self.gates.iter().any(|g| {
+            g.gate == Gate::LiveActivate
+                && matches!(
+                    serde_json::from_value(g.value()),
+                    Ok(super::events::GateEvidence::Rebooted { .. })
+                )
+        })
+    }
+}
+
 /// What marking produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KnownGoodMark {

@@ -26,6 +26,13 @@ pub enum RollbackMode {
     Persistent,
     /// Only the boot default changed: profile set + `boot` the target.
     BootOnly,
+    /// The host was rebooted into what is rolled back: profile set + `boot`
+    /// the target, then a reboot, verified booted there. What the host
+    /// runs now (its systemd, its kernel) came by a reboot, and going back
+    /// across them live is what nixgate refuses forward: NixOS 25.11's
+    /// switch inhibitors refuse it (`rollback-failed`), older NixOS ran the
+    /// old system on the newer systemd and kernel.
+    Reboot,
 }
 
 impl RollbackMode {
@@ -33,8 +40,13 @@ impl RollbackMode {
         match self {
             RollbackMode::Live => SwitchAction::Test,
             RollbackMode::Persistent => SwitchAction::Switch,
-            RollbackMode::BootOnly => SwitchAction::Boot,
+            RollbackMode::BootOnly | RollbackMode::Reboot => SwitchAction::Boot,
         }
+    }
+
+    /// Does this rollback change what the host runs?
+    pub fn changes_running_system(self) -> bool {
+        self != RollbackMode::BootOnly
     }
 }
 
@@ -73,6 +85,9 @@ pub enum RollbackError {
     NeedsReboot(RebootReason),
     /// There is nothing to go back to.
     NoTarget,
+    /// The target is the boot default again, but the reboot into it did
+    /// not end verified there ([`RollbackMode::Reboot`]).
+    Reboot(super::reboot::RebootOutcome),
     /// The rollback was from a lockout (the host refused new connections)
     /// and verified over a session opened before it ran (sshd keeps
     /// established ones), but no new connection then found the host on its
@@ -200,6 +215,16 @@ pub async fn reactivate<R: Remote>(
     )
     .await
     {
+        SwitchResult::Settled { evidence, .. } if mode == RollbackMode::Reboot => {
+            match super::reboot::reboot_and_verify(remote, settings, run_id, to, emit).await {
+                super::reboot::RebootOutcome::Verified { .. } => RollbackOutcome::RolledBack {
+                    to: to.clone(),
+                    mode,
+                    evidence: Some(evidence),
+                },
+                other => failed(RollbackError::Reboot(other)),
+            }
+        }
         SwitchResult::Settled { evidence, .. } => RollbackOutcome::RolledBack {
             to: to.clone(),
             mode,

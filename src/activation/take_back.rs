@@ -36,7 +36,8 @@ pub async fn take_back<R: Remote>(
     {
         revoked = Some(generation);
         let known_good = closure_of(remote, settings, previous).await;
-        if mode == RollbackMode::BootOnly {
+        // Not switched live: any known-good will do.
+        if !matches!(mode, RollbackMode::Live | RollbackMode::Persistent) {
             to = known_good.unwrap_or(to);
         } else {
             to =

@@ -855,10 +855,13 @@ fn provisional_mark(done: &HostSummary) -> Option<&crate::activation::known_good
 
 /// How a soak's take-back switches: as far as the run's goal went. `test`
 /// left the boot default alone (one pending a reboot into something else
-/// included); the gated push and `switch` moved it too.
+/// included); the gated push and `switch` moved it too; a host rebooted
+/// into its candidate goes back by a reboot (not live across its systemd
+/// or kernel).
 fn take_back_mode(outcome: Option<&HostOutcome>) -> crate::activation::RollbackMode {
     use crate::activation::RollbackMode;
     match outcome {
+        Some(HostOutcome::KnownGood { mark }) if mark.record.rebooted_in() => RollbackMode::Reboot,
         Some(HostOutcome::Activated { goal })
             if goal
                 .switch_action()

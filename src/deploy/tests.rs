@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::activation::fake_host::{FakeHost, KNOWN_GOOD, SYSTEM};
+use crate::activation::fake_host::{Behaviour, FakeHost, KNOWN_GOOD, SYSTEM};
 use crate::activation::{ActivationEvent, HostOutcome, RollbackMode, RollbackOutcome};
 use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
 use crate::nix::StorePath;
@@ -426,6 +426,38 @@ async fn a_host_unhealthy_after_its_soak_is_taken_back_and_not_released() {
     // otherwise be reported).
     let released = release_events(&f, &f.inv, &"0".repeat(40), &hosts).await;
     assert!(released.is_empty(), "{released:?}");
+}
+
+/// `push --reboot`: a systemd change, the canary rebooted into it and
+/// verified, healthy at once, unhealthy after its soak: taken back by a
+/// reboot too (its systemd came by one), booted and running what it ran.
+/// Before, the old system was switched live on the candidate's systemd
+/// and kernel.
+#[tokio::test(start_paused = true)]
+async fn a_host_rebooted_into_its_candidate_is_taken_back_by_a_reboot_after_its_soak() {
+    let mut f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
+    f.ctx.allow_reboot = true;
+    f.hosts["web1"].behave(&sp(NEW), Behaviour::systemd_change());
+    f.hosts["web1"].state().unhealthy_after = Some(1);
+    let plan = plan_of(&f.inv, |_| ready(NEW));
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
+    let HostEnd::SoakFailed {
+        rollback: Some(RollbackOutcome::RolledBack { to, mode, .. }),
+        ..
+    } = &hosts[0].end
+    else {
+        panic!("{:?}", hosts[0].end);
+    };
+    assert_eq!((to, *mode), (&sp(OLD), RollbackMode::Reboot));
+    let st = f.hosts["web1"].state();
+    assert_eq!((&st.booted, &st.current), (&sp(OLD), &sp(OLD)));
+    assert_eq!(st.boot_default, sp(OLD));
+    let reboots = st
+        .ran
+        .iter()
+        .filter(|c| c.contains("systemctl reboot"))
+        .count();
+    assert_eq!(reboots, 2, "{:#?}", st.ran);
 }
 
 /// A candidate that locks SSH out AFTER its live switch was confirmed

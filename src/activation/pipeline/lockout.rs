@@ -69,7 +69,7 @@ impl<R: Remote> Run<'_, R> {
         let RollbackOutcome::RolledBack { to, mode, .. } = &outcome else {
             return outcome;
         };
-        if !self.lockout || *mode == RollbackMode::BootOnly {
+        if !self.lockout || !mode.changes_running_system() {
             return outcome;
         }
         match self.reached_back(to).await {

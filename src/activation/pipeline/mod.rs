@@ -116,6 +116,7 @@ where
         known_good: None,
         live_changed: false,
         proven_already: false,
+        rebooted_in: false,
         boot_changed: false,
         profile_set: false,
         pre_failed: None,
@@ -146,6 +147,10 @@ struct Run<'a, R> {
     /// `boot` that fails leaves it as proven, as after a switch
     /// ([`off_path`]).
     proven_already: bool,
+    /// The host was rebooted into the candidate and verified there (its
+    /// systemd, its kernel came by that reboot): a rollback goes back by a
+    /// reboot too ([`RollbackMode::Reboot`]).
+    rebooted_in: bool,
     boot_changed: bool,
     profile_set: bool,
     /// Units failed before the live switch (Linux; `None` when unknown).
@@ -205,6 +210,7 @@ impl<'a, R: Remote> Run<'a, R> {
             known_good: self.known_good.clone(),
             live_changed: self.live_changed,
             proven_already: self.proven_already,
+            rebooted_in: self.rebooted_in,
             boot_changed: self.boot_changed,
             profile_set: self.profile_set,
             pre_failed: self.pre_failed.clone(),

@@ -180,6 +180,7 @@ impl<R: Remote> Run<'_, R> {
         );
         match outcome {
             RebootOutcome::Verified { booted } => {
+                self.rebooted_in = true;
                 // The reboot emptied `/run/keys` (a tmpfs): every key is
                 // written again, then come the post-activation ones a live
                 // switch writes once proven (before: none, and the host was
@@ -303,6 +304,15 @@ impl<R: Remote> Run<'_, R> {
     async fn rollback_target(&self, gate: Gate) -> (StorePath, RollbackMode) {
         let known_good = (self.known_good.clone())
             .filter(|k| gate == Gate::MarkKnownGood || *k != self.req.candidate);
+        // Rebooted into the candidate: back by a reboot, to any target
+        // (none is switched live on the candidate's systemd and kernel).
+        // A failed mark's known-good that is the candidate is no reboot.
+        if self.rebooted_in {
+            let to = known_good.clone().unwrap_or(self.pre_current.clone());
+            if to != self.req.candidate {
+                return (to, RollbackMode::Reboot);
+            }
+        }
         if self.live_changed {
             let (remote, s, before) = (self.remote, self.s, &self.pre_current);
             let to =
@@ -364,7 +374,7 @@ impl<R: Remote> Run<'_, R> {
         // failed was reported a verified rollback (its units failing again
         // passed as failing before). Not for a failed mark: a known-good
         // candidate stays.
-        let live = mode != RollbackMode::BootOnly;
+        let live = mode.changes_running_system();
         if live && gate != Gate::MarkKnownGood && to == self.req.candidate {
             let rollback_error = crate::activation::reactivate::RollbackError::NoTarget;
             return HostOutcome::RollbackFailed {

@@ -3045,3 +3045,50 @@ async fn a_lock_taken_again_on_a_host_as_left_goes_on_with_one_read_more() {
     want.insert(at, links_read());
     assert_eq!(host.state().ran, want);
 }
+
+/// `--reboot` (push or rollback): a systemd change deferred, persisted,
+/// the host rebooted into it and verified there, then its health checks
+/// fail. Back to what it ran means back across the same systemd change:
+/// by a reboot too (the profile and boot default put back, rebooted,
+/// verified booted there). Before, the old system was switched live on
+/// the candidate's systemd and kernel: NixOS 25.11's inhibitors refuse
+/// that (`rollback-failed`, the profile already moved back while the
+/// boot entries still booted the candidate), older NixOS ran it on them,
+/// which nixgate refuses forward, reported `rolled-back`.
+#[tokio::test(start_paused = true)]
+async fn a_host_rebooted_into_its_candidate_and_unhealthy_is_rebooted_back() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            healthy: false,
+            ..Behaviour::systemd_change()
+        },
+    );
+    let mut req = request(Goal::Gated);
+    req.settings.allow_reboot = true;
+    let ran = run(&host, &req).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            gate: Gate::HealthChecks,
+            to,
+            ..
+        } => assert_eq!(to, &sp(OLD)),
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    let st = host.state();
+    assert_eq!((&st.booted, &st.current), (&sp(OLD), &sp(OLD)));
+    assert_eq!(st.boot_default, sp(OLD));
+    assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
+    let reboots = ran
+        .cmds
+        .iter()
+        .filter(|c| c.contains("systemctl reboot"))
+        .count();
+    assert_eq!(reboots, 2, "{:#?}", ran.cmds);
+    let live_switch_back = ran
+        .cmds
+        .iter()
+        .any(|c| c.contains(&format!("{OLD}/bin/switch-to-configuration switch")));
+    assert!(!live_switch_back, "{:#?}", ran.cmds);
+}

@@ -617,6 +617,7 @@ pub fn rollback_mode(m: &RollbackMode) -> &'static str {
         RollbackMode::Live => "live, boot default untouched",
         RollbackMode::Persistent => "live and as the boot default",
         RollbackMode::BootOnly => "as the boot default only",
+        RollbackMode::Reboot => "as the boot default, then rebooted into",
     }
 }
 
@@ -812,6 +813,10 @@ pub fn rollback_error(e: &RollbackError) -> String {
         ),
         RollbackError::NeedsReboot(r) => reboot_reason(r),
         RollbackError::NoTarget => "there was nothing to go back to".into(),
+        RollbackError::Reboot(r) => format!(
+            "it is the boot default again, but the reboot into it: {}",
+            reboot(r)
+        ),
         RollbackError::Unconfirmed(cut) => unconfirmed(cut),
     }
 }
