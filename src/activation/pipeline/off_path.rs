@@ -306,12 +306,17 @@ impl<R: Remote> Run<'_, R> {
             .filter(|k| gate == Gate::MarkKnownGood || *k != self.req.candidate);
         // Rebooted into the candidate: back by a reboot, to any target
         // (none is switched live on the candidate's systemd and kernel).
-        // A failed mark's known-good that is the candidate is no reboot.
+        // A failed mark's known-good that is the candidate stays: what
+        // runs, switched again in place (the live path below would pick
+        // the system it ran before, across that systemd, live).
         if self.rebooted_in {
-            let to = known_good.clone().unwrap_or(self.pre_current.clone());
-            if to != self.req.candidate {
-                return (to, RollbackMode::Reboot);
-            }
+            let to = known_good.unwrap_or(self.pre_current.clone());
+            let mode = if to == self.req.candidate {
+                RollbackMode::Persistent
+            } else {
+                RollbackMode::Reboot
+            };
+            return (to, mode);
         }
         if self.live_changed {
             let (remote, s, before) = (self.remote, self.s, &self.pre_current);

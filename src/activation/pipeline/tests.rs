@@ -3092,3 +3092,36 @@ async fn a_host_rebooted_into_its_candidate_and_unhealthy_is_rebooted_back() {
         .any(|c| c.contains(&format!("{OLD}/bin/switch-to-configuration switch")));
     assert!(!live_switch_back, "{:#?}", ran.cmds);
 }
+
+/// The same rebooted into (a systemd change, `--reboot`): the known-good
+/// candidate whose mark fails stays, what runs switched again in place,
+/// not rebooted away nor the old system switched live on its systemd.
+#[tokio::test(start_paused = true)]
+async fn a_known_good_candidate_rebooted_into_whose_mark_fails_stays() {
+    let host = FakeHost::new(&sp(NEW));
+    host.state().current = sp(OLD);
+    host.state().booted = sp(OLD);
+    host.behave(&sp(NEW), Behaviour::systemd_change());
+    host.state()
+        .break_once
+        .push(format!("sudo mark-known-good {KNOWN_GOOD} {NEW} "));
+    let mut req = request(Goal::Gated);
+    req.settings.allow_reboot = true;
+    let ran = run(&host, &req).await;
+    match &ran.outcome {
+        HostOutcome::RolledBack {
+            gate: Gate::MarkKnownGood,
+            to,
+            ..
+        } => assert_eq!(to, &sp(NEW)),
+        other => panic!("{other:?}: {:#?}", ran.cmds),
+    }
+    let st = host.state();
+    assert_eq!((&st.booted, &st.current), (&sp(NEW), &sp(NEW)));
+    let reboots = ran
+        .cmds
+        .iter()
+        .filter(|c| c.contains("systemctl reboot"))
+        .count();
+    assert_eq!(reboots, 1, "{:#?}", ran.cmds);
+}
