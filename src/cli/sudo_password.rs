@@ -4,17 +4,22 @@
 //! `sudo_password_command` of those hosts runs once (argv, no shell; its
 //! stdout without the trailing newline is the password). The password is
 //! a [`Secret`]: wiped when the run drops it, never in an argument, a log,
-//! an event or a report. A command that fails ends the run before it
-//! starts (exit 2), saying which command and why, never what it printed
-//! on stdout.
+//! an event or a report. A command that fails, or is still running after
+//! [`COMMAND_LIMIT`], ends the run before it starts (exit 2, like an
+//! inventory error: nothing was touched), saying which command and why,
+//! never what it printed on stdout.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::fleet::SudoPasswords;
 use crate::inventory::Inventory;
 use crate::keys::Secret;
+use crate::keys::source::COMMAND_LIMIT;
 
 use super::{Fatal, Global};
 
@@ -55,29 +60,89 @@ pub fn obtain(g: &Global, inv: &Inventory, hosts: &[String]) -> anyhow::Result<S
     Ok(out)
 }
 
-/// Run `sudo_password_command`.
+/// Run `sudo_password_command`, bounded like a key's command
+/// ([`COMMAND_LIMIT`]): it runs before the controller lock and before
+/// Ctrl-C or SIGTERM are handled, so a cron run whose password manager
+/// waits for an unlock no one will give would otherwise hang forever.
 fn run_command(argv: &[String]) -> anyhow::Result<Secret> {
+    run_within(argv, COMMAND_LIMIT)
+}
+
+/// [`run_command`] within `limit`. The command runs in its own process
+/// group, so that when it is past its bound everything it started (a
+/// shell's children holding its stdout) is killed with it.
+fn run_within(argv: &[String], limit: Duration) -> anyhow::Result<Secret> {
     let program = argv.first().map(String::as_str).unwrap_or_default();
-    let out = std::process::Command::new(program)
-        .args(&argv[1..])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output()
+    let mut child = std::process::Command::new(program)
+        .args(argv.get(1..).unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .map_err(|e| {
             Fatal::usage(format!(
                 "sudo_password_command: cannot run `{program}`: {e}"
             ))
         })?;
-    let stdout = Secret::new(out.stdout);
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let mut status = None;
+    while status.is_none() || !stdout.is_finished() || !stderr.is_finished() {
+        if status.is_none() {
+            status = child
+                .try_wait()
+                .map_err(|e| Fatal::usage(format!("sudo_password_command `{program}`: {e}")))?;
+        }
+        if Instant::now() >= deadline {
+            kill_group(child.id());
+            let _ = child.wait();
+            return Err(Fatal::usage(format!(
+                "sudo_password_command `{program}` did not finish within {}s and was stopped \
+                 (with everything it started); nothing was touched. Run it by hand: a password \
+                 manager that waits for an unlock or a hardware token must not need one in an \
+                 unattended run (or use --ask-sudo-password on a terminal)",
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let joined = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
+    // Wiped whatever happens next.
+    let out = Secret::new(joined(stdout));
+    let err = joined(stderr);
+    let status = status.unwrap_or_else(|| unreachable!("the loop ends with a status"));
+    if !status.success() {
+        let err = String::from_utf8_lossy(&err);
         return Err(Fatal::usage(format!(
-            "sudo_password_command `{program}` failed ({}): {}",
-            out.status,
+            "sudo_password_command `{program}` failed ({status}): {}",
             err.trim()
         )));
     }
-    Ok(first_line(&stdout))
+    Ok(first_line(&out))
+}
+
+/// Read a pipe to its end on a thread of its own (a full pipe would
+/// otherwise stop the command before it exits).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// SIGKILL the process group `leader` leads.
+fn kill_group(leader: u32) {
+    let pid = i32::try_from(leader)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
 }
 
 /// The password is the first line (`pass show` prints more lines after it).
@@ -181,5 +246,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("locked") && !e.contains("leaked"), "{e}");
+    }
+
+    /// A password command that never ends is stopped at its bound, with
+    /// what it started, instead of hanging the run (cron: forever).
+    #[test]
+    fn a_hanging_command_is_stopped_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child");
+        let script = format!("sleep 1000 & echo $! > '{}'; wait", pidfile.display());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = run_within(
+                &["sh".into(), "-c".into(), script],
+                Duration::from_millis(300),
+            );
+            let _ = tx.send(r.map(|_| ()).map_err(|e| {
+                let outcome = e.downcast_ref::<Fatal>().map(|f| f.outcome);
+                (outcome, e.to_string())
+            }));
+        });
+        let ended = rx.recv_timeout(Duration::from_secs(20));
+        let (outcome, msg) = ended.expect("the command hung the run").unwrap_err();
+        assert_eq!(outcome, Some(super::super::Outcome::Usage));
+        assert!(msg.contains("did not finish within"), "{msg}");
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed with its group: gone, or a zombie its new parent has not
+        // reaped yet.
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+            stat.is_empty() || state.starts_with('Z')
+        });
+        assert!(gone, "the command's child {child} was left running");
     }
 }
