@@ -1,6 +1,7 @@
 //! The command line: parses arguments, loads the inventory, resolves the
 //! selection and hands off to the command; maps every ending to the exit-code
-//! contract (0 ok, 1 hosts failed, 2 usage/inventory, 3 locked).
+//! contract (0 ok, 1 hosts failed, 2 usage/inventory/environment, 3 locked,
+//! 4 declined).
 
 pub mod args;
 mod check;

@@ -75,17 +75,7 @@ impl RunSession {
         // user abandons leaves nothing behind.
         let passwords = super::sudo_password::obtain(g, inv, &hosts)?;
         let run_id = RunId::parse(&state::clock::new_run_id())?;
-        let lock = match ControllerLock::acquire(&state_dir, command.as_str(), run_id.as_str()) {
-            Ok(l) => l,
-            Err(e) if e.downcast_ref::<LockHeld>().is_some() => {
-                return Err(Fatal {
-                    outcome: Outcome::Locked,
-                    message: e.to_string(),
-                }
-                .into());
-            }
-            Err(e) => return Err(e),
-        };
+        let lock = take_lock(&state_dir, command, &run_id)?;
         let spool = state_dir.join("runs").join(format!(".{run_id}.events.tmp"));
         let (sink, reporter) = report::spawn(report::choose(g, command), Some(spool));
         let stop = CancellationToken::new();
@@ -405,9 +395,50 @@ fn ending(cancelled: bool, hosts: &[HostSummary]) -> Ending {
     }
 }
 
+/// The controller lock, its failures mapped to the exit-code contract:
+/// held by another run is exit 3; a state directory the user running
+/// nixgate cannot write (a cron job's user and `/var/lib/nixgate`) is the
+/// controller's own environment, exit 2 like a usage error, not exit 1,
+/// which says a host failed when none was touched.
+fn take_lock(
+    state_dir: &std::path::Path,
+    command: CommandName,
+    run_id: &RunId,
+) -> anyhow::Result<ControllerLock> {
+    ControllerLock::acquire(state_dir, command.as_str(), run_id.as_str()).map_err(|e| {
+        if e.downcast_ref::<LockHeld>().is_some() {
+            return Fatal {
+                outcome: Outcome::Locked,
+                message: e.to_string(),
+            }
+            .into();
+        }
+        Fatal::usage(format!(
+            "{e:#}: the state directory must be writable by the user running nixgate \
+             (pass --state-dir DIR for another); nothing was touched"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state directory nixgate cannot write ends the run with exit 2,
+    /// naming it; never exit 1 (a host failed) when no host was touched.
+    #[test]
+    fn a_state_directory_it_cannot_write_is_exit_2() {
+        let dir = tempfile::tempdir().unwrap();
+        // Where the lock file would be, a directory: opening it fails, as
+        // an unwritable directory does for a non-root user.
+        std::fs::create_dir(dir.path().join("lock")).unwrap();
+        let run_id = RunId::parse("20261205T220000Z-abcd").unwrap();
+        let e = take_lock(dir.path(), CommandName::Push, &run_id).unwrap_err();
+        let fatal = e.downcast_ref::<Fatal>().expect("a Fatal error");
+        assert_eq!(fatal.outcome, Outcome::Usage);
+        assert!(fatal.message.contains("--state-dir"), "{}", fatal.message);
+        assert!(fatal.message.contains("lock"), "{}", fatal.message);
+    }
 
     #[tokio::test]
     async fn what_reacts_to_a_cancel_reports_after_its_notice() {
