@@ -420,8 +420,8 @@ impl<'de> Visitor<'de> for EventsSeed<'_, '_> {
     }
 }
 
-/// Remove the oldest reports (and a killed run's spool) so that `keep`
-/// remain; never the report of `current` or of a run still going. Returns
+/// Remove the oldest reports (and a killed run's spool and half-written
+/// reports) so that `keep` remain; never the report of `current` or of a run still going. Returns
 /// the run ids removed.
 pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec<String>> {
     let ids = ids(state_dir)?;
@@ -444,7 +444,55 @@ pub fn prune(state_dir: &Path, keep: usize, current: &str) -> anyhow::Result<Vec
         removed.push(id.clone());
     }
     remove_orphan_spools(state_dir, &ids, current);
+    remove_stale_temps(state_dir);
     Ok(removed)
+}
+
+/// How long ago a dead writer's temp file must have been written last to
+/// be removed.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A report a run was killed while writing (`.<id>.json.tmp<pid>` in
+/// `runs/`, `.latest.json.tmp<pid>` in the state directory: see
+/// [`crate::state::write_atomic`]) is no run's, and nothing else would ever
+/// remove it. Removed only when no process has its writer's pid and it was
+/// last written [`STALE_TEMP`] ago, so a run writing its own now (another
+/// command, or a pid namespace where that pid looks dead) keeps it.
+fn remove_stale_temps(state_dir: &Path) {
+    for dir in [state_dir.to_path_buf(), runs_dir(state_dir)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(temp_writer) else {
+                continue;
+            };
+            let age = e.metadata().and_then(|m| m.modified()).ok();
+            let old = age
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= STALE_TEMP);
+            if old && !alive(pid) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The writer's pid of a temp report: `.<name>.json.tmp<pid>`.
+fn temp_writer(name: &str) -> Option<rustix::process::Pid> {
+    let (base, pid) = name.strip_prefix('.')?.rsplit_once(".tmp")?;
+    if !base.ends_with(".json") || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rustix::process::Pid::from_raw(pid.parse().ok()?)
+}
+
+/// Whether a process with this pid exists (one of another user's too).
+fn alive(pid: rustix::process::Pid) -> bool {
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 /// Event spools with no report beside them (a run whose first report

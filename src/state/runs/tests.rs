@@ -253,3 +253,36 @@ fn prune_removes_spools_no_report_lists() {
     assert!(!orphan.exists());
     assert!(current.exists());
 }
+
+/// A report a run was killed while writing (`.<id>.json.tmp<pid>`,
+/// `.latest.json.tmp<pid>`) is removed by `prune` once its writer is gone
+/// and it is old; one a live process writes, or written just now, stays.
+#[test]
+fn prune_removes_temp_reports_of_dead_writers() {
+    let dir = state_dir();
+    let d = dir.path();
+    let runs = d.join("runs");
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let me = std::process::id();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let write = |p: &Path, old: bool| {
+        std::fs::write(p, "{").unwrap();
+        if old {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(long_ago).unwrap();
+        }
+    };
+    let killed = runs.join(format!(".20990101T000000Z-zzzz.json.tmp{dead_pid}"));
+    let killed_latest = d.join(format!(".latest.json.tmp{dead_pid}"));
+    let writing = runs.join(format!(".20990101T000001Z-cccc.json.tmp{me}"));
+    let just_now = d.join(format!(".latest.json.tmp{dead_pid}9"));
+    write(&killed, true);
+    write(&killed_latest, true);
+    write(&writing, true);
+    write(&just_now, false);
+    prune(d, 100, "20990101T000001Z-cccc").unwrap();
+    assert!(!killed.exists() && !killed_latest.exists());
+    assert!(writing.exists() && just_now.exists());
+}
