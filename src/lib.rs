@@ -7,6 +7,7 @@
 //! reporters ([`report`]). The deploy is written against [`fleet::Fleet`],
 //! which hands out a [`remote::Remote`] per machine.
 
+pub mod account;
 pub mod activation;
 pub mod cli;
 pub mod deploy;

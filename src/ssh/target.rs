@@ -91,13 +91,14 @@ impl SshTarget {
         }
     }
 
+    /// The user to connect as: the inventory's or `ssh_config`'s, else the
+    /// account nixgate runs as (as OpenSSH does; a cron job without `$USER`
+    /// is still its own user, not root), `root` only when that has no name.
     pub fn user(&self) -> String {
-        self.user.clone().unwrap_or_else(|| {
-            std::env::var("USER")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| "root".to_owned())
-        })
+        self.user
+            .clone()
+            .or_else(crate::account::name)
+            .unwrap_or_else(|| "root".to_owned())
     }
 
     /// The agent socket to use, if any.
@@ -236,6 +237,44 @@ pub fn expand_inventory_path(path: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cron job's environment, without `$USER` or `$LOGNAME`, as a
+    /// non-root account: a host without `user` is reached as that account
+    /// (as OpenSSH would), never as root. Needs root to become `nobody`.
+    #[test]
+    fn without_user_in_the_environment_the_account_is_the_processs() {
+        use std::os::unix::process::CommandExt;
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let nobody = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&"65534")).then(|| f[0].to_owned())
+        });
+        let (Some(nobody), Some("0")) = (nobody, crate::account::uid().as_deref()) else {
+            eprintln!("skipped: needs root and a uid 65534 in /etc/passwd");
+            return;
+        };
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "ssh::target::tests::print_default_user"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("default user: <{nobody}>")),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by without_user_in_the_environment_the_account_is_the_processs"]
+    fn print_default_user() {
+        println!("default user: <{}>", SshTarget::new("h", "h").user());
+    }
 
     const CFG: &str = "
 Host web

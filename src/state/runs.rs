@@ -200,12 +200,10 @@ impl Judge {
 }
 
 /// Who runs nixgate, for the run report: `$USER@hostname` (either part
-/// when the other is unknown).
+/// when the other is unknown; `uid N` for a uid with no name).
 pub fn operator() -> Option<String> {
-    let user = ["USER", "LOGNAME"]
-        .into_iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .or_else(user_of_uid);
+    let user =
+        crate::account::name().or_else(|| crate::account::uid().map(|uid| format!("uid {uid}")));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -215,25 +213,6 @@ pub fn operator() -> Option<String> {
         (Some(u), Some(h)) => Some(format!("{u}@{h}")),
         (u, h) => u.or(h),
     }
-}
-
-/// This process's user name from its uid (`/proc/self/status`,
-/// `/etc/passwd`), or `uid N`: a service started without `$USER`.
-fn user_of_uid() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .to_owned();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let name = passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        (f.nth(1)? == uid).then(|| name.to_owned())
-    });
-    Some(name.unwrap_or(format!("uid {uid}")))
 }
 
 /// A run named on the command line that is not there.
