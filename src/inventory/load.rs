@@ -229,7 +229,8 @@ pub fn parse(path: &Path, source: &str) -> Result<Inventory, Diagnostics> {
         w: Walker::default(),
         paths: Paths {
             base,
-            home: std::env::var_os("HOME").map(PathBuf::from),
+            // `HOME=""` is unset, as for ssh_config's `~/`.
+            home: crate::ssh::config::home_dir(),
         },
     };
     let (doc, errors) = DeTable::parse_recoverable(source);
@@ -751,6 +752,33 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `HOME=""` is no home, as ssh_config's `~/` takes it: `~/.ssh/k`
+    /// never becomes `.ssh/k`, relative to wherever the cron job runs.
+    #[test]
+    fn an_empty_home_is_no_home() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "inventory::load::tests::print_identity_file"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env("HOME", "")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("identity_file: </inv/~/.ssh/k>"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by an_empty_home_is_no_home"]
+    fn print_identity_file() {
+        let src = "[builder]\naddress = \"b\"\n\n[hosts.web1]\naddress = \"10.0.0.1\"\nidentity_file = \"~/.ssh/k\"\n";
+        let inv = parse(Path::new("/inv/inventory.toml"), src).unwrap();
+        let key = inv.host("web1").unwrap().connection.identity_file.clone();
+        println!("identity_file: <{}>", key.unwrap_or_default().display());
+    }
 
     /// A `[builder]` without `address` is pointed at where the table is
     /// named, as a host's is, not at 1:1.
