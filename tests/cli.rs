@@ -594,3 +594,26 @@ fn show_json_writes_the_runs_own_ending() {
         assert_eq!(v["ending"], ending, "{id}: {last}");
     }
 }
+
+/// README's exit-code table names, in exit 1's row, every outcome that
+/// makes a run exit 1 (`not-persisted`, `moved-by-other` and `aborted` did,
+/// but the row did not say so), and none that does not.
+#[test]
+fn the_exit_code_table_names_every_outcome_that_exits_1() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### Exit codes").expect("the section")..];
+    let row = section
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .expect("exit 1's row");
+    for kind in nixgate::deploy::OutcomeKind::all() {
+        let named = row.contains(&format!("`{}`", kind.as_str()));
+        let pending = kind.as_str() == "pending-reboot";
+        assert!(
+            named == (kind.fails_run() || pending),
+            "exit 1's row and `{}` disagree: {row}",
+            kind.as_str()
+        );
+    }
+}
