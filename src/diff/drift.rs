@@ -74,8 +74,13 @@ fn without_output(name: &str) -> &str {
 /// What accounts for a changed input: each changed package of the closure
 /// is judged on its own, and the expected ones are meant to change.
 struct Accounted {
-    /// Derivation names (`<pname>-<version>`, or the bare name of an
-    /// unversioned path) of the changed packages' new sides.
+    /// Derivation names (`<pname>-<version>`) of the changed packages' new
+    /// sides. Not the bare name of an unversioned one: a `source` path of
+    /// the closure that changed (a flake's nixpkgs source, on every bump)
+    /// excused every input named `source`, each package's own fetched
+    /// source among them: a package rebuilt at its version from a changed
+    /// source passed `--expect` unseen. An unversioned input is judged by
+    /// what changed below it ([`build_only`]).
     names: HashSet<String>,
     /// `(pname, from, to)`: the version moves of changed packages. An input
     /// moved from one version to another is accounted for only by such a
@@ -103,9 +108,6 @@ fn accounted(diff: &PackageDiff, expect: &[String]) -> Accounted {
             for t in &to {
                 moves.insert((base.to_owned(), (*f).clone(), (*t).clone()));
             }
-        }
-        if to.is_empty() {
-            names.insert(base.to_owned());
         }
         names.extend(to.into_iter().map(|v| format!("{base}-{v}")));
     }
@@ -207,40 +209,43 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
         if expected(&pc.name, expect) {
             continue;
         }
-        // The derivation as the tree names it, `<pname>-<version>` (a split
-        // output's package, `curl-bin`, is built by `curl-8.7.1`): the first
-        // such node in the tree, with all its causes; for a rebuild, one of
-        // that version rebuilt (a dependent's switch from another version
-        // to this one is a node of that name too).
+        // The derivations as the tree names them, `<pname>-<version>` (a
+        // split output's package, `curl-bin`, is built by `curl-8.7.1`),
+        // each with all its causes; for a rebuild, those of that version
+        // rebuilt (a dependent's switch from another version to this one is
+        // a node of that name too). Every one: two derivations of one name
+        // and version (a package and an override of it) are one entry of
+        // the package diff, and judging the first alone let the second's
+        // own change (its patches) pass when the first was accounted for.
         let base = without_output(&pc.name);
         let rebuild = matches!(pc.change, Change::Rebuilt { .. });
-        let node = |v: &str| -> Option<&[Cause]> {
-            by_version
-                .get(v)?
-                .iter()
-                .find(|&&i| {
+        let node_causes = |v: &str| -> Vec<&[Cause]> {
+            let found = by_version.get(v).into_iter().flatten();
+            found
+                .filter(|&&i| {
                     (split[i].0 == pc.name || split[i].0 == base) && !(rebuild && nodes[i].moved)
                 })
                 .map(|&i| nodes[i].causes)
+                .collect()
         };
         match &pc.change {
             Change::Rebuilt { version, .. } => {
                 let Some(v) = version else { continue };
-                let causes = match node(v) {
-                    Some(all) => match rebuild_causes(all, &accounted) {
-                        Some(causes) => causes,
-                        None => continue,
-                    },
-                    None => Vec::new(),
-                };
+                let found = node_causes(v);
+                let unaccounted: Vec<Vec<Cause>> = (found.iter())
+                    .filter_map(|all| rebuild_causes(all, &accounted))
+                    .collect();
+                if !found.is_empty() && unaccounted.is_empty() {
+                    continue;
+                }
                 out.push(Drift {
                     package: pc.name.clone(),
                     change: pc.change.clone(),
-                    causes,
+                    causes: distinct(unaccounted.into_iter().flatten()),
                 });
             }
             Change::Upgraded { to, .. } | Change::Downgraded { to, .. } => {
-                let causes = node(to).map(own_causes).unwrap_or_default();
+                let causes = distinct(node_causes(to).into_iter().flat_map(own_causes));
                 out.push(Drift {
                     package: pc.name.clone(),
                     change: pc.change.clone(),
@@ -253,6 +258,18 @@ pub fn drift(diff: &PackageDiff, structural: &Structural, expect: &[String]) -> 
                 change: pc.change.clone(),
                 causes: Vec::new(),
             }),
+        }
+    }
+    out
+}
+
+/// Causes without repeats, in their first order (two nodes of one package
+/// often share them).
+fn distinct(causes: impl Iterator<Item = Cause>) -> Vec<Cause> {
+    let mut out: Vec<Cause> = Vec::new();
+    for c in causes {
+        if !out.contains(&c) {
+            out.push(c);
         }
     }
     out
@@ -367,6 +384,61 @@ mod tests {
         let d = diff(vec![rebuilt("nginx", "1.25.3")]);
         assert_eq!(drifting(&d, &s, &[]), vec!["nginx: input gcc-13.2.0"]);
         assert_eq!(drifting(&d, &s, &["gcc"]), Vec::<String>::new());
+    }
+
+    /// A `source` path of the closure that changed (a flake's nixpkgs
+    /// source, bumped) says nothing of a package rebuilt at its version
+    /// from a changed source of its own (both named `source`): drift, its
+    /// source the cause. Before, the closure's `source` excused it.
+    #[test]
+    fn a_changed_source_in_the_closure_excuses_no_other_source() {
+        let unversioned = PackageChange {
+            name: "source".into(),
+            change: Change::Rebuilt {
+                version: None,
+                old: Vec::new(),
+                new: Vec::new(),
+            },
+            selected: false,
+        };
+        let d = diff(vec![
+            rebuilt("openssl", "3.0.13"),
+            rebuilt("foo", "1.0"),
+            unversioned,
+        ]);
+        let s = tree(vec![
+            input("source", vec![env("narHash")]),
+            input("foo-1.0", vec![input("source", vec![env("outputHash")])]),
+        ]);
+        assert_eq!(drifting(&d, &s, &["openssl"]), vec!["foo: input source"]);
+        // An unversioned input whose change comes from an expected package
+        // below it is still no drift.
+        let s = tree(vec![input(
+            "foo-1.0",
+            vec![input(
+                "make-wrapper-hook",
+                vec![input("openssl-3.0.13", vec![env("src")])],
+            )],
+        )]);
+        let d = diff(vec![rebuilt("openssl", "3.0.13"), rebuilt("foo", "1.0")]);
+        assert_eq!(drifting(&d, &s, &["openssl"]), Vec::<String>::new());
+    }
+
+    /// Two derivations of one name and version (a package and an override
+    /// of it) changed: one rebuilt for the expected openssl, the other for
+    /// its own patches. Every one is judged: drift, the patches its cause.
+    /// Before, only the first found was, and the package passed.
+    #[test]
+    fn every_derivation_of_a_package_is_judged() {
+        let d = diff(vec![rebuilt("openssl", "3.0.13"), rebuilt("foo", "1.0")]);
+        let s = tree(vec![
+            input("foo-1.0", vec![input("openssl-3.0.13", vec![env("src")])]),
+            input("app-2.0", vec![input("foo-1.0", vec![env("patches")])]),
+        ]);
+        assert_eq!(
+            drifting(&d, &s, &["openssl", "app"]),
+            vec!["foo: env patches"]
+        );
     }
 
     /// A split output (`curl-8.7.1-bin`, the package `curl-bin`) is built
