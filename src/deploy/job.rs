@@ -110,6 +110,11 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     fleet: Arc<F>,
     goal: Goal,
     run_id: RunId,
+    /// The commit the candidates were built from, for their known-good
+    /// records. None from a dirty work tree (`--allow-dirty`): HEAD is not
+    /// what was built, and recorded as if it were, the next plan took its
+    /// `flake.lock` for the running system's, and its diff named flake
+    /// inputs that had not moved (or missed ones that had).
     commit: Option<String>,
     ready: HashMap<String, Ready>,
     /// Hosts the plan refused, with their ends.
@@ -197,7 +202,9 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             fleet: ctx.fleet.clone(),
             goal: plan.goal,
             run_id: ctx.run_id.clone(),
-            commit: plan.source.as_ref().map(|s| s.commit.clone()),
+            commit: (plan.source.as_ref())
+                .filter(|s| !s.dirty)
+                .map(|s| s.commit.clone()),
             ready: HashMap::new(),
             refused: HashMap::new(),
             stager,

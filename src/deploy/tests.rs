@@ -1108,6 +1108,34 @@ async fn a_soak_cut_short_leaves_the_mark_pending() {
     );
 }
 
+/// A push from a dirty work tree (`--allow-dirty`) records no commit in
+/// the host's known-good record: HEAD was not what was built (the next
+/// plan's diff read HEAD's `flake.lock` as the running system's). A clean
+/// one records its commit.
+#[tokio::test(start_paused = true)]
+async fn a_dirty_push_records_no_commit() {
+    for dirty in [true, false] {
+        let f = fixture(inventory(0, "0s"), [OLD; 3], Build::Hangs);
+        let sel = f.inv.select(&Default::default()).unwrap();
+        let source = Source {
+            commit: "c".repeat(40),
+            dirty,
+        };
+        let plan = Plan::assemble(
+            crate::gates::Goal::Gated,
+            Some(source),
+            &sel,
+            &mut |_: &str| ready(NEW),
+        );
+        let hosts = run(&f.ctx, plan, AlreadyThere).await;
+        let Some(HostOutcome::KnownGood { mark }) = hosts[0].end.outcome() else {
+            panic!("{:?}", hosts[0]);
+        };
+        let want = (!dirty).then(|| "c".repeat(40));
+        assert_eq!(mark.record.commit, want, "dirty: {dirty}");
+    }
+}
+
 /// `push --wave canary` alone, stopped mid-soak: its canary, re-checked at
 /// once, passes, but the soak the wave asks never ran. The run exits 1
 /// (its mark left pending, said in its summary): before, with no wave
