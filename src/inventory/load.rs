@@ -590,9 +590,22 @@ impl Loader {
         builder: Option<&Builder>,
     ) -> Vec<(At<String>, Host)> {
         let mut out = Vec::new();
+        let mut folded = std::collections::HashMap::<String, String>::new();
         for (k, v) in t.iter() {
             let name = At::new(k.get_ref().to_string(), k.span());
             validate::name(&mut self.w, "host", &name);
+            if let Some(other) = folded.insert(name.value.to_ascii_lowercase(), name.value.clone())
+            {
+                self.w.error_help(
+                    format!(
+                        "host {:?} differs from host {other:?} only in case",
+                        name.value
+                    ),
+                    name.span.clone(),
+                    "a host's name is part of its release refs (release/<host>): on a \
+                     case-insensitive file system (a macOS controller) the two would share them",
+                );
+            }
             let Some(ht) = self.w.table(&name.value, v) else {
                 continue;
             };
@@ -778,6 +791,20 @@ mod tests {
         let inv = parse(Path::new("/inv/inventory.toml"), src).unwrap();
         let key = inv.host("web1").unwrap().connection.identity_file.clone();
         println!("identity_file: <{}>", key.unwrap_or_default().display());
+    }
+
+    /// Two hosts whose names differ only in case are refused: on a
+    /// case-insensitive file system (a macOS controller) their release refs
+    /// are one file, and one host's release would move the other's branch.
+    #[test]
+    fn host_names_that_differ_only_in_case_are_refused() {
+        let src = "[builder]\naddress = \"b\"\n[hosts.web1]\naddress = \"10.0.0.1\"\n[hosts.Web1]\naddress = \"10.0.0.2\"\n";
+        let d = parse(Path::new("inv.toml"), src).expect_err("a clash");
+        assert!(
+            d.to_string()
+                .contains("host \"Web1\" differs from host \"web1\" only in case"),
+            "{d}"
+        );
     }
 
     /// A `[builder]` without `address` is pointed at where the table is
