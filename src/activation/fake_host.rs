@@ -15,6 +15,13 @@ use crate::remote::{Command, Exit, Output};
 pub const SYSTEM: &str = "/nix/var/nix/profiles/system";
 pub const KNOWN_GOOD: &str = "/nix/var/nix/profiles/nixgate-known-good";
 
+/// How many reboots `cmds` (what a fake host ran) asked for.
+pub fn reboots(cmds: &[String]) -> usize {
+    cmds.iter()
+        .filter(|c| c.contains("systemctl reboot"))
+        .count()
+}
+
 /// How a closure behaves when activated on the fake host.
 #[derive(Debug, Clone)]
 pub struct Behaviour {

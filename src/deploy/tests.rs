@@ -130,6 +130,18 @@ fn plan_for(
     Plan::assemble(goal, None, &sel, &mut verdict)
 }
 
+/// Planning over the fixture's fleet, for `sel`.
+fn planning<'a>(f: &'a Fixture, sel: &'a crate::inventory::Selection) -> Planning<'a, FakeFleet> {
+    Planning {
+        fleet: &f.fleet,
+        inventory: &f.inv,
+        selection: sel,
+        run_id: &f.ctx.run_id,
+        sink: &f.ctx.sink,
+        stop: &f.ctx.stop,
+    }
+}
+
 fn kinds(hosts: &[HostSummary]) -> Vec<(String, OutcomeKind)> {
     hosts
         .iter()
@@ -452,11 +464,7 @@ async fn a_host_rebooted_into_its_candidate_is_taken_back_by_a_reboot_after_its_
     let st = f.hosts["web1"].state();
     assert_eq!((&st.booted, &st.current), (&sp(OLD), &sp(OLD)));
     assert_eq!(st.boot_default, sp(OLD));
-    let reboots = st
-        .ran
-        .iter()
-        .filter(|c| c.contains("systemctl reboot"))
-        .count();
+    let reboots = crate::activation::fake_host::reboots(&st.ran);
     assert_eq!(reboots, 2, "{:#?}", st.ran);
 }
 
@@ -1683,14 +1691,7 @@ async fn ctrl_c_during_the_build_ends_it_and_activates_nothing() {
         canceller.escalate();
         stop.cancel();
     });
-    let p = Planning {
-        fleet: &f.fleet,
-        inventory: &f.inv,
-        selection: &sel,
-        run_id: &f.ctx.run_id,
-        sink: &f.ctx.sink,
-        stop: &f.ctx.stop,
-    };
+    let p = planning(&f, &sel);
     let plan = tokio::time::timeout(Duration::from_secs(20), plan::make(&p, &req))
         .await
         .expect("the cancelled build ends");
@@ -1730,14 +1731,7 @@ async fn build_plan(f: &Fixture) -> Plan {
             dirty: false,
         },
     };
-    let p = Planning {
-        fleet: &f.fleet,
-        inventory: &f.inv,
-        selection: &sel,
-        run_id: &f.ctx.run_id,
-        sink: &f.ctx.sink,
-        stop: &f.ctx.stop,
-    };
+    let p = planning(f, &sel);
     plan::make(&p, &req).await
 }
 
@@ -1837,14 +1831,7 @@ async fn a_rollback_target_read_before_the_lock_is_checked_after_it() {
             .insert(KNOWN_GOOD.to_owned(), vec![sp(OLD), sp(NEW)]);
     }
     let sel = f.inv.select(&Default::default()).unwrap();
-    let p = Planning {
-        fleet: &f.fleet,
-        inventory: &f.inv,
-        selection: &sel,
-        run_id: &f.ctx.run_id,
-        sink: &f.ctx.sink,
-        stop: &f.ctx.stop,
-    };
+    let p = planning(&f, &sel);
     let hosts = ["web1".to_owned(), "web2".to_owned()];
     let found = plan::rollback_target::find_all(&p, &hosts, None).await;
     assert_eq!(found.stood.get("web1"), Some(&Some(2)));
@@ -1894,14 +1881,7 @@ async fn a_rollback_refuses_a_wedged_host_and_plans_the_others() {
     // Reached for its target and its lock, then wedged.
     (f.fleet.wedges_after.lock().unwrap()).insert("web2".into(), 2);
     let sel = f.inv.select(&Default::default()).unwrap();
-    let p = Planning {
-        fleet: &f.fleet,
-        inventory: &f.inv,
-        selection: &sel,
-        run_id: &f.ctx.run_id,
-        sink: &f.ctx.sink,
-        stop: &f.ctx.stop,
-    };
+    let p = planning(&f, &sel);
     let req = Request::Rollback { to: None };
     let started = tokio::time::Instant::now();
     let plan = tokio::time::timeout(Duration::from_secs(3600), plan::make(&p, &req))
@@ -1941,14 +1921,7 @@ async fn a_push_whose_every_host_fails_to_build_waits_for_no_handshake() {
     *f.fleet.connect_takes.lock().unwrap() = Duration::from_secs(10);
     let sel = f.inv.select(&Default::default()).unwrap();
     let req = gated_push();
-    let p = Planning {
-        fleet: &f.fleet,
-        inventory: &f.inv,
-        selection: &sel,
-        run_id: &f.ctx.run_id,
-        sink: &f.ctx.sink,
-        stop: &f.ctx.stop,
-    };
+    let p = planning(&f, &sel);
     let started = tokio::time::Instant::now();
     let plan = plan::make(&p, &req).await;
     assert!(
