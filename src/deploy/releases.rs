@@ -68,8 +68,21 @@ pub enum NotReleased {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NotPublished {
-    Rejected { outcome: release::PushOutcome },
-    Failed { error: String },
+    Rejected {
+        outcome: release::PushOutcome,
+    },
+    Failed {
+        error: String,
+    },
+    /// A forced release was not pushed: the remote's `branch` is on
+    /// `remote_at`, which is neither the commit this repository's branch
+    /// moved from (`from`) nor one it descends from: someone else
+    /// published a release there, which a push would overwrite.
+    Overtaken {
+        branch: String,
+        remote_at: String,
+        from: String,
+    },
 }
 
 /// Everything releasing needs.
@@ -114,6 +127,9 @@ pub async fn release_known_good<F: Fleet>(r: &Releasing<'_>, fleet: &F, hosts: &
     // stopped), the rest are not tried: each would wait out its own bound
     // (40 hosts on a black-holed remote: 40 minutes).
     let mut remote_down: Option<String> = None;
+    // The remote's release branches, read once, at the first forced
+    // release: its lease is what the remote has.
+    let mut remote_heads: Option<release::RemoteBranches> = None;
     for h in due {
         let (Some(closure), Some((mark, _))) = (h.closure.clone(), marked(h)) else {
             continue;
@@ -153,7 +169,8 @@ pub async fn release_known_good<F: Fleet>(r: &Releasing<'_>, fleet: &F, hosts: &
             force: r.force,
             at: None,
         };
-        if let Err(e) = release_one(r, &h.host, &req, remote_down.as_deref()).await {
+        let remote = (remote_down.as_deref(), &mut remote_heads);
+        if let Err(e) = release_one(r, &h.host, &req, remote).await {
             remote_down.get_or_insert(e);
         }
     }
@@ -263,12 +280,13 @@ fn released_already(r: &Releasing<'_>, host: &str) -> bool {
 }
 
 /// Release `host`; `Err`: its push to the remote did not finish (why),
-/// and later pushes are not tried (`remote_down`: an earlier one's why).
+/// and later pushes are not tried (`remote_down`: an earlier one's why;
+/// `heads`: the remote's release branches, once read).
 async fn release_one(
     r: &Releasing<'_>,
     host: &str,
     req: &ReleaseRequest,
-    remote_down: Option<&str>,
+    (remote_down, heads): (Option<&str>, &mut Option<release::RemoteBranches>),
 ) -> Result<(), String> {
     let repo = &r.inventory.builder.source;
     let why = match release::create(repo, req) {
@@ -289,7 +307,8 @@ async fn release_one(
                     release::BranchUpdate::Forced { from } => Some(from.as_str()),
                     _ => None,
                 };
-                return publish(r, host, remote, (&tag, &branch), forced_from, remote_down).await;
+                let names = (tag.as_str(), branch.as_str());
+                return publish(r, host, remote, names, forced_from, (remote_down, heads)).await;
             }
             return Ok(());
         }
@@ -313,10 +332,25 @@ async fn publish(
     remote: &str,
     (tag, branch): (&str, &str),
     forced_from: Option<&str>,
-    remote_down: Option<&str>,
+    (remote_down, heads): (Option<&str>, &mut Option<release::RemoteBranches>),
 ) -> Result<(), String> {
     let repo = &r.inventory.builder.source;
-    let by_hand = release::push_by_hand(repo, remote, tag, branch, forced_from);
+    let lease = match forced_from {
+        None => None,
+        Some(from) => match leased(r, remote, (branch, from), remote_down, heads).await {
+            Ok(lease) => Some(lease),
+            Err((why, down)) => {
+                r.sink.emit(Event::NotPublished {
+                    host: host.to_owned(),
+                    remote: remote.to_owned(),
+                    tag: tag.to_owned(),
+                    why,
+                });
+                return down.map_or(Ok(()), Err);
+            }
+        },
+    };
+    let by_hand = release::push_by_hand(repo, remote, tag, branch, lease.as_ref());
     let mut cancel = r.cancel.clone();
     let pushed = match remote_down {
         Some(why) => Err(anyhow::anyhow!(
@@ -324,7 +358,7 @@ async fn publish(
              `{by_hand}` publishes it"
         )),
         None => tokio::select! {
-            pushed = release::push(repo, remote, tag, branch, forced_from) => pushed,
+            pushed = release::push(repo, remote, tag, branch, lease.as_ref()) => pushed,
             _ = cancel::reached(&mut cancel, CancelLevel::Abort) => Err(anyhow::anyhow!(
                 "stopped by the second Ctrl-C (the remote may have the release or not): \
                  `{by_hand}` publishes it"
@@ -347,6 +381,64 @@ async fn publish(
         why,
     });
     down.map_or(Ok(()), Err)
+}
+
+/// The lease of a release that moved `branch` by force from `from`: where
+/// the remote's branch is (read once a run into `heads`), if that
+/// overwrites no one else's release ([`release::lease`]). Not read (the
+/// remote did not answer an earlier push): `from`, as before, for the
+/// command that publishes it by hand. `Err`: not pushed, why, and the
+/// remote's failure when it did not answer (later pushes not tried).
+async fn leased(
+    r: &Releasing<'_>,
+    remote: &str,
+    (branch, from): (&str, &str),
+    remote_down: Option<&str>,
+    heads: &mut Option<release::RemoteBranches>,
+) -> Result<release::Lease, (NotPublished, Option<String>)> {
+    let repo = &r.inventory.builder.source;
+    if heads.is_none() && remote_down.is_none() {
+        let mut cancel = r.cancel.clone();
+        let read = tokio::select! {
+            read = release::remote_branches(repo, remote) => read,
+            _ = cancel::reached(&mut cancel, CancelLevel::Abort) => Err(anyhow::anyhow!(
+                "stopped by the second Ctrl-C while reading {remote}'s release branches"
+            )),
+        };
+        match read {
+            Ok(read) => *heads = Some(read),
+            Err(e) => {
+                let error = format!("{e:#}");
+                return Err((
+                    NotPublished::Failed {
+                        error: error.clone(),
+                    },
+                    Some(error),
+                ));
+            }
+        }
+    }
+    let Some(heads) = heads else {
+        return Ok(release::Lease::At(from.to_owned()));
+    };
+    let remote_at = heads.get(branch).map(String::as_str);
+    match release::lease(repo, (from, &r.source.commit), remote_at) {
+        Ok(Some(lease)) => Ok(lease),
+        Ok(None) => Err((
+            NotPublished::Overtaken {
+                branch: branch.to_owned(),
+                remote_at: remote_at.unwrap_or_default().to_owned(),
+                from: from.to_owned(),
+            },
+            None,
+        )),
+        Err(e) => Err((
+            NotPublished::Failed {
+                error: format!("{e:#}"),
+            },
+            None,
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -415,7 +507,15 @@ mod tests {
         let r = f.releasing();
         let (tmp, events) = (&f.tmp, &f.events);
         let names = ("release/web1/t1", "release/web1");
-        let down = publish(&r, "web1", "origin", names, None, Some("timed out")).await;
+        let down = publish(
+            &r,
+            "web1",
+            "origin",
+            names,
+            None,
+            (Some("timed out"), &mut None),
+        )
+        .await;
         assert_eq!(down, Err("timed out".to_owned()));
         assert!(!tmp.path().join("remote.git/hook.pid").exists(), "pushed");
         let said = format!("{:?}", events.take());
@@ -440,7 +540,7 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let names = ("release/web1/t1", "release/web1");
-        let _ = publish(&r, "web1", "origin", names, None, None).await;
+        let _ = publish(&r, "web1", "origin", names, None, (None, &mut None)).await;
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
@@ -453,5 +553,35 @@ mod tests {
                 if error.contains("second Ctrl-C") && error.contains("push --atomic origin"))
         });
         assert!(told);
+    }
+
+    /// A forced release whose remote branch is on a commit this repository
+    /// never had (someone else published a release there) is not pushed:
+    /// said as that, with the remote's commit and the one the local branch
+    /// moved from; the remote is not written to (its hook never ran) nor
+    /// taken for down.
+    #[tokio::test]
+    async fn a_forced_release_never_overwrites_anothers_release() {
+        let f = Fixture::new();
+        let r = f.releasing();
+        let (tmp, events) = (&f.tmp, &f.events);
+        let bare = tmp.path().join("remote.git");
+        let empty_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+        let theirs = release::test_git(&bare, &["commit-tree", empty_tree, "-m", "theirs"]);
+        release::test_git(&bare, &["update-ref", "refs/heads/release/web1", &theirs]);
+        let from = release::test_git(&tmp.path().join("repo"), &["rev-parse", "HEAD"]);
+        let names = ("release/web1/t1", "release/web1");
+        let mut heads = None;
+        let done = publish(&r, "web1", "origin", names, Some(&from), (None, &mut heads)).await;
+        assert_eq!(done, Ok(()));
+        assert!(!bare.join("hook.pid").exists(), "pushed");
+        let said = events.take();
+        let overtaken = said.iter().any(|e| {
+            matches!(e, Event::NotPublished { why: NotPublished::Overtaken { remote_at, from: f, .. }, .. }
+                if *remote_at == theirs && *f == from)
+        });
+        assert!(overtaken, "{said:?}");
+        let read = heads.map(|h| h.get("release/web1").cloned());
+        assert_eq!(read, Some(Some(theirs)));
     }
 }

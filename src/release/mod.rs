@@ -9,7 +9,8 @@
 //!
 //! Refs and tags go through libgit2 (`git2`): no scraping of `git` output, and
 //! ref updates under libgit2's ref locks with the old value re-checked under
-//! the lock (compare-and-swap). Only [`push`] shells out to `git push`, so the
+//! the lock (compare-and-swap). Only [`push`] shells out to `git push` (and
+//! [`remote_branches`] to `git ls-remote`, for its lease), so the
 //! user's own remote configuration and credentials apply.
 //!
 //! Everything here is synchronous and local (milliseconds), except [`push`],
@@ -73,7 +74,9 @@ use serde::{Deserialize, Serialize};
 use crate::nix::StorePath;
 
 pub use create::{branch_commit, create};
-pub use publish::{PushOutcome, RefRejected, push, push_by_hand};
+pub use publish::{
+    Lease, PushOutcome, RefRejected, RemoteBranches, lease, push, push_by_hand, remote_branches,
+};
 pub use query::{list, resolve, show};
 pub use record::{Evidence, GateEvidence};
 pub use worktree::{WorktreeState, worktree_state};

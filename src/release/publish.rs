@@ -7,6 +7,7 @@
 //! so a push never hangs waiting for input; stdin is closed; and git is
 //! given [`PUSH_WITHIN`] to finish, then killed.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -87,9 +88,9 @@ pub struct RefRejected {
 }
 
 /// Push `refs/tags/<tag>` and `refs/heads/<branch>` to `remote` (a remote
-/// name or URL) atomically. `forced_from`: the release moved the branch
-/// non-fast-forward from that commit (`--force-release`), so the remote
-/// branch may move the same way, but only while it is still there
+/// name or URL) atomically. `lease`: the release moved the branch
+/// non-fast-forward (`--force-release`), so the remote branch may move the
+/// same way, but only while it is still what [`lease`] found there
 /// (`--force-with-lease`): a release someone else pushed since is never
 /// overwritten. Every other release is a plain push (a `--force-release`
 /// run forced every push before, without a lease, whether its release
@@ -103,9 +104,9 @@ pub async fn push(
     remote: &str,
     tag: &str,
     branch: &str,
-    forced_from: Option<&str>,
+    lease: Option<&Lease>,
 ) -> anyhow::Result<PushOutcome> {
-    push_within(repo, remote, (tag, branch), forced_from, PUSH_WITHIN).await
+    push_within(repo, remote, (tag, branch), lease, PUSH_WITHIN).await
 }
 
 /// [`push`], given `within` to finish.
@@ -113,7 +114,7 @@ async fn push_within(
     repo: &Path,
     remote: &str,
     (tag, branch): (&str, &str),
-    forced_from: Option<&str>,
+    lease: Option<&Lease>,
     within: Duration,
 ) -> anyhow::Result<PushOutcome> {
     anyhow::ensure!(
@@ -137,58 +138,27 @@ async fn push_within(
         "--quiet".into(),
         "--porcelain".into(),
     ];
-    if let Some(from) = forced_from {
-        anyhow::ensure!(
-            !from.is_empty() && from.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{from:?} is not a commit id"
-        );
-        args.push(format!("--force-with-lease=refs/heads/{branch}:{from}"));
+    if let Some(lease) = lease {
+        if let Lease::At(at) = lease {
+            anyhow::ensure!(
+                !at.is_empty() && at.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{at:?} is not a commit id"
+            );
+        }
+        args.push(lease.arg(branch));
     }
     args.extend([remote.to_owned(), tag_spec, branch_spec]);
-    // In a process group of its own: the terminal's Ctrl-C (sent to the
-    // foreground group) does not kill a push the run is finishing; a push
-    // bounded out or stopped by the second Ctrl-C is ended with all it
-    // started (its ssh, a local receive-pack), which would otherwise go on
-    // and update the remote after "not published".
-    let mut git = Command::new("git");
-    // Off the terminal's foreground group, an ssh that asks for a key's
-    // passphrase or a new host key is stopped by the kernel (SIGTTIN) and
-    // waits out the bound: it asks no one instead and fails at once
-    // (OpenSSH 8.4+; `SSH_ASKPASS*` of the user's own are kept).
-    if std::env::var_os("SSH_ASKPASS").is_none()
-        && std::env::var_os("SSH_ASKPASS_REQUIRE").is_none()
-    {
-        git.env("SSH_ASKPASS", "false")
-            .env("SSH_ASKPASS_REQUIRE", "force");
-    }
-    let child = git
-        .arg("-C")
-        .arg(repo)
-        .args(&args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .context("running `git push` (is git installed and on PATH?)")?;
-    let group = GroupKill(child.id());
-    let finished = tokio::time::timeout(within, child.wait_with_output()).await;
-    if finished.is_ok() {
-        group.done();
-    }
-    let Ok(out) = finished else {
+    let Some(out) = run_within(git(repo, &args), within).await else {
         anyhow::bail!(
             "`git push` to {remote} did not finish within {}s and was stopped (the remote may \
              have the release or not): check with `git -C {} ls-remote {remote} refs/tags/{tag}`, \
              and if it is missing push it: `{}`",
             within.as_secs(),
             repo.display(),
-            push_by_hand(repo, remote, tag, branch, forced_from),
+            push_by_hand(repo, remote, tag, branch, lease),
         );
     };
-    let out = out.context("running `git push` (is git installed and on PATH?)")?;
+    let out = out?;
     if out.status.success() {
         return Ok(PushOutcome::Pushed {
             remote: remote.to_owned(),
@@ -208,6 +178,167 @@ async fn push_within(
         rejected,
         stderr_tail: tail,
     })
+}
+
+/// What a forced release's push requires of the remote's release branch
+/// (`--force-with-lease=refs/heads/<branch>:<expect>`), as [`lease`] found
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The remote has no such branch, and must still have none.
+    Absent,
+    /// The remote branch must still be on this commit.
+    At(String),
+}
+
+impl Lease {
+    fn arg(&self, branch: &str) -> String {
+        let expect = match self {
+            Lease::Absent => "",
+            Lease::At(at) => at,
+        };
+        format!("--force-with-lease=refs/heads/{branch}:{expect}")
+    }
+}
+
+/// A remote's release branches, `release/<target>` to the commit it is on.
+pub type RemoteBranches = HashMap<String, String>;
+
+/// The release branches `remote` has now, every host's in one
+/// `git ls-remote`, run as [`push`] runs git (never asking anyone, given
+/// [`PUSH_WITHIN`]).
+///
+/// A forced release's lease is what the remote has, not what this
+/// repository last released: an earlier push that did not get through (the
+/// remote was down), or `[release] remote` set after releases were made,
+/// leaves the remote behind the local branch or without it, and a lease on
+/// the local branch's old commit was refused as `stale info` for ever.
+pub async fn remote_branches(repo: &Path, remote: &str) -> anyhow::Result<RemoteBranches> {
+    remote_branches_within(repo, remote, PUSH_WITHIN).await
+}
+
+async fn remote_branches_within(
+    repo: &Path,
+    remote: &str,
+    within: Duration,
+) -> anyhow::Result<RemoteBranches> {
+    anyhow::ensure!(
+        !remote.is_empty() && !remote.starts_with('-'),
+        "{remote:?} is not a usable git remote name or URL"
+    );
+    let pattern = format!("refs/heads/{}*", name::PREFIX);
+    let args = ["ls-remote".to_owned(), remote.to_owned(), pattern];
+    let Some(out) = run_within(git(repo, &args), within).await else {
+        anyhow::bail!(
+            "`git ls-remote {remote}` did not finish within {}s and was stopped",
+            within.as_secs()
+        );
+    };
+    let out = out?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!(
+            "`git ls-remote {remote}` failed: {}",
+            failure_reason(&[], &stderr, out.status.code())
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(stdout
+        .lines()
+        .filter_map(|line| {
+            let (id, refname) = line.split_once('\t')?;
+            let branch = refname.strip_prefix("refs/heads/")?;
+            branch
+                .starts_with(name::PREFIX)
+                .then(|| (branch.to_owned(), id.to_owned()))
+        })
+        .collect())
+}
+
+/// The lease a release that moved `branch` by force from `from` to `new`
+/// pushes with, given where the remote's branch is (`remote_at`, `None`:
+/// it has none): exactly that, when it overwrites nothing but this
+/// repository's own releases (the remote is on `from` or on a commit
+/// `from` descends from: an earlier release of ours not published yet, or
+/// already on `new`). `Ok(None)`: the remote is on a commit that is
+/// neither (someone else published a release there, or this repository
+/// never saw it): not to be overwritten.
+pub fn lease(
+    repo: &Path,
+    (from, new): (&str, &str),
+    remote_at: Option<&str>,
+) -> anyhow::Result<Option<Lease>> {
+    let Some(at) = remote_at else {
+        return Ok(Some(Lease::Absent));
+    };
+    if at == from || at == new {
+        return Ok(Some(Lease::At(at.to_owned())));
+    }
+    let repo = super::open(repo)?;
+    let (Ok(at_id), Ok(from_id)) = (git2::Oid::from_str(at), git2::Oid::from_str(from)) else {
+        return Ok(None);
+    };
+    // A commit this repository does not have is no release of its own.
+    if repo.find_commit(at_id).is_err() {
+        return Ok(None);
+    }
+    let ours = repo
+        .graph_descendant_of(from_id, at_id)
+        .with_context(|| format!("checking whether {from} descends from {at}"))?;
+    Ok(ours.then(|| Lease::At(at.to_owned())))
+}
+
+/// `git -C repo <args>` as nixgate runs it against a remote: never
+/// asking anyone, in a process group of its own.
+///
+/// In a process group of its own: the terminal's Ctrl-C (sent to the
+/// foreground group) does not kill a push the run is finishing; a push
+/// bounded out or stopped by the second Ctrl-C is ended with all it
+/// started (its ssh, a local receive-pack), which would otherwise go on
+/// and update the remote after "not published".
+fn git(repo: &Path, args: &[String]) -> Command {
+    let mut git = Command::new("git");
+    // Off the terminal's foreground group, an ssh that asks for a key's
+    // passphrase or a new host key is stopped by the kernel (SIGTTIN) and
+    // waits out the bound: it asks no one instead and fails at once
+    // (OpenSSH 8.4+; `SSH_ASKPASS*` of the user's own are kept).
+    if std::env::var_os("SSH_ASKPASS").is_none()
+        && std::env::var_os("SSH_ASKPASS_REQUIRE").is_none()
+    {
+        git.env("SSH_ASKPASS", "false")
+            .env("SSH_ASKPASS_REQUIRE", "force");
+    }
+    git.arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    git
+}
+
+/// Run `cmd` ([`git`]) to its end, awaited; `None`: it did not end within
+/// `within` and was killed with its process group (as it is when the
+/// future is dropped).
+async fn run_within(
+    mut cmd: Command,
+    within: Duration,
+) -> Option<anyhow::Result<std::process::Output>> {
+    let spawned = cmd.spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => return Some(Err(e).context("running git (is git installed and on PATH?)")),
+    };
+    let group = GroupKill(child.id());
+    let finished = tokio::time::timeout(within, child.wait_with_output()).await;
+    if finished.is_ok() {
+        group.done();
+    }
+    let out = finished.ok()?;
+    Some(out.context("running git (is git installed and on PATH?)"))
 }
 
 /// Kills a process group when dropped (the push bounded out, or its
@@ -238,10 +369,10 @@ pub fn push_by_hand(
     remote: &str,
     tag: &str,
     branch: &str,
-    forced_from: Option<&str>,
+    lease: Option<&Lease>,
 ) -> String {
-    let lease = forced_from
-        .map(|from| format!(" --force-with-lease=refs/heads/{branch}:{from}"))
+    let lease = lease
+        .map(|lease| format!(" {}", lease.arg(branch)))
         .unwrap_or_default();
     format!(
         "git -C {} push --atomic{lease} {remote} refs/tags/{tag} refs/heads/{branch}",
@@ -388,8 +519,24 @@ mod tests {
     fn by_hand_keeps_the_lease() {
         let repo = std::path::Path::new("/r");
         assert_eq!(
-            push_by_hand(repo, "origin", "release/w/t", "release/w", Some("abc1")),
+            push_by_hand(
+                repo,
+                "origin",
+                "release/w/t",
+                "release/w",
+                Some(&Lease::At("abc1".into()))
+            ),
             "git -C /r push --atomic --force-with-lease=refs/heads/release/w:abc1 origin refs/tags/release/w/t refs/heads/release/w"
+        );
+        assert_eq!(
+            push_by_hand(
+                repo,
+                "origin",
+                "release/w/t",
+                "release/w",
+                Some(&Lease::Absent)
+            ),
+            "git -C /r push --atomic --force-with-lease=refs/heads/release/w: origin refs/tags/release/w/t refs/heads/release/w"
         );
         assert_eq!(
             push_by_hand(repo, "origin", "release/w/t", "release/w", None),

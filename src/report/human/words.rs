@@ -1149,6 +1149,17 @@ pub fn not_published(n: &NotPublished) -> String {
             crate::release::PushOutcome::Pushed { .. } => "pushed".into(),
         },
         NotPublished::Failed { error } => first_line(error).to_owned(),
+        NotPublished::Overtaken {
+            branch,
+            remote_at,
+            from,
+        } => format!(
+            "its {branch} is on {}, not on this repository's {branch} (it moved from {}) \
+             nor behind it: someone else published a release there, and it is not \
+             overwritten; fetch that branch and look before releasing again",
+            super::labels::short_commit(remote_at),
+            super::labels::short_commit(from)
+        ),
     }
 }
 
