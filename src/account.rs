@@ -11,21 +11,14 @@ pub fn name() -> Option<String> {
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
         .or_else(|| {
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            name_in_passwd(&passwd, &uid()?)
+            name_in_passwd(&passwd, &uid())
         })
 }
 
-/// This process's uid, as `/proc/self/status` gives it.
-pub fn uid() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    Some(
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))?
-            .split_whitespace()
-            .next()?
-            .to_owned(),
-    )
+/// This process's real uid (`getuid(2)`: a macOS controller has no
+/// `/proc`).
+pub fn uid() -> String {
+    rustix::process::getuid().as_raw().to_string()
 }
 
 /// The name of `uid` in an `/etc/passwd` text.

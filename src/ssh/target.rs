@@ -249,7 +249,7 @@ mod tests {
             let f: Vec<&str> = l.split(':').collect();
             (f.get(2) == Some(&"65534")).then(|| f[0].to_owned())
         });
-        let (Some(nobody), Some("0")) = (nobody, crate::account::uid().as_deref()) else {
+        let (Some(nobody), "0") = (nobody, crate::account::uid().as_str()) else {
             eprintln!("skipped: needs root and a uid 65534 in /etc/passwd");
             return;
         };

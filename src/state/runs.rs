@@ -202,8 +202,7 @@ impl Judge {
 /// Who runs nixgate, for the run report: `$USER@hostname` (either part
 /// when the other is unknown; `uid N` for a uid with no name).
 pub fn operator() -> Option<String> {
-    let user =
-        crate::account::name().or_else(|| crate::account::uid().map(|uid| format!("uid {uid}")));
+    let user = crate::account::name().or_else(|| Some(format!("uid {}", crate::account::uid())));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
