@@ -87,16 +87,17 @@ fn value_diff(old: &str, new: &str) -> String {
         .to_owned()
 }
 
+/// The dependency changes already explained, by (old, new) derivation:
+/// the node's identity in the cause tree. Not by name: curl's `source` and
+/// nginx's `source` are different derivations, and abbreviating the second
+/// as "(as above)" hid its change from the plan the operator approves.
+type Seen = std::collections::HashSet<(String, String)>;
+
 fn cause_lines(c: &Cause, depth: usize, out: &mut Vec<String>) {
-    cause_lines_seen(c, depth, out, &mut std::collections::HashSet::new());
+    cause_lines_seen(c, depth, out, &mut Seen::new());
 }
 
-fn cause_lines_seen(
-    c: &Cause,
-    depth: usize,
-    out: &mut Vec<String>,
-    seen: &mut std::collections::HashSet<String>,
-) {
+fn cause_lines_seen(c: &Cause, depth: usize, out: &mut Vec<String>, seen: &mut Seen) {
     let pad = "  ".repeat(depth);
     let short = |p: &str| short_path(p);
     match c {
@@ -125,8 +126,13 @@ fn cause_lines_seen(
         )),
         Cause::InputAdded { drv } => out.push(format!("{pad}new dependency {}", short(drv))),
         Cause::InputRemoved { drv } => out.push(format!("{pad}dropped dependency {}", short(drv))),
-        Cause::Input { name, causes, .. } => {
-            if !seen.insert(name.clone()) {
+        Cause::Input {
+            name,
+            old,
+            new,
+            causes,
+        } => {
+            if !seen.insert((old.clone(), new.clone())) {
                 out.push(format!("{pad}{name}: (as above)"));
                 return;
             }
@@ -139,22 +145,20 @@ fn cause_lines_seen(
 /// Sibling causes: local ones first, then changed dependencies, where
 /// dependencies with the same explanation (300 fillers with one changed
 /// salt) are named together and explained once.
-fn render_list(
-    causes: &[Cause],
-    depth: usize,
-    out: &mut Vec<String>,
-    seen: &mut std::collections::HashSet<String>,
-) {
+fn render_list(causes: &[Cause], depth: usize, out: &mut Vec<String>, seen: &mut Seen) {
     let pad = "  ".repeat(depth);
     type Group<'a> = (Vec<&'a str>, Vec<String>);
     let mut groups: Vec<Group> = Vec::new();
     for c in causes {
         match c {
             Cause::Input {
-                name, causes: sub, ..
-            } if !seen.contains(name) => {
+                name,
+                old,
+                new,
+                causes: sub,
+            } if !seen.contains(&(old.clone(), new.clone())) => {
                 let mut inner = seen.clone();
-                inner.insert(name.clone());
+                inner.insert((old.clone(), new.clone()));
                 let mut lines = Vec::new();
                 render_list(sub, depth + 1, &mut lines, &mut inner);
                 seen.extend(inner);
@@ -195,7 +199,7 @@ pub fn render_causes(s: &Structural) -> Vec<String> {
         }],
         Structural::Explained { causes, .. } => {
             let mut out = Vec::new();
-            render_list(causes, 0, &mut out, &mut std::collections::HashSet::new());
+            render_list(causes, 0, &mut out, &mut Seen::new());
             out
         }
     }
@@ -269,6 +273,99 @@ mod tests {
             old: Some("a".into()),
             new: Some("b".into()),
         }]
+    }
+
+    fn rev(old: &str, new: &str) -> Vec<Cause> {
+        vec![Cause::Env {
+            key: "rev".into(),
+            old: Some(old.into()),
+            new: Some(new.into()),
+        }]
+    }
+
+    /// Two different `source` derivations (curl's and nginx's) share a
+    /// name: nginx's must not be abbreviated as curl's, or the plan the
+    /// operator approves hides its change (a rev of "evil").
+    #[test]
+    fn a_different_derivation_of_the_same_name_is_shown_in_full() {
+        let source = |h: char, causes| Cause::Input {
+            name: "source".into(),
+            old: format!("/nix/store/{}-source.drv", "0".repeat(31) + &h.to_string()),
+            new: format!("/nix/store/{}-source.drv", "1".repeat(31) + &h.to_string()),
+            causes,
+        };
+        let s = Structural::Explained {
+            old_drv: crate::nix::StorePath::parse(&format!(
+                "/nix/store/{}-sys.drv",
+                "0".repeat(32)
+            ))
+            .unwrap(),
+            new_drv: crate::nix::StorePath::parse(&format!(
+                "/nix/store/{}-sys.drv",
+                "1".repeat(32)
+            ))
+            .unwrap(),
+            causes: vec![
+                input("curl-8.7.1", vec![source('a', rev("v8.7.1", "v8.7.1-fix"))]),
+                input("nginx-1.25.3", vec![source('b', rev("v1.25.3", "evil"))]),
+            ],
+        };
+        let lines = render_causes(&s);
+        assert_eq!(
+            lines,
+            [
+                "curl-8.7.1:",
+                "  source:",
+                "    env rev: \"v8.7.1\" -> \"v8.7.1-fix\"",
+                "nginx-1.25.3:",
+                "  source:",
+                "    env rev: \"v1.25.3\" -> \"evil\"",
+            ],
+            "{lines:#?}"
+        );
+    }
+
+    /// The same derivation change reached twice is still explained once.
+    #[test]
+    fn the_same_derivation_change_twice_is_as_above() {
+        let shared = || input("openssl-3.0.14", rev("a", "b"));
+        let s = Structural::Explained {
+            old_drv: crate::nix::StorePath::parse(&format!(
+                "/nix/store/{}-sys.drv",
+                "0".repeat(32)
+            ))
+            .unwrap(),
+            new_drv: crate::nix::StorePath::parse(&format!(
+                "/nix/store/{}-sys.drv",
+                "1".repeat(32)
+            ))
+            .unwrap(),
+            causes: vec![
+                input(
+                    "curl-8.7.1",
+                    vec![
+                        shared(),
+                        Cause::InputAdded {
+                            drv: format!("/nix/store/{}-zstd.drv", "2".repeat(32)),
+                        },
+                    ],
+                ),
+                input("nginx-1.25.3", vec![shared()]),
+            ],
+        };
+        let lines = render_causes(&s);
+        assert_eq!(
+            lines,
+            [
+                "curl-8.7.1:",
+                "  new dependency zstd.drv",
+                "  openssl-3.0.14:",
+                "    env rev: \"a\" -> \"b\"",
+                "nginx-1.25.3:",
+                "  openssl-3.0.14: (as above)",
+            ],
+            "{lines:#?}"
+        );
     }
 
     #[test]
