@@ -1,6 +1,6 @@
 //! Which flake inputs changed between two `flake.lock` files.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -127,12 +127,40 @@ fn normalize(path: &str) -> Option<String> {
     Some(out.join("/"))
 }
 
-fn inputs(v: &serde_json::Value) -> BTreeSet<String> {
+/// Every input of the lock, by its path from the root (`nixpkgs`,
+/// `sops-nix/nixpkgs`), to its node key. Node keys are not names: Nix
+/// numbers repeated inputs `nixpkgs`, `nixpkgs_2`, ... by traversal order,
+/// so adding `agenix` (with its own nixpkgs) renumbered sops-nix's nixpkgs
+/// from `nixpkgs_2` to `nixpkgs_3`, and a diff by key reported sops-nix's
+/// nixpkgs as moved to agenix's rev. A `follows` edge (a path from the
+/// root) names no node of its own: its target is listed under its path,
+/// the shortest one (breadth first) where a node is reached twice.
+fn inputs(v: &serde_json::Value) -> BTreeMap<String, String> {
     let root = v["root"].as_str().unwrap_or("root");
-    v["nodes"]
-        .as_object()
-        .map(|o| o.keys().filter(|k| *k != root).cloned().collect())
-        .unwrap_or_default()
+    let mut out = BTreeMap::new();
+    let mut visited = BTreeSet::from([root.to_owned()]);
+    let mut queue = VecDeque::from([(String::new(), root.to_owned())]);
+    while let Some((at, key)) = queue.pop_front() {
+        let Some(edges) = v["nodes"][key.as_str()]["inputs"].as_object() else {
+            continue;
+        };
+        for (name, node) in edges {
+            let Some(node) = node.as_str() else {
+                continue;
+            };
+            if !visited.insert(node.to_owned()) {
+                continue;
+            }
+            let path = if at.is_empty() {
+                name.clone()
+            } else {
+                format!("{at}/{name}")
+            };
+            out.insert(path.clone(), node.to_owned());
+            queue.push_back((path, node.to_owned()));
+        }
+    }
+    out
 }
 
 /// [`flake_inputs_diff_in`] for locks without relative path inputs.
@@ -153,9 +181,17 @@ pub fn flake_inputs_diff_in(
 ) -> anyhow::Result<Vec<InputChange>> {
     let old: serde_json::Value = serde_json::from_str(old_lock)?;
     let new: serde_json::Value = serde_json::from_str(new_lock)?;
+    let (old_inputs, new_inputs) = (inputs(&old), inputs(&new));
+    let names: BTreeSet<&String> = old_inputs.keys().chain(new_inputs.keys()).collect();
     let mut out = Vec::new();
-    for name in inputs(&old).union(&inputs(&new)) {
-        match (locked(&old, name, old_tree), locked(&new, name, new_tree)) {
+    for name in names {
+        let pin = |v, inputs: &BTreeMap<String, String>, tree| {
+            inputs.get(name).and_then(|key| locked(v, key, tree))
+        };
+        match (
+            pin(&old, &old_inputs, old_tree),
+            pin(&new, &new_inputs, new_tree),
+        ) {
             (None, Some((rev, ..))) => out.push(InputChange::Added {
                 name: name.clone(),
                 rev,
@@ -187,8 +223,8 @@ mod tests {
 
     #[test]
     fn finds_updated_added_removed() {
-        let old = r#"{"nodes":{"root":{},"nixpkgs":{"locked":{"rev":"a","narHash":"h1","lastModified":1}},"old":{"locked":{"rev":"o"}}}}"#;
-        let new = r#"{"nodes":{"root":{},"nixpkgs":{"locked":{"rev":"b","narHash":"h2","lastModified":2}},"new":{"locked":{"rev":"n"}}}}"#;
+        let old = r#"{"nodes":{"root":{"inputs":{"nixpkgs":"nixpkgs","old":"old"}},"nixpkgs":{"locked":{"rev":"a","narHash":"h1","lastModified":1}},"old":{"locked":{"rev":"o"}}}}"#;
+        let new = r#"{"nodes":{"root":{"inputs":{"nixpkgs":"nixpkgs","new":"new"}},"nixpkgs":{"locked":{"rev":"b","narHash":"h2","lastModified":2}},"new":{"locked":{"rev":"n"}}}}"#;
         let d = flake_inputs_diff(old, new).unwrap();
         assert_eq!(d.len(), 3);
         assert!(d.contains(&InputChange::Updated {
@@ -265,13 +301,96 @@ mod tests {
                     name: "gone".into(),
                     rev: Some("g".into())
                 },
-                updated("leaf", "l1", "l2"),
                 InputChange::Added {
                     name: "new".into(),
                     rev: Some("n".into())
                 },
                 updated("sub", "s1", "s2"),
+                updated("sub/leaf", "l1", "l2"),
             ]
+        );
+    }
+
+    fn pinned(rev: &str) -> serde_json::Value {
+        serde_json::json!({"locked": {"type": "github", "rev": rev, "narHash": format!("h{rev}")}})
+    }
+
+    /// Nix renumbers lock nodes: adding `agenix` (its nixpkgs not
+    /// followed) makes agenix's nixpkgs `nixpkgs_2` and moves sops-nix's
+    /// from `nixpkgs_2` to `nixpkgs_3`. Inputs are compared by path, so
+    /// sops-nix's nixpkgs (same rev) is unchanged and agenix's is new.
+    #[test]
+    fn renumbered_lock_nodes_are_matched_by_their_path() {
+        let old = serde_json::json!({"root": "root", "version": 7, "nodes": {
+            "root": {"inputs": {"nixpkgs": "nixpkgs", "sops-nix": "sops-nix"}},
+            "nixpkgs": pinned("top"),
+            "sops-nix": {"inputs": {"nixpkgs": "nixpkgs_2"},
+                         "locked": {"rev": "sops", "narHash": "hs"}},
+            "nixpkgs_2": pinned("sopsrev"),
+        }});
+        let new = serde_json::json!({"root": "root", "version": 7, "nodes": {
+            "root": {"inputs": {"agenix": "agenix", "nixpkgs": "nixpkgs", "sops-nix": "sops-nix"}},
+            "nixpkgs": pinned("top"),
+            "agenix": {"inputs": {"nixpkgs": "nixpkgs_2"},
+                       "locked": {"rev": "age", "narHash": "ha"}},
+            "nixpkgs_2": pinned("agerev"),
+            "sops-nix": {"inputs": {"nixpkgs": "nixpkgs_3"},
+                         "locked": {"rev": "sops", "narHash": "hs"}},
+            "nixpkgs_3": pinned("sopsrev"),
+        }});
+        let d = flake_inputs_diff(&old.to_string(), &new.to_string()).unwrap();
+        assert_eq!(
+            d,
+            [
+                InputChange::Added {
+                    name: "agenix".into(),
+                    rev: Some("age".into())
+                },
+                InputChange::Added {
+                    name: "agenix/nixpkgs".into(),
+                    rev: Some("agerev".into())
+                },
+            ]
+        );
+    }
+
+    /// A `follows` input is its target (a path from the root), listed
+    /// once under the target's own path: sops-nix's nixpkgs update is one
+    /// change named `sops-nix/nixpkgs`, not one more per input following
+    /// it (agenix's, through sops-nix; home-manager's, the root's).
+    #[test]
+    fn a_follows_input_resolves_to_its_target() {
+        let lock = |rev: &str| {
+            serde_json::json!({"root": "root", "version": 7, "nodes": {
+                "root": {"inputs": {"agenix": "agenix", "home-manager": "home-manager",
+                                    "nixpkgs": "nixpkgs", "sops-nix": "sops-nix"}},
+                "nixpkgs": pinned("top"),
+                "sops-nix": {"inputs": {"nixpkgs": "nixpkgs_2"},
+                             "locked": {"rev": "sops", "narHash": "hs"}},
+                "nixpkgs_2": pinned(rev),
+                "agenix": {"inputs": {"nixpkgs": ["sops-nix", "nixpkgs"]},
+                           "locked": {"rev": "age", "narHash": "ha"}},
+                "home-manager": {"inputs": {"nixpkgs": ["nixpkgs"]},
+                                 "locked": {"rev": "hm", "narHash": "hh"}},
+            }})
+            .to_string()
+        };
+        let d = flake_inputs_diff(&lock("a"), &lock("b")).unwrap();
+        assert_eq!(
+            d,
+            [InputChange::Updated {
+                name: "sops-nix/nixpkgs".into(),
+                old_rev: Some("a".into()),
+                new_rev: Some("b".into()),
+                old_modified: None,
+                new_modified: None,
+            }]
+        );
+        let v: serde_json::Value = serde_json::from_str(&lock("a")).unwrap();
+        let path = serde_json::json!(["agenix", "nixpkgs"]);
+        assert_eq!(
+            follow(&v, path.as_array().unwrap()).as_deref(),
+            Some("nixpkgs_2")
         );
     }
 

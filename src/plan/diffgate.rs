@@ -511,7 +511,7 @@ mod tests {
 
     fn lock(rev: &str) -> String {
         format!(
-            r#"{{"nodes":{{"root":{{}},"nixpkgs":{{"locked":{{"rev":"{rev}","narHash":"h{rev}"}}}},"home":{{"locked":{{"rev":"x","narHash":"hx"}}}}}}}}"#
+            r#"{{"nodes":{{"root":{{"inputs":{{"nixpkgs":"nixpkgs","home":"home"}}}},"nixpkgs":{{"locked":{{"rev":"{rev}","narHash":"h{rev}"}}}},"home":{{"locked":{{"rev":"x","narHash":"hx"}}}}}}}}"#
         )
     }
 
