@@ -110,6 +110,16 @@ fn non_empty_list(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// One `--expect` package, spaces around it dropped: `--expect "openssl,
+/// curl"` expected a package named " curl", matched nothing, and refused
+/// the host for curl's change as drift.
+fn package_name(s: &str) -> Result<String, String> {
+    match s.trim() {
+        "" => Err("an empty package name".into()),
+        name => Ok(name.to_owned()),
+    }
+}
+
 /// `exec --parallel`: as the inventory's `max_parallel` allows.
 fn parallel(s: &str) -> Result<usize, String> {
     let max = crate::inventory::limits::MAX_PARALLEL;
@@ -198,7 +208,7 @@ pub enum Command {
         force_release: bool,
         /// The packages this change is meant to touch (comma-separated); any
         /// other package that changes version or is rebuilt fails the diff gate.
-        #[arg(long, value_delimiter = ',', value_name = "PKG,...")]
+        #[arg(long, value_delimiter = ',', value_name = "PKG,...", value_parser = package_name)]
         expect: Option<Vec<String>>,
         #[command(flatten)]
         outputs: RunOutputs,
@@ -214,7 +224,7 @@ pub enum Command {
         allow_dirty: bool,
         /// The packages this change is meant to touch (comma-separated); any
         /// other package that changes version or is rebuilt is drift (exit 1).
-        #[arg(long, value_delimiter = ',', value_name = "PKG,...")]
+        #[arg(long, value_delimiter = ',', value_name = "PKG,...", value_parser = package_name)]
         expect: Option<Vec<String>>,
         #[command(flatten)]
         select: SelectorArgs,
@@ -370,4 +380,19 @@ pub enum ReleaseCommand {
     },
     /// Show one release: a tag name, or `release/<host>` for its newest.
     Show { tag: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_packages_are_trimmed() {
+        let cli = Cli::try_parse_from(["nixgate", "plan", "--expect", "openssl, curl "]).unwrap();
+        let Command::Plan { expect, .. } = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(expect, Some(vec!["openssl".into(), "curl".into()]));
+        assert!(Cli::try_parse_from(["nixgate", "plan", "--expect", "openssl,,curl"]).is_err());
+    }
 }
