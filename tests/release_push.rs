@@ -86,15 +86,7 @@ fn not_published_line(tag: &str, outcome: PushOutcome) -> String {
 #[test]
 fn push_lands_tag_and_branch_on_a_bare_remote() {
     let repo = Repo::new(true);
-    let remote = repo.tmp.path().join("remote.git");
-    git(
-        repo.tmp.path(),
-        &["init", "-q", "--bare", remote.to_str().unwrap()],
-    );
-    git(
-        &repo.dir,
-        &["remote", "add", "origin", remote.to_str().unwrap()],
-    );
+    let remote = with_remote(&repo);
     let c = repo.head();
     let (tag, _) = released(release::create(&repo.dir, &request("web1", &c, T0)).unwrap());
 

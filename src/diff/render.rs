@@ -275,6 +275,17 @@ mod tests {
         }]
     }
 
+    /// A system explained by `causes`.
+    fn explained(causes: Vec<Cause>) -> Structural {
+        let sys =
+            |c: &str| crate::nix::StorePath::parse(&format!("/nix/store/{}-sys.drv", c.repeat(32)));
+        Structural::Explained {
+            old_drv: sys("0").unwrap(),
+            new_drv: sys("1").unwrap(),
+            causes,
+        }
+    }
+
     fn rev(old: &str, new: &str) -> Vec<Cause> {
         vec![Cause::Env {
             key: "rev".into(),
@@ -294,22 +305,10 @@ mod tests {
             new: format!("/nix/store/{}-source.drv", "1".repeat(31) + &h.to_string()),
             causes,
         };
-        let s = Structural::Explained {
-            old_drv: crate::nix::StorePath::parse(&format!(
-                "/nix/store/{}-sys.drv",
-                "0".repeat(32)
-            ))
-            .unwrap(),
-            new_drv: crate::nix::StorePath::parse(&format!(
-                "/nix/store/{}-sys.drv",
-                "1".repeat(32)
-            ))
-            .unwrap(),
-            causes: vec![
-                input("curl-8.7.1", vec![source('a', rev("v8.7.1", "v8.7.1-fix"))]),
-                input("nginx-1.25.3", vec![source('b', rev("v1.25.3", "evil"))]),
-            ],
-        };
+        let s = explained(vec![
+            input("curl-8.7.1", vec![source('a', rev("v8.7.1", "v8.7.1-fix"))]),
+            input("nginx-1.25.3", vec![source('b', rev("v1.25.3", "evil"))]),
+        ]);
         let lines = render_causes(&s);
         assert_eq!(
             lines,
@@ -329,30 +328,18 @@ mod tests {
     #[test]
     fn the_same_derivation_change_twice_is_as_above() {
         let shared = || input("openssl-3.0.14", rev("a", "b"));
-        let s = Structural::Explained {
-            old_drv: crate::nix::StorePath::parse(&format!(
-                "/nix/store/{}-sys.drv",
-                "0".repeat(32)
-            ))
-            .unwrap(),
-            new_drv: crate::nix::StorePath::parse(&format!(
-                "/nix/store/{}-sys.drv",
-                "1".repeat(32)
-            ))
-            .unwrap(),
-            causes: vec![
-                input(
-                    "curl-8.7.1",
-                    vec![
-                        shared(),
-                        Cause::InputAdded {
-                            drv: format!("/nix/store/{}-zstd.drv", "2".repeat(32)),
-                        },
-                    ],
-                ),
-                input("nginx-1.25.3", vec![shared()]),
-            ],
-        };
+        let s = explained(vec![
+            input(
+                "curl-8.7.1",
+                vec![
+                    shared(),
+                    Cause::InputAdded {
+                        drv: format!("/nix/store/{}-zstd.drv", "2".repeat(32)),
+                    },
+                ],
+            ),
+            input("nginx-1.25.3", vec![shared()]),
+        ]);
         let lines = render_causes(&s);
         assert_eq!(
             lines,
@@ -379,19 +366,7 @@ mod tests {
                 drv: format!("/nix/store/{}-pcre2.drv", "2".repeat(32)),
             }],
         ));
-        let s = Structural::Explained {
-            old_drv: crate::nix::StorePath::parse(&format!(
-                "/nix/store/{}-sys.drv",
-                "0".repeat(32)
-            ))
-            .unwrap(),
-            new_drv: crate::nix::StorePath::parse(&format!(
-                "/nix/store/{}-sys.drv",
-                "1".repeat(32)
-            ))
-            .unwrap(),
-            causes: vec![input("system-path", deps)],
-        };
+        let s = explained(vec![input("system-path", deps)]);
         let lines = render_causes(&s);
         assert_eq!(
             lines,
