@@ -692,6 +692,7 @@ fn diff_metadata(
         flake_inputs: None,
         flake_inputs_unknown: None,
         unvalidated: false,
+        rolled_back: None,
         candidate_closure: None,
     }
 }

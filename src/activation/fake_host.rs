@@ -1530,6 +1530,7 @@ fn first_record(closure: &StorePath) -> String {
         lineage: None,
         soak_pending: false,
         marked_on_host: None,
+        rolled_back_from: None,
     };
     serde_json::to_string(&record).expect("a record serializes")
 }

@@ -100,6 +100,26 @@ pub struct KnownGoodRecord {
     /// `None` in records from before it was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marked_on_host: Option<String>,
+    /// Written by a `nixgate rollback` that took the host here: the system
+    /// it ran before, the closure a person decided against. A later push
+    /// of that very closure is refused while the host stands on this mark
+    /// ([`crate::plan::Refusal::RolledBack`]): the nightly cron push of the
+    /// unchanged HEAD redeployed it, silently, the night after the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<StorePath>,
+}
+
+/// A `nixgate rollback` that took a host away from a closure: its run and
+/// when (see [`KnownGoodRecord::rolled_back_from`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledAway {
+    pub run_id: RunId,
+    /// When the rollback marked where it took the host (the controller's
+    /// clock, RFC 3339, UTC).
+    pub at: String,
+    /// The known-good generation the rollback took the host to, where it
+    /// stands.
+    pub generation: u64,
 }
 
 impl KnownGoodRecord {
@@ -145,6 +165,9 @@ pub struct MarkRequest {
     /// A soak re-checks the host after its wave: the mark is provisional
     /// (`soak_pending`) until [`soak_passed`].
     pub soak_follows: bool,
+    /// A rollback's mark: the system the host ran before it (see
+    /// [`KnownGoodRecord::rolled_back_from`]).
+    pub rolled_back_from: Option<StorePath>,
 }
 
 /// The system a host ran before nixgate's first known-good mark on it: kept
@@ -623,6 +646,7 @@ pub async fn mark<R: Remote>(
         commit: req.commit.clone(),
         run_id: req.run_id.clone(),
         gates: req.gates.clone(),
+        rolled_back_from: req.rolled_back_from.clone(),
     };
     let body = record_body(&record)?;
     let reselect = req.reselect.map(|g| g.to_string()).unwrap_or_default();
@@ -781,6 +805,8 @@ fn record_body(r: &KnownGoodRecord) -> anyhow::Result<Vec<u8>> {
         commit: &'a Option<String>,
         run_id: &'a RunId,
         gates: &'a [GateRecord],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rolled_back_from: &'a Option<StorePath>,
     }
     let body = Body {
         version: r.version,
@@ -790,6 +816,7 @@ fn record_body(r: &KnownGoodRecord) -> anyhow::Result<Vec<u8>> {
         commit: &r.commit,
         run_id: &r.run_id,
         gates: &r.gates,
+        rolled_back_from: &r.rolled_back_from,
     };
     let mut json = serde_json::to_vec(&body).context("encoding the known-good record")?;
     json.push(b'\n');

@@ -51,6 +51,7 @@ fn mark_record(closure: &str) -> KnownGoodRecord {
         lineage: None,
         soak_pending: false,
         marked_on_host: None,
+        rolled_back_from: None,
     }
 }
 
@@ -154,6 +155,7 @@ fn request(closure: &str, at: u64) -> MarkRequest {
         previous: None,
         patience: Duration::from_secs(60),
         soak_follows: false,
+        rolled_back_from: None,
     }
 }
 
@@ -438,6 +440,38 @@ async fn real_reselection_keeps_where_its_generation_was_marked() {
     let h = history(&t.r, &t.paths).await.unwrap();
     assert_eq!(of(&h, 2), (Some(4), Some(1)), "re-selected from 4");
     assert!(h[1].current);
+}
+
+/// Real: a rollback's mark keeps the system it took the host away from,
+/// read back with the history of the closure the host runs (what the diff
+/// gate reads: the other generations' records are not read whole, their
+/// closures still named right).
+#[tokio::test]
+#[ignore = "needs Nix and a writable store (root): run scripts/test"]
+async fn real_a_rollback_mark_keeps_the_system_it_left() {
+    let t = Real::new();
+    let (a, b) = (t.add("sys-a"), t.add("sys-b"));
+    mark(&t.r, &t.paths, false, request(&a, 100)).await.unwrap();
+    mark(&t.r, &t.paths, false, request(&b, 200)).await.unwrap();
+    let mut back = request(&a, 300);
+    back.reselect = Some(1);
+    back.rolled_back_from = Some(StorePath::parse(&b).unwrap());
+    let m = mark(&t.r, &t.paths, false, back).await.unwrap();
+    assert_eq!(
+        m.record.rolled_back_from.as_ref().map(|p| p.as_str()),
+        Some(b.as_str())
+    );
+    let h = history_of(&t.r, &t.paths, &StorePath::parse(&a).unwrap())
+        .await
+        .unwrap();
+    let r = h[0].record.as_ref().expect("a's record, read whole");
+    assert!(h[0].current);
+    assert_eq!(
+        r.rolled_back_from.as_ref().map(|p| p.as_str()),
+        Some(b.as_str())
+    );
+    assert!(h[1].record.is_none(), "b's record is not read whole");
+    assert_eq!(h[1].closure.as_ref().map(|p| p.as_str()), Some(b.as_str()));
 }
 
 /// Real: a mark a soak follows is provisional on the host; a later run's

@@ -210,6 +210,11 @@ pub enum Command {
         /// other package that changes version or is rebuilt fails the diff gate.
         #[arg(long, value_delimiter = ',', value_name = "PKG,...", value_parser = package_name)]
         expect: Option<Vec<String>>,
+        /// Push a host's candidate even when it is the system a `nixgate
+        /// rollback` took that host away from (refused by default while
+        /// the host stands where the rollback left it).
+        #[arg(long)]
+        allow_rolled_back: bool,
         #[command(flatten)]
         outputs: RunOutputs,
         #[command(flatten)]
@@ -226,6 +231,10 @@ pub enum Command {
         /// other package that changes version or is rebuilt is drift (exit 1).
         #[arg(long, value_delimiter = ',', value_name = "PKG,...", value_parser = package_name)]
         expect: Option<Vec<String>>,
+        /// Show a candidate a `nixgate rollback` took its host away from as
+        /// push --allow-rolled-back would push it, not refused.
+        #[arg(long)]
+        allow_rolled_back: bool,
         #[command(flatten)]
         select: SelectorArgs,
     },

@@ -175,11 +175,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Plan {
             allow_dirty,
             expect,
+            allow_rolled_back,
             select,
         } => {
             let inv = load_inventory(&g)?;
             let sel = select_hosts(&inv, &select)?;
-            tokio::runtime::Runtime::new()?.block_on(push::plan(&g, inv, sel, allow_dirty, expect))
+            let judging = crate::plan::Judging {
+                expect,
+                allow_rolled_back,
+            };
+            tokio::runtime::Runtime::new()?.block_on(push::plan(&g, inv, sel, allow_dirty, judging))
         }
         Command::Push {
             goal,
@@ -190,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             release,
             force_release,
             expect,
+            allow_rolled_back,
             outputs,
             select,
         } => {
@@ -206,7 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 },
                 release,
                 force_release,
-                expect,
+                judging: crate::plan::Judging {
+                    expect,
+                    allow_rolled_back,
+                },
                 outputs,
             };
             tokio::runtime::Runtime::new()?.block_on(push::push(&g, inv, sel, opts))

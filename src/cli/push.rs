@@ -26,8 +26,9 @@ pub struct PushOptions {
     pub flags: RunFlags,
     pub release: Option<String>,
     pub force_release: bool,
-    /// Packages the change is meant to touch; any other change is drift.
-    pub expect: Option<Vec<String>>,
+    /// What the diff gate refuses a host for (`--expect`,
+    /// `--allow-rolled-back`).
+    pub judging: plan::Judging,
     /// A selector was given (`--host`, `--tag`, `--wave`, names).
     pub selected: bool,
     /// The HTML report, metrics file and pruning at the end.
@@ -49,13 +50,19 @@ fn push_request(
         return Ok(Request::Push {
             source: source(inv, opts.allow_dirty)?,
             goal: opts.goal,
-            expect: opts.expect.clone(),
+            judging: opts.judging.clone(),
         });
     };
-    if opts.expect.is_some() {
+    if opts.judging.expect.is_some() {
         return Err(Fatal::usage(format!(
             "`--expect` cannot be used with `--release {spec}`: a release redeploys the closure it \
              recorded, and nothing would check it against the expected packages; drop `--expect`"
+        )));
+    }
+    if opts.judging.allow_rolled_back {
+        return Err(Fatal::usage(format!(
+            "`--allow-rolled-back` cannot be used with `--release {spec}`: a release redeploys the \
+             closure its tag names, which a rollback does not refuse; drop `--allow-rolled-back`"
         )));
     }
     let info = crate::release::resolve(&inv.builder.source, spec)
@@ -221,11 +228,11 @@ pub async fn plan(
     inv: Inventory,
     sel: Selection,
     allow_dirty: bool,
-    expect: Option<Vec<String>>,
+    judging: plan::Judging,
 ) -> anyhow::Result<Outcome> {
     let req = Request::Diff {
         source: source(&inv, allow_dirty)?,
-        expect,
+        judging,
     };
     plan_only(g, inv, sel, CommandName::Plan, req).await
 }

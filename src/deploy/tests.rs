@@ -1944,7 +1944,7 @@ fn gated_push() -> Request {
             dirty: false,
         },
         goal: crate::gates::Goal::Gated,
-        expect: None,
+        judging: Default::default(),
     }
 }
 

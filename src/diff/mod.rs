@@ -44,6 +44,11 @@ pub struct HostDiff {
     /// what nixgate proved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unvalidated: bool,
+    /// The host stands where a `nixgate rollback` took it, away from this
+    /// very candidate: the diff gate refuses it unless the push allows it
+    /// (`--allow-rolled-back`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<crate::activation::known_good::RolledAway>,
     /// The candidate's closure as the builder reported it (the copy gate
     /// reuses it instead of asking again).
     #[serde(skip)]
@@ -86,6 +91,13 @@ impl HostDiff {
                  diff is against what it runs"
                     .into(),
             );
+        }
+        if let Some(away) = &self.rolled_back {
+            out.push(format!(
+                "a `nixgate rollback` (run {}, {}) took it away from this candidate to known-good \
+                 generation {}",
+                away.run_id, away.at, away.generation
+            ));
         }
         if self.no_change() {
             out.push("no change: the host already runs the candidate".into());
@@ -176,6 +188,7 @@ pub async fn diff_host<H: Remote, B: Remote>(
         flake_inputs: None,
         flake_inputs_unknown: None,
         unvalidated: false,
+        rolled_back: None,
         candidate_closure: Some(new),
     })
 }

@@ -325,6 +325,7 @@ mod tests {
             lineage: None,
             soak_pending: false,
             marked_on_host: host.map(str::to_owned),
+            rolled_back_from: None,
         };
         let fast = mark("2026-01-01T09:30:00Z", Some("2026-01-01T10:30:00Z"));
         let before = vec![revert("2026-01-01T10:00:00Z")];

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::activation::known_good::{GateRecord, KnownGoodGeneration};
+use crate::activation::known_good::{GateRecord, KnownGoodGeneration, RolledAway};
 use crate::activation::{HostPaths, known_good, links};
 use crate::diff::flake_lock::{InputChange, InputsUnknown};
 use crate::diff::{self, HostDiff};
@@ -22,7 +22,7 @@ use crate::remote::Remote;
 use crate::report::shared_json::PieceStore;
 use crate::report::{Event, EventSink};
 
-use super::{Planning, Refusal, Source, Verdict};
+use super::{Judging, Planning, Refusal, Source, Verdict};
 
 /// What every host's diff of one run shares.
 struct Ctx<'a, F: Fleet> {
@@ -98,14 +98,18 @@ async fn one<F: Fleet>(
     let deployed = async {
         let cur = current.as_ref()?;
         let hist = known_good::history_of(&session, &paths, cur).await.ok()?;
-        Some(deployed(&hist, cur))
+        Some(deployed(&hist, cur, cand))
     };
     let diffed = diff::diff_host(&session, &builder, current.as_ref(), built, expect, drvs);
     let (d, deployed) = tokio::join!(diffed, deployed);
     let mut d = d?;
     // History unread: nothing is claimed either way.
-    d.unvalidated = matches!(deployed, Some((false, _)));
-    let (Some(cur), Some((_, Some(old_commit)))) = (&current, deployed) else {
+    let Some(deployed) = deployed else {
+        return Ok(d);
+    };
+    d.unvalidated = !deployed.proven;
+    d.rolled_back = deployed.rolled_back;
+    let (Some(cur), Some(old_commit)) = (&current, deployed.commit) else {
         return Ok(d);
     };
     if let Some(new_lock) = new_lock {
@@ -131,19 +135,45 @@ async fn one<F: Fleet>(
     Ok(d)
 }
 
-/// What the running system `cur` is to nixgate, by the host's known-good
-/// history: whether it is proven ([`super::rollback_target::proven`]), and
-/// the commit its newest mark names (it was built from), if any. A mark
-/// that never finished does not count. One whose soak never passed proves
-/// nothing, but takes nothing from an earlier final mark of the same
-/// closure: a re-mark of a proven closure in a soaking wave, its soak cut
-/// short, hid the proven generation and the closure read unvalidated. The
-/// pending mark's commit is still where the closure was built from.
-fn deployed(hist: &[KnownGoodGeneration], cur: &StorePath) -> (bool, Option<String>) {
+/// What the running system is to nixgate, by the host's known-good history.
+struct Deployed {
+    /// Proven ([`super::rollback_target::proven`]). A mark that never
+    /// finished does not count. One whose soak never passed proves nothing,
+    /// but takes nothing from an earlier final mark of the same closure: a
+    /// re-mark of a proven closure in a soaking wave, its soak cut short,
+    /// hid the proven generation and the closure read unvalidated.
+    proven: bool,
+    /// The commit its newest mark names (it was built from), if any; a
+    /// pending mark's commit is still where the closure was built from.
+    commit: Option<String>,
+    /// The host stands where a `nixgate rollback` took it away from the
+    /// candidate.
+    rolled_back: Option<RolledAway>,
+}
+
+/// What the running system `cur` is to nixgate, and whether a rollback
+/// took the host away from `cand`: the record of the generation the
+/// profile stands on says so, when the host runs it. A push since then
+/// (of anything) moved the profile on, and lifts it.
+fn deployed(hist: &[KnownGoodGeneration], cur: &StorePath, cand: &StorePath) -> Deployed {
     let unfinished = super::rollback_target::Unfinished::of(hist);
     let newest = (hist.iter().rev()).find(|g| g.closure.as_ref() == Some(cur) && !unfinished.is(g));
     let commit = newest.and_then(|g| g.record.as_ref()?.commit.clone());
-    (super::rollback_target::proven(hist, cur), commit)
+    let rolled_back = (hist.iter())
+        .find(|g| g.current && g.closure.as_ref() == Some(cur))
+        .and_then(|g| {
+            let r = g.record.as_ref()?;
+            (r.rolled_back_from.as_ref() == Some(cand)).then(|| RolledAway {
+                run_id: r.run_id.clone(),
+                at: r.marked_at.clone(),
+                generation: g.generation,
+            })
+        });
+    Deployed {
+        proven: super::rollback_target::proven(hist, cur),
+        commit,
+        rolled_back,
+    }
 }
 
 /// The builder lost the running system's derivation: re-evaluate the commit
@@ -267,7 +297,7 @@ pub async fn run<F: Fleet>(
     p: &Planning<'_, F>,
     verdicts: &mut HashMap<String, Verdict>,
     drvs: &HashMap<String, StorePath>,
-    expect: Option<&[String]>,
+    judging: &Judging,
     source: &Source,
 ) -> GateResult {
     let mut cands: Vec<(String, StorePath)> = verdicts
@@ -285,7 +315,7 @@ pub async fn run<F: Fleet>(
         p.fleet.as_ref(),
         &cands,
         drvs,
-        expect,
+        judging.expect.as_deref(),
         Some(if source.dirty {
             NewLock::WorkTree
         } else {
@@ -293,7 +323,15 @@ pub async fn run<F: Fleet>(
         }),
         p.sink,
         &mut closures,
-        |host, found| apply(verdicts, &mut pieces, host, found),
+        |host, found| {
+            apply(
+                verdicts,
+                &mut pieces,
+                judging.allow_rolled_back,
+                host,
+                found,
+            )
+        },
     );
     let cancelled = tokio::select! {
         _ = gate => false,
@@ -325,6 +363,7 @@ enum Miss {
 fn apply(
     verdicts: &mut HashMap<String, Verdict>,
     pieces: &mut PieceStore,
+    allow_rolled_back: bool,
     host: &str,
     found: Found<'_>,
 ) {
@@ -332,23 +371,36 @@ fn apply(
         return;
     };
     let refusal = match found {
-        Found::Diff(d) if d.drift.is_empty() => {
-            if let Verdict::Ready { candidate, running } = v {
-                candidate.earlier_gates.push(record(d, pieces));
-                *running = d.current.clone();
+        Found::Diff(d) => match judged(d, allow_rolled_back) {
+            Some(refusal) => refusal,
+            None => {
+                if let Verdict::Ready { candidate, running } = v {
+                    candidate.earlier_gates.push(record(d, pieces));
+                    *running = d.current.clone();
+                }
+                return;
             }
-            return;
-        }
-        Found::Diff(d) => {
-            // A package rebuilt at two versions drifts once by name.
-            let mut packages: Vec<String> = d.drift.iter().map(|x| x.package.clone()).collect();
-            packages.dedup();
-            Refusal::Drift { packages }
-        }
+        },
         Found::Refused(refusal) => refusal,
         Found::Failed(error) => Refusal::DiffFailed { error },
     };
     *v = Verdict::Refused { refusal };
+}
+
+/// Why a host's diff refuses it, if it does: the candidate is the closure a
+/// `nixgate rollback` took it away from (unless `allow_rolled_back`), or
+/// it drifts.
+fn judged(d: &HostDiff, allow_rolled_back: bool) -> Option<Refusal> {
+    if let Some(away) = d.rolled_back.as_ref().filter(|_| !allow_rolled_back) {
+        return Some(Refusal::RolledBack { away: away.clone() });
+    }
+    if d.drift.is_empty() {
+        return None;
+    }
+    // A package rebuilt at two versions drifts once by name.
+    let mut packages: Vec<String> = d.drift.iter().map(|x| x.package.clone()).collect();
+    packages.dedup();
+    Some(Refusal::Drift { packages })
 }
 
 /// Diff every candidate. As each host's diff (or why it could not be made)
@@ -503,6 +555,7 @@ mod tests {
             flake_inputs: None,
             flake_inputs_unknown: None,
             unvalidated: false,
+            rolled_back: None,
             candidate_closure: None,
         }
     }
@@ -655,13 +708,47 @@ mod tests {
     #[test]
     fn a_pending_re_mark_does_not_hide_a_proven_mark_of_the_same_closure() {
         let (a, b) = (sp('a', "nixos-system-web1"), sp('b', "nixos-system-web1"));
+        let d = sp('d', "nixos-system-web1");
+        let deployed = |h: &[KnownGoodGeneration], cur: &StorePath| {
+            let found = deployed(h, cur, &d);
+            (found.proven, found.commit)
+        };
         let h = history(&[(&a, false), (&b, false), (&a, true)]);
         assert_eq!(deployed(&h, &a), (true, Some("c3".into())));
         let h = history(&[(&a, true), (&b, false), (&a, true)]);
         assert_eq!(deployed(&h, &a), (false, Some("c3".into())));
-        assert_eq!(deployed(&h, &sp('d', "nixos-system-web1")), (false, None));
+        assert_eq!(deployed(&h, &d), (false, None));
         let h = history(&[(&b, false), (&a, false)]);
         assert_eq!(deployed(&h, &a), (true, Some("c2".into())));
+    }
+
+    /// `nixgate rollback` took web1 from `c` back to generation 2 (`b`),
+    /// re-selected: the candidate `c` again (the nightly push of the
+    /// unchanged HEAD) is the closure the rollback left; another candidate
+    /// is not. Once the profile moved on (a push of `d` marked generation
+    /// 4), `c` is a candidate like any other; so it is on a host that runs
+    /// something else than where the rollback left it.
+    #[test]
+    fn the_closure_a_rollback_left_is_known_while_the_host_stands_where_it_went() {
+        let [a, b, c, d] = ['a', 'b', 'c', 'd'].map(|x| sp(x, "nixos-system-web1"));
+        let mut h = history(&[(&a, false), (&b, false), (&c, false)]);
+        h[2].current = false;
+        h[1].current = true;
+        let r = h[1].record.as_mut().unwrap();
+        r.rolled_back_from = Some(c.clone());
+        r.marked_at = "2026-12-06T03:00:00Z".into();
+        let away = deployed(&h, &b, &c)
+            .rolled_back
+            .expect("rolled back from c");
+        assert_eq!(
+            (away.run_id.to_string(), away.at.as_str(), away.generation),
+            ("r2".into(), "2026-12-06T03:00:00Z", 2)
+        );
+        assert_eq!(deployed(&h, &b, &d).rolled_back, None);
+        assert_eq!(deployed(&h, &a, &c).rolled_back, None);
+        h[1].current = false;
+        h.extend(history(&[(&a, false), (&b, false), (&c, false), (&d, false)]).pop());
+        assert_eq!(deployed(&h, &d, &c).rolled_back, None);
     }
 
     #[test]

@@ -101,6 +101,13 @@ pub enum Refusal {
     LockFailed { error: String },
     /// `rollback`: no known-good closure to go back to.
     NoRollbackTarget { why: NoTarget },
+    /// The candidate is the closure a `nixgate rollback` took the host away
+    /// from, and the host still stands where it went: a person decided
+    /// against it, and the nightly push of an unchanged HEAD would put it
+    /// back unasked. A new configuration, or `--allow-rolled-back`, pushes.
+    RolledBack {
+        away: crate::activation::known_good::RolledAway,
+    },
     /// A key's content could not be read on the controller.
     KeySource { error: crate::keys::KeySourceError },
     /// A `pre_checks` command failed on the host.
@@ -187,15 +194,12 @@ pub enum Request {
     /// `build`: build only.
     Build { source: Source },
     /// `plan`: build and diff, change nothing.
-    Diff {
-        source: Source,
-        expect: Option<Vec<String>>,
-    },
+    Diff { source: Source, judging: Judging },
     /// `push`: build, diff, lock; then the goal's gates.
     Push {
         source: Source,
         goal: Goal,
-        expect: Option<Vec<String>>,
+        judging: Judging,
     },
     /// `push --release`: exactly the closure a release tag recorded.
     Release {
@@ -206,6 +210,18 @@ pub enum Request {
     },
     /// `rollback`: a known-good closure of each host.
     Rollback { to: Option<u64> },
+}
+
+/// What the diff gate refuses a host for, beyond a diff it cannot make.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judging {
+    /// `--expect`: the packages the change is meant to touch; any other
+    /// change is drift.
+    pub expect: Option<Vec<String>>,
+    /// `--allow-rolled-back`: push a candidate a `nixgate rollback` took
+    /// its host away from (refused by default: see
+    /// [`Refusal::RolledBack`]).
+    pub allow_rolled_back: bool,
 }
 
 impl Request {
@@ -468,13 +484,13 @@ async fn build_and_diff<F: Fleet>(
     f: &mut Found<'_>,
 ) -> Option<PlanStage> {
     let mut plan_cancelled = None;
-    let expect = match req {
-        Request::Diff { expect, .. } | Request::Push { expect, .. } => Some(expect),
+    let judging = match req {
+        Request::Diff { judging, .. } | Request::Push { judging, .. } => Some(judging),
         _ => None,
     };
     // The hosts' handshakes overlap the build when the diff gate will
     // need them.
-    let connecting = expect.map(|_| early_connect::start(p.fleet, hosts));
+    let connecting = judging.map(|_| early_connect::start(p.fleet, hosts));
     let mut built = candidates::build(p, source, hosts).await;
     if built.cancelled {
         plan_cancelled = Some(PlanStage::Build);
@@ -499,14 +515,14 @@ async fn build_and_diff<F: Fleet>(
     if matches!(req, Request::Push { .. }) && plan_cancelled.is_none() {
         early_connect::relay_stream(p, f.verdicts).await;
     }
-    if let (Some(expect), None) = (expect, plan_cancelled) {
+    if let (Some(judging), None) = (judging, plan_cancelled) {
         // A push takes its hosts' locks while the diff gate reads (the
         // lock's round trip was the plan's last), so the diff is also of a
         // host no other run changes meanwhile.
         let early = matches!(req, Request::Push { .. })
             .then(|| ready_unlocked(f.verdicts, f.locks))
             .unwrap_or_default();
-        let diff = diffgate::run(p, f.verdicts, &built.drvs, expect.as_deref(), source);
+        let diff = diffgate::run(p, f.verdicts, &built.drvs, judging, source);
         let (gate, taken) = tokio::join!(diff, take_locks(p, early));
         *f.closures = gate.closures;
         if gate.cancelled {

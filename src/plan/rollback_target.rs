@@ -626,6 +626,7 @@ mod tests {
             lineage: None,
             soak_pending: false,
             marked_on_host: None,
+            rolled_back_from: None,
         }
     }
 

@@ -725,6 +725,8 @@ impl<'a, R: Remote> Run<'a, R> {
             at: std::time::SystemTime::now(),
             patience: self.s.activation_timeout,
             soak_follows: self.s.soak_follows,
+            rolled_back_from: (self.req.rolls_back && self.pre_current != self.req.candidate)
+                .then(|| self.pre_current.clone()),
         };
         let mark = known_good::mark(self.remote, &self.s.paths, self.s.sudo, req);
         // The mark is tried for `activation_timeout` while its connection is

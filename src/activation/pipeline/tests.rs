@@ -828,6 +828,28 @@ async fn a_rollback_whose_mark_fails_stays_on_its_target() {
     assert_eq!(st.profile(SYSTEM), Some(&sp(OLD)));
 }
 
+/// A rollback (NEW, marked known-good, back to generation 1, OLD) marks
+/// the system it took the host away from; a push's mark names none.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_marks_the_system_it_left() {
+    let host = FakeHost::new(&sp(OLD));
+    let pushed = run(&host, &request(Goal::Gated)).await;
+    let HostOutcome::KnownGood { mark } = &pushed.outcome else {
+        panic!("{:?}", pushed.outcome);
+    };
+    assert_eq!(mark.record.rolled_back_from, None);
+    let mut req = request(Goal::Gated);
+    req.candidate = sp(OLD);
+    req.known_good_generation = Some(1);
+    req.rolls_back = true;
+    let ran = run(&host, &req).await;
+    let HostOutcome::KnownGood { mark } = &ran.outcome else {
+        panic!("{:?}: {:#?}", ran.outcome, ran.cmds);
+    };
+    assert_eq!(mark.record.rolled_back_from, Some(sp(NEW)));
+    assert!(host.state().records["1"].contains(&format!("\"rolled_back_from\":\"{NEW}\"")));
+}
+
 /// The candidate is the host's known-good closure (gen 1, NEW), the host
 /// runs something else (OLD, a `--goal test` of it, unproven) and the
 /// candidate fails its health checks: the rollback goes to what the host

@@ -143,6 +143,9 @@ fn refusal_next(host: &str, command: &str, r: &Refusal) -> String {
         Refusal::KeySource { .. } => {
             format!("fix the key's text, file or command, then `nixgate {command} {host}`")
         }
+        Refusal::RolledBack { .. } => format!(
+            "fix the configuration and push the new commit; or, if what made you roll back is gone, `nixgate {command} --allow-rolled-back {host}`"
+        ),
         Refusal::PreChecks { .. } => {
             format!("make the failing pre_check pass on {host}, then `nixgate {command} {host}`")
         }

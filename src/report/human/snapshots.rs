@@ -109,6 +109,7 @@ fn known_good(host: &str) -> HostEnd {
                 lineage: None,
                 soak_pending: false,
                 marked_on_host: None,
+                rolled_back_from: None,
                 closure: system('c', host),
                 marked_at: "2026-12-02T09:31:20Z".into(),
                 commit: Some(COMMIT.into()),

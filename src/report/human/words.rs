@@ -195,6 +195,10 @@ pub fn refusal(r: &Refusal) -> String {
             format!("the host lock could not be taken: {}", first_line(error))
         }
         Refusal::NoRollbackTarget { why } => no_target(why),
+        Refusal::RolledBack { away } => format!(
+            "rolled back: `nixgate rollback` (run {}, {}) took it away from this very system to known-good generation {}, where it stands; nothing on the host was changed",
+            away.run_id, away.at, away.generation
+        ),
         Refusal::KeySource { error } => format!("{error}; nothing on the host was changed"),
         Refusal::PreChecks { reports } => pre_checks(reports),
         Refusal::Sudo { check } => sudo_check(check),

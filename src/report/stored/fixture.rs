@@ -96,6 +96,7 @@ pub fn mark(host: &str) -> KnownGoodMark {
             lineage: None,
             soak_pending: false,
             marked_on_host: None,
+            rolled_back_from: None,
             closure: sp('b', "nixos-system-web"),
             marked_at: "2026-11-22T20:30:11Z".into(),
             commit: Some("3f2a9c1e0b7d".into()),
@@ -171,6 +172,7 @@ pub fn diff(flake_input: &str) -> HostDiff {
         }]),
         flake_inputs_unknown: None,
         unvalidated: false,
+        rolled_back: None,
         candidate_closure: None,
     }
 }
