@@ -123,6 +123,29 @@ async fn rollback_goes_to_the_previous_known_good_and_status_shows_it() {
     assert_eq!(st["last_run"]["outcome"], "known-good");
     assert_eq!(st["last_run"]["command"], "rollback");
 
+    // A rollback sticks: the push of the unchanged HEAD (the nightly cron
+    // run), whose candidate is `b` again, refuses sys1 and changes nothing;
+    // `plan --allow-rolled-back` shows it ready.
+    let out = nixgate(&fleet, &["--json", "--yes", "push", "sys1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let host = &last["hosts"][0];
+    assert_eq!(host["outcome"], "refused", "{last}");
+    assert_eq!(host["refusal"]["cause"], "rolled_back", "{last}");
+    assert_eq!(host["refusal"]["away"]["generation"], 1, "{last}");
+    assert_eq!(
+        fleet.in_host_ok("sys1", "readlink -e /run/current-system"),
+        *a
+    );
+    let out = nixgate(&fleet, &["--json", "plan", "--allow-rolled-back", "sys1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(r#""verdict":"ready""#),
+        "{}",
+        text(&out.stdout)
+    );
+
     // A second rollback goes further back, never forward to the closure the
     // first one left: to the system sys1 ran before nixgate's first mark
     // (its baseline), offered as never validated, taken through the gates.
