@@ -21,6 +21,7 @@ pub mod keys;
 pub mod nix;
 pub mod notify;
 pub mod plan;
+pub mod process_group;
 pub mod release;
 pub mod remote;
 pub mod report;

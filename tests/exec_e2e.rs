@@ -376,4 +376,51 @@ fn notify_gets_the_summary(fleet: &Fleet) {
         err.contains("warning: the [notify] command failed: `sh` exit status: 7: chat is down"),
         "{err}"
     );
+    notify_that_hangs(fleet);
+}
+
+/// A notify command that hangs (its timeout an hour): the controller lock
+/// is free while it runs (another run exited 3), and SIGTERM ends it at
+/// once, with the run's own exit code, its pipeline's processes killed
+/// (a `systemctl stop` waited out the timeout).
+fn notify_that_hangs(fleet: &Fleet) {
+    let started = fleet.dir().join("notify-started");
+    let script = format!(
+        "cat >/dev/null; touch '{}'; sleep 40.5 | cat",
+        started.display()
+    );
+    set_notify(fleet, &["sh", "-c", &script]);
+    let inv = fleet.inventory_path();
+    let mut text_of = std::fs::read_to_string(&inv).unwrap();
+    text_of.push_str("timeout = \"1h\"\n");
+    std::fs::write(&inv, text_of).unwrap();
+    let child = nixgate_cmd(fleet, &["--yes", "push", "light1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the notify command", Duration::from_secs(30), || {
+        started.exists()
+    });
+    let other = nixgate(fleet, &["--yes", "push", "light2"]);
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other.stderr));
+    let sent = Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}: {err}",
+        sent.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    wait_for("the notify pipeline to end", Duration::from_secs(5), || {
+        running("sleep 40.5").is_empty()
+    });
+    set_notify(fleet, &["true"]);
 }

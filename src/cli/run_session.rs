@@ -255,6 +255,7 @@ impl RunSession {
             mut report,
             outputs,
             notify,
+            _lock: lock,
             ..
         } = self;
         signals.abort();
@@ -268,9 +269,12 @@ impl RunSession {
             crate::report::stderr(format_args!("nixgate: warning: {warning}\n"));
         }
         super::runs::after_run(&state_dir, &report.run_id, &outputs);
+        // The run is over: the next one may start while the team is told
+        // (a rollback waited up to the notify timeout, then exited 3).
+        drop(lock);
         if let Some(n) = notify {
             let sent = match summary_json {
-                Ok(json) => crate::notify::send(&n, &json).await,
+                Ok(json) => notify_until_signalled(&n, &json).await,
                 Err(e) => Err(e.into()),
             };
             if let Err(e) = sent {
@@ -280,6 +284,32 @@ impl RunSession {
             }
         }
         Ok(outcome)
+    }
+}
+
+/// [`crate::notify::send`], given up (its command killed) at SIGINT or
+/// SIGTERM: the run's own handlers, which only escalate its cancel level,
+/// stay installed after it ends, and a `systemctl stop` or Ctrl-C waited
+/// out the notify command's timeout (up to an hour).
+async fn notify_until_signalled(n: &crate::inventory::Notify, json: &[u8]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signalled = async {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        sent = crate::notify::send(n, json) => sent,
+        _ = signalled => Err(anyhow::anyhow!("stopped by a signal (killed, with everything it started)")),
     }
 }
 

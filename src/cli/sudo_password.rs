@@ -96,7 +96,7 @@ fn run_within(argv: &[String], limit: Duration) -> anyhow::Result<Secret> {
                 .map_err(|e| Fatal::usage(format!("sudo_password_command `{program}`: {e}")))?;
         }
         if Instant::now() >= deadline {
-            kill_group(child.id());
+            crate::process_group::kill(child.id());
             let _ = child.wait();
             return Err(Fatal::usage(format!(
                 "sudo_password_command `{program}` did not finish within {}s and was stopped \
@@ -133,16 +133,6 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Ve
         }
         buf
     })
-}
-
-/// SIGKILL the process group `leader` leads.
-fn kill_group(leader: u32) {
-    let pid = i32::try_from(leader)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
 }
 
 /// The password is the first line (`pass show` prints more lines after it).

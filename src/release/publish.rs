@@ -18,6 +18,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::name;
+use crate::process_group::GroupKill;
 
 /// How long a release push may take. It sends two refs and the objects
 /// the remote lacks of a configuration repository (kilobytes, a few
@@ -332,33 +333,13 @@ async fn run_within(
         Ok(child) => child,
         Err(e) => return Some(Err(e).context("running git (is git installed and on PATH?)")),
     };
-    let group = GroupKill(child.id());
+    let group = GroupKill::new(child.id());
     let finished = tokio::time::timeout(within, child.wait_with_output()).await;
     if finished.is_ok() {
         group.done();
     }
     let out = finished.ok()?;
     Some(out.context("running git (is git installed and on PATH?)"))
-}
-
-/// Kills a process group when dropped (the push bounded out, or its
-/// future dropped by the second Ctrl-C), unless [`GroupKill::done`].
-struct GroupKill(Option<u32>);
-
-impl GroupKill {
-    /// The group's leader ended: nothing to kill (its id may be reused).
-    fn done(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupKill {
-    fn drop(&mut self) {
-        let leader = self.0.and_then(|id| i32::try_from(id).ok());
-        if let Some(pid) = leader.and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
 }
 
 /// The command that publishes a release by hand, as [`push`] would have:
