@@ -22,7 +22,7 @@ pub fn run(g: &Global, inv: &Inventory, sel: &Selection, offline: bool) -> anyho
             return Ok((0, 0));
         }
         let fleet = Sessions::new(inv, g.host_key_policy());
-        let probes = check::probe_all(&fleet, sel).await;
+        let probes = check::probe_all(&fleet, inv, sel).await;
         fleet.close_all().await;
         let failed = probes.iter().filter(|p| !p.ok).count();
         let ok = probes.len() - failed;

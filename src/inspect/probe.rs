@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::activation::host_state;
+use crate::activation::privilege::{self, SudoCheck};
 use crate::fleet::{Machine, Sessions};
 use crate::inspect::bound;
 use crate::inventory::{CopyMode, Host, Inventory, MaxFailures, Selection};
@@ -37,7 +38,42 @@ pub struct Probe {
     pub nix_version: Option<String>,
     pub current_system: Option<StorePath>,
     pub free_nix_bytes: Option<u64>,
+    /// A `sudo = true` host: what `sudo -n -- true` answered (push checks
+    /// the same before anything changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo: Option<SudoCheck>,
     pub error: Option<String>,
+}
+
+/// How a host's sudo is checked: not at all, or expecting it to work
+/// without a password, or with the one `sudo_password_command` gives a
+/// push (not run by `check`: a password sudo asks for is then expected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SudoUse {
+    None,
+    NoPassword,
+    Password,
+}
+
+impl SudoUse {
+    fn of(host: &Host) -> SudoUse {
+        match (host.sudo, &host.sudo_password_command) {
+            (false, _) => SudoUse::None,
+            (true, None) => SudoUse::NoPassword,
+            (true, Some(_)) => SudoUse::Password,
+        }
+    }
+
+    /// Whether `check` is what a push would find usable. A host that asks
+    /// for a password when none is configured passed `check` and was then
+    /// refused by every push.
+    fn accepts(self, check: &SudoCheck) -> bool {
+        match check {
+            SudoCheck::Ready => true,
+            SudoCheck::PasswordRequired => self == SudoUse::Password,
+            _ => false,
+        }
+    }
 }
 
 /// Things worth saying about an inventory that is valid but may not work.
@@ -182,7 +218,7 @@ pub fn wave_counts(inv: &Inventory) -> Vec<WaveCount> {
         .collect()
 }
 
-async fn probe(sessions: Arc<Sessions>, machine: Machine<'_>) -> Probe {
+async fn probe(sessions: Arc<Sessions>, machine: Machine<'_>, sudo: SudoUse) -> Probe {
     let mut p = Probe {
         host: machine.to_string(),
         builder: machine == Machine::Builder,
@@ -202,8 +238,28 @@ async fn probe(sessions: Arc<Sessions>, machine: Machine<'_>) -> Probe {
     let info = session.info();
     p.auth = Some(info.auth.to_string());
     p.host_key = Some(info.host_key);
-    read_facts(&mut p, &session, bound::deadline()).await;
+    let by = bound::deadline();
+    read_facts(&mut p, &session, by).await;
+    if p.ok && sudo != SudoUse::None {
+        read_sudo(&mut p, &session, sudo, by).await;
+    }
     p
+}
+
+/// Whether the host's sudo is usable as a push would use it, within the
+/// same bound as the facts.
+async fn read_sudo<R: Remote>(p: &mut Probe, remote: &R, sudo: SudoUse, by: tokio::time::Instant) {
+    let what = "checking sudo (sudo -n -- true)";
+    match bound::bounded(by, what, privilege::sudo_preflight(remote)).await {
+        Ok(check) => {
+            p.ok = sudo.accepts(&check);
+            p.sudo = Some(check);
+        }
+        Err(e) => {
+            p.ok = false;
+            p.error = Some(format!("{e:#}"));
+        }
+    }
 }
 
 /// What the machine says of itself (Nix version, running system, free
@@ -227,7 +283,7 @@ async fn read_facts<R: Remote>(p: &mut Probe, remote: &R, by: tokio::time::Insta
 
 /// Probe the builder and every selected host, at once; results in that
 /// order. A probe whose task panicked is reported as failed.
-pub async fn probe_all(sessions: &Arc<Sessions>, sel: &Selection) -> Vec<Probe> {
+pub async fn probe_all(sessions: &Arc<Sessions>, inv: &Inventory, sel: &Selection) -> Vec<Probe> {
     let names: Vec<Option<String>> = std::iter::once(None)
         .chain(sel.hosts().map(|h| Some(h.to_owned())))
         .collect();
@@ -235,9 +291,10 @@ pub async fn probe_all(sessions: &Arc<Sessions>, sel: &Selection) -> Vec<Probe> 
     let mut ids = std::collections::HashMap::new();
     for (i, n) in names.iter().enumerate() {
         let (sessions, n) = (sessions.clone(), n.clone());
+        let sudo = (n.as_deref().and_then(|h| inv.host(h))).map_or(SudoUse::None, SudoUse::of);
         let h = set.spawn(async move {
             let m = n.as_deref().map_or(Machine::Builder, Machine::Host);
-            (i, probe(sessions, m).await)
+            (i, probe(sessions, m, sudo).await)
         });
         ids.insert(h.id(), i);
     }
@@ -298,5 +355,45 @@ mod tests {
         read_facts(&mut p, &answers, bound::deadline()).await;
         assert!(p.ok && p.error.is_none(), "{p:?}");
         assert_eq!(p.nix_version.as_deref(), Some("2.18.1"));
+    }
+
+    /// A `sudo = true` host whose sudo asks for a password, with none
+    /// configured, fails `check` (it passed, and every push then refused
+    /// it); with `sudo_password_command` a push has one, and it passes. A
+    /// user sudo refuses fails either way.
+    #[tokio::test]
+    async fn sudo_is_checked_as_a_push_would_use_it() {
+        let answering = |stderr: &'static str| {
+            ScriptedRemote::new("web1", move |c| {
+                assert_eq!(
+                    c.argv(),
+                    crate::activation::privilege::preflight_command().argv()
+                );
+                match stderr {
+                    "" => ok(""),
+                    e => crate::remote::scripted::fail(1, e),
+                }
+            })
+        };
+        let asks = "sudo: a password is required\n";
+        let refuses = "deploy is not in the sudoers file.  This incident will be reported.\n";
+        for (stderr, sudo, ok, check) in [
+            ("", SudoUse::NoPassword, true, SudoCheck::Ready),
+            (
+                asks,
+                SudoUse::NoPassword,
+                false,
+                SudoCheck::PasswordRequired,
+            ),
+            (asks, SudoUse::Password, true, SudoCheck::PasswordRequired),
+            (refuses, SudoUse::Password, false, SudoCheck::NotInSudoers),
+        ] {
+            let mut p = Probe {
+                ok: true,
+                ..Default::default()
+            };
+            read_sudo(&mut p, &answering(stderr), sudo, bound::deadline()).await;
+            assert_eq!((p.ok, p.sudo), (ok, Some(check)), "{stderr} {sudo:?}");
+        }
     }
 }

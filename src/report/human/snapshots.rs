@@ -375,6 +375,7 @@ fn the_check_table_fits_the_terminal() {
         nix_version: Some("2.8.0".into()),
         current_system: Some(system('a', host)),
         free_nix_bytes: Some(81_604_378_624),
+        sudo: None,
         error: None,
     };
     let probes = [probe("light1", 2), probe("sys2", 5)];

@@ -276,12 +276,12 @@ impl Collected {
             }
             CommandName::Check => {
                 for p in self.probes.iter().filter(|p| !p.ok) {
-                    let _ = writeln!(
-                        out,
-                        "\n{}: {}",
-                        p.host,
-                        p.error.as_deref().unwrap_or("failed")
-                    );
+                    let why = match (&p.error, &p.sudo) {
+                        (Some(e), _) => e.clone(),
+                        (None, Some(sudo)) => words::sudo_check(sudo),
+                        (None, None) => "failed".into(),
+                    };
+                    let _ = writeln!(out, "\n{}: {why}", p.host);
                 }
             }
             _ => return None,
