@@ -9,7 +9,16 @@
 //!
 //! As root, it writes only into a directory that is root's, as is every
 //! one above it (none writable by others, or by a group but root's, unless
-//! sticky): in a `dest_dir`
+//! sticky), checked twice: the path as the inventory writes it, each
+//! prefix that exists, links not followed (a link on the way is root's,
+//! in a directory root's alone), before anything is made; then the path
+//! it resolves to. Before, only the resolved path was checked, and after
+//! a missing `dest_dir` was made and `chmod`ed: a link `secrets -> /etc`
+//! that `app` put in its own `/var/lib/app` resolved to root's `/etc`,
+//! and the key landed there; a user owning the parent of a missing
+//! `dest_dir` swapped the new directory for a link to `/etc/shadow`, and
+//! root's `chmod 0755` followed it (the mode now comes from the umask
+//! alone). In a `dest_dir`
 //! the key's owner may write to, every name root then uses could be
 //! replaced under it (the owner given first and the mode and content by
 //! name after: it swapped the file for a link, and root gave any file the
@@ -35,18 +44,34 @@ pub(crate) const WRITE: &str = r#"set -eu
 dir=$1 owner=$3 mode=$4 len=$5
 case $owner in *:*) ;; *) owner=$owner:$(id -gn "$owner") ;; esac
 umask 077
-if [ ! -d "$dir" ]; then (umask 022 && mkdir -p "$dir"); chmod 0755 "$dir"; fi
+# Root writes only where nobody else can replace a name: every directory on
+# the way root's, none writable by others (or by a group other than root's)
+# unless sticky, and every link on the way root's. `find` does not follow
+# the name it is given; a name it cannot read counts as not root's.
+alone() {
+  [ "$(find "$1" -prune ! \( ! -user 0 -o \( ! -type l \( \( -perm -0002 ! -perm -1000 \) -o \( -perm -0020 ! -group 0 ! -perm -1000 \) \) \) \) -print 2>/dev/null)" = "$1" ] && return
+  echo "$1 is not root's alone (its owner, or anyone, could replace the key's file): keys are written where only root can (the key still gets its own owner)" >&2
+  exit 1
+}
+root=; [ "$(id -u)" != 0 ] || root=1
+# The path as written, each prefix that exists, before anything is made.
+if [ -n "$root" ]; then
+  p=/ rest=${dir#/}
+  while [ -e "$p" ] || [ -L "$p" ]; do
+    alone "$p"
+    [ -n "$rest" ] || break
+    c=${rest%%/*}
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    p=${p%/}/$c
+  done
+fi
+[ -d "$dir" ] || (umask 022 && mkdir -p "$dir")
 dir=$(cd "$dir" && pwd -P) dest=$dir/$2
-# Root writes only where nobody else can replace a name: the directory and
-# every one above it root's, none writable by others (or by a group other
-# than root's) unless sticky.
-if [ "$(id -u)" = 0 ]; then
+# And the path it resolves to, up to /.
+if [ -n "$root" ]; then
   d=$dir
   while :; do
-    if [ -n "$(find "$d" -prune \( ! -user 0 -o \( -perm -0002 ! -perm -1000 \) -o \( -perm -0020 ! -group 0 ! -perm -1000 \) \) -print 2>/dev/null)" ]; then
-      echo "$d is not root's alone (its owner, or anyone, could replace the key's file): keys are written where only root can (the key still gets its own owner)" >&2
-      exit 1
-    fi
+    alone "$d"
     [ "$d" != / ] || break
     d=${d%/*}; d=${d:-/}
   done
@@ -294,5 +319,79 @@ mod tests {
             assert!(e.error.contains("is not root's alone"), "{dir}: {e}");
             assert_eq!(std::fs::read_dir(d(dir)).unwrap().count(), 0, "{dir}");
         }
+    }
+
+    /// A missing `dest_dir`, its new directory swapped for a link to a file
+    /// as soon as it is made (a `mkdir` that does so stands in for the user
+    /// owning its parent): that file keeps its mode (root's `chmod 0755`
+    /// followed the link). As root, the path as written is checked before
+    /// anything is made: under another user's directory nothing is made; a
+    /// link that user put in its directory, or a link another user owns,
+    /// both to a directory of root's, are refused (only the resolved path
+    /// was checked: the key landed where the link pointed). A link of
+    /// root's in root's directory (NixOS's `/var/run`) is followed.
+    #[tokio::test]
+    async fn root_checks_the_path_as_written_before_making_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = |f: &str| tmp.path().join(f);
+        let victim = d("victim");
+        std::fs::write(&victim, "not a key\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let swap = format!(
+            "\"$real\" \"$@\" || exit\nfor f; do :; done\nrm -rf \"$f\" && ln -s {} \"$f\"",
+            victim.display()
+        );
+        let path = crate::remote::local::stand_in(&d("swap"), "mkdir", &swap);
+        let remote = LocalRemote::new("local");
+        let k = key(&d("new").display().to_string(), b"s3cret");
+        let cmd = write_command(&k, false).env("PATH", &path);
+        let out = exec_input(&remote, &cmd, k.content.expose()).await.unwrap();
+        assert!(!out.success(), "{out:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not a key\n");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+
+        let as_root = std::process::Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&as_root.stdout).trim() != "0" {
+            eprintln!("skipped: a directory of another user needs root to make");
+            return;
+        }
+        let run = |args: &[&str]| {
+            let ok = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{args:?}");
+        };
+        let s = |f: &str| d(f).display().to_string();
+        std::fs::create_dir_all(d("theirs")).unwrap();
+        std::fs::create_dir_all(d("roots")).unwrap();
+        run(&["chown", "nobody", &s("theirs")]);
+        // Under another user's directory: nothing made.
+        let made = format!("touch {}\n\"$real\" \"$@\"", s("made"));
+        let path = crate::remote::local::stand_in(&d("mark"), "mkdir", &made);
+        let k = key(&s("theirs/new"), b"s3cret");
+        let cmd = write_command(&k, false).env("PATH", &path);
+        let out = exec_input(&remote, &cmd, k.content.expose()).await.unwrap();
+        assert!(out.stderr_str().contains("is not root's alone"), "{out:?}");
+        assert!(!d("made").exists() && !d("theirs/new").exists());
+        // Links to root's directory: in another user's directory, and
+        // another user's in root's.
+        std::os::unix::fs::symlink(d("roots"), d("theirs/secrets")).unwrap();
+        std::os::unix::fs::symlink(d("roots"), d("their-link")).unwrap();
+        run(&["chown", "-h", "nobody", &s("their-link")]);
+        for dir in ["theirs/secrets", "their-link"] {
+            let e = upload(&remote, &key(&s(dir), b"s3cret"), false)
+                .await
+                .unwrap_err();
+            assert!(e.error.contains("is not root's alone"), "{dir}: {e}");
+            assert_eq!(std::fs::read_dir(d("roots")).unwrap().count(), 0, "{dir}");
+        }
+        // Root's link in root's directory: followed.
+        std::os::unix::fs::symlink(d("roots"), d("root-link")).unwrap();
+        upload(&remote, &key(&s("root-link"), b"s3cret"), false)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(d("roots/db-password")).unwrap(), b"s3cret");
     }
 }
