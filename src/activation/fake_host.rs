@@ -469,7 +469,9 @@ impl State {
                 ok("")
             }
             "systemd-run" => {
-                // The reboot: the host comes back on its boot default.
+                // The reboot: the host comes back on its boot default,
+                // `/run/keys` (a tmpfs) empty.
+                self.keys.retain(|k, _| !k.starts_with("/run/keys/"));
                 self.booted = self.boot_default.clone();
                 self.current = self.boot_default.clone();
                 self.boot_id += 1;
@@ -491,6 +493,7 @@ impl State {
                     Output::new(Exit::Code { code: 3 }, "failed\n", "")
                 };
                 if std::mem::take(&mut self.reboot_after_health_check) {
+                    self.keys.retain(|k, _| !k.starts_with("/run/keys/"));
                     self.booted = self.boot_default.clone();
                     self.current = self.boot_default.clone();
                     self.boot_id += 1;

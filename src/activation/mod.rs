@@ -29,6 +29,7 @@ pub mod health;
 pub mod host_lock;
 pub mod host_state;
 pub mod inhibitors;
+pub mod key_stage;
 pub mod known_good;
 pub mod leftovers;
 pub mod links;

@@ -94,6 +94,10 @@ pub enum RollbackError {
     /// target: still locked out (`no_new_connection`), or on another
     /// system (`not_on_candidate`). See `pipeline::lockout`.
     Unconfirmed(super::outcome::CutOff),
+    /// Rebooted into the target ([`RollbackMode::Reboot`]), verified, but
+    /// a key of the run could not be written again there (the reboot
+    /// emptied `/run/keys`): the system runs without it.
+    Keys(crate::keys::KeyUploadError),
 }
 
 /// How a rollback ended.
@@ -235,6 +239,40 @@ pub async fn reactivate<R: Remote>(
         }
         SwitchResult::NeedsReboot(r) => failed(RollbackError::NeedsReboot(r)),
     }
+}
+
+/// A rollback by reboot came up on its target with `/run/keys` empty (a
+/// tmpfs): the known-good system ran without its keys, reported rolled
+/// back. The run's keys are written again there, both stages, as a push
+/// rebooted into its candidate writes them; a key that cannot be written
+/// fails the rollback. Any other outcome is returned as it is.
+pub async fn rewrite_keys<R: Remote>(
+    remote: &R,
+    settings: &HostSettings,
+    keys: &[crate::keys::ResolvedKey],
+    outcome: RollbackOutcome,
+    emit: &(dyn Fn(ActivationEvent) + Send + Sync),
+) -> RollbackOutcome {
+    let RollbackOutcome::RolledBack {
+        to,
+        mode: RollbackMode::Reboot,
+        ..
+    } = &outcome
+    else {
+        return outcome;
+    };
+    use crate::keys::UploadAt;
+    for stage in [UploadAt::PreActivation, UploadAt::PostActivation] {
+        let written = super::key_stage::write_stage(remote, keys, stage, settings.sudo, emit);
+        if let Err(e) = written.await {
+            return RollbackOutcome::Failed {
+                to: to.clone(),
+                mode: RollbackMode::Reboot,
+                error: RollbackError::Keys(e),
+            };
+        }
+    }
+    outcome
 }
 
 /// Point the system profile at `to` (a rollback that touches the boot

@@ -8,7 +8,7 @@
 
 use super::events::{ActivationEvent, Warning};
 use super::known_good;
-use super::reactivate::{RollbackError, RollbackMode, RollbackOutcome, reactivate};
+use super::reactivate::{RollbackError, RollbackMode, RollbackOutcome, reactivate, rewrite_keys};
 use super::settings::{HostSettings, RunId};
 use crate::nix::StorePath;
 use crate::remote::Remote;
@@ -20,13 +20,16 @@ use crate::remote::Remote;
 /// switch (a rollback's exit 4 for those alone is back where it was, see
 /// `detached::earlier_failures_only`: without them a host with a broken
 /// unit of its own was reported ROLLBACK-FAILED on the known-good).
-/// Returns the generation revoked and how the rollback went.
+/// `keys` the run's keys of the host, written again after a take-back by
+/// reboot (it emptied `/run/keys`). Returns the generation revoked and
+/// how the rollback went.
 pub async fn take_back<R: Remote>(
     remote: &R,
     settings: &HostSettings,
     run_id: &RunId,
     (mark, mode): (Option<u64>, RollbackMode),
     (before, earlier_failed): (&StorePath, Option<&std::collections::BTreeSet<String>>),
+    keys: &[crate::keys::ResolvedKey],
     emit: &(dyn Fn(ActivationEvent) + Send + Sync),
 ) -> (Option<u64>, RollbackOutcome) {
     let mut revoked = None;
@@ -50,6 +53,7 @@ pub async fn take_back<R: Remote>(
         mode,
     });
     let outcome = reactivate(remote, settings, run_id, &to, mode, earlier_failed, emit).await;
+    let outcome = rewrite_keys(remote, settings, keys, outcome, emit).await;
     emit(ActivationEvent::RollbackFinished {
         outcome: outcome.clone(),
     });

@@ -651,6 +651,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 &self.run_id,
                 (mark, mode),
                 (before, failed.as_ref()),
+                self.keys.get(host).map_or(&[][..], |k| k.as_slice()),
                 &emit,
             );
             Some(taken.await)
@@ -744,8 +745,16 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
         let emit = forward(&self.sink, host);
         unpoisoned(&self.taking_back).insert(host.to_owned());
         let unmarked = (None, crate::activation::RollbackMode::BootOnly);
-        let (_, rollback) =
-            take_back(remote, settings, &self.run_id, unmarked, (to, None), &emit).await;
+        let (_, rollback) = take_back(
+            remote,
+            settings,
+            &self.run_id,
+            unmarked,
+            (to, None),
+            &[],
+            &emit,
+        )
+        .await;
         Some(rollback)
     }
 }

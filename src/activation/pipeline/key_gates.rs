@@ -4,10 +4,10 @@
 //! failure then rolls back, like any gate after the host changed).
 
 use super::Run;
-use crate::activation::events::{ActivationEvent, Step};
+use crate::activation::key_stage;
 use crate::activation::outcome::{FailureReason, HostOutcome};
 use crate::gates::Gate;
-use crate::keys::{self, ResolvedKey, UploadAt};
+use crate::keys::UploadAt;
 use crate::remote::Remote;
 
 impl<R: Remote> Run<'_, R> {
@@ -18,23 +18,10 @@ impl<R: Remote> Run<'_, R> {
         stage: UploadAt,
         gate: Gate,
     ) -> Result<(), HostOutcome> {
-        let all = self.req.keys.clone();
-        let keys: Vec<&ResolvedKey> = all.iter().filter(|k| k.spec.upload_at == stage).collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.step(Step::UploadKeys {
-            stage,
-            keys: keys.iter().map(|k| k.spec.name.clone()).collect(),
-        });
-        match keys::upload_all(self.remote, &keys, self.s.sudo).await {
-            Ok(receipts) => {
-                (self.emit)(ActivationEvent::KeysUploaded {
-                    stage,
-                    keys: receipts,
-                });
-                Ok(())
-            }
+        let keys = self.req.keys.clone();
+        let (remote, sudo) = (self.remote, self.s.sudo);
+        match key_stage::write_stage(remote, &keys, stage, sudo, self.emit).await {
+            Ok(()) => Ok(()),
             Err(error) => {
                 let reason = FailureReason::Keys { stage, error };
                 Err(if self.live_changed {

@@ -22,7 +22,7 @@ use super::events::{ActivationEvent, GateEvidence, Step, Warning};
 use super::known_good::{self, GateRecord, MarkRequest};
 use super::outcome::{CutOff, FailureReason, HostOutcome};
 use super::profile::{self, ProfileCheck};
-use super::reactivate::{RollbackMode, RollbackOutcome, reactivate};
+use super::reactivate::{RollbackMode, RollbackOutcome, reactivate, rewrite_keys};
 use super::realise::RealiseOutcome;
 use super::reboot::{RebootOutcome, reboot_and_verify};
 use super::settings::{HostSettings, Os, RunId, STEP_LIMIT};

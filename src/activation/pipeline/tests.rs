@@ -3139,3 +3139,42 @@ async fn a_known_good_candidate_rebooted_into_whose_mark_fails_stays() {
     let reboots = crate::activation::fake_host::reboots(&ran.cmds);
     assert_eq!(reboots, 1, "{:#?}", ran.cmds);
 }
+
+/// The same rolled back by a reboot, with keys: the reboot back emptied
+/// `/run/keys` (a tmpfs), and the run's keys of both stages are written
+/// again on the system it came up on (before: none, reported rolled back
+/// with the known-good system running without its keys).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_by_reboot_writes_the_keys_again() {
+    let host = FakeHost::new(&sp(OLD));
+    host.behave(
+        &sp(NEW),
+        Behaviour {
+            healthy: false,
+            ..Behaviour::systemd_change()
+        },
+    );
+    let mut req = keyed(Goal::Gated);
+    req.settings.allow_reboot = true;
+    let ran = run(&host, &req).await;
+    assert!(
+        matches!(&ran.outcome, HostOutcome::RolledBack { to, .. } if *to == sp(OLD)),
+        "{:?}",
+        ran.outcome
+    );
+    assert_eq!(crate::activation::fake_host::reboots(&ran.cmds), 2);
+    let st = host.state();
+    assert_eq!(st.booted, sp(OLD));
+    assert_eq!(st.keys["/run/keys/pre.key"], b"PRE-SECRET");
+    assert_eq!(st.keys["/run/keys/post.key"], b"POST-SECRET");
+    let finished = (ran.events.iter())
+        .position(|e| matches!(e, ActivationEvent::RollbackFinished { .. }))
+        .unwrap();
+    let rewritten = ran.events[..finished]
+        .iter()
+        .rev()
+        .take_while(|e| !matches!(e, ActivationEvent::RollbackStarted { .. }))
+        .filter(|e| matches!(e, ActivationEvent::KeysUploaded { .. }))
+        .count();
+    assert_eq!(rewritten, 2, "{:#?}", ran.events);
+}

@@ -822,6 +822,10 @@ pub fn rollback_error(e: &RollbackError) -> String {
             reboot(r)
         ),
         RollbackError::Unconfirmed(cut) => unconfirmed(cut),
+        RollbackError::Keys(e) => format!(
+            "it rebooted into it, but its keys could not be written again: {}",
+            first_line(&e.to_string())
+        ),
     }
 }
 
