@@ -26,10 +26,17 @@ pub async fn write_stage<R: Remote>(
             keys: these.iter().map(|k| k.spec.name.clone()).collect(),
         },
     });
-    let receipts = keys::upload_all(remote, &these, sudo).await?;
-    emit(ActivationEvent::KeysUploaded {
-        stage,
-        keys: receipts,
-    });
-    Ok(())
+    // The keys written before one that failed are reported too: they
+    // replaced what the host had.
+    let (receipts, failed) = match keys::upload_all(remote, &these, sudo).await {
+        Ok(receipts) => (receipts, None),
+        Err(e) => (e.written.clone(), Some(e)),
+    };
+    if !receipts.is_empty() {
+        emit(ActivationEvent::KeysUploaded {
+            stage,
+            keys: receipts,
+        });
+    }
+    failed.map_or(Ok(()), Err)
 }

@@ -116,7 +116,9 @@ pub enum HostOutcome {
         to: StorePath,
         rollback_error: RollbackError,
     },
-    /// A gate failed before anything on the host changed.
+    /// A gate failed before anything on the host changed, but for the
+    /// keys a failed key gate wrote before the key that failed
+    /// ([`FailureReason::keys_written`]).
     Failed { gate: Gate, reason: FailureReason },
     /// The closure is not signed by a key the host trusts.
     SignatureMismatch {
@@ -226,6 +228,17 @@ impl FailureReason {
                 serde_json::from_str(error).ok()
             }
             _ => None,
+        }
+    }
+}
+
+impl FailureReason {
+    /// The keys written before a key that failed: a failure "before the
+    /// host changed" that changed them (empty for any other reason).
+    pub fn keys_written(&self) -> &[crate::keys::KeyReceipt] {
+        match self {
+            FailureReason::Keys { error, .. } => &error.written,
+            _ => &[],
         }
     }
 }

@@ -21,7 +21,8 @@ pub enum KeysFailure {
     Unreachable { error: String },
     /// sudo did not work on the host (`sudo = true`).
     Sudo(SudoCheck),
-    /// A key could not be written; keys before it in the list were.
+    /// A key could not be written; keys before it in the list were (its
+    /// `written`).
     Upload(KeyUploadError),
 }
 

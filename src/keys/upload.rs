@@ -97,6 +97,11 @@ pub struct KeyUploadError {
     pub key: String,
     pub dest: String,
     pub error: String,
+    /// The keys written before it in the same list ([`upload_all`]): they
+    /// replaced what the host had. Before, they were dropped with the
+    /// error, and the host was reported as failed with nothing changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub written: Vec<KeyReceipt>,
 }
 
 /// The remote command writing `key` (its content goes on stdin).
@@ -122,6 +127,7 @@ pub async fn upload<R: Remote>(
         key: key.spec.name.clone(),
         dest: key.spec.dest(),
         error,
+        written: Vec::new(),
     };
     let cmd = write_command(key, sudo);
     let run = exec_input(remote, &cmd, key.content.expose());
@@ -144,7 +150,8 @@ pub async fn upload<R: Remote>(
     Ok(key.receipt())
 }
 
-/// Write `keys` in order; the first failure stops it.
+/// Write `keys` in order; the first failure stops it, carrying the
+/// receipts of the keys written before it (`written`).
 pub async fn upload_all<R: Remote>(
     remote: &R,
     keys: &[&ResolvedKey],
@@ -152,7 +159,10 @@ pub async fn upload_all<R: Remote>(
 ) -> Result<Vec<KeyReceipt>, KeyUploadError> {
     let mut done = Vec::with_capacity(keys.len());
     for key in keys {
-        done.push(upload(remote, key, sudo).await?);
+        match upload(remote, key, sudo).await {
+            Ok(receipt) => done.push(receipt),
+            Err(e) => return Err(KeyUploadError { written: done, ..e }),
+        }
     }
     Ok(done)
 }

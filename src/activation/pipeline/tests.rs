@@ -3178,3 +3178,48 @@ async fn a_rollback_by_reboot_writes_the_keys_again() {
         .count();
     assert_eq!(rewritten, 2, "{:#?}", ran.events);
 }
+
+/// Three keys, the second cannot be written: the first replaced the
+/// host's. Its receipt is reported (a `KeysUploaded` event, the error's
+/// `written`) and the failure does not say nothing changed (before: the
+/// receipt was dropped with the error, and the host was reported failed
+/// before it changed).
+#[tokio::test(start_paused = true)]
+async fn a_key_failing_after_others_were_written_reports_them() {
+    use crate::keys::{ResolvedKey, Secret, UploadAt};
+    let mut req = keyed(Goal::Gated);
+    let pre = req.keys[0].spec.clone();
+    let key = |name: &str| {
+        let spec = crate::keys::KeySpec {
+            name: name.into(),
+            upload_at: UploadAt::PreActivation,
+            ..pre.clone()
+        };
+        ResolvedKey::new(spec, Secret::new(name.as_bytes().to_vec()))
+    };
+    req.keys = std::sync::Arc::new(vec![key("a.key"), key("b.key"), key("c.key")]);
+    let host = FakeHost::new(&sp(OLD));
+    host.state().failing_key = Some("b.key".into());
+    let ran = run(&host, &req).await;
+    let HostOutcome::Failed { reason, .. } = &ran.outcome else {
+        panic!("{:?}", ran.outcome)
+    };
+    let written: Vec<&str> = (reason.keys_written().iter())
+        .map(|k| k.name.as_str())
+        .collect();
+    assert_eq!(written, ["a.key"]);
+    assert_eq!(host.state().keys["/run/keys/a.key"], b"a.key");
+    let uploaded: Vec<_> = (ran.events.iter())
+        .filter_map(|e| match e {
+            ActivationEvent::KeysUploaded { keys, .. } => Some(keys.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uploaded.len(), 1, "{:#?}", ran.events);
+    assert_eq!(uploaded[0][0].dest, "/run/keys/a.key");
+    let said = crate::report::human::words::unchanged_but_keys(reason, "nothing changed");
+    assert!(
+        said.contains("a.key") && !said.starts_with("nothing"),
+        "{said}"
+    );
+}

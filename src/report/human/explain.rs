@@ -191,7 +191,7 @@ fn activation_story(host: &str, command: &str, o: &HostOutcome, labels: &Labels)
         HostOutcome::Failed { gate, reason } => (
             format!("{gate} failed: {}", words::failure(reason)),
             log_of(reason),
-            Some("nothing on it changed".into()),
+            Some(words::unchanged_but_keys(reason, "nothing on it changed")),
             next_for(host, command, reason),
         ),
         HostOutcome::SignatureMismatch { untrusted, tail: t } => (

@@ -829,6 +829,20 @@ pub fn rollback_error(e: &RollbackError) -> String {
     }
 }
 
+/// What a failure before the host changed left changed: `nothing`, or
+/// the keys written before a key that failed.
+pub(crate) fn unchanged_but_keys(reason: &FailureReason, nothing: &str) -> String {
+    let written = reason.keys_written();
+    if written.is_empty() {
+        return nothing.to_owned();
+    }
+    let names: Vec<&str> = written.iter().map(|k| k.name.as_str()).collect();
+    format!(
+        "only keys changed: {} written before the one that failed",
+        names.join(", ")
+    )
+}
+
 /// A rollback from a lockout that no new connection confirmed.
 fn unconfirmed(cut: &crate::activation::CutOff) -> String {
     use crate::activation::CutOff;
@@ -937,7 +951,8 @@ fn outcome(o: &HostOutcome, labels: &Labels) -> Option<String> {
             rollback_error(e)
         ),
         HostOutcome::Failed { gate, reason } => {
-            format!("{gate} failed: {} (nothing changed)", failure(reason))
+            let changed = unchanged_but_keys(reason, "nothing changed");
+            format!("{gate} failed: {} ({changed})", failure(reason))
         }
         HostOutcome::SignatureMismatch { untrusted, .. } => format!(
             "{} path(s) not signed by a key the host trusts (nothing changed)",
