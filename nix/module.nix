@@ -87,12 +87,13 @@ let
           default = "6h";
           example = "90min";
           description = ''
-            The longest one run may take (`RuntimeMaxSec=` of the service): a
-            run still going then is stopped like a Ctrl-C (SIGTERM: nothing new
-            starts, hosts in flight finish and are verified; see
-            `TimeoutStopSec`), so a rollout stuck on a host does not block the
-            next scheduled one forever. Every remote step of nixgate has its
-            own bound; this is the last one.
+            The longest one run may take (`TimeoutStartSec=` of the service: a
+            oneshot service's run is its start, and systemd ignores
+            `RuntimeMaxSec=` for oneshot services): a run still going then is
+            stopped like a Ctrl-C (SIGTERM: nothing new starts, hosts in flight
+            finish and are verified; see `TimeoutStopSec`), so a rollout stuck
+            on a host does not block the next scheduled one forever. Every
+            remote step of nixgate has its own bound; this is the last one.
           '';
         };
 
@@ -223,7 +224,10 @@ let
         # SIGTERM: nixgate starts nothing new and finishes the hosts in flight
         # (their activation is bounded by the inventory's activation_timeout).
         TimeoutStopSec = "15min";
-        RuntimeMaxSec = rollout.timeout;
+        # A oneshot's run is its start: systemd.service(5) says RuntimeMaxSec=
+        # has no effect on Type=oneshot (a stuck rollout would run forever and
+        # every later firing of its timer would find it still running).
+        TimeoutStartSec = rollout.timeout;
 
         # Hardening. Writable: the state directory, and readWritePaths.
         ReadWritePaths = readWritePaths ++ outputDirs rollout;

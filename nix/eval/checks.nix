@@ -386,9 +386,11 @@ let
       && canary.serviceConfig.ProtectSystem == "strict"
       && canary.serviceConfig.ProtectHome == "read-only"
     ) (show (b.removeAttrs canary [ "path" ])))
-    (check "module: a rollout's run is bounded (RuntimeMaxSec), 6h by default" (
-      canary.serviceConfig.RuntimeMaxSec or null == "6h"
-    ) (canary.serviceConfig.RuntimeMaxSec or null))
+    # RuntimeMaxSec= has no effect on a oneshot (systemd.service(5)): the
+    # bound of its run is TimeoutStartSec=.
+    (check "module: a rollout's run is bounded (TimeoutStartSec, not RuntimeMaxSec: oneshot), 6h by default" (
+      canary.serviceConfig.TimeoutStartSec or null == "6h" && !(canary.serviceConfig ? RuntimeMaxSec)
+    ) (show canary.serviceConfig))
     (check "module: readWritePaths get systemd's `-` (a missing path is skipped, not 226/NAMESPACE)" (
       canary.serviceConfig.ReadWritePaths == [
         "-/srv/fleet-config"
