@@ -97,6 +97,23 @@ let
           '';
         };
 
+        stopTimeout = mkOption {
+          type = types.str;
+          default = "15min";
+          example = "45min";
+          description = ''
+            How long a stopped run may take to finish (`TimeoutStopSec=` of the
+            service) before systemd kills it and everything it started
+            (SIGKILL). A stop (`systemctl stop`, the `timeout` running out,
+            shutdown) sends nixgate SIGTERM: nothing new starts and the hosts
+            in flight finish their gates, each bounded by the inventory's
+            `activation_timeout`; a `--reboot` host, or one whose failure is
+            then rolled back, can need longer than the default. Only nixgate
+            gets the SIGTERM (`KillMode=mixed`): the git, tar, ssh and notify
+            commands it runs for those hosts are left to finish.
+          '';
+        };
+
         randomizedDelaySec = mkOption {
           type = types.str;
           default = "0";
@@ -223,7 +240,12 @@ let
         UMask = "0077";
         # SIGTERM: nixgate starts nothing new and finishes the hosts in flight
         # (their activation is bounded by the inventory's activation_timeout).
-        TimeoutStopSec = "15min";
+        TimeoutStopSec = rollout.stopTimeout;
+        # The SIGTERM to nixgate alone: the default (control-group) sends it to
+        # every process of the unit, so the git, tar, ssh and notify commands
+        # nixgate runs for the hosts it is finishing were killed under it.
+        # The SIGKILL at the end of TimeoutStopSec still reaches them all.
+        KillMode = "mixed";
         # A oneshot's run is its start: systemd.service(5) says RuntimeMaxSec=
         # has no effect on Type=oneshot (a stuck rollout would run forever and
         # every later firing of its timer would find it still running).

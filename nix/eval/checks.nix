@@ -257,6 +257,10 @@ let
       type = "str";
       default = "6h";
     };
+    "rollouts.<name>.stopTimeout" = {
+      type = "str";
+      default = "15min";
+    };
     "rollouts.<name>.randomizedDelaySec" = {
       type = "str";
       default = "0";
@@ -306,6 +310,7 @@ let
     readWritePaths = [ "/srv/fleet-config" ];
     rollouts.fleet = {
       inventory = "/etc/nixgate/fleet.toml";
+      stopTimeout = "45min";
       htmlReport = "/var/lib/nixgate/fleet/report.html";
       metricsFile = "/var/lib/node-exporter/nixgate.prom";
       extraArgs = [
@@ -390,6 +395,14 @@ let
     # bound of its run is TimeoutStartSec=.
     (check "module: a rollout's run is bounded (TimeoutStartSec, not RuntimeMaxSec: oneshot), 6h by default" (
       canary.serviceConfig.TimeoutStartSec or null == "6h" && !(canary.serviceConfig ? RuntimeMaxSec)
+    ) (show canary.serviceConfig))
+    # A stop's SIGTERM lets the hosts in flight finish: its bound is the
+    # rollout's stopTimeout, and it reaches nixgate alone (KillMode=mixed:
+    # the default control-group would kill the commands it waits for).
+    (check "module: a stopped run finishes within stopTimeout (15min by default), SIGTERM to nixgate only" (
+      canary.serviceConfig.TimeoutStopSec == "15min"
+      && canary.serviceConfig.KillMode or null == "mixed"
+      && fleetService.serviceConfig.TimeoutStopSec == "45min"
     ) (show canary.serviceConfig))
     (check "module: readWritePaths get systemd's `-` (a missing path is skipped, not 226/NAMESPACE)" (
       canary.serviceConfig.ReadWritePaths == [
