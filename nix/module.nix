@@ -212,12 +212,14 @@ let
       # git ships the configuration's HEAD to the builder and writes release
       # tags; ssh for a `[release] remote` reached over SSH; sh and tar for
       # `--allow-dirty`.
+      # Then the commands the inventory names (extraPackages).
       path = [
         pkgs.git
         pkgs.openssh
         pkgs.bash
         pkgs.gnutar
-      ];
+      ]
+      ++ cfg.extraPackages;
       environment = lib.optionalAttrs (cfg.sshAuthSock != null) {
         SSH_AUTH_SOCK = cfg.sshAuthSock;
       };
@@ -350,6 +352,21 @@ in
         A socket under `/tmp` or `/var/tmp` turns the services' `PrivateTmp`
         off (a private /tmp would hide it); elsewhere, e.g. under `/run`,
         keeps it.
+      '';
+    };
+
+    extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression "[ pkgs.pass pkgs.curl ]";
+      description = ''
+        Packages whose programs the rollout services need on their `PATH`,
+        after the ones they always have (git, openssh, bash, gnutar): every
+        command the inventory names by a bare name is looked up there, e.g.
+        a `sudo_password_command` (`[ "pass" "show" "fleet/sudo" ]`), a key's
+        `command` source, a `[notify]` command. A systemd service does not
+        see the system's or a user's profile, so a command found in a shell
+        fails in the rollout without this.
       '';
     };
 

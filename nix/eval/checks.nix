@@ -234,6 +234,10 @@ let
       type = "nullOr str";
       default = null;
     };
+    "extraPackages" = {
+      type = "listOf package";
+      default = [ ];
+    };
     "readWritePaths" = {
       type = "listOf str";
       default = [ ];
@@ -307,6 +311,7 @@ let
 
   withOutputs = nixosWith {
     enable = true;
+    extraPackages = [ stub.legacyPackages.x86_64-linux.pass ];
     readWritePaths = [ "/srv/fleet-config" ];
     rollouts.fleet = {
       inventory = "/etc/nixgate/fleet.toml";
@@ -396,6 +401,17 @@ let
     (check "module: a rollout's run is bounded (TimeoutStartSec, not RuntimeMaxSec: oneshot), 6h by default" (
       canary.serviceConfig.TimeoutStartSec or null == "6h" && !(canary.serviceConfig ? RuntimeMaxSec)
     ) (show canary.serviceConfig))
+    # Commands the inventory names (sudo_password_command, key sources,
+    # [notify]) are looked up on the service's PATH.
+    (check "module: extraPackages go on the service's path, after the fixed ones" (
+      map (p: p.name) fleetService.path == [
+        "git"
+        "openssh"
+        "bash"
+        "gnutar"
+        "pass"
+      ]
+    ) (show (map (p: p.name) fleetService.path)))
     # A stop's SIGTERM lets the hosts in flight finish: its bound is the
     # rollout's stopTimeout, and it reaches nixgate alone (KillMode=mixed:
     # the default control-group would kill the commands it waits for).

@@ -122,6 +122,8 @@ let
         "rust-analyzer"
         "cargo-nextest"
         "zstd"
+        # a command an inventory names (the module's extraPackages)
+        "pass"
       ] (name: mkDrv name { });
     in
     pkgs;
