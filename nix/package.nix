@@ -25,6 +25,8 @@
   git,
   openssh,
   util-linux,
+  perl,
+  procps,
   rustc,
 }:
 let
@@ -76,12 +78,20 @@ rustPlatform.buildRustPackage {
   doCheck = false;
   cargoTestFlags = [ "--lib" ];
   checkFlags = map (t: "--skip=${t}") skipped;
-  # ssh-keygen (known_hosts tests), git, flock and setsid (util-linux).
+  # ssh-keygen (known_hosts tests), git; perl (the source extraction's
+  # rename when mv has no -T, as on macOS: src/nix/source.rs); flock and
+  # setsid (util-linux) and ps, pgrep, pkill (procps: the leftover and fire
+  # scripts' tests) on Linux, where the sandbox has none of them. nixpkgs'
+  # procps builds only `watch` on Darwin: its ps is the system's.
   nativeCheckInputs = [
     git
     openssh
+    perl
   ]
-  ++ lib.optionals stdenv.hostPlatform.isLinux [ util-linux ];
+  ++ lib.optionals stdenv.hostPlatform.isLinux [
+    util-linux
+    procps
+  ];
   preCheck = ''
     export HOME=$(mktemp -d)
   '';

@@ -138,6 +138,18 @@ let
       && c.unit-tests.doCheck
       && c.unit-tests.cargoTestFlags == [ "--lib" ]
       && succeeds c.unit-tests.drvPath
+      # What the unit tests call: perl (source.rs's rename fallback) everywhere;
+      # util-linux (flock, setsid) and procps (ps, pgrep, pkill) on Linux.
+      && map (p: p.name) c.unit-tests.nativeCheckInputs
+        == [
+          "git"
+          "openssh"
+          "perl"
+        ]
+        ++ lib.optionals (b.elem system linux) [
+          "util-linux"
+          "procps"
+        ]
       # module-eval's own assertions, against the stub NixOS.
       && (b.elem system linux -> c.module-eval.name == "nixgate-module-eval")
       && lib.all (n: c.${n}.type == "derivation") (b.attrNames c)

@@ -124,6 +124,8 @@ let
         "zstd"
         # a command an inventory names (the module's extraPackages)
         "pass"
+        "perl"
+        "procps"
       ] (name: mkDrv name { });
     in
     pkgs;
