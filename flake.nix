@@ -27,6 +27,9 @@
             # The nixpkgs source as a store path: the builder VM evaluates the
             # fleet's configurations from it again (vm-tests/lib.nix).
             nixpkgs = nixpkgs.outPath;
+            # Its NAR hash: the fleet repository's flake.lock locks nixpkgs
+            # with it (nixgate evaluates purely and never writes a lock).
+            nixpkgsNarHash = nixpkgs.narHash;
           };
         in
         {

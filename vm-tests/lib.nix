@@ -31,6 +31,9 @@
   # The nixpkgs source as a store path; the flake passes its input's outPath
   # (the builder's flake reads nixpkgs from this very path).
   nixpkgs ? pkgs.path,
+  # Its NAR hash (SRI); the flake passes its input's narHash. The fleet
+  # repository's flake.lock locks nixpkgs with it (see fleetLock).
+  nixpkgsNarHash ? throw "vm-tests/lib.nix: give nixpkgsNarHash, the NAR hash of `nixpkgs` (a flake input's narHash): the fleet repository's flake.lock needs it",
 }:
 let
   inherit (pkgs) lib;
@@ -73,6 +76,40 @@ let
     hosts = ["target1"]
   '';
 
+  # The fleet repository's flake.lock. nixgate evaluates a commit purely
+  # (`builtins.getFlake "path:DIR?narHash=..."`, src/nix/flake_build.rs) and
+  # never writes a lock: with none, the builder's Nix refuses to lock the
+  # nixpkgs input ("cannot update flake input 'nixpkgs' in pure mode") and
+  # every push fails LockIncomplete. So the repository carries the lock
+  # `nix flake lock` would write: a version-7 lock whose nixpkgs node is the
+  # path input fleet/flake.nix names (after @nixpkgs@ is substituted), locked
+  # by its narHash. No lastModified: Nix computes it when it fetches the path
+  # (0 for a valid `-source` store path, else the files' newest mtime, which
+  # depends on the Nix version and the store), and a locked value that
+  # differs is an error ("'lastModified' attribute mismatch"); without it,
+  # the narHash alone locks a path input (Nix 2.8 to 2.3x).
+  # nix/eval/fleet-repo-check evaluates a copy of the repository with this
+  # lock purely, as nixgate does, with the local Nix.
+  fleetLock = builtins.toJSON {
+    version = 7;
+    root = "root";
+    nodes = {
+      root.inputs.nixpkgs = "nixpkgs";
+      nixpkgs = {
+        flake = false;
+        locked = {
+          type = "path";
+          path = "${nixpkgs}";
+          narHash = nixpkgsNarHash;
+        };
+        original = {
+          type = "path";
+          path = "${nixpkgs}";
+        };
+      };
+    };
+  };
+
   # The fleet as the builder sees it, from the targets' test nodes: the
   # network settings (fleet.json), the configurations, and every (target,
   # variant) system of this test, built.
@@ -97,12 +134,13 @@ let
 
       # The configuration repository: the whole of ./fleet (what it imports
       # must be in it: nix/eval/fleet-repo-check evaluates a copy of it alone),
-      # the nixpkgs path in its flake.nix, fleet.json; the scripts add
-      # variants.json.
+      # the nixpkgs path in its flake.nix, its flake.lock (fleetLock),
+      # fleet.json; the scripts add variants.json (and commit them all).
       repo = pkgs.runCommand "nixgate-vm-fleet-config" { } ''
         mkdir -p $out
         cp -r --no-preserve=mode ${./fleet}/. $out/
         substituteInPlace $out/flake.nix --subst-var-by nixpkgs ${nixpkgs}
+        cp ${pkgs.writeText "flake.lock" fleetLock} $out/flake.lock
         cp ${pkgs.writeText "fleet.json" fleetJson} $out/fleet.json
       '';
     };
@@ -357,6 +395,9 @@ let
   '';
 in
 {
+  # The repository's flake.lock, for nix/eval/fleet-repo-check.
+  inherit fleetLock;
+
   mkFleetTest =
     {
       name,
