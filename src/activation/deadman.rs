@@ -1036,8 +1036,24 @@ pub(crate) mod tests {
         assert!(!std::path::Path::new(&format!("{d}/run/revert.sh")).exists());
     }
 
+    /// Whether util-linux's `tool` (`setsid`, `flock`) is here; said when
+    /// not, and the test asking is skipped. macOS has neither (the package's
+    /// Darwin checks run the unit tests there), and the tests that start a
+    /// sleeper with `setsid` also read its group from /proc, which macOS
+    /// lacks as well.
+    pub(crate) fn have(tool: &str) -> bool {
+        let here = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !here {
+            eprintln!("skipped: no {tool}(1) here");
+        }
+        here
+    }
+
     /// A sleeper in its own session and process group, as the Darwin arm
-    /// starts it; its pid in `pid_file`.
+    /// starts it; its pid in `pid_file` (the test first asks `have("setsid")`).
     pub(crate) fn sleeper(pid_file: &str) -> std::process::Child {
         let child = std::process::Command::new("setsid")
             .args(["sleep", "30"])
@@ -1090,6 +1106,9 @@ pub(crate) mod tests {
     /// POSIX, and bash's and dash's).
     #[tokio::test]
     async fn a_darwin_disarm_kills_its_sleeper() {
+        if !have("setsid") {
+            return;
+        }
         use crate::remote::local::LocalRemote;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
@@ -1299,6 +1318,9 @@ exit 1"
     /// once, and the re-arm exits 4.
     #[test]
     fn a_darwin_re_arm_never_leaves_a_revert_cut_short() {
+        if !have("setsid") {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         let a = armed_under(d, Os::Darwin);
@@ -1620,6 +1642,9 @@ exit 1"
         );
         // Darwin: a sleeper in its own group whose parent (a shell waiting
         // on it, as launchd would) reaps it at once, so its end can be seen.
+        if !have("setsid") {
+            return;
+        }
         let darwin = armed_under(d, Os::Darwin);
         std::fs::write(&darwin.script, "revert").unwrap();
         let mut parent = std::process::Command::new("sh")
@@ -1801,6 +1826,9 @@ exit 1"
     #[cfg(target_os = "linux")]
     #[test]
     fn a_darwin_revert_stops_a_hung_candidate_first() {
+        if !have("setsid") {
+            return;
+        }
         use crate::remote::local::executable;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();

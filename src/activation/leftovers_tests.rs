@@ -159,6 +159,9 @@ async fn an_earlier_switch_running_past_the_budget_fails_with_what_to_do() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_darwin_hosts_earlier_switch_is_waited_for_and_its_revert_runs_now() {
+    if !crate::activation::deadman::tests::have("setsid") {
+        return;
+    }
     use crate::activation::deadman::{Armed, Arming, arm_command};
     use crate::activation::settings::HostPaths;
     use crate::remote::local::LocalRemote;
@@ -396,6 +399,9 @@ fn spawn_group(argv: &[&str]) -> std::process::Child {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_darwin_revert_under_way_is_not_cut_short() {
+    if !crate::activation::deadman::tests::have("setsid") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let mut revert = spawn_group(&["sh", "-c", "sleep 30", "nixgate-confirm-r0"]);

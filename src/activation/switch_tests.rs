@@ -439,6 +439,9 @@ async fn darwin_fire_outcomes() {
 /// reports it with the profile.
 #[tokio::test]
 async fn linux_fire_script_for_real() {
+    if !crate::activation::deadman::tests::have("flock") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = |f: &str| dir.path().join(f).display().to_string();
     let (lock, status, log) = (d("switch.lock"), d("jobs/j.status"), d("jobs/j.log"));
@@ -610,6 +613,9 @@ async fn a_stop_is_read_back_and_covers_every_attempt() {
 /// which refuses `kill -TERM -- -PGID`: the job lived on).
 #[tokio::test]
 async fn a_darwin_stop_kills_the_job() {
+    if !crate::activation::deadman::tests::have("setsid") {
+        return;
+    }
     use crate::activation::deadman::tests::{ended_within, sleeper};
     let dir = tempfile::tempdir().unwrap();
     let mut paths = HostPaths::for_os(Os::Darwin);
@@ -824,6 +830,9 @@ async fn a_refire_keeps_the_job_files() {
 /// says so, with `nix-env`'s stderr.
 #[tokio::test]
 async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
+    if !crate::activation::deadman::tests::have("flock") {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let d = |f: &str| dir.path().join(f).display().to_string();
@@ -908,6 +917,9 @@ async fn the_fire_sets_the_profile_once_the_lock_is_free_and_only_then_fires() {
 /// fire stops the timer, removes the script, says so and starts nothing.
 #[tokio::test]
 async fn the_fire_arms_the_revert_once_the_lock_is_free_and_only_then_fires() {
+    if !crate::activation::deadman::tests::have("flock") {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let d = |f: &str| dir.path().join(f).display().to_string();
