@@ -1184,6 +1184,16 @@ async fn a_single_wave_cut_mid_soak_fails_the_run() {
     );
     let back: HostSummary = serde_json::from_value(json).unwrap();
     assert!(back.fails_run(), "read back from the run report");
+    // JSON consumers take a host's last `host_finished`: it says so too
+    // (before, the only one was the known-good end before the soak).
+    let finished: Vec<HostSummary> = (f.events.take().into_iter())
+        .filter_map(|e| match e {
+            Event::HostFinished(s) if s.host == "web1" => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), 2, "{finished:?}");
+    assert_eq!(finished.last(), Some(&hosts[0]));
     let st = f.hosts["web1"].state();
     assert!(
         !st.ran.iter().any(|c| c.contains("soak-passed")),

@@ -56,8 +56,9 @@ use cancel::{CancelLevel, CancelWatch};
 pub trait HostJob: Send + Sync + 'static {
     /// What staging (building is done before; staging is the copy) yields.
     type Staged: Send + 'static;
-    /// A finished host's result.
-    type Done: Send + Clone + 'static;
+    /// A finished host's result (compared: a re-check that changed it,
+    /// failing or not, tells the new one to [`HostJob::ended`]).
+    type Done: Send + Clone + PartialEq + 'static;
 
     /// Prepare a host without changing what it runs (copy its closure).
     fn stage(self: Arc<Self>, host: Arc<str>) -> impl Future<Output = Self::Staged> + Send;
@@ -883,12 +884,18 @@ impl<J: HostJob> Runner<J> {
     }
 
     /// The `i`th host's end after its re-check: one that no longer ends
-    /// well counts against the wave, and its new end is told; one this
-    /// machine's own failure marred ([`HostJob::controllers_own`]) stops
-    /// the run after the re-checks.
+    /// well counts against the wave; any new end is told, failing or not
+    /// (a soak cut short leaves a host known-good but failing the run:
+    /// told only when it failed its wave, its `host_finished` still read
+    /// a clean known-good); one this machine's own failure marred
+    /// ([`HostJob::controllers_own`]) stops the run after the re-checks.
     fn rechecked(&mut self, w: &mut WaveRun<'_, J::Done>, i: usize, done: J::Done) {
-        if self.job.is_failure(&done) {
+        let failed = self.job.is_failure(&done);
+        if failed {
             w.failures += 1;
+        }
+        let changed = !matches!(&w.results[i].end, RunnerEnd::Done(had) if *had == done);
+        if failed || changed {
             self.job.ended(&w.results[i].host, &done);
         }
         if self.job.controllers_own(&done) && w.stop.is_none() {

@@ -293,14 +293,19 @@ fn summary(t: &Timeline) -> Vec<SummaryRow> {
                     .and_then(|e| e.closure.as_ref())
                     .map_or("-".into(), words::short_closure),
                 time: end.map_or("-".into(), |e| format!("{:.1} s", e.seconds)),
-                reason: end
-                    .and_then(|e| {
-                        words::end(&e.end, &crate::report::human::labels::Labels::default())
-                    })
-                    .unwrap_or_default(),
+                reason: end.and_then(reason).unwrap_or_default(),
             }
         })
         .collect()
+}
+
+/// Why a host ended as it did; for a known-good host whose mark the run
+/// left soak pending, why it fails the run (its end alone reads clean).
+fn reason(e: &crate::deploy::HostSummary) -> Option<String> {
+    let labels = crate::report::human::labels::Labels::default();
+    e.soak_left
+        .map(words::soak_left)
+        .or_else(|| words::end(&e.end, &labels))
 }
 
 fn hosts(t: &Timeline) -> Vec<HostView> {

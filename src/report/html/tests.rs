@@ -206,3 +206,30 @@ fn an_unvalidated_hosts_diff_says_what_it_is_against() {
         1
     );
 }
+
+/// A canary whose soak a Ctrl-C cut short: its `host_finished` said
+/// known-good, the run's report that its mark was left soak pending (it
+/// fails the run). The page takes the report's word: before, its row read
+/// a clean known-good with no reason, in a run that exited 1.
+#[test]
+fn a_host_whose_soak_was_cut_short_fails_its_row() {
+    let mut run = fixture::run(0);
+    let web1 = run.report.hosts.iter_mut().find(|h| h.host == "web1");
+    let cut = crate::runner::SoakCut::Cancelled;
+    web1.unwrap().soak_left = Some(crate::deploy::SoakLeft::CutShort { cut });
+    let t = timeline::of_run(&run.report, run.events);
+    let row = t.rows.iter().find(|r| r.host == "web1").unwrap();
+    assert!(row.end.as_ref().unwrap().soak_left.is_some(), "{row:?}");
+    let html = render(&run.report, &t, Diffs::default(), vec![]).unwrap();
+    let tr = html
+        .split(r##"<tr><td><a href="#host0">web1</a>"##)
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(
+        tr.contains("outcome-fail") && tr.contains("its soak was cut short (Ctrl-C or SIGTERM)"),
+        "{tr}"
+    );
+}

@@ -459,15 +459,19 @@ impl Collector {
         }
     }
 
-    /// The timeline, with the run's report for what the events lack (how
-    /// hosts ended when the summary was not spooled, the selection).
+    /// The timeline, with the run's report for what the events lack (the
+    /// selection) and for how each host ended, which it has the final say
+    /// on.
     pub fn finish(mut self, report: &RunReport) -> Timeline {
         let start = self.first_ms.unwrap_or(0);
         let end = self.last_ms.max(start);
+        // The report's hosts are the run's last word: an end told in the
+        // events may have changed after (a soak cut short leaves a
+        // known-good host failing the run, said in its summary only).
         for s in &report.hosts {
             let h = self.host(&s.host);
             h.wave.get_or_insert_with(|| s.wave.clone());
-            h.end.get_or_insert_with(|| s.clone());
+            h.end = Some(s.clone());
         }
         for name in &report.selected {
             self.host(name);
