@@ -268,7 +268,7 @@ impl RunSession {
         for warning in save_report(&state_dir, &report, spool) {
             crate::report::stderr(format_args!("nixgate: warning: {warning}\n"));
         }
-        super::runs::after_run(&state_dir, &report.run_id, &outputs);
+        super::runs::after_run(&state_dir, &report, &outputs);
         // The run is over: the next one may start while the team is told
         // (a rollback waited up to the notify timeout, then exited 3).
         drop(lock);

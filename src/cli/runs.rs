@@ -330,15 +330,28 @@ struct Built {
     notes: Vec<String>,
 }
 
-fn build(dir: &Path, id: &str, with_diffs: bool) -> anyhow::Result<Built> {
+/// The run `id`'s events read from disk, with `known`, its report in
+/// memory, in place of the one on disk when the run building it has it: a
+/// run whose final report could not be written (its state disk full) left
+/// only its stub there, no host in it, and its metrics dropped every host
+/// of a run that exited 1.
+fn build(
+    dir: &Path,
+    id: &str,
+    with_diffs: bool,
+    known: Option<&RunReport>,
+) -> anyhow::Result<Built> {
     let mut collector = Collector::new();
     let mut diffs = Diffs::default();
-    let read = runs::read(dir, id, &mut |s| {
+    let mut read = runs::read(dir, id, &mut |s| {
         if with_diffs && let Event::Diff { host, diff } = &s.event {
             diffs.add(host.clone(), diff.clone());
         }
         collector.event(s)
     })?;
+    if let Some(r) = known {
+        read.report = r.clone();
+    }
     let mut notes = notes(dir, &read);
     let timeline = collector.finish(&read.report);
     if timeline.unstamped > 0 {
@@ -379,7 +392,7 @@ pub fn report(
 ) -> anyhow::Result<Outcome> {
     let dir = state_dir(g)?;
     let id = resolve(&dir, spec)?;
-    let built = build(&dir, &id, html_path.is_some())?;
+    let built = build(&dir, &id, html_path.is_some(), None)?;
     if let Some(p) = metrics_path {
         write_metrics(&dir, &built, p)?;
         crate::report::stderr(format_args!("metrics of run {id}: {}\n", p.display()));
@@ -394,9 +407,10 @@ pub fn report(
 /// At the end of a deploying run, after its report is written: the HTML
 /// report and the metrics file if asked for, then the oldest reports
 /// pruned. A failure here is a warning: the run itself is over.
-pub fn after_run(dir: &Path, run_id: &str, out: &RunOutputs) {
+pub fn after_run(dir: &Path, report: &RunReport, out: &RunOutputs) {
+    let run_id = report.run_id.as_str();
     if out.html_report.is_some() || out.metrics_file.is_some() {
-        match build(dir, run_id, out.html_report.is_some()) {
+        match build(dir, run_id, out.html_report.is_some(), Some(report)) {
             Ok(built) => {
                 if let Some(p) = &out.metrics_file
                     && let Err(e) = write_metrics(dir, &built, p)
@@ -422,5 +436,40 @@ pub fn after_run(dir: &Path, run_id: &str, out: &RunOutputs) {
         crate::report::stderr(format_args!(
             "nixgate: warning: pruning old run reports (--keep {keep}): {e:#}\n"
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::stored::fixture;
+
+    /// A run whose final report could not be written (its state disk
+    /// full): only its stub is on disk, no host in it. The metrics the run
+    /// writes still carry its hosts, from the report it holds in memory
+    /// (before: re-read from disk, they vanished from a run that exited 1).
+    #[test]
+    fn a_run_whose_report_was_not_written_still_has_its_hosts_in_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = fixture::run(0);
+        let mut stub = run.report.clone();
+        (stub.finished, stub.exit_code, stub.ending) = (None, None, None);
+        stub.hosts.clear();
+        crate::state::run_report::write(dir.path(), &stub, None).unwrap();
+        let prom = dir.path().join("nixgate.prom");
+        let out = RunOutputs {
+            metrics_file: Some(prom.clone()),
+            ..Default::default()
+        };
+        after_run(dir.path(), &run.report, &out);
+        let text = std::fs::read_to_string(&prom).unwrap();
+        for (host, outcome) in [("web3", "pending-reboot"), ("web2", "rolled-back")] {
+            let want = format!("host=\"{host}\",wave=\"main\",outcome=\"{outcome}\"");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("nixgate_host_last_outcome{") && l.contains(&want)),
+                "{host}: {text}"
+            );
+        }
     }
 }

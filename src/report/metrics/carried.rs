@@ -324,6 +324,21 @@ fn reports(state_dir: &Path, current: &RunReport) -> Vec<(String, Report)> {
     let mut out = Vec::new();
     // Newest first, as the judge takes them.
     for id in ids.into_iter().rev() {
+        // The run the file is written for, unfinished (`nixgate report` of
+        // a killed run), is judged like any other from what it holds in
+        // memory: before, it read as ended with no host, and the hosts it
+        // left interrupted kept the run before's series.
+        if id == current.run_id && current.finished.is_none() {
+            let report = match judge.state(false, &id, &current.started) {
+                RunState::Running => continue,
+                RunState::Finished | RunState::Interrupted => Report::Interrupted {
+                    goal: current.goal,
+                    selected: current.selected.clone(),
+                },
+            };
+            out.push((id, report));
+            continue;
+        }
         if id == current.run_id {
             let hosts: Vec<Light> = current.hosts.iter().map(light).collect();
             let (goal, finished) = (current.goal, current.finished.clone());

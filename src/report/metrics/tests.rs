@@ -593,6 +593,41 @@ fn a_killed_run_leaves_its_hosts_interrupted_and_unknown() {
     assert_eq!(web1("nixgate_host_runs_known_good").1, 1.0);
 }
 
+/// `nixgate report <killed run> --metrics-file`: the file is written for
+/// the killed run itself, whose hosts read `interrupted` and failed as
+/// when a later run carries them (before: it read as a run ended with no
+/// host, and web1 kept the run before's known-good series).
+#[test]
+fn the_metrics_of_a_killed_run_itself_leave_its_hosts_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = fixture::run(0);
+    crate::state::runs::tests::write_run(dir.path(), &first);
+    let mut killed = fixture::run(0);
+    killed.report.run_id = "20261123T070000Z-kill".into();
+    killed.report.started = "2026-11-23T07:00:00Z".into();
+    let r = &mut killed.report;
+    (r.finished, r.exit_code, r.ending) = (None, None, None);
+    r.selected = vec!["web1".into(), "web2".into()];
+    r.hosts.clear();
+    crate::state::run_report::write(dir.path(), &killed.report, None).unwrap();
+    killed.events.clear();
+    let samples = parse(&metrics_of(dir.path(), &killed));
+    for host in ["web1", "web2"] {
+        let find = |name: &str| {
+            (samples.iter())
+                .find(|(n, l, _)| n == name && l.get("host").map(String::as_str) == Some(host))
+                .map(|s| (s.1.clone(), s.2))
+                .unwrap_or_else(|| panic!("{name} {host}: {samples:?}"))
+        };
+        assert_eq!(
+            find("nixgate_host_last_outcome").0["outcome"],
+            "interrupted"
+        );
+        assert_eq!(find("nixgate_host_last_run_failed").1, 1.0, "{host}");
+        assert!(find("nixgate_host_runs_known_good").1.is_nan(), "{host}");
+    }
+}
+
 /// A killed run whose goal never changes a host (`--goal copy`,
 /// `dry-activate`) leaves what its hosts run and boot as the run before
 /// said (before: NaN, as for a killed switch); its hosts' last run is
