@@ -331,7 +331,7 @@ impl Human {
     /// Print a block of text on stderr, around the live view.
     fn block(&mut self, text: &str) {
         match &mut self.style {
-            Style::Plain { .. } => crate::report::stderr(format_args!("{text}")),
+            Style::Plain { .. } => crate::report::stderr(format_args!("{}", for_terminal(text))),
             Style::Live(t) => t.print(text),
         }
     }
@@ -413,7 +413,7 @@ impl Human {
             t.clear();
         }
         if let Some(table) = self.collected.table(self.command) {
-            crate::report::stdout(format_args!("{table}"));
+            crate::report::stdout(format_args!("{}", for_terminal(&table)));
         }
         let width = tables::width_of(&std::io::stderr());
         crate::report::stderr(format_args!("{}", self.summary_block(hosts, width)));
@@ -443,7 +443,7 @@ impl Human {
         if let Some(path) = &self.report {
             out.push_str(&format!("run report: {}\n", path.display()));
         }
-        out
+        for_terminal(&out)
     }
 }
 
@@ -458,6 +458,21 @@ fn wrapped(text: &str, columns: usize) -> String {
             out.push_str(&l);
             out.push('\n');
         }
+    }
+    out
+}
+
+/// Text of many lines as it reaches the terminal: its line breaks kept,
+/// every other control character blanked ([`strip_controls`]). Applied
+/// where [`Human`] writes a block, a live line or the summary: host text
+/// reaches them through a log tail, a NOTES cell or a pre-check's output,
+/// and `\x1b]0;x\x07` retitled the terminal, a bare `\r` overwrote a line.
+pub(crate) fn for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for l in text.split_inclusive('\n') {
+        let (body, end) = l.strip_suffix('\n').map_or((l, ""), |b| (b, "\n"));
+        out.push_str(&strip_controls(body));
+        out.push_str(end);
     }
     out
 }

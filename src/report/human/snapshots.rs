@@ -459,3 +459,35 @@ fn a_release_says_how_its_branch_moved() {
         format!("{tag} (release/web1 forced, from 9d8e7f6a5b4c)")
     );
 }
+
+/// A host whose switch log ends with a terminal title escape and a bare
+/// carriage return: the summary block (the NOTES column, "its log ends:")
+/// and any block or live line carry neither (before: written as the host
+/// sent them, retitling the operator's terminal, overwriting a line).
+#[test]
+fn control_characters_from_a_host_never_reach_the_terminal() {
+    let end = HostEnd::activation(HostOutcome::RolledBack {
+        gate: Gate::LiveActivate,
+        reason: FailureReason::Switch(SwitchFailure::Exited {
+            code: 4,
+            seen: None,
+            log_tail: vec!["\x1b]0;x\x07owned".into(), "half\rline".into()],
+        }),
+        to: system('a', "web1"),
+    });
+    let hosts = vec![summary("web1", "canary", end, 3.0)];
+    let mut human = Human::plain(Some(CommandName::Push), Level::Normal, false);
+    let block = human.summary_block(&hosts, Some(80));
+    assert!(
+        block.contains("owned") && block.contains("half line"),
+        "{block}"
+    );
+    for c in ['\x1b', '\x07', '\r'] {
+        assert!(!block.contains(c), "{c:?} in {block:?}");
+    }
+    let text = "plan\n  web1: \x1b]0;x\x07 pre-check said\r\nno\n";
+    assert_eq!(
+        for_terminal(text),
+        "plan\n  web1:  ]0;x  pre-check said \nno\n"
+    );
+}

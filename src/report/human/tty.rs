@@ -109,8 +109,10 @@ impl Tty {
         }
     }
 
-    /// Print text above the live view.
+    /// Print text above the live view, without the control characters a
+    /// host's text may carry ([`super::for_terminal`]).
     pub fn print(&self, text: &str) {
+        let text = super::for_terminal(text);
         match &self.bar {
             Some(bar) => bar.suspend(|| crate::report::stderr(format_args!("{text}"))),
             None => crate::report::stderr(format_args!("{text}")),
