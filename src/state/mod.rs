@@ -99,6 +99,11 @@ pub fn write_atomic_with(
         let mut w = std::io::BufWriter::new(file);
         fill(&mut w)?;
         std::io::Write::flush(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
+        // On disk before the rename: a crash or power loss after it left
+        // a run report (or latest.json) renamed into place but empty.
+        let file = w.into_inner().map_err(std::io::IntoInnerError::into_error);
+        file.and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         anyhow::Ok(())
     })();
     if let Err(e) = written {
@@ -106,6 +111,10 @@ pub fn write_atomic_with(
         return Err(e);
     }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    // The rename itself, best effort: the file is whole either way.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
