@@ -293,17 +293,22 @@ impl<W: std::io::Write> Replay<W> {
         }
     }
 
+    /// The run's end as push printed it: the hosts' table, then each
+    /// failing host explained (its log's end, what was done, what to do
+    /// next; before, only the table, and the story stayed in the JSON),
+    /// then the last line.
     fn end(mut self, r: &RunReport) {
         if r.finished.is_some() {
+            let labels = crate::report::human::labels::Labels::default();
             if !r.hosts.is_empty() {
-                let table = strip_controls_lines(
-                    &tables::summary_table(
-                        &r.hosts,
-                        &crate::report::human::labels::Labels::default(),
-                    )
-                    .to_string(),
-                );
-                self.print(&table);
+                let table = tables::summary_table(&r.hosts, &labels).to_string();
+                self.print(&strip_controls_lines(&table));
+            }
+            let command = command(r);
+            let explained =
+                crate::report::human::explain::failures(&r.hosts, command.as_str(), &labels, None);
+            if !explained.is_empty() {
+                self.print(&format!("\n{}", strip_controls_lines(&explained)));
             }
             let failed = r.hosts.iter().filter(|h| h.fails_run()).count();
             let line = tables::summary_line(
@@ -471,5 +476,32 @@ mod tests {
                 "{host}: {text}"
             );
         }
+    }
+
+    /// `nixgate show` of a run with a rolled-back host and a host whose
+    /// soak was cut short: each is explained after the table as push
+    /// explained it, and the cut host's NOTES cell says why it fails
+    /// (before: the table alone, that cell empty, as for a clean
+    /// known-good).
+    #[test]
+    fn show_explains_the_failing_hosts_as_push_did() {
+        let mut report = fixture::run(0).report;
+        let web1 = report.hosts.iter_mut().find(|h| h.host == "web1").unwrap();
+        let cut = crate::runner::SoakCut::Cancelled;
+        web1.soak_left = Some(crate::deploy::SoakLeft::CutShort { cut });
+        let mut out = Vec::new();
+        Replay::new(&mut out).end(&report);
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().find(|l| l.starts_with("web1 ")).unwrap();
+        assert!(row.contains("its soak was cut short"), "{row}");
+        assert!(
+            text.contains("web2: rolled-back\n  health-checks failed")
+                && text.contains("  its log ends:\n      $ curl -sf localhost"),
+            "{text}"
+        );
+        assert!(
+            text.contains("push this commit again to soak it in full"),
+            "{text}"
+        );
     }
 }

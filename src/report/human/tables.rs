@@ -529,8 +529,9 @@ pub fn summary_table(hosts: &[HostSummary], labels: &Labels) -> Table {
                 .map_or_else(|| "-".into(), |c| labels.cell(c)),
             format!("{:.1}s", h.seconds),
             match h.outcome() {
-                // The closure's cell says which generation it became.
-                OutcomeKind::KnownGood => String::new(),
+                // The closure's cell says which generation it became; one
+                // failing the run (its soak left unfinished) says why.
+                OutcomeKind::KnownGood if !h.fails_run() => String::new(),
                 // Its story follows the table: said once, there.
                 _ => super::explain::brief(h, labels)
                     .or_else(|| words::end(&h.end, labels).map(|w| words::about(&h.host, &w)))
