@@ -1162,3 +1162,33 @@ tags = ["web"]
         "{warnings:?}"
     );
 }
+
+/// A canary wave of tags whose only tagged host a LATER wave names (a name
+/// beats a tag) had no hosts, and a whole-fleet push deployed web1 with
+/// `main`, ungated. That is an inventory error naming the host, the wave
+/// that took it and what to do; the same tag wave AFTER the wave that names
+/// the host stays valid (documented: `check` warns about it).
+#[test]
+fn a_tag_wave_emptied_by_a_later_wave_naming_its_hosts_is_an_error() {
+    let hosts = "[hosts.web1]\naddress = \"10.0.0.1\"\ntags = [\"canary\"]\n\
+                 [hosts.web2]\naddress = \"10.0.0.2\"\n";
+    let (text, pos) = errors(&format!(
+        "{BASE}\n{hosts}\
+         [[waves]]\nname = \"canary\"\ntags = [\"canary\"]\n\
+         [[waves]]\nname = \"main\"\nhosts = [\"web1\", \"web2\"]\n"
+    ));
+    assert_eq!(pos.len(), 1, "{text}");
+    assert!(text.contains("wave `canary` has no hosts"), "{text}");
+    assert!(text.contains("web1 is in wave `main`"), "{text}");
+    assert!(
+        text.contains("remove web1 from the `hosts` of wave `main`, or drop the tag `canary`"),
+        "{text}"
+    );
+    let inv = parse(&format!(
+        "{BASE}\n{hosts}\
+         [[waves]]\nname = \"main\"\nhosts = [\"web1\", \"web2\"]\n\
+         [[waves]]\nname = \"canary\"\ntags = [\"canary\"]\n"
+    ))
+    .expect("a tag wave whose hosts went earlier is valid");
+    assert_eq!(inv.select(&Selector::default()).unwrap().len(), 2);
+}

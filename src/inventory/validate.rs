@@ -456,6 +456,7 @@ pub fn fleet(
         }
     }
     note_taken(&mut waves, hosts, &tag_claims, &owner);
+    skipped_waves(w, &waves, &wave_names, &tag_claims);
     // Members in inventory order, whatever order the wave listed them in.
     for wv in &mut waves {
         wv.hosts.sort_by_key(|m| place.get(m.as_str()).copied());
@@ -505,6 +506,52 @@ fn note_taken(
                 })
             })
             .collect();
+    }
+}
+
+/// A wave of tags left with no hosts because a LATER wave names them: a
+/// `canary` wave of `tags = ["canary"]` before a `main` wave whose `hosts`
+/// list web1 (a name beats a tag) had no hosts, and a whole-fleet push sent
+/// the canary with `main`, ungated, exit 0; only `check` warned. That is an
+/// error. Hosts an EARLIER wave took still go before this wave would have
+/// run, so that case stays valid (README: `check` warns, `--wave` names it).
+fn skipped_waves(
+    w: &mut Walker,
+    waves: &[Wave],
+    wave_names: &HashMap<String, Range<usize>>,
+    tag_claims: &[(String, String)],
+) {
+    for (i, wv) in waves.iter().enumerate() {
+        let later: Vec<&Taken> = (wv.taken.iter())
+            .filter(|t| waves[i + 1..].iter().any(|l| l.name == t.wave))
+            .collect();
+        if !wv.hosts.is_empty() || later.is_empty() {
+            continue;
+        }
+        let span = wave_names.get(&wv.name).cloned().unwrap_or(0..0);
+        let hosts: Vec<&str> = later.iter().map(|t| t.host.as_str()).collect();
+        let mut others: Vec<String> = later.iter().map(|t| format!("`{}`", t.wave)).collect();
+        others.sort();
+        others.dedup();
+        let tags: Vec<String> = (tag_claims.iter())
+            .filter(|(wave, _)| *wave == wv.name)
+            .map(|(_, tag)| format!("`{tag}`"))
+            .collect();
+        w.error_help(
+            format!(
+                "{}: a run of the whole fleet would deploy them there, after wave `{}` was skipped",
+                wv.why_empty(),
+                wv.name
+            ),
+            span,
+            format!(
+                "remove {} from the `hosts` of wave {}, or drop the tag {} from wave `{}`",
+                super::model::listed(&hosts),
+                others.join(", "),
+                tags.join(", "),
+                wv.name
+            ),
+        );
     }
 }
 
