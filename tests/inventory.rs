@@ -1192,3 +1192,23 @@ fn a_tag_wave_emptied_by_a_later_wave_naming_its_hosts_is_an_error() {
     .expect("a tag wave whose hosts went earlier is valid");
     assert_eq!(inv.select(&Selector::default()).unwrap().len(), 2);
 }
+
+/// Two spellings of one machine are one address: `2001:DB8:0::1` and
+/// `2001:db8::1`, `web.example.` and `web.example` (compared as strings,
+/// both hosts loaded and both deployed at once to one machine).
+#[test]
+fn duplicate_addresses_are_found_whatever_their_spelling() {
+    for (a, b) in [
+        ("2001:db8::1", "2001:DB8:0::1"),
+        ("web.example.", "Web.Example"),
+    ] {
+        let (text, pos) = errors(&format!(
+            "{BASE}\n[hosts.a]\naddress = \"{a}\"\n[hosts.b]\naddress = \"{b}\"\n"
+        ));
+        assert_eq!(pos.len(), 1, "{text}");
+        assert!(
+            text.contains(&format!("duplicate address {b}:22: host `a` has it too")),
+            "{text}"
+        );
+    }
+}

@@ -141,7 +141,44 @@ pub fn address_problem(v: &str) -> Option<(&'static str, &'static str)> {
             "write a host name, an IPv4 or an IPv6 address; put the user in `user` and the port in `port`",
         ));
     }
+    if looks_numeric(v) && v.parse::<std::net::Ipv4Addr>().is_err() {
+        return Some((
+            "is a number the system resolver reads in its own way (a leading 0 is octal, 0x hex, missing parts are filled in: \"10.0.0.011\" is 10.0.0.9, \"10.1\" is 10.0.0.1)",
+            "write an IPv4 address as four decimal numbers without leading zeros, e.g. \"10.0.0.9\"",
+        ));
+    }
     None
+}
+
+/// Whether `v` is digits and dots, or has 0x-hex parts: what glibc's
+/// `inet_aton` takes for an IPv4 address in any of its forms, so it never
+/// reaches DNS as a name. Only the strict dotted-decimal form says what it
+/// means (`Ipv4Addr`'s parser); the others connect to another machine.
+fn looks_numeric(v: &str) -> bool {
+    v.split('.').all(|part| {
+        part.bytes().all(|c| c.is_ascii_digit())
+            || (part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")))
+                .is_some_and(|hex| hex.bytes().all(|c| c.is_ascii_hexdigit()))
+    })
+}
+
+/// The address as compared for duplicates: an IP as `IpAddr` prints it
+/// (`2001:DB8:0::1` is `2001:db8::1`), a name lowercased without one
+/// trailing dot (`host.` is `host`), so two hosts cannot hide one machine
+/// behind two spellings.
+fn address_key(v: &str) -> String {
+    let (ip, zone) = match v.split_once('%') {
+        Some((ip, zone)) => (ip, Some(zone)),
+        None => (v, None),
+    };
+    match (ip.parse::<std::net::IpAddr>(), zone) {
+        (Ok(ip), None) => ip.to_string(),
+        (Ok(ip), Some(zone)) => format!("{ip}%{zone}"),
+        (Err(_), _) => {
+            let name = v.to_ascii_lowercase();
+            name.strip_suffix('.').map(str::to_owned).unwrap_or(name)
+        }
+    }
 }
 
 /// Why `v` is not an IPv6 address with an optional `%zone`, if it is not.
@@ -331,7 +368,7 @@ pub fn fleet(
 ) -> Vec<Wave> {
     let mut seen_addr: HashMap<(String, u16), &str> = HashMap::new();
     for (addr, h) in hosts {
-        let key = (addr.value.to_ascii_lowercase(), h.connection.port());
+        let key = (address_key(&addr.value), h.connection.port());
         if let Some(first) = seen_addr.get(&key) {
             w.error(
                 format!(
@@ -558,6 +595,43 @@ fn skipped_waves(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_the_resolver_reads_otherwise_are_refused() {
+        for bad in [
+            "10.0.0.011",
+            "10.1",
+            "0x0a000001",
+            "0X0A.0.0.1",
+            "010.0.0.1",
+            "10.0.0.256",
+            "1..2",
+        ] {
+            assert!(
+                address_problem(bad).is_some_and(|(why, _)| why.contains("resolver")),
+                "{bad}"
+            );
+        }
+        for ok in [
+            "10.0.0.1",
+            "0.0.0.0",
+            "web1",
+            "0xcafe.example",
+            "1e100.net",
+            "fe80::1%eth0",
+        ] {
+            assert_eq!(address_problem(ok), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn address_keys_are_one_per_machine() {
+        assert_eq!(address_key("2001:DB8:0::1"), address_key("2001:db8::1"));
+        assert_eq!(address_key("Host.Example."), address_key("host.example"));
+        assert_eq!(address_key("fe80::0001%eth0"), address_key("fe80::1%eth0"));
+        assert_ne!(address_key("fe80::1%eth0"), address_key("fe80::1%eth1"));
+        assert_ne!(address_key("host.."), address_key("host"));
+    }
 
     #[test]
     fn names() {
