@@ -320,7 +320,7 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = parallel)]
         parallel: Option<usize>,
         /// Hang up a host's command after this long (e.g. `30s`, `5m`).
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = exec_timeout)]
         timeout: Option<std::time::Duration>,
         /// Print each host's output whole when it ends instead of line by line.
         #[arg(long)]
@@ -376,8 +376,14 @@ impl Default for RunOutputs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::inventory::duration::parse(s)
+/// `exec --timeout`: longer than zero, as the inventory's timeouts must be.
+/// `--timeout 0s` was accepted and hung up every host's command at once.
+fn exec_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = crate::inventory::duration::parse(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero (e.g. `30s`); leave --timeout out for none".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +400,21 @@ pub enum ReleaseCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_timeout_must_be_longer_than_zero() {
+        for zero in ["0s", "0", "0ms"] {
+            let e = Cli::try_parse_from(["nixgate", "exec", "--timeout", zero, "--", "true"])
+                .unwrap_err();
+            assert!(e.to_string().contains("longer than zero"), "{zero}: {e}");
+        }
+        let cli =
+            Cli::try_parse_from(["nixgate", "exec", "--timeout", "5s", "--", "true"]).unwrap();
+        let Command::Exec { timeout, .. } = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(timeout, Some(std::time::Duration::from_secs(5)));
+    }
 
     #[test]
     fn expected_packages_are_trimmed() {
