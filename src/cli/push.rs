@@ -77,11 +77,7 @@ fn push_request(
             target = info.target,
         )));
     }
-    let selector = Selector {
-        hosts: vec![info.target.clone()],
-        ..Default::default()
-    };
-    *sel = inv.select(&selector)?;
+    *sel = release_selection(inv, sel, spec, &info.target)?;
     Ok(Request::Release {
         host: info.target,
         closure: info.closure,
@@ -90,6 +86,33 @@ fn push_request(
             dirty: false,
         },
         goal: opts.goal,
+    })
+}
+
+/// The selection a release deploys: its host alone, in the wave group it
+/// was selected in (the whole fleet, or `--wave canary`), so it keeps that
+/// wave's soak and budget; `--host` keeps the ad-hoc group. Before, `--wave
+/// canary` was rebuilt as the ad-hoc group (no soak, marked final at once),
+/// and a host renamed or removed since the tag exited 1 without naming it.
+fn release_selection(
+    inv: &Inventory,
+    sel: &Selection,
+    spec: &str,
+    target: &str,
+) -> anyhow::Result<Selection> {
+    let wave = (sel.groups.iter())
+        .find(|g| !g.adhoc && g.hosts.iter().any(|h| h == target))
+        .map(|g| g.name.clone());
+    let selector = Selector {
+        hosts: vec![target.to_owned()],
+        waves: wave.into_iter().collect(),
+        ..Default::default()
+    };
+    inv.select(&selector).map_err(|e| {
+        Fatal::usage(format!(
+            "`--release {spec}` was made for host `{target}`: {e}; was it renamed or removed \
+             since? add it back to the inventory under that name to redeploy this release"
+        ))
     })
 }
 
@@ -243,6 +266,70 @@ mod tests {
 
     use super::*;
     use crate::activation::fake_host::FakeHost;
+
+    const WAVES: &str = r#"
+[builder]
+address = "b"
+[hosts.web1]
+address = "10.0.0.1"
+[hosts.web2]
+address = "10.0.0.2"
+[[waves]]
+name = "canary"
+hosts = ["web1"]
+soak = "60s"
+max_failures = 0
+[[waves]]
+name = "main"
+hosts = ["web2"]
+"#;
+
+    fn waves_inventory() -> Inventory {
+        Inventory::parse(std::path::Path::new("/inv/inventory.toml"), WAVES).unwrap()
+    }
+
+    /// `push --release release/web1 --wave canary` (or no selector): web1
+    /// goes in its wave, with the wave's soak, not the ad-hoc group.
+    #[test]
+    fn a_release_keeps_its_hosts_wave() {
+        let inv = waves_inventory();
+        for selector in [
+            Selector {
+                waves: vec!["canary".into()],
+                ..Default::default()
+            },
+            Selector::default(),
+        ] {
+            let sel = inv.select(&selector).unwrap();
+            let got = release_selection(&inv, &sel, "release/web1", "web1").unwrap();
+            assert_eq!(got.groups.len(), 1, "{got:?}");
+            let g = &got.groups[0];
+            assert_eq!((g.name.as_str(), g.adhoc), ("canary", false), "{got:?}");
+            assert_eq!(g.hosts, ["web1"]);
+            assert_eq!(g.soak, Duration::from_secs(60));
+        }
+        let by_host = Selector {
+            hosts: vec!["web1".into()],
+            ..Default::default()
+        };
+        let sel = inv.select(&by_host).unwrap();
+        let got = release_selection(&inv, &sel, "release/web1", "web1").unwrap();
+        assert!(got.groups[0].adhoc, "{got:?}");
+    }
+
+    /// A release whose host is no longer in the inventory: a usage error
+    /// (exit 2) naming the tag and the host.
+    #[test]
+    fn a_release_for_a_host_gone_from_the_inventory_is_a_usage_error() {
+        let inv = waves_inventory();
+        let sel = inv.select(&Selector::default()).unwrap();
+        let e = release_selection(&inv, &sel, "release/web9", "web9").unwrap_err();
+        let fatal = e.downcast_ref::<Fatal>().expect("a Fatal");
+        assert_eq!(fatal.outcome, Outcome::Usage);
+        let msg = e.to_string();
+        assert!(msg.contains("`--release release/web9`"), "{msg}");
+        assert!(msg.contains("host `web9`"), "{msg}");
+    }
     use crate::fleet::fake::{Build, FakeBuilder, FakeFleet};
     use crate::runner::cancel;
 
