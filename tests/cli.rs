@@ -617,3 +617,31 @@ fn the_exit_code_table_names_every_outcome_that_exits_1() {
         );
     }
 }
+
+/// An inventory with no hosts (only `[builder]`, emptied by mistake): a
+/// cron `push --yes` printed "nothing to do" and exited 0. Commands that
+/// build or deploy refuse it (exit 2, saying so); `check` still runs.
+#[test]
+fn an_inventory_with_no_hosts_is_a_usage_error_for_deploying_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write_inventory(
+        dir.path(),
+        "inv.toml",
+        "[builder]\naddress = \"b.invalid\"\n",
+    );
+    let inv = inv.to_str().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    for cmd in ["push", "rollback", "plan", "build"] {
+        let mut args = vec![cmd, "-i", inv, "--state-dir", state];
+        if matches!(cmd, "push" | "rollback") {
+            args.push("--yes");
+        }
+        let out = nixgate(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("has no hosts"), "{cmd}: {err}");
+    }
+    let out = nixgate(&["check", "--offline", "-i", inv]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -169,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             select,
         } => {
             let inv = load_inventory(&g)?;
+            require_hosts(&g, &inv)?;
             let sel = select_hosts(&inv, &select)?;
             tokio::runtime::Runtime::new()?.block_on(push::build(&g, inv, sel, allow_dirty))
         }
@@ -179,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             select,
         } => {
             let inv = load_inventory(&g)?;
+            require_hosts(&g, &inv)?;
             let sel = select_hosts(&inv, &select)?;
             let judging = crate::plan::Judging {
                 expect,
@@ -200,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             select,
         } => {
             let inv = load_inventory(&g)?;
+            require_hosts(&g, &inv)?;
             let sel = select_hosts(&inv, &select)?;
             let opts = push::PushOptions {
                 selected: !select.selector().is_empty(),
@@ -244,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             select,
         } => {
             let inv = load_inventory(&g)?;
+            require_hosts(&g, &inv)?;
             let sel = select_hosts(&inv, &select)?;
             let flags = run_session::RunFlags {
                 reboot,
@@ -304,6 +308,22 @@ pub fn load_inventory(g: &Global) -> anyhow::Result<Inventory> {
         }
         Err(e @ InventoryError::Read { .. }) => Err(Fatal::usage(e.to_string())),
     }
+}
+
+/// For commands that build or change hosts (`push`, `rollback`, `plan`,
+/// `build`): an inventory with no hosts is a usage error (exit 2). An
+/// inventory emptied by mistake (only `[builder]` left) made a cron `push
+/// --yes` print "nothing to do" and exit 0: green while nothing deploys.
+/// `hosts`, `status`, `check` and `exec` still take it (nothing to judge).
+pub fn require_hosts(g: &Global, inv: &Inventory) -> anyhow::Result<()> {
+    if inv.hosts.is_empty() {
+        return Err(Fatal::usage(format!(
+            "the inventory {} has no hosts: nothing would be deployed (add [hosts.NAME] tables, \
+             or pass the right file with -i/--inventory)",
+            g.inventory.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Resolve the selector; an unknown name is a usage error (exit 2).
