@@ -68,10 +68,13 @@ pub enum ExecEnd {
     Exited { code: u32 },
     /// It was killed by this signal on the host.
     Signalled { signal: String },
-    /// `--timeout` passed: it was hung up.
-    TimedOut { after_seconds: f64 },
-    /// Ctrl-C: it was hung up.
-    HungUp,
+    /// `--timeout` passed: it was hung up. `ended`: an exit status came
+    /// after the hang-up, so the command is over; `false` when it did not
+    /// end within the grace and its channel was closed (a command that
+    /// ignores SIGHUP, `trap "" HUP; sleep 40`): it may still be running.
+    TimedOut { after_seconds: f64, ended: bool },
+    /// Ctrl-C: it was hung up; `ended` as for [`ExecEnd::TimedOut`].
+    HungUp { ended: bool },
     /// Ctrl-C while its connection was still being made: the command was
     /// never sent.
     Cancelled,
@@ -162,15 +165,22 @@ impl<F: Fleet> ExecJob<F> {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let watched = remote.exec_watched(&self.command, tx, hang_up);
         let (exit, ()) = tokio::join!(watched, self.forward(host, rx));
+        // After a hang-up only an exit status says the command is over: a
+        // lost connection is the channel closed at the end of the grace
+        // (the command ignored SIGHUP), or a dropped link.
+        let ended = |exit: &Exit| !matches!(exit, Exit::ConnectionLost);
         match (exit, reason.get()) {
             (Err(e), _) => ExecEnd::NotStarted {
                 error: format!("{e:#}"),
             },
             (Ok(Exit::Code { code }), None) => ExecEnd::Exited { code },
-            (Ok(_), Some(HangUp::Timeout)) => ExecEnd::TimedOut {
+            (Ok(exit), Some(HangUp::Timeout)) => ExecEnd::TimedOut {
                 after_seconds: self.timeout.map_or(0.0, |t| t.as_secs_f64()),
+                ended: ended(&exit),
             },
-            (Ok(_), Some(HangUp::Cancel)) => ExecEnd::HungUp,
+            (Ok(exit), Some(HangUp::Cancel)) => ExecEnd::HungUp {
+                ended: ended(&exit),
+            },
             (Ok(Exit::Signal { signal }), None) => ExecEnd::Signalled { signal },
             (Ok(Exit::ConnectionLost), None) => ExecEnd::ConnectionLost,
         }
@@ -367,5 +377,137 @@ mod tests {
             })
             .collect();
         assert_eq!(ends, [ExecEnd::Cancelled]);
+    }
+
+    /// A host whose command, hung up, answers as `after_hang_up` says:
+    /// with an exit (it took the SIGHUP), or with the connection lost (the
+    /// channel closed after the grace: it ignored the SIGHUP).
+    #[derive(Clone)]
+    struct Hangs {
+        after_hang_up: Exit,
+    }
+
+    impl Remote for Hangs {
+        fn name(&self) -> &str {
+            "web1"
+        }
+
+        async fn exec(&self, cmd: &Command) -> anyhow::Result<crate::remote::Output> {
+            panic!("unexpected command {}", cmd.render())
+        }
+
+        async fn exec_stream(&self, cmd: &Command) -> anyhow::Result<crate::remote::Streaming> {
+            panic!("unexpected stream {}", cmd.render())
+        }
+
+        async fn exec_watched(
+            &self,
+            _: &Command,
+            _: mpsc::Sender<Chunk>,
+            hang_up: impl Future<Output = ()> + Send,
+        ) -> anyhow::Result<Exit> {
+            hang_up.await;
+            Ok(self.after_hang_up.clone())
+        }
+    }
+
+    impl Fleet for Hangs {
+        type Remote = Hangs;
+
+        async fn connect(
+            &self,
+            _: crate::fleet::Machine<'_>,
+        ) -> Result<Hangs, crate::fleet::SessionError> {
+            Ok(self.clone())
+        }
+
+        fn destination(&self, _: &str) -> Option<crate::fleet::Destination> {
+            None
+        }
+
+        async fn fresh(
+            &self,
+            host: &str,
+            _: Option<&crate::inventory::ConfirmEndpoint>,
+        ) -> Result<Hangs, crate::fleet::SessionError> {
+            Err(crate::fleet::SessionError::Unknown(host.to_owned()))
+        }
+
+        async fn close_all(&self) {}
+
+        async fn close(&self, _: &str) {}
+    }
+
+    /// `exec` on web1 with `after_hang_up`, hung up by `--timeout 2s` or,
+    /// without a timeout, by a first Ctrl-C after 1 s: web1's end.
+    async fn hung_up_end(after_hang_up: Exit, timeout: Option<Duration>) -> ExecEnd {
+        let src =
+            "[builder]\naddress = \"b\"\nflake = false\n[hosts.web1]\naddress = \"10.0.0.1\"\n";
+        let inv = Inventory::parse(Path::new("/inv/inventory.toml"), src).unwrap();
+        let sel = inv.select(&Default::default()).unwrap();
+        let (sink, events) = EventSink::capture();
+        let (canceller, watch) = cancel::channel();
+        let req = ExecRequest {
+            argv: vec!["sleep".into(), "40".into()],
+            parallel: 4,
+            timeout,
+        };
+        let fleet = Arc::new(Hangs { after_hang_up });
+        let ran = tokio::spawn(async move { run(fleet, &sel, &req, sink, watch).await });
+        if timeout.is_none() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            canceller.escalate();
+        }
+        assert_eq!(ran.await.unwrap(), (0, 1));
+        let mut ends = (events.take().into_iter()).filter_map(|e| match e {
+            Event::ExecFinished { end, .. } => Some(end),
+            _ => None,
+        });
+        ends.next().expect("web1 ended")
+    }
+
+    /// `trap "" HUP; sleep 40` with `--timeout 2s`: the hang-up does not end
+    /// it, its channel is closed after the grace (the connection lost, no
+    /// exit status) and `sleep` runs on. The end says it is not known to
+    /// have ended; one that took the SIGHUP ended. Before, both read
+    /// "timed out after 2 s: hung up". Likewise for a Ctrl-C.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_up_command_that_never_ended_is_not_said_to_have_ended() {
+        let two = Some(Duration::from_secs(2));
+        let lost = hung_up_end(Exit::ConnectionLost, two).await;
+        assert_eq!(
+            lost,
+            ExecEnd::TimedOut {
+                after_seconds: 2.0,
+                ended: false
+            }
+        );
+        let words = crate::report::human::exec::end_words(&lost);
+        assert!(
+            words.contains("may still be running on the host"),
+            "{words}"
+        );
+        let json = serde_json::to_value(&lost).unwrap();
+        assert_eq!(json["kind"], "timed_out");
+        assert_eq!(json["ended"], false);
+        let hup = Exit::Signal {
+            signal: "HUP".into(),
+        };
+        let took = hung_up_end(hup.clone(), two).await;
+        assert_eq!(
+            took,
+            ExecEnd::TimedOut {
+                after_seconds: 2.0,
+                ended: true
+            }
+        );
+        let words = crate::report::human::exec::end_words(&took);
+        assert!(!words.contains("may still be running"), "{words}");
+        let lost = hung_up_end(Exit::ConnectionLost, None).await;
+        assert_eq!(lost, ExecEnd::HungUp { ended: false });
+        assert_eq!(
+            hung_up_end(hup, None).await,
+            ExecEnd::HungUp { ended: true }
+        );
     }
 }

@@ -105,15 +105,29 @@ pub fn end_words(end: &ExecEnd) -> String {
     match end {
         ExecEnd::Exited { code } => format!("exit {code}"),
         ExecEnd::Signalled { signal } => format!("killed by SIG{signal}"),
-        ExecEnd::TimedOut { after_seconds } => {
-            format!("timed out after {after_seconds} s: hung up")
-        }
-        ExecEnd::HungUp => "hung up (Ctrl-C)".into(),
+        ExecEnd::TimedOut {
+            after_seconds,
+            ended,
+        } => format!(
+            "timed out after {after_seconds} s: hung up{}",
+            still_running(*ended)
+        ),
+        ExecEnd::HungUp { ended } => format!("hung up (Ctrl-C){}", still_running(*ended)),
         ExecEnd::Cancelled => "not started (Ctrl-C while connecting)".into(),
         ExecEnd::ConnectionLost => "connection lost before the command ended".into(),
         ExecEnd::Unreachable { error } => format!("unreachable: {}", first_line(error)),
         ExecEnd::NotStarted { error } => format!("not started: {}", first_line(error)),
         ExecEnd::Interrupted { why } => format!("interrupted ({why:?})"),
+    }
+}
+
+/// A hung-up command that never reported its end (it ignored SIGHUP, and
+/// its channel was closed after the grace) is not claimed to be over.
+fn still_running(ended: bool) -> &'static str {
+    if ended {
+        ""
+    } else {
+        ", may still be running on the host"
     }
 }
 
