@@ -71,6 +71,13 @@ pub enum KeySourceError {
         code: Option<i32>,
         stderr: Vec<String>,
     },
+    /// A `file` or `command` gave nothing: an empty key would replace the
+    /// one on the host (a password store that prints nothing and exits 0,
+    /// a file truncated by a failed write) and the services using it fail.
+    #[error(
+        "key {key}: {from} gave no content; an empty key would replace the one on the host (for a key meant to be empty, write `text = \"\"`)"
+    )]
+    Empty { key: String, from: String },
     #[error("key {key}: `{program}` did not finish within {}s", .after.as_secs())]
     CommandTimedOut {
         key: String,
@@ -108,6 +115,20 @@ pub async fn resolve(spec: &KeySpec) -> Result<ResolvedKey, KeySourceError> {
         }
         KeySource::Command { argv } => run(&spec.name, argv).await?,
     };
+    let from = match &spec.source {
+        KeySource::Text { .. } => None,
+        KeySource::File { path } => Some(format!("file {}", path.display())),
+        KeySource::Command { argv } => Some(format!(
+            "command `{}`",
+            argv.first().map(String::as_str).unwrap_or_default()
+        )),
+    };
+    if let (true, Some(from)) = (content.expose().is_empty(), from) {
+        return Err(KeySourceError::Empty {
+            key: spec.name.clone(),
+            from,
+        });
+    }
     Ok(ResolvedKey::new(spec.clone(), content))
 }
 
@@ -232,5 +253,31 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, KeySourceError::FileUnreadable { .. }), "{e}");
+    }
+
+    /// A command that prints nothing and exits 0, or an empty file, is no
+    /// key: it replaced the good one on the host. An empty `text` is meant.
+    #[tokio::test]
+    async fn an_empty_key_from_a_file_or_a_command_is_refused() {
+        let e = resolve(&spec(KeySource::Command {
+            argv: vec!["true".into()],
+        }))
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, KeySourceError::Empty { from, .. } if from == "command `true`"),
+            "{e}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let e = resolve(&spec(KeySource::File {
+            path: f.path().into(),
+        }))
+        .await
+        .unwrap_err();
+        assert!(matches!(e, KeySourceError::Empty { .. }), "{e}");
+        let empty = spec(KeySource::Text {
+            text: Secret::new(Vec::new()),
+        });
+        assert!(resolve(&empty).await.unwrap().content.expose().is_empty());
     }
 }
