@@ -995,7 +995,9 @@ address = "10.0.0.2"
         "the host's key replaces the default's"
     );
     let shared = &web1.keys[1];
-    assert!(matches!(&shared.source, KeySource::Command { argv } if argv[0] == "pass"));
+    assert!(
+        matches!(&shared.source, KeySource::Command { argv, dir } if argv[0] == "pass" && dir == Path::new("."))
+    );
     assert_eq!(shared.owner(), "nginx:www");
     assert_eq!(shared.dest(), "/var/keys/shared");
     assert_eq!(shared.upload_at, UploadAt::PostActivation);

@@ -92,8 +92,14 @@ pub enum KeySource {
     },
     /// A file on the controller.
     File { path: PathBuf },
-    /// A command run on the controller (argv, no shell); its stdout.
-    Command { argv: Vec<String> },
+    /// A command run on the controller (argv, no shell); its stdout. It
+    /// runs in `dir`, the inventory's directory, as relative paths there
+    /// are read (a cron run from `/` found no `secrets/ca.sh`).
+    Command {
+        argv: Vec<String>,
+        #[serde(skip)]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// The default directory keys are written to.

@@ -113,12 +113,12 @@ pub async fn resolve(spec: &KeySpec) -> Result<ResolvedKey, KeySourceError> {
                     })?;
             Secret::new(bytes)
         }
-        KeySource::Command { argv } => run(&spec.name, argv).await?,
+        KeySource::Command { argv, dir } => run(&spec.name, argv, dir).await?,
     };
     let from = match &spec.source {
         KeySource::Text { .. } => None,
         KeySource::File { path } => Some(format!("file {}", path.display())),
-        KeySource::Command { argv } => Some(format!(
+        KeySource::Command { argv, .. } => Some(format!(
             "command `{}`",
             argv.first().map(String::as_str).unwrap_or_default()
         )),
@@ -143,10 +143,11 @@ pub async fn resolve_all(specs: &[KeySpec]) -> Result<Vec<ResolvedKey>, KeySourc
 
 /// Run a key's command: no stdin, stdout is the content, stderr kept for
 /// the error.
-async fn run(key: &str, argv: &[String]) -> Result<Secret, KeySourceError> {
+async fn run(key: &str, argv: &[String], dir: &std::path::Path) -> Result<Secret, KeySourceError> {
     let program = argv.first().cloned().unwrap_or_default();
     let child = tokio::process::Command::new(&program)
         .args(&argv[1..])
+        .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -225,6 +226,7 @@ mod tests {
         let cmd = |argv: &[&str]| {
             spec(KeySource::Command {
                 argv: argv.iter().map(|s| s.to_string()).collect(),
+                dir: ".".into(),
             })
         };
         let k = resolve(&cmd(&["printf", "abc"])).await.unwrap();
@@ -255,12 +257,27 @@ mod tests {
         assert!(matches!(e, KeySourceError::FileUnreadable { .. }), "{e}");
     }
 
+    /// A key's command runs in the inventory's directory: `cat
+    /// secrets/ca.pem` there, from a cron run whose directory is `/`.
+    #[tokio::test]
+    async fn a_keys_command_runs_in_the_inventorys_directory() {
+        let inv = tempfile::tempdir().unwrap();
+        std::fs::create_dir(inv.path().join("secrets")).unwrap();
+        std::fs::write(inv.path().join("secrets/ca.pem"), "pem").unwrap();
+        let k = spec(KeySource::Command {
+            argv: vec!["cat".into(), "secrets/ca.pem".into()],
+            dir: inv.path().into(),
+        });
+        assert_eq!(resolve(&k).await.unwrap().content.expose(), b"pem");
+    }
+
     /// A command that prints nothing and exits 0, or an empty file, is no
     /// key: it replaced the good one on the host. An empty `text` is meant.
     #[tokio::test]
     async fn an_empty_key_from_a_file_or_a_command_is_refused() {
         let e = resolve(&spec(KeySource::Command {
             argv: vec!["true".into()],
+            dir: ".".into(),
         }))
         .await
         .unwrap_err();

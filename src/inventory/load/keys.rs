@@ -157,9 +157,10 @@ impl Loader {
                     path: self.paths.resolve(&s.value),
                 })
             }
-            _ => self
-                .argv("command", v)
-                .map(|argv| KeySource::Command { argv }),
+            _ => self.argv("command", v).map(|argv| KeySource::Command {
+                argv,
+                dir: self.paths.base.clone(),
+            }),
         }
     }
 }
