@@ -279,18 +279,6 @@ mod tests {
     use super::*;
     use crate::remote::local::LocalRemote;
 
-    /// flock(1) is here (said when not: the test is skipped).
-    fn have_flock() -> bool {
-        let here = std::process::Command::new("flock")
-            .arg("-V")
-            .output()
-            .is_ok();
-        if !here {
-            eprintln!("skipped: no flock(1) here");
-        }
-        here
-    }
-
     /// A host whose lock command says nothing and never ends, even at EOF
     /// (a lock file on a hung filesystem).
     struct Stuck;
@@ -409,7 +397,7 @@ mod tests {
     #[test]
     fn the_holder_is_readable_under_a_umask_of_077() {
         use std::os::unix::fs::PermissionsExt;
-        if !have_flock() {
+        if !crate::activation::deadman::tests::have("flock") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -435,7 +423,7 @@ mod tests {
     /// failed once at load 35 on 2 cores).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_lease_ends_without_a_heartbeat() {
-        if !have_flock() {
+        if !crate::activation::deadman::tests::have("flock") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

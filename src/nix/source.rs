@@ -244,7 +244,16 @@ mod tests {
     fn a_source_is_extracted_with_a_mv_that_has_no_dash_t() {
         let shims = tempfile::tempdir().unwrap();
         let mv = shims.path().join("mv");
-        let script = "#!/bin/sh\nfor a; do case $a in -T) echo \"mv: illegal option -- T\" >&2; exit 64 ;; esac; done\nexec /bin/mv \"$@\"\n";
+        // The real mv from PATH: the Nix build sandbox has no /bin/mv.
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        let real = std::env::split_paths(&path_var)
+            .map(|d| d.join("mv"))
+            .find(|p| p.is_file())
+            .expect("an mv on PATH");
+        let script = format!(
+            "#!/bin/sh\nfor a; do case $a in -T) echo \"mv: illegal option -- T\" >&2; exit 64 ;; esac; done\nexec '{}' \"$@\"\n",
+            real.display()
+        );
         std::fs::write(&mv, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&mv, std::fs::Permissions::from_mode(0o755)).unwrap();
