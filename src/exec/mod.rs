@@ -355,10 +355,7 @@ mod tests {
         let host = FakeHost::new(&StorePath::parse(OLD).unwrap());
         let fleet = FakeFleet::new(&[("web1", &host)], FakeBuilder::new(Build::Hangs));
         *fleet.connect_takes.lock().unwrap() = Duration::from_secs(10);
-        let src =
-            "[builder]\naddress = \"b\"\nflake = false\n[hosts.web1]\naddress = \"10.0.0.1\"\n";
-        let inv = Inventory::parse(Path::new("/inv/inventory.toml"), src).unwrap();
-        let sel = inv.select(&Default::default()).unwrap();
+        let sel = web1_alone();
         let (sink, events) = EventSink::capture();
         let (canceller, watch) = cancel::channel();
         let req = ExecRequest {
@@ -438,13 +435,18 @@ mod tests {
         async fn close(&self, _: &str) {}
     }
 
-    /// `exec` on web1 with `after_hang_up`, hung up by `--timeout 2s` or,
-    /// without a timeout, by a first Ctrl-C after 1 s: web1's end.
-    async fn hung_up_end(after_hang_up: Exit, timeout: Option<Duration>) -> ExecEnd {
+    /// An inventory of web1 alone, selected whole.
+    fn web1_alone() -> crate::inventory::Selection {
         let src =
             "[builder]\naddress = \"b\"\nflake = false\n[hosts.web1]\naddress = \"10.0.0.1\"\n";
         let inv = Inventory::parse(Path::new("/inv/inventory.toml"), src).unwrap();
-        let sel = inv.select(&Default::default()).unwrap();
+        inv.select(&Default::default()).unwrap()
+    }
+
+    /// `exec` on web1 with `after_hang_up`, hung up by `--timeout 2s` or,
+    /// without a timeout, by a first Ctrl-C after 1 s: web1's end.
+    async fn hung_up_end(after_hang_up: Exit, timeout: Option<Duration>) -> ExecEnd {
+        let sel = web1_alone();
         let (sink, events) = EventSink::capture();
         let (canceller, watch) = cancel::channel();
         let req = ExecRequest {

@@ -3079,14 +3079,7 @@ async fn a_lock_taken_again_on_a_host_as_left_goes_on_with_one_read_more() {
 /// which nixgate refuses forward, reported `rolled-back`.
 #[tokio::test(start_paused = true)]
 async fn a_host_rebooted_into_its_candidate_and_unhealthy_is_rebooted_back() {
-    let host = FakeHost::new(&sp(OLD));
-    host.behave(
-        &sp(NEW),
-        Behaviour {
-            healthy: false,
-            ..Behaviour::systemd_change()
-        },
-    );
+    let host = unhealthy_systemd_change();
     let mut req = request(Goal::Gated);
     req.settings.allow_reboot = true;
     let ran = run(&host, &req).await;
@@ -3140,12 +3133,9 @@ async fn a_known_good_candidate_rebooted_into_whose_mark_fails_stays() {
     assert_eq!(reboots, 1, "{:#?}", ran.cmds);
 }
 
-/// The same rolled back by a reboot, with keys: the reboot back emptied
-/// `/run/keys` (a tmpfs), and the run's keys of both stages are written
-/// again on the system it came up on (before: none, reported rolled back
-/// with the known-good system running without its keys).
-#[tokio::test(start_paused = true)]
-async fn a_rollback_by_reboot_writes_the_keys_again() {
+/// A host on OLD whose candidate NEW changes systemd (a reboot proves it)
+/// and is unhealthy.
+fn unhealthy_systemd_change() -> FakeHost {
     let host = FakeHost::new(&sp(OLD));
     host.behave(
         &sp(NEW),
@@ -3154,6 +3144,16 @@ async fn a_rollback_by_reboot_writes_the_keys_again() {
             ..Behaviour::systemd_change()
         },
     );
+    host
+}
+
+/// The same rolled back by a reboot, with keys: the reboot back emptied
+/// `/run/keys` (a tmpfs), and the run's keys of both stages are written
+/// again on the system it came up on (before: none, reported rolled back
+/// with the known-good system running without its keys).
+#[tokio::test(start_paused = true)]
+async fn a_rollback_by_reboot_writes_the_keys_again() {
+    let host = unhealthy_systemd_change();
     let mut req = keyed(Goal::Gated);
     req.settings.allow_reboot = true;
     let ran = run(&host, &req).await;
