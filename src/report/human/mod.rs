@@ -163,7 +163,7 @@ pub fn describe(ev: &Event) -> Option<String> {
             .collect::<Vec<_>>()
             .join("\n"),
         Event::KeysFailed { host, reason } => {
-            format!("{host}: keys NOT written: {}", words::keys_failure(reason))
+            format!("{host}: keys failed: {}", words::keys_failure(reason))
         }
         Event::Summary {
             hosts,

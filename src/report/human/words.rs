@@ -266,10 +266,28 @@ pub fn bytes(b: u64) -> String {
 pub fn keys_failure(f: &crate::keys::standalone::KeysFailure) -> String {
     use crate::keys::standalone::KeysFailure;
     match f {
-        KeysFailure::Source(e) => format!("{e}; nothing was written"),
-        KeysFailure::Unreachable { error } => format!("unreachable: {}", first_line(error)),
-        KeysFailure::Sudo(check) => sudo_check(check),
-        KeysFailure::Upload(e) => first_line(&e.to_string()).to_owned(),
+        KeysFailure::Source(e) => format!("{e}; no key was written"),
+        KeysFailure::Unreachable { error } => {
+            format!("unreachable: {}; no key was written", first_line(error))
+        }
+        KeysFailure::Sudo(check) => format!("{}; no key was written", sudo_check(check)),
+        KeysFailure::Upload(e) => {
+            // Every line: the cause (`id: 'nginx': no such user`) comes after
+            // the first, which only says that writing failed.
+            let text = e.to_string();
+            let lines: Vec<&str> = (text.lines().map(str::trim))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let written: Vec<&str> = e.written.iter().map(|r| r.name.as_str()).collect();
+            match written.as_slice() {
+                [] => format!("{}; no key was written", lines.join(" / ")),
+                w => format!(
+                    "{}; written before it, replacing what the host had: {}",
+                    lines.join(" / "),
+                    w.join(", ")
+                ),
+            }
+        }
     }
 }
 
@@ -1407,5 +1425,34 @@ mod tests {
              PUTTING ITS BOOT DEFAULT BACK to aaaaaaaa-nixos-system-x FAILED: nix-env: disk full; \
              a reboot may boot the candidate: see `nixgate status`"
         );
+    }
+
+    /// `upload-keys` whose second key failed: the first replaced the
+    /// host's key, and the cause on the error's second line is shown (it
+    /// said "keys NOT written", and only the first line, "writing the key
+    /// failed").
+    #[test]
+    fn a_partial_upload_names_what_it_wrote_and_why_it_stopped() {
+        use crate::keys::standalone::KeysFailure;
+        use crate::keys::{KeyReceipt, upload::KeyUploadError};
+        let failed = |written: Vec<KeyReceipt>| {
+            super::keys_failure(&KeysFailure::Upload(KeyUploadError {
+                key: "b.key".into(),
+                dest: "/run/keys/b.key".into(),
+                error: "writing the key failed (exit code 1):\nid: 'nginx': no such user".into(),
+                written,
+            }))
+        };
+        let a = KeyReceipt {
+            name: "a.key".into(),
+            dest: "/run/keys/a.key".into(),
+            sha256: "00".into(),
+        };
+        assert_eq!(
+            failed(vec![a]),
+            "key b.key (/run/keys/b.key): writing the key failed (exit code 1): / id: 'nginx': no such user; \
+             written before it, replacing what the host had: a.key"
+        );
+        assert!(failed(Vec::new()).ends_with("no such user; no key was written"));
     }
 }
