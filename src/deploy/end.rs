@@ -270,6 +270,12 @@ pub enum SoakLeft {
     /// No new connection was made after the soak, for a reason of this
     /// machine's own: the lockout check never ran (the run stops).
     Unproven,
+    /// The soak passed, but the host could not make its mark final (the
+    /// command failing as the run let the host go): it stays pending on
+    /// the host, no rollback target, unvalidated for the next diff. The
+    /// run exited 0 with a warning, and a cron wrapper took the mark for
+    /// proven.
+    NotRecorded,
 }
 
 impl HostSummary {

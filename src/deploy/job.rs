@@ -157,6 +157,9 @@ pub struct DeployJob<F: Fleet, S: Stager> {
     /// machine's own ([`SoakReach::Unproven`]): their mark stays pending,
     /// and the run stops ([`HostJob::controllers_own`]).
     unproven: std::sync::Mutex<HashSet<String>>,
+    /// Hosts whose soak passed but whose mark could not be made final as
+    /// they were let go ([`SoakLeft::NotRecorded`]).
+    unrecorded: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Units failed before the live switch, by host.
@@ -226,6 +229,7 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
                 .collect(),
             soaked: std::sync::Mutex::default(),
             unproven: std::sync::Mutex::default(),
+            unrecorded: std::sync::Mutex::default(),
         };
         for h in plan.hosts() {
             match &h.verdict {
@@ -784,7 +788,19 @@ impl<F: Fleet, S: Stager> DeployJob<F, S> {
             let error = format!("{e:#}");
             let warning = crate::activation::Warning::SoakPassNotRecorded { generation, error };
             forward(&self.sink, host)(ActivationEvent::Warning { warning });
+            unpoisoned(&self.unrecorded).insert(host.to_owned());
         }
+    }
+
+    /// `s` as the run ends: a host whose soak pass it could not record
+    /// leaves its mark pending ([`SoakLeft::NotRecorded`]), told as its
+    /// last `host_finished` (its let-go ran after its end was told).
+    pub(super) fn as_ended(&self, mut s: HostSummary) -> HostSummary {
+        if s.soak_left.is_none() && unpoisoned(&self.unrecorded).contains(&s.host) {
+            s.soak_left = Some(SoakLeft::NotRecorded);
+            self.sink.emit(Event::HostFinished(s.clone()));
+        }
+        s
     }
 }
 

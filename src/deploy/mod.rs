@@ -83,7 +83,7 @@ pub async fn run<F: Fleet, S: Stager>(
     results
         .into_iter()
         .map(|r| match r.end {
-            RunnerEnd::Done(s) => s,
+            RunnerEnd::Done(s) => job.as_ended(s),
             RunnerEnd::NotStarted(why) => job.summary(&r.host, HostEnd::NotStarted { why }),
         })
         .collect()

@@ -1206,7 +1206,8 @@ async fn a_single_wave_cut_mid_soak_fails_the_run() {
 /// `/nix` gone under the session): its mark stays pending, and the run's
 /// events say so, as a warning the JSON carries (before: a tracing line
 /// only, and the report showed a known-good host the operator took for
-/// proven).
+/// proven), and the run fails for it (`soak_left` `not_recorded`; before,
+/// it exited 0).
 #[tokio::test(start_paused = true)]
 async fn a_soak_pass_the_host_did_not_record_is_reported() {
     let f = fixture(inventory(0, "30s"), [OLD; 3], Build::Hangs);
@@ -1219,10 +1220,21 @@ async fn a_soak_pass_the_host_did_not_record_is_reported() {
         "web1" => ready_on(NEW, NEW),
         _ => ready(NEW),
     });
-    run(&f.ctx, plan, AlreadyThere).await;
+    let hosts = run(&f.ctx, plan, AlreadyThere).await;
     let record = f.hosts["web1"].state().records["2"].clone();
     assert!(record.contains(r#""run_id":"r1""#) && record.contains("soak_pending"));
-    let warned: Vec<Event> = (f.events.take().into_iter())
+    // The run fails for it (it exited 0), and web1's last host_finished
+    // says so.
+    assert_eq!(hosts[0].soak_left, Some(SoakLeft::NotRecorded));
+    assert!(hosts[0].fails_run());
+    assert_eq!(crate::deploy::exit_code(&hosts), 1);
+    let events = f.events.take();
+    let last_end = (events.iter().rev()).find_map(|e| match e {
+        Event::HostFinished(s) if s.host == "web1" => Some(s),
+        _ => None,
+    });
+    assert_eq!(last_end, Some(&hosts[0]));
+    let warned: Vec<Event> = (events.into_iter())
         .filter(|e| {
             matches!(
                 e,

@@ -621,6 +621,10 @@ pub fn soak_left(left: crate::deploy::SoakLeft) -> String {
         crate::deploy::SoakLeft::Unproven => "after its soak no new connection could be made, \
              for a reason on this machine's side: the lockout check never ran"
             .into(),
+        crate::deploy::SoakLeft::NotRecorded => "its soak passed, but the host could not record \
+             it: its mark stays pending (`nixgate status` flags it; the next push of the commit \
+             soaks it again)"
+            .into(),
     }
 }
 
