@@ -18,9 +18,8 @@ impl<R: Remote> Run<'_, R> {
         stage: UploadAt,
         gate: Gate,
     ) -> Result<(), HostOutcome> {
-        let keys = self.req.keys.clone();
-        let (remote, sudo) = (self.remote, self.s.sudo);
-        match key_stage::write_stage(remote, &keys, stage, sudo, self.emit).await {
+        let (remote, keys, sudo) = (self.remote, &self.req.keys, self.s.sudo);
+        match key_stage::write_stage(remote, keys, stage, sudo, self.emit).await {
             Ok(()) => Ok(()),
             Err(error) => {
                 let reason = FailureReason::Keys { stage, error };

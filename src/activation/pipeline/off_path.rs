@@ -409,8 +409,7 @@ impl<R: Remote> Run<'_, R> {
             self.emit,
         )
         .await;
-        let keys = self.req.keys.clone();
-        let outcome = rewrite_keys(self.remote, self.s, &keys, outcome, self.emit).await;
+        let outcome = rewrite_keys(self.remote, self.s, &self.req.keys, outcome, self.emit).await;
         let outcome = self.proven(outcome).await;
         (self.emit)(ActivationEvent::RollbackFinished {
             outcome: outcome.clone(),
