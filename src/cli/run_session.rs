@@ -87,7 +87,7 @@ impl RunSession {
             goal: req.goal(),
             commit: source.map(|s| s.commit.clone()),
             dirty: source.is_some_and(|s| s.dirty),
-            user: state::runs::operator(),
+            user: Some(state::runs::operator()),
             started: deploy::now(),
             finished: None,
             exit_code: None,

@@ -199,18 +199,18 @@ impl Judge {
     }
 }
 
-/// Who runs nixgate, for the run report: `$USER@hostname` (either part
-/// when the other is unknown; `uid N` for a uid with no name).
-pub fn operator() -> Option<String> {
-    let user = crate::account::name().or_else(|| Some(format!("uid {}", crate::account::uid())));
+/// Who runs nixgate, for the run report: `$USER@hostname` (the user
+/// alone when the host name is unknown; `uid N` for a uid with no name).
+pub fn operator() -> String {
+    let user = crate::account::name().unwrap_or_else(|| format!("uid {}", crate::account::uid()));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty());
-    match (user, host) {
-        (Some(u), Some(h)) => Some(format!("{u}@{h}")),
-        (u, h) => u.or(h),
+    match host {
+        Some(h) => format!("{user}@{h}"),
+        None => user,
     }
 }
 
