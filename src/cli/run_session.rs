@@ -292,19 +292,10 @@ impl RunSession {
 /// stay installed after it ends, and a `systemctl stop` or Ctrl-C waited
 /// out the notify command's timeout (up to an hour).
 async fn notify_until_signalled(n: &crate::inventory::Notify, json: &[u8]) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let signalled = async {
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
+        match crate::runner::cancel::Signals::new() {
+            Some(mut signals) => signals.next().await,
+            None => std::future::pending().await,
         }
     };
     tokio::select! {

@@ -63,22 +63,40 @@ impl Canceller {
 
     /// Escalate on every SIGINT or SIGTERM until Abort. Spawn this once.
     pub async fn on_signals(self) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let Some(mut signals) = Signals::new() else {
             tracing::warn!("cannot install signal handlers; Ctrl-C will kill nixgate outright");
             return;
         };
         loop {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            signals.next().await;
             if self.escalate() == CancelLevel::Abort {
                 return;
             }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, as they come (from its creation on).
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// `None`: the handlers could not be installed.
+    pub fn new() -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Signals {
+            int: signal(SignalKind::interrupt()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
     }
 }
