@@ -66,9 +66,11 @@ if [ -n "$root" ]; then
   done
 fi
 [ -d "$dir" ] || (umask 022 && mkdir -p "$dir")
+written=${dir%/}
 dir=$(cd "$dir" && pwd -P) dest=$dir/$2
-# And the path it resolves to, up to /.
-if [ -n "$root" ]; then
+# And the path it resolves to, up to /, when a link made it another (the
+# same path was walked above, and what mkdir made is root's, in it).
+if [ -n "$root" ] && [ "$dir" != "$written" ]; then
   d=$dir
   while :; do
     alone "$d"
