@@ -498,29 +498,20 @@ mod tests {
     /// the same lease (the remote refuses it as not a fast-forward without).
     #[test]
     fn by_hand_keeps_the_lease() {
-        let repo = std::path::Path::new("/r");
+        let by_hand = |lease: Option<Lease>| {
+            let repo = std::path::Path::new("/r");
+            push_by_hand(repo, "origin", "release/w/t", "release/w", lease.as_ref())
+        };
         assert_eq!(
-            push_by_hand(
-                repo,
-                "origin",
-                "release/w/t",
-                "release/w",
-                Some(&Lease::At("abc1".into()))
-            ),
+            by_hand(Some(Lease::At("abc1".into()))),
             "git -C /r push --atomic --force-with-lease=refs/heads/release/w:abc1 origin refs/tags/release/w/t refs/heads/release/w"
         );
         assert_eq!(
-            push_by_hand(
-                repo,
-                "origin",
-                "release/w/t",
-                "release/w",
-                Some(&Lease::Absent)
-            ),
+            by_hand(Some(Lease::Absent)),
             "git -C /r push --atomic --force-with-lease=refs/heads/release/w: origin refs/tags/release/w/t refs/heads/release/w"
         );
         assert_eq!(
-            push_by_hand(repo, "origin", "release/w/t", "release/w", None),
+            by_hand(None),
             "git -C /r push --atomic origin refs/tags/release/w/t refs/heads/release/w"
         );
     }
